@@ -1,0 +1,163 @@
+//! Prepared dispatch lists. Everything here is built at load; a step only records.
+
+use std::sync::Arc;
+
+use super::{Gpu, GpuBuffer};
+
+crate::gpu_struct! {
+    /// Per-call parameters every kernel reads (binding 1): the host writes one slot per forward
+    /// call before submitting; GPU-side decisions (MTP) may update them in place later.
+    pub struct Step as "Step" {
+        /// Rows (tokens) in this call.
+        n_tokens: u32,
+        /// Cache position of row 0 (= tokens already in the KV / recurrent state).
+        pos: u32,
+        /// Gated-DeltaNet snapshot point: the state after this many rows is also written to the
+        /// snapshot buffers (0 = no snapshot).
+        n_confirmed: u32,
+        /// The last `n_out` rows need logits (1 in prefill and decode, 2 in verify).
+        n_out: u32,
+    }
+}
+
+/// A slot of the step buffer (one per kind of forward call recorded in the same submission).
+#[derive(Clone, Copy)]
+pub struct StepSlot<'a> {
+    pub buf: &'a GpuBuffer,
+    pub offset: u64,
+}
+
+impl StepSlot<'_> {
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        self.buf.slice(self.offset, std::mem::size_of::<Step>() as u64)
+    }
+}
+
+/// Which row count of the current step a grid's z dimension follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// One z-slice in total.
+    One,
+    /// `ceil(n_tokens / tile)` slices: every row of the step.
+    Tokens,
+    /// `ceil(n_out / tile)` slices: only the rows that need logits.
+    Out,
+}
+
+/// Workgroup grid of a dispatch: `groups` workgroups in x (split over x and y when it exceeds the
+/// per-dimension limit; kernels rebuild the linear id with `wg_linear()` in common.wgsl) and a z
+/// dimension that follows the step's row count.
+#[derive(Clone, Copy, Debug)]
+pub struct Grid {
+    pub groups: u32,
+    pub rows: Rows,
+    pub tile: u32,
+}
+
+impl Grid {
+    pub fn fixed(groups: u32) -> Self {
+        Grid { groups, rows: Rows::One, tile: 1 }
+    }
+    pub fn per_token(groups: u32) -> Self {
+        Grid { groups, rows: Rows::Tokens, tile: 1 }
+    }
+    pub fn per_tile(groups: u32, tile: u32) -> Self {
+        Grid { groups, rows: Rows::Tokens, tile }
+    }
+    pub fn per_out(groups: u32, tile: u32) -> Self {
+        Grid { groups, rows: Rows::Out, tile }
+    }
+
+    /// The `[x, y, z]` workgroup counts for a step with `t` rows of which `n_out` need logits.
+    pub fn counts(&self, shape: StepShape, max_dim: u32) -> [u32; 3] {
+        let n = match self.rows {
+            Rows::One => 1,
+            Rows::Tokens => shape.n_tokens.div_ceil(self.tile.max(1)),
+            Rows::Out => shape.n_out.div_ceil(self.tile.max(1)),
+        };
+        let g = self.groups.max(1);
+        let x = g.min(max_dim);
+        let y = g.div_ceil(x);
+        [x, y, n]
+    }
+}
+
+/// The host-known shape of one forward call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepShape {
+    pub n_tokens: u32,
+    pub n_out: u32,
+}
+
+/// One prepared dispatch: pipeline, bind group and grid, all created at load.
+pub struct Dispatch {
+    pub label: String,
+    pub pipeline: Arc<wgpu::ComputePipeline>,
+    pub bind_group: wgpu::BindGroup,
+    pub grid: Grid,
+}
+
+impl Dispatch {
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, shape: StepShape, max_dim: u32) {
+        let [x, y, z] = self.grid.counts(shape, max_dim);
+        if z == 0 {
+            return;
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// An ordered list of dispatches (one forward pass, or one piece of it).
+#[derive(Default)]
+pub struct Plan {
+    pub dispatches: Vec<Dispatch>,
+}
+
+impl Plan {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn push(&mut self, d: Dispatch) {
+        self.dispatches.push(d);
+    }
+    pub fn extend(&mut self, other: Plan) {
+        self.dispatches.extend(other.dispatches);
+    }
+    pub fn len(&self) -> usize {
+        self.dispatches.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.dispatches.is_empty()
+    }
+    /// Records every dispatch into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, shape: StepShape, max_dim: u32) {
+        for d in &self.dispatches {
+            d.record(pass, shape, max_dim);
+        }
+    }
+}
+
+impl Gpu {
+    /// Builds a dispatch whose bind group 0 holds `resources` at bindings 0, 1, 2, ...
+    /// Validation errors are caught by the error scope the plan builder holds around the whole
+    /// plan (one await per plan, not per dispatch; see `Gpu::scope`).
+    pub fn dispatch(
+        &self,
+        label: impl Into<String>,
+        pipeline: &Arc<wgpu::ComputePipeline>,
+        resources: &[wgpu::BindingResource<'_>],
+        grid: Grid,
+    ) -> Dispatch {
+        let label = label.into();
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(&label), layout: &layout, entries: &entries });
+        Dispatch { label, pipeline: pipeline.clone(), bind_group, grid }
+    }
+}

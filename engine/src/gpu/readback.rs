@@ -1,0 +1,77 @@
+//! Asynchronous reads of small GPU buffers. Never blocks on the web; natively it polls the device.
+
+use super::{Gpu, GpuError};
+
+/// A MAP_READ staging buffer reused for every read of up to `size` bytes (created at load).
+pub struct Readback {
+    pub staging: wgpu::Buffer,
+    pub size: u64,
+}
+
+impl Readback {
+    pub fn new(gpu: &Gpu, label: &str, size: u64) -> Self {
+        let size = (size.max(4) + 3) & !3;
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Readback { staging, size }
+    }
+
+    /// Records a copy of `len` bytes at `offset` of `src` into the staging buffer.
+    pub fn copy_from(&self, enc: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, offset: u64, len: u64) {
+        enc.copy_buffer_to_buffer(src, offset, &self.staging, 0, len.min(self.size));
+    }
+
+    /// Maps the staging buffer after the submitted work completes and returns its first `len` bytes.
+    pub async fn read(&self, gpu: &Gpu, len: u64) -> Result<Vec<u8>, GpuError> {
+        let len = len.min(self.size);
+        let slice = self.staging.slice(0..((len + 3) & !3));
+        let (tx, rx) = futures_channel::oneshot::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.wait();
+        let r = rx.await.map_err(|_| GpuError::Readback("the map callback was dropped".into()))?;
+        r.map_err(|e| GpuError::Readback(e.to_string()))?;
+        let out = slice.get_mapped_range().map_err(|e| GpuError::Readback(e.to_string()))?[..len as usize].to_vec();
+        self.staging.unmap();
+        gpu.take_error()?;
+        Ok(out)
+    }
+}
+
+impl Gpu {
+    /// Natively, drive the device until queued work completes (map callbacks fire from here).
+    /// On the web this is a no-op: the browser resolves map futures from its event loop.
+    pub fn wait(&self) {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+        }
+    }
+
+    /// Reads `len` bytes of `src` at `offset` through a temporary staging buffer. For tests and
+    /// for callers that ask for logits; the token loop uses a [`Readback`] made at load.
+    pub async fn read_buffer(&self, src: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>, GpuError> {
+        let rb = Readback::new(self, "read_buffer", len);
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read_buffer") });
+        rb.copy_from(&mut enc, src, offset, (len + 3) & !3);
+        self.queue.submit([enc.finish()]);
+        rb.read(self, len).await
+    }
+
+    /// Reads a buffer of f32 values.
+    pub async fn read_f32(&self, src: &wgpu::Buffer, offset: u64, count: usize) -> Result<Vec<f32>, GpuError> {
+        let b = self.read_buffer(src, offset, (count * 4) as u64).await?;
+        Ok(bytemuck::pod_collect_to_vec(&b))
+    }
+
+    /// Reads a buffer of u32 values.
+    pub async fn read_u32(&self, src: &wgpu::Buffer, offset: u64, count: usize) -> Result<Vec<u32>, GpuError> {
+        let b = self.read_buffer(src, offset, (count * 4) as u64).await?;
+        Ok(bytemuck::pod_collect_to_vec(&b))
+    }
+}

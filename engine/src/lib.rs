@@ -1,0 +1,10 @@
+//! qwgpu engine: Qwen3.5 / Qwen3.6 hybrid models (Gated-DeltaNet + gated attention, native MTP
+//! head) from MLX checkpoints, on any wgpu adapter — native (Vulkan, Metal, DX12) and the browser.
+//!
+//! Layers: [`gpu`] (the only wgpu user) → [`ops`] (one Rust constructor per WGSL kernel) →
+//! [`model`] (the forward pass as an op list) with [`state`] (caches) and [`decode`] (the loops).
+//! [`quant`] and [`weights`] know formats and files, not GPUs.
+
+pub mod gpu;
+pub mod ops;
+pub mod quant;

@@ -1,0 +1,114 @@
+//! `matmul.wgsl`: y[t, :] (+)= x[t, :] · Wᵀ for every weight format (spec §3.2).
+
+use crate::gpu::{Defines, Dispatch, Gpu, GpuError, Grid, Rows, StepSlot};
+use crate::ops::matrix::Matrix;
+use crate::ops::Act;
+use crate::quant::{FloatType, WeightFormat};
+
+crate::gpu_struct! {
+    pub struct MatmulParams as "Params" {
+        /// in_features
+        k: u32,
+        /// rows of this chunk
+        n: u32,
+        /// output column of the chunk's row 0
+        row0: u32,
+        /// elements per x row, and the x column where the input starts (multiples of 4)
+        x_stride: u32,
+        x_col: u32,
+        /// elements per y row
+        y_stride: u32,
+        groups_per_row: u32,
+        group_size: u32,
+    }
+}
+
+/// Threads per workgroup, rows per workgroup.
+pub const WG: u32 = 64;
+pub const ROWS: u32 = 4;
+/// Tokens per tile: decode (1 row) and verify (2 rows) share the MT = 2 pipeline, so row 0 of a
+/// verify is bit-identical to a decode; prefill uses wider tiles (same per-row arithmetic).
+pub const MT_SMALL: u32 = 2;
+pub const MT_PREFILL: u32 = 8;
+
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulOpts {
+    /// Which step row count the dispatch follows (`Tokens`, or `Out` for the lm_head rows).
+    pub rows: Rows,
+    /// Add into y instead of overwriting it (residual epilogue).
+    pub add: bool,
+    /// Tokens per tile (see [`MT_SMALL`], [`MT_PREFILL`]).
+    pub mt: u32,
+}
+
+/// The defines of a matmul variant.
+pub fn defines(gpu: &Gpu, format: &WeightFormat, opts: &MatmulOpts) -> Defines {
+    let mut d = gpu
+        .base_defines()
+        .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
+        .set("WG", WG)
+        .set("ROWS", ROWS)
+        .set("MT", opts.mt)
+        .set("TOKENS", if opts.rows == Rows::Out { "n_out" } else { "n_tokens" })
+        .flag("ADD", opts.add);
+    match *format {
+        WeightFormat::Affine { bits, scale, .. } => {
+            d = d.flag("QUANT", true).flag(if bits == 4 { "Q4" } else { "Q8" }, true);
+            d = d.flag(
+                match scale {
+                    FloatType::F32 => "SCALE_F32",
+                    FloatType::F16 => "SCALE_F16",
+                    FloatType::BF16 => "SCALE_BF16",
+                },
+                true,
+            );
+        }
+        WeightFormat::Dense(t) => {
+            d = d.flag(
+                match t {
+                    FloatType::F32 => "F32",
+                    FloatType::F16 => "F16",
+                    FloatType::BF16 => "BF16",
+                },
+                true,
+            );
+        }
+    }
+    d
+}
+
+/// One dispatch per chunk of `m`. `y.col` shifts the output columns (several projections can
+/// write side by side into one buffer).
+pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlot<'_>, opts: MatmulOpts) -> Result<Vec<Dispatch>, GpuError> {
+    if x.stride % 4 != 0 || x.col % 4 != 0 {
+        return Err(GpuError::Shader { name: format!("matmul {}", m.name), message: "x stride/column must be multiples of 4".into() });
+    }
+    let pipeline = gpu.pipeline("matmul.wgsl", &defines(gpu, &m.format, &opts)).await?;
+    let (groups_per_row, group_size) = match m.format {
+        WeightFormat::Affine { group, .. } => (m.k / group, group),
+        WeightFormat::Dense(_) => (0, 1),
+    };
+    let mut out = Vec::new();
+    for c in &m.chunks {
+        let params = MatmulParams {
+            k: m.k,
+            n: c.rows,
+            row0: y.col + c.row0,
+            x_stride: x.stride,
+            x_col: x.col,
+            y_stride: y.stride,
+            groups_per_row,
+            group_size,
+        };
+        let u = gpu.uniform(&format!("{}.params", m.name), &params);
+        let mut res = vec![u.whole(), step.binding(), x.buf.whole(), c.weight.whole()];
+        if let (Some(s), Some(b)) = (&c.scales, &c.biases) {
+            res.push(s.whole());
+            res.push(b.whole());
+        }
+        res.push(y.buf.whole());
+        let grid = Grid { groups: c.rows.div_ceil(ROWS), rows: opts.rows, tile: opts.mt };
+        out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
+    }
+    Ok(out)
+}

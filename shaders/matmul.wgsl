@@ -1,0 +1,193 @@
+// y[t, row0 + r] (+)= sum_k x[t, k] * W[r, k]   for the rows of one weight chunk.
+//
+// Weight formats (one define): Q4 / Q8 = MLX affine (u32-packed codes, LSB first; per-group
+// scale and bias, w = s*q + b, spec §3.1); F32 / F16 / BF16 = dense.
+// Scales/biases (quantized only): SCALE_F32 / SCALE_F16 / SCALE_BF16.
+// A "block" is one vec4<u32> (16 bytes) of weights: 32 codes (Q4), 16 (Q8), 8 (F16/BF16), 4 (F32).
+// A block never straddles a quantization group (groups are multiples of 32 elements), so the
+// per-group identity  sum x*(s*q + b) = s*sum(x*q) + b*sum(x)  is applied per block.
+//
+// Batch invariance: each (row, token) is reduced in the same order whatever the number of tokens,
+// the token tile size MT, or the tile a token lands in (tokens only select which x row is read).
+//
+// Defines: WG (threads), ROWS (rows per workgroup), MT (tokens per tile), TOKENS (Step field that
+// holds the row count: n_tokens or n_out), ADD (accumulate into y), SUBGROUPS.
+#include "common.wgsl"
+
+{{PARAMS}}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> step: Step;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;      // [T, x_stride / 4]
+@group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;      // [n, blocks_per_row]
+#if QUANT
+@group(0) @binding(4) var<storage, read> scales: array<u32>;       // [n, k / group] (packed per SCALE_*)
+@group(0) @binding(5) var<storage, read> biases: array<u32>;       // [n, k / group]
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;      // [T, y_stride]
+#else
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;      // [T, y_stride]
+#endif
+
+const WG: u32 = {{WG}}u;
+const ROWS: u32 = {{ROWS}}u;
+const MT: u32 = {{MT}}u;
+const NACC: u32 = ROWS * MT;
+
+#if Q4
+const EPB: u32 = 32u; // elements per block
+#elif Q8
+const EPB: u32 = 16u;
+#elif F32
+const EPB: u32 = 4u;
+#else
+const EPB: u32 = 8u;
+#endif
+
+#if QUANT
+fn scale_bias(idx: u32) -> vec2<f32> {
+#if SCALE_F32
+    return vec2<f32>(bitcast<f32>(scales[idx]), bitcast<f32>(biases[idx]));
+#elif SCALE_F16
+    return vec2<f32>(half_at_f16(scales[idx >> 1u], idx), half_at_f16(biases[idx >> 1u], idx));
+#else
+    return vec2<f32>(half_at_bf16(scales[idx >> 1u], idx), half_at_bf16(biases[idx >> 1u], idx));
+#endif
+}
+#endif
+
+// x values of one block for token row `xrow` (offset in vec4 units), and its partial dot with the
+// weight block. Returns vec2(sum x*q (or x*w), sum x).
+fn block_dot(wb: vec4<u32>, xbase: u32) -> vec2<f32> {
+    var d = 0.0;
+    var sx = 0.0;
+#if Q4
+    for (var i = 0u; i < 4u; i++) {
+        let word = wb[i];
+        let lo = vec4<f32>((vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+        let hi = vec4<f32>((vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
+        let xa = x[xbase + 2u * i];
+        let xb = x[xbase + 2u * i + 1u];
+        d += dot(lo, xa) + dot(hi, xb);
+        sx += (xa.x + xa.y + xa.z + xa.w) + (xb.x + xb.y + xb.z + xb.w);
+    }
+#elif Q8
+    for (var i = 0u; i < 4u; i++) {
+        let word = wb[i];
+        let q = vec4<f32>((vec4<u32>(word) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
+        let xa = x[xbase + i];
+        d += dot(q, xa);
+        sx += xa.x + xa.y + xa.z + xa.w;
+    }
+#elif F32
+    d = dot(bitcast<vec4<f32>>(wb), x[xbase]);
+#elif F16
+    for (var i = 0u; i < 2u; i++) {
+        let a = unpack2x16float(wb[2u * i]);
+        let b = unpack2x16float(wb[2u * i + 1u]);
+        d += dot(vec4<f32>(a, b), x[xbase + i]);
+    }
+#else
+    for (var i = 0u; i < 2u; i++) {
+        let u0 = wb[2u * i];
+        let u1 = wb[2u * i + 1u];
+        let wv = vec4<f32>(bf16_lo(u0), bf16_hi(u0), bf16_lo(u1), bf16_hi(u1));
+        d += dot(wv, x[xbase + i]);
+    }
+#endif
+    return vec2<f32>(d, sx);
+}
+
+var<workgroup> red: array<f32, WG * NACC>;
+#if SUBGROUPS
+var<workgroup> leader: array<u32, WG>;
+#endif
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+#endif
+) {
+    let T = step.{{TOKENS}};
+    let wg = wg_linear(wid, nwg);
+    let r0 = wg * ROWS;
+    if (r0 >= p.n) { return; }
+    let t0 = wid.z * MT;
+    let bpr = p.k / EPB;          // blocks per row
+    let xs4 = p.x_stride / 4u;    // x row stride in vec4 units
+
+    var acc: array<f32, NACC>;
+    for (var i = 0u; i < NACC; i++) { acc[i] = 0.0; }
+
+    for (var b = lid; b < bpr; b += WG) {
+        // Weight blocks (and group scale/bias) of every row of this workgroup, read once.
+        var wb: array<vec4<u32>, ROWS>;
+        var sb: array<vec2<f32>, ROWS>;
+        for (var r = 0u; r < ROWS; r++) {
+            let row = min(r0 + r, p.n - 1u);
+            wb[r] = w[row * bpr + b];
+#if QUANT
+            sb[r] = scale_bias(row * p.groups_per_row + (b * EPB) / p.group_size);
+#endif
+        }
+        for (var t = 0u; t < MT; t++) {
+            if (t0 + t < T) {
+                let xbase = (t0 + t) * xs4 + p.x_col / 4u + b * (EPB / 4u);
+                for (var r = 0u; r < ROWS; r++) {
+                    let ds = block_dot(wb[r], xbase);
+#if QUANT
+                    acc[r * MT + t] += sb[r].x * ds.x + sb[r].y * ds.y;
+#else
+                    acc[r * MT + t] += ds.x;
+#endif
+                }
+            }
+        }
+    }
+
+    // Reduce every accumulator over the workgroup in a fixed order.
+#if SUBGROUPS
+    for (var i = 0u; i < NACC; i++) {
+        red[i * WG + lid] = subgroupAdd(acc[i]);
+    }
+    leader[lid] = select(0u, 1u, sg_lane == 0u);
+    workgroupBarrier();
+    if (lid < NACC) {
+        var s = 0.0;
+        for (var j = 0u; j < WG; j++) {
+            if (leader[j] == 1u) { s += red[lid * WG + j]; }
+        }
+        red[lid * WG] = s;
+    }
+    workgroupBarrier();
+#else
+    for (var i = 0u; i < NACC; i++) {
+        red[i * WG + lid] = acc[i];
+    }
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if (lid < stride) {
+            for (var i = 0u; i < NACC; i++) {
+                red[i * WG + lid] += red[i * WG + lid + stride];
+            }
+        }
+        workgroupBarrier();
+    }
+#endif
+    if (lid < NACC) {
+        let r = lid / MT;
+        let t = lid % MT;
+        let row = r0 + r;
+        if (row < p.n && t0 + t < T) {
+            let o = (t0 + t) * p.y_stride + p.row0 + row;
+#if ADD
+            y[o] = y[o] + red[lid * WG];
+#else
+            y[o] = red[lid * WG];
+#endif
+        }
+    }
+}

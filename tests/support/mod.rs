@@ -1,0 +1,123 @@
+//! Shared helpers for the integration tests: one device per test binary, deterministic random
+//! data, a runner for prepared dispatches, and comparisons that print index and both values.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use qwgpu_engine::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions, Step, StepShape};
+
+/// The adapter tests run on (lavapipe in CI), with wgpu's shader runtime checks ON so an
+/// out-of-bounds index shows up as a wrong value here rather than silently on a real GPU.
+pub fn gpu() -> Arc<Gpu> {
+    gpu_with(GpuOptions { shader_checks: Some(true), ..Default::default() })
+}
+
+static GPUS: OnceLock<Mutex<Vec<(String, Arc<Gpu>)>>> = OnceLock::new();
+
+/// A device opened with `opts`, cached per distinct option set for the test binary.
+pub fn gpu_with(opts: GpuOptions) -> Arc<Gpu> {
+    let key = format!("{opts:?}");
+    let cache = GPUS.get_or_init(|| Mutex::new(Vec::new()));
+    let mut cache = cache.lock().unwrap();
+    if let Some((_, g)) = cache.iter().find(|(k, _)| *k == key) {
+        return g.clone();
+    }
+    let g = pollster::block_on(Gpu::new(&opts)).expect("open a wgpu device (is mesa-vulkan-drivers installed?)");
+    cache.push((key, g.clone()));
+    g
+}
+
+/// Both variants of every kernel: shared-memory reductions, and subgroups where the adapter has them.
+pub fn gpu_variants() -> Vec<Arc<Gpu>> {
+    let mut v = vec![gpu_with(GpuOptions { shader_checks: Some(true), no_subgroups: true, ..Default::default() })];
+    let g = gpu();
+    if g.caps.subgroups {
+        v.push(g);
+    }
+    v
+}
+
+/// splitmix64: small, seeded, reproducible.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn normal(&mut self) -> f32 {
+        // Irwin–Hall approximation: plenty for test data.
+        (0..12).map(|_| (self.uniform() + 1.0) * 0.5).sum::<f32>() - 6.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+    pub fn below(&mut self, n: u32) -> u32 {
+        (self.next_u64() % n as u64) as u32
+    }
+}
+
+/// A step buffer with one slot, written with `step`.
+pub fn step_buffer(gpu: &Gpu, step: Step) -> GpuBuffer {
+    let b = gpu.storage("step", 256).unwrap();
+    gpu.queue.write_buffer(&b.buf, 0, bytemuck::bytes_of(&step));
+    b
+}
+
+/// Records `dispatches` in one compute pass and submits.
+pub fn run(gpu: &Gpu, dispatches: &[Dispatch], shape: StepShape) {
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for d in dispatches {
+            d.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+        }
+    }
+    gpu.queue.submit([enc.finish()]);
+    gpu.take_error().expect("GPU error");
+}
+
+pub fn read_f32(gpu: &Gpu, b: &GpuBuffer, count: usize) -> Vec<f32> {
+    pollster::block_on(gpu.read_f32(&b.buf, 0, count)).unwrap()
+}
+
+pub fn read_u32(gpu: &Gpu, b: &GpuBuffer, count: usize) -> Vec<u32> {
+    pollster::block_on(gpu.read_u32(&b.buf, 0, count)).unwrap()
+}
+
+pub fn upload_f32(gpu: &Gpu, label: &str, v: &[f32]) -> GpuBuffer {
+    gpu.storage_init(label, bytemuck::cast_slice(v)).unwrap()
+}
+
+/// Asserts |got - want| <= atol + rtol * scale[i] for every element; prints the worst offender.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst: Option<(usize, f32)> = None;
+    for i in 0..got.len() {
+        let tol = atol + rtol * scale[i];
+        let err = (got[i] - want[i]).abs();
+        if !(err <= tol) {
+            let excess = err / tol;
+            if worst.is_none_or(|(_, e)| excess > e) {
+                worst = Some((i, excess));
+            }
+        }
+    }
+    if let Some((i, ex)) = worst {
+        panic!("{what}: element {i}: got {} want {} (error {:.3e} = {ex:.1}x tolerance)", got[i], want[i], (got[i] - want[i]).abs());
+    }
+}
+
+/// Asserts bitwise equality, printing the first difference.
+pub fn assert_bits_eq(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}: length");
+    for i in 0..a.len() {
+        assert!(a[i].to_bits() == b[i].to_bits(), "{what}: element {i}: {} vs {} (not bit-identical)", a[i], b[i]);
+    }
+}
