@@ -1,6 +1,9 @@
 //! Shared helpers for the integration tests: one device per test binary, deterministic random
 //! data, a runner for prepared dispatches, and comparisons that print index and both values.
 
+pub mod ref_attention;
+pub mod ref_gdn;
+
 use std::sync::{Arc, Mutex, OnceLock};
 
 use qwgpu_engine::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions, Step, StepShape};

@@ -1,6 +1,8 @@
 //! The Rust side of each kernel family: shape checks, the pipeline variant, the parameter struct
 //! and the grid. One file per WGSL kernel, named alike.
 
+pub mod attention;
+pub mod gdn;
 pub mod matmul;
 pub mod matrix;
 
