@@ -3,7 +3,8 @@
 use crate::gpu::{Defines, Dispatch, Gpu, GpuError, Grid, Rows, StepSlot};
 use crate::ops::matrix::Matrix;
 use crate::ops::Act;
-use crate::quant::{FloatType, WeightFormat};
+use crate::ops::embed::{dense_define, scale_define};
+use crate::quant::WeightFormat;
 
 crate::gpu_struct! {
     pub struct MatmulParams as "Params" {
@@ -53,26 +54,9 @@ pub fn defines(gpu: &Gpu, format: &WeightFormat, opts: &MatmulOpts) -> Defines {
         .flag("ADD", opts.add);
     match *format {
         WeightFormat::Affine { bits, scale, .. } => {
-            d = d.flag("QUANT", true).flag(if bits == 4 { "Q4" } else { "Q8" }, true);
-            d = d.flag(
-                match scale {
-                    FloatType::F32 => "SCALE_F32",
-                    FloatType::F16 => "SCALE_F16",
-                    FloatType::BF16 => "SCALE_BF16",
-                },
-                true,
-            );
+            d = d.flag("QUANT", true).flag(if bits == 4 { "Q4" } else { "Q8" }, true).flag(scale_define(scale), true);
         }
-        WeightFormat::Dense(t) => {
-            d = d.flag(
-                match t {
-                    FloatType::F32 => "F32",
-                    FloatType::F16 => "F16",
-                    FloatType::BF16 => "BF16",
-                },
-                true,
-            );
-        }
+        WeightFormat::Dense(t) => d = d.flag(dense_define(t), true),
     }
     d
 }

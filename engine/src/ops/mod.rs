@@ -1,10 +1,14 @@
 //! The Rust side of each kernel family: shape checks, the pipeline variant, the parameter struct
 //! and the grid. One file per WGSL kernel, named alike.
 
+pub mod argmax;
 pub mod attention;
+pub mod embed;
 pub mod gdn;
 pub mod matmul;
 pub mod matrix;
+pub mod norm;
+pub mod swiglu;
 
 use crate::gpu::GpuBuffer;
 
