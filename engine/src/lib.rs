@@ -8,3 +8,6 @@
 pub mod gpu;
 pub mod ops;
 pub mod quant;
+pub mod error;
+pub mod model;
+pub mod weights;
