@@ -11,3 +11,5 @@ pub mod quant;
 pub mod error;
 pub mod model;
 pub mod weights;
+pub mod state;
+pub mod decode;

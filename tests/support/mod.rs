@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: one device per test binary, deterministic random
 //! data, a runner for prepared dispatches, and comparisons that print index and both values.
 
+pub mod fixtures;
 pub mod ref_attention;
 pub mod ref_gdn;
 

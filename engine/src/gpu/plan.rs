@@ -125,6 +125,9 @@ impl Plan {
     pub fn extend(&mut self, other: Plan) {
         self.dispatches.extend(other.dispatches);
     }
+    pub fn extend_vec(&mut self, ds: Vec<Dispatch>) {
+        self.dispatches.extend(ds);
+    }
     pub fn len(&self) -> usize {
         self.dispatches.len()
     }

@@ -2,3 +2,8 @@
 
 pub mod config;
 pub mod tensors;
+pub mod forward;
+pub mod session;
+pub mod weights;
+
+pub use session::{Model, RunError, Session, SessionOptions};

@@ -1,1 +1,233 @@
-// (being written)
+//! `attn_prep.wgsl` and `attention.wgsl`: the gated full-attention mixer between the projections
+//! (spec §4.5 steps 1-7, KV cache §5.1). f32 activations and an f32 KV cache.
+//!
+//! Per layer and forward call: `attn_prep` (q/k RMSNorm + partial RoPE, K/V appended to the cache
+//! at rows `step.pos ..`), then `attention` (causal GQA over cache rows `0 ..= step.pos + t`, times
+//! the sigmoid output gate). Both kernels compute every (row, head) on its own workgroup in a
+//! fixed order, so results are bit-identical whatever the row count of the call (spec §7.5).
+
+use crate::gpu::{Defines, Dispatch, Gpu, GpuBuffer, GpuError, Grid, ParamStruct, StepSlot};
+use crate::ops::Act;
+
+/// Shapes of one full-attention layer (27B: Hq 24, Hkv 4, D 256, rotary 64, theta 1e7, eps 1e-6).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnDims {
+    /// Query heads Hq (a multiple of `n_kv_heads`).
+    pub n_heads: u32,
+    /// Key/value heads Hkv.
+    pub n_kv_heads: u32,
+    /// Head dim D: a multiple of 4, at most [`MAX_HEAD_DIM`].
+    pub head_dim: u32,
+    /// Leading dims of each head that RoPE rotates (even, at most D).
+    pub rotary_dim: u32,
+    pub rope_theta: f32,
+    /// RMSNorm eps of q_norm / k_norm.
+    pub eps: f32,
+    /// Rows of the KV cache (positions it can hold).
+    pub max_ctx: u32,
+}
+
+impl AttnDims {
+    /// Bytes of one KV cache buffer (K or V): [max_ctx, Hkv*D] f32.
+    pub fn cache_bytes(&self) -> u64 {
+        self.max_ctx as u64 * self.n_kv_heads as u64 * self.head_dim as u64 * 4
+    }
+}
+
+/// Largest supported head dim (workgroup memory holds one head).
+pub const MAX_HEAD_DIM: u32 = 256;
+/// attn_prep: threads per workgroup.
+pub const PREP_WG: u32 = 64;
+/// attention: threads per workgroup and keys per block.
+pub const ATTN_WG: u32 = 128;
+pub const ATTN_BK: u32 = 32;
+
+crate::gpu_struct! {
+    pub struct AttnPrepParams as "Params" {
+        n_heads: u32,
+        n_kv_heads: u32,
+        head_dim: u32,
+        rotary_dim: u32,
+        max_ctx: u32,
+        /// Rows every bound activation buffer can hold (a guard against a too-large n_tokens).
+        max_rows: u32,
+        qg_stride: u32,
+        qg_col: u32,
+        k_stride: u32,
+        k_col: u32,
+        v_stride: u32,
+        v_col: u32,
+        eps: f32,
+        log2_theta: f32,
+    }
+}
+
+crate::gpu_struct! {
+    pub struct AttentionParams as "Params" {
+        n_heads: u32,
+        n_kv_heads: u32,
+        head_dim: u32,
+        max_ctx: u32,
+        max_rows: u32,
+        gate_stride: u32,
+        gate_col: u32,
+        /// head_dim^-0.5, rounded once from f64 (as MLX's Python-side scale)
+        scale: f32,
+    }
+}
+
+fn bad(what: &str, msg: String) -> GpuError {
+    GpuError::Shader { name: what.to_string(), message: msg }
+}
+
+fn check_dims(what: &str, d: &AttnDims) -> Result<(), GpuError> {
+    if d.n_heads == 0 || d.n_kv_heads == 0 || d.n_heads % d.n_kv_heads != 0 {
+        return Err(bad(what, format!("n_heads {} must be a non-zero multiple of n_kv_heads {}", d.n_heads, d.n_kv_heads)));
+    }
+    if d.head_dim == 0 || d.head_dim % 4 != 0 || d.head_dim > MAX_HEAD_DIM {
+        return Err(bad(what, format!("head_dim {} must be a multiple of 4 and at most {MAX_HEAD_DIM}", d.head_dim)));
+    }
+    if d.rotary_dim % 2 != 0 || d.rotary_dim > d.head_dim {
+        return Err(bad(what, format!("rotary_dim {} must be even and at most head_dim {}", d.rotary_dim, d.head_dim)));
+    }
+    if d.max_ctx == 0 {
+        return Err(bad(what, "max_ctx must be positive".into()));
+    }
+    Ok(())
+}
+
+/// Rows of `a` that hold `width` elements from its start column (0 if even row 0 does not).
+fn rows_of(a: &Act<'_>, width: u64) -> u64 {
+    let len = a.buf.size / 4;
+    let need = a.col as u64 + width;
+    if len < need {
+        0
+    } else if a.stride == 0 {
+        u32::MAX as u64
+    } else {
+        (len - need) / a.stride as u64 + 1
+    }
+}
+
+fn check_bytes(what: &str, name: &str, b: &GpuBuffer, need: u64) -> Result<(), GpuError> {
+    if b.size < need {
+        return Err(bad(what, format!("{name} has {} bytes, needs {need}", b.size)));
+    }
+    Ok(())
+}
+
+/// Per-head q/k RMSNorm + partial RoPE, and the K/V cache append, for every row `t` of the step
+/// (position `step.pos + t`). One dispatch.
+///
+/// * `qg`: q_proj output, [T, Hq, 2, D] from `qg.col` = per head `[q_h | gate_h]` (only q is read).
+/// * `k`, `v`: k_proj / v_proj outputs, [T, Hkv*D] from their column (may share one buffer with `qg`).
+/// * `q_norm`, `k_norm`: [D] f32 weights (applied as `w * x / rms`).
+/// * `q_out`: [T, Hq*D] normed and rotated queries (the input of [`attention`]).
+/// * `k_cache`, `v_cache`: [max_ctx, Hkv*D] f32; rows `step.pos .. step.pos + T` are written,
+///   others untouched. Rows past `max_ctx` are skipped: the caller must keep `pos + T <= max_ctx`.
+#[allow(clippy::too_many_arguments)]
+pub async fn attn_prep(
+    gpu: &Gpu,
+    d: &AttnDims,
+    qg: Act<'_>,
+    k: Act<'_>,
+    v: Act<'_>,
+    q_norm: &GpuBuffer,
+    k_norm: &GpuBuffer,
+    q_out: &GpuBuffer,
+    k_cache: &GpuBuffer,
+    v_cache: &GpuBuffer,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let what = "attn_prep";
+    check_dims(what, d)?;
+    let hd = d.head_dim as u64;
+    let (hq, hkv) = (d.n_heads as u64, d.n_kv_heads as u64);
+    check_bytes(what, "q_norm", q_norm, hd * 4)?;
+    check_bytes(what, "k_norm", k_norm, hd * 4)?;
+    check_bytes(what, "k_cache", k_cache, d.cache_bytes())?;
+    check_bytes(what, "v_cache", v_cache, d.cache_bytes())?;
+    let max_rows = rows_of(&qg, 2 * hq * hd).min(rows_of(&k, hkv * hd)).min(rows_of(&v, hkv * hd)).min(q_out.size / 4 / (hq * hd)).min(u32::MAX as u64) as u32;
+    if max_rows == 0 {
+        return Err(bad(what, "an activation buffer cannot hold one row".into()));
+    }
+    let defines = Defines::new().set("PARAMS", AttnPrepParams::WGSL).set("WG", PREP_WG).set("MAX_D", MAX_HEAD_DIM);
+    let pipeline = gpu.pipeline("attn_prep.wgsl", &defines).await?;
+    let params = AttnPrepParams {
+        n_heads: d.n_heads,
+        n_kv_heads: d.n_kv_heads,
+        head_dim: d.head_dim,
+        rotary_dim: d.rotary_dim,
+        max_ctx: d.max_ctx,
+        max_rows,
+        qg_stride: qg.stride,
+        qg_col: qg.col,
+        k_stride: k.stride,
+        k_col: k.col,
+        v_stride: v.stride,
+        v_col: v.col,
+        eps: d.eps,
+        log2_theta: d.rope_theta.log2(),
+    };
+    let u = gpu.uniform("attn_prep.params", &params);
+    let res = [
+        u.whole(),
+        step.binding(),
+        qg.buf.whole(),
+        k.buf.whole(),
+        v.buf.whole(),
+        q_norm.whole(),
+        k_norm.whole(),
+        q_out.whole(),
+        k_cache.whole(),
+        v_cache.whole(),
+    ];
+    Ok(vec![gpu.dispatch(what, &pipeline, &res, Grid::per_token(d.n_heads + 2 * d.n_kv_heads))])
+}
+
+/// Causal GQA attention with the output gate, for every row `t` of the step: query head `h` of
+/// row `t` attends to cache rows `0 ..= step.pos + t` of kv head `h / (Hq/Hkv)`, scale 1/sqrt(D),
+/// and `out[t, h*D + j] = o[j] * sigmoid(gate[t, h*2D + D + j])`. One dispatch.
+///
+/// * `q`: [T, Hq*D] ([`attn_prep`]'s `q_out`).
+/// * `gate`: the q_proj output as passed to [`attn_prep`] (`[T, Hq, 2, D]` from `gate.col`; only
+///   the gate halves are read).
+/// * `k_cache`, `v_cache`: [max_ctx, Hkv*D], rows `0 ..= step.pos + T - 1` valid.
+/// * `out`: [T, Hq*D] (the input of o_proj).
+#[allow(clippy::too_many_arguments)]
+pub async fn attention(
+    gpu: &Gpu,
+    d: &AttnDims,
+    q: &GpuBuffer,
+    gate: Act<'_>,
+    k_cache: &GpuBuffer,
+    v_cache: &GpuBuffer,
+    out: &GpuBuffer,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let what = "attention";
+    check_dims(what, d)?;
+    let hd = d.head_dim as u64;
+    let hq = d.n_heads as u64;
+    check_bytes(what, "k_cache", k_cache, d.cache_bytes())?;
+    check_bytes(what, "v_cache", v_cache, d.cache_bytes())?;
+    let max_rows = rows_of(&gate, 2 * hq * hd).min(q.size / 4 / (hq * hd)).min(out.size / 4 / (hq * hd)).min(u32::MAX as u64) as u32;
+    if max_rows == 0 {
+        return Err(bad(what, "an activation buffer cannot hold one row".into()));
+    }
+    let defines = Defines::new().set("PARAMS", AttentionParams::WGSL).set("WG", ATTN_WG).set("BK", ATTN_BK).set("MAX_D", MAX_HEAD_DIM);
+    let pipeline = gpu.pipeline("attention.wgsl", &defines).await?;
+    let params = AttentionParams {
+        n_heads: d.n_heads,
+        n_kv_heads: d.n_kv_heads,
+        head_dim: d.head_dim,
+        max_ctx: d.max_ctx,
+        max_rows,
+        gate_stride: gate.stride,
+        gate_col: gate.col,
+        scale: (d.head_dim as f64).powf(-0.5) as f32,
+    };
+    let u = gpu.uniform("attention.params", &params);
+    let res = [u.whole(), step.binding(), q.whole(), gate.buf.whole(), k_cache.whole(), v_cache.whole(), out.whole()];
+    Ok(vec![gpu.dispatch(what, &pipeline, &res, Grid::per_token(d.n_heads))])
+}

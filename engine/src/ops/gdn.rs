@@ -1,1 +1,387 @@
-// (being written)
+//! Gated-DeltaNet kernels (spec §4.6, mlx-lm `GatedDeltaNet`), all f32:
+//!
+//! 1. [`gdn_conv`] (`gdn_conv.wgsl`): causal depthwise conv over time + silu, conv-state update and
+//!    snapshot;
+//! 2. [`gdn_prep`] (`gdn_prep.wgsl`): q/k normalization (mlx-lm `normalize_qk`) in place, and the
+//!    gates beta = sigmoid(b), g = exp(-exp(A_log) · softplus(a + dt_bias));
+//! 3. [`gdn_recurrence`] (`gdn_recurrence.wgsl`): the gated delta rule over the step's rows, state
+//!    kept on the GPU, snapshot after `n_confirmed` rows (spec §7.4);
+//! 4. [`gated_norm`] (`gated_norm.wgsl`): silu(z) · rms_norm(y, weight, eps) per (row, value head).
+//!
+//! Buffer layouts (row-major, f32 unless noted; T = the step's `n_tokens`):
+//! * qkv projection: [T, conv_dim] columns of a row, conv_dim = 2·Hk·Dk + Hv·Dv (q | k | v);
+//! * `conv_w`: [conv_dim, K] (tap K-1 multiplies the current token); `conv_state`, `conv_snap`:
+//!   [K-1, conv_dim], the previous K-1 raw qkv rows, oldest first;
+//! * `conv_out`: [T, conv_dim] = q [Hk, Dk] | k [Hk, Dk] | v [Hv, Dv] (after silu; q, k normalized
+//!   in place by `gdn_prep`);
+//! * `gates`: [T, 2·Hv] = beta [Hv] | g [Hv];
+//! * `state`, `snap`: [Hv, Dv, Dk] (row = value dim, mlx-lm's layout);
+//! * `y`, gated-norm `out`: [T, Hv·Dv] head-major; z: [T, Hv·Dv] columns of a row.
+//!
+//! Every kernel computes a row in a fixed order that does not depend on T (batch invariant), and
+//! clamps T to the rows its buffers hold, so no index leaves a binding.
+
+use crate::gpu::{Defines, Dispatch, Gpu, GpuBuffer, GpuError, Grid, ParamStruct, StepSlot};
+use crate::ops::Act;
+
+/// Shapes of one Gated-DeltaNet layer (27B: Hk 16, Hv 48, Dk = Dv = 128, K = 4, eps 1e-6).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GdnDims {
+    pub n_k_heads: u32,
+    pub n_v_heads: u32,
+    pub k_head_dim: u32,
+    pub v_head_dim: u32,
+    /// Conv taps K (`linear_conv_kernel_dim`).
+    pub conv_kernel: u32,
+    /// The gated norm's eps (`rms_norm_eps`).
+    pub eps: f32,
+}
+
+impl GdnDims {
+    /// Hk·Dk.
+    pub fn key_dim(&self) -> u32 {
+        self.n_k_heads * self.k_head_dim
+    }
+    /// Hv·Dv.
+    pub fn value_dim(&self) -> u32 {
+        self.n_v_heads * self.v_head_dim
+    }
+    /// 2·key_dim + value_dim: the channels of the conv (and the width of a qkv row).
+    pub fn conv_dim(&self) -> u32 {
+        2 * self.key_dim() + self.value_dim()
+    }
+    /// Elements of the conv state (and of its snapshot): [K-1, conv_dim].
+    pub fn conv_state_len(&self) -> u64 {
+        (self.conv_kernel.saturating_sub(1)) as u64 * self.conv_dim() as u64
+    }
+    /// Elements of the recurrent state (and of its snapshot): [Hv, Dv, Dk].
+    pub fn state_len(&self) -> u64 {
+        self.n_v_heads as u64 * self.v_head_dim as u64 * self.k_head_dim as u64
+    }
+
+    fn check(&self) -> Result<(), GpuError> {
+        let ok = self.n_k_heads > 0
+            && self.n_v_heads > 0
+            && self.n_v_heads % self.n_k_heads == 0
+            && self.k_head_dim > 0
+            && self.v_head_dim > 0
+            && self.conv_kernel >= 1
+            && self.conv_kernel <= CONV_KMAX
+            && self.conv_kernel - 1 <= CONV_TILE;
+        if ok {
+            Ok(())
+        } else {
+            Err(bad("gdn", format!("unsupported dims {self:?} (Hv must be a multiple of Hk; 1 <= K <= {CONV_KMAX})")))
+        }
+    }
+}
+
+/// The l2-norm eps mlx-lm passes to `normalize_qk` (a constant, not `rms_norm_eps`).
+pub const QK_L2_EPS: f64 = 1e-6;
+
+/// mlx-lm `normalize_qk` with inv_scale = Dk^-0.5: returns (q_scale, k_scale, rms eps), i.e.
+/// q = q_scale · rms_norm(q, eps) and k = k_scale · rms_norm(k, eps), with q_scale = inv_scale²,
+/// k_scale = inv_scale and eps = QK_L2_EPS · inv_scale² (computed in f64 as Python does).
+pub fn qk_norm_constants(k_head_dim: u32) -> (f32, f32, f32) {
+    let inv = (k_head_dim as f64).powf(-0.5);
+    ((inv * inv) as f32, inv as f32, (QK_L2_EPS * inv * inv) as f32)
+}
+
+/// Channels (threads) per conv workgroup, tokens per conv workgroup, most conv taps.
+pub const CONV_WG: u32 = 64;
+pub const CONV_TILE: u32 = 8;
+pub const CONV_KMAX: u32 = 8;
+/// Threads per workgroup of the prep, gated-norm and recurrence kernels.
+pub const NORM_WG: u32 = 64;
+pub const REC_WG: u32 = 128;
+
+crate::gpu_struct! {
+    /// `gdn_conv.wgsl` parameters.
+    pub struct GdnConvParams as "Params" {
+        conv_dim: u32,
+        /// K
+        taps: u32,
+        /// qkv row stride and the column of channel 0 (elements)
+        x_stride: u32,
+        x_col: u32,
+        /// rows the qkv and out bindings hold (T is clamped to it)
+        rows_cap: u32,
+    }
+}
+
+crate::gpu_struct! {
+    /// `gdn_prep.wgsl` parameters.
+    pub struct GdnPrepParams as "Params" {
+        n_k_heads: u32,
+        n_v_heads: u32,
+        dk: u32,
+        conv_dim: u32,
+        b_stride: u32,
+        b_col: u32,
+        a_stride: u32,
+        a_col: u32,
+        rows_cap: u32,
+        q_scale: f32,
+        k_scale: f32,
+        qk_eps: f32,
+    }
+}
+
+crate::gpu_struct! {
+    /// `gdn_recurrence.wgsl` parameters.
+    pub struct GdnRecurrenceParams as "Params" {
+        n_k_heads: u32,
+        n_v_heads: u32,
+        dk: u32,
+        dv: u32,
+        conv_dim: u32,
+        /// workgroups per value head: ceil(Dv / rows per workgroup)
+        blocks: u32,
+        rows_cap: u32,
+    }
+}
+
+crate::gpu_struct! {
+    /// `gated_norm.wgsl` parameters.
+    pub struct GatedNormParams as "Params" {
+        n_v_heads: u32,
+        dv: u32,
+        z_stride: u32,
+        z_col: u32,
+        rows_cap: u32,
+        eps: f32,
+    }
+}
+
+fn bad(what: &str, message: impl Into<String>) -> GpuError {
+    GpuError::Shader { name: what.to_string(), message: message.into() }
+}
+
+/// Fails unless `buf` holds at least `elems` f32 values.
+fn need(what: &str, name: &str, buf: &GpuBuffer, elems: u64) -> Result<(), GpuError> {
+    if buf.size / 4 < elems {
+        return Err(bad(what, format!("{name} holds {} f32 values, needs {elems}", buf.size / 4)));
+    }
+    Ok(())
+}
+
+/// Rows of `width` elements an activation view holds (the kernels clamp T to it).
+fn act_rows(what: &str, name: &str, a: &Act<'_>, width: u32) -> Result<u32, GpuError> {
+    if a.col as u64 + width as u64 > a.stride as u64 {
+        return Err(bad(what, format!("{name}: columns {}..{} do not fit rows of {}", a.col, a.col as u64 + width as u64, a.stride)));
+    }
+    let elems = a.buf.size / 4;
+    let first = a.col as u64 + width as u64;
+    let rows = if elems < first { 0 } else { (elems - first) / a.stride.max(1) as u64 + 1 };
+    Ok(rows.min(u32::MAX as u64) as u32)
+}
+
+fn buf_rows(buf: &GpuBuffer, width: u32) -> u32 {
+    ((buf.size / 4) / width.max(1) as u64).min(u32::MAX as u64) as u32
+}
+
+/// Causal depthwise conv over time, then silu (spec §4.6 step 2), for every row of the step.
+///
+/// * `qkv`: [T, conv_dim] at `qkv.col` of rows of `qkv.stride` (e.g. the fused projection output
+///   [T, qkv | z | b | a]);
+/// * `conv_w`: [conv_dim, K]; tap k = K-1 multiplies the current token;
+/// * `conv_state`: [K-1, conv_dim], the previous K-1 raw qkv rows, oldest first (zeros at the
+///   start of a sequence); afterwards the last K-1 rows of concat(conv_state, qkv rows);
+/// * `conv_snap`: [K-1, conv_dim]; when 0 < n_confirmed < n_tokens it receives the conv state as it
+///   would be after the first n_confirmed rows (untouched otherwise);
+/// * `out`: [T, conv_dim] = silu(conv), must not alias `qkv`.
+///
+/// Grid: ceil(conv_dim / 64) workgroups of 64 channels × ceil(T / 8) token tiles.
+#[allow(clippy::too_many_arguments)]
+pub async fn gdn_conv(
+    gpu: &Gpu,
+    d: &GdnDims,
+    qkv: Act<'_>,
+    conv_w: &GpuBuffer,
+    conv_state: &GpuBuffer,
+    conv_snap: &GpuBuffer,
+    out: &GpuBuffer,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    const WHAT: &str = "gdn_conv";
+    d.check()?;
+    let cd = d.conv_dim();
+    need(WHAT, "conv_w", conv_w, cd as u64 * d.conv_kernel as u64)?;
+    need(WHAT, "conv_state", conv_state, d.conv_state_len())?;
+    need(WHAT, "conv_snap", conv_snap, d.conv_state_len())?;
+    let rows_cap = act_rows(WHAT, "qkv", &qkv, cd)?.min(buf_rows(out, cd));
+    let defines = Defines::new()
+        .set("PARAMS", <GdnConvParams as ParamStruct>::WGSL)
+        .set("WG", CONV_WG)
+        .set("TILE", CONV_TILE)
+        .set("KMAX", CONV_KMAX);
+    let pipeline = gpu.pipeline("gdn_conv.wgsl", &defines).await?;
+    let params = GdnConvParams { conv_dim: cd, taps: d.conv_kernel, x_stride: qkv.stride, x_col: qkv.col, rows_cap };
+    let u = gpu.uniform("gdn_conv.params", &params);
+    let res = [u.whole(), step.binding(), qkv.buf.whole(), conv_w.whole(), conv_state.whole(), conv_snap.whole(), out.whole()];
+    Ok(vec![gpu.dispatch(WHAT, &pipeline, &res, Grid::per_tile(cd.div_ceil(CONV_WG), CONV_TILE))])
+}
+
+/// q/k normalization in place and the gates (spec §4.6 steps 4-5, exactly mlx-lm's
+/// `normalize_qk` and `gated_delta_update`), for every row of the step:
+/// q ← (1/Dk)·rms_norm(q, 1e-6/Dk), k ← Dk^-0.5·rms_norm(k, 1e-6/Dk) per key head (no weight);
+/// beta = sigmoid(b), g = exp(-exp(A_log) · softplus(a + dt_bias)).
+///
+/// * `conv_out`: [T, conv_dim] (q | k | v); q and k are rewritten, v is left alone;
+/// * `b`, `a`: [T, Hv] at their columns (may be views of one buffer);
+/// * `a_log`, `dt_bias`: [Hv];
+/// * `gates`: [T, 2·Hv] = beta [Hv] | g [Hv].
+///
+/// Grid: 2·Hk + 1 workgroups of 64 threads per row (one per q or k head, one for the gates).
+#[allow(clippy::too_many_arguments)]
+pub async fn gdn_prep(
+    gpu: &Gpu,
+    d: &GdnDims,
+    conv_out: &GpuBuffer,
+    b: Act<'_>,
+    a: Act<'_>,
+    a_log: &GpuBuffer,
+    dt_bias: &GpuBuffer,
+    gates: &GpuBuffer,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    const WHAT: &str = "gdn_prep";
+    d.check()?;
+    let hv = d.n_v_heads;
+    need(WHAT, "a_log", a_log, hv as u64)?;
+    need(WHAT, "dt_bias", dt_bias, hv as u64)?;
+    let rows_cap = buf_rows(conv_out, d.conv_dim())
+        .min(act_rows(WHAT, "b", &b, hv)?)
+        .min(act_rows(WHAT, "a", &a, hv)?)
+        .min(buf_rows(gates, 2 * hv));
+    let defines = Defines::new().set("PARAMS", <GdnPrepParams as ParamStruct>::WGSL).set("WG", NORM_WG);
+    let pipeline = gpu.pipeline("gdn_prep.wgsl", &defines).await?;
+    let (q_scale, k_scale, qk_eps) = qk_norm_constants(d.k_head_dim);
+    let params = GdnPrepParams {
+        n_k_heads: d.n_k_heads,
+        n_v_heads: hv,
+        dk: d.k_head_dim,
+        conv_dim: d.conv_dim(),
+        b_stride: b.stride,
+        b_col: b.col,
+        a_stride: a.stride,
+        a_col: a.col,
+        rows_cap,
+        q_scale,
+        k_scale,
+        qk_eps,
+    };
+    let u = gpu.uniform("gdn_prep.params", &params);
+    let res = [u.whole(), step.binding(), conv_out.whole(), b.buf.whole(), a.buf.whole(), a_log.whole(), dt_bias.whole(), gates.whole()];
+    Ok(vec![gpu.dispatch(WHAT, &pipeline, &res, Grid::per_token(2 * d.n_k_heads + 1))])
+}
+
+/// How the recurrence maps state rows onto threads on this device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecurrenceLayout {
+    /// One subgroup per state row (`subgroupAdd` reductions) instead of `lanes` threads per row
+    /// reducing through workgroup memory.
+    pub subgroups: bool,
+    /// Threads per workgroup.
+    pub wg: u32,
+    /// State (value) rows per workgroup.
+    pub rows: u32,
+    /// Most state columns one thread holds in registers.
+    pub cols: u32,
+    /// Threads per row (shared-memory variant; the subgroup variant uses the subgroup size).
+    pub lanes: u32,
+}
+
+/// The recurrence layout for `d` on `gpu`: the subgroup variant where the device has subgroups of
+/// a power-of-two size up to 128, else the shared-memory one. For the 27B (Dk 128): 32 lanes × 4
+/// columns per row, 4 rows per workgroup of 128, Hv·Dv/4 = 1536 workgroups.
+pub fn recurrence_layout(gpu: &Gpu, d: &GdnDims) -> RecurrenceLayout {
+    let dk = d.k_head_dim.max(1);
+    let (smin, smax) = (gpu.caps.subgroup_min_size.max(1), gpu.caps.subgroup_max_size.max(1));
+    if gpu.caps.subgroups && smax.is_power_of_two() && smax <= REC_WG && smin <= smax && dk.div_ceil(smin) <= 64 {
+        return RecurrenceLayout { subgroups: true, wg: REC_WG, rows: REC_WG / smax, cols: dk.div_ceil(smin), lanes: 0 };
+    }
+    // Largest power of two <= min(32, Dk/4): rows of 4+ columns per thread, 32 threads at most.
+    let mut lanes = 1;
+    while lanes * 2 <= 32 && lanes * 2 * 4 <= dk {
+        lanes *= 2;
+    }
+    RecurrenceLayout { subgroups: false, wg: REC_WG, rows: REC_WG / lanes, cols: dk.div_ceil(lanes), lanes }
+}
+
+/// The gated delta rule over the step's rows (spec §4.6 step 6), per value head h with key head
+/// h / (Hv/Hk): S ← g·S; m = S·k; δ = β(v − m); S ← S + δ⊗k; y = S·q.
+///
+/// * `conv_out`: [T, conv_dim] = q | k (normalized by [`gdn_prep`]) | v;
+/// * `gates`: [T, 2·Hv] = beta | g;
+/// * `state`: [Hv, Dv, Dk], read at the start and written at the end of the call (stays on the
+///   GPU between calls; zeros at the start of a sequence);
+/// * `snap`: [Hv, Dv, Dk]; when 0 < n_confirmed < n_tokens it receives the state after row
+///   n_confirmed-1 (untouched otherwise);
+/// * `y`: [T, Hv·Dv].
+///
+/// Grid: Hv · ceil(Dv / rows) workgroups (see [`recurrence_layout`]); T steps run sequentially
+/// inside, the state held in registers.
+#[allow(clippy::too_many_arguments)]
+pub async fn gdn_recurrence(
+    gpu: &Gpu,
+    d: &GdnDims,
+    conv_out: &GpuBuffer,
+    gates: &GpuBuffer,
+    state: &GpuBuffer,
+    snap: &GpuBuffer,
+    y: &GpuBuffer,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    const WHAT: &str = "gdn_recurrence";
+    d.check()?;
+    need(WHAT, "state", state, d.state_len())?;
+    need(WHAT, "snap", snap, d.state_len())?;
+    let hv = d.n_v_heads;
+    let rows_cap = buf_rows(conv_out, d.conv_dim()).min(buf_rows(gates, 2 * hv)).min(buf_rows(y, d.value_dim()));
+    let lay = recurrence_layout(gpu, d);
+    let mut defines = Defines::new()
+        .set("PARAMS", <GdnRecurrenceParams as ParamStruct>::WGSL)
+        .set("WG", lay.wg)
+        .set("R", lay.rows)
+        .set("NC", lay.cols)
+        .flag("SUBGROUPS", lay.subgroups);
+    if !lay.subgroups {
+        defines = defines.set("L", lay.lanes);
+    }
+    let pipeline = gpu.pipeline("gdn_recurrence.wgsl", &defines).await?;
+    let blocks = d.v_head_dim.div_ceil(lay.rows);
+    let params = GdnRecurrenceParams {
+        n_k_heads: d.n_k_heads,
+        n_v_heads: hv,
+        dk: d.k_head_dim,
+        dv: d.v_head_dim,
+        conv_dim: d.conv_dim(),
+        blocks,
+        rows_cap,
+    };
+    let u = gpu.uniform("gdn_recurrence.params", &params);
+    let res = [u.whole(), step.binding(), conv_out.whole(), gates.whole(), state.whole(), snap.whole(), y.whole()];
+    Ok(vec![gpu.dispatch(WHAT, &pipeline, &res, Grid::fixed(hv * blocks))])
+}
+
+/// Gated RMSNorm (spec §4.6 step 7; mlx-lm `Qwen3NextRMSNormGated` + `precise_swiglu`), f32:
+/// out[t, h, :] = silu(z[t, h, :]) · (weight ⊙ y[t, h, :] / sqrt(mean(y[t, h, :]²) + eps)).
+///
+/// * `y`: [T, Hv·Dv]; `z`: [T, Hv·Dv] at `z.col` of rows of `z.stride`; `weight`: [Dv];
+/// * `out`: [T, Hv·Dv], must not alias `y` or `z`.
+///
+/// Grid: Hv workgroups of 64 threads per row.
+pub async fn gated_norm(gpu: &Gpu, d: &GdnDims, y: &GpuBuffer, z: Act<'_>, weight: &GpuBuffer, out: &GpuBuffer, step: StepSlot<'_>) -> Result<Vec<Dispatch>, GpuError> {
+    const WHAT: &str = "gated_norm";
+    d.check()?;
+    let vd = d.value_dim();
+    need(WHAT, "weight", weight, d.v_head_dim as u64)?;
+    let rows_cap = buf_rows(y, vd).min(act_rows(WHAT, "z", &z, vd)?).min(buf_rows(out, vd));
+    let defines = Defines::new().set("PARAMS", <GatedNormParams as ParamStruct>::WGSL).set("WG", NORM_WG);
+    let pipeline = gpu.pipeline("gated_norm.wgsl", &defines).await?;
+    let params = GatedNormParams { n_v_heads: d.n_v_heads, dv: d.v_head_dim, z_stride: z.stride, z_col: z.col, rows_cap, eps: d.eps };
+    let u = gpu.uniform("gated_norm.params", &params);
+    let res = [u.whole(), step.binding(), y.whole(), z.buf.whole(), weight.whole(), out.whole()];
+    Ok(vec![gpu.dispatch(WHAT, &pipeline, &res, Grid::per_token(d.n_v_heads))])
+}

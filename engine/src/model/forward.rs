@@ -1,0 +1,249 @@
+//! The forward pass of Qwen3.5/3.6 as prepared dispatch lists (spec §4, §11.2).
+//!
+//! One implementation serves every row count T: decode (T = 1), MTP verify (T = 2) and prefill
+//! chunks (T = N). The only T-dependent choice is the matmul token tile (`MT_SMALL` for T ≤ 2,
+//! `MT_PREFILL` above), and both tiles compute each row with the same arithmetic, so a row's
+//! result never depends on how many rows share its call.
+
+use crate::error::LoadError;
+use crate::gpu::{Gpu, GpuBuffer, Plan, Rows, StepSlot};
+use crate::model::config::ModelConfig;
+use crate::model::weights::{Layer, Mixer, Weights};
+use crate::ops::attention::{attention, attn_prep, AttnDims};
+use crate::ops::gdn::{gated_norm, gdn_conv, gdn_prep, gdn_recurrence, GdnDims};
+use crate::ops::matmul::{matmul, MatmulOpts};
+use crate::ops::matrix::Matrix;
+use crate::ops::{argmax, embed, norm, swiglu, Act};
+use crate::state::{KvCache, LayerState, State};
+
+/// Activation buffers for calls of up to `max_rows` rows (f32, row-major).
+pub struct Workspace {
+    pub max_rows: u32,
+    /// Rows that may need logits in one call (2 for MTP verify).
+    pub max_out: u32,
+    /// Token ids of the call [max_rows] u32 (written by the host, or by argmax on the GPU).
+    pub ids: GpuBuffer,
+    /// Ids chosen on the GPU [max_out] u32.
+    pub out_ids: GpuBuffer,
+    /// Residual stream [max_rows, H].
+    pub x: GpuBuffer,
+    /// Normed input of a mixer / MLP [max_rows, H].
+    pub xn: GpuBuffer,
+    /// Projections of a mixer side by side [max_rows, proj_width]:
+    /// attention: q|gate interleaved (2·Hq·D) | k (Hkv·D) | v (Hkv·D);
+    /// GDN: qkv (conv_dim) | z (value_dim) | b (Hv) | a (Hv).
+    pub proj: GpuBuffer,
+    pub proj_width: u32,
+    /// Attention queries after norm + RoPE [max_rows, Hq·D].
+    pub q: GpuBuffer,
+    /// GDN conv output q|k|v [max_rows, conv_dim].
+    pub conv_out: GpuBuffer,
+    /// GDN beta | g [max_rows, 2·Hv].
+    pub gates: GpuBuffer,
+    /// Mixer output before its projection [max_rows, max(Hq·D, value_dim)].
+    pub y: GpuBuffer,
+    /// Gated-norm output [max_rows, value_dim].
+    pub yn: GpuBuffer,
+    /// MLP gate | up [max_rows, 2·I] and activation [max_rows, I].
+    pub gu: GpuBuffer,
+    pub act: GpuBuffer,
+    /// Final-normed rows that need logits [max_out, H], and their logits [max_out, vocab].
+    pub xo: GpuBuffer,
+    pub logits: GpuBuffer,
+    pub argmax_scratch: GpuBuffer,
+}
+
+impl Workspace {
+    pub fn new(gpu: &Gpu, cfg: &ModelConfig, max_rows: u32, max_out: u32) -> Result<Workspace, LoadError> {
+        let r = max_rows as u64;
+        let f = 4u64;
+        let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+        let attn_w = (2 * cfg.num_attention_heads * cfg.head_dim + 2 * cfg.num_key_value_heads * cfg.head_dim) as u64;
+        let gdn_w = (cfg.conv_dim() + cfg.value_dim() + 2 * cfg.linear_num_value_heads) as u64;
+        let proj_width = attn_w.max(gdn_w);
+        let qd = (cfg.num_attention_heads * cfg.head_dim) as u64;
+        let vd = cfg.value_dim() as u64;
+        let v = cfg.vocab_size as u64;
+        let o = max_out as u64;
+        Ok(Workspace {
+            max_rows,
+            max_out,
+            ids: gpu.storage("ids", r * 4)?,
+            out_ids: gpu.storage("out_ids", o * 4)?,
+            x: gpu.storage("x", r * h * f)?,
+            xn: gpu.storage("xn", r * h * f)?,
+            proj: gpu.storage("proj", r * proj_width * f)?,
+            proj_width: proj_width as u32,
+            q: gpu.storage("q", r * qd * f)?,
+            conv_out: gpu.storage("conv_out", r * cfg.conv_dim() as u64 * f)?,
+            gates: gpu.storage("gates", r * 2 * cfg.linear_num_value_heads as u64 * f)?,
+            y: gpu.storage("y", r * qd.max(vd) * f)?,
+            yn: gpu.storage("yn", r * vd * f)?,
+            gu: gpu.storage("gu", r * 2 * i * f)?,
+            act: gpu.storage("act", r * i * f)?,
+            xo: gpu.storage("xo", o * h * f)?,
+            logits: gpu.storage("logits", o * v * f)?,
+            argmax_scratch: gpu.storage("argmax_scratch", argmax::scratch_bytes(cfg.vocab_size as u32, max_out))?,
+        })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        [&self.ids, &self.out_ids, &self.x, &self.xn, &self.proj, &self.q, &self.conv_out, &self.gates, &self.y, &self.yn, &self.gu, &self.act, &self.xo, &self.logits, &self.argmax_scratch]
+            .iter()
+            .map(|b| b.size)
+            .sum()
+    }
+}
+
+pub fn attn_dims(cfg: &ModelConfig, max_ctx: u32) -> AttnDims {
+    AttnDims {
+        n_heads: cfg.num_attention_heads as u32,
+        n_kv_heads: cfg.num_key_value_heads as u32,
+        head_dim: cfg.head_dim as u32,
+        rotary_dim: cfg.rotary_dim() as u32,
+        rope_theta: cfg.rope_theta as f32,
+        eps: cfg.rms_norm_eps,
+        max_ctx,
+    }
+}
+
+pub fn gdn_dims(cfg: &ModelConfig) -> GdnDims {
+    GdnDims {
+        n_k_heads: cfg.linear_num_key_heads as u32,
+        n_v_heads: cfg.linear_num_value_heads as u32,
+        k_head_dim: cfg.linear_key_head_dim as u32,
+        v_head_dim: cfg.linear_value_head_dim as u32,
+        conv_kernel: cfg.linear_conv_kernel_dim as u32,
+        eps: cfg.rms_norm_eps,
+    }
+}
+
+/// Builds plans for one (weights, workspace, state) triple.
+pub struct Builder<'a> {
+    pub gpu: &'a Gpu,
+    pub cfg: &'a ModelConfig,
+    pub w: &'a Weights,
+    pub ws: &'a Workspace,
+    pub step: StepSlot<'a>,
+    /// Matmul token tile of this plan.
+    pub mt: u32,
+    /// Rows of every KV cache.
+    pub max_ctx: u32,
+}
+
+impl Builder<'_> {
+    async fn mm(&self, plan: &mut Plan, m: &Matrix, x: Act<'_>, y: Act<'_>, add: bool) -> Result<(), LoadError> {
+        for d in matmul(self.gpu, m, x, y, self.step, MatmulOpts { rows: Rows::Tokens, add, mt: self.mt }).await? {
+            plan.push(d);
+        }
+        Ok(())
+    }
+
+    /// embed(ids) → x, then every decoder layer (spec §4.1 steps 1–2). Leaves h_pre in `x`.
+    pub async fn body(&self, state: &State) -> Result<Plan, LoadError> {
+        let mut plan = Plan::new();
+        let h = self.cfg.hidden_size as u32;
+        for d in embed::embed(self.gpu, &self.w.embed, &self.ws.ids, 0, Act::new(&self.ws.x, h), self.step).await? {
+            plan.push(d);
+        }
+        for (layer, ls) in self.w.layers.iter().zip(&state.layers) {
+            self.layer(&mut plan, layer, ls).await?;
+        }
+        Ok(plan)
+    }
+
+    /// One decoder layer (spec §4.2): x += Mixer(norm(x)); x += MLP(norm(x)).
+    pub async fn layer(&self, plan: &mut Plan, layer: &Layer, ls: &LayerState) -> Result<(), LoadError> {
+        let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
+        let h = cfg.hidden_size as u32;
+        let eps = cfg.rms_norm_eps;
+        let pw = ws.proj_width;
+        plan.push(norm::rms_norm(g, h, eps, Act::new(&ws.x, h), &layer.input_norm, Act::new(&ws.xn, h), self.step, false).await?);
+        match (&layer.mixer, ls) {
+            (Mixer::Attn { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm }, LayerState::Attn(kv)) => {
+                self.attention(plan, q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, kv).await?;
+            }
+            (Mixer::Gdn { in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, conv1d, dt_bias, a_log, norm: gnorm, out_proj }, LayerState::Gdn(st)) => {
+                let d = gdn_dims(cfg);
+                let (cd, vd, hv) = (cfg.conv_dim() as u32, cfg.value_dim() as u32, d.n_v_heads);
+                let xn = Act::new(&ws.xn, h);
+                // spec §4.6 step 1: the four input projections, side by side in `proj`.
+                self.mm(plan, in_proj_qkv, xn, Act::at(&ws.proj, pw, 0), false).await?;
+                self.mm(plan, in_proj_z, xn, Act::at(&ws.proj, pw, cd), false).await?;
+                self.mm(plan, in_proj_b, xn, Act::at(&ws.proj, pw, cd + vd), false).await?;
+                self.mm(plan, in_proj_a, xn, Act::at(&ws.proj, pw, cd + vd + hv), false).await?;
+                // steps 2–3: causal conv + SiLU over q|k|v with the 3-row conv state.
+                plan.extend_vec(gdn_conv(g, &d, Act::at(&ws.proj, pw, 0), conv1d, &st.conv, &st.conv_snap, &ws.conv_out, self.step).await?);
+                // steps 4–5: q/k normalization and the g, beta gates.
+                plan.extend_vec(
+                    gdn_prep(g, &d, &ws.conv_out, Act::at(&ws.proj, pw, cd + vd), Act::at(&ws.proj, pw, cd + vd + hv), a_log, dt_bias, &ws.gates, self.step).await?,
+                );
+                // step 6: the delta-rule recurrence on the f32 state (snapshot after n_confirmed).
+                plan.extend_vec(gdn_recurrence(g, &d, &ws.conv_out, &ws.gates, &st.ssm, &st.ssm_snap, &ws.y, self.step).await?);
+                // step 7: gated RMSNorm with silu(z).
+                plan.extend_vec(gated_norm(g, &d, &ws.y, Act::at(&ws.proj, pw, cd), gnorm, &ws.yn, self.step).await?);
+                // step 8: out_proj, added to the residual stream.
+                self.mm(plan, out_proj, Act::new(&ws.yn, vd), Act::new(&ws.x, h), true).await?;
+            }
+            _ => return Err(LoadError::Unsupported("layer kind and state kind disagree".into())),
+        }
+        self.mlp(plan, layer).await
+    }
+
+    /// Gated attention (spec §4.5) against `kv`, added to x.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn attention(
+        &self,
+        plan: &mut Plan,
+        q_proj: &Matrix,
+        k_proj: &Matrix,
+        v_proj: &Matrix,
+        o_proj: &Matrix,
+        q_norm: &GpuBuffer,
+        k_norm: &GpuBuffer,
+        kv: &KvCache,
+    ) -> Result<(), LoadError> {
+        let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
+        let h = cfg.hidden_size as u32;
+        let pw = ws.proj_width;
+        let d = attn_dims(cfg, self.max_ctx);
+        let (qw, kw) = (2 * d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
+        let xn = Act::new(&ws.xn, h);
+        self.mm(plan, q_proj, xn, Act::at(&ws.proj, pw, 0), false).await?;
+        self.mm(plan, k_proj, xn, Act::at(&ws.proj, pw, qw), false).await?;
+        self.mm(plan, v_proj, xn, Act::at(&ws.proj, pw, qw + kw), false).await?;
+        plan.extend_vec(
+            attn_prep(g, &d, Act::at(&ws.proj, pw, 0), Act::at(&ws.proj, pw, qw), Act::at(&ws.proj, pw, qw + kw), q_norm, k_norm, &ws.q, &kv.k, &kv.v, self.step).await?,
+        );
+        plan.extend_vec(attention(g, &d, &ws.q, Act::at(&ws.proj, pw, 0), &kv.k, &kv.v, &ws.y, self.step).await?);
+        self.mm(plan, o_proj, Act::new(&ws.y, d.n_heads * d.head_dim), Act::new(&ws.x, h), true).await
+    }
+
+    /// SwiGLU MLP (spec §4.4) on norm(x), added to x.
+    pub async fn mlp(&self, plan: &mut Plan, layer: &Layer) -> Result<(), LoadError> {
+        let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
+        let (h, i) = (cfg.hidden_size as u32, cfg.intermediate_size as u32);
+        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(&ws.x, h), &layer.post_norm, Act::new(&ws.xn, h), self.step, false).await?);
+        let xn = Act::new(&ws.xn, h);
+        self.mm(plan, &layer.gate, xn, Act::at(&ws.gu, 2 * i, 0), false).await?;
+        self.mm(plan, &layer.up, xn, Act::at(&ws.gu, 2 * i, i), false).await?;
+        plan.push(swiglu::swiglu(g, i, &ws.gu, &ws.act, self.step).await?);
+        self.mm(plan, &layer.down, Act::new(&ws.act, i), Act::new(&ws.x, h), true).await
+    }
+
+    /// Final norm of the rows that need logits, lm_head, argmax into `out_ids` (spec §4.1 3–5).
+    pub async fn head(&self) -> Result<Plan, LoadError> {
+        let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
+        let h = cfg.hidden_size as u32;
+        let v = cfg.vocab_size as u32;
+        let mut plan = Plan::new();
+        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(&ws.x, h), &self.w.final_norm, Act::new(&ws.xo, h), self.step, true).await?);
+        // lm_head follows the out rows (1 or 2); the decode tile keeps it batch invariant.
+        let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL };
+        for d in matmul(g, self.w.lm_head(), Act::new(&ws.xo, h), Act::new(&ws.logits, v), self.step, opts).await? {
+            plan.push(d);
+        }
+        plan.extend_vec(argmax::argmax(g, v, &ws.logits, &ws.argmax_scratch, &ws.out_ids, 0, self.step).await?);
+        Ok(plan)
+    }
+}
