@@ -163,17 +163,24 @@ impl Session {
     /// written first when given (else the ids already on the GPU are used). With `logits`, the
     /// head runs on the last row and its argmax is copied to the readback buffer and to ids[0].
     fn submit(&mut self, ids: Option<&[u32]>, t: u32, logits: bool) -> Result<(), RunError> {
+        self.submit_rows(ids, t, if logits { 1 } else { 0 })
+    }
+
+    /// As [`Session::submit`], with logits for the last `n_out` rows (0 = none; at most 2).
+    fn submit_rows(&mut self, ids: Option<&[u32]>, t: u32, n_out: u32) -> Result<(), RunError> {
+        let logits = n_out > 0;
+        let n_out = n_out.clamp(1, self.ws.max_out.min(t));
         let needed = self.state.pos + t;
         if needed > self.state.max_ctx {
             return Err(RunError::ContextFull { needed, max: self.state.max_ctx });
         }
         let gpu = self.model.gpu.clone();
-        let step = Step { n_tokens: t, pos: self.state.pos, n_confirmed: 0, n_out: 1 };
+        let step = Step { n_tokens: t, pos: self.state.pos, n_confirmed: 0, n_out };
         gpu.queue.write_buffer(&self.step_buf.buf, 0, bytemuck::bytes_of(&step));
         if let Some(ids) = ids {
             gpu.queue.write_buffer(&self.ws.ids.buf, 0, bytemuck::cast_slice(ids));
         }
-        let shape = StepShape { n_tokens: t, n_out: 1 };
+        let shape = StepShape { n_tokens: t, n_out };
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
@@ -229,6 +236,32 @@ impl Session {
     async fn read_id(&mut self) -> Result<u32, RunError> {
         let b = self.ids_readback.read(&self.model.gpu, 4).await?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Feeds `ids` (at most 2 rows, as an MTP verify) in one call and returns the logits of
+    /// every row, [ids.len(), vocab].
+    pub async fn forward_rows_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>, RunError> {
+        if ids.is_empty() {
+            return Err(RunError::Empty);
+        }
+        self.check_ids(ids)?;
+        let n = ids.len().min(self.ws.max_out as usize) as u32;
+        let (head, tail) = ids.split_at(ids.len() - n as usize);
+        if !head.is_empty() {
+            self.prefill(head).await?;
+        }
+        self.submit_rows(Some(tail), n, n)?;
+        let v = self.model.config.vocab_size;
+        Ok(self.model.gpu.read_f32(&self.ws.logits.buf, 0, n as usize * v).await?)
+    }
+
+    /// Reads every state buffer back (KV rows beyond `pos` included), for tests and debugging.
+    pub async fn read_state(&self) -> Result<Vec<Vec<f32>>, RunError> {
+        let mut out = Vec::new();
+        for b in self.state.buffers() {
+            out.push(self.model.gpu.read_f32(&b.buf, 0, (b.size / 4) as usize).await?);
+        }
+        Ok(out)
     }
 
     /// Feeds `ids` and returns the logits after the last one (a caller that asks for logits;

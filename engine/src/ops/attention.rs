@@ -215,7 +215,7 @@ pub async fn attention(
     if max_rows == 0 {
         return Err(bad(what, "an activation buffer cannot hold one row".into()));
     }
-    let defines = Defines::new().set("PARAMS", AttentionParams::WGSL).set("WG", ATTN_WG).set("BK", ATTN_BK).set("MAX_D", MAX_HEAD_DIM);
+    let defines = Defines::new().set("PARAMS", AttentionParams::WGSL).set("WG", std::env::var("AWG").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(ATTN_WG)).set("BK", std::env::var("ABK").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(ATTN_BK)).set("HEAD_DIM", d.head_dim);
     let pipeline = gpu.pipeline("attention.wgsl", &defines).await?;
     let params = AttentionParams {
         n_heads: d.n_heads,

@@ -145,7 +145,7 @@ impl Checkpoint {
         let mut by_stored: HashMap<String, usize> = HashMap::new();
         for (fi, (fname, blob)) in files.iter().enumerate() {
             let bad = |m: String| LoadError::Safetensors { file: fname.clone(), message: m };
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(blob).map_err(|e| bad(describe_st_error(&e, blob.len())))?;
+            let (header_len, meta) = safetensors::SafeTensors::read_metadata(blob).map_err(|e| bad(describe_st_error(&e, blob.len(), blob)))?;
             let data_start = 8 + header_len;
             let data_len = blob.len().saturating_sub(data_start);
             for (name, info) in meta.tensors() {
@@ -247,9 +247,26 @@ impl Checkpoint {
     }
 }
 
-fn describe_st_error(e: &safetensors::SafeTensorError, len: usize) -> String {
+/// The byte count of tensor data a safetensors header describes (for error messages).
+fn described_data_bytes(blob: &[u8]) -> Option<(usize, usize)> {
+    let n = u64::from_le_bytes(blob.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(blob.get(8..8 + n)?).ok()?;
+    let end = header
+        .as_object()?
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+        .max()?;
+    Some((end as usize, blob.len().saturating_sub(8 + n)))
+}
+
+fn describe_st_error(e: &safetensors::SafeTensorError, len: usize, blob: &[u8]) -> String {
     use safetensors::SafeTensorError as E;
     match e {
+        E::MetadataIncompleteBuffer => match described_data_bytes(blob) {
+            Some((want, have)) => format!("the header describes {want} bytes of tensor data but the file holds only {have} (truncated file?)"),
+            None => "the header describes more tensor data than the file holds (truncated file?)".into(),
+        },
         E::HeaderTooSmall => format!("the file is {len} bytes, too short for a safetensors header (truncated or empty)"),
         E::InvalidHeaderLength => format!("the header length does not fit in the file's {len} bytes (truncated or not safetensors)"),
         other => format!("{other:?}"),
