@@ -43,9 +43,9 @@ pub struct MatmulOpts {
 }
 
 /// The defines of a matmul variant.
-pub fn defines(gpu: &Gpu, format: &WeightFormat, opts: &MatmulOpts) -> Defines {
-    let mut d = gpu
-        .base_defines()
+pub fn defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts) -> Defines {
+    let mut d = base
+        .clone()
         .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
         .set("WG", WG)
         .set("ROWS", ROWS)
@@ -67,7 +67,7 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
     if x.stride % 4 != 0 || x.col % 4 != 0 {
         return Err(GpuError::Shader { name: format!("matmul {}", m.name), message: "x stride/column must be multiples of 4".into() });
     }
-    let pipeline = gpu.pipeline("matmul.wgsl", &defines(gpu, &m.format, &opts)).await?;
+    let pipeline = gpu.pipeline("matmul.wgsl", &defines(&gpu.base_defines(), &m.format, &opts)).await?;
     let (groups_per_row, group_size) = match m.format {
         WeightFormat::Affine { group, .. } => (m.k / group, group),
         WeightFormat::Dense(_) => (0, 1),
@@ -95,4 +95,19 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
         out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
     }
     Ok(out)
+}
+
+/// Every variant this op can build (for the offline naga checks).
+pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
+    let mut v = Vec::new();
+    for format in crate::ops::all_formats() {
+        for mt in [MT_SMALL, MT_PREFILL] {
+            for rows in [Rows::Tokens, Rows::Out] {
+                for add in [false, true] {
+                    v.push(("matmul.wgsl", defines(base, &format, &MatmulOpts { rows, add, mt })));
+                }
+            }
+        }
+    }
+    v
 }

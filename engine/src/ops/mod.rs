@@ -28,3 +28,31 @@ impl<'a> Act<'a> {
         Act { buf, stride, col }
     }
 }
+
+/// Every weight format the matmul and embedding kernels handle.
+pub fn all_formats() -> Vec<crate::quant::WeightFormat> {
+    use crate::quant::{FloatType::*, WeightFormat};
+    let mut v = Vec::new();
+    for bits in [4, 8] {
+        for scale in [F32, F16, BF16] {
+            v.push(WeightFormat::Affine { bits, group: 64, scale });
+        }
+    }
+    for t in [F32, F16, BF16] {
+        v.push(WeightFormat::Dense(t));
+    }
+    v
+}
+
+/// Every (shader, defines) variant the engine can build, for a device with or without subgroups:
+/// the offline naga checks parse and translate each one to SPIR-V and MSL.
+pub fn all_variants(subgroups: bool) -> Vec<(&'static str, crate::gpu::Defines)> {
+    let base = crate::gpu::Defines::new().flag("SUBGROUPS", subgroups);
+    let mut v = Vec::new();
+    v.extend(matmul::variants(&base));
+    v.extend(embed::variants(&base));
+    v.extend(norm::variants(&base));
+    v.extend(swiglu::variants(&base));
+    v.extend(argmax::variants(&base));
+    v
+}

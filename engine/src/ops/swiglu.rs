@@ -1,6 +1,6 @@
 //! `swiglu.wgsl`: a = silu(gate) ⊙ up (spec §4.4).
 
-use crate::gpu::{Dispatch, Gpu, GpuBuffer, GpuError, Grid, StepSlot};
+use crate::gpu::{Defines, Dispatch, Gpu, GpuBuffer, GpuError, Grid, StepSlot};
 
 crate::gpu_struct! {
     pub struct SwigluParams as "Params" {
@@ -15,7 +15,15 @@ const WG: u32 = 256;
 
 /// `gu` holds [T, 2·dim] rows: gate at column 0, up at column `dim`; a is [T, dim].
 pub async fn swiglu(gpu: &Gpu, dim: u32, gu: &GpuBuffer, a: &GpuBuffer, step: StepSlot<'_>) -> Result<Dispatch, GpuError> {
-    let pipeline = gpu.pipeline("swiglu.wgsl", &gpu.base_defines().set("PARAMS", <SwigluParams as crate::gpu::ParamStruct>::WGSL)).await?;
+    let pipeline = gpu.pipeline("swiglu.wgsl", &defines(&gpu.base_defines())).await?;
     let u = gpu.uniform("swiglu.params", &SwigluParams { dim, gu_stride: 2 * dim, gate_col: 0, up_col: dim });
     Ok(gpu.dispatch("swiglu", &pipeline, &[u.whole(), step.binding(), gu.whole(), a.whole()], Grid::per_token(dim.div_ceil(WG))))
+}
+
+pub fn defines(base: &Defines) -> Defines {
+    base.clone().set("PARAMS", <SwigluParams as crate::gpu::ParamStruct>::WGSL)
+}
+
+pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
+    vec![("swiglu.wgsl", defines(base))]
 }
