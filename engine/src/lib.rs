@@ -13,3 +13,4 @@ pub mod model;
 pub mod weights;
 pub mod state;
 pub mod decode;
+pub mod synth;

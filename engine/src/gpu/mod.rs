@@ -187,6 +187,7 @@ pub async fn list_adapters() -> Vec<AdapterSummary> {
 }
 
 /// Rank used to pick a default adapter: real GPUs first, then software; native APIs before GL.
+#[cfg(not(target_arch = "wasm32"))]
 fn adapter_rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
     let ty = match info.device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -202,6 +203,7 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
     (be, ty)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn matches_selector(info: &wgpu::AdapterInfo, sel: &str) -> bool {
     let sel = sel.to_lowercase();
     let backend = format!("{:?}", info.backend).to_lowercase();

@@ -1,0 +1,120 @@
+//! Kernel lab: times the hot kernels and whole layers at the real 27B shapes on the current
+//! adapter and prints GB/s against a read-bandwidth roofline.
+//!
+//!   cargo bench -p engine --bench lab -- [matmul] [layer] [--reps N] [--roofline GBPS]
+//!
+//! Timing: R repetitions recorded into one compute pass and one submission, after a warm-up;
+//! time = wall clock / R. Bytes = weights (+ states / KV) each repetition must read.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use qwgpu_engine::gpu::{Gpu, GpuOptions, Plan, Rows, Step, StepShape, StepSlot};
+use qwgpu_engine::model::config::QuantSpec;
+use qwgpu_engine::model::forward::{Builder, Workspace};
+use qwgpu_engine::model::Model;
+use qwgpu_engine::ops::matmul::{matmul, MatmulOpts, MT_SMALL};
+use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
+use qwgpu_engine::ops::Act;
+use qwgpu_engine::quant::{FloatType, WeightFormat};
+use qwgpu_engine::state::{LayerState, State};
+use qwgpu_engine::synth;
+
+fn time_plan(gpu: &Gpu, plan: &Plan, shape: StepShape, reps: u32) -> f64 {
+    let run = |n: u32| {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..n {
+                plan.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        gpu.wait();
+    };
+    run(3);
+    let t0 = Instant::now();
+    run(reps);
+    t0.elapsed().as_secs_f64() / reps as f64
+}
+
+fn report(what: &str, secs: f64, bytes: u64, dispatches: usize, roofline: f64) {
+    let gbps = bytes as f64 / secs / 1e9;
+    println!(
+        "{{\"bench\": \"{what}\", \"us\": {:.1}, \"bytes\": {bytes}, \"GBps\": {gbps:.1}, \"roofline_pct\": {:.1}, \"dispatches\": {dispatches}}}",
+        secs * 1e6,
+        100.0 * gbps / roofline
+    );
+}
+
+fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
+    let shapes = [(17408usize, 5120usize, "mlp.gate/up"), (5120, 17408, "mlp.down"), (10240, 5120, "gdn.in_proj_qkv"), (12288, 5120, "attn.q_proj"), (248320, 5120, "lm_head")];
+    for (n, k, label) in shapes {
+        let format = WeightFormat::Affine { bits: 4, group: 64, scale: FloatType::BF16 };
+        let codes: Vec<u8> = (0..n * k / 2).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3]).collect();
+        let sb: Vec<u8> = (0..n * k / 64).flat_map(|_| half::bf16::from_f32(0.01).to_le_bytes()).collect();
+        let m = Matrix::upload(gpu, label, &MatrixData { n, k, format, weight: &codes, scales: &sb, biases: &sb }).unwrap();
+        let x = gpu.storage("x", (2 * k * 4) as u64).unwrap();
+        let y = gpu.storage("y", (2 * n * 4) as u64).unwrap();
+        let step = gpu.storage("step", 256).unwrap();
+        for t in [1u32, 2] {
+            gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos: 0, n_confirmed: 0, n_out: 1 }));
+            let slot = StepSlot { buf: &step, offset: 0 };
+            let ds = pollster::block_on(matmul(gpu, &m, Act::new(&x, k as u32), Act::new(&y, n as u32), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt: MT_SMALL })).unwrap();
+            let mut plan = Plan::new();
+            plan.extend_vec(ds);
+            let s = time_plan(gpu, &plan, StepShape { n_tokens: t, n_out: 1 }, reps);
+            report(&format!("matmul q4 {label} {n}x{k} T={t}"), s, m.bytes(), plan.len(), roofline);
+        }
+    }
+}
+
+fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32) {
+    for kind in ["linear_attention", "full_attention"] {
+        // One 27B-shaped layer (small vocab: the layer is what is timed).
+        let mut cfg: serde_json::Value = serde_json::from_str(synth::QWEN36_27B).unwrap();
+        let tc = cfg["text_config"].as_object_mut().unwrap();
+        tc.insert("num_hidden_layers".into(), 1.into());
+        tc.insert("vocab_size".into(), 1024.into());
+        tc.insert("layer_types".into(), serde_json::json!([kind]));
+        tc.remove("full_attention_interval");
+        let text = synth::config_json(&cfg.to_string(), Some(QuantSpec { bits: 4, group_size: 64 }), None).unwrap();
+        let (config, ck) = synth::in_memory(&text, 7, false).unwrap();
+        let model = Model::from_checkpoint(gpu.clone(), config, &ck, &mut |_, _| {}).unwrap();
+        let max_ctx = pos + 64;
+        let ws = Workspace::new(gpu, &model.config, 64, 2).unwrap();
+        let state = State::new(gpu, &model.config, max_ctx, false).unwrap();
+        let step = gpu.storage("step", 256).unwrap();
+        for t in [1u32, 2] {
+            gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos, n_confirmed: 0, n_out: 1 }));
+            let b = Builder { gpu, cfg: &model.config, w: &model.weights, ws: &ws, step: StepSlot { buf: &step, offset: 0 }, mt: MT_SMALL, max_ctx };
+            let mut plan = Plan::new();
+            pollster::block_on(b.layer(&mut plan, &model.weights.layers[0], &state.layers[0])).unwrap();
+            let s = time_plan(gpu, &plan, StepShape { n_tokens: t, n_out: 1 }, reps);
+            let w = model.weights.bytes() - model.weights.embed.bytes() - model.weights.lm_head.as_ref().map_or(0, |m| m.bytes());
+            let st = match &state.layers[0] {
+                LayerState::Gdn(g) => 2 * g.ssm.size,
+                LayerState::Attn(kv) => 2 * (pos as u64 + t as u64) * kv.k.size / max_ctx as u64,
+            };
+            report(&format!("layer {kind} (27B shapes) T={t} pos={pos}"), s, w + st, plan.len(), roofline);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<f64>().ok());
+    let reps = flag("--reps").unwrap_or(50.0) as u32;
+    let roofline = flag("--roofline").unwrap_or(4500.0);
+    let pos = flag("--pos").unwrap_or(1024.0) as u32;
+    let all = !args.iter().any(|a| a == "matmul" || a == "layer");
+    let checks = args.iter().any(|a| a == "--checks");
+    let gpu = pollster::block_on(Gpu::new(&GpuOptions { shader_checks: Some(checks), ..Default::default() })).expect("a GPU");
+    println!("{{\"device\": \"{}\"}}", gpu.describe());
+    if all || args.iter().any(|a| a == "matmul") {
+        matmuls(&gpu, reps, roofline);
+    }
+    if all || args.iter().any(|a| a == "layer") {
+        layers(&gpu, reps, roofline, pos);
+    }
+}
