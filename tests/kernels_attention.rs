@@ -1,1 +1,551 @@
-// (being written)
+//! attn_prep.wgsl and attention.wgsl against scalar f64 CPU references
+//! (tests/support/ref_attention.rs): tiny, odd (Hq 3, Hkv 1) and real 27B head shapes; decode
+//! (1 row), verify (2 rows) and prefill (N rows); contexts from 1 key to several thousand (many
+//! key chunks); the K/V cache append (and nothing else) in the cache; and bit-exact batch
+//! invariance: a row gives the same bits in any row count, any prefill chunking, and on either
+//! attention path (key chunks split over workgroups, or all chunks in one workgroup).
+
+use qwgpu_engine::gpu::{Dispatch, Gpu, GpuBuffer, GpuError, GpuOptions, Step, StepShape, StepSlot};
+use qwgpu_engine::ops::attention::{attention, attention_scratch_bytes, attention_with_scratch, attn_prep, AttnDims, ATTN_CK_MIN, ATTN_NS};
+use qwgpu_engine::ops::Act;
+use qwgpu_tests::ref_attention::{self as cpu, RefDims};
+use qwgpu_tests::*;
+
+// Tolerances: |gpu - cpu| <= ATOL + RTOL * size, `size` from the reference (see each use).
+// Observed on lavapipe: at most ~20 % of each bound (attn_prep at pos 1000), mostly under 5 %.
+//
+// attn_prep, q/k (size = max(|y_i|, |y_pair|), the normed values an output is built from):
+// the f32 RMSNorm (a sum of <= 256 squares, inverseSqrt within 2 ulp, two products) is good to a
+// few 2^-24 relative, and cos/sin after the kernel's range reduction to ~1e-7 absolute. On top of
+// that the rotation inherits the angle error: the reference forms MLX's f32 angle
+// f32(pos) * f32(inv_freq) with a correctly rounded inv_freq, the kernel gets inv_freq from exp2
+// (an ulp or so in practice; WGSL allows 3 + 2|x| ulp), which moves the angle by up to
+// pos * inv_freq * ulps * 2^-23 <= pos * ulps * 2^-23 rad (inv_freq <= 1), i.e. ~1e-4 rad at
+// pos 1000: an error that grows with the position.
+const PREP_ATOL: f32 = 1e-6;
+const PREP_RTOL: f32 = 4e-6;
+/// Extra relative error per unit of position: 4 ulp of exp2 (f32::EPSILON = 1 ulp at 1.0).
+const PREP_RTOL_PER_POS: f32 = 4.0 * f32::EPSILON;
+// attention (size = Σ p_k |v_k| · sigmoid(gate) / Σ p_k, what the weighted sum adds up): f32
+// scores (sums of D products, |s| up to ~15 here) are off by ~|s| · 1e-7, which moves each softmax
+// weight by as much relative; exp is within 3 + 2|x| ulp (|x| <= ~30 here: ~4e-6 relative); the
+// running sums over up to ~3000 keys add a few 2^-24 relative (chunked, random signs).
+const ATTN_ATOL: f32 = 1e-6;
+const ATTN_RTOL: f32 = 1e-5;
+// prep followed by attention against the all-f64 chain: the q/k element errors above (up to
+// ~1e-4 relative at pos 1000) enter each score as a sum of D terms of random sign scaled by
+// 1/sqrt(D), so scores move by ~1e-5 and the softmax weights by as much relative.
+const PIPE_ATOL: f32 = 1e-6;
+const PIPE_RTOL: f32 = 1e-4;
+
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    name: &'static str,
+    hq: u32,
+    hkv: u32,
+    d: u32,
+    rot: u32,
+    theta: f32,
+}
+
+const TINY: Shape = Shape { name: "tiny", hq: 2, hkv: 1, d: 32, rot: 8, theta: 10000.0 };
+const ODD: Shape = Shape { name: "odd", hq: 3, hkv: 1, d: 64, rot: 16, theta: 1e6 };
+const B27: Shape = Shape { name: "27b", hq: 24, hkv: 4, d: 256, rot: 64, theta: 1e7 };
+const EPS: f32 = 1e-6;
+
+impl Shape {
+    fn dims(&self, max_ctx: u32) -> AttnDims {
+        AttnDims { n_heads: self.hq, n_kv_heads: self.hkv, head_dim: self.d, rotary_dim: self.rot, rope_theta: self.theta, eps: EPS, max_ctx }
+    }
+    fn rdims(&self) -> RefDims {
+        RefDims {
+            n_heads: self.hq as usize,
+            n_kv_heads: self.hkv as usize,
+            head_dim: self.d as usize,
+            rotary_dim: self.rot as usize,
+            rope_theta: self.theta,
+            eps: EPS,
+        }
+    }
+    /// Elements per row of q_out / out.
+    fn qw(&self) -> usize {
+        (self.hq * self.d) as usize
+    }
+    /// Elements per cache row.
+    fn kvw(&self) -> usize {
+        (self.hkv * self.d) as usize
+    }
+    /// One fused projection row: [4 pad | qg (Hq*2D) | k (Hkv*D) | v (Hkv*D) | 3 pad], so the
+    /// kernels see non-zero start columns and a stride that is not a multiple of 4.
+    fn layout(&self) -> Layout {
+        let qg = 4;
+        let k = qg + 2 * self.qw();
+        let v = k + self.kvw();
+        Layout { stride: v + self.kvw() + 3, qg, k, v }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Layout {
+    stride: usize,
+    qg: usize,
+    k: usize,
+    v: usize,
+}
+
+/// One attention layer on the GPU: norm weights and the two caches.
+struct Layer {
+    s: Shape,
+    d: AttnDims,
+    lay: Layout,
+    qn: GpuBuffer,
+    kn: GpuBuffer,
+    kc: GpuBuffer,
+    vc: GpuBuffer,
+}
+
+impl Layer {
+    fn new(gpu: &Gpu, s: Shape, max_ctx: u32, q_norm: &[f32], k_norm: &[f32], k_init: &[f32], v_init: &[f32]) -> Layer {
+        assert_eq!(k_init.len(), max_ctx as usize * s.kvw());
+        Layer {
+            s,
+            d: s.dims(max_ctx),
+            lay: s.layout(),
+            qn: upload_f32(gpu, "q_norm", q_norm),
+            kn: upload_f32(gpu, "k_norm", k_norm),
+            kc: upload_f32(gpu, "k_cache", k_init),
+            vc: upload_f32(gpu, "v_cache", v_init),
+        }
+    }
+
+    fn caches(&self, gpu: &Gpu) -> (Vec<f32>, Vec<f32>) {
+        let n = self.d.max_ctx as usize * self.s.kvw();
+        (read_f32(gpu, &self.kc, n), read_f32(gpu, &self.vc, n))
+    }
+
+    /// Runs attn_prep (and attention when `attend`) for `t` rows of `proj` ([t, stride]) at
+    /// position `pos`, in one compute pass. Returns q_out [t, Hq*D] and out [t, Hq*D].
+    fn forward(&self, gpu: &Gpu, proj: &[f32], t: usize, pos: u32, attend: bool) -> (Vec<f32>, Vec<f32>) {
+        let (lay, qw) = (self.lay, self.s.qw());
+        let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
+        let qb = gpu.storage("q_out", (t * qw * 4) as u64).unwrap();
+        let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
+        let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1 });
+        let slot = StepSlot { buf: &sb, offset: 0 };
+        let st = lay.stride as u32;
+        let mut ds: Vec<Dispatch> = pollster::block_on(attn_prep(
+            gpu,
+            &self.d,
+            Act::at(&pb, st, lay.qg as u32),
+            Act::at(&pb, st, lay.k as u32),
+            Act::at(&pb, st, lay.v as u32),
+            &self.qn,
+            &self.kn,
+            &qb,
+            &self.kc,
+            &self.vc,
+            slot,
+        ))
+        .unwrap();
+        if attend {
+            ds.extend(pollster::block_on(attention(gpu, &self.d, &qb, Act::at(&pb, st, lay.qg as u32), &self.kc, &self.vc, &ob, slot)).unwrap());
+        }
+        run(gpu, &ds, StepShape { n_tokens: t as u32, n_out: 1 });
+        (read_f32(gpu, &qb, t * qw), read_f32(gpu, &ob, t * qw))
+    }
+
+    /// attention alone: queries `q` [t, Hq*D], gates from `proj` ([t, stride], q_proj layout).
+    fn attend(&self, gpu: &Gpu, q: &[f32], proj: &[f32], t: usize, pos: u32) -> Vec<f32> {
+        let (lay, qw) = (self.lay, self.s.qw());
+        let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
+        let qb = upload_f32(gpu, "q", &q[..t * qw]);
+        let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
+        let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1 });
+        let slot = StepSlot { buf: &sb, offset: 0 };
+        let ds = pollster::block_on(attention(gpu, &self.d, &qb, Act::at(&pb, lay.stride as u32, lay.qg as u32), &self.kc, &self.vc, &ob, slot)).unwrap();
+        run(gpu, &ds, StepShape { n_tokens: t as u32, n_out: 1 });
+        read_f32(gpu, &ob, t * qw)
+    }
+}
+
+fn norm_weights(rng: &mut Rng, d: u32) -> Vec<f32> {
+    (0..d).map(|_| 1.0 + 0.3 * rng.uniform()).collect()
+}
+
+fn normals(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() * scale).collect()
+}
+
+fn to_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+fn tol_scale(mag: &[f64], rtol: f32, rtol_per_pos: f32, row_w: usize, pos: u32) -> Vec<f32> {
+    // assert_close uses atol + rtol * scale; fold the position-dependent part into the scale.
+    mag.iter()
+        .enumerate()
+        .map(|(i, &m)| {
+            let p = pos + (i / row_w) as u32;
+            m as f32 * (1.0 + rtol_per_pos * p as f32 / rtol)
+        })
+        .collect()
+}
+
+/// attn_prep for `t` rows at `pos` into caches of random data: q_out and the new cache rows
+/// against the reference, every other cache row untouched.
+fn check_prep(gpu: &Gpu, rng: &mut Rng, s: Shape, pos: u32, t: usize) {
+    let what = format!("attn_prep {} pos {pos} T={t} ({})", s.name, gpu.describe());
+    let max_ctx = pos + t as u32 + 2;
+    let kvw = s.kvw();
+    let (qn, kn) = (norm_weights(rng, s.d), norm_weights(rng, s.d));
+    let k0 = rng.vec(max_ctx as usize * kvw, 1.0);
+    let v0 = rng.vec(max_ctx as usize * kvw, 1.0);
+    let layer = Layer::new(gpu, s, max_ctx, &qn, &kn, &k0, &v0);
+    let lay = s.layout();
+    let proj = normals(rng, t * lay.stride, 2.0);
+    let (q, _) = layer.forward(gpu, &proj, t, pos, false);
+    let (kc, vc) = layer.caches(gpu);
+    let want = cpu::attn_prep(&s.rdims(), &proj, t, lay.stride, lay.qg, lay.k, lay.v, &qn, &kn, pos);
+
+    let qs = tol_scale(&want.q_mag, PREP_RTOL, PREP_RTOL_PER_POS, s.qw(), pos);
+    assert_close(&format!("{what}: q_out"), &q, &to_f32(&want.q), &qs, PREP_ATOL, PREP_RTOL);
+    let (a, b) = (pos as usize * kvw, (pos as usize + t) * kvw);
+    let ks = tol_scale(&want.k_mag, PREP_RTOL, PREP_RTOL_PER_POS, kvw, pos);
+    assert_close(&format!("{what}: new k_cache rows"), &kc[a..b], &to_f32(&want.k), &ks, PREP_ATOL, PREP_RTOL);
+    assert_bits_eq(&format!("{what}: new v_cache rows"), &vc[a..b], &to_f32(&want.v));
+    assert_bits_eq(&format!("{what}: k_cache rows before pos"), &kc[..a], &k0[..a]);
+    assert_bits_eq(&format!("{what}: k_cache rows after"), &kc[b..], &k0[b..]);
+    assert_bits_eq(&format!("{what}: v_cache rows before pos"), &vc[..a], &v0[..a]);
+    assert_bits_eq(&format!("{what}: v_cache rows after"), &vc[b..], &v0[b..]);
+}
+
+#[test]
+fn attn_prep_matches_cpu() {
+    for gpu in gpu_variants() {
+        let mut rng = Rng(11);
+        for (s, pos) in [(TINY, 0u32), (TINY, 5), (ODD, 37), (B27, 1000)] {
+            for t in [1usize, 2, 7] {
+                check_prep(&gpu, &mut rng, s, pos, t);
+            }
+        }
+    }
+}
+
+/// Attention alone over random caches: row r of a T-row call at `pos` sees keys 0..=pos+r;
+/// cache rows past pos+T-1 hold NaN, so a key past the causal limit would show.
+fn check_attention(gpu: &Gpu, rng: &mut Rng, s: Shape, ctx: u32, t: usize) {
+    let pos = ctx - 1;
+    let rows = pos as usize + t;
+    let max_ctx = rows as u32 + 3;
+    let kvw = s.kvw();
+    let mut k0 = normals(rng, max_ctx as usize * kvw, 2.0);
+    let mut v0 = normals(rng, max_ctx as usize * kvw, 1.0);
+    for x in k0[rows * kvw..].iter_mut().chain(v0[rows * kvw..].iter_mut()) {
+        *x = f32::NAN;
+    }
+    let w = vec![1f32; s.d as usize];
+    let layer = Layer::new(gpu, s, max_ctx, &w, &w, &k0, &v0);
+    let lay = s.layout();
+    let q = normals(rng, t * s.qw(), 1.5);
+    let proj = normals(rng, t * lay.stride, 2.0);
+    let got = layer.attend(gpu, &q, &proj, t, pos);
+    let (want, mag) = cpu::attention(&s.rdims(), &q, t, &k0, &v0, &proj, lay.stride, lay.qg, pos);
+    let mag: Vec<f32> = to_f32(&mag);
+    assert_close(&format!("attention {} ctx {ctx} T={t} ({})", s.name, gpu.describe()), &got, &to_f32(&want), &mag, ATTN_ATOL, ATTN_RTOL);
+}
+
+#[test]
+fn attention_matches_cpu() {
+    for gpu in gpu_variants() {
+        let mut rng = Rng(12);
+        for s in [TINY, ODD, B27] {
+            for ctx in [1u32, 2, 37, 300] {
+                for t in [1usize, 2, 5] {
+                    check_attention(&gpu, &mut rng, s, ctx, t);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_long_context() {
+    // More than 1024 keys (many key blocks, a long online softmax) at a small head shape.
+    for gpu in gpu_variants() {
+        let mut rng = Rng(13);
+        for t in [1usize, 5] {
+            check_attention(&gpu, &mut rng, TINY, 1500, t);
+        }
+        // Past NS * CK_MIN keys the chunks grow beyond CK_MIN.
+        check_attention(&gpu, &mut rng, TINY, ATTN_NS * ATTN_CK_MIN + 900, 3);
+        check_attention(&gpu, &mut rng, ODD, 1100, 2);
+    }
+}
+
+#[test]
+fn prep_then_attention_matches_cpu() {
+    // The whole mixer core as the model records it (one pass: prep, then attention reading the
+    // cache rows prep wrote) against the all-f64 chain.
+    for gpu in gpu_variants() {
+        let mut rng = Rng(14);
+        for (s, pos) in [(TINY, 40u32), (ODD, 37), (B27, 1000)] {
+            for t in [1usize, 5] {
+                let max_ctx = pos + t as u32;
+                let kvw = s.kvw();
+                let (qn, kn) = (norm_weights(&mut rng, s.d), norm_weights(&mut rng, s.d));
+                let k0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+                let v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+                let layer = Layer::new(&gpu, s, max_ctx, &qn, &kn, &k0, &v0);
+                let lay = s.layout();
+                let proj = normals(&mut rng, t * lay.stride, 2.0);
+                let (_, out) = layer.forward(&gpu, &proj, t, pos, true);
+                let pre = cpu::attn_prep(&s.rdims(), &proj, t, lay.stride, lay.qg, lay.k, lay.v, &qn, &kn, pos);
+                let a = pos as usize * kvw;
+                let mut kc: Vec<f64> = k0.iter().map(|&x| x as f64).collect();
+                let mut vc: Vec<f64> = v0.iter().map(|&x| x as f64).collect();
+                kc[a..a + t * kvw].copy_from_slice(&pre.k);
+                vc[a..a + t * kvw].copy_from_slice(&pre.v);
+                let (want, mag) = cpu::attention(&s.rdims(), &pre.q, t, &kc, &vc, &proj, lay.stride, lay.qg, pos);
+                assert_close(
+                    &format!("prep+attention {} pos {pos} T={t} ({})", s.name, gpu.describe()),
+                    &out,
+                    &to_f32(&want),
+                    &to_f32(&mag),
+                    PIPE_ATOL,
+                    PIPE_RTOL,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_invariance_decode_vs_verify() {
+    // Row 0 of a 2-row call (MTP verify) equals a 1-row call (decode) bit for bit: q_out, the
+    // cache row it appends, and the attention output.
+    for gpu in gpu_variants() {
+        let mut rng = Rng(15);
+        for (s, pos) in [(TINY, 40u32), (ODD, 37), (B27, 100)] {
+            let what = format!("{} pos {pos} ({})", s.name, gpu.describe());
+            let max_ctx = pos + 4;
+            let kvw = s.kvw();
+            let (qn, kn) = (norm_weights(&mut rng, s.d), norm_weights(&mut rng, s.d));
+            let k0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+            let v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+            let lay = s.layout();
+            let proj = normals(&mut rng, 2 * lay.stride, 2.0);
+            let one = Layer::new(&gpu, s, max_ctx, &qn, &kn, &k0, &v0);
+            let (q1, o1) = one.forward(&gpu, &proj, 1, pos, true);
+            let (k1, v1) = one.caches(&gpu);
+            let two = Layer::new(&gpu, s, max_ctx, &qn, &kn, &k0, &v0);
+            let (q2, o2) = two.forward(&gpu, &proj, 2, pos, true);
+            let (k2, v2) = two.caches(&gpu);
+            let (qw, end) = (s.qw(), (pos as usize + 1) * kvw);
+            assert_bits_eq(&format!("{what}: q_out T=1 vs row 0 of T=2"), &q1, &q2[..qw]);
+            assert_bits_eq(&format!("{what}: out T=1 vs row 0 of T=2"), &o1, &o2[..qw]);
+            assert_bits_eq(&format!("{what}: k_cache rows 0..=pos"), &k1[..end], &k2[..end]);
+            assert_bits_eq(&format!("{what}: v_cache rows 0..=pos"), &v1[..end], &v2[..end]);
+        }
+    }
+}
+
+#[test]
+fn batch_invariance_chunked_prefill() {
+    // A 9-row prompt in one call equals the same prompt as 4 + 5 rows (second call at pos + 4),
+    // bit for bit in q_out, out and both caches; starting positions put the chunk boundary and
+    // the rows around key-block edges (32 keys per block).
+    for gpu in gpu_variants() {
+        let mut rng = Rng(16);
+        for (s, p0) in [(TINY, 0u32), (TINY, 30), (ODD, 3), (B27, 60)] {
+            let what = format!("{} from pos {p0} ({})", s.name, gpu.describe());
+            let max_ctx = p0 + 12;
+            let kvw = s.kvw();
+            let (qn, kn) = (norm_weights(&mut rng, s.d), norm_weights(&mut rng, s.d));
+            let mut k0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+            let mut v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+            for x in k0[p0 as usize * kvw..].iter_mut().chain(v0[p0 as usize * kvw..].iter_mut()) {
+                *x = 0.0;
+            }
+            let lay = s.layout();
+            let proj = normals(&mut rng, 9 * lay.stride, 2.0);
+            let whole = Layer::new(&gpu, s, max_ctx, &qn, &kn, &k0, &v0);
+            let (qa, oa) = whole.forward(&gpu, &proj, 9, p0, true);
+            let (ka, va) = whole.caches(&gpu);
+            let split = Layer::new(&gpu, s, max_ctx, &qn, &kn, &k0, &v0);
+            let (mut qb, mut ob) = split.forward(&gpu, &proj, 4, p0, true);
+            let (qb2, ob2) = split.forward(&gpu, &proj[4 * lay.stride..], 5, p0 + 4, true);
+            qb.extend(qb2);
+            ob.extend(ob2);
+            let (kb, vb) = split.caches(&gpu);
+            assert_bits_eq(&format!("{what}: q_out 9 vs 4+5"), &qa, &qb);
+            assert_bits_eq(&format!("{what}: out 9 vs 4+5"), &oa, &ob);
+            assert_bits_eq(&format!("{what}: k_cache 9 vs 4+5"), &ka, &kb);
+            assert_bits_eq(&format!("{what}: v_cache 9 vs 4+5"), &va, &vb);
+        }
+    }
+}
+
+/// attention over `t` rows at `pos` with `split_rows` rows on the split path (0: none).
+fn attend_split(gpu: &Gpu, layer: &Layer, q: &[f32], proj: &[f32], t: usize, pos: u32, split_rows: u32) -> Vec<f32> {
+    let (lay, qw) = (layer.lay, layer.s.qw());
+    let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
+    let qb = upload_f32(gpu, "q", &q[..t * qw]);
+    let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
+    let scratch = gpu.storage("scratch", attention_scratch_bytes(&layer.d, split_rows.max(1))).unwrap();
+    let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1 });
+    let slot = StepSlot { buf: &sb, offset: 0 };
+    let gate = Act::at(&pb, lay.stride as u32, lay.qg as u32);
+    let sc = if split_rows > 0 { Some(&scratch) } else { None };
+    let ds = pollster::block_on(attention_with_scratch(gpu, &layer.d, &qb, gate, &layer.kc, &layer.vc, sc, &ob, slot)).unwrap();
+    assert_eq!(ds.len(), if split_rows > 0 { 2 } else { 1 });
+    run(gpu, &ds, StepShape { n_tokens: t as u32, n_out: 1 });
+    read_f32(gpu, &ob, t * qw)
+}
+
+#[test]
+fn split_and_fused_paths_agree_bit_exact() {
+    // Rows whose key chunks are spread over workgroups (the scratch path decode and verify use)
+    // give the same bits as rows that compute all chunks in one workgroup, for key counts around
+    // chunk boundaries (1 chunk, CK_MIN ± 1, many chunks, chunks longer than CK_MIN).
+    let ck = ATTN_CK_MIN;
+    let big = ATTN_NS * ck;
+    for gpu in gpu_variants() {
+        let mut rng = Rng(18);
+        for (s, pos) in [(TINY, 0u32), (TINY, ck - 3), (TINY, 2 * ck - 2), (TINY, big - 3), (TINY, big + 2 * ck), (ODD, 300), (B27, 300)] {
+            let t = 6;
+            let max_ctx = pos + t as u32;
+            let kvw = s.kvw();
+            let k0 = normals(&mut rng, max_ctx as usize * kvw, 2.0);
+            let v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+            let w = vec![1f32; s.d as usize];
+            let layer = Layer::new(&gpu, s, max_ctx, &w, &w, &k0, &v0);
+            let q = normals(&mut rng, t * s.qw(), 1.5);
+            let proj = normals(&mut rng, t * layer.lay.stride, 2.0);
+            let fused = attend_split(&gpu, &layer, &q, &proj, t, pos, 0);
+            let split = attend_split(&gpu, &layer, &q, &proj, t, pos, t as u32);
+            let what = format!("{} pos {pos} ({})", s.name, gpu.describe());
+            assert_bits_eq(&format!("{what}: split vs fused"), &split, &fused);
+            let part = attend_split(&gpu, &layer, &q, &proj, t, pos, 3);
+            assert_bits_eq(&format!("{what}: 3 split rows vs fused"), &part, &fused);
+        }
+    }
+}
+
+#[test]
+fn unchecked_shaders_match_cpu() {
+    // The release configuration: wgpu's runtime bounds checks off, so only the kernels' own
+    // guards keep every access in bounds (odd head counts, offsets, rows at the end of the cache).
+    let gpu = gpu_with(GpuOptions { shader_checks: Some(false), ..Default::default() });
+    let mut rng = Rng(17);
+    for (s, pos) in [(ODD, 37u32), (B27, 300)] {
+        check_prep(&gpu, &mut rng, s, pos, 5);
+    }
+    for (s, ctx) in [(ODD, 37u32), (B27, 300), (TINY, 1100)] {
+        check_attention(&gpu, &mut rng, s, ctx, 5);
+    }
+}
+
+#[test]
+fn rejects_unsupported_shapes() {
+    let gpu = gpu();
+    let b = gpu.storage("b", 1 << 20).unwrap();
+    let sb = step_buffer(&gpu, Step { n_tokens: 1, pos: 0, n_confirmed: 0, n_out: 1 });
+    let slot = StepSlot { buf: &sb, offset: 0 };
+    let ok = TINY.dims(16);
+    for bad in [
+        AttnDims { head_dim: 260, rotary_dim: 64, ..ok },
+        AttnDims { head_dim: 30, rotary_dim: 8, ..ok },
+        AttnDims { n_heads: 3, n_kv_heads: 2, ..ok },
+        AttnDims { rotary_dim: 40, ..ok },
+        AttnDims { rotary_dim: 7, ..ok },
+    ] {
+        let r = pollster::block_on(attention(&gpu, &bad, &b, Act::new(&b, 128), &b, &b, &b, slot));
+        assert!(r.is_err(), "attention accepted {bad:?}");
+        let r = pollster::block_on(attn_prep(&gpu, &bad, Act::new(&b, 128), Act::new(&b, 128), Act::new(&b, 128), &b, &b, &b, &b, &b, slot));
+        assert!(r.is_err(), "attn_prep accepted {bad:?}");
+    }
+    // A cache that cannot fit one storage binding.
+    let huge = AttnDims { max_ctx: 1 << 30, ..ok };
+    let r = pollster::block_on(attention(&gpu, &huge, &b, Act::new(&b, 128), &b, &b, &b, slot));
+    assert!(matches!(r, Err(GpuError::TooLarge { .. })), "attention accepted a cache over the binding limit");
+    // A cache too small for max_ctx.
+    let small = gpu.storage("small", 64).unwrap();
+    assert!(pollster::block_on(attention(&gpu, &ok, &b, Act::new(&b, 128), &small, &b, &b, slot)).is_err());
+}
+
+#[test]
+#[ignore = "timing on a real GPU: cargo test --test kernels_attention -- --ignored bench --nocapture"]
+fn bench_attention_27b() {
+    // Wall time per call of attention (and attn_prep) at the 27B head shapes, averaged over many
+    // calls recorded in one pass. A benchmark, not a check.
+    let gpu = gpu_with(GpuOptions { shader_checks: Some(false), ..Default::default() });
+    println!("device: {}", gpu.describe());
+    let s = B27;
+    let max_ctx = 32768u32;
+    let kvw = s.kvw();
+    let mut rng = Rng(99);
+    let k0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+    let v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+    let w = vec![1f32; s.d as usize];
+    let layer = Layer::new(&gpu, s, max_ctx, &w, &w, &k0, &v0);
+    let lay = s.layout();
+    let max_t = 512usize;
+    let proj = normals(&mut rng, max_t * lay.stride, 1.0);
+    let pb = upload_f32(&gpu, "proj", &proj);
+    let qb = upload_f32(&gpu, "q", &normals(&mut rng, max_t * s.qw(), 1.0));
+    let ob = gpu.storage("out", (max_t * s.qw() * 4) as u64).unwrap();
+    let st = lay.stride as u32;
+    let time = |t: usize, pos: u32, prep: bool, reps: usize| -> f64 {
+        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1 });
+        let slot = StepSlot { buf: &sb, offset: 0 };
+        let mut ds = if prep {
+            pollster::block_on(attn_prep(
+                &gpu,
+                &layer.d,
+                Act::at(&pb, st, lay.qg as u32),
+                Act::at(&pb, st, lay.k as u32),
+                Act::at(&pb, st, lay.v as u32),
+                &layer.qn,
+                &layer.kn,
+                &qb,
+                &layer.kc,
+                &layer.vc,
+                slot,
+            ))
+            .unwrap()
+        } else {
+            vec![]
+        };
+        ds.extend(pollster::block_on(attention(&gpu, &layer.d, &qb, Act::at(&pb, st, lay.qg as u32), &layer.kc, &layer.vc, &ob, slot)).unwrap());
+        let shape = StepShape { n_tokens: t as u32, n_out: 1 };
+        let go = |n: usize| {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for _ in 0..n {
+                    for d in &ds {
+                        d.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+                    }
+                }
+            }
+            gpu.queue.submit([enc.finish()]);
+            gpu.wait();
+        };
+        go(2);
+        let t0 = std::time::Instant::now();
+        go(reps);
+        t0.elapsed().as_secs_f64() / reps as f64 * 1e6
+    };
+    for ctx in [1024u32, 4096, 16384, 32768] {
+        for t in [1usize, 2] {
+            let us = time(t, ctx - t as u32, false, 50);
+            let bytes = 2.0 * ctx as f64 * kvw as f64 * 4.0;
+            println!("attention decode ctx {ctx:6} T={t}: {us:9.1} us  (K+V {:.1} MB, {:.0} GB/s)", bytes / 1e6, bytes / us / 1e3);
+        }
+    }
+    println!("attn_prep T=1: {:.1} us", time(1, 1000, true, 200) - time(1, 1000, false, 200));
+    for (t, pos) in [(512usize, 0u32), (512, 4096)] {
+        let us = time(t, pos, false, 5);
+        println!("attention prefill T={t} from pos {pos}: {:.1} ms", us / 1e3);
+    }
+}

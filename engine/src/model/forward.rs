@@ -9,7 +9,7 @@ use crate::error::LoadError;
 use crate::gpu::{Gpu, GpuBuffer, Plan, Rows, StepSlot};
 use crate::model::config::ModelConfig;
 use crate::model::weights::{Layer, Mixer, Weights};
-use crate::ops::attention::{attention, attn_prep, AttnDims};
+use crate::ops::attention::{attention_scratch_bytes, attention_with_scratch, attn_prep, AttnDims};
 use crate::ops::gdn::{gated_norm, gdn_conv, gdn_prep, gdn_recurrence, GdnDims};
 use crate::ops::matmul::{matmul, MatmulOpts};
 use crate::ops::matrix::Matrix;
@@ -51,10 +51,13 @@ pub struct Workspace {
     pub xo: GpuBuffer,
     pub logits: GpuBuffer,
     pub argmax_scratch: GpuBuffer,
+    /// Split-K partials of the attention kernel, shared by every attention layer.
+    pub attn_scratch: GpuBuffer,
 }
 
 impl Workspace {
     pub fn new(gpu: &Gpu, cfg: &ModelConfig, max_rows: u32, max_out: u32) -> Result<Workspace, LoadError> {
+        let attn_scratch = attention_scratch_bytes(&attn_dims(cfg, 1), 2);
         let r = max_rows as u64;
         let f = 4u64;
         let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
@@ -84,11 +87,12 @@ impl Workspace {
             xo: gpu.storage("xo", o * h * f)?,
             logits: gpu.storage("logits", o * v * f)?,
             argmax_scratch: gpu.storage("argmax_scratch", argmax::scratch_bytes(cfg.vocab_size as u32, max_out))?,
+            attn_scratch: gpu.storage("attn_scratch", attn_scratch)?,
         })
     }
 
     pub fn bytes(&self) -> u64 {
-        [&self.ids, &self.out_ids, &self.x, &self.xn, &self.proj, &self.q, &self.conv_out, &self.gates, &self.y, &self.yn, &self.gu, &self.act, &self.xo, &self.logits, &self.argmax_scratch]
+        [&self.ids, &self.out_ids, &self.x, &self.xn, &self.proj, &self.q, &self.conv_out, &self.gates, &self.y, &self.yn, &self.gu, &self.act, &self.xo, &self.logits, &self.argmax_scratch, &self.attn_scratch]
             .iter()
             .map(|b| b.size)
             .sum()
@@ -215,7 +219,7 @@ impl Builder<'_> {
         plan.extend_vec(
             attn_prep(g, &d, Act::at(&ws.proj, pw, 0), Act::at(&ws.proj, pw, qw), Act::at(&ws.proj, pw, qw + kw), q_norm, k_norm, &ws.q, &kv.k, &kv.v, self.step).await?,
         );
-        plan.extend_vec(attention(g, &d, &ws.q, Act::at(&ws.proj, pw, 0), &kv.k, &kv.v, &ws.y, self.step).await?);
+        plan.extend_vec(attention_with_scratch(g, &d, &ws.q, Act::at(&ws.proj, pw, 0), &kv.k, &kv.v, Some(&ws.attn_scratch), &ws.y, self.step).await?);
         self.mm(plan, o_proj, Act::new(&ws.y, d.n_heads * d.head_dim), Act::new(&ws.x, h), true).await
     }
 

@@ -3,8 +3,15 @@
 //!
 //! Per layer and forward call: `attn_prep` (q/k RMSNorm + partial RoPE, K/V appended to the cache
 //! at rows `step.pos ..`), then `attention` (causal GQA over cache rows `0 ..= step.pos + t`, times
-//! the sigmoid output gate). Both kernels compute every (row, head) on its own workgroup in a
-//! fixed order, so results are bit-identical whatever the row count of the call (spec §7.5).
+//! the sigmoid output gate). Every (row, head) is computed in a fixed order that depends only on
+//! its own query, its key count and the cache, so results are bit-identical whatever the row
+//! count of the call or the prefill chunking (spec §7.5). attention cuts the keys into chunks
+//! (length a function of the key count alone); the first rows of a call (decode, verify) spread
+//! their chunks over many workgroups, later rows compute the same chunks in one workgroup, with
+//! the same arithmetic (see attention.wgsl).
+//!
+//! Limits: D a multiple of 4 and <= 256; each KV cache buffer must fit one storage binding
+//! (`max_ctx * Hkv * D * 4` bytes <= `caps.max_binding`: 1 GiB at 262,144 positions for the 27B).
 
 use crate::gpu::{Defines, Dispatch, Gpu, GpuBuffer, GpuError, Grid, ParamStruct, StepSlot};
 use crate::ops::Act;
@@ -39,8 +46,14 @@ pub const MAX_HEAD_DIM: u32 = 256;
 /// attn_prep: threads per workgroup.
 pub const PREP_WG: u32 = 64;
 /// attention: threads per workgroup and keys per block.
-pub const ATTN_WG: u32 = 128;
+pub const ATTN_WG: u32 = 256;
 pub const ATTN_BK: u32 = 32;
+/// attention: at most this many key chunks per row, each at least `ATTN_CK_MIN` keys (a multiple
+/// of `ATTN_BK`); the chunk length is a function of the row's key count alone.
+pub const ATTN_NS: u32 = 32;
+pub const ATTN_CK_MIN: u32 = 64;
+/// Rows whose chunks [`attention`] spreads over workgroups (decode: 1, MTP verify: 2).
+pub const SPLIT_ROWS: u32 = 2;
 
 crate::gpu_struct! {
     pub struct AttnPrepParams as "Params" {
@@ -69,6 +82,8 @@ crate::gpu_struct! {
         head_dim: u32,
         max_ctx: u32,
         max_rows: u32,
+        /// Rows whose chunk partials come from the split pass (the rows the scratch holds).
+        split_rows: u32,
         gate_stride: u32,
         gate_col: u32,
         /// head_dim^-0.5, rounded once from f64 (as MLX's Python-side scale)
@@ -116,6 +131,15 @@ fn check_bytes(what: &str, name: &str, b: &GpuBuffer, need: u64) -> Result<(), G
     Ok(())
 }
 
+fn check_caches(gpu: &Gpu, what: &str, d: &AttnDims, k_cache: &GpuBuffer, v_cache: &GpuBuffer) -> Result<(), GpuError> {
+    let need = d.cache_bytes();
+    if need > gpu.caps.max_binding {
+        return Err(GpuError::TooLarge { what: format!("{what}: a KV cache of {} positions", d.max_ctx), needed: need, limit: gpu.caps.max_binding });
+    }
+    check_bytes(what, "k_cache", k_cache, need)?;
+    check_bytes(what, "v_cache", v_cache, need)
+}
+
 /// Per-head q/k RMSNorm + partial RoPE, and the K/V cache append, for every row `t` of the step
 /// (position `step.pos + t`). One dispatch.
 ///
@@ -145,8 +169,7 @@ pub async fn attn_prep(
     let (hq, hkv) = (d.n_heads as u64, d.n_kv_heads as u64);
     check_bytes(what, "q_norm", q_norm, hd * 4)?;
     check_bytes(what, "k_norm", k_norm, hd * 4)?;
-    check_bytes(what, "k_cache", k_cache, d.cache_bytes())?;
-    check_bytes(what, "v_cache", v_cache, d.cache_bytes())?;
+    check_caches(gpu, what, d, k_cache, v_cache)?;
     let max_rows = rows_of(&qg, 2 * hq * hd).min(rows_of(&k, hkv * hd)).min(rows_of(&v, hkv * hd)).min(q_out.size / 4 / (hq * hd)).min(u32::MAX as u64) as u32;
     if max_rows == 0 {
         return Err(bad(what, "an activation buffer cannot hold one row".into()));
@@ -185,15 +208,23 @@ pub async fn attn_prep(
     Ok(vec![gpu.dispatch(what, &pipeline, &res, Grid::per_token(d.n_heads + 2 * d.n_kv_heads))])
 }
 
+/// Bytes of an attention scratch (split partials) for `rows` rows (see [`attention_with_scratch`]).
+pub fn attention_scratch_bytes(d: &AttnDims, rows: u32) -> u64 {
+    rows as u64 * d.n_heads as u64 * ATTN_NS as u64 * (1 + d.head_dim as u64 / 4) * 16
+}
+
 /// Causal GQA attention with the output gate, for every row `t` of the step: query head `h` of
-/// row `t` attends to cache rows `0 ..= step.pos + t` of kv head `h / (Hq/Hkv)`, scale 1/sqrt(D),
-/// and `out[t, h*D + j] = o[j] * sigmoid(gate[t, h*2D + D + j])`. One dispatch.
+/// row `t` attends to cache rows `0 ..= step.pos + t` of kv head `h / (Hq/Hkv)`, scale D^-0.5,
+/// and `out[t, h*D + j] = o[j] * sigmoid(gate[t, h*2D + D + j])`.
 ///
 /// * `q`: [T, Hq*D] ([`attn_prep`]'s `q_out`).
 /// * `gate`: the q_proj output as passed to [`attn_prep`] (`[T, Hq, 2, D]` from `gate.col`; only
 ///   the gate halves are read).
 /// * `k_cache`, `v_cache`: [max_ctx, Hkv*D], rows `0 ..= step.pos + T - 1` valid.
 /// * `out`: [T, Hq*D] (the input of o_proj).
+///
+/// Allocates its own scratch for the first [`SPLIT_ROWS`] rows (≈ 1.6 MB at the 27B shapes); use
+/// [`attention_with_scratch`] to share one scratch between layers. Two dispatches.
 #[allow(clippy::too_many_arguments)]
 pub async fn attention(
     gpu: &Gpu,
@@ -205,29 +236,79 @@ pub async fn attention(
     out: &GpuBuffer,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
+    check_dims("attention", d)?;
+    let rows = SPLIT_ROWS.min(max_rows_attention(d, q, gate, out));
+    let scratch = gpu.storage("attention.scratch", attention_scratch_bytes(d, rows.max(1)))?;
+    attention_with_scratch(gpu, d, q, gate, k_cache, v_cache, Some(&scratch), out, step).await
+}
+
+fn max_rows_attention(d: &AttnDims, q: &GpuBuffer, gate: Act<'_>, out: &GpuBuffer) -> u32 {
+    let w = d.n_heads as u64 * d.head_dim as u64;
+    rows_of(&gate, 2 * w).min(q.size / 4 / w.max(1)).min(out.size / 4 / w.max(1)).min(u32::MAX as u64) as u32
+}
+
+/// [`attention`] with a caller-owned scratch. Rows `t < split_rows` of a call, where
+/// `split_rows` = the rows `scratch` holds ([`attention_scratch_bytes`]), split their keys over
+/// up to [`ATTN_NS`] workgroups per head (the decode/verify path: the whole GPU reads the cache);
+/// later rows compute the same chunks in one workgroup per head. Both give identical bits, so
+/// the scratch size only changes speed. `None`: every row on the one-workgroup path (one dispatch).
+/// A scratch is only used within the call's dispatches: one can serve every layer.
+#[allow(clippy::too_many_arguments)]
+pub async fn attention_with_scratch(
+    gpu: &Gpu,
+    d: &AttnDims,
+    q: &GpuBuffer,
+    gate: Act<'_>,
+    k_cache: &GpuBuffer,
+    v_cache: &GpuBuffer,
+    scratch: Option<&GpuBuffer>,
+    out: &GpuBuffer,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
     let what = "attention";
     check_dims(what, d)?;
-    let hd = d.head_dim as u64;
-    let hq = d.n_heads as u64;
-    check_bytes(what, "k_cache", k_cache, d.cache_bytes())?;
-    check_bytes(what, "v_cache", v_cache, d.cache_bytes())?;
-    let max_rows = rows_of(&gate, 2 * hq * hd).min(q.size / 4 / (hq * hd)).min(out.size / 4 / (hq * hd)).min(u32::MAX as u64) as u32;
+    check_caches(gpu, what, d, k_cache, v_cache)?;
+    let max_rows = max_rows_attention(d, q, gate, out);
     if max_rows == 0 {
         return Err(bad(what, "an activation buffer cannot hold one row".into()));
     }
-    let defines = Defines::new().set("PARAMS", AttentionParams::WGSL).set("WG", std::env::var("AWG").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(ATTN_WG)).set("BK", std::env::var("ABK").ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(ATTN_BK)).set("HEAD_DIM", d.head_dim);
-    let pipeline = gpu.pipeline("attention.wgsl", &defines).await?;
+    let per_row = attention_scratch_bytes(d, 1);
+    let split_rows = match scratch {
+        Some(b) => (b.size.min(gpu.caps.max_binding) / per_row).min(max_rows as u64) as u32,
+        None => 0,
+    };
+    let base = Defines::new()
+        .set("PARAMS", AttentionParams::WGSL)
+        .set("WG", ATTN_WG)
+        .set("BK", ATTN_BK)
+        .set("HEAD_DIM", d.head_dim)
+        .set("NS", ATTN_NS)
+        .set("CK_MIN", ATTN_CK_MIN);
     let params = AttentionParams {
         n_heads: d.n_heads,
         n_kv_heads: d.n_kv_heads,
         head_dim: d.head_dim,
         max_ctx: d.max_ctx,
         max_rows,
+        split_rows,
         gate_stride: gate.stride,
         gate_col: gate.col,
         scale: (d.head_dim as f64).powf(-0.5) as f32,
     };
     let u = gpu.uniform("attention.params", &params);
-    let res = [u.whole(), step.binding(), q.whole(), gate.buf.whole(), k_cache.whole(), v_cache.whole(), out.whole()];
-    Ok(vec![gpu.dispatch(what, &pipeline, &res, Grid::per_token(d.n_heads))])
+    // Without a scratch the final pass binds `q` in its place (never read: split_rows = 0).
+    let part = match scratch {
+        Some(b) if split_rows > 0 => b.slice(0, split_rows as u64 * per_row),
+        _ => q.whole(),
+    };
+    let mut out_d = Vec::new();
+    if split_rows > 0 {
+        let pipeline = gpu.pipeline("attention.wgsl", &base.clone().flag("SPLIT", true)).await?;
+        let res = [u.whole(), step.binding(), q.whole(), k_cache.whole(), v_cache.whole(), part.clone()];
+        out_d.push(gpu.dispatch("attention.split", &pipeline, &res, Grid::fixed(split_rows * d.n_heads * ATTN_NS)));
+    }
+    let pipeline = gpu.pipeline("attention.wgsl", &base.flag("SPLIT", false)).await?;
+    let res = [u.whole(), step.binding(), q.whole(), k_cache.whole(), v_cache.whole(), part, gate.buf.whole(), out.whole()];
+    out_d.push(gpu.dispatch(what, &pipeline, &res, Grid::per_token(d.n_heads)));
+    Ok(out_d)
 }

@@ -1,0 +1,240 @@
+// Causal GQA attention over the KV cache with the output gate (spec §4.5 steps 6-7).
+// Query head h of row t reads kv head g = h / (Hq / Hkv) ("repeat" mapping):
+//   s_k = (scale * q[t, h]) · k_cache[k, g]   for k = 0 ..= pos + t   (n_keys = pos + t + 1)
+//   o   = Σ_k softmax(s)_k v_cache[k, g]      (f32, max-subtracted)
+//   y[t, h*D + j] = o_j * sigmoid(gate[t, h*2D + D + j])
+//
+// Keys are cut into chunks whose length depends only on n_keys (chunk_keys: at least CK_MIN, at
+// most NS chunks). A chunk gives a partial (m = max score, l = Σ exp(s - m), acc = Σ exp(s - m) v),
+// and the partials are merged in chunk order. Two pipelines, one arithmetic:
+//   SPLIT   one workgroup per (row t < split_rows, head, chunk) writes its partial to `part`
+//           (decode and verify: NS workgroups per head keep the whole GPU reading).
+//   (final) one workgroup per (row, head): merges the partials, read from `part` for rows
+//           t < split_rows or computed in place (same `chunk` function) for the others, then
+//           normalizes and gates.
+// Batch invariance: a row's bits depend only on its query, n_keys and the cache, never on the
+// row count or on which path computed its partials. `chunk` is contraction-proof for that (every
+// multiply-add is an explicit fma, every other sum a plain add), so the two pipelines compile its
+// arithmetic alike.
+//
+// Inside a chunk, per block of BK keys: scores with LPK = WG / BK threads per key (strided D/4
+// vec4 products, partials added in lane order by one thread), a running max m shared by all
+// threads (each reads the same BK scores), and the weighted V sum on KS = WG / (D/4) key slices
+// (thread = one vec4 of dims, slice s takes keys s, s + KS, ... of the block), added in slice
+// order at the end of the chunk. Loads use clamped (valid) rows and are masked afterwards, so the
+// compiler can issue them all before the arithmetic.
+//
+// Defines: WG, BK (keys per block; WG/BK lanes per key), HEAD_DIM, NS (max chunks per row),
+// CK_MIN (min chunk length, a multiple of BK), SPLIT.
+#include "common.wgsl"
+
+{{PARAMS}}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> step: Step;
+@group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;              // [T, Hq*D / 4] (attn_prep's q_out)
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;        // [max_ctx, Hkv*D / 4]
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;        // [max_ctx, Hkv*D / 4]
+#if SPLIT
+@group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>;     // [split_rows, Hq, NS, 1 + D/4]: (m, l, 0, 0), acc
+#else
+@group(0) @binding(5) var<storage, read> part: array<vec4<f32>>;           // [split_rows, Hq, NS, 1 + D/4]: (m, l, 0, 0), acc
+@group(0) @binding(6) var<storage, read> gate: array<f32>;                 // [T, gate_stride]: at gate_col, [Hq, 2, D] = per head [q_h | gate_h]
+@group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;        // [T, Hq*D / 4]
+#endif
+
+const WG: u32 = {{WG}}u;
+const BK: u32 = {{BK}}u;
+const LPK: u32 = WG / BK;                // threads per key in the score phase
+const D: u32 = {{HEAD_DIM}}u;
+const D4: u32 = D / 4u;
+const NI: u32 = (D4 + LPK - 1u) / LPK;   // score-phase vec4s per thread
+const KS: u32 = WG / D4;                 // output phase: key slices of D4 threads
+const KPS: u32 = (BK + KS - 1u) / KS;    // keys per slice per block
+const NS: u32 = {{NS}}u;
+const CK_MIN: u32 = {{CK_MIN}}u;
+const PSTRIDE: u32 = 1u + D4;            // vec4s per partial in `part`
+const NEG: f32 = -3.0e38;                // below any score; exp(NEG - m) == 0
+
+var<workgroup> qs: array<vec4<f32>, D4>;       // scale * q
+var<workgroup> lanes: array<f32, WG>;          // score partials [BK, LPK]
+var<workgroup> sc: array<f32, BK>;             // scores of the block (NEG past the chunk end)
+var<workgroup> accs: array<vec4<f32>, WG>;     // per-slice outputs [KS, D/4]
+var<workgroup> ls: array<f32, WG>;             // per-slice denominators [KS]
+
+struct Partial {
+    acc: vec4<f32>,   // threads lid < D4: dims 4*lid .. 4*lid + 3
+    m: f32,
+    l: f32,           // threads lid < D4
+}
+
+// Chunk length for a row with n_keys keys (a multiple of BK, at least CK_MIN, at most NS chunks).
+fn chunk_keys(n_keys: u32) -> u32 {
+    let per = (n_keys + NS - 1u) / NS;
+    return max(CK_MIN, (per + BK - 1u) / BK * BK);
+}
+
+// The partial of keys [k0, k1) (k0 < k1) of one kv head for the query in `qs`. Called from
+// uniform control flow by the whole workgroup.
+fn chunk(k0: u32, k1: u32, kv_row4: u32, kv_off4: u32, lid: u32) -> Partial {
+    let kk = lid / LPK;
+    let lane = lid % LPK;
+    let ks = lid / D4;
+    let dv = lid % D4;
+    var m = NEG;
+    var l = 0.0;
+    var acc = vec4<f32>(0.0);
+    for (var blk = k0; blk < k1; blk += BK) {
+        let kb = min(blk + kk, k1 - 1u) * kv_row4 + kv_off4;
+        var s = 0.0;
+        for (var r = 0u; r < NI; r++) {
+            let i = lane + r * LPK;
+            if (i < D4) {
+                let a = qs[i];
+                let b = k_cache[kb + i];
+                s = fma(a.x, b.x, s);
+                s = fma(a.y, b.y, s);
+                s = fma(a.z, b.z, s);
+                s = fma(a.w, b.w, s);
+            }
+        }
+        lanes[lid] = s;
+        workgroupBarrier();
+        if (lid < BK) {
+            var a = 0.0;
+            for (var j = 0u; j < LPK; j++) {
+                a += lanes[lid * LPK + j];
+            }
+            sc[lid] = select(NEG, a, blk + lid < k1);
+        }
+        workgroupBarrier();
+        var bm = NEG;
+        for (var j = 0u; j < BK; j++) {
+            bm = max(bm, sc[j]);
+        }
+        let m_new = max(m, bm);
+        let corr = exp(m - m_new);
+        m = m_new;
+        acc = acc * corr;
+        var ps = 0.0;
+        if (ks < KS) {
+            for (var r = 0u; r < KPS; r++) {
+                let j0 = ks + r * KS;
+                let j = min(j0, BK - 1u);
+                let kj = min(blk + j, k1 - 1u);
+                let vv = v_cache[kj * kv_row4 + kv_off4 + dv];
+                let pj = select(0.0, exp(sc[j] - m), j0 < BK && blk + j < k1);
+                ps += pj;
+                acc = fma(vec4<f32>(pj), vv, acc);
+            }
+        }
+        l = fma(l, corr, ps);
+    }
+    if (ks < KS) {
+        accs[lid] = acc;
+        if (dv == 0u) { ls[ks] = l; }
+    }
+    workgroupBarrier();
+    var res = Partial(vec4<f32>(0.0), m, 0.0);
+    if (lid < D4) {
+        for (var s = 0u; s < KS; s++) {
+            res.acc += accs[s * D4 + lid];
+            res.l += ls[s];
+        }
+    }
+    workgroupBarrier();
+    return res;
+}
+
+fn load_q(t: u32, h: u32, lid: u32) {
+    let qbase = (t * p.n_heads + h) * D4;
+    for (var i = lid; i < D4; i += WG) {
+        qs[i] = q[qbase + i] * p.scale;
+    }
+    workgroupBarrier();
+}
+
+// Index of partial (t, h, c) in `part`.
+fn part_base(t: u32, h: u32, c: u32) -> u32 {
+    return ((t * p.n_heads + h) * NS + c) * PSTRIDE;
+}
+
+#if SPLIT
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let nq = p.n_heads;
+    let nkv = p.n_kv_heads;
+    let id = wg_linear(wid, nwg);
+    // Heads fastest: the heads that share a kv head read the same chunk at about the same time.
+    let h = id % max(nq, 1u);
+    let c = (id / max(nq, 1u)) % NS;
+    let t = id / (NS * max(nq, 1u));
+    let row = step.pos + t;
+    if (t >= step.n_tokens || t >= p.split_rows || t >= p.max_rows || row >= p.max_ctx || nkv == 0u || p.head_dim != D) { return; }
+    let n_keys = row + 1u;
+    let ck = chunk_keys(n_keys);
+    let k0 = c * ck;
+    if (k0 >= n_keys) { return; }
+    let g = min(h / max(nq / nkv, 1u), nkv - 1u);
+    load_q(t, h, lid);
+    let r = chunk(k0, min(k0 + ck, n_keys), nkv * D4, g * D4, lid);
+    let base = part_base(t, h, c);
+    if (lid == 0u) {
+        part[base] = vec4<f32>(r.m, r.l, 0.0, 0.0);
+    }
+    if (lid < D4) {
+        part[base + 1u + lid] = r.acc;
+    }
+}
+#else
+// st ⊕ c, the log-sum-exp merge of two partials (explicit fmas: see the header).
+fn merge(st: Partial, c: Partial) -> Partial {
+    let mm = max(st.m, c.m);
+    let a = exp(st.m - mm);
+    let b = exp(c.m - mm);
+    return Partial(fma(c.acc, vec4<f32>(b), st.acc * a), mm, fma(c.l, b, st.l * a));
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let t = wid.z;
+    let h = wg_linear(wid, nwg);
+    let nq = p.n_heads;
+    let nkv = p.n_kv_heads;
+    let row = step.pos + t;
+    if (t >= step.n_tokens || t >= p.max_rows || row >= p.max_ctx || h >= nq || nkv == 0u || p.head_dim != D) { return; }
+    let n_keys = row + 1u;
+    let ck = chunk_keys(n_keys);
+    let n_chunks = (n_keys + ck - 1u) / ck;
+    var st = Partial(vec4<f32>(0.0), NEG, 0.0);
+    if (t < p.split_rows) {
+        for (var c = 0u; c < n_chunks; c++) {
+            let base = part_base(t, h, c);
+            let ml = part[base];
+            var acc = vec4<f32>(0.0);
+            if (lid < D4) { acc = part[base + 1u + lid]; }
+            st = merge(st, Partial(acc, ml.x, ml.y));
+        }
+    } else {
+        let g = min(h / max(nq / nkv, 1u), nkv - 1u);
+        load_q(t, h, lid);
+        for (var c = 0u; c < n_chunks; c++) {
+            let k0 = c * ck;
+            st = merge(st, chunk(k0, min(k0 + ck, n_keys), nkv * D4, g * D4, lid));
+        }
+    }
+    if (lid < D4) {
+        let gb = t * p.gate_stride + p.gate_col + h * 2u * D + D + 4u * lid;
+        let gv = vec4<f32>(gate[gb], gate[gb + 1u], gate[gb + 2u], gate[gb + 3u]);
+        y[(t * nq + h) * D4 + lid] = (st.acc / st.l) * (1.0 / (1.0 + exp(-gv)));
+    }
+}
+#endif
