@@ -1,20 +1,57 @@
 //! The whole model against mlx-lm: greedy continuations and logits from the fixture references
-//! (tests/fixtures, built by make_fixtures.py with mlx 0.32.4 / mlx-lm 0.32.2).
+//! (tests/fixtures, built by make_fixtures.py with mlx 0.32.4 / mlx-lm 0.32.2 on the CPU).
+//!
+//! Tolerances:
+//! * `LOGIT_TOL` (f32 compute, every fixture): mlx-lm with f32 activations vs the engine's f32
+//!   kernels differ only by summation order: each of ~6 matmuls per layer contributes ~1e-6
+//!   relative error on O(10) values, growing through 4–8 layers and the lm_head; measured
+//!   ≤ 1.4e-3 on logits of magnitude ≤ 15. 5e-3 leaves room for other adapters' rounding.
+//! * `NATIVE_TOL_*` (bf16 fixtures, mlx-lm's plain bf16 CPU run): activations rounded to bf16
+//!   after every op (relative step 2^-8) put that run itself far from exact math. Its quantized
+//!   matmuls also round every dequantized weight, product and partial sum to bf16, which costs
+//!   several logits (measured up to 4.9 against the engine); its dense bf16 matmuls accumulate in
+//!   f32 (measured up to 1.2). The tolerances are those maxima rounded up.
+//! Greedy tokens must be equal up to the first reference step whose top-2 gap is below the
+//! tolerance (after a near-tie the two paths may legitimately diverge).
 
 use std::sync::Arc;
 
 use qwgpu_engine::decode::{generate_greedy, GreedyOptions};
-use qwgpu_engine::model::session::read_config;
 use qwgpu_engine::model::{Model, Session, SessionOptions};
 use qwgpu_tests::fixtures::*;
 use qwgpu_tests::*;
 
+const LOGIT_TOL: f32 = 5e-3;
+const NATIVE_TOL_QUANTIZED: f32 = 6.0;
+const NATIVE_TOL_DENSE: f32 = 1.5;
+
 fn load(name: &str, chunk: u32) -> Session {
-    let gpu = gpu();
     let dir = fixtures_dir().join(name);
-    let model = Model::load(gpu, &dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let _ = read_config(&dir).unwrap();
+    let model = Model::load(gpu(), &dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
     pollster::block_on(Session::new(Arc::new(model), SessionOptions { max_ctx: 512, prefill_chunk: chunk })).unwrap()
+}
+
+/// Engine greedy tokens must equal `want` up to the first step whose gap is below `tol`.
+fn check_tokens(what: &str, got: &[u32], want: &[u32], gaps: &[f32], tol: f32) -> usize {
+    let limit = gaps.iter().position(|g| *g < tol).unwrap_or(want.len());
+    let first_diff = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(want.len());
+    assert!(first_diff >= limit, "{what}: token {first_diff} differs ({} vs {}) before the first near-tie at step {limit}", got[first_diff], want[first_diff]);
+    limit
+}
+
+/// Max |engine − reference| over teacher-forced logits along `path` (the prompt, then the
+/// reference's own tokens).
+fn teacher_forced_error(s: &mut Session, prompt: &[u32], path: &[u32], reference: &[f32], vocab: usize) -> f32 {
+    s.reset();
+    let mut max_err = 0f32;
+    for step in 0..reference.len() / vocab {
+        let input: Vec<u32> = if step == 0 { prompt.to_vec() } else { vec![path[step - 1]] };
+        let l = pollster::block_on(s.forward_logits(&input)).unwrap();
+        for (a, b) in l.iter().zip(&reference[step * vocab..(step + 1) * vocab]) {
+            max_err = max_err.max((a - b).abs());
+        }
+    }
+    max_err
 }
 
 #[test]
@@ -28,23 +65,32 @@ fn greedy_tokens_and_logits_match_mlx_lm() {
             let want = &r.greedy[pi];
             let opts = GreedyOptions { max_tokens: want.len(), eos: vec![], ignore_eos: true };
             let (got, _) = pollster::block_on(generate_greedy(&mut s, prompt, &opts, &mut |_| true)).unwrap();
-            let first_diff = got.iter().zip(want).position(|(a, b)| a != b);
-            // Teacher-forced logits along the reference path.
+            let checked = check_tokens(&format!("{name} prompt {pi}"), &got, want, &r.top2_gap[pi], LOGIT_TOL);
+            assert!(checked >= 64 || r.dtype != "float32", "{name} prompt {pi}: only {checked} tokens before a near-tie");
+            let err = teacher_forced_error(&mut s, prompt, want, &r.logits[pi].0, r.vocab);
+            println!("{name} prompt {pi} (len {}): {checked} tokens checked, max |logit error| {err:.2e}", prompt.len());
+            assert!(err <= LOGIT_TOL, "{name} prompt {pi}: logits differ by {err} > {LOGIT_TOL}");
+        }
+    }
+}
+
+#[test]
+fn bf16_fixtures_against_mlx_native_bf16() {
+    for name in fixture_names() {
+        let r = load_reference(&name);
+        let Some(native) = &r.native else { continue };
+        let mut s = load(&name, 64);
+        let tol = if s.model.config.quantization.global.is_some() { NATIVE_TOL_QUANTIZED } else { NATIVE_TOL_DENSE };
+        for (pi, prompt) in r.prompts.iter().enumerate() {
+            let want = &native.greedy[pi];
+            let err = teacher_forced_error(&mut s, prompt, want, &native.logits[pi].0, r.vocab);
             s.reset();
-            let mut max_err = 0f32;
-            let mut max_mag = 0f32;
-            let (ref_logits, steps) = &r.logits[pi];
-            for step in 0..*steps {
-                let input: Vec<u32> = if step == 0 { prompt.clone() } else { vec![want[step - 1]] };
-                let l = pollster::block_on(s.forward_logits(&input)).unwrap();
-                let rl = &ref_logits[step * r.vocab..(step + 1) * r.vocab];
-                for (a, b) in l.iter().zip(rl) {
-                    max_err = max_err.max((a - b).abs());
-                    max_mag = max_mag.max(b.abs());
-                }
-            }
-            println!("{name} prompt {pi} (len {}): first token diff {first_diff:?}, max |logit err| {max_err:.3e} (max |logit| {max_mag:.2})", prompt.len());
-            assert_eq!(first_diff, None, "{name} prompt {pi}: greedy tokens differ");
+            let opts = GreedyOptions { max_tokens: want.len(), eos: vec![], ignore_eos: true };
+            let (got, _) = pollster::block_on(generate_greedy(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+            let same = got.iter().zip(want).take_while(|(a, b)| a == b).count();
+            let checked = check_tokens(&format!("{name} prompt {pi} (native bf16)"), &got, want, &native.top2_gap[pi], tol);
+            println!("{name} prompt {pi}: vs native bf16 max |logit error| {err:.2}, {same} leading tokens equal, {checked} required");
+            assert!(err <= tol, "{name} prompt {pi}: logits differ from mlx's bf16 run by {err} > {tol}");
         }
     }
 }

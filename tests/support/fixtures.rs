@@ -16,6 +16,14 @@ pub struct Reference {
     /// mtp_logits.{i}: [rows, vocab] per prompt (fixtures with an MTP head).
     pub mtp_logits: Vec<(Vec<f32>, usize)>,
     pub vocab: usize,
+    /// bf16 fixtures: mlx-lm's plain bf16 CPU run (greedy ids, top-2 gaps, logits per prompt).
+    pub native: Option<Native>,
+}
+
+pub struct Native {
+    pub greedy: Vec<Vec<u32>>,
+    pub top2_gap: Vec<Vec<f32>>,
+    pub logits: Vec<(Vec<f32>, usize)>,
 }
 
 /// Where fixtures live: `QWGPU_FIXTURES` (a regenerated set) or the committed ones.
@@ -55,6 +63,11 @@ pub fn load_reference(name: &str) -> Reference {
     let logits: Vec<_> = (0..prompts.len()).map(|i| read(&format!("logits.{i}")).unwrap()).collect();
     let mtp_logits: Vec<_> = (0..prompts.len()).filter_map(|i| read(&format!("mtp_logits.{i}"))).collect();
     let vocab = logits[0].0.len() / logits[0].1;
+    let native = j.get("native_greedy").map(|g| Native {
+        greedy: ids(g),
+        top2_gap: j["native_top2_gap"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect(),
+        logits: (0..prompts.len()).map(|i| read(&format!("native_logits.{i}")).expect("native_logits")).collect(),
+    });
     Reference {
         name: name.to_string(),
         prompts,
@@ -66,6 +79,7 @@ pub fn load_reference(name: &str) -> Reference {
         logits,
         mtp_logits,
         vocab,
+        native,
         dir,
     }
 }

@@ -174,8 +174,7 @@ pub async fn attn_prep(
     if max_rows == 0 {
         return Err(bad(what, "an activation buffer cannot hold one row".into()));
     }
-    let defines = Defines::new().set("PARAMS", AttnPrepParams::WGSL).set("WG", PREP_WG).set("MAX_D", MAX_HEAD_DIM);
-    let pipeline = gpu.pipeline("attn_prep.wgsl", &defines).await?;
+    let pipeline = gpu.pipeline("attn_prep.wgsl", &prep_defines()).await?;
     let params = AttnPrepParams {
         n_heads: d.n_heads,
         n_kv_heads: d.n_kv_heads,
@@ -277,13 +276,7 @@ pub async fn attention_with_scratch(
         Some(b) => (b.size.min(gpu.caps.max_binding) / per_row).min(max_rows as u64) as u32,
         None => 0,
     };
-    let base = Defines::new()
-        .set("PARAMS", AttentionParams::WGSL)
-        .set("WG", ATTN_WG)
-        .set("BK", ATTN_BK)
-        .set("HEAD_DIM", d.head_dim)
-        .set("NS", ATTN_NS)
-        .set("CK_MIN", ATTN_CK_MIN);
+    let base = attention_defines(d.head_dim);
     let params = AttentionParams {
         n_heads: d.n_heads,
         n_kv_heads: d.n_kv_heads,
@@ -311,4 +304,29 @@ pub async fn attention_with_scratch(
     let res = [u.whole(), step.binding(), q.whole(), k_cache.whole(), v_cache.whole(), part, gate.buf.whole(), out.whole()];
     out_d.push(gpu.dispatch(what, &pipeline, &res, Grid::per_token(d.n_heads)));
     Ok(out_d)
+}
+
+fn prep_defines() -> Defines {
+    Defines::new().set("PARAMS", AttnPrepParams::WGSL).set("WG", PREP_WG).set("MAX_D", MAX_HEAD_DIM)
+}
+
+/// The attention kernel's defines for a head dim (without the SPLIT flag).
+fn attention_defines(head_dim: u32) -> Defines {
+    Defines::new()
+        .set("PARAMS", AttentionParams::WGSL)
+        .set("WG", ATTN_WG)
+        .set("BK", ATTN_BK)
+        .set("HEAD_DIM", head_dim)
+        .set("NS", ATTN_NS)
+        .set("CK_MIN", ATTN_CK_MIN)
+}
+
+/// Every variant (for the offline naga checks): the head dims of the family and the fixtures.
+pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
+    let mut v = vec![("attn_prep.wgsl", prep_defines())];
+    for hd in [32, 64, 128, 256] {
+        v.push(("attention.wgsl", attention_defines(hd).flag("SPLIT", true)));
+        v.push(("attention.wgsl", attention_defines(hd).flag("SPLIT", false)));
+    }
+    v
 }

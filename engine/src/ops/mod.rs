@@ -54,5 +54,7 @@ pub fn all_variants(subgroups: bool) -> Vec<(&'static str, crate::gpu::Defines)>
     v.extend(norm::variants(&base));
     v.extend(swiglu::variants(&base));
     v.extend(argmax::variants(&base));
+    v.extend(attention::variants(&base));
+    v.extend(gdn::variants(&base));
     v
 }

@@ -1,0 +1,200 @@
+// Gated-DeltaNet recurrence (spec §4.6 step 6, mlx-lm gated_delta_kernel), f32 state
+// S_h ∈ R^{Dv×Dk} per value head h (row = value dim), key head kh = h / (Hv / Hk). For t in order:
+//   S <- g_t · S;  m = S · k_t;  δ = β_t (v_t − m);  S <- S + δ ⊗ k_t;  y_t = S · q_t
+// When 0 < n_confirmed < T, the state after row n_confirmed-1 is also written to `snap` (spec §7.4).
+//
+// Layout: one workgroup per (value head, block of R = WG/4 value rows). Each state row belongs to 4
+// lanes; lane l holds the vec4 chunks l, l+4, l+8, ... (NV4 = Dk/16 of them) in registers for the
+// whole call, so the state is read and written once per call. Per step a lane reduces its chunks
+// with a vec4 accumulator in chunk order, then ((x.x + x.y) + (x.z + x.w)), and the 4 lane partials
+// combine as (p0 + p1) + (p2 + p3):
+//   SUBGROUPS: a butterfly (subgroupShuffleXor 1, 2) over 4 consecutive subgroup lanes; rows are
+//   handed to subgroups in arrival order, so nothing is assumed about how invocations form
+//   subgroups (only that their size is a multiple of 4);
+//   otherwise: through workgroup memory, in the same order (both variants give the same bits).
+// The k and q of the step (shared by all rows of the workgroup: same key head) are staged in
+// workgroup memory, double-buffered, fetched from memory two steps ahead.
+// A row's arithmetic depends only on the pipeline, not on T or the block, so results are batch
+// invariant and chunked calls give the same bits as one call.
+//
+// Defines: WG (threads; R = WG / 4 rows), NV4 (= Dk / 16), KQ (vec4 of k|q each thread stages per
+// step: ceil(Dk / 2 / WG)), SUBGROUPS.
+#include "common.wgsl"
+
+{{PARAMS}}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> step: Step;
+@group(0) @binding(2) var<storage, read> conv_out: array<vec4<f32>>;     // [T, conv_dim / 4] = q [Hk, Dk] | k [Hk, Dk] | v [Hv, Dv]
+@group(0) @binding(3) var<storage, read> gates: array<f32>;              // [T, 2*Hv] = beta [Hv] | g [Hv]
+@group(0) @binding(4) var<storage, read_write> state: array<vec4<f32>>;  // [Hv, Dv, Dk / 4]
+@group(0) @binding(5) var<storage, read_write> snap: array<vec4<f32>>;   // [Hv, Dv, Dk / 4]
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;            // [T, Hv*Dv]
+
+const WG: u32 = {{WG}}u;
+const LANES: u32 = 4u;
+const R: u32 = WG / LANES;
+const NV4: u32 = {{NV4}}u;
+const KQ: u32 = {{KQ}}u;
+const KQS: u32 = KQ * WG;  // vec4 slots of one staging buffer (>= Dk / 2: k chunks, then q chunks)
+
+var<workgroup> kq: array<vec4<f32>, 2u * KQS>;
+#if SUBGROUPS
+var<workgroup> sg_count: atomic<u32>;
+#else
+var<workgroup> red_m: array<f32, WG>;
+var<workgroup> red_o: array<f32, WG>;
+#endif
+
+// Slot i of the staging buffer for row t: k chunk i (i < Dk/4), then q chunk i - Dk/4; zero past.
+fn stage_load(t: u32, T: u32, kh: u32, i: u32) -> vec4<f32> {
+    let dk4 = p.dk / 4u;
+    if (t >= T || i >= 2u * dk4) { return vec4<f32>(0.0); }
+    let rb = t * (p.conv_dim / 4u);
+    if (i < dk4) {
+        return conv_out[rb + p.n_k_heads * dk4 + kh * dk4 + i];
+    }
+    return conv_out[rb + kh * dk4 + (i - dk4)];
+}
+
+fn conv_at(idx: u32) -> f32 {
+    return conv_out[idx / 4u][idx % 4u];
+}
+
+fn hsum(a: vec4<f32>) -> f32 {
+    return (a.x + a.y) + (a.z + a.w);
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
+#endif
+) {
+    let wg = wg_linear(wid, nwg);
+    let h = wg / p.blocks;
+    if (h >= p.n_v_heads) { return; }
+    let blk = wg % p.blocks;
+
+#if SUBGROUPS
+    if (lid == 0u) { atomicStore(&sg_count, 0u); }
+    workgroupBarrier();
+    var mine = 0u;
+    if (sg_lane == 0u) { mine = atomicAdd(&sg_count, 1u); }
+    let sgi = subgroupBroadcastFirst(mine);
+    let rloc = sgi * (sg_size / LANES) + sg_lane / LANES;
+    let lane = sg_lane % LANES;
+#else
+    let rloc = lid / LANES;
+    let lane = lid % LANES;
+#endif
+    // Rows past Dv (or past R) still run the loop, on a clamped row, and write nothing.
+    let row_raw = blk * R + rloc;
+    let live = rloc < R && row_raw < p.dv;
+    let row = min(row_raw, p.dv - 1u);
+
+    let T = min(step.n_tokens, p.rows_cap);
+    let nc = step.n_confirmed;
+    let hv = p.n_v_heads;
+    let kh = h / (hv / p.n_k_heads);
+    let dk4 = p.dk / 4u;
+    let sbase = (h * p.dv + row) * dk4;
+    let key_dim = p.n_k_heads * p.dk;
+    let vcol = 2u * key_dim + h * p.dv + row;
+
+    var s: array<vec4<f32>, NV4>;
+    for (var j = 0u; j < NV4; j++) {
+        s[j] = state[sbase + lane + LANES * j];
+    }
+
+    // k|q of row 0 staged now, of row 1 held in registers; v, beta, g one row ahead.
+    var pre: array<vec4<f32>, KQ>;
+    for (var i = 0u; i < KQ; i++) {
+        kq[lid + i * WG] = stage_load(0u, T, kh, lid + i * WG);
+        pre[i] = stage_load(1u, T, kh, lid + i * WG);
+    }
+    var nv = 0.0;
+    var nb = 0.0;
+    var ng = 0.0;
+    if (T > 0u) {
+        nv = conv_at(vcol);
+        nb = gates[h];
+        ng = gates[hv + h];
+    }
+    workgroupBarrier();
+
+    for (var t = 0u; t < T; t++) {
+        let buf = (t & 1u) * KQS;
+        let nbuf = KQS - buf;
+        let v = nv;
+        let beta = nb;
+        let g = ng;
+        if (t + 1u < T) {
+            nv = conv_at((t + 1u) * p.conv_dim + vcol);
+            nb = gates[(t + 1u) * 2u * hv + h];
+            ng = gates[(t + 1u) * 2u * hv + hv + h];
+        }
+        var fut: array<vec4<f32>, KQ>;
+        for (var i = 0u; i < KQ; i++) {
+            fut[i] = stage_load(t + 2u, T, kh, lid + i * WG);
+        }
+
+        var acc = vec4<f32>(0.0);
+        for (var j = 0u; j < NV4; j++) {
+            s[j] = s[j] * g;
+            acc = acc + s[j] * kq[buf + lane + LANES * j];
+        }
+        let pm = hsum(acc);
+#if SUBGROUPS
+        let pm2 = pm + subgroupShuffleXor(pm, 1u);
+        let m = pm2 + subgroupShuffleXor(pm2, 2u);
+#else
+        red_m[lid] = pm;
+        workgroupBarrier();
+        let r0 = rloc * LANES;
+        let m = (red_m[r0] + red_m[r0 + 1u]) + (red_m[r0 + 2u] + red_m[r0 + 3u]);
+        // Stage row t+1's k|q: every read of this buffer (row t-1) is before the barrier above.
+        for (var i = 0u; i < KQ; i++) { kq[nbuf + lid + i * WG] = pre[i]; }
+#endif
+        let delta = (v - m) * beta;
+
+        acc = vec4<f32>(0.0);
+        for (var j = 0u; j < NV4; j++) {
+            let c = lane + LANES * j;
+            s[j] = s[j] + kq[buf + c] * delta;
+            acc = acc + s[j] * kq[buf + dk4 + c];
+        }
+        let po = hsum(acc);
+#if SUBGROUPS
+        let po2 = po + subgroupShuffleXor(po, 1u);
+        let o = po2 + subgroupShuffleXor(po2, 2u);
+#else
+        red_o[lid] = po;
+        workgroupBarrier();
+        let o = (red_o[r0] + red_o[r0 + 1u]) + (red_o[r0 + 2u] + red_o[r0 + 3u]);
+#endif
+        if (live && lane == 0u) {
+            y[t * hv * p.dv + h * p.dv + row] = o;
+        }
+        if (live && nc < T && t + 1u == nc) {
+            for (var j = 0u; j < NV4; j++) {
+                snap[sbase + lane + LANES * j] = s[j];
+            }
+        }
+#if SUBGROUPS
+        for (var i = 0u; i < KQ; i++) { kq[nbuf + lid + i * WG] = pre[i]; }
+        workgroupBarrier();
+#endif
+        pre = fut;
+    }
+
+    if (live) {
+        for (var j = 0u; j < NV4; j++) {
+            state[sbase + lane + LANES * j] = s[j];
+        }
+    }
+}
