@@ -11,8 +11,9 @@
 //!   matmuls also round every dequantized weight, product and partial sum to bf16, which costs
 //!   several logits (measured up to 4.9 against the engine); its dense bf16 matmuls accumulate in
 //!   f32 (measured up to 1.2). The tolerances are those maxima rounded up.
-//! Greedy tokens must be equal up to the first reference step whose top-2 gap is below the
-//! tolerance (after a near-tie the two paths may legitimately diverge).
+//! Greedy tokens: on f32 fixtures at least 64 of the 80 reference tokens must be equal (all are,
+//! today); on bf16 fixtures they must be equal up to the first reference step whose top-2 gap is
+//! below the tolerance (after a near-tie the two paths may legitimately diverge).
 
 use std::sync::Arc;
 
@@ -65,8 +66,15 @@ fn greedy_tokens_and_logits_match_mlx_lm() {
             let want = &r.greedy[pi];
             let opts = GreedyOptions { max_tokens: want.len(), eos: vec![], ignore_eos: true };
             let (got, _) = pollster::block_on(generate_greedy(&mut s, prompt, &opts, &mut |_| true)).unwrap();
-            let checked = check_tokens(&format!("{name} prompt {pi}"), &got, want, &r.top2_gap[pi], LOGIT_TOL);
-            assert!(checked >= 64 || r.dtype != "float32", "{name} prompt {pi}: only {checked} tokens before a near-tie");
+            // f32 fixtures: at least 64 tokens equal, whatever the gaps. bf16 fixtures: equal up to
+            // the first near-tie.
+            let checked = if r.dtype == "float32" {
+                let same = got.iter().zip(want).take_while(|(a, b)| a == b).count();
+                assert!(same >= 64, "{name} prompt {pi}: only {same} tokens equal mlx-lm's (64 required)");
+                same
+            } else {
+                check_tokens(&format!("{name} prompt {pi}"), &got, want, &r.top2_gap[pi], LOGIT_TOL)
+            };
             let err = teacher_forced_error(&mut s, prompt, want, &r.logits[pi].0, r.vocab);
             println!("{name} prompt {pi} (len {}): {checked} tokens checked, max |logit error| {err:.2e}", prompt.len());
             assert!(err <= LOGIT_TOL, "{name} prompt {pi}: logits differ by {err} > {LOGIT_TOL}");
