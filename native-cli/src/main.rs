@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Generate tokens from a prompt.
     Generate(GenerateArgs),
+    /// Write a synthetic checkpoint in the exact MLX format and shapes (random weights), to
+    /// measure full-size speed without downloading real weights.
+    Synth(SynthArgs),
     /// List the wgpu adapters with backend, features and limits.
     Devices {
         /// Print JSON instead of text.
@@ -58,6 +61,34 @@ struct ModelArgs {
 }
 
 #[derive(Args)]
+struct SynthArgs {
+    /// Model shape: qwen3.6-27b or small.
+    #[arg(long, default_value = "qwen3.6-27b", conflicts_with = "config")]
+    preset: String,
+    /// A config.json to use instead of a preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Override the number of layers.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Bits per weight (4 or 8).
+    #[arg(long, default_value_t = 4)]
+    bits: u32,
+    /// Quantization group size (32, 64 or 128).
+    #[arg(long, default_value_t = 64)]
+    group: u32,
+    /// Leave out the mtp.* tensors.
+    #[arg(long)]
+    no_mtp: bool,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args)]
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -82,6 +113,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate(a),
+        Command::Synth(a) => synth(a),
         Command::Devices { json } => devices(json),
     };
     match result {
@@ -188,6 +220,23 @@ fn generate(a: GenerateArgs) -> Result<(), String> {
             if decode_steps > 0 { decode_steps as f64 / decode_s } else { 0.0 }
         );
     }
+    Ok(())
+}
+
+fn synth(a: SynthArgs) -> Result<(), String> {
+    use qwgpu_engine::model::config::QuantSpec;
+    use qwgpu_engine::synth;
+    let base = match &a.config {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => synth::preset(&a.preset).ok_or_else(|| format!("unknown preset '{}' (qwen3.6-27b, small)", a.preset))?.to_string(),
+    };
+    if !matches!(a.bits, 4 | 8) || !matches!(a.group, 32 | 64 | 128) {
+        return Err("--bits must be 4 or 8 and --group 32, 64 or 128".into());
+    }
+    let text = synth::config_json(&base, Some(QuantSpec { bits: a.bits, group_size: a.group }), a.layers)?;
+    let t0 = Instant::now();
+    let total = synth::write(&a.out, &text, a.seed, !a.no_mtp, 4 << 30, &|_| {})?;
+    eprintln!("wrote {:.2} GB to {} in {:.1}s", total as f64 / 1e9, a.out.display(), t0.elapsed().as_secs_f64());
     Ok(())
 }
 
