@@ -3,6 +3,7 @@
 pub mod config;
 pub mod tensors;
 pub mod forward;
+pub mod inspect;
 pub mod session;
 pub mod weights;
 
