@@ -82,12 +82,12 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32) {
         let (config, ck) = synth::in_memory(&text, 7, false).unwrap();
         let model = Model::from_checkpoint(gpu.clone(), config, &ck, &mut |_, _| {}).unwrap();
         let max_ctx = pos + 64;
-        let ws = Workspace::new(gpu, &model.config, 64, 2).unwrap();
+        let ws = Workspace::new(gpu, &model.config, 64, 2, false).unwrap();
         let state = State::new(gpu, &model.config, max_ctx, false).unwrap();
         let step = gpu.storage("step", 256).unwrap();
         for t in [1u32, 2] {
             gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos, n_confirmed: 0, n_out: 1 }));
-            let b = Builder { gpu, cfg: &model.config, w: &model.weights, ws: &ws, step: StepSlot { buf: &step, offset: 0 }, mt: MT_SMALL, max_ctx };
+            let b = Builder { gpu, cfg: &model.config, w: &model.weights, ws: &ws, step: StepSlot { buf: &step, offset: 0 }, mt: MT_SMALL, max_ctx, x: &ws.x };
             let mut plan = Plan::new();
             pollster::block_on(b.layer(&mut plan, &model.weights.layers[0], &state.layers[0])).unwrap();
             let s = time_plan(gpu, &plan, StepShape { n_tokens: t, n_out: 1 }, reps);

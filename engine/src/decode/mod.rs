@@ -1,5 +1,9 @@
 //! Generation loops over a [`Session`]: greedy decoding with mlx-lm's prompt split and stop rules.
 
+pub mod mtp;
+
+pub mod sampler;
+
 use crate::model::{RunError, Session};
 
 /// Why generation stopped.

@@ -8,7 +8,7 @@
 use crate::error::LoadError;
 use crate::gpu::{Gpu, GpuBuffer, Plan, Rows, StepSlot};
 use crate::model::config::ModelConfig;
-use crate::model::weights::{Layer, Mixer, Weights};
+use crate::model::weights::{Layer, Mixer, Mtp, Weights};
 use crate::ops::attention::{attention_scratch_bytes, attention_with_scratch, attn_prep, AttnDims};
 use crate::ops::gdn::{gated_norm, gdn_conv, gdn_prep, gdn_recurrence, GdnDims};
 use crate::ops::matmul::{matmul, MatmulOpts};
@@ -53,11 +53,21 @@ pub struct Workspace {
     pub argmax_scratch: GpuBuffer,
     /// Split-K partials of the attention kernel, shared by every attention layer.
     pub attn_scratch: GpuBuffer,
+    /// MTP head: its residual stream [max_rows, H], the fc input [max_rows, 2H], its input ids
+    /// [max_rows], logits [max_out, vocab] and chosen ids [max_out] (tiny when there is no head).
+    pub x_mtp: GpuBuffer,
+    pub cat: GpuBuffer,
+    pub mtp_ids: GpuBuffer,
+    pub mtp_logits: GpuBuffer,
+    pub mtp_out: GpuBuffer,
+    /// Per-iteration result of the speculative loop: [v, b, accept, draft] (u32).
+    pub result: GpuBuffer,
 }
 
 impl Workspace {
-    pub fn new(gpu: &Gpu, cfg: &ModelConfig, max_rows: u32, max_out: u32) -> Result<Workspace, LoadError> {
+    pub fn new(gpu: &Gpu, cfg: &ModelConfig, max_rows: u32, max_out: u32, mtp: bool) -> Result<Workspace, LoadError> {
         let attn_scratch = attention_scratch_bytes(&attn_dims(cfg, 1), 2);
+        let m = if mtp { 1u64 } else { 0 };
         let r = max_rows as u64;
         let f = 4u64;
         let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
@@ -88,11 +98,17 @@ impl Workspace {
             logits: gpu.storage("logits", o * v * f)?,
             argmax_scratch: gpu.storage("argmax_scratch", argmax::scratch_bytes(cfg.vocab_size as u32, max_out))?,
             attn_scratch: gpu.storage("attn_scratch", attn_scratch)?,
+            x_mtp: gpu.storage("x_mtp", m * r * h * f)?,
+            cat: gpu.storage("cat", m * r * 2 * h * f)?,
+            mtp_ids: gpu.storage("mtp_ids", m * r * 4)?,
+            mtp_logits: gpu.storage("mtp_logits", m * o * v * f)?,
+            mtp_out: gpu.storage("mtp_out", o * 4)?,
+            result: gpu.storage("result", 16)?,
         })
     }
 
     pub fn bytes(&self) -> u64 {
-        [&self.ids, &self.out_ids, &self.x, &self.xn, &self.proj, &self.q, &self.conv_out, &self.gates, &self.y, &self.yn, &self.gu, &self.act, &self.xo, &self.logits, &self.argmax_scratch, &self.attn_scratch]
+        [&self.ids, &self.out_ids, &self.x, &self.xn, &self.proj, &self.q, &self.conv_out, &self.gates, &self.y, &self.yn, &self.gu, &self.act, &self.xo, &self.logits, &self.argmax_scratch, &self.attn_scratch, &self.x_mtp, &self.cat, &self.mtp_ids, &self.mtp_logits]
             .iter()
             .map(|b| b.size)
             .sum()
@@ -133,6 +149,8 @@ pub struct Builder<'a> {
     pub mt: u32,
     /// Rows of every KV cache.
     pub max_ctx: u32,
+    /// The residual stream this plan works on: `ws.x` for the backbone, `ws.x_mtp` for the MTP head.
+    pub x: &'a GpuBuffer,
 }
 
 impl Builder<'_> {
@@ -147,7 +165,7 @@ impl Builder<'_> {
     pub async fn body(&self, state: &State) -> Result<Plan, LoadError> {
         let mut plan = Plan::new();
         let h = self.cfg.hidden_size as u32;
-        for d in embed::embed(self.gpu, &self.w.embed, &self.ws.ids, 0, Act::new(&self.ws.x, h), self.step).await? {
+        for d in embed::embed(self.gpu, &self.w.embed, &self.ws.ids, 0, Act::new(self.x, h), self.step).await? {
             plan.push(d);
         }
         for (layer, ls) in self.w.layers.iter().zip(&state.layers) {
@@ -162,7 +180,7 @@ impl Builder<'_> {
         let h = cfg.hidden_size as u32;
         let eps = cfg.rms_norm_eps;
         let pw = ws.proj_width;
-        plan.push(norm::rms_norm(g, h, eps, Act::new(&ws.x, h), &layer.input_norm, Act::new(&ws.xn, h), self.step, false).await?);
+        plan.push(norm::rms_norm(g, h, eps, Act::new(self.x, h), &layer.input_norm, Act::new(&ws.xn, h), self.step, false).await?);
         match (&layer.mixer, ls) {
             (Mixer::Attn { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm }, LayerState::Attn(kv)) => {
                 self.attention(plan, q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, kv).await?;
@@ -187,7 +205,7 @@ impl Builder<'_> {
                 // step 7: gated RMSNorm with silu(z).
                 plan.extend_vec(gated_norm(g, &d, &ws.y, Act::at(&ws.proj, pw, cd), gnorm, &ws.yn, self.step).await?);
                 // step 8: out_proj, added to the residual stream.
-                self.mm(plan, out_proj, Act::new(&ws.yn, vd), Act::new(&ws.x, h), true).await?;
+                self.mm(plan, out_proj, Act::new(&ws.yn, vd), Act::new(self.x, h), true).await?;
             }
             _ => return Err(LoadError::Unsupported("layer kind and state kind disagree".into())),
         }
@@ -220,34 +238,80 @@ impl Builder<'_> {
             attn_prep(g, &d, Act::at(&ws.proj, pw, 0), Act::at(&ws.proj, pw, qw), Act::at(&ws.proj, pw, qw + kw), q_norm, k_norm, &ws.q, &kv.k, &kv.v, self.step).await?,
         );
         plan.extend_vec(attention_with_scratch(g, &d, &ws.q, Act::at(&ws.proj, pw, 0), &kv.k, &kv.v, Some(&ws.attn_scratch), &ws.y, self.step).await?);
-        self.mm(plan, o_proj, Act::new(&ws.y, d.n_heads * d.head_dim), Act::new(&ws.x, h), true).await
+        self.mm(plan, o_proj, Act::new(&ws.y, d.n_heads * d.head_dim), Act::new(self.x, h), true).await
     }
 
     /// SwiGLU MLP (spec §4.4) on norm(x), added to x.
     pub async fn mlp(&self, plan: &mut Plan, layer: &Layer) -> Result<(), LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let (h, i) = (cfg.hidden_size as u32, cfg.intermediate_size as u32);
-        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(&ws.x, h), &layer.post_norm, Act::new(&ws.xn, h), self.step, false).await?);
+        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &layer.post_norm, Act::new(&ws.xn, h), self.step, false).await?);
         let xn = Act::new(&ws.xn, h);
         self.mm(plan, &layer.gate, xn, Act::at(&ws.gu, 2 * i, 0), false).await?;
         self.mm(plan, &layer.up, xn, Act::at(&ws.gu, 2 * i, i), false).await?;
         plan.push(swiglu::swiglu(g, i, &ws.gu, &ws.act, self.step).await?);
-        self.mm(plan, &layer.down, Act::new(&ws.act, i), Act::new(&ws.x, h), true).await
+        self.mm(plan, &layer.down, Act::new(&ws.act, i), Act::new(self.x, h), true).await
     }
 
     /// Final norm of the rows that need logits, lm_head, argmax into `out_ids` (spec §4.1 3–5).
     pub async fn head(&self) -> Result<Plan, LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let h = cfg.hidden_size as u32;
-        let v = cfg.vocab_size as u32;
         let mut plan = Plan::new();
-        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(&ws.x, h), &self.w.final_norm, Act::new(&ws.xo, h), self.step, true).await?);
+        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &self.w.final_norm, Act::new(&ws.xo, h), self.step, true).await?);
+        self.lm_head(&mut plan, &ws.logits, &ws.out_ids).await?;
+        Ok(plan)
+    }
+
+    /// lm_head on the normed out rows in `xo`, then argmax into `ids`.
+    async fn lm_head(&self, plan: &mut Plan, logits: &GpuBuffer, ids: &GpuBuffer) -> Result<(), LoadError> {
+        let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
+        let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
         // lm_head follows the out rows (1 or 2); the decode tile keeps it batch invariant.
         let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL };
-        for d in matmul(g, self.w.lm_head(), Act::new(&ws.xo, h), Act::new(&ws.logits, v), self.step, opts).await? {
+        for d in matmul(g, self.w.lm_head(), Act::new(&ws.xo, h), Act::new(logits, v), self.step, opts).await? {
             plan.push(d);
         }
-        plan.extend_vec(argmax::argmax(g, v, &ws.logits, &ws.argmax_scratch, &ws.out_ids, 0, self.step).await?);
+        plan.extend_vec(argmax::argmax(g, v, logits, &ws.argmax_scratch, ids, 0, self.step).await?);
+        Ok(())
+    }
+
+    /// The MTP head's input and decoder layer (spec §6 steps 1–4) for the step's rows: row r pairs
+    /// the backbone's pre-norm hidden state `ws.x[r]` with the token id `ws.mtp_ids[r]`. Writes
+    /// the layer's K/V into the MTP cache and leaves the result in `self.x` (= `ws.x_mtp`).
+    pub async fn mtp_front(&self, mtp: &Mtp, kv: &KvCache) -> Result<Plan, LoadError> {
+        let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
+        let h = cfg.hidden_size as u32;
+        let eps = cfg.rms_norm_eps;
+        let mut plan = Plan::new();
+        // e = RMSNorm(embed(id)) into cat[:, 0:H]; hh = RMSNorm(h) into cat[:, H:2H] (embedding first).
+        for d in embed::embed(g, &self.w.embed, &ws.mtp_ids, 0, Act::new(&ws.xn, h), self.step).await? {
+            plan.push(d);
+        }
+        plan.push(norm::rms_norm(g, h, eps, Act::new(&ws.xn, h), &mtp.pre_fc_norm_embedding, Act::at(&ws.cat, 2 * h, 0), self.step, false).await?);
+        plan.push(norm::rms_norm(g, h, eps, Act::new(&ws.x, h), &mtp.pre_fc_norm_hidden, Act::at(&ws.cat, 2 * h, h), self.step, false).await?);
+        // f = fc(cat) → the MTP residual stream.
+        self.mm(&mut plan, &mtp.fc, Act::new(&ws.cat, 2 * h), Act::new(self.x, h), false).await?;
+        let layer = &mtp.layer;
+        plan.push(norm::rms_norm(g, h, eps, Act::new(self.x, h), &layer.input_norm, Act::new(&ws.xn, h), self.step, false).await?);
+        match &layer.mixer {
+            Mixer::Attn { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm } => {
+                self.attention(&mut plan, q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, kv).await?;
+            }
+            Mixer::Gdn { .. } => return Err(LoadError::Unsupported("the MTP layer must be a full-attention layer".into())),
+        }
+        self.mlp(&mut plan, layer).await?;
+        Ok(plan)
+    }
+
+    /// The MTP head's output (spec §6 step 5): RMSNorm(mtp.norm) of the out rows, the shared
+    /// lm_head, argmax into `ws.mtp_out`.
+    pub async fn mtp_head(&self, mtp: &Mtp) -> Result<Plan, LoadError> {
+        let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
+        let h = cfg.hidden_size as u32;
+        let mut plan = Plan::new();
+        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &mtp.norm, Act::new(&ws.xo, h), self.step, true).await?);
+        self.lm_head(&mut plan, &ws.mtp_logits, &ws.mtp_out).await?;
         Ok(plan)
     }
 }

@@ -7,4 +7,4 @@ pub mod inspect;
 pub mod session;
 pub mod weights;
 
-pub use session::{Model, RunError, Session, SessionOptions};
+pub use session::{Model, MtpStep, RunError, Session, SessionOptions};

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::error::LoadError;
 use crate::gpu::readback::Readback;
 use crate::gpu::{Gpu, GpuBuffer, GpuError, Plan, Step, StepShape, StepSlot};
+use crate::ops::mtp::{self, Stage};
 use crate::model::config::ModelConfig;
 use crate::model::forward::{Builder, Workspace};
 use crate::model::tensors;
@@ -93,6 +94,30 @@ impl Default for SessionOptions {
     }
 }
 
+/// The MTP head's prepared plans (spec §6–7), bound to step slot 1.
+struct MtpPlans {
+    /// Input norms, fc and the MTP decoder layer, decode tile (≤ 2 rows) and prefill tile.
+    front_small: Plan,
+    front_prefill: Plan,
+    /// mtp.norm, shared lm_head, argmax of the out rows.
+    head: Plan,
+    first: Plan,
+    verify: Plan,
+    select: Plan,
+}
+
+/// What one speculative iteration produced (see [`Session::mtp_verify`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MtpStep {
+    /// The target's token at the draft's position (equals the draft when accepted).
+    pub verified: u32,
+    /// The target's next token given an accepted draft (only meaningful when accepted).
+    pub bonus: u32,
+    pub accepted: bool,
+    /// The MTP head's proposal for the position after the last emitted token.
+    pub draft: u32,
+}
+
 /// One sequence: its state, a workspace and the plans bound to them.
 pub struct Session {
     pub model: Arc<Model>,
@@ -107,6 +132,17 @@ pub struct Session {
     /// Final norm, lm_head and argmax of the out rows.
     head: Plan,
     ids_readback: Readback,
+    mtp: Option<MtpPlans>,
+    /// The last verify rejected its draft: the GDN states must take their snapshots before the
+    /// next forward (recorded at the front of the next submission).
+    rollback_pending: bool,
+    /// The MTP cache holds an entry for every confirmed position (false after plain decoding).
+    mtp_synced: bool,
+}
+
+/// Offset of step slot `i` in the step buffer.
+fn slot_offset(gpu: &Gpu, i: u64) -> u64 {
+    i * gpu.caps.storage_align.max(256)
 }
 
 impl Session {
@@ -115,18 +151,52 @@ impl Session {
         let cfg = &model.config;
         let max_ctx = opts.max_ctx.max(1);
         let chunk = opts.prefill_chunk.clamp(1, max_ctx);
-        let ws = Workspace::new(&gpu, cfg, chunk.max(2), 2)?;
+        let ws = Workspace::new(&gpu, cfg, chunk.max(2), 2, model.has_mtp())?;
         let state = State::new(&gpu, cfg, max_ctx, model.has_mtp())?;
-        let step_buf = gpu.storage("step", gpu.caps.storage_align.max(256) * 2)?;
+        let step_buf = gpu.storage("step", slot_offset(&gpu, 2))?;
         let scope = gpu.scope("building the session's plans");
-        let (small, prefill, head) = {
+        let (small, prefill, head, mtp) = {
             let slot = StepSlot { buf: &step_buf, offset: 0 };
-            let b = |mt| Builder { gpu: &gpu, cfg, w: &model.weights, ws: &ws, step: slot, mt, max_ctx };
-            (b(MT_SMALL).body(&state).await?, b(MT_PREFILL).body(&state).await?, b(MT_SMALL).head().await?)
+            let b = |mt| Builder { gpu: &gpu, cfg, w: &model.weights, ws: &ws, step: slot, mt, max_ctx, x: &ws.x };
+            let plans = (b(MT_SMALL).body(&state).await?, b(MT_PREFILL).body(&state).await?, b(MT_SMALL).head().await?);
+            let mtp = match (&model.weights.mtp, &state.mtp) {
+                (Some(w), Some(kv)) => {
+                    let slot1 = StepSlot { buf: &step_buf, offset: slot_offset(&gpu, 1) };
+                    let mb = |mt| Builder { gpu: &gpu, cfg, w: &model.weights, ws: &ws, step: slot1, mt, max_ctx, x: &ws.x_mtp };
+                    let one = |d| {
+                        let mut p = Plan::new();
+                        p.push(d);
+                        p
+                    };
+                    Some(MtpPlans {
+                        front_small: mb(MT_SMALL).mtp_front(w, kv).await?,
+                        front_prefill: mb(MT_PREFILL).mtp_front(w, kv).await?,
+                        head: mb(MT_SMALL).mtp_head(w).await?,
+                        first: one(mtp::accept(&gpu, Stage::First, &ws.ids, &ws.result, &ws.out_ids, &ws.mtp_ids, slot1).await?),
+                        verify: one(mtp::accept(&gpu, Stage::Verify, &ws.ids, &ws.result, &ws.out_ids, &ws.mtp_ids, slot1).await?),
+                        select: one(mtp::accept(&gpu, Stage::Select, &ws.ids, &ws.result, &ws.mtp_out, &ws.mtp_ids, slot1).await?),
+                    })
+                }
+                _ => None,
+            };
+            (plans.0, plans.1, plans.2, mtp)
         };
         scope.finish().await?;
         let ids_readback = Readback::new(&gpu, "ids readback", 16);
-        Ok(Session { model, opts: SessionOptions { max_ctx, prefill_chunk: chunk }, ws, state, step_buf, small, prefill, head, ids_readback })
+        Ok(Session {
+            model,
+            opts: SessionOptions { max_ctx, prefill_chunk: chunk },
+            ws,
+            state,
+            step_buf,
+            small,
+            prefill,
+            head,
+            ids_readback,
+            mtp,
+            rollback_pending: false,
+            mtp_synced: true,
+        })
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -149,6 +219,28 @@ impl Session {
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("reset") });
         self.state.record_reset(&mut enc);
         gpu.queue.submit([enc.finish()]);
+        self.rollback_pending = false;
+        self.mtp_synced = true;
+    }
+
+    /// Whether this session can decode with the MTP head now.
+    pub fn mtp_available(&self) -> bool {
+        self.mtp.is_some() && self.mtp_synced
+    }
+
+    fn write_step(&self, slot: u64, step: Step) {
+        let gpu = &self.model.gpu;
+        gpu.queue.write_buffer(&self.step_buf.buf, slot_offset(gpu, slot), bytemuck::bytes_of(&step));
+    }
+
+    /// A command encoder that first applies a pending GDN rollback.
+    fn encoder(&mut self, label: &str) -> wgpu::CommandEncoder {
+        let mut enc = self.model.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        if self.rollback_pending {
+            self.state.record_rollback(&mut enc);
+            self.rollback_pending = false;
+        }
+        enc
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<(), RunError> {
@@ -175,13 +267,12 @@ impl Session {
             return Err(RunError::ContextFull { needed, max: self.state.max_ctx });
         }
         let gpu = self.model.gpu.clone();
-        let step = Step { n_tokens: t, pos: self.state.pos, n_confirmed: 0, n_out };
-        gpu.queue.write_buffer(&self.step_buf.buf, 0, bytemuck::bytes_of(&step));
+        self.write_step(0, Step { n_tokens: t, pos: self.state.pos, n_confirmed: 0, n_out });
         if let Some(ids) = ids {
             gpu.queue.write_buffer(&self.ws.ids.buf, 0, bytemuck::cast_slice(ids));
         }
         let shape = StepShape { n_tokens: t, n_out };
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        let mut enc = self.encoder("forward");
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
             let body = if t <= 2 { &self.small } else { &self.prefill };
@@ -197,20 +288,160 @@ impl Session {
         }
         gpu.queue.submit([enc.finish()]);
         self.state.pos += t;
+        // Plain steps do not feed the MTP cache.
+        self.mtp_synced &= self.mtp.is_none();
         Ok(())
     }
 
     /// Feeds `ids` (any length) without computing logits.
     pub async fn prefill(&mut self, ids: &[u32]) -> Result<(), RunError> {
+        self.prefill_with(ids, None).await
+    }
+
+    /// Feeds `ids` in chunks. With `next` (the token that follows `ids`) and an MTP head, the MTP
+    /// cache is filled too: its row for position i pairs the hidden state at i with the id at
+    /// i + 1 (spec §6, MTP cache prefill), so the head has the whole context when drafting.
+    pub async fn prefill_with(&mut self, ids: &[u32], next: Option<u32>) -> Result<(), RunError> {
         self.check_ids(ids)?;
+        if let Some(n) = next {
+            self.check_ids(&[n])?;
+        }
         if self.state.pos as usize + ids.len() > self.state.max_ctx as usize {
             return Err(RunError::ContextFull { needed: self.state.pos + ids.len() as u32, max: self.state.max_ctx });
         }
-        for chunk in ids.chunks(self.opts.prefill_chunk as usize) {
-            self.submit(Some(chunk), chunk.len() as u32, false)?;
+        let with_mtp = next.is_some() && self.mtp.is_some() && self.mtp_synced;
+        if !with_mtp {
+            for chunk in ids.chunks(self.opts.prefill_chunk as usize) {
+                self.submit(Some(chunk), chunk.len() as u32, false)?;
+            }
+            self.model.gpu.take_error()?;
+            return Ok(());
         }
-        self.model.gpu.take_error()?;
+        let gpu = self.model.gpu.clone();
+        let n = self.opts.prefill_chunk as usize;
+        let mut s = 0;
+        while s < ids.len() {
+            let chunk = &ids[s..(s + n).min(ids.len())];
+            let t = chunk.len() as u32;
+            // The MTP pairs of this chunk: hidden at i with the id at i + 1.
+            let mut pairs: Vec<u32> = ids[s + 1..(s + n + 1).min(ids.len())].to_vec();
+            if pairs.len() < chunk.len() {
+                pairs.push(next.unwrap_or(0));
+            }
+            self.write_step(0, Step { n_tokens: t, pos: self.state.pos, n_confirmed: 0, n_out: 1 });
+            self.write_step(1, Step { n_tokens: t, pos: self.state.mtp_pos, n_confirmed: 0, n_out: 1 });
+            gpu.queue.write_buffer(&self.ws.ids.buf, 0, bytemuck::cast_slice(chunk));
+            gpu.queue.write_buffer(&self.ws.mtp_ids.buf, 0, bytemuck::cast_slice(&pairs));
+            let shape = StepShape { n_tokens: t, n_out: 1 };
+            let mut enc = self.encoder("prefill+mtp");
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("prefill+mtp"), timestamp_writes: None });
+                let small = t <= 2;
+                let body = if small { &self.small } else { &self.prefill };
+                body.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+                if let Some(m) = &self.mtp {
+                    let front = if small { &m.front_small } else { &m.front_prefill };
+                    front.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+                }
+            }
+            gpu.queue.submit([enc.finish()]);
+            self.state.pos += t;
+            self.state.mtp_pos += t;
+            s += chunk.len();
+        }
+        gpu.take_error()?;
         Ok(())
+    }
+
+    /// The first speculative iteration (spec §7.3 A): feeds `id` (the last prompt token) and
+    /// returns (the target's token, the MTP draft for the token after it). The MTP cache gets
+    /// the pair (h, main).
+    pub async fn mtp_first(&mut self, id: u32) -> Result<(u32, u32), RunError> {
+        if !self.mtp_available() {
+            return Err(RunError::Load(LoadError::Unsupported("this session has no usable MTP head".into())));
+        }
+        self.check_ids(&[id])?;
+        let needed = self.state.pos + 1;
+        if needed > self.state.max_ctx {
+            return Err(RunError::ContextFull { needed, max: self.state.max_ctx });
+        }
+        let gpu = self.model.gpu.clone();
+        self.write_step(0, Step { n_tokens: 1, pos: self.state.pos, n_confirmed: 0, n_out: 1 });
+        self.write_step(1, Step { n_tokens: 1, pos: self.state.mtp_pos, n_confirmed: 0, n_out: 1 });
+        gpu.queue.write_buffer(&self.ws.ids.buf, 0, bytemuck::bytes_of(&id));
+        let shape = StepShape { n_tokens: 1, n_out: 1 };
+        let mut enc = self.encoder("mtp first");
+        self.record_iteration(&mut enc, shape, true);
+        self.ids_readback.copy_from(&mut enc, &self.ws.result.buf, 0, 16);
+        gpu.queue.submit([enc.finish()]);
+        self.state.pos += 1;
+        self.state.mtp_pos += 1;
+        let r = self.read_result().await?;
+        Ok((r[0], r[3]))
+    }
+
+    /// One speculative iteration (spec §7.3 B): a 2-row forward of [last emitted, draft] that
+    /// snapshots the GDN states after row 0, the greedy accept test, and the MTP head on both
+    /// rows; all in one submission, reading back 4 ids. On rejection the KV caches are trimmed
+    /// (positions) and the GDN states roll back to their snapshots before the next forward.
+    pub async fn mtp_verify(&mut self) -> Result<MtpStep, RunError> {
+        if !self.mtp_available() {
+            return Err(RunError::Load(LoadError::Unsupported("this session has no usable MTP head".into())));
+        }
+        let needed = self.state.pos + 2;
+        if needed > self.state.max_ctx {
+            return Err(RunError::ContextFull { needed, max: self.state.max_ctx });
+        }
+        let gpu = self.model.gpu.clone();
+        self.write_step(0, Step { n_tokens: 2, pos: self.state.pos, n_confirmed: 1, n_out: 2 });
+        self.write_step(1, Step { n_tokens: 2, pos: self.state.mtp_pos, n_confirmed: 0, n_out: 2 });
+        let shape = StepShape { n_tokens: 2, n_out: 2 };
+        let mut enc = self.encoder("mtp verify");
+        self.record_iteration(&mut enc, shape, false);
+        self.ids_readback.copy_from(&mut enc, &self.ws.result.buf, 0, 16);
+        gpu.queue.submit([enc.finish()]);
+        let r = self.read_result().await?;
+        let accepted = r[2] == 1;
+        let adv = if accepted { 2 } else { 1 };
+        self.state.pos += adv;
+        self.state.mtp_pos += adv;
+        self.rollback_pending = !accepted;
+        Ok(MtpStep { verified: r[0], bonus: r[1], accepted, draft: r[3] })
+    }
+
+    /// Records backbone + head + accept + MTP front + MTP head + select in one compute pass.
+    fn record_iteration(&self, enc: &mut wgpu::CommandEncoder, shape: StepShape, first: bool) {
+        let gpu = &self.model.gpu;
+        let md = gpu.caps.max_workgroups_per_dim;
+        let Some(m) = &self.mtp else { return };
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("mtp iteration"), timestamp_writes: None });
+        self.small.record(&mut pass, shape, md);
+        self.head.record(&mut pass, shape, md);
+        if first { &m.first } else { &m.verify }.record(&mut pass, shape, md);
+        m.front_small.record(&mut pass, shape, md);
+        m.head.record(&mut pass, shape, md);
+        m.select.record(&mut pass, shape, md);
+    }
+
+    async fn read_result(&mut self) -> Result<[u32; 4], RunError> {
+        let b = self.ids_readback.read(&self.model.gpu, 16).await?;
+        let v: Vec<u32> = bytemuck::pod_collect_to_vec(&b);
+        Ok([v[0], v[1], v[2], v[3]])
+    }
+
+    /// The MTP head's logits of its first out row from the last MTP call (tests and debugging;
+    /// the token loop never reads logits back).
+    pub async fn mtp_logits(&self) -> Result<Vec<f32>, RunError> {
+        let v = self.model.config.vocab_size;
+        Ok(self.model.gpu.read_f32(&self.ws.mtp_logits.buf, 0, v).await?)
+    }
+
+    /// Applies a pending GDN rollback now (so `read_state` and callers see a consistent state).
+    pub fn flush(&mut self) {
+        if self.rollback_pending {
+            let enc = self.encoder("rollback");
+            self.model.gpu.queue.submit([enc.finish()]);
+        }
     }
 
     /// Feeds `ids` (≤ one chunk) and returns the greedy choice after the last one.
@@ -256,7 +487,8 @@ impl Session {
     }
 
     /// Reads every state buffer back (KV rows beyond `pos` included), for tests and debugging.
-    pub async fn read_state(&self) -> Result<Vec<Vec<f32>>, RunError> {
+    pub async fn read_state(&mut self) -> Result<Vec<Vec<f32>>, RunError> {
+        self.flush();
         let mut out = Vec::new();
         for b in self.state.buffers() {
             out.push(self.model.gpu.read_f32(&b.buf, 0, (b.size / 4) as usize).await?);

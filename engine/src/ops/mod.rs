@@ -7,7 +7,9 @@ pub mod embed;
 pub mod gdn;
 pub mod matmul;
 pub mod matrix;
+pub mod mtp;
 pub mod norm;
+pub mod sample;
 pub mod swiglu;
 
 use crate::gpu::GpuBuffer;
@@ -56,5 +58,7 @@ pub fn all_variants(subgroups: bool) -> Vec<(&'static str, crate::gpu::Defines)>
     v.extend(argmax::variants(&base));
     v.extend(attention::variants(&base));
     v.extend(gdn::variants(&base));
+    v.extend(sample::variants(&base));
+    v.extend(mtp::variants(&base));
     v
 }

@@ -1,0 +1,77 @@
+//! Greedy speculative decoding with the model's MTP head (spec §7): draft one token with the
+//! head, verify it with a 2-row forward, emit 1 or 2 tokens per iteration. The output equals
+//! plain greedy decoding token for token (the verify reuses the backbone's batch-invariant
+//! kernels and restores the recurrent state exactly on rejection).
+
+use crate::decode::{Event, Finish, GreedyOptions};
+use crate::model::{RunError, Session};
+
+/// Drafts proposed and accepted during one generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MtpStats {
+    pub drafted: u64,
+    pub accepted: u64,
+}
+
+impl MtpStats {
+    pub fn acceptance(&self) -> f64 {
+        if self.drafted == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.drafted as f64
+        }
+    }
+}
+
+/// As [`crate::decode::generate_greedy`], with MTP speculation. EOS inside an accepted draft stops
+/// before the bonus token; `max_tokens` is checked after every emitted token.
+pub async fn generate_greedy_mtp(
+    session: &mut Session,
+    prompt: &[u32],
+    opts: &GreedyOptions,
+    on_event: &mut dyn FnMut(Event) -> bool,
+) -> Result<(Vec<u32>, Finish, MtpStats), RunError> {
+    let mut out = Vec::new();
+    let mut stats = MtpStats::default();
+    let Some((&last, head)) = prompt.split_last() else {
+        return Err(RunError::Empty);
+    };
+    if opts.max_tokens == 0 {
+        session.prefill(prompt).await?;
+        on_event(Event::PromptDone);
+        return Ok((out, Finish::Length, stats));
+    }
+    session.prefill_with(head, Some(last)).await?;
+    let (main, _draft) = session.mtp_first(last).await?;
+    on_event(Event::PromptDone);
+    // Emits one token; Some(finish) when generation must stop.
+    let mut emit = |tok: u32, out: &mut Vec<u32>| -> Option<Finish> {
+        if !opts.ignore_eos && opts.eos.contains(&tok) {
+            return Some(Finish::Stop);
+        }
+        out.push(tok);
+        let go_on = on_event(Event::Token(tok));
+        if out.len() >= opts.max_tokens || !go_on {
+            return Some(Finish::Length);
+        }
+        None
+    };
+    if let Some(f) = emit(main, &mut out) {
+        return Ok((out, f, stats));
+    }
+    loop {
+        let step = session.mtp_verify().await?;
+        stats.drafted += 1;
+        if step.accepted {
+            stats.accepted += 1;
+            if let Some(f) = emit(step.verified, &mut out) {
+                return Ok((out, f, stats));
+            }
+            if let Some(f) = emit(step.bonus, &mut out) {
+                return Ok((out, f, stats));
+            }
+        } else if let Some(f) = emit(step.verified, &mut out) {
+            return Ok((out, f, stats));
+        }
+    }
+}

@@ -1,0 +1,49 @@
+// Bookkeeping of the MTP speculative loop (spec §7.3), kept on the GPU so only a few ids are read
+// back per iteration. One thread; `result` = [v, b, accept, draft] (u32).
+//   FIRST:  after the first 1-row forward: v = main token (out_ids[0]); mtp_ids[0] = v.
+//   VERIFY: after the 2-row verify of [y, d]: v = out_ids[0] (target at d's position), b =
+//           out_ids[1] (bonus); greedy accept <=> v == d. MTP rows are (h0, v), (h1, b): on
+//           rejection row 0's pair (h0, v) is still the right one and row 1 is discarded.
+//   SELECT: after the MTP head: draft = accept ? mtp_out[1] : mtp_out[0]; the next verify
+//           input is ids = [accept ? b : v, draft].
+#include "common.wgsl"
+
+@group(0) @binding(0) var<storage, read> step: Step;
+@group(0) @binding(1) var<storage, read_write> ids: array<u32>;      // backbone input ids [y, d]
+@group(0) @binding(2) var<storage, read_write> result: array<u32>;   // [v, b, accept, draft]
+#if SELECT
+@group(0) @binding(3) var<storage, read> mtp_out: array<u32>;        // MTP argmax per row
+#else
+@group(0) @binding(3) var<storage, read> out_ids: array<u32>;        // backbone argmax per row
+@group(0) @binding(4) var<storage, read_write> mtp_ids: array<u32>;  // MTP input ids per row
+#endif
+
+@compute @workgroup_size(1)
+fn main() {
+    // Every variant binds the same resources; phony reads keep them in the pipeline layout.
+    _ = step.n_tokens;
+    _ = ids[0];
+#if SELECT
+    let accept = result[2];
+    let last = select(result[0], result[1], accept == 1u);
+    let draft = select(mtp_out[0], mtp_out[min(1u, step.n_out - 1u)], accept == 1u);
+    ids[0] = last;
+    ids[1] = draft;
+    result[3] = draft;
+#elif FIRST
+    let v = out_ids[0];
+    result[0] = v;
+    result[1] = 0u;
+    result[2] = 0u;
+    mtp_ids[0] = v;
+#else
+    let v = out_ids[0];
+    let b = out_ids[1];
+    let accept = select(0u, 1u, v == ids[1]);
+    result[0] = v;
+    result[1] = b;
+    result[2] = accept;
+    mtp_ids[0] = v;
+    mtp_ids[1] = b;
+#endif
+}
