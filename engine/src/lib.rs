@@ -14,3 +14,4 @@ pub mod weights;
 pub mod state;
 pub mod decode;
 pub mod synth;
+pub mod text;

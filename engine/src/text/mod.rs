@@ -1,0 +1,41 @@
+//! Text: the tokenizer (a Hugging Face `tokenizer.json`, byte-level BPE) and the chat template.
+//!
+//! [`tokenizer::Tokenizer`] turns text into token ids and back, the same way on native targets and
+//! in the browser (one pure-Rust regex engine everywhere). [`tokenizer::from_tiktoken`] builds a
+//! `tokenizer.json` from a tiktoken rank file. [`template::ChatTemplate`] renders a checkpoint's
+//! Jinja chat template (or the built-in Qwen3.6 one) from OpenAI-style messages.
+
+pub mod reasoning;
+pub mod stream;
+pub mod template;
+pub mod tokenizer;
+pub mod toolcall;
+
+pub use template::ChatTemplate;
+pub use tokenizer::{ControlTokens, Tokenizer};
+
+/// What went wrong with a tokenizer or a chat template. Every variant names where the problem is
+/// (a file, a line, a message index) and what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    /// A file could not be read.
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    /// A tokenizer file (tokenizer.json, a tiktoken file, tokenizer_config.json) is malformed.
+    #[error("{source_name}: {message}")]
+    Format { source_name: String, message: String },
+    /// Encoding text failed.
+    #[error("encode: {0}")]
+    Encode(String),
+    /// Decoding ids failed (e.g. an id outside the vocabulary).
+    #[error("decode: {0}")]
+    Decode(String),
+    /// The chat template did not compile, or raised while rendering.
+    #[error("chat template ({source_name}): {message}")]
+    Template { source_name: String, message: String },
+    /// The messages, tools or kwargs passed to the chat template are malformed.
+    #[error("chat input: {0}")]
+    Input(String),
+}
+
+pub type Result<T> = std::result::Result<T, TextError>;
