@@ -15,3 +15,5 @@ pub mod state;
 pub mod decode;
 pub mod synth;
 pub mod text;
+#[cfg(feature = "default-model")]
+pub mod default_model;

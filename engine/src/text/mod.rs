@@ -39,3 +39,27 @@ pub enum TextError {
 }
 
 pub type Result<T> = std::result::Result<T, TextError>;
+
+impl stream::TokenText for Tokenizer {
+    fn token_bytes(&self, id: u32) -> Option<std::borrow::Cow<'_, [u8]>> {
+        Tokenizer::token_bytes(self, id).map(std::borrow::Cow::Owned)
+    }
+    fn is_special(&self, id: u32) -> bool {
+        Tokenizer::is_special(self, id)
+    }
+}
+
+impl Tokenizer {
+    /// The streaming configuration this tokenizer implies: its stop ids (`<|im_end|>`,
+    /// `<|endoftext|>`) plus `extra_eos`, and the `<think>` / `</think>` markers.
+    pub fn stream_config(&self, extra_eos: &[u32]) -> stream::StreamConfig {
+        let c = self.controls();
+        let mut eos = c.stop_ids();
+        for e in extra_eos {
+            if !eos.contains(e) {
+                eos.push(*e);
+            }
+        }
+        stream::StreamConfig { eos_ids: eos, think_ids: c.think.zip(c.think_end), ..Default::default() }
+    }
+}

@@ -1,0 +1,87 @@
+//! Text-level generation: token ids in, a stream of content / reasoning / tool-call deltas out
+//! (the layer the CLI, the server and the browser share). Wraps the greedy and MTP loops with the
+//! [`StreamParser`](crate::text::stream::StreamParser) (UTF-8-safe detokenizing, stop strings,
+//! the reasoning split and tool-call parsing).
+
+use crate::decode::mtp::{generate_greedy_mtp, MtpStats};
+use crate::decode::{generate_greedy, Event, Finish, GreedyOptions};
+use crate::model::{RunError, Session};
+use crate::text::stream::{Delta, FinishReason, StreamConfig, StreamParser, StreamSummary};
+use crate::text::Tokenizer;
+
+/// One generation request at the token level.
+#[derive(Clone, Debug)]
+pub struct TextRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    /// Streaming options: EOS ids, stop strings, reasoning markers, tool schemas.
+    pub stream: StreamConfig,
+    /// Keep going past EOS ids (benchmarks).
+    pub ignore_eos: bool,
+    /// Decode with the MTP head (falls back to plain decoding when the session has none).
+    pub mtp: bool,
+}
+
+/// What a finished request produced.
+#[derive(Clone, Debug)]
+pub struct TextOutput {
+    pub tokens: Vec<u32>,
+    pub summary: StreamSummary,
+    pub mtp: Option<MtpStats>,
+    /// Seconds from the call to the first token (prefill), measured by the caller's clock.
+    pub prompt_tokens: usize,
+}
+
+/// Events for the caller: the prompt is in, and text deltas (return false to cancel).
+pub enum TextEvent<'a> {
+    PromptDone,
+    Delta(&'a Delta),
+}
+
+/// Generates from `req.prompt`, streaming deltas to `on_event` (return false to stop).
+pub async fn generate_text(
+    session: &mut Session,
+    tokenizer: &Tokenizer,
+    req: &TextRequest,
+    on_event: &mut dyn FnMut(TextEvent<'_>) -> bool,
+) -> Result<TextOutput, RunError> {
+    let mut cfg = req.stream.clone();
+    if req.ignore_eos {
+        cfg.eos_ids.clear();
+    }
+    let eos = cfg.eos_ids.clone();
+    let mut parser = StreamParser::new(cfg, &req.prompt);
+    let mut cancelled = false;
+    let mut on_tok = |e: Event| -> bool {
+        match e {
+            Event::PromptDone => on_event(TextEvent::PromptDone),
+            Event::Token(id) => {
+                let d = parser.push(tokenizer, id);
+                let go = d.is_empty() || on_event(TextEvent::Delta(&d));
+                if !go {
+                    cancelled = true;
+                }
+                go && d.finished.is_none()
+            }
+        }
+    };
+    // The loops stop on EOS themselves (not emitted); the parser stops on stop strings.
+    let opts = GreedyOptions { max_tokens: req.max_tokens, eos, ignore_eos: req.ignore_eos };
+    let (tokens, finish, mtp) = if req.mtp && session.mtp_available() {
+        let (t, f, s) = generate_greedy_mtp(session, &req.prompt, &opts, &mut on_tok).await?;
+        (t, f, Some(s))
+    } else {
+        let (t, f) = generate_greedy(session, &req.prompt, &opts, &mut on_tok).await?;
+        (t, f, None)
+    };
+    let ended_by = match finish {
+        Finish::Stop => Some(FinishReason::Stop),
+        Finish::Length if cancelled => Some(FinishReason::Stop),
+        Finish::Length => Some(FinishReason::Length),
+    };
+    let (last, summary) = parser.finish(ended_by);
+    if !last.is_empty() {
+        on_event(TextEvent::Delta(&last));
+    }
+    Ok(TextOutput { tokens, summary, mtp, prompt_tokens: req.prompt.len() })
+}

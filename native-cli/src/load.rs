@@ -1,0 +1,102 @@
+//! Opening the GPU and a model (a directory or the embedded default), with a progress bar.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use qwgpu_engine::gpu::{Gpu, GpuOptions};
+use qwgpu_engine::model::{Model, Session, SessionOptions};
+use qwgpu_engine::text::{ChatTemplate, Tokenizer};
+
+#[derive(Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// Adapter to use: a backend (vulkan, metal, dx12, gl) or part of the adapter name.
+    /// Also QWGPU_ADAPTER.
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Keep wgpu's shader bounds checks (slower; for debugging).
+    #[arg(long)]
+    pub shader_checks: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Model directory (config.json + model*.safetensors [+ tokenizer.json]). Default: the
+    /// embedded default model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Positions the context holds (prompt + generated tokens).
+    #[arg(long, default_value_t = 4096)]
+    pub max_context: u32,
+    /// Prompt tokens per prefill call.
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: u32,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub struct Loaded {
+    pub model: Arc<Model>,
+    pub session: Session,
+    pub tokenizer: Option<Tokenizer>,
+    pub template: Option<ChatTemplate>,
+    pub name: String,
+    pub load_s: f64,
+}
+
+pub fn open_gpu(d: &DeviceArgs) -> Result<Arc<Gpu>, String> {
+    let opts = GpuOptions { adapter: d.adapter.clone(), shader_checks: Some(d.shader_checks), ..Default::default() };
+    pollster::block_on(Gpu::new(&opts)).map_err(|e| e.to_string())
+}
+
+/// Loads weights (progress bar on a terminal), the tokenizer and chat template when present.
+pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
+    let t0 = Instant::now();
+    let gpu = open_gpu(&m.device)?;
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(0);
+        let style = indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {bytes}/{total_bytes}").map_err(|e| e.to_string())?;
+        b.set_style(style.progress_chars("=> "));
+        b.set_message(m.model.as_ref().map_or("the default model".into(), |p| p.display().to_string()));
+        Some(b)
+    } else {
+        None
+    };
+    let mut progress = |done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    };
+    let (model, tokenizer, template, name) = match &m.model {
+        Some(dir) => {
+            let model = Model::load(gpu, dir, &mut progress).map_err(|e| e.to_string())?;
+            let tokenizer = match Tokenizer::from_model_dir(dir) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("note: no usable tokenizer in {} ({e}); only --prompt-ids prompts work", dir.display());
+                    None
+                }
+            };
+            let template = if tokenizer.is_some() { ChatTemplate::from_model_dir(dir).ok() } else { None };
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
+            (model, tokenizer, template, name)
+        }
+        None => {
+            use qwgpu_engine::default_model as dm;
+            let model = dm::load(gpu, &mut progress).map_err(|e| e.to_string())?;
+            (model, Some(dm::tokenizer().map_err(|e| e.to_string())?), Some(dm::template().map_err(|e| e.to_string())?), dm::NAME.to_string())
+        }
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for n in &model.notes {
+        eprintln!("note: {n}");
+    }
+    let model = Arc::new(model);
+    let session = pollster::block_on(Session::new(model.clone(), SessionOptions { max_ctx: m.max_context, prefill_chunk: m.prefill_chunk })).map_err(|e| e.to_string())?;
+    Ok(Loaded { model, session, tokenizer, template, name, load_s: t0.elapsed().as_secs_f64() })
+}

