@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
+use qwgpu_engine::decode::sampler::SamplingParams;
 use qwgpu_engine::decode::text::{generate_text, TextEvent, TextOutput, TextRequest};
 use qwgpu_engine::text::stream::{Delta, StreamEvent};
 use serde_json::{json, Map, Value};
@@ -29,6 +30,35 @@ pub struct GenArgs {
     /// Sampling temperature (0 = greedy).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    /// Keep the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: u32,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p × the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Penalize tokens of the last --repetition-context tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long, default_value_t = 20)]
+    pub repetition_context: u32,
+    /// Subtract from the logits of tokens already generated (OpenAI semantics).
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// Subtract, per occurrence, from the logits of tokens already generated.
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Add to a token's logit: ID=BIAS (repeatable).
+    #[arg(long, value_parser = parse_bias)]
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Random seed (same seed, same output).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Report each token's logprob and the N most likely alternatives (JSON output).
+    #[arg(long)]
+    pub logprobs: Option<u32>,
     /// Stop when this text appears (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
@@ -79,12 +109,36 @@ pub struct ChatArgs {
     pub gen: GenArgs,
 }
 
+fn parse_bias(s: &str) -> Result<(u32, f32), String> {
+    let (id, b) = s.split_once('=').ok_or_else(|| format!("'{s}': expected ID=BIAS"))?;
+    Ok((id.trim().parse().map_err(|_| format!("'{id}' is not a token id"))?, b.trim().parse().map_err(|_| format!("'{b}' is not a number"))?))
+}
+
+impl GenArgs {
+    pub fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            repetition_context: self.repetition_context,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias: self.logit_bias.clone(),
+            seed: self.seed,
+            top_logprobs: self.logprobs.unwrap_or(0),
+        }
+    }
+}
+
 /// Decides whether to use MTP; `on` without a head is an error.
 fn use_mtp(l: &Loaded, mode: MtpMode, temperature: f32) -> Result<bool, String> {
     let has = l.model.has_mtp();
     match mode {
         MtpMode::Off => Ok(false),
         MtpMode::On if !has => Err("--mtp on: this checkpoint has no MTP head (no mtp.* tensors)".into()),
+        MtpMode::On if temperature != 0.0 => Err("--mtp on: speculative decoding runs greedy requests (--temperature 0) in this build".into()),
         MtpMode::On | MtpMode::Auto => Ok(has && temperature == 0.0),
     }
 }
@@ -148,18 +202,19 @@ impl Printer {
 /// Timings of one generation.
 struct Timed {
     out: TextOutput,
+    /// Per token (id, logprob, top alternatives) when --logprobs was given.
+    logprobs: Vec<Value>,
     ttft: f64,
     total: f64,
 }
 
 fn run_one(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool, cancel: Option<&AtomicBool>, mut on_delta: impl FnMut(&Delta)) -> Result<Timed, String> {
-    if g.temperature != 0.0 {
-        return Err("only greedy decoding (--temperature 0) is available in this build".into());
-    }
     let max_ctx = l.session.opts.max_ctx as usize;
     if prompt.len() + 1 > max_ctx {
         return Err(format!("the prompt has {} tokens but the context holds {max_ctx} (use a larger --max-context)", prompt.len()));
     }
+    let sampling = g.sampling();
+    sampling.validate(Some(l.model.config.vocab_size as u32)).map_err(|e| e.to_string())?;
     let tok = l.tokenizer.as_ref();
     let mut stream = match tok {
         Some(t) => t.stream_config(&l.model.config.eos_token_ids),
@@ -169,7 +224,8 @@ fn run_one(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool, cancel: Opt
         stream.eos_ids = l.model.config.eos_token_ids.clone();
     }
     stream.stop_strings = g.stop.clone();
-    let req = TextRequest { prompt, max_tokens: g.max_tokens, stream, ignore_eos: g.ignore_eos, mtp };
+    let req = TextRequest { prompt, max_tokens: g.max_tokens, stream, ignore_eos: g.ignore_eos, mtp, sampling: Some(sampling), logprobs: g.logprobs.is_some() };
+    let mut logprobs = Vec::new();
     l.session.reset();
     let t0 = Instant::now();
     let mut ttft = None;
@@ -180,13 +236,19 @@ fn run_one(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool, cancel: Opt
     let out = pollster::block_on(generate_text(&mut l.session, tokenizer, &req, &mut |e| {
         match e {
             TextEvent::PromptDone => ttft = Some(t0.elapsed().as_secs_f64()),
+            TextEvent::Token(id, lp) => {
+                if let Some(r) = lp {
+                    let top: Vec<Value> = r.top.iter().map(|(t, p)| json!([t, p])).collect();
+                    logprobs.push(json!({"id": id, "logprob": r.logprob, "top": top}));
+                }
+            }
             TextEvent::Delta(d) => on_delta(d),
         }
         !cancel.is_some_and(|c| c.load(Ordering::Relaxed))
     }))
     .map_err(|e| e.to_string())?;
     let total = t0.elapsed().as_secs_f64();
-    Ok(Timed { out, ttft: ttft.unwrap_or(total), total })
+    Ok(Timed { out, logprobs, ttft: ttft.unwrap_or(total), total })
 }
 
 fn rates(t: &Timed) -> (f64, f64) {
@@ -264,6 +326,9 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
         if let Some(m) = timed.out.mtp {
             j["mtp"] = json!({"drafted": m.drafted, "accepted": m.accepted});
         }
+        if a.gen.logprobs.is_some() {
+            j["logprobs"] = Value::Array(timed.logprobs.clone());
+        }
         println!("{j}");
     } else {
         printer.finish();
@@ -282,31 +347,36 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
 
 /// Generation for a checkpoint without a tokenizer: ids in, ids out.
 fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Result<Timed, String> {
-    use qwgpu_engine::decode::mtp::generate_greedy_mtp;
-    use qwgpu_engine::decode::{generate_greedy, Event, Finish, GreedyOptions};
+    use qwgpu_engine::decode::mtp::generate_mtp;
+    use qwgpu_engine::decode::{generate, Event, Finish, GenOptions};
     use qwgpu_engine::text::stream::{FinishReason, StreamSummary};
-    if g.temperature != 0.0 {
-        return Err("only greedy decoding (--temperature 0) is available in this build".into());
-    }
     let max_ctx = l.session.opts.max_ctx as usize;
     if prompt.len() + 1 > max_ctx {
         return Err(format!("the prompt has {} tokens but the context holds {max_ctx} (use a larger --max-context)", prompt.len()));
     }
-    let opts = GreedyOptions { max_tokens: g.max_tokens, eos: l.model.config.eos_token_ids.clone(), ignore_eos: g.ignore_eos };
+    let sampling = g.sampling();
+    l.session.set_sampling(Some(&sampling), g.logprobs.is_some()).map_err(|e| e.to_string())?;
+    let mut logprobs = Vec::new();
+    let opts = GenOptions { max_tokens: g.max_tokens, eos: l.model.config.eos_token_ids.clone(), ignore_eos: g.ignore_eos };
     l.session.reset();
     let t0 = Instant::now();
     let mut ttft = None;
     let mut on = |e: Event| {
-        if let Event::PromptDone = e {
-            ttft = Some(t0.elapsed().as_secs_f64());
+        match e {
+            Event::PromptDone => ttft = Some(t0.elapsed().as_secs_f64()),
+            Event::Token(id, Some(r)) => {
+                let top: Vec<Value> = r.top.iter().map(|(t, p)| json!([t, p])).collect();
+                logprobs.push(json!({"id": id, "logprob": r.logprob, "top": top}));
+            }
+            _ => {}
         }
         true
     };
-    let (tokens, finish, stats) = if mtp && l.session.mtp_available() {
-        let (t, f, s) = pollster::block_on(generate_greedy_mtp(&mut l.session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?;
+    let (tokens, finish, stats) = if mtp && l.session.mtp_available() && !l.session.is_sampling() {
+        let (t, f, s) = pollster::block_on(generate_mtp(&mut l.session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?;
         (t, f, Some(s))
     } else {
-        let (t, f) = pollster::block_on(generate_greedy(&mut l.session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?;
+        let (t, f) = pollster::block_on(generate(&mut l.session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?;
         (t, f, None)
     };
     let total = t0.elapsed().as_secs_f64();
@@ -320,7 +390,7 @@ fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Res
         matched_stop: None,
         ended_in_reasoning: false,
     };
-    Ok(Timed { out: TextOutput { tokens, summary, mtp: stats, prompt_tokens: prompt.len() }, ttft: ttft.unwrap_or(total), total })
+    Ok(Timed { out: TextOutput { tokens, summary, mtp: stats, prompt_tokens: prompt.len() }, logprobs, ttft: ttft.unwrap_or(total), total })
 }
 
 pub fn chat(a: ChatArgs) -> Result<(), String> {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use qwgpu_engine::decode::{generate_greedy, Event, GreedyOptions};
+use qwgpu_engine::decode::{generate, Event, GenOptions};
 use qwgpu_engine::gpu;
 
 use crate::load::{load, ModelArgs};
@@ -132,14 +132,14 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             ((z ^ (z >> 31)) % vocab) as u32
         })
         .collect();
-    let opts = GreedyOptions { max_tokens: a.gen_tokens, eos: vec![], ignore_eos: true };
+    let opts = GenOptions { max_tokens: a.gen_tokens, eos: vec![], ignore_eos: true };
     let mut ttft = Vec::new();
     let mut decode = Vec::new();
     for trial in 0..a.warmup + a.trials {
         session.reset();
         let t0 = Instant::now();
         let mut t_first = 0.0;
-        let (toks, _) = pollster::block_on(generate_greedy(&mut session, &prompt, &opts, &mut |e| {
+        let (toks, _) = pollster::block_on(generate(&mut session, &prompt, &opts, &mut |e| {
             if let Event::PromptDone = e {
                 t_first = t0.elapsed().as_secs_f64();
             }

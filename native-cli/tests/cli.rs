@@ -245,3 +245,41 @@ fn bad_input_gives_one_line_errors() {
     expect_error(&["inspect", "--model", "/nonexistent"], None, &["/nonexistent"]);
     expect_error(&["tokenize"], None, &["TEXT"]);
 }
+
+#[test]
+fn sampling_seeds_and_logprobs() {
+    let name = "f32-q4-g64";
+    let dir = fixture(name);
+    let d = dir.to_str().unwrap();
+    let r = reference(name);
+    let p: Vec<String> = ids(&r["prompts"][1]).iter().map(|x| x.to_string()).collect();
+    let run = |seed: &str| ids(&ok_json(&["generate", "--model", d, "--prompt-ids", &p.join(","), "--max-tokens", "24", "--ignore-eos", "--temperature", "0.9", "--top-p", "0.95", "--top-k", "50", "--seed", seed, "--json"])["tokens"]);
+    let a = run("7");
+    assert_eq!(a, run("7"), "same seed, same tokens");
+    assert_ne!(a, run("8"), "another seed, other tokens");
+    assert_eq!(a.len(), 24);
+    // Greedy with logprobs: the tokens are mlx-lm's and each logprob is mlx-lm's logit minus the
+    // logsumexp of its row (reference.safetensors, teacher-forced along the same path).
+    let j = ok_json(&["generate", "--model", d, "--prompt-ids", &p.join(","), "--max-tokens", "8", "--ignore-eos", "--logprobs", "3", "--json"]);
+    let want = ids(&r["greedy"][1]);
+    assert_eq!(ids(&j["tokens"]), want[..8].to_vec());
+    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("logits.1").unwrap();
+    let vocab = t.shape()[1];
+    let logits: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    for (i, e) in j["logprobs"].as_array().unwrap().iter().enumerate() {
+        let row = &logits[i * vocab..(i + 1) * vocab];
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = m + row.iter().map(|x| (*x as f64 - m).exp()).sum::<f64>().ln();
+        let tok = want[i] as usize;
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!((lp - (row[tok] as f64 - lse)).abs() < 2e-3, "step {i}: logprob {lp} vs mlx {}", row[tok] as f64 - lse);
+        let top = e["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0][0].as_u64().unwrap() as usize, tok, "greedy: the chosen token is the most likely");
+    }
+    // Invalid sampling values name the field.
+    expect_error(&["generate", "--model", d, "--prompt-ids", "1", "--top-p", "1.5", "--json"], None, &["top_p"]);
+    expect_error(&["generate", "--model", d, "--prompt-ids", "1", "--temperature=-1", "--json"], None, &["temperature"]);
+}

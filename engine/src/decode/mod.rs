@@ -21,28 +21,29 @@ pub enum Finish {
 pub enum Event {
     /// The prompt is in the context and the first token is known.
     PromptDone,
-    /// A new token.
-    Token(u32),
+    /// A new token, with its logprobs when they were asked for ([`Session::set_sampling`]).
+    Token(u32, Option<crate::ops::sample::RowResult>),
 }
 
 #[derive(Clone, Debug)]
-pub struct GreedyOptions {
+pub struct GenOptions {
     pub max_tokens: usize,
     /// Ids that end generation; ignored with `ignore_eos`.
     pub eos: Vec<u32>,
     pub ignore_eos: bool,
 }
 
-/// Greedy decoding as mlx-lm's `generate_step`: the prompt except its last token is prefilled in
+/// Decoding as mlx-lm's `generate_step` (greedy, or sampled per [`Session::set_sampling`]): the prompt except its last token is prefilled in
 /// chunks, the last token runs alone to give the first logits, then one token per step. EOS
 /// stops generation and is not emitted. Returns the tokens and the finish reason.
-pub async fn generate_greedy(
+pub async fn generate(
     session: &mut Session,
     prompt: &[u32],
-    opts: &GreedyOptions,
+    opts: &GenOptions,
     on_event: &mut dyn FnMut(Event) -> bool,
 ) -> Result<(Vec<u32>, Finish), RunError> {
     let mut out = Vec::new();
+    session.start_request(prompt)?;
     if opts.max_tokens == 0 {
         session.prefill(prompt).await?;
         on_event(Event::PromptDone);
@@ -55,7 +56,7 @@ pub async fn generate_greedy(
             return Ok((out, Finish::Stop));
         }
         out.push(tok);
-        let go_on = on_event(Event::Token(tok));
+        let go_on = on_event(Event::Token(tok, session.last_logprobs().cloned()));
         if out.len() >= opts.max_tokens || !go_on {
             return Ok((out, Finish::Length));
         }

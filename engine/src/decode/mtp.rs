@@ -3,7 +3,7 @@
 //! plain greedy decoding token for token (the verify reuses the backbone's batch-invariant
 //! kernels and restores the recurrent state exactly on rejection).
 
-use crate::decode::{Event, Finish, GreedyOptions};
+use crate::decode::{Event, Finish, GenOptions};
 use crate::model::{RunError, Session};
 
 /// Drafts proposed and accepted during one generation.
@@ -23,12 +23,12 @@ impl MtpStats {
     }
 }
 
-/// As [`crate::decode::generate_greedy`], with MTP speculation. EOS inside an accepted draft stops
+/// As [`crate::decode::generate`], with MTP speculation. EOS inside an accepted draft stops
 /// before the bonus token; `max_tokens` is checked after every emitted token.
-pub async fn generate_greedy_mtp(
+pub async fn generate_mtp(
     session: &mut Session,
     prompt: &[u32],
-    opts: &GreedyOptions,
+    opts: &GenOptions,
     on_event: &mut dyn FnMut(Event) -> bool,
 ) -> Result<(Vec<u32>, Finish, MtpStats), RunError> {
     let mut out = Vec::new();
@@ -50,7 +50,7 @@ pub async fn generate_greedy_mtp(
             return Some(Finish::Stop);
         }
         out.push(tok);
-        let go_on = on_event(Event::Token(tok));
+        let go_on = on_event(Event::Token(tok, None));
         if out.len() >= opts.max_tokens || !go_on {
             return Some(Finish::Length);
         }

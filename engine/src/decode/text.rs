@@ -3,10 +3,12 @@
 //! [`StreamParser`](crate::text::stream::StreamParser) (UTF-8-safe detokenizing, stop strings,
 //! the reasoning split and tool-call parsing).
 
-use crate::decode::mtp::{generate_greedy_mtp, MtpStats};
-use crate::decode::{generate_greedy, Event, Finish, GreedyOptions};
+use crate::decode::mtp::{generate_mtp, MtpStats};
+use crate::decode::{generate, Event, Finish, GenOptions};
 use crate::model::{RunError, Session};
 use crate::text::stream::{Delta, FinishReason, StreamConfig, StreamParser, StreamSummary};
+use crate::decode::sampler::SamplingParams;
+use crate::ops::sample::RowResult;
 use crate::text::Tokenizer;
 
 /// One generation request at the token level.
@@ -20,6 +22,10 @@ pub struct TextRequest {
     pub ignore_eos: bool,
     /// Decode with the MTP head (falls back to plain decoding when the session has none).
     pub mtp: bool,
+    /// Token choice: None = greedy; otherwise the GPU sampler.
+    pub sampling: Option<SamplingParams>,
+    /// Report each token's logprob (and `sampling.top_logprobs` alternatives).
+    pub logprobs: bool,
 }
 
 /// What a finished request produced.
@@ -35,6 +41,8 @@ pub struct TextOutput {
 /// Events for the caller: the prompt is in, and text deltas (return false to cancel).
 pub enum TextEvent<'a> {
     PromptDone,
+    /// A generated id (before its text, which may be held back), with logprobs when asked for.
+    Token(u32, Option<&'a RowResult>),
     Delta(&'a Delta),
 }
 
@@ -45,6 +53,7 @@ pub async fn generate_text(
     req: &TextRequest,
     on_event: &mut dyn FnMut(TextEvent<'_>) -> bool,
 ) -> Result<TextOutput, RunError> {
+    session.set_sampling(req.sampling.as_ref(), req.logprobs)?;
     let mut cfg = req.stream.clone();
     if req.ignore_eos {
         cfg.eos_ids.clear();
@@ -55,7 +64,11 @@ pub async fn generate_text(
     let mut on_tok = |e: Event| -> bool {
         match e {
             Event::PromptDone => on_event(TextEvent::PromptDone),
-            Event::Token(id) => {
+            Event::Token(id, lp) => {
+                if !on_event(TextEvent::Token(id, lp.as_ref())) {
+                    cancelled = true;
+                    return false;
+                }
                 let d = parser.push(tokenizer, id);
                 let go = d.is_empty() || on_event(TextEvent::Delta(&d));
                 if !go {
@@ -66,12 +79,13 @@ pub async fn generate_text(
         }
     };
     // The loops stop on EOS themselves (not emitted); the parser stops on stop strings.
-    let opts = GreedyOptions { max_tokens: req.max_tokens, eos, ignore_eos: req.ignore_eos };
-    let (tokens, finish, mtp) = if req.mtp && session.mtp_available() {
-        let (t, f, s) = generate_greedy_mtp(session, &req.prompt, &opts, &mut on_tok).await?;
+    let opts = GenOptions { max_tokens: req.max_tokens, eos, ignore_eos: req.ignore_eos };
+    // Speculative decoding runs greedy requests; sampled requests decode plainly.
+    let (tokens, finish, mtp) = if req.mtp && session.mtp_available() && !session.is_sampling() {
+        let (t, f, s) = generate_mtp(session, &req.prompt, &opts, &mut on_tok).await?;
         (t, f, Some(s))
     } else {
-        let (t, f) = generate_greedy(session, &req.prompt, &opts, &mut on_tok).await?;
+        let (t, f) = generate(session, &req.prompt, &opts, &mut on_tok).await?;
         (t, f, None)
     };
     let ended_by = match finish {

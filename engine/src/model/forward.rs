@@ -263,6 +263,19 @@ impl Builder<'_> {
         Ok(plan)
     }
 
+    /// Final norm and lm_head into `ws.logits`, without choosing a token (the sampler follows).
+    pub async fn head_logits(&self) -> Result<Plan, LoadError> {
+        let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
+        let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
+        let mut plan = Plan::new();
+        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &self.w.final_norm, Act::new(&ws.xo, h), self.step, true).await?);
+        let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL };
+        for d in matmul(g, self.w.lm_head(), Act::new(&ws.xo, h), Act::new(&ws.logits, v), self.step, opts).await? {
+            plan.push(d);
+        }
+        Ok(plan)
+    }
+
     /// lm_head on the normed out rows in `xo`, then argmax into `ids`.
     async fn lm_head(&self, plan: &mut Plan, logits: &GpuBuffer, ids: &GpuBuffer) -> Result<(), LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);

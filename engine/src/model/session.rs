@@ -9,7 +9,9 @@ use std::sync::Arc;
 use crate::error::LoadError;
 use crate::gpu::readback::Readback;
 use crate::gpu::{Gpu, GpuBuffer, GpuError, Plan, Step, StepShape, StepSlot};
+use crate::decode::sampler::SamplingParams;
 use crate::ops::mtp::{self, Stage};
+use crate::ops::sample::{parse_results, RowResult, Sampler, RESULT_WORDS};
 use crate::model::config::ModelConfig;
 use crate::model::forward::{Builder, Workspace};
 use crate::model::tensors;
@@ -27,6 +29,8 @@ pub enum RunError {
     BadToken { id: u32, vocab: u32 },
     #[error("empty input: at least one token id is needed")]
     Empty,
+    #[error("{0}")]
+    Sampling(String),
     #[error(transparent)]
     Gpu(#[from] GpuError),
     #[error(transparent)]
@@ -133,6 +137,14 @@ pub struct Session {
     head: Plan,
     ids_readback: Readback,
     mtp: Option<MtpPlans>,
+    /// GPU sampling (temperature, filters, penalties, bias, logprobs) for the backbone's rows.
+    pub sampler: Sampler,
+    /// Final norm, lm_head and the sampler, used instead of `head` when `sampling`.
+    head_sample: Plan,
+    sampling: bool,
+    /// Copy the sampler's per-row results (logprobs) into the readback with the ids.
+    logprobs: bool,
+    last_result: Option<RowResult>,
     /// The last verify rejected its draft: the GDN states must take their snapshots before the
     /// next forward (recorded at the front of the next submission).
     rollback_pending: bool,
@@ -155,10 +167,13 @@ impl Session {
         let state = State::new(&gpu, cfg, max_ctx, model.has_mtp())?;
         let step_buf = gpu.storage("step", slot_offset(&gpu, 2))?;
         let scope = gpu.scope("building the session's plans");
-        let (small, prefill, head, mtp) = {
+        let sampler = Sampler::new(&gpu, cfg.vocab_size as u32, 2).await?;
+        let (small, prefill, head, head_sample, mtp) = {
             let slot = StepSlot { buf: &step_buf, offset: 0 };
             let b = |mt| Builder { gpu: &gpu, cfg, w: &model.weights, ws: &ws, step: slot, mt, max_ctx, x: &ws.x };
             let plans = (b(MT_SMALL).body(&state).await?, b(MT_PREFILL).body(&state).await?, b(MT_SMALL).head().await?);
+            let mut head_sample = b(MT_SMALL).head_logits().await?;
+            head_sample.extend_vec(sampler.dispatches(&gpu, &ws.logits, &ws.out_ids, slot).await?);
             let mtp = match (&model.weights.mtp, &state.mtp) {
                 (Some(w), Some(kv)) => {
                     let slot1 = StepSlot { buf: &step_buf, offset: slot_offset(&gpu, 1) };
@@ -179,10 +194,10 @@ impl Session {
                 }
                 _ => None,
             };
-            (plans.0, plans.1, plans.2, mtp)
+            (plans.0, plans.1, plans.2, head_sample, mtp)
         };
         scope.finish().await?;
-        let ids_readback = Readback::new(&gpu, "ids readback", 16);
+        let ids_readback = Readback::new(&gpu, "ids readback", 16 + RESULT_WORDS as u64 * 4);
         Ok(Session {
             model,
             opts: SessionOptions { max_ctx, prefill_chunk: chunk },
@@ -194,6 +209,11 @@ impl Session {
             head,
             ids_readback,
             mtp,
+            sampler,
+            head_sample,
+            sampling: false,
+            logprobs: false,
+            last_result: None,
             rollback_pending: false,
             mtp_synced: true,
         })
@@ -221,6 +241,42 @@ impl Session {
         gpu.queue.submit([enc.finish()]);
         self.rollback_pending = false;
         self.mtp_synced = true;
+    }
+
+    /// How the following calls choose tokens: `None` = greedy argmax; otherwise the GPU sampler
+    /// with `p` (temperature, filters, penalties, bias, seed). `logprobs` also reads back the
+    /// chosen token's logprob and the top `p.top_logprobs` alternatives with each id.
+    pub fn set_sampling(&mut self, p: Option<&SamplingParams>, logprobs: bool) -> Result<(), RunError> {
+        let p = p.cloned().unwrap_or_default();
+        let plain_greedy = p.is_greedy()
+            && p.repetition_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+            && p.logit_bias.is_empty()
+            && !logprobs;
+        self.sampler.set_params(&self.model.gpu, &p).map_err(|e| RunError::Sampling(e.to_string()))?;
+        self.sampling = !plain_greedy;
+        self.logprobs = logprobs;
+        Ok(())
+    }
+
+    /// Whether tokens come from the GPU sampler (not plain argmax).
+    pub fn is_sampling(&self) -> bool {
+        self.sampling
+    }
+
+    /// Starts a request: the sampler's token history (penalties) becomes `prompt`.
+    pub fn start_request(&mut self, prompt: &[u32]) -> Result<(), RunError> {
+        self.last_result = None;
+        if self.sampling {
+            self.sampler.reset_history(&self.model.gpu, prompt).map_err(|e| RunError::Sampling(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Logprobs of the last token chosen (when requested with [`Session::set_sampling`]).
+    pub fn last_logprobs(&self) -> Option<&RowResult> {
+        self.last_result.as_ref()
     }
 
     /// Whether this session can decode with the MTP head now.
@@ -278,13 +334,17 @@ impl Session {
             let body = if t <= 2 { &self.small } else { &self.prefill };
             body.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
             if logits {
-                self.head.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+                let head = if self.sampling { &self.head_sample } else { &self.head };
+                head.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
             }
         }
         if logits {
             // The chosen id feeds the next step's embedding without leaving the GPU.
             enc.copy_buffer_to_buffer(&self.ws.out_ids.buf, 0, &self.ws.ids.buf, 0, 4);
             self.ids_readback.copy_from(&mut enc, &self.ws.out_ids.buf, 0, 4);
+            if self.sampling && self.logprobs {
+                enc.copy_buffer_to_buffer(&self.sampler.results.buf, 0, &self.ids_readback.staging, 16, RESULT_WORDS as u64 * 4);
+            }
         }
         gpu.queue.submit([enc.finish()]);
         self.state.pos += t;
@@ -465,7 +525,13 @@ impl Session {
     }
 
     async fn read_id(&mut self) -> Result<u32, RunError> {
-        let b = self.ids_readback.read(&self.model.gpu, 4).await?;
+        let with_lp = self.sampling && self.logprobs;
+        let n = if with_lp { 16 + RESULT_WORDS as u64 * 4 } else { 4 };
+        let b = self.ids_readback.read(&self.model.gpu, n).await?;
+        if with_lp {
+            let words: Vec<u32> = bytemuck::pod_collect_to_vec(&b[16..]);
+            self.last_result = parse_results(&words, 1).into_iter().next();
+        }
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
