@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use qwgpu_engine::decode::{generate_greedy, GreedyOptions};
+use qwgpu_engine::decode::{generate, GenOptions};
 use qwgpu_engine::model::{Model, Session, SessionOptions};
 use qwgpu_tests::fixtures::*;
 use qwgpu_tests::*;
@@ -64,8 +64,8 @@ fn greedy_tokens_and_logits_match_mlx_lm() {
         for (pi, prompt) in r.prompts.iter().enumerate() {
             s.reset();
             let want = &r.greedy[pi];
-            let opts = GreedyOptions { max_tokens: want.len(), eos: vec![], ignore_eos: true };
-            let (got, _) = pollster::block_on(generate_greedy(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+            let opts = GenOptions { max_tokens: want.len(), eos: vec![], ignore_eos: true };
+            let (got, _) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
             // f32 fixtures: at least 64 tokens equal, whatever the gaps. bf16 fixtures: equal up to
             // the first near-tie.
             let checked = if r.dtype == "float32" {
@@ -93,8 +93,8 @@ fn bf16_fixtures_against_mlx_native_bf16() {
             let want = &native.greedy[pi];
             let err = teacher_forced_error(&mut s, prompt, want, &native.logits[pi].0, r.vocab);
             s.reset();
-            let opts = GreedyOptions { max_tokens: want.len(), eos: vec![], ignore_eos: true };
-            let (got, _) = pollster::block_on(generate_greedy(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+            let opts = GenOptions { max_tokens: want.len(), eos: vec![], ignore_eos: true };
+            let (got, _) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
             let same = got.iter().zip(want).take_while(|(a, b)| a == b).count();
             let checked = check_tokens(&format!("{name} prompt {pi} (native bf16)"), &got, want, &native.top2_gap[pi], tol);
             println!("{name} prompt {pi}: vs native bf16 max |logit error| {err:.2}, {same} leading tokens equal, {checked} required");

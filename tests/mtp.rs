@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use qwgpu_engine::decode::mtp::generate_greedy_mtp;
-use qwgpu_engine::decode::{generate_greedy, Finish, GreedyOptions};
+use qwgpu_engine::decode::mtp::generate_mtp;
+use qwgpu_engine::decode::{generate, Finish, GenOptions};
 use qwgpu_engine::model::{Model, Session, SessionOptions};
 use qwgpu_tests::fixtures::*;
 use qwgpu_tests::*;
@@ -32,11 +32,11 @@ fn mtp_greedy_equals_plain_greedy() {
         let mut s = session(&name, 16);
         for (pi, prompt) in r.prompts.iter().enumerate() {
             for (max_tokens, ignore_eos) in [(160usize, true), (160, false)] {
-                let opts = GreedyOptions { max_tokens, eos: r.eos.clone(), ignore_eos };
+                let opts = GenOptions { max_tokens, eos: r.eos.clone(), ignore_eos };
                 s.reset();
-                let (plain, f_plain) = pollster::block_on(generate_greedy(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+                let (plain, f_plain) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
                 s.reset();
-                let (spec, f_spec, stats) = pollster::block_on(generate_greedy_mtp(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+                let (spec, f_spec, stats) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &mut |_| true)).unwrap();
                 assert_eq!(spec, plain, "{name} prompt {pi} (len {}), ignore_eos {ignore_eos}: MTP output differs", prompt.len());
                 assert_eq!(f_spec, f_plain, "{name} prompt {pi}: finish reason");
                 if ignore_eos {
@@ -56,21 +56,21 @@ fn mtp_runs_that_stop_on_eos_and_max_tokens() {
         let r = load_reference(&name);
         let mut s = session(&name, 64);
         let prompt = &r.prompts[1];
-        let free = GreedyOptions { max_tokens: 60, eos: vec![], ignore_eos: true };
-        let (plain, _) = pollster::block_on(generate_greedy(&mut s, prompt, &free, &mut |_| true)).unwrap();
+        let free = GenOptions { max_tokens: 60, eos: vec![], ignore_eos: true };
+        let (plain, _) = pollster::block_on(generate(&mut s, prompt, &free, &mut |_| true)).unwrap();
         for stop_at in [0usize, 1, 2, 5, 17, 33] {
             let eos = plain[stop_at];
-            let opts = GreedyOptions { max_tokens: 60, eos: vec![eos], ignore_eos: false };
+            let opts = GenOptions { max_tokens: 60, eos: vec![eos], ignore_eos: false };
             s.reset();
-            let (spec, f, _) = pollster::block_on(generate_greedy_mtp(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+            let (spec, f, _) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &mut |_| true)).unwrap();
             let first = plain.iter().position(|t| *t == eos).unwrap();
             assert_eq!(spec, plain[..first].to_vec(), "{name}: EOS {eos}");
             assert_eq!(f, Finish::Stop);
         }
         for max_tokens in 1..=6 {
-            let opts = GreedyOptions { max_tokens, eos: vec![], ignore_eos: true };
+            let opts = GenOptions { max_tokens, eos: vec![], ignore_eos: true };
             s.reset();
-            let (spec, f, _) = pollster::block_on(generate_greedy_mtp(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+            let (spec, f, _) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &mut |_| true)).unwrap();
             assert_eq!(spec, plain[..max_tokens].to_vec(), "{name}: max_tokens {max_tokens}");
             assert_eq!(f, Finish::Length);
         }
