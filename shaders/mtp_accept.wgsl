@@ -4,8 +4,12 @@
 //   VERIFY: after the 2-row verify of [y, d]: v = out_ids[0] (target at d's position), b =
 //           out_ids[1] (bonus); greedy accept <=> v == d. MTP rows are (h0, v), (h1, b): on
 //           rejection row 0's pair (h0, v) is still the right one and row 1 is discarded.
+//   SAMPLED: after the sampler's accept test of a 2-row verify (spec §7.3 B.3–B.5): `src` is
+//           the accept output [accepted, n_emit, token at the draft's position (d or the
+//           residual sample w), bonus, ...]; v = that token, b = bonus.
 //   SELECT: after the MTP head: draft = accept ? mtp_out[1] : mtp_out[0]; the next verify
 //           input is ids = [accept ? b : v, draft].
+// `step.force` (benchmarks only) overrides the greedy decision: 1 = reject, 2 = accept.
 #include "common.wgsl"
 
 @group(0) @binding(0) var<storage, read> step: Step;
@@ -30,6 +34,14 @@ fn main() {
     ids[0] = last;
     ids[1] = draft;
     result[3] = draft;
+#elif SAMPLED
+    let v = out_ids[2];
+    let b = out_ids[3];
+    result[0] = v;
+    result[1] = b;
+    result[2] = out_ids[0];
+    mtp_ids[0] = v;
+    mtp_ids[1] = b;
 #elif FIRST
     let v = out_ids[0];
     result[0] = v;
@@ -39,7 +51,8 @@ fn main() {
 #else
     let v = out_ids[0];
     let b = out_ids[1];
-    let accept = select(0u, 1u, v == ids[1]);
+    var accept = select(0u, 1u, v == ids[1]);
+    if (step.force != 0u) { accept = step.force - 1u; }
     result[0] = v;
     result[1] = b;
     result[2] = accept;

@@ -130,7 +130,7 @@ impl Layer {
         let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
         let qb = gpu.storage("q_out", (t * qw * 4) as u64).unwrap();
         let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
-        let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1 });
+        let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1, force: 0 });
         let slot = StepSlot { buf: &sb, offset: 0 };
         let st = lay.stride as u32;
         let mut ds: Vec<Dispatch> = pollster::block_on(attn_prep(
@@ -160,7 +160,7 @@ impl Layer {
         let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
         let qb = upload_f32(gpu, "q", &q[..t * qw]);
         let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
-        let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1 });
+        let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1, force: 0 });
         let slot = StepSlot { buf: &sb, offset: 0 };
         let ds = pollster::block_on(attention(gpu, &self.d, &qb, Act::at(&pb, lay.stride as u32, lay.qg as u32), &self.kc, &self.vc, &ob, slot)).unwrap();
         run(gpu, &ds, StepShape { n_tokens: t as u32, n_out: 1 });
@@ -392,7 +392,7 @@ fn attend_split(gpu: &Gpu, layer: &Layer, q: &[f32], proj: &[f32], t: usize, pos
     let qb = upload_f32(gpu, "q", &q[..t * qw]);
     let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
     let scratch = gpu.storage("scratch", attention_scratch_bytes(&layer.d, split_rows.max(1))).unwrap();
-    let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1 });
+    let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1, force: 0 });
     let slot = StepSlot { buf: &sb, offset: 0 };
     let gate = Act::at(&pb, lay.stride as u32, lay.qg as u32);
     let sc = if split_rows > 0 { Some(&scratch) } else { None };
@@ -449,7 +449,7 @@ fn unchecked_shaders_match_cpu() {
 fn rejects_unsupported_shapes() {
     let gpu = gpu();
     let b = gpu.storage("b", 1 << 20).unwrap();
-    let sb = step_buffer(&gpu, Step { n_tokens: 1, pos: 0, n_confirmed: 0, n_out: 1 });
+    let sb = step_buffer(&gpu, Step { n_tokens: 1, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
     let slot = StepSlot { buf: &sb, offset: 0 };
     let ok = TINY.dims(16);
     for bad in [
@@ -496,7 +496,7 @@ fn bench_attention_27b() {
     let ob = gpu.storage("out", (max_t * s.qw() * 4) as u64).unwrap();
     let st = lay.stride as u32;
     let time = |t: usize, pos: u32, prep: bool, reps: usize| -> f64 {
-        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1 });
+        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1, force: 0 });
         let slot = StepSlot { buf: &sb, offset: 0 };
         let mut ds = if prep {
             pollster::block_on(attn_prep(

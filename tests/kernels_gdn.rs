@@ -79,7 +79,7 @@ fn proj_rows(rng: &mut Rng, d: &GdnDims, p: &Proj, t: usize) -> Vec<f32> {
 }
 
 fn step_for(gpu: &Gpu, t: usize, nc: usize) -> GpuBuffer {
-    step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: nc as u32, n_out: 1 })
+    step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: nc as u32, n_out: 1, force: 0 })
 }
 
 fn slot(b: &GpuBuffer) -> StepSlot<'_> {

@@ -85,7 +85,7 @@ fn gpu_matmul(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, mt: u32) -> Vec<f32> {
     let n = m.n as usize;
     let xb = upload_f32(gpu, "x", x);
     let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
-    let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1 });
+    let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
     let slot = StepSlot { buf: &sb, offset: 0 };
     let d = pollster::block_on(matmul(gpu, m, Act::new(&xb, m.k), Act::new(&yb, m.n), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt })).unwrap();
     run(gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
@@ -176,7 +176,7 @@ fn matmul_residual_epilogue_and_offsets() {
     let y0 = rng.vec(t * ys, 1.0);
     let xb = upload_f32(&gpu, "x", &x);
     let yb = upload_f32(&gpu, "y", &y0);
-    let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1 });
+    let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
     let d = pollster::block_on(matmul(
         &gpu,
         &m,

@@ -29,7 +29,7 @@ fn rms_norm_matches_cpu() {
         let xb = upload_f32(&gpu, "x", &x);
         let wb = upload_f32(&gpu, "w", &w);
         let yb = gpu.storage("y", (t * dim as usize * 4) as u64).unwrap();
-        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1 });
+        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
         let slot = StepSlot { buf: &sb, offset: 0 };
         let d = pollster::block_on(rms_norm(&gpu, dim, 1e-6, Act::new(&xb, dim), &wb, Act::new(&yb, dim), slot, false)).unwrap();
         run(&gpu, &[d], StepShape { n_tokens: t as u32, n_out: 1 });
@@ -43,7 +43,7 @@ fn rms_norm_matches_cpu() {
 
         // Out-rows mode: only the last 2 rows (or 1), written compactly.
         let n_out = t.min(2);
-        let sb2 = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: n_out as u32 });
+        let sb2 = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: n_out as u32, force: 0 });
         let yo = gpu.storage("yo", (n_out * dim as usize * 4) as u64).unwrap();
         let d = pollster::block_on(rms_norm(&gpu, dim, 1e-6, Act::new(&xb, dim), &wb, Act::new(&yo, dim), StepSlot { buf: &sb2, offset: 0 }, true)).unwrap();
         run(&gpu, &[d], StepShape { n_tokens: t as u32, n_out: n_out as u32 });
@@ -96,7 +96,7 @@ fn embed_gathers_every_format_across_chunks() {
         let idb = gpu.storage_init("ids", bytemuck::cast_slice(&[[1234u32].as_slice(), &ids].concat())).unwrap();
         let t = ids.len();
         let yb = gpu.storage("y", (t * k * 4) as u64).unwrap();
-        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1 });
+        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
         let d = pollster::block_on(embed(&gpu, &m, &idb, 1, Act::new(&yb, k as u32), StepSlot { buf: &sb, offset: 0 })).unwrap();
         run(&gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
         let got = read_f32(&gpu, &yb, t * k);
@@ -115,7 +115,7 @@ fn swiglu_matches_cpu() {
         let gu = rng.vec(t * 2 * dim as usize, 6.0);
         let gb = upload_f32(&gpu, "gu", &gu);
         let ab = gpu.storage("a", (t * dim as usize * 4) as u64).unwrap();
-        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1 });
+        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
         let d = pollster::block_on(swiglu(&gpu, dim, &gb, &ab, StepSlot { buf: &sb, offset: 0 })).unwrap();
         run(&gpu, &[d], StepShape { n_tokens: t as u32, n_out: 1 });
         let got = read_f32(&gpu, &ab, t * dim as usize);
@@ -151,7 +151,7 @@ fn argmax_picks_lowest_index_on_ties_and_ignores_nan() {
         let lb = upload_f32(&gpu, "logits", &logits);
         let scratch = gpu.storage("scratch", scratch_bytes(vocab, rows as u32)).unwrap();
         let ids = gpu.storage("ids", 16).unwrap();
-        let sb = step_buffer(&gpu, Step { n_tokens: 5, pos: 0, n_confirmed: 0, n_out: rows as u32 });
+        let sb = step_buffer(&gpu, Step { n_tokens: 5, pos: 0, n_confirmed: 0, n_out: rows as u32, force: 0 });
         let d = pollster::block_on(argmax(&gpu, vocab, &lb, &scratch, &ids, 1, StepSlot { buf: &sb, offset: 0 })).unwrap();
         run(&gpu, &d, StepShape { n_tokens: 5, n_out: rows as u32 });
         let got = read_u32(&gpu, &ids, 3);

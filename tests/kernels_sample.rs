@@ -66,7 +66,7 @@ fn run_call(gpu: &Gpu, s: &Sampler, c: &Call) -> Out {
     let pb = s.probs_buffer(gpu, "probs").unwrap();
     let ctx_buf: Option<GpuBuffer> = c.ctx.map(|ids| gpu.storage_init("ctx", bytemuck::cast_slice(ids)).unwrap());
     let n_tokens = c.ctx.map(|i| i.len() as u32).unwrap_or(c.rows);
-    let sb = step_buffer(gpu, Step { n_tokens, pos: 0, n_confirmed: 0, n_out: c.rows });
+    let sb = step_buffer(gpu, Step { n_tokens, pos: 0, n_confirmed: 0, n_out: c.rows, force: 0 });
     let io = SampleIo { id_offset: 1, ctx_ids: ctx_buf.as_ref().map(|b| (b, 0)), probs: c.probs.then_some(&pb), results: None, commit: c.commit };
     let d = pollster::block_on(s.dispatches_with(gpu, &lb, &ids, StepSlot { buf: &sb, offset: 0 }, &io)).unwrap();
     run(gpu, &d, StepShape { n_tokens, n_out: c.rows });
@@ -472,7 +472,7 @@ fn speculative_accept_and_residual_match_cpu_chi_square() {
             let pb = s.probs_buffer(&gpu, "p").unwrap();
             let draft_ids = gpu.storage("draft ids", rows as u64 * 4).unwrap();
             let bonus_ids = gpu.storage("bonus ids", rows as u64 * 4).unwrap();
-            let sb = step_buffer(&gpu, Step { n_tokens: rows, pos: 0, n_confirmed: 0, n_out: rows });
+            let sb = step_buffer(&gpu, Step { n_tokens: rows, pos: 0, n_confirmed: 0, n_out: rows, force: 0 });
             let slot = StepSlot { buf: &sb, offset: 0 };
             let ql = upload_f32(&gpu, "q logits", &(0..rows).flat_map(|_| q_row.clone()).collect::<Vec<_>>());
             let pl = upload_f32(&gpu, "p logits", &(0..rows).flat_map(|_| p_row.clone()).collect::<Vec<_>>());
@@ -534,8 +534,8 @@ fn accept_commits_the_emitted_tokens() {
         let t: Vec<f32> = (0..2 * v).map(|_| rng.normal()).collect();
         let (qb, pb) = (s.probs_buffer(&gpu, "q").unwrap(), s.probs_buffer(&gpu, "p").unwrap());
         let ids = gpu.storage("ids", 16).unwrap();
-        let s1 = step_buffer(&gpu, Step { n_tokens: 1, pos: 0, n_confirmed: 0, n_out: 1 });
-        let s2 = step_buffer(&gpu, Step { n_tokens: 2, pos: 0, n_confirmed: 0, n_out: 2 });
+        let s1 = step_buffer(&gpu, Step { n_tokens: 1, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
+        let s2 = step_buffer(&gpu, Step { n_tokens: 2, pos: 0, n_confirmed: 0, n_out: 2, force: 0 });
         let (ql, tl) = (upload_f32(&gpu, "q", &q), upload_f32(&gpu, "t", &t));
         // Draft into ids[1] (the verify's input row 1), verify rows into ids[2..4].
         let mut d = pollster::block_on(s.dispatches_with(&gpu, &ql, &ids, StepSlot { buf: &s1, offset: 0 }, &SampleIo { id_offset: 1, probs: Some(&qb), ..Default::default() })).unwrap();

@@ -30,8 +30,10 @@ fn mtp_greedy_equals_plain_greedy() {
         let r = load_reference(&name);
         // Prompt chunk of 16 rows: the 40- and 301-token prompts span several chunks.
         let mut s = session(&name, 16);
-        for (pi, prompt) in r.prompts.iter().enumerate() {
-            for (max_tokens, ignore_eos) in [(160usize, true), (160, false)] {
+        // A 1-token prompt, a 7-token one and one longer than several prefill chunks; 128 tokens
+        // each (EOS ignored), plus a run that stops at the checkpoint's EOS.
+        for (pi, prompt) in r.prompts.iter().enumerate().filter(|(i, _)| [0, 1, 3].contains(i)) {
+            for (max_tokens, ignore_eos) in [(128usize, true), (128, false)] {
                 let opts = GenOptions { max_tokens, eos: r.eos.clone(), ignore_eos };
                 s.reset();
                 let (plain, f_plain) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
@@ -103,5 +105,77 @@ fn mtp_head_logits_match_mlx_reference() {
             println!("{name} prompt {pi}: MTP logits max |error| {max_err:.2e}");
             assert!(max_err <= MTP_LOGIT_TOL, "{name} prompt {pi}: MTP logits differ by {max_err}");
         }
+    }
+}
+
+/// χ² critical values at p = 0.001 for df = 1..=60 via the Wilson–Hilferty approximation.
+fn chi2_critical_001(df: usize) -> f64 {
+    let k = df as f64;
+    let z = 3.0902; // one-sided 0.001 normal quantile
+    k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
+}
+
+/// Two-sample χ² homogeneity test on token counts (equal sample sizes), pooling rare tokens.
+fn two_sample_chi2(a: &std::collections::BTreeMap<u32, u32>, b: &std::collections::BTreeMap<u32, u32>) -> (f64, usize) {
+    let keys: std::collections::BTreeSet<u32> = a.keys().chain(b.keys()).cloned().collect();
+    let (mut stat, mut bins, mut pa, mut pb) = (0.0, 0usize, 0u32, 0u32);
+    for k in keys {
+        let (x, y) = (*a.get(&k).unwrap_or(&0), *b.get(&k).unwrap_or(&0));
+        if x + y < 10 {
+            pa += x;
+            pb += y;
+            continue;
+        }
+        stat += ((x as f64 - y as f64).powi(2)) / (x + y) as f64;
+        bins += 1;
+    }
+    if pa + pb > 0 {
+        stat += ((pa as f64 - pb as f64).powi(2)) / (pa + pb) as f64;
+        bins += 1;
+    }
+    (stat, bins.saturating_sub(1))
+}
+
+#[test]
+fn mtp_sampling_preserves_the_distribution() {
+    // The mtp-perm fixture's head agrees with the backbone most of the time, so the sampled
+    // speculative path accepts, rejects (residual resampling) and emits bonus tokens; the tokens
+    // at positions 2 and 3 (the ones speculation produces) must be distributed as in plain
+    // sampling. Same seeds per mode are not expected to give the same tokens, only the same law.
+    use qwgpu_engine::decode::sampler::SamplingParams;
+    use std::collections::BTreeMap;
+    let mut s = session("mtp-perm", 64);
+    let prompt = [5u32, 9, 12, 40];
+    let n = 500u64;
+    let mut counts: Vec<[BTreeMap<u32, u32>; 2]> = vec![Default::default(), Default::default()];
+    let mut stats = (0u64, 0u64);
+    for (mode, use_mtp) in [false, true].into_iter().enumerate() {
+        for seed in 0..n {
+            let p = SamplingParams { temperature: 1.3, seed: 1000 * mode as u64 + seed, ..Default::default() };
+            s.set_sampling(Some(&p), false).unwrap();
+            s.reset();
+            let opts = GenOptions { max_tokens: 3, eos: vec![], ignore_eos: true };
+            let toks = if use_mtp {
+                let (t, _, st) = pollster::block_on(generate_mtp(&mut s, &prompt, &opts, &mut |_| true)).unwrap();
+                stats.0 += st.drafted;
+                stats.1 += st.accepted;
+                t
+            } else {
+                pollster::block_on(generate(&mut s, &prompt, &opts, &mut |_| true)).unwrap().0
+            };
+            assert_eq!(toks.len(), 3);
+            for (j, pos) in [1usize, 2].into_iter().enumerate() {
+                *counts[j][mode].entry(toks[pos]).or_default() += 1;
+            }
+        }
+    }
+    println!("sampled MTP: drafted {} accepted {}", stats.0, stats.1);
+    assert!(stats.1 > stats.0 / 4 && stats.1 < stats.0, "need both accepts and rejects: {stats:?}");
+    for (j, c) in counts.iter().enumerate() {
+        let (stat, df) = two_sample_chi2(&c[0], &c[1]);
+        let crit = chi2_critical_001(df.max(1));
+        println!("position {}: chi2 {stat:.1} on {df} df (critical {crit:.1})", j + 2);
+        assert!(df >= 3, "too few distinct tokens to test: {:?}", c[0]);
+        assert!(stat < crit, "position {}: MTP and plain sampling differ (chi2 {stat:.1} > {crit:.1} on {df} df)", j + 2);
     }
 }

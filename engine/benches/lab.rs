@@ -58,7 +58,7 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
         let y = gpu.storage("y", (2 * n * 4) as u64).unwrap();
         let step = gpu.storage("step", 256).unwrap();
         for t in [1u32, 2] {
-            gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos: 0, n_confirmed: 0, n_out: 1 }));
+            gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos: 0, n_confirmed: 0, n_out: 1, force: 0 }));
             let slot = StepSlot { buf: &step, offset: 0 };
             let ds = pollster::block_on(matmul(gpu, &m, Act::new(&x, k as u32), Act::new(&y, n as u32), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt: MT_SMALL })).unwrap();
             let mut plan = Plan::new();
@@ -86,7 +86,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32) {
         let state = State::new(gpu, &model.config, max_ctx, false).unwrap();
         let step = gpu.storage("step", 256).unwrap();
         for t in [1u32, 2] {
-            gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos, n_confirmed: 0, n_out: 1 }));
+            gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos, n_confirmed: 0, n_out: 1, force: 0 }));
             let b = Builder { gpu, cfg: &model.config, w: &model.weights, ws: &ws, step: StepSlot { buf: &step, offset: 0 }, mt: MT_SMALL, max_ctx, x: &ws.x };
             let mut plan = Plan::new();
             pollster::block_on(b.layer(&mut plan, &model.weights.layers[0], &state.layers[0])).unwrap();

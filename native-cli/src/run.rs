@@ -133,13 +133,12 @@ impl GenArgs {
 }
 
 /// Decides whether to use MTP; `on` without a head is an error.
-fn use_mtp(l: &Loaded, mode: MtpMode, temperature: f32) -> Result<bool, String> {
+fn use_mtp(l: &Loaded, mode: MtpMode) -> Result<bool, String> {
     let has = l.model.has_mtp();
     match mode {
         MtpMode::Off => Ok(false),
         MtpMode::On if !has => Err("--mtp on: this checkpoint has no MTP head (no mtp.* tensors)".into()),
-        MtpMode::On if temperature != 0.0 => Err("--mtp on: speculative decoding runs greedy requests (--temperature 0) in this build".into()),
-        MtpMode::On | MtpMode::Auto => Ok(has && temperature == 0.0),
+        MtpMode::On | MtpMode::Auto => Ok(has),
     }
 }
 
@@ -266,7 +265,7 @@ fn chat_kwargs(g: &GenArgs) -> Map<String, Value> {
 
 pub fn generate(a: GenerateArgs) -> Result<(), String> {
     let mut l = load(&a.model)?;
-    let mtp = use_mtp(&l, a.gen.mtp, a.gen.temperature)?;
+    let mtp = use_mtp(&l, a.gen.mtp)?;
     let prompt: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),
         (None, Some(text)) => {
@@ -372,7 +371,7 @@ fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Res
         }
         true
     };
-    let (tokens, finish, stats) = if mtp && l.session.mtp_available() && !l.session.is_sampling() {
+    let (tokens, finish, stats) = if mtp && l.session.mtp_available() && g.logprobs.is_none() {
         let (t, f, s) = pollster::block_on(generate_mtp(&mut l.session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?;
         (t, f, Some(s))
     } else {
@@ -398,7 +397,7 @@ pub fn chat(a: ChatArgs) -> Result<(), String> {
     if l.tokenizer.is_none() || l.template.is_none() {
         return Err("chat needs a tokenizer and a chat template; this checkpoint has none".into());
     }
-    let mtp = use_mtp(&l, a.gen.mtp, a.gen.temperature)?;
+    let mtp = use_mtp(&l, a.gen.mtp)?;
     let mut g = a.gen.clone();
     let cancel = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicBool::new(false));

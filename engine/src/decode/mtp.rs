@@ -23,7 +23,9 @@ impl MtpStats {
     }
 }
 
-/// As [`crate::decode::generate`], with MTP speculation. EOS inside an accepted draft stops
+/// As [`crate::decode::generate`], with MTP speculation: greedy (exact match) or sampled
+/// (accept with probability min(1, p/q), residual resampling on rejection) per the session's
+/// sampling mode. EOS inside an accepted draft stops
 /// before the bonus token; `max_tokens` is checked after every emitted token.
 pub async fn generate_mtp(
     session: &mut Session,
@@ -36,6 +38,7 @@ pub async fn generate_mtp(
     let Some((&last, head)) = prompt.split_last() else {
         return Err(RunError::Empty);
     };
+    session.start_request(prompt)?;
     if opts.max_tokens == 0 {
         session.prefill(prompt).await?;
         on_event(Event::PromptDone);

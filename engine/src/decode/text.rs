@@ -80,8 +80,9 @@ pub async fn generate_text(
     };
     // The loops stop on EOS themselves (not emitted); the parser stops on stop strings.
     let opts = GenOptions { max_tokens: req.max_tokens, eos, ignore_eos: req.ignore_eos };
-    // Speculative decoding runs greedy requests; sampled requests decode plainly.
-    let (tokens, finish, mtp) = if req.mtp && session.mtp_available() && !session.is_sampling() {
+    // Speculative decoding covers greedy and sampled requests; per-token logprobs come from the
+    // plain loop.
+    let (tokens, finish, mtp) = if req.mtp && session.mtp_available() && !req.logprobs {
         let (t, f, s) = generate_mtp(session, &req.prompt, &opts, &mut on_tok).await?;
         (t, f, Some(s))
     } else {

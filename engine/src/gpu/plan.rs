@@ -17,6 +17,8 @@ crate::gpu_struct! {
         n_confirmed: u32,
         /// The last `n_out` rows need logits (1 in prefill and decode, 2 in verify).
         n_out: u32,
+        /// Benchmarks only: force the MTP accept decision (0 = off, 1 = reject, 2 = accept).
+        force: u32,
     }
 }
 

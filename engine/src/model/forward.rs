@@ -317,6 +317,19 @@ impl Builder<'_> {
         Ok(plan)
     }
 
+    /// The MTP head's logits (spec §6 step 5) into `ws.mtp_logits`, without choosing a token.
+    pub async fn mtp_head_logits(&self, mtp: &Mtp) -> Result<Plan, LoadError> {
+        let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
+        let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
+        let mut plan = Plan::new();
+        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &mtp.norm, Act::new(&ws.xo, h), self.step, true).await?);
+        let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL };
+        for d in matmul(g, self.w.lm_head(), Act::new(&ws.xo, h), Act::new(&ws.mtp_logits, v), self.step, opts).await? {
+            plan.push(d);
+        }
+        Ok(plan)
+    }
+
     /// The MTP head's output (spec §6 step 5): RMSNorm(mtp.norm) of the out rows, the shared
     /// lm_head, argmax into `ws.mtp_out`.
     pub async fn mtp_head(&self, mtp: &Mtp) -> Result<Plan, LoadError> {

@@ -11,7 +11,7 @@ use crate::gpu::readback::Readback;
 use crate::gpu::{Gpu, GpuBuffer, GpuError, Plan, Step, StepShape, StepSlot};
 use crate::decode::sampler::SamplingParams;
 use crate::ops::mtp::{self, Stage};
-use crate::ops::sample::{parse_results, RowResult, Sampler, RESULT_WORDS};
+use crate::ops::sample::{parse_results, AcceptIo, RowResult, SampleIo, Sampler, RESULT_WORDS};
 use crate::model::config::ModelConfig;
 use crate::model::forward::{Builder, Workspace};
 use crate::model::tensors;
@@ -108,6 +108,20 @@ struct MtpPlans {
     first: Plan,
     verify: Plan,
     select: Plan,
+    // Sampled speculation (spec §7.3 with temperature / filters):
+    /// mtp.norm, shared lm_head, then the draft drawn by the sampler; its distribution q goes to
+    /// `draft_probs` (one row per MTP row).
+    head_sampled: Plan,
+    /// The verify's target rows: final norm, lm_head, the sampler over both rows with their
+    /// distributions p into `target_probs` (row 1 sees the draft in its penalty history).
+    target_sample: Plan,
+    /// The accept test min(1, p/q) with residual resampling, for q in draft row 0 or 1.
+    accept: [Plan; 2],
+    sampled: Plan,
+    #[allow(dead_code)]
+    target_probs: GpuBuffer,
+    #[allow(dead_code)]
+    draft_probs: GpuBuffer,
 }
 
 /// What one speculative iteration produced (see [`Session::mtp_verify`]).
@@ -145,6 +159,10 @@ pub struct Session {
     /// Copy the sampler's per-row results (logprobs) into the readback with the ids.
     logprobs: bool,
     last_result: Option<RowResult>,
+    /// Which row of the MTP draft distributions holds q for the pending draft (sampled MTP).
+    draft_row: u32,
+    /// Benchmarks only: force MTP accept decisions with this probability (greedy).
+    force_accept: Option<(f64, u64)>,
     /// The last verify rejected its draft: the GDN states must take their snapshots before the
     /// next forward (recorded at the front of the next submission).
     rollback_pending: bool,
@@ -183,6 +201,28 @@ impl Session {
                         p.push(d);
                         p
                     };
+                    let target_probs = sampler.probs_buffer(&gpu, "mtp.target_probs")?;
+                    let draft_probs = sampler.probs_buffer(&gpu, "mtp.draft_probs")?;
+                    let mut head_sampled = mb(MT_SMALL).mtp_head_logits(w).await?;
+                    let draft_io = SampleIo { probs: Some(&draft_probs), commit: false, ..Default::default() };
+                    head_sampled.extend_vec(sampler.dispatches_with(&gpu, &ws.mtp_logits, &ws.mtp_out, slot1, &draft_io).await?);
+                    let mut target_sample = b(MT_SMALL).head_logits().await?;
+                    let target_io = SampleIo { probs: Some(&target_probs), ctx_ids: Some((&ws.ids, 0)), commit: false, ..Default::default() };
+                    target_sample.extend_vec(sampler.dispatches_with(&gpu, &ws.logits, &ws.out_ids, slot, &target_io).await?);
+                    let mut accept = [Plan::new(), Plan::new()];
+                    for (row, plan) in accept.iter_mut().enumerate() {
+                        let io = AcceptIo {
+                            target: &target_probs,
+                            target_row: 0,
+                            draft: &draft_probs,
+                            draft_row: row as u32,
+                            draft_id: (&ws.ids, 1),
+                            bonus_id: (&ws.out_ids, 1),
+                            rows: 1,
+                            commit: true,
+                        };
+                        plan.extend_vec(sampler.accept_dispatches(&gpu, &io).await?);
+                    }
                     Some(MtpPlans {
                         front_small: mb(MT_SMALL).mtp_front(w, kv).await?,
                         front_prefill: mb(MT_PREFILL).mtp_front(w, kv).await?,
@@ -190,6 +230,12 @@ impl Session {
                         first: one(mtp::accept(&gpu, Stage::First, &ws.ids, &ws.result, &ws.out_ids, &ws.mtp_ids, slot1).await?),
                         verify: one(mtp::accept(&gpu, Stage::Verify, &ws.ids, &ws.result, &ws.out_ids, &ws.mtp_ids, slot1).await?),
                         select: one(mtp::accept(&gpu, Stage::Select, &ws.ids, &ws.result, &ws.mtp_out, &ws.mtp_ids, slot1).await?),
+                        sampled: one(mtp::accept(&gpu, Stage::Sampled, &ws.ids, &ws.result, &sampler.accept_out, &ws.mtp_ids, slot1).await?),
+                        head_sampled,
+                        target_sample,
+                        accept,
+                        target_probs,
+                        draft_probs,
                     })
                 }
                 _ => None,
@@ -214,6 +260,8 @@ impl Session {
             sampling: false,
             logprobs: false,
             last_result: None,
+            draft_row: 0,
+            force_accept: None,
             rollback_pending: false,
             mtp_synced: true,
         })
@@ -258,6 +306,13 @@ impl Session {
         self.sampling = !plain_greedy;
         self.logprobs = logprobs;
         Ok(())
+    }
+
+    /// Benchmarks only: make greedy MTP verifies accept with probability `rate` regardless of
+    /// the drafts (the emitted tokens are then not the model's output). `None` restores the real
+    /// test.
+    pub fn force_accept(&mut self, rate: Option<f64>) {
+        self.force_accept = rate.map(|r| (r.clamp(0.0, 1.0), 0x2545F4914F6CDD1D));
     }
 
     /// Whether tokens come from the GPU sampler (not plain argmax).
@@ -323,7 +378,7 @@ impl Session {
             return Err(RunError::ContextFull { needed, max: self.state.max_ctx });
         }
         let gpu = self.model.gpu.clone();
-        self.write_step(0, Step { n_tokens: t, pos: self.state.pos, n_confirmed: 0, n_out });
+        self.write_step(0, Step { n_tokens: t, pos: self.state.pos, n_confirmed: 0, n_out, force: 0 });
         if let Some(ids) = ids {
             gpu.queue.write_buffer(&self.ws.ids.buf, 0, bytemuck::cast_slice(ids));
         }
@@ -388,8 +443,8 @@ impl Session {
             if pairs.len() < chunk.len() {
                 pairs.push(next.unwrap_or(0));
             }
-            self.write_step(0, Step { n_tokens: t, pos: self.state.pos, n_confirmed: 0, n_out: 1 });
-            self.write_step(1, Step { n_tokens: t, pos: self.state.mtp_pos, n_confirmed: 0, n_out: 1 });
+            self.write_step(0, Step { n_tokens: t, pos: self.state.pos, n_confirmed: 0, n_out: 1, force: 0 });
+            self.write_step(1, Step { n_tokens: t, pos: self.state.mtp_pos, n_confirmed: 0, n_out: 1, force: 0 });
             gpu.queue.write_buffer(&self.ws.ids.buf, 0, bytemuck::cast_slice(chunk));
             gpu.queue.write_buffer(&self.ws.mtp_ids.buf, 0, bytemuck::cast_slice(&pairs));
             let shape = StepShape { n_tokens: t, n_out: 1 };
@@ -426,8 +481,8 @@ impl Session {
             return Err(RunError::ContextFull { needed, max: self.state.max_ctx });
         }
         let gpu = self.model.gpu.clone();
-        self.write_step(0, Step { n_tokens: 1, pos: self.state.pos, n_confirmed: 0, n_out: 1 });
-        self.write_step(1, Step { n_tokens: 1, pos: self.state.mtp_pos, n_confirmed: 0, n_out: 1 });
+        self.write_step(0, Step { n_tokens: 1, pos: self.state.pos, n_confirmed: 0, n_out: 1, force: 0 });
+        self.write_step(1, Step { n_tokens: 1, pos: self.state.mtp_pos, n_confirmed: 0, n_out: 1, force: 0 });
         gpu.queue.write_buffer(&self.ws.ids.buf, 0, bytemuck::bytes_of(&id));
         let shape = StepShape { n_tokens: 1, n_out: 1 };
         let mut enc = self.encoder("mtp first");
@@ -436,6 +491,7 @@ impl Session {
         gpu.queue.submit([enc.finish()]);
         self.state.pos += 1;
         self.state.mtp_pos += 1;
+        self.draft_row = 0;
         let r = self.read_result().await?;
         Ok((r[0], r[3]))
     }
@@ -453,8 +509,19 @@ impl Session {
             return Err(RunError::ContextFull { needed, max: self.state.max_ctx });
         }
         let gpu = self.model.gpu.clone();
-        self.write_step(0, Step { n_tokens: 2, pos: self.state.pos, n_confirmed: 1, n_out: 2 });
-        self.write_step(1, Step { n_tokens: 2, pos: self.state.mtp_pos, n_confirmed: 0, n_out: 2 });
+        self.write_step(0, Step { n_tokens: 2, pos: self.state.pos, n_confirmed: 1, n_out: 2, force: 0 });
+        let force = match &mut self.force_accept {
+            Some((rate, rng)) => {
+                *rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                if ((*rng >> 11) as f64 / (1u64 << 53) as f64) < *rate {
+                    2
+                } else {
+                    1
+                }
+            }
+            None => 0,
+        };
+        self.write_step(1, Step { n_tokens: 2, pos: self.state.mtp_pos, n_confirmed: 0, n_out: 2, force });
         let shape = StepShape { n_tokens: 2, n_out: 2 };
         let mut enc = self.encoder("mtp verify");
         self.record_iteration(&mut enc, shape, false);
@@ -466,6 +533,7 @@ impl Session {
         self.state.pos += adv;
         self.state.mtp_pos += adv;
         self.rollback_pending = !accepted;
+        self.draft_row = if accepted { 1 } else { 0 };
         Ok(MtpStep { verified: r[0], bonus: r[1], accepted, draft: r[3] })
     }
 
@@ -476,10 +544,24 @@ impl Session {
         let Some(m) = &self.mtp else { return };
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("mtp iteration"), timestamp_writes: None });
         self.small.record(&mut pass, shape, md);
-        self.head.record(&mut pass, shape, md);
-        if first { &m.first } else { &m.verify }.record(&mut pass, shape, md);
-        m.front_small.record(&mut pass, shape, md);
-        m.head.record(&mut pass, shape, md);
+        if !self.sampling {
+            self.head.record(&mut pass, shape, md);
+            if first { &m.first } else { &m.verify }.record(&mut pass, shape, md);
+            m.front_small.record(&mut pass, shape, md);
+            m.head.record(&mut pass, shape, md);
+        } else {
+            if first {
+                // The first token is an ordinary draw from the target (committed to the history).
+                self.head_sample.record(&mut pass, shape, md);
+                m.first.record(&mut pass, shape, md);
+            } else {
+                m.target_sample.record(&mut pass, shape, md);
+                m.accept[self.draft_row as usize].record(&mut pass, shape, md);
+                m.sampled.record(&mut pass, shape, md);
+            }
+            m.front_small.record(&mut pass, shape, md);
+            m.head_sampled.record(&mut pass, shape, md);
+        }
         m.select.record(&mut pass, shape, md);
     }
 

@@ -8,16 +8,18 @@ pub enum Stage {
     First,
     /// After a 2-row verify: result = [v, b, accept, _], mtp_ids = [v, b].
     Verify,
+    /// After the sampler's accept test of a 2-row verify (`src` = its accept output).
+    Sampled,
     /// After the MTP head: result[3] = draft; ids = [last emitted, draft].
     Select,
 }
 
 pub fn defines(stage: Stage) -> Defines {
-    Defines::new().flag("FIRST", stage == Stage::First).flag("SELECT", stage == Stage::Select)
+    Defines::new().flag("FIRST", stage == Stage::First).flag("SELECT", stage == Stage::Select).flag("SAMPLED", stage == Stage::Sampled)
 }
 
 pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
-    [Stage::First, Stage::Verify, Stage::Select].iter().map(|s| ("mtp_accept.wgsl", defines(*s))).collect()
+    [Stage::First, Stage::Verify, Stage::Sampled, Stage::Select].iter().map(|s| ("mtp_accept.wgsl", defines(*s))).collect()
 }
 
 /// `src` is the backbone's `out_ids` (First/Verify) or the MTP head's ids (Select); `mtp_ids`
