@@ -31,6 +31,16 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also measure MTP speculative decoding (auto: when the checkpoint has an MTP head).
+    #[arg(long, value_enum, default_value = "auto")]
+    mtp: crate::run::MtpMode,
+    /// Benchmark only: make MTP verifies accept with this probability whatever the drafts say
+    /// (the output is then not the model's); for speedup-versus-acceptance curves.
+    #[arg(long)]
+    force_accept: Option<f64>,
+    /// Also time a 1-token forward, a 2-token verify and an MTP step on the GPU (no readback).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Args)]
@@ -112,14 +122,59 @@ fn peak_rss() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
+/// One series of trials (plain or MTP decoding).
+#[derive(Default)]
+struct Series {
+    ttft: Vec<f64>,
+    decode: Vec<f64>,
+    drafted: u64,
+    accepted: u64,
+}
+
+impl Series {
+    fn summary(&self) -> serde_json::Value {
+        let d = &self.decode;
+        let k = d.len().min(3);
+        let head = d[..k].iter().sum::<f64>() / k as f64;
+        let tail = d[d.len() - k..].iter().sum::<f64>() / k as f64;
+        let mut j = serde_json::json!({
+            "ttft_s": {"p50": percentile(&self.ttft, 0.5), "min": percentile(&self.ttft, 0.0), "max": percentile(&self.ttft, 1.0)},
+            "decode_tokens_per_s": {"p50": percentile(d, 0.5), "min": percentile(d, 0.0), "max": percentile(d, 1.0)},
+            "tpot_ms": 1000.0 / percentile(d, 0.5),
+            "first3_peak_tokens_per_s": d.iter().take(3).cloned().fold(0.0, f64::max),
+            "drift_pct": 100.0 * (tail / head - 1.0),
+            "decode_tokens_per_s_trials": d,
+        });
+        if self.drafted > 0 {
+            j["mtp"] = serde_json::json!({
+                "drafted": self.drafted,
+                "accepted": self.accepted,
+                "acceptance": self.accepted as f64 / self.drafted as f64,
+                "tokens_per_verify": (self.drafted + self.accepted) as f64 / self.drafted as f64,
+            });
+        }
+        j
+    }
+}
+
 pub fn bench(a: BenchArgs) -> Result<(), String> {
+    use qwgpu_engine::decode::mtp::generate_mtp;
     if a.trials == 0 || a.gen_tokens < 2 || a.prompt_tokens == 0 {
         return Err("--trials must be at least 1, --gen-tokens at least 2 and --prompt-tokens at least 1".into());
     }
     let mut m = a.model.clone();
-    m.max_context = m.max_context.max((a.prompt_tokens + a.gen_tokens) as u32);
+    m.max_context = m.max_context.max((a.prompt_tokens + a.gen_tokens + 2) as u32);
     let l = load(&m)?;
     let (model, mut session, load_s) = (l.model, l.session, l.load_s);
+    let with_mtp = match a.mtp {
+        crate::run::MtpMode::Off => false,
+        crate::run::MtpMode::On if !model.has_mtp() => return Err("--mtp on: this checkpoint has no MTP head".into()),
+        _ => model.has_mtp(),
+    };
+    if a.force_accept.is_some() && !with_mtp {
+        return Err("--force-accept needs MTP decoding".into());
+    }
+    session.force_accept(a.force_accept);
     let vocab = model.config.vocab_size as u64;
     // A fixed pseudo-random prompt (splitmix64), so runs compare.
     let mut x = a.seed.wrapping_add(0x9E3779B97F4A7C15);
@@ -133,38 +188,61 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         })
         .collect();
     let opts = GenOptions { max_tokens: a.gen_tokens, eos: vec![], ignore_eos: true };
-    let mut ttft = Vec::new();
-    let mut decode = Vec::new();
+    let (mut plain, mut spec) = (Series::default(), Series::default());
+    // Plain and MTP trials alternate, so both see the same machine state.
+    let modes: &[bool] = if with_mtp { &[false, true] } else { &[false] };
+    let total = (a.warmup + a.trials) * modes.len();
+    let mut done = 0;
     for trial in 0..a.warmup + a.trials {
-        session.reset();
-        let t0 = Instant::now();
-        let mut t_first = 0.0;
-        let (toks, _) = pollster::block_on(generate(&mut session, &prompt, &opts, &mut |e| {
-            if let Event::PromptDone = e {
-                t_first = t0.elapsed().as_secs_f64();
+        for &use_mtp in modes {
+            session.reset();
+            let t0 = Instant::now();
+            let mut t_first = 0.0;
+            let mut on = |e: Event| {
+                if let Event::PromptDone = e {
+                    t_first = t0.elapsed().as_secs_f64();
+                }
+                true
+            };
+            let (n, st) = if use_mtp {
+                let (t, _, st) = pollster::block_on(generate_mtp(&mut session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?;
+                (t.len(), Some(st))
+            } else {
+                (pollster::block_on(generate(&mut session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?.0.len(), None)
+            };
+            let wall = t0.elapsed().as_secs_f64();
+            if trial >= a.warmup {
+                let s = if use_mtp { &mut spec } else { &mut plain };
+                s.ttft.push(t_first);
+                s.decode.push((n - 1) as f64 / (wall - t_first).max(1e-9));
+                if let Some(st) = st {
+                    s.drafted += st.drafted;
+                    s.accepted += st.accepted;
+                }
             }
-            true
-        }))
-        .map_err(|e| e.to_string())?;
-        let total = t0.elapsed().as_secs_f64();
-        if trial >= a.warmup {
-            ttft.push(t_first);
-            decode.push((toks.len() - 1) as f64 / (total - t_first).max(1e-9));
-        }
-        if !a.json {
-            eprint!("\rtrial {}/{}", trial + 1, a.warmup + a.trials);
+            done += 1;
+            if !a.json {
+                eprint!("\rtrial {done}/{total}");
+            }
         }
     }
     if !a.json {
         eprintln!();
     }
-    let first3 = decode.iter().take(3).cloned().fold(0.0, f64::max);
-    let k = decode.len().min(3);
-    let head = decode[..k].iter().sum::<f64>() / k as f64;
-    let tail = decode[decode.len() - k..].iter().sum::<f64>() / k as f64;
-    let p50 = percentile(&decode, 0.5);
+    let profile = if a.profile {
+        // At the prompt's position, after a fresh prefill.
+        session.reset();
+        pollster::block_on(session.prefill(&prompt)).map_err(|e| e.to_string())?;
+        let p = session.profile(20).map_err(|e| e.to_string())?;
+        session.reset();
+        Some(p)
+    } else {
+        None
+    };
     let gpu_bytes = model.weights.bytes() + session.state.bytes() + session.ws.bytes();
-    let j = serde_json::json!({
+    let p50 = percentile(&plain.decode, 0.5);
+    let ttft50 = percentile(&plain.ttft, 0.5);
+    let mut j = serde_json::json!({
         "device": model.gpu.describe(),
         "model": l.name,
         "prompt_tokens": a.prompt_tokens,
@@ -172,30 +250,61 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         "trials": a.trials,
         "warmup": a.warmup,
         "load_s": load_s,
-        "ttft_s": {"p50": percentile(&ttft, 0.5), "min": percentile(&ttft, 0.0), "max": percentile(&ttft, 1.0)},
-        "prefill_tokens_per_s": a.prompt_tokens as f64 / percentile(&ttft, 0.5),
-        "decode_tokens_per_s": {"p50": p50, "min": percentile(&decode, 0.0), "max": percentile(&decode, 1.0)},
-        "tpot_ms": 1000.0 / p50,
-        "first3_peak_tokens_per_s": first3,
-        "drift_pct": 100.0 * (tail / head - 1.0),
+        "prefill_tokens_per_s": a.prompt_tokens as f64 / ttft50,
         "dispatches_per_token": session.dispatches_per_token(),
         "gpu_memory_bytes": gpu_bytes,
         "peak_rss_bytes": peak_rss(),
-        "decode_tokens_per_s_trials": decode,
     });
+    for (k, v) in plain.summary().as_object().into_iter().flatten() {
+        j[k] = v.clone();
+    }
+    if with_mtp {
+        let mut sj = spec.summary();
+        let speedup = percentile(&spec.decode, 0.5) / p50;
+        sj["speedup_over_plain"] = speedup.into();
+        if let Some(f) = a.force_accept {
+            sj["forced_acceptance"] = f.into();
+        }
+        j["mtp_decode"] = sj;
+    }
+    if let Some((one, two, mtp)) = profile {
+        j["profile_ms"] = serde_json::json!({"forward_1": one * 1e3, "verify_2": two * 1e3, "mtp_step_2": mtp.map(|m| m * 1e3)});
+        if let Some(m) = mtp {
+            // Speedup model (spec §7.6): (1 + a) tokens per (verify + MTP step) vs one per forward.
+            let curve: Vec<serde_json::Value> = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0].iter().map(|a| serde_json::json!({"acceptance": a, "speedup": (1.0 + a) * one / (two + m)})).collect();
+            j["profile_speedup_curve"] = curve.into();
+        }
+    }
     if a.json {
         println!("{j}");
-    } else {
-        println!("device            {}", model.gpu.describe());
-        println!("prompt / generate {} / {} tokens, {} trials after {} warm-up", a.prompt_tokens, a.gen_tokens, a.trials, a.warmup);
-        println!("TTFT              {:.3} s (p50)   prefill {:.1} tok/s", percentile(&ttft, 0.5), a.prompt_tokens as f64 / percentile(&ttft, 0.5));
-        println!("decode            {:.2} tok/s p50 (min {:.2}, max {:.2})   TPOT {:.2} ms", p50, percentile(&decode, 0.0), percentile(&decode, 1.0), 1000.0 / p50);
-        println!("first-3 peak      {:.2} tok/s   drift {:+.1}% (last 3 vs first 3)", first3, 100.0 * (tail / head - 1.0));
-        println!("dispatches/token  {}", session.dispatches_per_token());
-        println!("GPU memory        {:.2} GiB (weights + state + workspace)", gpu_bytes as f64 / (1u64 << 30) as f64);
-        if let Some(r) = peak_rss() {
-            println!("peak host memory  {:.2} GiB", r as f64 / (1u64 << 30) as f64);
-        }
+        return Ok(());
+    }
+    println!("device            {}", model.gpu.describe());
+    if let Some((one, two, mtp)) = profile {
+        println!("GPU time          forward(1) {:.3} ms, verify(2) {:.3} ms, MTP step(2) {}", one * 1e3, two * 1e3, mtp.map_or("-".into(), |m| format!("{:.3} ms", m * 1e3)));
+    }
+    println!("prompt / generate {} / {} tokens, {} trials after {} warm-up{}", a.prompt_tokens, a.gen_tokens, a.trials, a.warmup, if with_mtp { " (plain and MTP alternating)" } else { "" });
+    println!("TTFT              {:.3} s (p50)   prefill {:.1} tok/s", ttft50, a.prompt_tokens as f64 / ttft50);
+    println!("decode            {:.2} tok/s p50 (min {:.2}, max {:.2})   TPOT {:.2} ms", p50, percentile(&plain.decode, 0.0), percentile(&plain.decode, 1.0), 1000.0 / p50);
+    println!("first-3 peak      {:.2} tok/s   drift {:+.1}% (last 3 vs first 3)", j["first3_peak_tokens_per_s"].as_f64().unwrap_or(0.0), j["drift_pct"].as_f64().unwrap_or(0.0));
+    if with_mtp {
+        let s50 = percentile(&spec.decode, 0.5);
+        let acc = spec.accepted as f64 / spec.drafted.max(1) as f64;
+        println!(
+            "MTP decode        {:.2} tok/s p50 (min {:.2}, max {:.2})   {:.2}x plain{}",
+            s50,
+            percentile(&spec.decode, 0.0),
+            percentile(&spec.decode, 1.0),
+            s50 / p50,
+            if a.force_accept.is_some() { "   [forced acceptance: benchmark only]" } else { "" }
+        );
+        println!("MTP acceptance    {:.1}% ({} of {} drafts), {:.2} tokens per verify step", 100.0 * acc, spec.accepted, spec.drafted, 1.0 + acc);
+        println!("MTP drift         {:+.1}% (last 3 vs first 3)", spec.summary()["drift_pct"].as_f64().unwrap_or(0.0));
+    }
+    println!("dispatches/token  {}", session.dispatches_per_token());
+    println!("GPU memory        {:.2} GiB (weights + state + workspace)", gpu_bytes as f64 / (1u64 << 30) as f64);
+    if let Some(r) = peak_rss() {
+        println!("peak host memory  {:.2} GiB", r as f64 / (1u64 << 30) as f64);
     }
     Ok(())
 }

@@ -578,6 +578,49 @@ impl Session {
         Ok(self.model.gpu.read_f32(&self.ws.mtp_logits.buf, 0, v).await?)
     }
 
+    /// Times the pieces of a decode step on the GPU (benchmarks): a 1-token forward with its
+    /// head, a 2-token verify with both heads, and an MTP step (input, layer and head over 2 rows),
+    /// each recorded `reps` times into one pass after a warm-up. Seconds per piece. The state is
+    /// scratched: reset the session afterwards.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(&mut self, reps: u32) -> Result<(f64, f64, Option<f64>), RunError> {
+        let gpu = self.model.gpu.clone();
+        let md = gpu.caps.max_workgroups_per_dim;
+        let pos = self.state.pos.min(self.state.max_ctx.saturating_sub(3));
+        self.write_step(0, Step { n_tokens: 1, pos, n_confirmed: 0, n_out: 1, force: 0 });
+        let time = |plans: &[&Plan], shape: StepShape, reps: u32| -> f64 {
+            let run = |n: u32| {
+                let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
+                {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("profile"), timestamp_writes: None });
+                    for _ in 0..n {
+                        for p in plans {
+                            p.record(&mut pass, shape, md);
+                        }
+                    }
+                }
+                gpu.queue.submit([enc.finish()]);
+                gpu.wait();
+            };
+            run(2);
+            let t0 = std::time::Instant::now();
+            run(reps);
+            t0.elapsed().as_secs_f64() / reps as f64
+        };
+        let one = time(&[&self.small, &self.head], StepShape { n_tokens: 1, n_out: 1 }, reps);
+        self.write_step(0, Step { n_tokens: 2, pos, n_confirmed: 1, n_out: 2, force: 0 });
+        let two = time(&[&self.small, &self.head], StepShape { n_tokens: 2, n_out: 2 }, reps);
+        let mtp = match &self.mtp {
+            Some(m) => {
+                self.write_step(1, Step { n_tokens: 2, pos, n_confirmed: 0, n_out: 2, force: 0 });
+                Some(time(&[&m.front_small, &m.head], StepShape { n_tokens: 2, n_out: 2 }, reps))
+            }
+            None => None,
+        };
+        gpu.take_error()?;
+        Ok((one, two, mtp))
+    }
+
     /// Applies a pending GDN rollback now (so `read_state` and callers see a consistent state).
     pub fn flush(&mut self) {
         if self.rollback_pending {
