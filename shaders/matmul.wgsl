@@ -10,8 +10,7 @@
 // Batch invariance: each (row, token) is reduced in the same order whatever the number of tokens,
 // the token tile size MT, or the tile a token lands in (tokens only select which x row is read).
 //
-// Defines: WG (threads), ROWS (rows per workgroup), MT (tokens per tile), SMALL_TILE (MT ≤ 2:
-// x of every token held in registers), TOKENS (Step field that
+// Defines: WG (threads), ROWS (rows per workgroup), MT (tokens per tile), TOKENS (Step field that
 // holds the row count: n_tokens or n_out), ADD (accumulate into y), SUBGROUPS.
 #include "common.wgsl"
 
@@ -56,76 +55,46 @@ fn scale_bias(idx: u32) -> vec2<f32> {
 }
 #endif
 
-#if Q4
-const NV: u32 = 8u;  // vec4s per block
-#elif Q8
-const NV: u32 = 4u;
-#elif F32
-const NV: u32 = 1u;
-#else
-const NV: u32 = 2u;
-#endif
-
-// The weights of one block as f32: exact small integers (codes) for Q4/Q8, values for dense.
-fn unpack(wb: vec4<u32>) -> array<vec4<f32>, NV> {
-    var q: array<vec4<f32>, NV>;
+// x values of one block for token row `xrow` (offset in vec4 units), and its partial dot with the
+// weight block. Returns vec2(sum x*q (or x*w), sum x).
+fn block_dot(wb: vec4<u32>, xbase: u32) -> vec2<f32> {
+    var d = 0.0;
+    var sx = 0.0;
 #if Q4
     for (var i = 0u; i < 4u; i++) {
-        q[2u * i] = vec4<f32>((vec4<u32>(wb[i]) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
-        q[2u * i + 1u] = vec4<f32>((vec4<u32>(wb[i]) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
+        let word = wb[i];
+        let lo = vec4<f32>((vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+        let hi = vec4<f32>((vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
+        let xa = x[xbase + 2u * i];
+        let xb = x[xbase + 2u * i + 1u];
+        d += dot(lo, xa) + dot(hi, xb);
+        sx += (xa.x + xa.y + xa.z + xa.w) + (xb.x + xb.y + xb.z + xb.w);
     }
 #elif Q8
     for (var i = 0u; i < 4u; i++) {
-        q[i] = vec4<f32>((vec4<u32>(wb[i]) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
+        let word = wb[i];
+        let q = vec4<f32>((vec4<u32>(word) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
+        let xa = x[xbase + i];
+        d += dot(q, xa);
+        sx += xa.x + xa.y + xa.z + xa.w;
     }
 #elif F32
-    q[0] = bitcast<vec4<f32>>(wb);
+    d = dot(bitcast<vec4<f32>>(wb), x[xbase]);
 #elif F16
     for (var i = 0u; i < 2u; i++) {
-        q[i] = vec4<f32>(unpack2x16float(wb[2u * i]), unpack2x16float(wb[2u * i + 1u]));
+        let a = unpack2x16float(wb[2u * i]);
+        let b = unpack2x16float(wb[2u * i + 1u]);
+        d += dot(vec4<f32>(a, b), x[xbase + i]);
     }
 #else
     for (var i = 0u; i < 2u; i++) {
         let u0 = wb[2u * i];
         let u1 = wb[2u * i + 1u];
-        q[i] = vec4<f32>(bf16_lo(u0), bf16_hi(u0), bf16_lo(u1), bf16_hi(u1));
+        let wv = vec4<f32>(bf16_lo(u0), bf16_hi(u0), bf16_lo(u1), bf16_hi(u1));
+        d += dot(wv, x[xbase + i]);
     }
 #endif
-    return q;
-}
-
-fn load_x(xbase: u32) -> array<vec4<f32>, NV> {
-    var v: array<vec4<f32>, NV>;
-    for (var i = 0u; i < NV; i++) { v[i] = x[xbase + i]; }
-    return v;
-}
-
-// Explicit fma chains: the same rounding in every pipeline variant (decode and prefill tiles),
-// whatever the compiler would otherwise contract.
-fn dot_block(q: array<vec4<f32>, NV>, v: array<vec4<f32>, NV>) -> f32 {
-    var d = 0.0;
-    for (var i = 0u; i < NV; i++) {
-        d = fma(q[i].x, v[i].x, d);
-        d = fma(q[i].y, v[i].y, d);
-        d = fma(q[i].z, v[i].z, d);
-        d = fma(q[i].w, v[i].w, d);
-    }
-    return d;
-}
-
-fn sum_block(v: array<vec4<f32>, NV>) -> f32 {
-    var s = 0.0;
-    for (var i = 0u; i < NV; i++) { s += (v[i].x + v[i].y) + (v[i].z + v[i].w); }
-    return s;
-}
-
-// One row's contribution of one block to one token: acc + s·Σx·q + β·Σx (affine) or acc + Σx·w.
-fn accumulate(acc: f32, q: array<vec4<f32>, NV>, v: array<vec4<f32>, NV>, sv: f32, sb: vec2<f32>) -> f32 {
-#if QUANT
-    return fma(sb.x, dot_block(q, v), fma(sb.y, sv, acc));
-#else
-    return acc + dot_block(q, v);
-#endif
+    return vec2<f32>(d, sx);
 }
 
 var<workgroup> red: array<f32, WG * NACC>;
@@ -154,49 +123,29 @@ fn main(
     for (var i = 0u; i < NACC; i++) { acc[i] = 0.0; }
 
     for (var b = lid; b < bpr; b += WG) {
-        let xoff = p.x_col / 4u + b * NV;
-#if SMALL_TILE
-        // Decode / verify: x of the (≤ 2) tokens in registers; each weight block is unpacked once
-        // and used for every token.
-        var xv: array<array<vec4<f32>, NV>, MT>;
-        var sv: array<f32, MT>;
-        for (var t = 0u; t < MT; t++) {
-            if (t0 + t < T) {
-                xv[t] = load_x((t0 + t) * xs4 + xoff);
-                sv[t] = sum_block(xv[t]);
-            }
-        }
+        // Weight blocks (and group scale/bias) of every row of this workgroup, read once.
+        var wb: array<vec4<u32>, ROWS>;
+        var sb: array<vec2<f32>, ROWS>;
         for (var r = 0u; r < ROWS; r++) {
             let row = min(r0 + r, p.n - 1u);
-            let q = unpack(w[row * bpr + b]);
-            var sb = vec2<f32>(0.0);
+            wb[r] = w[row * bpr + b];
 #if QUANT
-            sb = scale_bias(row * p.groups_per_row + (b * EPB) / p.group_size);
+            sb[r] = scale_bias(row * p.groups_per_row + (b * EPB) / p.group_size);
 #endif
-            for (var t = 0u; t < MT; t++) {
-                if (t0 + t < T) {
-                    acc[r * MT + t] = accumulate(acc[r * MT + t], q, xv[t], sv[t], sb);
-                }
-            }
         }
-#else
-        // Prefill: tokens outer (x of one token at a time), same per-row arithmetic.
         for (var t = 0u; t < MT; t++) {
             if (t0 + t < T) {
-                let v = load_x((t0 + t) * xs4 + xoff);
-                let svt = sum_block(v);
+                let xbase = (t0 + t) * xs4 + p.x_col / 4u + b * (EPB / 4u);
                 for (var r = 0u; r < ROWS; r++) {
-                    let row = min(r0 + r, p.n - 1u);
-                    let q = unpack(w[row * bpr + b]);
-                    var sb = vec2<f32>(0.0);
+                    let ds = block_dot(wb[r], xbase);
 #if QUANT
-                    sb = scale_bias(row * p.groups_per_row + (b * EPB) / p.group_size);
+                    acc[r * MT + t] += sb[r].x * ds.x + sb[r].y * ds.y;
+#else
+                    acc[r * MT + t] += ds.x;
 #endif
-                    acc[r * MT + t] = accumulate(acc[r * MT + t], q, v, svt, sb);
                 }
             }
         }
-#endif
     }
 
     // Reduce every accumulator over the workgroup in a fixed order.

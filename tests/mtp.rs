@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use qwgpu_engine::decode::mtp::generate_mtp;
+use qwgpu_engine::decode::mtp::{generate_mtp, MtpOptions};
 use qwgpu_engine::decode::{generate, Finish, GenOptions};
 use qwgpu_engine::model::{Model, Session, SessionOptions};
 use qwgpu_tests::fixtures::*;
@@ -38,7 +38,7 @@ fn mtp_greedy_equals_plain_greedy() {
                 s.reset();
                 let (plain, f_plain) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
                 s.reset();
-                let (spec, f_spec, stats) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+                let (spec, f_spec, stats) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &MtpOptions::always(), &mut |_| true)).unwrap();
                 assert_eq!(spec, plain, "{name} prompt {pi} (len {}), ignore_eos {ignore_eos}: MTP output differs", prompt.len());
                 assert_eq!(f_spec, f_plain, "{name} prompt {pi}: finish reason");
                 if ignore_eos {
@@ -64,7 +64,7 @@ fn mtp_runs_that_stop_on_eos_and_max_tokens() {
             let eos = plain[stop_at];
             let opts = GenOptions { max_tokens: 60, eos: vec![eos], ignore_eos: false };
             s.reset();
-            let (spec, f, _) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+            let (spec, f, _) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &MtpOptions::always(), &mut |_| true)).unwrap();
             let first = plain.iter().position(|t| *t == eos).unwrap();
             assert_eq!(spec, plain[..first].to_vec(), "{name}: EOS {eos}");
             assert_eq!(f, Finish::Stop);
@@ -72,7 +72,7 @@ fn mtp_runs_that_stop_on_eos_and_max_tokens() {
         for max_tokens in 1..=6 {
             let opts = GenOptions { max_tokens, eos: vec![], ignore_eos: true };
             s.reset();
-            let (spec, f, _) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+            let (spec, f, _) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &MtpOptions::always(), &mut |_| true)).unwrap();
             assert_eq!(spec, plain[..max_tokens].to_vec(), "{name}: max_tokens {max_tokens}");
             assert_eq!(f, Finish::Length);
         }
@@ -156,7 +156,7 @@ fn mtp_sampling_preserves_the_distribution() {
             s.reset();
             let opts = GenOptions { max_tokens: 3, eos: vec![], ignore_eos: true };
             let toks = if use_mtp {
-                let (t, _, st) = pollster::block_on(generate_mtp(&mut s, &prompt, &opts, &mut |_| true)).unwrap();
+                let (t, _, st) = pollster::block_on(generate_mtp(&mut s, &prompt, &opts, &MtpOptions::always(), &mut |_| true)).unwrap();
                 stats.0 += st.drafted;
                 stats.1 += st.accepted;
                 t
@@ -177,5 +177,29 @@ fn mtp_sampling_preserves_the_distribution() {
         println!("position {}: chi2 {stat:.1} on {df} df (critical {crit:.1})", j + 2);
         assert!(df >= 3, "too few distinct tokens to test: {:?}", c[0]);
         assert!(stat < crit, "position {}: MTP and plain sampling differ (chi2 {stat:.1} > {crit:.1} on {df} df)", j + 2);
+    }
+}
+
+#[test]
+fn adaptive_mtp_falls_back_to_plain_when_drafts_miss() {
+    // Random MTP heads (f32-q4-g64) almost never agree with the backbone: the adaptive policy
+    // stops speculating after its probe and the rest is plain decoding, token for token the same.
+    // The mtp-perm head (~80% agreement) keeps speculating.
+    for (name, keeps) in [("f32-q4-g64", false), ("mtp-perm", true)] {
+        let r = load_reference(name);
+        let mut s = session(name, 64);
+        let prompt = &r.prompts[1];
+        let opts = GenOptions { max_tokens: 100, eos: vec![], ignore_eos: true };
+        let (plain, _) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+        s.reset();
+        let policy = MtpOptions::adaptive(&s);
+        let (spec, _, st) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &policy, &mut |_| true)).unwrap();
+        assert_eq!(spec, plain, "{name}");
+        println!("{name}: break-even acceptance {:.2}, drafted {} accepted {}", policy.min_acceptance, st.drafted, st.accepted);
+        if keeps {
+            assert!(st.drafted > policy.probe, "{name}: speculation should continue ({st:?})");
+        } else {
+            assert_eq!(st.drafted, policy.probe, "{name}: speculation should stop after the probe ({st:?})");
+        }
     }
 }

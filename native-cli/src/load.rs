@@ -84,11 +84,14 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
             let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
             (model, tokenizer, template, name)
         }
+        #[cfg(feature = "default-model")]
         None => {
             use qwgpu_engine::default_model as dm;
             let model = dm::load(gpu, &mut progress).map_err(|e| e.to_string())?;
             (model, Some(dm::tokenizer().map_err(|e| e.to_string())?), Some(dm::template().map_err(|e| e.to_string())?), dm::NAME.to_string())
         }
+        #[cfg(not(feature = "default-model"))]
+        None => return Err("this build has no embedded default model: pass --model DIR".into()),
     };
     if let Some(b) = bar {
         b.finish_and_clear();

@@ -223,7 +223,16 @@ fn run_one(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool, cancel: Opt
         stream.eos_ids = l.model.config.eos_token_ids.clone();
     }
     stream.stop_strings = g.stop.clone();
-    let req = TextRequest { prompt, max_tokens: g.max_tokens, stream, ignore_eos: g.ignore_eos, mtp, sampling: Some(sampling), logprobs: g.logprobs.is_some() };
+    let req = TextRequest {
+        prompt,
+        max_tokens: g.max_tokens,
+        stream,
+        ignore_eos: g.ignore_eos,
+        mtp,
+        mtp_adaptive: g.mtp == MtpMode::Auto,
+        sampling: Some(sampling),
+        logprobs: g.logprobs.is_some(),
+    };
     let mut logprobs = Vec::new();
     l.session.reset();
     let t0 = Instant::now();
@@ -346,7 +355,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
 
 /// Generation for a checkpoint without a tokenizer: ids in, ids out.
 fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Result<Timed, String> {
-    use qwgpu_engine::decode::mtp::generate_mtp;
+    use qwgpu_engine::decode::mtp::{generate_mtp, MtpOptions};
     use qwgpu_engine::decode::{generate, Event, Finish, GenOptions};
     use qwgpu_engine::text::stream::{FinishReason, StreamSummary};
     let max_ctx = l.session.opts.max_ctx as usize;
@@ -371,8 +380,9 @@ fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Res
         }
         true
     };
+    let policy = if g.mtp == MtpMode::Auto { MtpOptions::adaptive(&l.session) } else { MtpOptions::always() };
     let (tokens, finish, stats) = if mtp && l.session.mtp_available() && g.logprobs.is_none() {
-        let (t, f, s) = pollster::block_on(generate_mtp(&mut l.session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?;
+        let (t, f, s) = pollster::block_on(generate_mtp(&mut l.session, &prompt, &opts, &policy, &mut on)).map_err(|e| e.to_string())?;
         (t, f, Some(s))
     } else {
         let (t, f) = pollster::block_on(generate(&mut l.session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?;

@@ -158,7 +158,7 @@ impl Series {
 }
 
 pub fn bench(a: BenchArgs) -> Result<(), String> {
-    use qwgpu_engine::decode::mtp::generate_mtp;
+    use qwgpu_engine::decode::mtp::{generate_mtp, MtpOptions};
     if a.trials == 0 || a.gen_tokens < 2 || a.prompt_tokens == 0 {
         return Err("--trials must be at least 1, --gen-tokens at least 2 and --prompt-tokens at least 1".into());
     }
@@ -205,7 +205,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                 true
             };
             let (n, st) = if use_mtp {
-                let (t, _, st) = pollster::block_on(generate_mtp(&mut session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?;
+                let (t, _, st) = pollster::block_on(generate_mtp(&mut session, &prompt, &opts, &MtpOptions::always(), &mut on)).map_err(|e| e.to_string())?;
                 (t.len(), Some(st))
             } else {
                 (pollster::block_on(generate(&mut session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?.0.len(), None)
@@ -395,7 +395,10 @@ pub fn tokenize(a: TokenizeArgs) -> Result<(), String> {
     let tok = match &a.tokenizer {
         Some(p) if p.is_dir() => Tokenizer::from_model_dir(p),
         Some(p) => Tokenizer::from_file(p),
+        #[cfg(feature = "default-model")]
         None => return qwgpu_engine::default_model::tokenizer().map_err(|e| e.to_string()).and_then(|t| print_ids(&t, &a)),
+        #[cfg(not(feature = "default-model"))]
+        None => return Err("this build has no embedded default model: pass --tokenizer".into()),
     }
     .map_err(|e| e.to_string())?;
     print_ids(&tok, &a)

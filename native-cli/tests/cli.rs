@@ -73,6 +73,8 @@ fn generate_prompt_ids_matches_mlx_lm_plain_and_mtp() {
                 let a = j["mtp"]["accepted"].as_u64().unwrap();
                 // 64 tokens = the first token + one per verify + one more per accepted draft,
                 // unless the last verify's bonus fell past the limit.
+                // --mtp on speculates throughout: 64 tokens = the first token + one per verify +
+                // one per accepted draft (+1 when the last bonus fell past the limit).
                 assert!(1 + d + a == 64 || 1 + d + a == 65, "{name}: drafted {d} accepted {a}");
             } else {
                 assert!(j.get("mtp").is_none());

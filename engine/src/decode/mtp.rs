@@ -23,6 +23,27 @@ impl MtpStats {
     }
 }
 
+/// How speculation adapts to the acceptance it gets.
+#[derive(Clone, Copy, Debug)]
+pub struct MtpOptions {
+    /// Fall back to plain decoding for the rest of the request when, after `probe` verify steps,
+    /// the acceptance rate is below `min_acceptance` (speculation would be slower than plain).
+    pub adaptive: bool,
+    pub probe: u64,
+    pub min_acceptance: f64,
+}
+
+impl MtpOptions {
+    /// Speculate whatever the acceptance (`--mtp on`, benchmarks).
+    pub fn always() -> Self {
+        MtpOptions { adaptive: false, probe: 0, min_acceptance: 0.0 }
+    }
+    /// Speculate while it pays off for this session's model (`--mtp auto`).
+    pub fn adaptive(session: &Session) -> Self {
+        MtpOptions { adaptive: true, probe: 16, min_acceptance: session.mtp_break_even() }
+    }
+}
+
 /// As [`crate::decode::generate`], with MTP speculation: greedy (exact match) or sampled
 /// (accept with probability min(1, p/q), residual resampling on rejection) per the session's
 /// sampling mode. EOS inside an accepted draft stops
@@ -31,6 +52,7 @@ pub async fn generate_mtp(
     session: &mut Session,
     prompt: &[u32],
     opts: &GenOptions,
+    policy: &MtpOptions,
     on_event: &mut dyn FnMut(Event) -> bool,
 ) -> Result<(Vec<u32>, Finish, MtpStats), RunError> {
     let mut out = Vec::new();
@@ -63,6 +85,16 @@ pub async fn generate_mtp(
         return Ok((out, f, stats));
     }
     loop {
+        if policy.adaptive && stats.drafted >= policy.probe && stats.acceptance() < policy.min_acceptance {
+            // Not paying off: continue with plain steps (the pending rollback is applied first,
+            // and the last emitted token is already the next input on the GPU).
+            loop {
+                let tok = session.decode_greedy().await?;
+                if let Some(f) = emit(tok, &mut out) {
+                    return Ok((out, f, stats));
+                }
+            }
+        }
         let step = session.mtp_verify().await?;
         stats.drafted += 1;
         if step.accepted {

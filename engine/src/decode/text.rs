@@ -3,7 +3,7 @@
 //! [`StreamParser`](crate::text::stream::StreamParser) (UTF-8-safe detokenizing, stop strings,
 //! the reasoning split and tool-call parsing).
 
-use crate::decode::mtp::{generate_mtp, MtpStats};
+use crate::decode::mtp::{generate_mtp, MtpOptions, MtpStats};
 use crate::decode::{generate, Event, Finish, GenOptions};
 use crate::model::{RunError, Session};
 use crate::text::stream::{Delta, FinishReason, StreamConfig, StreamParser, StreamSummary};
@@ -22,6 +22,8 @@ pub struct TextRequest {
     pub ignore_eos: bool,
     /// Decode with the MTP head (falls back to plain decoding when the session has none).
     pub mtp: bool,
+    /// Stop speculating when acceptance is too low to pay off (`--mtp auto`).
+    pub mtp_adaptive: bool,
     /// Token choice: None = greedy; otherwise the GPU sampler.
     pub sampling: Option<SamplingParams>,
     /// Report each token's logprob (and `sampling.top_logprobs` alternatives).
@@ -83,7 +85,8 @@ pub async fn generate_text(
     // Speculative decoding covers greedy and sampled requests; per-token logprobs come from the
     // plain loop.
     let (tokens, finish, mtp) = if req.mtp && session.mtp_available() && !req.logprobs {
-        let (t, f, s) = generate_mtp(session, &req.prompt, &opts, &mut on_tok).await?;
+        let policy = if req.mtp_adaptive { MtpOptions::adaptive(session) } else { MtpOptions::always() };
+        let (t, f, s) = generate_mtp(session, &req.prompt, &opts, &policy, &mut on_tok).await?;
         (t, f, Some(s))
     } else {
         let (t, f) = generate(session, &req.prompt, &opts, &mut on_tok).await?;

@@ -50,7 +50,6 @@ pub fn defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts) -> Defi
         .set("WG", WG)
         .set("ROWS", ROWS)
         .set("MT", opts.mt)
-        .flag("SMALL_TILE", opts.mt <= MT_SMALL)
         .set("TOKENS", if opts.rows == Rows::Out { "n_out" } else { "n_tokens" })
         .flag("ADD", opts.add);
     match *format {
