@@ -55,46 +55,75 @@ fn scale_bias(idx: u32) -> vec2<f32> {
 }
 #endif
 
-// x values of one block for token row `xrow` (offset in vec4 units), and its partial dot with the
-// weight block. Returns vec2(sum x*q (or x*w), sum x).
-fn block_dot(wb: vec4<u32>, xbase: u32) -> vec2<f32> {
-    var d = 0.0;
+// The x values under one weight block for one token (read once, used by every row of the
+// workgroup) and their sum (for the affine bias term).
+const XV: u32 = EPB / 4u;
+struct XBlock {
+    v: array<vec4<f32>, XV>,
+    s: f32,
+}
+
+fn load_x(xbase: u32) -> XBlock {
+    var xb: XBlock;
     var sx = 0.0;
+    for (var i = 0u; i < XV; i++) {
+        let xi = x[xbase + i];
+        xb.v[i] = xi;
+        sx += xi.x + xi.y + xi.z + xi.w;
+    }
+    xb.s = sx;
+    return xb;
+}
+
+// Small unsigned codes (< 2^23) to f32 exactly, without an int-to-float conversion (a
+// quarter-rate instruction on many GPUs): 2^23 + q has q in its mantissa bits.
+fn codes_f32(q: vec4<u32>) -> vec4<f32> {
+    return bitcast<vec4<f32>>(q | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+}
+
+// One weight block as f32 values (quantized: the codes q; dense: the weights).
+fn unpack_block(wb: vec4<u32>) -> array<vec4<f32>, XV> {
+    var wv: array<vec4<f32>, XV>;
 #if Q4
     for (var i = 0u; i < 4u; i++) {
-        let word = wb[i];
-        let lo = vec4<f32>((vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
-        let hi = vec4<f32>((vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
-        let xa = x[xbase + 2u * i];
-        let xb = x[xbase + 2u * i + 1u];
-        d += dot(lo, xa) + dot(hi, xb);
-        sx += (xa.x + xa.y + xa.z + xa.w) + (xb.x + xb.y + xb.z + xb.w);
+        let word = vec4<u32>(wb[i]);
+        wv[2u * i] = codes_f32((word >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+        wv[2u * i + 1u] = codes_f32((word >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
     }
 #elif Q8
     for (var i = 0u; i < 4u; i++) {
-        let word = wb[i];
-        let q = vec4<f32>((vec4<u32>(word) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
-        let xa = x[xbase + i];
-        d += dot(q, xa);
-        sx += xa.x + xa.y + xa.z + xa.w;
+        wv[i] = codes_f32((vec4<u32>(wb[i]) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
     }
 #elif F32
-    d = dot(bitcast<vec4<f32>>(wb), x[xbase]);
+    wv[0] = bitcast<vec4<f32>>(wb);
 #elif F16
     for (var i = 0u; i < 2u; i++) {
-        let a = unpack2x16float(wb[2u * i]);
-        let b = unpack2x16float(wb[2u * i + 1u]);
-        d += dot(vec4<f32>(a, b), x[xbase + i]);
+        wv[i] = vec4<f32>(unpack2x16float(wb[2u * i]), unpack2x16float(wb[2u * i + 1u]));
     }
 #else
     for (var i = 0u; i < 2u; i++) {
         let u0 = wb[2u * i];
         let u1 = wb[2u * i + 1u];
-        let wv = vec4<f32>(bf16_lo(u0), bf16_hi(u0), bf16_lo(u1), bf16_hi(u1));
-        d += dot(wv, x[xbase + i]);
+        wv[i] = vec4<f32>(bf16_lo(u0), bf16_hi(u0), bf16_lo(u1), bf16_hi(u1));
     }
 #endif
-    return vec2<f32>(d, sx);
+    return wv;
+}
+
+// Partial dot of one unpacked block with its x values: sum x*q (quantized) or sum x*w (dense).
+// The same sequence of operations whichever loop order calls it.
+fn block_dot(wv: array<vec4<f32>, XV>, xv: array<vec4<f32>, XV>) -> f32 {
+    var d = 0.0;
+#if Q4
+    for (var i = 0u; i < 4u; i++) {
+        d += dot(wv[2u * i], xv[2u * i]) + dot(wv[2u * i + 1u], xv[2u * i + 1u]);
+    }
+#else
+    for (var i = 0u; i < XV; i++) {
+        d += dot(wv[i], xv[i]);
+    }
+#endif
+    return d;
 }
 
 var<workgroup> red: array<f32, WG * NACC>;
@@ -135,13 +164,13 @@ fn main(
         }
         for (var t = 0u; t < MT; t++) {
             if (t0 + t < T) {
-                let xbase = (t0 + t) * xs4 + p.x_col / 4u + b * (EPB / 4u);
+                let xb = load_x((t0 + t) * xs4 + p.x_col / 4u + b * XV);
                 for (var r = 0u; r < ROWS; r++) {
-                    let ds = block_dot(wb[r], xbase);
+                    let d = block_dot(unpack_block(wb[r]), xb.v);
 #if QUANT
-                    acc[r * MT + t] += sb[r].x * ds.x + sb[r].y * ds.y;
+                    acc[r * MT + t] += sb[r].x * d + sb[r].y * xb.s;
 #else
-                    acc[r * MT + t] += ds.x;
+                    acc[r * MT + t] += d;
 #endif
                 }
             }

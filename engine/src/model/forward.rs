@@ -237,7 +237,11 @@ impl Builder<'_> {
         plan.extend_vec(
             attn_prep(g, &d, Act::at(&ws.proj, pw, 0), Act::at(&ws.proj, pw, qw), Act::at(&ws.proj, pw, qw + kw), q_norm, k_norm, &ws.q, &kv.k, &kv.v, self.step).await?,
         );
-        plan.extend_vec(attention_with_scratch(g, &d, &ws.q, Act::at(&ws.proj, pw, 0), &kv.k, &kv.v, Some(&ws.attn_scratch), &ws.y, self.step).await?);
+        // A browser's CPU adapter (SwiftShader) pays per launched workgroup, and the split pass
+        // launches ATTN_NS per head: use the one-pass path there (identical bits).
+        let split = !(g.caps.web && g.info.device_type == wgpu::DeviceType::Cpu);
+        let scratch = if split { Some(&ws.attn_scratch) } else { None };
+        plan.extend_vec(attention_with_scratch(g, &d, &ws.q, Act::at(&ws.proj, pw, 0), &kv.k, &kv.v, scratch, &ws.y, self.step).await?);
         self.mm(plan, o_proj, Act::new(&ws.y, d.n_heads * d.head_dim), Act::new(self.x, h), true).await
     }
 

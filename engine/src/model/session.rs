@@ -143,9 +143,9 @@ pub struct Session {
     pub ws: Workspace,
     pub state: State,
     step_buf: GpuBuffer,
-    /// Body (embedding + layers) with the decode tile, used for calls of ≤ 2 rows.
+    /// Body (embedding + layers) with the decode kernels: decode and verify calls (≤ 2 rows).
     small: Plan,
-    /// Body with the prefill tile.
+    /// Body with the prompt (token-tiled) kernels: every prefill chunk, whatever its size.
     prefill: Plan,
     /// Final norm, lm_head and argmax of the out rows.
     head: Plan,
@@ -387,11 +387,13 @@ impl Session {
     /// written first when given (else the ids already on the GPU are used). With `logits`, the
     /// head runs on the last row and its argmax is copied to the readback buffer and to ids[0].
     fn submit(&mut self, ids: Option<&[u32]>, t: u32, logits: bool) -> Result<(), RunError> {
-        self.submit_rows(ids, t, if logits { 1 } else { 0 })
+        self.submit_rows(ids, t, if logits { 1 } else { 0 }, !logits)
     }
 
     /// As [`Session::submit`], with logits for the last `n_out` rows (0 = none; at most 2).
-    fn submit_rows(&mut self, ids: Option<&[u32]>, t: u32, n_out: u32) -> Result<(), RunError> {
+    /// `prefill`: the prompt plan (token-tiled kernels), whatever the row count, so a prompt gives
+    /// the same state in chunks of any size; otherwise the decode plan (≤ 2 rows).
+    fn submit_rows(&mut self, ids: Option<&[u32]>, t: u32, n_out: u32, prefill: bool) -> Result<(), RunError> {
         let logits = n_out > 0;
         let n_out = n_out.clamp(1, self.ws.max_out.min(t));
         let needed = self.state.pos + t;
@@ -407,7 +409,7 @@ impl Session {
         let mut enc = self.encoder("forward");
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
-            let body = if t <= 2 { &self.small } else { &self.prefill };
+            let body = if prefill || t > 2 { &self.prefill } else { &self.small };
             body.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
             if logits {
                 let head = if self.sampling { &self.head_sample } else { &self.head };
@@ -472,12 +474,9 @@ impl Session {
             let mut enc = self.encoder("prefill+mtp");
             {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("prefill+mtp"), timestamp_writes: None });
-                let small = t <= 2;
-                let body = if small { &self.small } else { &self.prefill };
-                body.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+                self.prefill.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
                 if let Some(m) = &self.mtp {
-                    let front = if small { &m.front_small } else { &m.front_prefill };
-                    front.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+                    m.front_prefill.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
                 }
             }
             gpu.queue.submit([enc.finish()]);
@@ -693,7 +692,7 @@ impl Session {
         if !head.is_empty() {
             self.prefill(head).await?;
         }
-        self.submit_rows(Some(tail), n, n)?;
+        self.submit_rows(Some(tail), n, n, false)?;
         let v = self.model.config.vocab_size;
         Ok(self.model.gpu.read_f32(&self.ws.logits.buf, 0, n as usize * v).await?)
     }

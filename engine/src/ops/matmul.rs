@@ -24,9 +24,31 @@ crate::gpu_struct! {
     }
 }
 
-/// Threads per workgroup, rows per workgroup.
+/// Threads per workgroup, rows per workgroup (the prefill tile, and the decode default).
 pub const WG: u32 = 64;
 pub const ROWS: u32 = 4;
+
+/// Threads and rows per workgroup for a token tile of `mt`. Decode/verify tiles (`MT_SMALL`) can
+/// be retuned per machine with `QWGPU_MATMUL_TILE=WGxROWS` (e.g. `128x8`; read once, at load:
+/// the kernel lab sweeps it). `WG * ROWS * mt` floats of workgroup memory must stay within
+/// WebGPU's 16 KiB default.
+pub fn tile(mt: u32) -> (u32, u32) {
+    if mt != MT_SMALL {
+        return (WG, ROWS);
+    }
+    static TILE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *TILE.get_or_init(|| {
+        let parse = |v: String| -> Option<(u32, u32)> {
+            let (a, b) = v.split_once('x')?;
+            let (wg, rows) = (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?);
+            let ok = wg.is_power_of_two() && (32..=256).contains(&wg) && (1..=16).contains(&rows) && rows * MT_SMALL <= wg && wg * rows * MT_SMALL * 4 <= 16384;
+            ok.then_some((wg, rows))
+        };
+        std::env::var("QWGPU_MATMUL_TILE").ok().and_then(parse).unwrap_or((SMALL_WG, SMALL_ROWS))
+    })
+}
+pub const SMALL_WG: u32 = 64;
+pub const SMALL_ROWS: u32 = 4;
 /// Tokens per tile: decode (1 row) and verify (2 rows) share the MT = 2 pipeline, so row 0 of a
 /// verify is bit-identical to a decode; prefill uses wider tiles (same per-row arithmetic).
 pub const MT_SMALL: u32 = 2;
@@ -47,8 +69,8 @@ pub fn defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts) -> Defi
     let mut d = base
         .clone()
         .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
-        .set("WG", WG)
-        .set("ROWS", ROWS)
+        .set("WG", tile(opts.mt).0)
+        .set("ROWS", tile(opts.mt).1)
         .set("MT", opts.mt)
         .set("TOKENS", if opts.rows == Rows::Out { "n_out" } else { "n_tokens" })
         .flag("ADD", opts.add);
@@ -91,7 +113,7 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
             res.push(b.whole());
         }
         res.push(y.buf.whole());
-        let grid = Grid { groups: c.rows.div_ceil(ROWS), rows: opts.rows, tile: opts.mt };
+        let grid = Grid { groups: c.rows.div_ceil(tile(opts.mt).1), rows: opts.rows, tile: opts.mt };
         out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
     }
     Ok(out)

@@ -1,0 +1,296 @@
+//! The GPU thread: it owns the model and its one session and runs one request at a time, in
+//! arrival order, from a bounded queue. Each job reports back through its own channel; a closed
+//! channel (the client went away) cancels the job before the next token.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use qwgpu_engine::decode::mtp::MtpStats;
+use qwgpu_engine::decode::sampler::SamplingParams;
+use qwgpu_engine::decode::text::{generate_text, TextEvent, TextRequest};
+use qwgpu_engine::gpu::{Gpu, GpuOptions};
+use qwgpu_engine::model::{Model, Session, SessionOptions};
+use qwgpu_engine::ops::sample::RowResult;
+use qwgpu_engine::text::stream::{Delta, FinishReason, StreamConfig, StreamSummary};
+use qwgpu_engine::text::Tokenizer;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::metrics::{GenerationRecord, Metrics};
+
+/// What a job hears from the GPU thread, in order: `Started`, `PromptDone`, tokens and deltas,
+/// then `Done` or `Failed` (or nothing, when it was cancelled).
+pub enum Event {
+    /// The job left the queue; GPU work begins.
+    Started,
+    /// The prompt is processed and the first token is known.
+    PromptDone,
+    /// A generated token with its logprobs (only sent when logprobs were asked for).
+    Token { id: u32, logprobs: Option<RowResult> },
+    Delta(Delta),
+    Done(Box<Done>),
+    Failed { status: u16, code: &'static str, message: String },
+}
+
+/// The end of a generation.
+pub struct Done {
+    pub summary: StreamSummary,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub queue_s: f64,
+    pub ttft_s: f64,
+    pub total_s: f64,
+    pub mtp: Option<MtpStats>,
+    /// The per-request time limit (or shutdown) cut the generation short.
+    pub cut_short: bool,
+}
+
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub stream: StreamConfig,
+    pub sampling: SamplingParams,
+    pub logprobs: bool,
+    pub mtp: bool,
+    /// Fall back to plain decoding when the drafts do not pay off.
+    pub mtp_adaptive: bool,
+    pub ignore_eos: bool,
+    pub enqueued: Instant,
+    pub deadline: Instant,
+    pub tx: UnboundedSender<Event>,
+}
+
+/// Where the model comes from and how to run it.
+pub struct WorkerOptions {
+    pub model_dir: Option<PathBuf>,
+    pub session: SessionOptions,
+    pub adapter: Option<String>,
+    pub shader_checks: bool,
+}
+
+/// Shared between the GPU thread and the HTTP side.
+#[derive(Default)]
+pub struct Control {
+    /// Shutdown began: queued jobs are refused, the running one gets `drain_deadline`.
+    pub draining: AtomicBool,
+    pub drain_deadline: Mutex<Option<Instant>>,
+    /// The HTTP side is done: the thread exits once the queue is empty.
+    pub stop: AtomicBool,
+}
+
+/// What the loaded model looks like, for the HTTP side.
+pub struct ModelInfo {
+    pub has_mtp: bool,
+    pub vocab_size: u32,
+    pub max_ctx: u32,
+    pub eos_ids: Vec<u32>,
+    pub device: String,
+    pub notes: Vec<String>,
+}
+
+pub struct Worker {
+    pub queue: SyncSender<Job>,
+    pub info: ModelInfo,
+    pub thread: JoinHandle<()>,
+}
+
+/// Why a job could not be queued.
+pub enum EnqueueError {
+    Full,
+    Closed,
+}
+
+pub fn enqueue(queue: &SyncSender<Job>, metrics: &Metrics, job: Job) -> Result<(), EnqueueError> {
+    metrics.queue_depth.fetch_add(1, Ordering::SeqCst);
+    match queue.try_send(job) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
+            Err(match e {
+                TrySendError::Full(_) => EnqueueError::Full,
+                TrySendError::Disconnected(_) => EnqueueError::Closed,
+            })
+        }
+    }
+}
+
+/// Loads the model on a new thread and starts serving the queue. Returns once the model is
+/// loaded (or failed to load).
+pub fn start(opts: WorkerOptions, capacity: usize, tokenizer: Arc<Tokenizer>, metrics: Arc<Metrics>, control: Arc<Control>) -> Result<Worker, String> {
+    let (queue, rx) = sync_channel::<Job>(capacity);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<ModelInfo, String>>();
+    let thread = std::thread::Builder::new()
+        .name("qwgpu-gpu".into())
+        .spawn(move || {
+            let session = match load(&opts) {
+                Ok((session, info)) => {
+                    let _ = ready_tx.send(Ok(info));
+                    session
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            serve(session, rx, &tokenizer, &metrics, &control);
+        })
+        .map_err(|e| format!("cannot start the GPU thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(info)) => Ok(Worker { queue, info, thread }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the GPU thread stopped while loading the model".into()),
+    }
+}
+
+fn load(o: &WorkerOptions) -> Result<(Session, ModelInfo), String> {
+    let gopts = GpuOptions { adapter: o.adapter.clone(), shader_checks: Some(o.shader_checks), ..Default::default() };
+    let gpu = pollster::block_on(Gpu::new(&gopts)).map_err(|e| e.to_string())?;
+    let device = gpu.describe();
+    let mut progress = |_: u64, _: u64| {};
+    let model = match &o.model_dir {
+        Some(dir) => Model::load(gpu, dir, &mut progress),
+        None => qwgpu_engine::default_model::load(gpu, &mut progress),
+    }
+    .map_err(|e| e.to_string())?;
+    let model = Arc::new(model);
+    let session = pollster::block_on(Session::new(model.clone(), o.session)).map_err(|e| e.to_string())?;
+    let info = ModelInfo {
+        has_mtp: model.has_mtp(),
+        vocab_size: model.config.vocab_size as u32,
+        max_ctx: session.opts.max_ctx,
+        eos_ids: model.config.eos_token_ids.clone(),
+        device,
+        notes: model.notes.clone(),
+    };
+    Ok((session, info))
+}
+
+fn serve(mut session: Session, rx: Receiver<Job>, tokenizer: &Tokenizer, metrics: &Metrics, control: &Control) {
+    loop {
+        let job = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(j) => j,
+            Err(RecvTimeoutError::Timeout) => {
+                if control.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
+        if job.tx.is_closed() {
+            metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if control.draining.load(Ordering::SeqCst) {
+            let _ = job.tx.send(Event::Failed { status: 503, code: "shutting_down", message: "The server is shutting down".into() });
+            continue;
+        }
+        if Instant::now() >= job.deadline {
+            metrics.timed_out.fetch_add(1, Ordering::Relaxed);
+            let _ = job.tx.send(Event::Failed { status: 503, code: "timeout", message: "The request timed out while waiting in the queue".into() });
+            continue;
+        }
+        metrics.busy.store(true, Ordering::SeqCst);
+        let tx = job.tx.clone();
+        // An engine panic fails this request, not the server (the next request resets the state).
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut session, job, tokenizer, metrics, control)));
+        if ran.is_err() {
+            metrics.failed.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send(Event::Failed { status: 500, code: "generation_failed", message: "the generation failed (engine panic; see the server log)".into() });
+        }
+        metrics.busy.store(false, Ordering::SeqCst);
+    }
+}
+
+fn run(session: &mut Session, job: Job, tokenizer: &Tokenizer, metrics: &Metrics, control: &Control) {
+    let queue_s = job.enqueued.elapsed().as_secs_f64();
+    let tx = job.tx;
+    let _ = tx.send(Event::Started);
+    let req = TextRequest {
+        prompt: job.prompt,
+        max_tokens: job.max_tokens,
+        stream: job.stream,
+        ignore_eos: job.ignore_eos,
+        mtp: job.mtp,
+        mtp_adaptive: job.mtp_adaptive,
+        sampling: Some(job.sampling),
+        logprobs: job.logprobs,
+    };
+    session.reset();
+    let t0 = Instant::now();
+    let mut ttft = None;
+    let (mut gone, mut cut_short) = (false, false);
+    let deadline = job.deadline;
+    let want_tokens = job.logprobs;
+    let result = pollster::block_on(generate_text(session, tokenizer, &req, &mut |e| {
+        match e {
+            TextEvent::PromptDone => {
+                ttft = Some(t0.elapsed().as_secs_f64());
+                let _ = tx.send(Event::PromptDone);
+            }
+            TextEvent::Token(id, lp) => {
+                if want_tokens {
+                    let _ = tx.send(Event::Token { id, logprobs: lp.cloned() });
+                }
+            }
+            TextEvent::Delta(d) => {
+                let _ = tx.send(Event::Delta(d.clone()));
+            }
+        }
+        if tx.is_closed() {
+            gone = true;
+            return false;
+        }
+        let now = Instant::now();
+        let drain = control.draining.load(Ordering::Relaxed) && control.drain_deadline.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|d| now >= d);
+        if now >= deadline || drain {
+            cut_short = true;
+            return false;
+        }
+        true
+    }));
+    let total_s = t0.elapsed().as_secs_f64();
+    let out = match result {
+        Ok(out) => out,
+        Err(e) => {
+            metrics.failed.fetch_add(1, Ordering::Relaxed);
+            eprintln!("qwgpu-server: generation failed: {e}");
+            let _ = tx.send(Event::Failed { status: 500, code: "generation_failed", message: e.to_string() });
+            return;
+        }
+    };
+    let completion_tokens = out.tokens.len();
+    let ttft_s = ttft.unwrap_or(total_s);
+    let mut finish = out.summary.finish_reason;
+    if cut_short && !gone {
+        // A limit ended the reply, as max_tokens would have.
+        finish = FinishReason::Length;
+        metrics.timed_out.fetch_add(1, Ordering::Relaxed);
+    }
+    if gone {
+        metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+    metrics.generation(&GenerationRecord {
+        prompt_tokens: out.prompt_tokens,
+        completion_tokens,
+        ttft_s,
+        total_s,
+        finish_reason: finish.as_str(),
+        mtp: out.mtp.map(|m| (m.drafted, m.accepted)),
+    });
+    eprintln!(
+        "qwgpu-server: {} prompt + {completion_tokens} generated tokens, TTFT {ttft_s:.2}s, {:.1} tok/s{}, {}{}",
+        out.prompt_tokens,
+        if completion_tokens > 1 { (completion_tokens - 1) as f64 / (total_s - ttft_s).max(1e-9) } else { 0.0 },
+        out.mtp.map(|m| format!(", MTP {}/{} accepted", m.accepted, m.drafted)).unwrap_or_default(),
+        finish.as_str(),
+        if gone { " (client gone)" } else if cut_short { " (time limit)" } else { "" },
+    );
+    let done = Done { summary: out.summary, finish, prompt_tokens: out.prompt_tokens, completion_tokens, queue_s, ttft_s, total_s, mtp: out.mtp, cut_short };
+    let _ = tx.send(Event::Done(Box::new(done)));
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The browser test, from a clean checkout: builds the web module and the demo (web/build.sh), the
+# native CLI (the reference), installs playwright-core (npm ci), then runs run.mjs, which serves
+# web/dist and the fixture models over a local HTTP server, drives headless Chromium on
+# SwiftShader's WebGPU and exits non-zero on any token mismatch or when the wasm is over budget.
+# The screenshot lands in tests/artifacts/browser-demo.png.
+#
+# Needs: the wasm32 target, chromium (CHROMIUM, default /usr/bin/chromium), node >= 20 and npm, a
+# Vulkan driver for the native side (lavapipe on CPU-only machines). Arguments go to run.mjs
+# (--fixtures a,b  --max-tokens N  --chat-tokens N  --headed).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg-runtime}"
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+
+bash web/build.sh
+cargo build -p native-cli
+export QWGPU_BIN="${QWGPU_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/qwgpu}"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+node tests/browser/run.mjs "$@"

@@ -1,0 +1,272 @@
+"""qwgpu-server driven by the official `openai` Python client: chat (stream and not), completions,
+content parts, seeds, stop strings, logprobs, usage, the MTP switch, tool calls with reasoning
+(on the scripted checkpoint, whose replies are known in advance) and error cases."""
+
+import json
+
+import openai
+import pytest
+from openai import OpenAI
+
+
+def client(server):
+    return OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0, timeout=600)
+
+
+def extra(obj, name):
+    """A field the OpenAI schema does not declare (reasoning, timings...)."""
+    return (obj.model_extra or {}).get(name)
+
+
+NO_THINK = {"chat_template_kwargs": {"enable_thinking": False}}
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "metric": {"type": "boolean"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# The embedded default model (random weights: the text is noise, but it is deterministic)
+
+
+def test_models(default_server):
+    c = client(default_server)
+    assert [m.id for m in c.models.list().data] == ["qwgpu-default"]
+    m = c.models.retrieve("qwgpu-default")
+    assert m.id == "qwgpu-default" and m.owned_by == "qwgpu"
+
+
+def test_chat_non_stream_usage_and_content_parts(default_server):
+    c = client(default_server)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+    r = c.chat.completions.create(model=default_server.model, messages=msgs, max_tokens=4)
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
+    ch = r.choices[0]
+    assert ch.finish_reason in ("length", "stop") and ch.message.role == "assistant"
+    # Thinking is on by default: the reply starts in the reasoning channel, sent under both names.
+    reasoning = extra(ch.message, "reasoning")
+    assert reasoning and reasoning == extra(ch.message, "reasoning_content")
+    assert r.usage.prompt_tokens > 5 and 1 <= r.usage.completion_tokens <= 4
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    timings = extra(r, "timings")
+    assert timings["ttft_s"] > 0 and timings["total_s"] >= timings["ttft_s"]
+    # The same user text as content parts gives the same prompt, so the same greedy reply.
+    parts = [{"type": "text", "text": "Hello"}, {"type": "text", "text": " there"}]
+    r2 = c.chat.completions.create(model=default_server.model, messages=[msgs[0], {"role": "user", "content": parts}], max_tokens=4)
+    assert extra(r2.choices[0].message, "reasoning") == reasoning
+    assert r2.usage == r.usage
+    # max_completion_tokens is accepted too.
+    r3 = c.chat.completions.create(model=default_server.model, messages=msgs, max_completion_tokens=2)
+    assert r3.usage.completion_tokens <= 2
+
+
+def test_chat_stream_equals_non_stream(default_server):
+    c = client(default_server)
+    kw = dict(model=default_server.model, messages=[{"role": "user", "content": "Count: one, two,"}], max_tokens=5, extra_body=NO_THINK)
+    whole = c.chat.completions.create(**kw)
+    chunks = list(c.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(ch.object == "chat.completion.chunk" and ch.id == chunks[0].id for ch in chunks)
+    content = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    reasoning = "".join(extra(ch.choices[0].delta, "reasoning") or "" for ch in chunks if ch.choices)
+    assert content == (whole.choices[0].message.content or "")
+    assert reasoning == (extra(whole.choices[0].message, "reasoning") or "")
+    assert content, "with thinking off the reply is content"
+    finals = [ch for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].choices[0].finish_reason == whole.choices[0].finish_reason
+    # The usage chunk comes last, with no choices.
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    assert extra(chunks[-1], "timings")["decode_tokens_per_s"] >= 0
+
+
+def test_completions(default_server):
+    c = client(default_server)
+    kw = dict(model=default_server.model, prompt="Once upon a time", max_tokens=4)
+    r = c.completions.create(**kw)
+    assert r.object == "text_completion" and r.choices[0].text
+    assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens <= 4
+    chunks = list(c.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == r.choices[0].text
+    assert chunks[-1].usage == r.usage
+    echoed = c.completions.create(echo=True, **kw)
+    assert echoed.choices[0].text == "Once upon a time" + r.choices[0].text
+    ids = c.completions.create(model=default_server.model, prompt=[9707, 11, 1079], max_tokens=2)
+    assert ids.usage.prompt_tokens == 3
+
+
+def test_same_seed_same_text(default_server):
+    c = client(default_server)
+
+    def sample(seed):
+        r = c.chat.completions.create(
+            model=default_server.model, messages=[{"role": "user", "content": "Pick a word."}],
+            max_tokens=6, temperature=1.5, seed=seed, extra_body=NO_THINK)
+        return r.choices[0].message.content
+
+    a = sample(1234)
+    assert a == sample(1234)
+    assert any(sample(s) != a for s in (1, 2, 3)), "different seeds should give different samples"
+
+
+def test_logprobs(default_server):
+    c = client(default_server)
+    kw = dict(model=default_server.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, logprobs=True, top_logprobs=3)
+    r = c.chat.completions.create(**kw)
+    entries = r.choices[0].logprobs.content
+    assert len(entries) == r.usage.completion_tokens
+    for e in entries:
+        assert isinstance(e.token, str) and e.logprob <= 0 and e.bytes
+        try:
+            assert bytes(e.bytes).decode("utf-8") == e.token
+        except UnicodeDecodeError:
+            pass  # part of a character: the token string is the lossy decoding
+        assert len(e.top_logprobs) == 3
+        lps = [t.logprob for t in e.top_logprobs]
+        assert lps == sorted(lps, reverse=True)
+        # Greedy: the chosen token is the most likely one.
+        assert e.logprob == pytest.approx(lps[0]) and e.token == e.top_logprobs[0].token
+    streamed = list(c.chat.completions.create(stream=True, **kw))
+    lp = [e for ch in streamed if ch.choices and ch.choices[0].logprobs for e in ch.choices[0].logprobs.content]
+    assert [e.token for e in lp] == [e.token for e in entries]
+    cr = c.completions.create(model=default_server.model, prompt="The sky is", max_tokens=3, logprobs=2)
+    lpc = cr.choices[0].logprobs
+    assert len(lpc.tokens) == len(lpc.token_logprobs) == len(lpc.top_logprobs) == cr.usage.completion_tokens
+    assert all(len(t) <= 2 for t in lpc.top_logprobs) and lpc.text_offset[0] == 0
+
+
+def test_mtp_switch(default_server):
+    c = client(default_server)
+    kw = dict(model=default_server.model, messages=[{"role": "user", "content": "Say something."}], max_tokens=6)
+    on = c.chat.completions.create(extra_body={"mtp": True}, **kw)
+    off = c.chat.completions.create(extra_body={"mtp": False}, **kw)
+    # Speculative decoding gives exactly the greedy reply.
+    assert extra(on.choices[0].message, "reasoning") == extra(off.choices[0].message, "reasoning")
+    assert on.usage == off.usage
+    assert extra(on, "timings")["mtp"]["drafted"] > 0
+    assert extra(off, "timings")["mtp"] is None
+    assert default_server.metric("qwgpu_mtp_drafted_total") > 0
+
+
+def test_errors(default_server):
+    c = client(default_server)
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model=default_server.model, messages=msgs, temperature=5)
+    assert e.value.status_code == 400 and e.value.param == "temperature" and e.value.code == "invalid_value"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model=default_server.model, messages=msgs, extra_body={"top_k": "many"})
+    assert e.value.param == "top_k" and e.value.code == "invalid_type"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model=default_server.model, messages=msgs, stream=True, top_p=1.5)
+    assert e.value.param == "top_p"
+    with pytest.raises(openai.NotFoundError) as e:
+        c.chat.completions.create(model="gpt-4o", messages=msgs)
+    assert e.value.code == "model_not_found" and "gpt-4o" in e.value.message
+    with pytest.raises(openai.NotFoundError):
+        c.completions.create(model="nope", prompt="x")
+    # The context holds 512 tokens: a longer prompt is refused before any GPU work.
+    before = default_server.metric("qwgpu_prompt_tokens_total")
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model=default_server.model, messages=[{"role": "user", "content": "lorem ipsum " * 400}])
+    assert e.value.code == "context_length_exceeded" and "512" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(model=default_server.model, prompt="lorem ipsum " * 400)
+    assert e.value.code == "context_length_exceeded" and e.value.param == "prompt"
+    assert default_server.metric("qwgpu_prompt_tokens_total") == before
+
+
+def test_metrics_after_requests(default_server):
+    text = default_server.get("/metrics")
+    for name in ("qwgpu_requests_total", "qwgpu_prompt_tokens_total", "qwgpu_generation_tokens_total",
+                 "qwgpu_decode_tokens_per_second", "qwgpu_time_to_first_token_seconds_count",
+                 "qwgpu_mtp_acceptance_ratio", "qwgpu_queue_depth"):
+        assert name in text, name
+    assert default_server.metric("qwgpu_generation_tokens_total") > 0
+    assert default_server.metric("qwgpu_time_to_first_token_seconds_count") > 0
+    assert default_server.metric("qwgpu_decode_tokens_per_second") > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The scripted checkpoint: a reasoning block then a tool call (thinking prompt), or a plain answer
+# (non-thinking prompt)
+
+
+def test_tool_call_stream(scripted_server, scripted):
+    c = client(scripted_server)
+    stream = c.chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER_TOOL], stream=True, stream_options={"include_usage": True})
+    reasoning, reasoning_content, content, calls, finish, usage = "", "", "", {}, None, None
+    for ch in stream:
+        if ch.usage:
+            usage = ch.usage
+        if not ch.choices:
+            continue
+        d = ch.choices[0].delta
+        reasoning += extra(d, "reasoning") or ""
+        reasoning_content += extra(d, "reasoning_content") or ""
+        content += d.content or ""
+        for t in d.tool_calls or []:
+            call = calls.setdefault(t.index, {"id": None, "type": None, "name": "", "arguments": ""})
+            if t.id:
+                call["id"], call["type"] = t.id, t.type
+            if t.function and t.function.name:
+                call["name"] += t.function.name
+            if t.function and t.function.arguments:
+                call["arguments"] += t.function.arguments
+        finish = ch.choices[0].finish_reason or finish
+    assert reasoning == scripted["reasoning"] and reasoning_content == reasoning
+    assert content == ""
+    assert list(calls) == [0]
+    call = calls[0]
+    assert call["id"].startswith("call_") and call["type"] == "function" and call["name"] == "get_weather"
+    # Typed by the tool's schema: "true" became a boolean.
+    assert json.loads(call["arguments"]) == {"city": "Paris", "metric": True}
+    assert finish == "tool_calls"
+    assert usage.completion_tokens == len(scripted["thinking_reply_ids"]) - 1  # EOS is not counted
+
+
+def test_tool_call_round_trip(scripted_server, scripted):
+    c = client(scripted_server)
+    question = {"role": "user", "content": "What is the weather in Paris?"}
+    r = c.chat.completions.create(model="scripted", messages=[question], tools=[WEATHER_TOOL])
+    ch = r.choices[0]
+    assert ch.finish_reason == "tool_calls"
+    assert ch.message.content is None
+    assert extra(ch.message, "reasoning") == scripted["reasoning"]
+    (call,) = ch.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == scripted["tool_call"]["arguments"]
+    # The call and its result go back as history; the answer (non-thinking prompt) is plain content.
+    history = [question, ch.message.model_dump(exclude_none=True),
+               {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature_c": 21, "sky": "sunny"})}]
+    r2 = c.chat.completions.create(model="scripted", messages=history, tools=[WEATHER_TOOL], extra_body=NO_THINK)
+    assert r2.choices[0].message.content == scripted["answer"]
+    assert r2.choices[0].message.tool_calls is None and r2.choices[0].finish_reason == "stop"
+    assert r2.usage.prompt_tokens > r.usage.prompt_tokens
+
+
+def test_stop_strings(scripted_server, scripted):
+    c = client(scripted_server)
+    kw = dict(model="scripted", messages=[{"role": "user", "content": "How is the weather?"}], extra_body=NO_THINK)
+    r = c.chat.completions.create(stop=[" STOP", "never appears"], **kw)
+    assert r.choices[0].message.content == "Sunny and 21 degrees!" and r.choices[0].finish_reason == "stop"
+    chunks = list(c.chat.completions.create(stop="21", stream=True, **kw))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "Sunny and "
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == ["stop"]
+    # A raw completion that continues the same scripted path (the prompt ends with "\n\n").
+    cr = c.completions.create(model="scripted", prompt=[248045, 271], stop=["!"], max_tokens=40)
+    assert cr.choices[0].text == "Sunny and 21 degrees" and cr.choices[0].finish_reason == "stop"
+    whole = c.completions.create(model="scripted", prompt=[248045, 271], max_tokens=40)
+    assert whole.choices[0].text == scripted["answer"] and whole.choices[0].finish_reason == "stop"
+    cut = c.completions.create(model="scripted", prompt=[248045, 271], max_tokens=3)
+    assert scripted["answer"].startswith(cut.choices[0].text) and cut.choices[0].finish_reason == "length"
