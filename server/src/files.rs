@@ -6,6 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+#[cfg(feature = "default-model")]
 use qwgpu_engine::default_model as dm;
 
 use crate::error::ApiError;
@@ -43,6 +44,13 @@ pub fn ui(file: &str) -> Response {
 }
 
 /// The files of the embedded default model, for the browser demo.
+#[cfg(not(feature = "default-model"))]
+pub fn default_model_file(name: &str) -> Response {
+    ApiError::not_found(&format!("/models/default/{name} (this server was built without the embedded model)")).into_response()
+}
+
+/// The files of the embedded default model, for the browser demo.
+#[cfg(feature = "default-model")]
 pub fn default_model_file(name: &str) -> Response {
     let (body, ty): (&'static [u8], &str) = match name {
         "config.json" => (dm::CONFIG.as_bytes(), "application/json"),

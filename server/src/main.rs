@@ -138,10 +138,13 @@ fn run(args: Args) -> Result<(), String> {
             let name = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| dir.display().to_string());
             (tok, tpl, name)
         }
+        #[cfg(feature = "default-model")]
         None => {
             use qwgpu_engine::default_model as dm;
             (dm::tokenizer().map_err(|e| e.to_string())?, dm::template().map_err(|e| e.to_string())?, dm::NAME.to_string())
         }
+        #[cfg(not(feature = "default-model"))]
+        None => return Err("no --model given, and this qwgpu-server was built without the embedded default model (feature default-model)".into()),
     };
     let name = args.model_name.clone().unwrap_or(name);
     let tokenizer = Arc::new(tokenizer);

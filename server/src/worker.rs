@@ -153,7 +153,10 @@ fn load(o: &WorkerOptions) -> Result<(Session, ModelInfo), String> {
     let mut progress = |_: u64, _: u64| {};
     let model = match &o.model_dir {
         Some(dir) => Model::load(gpu, dir, &mut progress),
+        #[cfg(feature = "default-model")]
         None => qwgpu_engine::default_model::load(gpu, &mut progress),
+        #[cfg(not(feature = "default-model"))]
+        None => return Err("no --model given and no embedded default model".into()),
     }
     .map_err(|e| e.to_string())?;
     let model = Arc::new(model);

@@ -5,7 +5,7 @@
 # SwiftShader's WebGPU and exits non-zero on any token mismatch or when the wasm is over budget.
 # The screenshot lands in tests/artifacts/browser-demo.png.
 #
-# Needs: the wasm32 target, chromium (CHROMIUM, default /usr/bin/chromium), node >= 20 and npm, a
+# Needs: the wasm32 target, chromium (CHROMIUM, default /usr/bin/chromium), node >= 18 and npm, a
 # Vulkan driver for the native side (lavapipe on CPU-only machines). Arguments go to run.mjs
 # (--fixtures a,b  --max-tokens N  --chat-tokens N  --headed).
 set -euo pipefail
