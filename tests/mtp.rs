@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use qwgpu_engine::decode::mtp::{generate_mtp, MtpOptions};
-use qwgpu_engine::decode::{generate, Finish, GenOptions};
+use qwgpu_engine::decode::{generate, Event, Finish, GenOptions};
 use qwgpu_engine::model::{Model, Session, SessionOptions};
 use qwgpu_tests::fixtures::*;
 use qwgpu_tests::*;
@@ -38,7 +38,19 @@ fn mtp_greedy_equals_plain_greedy() {
                 s.reset();
                 let (plain, f_plain) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
                 s.reset();
-                let (spec, f_spec, stats) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &MtpOptions::always(), &mut |_| true)).unwrap();
+                // The running counts: one report per verify step, each a step on from the last,
+                // the last equal to the final stats.
+                let mut running = (0u64, 0u64);
+                let mut on = |e: Event| {
+                    if let Event::Mtp { drafted, accepted } = e {
+                        assert_eq!(drafted, running.0 + 1, "{name}: drafted counts by verify step");
+                        assert!(accepted == running.1 || accepted == running.1 + 1, "{name}: accepted {} then {accepted}", running.1);
+                        running = (drafted, accepted);
+                    }
+                    true
+                };
+                let (spec, f_spec, stats) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &MtpOptions::always(), &mut on)).unwrap();
+                assert_eq!(running, (stats.drafted, stats.accepted), "{name}: the last running counts are the final ones");
                 assert_eq!(spec, plain, "{name} prompt {pi} (len {}), ignore_eos {ignore_eos}: MTP output differs", prompt.len());
                 assert_eq!(f_spec, f_plain, "{name} prompt {pi}: finish reason");
                 if ignore_eos {

@@ -251,6 +251,7 @@ fn run_one(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool, cancel: Opt
                 }
             }
             TextEvent::Delta(d) => on_delta(d),
+            TextEvent::Mtp { .. } => {}
         }
         !cancel.is_some_and(|c| c.load(Ordering::Relaxed))
     }))

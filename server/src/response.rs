@@ -145,6 +145,8 @@ pub struct ChatStream {
     pub logprobs: bool,
     tool_index: usize,
     pending_lp: Vec<Value>,
+    /// The running MTP counts (drafted, accepted), once a verify step has reported them.
+    mtp: Option<(u64, u64)>,
     pub finished: bool,
 }
 
@@ -156,7 +158,7 @@ pub const SSE_DONE: &str = "data: [DONE]\n\n";
 
 impl ChatStream {
     pub fn new(model: String, include_usage: bool, logprobs: bool) -> Self {
-        ChatStream { id: random_id("chatcmpl-", 24), created: unix_time(), model, include_usage, logprobs, tool_index: 0, pending_lp: Vec::new(), finished: false }
+        ChatStream { id: random_id("chatcmpl-", 24), created: unix_time(), model, include_usage, logprobs, tool_index: 0, pending_lp: Vec::new(), mtp: None, finished: false }
     }
 
     fn chunk(&mut self, delta: Value, finish: Option<&str>, with_lp: bool) -> String {
@@ -169,14 +171,16 @@ impl ChatStream {
         } else {
             Value::Null
         };
-        json!({
+        let mut c = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": system_fingerprint(),
             "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}],
-        })
+        });
+        add_running_mtp(&mut c, self.mtp);
+        c
     }
 
     /// The first chunk: the assistant role.
@@ -189,6 +193,7 @@ impl ChatStream {
         let mut out = Vec::new();
         match ev {
             Event::Started | Event::PromptDone => {}
+            Event::Mtp { drafted, accepted } => self.mtp = Some((drafted, accepted)),
             Event::Token { id, logprobs } => self.pending_lp.push(chat_logprob(tok, id, logprobs.as_ref())),
             Event::Delta(d) => {
                 for e in d.events {
@@ -236,6 +241,15 @@ impl ChatStream {
     }
 }
 
+/// While MTP runs, every streamed choice chunk carries the running draft counts as an extension
+/// field, `"mtp": {"drafted", "accepted"}` (clients ignore unknown fields); on the final chunk
+/// they equal its `timings.mtp`. Absent when MTP is off.
+fn add_running_mtp(chunk: &mut Value, mtp: Option<(u64, u64)>) {
+    if let Some((drafted, accepted)) = mtp {
+        chunk["mtp"] = json!({"drafted": drafted, "accepted": accepted});
+    }
+}
+
 /// An error inside an event stream (the status line was already sent).
 pub fn stream_error(status: u16, code: &str, message: &str) -> String {
     let kind = if status >= 500 { "server_error" } else { "invalid_request_error" };
@@ -250,30 +264,35 @@ pub struct CompletionStream {
     pub include_usage: bool,
     pub logprobs: bool,
     lp: CompletionLogprobs,
+    /// The running MTP counts (drafted, accepted), once a verify step has reported them.
+    mtp: Option<(u64, u64)>,
     pub finished: bool,
 }
 
 impl CompletionStream {
     pub fn new(model: String, include_usage: bool, logprobs: bool) -> Self {
-        CompletionStream { id: random_id("cmpl-", 24), created: unix_time(), model, include_usage, logprobs, lp: CompletionLogprobs::default(), finished: false }
+        CompletionStream { id: random_id("cmpl-", 24), created: unix_time(), model, include_usage, logprobs, lp: CompletionLogprobs::default(), mtp: None, finished: false }
     }
 
     pub fn chunk(&mut self, text: &str, finish: Option<&str>) -> Value {
         let lp = if self.logprobs && !self.lp.is_empty() { self.lp.take() } else { Value::Null };
-        json!({
+        let mut c = json!({
             "id": self.id,
             "object": "text_completion",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": system_fingerprint(),
             "choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}],
-        })
+        });
+        add_running_mtp(&mut c, self.mtp);
+        c
     }
 
     pub fn event(&mut self, tok: &Tokenizer, ev: Event) -> Vec<String> {
         let mut out = Vec::new();
         match ev {
             Event::Started | Event::PromptDone => {}
+            Event::Mtp { drafted, accepted } => self.mtp = Some((drafted, accepted)),
             Event::Token { id, logprobs } => self.lp.push(tok, id, logprobs.as_ref()),
             Event::Delta(d) => {
                 let text = all_text(&d.events);

@@ -30,6 +30,8 @@ pub enum Event {
     PromptDone,
     /// A generated token with its logprobs (only sent when logprobs were asked for).
     Token { id: u32, logprobs: Option<RowResult> },
+    /// MTP only: the running draft counts after a verify step (before that step's deltas).
+    Mtp { drafted: u64, accepted: u64 },
     Delta(Delta),
     Done(Box<Done>),
     Failed { status: u16, code: &'static str, message: String },
@@ -243,6 +245,9 @@ fn run(session: &mut Session, job: Job, tokenizer: &Tokenizer, metrics: &Metrics
             }
             TextEvent::Delta(d) => {
                 let _ = tx.send(Event::Delta(d.clone()));
+            }
+            TextEvent::Mtp { drafted, accepted } => {
+                let _ = tx.send(Event::Mtp { drafted, accepted });
             }
         }
         if tx.is_closed() {

@@ -516,7 +516,52 @@ fn concurrent_clients_and_disconnect() {
     assert_eq!(next.status, 200, "{}", next.text());
     assert_eq!(answer(&next.json()), expected[2]);
     assert_eq!(s.metrics_value("qwgpu_generations_cancelled_total"), 2.0);
+
+    // Streamed with MTP, the chunks carry the running draft counts, live; off, they do not.
+    for (p, body) in [
+        ("/v1/chat/completions", chat("Count slowly.", json!({"max_tokens": 48, "ignore_eos": true, "stream": true, "mtp": true, "stream_options": {"include_usage": true}}))),
+        ("/v1/completions", json!({"prompt": "Once upon a time", "max_tokens": 48, "ignore_eos": true, "stream": true, "mtp": true})),
+    ] {
+        let r = s.post(p, &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        check_running_mtp(p, &r.events());
+    }
+    let off = s.post("/v1/chat/completions", &chat("Count slowly.", json!({"max_tokens": 8, "stream": true, "mtp": false})));
+    assert!(off.events().iter().filter(|e| *e != "[DONE]").all(|e| serde_json::from_str::<Value>(e).unwrap().get("mtp").is_none()), "{}", off.text());
     assert_eq!(s.terminate(), Some(0));
+}
+
+/// The running MTP counts of a streamed reply: present on the choice chunks once a verify step
+/// ran, updated while it streams, never decreasing, and the last equal to the final `timings.mtp`.
+fn check_running_mtp(path: &str, events: &[String]) {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{path}");
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let (mut last, mut updates, mut final_stats) = ((0u64, 0u64), 0, None);
+    for c in &chunks {
+        assert!(c["choices"].is_array(), "{path}: {c}");
+        if let Some(t) = c.get("timings") {
+            let m = &t["mtp"];
+            let f = (m["drafted"].as_u64().unwrap(), m["accepted"].as_u64().unwrap());
+            assert!(final_stats.is_none() || final_stats == Some(f), "{path}: timings differ between chunks: {c}");
+            final_stats = Some(f);
+        }
+        let with_choices = !c["choices"].as_array().unwrap().is_empty();
+        let Some(m) = c.get("mtp") else {
+            assert!(!with_choices || last == (0, 0), "{path}: a chunk after the counts started lacks them: {c}");
+            continue;
+        };
+        assert!(with_choices, "{path}: the counts ride on choice chunks: {c}");
+        let now = (m["drafted"].as_u64().unwrap(), m["accepted"].as_u64().unwrap());
+        assert!(now.1 <= now.0 && now.0 >= last.0 && now.1 >= last.1, "{path}: the counts went from {last:?} to {now:?}");
+        if now != last {
+            updates += 1;
+        }
+        last = now;
+    }
+    let final_stats = final_stats.unwrap_or_else(|| panic!("{path}: no timings"));
+    assert!(final_stats.0 > 0, "{path}: {final_stats:?}");
+    assert_eq!(last, final_stats, "{path}: the last running counts differ from the final ones");
+    assert!(updates >= 2, "{path}: the counts should update while the reply streams ({updates} updates)");
 }
 
 #[test]

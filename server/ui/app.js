@@ -192,6 +192,11 @@ function renderSidebar() {
   }
 }
 
+/** "MTP x% (accepted/drafted)" from {drafted, accepted}. */
+function mtpText(mtp) {
+  return "MTP " + Math.round((100 * mtp.accepted) / mtp.drafted) + "% (" + mtp.accepted + "/" + mtp.drafted + ")";
+}
+
 function statsText(m) {
   const t = m.timings;
   const parts = [];
@@ -199,7 +204,7 @@ function statsText(m) {
   if (t) {
     if (t.decode_tokens_per_s) parts.push(t.decode_tokens_per_s.toFixed(1) + " tok/s");
     if (t.ttft_s !== undefined) parts.push("TTFT " + t.ttft_s.toFixed(2) + " s");
-    if (t.mtp && t.mtp.drafted) parts.push("MTP " + Math.round(100 * t.mtp.acceptance) + "% (" + t.mtp.accepted + "/" + t.mtp.drafted + ")");
+    if (t.mtp && t.mtp.drafted) parts.push(mtpText(t.mtp));
   }
   if (m.finish && m.finish !== "stop") parts.push(m.finish);
   return parts.join(" · ");
@@ -387,6 +392,7 @@ async function send() {
   const t0 = performance.now();
   let firstAt = 0;
   let pieces = 0;
+  let running = null;
   let scheduled = false;
   const refresh = () => {
     if (scheduled) return;
@@ -404,8 +410,10 @@ async function send() {
       return;
     }
     const dt = (performance.now() - firstAt) / 1000;
-    // Per-request MTP statistics arrive with the final chunk; until then this marks that it is on.
-    const mtp = state.mtp && state.settings.mtp ? " · MTP on" : "";
+    // Chunks carry the running MTP counts while it is on (an extension field).
+    const mtp = running && running.drafted
+      ? " · " + mtpText(running)
+      : state.mtp && state.settings.mtp ? " · MTP on" : "";
     $("live-stats").textContent = pieces + " tokens · " + (dt > 0 && pieces > 1 ? ((pieces - 1) / dt).toFixed(1) : "–") + " tok/s" + mtp;
   };
   liveTimer = setInterval(live, 250);
@@ -430,6 +438,7 @@ async function send() {
       if (ev.error) throw new Error(ev.error.message);
       if (ev.usage) m.usage = ev.usage;
       if (ev.timings) m.timings = ev.timings;
+      if (ev.mtp && typeof ev.mtp.drafted === "number") running = ev.mtp;
       const ch = ev.choices && ev.choices[0];
       if (!ch) continue;
       const d = ch.delta || {};
@@ -461,7 +470,7 @@ async function send() {
     const t = m.timings;
     $("live-stats").textContent = t
       ? (t.decode_tokens_per_s ? t.decode_tokens_per_s.toFixed(1) + " tok/s" : "") +
-        (t.mtp && t.mtp.drafted ? " · MTP " + Math.round(100 * t.mtp.acceptance) + "%" : "")
+        (t.mtp && t.mtp.drafted ? " · " + mtpText(t.mtp) : "")
       : m.finish === "stopped" ? "stopped" : "";
     save();
     update();

@@ -154,6 +154,15 @@ def test_mtp_switch(default_server):
     assert extra(on, "timings")["mtp"]["drafted"] > 0
     assert extra(off, "timings")["mtp"] is None
     assert default_server.metric("qwgpu_mtp_drafted_total") > 0
+    # Streamed, the chunks carry the running counts (an extension field the client keeps as extra):
+    # never decreasing, the last equal to the final timings.
+    chunks = list(c.chat.completions.create(stream=True, stream_options={"include_usage": True}, extra_body={"mtp": True}, **kw))
+    running = [(m["drafted"], m["accepted"]) for m in (extra(ch, "mtp") for ch in chunks) if m]
+    assert running
+    assert all(x[0] <= y[0] and x[1] <= y[1] for x, y in zip(running, running[1:]))
+    final = extra(chunks[-1], "timings")["mtp"]
+    assert running[-1] == (final["drafted"], final["accepted"])
+    assert all(extra(ch, "mtp") is None for ch in c.chat.completions.create(stream=True, extra_body={"mtp": False}, **kw))
 
 
 def test_errors(default_server):

@@ -96,15 +96,19 @@ test('a message sent with Enter streams back', async () => {
   assert.deepEqual(body.messages.at(-1), { role: 'user', content: 'Hello\nwho are you?' });
   // Watch the reply grow while the stop button is shown.
   const lengths = new Set();
+  const live = new Set();
   await page.locator('#stop').waitFor({ state: 'visible' });
   while (await page.locator('#stop').isVisible()) {
     const n = (await assistantText()).length;
     if (n > 0) lengths.add(n);
+    live.add(await page.locator('#live-stats').innerText());
     await page.waitForTimeout(50);
   }
   const final = await assistantText();
   assert.ok(final.trim().length > 0, 'the reply is empty');
   assert.ok(lengths.size >= 2, `the reply did not stream (lengths seen: ${[...lengths]})`);
+  // With MTP on, the running acceptance shows while the reply streams.
+  if (body.mtp) assert.ok([...live].some((t) => /tok\/s · MTP \d+% \(\d+\/\d+\)/.test(t)), `no live MTP counts (seen: ${[...live]})`);
   // What the page assembled from the stream is the server's (greedy) answer to the same request,
   // asked for without streaming.
   const stored = await page.evaluate(() => JSON.parse(localStorage.getItem('qwgpu.conversations.v1'))[0].messages);

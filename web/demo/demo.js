@@ -238,6 +238,10 @@ async function send(text) {
     const r = await client.generate({ messages, ...requestOptions() }, {
       onPromptDone: (e) => setStatus(`Prompt: ${e.prompt_tokens} tokens in ${fmt(e.ttft_s, 2)} s. Generating…`),
       onDelta: (d) => {
+        // With MTP on, deltas carry the running draft counts.
+        if (d.mtp && d.mtp.drafted) {
+          meta.textContent = `MTP ${fmt((100 * d.mtp.accepted) / d.mtp.drafted, 0)}% (${d.mtp.accepted}/${d.mtp.drafted})`;
+        }
         if (d.reasoning) {
           if (details.hidden) {
             details.hidden = false;

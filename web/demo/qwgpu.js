@@ -116,7 +116,8 @@ export class Qwgpu {
    * Generates. request: {messages | prompt | prompt_ids, max_tokens?, mtp?, ignore_eos?, stop?,
    * enable_thinking?, temperature?, top_k?, top_p?, min_p?, repetition_penalty?, presence_penalty?,
    * frequency_penalty?, logit_bias?, seed?, logprobs?, top_logprobs?}
-   * handlers: {onDelta?({content, reasoning}), onToken?({id}), onPromptDone?({ttft_s}), onEvent?}
+   * handlers: {onDelta?({content, reasoning, mtp?}), onToken?({id, mtp?}), onPromptDone?({ttft_s}), onEvent?}
+   * (with MTP on, mtp is the running {drafted, accepted}).
    * Resolves to {tokens, content, reasoning, tool_calls, finish_reason, stats}.
    */
   generate(request, handlers = {}) {

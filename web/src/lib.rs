@@ -495,6 +495,15 @@ fn delta_json(d: &qwgpu_engine::text::stream::Delta) -> Json {
     j
 }
 
+/// While MTP runs, token and delta events carry the running draft counts, `mtp: {drafted,
+/// accepted}` (the last equals the result's `stats.mtp`).
+fn with_mtp(mut j: Json, running: Option<(u64, u64)>) -> Json {
+    if let Some((drafted, accepted)) = running {
+        j["mtp"] = json!({"drafted": drafted, "accepted": accepted});
+    }
+    j
+}
+
 #[wasm_bindgen]
 impl Engine {
     /// Opens the WebGPU device. `options`: `{max_binding?: bytes, no_subgroups?: bool,
@@ -639,7 +648,8 @@ impl Engine {
     /// `mtp`, `ignore_eos`, `stop`, `enable_thinking`, `logprobs` and sampling parameters
     /// (`temperature`, `top_k`, `top_p`, `min_p`, penalties, `logit_bias`, `seed`, ...).
     /// `on_event` receives `{type: "prompt_done"}`, `{type: "token", id}` and `{type: "delta",
-    /// content, reasoning}` objects; returning `false` stops generation (as [`Engine::cancel`]).
+    /// content, reasoning}` objects (with MTP on, token and delta events also carry the running
+    /// `mtp: {drafted, accepted}`); returning `false` stops generation (as [`Engine::cancel`]).
     /// Resolves to `{tokens, content, reasoning, finish_reason, stats}`.
     pub async fn generate(&self, request: JsValue, on_event: Option<Function>) -> Result<JsValue, JsError> {
         let req = parse_request(from_js(&request, "request")?).map_err(err)?;
@@ -675,6 +685,7 @@ impl Engine {
                 sampling: Some(req.sampling.clone()),
                 logprobs: req.logprobs,
             };
+            let mut running = None;
             let out = generate_text(&mut l.session, tok, &treq, &mut |e| {
                 let go = match e {
                     TextEvent::PromptDone => {
@@ -688,9 +699,13 @@ impl Engine {
                             j["logprob"] = json!(r.logprob);
                             j["top"] = json!(r.top);
                         }
-                        call(cb, &j)
+                        call(cb, &with_mtp(j, running))
                     }
-                    TextEvent::Delta(d) => call(cb, &delta_json(d)),
+                    TextEvent::Delta(d) => call(cb, &with_mtp(delta_json(d), running)),
+                    TextEvent::Mtp { drafted, accepted } => {
+                        running = Some((drafted, accepted));
+                        true
+                    }
                 };
                 go && !cancel.get()
             })
@@ -703,6 +718,7 @@ impl Engine {
             // A checkpoint without a tokenizer: ids in, ids out.
             l.session.set_sampling(Some(&req.sampling), req.logprobs).map_err(err)?;
             let opts = GenOptions { max_tokens, eos: l.model.config.eos_token_ids.clone(), ignore_eos: req.ignore_eos };
+            let mut running = None;
             let mut on = |e: Event| -> bool {
                 let go = match e {
                     Event::PromptDone => {
@@ -716,7 +732,11 @@ impl Engine {
                             j["logprob"] = json!(r.logprob);
                             j["top"] = json!(r.top);
                         }
-                        call(cb, &j)
+                        call(cb, &with_mtp(j, running))
+                    }
+                    Event::Mtp { drafted, accepted } => {
+                        running = Some((drafted, accepted));
+                        true
                     }
                 };
                 go && !cancel.get()

@@ -23,6 +23,9 @@ pub enum Event {
     PromptDone,
     /// A new token, with its logprobs when they were asked for ([`Session::set_sampling`]).
     Token(u32, Option<crate::ops::sample::RowResult>),
+    /// MTP only: the running draft counts after a verify step, sent before that step's tokens
+    /// (the last one equals the final [`mtp::MtpStats`]). Returning false stops generation.
+    Mtp { drafted: u64, accepted: u64 },
 }
 
 #[derive(Clone, Debug)]

@@ -47,7 +47,8 @@ impl MtpOptions {
 /// As [`crate::decode::generate`], with MTP speculation: greedy (exact match) or sampled
 /// (accept with probability min(1, p/q), residual resampling on rejection) per the session's
 /// sampling mode. EOS inside an accepted draft stops
-/// before the bonus token; `max_tokens` is checked after every emitted token.
+/// before the bonus token; `max_tokens` is checked after every emitted token. After each verify
+/// step, before its tokens, `on_event` hears [`Event::Mtp`] with the running counts.
 pub async fn generate_mtp(
     session: &mut Session,
     prompt: &[u32],
@@ -69,19 +70,7 @@ pub async fn generate_mtp(
     session.prefill_with(head, Some(last)).await?;
     let (main, _draft) = session.mtp_first(last).await?;
     on_event(Event::PromptDone);
-    // Emits one token; Some(finish) when generation must stop.
-    let mut emit = |tok: u32, out: &mut Vec<u32>| -> Option<Finish> {
-        if !opts.ignore_eos && opts.eos.contains(&tok) {
-            return Some(Finish::Stop);
-        }
-        out.push(tok);
-        let go_on = on_event(Event::Token(tok, None));
-        if out.len() >= opts.max_tokens || !go_on {
-            return Some(Finish::Length);
-        }
-        None
-    };
-    if let Some(f) = emit(main, &mut out) {
+    if let Some(f) = emit(main, &mut out, opts, on_event) {
         return Ok((out, f, stats));
     }
     loop {
@@ -90,7 +79,7 @@ pub async fn generate_mtp(
             // and the last emitted token is already the next input on the GPU).
             loop {
                 let tok = session.decode_greedy().await?;
-                if let Some(f) = emit(tok, &mut out) {
+                if let Some(f) = emit(tok, &mut out, opts, on_event) {
                     return Ok((out, f, stats));
                 }
             }
@@ -99,14 +88,32 @@ pub async fn generate_mtp(
         stats.drafted += 1;
         if step.accepted {
             stats.accepted += 1;
-            if let Some(f) = emit(step.verified, &mut out) {
+        }
+        if !on_event(Event::Mtp { drafted: stats.drafted, accepted: stats.accepted }) {
+            return Ok((out, Finish::Length, stats));
+        }
+        if step.accepted {
+            if let Some(f) = emit(step.verified, &mut out, opts, on_event) {
                 return Ok((out, f, stats));
             }
-            if let Some(f) = emit(step.bonus, &mut out) {
+            if let Some(f) = emit(step.bonus, &mut out, opts, on_event) {
                 return Ok((out, f, stats));
             }
-        } else if let Some(f) = emit(step.verified, &mut out) {
+        } else if let Some(f) = emit(step.verified, &mut out, opts, on_event) {
             return Ok((out, f, stats));
         }
     }
+}
+
+/// Emits one token; Some(finish) when generation must stop.
+fn emit(tok: u32, out: &mut Vec<u32>, opts: &GenOptions, on_event: &mut dyn FnMut(Event) -> bool) -> Option<Finish> {
+    if !opts.ignore_eos && opts.eos.contains(&tok) {
+        return Some(Finish::Stop);
+    }
+    out.push(tok);
+    let go_on = on_event(Event::Token(tok, None));
+    if out.len() >= opts.max_tokens || !go_on {
+        return Some(Finish::Length);
+    }
+    None
 }

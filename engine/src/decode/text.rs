@@ -46,6 +46,9 @@ pub enum TextEvent<'a> {
     /// A generated id (before its text, which may be held back), with logprobs when asked for.
     Token(u32, Option<&'a RowResult>),
     Delta(&'a Delta),
+    /// MTP only: the running draft counts after a verify step, before that step's tokens (see
+    /// [`Event::Mtp`]); the last one equals [`TextOutput::mtp`].
+    Mtp { drafted: u64, accepted: u64 },
 }
 
 /// Generates from `req.prompt`, streaming deltas to `on_event` (return false to stop).
@@ -77,6 +80,13 @@ pub async fn generate_text(
                     cancelled = true;
                 }
                 go && d.finished.is_none()
+            }
+            Event::Mtp { drafted, accepted } => {
+                let go = on_event(TextEvent::Mtp { drafted, accepted });
+                if !go {
+                    cancelled = true;
+                }
+                go
             }
         }
     };
