@@ -44,7 +44,13 @@ pub fn tile(mt: u32) -> (u32, u32) {
             let ok = wg.is_power_of_two() && (32..=256).contains(&wg) && (1..=16).contains(&rows) && rows * MT_SMALL <= wg && wg * rows * MT_SMALL * 4 <= 16384;
             ok.then_some((wg, rows))
         };
-        std::env::var("QWGPU_MATMUL_TILE").ok().and_then(parse).unwrap_or((SMALL_WG, SMALL_ROWS))
+        match std::env::var("QWGPU_MATMUL_TILE") {
+            Ok(v) => parse(v.clone()).unwrap_or_else(|| {
+                eprintln!("qwgpu: ignoring QWGPU_MATMUL_TILE={v:?}: expected WGxROWS with WG a power of two in 32..=256, ROWS in 1..=16, 2*ROWS <= WG and WG*ROWS <= 2048");
+                (SMALL_WG, SMALL_ROWS)
+            }),
+            Err(_) => (SMALL_WG, SMALL_ROWS),
+        }
     })
 }
 pub const SMALL_WG: u32 = 64;
