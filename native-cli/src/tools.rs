@@ -13,9 +13,13 @@ use crate::load::{load, ModelArgs};
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Prompt length (random ids from a fixed seed).
+    /// Prompt length (random ids from a fixed seed, or the tokens of --prompt-file).
     #[arg(long, default_value_t = 1024)]
     prompt_tokens: usize,
+    /// Build the prompt from this text file instead (tokenized with the model's tokenizer,
+    /// repeated or cut to --prompt-tokens): MTP acceptance on real text, not random ids.
+    #[arg(long)]
+    prompt_file: Option<std::path::PathBuf>,
     /// Tokens generated per trial.
     #[arg(long, default_value_t = 512)]
     gen_tokens: usize,
@@ -165,7 +169,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     let mut m = a.model.clone();
     m.max_context = m.max_context.max((a.prompt_tokens + a.gen_tokens + 2) as u32);
     let l = load(&m)?;
-    let (model, mut session, load_s) = (l.model, l.session, l.load_s);
+    let (model, mut session, load_s, tokenizer) = (l.model, l.session, l.load_s, l.tokenizer);
     let with_mtp = match a.mtp {
         crate::run::MtpMode::Off => false,
         crate::run::MtpMode::On if !model.has_mtp() => return Err("--mtp on: this checkpoint has no MTP head".into()),
@@ -176,17 +180,30 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     }
     session.force_accept(a.force_accept);
     let vocab = model.config.vocab_size as u64;
-    // A fixed pseudo-random prompt (splitmix64), so runs compare.
-    let mut x = a.seed.wrapping_add(0x9E3779B97F4A7C15);
-    let prompt: Vec<u32> = (0..a.prompt_tokens)
-        .map(|_| {
-            x = x.wrapping_add(0x9E3779B97F4A7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            ((z ^ (z >> 31)) % vocab) as u32
-        })
-        .collect();
+    let prompt: Vec<u32> = match &a.prompt_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("--prompt-file {}: {e}", path.display()))?;
+            let tok = tokenizer.as_ref().ok_or_else(|| format!("--prompt-file {}: the model has no tokenizer.json", path.display()))?;
+            let ids = tok.encode(&text, false).map_err(|e| format!("--prompt-file {}: {e}", path.display()))?;
+            if ids.is_empty() {
+                return Err(format!("--prompt-file {}: the file has no tokens", path.display()));
+            }
+            ids.iter().copied().cycle().take(a.prompt_tokens).collect()
+        }
+        None => {
+            // A fixed pseudo-random prompt (splitmix64), so runs compare.
+            let mut x = a.seed.wrapping_add(0x9E3779B97F4A7C15);
+            (0..a.prompt_tokens)
+                .map(|_| {
+                    x = x.wrapping_add(0x9E3779B97F4A7C15);
+                    let mut z = x;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+                    ((z ^ (z >> 31)) % vocab) as u32
+                })
+                .collect()
+        }
+    };
     let opts = GenOptions { max_tokens: a.gen_tokens, eos: vec![], ignore_eos: true };
     let (mut plain, mut spec) = (Series::default(), Series::default());
     // Plain and MTP trials alternate, so both see the same machine state.

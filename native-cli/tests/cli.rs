@@ -246,6 +246,12 @@ fn bad_input_gives_one_line_errors() {
     expect_error(&["frobnicate"], None, &["frobnicate"]);
     expect_error(&["inspect", "--model", "/nonexistent"], None, &["/nonexistent"]);
     expect_error(&["tokenize"], None, &["TEXT"]);
+    // bench --prompt-file: a missing file is named; a model without a tokenizer is refused.
+    expect_error(&["bench", "--prompt-file", "/nonexistent/prompt.txt", "--trials", "1", "--warmup", "0"], None, &["/nonexistent/prompt.txt"]);
+    let prompt = std::env::temp_dir().join(format!("qwgpu-bench-prompt-{}.txt", std::process::id()));
+    std::fs::write(&prompt, "Ownership is a set of rules.").unwrap();
+    expect_error(&["bench", "--model", no_tok.to_str().unwrap(), "--prompt-file", prompt.to_str().unwrap(), "--trials", "1", "--warmup", "0"], None, &["tokenizer"]);
+    let _ = std::fs::remove_file(&prompt);
 }
 
 #[test]
