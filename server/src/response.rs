@@ -156,6 +156,20 @@ pub fn sse(v: &Value) -> String {
 
 pub const SSE_DONE: &str = "data: [DONE]\n\n";
 
+/// The usage chunk a stream ends with when `stream_options.include_usage` is set.
+fn usage_chunk(id: &str, object: &str, created: u64, model: &str, d: &Done) -> String {
+    sse(&json!({
+        "id": id,
+        "object": object,
+        "created": created,
+        "model": model,
+        "system_fingerprint": system_fingerprint(),
+        "choices": [],
+        "usage": usage(d),
+        "timings": timings(d),
+    }))
+}
+
 impl ChatStream {
     pub fn new(model: String, include_usage: bool, logprobs: bool) -> Self {
         ChatStream { id: random_id("chatcmpl-", 24), created: unix_time(), model, include_usage, logprobs, tool_index: 0, pending_lp: Vec::new(), mtp: None, finished: false }
@@ -217,16 +231,7 @@ impl ChatStream {
                 last["timings"] = timings(&d);
                 out.push(sse(&last));
                 if self.include_usage {
-                    out.push(sse(&json!({
-                        "id": self.id,
-                        "object": "chat.completion.chunk",
-                        "created": self.created,
-                        "model": self.model,
-                        "system_fingerprint": system_fingerprint(),
-                        "choices": [],
-                        "usage": usage(&d),
-                        "timings": timings(&d),
-                    })));
+                    out.push(usage_chunk(&self.id, "chat.completion.chunk", self.created, &self.model, &d));
                 }
                 out.push(SSE_DONE.to_string());
                 self.finished = true;
@@ -306,16 +311,7 @@ impl CompletionStream {
                 c["timings"] = timings(&d);
                 out.push(sse(&c));
                 if self.include_usage {
-                    out.push(sse(&json!({
-                        "id": self.id,
-                        "object": "text_completion",
-                        "created": self.created,
-                        "model": self.model,
-                        "system_fingerprint": system_fingerprint(),
-                        "choices": [],
-                        "usage": usage(&d),
-                        "timings": timings(&d),
-                    })));
+                    out.push(usage_chunk(&self.id, "text_completion", self.created, &self.model, &d));
                 }
                 out.push(SSE_DONE.to_string());
                 self.finished = true;
