@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """Export trained weights (train.py run directory) to an MLX 4-bit checkpoint and verify it.
 
-The checkpoint is written with mlx-lm's own classes and writers, exactly as
+The checkpoint is written with mlx-lm's own classes and writers, as
 tests/fixtures/make_fixtures.py writes its fixtures (cast to bf16 with A_log kept float32,
-`quantize_model` 4-bit affine group 64, `save_model`, `save_config`), mtp.* included (quantized
-like the rest). The directory also gets tokenizer.json, tokenizer_config.json and
+`quantize_model` 4-bit affine group 64, `save_model`, `save_config`), mtp.* included. The MTP
+head is kept at 8 bits (group 64) by default (--mtp-bits; 0 = like the backbone): config.json's
+"quantization" block then carries one per-module entry per MTP layer, e.g.
+"language_model.mtp.fc": {"group_size": 64, "bits": 8, "mode": "affine"}, which mlx-lm and qwgpu
+both read. The directory also gets tokenizer.json, tokenizer_config.json and
 generation_config.json.
+
+If the run directory has a best/ folder (train.py --keep-best: the weights of the best
+validation), those weights are exported unless --final is given.
 
 Verification (needs torch and mlx / mlx-lm in the same environment):
 * the exported directory is loaded again with `mlx_lm.utils.load_model` (and the MTP head with
@@ -15,7 +21,7 @@ Verification (needs torch and mlx / mlx-lm in the same environment):
   which must agree to float32 rounding;
 * the PyTorch chunked delta rule is compared with the step-by-step recurrence.
 
-Usage: python train/export.py --run DIR --out DIR [--bits 4 --group-size 64]
+Usage: python train/export.py --run DIR --out DIR [--bits 4 --group-size 64 --mtp-bits 8] [--final]
 """
 
 from __future__ import annotations
@@ -128,14 +134,25 @@ def build_mlx_model(config, weights, dtype):
     return model
 
 
-def write_checkpoint(out: Path, config, weights, quant, tok_dir: Path, tok_ids):
+def write_checkpoint(out: Path, config, weights, quant, tok_dir: Path, tok_ids, mtp_quant=None):
+    """quant: {"group_size", "bits"} or None (bf16); mtp_quant: the same for language_model.mtp.*
+    (None: like the rest)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model = build_mlx_model(config, weights, mx.bfloat16)
-    spec = {"quant": quant}
     cfg = json.loads(json.dumps(config))
-    mf.write_mlx_checkpoint(out, spec, model, cfg)
+    if quant is not None and mtp_quant is not None:
+        def predicate(path, module):
+            if path.startswith(mf.MTP_PREFIX):
+                return {"group_size": mtp_quant["group_size"], "bits": mtp_quant["bits"], "mode": "affine"}
+            return True
+
+        model, cfg = mlx_utils.quantize_model(model, cfg, quant["group_size"], quant["bits"], quant_predicate=predicate)
+        mlx_utils.save_model(out, model)
+        mlx_utils.save_config(cfg, config_path=out / "config.json")
+    else:
+        mf.write_mlx_checkpoint(out, {"quant": quant}, model, cfg)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tok_dir / f, out / f)
     gen = {"bos_token_id": tok_ids["<|endoftext|>"],
@@ -180,6 +197,9 @@ def main():
     ap.add_argument("--tokenizer", type=Path, default=HERE / "tokenizer")
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--mtp-bits", type=int, default=8, help="bits of the MTP head (0: same as --bits)")
+    ap.add_argument("--mtp-group-size", type=int, default=64)
+    ap.add_argument("--final", action="store_true", help="export the run's last weights even if it has best/")
     ap.add_argument("--check-unquantized", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--text", default=None, help="text for the logits comparison (default: from val.bin)")
     ap.add_argument("--tokens", type=int, default=96)
@@ -187,7 +207,14 @@ def main():
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    model, meta, _ = load_model_dir(args.run, "cpu")
+    run = args.run
+    if not args.final and any((args.run / "best").glob("weights-*.safetensors")):
+        run = args.run / "best"
+    model, meta, _ = load_model_dir(run, "cpu")
+    if run != args.run:
+        b = meta.get("best", {})
+        print(f"using {run} (best validation: step {b.get('step')}, val loss {b.get('val_loss')}, "
+              f"MTP agreement {b.get('val_mtp_agree')}; --final for the last weights)")
     # the exported weights are bf16 (A_log float32): compare against the same rounding
     with torch.no_grad():
         for k, p in model.named_parameters():
@@ -202,8 +229,11 @@ def main():
     config = mlx_config(cfg, tok_ids, None)
     weights = torch_to_mlx_weights(model)
     quant = {"group_size": args.group_size, "bits": args.bits}
-    print(f"exporting step {meta.get('step')} ({meta.get('tokens', 0) / 1e6:.1f} M tokens) -> {args.out}")
-    write_checkpoint(args.out, config, weights, quant, args.tokenizer, tok_ids)
+    mtp_quant = ({"group_size": args.mtp_group_size, "bits": args.mtp_bits}
+                 if args.mtp_bits and cfg.mtp_num_hidden_layers > 0 else None)
+    print(f"exporting step {meta.get('step')} ({meta.get('tokens', 0) / 1e6:.1f} M tokens) -> {args.out}"
+          f" ({args.bits}-bit" + (f", MTP {args.mtp_bits}-bit)" if mtp_quant else ")"))
+    write_checkpoint(args.out, config, weights, quant, args.tokenizer, tok_ids, mtp_quant)
     size = sum(f.stat().st_size for f in args.out.glob("*.safetensors"))
     print(f"  wrote {args.out} ({size / 1e6:.2f} MB of weights)")
 
@@ -220,7 +250,8 @@ def main():
         t_logits, t_mtp = model(x, next_ids=torch.tensor([ids[1:] + [0]]))
         r_logits, r_mtp = model(x, next_ids=torch.tensor([ids[1:] + [0]]), recurrent=True)
     t_logits, t_mtp = t_logits[0].numpy(), t_mtp[0, :-1].numpy()
-    report = {"tokens": len(ids), "export_weight_bytes": size, "step": meta.get("step")}
+    report = {"tokens": len(ids), "export_weight_bytes": size, "step": meta.get("step"), "weights_from": str(run),
+              "bits": args.bits, "mtp_bits": args.mtp_bits if mtp_quant else args.bits}
     print("verification (logits of %d tokens):" % len(ids))
     report["torch_chunked_vs_recurrent"] = compare("torch chunked vs recurrent", t_logits, r_logits[0].numpy())
     if args.check_unquantized:
@@ -232,7 +263,7 @@ def main():
         report["bf16_mtp"] = compare("mlx-lm bf16 MTP vs torch", m_mtp, t_mtp)
     q_logits, q_mtp = mlx_logits(args.out, ids)
     report["q4_backbone"] = compare(f"mlx-lm {args.bits}-bit vs torch", q_logits, t_logits)
-    report["q4_mtp"] = compare(f"mlx-lm {args.bits}-bit MTP vs torch", q_mtp, t_mtp)
+    report["q4_mtp"] = compare(f"mlx-lm {report['mtp_bits']}-bit MTP vs torch", q_mtp, t_mtp)
     # next-token cross entropy of the held-out ids (quality lost to quantization)
     def ce(lg):
         lp = torch.log_softmax(torch.from_numpy(lg).double(), -1)

@@ -31,12 +31,13 @@ def main():
     rows = list(csv.DictReader(open(args.csv)))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for key, label, style in [("loss", "backbone (train)", "-"), ("mtp_loss", "MTP t+2 (train)", "-"),
-                              ("val_loss", "backbone (held out)", "o--"), ("val_mtp_loss", "MTP t+2 (held out)", "o--")]:
+                              ("val_loss", "backbone (held out)", "o--"), ("val_mtp_loss", "MTP t+2 (held out)", "o--"),
+                              ("mtp_kl", "KL(backbone || MTP) (train)", ":"), ("val_mtp_kl", "same, held out", "o:")]:
         x, y = col(rows, key)
         if x:
             a1.plot(x, y, style, label=label, markersize=3)
     a1.set_xlabel("training tokens (M)")
-    a1.set_ylabel("cross entropy (nats)")
+    a1.set_ylabel("nats")
     a1.set_title("Loss")
     a1.grid(alpha=0.3)
     a1.legend()

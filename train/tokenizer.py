@@ -6,7 +6,7 @@ Same pipeline as the Qwen3.5/3.6 tokenizer.json (NFC normalizer, the Qwen3.5 spl
 smaller learned vocabulary, and the 33 Qwen3.6 added tokens (<|endoftext|>, <|im_start|>,
 <|im_end|>, ..., <think>, </think>, <tool_call>, ...) appended after the learned tokens in the
 Qwen order with the Qwen `special` flags. tokenizer_config.json copies the Qwen3.6 one (chat
-template included) from models/default with the ids renumbered.
+template included; tests/fixtures/qwen3.6-tokenizer or models/default) with the ids renumbered.
 
 Usage: python train/tokenizer.py [--corpus FILE] [--out DIR] [--vocab 8192]
 """
@@ -87,7 +87,17 @@ def train_tokenizer(files, out_dir: Path, vocab_total: int = 8192):
 
 
 def write_tokenizer_config(out_dir: Path, ids: dict):
-    src = json.loads((REPO / "models/default/tokenizer_config.json").read_text())
+    # The Qwen3.6 tokenizer_config.json (chat template, added-token flags): the copy in
+    # tests/fixtures/qwen3.6-tokenizer or models/default, else the one already written here
+    # (derived from it; ids are renumbered by content below, so any source gives the same file).
+    for cand in (REPO / "tests/fixtures/qwen3.6-tokenizer/tokenizer_config.json",
+                 REPO / "models/default/tokenizer_config.json", out_dir / "tokenizer_config.json",
+                 HERE / "tokenizer/tokenizer_config.json"):
+        if cand.exists() and "chat_template" in json.loads(cand.read_text()):
+            src = json.loads(cand.read_text())
+            break
+    else:
+        raise SystemExit("no Qwen3.6 tokenizer_config.json with a chat template found")
     old_by_content = {v["content"]: v for v in src.get("added_tokens_decoder", {}).values()}
     dec = {}
     for content, special in ADDED:

@@ -3,10 +3,17 @@
 
 Needs only torch, numpy and safetensors (tokenizers, if present, for the text samples).
 
-Loss = CE(backbone logits at t, id_{t+1}) + mtp_weight * CE(MTP logits at t, id_{t+2}), the MTP row t
-being built from the backbone's pre-norm hidden state at t and the embedding of id_{t+1}.
+Loss = CE(backbone logits at t, id_{t+1}) + mtp_weight * MTP loss, the MTP row t being built from the
+backbone's pre-norm hidden state at t and the embedding of id_{t+1}. MTP loss =
+(1 - d) * CE(MTP logits at t, id_{t+2}) + d * H(p_backbone(. | row t+1), p_MTP(. | row t)), d = --mtp-distill:
+the soft part (self-distillation) trains the draft against the backbone's own (detached) next-token
+distribution at t+1, which is what greedy speculative verification compares the draft with.
+
+Keep-best: at every validation the weights with the lowest held-out loss so far (--keep-best) are
+written to OUT/best/ (same shard format, plus best.json); export.py uses them when present.
 
 Outputs in --out:
+  best/                               the shards + best.json of the best validation (--keep-best)
   weights-0000K-of-0000N.safetensors  bf16 weights (MLX names without `language_model.`, conv in
                                       PyTorch layout), shards of at most --shard-mib; the first
                                       shard's metadata holds config + progress (step, tokens,
@@ -45,8 +52,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from model import PRESETS, Config, Qwen36  # noqa: E402
 
-CSV_FIELDS = ["step", "tokens", "seconds", "lr", "loss", "mtp_loss", "mtp_acc", "mtp_agree", "val_loss",
-              "val_mtp_loss", "val_mtp_agree", "tok_per_s"]
+CSV_FIELDS = ["step", "tokens", "seconds", "lr", "loss", "mtp_loss", "mtp_acc", "mtp_agree", "mtp_kl", "val_loss",
+              "val_mtp_loss", "val_mtp_agree", "val_mtp_kl", "tok_per_s"]
 
 
 def log(msg, fh=None):
@@ -62,11 +69,23 @@ def log(msg, fh=None):
 # ------------------------------------------------------------------------------------------------
 
 
+def load_tokens(path: Path):
+    """uint16 token file: PATH.xz (xz-compressed, as corpus.py writes train.bin) if present, else PATH."""
+    xz = path.with_name(path.name + ".xz")
+    if xz.exists():
+        import lzma
+
+        return np.frombuffer(lzma.decompress(xz.read_bytes()), dtype=np.uint16)
+    if path.exists():
+        return np.fromfile(path, dtype=np.uint16)
+    raise SystemExit(f"{xz} (or {path.name}) not found: run train/corpus.py")
+
+
 class Batches:
     """Random windows of T + 2 tokens from a uint16 token file."""
 
     def __init__(self, path: Path, T: int, batch: int, seed: int, device):
-        self.data = np.fromfile(path, dtype=np.uint16)
+        self.data = load_tokens(path)
         self.T, self.batch, self.device = T, batch, device
         self.rng = np.random.default_rng(seed)
         if len(self.data) < T + 3:
@@ -162,8 +181,13 @@ def param_groups(model, wd):
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def losses(model, w, mtp_weight):
-    """w: [B, T + 2] -> (total, ce, mtp_ce, mtp_acc, mtp_agree)."""
+def losses(model, w, mtp_weight, mtp_distill=0.0):
+    """w: [B, T + 2] -> (total, ce, mtp_ce, mtp_acc, mtp_agree, mtp_kl).
+
+    MTP row t predicts id_{t+2}; so does the backbone's row t + 1. mtp_kl is
+    KL(p_backbone(row t+1) || p_MTP(row t)) over the rows that have a teacher row (t < T - 1);
+    the self-distillation term is the matching soft cross-entropy (the teacher detached), weighted
+    mtp_distill against the hard-label CE."""
     T = w.shape[1] - 2
     ids, tgt1, tgt2 = w[:, :T], w[:, 1:T + 1], w[:, 2:T + 2]
     logits, mtp = model(ids, next_ids=tgt1)
@@ -171,26 +195,33 @@ def losses(model, w, mtp_weight):
     ce = F.cross_entropy(logits.float().reshape(-1, V), tgt1.reshape(-1))
     if mtp is None:
         z = torch.zeros((), device=w.device)
-        return ce, ce, z, z, z
+        return ce, ce, z, z, z, z
     mce = F.cross_entropy(mtp.float().reshape(-1, V), tgt2.reshape(-1))
+    # teacher: the backbone's next-token distribution at row t + 1 (no gradient into the backbone)
+    t_logp = torch.log_softmax(logits[:, 1:].detach().float(), -1)
+    s_logp = torch.log_softmax(mtp[:, :-1].float(), -1)
+    t_p = t_logp.exp()
+    soft = -(t_p * s_logp).sum(-1).mean()  # H(teacher, student)
     with torch.no_grad():
+        kl = soft - (-(t_p * t_logp).sum(-1).mean())
         mp = mtp.argmax(-1)
         acc = (mp == tgt2).float().mean()
         # greedy acceptance proxy: MTP draft for t+2 (row t) vs the backbone's choice for t+2 (row t+1)
         agree = (mp[:, :-1] == logits[:, 1:].argmax(-1)).float().mean()
-    return ce + mtp_weight * mce, ce, mce, acc, agree
+    mtp_loss = (1.0 - mtp_distill) * mce + mtp_distill * soft if mtp_distill else mce
+    return ce + mtp_weight * mtp_loss, ce, mce, acc, agree, kl
 
 
 @torch.no_grad()
 def evaluate(model, val: Batches, n_batches, amp, device):
     model.eval()
     rng = np.random.default_rng(12345)
-    tot = np.zeros(3)
+    tot = np.zeros(4)
     for _ in range(n_batches):
         w = val.sample(rng)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            _, ce, mce, _, agree = losses(model, w, 0.0)
-        tot += [ce.item(), mce.item(), agree.item()]
+            _, ce, mce, _, agree, kl = losses(model, w, 0.0)
+        tot += [ce.item(), mce.item(), agree.item(), kl.item()]
     model.train()
     return tot / n_batches
 
@@ -243,11 +274,18 @@ def main():
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--rewarmup", type=int, default=50, help="warm-up steps after a resume without optimizer")
     ap.add_argument("--wd", type=float, default=0.1)
-    ap.add_argument("--mtp-weight", type=float, default=0.3)
+    ap.add_argument("--mtp-weight", type=float, default=0.5, help="weight of the MTP loss")
+    ap.add_argument("--mtp-distill", type=float, default=0.7,
+                    help="share of the MTP loss that is the soft CE against the backbone's (detached) "
+                         "distribution for the same token (self-distillation); the rest is the hard CE "
+                         "on id_{t+2}. 0 = hard labels only")
+    ap.add_argument("--keep-best", default="val_loss", choices=["val_loss", "val_mtp_agree", "none"],
+                    help="write the weights of the best validation so far to OUT/best/ (val_loss: lowest "
+                         "held-out backbone loss; val_mtp_agree: highest held-out MTP agreement)")
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--eval-every", type=float, default=1.0, help="minutes between validation runs")
-    ap.add_argument("--eval-batches", type=int, default=8)
+    ap.add_argument("--eval-batches", type=int, default=8, help="validation batches (fixed windows of val.bin)")
     ap.add_argument("--save-every", type=float, default=4.0, help="minutes between checkpoints")
     ap.add_argument("--shard-mib", type=float, default=15.0)
     ap.add_argument("--no-state", action="store_true", help="do not write state.pt")
@@ -336,6 +374,31 @@ def main():
                 wr.writerow({k: r.get(k, "") for k in CSV_FIELDS})
         log(f"checkpoint at step {meta['step']} ({'final' if final else 'periodic'})", logf)
 
+    best_dir = args.out / "best"
+    best = {"score": None}
+    if args.keep_best != "none" and (best_dir / "best.json").exists():
+        best = json.loads((best_dir / "best.json").read_text())  # resumed run: beat the earlier best
+
+    def validate():
+        v = evaluate(model, val, args.eval_batches, amp, device)
+        csv_rows.append({"step": meta["step"], "tokens": meta["tokens"], "seconds": f"{meta['seconds']:.1f}",
+                         "val_loss": f"{v[0]:.4f}", "val_mtp_loss": f"{v[1]:.4f}", "val_mtp_agree": f"{v[2]:.4f}",
+                         "val_mtp_kl": f"{v[3]:.4f}"})
+        msg = f"val  loss {v[0]:.3f}  mtp {v[1]:.3f}  agree {v[2]:.3f}  kl {v[3]:.3f}"
+        if args.keep_best != "none":
+            score = v[0] if args.keep_best == "val_loss" else -v[2]
+            if best["score"] is None or score < best["score"]:
+                best.update(score=float(score), step=meta["step"], tokens=meta["tokens"], seconds=meta["seconds"],
+                            val_loss=float(v[0]), val_mtp_loss=float(v[1]), val_mtp_agree=float(v[2]),
+                            val_mtp_kl=float(v[3]), criterion=args.keep_best)
+                best_dir.mkdir(parents=True, exist_ok=True)
+                meta_out = dict(meta, config=cfg.to_dict(), n_params=n_params, best=best,
+                                args={k: str(x) for k, x in vars(args).items()})
+                save_shards(model, best_dir, meta_out, args.shard_mib)
+                (best_dir / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+                msg += "  (best so far: saved)"
+        log(msg, logf)
+
     budget = 60 * args.minutes
     t_train0 = time.time()
     seconds0 = meta["seconds"]
@@ -353,7 +416,7 @@ def main():
             g["lr"] = lr
         w = train.sample()
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, ce, mce, macc, agree = losses(fwd, w, args.mtp_weight)
+            loss, ce, mce, macc, agree, kl = losses(fwd, w, args.mtp_weight, args.mtp_distill)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -361,7 +424,7 @@ def main():
         meta["step"] += 1
         meta["tokens"] += w.shape[0] * (w.shape[1] - 2)
         tok_log += w.shape[0] * (w.shape[1] - 2)
-        acc_t = torch.stack([ce.detach(), mce.detach(), macc, agree]).float() + (acc_t if acc_n else 0)
+        acc_t = torch.stack([ce.detach(), mce.detach(), macc, agree, kl]).float() + (acc_t if acc_n else 0)
         acc_n += 1
         now = time.time()
         meta["seconds"] = seconds0 + (now - t_train0)
@@ -370,17 +433,14 @@ def main():
             tps = tok_log / (now - t_log)
             row = {"step": meta["step"], "tokens": meta["tokens"], "seconds": f"{meta['seconds']:.1f}",
                    "lr": f"{lr:.3e}", "loss": f"{a[0]:.4f}", "mtp_loss": f"{a[1]:.4f}", "mtp_acc": f"{a[2]:.4f}",
-                   "mtp_agree": f"{a[3]:.4f}", "tok_per_s": f"{tps:.0f}"}
+                   "mtp_agree": f"{a[3]:.4f}", "mtp_kl": f"{a[4]:.4f}", "tok_per_s": f"{tps:.0f}"}
             csv_rows.append(row)
             log(f"step {meta['step']:6d}  loss {a[0]:.3f}  mtp {a[1]:.3f}  mtp_acc {a[2]:.3f}  agree {a[3]:.3f}"
-                f"  lr {lr:.2e}  {tps / 1e3:.1f} k tok/s", logf)
+                f"  kl {a[4]:.3f}  lr {lr:.2e}  {tps / 1e3:.1f} k tok/s", logf)
             acc_n = 0
             t_log, tok_log = now, 0
         if now - last_eval >= 60 * args.eval_every:
-            v = evaluate(model, val, args.eval_batches, amp, device)
-            csv_rows.append({"step": meta["step"], "tokens": meta["tokens"], "seconds": f"{meta['seconds']:.1f}",
-                             "val_loss": f"{v[0]:.4f}", "val_mtp_loss": f"{v[1]:.4f}", "val_mtp_agree": f"{v[2]:.4f}"})
-            log(f"val  loss {v[0]:.3f}  mtp {v[1]:.3f}  agree {v[2]:.3f}", logf)
+            validate()
             last_eval = t_log = time.time()
             tok_log = 0
         if now - last_save >= 60 * args.save_every:
@@ -388,11 +448,11 @@ def main():
             last_save = t_log = time.time()
             tok_log = 0
 
-    v = evaluate(model, val, args.eval_batches, amp, device)
-    csv_rows.append({"step": meta["step"], "tokens": meta["tokens"], "seconds": f"{meta['seconds']:.1f}",
-                     "val_loss": f"{v[0]:.4f}", "val_mtp_loss": f"{v[1]:.4f}", "val_mtp_agree": f"{v[2]:.4f}"})
-    log(f"val  loss {v[0]:.3f}  mtp {v[1]:.3f}  agree {v[2]:.3f}", logf)
+    validate()
     checkpoint(final=True)
+    if best["score"] is not None:
+        log(f"best validation: step {best['step']} ({best['tokens'] / 1e6:.1f} M tokens), val loss "
+            f"{best['val_loss']:.3f}, MTP agreement {best['val_mtp_agree']:.3f} -> {args.out / 'best'}", logf)
     if (args.tokenizer / "tokenizer.json").exists():
         txt = sample_text(model, args.tokenizer, device, SAMPLE_PROMPTS)
         (args.out / "samples.txt").write_text(txt)
