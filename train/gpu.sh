@@ -3,9 +3,10 @@
 #
 #   OUT=/path/to/out bash train/gpu.sh
 #
-# Trains for $MINUTES (default 7.5) of wall time, then writes into $OUT the bf16 weight shards
-# (weights-*.safetensors, <= 15 MiB each), loss.csv, samples.txt and log.txt, and in $OUT/best/
-# the shards of the best validation (lowest held-out loss; export.py uses them).
+# Trains for $MINUTES (default 7.5) of wall time, then writes into $OUT loss.csv, samples.txt and
+# log.txt, and in $OUT/best/ the bf16 shards (weights-*.safetensors, <= 15 MiB each) + best.json
+# of the best validation (lowest held-out loss; export.py uses them): 8 files for `base`. The
+# final shards go to $OUT only when there is no best/ (see MAX_FILES below).
 # The run directory $RUN (default train/runs/gpu, ignored by git) keeps the full state
 # (state.pt: float32 weights + optimizer); a later call on the same machine resumes from it
 # exactly. On a fresh machine, put the returned shards in $RESUME_DIR (default train/ckpt) to
@@ -48,10 +49,23 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || tr
   --log-every 50 --eval-every "$EVAL_EVERY" --eval-batches "$EVAL_BATCHES" --save-every 3 \
   ${EXTRA:-}
 
-cp "$RUN"/weights-*.safetensors "$RUN"/loss.csv "$RUN"/log.txt "$OUT"/
+# What comes back from $OUT is limited (MAX_FILES files, 8 by default). A `base` run has 4 shards,
+# so the final shards and best/ together (4 + 5) plus the logs would be 12: with best/ present
+# only best/ is returned (what export.py uses); the final shards stay in $RUN (state.pt too).
+# Without best/ (--keep-best none) the final shards are returned instead.
+MAX_FILES=${MAX_FILES:-8}
+cp "$RUN"/loss.csv "$RUN"/log.txt "$OUT"/
 [ -f "$RUN/samples.txt" ] && cp "$RUN/samples.txt" "$OUT"/
 if [ -f "$RUN/best/best.json" ]; then
   mkdir -p "$OUT/best"
   cp "$RUN"/best/weights-*.safetensors "$RUN/best/best.json" "$OUT/best/"
+else
+  cp "$RUN"/weights-*.safetensors "$OUT"/
 fi
+n=$(find "$OUT" -type f | wc -l)
+if [ "$n" -gt "$MAX_FILES" ] && [ -f "$OUT/best/best.json" ]; then
+  rm "$OUT/best/best.json"  # its numbers are also in the first shard's metadata and in log.txt
+  n=$((n - 1))
+fi
+[ "$n" -gt "$MAX_FILES" ] && echo "warning: $n files in $OUT, more than $MAX_FILES come back" >&2
 ls -la "$OUT" "$OUT/best" 2>/dev/null || true
