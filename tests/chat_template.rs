@@ -3,9 +3,9 @@
 //! tests/fixtures/tokenizer/chat_cases.json holds a matrix of conversations (system prompts,
 //! multi-turn reasoning, tools and tool results, thinking on/off, preserve_thinking, content
 //! parts); chat_expected.json holds transformers' rendered text and `tokenize=True` ids for each,
-//! on models/default (its tokenizer.json and tokenizer_config.json chat template), or the error it
-//! raised. Our render + encode must give the same ids (and text), with the checkpoint's template
-//! and with the built-in one. `QWGPU_TEXT_FIXTURES=<dir>` reads regenerated references.
+//! on the real Qwen3.6 tokenizer (tests/fixtures/qwen3.6-tokenizer: tokenizer.json and the
+//! tokenizer_config.json chat template), or the error it raised. Our render + encode must give
+//! the same ids (and text), with that tokenizer_config.json's template and with the built-in one. `QWGPU_TEXT_FIXTURES=<dir>` reads regenerated references.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -18,8 +18,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn default_model_dir() -> PathBuf {
-    repo().join("models/default")
+/// The real Qwen3.6 tokenizer (tokenizer.json + tokenizer_config.json), a fixture of its own.
+fn qwen_dir() -> PathBuf {
+    repo().join("tests/fixtures/qwen3.6-tokenizer")
 }
 
 fn fixtures_dir() -> PathBuf {
@@ -31,7 +32,7 @@ fn fixtures_dir() -> PathBuf {
 
 fn tok() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
-    T.get_or_init(|| Tokenizer::from_model_dir(default_model_dir()).expect("load models/default tokenizer"))
+    T.get_or_init(|| Tokenizer::from_model_dir(qwen_dir()).expect("load the Qwen3.6 tokenizer fixture"))
 }
 
 struct Case {
@@ -85,7 +86,7 @@ fn cases() -> &'static [Case] {
 }
 
 fn checkpoint_template() -> ChatTemplate {
-    let t = ChatTemplate::from_model_dir(default_model_dir()).unwrap();
+    let t = ChatTemplate::from_model_dir(qwen_dir()).unwrap();
     assert!(t.source().ends_with("tokenizer_config.json"), "{}", t.source());
     t
 }
@@ -250,7 +251,7 @@ fn jinja_features_hf_templates_need() {
     let t = ChatTemplate::new("{{ raise_exception('bad ' ~ messages | length) }}", "inline").unwrap();
     let e = t.render(&msgs, None, false, &Map::new()).unwrap_err().to_string();
     assert!(e.contains("the template raised: bad 3"), "{e}");
-    // The built-in template text is what models/default ships.
-    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(default_model_dir().join("tokenizer_config.json")).unwrap()).unwrap();
+    // The built-in template text is the Qwen3.6 tokenizer_config.json's.
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(qwen_dir().join("tokenizer_config.json")).unwrap()).unwrap();
     assert_eq!(cfg["chat_template"].as_str(), Some(BUILTIN_QWEN3_6));
 }

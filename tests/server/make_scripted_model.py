@@ -6,15 +6,17 @@ token -> next-token table, so the server's reasoning, tool-call and stop-string 
 tested end to end with a real model in the real format (the embedded default model has random
 weights and never writes a tool call or a think block by itself).
 
-How: it starts from the embedded default model (models/default: same architecture, MLX affine
-4-bit, the real Qwen3.6 tokenizer) and
+How: it takes the layers of the embedded default model (models/default: this architecture, MLX
+affine 4-bit; --base) and the real Qwen3.6 tokenizer (tests/fixtures/qwen3.6-tokenizer;
+--tokenizer), whatever vocabulary the base model has, and
   - zeroes every layer's output projection (attention o_proj, Gated-DeltaNet out_proj, MLP
     down_proj), so each layer adds exactly 0 to the residual stream and the hidden state at the
     final norm is the current token's embedding;
-  - gives each scripted token a random +-1 embedding code (near-orthogonal in 64 dimensions);
+  - builds a new embedding with the Qwen3.6 vocabulary's 248,320 rows (random codes), in which
+    each scripted token gets a random +-1 embedding code (near-orthogonal in `hidden` dimensions);
   - adds an untied lm_head whose row for token u is the sum of the codes of the tokens that
-    must be followed by u. The final norm weight is 1, so logit(u | t) = <code_t, row_u>: 64 for
-    the scripted successor, small cross terms for everything else.
+    must be followed by u. The final norm weight is 1, so logit(u | t) = <code_t, row_u>: `hidden`
+    for the scripted successor, small cross terms for everything else.
 Greedy decoding then depends only on the last token, so every scripted token is distinct and
 each reply starts from the last token of its prompt:
   - "\\n" (198), the end of the thinking-mode generation prompt `<think>\\n`: a reasoning block,
@@ -41,6 +43,9 @@ TOOL_CALL, END_TOOL_CALL = 248058, 248059
 IM_END = 248046
 NEWLINE, DOUBLE_NEWLINE = 198, 271
 FIRST_ADDED = 248044
+ENDOFTEXT = 248044
+# Embedding rows of the Qwen3.6 checkpoints (the tokenizer's 248,077 ids, padded).
+VOCAB_ROWS = 248320
 
 REASONING = "The user wants the weather in Paris in metric units, so I should call get_weather."
 # Each token may appear once, and the vocabulary has few tokens with '>' (">", "><", "></",
@@ -154,12 +159,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     here = os.path.dirname(os.path.abspath(__file__))
-    ap.add_argument("--base", default=os.path.join(here, "..", "..", "models", "default"))
+    ap.add_argument("--base", default=os.path.join(here, "..", "..", "models", "default"),
+                    help="checkpoint whose architecture and layers are used (its vocabulary and tokenizer are not)")
+    ap.add_argument("--tokenizer", default=os.path.join(here, "..", "fixtures", "qwen3.6-tokenizer"),
+                    help="directory with the Qwen3.6 tokenizer.json and tokenizer_config.json")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
 
     base = os.path.abspath(args.base)
-    vb = vocab_bytes(os.path.join(base, "tokenizer.json"))
+    tok_dir = os.path.abspath(args.tokenizer)
+    vb = vocab_bytes(os.path.join(tok_dir, "tokenizer.json"))
+    added = {t["content"]: t["id"] for t in json.load(open(os.path.join(tok_dir, "tokenizer.json"), encoding="utf-8"))["added_tokens"]}
+    expect = {"<think>": THINK, "</think>": END_THINK, "<tool_call>": TOOL_CALL, "</tool_call>": END_TOOL_CALL,
+              "<|im_end|>": IM_END, "<|endoftext|>": ENDOFTEXT}
+    if any(added.get(k) != v for k, v in expect.items()) or max(vb) >= VOCAB_ROWS:
+        raise SystemExit(f"{tok_dir}/tokenizer.json is not the Qwen3.6 tokenizer (this script uses its ids)")
     by_bytes = {}
     for i, b in vb.items():
         if i < FIRST_ADDED and b:
@@ -182,13 +196,16 @@ def main():
             table[prev] = t
             prev = t
 
-    weights, dtypes = read_safetensors(os.path.join(base, "model.safetensors"))
+    weights, dtypes = read_checkpoint(base)
     cfg = json.load(open(os.path.join(base, "config.json")))
     tc = cfg.get("text_config", cfg)
     hidden = tc["hidden_size"]
-    vocab = tc["vocab_size"]
+    vocab = VOCAB_ROWS
     qcfg = cfg["quantization"]
     group, bits = qcfg["group_size"], qcfg["bits"]
+    emb = "language_model.model.embed_tokens"
+    if dtypes.get(f"{emb}.weight") != "U32" or dtypes.get(f"{emb}.scales") != "BF16":
+        raise SystemExit(f"{base}: expected an MLX affine-quantized embedding with bf16 scales")
 
     # Layers add nothing: zero output projections (weights, scales and biases all 0).
     for k in list(weights):
@@ -199,29 +216,40 @@ def main():
     weights["language_model.model.norm.weight"] = to_bf16(np.ones(hidden, dtype=np.float32))
 
     rng = np.random.default_rng(args.seed)
+    # A new embedding with the Qwen3.6 vocabulary's rows: random codes, scale 1/64 around 0 (the
+    # rows of tokens that are not scripted never matter).
+    packed_cols = hidden * bits // 32
+    base_q = rng.integers(0, 1 << 32, size=(vocab, packed_cols), dtype=np.uint32)
+    base_s = np.full((vocab, hidden // group), to_bf16(np.float32(1 / 64)), dtype=np.uint16)
+    base_b = np.full((vocab, hidden // group), to_bf16(np.float32(-((1 << bits) - 1) / 2 / 64)), dtype=np.uint16)
     for attempt in range(50):
         codes = {t: rng.choice([-1.0, 1.0], size=hidden).astype(np.float32) for t in table}
         # Embedding rows of the scripted inputs.
-        emb_q = weights["language_model.model.embed_tokens.weight"].copy()
-        emb_s = weights["language_model.model.embed_tokens.scales"].copy()
-        emb_b = weights["language_model.model.embed_tokens.biases"].copy()
+        emb_q, emb_s, emb_b = base_q.copy(), base_s.copy(), base_b.copy()
         ids = sorted(codes)
         q, s, b = quantize(np.stack([codes[t] for t in ids]), group, bits)
         emb_q[ids], emb_s[ids], emb_b[ids] = q, s, b
-        # lm_head: row u = sum of the codes of u's predecessors.
-        head = np.zeros((vocab, hidden), dtype=np.float32)
+        # lm_head: row u = sum of the codes of u's predecessors; every other row is 0 (quantized:
+        # codes, scale and bias 0).
+        succ = sorted(set(table.values()))
+        head = np.zeros((len(succ), hidden), dtype=np.float32)
         for t, u in table.items():
-            head[u] += codes[t]
-        hq, hs, hb = quantize(head, group, bits)
-        # Check the table on the dequantized weights, with a margin.
-        hd = dequantize(hq, hs, hb, group, bits)
+            head[succ.index(u)] += codes[t]
+        sq, ss, sb = quantize(head, group, bits)
+        hq = np.zeros((vocab, packed_cols), dtype=np.uint32)
+        hs = np.zeros((vocab, hidden // group), dtype=np.uint16)
+        hb = np.zeros((vocab, hidden // group), dtype=np.uint16)
+        hq[succ], hs[succ], hb[succ] = sq, ss, sb
+        # Check the table on the dequantized weights, with a margin (the zero rows give logit 0).
+        hd = dequantize(sq, ss, sb, group, bits)
         ed = dequantize(q, s, b, group, bits)
         worst = np.inf
         ok = True
         for row, t in enumerate(ids):
             x = ed[row]
             h = x / np.sqrt(np.mean(x * x) + 1e-6)
-            logits = hd @ h
+            logits = np.zeros(vocab, dtype=np.float32)
+            logits[succ] = hd @ h
             top = int(np.argmax(logits))
             second = np.partition(logits, -2)[-2]
             if top != table[t]:
@@ -246,9 +274,17 @@ def main():
 
     cfg["tie_word_embeddings"] = False
     tc["tie_word_embeddings"] = False
+    tc["vocab_size"] = vocab
+    # The Qwen3.6 stop ids (the base model's may be of another vocabulary).
+    for c in (cfg, tc):
+        c.pop("eos_token_id", None)
+        c.pop("bos_token_id", None)
+    tc["eos_token_id"] = tc["bos_token_id"] = ENDOFTEXT
     json.dump(cfg, open(os.path.join(args.out, "config.json"), "w"), indent=2)
-    for f in ("generation_config.json", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(os.path.join(base, f), os.path.join(args.out, f))
+    json.dump({"eos_token_id": [IM_END, ENDOFTEXT], "bos_token_id": ENDOFTEXT},
+              open(os.path.join(args.out, "generation_config.json"), "w"))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(os.path.join(tok_dir, f), os.path.join(args.out, f))
 
     def text(ids):
         return b"".join(vb[i] for i in ids).decode("utf-8")
@@ -268,6 +304,18 @@ def main():
 
 # safetensors without a framework: bf16 tensors are kept as their uint16 bits.
 NP_OF = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "U32": np.uint32, "I32": np.int32, "U8": np.uint8}
+
+
+def read_checkpoint(base):
+    """All tensors of a checkpoint directory: model.safetensors, or the shards its index names."""
+    index = os.path.join(base, "model.safetensors.index.json")
+    files = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) else ["model.safetensors"]
+    tensors, dtypes = {}, {}
+    for f in files:
+        t, d = read_safetensors(os.path.join(base, f))
+        tensors.update(t)
+        dtypes.update(d)
+    return tensors, dtypes
 
 
 def read_safetensors(path):

@@ -575,6 +575,11 @@ impl Engine {
             (None, Some(b)) => Some(Tokenizer::from_bytes(&b, "tokenizer.json.gz").map_err(err)?),
             (None, None) => None,
         };
+        // Another model's tokenizer (vocabulary larger than the embedding, EOS ids it lacks) is
+        // refused before any weight is uploaded.
+        if let Some(t) = &tokenizer {
+            t.check_model(config.vocab_size, &config.eos_token_ids).map_err(err)?;
+        }
         // The chat template as a checkpoint directory gives it (ChatTemplate::from_model_dir):
         // chat_template.jinja, else tokenizer_config.json's, else chat_template.json's, else the
         // built-in Qwen3.6 one; special tokens from tokenizer_config.json.

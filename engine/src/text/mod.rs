@@ -36,6 +36,10 @@ pub enum TextError {
     /// The messages, tools or kwargs passed to the chat template are malformed.
     #[error("chat input: {0}")]
     Input(String),
+    /// The tokenizer does not belong to the model it is paired with (see
+    /// [`Tokenizer::check_model`]).
+    #[error("{source_name}: {message}")]
+    ModelMismatch { source_name: String, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, TextError>;

@@ -271,6 +271,38 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// One past the highest id this tokenizer can produce (the vocabulary and the added tokens).
+    pub fn id_bound(&self) -> usize {
+        let added = self.added.keys().map(|&id| id as usize + 1).max().unwrap_or(0);
+        self.vocab_size().max(added)
+    }
+
+    /// Checks that this tokenizer can be the one of a model whose embedding has `model_vocab` rows
+    /// and whose stop ids are `eos_ids` (config.json / generation_config.json): every id it
+    /// produces must have an embedding row (the model's table may be larger, e.g. Qwen3.6 pads
+    /// 248,077 ids to 248,320 rows), and the model's EOS ids must be tokens of this vocabulary.
+    /// Pairing a checkpoint with another model's tokenizer (a 248k-id Qwen3.6 tokenizer with a
+    /// small-vocabulary model, or the reverse) fails here with both sizes named, instead of
+    /// encoding out-of-range ids or silently dropping every generated id it cannot decode.
+    pub fn check_model(&self, model_vocab: usize, eos_ids: &[u32]) -> Result<()> {
+        let n = self.id_bound();
+        let mismatch = |message: String| TextError::ModelMismatch { source_name: self.source.clone(), message };
+        if n > model_vocab {
+            return Err(mismatch(format!(
+                "this tokenizer has {n} token ids but the model's embedding has only {model_vocab} rows \
+                 (vocab_size in config.json): it is not this model's tokenizer"
+            )));
+        }
+        if let Some(&e) = eos_ids.iter().find(|&&e| self.inner.id_to_token(e).is_none()) {
+            return Err(mismatch(format!(
+                "the model's end-of-sequence id {e} (config.json / generation_config.json) is not in this \
+                 tokenizer's vocabulary of {n} ids, while the model's embedding has {model_vocab} rows: \
+                 it is not this model's tokenizer"
+            )));
+        }
+        Ok(())
+    }
+
     /// Ids of the control tokens.
     pub fn controls(&self) -> &ControlTokens {
         &self.controls
