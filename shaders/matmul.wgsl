@@ -127,9 +127,7 @@ fn block_dot(wv: array<vec4<f32>, XV>, xv: array<vec4<f32>, XV>) -> f32 {
 }
 
 var<workgroup> red: array<f32, WG * NACC>;
-#if SUBGROUPS
-var<workgroup> leader: array<u32, WG>;
-#endif
+
 
 @compute @workgroup_size(WG)
 fn main(
@@ -138,6 +136,7 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 #if SUBGROUPS
     @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
 #endif
 ) {
     let T = step.{{TOKENS}};
@@ -148,46 +147,122 @@ fn main(
     let bpr = p.k / EPB;          // blocks per row
     let xs4 = p.x_stride / 4u;    // x row stride in vec4 units
 
+#if QUANT
+    // Quantized formats, unrolled over rows (R) and tokens (T) so every value stays in a
+    // register: per block, each row's 16 bytes of codes and its group scale/bias are read once;
+    // per u32 word, each token's x values are read once (for every row) and each row's codes
+    // are unpacked once (for every token). Per (row, token) the order of operations is
+    // block_dot's and load_x's.
+#for R ROWS
+#for T MT
+    var acc_{{R}}_{{T}} = 0.0;
+#endfor
+#endfor
+#for T MT
+    let on{{T}} = t0 + {{T}}u < T;
+#endfor
+    for (var b = lid; b < bpr; b += WG) {
+#for R ROWS
+        let row{{R}} = min(r0 + {{R}}u, p.n - 1u);
+        let wb{{R}} = w[row{{R}} * bpr + b];
+        let sb{{R}} = scale_bias(row{{R}} * p.groups_per_row + (b * EPB) / p.group_size);
+#endfor
+#for T MT
+        let xb{{T}} = (t0 + {{T}}u) * xs4 + p.x_col / 4u + b * XV;
+        var sx{{T}} = 0.0;
+#for R ROWS
+        var d{{R}}_{{T}} = 0.0;
+#endfor
+#endfor
+#for I 4
+        {
+#for T MT
+            var xa{{T}} = vec4<f32>(0.0);
+#if Q4
+            var xc{{T}} = vec4<f32>(0.0);
+#endif
+            if (on{{T}}) {
+#if Q4
+                xa{{T}} = x[xb{{T}} + {{I}}u * 2u];
+                xc{{T}} = x[xb{{T}} + {{I}}u * 2u + 1u];
+                sx{{T}} += xa{{T}}.x + xa{{T}}.y + xa{{T}}.z + xa{{T}}.w;
+                sx{{T}} += xc{{T}}.x + xc{{T}}.y + xc{{T}}.z + xc{{T}}.w;
+#else
+                xa{{T}} = x[xb{{T}} + {{I}}u];
+                sx{{T}} += xa{{T}}.x + xa{{T}}.y + xa{{T}}.z + xa{{T}}.w;
+#endif
+            }
+#endfor
+#for R ROWS
+            let v{{R}} = vec4<u32>(wb{{R}}[{{I}}]);
+#if Q4
+            let lo{{R}} = codes_f32((v{{R}} >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+            let hi{{R}} = codes_f32((v{{R}} >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
+#else
+            let lo{{R}} = codes_f32((v{{R}} >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
+#endif
+#endfor
+#for T MT
+            if (on{{T}}) {
+#for R ROWS
+#if Q4
+                d{{R}}_{{T}} += dot(lo{{R}}, xa{{T}}) + dot(hi{{R}}, xc{{T}});
+#else
+                d{{R}}_{{T}} += dot(lo{{R}}, xa{{T}});
+#endif
+#endfor
+            }
+#endfor
+        }
+#endfor
+#for R ROWS
+#for T MT
+        acc_{{R}}_{{T}} += sb{{R}}.x * d{{R}}_{{T}} + sb{{R}}.y * sx{{T}};
+#endfor
+#endfor
+    }
+    var acc: array<f32, NACC>;
+#for R ROWS
+#for T MT
+    acc[{{R}}u * MT + {{T}}u] = acc_{{R}}_{{T}};
+#endfor
+#endfor
+#else
+    // Dense formats: one block (4 or 8 values) per row per iteration.
     var acc: array<f32, NACC>;
     for (var i = 0u; i < NACC; i++) { acc[i] = 0.0; }
-
     for (var b = lid; b < bpr; b += WG) {
-        // Weight blocks (and group scale/bias) of every row of this workgroup, read once.
         var wb: array<vec4<u32>, ROWS>;
-        var sb: array<vec2<f32>, ROWS>;
         for (var r = 0u; r < ROWS; r++) {
-            let row = min(r0 + r, p.n - 1u);
-            wb[r] = w[row * bpr + b];
-#if QUANT
-            sb[r] = scale_bias(row * p.groups_per_row + (b * EPB) / p.group_size);
-#endif
+            wb[r] = w[min(r0 + r, p.n - 1u) * bpr + b];
         }
         for (var t = 0u; t < MT; t++) {
             if (t0 + t < T) {
                 let xb = load_x((t0 + t) * xs4 + p.x_col / 4u + b * XV);
                 for (var r = 0u; r < ROWS; r++) {
-                    let d = block_dot(unpack_block(wb[r]), xb.v);
-#if QUANT
-                    acc[r * MT + t] += sb[r].x * d + sb[r].y * xb.s;
-#else
-                    acc[r * MT + t] += d;
-#endif
+                    acc[r * MT + t] += block_dot(unpack_block(wb[r]), xb.v);
                 }
             }
         }
     }
+#endif
 
     // Reduce every accumulator over the workgroup in a fixed order.
 #if SUBGROUPS
+    // Subgroup sums, then the subgroups' partials in subgroup order (subgroups of a 1-D
+    // workgroup are runs of consecutive invocation indices, as on every Vulkan, Metal and D3D
+    // implementation).
+    let sgi = lid / sg_size;
     for (var i = 0u; i < NACC; i++) {
-        red[i * WG + lid] = subgroupAdd(acc[i]);
+        let s = subgroupAdd(acc[i]);
+        if (sg_lane == 0u) { red[i * WG + sgi] = s; }
     }
-    leader[lid] = select(0u, 1u, sg_lane == 0u);
     workgroupBarrier();
     if (lid < NACC) {
+        let nsg = (WG + sg_size - 1u) / sg_size;
         var s = 0.0;
-        for (var j = 0u; j < WG; j++) {
-            if (leader[j] == 1u) { s += red[lid * WG + j]; }
+        for (var j = 0u; j < nsg; j++) {
+            s += red[lid * WG + j];
         }
         red[lid * WG] = s;
     }

@@ -3,7 +3,7 @@
 //! matrices split over several bindings, and bit-exact batch invariance.
 
 use qwgpu_engine::gpu::{Gpu, GpuOptions, Rows, Step, StepShape, StepSlot};
-use qwgpu_engine::ops::matmul::{matmul, MatmulOpts, MT_PREFILL, MT_SMALL};
+use qwgpu_engine::ops::matmul::{matmul, MatmulOpts, MT_ONE, MT_PREFILL, MT_SMALL};
 use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{decode_floats, dequantize_row, encode_floats, quantize_row, FloatType, WeightFormat};
@@ -112,7 +112,11 @@ fn check_case(gpu: &Gpu, c: &Case, rng: &mut Rng, tokens: &[usize]) {
     for &t in tokens {
         let x = rng.vec(t * c.k, 1.0);
         let (want, mag) = cpu_matmul(c, &x, t, c.k, 0);
-        let mt = if t <= 2 { MT_SMALL } else { MT_PREFILL };
+        let mt = match t {
+            1 => MT_ONE,
+            2 => MT_SMALL,
+            _ => MT_PREFILL,
+        };
         let got = gpu_matmul(gpu, &m, &x, t, mt);
         assert_close(&format!("{what} T={t}"), &got, &want, &mag, ATOL, RTOL);
     }
@@ -214,6 +218,9 @@ fn matmul_batch_invariance_is_bit_exact() {
             let one = gpu_matmul(&gpu, &m, &x[..c.k], 1, MT_SMALL);
             let two = gpu_matmul(&gpu, &m, &x[..2 * c.k], 2, MT_SMALL);
             assert_bits_eq("T=1 vs row 0 of T=2", &one, &two[..c.n]);
+            // The 1-token decode tile gives the verify tile's bits.
+            let single = gpu_matmul(&gpu, &m, &x[..c.k], 1, MT_ONE);
+            assert_bits_eq("1-token tile vs row 0 of the 2-token tile", &single, &two[..c.n]);
             let pre = gpu_matmul(&gpu, &m, &x, 11, MT_PREFILL);
             assert_bits_eq("decode vs prefill pipeline, rows 0-1", &two, &pre[..2 * c.n]);
             let tail = gpu_matmul(&gpu, &m, &x[9 * c.k..11 * c.k], 2, MT_SMALL);

@@ -62,8 +62,20 @@ fn preprocessor_directives() {
     use qwgpu_engine::gpu::Defines;
     // Unknown placeholders and unbalanced blocks are errors, not silent output.
     let d = Defines::new();
-    assert!(preprocess("matmul.wgsl", &d, false).unwrap_err().to_string().contains("undefined placeholder"));
+    let e = preprocess("matmul.wgsl", &d, false).unwrap_err().to_string();
+    assert!(e.contains("undefined placeholder") || e.contains("#for count 'ROWS'"), "{e}");
     assert!(preprocess("no_such.wgsl", &d, false).is_err());
+
+    // #for unrolls (nested, counts from literals or defines); malformed blocks are errors.
+    use qwgpu_engine::gpu::shader::unroll;
+    let d = Defines::new().set("N", 3);
+    let text = "x\n#for R 2\na{{R}}\n  #for T N\n  b{{R}}{{T}} {{KEEP}}\n  #endfor\n#endfor\ny";
+    assert_eq!(unroll("t", text, &d).unwrap(), "x\na0\n  b00 {{KEEP}}\n  b01 {{KEEP}}\n  b02 {{KEEP}}\na1\n  b10 {{KEEP}}\n  b11 {{KEEP}}\n  b12 {{KEEP}}\ny\n");
+    assert_eq!(unroll("t", "#for R 0\na\n#endfor\nb", &d).unwrap(), "b\n");
+    assert!(unroll("t", "#for R 2\na", &d).unwrap_err().to_string().contains("without #endfor"));
+    assert!(unroll("t", "a\n#endfor", &d).unwrap_err().to_string().contains("without #for"));
+    assert!(unroll("t", "#for R M\na\n#endfor", &d).unwrap_err().to_string().contains("not an integer"));
+    assert!(unroll("t", "#for R\na\n#endfor", &d).unwrap_err().to_string().contains("expected #for VAR COUNT"));
 }
 
 #[test]

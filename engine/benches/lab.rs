@@ -13,7 +13,7 @@ use qwgpu_engine::gpu::{Gpu, GpuOptions, Plan, Rows, Step, StepShape, StepSlot};
 use qwgpu_engine::model::config::QuantSpec;
 use qwgpu_engine::model::forward::{Builder, Workspace};
 use qwgpu_engine::model::Model;
-use qwgpu_engine::ops::matmul::{matmul, MatmulOpts, MT_SMALL};
+use qwgpu_engine::ops::matmul::{matmul, MatmulOpts, MT_ONE, MT_SMALL};
 use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{FloatType, WeightFormat};
@@ -60,7 +60,7 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
         for t in [1u32, 2] {
             gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos: 0, n_confirmed: 0, n_out: 1, force: 0 }));
             let slot = StepSlot { buf: &step, offset: 0 };
-            let ds = pollster::block_on(matmul(gpu, &m, Act::new(&x, k as u32), Act::new(&y, n as u32), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt: MT_SMALL })).unwrap();
+            let ds = pollster::block_on(matmul(gpu, &m, Act::new(&x, k as u32), Act::new(&y, n as u32), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt: if t == 1 { MT_ONE } else { MT_SMALL } })).unwrap();
             let mut plan = Plan::new();
             plan.extend_vec(ds);
             let s = time_plan(gpu, &plan, StepShape { n_tokens: t, n_out: 1 }, reps);
@@ -87,7 +87,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32) {
         let step = gpu.storage("step", 256).unwrap();
         for t in [1u32, 2] {
             gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos, n_confirmed: 0, n_out: 1, force: 0 }));
-            let b = Builder { gpu, cfg: &model.config, w: &model.weights, ws: &ws, step: StepSlot { buf: &step, offset: 0 }, mt: MT_SMALL, max_ctx, x: &ws.x };
+            let b = Builder { gpu, cfg: &model.config, w: &model.weights, ws: &ws, step: StepSlot { buf: &step, offset: 0 }, mt: if t == 1 { MT_ONE } else { MT_SMALL }, max_ctx, x: &ws.x };
             let mut plan = Plan::new();
             pollster::block_on(b.layer(&mut plan, &model.weights.layers[0], &state.layers[0])).unwrap();
             let s = time_plan(gpu, &plan, StepShape { n_tokens: t, n_out: 1 }, reps);

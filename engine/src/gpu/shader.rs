@@ -6,7 +6,8 @@
 //! parameters in a per-dispatch uniform.
 //!
 //! Directives (a line whose first non-blank character is `#`):
-//! `#include "name.wgsl"`, `#if NAME`, `#if !NAME`, `#elif NAME`, `#else`, `#endif`.
+//! `#include "name.wgsl"`, `#if NAME`, `#if !NAME`, `#elif NAME`, `#else`, `#endif`, and
+//! `#for VAR COUNT` ... `#endfor` (unrolled copies with `{{VAR}}` = 0, 1, ...).
 //! `{{NAME}}` anywhere is replaced by the define's value; an unknown name is an error.
 //! A define is true unless absent, `0` or `false`.
 
@@ -22,8 +23,29 @@ fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }
 
+/// The WGSL text of `name`. Native builds read it from `$QWGPU_SHADER_DIR/name` instead when that
+/// variable is set and the file exists (kernel development: compare versions of a kernel in one
+/// process run without rebuilding; the kernel lab uses it).
 pub fn source(name: &str) -> Option<&'static str> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(text) = override_source(name) {
+        return Some(text);
+    }
     SOURCES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn override_source(name: &str) -> Option<&'static str> {
+    static CACHE: std::sync::OnceLock<Mutex<HashMap<String, &'static str>>> = std::sync::OnceLock::new();
+    let dir = std::env::var_os("QWGPU_SHADER_DIR")?;
+    let cache = CACHE.get_or_init(Default::default);
+    let mut cache = cache.lock().ok()?;
+    if let Some(text) = cache.get(name) {
+        return Some(text);
+    }
+    let text: &'static str = Box::leak(std::fs::read_to_string(std::path::Path::new(&dir).join(name)).ok()?.into_boxed_str());
+    cache.insert(name.to_string(), text);
+    Some(text)
 }
 
 /// Preprocessor defines; ordered so that the cache key is canonical.
@@ -79,8 +101,81 @@ fn err(name: &str, line: usize, msg: impl Into<String>) -> GpuError {
     GpuError::Shader { name: format!("{name}:{}", line + 1), message: msg.into() }
 }
 
+/// Expands `#for VAR COUNT` ... `#endfor` blocks (nestable): COUNT copies of the body with
+/// `{{VAR}}` replaced by 0, 1, ...; COUNT is an integer or the name of an integer define. Unrolled
+/// code keeps per-row/per-token values in plain registers (arrays indexed in loops can end up in
+/// slow local memory on some drivers).
+pub fn unroll(name: &str, text: &str, defines: &Defines) -> Result<String, GpuError> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    unroll_lines(name, &lines, 0, defines, &[], &mut out)?;
+    Ok(out)
+}
+
+fn unroll_lines(name: &str, lines: &[&str], first: usize, defines: &Defines, vars: &[(String, usize)], out: &mut String) -> Result<(), GpuError> {
+    let subst = |line: &str| -> String {
+        let mut l = line.to_string();
+        for (v, i) in vars {
+            l = l.replace(&format!("{{{{{v}}}}}"), &i.to_string());
+        }
+        l
+    };
+    let mut i = 0;
+    while i < lines.len() {
+        let t = lines[i].trim_start();
+        if let Some(rest) = t.strip_prefix("#for") {
+            let mut parts = rest.split_whitespace();
+            let (var, count) = match (parts.next(), parts.next(), parts.next()) {
+                (Some(v), Some(c), None) => (v.to_string(), c.to_string()),
+                _ => return Err(err(name, first + i, "expected #for VAR COUNT")),
+            };
+            let n: usize = match count.parse() {
+                Ok(n) => n,
+                Err(_) => defines
+                    .0
+                    .get(&count)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| err(name, first + i, format!("#for count '{count}' is not an integer or integer define")))?,
+            };
+            // Find the matching #endfor.
+            let mut depth = 1;
+            let mut j = i + 1;
+            while j < lines.len() {
+                let tj = lines[j].trim_start();
+                if tj.starts_with("#for") {
+                    depth += 1;
+                } else if tj.starts_with("#endfor") {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                j += 1;
+            }
+            if depth != 0 {
+                return Err(err(name, first + i, "#for without #endfor"));
+            }
+            for k in 0..n {
+                let mut inner = vars.to_vec();
+                inner.push((var.clone(), k));
+                unroll_lines(name, &lines[i + 1..j], first + i + 1, defines, &inner, out)?;
+            }
+            i = j + 1;
+            continue;
+        }
+        if t.starts_with("#endfor") {
+            return Err(err(name, first + i, "#endfor without #for"));
+        }
+        out.push_str(&subst(lines[i]));
+        out.push('\n');
+        i += 1;
+    }
+    Ok(())
+}
+
 fn expand(name: &str, defines: &Defines, out: &mut String, included: &mut Vec<String>) -> Result<(), GpuError> {
-    let text = source(name).ok_or_else(|| GpuError::Shader { name: name.into(), message: "no such shader source".into() })?;
+    let raw = source(name).ok_or_else(|| GpuError::Shader { name: name.into(), message: "no such shader source".into() })?;
+    let text = if raw.contains("#for") { std::borrow::Cow::Owned(unroll(name, raw, defines)?) } else { std::borrow::Cow::Borrowed(raw) };
     included.push(name.to_string());
     // Stack of (this branch active, some branch already taken, parent active).
     let mut stack: Vec<(bool, bool, bool)> = Vec::new();

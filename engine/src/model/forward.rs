@@ -1,9 +1,9 @@
 //! The forward pass of Qwen3.5/3.6 as prepared dispatch lists (spec §4, §11.2).
 //!
 //! One implementation serves every row count T: decode (T = 1), MTP verify (T = 2) and prefill
-//! chunks (T = N). The only T-dependent choice is the matmul token tile (`MT_SMALL` for T ≤ 2,
-//! `MT_PREFILL` above), and both tiles compute each row with the same arithmetic, so a row's
-//! result never depends on how many rows share its call.
+//! chunks (T = N). The only T-dependent choice is the matmul token tile (`MT_ONE` for T = 1,
+//! `MT_SMALL` for T = 2, `MT_PREFILL` above), and every tile computes each row with the same
+//! arithmetic in the same order, so a row's result never depends on how many rows share its call.
 
 use crate::error::LoadError;
 use crate::gpu::{Gpu, GpuBuffer, Plan, Rows, StepSlot};

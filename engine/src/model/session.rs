@@ -16,7 +16,7 @@ use crate::model::config::ModelConfig;
 use crate::model::forward::{Builder, Workspace};
 use crate::model::tensors;
 use crate::model::weights::Weights;
-use crate::ops::matmul::{MT_PREFILL, MT_SMALL};
+use crate::ops::matmul::{MT_ONE, MT_PREFILL, MT_SMALL};
 use crate::state::State;
 use crate::weights::{Checkpoint, Layout};
 
@@ -143,7 +143,9 @@ pub struct Session {
     pub ws: Workspace,
     pub state: State,
     step_buf: GpuBuffer,
-    /// Body (embedding + layers) with the decode kernels: decode and verify calls (≤ 2 rows).
+    /// Body (embedding + layers) with the 1-token decode kernels.
+    single: Plan,
+    /// Body with the 2-token kernels: verify calls (row 0 bit-identical to `single`).
     small: Plan,
     /// Body with the prompt (token-tiled) kernels: every prefill chunk, whatever its size.
     prefill: Plan,
@@ -186,10 +188,11 @@ impl Session {
         let step_buf = gpu.storage("step", slot_offset(&gpu, 2))?;
         let scope = gpu.scope("building the session's plans");
         let sampler = Sampler::new(&gpu, cfg.vocab_size as u32, 2).await?;
-        let (small, prefill, head, head_sample, mtp) = {
+        let (single, small, prefill, head, head_sample, mtp) = {
             let slot = StepSlot { buf: &step_buf, offset: 0 };
             let b = |mt| Builder { gpu: &gpu, cfg, w: &model.weights, ws: &ws, step: slot, mt, max_ctx, x: &ws.x };
             let plans = (b(MT_SMALL).body(&state).await?, b(MT_PREFILL).body(&state).await?, b(MT_SMALL).head().await?);
+            let single = b(MT_ONE).body(&state).await?;
             let mut head_sample = b(MT_SMALL).head_logits().await?;
             head_sample.extend_vec(sampler.dispatches(&gpu, &ws.logits, &ws.out_ids, slot).await?);
             let mtp = match (&model.weights.mtp, &state.mtp) {
@@ -240,7 +243,7 @@ impl Session {
                 }
                 _ => None,
             };
-            (plans.0, plans.1, plans.2, head_sample, mtp)
+            (single, plans.0, plans.1, plans.2, head_sample, mtp)
         };
         scope.finish().await?;
         let ids_readback = Readback::new(&gpu, "ids readback", 16 + RESULT_WORDS as u64 * 4);
@@ -250,6 +253,7 @@ impl Session {
             ws,
             state,
             step_buf,
+            single,
             small,
             prefill,
             head,
@@ -278,7 +282,7 @@ impl Session {
 
     /// Dispatches recorded for one decode step (body + head).
     pub fn dispatches_per_token(&self) -> usize {
-        self.small.len() + self.head.len()
+        self.single.len() + self.head.len()
     }
 
     /// Forgets the sequence.
@@ -409,7 +413,13 @@ impl Session {
         let mut enc = self.encoder("forward");
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
-            let body = if prefill || t > 2 { &self.prefill } else { &self.small };
+            let body = if prefill || t > 2 {
+                &self.prefill
+            } else if t == 1 {
+                &self.single
+            } else {
+                &self.small
+            };
             body.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
             if logits {
                 let head = if self.sampling { &self.head_sample } else { &self.head };
@@ -563,7 +573,7 @@ impl Session {
         let md = gpu.caps.max_workgroups_per_dim;
         let Some(m) = &self.mtp else { return };
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("mtp iteration"), timestamp_writes: None });
-        self.small.record(&mut pass, shape, md);
+        if shape.n_tokens == 1 { &self.single } else { &self.small }.record(&mut pass, shape, md);
         if !self.sampling {
             self.head.record(&mut pass, shape, md);
             if first { &m.first } else { &m.verify }.record(&mut pass, shape, md);
@@ -627,7 +637,7 @@ impl Session {
             run(reps);
             t0.elapsed().as_secs_f64() / reps as f64
         };
-        let one = time(&[&self.small, &self.head], StepShape { n_tokens: 1, n_out: 1 }, reps);
+        let one = time(&[&self.single, &self.head], StepShape { n_tokens: 1, n_out: 1 }, reps);
         self.write_step(0, Step { n_tokens: 2, pos, n_confirmed: 1, n_out: 2, force: 0 });
         let two = time(&[&self.small, &self.head], StepShape { n_tokens: 2, n_out: 2 }, reps);
         let mtp = match &self.mtp {

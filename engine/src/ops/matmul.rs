@@ -24,39 +24,55 @@ crate::gpu_struct! {
     }
 }
 
-/// Threads per workgroup, rows per workgroup (the prefill tile, and the decode default).
-pub const WG: u32 = 64;
+/// Rows per workgroup of the prefill tile.
 pub const ROWS: u32 = 4;
 
-/// Threads and rows per workgroup for a token tile of `mt`. Decode/verify tiles (`MT_SMALL`) can
-/// be retuned per machine with `QWGPU_MATMUL_TILE=WGxROWS` (e.g. `128x8`; read once, at load:
-/// the kernel lab sweeps it). `WG * ROWS * mt` floats of workgroup memory must stay within
+/// Threads and rows per workgroup for a token tile of `mt` and `k` input features.
+///
+/// Threads: 32, or 128 for long rows (k >= 16384, e.g. the MLP down projection), where fewer,
+/// longer workgroups win. Decode and prefill tiles of one matrix use the same thread count, so
+/// each (row, token) is reduced in the same order by both (bit-identical results).
+/// Rows: 8 for the 2-token verify tile (`MT_SMALL`: the codes of 8 rows are unpacked once for
+/// both tokens, so a verify costs little more than a decode), 4 for the 1-token decode tile
+/// (`MT_ONE`) and for prefill tiles. Rows per workgroup never change a row's arithmetic.
+/// Measured on an H200 (kernel lab, see the README's performance section). Retune per machine
+/// with `QWGPU_MATMUL_TILE=WGxROWS` (e.g. `64x4`: the thread count of every tile and the rows of
+/// the decode tile; read once, at load). `WG * ROWS * mt` floats of workgroup memory stay within
 /// WebGPU's 16 KiB default.
-pub fn tile(mt: u32) -> (u32, u32) {
-    if mt != MT_SMALL {
-        return (WG, ROWS);
-    }
-    static TILE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
-    *TILE.get_or_init(|| {
+pub fn tile(mt: u32, k: u32) -> (u32, u32) {
+    static TILE: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    let forced = *TILE.get_or_init(|| {
         let parse = |v: String| -> Option<(u32, u32)> {
             let (a, b) = v.split_once('x')?;
             let (wg, rows) = (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?);
-            let ok = wg.is_power_of_two() && (32..=256).contains(&wg) && (1..=16).contains(&rows) && rows * MT_SMALL <= wg && wg * rows * MT_SMALL * 4 <= 16384;
+            let ok = wg.is_power_of_two() && (32..=128).contains(&wg) && (1..=16).contains(&rows) && rows * MT_SMALL <= wg && wg * rows * MT_SMALL * 4 <= 16384;
             ok.then_some((wg, rows))
         };
         match std::env::var("QWGPU_MATMUL_TILE") {
-            Ok(v) => parse(v.clone()).unwrap_or_else(|| {
-                eprintln!("qwgpu: ignoring QWGPU_MATMUL_TILE={v:?}: expected WGxROWS with WG a power of two in 32..=256, ROWS in 1..=16, 2*ROWS <= WG and WG*ROWS <= 2048");
-                (SMALL_WG, SMALL_ROWS)
+            Ok(v) => parse(v.clone()).or_else(|| {
+                eprintln!("qwgpu: ignoring QWGPU_MATMUL_TILE={v:?}: expected WGxROWS with WG 32, 64 or 128, ROWS in 1..=16, 2*ROWS <= WG and WG*ROWS <= 2048");
+                None
             }),
-            Err(_) => (SMALL_WG, SMALL_ROWS),
+            Err(_) => None,
         }
-    })
+    });
+    let wg = forced.map_or(if k >= LONG_K { LONG_WG } else { SMALL_WG }, |f| f.0);
+    match mt {
+        MT_ONE => (wg, forced.map_or(ONE_ROWS, |f| f.1)),
+        MT_SMALL => (wg, forced.map_or(SMALL_ROWS, |f| f.1)),
+        _ => (wg, ROWS),
+    }
 }
-pub const SMALL_WG: u32 = 64;
-pub const SMALL_ROWS: u32 = 4;
-/// Tokens per tile: decode (1 row) and verify (2 rows) share the MT = 2 pipeline, so row 0 of a
-/// verify is bit-identical to a decode; prefill uses wider tiles (same per-row arithmetic).
+pub const SMALL_WG: u32 = 32;
+pub const LONG_WG: u32 = 128;
+pub const LONG_K: u32 = 16384;
+pub const ONE_ROWS: u32 = 4;
+pub const SMALL_ROWS: u32 = 8;
+/// Tokens per tile: 1-token decode (`MT_ONE`), 2-token verify (`MT_SMALL`, also the lm_head and
+/// MTP tiles), prefill chunks (`MT_PREFILL`). All compute a (row, token) with the same
+/// arithmetic in the same order, so row 0 of a verify is bit-identical to a decode and a
+/// prompt gives the same state in chunks of any size.
+pub const MT_ONE: u32 = 1;
 pub const MT_SMALL: u32 = 2;
 pub const MT_PREFILL: u32 = 8;
 
@@ -71,12 +87,12 @@ pub struct MatmulOpts {
 }
 
 /// The defines of a matmul variant.
-pub fn defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts) -> Defines {
+pub fn defines(base: &Defines, format: &WeightFormat, k: u32, opts: &MatmulOpts) -> Defines {
     let mut d = base
         .clone()
         .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
-        .set("WG", tile(opts.mt).0)
-        .set("ROWS", tile(opts.mt).1)
+        .set("WG", tile(opts.mt, k).0)
+        .set("ROWS", tile(opts.mt, k).1)
         .set("MT", opts.mt)
         .set("TOKENS", if opts.rows == Rows::Out { "n_out" } else { "n_tokens" })
         .flag("ADD", opts.add);
@@ -95,7 +111,7 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
     if x.stride % 4 != 0 || x.col % 4 != 0 {
         return Err(GpuError::Shader { name: format!("matmul {}", m.name), message: "x stride/column must be multiples of 4".into() });
     }
-    let pipeline = gpu.pipeline("matmul.wgsl", &defines(&gpu.base_defines(), &m.format, &opts)).await?;
+    let pipeline = gpu.pipeline("matmul.wgsl", &defines(&gpu.base_defines(), &m.format, m.k, &opts)).await?;
     let (groups_per_row, group_size) = match m.format {
         WeightFormat::Affine { group, .. } => (m.k / group, group),
         WeightFormat::Dense(_) => (0, 1),
@@ -119,7 +135,7 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
             res.push(b.whole());
         }
         res.push(y.buf.whole());
-        let grid = Grid { groups: c.rows.div_ceil(tile(opts.mt).1), rows: opts.rows, tile: opts.mt };
+        let grid = Grid { groups: c.rows.div_ceil(tile(opts.mt, m.k).1), rows: opts.rows, tile: opts.mt };
         out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
     }
     Ok(out)
@@ -129,10 +145,12 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
 pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
     let mut v = Vec::new();
     for format in crate::ops::all_formats() {
-        for mt in [MT_SMALL, MT_PREFILL] {
+        for mt in [MT_ONE, MT_SMALL, MT_PREFILL] {
             for rows in [Rows::Tokens, Rows::Out] {
                 for add in [false, true] {
-                    v.push(("matmul.wgsl", defines(base, &format, &MatmulOpts { rows, add, mt })));
+                    for k in [4096, LONG_K] {
+                        v.push(("matmul.wgsl", defines(base, &format, k, &MatmulOpts { rows, add, mt })));
+                    }
                 }
             }
         }
