@@ -29,7 +29,7 @@ pub struct BenchArgs {
     /// Unmeasured warm-up trials.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// Seed of the prompt ids.
+    /// Seed of the prompt ids (and of the sampler with --temperature).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print JSON instead of a table.
@@ -45,6 +45,16 @@ pub struct BenchArgs {
     /// Also time a 1-token forward, a 2-token verify and an MTP step on the GPU (no readback).
     #[arg(long)]
     profile: bool,
+    /// Sample with this temperature instead of greedy decoding (MTP then uses speculative
+    /// sampling; its acceptance is measured on sampled text). The sampler is seeded with --seed.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Top-k filter when sampling (0 = off).
+    #[arg(long, default_value_t = 0)]
+    top_k: u32,
+    /// Top-p (nucleus) filter when sampling (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
 }
 
 #[derive(Args)]
@@ -184,6 +194,19 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     if a.force_accept.is_some() && !with_mtp {
         return Err("--force-accept needs MTP decoding".into());
     }
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+        return Err(format!("--temperature {}: expected a finite value >= 0", a.temperature));
+    }
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        return Err(format!("--top-p {}: expected a value in (0, 1]", a.top_p));
+    }
+    if a.temperature > 0.0 {
+        if a.force_accept.is_some() {
+            return Err("--force-accept forces greedy accept decisions: use it without --temperature".into());
+        }
+        let p = qwgpu_engine::decode::sampler::SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, ..Default::default() };
+        session.set_sampling(Some(&p), false).map_err(|e| e.to_string())?;
+    }
     session.force_accept(a.force_accept);
     let vocab = model.config.vocab_size as u64;
     let prompt: Vec<u32> = match &a.prompt_file {
@@ -270,6 +293,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         "model": l.name,
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,
+        "temperature": a.temperature,
         "trials": a.trials,
         "warmup": a.warmup,
         "load_s": load_s,
@@ -306,7 +330,15 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     if let Some((one, two, mtp)) = profile {
         println!("GPU time          forward(1) {:.3} ms, verify(2) {:.3} ms, MTP step(2) {}", one * 1e3, two * 1e3, mtp.map_or("-".into(), |m| format!("{:.3} ms", m * 1e3)));
     }
-    println!("prompt / generate {} / {} tokens, {} trials after {} warm-up{}", a.prompt_tokens, a.gen_tokens, a.trials, a.warmup, if with_mtp { " (plain and MTP alternating)" } else { "" });
+    println!(
+        "prompt / generate {} / {} tokens, {} trials after {} warm-up{}, {}",
+        a.prompt_tokens,
+        a.gen_tokens,
+        a.trials,
+        a.warmup,
+        if with_mtp { " (plain and MTP alternating)" } else { "" },
+        if a.temperature > 0.0 { format!("sampled at temperature {}", a.temperature) } else { "greedy".into() }
+    );
     println!("TTFT              {:.3} s (p50)   prefill {:.1} tok/s", ttft50, a.prompt_tokens as f64 / ttft50);
     println!("decode            {:.2} tok/s p50 (min {:.2}, max {:.2})   TPOT {:.2} ms", p50, percentile(&plain.decode, 0.0), percentile(&plain.decode, 1.0), 1000.0 / p50);
     println!("first-3 peak      {:.2} tok/s   drift {:+.1}% (last 3 vs first 3)", j["first3_peak_tokens_per_s"].as_f64().unwrap_or(0.0), j["drift_pct"].as_f64().unwrap_or(0.0));
