@@ -1,5 +1,6 @@
-//! The embedded default model (`models/default`): a tiny checkpoint of this architecture with the
-//! real Qwen3.6 tokenizer and chat template, built into the binary.
+//! The embedded default model (`models/default`): a small trained checkpoint of this architecture
+//! (with its MTP head, its own 8,192-id tokenizer and the Qwen3.6 chat template; model card in
+//! `train/README.md`), built into the binary.
 
 use std::sync::Arc;
 

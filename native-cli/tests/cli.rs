@@ -251,6 +251,19 @@ fn bench_reports_a_table_and_json() {
     let o = qwgpu(&["bench", "--model", dir.to_str().unwrap(), "--prompt-tokens", "8", "--gen-tokens", "4", "--trials", "1", "--warmup", "0"], None);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.contains("TTFT") && out.contains("decode") && out.contains("drift"), "{out}");
+    // Sampled: MTP runs speculative sampling and reports its drafts on sampled text.
+    let perm = fixture("mtp-perm");
+    let args = ["bench", "--model", perm.to_str().unwrap(), "--prompt-tokens", "8", "--gen-tokens", "24", "--trials", "1", "--warmup", "0", "--temperature", "0.7", "--top-k", "50", "--json"];
+    let j = ok_json(&args);
+    assert_eq!(j["temperature"].as_f64(), Some(0.7f32 as f64), "{j}");
+    let (d, a) = (j["mtp_decode"]["mtp"]["drafted"].as_u64().unwrap(), j["mtp_decode"]["mtp"]["accepted"].as_u64().unwrap());
+    assert!(d > 0 && a <= d, "drafted {d}, accepted {a}");
+    let t = qwgpu(&["bench", "--model", perm.to_str().unwrap(), "--prompt-tokens", "8", "--gen-tokens", "4", "--trials", "1", "--warmup", "0", "--temperature", "0.7"], None);
+    assert!(t.status.success() && String::from_utf8_lossy(&t.stdout).contains("sampled at temperature 0.7"));
+    let p = perm.to_str().unwrap();
+    expect_error(&["bench", "--model", p, "--temperature=-1", "--trials", "1", "--warmup", "0"], None, &["--temperature"]);
+    expect_error(&["bench", "--model", p, "--top-p", "0", "--trials", "1", "--warmup", "0"], None, &["--top-p"]);
+    expect_error(&["bench", "--model", p, "--temperature", "0.7", "--force-accept", "0.8", "--trials", "1", "--warmup", "0"], None, &["--force-accept", "--temperature"]);
 }
 
 #[test]

@@ -305,8 +305,9 @@ for (const [fi, name] of FIXTURES.entries()) {
 
 // ---- 4. the demo with the default model: a chat reply, screenshot ------------------------------
 
-// The default model's 248,320-row embedding / lm_head (7.6 MiB) is split into row chunks of at most
-// MAX_BINDING bytes each, as on a browser whose binding limit is below a matrix.
+// Every storage binding is capped at MAX_BINDING bytes, as on a browser with a low binding limit
+// (a matrix above it is split into row chunks; the default model's largest, the 8,192-row
+// embedding and lm_head, are 1.5 MiB, so they fit here).
 const MAX_BINDING = 4 << 20;
 const CHAT_MESSAGE = 'Hello! What can you do in a browser tab?';
 const nativeChat = (() => {
@@ -384,8 +385,8 @@ const nativeChat = (() => {
   if (/4 GiB/.test(big) && /wasm32/.test(big)) ok(`a 15.6 GB checkpoint is refused before the download: "${big.slice(0, 150)}…"`);
   else fail(`a 15.6 GB checkpoint: ${big}`);
 
-  // 5b. A model too big for the adapter's binding limit (here a 1 MiB cap: the sampler's buffers
-  // over the 248,320-token vocabulary cannot be split): a clear error naming the limit.
+  // 5b. A model too big for the adapter's binding limit (here a 1 MiB cap, below what the
+  // default model's unsplittable buffers need, e.g. its KV cache): a clear error naming the limit.
   const tooBig = await page.evaluate(async () => {
     const { Qwgpu } = await import('./qwgpu.js');
     const q = await Qwgpu.start({ engine: { max_binding: 1 << 20 } });
