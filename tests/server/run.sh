@@ -23,4 +23,5 @@ VENV="${QWGPU_SERVER_VENV:-/tmp/qwgpu-server-venv}"
 "$VENV/bin/pip" install -q -r tests/server/requirements.txt
 "$VENV/bin/python" -m pytest -p no:cacheprovider -v --durations=5 tests/server
 
-(cd tests/server && npm ci --no-audit --no-fund --loglevel=error && node --test ui.test.mjs)
+# A hung browser or server fails the run after 15 minutes instead of holding it.
+(cd tests/server && npm ci --no-audit --no-fund --loglevel=error && timeout 900 node --test ui.test.mjs)
