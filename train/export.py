@@ -114,16 +114,7 @@ def build_mlx_model(config, weights, dtype):
     if config["text_config"]["mtp_num_hidden_layers"] > 0:
         model.language_model.mtp = mf.MTPHead(text_args)
     model.update(tree_unflatten(list(weights.items())))
-    cast = getattr(model, "cast_predicate", lambda _: True)
-    from mlx.utils import tree_map_with_path
-
-    def set_dtype(k, v):
-        if cast(k) and mx.issubdtype(v.dtype, mx.floating):
-            return v.astype(dtype)
-        return v
-
-    model.update(tree_map_with_path(set_dtype, model.parameters()))
-    mx.eval(model.parameters())
+    mf.cast_model(model, dtype)
     # every parameter must have been given
     from mlx.utils import tree_flatten
 
