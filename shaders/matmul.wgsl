@@ -3,15 +3,18 @@
 // Weight formats (one define): Q4 / Q8 = MLX affine (u32-packed codes, LSB first; per-group
 // scale and bias, w = s*q + b, spec §3.1); F32 / F16 / BF16 = dense.
 // Scales/biases (quantized only): SCALE_F32 / SCALE_F16 / SCALE_BF16.
-// A "block" is one vec4<u32> (16 bytes) of weights: 32 codes (Q4), 16 (Q8), 8 (F16/BF16), 4 (F32).
-// A block never straddles a quantization group (groups are multiples of 32 elements), so the
-// per-group identity  sum x*(s*q + b) = s*sum(x*q) + b*sum(x)  is applied per block.
+// Quantized rows are read as u32 code words (8 codes Q4, 4 codes Q8); a word never straddles a
+// quantization group (groups are multiples of 32 elements), so the per-group identity
+// sum x*(s*q + b) = s*sum(x*q) + b*sum(x)  is applied per word.
+// Dense rows are read in "blocks" of one vec4<u32> (16 bytes): 8 values (F16/BF16), 4 (F32).
 //
 // Batch invariance: each (row, token) is reduced in the same order whatever the number of tokens,
 // the token tile size MT, or the tile a token lands in (tokens only select which x row is read).
 //
-// Defines: WG (threads), ROWS (rows per workgroup), MT (tokens per tile), TOKENS (Step field that
-// holds the row count: n_tokens or n_out), ADD (accumulate into y), SUBGROUPS.
+// Defines: WG (threads), ROWS (rows per workgroup), MT (tokens per tile), UNROLL (code words per
+// thread per loop iteration), TOKENS (Step field that holds the row count: n_tokens or n_out),
+// ADD (accumulate into y), SWIGLU (rows are interleaved gate/up pairs: write silu(gate) * up),
+// SUBGROUPS.
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -19,7 +22,11 @@
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;      // [T, x_stride / 4]
+#if QWORDS
+@group(0) @binding(3) var<storage, read> w: array<u32>;            // [n, k / EPW] code words
+#else
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;      // [n, blocks_per_row]
+#endif
 #if QUANT
 @group(0) @binding(4) var<storage, read> scales: array<u32>;       // [n, k / group] (packed per SCALE_*)
 @group(0) @binding(5) var<storage, read> biases: array<u32>;       // [n, k / group]
@@ -32,11 +39,14 @@ const WG: u32 = {{WG}}u;
 const ROWS: u32 = {{ROWS}}u;
 const MT: u32 = {{MT}}u;
 const NACC: u32 = ROWS * MT;
+const UNROLL: u32 = {{UNROLL}}u;
 
 #if Q4
 const EPB: u32 = 32u; // elements per block
+const EPW: u32 = 8u;  // elements per u32 code word
 #elif Q8
 const EPB: u32 = 16u;
+const EPW: u32 = 4u;
 #elif F32
 const EPB: u32 = 4u;
 #else
@@ -147,7 +157,84 @@ fn main(
     let bpr = p.k / EPB;          // blocks per row
     let xs4 = p.x_stride / 4u;    // x row stride in vec4 units
 
-#if QUANT
+#if QWORDS
+    // Quantized formats. Thread `lid` takes the u32 code words lid, lid + WG, lid + 2*WG, ... of
+    // every row of the tile, so a subgroup reads each row's words and each token's x values as
+    // contiguous runs (coalesced: one 128-byte line serves 8 lanes' x, 32 lanes' words). UNROLL
+    // words per thread are loaded before any is used (bytes in flight); rows (R), tokens (T) and
+    // words (J) are unrolled so every value stays in a register: per word, each row's codes are
+    // unpacked once for every token and each token's x is read once for every row.
+    // Per (row, token) the sum runs over the thread's words in increasing order, whatever
+    // UNROLL, ROWS or MT: acc += s * (x . q) + b * sum(x) per word (a word never straddles a
+    // quantization group).
+#for R ROWS
+    let row{{R}} = min(r0 + {{R}}u, p.n - 1u);
+#for T MT
+    var acc_{{R}}_{{T}} = 0.0;
+#endfor
+#endfor
+#for T MT
+    let on{{T}} = t0 + {{T}}u < T;
+    let xr{{T}} = min(t0 + {{T}}u, T - 1u) * xs4 + p.x_col / 4u;
+#endfor
+    let wpr = p.k / EPW;          // code words per row
+    for (var base = lid; base < wpr; base += WG * UNROLL) {
+#for J UNROLL
+        let wd{{J}} = min(base + {{J}}u * WG, wpr - 1u);
+        let sg{{J}} = (wd{{J}} * EPW) / p.group_size;
+#for R ROWS
+        let cw{{J}}_{{R}} = w[row{{R}} * wpr + wd{{J}}];
+        let sb{{J}}_{{R}} = scale_bias(row{{R}} * p.groups_per_row + sg{{J}});
+#endfor
+#for T MT
+#if Q4
+        let xa{{J}}_{{T}} = x[xr{{T}} + 2u * wd{{J}}];
+        let xc{{J}}_{{T}} = x[xr{{T}} + 2u * wd{{J}} + 1u];
+#else
+        let xa{{J}}_{{T}} = x[xr{{T}} + wd{{J}}];
+#endif
+#endfor
+#endfor
+#for J UNROLL
+        if (base + {{J}}u * WG < wpr) {
+#for T MT
+#if Q4
+            let sx{{T}} = (xa{{J}}_{{T}}.x + xa{{J}}_{{T}}.y + xa{{J}}_{{T}}.z + xa{{J}}_{{T}}.w) + (xc{{J}}_{{T}}.x + xc{{J}}_{{T}}.y + xc{{J}}_{{T}}.z + xc{{J}}_{{T}}.w);
+#else
+            let sx{{T}} = xa{{J}}_{{T}}.x + xa{{J}}_{{T}}.y + xa{{J}}_{{T}}.z + xa{{J}}_{{T}}.w;
+#endif
+#endfor
+#for R ROWS
+            {
+                let v = vec4<u32>(cw{{J}}_{{R}});
+#if Q4
+                let lo = codes_f32((v >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+                let hi = codes_f32((v >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
+#for T MT
+                if (on{{T}}) {
+                    acc_{{R}}_{{T}} += sb{{J}}_{{R}}.x * (dot(lo, xa{{J}}_{{T}}) + dot(hi, xc{{J}}_{{T}})) + sb{{J}}_{{R}}.y * sx{{T}};
+                }
+#endfor
+#else
+                let lo = codes_f32((v >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
+#for T MT
+                if (on{{T}}) {
+                    acc_{{R}}_{{T}} += sb{{J}}_{{R}}.x * dot(lo, xa{{J}}_{{T}}) + sb{{J}}_{{R}}.y * sx{{T}};
+                }
+#endfor
+#endif
+            }
+#endfor
+        }
+#endfor
+    }
+    var acc: array<f32, NACC>;
+#for R ROWS
+#for T MT
+    acc[{{R}}u * MT + {{T}}u] = acc_{{R}}_{{T}};
+#endfor
+#endfor
+#elif QUANT
     // Quantized formats, unrolled over rows (R) and tokens (T) so every value stays in a
     // register: per block, each row's 16 bytes of codes and its group scale/bias are read once;
     // per u32 word, each token's x values are read once (for every row) and each row's codes
@@ -281,6 +368,20 @@ fn main(
         workgroupBarrier();
     }
 #endif
+#if SWIGLU
+    // Rows come in (gate, up) pairs (interleaved at load, ROWS even, chunks start at even rows):
+    // y[t, (row0 + row) / 2] = silu(gate) * up, the SwiGLU of spec §4.4 as its own kernel computes it.
+    if (lid < NACC / 2u) {
+        let pr = lid / MT;
+        let t = lid % MT;
+        let row = r0 + 2u * pr;
+        if (row + 1u < p.n && t0 + t < T) {
+            let g = red[(2u * pr * MT + t) * WG];
+            let u = red[((2u * pr + 1u) * MT + t) * WG];
+            y[(t0 + t) * p.y_stride + (p.row0 + row) / 2u] = silu(g) * u;
+        }
+    }
+#else
     if (lid < NACC) {
         let r = lid / MT;
         let t = lid % MT;
@@ -294,4 +395,5 @@ fn main(
 #endif
         }
     }
+#endif
 }

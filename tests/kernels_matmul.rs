@@ -87,7 +87,7 @@ fn gpu_matmul(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, mt: u32) -> Vec<f32> {
     let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
     let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
     let slot = StepSlot { buf: &sb, offset: 0 };
-    let d = pollster::block_on(matmul(gpu, m, Act::new(&xb, m.k), Act::new(&yb, m.n), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt })).unwrap();
+    let d = pollster::block_on(matmul(gpu, m, Act::new(&xb, m.k), Act::new(&yb, m.n), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt, swiglu: false })).unwrap();
     run(gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
     read_f32(gpu, &yb, t * n)
 }
@@ -187,7 +187,7 @@ fn matmul_residual_epilogue_and_offsets() {
         Act::at(&xb, xs as u32, xc as u32),
         Act::at(&yb, ys as u32, yc as u32),
         StepSlot { buf: &sb, offset: 0 },
-        MatmulOpts { rows: Rows::Tokens, add: true, mt: MT_PREFILL },
+        MatmulOpts { rows: Rows::Tokens, add: true, mt: MT_PREFILL, swiglu: false },
     ))
     .unwrap();
     run(&gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
@@ -206,9 +206,10 @@ fn matmul_residual_epilogue_and_offsets() {
 
 #[test]
 fn matmul_batch_invariance_is_bit_exact() {
-    // Row 0 of a 2-row call equals a 1-row call bit for bit, and the prefill pipeline (wider
-    // token tiles) gives the same bits as the decode pipeline for any row: MTP's greedy identity
-    // and chunked-prefill invariance rest on this.
+    // Row 0 of a 2-row call equals a 1-row call bit for bit (MTP's greedy identity rests on
+    // this), and the prefill pipeline gives a row the same bits whatever the call's row count and
+    // wherever the row lands in a token tile (chunked-prefill invariance). The two pipelines read
+    // the weights in different orders (blocks vs words), so they are not compared with each other.
     for gpu in gpu_variants() {
         let mut rng = Rng(5);
         for f in formats() {
@@ -222,9 +223,129 @@ fn matmul_batch_invariance_is_bit_exact() {
             let single = gpu_matmul(&gpu, &m, &x[..c.k], 1, MT_ONE);
             assert_bits_eq("1-token tile vs row 0 of the 2-token tile", &single, &two[..c.n]);
             let pre = gpu_matmul(&gpu, &m, &x, 11, MT_PREFILL);
-            assert_bits_eq("decode vs prefill pipeline, rows 0-1", &two, &pre[..2 * c.n]);
-            let tail = gpu_matmul(&gpu, &m, &x[9 * c.k..11 * c.k], 2, MT_SMALL);
-            assert_bits_eq("decode vs prefill pipeline, rows 9-10", &tail, &pre[9 * c.n..11 * c.n]);
+            let head = gpu_matmul(&gpu, &m, &x[..3 * c.k], 3, MT_PREFILL);
+            assert_bits_eq("prefill of rows 0-2 vs rows 0-2 of an 11-row prefill", &head, &pre[..3 * c.n]);
+            let tail = gpu_matmul(&gpu, &m, &x[9 * c.k..11 * c.k], 2, MT_PREFILL);
+            assert_bits_eq("prefill of rows 9-10 vs rows 9-10 of an 11-row prefill", &tail, &pre[9 * c.n..11 * c.n]);
+            let lone = gpu_matmul(&gpu, &m, &x[5 * c.k..6 * c.k], 1, MT_PREFILL);
+            assert_bits_eq("prefill of row 5 alone vs row 5 of an 11-row prefill", &lone, &pre[5 * c.n..6 * c.n]);
+        }
+    }
+}
+
+/// Runs the matrices `mats` over `t` rows of `x`, written side by side (each from the column where
+/// the previous one ends) into one y [t, Σn], all dispatches in one pass.
+fn gpu_matmul_side_by_side(gpu: &Gpu, mats: &[&Matrix], x: &[f32], t: usize, mt: u32) -> Vec<f32> {
+    let (n, k) = (mats.iter().map(|m| m.n).sum::<u32>(), mats[0].k);
+    let xb = upload_f32(gpu, "x", x);
+    let yb = gpu.storage("y", t as u64 * n as u64 * 4).unwrap();
+    let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
+    let slot = StepSlot { buf: &sb, offset: 0 };
+    let mut d = Vec::new();
+    let mut col = 0;
+    for m in mats {
+        d.extend(pollster::block_on(matmul(gpu, m, Act::new(&xb, k), Act::at(&yb, n, col), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt, swiglu: false })).unwrap());
+        col += m.n;
+    }
+    run(gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
+    read_f32(gpu, &yb, t * n as usize)
+}
+
+#[test]
+fn matmul_stacked_parts_equal_separate_matrices_bit_for_bit() {
+    // The loader stacks projections of one input (q|k|v, gate|up, GDN in_proj qkv|z|b|a) into one
+    // matrix (`Matrix::upload_stacked`): each output column must get the bits the part's own
+    // matmul writes there, in every tile, with part sizes that are not multiples of the rows per
+    // workgroup, and when a binding cap splits the stack into chunks at rows inside the parts.
+    let capped = gpu_with(GpuOptions { shader_checks: Some(true), max_binding: Some(1 << 16), ..Default::default() });
+    let mut gpus = gpu_variants();
+    gpus.push(capped);
+    for (gi, gpu) in gpus.iter().enumerate() {
+        let mut rng = Rng(6);
+        for f in formats() {
+            let k = 512;
+            let parts: Vec<Case> = [300, 37, 301, 5].into_iter().map(|n| make_case(&mut rng, n, k, f)).collect();
+            let data: Vec<MatrixData<'_>> =
+                parts.iter().map(|c| MatrixData { n: c.n, k: c.k, format: c.format, weight: &c.weight, scales: &c.scales, biases: &c.biases }).collect();
+            let views: Vec<(&str, &MatrixData<'_>)> = data.iter().map(|d| ("part", d)).collect();
+            let stacked = Matrix::upload_stacked(gpu, "stack", &views).unwrap();
+            assert_eq!(stacked.n, 643);
+            if gi == gpus.len() - 1 {
+                assert!(stacked.chunks.len() > 2, "{}: expected a split, got {} chunk(s)", f.describe(), stacked.chunks.len());
+            }
+            let separate: Vec<Matrix> = parts.iter().map(|c| upload(gpu, c)).collect();
+            let separate: Vec<&Matrix> = separate.iter().collect();
+            for (t, mt) in [(1, MT_ONE), (2, MT_SMALL), (9, MT_PREFILL)] {
+                let x = rng.vec(t * k, 1.0);
+                let want = gpu_matmul_side_by_side(gpu, &separate, &x, t, mt);
+                let got = gpu_matmul_side_by_side(gpu, &[&stacked], &x, t, mt);
+                assert_bits_eq(&format!("{} stacked vs separate, T={t} ({})", f.describe(), gpu.describe()), &got, &want);
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_stack_of_mixed_formats_is_refused() {
+    // Parts stored in different formats (a mixed-precision checkpoint) cannot share a matrix; the
+    // loader keeps them apart, and a direct request names both parts.
+    let gpu = gpu();
+    let mut rng = Rng(7);
+    let a = make_case(&mut rng, 8, 128, WeightFormat::Affine { bits: 4, group: 64, scale: FloatType::BF16 });
+    let b = make_case(&mut rng, 8, 128, WeightFormat::Affine { bits: 8, group: 64, scale: FloatType::BF16 });
+    let (da, db) = (
+        MatrixData { n: a.n, k: a.k, format: a.format, weight: &a.weight, scales: &a.scales, biases: &a.biases },
+        MatrixData { n: b.n, k: b.k, format: b.format, weight: &b.weight, scales: &b.scales, biases: &b.biases },
+    );
+    assert!(!da.stacks_with(&db));
+    let err = Matrix::upload_stacked(&gpu, "a+b", &[("a", &da), ("b", &db)]).err().expect("a mixed stack must be refused").to_string();
+    assert!(err.contains("'b'") && err.contains("'a'") && err.contains("8-bit"), "{err}");
+}
+
+#[test]
+fn matmul_swiglu_epilogue_equals_stack_then_swiglu_kernel() {
+    // The loader interleaves gate and up rows (`Matrix::upload_interleaved`) so one matmul writes
+    // silu(gate) * up (`MatmulOpts::swiglu`): it must give the bits of the gate|up matmul followed
+    // by the SwiGLU kernel, in every tile, with an intermediate size that is not a multiple of the
+    // rows per workgroup, and when a binding cap splits the interleaved matrix into chunks.
+    let capped = gpu_with(GpuOptions { shader_checks: Some(true), max_binding: Some(1 << 16), ..Default::default() });
+    let mut gpus = gpu_variants();
+    gpus.push(capped);
+    for (gi, gpu) in gpus.iter().enumerate() {
+        let mut rng = Rng(8);
+        for f in formats() {
+            let (i, k) = (150usize, 1024usize);
+            let (gc, uc) = (make_case(&mut rng, i, k, f), make_case(&mut rng, i, k, f));
+            let gd = MatrixData { n: gc.n, k: gc.k, format: gc.format, weight: &gc.weight, scales: &gc.scales, biases: &gc.biases };
+            let ud = MatrixData { n: uc.n, k: uc.k, format: uc.format, weight: &uc.weight, scales: &uc.scales, biases: &uc.biases };
+            let stacked = Matrix::upload_stacked(gpu, "gate+up", &[("gate", &gd), ("up", &ud)]).unwrap();
+            let inter = Matrix::upload_interleaved(gpu, "gate~up", ("gate", &gd), ("up", &ud)).unwrap();
+            if gi == gpus.len() - 1 {
+                assert!(inter.chunks.len() >= 2, "{}: expected a split, got {} chunk(s)", f.describe(), inter.chunks.len());
+            }
+            for (t, mt) in [(1, MT_ONE), (2, MT_SMALL), (9, MT_PREFILL)] {
+                let x = rng.vec(t * k, 1.0);
+                let xb = upload_f32(gpu, "x", &x);
+                let gu = gpu.storage("gu", (t * 2 * i * 4) as u64).unwrap();
+                let (want, got) = (gpu.storage("want", (t * i * 4) as u64).unwrap(), gpu.storage("got", (t * i * 4) as u64).unwrap());
+                let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
+                let slot = StepSlot { buf: &sb, offset: 0 };
+                let opts = |swiglu| MatmulOpts { rows: Rows::Tokens, add: false, mt, swiglu };
+                let mut d = pollster::block_on(matmul(gpu, &stacked, Act::new(&xb, k as u32), Act::new(&gu, 2 * i as u32), slot, opts(false))).unwrap();
+                d.push(pollster::block_on(qwgpu_engine::ops::swiglu::swiglu(gpu, i as u32, &gu, &want, slot)).unwrap());
+                d.extend(pollster::block_on(matmul(gpu, &inter, Act::new(&xb, k as u32), Act::new(&got, i as u32), slot, opts(true))).unwrap());
+                run(gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
+                let (want, got) = (read_f32(gpu, &want, t * i), read_f32(gpu, &got, t * i));
+                assert_bits_eq(&format!("{} fused SwiGLU vs matmul + swiglu, T={t} ({})", f.describe(), gpu.describe()), &got, &want);
+                // And against the CPU: silu(gate) * up from the f64 matmuls.
+                let (yg, _) = cpu_matmul(&gc, &x, t, k, 0);
+                let (yu, _) = cpu_matmul(&uc, &x, t, k, 0);
+                for j in 0..t * i {
+                    let g = yg[j] as f64;
+                    let r = (g / (1.0 + (-g).exp()) * yu[j] as f64) as f32;
+                    assert!((got[j] - r).abs() <= 1e-4 + 1e-3 * r.abs(), "{}: T={t} [{j}] {} vs CPU {r}", f.describe(), got[j]);
+                }
+            }
         }
     }
 }

@@ -1,10 +1,12 @@
 //! Whole-model numerics that MTP and prompt caching rely on, checked bit for bit on every fixture:
-//! row 0 of a 2-row call equals a 1-row call, and a prompt fed in chunks of any size leaves the
-//! same state and gives the same logits as one chunk.
+//! row 0 of a 2-row call equals a 1-row call, a prompt fed in chunks of any size leaves the
+//! same state and gives the same logits as one chunk, and projections merged at load give the
+//! bits of separate ones.
 
 use std::sync::Arc;
 
-use qwgpu_engine::model::{Model, Session, SessionOptions};
+use qwgpu_engine::model::weights::{Mixer, Projections};
+use qwgpu_engine::model::{LoadOptions, Model, Session, SessionOptions};
 use qwgpu_tests::fixtures::*;
 use qwgpu_tests::*;
 
@@ -56,4 +58,89 @@ fn chunked_prefill_gives_identical_state_and_logits() {
             assert_bits_eq(&format!("{name}: logits after chunks of {chunk}"), &got, &want);
         }
     }
+}
+
+/// Every matrix of a loaded model's projection groups, by layer: (GDN in_proj or attention
+/// q|k|v, MLP gate|up), then the MTP layer's, as matrix names.
+fn projection_layout(m: &Model) -> Vec<(Vec<String>, Vec<String>)> {
+    let w = &m.weights;
+    let names = |p: &Projections| p.mats.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+    w.layers
+        .iter()
+        .chain(w.mtp.as_ref().map(|m| &m.layer))
+        .map(|l| {
+            let mixer = match &l.mixer {
+                Mixer::Gdn { in_proj, .. } => names(in_proj),
+                Mixer::Attn { qkv_proj, .. } => names(qkv_proj),
+            };
+            (mixer, names(&l.gate_up))
+        })
+        .collect()
+}
+
+#[test]
+fn merged_projections_give_the_bits_of_separate_ones() {
+    // The loader stacks the projections that read one input (GDN in_proj_qkv|z|b|a, attention
+    // q|k|v, MLP gate|up) into one matrix: one dispatch per group instead of one per projection.
+    // A row's arithmetic does not depend on the rows sharing its dispatch, so state, logits and
+    // MTP logits must equal those of the model loaded with every projection separate, bit for
+    // bit, in the prefill, decode and verify tiles.
+    let mut merged_somewhere = false;
+    for name in fixture_names() {
+        let r = load_reference(&name);
+        let dir = fixtures_dir().join(&name);
+        let load = |merge: bool| -> Arc<Model> {
+            let opts = LoadOptions { merge_projections: merge };
+            Arc::new(Model::load_with(gpu(), &dir, &opts, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}")))
+        };
+        let (merged, separate) = (load(true), load(false));
+        for (i, (mixer, mlp)) in projection_layout(&separate).into_iter().enumerate() {
+            assert!([3, 4].contains(&mixer.len()) && mlp.len() == 2, "{name} layer {i}: separate projections {mixer:?} {mlp:?}");
+        }
+        let merged_layout = projection_layout(&merged);
+        merged_somewhere |= merged_layout.iter().any(|(mixer, mlp)| mixer.len() < 3 || mlp.len() < 2);
+        // Same tensors, one copy (merging only saves the padding of tiny buffers).
+        let (mb, sb) = (merged.weights.bytes(), separate.weights.bytes());
+        assert!(mb <= sb && sb - mb < 1024, "{name}: GPU bytes of the weights {mb} merged, {sb} separate");
+        let run = |model: &Arc<Model>| {
+            let mut s = pollster::block_on(Session::new(model.clone(), SessionOptions { max_ctx: 256, prefill_chunk: 64 })).unwrap();
+            let (prompt, next) = (&r.prompts[3][..150], r.greedy[3][0]);
+            // Prefill tile (chunks of 64), then a 2-row verify and a 1-row decode.
+            pollster::block_on(s.prefill(&prompt[..148])).unwrap();
+            let two = pollster::block_on(s.forward_rows_logits(&prompt[148..])).unwrap();
+            let one = pollster::block_on(s.forward_logits(&[next])).unwrap();
+            let state = pollster::block_on(s.read_state()).unwrap();
+            // MTP head (its own attention layer and MLP): prefill, first step, one verify.
+            let mtp = if model.has_mtp() {
+                s.reset();
+                pollster::block_on(s.prefill_with(&prompt[..149], Some(prompt[149]))).unwrap();
+                let first = pollster::block_on(s.mtp_first(prompt[149])).unwrap();
+                let l1 = pollster::block_on(s.mtp_logits()).unwrap();
+                let step = pollster::block_on(s.mtp_verify()).unwrap();
+                let l2 = pollster::block_on(s.mtp_logits()).unwrap();
+                Some((first, step, l1, l2, pollster::block_on(s.read_state()).unwrap()))
+            } else {
+                None
+            };
+            (two, one, state, mtp)
+        };
+        let (a, b) = (run(&merged), run(&separate));
+        assert_bits_eq(&format!("{name}: 2-row logits, merged vs separate"), &a.0, &b.0);
+        assert_bits_eq(&format!("{name}: 1-row logits, merged vs separate"), &a.1, &b.1);
+        assert_eq!(a.2.len(), b.2.len());
+        for (i, (x, y)) in a.2.iter().zip(&b.2).enumerate() {
+            assert_bits_eq(&format!("{name}: state buffer {i}, merged vs separate"), x, y);
+        }
+        assert_eq!(a.3.is_some(), r.has_mtp, "{name}: MTP head");
+        if let (Some(x), Some(y)) = (&a.3, &b.3) {
+            assert_eq!((x.0, x.1), (y.0, y.1), "{name}: MTP first step and verify, merged vs separate");
+            assert_bits_eq(&format!("{name}: MTP logits (first), merged vs separate"), &x.2, &y.2);
+            assert_bits_eq(&format!("{name}: MTP logits (verify), merged vs separate"), &x.3, &y.3);
+            for (i, (p, q)) in x.4.iter().zip(&y.4).enumerate() {
+                assert_bits_eq(&format!("{name}: state buffer {i} after MTP, merged vs separate"), p, q);
+            }
+        }
+        println!("{name}: merged {:?}", merged_layout.iter().map(|(m, g)| (m.len(), g.len())).collect::<Vec<_>>());
+    }
+    assert!(merged_somewhere, "no fixture had projections to merge");
 }

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 
 use qwgpu_engine::decode::{generate, GenOptions};
+use qwgpu_engine::model::weights::Mixer;
 use qwgpu_engine::model::{Model, Session, SessionOptions};
 use qwgpu_tests::fixtures::*;
 use qwgpu_tests::*;
@@ -100,5 +101,30 @@ fn bf16_fixtures_against_mlx_native_bf16() {
             println!("{name} prompt {pi}: vs native bf16 max |logit error| {err:.2}, {same} leading tokens equal, {checked} required");
             assert!(err <= tol, "{name} prompt {pi}: logits differ from mlx's bf16 run by {err} > {tol}");
         }
+    }
+}
+
+#[test]
+fn projections_of_mixed_formats_load_apart_and_match_mlx_lm() {
+    // bf16-mixed-g128 stores layer 2's in_proj_b (GDN) and layer 3's v_proj (attention) in 8-bit
+    // g64, their siblings in 4-bit g128: the loader stacks only the runs that share a format
+    // (qkv|z, then b and a alone; q|k, then v alone), and the model still matches mlx-lm.
+    let name = "bf16-mixed-g128";
+    let r = load_reference(name);
+    let mut s = load(name, 64);
+    let names = |l: usize| -> Vec<String> {
+        let mats = match &s.model.weights.layers[l].mixer {
+            Mixer::Gdn { in_proj, .. } => &in_proj.mats,
+            Mixer::Attn { qkv_proj, .. } => &qkv_proj.mats,
+        };
+        mats.iter().map(|m| m.name.rsplit('.').next().unwrap_or_default().to_string()).collect()
+    };
+    assert_eq!(names(1), ["in_proj_qkv+in_proj_z+in_proj_b+in_proj_a"], "{name}: layer 1 (one format)");
+    assert_eq!(names(2), ["in_proj_qkv+in_proj_z", "in_proj_b", "in_proj_a"], "{name}: layer 2");
+    assert_eq!(names(3), ["q_proj+k_proj", "v_proj"], "{name}: layer 3");
+    for pi in [1, 2] {
+        let err = teacher_forced_error(&mut s, &r.prompts[pi], &r.greedy[pi], &r.logits[pi].0, r.vocab);
+        println!("{name} prompt {pi}: max |logit error| {err:.2e} with split projections");
+        assert!(err <= LOGIT_TOL, "{name} prompt {pi}: logits differ by {err} > {LOGIT_TOL}");
     }
 }

@@ -1,7 +1,7 @@
 //! Kernel lab: times the hot kernels and whole layers at the real 27B shapes on the current
 //! adapter and prints GB/s against a read-bandwidth roofline.
 //!
-//!   cargo bench -p engine --bench lab -- [matmul] [layer] [--reps N] [--roofline GBPS]
+//!   cargo bench -p engine --bench lab -- [matmul] [layer] [--reps N] [--roofline GBPS] [--prefill T] [--breakdown]
 //!
 //! Timing: R repetitions recorded into one compute pass and one submission, after a warm-up;
 //! time = wall clock / R. Bytes = weights (+ states / KV) each repetition must read.
@@ -13,7 +13,7 @@ use qwgpu_engine::gpu::{Gpu, GpuOptions, Plan, Rows, Step, StepShape, StepSlot};
 use qwgpu_engine::model::config::QuantSpec;
 use qwgpu_engine::model::forward::{Builder, Workspace};
 use qwgpu_engine::model::Model;
-use qwgpu_engine::ops::matmul::{matmul, MatmulOpts, MT_ONE, MT_SMALL};
+use qwgpu_engine::ops::matmul::{matmul, MatmulOpts, MT_ONE, MT_PREFILL, MT_SMALL};
 use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{FloatType, WeightFormat};
@@ -38,6 +38,25 @@ fn time_plan(gpu: &Gpu, plan: &Plan, shape: StepShape, reps: u32) -> f64 {
     t0.elapsed().as_secs_f64() / reps as f64
 }
 
+/// Times one dispatch alone (R repetitions in one pass), as [`time_plan`].
+fn time_dispatch(gpu: &Gpu, d: &qwgpu_engine::gpu::Dispatch, shape: StepShape, reps: u32) -> f64 {
+    let run = |n: u32| {
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..n {
+                d.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        gpu.wait();
+    };
+    run(3);
+    let t0 = Instant::now();
+    run(reps);
+    t0.elapsed().as_secs_f64() / reps as f64
+}
+
 fn report(what: &str, secs: f64, bytes: u64, dispatches: usize, roofline: f64) {
     let gbps = bytes as f64 / secs / 1e9;
     println!(
@@ -47,29 +66,44 @@ fn report(what: &str, secs: f64, bytes: u64, dispatches: usize, roofline: f64) {
     );
 }
 
-fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
-    let shapes = [(17408usize, 5120usize, "mlp.gate/up"), (5120, 17408, "mlp.down"), (10240, 5120, "gdn.in_proj_qkv"), (12288, 5120, "attn.q_proj"), (248320, 5120, "lm_head")];
+/// The token tile a plan of `t` tokens uses (as the session picks it).
+fn tile_of(t: u32) -> u32 {
+    match t {
+        1 => MT_ONE,
+        2 => MT_SMALL,
+        _ => MT_PREFILL,
+    }
+}
+
+fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32]) {
+    // The matrices the model runs (projections of one input are stacked at load): gate|up,
+    // down, GDN in_proj_qkv|z|b|a, attention q|k|v, lm_head.
+    let shapes = [(34816usize, 5120usize, "mlp.gate_up"), (5120, 17408, "mlp.down"), (16480, 5120, "gdn.in_proj_qkvzba"), (14336, 5120, "attn.qkv_proj"), (248320, 5120, "lm_head")];
     for (n, k, label) in shapes {
         let format = WeightFormat::Affine { bits: 4, group: 64, scale: FloatType::BF16 };
         let codes: Vec<u8> = (0..n * k / 2).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3]).collect();
         let sb: Vec<u8> = (0..n * k / 64).flat_map(|_| half::bf16::from_f32(0.01).to_le_bytes()).collect();
         let m = Matrix::upload(gpu, label, &MatrixData { n, k, format, weight: &codes, scales: &sb, biases: &sb }).unwrap();
-        let x = gpu.storage("x", (2 * k * 4) as u64).unwrap();
-        let y = gpu.storage("y", (2 * n * 4) as u64).unwrap();
+        let tmax = *tokens.iter().max().unwrap_or(&2) as usize;
+        let x = gpu.storage("x", (tmax * k * 4) as u64).unwrap();
+        let y = gpu.storage("y", (tmax * n * 4) as u64).unwrap();
         let step = gpu.storage("step", 256).unwrap();
-        for t in [1u32, 2] {
+        for &t in tokens {
             gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos: 0, n_confirmed: 0, n_out: 1, force: 0 }));
             let slot = StepSlot { buf: &step, offset: 0 };
-            let ds = pollster::block_on(matmul(gpu, &m, Act::new(&x, k as u32), Act::new(&y, n as u32), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt: if t == 1 { MT_ONE } else { MT_SMALL } })).unwrap();
+            let ds = pollster::block_on(matmul(gpu, &m, Act::new(&x, k as u32), Act::new(&y, n as u32), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt: tile_of(t), swiglu: false })).unwrap();
             let mut plan = Plan::new();
             plan.extend_vec(ds);
-            let s = time_plan(gpu, &plan, StepShape { n_tokens: t, n_out: 1 }, reps);
+            let s = time_plan(gpu, &plan, StepShape { n_tokens: t, n_out: 1 }, if t > 2 { reps.div_ceil(10) } else { reps });
             report(&format!("matmul q4 {label} {n}x{k} T={t}"), s, m.bytes(), plan.len(), roofline);
+            if t > 2 {
+                println!("{{\"bench\": \"matmul q4 {label} T={t}\", \"TFLOPs\": {:.2}}}", 2.0 * (n * k) as f64 * t as f64 / s / 1e12);
+            }
         }
     }
 }
 
-fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32) {
+fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], breakdown: bool) {
     for kind in ["linear_attention", "full_attention"] {
         // One 27B-shaped layer (small vocab: the layer is what is timed).
         let mut cfg: serde_json::Value = serde_json::from_str(synth::QWEN36_27B).unwrap();
@@ -81,22 +115,34 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32) {
         let text = synth::config_json(&cfg.to_string(), Some(QuantSpec { bits: 4, group_size: 64 }), None).unwrap();
         let (config, ck) = synth::in_memory(&text, 7, false).unwrap();
         let model = Model::from_checkpoint(gpu.clone(), config, &ck, &mut |_, _| {}).unwrap();
-        let max_ctx = pos + 64;
-        let ws = Workspace::new(gpu, &model.config, 64, 2, false).unwrap();
+        let tmax = *tokens.iter().max().unwrap_or(&2);
+        let max_ctx = pos + tmax.max(64);
+        let ws = Workspace::new(gpu, &model.config, tmax.max(64), 2, false).unwrap();
         let state = State::new(gpu, &model.config, max_ctx, false).unwrap();
         let step = gpu.storage("step", 256).unwrap();
-        for t in [1u32, 2] {
+        for &t in tokens {
             gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos, n_confirmed: 0, n_out: 1, force: 0 }));
-            let b = Builder { gpu, cfg: &model.config, w: &model.weights, ws: &ws, step: StepSlot { buf: &step, offset: 0 }, mt: if t == 1 { MT_ONE } else { MT_SMALL }, max_ctx, x: &ws.x };
+            let b = Builder { gpu, cfg: &model.config, w: &model.weights, ws: &ws, step: StepSlot { buf: &step, offset: 0 }, mt: tile_of(t), max_ctx, x: &ws.x };
             let mut plan = Plan::new();
             pollster::block_on(b.layer(&mut plan, &model.weights.layers[0], &state.layers[0])).unwrap();
-            let s = time_plan(gpu, &plan, StepShape { n_tokens: t, n_out: 1 }, reps);
+            let s = time_plan(gpu, &plan, StepShape { n_tokens: t, n_out: 1 }, if t > 2 { reps.div_ceil(10) } else { reps });
             let w = model.weights.bytes() - model.weights.embed.bytes() - model.weights.lm_head.as_ref().map_or(0, |m| m.bytes());
             let st = match &state.layers[0] {
                 LayerState::Gdn(g) => 2 * g.ssm.size,
                 LayerState::Attn(kv) => 2 * (pos as u64 + t as u64) * kv.k.size / max_ctx as u64,
             };
             report(&format!("layer {kind} (27B shapes) T={t} pos={pos}"), s, w + st, plan.len(), roofline);
+            if breakdown {
+                // Each dispatch of the layer alone: the sum against the layer shows what the
+                // barriers between dispatches cost.
+                let mut sum = 0.0;
+                for d in &plan.dispatches {
+                    let ds = time_dispatch(gpu, d, StepShape { n_tokens: t, n_out: 1 }, if t > 2 { reps.div_ceil(10) } else { reps });
+                    sum += ds;
+                    println!("{{\"part\": \"{kind} T={t} {}\", \"us\": {:.1}}}", d.label, ds * 1e6);
+                }
+                println!("{{\"part\": \"{kind} T={t} sum of parts\", \"us\": {:.1}}}", sum * 1e6);
+            }
         }
     }
 }
@@ -109,12 +155,17 @@ fn main() {
     let pos = flag("--pos").unwrap_or(1024.0) as u32;
     let all = !args.iter().any(|a| a == "matmul" || a == "layer");
     let checks = args.iter().any(|a| a == "--checks");
+    // `--prefill N`: also time an N-token prompt chunk (prefill tile).
+    let mut tokens = vec![1u32, 2];
+    if let Some(n) = flag("--prefill") {
+        tokens.push(n as u32);
+    }
     let gpu = pollster::block_on(Gpu::new(&GpuOptions { shader_checks: Some(checks), ..Default::default() })).expect("a GPU");
     println!("{{\"device\": \"{}\"}}", gpu.describe());
     if all || args.iter().any(|a| a == "matmul") {
-        matmuls(&gpu, reps, roofline);
+        matmuls(&gpu, reps, roofline, &tokens);
     }
     if all || args.iter().any(|a| a == "layer") {
-        layers(&gpu, reps, roofline, pos);
+        layers(&gpu, reps, roofline, pos, &tokens, args.iter().any(|a| a == "--breakdown"));
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::error::LoadError;
 use crate::gpu::Gpu;
 use crate::model::config::ModelConfig;
-use crate::model::Model;
+use crate::model::{LoadOptions, Model};
 use crate::text::{ChatTemplate, Tokenizer};
 use crate::weights::{Blob, Checkpoint};
 
@@ -25,8 +25,13 @@ pub fn config() -> Result<ModelConfig, LoadError> {
 }
 
 pub fn load(gpu: Arc<Gpu>, progress: &mut dyn FnMut(u64, u64)) -> Result<Model, LoadError> {
+    load_with(gpu, &LoadOptions::default(), progress)
+}
+
+/// [`load`] with explicit [`LoadOptions`].
+pub fn load_with(gpu: Arc<Gpu>, opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Model, LoadError> {
     let ck = Checkpoint::from_blobs(vec![("model.safetensors".into(), Blob::Owned(WEIGHTS.to_vec()))], None)?;
-    Model::from_checkpoint(gpu, config()?, &ck, progress)
+    Model::from_checkpoint_with(gpu, config()?, &ck, opts, progress)
 }
 
 pub fn tokenizer() -> Result<Tokenizer, LoadError> {

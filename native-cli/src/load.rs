@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::Args;
 use qwgpu_engine::gpu::{Gpu, GpuOptions};
 use qwgpu_engine::model::session::read_config;
-use qwgpu_engine::model::{Model, Session, SessionOptions};
+use qwgpu_engine::model::{LoadOptions, Model, Session, SessionOptions};
 use qwgpu_engine::text::{ChatTemplate, Tokenizer};
 
 #[derive(Args, Clone, Debug)]
@@ -34,6 +34,11 @@ pub struct ModelArgs {
     /// Prompt tokens per prefill call.
     #[arg(long, default_value_t = 512)]
     pub prefill_chunk: u32,
+    /// Keep every projection its own matrix and matmul dispatch instead of merging those that
+    /// read the same input (q|k|v, gate|up, the GDN input projections) at load, and the SwiGLU
+    /// its own kernel; same results, more dispatches (for A/B benchmarks).
+    #[arg(long)]
+    pub separate_projections: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -65,6 +70,7 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
     } else {
         None
     };
+    let load_opts = LoadOptions { merge_projections: !m.separate_projections };
     let mut progress = |done: u64, total: u64| {
         if let Some(b) = &bar {
             b.set_length(total);
@@ -86,7 +92,7 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
             if let Some(t) = &tokenizer {
                 t.check_model(config.vocab_size, &config.eos_token_ids).map_err(|e| e.to_string())?;
             }
-            let model = Model::load(gpu, dir, &mut progress).map_err(|e| e.to_string())?;
+            let model = Model::load_with(gpu, dir, &load_opts, &mut progress).map_err(|e| e.to_string())?;
             let template = if tokenizer.is_some() { ChatTemplate::from_model_dir(dir).ok() } else { None };
             let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
             (model, tokenizer, template, name)
@@ -94,7 +100,7 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
         #[cfg(feature = "default-model")]
         None => {
             use qwgpu_engine::default_model as dm;
-            let model = dm::load(gpu, &mut progress).map_err(|e| e.to_string())?;
+            let model = dm::load_with(gpu, &load_opts, &mut progress).map_err(|e| e.to_string())?;
             let tokenizer = dm::tokenizer().map_err(|e| e.to_string())?;
             tokenizer.check_model(model.config.vocab_size, &model.config.eos_token_ids).map_err(|e| e.to_string())?;
             (model, Some(tokenizer), Some(dm::template().map_err(|e| e.to_string())?), dm::NAME.to_string())

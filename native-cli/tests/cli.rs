@@ -248,6 +248,12 @@ fn bench_reports_a_table_and_json() {
             assert!(j[k][s].as_f64().is_some_and(|x| x > 0.0), "{k}.{s}: {}", j[k]);
         }
     }
+    // Projections of one input are merged at load: fewer dispatches than with them separate
+    // (f32-q4-g64: 6 GDN layers save 3 each, 2 attention layers 2, 8 MLPs 2: gate and up in
+    // one matmul that also does the SwiGLU).
+    let sep = ok_json(&["bench", "--model", dir.to_str().unwrap(), "--prompt-tokens", "4", "--gen-tokens", "2", "--trials", "1", "--warmup", "0", "--separate-projections", "--json"]);
+    let (merged, separate) = (j["dispatches_per_token"].as_u64().unwrap(), sep["dispatches_per_token"].as_u64().unwrap());
+    assert_eq!(merged + 38, separate, "dispatches per token merged {merged}, separate {separate}");
     let o = qwgpu(&["bench", "--model", dir.to_str().unwrap(), "--prompt-tokens", "8", "--gen-tokens", "4", "--trials", "1", "--warmup", "0"], None);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.contains("TTFT") && out.contains("decode") && out.contains("drift"), "{out}");

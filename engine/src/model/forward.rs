@@ -2,13 +2,16 @@
 //!
 //! One implementation serves every row count T: decode (T = 1), MTP verify (T = 2) and prefill
 //! chunks (T = N). The only T-dependent choice is the matmul token tile (`MT_ONE` for T = 1,
-//! `MT_SMALL` for T = 2, `MT_PREFILL` above), and every tile computes each row with the same
-//! arithmetic in the same order, so a row's result never depends on how many rows share its call.
+//! `MT_SMALL` for T = 2, `MT_PREFILL` for prompt chunks). The decode tiles compute each row with
+//! the same arithmetic in the same order, and so does the prefill tile whatever the chunk's row
+//! count, so a decode or verify row never depends on how many rows share its call, nor a prompt's
+//! state on how it was chunked. (Prefill tiles read weights in another order than decode tiles,
+//! so a prompt row and a decode row of the same token may differ in the last bits.)
 
 use crate::error::LoadError;
 use crate::gpu::{Gpu, GpuBuffer, Plan, Rows, StepSlot};
 use crate::model::config::ModelConfig;
-use crate::model::weights::{Layer, Mixer, Mtp, Weights};
+use crate::model::weights::{Layer, Mixer, Mtp, Projections, Weights};
 use crate::ops::attention::{attention_scratch_bytes, attention_with_scratch, attn_prep, AttnDims};
 use crate::ops::gdn::{gated_norm, gdn_conv, gdn_prep, gdn_recurrence, GdnDims};
 use crate::ops::matmul::{matmul, MatmulOpts};
@@ -155,8 +158,24 @@ pub struct Builder<'a> {
 
 impl Builder<'_> {
     async fn mm(&self, plan: &mut Plan, m: &Matrix, x: Act<'_>, y: Act<'_>, add: bool) -> Result<(), LoadError> {
-        for d in matmul(self.gpu, m, x, y, self.step, MatmulOpts { rows: Rows::Tokens, add, mt: self.mt }).await? {
+        for d in matmul(self.gpu, m, x, y, self.step, MatmulOpts { rows: Rows::Tokens, add, mt: self.mt, swiglu: false }).await? {
             plan.push(d);
+        }
+        Ok(())
+    }
+
+    /// `p` on `x`, written side by side into `y` from column `y.col`: one matmul per matrix of
+    /// `p` (one for the whole group when its parts were stacked at load). `width` is the
+    /// columns the caller expects (the layout of `y`), checked against the parts.
+    async fn mm_side_by_side(&self, plan: &mut Plan, p: &Projections, x: Act<'_>, y: Act<'_>, width: u32) -> Result<(), LoadError> {
+        if p.n() != width {
+            let names: Vec<&str> = p.mats.iter().map(|m| m.name.as_str()).collect();
+            return Err(LoadError::Unsupported(format!("projections {} have {} output columns, the layout needs {width}", names.join(", "), p.n())));
+        }
+        let mut col = y.col;
+        for m in &p.mats {
+            self.mm(plan, m, x, Act::at(y.buf, y.stride, col), false).await?;
+            col += m.n;
         }
         Ok(())
     }
@@ -182,18 +201,16 @@ impl Builder<'_> {
         let pw = ws.proj_width;
         plan.push(norm::rms_norm(g, h, eps, Act::new(self.x, h), &layer.input_norm, Act::new(&ws.xn, h), self.step, false).await?);
         match (&layer.mixer, ls) {
-            (Mixer::Attn { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm }, LayerState::Attn(kv)) => {
-                self.attention(plan, q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, kv).await?;
+            (Mixer::Attn { qkv_proj, o_proj, q_norm, k_norm }, LayerState::Attn(kv)) => {
+                self.attention(plan, qkv_proj, o_proj, q_norm, k_norm, kv).await?;
             }
-            (Mixer::Gdn { in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, conv1d, dt_bias, a_log, norm: gnorm, out_proj }, LayerState::Gdn(st)) => {
+            (Mixer::Gdn { in_proj, conv1d, dt_bias, a_log, norm: gnorm, out_proj }, LayerState::Gdn(st)) => {
                 let d = gdn_dims(cfg);
                 let (cd, vd, hv) = (cfg.conv_dim() as u32, cfg.value_dim() as u32, d.n_v_heads);
                 let xn = Act::new(&ws.xn, h);
-                // spec §4.6 step 1: the four input projections, side by side in `proj`.
-                self.mm(plan, in_proj_qkv, xn, Act::at(&ws.proj, pw, 0), false).await?;
-                self.mm(plan, in_proj_z, xn, Act::at(&ws.proj, pw, cd), false).await?;
-                self.mm(plan, in_proj_b, xn, Act::at(&ws.proj, pw, cd + vd), false).await?;
-                self.mm(plan, in_proj_a, xn, Act::at(&ws.proj, pw, cd + vd + hv), false).await?;
+                // spec §4.6 step 1: the four input projections qkv | z | b | a, side by side in
+                // `proj` (columns 0, cd, cd + vd, cd + vd + hv).
+                self.mm_side_by_side(plan, in_proj, xn, Act::at(&ws.proj, pw, 0), cd + vd + 2 * hv).await?;
                 // steps 2–3: causal conv + SiLU over q|k|v with the 3-row conv state.
                 plan.extend_vec(gdn_conv(g, &d, Act::at(&ws.proj, pw, 0), conv1d, &st.conv, &st.conv_snap, &ws.conv_out, self.step).await?);
                 // steps 4–5: q/k normalization and the g, beta gates.
@@ -213,27 +230,15 @@ impl Builder<'_> {
     }
 
     /// Gated attention (spec §4.5) against `kv`, added to x.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn attention(
-        &self,
-        plan: &mut Plan,
-        q_proj: &Matrix,
-        k_proj: &Matrix,
-        v_proj: &Matrix,
-        o_proj: &Matrix,
-        q_norm: &GpuBuffer,
-        k_norm: &GpuBuffer,
-        kv: &KvCache,
-    ) -> Result<(), LoadError> {
+    pub async fn attention(&self, plan: &mut Plan, qkv_proj: &Projections, o_proj: &Matrix, q_norm: &GpuBuffer, k_norm: &GpuBuffer, kv: &KvCache) -> Result<(), LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let h = cfg.hidden_size as u32;
         let pw = ws.proj_width;
         let d = attn_dims(cfg, self.max_ctx);
         let (qw, kw) = (2 * d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
         let xn = Act::new(&ws.xn, h);
-        self.mm(plan, q_proj, xn, Act::at(&ws.proj, pw, 0), false).await?;
-        self.mm(plan, k_proj, xn, Act::at(&ws.proj, pw, qw), false).await?;
-        self.mm(plan, v_proj, xn, Act::at(&ws.proj, pw, qw + kw), false).await?;
+        // q (with its gate) | k | v side by side in `proj` (columns 0, qw, qw + kw).
+        self.mm_side_by_side(plan, qkv_proj, xn, Act::at(&ws.proj, pw, 0), qw + 2 * kw).await?;
         plan.extend_vec(
             attn_prep(g, &d, Act::at(&ws.proj, pw, 0), Act::at(&ws.proj, pw, qw), Act::at(&ws.proj, pw, qw + kw), q_norm, k_norm, &ws.q, &kv.k, &kv.v, self.step).await?,
         );
@@ -251,9 +256,19 @@ impl Builder<'_> {
         let (h, i) = (cfg.hidden_size as u32, cfg.intermediate_size as u32);
         plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &layer.post_norm, Act::new(&ws.xn, h), self.step, false).await?);
         let xn = Act::new(&ws.xn, h);
-        self.mm(plan, &layer.gate, xn, Act::at(&ws.gu, 2 * i, 0), false).await?;
-        self.mm(plan, &layer.up, xn, Act::at(&ws.gu, 2 * i, i), false).await?;
-        plan.push(swiglu::swiglu(g, i, &ws.gu, &ws.act, self.step).await?);
+        match (layer.swiglu_fused, layer.gate_up.mats.as_slice()) {
+            // gate/up rows interleaved: one matmul writes silu(gate) * up into `act`.
+            (true, [m]) => {
+                for d in matmul(g, m, xn, Act::new(&ws.act, i), self.step, MatmulOpts { rows: Rows::Tokens, add: false, mt: self.mt, swiglu: true }).await? {
+                    plan.push(d);
+                }
+            }
+            _ => {
+                // gate | up side by side in `gu` (columns 0, i), then the SwiGLU kernel.
+                self.mm_side_by_side(plan, &layer.gate_up, xn, Act::at(&ws.gu, 2 * i, 0), 2 * i).await?;
+                plan.push(swiglu::swiglu(g, i, &ws.gu, &ws.act, self.step).await?);
+            }
+        }
         self.mm(plan, &layer.down, Act::new(&ws.act, i), Act::new(self.x, h), true).await
     }
 
@@ -273,7 +288,7 @@ impl Builder<'_> {
         let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
         let mut plan = Plan::new();
         plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &self.w.final_norm, Act::new(&ws.xo, h), self.step, true).await?);
-        let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL };
+        let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL, swiglu: false };
         for d in matmul(g, self.w.lm_head(), Act::new(&ws.xo, h), Act::new(&ws.logits, v), self.step, opts).await? {
             plan.push(d);
         }
@@ -285,7 +300,7 @@ impl Builder<'_> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
         // lm_head follows the out rows (1 or 2); the decode tile keeps it batch invariant.
-        let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL };
+        let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL, swiglu: false };
         for d in matmul(g, self.w.lm_head(), Act::new(&ws.xo, h), Act::new(logits, v), self.step, opts).await? {
             plan.push(d);
         }
@@ -312,8 +327,8 @@ impl Builder<'_> {
         let layer = &mtp.layer;
         plan.push(norm::rms_norm(g, h, eps, Act::new(self.x, h), &layer.input_norm, Act::new(&ws.xn, h), self.step, false).await?);
         match &layer.mixer {
-            Mixer::Attn { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm } => {
-                self.attention(&mut plan, q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, kv).await?;
+            Mixer::Attn { qkv_proj, o_proj, q_norm, k_norm } => {
+                self.attention(&mut plan, qkv_proj, o_proj, q_norm, k_norm, kv).await?;
             }
             Mixer::Gdn { .. } => return Err(LoadError::Unsupported("the MTP layer must be a full-attention layer".into())),
         }
@@ -327,7 +342,7 @@ impl Builder<'_> {
         let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
         let mut plan = Plan::new();
         plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &mtp.norm, Act::new(&ws.xo, h), self.step, true).await?);
-        let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL };
+        let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL, swiglu: false };
         for d in matmul(g, self.w.lm_head(), Act::new(&ws.xo, h), Act::new(&ws.mtp_logits, v), self.step, opts).await? {
             plan.push(d);
         }

@@ -7,4 +7,5 @@ pub mod inspect;
 pub mod session;
 pub mod weights;
 
+pub use weights::LoadOptions;
 pub use session::{Model, MtpStep, RunError, Session, SessionOptions};

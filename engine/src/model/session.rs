@@ -15,7 +15,7 @@ use crate::ops::sample::{parse_results, AcceptIo, RowResult, SampleIo, Sampler, 
 use crate::model::config::ModelConfig;
 use crate::model::forward::{Builder, Workspace};
 use crate::model::tensors;
-use crate::model::weights::Weights;
+use crate::model::weights::{LoadOptions, Weights};
 use crate::ops::matmul::{MT_ONE, MT_PREFILL, MT_SMALL};
 use crate::state::State;
 use crate::weights::{Checkpoint, Layout};
@@ -49,9 +49,20 @@ pub struct Model {
 impl Model {
     /// Validates every tensor against `config`, then uploads. `progress(bytes_done, bytes_total)`.
     pub fn from_checkpoint(gpu: Arc<Gpu>, config: ModelConfig, ck: &Checkpoint, progress: &mut dyn FnMut(u64, u64)) -> Result<Model, LoadError> {
+        Model::from_checkpoint_with(gpu, config, ck, &LoadOptions::default(), progress)
+    }
+
+    /// [`Model::from_checkpoint`] with explicit [`LoadOptions`].
+    pub fn from_checkpoint_with(
+        gpu: Arc<Gpu>,
+        config: ModelConfig,
+        ck: &Checkpoint,
+        opts: &LoadOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Model, LoadError> {
         let host = tensors::collect(&config, ck)?;
         let total = ck.data_bytes();
-        let weights = Weights::upload(&gpu, &host, &mut |done| progress(done, total))?;
+        let weights = Weights::upload(&gpu, &host, opts, &mut |done| progress(done, total))?;
         gpu.take_error()?;
         let notes = host.notes.clone();
         drop(host);
@@ -61,9 +72,15 @@ impl Model {
     /// Reads `config.json` (+ `generation_config.json`) and the safetensors files of `dir`.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(gpu: Arc<Gpu>, dir: &std::path::Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Model, LoadError> {
+        Model::load_with(gpu, dir, &LoadOptions::default(), progress)
+    }
+
+    /// [`Model::load`] with explicit [`LoadOptions`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_with(gpu: Arc<Gpu>, dir: &std::path::Path, opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Model, LoadError> {
         let config = read_config(dir)?;
         let ck = Checkpoint::open(dir)?;
-        Model::from_checkpoint(gpu, config, &ck, progress)
+        Model::from_checkpoint_with(gpu, config, &ck, opts, progress)
     }
 
     pub fn has_mtp(&self) -> bool {
@@ -321,14 +338,7 @@ impl Session {
         let w = &self.model.weights;
         let lm = w.lm_head().bytes() as f64;
         let backbone: f64 = w.bytes() as f64 - w.embed.bytes() as f64 - w.lm_head.as_ref().map_or(0.0, |m| m.bytes() as f64);
-        let mtp_layers = w.mtp.as_ref().map_or(0.0, |m| {
-            let l = &m.layer;
-            let mats = match &l.mixer {
-                crate::model::weights::Mixer::Attn { q_proj, k_proj, v_proj, o_proj, .. } => q_proj.bytes() + k_proj.bytes() + v_proj.bytes() + o_proj.bytes(),
-                _ => 0,
-            };
-            (m.fc.bytes() + mats + l.gate.bytes() + l.up.bytes() + l.down.bytes()) as f64
-        });
+        let mtp_layers = w.mtp.as_ref().map_or(0.0, |m| (m.fc.bytes() + m.layer.bytes()) as f64);
         let backbone_only = backbone - mtp_layers;
         VERIFY_OVERHEAD + (mtp_layers + lm) / (backbone_only + lm).max(1.0)
     }

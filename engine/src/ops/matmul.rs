@@ -29,16 +29,19 @@ pub const ROWS: u32 = 4;
 
 /// Threads and rows per workgroup for a token tile of `mt` and `k` input features.
 ///
-/// Threads: 32, or 128 for long rows (k >= 16384, e.g. the MLP down projection), where fewer,
-/// longer workgroups win. Decode and prefill tiles of one matrix use the same thread count, so
-/// each (row, token) is reduced in the same order by both (bit-identical results).
-/// Rows: 8 for the 2-token verify tile (`MT_SMALL`: the codes of 8 rows are unpacked once for
-/// both tokens, so a verify costs little more than a decode), 4 for the 1-token decode tile
-/// (`MT_ONE`) and for prefill tiles. Rows per workgroup never change a row's arithmetic.
+/// Decode tiles (1 and 2 tokens, block reads): 32 threads, or 128 for long rows (k >= 16384,
+/// e.g. the MLP down projection), where fewer, longer workgroups win; both decode tiles of one
+/// matrix use the same thread count, so each (row, token) is reduced in the same order by both
+/// (bit-identical results). Rows: 8 for the 2-token verify tile (`MT_SMALL`: the codes of 8 rows
+/// are unpacked once for both tokens, so a verify costs little more than a decode), 4 for the
+/// 1-token decode tile (`MT_ONE`).
+/// Prefill tiles (word reads, see [`words`]): 32 threads and 4 rows for every k (on an H200,
+/// 32x4x8 beat 64 or 128 threads, 8 or 16 rows and 16-token tiles by 6-70 %).
+/// Rows per workgroup never change a row's arithmetic.
 /// Measured on an H200 (kernel lab, see the README's performance section). Retune per machine
-/// with `QWGPU_MATMUL_TILE=WGxROWS` (e.g. `64x4`: the thread count of every tile and the rows of
-/// the decode tile; read once, at load). `WG * ROWS * mt` floats of workgroup memory stay within
-/// WebGPU's 16 KiB default.
+/// with `QWGPU_MATMUL_TILE=WGxROWS` (e.g. `64x4`: the thread count of the decode tiles and the
+/// rows of the 1-token tile; read once, at load) and `QWGPU_PREFILL_TILE=WGxROWSxTOKENS`.
+/// `WG * ROWS * tokens` floats of workgroup memory stay within WebGPU's 16 KiB default.
 pub fn tile(mt: u32, k: u32) -> (u32, u32) {
     static TILE: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
     let forced = *TILE.get_or_init(|| {
@@ -60,7 +63,35 @@ pub fn tile(mt: u32, k: u32) -> (u32, u32) {
     match mt {
         MT_ONE => (wg, forced.map_or(ONE_ROWS, |f| f.1)),
         MT_SMALL => (wg, forced.map_or(SMALL_ROWS, |f| f.1)),
-        _ => (wg, ROWS),
+        // Prefill tiles read words, which need no long workgroups for long rows.
+        _ => match prefill_tile() {
+            Some((pwg, rows, _)) => (pwg, rows),
+            None => (SMALL_WG, ROWS),
+        },
+    }
+}
+
+/// A prefill tile forced with `QWGPU_PREFILL_TILE=WGxROWSxTOKENS` (kernel lab; read once).
+fn prefill_tile() -> Option<(u32, u32, u32)> {
+    static TILE: std::sync::OnceLock<Option<(u32, u32, u32)>> = std::sync::OnceLock::new();
+    *TILE.get_or_init(|| {
+        let v = std::env::var("QWGPU_PREFILL_TILE").ok()?;
+        let parts: Vec<u32> = v.split('x').filter_map(|p| p.trim().parse().ok()).collect();
+        match parts[..] {
+            [wg, rows, mt] if wg.is_power_of_two() && (32..=128).contains(&wg) && (1..=16).contains(&rows) && (3..=32).contains(&mt) && wg * rows * mt * 4 <= 16384 => Some((wg, rows, mt)),
+            _ => {
+                eprintln!("qwgpu: ignoring QWGPU_PREFILL_TILE={v:?}: expected WGxROWSxTOKENS (WG 32..128, ROWS 1..16, TOKENS 3..32, WG*ROWS*TOKENS <= 4096)");
+                None
+            }
+        }
+    })
+}
+
+/// Tokens of the tile that `mt` names (the prefill tile's may be forced, see [`prefill_tile`]).
+pub fn tile_tokens(mt: u32) -> u32 {
+    match (mt, prefill_tile()) {
+        (MT_PREFILL, Some((_, _, t))) => t,
+        _ => mt,
     }
 }
 pub const SMALL_WG: u32 = 32;
@@ -69,12 +100,30 @@ pub const LONG_K: u32 = 16384;
 pub const ONE_ROWS: u32 = 4;
 pub const SMALL_ROWS: u32 = 8;
 /// Tokens per tile: 1-token decode (`MT_ONE`), 2-token verify (`MT_SMALL`, also the lm_head and
-/// MTP tiles), prefill chunks (`MT_PREFILL`). All compute a (row, token) with the same
-/// arithmetic in the same order, so row 0 of a verify is bit-identical to a decode and a
-/// prompt gives the same state in chunks of any size.
+/// MTP tiles), prefill chunks (`MT_PREFILL`). The two decode tiles compute a (row, token) with
+/// the same arithmetic in the same order, so row 0 of a verify is bit-identical to a decode;
+/// the prefill tile does the same for any token count, so a prompt gives the same state in
+/// chunks of any size.
 pub const MT_ONE: u32 = 1;
 pub const MT_SMALL: u32 = 2;
 pub const MT_PREFILL: u32 = 8;
+
+/// Whether quantized rows are read word by word (`QWORDS`: each thread takes code words
+/// lid, lid + WG, ...; x reads coalesced) rather than in 16-byte blocks per thread. Word reads
+/// win where x dominates the traffic (prefill tiles: 2x faster on an H200); block reads win for
+/// the 1- and 2-token tiles (fewer scale loads and instructions per weight byte). The two
+/// orders give different bits, so every decode tile (1 and 2 tokens) uses blocks and every
+/// prefill tile uses words: a verify row equals a decode row, and a prompt gives the same state
+/// in chunks of any size.
+pub fn words(mt: u32) -> bool {
+    mt > MT_SMALL
+}
+
+/// Code words each thread loads per loop iteration of the word path (before using any). Never
+/// changes a (row, token)'s arithmetic or order.
+pub fn unroll(mt: u32) -> u32 {
+    if mt <= MT_SMALL { 4 } else { 1 }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct MatmulOpts {
@@ -84,6 +133,9 @@ pub struct MatmulOpts {
     pub add: bool,
     /// Tokens per tile (see [`MT_SMALL`], [`MT_PREFILL`]).
     pub mt: u32,
+    /// The matrix's rows are interleaved (gate, up) pairs ([`Matrix::upload_interleaved`]):
+    /// write silu(gate) * up for each pair, at column (row0 + row) / 2 (y has half the columns).
+    pub swiglu: bool,
 }
 
 /// The defines of a matmul variant.
@@ -93,12 +145,14 @@ pub fn defines(base: &Defines, format: &WeightFormat, k: u32, opts: &MatmulOpts)
         .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
         .set("WG", tile(opts.mt, k).0)
         .set("ROWS", tile(opts.mt, k).1)
-        .set("MT", opts.mt)
+        .set("MT", tile_tokens(opts.mt))
+        .set("UNROLL", unroll(opts.mt))
         .set("TOKENS", if opts.rows == Rows::Out { "n_out" } else { "n_tokens" })
-        .flag("ADD", opts.add);
+        .flag("ADD", opts.add)
+        .flag("SWIGLU", opts.swiglu);
     match *format {
         WeightFormat::Affine { bits, scale, .. } => {
-            d = d.flag("QUANT", true).flag(if bits == 4 { "Q4" } else { "Q8" }, true).flag(scale_define(scale), true);
+            d = d.flag("QUANT", true).flag(if bits == 4 { "Q4" } else { "Q8" }, true).flag(scale_define(scale), true).flag("QWORDS", words(opts.mt));
         }
         WeightFormat::Dense(t) => d = d.flag(dense_define(t), true),
     }
@@ -111,6 +165,12 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
     if x.stride % 4 != 0 || x.col % 4 != 0 {
         return Err(GpuError::Shader { name: format!("matmul {}", m.name), message: "x stride/column must be multiples of 4".into() });
     }
+    if opts.swiglu && (opts.add || m.n % 2 != 0 || tile(opts.mt, m.k).1 % 2 != 0 || m.chunks.iter().any(|c| c.row0 % 2 != 0)) {
+        return Err(GpuError::Shader {
+            name: format!("matmul {}", m.name),
+            message: "a SwiGLU matmul needs (gate, up) row pairs: an even row count, even rows per workgroup and chunk, and no residual add".into(),
+        });
+    }
     let pipeline = gpu.pipeline("matmul.wgsl", &defines(&gpu.base_defines(), &m.format, m.k, &opts)).await?;
     let (groups_per_row, group_size) = match m.format {
         WeightFormat::Affine { group, .. } => (m.k / group, group),
@@ -121,7 +181,8 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
         let params = MatmulParams {
             k: m.k,
             n: c.rows,
-            row0: y.col + c.row0,
+            // SwiGLU rows are pairs: the kernel writes column (row0 + row) / 2.
+            row0: if opts.swiglu { 2 * y.col + c.row0 } else { y.col + c.row0 },
             x_stride: x.stride,
             x_col: x.col,
             y_stride: y.stride,
@@ -135,7 +196,7 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
             res.push(b.whole());
         }
         res.push(y.buf.whole());
-        let grid = Grid { groups: c.rows.div_ceil(tile(opts.mt, m.k).1), rows: opts.rows, tile: opts.mt };
+        let grid = Grid { groups: c.rows.div_ceil(tile(opts.mt, m.k).1), rows: opts.rows, tile: tile_tokens(opts.mt) };
         out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
     }
     Ok(out)
@@ -147,9 +208,9 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
     for format in crate::ops::all_formats() {
         for mt in [MT_ONE, MT_SMALL, MT_PREFILL] {
             for rows in [Rows::Tokens, Rows::Out] {
-                for add in [false, true] {
+                for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                     for k in [4096, LONG_K] {
-                        v.push(("matmul.wgsl", defines(base, &format, k, &MatmulOpts { rows, add, mt })));
+                        v.push(("matmul.wgsl", defines(base, &format, k, &MatmulOpts { rows, add, mt, swiglu })));
                     }
                 }
             }

@@ -17,6 +17,14 @@ pub struct MatrixData<'a> {
     pub biases: &'a [u8],
 }
 
+impl MatrixData<'_> {
+    /// Whether `other` can be stacked under `self` into one matrix: the same in_features and the
+    /// same format (bits, group size and scale type, or dense type).
+    pub fn stacks_with(&self, other: &MatrixData<'_>) -> bool {
+        self.k == other.k && self.format == other.format
+    }
+}
+
 /// Rows [row0, row0 + rows) of a matrix, each tensor in its own buffer.
 pub struct MatrixChunk {
     pub row0: u32,
@@ -56,35 +64,74 @@ impl Matrix {
 
     /// Uploads `data`, splitting rows so that every chunk's tensors fit `gpu.caps.max_binding`.
     pub fn upload(gpu: &Gpu, name: &str, data: &MatrixData<'_>) -> Result<Matrix, GpuError> {
-        let (n, k) = (data.n, data.k);
-        let bad = |msg: String| GpuError::Shader { name: format!("matrix {name}"), message: msg };
-        let be = Matrix::block_elems(&data.format)
-            .ok_or_else(|| bad(format!("{} has no GPU kernel yet", data.format.describe())))?;
+        Matrix::upload_stacked(gpu, name, &[(name, data)])
+    }
+
+    /// Uploads `parts` (each `(name, data)`) as one matrix whose rows are theirs in order, split
+    /// into chunks like [`Matrix::upload`] (a chunk may span parts). Linear maps of one input
+    /// whose outputs lie side by side (q | k | v) then take one dispatch per chunk instead of one
+    /// per part, with the same values: a row's arithmetic does not depend on the rows that share
+    /// its call. Every part must have the same in_features and format ([`MatrixData::stacks_with`]).
+    /// Chunks are filled from the parts' bytes directly (no host copy of the stack).
+    pub fn upload_stacked<'a>(gpu: &Gpu, name: &str, parts: &[(&str, &MatrixData<'a>)]) -> Result<Matrix, GpuError> {
+        Matrix::upload_rows(gpu, name, parts, false)
+    }
+
+    /// Uploads two matrices of the same shape and format with their rows interleaved: row 2i is
+    /// `a`'s row i, row 2i + 1 is `b`'s. With gate and up this lets one matmul compute both for
+    /// a row pair and write the SwiGLU directly (`MatmulOpts::swiglu`). Chunks start at even rows.
+    pub fn upload_interleaved<'a>(gpu: &Gpu, name: &str, a: (&str, &MatrixData<'a>), b: (&str, &MatrixData<'a>)) -> Result<Matrix, GpuError> {
+        if a.1.n != b.1.n {
+            return Err(GpuError::Shader { name: format!("matrix {name}"), message: format!("cannot interleave '{}' ({} rows) with '{}' ({} rows)", a.0, a.1.n, b.0, b.1.n) });
+        }
+        Matrix::upload_rows(gpu, name, &[a, b], true)
+    }
+
+    /// [`Matrix::upload_stacked`], or with `interleave` (two parts of equal rows) the rows of
+    /// the parts alternating.
+    fn upload_rows<'a>(gpu: &Gpu, name: &str, parts: &[(&str, &MatrixData<'a>)], interleave: bool) -> Result<Matrix, GpuError> {
+        let bad = |part: &str, msg: String| GpuError::Shader { name: format!("matrix {part}"), message: msg };
+        let Some(&(first_name, first)) = parts.first() else {
+            return Err(bad(name, "no rows to upload (empty stack)".into()));
+        };
+        for &(pname, p) in &parts[1..] {
+            if !first.stacks_with(p) {
+                return Err(bad(
+                    name,
+                    format!(
+                        "cannot stack '{pname}' ({}, in_features {}) under '{first_name}' ({}, in_features {})",
+                        p.format.describe(),
+                        p.k,
+                        first.format.describe(),
+                        first.k
+                    ),
+                ));
+            }
+        }
+        let (k, format) = (first.k, first.format);
+        let be = Matrix::block_elems(&format).ok_or_else(|| bad(name, format!("{} has no GPU kernel yet", format.describe())))?;
         if k % be != 0 {
-            return Err(bad(format!("in_features {k} is not a multiple of {be} for {}", data.format.describe())));
+            return Err(bad(name, format!("in_features {k} is not a multiple of {be} for {}", format.describe())));
         }
-        let row_bytes = data.format.row_bytes(k);
-        if data.weight.len() != n * row_bytes {
-            return Err(bad(format!("weight has {} bytes, expected {}", data.weight.len(), n * row_bytes)));
-        }
-        let srow = match data.format {
+        let row_bytes = format.row_bytes(k);
+        let srow = match format {
             WeightFormat::Affine { group, scale, .. } => {
                 if k % group as usize != 0 {
-                    return Err(bad(format!("in_features {k} is not a multiple of group size {group}")));
+                    return Err(bad(name, format!("in_features {k} is not a multiple of group size {group}")));
                 }
-                let sb = (k / group as usize) * scale.size();
-                if data.scales.len() != n * sb || data.biases.len() != n * sb {
-                    return Err(bad(format!(
-                        "scales/biases have {}/{} bytes, expected {} each",
-                        data.scales.len(),
-                        data.biases.len(),
-                        n * sb
-                    )));
-                }
-                sb
+                (k / group as usize) * scale.size()
             }
             WeightFormat::Dense(_) => 0,
         };
+        for &(pname, p) in parts {
+            if p.weight.len() != p.n * row_bytes {
+                return Err(bad(pname, format!("weight has {} bytes, expected {}", p.weight.len(), p.n * row_bytes)));
+            }
+            if srow > 0 && (p.scales.len() != p.n * srow || p.biases.len() != p.n * srow) {
+                return Err(bad(pname, format!("scales/biases have {}/{} bytes, expected {} each", p.scales.len(), p.biases.len(), p.n * srow)));
+            }
+        }
+        let n: usize = parts.iter().map(|(_, p)| p.n).sum();
         let widest = row_bytes.max(srow) as u64;
         let cap = gpu.caps.max_binding.min(gpu.caps.max_buffer);
         // Multiple of 8 rows: keeps 16-bit scale rows word-aligned and the matmul row tiles whole.
@@ -93,16 +140,36 @@ impl Matrix {
             return Err(GpuError::TooLarge { what: format!("one row of {name}"), needed: widest * 8, limit: cap });
         }
         per = per.min(n.max(1));
+        // Rows [r0, r1) of the stack, `width` bytes each, from the tensor `pick` of every part.
+        let fill = |label: &str, r0: usize, r1: usize, width: usize, pick: fn(&MatrixData<'a>) -> &'a [u8]| {
+            gpu.storage_with(label, ((r1 - r0) * width) as u64, |write| {
+                if interleave {
+                    for r in r0..r1 {
+                        let (p, i) = (parts[r % 2].1, r / 2);
+                        write((r - r0) * width, &pick(p)[i * width..(i + 1) * width]);
+                    }
+                    return;
+                }
+                let mut start = 0;
+                for &(_, p) in parts {
+                    let (a, b) = (r0.max(start), r1.min(start + p.n));
+                    if a < b {
+                        write((a - r0) * width, &pick(p)[(a - start) * width..(b - start) * width]);
+                    }
+                    start += p.n;
+                }
+            })
+        };
         let mut chunks = Vec::new();
         let mut r = 0;
         while r < n {
             let rows = per.min(n - r);
             let label = if n <= per { name.to_string() } else { format!("{name}[{r}..{}]", r + rows) };
-            let weight = gpu.storage_init(&label, &data.weight[r * row_bytes..(r + rows) * row_bytes])?;
+            let weight = fill(&label, r, r + rows, row_bytes, |p| p.weight)?;
             let (scales, biases) = if srow > 0 {
                 (
-                    Some(gpu.storage_init(&format!("{label}.scales"), &data.scales[r * srow..(r + rows) * srow])?),
-                    Some(gpu.storage_init(&format!("{label}.biases"), &data.biases[r * srow..(r + rows) * srow])?),
+                    Some(fill(&format!("{label}.scales"), r, r + rows, srow, |p| p.scales)?),
+                    Some(fill(&format!("{label}.biases"), r, r + rows, srow, |p| p.biases)?),
                 )
             } else {
                 (None, None)
@@ -110,6 +177,6 @@ impl Matrix {
             chunks.push(MatrixChunk { row0: r as u32, rows: rows as u32, weight, scales, biases });
             r += rows;
         }
-        Ok(Matrix { name: name.to_string(), n: n as u32, k: k as u32, format: data.format, chunks })
+        Ok(Matrix { name: name.to_string(), n: n as u32, k: k as u32, format, chunks })
     }
 }
