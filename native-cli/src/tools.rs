@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// Top-p (nucleus) filter when sampling (1 = off).
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Read bandwidth of the device in GB/s: also report decode as a fraction of the roofline
+    /// (bytes per token / bandwidth), e.g. 4500 for the H200 measured through wgpu.
+    #[arg(long)]
+    roofline_gbps: Option<f64>,
 }
 
 #[derive(Args)]
@@ -140,6 +144,35 @@ fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// CPU time of this process so far (user + system, Linux), in seconds.
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = s.get(s.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime) = (f.get(11)?.parse::<f64>().ok()?, f.get(12)?.parse::<f64>().ok()?);
+    Some((utime + stime) / 100.0) // clock ticks (USER_HZ = 100 on Linux)
+}
+
+/// Bytes one plain decode step reads at cache position `pos`: the layers' weights and the
+/// lm_head once (the embedding table only for its one row, unless it doubles as the lm_head),
+/// the Gated-DeltaNet states read and written, and the K/V rows of the attention caches.
+fn decode_bytes(model: &qwgpu_engine::model::Model, state: &qwgpu_engine::state::State, pos: u32) -> u64 {
+    use qwgpu_engine::state::LayerState;
+    let w = &model.weights;
+    // The lm_head (the embedding table when tied) and every layer; not the MTP head.
+    let weights = w.lm_head().bytes() + w.layers.iter().map(|l| l.bytes()).sum::<u64>();
+    let st: u64 = state
+        .layers
+        .iter()
+        .map(|l| match l {
+            LayerState::Gdn(g) => 2 * (g.ssm.size + g.conv.size),
+            LayerState::Attn(kv) => 2 * kv.k.size * pos as u64 / state.max_ctx.max(1) as u64,
+        })
+        .sum();
+    weights + st
 }
 
 /// One series of trials (plain or MTP decoding).
@@ -239,9 +272,12 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     let modes: &[bool] = if with_mtp { &[false, true] } else { &[false] };
     let total = (a.warmup + a.trials) * modes.len();
     let mut done = 0;
+    // Host CPU time of the measured plain trials (recording, submission, readback, sampling).
+    let (mut cpu_s, mut cpu_tokens) = (0.0f64, 0u64);
     for trial in 0..a.warmup + a.trials {
         for &use_mtp in modes {
             session.reset();
+            let c0 = cpu_seconds();
             let t0 = Instant::now();
             let mut t_first = 0.0;
             let mut on = |e: Event| {
@@ -257,6 +293,10 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                 (pollster::block_on(generate(&mut session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?.0.len(), None)
             };
             let wall = t0.elapsed().as_secs_f64();
+            if let (Some(c0), Some(c1), false, true) = (c0, cpu_seconds(), use_mtp, trial >= a.warmup) {
+                cpu_s += c1 - c0;
+                cpu_tokens += n as u64;
+            }
             if trial >= a.warmup {
                 let s = if use_mtp { &mut spec } else { &mut plain };
                 s.ttft.push(t_first);
@@ -288,6 +328,9 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     let gpu_bytes = model.weights.bytes() + session.state.bytes() + session.ws.bytes();
     let p50 = percentile(&plain.decode, 0.5);
     let ttft50 = percentile(&plain.ttft, 0.5);
+    // At the middle of the generated tokens.
+    let bytes_per_token = decode_bytes(&model, &session.state, (a.prompt_tokens + a.gen_tokens / 2) as u32);
+    let cpu_ms_per_token = (cpu_tokens > 0).then(|| 1e3 * cpu_s / cpu_tokens as f64);
     let mut j = serde_json::json!({
         "device": model.gpu.describe(),
         "model": l.name,
@@ -299,11 +342,17 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         "load_s": load_s,
         "prefill_tokens_per_s": a.prompt_tokens as f64 / ttft50,
         "dispatches_per_token": session.dispatches_per_token(),
+        "bytes_per_token": bytes_per_token,
+        "cpu_ms_per_token": cpu_ms_per_token,
         "gpu_memory_bytes": gpu_bytes,
         "peak_rss_bytes": peak_rss(),
     });
     for (k, v) in plain.summary().as_object().into_iter().flatten() {
         j[k] = v.clone();
+    }
+    if let Some(g) = a.roofline_gbps {
+        let roof = g * 1e9 / bytes_per_token as f64;
+        j["roofline"] = serde_json::json!({"gbps": g, "tokens_per_s": roof, "decode_pct": 100.0 * p50 / roof});
     }
     if with_mtp {
         let mut sj = spec.summary();
@@ -357,6 +406,15 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         println!("MTP drift         {:+.1}% (last 3 vs first 3)", spec.summary()["drift_pct"].as_f64().unwrap_or(0.0));
     }
     println!("dispatches/token  {}", session.dispatches_per_token());
+    print!("bytes/token       {:.2} GB", bytes_per_token as f64 / 1e9);
+    if let Some(g) = a.roofline_gbps {
+        let roof = g * 1e9 / bytes_per_token as f64;
+        print!("   roofline at {g} GB/s: {roof:.1} tok/s, decode at {:.1} %", 100.0 * p50 / roof);
+    }
+    println!();
+    if let Some(c) = cpu_ms_per_token {
+        println!("host CPU          {c:.2} ms per token (process CPU time over the plain trials)");
+    }
     println!("GPU memory        {:.2} GiB (weights + state + workspace)", gpu_bytes as f64 / (1u64 << 30) as f64);
     if let Some(r) = peak_rss() {
         println!("peak host memory  {:.2} GiB", r as f64 / (1u64 << 30) as f64);
