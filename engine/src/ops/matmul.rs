@@ -159,6 +159,58 @@ pub fn defines(base: &Defines, format: &WeightFormat, k: u32, opts: &MatmulOpts)
     d
 }
 
+static STAGED: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+
+fn staged_flag() -> &'static std::sync::atomic::AtomicBool {
+    STAGED.get_or_init(|| std::sync::atomic::AtomicBool::new(matches!(std::env::var("QWGPU_MATMUL_STAGED").as_deref(), Ok("1") | Ok("true"))))
+}
+
+/// Whether quantized decode tiles use the experimental `matmul_staged.wgsl` (x staged once per
+/// workgroup in workgroup memory and shared by four 32-lane row groups; the same bits as the
+/// 32-thread block kernel). Off by default; `QWGPU_MATMUL_STAGED=1` turns it on at start-up.
+/// Plans built after [`set_staged`] follow the new setting.
+pub fn staged() -> bool {
+    staged_flag().load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// See [`staged`].
+pub fn set_staged(on: bool) {
+    staged_flag().store(on, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Threads, rows per workgroup and rows per 32-lane group of the staged kernel for a decode tile
+/// (four groups; the rows per group are the block kernel's for that tile).
+pub fn staged_tile(mt: u32) -> (u32, u32, u32) {
+    let rg = if mt == MT_ONE { ONE_ROWS } else { SMALL_ROWS };
+    (128, 4 * rg, rg)
+}
+
+/// Whether `m` in tile `mt` runs on the staged kernel: quantized, a decode tile, and rows the
+/// block kernel reads with 32 threads (k below [`LONG_K`]), so the bits are the block kernel's.
+fn use_staged(m: &Matrix, mt: u32) -> bool {
+    staged() && matches!(m.format, WeightFormat::Affine { .. }) && (mt == MT_ONE || mt == MT_SMALL) && m.k < LONG_K
+}
+
+/// The defines of the staged kernel. `subgroups`: the device has subgroups of at most 32 lanes.
+pub fn staged_defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts, subgroups: bool) -> Defines {
+    let (wg, rows, rg) = staged_tile(opts.mt);
+    let mut d = base
+        .clone()
+        .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
+        .set("WG", wg)
+        .set("ROWS", rows)
+        .set("RG", rg)
+        .set("MT", opts.mt)
+        .set("TOKENS", if opts.rows == Rows::Out { "n_out" } else { "n_tokens" })
+        .flag("ADD", opts.add)
+        .flag("SWIGLU", opts.swiglu)
+        .flag("SUBGROUPS", subgroups);
+    if let WeightFormat::Affine { bits, scale, .. } = *format {
+        d = d.flag(if bits == 4 { "Q4" } else { "Q8" }, true).flag(scale_define(scale), true);
+    }
+    d
+}
+
 /// One dispatch per chunk of `m`. `y.col` shifts the output columns (several projections can
 /// write side by side into one buffer).
 pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlot<'_>, opts: MatmulOpts) -> Result<Vec<Dispatch>, GpuError> {
@@ -171,7 +223,13 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
             message: "a SwiGLU matmul needs (gate, up) row pairs: an even row count, even rows per workgroup and chunk, and no residual add".into(),
         });
     }
-    let pipeline = gpu.pipeline("matmul.wgsl", &defines(&gpu.base_defines(), &m.format, m.k, &opts)).await?;
+    let staged = use_staged(m, opts.mt);
+    let (pipeline, rows_per_wg) = if staged {
+        let sub = gpu.caps.subgroups && gpu.caps.subgroup_max_size <= 32;
+        (gpu.pipeline("matmul_staged.wgsl", &staged_defines(&gpu.base_defines(), &m.format, &opts, sub)).await?, staged_tile(opts.mt).1)
+    } else {
+        (gpu.pipeline("matmul.wgsl", &defines(&gpu.base_defines(), &m.format, m.k, &opts)).await?, tile(opts.mt, m.k).1)
+    };
     let (groups_per_row, group_size) = match m.format {
         WeightFormat::Affine { group, .. } => (m.k / group, group),
         WeightFormat::Dense(_) => (0, 1),
@@ -196,7 +254,7 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
             res.push(b.whole());
         }
         res.push(y.buf.whole());
-        let grid = Grid { groups: c.rows.div_ceil(tile(opts.mt, m.k).1), rows: opts.rows, tile: tile_tokens(opts.mt) };
+        let grid = Grid { groups: c.rows.div_ceil(rows_per_wg), rows: opts.rows, tile: tile_tokens(opts.mt) };
         out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
     }
     Ok(out)
@@ -205,6 +263,18 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
 /// Every variant this op can build (for the offline naga checks).
 pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
     let mut v = Vec::new();
+    for format in crate::ops::all_formats().into_iter().filter(|f| matches!(f, WeightFormat::Affine { .. })) {
+        for mt in [MT_ONE, MT_SMALL] {
+            for rows in [Rows::Tokens, Rows::Out] {
+                for (add, swiglu) in [(false, false), (true, false), (false, true)] {
+                    for sub in [false, true] {
+                        let b = if sub { base.clone() } else { base.clone().flag("SUBGROUPS", false) };
+                        v.push(("matmul_staged.wgsl", staged_defines(&b, &format, &MatmulOpts { rows, add, mt, swiglu }, sub && base.is_true("SUBGROUPS"))));
+                    }
+                }
+            }
+        }
+    }
     for format in crate::ops::all_formats() {
         for mt in [MT_ONE, MT_SMALL, MT_PREFILL] {
             for rows in [Rows::Tokens, Rows::Out] {

@@ -1,0 +1,236 @@
+// Quantized matmul for the decode tiles (1 and 2 tokens) with x staged in workgroup memory.
+// Experimental (QWGPU_MATMUL_STAGED=1, see ops::matmul::staged): same bindings, parameters and
+// results as matmul.wgsl's block path with 32 threads, bit for bit (tested).
+//
+// A workgroup of WG threads is G = WG / 32 row groups of 32 lanes; group g owns RG rows. Lane l
+// of every group takes the 16-byte weight blocks l, l + 32, l + 64, ... of its rows (the 32-thread
+// block kernel's order). The x values under 32 consecutive blocks (one chunk: 1024 values for
+// 4-bit codes) are loaded once per workgroup with coalesced reads into workgroup memory, and
+// every group reads its lanes' slices from there: one global x read serves G groups, and no warp
+// load touches 32 cache lines. A block's vec4 i is stored at slot (i + block) % XV, so the lanes
+// reading vec4 i of their blocks hit different banks.
+//
+// Per (row, token): the same block-by-block sums as matmul.wgsl (acc += s * d + b * sum(x)), then
+// the 32 lanes' partials reduced as the 32-thread block kernel reduces them (subgroup sums in
+// subgroup order, or the same tree through workgroup memory). Subgroups wider than 32 lanes would
+// span two groups: on such devices the host builds the tree variant.
+//
+// Defines: WG, ROWS (rows per workgroup = G * RG), RG (rows per group), MT (tokens per tile),
+// TOKENS, ADD, SWIGLU, Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16, SUBGROUPS.
+#include "common.wgsl"
+
+{{PARAMS}}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> step: Step;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;      // [T, x_stride / 4]
+@group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;      // [n, blocks_per_row]
+@group(0) @binding(4) var<storage, read> scales: array<u32>;       // [n, k / group]
+@group(0) @binding(5) var<storage, read> biases: array<u32>;       // [n, k / group]
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;      // [T, y_stride]
+
+const WG: u32 = {{WG}}u;
+const ROWS: u32 = {{ROWS}}u;
+const RG: u32 = {{RG}}u;
+const MT: u32 = {{MT}}u;
+const LANES: u32 = 32u;
+const NACC: u32 = RG * MT;
+
+#if Q4
+const EPB: u32 = 32u;
+#else
+const EPB: u32 = 16u;
+#endif
+const XV: u32 = EPB / 4u;      // x vec4 under one block
+const CH: u32 = LANES;         // blocks per staged chunk (one per lane)
+const CHV: u32 = CH * XV;      // x vec4 per token per chunk
+
+var<workgroup> xs: array<vec4<f32>, MT * CHV>;
+var<workgroup> red: array<f32, WG * NACC>;
+
+fn scale_bias(idx: u32) -> vec2<f32> {
+#if SCALE_F32
+    return vec2<f32>(bitcast<f32>(scales[idx]), bitcast<f32>(biases[idx]));
+#elif SCALE_F16
+    return vec2<f32>(half_at_f16(scales[idx >> 1u], idx), half_at_f16(biases[idx >> 1u], idx));
+#else
+    return vec2<f32>(half_at_bf16(scales[idx >> 1u], idx), half_at_bf16(biases[idx >> 1u], idx));
+#endif
+}
+
+fn codes_f32(q: vec4<u32>) -> vec4<f32> {
+    return bitcast<vec4<f32>>(q | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_size) sg_size: u32,
+#endif
+) {
+    let T = step.{{TOKENS}};
+    let r0 = wg_linear(wid, nwg) * ROWS;
+    if (r0 >= p.n) { return; }
+    let t0 = wid.z * MT;
+    let bpr = p.k / EPB;
+    let xs4 = p.x_stride / 4u;
+    let grp = lid / LANES;
+    let lane = lid % LANES;
+    let rb = r0 + grp * RG;
+
+#for R RG
+    let row{{R}} = min(rb + {{R}}u, p.n - 1u);
+#for T MT
+    var acc_{{R}}_{{T}} = 0.0;
+#endfor
+#endfor
+#for T MT
+    let on{{T}} = t0 + {{T}}u < T;
+#endfor
+    let nch = (bpr + CH - 1u) / CH;
+    for (var c = 0u; c < nch; c++) {
+        // Stage the chunk's x (zeros past the row or the step's tokens).
+        workgroupBarrier();
+        for (var j = lid; j < MT * CHV; j += WG) {
+            let t = j / CHV;
+            let v = j % CHV;
+            let bl = v / XV;
+            let gv = c * CHV + v;
+            var val = vec4<f32>(0.0);
+            if (t0 + t < T && gv < bpr * XV) {
+                val = x[(t0 + t) * xs4 + p.x_col / 4u + gv];
+            }
+            xs[t * CHV + bl * XV + (v % XV + bl) % XV] = val;
+        }
+        workgroupBarrier();
+        let b = c * CH + lane;
+        if (b < bpr) {
+#for R RG
+            let wb{{R}} = w[row{{R}} * bpr + b];
+            let sb{{R}} = scale_bias(row{{R}} * p.groups_per_row + (b * EPB) / p.group_size);
+#endfor
+#for T MT
+            var sx{{T}} = 0.0;
+#for R RG
+            var d{{R}}_{{T}} = 0.0;
+#endfor
+#endfor
+#for I 4
+            {
+#for T MT
+#if Q4
+                let xa{{T}} = xs[{{T}}u * CHV + lane * XV + ({{I}}u * 2u + lane) % XV];
+                let xc{{T}} = xs[{{T}}u * CHV + lane * XV + ({{I}}u * 2u + 1u + lane) % XV];
+                if (on{{T}}) {
+                    sx{{T}} += xa{{T}}.x + xa{{T}}.y + xa{{T}}.z + xa{{T}}.w;
+                    sx{{T}} += xc{{T}}.x + xc{{T}}.y + xc{{T}}.z + xc{{T}}.w;
+                }
+#else
+                let xa{{T}} = xs[{{T}}u * CHV + lane * XV + ({{I}}u + lane) % XV];
+                if (on{{T}}) {
+                    sx{{T}} += xa{{T}}.x + xa{{T}}.y + xa{{T}}.z + xa{{T}}.w;
+                }
+#endif
+#endfor
+#for R RG
+                let v{{R}} = vec4<u32>(wb{{R}}[{{I}}]);
+#if Q4
+                let lo{{R}} = codes_f32((v{{R}} >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+                let hi{{R}} = codes_f32((v{{R}} >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
+#else
+                let lo{{R}} = codes_f32((v{{R}} >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
+#endif
+#endfor
+#for T MT
+                if (on{{T}}) {
+#for R RG
+#if Q4
+                    d{{R}}_{{T}} += dot(lo{{R}}, xa{{T}}) + dot(hi{{R}}, xc{{T}});
+#else
+                    d{{R}}_{{T}} += dot(lo{{R}}, xa{{T}});
+#endif
+#endfor
+                }
+#endfor
+            }
+#endfor
+#for R RG
+#for T MT
+            acc_{{R}}_{{T}} += sb{{R}}.x * d{{R}}_{{T}} + sb{{R}}.y * sx{{T}};
+#endfor
+#endfor
+        }
+    }
+    var acc: array<f32, NACC>;
+#for R RG
+#for T MT
+    acc[{{R}}u * MT + {{T}}u] = acc_{{R}}_{{T}};
+#endfor
+#endfor
+
+    // Reduce each accumulator over the group's 32 lanes; group g's accumulator i lives in
+    // red[(g * NACC + i) * LANES + ...].
+    let rg0 = grp * NACC;
+#if SUBGROUPS
+    // (Only with subgroups of at most 32 lanes: the host leaves SUBGROUPS off otherwise.)
+    let sgi = lane / sg_size;
+    for (var i = 0u; i < NACC; i++) {
+        let s = subgroupAdd(acc[i]);
+        if (sg_lane == 0u) { red[(rg0 + i) * LANES + sgi] = s; }
+    }
+    workgroupBarrier();
+    if (lane < NACC) {
+        let nsg = LANES / sg_size;
+        var s = 0.0;
+        for (var j = 0u; j < nsg; j++) {
+            s += red[(rg0 + lane) * LANES + j];
+        }
+        red[(rg0 + lane) * LANES] = s;
+    }
+    workgroupBarrier();
+#else
+    for (var i = 0u; i < NACC; i++) {
+        red[(rg0 + i) * LANES + lane] = acc[i];
+    }
+    workgroupBarrier();
+    for (var stride = LANES / 2u; stride > 0u; stride >>= 1u) {
+        if (lane < stride) {
+            for (var i = 0u; i < NACC; i++) {
+                red[(rg0 + i) * LANES + lane] += red[(rg0 + i) * LANES + lane + stride];
+            }
+        }
+        workgroupBarrier();
+    }
+#endif
+#if SWIGLU
+    // Rows come in (gate, up) pairs (RG even): y[t, (row0 + row) / 2] = silu(gate) * up.
+    if (lane < NACC / 2u) {
+        let pr = lane / MT;
+        let t = lane % MT;
+        let row = rb + 2u * pr;
+        if (row + 1u < p.n && t0 + t < T) {
+            let g = red[(rg0 + 2u * pr * MT + t) * LANES];
+            let u = red[(rg0 + (2u * pr + 1u) * MT + t) * LANES];
+            y[(t0 + t) * p.y_stride + (p.row0 + row) / 2u] = silu(g) * u;
+        }
+    }
+#else
+    if (lane < NACC) {
+        let r = lane / MT;
+        let t = lane % MT;
+        let row = rb + r;
+        if (row < p.n && t0 + t < T) {
+            let o = (t0 + t) * p.y_stride + p.row0 + row;
+#if ADD
+            y[o] = y[o] + red[(rg0 + lane) * LANES];
+#else
+            y[o] = red[(rg0 + lane) * LANES];
+#endif
+        }
+    }
+#endif
+}

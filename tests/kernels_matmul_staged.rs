@@ -1,0 +1,89 @@
+//! The experimental staged decode kernel (`matmul_staged.wgsl`, `ops::matmul::set_staged`) gives
+//! the block kernel's bits for every quantized format, for 1- and 2-token tiles, with a residual
+//! add, a SwiGLU pair matrix, rows that are not a multiple of the tile and a last chunk of x that
+//! is partly past the row; and the block kernel's results agree with a scalar CPU reference in
+//! `kernels_matmul`. One test: the switch is process-wide.
+
+use qwgpu_engine::gpu::{Gpu, Rows, Step, StepShape, StepSlot};
+use qwgpu_engine::ops::matmul::{matmul, set_staged, MatmulOpts, MT_ONE, MT_SMALL};
+use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
+use qwgpu_engine::ops::Act;
+use qwgpu_engine::quant::{encode_floats, quantize_row, FloatType, WeightFormat};
+use qwgpu_tests::*;
+
+struct Q {
+    n: usize,
+    k: usize,
+    format: WeightFormat,
+    weight: Vec<u8>,
+    scales: Vec<u8>,
+    biases: Vec<u8>,
+}
+
+fn make(rng: &mut Rng, n: usize, k: usize, format: WeightFormat) -> Q {
+    let WeightFormat::Affine { bits, group, scale } = format else { unreachable!("quantized formats only") };
+    let (mut codes, mut s, mut b) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let row: Vec<f32> = (0..k).map(|_| rng.normal() * 0.05).collect();
+        let (c, sc, bi) = quantize_row(&row, bits, group as usize);
+        codes.extend(c);
+        s.extend(sc);
+        b.extend(bi);
+    }
+    Q { n, k, format, weight: bytemuck::cast_slice(&codes).to_vec(), scales: encode_floats(scale, &s), biases: encode_floats(scale, &b) }
+}
+
+fn data(q: &Q) -> MatrixData<'_> {
+    MatrixData { n: q.n, k: q.k, format: q.format, weight: &q.weight, scales: &q.scales, biases: &q.biases }
+}
+
+/// y (+)= x · Wᵀ over `t` rows; with `add`, y starts from a known pattern.
+fn run_mm(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, mt: u32, add: bool, swiglu: bool) -> Vec<f32> {
+    let ny = if swiglu { m.n / 2 } else { m.n } as usize;
+    let xb = upload_f32(gpu, "x", x);
+    let y0: Vec<f32> = (0..t * ny).map(|i| (i % 5) as f32 * 0.5).collect();
+    let yb = upload_f32(gpu, "y", &y0);
+    let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
+    let slot = StepSlot { buf: &sb, offset: 0 };
+    let opts = MatmulOpts { rows: Rows::Tokens, add, mt, swiglu };
+    let d = pollster::block_on(matmul(gpu, m, Act::new(&xb, m.k), Act::new(&yb, ny as u32), slot, opts)).unwrap();
+    run(gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
+    read_f32(gpu, &yb, t * ny)
+}
+
+#[test]
+fn staged_decode_kernel_gives_the_block_kernels_bits() {
+    use FloatType::*;
+    let formats = [
+        WeightFormat::Affine { bits: 4, group: 64, scale: BF16 },
+        WeightFormat::Affine { bits: 4, group: 32, scale: F32 },
+        WeightFormat::Affine { bits: 4, group: 128, scale: F16 },
+        WeightFormat::Affine { bits: 8, group: 64, scale: BF16 },
+    ];
+    for gpu in gpu_variants() {
+        let mut rng = Rng(11);
+        for f in formats {
+            // k = 1536: 48 blocks of 4-bit codes (one full chunk of 32 and a partial one); n = 70
+            // rows: not a multiple of the 16- or 32-row staged tiles.
+            for (n, k) in [(70usize, 1536usize), (9, 256)] {
+                let q = make(&mut rng, n, k, f);
+                let m = Matrix::upload(&gpu, "w", &data(&q)).unwrap();
+                let (g, u) = (make(&mut rng, n, k, f), make(&mut rng, n, k, f));
+                let gu = Matrix::upload_interleaved(&gpu, "gate~up", ("gate", &data(&g)), ("up", &data(&u))).unwrap();
+                let x = rng.vec(2 * k, 1.0);
+                for (t, mt) in [(1, MT_ONE), (1, MT_SMALL), (2, MT_SMALL)] {
+                    for (add, swiglu) in [(false, false), (true, false), (false, true)] {
+                        let mat = if swiglu { &gu } else { &m };
+                        set_staged(false);
+                        let block = run_mm(&gpu, mat, &x[..t * k], t, mt, add, swiglu);
+                        set_staged(true);
+                        let staged = run_mm(&gpu, mat, &x[..t * k], t, mt, add, swiglu);
+                        set_staged(false);
+                        let what = format!("{} n={n} k={k} T={t} tile {mt} add={add} swiglu={swiglu} ({})", f.describe(), gpu.describe());
+                        assert_bits_eq(&format!("staged vs block kernel, {what}"), &staged, &block);
+                    }
+                }
+            }
+        }
+    }
+}
