@@ -178,6 +178,46 @@ pub fn set_staged(on: bool) {
     staged_flag().store(on, std::sync::atomic::Ordering::Relaxed)
 }
 
+static GEMM: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+
+fn gemm_flag() -> &'static std::sync::atomic::AtomicBool {
+    GEMM.get_or_init(|| std::sync::atomic::AtomicBool::new(matches!(std::env::var("QWGPU_PREFILL_GEMM").as_deref(), Ok("1") | Ok("true"))))
+}
+
+/// Whether quantized prefill tiles use the experimental tiled GEMM `matmul_gemm.wgsl` (64 rows ×
+/// 64 tokens per workgroup, weights dequantized and x staged per 32 features in workgroup
+/// memory). Off by default; `QWGPU_PREFILL_GEMM=1` turns it on at start-up. It keeps the prefill
+/// invariant (a prompt gives the same bits in chunks of any size) with its own bits.
+pub fn prefill_gemm() -> bool {
+    gemm_flag().load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// See [`prefill_gemm`].
+pub fn set_prefill_gemm(on: bool) {
+    gemm_flag().store(on, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Rows and tokens of one tiled-GEMM workgroup.
+pub const GEMM_TILE: (u32, u32) = (64, 64);
+
+fn use_gemm(m: &Matrix, mt: u32) -> bool {
+    prefill_gemm() && matches!(m.format, WeightFormat::Affine { .. }) && mt == MT_PREFILL && m.k % 32 == 0
+}
+
+/// The defines of the tiled GEMM.
+pub fn gemm_defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts) -> Defines {
+    let mut d = base
+        .clone()
+        .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
+        .set("TOKENS", if opts.rows == Rows::Out { "n_out" } else { "n_tokens" })
+        .flag("ADD", opts.add)
+        .flag("SWIGLU", opts.swiglu);
+    if let WeightFormat::Affine { bits, scale, .. } = *format {
+        d = d.flag(if bits == 4 { "Q4" } else { "Q8" }, true).flag(scale_define(scale), true);
+    }
+    d
+}
+
 /// Threads, rows per workgroup and rows per 32-lane group of the staged kernel for a decode tile
 /// (four groups; the rows per group are the block kernel's for that tile).
 pub fn staged_tile(mt: u32) -> (u32, u32, u32) {
@@ -224,7 +264,10 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
         });
     }
     let staged = use_staged(m, opts.mt);
-    let (pipeline, rows_per_wg) = if staged {
+    let gemm = use_gemm(m, opts.mt);
+    let (pipeline, rows_per_wg) = if gemm {
+        (gpu.pipeline("matmul_gemm.wgsl", &gemm_defines(&gpu.base_defines(), &m.format, &opts)).await?, GEMM_TILE.0)
+    } else if staged {
         let sub = gpu.caps.subgroups && gpu.caps.subgroup_max_size <= 32;
         (gpu.pipeline("matmul_staged.wgsl", &staged_defines(&gpu.base_defines(), &m.format, &opts, sub)).await?, staged_tile(opts.mt).1)
     } else {
@@ -254,7 +297,8 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
             res.push(b.whole());
         }
         res.push(y.buf.whole());
-        let grid = Grid { groups: c.rows.div_ceil(rows_per_wg), rows: opts.rows, tile: tile_tokens(opts.mt) };
+        let tokens = if gemm { GEMM_TILE.1 } else { tile_tokens(opts.mt) };
+        let grid = Grid { groups: c.rows.div_ceil(rows_per_wg), rows: opts.rows, tile: tokens };
         out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
     }
     Ok(out)
@@ -264,6 +308,11 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
 pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
     let mut v = Vec::new();
     for format in crate::ops::all_formats().into_iter().filter(|f| matches!(f, WeightFormat::Affine { .. })) {
+        for rows in [Rows::Tokens, Rows::Out] {
+            for (add, swiglu) in [(false, false), (true, false), (false, true)] {
+                v.push(("matmul_gemm.wgsl", gemm_defines(base, &format, &MatmulOpts { rows, add, mt: MT_PREFILL, swiglu })));
+            }
+        }
         for mt in [MT_ONE, MT_SMALL] {
             for rows in [Rows::Tokens, Rows::Out] {
                 for (add, swiglu) in [(false, false), (true, false), (false, true)] {
