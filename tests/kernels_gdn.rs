@@ -1,10 +1,11 @@
 //! The Gated-DeltaNet kernels (gdn_conv, gdn_prep, gdn_recurrence, gated_norm) against scalar CPU
 //! references: tiny / odd / real 27B shapes, 1, 2 and 7 rows, from a zero and from a random state,
 //! both reduction variants; the rollback snapshots (spec §7.4); and bit-exact batch invariance
-//! (row 0 of a 2-row call equals a 1-row call; 9 rows in one call equal 4 + 5 rows in two calls).
+//! (row 0 of a 2-row call equals a 1-row call; 9 rows in one call equal 4 + 5 rows in two calls);
+//! and the fused gdn_conv_prep against gdn_conv + gdn_prep, bit for bit.
 
 use qwgpu_engine::gpu::{Gpu, GpuBuffer, Step, StepShape, StepSlot};
-use qwgpu_engine::ops::gdn::{gated_norm, gdn_conv, gdn_prep, gdn_recurrence, qk_norm_constants, recurrence_layout, GdnDims};
+use qwgpu_engine::ops::gdn::{gated_norm, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence, qk_norm_constants, recurrence_layout, GdnDims};
 use qwgpu_engine::ops::Act;
 use qwgpu_tests::*;
 
@@ -542,6 +543,55 @@ fn bench_gdn_27b() {
                 state_bytes / (r_us * 1e-6) / 1e9,
                 r_us / t as f64
             );
+        }
+    }
+}
+
+#[test]
+fn fused_conv_prep_equals_conv_then_prep_bit_for_bit() {
+    // gdn_conv_prep (one dispatch) gives the bits of gdn_conv followed by gdn_prep: the
+    // normalized q | k | v rows, the gates, the conv state and its snapshot, for every shape
+    // (Dk 32 and 128, Dv != Dk), several row counts and snapshot points, from zero and random
+    // states. The chain tests above (against the CPU references) then cover it too.
+    for gpu in gpu_variants() {
+        let mut rng = Rng(19);
+        for (name, d) in shapes() {
+            let w = weights(&mut rng, &d);
+            let p = Proj::new(&d, 2);
+            let (cd, hv) = (d.conv_dim() as usize, d.n_v_heads as usize);
+            for (t, nc) in [(1usize, 0usize), (2, 1), (7, 3), (9, 0), (17, 0)] {
+                for random in [false, true] {
+                    let what = format!("{} n_confirmed={nc}", label(&gpu, name, t, random));
+                    let (cs, s0) = initial_states(&mut rng, &d, random);
+                    let proj = proj_rows(&mut rng, &d, &p, t);
+                    let pb = upload_f32(&gpu, "proj", &proj);
+                    let st = p.stride as u32;
+                    let sb = step_for(&gpu, t, nc);
+                    let run_one = |fused: bool| {
+                        let l = GpuLayer::new(&gpu, &d, &w, &cs, &s0);
+                        let conv_out = zeros(&gpu, "conv_out", t * cd);
+                        let gates = zeros(&gpu, "gates", t * 2 * hv);
+                        let (qkv, b, a) = (Act::at(&pb, st, p.qkv as u32), Act::at(&pb, st, p.b as u32), Act::at(&pb, st, p.a as u32));
+                        let ds = pollster::block_on(async {
+                            if fused {
+                                gdn_conv_prep(&gpu, &d, qkv, &l.conv_w, &l.conv_state, &l.conv_snap, &conv_out, b, a, &l.a_log, &l.dt_bias, &gates, slot(&sb)).await.unwrap()
+                            } else {
+                                let mut v = gdn_conv(&gpu, &d, qkv, &l.conv_w, &l.conv_state, &l.conv_snap, &conv_out, slot(&sb)).await.unwrap();
+                                v.extend(gdn_prep(&gpu, &d, &conv_out, b, a, &l.a_log, &l.dt_bias, &gates, slot(&sb)).await.unwrap());
+                                v
+                            }
+                        });
+                        run(&gpu, &ds, shape(t));
+                        let [c, csnap, _, _] = l.read_states(&gpu, &d);
+                        (read_f32(&gpu, &conv_out, t * cd), read_f32(&gpu, &gates, t * 2 * hv), c, csnap)
+                    };
+                    let (a, b) = (run_one(false), run_one(true));
+                    assert_bits_eq(&format!("fused vs conv + prep: conv_out {what}"), &b.0, &a.0);
+                    assert_bits_eq(&format!("fused vs conv + prep: gates {what}"), &b.1, &a.1);
+                    assert_bits_eq(&format!("fused vs conv + prep: conv_state {what}"), &b.2, &a.2);
+                    assert_bits_eq(&format!("fused vs conv + prep: conv_snap {what}"), &b.3, &a.3);
+                }
+            }
         }
     }
 }

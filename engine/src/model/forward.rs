@@ -13,7 +13,7 @@ use crate::gpu::{Gpu, GpuBuffer, Plan, Rows, StepSlot};
 use crate::model::config::ModelConfig;
 use crate::model::weights::{Layer, Mixer, Mtp, Projections, Weights};
 use crate::ops::attention::{attention_scratch_bytes, attention_with_scratch, attn_prep, AttnDims};
-use crate::ops::gdn::{gated_norm, gdn_conv, gdn_prep, gdn_recurrence, GdnDims};
+use crate::ops::gdn::{conv_prep_wg, gated_norm, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence, GdnDims, CONV_PREP_STORAGE_BUFFERS};
 use crate::ops::matmul::{matmul, MatmulOpts};
 use crate::ops::matrix::Matrix;
 use crate::ops::{argmax, embed, norm, swiglu, Act};
@@ -211,12 +211,16 @@ impl Builder<'_> {
                 // spec §4.6 step 1: the four input projections qkv | z | b | a, side by side in
                 // `proj` (columns 0, cd, cd + vd, cd + vd + hv).
                 self.mm_side_by_side(plan, in_proj, xn, Act::at(&ws.proj, pw, 0), cd + vd + 2 * hv).await?;
-                // steps 2–3: causal conv + SiLU over q|k|v with the 3-row conv state.
-                plan.extend_vec(gdn_conv(g, &d, Act::at(&ws.proj, pw, 0), conv1d, &st.conv, &st.conv_snap, &ws.conv_out, self.step).await?);
-                // steps 4–5: q/k normalization and the g, beta gates.
-                plan.extend_vec(
-                    gdn_prep(g, &d, &ws.conv_out, Act::at(&ws.proj, pw, cd + vd), Act::at(&ws.proj, pw, cd + vd + hv), a_log, dt_bias, &ws.gates, self.step).await?,
-                );
+                let (b, a) = (Act::at(&ws.proj, pw, cd + vd), Act::at(&ws.proj, pw, cd + vd + hv));
+                if conv_prep_wg(d.k_head_dim).is_some() && g.device.limits().max_storage_buffers_per_shader_stage >= CONV_PREP_STORAGE_BUFFERS {
+                    // steps 2–5 in one dispatch (same bits as the two kernels below).
+                    plan.extend_vec(gdn_conv_prep(g, &d, Act::at(&ws.proj, pw, 0), conv1d, &st.conv, &st.conv_snap, &ws.conv_out, b, a, a_log, dt_bias, &ws.gates, self.step).await?);
+                } else {
+                    // steps 2–3: causal conv + SiLU over q|k|v with the 3-row conv state.
+                    plan.extend_vec(gdn_conv(g, &d, Act::at(&ws.proj, pw, 0), conv1d, &st.conv, &st.conv_snap, &ws.conv_out, self.step).await?);
+                    // steps 4–5: q/k normalization and the g, beta gates.
+                    plan.extend_vec(gdn_prep(g, &d, &ws.conv_out, b, a, a_log, dt_bias, &ws.gates, self.step).await?);
+                }
                 // step 6: the delta-rule recurrence on the f32 state (snapshot after n_confirmed).
                 plan.extend_vec(gdn_recurrence(g, &d, &ws.conv_out, &ws.gates, &st.ssm, &st.ssm_snap, &ws.y, self.step).await?);
                 // step 7: gated RMSNorm with silu(z).

@@ -128,6 +128,27 @@ crate::gpu_struct! {
 }
 
 crate::gpu_struct! {
+    /// `gdn_conv_prep.wgsl` parameters (gdn_conv's, then gdn_prep's).
+    pub struct GdnConvPrepParams as "Params" {
+        conv_dim: u32,
+        taps: u32,
+        x_stride: u32,
+        x_col: u32,
+        rows_cap: u32,
+        n_k_heads: u32,
+        n_v_heads: u32,
+        dk: u32,
+        b_stride: u32,
+        b_col: u32,
+        a_stride: u32,
+        a_col: u32,
+        q_scale: f32,
+        k_scale: f32,
+        qk_eps: f32,
+    }
+}
+
+crate::gpu_struct! {
     /// `gdn_recurrence.wgsl` parameters.
     pub struct GdnRecurrenceParams as "Params" {
         n_k_heads: u32,
@@ -158,6 +179,25 @@ pub fn conv_defines() -> Defines {
     Defines::new().set("PARAMS", <GdnConvParams as ParamStruct>::WGSL).set("WG", CONV_WG).set("TILE", CONV_TILE).set("KMAX", CONV_KMAX)
 }
 
+/// Threads of the fused conv + prep workgroup for key heads of `dk`: one per head channel, and
+/// at least the prep's NORM_WG (None when a head does not fit one workgroup: 256 channels).
+pub fn conv_prep_wg(dk: u32) -> Option<u32> {
+    (dk <= 256).then(|| dk.max(NORM_WG).next_power_of_two())
+}
+
+/// Storage buffers `gdn_conv_prep.wgsl` binds (more than WebGPU's default limit of 8: devices
+/// below it run the two kernels).
+pub const CONV_PREP_STORAGE_BUFFERS: u32 = 11;
+
+pub fn conv_prep_defines(wg: u32) -> Defines {
+    Defines::new()
+        .set("PARAMS", <GdnConvPrepParams as ParamStruct>::WGSL)
+        .set("WG", wg)
+        .set("NORM_WG", NORM_WG)
+        .set("TILE", CONV_TILE)
+        .set("KMAX", CONV_KMAX)
+}
+
 pub fn prep_defines() -> Defines {
     Defines::new().set("PARAMS", <GdnPrepParams as ParamStruct>::WGSL).set("WG", NORM_WG)
 }
@@ -179,6 +219,11 @@ pub fn gated_norm_defines() -> Defines {
 /// flag), for the head sizes of the Qwen3.5/3.6 family (Dk 128) and of the tests (32, 64).
 pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
     let mut v = vec![("gdn_conv.wgsl", conv_defines()), ("gdn_prep.wgsl", prep_defines()), ("gated_norm.wgsl", gated_norm_defines())];
+    for dk in [32, 64, 128, 256] {
+        if let Some(wg) = conv_prep_wg(dk) {
+            v.push(("gdn_conv_prep.wgsl", conv_prep_defines(wg)));
+        }
+    }
     for dk in [32, 64, 128] {
         for subgroups in [false, base.is_true("SUBGROUPS")] {
             let lay = RecurrenceLayout { subgroups, wg: REC_WG, nv4: dk / 16, kq: (dk / 2).div_ceil(REC_WG).max(1) };
@@ -301,6 +346,77 @@ pub async fn gdn_prep(
     let u = gpu.uniform("gdn_prep.params", &params);
     let res = [u.whole(), step.binding(), conv_out.whole(), b.buf.whole(), a.buf.whole(), a_log.whole(), dt_bias.whole(), gates.whole()];
     Ok(vec![gpu.dispatch(WHAT, &pipeline, &res, Grid::per_token(2 * d.n_k_heads + 1))])
+}
+
+/// [`gdn_conv`] then [`gdn_prep`] in one dispatch (`gdn_conv_prep.wgsl`), with the same results
+/// bit for bit; the same arguments as the two. Needs key heads of at most 256 channels
+/// ([`conv_prep_wg`]); callers fall back to the two kernels otherwise.
+#[allow(clippy::too_many_arguments)]
+pub async fn gdn_conv_prep(
+    gpu: &Gpu,
+    d: &GdnDims,
+    qkv: Act<'_>,
+    conv_w: &GpuBuffer,
+    conv_state: &GpuBuffer,
+    conv_snap: &GpuBuffer,
+    out: &GpuBuffer,
+    b: Act<'_>,
+    a: Act<'_>,
+    a_log: &GpuBuffer,
+    dt_bias: &GpuBuffer,
+    gates: &GpuBuffer,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    const WHAT: &str = "gdn_conv_prep";
+    d.check()?;
+    let wg = conv_prep_wg(d.k_head_dim).ok_or_else(|| bad(WHAT, format!("key heads of {} channels do not fit one workgroup (at most 256)", d.k_head_dim)))?;
+    let (cd, hv) = (d.conv_dim(), d.n_v_heads);
+    need(WHAT, "conv_w", conv_w, cd as u64 * d.conv_kernel as u64)?;
+    need(WHAT, "conv_state", conv_state, d.conv_state_len())?;
+    need(WHAT, "conv_snap", conv_snap, d.conv_state_len())?;
+    need(WHAT, "a_log", a_log, hv as u64)?;
+    need(WHAT, "dt_bias", dt_bias, hv as u64)?;
+    let rows_cap = act_rows(WHAT, "qkv", &qkv, cd)?
+        .min(buf_rows(out, cd))
+        .min(act_rows(WHAT, "b", &b, hv)?)
+        .min(act_rows(WHAT, "a", &a, hv)?)
+        .min(buf_rows(gates, 2 * hv));
+    let pipeline = gpu.pipeline("gdn_conv_prep.wgsl", &conv_prep_defines(wg)).await?;
+    let (q_scale, k_scale, qk_eps) = qk_norm_constants(d.k_head_dim);
+    let params = GdnConvPrepParams {
+        conv_dim: cd,
+        taps: d.conv_kernel,
+        x_stride: qkv.stride,
+        x_col: qkv.col,
+        rows_cap,
+        n_k_heads: d.n_k_heads,
+        n_v_heads: hv,
+        dk: d.k_head_dim,
+        b_stride: b.stride,
+        b_col: b.col,
+        a_stride: a.stride,
+        a_col: a.col,
+        q_scale,
+        k_scale,
+        qk_eps,
+    };
+    let u = gpu.uniform("gdn_conv_prep.params", &params);
+    let res = [
+        u.whole(),
+        step.binding(),
+        qkv.buf.whole(),
+        conv_w.whole(),
+        conv_state.whole(),
+        conv_snap.whole(),
+        out.whole(),
+        b.buf.whole(),
+        a.buf.whole(),
+        a_log.whole(),
+        dt_bias.whole(),
+        gates.whole(),
+    ];
+    let blocks = 2 * d.n_k_heads + (cd - 2 * d.key_dim()).div_ceil(wg) + 1;
+    Ok(vec![gpu.dispatch(WHAT, &pipeline, &res, Grid::per_tile(blocks, CONV_TILE))])
 }
 
 /// How the recurrence maps state rows onto threads on this device.
