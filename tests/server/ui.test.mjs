@@ -68,7 +68,8 @@ test('the page loads from the server alone', async () => {
   await page.goto(url + '/');
   await assert.doesNotReject(page.locator('#model-name', { hasText: 'qwgpu-default' }).waitFor({ timeout: 30_000 }));
   assert.equal(await page.title(), 'qwgpu chat');
-  assert.match(await page.locator('#device').innerText(), /llvmpipe|Vulkan|Metal|DX12|GL/i);
+  // The device line comes from /health, fetched after /v1/models: wait for it too.
+  await assert.doesNotReject(page.locator('#device', { hasText: /llvmpipe|Vulkan|Metal|DX12|GL/i }).waitFor({ timeout: 30_000 }));
   assert.deepEqual(failed, []);
 });
 
