@@ -17,8 +17,15 @@ fn main() {
     for n in &names {
         let path = dir.join(n);
         println!("cargo:rerun-if-changed={}", path.display());
-        out.push_str(&format!("    ({n:?}, include_str!({:?})),\n", path.canonicalize().unwrap().display().to_string()));
+        out.push_str(&format!(
+            "    ({n:?}, include_str!({:?})),\n",
+            path.canonicalize().unwrap().display().to_string()
+        ));
     }
     out.push_str("];\n");
-    fs::write(PathBuf::from(env::var("OUT_DIR").unwrap()).join("shaders.rs"), out).unwrap();
+    fs::write(
+        PathBuf::from(env::var("OUT_DIR").unwrap()).join("shaders.rs"),
+        out,
+    )
+    .unwrap();
 }

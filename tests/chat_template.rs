@@ -15,7 +15,10 @@ use qwgpu_engine::text::{TextError, Tokenizer};
 use serde_json::{json, Map, Value};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The real Qwen3.6 tokenizer (tokenizer.json + tokenizer_config.json), a fixture of its own.
@@ -32,7 +35,9 @@ fn fixtures_dir() -> PathBuf {
 
 fn tok() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
-    T.get_or_init(|| Tokenizer::from_model_dir(qwen_dir()).expect("load the Qwen3.6 tokenizer fixture"))
+    T.get_or_init(|| {
+        Tokenizer::from_model_dir(qwen_dir()).expect("load the Qwen3.6 tokenizer fixture")
+    })
 }
 
 struct Case {
@@ -47,14 +52,21 @@ struct Case {
 
 impl Case {
     fn render(&self, t: &ChatTemplate) -> Result<String, TextError> {
-        t.render(&self.messages, self.tools.as_deref(), self.add_generation_prompt, &self.kwargs)
+        t.render(
+            &self.messages,
+            self.tools.as_deref(),
+            self.add_generation_prompt,
+            &self.kwargs,
+        )
     }
 }
 
 fn cases() -> &'static [Case] {
     static C: OnceLock<Vec<Case>> = OnceLock::new();
     C.get_or_init(|| {
-        let read = |p: PathBuf| -> Value { serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap() };
+        let read = |p: PathBuf| -> Value {
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+        };
         let inputs = read(repo().join("tests/fixtures/tokenizer/chat_cases.json"));
         let expected = read(fixtures_dir().join("chat_expected.json"));
         let expected = expected["cases"].as_array().unwrap();
@@ -69,7 +81,12 @@ fn cases() -> &'static [Case] {
                     Some(err) => Err(err.as_str().unwrap().to_string()),
                     None => Ok((
                         e["text"].as_str().unwrap().to_string(),
-                        e["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect(),
+                        e["ids"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|x| x.as_u64().unwrap() as u32)
+                            .collect(),
                     )),
                 };
                 Case {
@@ -87,7 +104,11 @@ fn cases() -> &'static [Case] {
 
 fn checkpoint_template() -> ChatTemplate {
     let t = ChatTemplate::from_model_dir(qwen_dir()).unwrap();
-    assert!(t.source().ends_with("tokenizer_config.json"), "{}", t.source());
+    assert!(
+        t.source().ends_with("tokenizer_config.json"),
+        "{}",
+        t.source()
+    );
     t
 }
 
@@ -95,11 +116,17 @@ fn checkpoint_template() -> ChatTemplate {
 fn check_matrix(t: &ChatTemplate) {
     let mut checked = 0;
     for c in cases() {
-        let Ok((want_text, want_ids)) = &c.expected else { continue };
+        let Ok((want_text, want_ids)) = &c.expected else {
+            continue;
+        };
         let text = c.render(t).unwrap_or_else(|e| panic!("{}: {e}", c.name));
         let ids = tok().encode(&text, true).unwrap();
         if ids != *want_ids {
-            let at = text.char_indices().zip(want_text.chars()).find(|((_, a), b)| a != b).map(|((i, _), _)| i);
+            let at = text
+                .char_indices()
+                .zip(want_text.chars())
+                .find(|((_, a), b)| a != b)
+                .map(|((i, _), _)| i);
             panic!(
                 "{} ({}): ids differ from transformers\nfirst text difference at byte {at:?}\n--- ours\n{text}\n--- transformers\n{want_text}",
                 c.name,
@@ -150,9 +177,15 @@ fn template_errors_come_back_as_results() {
     }
     assert!(n >= 4);
     let case = |name: &str| cases().iter().find(|c| c.name == name).unwrap();
-    let m = case("error_system_not_first").render(&t).unwrap_err().to_string();
+    let m = case("error_system_not_first")
+        .render(&t)
+        .unwrap_err()
+        .to_string();
     assert!(m.contains("A system message is only allowed first"), "{m}");
-    let m = case("error_unknown_role").render(&t).unwrap_err().to_string();
+    let m = case("error_unknown_role")
+        .render(&t)
+        .unwrap_err()
+        .to_string();
     assert!(m.contains("narrator"), "{m}");
 }
 
@@ -161,12 +194,29 @@ fn template_errors_come_back_as_results() {
 fn generation_prompt_ids() {
     let t = ChatTemplate::builtin_qwen3_6();
     let msgs = [json!({"role": "user", "content": "Hi"})];
-    let on = tok().encode(&t.render(&msgs, None, true, &Map::new()).unwrap(), true).unwrap();
-    assert!(on.ends_with(&[248046, 198, 248045, 74455, 198, 248068, 198]), "{on:?}");
-    let kw = json!({"enable_thinking": false}).as_object().unwrap().clone();
-    let off = tok().encode(&t.render(&msgs, None, true, &kw).unwrap(), true).unwrap();
-    assert!(off.ends_with(&[248045, 74455, 198, 248068, 271, 248069, 271]), "{off:?}");
-    assert_eq!(&on[..5], [248045, 846, 198, 12675, 248046], "<|im_start|>user\\nHi<|im_end|>");
+    let on = tok()
+        .encode(&t.render(&msgs, None, true, &Map::new()).unwrap(), true)
+        .unwrap();
+    assert!(
+        on.ends_with(&[248046, 198, 248045, 74455, 198, 248068, 198]),
+        "{on:?}"
+    );
+    let kw = json!({"enable_thinking": false})
+        .as_object()
+        .unwrap()
+        .clone();
+    let off = tok()
+        .encode(&t.render(&msgs, None, true, &kw).unwrap(), true)
+        .unwrap();
+    assert!(
+        off.ends_with(&[248045, 74455, 198, 248068, 271, 248069, 271]),
+        "{off:?}"
+    );
+    assert_eq!(
+        &on[..5],
+        [248045, 846, 198, 12675, 248046],
+        "<|im_start|>user\\nHi<|im_end|>"
+    );
     let none = t.render(&msgs, None, false, &Map::new()).unwrap();
     assert_eq!(none, "<|im_start|>user\nHi<|im_end|>\n");
 }
@@ -181,16 +231,36 @@ fn request_form_and_argument_strings() {
         ], "add_generation_prompt": false, "chat_template_kwargs": {"enable_thinking": false}})
     };
     let as_object = t.render_request(&call(json!({"b": 1, "a": "x"}))).unwrap();
-    let as_string = t.render_request(&call(json!("{\"b\": 1, \"a\": \"x\"}"))).unwrap();
+    let as_string = t
+        .render_request(&call(json!("{\"b\": 1, \"a\": \"x\"}")))
+        .unwrap();
     assert_eq!(as_object, as_string);
-    assert!(as_object.contains("<parameter=b>\n1\n</parameter>\n<parameter=a>\nx\n</parameter>"), "{as_object}");
-    let e = t.render_request(&call(json!("{not json"))).unwrap_err().to_string();
-    assert!(e.contains("messages[1].tool_calls[0]") && e.contains("not valid JSON"), "{e}");
-    let e = t.render_request(&json!({"messages": [1]})).unwrap_err().to_string();
+    assert!(
+        as_object.contains("<parameter=b>\n1\n</parameter>\n<parameter=a>\nx\n</parameter>"),
+        "{as_object}"
+    );
+    let e = t
+        .render_request(&call(json!("{not json")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("messages[1].tool_calls[0]") && e.contains("not valid JSON"),
+        "{e}"
+    );
+    let e = t
+        .render_request(&json!({"messages": [1]}))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("messages[0] is not an object"), "{e}");
-    let e = t.render_request(&json!({"messages": [{"content": "x"}]})).unwrap_err().to_string();
+    let e = t
+        .render_request(&json!({"messages": [{"content": "x"}]}))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("messages[0] has no string 'role'"), "{e}");
-    let e = t.render_request(&json!({"msgs": []})).unwrap_err().to_string();
+    let e = t
+        .render_request(&json!({"msgs": []}))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("'messages'"), "{e}");
 }
 
@@ -200,7 +270,9 @@ fn template_sources_in_a_model_dir() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let msgs = [json!({"role": "user", "content": "Hi"})];
-    let render = |t: &ChatTemplate, tools: Option<&[Value]>| t.render(&msgs, tools, true, &Map::new()).unwrap();
+    let render = |t: &ChatTemplate, tools: Option<&[Value]>| {
+        t.render(&msgs, tools, true, &Map::new()).unwrap()
+    };
 
     // Nothing: the built-in template.
     let t = ChatTemplate::from_model_dir(&dir).unwrap();
@@ -216,7 +288,11 @@ fn template_sources_in_a_model_dir() {
     assert_eq!(render(&t, Some(&[json!({"type": "function"})])), "T1");
 
     // chat_template.jinja wins over tokenizer_config.json; special tokens still come from it.
-    std::fs::write(dir.join("chat_template.jinja"), "J{{ eos_token }}{% for m in messages %}{{ m.role }}{% endfor %}\n").unwrap();
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        "J{{ eos_token }}{% for m in messages %}{{ m.role }}{% endfor %}\n",
+    )
+    .unwrap();
     let t = ChatTemplate::from_model_dir(&dir).unwrap();
     assert!(t.source().ends_with("chat_template.jinja"));
     assert_eq!(render(&t, None), "J<E>user");
@@ -224,10 +300,16 @@ fn template_sources_in_a_model_dir() {
     // A syntax error names the file and the line.
     std::fs::write(dir.join("chat_template.jinja"), "ok\n{% if %}").unwrap();
     let e = ChatTemplate::from_model_dir(&dir).unwrap_err().to_string();
-    assert!(e.contains("chat_template.jinja") && e.contains("syntax error") && e.contains(":2)"), "{e}");
+    assert!(
+        e.contains("chat_template.jinja") && e.contains("syntax error") && e.contains(":2)"),
+        "{e}"
+    );
     std::fs::write(dir.join("tokenizer_config.json"), "{").unwrap();
     let e = ChatTemplate::from_model_dir(&dir).unwrap_err().to_string();
-    assert!(e.contains("tokenizer_config.json") && e.contains("not valid JSON"), "{e}");
+    assert!(
+        e.contains("tokenizer_config.json") && e.contains("not valid JSON"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -247,11 +329,24 @@ fn jinja_features_hf_templates_need() {
         json!({"role": "assistant", "content": "c"}),
     ];
     let out = t.render(&msgs, None, false, &Map::new()).unwrap();
-    assert_eq!(out, r#"[A, B|True|b |-]1 assistant True {"k": "é", "n": [1.0, null]} 1 "a\tb""#);
-    let t = ChatTemplate::new("{{ raise_exception('bad ' ~ messages | length) }}", "inline").unwrap();
-    let e = t.render(&msgs, None, false, &Map::new()).unwrap_err().to_string();
+    assert_eq!(
+        out,
+        r#"[A, B|True|b |-]1 assistant True {"k": "é", "n": [1.0, null]} 1 "a\tb""#
+    );
+    let t = ChatTemplate::new(
+        "{{ raise_exception('bad ' ~ messages | length) }}",
+        "inline",
+    )
+    .unwrap();
+    let e = t
+        .render(&msgs, None, false, &Map::new())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("the template raised: bad 3"), "{e}");
     // The built-in template text is the Qwen3.6 tokenizer_config.json's.
-    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(qwen_dir().join("tokenizer_config.json")).unwrap()).unwrap();
+    let cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(qwen_dir().join("tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(cfg["chat_template"].as_str(), Some(BUILTIN_QWEN3_6));
 }

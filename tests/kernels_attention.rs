@@ -5,8 +5,13 @@
 //! invariance: a row gives the same bits in any row count, any prefill chunking, and on either
 //! attention path (key chunks split over workgroups, or all chunks in one workgroup).
 
-use qwgpu_engine::gpu::{Dispatch, Gpu, GpuBuffer, GpuError, GpuOptions, Step, StepShape, StepSlot};
-use qwgpu_engine::ops::attention::{attention, attention_scratch_bytes, attention_with_scratch, attn_prep, AttnDims, ATTN_CK_MIN, ATTN_NS};
+use qwgpu_engine::gpu::{
+    Dispatch, Gpu, GpuBuffer, GpuError, GpuOptions, Step, StepShape, StepSlot,
+};
+use qwgpu_engine::ops::attention::{
+    attention, attention_scratch_bytes, attention_with_scratch, attn_prep, AttnDims, ATTN_CK_MIN,
+    ATTN_NS,
+};
 use qwgpu_engine::ops::Act;
 use qwgpu_tests::ref_attention::{self as cpu, RefDims};
 use qwgpu_tests::*;
@@ -48,14 +53,43 @@ struct Shape {
     theta: f32,
 }
 
-const TINY: Shape = Shape { name: "tiny", hq: 2, hkv: 1, d: 32, rot: 8, theta: 10000.0 };
-const ODD: Shape = Shape { name: "odd", hq: 3, hkv: 1, d: 64, rot: 16, theta: 1e6 };
-const B27: Shape = Shape { name: "27b", hq: 24, hkv: 4, d: 256, rot: 64, theta: 1e7 };
+const TINY: Shape = Shape {
+    name: "tiny",
+    hq: 2,
+    hkv: 1,
+    d: 32,
+    rot: 8,
+    theta: 10000.0,
+};
+const ODD: Shape = Shape {
+    name: "odd",
+    hq: 3,
+    hkv: 1,
+    d: 64,
+    rot: 16,
+    theta: 1e6,
+};
+const B27: Shape = Shape {
+    name: "27b",
+    hq: 24,
+    hkv: 4,
+    d: 256,
+    rot: 64,
+    theta: 1e7,
+};
 const EPS: f32 = 1e-6;
 
 impl Shape {
     fn dims(&self, max_ctx: u32) -> AttnDims {
-        AttnDims { n_heads: self.hq, n_kv_heads: self.hkv, head_dim: self.d, rotary_dim: self.rot, rope_theta: self.theta, eps: EPS, max_ctx }
+        AttnDims {
+            n_heads: self.hq,
+            n_kv_heads: self.hkv,
+            head_dim: self.d,
+            rotary_dim: self.rot,
+            rope_theta: self.theta,
+            eps: EPS,
+            max_ctx,
+        }
     }
     fn rdims(&self) -> RefDims {
         RefDims {
@@ -81,7 +115,12 @@ impl Shape {
         let qg = 4;
         let k = qg + 2 * self.qw();
         let v = k + self.kvw();
-        Layout { stride: v + self.kvw() + 3, qg, k, v }
+        Layout {
+            stride: v + self.kvw() + 3,
+            qg,
+            k,
+            v,
+        }
     }
 }
 
@@ -105,7 +144,15 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(gpu: &Gpu, s: Shape, max_ctx: u32, q_norm: &[f32], k_norm: &[f32], k_init: &[f32], v_init: &[f32]) -> Layer {
+    fn new(
+        gpu: &Gpu,
+        s: Shape,
+        max_ctx: u32,
+        q_norm: &[f32],
+        k_norm: &[f32],
+        k_init: &[f32],
+        v_init: &[f32],
+    ) -> Layer {
         assert_eq!(k_init.len(), max_ctx as usize * s.kvw());
         Layer {
             s,
@@ -125,13 +172,32 @@ impl Layer {
 
     /// Runs attn_prep (and attention when `attend`) for `t` rows of `proj` ([t, stride]) at
     /// position `pos`, in one compute pass. Returns q_out [t, Hq*D] and out [t, Hq*D].
-    fn forward(&self, gpu: &Gpu, proj: &[f32], t: usize, pos: u32, attend: bool) -> (Vec<f32>, Vec<f32>) {
+    fn forward(
+        &self,
+        gpu: &Gpu,
+        proj: &[f32],
+        t: usize,
+        pos: u32,
+        attend: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
         let (lay, qw) = (self.lay, self.s.qw());
         let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
         let qb = gpu.storage("q_out", (t * qw * 4) as u64).unwrap();
         let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
-        let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1, force: 0 });
-        let slot = StepSlot { buf: &sb, offset: 0 };
+        let sb = step_buffer(
+            gpu,
+            Step {
+                n_tokens: t as u32,
+                pos,
+                n_confirmed: 0,
+                n_out: 1,
+                force: 0,
+            },
+        );
+        let slot = StepSlot {
+            buf: &sb,
+            offset: 0,
+        };
         let st = lay.stride as u32;
         let mut ds: Vec<Dispatch> = pollster::block_on(attn_prep(
             gpu,
@@ -148,9 +214,28 @@ impl Layer {
         ))
         .unwrap();
         if attend {
-            ds.extend(pollster::block_on(attention(gpu, &self.d, &qb, Act::at(&pb, st, lay.qg as u32), &self.kc, &self.vc, &ob, slot)).unwrap());
+            ds.extend(
+                pollster::block_on(attention(
+                    gpu,
+                    &self.d,
+                    &qb,
+                    Act::at(&pb, st, lay.qg as u32),
+                    &self.kc,
+                    &self.vc,
+                    &ob,
+                    slot,
+                ))
+                .unwrap(),
+            );
         }
-        run(gpu, &ds, StepShape { n_tokens: t as u32, n_out: 1 });
+        run(
+            gpu,
+            &ds,
+            StepShape {
+                n_tokens: t as u32,
+                n_out: 1,
+            },
+        );
         (read_f32(gpu, &qb, t * qw), read_f32(gpu, &ob, t * qw))
     }
 
@@ -160,10 +245,39 @@ impl Layer {
         let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
         let qb = upload_f32(gpu, "q", &q[..t * qw]);
         let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
-        let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1, force: 0 });
-        let slot = StepSlot { buf: &sb, offset: 0 };
-        let ds = pollster::block_on(attention(gpu, &self.d, &qb, Act::at(&pb, lay.stride as u32, lay.qg as u32), &self.kc, &self.vc, &ob, slot)).unwrap();
-        run(gpu, &ds, StepShape { n_tokens: t as u32, n_out: 1 });
+        let sb = step_buffer(
+            gpu,
+            Step {
+                n_tokens: t as u32,
+                pos,
+                n_confirmed: 0,
+                n_out: 1,
+                force: 0,
+            },
+        );
+        let slot = StepSlot {
+            buf: &sb,
+            offset: 0,
+        };
+        let ds = pollster::block_on(attention(
+            gpu,
+            &self.d,
+            &qb,
+            Act::at(&pb, lay.stride as u32, lay.qg as u32),
+            &self.kc,
+            &self.vc,
+            &ob,
+            slot,
+        ))
+        .unwrap();
+        run(
+            gpu,
+            &ds,
+            StepShape {
+                n_tokens: t as u32,
+                n_out: 1,
+            },
+        );
         read_f32(gpu, &ob, t * qw)
     }
 }
@@ -205,17 +319,54 @@ fn check_prep(gpu: &Gpu, rng: &mut Rng, s: Shape, pos: u32, t: usize) {
     let proj = normals(rng, t * lay.stride, 2.0);
     let (q, _) = layer.forward(gpu, &proj, t, pos, false);
     let (kc, vc) = layer.caches(gpu);
-    let want = cpu::attn_prep(&s.rdims(), &proj, t, lay.stride, lay.qg, lay.k, lay.v, &qn, &kn, pos);
+    let want = cpu::attn_prep(
+        &s.rdims(),
+        &proj,
+        t,
+        lay.stride,
+        lay.qg,
+        lay.k,
+        lay.v,
+        &qn,
+        &kn,
+        pos,
+    );
 
     let qs = tol_scale(&want.q_mag, PREP_RTOL, PREP_RTOL_PER_POS, s.qw(), pos);
-    assert_close(&format!("{what}: q_out"), &q, &to_f32(&want.q), &qs, PREP_ATOL, PREP_RTOL);
+    assert_close(
+        &format!("{what}: q_out"),
+        &q,
+        &to_f32(&want.q),
+        &qs,
+        PREP_ATOL,
+        PREP_RTOL,
+    );
     let (a, b) = (pos as usize * kvw, (pos as usize + t) * kvw);
     let ks = tol_scale(&want.k_mag, PREP_RTOL, PREP_RTOL_PER_POS, kvw, pos);
-    assert_close(&format!("{what}: new k_cache rows"), &kc[a..b], &to_f32(&want.k), &ks, PREP_ATOL, PREP_RTOL);
-    assert_bits_eq(&format!("{what}: new v_cache rows"), &vc[a..b], &to_f32(&want.v));
-    assert_bits_eq(&format!("{what}: k_cache rows before pos"), &kc[..a], &k0[..a]);
+    assert_close(
+        &format!("{what}: new k_cache rows"),
+        &kc[a..b],
+        &to_f32(&want.k),
+        &ks,
+        PREP_ATOL,
+        PREP_RTOL,
+    );
+    assert_bits_eq(
+        &format!("{what}: new v_cache rows"),
+        &vc[a..b],
+        &to_f32(&want.v),
+    );
+    assert_bits_eq(
+        &format!("{what}: k_cache rows before pos"),
+        &kc[..a],
+        &k0[..a],
+    );
     assert_bits_eq(&format!("{what}: k_cache rows after"), &kc[b..], &k0[b..]);
-    assert_bits_eq(&format!("{what}: v_cache rows before pos"), &vc[..a], &v0[..a]);
+    assert_bits_eq(
+        &format!("{what}: v_cache rows before pos"),
+        &vc[..a],
+        &v0[..a],
+    );
     assert_bits_eq(&format!("{what}: v_cache rows after"), &vc[b..], &v0[b..]);
 }
 
@@ -240,7 +391,10 @@ fn check_attention(gpu: &Gpu, rng: &mut Rng, s: Shape, ctx: u32, t: usize) {
     let kvw = s.kvw();
     let mut k0 = normals(rng, max_ctx as usize * kvw, 2.0);
     let mut v0 = normals(rng, max_ctx as usize * kvw, 1.0);
-    for x in k0[rows * kvw..].iter_mut().chain(v0[rows * kvw..].iter_mut()) {
+    for x in k0[rows * kvw..]
+        .iter_mut()
+        .chain(v0[rows * kvw..].iter_mut())
+    {
         *x = f32::NAN;
     }
     let w = vec![1f32; s.d as usize];
@@ -251,7 +405,14 @@ fn check_attention(gpu: &Gpu, rng: &mut Rng, s: Shape, ctx: u32, t: usize) {
     let got = layer.attend(gpu, &q, &proj, t, pos);
     let (want, mag) = cpu::attention(&s.rdims(), &q, t, &k0, &v0, &proj, lay.stride, lay.qg, pos);
     let mag: Vec<f32> = to_f32(&mag);
-    assert_close(&format!("attention {} ctx {ctx} T={t} ({})", s.name, gpu.describe()), &got, &to_f32(&want), &mag, ATTN_ATOL, ATTN_RTOL);
+    assert_close(
+        &format!("attention {} ctx {ctx} T={t} ({})", s.name, gpu.describe()),
+        &got,
+        &to_f32(&want),
+        &mag,
+        ATTN_ATOL,
+        ATTN_RTOL,
+    );
 }
 
 #[test]
@@ -299,15 +460,40 @@ fn prep_then_attention_matches_cpu() {
                 let lay = s.layout();
                 let proj = normals(&mut rng, t * lay.stride, 2.0);
                 let (_, out) = layer.forward(&gpu, &proj, t, pos, true);
-                let pre = cpu::attn_prep(&s.rdims(), &proj, t, lay.stride, lay.qg, lay.k, lay.v, &qn, &kn, pos);
+                let pre = cpu::attn_prep(
+                    &s.rdims(),
+                    &proj,
+                    t,
+                    lay.stride,
+                    lay.qg,
+                    lay.k,
+                    lay.v,
+                    &qn,
+                    &kn,
+                    pos,
+                );
                 let a = pos as usize * kvw;
                 let mut kc: Vec<f64> = k0.iter().map(|&x| x as f64).collect();
                 let mut vc: Vec<f64> = v0.iter().map(|&x| x as f64).collect();
                 kc[a..a + t * kvw].copy_from_slice(&pre.k);
                 vc[a..a + t * kvw].copy_from_slice(&pre.v);
-                let (want, mag) = cpu::attention(&s.rdims(), &pre.q, t, &kc, &vc, &proj, lay.stride, lay.qg, pos);
+                let (want, mag) = cpu::attention(
+                    &s.rdims(),
+                    &pre.q,
+                    t,
+                    &kc,
+                    &vc,
+                    &proj,
+                    lay.stride,
+                    lay.qg,
+                    pos,
+                );
                 assert_close(
-                    &format!("prep+attention {} pos {pos} T={t} ({})", s.name, gpu.describe()),
+                    &format!(
+                        "prep+attention {} pos {pos} T={t} ({})",
+                        s.name,
+                        gpu.describe()
+                    ),
                     &out,
                     &to_f32(&want),
                     &to_f32(&mag),
@@ -341,10 +527,22 @@ fn batch_invariance_decode_vs_verify() {
             let (q2, o2) = two.forward(&gpu, &proj, 2, pos, true);
             let (k2, v2) = two.caches(&gpu);
             let (qw, end) = (s.qw(), (pos as usize + 1) * kvw);
-            assert_bits_eq(&format!("{what}: q_out T=1 vs row 0 of T=2"), &q1, &q2[..qw]);
+            assert_bits_eq(
+                &format!("{what}: q_out T=1 vs row 0 of T=2"),
+                &q1,
+                &q2[..qw],
+            );
             assert_bits_eq(&format!("{what}: out T=1 vs row 0 of T=2"), &o1, &o2[..qw]);
-            assert_bits_eq(&format!("{what}: k_cache rows 0..=pos"), &k1[..end], &k2[..end]);
-            assert_bits_eq(&format!("{what}: v_cache rows 0..=pos"), &v1[..end], &v2[..end]);
+            assert_bits_eq(
+                &format!("{what}: k_cache rows 0..=pos"),
+                &k1[..end],
+                &k2[..end],
+            );
+            assert_bits_eq(
+                &format!("{what}: v_cache rows 0..=pos"),
+                &v1[..end],
+                &v2[..end],
+            );
         }
     }
 }
@@ -363,7 +561,10 @@ fn batch_invariance_chunked_prefill() {
             let (qn, kn) = (norm_weights(&mut rng, s.d), norm_weights(&mut rng, s.d));
             let mut k0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
             let mut v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
-            for x in k0[p0 as usize * kvw..].iter_mut().chain(v0[p0 as usize * kvw..].iter_mut()) {
+            for x in k0[p0 as usize * kvw..]
+                .iter_mut()
+                .chain(v0[p0 as usize * kvw..].iter_mut())
+            {
                 *x = 0.0;
             }
             let lay = s.layout();
@@ -386,19 +587,54 @@ fn batch_invariance_chunked_prefill() {
 }
 
 /// attention over `t` rows at `pos` with `split_rows` rows on the split path (0: none).
-fn attend_split(gpu: &Gpu, layer: &Layer, q: &[f32], proj: &[f32], t: usize, pos: u32, split_rows: u32) -> Vec<f32> {
+fn attend_split(
+    gpu: &Gpu,
+    layer: &Layer,
+    q: &[f32],
+    proj: &[f32],
+    t: usize,
+    pos: u32,
+    split_rows: u32,
+) -> Vec<f32> {
     let (lay, qw) = (layer.lay, layer.s.qw());
     let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
     let qb = upload_f32(gpu, "q", &q[..t * qw]);
     let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
-    let scratch = gpu.storage("scratch", attention_scratch_bytes(&layer.d, split_rows.max(1))).unwrap();
-    let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1, force: 0 });
-    let slot = StepSlot { buf: &sb, offset: 0 };
+    let scratch = gpu
+        .storage(
+            "scratch",
+            attention_scratch_bytes(&layer.d, split_rows.max(1)),
+        )
+        .unwrap();
+    let sb = step_buffer(
+        gpu,
+        Step {
+            n_tokens: t as u32,
+            pos,
+            n_confirmed: 0,
+            n_out: 1,
+            force: 0,
+        },
+    );
+    let slot = StepSlot {
+        buf: &sb,
+        offset: 0,
+    };
     let gate = Act::at(&pb, lay.stride as u32, lay.qg as u32);
     let sc = if split_rows > 0 { Some(&scratch) } else { None };
-    let ds = pollster::block_on(attention_with_scratch(gpu, &layer.d, &qb, gate, &layer.kc, &layer.vc, sc, &ob, slot)).unwrap();
+    let ds = pollster::block_on(attention_with_scratch(
+        gpu, &layer.d, &qb, gate, &layer.kc, &layer.vc, sc, &ob, slot,
+    ))
+    .unwrap();
     assert_eq!(ds.len(), if split_rows > 0 { 2 } else { 1 });
-    run(gpu, &ds, StepShape { n_tokens: t as u32, n_out: 1 });
+    run(
+        gpu,
+        &ds,
+        StepShape {
+            n_tokens: t as u32,
+            n_out: 1,
+        },
+    );
     read_f32(gpu, &ob, t * qw)
 }
 
@@ -411,7 +647,15 @@ fn split_and_fused_paths_agree_bit_exact() {
     let big = ATTN_NS * ck;
     for gpu in gpu_variants() {
         let mut rng = Rng(18);
-        for (s, pos) in [(TINY, 0u32), (TINY, ck - 3), (TINY, 2 * ck - 2), (TINY, big - 3), (TINY, big + 2 * ck), (ODD, 300), (B27, 300)] {
+        for (s, pos) in [
+            (TINY, 0u32),
+            (TINY, ck - 3),
+            (TINY, 2 * ck - 2),
+            (TINY, big - 3),
+            (TINY, big + 2 * ck),
+            (ODD, 300),
+            (B27, 300),
+        ] {
             let t = 6;
             let max_ctx = pos + t as u32;
             let kvw = s.kvw();
@@ -435,7 +679,10 @@ fn split_and_fused_paths_agree_bit_exact() {
 fn unchecked_shaders_match_cpu() {
     // The release configuration: wgpu's runtime bounds checks off, so only the kernels' own
     // guards keep every access in bounds (odd head counts, offsets, rows at the end of the cache).
-    let gpu = gpu_with(GpuOptions { shader_checks: Some(false), ..Default::default() });
+    let gpu = gpu_with(GpuOptions {
+        shader_checks: Some(false),
+        ..Default::default()
+    });
     let mut rng = Rng(17);
     for (s, pos) in [(ODD, 37u32), (B27, 300)] {
         check_prep(&gpu, &mut rng, s, pos, 5);
@@ -449,28 +696,104 @@ fn unchecked_shaders_match_cpu() {
 fn rejects_unsupported_shapes() {
     let gpu = gpu();
     let b = gpu.storage("b", 1 << 20).unwrap();
-    let sb = step_buffer(&gpu, Step { n_tokens: 1, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
-    let slot = StepSlot { buf: &sb, offset: 0 };
+    let sb = step_buffer(
+        &gpu,
+        Step {
+            n_tokens: 1,
+            pos: 0,
+            n_confirmed: 0,
+            n_out: 1,
+            force: 0,
+        },
+    );
+    let slot = StepSlot {
+        buf: &sb,
+        offset: 0,
+    };
     let ok = TINY.dims(16);
     for bad in [
-        AttnDims { head_dim: 260, rotary_dim: 64, ..ok },
-        AttnDims { head_dim: 30, rotary_dim: 8, ..ok },
-        AttnDims { n_heads: 3, n_kv_heads: 2, ..ok },
-        AttnDims { rotary_dim: 40, ..ok },
-        AttnDims { rotary_dim: 7, ..ok },
+        AttnDims {
+            head_dim: 260,
+            rotary_dim: 64,
+            ..ok
+        },
+        AttnDims {
+            head_dim: 30,
+            rotary_dim: 8,
+            ..ok
+        },
+        AttnDims {
+            n_heads: 3,
+            n_kv_heads: 2,
+            ..ok
+        },
+        AttnDims {
+            rotary_dim: 40,
+            ..ok
+        },
+        AttnDims {
+            rotary_dim: 7,
+            ..ok
+        },
     ] {
-        let r = pollster::block_on(attention(&gpu, &bad, &b, Act::new(&b, 128), &b, &b, &b, slot));
+        let r = pollster::block_on(attention(
+            &gpu,
+            &bad,
+            &b,
+            Act::new(&b, 128),
+            &b,
+            &b,
+            &b,
+            slot,
+        ));
         assert!(r.is_err(), "attention accepted {bad:?}");
-        let r = pollster::block_on(attn_prep(&gpu, &bad, Act::new(&b, 128), Act::new(&b, 128), Act::new(&b, 128), &b, &b, &b, &b, &b, slot));
+        let r = pollster::block_on(attn_prep(
+            &gpu,
+            &bad,
+            Act::new(&b, 128),
+            Act::new(&b, 128),
+            Act::new(&b, 128),
+            &b,
+            &b,
+            &b,
+            &b,
+            &b,
+            slot,
+        ));
         assert!(r.is_err(), "attn_prep accepted {bad:?}");
     }
     // A cache that cannot fit one storage binding.
-    let huge = AttnDims { max_ctx: 1 << 30, ..ok };
-    let r = pollster::block_on(attention(&gpu, &huge, &b, Act::new(&b, 128), &b, &b, &b, slot));
-    assert!(matches!(r, Err(GpuError::TooLarge { .. })), "attention accepted a cache over the binding limit");
+    let huge = AttnDims {
+        max_ctx: 1 << 30,
+        ..ok
+    };
+    let r = pollster::block_on(attention(
+        &gpu,
+        &huge,
+        &b,
+        Act::new(&b, 128),
+        &b,
+        &b,
+        &b,
+        slot,
+    ));
+    assert!(
+        matches!(r, Err(GpuError::TooLarge { .. })),
+        "attention accepted a cache over the binding limit"
+    );
     // A cache too small for max_ctx.
     let small = gpu.storage("small", 64).unwrap();
-    assert!(pollster::block_on(attention(&gpu, &ok, &b, Act::new(&b, 128), &small, &b, &b, slot)).is_err());
+    assert!(pollster::block_on(attention(
+        &gpu,
+        &ok,
+        &b,
+        Act::new(&b, 128),
+        &small,
+        &b,
+        &b,
+        slot
+    ))
+    .is_err());
 }
 
 #[test]
@@ -478,7 +801,10 @@ fn rejects_unsupported_shapes() {
 fn bench_attention_27b() {
     // Wall time per call of attention (and attn_prep) at the 27B head shapes, averaged over many
     // calls recorded in one pass. A benchmark, not a check.
-    let gpu = gpu_with(GpuOptions { shader_checks: Some(false), ..Default::default() });
+    let gpu = gpu_with(GpuOptions {
+        shader_checks: Some(false),
+        ..Default::default()
+    });
     println!("device: {}", gpu.describe());
     let s = B27;
     let max_ctx = 32768u32;
@@ -496,8 +822,20 @@ fn bench_attention_27b() {
     let ob = gpu.storage("out", (max_t * s.qw() * 4) as u64).unwrap();
     let st = lay.stride as u32;
     let time = |t: usize, pos: u32, prep: bool, reps: usize| -> f64 {
-        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos, n_confirmed: 0, n_out: 1, force: 0 });
-        let slot = StepSlot { buf: &sb, offset: 0 };
+        let sb = step_buffer(
+            &gpu,
+            Step {
+                n_tokens: t as u32,
+                pos,
+                n_confirmed: 0,
+                n_out: 1,
+                force: 0,
+            },
+        );
+        let slot = StepSlot {
+            buf: &sb,
+            offset: 0,
+        };
         let mut ds = if prep {
             pollster::block_on(attn_prep(
                 &gpu,
@@ -516,8 +854,23 @@ fn bench_attention_27b() {
         } else {
             vec![]
         };
-        ds.extend(pollster::block_on(attention(&gpu, &layer.d, &qb, Act::at(&pb, st, lay.qg as u32), &layer.kc, &layer.vc, &ob, slot)).unwrap());
-        let shape = StepShape { n_tokens: t as u32, n_out: 1 };
+        ds.extend(
+            pollster::block_on(attention(
+                &gpu,
+                &layer.d,
+                &qb,
+                Act::at(&pb, st, lay.qg as u32),
+                &layer.kc,
+                &layer.vc,
+                &ob,
+                slot,
+            ))
+            .unwrap(),
+        );
+        let shape = StepShape {
+            n_tokens: t as u32,
+            n_out: 1,
+        };
         let go = |n: usize| {
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             {
@@ -540,10 +893,17 @@ fn bench_attention_27b() {
         for t in [1usize, 2] {
             let us = time(t, ctx - t as u32, false, 50);
             let bytes = 2.0 * ctx as f64 * kvw as f64 * 4.0;
-            println!("attention decode ctx {ctx:6} T={t}: {us:9.1} us  (K+V {:.1} MB, {:.0} GB/s)", bytes / 1e6, bytes / us / 1e3);
+            println!(
+                "attention decode ctx {ctx:6} T={t}: {us:9.1} us  (K+V {:.1} MB, {:.0} GB/s)",
+                bytes / 1e6,
+                bytes / us / 1e3
+            );
         }
     }
-    println!("attn_prep T=1: {:.1} us", time(1, 1000, true, 200) - time(1, 1000, false, 200));
+    println!(
+        "attn_prep T=1: {:.1} us",
+        time(1, 1000, true, 200) - time(1, 1000, false, 200)
+    );
     for (t, pos) in [(512usize, 0u32), (512, 4096)] {
         let us = time(t, pos, false, 5);
         println!("attention prefill T={t} from pos {pos}: {:.1} ms", us / 1e3);

@@ -5,7 +5,10 @@
 //! and the fused gdn_conv_prep against gdn_conv + gdn_prep, bit for bit.
 
 use qwgpu_engine::gpu::{Gpu, GpuBuffer, Step, StepShape, StepSlot};
-use qwgpu_engine::ops::gdn::{gated_norm, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence, qk_norm_constants, recurrence_layout, GdnDims};
+use qwgpu_engine::ops::gdn::{
+    gated_norm, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence, qk_norm_constants,
+    recurrence_layout, GdnDims,
+};
 use qwgpu_engine::ops::Act;
 use qwgpu_tests::*;
 
@@ -22,8 +25,19 @@ const GATE_ATOL: f32 = 4e-6;
 const REC_RTOL: f32 = 3e-5;
 
 fn shapes() -> Vec<(&'static str, GdnDims)> {
-    let d = |hk, hv, dk, dv| GdnDims { n_k_heads: hk, n_v_heads: hv, k_head_dim: dk, v_head_dim: dv, conv_kernel: 4, eps: 1e-6 };
-    vec![("tiny", d(1, 2, 32, 32)), ("odd", d(2, 6, 32, 64)), ("27B", d(16, 48, 128, 128))]
+    let d = |hk, hv, dk, dv| GdnDims {
+        n_k_heads: hk,
+        n_v_heads: hv,
+        k_head_dim: dk,
+        v_head_dim: dv,
+        conv_kernel: 4,
+        eps: 1e-6,
+    };
+    vec![
+        ("tiny", d(1, 2, 32, 32)),
+        ("odd", d(2, 6, 32, 64)),
+        ("27B", d(16, 48, 128, 128)),
+    ]
 }
 
 /// Rows of the fused projection output [T, pad | qkv | z | b | a | pad].
@@ -42,7 +56,13 @@ impl Proj {
         let z = qkv + d.conv_dim() as usize;
         let b = z + d.value_dim() as usize;
         let a = b + d.n_v_heads as usize;
-        Proj { qkv, z, b, a, stride: a + d.n_v_heads as usize + pad }
+        Proj {
+            qkv,
+            z,
+            b,
+            a,
+            stride: a + d.n_v_heads as usize + pad,
+        }
     }
 }
 
@@ -61,7 +81,9 @@ fn weights(rng: &mut Rng, d: &GdnDims) -> Weights {
         // A = exp(A_log) in [0.02, 4.5]: decays from ~0.99 down to ~0.01 per step.
         a_log: (0..hv).map(|_| -1.25 + 2.75 * rng.uniform()).collect(),
         dt_bias: rng.vec(hv, 1.0),
-        norm_w: (0..d.v_head_dim).map(|_| 1.0 + 0.3 * rng.uniform()).collect(),
+        norm_w: (0..d.v_head_dim)
+            .map(|_| 1.0 + 0.3 * rng.uniform())
+            .collect(),
     }
 }
 
@@ -80,7 +102,16 @@ fn proj_rows(rng: &mut Rng, d: &GdnDims, p: &Proj, t: usize) -> Vec<f32> {
 }
 
 fn step_for(gpu: &Gpu, t: usize, nc: usize) -> GpuBuffer {
-    step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: nc as u32, n_out: 1, force: 0 })
+    step_buffer(
+        gpu,
+        Step {
+            n_tokens: t as u32,
+            pos: 0,
+            n_confirmed: nc as u32,
+            n_out: 1,
+            force: 0,
+        },
+    )
 }
 
 fn slot(b: &GpuBuffer) -> StepSlot<'_> {
@@ -88,7 +119,10 @@ fn slot(b: &GpuBuffer) -> StepSlot<'_> {
 }
 
 fn shape(t: usize) -> StepShape {
-    StepShape { n_tokens: t as u32, n_out: 1 }
+    StepShape {
+        n_tokens: t as u32,
+        n_out: 1,
+    }
 }
 
 fn zeros(gpu: &Gpu, label: &str, n: usize) -> GpuBuffer {
@@ -134,7 +168,12 @@ impl GpuLayer {
     }
     fn read_states(&self, gpu: &Gpu, d: &GdnDims) -> [Vec<f32>; 4] {
         let (c, s) = (d.conv_state_len() as usize, d.state_len() as usize);
-        [read_f32(gpu, &self.conv_state, c), read_f32(gpu, &self.conv_snap, c), read_f32(gpu, &self.state, s), read_f32(gpu, &self.snap, s)]
+        [
+            read_f32(gpu, &self.conv_state, c),
+            read_f32(gpu, &self.conv_snap, c),
+            read_f32(gpu, &self.state, s),
+            read_f32(gpu, &self.snap, s),
+        ]
     }
 }
 
@@ -148,8 +187,20 @@ struct Outs {
 }
 
 /// conv → prep → recurrence → gated norm over `t` projection rows, in one compute pass.
-fn forward(gpu: &Gpu, d: &GdnDims, l: &GpuLayer, p: &Proj, proj: &[f32], t: usize, nc: usize) -> Outs {
-    let (cd, vd, hv) = (d.conv_dim() as usize, d.value_dim() as usize, d.n_v_heads as usize);
+fn forward(
+    gpu: &Gpu,
+    d: &GdnDims,
+    l: &GpuLayer,
+    p: &Proj,
+    proj: &[f32],
+    t: usize,
+    nc: usize,
+) -> Outs {
+    let (cd, vd, hv) = (
+        d.conv_dim() as usize,
+        d.value_dim() as usize,
+        d.n_v_heads as usize,
+    );
     let pb = upload_f32(gpu, "proj", &proj[..t * p.stride]);
     let conv_out = zeros(gpu, "conv_out", t * cd);
     let gates = zeros(gpu, "gates", t * 2 * hv);
@@ -159,12 +210,53 @@ fn forward(gpu: &Gpu, d: &GdnDims, l: &GpuLayer, p: &Proj, proj: &[f32], t: usiz
     let st = p.stride as u32;
     let mut ds = Vec::new();
     pollster::block_on(async {
-        ds.extend(gdn_conv(gpu, d, Act::at(&pb, st, p.qkv as u32), &l.conv_w, &l.conv_state, &l.conv_snap, &conv_out, slot(&sb)).await.unwrap());
         ds.extend(
-            gdn_prep(gpu, d, &conv_out, Act::at(&pb, st, p.b as u32), Act::at(&pb, st, p.a as u32), &l.a_log, &l.dt_bias, &gates, slot(&sb)).await.unwrap(),
+            gdn_conv(
+                gpu,
+                d,
+                Act::at(&pb, st, p.qkv as u32),
+                &l.conv_w,
+                &l.conv_state,
+                &l.conv_snap,
+                &conv_out,
+                slot(&sb),
+            )
+            .await
+            .unwrap(),
         );
-        ds.extend(gdn_recurrence(gpu, d, &conv_out, &gates, &l.state, &l.snap, &y, slot(&sb)).await.unwrap());
-        ds.extend(gated_norm(gpu, d, &y, Act::at(&pb, st, p.z as u32), &l.norm_w, &out, slot(&sb)).await.unwrap());
+        ds.extend(
+            gdn_prep(
+                gpu,
+                d,
+                &conv_out,
+                Act::at(&pb, st, p.b as u32),
+                Act::at(&pb, st, p.a as u32),
+                &l.a_log,
+                &l.dt_bias,
+                &gates,
+                slot(&sb),
+            )
+            .await
+            .unwrap(),
+        );
+        ds.extend(
+            gdn_recurrence(gpu, d, &conv_out, &gates, &l.state, &l.snap, &y, slot(&sb))
+                .await
+                .unwrap(),
+        );
+        ds.extend(
+            gated_norm(
+                gpu,
+                d,
+                &y,
+                Act::at(&pb, st, p.z as u32),
+                &l.norm_w,
+                &out,
+                slot(&sb),
+            )
+            .await
+            .unwrap(),
+        );
     });
     run(gpu, &ds, shape(t));
     Outs {
@@ -185,7 +277,11 @@ fn initial_states(rng: &mut Rng, d: &GdnDims, random: bool) -> (Vec<f32>, Vec<f3
 }
 
 fn label(gpu: &Gpu, name: &str, t: usize, random: bool) -> String {
-    format!("{name} T={t} {} state ({})", if random { "random" } else { "zero" }, gpu.describe())
+    format!(
+        "{name} T={t} {} state ({})",
+        if random { "random" } else { "zero" },
+        gpu.describe()
+    )
 }
 
 #[test]
@@ -208,11 +304,35 @@ fn conv_matches_reference() {
                     let snap = zeros(&gpu, "conv_snap", cs.len());
                     let out = zeros(&gpu, "out", t * cd);
                     let stb = step_for(&gpu, t, 0);
-                    let ds = pollster::block_on(gdn_conv(&gpu, &d, Act::at(&pb, p.stride as u32, p.qkv as u32), &wb, &sb, &snap, &out, slot(&stb))).unwrap();
+                    let ds = pollster::block_on(gdn_conv(
+                        &gpu,
+                        &d,
+                        Act::at(&pb, p.stride as u32, p.qkv as u32),
+                        &wb,
+                        &sb,
+                        &snap,
+                        &out,
+                        slot(&stb),
+                    ))
+                    .unwrap();
                     run(&gpu, &ds, shape(t));
-                    assert_close(&format!("conv out {what}"), &read_f32(&gpu, &out, t * cd), &want.out, &want.mag, CONV_ATOL, CONV_RTOL);
-                    assert_bits_eq(&format!("conv state {what}"), &read_f32(&gpu, &sb, cs.len()), &want.state);
-                    assert!(read_f32(&gpu, &snap, cs.len()).iter().all(|&v| v == 0.0), "{what}: conv_snap written without n_confirmed");
+                    assert_close(
+                        &format!("conv out {what}"),
+                        &read_f32(&gpu, &out, t * cd),
+                        &want.out,
+                        &want.mag,
+                        CONV_ATOL,
+                        CONV_RTOL,
+                    );
+                    assert_bits_eq(
+                        &format!("conv state {what}"),
+                        &read_f32(&gpu, &sb, cs.len()),
+                        &want.state,
+                    );
+                    assert!(
+                        read_f32(&gpu, &snap, cs.len()).iter().all(|&v| v == 0.0),
+                        "{what}: conv_snap written without n_confirmed"
+                    );
                 }
             }
         }
@@ -226,7 +346,11 @@ fn prep_matches_reference() {
         for (name, d) in shapes() {
             let w = weights(&mut rng, &d);
             let p = Proj::new(&d, 1);
-            let (cd, hv, dk) = (d.conv_dim() as usize, d.n_v_heads as usize, d.k_head_dim as usize);
+            let (cd, hv, dk) = (
+                d.conv_dim() as usize,
+                d.n_v_heads as usize,
+                d.k_head_dim as usize,
+            );
             let key_dim = d.key_dim() as usize;
             let (q_scale, k_scale, _) = qk_norm_constants(d.k_head_dim);
             for t in [1, 2, 7] {
@@ -240,15 +364,29 @@ fn prep_matches_reference() {
                     }
                 }
                 let proj = proj_rows(&mut rng, &d, &p, t);
-                let (want, want_g) = ref_gdn::prep(&d, &co, &proj, p.stride, p.b, p.a, &w.a_log, &w.dt_bias, t);
+                let (want, want_g) =
+                    ref_gdn::prep(&d, &co, &proj, p.stride, p.b, p.a, &w.a_log, &w.dt_bias, t);
                 let cb = upload_f32(&gpu, "conv_out", &co);
                 let pb = upload_f32(&gpu, "proj", &proj);
-                let (al, dt) = (upload_f32(&gpu, "a_log", &w.a_log), upload_f32(&gpu, "dt_bias", &w.dt_bias));
+                let (al, dt) = (
+                    upload_f32(&gpu, "a_log", &w.a_log),
+                    upload_f32(&gpu, "dt_bias", &w.dt_bias),
+                );
                 let gates = zeros(&gpu, "gates", t * 2 * hv);
                 let stb = step_for(&gpu, t, 0);
                 let st = p.stride as u32;
-                let ds = pollster::block_on(gdn_prep(&gpu, &d, &cb, Act::at(&pb, st, p.b as u32), Act::at(&pb, st, p.a as u32), &al, &dt, &gates, slot(&stb)))
-                    .unwrap();
+                let ds = pollster::block_on(gdn_prep(
+                    &gpu,
+                    &d,
+                    &cb,
+                    Act::at(&pb, st, p.b as u32),
+                    Act::at(&pb, st, p.a as u32),
+                    &al,
+                    &dt,
+                    &gates,
+                    slot(&stb),
+                ))
+                .unwrap();
                 run(&gpu, &ds, shape(t));
                 let got = read_f32(&gpu, &cb, t * cd);
                 let scale: Vec<f32> = (0..t * cd)
@@ -263,13 +401,31 @@ fn prep_matches_reference() {
                         }
                     })
                     .collect();
-                assert_close(&format!("prep q/k {what}"), &got, &want, &scale, 0.0, NORM_RTOL);
+                assert_close(
+                    &format!("prep q/k {what}"),
+                    &got,
+                    &want,
+                    &scale,
+                    0.0,
+                    NORM_RTOL,
+                );
                 for r in 0..t {
                     let v = &got[r * cd + 2 * key_dim..(r + 1) * cd];
-                    assert_bits_eq(&format!("prep leaves v alone {what}"), v, &co[r * cd + 2 * key_dim..(r + 1) * cd]);
+                    assert_bits_eq(
+                        &format!("prep leaves v alone {what}"),
+                        v,
+                        &co[r * cd + 2 * key_dim..(r + 1) * cd],
+                    );
                 }
                 let ones = vec![1.0; want_g.len()];
-                assert_close(&format!("gates {what}"), &read_f32(&gpu, &gates, t * 2 * hv), &want_g, &ones, GATE_ATOL, 0.0);
+                assert_close(
+                    &format!("gates {what}"),
+                    &read_f32(&gpu, &gates, t * 2 * hv),
+                    &want_g,
+                    &ones,
+                    GATE_ATOL,
+                    0.0,
+                );
             }
         }
     }
@@ -282,10 +438,19 @@ fn recurrence_matches_reference() {
         for (name, d) in shapes() {
             let w = weights(&mut rng, &d);
             let p = Proj::new(&d, 0);
-            let (cd, hv, dv, dk) = (d.conv_dim() as usize, d.n_v_heads as usize, d.v_head_dim as usize, d.k_head_dim as usize);
+            let (cd, hv, dv, dk) = (
+                d.conv_dim() as usize,
+                d.n_v_heads as usize,
+                d.v_head_dim as usize,
+                d.k_head_dim as usize,
+            );
             for t in [1, 2, 7] {
                 for random in [false, true] {
-                    let what = format!("{} {:?}", label(&gpu, name, t, random), recurrence_layout(&gpu, &d));
+                    let what = format!(
+                        "{} {:?}",
+                        label(&gpu, name, t, random),
+                        recurrence_layout(&gpu, &d)
+                    );
                     let (_, s0) = initial_states(&mut rng, &d, random);
                     // Realistic inputs: silu'd conv-like rows, normalized by the reference prep.
                     let raw: Vec<f32> = (0..t * cd)
@@ -295,7 +460,8 @@ fn recurrence_matches_reference() {
                         })
                         .collect();
                     let proj = proj_rows(&mut rng, &d, &p, t);
-                    let (co, gates) = ref_gdn::prep(&d, &raw, &proj, p.stride, p.b, p.a, &w.a_log, &w.dt_bias, t);
+                    let (co, gates) =
+                        ref_gdn::prep(&d, &raw, &proj, p.stride, p.b, p.a, &w.a_log, &w.dt_bias, t);
                     let want = ref_gdn::recurrence(&d, &co, &gates, &s0, t, 0);
                     let cb = upload_f32(&gpu, "conv_out", &co);
                     let gb = upload_f32(&gpu, "gates", &gates);
@@ -303,13 +469,40 @@ fn recurrence_matches_reference() {
                     let snap = zeros(&gpu, "snap", s0.len());
                     let yb = zeros(&gpu, "y", t * hv * dv);
                     let stb = step_for(&gpu, t, 0);
-                    let ds = pollster::block_on(gdn_recurrence(&gpu, &d, &cb, &gb, &sb, &snap, &yb, slot(&stb))).unwrap();
+                    let ds = pollster::block_on(gdn_recurrence(
+                        &gpu,
+                        &d,
+                        &cb,
+                        &gb,
+                        &sb,
+                        &snap,
+                        &yb,
+                        slot(&stb),
+                    ))
+                    .unwrap();
                     run(&gpu, &ds, shape(t));
                     let y = read_f32(&gpu, &yb, t * hv * dv);
-                    assert_close(&format!("recurrence y {what}"), &y, &want.y, &group_max(&want.y, dv), 0.0, REC_RTOL);
+                    assert_close(
+                        &format!("recurrence y {what}"),
+                        &y,
+                        &want.y,
+                        &group_max(&want.y, dv),
+                        0.0,
+                        REC_RTOL,
+                    );
                     let s = read_f32(&gpu, &sb, s0.len());
-                    assert_close(&format!("recurrence state {what}"), &s, &want.state, &group_max(&want.state, dv * dk), 0.0, REC_RTOL);
-                    assert!(read_f32(&gpu, &snap, s0.len()).iter().all(|&v| v == 0.0), "{what}: snap written without n_confirmed");
+                    assert_close(
+                        &format!("recurrence state {what}"),
+                        &s,
+                        &want.state,
+                        &group_max(&want.state, dv * dk),
+                        0.0,
+                        REC_RTOL,
+                    );
+                    assert!(
+                        read_f32(&gpu, &snap, s0.len()).iter().all(|&v| v == 0.0),
+                        "{what}: snap written without n_confirmed"
+                    );
                 }
             }
         }
@@ -341,7 +534,16 @@ fn gated_norm_matches_reference() {
                 let nw = upload_f32(&gpu, "norm_w", &w.norm_w);
                 let out = zeros(&gpu, "out", t * vd);
                 let stb = step_for(&gpu, t, 0);
-                let ds = pollster::block_on(gated_norm(&gpu, &d, &yb, Act::at(&pb, p.stride as u32, p.z as u32), &nw, &out, slot(&stb))).unwrap();
+                let ds = pollster::block_on(gated_norm(
+                    &gpu,
+                    &d,
+                    &yb,
+                    Act::at(&pb, p.stride as u32, p.z as u32),
+                    &nw,
+                    &out,
+                    slot(&stb),
+                ))
+                .unwrap();
                 run(&gpu, &ds, shape(t));
                 // Scale: |silu(z)|·|w| per element (the normalized y is O(1)) plus the output itself.
                 let scale: Vec<f32> = (0..t * vd)
@@ -351,7 +553,14 @@ fn gated_norm_matches_reference() {
                         (z / (1.0 + (-z).exp())).abs() * w.norm_w[c % dv].abs() + want[i].abs()
                     })
                     .collect();
-                assert_close(&format!("gated norm {what}"), &read_f32(&gpu, &out, t * vd), &want, &scale, 0.0, NORM_RTOL);
+                assert_close(
+                    &format!("gated norm {what}"),
+                    &read_f32(&gpu, &out, t * vd),
+                    &want,
+                    &scale,
+                    0.0,
+                    NORM_RTOL,
+                );
             }
         }
     }
@@ -376,15 +585,33 @@ fn snapshots_equal_the_state_after_n_confirmed_rows() {
                 let [_, conv_snap, _, snap] = verify.read_states(&gpu, &d);
                 let short = GpuLayer::new(&gpu, &d, &w, &cs, &s0);
                 forward(&gpu, &d, &short, &p, &proj, nc, 0);
-                let [conv_state, conv_snap_untouched, state, snap_untouched] = short.read_states(&gpu, &d);
-                assert_bits_eq(&format!("conv_snap vs {nc}-row conv_state {what}"), &conv_snap, &conv_state);
+                let [conv_state, conv_snap_untouched, state, snap_untouched] =
+                    short.read_states(&gpu, &d);
+                assert_bits_eq(
+                    &format!("conv_snap vs {nc}-row conv_state {what}"),
+                    &conv_snap,
+                    &conv_state,
+                );
                 assert_bits_eq(&format!("snap vs {nc}-row state {what}"), &snap, &state);
-                assert_bits_eq(&format!("conv_snap equals the reference {what}"), &conv_snap, &ref_gdn::conv_state_after(&d, &proj, p.stride, p.qkv, &cs, nc));
-                assert!(conv_snap_untouched.iter().chain(&snap_untouched).all(|&v| v == -7.25), "{what}: n_confirmed = 0 wrote a snapshot");
+                assert_bits_eq(
+                    &format!("conv_snap equals the reference {what}"),
+                    &conv_snap,
+                    &ref_gdn::conv_state_after(&d, &proj, p.stride, p.qkv, &cs, nc),
+                );
+                assert!(
+                    conv_snap_untouched
+                        .iter()
+                        .chain(&snap_untouched)
+                        .all(|&v| v == -7.25),
+                    "{what}: n_confirmed = 0 wrote a snapshot"
+                );
                 let all = GpuLayer::new(&gpu, &d, &w, &cs, &s0);
                 forward(&gpu, &d, &all, &p, &proj, t, t);
                 let [_, cs_all, _, s_all] = all.read_states(&gpu, &d);
-                assert!(cs_all.iter().chain(&s_all).all(|&v| v == -7.25), "{what}: n_confirmed = T wrote a snapshot");
+                assert!(
+                    cs_all.iter().chain(&s_all).all(|&v| v == -7.25),
+                    "{what}: n_confirmed = T wrote a snapshot"
+                );
             }
         }
     }
@@ -406,16 +633,32 @@ fn batch_invariance_is_bit_exact() {
             let p = Proj::new(&d, 1);
             let (cs, s0) = initial_states(&mut rng, &d, true);
             let proj = proj_rows(&mut rng, &d, &p, 9);
-            let (cd, vd, hv) = (d.conv_dim() as usize, d.value_dim() as usize, 2 * d.n_v_heads as usize);
+            let (cd, vd, hv) = (
+                d.conv_dim() as usize,
+                d.value_dim() as usize,
+                2 * d.n_v_heads as usize,
+            );
 
             let l1 = GpuLayer::new(&gpu, &d, &w, &cs, &s0);
             let one = forward(&gpu, &d, &l1, &p, &proj, 1, 0);
             let l2 = GpuLayer::new(&gpu, &d, &w, &cs, &s0);
             let two = forward(&gpu, &d, &l2, &p, &proj, 2, 0);
-            assert_rows_eq(&format!("T=1 vs row 0 of T=2: conv_out {what}"), &one.conv_out, &two.conv_out);
-            assert_rows_eq(&format!("T=1 vs row 0 of T=2: gates {what}"), &one.gates, &two.gates);
+            assert_rows_eq(
+                &format!("T=1 vs row 0 of T=2: conv_out {what}"),
+                &one.conv_out,
+                &two.conv_out,
+            );
+            assert_rows_eq(
+                &format!("T=1 vs row 0 of T=2: gates {what}"),
+                &one.gates,
+                &two.gates,
+            );
             assert_rows_eq(&format!("T=1 vs row 0 of T=2: y {what}"), &one.y, &two.y);
-            assert_rows_eq(&format!("T=1 vs row 0 of T=2: out {what}"), &one.out, &two.out);
+            assert_rows_eq(
+                &format!("T=1 vs row 0 of T=2: out {what}"),
+                &one.out,
+                &two.out,
+            );
 
             let whole = GpuLayer::new(&gpu, &d, &w, &cs, &s0);
             let a = forward(&gpu, &d, &whole, &p, &proj, 9, 0);
@@ -423,10 +666,22 @@ fn batch_invariance_is_bit_exact() {
             let b0 = forward(&gpu, &d, &chunked, &p, &proj, 4, 0);
             let b1 = forward(&gpu, &d, &chunked, &p, &proj[4 * p.stride..], 5, 0);
             let cat = |x: Vec<f32>, y: Vec<f32>| [x, y].concat();
-            assert_bits_eq(&format!("9 vs 4+5 rows: conv_out {what}"), &a.conv_out, &cat(b0.conv_out, b1.conv_out));
-            assert_bits_eq(&format!("9 vs 4+5 rows: gates {what}"), &a.gates, &cat(b0.gates, b1.gates));
+            assert_bits_eq(
+                &format!("9 vs 4+5 rows: conv_out {what}"),
+                &a.conv_out,
+                &cat(b0.conv_out, b1.conv_out),
+            );
+            assert_bits_eq(
+                &format!("9 vs 4+5 rows: gates {what}"),
+                &a.gates,
+                &cat(b0.gates, b1.gates),
+            );
             assert_bits_eq(&format!("9 vs 4+5 rows: y {what}"), &a.y, &cat(b0.y, b1.y));
-            assert_bits_eq(&format!("9 vs 4+5 rows: out {what}"), &a.out, &cat(b0.out, b1.out));
+            assert_bits_eq(
+                &format!("9 vs 4+5 rows: out {what}"),
+                &a.out,
+                &cat(b0.out, b1.out),
+            );
             let [wc, _, ws, _] = whole.read_states(&gpu, &d);
             let [cc, _, cs2, _] = chunked.read_states(&gpu, &d);
             assert_bits_eq(&format!("9 vs 4+5 rows: conv_state {what}"), &wc, &cc);
@@ -461,9 +716,21 @@ fn recurrence_variants_agree_bitwise() {
                 (o, st)
             })
             .collect();
-        assert_bits_eq(&format!("{name}: y, subgroups vs not"), &res[0].0.y, &res[1].0.y);
-        assert_bits_eq(&format!("{name}: state, subgroups vs not"), &res[0].1[2], &res[1].1[2]);
-        assert_bits_eq(&format!("{name}: snap, subgroups vs not"), &res[0].1[3], &res[1].1[3]);
+        assert_bits_eq(
+            &format!("{name}: y, subgroups vs not"),
+            &res[0].0.y,
+            &res[1].0.y,
+        );
+        assert_bits_eq(
+            &format!("{name}: state, subgroups vs not"),
+            &res[0].1[2],
+            &res[1].1[2],
+        );
+        assert_bits_eq(
+            &format!("{name}: snap, subgroups vs not"),
+            &res[0].1[3],
+            &res[1].1[3],
+        );
     }
 }
 
@@ -500,20 +767,38 @@ fn time_per_call(gpu: &Gpu, ds: &[&qwgpu_engine::gpu::Dispatch], t: usize, reps:
 fn bench_gdn_27b() {
     use qwgpu_engine::gpu::GpuOptions;
     let d = shapes()[2].1;
-    let (cd, vd, hv) = (d.conv_dim() as usize, d.value_dim() as usize, d.n_v_heads as usize);
+    let (cd, vd, hv) = (
+        d.conv_dim() as usize,
+        d.value_dim() as usize,
+        d.n_v_heads as usize,
+    );
     for no_subgroups in [true, false] {
-        let gpu = gpu_with(GpuOptions { shader_checks: Some(false), no_subgroups, ..Default::default() });
+        let gpu = gpu_with(GpuOptions {
+            shader_checks: Some(false),
+            no_subgroups,
+            ..Default::default()
+        });
         if !no_subgroups && !gpu.caps.subgroups {
             continue;
         }
-        println!("{}: recurrence {:?}", gpu.describe(), recurrence_layout(&gpu, &d));
+        println!(
+            "{}: recurrence {:?}",
+            gpu.describe(),
+            recurrence_layout(&gpu, &d)
+        );
         let mut rng = Rng(17);
         let w = weights(&mut rng, &d);
         let p = Proj::new(&d, 0);
         let (cs, s0) = initial_states(&mut rng, &d, true);
         let l = GpuLayer::new(&gpu, &d, &w, &cs, &s0);
-        let max_t: usize = std::env::var("GDN_BENCH_MAX_T").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
-        for t in [1usize, 2, 16, 128, 512].into_iter().filter(|&t| t <= max_t) {
+        let max_t: usize = std::env::var("GDN_BENCH_MAX_T")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(512);
+        for t in [1usize, 2, 16, 128, 512]
+            .into_iter()
+            .filter(|&t| t <= max_t)
+        {
             let proj = proj_rows(&mut rng, &d, &p, t);
             let pb = upload_f32(&gpu, "proj", &proj);
             let conv_out = zeros(&gpu, "conv_out", t * cd);
@@ -524,17 +809,64 @@ fn bench_gdn_27b() {
             let st = p.stride as u32;
             let (conv, prep, rec, norm) = pollster::block_on(async {
                 (
-                    gdn_conv(&gpu, &d, Act::at(&pb, st, p.qkv as u32), &l.conv_w, &l.conv_state, &l.conv_snap, &conv_out, slot(&sb)).await.unwrap(),
-                    gdn_prep(&gpu, &d, &conv_out, Act::at(&pb, st, p.b as u32), Act::at(&pb, st, p.a as u32), &l.a_log, &l.dt_bias, &gates, slot(&sb))
-                        .await
-                        .unwrap(),
-                    gdn_recurrence(&gpu, &d, &conv_out, &gates, &l.state, &l.snap, &y, slot(&sb)).await.unwrap(),
-                    gated_norm(&gpu, &d, &y, Act::at(&pb, st, p.z as u32), &l.norm_w, &out, slot(&sb)).await.unwrap(),
+                    gdn_conv(
+                        &gpu,
+                        &d,
+                        Act::at(&pb, st, p.qkv as u32),
+                        &l.conv_w,
+                        &l.conv_state,
+                        &l.conv_snap,
+                        &conv_out,
+                        slot(&sb),
+                    )
+                    .await
+                    .unwrap(),
+                    gdn_prep(
+                        &gpu,
+                        &d,
+                        &conv_out,
+                        Act::at(&pb, st, p.b as u32),
+                        Act::at(&pb, st, p.a as u32),
+                        &l.a_log,
+                        &l.dt_bias,
+                        &gates,
+                        slot(&sb),
+                    )
+                    .await
+                    .unwrap(),
+                    gdn_recurrence(
+                        &gpu,
+                        &d,
+                        &conv_out,
+                        &gates,
+                        &l.state,
+                        &l.snap,
+                        &y,
+                        slot(&sb),
+                    )
+                    .await
+                    .unwrap(),
+                    gated_norm(
+                        &gpu,
+                        &d,
+                        &y,
+                        Act::at(&pb, st, p.z as u32),
+                        &l.norm_w,
+                        &out,
+                        slot(&sb),
+                    )
+                    .await
+                    .unwrap(),
                 )
             });
-            let reps: usize = std::env::var("GDN_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or((4000 / t).clamp(10, 2000));
+            let reps: usize = std::env::var("GDN_BENCH_REPS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or((4000 / t).clamp(10, 2000));
             let all: Vec<_> = conv.iter().chain(&prep).chain(&rec).chain(&norm).collect();
-            let tc = |ds: &[qwgpu_engine::gpu::Dispatch]| time_per_call(&gpu, &ds.iter().collect::<Vec<_>>(), t, reps) * 1e6;
+            let tc = |ds: &[qwgpu_engine::gpu::Dispatch]| {
+                time_per_call(&gpu, &ds.iter().collect::<Vec<_>>(), t, reps) * 1e6
+            };
             let (c_us, p_us, r_us, n_us) = (tc(&conv), tc(&prep), tc(&rec), tc(&norm));
             let all_us = time_per_call(&gpu, &all, t, reps) * 1e6;
             let state_bytes = 2.0 * d.state_len() as f64 * 4.0;
@@ -571,25 +903,87 @@ fn fused_conv_prep_equals_conv_then_prep_bit_for_bit() {
                         let l = GpuLayer::new(&gpu, &d, &w, &cs, &s0);
                         let conv_out = zeros(&gpu, "conv_out", t * cd);
                         let gates = zeros(&gpu, "gates", t * 2 * hv);
-                        let (qkv, b, a) = (Act::at(&pb, st, p.qkv as u32), Act::at(&pb, st, p.b as u32), Act::at(&pb, st, p.a as u32));
+                        let (qkv, b, a) = (
+                            Act::at(&pb, st, p.qkv as u32),
+                            Act::at(&pb, st, p.b as u32),
+                            Act::at(&pb, st, p.a as u32),
+                        );
                         let ds = pollster::block_on(async {
                             if fused {
-                                gdn_conv_prep(&gpu, &d, qkv, &l.conv_w, &l.conv_state, &l.conv_snap, &conv_out, b, a, &l.a_log, &l.dt_bias, &gates, slot(&sb)).await.unwrap()
+                                gdn_conv_prep(
+                                    &gpu,
+                                    &d,
+                                    qkv,
+                                    &l.conv_w,
+                                    &l.conv_state,
+                                    &l.conv_snap,
+                                    &conv_out,
+                                    b,
+                                    a,
+                                    &l.a_log,
+                                    &l.dt_bias,
+                                    &gates,
+                                    slot(&sb),
+                                )
+                                .await
+                                .unwrap()
                             } else {
-                                let mut v = gdn_conv(&gpu, &d, qkv, &l.conv_w, &l.conv_state, &l.conv_snap, &conv_out, slot(&sb)).await.unwrap();
-                                v.extend(gdn_prep(&gpu, &d, &conv_out, b, a, &l.a_log, &l.dt_bias, &gates, slot(&sb)).await.unwrap());
+                                let mut v = gdn_conv(
+                                    &gpu,
+                                    &d,
+                                    qkv,
+                                    &l.conv_w,
+                                    &l.conv_state,
+                                    &l.conv_snap,
+                                    &conv_out,
+                                    slot(&sb),
+                                )
+                                .await
+                                .unwrap();
+                                v.extend(
+                                    gdn_prep(
+                                        &gpu,
+                                        &d,
+                                        &conv_out,
+                                        b,
+                                        a,
+                                        &l.a_log,
+                                        &l.dt_bias,
+                                        &gates,
+                                        slot(&sb),
+                                    )
+                                    .await
+                                    .unwrap(),
+                                );
                                 v
                             }
                         });
                         run(&gpu, &ds, shape(t));
                         let [c, csnap, _, _] = l.read_states(&gpu, &d);
-                        (read_f32(&gpu, &conv_out, t * cd), read_f32(&gpu, &gates, t * 2 * hv), c, csnap)
+                        (
+                            read_f32(&gpu, &conv_out, t * cd),
+                            read_f32(&gpu, &gates, t * 2 * hv),
+                            c,
+                            csnap,
+                        )
                     };
                     let (a, b) = (run_one(false), run_one(true));
-                    assert_bits_eq(&format!("fused vs conv + prep: conv_out {what}"), &b.0, &a.0);
+                    assert_bits_eq(
+                        &format!("fused vs conv + prep: conv_out {what}"),
+                        &b.0,
+                        &a.0,
+                    );
                     assert_bits_eq(&format!("fused vs conv + prep: gates {what}"), &b.1, &a.1);
-                    assert_bits_eq(&format!("fused vs conv + prep: conv_state {what}"), &b.2, &a.2);
-                    assert_bits_eq(&format!("fused vs conv + prep: conv_snap {what}"), &b.3, &a.3);
+                    assert_bits_eq(
+                        &format!("fused vs conv + prep: conv_state {what}"),
+                        &b.2,
+                        &a.2,
+                    );
+                    assert_bits_eq(
+                        &format!("fused vs conv + prep: conv_snap {what}"),
+                        &b.3,
+                        &a.3,
+                    );
                 }
             }
         }

@@ -6,7 +6,9 @@ use qwgpu_engine::gpu::{Gpu, GpuOptions, Rows, Step, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{matmul, MatmulOpts, MT_ONE, MT_PREFILL, MT_SMALL};
 use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;
-use qwgpu_engine::quant::{decode_floats, dequantize_row, encode_floats, quantize_row, FloatType, WeightFormat};
+use qwgpu_engine::quant::{
+    decode_floats, dequantize_row, encode_floats, quantize_row, FloatType, WeightFormat,
+};
 use qwgpu_tests::*;
 
 /// f32 accumulation over K terms: error grows like K·eps relative to Σ|x·w|.
@@ -43,20 +45,49 @@ fn make_case(rng: &mut Rng, n: usize, k: usize, format: WeightFormat) -> Case {
             let wpr = k * bits as usize / 32;
             let mut dense = Vec::with_capacity(n * k);
             for r in 0..n {
-                dense.extend(dequantize_row(&codes[r * wpr..(r + 1) * wpr], &s2[r * gpr..(r + 1) * gpr], &b2[r * gpr..(r + 1) * gpr], bits, group as usize, k));
+                dense.extend(dequantize_row(
+                    &codes[r * wpr..(r + 1) * wpr],
+                    &s2[r * gpr..(r + 1) * gpr],
+                    &b2[r * gpr..(r + 1) * gpr],
+                    bits,
+                    group as usize,
+                    k,
+                ));
             }
-            Case { n, k, format, weight: bytemuck::cast_slice(&codes).to_vec(), scales, biases, dense }
+            Case {
+                n,
+                k,
+                format,
+                weight: bytemuck::cast_slice(&codes).to_vec(),
+                scales,
+                biases,
+                dense,
+            }
         }
         WeightFormat::Dense(t) => {
             let weight = encode_floats(t, &w);
             let dense = decode_floats(t, &weight);
-            Case { n, k, format, weight, scales: vec![], biases: vec![], dense }
+            Case {
+                n,
+                k,
+                format,
+                weight,
+                scales: vec![],
+                biases: vec![],
+                dense,
+            }
         }
     }
 }
 
 /// y[t, n] = Σ_k x[t, k] w[n, k] in f64, plus Σ|x·w| for the tolerance.
-fn cpu_matmul(c: &Case, x: &[f32], t: usize, x_stride: usize, x_col: usize) -> (Vec<f32>, Vec<f32>) {
+fn cpu_matmul(
+    c: &Case,
+    x: &[f32],
+    t: usize,
+    x_stride: usize,
+    x_col: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let mut y = vec![0f32; t * c.n];
     let mut mag = vec![0f32; t * c.n];
     for ti in 0..t {
@@ -77,7 +108,19 @@ fn cpu_matmul(c: &Case, x: &[f32], t: usize, x_stride: usize, x_col: usize) -> (
 }
 
 fn upload(gpu: &Gpu, c: &Case) -> Matrix {
-    Matrix::upload(gpu, "w", &MatrixData { n: c.n, k: c.k, format: c.format, weight: &c.weight, scales: &c.scales, biases: &c.biases }).unwrap()
+    Matrix::upload(
+        gpu,
+        "w",
+        &MatrixData {
+            n: c.n,
+            k: c.k,
+            format: c.format,
+            weight: &c.weight,
+            scales: &c.scales,
+            biases: &c.biases,
+        },
+    )
+    .unwrap()
 }
 
 /// Runs the matmul over `t` rows of `x` and returns y [t, n].
@@ -85,21 +128,73 @@ fn gpu_matmul(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, mt: u32) -> Vec<f32> {
     let n = m.n as usize;
     let xb = upload_f32(gpu, "x", x);
     let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
-    let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
-    let slot = StepSlot { buf: &sb, offset: 0 };
-    let d = pollster::block_on(matmul(gpu, m, Act::new(&xb, m.k), Act::new(&yb, m.n), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt, swiglu: false })).unwrap();
-    run(gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
+    let sb = step_buffer(
+        gpu,
+        Step {
+            n_tokens: t as u32,
+            pos: 0,
+            n_confirmed: 0,
+            n_out: 1,
+            force: 0,
+        },
+    );
+    let slot = StepSlot {
+        buf: &sb,
+        offset: 0,
+    };
+    let d = pollster::block_on(matmul(
+        gpu,
+        m,
+        Act::new(&xb, m.k),
+        Act::new(&yb, m.n),
+        slot,
+        MatmulOpts {
+            rows: Rows::Tokens,
+            add: false,
+            mt,
+            swiglu: false,
+        },
+    ))
+    .unwrap();
+    run(
+        gpu,
+        &d,
+        StepShape {
+            n_tokens: t as u32,
+            n_out: 1,
+        },
+    );
     read_f32(gpu, &yb, t * n)
 }
 
 fn formats() -> Vec<WeightFormat> {
     use FloatType::*;
     vec![
-        WeightFormat::Affine { bits: 4, group: 64, scale: BF16 },
-        WeightFormat::Affine { bits: 4, group: 32, scale: F32 },
-        WeightFormat::Affine { bits: 4, group: 128, scale: F16 },
-        WeightFormat::Affine { bits: 8, group: 64, scale: BF16 },
-        WeightFormat::Affine { bits: 8, group: 32, scale: F32 },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 64,
+            scale: BF16,
+        },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 32,
+            scale: F32,
+        },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 128,
+            scale: F16,
+        },
+        WeightFormat::Affine {
+            bits: 8,
+            group: 64,
+            scale: BF16,
+        },
+        WeightFormat::Affine {
+            bits: 8,
+            group: 32,
+            scale: F32,
+        },
         WeightFormat::Dense(F32),
         WeightFormat::Dense(F16),
         WeightFormat::Dense(BF16),
@@ -108,7 +203,13 @@ fn formats() -> Vec<WeightFormat> {
 
 fn check_case(gpu: &Gpu, c: &Case, rng: &mut Rng, tokens: &[usize]) {
     let m = upload(gpu, c);
-    let what = format!("{} {}x{} ({})", c.format.describe(), c.n, c.k, gpu.describe());
+    let what = format!(
+        "{} {}x{} ({})",
+        c.format.describe(),
+        c.n,
+        c.k,
+        gpu.describe()
+    );
     for &t in tokens {
         let x = rng.vec(t * c.k, 1.0);
         let (want, mag) = cpu_matmul(c, &x, t, c.k, 0);
@@ -133,7 +234,11 @@ fn matmul_tiny_and_odd_shapes_every_format() {
             };
             // tiny, then odd: row counts that are not a multiple of the rows per workgroup and
             // in_features that are an odd number of groups.
-            for (n, k) in [(8, group.max(32) * 2), (37, group.max(16) * 5), (3, group.max(16) * 3)] {
+            for (n, k) in [
+                (8, group.max(32) * 2),
+                (37, group.max(16) * 5),
+                (3, group.max(16) * 3),
+            ] {
                 let c = make_case(&mut rng, n, k, f);
                 check_case(&gpu, &c, &mut rng, &[1, 2, 11]);
             }
@@ -148,7 +253,16 @@ fn matmul_real_27b_shapes() {
     let gpu = gpu();
     let mut rng = Rng(2);
     for (n, k) in [(17408, 5120), (5120, 6144)] {
-        let c = make_case(&mut rng, n, k, WeightFormat::Affine { bits: 4, group: 64, scale: FloatType::BF16 });
+        let c = make_case(
+            &mut rng,
+            n,
+            k,
+            WeightFormat::Affine {
+                bits: 4,
+                group: 64,
+                scale: FloatType::BF16,
+            },
+        );
         check_case(&gpu, &c, &mut rng, &[1, 2]);
     }
 }
@@ -157,12 +271,27 @@ fn matmul_real_27b_shapes() {
 fn matmul_split_over_bindings() {
     // A 64 KiB binding cap forces the matrix into several row chunks, as a browser's limit does
     // for the 248,320-row lm_head.
-    let gpu = gpu_with(GpuOptions { shader_checks: Some(true), max_binding: Some(1 << 16), ..Default::default() });
+    let gpu = gpu_with(GpuOptions {
+        shader_checks: Some(true),
+        max_binding: Some(1 << 16),
+        ..Default::default()
+    });
     let mut rng = Rng(3);
-    for f in [WeightFormat::Affine { bits: 4, group: 64, scale: FloatType::BF16 }, WeightFormat::Dense(FloatType::F32)] {
+    for f in [
+        WeightFormat::Affine {
+            bits: 4,
+            group: 64,
+            scale: FloatType::BF16,
+        },
+        WeightFormat::Dense(FloatType::F32),
+    ] {
         let c = make_case(&mut rng, 1200, 512, f);
         let m = upload(&gpu, &c);
-        assert!(m.chunks.len() > 2, "expected a split, got {} chunk(s)", m.chunks.len());
+        assert!(
+            m.chunks.len() > 2,
+            "expected a split, got {} chunk(s)",
+            m.chunks.len()
+        );
         check_case(&gpu, &c, &mut rng, &[1, 2, 9]);
     }
 }
@@ -171,7 +300,16 @@ fn matmul_split_over_bindings() {
 fn matmul_residual_epilogue_and_offsets() {
     let gpu = gpu();
     let mut rng = Rng(4);
-    let c = make_case(&mut rng, 37, 128, WeightFormat::Affine { bits: 4, group: 32, scale: FloatType::BF16 });
+    let c = make_case(
+        &mut rng,
+        37,
+        128,
+        WeightFormat::Affine {
+            bits: 4,
+            group: 32,
+            scale: FloatType::BF16,
+        },
+    );
     let m = upload(&gpu, &c);
     let t = 3;
     // x rows are 136 wide with the input at column 4; y rows are 50 wide with the output at 5.
@@ -180,17 +318,41 @@ fn matmul_residual_epilogue_and_offsets() {
     let y0 = rng.vec(t * ys, 1.0);
     let xb = upload_f32(&gpu, "x", &x);
     let yb = upload_f32(&gpu, "y", &y0);
-    let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
+    let sb = step_buffer(
+        &gpu,
+        Step {
+            n_tokens: t as u32,
+            pos: 0,
+            n_confirmed: 0,
+            n_out: 1,
+            force: 0,
+        },
+    );
     let d = pollster::block_on(matmul(
         &gpu,
         &m,
         Act::at(&xb, xs as u32, xc as u32),
         Act::at(&yb, ys as u32, yc as u32),
-        StepSlot { buf: &sb, offset: 0 },
-        MatmulOpts { rows: Rows::Tokens, add: true, mt: MT_PREFILL, swiglu: false },
+        StepSlot {
+            buf: &sb,
+            offset: 0,
+        },
+        MatmulOpts {
+            rows: Rows::Tokens,
+            add: true,
+            mt: MT_PREFILL,
+            swiglu: false,
+        },
     ))
     .unwrap();
-    run(&gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
+    run(
+        &gpu,
+        &d,
+        StepShape {
+            n_tokens: t as u32,
+            n_out: 1,
+        },
+    );
     let got = read_f32(&gpu, &yb, t * ys);
     let (prod, mag) = cpu_matmul(&c, &x, t, xs, xc);
     let mut want = y0.clone();
@@ -221,14 +383,30 @@ fn matmul_batch_invariance_is_bit_exact() {
             assert_bits_eq("T=1 vs row 0 of T=2", &one, &two[..c.n]);
             // The 1-token decode tile gives the verify tile's bits.
             let single = gpu_matmul(&gpu, &m, &x[..c.k], 1, MT_ONE);
-            assert_bits_eq("1-token tile vs row 0 of the 2-token tile", &single, &two[..c.n]);
+            assert_bits_eq(
+                "1-token tile vs row 0 of the 2-token tile",
+                &single,
+                &two[..c.n],
+            );
             let pre = gpu_matmul(&gpu, &m, &x, 11, MT_PREFILL);
             let head = gpu_matmul(&gpu, &m, &x[..3 * c.k], 3, MT_PREFILL);
-            assert_bits_eq("prefill of rows 0-2 vs rows 0-2 of an 11-row prefill", &head, &pre[..3 * c.n]);
+            assert_bits_eq(
+                "prefill of rows 0-2 vs rows 0-2 of an 11-row prefill",
+                &head,
+                &pre[..3 * c.n],
+            );
             let tail = gpu_matmul(&gpu, &m, &x[9 * c.k..11 * c.k], 2, MT_PREFILL);
-            assert_bits_eq("prefill of rows 9-10 vs rows 9-10 of an 11-row prefill", &tail, &pre[9 * c.n..11 * c.n]);
+            assert_bits_eq(
+                "prefill of rows 9-10 vs rows 9-10 of an 11-row prefill",
+                &tail,
+                &pre[9 * c.n..11 * c.n],
+            );
             let lone = gpu_matmul(&gpu, &m, &x[5 * c.k..6 * c.k], 1, MT_PREFILL);
-            assert_bits_eq("prefill of row 5 alone vs row 5 of an 11-row prefill", &lone, &pre[5 * c.n..6 * c.n]);
+            assert_bits_eq(
+                "prefill of row 5 alone vs row 5 of an 11-row prefill",
+                &lone,
+                &pre[5 * c.n..6 * c.n],
+            );
         }
     }
 }
@@ -239,15 +417,49 @@ fn gpu_matmul_side_by_side(gpu: &Gpu, mats: &[&Matrix], x: &[f32], t: usize, mt:
     let (n, k) = (mats.iter().map(|m| m.n).sum::<u32>(), mats[0].k);
     let xb = upload_f32(gpu, "x", x);
     let yb = gpu.storage("y", t as u64 * n as u64 * 4).unwrap();
-    let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
-    let slot = StepSlot { buf: &sb, offset: 0 };
+    let sb = step_buffer(
+        gpu,
+        Step {
+            n_tokens: t as u32,
+            pos: 0,
+            n_confirmed: 0,
+            n_out: 1,
+            force: 0,
+        },
+    );
+    let slot = StepSlot {
+        buf: &sb,
+        offset: 0,
+    };
     let mut d = Vec::new();
     let mut col = 0;
     for m in mats {
-        d.extend(pollster::block_on(matmul(gpu, m, Act::new(&xb, k), Act::at(&yb, n, col), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt, swiglu: false })).unwrap());
+        d.extend(
+            pollster::block_on(matmul(
+                gpu,
+                m,
+                Act::new(&xb, k),
+                Act::at(&yb, n, col),
+                slot,
+                MatmulOpts {
+                    rows: Rows::Tokens,
+                    add: false,
+                    mt,
+                    swiglu: false,
+                },
+            ))
+            .unwrap(),
+        );
         col += m.n;
     }
-    run(gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
+    run(
+        gpu,
+        &d,
+        StepShape {
+            n_tokens: t as u32,
+            n_out: 1,
+        },
+    );
     read_f32(gpu, &yb, t * n as usize)
 }
 
@@ -257,21 +469,42 @@ fn matmul_stacked_parts_equal_separate_matrices_bit_for_bit() {
     // matrix (`Matrix::upload_stacked`): each output column must get the bits the part's own
     // matmul writes there, in every tile, with part sizes that are not multiples of the rows per
     // workgroup, and when a binding cap splits the stack into chunks at rows inside the parts.
-    let capped = gpu_with(GpuOptions { shader_checks: Some(true), max_binding: Some(1 << 16), ..Default::default() });
+    let capped = gpu_with(GpuOptions {
+        shader_checks: Some(true),
+        max_binding: Some(1 << 16),
+        ..Default::default()
+    });
     let mut gpus = gpu_variants();
     gpus.push(capped);
     for (gi, gpu) in gpus.iter().enumerate() {
         let mut rng = Rng(6);
         for f in formats() {
             let k = 512;
-            let parts: Vec<Case> = [300, 37, 301, 5].into_iter().map(|n| make_case(&mut rng, n, k, f)).collect();
-            let data: Vec<MatrixData<'_>> =
-                parts.iter().map(|c| MatrixData { n: c.n, k: c.k, format: c.format, weight: &c.weight, scales: &c.scales, biases: &c.biases }).collect();
+            let parts: Vec<Case> = [300, 37, 301, 5]
+                .into_iter()
+                .map(|n| make_case(&mut rng, n, k, f))
+                .collect();
+            let data: Vec<MatrixData<'_>> = parts
+                .iter()
+                .map(|c| MatrixData {
+                    n: c.n,
+                    k: c.k,
+                    format: c.format,
+                    weight: &c.weight,
+                    scales: &c.scales,
+                    biases: &c.biases,
+                })
+                .collect();
             let views: Vec<(&str, &MatrixData<'_>)> = data.iter().map(|d| ("part", d)).collect();
             let stacked = Matrix::upload_stacked(gpu, "stack", &views).unwrap();
             assert_eq!(stacked.n, 643);
             if gi == gpus.len() - 1 {
-                assert!(stacked.chunks.len() > 2, "{}: expected a split, got {} chunk(s)", f.describe(), stacked.chunks.len());
+                assert!(
+                    stacked.chunks.len() > 2,
+                    "{}: expected a split, got {} chunk(s)",
+                    f.describe(),
+                    stacked.chunks.len()
+                );
             }
             let separate: Vec<Matrix> = parts.iter().map(|c| upload(gpu, c)).collect();
             let separate: Vec<&Matrix> = separate.iter().collect();
@@ -279,7 +512,15 @@ fn matmul_stacked_parts_equal_separate_matrices_bit_for_bit() {
                 let x = rng.vec(t * k, 1.0);
                 let want = gpu_matmul_side_by_side(gpu, &separate, &x, t, mt);
                 let got = gpu_matmul_side_by_side(gpu, &[&stacked], &x, t, mt);
-                assert_bits_eq(&format!("{} stacked vs separate, T={t} ({})", f.describe(), gpu.describe()), &got, &want);
+                assert_bits_eq(
+                    &format!(
+                        "{} stacked vs separate, T={t} ({})",
+                        f.describe(),
+                        gpu.describe()
+                    ),
+                    &got,
+                    &want,
+                );
             }
         }
     }
@@ -291,15 +532,53 @@ fn matmul_stack_of_mixed_formats_is_refused() {
     // loader keeps them apart, and a direct request names both parts.
     let gpu = gpu();
     let mut rng = Rng(7);
-    let a = make_case(&mut rng, 8, 128, WeightFormat::Affine { bits: 4, group: 64, scale: FloatType::BF16 });
-    let b = make_case(&mut rng, 8, 128, WeightFormat::Affine { bits: 8, group: 64, scale: FloatType::BF16 });
+    let a = make_case(
+        &mut rng,
+        8,
+        128,
+        WeightFormat::Affine {
+            bits: 4,
+            group: 64,
+            scale: FloatType::BF16,
+        },
+    );
+    let b = make_case(
+        &mut rng,
+        8,
+        128,
+        WeightFormat::Affine {
+            bits: 8,
+            group: 64,
+            scale: FloatType::BF16,
+        },
+    );
     let (da, db) = (
-        MatrixData { n: a.n, k: a.k, format: a.format, weight: &a.weight, scales: &a.scales, biases: &a.biases },
-        MatrixData { n: b.n, k: b.k, format: b.format, weight: &b.weight, scales: &b.scales, biases: &b.biases },
+        MatrixData {
+            n: a.n,
+            k: a.k,
+            format: a.format,
+            weight: &a.weight,
+            scales: &a.scales,
+            biases: &a.biases,
+        },
+        MatrixData {
+            n: b.n,
+            k: b.k,
+            format: b.format,
+            weight: &b.weight,
+            scales: &b.scales,
+            biases: &b.biases,
+        },
     );
     assert!(!da.stacks_with(&db));
-    let err = Matrix::upload_stacked(&gpu, "a+b", &[("a", &da), ("b", &db)]).err().expect("a mixed stack must be refused").to_string();
-    assert!(err.contains("'b'") && err.contains("'a'") && err.contains("8-bit"), "{err}");
+    let err = Matrix::upload_stacked(&gpu, "a+b", &[("a", &da), ("b", &db)])
+        .err()
+        .expect("a mixed stack must be refused")
+        .to_string();
+    assert!(
+        err.contains("'b'") && err.contains("'a'") && err.contains("8-bit"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -308,7 +587,11 @@ fn matmul_swiglu_epilogue_equals_stack_then_swiglu_kernel() {
     // silu(gate) * up (`MatmulOpts::swiglu`): it must give the bits of the gate|up matmul followed
     // by the SwiGLU kernel, in every tile, with an intermediate size that is not a multiple of the
     // rows per workgroup, and when a binding cap splits the interleaved matrix into chunks.
-    let capped = gpu_with(GpuOptions { shader_checks: Some(true), max_binding: Some(1 << 16), ..Default::default() });
+    let capped = gpu_with(GpuOptions {
+        shader_checks: Some(true),
+        max_binding: Some(1 << 16),
+        ..Default::default()
+    });
     let mut gpus = gpu_variants();
     gpus.push(capped);
     for (gi, gpu) in gpus.iter().enumerate() {
@@ -316,34 +599,118 @@ fn matmul_swiglu_epilogue_equals_stack_then_swiglu_kernel() {
         for f in formats() {
             let (i, k) = (150usize, 1024usize);
             let (gc, uc) = (make_case(&mut rng, i, k, f), make_case(&mut rng, i, k, f));
-            let gd = MatrixData { n: gc.n, k: gc.k, format: gc.format, weight: &gc.weight, scales: &gc.scales, biases: &gc.biases };
-            let ud = MatrixData { n: uc.n, k: uc.k, format: uc.format, weight: &uc.weight, scales: &uc.scales, biases: &uc.biases };
-            let stacked = Matrix::upload_stacked(gpu, "gate+up", &[("gate", &gd), ("up", &ud)]).unwrap();
-            let inter = Matrix::upload_interleaved(gpu, "gate~up", ("gate", &gd), ("up", &ud)).unwrap();
+            let gd = MatrixData {
+                n: gc.n,
+                k: gc.k,
+                format: gc.format,
+                weight: &gc.weight,
+                scales: &gc.scales,
+                biases: &gc.biases,
+            };
+            let ud = MatrixData {
+                n: uc.n,
+                k: uc.k,
+                format: uc.format,
+                weight: &uc.weight,
+                scales: &uc.scales,
+                biases: &uc.biases,
+            };
+            let stacked =
+                Matrix::upload_stacked(gpu, "gate+up", &[("gate", &gd), ("up", &ud)]).unwrap();
+            let inter =
+                Matrix::upload_interleaved(gpu, "gate~up", ("gate", &gd), ("up", &ud)).unwrap();
             if gi == gpus.len() - 1 {
-                assert!(inter.chunks.len() >= 2, "{}: expected a split, got {} chunk(s)", f.describe(), inter.chunks.len());
+                assert!(
+                    inter.chunks.len() >= 2,
+                    "{}: expected a split, got {} chunk(s)",
+                    f.describe(),
+                    inter.chunks.len()
+                );
             }
             for (t, mt) in [(1, MT_ONE), (2, MT_SMALL), (9, MT_PREFILL)] {
                 let x = rng.vec(t * k, 1.0);
                 let xb = upload_f32(gpu, "x", &x);
                 let gu = gpu.storage("gu", (t * 2 * i * 4) as u64).unwrap();
-                let (want, got) = (gpu.storage("want", (t * i * 4) as u64).unwrap(), gpu.storage("got", (t * i * 4) as u64).unwrap());
-                let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
-                let slot = StepSlot { buf: &sb, offset: 0 };
-                let opts = |swiglu| MatmulOpts { rows: Rows::Tokens, add: false, mt, swiglu };
-                let mut d = pollster::block_on(matmul(gpu, &stacked, Act::new(&xb, k as u32), Act::new(&gu, 2 * i as u32), slot, opts(false))).unwrap();
-                d.push(pollster::block_on(qwgpu_engine::ops::swiglu::swiglu(gpu, i as u32, &gu, &want, slot)).unwrap());
-                d.extend(pollster::block_on(matmul(gpu, &inter, Act::new(&xb, k as u32), Act::new(&got, i as u32), slot, opts(true))).unwrap());
-                run(gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
+                let (want, got) = (
+                    gpu.storage("want", (t * i * 4) as u64).unwrap(),
+                    gpu.storage("got", (t * i * 4) as u64).unwrap(),
+                );
+                let sb = step_buffer(
+                    gpu,
+                    Step {
+                        n_tokens: t as u32,
+                        pos: 0,
+                        n_confirmed: 0,
+                        n_out: 1,
+                        force: 0,
+                    },
+                );
+                let slot = StepSlot {
+                    buf: &sb,
+                    offset: 0,
+                };
+                let opts = |swiglu| MatmulOpts {
+                    rows: Rows::Tokens,
+                    add: false,
+                    mt,
+                    swiglu,
+                };
+                let mut d = pollster::block_on(matmul(
+                    gpu,
+                    &stacked,
+                    Act::new(&xb, k as u32),
+                    Act::new(&gu, 2 * i as u32),
+                    slot,
+                    opts(false),
+                ))
+                .unwrap();
+                d.push(
+                    pollster::block_on(qwgpu_engine::ops::swiglu::swiglu(
+                        gpu, i as u32, &gu, &want, slot,
+                    ))
+                    .unwrap(),
+                );
+                d.extend(
+                    pollster::block_on(matmul(
+                        gpu,
+                        &inter,
+                        Act::new(&xb, k as u32),
+                        Act::new(&got, i as u32),
+                        slot,
+                        opts(true),
+                    ))
+                    .unwrap(),
+                );
+                run(
+                    gpu,
+                    &d,
+                    StepShape {
+                        n_tokens: t as u32,
+                        n_out: 1,
+                    },
+                );
                 let (want, got) = (read_f32(gpu, &want, t * i), read_f32(gpu, &got, t * i));
-                assert_bits_eq(&format!("{} fused SwiGLU vs matmul + swiglu, T={t} ({})", f.describe(), gpu.describe()), &got, &want);
+                assert_bits_eq(
+                    &format!(
+                        "{} fused SwiGLU vs matmul + swiglu, T={t} ({})",
+                        f.describe(),
+                        gpu.describe()
+                    ),
+                    &got,
+                    &want,
+                );
                 // And against the CPU: silu(gate) * up from the f64 matmuls.
                 let (yg, _) = cpu_matmul(&gc, &x, t, k, 0);
                 let (yu, _) = cpu_matmul(&uc, &x, t, k, 0);
                 for j in 0..t * i {
                     let g = yg[j] as f64;
                     let r = (g / (1.0 + (-g).exp()) * yu[j] as f64) as f32;
-                    assert!((got[j] - r).abs() <= 1e-4 + 1e-3 * r.abs(), "{}: T={t} [{j}] {} vs CPU {r}", f.describe(), got[j]);
+                    assert!(
+                        (got[j] - r).abs() <= 1e-4 + 1e-3 * r.abs(),
+                        "{}: T={t} [{j}] {} vs CPU {r}",
+                        f.describe(),
+                        got[j]
+                    );
                 }
             }
         }

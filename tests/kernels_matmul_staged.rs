@@ -21,7 +21,9 @@ struct Q {
 }
 
 fn make(rng: &mut Rng, n: usize, k: usize, format: WeightFormat) -> Q {
-    let WeightFormat::Affine { bits, group, scale } = format else { unreachable!("quantized formats only") };
+    let WeightFormat::Affine { bits, group, scale } = format else {
+        unreachable!("quantized formats only")
+    };
     let (mut codes, mut s, mut b) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
         let row: Vec<f32> = (0..k).map(|_| rng.normal() * 0.05).collect();
@@ -30,24 +32,78 @@ fn make(rng: &mut Rng, n: usize, k: usize, format: WeightFormat) -> Q {
         s.extend(sc);
         b.extend(bi);
     }
-    Q { n, k, format, weight: bytemuck::cast_slice(&codes).to_vec(), scales: encode_floats(scale, &s), biases: encode_floats(scale, &b) }
+    Q {
+        n,
+        k,
+        format,
+        weight: bytemuck::cast_slice(&codes).to_vec(),
+        scales: encode_floats(scale, &s),
+        biases: encode_floats(scale, &b),
+    }
 }
 
 fn data(q: &Q) -> MatrixData<'_> {
-    MatrixData { n: q.n, k: q.k, format: q.format, weight: &q.weight, scales: &q.scales, biases: &q.biases }
+    MatrixData {
+        n: q.n,
+        k: q.k,
+        format: q.format,
+        weight: &q.weight,
+        scales: &q.scales,
+        biases: &q.biases,
+    }
 }
 
 /// y (+)= x · Wᵀ over `t` rows; with `add`, y starts from a known pattern.
-fn run_mm(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, mt: u32, add: bool, swiglu: bool) -> Vec<f32> {
+fn run_mm(
+    gpu: &Gpu,
+    m: &Matrix,
+    x: &[f32],
+    t: usize,
+    mt: u32,
+    add: bool,
+    swiglu: bool,
+) -> Vec<f32> {
     let ny = if swiglu { m.n / 2 } else { m.n } as usize;
     let xb = upload_f32(gpu, "x", x);
     let y0: Vec<f32> = (0..t * ny).map(|i| (i % 5) as f32 * 0.5).collect();
     let yb = upload_f32(gpu, "y", &y0);
-    let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
-    let slot = StepSlot { buf: &sb, offset: 0 };
-    let opts = MatmulOpts { rows: Rows::Tokens, add, mt, swiglu };
-    let d = pollster::block_on(matmul(gpu, m, Act::new(&xb, m.k), Act::new(&yb, ny as u32), slot, opts)).unwrap();
-    run(gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
+    let sb = step_buffer(
+        gpu,
+        Step {
+            n_tokens: t as u32,
+            pos: 0,
+            n_confirmed: 0,
+            n_out: 1,
+            force: 0,
+        },
+    );
+    let slot = StepSlot {
+        buf: &sb,
+        offset: 0,
+    };
+    let opts = MatmulOpts {
+        rows: Rows::Tokens,
+        add,
+        mt,
+        swiglu,
+    };
+    let d = pollster::block_on(matmul(
+        gpu,
+        m,
+        Act::new(&xb, m.k),
+        Act::new(&yb, ny as u32),
+        slot,
+        opts,
+    ))
+    .unwrap();
+    run(
+        gpu,
+        &d,
+        StepShape {
+            n_tokens: t as u32,
+            n_out: 1,
+        },
+    );
     read_f32(gpu, &yb, t * ny)
 }
 
@@ -55,10 +111,26 @@ fn run_mm(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, mt: u32, add: bool, swiglu
 fn staged_decode_kernel_gives_the_block_kernels_bits() {
     use FloatType::*;
     let formats = [
-        WeightFormat::Affine { bits: 4, group: 64, scale: BF16 },
-        WeightFormat::Affine { bits: 4, group: 32, scale: F32 },
-        WeightFormat::Affine { bits: 4, group: 128, scale: F16 },
-        WeightFormat::Affine { bits: 8, group: 64, scale: BF16 },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 64,
+            scale: BF16,
+        },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 32,
+            scale: F32,
+        },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 128,
+            scale: F16,
+        },
+        WeightFormat::Affine {
+            bits: 8,
+            group: 64,
+            scale: BF16,
+        },
     ];
     for gpu in gpu_variants() {
         let mut rng = Rng(11);
@@ -69,7 +141,13 @@ fn staged_decode_kernel_gives_the_block_kernels_bits() {
                 let q = make(&mut rng, n, k, f);
                 let m = Matrix::upload(&gpu, "w", &data(&q)).unwrap();
                 let (g, u) = (make(&mut rng, n, k, f), make(&mut rng, n, k, f));
-                let gu = Matrix::upload_interleaved(&gpu, "gate~up", ("gate", &data(&g)), ("up", &data(&u))).unwrap();
+                let gu = Matrix::upload_interleaved(
+                    &gpu,
+                    "gate~up",
+                    ("gate", &data(&g)),
+                    ("up", &data(&u)),
+                )
+                .unwrap();
                 let x = rng.vec(2 * k, 1.0);
                 for (t, mt) in [(1, MT_ONE), (1, MT_SMALL), (2, MT_SMALL)] {
                     for (add, swiglu) in [(false, false), (true, false), (false, true)] {
@@ -79,7 +157,11 @@ fn staged_decode_kernel_gives_the_block_kernels_bits() {
                         set_staged(true);
                         let staged = run_mm(&gpu, mat, &x[..t * k], t, mt, add, swiglu);
                         set_staged(false);
-                        let what = format!("{} n={n} k={k} T={t} tile {mt} add={add} swiglu={swiglu} ({})", f.describe(), gpu.describe());
+                        let what = format!(
+                            "{} n={n} k={k} T={t} tile {mt} add={add} swiglu={swiglu} ({})",
+                            f.describe(),
+                            gpu.describe()
+                        );
                         assert_bits_eq(&format!("staged vs block kernel, {what}"), &staged, &block);
                     }
                 }

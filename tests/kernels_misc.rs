@@ -7,7 +7,9 @@ use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::norm::rms_norm;
 use qwgpu_engine::ops::swiglu::swiglu;
 use qwgpu_engine::ops::Act;
-use qwgpu_engine::quant::{decode_floats, dequantize_row, encode_floats, quantize_row, FloatType, WeightFormat};
+use qwgpu_engine::quant::{
+    decode_floats, dequantize_row, encode_floats, quantize_row, FloatType, WeightFormat,
+};
 use qwgpu_tests::*;
 
 /// RMSNorm: a sum of `dim` squares in f32 then one rsqrt and two products: a few ulps.
@@ -16,7 +18,10 @@ const NORM_RTOL: f32 = 1e-5;
 fn cpu_rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let ms = x.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / x.len() as f64;
     let inv = 1.0 / (ms + eps as f64).sqrt();
-    x.iter().zip(w).map(|(v, w)| (*w as f64 * (*v as f64 * inv)) as f32).collect()
+    x.iter()
+        .zip(w)
+        .map(|(v, w)| (*w as f64 * (*v as f64 * inv)) as f32)
+        .collect()
 }
 
 #[test]
@@ -29,39 +34,130 @@ fn rms_norm_matches_cpu() {
         let xb = upload_f32(&gpu, "x", &x);
         let wb = upload_f32(&gpu, "w", &w);
         let yb = gpu.storage("y", (t * dim as usize * 4) as u64).unwrap();
-        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
-        let slot = StepSlot { buf: &sb, offset: 0 };
-        let d = pollster::block_on(rms_norm(&gpu, dim, 1e-6, Act::new(&xb, dim), &wb, Act::new(&yb, dim), slot, false)).unwrap();
-        run(&gpu, &[d], StepShape { n_tokens: t as u32, n_out: 1 });
+        let sb = step_buffer(
+            &gpu,
+            Step {
+                n_tokens: t as u32,
+                pos: 0,
+                n_confirmed: 0,
+                n_out: 1,
+                force: 0,
+            },
+        );
+        let slot = StepSlot {
+            buf: &sb,
+            offset: 0,
+        };
+        let d = pollster::block_on(rms_norm(
+            &gpu,
+            dim,
+            1e-6,
+            Act::new(&xb, dim),
+            &wb,
+            Act::new(&yb, dim),
+            slot,
+            false,
+        ))
+        .unwrap();
+        run(
+            &gpu,
+            &[d],
+            StepShape {
+                n_tokens: t as u32,
+                n_out: 1,
+            },
+        );
         let got = read_f32(&gpu, &yb, t * dim as usize);
         let mut want = Vec::new();
         for r in 0..t {
-            want.extend(cpu_rms_norm(&x[r * dim as usize..(r + 1) * dim as usize], &w, 1e-6));
+            want.extend(cpu_rms_norm(
+                &x[r * dim as usize..(r + 1) * dim as usize],
+                &w,
+                1e-6,
+            ));
         }
         let scale: Vec<f32> = want.iter().map(|v| v.abs()).collect();
-        assert_close(&format!("rms_norm dim {dim} T {t}"), &got, &want, &scale, 1e-6, NORM_RTOL);
+        assert_close(
+            &format!("rms_norm dim {dim} T {t}"),
+            &got,
+            &want,
+            &scale,
+            1e-6,
+            NORM_RTOL,
+        );
 
         // Out-rows mode: only the last 2 rows (or 1), written compactly.
         let n_out = t.min(2);
-        let sb2 = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: n_out as u32, force: 0 });
-        let yo = gpu.storage("yo", (n_out * dim as usize * 4) as u64).unwrap();
-        let d = pollster::block_on(rms_norm(&gpu, dim, 1e-6, Act::new(&xb, dim), &wb, Act::new(&yo, dim), StepSlot { buf: &sb2, offset: 0 }, true)).unwrap();
-        run(&gpu, &[d], StepShape { n_tokens: t as u32, n_out: n_out as u32 });
+        let sb2 = step_buffer(
+            &gpu,
+            Step {
+                n_tokens: t as u32,
+                pos: 0,
+                n_confirmed: 0,
+                n_out: n_out as u32,
+                force: 0,
+            },
+        );
+        let yo = gpu
+            .storage("yo", (n_out * dim as usize * 4) as u64)
+            .unwrap();
+        let d = pollster::block_on(rms_norm(
+            &gpu,
+            dim,
+            1e-6,
+            Act::new(&xb, dim),
+            &wb,
+            Act::new(&yo, dim),
+            StepSlot {
+                buf: &sb2,
+                offset: 0,
+            },
+            true,
+        ))
+        .unwrap();
+        run(
+            &gpu,
+            &[d],
+            StepShape {
+                n_tokens: t as u32,
+                n_out: n_out as u32,
+            },
+        );
         let got_o = read_f32(&gpu, &yo, n_out * dim as usize);
-        assert_bits_eq("out rows = last rows of the full norm", &got_o, &got[(t - n_out) * dim as usize..]);
+        assert_bits_eq(
+            "out rows = last rows of the full norm",
+            &got_o,
+            &got[(t - n_out) * dim as usize..],
+        );
     }
 }
 
 #[test]
 fn embed_gathers_every_format_across_chunks() {
     // A 64 KiB binding cap splits the table into several chunks; ids land in different ones.
-    let gpu = gpu_with(GpuOptions { shader_checks: Some(true), max_binding: Some(1 << 16), ..Default::default() });
+    let gpu = gpu_with(GpuOptions {
+        shader_checks: Some(true),
+        max_binding: Some(1 << 16),
+        ..Default::default()
+    });
     let mut rng = Rng(11);
     let (n, k) = (1000usize, 256usize);
     for format in [
-        WeightFormat::Affine { bits: 4, group: 64, scale: FloatType::BF16 },
-        WeightFormat::Affine { bits: 8, group: 32, scale: FloatType::F32 },
-        WeightFormat::Affine { bits: 4, group: 128, scale: FloatType::F16 },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 64,
+            scale: FloatType::BF16,
+        },
+        WeightFormat::Affine {
+            bits: 8,
+            group: 32,
+            scale: FloatType::F32,
+        },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 128,
+            scale: FloatType::F16,
+        },
         WeightFormat::Dense(FloatType::BF16),
         WeightFormat::Dense(FloatType::F32),
         WeightFormat::Dense(FloatType::F16),
@@ -80,7 +176,16 @@ fn embed_gathers_every_format_across_chunks() {
                 let (s2, b2) = (decode_floats(scale, &sb), decode_floats(scale, &bb));
                 let (wpr, gpr) = (k * bits as usize / 32, k / group as usize);
                 let table: Vec<f32> = (0..n)
-                    .flat_map(|r| dequantize_row(&c[r * wpr..(r + 1) * wpr], &s2[r * gpr..(r + 1) * gpr], &b2[r * gpr..(r + 1) * gpr], bits, group as usize, k))
+                    .flat_map(|r| {
+                        dequantize_row(
+                            &c[r * wpr..(r + 1) * wpr],
+                            &s2[r * gpr..(r + 1) * gpr],
+                            &b2[r * gpr..(r + 1) * gpr],
+                            bits,
+                            group as usize,
+                            k,
+                        )
+                    })
                     .collect();
                 (bytemuck::cast_slice(&c).to_vec(), sb, bb, table)
             }
@@ -90,20 +195,78 @@ fn embed_gathers_every_format_across_chunks() {
                 (b, vec![], vec![], table)
             }
         };
-        let m = Matrix::upload(&gpu, "embed", &MatrixData { n, k, format, weight: &weight, scales: &scales, biases: &biases }).unwrap();
-        assert!(m.chunks.len() > 1, "{}: expected a split table", format.describe());
+        let m = Matrix::upload(
+            &gpu,
+            "embed",
+            &MatrixData {
+                n,
+                k,
+                format,
+                weight: &weight,
+                scales: &scales,
+                biases: &biases,
+            },
+        )
+        .unwrap();
+        assert!(
+            m.chunks.len() > 1,
+            "{}: expected a split table",
+            format.describe()
+        );
         let ids: Vec<u32> = vec![7, 0, 999, 513, 7, 260];
-        let idb = gpu.storage_init("ids", bytemuck::cast_slice(&[[1234u32].as_slice(), &ids].concat())).unwrap();
+        let idb = gpu
+            .storage_init(
+                "ids",
+                bytemuck::cast_slice(&[[1234u32].as_slice(), &ids].concat()),
+            )
+            .unwrap();
         let t = ids.len();
         let yb = gpu.storage("y", (t * k * 4) as u64).unwrap();
-        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
-        let d = pollster::block_on(embed(&gpu, &m, &idb, 1, Act::new(&yb, k as u32), StepSlot { buf: &sb, offset: 0 })).unwrap();
-        run(&gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
+        let sb = step_buffer(
+            &gpu,
+            Step {
+                n_tokens: t as u32,
+                pos: 0,
+                n_confirmed: 0,
+                n_out: 1,
+                force: 0,
+            },
+        );
+        let d = pollster::block_on(embed(
+            &gpu,
+            &m,
+            &idb,
+            1,
+            Act::new(&yb, k as u32),
+            StepSlot {
+                buf: &sb,
+                offset: 0,
+            },
+        ))
+        .unwrap();
+        run(
+            &gpu,
+            &d,
+            StepShape {
+                n_tokens: t as u32,
+                n_out: 1,
+            },
+        );
         let got = read_f32(&gpu, &yb, t * k);
-        let want: Vec<f32> = ids.iter().flat_map(|&id| table[id as usize * k..(id as usize + 1) * k].to_vec()).collect();
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&id| table[id as usize * k..(id as usize + 1) * k].to_vec())
+            .collect();
         let scale: Vec<f32> = want.iter().map(|v| v.abs()).collect();
         // Dequantization is one multiply-add per element: exact up to f32 rounding.
-        assert_close(&format!("embed {}", format.describe()), &got, &want, &scale, 1e-7, 1e-6);
+        assert_close(
+            &format!("embed {}", format.describe()),
+            &got,
+            &want,
+            &scale,
+            1e-7,
+            1e-6,
+        );
     }
 }
 
@@ -115,9 +278,35 @@ fn swiglu_matches_cpu() {
         let gu = rng.vec(t * 2 * dim as usize, 6.0);
         let gb = upload_f32(&gpu, "gu", &gu);
         let ab = gpu.storage("a", (t * dim as usize * 4) as u64).unwrap();
-        let sb = step_buffer(&gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0 });
-        let d = pollster::block_on(swiglu(&gpu, dim, &gb, &ab, StepSlot { buf: &sb, offset: 0 })).unwrap();
-        run(&gpu, &[d], StepShape { n_tokens: t as u32, n_out: 1 });
+        let sb = step_buffer(
+            &gpu,
+            Step {
+                n_tokens: t as u32,
+                pos: 0,
+                n_confirmed: 0,
+                n_out: 1,
+                force: 0,
+            },
+        );
+        let d = pollster::block_on(swiglu(
+            &gpu,
+            dim,
+            &gb,
+            &ab,
+            StepSlot {
+                buf: &sb,
+                offset: 0,
+            },
+        ))
+        .unwrap();
+        run(
+            &gpu,
+            &[d],
+            StepShape {
+                n_tokens: t as u32,
+                n_out: 1,
+            },
+        );
         let got = read_f32(&gpu, &ab, t * dim as usize);
         let d = dim as usize;
         let want: Vec<f32> = (0..t * d)
@@ -149,11 +338,41 @@ fn argmax_picks_lowest_index_on_ties_and_ignores_nan() {
         // Row 1: maximum at the last index.
         logits[v + v - 1] = 60.0;
         let lb = upload_f32(&gpu, "logits", &logits);
-        let scratch = gpu.storage("scratch", scratch_bytes(vocab, rows as u32)).unwrap();
+        let scratch = gpu
+            .storage("scratch", scratch_bytes(vocab, rows as u32))
+            .unwrap();
         let ids = gpu.storage("ids", 16).unwrap();
-        let sb = step_buffer(&gpu, Step { n_tokens: 5, pos: 0, n_confirmed: 0, n_out: rows as u32, force: 0 });
-        let d = pollster::block_on(argmax(&gpu, vocab, &lb, &scratch, &ids, 1, StepSlot { buf: &sb, offset: 0 })).unwrap();
-        run(&gpu, &d, StepShape { n_tokens: 5, n_out: rows as u32 });
+        let sb = step_buffer(
+            &gpu,
+            Step {
+                n_tokens: 5,
+                pos: 0,
+                n_confirmed: 0,
+                n_out: rows as u32,
+                force: 0,
+            },
+        );
+        let d = pollster::block_on(argmax(
+            &gpu,
+            vocab,
+            &lb,
+            &scratch,
+            &ids,
+            1,
+            StepSlot {
+                buf: &sb,
+                offset: 0,
+            },
+        ))
+        .unwrap();
+        run(
+            &gpu,
+            &d,
+            StepShape {
+                n_tokens: 5,
+                n_out: rows as u32,
+            },
+        );
         let got = read_u32(&gpu, &ids, 3);
         let cpu = |row: &[f32]| {
             let mut best = 0usize;
@@ -165,7 +384,10 @@ fn argmax_picks_lowest_index_on_ties_and_ignores_nan() {
             best as u32
         };
         assert_eq!(got[1], cpu(&logits[..v]), "vocab {vocab} row 0");
-        assert_eq!(got[1], a as u32, "vocab {vocab}: tie must pick the lower index");
+        assert_eq!(
+            got[1], a as u32,
+            "vocab {vocab}: tie must pick the lower index"
+        );
         assert_eq!(got[2], cpu(&logits[v..]), "vocab {vocab} row 1");
     }
 }

@@ -12,7 +12,14 @@ use qwgpu_tests::*;
 
 fn session(name: &str, chunk: u32) -> Session {
     let model = Model::load(gpu(), &fixtures_dir().join(name), &mut |_, _| {}).unwrap();
-    pollster::block_on(Session::new(Arc::new(model), SessionOptions { max_ctx: 256, prefill_chunk: chunk })).unwrap()
+    pollster::block_on(Session::new(
+        Arc::new(model),
+        SessionOptions {
+            max_ctx: 256,
+            prefill_chunk: chunk,
+        },
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -27,13 +34,21 @@ fn row0_of_two_row_call_equals_one_row_call() {
         s.reset();
         pollster::block_on(s.prefill(prompt)).unwrap();
         let two = pollster::block_on(s.forward_rows_logits(&[a, b])).unwrap();
-        assert_bits_eq(&format!("{name}: logits of row 0 (T=2) vs T=1"), &two[..r.vocab], &one);
+        assert_bits_eq(
+            &format!("{name}: logits of row 0 (T=2) vs T=1"),
+            &two[..r.vocab],
+            &one,
+        );
         // Row 1 of the 2-row call equals feeding b after a.
         s.reset();
         pollster::block_on(s.prefill(prompt)).unwrap();
         let _ = pollster::block_on(s.forward_rows_logits(&[a])).unwrap();
         let next = pollster::block_on(s.forward_rows_logits(&[b])).unwrap();
-        assert_bits_eq(&format!("{name}: logits of row 1 (T=2) vs a following T=1"), &two[r.vocab..], &next);
+        assert_bits_eq(
+            &format!("{name}: logits of row 1 (T=2) vs a following T=1"),
+            &two[r.vocab..],
+            &next,
+        );
     }
 }
 
@@ -52,10 +67,18 @@ fn chunked_prefill_gives_identical_state_and_logits() {
             pollster::block_on(s.prefill(&prompt[..200])).unwrap();
             let st = pollster::block_on(s.read_state()).unwrap();
             for (i, (a, b)) in st.iter().zip(&want_state).enumerate() {
-                assert_bits_eq(&format!("{name}: state buffer {i} after chunks of {chunk}"), a, b);
+                assert_bits_eq(
+                    &format!("{name}: state buffer {i} after chunks of {chunk}"),
+                    a,
+                    b,
+                );
             }
             let got = pollster::block_on(s.forward_logits(&[next])).unwrap();
-            assert_bits_eq(&format!("{name}: logits after chunks of {chunk}"), &got, &want);
+            assert_bits_eq(
+                &format!("{name}: logits after chunks of {chunk}"),
+                &got,
+                &want,
+            );
         }
     }
 }
@@ -90,20 +113,40 @@ fn merged_projections_give_the_bits_of_separate_ones() {
         let r = load_reference(&name);
         let dir = fixtures_dir().join(&name);
         let load = |merge: bool| -> Arc<Model> {
-            let opts = LoadOptions { merge_projections: merge };
-            Arc::new(Model::load_with(gpu(), &dir, &opts, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}")))
+            let opts = LoadOptions {
+                merge_projections: merge,
+            };
+            Arc::new(
+                Model::load_with(gpu(), &dir, &opts, &mut |_, _| {})
+                    .unwrap_or_else(|e| panic!("{name}: {e}")),
+            )
         };
         let (merged, separate) = (load(true), load(false));
         for (i, (mixer, mlp)) in projection_layout(&separate).into_iter().enumerate() {
-            assert!([3, 4].contains(&mixer.len()) && mlp.len() == 2, "{name} layer {i}: separate projections {mixer:?} {mlp:?}");
+            assert!(
+                [3, 4].contains(&mixer.len()) && mlp.len() == 2,
+                "{name} layer {i}: separate projections {mixer:?} {mlp:?}"
+            );
         }
         let merged_layout = projection_layout(&merged);
-        merged_somewhere |= merged_layout.iter().any(|(mixer, mlp)| mixer.len() < 3 || mlp.len() < 2);
+        merged_somewhere |= merged_layout
+            .iter()
+            .any(|(mixer, mlp)| mixer.len() < 3 || mlp.len() < 2);
         // Same tensors, one copy (merging only saves the padding of tiny buffers).
         let (mb, sb) = (merged.weights.bytes(), separate.weights.bytes());
-        assert!(mb <= sb && sb - mb < 1024, "{name}: GPU bytes of the weights {mb} merged, {sb} separate");
+        assert!(
+            mb <= sb && sb - mb < 1024,
+            "{name}: GPU bytes of the weights {mb} merged, {sb} separate"
+        );
         let run = |model: &Arc<Model>| {
-            let mut s = pollster::block_on(Session::new(model.clone(), SessionOptions { max_ctx: 256, prefill_chunk: 64 })).unwrap();
+            let mut s = pollster::block_on(Session::new(
+                model.clone(),
+                SessionOptions {
+                    max_ctx: 256,
+                    prefill_chunk: 64,
+                },
+            ))
+            .unwrap();
             let (prompt, next) = (&r.prompts[3][..150], r.greedy[3][0]);
             // Prefill tile (chunks of 64), then a 2-row verify and a 1-row decode.
             pollster::block_on(s.prefill(&prompt[..148])).unwrap();
@@ -118,29 +161,69 @@ fn merged_projections_give_the_bits_of_separate_ones() {
                 let l1 = pollster::block_on(s.mtp_logits()).unwrap();
                 let step = pollster::block_on(s.mtp_verify()).unwrap();
                 let l2 = pollster::block_on(s.mtp_logits()).unwrap();
-                Some((first, step, l1, l2, pollster::block_on(s.read_state()).unwrap()))
+                Some((
+                    first,
+                    step,
+                    l1,
+                    l2,
+                    pollster::block_on(s.read_state()).unwrap(),
+                ))
             } else {
                 None
             };
             (two, one, state, mtp)
         };
         let (a, b) = (run(&merged), run(&separate));
-        assert_bits_eq(&format!("{name}: 2-row logits, merged vs separate"), &a.0, &b.0);
-        assert_bits_eq(&format!("{name}: 1-row logits, merged vs separate"), &a.1, &b.1);
+        assert_bits_eq(
+            &format!("{name}: 2-row logits, merged vs separate"),
+            &a.0,
+            &b.0,
+        );
+        assert_bits_eq(
+            &format!("{name}: 1-row logits, merged vs separate"),
+            &a.1,
+            &b.1,
+        );
         assert_eq!(a.2.len(), b.2.len());
         for (i, (x, y)) in a.2.iter().zip(&b.2).enumerate() {
-            assert_bits_eq(&format!("{name}: state buffer {i}, merged vs separate"), x, y);
+            assert_bits_eq(
+                &format!("{name}: state buffer {i}, merged vs separate"),
+                x,
+                y,
+            );
         }
         assert_eq!(a.3.is_some(), r.has_mtp, "{name}: MTP head");
         if let (Some(x), Some(y)) = (&a.3, &b.3) {
-            assert_eq!((x.0, x.1), (y.0, y.1), "{name}: MTP first step and verify, merged vs separate");
-            assert_bits_eq(&format!("{name}: MTP logits (first), merged vs separate"), &x.2, &y.2);
-            assert_bits_eq(&format!("{name}: MTP logits (verify), merged vs separate"), &x.3, &y.3);
+            assert_eq!(
+                (x.0, x.1),
+                (y.0, y.1),
+                "{name}: MTP first step and verify, merged vs separate"
+            );
+            assert_bits_eq(
+                &format!("{name}: MTP logits (first), merged vs separate"),
+                &x.2,
+                &y.2,
+            );
+            assert_bits_eq(
+                &format!("{name}: MTP logits (verify), merged vs separate"),
+                &x.3,
+                &y.3,
+            );
             for (i, (p, q)) in x.4.iter().zip(&y.4).enumerate() {
-                assert_bits_eq(&format!("{name}: state buffer {i} after MTP, merged vs separate"), p, q);
+                assert_bits_eq(
+                    &format!("{name}: state buffer {i} after MTP, merged vs separate"),
+                    p,
+                    q,
+                );
             }
         }
-        println!("{name}: merged {:?}", merged_layout.iter().map(|(m, g)| (m.len(), g.len())).collect::<Vec<_>>());
+        println!(
+            "{name}: merged {:?}",
+            merged_layout
+                .iter()
+                .map(|(m, g)| (m.len(), g.len()))
+                .collect::<Vec<_>>()
+        );
     }
     assert!(merged_somewhere, "no fixture had projections to merge");
 }

@@ -30,24 +30,50 @@ const NATIVE_TOL_DENSE: f32 = 1.5;
 fn load(name: &str, chunk: u32) -> Session {
     let dir = fixtures_dir().join(name);
     let model = Model::load(gpu(), &dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
-    pollster::block_on(Session::new(Arc::new(model), SessionOptions { max_ctx: 512, prefill_chunk: chunk })).unwrap()
+    pollster::block_on(Session::new(
+        Arc::new(model),
+        SessionOptions {
+            max_ctx: 512,
+            prefill_chunk: chunk,
+        },
+    ))
+    .unwrap()
 }
 
 /// Engine greedy tokens must equal `want` up to the first step whose gap is below `tol`.
 fn check_tokens(what: &str, got: &[u32], want: &[u32], gaps: &[f32], tol: f32) -> usize {
     let limit = gaps.iter().position(|g| *g < tol).unwrap_or(want.len());
-    let first_diff = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(want.len());
-    assert!(first_diff >= limit, "{what}: token {first_diff} differs ({} vs {}) before the first near-tie at step {limit}", got[first_diff], want[first_diff]);
+    let first_diff = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(want.len());
+    assert!(
+        first_diff >= limit,
+        "{what}: token {first_diff} differs ({} vs {}) before the first near-tie at step {limit}",
+        got[first_diff],
+        want[first_diff]
+    );
     limit
 }
 
 /// Max |engine − reference| over teacher-forced logits along `path` (the prompt, then the
 /// reference's own tokens).
-fn teacher_forced_error(s: &mut Session, prompt: &[u32], path: &[u32], reference: &[f32], vocab: usize) -> f32 {
+fn teacher_forced_error(
+    s: &mut Session,
+    prompt: &[u32],
+    path: &[u32],
+    reference: &[f32],
+    vocab: usize,
+) -> f32 {
     s.reset();
     let mut max_err = 0f32;
     for step in 0..reference.len() / vocab {
-        let input: Vec<u32> = if step == 0 { prompt.to_vec() } else { vec![path[step - 1]] };
+        let input: Vec<u32> = if step == 0 {
+            prompt.to_vec()
+        } else {
+            vec![path[step - 1]]
+        };
         let l = pollster::block_on(s.forward_logits(&input)).unwrap();
         for (a, b) in l.iter().zip(&reference[step * vocab..(step + 1) * vocab]) {
             max_err = max_err.max((a - b).abs());
@@ -65,20 +91,37 @@ fn greedy_tokens_and_logits_match_mlx_lm() {
         for (pi, prompt) in r.prompts.iter().enumerate() {
             s.reset();
             let want = &r.greedy[pi];
-            let opts = GenOptions { max_tokens: want.len(), eos: vec![], ignore_eos: true };
-            let (got, _) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+            let opts = GenOptions {
+                max_tokens: want.len(),
+                eos: vec![],
+                ignore_eos: true,
+            };
+            let (got, _) =
+                pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
             // f32 fixtures: at least 64 tokens equal, whatever the gaps. bf16 fixtures: equal up to
             // the first near-tie.
             let checked = if r.dtype == "float32" {
                 let same = got.iter().zip(want).take_while(|(a, b)| a == b).count();
-                assert!(same >= 64, "{name} prompt {pi}: only {same} tokens equal mlx-lm's (64 required)");
+                assert!(
+                    same >= 64,
+                    "{name} prompt {pi}: only {same} tokens equal mlx-lm's (64 required)"
+                );
                 same
             } else {
-                check_tokens(&format!("{name} prompt {pi}"), &got, want, &r.top2_gap[pi], LOGIT_TOL)
+                check_tokens(
+                    &format!("{name} prompt {pi}"),
+                    &got,
+                    want,
+                    &r.top2_gap[pi],
+                    LOGIT_TOL,
+                )
             };
             let err = teacher_forced_error(&mut s, prompt, want, &r.logits[pi].0, r.vocab);
             println!("{name} prompt {pi} (len {}): {checked} tokens checked, max |logit error| {err:.2e}", prompt.len());
-            assert!(err <= LOGIT_TOL, "{name} prompt {pi}: logits differ by {err} > {LOGIT_TOL}");
+            assert!(
+                err <= LOGIT_TOL,
+                "{name} prompt {pi}: logits differ by {err} > {LOGIT_TOL}"
+            );
         }
     }
 }
@@ -89,17 +132,35 @@ fn bf16_fixtures_against_mlx_native_bf16() {
         let r = load_reference(&name);
         let Some(native) = &r.native else { continue };
         let mut s = load(&name, 64);
-        let tol = if s.model.config.quantization.global.is_some() { NATIVE_TOL_QUANTIZED } else { NATIVE_TOL_DENSE };
+        let tol = if s.model.config.quantization.global.is_some() {
+            NATIVE_TOL_QUANTIZED
+        } else {
+            NATIVE_TOL_DENSE
+        };
         for (pi, prompt) in r.prompts.iter().enumerate() {
             let want = &native.greedy[pi];
             let err = teacher_forced_error(&mut s, prompt, want, &native.logits[pi].0, r.vocab);
             s.reset();
-            let opts = GenOptions { max_tokens: want.len(), eos: vec![], ignore_eos: true };
-            let (got, _) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+            let opts = GenOptions {
+                max_tokens: want.len(),
+                eos: vec![],
+                ignore_eos: true,
+            };
+            let (got, _) =
+                pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
             let same = got.iter().zip(want).take_while(|(a, b)| a == b).count();
-            let checked = check_tokens(&format!("{name} prompt {pi} (native bf16)"), &got, want, &native.top2_gap[pi], tol);
+            let checked = check_tokens(
+                &format!("{name} prompt {pi} (native bf16)"),
+                &got,
+                want,
+                &native.top2_gap[pi],
+                tol,
+            );
             println!("{name} prompt {pi}: vs native bf16 max |logit error| {err:.2}, {same} leading tokens equal, {checked} required");
-            assert!(err <= tol, "{name} prompt {pi}: logits differ from mlx's bf16 run by {err} > {tol}");
+            assert!(
+                err <= tol,
+                "{name} prompt {pi}: logits differ from mlx's bf16 run by {err} > {tol}"
+            );
         }
     }
 }
@@ -117,14 +178,33 @@ fn projections_of_mixed_formats_load_apart_and_match_mlx_lm() {
             Mixer::Gdn { in_proj, .. } => &in_proj.mats,
             Mixer::Attn { qkv_proj, .. } => &qkv_proj.mats,
         };
-        mats.iter().map(|m| m.name.rsplit('.').next().unwrap_or_default().to_string()).collect()
+        mats.iter()
+            .map(|m| m.name.rsplit('.').next().unwrap_or_default().to_string())
+            .collect()
     };
-    assert_eq!(names(1), ["in_proj_qkv+in_proj_z+in_proj_b+in_proj_a"], "{name}: layer 1 (one format)");
-    assert_eq!(names(2), ["in_proj_qkv+in_proj_z", "in_proj_b", "in_proj_a"], "{name}: layer 2");
+    assert_eq!(
+        names(1),
+        ["in_proj_qkv+in_proj_z+in_proj_b+in_proj_a"],
+        "{name}: layer 1 (one format)"
+    );
+    assert_eq!(
+        names(2),
+        ["in_proj_qkv+in_proj_z", "in_proj_b", "in_proj_a"],
+        "{name}: layer 2"
+    );
     assert_eq!(names(3), ["q_proj+k_proj", "v_proj"], "{name}: layer 3");
     for pi in [1, 2] {
-        let err = teacher_forced_error(&mut s, &r.prompts[pi], &r.greedy[pi], &r.logits[pi].0, r.vocab);
+        let err = teacher_forced_error(
+            &mut s,
+            &r.prompts[pi],
+            &r.greedy[pi],
+            &r.logits[pi].0,
+            r.vocab,
+        );
         println!("{name} prompt {pi}: max |logit error| {err:.2e} with split projections");
-        assert!(err <= LOGIT_TOL, "{name} prompt {pi}: logits differ by {err} > {LOGIT_TOL}");
+        assert!(
+            err <= LOGIT_TOL,
+            "{name} prompt {pi}: logits differ by {err} > {LOGIT_TOL}"
+        );
     }
 }

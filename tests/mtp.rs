@@ -15,48 +15,101 @@ const MTP_LOGIT_TOL: f32 = 5e-3;
 
 fn session(name: &str, chunk: u32) -> Session {
     let model = Model::load(gpu(), &fixtures_dir().join(name), &mut |_, _| {}).unwrap();
-    pollster::block_on(Session::new(Arc::new(model), SessionOptions { max_ctx: 1024, prefill_chunk: chunk })).unwrap()
+    pollster::block_on(Session::new(
+        Arc::new(model),
+        SessionOptions {
+            max_ctx: 1024,
+            prefill_chunk: chunk,
+        },
+    ))
+    .unwrap()
 }
 
 fn mtp_fixtures() -> Vec<String> {
-    fixture_names().into_iter().filter(|n| load_reference(n).has_mtp).collect()
+    fixture_names()
+        .into_iter()
+        .filter(|n| load_reference(n).has_mtp)
+        .collect()
 }
 
 #[test]
 fn mtp_greedy_equals_plain_greedy() {
     let names = mtp_fixtures();
-    assert!(names.len() >= 3, "expected several MTP fixtures, found {names:?}");
+    assert!(
+        names.len() >= 3,
+        "expected several MTP fixtures, found {names:?}"
+    );
     for name in names {
         let r = load_reference(&name);
         // Prompt chunk of 16 rows: the 40- and 301-token prompts span several chunks.
         let mut s = session(&name, 16);
         // A 1-token prompt, a 7-token one and one longer than several prefill chunks; 128 tokens
         // each (EOS ignored), plus a run that stops at the checkpoint's EOS.
-        for (pi, prompt) in r.prompts.iter().enumerate().filter(|(i, _)| [0, 1, 3].contains(i)) {
+        for (pi, prompt) in r
+            .prompts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| [0, 1, 3].contains(i))
+        {
             for (max_tokens, ignore_eos) in [(128usize, true), (128, false)] {
-                let opts = GenOptions { max_tokens, eos: r.eos.clone(), ignore_eos };
+                let opts = GenOptions {
+                    max_tokens,
+                    eos: r.eos.clone(),
+                    ignore_eos,
+                };
                 s.reset();
-                let (plain, f_plain) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+                let (plain, f_plain) =
+                    pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
                 s.reset();
                 // The running counts: one report per verify step, each a step on from the last,
                 // the last equal to the final stats.
                 let mut running = (0u64, 0u64);
                 let mut on = |e: Event| {
                     if let Event::Mtp { drafted, accepted } = e {
-                        assert_eq!(drafted, running.0 + 1, "{name}: drafted counts by verify step");
-                        assert!(accepted == running.1 || accepted == running.1 + 1, "{name}: accepted {} then {accepted}", running.1);
+                        assert_eq!(
+                            drafted,
+                            running.0 + 1,
+                            "{name}: drafted counts by verify step"
+                        );
+                        assert!(
+                            accepted == running.1 || accepted == running.1 + 1,
+                            "{name}: accepted {} then {accepted}",
+                            running.1
+                        );
                         running = (drafted, accepted);
                     }
                     true
                 };
-                let (spec, f_spec, stats) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &MtpOptions::always(), &mut on)).unwrap();
-                assert_eq!(running, (stats.drafted, stats.accepted), "{name}: the last running counts are the final ones");
-                assert_eq!(spec, plain, "{name} prompt {pi} (len {}), ignore_eos {ignore_eos}: MTP output differs", prompt.len());
+                let (spec, f_spec, stats) = pollster::block_on(generate_mtp(
+                    &mut s,
+                    prompt,
+                    &opts,
+                    &MtpOptions::always(),
+                    &mut on,
+                ))
+                .unwrap();
+                assert_eq!(
+                    running,
+                    (stats.drafted, stats.accepted),
+                    "{name}: the last running counts are the final ones"
+                );
+                assert_eq!(
+                    spec,
+                    plain,
+                    "{name} prompt {pi} (len {}), ignore_eos {ignore_eos}: MTP output differs",
+                    prompt.len()
+                );
                 assert_eq!(f_spec, f_plain, "{name} prompt {pi}: finish reason");
                 if ignore_eos {
                     assert_eq!(spec.len(), max_tokens);
                 }
-                println!("{name} prompt {pi} (len {}): {} tokens ({f_spec:?}), drafted {} accepted {}", prompt.len(), spec.len(), stats.drafted, stats.accepted);
+                println!(
+                    "{name} prompt {pi} (len {}): {} tokens ({f_spec:?}), drafted {} accepted {}",
+                    prompt.len(),
+                    spec.len(),
+                    stats.drafted,
+                    stats.accepted
+                );
             }
         }
     }
@@ -70,22 +123,53 @@ fn mtp_runs_that_stop_on_eos_and_max_tokens() {
         let r = load_reference(&name);
         let mut s = session(&name, 64);
         let prompt = &r.prompts[1];
-        let free = GenOptions { max_tokens: 60, eos: vec![], ignore_eos: true };
-        let (plain, _) = pollster::block_on(generate(&mut s, prompt, &free, &mut |_| true)).unwrap();
+        let free = GenOptions {
+            max_tokens: 60,
+            eos: vec![],
+            ignore_eos: true,
+        };
+        let (plain, _) =
+            pollster::block_on(generate(&mut s, prompt, &free, &mut |_| true)).unwrap();
         for stop_at in [0usize, 1, 2, 5, 17, 33] {
             let eos = plain[stop_at];
-            let opts = GenOptions { max_tokens: 60, eos: vec![eos], ignore_eos: false };
+            let opts = GenOptions {
+                max_tokens: 60,
+                eos: vec![eos],
+                ignore_eos: false,
+            };
             s.reset();
-            let (spec, f, _) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &MtpOptions::always(), &mut |_| true)).unwrap();
+            let (spec, f, _) = pollster::block_on(generate_mtp(
+                &mut s,
+                prompt,
+                &opts,
+                &MtpOptions::always(),
+                &mut |_| true,
+            ))
+            .unwrap();
             let first = plain.iter().position(|t| *t == eos).unwrap();
             assert_eq!(spec, plain[..first].to_vec(), "{name}: EOS {eos}");
             assert_eq!(f, Finish::Stop);
         }
         for max_tokens in 1..=6 {
-            let opts = GenOptions { max_tokens, eos: vec![], ignore_eos: true };
+            let opts = GenOptions {
+                max_tokens,
+                eos: vec![],
+                ignore_eos: true,
+            };
             s.reset();
-            let (spec, f, _) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &MtpOptions::always(), &mut |_| true)).unwrap();
-            assert_eq!(spec, plain[..max_tokens].to_vec(), "{name}: max_tokens {max_tokens}");
+            let (spec, f, _) = pollster::block_on(generate_mtp(
+                &mut s,
+                prompt,
+                &opts,
+                &MtpOptions::always(),
+                &mut |_| true,
+            ))
+            .unwrap();
+            assert_eq!(
+                spec,
+                plain[..max_tokens].to_vec(),
+                "{name}: max_tokens {max_tokens}"
+            );
             assert_eq!(f, Finish::Length);
         }
     }
@@ -103,7 +187,10 @@ fn mtp_head_logits_match_mlx_reference() {
             let mut max_err = 0f32;
             // Row k pairs the hidden state at k with seq[k + 1]; from the last prompt position on,
             // seq[k + 1] is the backbone's own greedy choice, which is what the MTP step feeds it.
-            for k in [p - 1, p + 3, p + 40].into_iter().filter(|k| k + 1 < seq.len() && *k < *rows) {
+            for k in [p - 1, p + 3, p + 40]
+                .into_iter()
+                .filter(|k| k + 1 < seq.len() && *k < *rows)
+            {
                 s.reset();
                 pollster::block_on(s.prefill_with(&seq[..k], Some(seq[k]))).unwrap();
                 let (main, _) = pollster::block_on(s.mtp_first(seq[k])).unwrap();
@@ -115,7 +202,10 @@ fn mtp_head_logits_match_mlx_reference() {
                 }
             }
             println!("{name} prompt {pi}: MTP logits max |error| {max_err:.2e}");
-            assert!(max_err <= MTP_LOGIT_TOL, "{name} prompt {pi}: MTP logits differ by {max_err}");
+            assert!(
+                max_err <= MTP_LOGIT_TOL,
+                "{name} prompt {pi}: MTP logits differ by {max_err}"
+            );
         }
     }
 }
@@ -128,7 +218,10 @@ fn chi2_critical_001(df: usize) -> f64 {
 }
 
 /// Two-sample χ² homogeneity test on token counts (equal sample sizes), pooling rare tokens.
-fn two_sample_chi2(a: &std::collections::BTreeMap<u32, u32>, b: &std::collections::BTreeMap<u32, u32>) -> (f64, usize) {
+fn two_sample_chi2(
+    a: &std::collections::BTreeMap<u32, u32>,
+    b: &std::collections::BTreeMap<u32, u32>,
+) -> (f64, usize) {
     let keys: std::collections::BTreeSet<u32> = a.keys().chain(b.keys()).cloned().collect();
     let (mut stat, mut bins, mut pa, mut pb) = (0.0, 0usize, 0u32, 0u32);
     for k in keys {
@@ -163,17 +256,34 @@ fn mtp_sampling_preserves_the_distribution() {
     let mut stats = (0u64, 0u64);
     for (mode, use_mtp) in [false, true].into_iter().enumerate() {
         for seed in 0..n {
-            let p = SamplingParams { temperature: 1.3, seed: 1000 * mode as u64 + seed, ..Default::default() };
+            let p = SamplingParams {
+                temperature: 1.3,
+                seed: 1000 * mode as u64 + seed,
+                ..Default::default()
+            };
             s.set_sampling(Some(&p), false).unwrap();
             s.reset();
-            let opts = GenOptions { max_tokens: 3, eos: vec![], ignore_eos: true };
+            let opts = GenOptions {
+                max_tokens: 3,
+                eos: vec![],
+                ignore_eos: true,
+            };
             let toks = if use_mtp {
-                let (t, _, st) = pollster::block_on(generate_mtp(&mut s, &prompt, &opts, &MtpOptions::always(), &mut |_| true)).unwrap();
+                let (t, _, st) = pollster::block_on(generate_mtp(
+                    &mut s,
+                    &prompt,
+                    &opts,
+                    &MtpOptions::always(),
+                    &mut |_| true,
+                ))
+                .unwrap();
                 stats.0 += st.drafted;
                 stats.1 += st.accepted;
                 t
             } else {
-                pollster::block_on(generate(&mut s, &prompt, &opts, &mut |_| true)).unwrap().0
+                pollster::block_on(generate(&mut s, &prompt, &opts, &mut |_| true))
+                    .unwrap()
+                    .0
             };
             assert_eq!(toks.len(), 3);
             for (j, pos) in [1usize, 2].into_iter().enumerate() {
@@ -182,13 +292,23 @@ fn mtp_sampling_preserves_the_distribution() {
         }
     }
     println!("sampled MTP: drafted {} accepted {}", stats.0, stats.1);
-    assert!(stats.1 > stats.0 / 4 && stats.1 < stats.0, "need both accepts and rejects: {stats:?}");
+    assert!(
+        stats.1 > stats.0 / 4 && stats.1 < stats.0,
+        "need both accepts and rejects: {stats:?}"
+    );
     for (j, c) in counts.iter().enumerate() {
         let (stat, df) = two_sample_chi2(&c[0], &c[1]);
         let crit = chi2_critical_001(df.max(1));
-        println!("position {}: chi2 {stat:.1} on {df} df (critical {crit:.1})", j + 2);
+        println!(
+            "position {}: chi2 {stat:.1} on {df} df (critical {crit:.1})",
+            j + 2
+        );
         assert!(df >= 3, "too few distinct tokens to test: {:?}", c[0]);
-        assert!(stat < crit, "position {}: MTP and plain sampling differ (chi2 {stat:.1} > {crit:.1} on {df} df)", j + 2);
+        assert!(
+            stat < crit,
+            "position {}: MTP and plain sampling differ (chi2 {stat:.1} > {crit:.1} on {df} df)",
+            j + 2
+        );
     }
 }
 
@@ -201,17 +321,33 @@ fn adaptive_mtp_falls_back_to_plain_when_drafts_miss() {
         let r = load_reference(name);
         let mut s = session(name, 64);
         let prompt = &r.prompts[1];
-        let opts = GenOptions { max_tokens: 100, eos: vec![], ignore_eos: true };
-        let (plain, _) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+        let opts = GenOptions {
+            max_tokens: 100,
+            eos: vec![],
+            ignore_eos: true,
+        };
+        let (plain, _) =
+            pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
         s.reset();
         let policy = MtpOptions::adaptive(&s);
-        let (spec, _, st) = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &policy, &mut |_| true)).unwrap();
+        let (spec, _, st) =
+            pollster::block_on(generate_mtp(&mut s, prompt, &opts, &policy, &mut |_| true))
+                .unwrap();
         assert_eq!(spec, plain, "{name}");
-        println!("{name}: break-even acceptance {:.2}, drafted {} accepted {}", policy.min_acceptance, st.drafted, st.accepted);
+        println!(
+            "{name}: break-even acceptance {:.2}, drafted {} accepted {}",
+            policy.min_acceptance, st.drafted, st.accepted
+        );
         if keeps {
-            assert!(st.drafted > policy.probe, "{name}: speculation should continue ({st:?})");
+            assert!(
+                st.drafted > policy.probe,
+                "{name}: speculation should continue ({st:?})"
+            );
         } else {
-            assert_eq!(st.drafted, policy.probe, "{name}: speculation should stop after the probe ({st:?})");
+            assert_eq!(
+                st.drafted, policy.probe,
+                "{name}: speculation should stop after the probe ({st:?})"
+            );
         }
     }
 }

@@ -6,19 +6,30 @@ use qwgpu_engine::gpu::shader::preprocess;
 use qwgpu_engine::ops::all_variants;
 
 fn check(name: &str, code: &str, label: &str) -> Result<(), String> {
-    let module = naga::front::wgsl::parse_str(code).map_err(|e| format!("{label}: parse: {}", e.emit_to_string(code)))?;
-    let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+    let module = naga::front::wgsl::parse_str(code)
+        .map_err(|e| format!("{label}: parse: {}", e.emit_to_string(code)))?;
+    let mut validator = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    );
     validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
     validator.subgroup_operations(naga::valid::SubgroupOperationSet::all());
-    let info = validator.validate(&module).map_err(|e| format!("{label}: validate: {}", e.emit_to_string(code)))?;
+    let info = validator
+        .validate(&module)
+        .map_err(|e| format!("{label}: validate: {}", e.emit_to_string(code)))?;
     let spv_opts = naga::back::spv::Options::default();
-    naga::back::spv::write_vec(&module, &info, &spv_opts, None).map_err(|e| format!("{label}: SPIR-V: {e}"))?;
-    let msl_opts = naga::back::msl::Options { lang_version: (2, 4), ..Default::default() };
+    naga::back::spv::write_vec(&module, &info, &spv_opts, None)
+        .map_err(|e| format!("{label}: SPIR-V: {e}"))?;
+    let msl_opts = naga::back::msl::Options {
+        lang_version: (2, 4),
+        ..Default::default()
+    };
     let pipe = naga::back::msl::PipelineOptions {
         entry_point: Some((naga::ShaderStage::Compute, "main".to_string())),
         ..Default::default()
     };
-    naga::back::msl::write_string(&module, &info, &msl_opts, &pipe).map_err(|e| format!("{label}: MSL: {e}"))?;
+    naga::back::msl::write_string(&module, &info, &msl_opts, &pipe)
+        .map_err(|e| format!("{label}: MSL: {e}"))?;
     let _ = name;
     Ok(())
 }
@@ -41,13 +52,19 @@ fn every_variant_translates_to_spirv_and_msl() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {count} variants failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {count} variants failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(count > 100, "only {count} variants enumerated");
 }
 
 #[test]
 fn every_shader_file_is_covered_by_a_variant() {
-    let used: std::collections::BTreeSet<&str> = all_variants(true).iter().map(|(n, _)| *n).collect();
+    let used: std::collections::BTreeSet<&str> =
+        all_variants(true).iter().map(|(n, _)| *n).collect();
     for (name, src) in qwgpu_engine::gpu::shader::SOURCES {
         // Include-only files (helpers) have no entry point of their own.
         if !src.contains("@compute") {
@@ -62,8 +79,13 @@ fn preprocessor_directives() {
     use qwgpu_engine::gpu::Defines;
     // Unknown placeholders and unbalanced blocks are errors, not silent output.
     let d = Defines::new();
-    let e = preprocess("matmul.wgsl", &d, false).unwrap_err().to_string();
-    assert!(e.contains("undefined placeholder") || e.contains("#for count 'ROWS'"), "{e}");
+    let e = preprocess("matmul.wgsl", &d, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("undefined placeholder") || e.contains("#for count 'ROWS'"),
+        "{e}"
+    );
     assert!(preprocess("no_such.wgsl", &d, false).is_err());
 
     // #for unrolls (nested, counts from literals or defines); malformed blocks are errors.
@@ -72,20 +94,38 @@ fn preprocessor_directives() {
     let text = "x\n#for R 2\na{{R}}\n  #for T N\n  b{{R}}{{T}} {{KEEP}}\n  #endfor\n#endfor\ny";
     assert_eq!(unroll("t", text, &d).unwrap(), "x\na0\n  b00 {{KEEP}}\n  b01 {{KEEP}}\n  b02 {{KEEP}}\na1\n  b10 {{KEEP}}\n  b11 {{KEEP}}\n  b12 {{KEEP}}\ny\n");
     assert_eq!(unroll("t", "#for R 0\na\n#endfor\nb", &d).unwrap(), "b\n");
-    assert!(unroll("t", "#for R 2\na", &d).unwrap_err().to_string().contains("without #endfor"));
-    assert!(unroll("t", "a\n#endfor", &d).unwrap_err().to_string().contains("without #for"));
-    assert!(unroll("t", "#for R M\na\n#endfor", &d).unwrap_err().to_string().contains("not an integer"));
-    assert!(unroll("t", "#for R\na\n#endfor", &d).unwrap_err().to_string().contains("expected #for VAR COUNT"));
+    assert!(unroll("t", "#for R 2\na", &d)
+        .unwrap_err()
+        .to_string()
+        .contains("without #endfor"));
+    assert!(unroll("t", "a\n#endfor", &d)
+        .unwrap_err()
+        .to_string()
+        .contains("without #for"));
+    assert!(unroll("t", "#for R M\na\n#endfor", &d)
+        .unwrap_err()
+        .to_string()
+        .contains("not an integer"));
+    assert!(unroll("t", "#for R\na\n#endfor", &d)
+        .unwrap_err()
+        .to_string()
+        .contains("expected #for VAR COUNT"));
 }
 
 #[test]
 fn web_form_has_the_subgroups_directive() {
     // Dawn requires `enable subgroups;` for subgroup builtins; naga accepts or rejects it by
     // version, so this only checks that the browser form carries the directive.
-    let (name, d) = all_variants(true).into_iter().find(|(n, _)| *n == "matmul.wgsl").unwrap();
+    let (name, d) = all_variants(true)
+        .into_iter()
+        .find(|(n, _)| *n == "matmul.wgsl")
+        .unwrap();
     let web = preprocess(name, &d, true).unwrap();
     assert!(web.starts_with("enable subgroups;"));
     if let Err(e) = naga::front::wgsl::parse_str(&web) {
-        println!("naga on the web form: {}", e.emit_to_string(&web).lines().next().unwrap_or(""));
+        println!(
+            "naga on the web form: {}",
+            e.emit_to_string(&web).lines().next().unwrap_or("")
+        );
     }
 }

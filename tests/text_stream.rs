@@ -36,7 +36,11 @@ struct Vocab {
 
 impl Vocab {
     fn new() -> Self {
-        let mut v = Vocab { pieces: Vec::new(), special: Vec::new(), index: HashMap::new() };
+        let mut v = Vocab {
+            pieces: Vec::new(),
+            special: Vec::new(),
+            index: HashMap::new(),
+        };
         for b in 0..=255u8 {
             v.intern(&[b]);
         }
@@ -76,7 +80,9 @@ impl Vocab {
 
 impl TokenText for Vocab {
     fn token_bytes(&self, id: u32) -> Option<Cow<'_, [u8]>> {
-        self.pieces.get(id as usize).map(|p| Cow::Borrowed(p.as_slice()))
+        self.pieces
+            .get(id as usize)
+            .map(|p| Cow::Borrowed(p.as_slice()))
     }
     fn is_special(&self, id: u32) -> bool {
         self.special.get(id as usize).copied().unwrap_or(false)
@@ -158,7 +164,9 @@ fn segmentations(n: usize) -> Vec<Vec<usize>> {
         let mut cuts = Vec::new();
         let mut at = 0;
         loop {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             at += 1 + (state >> 60) as usize % 6;
             if at >= n {
                 break;
@@ -210,7 +218,10 @@ fn run(
     let mut deltas: Vec<Delta> = Vec::new();
     for &id in ids {
         if p.finished().is_some() {
-            assert!(p.push(vocab, id).is_empty(), "tokens after the end produce nothing");
+            assert!(
+                p.push(vocab, id).is_empty(),
+                "tokens after the end produce nothing"
+            );
             continue;
         }
         deltas.push(p.push(vocab, id));
@@ -219,7 +230,11 @@ fn run(
     deltas.push(last);
 
     let finishes: Vec<FinishReason> = deltas.iter().filter_map(|d| d.finished).collect();
-    assert_eq!(finishes, vec![summary.finish_reason], "finish reason reported once");
+    assert_eq!(
+        finishes,
+        vec![summary.finish_reason],
+        "finish reason reported once"
+    );
 
     let mut log: Vec<Log> = Vec::new();
     let mut open: HashMap<usize, String> = HashMap::new();
@@ -239,16 +254,26 @@ fn run(
                     }
                 }
                 StreamEvent::ToolCallStart { index, name } => {
-                    assert!(open.insert(*index, name.clone()).is_none(), "index {index} reused");
+                    assert!(
+                        open.insert(*index, name.clone()).is_none(),
+                        "index {index} reused"
+                    );
                     log.push(Log::Start(*index, name.clone()));
                 }
-                StreamEvent::ToolCallEnd { index, name, arguments } => {
+                StreamEvent::ToolCallEnd {
+                    index,
+                    name,
+                    arguments,
+                } => {
                     assert_eq!(open.remove(index).as_deref(), Some(name.as_str()));
                     calls.push((*index, name.clone(), arguments.clone()));
                     log.push(Log::End(*index, name.clone(), arguments.clone()));
                 }
                 StreamEvent::ToolCallInvalid { index } => {
-                    assert!(open.remove(index).is_some(), "invalid call {index} was started");
+                    assert!(
+                        open.remove(index).is_some(),
+                        "invalid call {index} was started"
+                    );
                     log.push(Log::Invalid(*index));
                 }
             }
@@ -257,13 +282,27 @@ fn run(
     assert!(open.is_empty(), "every started call ends or is invalidated");
     let content: String = deltas.iter().map(|d| d.content()).collect();
     let reasoning: String = deltas.iter().map(|d| d.reasoning()).collect();
-    assert_eq!(content, summary.content, "content deltas concatenate to the summary");
-    assert_eq!(reasoning, summary.reasoning, "reasoning deltas concatenate to the summary");
-    let rebuilt: Vec<(String, String)> =
-        calls.iter().map(|(_, n, a)| (n.clone(), a.clone())).collect();
-    let listed: Vec<(String, String)> =
-        summary.tool_calls.iter().map(|c| (c.name.clone(), c.arguments.clone())).collect();
-    assert_eq!(rebuilt, listed, "tool-call events rebuild the summary's calls");
+    assert_eq!(
+        content, summary.content,
+        "content deltas concatenate to the summary"
+    );
+    assert_eq!(
+        reasoning, summary.reasoning,
+        "reasoning deltas concatenate to the summary"
+    );
+    let rebuilt: Vec<(String, String)> = calls
+        .iter()
+        .map(|(_, n, a)| (n.clone(), a.clone()))
+        .collect();
+    let listed: Vec<(String, String)> = summary
+        .tool_calls
+        .iter()
+        .map(|c| (c.name.clone(), c.arguments.clone()))
+        .collect();
+    assert_eq!(
+        rebuilt, listed,
+        "tool-call events rebuild the summary's calls"
+    );
     for (i, (index, _, _)) in calls.iter().enumerate() {
         assert_eq!(*index, i, "call indices are 0, 1, 2, …");
     }
@@ -294,14 +333,20 @@ fn check(
     for_each_split(&mut vocab, segs, |vocab, ids, cuts| {
         let r = run(vocab, cfg, &prompt, ids, ended_by);
         let s = &r.summary;
-        let calls: Vec<(&str, &str)> =
-            s.tool_calls.iter().map(|c| (c.name.as_str(), c.arguments.as_str())).collect();
+        let calls: Vec<(&str, &str)> = s
+            .tool_calls
+            .iter()
+            .map(|c| (c.name.as_str(), c.arguments.as_str()))
+            .collect();
         let ctx = format!("cuts {cuts:?}");
         assert_eq!(s.reasoning, want.reasoning, "reasoning, {ctx}");
         assert_eq!(s.content, want.content, "content, {ctx}");
         assert_eq!(calls, want.calls, "tool calls, {ctx}");
         assert_eq!(s.finish_reason, want.finish, "finish reason, {ctx}");
-        assert_eq!(s.malformed_tool_calls, want.malformed, "malformed calls, {ctx}");
+        assert_eq!(
+            s.malformed_tool_calls, want.malformed,
+            "malformed calls, {ctx}"
+        );
         if let Some(log) = log {
             assert_eq!(r.log, log, "event log, {ctx}");
         }
@@ -417,7 +462,10 @@ fn detokenizer_emits_whole_characters_and_handles_special_tokens() {
     // Shown, its text is part of the byte stream, so the cut emoji becomes U+FFFD (as
     // from_utf8_lossy of the whole): F0 9F is one invalid prefix, 8E and 89 are one each.
     let mut d = Detokenizer::new(false);
-    let out: String = [party[0], IM_START, party[1]].iter().map(|&id| d.push(&v, id)).collect();
+    let out: String = [party[0], IM_START, party[1]]
+        .iter()
+        .map(|&id| d.push(&v, id))
+        .collect();
     assert_eq!(out, "\u{FFFD}<|im_start|>\u{FFFD}\u{FFFD}");
     // Non-special added tokens are text even with skip_special.
     let mut d = Detokenizer::new(true);
@@ -651,12 +699,24 @@ fn max_tokens_ends_with_length() {
     let ab = v.intern(b"ab");
     let cd = v.intern(b"cd");
     let ef = v.intern(b"ef");
-    let c = StreamConfig { max_tokens: Some(3), ..cfg() };
+    let c = StreamConfig {
+        max_tokens: Some(3),
+        ..cfg()
+    };
     let r = run(&v, &c, &[THINK], &[ab, cd, END_THINK, ef], None);
-    assert_eq!((r.summary.reasoning.as_str(), r.summary.content.as_str()), ("abcd", ""));
-    assert_eq!((r.summary.finish_reason, r.summary.tokens), (FinishReason::Length, 3));
+    assert_eq!(
+        (r.summary.reasoning.as_str(), r.summary.content.as_str()),
+        ("abcd", "")
+    );
+    assert_eq!(
+        (r.summary.finish_reason, r.summary.tokens),
+        (FinishReason::Length, 3)
+    );
     let r = run(&v, &c, &[THINK], &[ab, IM_END], None);
-    assert_eq!((r.summary.finish_reason, r.summary.tokens), (FinishReason::Stop, 1));
+    assert_eq!(
+        (r.summary.finish_reason, r.summary.tokens),
+        (FinishReason::Stop, 1)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -667,15 +727,24 @@ fn initial_channel_follows_the_prompts_last_think_marker() {
     let mut v = Vocab::new();
     let thinking = tokenize(&mut v, &thinking_prompt(), &[]);
     let non_thinking = tokenize(&mut v, &non_thinking_prompt(), &[]);
-    assert_eq!(initial_channel(&thinking, THINK, END_THINK), Channel::Reasoning);
-    assert_eq!(initial_channel(&non_thinking, THINK, END_THINK), Channel::Content);
+    assert_eq!(
+        initial_channel(&thinking, THINK, END_THINK),
+        Channel::Reasoning
+    );
+    assert_eq!(
+        initial_channel(&non_thinking, THINK, END_THINK),
+        Channel::Content
+    );
     assert_eq!(initial_channel(&[], THINK, END_THINK), Channel::Content);
     // History with closed think blocks, then an open one.
     assert_eq!(
         initial_channel(&[THINK, 1, END_THINK, 2, THINK, 3], THINK, END_THINK),
         Channel::Reasoning
     );
-    assert_eq!(initial_channel(&[THINK, 1, END_THINK, 2], THINK, END_THINK), Channel::Content);
+    assert_eq!(
+        initial_channel(&[THINK, 1, END_THINK, 2], THINK, END_THINK),
+        Channel::Content
+    );
 
     let mut s = ReasoningSplitter::new(THINK, END_THINK, &thinking);
     assert_eq!(s.push(65), ThinkStep::Text(Channel::Reasoning));
@@ -689,8 +758,12 @@ fn initial_channel_follows_the_prompts_last_think_marker() {
 
 #[test]
 fn thinking_prompt_splits_reasoning_and_keeps_newlines_in_content() {
-    let segs =
-        [T("Let me think about 你好 🎉.\n"), S(END_THINK), T("\n\nThe answer is 42."), S(IM_END)];
+    let segs = [
+        T("Let me think about 你好 🎉.\n"),
+        S(END_THINK),
+        T("\n\nThe answer is 42."),
+        S(IM_END),
+    ];
     check(
         &cfg(),
         &thinking_prompt(),
@@ -709,8 +782,16 @@ fn thinking_prompt_splits_reasoning_and_keeps_newlines_in_content() {
         ]),
     );
     // Display trimming: leading and trailing newlines of both fields go.
-    let c = StreamConfig { trim_newlines: true, ..cfg() };
-    let segs = [T("\nStep 1.\n\nStep 2.\n"), S(END_THINK), T("\n\nA\n\nB\n"), S(IM_END)];
+    let c = StreamConfig {
+        trim_newlines: true,
+        ..cfg()
+    };
+    let segs = [
+        T("\nStep 1.\n\nStep 2.\n"),
+        S(END_THINK),
+        T("\n\nA\n\nB\n"),
+        S(IM_END),
+    ];
     check(
         &c,
         &thinking_prompt(),
@@ -777,7 +858,13 @@ fn non_thinking_prompt_starts_in_content() {
     check(
         &cfg(),
         &non_thinking_prompt(),
-        &[T("x"), B(b"\xF0\x9F\x8E"), T("y🎉"), B(b"\xE4\xBD"), S(IM_END)],
+        &[
+            T("x"),
+            B(b"\xF0\x9F\x8E"),
+            T("y🎉"),
+            B(b"\xE4\xBD"),
+            S(IM_END),
+        ],
         None,
         &Expect {
             reasoning: "",
@@ -789,7 +876,10 @@ fn non_thinking_prompt_starts_in_content() {
         None,
     );
     // Without think ids everything is content and the markers are ordinary text.
-    let c = StreamConfig { think_ids: None, ..cfg() };
+    let c = StreamConfig {
+        think_ids: None,
+        ..cfg()
+    };
     check(
         &c,
         &thinking_prompt(),
@@ -847,9 +937,17 @@ fn reply_cut_off_inside_thinking_keeps_reasoning_out_of_content() {
 
 #[test]
 fn stop_strings_in_reasoning_and_content() {
-    let segs = [T("plan ### more"), S(END_THINK), T("\n\nanswer ### tail"), S(IM_END)];
+    let segs = [
+        T("plan ### more"),
+        S(END_THINK),
+        T("\n\nanswer ### tail"),
+        S(IM_END),
+    ];
     // As mlx-lm: stop strings apply while reasoning too.
-    let c = StreamConfig { stop_strings: vec!["###".into()], ..cfg() };
+    let c = StreamConfig {
+        stop_strings: vec!["###".into()],
+        ..cfg()
+    };
     check(
         &c,
         &thinking_prompt(),
@@ -865,7 +963,11 @@ fn stop_strings_in_reasoning_and_content() {
         None,
     );
     // Only in content.
-    let c = StreamConfig { stop_strings: vec!["###".into()], stop_in_reasoning: false, ..cfg() };
+    let c = StreamConfig {
+        stop_strings: vec!["###".into()],
+        stop_in_reasoning: false,
+        ..cfg()
+    };
     check(
         &c,
         &thinking_prompt(),
@@ -881,7 +983,10 @@ fn stop_strings_in_reasoning_and_content() {
         None,
     );
     // A stop string never spans the </think> marker; the held "a" is released to reasoning.
-    let c = StreamConfig { stop_strings: vec!["ab".into()], ..cfg() };
+    let c = StreamConfig {
+        stop_strings: vec!["ab".into()],
+        ..cfg()
+    };
     check(
         &c,
         &thinking_prompt(),
@@ -897,7 +1002,10 @@ fn stop_strings_in_reasoning_and_content() {
         None,
     );
     // Content with a stop string split between characters and tokens.
-    let c = StreamConfig { stop_strings: vec!["。\n".into()], ..cfg() };
+    let c = StreamConfig {
+        stop_strings: vec!["。\n".into()],
+        ..cfg()
+    };
     check(
         &c,
         &non_thinking_prompt(),
@@ -946,7 +1054,10 @@ const WRITE_FILE_ARGS: &str = r#"{"path":"src/é.html","content":"\n<div class=\
 
 #[test]
 fn tool_call_arguments_are_typed_by_schema() {
-    let c = StreamConfig { tools: write_file_tools(), ..cfg() };
+    let c = StreamConfig {
+        tools: write_file_tools(),
+        ..cfg()
+    };
     let want = Expect {
         reasoning: "",
         content: "",
@@ -962,14 +1073,26 @@ fn tool_call_arguments_are_typed_by_schema() {
     check(
         &c,
         &non_thinking_prompt(),
-        &[S(TOOL_CALL), T(WRITE_FILE_BODY), S(END_TOOL_CALL), S(IM_END)],
+        &[
+            S(TOOL_CALL),
+            T(WRITE_FILE_BODY),
+            S(END_TOOL_CALL),
+            S(IM_END),
+        ],
         None,
         &want,
         Some(&log),
     );
     // Markers as plain text, split anywhere.
     let text = format!("<tool_call>{WRITE_FILE_BODY}</tool_call>");
-    check(&c, &non_thinking_prompt(), &[T(&text), S(IM_END)], None, &want, Some(&log));
+    check(
+        &c,
+        &non_thinking_prompt(),
+        &[T(&text), S(IM_END)],
+        None,
+        &want,
+        Some(&log),
+    );
 }
 
 #[test]
@@ -1053,7 +1176,10 @@ fn two_calls_with_content_before() {
         None,
     );
     // Display trimming drops the newlines around the calls.
-    let c = StreamConfig { trim_newlines: true, ..c };
+    let c = StreamConfig {
+        trim_newlines: true,
+        ..c
+    };
     check(
         &c,
         &non_thinking_prompt(),
@@ -1104,8 +1230,18 @@ fn malformed_calls_are_returned_as_content() {
         Some(&log),
     );
     // Cut off by the generator's limit: the same, with "length".
-    let want_len = Expect { finish: FinishReason::Length, ..want };
-    check(&cfg(), &non_thinking_prompt(), &[T("Sure.\n"), T(raw)], None, &want_len, Some(&log));
+    let want_len = Expect {
+        finish: FinishReason::Length,
+        ..want
+    };
+    check(
+        &cfg(),
+        &non_thinking_prompt(),
+        &[T("Sure.\n"), T(raw)],
+        None,
+        &want_len,
+        Some(&log),
+    );
 
     // No <function=…> header.
     let raw = "<tool_call>\nhello\n</tool_call>";
@@ -1162,7 +1298,10 @@ fn malformed_calls_are_returned_as_content() {
         ]),
     );
     // A stop string inside a call leaves it unterminated.
-    let c = StreamConfig { stop_strings: vec!["STOP".into()], ..cfg() };
+    let c = StreamConfig {
+        stop_strings: vec!["STOP".into()],
+        ..cfg()
+    };
     check(
         &c,
         &non_thinking_prompt(),
@@ -1217,7 +1356,10 @@ fn unknown_parameters_and_unparsable_values_stay_strings() {
     assert_eq!(convert_param("3.5", Some("number")), json!(3.5));
     assert_eq!(convert_param("-4", Some("int64")), json!(-4));
     assert_eq!(convert_param("inf", Some("number")), json!("inf"));
-    assert_eq!(convert_param("[1, {\"a\": [2]}]", Some("array")), json!([1, {"a": [2]}]));
+    assert_eq!(
+        convert_param("[1, {\"a\": [2]}]", Some("array")),
+        json!([1, {"a": [2]}])
+    );
     assert_eq!(convert_param(" x ", Some("string")), json!(" x "));
     // Bare function objects are accepted as schemas.
     let s = ToolSchemas::from_json(
@@ -1256,7 +1398,10 @@ fn tool_calls_inside_reasoning_are_not_parsed() {
 
 #[test]
 fn bare_function_blocks_and_json_bodies() {
-    let segs = [T("Ok. <function=f>\n<parameter=a>\n1\n</parameter>\n</function> done"), S(IM_END)];
+    let segs = [
+        T("Ok. <function=f>\n<parameter=a>\n1\n</parameter>\n</function> done"),
+        S(IM_END),
+    ];
     check(
         &cfg(),
         &non_thinking_prompt(),
@@ -1271,7 +1416,10 @@ fn bare_function_blocks_and_json_bodies() {
         },
         None,
     );
-    let c = StreamConfig { bare_function_calls: false, ..cfg() };
+    let c = StreamConfig {
+        bare_function_calls: false,
+        ..cfg()
+    };
     check(
         &c,
         &non_thinking_prompt(),
@@ -1286,11 +1434,19 @@ fn bare_function_blocks_and_json_bodies() {
         },
         None,
     );
-    let c = StreamConfig { tool_calls: false, ..cfg() };
+    let c = StreamConfig {
+        tool_calls: false,
+        ..cfg()
+    };
     check(
         &c,
         &non_thinking_prompt(),
-        &[S(TOOL_CALL), T("\n<function=f>\n</function>\n"), S(END_TOOL_CALL), S(IM_END)],
+        &[
+            S(TOOL_CALL),
+            T("\n<function=f>\n</function>\n"),
+            S(END_TOOL_CALL),
+            S(IM_END),
+        ],
         None,
         &Expect {
             reasoning: "",
@@ -1393,8 +1549,14 @@ fn tool_call_parser_on_its_own() {
         events,
         vec![
             ToolEvent::Content("Hi ".into()),
-            ToolEvent::Start { index: 0, name: "ls".into() },
-            ToolEvent::End { index: 0, call: call.clone() },
+            ToolEvent::Start {
+                index: 0,
+                name: "ls".into()
+            },
+            ToolEvent::End {
+                index: 0,
+                call: call.clone()
+            },
             ToolEvent::Content("bye ".into()),
             ToolEvent::Content("<".into()),
         ]
@@ -1419,12 +1581,24 @@ fn tokens_after_the_end_are_ignored() {
     assert!(deltas[3].is_empty());
     let (last, s) = p.finish(Some(FinishReason::Length));
     assert!(last.is_empty());
-    assert_eq!((s.content.as_str(), s.finish_reason, s.tokens), ("ab", FinishReason::Stop, 2));
+    assert_eq!(
+        (s.content.as_str(), s.finish_reason, s.tokens),
+        ("ab", FinishReason::Stop, 2)
+    );
     // Special tokens other than EOS are hidden by default, shown on request.
     let ids = [v.intern(b"a"), IM_START, v.intern(b"b")];
     let r = run(&v, &cfg(), &[], &ids, None);
     assert_eq!(r.summary.content, "ab");
-    let r = run(&v, &StreamConfig { skip_special: false, ..cfg() }, &[], &ids, None);
+    let r = run(
+        &v,
+        &StreamConfig {
+            skip_special: false,
+            ..cfg()
+        },
+        &[],
+        &ids,
+        None,
+    );
     assert_eq!(r.summary.content, "a<|im_start|>b");
 }
 
@@ -1478,7 +1652,13 @@ fn random_streams_lose_no_text() {
     for round in 0..3000 {
         let len = 1 + next(40);
         let ids: Vec<u32> = (0..len)
-            .map(|_| if next(5) == 0 { added[next(added.len())] } else { plain[next(plain.len())] })
+            .map(|_| {
+                if next(5) == 0 {
+                    added[next(added.len())]
+                } else {
+                    plain[next(plain.len())]
+                }
+            })
             .collect();
         let shown = |id: u32| !v.is_special(id);
         let bytes_of = |ids: &[u32]| -> Vec<u8> {
@@ -1490,7 +1670,11 @@ fn random_streams_lose_no_text() {
         match round % 3 {
             // Tool parser on, no reasoning split, no stop strings.
             0 => {
-                let c = StreamConfig { think_ids: None, tools: tools.clone(), ..cfg() };
+                let c = StreamConfig {
+                    think_ids: None,
+                    tools: tools.clone(),
+                    ..cfg()
+                };
                 let r = run(&v, &c, &[], &ids, None);
                 if r.summary.tool_calls.is_empty() {
                     assert_eq!(
@@ -1504,7 +1688,10 @@ fn random_streams_lose_no_text() {
             }
             // Reasoning split only: a reference state machine over the ids.
             1 => {
-                let c = StreamConfig { tool_calls: false, ..cfg() };
+                let c = StreamConfig {
+                    tool_calls: false,
+                    ..cfg()
+                };
                 let r = run(&v, &c, &[THINK], &ids, None);
                 let (mut reasoning, mut content) = (String::new(), String::new());
                 let mut thinking = true;

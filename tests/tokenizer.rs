@@ -15,7 +15,10 @@ use std::sync::OnceLock;
 use qwgpu_engine::text::tokenizer::{self, Tokenizer, QWEN3_5_PATTERN, QWEN3_5_SPECIAL_TOKENS};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The real Qwen3.6 tokenizer (tokenizer.json + tokenizer_config.json), a fixture of its own.
@@ -32,9 +35,10 @@ fn fixtures_dir() -> PathBuf {
 
 fn tok() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
-    T.get_or_init(|| Tokenizer::from_model_dir(qwen_dir()).expect("load the Qwen3.6 tokenizer fixture"))
+    T.get_or_init(|| {
+        Tokenizer::from_model_dir(qwen_dir()).expect("load the Qwen3.6 tokenizer fixture")
+    })
 }
-
 
 struct Corpus {
     lines: Vec<String>,
@@ -45,19 +49,33 @@ struct Corpus {
 }
 
 fn parse_ids(s: &str) -> Vec<u32> {
-    s.split(' ').filter(|t| !t.is_empty()).map(|t| t.parse().unwrap()).collect()
+    s.split(' ')
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse().unwrap())
+        .collect()
 }
 
 fn corpus() -> &'static Corpus {
     static C: OnceLock<Corpus> = OnceLock::new();
     C.get_or_init(|| {
-        let text = std::fs::read_to_string(repo().join("tests/fixtures/tokenizer/corpus.jsonl")).unwrap();
-        let lines: Vec<String> = text.split('\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+        let text =
+            std::fs::read_to_string(repo().join("tests/fixtures/tokenizer/corpus.jsonl")).unwrap();
+        let lines: Vec<String> = text
+            .split('\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         let gz = std::fs::read(fixtures_dir().join("corpus_ids.txt.gz")).unwrap();
         let mut ids_text = String::new();
-        flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut ids_text).unwrap();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut ids_text)
+            .unwrap();
         let rows: Vec<&str> = ids_text.split('\n').filter(|l| !l.is_empty()).collect();
-        assert_eq!(rows.len(), lines.len(), "corpus_ids.txt.gz does not match corpus.jsonl");
+        assert_eq!(
+            rows.len(),
+            lines.len(),
+            "corpus_ids.txt.gz does not match corpus.jsonl"
+        );
         let mut ids = Vec::new();
         let mut plain = Vec::new();
         for r in rows {
@@ -77,10 +95,22 @@ fn check_corpus(special: bool) {
     for (i, line) in c.lines.iter().enumerate() {
         let got = tok().encode(line, special).unwrap();
         if got != want[i] {
-            bad.push(format!("line {}: {:?}\n  got  {:?}\n  want {:?}", i + 1, line, got, want[i]));
+            bad.push(format!(
+                "line {}: {:?}\n  got  {:?}\n  want {:?}",
+                i + 1,
+                line,
+                got,
+                want[i]
+            ));
         }
     }
-    assert!(bad.is_empty(), "{} of {} lines differ (special={special}):\n{}", bad.len(), c.lines.len(), bad[..bad.len().min(5)].join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {} lines differ (special={special}):\n{}",
+        bad.len(),
+        c.lines.len(),
+        bad[..bad.len().min(5)].join("\n")
+    );
 }
 
 #[test]
@@ -88,16 +118,41 @@ fn corpus_is_large_and_varied() {
     let c = corpus();
     assert!(c.lines.len() >= 5000, "{} lines", c.lines.len());
     let has = |f: &dyn Fn(char) -> bool| c.lines.iter().filter(|l| l.chars().any(f)).count();
-    assert!(has(&|ch| ('\u{4e00}'..='\u{9fff}').contains(&ch)) > 50, "CJK");
-    assert!(has(&|ch| ('\u{0e00}'..='\u{0e7f}').contains(&ch)) > 30, "Thai");
-    assert!(has(&|ch| ('\u{0900}'..='\u{097f}').contains(&ch)) > 30, "Devanagari");
-    assert!(has(&|ch| ('\u{0600}'..='\u{06ff}').contains(&ch)) > 30, "Arabic");
-    assert!(has(&|ch| ('\u{0300}'..='\u{036f}').contains(&ch)) > 100, "combining marks");
+    assert!(
+        has(&|ch| ('\u{4e00}'..='\u{9fff}').contains(&ch)) > 50,
+        "CJK"
+    );
+    assert!(
+        has(&|ch| ('\u{0e00}'..='\u{0e7f}').contains(&ch)) > 30,
+        "Thai"
+    );
+    assert!(
+        has(&|ch| ('\u{0900}'..='\u{097f}').contains(&ch)) > 30,
+        "Devanagari"
+    );
+    assert!(
+        has(&|ch| ('\u{0600}'..='\u{06ff}').contains(&ch)) > 30,
+        "Arabic"
+    );
+    assert!(
+        has(&|ch| ('\u{0300}'..='\u{036f}').contains(&ch)) > 100,
+        "combining marks"
+    );
     assert!(has(&|ch| ch == '\u{200d}') > 30, "emoji ZWJ sequences");
-    assert!(has(&|ch| ch == '\t') > 50 && has(&|ch| ch == '\n') > 200, "tabs and newlines");
-    let with_special = c.lines.iter().filter(|l| QWEN3_5_SPECIAL_TOKENS.iter().any(|(_, t)| l.contains(t))).count();
+    assert!(
+        has(&|ch| ch == '\t') > 50 && has(&|ch| ch == '\n') > 200,
+        "tabs and newlines"
+    );
+    let with_special = c
+        .lines
+        .iter()
+        .filter(|l| QWEN3_5_SPECIAL_TOKENS.iter().any(|(_, t)| l.contains(t)))
+        .count();
     assert!(with_special > 150, "special tokens: {with_special} lines");
-    assert!(c.ids.iter().zip(&c.plain).filter(|(a, b)| a != b).count() > 100, "lines where special tokens matter");
+    assert!(
+        c.ids.iter().zip(&c.plain).filter(|(a, b)| a != b).count() > 100,
+        "lines where special tokens matter"
+    );
 }
 
 #[test]
@@ -118,10 +173,16 @@ fn probe_ids() {
         ("transformers", &[4549, 382]),
         ("สวัสดี", &[34469, 168607]),
         ("人工智能", &[109015]),
-        ("สวัสดีครับ ผมชื่ออเล็กซ์", &[34469, 168607, 153295, 173922, 153380, 22216, 151752, 172769]),
+        (
+            "สวัสดีครับ ผมชื่ออเล็กซ์",
+            &[34469, 168607, 153295, 173922, 153380, 22216, 151752, 172769],
+        ),
         (
             "你好，世界！今天是2026年8月13日 🎉",
-            &[109266, 3709, 96748, 6115, 113128, 17, 15, 17, 21, 95859, 23, 96212, 16, 18, 95971, 10838, 236, 231],
+            &[
+                109266, 3709, 96748, 6115, 113128, 17, 15, 17, 21, 95859, 23, 96212, 16, 18, 95971,
+                10838, 236, 231,
+            ],
         ),
         ("\n", &[198]),
         ("\n\n", &[271]),
@@ -133,7 +194,10 @@ fn probe_ids() {
         assert_eq!(t.encode(text, true).unwrap(), *want, "{text:?}");
     }
     // llama.cpp --no-parse-special
-    assert_eq!(t.encode("<|im_start|>", false).unwrap(), [27, 91, 316, 4747, 91, 29]);
+    assert_eq!(
+        t.encode("<|im_start|>", false).unwrap(),
+        [27, 91, 316, 4747, 91, 29]
+    );
 }
 
 #[test]
@@ -143,7 +207,12 @@ fn decode_round_trips_to_nfc() {
         let want = tokenizer::nfc(line);
         for special in [true, false] {
             let ids = t.encode(line, special).unwrap();
-            assert_eq!(t.decode(&ids, false).unwrap(), want, "line {} (special={special}): {line:?}", i + 1);
+            assert_eq!(
+                t.decode(&ids, false).unwrap(),
+                want,
+                "line {} (special={special}): {line:?}",
+                i + 1
+            );
         }
     }
     assert_eq!(tokenizer::nfc("e\u{301}\u{212b}"), "é\u{c5}");
@@ -157,8 +226,18 @@ fn special_tokens_both_ways() {
     let added = t.added_tokens();
     assert_eq!(added.len(), 33);
     let not_special = [
-        "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
-        "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+        "<tool_call>",
+        "</tool_call>",
+        "<|fim_prefix|>",
+        "<|fim_middle|>",
+        "<|fim_suffix|>",
+        "<|fim_pad|>",
+        "<|repo_name|>",
+        "<|file_sep|>",
+        "<tool_response>",
+        "</tool_response>",
+        "<think>",
+        "</think>",
     ];
     for ((id, content, special), (want_id, want)) in added.iter().zip(QWEN3_5_SPECIAL_TOKENS) {
         assert_eq!((*id, content.as_str()), (want_id, want));
@@ -169,8 +248,24 @@ fn special_tokens_both_ways() {
     }
     let c = t.controls();
     assert_eq!(
-        (c.endoftext, c.im_start, c.im_end, c.think, c.think_end, c.tool_call, c.tool_call_end),
-        (Some(248044), Some(248045), Some(248046), Some(248068), Some(248069), Some(248058), Some(248059))
+        (
+            c.endoftext,
+            c.im_start,
+            c.im_end,
+            c.think,
+            c.think_end,
+            c.tool_call,
+            c.tool_call_end
+        ),
+        (
+            Some(248044),
+            Some(248045),
+            Some(248046),
+            Some(248068),
+            Some(248069),
+            Some(248058),
+            Some(248059)
+        )
     );
     assert_eq!(c.stop_ids(), [248046, 248044]);
     assert_eq!(t.id_to_token(198).as_deref(), Some("Ċ"));
@@ -187,10 +282,16 @@ fn special_tokens_both_ways() {
     assert_eq!(t.decode(&plain, false).unwrap(), text);
     assert_eq!(t.decode(&ids, false).unwrap(), text);
     // skip_special drops special tokens, keeps <think> and friends (HF behaviour).
-    assert_eq!(t.decode(&ids, true).unwrap(), "user\nhi<think>x</think>abcdef");
+    assert_eq!(
+        t.decode(&ids, true).unwrap(),
+        "user\nhi<think>x</think>abcdef"
+    );
     // Near misses stay text.
     for s in ["<|im_start", "< think >", "<|IM_START|>", "im_end|>"] {
-        assert!(t.encode(s, true).unwrap().iter().all(|&id| id < 248_044), "{s}");
+        assert!(
+            t.encode(s, true).unwrap().iter().all(|&id| id < 248_044),
+            "{s}"
+        );
     }
     // No BOS/EOS is added.
     assert_eq!(t.encode("", true).unwrap(), Vec::<u32>::new());
@@ -200,7 +301,10 @@ fn special_tokens_both_ways() {
     assert!(emoji.len() >= 2, "{emoji:?}");
     assert!(t.decode(&emoji[..1], false).unwrap().contains('\u{fffd}'));
     // Raw token bytes for streaming: concatenated, they are the UTF-8 text.
-    let bytes: Vec<u8> = emoji.iter().flat_map(|&id| t.token_bytes(id).unwrap()).collect();
+    let bytes: Vec<u8> = emoji
+        .iter()
+        .flat_map(|&id| t.token_bytes(id).unwrap())
+        .collect();
     assert_eq!(bytes, "🎉".as_bytes());
     assert_eq!(t.token_bytes(248068).as_deref(), Some(&b"<think>"[..]));
     assert_eq!(t.token_bytes(198).as_deref(), Some(&b"\n"[..]));
@@ -214,9 +318,17 @@ fn committed_tokenizer_is_the_converter_output() {
     let ranks = tok().to_tiktoken().unwrap();
     assert_eq!(ranks.lines().count(), 248_044);
     let specials: Vec<(u32, &str)> = QWEN3_5_SPECIAL_TOKENS.to_vec();
-    let json = tokenizer::tiktoken_to_json(ranks.as_bytes(), &specials, QWEN3_5_PATTERN, false).unwrap();
-    assert!(json == committed, "tests/fixtures/qwen3.6-tokenizer/tokenizer.json differs from the converter output");
-    assert_eq!(tok().to_json(false).unwrap(), committed, "load + save is not the identity");
+    let json =
+        tokenizer::tiktoken_to_json(ranks.as_bytes(), &specials, QWEN3_5_PATTERN, false).unwrap();
+    assert!(
+        json == committed,
+        "tests/fixtures/qwen3.6-tokenizer/tokenizer.json differs from the converter output"
+    );
+    assert_eq!(
+        tok().to_json(false).unwrap(),
+        committed,
+        "load + save is not the identity"
+    );
 }
 
 #[test]
@@ -229,9 +341,15 @@ fn tiny_tiktoken_converts_like_tiktoken() {
         const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut o = String::new();
         for ch in s.chunks(3) {
-            let v = (ch[0] as u32) << 16 | (*ch.get(1).unwrap_or(&0) as u32) << 8 | *ch.get(2).unwrap_or(&0) as u32;
+            let v = (ch[0] as u32) << 16
+                | (*ch.get(1).unwrap_or(&0) as u32) << 8
+                | *ch.get(2).unwrap_or(&0) as u32;
             for i in 0..4 {
-                o.push(if i <= ch.len() { A[(v >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+                o.push(if i <= ch.len() {
+                    A[(v >> (18 - 6 * i) & 63) as usize] as char
+                } else {
+                    '='
+                });
             }
         }
         o
@@ -243,16 +361,40 @@ fn tiny_tiktoken_converts_like_tiktoken() {
         lines += &format!("{} {}\n", b64(t.as_bytes()), 256 + i);
     }
     let ranks = tokenizer::parse_tiktoken(lines.as_bytes(), "toy").unwrap();
-    assert_eq!(tokenizer::merges_from_ranks(&ranks), [(b'b' as u32, b'c' as u32), (b'a' as u32, b'b' as u32), (b'a' as u32, 256)]);
-    let t = tokenizer::from_tiktoken(lines.as_bytes(), &[(260, "<|x|>"), (261, "<think>")], r"\S+|\s+").unwrap();
+    assert_eq!(
+        tokenizer::merges_from_ranks(&ranks),
+        [
+            (b'b' as u32, b'c' as u32),
+            (b'a' as u32, b'b' as u32),
+            (b'a' as u32, 256)
+        ]
+    );
+    let t = tokenizer::from_tiktoken(
+        lines.as_bytes(),
+        &[(260, "<|x|>"), (261, "<think>")],
+        r"\S+|\s+",
+    )
+    .unwrap();
     let enc = |s: &str| t.encode(s, true).unwrap();
     assert_eq!(enc("abc"), [258]);
     assert_eq!(enc("ab"), [257]);
     assert_eq!(enc("abcab"), [258, 257]); // a b c a b -> a bc a b -> a bc ab -> abc ab
     assert_eq!(enc("xyz"), [259]);
-    assert_eq!(enc("xyzw"), [b'x' as u32, b'y' as u32, b'z' as u32, b'w' as u32]);
-    assert_eq!(enc("abc<|x|> xyz<think>"), [258, 260, b' ' as u32, 259, 261]);
-    assert_eq!(t.added_tokens(), [(260, "<|x|>".to_string(), true), (261, "<think>".to_string(), false)]);
+    assert_eq!(
+        enc("xyzw"),
+        [b'x' as u32, b'y' as u32, b'z' as u32, b'w' as u32]
+    );
+    assert_eq!(
+        enc("abc<|x|> xyz<think>"),
+        [258, 260, b' ' as u32, 259, 261]
+    );
+    assert_eq!(
+        t.added_tokens(),
+        [
+            (260, "<|x|>".to_string(), true),
+            (261, "<think>".to_string(), false)
+        ]
+    );
     assert_eq!(t.vocab_size(), 262);
     assert_eq!(t.to_tiktoken().unwrap(), lines);
 }
@@ -279,10 +421,14 @@ fn gzip_and_plain_files_load_the_same() {
 
 #[test]
 fn errors_name_the_problem() {
-    let msg = |r: Result<Tokenizer, qwgpu_engine::text::TextError>| r.expect_err("an error").to_string();
+    let msg =
+        |r: Result<Tokenizer, qwgpu_engine::text::TextError>| r.expect_err("an error").to_string();
     // Files
     let m = msg(Tokenizer::from_bytes(b"{not json", "bad/tokenizer.json"));
-    assert!(m.starts_with("bad/tokenizer.json: not a valid tokenizer.json"), "{m}");
+    assert!(
+        m.starts_with("bad/tokenizer.json: not a valid tokenizer.json"),
+        "{m}"
+    );
     let m = msg(Tokenizer::from_bytes(b"  \n", "empty.json"));
     assert!(m.contains("empty.json") && m.contains("empty"), "{m}");
     let m = msg(Tokenizer::from_bytes(&[0x1f, 0x8b, 1, 2, 3], "x.json.gz"));
@@ -290,14 +436,32 @@ fn errors_name_the_problem() {
     let m = msg(Tokenizer::from_file("/nonexistent/tokenizer.json"));
     assert!(m.starts_with("/nonexistent/tokenizer.json: "), "{m}");
     let m = msg(Tokenizer::from_model_dir("/nonexistent-dir"));
-    assert!(m.contains("/nonexistent-dir") && m.contains("no tokenizer.json"), "{m}");
+    assert!(
+        m.contains("/nonexistent-dir") && m.contains("no tokenizer.json"),
+        "{m}"
+    );
     // Ids
-    let m = tok().decode(&[9707, 300_000], false).unwrap_err().to_string();
+    let m = tok()
+        .decode(&[9707, 300_000], false)
+        .unwrap_err()
+        .to_string();
     assert!(m.contains("300000") && m.contains("position 1"), "{m}");
     // tiktoken files
-    let bytes: String = (0..=255u8).map(|b| format!("{} {}\n", tok_b64(b), b)).collect();
-    let bad = |extra: &str| msg(tokenizer::from_tiktoken(format!("{bytes}{extra}").as_bytes(), &[], r"\S+"));
-    assert!(bad("YWI= 256 7\n").contains("line 257: expected"), "{}", bad("YWI= 256 7\n"));
+    let bytes: String = (0..=255u8)
+        .map(|b| format!("{} {}\n", tok_b64(b), b))
+        .collect();
+    let bad = |extra: &str| {
+        msg(tokenizer::from_tiktoken(
+            format!("{bytes}{extra}").as_bytes(),
+            &[],
+            r"\S+",
+        ))
+    };
+    assert!(
+        bad("YWI= 256 7\n").contains("line 257: expected"),
+        "{}",
+        bad("YWI= 256 7\n")
+    );
     assert!(bad("Y?I= 256\n").contains("line 257: invalid base64"));
     assert!(bad("YWI= x\n").contains("line 257: invalid rank"));
     assert!(bad("YWI= 0\n").contains("rank 0 is used twice"));
@@ -305,15 +469,30 @@ fn errors_name_the_problem() {
     assert!(bad("YWI= 300\n").contains("rank 256 is missing"));
     let m = msg(tokenizer::from_tiktoken(b"YWI= 0\n", &[], r"\S+"));
     assert!(m.contains("byte 0x00 is not a token"), "{m}");
-    let m = msg(tokenizer::from_tiktoken(bytes.as_bytes(), &[(300, "<x>")], r"\S+"));
-    assert!(m.contains("'<x>' has id 300") && m.contains("expected 256"), "{m}");
-    let m = msg(tokenizer::from_tiktoken(bytes.as_bytes(), &[], r"(unclosed"));
+    let m = msg(tokenizer::from_tiktoken(
+        bytes.as_bytes(),
+        &[(300, "<x>")],
+        r"\S+",
+    ));
+    assert!(
+        m.contains("'<x>' has id 300") && m.contains("expected 256"),
+        "{m}"
+    );
+    let m = msg(tokenizer::from_tiktoken(
+        bytes.as_bytes(),
+        &[],
+        r"(unclosed",
+    ));
     assert!(m.contains("invalid regex"), "{m}");
 }
 
 fn tok_b64(b: u8) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    format!("{}{}==", A[(b >> 2) as usize] as char, A[((b & 3) << 4) as usize] as char)
+    format!(
+        "{}{}==",
+        A[(b >> 2) as usize] as char,
+        A[((b & 3) << 4) as usize] as char
+    )
 }
 
 /// Writes tests/fixtures/qwen3.6-tokenizer/{tokenizer.json, tokenizer_config.json} from a tiktoken
@@ -322,7 +501,8 @@ fn tok_b64(b: u8) -> String {
 #[test]
 #[ignore]
 fn write_qwen_tokenizer() {
-    let path = std::env::var_os("QWGPU_TIKTOKEN").expect("set QWGPU_TIKTOKEN to the qwen3_6.tiktoken file");
+    let path = std::env::var_os("QWGPU_TIKTOKEN")
+        .expect("set QWGPU_TIKTOKEN to the qwen3_6.tiktoken file");
     let bytes = std::fs::read(&path).unwrap();
     let specials: Vec<(u32, &str)> = QWEN3_5_SPECIAL_TOKENS.to_vec();
     let json = tokenizer::tiktoken_to_json(&bytes, &specials, QWEN3_5_PATTERN, false).unwrap();
@@ -362,7 +542,13 @@ fn write_qwen_tokenizer() {
 #[test]
 fn long_inputs_round_trip() {
     let t = tok();
-    let joined: String = corpus().lines.iter().take(3000).map(String::as_str).collect::<Vec<_>>().join("\n");
+    let joined: String = corpus()
+        .lines
+        .iter()
+        .take(3000)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("\n");
     let cases = [
         " ".repeat(100_000) + "x",
         "\n".repeat(50_000),
@@ -375,7 +561,17 @@ fn long_inputs_round_trip() {
     for s in &cases {
         let start = std::time::Instant::now();
         let ids = t.encode(s, true).unwrap();
-        assert_eq!(t.decode(&ids, false).unwrap(), tokenizer::nfc(s), "{:?}...", &s.chars().take(20).collect::<String>());
-        eprintln!("{} bytes -> {} ids in {:?}", s.len(), ids.len(), start.elapsed());
+        assert_eq!(
+            t.decode(&ids, false).unwrap(),
+            tokenizer::nfc(s),
+            "{:?}...",
+            &s.chars().take(20).collect::<String>()
+        );
+        eprintln!(
+            "{} bytes -> {} ids in {:?}",
+            s.len(),
+            ids.len(),
+            start.elapsed()
+        );
     }
 }

@@ -78,26 +78,95 @@ fn tile_of(t: u32) -> u32 {
 fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32]) {
     // The matrices the model runs (projections of one input are stacked at load): gate|up,
     // down, GDN in_proj_qkv|z|b|a, attention q|k|v, lm_head.
-    let shapes = [(34816usize, 5120usize, "mlp.gate_up"), (5120, 17408, "mlp.down"), (16480, 5120, "gdn.in_proj_qkvzba"), (14336, 5120, "attn.qkv_proj"), (248320, 5120, "lm_head")];
+    let shapes = [
+        (34816usize, 5120usize, "mlp.gate_up"),
+        (5120, 17408, "mlp.down"),
+        (16480, 5120, "gdn.in_proj_qkvzba"),
+        (14336, 5120, "attn.qkv_proj"),
+        (248320, 5120, "lm_head"),
+    ];
     for (n, k, label) in shapes {
-        let format = WeightFormat::Affine { bits: 4, group: 64, scale: FloatType::BF16 };
-        let codes: Vec<u8> = (0..n * k / 2).map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3]).collect();
-        let sb: Vec<u8> = (0..n * k / 64).flat_map(|_| half::bf16::from_f32(0.01).to_le_bytes()).collect();
-        let m = Matrix::upload(gpu, label, &MatrixData { n, k, format, weight: &codes, scales: &sb, biases: &sb }).unwrap();
+        let format = WeightFormat::Affine {
+            bits: 4,
+            group: 64,
+            scale: FloatType::BF16,
+        };
+        let codes: Vec<u8> = (0..n * k / 2)
+            .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3])
+            .collect();
+        let sb: Vec<u8> = (0..n * k / 64)
+            .flat_map(|_| half::bf16::from_f32(0.01).to_le_bytes())
+            .collect();
+        let m = Matrix::upload(
+            gpu,
+            label,
+            &MatrixData {
+                n,
+                k,
+                format,
+                weight: &codes,
+                scales: &sb,
+                biases: &sb,
+            },
+        )
+        .unwrap();
         let tmax = *tokens.iter().max().unwrap_or(&2) as usize;
         let x = gpu.storage("x", (tmax * k * 4) as u64).unwrap();
         let y = gpu.storage("y", (tmax * n * 4) as u64).unwrap();
         let step = gpu.storage("step", 256).unwrap();
         for &t in tokens {
-            gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos: 0, n_confirmed: 0, n_out: 1, force: 0 }));
-            let slot = StepSlot { buf: &step, offset: 0 };
-            let ds = pollster::block_on(matmul(gpu, &m, Act::new(&x, k as u32), Act::new(&y, n as u32), slot, MatmulOpts { rows: Rows::Tokens, add: false, mt: tile_of(t), swiglu: false })).unwrap();
+            gpu.queue.write_buffer(
+                &step.buf,
+                0,
+                bytemuck::bytes_of(&Step {
+                    n_tokens: t,
+                    pos: 0,
+                    n_confirmed: 0,
+                    n_out: 1,
+                    force: 0,
+                }),
+            );
+            let slot = StepSlot {
+                buf: &step,
+                offset: 0,
+            };
+            let ds = pollster::block_on(matmul(
+                gpu,
+                &m,
+                Act::new(&x, k as u32),
+                Act::new(&y, n as u32),
+                slot,
+                MatmulOpts {
+                    rows: Rows::Tokens,
+                    add: false,
+                    mt: tile_of(t),
+                    swiglu: false,
+                },
+            ))
+            .unwrap();
             let mut plan = Plan::new();
             plan.extend_vec(ds);
-            let s = time_plan(gpu, &plan, StepShape { n_tokens: t, n_out: 1 }, if t > 2 { reps.div_ceil(10) } else { reps });
-            report(&format!("matmul q4 {label} {n}x{k} T={t}"), s, m.bytes(), plan.len(), roofline);
+            let s = time_plan(
+                gpu,
+                &plan,
+                StepShape {
+                    n_tokens: t,
+                    n_out: 1,
+                },
+                if t > 2 { reps.div_ceil(10) } else { reps },
+            );
+            report(
+                &format!("matmul q4 {label} {n}x{k} T={t}"),
+                s,
+                m.bytes(),
+                plan.len(),
+                roofline,
+            );
             if t > 2 {
-                println!("{{\"bench\": \"matmul q4 {label} T={t}\", \"TFLOPs\": {:.2}}}", 2.0 * (n * k) as f64 * t as f64 / s / 1e12);
+                println!(
+                    "{{\"bench\": \"matmul q4 {label} T={t}\", \"TFLOPs\": {:.2}}}",
+                    2.0 * (n * k) as f64 * t as f64 / s / 1e12
+                );
             }
         }
     }
@@ -112,7 +181,15 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
         tc.insert("vocab_size".into(), 1024.into());
         tc.insert("layer_types".into(), serde_json::json!([kind]));
         tc.remove("full_attention_interval");
-        let text = synth::config_json(&cfg.to_string(), Some(QuantSpec { bits: 4, group_size: 64 }), None).unwrap();
+        let text = synth::config_json(
+            &cfg.to_string(),
+            Some(QuantSpec {
+                bits: 4,
+                group_size: 64,
+            }),
+            None,
+        )
+        .unwrap();
         let (config, ck) = synth::in_memory(&text, 7, false).unwrap();
         let model = Model::from_checkpoint(gpu.clone(), config, &ck, &mut |_, _| {}).unwrap();
         let tmax = *tokens.iter().max().unwrap_or(&2);
@@ -121,27 +198,81 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
         let state = State::new(gpu, &model.config, max_ctx, false).unwrap();
         let step = gpu.storage("step", 256).unwrap();
         for &t in tokens {
-            gpu.queue.write_buffer(&step.buf, 0, bytemuck::bytes_of(&Step { n_tokens: t, pos, n_confirmed: 0, n_out: 1, force: 0 }));
-            let b = Builder { gpu, cfg: &model.config, w: &model.weights, ws: &ws, step: StepSlot { buf: &step, offset: 0 }, mt: tile_of(t), max_ctx, x: &ws.x };
+            gpu.queue.write_buffer(
+                &step.buf,
+                0,
+                bytemuck::bytes_of(&Step {
+                    n_tokens: t,
+                    pos,
+                    n_confirmed: 0,
+                    n_out: 1,
+                    force: 0,
+                }),
+            );
+            let b = Builder {
+                gpu,
+                cfg: &model.config,
+                w: &model.weights,
+                ws: &ws,
+                step: StepSlot {
+                    buf: &step,
+                    offset: 0,
+                },
+                mt: tile_of(t),
+                max_ctx,
+                x: &ws.x,
+            };
             let mut plan = Plan::new();
-            pollster::block_on(b.layer(&mut plan, &model.weights.layers[0], &state.layers[0])).unwrap();
-            let s = time_plan(gpu, &plan, StepShape { n_tokens: t, n_out: 1 }, if t > 2 { reps.div_ceil(10) } else { reps });
-            let w = model.weights.bytes() - model.weights.embed.bytes() - model.weights.lm_head.as_ref().map_or(0, |m| m.bytes());
+            pollster::block_on(b.layer(&mut plan, &model.weights.layers[0], &state.layers[0]))
+                .unwrap();
+            let s = time_plan(
+                gpu,
+                &plan,
+                StepShape {
+                    n_tokens: t,
+                    n_out: 1,
+                },
+                if t > 2 { reps.div_ceil(10) } else { reps },
+            );
+            let w = model.weights.bytes()
+                - model.weights.embed.bytes()
+                - model.weights.lm_head.as_ref().map_or(0, |m| m.bytes());
             let st = match &state.layers[0] {
                 LayerState::Gdn(g) => 2 * g.ssm.size,
                 LayerState::Attn(kv) => 2 * (pos as u64 + t as u64) * kv.k.size / max_ctx as u64,
             };
-            report(&format!("layer {kind} (27B shapes) T={t} pos={pos}"), s, w + st, plan.len(), roofline);
+            report(
+                &format!("layer {kind} (27B shapes) T={t} pos={pos}"),
+                s,
+                w + st,
+                plan.len(),
+                roofline,
+            );
             if breakdown {
                 // Each dispatch of the layer alone: the sum against the layer shows what the
                 // barriers between dispatches cost.
                 let mut sum = 0.0;
                 for d in &plan.dispatches {
-                    let ds = time_dispatch(gpu, d, StepShape { n_tokens: t, n_out: 1 }, if t > 2 { reps.div_ceil(10) } else { reps });
+                    let ds = time_dispatch(
+                        gpu,
+                        d,
+                        StepShape {
+                            n_tokens: t,
+                            n_out: 1,
+                        },
+                        if t > 2 { reps.div_ceil(10) } else { reps },
+                    );
                     sum += ds;
-                    println!("{{\"part\": \"{kind} T={t} {}\", \"us\": {:.1}}}", d.label, ds * 1e6);
+                    println!(
+                        "{{\"part\": \"{kind} T={t} {}\", \"us\": {:.1}}}",
+                        d.label,
+                        ds * 1e6
+                    );
                 }
-                println!("{{\"part\": \"{kind} T={t} sum of parts\", \"us\": {:.1}}}", sum * 1e6);
+                println!(
+                    "{{\"part\": \"{kind} T={t} sum of parts\", \"us\": {:.1}}}",
+                    sum * 1e6
+                );
             }
         }
     }
@@ -149,7 +280,12 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<f64>().ok());
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
     let reps = flag("--reps").unwrap_or(50.0) as u32;
     let roofline = flag("--roofline").unwrap_or(4500.0);
     let pos = flag("--pos").unwrap_or(1024.0) as u32;
@@ -160,12 +296,23 @@ fn main() {
     if let Some(n) = flag("--prefill") {
         tokens.push(n as u32);
     }
-    let gpu = pollster::block_on(Gpu::new(&GpuOptions { shader_checks: Some(checks), ..Default::default() })).expect("a GPU");
+    let gpu = pollster::block_on(Gpu::new(&GpuOptions {
+        shader_checks: Some(checks),
+        ..Default::default()
+    }))
+    .expect("a GPU");
     println!("{{\"device\": \"{}\"}}", gpu.describe());
     if all || args.iter().any(|a| a == "matmul") {
         matmuls(&gpu, reps, roofline, &tokens);
     }
     if all || args.iter().any(|a| a == "layer") {
-        layers(&gpu, reps, roofline, pos, &tokens, args.iter().any(|a| a == "--breakdown"));
+        layers(
+            &gpu,
+            reps,
+            roofline,
+            pos,
+            &tokens,
+            args.iter().any(|a| a == "--breakdown"),
+        );
     }
 }

@@ -29,17 +29,28 @@ pub fn load(gpu: Arc<Gpu>, progress: &mut dyn FnMut(u64, u64)) -> Result<Model, 
 }
 
 /// [`load`] with explicit [`LoadOptions`].
-pub fn load_with(gpu: Arc<Gpu>, opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Model, LoadError> {
-    let ck = Checkpoint::from_blobs(vec![("model.safetensors".into(), Blob::Owned(WEIGHTS.to_vec()))], None)?;
+pub fn load_with(
+    gpu: Arc<Gpu>,
+    opts: &LoadOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Model, LoadError> {
+    let ck = Checkpoint::from_blobs(
+        vec![("model.safetensors".into(), Blob::Owned(WEIGHTS.to_vec()))],
+        None,
+    )?;
     Model::from_checkpoint_with(gpu, config()?, &ck, opts, progress)
 }
 
 pub fn tokenizer() -> Result<Tokenizer, LoadError> {
-    Tokenizer::from_bytes(TOKENIZER, "default model tokenizer.json").map_err(|e| LoadError::Unsupported(e.to_string()))
+    Tokenizer::from_bytes(TOKENIZER, "default model tokenizer.json")
+        .map_err(|e| LoadError::Unsupported(e.to_string()))
 }
 
 pub fn template() -> Result<ChatTemplate, LoadError> {
-    match ChatTemplate::from_tokenizer_config(TOKENIZER_CONFIG, "default model tokenizer_config.json") {
+    match ChatTemplate::from_tokenizer_config(
+        TOKENIZER_CONFIG,
+        "default model tokenizer_config.json",
+    ) {
         Ok(Some(t)) => Ok(t),
         Ok(None) => Ok(ChatTemplate::builtin_qwen3_6()),
         Err(e) => Err(LoadError::Unsupported(e.to_string())),

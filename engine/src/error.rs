@@ -16,13 +16,33 @@ pub enum LoadError {
     #[error("tensor '{tensor}' is missing from the checkpoint (expected {expected})")]
     MissingTensor { tensor: String, expected: String },
     #[error("tensor '{tensor}' in {file} has shape {found:?}, expected {expected:?} ({why})")]
-    Shape { tensor: String, file: String, expected: Vec<usize>, found: Vec<usize>, why: String },
+    Shape {
+        tensor: String,
+        file: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+        why: String,
+    },
     #[error("tensor '{tensor}' in {file} has dtype {found}, expected {expected}")]
-    Dtype { tensor: String, file: String, expected: String, found: String },
+    Dtype {
+        tensor: String,
+        file: String,
+        expected: String,
+        found: String,
+    },
     #[error("tensor '{tensor}' in {file}: {message}")]
-    Quant { tensor: String, file: String, message: String },
+    Quant {
+        tensor: String,
+        file: String,
+        message: String,
+    },
     #[error("{count} tensor(s) in the checkpoint are not used by a {model} model, e.g. '{first}' in {file}")]
-    Unexpected { count: usize, first: String, file: String, model: String },
+    Unexpected {
+        count: usize,
+        first: String,
+        file: String,
+        model: String,
+    },
     #[error("{0}")]
     Unsupported(String),
     #[error(transparent)]

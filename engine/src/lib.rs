@@ -5,15 +5,15 @@
 //! [`model`] (the forward pass as an op list) with [`state`] (caches) and [`decode`] (the loops).
 //! [`quant`] and [`weights`] know formats and files, not GPUs.
 
-pub mod gpu;
-pub mod ops;
-pub mod quant;
-pub mod error;
-pub mod model;
-pub mod weights;
-pub mod state;
 pub mod decode;
-pub mod synth;
-pub mod text;
 #[cfg(feature = "default-model")]
 pub mod default_model;
+pub mod error;
+pub mod gpu;
+pub mod model;
+pub mod ops;
+pub mod quant;
+pub mod state;
+pub mod synth;
+pub mod text;
+pub mod weights;

@@ -54,15 +54,37 @@ pub fn preset(name: &str) -> Option<&'static str> {
 #[derive(Clone, Debug)]
 enum Kind {
     /// Packed codes / scales / biases of a quantized [n, k] linear, or a dense bf16 one.
-    Codes { n: usize, k: usize, bits: u32 },
-    Scales { n: usize, groups: usize, bits: u32, k: usize, bias: bool },
-    Dense { n: usize, k: usize },
+    Codes {
+        n: usize,
+        k: usize,
+        bits: u32,
+    },
+    Scales {
+        n: usize,
+        groups: usize,
+        bits: u32,
+        k: usize,
+        bias: bool,
+    },
+    Dense {
+        n: usize,
+        k: usize,
+    },
     /// A bf16 vector filled with `value` (norm weights) or small noise around it.
-    Vector { len: usize, value: f32, noise: f32 },
+    Vector {
+        len: usize,
+        value: f32,
+        noise: f32,
+    },
     /// A_log: f32 log(uniform(1, 16)).
-    ALog { len: usize },
+    ALog {
+        len: usize,
+    },
     /// Depthwise conv weights [c, taps, 1] bf16.
-    Conv { c: usize, taps: usize },
+    Conv {
+        c: usize,
+        taps: usize,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -108,7 +130,13 @@ impl SynthTensor {
                 }
                 v
             }
-            Kind::Scales { n, groups, bits, k, bias } => {
+            Kind::Scales {
+                n,
+                groups,
+                bits,
+                k,
+                bias,
+            } => {
                 // w = s·q + b with q uniform over 2^bits codes: std(w) = s·std(q) = 1/sqrt(k).
                 let levels = ((1u32 << bits) - 1) as f32;
                 let std_q = levels / 12f32.sqrt();
@@ -126,11 +154,19 @@ impl SynthTensor {
             }
             Kind::Dense { n, k } => {
                 let s = 3f32.sqrt() / (k as f32).sqrt();
-                (0..n * k).flat_map(|_| half::bf16::from_f32(s * rng.uniform()).to_le_bytes()).collect()
+                (0..n * k)
+                    .flat_map(|_| half::bf16::from_f32(s * rng.uniform()).to_le_bytes())
+                    .collect()
             }
-            Kind::Vector { len, value, noise } => (0..len).flat_map(|_| half::bf16::from_f32(value + noise * rng.uniform()).to_le_bytes()).collect(),
-            Kind::ALog { len } => (0..len).flat_map(|_| ((1.0 + 15.0 * (rng.uniform() * 0.5 + 0.5)).ln()).to_le_bytes()).collect(),
-            Kind::Conv { c, taps } => (0..c * taps).flat_map(|_| half::bf16::from_f32(0.3 * rng.uniform()).to_le_bytes()).collect(),
+            Kind::Vector { len, value, noise } => (0..len)
+                .flat_map(|_| half::bf16::from_f32(value + noise * rng.uniform()).to_le_bytes())
+                .collect(),
+            Kind::ALog { len } => (0..len)
+                .flat_map(|_| ((1.0 + 15.0 * (rng.uniform() * 0.5 + 0.5)).ln()).to_le_bytes())
+                .collect(),
+            Kind::Conv { c, taps } => (0..c * taps)
+                .flat_map(|_| half::bf16::from_f32(0.3 * rng.uniform()).to_le_bytes())
+                .collect(),
         }
     }
 }
@@ -155,7 +191,9 @@ impl Rng {
 }
 
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// The tensors of `cfg` with every linear/embedding quantized per `q` (or dense bf16 when None).
@@ -166,15 +204,46 @@ pub fn tensor_list(cfg: &ModelConfig, q: Option<QuantSpec>, with_mtp: bool) -> V
         Some(QuantSpec { bits, group_size }) => {
             let groups = k / group_size as usize;
             out.push(t(format!("{path}.weight"), Kind::Codes { n, k, bits }));
-            out.push(t(format!("{path}.scales"), Kind::Scales { n, groups, bits, k, bias: false }));
-            out.push(t(format!("{path}.biases"), Kind::Scales { n, groups, bits, k, bias: true }));
+            out.push(t(
+                format!("{path}.scales"),
+                Kind::Scales {
+                    n,
+                    groups,
+                    bits,
+                    k,
+                    bias: false,
+                },
+            ));
+            out.push(t(
+                format!("{path}.biases"),
+                Kind::Scales {
+                    n,
+                    groups,
+                    bits,
+                    k,
+                    bias: true,
+                },
+            ));
         }
         None => out.push(t(format!("{path}.weight"), Kind::Dense { n, k })),
     };
-    let norm = |out: &mut Vec<SynthTensor>, name: String, len: usize| out.push(t(name, Kind::Vector { len, value: 1.0, noise: 0.05 }));
+    let norm = |out: &mut Vec<SynthTensor>, name: String, len: usize| {
+        out.push(t(
+            name,
+            Kind::Vector {
+                len,
+                value: 1.0,
+                noise: 0.05,
+            },
+        ))
+    };
     let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let attn = |out: &mut Vec<SynthTensor>, p: &str| {
-        let (hq, hkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (hq, hkv, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         linear(out, format!("{p}.self_attn.q_proj"), 2 * hq * d, h);
         linear(out, format!("{p}.self_attn.k_proj"), hkv * d, h);
         linear(out, format!("{p}.self_attn.v_proj"), hkv * d, h);
@@ -207,10 +276,30 @@ pub fn tensor_list(cfg: &ModelConfig, q: Option<QuantSpec>, with_mtp: bool) -> V
                 linear(&mut out, format!("{a}.in_proj_b"), hv, h);
                 linear(&mut out, format!("{a}.in_proj_a"), hv, h);
                 linear(&mut out, format!("{a}.out_proj"), h, cfg.value_dim());
-                out.push(t(format!("{a}.conv1d.weight"), Kind::Conv { c: cfg.conv_dim(), taps: cfg.linear_conv_kernel_dim }));
-                out.push(t(format!("{a}.dt_bias"), Kind::Vector { len: hv, value: 1.0, noise: 0.5 }));
+                out.push(t(
+                    format!("{a}.conv1d.weight"),
+                    Kind::Conv {
+                        c: cfg.conv_dim(),
+                        taps: cfg.linear_conv_kernel_dim,
+                    },
+                ));
+                out.push(t(
+                    format!("{a}.dt_bias"),
+                    Kind::Vector {
+                        len: hv,
+                        value: 1.0,
+                        noise: 0.5,
+                    },
+                ));
                 out.push(t(format!("{a}.A_log"), Kind::ALog { len: hv }));
-                out.push(t(format!("{a}.norm.weight"), Kind::Vector { len: cfg.linear_value_head_dim, value: 1.0, noise: 0.05 }));
+                out.push(t(
+                    format!("{a}.norm.weight"),
+                    Kind::Vector {
+                        len: cfg.linear_value_head_dim,
+                        value: 1.0,
+                        noise: 0.05,
+                    },
+                ));
             }
         }
     }
@@ -227,11 +316,22 @@ pub fn tensor_list(cfg: &ModelConfig, q: Option<QuantSpec>, with_mtp: bool) -> V
 }
 
 /// The config JSON text with the quantization block (and an optional layer-count override).
-pub fn config_json(base: &str, q: Option<QuantSpec>, layers: Option<usize>) -> Result<String, String> {
-    let mut v: serde_json::Value = serde_json::from_str(base).map_err(|e| format!("config: {e}"))?;
+pub fn config_json(
+    base: &str,
+    q: Option<QuantSpec>,
+    layers: Option<usize>,
+) -> Result<String, String> {
+    let mut v: serde_json::Value =
+        serde_json::from_str(base).map_err(|e| format!("config: {e}"))?;
     let obj = v.as_object_mut().ok_or("config: not an object")?;
     if let Some(n) = layers {
-        let text = if obj.contains_key("text_config") { obj.get_mut("text_config").and_then(|t| t.as_object_mut()).ok_or("text_config")? } else { obj };
+        let text = if obj.contains_key("text_config") {
+            obj.get_mut("text_config")
+                .and_then(|t| t.as_object_mut())
+                .ok_or("text_config")?
+        } else {
+            obj
+        };
         text.insert("num_hidden_layers".into(), n.into());
         text.remove("layer_types");
     }
@@ -267,26 +367,51 @@ impl safetensors::View for LazyShaped<'_> {
 }
 
 fn views(ts: &[SynthTensor], seed: u64) -> Vec<(String, LazyShaped<'_>)> {
-    ts.iter().map(|t| (t.name.clone(), LazyShaped { t, shape: t.shape(), seed })).collect()
+    ts.iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                LazyShaped {
+                    t,
+                    shape: t.shape(),
+                    seed,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Builds the checkpoint in memory (tests and benches; the browser too).
-pub fn in_memory(config_json: &str, seed: u64, with_mtp: bool) -> Result<(ModelConfig, Checkpoint), String> {
-    let cfg = ModelConfig::parse("synthetic config", config_json, None).map_err(|e| e.to_string())?;
+pub fn in_memory(
+    config_json: &str,
+    seed: u64,
+    with_mtp: bool,
+) -> Result<(ModelConfig, Checkpoint), String> {
+    let cfg =
+        ModelConfig::parse("synthetic config", config_json, None).map_err(|e| e.to_string())?;
     let q = cfg.quantization.global;
     let ts = tensor_list(&cfg, q, with_mtp);
     let meta = std::collections::HashMap::from([("format".to_string(), "mlx".to_string())]);
     let bytes = safetensors::serialize(views(&ts, seed), Some(meta)).map_err(|e| e.to_string())?;
-    let ck = Checkpoint::from_blobs(vec![("model.safetensors".into(), Blob::Owned(bytes))], None).map_err(|e| e.to_string())?;
+    let ck = Checkpoint::from_blobs(vec![("model.safetensors".into(), Blob::Owned(bytes))], None)
+        .map_err(|e| e.to_string())?;
     Ok((cfg, ck))
 }
 
 /// Writes `config.json`, sharded `model-XXXXX-of-YYYYY.safetensors` files of about `shard_bytes`
 /// each (generated in parallel) and `model.safetensors.index.json` into `dir`.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn write(dir: &std::path::Path, config_json: &str, seed: u64, with_mtp: bool, shard_bytes: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<u64, String> {
+pub fn write(
+    dir: &std::path::Path,
+    config_json: &str,
+    seed: u64,
+    with_mtp: bool,
+    shard_bytes: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64, String> {
     use std::sync::atomic::{AtomicU64, Ordering};
-    let cfg = ModelConfig::parse("synthetic config", config_json, None).map_err(|e| e.to_string())?;
+    let cfg =
+        ModelConfig::parse("synthetic config", config_json, None).map_err(|e| e.to_string())?;
     let ts = tensor_list(&cfg, cfg.quantization.global, with_mtp);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::write(dir.join("config.json"), config_json).map_err(|e| e.to_string())?;
@@ -301,7 +426,9 @@ pub fn write(dir: &std::path::Path, config_json: &str, seed: u64, with_mtp: bool
         shards.last_mut().map(|s| s.push(t));
     }
     let n = shards.len();
-    let names: Vec<String> = (0..n).map(|i| format!("model-{:05}-of-{:05}.safetensors", i + 1, n)).collect();
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("model-{:05}-of-{:05}.safetensors", i + 1, n))
+        .collect();
     let done = AtomicU64::new(0);
     let results: Vec<Result<(), String>> = std::thread::scope(|s| {
         let handles: Vec<_> = shards
@@ -310,15 +437,25 @@ pub fn write(dir: &std::path::Path, config_json: &str, seed: u64, with_mtp: bool
             .map(|(sh, name)| {
                 let (done, dir) = (&done, dir);
                 s.spawn(move || {
-                    let meta = std::collections::HashMap::from([("format".to_string(), "mlx".to_string())]);
-                    safetensors::serialize_to_file(views(sh, seed), Some(meta), &dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+                    let meta = std::collections::HashMap::from([(
+                        "format".to_string(),
+                        "mlx".to_string(),
+                    )]);
+                    safetensors::serialize_to_file(views(sh, seed), Some(meta), &dir.join(name))
+                        .map_err(|e| format!("{name}: {e}"))?;
                     let b: u64 = sh.iter().map(|t| t.bytes() as u64).sum();
                     progress(done.fetch_add(b, Ordering::Relaxed) + b);
                     Ok(())
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a writer thread panicked".into()))).collect()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a writer thread panicked".into()))
+            })
+            .collect()
     });
     for r in results {
         r?;
@@ -331,6 +468,7 @@ pub fn write(dir: &std::path::Path, config_json: &str, seed: u64, with_mtp: bool
     }
     let total: u64 = shards.iter().flatten().map(|t| t.bytes() as u64).sum();
     let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": map});
-    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string())
+        .map_err(|e| e.to_string())?;
     Ok(total)
 }

@@ -53,7 +53,11 @@ pub struct Loaded {
 }
 
 pub fn open_gpu(d: &DeviceArgs) -> Result<Arc<Gpu>, String> {
-    let opts = GpuOptions { adapter: d.adapter.clone(), shader_checks: Some(d.shader_checks), ..Default::default() };
+    let opts = GpuOptions {
+        adapter: d.adapter.clone(),
+        shader_checks: Some(d.shader_checks),
+        ..Default::default()
+    };
     pollster::block_on(Gpu::new(&opts)).map_err(|e| e.to_string())
 }
 
@@ -63,14 +67,23 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
     let gpu = open_gpu(&m.device)?;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
-        let style = indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {bytes}/{total_bytes}").map_err(|e| e.to_string())?;
+        let style = indicatif::ProgressStyle::with_template(
+            "loading {msg} [{bar:30}] {bytes}/{total_bytes}",
+        )
+        .map_err(|e| e.to_string())?;
         b.set_style(style.progress_chars("=> "));
-        b.set_message(m.model.as_ref().map_or("the default model".into(), |p| p.display().to_string()));
+        b.set_message(
+            m.model
+                .as_ref()
+                .map_or("the default model".into(), |p| p.display().to_string()),
+        );
         Some(b)
     } else {
         None
     };
-    let load_opts = LoadOptions { merge_projections: !m.separate_projections };
+    let load_opts = LoadOptions {
+        merge_projections: !m.separate_projections,
+    };
     let mut progress = |done: u64, total: u64| {
         if let Some(b) = &bar {
             b.set_length(total);
@@ -85,16 +98,28 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
             let tokenizer = match Tokenizer::from_model_dir(dir) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    eprintln!("note: no usable tokenizer in {} ({e}); only --prompt-ids prompts work", dir.display());
+                    eprintln!(
+                        "note: no usable tokenizer in {} ({e}); only --prompt-ids prompts work",
+                        dir.display()
+                    );
                     None
                 }
             };
             if let Some(t) = &tokenizer {
-                t.check_model(config.vocab_size, &config.eos_token_ids).map_err(|e| e.to_string())?;
+                t.check_model(config.vocab_size, &config.eos_token_ids)
+                    .map_err(|e| e.to_string())?;
             }
-            let model = Model::load_with(gpu, dir, &load_opts, &mut progress).map_err(|e| e.to_string())?;
-            let template = if tokenizer.is_some() { ChatTemplate::from_model_dir(dir).ok() } else { None };
-            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
+            let model =
+                Model::load_with(gpu, dir, &load_opts, &mut progress).map_err(|e| e.to_string())?;
+            let template = if tokenizer.is_some() {
+                ChatTemplate::from_model_dir(dir).ok()
+            } else {
+                None
+            };
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| dir.display().to_string());
             (model, tokenizer, template, name)
         }
         #[cfg(feature = "default-model")]
@@ -102,8 +127,15 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
             use qwgpu_engine::default_model as dm;
             let model = dm::load_with(gpu, &load_opts, &mut progress).map_err(|e| e.to_string())?;
             let tokenizer = dm::tokenizer().map_err(|e| e.to_string())?;
-            tokenizer.check_model(model.config.vocab_size, &model.config.eos_token_ids).map_err(|e| e.to_string())?;
-            (model, Some(tokenizer), Some(dm::template().map_err(|e| e.to_string())?), dm::NAME.to_string())
+            tokenizer
+                .check_model(model.config.vocab_size, &model.config.eos_token_ids)
+                .map_err(|e| e.to_string())?;
+            (
+                model,
+                Some(tokenizer),
+                Some(dm::template().map_err(|e| e.to_string())?),
+                dm::NAME.to_string(),
+            )
         }
         #[cfg(not(feature = "default-model"))]
         None => return Err("this build has no embedded default model: pass --model DIR".into()),
@@ -115,6 +147,20 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
         eprintln!("note: {n}");
     }
     let model = Arc::new(model);
-    let session = pollster::block_on(Session::new(model.clone(), SessionOptions { max_ctx: m.max_context, prefill_chunk: m.prefill_chunk })).map_err(|e| e.to_string())?;
-    Ok(Loaded { model, session, tokenizer, template, name, load_s: t0.elapsed().as_secs_f64() })
+    let session = pollster::block_on(Session::new(
+        model.clone(),
+        SessionOptions {
+            max_ctx: m.max_context,
+            prefill_chunk: m.prefill_chunk,
+        },
+    ))
+    .map_err(|e| e.to_string())?;
+    Ok(Loaded {
+        model,
+        session,
+        tokenizer,
+        template,
+        name,
+        load_s: t0.elapsed().as_secs_f64(),
+    })
 }

@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "qwgpu", version, about = "Run Qwen3.5 / Qwen3.6 models on any GPU through wgpu")]
+#[command(
+    name = "qwgpu",
+    version,
+    about = "Run Qwen3.5 / Qwen3.6 models on any GPU through wgpu"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -110,8 +110,17 @@ pub struct ChatArgs {
 }
 
 fn parse_bias(s: &str) -> Result<(u32, f32), String> {
-    let (id, b) = s.split_once('=').ok_or_else(|| format!("'{s}': expected ID=BIAS"))?;
-    Ok((id.trim().parse().map_err(|_| format!("'{id}' is not a token id"))?, b.trim().parse().map_err(|_| format!("'{b}' is not a number"))?))
+    let (id, b) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}': expected ID=BIAS"))?;
+    Ok((
+        id.trim()
+            .parse()
+            .map_err(|_| format!("'{id}' is not a token id"))?,
+        b.trim()
+            .parse()
+            .map_err(|_| format!("'{b}' is not a number"))?,
+    ))
 }
 
 impl GenArgs {
@@ -137,7 +146,9 @@ fn use_mtp(l: &Loaded, mode: MtpMode) -> Result<bool, String> {
     let has = l.model.has_mtp();
     match mode {
         MtpMode::Off => Ok(false),
-        MtpMode::On if !has => Err("--mtp on: this checkpoint has no MTP head (no mtp.* tensors)".into()),
+        MtpMode::On if !has => {
+            Err("--mtp on: this checkpoint has no MTP head (no mtp.* tensors)".into())
+        }
         MtpMode::On | MtpMode::Auto => Ok(has),
     }
 }
@@ -152,7 +163,11 @@ struct Printer {
 
 impl Printer {
     fn new(hide_reasoning: bool) -> Self {
-        Printer { tty: std::io::stdout().is_terminal(), hide_reasoning, in_reasoning: false }
+        Printer {
+            tty: std::io::stdout().is_terminal(),
+            hide_reasoning,
+            in_reasoning: false,
+        }
     }
     fn delta(&mut self, d: &Delta) {
         let mut out = std::io::stdout().lock();
@@ -176,7 +191,9 @@ impl Printer {
                     self.end_reasoning(&mut out);
                     let _ = write!(out, "{text}");
                 }
-                StreamEvent::ToolCallEnd { name, arguments, .. } => {
+                StreamEvent::ToolCallEnd {
+                    name, arguments, ..
+                } => {
                     self.end_reasoning(&mut out);
                     let _ = write!(out, "\n[tool call] {name}({arguments})\n");
                 }
@@ -207,13 +224,25 @@ struct Timed {
     total: f64,
 }
 
-fn run_one(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool, cancel: Option<&AtomicBool>, mut on_delta: impl FnMut(&Delta)) -> Result<Timed, String> {
+fn run_one(
+    l: &mut Loaded,
+    prompt: Vec<u32>,
+    g: &GenArgs,
+    mtp: bool,
+    cancel: Option<&AtomicBool>,
+    mut on_delta: impl FnMut(&Delta),
+) -> Result<Timed, String> {
     let max_ctx = l.session.opts.max_ctx as usize;
     if prompt.len() + 1 > max_ctx {
-        return Err(format!("the prompt has {} tokens but the context holds {max_ctx} (use a larger --max-context)", prompt.len()));
+        return Err(format!(
+            "the prompt has {} tokens but the context holds {max_ctx} (use a larger --max-context)",
+            prompt.len()
+        ));
     }
     let sampling = g.sampling();
-    sampling.validate(Some(l.model.config.vocab_size as u32)).map_err(|e| e.to_string())?;
+    sampling
+        .validate(Some(l.model.config.vocab_size as u32))
+        .map_err(|e| e.to_string())?;
     let tok = l.tokenizer.as_ref();
     let mut stream = match tok {
         Some(t) => t.stream_config(&l.model.config.eos_token_ids),
@@ -239,7 +268,9 @@ fn run_one(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool, cancel: Opt
     let mut ttft = None;
     let tokenizer = match &l.tokenizer {
         Some(t) => t,
-        None => return Err("this checkpoint has no tokenizer; use --prompt-ids with --json".into()),
+        None => {
+            return Err("this checkpoint has no tokenizer; use --prompt-ids with --json".into())
+        }
     };
     let out = pollster::block_on(generate_text(&mut l.session, tokenizer, &req, &mut |e| {
         match e {
@@ -257,13 +288,22 @@ fn run_one(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool, cancel: Opt
     }))
     .map_err(|e| e.to_string())?;
     let total = t0.elapsed().as_secs_f64();
-    Ok(Timed { out, logprobs, ttft: ttft.unwrap_or(total), total })
+    Ok(Timed {
+        out,
+        logprobs,
+        ttft: ttft.unwrap_or(total),
+        total,
+    })
 }
 
 fn rates(t: &Timed) -> (f64, f64) {
     let n = t.out.tokens.len();
     let prefill = t.out.prompt_tokens as f64 / t.ttft.max(1e-9);
-    let decode = if n > 1 { (n - 1) as f64 / (t.total - t.ttft).max(1e-9) } else { 0.0 };
+    let decode = if n > 1 {
+        (n - 1) as f64 / (t.total - t.ttft).max(1e-9)
+    } else {
+        0.0
+    };
     (prefill, decode)
 }
 
@@ -279,7 +319,10 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
     let prompt: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),
         (None, Some(text)) => {
-            let tok = l.tokenizer.as_ref().ok_or("this checkpoint has no tokenizer: pass --prompt-ids")?;
+            let tok = l
+                .tokenizer
+                .as_ref()
+                .ok_or("this checkpoint has no tokenizer: pass --prompt-ids")?;
             let chat = !a.raw && l.template.is_some();
             if a.chat && l.template.is_none() {
                 return Err("--chat: this checkpoint has no chat template".into());
@@ -291,7 +334,9 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
                 }
                 messages.push(json!({"role": "user", "content": text}));
                 let t = l.template.as_ref().ok_or("no chat template")?;
-                let rendered = t.render(&messages, None, true, &chat_kwargs(&a.gen)).map_err(|e| e.to_string())?;
+                let rendered = t
+                    .render(&messages, None, true, &chat_kwargs(&a.gen))
+                    .map_err(|e| e.to_string())?;
                 tok.encode(&rendered, true).map_err(|e| e.to_string())?
             } else {
                 tok.encode(text, false).map_err(|e| e.to_string())?
@@ -341,7 +386,11 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
         println!("{j}");
     } else {
         printer.finish();
-        let mtp_note = timed.out.mtp.map(|m| format!(", MTP {}/{} drafts accepted", m.accepted, m.drafted)).unwrap_or_default();
+        let mtp_note = timed
+            .out
+            .mtp
+            .map(|m| format!(", MTP {}/{} drafts accepted", m.accepted, m.drafted))
+            .unwrap_or_default();
         eprintln!(
             "{} prompt tokens, {} generated ({}); TTFT {:.3}s, decode {:.1} tok/s{mtp_note}",
             prompt.len(),
@@ -361,12 +410,21 @@ fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Res
     use qwgpu_engine::text::stream::{FinishReason, StreamSummary};
     let max_ctx = l.session.opts.max_ctx as usize;
     if prompt.len() + 1 > max_ctx {
-        return Err(format!("the prompt has {} tokens but the context holds {max_ctx} (use a larger --max-context)", prompt.len()));
+        return Err(format!(
+            "the prompt has {} tokens but the context holds {max_ctx} (use a larger --max-context)",
+            prompt.len()
+        ));
     }
     let sampling = g.sampling();
-    l.session.set_sampling(Some(&sampling), g.logprobs.is_some()).map_err(|e| e.to_string())?;
+    l.session
+        .set_sampling(Some(&sampling), g.logprobs.is_some())
+        .map_err(|e| e.to_string())?;
     let mut logprobs = Vec::new();
-    let opts = GenOptions { max_tokens: g.max_tokens, eos: l.model.config.eos_token_ids.clone(), ignore_eos: g.ignore_eos };
+    let opts = GenOptions {
+        max_tokens: g.max_tokens,
+        eos: l.model.config.eos_token_ids.clone(),
+        ignore_eos: g.ignore_eos,
+    };
     l.session.reset();
     let t0 = Instant::now();
     let mut ttft = None;
@@ -381,12 +439,24 @@ fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Res
         }
         true
     };
-    let policy = if g.mtp == MtpMode::Auto { MtpOptions::adaptive(&l.session) } else { MtpOptions::always() };
+    let policy = if g.mtp == MtpMode::Auto {
+        MtpOptions::adaptive(&l.session)
+    } else {
+        MtpOptions::always()
+    };
     let (tokens, finish, stats) = if mtp && l.session.mtp_available() && g.logprobs.is_none() {
-        let (t, f, s) = pollster::block_on(generate_mtp(&mut l.session, &prompt, &opts, &policy, &mut on)).map_err(|e| e.to_string())?;
+        let (t, f, s) = pollster::block_on(generate_mtp(
+            &mut l.session,
+            &prompt,
+            &opts,
+            &policy,
+            &mut on,
+        ))
+        .map_err(|e| e.to_string())?;
         (t, f, Some(s))
     } else {
-        let (t, f) = pollster::block_on(generate(&mut l.session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?;
+        let (t, f) = pollster::block_on(generate(&mut l.session, &prompt, &opts, &mut on))
+            .map_err(|e| e.to_string())?;
         (t, f, None)
     };
     let total = t0.elapsed().as_secs_f64();
@@ -394,13 +464,27 @@ fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Res
         content: String::new(),
         reasoning: String::new(),
         tool_calls: vec![],
-        finish_reason: if finish == Finish::Stop { FinishReason::Stop } else { FinishReason::Length },
+        finish_reason: if finish == Finish::Stop {
+            FinishReason::Stop
+        } else {
+            FinishReason::Length
+        },
         malformed_tool_calls: 0,
         tokens: tokens.len(),
         matched_stop: None,
         ended_in_reasoning: false,
     };
-    Ok(Timed { out: TextOutput { tokens, summary, mtp: stats, prompt_tokens: prompt.len() }, logprobs, ttft: ttft.unwrap_or(total), total })
+    Ok(Timed {
+        out: TextOutput {
+            tokens,
+            summary,
+            mtp: stats,
+            prompt_tokens: prompt.len(),
+        },
+        logprobs,
+        ttft: ttft.unwrap_or(total),
+        total,
+    })
 }
 
 pub fn chat(a: ChatArgs) -> Result<(), String> {
@@ -426,7 +510,11 @@ pub fn chat(a: ChatArgs) -> Result<(), String> {
     }
     let tty = std::io::stdin().is_terminal();
     if tty {
-        eprintln!("qwgpu chat — {} on {}. /help for commands.", l.name, l.model.gpu.describe());
+        eprintln!(
+            "qwgpu chat — {} on {}. /help for commands.",
+            l.name,
+            l.model.gpu.describe()
+        );
     }
     let mut history: Vec<Value> = Vec::new();
     let mut last: Option<(usize, usize, f64, f64, Option<(u64, u64)>)> = None;
@@ -443,7 +531,10 @@ pub fn chat(a: ChatArgs) -> Result<(), String> {
             continue;
         }
         if let Some(cmd) = input.strip_prefix('/') {
-            let (name, arg) = cmd.split_once(' ').map(|(a, b)| (a, b.trim())).unwrap_or((cmd, ""));
+            let (name, arg) = cmd
+                .split_once(' ')
+                .map(|(a, b)| (a, b.trim()))
+                .unwrap_or((cmd, ""));
             match name {
                 "exit" | "quit" => break,
                 "reset" => {
@@ -451,9 +542,16 @@ pub fn chat(a: ChatArgs) -> Result<(), String> {
                     println!("(conversation cleared)");
                 }
                 "system" => {
-                    g.system = if arg.is_empty() { None } else { Some(arg.to_string()) };
+                    g.system = if arg.is_empty() {
+                        None
+                    } else {
+                        Some(arg.to_string())
+                    };
                     history.clear();
-                    println!("(system prompt {}; conversation cleared)", if g.system.is_some() { "set" } else { "removed" });
+                    println!(
+                        "(system prompt {}; conversation cleared)",
+                        if g.system.is_some() { "set" } else { "removed" }
+                    );
                 }
                 "think" => match arg {
                     "on" => {
@@ -468,7 +566,9 @@ pub fn chat(a: ChatArgs) -> Result<(), String> {
                 },
                 "stats" => match last {
                     Some((p, n, ttft, dec, m)) => {
-                        let mtp = m.map(|(d, a)| format!(", MTP {a}/{d} accepted")).unwrap_or_default();
+                        let mtp = m
+                            .map(|(d, a)| format!(", MTP {a}/{d} accepted"))
+                            .unwrap_or_default();
                         println!("(last answer: {p} prompt tokens, {n} generated, TTFT {ttft:.3}s, {dec:.1} tok/s{mtp})");
                     }
                     None => println!("(no answer yet)"),
@@ -484,7 +584,10 @@ pub fn chat(a: ChatArgs) -> Result<(), String> {
             messages.push(json!({"role": "system", "content": s}));
         }
         messages.extend(history.iter().cloned());
-        let (tok, tpl) = (l.tokenizer.as_ref().ok_or("no tokenizer")?, l.template.as_ref().ok_or("no template")?);
+        let (tok, tpl) = (
+            l.tokenizer.as_ref().ok_or("no tokenizer")?,
+            l.template.as_ref().ok_or("no template")?,
+        );
         let rendered = match tpl.render(&messages, None, true, &chat_kwargs(&g)) {
             Ok(r) => r,
             Err(e) => {
@@ -497,15 +600,24 @@ pub fn chat(a: ChatArgs) -> Result<(), String> {
         cancel.store(false, Ordering::Relaxed);
         busy.store(true, Ordering::Relaxed);
         let mut printer = Printer::new(g.hide_reasoning);
-        let r = run_one(&mut l, prompt.clone(), &g, mtp, Some(&cancel), |d| printer.delta(d));
+        let r = run_one(&mut l, prompt.clone(), &g, mtp, Some(&cancel), |d| {
+            printer.delta(d)
+        });
         busy.store(false, Ordering::Relaxed);
         printer.finish();
         match r {
             Ok(t) => {
                 let (_, dec) = rates(&t);
-                last = Some((prompt.len(), t.out.tokens.len(), t.ttft, dec, t.out.mtp.map(|m| (m.drafted, m.accepted))));
+                last = Some((
+                    prompt.len(),
+                    t.out.tokens.len(),
+                    t.ttft,
+                    dec,
+                    t.out.mtp.map(|m| (m.drafted, m.accepted)),
+                ));
                 let s = &t.out.summary;
-                let mut msg = json!({"role": "assistant", "content": s.content.trim_start_matches('\n')});
+                let mut msg =
+                    json!({"role": "assistant", "content": s.content.trim_start_matches('\n')});
                 if !s.reasoning.is_empty() {
                     msg["reasoning_content"] = Value::String(s.reasoning.trim().to_string());
                 }

@@ -143,7 +143,11 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
 }
 
 /// CPU time of this process so far (user + system, Linux), in seconds.
@@ -152,14 +156,21 @@ fn cpu_seconds() -> Option<f64> {
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = s.get(s.rfind(')')? + 2..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let (utime, stime) = (f.get(11)?.parse::<f64>().ok()?, f.get(12)?.parse::<f64>().ok()?);
+    let (utime, stime) = (
+        f.get(11)?.parse::<f64>().ok()?,
+        f.get(12)?.parse::<f64>().ok()?,
+    );
     Some((utime + stime) / 100.0) // clock ticks (USER_HZ = 100 on Linux)
 }
 
 /// Bytes one plain decode step reads at cache position `pos`: the layers' weights and the
 /// lm_head once (the embedding table only for its one row, unless it doubles as the lm_head),
 /// the Gated-DeltaNet states read and written, and the K/V rows of the attention caches.
-fn decode_bytes(model: &qwgpu_engine::model::Model, state: &qwgpu_engine::state::State, pos: u32) -> u64 {
+fn decode_bytes(
+    model: &qwgpu_engine::model::Model,
+    state: &qwgpu_engine::state::State,
+    pos: u32,
+) -> u64 {
     use qwgpu_engine::state::LayerState;
     let w = &model.weights;
     // The lm_head (the embedding table when tied) and every layer; not the MTP head.
@@ -213,42 +224,74 @@ impl Series {
 pub fn bench(a: BenchArgs) -> Result<(), String> {
     use qwgpu_engine::decode::mtp::{generate_mtp, MtpOptions};
     if a.trials == 0 || a.gen_tokens < 2 || a.prompt_tokens == 0 {
-        return Err("--trials must be at least 1, --gen-tokens at least 2 and --prompt-tokens at least 1".into());
+        return Err(
+            "--trials must be at least 1, --gen-tokens at least 2 and --prompt-tokens at least 1"
+                .into(),
+        );
     }
     let mut m = a.model.clone();
-    m.max_context = m.max_context.max((a.prompt_tokens + a.gen_tokens + 2) as u32);
+    m.max_context = m
+        .max_context
+        .max((a.prompt_tokens + a.gen_tokens + 2) as u32);
     let l = load(&m)?;
     let (model, mut session, load_s, tokenizer) = (l.model, l.session, l.load_s, l.tokenizer);
     let with_mtp = match a.mtp {
         crate::run::MtpMode::Off => false,
-        crate::run::MtpMode::On if !model.has_mtp() => return Err("--mtp on: this checkpoint has no MTP head".into()),
+        crate::run::MtpMode::On if !model.has_mtp() => {
+            return Err("--mtp on: this checkpoint has no MTP head".into())
+        }
         _ => model.has_mtp(),
     };
     if a.force_accept.is_some() && !with_mtp {
         return Err("--force-accept needs MTP decoding".into());
     }
     if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
-        return Err(format!("--temperature {}: expected a finite value >= 0", a.temperature));
+        return Err(format!(
+            "--temperature {}: expected a finite value >= 0",
+            a.temperature
+        ));
     }
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         return Err(format!("--top-p {}: expected a value in (0, 1]", a.top_p));
     }
     if a.temperature > 0.0 {
         if a.force_accept.is_some() {
-            return Err("--force-accept forces greedy accept decisions: use it without --temperature".into());
+            return Err(
+                "--force-accept forces greedy accept decisions: use it without --temperature"
+                    .into(),
+            );
         }
-        let p = qwgpu_engine::decode::sampler::SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, ..Default::default() };
-        session.set_sampling(Some(&p), false).map_err(|e| e.to_string())?;
+        let p = qwgpu_engine::decode::sampler::SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+            ..Default::default()
+        };
+        session
+            .set_sampling(Some(&p), false)
+            .map_err(|e| e.to_string())?;
     }
     session.force_accept(a.force_accept);
     let vocab = model.config.vocab_size as u64;
     let prompt: Vec<u32> = match &a.prompt_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("--prompt-file {}: {e}", path.display()))?;
-            let tok = tokenizer.as_ref().ok_or_else(|| format!("--prompt-file {}: the model has no tokenizer.json", path.display()))?;
-            let ids = tok.encode(&text, false).map_err(|e| format!("--prompt-file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--prompt-file {}: {e}", path.display()))?;
+            let tok = tokenizer.as_ref().ok_or_else(|| {
+                format!(
+                    "--prompt-file {}: the model has no tokenizer.json",
+                    path.display()
+                )
+            })?;
+            let ids = tok
+                .encode(&text, false)
+                .map_err(|e| format!("--prompt-file {}: {e}", path.display()))?;
             if ids.is_empty() {
-                return Err(format!("--prompt-file {}: the file has no tokens", path.display()));
+                return Err(format!(
+                    "--prompt-file {}: the file has no tokens",
+                    path.display()
+                ));
             }
             ids.iter().copied().cycle().take(a.prompt_tokens).collect()
         }
@@ -266,7 +309,11 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                 .collect()
         }
     };
-    let opts = GenOptions { max_tokens: a.gen_tokens, eos: vec![], ignore_eos: true };
+    let opts = GenOptions {
+        max_tokens: a.gen_tokens,
+        eos: vec![],
+        ignore_eos: true,
+    };
     let (mut plain, mut spec) = (Series::default(), Series::default());
     // Plain and MTP trials alternate, so both see the same machine state.
     let modes: &[bool] = if with_mtp { &[false, true] } else { &[false] };
@@ -287,13 +334,28 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                 true
             };
             let (n, st) = if use_mtp {
-                let (t, _, st) = pollster::block_on(generate_mtp(&mut session, &prompt, &opts, &MtpOptions::always(), &mut on)).map_err(|e| e.to_string())?;
+                let (t, _, st) = pollster::block_on(generate_mtp(
+                    &mut session,
+                    &prompt,
+                    &opts,
+                    &MtpOptions::always(),
+                    &mut on,
+                ))
+                .map_err(|e| e.to_string())?;
                 (t.len(), Some(st))
             } else {
-                (pollster::block_on(generate(&mut session, &prompt, &opts, &mut on)).map_err(|e| e.to_string())?.0.len(), None)
+                (
+                    pollster::block_on(generate(&mut session, &prompt, &opts, &mut on))
+                        .map_err(|e| e.to_string())?
+                        .0
+                        .len(),
+                    None,
+                )
             };
             let wall = t0.elapsed().as_secs_f64();
-            if let (Some(c0), Some(c1), false, true) = (c0, cpu_seconds(), use_mtp, trial >= a.warmup) {
+            if let (Some(c0), Some(c1), false, true) =
+                (c0, cpu_seconds(), use_mtp, trial >= a.warmup)
+            {
                 cpu_s += c1 - c0;
                 cpu_tokens += n as u64;
             }
@@ -329,7 +391,11 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     let p50 = percentile(&plain.decode, 0.5);
     let ttft50 = percentile(&plain.ttft, 0.5);
     // At the middle of the generated tokens.
-    let bytes_per_token = decode_bytes(&model, &session.state, (a.prompt_tokens + a.gen_tokens / 2) as u32);
+    let bytes_per_token = decode_bytes(
+        &model,
+        &session.state,
+        (a.prompt_tokens + a.gen_tokens / 2) as u32,
+    );
     let cpu_ms_per_token = (cpu_tokens > 0).then(|| 1e3 * cpu_s / cpu_tokens as f64);
     let mut j = serde_json::json!({
         "device": model.gpu.describe(),
@@ -352,7 +418,8 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     }
     if let Some(g) = a.roofline_gbps {
         let roof = g * 1e9 / bytes_per_token as f64;
-        j["roofline"] = serde_json::json!({"gbps": g, "tokens_per_s": roof, "decode_pct": 100.0 * p50 / roof});
+        j["roofline"] =
+            serde_json::json!({"gbps": g, "tokens_per_s": roof, "decode_pct": 100.0 * p50 / roof});
     }
     if with_mtp {
         let mut sj = spec.summary();
@@ -377,7 +444,12 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     }
     println!("device            {}", model.gpu.describe());
     if let Some((one, two, mtp)) = profile {
-        println!("GPU time          forward(1) {:.3} ms, verify(2) {:.3} ms, MTP step(2) {}", one * 1e3, two * 1e3, mtp.map_or("-".into(), |m| format!("{:.3} ms", m * 1e3)));
+        println!(
+            "GPU time          forward(1) {:.3} ms, verify(2) {:.3} ms, MTP step(2) {}",
+            one * 1e3,
+            two * 1e3,
+            mtp.map_or("-".into(), |m| format!("{:.3} ms", m * 1e3))
+        );
     }
     println!(
         "prompt / generate {} / {} tokens, {} trials after {} warm-up{}, {}",
@@ -385,12 +457,34 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         a.gen_tokens,
         a.trials,
         a.warmup,
-        if with_mtp { " (plain and MTP alternating)" } else { "" },
-        if a.temperature > 0.0 { format!("sampled at temperature {}", a.temperature) } else { "greedy".into() }
+        if with_mtp {
+            " (plain and MTP alternating)"
+        } else {
+            ""
+        },
+        if a.temperature > 0.0 {
+            format!("sampled at temperature {}", a.temperature)
+        } else {
+            "greedy".into()
+        }
     );
-    println!("TTFT              {:.3} s (p50)   prefill {:.1} tok/s", ttft50, a.prompt_tokens as f64 / ttft50);
-    println!("decode            {:.2} tok/s p50 (min {:.2}, max {:.2})   TPOT {:.2} ms", p50, percentile(&plain.decode, 0.0), percentile(&plain.decode, 1.0), 1000.0 / p50);
-    println!("first-3 peak      {:.2} tok/s   drift {:+.1}% (last 3 vs first 3)", j["first3_peak_tokens_per_s"].as_f64().unwrap_or(0.0), j["drift_pct"].as_f64().unwrap_or(0.0));
+    println!(
+        "TTFT              {:.3} s (p50)   prefill {:.1} tok/s",
+        ttft50,
+        a.prompt_tokens as f64 / ttft50
+    );
+    println!(
+        "decode            {:.2} tok/s p50 (min {:.2}, max {:.2})   TPOT {:.2} ms",
+        p50,
+        percentile(&plain.decode, 0.0),
+        percentile(&plain.decode, 1.0),
+        1000.0 / p50
+    );
+    println!(
+        "first-3 peak      {:.2} tok/s   drift {:+.1}% (last 3 vs first 3)",
+        j["first3_peak_tokens_per_s"].as_f64().unwrap_or(0.0),
+        j["drift_pct"].as_f64().unwrap_or(0.0)
+    );
     if with_mtp {
         let s50 = percentile(&spec.decode, 0.5);
         let acc = spec.accepted as f64 / spec.drafted.max(1) as f64;
@@ -400,24 +494,46 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             percentile(&spec.decode, 0.0),
             percentile(&spec.decode, 1.0),
             s50 / p50,
-            if a.force_accept.is_some() { "   [forced acceptance: benchmark only]" } else { "" }
+            if a.force_accept.is_some() {
+                "   [forced acceptance: benchmark only]"
+            } else {
+                ""
+            }
         );
-        println!("MTP acceptance    {:.1}% ({} of {} drafts), {:.2} tokens per verify step", 100.0 * acc, spec.accepted, spec.drafted, 1.0 + acc);
-        println!("MTP drift         {:+.1}% (last 3 vs first 3)", spec.summary()["drift_pct"].as_f64().unwrap_or(0.0));
+        println!(
+            "MTP acceptance    {:.1}% ({} of {} drafts), {:.2} tokens per verify step",
+            100.0 * acc,
+            spec.accepted,
+            spec.drafted,
+            1.0 + acc
+        );
+        println!(
+            "MTP drift         {:+.1}% (last 3 vs first 3)",
+            spec.summary()["drift_pct"].as_f64().unwrap_or(0.0)
+        );
     }
     println!("dispatches/token  {}", session.dispatches_per_token());
     print!("bytes/token       {:.2} GB", bytes_per_token as f64 / 1e9);
     if let Some(g) = a.roofline_gbps {
         let roof = g * 1e9 / bytes_per_token as f64;
-        print!("   roofline at {g} GB/s: {roof:.1} tok/s, decode at {:.1} %", 100.0 * p50 / roof);
+        print!(
+            "   roofline at {g} GB/s: {roof:.1} tok/s, decode at {:.1} %",
+            100.0 * p50 / roof
+        );
     }
     println!();
     if let Some(c) = cpu_ms_per_token {
         println!("host CPU          {c:.2} ms per token (process CPU time over the plain trials)");
     }
-    println!("GPU memory        {:.2} GiB (weights + state + workspace)", gpu_bytes as f64 / (1u64 << 30) as f64);
+    println!(
+        "GPU memory        {:.2} GiB (weights + state + workspace)",
+        gpu_bytes as f64 / (1u64 << 30) as f64
+    );
     if let Some(r) = peak_rss() {
-        println!("peak host memory  {:.2} GiB", r as f64 / (1u64 << 30) as f64);
+        println!(
+            "peak host memory  {:.2} GiB",
+            r as f64 / (1u64 << 30) as f64
+        );
     }
     Ok(())
 }
@@ -430,32 +546,102 @@ pub fn inspect(a: InspectArgs) -> Result<(), String> {
     let s = summarize(&cfg, &ck).map_err(|e| e.to_string())?;
     if a.json {
         let mut j = serde_json::to_value(&s).map_err(|e| e.to_string())?;
-        j["memory_bytes_at_context"] = serde_json::json!({"context": a.context, "bytes": s.memory_at(a.context)});
+        j["memory_bytes_at_context"] =
+            serde_json::json!({"context": a.context, "bytes": s.memory_at(a.context)});
         j["bytes_per_token_at_1k"] = s.bytes_per_token(1024).into();
         println!("{j}");
         return Ok(());
     }
     let c = &s.config;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    println!("{} ({:?} layout, {} file(s), {} tensors{})", a.model.display(), s.layout, s.files, s.tensors,
-        if s.skipped_tensors > 0 { format!(", {} vision tensors skipped", s.skipped_tensors) } else { String::new() });
-    println!("layers            {} ({} Gated-DeltaNet, {} gated attention)", c.num_hidden_layers, c.n_linear(), c.n_full());
-    println!("hidden / MLP      {} / {}", c.hidden_size, c.intermediate_size);
-    println!("attention         {} q heads, {} kv heads, head dim {}, RoPE on {} dims (theta {})", c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.rotary_dim(), c.rope_theta);
-    println!("Gated-DeltaNet    {} k heads x {}, {} v heads x {}, conv {}", c.linear_num_key_heads, c.linear_key_head_dim, c.linear_num_value_heads, c.linear_value_head_dim, c.linear_conv_kernel_dim);
-    println!("vocabulary        {} ({}), EOS {:?}", c.vocab_size, if c.tie_word_embeddings { "tied lm_head" } else { "separate lm_head" }, c.eos_token_ids);
-    println!("MTP head          {}", if s.mtp { "present" } else if c.mtp_num_hidden_layers > 0 { "declared, tensors missing" } else { "none" });
-    println!("parameters        {:.3} B, {:.2} GiB stored ({:.2} bits/param)", s.total_params as f64 / 1e9, gib(s.total_bytes), s.total_bytes as f64 * 8.0 / s.total_params.max(1) as f64);
+    println!(
+        "{} ({:?} layout, {} file(s), {} tensors{})",
+        a.model.display(),
+        s.layout,
+        s.files,
+        s.tensors,
+        if s.skipped_tensors > 0 {
+            format!(", {} vision tensors skipped", s.skipped_tensors)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "layers            {} ({} Gated-DeltaNet, {} gated attention)",
+        c.num_hidden_layers,
+        c.n_linear(),
+        c.n_full()
+    );
+    println!(
+        "hidden / MLP      {} / {}",
+        c.hidden_size, c.intermediate_size
+    );
+    println!(
+        "attention         {} q heads, {} kv heads, head dim {}, RoPE on {} dims (theta {})",
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.rotary_dim(),
+        c.rope_theta
+    );
+    println!(
+        "Gated-DeltaNet    {} k heads x {}, {} v heads x {}, conv {}",
+        c.linear_num_key_heads,
+        c.linear_key_head_dim,
+        c.linear_num_value_heads,
+        c.linear_value_head_dim,
+        c.linear_conv_kernel_dim
+    );
+    println!(
+        "vocabulary        {} ({}), EOS {:?}",
+        c.vocab_size,
+        if c.tie_word_embeddings {
+            "tied lm_head"
+        } else {
+            "separate lm_head"
+        },
+        c.eos_token_ids
+    );
+    println!(
+        "MTP head          {}",
+        if s.mtp {
+            "present"
+        } else if c.mtp_num_hidden_layers > 0 {
+            "declared, tensors missing"
+        } else {
+            "none"
+        }
+    );
+    println!(
+        "parameters        {:.3} B, {:.2} GiB stored ({:.2} bits/param)",
+        s.total_params as f64 / 1e9,
+        gib(s.total_bytes),
+        s.total_bytes as f64 * 8.0 / s.total_params.max(1) as f64
+    );
     for (name, g) in &s.groups {
         let f: Vec<String> = g.formats.iter().map(|(k, v)| format!("{v}x {k}")).collect();
-        println!("  {name:<22} {:>8.3} B params {:>8.3} GiB  {:>5.2} bpw  {}", g.params as f64 / 1e9, gib(g.bytes), g.bits_per_weight(), f.join(", "));
+        println!(
+            "  {name:<22} {:>8.3} B params {:>8.3} GiB  {:>5.2} bpw  {}",
+            g.params as f64 / 1e9,
+            gib(g.bytes),
+            g.bits_per_weight(),
+            f.join(", ")
+        );
     }
     println!("bytes per token   {:.2} GB at 1k context (weights {:.2} GB + state {:.2} GB + KV {:.3} MB per 1k)", s.bytes_per_token(1024) as f64 / 1e9,
         s.weight_bytes_per_token as f64 / 1e9, s.state_bytes_per_token as f64 / 1e9, (1024 * s.kv_bytes_per_context_token) as f64 / 1e6);
     if s.mtp {
-        println!("MTP draft         {:.2} GB per draft ({:.1}% of a backbone step)", s.mtp_bytes_per_draft as f64 / 1e9, 100.0 * s.mtp_bytes_per_draft as f64 / s.weight_bytes_per_token.max(1) as f64);
+        println!(
+            "MTP draft         {:.2} GB per draft ({:.1}% of a backbone step)",
+            s.mtp_bytes_per_draft as f64 / 1e9,
+            100.0 * s.mtp_bytes_per_draft as f64 / s.weight_bytes_per_token.max(1) as f64
+        );
     }
-    println!("memory at {} ctx {:.2} GiB (weights + KV + recurrent states)", a.context, gib(s.memory_at(a.context)));
+    println!(
+        "memory at {} ctx {:.2} GiB (weights + KV + recurrent states)",
+        a.context,
+        gib(s.memory_at(a.context))
+    );
     for n in &s.notes {
         println!("note: {n}");
     }
@@ -467,12 +653,21 @@ pub fn synth(a: SynthArgs) -> Result<(), String> {
     use qwgpu_engine::synth;
     let base = match &a.config {
         Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
-        None => synth::preset(&a.preset).ok_or_else(|| format!("unknown preset '{}' (qwen3.6-27b, small)", a.preset))?.to_string(),
+        None => synth::preset(&a.preset)
+            .ok_or_else(|| format!("unknown preset '{}' (qwen3.6-27b, small)", a.preset))?
+            .to_string(),
     };
     if !matches!(a.bits, 4 | 8) || !matches!(a.group, 32 | 64 | 128) {
         return Err("--bits must be 4 or 8 and --group 32, 64 or 128".into());
     }
-    let text = synth::config_json(&base, Some(QuantSpec { bits: a.bits, group_size: a.group }), a.layers)?;
+    let text = synth::config_json(
+        &base,
+        Some(QuantSpec {
+            bits: a.bits,
+            group_size: a.group,
+        }),
+        a.layers,
+    )?;
     // The tokenizer is checked against the config before any weight is written.
     let tokenizer_files = match &a.tokenizer {
         Some(p) => Some(synth_tokenizer_files(p, &text)?),
@@ -482,21 +677,41 @@ pub fn synth(a: SynthArgs) -> Result<(), String> {
     let total = synth::write(&a.out, &text, a.seed, !a.no_mtp, 4 << 30, &|_| {})?;
     for (from, name) in tokenizer_files.unwrap_or_default() {
         let to = a.out.join(name);
-        std::fs::copy(&from, &to).map_err(|e| format!("copy {} to {}: {e}", from.display(), to.display()))?;
+        std::fs::copy(&from, &to)
+            .map_err(|e| format!("copy {} to {}: {e}", from.display(), to.display()))?;
     }
-    eprintln!("wrote {:.2} GB to {} in {:.1}s", total as f64 / 1e9, a.out.display(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {:.2} GB to {} in {:.1}s",
+        total as f64 / 1e9,
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 /// The tokenizer files `synth --tokenizer PATH` copies (source, name in the checkpoint), after
 /// checking that the tokenizer fits the synthetic model's vocabulary and EOS ids.
-fn synth_tokenizer_files(path: &std::path::Path, config_json: &str) -> Result<Vec<(PathBuf, &'static str)>, String> {
+fn synth_tokenizer_files(
+    path: &std::path::Path,
+    config_json: &str,
+) -> Result<Vec<(PathBuf, &'static str)>, String> {
     use qwgpu_engine::model::config::ModelConfig;
     use qwgpu_engine::text::Tokenizer;
-    let cfg = ModelConfig::parse("synthetic config", config_json, None).map_err(|e| e.to_string())?;
-    let tok = if path.is_dir() { Tokenizer::from_model_dir(path) } else { Tokenizer::from_file(path) }.map_err(|e| format!("--tokenizer: {e}"))?;
-    tok.check_model(cfg.vocab_size, &cfg.eos_token_ids).map_err(|e| format!("--tokenizer: {e}"))?;
-    let name = if tok.source().ends_with(".gz") { "tokenizer.json.gz" } else { "tokenizer.json" };
+    let cfg =
+        ModelConfig::parse("synthetic config", config_json, None).map_err(|e| e.to_string())?;
+    let tok = if path.is_dir() {
+        Tokenizer::from_model_dir(path)
+    } else {
+        Tokenizer::from_file(path)
+    }
+    .map_err(|e| format!("--tokenizer: {e}"))?;
+    tok.check_model(cfg.vocab_size, &cfg.eos_token_ids)
+        .map_err(|e| format!("--tokenizer: {e}"))?;
+    let name = if tok.source().ends_with(".gz") {
+        "tokenizer.json.gz"
+    } else {
+        "tokenizer.json"
+    };
     let mut files = vec![(PathBuf::from(tok.source()), name)];
     if path.is_dir() {
         for name in ["tokenizer_config.json", "chat_template.jinja"] {
@@ -511,7 +726,10 @@ fn synth_tokenizer_files(path: &std::path::Path, config_json: &str) -> Result<Ve
 pub fn devices(json: bool) -> Result<(), String> {
     let list = pollster::block_on(gpu::list_adapters());
     if json {
-        println!("{}", serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?
+        );
         return Ok(());
     }
     if list.is_empty() {
@@ -520,7 +738,10 @@ pub fn devices(json: bool) -> Result<(), String> {
     for a in list {
         println!("{} [{} / {}]", a.name, a.backend, a.device_type);
         println!("  driver: {} {}", a.driver, a.driver_info);
-        println!("  subgroups: {} (sizes {}..{}), shader-f16: {}, timestamps: {}", a.subgroups, a.subgroup_sizes.0, a.subgroup_sizes.1, a.shader_f16, a.timestamp_query);
+        println!(
+            "  subgroups: {} (sizes {}..{}), shader-f16: {}, timestamps: {}",
+            a.subgroups, a.subgroup_sizes.0, a.subgroup_sizes.1, a.shader_f16, a.timestamp_query
+        );
         println!(
             "  max buffer {} MiB, max storage binding {} MiB, workgroup memory {} KiB, {} storage buffers per stage",
             a.max_buffer_size >> 20,
@@ -538,7 +759,11 @@ pub fn tokenize(a: TokenizeArgs) -> Result<(), String> {
         Some(p) if p.is_dir() => Tokenizer::from_model_dir(p),
         Some(p) => Tokenizer::from_file(p),
         #[cfg(feature = "default-model")]
-        None => return qwgpu_engine::default_model::tokenizer().map_err(|e| e.to_string()).and_then(|t| print_ids(&t, &a)),
+        None => {
+            return qwgpu_engine::default_model::tokenizer()
+                .map_err(|e| e.to_string())
+                .and_then(|t| print_ids(&t, &a))
+        }
         #[cfg(not(feature = "default-model"))]
         None => return Err("this build has no embedded default model: pass --tokenizer".into()),
     }
@@ -566,9 +791,12 @@ fn print_ids(tok: &qwgpu_engine::text::Tokenizer, a: &TokenizeArgs) -> Result<()
 }
 
 pub fn convert_tokenizer(a: ConvertTokenizerArgs) -> Result<(), String> {
-    use qwgpu_engine::text::tokenizer::{tiktoken_to_json, write_tokenizer_file, QWEN3_5_PATTERN, QWEN3_5_SPECIAL_TOKENS};
+    use qwgpu_engine::text::tokenizer::{
+        tiktoken_to_json, write_tokenizer_file, QWEN3_5_PATTERN, QWEN3_5_SPECIAL_TOKENS,
+    };
     let bytes = std::fs::read(&a.tiktoken).map_err(|e| format!("{}: {e}", a.tiktoken.display()))?;
-    let json = tiktoken_to_json(&bytes, &QWEN3_5_SPECIAL_TOKENS, QWEN3_5_PATTERN, false).map_err(|e| e.to_string())?;
+    let json = tiktoken_to_json(&bytes, &QWEN3_5_SPECIAL_TOKENS, QWEN3_5_PATTERN, false)
+        .map_err(|e| e.to_string())?;
     write_tokenizer_file(&a.out, &json).map_err(|e| e.to_string())?;
     eprintln!("wrote {} ({} bytes)", a.out.display(), json.len());
     Ok(())

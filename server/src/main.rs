@@ -53,7 +53,11 @@ enum MtpMode {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "qwgpu-server", version, about = "OpenAI-compatible API and web chat UI for Qwen3.5 / Qwen3.6 on any GPU through wgpu")]
+#[command(
+    name = "qwgpu-server",
+    version,
+    about = "OpenAI-compatible API and web chat UI for Qwen3.5 / Qwen3.6 on any GPU through wgpu"
+)]
 struct Args {
     /// Model directory (config.json, model*.safetensors, tokenizer.json). Default: the embedded
     /// default model.
@@ -156,11 +160,21 @@ fn run(args: Args) -> Result<(), String> {
     let tokenizer = Arc::new(tokenizer);
     let metrics = Arc::new(Metrics::default());
     let control = Arc::new(Control::default());
-    eprintln!("qwgpu-server: loading {}", args.model.as_ref().map_or("the embedded default model".to_string(), |d| d.display().to_string()));
+    eprintln!(
+        "qwgpu-server: loading {}",
+        args.model
+            .as_ref()
+            .map_or("the embedded default model".to_string(), |d| d
+                .display()
+                .to_string())
+    );
     let w = worker::start(
         worker::WorkerOptions {
             model_dir: args.model.clone(),
-            session: SessionOptions { max_ctx: args.max_context, prefill_chunk: args.prefill_chunk },
+            session: SessionOptions {
+                max_ctx: args.max_context,
+                prefill_chunk: args.prefill_chunk,
+            },
             adapter: args.adapter.clone(),
             shader_checks: args.shader_checks,
         },
@@ -175,14 +189,26 @@ fn run(args: Args) -> Result<(), String> {
     if args.mtp == MtpMode::On && !w.info.has_mtp {
         return Err("--mtp on: this checkpoint has no MTP head (no mtp.* tensors)".into());
     }
-    let demo_dir = args.demo_dir.clone().or_else(|| Some(PathBuf::from("web/dist")).filter(|p| p.is_dir()));
+    let demo_dir = args
+        .demo_dir
+        .clone()
+        .or_else(|| Some(PathBuf::from("web/dist")).filter(|p| p.is_dir()));
     eprintln!(
         "qwgpu-server: {name} on {} in {:.1}s; context {} tokens, MTP {}{}",
         w.info.device,
         t0.elapsed().as_secs_f64(),
         w.info.max_ctx,
-        if !w.info.has_mtp || args.mtp == MtpMode::Off { "off" } else if args.mtp == MtpMode::On { "on" } else { "auto" },
-        demo_dir.as_ref().map(|d| format!(", /demo/ from {}", d.display())).unwrap_or_default()
+        if !w.info.has_mtp || args.mtp == MtpMode::Off {
+            "off"
+        } else if args.mtp == MtpMode::On {
+            "on"
+        } else {
+            "auto"
+        },
+        demo_dir
+            .as_ref()
+            .map(|d| format!(", /demo/ from {}", d.display()))
+            .unwrap_or_default()
     );
     let app = Arc::new(App {
         name,
@@ -199,7 +225,11 @@ fn run(args: Args) -> Result<(), String> {
         demo_dir,
         created: response::unix_time(),
     });
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let grace = Duration::from_secs(args.shutdown_grace_s);
     let result = rt.block_on(serve(app.clone(), &args.host, args.port, grace));
     control.stop.store(true, Ordering::SeqCst);
@@ -211,17 +241,29 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 async fn serve(app: Arc<App>, host: &str, port: u16, grace: Duration) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind((host, port)).await.map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
     let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
-    let shown = if addr.is_ipv6() { format!("[{}]:{}", addr.ip(), addr.port()) } else { addr.to_string() };
+    let shown = if addr.is_ipv6() {
+        format!("[{}]:{}", addr.ip(), addr.port())
+    } else {
+        addr.to_string()
+    };
     // Tests and scripts read this line to find the port.
     println!("listening on http://{shown}");
     let router = router(app.clone());
     let control = app.control.clone();
     let shutdown = async move {
         wait_for_signal().await;
-        eprintln!("qwgpu-server: shutting down (running request: {} s to finish)", grace.as_secs());
-        *control.drain_deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + grace);
+        eprintln!(
+            "qwgpu-server: shutting down (running request: {} s to finish)",
+            grace.as_secs()
+        );
+        *control
+            .drain_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + grace);
         control.draining.store(true, Ordering::SeqCst);
         tokio::spawn(async move {
             tokio::time::sleep(grace + Duration::from_secs(10)).await;
@@ -229,7 +271,10 @@ async fn serve(app: Arc<App>, host: &str, port: u16, grace: Duration) -> Result<
             std::process::exit(0);
         });
     };
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn wait_for_signal() {
@@ -256,7 +301,10 @@ async fn wait_for_signal() {
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(|| async { files::ui("index.html") }))
-        .route("/ui/{file}", get(|UrlPath(f): UrlPath<String>| async move { files::ui(&f) }))
+        .route(
+            "/ui/{file}",
+            get(|UrlPath(f): UrlPath<String>| async move { files::ui(&f) }),
+        )
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
@@ -266,7 +314,10 @@ fn router(app: Arc<App>) -> Router {
         .route("/demo", get(|| async { files::redirect("/demo/") }))
         .route("/demo/", get(demo_index))
         .route("/demo/{*path}", get(demo))
-        .route("/models/default/{file}", get(|UrlPath(f): UrlPath<String>| async move { files::default_model_file(&f) }))
+        .route(
+            "/models/default/{file}",
+            get(|UrlPath(f): UrlPath<String>| async move { files::default_model_file(&f) }),
+        )
         .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(app.max_body))
@@ -278,7 +329,12 @@ fn router(app: Arc<App>) -> Router {
 async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let endpoint = match path {
-        "/v1/chat/completions" | "/v1/completions" | "/v1/models" | "/health" | "/metrics" | "/" => path.to_string(),
+        "/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/models"
+        | "/health"
+        | "/metrics"
+        | "/" => path.to_string(),
         p if p.starts_with("/v1/models/") => "/v1/models/{id}".into(),
         p if p.starts_with("/ui/") => "/ui".into(),
         p if p.starts_with("/demo") => "/demo".into(),
@@ -303,7 +359,11 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         "queue_capacity": app.queue_capacity,
         "demo": app.demo_dir.is_some(),
     });
-    let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     (status, Json(body)).into_response()
 }
 
@@ -311,11 +371,21 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     let info = [
         ("model", app.name.clone()),
         ("device", app.info.device.clone()),
-        ("mtp", (app.info.has_mtp && app.mtp != MtpMode::Off).to_string()),
+        (
+            "mtp",
+            (app.info.has_mtp && app.mtp != MtpMode::Off).to_string(),
+        ),
         ("max_context", app.info.max_ctx.to_string()),
     ];
     let text = app.metrics.render(&info, app.queue_capacity);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 fn model_object(app: &App) -> Value {
@@ -354,8 +424,13 @@ async fn demo(State(app): State<Arc<App>>, UrlPath(path): UrlPath<String>) -> Re
 fn body_bytes(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     match body {
         Ok(b) => Ok(b),
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::too_large(app.max_body)),
-        Err(r) => Err(ApiError::bad_json(format!("could not read the request body: {}", r.body_text()))),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::too_large(app.max_body))
+        }
+        Err(r) => Err(ApiError::bad_json(format!(
+            "could not read the request body: {}",
+            r.body_text()
+        ))),
     }
 }
 
@@ -369,13 +444,23 @@ impl App {
 
     fn check_open(&self) -> Result<(), ApiError> {
         if self.control.draining.load(Ordering::SeqCst) {
-            return Err(ApiError::unavailable("shutting_down", "The server is shutting down"));
+            return Err(ApiError::unavailable(
+                "shutting_down",
+                "The server is shutting down",
+            ));
         }
         Ok(())
     }
 
     /// Checks the context limit and builds the job (nothing has touched the GPU yet).
-    fn job(&self, prompt: Vec<u32>, gen: &GenParams, stream: StreamConfig, what: &str, received: Instant) -> Result<(Job, UnboundedReceiver<Event>), ApiError> {
+    fn job(
+        &self,
+        prompt: Vec<u32>,
+        gen: &GenParams,
+        stream: StreamConfig,
+        what: &str,
+        received: Instant,
+    ) -> Result<(Job, UnboundedReceiver<Event>), ApiError> {
         let max_ctx = self.info.max_ctx as usize;
         if prompt.len() + 1 > max_ctx {
             return Err(ApiError::context_length(
@@ -417,11 +502,19 @@ impl App {
         match worker::enqueue(&self.queue, &self.metrics, job) {
             Ok(()) => Ok(()),
             Err(EnqueueError::Full) => {
-                self.metrics.rejected_queue_full.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .rejected_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
                 let wait = self.metrics.mean_request_seconds() * (self.queue_capacity as f64 + 1.0);
-                Err(ApiError::queue_full(self.queue_capacity, wait.ceil().clamp(1.0, 600.0) as u64))
+                Err(ApiError::queue_full(
+                    self.queue_capacity,
+                    wait.ceil().clamp(1.0, 600.0) as u64,
+                ))
             }
-            Err(EnqueueError::Closed) => Err(ApiError::unavailable("shutting_down", "The server is shutting down")),
+            Err(EnqueueError::Closed) => Err(ApiError::unavailable(
+                "shutting_down",
+                "The server is shutting down",
+            )),
         }
     }
 
@@ -432,11 +525,19 @@ impl App {
     }
 }
 
-async fn chat_completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
-    chat_inner(app, body).await.unwrap_or_else(IntoResponse::into_response)
+async fn chat_completions(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    chat_inner(app, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn chat_inner(app: Arc<App>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn chat_inner(
+    app: Arc<App>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let received = Instant::now();
     let bytes = body_bytes(&app, body)?;
     let obj = request::parse_body(&bytes)?;
@@ -449,15 +550,25 @@ async fn chat_inner(app: Arc<App>, body: Result<Bytes, BytesRejection>) -> Resul
         let text = a
             .template
             .render(&req.messages, req.tools.as_deref(), true, &req.kwargs)
-            .map_err(|e| ApiError::invalid("messages", format!("the chat template could not render the messages: {e}")))?;
-        let ids = a.tokenizer.encode(&text, true).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+            .map_err(|e| {
+                ApiError::invalid(
+                    "messages",
+                    format!("the chat template could not render the messages: {e}"),
+                )
+            })?;
+        let ids = a
+            .tokenizer
+            .encode(&text, true)
+            .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
         Ok::<_, ApiError>((req, ids))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
     let mut stream = app.base_stream_config(&req.gen.stop);
     stream.tool_calls = req.parse_tools;
-    stream.tools = req.tools.as_ref().map_or_else(ToolSchemas::none, |t| ToolSchemas::from_json(&Value::Array(t.clone())));
+    stream.tools = req.tools.as_ref().map_or_else(ToolSchemas::none, |t| {
+        ToolSchemas::from_json(&Value::Array(t.clone()))
+    });
     // Content and reasoning without the newlines around `</think>` (the template strips them
     // again when the reply comes back as history).
     stream.trim_newlines = true;
@@ -470,14 +581,24 @@ async fn chat_inner(app: Arc<App>, body: Result<Bytes, BytesRejection>) -> Resul
         return Ok(sse_response(app, rx, deadline, first, Box::new(s)));
     }
     let (done, lps) = collect(&app, rx, deadline, req.gen.logprobs, response::chat_logprob).await?;
-    Ok(Json(response::chat_completion(&app.name, &done, req.gen.logprobs.then_some(lps))).into_response())
+    Ok(Json(response::chat_completion(
+        &app.name,
+        &done,
+        req.gen.logprobs.then_some(lps),
+    ))
+    .into_response())
 }
 
 async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
-    completion_inner(app, body).await.unwrap_or_else(IntoResponse::into_response)
+    completion_inner(app, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn completion_inner(app: Arc<App>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn completion_inner(
+    app: Arc<App>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let received = Instant::now();
     let bytes = body_bytes(&app, body)?;
     let obj = request::parse_body(&bytes)?;
@@ -487,7 +608,11 @@ async fn completion_inner(app: Arc<App>, body: Result<Bytes, BytesRejection>) ->
     let a = app.clone();
     let prompt_in = req.prompt.clone();
     let (prompt, prompt_text) = tokio::task::spawn_blocking(move || match prompt_in {
-        Prompt::Text(t) => a.tokenizer.encode(&t, true).map(|ids| (ids, t)).map_err(|e| ApiError::invalid("prompt", e.to_string())),
+        Prompt::Text(t) => a
+            .tokenizer
+            .encode(&t, true)
+            .map(|ids| (ids, t))
+            .map_err(|e| ApiError::invalid("prompt", e.to_string())),
         Prompt::Ids(ids) => {
             let text = a.tokenizer.decode(&ids, false).unwrap_or_default();
             Ok((ids, text))
@@ -506,7 +631,8 @@ async fn completion_inner(app: Arc<App>, body: Result<Bytes, BytesRejection>) ->
     let deadline = job.deadline;
     app.enqueue(job)?;
     if req.gen.stream {
-        let mut s = CompletionStream::new(app.name.clone(), req.gen.include_usage, req.gen.logprobs);
+        let mut s =
+            CompletionStream::new(app.name.clone(), req.gen.include_usage, req.gen.logprobs);
         let mut first = Vec::new();
         if req.echo {
             let c = s.chunk(&prompt_text, None);
@@ -548,16 +674,29 @@ async fn collect(
                 Ok(ev) => ev,
                 Err(_) => {
                     app.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
-                    return Err(ApiError::unavailable("timeout", "The request timed out while waiting in the queue"));
+                    return Err(ApiError::unavailable(
+                        "timeout",
+                        "The request timed out while waiting in the queue",
+                    ));
                 }
             }
         };
         match ev {
             Some(Event::Started) => started = true,
-            Some(Event::Token { id, logprobs }) if want_lp => entries.push(lp(&app.tokenizer, id, logprobs.as_ref())),
+            Some(Event::Token { id, logprobs }) if want_lp => {
+                entries.push(lp(&app.tokenizer, id, logprobs.as_ref()))
+            }
             Some(Event::Done(d)) => return Ok((d, entries)),
-            Some(Event::Failed { status, code, message }) => {
-                let mut e = if status >= 500 { ApiError::unavailable(code, message) } else { ApiError::invalid("messages", message) };
+            Some(Event::Failed {
+                status,
+                code,
+                message,
+            }) => {
+                let mut e = if status >= 500 {
+                    ApiError::unavailable(code, message)
+                } else {
+                    ApiError::invalid("messages", message)
+                };
                 if status == 500 {
                     e = ApiError::internal(e.message);
                 }
@@ -601,8 +740,22 @@ struct SseState {
 
 /// A `text/event-stream` response fed by the job's events. Dropping it (the client went away)
 /// drops the receiver, which the GPU thread notices before its next token.
-fn sse_response(app: Arc<App>, rx: UnboundedReceiver<Event>, deadline: Instant, first: Vec<String>, frames: Box<dyn Frames>) -> Response {
-    let state = SseState { app, rx, deadline, started: false, pending: first.into(), frames, ended: false };
+fn sse_response(
+    app: Arc<App>,
+    rx: UnboundedReceiver<Event>,
+    deadline: Instant,
+    first: Vec<String>,
+    frames: Box<dyn Frames>,
+) -> Response {
+    let state = SseState {
+        app,
+        rx,
+        deadline,
+        started: false,
+        pending: first.into(),
+        frames,
+        ended: false,
+    };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         loop {
             if let Some(f) = s.pending.pop_front() {
@@ -611,7 +764,11 @@ fn sse_response(app: Arc<App>, rx: UnboundedReceiver<Event>, deadline: Instant, 
             if s.ended {
                 return None;
             }
-            let wait = if s.started { KEEPALIVE } else { KEEPALIVE.min(s.deadline.saturating_duration_since(Instant::now())) };
+            let wait = if s.started {
+                KEEPALIVE
+            } else {
+                KEEPALIVE.min(s.deadline.saturating_duration_since(Instant::now()))
+            };
             match tokio::time::timeout(wait, s.rx.recv()).await {
                 Ok(Some(ev)) => {
                     if matches!(ev, Event::Started) {
@@ -623,13 +780,21 @@ fn sse_response(app: Arc<App>, rx: UnboundedReceiver<Event>, deadline: Instant, 
                     s.ended |= end;
                 }
                 Ok(None) => {
-                    s.pending.push_back(response::stream_error(500, "internal_error", "the generation ended without a result"));
+                    s.pending.push_back(response::stream_error(
+                        500,
+                        "internal_error",
+                        "the generation ended without a result",
+                    ));
                     s.pending.push_back(response::SSE_DONE.into());
                     s.ended = true;
                 }
                 Err(_) if !s.started && Instant::now() >= s.deadline => {
                     s.app.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
-                    s.pending.push_back(response::stream_error(503, "timeout", "The request timed out while waiting in the queue"));
+                    s.pending.push_back(response::stream_error(
+                        503,
+                        "timeout",
+                        "The request timed out while waiting in the queue",
+                    ));
                     s.pending.push_back(response::SSE_DONE.into());
                     s.ended = true;
                 }
@@ -639,7 +804,10 @@ fn sse_response(app: Arc<App>, rx: UnboundedReceiver<Event>, deadline: Instant, 
     });
     let mut r = Response::new(Body::from_stream(stream));
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r

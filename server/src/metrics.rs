@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Upper bounds of the time-to-first-token histogram, in seconds.
-const TTFT_BUCKETS: [f64; 12] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+const TTFT_BUCKETS: [f64; 12] = [
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
 
 #[derive(Default)]
 struct Inner {
@@ -62,12 +64,16 @@ impl Metrics {
 
     pub fn request(&self, endpoint: &str, status: u16) {
         let mut m = self.lock();
-        *m.requests.entry((endpoint.to_string(), status)).or_default() += 1;
+        *m.requests
+            .entry((endpoint.to_string(), status))
+            .or_default() += 1;
     }
 
     pub fn generation(&self, r: &GenerationRecord) {
-        self.prompt_tokens.fetch_add(r.prompt_tokens as u64, Ordering::Relaxed);
-        self.generation_tokens.fetch_add(r.completion_tokens as u64, Ordering::Relaxed);
+        self.prompt_tokens
+            .fetch_add(r.prompt_tokens as u64, Ordering::Relaxed);
+        self.generation_tokens
+            .fetch_add(r.completion_tokens as u64, Ordering::Relaxed);
         if let Some((d, a)) = r.mtp {
             self.mtp_drafted.fetch_add(d, Ordering::Relaxed);
             self.mtp_accepted.fetch_add(a, Ordering::Relaxed);
@@ -118,45 +124,177 @@ impl Metrics {
                 let _ = writeln!(s, "{name}{labels} {v}");
             }
         };
-        let labels: Vec<String> = info.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
-        metric("qwgpu_model_info", "gauge", "The served model (labels) ", vec![(format!("{{{}}}", labels.join(",")), "1".into())]);
+        let labels: Vec<String> = info
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        metric(
+            "qwgpu_model_info",
+            "gauge",
+            "The served model (labels) ",
+            vec![(format!("{{{}}}", labels.join(",")), "1".into())],
+        );
         let mut req: Vec<(String, String)> = m
             .requests
             .iter()
-            .map(|((e, c), n)| (format!("{{endpoint=\"{}\",status=\"{c}\"}}", escape(e)), n.to_string()))
+            .map(|((e, c), n)| {
+                (
+                    format!("{{endpoint=\"{}\",status=\"{c}\"}}", escape(e)),
+                    n.to_string(),
+                )
+            })
             .collect();
         if req.is_empty() {
             req.push((String::new(), "0".into()));
         }
-        metric("qwgpu_requests_total", "counter", "HTTP requests by endpoint and status code.", req);
+        metric(
+            "qwgpu_requests_total",
+            "counter",
+            "HTTP requests by endpoint and status code.",
+            req,
+        );
         let fin: Vec<(String, String)> = ["stop", "length", "tool_calls"]
             .iter()
-            .map(|r| (format!("{{finish_reason=\"{r}\"}}"), m.finished.get(r).copied().unwrap_or(0).to_string()))
+            .map(|r| {
+                (
+                    format!("{{finish_reason=\"{r}\"}}"),
+                    m.finished.get(r).copied().unwrap_or(0).to_string(),
+                )
+            })
             .collect();
-        metric("qwgpu_generations_total", "counter", "Finished generations by finish reason.", fin);
-        metric("qwgpu_generations_cancelled_total", "counter", "Generations stopped because the client went away (or skipped while queued).", vec![(String::new(), load(&self.cancelled).to_string())]);
-        metric("qwgpu_generations_timed_out_total", "counter", "Generations stopped by the per-request time limit.", vec![(String::new(), load(&self.timed_out).to_string())]);
-        metric("qwgpu_generations_failed_total", "counter", "Generations that ended with an engine error.", vec![(String::new(), load(&self.failed).to_string())]);
-        metric("qwgpu_rejected_total", "counter", "Requests refused with 429 because the queue was full.", vec![("{reason=\"queue_full\"}".into(), load(&self.rejected_queue_full).to_string())]);
-        metric("qwgpu_prompt_tokens_total", "counter", "Prompt tokens processed.", vec![(String::new(), load(&self.prompt_tokens).to_string())]);
-        metric("qwgpu_generation_tokens_total", "counter", "Tokens generated.", vec![(String::new(), load(&self.generation_tokens).to_string())]);
+        metric(
+            "qwgpu_generations_total",
+            "counter",
+            "Finished generations by finish reason.",
+            fin,
+        );
+        metric(
+            "qwgpu_generations_cancelled_total",
+            "counter",
+            "Generations stopped because the client went away (or skipped while queued).",
+            vec![(String::new(), load(&self.cancelled).to_string())],
+        );
+        metric(
+            "qwgpu_generations_timed_out_total",
+            "counter",
+            "Generations stopped by the per-request time limit.",
+            vec![(String::new(), load(&self.timed_out).to_string())],
+        );
+        metric(
+            "qwgpu_generations_failed_total",
+            "counter",
+            "Generations that ended with an engine error.",
+            vec![(String::new(), load(&self.failed).to_string())],
+        );
+        metric(
+            "qwgpu_rejected_total",
+            "counter",
+            "Requests refused with 429 because the queue was full.",
+            vec![(
+                "{reason=\"queue_full\"}".into(),
+                load(&self.rejected_queue_full).to_string(),
+            )],
+        );
+        metric(
+            "qwgpu_prompt_tokens_total",
+            "counter",
+            "Prompt tokens processed.",
+            vec![(String::new(), load(&self.prompt_tokens).to_string())],
+        );
+        metric(
+            "qwgpu_generation_tokens_total",
+            "counter",
+            "Tokens generated.",
+            vec![(String::new(), load(&self.generation_tokens).to_string())],
+        );
         let rate = |n: u64, t: f64| if t > 0.0 { n as f64 / t } else { 0.0 };
-        metric("qwgpu_decode_tokens_per_second", "gauge", "Decode speed over all requests (tokens after the first / decode seconds).", vec![(String::new(), fmt(rate(m.decode_tokens, m.decode_seconds)))]);
-        metric("qwgpu_decode_tokens_per_second_last", "gauge", "Decode speed of the last request.", vec![(String::new(), fmt(m.last_decode_tps))]);
-        metric("qwgpu_prefill_tokens_per_second", "gauge", "Prompt processing speed over all requests.", vec![(String::new(), fmt(rate(m.prefill_tokens, m.prefill_seconds)))]);
-        metric("qwgpu_prefill_tokens_per_second_last", "gauge", "Prompt processing speed of the last request.", vec![(String::new(), fmt(m.last_prefill_tps))]);
-        let mut ttft: Vec<(String, String)> = TTFT_BUCKETS.iter().zip(m.ttft_counts.iter()).map(|(b, c)| (format!("_bucket{{le=\"{b}\"}}"), c.to_string())).collect();
+        metric(
+            "qwgpu_decode_tokens_per_second",
+            "gauge",
+            "Decode speed over all requests (tokens after the first / decode seconds).",
+            vec![(String::new(), fmt(rate(m.decode_tokens, m.decode_seconds)))],
+        );
+        metric(
+            "qwgpu_decode_tokens_per_second_last",
+            "gauge",
+            "Decode speed of the last request.",
+            vec![(String::new(), fmt(m.last_decode_tps))],
+        );
+        metric(
+            "qwgpu_prefill_tokens_per_second",
+            "gauge",
+            "Prompt processing speed over all requests.",
+            vec![(
+                String::new(),
+                fmt(rate(m.prefill_tokens, m.prefill_seconds)),
+            )],
+        );
+        metric(
+            "qwgpu_prefill_tokens_per_second_last",
+            "gauge",
+            "Prompt processing speed of the last request.",
+            vec![(String::new(), fmt(m.last_prefill_tps))],
+        );
+        let mut ttft: Vec<(String, String)> = TTFT_BUCKETS
+            .iter()
+            .zip(m.ttft_counts.iter())
+            .map(|(b, c)| (format!("_bucket{{le=\"{b}\"}}"), c.to_string()))
+            .collect();
         ttft.push(("_bucket{le=\"+Inf\"}".into(), m.ttft_count.to_string()));
         ttft.push(("_sum".into(), fmt(m.ttft_sum)));
         ttft.push(("_count".into(), m.ttft_count.to_string()));
-        metric("qwgpu_time_to_first_token_seconds", "histogram", "Seconds from the start of GPU work to the first token (prompt processing).", ttft);
+        metric(
+            "qwgpu_time_to_first_token_seconds",
+            "histogram",
+            "Seconds from the start of GPU work to the first token (prompt processing).",
+            ttft,
+        );
         let (d, a) = (load(&self.mtp_drafted), load(&self.mtp_accepted));
-        metric("qwgpu_mtp_drafted_total", "counter", "Tokens drafted by the MTP head.", vec![(String::new(), d.to_string())]);
-        metric("qwgpu_mtp_accepted_total", "counter", "MTP drafts accepted.", vec![(String::new(), a.to_string())]);
-        metric("qwgpu_mtp_acceptance_ratio", "gauge", "Accepted / drafted MTP tokens over all requests.", vec![(String::new(), fmt(if d > 0 { a as f64 / d as f64 } else { 0.0 }))]);
-        metric("qwgpu_queue_depth", "gauge", "Requests waiting for the GPU.", vec![(String::new(), self.queue_depth.load(Ordering::Relaxed).max(0).to_string())]);
-        metric("qwgpu_queue_capacity", "gauge", "Most requests that may wait.", vec![(String::new(), queue_capacity.to_string())]);
-        metric("qwgpu_busy", "gauge", "1 while a request runs on the GPU.", vec![(String::new(), u8::from(self.busy.load(Ordering::Relaxed)).to_string())]);
+        metric(
+            "qwgpu_mtp_drafted_total",
+            "counter",
+            "Tokens drafted by the MTP head.",
+            vec![(String::new(), d.to_string())],
+        );
+        metric(
+            "qwgpu_mtp_accepted_total",
+            "counter",
+            "MTP drafts accepted.",
+            vec![(String::new(), a.to_string())],
+        );
+        metric(
+            "qwgpu_mtp_acceptance_ratio",
+            "gauge",
+            "Accepted / drafted MTP tokens over all requests.",
+            vec![(
+                String::new(),
+                fmt(if d > 0 { a as f64 / d as f64 } else { 0.0 }),
+            )],
+        );
+        metric(
+            "qwgpu_queue_depth",
+            "gauge",
+            "Requests waiting for the GPU.",
+            vec![(
+                String::new(),
+                self.queue_depth.load(Ordering::Relaxed).max(0).to_string(),
+            )],
+        );
+        metric(
+            "qwgpu_queue_capacity",
+            "gauge",
+            "Most requests that may wait.",
+            vec![(String::new(), queue_capacity.to_string())],
+        );
+        metric(
+            "qwgpu_busy",
+            "gauge",
+            "1 while a request runs on the GPU.",
+            vec![(
+                String::new(),
+                u8::from(self.busy.load(Ordering::Relaxed)).to_string(),
+            )],
+        );
         s
     }
 }
@@ -170,5 +308,7 @@ fn fmt(x: f64) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

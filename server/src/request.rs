@@ -81,7 +81,10 @@ impl<'a> Fields<'a> {
             Some(Value::Number(n)) => {
                 let x = n.as_f64().unwrap_or(f64::NAN);
                 if !(x.is_finite() && x >= lo && x <= hi) {
-                    return Err(ApiError::invalid(name, format!("'{name}' must be between {lo} and {hi}, got {n}")));
+                    return Err(ApiError::invalid(
+                        name,
+                        format!("'{name}' must be between {lo} and {hi}, got {n}"),
+                    ));
                 }
                 Ok(Some(x))
             }
@@ -107,7 +110,9 @@ impl<'a> Fields<'a> {
 
 /// An integer in [lo, hi]; integral floats (2.0) are accepted.
 fn int_value(v: &Value, name: &str, lo: i64, hi: i64) -> Result<i64, ApiError> {
-    let Value::Number(n) = v else { return Err(ApiError::wrong_type(name, "an integer", v)) };
+    let Value::Number(n) = v else {
+        return Err(ApiError::wrong_type(name, "an integer", v));
+    };
     let x = if let Some(i) = n.as_i64() {
         i
     } else if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15) {
@@ -118,8 +123,15 @@ fn int_value(v: &Value, name: &str, lo: i64, hi: i64) -> Result<i64, ApiError> {
         return Err(ApiError::wrong_type(name, "an integer", v));
     };
     if x < lo || x > hi {
-        let range = if hi == i64::MAX { format!("at least {lo}") } else { format!("between {lo} and {hi}") };
-        return Err(ApiError::invalid(name, format!("'{name}' must be {range}, got {n}")));
+        let range = if hi == i64::MAX {
+            format!("at least {lo}")
+        } else {
+            format!("between {lo} and {hi}")
+        };
+        return Err(ApiError::invalid(
+            name,
+            format!("'{name}' must be {range}, got {n}"),
+        ));
     }
     Ok(x)
 }
@@ -127,12 +139,19 @@ fn int_value(v: &Value, name: &str, lo: i64, hi: i64) -> Result<i64, ApiError> {
 /// Parses the body: a JSON object, or a 400.
 pub fn parse_body(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_json("The request body is empty; expected a JSON object"));
+        return Err(ApiError::bad_json(
+            "The request body is empty; expected a JSON object",
+        ));
     }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(v) => Err(ApiError::bad_json(format!("The request body must be a JSON object, got {}", type_name(&v)))),
-        Err(e) => Err(ApiError::bad_json(format!("We could not parse the JSON body of your request: {e}"))),
+        Ok(v) => Err(ApiError::bad_json(format!(
+            "The request body must be a JSON object, got {}",
+            type_name(&v)
+        ))),
+        Err(e) => Err(ApiError::bad_json(format!(
+            "We could not parse the JSON body of your request: {e}"
+        ))),
     }
 }
 
@@ -155,7 +174,10 @@ fn gen_params(f: &Fields, chat: bool, vocab: u32) -> Result<GenParams, ApiError>
     if let Some(p) = f.get("top_p") {
         let x = f.number("top_p", 0.0, 1.0)?.unwrap_or(1.0);
         if x <= 0.0 {
-            return Err(ApiError::invalid("top_p", format!("'top_p' must be in (0, 1], got {p}")));
+            return Err(ApiError::invalid(
+                "top_p",
+                format!("'top_p' must be in (0, 1], got {p}"),
+            ));
         }
         s.top_p = x as f32;
     }
@@ -184,15 +206,30 @@ fn gen_params(f: &Fields, chat: bool, vocab: u32) -> Result<GenParams, ApiError>
         s.seed = seed as u64;
     }
     if let Some(bias) = f.get("logit_bias") {
-        let Value::Object(m) = bias else { return Err(ApiError::wrong_type("logit_bias", "an object mapping token ids to biases", bias)) };
+        let Value::Object(m) = bias else {
+            return Err(ApiError::wrong_type(
+                "logit_bias",
+                "an object mapping token ids to biases",
+                bias,
+            ));
+        };
         for (k, v) in m {
             let param = format!("logit_bias.{k}");
-            let id: u32 = k.trim().parse().map_err(|_| ApiError::invalid(&param, format!("'{k}' is not a token id")))?;
+            let id: u32 = k
+                .trim()
+                .parse()
+                .map_err(|_| ApiError::invalid(&param, format!("'{k}' is not a token id")))?;
             if id >= vocab {
-                return Err(ApiError::invalid(&param, format!("token id {id} is outside the vocabulary (size {vocab})")));
+                return Err(ApiError::invalid(
+                    &param,
+                    format!("token id {id} is outside the vocabulary (size {vocab})"),
+                ));
             }
             let Some(b) = v.as_f64().filter(|b| (-100.0..=100.0).contains(b)) else {
-                return Err(ApiError::invalid(&param, format!("the bias must be a number between -100 and 100, got {v}")));
+                return Err(ApiError::invalid(
+                    &param,
+                    format!("the bias must be a number between -100 and 100, got {v}"),
+                ));
             };
             s.logit_bias.push((id, b as f32));
         }
@@ -201,13 +238,19 @@ fn gen_params(f: &Fields, chat: bool, vocab: u32) -> Result<GenParams, ApiError>
         let lp = f.bool("logprobs")?.unwrap_or(false);
         let top = f.int("top_logprobs", 0, i64::from(MAX_TOP_LOGPROBS))?;
         if top.is_some_and(|t| t > 0) && !lp {
-            return Err(ApiError::invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true"));
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "'top_logprobs' needs 'logprobs': true",
+            ));
         }
         (lp, top.unwrap_or(0) as u32)
     } else {
         match f.get("logprobs") {
             None | Some(Value::Bool(false)) => (false, 0),
-            Some(v) => (true, int_value(v, "logprobs", 0, i64::from(MAX_TOP_LOGPROBS))? as u32),
+            Some(v) => (
+                true,
+                int_value(v, "logprobs", 0, i64::from(MAX_TOP_LOGPROBS))? as u32,
+            ),
         }
     };
     s.top_logprobs = top;
@@ -216,23 +259,41 @@ fn gen_params(f: &Fields, chat: bool, vocab: u32) -> Result<GenParams, ApiError>
         Some(Value::String(x)) => vec![x.clone()],
         Some(Value::Array(a)) => {
             if a.len() > MAX_STOP {
-                return Err(ApiError::invalid("stop", format!("at most {MAX_STOP} stop strings, got {}", a.len())));
+                return Err(ApiError::invalid(
+                    "stop",
+                    format!("at most {MAX_STOP} stop strings, got {}", a.len()),
+                ));
             }
             let mut out = Vec::new();
             for (i, x) in a.iter().enumerate() {
                 match x {
                     Value::String(x) => out.push(x.clone()),
-                    other => return Err(ApiError::wrong_type(&format!("stop[{i}]"), "a string", other)),
+                    other => {
+                        return Err(ApiError::wrong_type(
+                            &format!("stop[{i}]"),
+                            "a string",
+                            other,
+                        ))
+                    }
                 }
             }
             out
         }
-        Some(v) => return Err(ApiError::wrong_type("stop", "a string or an array of strings", v)),
+        Some(v) => {
+            return Err(ApiError::wrong_type(
+                "stop",
+                "a string or an array of strings",
+                v,
+            ))
+        }
     };
     let stop = stop.into_iter().filter(|x| !x.is_empty()).collect();
     if let Some(n) = f.int("n", 1, i64::MAX)? {
         if n != 1 {
-            return Err(ApiError::unsupported("n", format!("only n = 1 is supported, got {n}")));
+            return Err(ApiError::unsupported(
+                "n",
+                format!("only n = 1 is supported, got {n}"),
+            ));
         }
     }
     let stream = f.bool("stream")?.unwrap_or(false);
@@ -241,14 +302,31 @@ fn gen_params(f: &Fields, chat: bool, vocab: u32) -> Result<GenParams, ApiError>
         Some(Value::Object(o)) => match o.get("include_usage") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(v) => return Err(ApiError::wrong_type("stream_options.include_usage", "a boolean", v)),
+            Some(v) => {
+                return Err(ApiError::wrong_type(
+                    "stream_options.include_usage",
+                    "a boolean",
+                    v,
+                ))
+            }
         },
         Some(v) => return Err(ApiError::wrong_type("stream_options", "an object", v)),
     };
     let mtp = f.bool("mtp")?;
     let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
-    s.validate(Some(vocab)).map_err(|e| ApiError::invalid(e.field, e.to_string()))?;
-    Ok(GenParams { max_tokens: max_tokens.map(|m| m as usize), sampling: s, seed_given: seed.is_some(), stop, logprobs, stream, include_usage, mtp, ignore_eos })
+    s.validate(Some(vocab))
+        .map_err(|e| ApiError::invalid(e.field, e.to_string()))?;
+    Ok(GenParams {
+        max_tokens: max_tokens.map(|m| m as usize),
+        sampling: s,
+        seed_given: seed.is_some(),
+        stop,
+        logprobs,
+        stream,
+        include_usage,
+        mtp,
+        ignore_eos,
+    })
 }
 
 /// Text of a content value: a string, or a list of text parts (concatenated, as the Qwen
@@ -262,7 +340,9 @@ fn content_text(v: Option<&Value>, param: &str, allow_null: bool) -> Result<Valu
             let mut text = String::new();
             for (j, p) in parts.iter().enumerate() {
                 let pp = format!("{param}[{j}]");
-                let Value::Object(o) = p else { return Err(ApiError::wrong_type(&pp, "a content part object", p)) };
+                let Value::Object(o) = p else {
+                    return Err(ApiError::wrong_type(&pp, "a content part object", p));
+                };
                 match o.get("type").and_then(Value::as_str) {
                     Some("text") | Some("input_text") => match o.get("text") {
                         Some(Value::String(t)) => text.push_str(t),
@@ -277,7 +357,11 @@ fn content_text(v: Option<&Value>, param: &str, allow_null: bool) -> Result<Valu
             }
             Ok(Value::String(text))
         }
-        Some(other) => Err(ApiError::wrong_type(param, "a string or an array of content parts", other)),
+        Some(other) => Err(ApiError::wrong_type(
+            param,
+            "a string or an array of content parts",
+            other,
+        )),
     }
 }
 
@@ -288,12 +372,17 @@ fn messages(f: &Fields) -> Result<Vec<Value>, ApiError> {
         Some(v) => return Err(ApiError::wrong_type("messages", "an array", v)),
     };
     if list.is_empty() {
-        return Err(ApiError::invalid("messages", "'messages' must contain at least one message"));
+        return Err(ApiError::invalid(
+            "messages",
+            "'messages' must contain at least one message",
+        ));
     }
     let mut out = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
         let p = format!("messages[{i}]");
-        let Value::Object(m) = m else { return Err(ApiError::wrong_type(&p, "an object", m)) };
+        let Value::Object(m) = m else {
+            return Err(ApiError::wrong_type(&p, "an object", m));
+        };
         let role = match m.get("role") {
             None | Some(Value::Null) => return Err(ApiError::missing(&format!("{p}.role"))),
             Some(Value::String(r)) => r.as_str(),
@@ -304,7 +393,10 @@ fn messages(f: &Fields) -> Result<Vec<Value>, ApiError> {
             "system" | "developer" | "user" | "tool" => {
                 let role = if role == "developer" { "system" } else { role };
                 msg.insert("role".into(), role.into());
-                msg.insert("content".into(), content_text(m.get("content"), &format!("{p}.content"), false)?);
+                msg.insert(
+                    "content".into(),
+                    content_text(m.get("content"), &format!("{p}.content"), false)?,
+                );
                 if let Some(id) = m.get("tool_call_id").filter(|v| v.is_string()) {
                     msg.insert("tool_call_id".into(), id.clone());
                 }
@@ -317,31 +409,64 @@ fn messages(f: &Fields) -> Result<Vec<Value>, ApiError> {
                 let calls = match m.get("tool_calls") {
                     None | Some(Value::Null) => None,
                     Some(Value::Array(c)) => Some(c),
-                    Some(v) => return Err(ApiError::wrong_type(&format!("{p}.tool_calls"), "an array", v)),
+                    Some(v) => {
+                        return Err(ApiError::wrong_type(
+                            &format!("{p}.tool_calls"),
+                            "an array",
+                            v,
+                        ))
+                    }
                 };
-                msg.insert("content".into(), content_text(m.get("content"), &format!("{p}.content"), true)?);
+                msg.insert(
+                    "content".into(),
+                    content_text(m.get("content"), &format!("{p}.content"), true)?,
+                );
                 let reasoning = m.get("reasoning_content").or_else(|| m.get("reasoning"));
                 match reasoning {
                     None | Some(Value::Null) => {}
                     Some(Value::String(r)) => {
                         msg.insert("reasoning_content".into(), r.clone().into());
                     }
-                    Some(v) => return Err(ApiError::wrong_type(&format!("{p}.reasoning_content"), "a string", v)),
+                    Some(v) => {
+                        return Err(ApiError::wrong_type(
+                            &format!("{p}.reasoning_content"),
+                            "a string",
+                            v,
+                        ))
+                    }
                 }
                 if let Some(calls) = calls {
                     let mut checked = Vec::new();
                     for (j, c) in calls.iter().enumerate() {
                         let cp = format!("{p}.tool_calls[{j}]");
-                        let func = c.get("function").ok_or_else(|| ApiError::missing(&format!("{cp}.function")))?;
-                        let name = func.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::missing(&format!("{cp}.function.name")))?;
+                        let func = c
+                            .get("function")
+                            .ok_or_else(|| ApiError::missing(&format!("{cp}.function")))?;
+                        let name = func
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| ApiError::missing(&format!("{cp}.function.name")))?;
                         let args = match func.get("arguments") {
                             None | Some(Value::Null) => Value::Object(Map::new()),
-                            Some(Value::String(s)) if s.trim().is_empty() => Value::Object(Map::new()),
-                            Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_err(|e| {
-                                ApiError::invalid(format!("{cp}.function.arguments"), format!("the arguments are not valid JSON: {e}"))
-                            })?,
+                            Some(Value::String(s)) if s.trim().is_empty() => {
+                                Value::Object(Map::new())
+                            }
+                            Some(Value::String(s)) => {
+                                serde_json::from_str::<Value>(s).map_err(|e| {
+                                    ApiError::invalid(
+                                        format!("{cp}.function.arguments"),
+                                        format!("the arguments are not valid JSON: {e}"),
+                                    )
+                                })?
+                            }
                             Some(v @ Value::Object(_)) => v.clone(),
-                            Some(v) => return Err(ApiError::wrong_type(&format!("{cp}.function.arguments"), "a JSON string or an object", v)),
+                            Some(v) => {
+                                return Err(ApiError::wrong_type(
+                                    &format!("{cp}.function.arguments"),
+                                    "a JSON string or an object",
+                                    v,
+                                ))
+                            }
                         };
                         let mut call = serde_json::json!({"type": "function", "function": {"name": name, "arguments": args}});
                         if let Some(id) = c.get("id").filter(|v| v.is_string()) {
@@ -352,12 +477,12 @@ fn messages(f: &Fields) -> Result<Vec<Value>, ApiError> {
                     msg.insert("tool_calls".into(), Value::Array(checked));
                 }
             }
-            other => {
-                return Err(ApiError::invalid(
-                    format!("{p}.role"),
-                    format!("unknown role '{other}' (expected system, developer, user, assistant or tool)"),
-                ))
-            }
+            other => return Err(ApiError::invalid(
+                format!("{p}.role"),
+                format!(
+                    "unknown role '{other}' (expected system, developer, user, assistant or tool)"
+                ),
+            )),
         }
         out.push(Value::Object(msg));
     }
@@ -374,28 +499,66 @@ fn tools(f: &Fields) -> Result<(Option<Vec<Value>>, bool), ApiError> {
     let mut checked = Vec::new();
     for (i, t) in list.into_iter().flatten().enumerate() {
         let p = format!("tools[{i}]");
-        let Value::Object(o) = t else { return Err(ApiError::wrong_type(&p, "an object", t)) };
+        let Value::Object(o) = t else {
+            return Err(ApiError::wrong_type(&p, "an object", t));
+        };
         match o.get("type") {
             Some(Value::String(s)) if s == "function" => {}
             None => return Err(ApiError::missing(&format!("{p}.type"))),
-            Some(v) => return Err(ApiError::unsupported(format!("{p}.type"), format!("only tools of type 'function' are supported, got {v}"))),
+            Some(v) => {
+                return Err(ApiError::unsupported(
+                    format!("{p}.type"),
+                    format!("only tools of type 'function' are supported, got {v}"),
+                ))
+            }
         }
         let func = match o.get("function") {
             Some(Value::Object(f)) => f,
             None => return Err(ApiError::missing(&format!("{p}.function"))),
-            Some(v) => return Err(ApiError::wrong_type(&format!("{p}.function"), "an object", v)),
+            Some(v) => {
+                return Err(ApiError::wrong_type(
+                    &format!("{p}.function"),
+                    "an object",
+                    v,
+                ))
+            }
         };
         let name = match func.get("name") {
             Some(Value::String(n)) if !n.trim().is_empty() => n.clone(),
-            Some(Value::String(_)) => return Err(ApiError::invalid(format!("{p}.function.name"), "the function name is empty")),
+            Some(Value::String(_)) => {
+                return Err(ApiError::invalid(
+                    format!("{p}.function.name"),
+                    "the function name is empty",
+                ))
+            }
             None => return Err(ApiError::missing(&format!("{p}.function.name"))),
-            Some(v) => return Err(ApiError::wrong_type(&format!("{p}.function.name"), "a string", v)),
+            Some(v) => {
+                return Err(ApiError::wrong_type(
+                    &format!("{p}.function.name"),
+                    "a string",
+                    v,
+                ))
+            }
         };
-        if let Some(d) = func.get("description").filter(|v| !v.is_null() && !v.is_string()) {
-            return Err(ApiError::wrong_type(&format!("{p}.function.description"), "a string", d));
+        if let Some(d) = func
+            .get("description")
+            .filter(|v| !v.is_null() && !v.is_string())
+        {
+            return Err(ApiError::wrong_type(
+                &format!("{p}.function.description"),
+                "a string",
+                d,
+            ));
         }
-        if let Some(ps) = func.get("parameters").filter(|v| !v.is_null() && !v.is_object()) {
-            return Err(ApiError::wrong_type(&format!("{p}.function.parameters"), "a JSON schema object", ps));
+        if let Some(ps) = func
+            .get("parameters")
+            .filter(|v| !v.is_null() && !v.is_object())
+        {
+            return Err(ApiError::wrong_type(
+                &format!("{p}.function.parameters"),
+                "a JSON schema object",
+                ps,
+            ));
         }
         names.push(name);
         checked.push(t.clone());
@@ -412,20 +575,46 @@ fn tools(f: &Fields) -> Result<(Option<Vec<Value>>, bool), ApiError> {
                 checked.clear();
             }
             "auto" | "required" => {}
-            other => return Err(ApiError::invalid("tool_choice", format!("unknown tool_choice '{other}' (expected none, auto, required or a function)"))),
+            other => return Err(ApiError::invalid(
+                "tool_choice",
+                format!(
+                    "unknown tool_choice '{other}' (expected none, auto, required or a function)"
+                ),
+            )),
         },
         Some(Value::Object(o)) => {
-            let name = o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
-            let Some(name) = name else { return Err(ApiError::missing("tool_choice.function.name")) };
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str);
+            let Some(name) = name else {
+                return Err(ApiError::missing("tool_choice.function.name"));
+            };
             let Some(k) = names.iter().position(|n| n == name) else {
-                return Err(ApiError::invalid("tool_choice.function.name", format!("the function '{name}' is not among the tools")));
+                return Err(ApiError::invalid(
+                    "tool_choice.function.name",
+                    format!("the function '{name}' is not among the tools"),
+                ));
             };
             let only = checked[k].clone();
             checked = vec![only];
         }
-        Some(v) => return Err(ApiError::wrong_type("tool_choice", "a string or an object", v)),
+        Some(v) => {
+            return Err(ApiError::wrong_type(
+                "tool_choice",
+                "a string or an object",
+                v,
+            ))
+        }
     }
-    Ok((if checked.is_empty() { None } else { Some(checked) }, parse))
+    Ok((
+        if checked.is_empty() {
+            None
+        } else {
+            Some(checked)
+        },
+        parse,
+    ))
 }
 
 pub fn chat(body: &Map<String, Value>, vocab: u32) -> Result<ChatRequest, ApiError> {
@@ -438,12 +627,26 @@ pub fn chat(body: &Map<String, Value>, vocab: u32) -> Result<ChatRequest, ApiErr
         Some(Value::Object(m)) => m.clone(),
         Some(v) => return Err(ApiError::wrong_type("chat_template_kwargs", "an object", v)),
     };
-    if let Some(v) = kwargs.get("enable_thinking").filter(|v| !v.is_null() && !v.is_boolean()) {
-        return Err(ApiError::wrong_type("chat_template_kwargs.enable_thinking", "a boolean", v));
+    if let Some(v) = kwargs
+        .get("enable_thinking")
+        .filter(|v| !v.is_null() && !v.is_boolean())
+    {
+        return Err(ApiError::wrong_type(
+            "chat_template_kwargs.enable_thinking",
+            "a boolean",
+            v,
+        ));
     }
     response_format(&f)?;
     let gen = gen_params(&f, true, vocab)?;
-    Ok(ChatRequest { model, messages, tools, parse_tools, kwargs, gen })
+    Ok(ChatRequest {
+        model,
+        messages,
+        tools,
+        parse_tools,
+        kwargs,
+        gen,
+    })
 }
 
 fn response_format(f: &Fields) -> Result<(), ApiError> {
@@ -451,7 +654,10 @@ fn response_format(f: &Fields) -> Result<(), ApiError> {
         None => Ok(()),
         Some(Value::Object(o)) => match o.get("type") {
             Some(Value::String(t)) if t == "text" => Ok(()),
-            Some(Value::String(t)) => Err(ApiError::unsupported("response_format.type", format!("response_format '{t}' is not supported; only 'text' is"))),
+            Some(Value::String(t)) => Err(ApiError::unsupported(
+                "response_format.type",
+                format!("response_format '{t}' is not supported; only 'text' is"),
+            )),
             None => Err(ApiError::missing("response_format.type")),
             Some(v) => Err(ApiError::wrong_type("response_format.type", "a string", v)),
         },
@@ -463,24 +669,48 @@ pub fn completion(body: &Map<String, Value>, vocab: u32) -> Result<CompletionReq
     let f = Fields { obj: body };
     let model = model_field(&f)?;
     let ids = |a: &[Value], param: &str| -> Result<Vec<u32>, ApiError> {
-        a.iter().enumerate().map(|(i, v)| int_value(v, &format!("{param}[{i}]"), 0, i64::from(vocab) - 1).map(|x| x as u32)).collect()
+        a.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                int_value(v, &format!("{param}[{i}]"), 0, i64::from(vocab) - 1).map(|x| x as u32)
+            })
+            .collect()
     };
     let prompt = match f.get("prompt") {
         None => return Err(ApiError::missing("prompt")),
         Some(Value::String(s)) => Prompt::Text(s.clone()),
-        Some(Value::Array(a)) if a.is_empty() => return Err(ApiError::invalid("prompt", "the prompt is empty")),
+        Some(Value::Array(a)) if a.is_empty() => {
+            return Err(ApiError::invalid("prompt", "the prompt is empty"))
+        }
         Some(Value::Array(a)) => match &a[0] {
             Value::String(_) | Value::Array(_) if a.len() > 1 => {
-                return Err(ApiError::unsupported("prompt", "only one prompt per request is supported"));
+                return Err(ApiError::unsupported(
+                    "prompt",
+                    "only one prompt per request is supported",
+                ));
             }
             Value::String(s) => Prompt::Text(s.clone()),
             Value::Array(inner) => Prompt::Ids(ids(inner, "prompt[0]")?),
             Value::Number(_) => Prompt::Ids(ids(a, "prompt")?),
-            v => return Err(ApiError::wrong_type("prompt[0]", "a string, a token id or an array of token ids", v)),
+            v => {
+                return Err(ApiError::wrong_type(
+                    "prompt[0]",
+                    "a string, a token id or an array of token ids",
+                    v,
+                ))
+            }
         },
-        Some(v) => return Err(ApiError::wrong_type("prompt", "a string, an array of strings or an array of token ids", v)),
+        Some(v) => {
+            return Err(ApiError::wrong_type(
+                "prompt",
+                "a string, an array of strings or an array of token ids",
+                v,
+            ))
+        }
     };
-    if matches!(&prompt, Prompt::Text(s) if s.is_empty()) || matches!(&prompt, Prompt::Ids(v) if v.is_empty()) {
+    if matches!(&prompt, Prompt::Text(s) if s.is_empty())
+        || matches!(&prompt, Prompt::Ids(v) if v.is_empty())
+    {
         return Err(ApiError::invalid("prompt", "the prompt is empty"));
     }
     if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
@@ -488,13 +718,24 @@ pub fn completion(body: &Map<String, Value>, vocab: u32) -> Result<CompletionReq
     }
     if let Some(b) = f.int("best_of", 1, i64::MAX)? {
         if b != 1 {
-            return Err(ApiError::unsupported("best_of", format!("only best_of = 1 is supported, got {b}")));
+            return Err(ApiError::unsupported(
+                "best_of",
+                format!("only best_of = 1 is supported, got {b}"),
+            ));
         }
     }
     let echo = f.bool("echo")?.unwrap_or(false);
     let gen = gen_params(&f, false, vocab)?;
     if echo && gen.logprobs {
-        return Err(ApiError::unsupported("echo", "'echo' together with 'logprobs' (prompt logprobs) is not supported"));
+        return Err(ApiError::unsupported(
+            "echo",
+            "'echo' together with 'logprobs' (prompt logprobs) is not supported",
+        ));
     }
-    Ok(CompletionRequest { model, prompt, echo, gen })
+    Ok(CompletionRequest {
+        model,
+        prompt,
+        echo,
+        gen,
+    })
 }

@@ -24,7 +24,10 @@ pub fn random_u64() -> u64 {
     static STATE: AtomicU64 = AtomicU64::new(0);
     let mut x = STATE.load(Ordering::Relaxed);
     if x == 0 {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
         x = t ^ (std::process::id() as u64).rotate_left(32);
     }
     // splitmix64
@@ -37,7 +40,10 @@ pub fn random_u64() -> u64 {
 }
 
 pub fn unix_time() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn system_fingerprint() -> String {
@@ -57,9 +63,19 @@ pub fn usage(d: &Done) -> Value {
 /// Server-side timings and MTP statistics (an extension; clients ignore unknown fields).
 pub fn timings(d: &Done) -> Value {
     let decode_s = (d.total_s - d.ttft_s).max(0.0);
-    let decode_tps = if d.completion_tokens > 1 && decode_s > 0.0 { (d.completion_tokens - 1) as f64 / decode_s } else { 0.0 };
-    let prefill_tps = if d.ttft_s > 0.0 { d.prompt_tokens as f64 / d.ttft_s } else { 0.0 };
-    let mtp = d.mtp.map(|m| json!({"drafted": m.drafted, "accepted": m.accepted, "acceptance": m.acceptance()}));
+    let decode_tps = if d.completion_tokens > 1 && decode_s > 0.0 {
+        (d.completion_tokens - 1) as f64 / decode_s
+    } else {
+        0.0
+    };
+    let prefill_tps = if d.ttft_s > 0.0 {
+        d.prompt_tokens as f64 / d.ttft_s
+    } else {
+        0.0
+    };
+    let mtp = d.mtp.map(
+        |m| json!({"drafted": m.drafted, "accepted": m.accepted, "acceptance": m.acceptance()}),
+    );
     json!({
         "queue_s": d.queue_s,
         "ttft_s": d.ttft_s,
@@ -82,7 +98,9 @@ pub fn chat_logprob(tok: &Tokenizer, id: u32, r: Option<&RowResult>) -> Value {
         json!({"token": String::from_utf8_lossy(&b), "logprob": finite(lp), "bytes": b})
     };
     let mut e = entry(id, r.map_or(0.0, |r| r.logprob));
-    let top: Vec<Value> = r.map(|r| r.top.iter().map(|&(t, lp)| entry(t, lp)).collect()).unwrap_or_default();
+    let top: Vec<Value> = r
+        .map(|r| r.top.iter().map(|&(t, lp)| entry(t, lp)).collect())
+        .unwrap_or_default();
     e["top_logprobs"] = Value::Array(top);
     e
 }
@@ -110,11 +128,15 @@ impl CompletionLogprobs {
         let text = String::from_utf8_lossy(&token_bytes(tok, id)).into_owned();
         self.text_offset.push(self.offset.into());
         self.offset += text.chars().count();
-        self.token_logprobs.push(finite(r.map_or(0.0, |r| r.logprob)).into());
+        self.token_logprobs
+            .push(finite(r.map_or(0.0, |r| r.logprob)).into());
         let mut top = Map::new();
         if let Some(r) = r {
             for &(t, lp) in &r.top {
-                top.insert(String::from_utf8_lossy(&token_bytes(tok, t)).into_owned(), finite(lp).into());
+                top.insert(
+                    String::from_utf8_lossy(&token_bytes(tok, t)).into_owned(),
+                    finite(lp).into(),
+                );
             }
         }
         self.top_logprobs.push(Value::Object(top));
@@ -172,7 +194,17 @@ fn usage_chunk(id: &str, object: &str, created: u64, model: &str, d: &Done) -> S
 
 impl ChatStream {
     pub fn new(model: String, include_usage: bool, logprobs: bool) -> Self {
-        ChatStream { id: random_id("chatcmpl-", 24), created: unix_time(), model, include_usage, logprobs, tool_index: 0, pending_lp: Vec::new(), mtp: None, finished: false }
+        ChatStream {
+            id: random_id("chatcmpl-", 24),
+            created: unix_time(),
+            model,
+            include_usage,
+            logprobs,
+            tool_index: 0,
+            pending_lp: Vec::new(),
+            mtp: None,
+            finished: false,
+        }
     }
 
     fn chunk(&mut self, delta: Value, finish: Option<&str>, with_lp: bool) -> String {
@@ -208,20 +240,32 @@ impl ChatStream {
         match ev {
             Event::Started | Event::PromptDone => {}
             Event::Mtp { drafted, accepted } => self.mtp = Some((drafted, accepted)),
-            Event::Token { id, logprobs } => self.pending_lp.push(chat_logprob(tok, id, logprobs.as_ref())),
+            Event::Token { id, logprobs } => {
+                self.pending_lp
+                    .push(chat_logprob(tok, id, logprobs.as_ref()))
+            }
             Event::Delta(d) => {
                 for e in d.events {
                     match e {
-                        StreamEvent::Content { text } => out.push(self.chunk(json!({"content": text}), None, true)),
-                        StreamEvent::Reasoning { text } => out.push(self.chunk(json!({"reasoning": text, "reasoning_content": text}), None, true)),
-                        StreamEvent::ToolCallEnd { name, arguments, .. } => {
+                        StreamEvent::Content { text } => {
+                            out.push(self.chunk(json!({"content": text}), None, true))
+                        }
+                        StreamEvent::Reasoning { text } => out.push(self.chunk(
+                            json!({"reasoning": text, "reasoning_content": text}),
+                            None,
+                            true,
+                        )),
+                        StreamEvent::ToolCallEnd {
+                            name, arguments, ..
+                        } => {
                             let index = self.tool_index;
                             self.tool_index += 1;
                             let head = json!({"tool_calls": [{"index": index, "id": random_id("call_", 24), "type": "function", "function": {"name": name, "arguments": ""}}]});
                             out.push(self.chunk(head, None, false));
                             out.push(self.chunk(json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}), None, false));
                         }
-                        StreamEvent::ToolCallStart { .. } | StreamEvent::ToolCallInvalid { .. } => {}
+                        StreamEvent::ToolCallStart { .. } | StreamEvent::ToolCallInvalid { .. } => {
+                        }
                     }
                 }
             }
@@ -231,12 +275,22 @@ impl ChatStream {
                 last["timings"] = timings(&d);
                 out.push(sse(&last));
                 if self.include_usage {
-                    out.push(usage_chunk(&self.id, "chat.completion.chunk", self.created, &self.model, &d));
+                    out.push(usage_chunk(
+                        &self.id,
+                        "chat.completion.chunk",
+                        self.created,
+                        &self.model,
+                        &d,
+                    ));
                 }
                 out.push(SSE_DONE.to_string());
                 self.finished = true;
             }
-            Event::Failed { status, code, message } => {
+            Event::Failed {
+                status,
+                code,
+                message,
+            } => {
                 out.push(stream_error(status, code, &message));
                 out.push(SSE_DONE.to_string());
                 self.finished = true;
@@ -257,7 +311,11 @@ fn add_running_mtp(chunk: &mut Value, mtp: Option<(u64, u64)>) {
 
 /// An error inside an event stream (the status line was already sent).
 pub fn stream_error(status: u16, code: &str, message: &str) -> String {
-    let kind = if status >= 500 { "server_error" } else { "invalid_request_error" };
+    let kind = if status >= 500 {
+        "server_error"
+    } else {
+        "invalid_request_error"
+    };
     sse(&json!({"error": {"message": message, "type": kind, "param": null, "code": code}}))
 }
 
@@ -276,11 +334,24 @@ pub struct CompletionStream {
 
 impl CompletionStream {
     pub fn new(model: String, include_usage: bool, logprobs: bool) -> Self {
-        CompletionStream { id: random_id("cmpl-", 24), created: unix_time(), model, include_usage, logprobs, lp: CompletionLogprobs::default(), mtp: None, finished: false }
+        CompletionStream {
+            id: random_id("cmpl-", 24),
+            created: unix_time(),
+            model,
+            include_usage,
+            logprobs,
+            lp: CompletionLogprobs::default(),
+            mtp: None,
+            finished: false,
+        }
     }
 
     pub fn chunk(&mut self, text: &str, finish: Option<&str>) -> Value {
-        let lp = if self.logprobs && !self.lp.is_empty() { self.lp.take() } else { Value::Null };
+        let lp = if self.logprobs && !self.lp.is_empty() {
+            self.lp.take()
+        } else {
+            Value::Null
+        };
         let mut c = json!({
             "id": self.id,
             "object": "text_completion",
@@ -311,12 +382,22 @@ impl CompletionStream {
                 c["timings"] = timings(&d);
                 out.push(sse(&c));
                 if self.include_usage {
-                    out.push(usage_chunk(&self.id, "text_completion", self.created, &self.model, &d));
+                    out.push(usage_chunk(
+                        &self.id,
+                        "text_completion",
+                        self.created,
+                        &self.model,
+                        &d,
+                    ));
                 }
                 out.push(SSE_DONE.to_string());
                 self.finished = true;
             }
-            Event::Failed { status, code, message } => {
+            Event::Failed {
+                status,
+                code,
+                message,
+            } => {
                 out.push(stream_error(status, code, &message));
                 out.push(SSE_DONE.to_string());
                 self.finished = true;
@@ -347,7 +428,11 @@ pub fn chat_completion(model: &str, d: &Done, logprobs: Option<Vec<Value>>) -> V
         .iter()
         .map(|c| json!({"id": random_id("call_", 24), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
         .collect();
-    let content = if s.content.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(s.content.clone()) };
+    let content = if s.content.is_empty() && !calls.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s.content.clone())
+    };
     let mut message = json!({"role": "assistant", "content": content});
     if !s.reasoning.is_empty() {
         message["reasoning"] = s.reasoning.clone().into();

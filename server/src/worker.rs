@@ -29,12 +29,22 @@ pub enum Event {
     /// The prompt is processed and the first token is known.
     PromptDone,
     /// A generated token with its logprobs (only sent when logprobs were asked for).
-    Token { id: u32, logprobs: Option<RowResult> },
+    Token {
+        id: u32,
+        logprobs: Option<RowResult>,
+    },
     /// MTP only: the running draft counts after a verify step (before that step's deltas).
-    Mtp { drafted: u64, accepted: u64 },
+    Mtp {
+        drafted: u64,
+        accepted: u64,
+    },
     Delta(Delta),
     Done(Box<Done>),
-    Failed { status: u16, code: &'static str, message: String },
+    Failed {
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
 }
 
 /// The end of a generation.
@@ -122,7 +132,13 @@ pub fn enqueue(queue: &SyncSender<Job>, metrics: &Metrics, job: Job) -> Result<(
 
 /// Loads the model on a new thread and starts serving the queue. Returns once the model is
 /// loaded (or failed to load).
-pub fn start(opts: WorkerOptions, capacity: usize, tokenizer: Arc<Tokenizer>, metrics: Arc<Metrics>, control: Arc<Control>) -> Result<Worker, String> {
+pub fn start(
+    opts: WorkerOptions,
+    capacity: usize,
+    tokenizer: Arc<Tokenizer>,
+    metrics: Arc<Metrics>,
+    control: Arc<Control>,
+) -> Result<Worker, String> {
     let (queue, rx) = sync_channel::<Job>(capacity);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<ModelInfo, String>>();
     let thread = std::thread::Builder::new()
@@ -142,14 +158,22 @@ pub fn start(opts: WorkerOptions, capacity: usize, tokenizer: Arc<Tokenizer>, me
         })
         .map_err(|e| format!("cannot start the GPU thread: {e}"))?;
     match ready_rx.recv() {
-        Ok(Ok(info)) => Ok(Worker { queue, info, thread }),
+        Ok(Ok(info)) => Ok(Worker {
+            queue,
+            info,
+            thread,
+        }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err("the GPU thread stopped while loading the model".into()),
     }
 }
 
 fn load(o: &WorkerOptions) -> Result<(Session, ModelInfo), String> {
-    let gopts = GpuOptions { adapter: o.adapter.clone(), shader_checks: Some(o.shader_checks), ..Default::default() };
+    let gopts = GpuOptions {
+        adapter: o.adapter.clone(),
+        shader_checks: Some(o.shader_checks),
+        ..Default::default()
+    };
     let gpu = pollster::block_on(Gpu::new(&gopts)).map_err(|e| e.to_string())?;
     let device = gpu.describe();
     let mut progress = |_: u64, _: u64| {};
@@ -162,7 +186,8 @@ fn load(o: &WorkerOptions) -> Result<(Session, ModelInfo), String> {
     }
     .map_err(|e| e.to_string())?;
     let model = Arc::new(model);
-    let session = pollster::block_on(Session::new(model.clone(), o.session)).map_err(|e| e.to_string())?;
+    let session =
+        pollster::block_on(Session::new(model.clone(), o.session)).map_err(|e| e.to_string())?;
     let info = ModelInfo {
         has_mtp: model.has_mtp(),
         vocab_size: model.config.vocab_size as u32,
@@ -174,7 +199,13 @@ fn load(o: &WorkerOptions) -> Result<(Session, ModelInfo), String> {
     Ok((session, info))
 }
 
-fn serve(mut session: Session, rx: Receiver<Job>, tokenizer: &Tokenizer, metrics: &Metrics, control: &Control) {
+fn serve(
+    mut session: Session,
+    rx: Receiver<Job>,
+    tokenizer: &Tokenizer,
+    metrics: &Metrics,
+    control: &Control,
+) {
     loop {
         let job = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(j) => j,
@@ -192,27 +223,47 @@ fn serve(mut session: Session, rx: Receiver<Job>, tokenizer: &Tokenizer, metrics
             continue;
         }
         if control.draining.load(Ordering::SeqCst) {
-            let _ = job.tx.send(Event::Failed { status: 503, code: "shutting_down", message: "The server is shutting down".into() });
+            let _ = job.tx.send(Event::Failed {
+                status: 503,
+                code: "shutting_down",
+                message: "The server is shutting down".into(),
+            });
             continue;
         }
         if Instant::now() >= job.deadline {
             metrics.timed_out.fetch_add(1, Ordering::Relaxed);
-            let _ = job.tx.send(Event::Failed { status: 503, code: "timeout", message: "The request timed out while waiting in the queue".into() });
+            let _ = job.tx.send(Event::Failed {
+                status: 503,
+                code: "timeout",
+                message: "The request timed out while waiting in the queue".into(),
+            });
             continue;
         }
         metrics.busy.store(true, Ordering::SeqCst);
         let tx = job.tx.clone();
         // An engine panic fails this request, not the server (the next request resets the state).
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut session, job, tokenizer, metrics, control)));
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(&mut session, job, tokenizer, metrics, control)
+        }));
         if ran.is_err() {
             metrics.failed.fetch_add(1, Ordering::Relaxed);
-            let _ = tx.send(Event::Failed { status: 500, code: "generation_failed", message: "the generation failed (engine panic; see the server log)".into() });
+            let _ = tx.send(Event::Failed {
+                status: 500,
+                code: "generation_failed",
+                message: "the generation failed (engine panic; see the server log)".into(),
+            });
         }
         metrics.busy.store(false, Ordering::SeqCst);
     }
 }
 
-fn run(session: &mut Session, job: Job, tokenizer: &Tokenizer, metrics: &Metrics, control: &Control) {
+fn run(
+    session: &mut Session,
+    job: Job,
+    tokenizer: &Tokenizer,
+    metrics: &Metrics,
+    control: &Control,
+) {
     let queue_s = job.enqueued.elapsed().as_secs_f64();
     let tx = job.tx;
     let _ = tx.send(Event::Started);
@@ -240,7 +291,10 @@ fn run(session: &mut Session, job: Job, tokenizer: &Tokenizer, metrics: &Metrics
             }
             TextEvent::Token(id, lp) => {
                 if want_tokens {
-                    let _ = tx.send(Event::Token { id, logprobs: lp.cloned() });
+                    let _ = tx.send(Event::Token {
+                        id,
+                        logprobs: lp.cloned(),
+                    });
                 }
             }
             TextEvent::Delta(d) => {
@@ -255,7 +309,12 @@ fn run(session: &mut Session, job: Job, tokenizer: &Tokenizer, metrics: &Metrics
             return false;
         }
         let now = Instant::now();
-        let drain = control.draining.load(Ordering::Relaxed) && control.drain_deadline.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|d| now >= d);
+        let drain = control.draining.load(Ordering::Relaxed)
+            && control
+                .drain_deadline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|d| now >= d);
         if now >= deadline || drain {
             cut_short = true;
             return false;
@@ -268,7 +327,11 @@ fn run(session: &mut Session, job: Job, tokenizer: &Tokenizer, metrics: &Metrics
         Err(e) => {
             metrics.failed.fetch_add(1, Ordering::Relaxed);
             eprintln!("qwgpu-server: generation failed: {e}");
-            let _ = tx.send(Event::Failed { status: 500, code: "generation_failed", message: e.to_string() });
+            let _ = tx.send(Event::Failed {
+                status: 500,
+                code: "generation_failed",
+                message: e.to_string(),
+            });
             return;
         }
     };
@@ -299,6 +362,16 @@ fn run(session: &mut Session, job: Job, tokenizer: &Tokenizer, metrics: &Metrics
         finish.as_str(),
         if gone { " (client gone)" } else if cut_short { " (time limit)" } else { "" },
     );
-    let done = Done { summary: out.summary, finish, prompt_tokens: out.prompt_tokens, completion_tokens, queue_s, ttft_s, total_s, mtp: out.mtp, cut_short };
+    let done = Done {
+        summary: out.summary,
+        finish,
+        prompt_tokens: out.prompt_tokens,
+        completion_tokens,
+        queue_s,
+        ttft_s,
+        total_s,
+        mtp: out.mtp,
+        cut_short,
+    };
     let _ = tx.send(Event::Done(Box::new(done)));
 }

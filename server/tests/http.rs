@@ -40,7 +40,9 @@ impl Server {
                 }
             }
         });
-        let port = rx.recv_timeout(Duration::from_secs(300)).expect("the server did not start");
+        let port = rx
+            .recv_timeout(Duration::from_secs(300))
+            .expect("the server did not start");
         Server { child, port }
     }
 
@@ -49,12 +51,20 @@ impl Server {
     }
 
     fn post(&self, path: &str, body: &Value) -> Resp {
-        http(self.port, "POST", path, &[("Content-Type", "application/json")], Some(body.to_string().as_bytes()))
+        http(
+            self.port,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        )
     }
 
     /// SIGTERM, then the exit code.
     fn terminate(mut self) -> Option<i32> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let t0 = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -84,21 +94,37 @@ struct Resp {
 
 impl Resp {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     /// The `data:` payloads of an event stream.
     fn events(&self) -> Vec<String> {
-        self.text().split("\n\n").filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string)).collect()
+        self.text()
+            .split("\n\n")
+            .filter_map(|b| {
+                b.lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .map(str::to_string)
+            })
+            .collect()
     }
 }
 
-fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Vec<u8> {
+fn request_bytes(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -114,32 +140,67 @@ fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: Optio
     bytes
 }
 
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
-    s.write_all(&request_bytes(method, path, headers, body)).unwrap();
+    s.write_all(&request_bytes(method, path, headers, body))
+        .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     parse(&raw)
 }
 
 fn parse(raw: &[u8]) -> Resp {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
     let mut body = raw[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
         body = dechunk(&body);
     }
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&b[..eol])
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -156,7 +217,10 @@ fn assert_error(r: &Resp, status: u16, param: Option<&str>, code: Option<&str>) 
     let e = &j["error"];
     assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{j}");
     assert!(e["type"].is_string(), "{j}");
-    assert!(e.as_object().unwrap().contains_key("param") && e.as_object().unwrap().contains_key("code"), "{j}");
+    assert!(
+        e.as_object().unwrap().contains_key("param") && e.as_object().unwrap().contains_key("code"),
+        "{j}"
+    );
     match param {
         Some(p) => assert_eq!(e["param"], p, "{j}"),
         None => assert!(e["param"].is_null(), "{j}"),
@@ -168,7 +232,8 @@ fn assert_error(r: &Resp, status: u16, param: Option<&str>, code: Option<&str>) 
 }
 
 fn chat(content: &str, extra: Value) -> Value {
-    let mut b = json!({"model": "qwgpu-default", "messages": [{"role": "user", "content": content}]});
+    let mut b =
+        json!({"model": "qwgpu-default", "messages": [{"role": "user", "content": content}]});
     for (k, v) in extra.as_object().unwrap() {
         b[k] = v.clone();
     }
@@ -182,12 +247,27 @@ fn a_tokenizer_of_another_model_is_refused() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = std::env::temp_dir().join(format!("qwgpu-server-mismatch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(root.join("tests/fixtures/models/f32-q4-g64/config.json"), dir.join("config.json")).unwrap();
-    std::fs::copy(root.join("tests/fixtures/qwen3.6-tokenizer/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_qwgpu-server")).args(["--port", "0", "--model", dir.to_str().unwrap()]).stdin(Stdio::null()).output().unwrap();
+    std::fs::copy(
+        root.join("tests/fixtures/models/f32-q4-g64/config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("tests/fixtures/qwen3.6-tokenizer/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_qwgpu-server"))
+        .args(["--port", "0", "--model", dir.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
-    assert!(err.contains("tokenizer.json") && err.contains("248077") && err.contains("256 rows"), "{err}");
+    assert!(
+        err.contains("tokenizer.json") && err.contains("248077") && err.contains("256 rows"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -200,38 +280,217 @@ fn errors_and_static_content() {
     std::fs::write(demo.join("index.html"), "<!doctype html><p>demo</p>").unwrap();
     std::fs::write(demo.join("assets/app.wasm"), b"\0asm").unwrap();
     let s = Server::start(&["--max-context", "64", "--demo-dir", demo.to_str().unwrap()]);
-    let post_raw = |body: &[u8]| http(s.port, "POST", "/v1/chat/completions", &[("Content-Type", "application/json")], Some(body));
+    let post_raw = |body: &[u8]| {
+        http(
+            s.port,
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            Some(body),
+        )
+    };
 
     // Malformed JSON, not an object, empty body.
-    assert_error(&post_raw(b"{\"messages\": [}"), 400, None, Some("invalid_json"));
+    assert_error(
+        &post_raw(b"{\"messages\": [}"),
+        400,
+        None,
+        Some("invalid_json"),
+    );
     assert_error(&post_raw(b"[1, 2]"), 400, None, Some("invalid_json"));
     assert_error(&post_raw(b""), 400, None, Some("invalid_json"));
     // Missing fields.
-    assert_error(&s.post("/v1/chat/completions", &json!({"model": "qwgpu-default"})), 400, Some("messages"), Some("missing_required_parameter"));
-    assert_error(&s.post("/v1/chat/completions", &json!({"messages": [{"content": "hi"}]})), 400, Some("messages[0].role"), Some("missing_required_parameter"));
-    assert_error(&s.post("/v1/completions", &json!({"max_tokens": 3})), 400, Some("prompt"), Some("missing_required_parameter"));
-    assert_error(&s.post("/v1/chat/completions", &json!({"messages": []})), 400, Some("messages"), None);
+    assert_error(
+        &s.post("/v1/chat/completions", &json!({"model": "qwgpu-default"})),
+        400,
+        Some("messages"),
+        Some("missing_required_parameter"),
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"content": "hi"}]}),
+        ),
+        400,
+        Some("messages[0].role"),
+        Some("missing_required_parameter"),
+    );
+    assert_error(
+        &s.post("/v1/completions", &json!({"max_tokens": 3})),
+        400,
+        Some("prompt"),
+        Some("missing_required_parameter"),
+    );
+    assert_error(
+        &s.post("/v1/chat/completions", &json!({"messages": []})),
+        400,
+        Some("messages"),
+        None,
+    );
     // Wrong types.
-    assert_error(&s.post("/v1/chat/completions", &json!({"messages": "hello"})), 400, Some("messages"), Some("invalid_type"));
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"temperature": "warm"}))), 400, Some("temperature"), Some("invalid_type"));
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"max_tokens": 2.5}))), 400, Some("max_tokens"), Some("invalid_type"));
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"stream": "yes"}))), 400, Some("stream"), Some("invalid_type"));
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"stop": [1, 2]}))), 400, Some("stop[0]"), Some("invalid_type"));
-    assert_error(&s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": 5}]})), 400, Some("messages[0].content"), Some("invalid_type"));
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"tools": {"type": "function"}}))), 400, Some("tools"), Some("invalid_type"));
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"chat_template_kwargs": {"enable_thinking": "no"}}))), 400, Some("chat_template_kwargs.enable_thinking"), None);
+    assert_error(
+        &s.post("/v1/chat/completions", &json!({"messages": "hello"})),
+        400,
+        Some("messages"),
+        Some("invalid_type"),
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"temperature": "warm"})),
+        ),
+        400,
+        Some("temperature"),
+        Some("invalid_type"),
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"max_tokens": 2.5})),
+        ),
+        400,
+        Some("max_tokens"),
+        Some("invalid_type"),
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"stream": "yes"})),
+        ),
+        400,
+        Some("stream"),
+        Some("invalid_type"),
+    );
+    assert_error(
+        &s.post("/v1/chat/completions", &chat("hi", json!({"stop": [1, 2]}))),
+        400,
+        Some("stop[0]"),
+        Some("invalid_type"),
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": 5}]}),
+        ),
+        400,
+        Some("messages[0].content"),
+        Some("invalid_type"),
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"tools": {"type": "function"}})),
+        ),
+        400,
+        Some("tools"),
+        Some("invalid_type"),
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat(
+                "hi",
+                json!({"chat_template_kwargs": {"enable_thinking": "no"}}),
+            ),
+        ),
+        400,
+        Some("chat_template_kwargs.enable_thinking"),
+        None,
+    );
     // Values out of range or unsupported.
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"temperature": 3.5}))), 400, Some("temperature"), Some("invalid_value"));
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"top_p": 0}))), 400, Some("top_p"), None);
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"max_tokens": 0}))), 400, Some("max_tokens"), None);
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"presence_penalty": 9}))), 400, Some("presence_penalty"), None);
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"logprobs": true, "top_logprobs": 50}))), 400, Some("top_logprobs"), None);
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"logit_bias": {"999999999": 1}}))), 400, Some("logit_bias.999999999"), None);
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"n": 3}))), 400, Some("n"), Some("unsupported_value"));
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"response_format": {"type": "json_object"}}))), 400, Some("response_format.type"), Some("unsupported_value"));
-    assert_error(&s.post("/v1/chat/completions", &json!({"messages": [{"role": "robot", "content": "x"}]})), 400, Some("messages[0].role"), None);
-    assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}))), 400, Some("tool_choice.function.name"), None);
-    assert_error(&s.post("/v1/completions", &json!({"prompt": [1, 999999999]})), 400, Some("prompt[1]"), None);
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"temperature": 3.5})),
+        ),
+        400,
+        Some("temperature"),
+        Some("invalid_value"),
+    );
+    assert_error(
+        &s.post("/v1/chat/completions", &chat("hi", json!({"top_p": 0}))),
+        400,
+        Some("top_p"),
+        None,
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"max_tokens": 0})),
+        ),
+        400,
+        Some("max_tokens"),
+        None,
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"presence_penalty": 9})),
+        ),
+        400,
+        Some("presence_penalty"),
+        None,
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"logprobs": true, "top_logprobs": 50})),
+        ),
+        400,
+        Some("top_logprobs"),
+        None,
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"logit_bias": {"999999999": 1}})),
+        ),
+        400,
+        Some("logit_bias.999999999"),
+        None,
+    );
+    assert_error(
+        &s.post("/v1/chat/completions", &chat("hi", json!({"n": 3}))),
+        400,
+        Some("n"),
+        Some("unsupported_value"),
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"response_format": {"type": "json_object"}})),
+        ),
+        400,
+        Some("response_format.type"),
+        Some("unsupported_value"),
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "robot", "content": "x"}]}),
+        ),
+        400,
+        Some("messages[0].role"),
+        None,
+    );
+    assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat(
+                "hi",
+                json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            ),
+        ),
+        400,
+        Some("tool_choice.function.name"),
+        None,
+    );
+    assert_error(
+        &s.post("/v1/completions", &json!({"prompt": [1, 999999999]})),
+        400,
+        Some("prompt[1]"),
+        None,
+    );
     // A system message after the first is refused by the Qwen template.
     let j = assert_error(
         &s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]})),
@@ -239,34 +498,90 @@ fn errors_and_static_content() {
         Some("messages"),
         None,
     );
-    assert!(j["error"]["message"].as_str().unwrap().contains("template"), "{j}");
+    assert!(
+        j["error"]["message"].as_str().unwrap().contains("template"),
+        "{j}"
+    );
     // Unknown model (404 naming it), unknown paths and methods.
-    let j = assert_error(&s.post("/v1/chat/completions", &chat("hi", json!({"model": "gpt-9"}))), 404, Some("model"), Some("model_not_found"));
+    let j = assert_error(
+        &s.post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"model": "gpt-9"})),
+        ),
+        404,
+        Some("model"),
+        Some("model_not_found"),
+    );
     assert!(j["error"]["message"].as_str().unwrap().contains("gpt-9"));
-    assert_error(&s.post("/v1/completions", &json!({"model": "other", "prompt": "x"})), 404, Some("model"), Some("model_not_found"));
-    assert_error(&s.get("/v1/models/gpt-9"), 404, Some("model"), Some("model_not_found"));
+    assert_error(
+        &s.post("/v1/completions", &json!({"model": "other", "prompt": "x"})),
+        404,
+        Some("model"),
+        Some("model_not_found"),
+    );
+    assert_error(
+        &s.get("/v1/models/gpt-9"),
+        404,
+        Some("model"),
+        Some("model_not_found"),
+    );
     assert_error(&s.get("/v1/nothing-here"), 404, None, Some("unknown_url"));
     assert_error(&s.get("/demo/../Cargo.toml"), 404, None, None);
-    assert_error(&s.get("/v1/chat/completions"), 405, None, Some("method_not_allowed"));
+    assert_error(
+        &s.get("/v1/chat/completions"),
+        405,
+        None,
+        Some("method_not_allowed"),
+    );
     // The context limit is checked before any GPU work.
     let long = "word ".repeat(200);
-    let j = assert_error(&s.post("/v1/chat/completions", &chat(&long, json!({}))), 400, Some("messages"), Some("context_length_exceeded"));
-    assert!(j["error"]["message"].as_str().unwrap().contains("64"), "{j}");
-    assert_error(&s.post("/v1/completions", &json!({"prompt": long})), 400, Some("prompt"), Some("context_length_exceeded"));
+    let j = assert_error(
+        &s.post("/v1/chat/completions", &chat(&long, json!({}))),
+        400,
+        Some("messages"),
+        Some("context_length_exceeded"),
+    );
+    assert!(
+        j["error"]["message"].as_str().unwrap().contains("64"),
+        "{j}"
+    );
+    assert_error(
+        &s.post("/v1/completions", &json!({"prompt": long})),
+        400,
+        Some("prompt"),
+        Some("context_length_exceeded"),
+    );
     // An oversized body: 413 with the error body, whether the length is declared up front or the
     // body comes in chunks (the limit is 4 MiB by default).
     let oversized = |chunked: bool| -> Resp {
         let big = vec![b' '; 5 * 1024 * 1024];
         let mut stream = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
         let len = big.len().to_string();
-        let framing = if chunked { ("Transfer-Encoding", "chunked") } else { ("Content-Length", len.as_str()) };
-        stream.write_all(&request_bytes("POST", "/v1/completions", &[("Content-Type", "application/json"), framing], None)).unwrap();
+        let framing = if chunked {
+            ("Transfer-Encoding", "chunked")
+        } else {
+            ("Content-Length", len.as_str())
+        };
+        stream
+            .write_all(&request_bytes(
+                "POST",
+                "/v1/completions",
+                &[("Content-Type", "application/json"), framing],
+                None,
+            ))
+            .unwrap();
         let mut w = stream.try_clone().unwrap();
         let writer = std::thread::spawn(move || {
             if chunked {
                 for piece in big.chunks(64 * 1024) {
-                    if w.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).and_then(|_| w.write_all(piece)).and_then(|_| w.write_all(b"\r\n")).is_err() {
+                    if w.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                        .and_then(|_| w.write_all(piece))
+                        .and_then(|_| w.write_all(b"\r\n"))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -282,7 +597,10 @@ fn errors_and_static_content() {
     };
     assert_error(&oversized(false), 413, None, Some("request_too_large"));
     assert_error(&oversized(true), 413, None, Some("request_too_large"));
-    assert_eq!(s.metrics_value("qwgpu_requests_total{endpoint=\"/v1/completions\",status=\"413\"}"), 2.0);
+    assert_eq!(
+        s.metrics_value("qwgpu_requests_total{endpoint=\"/v1/completions\",status=\"413\"}"),
+        2.0
+    );
 
     // Endpoints that always work.
     let h = s.get("/health");
@@ -293,23 +611,48 @@ fn errors_and_static_content() {
     let m = s.get("/v1/models").json();
     assert_eq!(m["object"], "list");
     assert_eq!(m["data"][0]["id"], "qwgpu-default");
-    assert_eq!(s.get("/v1/models/qwgpu-default").json()["id"], "qwgpu-default");
+    assert_eq!(
+        s.get("/v1/models/qwgpu-default").json()["id"],
+        "qwgpu-default"
+    );
     let ui = s.get("/");
     assert_eq!(ui.status, 200);
     assert!(ui.header("content-type").unwrap().starts_with("text/html"));
-    assert!(ui.header("content-security-policy").unwrap().contains("default-src 'none'"));
+    assert!(ui
+        .header("content-security-policy")
+        .unwrap()
+        .contains("default-src 'none'"));
     assert!(ui.text().contains("/ui/app.js"));
-    for remote in ["src=\"http", "href=\"http", "src='http", "href='http", "url(http", "@import"] {
-        assert!(!ui.text().contains(remote), "the UI must not load anything from elsewhere ({remote})");
+    for remote in [
+        "src=\"http",
+        "href=\"http",
+        "src='http",
+        "href='http",
+        "url(http",
+        "@import",
+    ] {
+        assert!(
+            !ui.text().contains(remote),
+            "the UI must not load anything from elsewhere ({remote})"
+        );
     }
-    for (path, ty) in [("/ui/app.js", "text/javascript"), ("/ui/style.css", "text/css")] {
+    for (path, ty) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+    ] {
         let r = s.get(path);
         assert_eq!(r.status, 200, "{path}");
         assert!(r.header("content-type").unwrap().starts_with(ty), "{path}");
     }
     // The embedded default model's files, byte for byte.
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/default");
-    for f in ["config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json", "model.safetensors"] {
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer_config.json",
+        "tokenizer.json",
+        "model.safetensors",
+    ] {
         let r = s.get(&format!("/models/default/{f}"));
         assert_eq!(r.status, 200, "{f}");
         assert_eq!(r.body, std::fs::read(root.join(f)).unwrap(), "{f}");
@@ -324,9 +667,22 @@ fn errors_and_static_content() {
     assert_eq!(w.body, b"\0asm");
     assert_eq!(s.get("/demo").status, 308);
     let metrics = s.get("/metrics");
-    assert!(metrics.header("content-type").unwrap().starts_with("text/plain"));
-    for name in ["qwgpu_requests_total", "qwgpu_generation_tokens_total", "qwgpu_decode_tokens_per_second", "qwgpu_time_to_first_token_seconds_bucket", "qwgpu_mtp_acceptance_ratio", "qwgpu_queue_depth"] {
-        assert!(metrics.text().contains(name), "{name} missing from /metrics");
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    for name in [
+        "qwgpu_requests_total",
+        "qwgpu_generation_tokens_total",
+        "qwgpu_decode_tokens_per_second",
+        "qwgpu_time_to_first_token_seconds_bucket",
+        "qwgpu_mtp_acceptance_ratio",
+        "qwgpu_queue_depth",
+    ] {
+        assert!(
+            metrics.text().contains(name),
+            "{name} missing from /metrics"
+        );
     }
     // No GPU work was done by any of the above.
     assert_eq!(s.metrics_value("qwgpu_generation_tokens_total"), 0.0);
@@ -335,7 +691,10 @@ fn errors_and_static_content() {
     // MTP, whose verify step looks one position ahead), and the reply ends with "length".
     let ids: Vec<u32> = (0..60).map(|i| 1000 + i).collect();
     for mtp in [true, false] {
-        let r = s.post("/v1/completions", &json!({"prompt": ids, "max_tokens": 100, "ignore_eos": true, "mtp": mtp}));
+        let r = s.post(
+            "/v1/completions",
+            &json!({"prompt": ids, "max_tokens": 100, "ignore_eos": true, "mtp": mtp}),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
         let j = r.json();
         assert_eq!(j["usage"]["completion_tokens"], 4, "{j}");
@@ -350,7 +709,11 @@ impl Server {
     fn metrics_value(&self, series: &str) -> f64 {
         let text = self.get("/metrics").text();
         text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse::<f64>().unwrap()))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+            })
             .unwrap_or(0.0)
     }
 }
@@ -362,7 +725,10 @@ fn reply_text(j: &Value) -> (String, String) {
         return (String::new(), t.to_string());
     }
     let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-    (s(&c["message"]["reasoning_content"]), s(&c["message"]["content"]))
+    (
+        s(&c["message"]["reasoning_content"]),
+        s(&c["message"]["content"]),
+    )
 }
 
 /// What the engine itself produces for a request, run directly through its library API (default
@@ -382,10 +748,21 @@ fn engine_references(requests: &[Value], max_ctx: u32) -> Vec<Reference> {
     use qwgpu_engine::gpu::{Gpu, GpuOptions};
     use qwgpu_engine::model::{Session, SessionOptions};
 
-    let gpu = pollster::block_on(Gpu::new(&GpuOptions { shader_checks: Some(false), ..Default::default() })).expect("GPU");
+    let gpu = pollster::block_on(Gpu::new(&GpuOptions {
+        shader_checks: Some(false),
+        ..Default::default()
+    }))
+    .expect("GPU");
     let model = std::sync::Arc::new(dm::load(gpu, &mut |_, _| {}).expect("default model"));
     let eos = model.config.eos_token_ids.clone();
-    let mut session = pollster::block_on(Session::new(model, SessionOptions { max_ctx, prefill_chunk: 512 })).expect("session");
+    let mut session = pollster::block_on(Session::new(
+        model,
+        SessionOptions {
+            max_ctx,
+            prefill_chunk: 512,
+        },
+    ))
+    .expect("session");
     let tok = dm::tokenizer().expect("tokenizer");
     let template = dm::template().expect("template");
     requests
@@ -397,13 +774,19 @@ fn engine_references(requests: &[Value], max_ctx: u32) -> Vec<Reference> {
                 // Chat: the template's thinking prompt; reasoning and content without the newlines
                 // around </think>.
                 stream.trim_newlines = true;
-                let kwargs = r["chat_template_kwargs"].as_object().cloned().unwrap_or_default();
-                let text = template.render(messages, None, true, &kwargs).expect("render");
+                let kwargs = r["chat_template_kwargs"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                let text = template
+                    .render(messages, None, true, &kwargs)
+                    .expect("render");
                 tok.encode(&text, true).expect("encode")
             } else {
                 // Raw completion: everything is content.
                 stream.think_ids = None;
-                tok.encode(r["prompt"].as_str().expect("prompt"), true).expect("encode")
+                tok.encode(r["prompt"].as_str().expect("prompt"), true)
+                    .expect("encode")
             };
             let req = TextRequest {
                 prompt: prompt.clone(),
@@ -416,7 +799,8 @@ fn engine_references(requests: &[Value], max_ctx: u32) -> Vec<Reference> {
                 logprobs: false,
             };
             session.reset();
-            let out = pollster::block_on(generate_text(&mut session, &tok, &req, &mut |_| true)).expect("generate");
+            let out = pollster::block_on(generate_text(&mut session, &tok, &req, &mut |_| true))
+                .expect("generate");
             Reference {
                 reasoning: out.summary.reasoning,
                 content: out.summary.content,
@@ -465,24 +849,59 @@ fn concurrent_clients_and_disconnect() {
     // Five different requests (chat with thinking, one of them with MTP, and raw completions),
     // answered by the engine directly first.
     let requests: Vec<Value> = vec![
-        chat("Question number 0: what is 0 plus 0?", json!({"max_tokens": 3})),
+        chat(
+            "Question number 0: what is 0 plus 0?",
+            json!({"max_tokens": 3}),
+        ),
         json!({"model": "qwgpu-default", "prompt": "Story 1: once upon a time", "max_tokens": 3}),
-        chat("Question number 2: what is 2 plus 2?", json!({"max_tokens": 3, "mtp": true})),
+        chat(
+            "Question number 2: what is 2 plus 2?",
+            json!({"max_tokens": 3, "mtp": true}),
+        ),
         json!({"model": "qwgpu-default", "prompt": "The capital of France is", "max_tokens": 3}),
-        chat("Question number 4, no thinking.", json!({"max_tokens": 3, "chat_template_kwargs": {"enable_thinking": false}})),
+        chat(
+            "Question number 4, no thinking.",
+            json!({"max_tokens": 3, "chat_template_kwargs": {"enable_thinking": false}}),
+        ),
     ];
     let max_ctx = 4096;
     let expected = engine_references(&requests, max_ctx);
     // (A short chat reply may be all markup, e.g. an empty think block, so not every reference
     // need show text; most must.)
-    assert!(expected.iter().all(|e| e.completion_tokens > 0), "{expected:?}");
-    assert!(expected.iter().filter(|e| e.reasoning.len() + e.content.len() > 0).count() >= 3, "{expected:?}");
-    let distinct: std::collections::HashSet<(&str, &str)> = expected.iter().map(|e| (e.reasoning.as_str(), e.content.as_str())).collect();
-    assert!(distinct.len() >= 3, "the requests should not all get the same reply: {expected:?}");
-    assert!(!expected[4].content.is_empty() && expected[4].reasoning.is_empty(), "thinking off: the reply is content ({:?})", expected[4]);
+    assert!(
+        expected.iter().all(|e| e.completion_tokens > 0),
+        "{expected:?}"
+    );
+    assert!(
+        expected
+            .iter()
+            .filter(|e| e.reasoning.len() + e.content.len() > 0)
+            .count()
+            >= 3,
+        "{expected:?}"
+    );
+    let distinct: std::collections::HashSet<(&str, &str)> = expected
+        .iter()
+        .map(|e| (e.reasoning.as_str(), e.content.as_str()))
+        .collect();
+    assert!(
+        distinct.len() >= 3,
+        "the requests should not all get the same reply: {expected:?}"
+    );
+    assert!(
+        !expected[4].content.is_empty() && expected[4].reasoning.is_empty(),
+        "thinking off: the reply is content ({:?})",
+        expected[4]
+    );
 
     let s = Server::start(&["--max-context", &max_ctx.to_string(), "--queue", "32"]);
-    let path = |r: &Value| if r.get("prompt").is_some() { "/v1/completions" } else { "/v1/chat/completions" };
+    let path = |r: &Value| {
+        if r.get("prompt").is_some() {
+            "/v1/completions"
+        } else {
+            "/v1/chat/completions"
+        }
+    };
     // One request alone.
     let alone = s.post(path(&requests[0]), &requests[0]);
     assert_eq!(alone.status, 200, "{}", alone.text());
@@ -490,24 +909,52 @@ fn concurrent_clients_and_disconnect() {
 
     // A long streamed generation holds the GPU while 20 clients connect: all 20 must queue.
     let max_long = 3000u64;
-    let long = chat("Tell me a very long story.", json!({"max_tokens": max_long, "ignore_eos": true, "stream": true, "mtp": false}));
+    let long = chat(
+        "Tell me a very long story.",
+        json!({"max_tokens": max_long, "ignore_eos": true, "stream": true, "mtp": false}),
+    );
     let mut blocker = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    blocker.write_all(&request_bytes("POST", "/v1/chat/completions", &[("Content-Type", "application/json")], Some(long.to_string().as_bytes()))).unwrap();
+    blocker
+        .write_all(&request_bytes(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            Some(long.to_string().as_bytes()),
+        ))
+        .unwrap();
     read_deltas(&mut blocker, 2);
     let tokens_before = s.metrics_value("qwgpu_generation_tokens_total");
     let handles: Vec<_> = (0..20)
         .map(|k| {
             let r = requests[k % requests.len()].clone();
             let (port, p) = (s.port, path(&r).to_string());
-            std::thread::spawn(move || (k, http(port, "POST", &p, &[("Content-Type", "application/json")], Some(r.to_string().as_bytes()))))
+            std::thread::spawn(move || {
+                (
+                    k,
+                    http(
+                        port,
+                        "POST",
+                        &p,
+                        &[("Content-Type", "application/json")],
+                        Some(r.to_string().as_bytes()),
+                    ),
+                )
+            })
         })
         .collect();
     let t = Instant::now();
     while s.metrics_value("qwgpu_queue_depth") < 20.0 {
-        assert!(t.elapsed() < Duration::from_secs(120), "the 20 requests never all queued (depth {})", s.metrics_value("qwgpu_queue_depth"));
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the 20 requests never all queued (depth {})",
+            s.metrics_value("qwgpu_queue_depth")
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(handles.iter().all(|h| !h.is_finished()), "a queued request was answered while the GPU was busy");
+    assert!(
+        handles.iter().all(|h| !h.is_finished()),
+        "a queued request was answered while the GPU was busy"
+    );
     // The streaming client goes away: its generation stops and the queue runs.
     drop(blocker);
     let mut answered = 0;
@@ -522,15 +969,29 @@ fn concurrent_clients_and_disconnect() {
     assert_eq!(s.metrics_value("qwgpu_queue_depth"), 0.0);
     // Tokens generated since the 20 connected: theirs, plus whatever the cancelled one produced
     // before it noticed (far fewer than it asked for).
-    let cancelled_tokens = s.metrics_value("qwgpu_generation_tokens_total") - tokens_before - answered as f64;
-    assert!(cancelled_tokens >= 0.0 && cancelled_tokens < (max_long / 2) as f64, "the cancelled request generated {cancelled_tokens} more tokens");
-    let finished: f64 = ["stop", "length"].iter().map(|r| s.metrics_value(&format!("qwgpu_generations_total{{finish_reason=\"{r}\"}}"))).sum();
+    let cancelled_tokens =
+        s.metrics_value("qwgpu_generation_tokens_total") - tokens_before - answered as f64;
+    assert!(
+        cancelled_tokens >= 0.0 && cancelled_tokens < (max_long / 2) as f64,
+        "the cancelled request generated {cancelled_tokens} more tokens"
+    );
+    let finished: f64 = ["stop", "length"]
+        .iter()
+        .map(|r| s.metrics_value(&format!("qwgpu_generations_total{{finish_reason=\"{r}\"}}")))
+        .sum();
     assert_eq!(finished, 22.0, "1 alone + 20 + the cancelled one");
 
     // A disconnect while the reply streams, with nothing queued: the next request is answered
     // (the GPU was freed) and equals the engine's answer (the session state was reset).
     let mut stream = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    stream.write_all(&request_bytes("POST", "/v1/chat/completions", &[("Content-Type", "application/json")], Some(long.to_string().as_bytes()))).unwrap();
+    stream
+        .write_all(&request_bytes(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            Some(long.to_string().as_bytes()),
+        ))
+        .unwrap();
     read_deltas(&mut stream, 4);
     drop(stream);
     let next = s.post(path(&requests[2]), &requests[2]);
@@ -540,15 +1001,40 @@ fn concurrent_clients_and_disconnect() {
 
     // Streamed with MTP, the chunks carry the running draft counts, live; off, they do not.
     for (p, body) in [
-        ("/v1/chat/completions", chat("Count slowly.", json!({"max_tokens": 48, "ignore_eos": true, "stream": true, "mtp": true, "stream_options": {"include_usage": true}}))),
-        ("/v1/completions", json!({"prompt": "Once upon a time", "max_tokens": 48, "ignore_eos": true, "stream": true, "mtp": true})),
+        (
+            "/v1/chat/completions",
+            chat(
+                "Count slowly.",
+                json!({"max_tokens": 48, "ignore_eos": true, "stream": true, "mtp": true, "stream_options": {"include_usage": true}}),
+            ),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "Once upon a time", "max_tokens": 48, "ignore_eos": true, "stream": true, "mtp": true}),
+        ),
     ] {
         let r = s.post(p, &body);
         assert_eq!(r.status, 200, "{}", r.text());
         check_running_mtp(p, &r.events());
     }
-    let off = s.post("/v1/chat/completions", &chat("Count slowly.", json!({"max_tokens": 8, "stream": true, "mtp": false})));
-    assert!(off.events().iter().filter(|e| *e != "[DONE]").all(|e| serde_json::from_str::<Value>(e).unwrap().get("mtp").is_none()), "{}", off.text());
+    let off = s.post(
+        "/v1/chat/completions",
+        &chat(
+            "Count slowly.",
+            json!({"max_tokens": 8, "stream": true, "mtp": false}),
+        ),
+    );
+    assert!(
+        off.events()
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .all(|e| serde_json::from_str::<Value>(e)
+                .unwrap()
+                .get("mtp")
+                .is_none()),
+        "{}",
+        off.text()
+    );
     assert_eq!(s.terminate(), Some(0));
 }
 
@@ -556,24 +1042,45 @@ fn concurrent_clients_and_disconnect() {
 /// ran, updated while it streams, never decreasing, and the last equal to the final `timings.mtp`.
 fn check_running_mtp(path: &str, events: &[String]) {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{path}");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     let (mut last, mut updates, mut final_stats) = ((0u64, 0u64), 0, None);
     for c in &chunks {
         assert!(c["choices"].is_array(), "{path}: {c}");
         if let Some(t) = c.get("timings") {
             let m = &t["mtp"];
-            let f = (m["drafted"].as_u64().unwrap(), m["accepted"].as_u64().unwrap());
-            assert!(final_stats.is_none() || final_stats == Some(f), "{path}: timings differ between chunks: {c}");
+            let f = (
+                m["drafted"].as_u64().unwrap(),
+                m["accepted"].as_u64().unwrap(),
+            );
+            assert!(
+                final_stats.is_none() || final_stats == Some(f),
+                "{path}: timings differ between chunks: {c}"
+            );
             final_stats = Some(f);
         }
         let with_choices = !c["choices"].as_array().unwrap().is_empty();
         let Some(m) = c.get("mtp") else {
-            assert!(!with_choices || last == (0, 0), "{path}: a chunk after the counts started lacks them: {c}");
+            assert!(
+                !with_choices || last == (0, 0),
+                "{path}: a chunk after the counts started lacks them: {c}"
+            );
             continue;
         };
-        assert!(with_choices, "{path}: the counts ride on choice chunks: {c}");
-        let now = (m["drafted"].as_u64().unwrap(), m["accepted"].as_u64().unwrap());
-        assert!(now.1 <= now.0 && now.0 >= last.0 && now.1 >= last.1, "{path}: the counts went from {last:?} to {now:?}");
+        assert!(
+            with_choices,
+            "{path}: the counts ride on choice chunks: {c}"
+        );
+        let now = (
+            m["drafted"].as_u64().unwrap(),
+            m["accepted"].as_u64().unwrap(),
+        );
+        assert!(
+            now.1 <= now.0 && now.0 >= last.0 && now.1 >= last.1,
+            "{path}: the counts went from {last:?} to {now:?}"
+        );
         if now != last {
             updates += 1;
         }
@@ -581,17 +1088,38 @@ fn check_running_mtp(path: &str, events: &[String]) {
     }
     let final_stats = final_stats.unwrap_or_else(|| panic!("{path}: no timings"));
     assert!(final_stats.0 > 0, "{path}: {final_stats:?}");
-    assert_eq!(last, final_stats, "{path}: the last running counts differ from the final ones");
-    assert!(updates >= 2, "{path}: the counts should update while the reply streams ({updates} updates)");
+    assert_eq!(
+        last, final_stats,
+        "{path}: the last running counts differ from the final ones"
+    );
+    assert!(
+        updates >= 2,
+        "{path}: the counts should update while the reply streams ({updates} updates)"
+    );
 }
 
 #[test]
 fn full_queue_time_limit_and_graceful_shutdown() {
     let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
     // A long context, so only the time limit can end these generations early on any device.
-    let s = Server::start(&["--max-context", "8192", "--queue", "1", "--timeout-s", "5", "--shutdown-grace-s", "2"]);
+    let s = Server::start(&[
+        "--max-context",
+        "8192",
+        "--queue",
+        "1",
+        "--timeout-s",
+        "5",
+        "--shutdown-grace-s",
+        "2",
+    ]);
     // The time limit: a long generation ends with "length" when the limit is reached.
-    let r = s.post("/v1/chat/completions", &chat("Count to a thousand.", json!({"max_tokens": 8000, "ignore_eos": true, "mtp": false})));
+    let r = s.post(
+        "/v1/chat/completions",
+        &chat(
+            "Count to a thousand.",
+            json!({"max_tokens": 8000, "ignore_eos": true, "mtp": false}),
+        ),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
     assert_eq!(j["choices"][0]["finish_reason"], "length");
@@ -601,21 +1129,52 @@ fn full_queue_time_limit_and_graceful_shutdown() {
     assert_eq!(s.metrics_value("qwgpu_generations_timed_out_total"), 1.0);
 
     // One running, one waiting, the next one gets 429 with Retry-After.
-    let long = chat("A long answer please.", json!({"max_tokens": 8000, "ignore_eos": true, "stream": true, "mtp": false}));
+    let long = chat(
+        "A long answer please.",
+        json!({"max_tokens": 8000, "ignore_eos": true, "stream": true, "mtp": false}),
+    );
     let mut running = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    running.write_all(&request_bytes("POST", "/v1/chat/completions", &[], Some(long.to_string().as_bytes()))).unwrap();
+    running
+        .write_all(&request_bytes(
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(long.to_string().as_bytes()),
+        ))
+        .unwrap();
     read_deltas(&mut running, 2); // the role chunk, then a generated delta: the job is running
     let port = s.port;
-    let waiting = std::thread::spawn(move || http(port, "POST", "/v1/chat/completions", &[], Some(chat("queued", json!({"max_tokens": 1})).to_string().as_bytes())));
+    let waiting = std::thread::spawn(move || {
+        http(
+            port,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(
+                chat("queued", json!({"max_tokens": 1}))
+                    .to_string()
+                    .as_bytes(),
+            ),
+        )
+    });
     let t = Instant::now();
     while s.metrics_value("qwgpu_queue_depth") < 1.0 {
-        assert!(t.elapsed() < Duration::from_secs(120), "the second request never queued");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the second request never queued"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let r = s.post("/v1/chat/completions", &chat("one too many", json!({"max_tokens": 1})));
+    let r = s.post(
+        "/v1/chat/completions",
+        &chat("one too many", json!({"max_tokens": 1})),
+    );
     assert_error(&r, 429, None, Some("queue_full"));
     assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
-    assert_eq!(s.metrics_value("qwgpu_rejected_total{reason=\"queue_full\"}"), 1.0);
+    assert_eq!(
+        s.metrics_value("qwgpu_rejected_total{reason=\"queue_full\"}"),
+        1.0
+    );
     // The running client goes away; the queued request runs next.
     drop(running);
     let queued = waiting.join().unwrap();
@@ -623,21 +1182,49 @@ fn full_queue_time_limit_and_graceful_shutdown() {
 
     // Graceful shutdown: SIGTERM while streaming; the stream still ends properly, exit code 0.
     let mut stream = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    let req = chat("Talk.", json!({"max_tokens": 8000, "ignore_eos": true, "stream": true, "mtp": false, "stream_options": {"include_usage": true}}));
-    stream.write_all(&request_bytes("POST", "/v1/chat/completions", &[], Some(req.to_string().as_bytes()))).unwrap();
+    let req = chat(
+        "Talk.",
+        json!({"max_tokens": 8000, "ignore_eos": true, "stream": true, "mtp": false, "stream_options": {"include_usage": true}}),
+    );
+    stream
+        .write_all(&request_bytes(
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            Some(req.to_string().as_bytes()),
+        ))
+        .unwrap();
     let seen = read_deltas(&mut stream, 2);
     let reader = std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = stream.read_to_string(&mut rest);
         seen + &rest
     });
-    assert_eq!(s.terminate(), Some(0), "the server should exit 0 on SIGTERM");
+    assert_eq!(
+        s.terminate(),
+        Some(0),
+        "the server should exit 0 on SIGTERM"
+    );
     let body = reader.join().unwrap();
     let resp = parse(body.as_bytes());
     let events = resp.events();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
-    let finals: Vec<Value> = events.iter().filter_map(|e| serde_json::from_str::<Value>(e).ok()).collect();
+    let finals: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .collect();
     // Cut by the shutdown's grace period (or the time limit): "length", marked cut short.
-    assert!(finals.iter().any(|e| e["choices"][0]["finish_reason"] == "length" && e["timings"]["cut_short"] == true), "{body}");
-    assert!(finals.iter().any(|e| e["usage"]["completion_tokens"].as_u64().is_some()), "{body}");
+    assert!(
+        finals
+            .iter()
+            .any(|e| e["choices"][0]["finish_reason"] == "length"
+                && e["timings"]["cut_short"] == true),
+        "{body}"
+    );
+    assert!(
+        finals
+            .iter()
+            .any(|e| e["usage"]["completion_tokens"].as_u64().is_some()),
+        "{body}"
+    );
 }

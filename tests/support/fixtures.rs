@@ -46,12 +46,24 @@ pub fn fixture_names() -> Vec<String> {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<Vec<u32>> {
-    v.as_array().unwrap().iter().map(|p| p.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect()
 }
 
 pub fn load_reference(name: &str) -> Reference {
     let dir = fixtures_dir().join(name);
-    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
     let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let read = |key: &str| -> Option<(Vec<f32>, usize)> {
@@ -60,20 +72,53 @@ pub fn load_reference(name: &str) -> Reference {
         Some((bytemuck::pod_collect_to_vec(t.data()), rows))
     };
     let prompts = ids(&j["prompts"]);
-    let logits: Vec<_> = (0..prompts.len()).map(|i| read(&format!("logits.{i}")).unwrap()).collect();
-    let mtp_logits: Vec<_> = (0..prompts.len()).filter_map(|i| read(&format!("mtp_logits.{i}"))).collect();
+    let logits: Vec<_> = (0..prompts.len())
+        .map(|i| read(&format!("logits.{i}")).unwrap())
+        .collect();
+    let mtp_logits: Vec<_> = (0..prompts.len())
+        .filter_map(|i| read(&format!("mtp_logits.{i}")))
+        .collect();
     let vocab = logits[0].0.len() / logits[0].1;
     let native = j.get("native_greedy").map(|g| Native {
         greedy: ids(g),
-        top2_gap: j["native_top2_gap"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect(),
-        logits: (0..prompts.len()).map(|i| read(&format!("native_logits.{i}")).expect("native_logits")).collect(),
+        top2_gap: j["native_top2_gap"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect(),
+        logits: (0..prompts.len())
+            .map(|i| read(&format!("native_logits.{i}")).expect("native_logits"))
+            .collect(),
     });
     Reference {
         name: name.to_string(),
         prompts,
         greedy: ids(&j["greedy"]),
-        top2_gap: j["top2_gap"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect(),
-        eos: j["eos_token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect(),
+        top2_gap: j["top2_gap"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect(),
+        eos: j["eos_token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect(),
         has_mtp: j["mtp"].as_bool().unwrap_or(false),
         dtype: j["dtype"].as_str().unwrap_or("").to_string(),
         logits,

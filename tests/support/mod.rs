@@ -12,7 +12,10 @@ use qwgpu_engine::gpu::{Dispatch, Gpu, GpuBuffer, GpuOptions, Step, StepShape};
 /// The adapter tests run on (lavapipe in CI), with wgpu's shader runtime checks ON so an
 /// out-of-bounds index shows up as a wrong value here rather than silently on a real GPU.
 pub fn gpu() -> Arc<Gpu> {
-    gpu_with(GpuOptions { shader_checks: Some(true), ..Default::default() })
+    gpu_with(GpuOptions {
+        shader_checks: Some(true),
+        ..Default::default()
+    })
 }
 
 static GPUS: OnceLock<Mutex<Vec<(String, Arc<Gpu>)>>> = OnceLock::new();
@@ -25,14 +28,19 @@ pub fn gpu_with(opts: GpuOptions) -> Arc<Gpu> {
     if let Some((_, g)) = cache.iter().find(|(k, _)| *k == key) {
         return g.clone();
     }
-    let g = pollster::block_on(Gpu::new(&opts)).expect("open a wgpu device (is mesa-vulkan-drivers installed?)");
+    let g = pollster::block_on(Gpu::new(&opts))
+        .expect("open a wgpu device (is mesa-vulkan-drivers installed?)");
     cache.push((key, g.clone()));
     g
 }
 
 /// Both variants of every kernel: shared-memory reductions, and subgroups where the adapter has them.
 pub fn gpu_variants() -> Vec<Arc<Gpu>> {
-    let mut v = vec![gpu_with(GpuOptions { shader_checks: Some(true), no_subgroups: true, ..Default::default() })];
+    let mut v = vec![gpu_with(GpuOptions {
+        shader_checks: Some(true),
+        no_subgroups: true,
+        ..Default::default()
+    })];
     let g = gpu();
     if g.caps.subgroups {
         v.push(g);
@@ -114,7 +122,12 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32], atol: 
         }
     }
     if let Some((i, ex)) = worst {
-        panic!("{what}: element {i}: got {} want {} (error {:.3e} = {ex:.1}x tolerance)", got[i], want[i], (got[i] - want[i]).abs());
+        panic!(
+            "{what}: element {i}: got {} want {} (error {:.3e} = {ex:.1}x tolerance)",
+            got[i],
+            want[i],
+            (got[i] - want[i]).abs()
+        );
     }
 }
 
@@ -122,6 +135,11 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32], atol: 
 pub fn assert_bits_eq(what: &str, a: &[f32], b: &[f32]) {
     assert_eq!(a.len(), b.len(), "{what}: length");
     for i in 0..a.len() {
-        assert!(a[i].to_bits() == b[i].to_bits(), "{what}: element {i}: {} vs {} (not bit-identical)", a[i], b[i]);
+        assert!(
+            a[i].to_bits() == b[i].to_bits(),
+            "{what}: element {i}: {} vs {} (not bit-identical)",
+            a[i],
+            b[i]
+        );
     }
 }

@@ -74,7 +74,13 @@ pub fn attn_prep(
     pos: u32,
 ) -> PrepOut {
     let hd = d.head_dim;
-    let mut o = PrepOut { q: vec![], q_mag: vec![], k: vec![], k_mag: vec![], v: vec![] };
+    let mut o = PrepOut {
+        q: vec![],
+        q_mag: vec![],
+        k: vec![],
+        k_mag: vec![],
+        v: vec![],
+    };
     for r in 0..t {
         let row = &proj[r * stride..(r + 1) * stride];
         let p = pos + r as u32;
@@ -89,7 +95,11 @@ pub fn attn_prep(
             let (y, m) = norm_rope(x, k_norm, d, p);
             o.k.extend(y);
             o.k_mag.extend(m);
-            o.v.extend(row[v_col + g * hd..v_col + (g + 1) * hd].iter().map(|&v| v as f64));
+            o.v.extend(
+                row[v_col + g * hd..v_col + (g + 1) * hd]
+                    .iter()
+                    .map(|&v| v as f64),
+            );
         }
     }
     o
@@ -125,8 +135,16 @@ pub fn attention<Q: Copy + Into<f64>, C: Copy + Into<f64>>(
         let n_keys = pos as usize + r + 1;
         for h in 0..hq {
             let g = h / group;
-            let qh: Vec<f64> = (0..hd).map(|j| q[r * hq * hd + h * hd + j].into() * scale).collect();
-            let scores: Vec<f64> = (0..n_keys).map(|k| (0..hd).map(|j| qh[j] * k_cache[k * row_w + g * hd + j].into()).sum::<f64>()).collect();
+            let qh: Vec<f64> = (0..hd)
+                .map(|j| q[r * hq * hd + h * hd + j].into() * scale)
+                .collect();
+            let scores: Vec<f64> = (0..n_keys)
+                .map(|k| {
+                    (0..hd)
+                        .map(|j| qh[j] * k_cache[k * row_w + g * hd + j].into())
+                        .sum::<f64>()
+                })
+                .collect();
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let p: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
             let l: f64 = p.iter().sum();

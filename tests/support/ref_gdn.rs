@@ -27,10 +27,23 @@ pub struct ConvRef {
 
 /// The conv state after the first `n` rows: the last K-1 rows of concat(state, qkv[0..n]).
 /// `qkv` rows are `stride` wide with channel 0 at `col`.
-pub fn conv_state_after(d: &GdnDims, qkv: &[f32], stride: usize, col: usize, state: &[f32], n: usize) -> Vec<f32> {
+pub fn conv_state_after(
+    d: &GdnDims,
+    qkv: &[f32],
+    stride: usize,
+    col: usize,
+    state: &[f32],
+    n: usize,
+) -> Vec<f32> {
     let cd = d.conv_dim() as usize;
     let ks = d.conv_kernel as usize - 1;
-    let x = |j: usize, c: usize| if j < ks { state[j * cd + c] } else { qkv[(j - ks) * stride + col + c] };
+    let x = |j: usize, c: usize| {
+        if j < ks {
+            state[j * cd + c]
+        } else {
+            qkv[(j - ks) * stride + col + c]
+        }
+    };
     let mut s = vec![0f32; ks * cd];
     for j in 0..ks {
         for c in 0..cd {
@@ -42,7 +55,15 @@ pub fn conv_state_after(d: &GdnDims, qkv: &[f32], stride: usize, col: usize, sta
 
 /// Causal depthwise conv + silu over `t` rows of `qkv` (rows `stride` wide, channels at `col`),
 /// with `w` [conv_dim, K] and `state` [K-1, conv_dim].
-pub fn conv(d: &GdnDims, qkv: &[f32], stride: usize, col: usize, w: &[f32], state: &[f32], t: usize) -> ConvRef {
+pub fn conv(
+    d: &GdnDims,
+    qkv: &[f32],
+    stride: usize,
+    col: usize,
+    w: &[f32],
+    state: &[f32],
+    t: usize,
+) -> ConvRef {
     let cd = d.conv_dim() as usize;
     let k = d.conv_kernel as usize;
     let ks = k - 1;
@@ -61,7 +82,11 @@ pub fn conv(d: &GdnDims, qkv: &[f32], stride: usize, col: usize, w: &[f32], stat
             mag[r * cd + c] = m as f32;
         }
     }
-    ConvRef { out, mag, state: conv_state_after(d, qkv, stride, col, state, t) }
+    ConvRef {
+        out,
+        mag,
+        state: conv_state_after(d, qkv, stride, col, state, t),
+    }
 }
 
 /// mlx-lm `normalize_qk` on the q and k heads of `conv_out` [T, conv_dim] (v copied through), and
@@ -80,7 +105,11 @@ pub fn prep(
     t: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     let cd = d.conv_dim() as usize;
-    let (hk, hv, dk) = (d.n_k_heads as usize, d.n_v_heads as usize, d.k_head_dim as usize);
+    let (hk, hv, dk) = (
+        d.n_k_heads as usize,
+        d.n_v_heads as usize,
+        d.k_head_dim as usize,
+    );
     let (q_scale, k_scale, eps) = qk_norm_constants(d.k_head_dim);
     let mut out = conv_out[..t * cd].to_vec();
     let mut gates = vec![0f32; t * 2 * hv];
@@ -98,7 +127,8 @@ pub fn prep(
             let b = ba[r * ba_stride + b_col + h] as f64;
             let a = ba[r * ba_stride + a_col + h] as f64;
             gates[r * 2 * hv + h] = sigmoid(b) as f32;
-            gates[r * 2 * hv + hv + h] = (-(a_log[h] as f64).exp() * softplus(a + dt_bias[h] as f64)).exp() as f32;
+            gates[r * 2 * hv + hv + h] =
+                (-(a_log[h] as f64).exp() * softplus(a + dt_bias[h] as f64)).exp() as f32;
         }
     }
     (out, gates)
@@ -115,9 +145,21 @@ pub struct RecurrenceRef {
 }
 
 /// The gated delta rule over `t` rows (spec §4.6 step 6), starting from `state` [Hv, Dv, Dk].
-pub fn recurrence(d: &GdnDims, conv_out: &[f32], gates: &[f32], state: &[f32], t: usize, n_confirmed: usize) -> RecurrenceRef {
+pub fn recurrence(
+    d: &GdnDims,
+    conv_out: &[f32],
+    gates: &[f32],
+    state: &[f32],
+    t: usize,
+    n_confirmed: usize,
+) -> RecurrenceRef {
     let cd = d.conv_dim() as usize;
-    let (hk, hv, dk, dv) = (d.n_k_heads as usize, d.n_v_heads as usize, d.k_head_dim as usize, d.v_head_dim as usize);
+    let (hk, hv, dk, dv) = (
+        d.n_k_heads as usize,
+        d.n_v_heads as usize,
+        d.k_head_dim as usize,
+        d.v_head_dim as usize,
+    );
     let key_dim = hk * dk;
     let mut s: Vec<f64> = state.iter().map(|&v| v as f64).collect();
     let mut y = vec![0f32; t * hv * dv];
@@ -151,12 +193,24 @@ pub fn recurrence(d: &GdnDims, conv_out: &[f32], gates: &[f32], state: &[f32], t
             snap = Some(s.iter().map(|&v| v as f32).collect());
         }
     }
-    RecurrenceRef { y, state: s.iter().map(|&v| v as f32).collect(), snap }
+    RecurrenceRef {
+        y,
+        state: s.iter().map(|&v| v as f32).collect(),
+        snap,
+    }
 }
 
 /// Gated RMSNorm: out[t, h, :] = silu(z) · weight ⊙ y / sqrt(mean(y²) + eps), per (row, head).
 /// `z` rows are `z_stride` wide with the Hv·Dv values at `z_col`.
-pub fn gated_norm(d: &GdnDims, y: &[f32], z: &[f32], z_stride: usize, z_col: usize, weight: &[f32], t: usize) -> Vec<f32> {
+pub fn gated_norm(
+    d: &GdnDims,
+    y: &[f32],
+    z: &[f32],
+    z_stride: usize,
+    z_col: usize,
+    weight: &[f32],
+    t: usize,
+) -> Vec<f32> {
     let (hv, dv) = (d.n_v_heads as usize, d.v_head_dim as usize);
     let vd = hv * dv;
     let mut out = vec![0f32; t * vd];

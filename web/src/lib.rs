@@ -141,7 +141,8 @@ fn from_js(v: &JsValue, what: &str) -> Result<Json, JsError> {
     if v.is_undefined() || v.is_null() {
         return Ok(Json::Object(Map::new()));
     }
-    let s = js_sys::JSON::stringify(v).map_err(|_| JsError::new(&format!("{what}: not a JSON-serializable object")))?;
+    let s = js_sys::JSON::stringify(v)
+        .map_err(|_| JsError::new(&format!("{what}: not a JSON-serializable object")))?;
     let s: String = s.into();
     serde_json::from_str(&s).map_err(|e| JsError::new(&format!("{what}: {e}")))
 }
@@ -193,10 +194,14 @@ impl ModelFiles {
     /// Starts the file `name` of `size` bytes (0 when unknown). Checks the wasm32 budget first.
     pub fn begin(&mut self, name: &str, size: f64) -> Result<(), JsError> {
         if self.current.is_some() {
-            return Err(JsError::new("ModelFiles.begin: the previous file was not ended"));
+            return Err(JsError::new(
+                "ModelFiles.begin: the previous file was not ended",
+            ));
         }
         if self.files.iter().any(|(n, _)| n == name) {
-            return Err(JsError::new(&format!("ModelFiles.begin: '{name}' was already given")));
+            return Err(JsError::new(&format!(
+                "ModelFiles.begin: '{name}' was already given"
+            )));
         }
         let size = size.max(0.0) as u64;
         if size > MAX_FILE_BYTES {
@@ -211,7 +216,11 @@ impl ModelFiles {
         }
         let mut v = Vec::new();
         v.try_reserve_exact(size as usize).map_err(|_| {
-            JsError::new(&format!("{name}: could not allocate {} of wasm memory (limit {})", gib(size), gib(WASM32_MEMORY_LIMIT)))
+            JsError::new(&format!(
+                "{name}: could not allocate {} of wasm memory (limit {})",
+                gib(size),
+                gib(WASM32_MEMORY_LIMIT)
+            ))
         })?;
         self.files.push((name.to_string(), v));
         self.current = Some((self.files.len() - 1, size));
@@ -234,7 +243,9 @@ impl ModelFiles {
             }
         }
         if v.len() as u64 + n as u64 > MAX_FILE_BYTES {
-            return Err(JsError::new(&format!("{name}: one file must be smaller than 2 GiB in wasm32 memory")));
+            return Err(JsError::new(&format!(
+                "{name}: one file must be smaller than 2 GiB in wasm32 memory"
+            )));
         }
         v.try_reserve(n).map_err(|_| {
             JsError::new(&format!(
@@ -258,7 +269,10 @@ impl ModelFiles {
             return Err(JsError::new("ModelFiles.end: the file was lost"));
         };
         if size > 0 && v.len() as u64 != size {
-            return Err(JsError::new(&format!("{name}: received {} bytes, expected {size} (interrupted download?)", v.len())));
+            return Err(JsError::new(&format!(
+                "{name}: received {} bytes, expected {size} (interrupted download?)",
+                v.len()
+            )));
         }
         v.shrink_to_fit();
         Ok(())
@@ -298,7 +312,9 @@ impl ModelFiles {
     fn take_text(&mut self, name: &str) -> Result<Option<String>, JsError> {
         match self.take(name) {
             None => Ok(None),
-            Some(b) => String::from_utf8(b).map(Some).map_err(|_| JsError::new(&format!("{name}: not UTF-8 text"))),
+            Some(b) => String::from_utf8(b)
+                .map(Some)
+                .map_err(|_| JsError::new(&format!("{name}: not UTF-8 text"))),
         }
     }
 }
@@ -362,9 +378,19 @@ fn adapter_json(gpu: &Gpu, name: &str) -> Json {
     })
 }
 
-fn model_json(name: &str, m: &Model, session: &Session, tok: Option<&Tokenizer>, tmpl: Option<&ChatTemplate>, file_bytes: u64) -> Json {
+fn model_json(
+    name: &str,
+    m: &Model,
+    session: &Session,
+    tok: Option<&Tokenizer>,
+    tmpl: Option<&ChatTemplate>,
+    file_bytes: u64,
+) -> Json {
     let c: &ModelConfig = &m.config;
-    let quant = c.quantization.global.map(|q| json!({"bits": q.bits, "group_size": q.group_size}));
+    let quant = c
+        .quantization
+        .global
+        .map(|q| json!({"bits": q.bits, "group_size": q.group_size}));
     json!({
         "name": name,
         "model_type": c.model_type,
@@ -405,7 +431,12 @@ enum Mtp {
 }
 
 enum Prompt {
-    Messages { messages: Vec<Json>, tools: Option<Vec<Json>>, kwargs: Map<String, Json>, add_generation_prompt: bool },
+    Messages {
+        messages: Vec<Json>,
+        tools: Option<Vec<Json>>,
+        kwargs: Map<String, Json>,
+        add_generation_prompt: bool,
+    },
     Text(String),
     Ids(Vec<u32>),
 }
@@ -435,26 +466,46 @@ fn parse_request(mut v: Json) -> Result<Request, String> {
                 Some(_) => return Err("'chat_template_kwargs' must be an object".into()),
             };
             if let Some(t) = enable_thinking {
-                kw.insert("enable_thinking".into(), Json::Bool(as_bool(Some(t), "enable_thinking", true)?));
+                kw.insert(
+                    "enable_thinking".into(),
+                    Json::Bool(as_bool(Some(t), "enable_thinking", true)?),
+                );
             }
             let tools = match tools {
                 None | Some(Json::Null) => None,
                 Some(Json::Array(t)) => Some(t),
                 Some(_) => return Err("'tools' must be a list".into()),
             };
-            Prompt::Messages { messages, tools, kwargs: kw, add_generation_prompt: as_bool(agp, "add_generation_prompt", true)? }
+            Prompt::Messages {
+                messages,
+                tools,
+                kwargs: kw,
+                add_generation_prompt: as_bool(agp, "add_generation_prompt", true)?,
+            }
         }
         (None, Some(Json::String(s)), None) => Prompt::Text(s),
         (None, None, Some(Json::Array(ids))) => {
-            let ids: Option<Vec<u32>> = ids.iter().map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok())).collect();
+            let ids: Option<Vec<u32>> = ids
+                .iter()
+                .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
+                .collect();
             Prompt::Ids(ids.ok_or("'prompt_ids' must be a list of token ids")?)
         }
-        (None, None, None) => return Err("give 'messages' (chat), 'prompt' (text) or 'prompt_ids' (token ids)".into()),
-        _ => return Err("give exactly one of 'messages' (a list), 'prompt' (a string) or 'prompt_ids' (a list)".into()),
+        (None, None, None) => {
+            return Err(
+                "give 'messages' (chat), 'prompt' (text) or 'prompt_ids' (token ids)".into(),
+            )
+        }
+        _ => return Err(
+            "give exactly one of 'messages' (a list), 'prompt' (a string) or 'prompt_ids' (a list)"
+                .into(),
+        ),
     };
     let max_tokens = match take("max_tokens") {
         None | Some(Json::Null) => 256,
-        Some(x) => x.as_u64().ok_or("'max_tokens' must be a non-negative integer")? as usize,
+        Some(x) => x
+            .as_u64()
+            .ok_or("'max_tokens' must be a non-negative integer")? as usize,
     };
     let mtp = match take("mtp") {
         None | Some(Json::Null) => Mtp::Auto,
@@ -470,17 +521,33 @@ fn parse_request(mut v: Json) -> Result<Request, String> {
     let stop = match take("stop") {
         None | Some(Json::Null) => vec![],
         Some(Json::String(s)) => vec![s],
-        Some(Json::Array(a)) => a.iter().map(|s| s.as_str().map(str::to_string)).collect::<Option<_>>().ok_or("'stop' must be a string or a list of strings")?,
+        Some(Json::Array(a)) => a
+            .iter()
+            .map(|s| s.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or("'stop' must be a string or a list of strings")?,
         Some(_) => return Err("'stop' must be a string or a list of strings".into()),
     };
     // OpenAI's {"id": bias} map is accepted as well as [[id, bias], ...].
     if let Some(Json::Object(m)) = obj.get("logit_bias") {
-        let list: Vec<Json> = m.iter().map(|(k, b)| json!([k.parse::<u64>().unwrap_or(u64::MAX), b])).collect();
+        let list: Vec<Json> = m
+            .iter()
+            .map(|(k, b)| json!([k.parse::<u64>().unwrap_or(u64::MAX), b]))
+            .collect();
         obj.insert("logit_bias".into(), Json::Array(list));
     }
     // Everything else is a sampling parameter (unknown names are errors).
-    let sampling: SamplingParams = serde_json::from_value(v).map_err(|e| format!("invalid request: {e}"))?;
-    Ok(Request { prompt, max_tokens, mtp, ignore_eos, stop, sampling, logprobs })
+    let sampling: SamplingParams =
+        serde_json::from_value(v).map_err(|e| format!("invalid request: {e}"))?;
+    Ok(Request {
+        prompt,
+        max_tokens,
+        mtp,
+        ignore_eos,
+        stop,
+        sampling,
+        logprobs,
+    })
 }
 
 fn delta_json(d: &qwgpu_engine::text::stream::Delta) -> Json {
@@ -511,14 +578,25 @@ impl Engine {
     /// the adapter allows; the label names the adapter when the browser gives no description).
     pub async fn create(options: JsValue) -> Result<Engine, JsError> {
         let o = from_js(&options, "Engine.create options")?;
-        let label = o.get("adapter_label").and_then(Json::as_str).unwrap_or("WebGPU adapter").to_string();
+        let label = o
+            .get("adapter_label")
+            .and_then(Json::as_str)
+            .unwrap_or("WebGPU adapter")
+            .to_string();
         let opts = GpuOptions {
             max_binding: o.get("max_binding").and_then(Json::as_u64),
-            no_subgroups: o.get("no_subgroups").and_then(Json::as_bool).unwrap_or(false),
+            no_subgroups: o
+                .get("no_subgroups")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
             ..Default::default()
         };
         let gpu = Gpu::new(&opts).await.map_err(err)?;
-        let adapter_name = if gpu.info.name.is_empty() { label } else { gpu.info.name.clone() };
+        let adapter_name = if gpu.info.name.is_empty() {
+            label
+        } else {
+            gpu.info.name.clone()
+        };
         Ok(Engine {
             gpu,
             loaded: RefCell::new(None),
@@ -552,25 +630,45 @@ impl Engine {
     /// Loads a checkpoint from `files` (consumed; its bytes are freed once uploaded).
     /// `options`: `{name?, max_context? (4096), prefill_chunk? (512)}`. `progress({phase, done,
     /// total})` is called while uploading (phase "upload") and once the session is ready.
-    pub async fn load(&self, files: ModelFiles, options: JsValue, progress: Option<Function>) -> Result<JsValue, JsError> {
+    pub async fn load(
+        &self,
+        files: ModelFiles,
+        options: JsValue,
+        progress: Option<Function>,
+    ) -> Result<JsValue, JsError> {
         let mut files = files;
         if files.current.is_some() {
-            return Err(JsError::new("Engine.load: a file is still being streamed (call ModelFiles.end)"));
+            return Err(JsError::new(
+                "Engine.load: a file is still being streamed (call ModelFiles.end)",
+            ));
         }
         let o = from_js(&options, "Engine.load options")?;
-        let name = o.get("name").and_then(Json::as_str).unwrap_or("model").to_string();
+        let name = o
+            .get("name")
+            .and_then(Json::as_str)
+            .unwrap_or("model")
+            .to_string();
         let max_ctx = o.get("max_context").and_then(Json::as_u64).unwrap_or(4096) as u32;
         let chunk = o.get("prefill_chunk").and_then(Json::as_u64).unwrap_or(512) as u32;
-        let mut slot = self.loaded.try_borrow_mut().map_err(|_| JsError::new("the engine is busy generating; cancel first"))?;
+        let mut slot = self
+            .loaded
+            .try_borrow_mut()
+            .map_err(|_| JsError::new("the engine is busy generating; cancel first"))?;
         // Free the previous model's GPU memory before uploading the next one.
         *slot = None;
         *self.info.borrow_mut() = Json::Null;
 
-        let config_text = files.take_text("config.json")?.ok_or_else(|| JsError::new("config.json is missing"))?;
+        let config_text = files
+            .take_text("config.json")?
+            .ok_or_else(|| JsError::new("config.json is missing"))?;
         let gen_text = files.take_text("generation_config.json")?;
-        let config = ModelConfig::parse("config.json", &config_text, gen_text.as_deref()).map_err(err)?;
+        let config =
+            ModelConfig::parse("config.json", &config_text, gen_text.as_deref()).map_err(err)?;
 
-        let tokenizer = match (files.take("tokenizer.json"), files.take("tokenizer.json.gz")) {
+        let tokenizer = match (
+            files.take("tokenizer.json"),
+            files.take("tokenizer.json.gz"),
+        ) {
             (Some(b), _) => Some(Tokenizer::from_bytes(&b, "tokenizer.json").map_err(err)?),
             (None, Some(b)) => Some(Tokenizer::from_bytes(&b, "tokenizer.json.gz").map_err(err)?),
             (None, None) => None,
@@ -578,7 +676,8 @@ impl Engine {
         // Another model's tokenizer (vocabulary larger than the embedding, EOS ids it lacks) is
         // refused before any weight is uploaded.
         if let Some(t) = &tokenizer {
-            t.check_model(config.vocab_size, &config.eos_token_ids).map_err(err)?;
+            t.check_model(config.vocab_size, &config.eos_token_ids)
+                .map_err(err)?;
         }
         // The chat template as a checkpoint directory gives it (ChatTemplate::from_model_dir):
         // chat_template.jinja, else tokenizer_config.json's, else chat_template.json's, else the
@@ -588,7 +687,9 @@ impl Engine {
         let tmpl_json = files.take_text("chat_template.json")?;
         let template = if tokenizer.is_some() {
             let from_cfg = match &tok_cfg {
-                Some(t) => ChatTemplate::from_tokenizer_config(t, "tokenizer_config.json").map_err(err)?,
+                Some(t) => {
+                    ChatTemplate::from_tokenizer_config(t, "tokenizer_config.json").map_err(err)?
+                }
                 None => None,
             };
             let mut t = if let Some(j) = &jinja {
@@ -596,12 +697,23 @@ impl Engine {
             } else if let Some(t) = from_cfg {
                 t
             } else if let Some(j) = &tmpl_json {
-                ChatTemplate::from_tokenizer_config(j, "chat_template.json").map_err(err)?.unwrap_or_else(ChatTemplate::builtin_qwen3_6)
+                ChatTemplate::from_tokenizer_config(j, "chat_template.json")
+                    .map_err(err)?
+                    .unwrap_or_else(ChatTemplate::builtin_qwen3_6)
             } else {
                 ChatTemplate::builtin_qwen3_6()
             };
-            if let Some(Ok(Json::Object(cfg))) = tok_cfg.as_deref().map(serde_json::from_str::<Json>) {
-                for field in ["bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token"] {
+            if let Some(Ok(Json::Object(cfg))) =
+                tok_cfg.as_deref().map(serde_json::from_str::<Json>)
+            {
+                for field in [
+                    "bos_token",
+                    "eos_token",
+                    "unk_token",
+                    "pad_token",
+                    "sep_token",
+                    "cls_token",
+                ] {
                     let v = match cfg.get(field) {
                         Some(Json::String(s)) => Some(s.as_str()),
                         Some(Json::Object(o)) => o.get("content").and_then(Json::as_str),
@@ -618,24 +730,59 @@ impl Engine {
         };
 
         let index = files.take_text("model.safetensors.index.json")?;
-        let mut shards: Vec<(String, Vec<u8>)> = std::mem::take(&mut files.files).into_iter().filter(|(n, _)| is_safetensors(n)).collect();
+        let mut shards: Vec<(String, Vec<u8>)> = std::mem::take(&mut files.files)
+            .into_iter()
+            .filter(|(n, _)| is_safetensors(n))
+            .collect();
         shards.sort_by(|a, b| a.0.cmp(&b.0));
         let file_bytes: u64 = shards.iter().map(|(_, b)| b.len() as u64).sum();
-        let blobs = shards.into_iter().map(|(n, b)| (n, Blob::Owned(b))).collect();
-        let ck = Checkpoint::from_blobs(blobs, index.as_deref().map(|t| ("model.safetensors.index.json", t))).map_err(err)?;
+        let blobs = shards
+            .into_iter()
+            .map(|(n, b)| (n, Blob::Owned(b)))
+            .collect();
+        let ck = Checkpoint::from_blobs(
+            blobs,
+            index
+                .as_deref()
+                .map(|t| ("model.safetensors.index.json", t)),
+        )
+        .map_err(err)?;
         let prog = progress.as_ref();
         let model = Model::from_checkpoint(self.gpu.clone(), config, &ck, &mut |done, total| {
-            call(prog, &json!({"phase": "upload", "done": done, "total": total}));
+            call(
+                prog,
+                &json!({"phase": "upload", "done": done, "total": total}),
+            );
         })
         .map_err(err)?;
         drop(ck);
         let model = Arc::new(model);
         call(prog, &json!({"phase": "session", "done": 0, "total": 1}));
-        let session = Session::new(model.clone(), SessionOptions { max_ctx, prefill_chunk: chunk }).await.map_err(err)?;
+        let session = Session::new(
+            model.clone(),
+            SessionOptions {
+                max_ctx,
+                prefill_chunk: chunk,
+            },
+        )
+        .await
+        .map_err(err)?;
         self.gpu.take_error().map_err(err)?;
-        let info = model_json(&name, &model, &session, tokenizer.as_ref(), template.as_ref(), file_bytes);
+        let info = model_json(
+            &name,
+            &model,
+            &session,
+            tokenizer.as_ref(),
+            template.as_ref(),
+            file_bytes,
+        );
         *self.info.borrow_mut() = info.clone();
-        *slot = Some(Loaded { model, session, tokenizer, template });
+        *slot = Some(Loaded {
+            model,
+            session,
+            tokenizer,
+            template,
+        });
         call(prog, &json!({"phase": "ready", "done": 1, "total": 1}));
         Ok(to_js(&info))
     }
@@ -644,8 +791,13 @@ impl Engine {
     /// `request` takes the same prompt fields as [`Engine::generate`].
     pub fn tokenize(&self, request: JsValue) -> Result<Vec<u32>, JsError> {
         let req = parse_request(from_js(&request, "request")?).map_err(err)?;
-        let slot = self.loaded.try_borrow().map_err(|_| JsError::new("the engine is busy"))?;
-        let l = slot.as_ref().ok_or_else(|| JsError::new("no model is loaded"))?;
+        let slot = self
+            .loaded
+            .try_borrow()
+            .map_err(|_| JsError::new("the engine is busy"))?;
+        let l = slot
+            .as_ref()
+            .ok_or_else(|| JsError::new("no model is loaded"))?;
         prompt_ids(l, &req.prompt).map_err(err)
     }
 
@@ -656,10 +808,19 @@ impl Engine {
     /// content, reasoning}` objects (with MTP on, token and delta events also carry the running
     /// `mtp: {drafted, accepted}`); returning `false` stops generation (as [`Engine::cancel`]).
     /// Resolves to `{tokens, content, reasoning, finish_reason, stats}`.
-    pub async fn generate(&self, request: JsValue, on_event: Option<Function>) -> Result<JsValue, JsError> {
+    pub async fn generate(
+        &self,
+        request: JsValue,
+        on_event: Option<Function>,
+    ) -> Result<JsValue, JsError> {
         let req = parse_request(from_js(&request, "request")?).map_err(err)?;
-        let mut slot = self.loaded.try_borrow_mut().map_err(|_| JsError::new("the engine is busy with another request"))?;
-        let l = slot.as_mut().ok_or_else(|| JsError::new("no model is loaded"))?;
+        let mut slot = self
+            .loaded
+            .try_borrow_mut()
+            .map_err(|_| JsError::new("the engine is busy with another request"))?;
+        let l = slot
+            .as_mut()
+            .ok_or_else(|| JsError::new("no model is loaded"))?;
         let prompt = prompt_ids(l, &req.prompt).map_err(err)?;
         if prompt.is_empty() {
             return Err(JsError::new("the prompt is empty"));
@@ -677,7 +838,8 @@ impl Engine {
         l.session.reset();
         let t0 = perf_now();
         let mut ttft = None;
-        let (tokens, content, reasoning, finish, mtp, tool_calls) = if let Some(tok) = &l.tokenizer {
+        let (tokens, content, reasoning, finish, mtp, tool_calls) = if let Some(tok) = &l.tokenizer
+        {
             let mut stream = tok.stream_config(&l.model.config.eos_token_ids);
             stream.stop_strings = req.stop.clone();
             let treq = TextRequest {
@@ -717,19 +879,39 @@ impl Engine {
             .await
             .map_err(err)?;
             let s = out.summary;
-            let calls: Vec<Json> = s.tool_calls.iter().map(|c| json!({"name": c.name, "arguments": c.arguments})).collect();
-            (out.tokens, s.content, s.reasoning, s.finish_reason.as_str().to_string(), out.mtp, calls)
+            let calls: Vec<Json> = s
+                .tool_calls
+                .iter()
+                .map(|c| json!({"name": c.name, "arguments": c.arguments}))
+                .collect();
+            (
+                out.tokens,
+                s.content,
+                s.reasoning,
+                s.finish_reason.as_str().to_string(),
+                out.mtp,
+                calls,
+            )
         } else {
             // A checkpoint without a tokenizer: ids in, ids out.
-            l.session.set_sampling(Some(&req.sampling), req.logprobs).map_err(err)?;
-            let opts = GenOptions { max_tokens, eos: l.model.config.eos_token_ids.clone(), ignore_eos: req.ignore_eos };
+            l.session
+                .set_sampling(Some(&req.sampling), req.logprobs)
+                .map_err(err)?;
+            let opts = GenOptions {
+                max_tokens,
+                eos: l.model.config.eos_token_ids.clone(),
+                ignore_eos: req.ignore_eos,
+            };
             let mut running = None;
             let mut on = |e: Event| -> bool {
                 let go = match e {
                     Event::PromptDone => {
                         let t = (perf_now() - t0) / 1e3;
                         ttft = Some(t);
-                        call(cb, &json!({"type": "prompt_done", "prompt_tokens": prompt.len(), "ttft_s": t}))
+                        call(
+                            cb,
+                            &json!({"type": "prompt_done", "prompt_tokens": prompt.len(), "ttft_s": t}),
+                        )
                     }
                     Event::Token(id, lp) => {
                         let mut j = json!({"type": "token", "id": id});
@@ -747,16 +929,36 @@ impl Engine {
                 go && !cancel.get()
             };
             // As generate_text: speculation for greedy and sampled requests, not with logprobs.
-            let (t, f, s): (Vec<u32>, Finish, Option<MtpStats>) = if req.mtp != Mtp::Off && l.session.mtp_available() && !req.logprobs {
-                let policy = if req.mtp == Mtp::Auto { MtpOptions::adaptive(&l.session) } else { MtpOptions::always() };
-                let (t, f, s) = generate_mtp(&mut l.session, &prompt, &opts, &policy, &mut on).await.map_err(err)?;
-                (t, f, Some(s))
+            let (t, f, s): (Vec<u32>, Finish, Option<MtpStats>) =
+                if req.mtp != Mtp::Off && l.session.mtp_available() && !req.logprobs {
+                    let policy = if req.mtp == Mtp::Auto {
+                        MtpOptions::adaptive(&l.session)
+                    } else {
+                        MtpOptions::always()
+                    };
+                    let (t, f, s) = generate_mtp(&mut l.session, &prompt, &opts, &policy, &mut on)
+                        .await
+                        .map_err(err)?;
+                    (t, f, Some(s))
+                } else {
+                    let (t, f) = generate(&mut l.session, &prompt, &opts, &mut on)
+                        .await
+                        .map_err(err)?;
+                    (t, f, None)
+                };
+            let finish = if f == Finish::Stop || cancel.get() {
+                "stop"
             } else {
-                let (t, f) = generate(&mut l.session, &prompt, &opts, &mut on).await.map_err(err)?;
-                (t, f, None)
+                "length"
             };
-            let finish = if f == Finish::Stop || cancel.get() { "stop" } else { "length" };
-            (t, String::new(), String::new(), finish.to_string(), s, vec![])
+            (
+                t,
+                String::new(),
+                String::new(),
+                finish.to_string(),
+                s,
+                vec![],
+            )
         };
         let total = (perf_now() - t0) / 1e3;
         let ttft = ttft.unwrap_or(total);
@@ -791,18 +993,35 @@ fn prompt_ids(l: &Loaded, p: &Prompt) -> Result<Vec<u32>, String> {
         Prompt::Ids(ids) => {
             let vocab = l.model.config.vocab_size as u32;
             if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
-                return Err(format!("token id {bad} is outside the vocabulary (size {vocab})"));
+                return Err(format!(
+                    "token id {bad} is outside the vocabulary (size {vocab})"
+                ));
             }
             Ok(ids.clone())
         }
         Prompt::Text(t) => {
-            let tok = l.tokenizer.as_ref().ok_or("this checkpoint has no tokenizer.json: give 'prompt_ids'")?;
+            let tok = l
+                .tokenizer
+                .as_ref()
+                .ok_or("this checkpoint has no tokenizer.json: give 'prompt_ids'")?;
             tok.encode(t, false).map_err(|e| e.to_string())
         }
-        Prompt::Messages { messages, tools, kwargs, add_generation_prompt } => {
-            let tok = l.tokenizer.as_ref().ok_or("this checkpoint has no tokenizer.json: chat needs one (give 'prompt_ids')")?;
-            let t = l.template.as_ref().ok_or("this checkpoint has no chat template")?;
-            let text = t.render(messages, tools.as_deref(), *add_generation_prompt, kwargs).map_err(|e| e.to_string())?;
+        Prompt::Messages {
+            messages,
+            tools,
+            kwargs,
+            add_generation_prompt,
+        } => {
+            let tok = l.tokenizer.as_ref().ok_or(
+                "this checkpoint has no tokenizer.json: chat needs one (give 'prompt_ids')",
+            )?;
+            let t = l
+                .template
+                .as_ref()
+                .ok_or("this checkpoint has no chat template")?;
+            let text = t
+                .render(messages, tools.as_deref(), *add_generation_prompt, kwargs)
+                .map_err(|e| e.to_string())?;
             tok.encode(&text, true).map_err(|e| e.to_string())
         }
     }

@@ -36,11 +36,19 @@ pub struct MtpOptions {
 impl MtpOptions {
     /// Speculate whatever the acceptance (`--mtp on`, benchmarks).
     pub fn always() -> Self {
-        MtpOptions { adaptive: false, probe: 0, min_acceptance: 0.0 }
+        MtpOptions {
+            adaptive: false,
+            probe: 0,
+            min_acceptance: 0.0,
+        }
     }
     /// Speculate while it pays off for this session's model (`--mtp auto`).
     pub fn adaptive(session: &Session) -> Self {
-        MtpOptions { adaptive: true, probe: 16, min_acceptance: session.mtp_break_even() }
+        MtpOptions {
+            adaptive: true,
+            probe: 16,
+            min_acceptance: session.mtp_break_even(),
+        }
     }
 }
 
@@ -74,7 +82,10 @@ pub async fn generate_mtp(
         return Ok((out, f, stats));
     }
     loop {
-        if policy.adaptive && stats.drafted >= policy.probe && stats.acceptance() < policy.min_acceptance {
+        if policy.adaptive
+            && stats.drafted >= policy.probe
+            && stats.acceptance() < policy.min_acceptance
+        {
             // Not paying off: continue with plain steps (the pending rollback is applied first,
             // and the last emitted token is already the next input on the GPU).
             loop {
@@ -89,7 +100,10 @@ pub async fn generate_mtp(
         if step.accepted {
             stats.accepted += 1;
         }
-        if !on_event(Event::Mtp { drafted: stats.drafted, accepted: stats.accepted }) {
+        if !on_event(Event::Mtp {
+            drafted: stats.drafted,
+            accepted: stats.accepted,
+        }) {
             return Ok((out, Finish::Length, stats));
         }
         if step.accepted {
@@ -106,7 +120,12 @@ pub async fn generate_mtp(
 }
 
 /// Emits one token; Some(finish) when generation must stop.
-fn emit(tok: u32, out: &mut Vec<u32>, opts: &GenOptions, on_event: &mut dyn FnMut(Event) -> bool) -> Option<Finish> {
+fn emit(
+    tok: u32,
+    out: &mut Vec<u32>,
+    opts: &GenOptions,
+    on_event: &mut dyn FnMut(Event) -> bool,
+) -> Option<Finish> {
     if !opts.ignore_eos && opts.eos.contains(&tok) {
         return Some(Finish::Stop);
     }

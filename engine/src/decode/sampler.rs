@@ -94,7 +94,10 @@ pub struct SamplingError {
 }
 
 fn bad(field: &'static str, message: impl Into<String>) -> SamplingError {
-    SamplingError { field, message: message.into() }
+    SamplingError {
+        field,
+        message: message.into(),
+    }
 }
 
 /// Constants both the CPU reference and the GPU use, computed once from the parameters.
@@ -124,39 +127,75 @@ impl SamplingParams {
     pub fn validate(&self, vocab: Option<u32>) -> Result<(), SamplingError> {
         let t = self.temperature;
         if !t.is_finite() || t < 0.0 {
-            return Err(bad("temperature", format!("must be a finite number ≥ 0, got {t}")));
+            return Err(bad(
+                "temperature",
+                format!("must be a finite number ≥ 0, got {t}"),
+            ));
         }
         if !(0.0..=1.0).contains(&self.top_p) {
-            return Err(bad("top_p", format!("must be in [0, 1], got {}", self.top_p)));
+            return Err(bad(
+                "top_p",
+                format!("must be in [0, 1], got {}", self.top_p),
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
-            return Err(bad("min_p", format!("must be in [0, 1], got {}", self.min_p)));
+            return Err(bad(
+                "min_p",
+                format!("must be in [0, 1], got {}", self.min_p),
+            ));
         }
         let rp = self.repetition_penalty;
         if !rp.is_finite() || rp < 0.0 {
-            return Err(bad("repetition_penalty", format!("must be a finite number ≥ 0, got {rp}")));
+            return Err(bad(
+                "repetition_penalty",
+                format!("must be a finite number ≥ 0, got {rp}"),
+            ));
         }
         if self.repetition_context == 0 || self.repetition_context > HISTORY_RING {
-            return Err(bad("repetition_context", format!("must be in [1, {HISTORY_RING}], got {}", self.repetition_context)));
+            return Err(bad(
+                "repetition_context",
+                format!(
+                    "must be in [1, {HISTORY_RING}], got {}",
+                    self.repetition_context
+                ),
+            ));
         }
         if !self.presence_penalty.is_finite() {
-            return Err(bad("presence_penalty", format!("must be finite, got {}", self.presence_penalty)));
+            return Err(bad(
+                "presence_penalty",
+                format!("must be finite, got {}", self.presence_penalty),
+            ));
         }
         if !self.frequency_penalty.is_finite() {
-            return Err(bad("frequency_penalty", format!("must be finite, got {}", self.frequency_penalty)));
+            return Err(bad(
+                "frequency_penalty",
+                format!("must be finite, got {}", self.frequency_penalty),
+            ));
         }
         for &(id, b) in &self.logit_bias {
             if let Some(v) = vocab {
                 if id >= v {
-                    return Err(bad("logit_bias", format!("token id {id} is outside the vocabulary (size {v})")));
+                    return Err(bad(
+                        "logit_bias",
+                        format!("token id {id} is outside the vocabulary (size {v})"),
+                    ));
                 }
             }
             if !b.is_finite() {
-                return Err(bad("logit_bias", format!("the bias of token {id} must be finite, got {b}")));
+                return Err(bad(
+                    "logit_bias",
+                    format!("the bias of token {id} must be finite, got {b}"),
+                ));
             }
         }
         if self.top_logprobs > MAX_TOP_LOGPROBS {
-            return Err(bad("top_logprobs", format!("must be at most {MAX_TOP_LOGPROBS}, got {}", self.top_logprobs)));
+            return Err(bad(
+                "top_logprobs",
+                format!(
+                    "must be at most {MAX_TOP_LOGPROBS}, got {}",
+                    self.top_logprobs
+                ),
+            ));
         }
         Ok(())
     }
@@ -173,7 +212,8 @@ impl SamplingParams {
             top_p: (self.top_p > 0.0 && self.top_p < 1.0).then_some(self.top_p),
             top_k: (self.top_k > 0 && self.top_k < vocab).then_some(self.top_k),
             ln_min_p: (self.min_p > 0.0).then(|| (self.min_p as f64).ln() as f32),
-            repetition: (self.repetition_penalty != 0.0 && self.repetition_penalty != 1.0).then_some(self.repetition_penalty),
+            repetition: (self.repetition_penalty != 0.0 && self.repetition_penalty != 1.0)
+                .then_some(self.repetition_penalty),
             penalties: self.presence_penalty != 0.0 || self.frequency_penalty != 0.0,
             bias: !self.logit_bias.is_empty(),
         }
@@ -201,8 +241,16 @@ pub fn philox4x32_10(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     for _ in 0..10 {
         let p0 = 0xD251_1F53u64 * c[0] as u64;
         let p1 = 0xCD9E_8D57u64 * c[2] as u64;
-        c = [((p1 >> 32) as u32) ^ c[1] ^ k[0], p1 as u32, ((p0 >> 32) as u32) ^ c[3] ^ k[1], p0 as u32];
-        k = [k[0].wrapping_add(0x9E37_79B9), k[1].wrapping_add(0xBB67_AE85)];
+        c = [
+            ((p1 >> 32) as u32) ^ c[1] ^ k[0],
+            p1 as u32,
+            ((p0 >> 32) as u32) ^ c[3] ^ k[1],
+            p0 as u32,
+        ];
+        k = [
+            k[0].wrapping_add(0x9E37_79B9),
+            k[1].wrapping_add(0xBB67_AE85),
+        ];
     }
     c
 }
@@ -238,7 +286,12 @@ pub fn sanitize(x: f32) -> f32 {
 
 /// Step 1: bias and penalties. `context` is every token of the sequence so far (prompt first),
 /// `n_prompt` how many of them are the prompt (the rest count as generated).
-pub fn process_logits(logits: &[f32], p: &SamplingParams, context: &[u32], n_prompt: usize) -> Vec<f32> {
+pub fn process_logits(
+    logits: &[f32],
+    p: &SamplingParams,
+    context: &[u32],
+    n_prompt: usize,
+) -> Vec<f32> {
     let v = logits.len();
     let d = p.derived(v as u32);
     let bias = p.dense_bias(v as u32);
@@ -296,7 +349,12 @@ pub struct RowReference {
 }
 
 /// Steps 1–5 for one row.
-pub fn reference_row(logits: &[f32], p: &SamplingParams, context: &[u32], n_prompt: usize) -> RowReference {
+pub fn reference_row(
+    logits: &[f32],
+    p: &SamplingParams,
+    context: &[u32],
+    n_prompt: usize,
+) -> RowReference {
     let x = process_logits(logits, p, context, n_prompt);
     filter_row(x, p)
 }
@@ -314,13 +372,26 @@ pub fn filter_row(x: Vec<f32>, p: &SamplingParams) -> RowReference {
     let max = x[argmax];
     let m = max as f64;
     let finite_max = max > f32::NEG_INFINITY;
-    let mass: Vec<f64> = x.iter().map(|&xi| if finite_max { (xi as f64 - m).exp() } else { 0.0 }).collect();
+    let mass: Vec<f64> = x
+        .iter()
+        .map(|&xi| {
+            if finite_max {
+                (xi as f64 - m).exp()
+            } else {
+                0.0
+            }
+        })
+        .collect();
     let total: f64 = mass.iter().sum();
     let lse = m + total.ln();
     // Order by (value desc, index asc).
     let mut order: Vec<usize> = (0..v).collect();
     order.sort_by(|&a, &b| x[b].partial_cmp(&x[a]).unwrap().then(a.cmp(&b)));
-    let top: Vec<(u32, f64)> = order.iter().take(p.top_logprobs as usize).map(|&i| (i as u32, x[i] as f64 - lse)).collect();
+    let top: Vec<(u32, f64)> = order
+        .iter()
+        .take(p.top_logprobs as usize)
+        .map(|&i| (i as u32, x[i] as f64 - lse))
+        .collect();
 
     // Mass strictly above each token's value.
     let mut above = vec![0f64; v];
@@ -381,7 +452,16 @@ pub fn filter_row(x: Vec<f32>, p: &SamplingParams) -> RowReference {
             }
         }
     }
-    RowReference { x, max, argmax: argmax as u32, lse, kept, probs, top, top_p_margin }
+    RowReference {
+        x,
+        max,
+        argmax: argmax as u32,
+        lse,
+        kept,
+        probs,
+        top,
+        top_p_margin,
+    }
 }
 
 /// Step 6: the token drawn for `row` with draw index `draw` (Gumbel-max over the kept tokens).
@@ -396,7 +476,8 @@ pub fn reference_draw(row: &RowReference, p: &SamplingParams, draw: u32) -> u32 
         if !row.kept[i] {
             continue;
         }
-        let s = (row.x[i] as f64 - m) * d.inv_temp as f64 + gumbel(p.seed, draw, STREAM_SAMPLE, i as u32);
+        let s = (row.x[i] as f64 - m) * d.inv_temp as f64
+            + gumbel(p.seed, draw, STREAM_SAMPLE, i as u32);
         if best.is_none_or(|(b, _)| s > b) {
             best = Some((s, i));
         }
@@ -418,7 +499,10 @@ pub struct AcceptReference {
 /// Accept d with probability min(1, p(d)/q(d)); on rejection draw from normalize(max(p − q, 0)),
 /// or from p when that is all zero. `p`, `q` are normalized distributions over the vocabulary.
 pub fn reference_accept(p: &[f64], q: &[f64], d: u32, seed: u64, draw: u32) -> AcceptReference {
-    let (pd, qd) = (p.get(d as usize).copied().unwrap_or(0.0), q.get(d as usize).copied().unwrap_or(0.0));
+    let (pd, qd) = (
+        p.get(d as usize).copied().unwrap_or(0.0),
+        q.get(d as usize).copied().unwrap_or(0.0),
+    );
     let ratio = if qd <= 0.0 {
         if pd > 0.0 {
             1.0
@@ -431,7 +515,12 @@ pub fn reference_accept(p: &[f64], q: &[f64], d: u32, seed: u64, draw: u32) -> A
     let u = uniform(seed, draw, STREAM_ACCEPT, 0);
     let accepted = (u as f64) < ratio;
     if accepted {
-        return AcceptReference { ratio, u, accepted, token: d };
+        return AcceptReference {
+            ratio,
+            u,
+            accepted,
+            token: d,
+        };
     }
     let pick = |w: &dyn Fn(usize) -> f64| -> Option<usize> {
         let mut best: Option<(f64, usize)> = None;
@@ -446,8 +535,15 @@ pub fn reference_accept(p: &[f64], q: &[f64], d: u32, seed: u64, draw: u32) -> A
         }
         best.map(|(_, i)| i)
     };
-    let token = pick(&|i| (p[i] - q[i]).max(0.0)).or_else(|| pick(&|i| p[i])).unwrap_or(d as usize) as u32;
-    AcceptReference { ratio, u, accepted, token }
+    let token = pick(&|i| (p[i] - q[i]).max(0.0))
+        .or_else(|| pick(&|i| p[i]))
+        .unwrap_or(d as usize) as u32;
+    AcceptReference {
+        ratio,
+        u,
+        accepted,
+        token,
+    }
 }
 
 #[cfg(test)]
@@ -457,10 +553,19 @@ mod tests {
     #[test]
     fn philox_known_answers() {
         // Random123 kat_vectors.
-        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
-        assert_eq!(philox4x32_10([u32::MAX; 4], [u32::MAX; 2]), [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]);
         assert_eq!(
-            philox4x32_10([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
+            philox4x32_10([0; 4], [0; 2]),
+            [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
+        );
+        assert_eq!(
+            philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
+            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+        );
+        assert_eq!(
+            philox4x32_10(
+                [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+                [0xa4093822, 0x299f31d0]
+            ),
             [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
         );
     }
@@ -468,18 +573,90 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let cases: Vec<(SamplingParams, &str)> = vec![
-            (SamplingParams { temperature: -1.0, ..Default::default() }, "temperature"),
-            (SamplingParams { temperature: f32::NAN, ..Default::default() }, "temperature"),
-            (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
-            (SamplingParams { min_p: -0.1, ..Default::default() }, "min_p"),
-            (SamplingParams { repetition_penalty: -1.0, ..Default::default() }, "repetition_penalty"),
-            (SamplingParams { repetition_context: 0, ..Default::default() }, "repetition_context"),
-            (SamplingParams { repetition_context: HISTORY_RING + 1, ..Default::default() }, "repetition_context"),
-            (SamplingParams { presence_penalty: f32::INFINITY, ..Default::default() }, "presence_penalty"),
-            (SamplingParams { frequency_penalty: f32::NAN, ..Default::default() }, "frequency_penalty"),
-            (SamplingParams { logit_bias: vec![(10, 1.0)], ..Default::default() }, "logit_bias"),
-            (SamplingParams { logit_bias: vec![(1, f32::NAN)], ..Default::default() }, "logit_bias"),
-            (SamplingParams { top_logprobs: 21, ..Default::default() }, "top_logprobs"),
+            (
+                SamplingParams {
+                    temperature: -1.0,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    temperature: f32::NAN,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    top_p: 1.5,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    min_p: -0.1,
+                    ..Default::default()
+                },
+                "min_p",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: -1.0,
+                    ..Default::default()
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    repetition_context: 0,
+                    ..Default::default()
+                },
+                "repetition_context",
+            ),
+            (
+                SamplingParams {
+                    repetition_context: HISTORY_RING + 1,
+                    ..Default::default()
+                },
+                "repetition_context",
+            ),
+            (
+                SamplingParams {
+                    presence_penalty: f32::INFINITY,
+                    ..Default::default()
+                },
+                "presence_penalty",
+            ),
+            (
+                SamplingParams {
+                    frequency_penalty: f32::NAN,
+                    ..Default::default()
+                },
+                "frequency_penalty",
+            ),
+            (
+                SamplingParams {
+                    logit_bias: vec![(10, 1.0)],
+                    ..Default::default()
+                },
+                "logit_bias",
+            ),
+            (
+                SamplingParams {
+                    logit_bias: vec![(1, f32::NAN)],
+                    ..Default::default()
+                },
+                "logit_bias",
+            ),
+            (
+                SamplingParams {
+                    top_logprobs: 21,
+                    ..Default::default()
+                },
+                "top_logprobs",
+            ),
         ];
         for (p, field) in cases {
             let e = p.validate(Some(10)).unwrap_err();
@@ -491,11 +668,25 @@ mod tests {
 
     #[test]
     fn params_round_trip_through_json() {
-        let p = SamplingParams { temperature: 0.7, top_p: 0.9, logit_bias: vec![(3, -1.5)], seed: 42, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.7,
+            top_p: 0.9,
+            logit_bias: vec![(3, -1.5)],
+            seed: 42,
+            ..Default::default()
+        };
         let s = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<SamplingParams>(&s).unwrap(), p);
-        let partial: SamplingParams = serde_json::from_str(r#"{"temperature": 0.6, "top_k": 20}"#).unwrap();
-        assert_eq!((partial.temperature, partial.top_k, partial.repetition_context), (0.6, 20, 20));
+        let partial: SamplingParams =
+            serde_json::from_str(r#"{"temperature": 0.6, "top_k": 20}"#).unwrap();
+        assert_eq!(
+            (
+                partial.temperature,
+                partial.top_k,
+                partial.repetition_context
+            ),
+            (0.6, 20, 20)
+        );
         assert!(serde_json::from_str::<SamplingParams>(r#"{"temprature": 1}"#).is_err());
     }
 }

@@ -4,11 +4,11 @@
 //! the reasoning split and tool-call parsing).
 
 use crate::decode::mtp::{generate_mtp, MtpOptions, MtpStats};
+use crate::decode::sampler::SamplingParams;
 use crate::decode::{generate, Event, Finish, GenOptions};
 use crate::model::{RunError, Session};
-use crate::text::stream::{Delta, FinishReason, StreamConfig, StreamParser, StreamSummary};
-use crate::decode::sampler::SamplingParams;
 use crate::ops::sample::RowResult;
+use crate::text::stream::{Delta, FinishReason, StreamConfig, StreamParser, StreamSummary};
 use crate::text::Tokenizer;
 
 /// One generation request at the token level.
@@ -48,7 +48,10 @@ pub enum TextEvent<'a> {
     Delta(&'a Delta),
     /// MTP only: the running draft counts after a verify step, before that step's tokens (see
     /// [`Event::Mtp`]); the last one equals [`TextOutput::mtp`].
-    Mtp { drafted: u64, accepted: u64 },
+    Mtp {
+        drafted: u64,
+        accepted: u64,
+    },
 }
 
 /// Generates from `req.prompt`, streaming deltas to `on_event` (return false to stop).
@@ -91,11 +94,19 @@ pub async fn generate_text(
         }
     };
     // The loops stop on EOS themselves (not emitted); the parser stops on stop strings.
-    let opts = GenOptions { max_tokens: req.max_tokens, eos, ignore_eos: req.ignore_eos };
+    let opts = GenOptions {
+        max_tokens: req.max_tokens,
+        eos,
+        ignore_eos: req.ignore_eos,
+    };
     // Speculative decoding covers greedy and sampled requests; per-token logprobs come from the
     // plain loop.
     let (tokens, finish, mtp) = if req.mtp && session.mtp_available() && !req.logprobs {
-        let policy = if req.mtp_adaptive { MtpOptions::adaptive(session) } else { MtpOptions::always() };
+        let policy = if req.mtp_adaptive {
+            MtpOptions::adaptive(session)
+        } else {
+            MtpOptions::always()
+        };
         let (t, f, s) = generate_mtp(session, &req.prompt, &opts, &policy, &mut on_tok).await?;
         (t, f, Some(s))
     } else {
@@ -111,5 +122,10 @@ pub async fn generate_text(
     if !last.is_empty() {
         on_event(TextEvent::Delta(&last));
     }
-    Ok(TextOutput { tokens, summary, mtp, prompt_tokens: req.prompt.len() })
+    Ok(TextOutput {
+        tokens,
+        summary,
+        mtp,
+        prompt_tokens: req.prompt.len(),
+    })
 }

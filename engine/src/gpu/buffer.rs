@@ -60,7 +60,11 @@ fn pad4(n: u64) -> u64 {
 impl Gpu {
     fn check_size(&self, label: &str, size: u64) -> Result<(), GpuError> {
         if size > self.caps.max_buffer {
-            return Err(GpuError::TooLarge { what: label.to_string(), needed: size, limit: self.caps.max_buffer });
+            return Err(GpuError::TooLarge {
+                what: label.to_string(),
+                needed: size,
+                limit: self.caps.max_buffer,
+            });
         }
         Ok(())
     }
@@ -72,7 +76,9 @@ impl Gpu {
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         Ok(GpuBuffer { buf, size })
@@ -85,11 +91,16 @@ impl Gpu {
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: true,
         });
         {
-            let mut view = buf.slice(..).get_mapped_range_mut().map_err(|e| GpuError::Readback(e.to_string()))?;
+            let mut view = buf
+                .slice(..)
+                .get_mapped_range_mut()
+                .map_err(|e| GpuError::Readback(e.to_string()))?;
             view.slice(..bytes.len()).copy_from_slice(bytes);
         }
         buf.unmap();
@@ -98,18 +109,30 @@ impl Gpu {
 
     /// A storage buffer filled piecewise while mapped: `fill` gets a writer `(offset, bytes)`, so
     /// callers can convert or copy from several sources without a host copy of the whole tensor.
-    pub fn storage_with(&self, label: &str, size: u64, fill: impl FnOnce(&mut dyn FnMut(usize, &[u8]))) -> Result<GpuBuffer, GpuError> {
+    pub fn storage_with(
+        &self,
+        label: &str,
+        size: u64,
+        fill: impl FnOnce(&mut dyn FnMut(usize, &[u8])),
+    ) -> Result<GpuBuffer, GpuError> {
         let size = pad4(size.max(16));
         self.check_size(label, size)?;
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: true,
         });
         {
-            let mut view = buf.slice(..).get_mapped_range_mut().map_err(|e| GpuError::Readback(e.to_string()))?;
-            let mut write = |off: usize, bytes: &[u8]| view.slice(off..off + bytes.len()).copy_from_slice(bytes);
+            let mut view = buf
+                .slice(..)
+                .get_mapped_range_mut()
+                .map_err(|e| GpuError::Readback(e.to_string()))?;
+            let mut write = |off: usize, bytes: &[u8]| {
+                view.slice(off..off + bytes.len()).copy_from_slice(bytes)
+            };
             fill(&mut write);
         }
         buf.unmap();
@@ -119,11 +142,16 @@ impl Gpu {
     /// A small uniform buffer holding one parameter struct (created at load, one per dispatch).
     pub fn uniform<P: super::ParamStruct>(&self, label: &str, params: &P) -> GpuBuffer {
         let bytes = params.padded_bytes();
-        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: &bytes,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        });
-        GpuBuffer { buf, size: bytes.len() as u64 }
+        let buf = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            });
+        GpuBuffer {
+            buf,
+            size: bytes.len() as u64,
+        }
     }
 }

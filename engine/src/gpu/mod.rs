@@ -23,15 +23,24 @@ pub enum GpuError {
     #[error("no wgpu adapter found{0}")]
     NoAdapter(String),
     #[error("could not open a device on adapter '{adapter}': {source}")]
-    RequestDevice { adapter: String, source: wgpu::RequestDeviceError },
+    RequestDevice {
+        adapter: String,
+        source: wgpu::RequestDeviceError,
+    },
     #[error("shader '{name}' failed to build: {message}")]
     Shader { name: String, message: String },
     #[error("reading back a GPU buffer failed: {0}")]
     Readback(String),
     #[error("GPU error in {context}: {message}")]
     Validation { context: String, message: String },
-    #[error("{what} needs {needed} bytes in one buffer, but the adapter allows at most {limit} bytes")]
-    TooLarge { what: String, needed: u64, limit: u64 },
+    #[error(
+        "{what} needs {needed} bytes in one buffer, but the adapter allows at most {limit} bytes"
+    )]
+    TooLarge {
+        what: String,
+        needed: u64,
+        limit: u64,
+    },
 }
 
 /// How to pick and configure the adapter.
@@ -135,7 +144,9 @@ impl AdapterSummary {
 fn env_flag(name: &str) -> Option<bool> {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        std::env::var(name).ok().map(|v| !(v == "0" || v.eq_ignore_ascii_case("false") || v.is_empty()))
+        std::env::var(name)
+            .ok()
+            .map(|v| !(v == "0" || v.eq_ignore_ascii_case("false") || v.is_empty()))
     }
     #[cfg(target_arch = "wasm32")]
     {
@@ -161,7 +172,11 @@ fn env_string(name: &str) -> Option<String> {
 fn instance_for(selector: Option<&str>) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     if std::env::var_os("WGPU_BACKEND").is_none() {
-        desc.backends = if selector.is_some_and(|s| s.eq_ignore_ascii_case("gl")) { wgpu::Backends::all() } else { wgpu::Backends::PRIMARY };
+        desc.backends = if selector.is_some_and(|s| s.eq_ignore_ascii_case("gl")) {
+            wgpu::Backends::all()
+        } else {
+            wgpu::Backends::PRIMARY
+        };
     }
     wgpu::Instance::new(desc)
 }
@@ -174,12 +189,20 @@ fn instance() -> wgpu::Instance {
 pub async fn list_adapters() -> Vec<AdapterSummary> {
     #[cfg(not(target_arch = "wasm32"))]
     {
-        instance().enumerate_adapters(wgpu::Backends::all()).await.iter().map(AdapterSummary::of).collect()
+        instance()
+            .enumerate_adapters(wgpu::Backends::all())
+            .await
+            .iter()
+            .map(AdapterSummary::of)
+            .collect()
     }
     #[cfg(target_arch = "wasm32")]
     {
         let inst = instance();
-        match inst.request_adapter(&wgpu::RequestAdapterOptions::default()).await {
+        match inst
+            .request_adapter(&wgpu::RequestAdapterOptions::default())
+            .await
+        {
             Ok(a) => vec![AdapterSummary::of(&a)],
             Err(_) => vec![],
         }
@@ -197,7 +220,10 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
         wgpu::DeviceType::Cpu => 4,
     };
     let be = match info.backend {
-        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 | wgpu::Backend::BrowserWebGpu => 0,
+        wgpu::Backend::Vulkan
+        | wgpu::Backend::Metal
+        | wgpu::Backend::Dx12
+        | wgpu::Backend::BrowserWebGpu => 0,
         _ => 1,
     };
     (be, ty)
@@ -235,7 +261,14 @@ impl Gpu {
                         })
                         .collect();
                     let what = match &selector {
-                        Some(s) => format!(" matching '{s}'; available: {}", if names.is_empty() { "none".into() } else { names.join(", ") }),
+                        Some(s) => format!(
+                            " matching '{s}'; available: {}",
+                            if names.is_empty() {
+                                "none".into()
+                            } else {
+                                names.join(", ")
+                            }
+                        ),
                         None => " (is a Vulkan, Metal or DX12 driver installed?)".into(),
                     };
                     return Err(GpuError::NoAdapter(what));
@@ -250,7 +283,9 @@ impl Gpu {
                 ..Default::default()
             })
             .await
-            .map_err(|e| GpuError::NoAdapter(format!(": WebGPU is not available in this browser ({e})")))?
+            .map_err(|e| {
+                GpuError::NoAdapter(format!(": WebGPU is not available in this browser ({e})"))
+            })?
         };
 
         let info = adapter.get_info();
@@ -281,12 +316,24 @@ impl Gpu {
                 trace: wgpu::Trace::Off,
             })
             .await
-            .map_err(|source| GpuError::RequestDevice { adapter: info.name.clone(), source })?;
+            .map_err(|source| GpuError::RequestDevice {
+                adapter: info.name.clone(),
+                source,
+            })?;
 
         let web = cfg!(target_arch = "wasm32");
-        let shader_checks = if web { true } else { opts.shader_checks.or_else(|| env_flag("QWGPU_SHADER_CHECKS")).unwrap_or(true) };
+        let shader_checks = if web {
+            true
+        } else {
+            opts.shader_checks
+                .or_else(|| env_flag("QWGPU_SHADER_CHECKS"))
+                .unwrap_or(true)
+        };
         let mut max_binding = limits.max_storage_buffer_binding_size as u64;
-        if let Some(cap) = opts.max_binding.or_else(|| env_string("QWGPU_MAX_BINDING").and_then(|s| s.parse().ok())) {
+        if let Some(cap) = opts
+            .max_binding
+            .or_else(|| env_string("QWGPU_MAX_BINDING").and_then(|s| s.parse().ok()))
+        {
             max_binding = max_binding.min(cap.max(1 << 16));
         }
         // Bindings must be multiples of 4 bytes; keep the split point 256-aligned.
@@ -312,7 +359,15 @@ impl Gpu {
                 }
             }
         }));
-        Ok(Arc::new(Gpu { shaders: ShaderCache::new(), device, queue, info, limits, caps, uncaptured }))
+        Ok(Arc::new(Gpu {
+            shaders: ShaderCache::new(),
+            device,
+            queue,
+            info,
+            limits,
+            caps,
+            uncaptured,
+        }))
     }
 
     /// One line describing the device, for logs and `--json` output.
@@ -330,7 +385,10 @@ impl Gpu {
     /// Returns (and clears) an error wgpu reported outside any error scope.
     pub fn take_error(&self) -> Result<(), GpuError> {
         match self.uncaptured.lock().ok().and_then(|mut s| s.take()) {
-            Some(message) => Err(GpuError::Validation { context: "device".into(), message }),
+            Some(message) => Err(GpuError::Validation {
+                context: "device".into(),
+                message,
+            }),
             None => Ok(()),
         }
     }
@@ -338,7 +396,10 @@ impl Gpu {
     /// Opens an error scope catching validation errors of everything created until
     /// [`ErrorScope::finish`] (used around building a whole plan: one await per plan).
     pub fn scope(&self, context: &str) -> ErrorScope {
-        ErrorScope { guard: self.device.push_error_scope(wgpu::ErrorFilter::Validation), context: context.to_string() }
+        ErrorScope {
+            guard: self.device.push_error_scope(wgpu::ErrorFilter::Validation),
+            context: context.to_string(),
+        }
     }
 }
 
@@ -352,7 +413,10 @@ impl ErrorScope {
     pub async fn finish(self) -> Result<(), GpuError> {
         match self.guard.pop().await {
             None => Ok(()),
-            Some(e) => Err(GpuError::Validation { context: self.context, message: e.to_string() }),
+            Some(e) => Err(GpuError::Validation {
+                context: self.context,
+                message: e.to_string(),
+            }),
         }
     }
 }

@@ -31,7 +31,8 @@ pub struct StepSlot<'a> {
 
 impl StepSlot<'_> {
     pub fn binding(&self) -> wgpu::BindingResource<'_> {
-        self.buf.slice(self.offset, std::mem::size_of::<Step>() as u64)
+        self.buf
+            .slice(self.offset, std::mem::size_of::<Step>() as u64)
     }
 }
 
@@ -58,16 +59,32 @@ pub struct Grid {
 
 impl Grid {
     pub fn fixed(groups: u32) -> Self {
-        Grid { groups, rows: Rows::One, tile: 1 }
+        Grid {
+            groups,
+            rows: Rows::One,
+            tile: 1,
+        }
     }
     pub fn per_token(groups: u32) -> Self {
-        Grid { groups, rows: Rows::Tokens, tile: 1 }
+        Grid {
+            groups,
+            rows: Rows::Tokens,
+            tile: 1,
+        }
     }
     pub fn per_tile(groups: u32, tile: u32) -> Self {
-        Grid { groups, rows: Rows::Tokens, tile }
+        Grid {
+            groups,
+            rows: Rows::Tokens,
+            tile,
+        }
     }
     pub fn per_out(groups: u32, tile: u32) -> Self {
-        Grid { groups, rows: Rows::Out, tile }
+        Grid {
+            groups,
+            rows: Rows::Out,
+            tile,
+        }
     }
 
     /// The `[x, y, z]` workgroup counts for a step with `t` rows of which `n_out` need logits.
@@ -160,9 +177,21 @@ impl Gpu {
         let entries: Vec<wgpu::BindGroupEntry> = resources
             .iter()
             .enumerate()
-            .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
+            .map(|(i, r)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: r.clone(),
+            })
             .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(&label), layout: &layout, entries: &entries });
-        Dispatch { label, pipeline: pipeline.clone(), bind_group, grid }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&label),
+            layout: &layout,
+            entries: &entries,
+        });
+        Dispatch {
+            label,
+            pipeline: pipeline.clone(),
+            bind_group,
+            grid,
+        }
     }
 }

@@ -21,7 +21,13 @@ impl Readback {
     }
 
     /// Records a copy of `len` bytes at `offset` of `src` into the staging buffer.
-    pub fn copy_from(&self, enc: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, offset: u64, len: u64) {
+    pub fn copy_from(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        offset: u64,
+        len: u64,
+    ) {
         enc.copy_buffer_to_buffer(src, offset, &self.staging, 0, len.min(self.size));
     }
 
@@ -34,9 +40,14 @@ impl Readback {
             let _ = tx.send(r);
         });
         gpu.wait();
-        let r = rx.await.map_err(|_| GpuError::Readback("the map callback was dropped".into()))?;
+        let r = rx
+            .await
+            .map_err(|_| GpuError::Readback("the map callback was dropped".into()))?;
         r.map_err(|e| GpuError::Readback(e.to_string()))?;
-        let out = slice.get_mapped_range().map_err(|e| GpuError::Readback(e.to_string()))?[..len as usize].to_vec();
+        let out = slice
+            .get_mapped_range()
+            .map_err(|e| GpuError::Readback(e.to_string()))?[..len as usize]
+            .to_vec();
         self.staging.unmap();
         gpu.take_error()?;
         Ok(out)
@@ -55,22 +66,41 @@ impl Gpu {
 
     /// Reads `len` bytes of `src` at `offset` through a temporary staging buffer. For tests and
     /// for callers that ask for logits; the token loop uses a [`Readback`] made at load.
-    pub async fn read_buffer(&self, src: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>, GpuError> {
+    pub async fn read_buffer(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, GpuError> {
         let rb = Readback::new(self, "read_buffer", len);
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read_buffer") });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("read_buffer"),
+            });
         rb.copy_from(&mut enc, src, offset, (len + 3) & !3);
         self.queue.submit([enc.finish()]);
         rb.read(self, len).await
     }
 
     /// Reads a buffer of f32 values.
-    pub async fn read_f32(&self, src: &wgpu::Buffer, offset: u64, count: usize) -> Result<Vec<f32>, GpuError> {
+    pub async fn read_f32(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        count: usize,
+    ) -> Result<Vec<f32>, GpuError> {
         let b = self.read_buffer(src, offset, (count * 4) as u64).await?;
         Ok(bytemuck::pod_collect_to_vec(&b))
     }
 
     /// Reads a buffer of u32 values.
-    pub async fn read_u32(&self, src: &wgpu::Buffer, offset: u64, count: usize) -> Result<Vec<u32>, GpuError> {
+    pub async fn read_u32(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        count: usize,
+    ) -> Result<Vec<u32>, GpuError> {
         let b = self.read_buffer(src, offset, (count * 4) as u64).await?;
         Ok(bytemuck::pod_collect_to_vec(&b))
     }

@@ -20,7 +20,9 @@ use super::{Gpu, GpuError};
 include!(concat!(env!("OUT_DIR"), "/shaders.rs"));
 
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// The WGSL text of `name`. Native builds read it from `$QWGPU_SHADER_DIR/name` instead when that
@@ -36,14 +38,19 @@ pub fn source(name: &str) -> Option<&'static str> {
 
 #[cfg(not(target_arch = "wasm32"))]
 fn override_source(name: &str) -> Option<&'static str> {
-    static CACHE: std::sync::OnceLock<Mutex<HashMap<String, &'static str>>> = std::sync::OnceLock::new();
+    static CACHE: std::sync::OnceLock<Mutex<HashMap<String, &'static str>>> =
+        std::sync::OnceLock::new();
     let dir = std::env::var_os("QWGPU_SHADER_DIR")?;
     let cache = CACHE.get_or_init(Default::default);
     let mut cache = cache.lock().ok()?;
     if let Some(text) = cache.get(name) {
         return Some(text);
     }
-    let text: &'static str = Box::leak(std::fs::read_to_string(std::path::Path::new(&dir).join(name)).ok()?.into_boxed_str());
+    let text: &'static str = Box::leak(
+        std::fs::read_to_string(std::path::Path::new(&dir).join(name))
+            .ok()?
+            .into_boxed_str(),
+    );
     cache.insert(name.to_string(), text);
     Some(text)
 }
@@ -70,13 +77,24 @@ impl Defines {
     pub fn key(&self) -> String {
         self.0
             .iter()
-            .map(|(k, v)| if v.contains('\n') { format!("{k}=#{:016x}", fnv(v)) } else { format!("{k}={v}") })
+            .map(|(k, v)| {
+                if v.contains('\n') {
+                    format!("{k}=#{:016x}", fnv(v))
+                } else {
+                    format!("{k}={v}")
+                }
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
     /// Short label for pipelines: the defines without generated struct texts.
     pub fn label(&self) -> String {
-        self.0.iter().filter(|(_, v)| !v.contains('\n')).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+        self.0
+            .iter()
+            .filter(|(_, v)| !v.contains('\n'))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -92,13 +110,19 @@ pub fn preprocess(name: &str, defines: &Defines, web: bool) -> Result<String, Gp
     }
     let mut included = Vec::new();
     let mut defines = defines.clone();
-    defines.0.entry("STEP".into()).or_insert_with(|| <super::plan::Step as super::ParamStruct>::WGSL.to_string());
+    defines
+        .0
+        .entry("STEP".into())
+        .or_insert_with(|| <super::plan::Step as super::ParamStruct>::WGSL.to_string());
     expand(name, &defines, &mut out, &mut included)?;
     Ok(out)
 }
 
 fn err(name: &str, line: usize, msg: impl Into<String>) -> GpuError {
-    GpuError::Shader { name: format!("{name}:{}", line + 1), message: msg.into() }
+    GpuError::Shader {
+        name: format!("{name}:{}", line + 1),
+        message: msg.into(),
+    }
 }
 
 /// Expands `#for VAR COUNT` ... `#endfor` blocks (nestable): COUNT copies of the body with
@@ -112,7 +136,14 @@ pub fn unroll(name: &str, text: &str, defines: &Defines) -> Result<String, GpuEr
     Ok(out)
 }
 
-fn unroll_lines(name: &str, lines: &[&str], first: usize, defines: &Defines, vars: &[(String, usize)], out: &mut String) -> Result<(), GpuError> {
+fn unroll_lines(
+    name: &str,
+    lines: &[&str],
+    first: usize,
+    defines: &Defines,
+    vars: &[(String, usize)],
+    out: &mut String,
+) -> Result<(), GpuError> {
     let subst = |line: &str| -> String {
         let mut l = line.to_string();
         for (v, i) in vars {
@@ -135,7 +166,13 @@ fn unroll_lines(name: &str, lines: &[&str], first: usize, defines: &Defines, var
                     .0
                     .get(&count)
                     .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| err(name, first + i, format!("#for count '{count}' is not an integer or integer define")))?,
+                    .ok_or_else(|| {
+                        err(
+                            name,
+                            first + i,
+                            format!("#for count '{count}' is not an integer or integer define"),
+                        )
+                    })?,
             };
             // Find the matching #endfor.
             let mut depth = 1;
@@ -173,9 +210,21 @@ fn unroll_lines(name: &str, lines: &[&str], first: usize, defines: &Defines, var
     Ok(())
 }
 
-fn expand(name: &str, defines: &Defines, out: &mut String, included: &mut Vec<String>) -> Result<(), GpuError> {
-    let raw = source(name).ok_or_else(|| GpuError::Shader { name: name.into(), message: "no such shader source".into() })?;
-    let text = if raw.contains("#for") { std::borrow::Cow::Owned(unroll(name, raw, defines)?) } else { std::borrow::Cow::Borrowed(raw) };
+fn expand(
+    name: &str,
+    defines: &Defines,
+    out: &mut String,
+    included: &mut Vec<String>,
+) -> Result<(), GpuError> {
+    let raw = source(name).ok_or_else(|| GpuError::Shader {
+        name: name.into(),
+        message: "no such shader source".into(),
+    })?;
+    let text = if raw.contains("#for") {
+        std::borrow::Cow::Owned(unroll(name, raw, defines)?)
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    };
     included.push(name.to_string());
     // Stack of (this branch active, some branch already taken, parent active).
     let mut stack: Vec<(bool, bool, bool)> = Vec::new();
@@ -203,18 +252,24 @@ fn expand(name: &str, defines: &Defines, out: &mut String, included: &mut Vec<St
                     stack.push((c, c, parent));
                 }
                 "elif" => {
-                    let top = stack.last_mut().ok_or_else(|| err(name, ln, "#elif without #if"))?;
+                    let top = stack
+                        .last_mut()
+                        .ok_or_else(|| err(name, ln, "#elif without #if"))?;
                     let c = top.2 && !top.1 && cond(arg)?;
                     top.0 = c;
                     top.1 |= c;
                 }
                 "else" => {
-                    let top = stack.last_mut().ok_or_else(|| err(name, ln, "#else without #if"))?;
+                    let top = stack
+                        .last_mut()
+                        .ok_or_else(|| err(name, ln, "#else without #if"))?;
                     top.0 = top.2 && !top.1;
                     top.1 = true;
                 }
                 "endif" => {
-                    stack.pop().ok_or_else(|| err(name, ln, "#endif without #if"))?;
+                    stack
+                        .pop()
+                        .ok_or_else(|| err(name, ln, "#endif without #if"))?;
                 }
                 "include" => {
                     if active(&stack) {
@@ -235,9 +290,14 @@ fn expand(name: &str, defines: &Defines, out: &mut String, included: &mut Vec<St
         while let Some(start) = rest.find("{{") {
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
-            let end = after.find("}}").ok_or_else(|| err(name, ln, "unclosed {{"))?;
+            let end = after
+                .find("}}")
+                .ok_or_else(|| err(name, ln, "unclosed {{"))?;
             let key = after[..end].trim();
-            let val = defines.0.get(key).ok_or_else(|| err(name, ln, format!("undefined placeholder {{{{{key}}}}}")))?;
+            let val = defines
+                .0
+                .get(key)
+                .ok_or_else(|| err(name, ln, format!("undefined placeholder {{{{{key}}}}}")))?;
             out.push_str(val);
             rest = &after[end + 2..];
         }
@@ -263,7 +323,9 @@ impl Default for ShaderCache {
 
 impl ShaderCache {
     pub fn new() -> Self {
-        ShaderCache { pipelines: Mutex::new(HashMap::new()) }
+        ShaderCache {
+            pipelines: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -279,32 +341,53 @@ impl Gpu {
     /// The pipeline for `shader` with `defines` (the device's SUBGROUPS/F16 capability flags are
     /// the caller's choice, so tests can build every variant). Validation errors come back as
     /// [`GpuError::Shader`] naming the kernel instead of aborting the process.
-    pub async fn pipeline(&self, shader: &str, defines: &Defines) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
+    pub async fn pipeline(
+        &self,
+        shader: &str,
+        defines: &Defines,
+    ) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
         let key = format!("{shader}|{}", defines.key());
-        if let Some(p) = self.shaders.pipelines.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        if let Some(p) = self
+            .shaders
+            .pipelines
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
             return Ok(p);
         }
         let code = preprocess(shader, defines, self.caps.web)?;
         let label = format!("{}[{}]", shader.trim_end_matches(".wgsl"), defines.label());
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let desc = wgpu::ShaderModuleDescriptor { label: Some(&label), source: wgpu::ShaderSource::Wgsl(code.into()) };
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(code.into()),
+        };
         let module = if self.caps.shader_checks {
             self.device.create_shader_module(desc)
         } else {
             // SAFETY: every kernel is tested at odd sizes with the checks on (lavapipe) and guards
             // its own indices; unchecked modules only drop wgpu's redundant bounds/loop guards.
-            unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+            unsafe {
+                self.device
+                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
         };
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&label),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions::default(),
-            cache: None,
-        });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions::default(),
+                cache: None,
+            });
         if let Some(e) = scope.pop().await {
-            return Err(GpuError::Shader { name: label, message: e.to_string() });
+            return Err(GpuError::Shader {
+                name: label,
+                message: e.to_string(),
+            });
         }
         let p = Arc::new(pipeline);
         if let Ok(mut m) = self.shaders.pipelines.lock() {

@@ -98,7 +98,10 @@ impl ModelConfig {
         2 * self.key_dim() + self.value_dim()
     }
     pub fn n_full(&self) -> usize {
-        self.layers.iter().filter(|k| **k == LayerKind::Full).count()
+        self.layers
+            .iter()
+            .filter(|k| **k == LayerKind::Full)
+            .count()
     }
     pub fn n_linear(&self) -> usize {
         self.layers.len() - self.n_full()
@@ -106,28 +109,48 @@ impl ModelConfig {
 
     /// Parses `config.json` text and the optional `generation_config.json` text.
     /// `file` names the config in error messages.
-    pub fn parse(file: &str, config_json: &str, generation_json: Option<&str>) -> Result<Self, LoadError> {
-        let bad = |msg: String| LoadError::Config { file: file.to_string(), message: msg };
-        let root: Value = serde_json::from_str(config_json).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let root_obj = root.as_object().ok_or_else(|| bad("the top level is not a JSON object".into()))?;
+    pub fn parse(
+        file: &str,
+        config_json: &str,
+        generation_json: Option<&str>,
+    ) -> Result<Self, LoadError> {
+        let bad = |msg: String| LoadError::Config {
+            file: file.to_string(),
+            message: msg,
+        };
+        let root: Value =
+            serde_json::from_str(config_json).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let root_obj = root
+            .as_object()
+            .ok_or_else(|| bad("the top level is not a JSON object".into()))?;
         let text = match root_obj.get("text_config") {
             Some(Value::Object(t)) => t,
             Some(_) => return Err(bad("`text_config` is not an object".into())),
             None => root_obj,
         };
-        let model_type = root_obj.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
-        if !model_type.is_empty() && !model_type.starts_with("qwen3_5") && !model_type.starts_with("qwen3_6") {
-            return Err(bad(format!("model_type '{model_type}' is not a Qwen3.5/3.6 dense model (expected qwen3_5)")));
+        let model_type = root_obj
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if !model_type.is_empty()
+            && !model_type.starts_with("qwen3_5")
+            && !model_type.starts_with("qwen3_6")
+        {
+            return Err(bad(format!(
+                "model_type '{model_type}' is not a Qwen3.5/3.6 dense model (expected qwen3_5)"
+            )));
         }
         if text.get("num_experts").and_then(Value::as_u64).unwrap_or(0) > 0 {
-            return Err(bad("mixture-of-experts checkpoints (num_experts > 0) are not supported".into()));
+            return Err(bad(
+                "mixture-of-experts checkpoints (num_experts > 0) are not supported".into(),
+            ));
         }
         let uint = |key: &str, default: Option<usize>| -> Result<usize, LoadError> {
             match text.get(key) {
-                Some(v) => v
-                    .as_u64()
-                    .map(|x| x as usize)
-                    .ok_or_else(|| bad(format!("`{key}` must be a non-negative integer, found {v}"))),
+                Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+                    bad(format!("`{key}` must be a non-negative integer, found {v}"))
+                }),
                 None => default.ok_or_else(|| bad(format!("`{key}` is missing"))),
             }
         };
@@ -139,14 +162,20 @@ impl ModelConfig {
             Some(_) => uint("head_dim", None)?,
         };
         let rms_norm_eps = match text.get("rms_norm_eps") {
-            Some(v) => v.as_f64().ok_or_else(|| bad(format!("`rms_norm_eps` must be a number, found {v}")))? as f32,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| bad(format!("`rms_norm_eps` must be a number, found {v}")))?
+                as f32,
             None => 1e-6,
         };
         let interval = uint("full_attention_interval", Some(4))?;
         let layers = match text.get("layer_types") {
             Some(Value::Array(list)) => {
                 if list.len() != num_hidden_layers {
-                    return Err(bad(format!("`layer_types` has {} entries but num_hidden_layers is {num_hidden_layers}", list.len())));
+                    return Err(bad(format!(
+                        "`layer_types` has {} entries but num_hidden_layers is {num_hidden_layers}",
+                        list.len()
+                    )));
                 }
                 let mut out = Vec::with_capacity(list.len());
                 for (i, v) in list.iter().enumerate() {
@@ -158,7 +187,11 @@ impl ModelConfig {
                 }
                 if text.contains_key("full_attention_interval") {
                     for (i, k) in out.iter().enumerate() {
-                        let by_interval = if (i + 1) % interval.max(1) == 0 { LayerKind::Full } else { LayerKind::Linear };
+                        let by_interval = if (i + 1) % interval.max(1) == 0 {
+                            LayerKind::Full
+                        } else {
+                            LayerKind::Linear
+                        };
                         if *k != by_interval {
                             return Err(bad(format!(
                                 "`layer_types[{i}]` ({k:?}) disagrees with full_attention_interval {interval} ({by_interval:?})"
@@ -173,40 +206,76 @@ impl ModelConfig {
                 if interval == 0 {
                     return Err(bad("`full_attention_interval` must be at least 1".into()));
                 }
-                (0..num_hidden_layers).map(|i| if (i + 1) % interval == 0 { LayerKind::Full } else { LayerKind::Linear }).collect()
+                (0..num_hidden_layers)
+                    .map(|i| {
+                        if (i + 1) % interval == 0 {
+                            LayerKind::Full
+                        } else {
+                            LayerKind::Linear
+                        }
+                    })
+                    .collect()
             }
         };
         // RoPE (mlx-lm TextModelArgs.__post_init__): theta and the partial factor come from
         // `rope_parameters`; a top-level `rope_theta` is used only when that dict is absent.
-        let (rope_theta, partial_rotary_factor) = match text.get("rope_parameters").or_else(|| text.get("rope_scaling")) {
+        let (rope_theta, partial_rotary_factor) = match text
+            .get("rope_parameters")
+            .or_else(|| text.get("rope_scaling"))
+        {
             Some(Value::Object(rp)) => {
-                if let Some(t) = rp.get("type").or_else(|| rp.get("rope_type")).and_then(Value::as_str) {
+                if let Some(t) = rp
+                    .get("type")
+                    .or_else(|| rp.get("rope_type"))
+                    .and_then(Value::as_str)
+                {
                     if !matches!(t, "default" | "mrope") {
-                        return Err(bad(format!("rope type '{t}' is not supported (expected default or mrope)")));
+                        return Err(bad(format!(
+                            "rope type '{t}' is not supported (expected default or mrope)"
+                        )));
                     }
                 }
                 (
-                    rp.get("rope_theta").and_then(Value::as_f64).unwrap_or(100000.0),
-                    rp.get("partial_rotary_factor").and_then(Value::as_f64).unwrap_or(0.25),
+                    rp.get("rope_theta")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(100000.0),
+                    rp.get("partial_rotary_factor")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.25),
                 )
             }
             _ => (
-                text.get("rope_theta").and_then(Value::as_f64).unwrap_or(100000.0),
-                text.get("partial_rotary_factor").and_then(Value::as_f64).unwrap_or(0.25),
+                text.get("rope_theta")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(100000.0),
+                text.get("partial_rotary_factor")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.25),
             ),
         };
-        let bool_field = |key: &str, default: bool| -> bool { text.get(key).and_then(Value::as_bool).or_else(|| root_obj.get(key).and_then(Value::as_bool)).unwrap_or(default) };
+        let bool_field = |key: &str, default: bool| -> bool {
+            text.get(key)
+                .and_then(Value::as_bool)
+                .or_else(|| root_obj.get(key).and_then(Value::as_bool))
+                .unwrap_or(default)
+        };
         let eos_of = |v: &Value| -> Vec<u32> {
             match v {
                 Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-                Value::Array(a) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(Value::as_u64)
+                    .map(|x| x as u32)
+                    .collect(),
                 _ => vec![],
             }
         };
         let mut eos_token_ids = Vec::new();
         if let Some(g) = generation_json {
-            let gv: Value = serde_json::from_str(g)
-                .map_err(|e| LoadError::Config { file: "generation_config.json".into(), message: format!("not valid JSON: {e}") })?;
+            let gv: Value = serde_json::from_str(g).map_err(|e| LoadError::Config {
+                file: "generation_config.json".into(),
+                message: format!("not valid JSON: {e}"),
+            })?;
             if let Some(e) = gv.get("eos_token_id") {
                 eos_token_ids = eos_of(e);
             }
@@ -221,7 +290,10 @@ impl ModelConfig {
                 eos_token_ids = eos_of(e);
             }
         }
-        let quantization = match root_obj.get("quantization").or_else(|| root_obj.get("quantization_config")) {
+        let quantization = match root_obj
+            .get("quantization")
+            .or_else(|| root_obj.get("quantization_config"))
+        {
             None | Some(Value::Null) => QuantConfig::default(),
             Some(Value::Object(q)) => parse_quant(q).map_err(bad)?,
             Some(v) => return Err(bad(format!("`quantization` must be an object, found {v}"))),
@@ -249,7 +321,11 @@ impl ModelConfig {
             max_position_embeddings: uint("max_position_embeddings", Some(131072))?,
             mtp_num_hidden_layers: uint("mtp_num_hidden_layers", Some(0))?,
             eos_token_ids,
-            dtype: text.get("dtype").or_else(|| text.get("torch_dtype")).and_then(Value::as_str).map(str::to_string),
+            dtype: text
+                .get("dtype")
+                .or_else(|| text.get("torch_dtype"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
             quantization,
         };
         cfg.check().map_err(bad)?;
@@ -297,7 +373,10 @@ impl ModelConfig {
             return Err("`linear_conv_kernel_dim` must be at least 2".into());
         }
         if self.mtp_num_hidden_layers > 1 {
-            return Err(format!("mtp_num_hidden_layers {} is not supported (1 is)", self.mtp_num_hidden_layers));
+            return Err(format!(
+                "mtp_num_hidden_layers {} is not supported (1 is)",
+                self.mtp_num_hidden_layers
+            ));
         }
         Ok(())
     }
@@ -308,17 +387,33 @@ fn parse_quant(q: &serde_json::Map<String, Value>) -> Result<QuantConfig, String
         if let Some(mode) = v.get("mode") {
             match mode.as_str() {
                 Some("affine") => {}
-                Some(m) => return Err(format!("quantization mode '{m}' at {path} is not supported (only MLX affine is)")),
+                Some(m) => {
+                    return Err(format!(
+                        "quantization mode '{m}' at {path} is not supported (only MLX affine is)"
+                    ))
+                }
                 None => return Err(format!("quantization `mode` at {path} must be a string")),
             }
         }
-        let bits = v.get("bits").and_then(Value::as_u64).ok_or_else(|| format!("quantization at {path} has no integer `bits`"))? as u32;
-        let group_size = v.get("group_size").and_then(Value::as_u64).ok_or_else(|| format!("quantization at {path} has no integer `group_size`"))? as u32;
+        let bits = v
+            .get("bits")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("quantization at {path} has no integer `bits`"))?
+            as u32;
+        let group_size = v
+            .get("group_size")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("quantization at {path} has no integer `group_size`"))?
+            as u32;
         if !matches!(bits, 2..=8) {
-            return Err(format!("quantization at {path}: bits {bits} is not supported"));
+            return Err(format!(
+                "quantization at {path}: bits {bits} is not supported"
+            ));
         }
         if !matches!(group_size, 32 | 64 | 128) {
-            return Err(format!("quantization at {path}: group_size {group_size} is not supported (32, 64 or 128)"));
+            return Err(format!(
+                "quantization at {path}: group_size {group_size} is not supported (32, 64 or 128)"
+            ));
         }
         Ok(QuantSpec { bits, group_size })
     }
@@ -328,7 +423,11 @@ fn parse_quant(q: &serde_json::Map<String, Value>) -> Result<QuantConfig, String
             q.get("quant_method").and_then(Value::as_str).unwrap_or("?")
         ));
     }
-    let global = if q.contains_key("bits") || q.contains_key("group_size") { Some(spec("the top level", q)?) } else { None };
+    let global = if q.contains_key("bits") || q.contains_key("group_size") {
+        Some(spec("the top level", q)?)
+    } else {
+        None
+    };
     let mut overrides = BTreeMap::new();
     for (k, v) in q {
         if matches!(k.as_str(), "bits" | "group_size" | "mode") {
@@ -344,7 +443,11 @@ fn parse_quant(q: &serde_json::Map<String, Value>) -> Result<QuantConfig, String
             Value::Object(o) => {
                 overrides.insert(k.clone(), Some(spec(k, o)?));
             }
-            other => return Err(format!("quantization entry `{k}` must be an object or false, found {other}")),
+            other => {
+                return Err(format!(
+                    "quantization entry `{k}` must be an object or false, found {other}"
+                ))
+            }
         }
     }
     Ok(QuantConfig { global, overrides })
@@ -364,32 +467,73 @@ mod tests {
 
     #[test]
     fn wrapper_config_with_interval_and_overrides() {
-        let c = ModelConfig::parse("config.json", WRAPPED, Some(r#"{"eos_token_id": [248046, 248044]}"#)).unwrap();
-        assert_eq!(c.layers.iter().filter(|k| **k == LayerKind::Full).count(), 2);
+        let c = ModelConfig::parse(
+            "config.json",
+            WRAPPED,
+            Some(r#"{"eos_token_id": [248046, 248044]}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            c.layers.iter().filter(|k| **k == LayerKind::Full).count(),
+            2
+        );
         assert_eq!(c.layers[3], LayerKind::Full);
         assert_eq!(c.rotary_dim(), 64);
         assert_eq!(c.rope_theta, 1e7);
         assert_eq!(c.eos_token_ids, vec![248046, 248044]);
         assert_eq!(c.conv_dim(), 10240);
-        assert_eq!(c.quantization.for_module("language_model.lm_head"), Some(QuantSpec { bits: 8, group_size: 64 }));
-        assert_eq!(c.quantization.for_module("x"), Some(QuantSpec { bits: 4, group_size: 64 }));
+        assert_eq!(
+            c.quantization.for_module("language_model.lm_head"),
+            Some(QuantSpec {
+                bits: 8,
+                group_size: 64
+            })
+        );
+        assert_eq!(
+            c.quantization.for_module("x"),
+            Some(QuantSpec {
+                bits: 4,
+                group_size: 64
+            })
+        );
     }
 
     #[test]
     fn rope_theta_from_rope_parameters_not_top_level() {
-        let j = WRAPPED.replace("\"eos_token_id\": 248044,", "\"eos_token_id\": 248044, \"rope_theta\": 5,");
+        let j = WRAPPED.replace(
+            "\"eos_token_id\": 248044,",
+            "\"eos_token_id\": 248044, \"rope_theta\": 5,",
+        );
         assert_eq!(ModelConfig::parse("c", &j, None).unwrap().rope_theta, 1e7);
     }
 
     #[test]
     fn errors_name_the_field() {
-        let e = ModelConfig::parse("config.json", &WRAPPED.replace("\"num_key_value_heads\": 4", "\"num_key_value_heads\": 5"), None).unwrap_err();
+        let e = ModelConfig::parse(
+            "config.json",
+            &WRAPPED.replace("\"num_key_value_heads\": 4", "\"num_key_value_heads\": 5"),
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("num_key_value_heads 5"), "{e}");
-        let e = ModelConfig::parse("config.json", &WRAPPED.replace("\"mode\": \"affine\"", "\"mode\": \"mxfp4\""), None).unwrap_err();
+        let e = ModelConfig::parse(
+            "config.json",
+            &WRAPPED.replace("\"mode\": \"affine\"", "\"mode\": \"mxfp4\""),
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("mxfp4"), "{e}");
         let e = ModelConfig::parse("config.json", "{", None).unwrap_err();
-        assert!(e.to_string().contains("config.json") && e.to_string().contains("JSON"), "{e}");
-        let e = ModelConfig::parse("config.json", &WRAPPED.replace("\"hidden_size\": 5120,", ""), None).unwrap_err();
+        assert!(
+            e.to_string().contains("config.json") && e.to_string().contains("JSON"),
+            "{e}"
+        );
+        let e = ModelConfig::parse(
+            "config.json",
+            &WRAPPED.replace("\"hidden_size\": 5120,", ""),
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("`hidden_size` is missing"), "{e}");
     }
 

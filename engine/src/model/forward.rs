@@ -13,7 +13,10 @@ use crate::gpu::{Gpu, GpuBuffer, Plan, Rows, StepSlot};
 use crate::model::config::ModelConfig;
 use crate::model::weights::{Layer, Mixer, Mtp, Projections, Weights};
 use crate::ops::attention::{attention_scratch_bytes, attention_with_scratch, attn_prep, AttnDims};
-use crate::ops::gdn::{conv_prep_wg, gated_norm, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence, GdnDims, CONV_PREP_STORAGE_BUFFERS};
+use crate::ops::gdn::{
+    conv_prep_wg, gated_norm, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence, GdnDims,
+    CONV_PREP_STORAGE_BUFFERS,
+};
 use crate::ops::matmul::{matmul, MatmulOpts};
 use crate::ops::matrix::Matrix;
 use crate::ops::{argmax, embed, norm, swiglu, Act};
@@ -68,13 +71,20 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    pub fn new(gpu: &Gpu, cfg: &ModelConfig, max_rows: u32, max_out: u32, mtp: bool) -> Result<Workspace, LoadError> {
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        max_rows: u32,
+        max_out: u32,
+        mtp: bool,
+    ) -> Result<Workspace, LoadError> {
         let attn_scratch = attention_scratch_bytes(&attn_dims(cfg, 1), 2);
         let m = if mtp { 1u64 } else { 0 };
         let r = max_rows as u64;
         let f = 4u64;
         let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
-        let attn_w = (2 * cfg.num_attention_heads * cfg.head_dim + 2 * cfg.num_key_value_heads * cfg.head_dim) as u64;
+        let attn_w = (2 * cfg.num_attention_heads * cfg.head_dim
+            + 2 * cfg.num_key_value_heads * cfg.head_dim) as u64;
         let gdn_w = (cfg.conv_dim() + cfg.value_dim() + 2 * cfg.linear_num_value_heads) as u64;
         let proj_width = attn_w.max(gdn_w);
         let qd = (cfg.num_attention_heads * cfg.head_dim) as u64;
@@ -99,7 +109,10 @@ impl Workspace {
             act: gpu.storage("act", r * i * f)?,
             xo: gpu.storage("xo", o * h * f)?,
             logits: gpu.storage("logits", o * v * f)?,
-            argmax_scratch: gpu.storage("argmax_scratch", argmax::scratch_bytes(cfg.vocab_size as u32, max_out))?,
+            argmax_scratch: gpu.storage(
+                "argmax_scratch",
+                argmax::scratch_bytes(cfg.vocab_size as u32, max_out),
+            )?,
             attn_scratch: gpu.storage("attn_scratch", attn_scratch)?,
             x_mtp: gpu.storage("x_mtp", m * r * h * f)?,
             cat: gpu.storage("cat", m * r * 2 * h * f)?,
@@ -111,10 +124,31 @@ impl Workspace {
     }
 
     pub fn bytes(&self) -> u64 {
-        [&self.ids, &self.out_ids, &self.x, &self.xn, &self.proj, &self.q, &self.conv_out, &self.gates, &self.y, &self.yn, &self.gu, &self.act, &self.xo, &self.logits, &self.argmax_scratch, &self.attn_scratch, &self.x_mtp, &self.cat, &self.mtp_ids, &self.mtp_logits]
-            .iter()
-            .map(|b| b.size)
-            .sum()
+        [
+            &self.ids,
+            &self.out_ids,
+            &self.x,
+            &self.xn,
+            &self.proj,
+            &self.q,
+            &self.conv_out,
+            &self.gates,
+            &self.y,
+            &self.yn,
+            &self.gu,
+            &self.act,
+            &self.xo,
+            &self.logits,
+            &self.argmax_scratch,
+            &self.attn_scratch,
+            &self.x_mtp,
+            &self.cat,
+            &self.mtp_ids,
+            &self.mtp_logits,
+        ]
+        .iter()
+        .map(|b| b.size)
+        .sum()
     }
 }
 
@@ -157,8 +191,29 @@ pub struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    async fn mm(&self, plan: &mut Plan, m: &Matrix, x: Act<'_>, y: Act<'_>, add: bool) -> Result<(), LoadError> {
-        for d in matmul(self.gpu, m, x, y, self.step, MatmulOpts { rows: Rows::Tokens, add, mt: self.mt, swiglu: false }).await? {
+    async fn mm(
+        &self,
+        plan: &mut Plan,
+        m: &Matrix,
+        x: Act<'_>,
+        y: Act<'_>,
+        add: bool,
+    ) -> Result<(), LoadError> {
+        for d in matmul(
+            self.gpu,
+            m,
+            x,
+            y,
+            self.step,
+            MatmulOpts {
+                rows: Rows::Tokens,
+                add,
+                mt: self.mt,
+                swiglu: false,
+            },
+        )
+        .await?
+        {
             plan.push(d);
         }
         Ok(())
@@ -167,14 +222,26 @@ impl Builder<'_> {
     /// `p` on `x`, written side by side into `y` from column `y.col`: one matmul per matrix of
     /// `p` (one for the whole group when its parts were stacked at load). `width` is the
     /// columns the caller expects (the layout of `y`), checked against the parts.
-    async fn mm_side_by_side(&self, plan: &mut Plan, p: &Projections, x: Act<'_>, y: Act<'_>, width: u32) -> Result<(), LoadError> {
+    async fn mm_side_by_side(
+        &self,
+        plan: &mut Plan,
+        p: &Projections,
+        x: Act<'_>,
+        y: Act<'_>,
+        width: u32,
+    ) -> Result<(), LoadError> {
         if p.n() != width {
             let names: Vec<&str> = p.mats.iter().map(|m| m.name.as_str()).collect();
-            return Err(LoadError::Unsupported(format!("projections {} have {} output columns, the layout needs {width}", names.join(", "), p.n())));
+            return Err(LoadError::Unsupported(format!(
+                "projections {} have {} output columns, the layout needs {width}",
+                names.join(", "),
+                p.n()
+            )));
         }
         let mut col = y.col;
         for m in &p.mats {
-            self.mm(plan, m, x, Act::at(y.buf, y.stride, col), false).await?;
+            self.mm(plan, m, x, Act::at(y.buf, y.stride, col), false)
+                .await?;
             col += m.n;
         }
         Ok(())
@@ -184,7 +251,16 @@ impl Builder<'_> {
     pub async fn body(&self, state: &State) -> Result<Plan, LoadError> {
         let mut plan = Plan::new();
         let h = self.cfg.hidden_size as u32;
-        for d in embed::embed(self.gpu, &self.w.embed, &self.ws.ids, 0, Act::new(self.x, h), self.step).await? {
+        for d in embed::embed(
+            self.gpu,
+            &self.w.embed,
+            &self.ws.ids,
+            0,
+            Act::new(self.x, h),
+            self.step,
+        )
+        .await?
+        {
             plan.push(d);
         }
         for (layer, ls) in self.w.layers.iter().zip(&state.layers) {
@@ -194,47 +270,180 @@ impl Builder<'_> {
     }
 
     /// One decoder layer (spec §4.2): x += Mixer(norm(x)); x += MLP(norm(x)).
-    pub async fn layer(&self, plan: &mut Plan, layer: &Layer, ls: &LayerState) -> Result<(), LoadError> {
+    pub async fn layer(
+        &self,
+        plan: &mut Plan,
+        layer: &Layer,
+        ls: &LayerState,
+    ) -> Result<(), LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let h = cfg.hidden_size as u32;
         let eps = cfg.rms_norm_eps;
         let pw = ws.proj_width;
-        plan.push(norm::rms_norm(g, h, eps, Act::new(self.x, h), &layer.input_norm, Act::new(&ws.xn, h), self.step, false).await?);
+        plan.push(
+            norm::rms_norm(
+                g,
+                h,
+                eps,
+                Act::new(self.x, h),
+                &layer.input_norm,
+                Act::new(&ws.xn, h),
+                self.step,
+                false,
+            )
+            .await?,
+        );
         match (&layer.mixer, ls) {
-            (Mixer::Attn { qkv_proj, o_proj, q_norm, k_norm }, LayerState::Attn(kv)) => {
-                self.attention(plan, qkv_proj, o_proj, q_norm, k_norm, kv).await?;
+            (
+                Mixer::Attn {
+                    qkv_proj,
+                    o_proj,
+                    q_norm,
+                    k_norm,
+                },
+                LayerState::Attn(kv),
+            ) => {
+                self.attention(plan, qkv_proj, o_proj, q_norm, k_norm, kv)
+                    .await?;
             }
-            (Mixer::Gdn { in_proj, conv1d, dt_bias, a_log, norm: gnorm, out_proj }, LayerState::Gdn(st)) => {
+            (
+                Mixer::Gdn {
+                    in_proj,
+                    conv1d,
+                    dt_bias,
+                    a_log,
+                    norm: gnorm,
+                    out_proj,
+                },
+                LayerState::Gdn(st),
+            ) => {
                 let d = gdn_dims(cfg);
                 let (cd, vd, hv) = (cfg.conv_dim() as u32, cfg.value_dim() as u32, d.n_v_heads);
                 let xn = Act::new(&ws.xn, h);
                 // spec §4.6 step 1: the four input projections qkv | z | b | a, side by side in
                 // `proj` (columns 0, cd, cd + vd, cd + vd + hv).
-                self.mm_side_by_side(plan, in_proj, xn, Act::at(&ws.proj, pw, 0), cd + vd + 2 * hv).await?;
-                let (b, a) = (Act::at(&ws.proj, pw, cd + vd), Act::at(&ws.proj, pw, cd + vd + hv));
-                if conv_prep_wg(d.k_head_dim).is_some() && g.device.limits().max_storage_buffers_per_shader_stage >= CONV_PREP_STORAGE_BUFFERS {
+                self.mm_side_by_side(
+                    plan,
+                    in_proj,
+                    xn,
+                    Act::at(&ws.proj, pw, 0),
+                    cd + vd + 2 * hv,
+                )
+                .await?;
+                let (b, a) = (
+                    Act::at(&ws.proj, pw, cd + vd),
+                    Act::at(&ws.proj, pw, cd + vd + hv),
+                );
+                if conv_prep_wg(d.k_head_dim).is_some()
+                    && g.device.limits().max_storage_buffers_per_shader_stage
+                        >= CONV_PREP_STORAGE_BUFFERS
+                {
                     // steps 2–5 in one dispatch (same bits as the two kernels below).
-                    plan.extend_vec(gdn_conv_prep(g, &d, Act::at(&ws.proj, pw, 0), conv1d, &st.conv, &st.conv_snap, &ws.conv_out, b, a, a_log, dt_bias, &ws.gates, self.step).await?);
+                    plan.extend_vec(
+                        gdn_conv_prep(
+                            g,
+                            &d,
+                            Act::at(&ws.proj, pw, 0),
+                            conv1d,
+                            &st.conv,
+                            &st.conv_snap,
+                            &ws.conv_out,
+                            b,
+                            a,
+                            a_log,
+                            dt_bias,
+                            &ws.gates,
+                            self.step,
+                        )
+                        .await?,
+                    );
                 } else {
                     // steps 2–3: causal conv + SiLU over q|k|v with the 3-row conv state.
-                    plan.extend_vec(gdn_conv(g, &d, Act::at(&ws.proj, pw, 0), conv1d, &st.conv, &st.conv_snap, &ws.conv_out, self.step).await?);
+                    plan.extend_vec(
+                        gdn_conv(
+                            g,
+                            &d,
+                            Act::at(&ws.proj, pw, 0),
+                            conv1d,
+                            &st.conv,
+                            &st.conv_snap,
+                            &ws.conv_out,
+                            self.step,
+                        )
+                        .await?,
+                    );
                     // steps 4–5: q/k normalization and the g, beta gates.
-                    plan.extend_vec(gdn_prep(g, &d, &ws.conv_out, b, a, a_log, dt_bias, &ws.gates, self.step).await?);
+                    plan.extend_vec(
+                        gdn_prep(
+                            g,
+                            &d,
+                            &ws.conv_out,
+                            b,
+                            a,
+                            a_log,
+                            dt_bias,
+                            &ws.gates,
+                            self.step,
+                        )
+                        .await?,
+                    );
                 }
                 // step 6: the delta-rule recurrence on the f32 state (snapshot after n_confirmed).
-                plan.extend_vec(gdn_recurrence(g, &d, &ws.conv_out, &ws.gates, &st.ssm, &st.ssm_snap, &ws.y, self.step).await?);
+                plan.extend_vec(
+                    gdn_recurrence(
+                        g,
+                        &d,
+                        &ws.conv_out,
+                        &ws.gates,
+                        &st.ssm,
+                        &st.ssm_snap,
+                        &ws.y,
+                        self.step,
+                    )
+                    .await?,
+                );
                 // step 7: gated RMSNorm with silu(z).
-                plan.extend_vec(gated_norm(g, &d, &ws.y, Act::at(&ws.proj, pw, cd), gnorm, &ws.yn, self.step).await?);
+                plan.extend_vec(
+                    gated_norm(
+                        g,
+                        &d,
+                        &ws.y,
+                        Act::at(&ws.proj, pw, cd),
+                        gnorm,
+                        &ws.yn,
+                        self.step,
+                    )
+                    .await?,
+                );
                 // step 8: out_proj, added to the residual stream.
-                self.mm(plan, out_proj, Act::new(&ws.yn, vd), Act::new(self.x, h), true).await?;
+                self.mm(
+                    plan,
+                    out_proj,
+                    Act::new(&ws.yn, vd),
+                    Act::new(self.x, h),
+                    true,
+                )
+                .await?;
             }
-            _ => return Err(LoadError::Unsupported("layer kind and state kind disagree".into())),
+            _ => {
+                return Err(LoadError::Unsupported(
+                    "layer kind and state kind disagree".into(),
+                ))
+            }
         }
         self.mlp(plan, layer).await
     }
 
     /// Gated attention (spec §4.5) against `kv`, added to x.
-    pub async fn attention(&self, plan: &mut Plan, qkv_proj: &Projections, o_proj: &Matrix, q_norm: &GpuBuffer, k_norm: &GpuBuffer, kv: &KvCache) -> Result<(), LoadError> {
+    pub async fn attention(
+        &self,
+        plan: &mut Plan,
+        qkv_proj: &Projections,
+        o_proj: &Matrix,
+        q_norm: &GpuBuffer,
+        k_norm: &GpuBuffer,
+        kv: &KvCache,
+    ) -> Result<(), LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let h = cfg.hidden_size as u32;
         let pw = ws.proj_width;
@@ -242,38 +451,106 @@ impl Builder<'_> {
         let (qw, kw) = (2 * d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
         let xn = Act::new(&ws.xn, h);
         // q (with its gate) | k | v side by side in `proj` (columns 0, qw, qw + kw).
-        self.mm_side_by_side(plan, qkv_proj, xn, Act::at(&ws.proj, pw, 0), qw + 2 * kw).await?;
+        self.mm_side_by_side(plan, qkv_proj, xn, Act::at(&ws.proj, pw, 0), qw + 2 * kw)
+            .await?;
         plan.extend_vec(
-            attn_prep(g, &d, Act::at(&ws.proj, pw, 0), Act::at(&ws.proj, pw, qw), Act::at(&ws.proj, pw, qw + kw), q_norm, k_norm, &ws.q, &kv.k, &kv.v, self.step).await?,
+            attn_prep(
+                g,
+                &d,
+                Act::at(&ws.proj, pw, 0),
+                Act::at(&ws.proj, pw, qw),
+                Act::at(&ws.proj, pw, qw + kw),
+                q_norm,
+                k_norm,
+                &ws.q,
+                &kv.k,
+                &kv.v,
+                self.step,
+            )
+            .await?,
         );
         // A browser's CPU adapter (SwiftShader) pays per launched workgroup, and the split pass
         // launches ATTN_NS per head: use the one-pass path there (identical bits).
         let split = !(g.caps.web && g.info.device_type == wgpu::DeviceType::Cpu);
         let scratch = if split { Some(&ws.attn_scratch) } else { None };
-        plan.extend_vec(attention_with_scratch(g, &d, &ws.q, Act::at(&ws.proj, pw, 0), &kv.k, &kv.v, scratch, &ws.y, self.step).await?);
-        self.mm(plan, o_proj, Act::new(&ws.y, d.n_heads * d.head_dim), Act::new(self.x, h), true).await
+        plan.extend_vec(
+            attention_with_scratch(
+                g,
+                &d,
+                &ws.q,
+                Act::at(&ws.proj, pw, 0),
+                &kv.k,
+                &kv.v,
+                scratch,
+                &ws.y,
+                self.step,
+            )
+            .await?,
+        );
+        self.mm(
+            plan,
+            o_proj,
+            Act::new(&ws.y, d.n_heads * d.head_dim),
+            Act::new(self.x, h),
+            true,
+        )
+        .await
     }
 
     /// SwiGLU MLP (spec §4.4) on norm(x), added to x.
     pub async fn mlp(&self, plan: &mut Plan, layer: &Layer) -> Result<(), LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let (h, i) = (cfg.hidden_size as u32, cfg.intermediate_size as u32);
-        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &layer.post_norm, Act::new(&ws.xn, h), self.step, false).await?);
+        plan.push(
+            norm::rms_norm(
+                g,
+                h,
+                cfg.rms_norm_eps,
+                Act::new(self.x, h),
+                &layer.post_norm,
+                Act::new(&ws.xn, h),
+                self.step,
+                false,
+            )
+            .await?,
+        );
         let xn = Act::new(&ws.xn, h);
         match (layer.swiglu_fused, layer.gate_up.mats.as_slice()) {
             // gate/up rows interleaved: one matmul writes silu(gate) * up into `act`.
             (true, [m]) => {
-                for d in matmul(g, m, xn, Act::new(&ws.act, i), self.step, MatmulOpts { rows: Rows::Tokens, add: false, mt: self.mt, swiglu: true }).await? {
+                for d in matmul(
+                    g,
+                    m,
+                    xn,
+                    Act::new(&ws.act, i),
+                    self.step,
+                    MatmulOpts {
+                        rows: Rows::Tokens,
+                        add: false,
+                        mt: self.mt,
+                        swiglu: true,
+                    },
+                )
+                .await?
+                {
                     plan.push(d);
                 }
             }
             _ => {
                 // gate | up side by side in `gu` (columns 0, i), then the SwiGLU kernel.
-                self.mm_side_by_side(plan, &layer.gate_up, xn, Act::at(&ws.gu, 2 * i, 0), 2 * i).await?;
+                self.mm_side_by_side(plan, &layer.gate_up, xn, Act::at(&ws.gu, 2 * i, 0), 2 * i)
+                    .await?;
                 plan.push(swiglu::swiglu(g, i, &ws.gu, &ws.act, self.step).await?);
             }
         }
-        self.mm(plan, &layer.down, Act::new(&ws.act, i), Act::new(self.x, h), true).await
+        self.mm(
+            plan,
+            &layer.down,
+            Act::new(&ws.act, i),
+            Act::new(self.x, h),
+            true,
+        )
+        .await
     }
 
     /// Final norm of the rows that need logits, lm_head, argmax into `out_ids` (spec §4.1 3–5).
@@ -281,7 +558,19 @@ impl Builder<'_> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let h = cfg.hidden_size as u32;
         let mut plan = Plan::new();
-        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &self.w.final_norm, Act::new(&ws.xo, h), self.step, true).await?);
+        plan.push(
+            norm::rms_norm(
+                g,
+                h,
+                cfg.rms_norm_eps,
+                Act::new(self.x, h),
+                &self.w.final_norm,
+                Act::new(&ws.xo, h),
+                self.step,
+                true,
+            )
+            .await?,
+        );
         self.lm_head(&mut plan, &ws.logits, &ws.out_ids).await?;
         Ok(plan)
     }
@@ -291,21 +580,66 @@ impl Builder<'_> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
         let mut plan = Plan::new();
-        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &self.w.final_norm, Act::new(&ws.xo, h), self.step, true).await?);
-        let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL, swiglu: false };
-        for d in matmul(g, self.w.lm_head(), Act::new(&ws.xo, h), Act::new(&ws.logits, v), self.step, opts).await? {
+        plan.push(
+            norm::rms_norm(
+                g,
+                h,
+                cfg.rms_norm_eps,
+                Act::new(self.x, h),
+                &self.w.final_norm,
+                Act::new(&ws.xo, h),
+                self.step,
+                true,
+            )
+            .await?,
+        );
+        let opts = MatmulOpts {
+            rows: Rows::Out,
+            add: false,
+            mt: crate::ops::matmul::MT_SMALL,
+            swiglu: false,
+        };
+        for d in matmul(
+            g,
+            self.w.lm_head(),
+            Act::new(&ws.xo, h),
+            Act::new(&ws.logits, v),
+            self.step,
+            opts,
+        )
+        .await?
+        {
             plan.push(d);
         }
         Ok(plan)
     }
 
     /// lm_head on the normed out rows in `xo`, then argmax into `ids`.
-    async fn lm_head(&self, plan: &mut Plan, logits: &GpuBuffer, ids: &GpuBuffer) -> Result<(), LoadError> {
+    async fn lm_head(
+        &self,
+        plan: &mut Plan,
+        logits: &GpuBuffer,
+        ids: &GpuBuffer,
+    ) -> Result<(), LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
         // lm_head follows the out rows (1 or 2); the decode tile keeps it batch invariant.
-        let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL, swiglu: false };
-        for d in matmul(g, self.w.lm_head(), Act::new(&ws.xo, h), Act::new(logits, v), self.step, opts).await? {
+        let opts = MatmulOpts {
+            rows: Rows::Out,
+            add: false,
+            mt: crate::ops::matmul::MT_SMALL,
+            swiglu: false,
+        };
+        for d in matmul(
+            g,
+            self.w.lm_head(),
+            Act::new(&ws.xo, h),
+            Act::new(logits, v),
+            self.step,
+            opts,
+        )
+        .await?
+        {
             plan.push(d);
         }
         plan.extend_vec(argmax::argmax(g, v, logits, &ws.argmax_scratch, ids, 0, self.step).await?);
@@ -321,20 +655,82 @@ impl Builder<'_> {
         let eps = cfg.rms_norm_eps;
         let mut plan = Plan::new();
         // e = RMSNorm(embed(id)) into cat[:, 0:H]; hh = RMSNorm(h) into cat[:, H:2H] (embedding first).
-        for d in embed::embed(g, &self.w.embed, &ws.mtp_ids, 0, Act::new(&ws.xn, h), self.step).await? {
+        for d in embed::embed(
+            g,
+            &self.w.embed,
+            &ws.mtp_ids,
+            0,
+            Act::new(&ws.xn, h),
+            self.step,
+        )
+        .await?
+        {
             plan.push(d);
         }
-        plan.push(norm::rms_norm(g, h, eps, Act::new(&ws.xn, h), &mtp.pre_fc_norm_embedding, Act::at(&ws.cat, 2 * h, 0), self.step, false).await?);
-        plan.push(norm::rms_norm(g, h, eps, Act::new(&ws.x, h), &mtp.pre_fc_norm_hidden, Act::at(&ws.cat, 2 * h, h), self.step, false).await?);
+        plan.push(
+            norm::rms_norm(
+                g,
+                h,
+                eps,
+                Act::new(&ws.xn, h),
+                &mtp.pre_fc_norm_embedding,
+                Act::at(&ws.cat, 2 * h, 0),
+                self.step,
+                false,
+            )
+            .await?,
+        );
+        plan.push(
+            norm::rms_norm(
+                g,
+                h,
+                eps,
+                Act::new(&ws.x, h),
+                &mtp.pre_fc_norm_hidden,
+                Act::at(&ws.cat, 2 * h, h),
+                self.step,
+                false,
+            )
+            .await?,
+        );
         // f = fc(cat) → the MTP residual stream.
-        self.mm(&mut plan, &mtp.fc, Act::new(&ws.cat, 2 * h), Act::new(self.x, h), false).await?;
+        self.mm(
+            &mut plan,
+            &mtp.fc,
+            Act::new(&ws.cat, 2 * h),
+            Act::new(self.x, h),
+            false,
+        )
+        .await?;
         let layer = &mtp.layer;
-        plan.push(norm::rms_norm(g, h, eps, Act::new(self.x, h), &layer.input_norm, Act::new(&ws.xn, h), self.step, false).await?);
+        plan.push(
+            norm::rms_norm(
+                g,
+                h,
+                eps,
+                Act::new(self.x, h),
+                &layer.input_norm,
+                Act::new(&ws.xn, h),
+                self.step,
+                false,
+            )
+            .await?,
+        );
         match &layer.mixer {
-            Mixer::Attn { qkv_proj, o_proj, q_norm, k_norm } => {
-                self.attention(&mut plan, qkv_proj, o_proj, q_norm, k_norm, kv).await?;
+            Mixer::Attn {
+                qkv_proj,
+                o_proj,
+                q_norm,
+                k_norm,
+            } => {
+                self.attention(&mut plan, qkv_proj, o_proj, q_norm, k_norm, kv)
+                    .await?;
             }
-            Mixer::Gdn { .. } => return Err(LoadError::Unsupported("the MTP layer must be a full-attention layer".into())),
+            Mixer::Gdn { .. } => {
+                return Err(LoadError::Unsupported(
+                    "the MTP layer must be a full-attention layer".into(),
+                ))
+            }
         }
         self.mlp(&mut plan, layer).await?;
         Ok(plan)
@@ -345,9 +741,35 @@ impl Builder<'_> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
         let mut plan = Plan::new();
-        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &mtp.norm, Act::new(&ws.xo, h), self.step, true).await?);
-        let opts = MatmulOpts { rows: Rows::Out, add: false, mt: crate::ops::matmul::MT_SMALL, swiglu: false };
-        for d in matmul(g, self.w.lm_head(), Act::new(&ws.xo, h), Act::new(&ws.mtp_logits, v), self.step, opts).await? {
+        plan.push(
+            norm::rms_norm(
+                g,
+                h,
+                cfg.rms_norm_eps,
+                Act::new(self.x, h),
+                &mtp.norm,
+                Act::new(&ws.xo, h),
+                self.step,
+                true,
+            )
+            .await?,
+        );
+        let opts = MatmulOpts {
+            rows: Rows::Out,
+            add: false,
+            mt: crate::ops::matmul::MT_SMALL,
+            swiglu: false,
+        };
+        for d in matmul(
+            g,
+            self.w.lm_head(),
+            Act::new(&ws.xo, h),
+            Act::new(&ws.mtp_logits, v),
+            self.step,
+            opts,
+        )
+        .await?
+        {
             plan.push(d);
         }
         Ok(plan)
@@ -359,7 +781,19 @@ impl Builder<'_> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let h = cfg.hidden_size as u32;
         let mut plan = Plan::new();
-        plan.push(norm::rms_norm(g, h, cfg.rms_norm_eps, Act::new(self.x, h), &mtp.norm, Act::new(&ws.xo, h), self.step, true).await?);
+        plan.push(
+            norm::rms_norm(
+                g,
+                h,
+                cfg.rms_norm_eps,
+                Act::new(self.x, h),
+                &mtp.norm,
+                Act::new(&ws.xo, h),
+                self.step,
+                true,
+            )
+            .await?,
+        );
         self.lm_head(&mut plan, &ws.mtp_logits, &ws.mtp_out).await?;
         Ok(plan)
     }

@@ -68,25 +68,45 @@ impl Summary {
         let kv = kv_layers * ctx * 2 * (c.num_key_value_heads * c.head_dim * 4) as u64;
         let gdn = c.n_linear() as u64
             * 2
-            * ((c.linear_num_value_heads * c.linear_value_head_dim * c.linear_key_head_dim * 4) + (c.linear_conv_kernel_dim - 1) * c.conv_dim() * 4) as u64;
+            * ((c.linear_num_value_heads * c.linear_value_head_dim * c.linear_key_head_dim * 4)
+                + (c.linear_conv_kernel_dim - 1) * c.conv_dim() * 4) as u64;
         self.total_bytes + kv + gdn
     }
 
     /// Bytes read for one decoded token at `ctx` positions of context.
     pub fn bytes_per_token(&self, ctx: u64) -> u64 {
-        self.weight_bytes_per_token + self.state_bytes_per_token + ctx * self.kv_bytes_per_context_token
+        self.weight_bytes_per_token
+            + self.state_bytes_per_token
+            + ctx * self.kv_bytes_per_context_token
     }
 }
 
 fn layer_group(g: &mut Group, mlp: &mut Group, l: &HostLayer<'_>) {
     match &l.mixer {
-        HostMixer::Gdn { in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, out_proj, conv1d, dt_bias, a_log, norm } => {
+        HostMixer::Gdn {
+            in_proj_qkv,
+            in_proj_z,
+            in_proj_b,
+            in_proj_a,
+            out_proj,
+            conv1d,
+            dt_bias,
+            a_log,
+            norm,
+        } => {
             for m in [in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, out_proj] {
                 g.add_linear(m);
             }
             g.add_vector(conv1d.len() + dt_bias.len() + a_log.len() + norm.len());
         }
-        HostMixer::Attn { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm } => {
+        HostMixer::Attn {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            q_norm,
+            k_norm,
+        } => {
             for m in [q_proj, k_proj, v_proj, o_proj] {
                 g.add_linear(m);
             }
@@ -102,7 +122,10 @@ fn layer_group(g: &mut Group, mlp: &mut Group, l: &HostLayer<'_>) {
 pub fn summarize(cfg: &ModelConfig, ck: &Checkpoint) -> Result<Summary, LoadError> {
     let host = collect(cfg, ck)?;
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
-    groups.entry("embedding".into()).or_default().add_linear(&host.embed);
+    groups
+        .entry("embedding".into())
+        .or_default()
+        .add_linear(&host.embed);
     if let Some(h) = &host.lm_head {
         groups.entry("lm_head".into()).or_default().add_linear(h);
     }
@@ -117,7 +140,10 @@ pub fn summarize(cfg: &ModelConfig, ck: &Checkpoint) -> Result<Summary, LoadErro
         groups.insert(key.into(), g);
         groups.insert("mlp".into(), mlp);
     }
-    groups.entry("final norm".into()).or_default().add_vector(host.final_norm.len());
+    groups
+        .entry("final norm".into())
+        .or_default()
+        .add_vector(host.final_norm.len());
     if let Some(m) = &host.mtp {
         let mut g = Group::default();
         g.add_linear(&m.fc);
@@ -133,11 +159,23 @@ pub fn summarize(cfg: &ModelConfig, ck: &Checkpoint) -> Result<Summary, LoadErro
     }
     let total_params = groups.values().map(|g| g.params).sum();
     let total_bytes = groups.values().map(|g| g.bytes).sum();
-    let lm = groups.get("lm_head").or_else(|| groups.get("embedding")).map_or(0, |g| g.bytes);
-    let embed_row = groups.get("embedding").map_or(0, |g| g.bytes / cfg.vocab_size.max(1) as u64);
-    let layer_bytes: u64 = ["gated-deltanet layers", "attention layers", "mlp"].iter().filter_map(|k| groups.get(*k)).map(|g| g.bytes).sum();
+    let lm = groups
+        .get("lm_head")
+        .or_else(|| groups.get("embedding"))
+        .map_or(0, |g| g.bytes);
+    let embed_row = groups
+        .get("embedding")
+        .map_or(0, |g| g.bytes / cfg.vocab_size.max(1) as u64);
+    let layer_bytes: u64 = ["gated-deltanet layers", "attention layers", "mlp"]
+        .iter()
+        .filter_map(|k| groups.get(*k))
+        .map(|g| g.bytes)
+        .sum();
     let mtp_layer = groups.get("mtp head").map_or(0, |g| g.bytes);
-    let state = cfg.n_linear() as u64 * 2 * (cfg.linear_num_value_heads * cfg.linear_value_head_dim * cfg.linear_key_head_dim * 4) as u64;
+    let state = cfg.n_linear() as u64
+        * 2
+        * (cfg.linear_num_value_heads * cfg.linear_value_head_dim * cfg.linear_key_head_dim * 4)
+            as u64;
     Ok(Summary {
         config: cfg.clone(),
         layout: ck.layout,
@@ -150,8 +188,14 @@ pub fn summarize(cfg: &ModelConfig, ck: &Checkpoint) -> Result<Summary, LoadErro
         mtp: host.mtp.is_some(),
         weight_bytes_per_token: layer_bytes + lm + embed_row,
         state_bytes_per_token: state,
-        kv_bytes_per_context_token: cfg.n_full() as u64 * 2 * (cfg.num_key_value_heads * cfg.head_dim * 4) as u64,
-        mtp_bytes_per_draft: if host.mtp.is_some() { mtp_layer + lm } else { 0 },
+        kv_bytes_per_context_token: cfg.n_full() as u64
+            * 2
+            * (cfg.num_key_value_heads * cfg.head_dim * 4) as u64,
+        mtp_bytes_per_draft: if host.mtp.is_some() {
+            mtp_layer + lm
+        } else {
+            0
+        },
         notes: host.notes.clone(),
     })
 }

@@ -1,11 +1,11 @@
 //! The model: config, the tensors it needs (validated before any GPU work), and the forward pass.
 
 pub mod config;
-pub mod tensors;
 pub mod forward;
 pub mod inspect;
 pub mod session;
+pub mod tensors;
 pub mod weights;
 
-pub use weights::LoadOptions;
 pub use session::{Model, MtpStep, RunError, Session, SessionOptions};
+pub use weights::LoadOptions;

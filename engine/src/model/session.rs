@@ -6,17 +6,17 @@
 
 use std::sync::Arc;
 
+use crate::decode::sampler::SamplingParams;
 use crate::error::LoadError;
 use crate::gpu::readback::Readback;
 use crate::gpu::{Gpu, GpuBuffer, GpuError, Plan, Step, StepShape, StepSlot};
-use crate::decode::sampler::SamplingParams;
-use crate::ops::mtp::{self, Stage};
-use crate::ops::sample::{parse_results, AcceptIo, RowResult, SampleIo, Sampler, RESULT_WORDS};
 use crate::model::config::ModelConfig;
 use crate::model::forward::{Builder, Workspace};
 use crate::model::tensors;
 use crate::model::weights::{LoadOptions, Weights};
 use crate::ops::matmul::{MT_ONE, MT_PREFILL, MT_SMALL};
+use crate::ops::mtp::{self, Stage};
+use crate::ops::sample::{parse_results, AcceptIo, RowResult, SampleIo, Sampler, RESULT_WORDS};
 use crate::state::State;
 use crate::weights::{Checkpoint, Layout};
 
@@ -48,7 +48,12 @@ pub struct Model {
 
 impl Model {
     /// Validates every tensor against `config`, then uploads. `progress(bytes_done, bytes_total)`.
-    pub fn from_checkpoint(gpu: Arc<Gpu>, config: ModelConfig, ck: &Checkpoint, progress: &mut dyn FnMut(u64, u64)) -> Result<Model, LoadError> {
+    pub fn from_checkpoint(
+        gpu: Arc<Gpu>,
+        config: ModelConfig,
+        ck: &Checkpoint,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Model, LoadError> {
         Model::from_checkpoint_with(gpu, config, ck, &LoadOptions::default(), progress)
     }
 
@@ -66,18 +71,33 @@ impl Model {
         gpu.take_error()?;
         let notes = host.notes.clone();
         drop(host);
-        Ok(Model { gpu, config, weights, layout: ck.layout, notes })
+        Ok(Model {
+            gpu,
+            config,
+            weights,
+            layout: ck.layout,
+            notes,
+        })
     }
 
     /// Reads `config.json` (+ `generation_config.json`) and the safetensors files of `dir`.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn load(gpu: Arc<Gpu>, dir: &std::path::Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Model, LoadError> {
+    pub fn load(
+        gpu: Arc<Gpu>,
+        dir: &std::path::Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Model, LoadError> {
         Model::load_with(gpu, dir, &LoadOptions::default(), progress)
     }
 
     /// [`Model::load`] with explicit [`LoadOptions`].
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn load_with(gpu: Arc<Gpu>, dir: &std::path::Path, opts: &LoadOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Model, LoadError> {
+    pub fn load_with(
+        gpu: Arc<Gpu>,
+        dir: &std::path::Path,
+        opts: &LoadOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Model, LoadError> {
         let config = read_config(dir)?;
         let ck = Checkpoint::open(dir)?;
         Model::from_checkpoint_with(gpu, config, &ck, opts, progress)
@@ -93,9 +113,15 @@ impl Model {
 pub fn read_config(dir: &std::path::Path) -> Result<ModelConfig, LoadError> {
     let p = dir.join("config.json");
     if !dir.is_dir() {
-        return Err(LoadError::Io { path: dir.display().to_string(), message: "no such model directory".into() });
+        return Err(LoadError::Io {
+            path: dir.display().to_string(),
+            message: "no such model directory".into(),
+        });
     }
-    let text = std::fs::read_to_string(&p).map_err(|e| LoadError::Io { path: p.display().to_string(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(&p).map_err(|e| LoadError::Io {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    })?;
     let gen = std::fs::read_to_string(dir.join("generation_config.json")).ok();
     ModelConfig::parse(&p.display().to_string(), &text, gen.as_deref())
 }
@@ -111,7 +137,10 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { max_ctx: 4096, prefill_chunk: 512 }
+        SessionOptions {
+            max_ctx: 4096,
+            prefill_chunk: 512,
+        }
     }
 }
 
@@ -206,16 +235,48 @@ impl Session {
         let scope = gpu.scope("building the session's plans");
         let sampler = Sampler::new(&gpu, cfg.vocab_size as u32, 2).await?;
         let (single, small, prefill, head, head_sample, mtp) = {
-            let slot = StepSlot { buf: &step_buf, offset: 0 };
-            let b = |mt| Builder { gpu: &gpu, cfg, w: &model.weights, ws: &ws, step: slot, mt, max_ctx, x: &ws.x };
-            let plans = (b(MT_SMALL).body(&state).await?, b(MT_PREFILL).body(&state).await?, b(MT_SMALL).head().await?);
+            let slot = StepSlot {
+                buf: &step_buf,
+                offset: 0,
+            };
+            let b = |mt| Builder {
+                gpu: &gpu,
+                cfg,
+                w: &model.weights,
+                ws: &ws,
+                step: slot,
+                mt,
+                max_ctx,
+                x: &ws.x,
+            };
+            let plans = (
+                b(MT_SMALL).body(&state).await?,
+                b(MT_PREFILL).body(&state).await?,
+                b(MT_SMALL).head().await?,
+            );
             let single = b(MT_ONE).body(&state).await?;
             let mut head_sample = b(MT_SMALL).head_logits().await?;
-            head_sample.extend_vec(sampler.dispatches(&gpu, &ws.logits, &ws.out_ids, slot).await?);
+            head_sample.extend_vec(
+                sampler
+                    .dispatches(&gpu, &ws.logits, &ws.out_ids, slot)
+                    .await?,
+            );
             let mtp = match (&model.weights.mtp, &state.mtp) {
                 (Some(w), Some(kv)) => {
-                    let slot1 = StepSlot { buf: &step_buf, offset: slot_offset(&gpu, 1) };
-                    let mb = |mt| Builder { gpu: &gpu, cfg, w: &model.weights, ws: &ws, step: slot1, mt, max_ctx, x: &ws.x_mtp };
+                    let slot1 = StepSlot {
+                        buf: &step_buf,
+                        offset: slot_offset(&gpu, 1),
+                    };
+                    let mb = |mt| Builder {
+                        gpu: &gpu,
+                        cfg,
+                        w: &model.weights,
+                        ws: &ws,
+                        step: slot1,
+                        mt,
+                        max_ctx,
+                        x: &ws.x_mtp,
+                    };
                     let one = |d| {
                         let mut p = Plan::new();
                         p.push(d);
@@ -224,11 +285,28 @@ impl Session {
                     let target_probs = sampler.probs_buffer(&gpu, "mtp.target_probs")?;
                     let draft_probs = sampler.probs_buffer(&gpu, "mtp.draft_probs")?;
                     let mut head_sampled = mb(MT_SMALL).mtp_head_logits(w).await?;
-                    let draft_io = SampleIo { probs: Some(&draft_probs), commit: false, ..Default::default() };
-                    head_sampled.extend_vec(sampler.dispatches_with(&gpu, &ws.mtp_logits, &ws.mtp_out, slot1, &draft_io).await?);
+                    let draft_io = SampleIo {
+                        probs: Some(&draft_probs),
+                        commit: false,
+                        ..Default::default()
+                    };
+                    head_sampled.extend_vec(
+                        sampler
+                            .dispatches_with(&gpu, &ws.mtp_logits, &ws.mtp_out, slot1, &draft_io)
+                            .await?,
+                    );
                     let mut target_sample = b(MT_SMALL).head_logits().await?;
-                    let target_io = SampleIo { probs: Some(&target_probs), ctx_ids: Some((&ws.ids, 0)), commit: false, ..Default::default() };
-                    target_sample.extend_vec(sampler.dispatches_with(&gpu, &ws.logits, &ws.out_ids, slot, &target_io).await?);
+                    let target_io = SampleIo {
+                        probs: Some(&target_probs),
+                        ctx_ids: Some((&ws.ids, 0)),
+                        commit: false,
+                        ..Default::default()
+                    };
+                    target_sample.extend_vec(
+                        sampler
+                            .dispatches_with(&gpu, &ws.logits, &ws.out_ids, slot, &target_io)
+                            .await?,
+                    );
                     let mut accept = [Plan::new(), Plan::new()];
                     for (row, plan) in accept.iter_mut().enumerate() {
                         let io = AcceptIo {
@@ -247,10 +325,46 @@ impl Session {
                         front_small: mb(MT_SMALL).mtp_front(w, kv).await?,
                         front_prefill: mb(MT_PREFILL).mtp_front(w, kv).await?,
                         head: mb(MT_SMALL).mtp_head(w).await?,
-                        first: one(mtp::accept(&gpu, Stage::First, &ws.ids, &ws.result, &ws.out_ids, &ws.mtp_ids, slot1).await?),
-                        verify: one(mtp::accept(&gpu, Stage::Verify, &ws.ids, &ws.result, &ws.out_ids, &ws.mtp_ids, slot1).await?),
-                        select: one(mtp::accept(&gpu, Stage::Select, &ws.ids, &ws.result, &ws.mtp_out, &ws.mtp_ids, slot1).await?),
-                        sampled: one(mtp::accept(&gpu, Stage::Sampled, &ws.ids, &ws.result, &sampler.accept_out, &ws.mtp_ids, slot1).await?),
+                        first: one(mtp::accept(
+                            &gpu,
+                            Stage::First,
+                            &ws.ids,
+                            &ws.result,
+                            &ws.out_ids,
+                            &ws.mtp_ids,
+                            slot1,
+                        )
+                        .await?),
+                        verify: one(mtp::accept(
+                            &gpu,
+                            Stage::Verify,
+                            &ws.ids,
+                            &ws.result,
+                            &ws.out_ids,
+                            &ws.mtp_ids,
+                            slot1,
+                        )
+                        .await?),
+                        select: one(mtp::accept(
+                            &gpu,
+                            Stage::Select,
+                            &ws.ids,
+                            &ws.result,
+                            &ws.mtp_out,
+                            &ws.mtp_ids,
+                            slot1,
+                        )
+                        .await?),
+                        sampled: one(mtp::accept(
+                            &gpu,
+                            Stage::Sampled,
+                            &ws.ids,
+                            &ws.result,
+                            &sampler.accept_out,
+                            &ws.mtp_ids,
+                            slot1,
+                        )
+                        .await?),
                         head_sampled,
                         target_sample,
                         accept,
@@ -266,7 +380,10 @@ impl Session {
         let ids_readback = Readback::new(&gpu, "ids readback", 16 + RESULT_WORDS as u64 * 4);
         Ok(Session {
             model,
-            opts: SessionOptions { max_ctx, prefill_chunk: chunk },
+            opts: SessionOptions {
+                max_ctx,
+                prefill_chunk: chunk,
+            },
             ws,
             state,
             step_buf,
@@ -305,7 +422,11 @@ impl Session {
     /// Forgets the sequence.
     pub fn reset(&mut self) {
         let gpu = self.model.gpu.clone();
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("reset") });
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("reset"),
+            });
         self.state.record_reset(&mut enc);
         gpu.queue.submit([enc.finish()]);
         self.rollback_pending = false;
@@ -315,7 +436,11 @@ impl Session {
     /// How the following calls choose tokens: `None` = greedy argmax; otherwise the GPU sampler
     /// with `p` (temperature, filters, penalties, bias, seed). `logprobs` also reads back the
     /// chosen token's logprob and the top `p.top_logprobs` alternatives with each id.
-    pub fn set_sampling(&mut self, p: Option<&SamplingParams>, logprobs: bool) -> Result<(), RunError> {
+    pub fn set_sampling(
+        &mut self,
+        p: Option<&SamplingParams>,
+        logprobs: bool,
+    ) -> Result<(), RunError> {
         let p = p.cloned().unwrap_or_default();
         let plain_greedy = p.is_greedy()
             && p.repetition_penalty == 1.0
@@ -323,7 +448,9 @@ impl Session {
             && p.frequency_penalty == 0.0
             && p.logit_bias.is_empty()
             && !logprobs;
-        self.sampler.set_params(&self.model.gpu, &p).map_err(|e| RunError::Sampling(e.to_string()))?;
+        self.sampler
+            .set_params(&self.model.gpu, &p)
+            .map_err(|e| RunError::Sampling(e.to_string()))?;
         self.sampling = !plain_greedy;
         self.logprobs = logprobs;
         Ok(())
@@ -337,8 +464,13 @@ impl Session {
         const VERIFY_OVERHEAD: f64 = 0.25;
         let w = &self.model.weights;
         let lm = w.lm_head().bytes() as f64;
-        let backbone: f64 = w.bytes() as f64 - w.embed.bytes() as f64 - w.lm_head.as_ref().map_or(0.0, |m| m.bytes() as f64);
-        let mtp_layers = w.mtp.as_ref().map_or(0.0, |m| (m.fc.bytes() + m.layer.bytes()) as f64);
+        let backbone: f64 = w.bytes() as f64
+            - w.embed.bytes() as f64
+            - w.lm_head.as_ref().map_or(0.0, |m| m.bytes() as f64);
+        let mtp_layers = w
+            .mtp
+            .as_ref()
+            .map_or(0.0, |m| (m.fc.bytes() + m.layer.bytes()) as f64);
         let backbone_only = backbone - mtp_layers;
         VERIFY_OVERHEAD + (mtp_layers + lm) / (backbone_only + lm).max(1.0)
     }
@@ -359,7 +491,9 @@ impl Session {
     pub fn start_request(&mut self, prompt: &[u32]) -> Result<(), RunError> {
         self.last_result = None;
         if self.sampling {
-            self.sampler.reset_history(&self.model.gpu, prompt).map_err(|e| RunError::Sampling(e.to_string()))?;
+            self.sampler
+                .reset_history(&self.model.gpu, prompt)
+                .map_err(|e| RunError::Sampling(e.to_string()))?;
         }
         Ok(())
     }
@@ -376,12 +510,20 @@ impl Session {
 
     fn write_step(&self, slot: u64, step: Step) {
         let gpu = &self.model.gpu;
-        gpu.queue.write_buffer(&self.step_buf.buf, slot_offset(gpu, slot), bytemuck::bytes_of(&step));
+        gpu.queue.write_buffer(
+            &self.step_buf.buf,
+            slot_offset(gpu, slot),
+            bytemuck::bytes_of(&step),
+        );
     }
 
     /// A command encoder that first applies a pending GDN rollback.
     fn encoder(&mut self, label: &str) -> wgpu::CommandEncoder {
-        let mut enc = self.model.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        let mut enc = self
+            .model
+            .gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
         if self.rollback_pending {
             self.state.record_rollback(&mut enc);
             self.rollback_pending = false;
@@ -407,22 +549,44 @@ impl Session {
     /// As [`Session::submit`], with logits for the last `n_out` rows (0 = none; at most 2).
     /// `prefill`: the prompt plan (token-tiled kernels), whatever the row count, so a prompt gives
     /// the same state in chunks of any size; otherwise the decode plan (≤ 2 rows).
-    fn submit_rows(&mut self, ids: Option<&[u32]>, t: u32, n_out: u32, prefill: bool) -> Result<(), RunError> {
+    fn submit_rows(
+        &mut self,
+        ids: Option<&[u32]>,
+        t: u32,
+        n_out: u32,
+        prefill: bool,
+    ) -> Result<(), RunError> {
         let logits = n_out > 0;
         let n_out = n_out.clamp(1, self.ws.max_out.min(t));
         let needed = self.state.pos + t;
         if needed > self.state.max_ctx {
-            return Err(RunError::ContextFull { needed, max: self.state.max_ctx });
+            return Err(RunError::ContextFull {
+                needed,
+                max: self.state.max_ctx,
+            });
         }
         let gpu = self.model.gpu.clone();
-        self.write_step(0, Step { n_tokens: t, pos: self.state.pos, n_confirmed: 0, n_out, force: 0 });
+        self.write_step(
+            0,
+            Step {
+                n_tokens: t,
+                pos: self.state.pos,
+                n_confirmed: 0,
+                n_out,
+                force: 0,
+            },
+        );
         if let Some(ids) = ids {
-            gpu.queue.write_buffer(&self.ws.ids.buf, 0, bytemuck::cast_slice(ids));
+            gpu.queue
+                .write_buffer(&self.ws.ids.buf, 0, bytemuck::cast_slice(ids));
         }
         let shape = StepShape { n_tokens: t, n_out };
         let mut enc = self.encoder("forward");
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forward"),
+                timestamp_writes: None,
+            });
             let body = if prefill || t > 2 {
                 &self.prefill
             } else if t == 1 {
@@ -432,16 +596,27 @@ impl Session {
             };
             body.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
             if logits {
-                let head = if self.sampling { &self.head_sample } else { &self.head };
+                let head = if self.sampling {
+                    &self.head_sample
+                } else {
+                    &self.head
+                };
                 head.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
             }
         }
         if logits {
             // The chosen id feeds the next step's embedding without leaving the GPU.
             enc.copy_buffer_to_buffer(&self.ws.out_ids.buf, 0, &self.ws.ids.buf, 0, 4);
-            self.ids_readback.copy_from(&mut enc, &self.ws.out_ids.buf, 0, 4);
+            self.ids_readback
+                .copy_from(&mut enc, &self.ws.out_ids.buf, 0, 4);
             if self.sampling && self.logprobs {
-                enc.copy_buffer_to_buffer(&self.sampler.results.buf, 0, &self.ids_readback.staging, 16, RESULT_WORDS as u64 * 4);
+                enc.copy_buffer_to_buffer(
+                    &self.sampler.results.buf,
+                    0,
+                    &self.ids_readback.staging,
+                    16,
+                    RESULT_WORDS as u64 * 4,
+                );
             }
         }
         gpu.queue.submit([enc.finish()]);
@@ -465,7 +640,10 @@ impl Session {
             self.check_ids(&[n])?;
         }
         if self.state.pos as usize + ids.len() > self.state.max_ctx as usize {
-            return Err(RunError::ContextFull { needed: self.state.pos + ids.len() as u32, max: self.state.max_ctx });
+            return Err(RunError::ContextFull {
+                needed: self.state.pos + ids.len() as u32,
+                max: self.state.max_ctx,
+            });
         }
         let with_mtp = next.is_some() && self.mtp.is_some() && self.mtp_synced;
         if !with_mtp {
@@ -486,17 +664,45 @@ impl Session {
             if pairs.len() < chunk.len() {
                 pairs.push(next.unwrap_or(0));
             }
-            self.write_step(0, Step { n_tokens: t, pos: self.state.pos, n_confirmed: 0, n_out: 1, force: 0 });
-            self.write_step(1, Step { n_tokens: t, pos: self.state.mtp_pos, n_confirmed: 0, n_out: 1, force: 0 });
-            gpu.queue.write_buffer(&self.ws.ids.buf, 0, bytemuck::cast_slice(chunk));
-            gpu.queue.write_buffer(&self.ws.mtp_ids.buf, 0, bytemuck::cast_slice(&pairs));
-            let shape = StepShape { n_tokens: t, n_out: 1 };
+            self.write_step(
+                0,
+                Step {
+                    n_tokens: t,
+                    pos: self.state.pos,
+                    n_confirmed: 0,
+                    n_out: 1,
+                    force: 0,
+                },
+            );
+            self.write_step(
+                1,
+                Step {
+                    n_tokens: t,
+                    pos: self.state.mtp_pos,
+                    n_confirmed: 0,
+                    n_out: 1,
+                    force: 0,
+                },
+            );
+            gpu.queue
+                .write_buffer(&self.ws.ids.buf, 0, bytemuck::cast_slice(chunk));
+            gpu.queue
+                .write_buffer(&self.ws.mtp_ids.buf, 0, bytemuck::cast_slice(&pairs));
+            let shape = StepShape {
+                n_tokens: t,
+                n_out: 1,
+            };
             let mut enc = self.encoder("prefill+mtp");
             {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("prefill+mtp"), timestamp_writes: None });
-                self.prefill.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("prefill+mtp"),
+                    timestamp_writes: None,
+                });
+                self.prefill
+                    .record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
                 if let Some(m) = &self.mtp {
-                    m.front_prefill.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+                    m.front_prefill
+                        .record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
                 }
             }
             gpu.queue.submit([enc.finish()]);
@@ -513,21 +719,49 @@ impl Session {
     /// the pair (h, main).
     pub async fn mtp_first(&mut self, id: u32) -> Result<(u32, u32), RunError> {
         if !self.mtp_available() {
-            return Err(RunError::Load(LoadError::Unsupported("this session has no usable MTP head".into())));
+            return Err(RunError::Load(LoadError::Unsupported(
+                "this session has no usable MTP head".into(),
+            )));
         }
         self.check_ids(&[id])?;
         let needed = self.state.pos + 1;
         if needed > self.state.max_ctx {
-            return Err(RunError::ContextFull { needed, max: self.state.max_ctx });
+            return Err(RunError::ContextFull {
+                needed,
+                max: self.state.max_ctx,
+            });
         }
         let gpu = self.model.gpu.clone();
-        self.write_step(0, Step { n_tokens: 1, pos: self.state.pos, n_confirmed: 0, n_out: 1, force: 0 });
-        self.write_step(1, Step { n_tokens: 1, pos: self.state.mtp_pos, n_confirmed: 0, n_out: 1, force: 0 });
-        gpu.queue.write_buffer(&self.ws.ids.buf, 0, bytemuck::bytes_of(&id));
-        let shape = StepShape { n_tokens: 1, n_out: 1 };
+        self.write_step(
+            0,
+            Step {
+                n_tokens: 1,
+                pos: self.state.pos,
+                n_confirmed: 0,
+                n_out: 1,
+                force: 0,
+            },
+        );
+        self.write_step(
+            1,
+            Step {
+                n_tokens: 1,
+                pos: self.state.mtp_pos,
+                n_confirmed: 0,
+                n_out: 1,
+                force: 0,
+            },
+        );
+        gpu.queue
+            .write_buffer(&self.ws.ids.buf, 0, bytemuck::bytes_of(&id));
+        let shape = StepShape {
+            n_tokens: 1,
+            n_out: 1,
+        };
         let mut enc = self.encoder("mtp first");
         self.record_iteration(&mut enc, shape, true);
-        self.ids_readback.copy_from(&mut enc, &self.ws.result.buf, 0, 16);
+        self.ids_readback
+            .copy_from(&mut enc, &self.ws.result.buf, 0, 16);
         gpu.queue.submit([enc.finish()]);
         self.state.pos += 1;
         self.state.mtp_pos += 1;
@@ -542,17 +776,33 @@ impl Session {
     /// (positions) and the GDN states roll back to their snapshots before the next forward.
     pub async fn mtp_verify(&mut self) -> Result<MtpStep, RunError> {
         if !self.mtp_available() {
-            return Err(RunError::Load(LoadError::Unsupported("this session has no usable MTP head".into())));
+            return Err(RunError::Load(LoadError::Unsupported(
+                "this session has no usable MTP head".into(),
+            )));
         }
         let needed = self.state.pos + 2;
         if needed > self.state.max_ctx {
-            return Err(RunError::ContextFull { needed, max: self.state.max_ctx });
+            return Err(RunError::ContextFull {
+                needed,
+                max: self.state.max_ctx,
+            });
         }
         let gpu = self.model.gpu.clone();
-        self.write_step(0, Step { n_tokens: 2, pos: self.state.pos, n_confirmed: 1, n_out: 2, force: 0 });
+        self.write_step(
+            0,
+            Step {
+                n_tokens: 2,
+                pos: self.state.pos,
+                n_confirmed: 1,
+                n_out: 2,
+                force: 0,
+            },
+        );
         let force = match &mut self.force_accept {
             Some((rate, rng)) => {
-                *rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                *rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 if ((*rng >> 11) as f64 / (1u64 << 53) as f64) < *rate {
                     2
                 } else {
@@ -561,11 +811,24 @@ impl Session {
             }
             None => 0,
         };
-        self.write_step(1, Step { n_tokens: 2, pos: self.state.mtp_pos, n_confirmed: 0, n_out: 2, force });
-        let shape = StepShape { n_tokens: 2, n_out: 2 };
+        self.write_step(
+            1,
+            Step {
+                n_tokens: 2,
+                pos: self.state.mtp_pos,
+                n_confirmed: 0,
+                n_out: 2,
+                force,
+            },
+        );
+        let shape = StepShape {
+            n_tokens: 2,
+            n_out: 2,
+        };
         let mut enc = self.encoder("mtp verify");
         self.record_iteration(&mut enc, shape, false);
-        self.ids_readback.copy_from(&mut enc, &self.ws.result.buf, 0, 16);
+        self.ids_readback
+            .copy_from(&mut enc, &self.ws.result.buf, 0, 16);
         gpu.queue.submit([enc.finish()]);
         let r = self.read_result().await?;
         let accepted = r[2] == 1;
@@ -574,7 +837,12 @@ impl Session {
         self.state.mtp_pos += adv;
         self.rollback_pending = !accepted;
         self.draft_row = if accepted { 1 } else { 0 };
-        Ok(MtpStep { verified: r[0], bonus: r[1], accepted, draft: r[3] })
+        Ok(MtpStep {
+            verified: r[0],
+            bonus: r[1],
+            accepted,
+            draft: r[3],
+        })
     }
 
     /// Records backbone + head + accept + MTP front + MTP head + select in one compute pass.
@@ -582,8 +850,16 @@ impl Session {
         let gpu = &self.model.gpu;
         let md = gpu.caps.max_workgroups_per_dim;
         let Some(m) = &self.mtp else { return };
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("mtp iteration"), timestamp_writes: None });
-        if shape.n_tokens == 1 { &self.single } else { &self.small }.record(&mut pass, shape, md);
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("mtp iteration"),
+            timestamp_writes: None,
+        });
+        if shape.n_tokens == 1 {
+            &self.single
+        } else {
+            &self.small
+        }
+        .record(&mut pass, shape, md);
         if !self.sampling {
             self.head.record(&mut pass, shape, md);
             if first { &m.first } else { &m.verify }.record(&mut pass, shape, md);
@@ -615,7 +891,11 @@ impl Session {
     /// the token loop never reads logits back).
     pub async fn mtp_logits(&self) -> Result<Vec<f32>, RunError> {
         let v = self.model.config.vocab_size;
-        Ok(self.model.gpu.read_f32(&self.ws.mtp_logits.buf, 0, v).await?)
+        Ok(self
+            .model
+            .gpu
+            .read_f32(&self.ws.mtp_logits.buf, 0, v)
+            .await?)
     }
 
     /// Times the pieces of a decode step on the GPU (benchmarks): a 1-token forward with its
@@ -627,12 +907,28 @@ impl Session {
         let gpu = self.model.gpu.clone();
         let md = gpu.caps.max_workgroups_per_dim;
         let pos = self.state.pos.min(self.state.max_ctx.saturating_sub(3));
-        self.write_step(0, Step { n_tokens: 1, pos, n_confirmed: 0, n_out: 1, force: 0 });
+        self.write_step(
+            0,
+            Step {
+                n_tokens: 1,
+                pos,
+                n_confirmed: 0,
+                n_out: 1,
+                force: 0,
+            },
+        );
         let time = |plans: &[&Plan], shape: StepShape, reps: u32| -> f64 {
             let run = |n: u32| {
-                let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profile") });
+                let mut enc = gpu
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("profile"),
+                    });
                 {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("profile"), timestamp_writes: None });
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("profile"),
+                        timestamp_writes: None,
+                    });
                     for _ in 0..n {
                         for p in plans {
                             p.record(&mut pass, shape, md);
@@ -647,13 +943,52 @@ impl Session {
             run(reps);
             t0.elapsed().as_secs_f64() / reps as f64
         };
-        let one = time(&[&self.single, &self.head], StepShape { n_tokens: 1, n_out: 1 }, reps);
-        self.write_step(0, Step { n_tokens: 2, pos, n_confirmed: 1, n_out: 2, force: 0 });
-        let two = time(&[&self.small, &self.head], StepShape { n_tokens: 2, n_out: 2 }, reps);
+        let one = time(
+            &[&self.single, &self.head],
+            StepShape {
+                n_tokens: 1,
+                n_out: 1,
+            },
+            reps,
+        );
+        self.write_step(
+            0,
+            Step {
+                n_tokens: 2,
+                pos,
+                n_confirmed: 1,
+                n_out: 2,
+                force: 0,
+            },
+        );
+        let two = time(
+            &[&self.small, &self.head],
+            StepShape {
+                n_tokens: 2,
+                n_out: 2,
+            },
+            reps,
+        );
         let mtp = match &self.mtp {
             Some(m) => {
-                self.write_step(1, Step { n_tokens: 2, pos, n_confirmed: 0, n_out: 2, force: 0 });
-                Some(time(&[&m.front_small, &m.head], StepShape { n_tokens: 2, n_out: 2 }, reps))
+                self.write_step(
+                    1,
+                    Step {
+                        n_tokens: 2,
+                        pos,
+                        n_confirmed: 0,
+                        n_out: 2,
+                        force: 0,
+                    },
+                );
+                Some(time(
+                    &[&m.front_small, &m.head],
+                    StepShape {
+                        n_tokens: 2,
+                        n_out: 2,
+                    },
+                    reps,
+                ))
             }
             None => None,
         };
@@ -691,7 +1026,11 @@ impl Session {
 
     async fn read_id(&mut self) -> Result<u32, RunError> {
         let with_lp = self.sampling && self.logprobs;
-        let n = if with_lp { 16 + RESULT_WORDS as u64 * 4 } else { 4 };
+        let n = if with_lp {
+            16 + RESULT_WORDS as u64 * 4
+        } else {
+            4
+        };
         let b = self.ids_readback.read(&self.model.gpu, n).await?;
         if with_lp {
             let words: Vec<u32> = bytemuck::pod_collect_to_vec(&b[16..]);
@@ -714,7 +1053,11 @@ impl Session {
         }
         self.submit_rows(Some(tail), n, n, false)?;
         let v = self.model.config.vocab_size;
-        Ok(self.model.gpu.read_f32(&self.ws.logits.buf, 0, n as usize * v).await?)
+        Ok(self
+            .model
+            .gpu
+            .read_f32(&self.ws.logits.buf, 0, n as usize * v)
+            .await?)
     }
 
     /// Reads every state buffer back (KV rows beyond `pos` included), for tests and debugging.
@@ -722,7 +1065,12 @@ impl Session {
         self.flush();
         let mut out = Vec::new();
         for b in self.state.buffers() {
-            out.push(self.model.gpu.read_f32(&b.buf, 0, (b.size / 4) as usize).await?);
+            out.push(
+                self.model
+                    .gpu
+                    .read_f32(&b.buf, 0, (b.size / 4) as usize)
+                    .await?,
+            );
         }
         Ok(out)
     }

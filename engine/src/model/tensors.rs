@@ -84,8 +84,15 @@ struct Finder<'a> {
 }
 
 impl<'a> Finder<'a> {
-    fn tensor(&self, name: &str, expected: &str) -> Result<crate::weights::TensorRef<'a>, LoadError> {
-        let t = self.ck.get(name).ok_or_else(|| LoadError::MissingTensor { tensor: name.into(), expected: expected.into() })?;
+    fn tensor(
+        &self,
+        name: &str,
+        expected: &str,
+    ) -> Result<crate::weights::TensorRef<'a>, LoadError> {
+        let t = self.ck.get(name).ok_or_else(|| LoadError::MissingTensor {
+            tensor: name.into(),
+            expected: expected.into(),
+        })?;
         self.used.borrow_mut().insert(name.to_string());
         Ok(t)
     }
@@ -93,7 +100,12 @@ impl<'a> Finder<'a> {
     fn float(&self, t: &crate::weights::TensorRef<'_>) -> Result<FloatType, LoadError> {
         match t.dtype {
             Dtype::Float(f) => Ok(f),
-            d => Err(LoadError::Dtype { tensor: t.name.into(), file: t.file.into(), expected: "F32, F16 or BF16".into(), found: d.to_string() }),
+            d => Err(LoadError::Dtype {
+                tensor: t.name.into(),
+                file: t.file.into(),
+                expected: "F32, F16 or BF16".into(),
+                found: d.to_string(),
+            }),
         }
     }
 
@@ -103,7 +115,13 @@ impl<'a> Finder<'a> {
         let t = self.tensor(name, &format!("a float vector of {len} values ({why})"))?;
         let ft = self.float(&t)?;
         if t.shape != [len] {
-            return Err(LoadError::Shape { tensor: name.into(), file: t.file.into(), expected: vec![len], found: t.shape.to_vec(), why: why.into() });
+            return Err(LoadError::Shape {
+                tensor: name.into(),
+                file: t.file.into(),
+                expected: vec![len],
+                found: t.shape.to_vec(),
+                why: why.into(),
+            });
         }
         let mut v = t.to_f32()?;
         if self.ck.layout == Layout::HuggingFace && is_shifted_norm(name) {
@@ -116,17 +134,24 @@ impl<'a> Finder<'a> {
 
     /// A linear module `path` of logical shape [n, k], quantized iff `path.scales` exists
     /// (mlx-lm's loader rule), cross-checked with the config's quantization block.
-    fn linear(&self, path: &str, n: usize, k: usize, why: &str) -> Result<HostLinear<'a>, LoadError> {
+    fn linear(
+        &self,
+        path: &str,
+        n: usize,
+        k: usize,
+        why: &str,
+    ) -> Result<HostLinear<'a>, LoadError> {
         let wname = format!("{path}.weight");
         let sname = format!("{path}.scales");
         let bname = format!("{path}.biases");
-        let shape_err = |t: &crate::weights::TensorRef<'_>, expected: Vec<usize>, w: String| LoadError::Shape {
-            tensor: t.name.into(),
-            file: t.file.into(),
-            expected,
-            found: t.shape.to_vec(),
-            why: w,
-        };
+        let shape_err =
+            |t: &crate::weights::TensorRef<'_>, expected: Vec<usize>, w: String| LoadError::Shape {
+                tensor: t.name.into(),
+                file: t.file.into(),
+                expected,
+                found: t.shape.to_vec(),
+                why: w,
+            };
         let cfg_q = self.cfg.quantization.for_module(path);
         if self.ck.contains(&sname) {
             let w = self.tensor(&wname, &format!("U32 packed codes for [{n}, {k}] ({why})"))?;
@@ -138,22 +163,38 @@ impl<'a> Finder<'a> {
             })?;
             self.used.borrow_mut().insert(bname.clone());
             if w.dtype != Dtype::U32 {
-                return Err(LoadError::Dtype { tensor: wname, file: w.file.into(), expected: "U32 (packed quantized codes)".into(), found: w.dtype.to_string() });
+                return Err(LoadError::Dtype {
+                    tensor: wname,
+                    file: w.file.into(),
+                    expected: "U32 (packed quantized codes)".into(),
+                    found: w.dtype.to_string(),
+                });
             }
             if w.shape.len() != 2 || w.shape[0] != n || (w.shape[1] * 32) % k != 0 {
-                return Err(shape_err(&w, vec![n, k / 8], format!("{why}: [out, in·bits/32] for a [{n}, {k}] linear; 4-bit shown")));
+                return Err(shape_err(
+                    &w,
+                    vec![n, k / 8],
+                    format!("{why}: [out, in·bits/32] for a [{n}, {k}] linear; 4-bit shown"),
+                ));
             }
             let bits = (w.shape[1] * 32 / k) as u32;
             let st = self.float(&s)?;
             if s.shape.len() != 2 || s.shape[0] != n || s.shape[1] == 0 || k % s.shape[1] != 0 {
-                return Err(shape_err(&s, vec![n, k / 64], format!("{why}: [out, in/group_size]; group 64 shown")));
+                return Err(shape_err(
+                    &s,
+                    vec![n, k / 64],
+                    format!("{why}: [out, in/group_size]; group 64 shown"),
+                ));
             }
             let group = (k / s.shape[1]) as u32;
             if b.shape != s.shape || b.dtype != s.dtype {
                 return Err(LoadError::Quant {
                     tensor: bname,
                     file: b.file.into(),
-                    message: format!("biases {:?} {} do not match scales {:?} {}", b.shape, b.dtype, s.shape, s.dtype),
+                    message: format!(
+                        "biases {:?} {} do not match scales {:?} {}",
+                        b.shape, b.dtype, s.shape, s.dtype
+                    ),
                 });
             }
             match cfg_q {
@@ -184,7 +225,11 @@ impl<'a> Finder<'a> {
                 data: MatrixData {
                     n,
                     k,
-                    format: WeightFormat::Affine { bits, group, scale: st },
+                    format: WeightFormat::Affine {
+                        bits,
+                        group,
+                        scale: st,
+                    },
                     weight: w.bytes,
                     scales: s.bytes,
                     biases: b.bytes,
@@ -193,7 +238,11 @@ impl<'a> Finder<'a> {
         } else {
             let w = self.tensor(&wname, &format!("a [{n}, {k}] weight ({why})"))?;
             if w.dtype == Dtype::U32 {
-                return Err(LoadError::Quant { tensor: wname, file: w.file.into(), message: format!("is packed (U32) but '{sname}' is missing") });
+                return Err(LoadError::Quant {
+                    tensor: wname,
+                    file: w.file.into(),
+                    message: format!("is packed (U32) but '{sname}' is missing"),
+                });
             }
             let ft = self.float(&w)?;
             if w.shape != [n, k] {
@@ -206,18 +255,53 @@ impl<'a> Finder<'a> {
                     message: format!("config.json's quantization block lists '{path}' as quantized, but the checkpoint has no '{sname}'"),
                 });
             }
-            Ok(HostLinear { path: path.to_string(), data: MatrixData { n, k, format: WeightFormat::Dense(ft), weight: w.bytes, scales: &[], biases: &[] } })
+            Ok(HostLinear {
+                path: path.to_string(),
+                data: MatrixData {
+                    n,
+                    k,
+                    format: WeightFormat::Dense(ft),
+                    weight: w.bytes,
+                    scales: &[],
+                    biases: &[],
+                },
+            })
         }
     }
 
     fn attn(&self, p: &str) -> Result<HostMixer<'a>, LoadError> {
         let c = self.cfg;
-        let (hq, hkv, d, h) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size);
+        let (hq, hkv, d, h) = (
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.hidden_size,
+        );
         Ok(HostMixer::Attn {
-            q_proj: self.linear(&format!("{p}.q_proj"), hq * d * 2, h, "num_attention_heads × head_dim × 2 (query and gate) by hidden_size")?,
-            k_proj: self.linear(&format!("{p}.k_proj"), hkv * d, h, "num_key_value_heads × head_dim by hidden_size")?,
-            v_proj: self.linear(&format!("{p}.v_proj"), hkv * d, h, "num_key_value_heads × head_dim by hidden_size")?,
-            o_proj: self.linear(&format!("{p}.o_proj"), h, hq * d, "hidden_size by num_attention_heads × head_dim")?,
+            q_proj: self.linear(
+                &format!("{p}.q_proj"),
+                hq * d * 2,
+                h,
+                "num_attention_heads × head_dim × 2 (query and gate) by hidden_size",
+            )?,
+            k_proj: self.linear(
+                &format!("{p}.k_proj"),
+                hkv * d,
+                h,
+                "num_key_value_heads × head_dim by hidden_size",
+            )?,
+            v_proj: self.linear(
+                &format!("{p}.v_proj"),
+                hkv * d,
+                h,
+                "num_key_value_heads × head_dim by hidden_size",
+            )?,
+            o_proj: self.linear(
+                &format!("{p}.o_proj"),
+                h,
+                hq * d,
+                "hidden_size by num_attention_heads × head_dim",
+            )?,
             q_norm: self.vector(&format!("{p}.q_norm.weight"), d, "head_dim")?,
             k_norm: self.vector(&format!("{p}.k_norm.weight"), d, "head_dim")?,
         })
@@ -225,10 +309,17 @@ impl<'a> Finder<'a> {
 
     fn gdn(&self, p: &str) -> Result<HostMixer<'a>, LoadError> {
         let c = self.cfg;
-        let (h, hv, kk) = (c.hidden_size, c.linear_num_value_heads, c.linear_conv_kernel_dim);
+        let (h, hv, kk) = (
+            c.hidden_size,
+            c.linear_num_value_heads,
+            c.linear_conv_kernel_dim,
+        );
         let conv_dim = c.conv_dim();
         let cname = format!("{p}.conv1d.weight");
-        let ct = self.tensor(&cname, &format!("[{conv_dim}, {kk}, 1] depthwise conv weights"))?;
+        let ct = self.tensor(
+            &cname,
+            &format!("[{conv_dim}, {kk}, 1] depthwise conv weights"),
+        )?;
         self.float(&ct)?;
         // MLX stores [C, K, 1]; raw HF [C, 1, K]. The singleton axis does not change memory order.
         let ok = ct.shape == [conv_dim, kk, 1] || ct.shape == [conv_dim, 1, kk];
@@ -243,15 +334,44 @@ impl<'a> Finder<'a> {
         }
         let conv1d = ct.to_f32()?;
         Ok(HostMixer::Gdn {
-            in_proj_qkv: self.linear(&format!("{p}.in_proj_qkv"), conv_dim, h, "conv_dim (q | k | v) by hidden_size")?,
-            in_proj_z: self.linear(&format!("{p}.in_proj_z"), c.value_dim(), h, "linear_num_value_heads × linear_value_head_dim by hidden_size")?,
-            in_proj_b: self.linear(&format!("{p}.in_proj_b"), hv, h, "linear_num_value_heads by hidden_size")?,
-            in_proj_a: self.linear(&format!("{p}.in_proj_a"), hv, h, "linear_num_value_heads by hidden_size")?,
+            in_proj_qkv: self.linear(
+                &format!("{p}.in_proj_qkv"),
+                conv_dim,
+                h,
+                "conv_dim (q | k | v) by hidden_size",
+            )?,
+            in_proj_z: self.linear(
+                &format!("{p}.in_proj_z"),
+                c.value_dim(),
+                h,
+                "linear_num_value_heads × linear_value_head_dim by hidden_size",
+            )?,
+            in_proj_b: self.linear(
+                &format!("{p}.in_proj_b"),
+                hv,
+                h,
+                "linear_num_value_heads by hidden_size",
+            )?,
+            in_proj_a: self.linear(
+                &format!("{p}.in_proj_a"),
+                hv,
+                h,
+                "linear_num_value_heads by hidden_size",
+            )?,
             conv1d,
             dt_bias: self.vector(&format!("{p}.dt_bias"), hv, "linear_num_value_heads")?,
             a_log: self.vector(&format!("{p}.A_log"), hv, "linear_num_value_heads")?,
-            norm: self.vector(&format!("{p}.norm.weight"), c.linear_value_head_dim, "linear_value_head_dim")?,
-            out_proj: self.linear(&format!("{p}.out_proj"), h, c.value_dim(), "hidden_size by linear_num_value_heads × linear_value_head_dim")?,
+            norm: self.vector(
+                &format!("{p}.norm.weight"),
+                c.linear_value_head_dim,
+                "linear_value_head_dim",
+            )?,
+            out_proj: self.linear(
+                &format!("{p}.out_proj"),
+                h,
+                c.value_dim(),
+                "hidden_size by linear_num_value_heads × linear_value_head_dim",
+            )?,
         })
     }
 
@@ -265,12 +385,31 @@ impl<'a> Finder<'a> {
         Ok(HostLayer {
             kind,
             input_norm: self.vector(&format!("{p}.input_layernorm.weight"), h, "hidden_size")?,
-            post_norm: self.vector(&format!("{p}.post_attention_layernorm.weight"), h, "hidden_size")?,
+            post_norm: self.vector(
+                &format!("{p}.post_attention_layernorm.weight"),
+                h,
+                "hidden_size",
+            )?,
             mixer,
             mlp: HostMlp {
-                gate: self.linear(&format!("{p}.mlp.gate_proj"), i, h, "intermediate_size by hidden_size")?,
-                up: self.linear(&format!("{p}.mlp.up_proj"), i, h, "intermediate_size by hidden_size")?,
-                down: self.linear(&format!("{p}.mlp.down_proj"), h, i, "hidden_size by intermediate_size")?,
+                gate: self.linear(
+                    &format!("{p}.mlp.gate_proj"),
+                    i,
+                    h,
+                    "intermediate_size by hidden_size",
+                )?,
+                up: self.linear(
+                    &format!("{p}.mlp.up_proj"),
+                    i,
+                    h,
+                    "intermediate_size by hidden_size",
+                )?,
+                down: self.linear(
+                    &format!("{p}.mlp.down_proj"),
+                    h,
+                    i,
+                    "hidden_size by intermediate_size",
+                )?,
             },
         })
     }
@@ -286,26 +425,55 @@ fn round_to(t: FloatType, v: f32) -> f32 {
 
 /// Finds and validates every tensor of the model described by `cfg` in `ck`.
 pub fn collect<'a>(cfg: &'a ModelConfig, ck: &'a Checkpoint) -> Result<HostModel<'a>, LoadError> {
-    let f = Finder { ck, cfg, used: RefCell::new(BTreeSet::new()) };
+    let f = Finder {
+        ck,
+        cfg,
+        used: RefCell::new(BTreeSet::new()),
+    };
     let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-    let embed = f.linear("language_model.model.embed_tokens", v, h, "vocab_size by hidden_size")?;
-    let lm_head = if cfg.tie_word_embeddings { None } else { Some(f.linear("language_model.lm_head", v, h, "vocab_size by hidden_size")?) };
+    let embed = f.linear(
+        "language_model.model.embed_tokens",
+        v,
+        h,
+        "vocab_size by hidden_size",
+    )?;
+    let lm_head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(f.linear("language_model.lm_head", v, h, "vocab_size by hidden_size")?)
+    };
     let mut layers = Vec::with_capacity(cfg.layers.len());
     for (i, kind) in cfg.layers.iter().enumerate() {
         layers.push(f.layer(&format!("language_model.model.layers.{i}"), *kind)?);
     }
     let final_norm = f.vector("language_model.model.norm.weight", h, "hidden_size")?;
     let mut notes = Vec::new();
-    let has_mtp = ck.tensors.keys().any(|k| k.starts_with("language_model.mtp."));
+    let has_mtp = ck
+        .tensors
+        .keys()
+        .any(|k| k.starts_with("language_model.mtp."));
     let mtp = if has_mtp {
         if cfg.mtp_num_hidden_layers == 0 {
             notes.push("the checkpoint has mtp.* tensors although config.json sets mtp_num_hidden_layers = 0; the MTP head is loaded".into());
         }
         let p = "language_model.mtp";
         Some(HostMtp {
-            pre_fc_norm_embedding: f.vector(&format!("{p}.pre_fc_norm_embedding.weight"), h, "hidden_size")?,
-            pre_fc_norm_hidden: f.vector(&format!("{p}.pre_fc_norm_hidden.weight"), h, "hidden_size")?,
-            fc: f.linear(&format!("{p}.fc"), h, 2 * h, "hidden_size by 2·hidden_size (embedding first, then hidden state)")?,
+            pre_fc_norm_embedding: f.vector(
+                &format!("{p}.pre_fc_norm_embedding.weight"),
+                h,
+                "hidden_size",
+            )?,
+            pre_fc_norm_hidden: f.vector(
+                &format!("{p}.pre_fc_norm_hidden.weight"),
+                h,
+                "hidden_size",
+            )?,
+            fc: f.linear(
+                &format!("{p}.fc"),
+                h,
+                2 * h,
+                "hidden_size by 2·hidden_size (embedding first, then hidden state)",
+            )?,
             layer: f.layer(&format!("{p}.layers.0"), LayerKind::Full)?,
             norm: f.vector(&format!("{p}.norm.weight"), h, "hidden_size")?,
         })
@@ -325,5 +493,12 @@ pub fn collect<'a>(cfg: &'a ModelConfig, ck: &'a Checkpoint) -> Result<HostModel
             model: format!("{}-layer Qwen3.5/3.6", cfg.num_hidden_layers),
         });
     }
-    Ok(HostModel { embed, lm_head, layers, final_norm, mtp, notes })
+    Ok(HostModel {
+        embed,
+        lm_head,
+        layers,
+        final_norm,
+        mtp,
+        notes,
+    })
 }

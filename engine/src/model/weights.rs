@@ -1,7 +1,7 @@
 //! The model's weights on the GPU, uploaded from validated host views ([`HostModel`]).
 
-use crate::gpu::{Gpu, GpuBuffer};
 use crate::error::LoadError;
+use crate::gpu::{Gpu, GpuBuffer};
 use crate::model::config::LayerKind;
 use crate::model::tensors::{HostLayer, HostLinear, HostMixer, HostModel};
 use crate::ops::matrix::{Matrix, MatrixData};
@@ -21,7 +21,9 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { merge_projections: true }
+        LoadOptions {
+            merge_projections: true,
+        }
     }
 }
 
@@ -89,8 +91,15 @@ impl Layer {
     /// Bytes of the layer's matrices (and GDN conv weights) on the GPU.
     pub fn bytes(&self) -> u64 {
         let m = match &self.mixer {
-            Mixer::Gdn { in_proj, out_proj, conv1d, .. } => in_proj.bytes() + out_proj.bytes() + conv1d.size,
-            Mixer::Attn { qkv_proj, o_proj, .. } => qkv_proj.bytes() + o_proj.bytes(),
+            Mixer::Gdn {
+                in_proj,
+                out_proj,
+                conv1d,
+                ..
+            } => in_proj.bytes() + out_proj.bytes() + conv1d.size,
+            Mixer::Attn {
+                qkv_proj, o_proj, ..
+            } => qkv_proj.bytes() + o_proj.bytes(),
         };
         m + self.gate_up.bytes() + self.down.bytes()
     }
@@ -123,12 +132,25 @@ impl Weights {
         self.embed.bytes()
             + self.lm_head.as_ref().map_or(0, |m| m.bytes())
             + self.layers.iter().map(Layer::bytes).sum::<u64>()
-            + self.mtp.as_ref().map_or(0, |m| m.fc.bytes() + m.layer.bytes())
+            + self
+                .mtp
+                .as_ref()
+                .map_or(0, |m| m.fc.bytes() + m.layer.bytes())
     }
 
     /// Uploads every tensor. `progress(done_bytes)` is called after each matrix.
-    pub fn upload(gpu: &Gpu, host: &HostModel<'_>, opts: &LoadOptions, progress: &mut dyn FnMut(u64)) -> Result<Weights, LoadError> {
-        let mut up = Uploader { gpu, merge: opts.merge_projections, done: 0, progress };
+    pub fn upload(
+        gpu: &Gpu,
+        host: &HostModel<'_>,
+        opts: &LoadOptions,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Weights, LoadError> {
+        let mut up = Uploader {
+            gpu,
+            merge: opts.merge_projections,
+            done: 0,
+            progress,
+        };
         let embed = up.matrix(&host.embed)?;
         let lm_head = match &host.lm_head {
             Some(l) => Some(up.matrix(l)?),
@@ -140,7 +162,8 @@ impl Weights {
         }
         let mtp = match &host.mtp {
             Some(m) => Some(Mtp {
-                pre_fc_norm_embedding: up.vector("mtp.pre_fc_norm_embedding", &m.pre_fc_norm_embedding)?,
+                pre_fc_norm_embedding: up
+                    .vector("mtp.pre_fc_norm_embedding", &m.pre_fc_norm_embedding)?,
                 pre_fc_norm_hidden: up.vector("mtp.pre_fc_norm_hidden", &m.pre_fc_norm_hidden)?,
                 fc: up.matrix(&m.fc)?,
                 layer: up.layer(&m.layer, "mtp.layers.0")?,
@@ -148,7 +171,13 @@ impl Weights {
             }),
             None => None,
         };
-        Ok(Weights { embed, lm_head, layers, final_norm: up.vector("model.norm", &host.final_norm)?, mtp })
+        Ok(Weights {
+            embed,
+            lm_head,
+            layers,
+            final_norm: up.vector("model.norm", &host.final_norm)?,
+            mtp,
+        })
     }
 }
 
@@ -173,7 +202,8 @@ impl Uploader<'_, '_> {
             name.push('+');
             name.push_str(p.path.rsplit('.').next().unwrap_or(&p.path));
         }
-        let views: Vec<(&str, &MatrixData<'_>)> = parts.iter().map(|p| (p.path.as_str(), &p.data)).collect();
+        let views: Vec<(&str, &MatrixData<'_>)> =
+            parts.iter().map(|p| (p.path.as_str(), &p.data)).collect();
         let m = Matrix::upload_stacked(self.gpu, &name, &views)?;
         self.done += m.bytes();
         (self.progress)(self.done);
@@ -202,7 +232,17 @@ impl Uploader<'_, '_> {
 
     fn layer(&mut self, l: &HostLayer<'_>, name: &str) -> Result<Layer, LoadError> {
         let mixer = match &l.mixer {
-            HostMixer::Gdn { in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, conv1d, dt_bias, a_log, norm, out_proj } => Mixer::Gdn {
+            HostMixer::Gdn {
+                in_proj_qkv,
+                in_proj_z,
+                in_proj_b,
+                in_proj_a,
+                conv1d,
+                dt_bias,
+                a_log,
+                norm,
+                out_proj,
+            } => Mixer::Gdn {
                 in_proj: self.projections(&[in_proj_qkv, in_proj_z, in_proj_b, in_proj_a])?,
                 conv1d: self.vector(&format!("{name}.conv1d"), conv1d)?,
                 dt_bias: self.vector(&format!("{name}.dt_bias"), dt_bias)?,
@@ -210,7 +250,14 @@ impl Uploader<'_, '_> {
                 norm: self.vector(&format!("{name}.norm"), norm)?,
                 out_proj: self.matrix(out_proj)?,
             },
-            HostMixer::Attn { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm } => Mixer::Attn {
+            HostMixer::Attn {
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                q_norm,
+                k_norm,
+            } => Mixer::Attn {
                 qkv_proj: self.projections(&[q_proj, k_proj, v_proj])?,
                 o_proj: self.matrix(o_proj)?,
                 q_norm: self.vector(&format!("{name}.q_norm"), q_norm)?,
@@ -218,10 +265,16 @@ impl Uploader<'_, '_> {
             },
         };
         let (gate, up) = (&l.mlp.gate, &l.mlp.up);
-        let swiglu_fused = self.merge && gate.data.stacks_with(&up.data) && gate.data.n == up.data.n;
+        let swiglu_fused =
+            self.merge && gate.data.stacks_with(&up.data) && gate.data.n == up.data.n;
         let gate_up = if swiglu_fused {
             let name = format!("{}+up_proj (interleaved)", gate.path);
-            let m = Matrix::upload_interleaved(self.gpu, &name, (gate.path.as_str(), &gate.data), (up.path.as_str(), &up.data))?;
+            let m = Matrix::upload_interleaved(
+                self.gpu,
+                &name,
+                (gate.path.as_str(), &gate.data),
+                (up.path.as_str(), &up.data),
+            )?;
             self.done += m.bytes();
             (self.progress)(self.done);
             Projections { mats: vec![m] }

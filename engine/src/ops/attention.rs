@@ -92,18 +92,39 @@ crate::gpu_struct! {
 }
 
 fn bad(what: &str, msg: String) -> GpuError {
-    GpuError::Shader { name: what.to_string(), message: msg }
+    GpuError::Shader {
+        name: what.to_string(),
+        message: msg,
+    }
 }
 
 fn check_dims(what: &str, d: &AttnDims) -> Result<(), GpuError> {
     if d.n_heads == 0 || d.n_kv_heads == 0 || d.n_heads % d.n_kv_heads != 0 {
-        return Err(bad(what, format!("n_heads {} must be a non-zero multiple of n_kv_heads {}", d.n_heads, d.n_kv_heads)));
+        return Err(bad(
+            what,
+            format!(
+                "n_heads {} must be a non-zero multiple of n_kv_heads {}",
+                d.n_heads, d.n_kv_heads
+            ),
+        ));
     }
     if d.head_dim == 0 || d.head_dim % 4 != 0 || d.head_dim > MAX_HEAD_DIM {
-        return Err(bad(what, format!("head_dim {} must be a multiple of 4 and at most {MAX_HEAD_DIM}", d.head_dim)));
+        return Err(bad(
+            what,
+            format!(
+                "head_dim {} must be a multiple of 4 and at most {MAX_HEAD_DIM}",
+                d.head_dim
+            ),
+        ));
     }
     if d.rotary_dim % 2 != 0 || d.rotary_dim > d.head_dim {
-        return Err(bad(what, format!("rotary_dim {} must be even and at most head_dim {}", d.rotary_dim, d.head_dim)));
+        return Err(bad(
+            what,
+            format!(
+                "rotary_dim {} must be even and at most head_dim {}",
+                d.rotary_dim, d.head_dim
+            ),
+        ));
     }
     if d.max_ctx == 0 {
         return Err(bad(what, "max_ctx must be positive".into()));
@@ -126,15 +147,28 @@ fn rows_of(a: &Act<'_>, width: u64) -> u64 {
 
 fn check_bytes(what: &str, name: &str, b: &GpuBuffer, need: u64) -> Result<(), GpuError> {
     if b.size < need {
-        return Err(bad(what, format!("{name} has {} bytes, needs {need}", b.size)));
+        return Err(bad(
+            what,
+            format!("{name} has {} bytes, needs {need}", b.size),
+        ));
     }
     Ok(())
 }
 
-fn check_caches(gpu: &Gpu, what: &str, d: &AttnDims, k_cache: &GpuBuffer, v_cache: &GpuBuffer) -> Result<(), GpuError> {
+fn check_caches(
+    gpu: &Gpu,
+    what: &str,
+    d: &AttnDims,
+    k_cache: &GpuBuffer,
+    v_cache: &GpuBuffer,
+) -> Result<(), GpuError> {
     let need = d.cache_bytes();
     if need > gpu.caps.max_binding {
-        return Err(GpuError::TooLarge { what: format!("{what}: a KV cache of {} positions", d.max_ctx), needed: need, limit: gpu.caps.max_binding });
+        return Err(GpuError::TooLarge {
+            what: format!("{what}: a KV cache of {} positions", d.max_ctx),
+            needed: need,
+            limit: gpu.caps.max_binding,
+        });
     }
     check_bytes(what, "k_cache", k_cache, need)?;
     check_bytes(what, "v_cache", v_cache, need)
@@ -170,7 +204,11 @@ pub async fn attn_prep(
     check_bytes(what, "q_norm", q_norm, hd * 4)?;
     check_bytes(what, "k_norm", k_norm, hd * 4)?;
     check_caches(gpu, what, d, k_cache, v_cache)?;
-    let max_rows = rows_of(&qg, 2 * hq * hd).min(rows_of(&k, hkv * hd)).min(rows_of(&v, hkv * hd)).min(q_out.size / 4 / (hq * hd)).min(u32::MAX as u64) as u32;
+    let max_rows = rows_of(&qg, 2 * hq * hd)
+        .min(rows_of(&k, hkv * hd))
+        .min(rows_of(&v, hkv * hd))
+        .min(q_out.size / 4 / (hq * hd))
+        .min(u32::MAX as u64) as u32;
     if max_rows == 0 {
         return Err(bad(what, "an activation buffer cannot hold one row".into()));
     }
@@ -204,7 +242,12 @@ pub async fn attn_prep(
         k_cache.whole(),
         v_cache.whole(),
     ];
-    Ok(vec![gpu.dispatch(what, &pipeline, &res, Grid::per_token(d.n_heads + 2 * d.n_kv_heads))])
+    Ok(vec![gpu.dispatch(
+        what,
+        &pipeline,
+        &res,
+        Grid::per_token(d.n_heads + 2 * d.n_kv_heads),
+    )])
 }
 
 /// Bytes of an attention scratch (split partials) for `rows` rows (see [`attention_with_scratch`]).
@@ -243,7 +286,10 @@ pub async fn attention(
 
 fn max_rows_attention(d: &AttnDims, q: &GpuBuffer, gate: Act<'_>, out: &GpuBuffer) -> u32 {
     let w = d.n_heads as u64 * d.head_dim as u64;
-    rows_of(&gate, 2 * w).min(q.size / 4 / w.max(1)).min(out.size / 4 / w.max(1)).min(u32::MAX as u64) as u32
+    rows_of(&gate, 2 * w)
+        .min(q.size / 4 / w.max(1))
+        .min(out.size / 4 / w.max(1))
+        .min(u32::MAX as u64) as u32
 }
 
 /// [`attention`] with a caller-owned scratch. Rows `t < split_rows` of a call, where
@@ -296,18 +342,46 @@ pub async fn attention_with_scratch(
     };
     let mut out_d = Vec::new();
     if split_rows > 0 {
-        let pipeline = gpu.pipeline("attention.wgsl", &base.clone().flag("SPLIT", true)).await?;
-        let res = [u.whole(), step.binding(), q.whole(), k_cache.whole(), v_cache.whole(), part.clone()];
-        out_d.push(gpu.dispatch("attention.split", &pipeline, &res, Grid::fixed(split_rows * d.n_heads * ATTN_NS)));
+        let pipeline = gpu
+            .pipeline("attention.wgsl", &base.clone().flag("SPLIT", true))
+            .await?;
+        let res = [
+            u.whole(),
+            step.binding(),
+            q.whole(),
+            k_cache.whole(),
+            v_cache.whole(),
+            part.clone(),
+        ];
+        out_d.push(gpu.dispatch(
+            "attention.split",
+            &pipeline,
+            &res,
+            Grid::fixed(split_rows * d.n_heads * ATTN_NS),
+        ));
     }
-    let pipeline = gpu.pipeline("attention.wgsl", &base.flag("SPLIT", false)).await?;
-    let res = [u.whole(), step.binding(), q.whole(), k_cache.whole(), v_cache.whole(), part, gate.buf.whole(), out.whole()];
+    let pipeline = gpu
+        .pipeline("attention.wgsl", &base.flag("SPLIT", false))
+        .await?;
+    let res = [
+        u.whole(),
+        step.binding(),
+        q.whole(),
+        k_cache.whole(),
+        v_cache.whole(),
+        part,
+        gate.buf.whole(),
+        out.whole(),
+    ];
     out_d.push(gpu.dispatch(what, &pipeline, &res, Grid::per_token(d.n_heads)));
     Ok(out_d)
 }
 
 fn prep_defines() -> Defines {
-    Defines::new().set("PARAMS", AttnPrepParams::WGSL).set("WG", PREP_WG).set("MAX_D", MAX_HEAD_DIM)
+    Defines::new()
+        .set("PARAMS", AttnPrepParams::WGSL)
+        .set("WG", PREP_WG)
+        .set("MAX_D", MAX_HEAD_DIM)
 }
 
 /// The attention kernel's defines for a head dim (without the SPLIT flag).

@@ -21,31 +21,59 @@ const WG: u32 = 256;
 
 /// y[t, :] = table[ids[id_offset + t], :] for every row of the step (one dispatch per chunk).
 pub fn defines(base: &Defines, format: &WeightFormat) -> Defines {
-    let d = base.clone().set("PARAMS", <EmbedParams as crate::gpu::ParamStruct>::WGSL);
+    let d = base
+        .clone()
+        .set("PARAMS", <EmbedParams as crate::gpu::ParamStruct>::WGSL);
     match *format {
-        WeightFormat::Affine { bits, scale, .. } => d.flag("QUANT", true).flag(if bits == 4 { "Q4" } else { "Q8" }, true).flag(scale_define(scale), true),
+        WeightFormat::Affine { bits, scale, .. } => d
+            .flag("QUANT", true)
+            .flag(if bits == 4 { "Q4" } else { "Q8" }, true)
+            .flag(scale_define(scale), true),
         WeightFormat::Dense(t) => d.flag(dense_define(t), true),
     }
 }
 
 pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
-    crate::ops::all_formats().iter().map(|f| ("embed.wgsl", defines(base, f))).collect()
+    crate::ops::all_formats()
+        .iter()
+        .map(|f| ("embed.wgsl", defines(base, f)))
+        .collect()
 }
 
-pub async fn embed(gpu: &Gpu, table: &Matrix, ids: &GpuBuffer, id_offset: u32, y: Act<'_>, step: StepSlot<'_>) -> Result<Vec<Dispatch>, GpuError> {
+pub async fn embed(
+    gpu: &Gpu,
+    table: &Matrix,
+    ids: &GpuBuffer,
+    id_offset: u32,
+    y: Act<'_>,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
     let group_size = match table.format {
         WeightFormat::Affine { bits, group, .. } => {
             if bits != 4 && bits != 8 {
-                return Err(GpuError::Shader { name: format!("embed {}", table.name), message: format!("{bits}-bit embeddings are not supported") });
+                return Err(GpuError::Shader {
+                    name: format!("embed {}", table.name),
+                    message: format!("{bits}-bit embeddings are not supported"),
+                });
             }
             group
         }
         WeightFormat::Dense(_) => 1,
     };
-    let pipeline = gpu.pipeline("embed.wgsl", &defines(&gpu.base_defines(), &table.format)).await?;
+    let pipeline = gpu
+        .pipeline("embed.wgsl", &defines(&gpu.base_defines(), &table.format))
+        .await?;
     let mut out = Vec::new();
     for c in &table.chunks {
-        let params = EmbedParams { dim: table.k, row0: c.row0, rows: c.rows, group_size, id_offset, y_stride: y.stride, y_col: y.col };
+        let params = EmbedParams {
+            dim: table.k,
+            row0: c.row0,
+            rows: c.rows,
+            group_size,
+            id_offset,
+            y_stride: y.stride,
+            y_col: y.col,
+        };
         let u = gpu.uniform("embed.params", &params);
         let mut res = vec![u.whole(), step.binding(), ids.whole(), c.weight.whole()];
         if let (Some(s), Some(b)) = (&c.scales, &c.biases) {
@@ -53,7 +81,12 @@ pub async fn embed(gpu: &Gpu, table: &Matrix, ids: &GpuBuffer, id_offset: u32, y
             res.push(b.whole());
         }
         res.push(y.buf.whole());
-        out.push(gpu.dispatch(format!("embed {}", table.name), &pipeline, &res, Grid::per_token(table.k.div_ceil(WG))));
+        out.push(gpu.dispatch(
+            format!("embed {}", table.name),
+            &pipeline,
+            &res,
+            Grid::per_token(table.k.div_ceil(WG)),
+        ));
     }
     Ok(out)
 }

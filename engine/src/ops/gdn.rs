@@ -84,7 +84,11 @@ pub const QK_L2_EPS: f64 = 1e-6;
 /// k_scale = inv_scale and eps = QK_L2_EPS · inv_scale² (computed in f64 as Python does).
 pub fn qk_norm_constants(k_head_dim: u32) -> (f32, f32, f32) {
     let inv = (k_head_dim as f64).powf(-0.5);
-    ((inv * inv) as f32, inv as f32, (QK_L2_EPS * inv * inv) as f32)
+    (
+        (inv * inv) as f32,
+        inv as f32,
+        (QK_L2_EPS * inv * inv) as f32,
+    )
 }
 
 /// Channels (threads) per conv workgroup, tokens per conv workgroup, most conv taps.
@@ -176,7 +180,11 @@ crate::gpu_struct! {
 
 /// The defines of each kernel (only the recurrence has a subgroup variant).
 pub fn conv_defines() -> Defines {
-    Defines::new().set("PARAMS", <GdnConvParams as ParamStruct>::WGSL).set("WG", CONV_WG).set("TILE", CONV_TILE).set("KMAX", CONV_KMAX)
+    Defines::new()
+        .set("PARAMS", <GdnConvParams as ParamStruct>::WGSL)
+        .set("WG", CONV_WG)
+        .set("TILE", CONV_TILE)
+        .set("KMAX", CONV_KMAX)
 }
 
 /// Threads of the fused conv + prep workgroup for key heads of `dk`: one per head channel, and
@@ -199,7 +207,9 @@ pub fn conv_prep_defines(wg: u32) -> Defines {
 }
 
 pub fn prep_defines() -> Defines {
-    Defines::new().set("PARAMS", <GdnPrepParams as ParamStruct>::WGSL).set("WG", NORM_WG)
+    Defines::new()
+        .set("PARAMS", <GdnPrepParams as ParamStruct>::WGSL)
+        .set("WG", NORM_WG)
 }
 
 pub fn recurrence_defines(lay: &RecurrenceLayout) -> Defines {
@@ -212,13 +222,19 @@ pub fn recurrence_defines(lay: &RecurrenceLayout) -> Defines {
 }
 
 pub fn gated_norm_defines() -> Defines {
-    Defines::new().set("PARAMS", <GatedNormParams as ParamStruct>::WGSL).set("WG", NORM_WG)
+    Defines::new()
+        .set("PARAMS", <GatedNormParams as ParamStruct>::WGSL)
+        .set("WG", NORM_WG)
 }
 
 /// Every variant these kernels build for a device with or without subgroups (`base`'s SUBGROUPS
 /// flag), for the head sizes of the Qwen3.5/3.6 family (Dk 128) and of the tests (32, 64).
 pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
-    let mut v = vec![("gdn_conv.wgsl", conv_defines()), ("gdn_prep.wgsl", prep_defines()), ("gated_norm.wgsl", gated_norm_defines())];
+    let mut v = vec![
+        ("gdn_conv.wgsl", conv_defines()),
+        ("gdn_prep.wgsl", prep_defines()),
+        ("gated_norm.wgsl", gated_norm_defines()),
+    ];
     for dk in [32, 64, 128, 256] {
         if let Some(wg) = conv_prep_wg(dk) {
             v.push(("gdn_conv_prep.wgsl", conv_prep_defines(wg)));
@@ -226,7 +242,12 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
     }
     for dk in [32, 64, 128] {
         for subgroups in [false, base.is_true("SUBGROUPS")] {
-            let lay = RecurrenceLayout { subgroups, wg: REC_WG, nv4: dk / 16, kq: (dk / 2).div_ceil(REC_WG).max(1) };
+            let lay = RecurrenceLayout {
+                subgroups,
+                wg: REC_WG,
+                nv4: dk / 16,
+                kq: (dk / 2).div_ceil(REC_WG).max(1),
+            };
             v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
         }
     }
@@ -235,13 +256,19 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
 }
 
 fn bad(what: &str, message: impl Into<String>) -> GpuError {
-    GpuError::Shader { name: what.to_string(), message: message.into() }
+    GpuError::Shader {
+        name: what.to_string(),
+        message: message.into(),
+    }
 }
 
 /// Fails unless `buf` holds at least `elems` f32 values.
 fn need(what: &str, name: &str, buf: &GpuBuffer, elems: u64) -> Result<(), GpuError> {
     if buf.size / 4 < elems {
-        return Err(bad(what, format!("{name} holds {} f32 values, needs {elems}", buf.size / 4)));
+        return Err(bad(
+            what,
+            format!("{name} holds {} f32 values, needs {elems}", buf.size / 4),
+        ));
     }
     Ok(())
 }
@@ -249,11 +276,23 @@ fn need(what: &str, name: &str, buf: &GpuBuffer, elems: u64) -> Result<(), GpuEr
 /// Rows of `width` elements an activation view holds (the kernels clamp T to it).
 fn act_rows(what: &str, name: &str, a: &Act<'_>, width: u32) -> Result<u32, GpuError> {
     if a.col as u64 + width as u64 > a.stride as u64 {
-        return Err(bad(what, format!("{name}: columns {}..{} do not fit rows of {}", a.col, a.col as u64 + width as u64, a.stride)));
+        return Err(bad(
+            what,
+            format!(
+                "{name}: columns {}..{} do not fit rows of {}",
+                a.col,
+                a.col as u64 + width as u64,
+                a.stride
+            ),
+        ));
     }
     let elems = a.buf.size / 4;
     let first = a.col as u64 + width as u64;
-    let rows = if elems < first { 0 } else { (elems - first) / a.stride.max(1) as u64 + 1 };
+    let rows = if elems < first {
+        0
+    } else {
+        (elems - first) / a.stride.max(1) as u64 + 1
+    };
     Ok(rows.min(u32::MAX as u64) as u32)
 }
 
@@ -292,10 +331,29 @@ pub async fn gdn_conv(
     need(WHAT, "conv_snap", conv_snap, d.conv_state_len())?;
     let rows_cap = act_rows(WHAT, "qkv", &qkv, cd)?.min(buf_rows(out, cd));
     let pipeline = gpu.pipeline("gdn_conv.wgsl", &conv_defines()).await?;
-    let params = GdnConvParams { conv_dim: cd, taps: d.conv_kernel, x_stride: qkv.stride, x_col: qkv.col, rows_cap };
+    let params = GdnConvParams {
+        conv_dim: cd,
+        taps: d.conv_kernel,
+        x_stride: qkv.stride,
+        x_col: qkv.col,
+        rows_cap,
+    };
     let u = gpu.uniform("gdn_conv.params", &params);
-    let res = [u.whole(), step.binding(), qkv.buf.whole(), conv_w.whole(), conv_state.whole(), conv_snap.whole(), out.whole()];
-    Ok(vec![gpu.dispatch(WHAT, &pipeline, &res, Grid::per_tile(cd.div_ceil(CONV_WG), CONV_TILE))])
+    let res = [
+        u.whole(),
+        step.binding(),
+        qkv.buf.whole(),
+        conv_w.whole(),
+        conv_state.whole(),
+        conv_snap.whole(),
+        out.whole(),
+    ];
+    Ok(vec![gpu.dispatch(
+        WHAT,
+        &pipeline,
+        &res,
+        Grid::per_tile(cd.div_ceil(CONV_WG), CONV_TILE),
+    )])
 }
 
 /// q/k normalization in place and the gates (spec §4.6 steps 4-5, exactly mlx-lm's
@@ -326,7 +384,10 @@ pub async fn gdn_prep(
     let hv = d.n_v_heads;
     need(WHAT, "a_log", a_log, hv as u64)?;
     need(WHAT, "dt_bias", dt_bias, hv as u64)?;
-    let rows_cap = buf_rows(conv_out, d.conv_dim()).min(act_rows(WHAT, "b", &b, hv)?).min(act_rows(WHAT, "a", &a, hv)?).min(buf_rows(gates, 2 * hv));
+    let rows_cap = buf_rows(conv_out, d.conv_dim())
+        .min(act_rows(WHAT, "b", &b, hv)?)
+        .min(act_rows(WHAT, "a", &a, hv)?)
+        .min(buf_rows(gates, 2 * hv));
     let pipeline = gpu.pipeline("gdn_prep.wgsl", &prep_defines()).await?;
     let (q_scale, k_scale, qk_eps) = qk_norm_constants(d.k_head_dim);
     let params = GdnPrepParams {
@@ -344,8 +405,22 @@ pub async fn gdn_prep(
         qk_eps,
     };
     let u = gpu.uniform("gdn_prep.params", &params);
-    let res = [u.whole(), step.binding(), conv_out.whole(), b.buf.whole(), a.buf.whole(), a_log.whole(), dt_bias.whole(), gates.whole()];
-    Ok(vec![gpu.dispatch(WHAT, &pipeline, &res, Grid::per_token(2 * d.n_k_heads + 1))])
+    let res = [
+        u.whole(),
+        step.binding(),
+        conv_out.whole(),
+        b.buf.whole(),
+        a.buf.whole(),
+        a_log.whole(),
+        dt_bias.whole(),
+        gates.whole(),
+    ];
+    Ok(vec![gpu.dispatch(
+        WHAT,
+        &pipeline,
+        &res,
+        Grid::per_token(2 * d.n_k_heads + 1),
+    )])
 }
 
 /// [`gdn_conv`] then [`gdn_prep`] in one dispatch (`gdn_conv_prep.wgsl`), with the same results
@@ -369,7 +444,15 @@ pub async fn gdn_conv_prep(
 ) -> Result<Vec<Dispatch>, GpuError> {
     const WHAT: &str = "gdn_conv_prep";
     d.check()?;
-    let wg = conv_prep_wg(d.k_head_dim).ok_or_else(|| bad(WHAT, format!("key heads of {} channels do not fit one workgroup (at most 256)", d.k_head_dim)))?;
+    let wg = conv_prep_wg(d.k_head_dim).ok_or_else(|| {
+        bad(
+            WHAT,
+            format!(
+                "key heads of {} channels do not fit one workgroup (at most 256)",
+                d.k_head_dim
+            ),
+        )
+    })?;
     let (cd, hv) = (d.conv_dim(), d.n_v_heads);
     need(WHAT, "conv_w", conv_w, cd as u64 * d.conv_kernel as u64)?;
     need(WHAT, "conv_state", conv_state, d.conv_state_len())?;
@@ -381,7 +464,9 @@ pub async fn gdn_conv_prep(
         .min(act_rows(WHAT, "b", &b, hv)?)
         .min(act_rows(WHAT, "a", &a, hv)?)
         .min(buf_rows(gates, 2 * hv));
-    let pipeline = gpu.pipeline("gdn_conv_prep.wgsl", &conv_prep_defines(wg)).await?;
+    let pipeline = gpu
+        .pipeline("gdn_conv_prep.wgsl", &conv_prep_defines(wg))
+        .await?;
     let (q_scale, k_scale, qk_eps) = qk_norm_constants(d.k_head_dim);
     let params = GdnConvPrepParams {
         conv_dim: cd,
@@ -416,7 +501,12 @@ pub async fn gdn_conv_prep(
         gates.whole(),
     ];
     let blocks = 2 * d.n_k_heads + (cd - 2 * d.key_dim()).div_ceil(wg) + 1;
-    Ok(vec![gpu.dispatch(WHAT, &pipeline, &res, Grid::per_tile(blocks, CONV_TILE))])
+    Ok(vec![gpu.dispatch(
+        WHAT,
+        &pipeline,
+        &res,
+        Grid::per_tile(blocks, CONV_TILE),
+    )])
 }
 
 /// How the recurrence maps state rows onto threads on this device.
@@ -454,9 +544,19 @@ impl RecurrenceLayout {
 pub fn recurrence_layout(gpu: &Gpu, d: &GdnDims) -> RecurrenceLayout {
     let dk = d.k_head_dim;
     let (smin, smax) = (gpu.caps.subgroup_min_size, gpu.caps.subgroup_max_size);
-    let usable = gpu.caps.subgroups && smin.is_power_of_two() && smax.is_power_of_two() && smin >= REC_LANES && smin <= smax && smax <= REC_WG;
+    let usable = gpu.caps.subgroups
+        && smin.is_power_of_two()
+        && smax.is_power_of_two()
+        && smin >= REC_LANES
+        && smin <= smax
+        && smax <= REC_WG;
     let subgroups = usable && gpu.info.device_type == wgpu::DeviceType::Cpu;
-    RecurrenceLayout { subgroups, wg: REC_WG, nv4: dk / 16, kq: (dk / 2).div_ceil(REC_WG).max(1) }
+    RecurrenceLayout {
+        subgroups,
+        wg: REC_WG,
+        nv4: dk / 16,
+        kq: (dk / 2).div_ceil(REC_WG).max(1),
+    }
 }
 
 /// The gated delta rule over the step's rows (spec §4.6 step 6), per value head h with key head
@@ -490,17 +590,49 @@ pub async fn gdn_recurrence(
     need(WHAT, "state", state, d.state_len())?;
     need(WHAT, "snap", snap, d.state_len())?;
     let hv = d.n_v_heads;
-    let rows_cap = buf_rows(conv_out, d.conv_dim()).min(buf_rows(gates, 2 * hv)).min(buf_rows(y, d.value_dim()));
+    let rows_cap = buf_rows(conv_out, d.conv_dim())
+        .min(buf_rows(gates, 2 * hv))
+        .min(buf_rows(y, d.value_dim()));
     if d.k_head_dim % 16 != 0 || d.conv_dim() % 4 != 0 {
-        return Err(bad(WHAT, format!("needs Dk % 16 == 0 and conv_dim % 4 == 0, got Dk {} and conv_dim {}", d.k_head_dim, d.conv_dim())));
+        return Err(bad(
+            WHAT,
+            format!(
+                "needs Dk % 16 == 0 and conv_dim % 4 == 0, got Dk {} and conv_dim {}",
+                d.k_head_dim,
+                d.conv_dim()
+            ),
+        ));
     }
     let lay = recurrence_layout(gpu, d);
-    let pipeline = gpu.pipeline("gdn_recurrence.wgsl", &recurrence_defines(&lay)).await?;
+    let pipeline = gpu
+        .pipeline("gdn_recurrence.wgsl", &recurrence_defines(&lay))
+        .await?;
     let blocks = d.v_head_dim.div_ceil(lay.rows());
-    let params = GdnRecurrenceParams { n_k_heads: d.n_k_heads, n_v_heads: hv, dk: d.k_head_dim, dv: d.v_head_dim, conv_dim: d.conv_dim(), blocks, rows_cap };
+    let params = GdnRecurrenceParams {
+        n_k_heads: d.n_k_heads,
+        n_v_heads: hv,
+        dk: d.k_head_dim,
+        dv: d.v_head_dim,
+        conv_dim: d.conv_dim(),
+        blocks,
+        rows_cap,
+    };
     let u = gpu.uniform("gdn_recurrence.params", &params);
-    let res = [u.whole(), step.binding(), conv_out.whole(), gates.whole(), state.whole(), snap.whole(), y.whole()];
-    Ok(vec![gpu.dispatch(WHAT, &pipeline, &res, Grid::fixed(hv * blocks))])
+    let res = [
+        u.whole(),
+        step.binding(),
+        conv_out.whole(),
+        gates.whole(),
+        state.whole(),
+        snap.whole(),
+        y.whole(),
+    ];
+    Ok(vec![gpu.dispatch(
+        WHAT,
+        &pipeline,
+        &res,
+        Grid::fixed(hv * blocks),
+    )])
 }
 
 /// Gated RMSNorm (spec §4.6 step 7; mlx-lm `Qwen3NextRMSNormGated` + `precise_swiglu`), f32:
@@ -523,10 +655,33 @@ pub async fn gated_norm(
     d.check()?;
     let vd = d.value_dim();
     need(WHAT, "weight", weight, d.v_head_dim as u64)?;
-    let rows_cap = buf_rows(y, vd).min(act_rows(WHAT, "z", &z, vd)?).min(buf_rows(out, vd));
-    let pipeline = gpu.pipeline("gated_norm.wgsl", &gated_norm_defines()).await?;
-    let params = GatedNormParams { n_v_heads: d.n_v_heads, dv: d.v_head_dim, z_stride: z.stride, z_col: z.col, rows_cap, eps: d.eps };
+    let rows_cap = buf_rows(y, vd)
+        .min(act_rows(WHAT, "z", &z, vd)?)
+        .min(buf_rows(out, vd));
+    let pipeline = gpu
+        .pipeline("gated_norm.wgsl", &gated_norm_defines())
+        .await?;
+    let params = GatedNormParams {
+        n_v_heads: d.n_v_heads,
+        dv: d.v_head_dim,
+        z_stride: z.stride,
+        z_col: z.col,
+        rows_cap,
+        eps: d.eps,
+    };
     let u = gpu.uniform("gated_norm.params", &params);
-    let res = [u.whole(), step.binding(), y.whole(), z.buf.whole(), weight.whole(), out.whole()];
-    Ok(vec![gpu.dispatch(WHAT, &pipeline, &res, Grid::per_token(d.n_v_heads))])
+    let res = [
+        u.whole(),
+        step.binding(),
+        y.whole(),
+        z.buf.whole(),
+        weight.whole(),
+        out.whole(),
+    ];
+    Ok(vec![gpu.dispatch(
+        WHAT,
+        &pipeline,
+        &res,
+        Grid::per_token(d.n_v_heads),
+    )])
 }

@@ -1,9 +1,9 @@
 //! `matmul.wgsl`: y[t, :] (+)= x[t, :] · Wᵀ for every weight format (spec §3.2).
 
 use crate::gpu::{Defines, Dispatch, Gpu, GpuError, Grid, Rows, StepSlot};
+use crate::ops::embed::{dense_define, scale_define};
 use crate::ops::matrix::Matrix;
 use crate::ops::Act;
-use crate::ops::embed::{dense_define, scale_define};
 use crate::quant::WeightFormat;
 
 crate::gpu_struct! {
@@ -122,7 +122,11 @@ pub fn words(mt: u32) -> bool {
 /// Code words each thread loads per loop iteration of the word path (before using any). Never
 /// changes a (row, token)'s arithmetic or order.
 pub fn unroll(mt: u32) -> u32 {
-    if mt <= MT_SMALL { 4 } else { 1 }
+    if mt <= MT_SMALL {
+        4
+    } else {
+        1
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -147,12 +151,23 @@ pub fn defines(base: &Defines, format: &WeightFormat, k: u32, opts: &MatmulOpts)
         .set("ROWS", tile(opts.mt, k).1)
         .set("MT", tile_tokens(opts.mt))
         .set("UNROLL", unroll(opts.mt))
-        .set("TOKENS", if opts.rows == Rows::Out { "n_out" } else { "n_tokens" })
+        .set(
+            "TOKENS",
+            if opts.rows == Rows::Out {
+                "n_out"
+            } else {
+                "n_tokens"
+            },
+        )
         .flag("ADD", opts.add)
         .flag("SWIGLU", opts.swiglu);
     match *format {
         WeightFormat::Affine { bits, scale, .. } => {
-            d = d.flag("QUANT", true).flag(if bits == 4 { "Q4" } else { "Q8" }, true).flag(scale_define(scale), true).flag("QWORDS", words(opts.mt));
+            d = d
+                .flag("QUANT", true)
+                .flag(if bits == 4 { "Q4" } else { "Q8" }, true)
+                .flag(scale_define(scale), true)
+                .flag("QWORDS", words(opts.mt));
         }
         WeightFormat::Dense(t) => d = d.flag(dense_define(t), true),
     }
@@ -162,7 +177,12 @@ pub fn defines(base: &Defines, format: &WeightFormat, k: u32, opts: &MatmulOpts)
 static STAGED: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
 
 fn staged_flag() -> &'static std::sync::atomic::AtomicBool {
-    STAGED.get_or_init(|| std::sync::atomic::AtomicBool::new(matches!(std::env::var("QWGPU_MATMUL_STAGED").as_deref(), Ok("1") | Ok("true"))))
+    STAGED.get_or_init(|| {
+        std::sync::atomic::AtomicBool::new(matches!(
+            std::env::var("QWGPU_MATMUL_STAGED").as_deref(),
+            Ok("1") | Ok("true")
+        ))
+    })
 }
 
 /// Whether quantized decode tiles use the experimental `matmul_staged.wgsl` (x staged once per
@@ -181,7 +201,12 @@ pub fn set_staged(on: bool) {
 static GEMM: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
 
 fn gemm_flag() -> &'static std::sync::atomic::AtomicBool {
-    GEMM.get_or_init(|| std::sync::atomic::AtomicBool::new(matches!(std::env::var("QWGPU_PREFILL_GEMM").as_deref(), Ok("1") | Ok("true"))))
+    GEMM.get_or_init(|| {
+        std::sync::atomic::AtomicBool::new(matches!(
+            std::env::var("QWGPU_PREFILL_GEMM").as_deref(),
+            Ok("1") | Ok("true")
+        ))
+    })
 }
 
 /// Whether quantized prefill tiles use the experimental tiled GEMM `matmul_gemm.wgsl` (64 rows ×
@@ -201,7 +226,10 @@ pub fn set_prefill_gemm(on: bool) {
 pub const GEMM_TILE: (u32, u32) = (64, 64);
 
 fn use_gemm(m: &Matrix, mt: u32) -> bool {
-    prefill_gemm() && matches!(m.format, WeightFormat::Affine { .. }) && mt == MT_PREFILL && m.k % 32 == 0
+    prefill_gemm()
+        && matches!(m.format, WeightFormat::Affine { .. })
+        && mt == MT_PREFILL
+        && m.k % 32 == 0
 }
 
 /// The defines of the tiled GEMM.
@@ -209,11 +237,20 @@ pub fn gemm_defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts) ->
     let mut d = base
         .clone()
         .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
-        .set("TOKENS", if opts.rows == Rows::Out { "n_out" } else { "n_tokens" })
+        .set(
+            "TOKENS",
+            if opts.rows == Rows::Out {
+                "n_out"
+            } else {
+                "n_tokens"
+            },
+        )
         .flag("ADD", opts.add)
         .flag("SWIGLU", opts.swiglu);
     if let WeightFormat::Affine { bits, scale, .. } = *format {
-        d = d.flag(if bits == 4 { "Q4" } else { "Q8" }, true).flag(scale_define(scale), true);
+        d = d
+            .flag(if bits == 4 { "Q4" } else { "Q8" }, true)
+            .flag(scale_define(scale), true);
     }
     d
 }
@@ -228,11 +265,19 @@ pub fn staged_tile(mt: u32) -> (u32, u32, u32) {
 /// Whether `m` in tile `mt` runs on the staged kernel: quantized, a decode tile, and rows the
 /// block kernel reads with 32 threads (k below [`LONG_K`]), so the bits are the block kernel's.
 fn use_staged(m: &Matrix, mt: u32) -> bool {
-    staged() && matches!(m.format, WeightFormat::Affine { .. }) && (mt == MT_ONE || mt == MT_SMALL) && m.k < LONG_K
+    staged()
+        && matches!(m.format, WeightFormat::Affine { .. })
+        && (mt == MT_ONE || mt == MT_SMALL)
+        && m.k < LONG_K
 }
 
 /// The defines of the staged kernel. `subgroups`: the device has subgroups of at most 32 lanes.
-pub fn staged_defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts, subgroups: bool) -> Defines {
+pub fn staged_defines(
+    base: &Defines,
+    format: &WeightFormat,
+    opts: &MatmulOpts,
+    subgroups: bool,
+) -> Defines {
     let (wg, rows, rg) = staged_tile(opts.mt);
     let mut d = base
         .clone()
@@ -241,23 +286,47 @@ pub fn staged_defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts, 
         .set("ROWS", rows)
         .set("RG", rg)
         .set("MT", opts.mt)
-        .set("TOKENS", if opts.rows == Rows::Out { "n_out" } else { "n_tokens" })
+        .set(
+            "TOKENS",
+            if opts.rows == Rows::Out {
+                "n_out"
+            } else {
+                "n_tokens"
+            },
+        )
         .flag("ADD", opts.add)
         .flag("SWIGLU", opts.swiglu)
         .flag("SUBGROUPS", subgroups);
     if let WeightFormat::Affine { bits, scale, .. } = *format {
-        d = d.flag(if bits == 4 { "Q4" } else { "Q8" }, true).flag(scale_define(scale), true);
+        d = d
+            .flag(if bits == 4 { "Q4" } else { "Q8" }, true)
+            .flag(scale_define(scale), true);
     }
     d
 }
 
 /// One dispatch per chunk of `m`. `y.col` shifts the output columns (several projections can
 /// write side by side into one buffer).
-pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlot<'_>, opts: MatmulOpts) -> Result<Vec<Dispatch>, GpuError> {
+pub async fn matmul(
+    gpu: &Gpu,
+    m: &Matrix,
+    x: Act<'_>,
+    y: Act<'_>,
+    step: StepSlot<'_>,
+    opts: MatmulOpts,
+) -> Result<Vec<Dispatch>, GpuError> {
     if x.stride % 4 != 0 || x.col % 4 != 0 {
-        return Err(GpuError::Shader { name: format!("matmul {}", m.name), message: "x stride/column must be multiples of 4".into() });
+        return Err(GpuError::Shader {
+            name: format!("matmul {}", m.name),
+            message: "x stride/column must be multiples of 4".into(),
+        });
     }
-    if opts.swiglu && (opts.add || m.n % 2 != 0 || tile(opts.mt, m.k).1 % 2 != 0 || m.chunks.iter().any(|c| c.row0 % 2 != 0)) {
+    if opts.swiglu
+        && (opts.add
+            || m.n % 2 != 0
+            || tile(opts.mt, m.k).1 % 2 != 0
+            || m.chunks.iter().any(|c| c.row0 % 2 != 0))
+    {
         return Err(GpuError::Shader {
             name: format!("matmul {}", m.name),
             message: "a SwiGLU matmul needs (gate, up) row pairs: an even row count, even rows per workgroup and chunk, and no residual add".into(),
@@ -266,12 +335,33 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
     let staged = use_staged(m, opts.mt);
     let gemm = use_gemm(m, opts.mt);
     let (pipeline, rows_per_wg) = if gemm {
-        (gpu.pipeline("matmul_gemm.wgsl", &gemm_defines(&gpu.base_defines(), &m.format, &opts)).await?, GEMM_TILE.0)
+        (
+            gpu.pipeline(
+                "matmul_gemm.wgsl",
+                &gemm_defines(&gpu.base_defines(), &m.format, &opts),
+            )
+            .await?,
+            GEMM_TILE.0,
+        )
     } else if staged {
         let sub = gpu.caps.subgroups && gpu.caps.subgroup_max_size <= 32;
-        (gpu.pipeline("matmul_staged.wgsl", &staged_defines(&gpu.base_defines(), &m.format, &opts, sub)).await?, staged_tile(opts.mt).1)
+        (
+            gpu.pipeline(
+                "matmul_staged.wgsl",
+                &staged_defines(&gpu.base_defines(), &m.format, &opts, sub),
+            )
+            .await?,
+            staged_tile(opts.mt).1,
+        )
     } else {
-        (gpu.pipeline("matmul.wgsl", &defines(&gpu.base_defines(), &m.format, m.k, &opts)).await?, tile(opts.mt, m.k).1)
+        (
+            gpu.pipeline(
+                "matmul.wgsl",
+                &defines(&gpu.base_defines(), &m.format, m.k, &opts),
+            )
+            .await?,
+            tile(opts.mt, m.k).1,
+        )
     };
     let (groups_per_row, group_size) = match m.format {
         WeightFormat::Affine { group, .. } => (m.k / group, group),
@@ -283,7 +373,11 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
             k: m.k,
             n: c.rows,
             // SwiGLU rows are pairs: the kernel writes column (row0 + row) / 2.
-            row0: if opts.swiglu { 2 * y.col + c.row0 } else { y.col + c.row0 },
+            row0: if opts.swiglu {
+                2 * y.col + c.row0
+            } else {
+                y.col + c.row0
+            },
             x_stride: x.stride,
             x_col: x.col,
             y_stride: y.stride,
@@ -297,8 +391,16 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
             res.push(b.whole());
         }
         res.push(y.buf.whole());
-        let tokens = if gemm { GEMM_TILE.1 } else { tile_tokens(opts.mt) };
-        let grid = Grid { groups: c.rows.div_ceil(rows_per_wg), rows: opts.rows, tile: tokens };
+        let tokens = if gemm {
+            GEMM_TILE.1
+        } else {
+            tile_tokens(opts.mt)
+        };
+        let grid = Grid {
+            groups: c.rows.div_ceil(rows_per_wg),
+            rows: opts.rows,
+            tile: tokens,
+        };
         out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
     }
     Ok(out)
@@ -307,18 +409,50 @@ pub async fn matmul(gpu: &Gpu, m: &Matrix, x: Act<'_>, y: Act<'_>, step: StepSlo
 /// Every variant this op can build (for the offline naga checks).
 pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
     let mut v = Vec::new();
-    for format in crate::ops::all_formats().into_iter().filter(|f| matches!(f, WeightFormat::Affine { .. })) {
+    for format in crate::ops::all_formats()
+        .into_iter()
+        .filter(|f| matches!(f, WeightFormat::Affine { .. }))
+    {
         for rows in [Rows::Tokens, Rows::Out] {
             for (add, swiglu) in [(false, false), (true, false), (false, true)] {
-                v.push(("matmul_gemm.wgsl", gemm_defines(base, &format, &MatmulOpts { rows, add, mt: MT_PREFILL, swiglu })));
+                v.push((
+                    "matmul_gemm.wgsl",
+                    gemm_defines(
+                        base,
+                        &format,
+                        &MatmulOpts {
+                            rows,
+                            add,
+                            mt: MT_PREFILL,
+                            swiglu,
+                        },
+                    ),
+                ));
             }
         }
         for mt in [MT_ONE, MT_SMALL] {
             for rows in [Rows::Tokens, Rows::Out] {
                 for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                     for sub in [false, true] {
-                        let b = if sub { base.clone() } else { base.clone().flag("SUBGROUPS", false) };
-                        v.push(("matmul_staged.wgsl", staged_defines(&b, &format, &MatmulOpts { rows, add, mt, swiglu }, sub && base.is_true("SUBGROUPS"))));
+                        let b = if sub {
+                            base.clone()
+                        } else {
+                            base.clone().flag("SUBGROUPS", false)
+                        };
+                        v.push((
+                            "matmul_staged.wgsl",
+                            staged_defines(
+                                &b,
+                                &format,
+                                &MatmulOpts {
+                                    rows,
+                                    add,
+                                    mt,
+                                    swiglu,
+                                },
+                                sub && base.is_true("SUBGROUPS"),
+                            ),
+                        ));
                     }
                 }
             }
@@ -329,7 +463,20 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
             for rows in [Rows::Tokens, Rows::Out] {
                 for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                     for k in [4096, LONG_K] {
-                        v.push(("matmul.wgsl", defines(base, &format, k, &MatmulOpts { rows, add, mt, swiglu })));
+                        v.push((
+                            "matmul.wgsl",
+                            defines(
+                                base,
+                                &format,
+                                k,
+                                &MatmulOpts {
+                                    rows,
+                                    add,
+                                    mt,
+                                    swiglu,
+                                },
+                            ),
+                        ));
                     }
                 }
             }

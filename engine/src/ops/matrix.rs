@@ -58,7 +58,11 @@ impl Matrix {
     pub fn bytes(&self) -> u64 {
         self.chunks
             .iter()
-            .map(|c| c.weight.size + c.scales.as_ref().map_or(0, |b| b.size) + c.biases.as_ref().map_or(0, |b| b.size))
+            .map(|c| {
+                c.weight.size
+                    + c.scales.as_ref().map_or(0, |b| b.size)
+                    + c.biases.as_ref().map_or(0, |b| b.size)
+            })
             .sum()
     }
 
@@ -73,24 +77,47 @@ impl Matrix {
     /// per part, with the same values: a row's arithmetic does not depend on the rows that share
     /// its call. Every part must have the same in_features and format ([`MatrixData::stacks_with`]).
     /// Chunks are filled from the parts' bytes directly (no host copy of the stack).
-    pub fn upload_stacked<'a>(gpu: &Gpu, name: &str, parts: &[(&str, &MatrixData<'a>)]) -> Result<Matrix, GpuError> {
+    pub fn upload_stacked<'a>(
+        gpu: &Gpu,
+        name: &str,
+        parts: &[(&str, &MatrixData<'a>)],
+    ) -> Result<Matrix, GpuError> {
         Matrix::upload_rows(gpu, name, parts, false)
     }
 
     /// Uploads two matrices of the same shape and format with their rows interleaved: row 2i is
     /// `a`'s row i, row 2i + 1 is `b`'s. With gate and up this lets one matmul compute both for
     /// a row pair and write the SwiGLU directly (`MatmulOpts::swiglu`). Chunks start at even rows.
-    pub fn upload_interleaved<'a>(gpu: &Gpu, name: &str, a: (&str, &MatrixData<'a>), b: (&str, &MatrixData<'a>)) -> Result<Matrix, GpuError> {
+    pub fn upload_interleaved<'a>(
+        gpu: &Gpu,
+        name: &str,
+        a: (&str, &MatrixData<'a>),
+        b: (&str, &MatrixData<'a>),
+    ) -> Result<Matrix, GpuError> {
         if a.1.n != b.1.n {
-            return Err(GpuError::Shader { name: format!("matrix {name}"), message: format!("cannot interleave '{}' ({} rows) with '{}' ({} rows)", a.0, a.1.n, b.0, b.1.n) });
+            return Err(GpuError::Shader {
+                name: format!("matrix {name}"),
+                message: format!(
+                    "cannot interleave '{}' ({} rows) with '{}' ({} rows)",
+                    a.0, a.1.n, b.0, b.1.n
+                ),
+            });
         }
         Matrix::upload_rows(gpu, name, &[a, b], true)
     }
 
     /// [`Matrix::upload_stacked`], or with `interleave` (two parts of equal rows) the rows of
     /// the parts alternating.
-    fn upload_rows<'a>(gpu: &Gpu, name: &str, parts: &[(&str, &MatrixData<'a>)], interleave: bool) -> Result<Matrix, GpuError> {
-        let bad = |part: &str, msg: String| GpuError::Shader { name: format!("matrix {part}"), message: msg };
+    fn upload_rows<'a>(
+        gpu: &Gpu,
+        name: &str,
+        parts: &[(&str, &MatrixData<'a>)],
+        interleave: bool,
+    ) -> Result<Matrix, GpuError> {
+        let bad = |part: &str, msg: String| GpuError::Shader {
+            name: format!("matrix {part}"),
+            message: msg,
+        };
         let Some(&(first_name, first)) = parts.first() else {
             return Err(bad(name, "no rows to upload (empty stack)".into()));
         };
@@ -109,15 +136,25 @@ impl Matrix {
             }
         }
         let (k, format) = (first.k, first.format);
-        let be = Matrix::block_elems(&format).ok_or_else(|| bad(name, format!("{} has no GPU kernel yet", format.describe())))?;
+        let be = Matrix::block_elems(&format)
+            .ok_or_else(|| bad(name, format!("{} has no GPU kernel yet", format.describe())))?;
         if k % be != 0 {
-            return Err(bad(name, format!("in_features {k} is not a multiple of {be} for {}", format.describe())));
+            return Err(bad(
+                name,
+                format!(
+                    "in_features {k} is not a multiple of {be} for {}",
+                    format.describe()
+                ),
+            ));
         }
         let row_bytes = format.row_bytes(k);
         let srow = match format {
             WeightFormat::Affine { group, scale, .. } => {
                 if k % group as usize != 0 {
-                    return Err(bad(name, format!("in_features {k} is not a multiple of group size {group}")));
+                    return Err(bad(
+                        name,
+                        format!("in_features {k} is not a multiple of group size {group}"),
+                    ));
                 }
                 (k / group as usize) * scale.size()
             }
@@ -125,10 +162,25 @@ impl Matrix {
         };
         for &(pname, p) in parts {
             if p.weight.len() != p.n * row_bytes {
-                return Err(bad(pname, format!("weight has {} bytes, expected {}", p.weight.len(), p.n * row_bytes)));
+                return Err(bad(
+                    pname,
+                    format!(
+                        "weight has {} bytes, expected {}",
+                        p.weight.len(),
+                        p.n * row_bytes
+                    ),
+                ));
             }
             if srow > 0 && (p.scales.len() != p.n * srow || p.biases.len() != p.n * srow) {
-                return Err(bad(pname, format!("scales/biases have {}/{} bytes, expected {} each", p.scales.len(), p.biases.len(), p.n * srow)));
+                return Err(bad(
+                    pname,
+                    format!(
+                        "scales/biases have {}/{} bytes, expected {} each",
+                        p.scales.len(),
+                        p.biases.len(),
+                        p.n * srow
+                    ),
+                ));
             }
         }
         let n: usize = parts.iter().map(|(_, p)| p.n).sum();
@@ -137,11 +189,19 @@ impl Matrix {
         // Multiple of 8 rows: keeps 16-bit scale rows word-aligned and the matmul row tiles whole.
         let mut per = ((cap / widest.max(1)) as usize / 8) * 8;
         if per == 0 {
-            return Err(GpuError::TooLarge { what: format!("one row of {name}"), needed: widest * 8, limit: cap });
+            return Err(GpuError::TooLarge {
+                what: format!("one row of {name}"),
+                needed: widest * 8,
+                limit: cap,
+            });
         }
         per = per.min(n.max(1));
         // Rows [r0, r1) of the stack, `width` bytes each, from the tensor `pick` of every part.
-        let fill = |label: &str, r0: usize, r1: usize, width: usize, pick: fn(&MatrixData<'a>) -> &'a [u8]| {
+        let fill = |label: &str,
+                    r0: usize,
+                    r1: usize,
+                    width: usize,
+                    pick: fn(&MatrixData<'a>) -> &'a [u8]| {
             gpu.storage_with(label, ((r1 - r0) * width) as u64, |write| {
                 if interleave {
                     for r in r0..r1 {
@@ -154,7 +214,10 @@ impl Matrix {
                 for &(_, p) in parts {
                     let (a, b) = (r0.max(start), r1.min(start + p.n));
                     if a < b {
-                        write((a - r0) * width, &pick(p)[(a - start) * width..(b - start) * width]);
+                        write(
+                            (a - r0) * width,
+                            &pick(p)[(a - start) * width..(b - start) * width],
+                        );
                     }
                     start += p.n;
                 }
@@ -164,19 +227,39 @@ impl Matrix {
         let mut r = 0;
         while r < n {
             let rows = per.min(n - r);
-            let label = if n <= per { name.to_string() } else { format!("{name}[{r}..{}]", r + rows) };
+            let label = if n <= per {
+                name.to_string()
+            } else {
+                format!("{name}[{r}..{}]", r + rows)
+            };
             let weight = fill(&label, r, r + rows, row_bytes, |p| p.weight)?;
             let (scales, biases) = if srow > 0 {
                 (
-                    Some(fill(&format!("{label}.scales"), r, r + rows, srow, |p| p.scales)?),
-                    Some(fill(&format!("{label}.biases"), r, r + rows, srow, |p| p.biases)?),
+                    Some(fill(&format!("{label}.scales"), r, r + rows, srow, |p| {
+                        p.scales
+                    })?),
+                    Some(fill(&format!("{label}.biases"), r, r + rows, srow, |p| {
+                        p.biases
+                    })?),
                 )
             } else {
                 (None, None)
             };
-            chunks.push(MatrixChunk { row0: r as u32, rows: rows as u32, weight, scales, biases });
+            chunks.push(MatrixChunk {
+                row0: r as u32,
+                rows: rows as u32,
+                weight,
+                scales,
+                biases,
+            });
             r += rows;
         }
-        Ok(Matrix { name: name.to_string(), n: n as u32, k: k as u32, format, chunks })
+        Ok(Matrix {
+            name: name.to_string(),
+            n: n as u32,
+            k: k as u32,
+            format,
+            chunks,
+        })
     }
 }

@@ -24,7 +24,11 @@ pub struct Act<'a> {
 
 impl<'a> Act<'a> {
     pub fn new(buf: &'a GpuBuffer, stride: u32) -> Self {
-        Act { buf, stride, col: 0 }
+        Act {
+            buf,
+            stride,
+            col: 0,
+        }
     }
     pub fn at(buf: &'a GpuBuffer, stride: u32, col: u32) -> Self {
         Act { buf, stride, col }
@@ -37,7 +41,11 @@ pub fn all_formats() -> Vec<crate::quant::WeightFormat> {
     let mut v = Vec::new();
     for bits in [4, 8] {
         for scale in [F32, F16, BF16] {
-            v.push(WeightFormat::Affine { bits, group: 64, scale });
+            v.push(WeightFormat::Affine {
+                bits,
+                group: 64,
+                scale,
+            });
         }
     }
     for t in [F32, F16, BF16] {

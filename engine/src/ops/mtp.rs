@@ -15,16 +15,30 @@ pub enum Stage {
 }
 
 pub fn defines(stage: Stage) -> Defines {
-    Defines::new().flag("FIRST", stage == Stage::First).flag("SELECT", stage == Stage::Select).flag("SAMPLED", stage == Stage::Sampled)
+    Defines::new()
+        .flag("FIRST", stage == Stage::First)
+        .flag("SELECT", stage == Stage::Select)
+        .flag("SAMPLED", stage == Stage::Sampled)
 }
 
 pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
-    [Stage::First, Stage::Verify, Stage::Sampled, Stage::Select].iter().map(|s| ("mtp_accept.wgsl", defines(*s))).collect()
+    [Stage::First, Stage::Verify, Stage::Sampled, Stage::Select]
+        .iter()
+        .map(|s| ("mtp_accept.wgsl", defines(*s)))
+        .collect()
 }
 
 /// `src` is the backbone's `out_ids` (First/Verify) or the MTP head's ids (Select); `mtp_ids`
 /// is only bound for First/Verify.
-pub async fn accept(gpu: &Gpu, stage: Stage, ids: &GpuBuffer, result: &GpuBuffer, src: &GpuBuffer, mtp_ids: &GpuBuffer, step: StepSlot<'_>) -> Result<Dispatch, GpuError> {
+pub async fn accept(
+    gpu: &Gpu,
+    stage: Stage,
+    ids: &GpuBuffer,
+    result: &GpuBuffer,
+    src: &GpuBuffer,
+    mtp_ids: &GpuBuffer,
+    step: StepSlot<'_>,
+) -> Result<Dispatch, GpuError> {
     let p = gpu.pipeline("mtp_accept.wgsl", &defines(stage)).await?;
     let mut res = vec![step.binding(), ids.whole(), result.whole(), src.whole()];
     if stage != Stage::Select {

@@ -65,7 +65,9 @@
 use std::sync::Mutex;
 
 use crate::decode::sampler::{SamplingError, SamplingParams, HISTORY_RING, MAX_TOP_LOGPROBS};
-use crate::gpu::{Defines, Dispatch, Gpu, GpuBuffer, GpuError, Grid, ParamStruct, Rows, StepShape, StepSlot};
+use crate::gpu::{
+    Defines, Dispatch, Gpu, GpuBuffer, GpuError, Grid, ParamStruct, Rows, StepShape, StepSlot,
+};
 
 crate::gpu_struct! {
     /// Per-request parameters (derived on the host, see `SamplingParams::derived`).
@@ -179,7 +181,15 @@ impl ScratchLayout {
         let fin = cut + rounds * 8;
         let acc = fin + n_blocks * 4;
         let row_words = acc + 8 + n_blocks * 4;
-        ScratchLayout { stats, topn, hist, cut, fin, acc, row_words }
+        ScratchLayout {
+            stats,
+            topn,
+            hist,
+            cut,
+            fin,
+            acc,
+            row_words,
+        }
     }
 }
 
@@ -246,7 +256,9 @@ pub fn parse_results(words: &[u32], rows: usize) -> Vec<RowResult> {
                 max: f(5),
                 z: f(6),
                 draw: w[7],
-                top: (0..n).map(|i| (w[8 + i], f(8 + TOP_MAX as usize + i))).collect(),
+                top: (0..n)
+                    .map(|i| (w[8 + i], f(8 + TOP_MAX as usize + i)))
+                    .collect(),
             }
         })
         .collect()
@@ -270,7 +282,15 @@ pub fn parse_accept(words: &[u32], rows: usize) -> Vec<AcceptResult> {
     (0..rows)
         .map(|r| {
             let w = &words[r * ACCEPT_WORDS as usize..(r + 1) * ACCEPT_WORDS as usize];
-            AcceptResult { accepted: w[0] != 0, n_emit: w[1], tokens: [w[2], w[3]], ratio: f32::from_bits(w[4]), u: f32::from_bits(w[5]), draw: w[6], next: w[7] }
+            AcceptResult {
+                accepted: w[0] != 0,
+                n_emit: w[1],
+                tokens: [w[2], w[3]],
+                ratio: f32::from_bits(w[4]),
+                u: f32::from_bits(w[5]),
+                draw: w[6],
+                next: w[7],
+            }
         })
         .collect()
 }
@@ -317,15 +337,28 @@ fn defines(base: &Defines, bits: u32, pass: Pass) -> Defines {
         Pass::Stats => d.flag("PASS_STATS", true),
         Pass::Round(k) => {
             let (s, w) = rounds[k as usize];
-            let d = d.flag("PASS_ROUND", true).flag("MERGE_STATS", true).set("R_INDEX", k).set("R_SHIFT", s).set("R_WIDTH", w);
+            let d = d
+                .flag("PASS_ROUND", true)
+                .flag("MERGE_STATS", true)
+                .set("R_INDEX", k)
+                .set("R_SHIFT", s)
+                .set("R_WIDTH", w);
             if k == 0 {
                 d.flag("FIRST", true)
             } else {
                 prev(d.flag("RESOLVE", true), k - 1)
             }
         }
-        Pass::Final => prev(d.flag("PASS_FINAL", true).flag("MERGE_STATS", true).flag("RESOLVE", true), last),
-        Pass::Finish => d.flag("PASS_FINISH", true).flag("MERGE_STATS", true).flag("COMMIT", true),
+        Pass::Final => prev(
+            d.flag("PASS_FINAL", true)
+                .flag("MERGE_STATS", true)
+                .flag("RESOLVE", true),
+            last,
+        ),
+        Pass::Finish => d
+            .flag("PASS_FINISH", true)
+            .flag("MERGE_STATS", true)
+            .flag("COMMIT", true),
         Pass::Init => d.flag("PASS_INIT", true),
         Pass::AcceptBlocks => d.flag("PASS_ACCEPT_BLOCKS", true),
         Pass::AcceptFinish => d.flag("PASS_ACCEPT_FINISH", true).flag("COMMIT", true),
@@ -336,7 +369,13 @@ fn defines(base: &Defines, bits: u32, pass: Pass) -> Defines {
 fn all_passes(bits: u32) -> Vec<Pass> {
     let mut v = vec![Pass::Stats];
     v.extend((0..rounds_for(bits).len() as u32).map(Pass::Round));
-    v.extend([Pass::Final, Pass::Finish, Pass::Init, Pass::AcceptBlocks, Pass::AcceptFinish]);
+    v.extend([
+        Pass::Final,
+        Pass::Finish,
+        Pass::Init,
+        Pass::AcceptBlocks,
+        Pass::AcceptFinish,
+    ]);
     v
 }
 
@@ -387,10 +426,20 @@ impl Sampler {
         Self::with_options(gpu, vocab, max_rows, SamplerOptions::default()).await
     }
 
-    pub async fn with_options(gpu: &Gpu, vocab: u32, max_rows: u32, opts: SamplerOptions) -> Result<Sampler, GpuError> {
-        let bad = |m: String| GpuError::Validation { context: "sampler".into(), message: m };
+    pub async fn with_options(
+        gpu: &Gpu,
+        vocab: u32,
+        max_rows: u32,
+        opts: SamplerOptions,
+    ) -> Result<Sampler, GpuError> {
+        let bad = |m: String| GpuError::Validation {
+            context: "sampler".into(),
+            message: m,
+        };
         if vocab == 0 || max_rows == 0 {
-            return Err(bad(format!("vocab ({vocab}) and max_rows ({max_rows}) must be positive")));
+            return Err(bad(format!(
+                "vocab ({vocab}) and max_rows ({max_rows}) must be positive"
+            )));
         }
         let block = opts.block.unwrap_or(DEFAULT_BLOCK).max(1);
         let radix_bits = match opts.radix_bits {
@@ -408,26 +457,67 @@ impl Sampler {
         let rounds = rounds_for(radix_bits).len() as u32;
         let layout = ScratchLayout::new(n_blocks, rounds, 1 << radix_bits);
         let rows_v = max_rows as u64 * vocab as u64 * 4;
-        for (what, bytes) in [("sampler work / probs rows", rows_v + max_rows as u64 * 4), ("sampler scratch", layout.row_words as u64 * max_rows as u64 * 4)] {
+        for (what, bytes) in [
+            ("sampler work / probs rows", rows_v + max_rows as u64 * 4),
+            (
+                "sampler scratch",
+                layout.row_words as u64 * max_rows as u64 * 4,
+            ),
+        ] {
             if bytes > gpu.caps.max_binding {
-                return Err(GpuError::TooLarge { what: what.into(), needed: bytes, limit: gpu.caps.max_binding });
+                return Err(GpuError::TooLarge {
+                    what: what.into(),
+                    needed: bytes,
+                    limit: gpu.caps.max_binding,
+                });
             }
         }
         let so = Self::offsets(vocab);
         let req = gpu.uniform("sample.req", &SampleReq::default());
         let state = gpu.storage("sample.state", so.words as u64 * 4)?;
         let work = gpu.storage("sample.work", rows_v)?;
-        let scratch = gpu.storage("sample.scratch", layout.row_words as u64 * max_rows as u64 * 4)?;
+        let scratch = gpu.storage(
+            "sample.scratch",
+            layout.row_words as u64 * max_rows as u64 * 4,
+        )?;
         let results = gpu.storage("sample.results", (RESULT_WORDS * max_rows) as u64 * 4)?;
         let accept_out = gpu.storage("sample.accept_out", (ACCEPT_WORDS * max_rows) as u64 * 4)?;
         let dummy = gpu.storage("sample.none", 16)?;
         let bits_defines = gpu.base_defines();
         let cfg = Self::cfg_base(vocab, block, n_blocks, rounds, &layout, max_rows);
         let u = gpu.uniform("sample.init.cfg", &cfg);
-        let p = gpu.pipeline("sample.wgsl", &defines(&bits_defines, radix_bits, Pass::Init)).await?;
-        let init = gpu.dispatch("sample.init", &p, &[req.whole(), u.whole(), state.whole()], Grid::fixed(1));
-        let s = Sampler { vocab, max_rows, block, n_blocks, radix_bits, layout, req, state, work, scratch, results, accept_out, dummy, bits_defines, init, host: Mutex::new(SamplingParams::default()) };
-        s.set_params(gpu, &SamplingParams::default()).map_err(|e| bad(e.to_string()))?;
+        let p = gpu
+            .pipeline(
+                "sample.wgsl",
+                &defines(&bits_defines, radix_bits, Pass::Init),
+            )
+            .await?;
+        let init = gpu.dispatch(
+            "sample.init",
+            &p,
+            &[req.whole(), u.whole(), state.whole()],
+            Grid::fixed(1),
+        );
+        let s = Sampler {
+            vocab,
+            max_rows,
+            block,
+            n_blocks,
+            radix_bits,
+            layout,
+            req,
+            state,
+            work,
+            scratch,
+            results,
+            accept_out,
+            dummy,
+            bits_defines,
+            init,
+            host: Mutex::new(SamplingParams::default()),
+        };
+        s.set_params(gpu, &SamplingParams::default())
+            .map_err(|e| bad(e.to_string()))?;
         Ok(s)
     }
 
@@ -437,7 +527,13 @@ impl Sampler {
         let rep = ring + HISTORY_RING;
         let gen = rep + vocab;
         let bias = gen + vocab;
-        StateOffsets { ring, rep, gen, bias, words: bias + vocab }
+        StateOffsets {
+            ring,
+            rep,
+            gen,
+            bias,
+            words: bias + vocab,
+        }
     }
 
     pub fn state_offsets(&self) -> StateOffsets {
@@ -449,7 +545,14 @@ impl Sampler {
         rounds_for(self.radix_bits).len() as u32
     }
 
-    fn cfg_base(vocab: u32, block: u32, n_blocks: u32, rounds: u32, l: &ScratchLayout, max_rows: u32) -> SampleCfg {
+    fn cfg_base(
+        vocab: u32,
+        block: u32,
+        n_blocks: u32,
+        rounds: u32,
+        l: &ScratchLayout,
+        max_rows: u32,
+    ) -> SampleCfg {
         let so = Self::offsets(vocab);
         SampleCfg {
             vocab,
@@ -474,11 +577,26 @@ impl Sampler {
     }
 
     fn cfg(&self) -> SampleCfg {
-        Self::cfg_base(self.vocab, self.block, self.n_blocks, self.rounds(), &self.layout, self.max_rows)
+        Self::cfg_base(
+            self.vocab,
+            self.block,
+            self.n_blocks,
+            self.rounds(),
+            &self.layout,
+            self.max_rows,
+        )
     }
 
-    async fn pipeline(&self, gpu: &Gpu, pass: Pass) -> Result<std::sync::Arc<wgpu::ComputePipeline>, GpuError> {
-        gpu.pipeline("sample.wgsl", &defines(&self.bits_defines, self.radix_bits, pass)).await
+    async fn pipeline(
+        &self,
+        gpu: &Gpu,
+        pass: Pass,
+    ) -> Result<std::sync::Arc<wgpu::ComputePipeline>, GpuError> {
+        gpu.pipeline(
+            "sample.wgsl",
+            &defines(&self.bits_defines, self.radix_bits, pass),
+        )
+        .await
     }
 
     /// Bytes of a probs buffer for this sampler.
@@ -520,10 +638,15 @@ impl Sampler {
             seed_hi: (p.seed >> 32) as u32,
             top_n: p.top_logprobs,
         };
-        gpu.queue.write_buffer(&self.req.buf, 0, &req.padded_bytes());
+        gpu.queue
+            .write_buffer(&self.req.buf, 0, &req.padded_bytes());
         if d.bias {
             let b = p.dense_bias(self.vocab);
-            gpu.queue.write_buffer(&self.state.buf, self.state_offsets().bias as u64 * 4, bytemuck::cast_slice(&b));
+            gpu.queue.write_buffer(
+                &self.state.buf,
+                self.state_offsets().bias as u64 * 4,
+                bytemuck::cast_slice(&b),
+            );
         }
         if let Ok(mut h) = self.host.lock() {
             *h = p.clone();
@@ -534,9 +657,20 @@ impl Sampler {
     /// Loads `prompt_ids` as the history (prompt tokens count for the repetition window, not as
     /// generated) and resets the draw counter; records into `enc` (the header and ring are
     /// written with `queue.write_buffer`, which lands before `enc`'s commands when submitted).
-    pub fn record_reset_history(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, prompt_ids: &[u32]) -> Result<(), SamplingError> {
+    pub fn record_reset_history(
+        &self,
+        gpu: &Gpu,
+        enc: &mut wgpu::CommandEncoder,
+        prompt_ids: &[u32],
+    ) -> Result<(), SamplingError> {
         if let Some(&id) = prompt_ids.iter().find(|&&t| t >= self.vocab) {
-            return Err(SamplingError { field: "prompt", message: format!("token id {id} is outside the vocabulary (size {})", self.vocab) });
+            return Err(SamplingError {
+                field: "prompt",
+                message: format!(
+                    "token id {id} is outside the vocabulary (size {})",
+                    self.vocab
+                ),
+            });
         }
         let so = self.state_offsets();
         let len = prompt_ids.len();
@@ -546,16 +680,35 @@ impl Sampler {
         for (pos, &t) in prompt_ids.iter().enumerate().skip(len.saturating_sub(ring)) {
             head[STATE_HEADER as usize + pos % ring] = t;
         }
-        gpu.queue.write_buffer(&self.state.buf, 0, bytemuck::cast_slice(&head));
-        enc.clear_buffer(&self.state.buf, so.rep as u64 * 4, Some(2 * self.vocab as u64 * 4));
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("sample.reset"), timestamp_writes: None });
-        self.init.record(&mut pass, StepShape { n_tokens: 1, n_out: 1 }, gpu.caps.max_workgroups_per_dim);
+        gpu.queue
+            .write_buffer(&self.state.buf, 0, bytemuck::cast_slice(&head));
+        enc.clear_buffer(
+            &self.state.buf,
+            so.rep as u64 * 4,
+            Some(2 * self.vocab as u64 * 4),
+        );
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("sample.reset"),
+            timestamp_writes: None,
+        });
+        self.init.record(
+            &mut pass,
+            StepShape {
+                n_tokens: 1,
+                n_out: 1,
+            },
+            gpu.caps.max_workgroups_per_dim,
+        );
         Ok(())
     }
 
     /// [`Sampler::record_reset_history`] in its own submission.
     pub fn reset_history(&self, gpu: &Gpu, prompt_ids: &[u32]) -> Result<(), SamplingError> {
-        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sample.reset") });
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("sample.reset"),
+            });
         self.record_reset_history(gpu, &mut enc, prompt_ids)?;
         gpu.queue.submit([enc.finish()]);
         Ok(())
@@ -579,27 +732,66 @@ impl Sampler {
 
     /// Sampling of the step's `n_out` logits rows into `out_ids[r]`, the sampler's `results`, and
     /// the history (commit). Built once at load; the token loop only records it.
-    pub async fn dispatches(&self, gpu: &Gpu, logits: &GpuBuffer, out_ids: &GpuBuffer, step: StepSlot<'_>) -> Result<Vec<Dispatch>, GpuError> {
-        self.dispatches_with(gpu, logits, out_ids, step, &SampleIo { commit: true, ..Default::default() }).await
+    pub async fn dispatches(
+        &self,
+        gpu: &Gpu,
+        logits: &GpuBuffer,
+        out_ids: &GpuBuffer,
+        step: StepSlot<'_>,
+    ) -> Result<Vec<Dispatch>, GpuError> {
+        self.dispatches_with(
+            gpu,
+            logits,
+            out_ids,
+            step,
+            &SampleIo {
+                commit: true,
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// As [`Sampler::dispatches`], with the outputs chosen by `io`.
-    pub async fn dispatches_with(&self, gpu: &Gpu, logits: &GpuBuffer, out_ids: &GpuBuffer, step: StepSlot<'_>, io: &SampleIo<'_>) -> Result<Vec<Dispatch>, GpuError> {
-        let bad = |m: String| GpuError::Validation { context: "sampler".into(), message: m };
+    pub async fn dispatches_with(
+        &self,
+        gpu: &Gpu,
+        logits: &GpuBuffer,
+        out_ids: &GpuBuffer,
+        step: StepSlot<'_>,
+        io: &SampleIo<'_>,
+    ) -> Result<Vec<Dispatch>, GpuError> {
+        let bad = |m: String| GpuError::Validation {
+            context: "sampler".into(),
+            message: m,
+        };
         if logits.size < self.vocab as u64 * 4 {
-            return Err(bad(format!("logits buffer of {} bytes is smaller than one row of {} logits", logits.size, self.vocab)));
+            return Err(bad(format!(
+                "logits buffer of {} bytes is smaller than one row of {} logits",
+                logits.size, self.vocab
+            )));
         }
         if let Some(p) = io.probs {
             if p.size < self.probs_bytes() {
-                return Err(bad(format!("probs buffer of {} bytes, {} needed (use Sampler::probs_buffer)", p.size, self.probs_bytes())));
+                return Err(bad(format!(
+                    "probs buffer of {} bytes, {} needed (use Sampler::probs_buffer)",
+                    p.size,
+                    self.probs_bytes()
+                )));
             }
         }
         let results = io.results.unwrap_or(&self.results);
         if results.size < (self.max_rows * RESULT_WORDS) as u64 * 4 {
-            return Err(bad(format!("results buffer of {} bytes, {} needed", results.size, self.max_rows * RESULT_WORDS * 4)));
+            return Err(bad(format!(
+                "results buffer of {} bytes, {} needed",
+                results.size,
+                self.max_rows * RESULT_WORDS * 4
+            )));
         }
         let mut cfg = self.cfg();
-        cfg.rows_cap = self.max_rows.min((logits.size / (self.vocab as u64 * 4)) as u32);
+        cfg.rows_cap = self
+            .max_rows
+            .min((logits.size / (self.vocab as u64 * 4)) as u32);
         cfg.id_offset = io.id_offset;
         cfg.ids_cap = (out_ids.size / 4) as u32;
         cfg.commit = io.commit as u32;
@@ -615,26 +807,72 @@ impl Sampler {
         cfg.ctx_len = (ctx.size / 4) as u32;
         let probs = io.probs.unwrap_or(&self.dummy);
         let u = gpu.uniform("sample.cfg", &cfg);
-        let blocks = Grid { groups: self.n_blocks, rows: Rows::Out, tile: 1 };
+        let blocks = Grid {
+            groups: self.n_blocks,
+            rows: Rows::Out,
+            tile: 1,
+        };
         let mut v = Vec::new();
         let p = self.pipeline(gpu, Pass::Stats).await?;
         v.push(gpu.dispatch(
             "sample.stats",
             &p,
-            &[self.req.whole(), u.whole(), step.binding(), logits.whole(), ctx.whole(), self.state.whole(), self.work.whole(), self.scratch.whole()],
+            &[
+                self.req.whole(),
+                u.whole(),
+                step.binding(),
+                logits.whole(),
+                ctx.whole(),
+                self.state.whole(),
+                self.work.whole(),
+                self.scratch.whole(),
+            ],
             blocks,
         ));
         for k in 0..self.rounds() {
             let p = self.pipeline(gpu, Pass::Round(k)).await?;
-            v.push(gpu.dispatch(format!("sample.round{k}"), &p, &[self.req.whole(), u.whole(), step.binding(), self.work.whole(), self.scratch.whole()], blocks));
+            v.push(gpu.dispatch(
+                format!("sample.round{k}"),
+                &p,
+                &[
+                    self.req.whole(),
+                    u.whole(),
+                    step.binding(),
+                    self.work.whole(),
+                    self.scratch.whole(),
+                ],
+                blocks,
+            ));
         }
         let p = self.pipeline(gpu, Pass::Final).await?;
-        v.push(gpu.dispatch("sample.final", &p, &[self.req.whole(), u.whole(), step.binding(), self.work.whole(), self.scratch.whole(), probs.whole()], blocks));
+        v.push(gpu.dispatch(
+            "sample.final",
+            &p,
+            &[
+                self.req.whole(),
+                u.whole(),
+                step.binding(),
+                self.work.whole(),
+                self.scratch.whole(),
+                probs.whole(),
+            ],
+            blocks,
+        ));
         let p = self.pipeline(gpu, Pass::Finish).await?;
         v.push(gpu.dispatch(
             "sample.finish",
             &p,
-            &[self.req.whole(), u.whole(), step.binding(), self.work.whole(), self.state.whole(), self.scratch.whole(), probs.whole(), out_ids.whole(), results.whole()],
+            &[
+                self.req.whole(),
+                u.whole(),
+                step.binding(),
+                self.work.whole(),
+                self.state.whole(),
+                self.scratch.whole(),
+                probs.whole(),
+                out_ids.whole(),
+                results.whole(),
+            ],
             Grid::per_out(1, 1),
         ));
         Ok(v)
@@ -643,22 +881,42 @@ impl Sampler {
     /// The speculative accept test (spec §7.3 B.3/B.5): per row, accept the drafted id d with
     /// probability min(1, p(d)/q(d)), else draw from normalize(max(p − q, 0)) (p when that is all
     /// zero); results in `accept_out`. Both probs buffers come from [`Sampler::probs_buffer`].
-    pub async fn accept_dispatches(&self, gpu: &Gpu, io: &AcceptIo<'_>) -> Result<Vec<Dispatch>, GpuError> {
-        let bad = |m: String| GpuError::Validation { context: "sampler accept".into(), message: m };
+    pub async fn accept_dispatches(
+        &self,
+        gpu: &Gpu,
+        io: &AcceptIo<'_>,
+    ) -> Result<Vec<Dispatch>, GpuError> {
+        let bad = |m: String| GpuError::Validation {
+            context: "sampler accept".into(),
+            message: m,
+        };
         if io.rows == 0 || io.rows > self.max_rows {
-            return Err(bad(format!("rows must be in [1, {}], got {}", self.max_rows, io.rows)));
+            return Err(bad(format!(
+                "rows must be in [1, {}], got {}",
+                self.max_rows, io.rows
+            )));
         }
         if io.target_row + io.rows > self.max_rows || io.draft_row + io.rows > self.max_rows {
-            return Err(bad(format!("probs rows out of range (max_rows {})", self.max_rows)));
+            return Err(bad(format!(
+                "probs rows out of range (max_rows {})",
+                self.max_rows
+            )));
         }
         for b in [io.target, io.draft] {
             if b.size < self.probs_bytes() {
-                return Err(bad(format!("probs buffer of {} bytes, {} needed", b.size, self.probs_bytes())));
+                return Err(bad(format!(
+                    "probs buffer of {} bytes, {} needed",
+                    b.size,
+                    self.probs_bytes()
+                )));
             }
         }
         for (what, (b, off)) in [("draft_id", io.draft_id), ("bonus_id", io.bonus_id)] {
             if (off as u64 + io.rows as u64) * 4 > b.size {
-                return Err(bad(format!("{what}: {} ids at offset {off} do not fit a buffer of {} bytes", io.rows, b.size)));
+                return Err(bad(format!(
+                    "{what}: {} ids at offset {off} do not fit a buffer of {} bytes",
+                    io.rows, b.size
+                )));
             }
         }
         let mut cfg = self.cfg();
@@ -677,13 +935,29 @@ impl Sampler {
             gpu.dispatch(
                 "sample.accept.blocks",
                 &pb,
-                &[self.req.whole(), u.whole(), self.state.whole(), io.target.whole(), io.draft.whole(), io.draft_id.0.whole(), self.scratch.whole()],
+                &[
+                    self.req.whole(),
+                    u.whole(),
+                    self.state.whole(),
+                    io.target.whole(),
+                    io.draft.whole(),
+                    io.draft_id.0.whole(),
+                    self.scratch.whole(),
+                ],
                 Grid::fixed(self.n_blocks * io.rows),
             ),
             gpu.dispatch(
                 "sample.accept.finish",
                 &pf,
-                &[self.req.whole(), u.whole(), self.state.whole(), io.draft_id.0.whole(), io.bonus_id.0.whole(), self.scratch.whole(), self.accept_out.whole()],
+                &[
+                    self.req.whole(),
+                    u.whole(),
+                    self.state.whole(),
+                    io.draft_id.0.whole(),
+                    io.bonus_id.0.whole(),
+                    self.scratch.whole(),
+                    self.accept_out.whole(),
+                ],
                 Grid::fixed(io.rows),
             ),
         ])
@@ -691,13 +965,25 @@ impl Sampler {
 
     /// Reads `rows` rows of the sampler's results buffer (after the submitted work completes).
     pub async fn read_results(&self, gpu: &Gpu, rows: u32) -> Result<Vec<RowResult>, GpuError> {
-        let w = gpu.read_u32(&self.results.buf, 0, (rows.min(self.max_rows) * RESULT_WORDS) as usize).await?;
+        let w = gpu
+            .read_u32(
+                &self.results.buf,
+                0,
+                (rows.min(self.max_rows) * RESULT_WORDS) as usize,
+            )
+            .await?;
         Ok(parse_results(&w, rows.min(self.max_rows) as usize))
     }
 
     /// Reads `rows` rows of the accept output.
     pub async fn read_accept(&self, gpu: &Gpu, rows: u32) -> Result<Vec<AcceptResult>, GpuError> {
-        let w = gpu.read_u32(&self.accept_out.buf, 0, (rows.min(self.max_rows) * ACCEPT_WORDS) as usize).await?;
+        let w = gpu
+            .read_u32(
+                &self.accept_out.buf,
+                0,
+                (rows.min(self.max_rows) * ACCEPT_WORDS) as usize,
+            )
+            .await?;
         Ok(parse_accept(&w, rows.min(self.max_rows) as usize))
     }
 

@@ -14,14 +14,36 @@ crate::gpu_struct! {
 const WG: u32 = 256;
 
 /// `gu` holds [T, 2·dim] rows: gate at column 0, up at column `dim`; a is [T, dim].
-pub async fn swiglu(gpu: &Gpu, dim: u32, gu: &GpuBuffer, a: &GpuBuffer, step: StepSlot<'_>) -> Result<Dispatch, GpuError> {
-    let pipeline = gpu.pipeline("swiglu.wgsl", &defines(&gpu.base_defines())).await?;
-    let u = gpu.uniform("swiglu.params", &SwigluParams { dim, gu_stride: 2 * dim, gate_col: 0, up_col: dim });
-    Ok(gpu.dispatch("swiglu", &pipeline, &[u.whole(), step.binding(), gu.whole(), a.whole()], Grid::per_token(dim.div_ceil(WG))))
+pub async fn swiglu(
+    gpu: &Gpu,
+    dim: u32,
+    gu: &GpuBuffer,
+    a: &GpuBuffer,
+    step: StepSlot<'_>,
+) -> Result<Dispatch, GpuError> {
+    let pipeline = gpu
+        .pipeline("swiglu.wgsl", &defines(&gpu.base_defines()))
+        .await?;
+    let u = gpu.uniform(
+        "swiglu.params",
+        &SwigluParams {
+            dim,
+            gu_stride: 2 * dim,
+            gate_col: 0,
+            up_col: dim,
+        },
+    );
+    Ok(gpu.dispatch(
+        "swiglu",
+        &pipeline,
+        &[u.whole(), step.binding(), gu.whole(), a.whole()],
+        Grid::per_token(dim.div_ceil(WG)),
+    ))
 }
 
 pub fn defines(base: &Defines) -> Defines {
-    base.clone().set("PARAMS", <SwigluParams as crate::gpu::ParamStruct>::WGSL)
+    base.clone()
+        .set("PARAMS", <SwigluParams as crate::gpu::ParamStruct>::WGSL)
 }
 
 pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {

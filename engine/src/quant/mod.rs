@@ -35,7 +35,11 @@ impl FloatType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum WeightFormat {
     /// MLX affine: codes of `bits` bits, one scale and one bias (of type `scale`) per `group` weights.
-    Affine { bits: u32, group: u32, scale: FloatType },
+    Affine {
+        bits: u32,
+        group: u32,
+        scale: FloatType,
+    },
     /// Unquantized.
     Dense(FloatType),
 }
@@ -51,13 +55,17 @@ impl WeightFormat {
     /// Average bits per weight including scales and biases.
     pub fn bits_per_weight(&self) -> f64 {
         match *self {
-            WeightFormat::Affine { bits, group, scale } => bits as f64 + 2.0 * 8.0 * scale.size() as f64 / group as f64,
+            WeightFormat::Affine { bits, group, scale } => {
+                bits as f64 + 2.0 * 8.0 * scale.size() as f64 / group as f64
+            }
             WeightFormat::Dense(t) => 8.0 * t.size() as f64,
         }
     }
     pub fn describe(&self) -> String {
         match *self {
-            WeightFormat::Affine { bits, group, scale } => format!("affine {bits}-bit, group {group}, {} scales", scale.name()),
+            WeightFormat::Affine { bits, group, scale } => {
+                format!("affine {bits}-bit, group {group}, {} scales", scale.name())
+            }
             WeightFormat::Dense(t) => format!("dense {}", t.name()),
         }
     }
@@ -66,9 +74,18 @@ impl WeightFormat {
 /// Decodes float values of type `t` from little-endian bytes.
 pub fn decode_floats(t: FloatType, bytes: &[u8]) -> Vec<f32> {
     match t {
-        FloatType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        FloatType::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        FloatType::BF16 => bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        FloatType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        FloatType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        FloatType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
     }
 }
 
@@ -76,8 +93,14 @@ pub fn decode_floats(t: FloatType, bytes: &[u8]) -> Vec<f32> {
 pub fn encode_floats(t: FloatType, values: &[f32]) -> Vec<u8> {
     match t {
         FloatType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        FloatType::F16 => values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
-        FloatType::BF16 => values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
+        FloatType::F16 => values
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        FloatType::BF16 => values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
     }
 }
 
@@ -109,8 +132,17 @@ pub fn pack_codes(codes: &[u32], bits: u32) -> Vec<u32> {
 }
 
 /// Dequantizes one row: `codes` holds the row's packed words, `scales`/`biases` its groups.
-pub fn dequantize_row(codes: &[u32], scales: &[f32], biases: &[f32], bits: u32, group: usize, k: usize) -> Vec<f32> {
-    (0..k).map(|j| scales[j / group] * code_at(codes, bits, j) as f32 + biases[j / group]).collect()
+pub fn dequantize_row(
+    codes: &[u32],
+    scales: &[f32],
+    biases: &[f32],
+    bits: u32,
+    group: usize,
+    k: usize,
+) -> Vec<f32> {
+    (0..k)
+        .map(|j| scales[j / group] * code_at(codes, bits, j) as f32 + biases[j / group])
+        .collect()
 }
 
 /// MLX's affine quantizer for one row (spec §3.1), used to make test data with the real format:
@@ -130,7 +162,11 @@ pub fn quantize_row(w: &[f32], bits: u32, group: usize) -> (Vec<u32>, Vec<f32>, 
         }
         let edge = if mask { w_min } else { w_max };
         let q0 = (edge / scale).round_ties_even();
-        let (scale, bias) = if q0 != 0.0 { (edge / q0, edge) } else { (scale, 0.0) };
+        let (scale, bias) = if q0 != 0.0 {
+            (edge / q0, edge)
+        } else {
+            (scale, 0.0)
+        };
         for &v in g {
             codes.push(((v - bias) / scale).round_ties_even().clamp(0.0, n_bins) as u32);
         }
@@ -166,7 +202,9 @@ mod tests {
 
     #[test]
     fn quantizer_reconstructs_within_half_step() {
-        let w: Vec<f32> = (0..128).map(|i| ((i as f32) * 0.37).sin() * 0.1 - 0.02).collect();
+        let w: Vec<f32> = (0..128)
+            .map(|i| ((i as f32) * 0.37).sin() * 0.1 - 0.02)
+            .collect();
         for bits in [4u32, 8] {
             let (codes, s, b) = quantize_row(&w, bits, 64);
             let back = dequantize_row(&codes, &s, &b, bits, 64, 128);

@@ -41,13 +41,23 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(gpu: &Gpu, cfg: &ModelConfig, max_ctx: u32, with_mtp: bool) -> Result<State, GpuError> {
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        max_ctx: u32,
+        with_mtp: bool,
+    ) -> Result<State, GpuError> {
         let kv_row = (cfg.num_key_value_heads * cfg.head_dim * 4) as u64;
         let kv = |name: &str| -> Result<KvCache, GpuError> {
-            Ok(KvCache { k: gpu.storage(&format!("{name}.k"), kv_row * max_ctx as u64)?, v: gpu.storage(&format!("{name}.v"), kv_row * max_ctx as u64)? })
+            Ok(KvCache {
+                k: gpu.storage(&format!("{name}.k"), kv_row * max_ctx as u64)?,
+                v: gpu.storage(&format!("{name}.v"), kv_row * max_ctx as u64)?,
+            })
         };
         let conv_bytes = ((cfg.linear_conv_kernel_dim - 1) * cfg.conv_dim() * 4) as u64;
-        let ssm_bytes = (cfg.linear_num_value_heads * cfg.linear_value_head_dim * cfg.linear_key_head_dim * 4) as u64;
+        let ssm_bytes =
+            (cfg.linear_num_value_heads * cfg.linear_value_head_dim * cfg.linear_key_head_dim * 4)
+                as u64;
         let mut layers = Vec::with_capacity(cfg.layers.len());
         for (i, k) in cfg.layers.iter().enumerate() {
             layers.push(match k {
@@ -61,7 +71,13 @@ impl State {
             });
         }
         let mtp = if with_mtp { Some(kv("mtp.kv")?) } else { None };
-        Ok(State { layers, mtp, pos: 0, mtp_pos: 0, max_ctx })
+        Ok(State {
+            layers,
+            mtp,
+            pos: 0,
+            mtp_pos: 0,
+            max_ctx,
+        })
     }
 
     /// Every buffer that carries sequence state (snapshots excluded), in a fixed order.

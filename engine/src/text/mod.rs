@@ -23,7 +23,10 @@ pub enum TextError {
     Io { path: String, message: String },
     /// A tokenizer file (tokenizer.json, a tiktoken file, tokenizer_config.json) is malformed.
     #[error("{source_name}: {message}")]
-    Format { source_name: String, message: String },
+    Format {
+        source_name: String,
+        message: String,
+    },
     /// Encoding text failed.
     #[error("encode: {0}")]
     Encode(String),
@@ -32,14 +35,20 @@ pub enum TextError {
     Decode(String),
     /// The chat template did not compile, or raised while rendering.
     #[error("chat template ({source_name}): {message}")]
-    Template { source_name: String, message: String },
+    Template {
+        source_name: String,
+        message: String,
+    },
     /// The messages, tools or kwargs passed to the chat template are malformed.
     #[error("chat input: {0}")]
     Input(String),
     /// The tokenizer does not belong to the model it is paired with (see
     /// [`Tokenizer::check_model`]).
     #[error("{source_name}: {message}")]
-    ModelMismatch { source_name: String, message: String },
+    ModelMismatch {
+        source_name: String,
+        message: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, TextError>;
@@ -64,6 +73,10 @@ impl Tokenizer {
                 eos.push(*e);
             }
         }
-        stream::StreamConfig { eos_ids: eos, think_ids: c.think.zip(c.think_end), ..Default::default() }
+        stream::StreamConfig {
+            eos_ids: eos,
+            think_ids: c.think.zip(c.think_end),
+            ..Default::default()
+        }
     }
 }

@@ -53,12 +53,20 @@ impl ReasoningSplitter {
     /// `think` / `end_think` are the marker ids; the initial state comes from `prompt`
     /// (see [`initial_channel`]).
     pub fn new(think: u32, end_think: u32, prompt: &[u32]) -> Self {
-        Self { think, end_think, channel: initial_channel(prompt, think, end_think) }
+        Self {
+            think,
+            end_think,
+            channel: initial_channel(prompt, think, end_think),
+        }
     }
 
     /// Starts in the given channel regardless of any prompt.
     pub fn starting_in(think: u32, end_think: u32, channel: Channel) -> Self {
-        Self { think, end_think, channel }
+        Self {
+            think,
+            end_think,
+            channel,
+        }
     }
 
     pub fn channel(&self) -> Channel {

@@ -131,7 +131,10 @@ pub struct Detokenizer {
 
 impl Detokenizer {
     pub fn new(skip_special: bool) -> Self {
-        Self { utf8: Utf8Stream::new(), skip_special }
+        Self {
+            utf8: Utf8Stream::new(),
+            skip_special,
+        }
     }
 
     /// The text that became complete with this token.
@@ -231,7 +234,10 @@ impl StopMatcher {
                 list.push(s.to_string());
             }
         }
-        Self { stops: list, held: String::new() }
+        Self {
+            stops: list,
+            held: String::new(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -249,7 +255,10 @@ impl StopMatcher {
 
     pub fn push(&mut self, text: &str) -> StopCheck {
         if self.stops.is_empty() {
-            return StopCheck { text: text.to_string(), matched: None };
+            return StopCheck {
+                text: text.to_string(),
+                matched: None,
+            };
         }
         let mut buf = std::mem::take(&mut self.held);
         buf.push_str(text);
@@ -265,12 +274,18 @@ impl StopMatcher {
         }
         if let Some((_, start, i)) = best {
             buf.truncate(start);
-            return StopCheck { text: buf, matched: Some(i) };
+            return StopCheck {
+                text: buf,
+                matched: Some(i),
+            };
         }
         let keep = self.hold_from(&buf);
         self.held = buf[keep..].to_string();
         buf.truncate(keep);
-        StopCheck { text: buf, matched: None }
+        StopCheck {
+            text: buf,
+            matched: None,
+        }
     }
 
     /// Releases the held-back text (the stream ended or a boundary no stop string spans).
@@ -309,7 +324,10 @@ pub struct StopOptions {
 impl StopOptions {
     /// Qwen3.5/3.6: `<|im_end|>` and `<|endoftext|>`.
     pub fn qwen() -> Self {
-        Self { eos_ids: vec![QWEN_IM_END_ID, QWEN_ENDOFTEXT_ID], ..Self::default() }
+        Self {
+            eos_ids: vec![QWEN_IM_END_ID, QWEN_ENDOFTEXT_ID],
+            ..Self::default()
+        }
     }
 }
 
@@ -359,8 +377,11 @@ impl TextStream {
             return step;
         }
         if self.eos.contains(&id) || self.max_tokens.is_some_and(|m| self.tokens >= m) {
-            let reason =
-                if self.eos.contains(&id) { FinishReason::Stop } else { FinishReason::Length };
+            let reason = if self.eos.contains(&id) {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            };
             return self.finish(Some(reason));
         }
         self.tokens += 1;
@@ -386,7 +407,10 @@ impl TextStream {
     /// generator stopped (e.g. it consumed the EOS id itself); `None` means `Length`.
     pub fn finish(&mut self, ended_by: Option<FinishReason>) -> TextStep {
         if let Some(f) = self.finished {
-            return TextStep { text: String::new(), finished: Some(f) };
+            return TextStep {
+                text: String::new(),
+                finished: Some(f),
+            };
         }
         let tail = self.detok.flush();
         let check = self.stop.push(&tail);
@@ -402,7 +426,10 @@ impl TextStream {
             }
         };
         self.finished = Some(reason);
-        TextStep { text, finished: Some(reason) }
+        TextStep {
+            text,
+            finished: Some(reason),
+        }
     }
 
     pub fn finished(&self) -> Option<FinishReason> {
@@ -581,9 +608,12 @@ impl Delta {
 
     /// The tool-call events of this delta.
     pub fn tool_events(&self) -> impl Iterator<Item = &StreamEvent> {
-        self.events
-            .iter()
-            .filter(|e| !matches!(e, StreamEvent::Content { .. } | StreamEvent::Reasoning { .. }))
+        self.events.iter().filter(|e| {
+            !matches!(
+                e,
+                StreamEvent::Content { .. } | StreamEvent::Reasoning { .. }
+            )
+        })
     }
 
     fn push_text(&mut self, channel: Channel, text: String) {
@@ -650,13 +680,17 @@ impl StreamParser {
     /// `prompt` is the prompt's token ids: the reply starts in reasoning when the prompt's last
     /// `<think>` comes after its last `</think>` (the thinking-mode generation prompt).
     pub fn new(config: StreamConfig, prompt: &[u32]) -> Self {
-        let think = config.think_ids.map(|(t, e)| ReasoningSplitter::new(t, e, prompt));
+        let think = config
+            .think_ids
+            .map(|(t, e)| ReasoningSplitter::new(t, e, prompt));
         Self::build(config, think)
     }
 
     /// Starts in the given channel regardless of any prompt.
     pub fn starting_in(config: StreamConfig, channel: Channel) -> Self {
-        let think = config.think_ids.map(|(t, e)| ReasoningSplitter::starting_in(t, e, channel));
+        let think = config
+            .think_ids
+            .map(|(t, e)| ReasoningSplitter::starting_in(t, e, channel));
         Self::build(config, think)
     }
 
@@ -685,7 +719,9 @@ impl StreamParser {
 
     /// The channel the next token's text goes to.
     pub fn channel(&self) -> Channel {
-        self.think.as_ref().map_or(Channel::Content, |t| t.channel())
+        self.think
+            .as_ref()
+            .map_or(Channel::Content, |t| t.channel())
     }
 
     /// Set once generation should stop (EOS, stop string, max tokens); later pushes do nothing.

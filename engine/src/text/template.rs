@@ -20,7 +20,14 @@ pub const BUILTIN_QWEN3_6: &str = include_str!("qwen3_6_template.jinja");
 pub const BUILTIN_SOURCE: &str = "built-in Qwen3.6 template";
 
 /// The special-token fields of tokenizer_config.json that Hugging Face passes to templates.
-const SPECIAL_TOKEN_FIELDS: [&str; 6] = ["bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token"];
+const SPECIAL_TOKEN_FIELDS: [&str; 6] = [
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "pad_token",
+    "sep_token",
+    "cls_token",
+];
 
 /// A compiled chat template.
 pub struct ChatTemplate {
@@ -34,7 +41,10 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("source", &self.source).field("names", &self.names).finish()
+        f.debug_struct("ChatTemplate")
+            .field("source", &self.source)
+            .field("names", &self.names)
+            .finish()
     }
 }
 
@@ -46,11 +56,17 @@ fn template_err(source: &str, e: &MjError) -> TextError {
         message.push_str(&c.to_string());
         cause = c.source();
     }
-    TextError::Template { source_name: source.to_string(), message }
+    TextError::Template {
+        source_name: source.to_string(),
+        message,
+    }
 }
 
 fn format_err(source_name: &str, message: impl std::fmt::Display) -> TextError {
-    TextError::Format { source_name: source_name.to_string(), message: message.to_string() }
+    TextError::Format {
+        source_name: source_name.to_string(),
+        message: message.to_string(),
+    }
 }
 
 fn new_environment() -> Environment<'static> {
@@ -70,7 +86,10 @@ fn new_environment() -> Environment<'static> {
 }
 
 fn raise_exception(message: String) -> std::result::Result<Value, MjError> {
-    Err(MjError::new(ErrorKind::InvalidOperation, format!("the template raised: {message}")))
+    Err(MjError::new(
+        ErrorKind::InvalidOperation,
+        format!("the template raised: {message}"),
+    ))
 }
 
 impl ChatTemplate {
@@ -84,30 +103,45 @@ impl ChatTemplate {
     /// template exists.
     pub fn from_named(templates: &[(String, String)], source: &str) -> Result<Self> {
         if templates.is_empty() {
-            return Err(TextError::Template { source_name: source.to_string(), message: "no template".to_string() });
+            return Err(TextError::Template {
+                source_name: source.to_string(),
+                message: "no template".to_string(),
+            });
         }
         let mut env = new_environment();
         let mut names = Vec::new();
         for (name, text) in templates {
-            env.add_template_owned(name.clone(), text.clone()).map_err(|e| template_err(source, &e))?;
+            env.add_template_owned(name.clone(), text.clone())
+                .map_err(|e| template_err(source, &e))?;
             names.push(name.clone());
         }
-        Ok(ChatTemplate { env, names, source: source.to_string(), special_tokens: Map::new() })
+        Ok(ChatTemplate {
+            env,
+            names,
+            source: source.to_string(),
+            special_tokens: Map::new(),
+        })
     }
 
     /// The built-in Qwen3.6 template.
     pub fn builtin_qwen3_6() -> Self {
-        let mut t = Self::new(BUILTIN_QWEN3_6, BUILTIN_SOURCE).expect("the built-in template compiles");
-        t.special_tokens.insert("eos_token".into(), Json::from("<|im_end|>"));
-        t.special_tokens.insert("pad_token".into(), Json::from("<|endoftext|>"));
+        let mut t =
+            Self::new(BUILTIN_QWEN3_6, BUILTIN_SOURCE).expect("the built-in template compiles");
+        t.special_tokens
+            .insert("eos_token".into(), Json::from("<|im_end|>"));
+        t.special_tokens
+            .insert("pad_token".into(), Json::from("<|endoftext|>"));
         t
     }
 
     /// The chat template of a tokenizer_config.json text (`chat_template` as a string or as a list
     /// of `{name, template}`), with its special tokens; None when it has no `chat_template`.
     pub fn from_tokenizer_config(json: &str, source: &str) -> Result<Option<Self>> {
-        let cfg: Json = serde_json::from_str(json).map_err(|e| format_err(source, format!("not valid JSON: {e}")))?;
-        let obj = cfg.as_object().ok_or_else(|| format_err(source, "expected a JSON object"))?;
+        let cfg: Json = serde_json::from_str(json)
+            .map_err(|e| format_err(source, format!("not valid JSON: {e}")))?;
+        let obj = cfg
+            .as_object()
+            .ok_or_else(|| format_err(source, "expected a JSON object"))?;
         let templates = match obj.get("chat_template") {
             None | Some(Json::Null) => return Ok(None),
             Some(Json::String(s)) => vec![("default".to_string(), s.clone())],
@@ -123,7 +157,12 @@ impl ChatTemplate {
                 }
                 v
             }
-            Some(_) => return Err(format_err(source, "chat_template must be a string or a list of {name, template}")),
+            Some(_) => {
+                return Err(format_err(
+                    source,
+                    "chat_template must be a string or a list of {name, template}",
+                ))
+            }
         };
         let mut t = Self::from_named(&templates, source)?;
         t.special_tokens = special_tokens_of(obj);
@@ -141,14 +180,18 @@ impl ChatTemplate {
                 return Ok(None);
             }
             let shown = p.display().to_string();
-            let text = std::fs::read_to_string(&p).map_err(|e| TextError::Io { path: shown.clone(), message: e.to_string() })?;
+            let text = std::fs::read_to_string(&p).map_err(|e| TextError::Io {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
             Ok(Some((text, shown)))
         };
         let config = read("tokenizer_config.json")?;
         let mut specials = Map::new();
         let mut from_config = None;
         if let Some((text, shown)) = &config {
-            let cfg: Json = serde_json::from_str(text).map_err(|e| format_err(shown, format!("not valid JSON: {e}")))?;
+            let cfg: Json = serde_json::from_str(text)
+                .map_err(|e| format_err(shown, format!("not valid JSON: {e}")))?;
             if let Some(obj) = cfg.as_object() {
                 specials = special_tokens_of(obj);
             }
@@ -171,7 +214,8 @@ impl ChatTemplate {
 
     /// Sets a variable such as `bos_token` or `eos_token` that the template sees.
     pub fn set_special_token(&mut self, name: &str, value: &str) {
-        self.special_tokens.insert(name.to_string(), Json::from(value));
+        self.special_tokens
+            .insert(name.to_string(), Json::from(value));
     }
 
     /// Where the template came from (a file path or [`BUILTIN_SOURCE`]).
@@ -207,8 +251,14 @@ impl ChatTemplate {
             ctx.insert(k.clone(), v.clone());
         }
         ctx.insert("messages".into(), Json::Array(messages));
-        ctx.insert("tools".into(), tools.map_or(Json::Null, |t| Json::Array(t.to_vec())));
-        ctx.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
+        ctx.insert(
+            "tools".into(),
+            tools.map_or(Json::Null, |t| Json::Array(t.to_vec())),
+        );
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Json::Bool(add_generation_prompt),
+        );
         let has_tools = tools.is_some_and(|t| !t.is_empty());
         let name = if has_tools && self.names.iter().any(|n| n == "tool_use") {
             "tool_use"
@@ -217,8 +267,12 @@ impl ChatTemplate {
         } else {
             self.names[0].as_str()
         };
-        let tmpl = self.env.get_template(name).map_err(|e| template_err(&self.source, &e))?;
-        tmpl.render(Value::from(minijinja::value::Serde(Json::Object(ctx)))).map_err(|e| template_err(&self.source, &e))
+        let tmpl = self
+            .env
+            .get_template(name)
+            .map_err(|e| template_err(&self.source, &e))?;
+        tmpl.render(Value::from(minijinja::value::Serde(Json::Object(ctx))))
+            .map_err(|e| template_err(&self.source, &e))
     }
 
     /// [`render`](Self::render) with the arguments as one JSON object, as an OpenAI chat request
@@ -226,7 +280,9 @@ impl ChatTemplate {
     /// "chat_template_kwargs": {..}}` (tools and the last two optional; add_generation_prompt
     /// defaults to true).
     pub fn render_request(&self, request: &Json) -> Result<String> {
-        let obj = request.as_object().ok_or_else(|| TextError::Input("the request must be a JSON object".into()))?;
+        let obj = request
+            .as_object()
+            .ok_or_else(|| TextError::Input("the request must be a JSON object".into()))?;
         let messages = obj
             .get("messages")
             .and_then(Json::as_array)
@@ -239,13 +295,21 @@ impl ChatTemplate {
         let agp = match obj.get("add_generation_prompt") {
             None => true,
             Some(Json::Bool(b)) => *b,
-            Some(_) => return Err(TextError::Input("'add_generation_prompt' must be a boolean".into())),
+            Some(_) => {
+                return Err(TextError::Input(
+                    "'add_generation_prompt' must be a boolean".into(),
+                ))
+            }
         };
         let empty = Map::new();
         let kwargs = match obj.get("chat_template_kwargs") {
             None | Some(Json::Null) => &empty,
             Some(Json::Object(m)) => m,
-            Some(_) => return Err(TextError::Input("'chat_template_kwargs' must be an object".into())),
+            Some(_) => {
+                return Err(TextError::Input(
+                    "'chat_template_kwargs' must be an object".into(),
+                ))
+            }
         };
         self.render(messages, tools, agp, kwargs)
     }
@@ -274,7 +338,9 @@ fn prepare_messages(messages: &[Json]) -> Result<Vec<Json>> {
             return Err(TextError::Input(format!("messages[{i}] is not an object")));
         };
         if !obj.get("role").is_some_and(Json::is_string) {
-            return Err(TextError::Input(format!("messages[{i}] has no string 'role'")));
+            return Err(TextError::Input(format!(
+                "messages[{i}] has no string 'role'"
+            )));
         }
         let mut obj = obj.clone();
         if let Some(calls) = obj.get_mut("tool_calls").and_then(Json::as_array_mut) {
@@ -300,8 +366,11 @@ fn parse_arguments(func: &mut Json, i: usize, j: usize) -> Result<()> {
             let parsed: Json = if s.trim().is_empty() {
                 Json::Object(Map::new())
             } else {
-                serde_json::from_str(s)
-                    .map_err(|e| TextError::Input(format!("messages[{i}].tool_calls[{j}]: arguments are not valid JSON: {e}")))?
+                serde_json::from_str(s).map_err(|e| {
+                    TextError::Input(format!(
+                        "messages[{i}].tool_calls[{j}]: arguments are not valid JSON: {e}"
+                    ))
+                })?
             };
             *args = parsed;
         }
@@ -332,19 +401,42 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, MjError> {
         None => None,
         Some(v) if v.is_none() || v.is_undefined() => None,
         Some(v) if v.is_integer() => Some(" ".repeat(i64::try_from(v)?.max(0) as usize)),
-        Some(v) => Some(v.as_str().map(str::to_string).ok_or_else(|| MjError::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer or a string"))?),
+        Some(v) => Some(v.as_str().map(str::to_string).ok_or_else(|| {
+            MjError::new(
+                ErrorKind::InvalidOperation,
+                "tojson: indent must be an integer or a string",
+            )
+        })?),
     };
     let (item_sep, key_sep) = match separators {
         Some(s) if !s.is_none() && !s.is_undefined() => {
             let parts: Vec<Value> = s.try_iter()?.collect();
-            match (parts.first().and_then(Value::as_str), parts.get(1).and_then(Value::as_str), parts.len()) {
+            match (
+                parts.first().and_then(Value::as_str),
+                parts.get(1).and_then(Value::as_str),
+                parts.len(),
+            ) {
                 (Some(a), Some(b), 2) => (a.to_string(), b.to_string()),
-                _ => return Err(MjError::new(ErrorKind::InvalidOperation, "tojson: separators must be two strings")),
+                _ => {
+                    return Err(MjError::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: separators must be two strings",
+                    ))
+                }
             }
         }
-        _ => (if indent.is_some() { "," } else { ", " }.to_string(), ": ".to_string()),
+        _ => (
+            if indent.is_some() { "," } else { ", " }.to_string(),
+            ": ".to_string(),
+        ),
     };
-    let style = JsonStyle { ensure_ascii: ensure_ascii.unwrap_or(false), indent, item_sep, key_sep, sort_keys: sort_keys.unwrap_or(false) };
+    let style = JsonStyle {
+        ensure_ascii: ensure_ascii.unwrap_or(false),
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys: sort_keys.unwrap_or(false),
+    };
     let mut out = String::new();
     write_json(&mut out, &value, &style, 0)?;
     Ok(Value::from_safe_string(out))
@@ -359,9 +451,17 @@ fn newline_indent(out: &mut String, style: &JsonStyle, level: usize) {
     }
 }
 
-fn write_json(out: &mut String, v: &Value, style: &JsonStyle, level: usize) -> std::result::Result<(), MjError> {
+fn write_json(
+    out: &mut String,
+    v: &Value,
+    style: &JsonStyle,
+    level: usize,
+) -> std::result::Result<(), MjError> {
     if level > 512 {
-        return Err(MjError::new(ErrorKind::InvalidOperation, "tojson: value nested too deeply"));
+        return Err(MjError::new(
+            ErrorKind::InvalidOperation,
+            "tojson: value nested too deeply",
+        ));
     }
     match v.kind() {
         ValueKind::None => out.push_str("null"),
@@ -373,7 +473,9 @@ fn write_json(out: &mut String, v: &Value, style: &JsonStyle, level: usize) -> s
                 out.push_str(&py_float_repr(f64::try_from(v.clone())?));
             }
         }
-        ValueKind::String => write_json_str(out, v.as_str().unwrap_or_default(), style.ensure_ascii),
+        ValueKind::String => {
+            write_json_str(out, v.as_str().unwrap_or_default(), style.ensure_ascii)
+        }
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = v.try_iter()?.collect();
             if items.is_empty() {
@@ -399,9 +501,16 @@ fn write_json(out: &mut String, v: &Value, style: &JsonStyle, level: usize) -> s
                     ValueKind::String => key.as_str().unwrap_or_default().to_string(),
                     ValueKind::None => "null".to_string(),
                     ValueKind::Bool => if key.is_true() { "true" } else { "false" }.to_string(),
-                    ValueKind::Number if key.is_integer() => i128::try_from(key.clone())?.to_string(),
+                    ValueKind::Number if key.is_integer() => {
+                        i128::try_from(key.clone())?.to_string()
+                    }
                     ValueKind::Number => py_float_repr(f64::try_from(key.clone())?),
-                    k => return Err(MjError::new(ErrorKind::InvalidOperation, format!("tojson: keys must be str, int, float, bool or None, not {k}"))),
+                    k => {
+                        return Err(MjError::new(
+                            ErrorKind::InvalidOperation,
+                            format!("tojson: keys must be str, int, float, bool or None, not {k}"),
+                        ))
+                    }
                 };
                 entries.push((key, item));
             }
@@ -425,7 +534,12 @@ fn write_json(out: &mut String, v: &Value, style: &JsonStyle, level: usize) -> s
             newline_indent(out, style, level);
             out.push('}');
         }
-        k => return Err(MjError::new(ErrorKind::InvalidOperation, format!("tojson: a value of type {k} is not JSON serializable"))),
+        k => {
+            return Err(MjError::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: a value of type {k} is not JSON serializable"),
+            ))
+        }
     }
     Ok(())
 }
@@ -460,7 +574,11 @@ fn py_float_repr(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let sci = format!("{:e}", f.abs());
     let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
@@ -480,8 +598,16 @@ fn py_float_repr(f: f64) -> String {
         };
         format!("{sign}{s}")
     } else {
-        let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
-        format!("{sign}{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+        let m = if digits.len() > 1 {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        } else {
+            digits
+        };
+        format!(
+            "{sign}{m}e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        )
     }
 }
 
@@ -512,9 +638,22 @@ mod tests {
     fn tojson_matches_python_json_dumps() {
         let env = new_environment();
         let v = serde_json::json!({"b": [1, 2.5, true, null], "a": "é\"\n\u{1}<>&'", "c": {}});
-        let r = env.render_str("{{ v | tojson }}", minijinja::context! { v => Value::from(minijinja::value::Serde(&v)) }).unwrap();
-        assert_eq!(r, r#"{"b": [1, 2.5, true, null], "a": "é\"\n\u0001<>&'", "c": {}}"#);
-        let r = env.render_str("{{ v | tojson(indent=2, sort_keys=true) }}", minijinja::context! { v => Value::from(minijinja::value::Serde(&v)) }).unwrap();
+        let r = env
+            .render_str(
+                "{{ v | tojson }}",
+                minijinja::context! { v => Value::from(minijinja::value::Serde(&v)) },
+            )
+            .unwrap();
+        assert_eq!(
+            r,
+            r#"{"b": [1, 2.5, true, null], "a": "é\"\n\u0001<>&'", "c": {}}"#
+        );
+        let r = env
+            .render_str(
+                "{{ v | tojson(indent=2, sort_keys=true) }}",
+                minijinja::context! { v => Value::from(minijinja::value::Serde(&v)) },
+            )
+            .unwrap();
         assert_eq!(r, "{\n  \"a\": \"é\\\"\\n\\u0001<>&'\",\n  \"b\": [\n    1,\n    2.5,\n    true,\n    null\n  ],\n  \"c\": {}\n}");
     }
 }

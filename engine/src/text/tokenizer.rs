@@ -111,7 +111,10 @@ impl ControlTokens {
 
     /// The stop ids every chat generation uses: `<|im_end|>` then `<|endoftext|>`, those present.
     pub fn stop_ids(&self) -> Vec<u32> {
-        [self.im_end, self.endoftext].into_iter().flatten().collect()
+        [self.im_end, self.endoftext]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 
@@ -137,7 +140,10 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 fn format_err(source_name: &str, message: impl std::fmt::Display) -> TextError {
-    TextError::Format { source_name: source_name.to_string(), message: message.to_string() }
+    TextError::Format {
+        source_name: source_name.to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// Whether `bytes` start with the gzip magic number.
@@ -157,14 +163,28 @@ impl Tokenizer {
     /// Wraps an already built `tokenizers::Tokenizer`; `source` names it in errors.
     pub fn from_tokenizers(inner: tk::Tokenizer, source: &str) -> Self {
         let controls = ControlTokens::lookup(&inner);
-        let added = inner.get_added_tokens_decoder().into_iter().map(|(id, t)| (id, (t.content, t.special))).collect();
+        let added = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .map(|(id, t)| (id, (t.content, t.special)))
+            .collect();
         let byte_of = match inner.get_decoder() {
-            Some(tk::DecoderWrapper::ByteLevel(_)) => {
-                Some(bytes_to_unicode().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect())
-            }
+            Some(tk::DecoderWrapper::ByteLevel(_)) => Some(
+                bytes_to_unicode()
+                    .iter()
+                    .enumerate()
+                    .map(|(b, &c)| (c, b as u8))
+                    .collect(),
+            ),
             _ => None,
         };
-        Tokenizer { inner, controls, source: source.to_string(), added, byte_of }
+        Tokenizer {
+            inner,
+            controls,
+            source: source.to_string(),
+            added,
+            byte_of,
+        }
     }
 
     /// Loads a tokenizer.json from memory (plain or gzip-compressed, detected by its magic number);
@@ -178,7 +198,10 @@ impl Tokenizer {
             bytes
         };
         if json.iter().all(|b| b.is_ascii_whitespace()) {
-            return Err(format_err(source, "empty file, expected a tokenizer.json document"));
+            return Err(format_err(
+                source,
+                "empty file, expected a tokenizer.json document",
+            ));
         }
         let inner = tk::Tokenizer::from_bytes(json)
             .map_err(|e| format_err(source, format!("not a valid tokenizer.json: {e}")))?;
@@ -189,7 +212,10 @@ impl Tokenizer {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| TextError::Io { path: name.clone(), message: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| TextError::Io {
+            path: name.clone(),
+            message: e.to_string(),
+        })?;
         Self::from_bytes(&bytes, &name)
     }
 
@@ -223,7 +249,10 @@ impl Tokenizer {
     /// tokenized as plain text. No BOS or other token is added.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         if special {
-            let enc = self.inner.encode_fast(text, false).map_err(|e| TextError::Encode(e.to_string()))?;
+            let enc = self
+                .inner
+                .encode_fast(text, false)
+                .map_err(|e| TextError::Encode(e.to_string()))?;
             return Ok(enc.get_ids().to_vec());
         }
         // The same pipeline without the added-token pass: normalize, pre-tokenize, model.
@@ -237,7 +266,9 @@ impl Tokenizer {
         }
         let model = self.inner.get_model();
         pre.tokenize(|s| model.tokenize(s.get())).map_err(err)?;
-        let enc = pre.into_encoding(None, 0, tk::OffsetType::None).map_err(err)?;
+        let enc = pre
+            .into_encoding(None, 0, tk::OffsetType::None)
+            .map_err(err)?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -246,13 +277,19 @@ impl Tokenizer {
     /// character at either end) becomes U+FFFD. An id outside the vocabulary is an error.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         let n = self.vocab_size();
-        if let Some((i, id)) = ids.iter().enumerate().find(|(_, &id)| self.inner.id_to_token(id).is_none()) {
+        if let Some((i, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| self.inner.id_to_token(id).is_none())
+        {
             return Err(TextError::Decode(format!(
                 "id {id} at position {i} is not in the vocabulary of {} ({n} tokens)",
                 self.source
             )));
         }
-        self.inner.decode(ids, skip_special).map_err(|e| TextError::Decode(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| TextError::Decode(e.to_string()))
     }
 
     /// The vocabulary entry of `id` (byte-level form for BPE tokens, e.g. "Ġthe"), None if unknown.
@@ -273,7 +310,12 @@ impl Tokenizer {
 
     /// One past the highest id this tokenizer can produce (the vocabulary and the added tokens).
     pub fn id_bound(&self) -> usize {
-        let added = self.added.keys().map(|&id| id as usize + 1).max().unwrap_or(0);
+        let added = self
+            .added
+            .keys()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0);
         self.vocab_size().max(added)
     }
 
@@ -286,14 +328,20 @@ impl Tokenizer {
     /// encoding out-of-range ids or silently dropping every generated id it cannot decode.
     pub fn check_model(&self, model_vocab: usize, eos_ids: &[u32]) -> Result<()> {
         let n = self.id_bound();
-        let mismatch = |message: String| TextError::ModelMismatch { source_name: self.source.clone(), message };
+        let mismatch = |message: String| TextError::ModelMismatch {
+            source_name: self.source.clone(),
+            message,
+        };
         if n > model_vocab {
             return Err(mismatch(format!(
                 "this tokenizer has {n} token ids but the model's embedding has only {model_vocab} rows \
                  (vocab_size in config.json): it is not this model's tokenizer"
             )));
         }
-        if let Some(&e) = eos_ids.iter().find(|&&e| self.inner.id_to_token(e).is_none()) {
+        if let Some(&e) = eos_ids
+            .iter()
+            .find(|&&e| self.inner.id_to_token(e).is_none())
+        {
             return Err(mismatch(format!(
                 "the model's end-of-sequence id {e} (config.json / generation_config.json) is not in this \
                  tokenizer's vocabulary of {n} ids, while the model's embedding has {model_vocab} rows: \
@@ -310,7 +358,11 @@ impl Tokenizer {
 
     /// The added tokens as (id, content, special), by id.
     pub fn added_tokens(&self) -> Vec<(u32, String, bool)> {
-        let mut v: Vec<(u32, String, bool)> = self.added.iter().map(|(&id, (c, s))| (id, c.clone(), *s)).collect();
+        let mut v: Vec<(u32, String, bool)> = self
+            .added
+            .iter()
+            .map(|(&id, (c, s))| (id, c.clone(), *s))
+            .collect();
         v.sort_by_key(|t| t.0);
         v
     }
@@ -335,7 +387,9 @@ impl Tokenizer {
 
     /// The tokenizer.json text.
     pub fn to_json(&self, pretty: bool) -> Result<String> {
-        self.inner.to_string(pretty).map_err(|e| format_err(&self.source, format!("cannot serialize: {e}")))
+        self.inner
+            .to_string(pretty)
+            .map_err(|e| format_err(&self.source, format!("cannot serialize: {e}")))
     }
 
     /// The BPE vocabulary as a tiktoken rank file (one `base64(token bytes) rank` line per token, by
@@ -347,19 +401,33 @@ impl Tokenizer {
         let vocab = bpe.get_vocab();
         let mut by_rank: Vec<Option<&str>> = vec![None; vocab.len()];
         for (tok, &id) in &vocab {
-            let slot = by_rank
-                .get_mut(id as usize)
-                .ok_or_else(|| format_err(&self.source, format!("BPE id {id} of '{tok}' is not below the vocabulary size {}", vocab.len())))?;
+            let slot = by_rank.get_mut(id as usize).ok_or_else(|| {
+                format_err(
+                    &self.source,
+                    format!(
+                        "BPE id {id} of '{tok}' is not below the vocabulary size {}",
+                        vocab.len()
+                    ),
+                )
+            })?;
             *slot = Some(tok);
         }
         let dec = unicode_to_byte();
         let mut out = String::with_capacity(vocab.len() * 16);
         for (rank, tok) in by_rank.iter().enumerate() {
-            let tok = tok.ok_or_else(|| format_err(&self.source, format!("BPE ids are not contiguous: {rank} is missing")))?;
+            let tok = tok.ok_or_else(|| {
+                format_err(
+                    &self.source,
+                    format!("BPE ids are not contiguous: {rank} is missing"),
+                )
+            })?;
             let mut bytes = Vec::with_capacity(tok.len());
             for c in tok.chars() {
                 let b = dec(c).ok_or_else(|| {
-                    format_err(&self.source, format!("token {rank} '{tok}' is not byte-level (character {c:?})"))
+                    format_err(
+                        &self.source,
+                        format!("token {rank} '{tok}' is not byte-level (character {c:?})"),
+                    )
                 })?;
                 bytes.push(b);
             }
@@ -389,7 +457,8 @@ fn bytes_to_unicode() -> [char; 256] {
     let mut map = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let printable =
+            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
         map[b as usize] = if printable {
             char::from_u32(b).unwrap_or('\0')
         } else {
@@ -415,7 +484,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 fn base64_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let v = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -462,26 +535,53 @@ pub fn parse_tiktoken(data: &[u8], source_name: &str) -> Result<Vec<Vec<u8>>> {
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        let mut fields = line.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
+        let mut fields = line
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|f| !f.is_empty());
         let (Some(b64), Some(rank), None) = (fields.next(), fields.next(), fields.next()) else {
-            return Err(format_err(source_name, format!("line {line_no}: expected '<base64 token> <rank>'")));
+            return Err(format_err(
+                source_name,
+                format!("line {line_no}: expected '<base64 token> <rank>'"),
+            ));
         };
         let token = base64_decode(b64)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| format_err(source_name, format!("line {line_no}: invalid base64 token '{}'", String::from_utf8_lossy(b64))))?;
+            .ok_or_else(|| {
+                format_err(
+                    source_name,
+                    format!(
+                        "line {line_no}: invalid base64 token '{}'",
+                        String::from_utf8_lossy(b64)
+                    ),
+                )
+            })?;
         let rank: usize = std::str::from_utf8(rank)
             .ok()
             .and_then(|r| r.parse().ok())
             .filter(|&r: &usize| r < u32::MAX as usize / 2)
-            .ok_or_else(|| format_err(source_name, format!("line {line_no}: invalid rank '{}'", String::from_utf8_lossy(rank))))?;
+            .ok_or_else(|| {
+                format_err(
+                    source_name,
+                    format!(
+                        "line {line_no}: invalid rank '{}'",
+                        String::from_utf8_lossy(rank)
+                    ),
+                )
+            })?;
         if let Some(prev) = seen.insert(token.clone(), line_no) {
-            return Err(format_err(source_name, format!("line {line_no}: token {token:?} already defined on line {prev}")));
+            return Err(format_err(
+                source_name,
+                format!("line {line_no}: token {token:?} already defined on line {prev}"),
+            ));
         }
         if by_rank.len() <= rank {
             by_rank.resize(rank + 1, None);
         }
         if by_rank[rank].is_some() {
-            return Err(format_err(source_name, format!("line {line_no}: rank {rank} is used twice")));
+            return Err(format_err(
+                source_name,
+                format!("line {line_no}: rank {rank} is used twice"),
+            ));
         }
         by_rank[rank] = Some(token);
     }
@@ -491,11 +591,21 @@ pub fn parse_tiktoken(data: &[u8], source_name: &str) -> Result<Vec<Vec<u8>>> {
     let tokens: Vec<Vec<u8>> = by_rank
         .into_iter()
         .enumerate()
-        .map(|(r, t)| t.ok_or_else(|| format_err(source_name, format!("ranks must be 0..n without gaps; rank {r} is missing"))))
+        .map(|(r, t)| {
+            t.ok_or_else(|| {
+                format_err(
+                    source_name,
+                    format!("ranks must be 0..n without gaps; rank {r} is missing"),
+                )
+            })
+        })
         .collect::<Result<_>>()?;
     for b in 0..=255u8 {
         if !seen.contains_key(&[b][..]) {
-            return Err(format_err(source_name, format!("byte 0x{b:02x} is not a token (a byte-level BPE needs all 256 bytes)")));
+            return Err(format_err(
+                source_name,
+                format!("byte 0x{b:02x} is not a token (a byte-level BPE needs all 256 bytes)"),
+            ));
         }
     }
     Ok(tokens)
@@ -507,8 +617,11 @@ pub fn parse_tiktoken(data: &[u8], source_name: &str) -> Result<Vec<Vec<u8>>> {
 /// because the model ignores merges for pieces that are already a token).
 /// Returns (left rank, right rank) pairs.
 pub fn merges_from_ranks(tokens: &[Vec<u8>]) -> Vec<(u32, u32)> {
-    let ranks: std::collections::HashMap<&[u8], u32> =
-        tokens.iter().enumerate().map(|(r, t)| (t.as_slice(), r as u32)).collect();
+    let ranks: std::collections::HashMap<&[u8], u32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(r, t)| (t.as_slice(), r as u32))
+        .collect();
     let mut merges = Vec::with_capacity(tokens.len());
     let mut bounds: Vec<usize> = Vec::new();
     for (rank, tok) in tokens.iter().enumerate() {
@@ -547,7 +660,11 @@ pub fn merges_from_ranks(tokens: &[Vec<u8>]) -> Vec<(u32, u32)> {
 /// (no prefix space, no regex); BPE with merges from [`merges_from_ranks`] and `ignore_merges`;
 /// ByteLevel decoder; `special_tokens` as added tokens (special flag per
 /// [`qwen_token_is_special`]). The added-token ids must follow the vocabulary without gaps.
-pub fn from_tiktoken(tiktoken: &[u8], special_tokens: &[(u32, &str)], pattern: &str) -> Result<Tokenizer> {
+pub fn from_tiktoken(
+    tiktoken: &[u8],
+    special_tokens: &[(u32, &str)],
+    pattern: &str,
+) -> Result<Tokenizer> {
     const SRC: &str = "tiktoken file";
     let tokens = parse_tiktoken(tiktoken, SRC)?;
     let enc = bytes_to_unicode();
@@ -557,7 +674,11 @@ pub fn from_tiktoken(tiktoken: &[u8], special_tokens: &[(u32, &str)], pattern: &
         .into_iter()
         .map(|(l, r)| (strings[l as usize].clone(), strings[r as usize].clone()))
         .collect();
-    let vocab: tk::models::bpe::Vocab = strings.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect();
+    let vocab: tk::models::bpe::Vocab = strings
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.clone(), i as u32))
+        .collect();
     let bpe = tk::models::bpe::BPE::builder()
         .vocab_and_merges(vocab, merges)
         .ignore_merges(true)
@@ -574,7 +695,10 @@ pub fn from_tiktoken(tiktoken: &[u8], special_tokens: &[(u32, &str)], pattern: &
     )
     .map_err(|e| format_err("split pattern", format!("invalid regex: {e}")))?;
     let byte_level = tk::pre_tokenizers::byte_level::ByteLevel::new(false, false, false);
-    t.with_pre_tokenizer(Some(tk::pre_tokenizers::sequence::Sequence::new(vec![split.into(), byte_level.into()])));
+    t.with_pre_tokenizer(Some(tk::pre_tokenizers::sequence::Sequence::new(vec![
+        split.into(),
+        byte_level.into(),
+    ])));
     t.with_post_processor(Some(byte_level));
     t.with_decoder(Some(byte_level));
 
@@ -582,7 +706,10 @@ pub fn from_tiktoken(tiktoken: &[u8], special_tokens: &[(u32, &str)], pattern: &
     specials.sort_by_key(|s| s.0);
     for (next, (id, content)) in (tokens.len() as u32..).zip(specials) {
         if content.is_empty() {
-            return Err(format_err("special tokens", format!("id {id}: empty token")));
+            return Err(format_err(
+                "special tokens",
+                format!("id {id}: empty token"),
+            ));
         }
         if id != next {
             return Err(format_err(
@@ -591,24 +718,37 @@ pub fn from_tiktoken(tiktoken: &[u8], special_tokens: &[(u32, &str)], pattern: &
             ));
         }
         if t.token_to_id(content).is_some() {
-            return Err(format_err("special tokens", format!("'{content}' (id {id}) is already in the vocabulary")));
+            return Err(format_err(
+                "special tokens",
+                format!("'{content}' (id {id}) is already in the vocabulary"),
+            ));
         }
         let special = qwen_token_is_special(content);
         let added = tk::AddedToken::from(content, special).normalized(false);
         if special {
-            t.add_special_tokens([added]).map_err(|e| format_err("special tokens", e))?;
+            t.add_special_tokens([added])
+                .map_err(|e| format_err("special tokens", e))?;
         } else {
-            t.add_tokens([added]).map_err(|e| format_err("special tokens", e))?;
+            t.add_tokens([added])
+                .map_err(|e| format_err("special tokens", e))?;
         }
         if t.token_to_id(content) != Some(id) {
-            return Err(format_err("special tokens", format!("'{content}' did not get id {id}")));
+            return Err(format_err(
+                "special tokens",
+                format!("'{content}' did not get id {id}"),
+            ));
         }
     }
     Ok(Tokenizer::from_tokenizers(t, "converted from tiktoken"))
 }
 
 /// [`from_tiktoken`], written out as tokenizer.json text.
-pub fn tiktoken_to_json(tiktoken: &[u8], special_tokens: &[(u32, &str)], pattern: &str, pretty: bool) -> Result<String> {
+pub fn tiktoken_to_json(
+    tiktoken: &[u8],
+    special_tokens: &[(u32, &str)],
+    pattern: &str,
+    pretty: bool,
+) -> Result<String> {
     from_tiktoken(tiktoken, special_tokens, pattern)?.to_json(pretty)
 }
 
@@ -618,9 +758,14 @@ pub fn write_tokenizer_file(path: impl AsRef<Path>, json: &str) -> Result<()> {
     use std::io::Write;
     let path = path.as_ref();
     let shown = path.display().to_string();
-    let io = |e: std::io::Error| TextError::Io { path: shown.clone(), message: e.to_string() };
+    let io = |e: std::io::Error| TextError::Io {
+        path: shown.clone(),
+        message: e.to_string(),
+    };
     let bytes = if path.extension().is_some_and(|e| e == "gz") {
-        let mut enc = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
+        let mut enc = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(Vec::new(), flate2::Compression::best());
         enc.write_all(json.as_bytes()).map_err(io)?;
         enc.finish().map_err(io)?
     } else {
@@ -637,7 +782,10 @@ mod tests {
     fn base64_round_trip() {
         for n in 0..20usize {
             let v: Vec<u8> = (0..n as u8).map(|x| x.wrapping_mul(37)).collect();
-            assert_eq!(base64_decode(base64_encode(&v).as_bytes()).as_deref(), Some(&v[..]));
+            assert_eq!(
+                base64_decode(base64_encode(&v).as_bytes()).as_deref(),
+                Some(&v[..])
+            );
         }
         assert_eq!(base64_encode(b"!"), "IQ==");
         assert_eq!(base64_decode(b"6I2354mp"), Some("荷物".as_bytes().to_vec()));

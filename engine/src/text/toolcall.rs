@@ -74,11 +74,18 @@ impl ToolSchemas {
             _ => Vec::new(),
         };
         for tool in list {
-            let func = tool.get("function").filter(|f| f.is_object()).unwrap_or(tool);
-            let Some(name) = func.get("name").and_then(Value::as_str) else { continue };
+            let func = tool
+                .get("function")
+                .filter(|f| f.is_object())
+                .unwrap_or(tool);
+            let Some(name) = func.get("name").and_then(Value::as_str) else {
+                continue;
+            };
             let mut params = Vec::new();
-            if let Some(props) =
-                func.get("parameters").and_then(|p| p.get("properties")).and_then(Value::as_object)
+            if let Some(props) = func
+                .get("parameters")
+                .and_then(|p| p.get("properties"))
+                .and_then(Value::as_object)
             {
                 for (key, prop) in props {
                     params.push((key.clone(), schema_type(prop)));
@@ -92,7 +99,10 @@ impl ToolSchemas {
     /// The type of `param` of `function`; `None` when either is unknown.
     pub fn param_type(&self, function: &str, param: &str) -> Option<&str> {
         let (_, params) = self.tools.iter().find(|(n, _)| n == function)?;
-        params.iter().find(|(k, _)| k == param).map(|(_, t)| t.as_str())
+        params
+            .iter()
+            .find(|(k, _)| k == param)
+            .map(|(_, t)| t.as_str())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -116,8 +126,10 @@ fn schema_type(prop: &Value) -> String {
         None => {
             for key in ["anyOf", "oneOf"] {
                 if let Some(variants) = prop.get(key).and_then(Value::as_array) {
-                    let types: Vec<Value> =
-                        variants.iter().filter_map(|v| v.get("type").cloned()).collect();
+                    let types: Vec<Value> = variants
+                        .iter()
+                        .filter_map(|v| v.get("type").cloned())
+                        .collect();
                     if let Some(t) = first_non_null(&types) {
                         return t;
                     }
@@ -136,11 +148,16 @@ pub fn convert_param(raw: &str, ty: Option<&str>) -> Value {
     if t.eq_ignore_ascii_case("null") {
         return Value::Null;
     }
-    let Some(ty) = ty else { return Value::String(raw.to_string()) };
+    let Some(ty) = ty else {
+        return Value::String(raw.to_string());
+    };
     let keep = || Value::String(raw.to_string());
     match ty {
         "string" | "str" | "text" | "varchar" | "char" | "enum" => keep(),
-        _ if ["int", "uint", "long", "short", "unsigned"].iter().any(|p| ty.starts_with(p)) => {
+        _ if ["int", "uint", "long", "short", "unsigned"]
+            .iter()
+            .any(|p| ty.starts_with(p)) =>
+        {
             if let Ok(v) = t.parse::<i64>() {
                 Value::from(v)
             } else if let Ok(v) = t.parse::<u64>() {
@@ -155,7 +172,9 @@ pub fn convert_param(raw: &str, ty: Option<&str>) -> Value {
                     if v.fract() == 0.0 && v.abs() < 9.0e15 {
                         Value::from(v as i64)
                     } else {
-                        serde_json::Number::from_f64(v).map(Value::Number).unwrap_or_else(keep)
+                        serde_json::Number::from_f64(v)
+                            .map(Value::Number)
+                            .unwrap_or_else(keep)
                     }
                 }
                 _ => keep(),
@@ -224,7 +243,11 @@ enum Header {
 #[derive(Clone, Copy, Debug)]
 enum Mode {
     Content,
-    Call { kind: Kind, scan_from: usize, header: Header },
+    Call {
+        kind: Kind,
+        scan_from: usize,
+        header: Header,
+    },
 }
 
 /// The incremental tool-call parser. Feed text with [`push`](Self::push), end with
@@ -294,7 +317,11 @@ impl ToolCallParser {
                         break;
                     }
                 },
-                Mode::Call { kind, scan_from, header } => {
+                Mode::Call {
+                    kind,
+                    scan_from,
+                    header,
+                } => {
                     let close = kind.close();
                     let found = self.buf[scan_from..].find(close).map(|q| scan_from + q);
                     let limit = found.unwrap_or(self.buf.len());
@@ -311,7 +338,11 @@ impl ToolCallParser {
                                 self.buf.len().saturating_sub(close.len() - 1),
                             )
                             .max(scan_from);
-                            self.mode = Mode::Call { kind, scan_from: from, header };
+                            self.mode = Mode::Call {
+                                kind,
+                                scan_from: from,
+                                header,
+                            };
                             break;
                         }
                     }
@@ -341,8 +372,11 @@ impl ToolCallParser {
     /// Earliest start marker in the buffer.
     fn find_open(&self) -> Option<(usize, Kind)> {
         let wrapped = self.buf.find(TOOL_CALL_START).map(|p| (p, Kind::Wrapped));
-        let bare =
-            if self.bare { self.buf.find(FUNCTION_START).map(|p| (p, Kind::Bare)) } else { None };
+        let bare = if self.bare {
+            self.buf.find(FUNCTION_START).map(|p| (p, Kind::Bare))
+        } else {
+            None
+        };
         match (wrapped, bare) {
             (Some(w), Some(b)) => Some(if b.0 < w.0 { b } else { w }),
             (w, b) => w.or(b),
@@ -353,8 +387,11 @@ impl ToolCallParser {
     fn hold_len(&self) -> usize {
         let b = self.buf.as_bytes();
         let mut best = 0;
-        let markers: &[&str] =
-            if self.bare { &[TOOL_CALL_START, FUNCTION_START] } else { &[TOOL_CALL_START] };
+        let markers: &[&str] = if self.bare {
+            &[TOOL_CALL_START, FUNCTION_START]
+        } else {
+            &[TOOL_CALL_START]
+        };
         for m in markers {
             let m = m.as_bytes();
             for k in (best + 1..m.len()).rev() {
@@ -395,13 +432,18 @@ impl ToolCallParser {
             done => return done,
         };
         let name_from = open_at + FUNCTION_START.len();
-        let Some(after) = region.get(name_from..) else { return Header::Open(open_at) };
+        let Some(after) = region.get(name_from..) else {
+            return Header::Open(open_at);
+        };
         match after.find('>') {
             Some(g) => match valid_name(&region[name_from..name_from + g]) {
                 Some(name) => {
                     let index = self.next_index;
                     self.next_index += 1;
-                    out.push(ToolEvent::Start { index, name: name.to_string() });
+                    out.push(ToolEvent::Start {
+                        index,
+                        name: name.to_string(),
+                    });
                     Header::Started(index)
                 }
                 None => Header::Bad,
@@ -422,7 +464,10 @@ impl ToolCallParser {
             Header::Searching(_) if kind == Kind::Wrapped => parse_hermes(body).map(|c| {
                 let index = self.next_index;
                 self.next_index += 1;
-                out.push(ToolEvent::Start { index, name: c.name.clone() });
+                out.push(ToolEvent::Start {
+                    index,
+                    name: c.name.clone(),
+                });
                 (index, c)
             }),
             _ => None,
@@ -474,14 +519,18 @@ fn parse_function(body: &str, schemas: &ToolSchemas) -> Option<ToolCall> {
     let g = body[f..].find('>')?;
     let name = valid_name(&body[f..f + g])?;
     let params_from = f + g + 1;
-    let params_to = body[params_from..].rfind(FUNCTION_END).map_or(body.len(), |e| params_from + e);
+    let params_to = body[params_from..]
+        .rfind(FUNCTION_END)
+        .map_or(body.len(), |e| params_from + e);
     let region = &body[params_from..params_to];
 
     let mut args = Map::new();
     let mut pos = 0;
     while let Some(s) = region[pos..].find(PARAMETER_START) {
         let key_from = pos + s + PARAMETER_START.len();
-        let Some(g) = region[key_from..].find('>') else { break };
+        let Some(g) = region[key_from..].find('>') else {
+            break;
+        };
         let key = region[key_from..key_from + g].trim();
         let value_from = key_from + g + 1;
         let rest = &region[value_from..];
@@ -497,11 +546,17 @@ fn parse_function(body: &str, schemas: &ToolSchemas) -> Option<ToolCall> {
         value = value.strip_prefix('\n').unwrap_or(value);
         value = value.strip_suffix('\n').unwrap_or(value);
         if !key.is_empty() {
-            args.insert(key.to_string(), convert_param(value, schemas.param_type(name, key)));
+            args.insert(
+                key.to_string(),
+                convert_param(value, schemas.param_type(name, key)),
+            );
         }
         pos = value_from + next;
     }
-    Some(ToolCall { name: name.to_string(), arguments: Value::Object(args).to_string() })
+    Some(ToolCall {
+        name: name.to_string(),
+        arguments: Value::Object(args).to_string(),
+    })
 }
 
 /// Parses a Hermes-style JSON body `{"name": …, "arguments": {…} | "…"}`.
@@ -515,5 +570,8 @@ fn parse_hermes(body: &str) -> Option<ToolCall> {
         Some(Value::String(s)) => serde_json::from_str::<Map<String, Value>>(s).ok()?,
         Some(_) => return None,
     };
-    Some(ToolCall { name: name.to_string(), arguments: Value::Object(args).to_string() })
+    Some(ToolCall {
+        name: name.to_string(),
+        arguments: Value::Object(args).to_string(),
+    })
 }

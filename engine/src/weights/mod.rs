@@ -80,7 +80,12 @@ impl TensorRef<'_> {
     pub fn to_f32(&self) -> Result<Vec<f32>, LoadError> {
         match self.dtype {
             Dtype::Float(t) => Ok(crate::quant::decode_floats(t, self.bytes)),
-            d => Err(LoadError::Dtype { tensor: self.name.into(), file: self.file.into(), expected: "F32, F16 or BF16".into(), found: d.to_string() }),
+            d => Err(LoadError::Dtype {
+                tensor: self.name.into(),
+                file: self.file.into(),
+                expected: "F32, F16 or BF16".into(),
+                found: d.to_string(),
+            }),
         }
     }
 }
@@ -136,16 +141,26 @@ impl Checkpoint {
     /// Parses and validates the headers of `files` (name, bytes). Checks every tensor's byte range
     /// against its dtype and shape and the file size (a truncated file fails here), and
     /// cross-checks `index` (the text of model.safetensors.index.json) when given.
-    pub fn from_blobs(files: Vec<(String, Blob)>, index: Option<(&str, &str)>) -> Result<Checkpoint, LoadError> {
+    pub fn from_blobs(
+        files: Vec<(String, Blob)>,
+        index: Option<(&str, &str)>,
+    ) -> Result<Checkpoint, LoadError> {
         if files.is_empty() {
-            return Err(LoadError::Io { path: "checkpoint".into(), message: "no model*.safetensors files found".into() });
+            return Err(LoadError::Io {
+                path: "checkpoint".into(),
+                message: "no model*.safetensors files found".into(),
+            });
         }
         let mut tensors = BTreeMap::new();
         let mut skipped = Vec::new();
         let mut by_stored: HashMap<String, usize> = HashMap::new();
         for (fi, (fname, blob)) in files.iter().enumerate() {
-            let bad = |m: String| LoadError::Safetensors { file: fname.clone(), message: m };
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(blob).map_err(|e| bad(describe_st_error(&e, blob.len(), blob)))?;
+            let bad = |m: String| LoadError::Safetensors {
+                file: fname.clone(),
+                message: m,
+            };
+            let (header_len, meta) = safetensors::SafeTensors::read_metadata(blob)
+                .map_err(|e| bad(describe_st_error(&e, blob.len(), blob)))?;
             let data_start = 8 + header_len;
             let data_len = blob.len().saturating_sub(data_start);
             for (name, info) in meta.tensors() {
@@ -158,7 +173,13 @@ impl Checkpoint {
                 let elems: usize = info.shape.iter().product();
                 let bits = info.dtype.bitsize();
                 if elems * bits / 8 != e - s {
-                    return Err(bad(format!("tensor '{name}' of shape {:?} {:?} should occupy {} bytes, header says {}", info.shape, info.dtype, elems * bits / 8, e - s)));
+                    return Err(bad(format!(
+                        "tensor '{name}' of shape {:?} {:?} should occupy {} bytes, header says {}",
+                        info.shape,
+                        info.dtype,
+                        elems * bits / 8,
+                        e - s
+                    )));
                 }
                 by_stored.insert(name.clone(), fi);
                 let Some(norm) = normalize_name(&name) else {
@@ -166,39 +187,78 @@ impl Checkpoint {
                     continue;
                 };
                 if tensors.contains_key(&norm) {
-                    return Err(bad(format!("tensor '{name}' appears twice in the checkpoint")));
+                    return Err(bad(format!(
+                        "tensor '{name}' appears twice in the checkpoint"
+                    )));
                 }
                 tensors.insert(
                     norm,
-                    TensorMeta { file: fi, dtype: dtype_of(info.dtype), shape: info.shape.clone(), start: data_start + s, end: data_start + e, stored_name: name.clone() },
+                    TensorMeta {
+                        file: fi,
+                        dtype: dtype_of(info.dtype),
+                        shape: info.shape.clone(),
+                        start: data_start + s,
+                        end: data_start + e,
+                        stored_name: name.clone(),
+                    },
                 );
             }
         }
         if let Some((iname, itext)) = index {
-            let bad = |m: String| LoadError::Index { file: iname.to_string(), message: m };
-            let v: serde_json::Value = serde_json::from_str(itext).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no `weight_map` object".into()))?;
+            let bad = |m: String| LoadError::Index {
+                file: iname.to_string(),
+                message: m,
+            };
+            let v: serde_json::Value =
+                serde_json::from_str(itext).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| bad("no `weight_map` object".into()))?;
             for (tname, f) in map {
-                let f = f.as_str().ok_or_else(|| bad(format!("weight_map entry for '{tname}' is not a file name")))?;
+                let f = f.as_str().ok_or_else(|| {
+                    bad(format!("weight_map entry for '{tname}' is not a file name"))
+                })?;
                 let Some(fi) = files.iter().position(|(n, _)| n == f) else {
-                    return Err(bad(format!("lists '{tname}' in '{f}', but that file is missing")));
+                    return Err(bad(format!(
+                        "lists '{tname}' in '{f}', but that file is missing"
+                    )));
                 };
                 match by_stored.get(tname) {
                     Some(&actual) if actual == fi => {}
-                    Some(&actual) => return Err(bad(format!("lists '{tname}' in '{f}', but it is in '{}'", files[actual].0))),
-                    None => return Err(bad(format!("lists '{tname}' in '{f}', but no file contains it"))),
+                    Some(&actual) => {
+                        return Err(bad(format!(
+                            "lists '{tname}' in '{f}', but it is in '{}'",
+                            files[actual].0
+                        )))
+                    }
+                    None => {
+                        return Err(bad(format!(
+                            "lists '{tname}' in '{f}', but no file contains it"
+                        )))
+                    }
                 }
             }
         }
         // Raw HF is recognised as mlx-lm does: a conv1d weight whose last dim is not 1.
-        let hf = tensors.iter().any(|(n, m)| n.contains("conv1d.weight") && m.shape.last().copied().unwrap_or(1) != 1);
-        Ok(Checkpoint { files, tensors, layout: if hf { Layout::HuggingFace } else { Layout::Mlx }, skipped })
+        let hf = tensors
+            .iter()
+            .any(|(n, m)| n.contains("conv1d.weight") && m.shape.last().copied().unwrap_or(1) != 1);
+        Ok(Checkpoint {
+            files,
+            tensors,
+            layout: if hf { Layout::HuggingFace } else { Layout::Mlx },
+            skipped,
+        })
     }
 
     /// Opens `dir` natively: memory-maps every `model*.safetensors` file (as mlx-lm loads them).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(dir: &std::path::Path) -> Result<Checkpoint, LoadError> {
-        let io = |p: &std::path::Path, e: std::io::Error| LoadError::Io { path: p.display().to_string(), message: e.to_string() };
+        let io = |p: &std::path::Path, e: std::io::Error| LoadError::Io {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        };
         let rd = std::fs::read_dir(dir).map_err(|e| io(dir, e))?;
         let mut names: Vec<String> = rd
             .filter_map(|e| e.ok())
@@ -216,7 +276,10 @@ impl Checkpoint {
             files.push((n, Blob::Mmap(m)));
         }
         if files.is_empty() {
-            return Err(LoadError::Io { path: dir.display().to_string(), message: "no model*.safetensors files in this directory".into() });
+            return Err(LoadError::Io {
+                path: dir.display().to_string(),
+                message: "no model*.safetensors files in this directory".into(),
+            });
         }
         let ipath = dir.join("model.safetensors.index.json");
         let itext = match std::fs::read_to_string(&ipath) {
@@ -224,13 +287,24 @@ impl Checkpoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io(&ipath, e)),
         };
-        Checkpoint::from_blobs(files, itext.as_deref().map(|t| ("model.safetensors.index.json", t)))
+        Checkpoint::from_blobs(
+            files,
+            itext
+                .as_deref()
+                .map(|t| ("model.safetensors.index.json", t)),
+        )
     }
 
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
         let (key, m) = self.tensors.get_key_value(name)?;
         let (fname, blob) = &self.files[m.file];
-        Some(TensorRef { name: key, file: fname, dtype: m.dtype, shape: &m.shape, bytes: &blob[m.start..m.end] })
+        Some(TensorRef {
+            name: key,
+            file: fname,
+            dtype: m.dtype,
+            shape: &m.shape,
+            bytes: &blob[m.start..m.end],
+        })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -238,12 +312,18 @@ impl Checkpoint {
     }
 
     pub fn file_of(&self, name: &str) -> &str {
-        self.tensors.get(name).map(|m| self.files[m.file].0.as_str()).unwrap_or("the checkpoint")
+        self.tensors
+            .get(name)
+            .map(|m| self.files[m.file].0.as_str())
+            .unwrap_or("the checkpoint")
     }
 
     /// Total bytes of tensor data.
     pub fn data_bytes(&self) -> u64 {
-        self.tensors.values().map(|m| (m.end - m.start) as u64).sum()
+        self.tensors
+            .values()
+            .map(|m| (m.end - m.start) as u64)
+            .sum()
     }
 }
 
