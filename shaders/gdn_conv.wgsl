@@ -1,6 +1,7 @@
 // Gated-DeltaNet causal depthwise conv over time + silu (spec §4.6 step 2, mlx-lm GatedDeltaNet).
 //
-// X = concat(conv_state, qkv) along time ([K-1 + T, conv_dim]);
+// X = concat(conv_state, qkv) along time ([K-1 + T, conv_dim]; conv_snap instead of conv_state
+// when step.rollback is set: the previous verify, run ahead on the GPU, rejected its draft);
 // out[t, c] = silu(sum_{k=0..K-1} X[t + k, c] * w[c, k])   (tap K-1 multiplies the current token);
 // afterwards conv_state = X[T .. T+K-1] (the last K-1 raw rows, also when T < K-1), and when
 // 0 < n_confirmed < T, conv_snap = X[n_confirmed .. n_confirmed+K-1] (the state after n_confirmed rows).
@@ -27,11 +28,25 @@ const WG: u32 = {{WG}}u;
 const TILE: u32 = {{TILE}}u;
 const KMAX: u32 = {{KMAX}}u;
 
+// The thread's channel of the old state (K-1 rows), read once before anything is written: from
+// conv_snap instead when step.rollback is set (the previous verify rejected its draft).
+var<private> hist: array<f32, KMAX>;
+
+fn load_hist(c: u32) {
+    for (var j = 0u; j + 1u < p.taps; j++) {
+        if (step.rollback != 0u) {
+            hist[j] = conv_snap[j * p.conv_dim + c];
+        } else {
+            hist[j] = conv_state[j * p.conv_dim + c];
+        }
+    }
+}
+
 // Row j of X for channel c. The host guarantees j < K-1 + rows_cap.
 fn x_at(j: u32, c: u32) -> f32 {
     let ks = p.taps - 1u;
     if (j < ks) {
-        return conv_state[j * p.conv_dim + c];
+        return hist[j];
     }
     return qkv[(j - ks) * p.x_stride + p.x_col + c];
 }
@@ -52,6 +67,7 @@ fn main(
         w[k] = 0.0;
         if (k < p.taps) { w[k] = conv_w[c * p.taps + k]; }
     }
+    if (wid.z == 0u) { load_hist(c); }
 
     let t0 = wid.z * TILE;
     let t1 = min(t0 + TILE, T);
@@ -70,7 +86,7 @@ fn main(
             conv_snap[j * p.conv_dim + c] = x_at(nc + j, c);
         }
     }
-    // Ascending j: writing row j never clobbers a row a later j still reads (T + j' > j).
+    // The old rows come from hist (read before any write), so the order of the writes is free.
     for (var j = 0u; j < ks; j++) {
         conv_state[j * p.conv_dim + c] = x_at(T + j, c);
     }

@@ -35,10 +35,24 @@ const KMAX: u32 = {{KMAX}}u;
 var<workgroup> sq: array<f32, WG>;
 var<workgroup> red: array<f32, NORM_WG>;
 
+// The thread's channel of the old state (K-1 rows), read once before anything is written: from
+// conv_snap instead when step.rollback is set (the previous verify rejected its draft).
+var<private> hist: array<f32, KMAX>;
+
+fn load_hist(c: u32) {
+    for (var j = 0u; j + 1u < p.taps; j++) {
+        if (step.rollback != 0u) {
+            hist[j] = conv_snap[j * p.conv_dim + c];
+        } else {
+            hist[j] = conv_state[j * p.conv_dim + c];
+        }
+    }
+}
+
 fn x_at(j: u32, c: u32) -> f32 {
     let ks = p.taps - 1u;
     if (j < ks) {
-        return conv_state[j * p.conv_dim + c];
+        return hist[j];
     }
     return qkv[(j - ks) * p.x_stride + p.x_col + c];
 }
@@ -97,6 +111,7 @@ fn main(
         w[k] = 0.0;
         if (k < p.taps) { w[k] = conv_w[cc * p.taps + k]; }
     }
+    if (wid.z == 0u) { load_hist(cc); }
 
     for (var t = t0; t < t1; t++) {
         var acc = 0.0;

@@ -2,6 +2,8 @@
 // S_h ∈ R^{Dv×Dk} per value head h (row = value dim), key head kh = h / (Hv / Hk). For t in order:
 //   S <- g_t · S;  m = S · k_t;  δ = β_t (v_t − m);  S <- S + δ ⊗ k_t;  y_t = S · q_t
 // When 0 < n_confirmed < T, the state after row n_confirmed-1 is also written to `snap` (spec §7.4).
+// When step.rollback is set, the call starts from `snap` instead of `state` (the previous verify,
+// run ahead on the GPU, rejected its draft: the rollback needs no copy).
 //
 // Layout: one workgroup per (value head, block of R = WG/4 value rows). Each state row belongs to 4
 // lanes; lane l holds the vec4 chunks l, l+4, l+8, ... (NV4 = Dk/16 of them) in registers for the
@@ -107,8 +109,15 @@ fn main(
     let vcol = 2u * key_dim + h * p.dv + row;
 
     var s: array<vec4<f32>, NV4>;
+    // The state this call starts from: the snapshot when step.rollback is set (the previous
+    // verify rejected its draft). Each element is read, then written, by the same lane.
+    let from_snap = step.rollback != 0u;
     for (var j = 0u; j < NV4; j++) {
-        s[j] = state[sbase + lane + LANES * j];
+        if (from_snap) {
+            s[j] = snap[sbase + lane + LANES * j];
+        } else {
+            s[j] = state[sbase + lane + LANES * j];
+        }
     }
 
     // k|q of row 0 staged now, of row 1 held in registers; v, beta, g one row ahead.

@@ -1,17 +1,23 @@
-// Quantized matmul for prompt chunks as a tiled GEMM (experimental; QWGPU_PREFILL_GEMM=1, see
-// ops::matmul::prefill_gemm). Same bindings and parameters as matmul.wgsl's quantized path.
+// Quantized matmul for prompt chunks as a tiled GEMM (ops::matmul::prefill_gemm). Same bindings
+// and parameters as matmul.wgsl's quantized path.
 //
-// A workgroup of 256 threads computes a tile of BN = 64 rows × BT = 64 tokens. Per step of
-// BK = 32 input features it dequantizes the tile's weights (w = s * q + b, MLX affine, spec §3.1)
-// and stages the tokens' x values, both in workgroup memory, and each thread accumulates a 4-row
-// × 4-token block from there: 16 multiply-adds per two workgroup loads, and each weight byte and
-// x value read from memory once per tile instead of once per row group.
+// A workgroup of WG = (BN / TM) * (BT / TN) threads computes a tile of BN rows × BT tokens. Per
+// step of BK input features it dequantizes the tile's weights (w = s * q + b, MLX affine, spec
+// §3.1) and stages the tokens' x values, both in workgroup memory, and each thread accumulates
+// TM rows × TN tokens from there (TM / 4 + TN / 4 vec4 loads per TM * TN multiply-adds). The
+// global reads of the next step (code words with their scale and bias, x) are issued before the
+// current step's arithmetic, so their latency hides behind it.
+// A thread's rows are the vec4 row groups ty, ty + BN / TM, ...; its tokens the vec4 token groups
+// tx, tx + BT / TN, ...: neighbouring threads read neighbouring vec4s of workgroup memory.
 //
-// Per (row, token) the sum runs over k in increasing order, one fused term per feature, whatever
-// the number of tokens or the tile the token lands in: a prompt gives the same bits in chunks of
-// any size. (Not the bits of the decode tiles, which sum per block with the affine identity.)
+// Per (row, token) the sum runs over k in increasing order, one term w * x per feature, whatever
+// the tile shape, the number of tokens or the tile the token lands in: a prompt gives the same
+// bits in chunks of any size. (Not the bits of the decode tiles, which sum per block with the
+// affine identity.)
 //
-// Defines: TOKENS, ADD, SWIGLU, Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16.
+// Defines: BN, BT, BK, TM, TN (TM, TN multiples of 4; WG = BN * BT / (TM * TN); WL = BN * BK /
+// (EPW * WG) and XL = BT * BK / (4 * WG) whole), TOKENS, ADD, SWIGLU, Q4 or Q8,
+// SCALE_F32 / SCALE_F16 / SCALE_BF16.
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -24,10 +30,14 @@
 @group(0) @binding(5) var<storage, read> biases: array<u32>;       // [n, k / group]
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;      // [T, y_stride]
 
-const WG: u32 = 256u;
-const BN: u32 = 64u;
-const BT: u32 = 64u;
-const BK: u32 = 32u;
+const BN: u32 = {{BN}}u;
+const BT: u32 = {{BT}}u;
+const BK: u32 = {{BK}}u;
+const TM: u32 = {{TM}}u;
+const TN: u32 = {{TN}}u;
+const NTX: u32 = BT / TN;       // threads along tokens
+const NTY: u32 = BN / TM;       // threads along rows
+const WG: u32 = NTX * NTY;
 #if Q4
 const EPW: u32 = 8u;   // codes per u32 word
 const BITS: u32 = 4u;
@@ -38,6 +48,7 @@ const BITS: u32 = 8u;
 const MASK: u32 = 255u;
 #endif
 const WPS: u32 = BK / EPW;  // words per row per step
+const KV: u32 = BK / 4u;    // x vec4 per token per step
 
 // [BK][BN / 4]: the step's dequantized weights, feature-major, 4 rows per vec4.
 var<workgroup> ws: array<vec4<f32>, BK * BN / 4u>;
@@ -66,81 +77,121 @@ fn main(
     let t0 = wid.z * BT;
     let wpr = p.k / EPW;
     let xs4 = p.x_stride / 4u;
-    let ty = lid / 16u;   // rows ty*4 .. ty*4+3 of the tile
-    let tx = lid % 16u;   // tokens tx*4 .. tx*4+3 of the tile
+    let tx = lid % NTX;
+    let ty = lid / NTX;
 
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+#for I TMV
+#for E 4
+#for C TNV
+    var acc_{{I}}_{{E}}_{{C}} = vec4<f32>(0.0);
+#endfor
+#endfor
+#endfor
+
+    // The global reads of one step: thread lid takes word i % WPS of tile row i / WPS and x vec4
+    // i % KV of tile token i / KV, for i = lid, lid + WG, ...
+#for J WL
+    let wr{{J}} = min(n0 + (lid + {{J}}u * WG) / WPS, p.n - 1u);
+    let wd{{J}} = (lid + {{J}}u * WG) % WPS;
+    var wq{{J}} = 0u;
+    var wsb{{J}} = vec2<f32>(0.0);
+#endfor
+#for J XL
+    let xt{{J}} = (lid + {{J}}u * WG) / KV;
+    let xk{{J}} = (lid + {{J}}u * WG) % KV;
+    var xv{{J}} = vec4<f32>(0.0);
+#endfor
 
     let nsteps = p.k / BK;
-    for (var s = 0u; s < nsteps; s++) {
-        workgroupBarrier();
-        // Weights: BN rows × WPS words; thread i takes word i % WPS of row i / WPS.
-        for (var i = lid; i < BN * WPS; i += WG) {
-            let r = i / WPS;
-            let wd = i % WPS;
-            let row = min(n0 + r, p.n - 1u);
-            let word = w[row * wpr + s * WPS + wd];
-            let sb = scale_bias(row * p.groups_per_row + (s * BK + wd * EPW) / p.group_size);
-            for (var e = 0u; e < EPW; e++) {
-                let q = f32((word >> (BITS * e)) & MASK);
-                let kk = wd * EPW + e;
-                ws[kk * (BN / 4u) + r / 4u][r % 4u] = sb.x * q + sb.y;
+    for (var s = 0u; s <= nsteps; s++) {
+        if (s > 0u) {
+            // Store step s - 1 (read last iteration) into workgroup memory.
+            workgroupBarrier();
+#for J WL
+            {
+                let r = (lid + {{J}}u * WG) / WPS;
+                for (var e = 0u; e < EPW; e++) {
+                    let q = f32((wq{{J}} >> (BITS * e)) & MASK);
+                    ws[(wd{{J}} * EPW + e) * (BN / 4u) + r / 4u][r % 4u] = wsb{{J}}.x * q + wsb{{J}}.y;
+                }
             }
-        }
-        // x: BT tokens × BK / 4 vec4 (zeros past the step's tokens).
-        for (var i = lid; i < BT * (BK / 4u); i += WG) {
-            let t = i / (BK / 4u);
-            let kv = i % (BK / 4u);
-            var v = vec4<f32>(0.0);
-            if (t0 + t < T) {
-                v = x[(t0 + t) * xs4 + p.x_col / 4u + s * (BK / 4u) + kv];
+#endfor
+#for J XL
+            {
+                let kk = xk{{J}} * 4u;
+                let c = xt{{J}} / 4u;
+                let l = xt{{J}} % 4u;
+                xs[(kk + 0u) * (BT / 4u) + c][l] = xv{{J}}.x;
+                xs[(kk + 1u) * (BT / 4u) + c][l] = xv{{J}}.y;
+                xs[(kk + 2u) * (BT / 4u) + c][l] = xv{{J}}.z;
+                xs[(kk + 3u) * (BT / 4u) + c][l] = xv{{J}}.w;
             }
-            let kk = kv * 4u;
-            xs[(kk + 0u) * (BT / 4u) + t / 4u][t % 4u] = v.x;
-            xs[(kk + 1u) * (BT / 4u) + t / 4u][t % 4u] = v.y;
-            xs[(kk + 2u) * (BT / 4u) + t / 4u][t % 4u] = v.z;
-            xs[(kk + 3u) * (BT / 4u) + t / 4u][t % 4u] = v.w;
+#endfor
+            workgroupBarrier();
         }
-        workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            let a = ws[kk * (BN / 4u) + ty];
-            let b = xs[kk * (BT / 4u) + tx];
-            acc0 += vec4<f32>(a.x) * b;
-            acc1 += vec4<f32>(a.y) * b;
-            acc2 += vec4<f32>(a.z) * b;
-            acc3 += vec4<f32>(a.w) * b;
+        if (s < nsteps) {
+            // Issue step s's global reads; they land while step s - 1 is computed.
+#for J WL
+            wq{{J}} = w[wr{{J}} * wpr + s * WPS + wd{{J}}];
+            wsb{{J}} = scale_bias(wr{{J}} * p.groups_per_row + (s * BK + wd{{J}} * EPW) / p.group_size);
+#endfor
+#for J XL
+            xv{{J}} = vec4<f32>(0.0);
+            if (t0 + xt{{J}} < T) {
+                xv{{J}} = x[(t0 + xt{{J}}) * xs4 + p.x_col / 4u + s * KV + xk{{J}}];
+            }
+#endfor
+        }
+        if (s > 0u) {
+            for (var kk = 0u; kk < BK; kk++) {
+#for I TMV
+                let a{{I}} = ws[kk * (BN / 4u) + ty + {{I}}u * NTY];
+#endfor
+#for C TNV
+                let b{{C}} = xs[kk * (BT / 4u) + tx + {{C}}u * NTX];
+#endfor
+#for I TMV
+#for E 4
+#for C TNV
+                acc_{{I}}_{{E}}_{{C}} += vec4<f32>(a{{I}}[{{E}}]) * b{{C}};
+#endfor
+#endfor
+#endfor
+            }
         }
     }
 
-    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    // Row group I of this thread: tile rows (ty + I * NTY) * 4 + E; token group C: tile tokens
+    // (tx + C * NTX) * 4 + j.
+#for I TMV
+#for C TNV
+    {
+        let row = n0 + (ty + {{I}}u * NTY) * 4u;
+        let tb = t0 + (tx + {{C}}u * NTX) * 4u;
 #if SWIGLU
-    // Rows come in (gate, up) pairs: rows ty*4 + {0,1} and ty*4 + {2,3}.
-    for (var i = 0u; i < 4u; i += 2u) {
-        let row = n0 + ty * 4u + i;
+        // Rows come in (gate, up) pairs: E = 0, 1 and E = 2, 3.
         for (var j = 0u; j < 4u; j++) {
-            let t = t0 + tx * 4u + j;
-            if (row + 1u < p.n && t < T) {
-                y[t * p.y_stride + (p.row0 + row) / 2u] = silu(accs[i][j]) * accs[i + 1u][j];
+            if (tb + j < T) {
+                if (row + 1u < p.n) { y[(tb + j) * p.y_stride + (p.row0 + row) / 2u] = silu(acc_{{I}}_0_{{C}}[j]) * acc_{{I}}_1_{{C}}[j]; }
+                if (row + 3u < p.n) { y[(tb + j) * p.y_stride + (p.row0 + row) / 2u + 1u] = silu(acc_{{I}}_2_{{C}}[j]) * acc_{{I}}_3_{{C}}[j]; }
             }
         }
-    }
 #else
-    for (var i = 0u; i < 4u; i++) {
-        let row = n0 + ty * 4u + i;
-        for (var j = 0u; j < 4u; j++) {
-            let t = t0 + tx * 4u + j;
-            if (row < p.n && t < T) {
-                let o = t * p.y_stride + p.row0 + row;
+        let accs = array<vec4<f32>, 4>(acc_{{I}}_0_{{C}}, acc_{{I}}_1_{{C}}, acc_{{I}}_2_{{C}}, acc_{{I}}_3_{{C}});
+        for (var e = 0u; e < 4u; e++) {
+            for (var j = 0u; j < 4u; j++) {
+                if (row + e < p.n && tb + j < T) {
+                    let o = (tb + j) * p.y_stride + p.row0 + row + e;
 #if ADD
-                y[o] = y[o] + accs[i][j];
+                    y[o] = y[o] + accs[e][j];
 #else
-                y[o] = accs[i][j];
+                    y[o] = accs[e][j];
 #endif
+                }
             }
         }
-    }
 #endif
+    }
+#endfor
+#endfor
 }

@@ -9,9 +9,29 @@
 //           residual sample w), bonus, ...]; v = that token, b = bonus.
 //   SELECT: after the MTP head: draft = accept ? mtp_out[1] : mtp_out[0]; the next verify
 //           input is ids = [accept ? b : v, draft].
+//   ADVANCE: last in a verify iteration: the next verify's step data from this one's decision,
+//           so it can be submitted before the host reads the decision: both slots' positions
+//           advance by 1 + accept, and the backbone slot's `rollback` = 1 - accept (its GDN
+//           kernels then start from the snapshots). Binds the whole step buffer as words.
 // `step.force` (benchmarks only) overrides the greedy decision: 1 = reject, 2 = accept.
 #include "common.wgsl"
 
+#if ADVANCE
+@group(0) @binding(0) var<storage, read_write> steps: array<u32>;    // the step buffer
+@group(0) @binding(1) var<storage, read> decision: array<u32>;      // [v, b, accept, draft]
+
+const SLOT1: u32 = {{SLOT1}}u;       // word offset of the MTP slot
+const POS: u32 = {{POS}}u;           // word of Step.pos
+const ROLLBACK: u32 = {{ROLLBACK}}u; // word of Step.rollback
+
+@compute @workgroup_size(1)
+fn main() {
+    let accept = min(decision[2], 1u);
+    steps[POS] = steps[POS] + 1u + accept;
+    steps[SLOT1 + POS] = steps[SLOT1 + POS] + 1u + accept;
+    steps[ROLLBACK] = 1u - accept;
+}
+#else
 @group(0) @binding(0) var<storage, read> step: Step;
 @group(0) @binding(1) var<storage, read_write> ids: array<u32>;      // backbone input ids [y, d]
 @group(0) @binding(2) var<storage, read_write> result: array<u32>;   // [v, b, accept, draft]
@@ -60,3 +80,4 @@ fn main() {
     mtp_ids[1] = b;
 #endif
 }
+#endif

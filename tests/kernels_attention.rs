@@ -192,6 +192,7 @@ impl Layer {
                 n_confirmed: 0,
                 n_out: 1,
                 force: 0,
+                rollback: 0,
             },
         );
         let slot = StepSlot {
@@ -253,6 +254,7 @@ impl Layer {
                 n_confirmed: 0,
                 n_out: 1,
                 force: 0,
+                rollback: 0,
             },
         );
         let slot = StepSlot {
@@ -614,6 +616,7 @@ fn attend_split(
             n_confirmed: 0,
             n_out: 1,
             force: 0,
+            rollback: 0,
         },
     );
     let slot = StepSlot {
@@ -704,6 +707,7 @@ fn rejects_unsupported_shapes() {
             n_confirmed: 0,
             n_out: 1,
             force: 0,
+            rollback: 0,
         },
     );
     let slot = StepSlot {
@@ -830,6 +834,7 @@ fn bench_attention_27b() {
                 n_confirmed: 0,
                 n_out: 1,
                 force: 0,
+                rollback: 0,
             },
         );
         let slot = StepSlot {

@@ -102,6 +102,10 @@ fn proj_rows(rng: &mut Rng, d: &GdnDims, p: &Proj, t: usize) -> Vec<f32> {
 }
 
 fn step_for(gpu: &Gpu, t: usize, nc: usize) -> GpuBuffer {
+    step_rb(gpu, t, nc, false)
+}
+
+fn step_rb(gpu: &Gpu, t: usize, nc: usize, rollback: bool) -> GpuBuffer {
     step_buffer(
         gpu,
         Step {
@@ -110,6 +114,7 @@ fn step_for(gpu: &Gpu, t: usize, nc: usize) -> GpuBuffer {
             n_confirmed: nc as u32,
             n_out: 1,
             force: 0,
+            rollback: rollback as u32,
         },
     )
 }
@@ -196,6 +201,23 @@ fn forward(
     t: usize,
     nc: usize,
 ) -> Outs {
+    forward_with(gpu, d, l, p, proj, t, nc, false, false)
+}
+
+/// As [`forward`], with the step's rollback flag and, with `fused`, gdn_conv_prep instead of
+/// gdn_conv + gdn_prep.
+#[allow(clippy::too_many_arguments)]
+fn forward_with(
+    gpu: &Gpu,
+    d: &GdnDims,
+    l: &GpuLayer,
+    p: &Proj,
+    proj: &[f32],
+    t: usize,
+    nc: usize,
+    rollback: bool,
+    fused: bool,
+) -> Outs {
     let (cd, vd, hv) = (
         d.conv_dim() as usize,
         d.value_dim() as usize,
@@ -206,39 +228,66 @@ fn forward(
     let gates = zeros(gpu, "gates", t * 2 * hv);
     let y = zeros(gpu, "y", t * vd);
     let out = zeros(gpu, "out", t * vd);
-    let sb = step_for(gpu, t, nc);
+    let sb = step_rb(gpu, t, nc, rollback);
     let st = p.stride as u32;
     let mut ds = Vec::new();
     pollster::block_on(async {
-        ds.extend(
-            gdn_conv(
-                gpu,
-                d,
-                Act::at(&pb, st, p.qkv as u32),
-                &l.conv_w,
-                &l.conv_state,
-                &l.conv_snap,
-                &conv_out,
-                slot(&sb),
-            )
-            .await
-            .unwrap(),
+        let (qkv, b, a) = (
+            Act::at(&pb, st, p.qkv as u32),
+            Act::at(&pb, st, p.b as u32),
+            Act::at(&pb, st, p.a as u32),
         );
-        ds.extend(
-            gdn_prep(
-                gpu,
-                d,
-                &conv_out,
-                Act::at(&pb, st, p.b as u32),
-                Act::at(&pb, st, p.a as u32),
-                &l.a_log,
-                &l.dt_bias,
-                &gates,
-                slot(&sb),
-            )
-            .await
-            .unwrap(),
-        );
+        if fused {
+            ds.extend(
+                gdn_conv_prep(
+                    gpu,
+                    d,
+                    qkv,
+                    &l.conv_w,
+                    &l.conv_state,
+                    &l.conv_snap,
+                    &conv_out,
+                    b,
+                    a,
+                    &l.a_log,
+                    &l.dt_bias,
+                    &gates,
+                    slot(&sb),
+                )
+                .await
+                .unwrap(),
+            );
+        } else {
+            ds.extend(
+                gdn_conv(
+                    gpu,
+                    d,
+                    qkv,
+                    &l.conv_w,
+                    &l.conv_state,
+                    &l.conv_snap,
+                    &conv_out,
+                    slot(&sb),
+                )
+                .await
+                .unwrap(),
+            );
+            ds.extend(
+                gdn_prep(
+                    gpu,
+                    d,
+                    &conv_out,
+                    b,
+                    a,
+                    &l.a_log,
+                    &l.dt_bias,
+                    &gates,
+                    slot(&sb),
+                )
+                .await
+                .unwrap(),
+            );
+        }
         ds.extend(
             gdn_recurrence(gpu, d, &conv_out, &gates, &l.state, &l.snap, &y, slot(&sb))
                 .await
@@ -612,6 +661,59 @@ fn snapshots_equal_the_state_after_n_confirmed_rows() {
                     cs_all.iter().chain(&s_all).all(|&v| v == -7.25),
                     "{what}: n_confirmed = T wrote a snapshot"
                 );
+            }
+        }
+    }
+}
+
+#[test]
+fn rollback_flag_starts_from_the_snapshots() {
+    // A step with `rollback` set (a verify queued on the GPU after one that rejected its draft)
+    // must give the bits of a step without it whose states hold the snapshots: every output, the
+    // new states and, for a verify, the new snapshots; with gdn_conv + gdn_prep and with the fused
+    // gdn_conv_prep. The states the flagged step did not start from are random and different.
+    for gpu in gpu_variants() {
+        let mut rng = Rng(23);
+        for (name, d) in shapes() {
+            let w = weights(&mut rng, &d);
+            let p = Proj::new(&d, 1);
+            let (cs, s0) = initial_states(&mut rng, &d, true);
+            let (csnap, ssnap) = initial_states(&mut rng, &d, true);
+            for (t, nc) in [(2usize, 1usize), (1, 0)] {
+                let proj = proj_rows(&mut rng, &d, &p, t);
+                for fused in [false, true] {
+                    let what = format!(
+                        "{name} T={t} n_confirmed={nc} fused={fused} ({})",
+                        gpu.describe()
+                    );
+                    let flagged = GpuLayer::new(&gpu, &d, &w, &cs, &s0);
+                    gpu.queue
+                        .write_buffer(&flagged.conv_snap.buf, 0, bytemuck::cast_slice(&csnap));
+                    gpu.queue
+                        .write_buffer(&flagged.snap.buf, 0, bytemuck::cast_slice(&ssnap));
+                    let a = forward_with(&gpu, &d, &flagged, &p, &proj, t, nc, true, fused);
+                    let plain = GpuLayer::new(&gpu, &d, &w, &csnap, &ssnap);
+                    gpu.queue
+                        .write_buffer(&plain.conv_snap.buf, 0, bytemuck::cast_slice(&csnap));
+                    gpu.queue
+                        .write_buffer(&plain.snap.buf, 0, bytemuck::cast_slice(&ssnap));
+                    let b = forward_with(&gpu, &d, &plain, &p, &proj, t, nc, false, fused);
+                    assert_bits_eq(
+                        &format!("rollback: conv_out {what}"),
+                        &a.conv_out,
+                        &b.conv_out,
+                    );
+                    assert_bits_eq(&format!("rollback: gates {what}"), &a.gates, &b.gates);
+                    assert_bits_eq(&format!("rollback: y {what}"), &a.y, &b.y);
+                    assert_bits_eq(&format!("rollback: out {what}"), &a.out, &b.out);
+                    let (sa, sb) = (flagged.read_states(&gpu, &d), plain.read_states(&gpu, &d));
+                    for (i, part) in ["conv_state", "conv_snap", "state", "snap"]
+                        .iter()
+                        .enumerate()
+                    {
+                        assert_bits_eq(&format!("rollback: {part} after {what}"), &sa[i], &sb[i]);
+                    }
+                }
             }
         }
     }

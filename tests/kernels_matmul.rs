@@ -3,13 +3,24 @@
 //! matrices split over several bindings, and bit-exact batch invariance.
 
 use qwgpu_engine::gpu::{Gpu, GpuOptions, Rows, Step, StepShape, StepSlot};
-use qwgpu_engine::ops::matmul::{matmul, MatmulOpts, MT_ONE, MT_PREFILL, MT_SMALL};
+use qwgpu_engine::ops::matmul::{
+    matmul, set_prefill_gemm, set_staged, MatmulOpts, MT_ONE, MT_PREFILL, MT_SMALL,
+};
 use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{
     decode_floats, dequantize_row, encode_floats, quantize_row, FloatType, WeightFormat,
 };
 use qwgpu_tests::*;
+
+/// This file checks the portable kernels (block reads for decode tiles, word reads for prompt
+/// tiles) that every device can run; the staged decode kernel and the tiled GEMM, on by default
+/// where the limits allow, have their own files. Every test here sets the same process-wide
+/// switches, so they never race.
+fn portable_kernels() {
+    set_staged(false);
+    set_prefill_gemm(false);
+}
 
 /// f32 accumulation over K terms: error grows like K·eps relative to Σ|x·w|.
 const RTOL: f32 = 2e-6;
@@ -136,6 +147,7 @@ fn gpu_matmul(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, mt: u32) -> Vec<f32> {
             n_confirmed: 0,
             n_out: 1,
             force: 0,
+            rollback: 0,
         },
     );
     let slot = StepSlot {
@@ -225,6 +237,7 @@ fn check_case(gpu: &Gpu, c: &Case, rng: &mut Rng, tokens: &[usize]) {
 
 #[test]
 fn matmul_tiny_and_odd_shapes_every_format() {
+    portable_kernels();
     for gpu in gpu_variants() {
         let mut rng = Rng(1);
         for f in formats() {
@@ -248,6 +261,7 @@ fn matmul_tiny_and_odd_shapes_every_format() {
 
 #[test]
 fn matmul_real_27b_shapes() {
+    portable_kernels();
     // The MLP up/gate projection of the 27B (17408 x 5120, 4-bit, group 64, bf16 scales) and the
     // GDN in_proj_qkv (10240 x 5120); decode and verify row counts.
     let gpu = gpu();
@@ -269,6 +283,7 @@ fn matmul_real_27b_shapes() {
 
 #[test]
 fn matmul_split_over_bindings() {
+    portable_kernels();
     // A 64 KiB binding cap forces the matrix into several row chunks, as a browser's limit does
     // for the 248,320-row lm_head.
     let gpu = gpu_with(GpuOptions {
@@ -298,6 +313,7 @@ fn matmul_split_over_bindings() {
 
 #[test]
 fn matmul_residual_epilogue_and_offsets() {
+    portable_kernels();
     let gpu = gpu();
     let mut rng = Rng(4);
     let c = make_case(
@@ -326,6 +342,7 @@ fn matmul_residual_epilogue_and_offsets() {
             n_confirmed: 0,
             n_out: 1,
             force: 0,
+            rollback: 0,
         },
     );
     let d = pollster::block_on(matmul(
@@ -368,6 +385,7 @@ fn matmul_residual_epilogue_and_offsets() {
 
 #[test]
 fn matmul_batch_invariance_is_bit_exact() {
+    portable_kernels();
     // Row 0 of a 2-row call equals a 1-row call bit for bit (MTP's greedy identity rests on
     // this), and the prefill pipeline gives a row the same bits whatever the call's row count and
     // wherever the row lands in a token tile (chunked-prefill invariance). The two pipelines read
@@ -425,6 +443,7 @@ fn gpu_matmul_side_by_side(gpu: &Gpu, mats: &[&Matrix], x: &[f32], t: usize, mt:
             n_confirmed: 0,
             n_out: 1,
             force: 0,
+            rollback: 0,
         },
     );
     let slot = StepSlot {
@@ -465,6 +484,7 @@ fn gpu_matmul_side_by_side(gpu: &Gpu, mats: &[&Matrix], x: &[f32], t: usize, mt:
 
 #[test]
 fn matmul_stacked_parts_equal_separate_matrices_bit_for_bit() {
+    portable_kernels();
     // The loader stacks projections of one input (q|k|v, gate|up, GDN in_proj qkv|z|b|a) into one
     // matrix (`Matrix::upload_stacked`): each output column must get the bits the part's own
     // matmul writes there, in every tile, with part sizes that are not multiples of the rows per
@@ -528,6 +548,7 @@ fn matmul_stacked_parts_equal_separate_matrices_bit_for_bit() {
 
 #[test]
 fn matmul_stack_of_mixed_formats_is_refused() {
+    portable_kernels();
     // Parts stored in different formats (a mixed-precision checkpoint) cannot share a matrix; the
     // loader keeps them apart, and a direct request names both parts.
     let gpu = gpu();
@@ -583,6 +604,7 @@ fn matmul_stack_of_mixed_formats_is_refused() {
 
 #[test]
 fn matmul_swiglu_epilogue_equals_stack_then_swiglu_kernel() {
+    portable_kernels();
     // The loader interleaves gate and up rows (`Matrix::upload_interleaved`) so one matmul writes
     // silu(gate) * up (`MatmulOpts::swiglu`): it must give the bits of the gate|up matmul followed
     // by the SwiGLU kernel, in every tile, with an intermediate size that is not a multiple of the
@@ -643,6 +665,7 @@ fn matmul_swiglu_epilogue_equals_stack_then_swiglu_kernel() {
                         n_confirmed: 0,
                         n_out: 1,
                         force: 0,
+                        rollback: 0,
                     },
                 );
                 let slot = StepSlot {

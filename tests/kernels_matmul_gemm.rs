@@ -1,76 +1,18 @@
-//! The experimental tiled prefill GEMM (`matmul_gemm.wgsl`, `ops::matmul::set_prefill_gemm`)
-//! against a scalar CPU reference (RMS-style tolerance on Σ|x·w|) for every quantized format,
-//! with a residual add, odd row counts and several token tiles; a prompt row's bits do not depend
-//! on the chunk it is computed in; and the SwiGLU epilogue gives the bits of the stacked GEMM
-//! followed by the SwiGLU kernel. One test: the switch is process-wide.
+//! The tiled prefill GEMM (`matmul_gemm.wgsl`, `ops::matmul::set_prefill_gemm`) against a scalar
+//! CPU reference (RMS-style tolerance on Σ|x·w|) for every quantized format, with a residual add,
+//! odd row counts and several token tiles; a prompt row's bits do not depend on the chunk it is
+//! computed in; every tile shape gives the same bits; and the SwiGLU epilogue gives the bits of
+//! the stacked GEMM followed by the SwiGLU kernel. One test: the switches are process-wide.
 
 use qwgpu_engine::gpu::{Gpu, Rows, Step, StepShape, StepSlot};
-use qwgpu_engine::ops::matmul::{matmul, set_prefill_gemm, MatmulOpts, MT_PREFILL};
-use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
-use qwgpu_engine::ops::Act;
-use qwgpu_engine::quant::{
-    decode_floats, dequantize_row, encode_floats, quantize_row, FloatType, WeightFormat,
+use qwgpu_engine::ops::matmul::{
+    gemm_tile, matmul, set_gemm_tile, set_prefill_gemm, GemmTile, MatmulOpts, MT_PREFILL,
 };
+use qwgpu_engine::ops::matrix::Matrix;
+use qwgpu_engine::ops::Act;
+use qwgpu_engine::quant::{FloatType, WeightFormat};
+use qwgpu_tests::quant::Q;
 use qwgpu_tests::*;
-
-struct Q {
-    n: usize,
-    k: usize,
-    format: WeightFormat,
-    weight: Vec<u8>,
-    scales: Vec<u8>,
-    biases: Vec<u8>,
-    /// The weights the GPU sees, as f32.
-    dense: Vec<f32>,
-}
-
-fn make(rng: &mut Rng, n: usize, k: usize, format: WeightFormat) -> Q {
-    let WeightFormat::Affine { bits, group, scale } = format else {
-        unreachable!("quantized formats only")
-    };
-    let (mut codes, mut s, mut b) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..n {
-        let row: Vec<f32> = (0..k).map(|_| rng.normal() * 0.05).collect();
-        let (c, sc, bi) = quantize_row(&row, bits, group as usize);
-        codes.extend(c);
-        s.extend(sc);
-        b.extend(bi);
-    }
-    let (scales, biases) = (encode_floats(scale, &s), encode_floats(scale, &b));
-    let (s2, b2) = (decode_floats(scale, &scales), decode_floats(scale, &biases));
-    let (gpr, wpr) = (k / group as usize, k * bits as usize / 32);
-    let mut dense = Vec::with_capacity(n * k);
-    for r in 0..n {
-        dense.extend(dequantize_row(
-            &codes[r * wpr..(r + 1) * wpr],
-            &s2[r * gpr..(r + 1) * gpr],
-            &b2[r * gpr..(r + 1) * gpr],
-            bits,
-            group as usize,
-            k,
-        ));
-    }
-    Q {
-        n,
-        k,
-        format,
-        weight: bytemuck::cast_slice(&codes).to_vec(),
-        scales,
-        biases,
-        dense,
-    }
-}
-
-fn data(q: &Q) -> MatrixData<'_> {
-    MatrixData {
-        n: q.n,
-        k: q.k,
-        format: q.format,
-        weight: &q.weight,
-        scales: &q.scales,
-        biases: &q.biases,
-    }
-}
 
 /// Prefill-tile matmul over `t` rows of x into y [t, ny] (starting from `y0` with `add`).
 fn run_mm(
@@ -93,6 +35,7 @@ fn run_mm(
             n_confirmed: 0,
             n_out: 1,
             force: 0,
+            rollback: 0,
         },
     );
     let slot = StepSlot {
@@ -157,104 +100,128 @@ fn tiled_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
             scale: BF16,
         },
     ];
+    // The two built-in tiles and an odd one (32 threads, 4 × 8 per thread, 16 features a step).
+    let tiles = [
+        GemmTile::SMALL,
+        GemmTile::WIDE,
+        GemmTile {
+            bn: 32,
+            bt: 32,
+            bk: 16,
+            tm: 4,
+            tn: 8,
+        },
+    ];
     for gpu in gpu_variants() {
         let mut rng = Rng(12);
         for f in formats {
             for (n, k) in [(70usize, 256usize), (130, 1024)] {
-                let q = make(&mut rng, n, k, f);
-                let m = Matrix::upload(&gpu, "w", &data(&q)).unwrap();
-                let t = 70; // two token tiles
+                let q = Q::random(&mut rng, n, k, f);
+                let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
+                let t = 70; // two or three token tiles
                 let x = rng.vec(t * k, 1.0);
-                let (mut want, mut mag) = (vec![0f32; t * n], vec![0f32; t * n]);
-                for ti in 0..t {
-                    for r in 0..n {
-                        let (mut s, mut a) = (0f64, 0f64);
-                        for j in 0..k {
-                            let v = x[ti * k + j] as f64 * q.dense[r * k + j] as f64;
-                            s += v;
-                            a += v.abs();
-                        }
-                        want[ti * n + r] = s as f32;
-                        mag[ti * n + r] = a as f32;
-                    }
-                }
-                let what = format!("{} n={n} k={k} ({})", f.describe(), gpu.describe());
-                for add in [false, true] {
-                    let got = run_mm(&gpu, &m, &x, t, n, add, false);
-                    assert_close(
-                        &format!("GEMM vs CPU, add={add}, {what}"),
-                        &got,
-                        &want,
-                        &mag,
-                        1e-5,
-                        2e-5,
-                    );
-                }
-                // Chunk invariance: rows of a 70-row call equal the same rows computed alone.
-                let all = run_mm(&gpu, &m, &x, t, n, false, false);
-                for (a, b) in [(64usize, 70usize), (9, 11), (0, 1)] {
-                    let part = run_mm(&gpu, &m, &x[a * k..b * k], b - a, n, false, false);
-                    assert_bits_eq(
-                        &format!("GEMM rows {a}..{b} alone vs in a 70-row call, {what}"),
-                        &part,
-                        &all[a * n..b * n],
-                    );
-                }
-                // SwiGLU epilogue: interleaved gate/up vs stacked GEMM then the SwiGLU kernel.
-                let (g, u) = (make(&mut rng, n, k, f), make(&mut rng, n, k, f));
+                let (want, mag) = q.cpu_matmul(&x, t);
+                let (g, u) = (Q::random(&mut rng, n, k, f), Q::random(&mut rng, n, k, f));
                 let inter = Matrix::upload_interleaved(
                     &gpu,
                     "gate~up",
-                    ("gate", &data(&g)),
-                    ("up", &data(&u)),
+                    ("gate", &g.data()),
+                    ("up", &u.data()),
                 )
                 .unwrap();
                 let stacked = Matrix::upload_stacked(
                     &gpu,
                     "gate+up",
-                    &[("gate", &data(&g)), ("up", &data(&u))],
+                    &[("gate", &g.data()), ("up", &u.data())],
                 )
                 .unwrap();
-                let fused = run_mm(&gpu, &inter, &x, t, n, false, true);
-                let gu = run_mm(&gpu, &stacked, &x, t, 2 * n, false, false);
-                let gub = upload_f32(&gpu, "gu", &gu);
-                let act = gpu.storage("act", (t * n * 4) as u64).unwrap();
-                let sb = step_buffer(
-                    &gpu,
-                    Step {
-                        n_tokens: t as u32,
-                        pos: 0,
-                        n_confirmed: 0,
-                        n_out: 1,
-                        force: 0,
-                    },
-                );
-                let d = pollster::block_on(qwgpu_engine::ops::swiglu::swiglu(
-                    &gpu,
-                    n as u32,
-                    &gub,
-                    &act,
-                    StepSlot {
-                        buf: &sb,
-                        offset: 0,
-                    },
-                ))
-                .unwrap();
-                run(
-                    &gpu,
-                    &[d],
-                    StepShape {
-                        n_tokens: t as u32,
-                        n_out: 1,
-                    },
-                );
-                assert_bits_eq(
-                    &format!("GEMM SwiGLU epilogue vs GEMM + swiglu kernel, {what}"),
-                    &fused,
-                    &read_f32(&gpu, &act, t * n),
-                );
+                let mut first: Option<(GemmTile, Vec<f32>)> = None;
+                for tile in tiles {
+                    set_gemm_tile(Some(tile));
+                    if gemm_tile(&gpu.limits) != Some(tile) {
+                        eprintln!("skipping GEMM tile {tile:?}: beyond this device's limits");
+                        continue;
+                    }
+                    let what = format!(
+                        "{} n={n} k={k}, tile {tile:?} ({})",
+                        f.describe(),
+                        gpu.describe()
+                    );
+                    for add in [false, true] {
+                        let got = run_mm(&gpu, &m, &x, t, n, add, false);
+                        assert_close(
+                            &format!("GEMM vs CPU, add={add}, {what}"),
+                            &got,
+                            &want,
+                            &mag,
+                            1e-5,
+                            2e-5,
+                        );
+                    }
+                    // Chunk invariance: rows of a 70-row call equal the same rows computed alone.
+                    let all = run_mm(&gpu, &m, &x, t, n, false, false);
+                    for (a, b) in [(64usize, 70usize), (9, 11), (0, 1)] {
+                        let part = run_mm(&gpu, &m, &x[a * k..b * k], b - a, n, false, false);
+                        assert_bits_eq(
+                            &format!("GEMM rows {a}..{b} alone vs in a 70-row call, {what}"),
+                            &part,
+                            &all[a * n..b * n],
+                        );
+                    }
+                    // Every tile gives the same bits.
+                    match &first {
+                        Some((t0, y0)) => assert_bits_eq(
+                            &format!("GEMM tile {tile:?} vs tile {t0:?}, {what}"),
+                            &all,
+                            y0,
+                        ),
+                        None => first = Some((tile, all.clone())),
+                    }
+                    // SwiGLU epilogue: interleaved gate/up vs stacked GEMM then the SwiGLU kernel.
+                    let fused = run_mm(&gpu, &inter, &x, t, n, false, true);
+                    let gu = run_mm(&gpu, &stacked, &x, t, 2 * n, false, false);
+                    let gub = upload_f32(&gpu, "gu", &gu);
+                    let act = gpu.storage("act", (t * n * 4) as u64).unwrap();
+                    let sb = step_buffer(
+                        &gpu,
+                        Step {
+                            n_tokens: t as u32,
+                            pos: 0,
+                            n_confirmed: 0,
+                            n_out: 1,
+                            force: 0,
+                            rollback: 0,
+                        },
+                    );
+                    let d = pollster::block_on(qwgpu_engine::ops::swiglu::swiglu(
+                        &gpu,
+                        n as u32,
+                        &gub,
+                        &act,
+                        StepSlot {
+                            buf: &sb,
+                            offset: 0,
+                        },
+                    ))
+                    .unwrap();
+                    run(
+                        &gpu,
+                        &[d],
+                        StepShape {
+                            n_tokens: t as u32,
+                            n_out: 1,
+                        },
+                    );
+                    assert_bits_eq(
+                        &format!("GEMM SwiGLU epilogue vs GEMM + swiglu kernel, {what}"),
+                        &fused,
+                        &read_f32(&gpu, &act, t * n),
+                    );
+                }
+                assert!(first.is_some(), "no GEMM tile fits {}", gpu.describe());
             }
         }
     }
+    set_gemm_tile(None);
     set_prefill_gemm(false);
 }

@@ -1,4 +1,4 @@
-//! The experimental staged decode kernel (`matmul_staged.wgsl`, `ops::matmul::set_staged`) gives
+//! The staged decode kernel (`matmul_staged.wgsl`, `ops::matmul::set_staged`) gives
 //! the block kernel's bits for every quantized format, for 1- and 2-token tiles, with a residual
 //! add, a SwiGLU pair matrix, rows that are not a multiple of the tile and a last chunk of x that
 //! is partly past the row; and the block kernel's results agree with a scalar CPU reference in
@@ -6,52 +6,11 @@
 
 use qwgpu_engine::gpu::{Gpu, Rows, Step, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{matmul, set_staged, MatmulOpts, MT_ONE, MT_SMALL};
-use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
+use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::ops::Act;
-use qwgpu_engine::quant::{encode_floats, quantize_row, FloatType, WeightFormat};
+use qwgpu_engine::quant::{FloatType, WeightFormat};
+use qwgpu_tests::quant::Q;
 use qwgpu_tests::*;
-
-struct Q {
-    n: usize,
-    k: usize,
-    format: WeightFormat,
-    weight: Vec<u8>,
-    scales: Vec<u8>,
-    biases: Vec<u8>,
-}
-
-fn make(rng: &mut Rng, n: usize, k: usize, format: WeightFormat) -> Q {
-    let WeightFormat::Affine { bits, group, scale } = format else {
-        unreachable!("quantized formats only")
-    };
-    let (mut codes, mut s, mut b) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..n {
-        let row: Vec<f32> = (0..k).map(|_| rng.normal() * 0.05).collect();
-        let (c, sc, bi) = quantize_row(&row, bits, group as usize);
-        codes.extend(c);
-        s.extend(sc);
-        b.extend(bi);
-    }
-    Q {
-        n,
-        k,
-        format,
-        weight: bytemuck::cast_slice(&codes).to_vec(),
-        scales: encode_floats(scale, &s),
-        biases: encode_floats(scale, &b),
-    }
-}
-
-fn data(q: &Q) -> MatrixData<'_> {
-    MatrixData {
-        n: q.n,
-        k: q.k,
-        format: q.format,
-        weight: &q.weight,
-        scales: &q.scales,
-        biases: &q.biases,
-    }
-}
 
 /// y (+)= x · Wᵀ over `t` rows; with `add`, y starts from a known pattern.
 fn run_mm(
@@ -75,6 +34,7 @@ fn run_mm(
             n_confirmed: 0,
             n_out: 1,
             force: 0,
+            rollback: 0,
         },
     );
     let slot = StepSlot {
@@ -138,14 +98,14 @@ fn staged_decode_kernel_gives_the_block_kernels_bits() {
             // k = 1536: 48 blocks of 4-bit codes (one full chunk of 32 and a partial one); n = 70
             // rows: not a multiple of the 16- or 32-row staged tiles.
             for (n, k) in [(70usize, 1536usize), (9, 256)] {
-                let q = make(&mut rng, n, k, f);
-                let m = Matrix::upload(&gpu, "w", &data(&q)).unwrap();
-                let (g, u) = (make(&mut rng, n, k, f), make(&mut rng, n, k, f));
+                let q = Q::random(&mut rng, n, k, f);
+                let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
+                let (g, u) = (Q::random(&mut rng, n, k, f), Q::random(&mut rng, n, k, f));
                 let gu = Matrix::upload_interleaved(
                     &gpu,
                     "gate~up",
-                    ("gate", &data(&g)),
-                    ("up", &data(&u)),
+                    ("gate", &g.data()),
+                    ("up", &u.data()),
                 )
                 .unwrap();
                 let x = rng.vec(2 * k, 1.0);

@@ -42,6 +42,7 @@ fn rms_norm_matches_cpu() {
                 n_confirmed: 0,
                 n_out: 1,
                 force: 0,
+                rollback: 0,
             },
         );
         let slot = StepSlot {
@@ -96,6 +97,7 @@ fn rms_norm_matches_cpu() {
                 n_confirmed: 0,
                 n_out: n_out as u32,
                 force: 0,
+                rollback: 0,
             },
         );
         let yo = gpu
@@ -230,6 +232,7 @@ fn embed_gathers_every_format_across_chunks() {
                 n_confirmed: 0,
                 n_out: 1,
                 force: 0,
+                rollback: 0,
             },
         );
         let d = pollster::block_on(embed(
@@ -286,6 +289,7 @@ fn swiglu_matches_cpu() {
                 n_confirmed: 0,
                 n_out: 1,
                 force: 0,
+                rollback: 0,
             },
         );
         let d = pollster::block_on(swiglu(
@@ -350,6 +354,7 @@ fn argmax_picks_lowest_index_on_ties_and_ignores_nan() {
                 n_confirmed: 0,
                 n_out: rows as u32,
                 force: 0,
+                rollback: 0,
             },
         );
         let d = pollster::block_on(argmax(

@@ -93,6 +93,7 @@ fn run_call(gpu: &Gpu, s: &Sampler, c: &Call) -> Out {
             n_confirmed: 0,
             n_out: c.rows,
             force: 0,
+            rollback: 0,
         },
     );
     let io = SampleIo {
@@ -786,6 +787,7 @@ fn speculative_accept_and_residual_match_cpu_chi_square() {
                     n_confirmed: 0,
                     n_out: rows,
                     force: 0,
+                    rollback: 0,
                 },
             );
             let slot = StepSlot {
@@ -932,6 +934,7 @@ fn accept_commits_the_emitted_tokens() {
                 n_confirmed: 0,
                 n_out: 1,
                 force: 0,
+                rollback: 0,
             },
         );
         let s2 = step_buffer(
@@ -942,6 +945,7 @@ fn accept_commits_the_emitted_tokens() {
                 n_confirmed: 0,
                 n_out: 2,
                 force: 0,
+                rollback: 0,
             },
         );
         let (ql, tl) = (upload_f32(&gpu, "q", &q), upload_f32(&gpu, "t", &t));

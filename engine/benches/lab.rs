@@ -124,6 +124,7 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32]) {
                     n_confirmed: 0,
                     n_out: 1,
                     force: 0,
+                    rollback: 0,
                 }),
             );
             let slot = StepSlot {
@@ -207,6 +208,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
                     n_confirmed: 0,
                     n_out: 1,
                     force: 0,
+                    rollback: 0,
                 }),
             );
             let b = Builder {

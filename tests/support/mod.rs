@@ -2,6 +2,7 @@
 //! data, a runner for prepared dispatches, and comparisons that print index and both values.
 
 pub mod fixtures;
+pub mod quant;
 pub mod ref_attention;
 pub mod ref_gdn;
 

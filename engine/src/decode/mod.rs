@@ -39,6 +39,13 @@ pub struct GenOptions {
 /// Decoding as mlx-lm's `generate_step` (greedy, or sampled per [`Session::set_sampling`]): the prompt except its last token is prefilled in
 /// chunks, the last token runs alone to give the first logits, then one token per step. EOS
 /// stops generation and is not emitted. Returns the tokens and the finish reason.
+///
+/// One step stays in flight: the step that feeds token n is submitted before token n is read
+/// (the id never leaves the GPU), so the GPU does not wait for the host between tokens. No step
+/// is submitted past `max_tokens`. When generation stops early (EOS, or `on_event` returning
+/// false) the step in flight has fed the last id read, so the session's state then holds the
+/// prompt, the tokens returned and that last id (the EOS id on a stop); [`Session::pos`] counts
+/// them all.
 pub async fn generate(
     session: &mut Session,
     prompt: &[u32],
@@ -52,17 +59,58 @@ pub async fn generate(
         on_event(Event::PromptDone);
         return Ok((out, Finish::Length));
     }
-    let mut tok = session.forward_greedy(prompt).await?;
-    on_event(Event::PromptDone);
+    session.feed(prompt).await?;
+    let f = plain_steps(session, &mut out, opts, on_event, false).await?;
+    Ok((out, f))
+}
+
+/// Plain decoding from a session whose next input id is on the GPU (pending or already fed),
+/// keeping one step in flight, until EOS, `max_tokens` or `on_event` stops it. `prompt_done`:
+/// [`Event::PromptDone`] was already sent (else it is sent when the first id is read).
+pub(crate) async fn plain_steps(
+    session: &mut Session,
+    out: &mut Vec<u32>,
+    opts: &GenOptions,
+    on_event: &mut dyn FnMut(Event) -> bool,
+    mut prompt_done: bool,
+) -> Result<Finish, RunError> {
     loop {
-        if !opts.ignore_eos && opts.eos.contains(&tok) {
-            return Ok((out, Finish::Stop));
+        // Submit the step after the pending one when its token can still be emitted (and, while
+        // a step is pending anyway, only when it fits: a full context errors only when the
+        // token is actually needed).
+        if out.len() + session.pending() < opts.max_tokens
+            && (session.pending() == 0 || session.has_room(1))
+        {
+            session.decode_ahead()?;
         }
-        out.push(tok);
-        let go_on = on_event(Event::Token(tok, session.last_logprobs().cloned()));
-        if out.len() >= opts.max_tokens || !go_on {
-            return Ok((out, Finish::Length));
+        let tok = session.next_id().await?;
+        if !prompt_done {
+            on_event(Event::PromptDone);
+            prompt_done = true;
         }
-        tok = session.decode_greedy().await?;
+        let lp = session.last_logprobs().cloned();
+        if let Some(f) = emit(tok, lp, out, opts, on_event) {
+            session.discard_pending();
+            return Ok(f);
+        }
     }
+}
+
+/// Emits one token; Some(finish) when generation must stop (EOS is not emitted).
+pub(crate) fn emit(
+    tok: u32,
+    logprobs: Option<crate::ops::sample::RowResult>,
+    out: &mut Vec<u32>,
+    opts: &GenOptions,
+    on_event: &mut dyn FnMut(Event) -> bool,
+) -> Option<Finish> {
+    if !opts.ignore_eos && opts.eos.contains(&tok) {
+        return Some(Finish::Stop);
+    }
+    out.push(tok);
+    let go_on = on_event(Event::Token(tok, logprobs));
+    if out.len() >= opts.max_tokens || !go_on {
+        return Some(Finish::Length);
+    }
+    None
 }

@@ -3,8 +3,8 @@
 //! plain greedy decoding token for token (the verify reuses the backbone's batch-invariant
 //! kernels and restores the recurrent state exactly on rejection).
 
-use crate::decode::{Event, Finish, GenOptions};
-use crate::model::{RunError, Session};
+use crate::decode::{emit, plain_steps, Event, Finish, GenOptions};
+use crate::model::{MtpStep, RunError, Session};
 
 /// Drafts proposed and accepted during one generation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -78,61 +78,79 @@ pub async fn generate_mtp(
     session.prefill_with(head, Some(last)).await?;
     let (main, _draft) = session.mtp_first(last).await?;
     on_event(Event::PromptDone);
-    if let Some(f) = emit(main, &mut out, opts, on_event) {
+    if let Some(f) = emit(main, None, &mut out, opts, on_event) {
         return Ok((out, f, stats));
     }
+    // Greedy iterations are queued one ahead: the GPU advances the next one's positions and
+    // rollback itself, so it never waits for the host between iterations.
+    let queue_ahead = !session.is_sampling();
     loop {
         if policy.adaptive
             && stats.drafted >= policy.probe
             && stats.acceptance() < policy.min_acceptance
         {
-            // Not paying off: continue with plain steps (the pending rollback is applied first,
-            // and the last emitted token is already the next input on the GPU).
-            loop {
-                let tok = session.decode_greedy().await?;
-                if let Some(f) = emit(tok, &mut out, opts, on_event) {
+            // Not paying off: take the queued iteration's tokens, then continue with plain steps
+            // (a pending rollback is applied first, and the last emitted token is already the
+            // next input on the GPU).
+            while session.pending_verifies() > 0 {
+                let step = session.mtp_read_verify().await?;
+                if let Some(f) = take_step(step, &mut stats, &mut out, opts, on_event) {
+                    session.settle().await?;
                     return Ok((out, f, stats));
                 }
             }
+            let f = plain_steps(session, &mut out, opts, on_event, true).await?;
+            return Ok((out, f, stats));
         }
-        let step = session.mtp_verify().await?;
-        stats.drafted += 1;
-        if step.accepted {
-            stats.accepted += 1;
+        if session.pending_verifies() == 0 {
+            session.mtp_submit_verify()?;
         }
-        if !on_event(Event::Mtp {
-            drafted: stats.drafted,
-            accepted: stats.accepted,
-        }) {
-            return Ok((out, Finish::Length, stats));
+        // Each queued iteration emits at least one token: queue another only while its tokens
+        // can still be needed and it fits even if every queued iteration accepts; and not the
+        // first iteration after the adaptive probe, which runs only if the probe pays off.
+        let queued = session.pending_verifies();
+        let at_probe_end = policy.adaptive && stats.drafted + queued as u64 == policy.probe;
+        if queue_ahead
+            && !at_probe_end
+            && out.len() + queued < opts.max_tokens
+            && session.has_room(2 * (queued as u32 + 1))
+        {
+            session.mtp_submit_verify()?;
         }
-        if step.accepted {
-            if let Some(f) = emit(step.verified, &mut out, opts, on_event) {
-                return Ok((out, f, stats));
-            }
-            if let Some(f) = emit(step.bonus, &mut out, opts, on_event) {
-                return Ok((out, f, stats));
-            }
-        } else if let Some(f) = emit(step.verified, &mut out, opts, on_event) {
+        let step = session.mtp_read_verify().await?;
+        if let Some(f) = take_step(step, &mut stats, &mut out, opts, on_event) {
+            // A queued iteration may still be running: read it so the session's positions and
+            // rollback are exact (its tokens are not emitted).
+            session.settle().await?;
             return Ok((out, f, stats));
         }
     }
 }
 
-/// Emits one token; Some(finish) when generation must stop.
-fn emit(
-    tok: u32,
+/// Counts one verify iteration and emits its tokens (the verified one, then the bonus when the
+/// draft was accepted); Some(finish) when generation must stop.
+fn take_step(
+    step: MtpStep,
+    stats: &mut MtpStats,
     out: &mut Vec<u32>,
     opts: &GenOptions,
     on_event: &mut dyn FnMut(Event) -> bool,
 ) -> Option<Finish> {
-    if !opts.ignore_eos && opts.eos.contains(&tok) {
-        return Some(Finish::Stop);
+    stats.drafted += 1;
+    if step.accepted {
+        stats.accepted += 1;
     }
-    out.push(tok);
-    let go_on = on_event(Event::Token(tok, None));
-    if out.len() >= opts.max_tokens || !go_on {
+    if !on_event(Event::Mtp {
+        drafted: stats.drafted,
+        accepted: stats.accepted,
+    }) {
         return Some(Finish::Length);
+    }
+    if let Some(f) = emit(step.verified, None, out, opts, on_event) {
+        return Some(f);
+    }
+    if step.accepted {
+        return emit(step.bonus, None, out, opts, on_event);
     }
     None
 }

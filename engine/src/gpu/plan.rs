@@ -19,6 +19,9 @@ crate::gpu_struct! {
         n_out: u32,
         /// Benchmarks only: force the MTP accept decision (0 = off, 1 = reject, 2 = accept).
         force: u32,
+        /// 1: the Gated-DeltaNet states start this call from their snapshots (the previous
+        /// verify, run ahead on the GPU, rejected its draft); set by the GPU's MTP bookkeeping.
+        rollback: u32,
     }
 }
 

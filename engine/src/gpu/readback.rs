@@ -31,15 +31,22 @@ impl Readback {
         enc.copy_buffer_to_buffer(src, offset, &self.staging, 0, len.min(self.size));
     }
 
-    /// Maps the staging buffer after the submitted work completes and returns its first `len` bytes.
-    pub async fn read(&self, gpu: &Gpu, len: u64) -> Result<Vec<u8>, GpuError> {
+    /// Maps the staging buffer after the submitted work that writes it completes (natively:
+    /// waits for submission `after`, or for everything submitted when `None`) and returns its
+    /// first `len` bytes.
+    pub async fn read(
+        &self,
+        gpu: &Gpu,
+        len: u64,
+        after: Option<wgpu::SubmissionIndex>,
+    ) -> Result<Vec<u8>, GpuError> {
         let len = len.min(self.size);
         let slice = self.staging.slice(0..((len + 3) & !3));
         let (tx, rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        gpu.wait();
+        gpu.wait_for(after);
         let r = rx
             .await
             .map_err(|_| GpuError::Readback("the map callback was dropped".into()))?;
@@ -58,10 +65,21 @@ impl Gpu {
     /// Natively, drive the device until queued work completes (map callbacks fire from here).
     /// On the web this is a no-op: the browser resolves map futures from its event loop.
     pub fn wait(&self) {
+        self.wait_for(None)
+    }
+
+    /// Natively, drive the device until submission `index` (everything queued when `None`)
+    /// completes. A no-op on the web.
+    pub fn wait_for(&self, index: Option<wgpu::SubmissionIndex>) {
         #[cfg(not(target_arch = "wasm32"))]
         {
-            let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+            let _ = self.device.poll(wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: None,
+            });
         }
+        #[cfg(target_arch = "wasm32")]
+        let _ = index;
     }
 
     /// Reads `len` bytes of `src` at `offset` through a temporary staging buffer. For tests and
@@ -80,7 +98,7 @@ impl Gpu {
             });
         rb.copy_from(&mut enc, src, offset, (len + 3) & !3);
         self.queue.submit([enc.finish()]);
-        rb.read(self, len).await
+        rb.read(self, len, None).await
     }
 
     /// Reads a buffer of f32 values.

@@ -178,17 +178,18 @@ static STAGED: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::O
 
 fn staged_flag() -> &'static std::sync::atomic::AtomicBool {
     STAGED.get_or_init(|| {
-        std::sync::atomic::AtomicBool::new(matches!(
+        std::sync::atomic::AtomicBool::new(!matches!(
             std::env::var("QWGPU_MATMUL_STAGED").as_deref(),
-            Ok("1") | Ok("true")
+            Ok("0") | Ok("false")
         ))
     })
 }
 
-/// Whether quantized decode tiles use the experimental `matmul_staged.wgsl` (x staged once per
-/// workgroup in workgroup memory and shared by four 32-lane row groups; the same bits as the
-/// 32-thread block kernel). Off by default; `QWGPU_MATMUL_STAGED=1` turns it on at start-up.
-/// Plans built after [`set_staged`] follow the new setting.
+/// Whether quantized decode tiles use `matmul_staged.wgsl` (x staged once per workgroup in
+/// workgroup memory and shared by four 32-lane row groups; the same bits as the 32-thread block
+/// kernel, 5-15 % faster on an H200). On by default where the device's workgroup limits allow it;
+/// `QWGPU_MATMUL_STAGED=0` turns it off at start-up. Plans built after [`set_staged`] follow the
+/// new setting.
 pub fn staged() -> bool {
     staged_flag().load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -202,17 +203,18 @@ static GEMM: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::Onc
 
 fn gemm_flag() -> &'static std::sync::atomic::AtomicBool {
     GEMM.get_or_init(|| {
-        std::sync::atomic::AtomicBool::new(matches!(
+        std::sync::atomic::AtomicBool::new(!matches!(
             std::env::var("QWGPU_PREFILL_GEMM").as_deref(),
-            Ok("1") | Ok("true")
+            Ok("0") | Ok("false")
         ))
     })
 }
 
-/// Whether quantized prefill tiles use the experimental tiled GEMM `matmul_gemm.wgsl` (64 rows ×
-/// 64 tokens per workgroup, weights dequantized and x staged per 32 features in workgroup
-/// memory). Off by default; `QWGPU_PREFILL_GEMM=1` turns it on at start-up. It keeps the prefill
-/// invariant (a prompt gives the same bits in chunks of any size) with its own bits.
+/// Whether quantized prefill tiles use the tiled GEMM `matmul_gemm.wgsl` (see [`GemmTile`]:
+/// weights dequantized and x staged per step of features in workgroup memory; 2x the word
+/// kernel on an H200). On by default where the device's workgroup limits allow a tile;
+/// `QWGPU_PREFILL_GEMM=0` turns it off at start-up. It keeps the prefill invariant (a prompt
+/// gives the same bits in chunks of any size) with its own bits.
 pub fn prefill_gemm() -> bool {
     gemm_flag().load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -222,21 +224,137 @@ pub fn set_prefill_gemm(on: bool) {
     gemm_flag().store(on, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Rows and tokens of one tiled-GEMM workgroup.
-pub const GEMM_TILE: (u32, u32) = (64, 64);
+/// The tile of the prefill GEMM: `bn` rows × `bt` tokens per workgroup, `bk` input features per
+/// step, `tm` rows × `tn` tokens per thread. The tile never changes a (row, token)'s arithmetic
+/// or order (one term per feature, k increasing), so every tile gives the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmTile {
+    pub bn: u32,
+    pub bt: u32,
+    pub bk: u32,
+    pub tm: u32,
+    pub tn: u32,
+}
 
-fn use_gemm(m: &Matrix, mt: u32) -> bool {
-    prefill_gemm()
-        && matches!(m.format, WeightFormat::Affine { .. })
-        && mt == MT_PREFILL
-        && m.k % 32 == 0
+impl GemmTile {
+    /// 64 × 64, 4 × 4 per thread, 256 threads, 16 KiB: within WebGPU's default limits.
+    pub const SMALL: GemmTile = GemmTile {
+        bn: 64,
+        bt: 64,
+        bk: 32,
+        tm: 4,
+        tn: 4,
+    };
+    /// 128 × 64, 8 × 4 per thread, 256 threads, 24 KiB.
+    pub const WIDE: GemmTile = GemmTile {
+        bn: 128,
+        bt: 64,
+        bk: 32,
+        tm: 8,
+        tn: 4,
+    };
+
+    pub fn threads(&self) -> u32 {
+        (self.bn / self.tm) * (self.bt / self.tn)
+    }
+
+    /// Bytes of workgroup memory (dequantized weights and x of one step, f32).
+    pub fn shared_bytes(&self) -> u32 {
+        4 * self.bk * (self.bn + self.bt)
+    }
+
+    /// Whether the kernel can be built for this tile: shapes whole and the per-thread loads of
+    /// a step whole for both code widths.
+    pub fn valid(&self) -> bool {
+        let t = self.threads();
+        self.tm % 4 == 0
+            && self.tn % 4 == 0
+            && self.tm > 0
+            && self.tn > 0
+            && self.bn % self.tm == 0
+            && self.bt % self.tn == 0
+            && self.bk % 8 == 0
+            && (32..=1024).contains(&t)
+            && (self.bn * self.bk / 8) % t == 0
+            && (self.bt * self.bk / 4) % t == 0
+    }
+
+    /// Whether a device with these limits can run it.
+    pub fn fits(&self, limits: &wgpu::Limits) -> bool {
+        self.valid()
+            && self.threads() <= limits.max_compute_invocations_per_workgroup
+            && self.shared_bytes() <= limits.max_compute_workgroup_storage_size
+    }
+
+    fn parse(v: &str) -> Option<GemmTile> {
+        let p: Vec<u32> = v.split('x').filter_map(|p| p.trim().parse().ok()).collect();
+        match p[..] {
+            [bn, bt, bk, tm, tn] => Some(GemmTile { bn, bt, bk, tm, tn }).filter(|t| t.valid()),
+            _ => None,
+        }
+    }
+}
+
+static GEMM_TILE: std::sync::Mutex<Option<GemmTile>> = std::sync::Mutex::new(None);
+
+/// Forces the GEMM tile of plans built from now on (`None`: choose by the device's limits).
+/// `QWGPU_GEMM_TILE=BNxBTxBKxTMxTN` does the same at start-up.
+pub fn set_gemm_tile(tile: Option<GemmTile>) {
+    if let Ok(mut t) = GEMM_TILE.lock() {
+        *t = tile;
+    }
+}
+
+/// The GEMM tile for a device: a forced one if it fits, else [`GemmTile::WIDE`] where the limits
+/// allow it (fastest measured on an H200), else [`GemmTile::SMALL`]; `None` when neither fits
+/// (the word kernel runs instead).
+pub fn gemm_tile(limits: &wgpu::Limits) -> Option<GemmTile> {
+    static ENV: std::sync::OnceLock<Option<GemmTile>> = std::sync::OnceLock::new();
+    let env = *ENV.get_or_init(|| {
+        let v = std::env::var("QWGPU_GEMM_TILE").ok()?;
+        let t = GemmTile::parse(&v);
+        if t.is_none() {
+            eprintln!("qwgpu: ignoring QWGPU_GEMM_TILE={v:?}: expected BNxBTxBKxTMxTN with TM, TN multiples of 4 dividing BN, BT and whole loads per thread");
+        }
+        t
+    });
+    let forced = GEMM_TILE.lock().ok().and_then(|t| *t).or(env);
+    forced
+        .into_iter()
+        .chain([GemmTile::WIDE, GemmTile::SMALL])
+        .find(|t| t.fits(limits))
+}
+
+fn use_gemm(gpu: &Gpu, m: &Matrix, mt: u32) -> Option<GemmTile> {
+    if !(prefill_gemm() && matches!(m.format, WeightFormat::Affine { .. }) && mt == MT_PREFILL) {
+        return None;
+    }
+    gemm_tile(&gpu.limits).filter(|t| m.k % t.bk == 0)
 }
 
 /// The defines of the tiled GEMM.
-pub fn gemm_defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts) -> Defines {
+pub fn gemm_defines(
+    base: &Defines,
+    format: &WeightFormat,
+    opts: &MatmulOpts,
+    tile: GemmTile,
+) -> Defines {
+    let epw = match *format {
+        WeightFormat::Affine { bits: 8, .. } => 4,
+        _ => 8,
+    };
     let mut d = base
         .clone()
         .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
+        .set("BN", tile.bn)
+        .set("BT", tile.bt)
+        .set("BK", tile.bk)
+        .set("TM", tile.tm)
+        .set("TN", tile.tn)
+        .set("TMV", tile.tm / 4)
+        .set("TNV", tile.tn / 4)
+        .set("WL", tile.bn * tile.bk / epw / tile.threads())
+        .set("XL", tile.bt * tile.bk / 4 / tile.threads())
         .set(
             "TOKENS",
             if opts.rows == Rows::Out {
@@ -256,19 +374,71 @@ pub fn gemm_defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts) ->
 }
 
 /// Threads, rows per workgroup and rows per 32-lane group of the staged kernel for a decode tile
-/// (four groups; the rows per group are the block kernel's for that tile).
+/// (four groups of 4 rows for both tiles: 4 rows per group beat 8 for the 2-token tile on an
+/// H200, 81 vs 87 µs for the 27B gate+up; rows never change a row's arithmetic).
+/// `QWGPU_STAGED_GROUPS=G` (1, 2, 4 or 8; read once) changes the group count for the kernel lab.
 pub fn staged_tile(mt: u32) -> (u32, u32, u32) {
-    let rg = if mt == MT_ONE { ONE_ROWS } else { SMALL_ROWS };
-    (128, 4 * rg, rg)
+    static GROUPS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let g = *GROUPS.get_or_init(|| {
+        match std::env::var("QWGPU_STAGED_GROUPS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        {
+            Some(g @ (1 | 2 | 4 | 8)) => g,
+            Some(g) => {
+                eprintln!("qwgpu: ignoring QWGPU_STAGED_GROUPS={g}: expected 1, 2, 4 or 8");
+                4
+            }
+            None => 4,
+        }
+    });
+    // `QWGPU_STAGED_ROWS=A,B`: rows per group of the 1- and 2-token tiles (kernel lab; rows per
+    // group never change a row's arithmetic).
+    static ROWS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    let (one, small) = *ROWS.get_or_init(|| {
+        let v = std::env::var("QWGPU_STAGED_ROWS").ok();
+        let p: Option<(u32, u32)> = v.as_deref().and_then(|v| {
+            let (a, b) = v.split_once(',')?;
+            Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+        });
+        match p {
+            Some((a, b)) if [2, 4, 8].contains(&a) && [2, 4, 8].contains(&b) => (a, b),
+            _ => {
+                if let Some(v) = v {
+                    eprintln!("qwgpu: ignoring QWGPU_STAGED_ROWS={v:?}: expected A,B with A and B in 2, 4, 8");
+                }
+                (ONE_ROWS, ONE_ROWS)
+            }
+        }
+    });
+    let rg = if mt == MT_ONE { one } else { small };
+    (32 * g, g * rg, rg)
+}
+
+/// Whether the staged kernel also takes rows of [`LONG_K`] or more features (kernel lab:
+/// `QWGPU_STAGED_LONG=1`); by default those keep the 128-thread block kernel.
+fn staged_long() -> bool {
+    static LONG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LONG.get_or_init(|| {
+        matches!(
+            std::env::var("QWGPU_STAGED_LONG").as_deref(),
+            Ok("1") | Ok("true")
+        )
+    })
 }
 
 /// Whether `m` in tile `mt` runs on the staged kernel: quantized, a decode tile, and rows the
 /// block kernel reads with 32 threads (k below [`LONG_K`]), so the bits are the block kernel's.
-fn use_staged(m: &Matrix, mt: u32) -> bool {
+fn use_staged(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
+    let (wg, rows, _) = staged_tile(mt);
+    // Workgroup memory: x of one chunk (32 blocks of up to 32 values per token) and the partials.
+    let shared = mt * 32 * 32 * 4 + wg * rows / (wg / 32) * mt * 4;
     staged()
         && matches!(m.format, WeightFormat::Affine { .. })
         && (mt == MT_ONE || mt == MT_SMALL)
-        && m.k < LONG_K
+        && (m.k < LONG_K || staged_long())
+        && wg <= gpu.limits.max_compute_invocations_per_workgroup
+        && shared <= gpu.limits.max_compute_workgroup_storage_size
 }
 
 /// The defines of the staged kernel. `subgroups`: the device has subgroups of at most 32 lanes.
@@ -332,16 +502,16 @@ pub async fn matmul(
             message: "a SwiGLU matmul needs (gate, up) row pairs: an even row count, even rows per workgroup and chunk, and no residual add".into(),
         });
     }
-    let staged = use_staged(m, opts.mt);
-    let gemm = use_gemm(m, opts.mt);
-    let (pipeline, rows_per_wg) = if gemm {
+    let staged = use_staged(gpu, m, opts.mt);
+    let gemm = use_gemm(gpu, m, opts.mt);
+    let (pipeline, rows_per_wg) = if let Some(t) = gemm {
         (
             gpu.pipeline(
                 "matmul_gemm.wgsl",
-                &gemm_defines(&gpu.base_defines(), &m.format, &opts),
+                &gemm_defines(&gpu.base_defines(), &m.format, &opts, t),
             )
             .await?,
-            GEMM_TILE.0,
+            t.bn,
         )
     } else if staged {
         let sub = gpu.caps.subgroups && gpu.caps.subgroup_max_size <= 32;
@@ -391,11 +561,7 @@ pub async fn matmul(
             res.push(b.whole());
         }
         res.push(y.buf.whole());
-        let tokens = if gemm {
-            GEMM_TILE.1
-        } else {
-            tile_tokens(opts.mt)
-        };
+        let tokens = gemm.map_or(tile_tokens(opts.mt), |t| t.bt);
         let grid = Grid {
             groups: c.rows.div_ceil(rows_per_wg),
             rows: opts.rows,
@@ -415,19 +581,22 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
     {
         for rows in [Rows::Tokens, Rows::Out] {
             for (add, swiglu) in [(false, false), (true, false), (false, true)] {
-                v.push((
-                    "matmul_gemm.wgsl",
-                    gemm_defines(
-                        base,
-                        &format,
-                        &MatmulOpts {
-                            rows,
-                            add,
-                            mt: MT_PREFILL,
-                            swiglu,
-                        },
-                    ),
-                ));
+                for tile in [GemmTile::SMALL, GemmTile::WIDE] {
+                    v.push((
+                        "matmul_gemm.wgsl",
+                        gemm_defines(
+                            base,
+                            &format,
+                            &MatmulOpts {
+                                rows,
+                                add,
+                                mt: MT_PREFILL,
+                                swiglu,
+                            },
+                            tile,
+                        ),
+                    ));
+                }
             }
         }
         for mt in [MT_ONE, MT_SMALL] {

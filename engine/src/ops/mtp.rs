@@ -1,6 +1,6 @@
 //! `mtp_accept.wgsl`: the greedy accept test and id bookkeeping of the MTP loop, on the GPU.
 
-use crate::gpu::{Defines, Dispatch, Gpu, GpuBuffer, GpuError, Grid, StepSlot};
+use crate::gpu::{Defines, Dispatch, Gpu, GpuBuffer, GpuError, Grid, Step, StepSlot};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
@@ -21,11 +21,42 @@ pub fn defines(stage: Stage) -> Defines {
         .flag("SAMPLED", stage == Stage::Sampled)
 }
 
+/// The defines of the advance stage for an MTP step slot at byte `slot1` of the step buffer.
+pub fn advance_defines(slot1: u64) -> Defines {
+    Defines::new()
+        .flag("ADVANCE", true)
+        .set("SLOT1", slot1 / 4)
+        .set("POS", std::mem::offset_of!(Step, pos) / 4)
+        .set("ROLLBACK", std::mem::offset_of!(Step, rollback) / 4)
+}
+
 pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
-    [Stage::First, Stage::Verify, Stage::Sampled, Stage::Select]
+    let mut v: Vec<_> = [Stage::First, Stage::Verify, Stage::Sampled, Stage::Select]
         .iter()
         .map(|s| ("mtp_accept.wgsl", defines(*s)))
-        .collect()
+        .collect();
+    v.push(("mtp_accept.wgsl", advance_defines(256)));
+    v
+}
+
+/// The last dispatch of a verify iteration: advances both step slots (backbone at byte 0 of
+/// `steps`, MTP at byte `slot1`) by the iteration's decision in `result` and sets the backbone
+/// slot's rollback flag, so the next iteration can be queued before the decision is read.
+pub async fn advance(
+    gpu: &Gpu,
+    steps: &GpuBuffer,
+    slot1: u64,
+    result: &GpuBuffer,
+) -> Result<Dispatch, GpuError> {
+    let p = gpu
+        .pipeline("mtp_accept.wgsl", &advance_defines(slot1))
+        .await?;
+    Ok(gpu.dispatch(
+        "mtp advance".to_string(),
+        &p,
+        &[steps.whole(), result.whole()],
+        Grid::fixed(1),
+    ))
 }
 
 /// `src` is the backbone's `out_ids` (First/Verify) or the MTP head's ids (Select); `mtp_ids`
