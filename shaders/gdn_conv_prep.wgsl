@@ -57,12 +57,7 @@ fn x_at(j: u32, c: u32) -> f32 {
     return qkv[(j - ks) * p.x_stride + p.x_col + c];
 }
 
-// log(1 + exp(x)) as gdn_prep computes it.
-fn softplus_precise(x: f32) -> f32 {
-    let u = exp(-abs(x));
-    let l = select(log(1.0 + u), u * (1.0 - u * (0.5 - u * (1.0 / 3.0))), u < 1e-3);
-    return max(x, 0.0) + l;
-}
+#include "gdn_gates.wgsl"
 
 @compute @workgroup_size(WG)
 fn main(
@@ -86,7 +81,7 @@ fn main(
         for (var t = t0; t < t1; t++) {
             for (var h = lid; h < hv; h += WG) {
                 let beta = sigmoid(bv[t * p.b_stride + p.b_col + h]);
-                let g = exp(-exp(a_log[h]) * softplus_precise(av[t * p.a_stride + p.a_col + h] + dt_bias[h]));
+                let g = decay_gate(av[t * p.a_stride + p.a_col + h], a_log[h], dt_bias[h]);
                 gates[t * 2u * hv + h] = beta;
                 gates[t * 2u * hv + hv + h] = g;
             }

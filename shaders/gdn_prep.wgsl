@@ -23,13 +23,7 @@
 const WG: u32 = {{WG}}u;
 var<workgroup> red: array<f32, WG>;
 
-// log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), with log1p's small-argument series where
-// log(1 + u) would lose the digits of u.
-fn softplus_precise(x: f32) -> f32 {
-    let u = exp(-abs(x));
-    let l = select(log(1.0 + u), u * (1.0 - u * (0.5 - u * (1.0 / 3.0))), u < 1e-3);
-    return max(x, 0.0) + l;
-}
+#include "gdn_gates.wgsl"
 
 @compute @workgroup_size(WG)
 fn main(
@@ -65,7 +59,7 @@ fn main(
         let hv = p.n_v_heads;
         for (var h = lid; h < hv; h += WG) {
             let beta = sigmoid(bv[t * p.b_stride + p.b_col + h]);
-            let g = exp(-exp(a_log[h]) * softplus_precise(av[t * p.a_stride + p.a_col + h] + dt_bias[h]));
+            let g = decay_gate(av[t * p.a_stride + p.a_col + h], a_log[h], dt_bias[h]);
             gates[t * 2u * hv + h] = beta;
             gates[t * 2u * hv + hv + h] = g;
         }

@@ -54,15 +54,7 @@ const EPB: u32 = 8u;
 #endif
 
 #if QUANT
-fn scale_bias(idx: u32) -> vec2<f32> {
-#if SCALE_F32
-    return vec2<f32>(bitcast<f32>(scales[idx]), bitcast<f32>(biases[idx]));
-#elif SCALE_F16
-    return vec2<f32>(half_at_f16(scales[idx >> 1u], idx), half_at_f16(biases[idx >> 1u], idx));
-#else
-    return vec2<f32>(half_at_bf16(scales[idx >> 1u], idx), half_at_bf16(biases[idx >> 1u], idx));
-#endif
-}
+#include "quant.wgsl"
 #endif
 
 // The x values under one weight block for one token (read once, used by every row of the
@@ -83,12 +75,6 @@ fn load_x(xbase: u32) -> XBlock {
     }
     xb.s = sx;
     return xb;
-}
-
-// Small unsigned codes (< 2^23) to f32 exactly, without an int-to-float conversion (a
-// quarter-rate instruction on many GPUs): 2^23 + q has q in its mantissa bits.
-fn codes_f32(q: vec4<u32>) -> vec4<f32> {
-    return bitcast<vec4<f32>>(q | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
 }
 
 // One weight block as f32 values (quantized: the codes q; dense: the weights).

@@ -55,15 +55,7 @@ var<workgroup> ws: array<vec4<f32>, BK * BN / 4u>;
 // [BK][BT / 4]: the step's x values, feature-major, 4 tokens per vec4.
 var<workgroup> xs: array<vec4<f32>, BK * BT / 4u>;
 
-fn scale_bias(idx: u32) -> vec2<f32> {
-#if SCALE_F32
-    return vec2<f32>(bitcast<f32>(scales[idx]), bitcast<f32>(biases[idx]));
-#elif SCALE_F16
-    return vec2<f32>(half_at_f16(scales[idx >> 1u], idx), half_at_f16(biases[idx >> 1u], idx));
-#else
-    return vec2<f32>(half_at_bf16(scales[idx >> 1u], idx), half_at_bf16(biases[idx >> 1u], idx));
-#endif
-}
+#include "quant.wgsl"
 
 @compute @workgroup_size(WG)
 fn main(

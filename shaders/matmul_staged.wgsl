@@ -1,6 +1,7 @@
 // Quantized matmul for the decode tiles (1 and 2 tokens) with x staged in workgroup memory.
-// Experimental (QWGPU_MATMUL_STAGED=1, see ops::matmul::staged): same bindings, parameters and
-// results as matmul.wgsl's block path with 32 threads, bit for bit (tested).
+// The default for quantized decode tiles where the limits allow (ops::matmul::staged): same
+// bindings, parameters and results as matmul.wgsl's block path with 32 threads, bit for bit
+// (tested).
 //
 // A workgroup of WG threads is G = WG / 32 row groups of 32 lanes; group g owns RG rows. Lane l
 // of every group takes the 16-byte weight blocks l, l + 32, l + 64, ... of its rows (the 32-thread
@@ -48,19 +49,7 @@ const CHV: u32 = CH * XV;      // x vec4 per token per chunk
 var<workgroup> xs: array<vec4<f32>, MT * CHV>;
 var<workgroup> red: array<f32, WG * NACC>;
 
-fn scale_bias(idx: u32) -> vec2<f32> {
-#if SCALE_F32
-    return vec2<f32>(bitcast<f32>(scales[idx]), bitcast<f32>(biases[idx]));
-#elif SCALE_F16
-    return vec2<f32>(half_at_f16(scales[idx >> 1u], idx), half_at_f16(biases[idx >> 1u], idx));
-#else
-    return vec2<f32>(half_at_bf16(scales[idx >> 1u], idx), half_at_bf16(biases[idx >> 1u], idx));
-#endif
-}
-
-fn codes_f32(q: vec4<u32>) -> vec4<f32> {
-    return bitcast<vec4<f32>>(q | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
-}
+#include "quant.wgsl"
 
 @compute @workgroup_size(WG)
 fn main(

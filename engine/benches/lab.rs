@@ -21,31 +21,22 @@ use qwgpu_engine::state::{LayerState, State};
 use qwgpu_engine::synth;
 
 fn time_plan(gpu: &Gpu, plan: &Plan, shape: StepShape, reps: u32) -> f64 {
-    let run = |n: u32| {
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            for _ in 0..n {
-                plan.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
-            }
-        }
-        gpu.queue.submit([enc.finish()]);
-        gpu.wait();
-    };
-    run(3);
-    let t0 = Instant::now();
-    run(reps);
-    t0.elapsed().as_secs_f64() / reps as f64
+    time_recorded(gpu, reps, |pass| plan.record(pass, shape, gpu.caps.max_workgroups_per_dim))
 }
 
 /// Times one dispatch alone (R repetitions in one pass), as [`time_plan`].
 fn time_dispatch(gpu: &Gpu, d: &qwgpu_engine::gpu::Dispatch, shape: StepShape, reps: u32) -> f64 {
+    time_recorded(gpu, reps, |pass| d.record(pass, shape, gpu.caps.max_workgroups_per_dim))
+}
+
+/// Seconds per repetition of `record` (3 warm-up repetitions, then `reps` in one pass).
+fn time_recorded(gpu: &Gpu, reps: u32, record: impl Fn(&mut wgpu::ComputePass<'_>)) -> f64 {
     let run = |n: u32| {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for _ in 0..n {
-                d.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+                record(&mut pass);
             }
         }
         gpu.queue.submit([enc.finish()]);

@@ -143,35 +143,36 @@ pub struct MatmulOpts {
 }
 
 /// The defines of a matmul variant.
-pub fn defines(base: &Defines, format: &WeightFormat, k: u32, opts: &MatmulOpts) -> Defines {
-    let mut d = base
+/// The defines every matmul kernel shares: parameters, the row count the grid follows, the
+/// epilogue (residual add or SwiGLU) and, for quantized weights, the code width and the type
+/// of the scales and biases.
+fn shared_defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts) -> Defines {
+    let tokens = if opts.rows == Rows::Out { "n_out" } else { "n_tokens" };
+    let d = base
         .clone()
         .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
-        .set("WG", tile(opts.mt, k).0)
-        .set("ROWS", tile(opts.mt, k).1)
-        .set("MT", tile_tokens(opts.mt))
-        .set("UNROLL", unroll(opts.mt))
-        .set(
-            "TOKENS",
-            if opts.rows == Rows::Out {
-                "n_out"
-            } else {
-                "n_tokens"
-            },
-        )
+        .set("TOKENS", tokens)
         .flag("ADD", opts.add)
         .flag("SWIGLU", opts.swiglu);
     match *format {
-        WeightFormat::Affine { bits, scale, .. } => {
-            d = d
-                .flag("QUANT", true)
-                .flag(if bits == 4 { "Q4" } else { "Q8" }, true)
-                .flag(scale_define(scale), true)
-                .flag("QWORDS", words(opts.mt));
-        }
-        WeightFormat::Dense(t) => d = d.flag(dense_define(t), true),
+        WeightFormat::Affine { bits, scale, .. } => d
+            .flag(if bits == 4 { "Q4" } else { "Q8" }, true)
+            .flag(scale_define(scale), true),
+        WeightFormat::Dense(_) => d,
     }
-    d
+}
+
+/// The defines of a matmul variant.
+pub fn defines(base: &Defines, format: &WeightFormat, k: u32, opts: &MatmulOpts) -> Defines {
+    let d = shared_defines(base, format, opts)
+        .set("WG", tile(opts.mt, k).0)
+        .set("ROWS", tile(opts.mt, k).1)
+        .set("MT", tile_tokens(opts.mt))
+        .set("UNROLL", unroll(opts.mt));
+    match *format {
+        WeightFormat::Affine { .. } => d.flag("QUANT", true).flag("QWORDS", words(opts.mt)),
+        WeightFormat::Dense(t) => d.flag(dense_define(t), true),
+    }
 }
 
 static STAGED: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
@@ -187,7 +188,7 @@ fn staged_flag() -> &'static std::sync::atomic::AtomicBool {
 
 /// Whether quantized decode tiles use `matmul_staged.wgsl` (x staged once per workgroup in
 /// workgroup memory and shared by four 32-lane row groups; the same bits as the 32-thread block
-/// kernel, 5-15 % faster on an H200). On by default where the device's workgroup limits allow it;
+/// kernel, 5-30 % faster on an H200). On by default where the device's workgroup limits allow it;
 /// `QWGPU_MATMUL_STAGED=0` turns it off at start-up. Plans built after [`set_staged`] follow the
 /// new setting.
 pub fn staged() -> bool {
@@ -343,9 +344,7 @@ pub fn gemm_defines(
         WeightFormat::Affine { bits: 8, .. } => 4,
         _ => 8,
     };
-    let mut d = base
-        .clone()
-        .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
+    shared_defines(base, format, opts)
         .set("BN", tile.bn)
         .set("BT", tile.bt)
         .set("BK", tile.bk)
@@ -355,22 +354,6 @@ pub fn gemm_defines(
         .set("TNV", tile.tn / 4)
         .set("WL", tile.bn * tile.bk / epw / tile.threads())
         .set("XL", tile.bt * tile.bk / 4 / tile.threads())
-        .set(
-            "TOKENS",
-            if opts.rows == Rows::Out {
-                "n_out"
-            } else {
-                "n_tokens"
-            },
-        )
-        .flag("ADD", opts.add)
-        .flag("SWIGLU", opts.swiglu);
-    if let WeightFormat::Affine { bits, scale, .. } = *format {
-        d = d
-            .flag(if bits == 4 { "Q4" } else { "Q8" }, true)
-            .flag(scale_define(scale), true);
-    }
-    d
 }
 
 /// Threads, rows per workgroup and rows per 32-lane group of the staged kernel for a decode tile
@@ -449,30 +432,12 @@ pub fn staged_defines(
     subgroups: bool,
 ) -> Defines {
     let (wg, rows, rg) = staged_tile(opts.mt);
-    let mut d = base
-        .clone()
-        .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
+    shared_defines(base, format, opts)
         .set("WG", wg)
         .set("ROWS", rows)
         .set("RG", rg)
         .set("MT", opts.mt)
-        .set(
-            "TOKENS",
-            if opts.rows == Rows::Out {
-                "n_out"
-            } else {
-                "n_tokens"
-            },
-        )
-        .flag("ADD", opts.add)
-        .flag("SWIGLU", opts.swiglu)
-        .flag("SUBGROUPS", subgroups);
-    if let WeightFormat::Affine { bits, scale, .. } = *format {
-        d = d
-            .flag(if bits == 4 { "Q4" } else { "Q8" }, true)
-            .flag(scale_define(scale), true);
-    }
-    d
+        .flag("SUBGROUPS", subgroups)
 }
 
 /// One dispatch per chunk of `m`. `y.col` shifts the output columns (several projections can
