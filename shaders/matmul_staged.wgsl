@@ -17,7 +17,7 @@
 // span two groups: on such devices the host builds the tree variant.
 //
 // Defines: WG, ROWS (rows per workgroup = G * RG), RG (rows per group), MT (tokens per tile),
-// TOKENS, ADD, SWIGLU, Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16, SUBGROUPS.
+// TOKENS, ADD, SWIGLU, NORM, Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16, SUBGROUPS.
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -29,6 +29,9 @@
 @group(0) @binding(4) var<storage, read> scales: array<u32>;       // [n, k / group]
 @group(0) @binding(5) var<storage, read> biases: array<u32>;       // [n, k / group]
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;      // [T, y_stride]
+#if NORM
+@group(0) @binding(7) var<storage, read> nw: array<vec4<f32>>;     // [k / 4] RMSNorm weight
+#endif
 
 const WG: u32 = {{WG}}u;
 const ROWS: u32 = {{ROWS}}u;
@@ -48,6 +51,14 @@ const CHV: u32 = CH * XV;      // x vec4 per token per chunk
 
 var<workgroup> xs: array<vec4<f32>, MT * CHV>;
 var<workgroup> red: array<f32, WG * NACC>;
+#if NORM
+// NORM: the RMSNorm in front of this matmul is folded in (spec §4.3). x is staged as w_norm ∘ x,
+// each thread sums the squares of the x values it stages (per token, in a fixed order that does
+// not depend on MT), and the sums are reduced over the workgroup in a fixed tree: every (row,
+// token) is then scaled by inv = 1/sqrt(mean(x²) + eps), y = inv · Σ W (w_norm ∘ x). The same
+// bits for 1 and 2 tokens (row 0 of a verify equals a decode); not the bits of rms_norm + matmul.
+var<workgroup> nrm: array<f32, WG * MT>;
+#endif
 
 #include "quant.wgsl"
 
@@ -80,21 +91,30 @@ fn main(
 #for T MT
     let on{{T}} = t0 + {{T}}u < T;
 #endfor
+#if NORM
+#for T MT
+    var ss{{T}} = 0.0;
+#endfor
+#endif
     let nch = (bpr + CH - 1u) / CH;
     for (var c = 0u; c < nch; c++) {
         // Stage the chunk's x (zeros past the row or the step's tokens).
         workgroupBarrier();
-        for (var j = lid; j < MT * CHV; j += WG) {
-            let t = j / CHV;
-            let v = j % CHV;
+#for T MT
+        for (var v = lid; v < CHV; v += WG) {
             let bl = v / XV;
             let gv = c * CHV + v;
             var val = vec4<f32>(0.0);
-            if (t0 + t < T && gv < bpr * XV) {
-                val = x[(t0 + t) * xs4 + p.x_col / 4u + gv];
+            if (on{{T}} && gv < bpr * XV) {
+                val = x[(t0 + {{T}}u) * xs4 + p.x_col / 4u + gv];
+#if NORM
+                ss{{T}} += dot(val, val);
+                val = val * nw[gv];
+#endif
             }
-            xs[t * CHV + bl * XV + (v % XV + bl) % XV] = val;
+            xs[{{T}}u * CHV + bl * XV + (v % XV + bl) % XV] = val;
         }
+#endfor
         workgroupBarrier();
         let b = c * CH + lane;
         if (b < bpr) {
@@ -154,6 +174,23 @@ fn main(
 #endfor
         }
     }
+#if NORM
+#for T MT
+    nrm[{{T}}u * WG + lid] = ss{{T}};
+#endfor
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if (lid < stride) {
+#for T MT
+            nrm[{{T}}u * WG + lid] += nrm[{{T}}u * WG + lid + stride];
+#endfor
+        }
+        workgroupBarrier();
+    }
+#for T MT
+    let inv{{T}} = inverseSqrt(nrm[{{T}}u * WG] / f32(p.k) + p.eps);
+#endfor
+#endif
     var acc: array<f32, NACC>;
 #for R RG
 #for T MT
@@ -202,8 +239,16 @@ fn main(
         let t = lane % MT;
         let row = rb + 2u * pr;
         if (row + 1u < p.n && t0 + t < T) {
-            let g = red[(rg0 + 2u * pr * MT + t) * LANES];
-            let u = red[(rg0 + (2u * pr + 1u) * MT + t) * LANES];
+            var g = red[(rg0 + 2u * pr * MT + t) * LANES];
+            var u = red[(rg0 + (2u * pr + 1u) * MT + t) * LANES];
+#if NORM
+            var it = inv0;
+#for T MT
+            if (t == {{T}}u) { it = inv{{T}}; }
+#endfor
+            g = g * it;
+            u = u * it;
+#endif
             y[(t0 + t) * p.y_stride + (p.row0 + row) / 2u] = silu(g) * u;
         }
     }
@@ -214,10 +259,18 @@ fn main(
         let row = rb + r;
         if (row < p.n && t0 + t < T) {
             let o = (t0 + t) * p.y_stride + p.row0 + row;
+            var v = red[(rg0 + lane) * LANES];
+#if NORM
+            var it = inv0;
+#for T MT
+            if (t == {{T}}u) { it = inv{{T}}; }
+#endfor
+            v = v * it;
+#endif
 #if ADD
-            y[o] = y[o] + red[(rg0 + lane) * LANES];
+            y[o] = y[o] + v;
 #else
-            y[o] = red[(rg0 + lane) * LANES];
+            y[o] = v;
 #endif
         }
     }

@@ -214,6 +214,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
                 mt: tile_of(t),
                 max_ctx,
                 x: &ws.x,
+                fold_norms: true,
             };
             let mut plan = Plan::new();
             pollster::block_on(b.layer(&mut plan, &model.weights.layers[0], &state.layers[0]))

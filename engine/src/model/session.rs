@@ -268,6 +268,9 @@ impl Session {
                 mt,
                 max_ctx,
                 x: &ws.x,
+                // With an MTP head the verify tile would take the folded norms too (row 0 of a
+                // verify must equal a decode), and there they cost more than they save.
+                fold_norms: !model.has_mtp(),
             };
             let plans = (
                 b(MT_SMALL).body(&state).await?,
@@ -296,6 +299,7 @@ impl Session {
                         mt,
                         max_ctx,
                         x: &ws.x_mtp,
+                        fold_norms: false,
                     };
                     let one = |d| {
                         let mut p = Plan::new();

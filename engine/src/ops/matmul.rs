@@ -21,6 +21,8 @@ crate::gpu_struct! {
         y_stride: u32,
         groups_per_row: u32,
         group_size: u32,
+        /// RMSNorm epsilon of a folded norm (`matmul_staged.wgsl` with NORM; unused otherwise).
+        eps: f32,
     }
 }
 
@@ -412,10 +414,16 @@ fn staged_long() -> bool {
 
 /// Whether `m` in tile `mt` runs on the staged kernel: quantized, a decode tile, and rows the
 /// block kernel reads with 32 threads (k below [`LONG_K`]), so the bits are the block kernel's.
+/// Bytes of workgroup memory the staged kernel uses for tile `mt`: x of one chunk (32 blocks
+/// of up to 32 values per token) and the partials.
+fn staged_shared_bytes(mt: u32) -> u32 {
+    let (wg, _, rg) = staged_tile(mt);
+    mt * 32 * 32 * 4 + wg * rg * mt * 4
+}
+
 fn use_staged(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
-    let (wg, rows, _) = staged_tile(mt);
-    // Workgroup memory: x of one chunk (32 blocks of up to 32 values per token) and the partials.
-    let shared = mt * 32 * 32 * 4 + wg * rows / (wg / 32) * mt * 4;
+    let (wg, _, _) = staged_tile(mt);
+    let shared = staged_shared_bytes(mt);
     staged()
         && matches!(m.format, WeightFormat::Affine { .. })
         && (mt == MT_ONE || mt == MT_SMALL)
@@ -450,6 +458,58 @@ pub async fn matmul(
     step: StepSlot<'_>,
     opts: MatmulOpts,
 ) -> Result<Vec<Dispatch>, GpuError> {
+    matmul_with(gpu, m, x, y, step, opts, None).await
+}
+
+/// Whether the RMSNorm in front of `m` can be folded into it for tile `mt`
+/// ([`matmul_normed`]): `m` runs on the staged kernel there, the device binds one more storage
+/// buffer, and `QWGPU_NORM_FOLD=0` did not turn folding off.
+pub fn folds_norm(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("QWGPU_NORM_FOLD").as_deref(),
+            Ok("0") | Ok("false")
+        )
+    });
+    let (wg, _, _) = staged_tile(mt);
+    on && use_staged(gpu, m, mt)
+        && gpu.limits.max_storage_buffers_per_shader_stage >= 7
+        && staged_shared_bytes(mt) + wg * mt * 4 <= gpu.limits.max_compute_workgroup_storage_size
+}
+
+/// y (+)= RMSNorm(x) · Wᵀ with the norm (weight `norm_w` [k], epsilon `eps`) folded into the
+/// matmul: no normalized copy of x, no dispatch for the norm. Only where [`folds_norm`] holds;
+/// the 1- and 2-token tiles give the same bits, not those of `rms_norm` followed by `matmul`.
+#[allow(clippy::too_many_arguments)]
+pub async fn matmul_normed(
+    gpu: &Gpu,
+    m: &Matrix,
+    x: Act<'_>,
+    norm_w: &crate::gpu::GpuBuffer,
+    eps: f32,
+    y: Act<'_>,
+    step: StepSlot<'_>,
+    opts: MatmulOpts,
+) -> Result<Vec<Dispatch>, GpuError> {
+    if !folds_norm(gpu, m, opts.mt) {
+        return Err(GpuError::Shader {
+            name: format!("matmul {}", m.name),
+            message: "this matrix cannot take a folded RMSNorm in this tile (see ops::matmul::folds_norm)".into(),
+        });
+    }
+    matmul_with(gpu, m, x, y, step, opts, Some((norm_w, eps))).await
+}
+
+async fn matmul_with(
+    gpu: &Gpu,
+    m: &Matrix,
+    x: Act<'_>,
+    y: Act<'_>,
+    step: StepSlot<'_>,
+    opts: MatmulOpts,
+    norm: Option<(&crate::gpu::GpuBuffer, f32)>,
+) -> Result<Vec<Dispatch>, GpuError> {
     if x.stride % 4 != 0 || x.col % 4 != 0 {
         return Err(GpuError::Shader {
             name: format!("matmul {}", m.name),
@@ -483,7 +543,7 @@ pub async fn matmul(
         (
             gpu.pipeline(
                 "matmul_staged.wgsl",
-                &staged_defines(&gpu.base_defines(), &m.format, &opts, sub),
+                &staged_defines(&gpu.base_defines(), &m.format, &opts, sub).flag("NORM", norm.is_some()),
             )
             .await?,
             staged_tile(opts.mt).1,
@@ -518,6 +578,7 @@ pub async fn matmul(
             y_stride: y.stride,
             groups_per_row,
             group_size,
+            eps: norm.map_or(0.0, |n| n.1),
         };
         let u = gpu.uniform(&format!("{}.params", m.name), &params);
         let mut res = vec![u.whole(), step.binding(), x.buf.whole(), c.weight.whole()];
@@ -526,6 +587,9 @@ pub async fn matmul(
             res.push(b.whole());
         }
         res.push(y.buf.whole());
+        if let Some((w, _)) = norm {
+            res.push(w.whole());
+        }
         let tokens = gemm.map_or(tile_tokens(opts.mt), |t| t.bt);
         let grid = Grid {
             groups: c.rows.div_ceil(rows_per_wg),
@@ -567,25 +631,17 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
         for mt in [MT_ONE, MT_SMALL] {
             for rows in [Rows::Tokens, Rows::Out] {
                 for (add, swiglu) in [(false, false), (true, false), (false, true)] {
-                    for sub in [false, true] {
+                    for (sub, norm) in [(false, false), (true, false), (false, true), (true, true)] {
                         let b = if sub {
                             base.clone()
                         } else {
                             base.clone().flag("SUBGROUPS", false)
                         };
+                        let opts = MatmulOpts { rows, add, mt, swiglu };
                         v.push((
                             "matmul_staged.wgsl",
-                            staged_defines(
-                                &b,
-                                &format,
-                                &MatmulOpts {
-                                    rows,
-                                    add,
-                                    mt,
-                                    swiglu,
-                                },
-                                sub && base.is_true("SUBGROUPS"),
-                            ),
+                            staged_defines(&b, &format, &opts, sub && base.is_true("SUBGROUPS"))
+                                .flag("NORM", norm),
                         ));
                     }
                 }
