@@ -4,74 +4,29 @@
 //! computed in; every tile shape gives the same bits; and the SwiGLU epilogue gives the bits of
 //! the stacked GEMM followed by the SwiGLU kernel. One test: the switches are process-wide.
 
-use qwgpu_engine::gpu::{Gpu, Rows, Step, StepShape, StepSlot};
-use qwgpu_engine::ops::matmul::{
-    gemm_tile, matmul, set_gemm_tile, set_prefill_gemm, GemmTile, MatmulOpts, MT_PREFILL,
-};
+use qwgpu_engine::gpu::{Gpu, Step, StepShape, StepSlot};
+use qwgpu_engine::ops::matmul::{gemm_tile, set_gemm_tile, set_prefill_gemm, GemmTile, MT_PREFILL};
 use qwgpu_engine::ops::matrix::Matrix;
-use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{FloatType, WeightFormat};
-use qwgpu_tests::quant::Q;
+use qwgpu_tests::quant::{added, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
 
-/// Prefill-tile matmul over `t` rows of x into y [t, ny] (starting from `y0` with `add`).
-fn run_mm(
-    gpu: &Gpu,
-    m: &Matrix,
-    x: &[f32],
-    t: usize,
-    ny: usize,
-    add: bool,
-    swiglu: bool,
-) -> Vec<f32> {
-    let xb = upload_f32(gpu, "x", x);
-    let y0: Vec<f32> = (0..t * ny).map(|i| (i % 5) as f32 * 0.5).collect();
-    let yb = upload_f32(gpu, "y", &y0);
-    let sb = step_buffer(
-        gpu,
-        Step {
-            n_tokens: t as u32,
-            pos: 0,
-            n_confirmed: 0,
-            n_out: 1,
-            force: 0,
-            rollback: 0,
-        },
-    );
-    let slot = StepSlot {
-        buf: &sb,
-        offset: 0,
-    };
-    let opts = MatmulOpts {
-        rows: Rows::Tokens,
-        add,
-        mt: MT_PREFILL,
-        swiglu,
-    };
-    let d = pollster::block_on(matmul(
+/// Prefill-tile matmul over `t` rows of x: y, or with `add` what was added to it.
+fn run_mm(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, add: bool, swiglu: bool) -> Vec<f32> {
+    let y = run_matmul(
         gpu,
         m,
-        Act::new(&xb, m.k),
-        Act::new(&yb, ny as u32),
-        slot,
-        opts,
-    ))
-    .unwrap();
-    run(
-        gpu,
-        &d,
-        StepShape {
-            n_tokens: t as u32,
-            n_out: 1,
+        MmCall {
+            add,
+            swiglu,
+            ..MmCall::new(x, t, m.k as usize, MT_PREFILL)
         },
     );
-    let mut y = read_f32(gpu, &yb, t * ny);
     if add {
-        for (v, a) in y.iter_mut().zip(&y0) {
-            *v -= a;
-        }
+        added(&y)
+    } else {
+        y
     }
-    y
 }
 
 #[test]
@@ -148,7 +103,7 @@ fn tiled_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                         gpu.describe()
                     );
                     for add in [false, true] {
-                        let got = run_mm(&gpu, &m, &x, t, n, add, false);
+                        let got = run_mm(&gpu, &m, &x, t, add, false);
                         assert_close(
                             &format!("GEMM vs CPU, add={add}, {what}"),
                             &got,
@@ -159,9 +114,9 @@ fn tiled_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                         );
                     }
                     // Chunk invariance: rows of a 70-row call equal the same rows computed alone.
-                    let all = run_mm(&gpu, &m, &x, t, n, false, false);
+                    let all = run_mm(&gpu, &m, &x, t, false, false);
                     for (a, b) in [(64usize, 70usize), (9, 11), (0, 1)] {
-                        let part = run_mm(&gpu, &m, &x[a * k..b * k], b - a, n, false, false);
+                        let part = run_mm(&gpu, &m, &x[a * k..b * k], b - a, false, false);
                         assert_bits_eq(
                             &format!("GEMM rows {a}..{b} alone vs in a 70-row call, {what}"),
                             &part,
@@ -178,8 +133,8 @@ fn tiled_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                         None => first = Some((tile, all.clone())),
                     }
                     // SwiGLU epilogue: interleaved gate/up vs stacked GEMM then the SwiGLU kernel.
-                    let fused = run_mm(&gpu, &inter, &x, t, n, false, true);
-                    let gu = run_mm(&gpu, &stacked, &x, t, 2 * n, false, false);
+                    let fused = run_mm(&gpu, &inter, &x, t, false, true);
+                    let gu = run_mm(&gpu, &stacked, &x, t, false, false);
                     let gub = upload_f32(&gpu, "gu", &gu);
                     let act = gpu.storage("act", (t * n * 4) as u64).unwrap();
                     let sb = step_buffer(

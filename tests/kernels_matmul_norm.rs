@@ -3,37 +3,46 @@
 //! quantized format, with a residual add and a SwiGLU pair matrix, x at a column offset; and row
 //! 0 of a 2-token call equal to a 1-token call bit for bit (a verify's row 0 equals a decode).
 
-use qwgpu_engine::gpu::{Gpu, Rows, Step, StepShape, StepSlot};
-use qwgpu_engine::ops::matmul::{folds_norm, matmul_normed, set_staged, MatmulOpts, MT_ONE, MT_SMALL};
+use qwgpu_engine::gpu::Gpu;
+use qwgpu_engine::ops::matmul::{folds_norm, set_staged, MT_ONE, MT_SMALL};
 use qwgpu_engine::ops::matrix::Matrix;
-use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{FloatType, WeightFormat};
-use qwgpu_tests::quant::Q;
+use qwgpu_tests::quant::{added, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
 
 const EPS: f32 = 1e-6;
 
-/// y (+)= RMSNorm(x) · Wᵀ over `t` rows of x ([t, stride], the input at column `col`).
+/// y (+)= RMSNorm(x) · Wᵀ over `t` rows of x ([t, stride], the input at column `col`): y, or
+/// with `add` what was added to it.
 #[allow(clippy::too_many_arguments)]
-fn run_normed(gpu: &Gpu, m: &Matrix, nw: &[f32], x: &[f32], stride: usize, col: usize, t: usize, mt: u32, add: bool, swiglu: bool) -> Vec<f32> {
-    let ny = if swiglu { m.n / 2 } else { m.n } as usize;
-    let xb = upload_f32(gpu, "x", x);
-    let wb = upload_f32(gpu, "norm_w", nw);
-    let y0: Vec<f32> = (0..t * ny).map(|i| (i % 5) as f32 * 0.5).collect();
-    let yb = upload_f32(gpu, "y", &y0);
-    let sb = step_buffer(gpu, Step { n_tokens: t as u32, pos: 0, n_confirmed: 0, n_out: 1, force: 0, rollback: 0 });
-    let slot = StepSlot { buf: &sb, offset: 0 };
-    let opts = MatmulOpts { rows: Rows::Tokens, add, mt, swiglu };
-    let xa = Act::at(&xb, stride as u32, col as u32);
-    let d = pollster::block_on(matmul_normed(gpu, m, xa, &wb, EPS, Act::new(&yb, ny as u32), slot, opts)).unwrap();
-    run(gpu, &d, StepShape { n_tokens: t as u32, n_out: 1 });
-    let mut y = read_f32(gpu, &yb, t * ny);
+fn run_normed(
+    gpu: &Gpu,
+    m: &Matrix,
+    nw: &[f32],
+    x: &[f32],
+    stride: usize,
+    col: usize,
+    t: usize,
+    mt: u32,
+    add: bool,
+    swiglu: bool,
+) -> Vec<f32> {
+    let c = MmCall {
+        x,
+        t,
+        stride,
+        col,
+        mt,
+        add,
+        swiglu,
+        norm: Some((nw, EPS)),
+    };
+    let y = run_matmul(gpu, m, c);
     if add {
-        for (v, a) in y.iter_mut().zip(&y0) {
-            *v -= a;
-        }
+        added(&y)
+    } else {
+        y
     }
-    y
 }
 
 /// RMSNorm of each row in f64 (spec §4.3): w ∘ x / sqrt(mean(x²) + eps), rows of `k`.
@@ -43,7 +52,11 @@ fn cpu_norm(x: &[f32], stride: usize, col: usize, t: usize, k: usize, nw: &[f32]
         let row = &x[ti * stride + col..ti * stride + col + k];
         let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
         let inv = 1.0 / (ms + EPS as f64).sqrt();
-        out.extend(row.iter().zip(nw).map(|(&v, &w)| (w as f64 * v as f64 * inv) as f32));
+        out.extend(
+            row.iter()
+                .zip(nw)
+                .map(|(&v, &w)| (w as f64 * v as f64 * inv) as f32),
+        );
     }
     out
 }
@@ -53,10 +66,26 @@ fn folded_rms_norm_matches_cpu_and_is_batch_invariant() {
     use FloatType::*;
     set_staged(true);
     let formats = [
-        WeightFormat::Affine { bits: 4, group: 64, scale: BF16 },
-        WeightFormat::Affine { bits: 4, group: 32, scale: F32 },
-        WeightFormat::Affine { bits: 4, group: 128, scale: F16 },
-        WeightFormat::Affine { bits: 8, group: 64, scale: BF16 },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 64,
+            scale: BF16,
+        },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 32,
+            scale: F32,
+        },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 128,
+            scale: F16,
+        },
+        WeightFormat::Affine {
+            bits: 8,
+            group: 64,
+            scale: BF16,
+        },
     ];
     for gpu in gpu_variants() {
         let mut rng = Rng(29);
@@ -66,32 +95,82 @@ fn folded_rms_norm_matches_cpu_and_is_batch_invariant() {
                 let q = Q::random(&mut rng, n, k, f);
                 let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
                 let (g, u) = (Q::random(&mut rng, n, k, f), Q::random(&mut rng, n, k, f));
-                let gu = Matrix::upload_interleaved(&gpu, "gate~up", ("gate", &g.data()), ("up", &u.data())).unwrap();
-                assert!(folds_norm(&gpu, &m, MT_ONE) && folds_norm(&gpu, &m, MT_SMALL), "{}: the staged kernel should take the norm", gpu.describe());
+                let gu = Matrix::upload_interleaved(
+                    &gpu,
+                    "gate~up",
+                    ("gate", &g.data()),
+                    ("up", &u.data()),
+                )
+                .unwrap();
+                assert!(
+                    folds_norm(&gpu, &m, MT_ONE) && folds_norm(&gpu, &m, MT_SMALL),
+                    "{}: the staged kernel should take the norm",
+                    gpu.describe()
+                );
                 // Norm weights around 1 (as trained RMSNorm weights are), x with a large mean square.
                 let nw: Vec<f32> = (0..k).map(|_| 1.0 + 0.3 * rng.normal()).collect();
                 let (stride, col) = (k + 8, 4);
                 let x: Vec<f32> = rng.vec(2 * stride, 3.0);
                 let xn = cpu_norm(&x, stride, col, 2, k, &nw);
-                let what = |t: usize, mt: u32, extra: &str| format!("{} n={n} k={k} T={t} tile {mt} {extra} ({})", f.describe(), gpu.describe());
+                let what = |t: usize, mt: u32, extra: &str| {
+                    format!(
+                        "{} n={n} k={k} T={t} tile {mt} {extra} ({})",
+                        f.describe(),
+                        gpu.describe()
+                    )
+                };
                 for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
                     let (want, mag) = q.cpu_matmul(&xn[..t * k], t);
                     for add in [false, true] {
                         let got = run_normed(&gpu, &m, &nw, &x, stride, col, t, mt, add, false);
-                        assert_close(&format!("folded norm vs CPU, add={add}, {}", what(t, mt, "")), &got, &want, &mag, 1e-5, 2e-5);
+                        assert_close(
+                            &format!("folded norm vs CPU, add={add}, {}", what(t, mt, "")),
+                            &got,
+                            &want,
+                            &mag,
+                            1e-5,
+                            2e-5,
+                        );
                     }
                     // SwiGLU pairs: silu(gate) * up of the CPU's normed rows.
                     let (gw, gm) = g.cpu_matmul(&xn[..t * k], t);
                     let (uw, um) = u.cpu_matmul(&xn[..t * k], t);
                     let got = run_normed(&gpu, &gu, &nw, &x, stride, col, t, mt, false, true);
-                    let want: Vec<f32> = gw.iter().zip(&uw).map(|(&a, &b)| (a as f64 / (1.0 + (-a as f64).exp()) * b as f64) as f32).collect();
-                    let mag: Vec<f32> = gw.iter().zip(&uw).zip(gm.iter().zip(&um)).map(|((&a, &b), (&ma, &mb))| (ma * b.abs() + a.abs() * mb).max(1e-6)).collect();
-                    assert_close(&format!("folded norm SwiGLU vs CPU, {}", what(t, mt, "")), &got, &want, &mag, 1e-5, 2e-5);
+                    let want: Vec<f32> = gw
+                        .iter()
+                        .zip(&uw)
+                        .map(|(&a, &b)| (a as f64 / (1.0 + (-a as f64).exp()) * b as f64) as f32)
+                        .collect();
+                    let mag: Vec<f32> = gw
+                        .iter()
+                        .zip(&uw)
+                        .zip(gm.iter().zip(&um))
+                        .map(|((&a, &b), (&ma, &mb))| (ma * b.abs() + a.abs() * mb).max(1e-6))
+                        .collect();
+                    assert_close(
+                        &format!("folded norm SwiGLU vs CPU, {}", what(t, mt, "")),
+                        &got,
+                        &want,
+                        &mag,
+                        1e-5,
+                        2e-5,
+                    );
                 }
                 // Row 0 of a 2-token call is the 1-token call, bit for bit.
                 for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                     let mat = if swiglu { &gu } else { &m };
-                    let one = run_normed(&gpu, mat, &nw, &x[..stride], stride, col, 1, MT_ONE, add, swiglu);
+                    let one = run_normed(
+                        &gpu,
+                        mat,
+                        &nw,
+                        &x[..stride],
+                        stride,
+                        col,
+                        1,
+                        MT_ONE,
+                        add,
+                        swiglu,
+                    );
                     let two = run_normed(&gpu, mat, &nw, &x, stride, col, 2, MT_SMALL, add, swiglu);
                     assert_bits_eq(&format!("folded norm: row 0 of 2 tokens vs 1 token, add={add} swiglu={swiglu}, {}", what(2, MT_SMALL, "")), &two[..one.len()], &one);
                 }

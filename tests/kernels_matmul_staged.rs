@@ -4,15 +4,14 @@
 //! is partly past the row; and the block kernel's results agree with a scalar CPU reference in
 //! `kernels_matmul`. One test: the switch is process-wide.
 
-use qwgpu_engine::gpu::{Gpu, Rows, Step, StepShape, StepSlot};
-use qwgpu_engine::ops::matmul::{matmul, set_staged, MatmulOpts, MT_ONE, MT_SMALL};
+use qwgpu_engine::gpu::Gpu;
+use qwgpu_engine::ops::matmul::{set_staged, MT_ONE, MT_SMALL};
 use qwgpu_engine::ops::matrix::Matrix;
-use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{FloatType, WeightFormat};
-use qwgpu_tests::quant::Q;
+use qwgpu_tests::quant::{run_matmul, MmCall, Q};
 use qwgpu_tests::*;
 
-/// y (+)= x · Wᵀ over `t` rows; with `add`, y starts from a known pattern.
+/// y (+)= x · Wᵀ over `t` rows, as written (y starts from a known pattern).
 fn run_mm(
     gpu: &Gpu,
     m: &Matrix,
@@ -22,49 +21,15 @@ fn run_mm(
     add: bool,
     swiglu: bool,
 ) -> Vec<f32> {
-    let ny = if swiglu { m.n / 2 } else { m.n } as usize;
-    let xb = upload_f32(gpu, "x", x);
-    let y0: Vec<f32> = (0..t * ny).map(|i| (i % 5) as f32 * 0.5).collect();
-    let yb = upload_f32(gpu, "y", &y0);
-    let sb = step_buffer(
-        gpu,
-        Step {
-            n_tokens: t as u32,
-            pos: 0,
-            n_confirmed: 0,
-            n_out: 1,
-            force: 0,
-            rollback: 0,
-        },
-    );
-    let slot = StepSlot {
-        buf: &sb,
-        offset: 0,
-    };
-    let opts = MatmulOpts {
-        rows: Rows::Tokens,
-        add,
-        mt,
-        swiglu,
-    };
-    let d = pollster::block_on(matmul(
+    run_matmul(
         gpu,
         m,
-        Act::new(&xb, m.k),
-        Act::new(&yb, ny as u32),
-        slot,
-        opts,
-    ))
-    .unwrap();
-    run(
-        gpu,
-        &d,
-        StepShape {
-            n_tokens: t as u32,
-            n_out: 1,
+        MmCall {
+            add,
+            swiglu,
+            ..MmCall::new(x, t, m.k as usize, mt)
         },
-    );
-    read_f32(gpu, &yb, t * ny)
+    )
 }
 
 #[test]

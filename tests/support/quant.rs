@@ -1,8 +1,11 @@
 //! Random quantized matrices for the matmul kernel tests: MLX affine codes, scales and biases
 //! from [`quantize_row`], and the dense weights the GPU sees (scales and biases rounded to their
-//! storage type) for CPU references.
+//! storage type) for CPU references; and [`run_matmul`], one matmul call on the GPU.
 
-use qwgpu_engine::ops::matrix::MatrixData;
+use qwgpu_engine::gpu::{Gpu, Rows, Step, StepShape, StepSlot};
+use qwgpu_engine::ops::matmul::{matmul, matmul_normed, MatmulOpts};
+use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
+use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{
     decode_floats, dequantize_row, encode_floats, quantize_row, WeightFormat,
 };
@@ -88,4 +91,94 @@ impl Q {
         }
         (want, mag)
     }
+}
+
+/// The values y starts from in [`run_matmul`] (so a residual add is visible).
+pub fn start_y(len: usize) -> Vec<f32> {
+    (0..len).map(|i| (i % 5) as f32 * 0.5).collect()
+}
+
+/// `y` with [`start_y`] taken away: what a residual-add matmul added.
+pub fn added(y: &[f32]) -> Vec<f32> {
+    y.iter().zip(start_y(y.len())).map(|(v, a)| v - a).collect()
+}
+
+/// One matmul call as the kernel tests make it.
+#[derive(Clone, Copy)]
+pub struct MmCall<'a> {
+    /// `t` rows of `stride` values; the input starts at column `col`.
+    pub x: &'a [f32],
+    pub t: usize,
+    pub stride: usize,
+    pub col: usize,
+    /// Token tile (`MT_ONE`, `MT_SMALL`, `MT_PREFILL`).
+    pub mt: u32,
+    pub add: bool,
+    pub swiglu: bool,
+    /// Fold an RMSNorm (weight [k], epsilon) into the matmul (`matmul_normed`).
+    pub norm: Option<(&'a [f32], f32)>,
+}
+
+impl<'a> MmCall<'a> {
+    /// `t` rows of `k` values, no add, no SwiGLU, no norm.
+    pub fn new(x: &'a [f32], t: usize, k: usize, mt: u32) -> Self {
+        MmCall {
+            x,
+            t,
+            stride: k,
+            col: 0,
+            mt,
+            add: false,
+            swiglu: false,
+            norm: None,
+        }
+    }
+}
+
+/// Runs `c` on `m` and returns y ([t, n], or [t, n / 2] with SwiGLU) as written, starting from
+/// [`start_y`].
+pub fn run_matmul(gpu: &Gpu, m: &Matrix, c: MmCall<'_>) -> Vec<f32> {
+    let ny = if c.swiglu { m.n / 2 } else { m.n } as usize;
+    let xb = crate::upload_f32(gpu, "x", c.x);
+    let yb = crate::upload_f32(gpu, "y", &start_y(c.t * ny));
+    let sb = crate::step_buffer(
+        gpu,
+        Step {
+            n_tokens: c.t as u32,
+            pos: 0,
+            n_confirmed: 0,
+            n_out: 1,
+            force: 0,
+            rollback: 0,
+        },
+    );
+    let slot = StepSlot {
+        buf: &sb,
+        offset: 0,
+    };
+    let opts = MatmulOpts {
+        rows: Rows::Tokens,
+        add: c.add,
+        mt: c.mt,
+        swiglu: c.swiglu,
+    };
+    let x = Act::at(&xb, c.stride as u32, c.col as u32);
+    let y = Act::new(&yb, ny as u32);
+    let d = match c.norm {
+        Some((w, eps)) => {
+            let wb = crate::upload_f32(gpu, "norm_w", w);
+            pollster::block_on(matmul_normed(gpu, m, x, &wb, eps, y, slot, opts))
+        }
+        None => pollster::block_on(matmul(gpu, m, x, y, slot, opts)),
+    }
+    .unwrap_or_else(|e| panic!("matmul {}: {e}", m.name));
+    crate::run(
+        gpu,
+        &d,
+        StepShape {
+            n_tokens: c.t as u32,
+            n_out: 1,
+        },
+    );
+    crate::read_f32(gpu, &yb, c.t * ny)
 }
