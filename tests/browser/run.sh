@@ -15,7 +15,13 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg-runtime}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
 bash web/build.sh
-cargo build -p native-cli
-export QWGPU_BIN="${QWGPU_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/qwgpu}"
+# QWGPU_BIN: a qwgpu binary already built (CI passes the one `cargo test --workspace` built, so the
+# CLI is not compiled a second time with another feature set); otherwise the debug build here.
+if [ -z "${QWGPU_BIN:-}" ]; then
+  cargo build -p native-cli
+  QWGPU_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/qwgpu"
+fi
+[ -x "$QWGPU_BIN" ] || { echo "tests/browser/run.sh: no qwgpu binary at $QWGPU_BIN" >&2; exit 1; }
+export QWGPU_BIN
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 node tests/browser/run.mjs "$@"
