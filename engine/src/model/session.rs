@@ -17,7 +17,7 @@ use crate::model::weights::{LoadOptions, Weights};
 use crate::ops::matmul::{MT_ONE, MT_PREFILL, MT_SMALL};
 use crate::ops::mtp::{self, Stage};
 use crate::ops::sample::{parse_results, AcceptIo, RowResult, SampleIo, Sampler, RESULT_WORDS};
-use crate::state::State;
+use crate::state::{config_crc, SavedBuffer, SavedState, State, StateError};
 use crate::weights::{Checkpoint, Layout};
 
 /// Errors while running a model.
@@ -39,6 +39,8 @@ pub enum RunError {
     Gpu(#[from] GpuError),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 pub struct Model {
@@ -1254,6 +1256,137 @@ impl Session {
             .gpu
             .read_f32(&self.ws.logits.buf, 0, n as usize * v)
             .await?)
+    }
+
+    /// The sequence state copied to the host: the KV rows in use, the recurrent states, the MTP
+    /// cache and the positions ([`SavedState`]; [`SavedState::to_bytes`] writes it out). Steps
+    /// already submitted are part of it (plain steps whose ids are unread stay readable); unread
+    /// MTP verifies are not allowed ([`Session::settle`] first). Restore it with
+    /// [`Session::restore`], then feed the next ids.
+    pub async fn save(&mut self) -> Result<SavedState, RunError> {
+        if self.pending_verifies() > 0 {
+            return Err(RunError::Busy(
+                "MTP verifies are still unread: settle the session before saving it".into(),
+            ));
+        }
+        self.flush();
+        let gpu = self.model.gpu.clone();
+        let entries = self.state.entries();
+        let largest = entries.iter().map(|e| e.used).max().unwrap_or(0);
+        let rb = Readback::new(&gpu, "state save", largest);
+        let mut buffers = Vec::with_capacity(entries.len());
+        for e in entries {
+            let data = if e.used == 0 {
+                Vec::new()
+            } else {
+                let mut enc = gpu
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("state save"),
+                    });
+                rb.copy_from(&mut enc, &e.buf.buf, 0, e.used);
+                let index = gpu.queue.submit([enc.finish()]);
+                rb.read(&gpu, e.used, Some(index)).await?
+            };
+            buffers.push(SavedBuffer { name: e.name, data });
+        }
+        Ok(SavedState {
+            config_crc: config_crc(&self.model.config),
+            model_type: self.model.config.model_type.clone(),
+            pos: self.state.pos,
+            mtp_pos: self.state.mtp_pos,
+            mtp_synced: self.mtp_synced,
+            buffers,
+        })
+    }
+
+    /// Replaces this session's sequence state with `saved` (from [`Session::save`] of a session
+    /// of the same model; its context may differ if the positions fit). Unread steps are
+    /// forgotten. Nothing is changed when `saved` does not fit.
+    pub fn restore(&mut self, saved: &SavedState) -> Result<(), RunError> {
+        let crc = config_crc(&self.model.config);
+        if saved.config_crc != crc {
+            return Err(StateError::Mismatch(format!(
+                "saved from another model ({}, configuration {:08x}; this session's is {:08x})",
+                saved.model_type, saved.config_crc, crc
+            ))
+            .into());
+        }
+        let held = saved.pos.max(saved.mtp_pos);
+        if held > self.state.max_ctx {
+            return Err(RunError::ContextFull {
+                needed: held,
+                max: self.state.max_ctx,
+            });
+        }
+        let names: Vec<(String, u64)> = saved
+            .buffers
+            .iter()
+            .map(|b| (b.name.clone(), b.data.len() as u64))
+            .collect();
+        self.state.check_fits(&names)?;
+        let gpu = self.model.gpu.clone();
+        for (e, b) in self.state.entries().into_iter().zip(&saved.buffers) {
+            if !b.data.is_empty() {
+                gpu.queue.write_buffer(&e.buf.buf, 0, &b.data);
+            }
+        }
+        self.state.pos = saved.pos;
+        self.state.mtp_pos = saved.mtp_pos;
+        self.mtp_synced = saved.mtp_synced;
+        self.pending.clear();
+        self.rollback_pending = false;
+        self.last_result = None;
+        gpu.take_error()?;
+        Ok(())
+    }
+
+    /// Makes this session's sequence state a copy of `other`'s, on the GPU (both sessions of the
+    /// same model). `other` must have no unread MTP verifies; this session's unread steps are
+    /// forgotten.
+    pub fn copy_state_from(&mut self, other: &mut Session) -> Result<(), RunError> {
+        if other.pending_verifies() > 0 {
+            return Err(RunError::Busy(
+                "the source session has unread MTP verifies: settle it first".into(),
+            ));
+        }
+        let (a, b) = (config_crc(&self.model.config), config_crc(&other.model.config));
+        if a != b {
+            return Err(StateError::Mismatch(format!(
+                "the sessions run different models (configurations {b:08x} and {a:08x})"
+            ))
+            .into());
+        }
+        let held = other.state.pos.max(other.state.mtp_pos);
+        if held > self.state.max_ctx {
+            return Err(RunError::ContextFull {
+                needed: held,
+                max: self.state.max_ctx,
+            });
+        }
+        other.flush();
+        let gpu = self.model.gpu.clone();
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("state copy"),
+            });
+        self.state.record_copy_from(&other.state, &mut enc)?;
+        gpu.queue.submit([enc.finish()]);
+        self.mtp_synced = other.mtp_synced;
+        self.pending.clear();
+        self.rollback_pending = false;
+        self.last_result = None;
+        gpu.take_error()?;
+        Ok(())
+    }
+
+    /// A new session on the same model and sizes holding a copy of this one's sequence state
+    /// (see [`Session::copy_state_from`]); sampling settings start at greedy.
+    pub async fn fork(&mut self) -> Result<Session, RunError> {
+        let mut s = Session::new(self.model.clone(), self.opts).await?;
+        s.copy_state_from(self)?;
+        Ok(s)
     }
 
     /// Reads every state buffer back (KV rows beyond `pos` included), for tests and debugging.

@@ -1,8 +1,10 @@
 //! Per-sequence state on the GPU (spec §5): the attention KV caches, the Gated-DeltaNet conv and
 //! recurrent states with their rollback snapshots, and the MTP head's KV cache.
 //!
-//! A [`State`] can be forked (GPU-side copy), reset, and saved to / restored from host bytes, so
-//! prompt caching across turns and several streams per GPU can build on it.
+//! A [`State`] can be reset, forked (GPU-side copy of the rows in use into another state) and
+//! saved to / restored from host memory as a [`SavedState`], which serializes to a checked byte
+//! format ([`SavedState::to_bytes`], [`SavedState::from_bytes`]). Prompt caching across turns
+//! and several streams per GPU build on these.
 
 use crate::gpu::{Gpu, GpuBuffer, GpuError};
 use crate::model::config::{LayerKind, ModelConfig};
@@ -11,6 +13,8 @@ use crate::model::config::{LayerKind, ModelConfig};
 pub struct KvCache {
     pub k: GpuBuffer,
     pub v: GpuBuffer,
+    /// Bytes of one position (one row of `k` or `v`).
+    pub row_bytes: u64,
 }
 
 /// Recurrent state of one Gated-DeltaNet layer, with the snapshot written after the confirmed
@@ -52,6 +56,7 @@ impl State {
             Ok(KvCache {
                 k: gpu.storage(&format!("{name}.k"), kv_row * max_ctx as u64)?,
                 v: gpu.storage(&format!("{name}.v"), kv_row * max_ctx as u64)?,
+                row_bytes: kv_row,
             })
         };
         let conv_bytes = ((cfg.linear_conv_kernel_dim - 1) * cfg.conv_dim() * 4) as u64;
@@ -126,13 +131,87 @@ impl State {
         self.mtp_pos = 0;
     }
 
-    /// Records a copy of `other`'s contents into this state (same model and max_ctx): a fork.
-    pub fn record_copy_from(&mut self, other: &State, enc: &mut wgpu::CommandEncoder) {
-        for (dst, src) in self.buffers().into_iter().zip(other.buffers()) {
-            enc.copy_buffer_to_buffer(&src.buf, 0, &dst.buf, 0, src.size.min(dst.size));
+    /// Every buffer that carries sequence state with its name and the bytes in use: the first
+    /// `pos` rows of a KV cache (`mtp_pos` for the MTP cache), all of a recurrent state.
+    /// Snapshots are not part of it: they only matter inside an MTP iteration.
+    pub fn entries(&self) -> Vec<StateEntry<'_>> {
+        let mut v = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            match l {
+                LayerState::Attn(c) => {
+                    let used = c.row_bytes * self.pos as u64;
+                    v.push(StateEntry::rows(format!("layers.{i}.k"), &c.k, used));
+                    v.push(StateEntry::rows(format!("layers.{i}.v"), &c.v, used));
+                }
+                LayerState::Gdn(g) => {
+                    v.push(StateEntry::whole(format!("layers.{i}.conv"), &g.conv));
+                    v.push(StateEntry::whole(format!("layers.{i}.ssm"), &g.ssm));
+                }
+            }
+        }
+        if let Some(c) = &self.mtp {
+            let used = c.row_bytes * self.mtp_pos as u64;
+            v.push(StateEntry::rows("mtp.k".into(), &c.k, used));
+            v.push(StateEntry::rows("mtp.v".into(), &c.v, used));
+        }
+        v
+    }
+
+    /// Checks that `other`'s rows in use fit this state's buffers, buffer by buffer (same model
+    /// layout; this state's context may be larger or smaller than the positions held).
+    pub fn check_fits(&self, names: &[(String, u64)]) -> Result<(), StateError> {
+        let mine = self.entries();
+        if mine.len() != names.len() {
+            return Err(StateError::Mismatch(format!(
+                "{} state buffers saved, this session has {} (another model, or MTP head present in one and not the other)",
+                names.len(),
+                mine.len()
+            )));
+        }
+        for (m, (name, used)) in mine.iter().zip(names) {
+            if &m.name != name {
+                return Err(StateError::Mismatch(format!(
+                    "state buffer {name} where this session has {} (another model layout)",
+                    m.name
+                )));
+            }
+            if *used > m.buf.size {
+                return Err(StateError::Mismatch(format!(
+                    "state buffer {name}: {used} bytes do not fit this session's {} (context too small, or another model)",
+                    m.buf.size
+                )));
+            }
+            if !m.per_position && *used != m.buf.size {
+                return Err(StateError::Mismatch(format!(
+                    "state buffer {name}: {used} bytes saved, this session's holds {} (another model)",
+                    m.buf.size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a copy of `other`'s state (same model) into this one: a fork. Only the rows in use
+    /// are copied; positions follow.
+    pub fn record_copy_from(
+        &mut self,
+        other: &State,
+        enc: &mut wgpu::CommandEncoder,
+    ) -> Result<(), StateError> {
+        let names: Vec<(String, u64)> = other
+            .entries()
+            .iter()
+            .map(|e| (e.name.clone(), e.used))
+            .collect();
+        self.check_fits(&names)?;
+        for (dst, src) in self.entries().into_iter().zip(other.entries()) {
+            if src.used > 0 {
+                enc.copy_buffer_to_buffer(&src.buf.buf, 0, &dst.buf.buf, 0, src.used);
+            }
         }
         self.pos = other.pos;
         self.mtp_pos = other.mtp_pos;
+        Ok(())
     }
 
     /// Records the GDN rollback of an MTP verify: every recurrent state takes its snapshot.
@@ -143,5 +222,215 @@ impl State {
                 enc.copy_buffer_to_buffer(&g.ssm_snap.buf, 0, &g.ssm.buf, 0, g.ssm.size);
             }
         }
+    }
+}
+
+/// One state buffer with the bytes of it that are in use (see [`State::entries`]).
+pub struct StateEntry<'a> {
+    pub name: String,
+    pub buf: &'a GpuBuffer,
+    pub used: u64,
+    /// Rows per position (a KV cache: `used` follows the positions held); else the whole buffer.
+    pub per_position: bool,
+}
+
+impl<'a> StateEntry<'a> {
+    fn rows(name: String, buf: &'a GpuBuffer, used: u64) -> Self {
+        StateEntry {
+            name,
+            buf,
+            used: used.min(buf.size),
+            per_position: true,
+        }
+    }
+
+    fn whole(name: String, buf: &'a GpuBuffer) -> Self {
+        StateEntry {
+            name,
+            buf,
+            used: buf.size,
+            per_position: false,
+        }
+    }
+}
+
+/// Why a saved state cannot be read or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("not a saved qwgpu state: {0}")]
+    Format(String),
+    #[error("the saved state is damaged: {0}")]
+    Corrupt(String),
+    #[error("the saved state does not fit this session: {0}")]
+    Mismatch(String),
+}
+
+/// One saved state buffer: its name and the bytes in use.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SavedBuffer {
+    pub name: String,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for SavedBuffer {
+    /// Name, size and checksum (the contents would fill a screen).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} bytes, crc {:08x}",
+            self.name,
+            self.data.len(),
+            crc32(&self.data)
+        )
+    }
+}
+
+/// A session's sequence state in host memory: the KV rows in use, the recurrent states, the MTP
+/// cache and the positions. Made by `Session::save`, applied by `Session::restore`; it does not
+/// hold the sampler's settings or token history (those belong to a request) nor the id of the
+/// next token (the caller feeds it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedState {
+    /// CRC-32 of the model's configuration (JSON): a state only restores into the same model.
+    pub config_crc: u32,
+    pub model_type: String,
+    /// Positions held by the backbone caches.
+    pub pos: u32,
+    /// Entries in the MTP cache.
+    pub mtp_pos: u32,
+    /// The MTP cache holds an entry for every position (MTP speculation can continue from here).
+    pub mtp_synced: bool,
+    pub buffers: Vec<SavedBuffer>,
+}
+
+const MAGIC: &[u8; 8] = b"QWGPUST\x01";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header {
+    format: u32,
+    config_crc: u32,
+    model_type: String,
+    pos: u32,
+    mtp_pos: u32,
+    mtp_synced: bool,
+    /// (name, bytes) of every buffer, in payload order.
+    buffers: Vec<(String, u64)>,
+}
+
+/// CRC-32 (IEEE) of `bytes`.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = flate2::Crc::new();
+    c.update(bytes);
+    c.sum()
+}
+
+/// The fingerprint a saved state carries of its model.
+pub fn config_crc(cfg: &ModelConfig) -> u32 {
+    crc32(serde_json::to_string(cfg).unwrap_or_default().as_bytes())
+}
+
+impl SavedState {
+    /// Bytes of state held.
+    pub fn bytes(&self) -> u64 {
+        self.buffers.iter().map(|b| b.data.len() as u64).sum()
+    }
+
+    /// The state as bytes: magic, a JSON header (model fingerprint, positions, buffer names and
+    /// sizes), the buffers, and a CRC-32 of everything before it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let header = Header {
+            format: 1,
+            config_crc: self.config_crc,
+            model_type: self.model_type.clone(),
+            pos: self.pos,
+            mtp_pos: self.mtp_pos,
+            mtp_synced: self.mtp_synced,
+            buffers: self
+                .buffers
+                .iter()
+                .map(|b| (b.name.clone(), b.data.len() as u64))
+                .collect(),
+        };
+        let h = serde_json::to_vec(&header).unwrap_or_default();
+        let mut out = Vec::with_capacity(16 + h.len() + self.bytes() as usize + 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+        out.extend_from_slice(&h);
+        for b in &self.buffers {
+            out.extend_from_slice(&b.data);
+        }
+        let crc = crc32(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Reads bytes written by [`SavedState::to_bytes`], checking the format, every length and
+    /// the checksum.
+    pub fn from_bytes(bytes: &[u8]) -> Result<SavedState, StateError> {
+        if bytes.len() < 8 || &bytes[..8] != MAGIC {
+            return Err(StateError::Format(
+                "the file does not start with the qwgpu state magic".into(),
+            ));
+        }
+        let total = bytes.len();
+        let short = |what: &str| {
+            StateError::Corrupt(format!("{what} runs past the end ({total} bytes in all)"))
+        };
+        if total < 8 + 8 + 4 {
+            return Err(short("the header length"));
+        }
+        let body = &bytes[..total - 4];
+        let want = u32::from_le_bytes([
+            bytes[total - 4],
+            bytes[total - 3],
+            bytes[total - 2],
+            bytes[total - 1],
+        ]);
+        let hlen = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or([0; 8]));
+        let hend = 16u64
+            .checked_add(hlen)
+            .filter(|e| *e <= body.len() as u64)
+            .ok_or_else(|| short("the header"))? as usize;
+        let header: Header = serde_json::from_slice(&body[16..hend])
+            .map_err(|e| StateError::Corrupt(format!("header: {e}")))?;
+        if header.format != 1 {
+            return Err(StateError::Format(format!(
+                "format version {} (this build reads version 1)",
+                header.format
+            )));
+        }
+        let mut at = hend as u64;
+        let mut buffers = Vec::with_capacity(header.buffers.len());
+        for (name, len) in header.buffers {
+            let end = at
+                .checked_add(len)
+                .filter(|e| *e <= body.len() as u64)
+                .ok_or_else(|| short(&format!("buffer {name}")))?;
+            buffers.push(SavedBuffer {
+                name,
+                data: body[at as usize..end as usize].to_vec(),
+            });
+            at = end;
+        }
+        if at != body.len() as u64 {
+            return Err(StateError::Corrupt(format!(
+                "{} bytes after the last buffer",
+                body.len() as u64 - at
+            )));
+        }
+        let got = crc32(body);
+        if got != want {
+            return Err(StateError::Corrupt(format!(
+                "checksum {got:08x}, the file says {want:08x}"
+            )));
+        }
+        Ok(SavedState {
+            config_crc: header.config_crc,
+            model_type: header.model_type,
+            pos: header.pos,
+            mtp_pos: header.mtp_pos,
+            mtp_synced: header.mtp_synced,
+            buffers,
+        })
     }
 }

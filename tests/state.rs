@@ -1,0 +1,294 @@
+//! A session's sequence state saved, restored and forked (engine/src/state): a state saved after
+//! a prompt prefix, written to bytes and restored (into the same session or another one with
+//! other sizes) continues exactly as the whole prompt fed from scratch, whose greedy tokens are
+//! mlx-lm's; MTP speculation continues from a restored state with its exact output; forks evolve
+//! independently; damaged or foreign states are refused with the reason and change nothing.
+
+use std::sync::Arc;
+
+use qwgpu_engine::decode::mtp::{generate_mtp, MtpOptions};
+use qwgpu_engine::decode::{generate, GenOptions};
+use qwgpu_engine::model::session::read_config;
+use qwgpu_engine::model::{Model, RunError, Session, SessionOptions};
+use qwgpu_engine::state::{config_crc, SavedState, StateError};
+use qwgpu_tests::fixtures::*;
+use qwgpu_tests::*;
+
+/// As model_vs_mlx.rs: greedy tokens equal mlx-lm's up to its first near-tie (top-2 gap below
+/// the f32 logit tolerance).
+const LOGIT_TOL: f32 = 5e-3;
+
+fn model(name: &str) -> Arc<Model> {
+    Arc::new(
+        Model::load(gpu(), &fixtures_dir().join(name), &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{name}: {e}")),
+    )
+}
+
+fn session(m: &Arc<Model>, max_ctx: u32, chunk: u32) -> Session {
+    pollster::block_on(Session::new(
+        m.clone(),
+        SessionOptions {
+            max_ctx,
+            prefill_chunk: chunk,
+        },
+    ))
+    .unwrap()
+}
+
+fn greedy(n: usize) -> GenOptions {
+    GenOptions {
+        max_tokens: n,
+        eos: vec![],
+        ignore_eos: true,
+    }
+}
+
+fn gen(s: &mut Session, ids: &[u32], n: usize) -> Vec<u32> {
+    pollster::block_on(generate(s, ids, &greedy(n), &mut |_| true))
+        .unwrap()
+        .0
+}
+
+fn save(s: &mut Session) -> SavedState {
+    pollster::block_on(s.save()).unwrap()
+}
+
+/// The first fixture of each distinct configuration, MTP fixtures included.
+fn some_fixtures() -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    fixture_names()
+        .into_iter()
+        .filter(|n| {
+            let cfg = read_config(&fixtures_dir().join(n)).unwrap();
+            seen.insert(config_crc(&cfg))
+        })
+        .collect()
+}
+
+#[test]
+fn restored_prefix_continues_like_the_whole_prompt() {
+    for name in fixture_names() {
+        let r = load_reference(&name);
+        let m = model(&name);
+        let prompt = &r.prompts[3];
+        assert!(prompt.len() > 200, "{name}: prompt 3 has {} ids", prompt.len());
+        let n = r.greedy[3].len().min(32);
+        let mut a = session(&m, 512, 64);
+
+        // The whole prompt from scratch: mlx-lm's tokens up to the first near-tie, and the logits
+        // after it.
+        let whole = gen(&mut a, prompt, n);
+        let limit = r.top2_gap[3]
+            .iter()
+            .position(|g| *g < LOGIT_TOL)
+            .unwrap_or(n)
+            .min(n);
+        assert_eq!(
+            whole[..limit],
+            r.greedy[3][..limit],
+            "{name}: from scratch vs mlx-lm"
+        );
+        a.reset();
+        let want_logits = pollster::block_on(a.forward_logits(prompt)).unwrap();
+
+        // The first 200 ids, saved and written to bytes; the session then runs something else.
+        a.reset();
+        pollster::block_on(a.prefill(&prompt[..200])).unwrap();
+        let saved = save(&mut a);
+        assert_eq!((saved.pos, saved.buffers.is_empty()), (200, false));
+        let bytes = saved.to_bytes();
+        let back = SavedState::from_bytes(&bytes).unwrap();
+        assert_eq!(back, saved, "{name}: bytes round trip");
+        a.reset();
+        gen(&mut a, &r.prompts[2], 8);
+
+        // Restored: the same state bytes, the same logits bit for bit, the same tokens.
+        a.restore(&back).unwrap();
+        assert_eq!(a.pos(), 200);
+        assert_eq!(save(&mut a), saved, "{name}: state after restore");
+        let got = pollster::block_on(a.forward_logits(&prompt[200..])).unwrap();
+        assert_bits_eq(
+            &format!("{name}: logits after the restored prefix"),
+            &got,
+            &want_logits,
+        );
+        a.restore(&back).unwrap();
+        assert_eq!(
+            gen(&mut a, &prompt[200..], n),
+            whole,
+            "{name}: tokens after restore"
+        );
+
+        // Into another session of the same model with another context and prefill chunk.
+        let mut b = session(&m, 1024, 16);
+        b.restore(&back).unwrap();
+        assert_eq!(
+            gen(&mut b, &prompt[200..], n),
+            whole,
+            "{name}: tokens in another session"
+        );
+        println!(
+            "{name}: {} state bytes at 200 positions ({} on disk); {limit} tokens checked against mlx-lm, {n} against the whole prompt",
+            saved.bytes(),
+            bytes.len()
+        );
+    }
+}
+
+#[test]
+fn mtp_speculation_continues_exactly_from_a_restored_state() {
+    let names: Vec<String> = fixture_names()
+        .into_iter()
+        .filter(|n| load_reference(n).has_mtp)
+        .collect();
+    assert!(!names.is_empty(), "no MTP fixture");
+    for name in names {
+        let r = load_reference(&name);
+        let m = model(&name);
+        let prompt = &r.prompts[3];
+        let mut a = session(&m, 512, 32);
+        let plain = gen(&mut a, prompt, 96);
+
+        // The prefix with the MTP cache filled (the id after it is known): MTP can go on.
+        a.reset();
+        pollster::block_on(a.prefill_with(&prompt[..200], Some(prompt[200]))).unwrap();
+        let saved = save(&mut a);
+        assert!(saved.mtp_synced, "{name}: prefill_with keeps the MTP cache in step");
+        assert_eq!((saved.pos, saved.mtp_pos), (200, 200));
+        let mut b = session(&m, 768, 64);
+        b.restore(&SavedState::from_bytes(&saved.to_bytes()).unwrap())
+            .unwrap();
+        assert!(b.mtp_available(), "{name}: MTP after restore");
+        let (spec, _, stats) = pollster::block_on(generate_mtp(
+            &mut b,
+            &prompt[200..],
+            &greedy(96),
+            &MtpOptions::always(),
+            &mut |_| true,
+        ))
+        .unwrap();
+        assert_eq!(spec, plain, "{name}: MTP from a restored state");
+        assert!(stats.drafted > 0, "{name}: no verify ran");
+
+        // A plain prefill leaves the MTP cache behind: the restored session knows it.
+        a.reset();
+        pollster::block_on(a.prefill(&prompt[..200])).unwrap();
+        let unsynced = save(&mut a);
+        b.restore(&unsynced).unwrap();
+        assert!(!b.mtp_available(), "{name}: MTP claimed after a plain prefill");
+        println!(
+            "{name}: MTP after restore drafted {} accepted {}",
+            stats.drafted, stats.accepted
+        );
+    }
+}
+
+#[test]
+fn forks_continue_independently() {
+    for name in some_fixtures() {
+        let r = load_reference(&name);
+        let m = model(&name);
+        let mut s = session(&m, 512, 64);
+        let out = gen(&mut s, &r.prompts[2], 20);
+        // The state holds the prompt and the tokens fed so far (the last token read is not fed
+        // when generation stops at max_tokens).
+        let seq: Vec<u32> = r.prompts[2].iter().chain(&out).cloned().collect();
+        let held = s.pos() as usize;
+        assert!(held <= seq.len(), "{name}: {held} held of {}", seq.len());
+        let mut f = pollster::block_on(s.fork()).unwrap();
+        assert_eq!(f.pos(), s.pos());
+        let ext_a: Vec<u32> = seq[held..].iter().chain(&r.prompts[1]).cloned().collect();
+        let ext_b: Vec<u32> = seq[held..].iter().chain(&r.prompts[0]).cloned().collect();
+        // The fork runs first: the original must not see it.
+        let fa = gen(&mut f, &ext_a, 16);
+        let sb = gen(&mut s, &ext_b, 16);
+        let mut fresh = session(&m, 512, 64);
+        let whole_a: Vec<u32> = seq[..held].iter().chain(&ext_a).cloned().collect();
+        let whole_b: Vec<u32> = seq[..held].iter().chain(&ext_b).cloned().collect();
+        assert_eq!(fa, gen(&mut fresh, &whole_a, 16), "{name}: fork");
+        fresh.reset();
+        assert_eq!(sb, gen(&mut fresh, &whole_b, 16), "{name}: original after fork");
+        // copy_state_from into an existing session with a larger context.
+        let mut big = session(&m, 1024, 8);
+        gen(&mut big, &r.prompts[3], 4);
+        big.copy_state_from(&mut f).unwrap();
+        assert_eq!(save(&mut big), save(&mut f), "{name}: copied state");
+    }
+}
+
+#[test]
+fn bad_states_are_refused_with_the_reason_and_change_nothing() {
+    let names = some_fixtures();
+    assert!(names.len() >= 2, "need two model configurations: {names:?}");
+    let r = load_reference(&names[0]);
+    let m = model(&names[0]);
+    let mut s = session(&m, 512, 64);
+    pollster::block_on(s.prefill(&r.prompts[2])).unwrap();
+    let saved = save(&mut s);
+    let bytes = saved.to_bytes();
+
+    let err = |b: &[u8]| SavedState::from_bytes(b).unwrap_err().to_string();
+    assert!(err(b"").contains("magic"));
+    assert!(err(b"GGUF\x03\0\0\0 something else").contains("magic"));
+    assert!(err(&bytes[..bytes.len() - 1]).contains("damaged"));
+    assert!(err(&bytes[..40]).contains("runs past the end"));
+    let mut flipped = bytes.clone();
+    let at = bytes.len() - 10;
+    flipped[at] ^= 0x40;
+    assert!(err(&flipped).contains("checksum"), "{}", err(&flipped));
+    let mut long = bytes.clone();
+    long.insert(bytes.len() - 4, 0);
+    assert!(SavedState::from_bytes(&long).is_err());
+
+    // A session with state of its own, which a refused restore must leave as it is.
+    let mut t = session(&m, 512, 64);
+    pollster::block_on(t.prefill(&r.prompts[1])).unwrap();
+    let before = save(&mut t);
+    let refuse = |t: &mut Session, st: &SavedState, want: &str| {
+        let e = t.restore(st).unwrap_err().to_string();
+        assert!(e.contains(want), "wanted '{want}' in: {e}");
+    };
+    let mut other = saved.clone();
+    other.buffers.pop();
+    refuse(&mut t, &other, "state buffers saved");
+    let mut other = saved.clone();
+    other.buffers[0].name = "layers.0.something".into();
+    refuse(&mut t, &other, "layers.0.something");
+    let mut other = saved.clone();
+    let last = other.buffers.iter().rposition(|b| b.name.ends_with("ssm"));
+    if let Some(i) = last {
+        other.buffers[i].data.truncate(16);
+        refuse(&mut t, &other, "another model");
+    }
+    let m2 = model(&names[1]);
+    let mut foreign = session(&m2, 512, 64);
+    pollster::block_on(foreign.prefill(&load_reference(&names[1]).prompts[2])).unwrap();
+    let foreign_state = save(&mut foreign);
+    refuse(&mut t, &foreign_state, "another model");
+    assert!(matches!(
+        foreign.copy_state_from(&mut s),
+        Err(RunError::State(StateError::Mismatch(_)))
+    ));
+    let mut small = session(&m, 16, 8);
+    assert!(matches!(
+        small.restore(&saved),
+        Err(RunError::ContextFull { needed, max: 16 }) if needed == saved.pos
+    ));
+    assert_eq!(save(&mut t), before, "a refused restore changed the state");
+
+    // Unread MTP verifies: saving waits for settle.
+    if let Some(name) = names.iter().find(|n| load_reference(n).has_mtp) {
+        let r = load_reference(name);
+        let m = model(name);
+        let mut s = session(&m, 512, 64);
+        let p = &r.prompts[2];
+        pollster::block_on(s.prefill_with(&p[..p.len() - 1], Some(p[p.len() - 1]))).unwrap();
+        pollster::block_on(s.mtp_first(p[p.len() - 1])).unwrap();
+        s.mtp_submit_verify().unwrap();
+        assert!(matches!(pollster::block_on(s.save()), Err(RunError::Busy(_))));
+        pollster::block_on(s.settle()).unwrap();
+        let st = save(&mut s);
+        assert_eq!(st.pos, s.pos());
+    }
+}
