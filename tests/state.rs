@@ -72,7 +72,11 @@ fn restored_prefix_continues_like_the_whole_prompt() {
         let r = load_reference(&name);
         let m = model(&name);
         let prompt = &r.prompts[3];
-        assert!(prompt.len() > 200, "{name}: prompt 3 has {} ids", prompt.len());
+        assert!(
+            prompt.len() > 200,
+            "{name}: prompt 3 has {} ids",
+            prompt.len()
+        );
         let n = r.greedy[3].len().min(32);
         let mut a = session(&m, 512, 64);
 
@@ -154,7 +158,10 @@ fn mtp_speculation_continues_exactly_from_a_restored_state() {
         a.reset();
         pollster::block_on(a.prefill_with(&prompt[..200], Some(prompt[200]))).unwrap();
         let saved = save(&mut a);
-        assert!(saved.mtp_synced, "{name}: prefill_with keeps the MTP cache in step");
+        assert!(
+            saved.mtp_synced,
+            "{name}: prefill_with keeps the MTP cache in step"
+        );
         assert_eq!((saved.pos, saved.mtp_pos), (200, 200));
         let mut b = session(&m, 768, 64);
         b.restore(&SavedState::from_bytes(&saved.to_bytes()).unwrap())
@@ -176,7 +183,10 @@ fn mtp_speculation_continues_exactly_from_a_restored_state() {
         pollster::block_on(a.prefill(&prompt[..200])).unwrap();
         let unsynced = save(&mut a);
         b.restore(&unsynced).unwrap();
-        assert!(!b.mtp_available(), "{name}: MTP claimed after a plain prefill");
+        assert!(
+            !b.mtp_available(),
+            "{name}: MTP claimed after a plain prefill"
+        );
         println!(
             "{name}: MTP after restore drafted {} accepted {}",
             stats.drafted, stats.accepted
@@ -208,7 +218,11 @@ fn forks_continue_independently() {
         let whole_b: Vec<u32> = seq[..held].iter().chain(&ext_b).cloned().collect();
         assert_eq!(fa, gen(&mut fresh, &whole_a, 16), "{name}: fork");
         fresh.reset();
-        assert_eq!(sb, gen(&mut fresh, &whole_b, 16), "{name}: original after fork");
+        assert_eq!(
+            sb,
+            gen(&mut fresh, &whole_b, 16),
+            "{name}: original after fork"
+        );
         // copy_state_from into an existing session with a larger context.
         let mut big = session(&m, 1024, 8);
         gen(&mut big, &r.prompts[3], 4);
@@ -286,9 +300,82 @@ fn bad_states_are_refused_with_the_reason_and_change_nothing() {
         pollster::block_on(s.prefill_with(&p[..p.len() - 1], Some(p[p.len() - 1]))).unwrap();
         pollster::block_on(s.mtp_first(p[p.len() - 1])).unwrap();
         s.mtp_submit_verify().unwrap();
-        assert!(matches!(pollster::block_on(s.save()), Err(RunError::Busy(_))));
+        assert!(matches!(
+            pollster::block_on(s.save()),
+            Err(RunError::Busy(_))
+        ));
         pollster::block_on(s.settle()).unwrap();
         let st = save(&mut s);
         assert_eq!(st.pos, s.pos());
+    }
+}
+
+#[test]
+fn prompt_cache_checkpoint_serves_prompts_that_share_the_start() {
+    use qwgpu_engine::decode::cache::{prefill_prompt, reusable};
+    use qwgpu_engine::decode::generate_in_context;
+    use qwgpu_engine::decode::mtp::generate_mtp_in_context;
+    for name in ["mtp-perm", "bf16-q4-g64"] {
+        let r = load_reference(name);
+        let m = model(name);
+        let p = &r.prompts[3];
+        // A second prompt that shares p's first 151 ids, then goes elsewhere.
+        let q: Vec<u32> = p[..151].iter().chain(&r.prompts[2]).cloned().collect();
+        for mtp in [false, true] {
+            let mut s = session(&m, 512, 64);
+            let run = |s: &mut Session, prompt: &[u32], k: usize| -> Vec<u32> {
+                if mtp && s.mtp_available() {
+                    pollster::block_on(generate_mtp_in_context(
+                        s,
+                        prompt,
+                        k,
+                        &greedy(24),
+                        &MtpOptions::always(),
+                        &mut |_| true,
+                    ))
+                    .unwrap()
+                    .0
+                } else {
+                    pollster::block_on(generate_in_context(s, prompt, k, &greedy(24), &mut |_| {
+                        true
+                    }))
+                    .unwrap()
+                    .0
+                }
+            };
+            // Uncached outputs.
+            let want_p = gen(&mut s, p, 24);
+            s.reset();
+            let want_q = gen(&mut s, &q, 24);
+            // p with a checkpoint at 150: nothing reused, the entry holds p[..150].
+            let (reused, entry) =
+                pollster::block_on(prefill_prompt(&mut s, p, None, mtp, 150)).unwrap();
+            let entry = entry.unwrap();
+            assert_eq!((reused, entry.tokens.len(), entry.pos), (0, 150, 150));
+            assert_eq!(entry.tokens[..], p[..150]);
+            assert_eq!(s.pos() as usize, p.len() - 1);
+            assert_eq!(run(&mut s, p, p.len() - 1), want_p, "{name} mtp {mtp}: p");
+            // q starts with p[..151]: 150 ids come from the entry (MTP: paired with p[150]).
+            assert_eq!(reusable(&entry, &q, mtp && m.has_mtp()), 150);
+            let (reused, next) =
+                pollster::block_on(prefill_prompt(&mut s, &q, Some(&entry), mtp, q.len())).unwrap();
+            assert_eq!(reused, 150);
+            let next = next.unwrap();
+            assert_eq!(next.tokens[..], q[..q.len() - 1]);
+            assert_eq!(run(&mut s, &q, q.len() - 1), want_q, "{name} mtp {mtp}: q");
+            // A prompt that differs right after the entry's ids: for MTP the entry's last MTP pair
+            // does not fit it, for plain decoding it does.
+            let mut r2: Vec<u32> = p[..150].to_vec();
+            r2.push((p[150] + 1) % m.config.vocab_size as u32);
+            r2.extend_from_slice(&r.prompts[1]);
+            let k = reusable(&entry, &r2, mtp && m.has_mtp());
+            assert_eq!(k, if mtp && m.has_mtp() { 0 } else { 150 });
+            let (reused, _) =
+                pollster::block_on(prefill_prompt(&mut s, &r2, Some(&entry), mtp, 0)).unwrap();
+            assert_eq!(reused, k);
+            let got = run(&mut s, &r2, r2.len() - 1);
+            s.reset();
+            assert_eq!(got, gen(&mut s, &r2, 24), "{name} mtp {mtp}: r2");
+        }
     }
 }

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
+use qwgpu_engine::decode::cache::prefill_prompt;
 use qwgpu_engine::decode::sampler::SamplingParams;
 use qwgpu_engine::decode::text::{generate_text, TextEvent, TextOutput, TextRequest};
+use qwgpu_engine::state::SavedState;
 use qwgpu_engine::text::stream::{Delta, StreamEvent};
 use serde_json::{json, Map, Value};
 
@@ -99,6 +101,11 @@ pub struct GenerateArgs {
     /// Print one JSON object (tokens, text, reasoning, finish reason, timings) at the end.
     #[arg(long)]
     pub json: bool,
+    /// Keep the prompt's state in FILE: a later prompt that starts with this one's ids (all but
+    /// its last) restores it and prefills only the rest. Created when missing, replaced after
+    /// each run; a file of another model or a damaged one is an error.
+    #[arg(long, value_name = "FILE")]
+    pub prompt_cache: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -107,6 +114,10 @@ pub struct ChatArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub gen: GenArgs,
+    /// Prefill every turn's whole prompt (by default the state of the conversation so far is
+    /// kept and only the new part is prefilled; the output is the same).
+    #[arg(long)]
+    pub no_prompt_cache: bool,
 }
 
 fn parse_bias(s: &str) -> Result<(u32, f32), String> {
@@ -215,6 +226,82 @@ impl Printer {
     }
 }
 
+/// The state of the last prompt (all its ids but the last), kept so that a prompt that starts
+/// the same way skips prefilling them: in memory (chat turns) and optionally in a file.
+pub struct PromptCache {
+    path: Option<std::path::PathBuf>,
+    state: Option<SavedState>,
+    /// Ids the last run took from the cache.
+    reused: usize,
+    /// Where the next run records its entry: the ids that later prompts are expected to share
+    /// (before a chat template's generation prompt, say); `None` = all but the last id.
+    checkpoint: Option<usize>,
+}
+
+impl PromptCache {
+    fn memory() -> Self {
+        PromptCache {
+            path: None,
+            state: None,
+            reused: 0,
+            checkpoint: None,
+        }
+    }
+
+    /// The cache in `path` (empty when the file does not exist yet).
+    fn file(path: &std::path::Path) -> Result<Self, String> {
+        let state = match std::fs::read(path) {
+            Ok(b) => Some(
+                SavedState::from_bytes(&b)
+                    .map_err(|e| format!("--prompt-cache {}: {e}", path.display()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("--prompt-cache {}: {e}", path.display())),
+        };
+        Ok(PromptCache {
+            path: Some(path.to_path_buf()),
+            state,
+            reused: 0,
+            checkpoint: None,
+        })
+    }
+
+    /// Writes the state to the file (through a temporary file, so a failed write loses nothing).
+    fn store(&self) -> Result<(), String> {
+        let (Some(path), Some(st)) = (&self.path, &self.state) else {
+            return Ok(());
+        };
+        let tmp = path.with_extension("tmp");
+        let err = |e: std::io::Error| format!("--prompt-cache {}: {e}", path.display());
+        std::fs::write(&tmp, st.to_bytes()).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    /// Puts the prompt but its last id into the session, from the cache where it can, and keeps
+    /// the state at the checkpoint for the next prompt. Returns the ids now in the session's
+    /// state.
+    fn prefill(&mut self, l: &mut Loaded, prompt: &[u32], mtp: bool) -> Result<usize, String> {
+        let save_at = self.checkpoint.unwrap_or(prompt.len().saturating_sub(1));
+        let what = |e: qwgpu_engine::model::RunError| match &self.path {
+            Some(p) => format!("--prompt-cache {}: {e}", p.display()),
+            None => e.to_string(),
+        };
+        let (reused, entry) = pollster::block_on(prefill_prompt(
+            &mut l.session,
+            prompt,
+            self.state.as_ref(),
+            mtp,
+            save_at,
+        ))
+        .map_err(what)?;
+        if entry.is_some() {
+            self.state = entry;
+        }
+        self.reused = reused;
+        Ok(prompt.len() - 1)
+    }
+}
+
 /// Timings of one generation.
 struct Timed {
     out: TextOutput,
@@ -230,6 +317,7 @@ fn run_one(
     g: &GenArgs,
     mtp: bool,
     cancel: Option<&AtomicBool>,
+    cache: Option<&mut PromptCache>,
     mut on_delta: impl FnMut(&Delta),
 ) -> Result<Timed, String> {
     let max_ctx = l.session.opts.max_ctx as usize;
@@ -261,10 +349,16 @@ fn run_one(
         mtp_adaptive: g.mtp == MtpMode::Auto,
         sampling: Some(sampling),
         logprobs: g.logprobs.is_some(),
+        in_context: 0,
     };
     let mut logprobs = Vec::new();
     l.session.reset();
     let t0 = Instant::now();
+    let mut req = req;
+    if let Some(c) = cache {
+        // Speculation happens when generate_text takes the MTP loop (no per-token logprobs).
+        req.in_context = c.prefill(l, &req.prompt, mtp && !req.logprobs)?;
+    }
     let mut ttft = None;
     let tokenizer = match &l.tokenizer {
         Some(t) => t,
@@ -307,6 +401,19 @@ fn rates(t: &Timed) -> (f64, f64) {
     (prefill, decode)
 }
 
+/// The ids of `messages` rendered without the generation prompt, when `prompt` starts with them:
+/// where a conversation's later prompts stop sharing ids with this one (the template renders the
+/// generation prompt, and a reply's reasoning, differently once a reply exists).
+fn chat_checkpoint(l: &Loaded, messages: &[Value], g: &GenArgs, prompt: &[u32]) -> Option<usize> {
+    if messages.is_empty() {
+        return None;
+    }
+    let (tok, tpl) = (l.tokenizer.as_ref()?, l.template.as_ref()?);
+    let text = tpl.render(messages, None, false, &chat_kwargs(g)).ok()?;
+    let ids = tok.encode(&text, true).ok()?;
+    (!ids.is_empty() && ids.len() < prompt.len() && prompt.starts_with(&ids)).then_some(ids.len())
+}
+
 fn chat_kwargs(g: &GenArgs) -> Map<String, Value> {
     let mut kw = Map::new();
     kw.insert("enable_thinking".into(), Value::Bool(!g.no_think));
@@ -316,6 +423,8 @@ fn chat_kwargs(g: &GenArgs) -> Map<String, Value> {
 pub fn generate(a: GenerateArgs) -> Result<(), String> {
     let mut l = load(&a.model)?;
     let mtp = use_mtp(&l, a.gen.mtp)?;
+    // The messages before the user's (the system prompt): what later prompts may share.
+    let mut shared: Vec<Value> = Vec::new();
     let prompt: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
         (Some(ids), _) => ids.clone(),
         (None, Some(text)) => {
@@ -332,6 +441,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
                 if let Some(s) = &a.gen.system {
                     messages.push(json!({"role": "system", "content": s}));
                 }
+                shared = messages.clone();
                 messages.push(json!({"role": "user", "content": text}));
                 let t = l.template.as_ref().ok_or("no chat template")?;
                 let rendered = t
@@ -351,17 +461,36 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
         return Err("this checkpoint has no tokenizer: add --json to get the generated ids".into());
     }
     let json_mode = a.json;
+    let mut cache = match &a.prompt_cache {
+        Some(p) => Some(PromptCache::file(p)?),
+        None => None,
+    };
+    if let Some(c) = &mut cache {
+        c.checkpoint = chat_checkpoint(&l, &shared, &a.gen, &prompt);
+    }
     let mut printer = Printer::new(a.gen.hide_reasoning);
     let timed = if l.tokenizer.is_some() {
-        run_one(&mut l, prompt.clone(), &a.gen, mtp, None, |d| {
-            if !json_mode {
-                printer.delta(d)
-            }
-        })?
+        run_one(
+            &mut l,
+            prompt.clone(),
+            &a.gen,
+            mtp,
+            None,
+            cache.as_mut(),
+            |d| {
+                if !json_mode {
+                    printer.delta(d)
+                }
+            },
+        )?
     } else {
-        run_ids_only(&mut l, prompt.clone(), &a.gen, mtp)?
+        run_ids_only(&mut l, prompt.clone(), &a.gen, mtp, cache.as_mut())?
     };
     let (prefill, decode) = rates(&timed);
+    if let Some(c) = &cache {
+        c.store()?;
+    }
+    let reused = cache.as_ref().map(|c| c.reused);
     if json_mode {
         let s = &timed.out.summary;
         let mut j = json!({
@@ -383,6 +512,9 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
         if a.gen.logprobs.is_some() {
             j["logprobs"] = Value::Array(timed.logprobs.clone());
         }
+        if let Some(r) = reused {
+            j["prompt_cache"] = json!({"reused_tokens": r});
+        }
         println!("{j}");
     } else {
         printer.finish();
@@ -391,8 +523,11 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
             .mtp
             .map(|m| format!(", MTP {}/{} drafts accepted", m.accepted, m.drafted))
             .unwrap_or_default();
+        let cache_note = reused
+            .map(|r| format!(" ({r} from the prompt cache)"))
+            .unwrap_or_default();
         eprintln!(
-            "{} prompt tokens, {} generated ({}); TTFT {:.3}s, decode {:.1} tok/s{mtp_note}",
+            "{} prompt tokens{cache_note}, {} generated ({}); TTFT {:.3}s, decode {:.1} tok/s{mtp_note}",
             prompt.len(),
             timed.out.tokens.len(),
             timed.out.summary.finish_reason.as_str(),
@@ -404,9 +539,15 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
 }
 
 /// Generation for a checkpoint without a tokenizer: ids in, ids out.
-fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Result<Timed, String> {
-    use qwgpu_engine::decode::mtp::{generate_mtp, MtpOptions};
-    use qwgpu_engine::decode::{generate, Event, Finish, GenOptions};
+fn run_ids_only(
+    l: &mut Loaded,
+    prompt: Vec<u32>,
+    g: &GenArgs,
+    mtp: bool,
+    cache: Option<&mut PromptCache>,
+) -> Result<Timed, String> {
+    use qwgpu_engine::decode::mtp::{generate_mtp_in_context, MtpOptions};
+    use qwgpu_engine::decode::{generate_in_context, Event, Finish, GenOptions};
     use qwgpu_engine::text::stream::{FinishReason, StreamSummary};
     let max_ctx = l.session.opts.max_ctx as usize;
     if prompt.len() + 1 > max_ctx {
@@ -427,6 +568,11 @@ fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Res
     };
     l.session.reset();
     let t0 = Instant::now();
+    let spec = mtp && l.session.mtp_available() && g.logprobs.is_none();
+    let in_context = match cache {
+        Some(c) => c.prefill(l, &prompt, spec)?,
+        None => 0,
+    };
     let mut ttft = None;
     let mut on = |e: Event| {
         match e {
@@ -444,10 +590,11 @@ fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Res
     } else {
         MtpOptions::always()
     };
-    let (tokens, finish, stats) = if mtp && l.session.mtp_available() && g.logprobs.is_none() {
-        let (t, f, s) = pollster::block_on(generate_mtp(
+    let (tokens, finish, stats) = if spec && l.session.mtp_available() {
+        let (t, f, s) = pollster::block_on(generate_mtp_in_context(
             &mut l.session,
             &prompt,
+            in_context,
             &opts,
             &policy,
             &mut on,
@@ -455,8 +602,14 @@ fn run_ids_only(l: &mut Loaded, prompt: Vec<u32>, g: &GenArgs, mtp: bool) -> Res
         .map_err(|e| e.to_string())?;
         (t, f, Some(s))
     } else {
-        let (t, f) = pollster::block_on(generate(&mut l.session, &prompt, &opts, &mut on))
-            .map_err(|e| e.to_string())?;
+        let (t, f) = pollster::block_on(generate_in_context(
+            &mut l.session,
+            &prompt,
+            in_context,
+            &opts,
+            &mut on,
+        ))
+        .map_err(|e| e.to_string())?;
         (t, f, None)
     };
     let total = t0.elapsed().as_secs_f64();
@@ -517,7 +670,9 @@ pub fn chat(a: ChatArgs) -> Result<(), String> {
         );
     }
     let mut history: Vec<Value> = Vec::new();
-    let mut last: Option<(usize, usize, f64, f64, Option<(u64, u64)>)> = None;
+    // Each turn's prompt starts with the last one's: its state is restored, not prefilled again.
+    let mut cache = PromptCache::memory();
+    let mut last: Option<(usize, usize, f64, f64, Option<(u64, u64)>, usize)> = None;
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -565,11 +720,11 @@ pub fn chat(a: ChatArgs) -> Result<(), String> {
                     _ => println!("usage: /think on|off"),
                 },
                 "stats" => match last {
-                    Some((p, n, ttft, dec, m)) => {
+                    Some((p, n, ttft, dec, m, reused)) => {
                         let mtp = m
                             .map(|(d, a)| format!(", MTP {a}/{d} accepted"))
                             .unwrap_or_default();
-                        println!("(last answer: {p} prompt tokens, {n} generated, TTFT {ttft:.3}s, {dec:.1} tok/s{mtp})");
+                        println!("(last answer: {p} prompt tokens, {n} generated, TTFT {ttft:.3}s, {dec:.1} tok/s{mtp}; {reused} prompt tokens from the cache)");
                     }
                     None => println!("(no answer yet)"),
                 },
@@ -597,12 +752,19 @@ pub fn chat(a: ChatArgs) -> Result<(), String> {
             }
         };
         let prompt = tok.encode(&rendered, true).map_err(|e| e.to_string())?;
+        cache.checkpoint = chat_checkpoint(&l, &messages, &g, &prompt);
         cancel.store(false, Ordering::Relaxed);
         busy.store(true, Ordering::Relaxed);
         let mut printer = Printer::new(g.hide_reasoning);
-        let r = run_one(&mut l, prompt.clone(), &g, mtp, Some(&cancel), |d| {
-            printer.delta(d)
-        });
+        let r = run_one(
+            &mut l,
+            prompt.clone(),
+            &g,
+            mtp,
+            Some(&cancel),
+            (!a.no_prompt_cache).then_some(&mut cache),
+            |d| printer.delta(d),
+        );
         busy.store(false, Ordering::Relaxed);
         printer.finish();
         match r {
@@ -614,6 +776,7 @@ pub fn chat(a: ChatArgs) -> Result<(), String> {
                     t.ttft,
                     dec,
                     t.out.mtp.map(|m| (m.drafted, m.accepted)),
+                    cache.reused,
                 ));
                 let s = &t.out.summary;
                 let mut msg =

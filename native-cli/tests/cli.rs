@@ -881,3 +881,152 @@ fn sampling_seeds_and_logprobs() {
         &["temperature"],
     );
 }
+
+#[test]
+fn prompt_cache_reuses_the_prompt_and_changes_nothing_else() {
+    let dir = std::env::temp_dir().join(format!("qwgpu-prompt-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = |v: &[u64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+    let run = |name: &str, prompt: &[u64], mtp: &str, cache: Option<&Path>| {
+        let model = fixture(name);
+        let p = csv(prompt);
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            &p,
+            "--max-tokens",
+            "32",
+            "--ignore-eos",
+            "--mtp",
+            mtp,
+            "--json",
+        ];
+        if let Some(c) = cache {
+            args.extend(["--prompt-cache", c.to_str().unwrap()]);
+        }
+        ok_json(&args)
+    };
+    for name in ["mtp-perm", "f32-q4-g64"] {
+        let r = reference(name);
+        let prompt = ids(&r["prompts"][3]);
+        let longer: Vec<u64> = prompt.iter().chain(&ids(&r["prompts"][1])).cloned().collect();
+        let other = ids(&r["prompts"][2]);
+        for mtp in ["off", "on"] {
+            let file = dir.join(format!("{name}-{mtp}.qwgpu-state"));
+            let _ = std::fs::remove_file(&file);
+            // First run: nothing cached; mlx-lm's greedy tokens.
+            let first = run(name, &prompt, mtp, Some(&file));
+            assert_eq!(first["prompt_cache"]["reused_tokens"], 0);
+            assert_eq!(
+                ids(&first["tokens"]),
+                ids(&r["greedy"][3])[..32],
+                "{name} --mtp {mtp}: vs mlx-lm"
+            );
+            assert!(file.exists(), "{name}: no cache file written");
+            // Same prompt again: all but the last id come from the cache, same tokens.
+            let again = run(name, &prompt, mtp, Some(&file));
+            assert_eq!(
+                again["prompt_cache"]["reused_tokens"],
+                (prompt.len() - 1) as u64
+            );
+            assert_eq!(again["tokens"], first["tokens"], "{name} --mtp {mtp}: again");
+            if mtp == "on" {
+                assert!(again["mtp"]["drafted"].as_u64().unwrap() > 0);
+            }
+            // A prompt that continues it: the cached ids are reused, the output is the uncached
+            // run's.
+            let cont = run(name, &longer, mtp, Some(&file));
+            assert_eq!(
+                cont["prompt_cache"]["reused_tokens"],
+                (prompt.len() - 1) as u64
+            );
+            let plain = run(name, &longer, mtp, None);
+            assert_eq!(cont["tokens"], plain["tokens"], "{name} --mtp {mtp}: longer");
+            // Another prompt: nothing to reuse.
+            let o = run(name, &other, mtp, Some(&file));
+            assert_eq!(o["prompt_cache"]["reused_tokens"], 0);
+            assert_eq!(o["tokens"], run(name, &other, mtp, None)["tokens"]);
+        }
+    }
+    // A cache file of another model, a damaged one and a file that is no cache: one-line errors
+    // that name the file, and the file is left as it was.
+    let foreign = dir.join("mtp-perm-off.qwgpu-state");
+    let before = std::fs::read(&foreign).unwrap();
+    let q4 = fixture("f32-q4-g64");
+    let p = csv(&ids(&reference("f32-q4-g64")["prompts"][3]));
+    let args = |f: &Path| -> Vec<String> {
+        [
+            "generate",
+            "--model",
+            q4.to_str().unwrap(),
+            "--prompt-ids",
+            &p,
+            "--max-tokens",
+            "4",
+            "--json",
+            "--prompt-cache",
+            f.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = args(&foreign);
+    let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+    expect_error(&a, None, &["--prompt-cache", "another model"]);
+    assert_eq!(std::fs::read(&foreign).unwrap(), before);
+    let damaged = dir.join("damaged.qwgpu-state");
+    std::fs::write(&damaged, &before[..before.len() / 2]).unwrap();
+    let a = args(&damaged);
+    let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+    expect_error(&a, None, &["damaged.qwgpu-state", "damaged"]);
+    let junk = dir.join("junk.json");
+    std::fs::write(&junk, b"{\"not\": \"a state\"}").unwrap();
+    let a = args(&junk);
+    let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+    expect_error(&a, None, &["junk.json", "not a saved qwgpu state"]);
+    assert_eq!(std::fs::read(&junk).unwrap(), b"{\"not\": \"a state\"}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn chat_keeps_the_conversation_state_between_turns() {
+    // Three turns, thinking off, greedy: with the prompt cache each turn restores the state after
+    // the previous user message (the ids the template renders the same way in every later turn)
+    // and the answers are those of prefilling every turn whole.
+    let script = "/think off\nHello\n/stats\nWhat is Rust?\n/stats\nAnd cargo?\n/stats\n/exit\n";
+    let chat = |extra: &[&str]| {
+        let mut args = vec!["chat", "--max-tokens", "8", "--ignore-eos"];
+        args.extend_from_slice(extra);
+        let o = qwgpu(&args, Some(script));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let cached = chat(&[]);
+    let whole = chat(&["--no-prompt-cache"]);
+    let answers = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| !l.starts_with("(last answer"))
+            .map(|l| l.to_string())
+            .collect()
+    };
+    assert_eq!(answers(&cached), answers(&whole));
+    let reused = |out: &str| -> Vec<usize> {
+        out.lines()
+            .filter_map(|l| l.split("; ").nth(1))
+            .filter_map(|t| t.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    // Turn 2 reuses turn 1's user message, turn 3 everything up to turn 2's.
+    let first_user = default_ids("<|im_start|>user\nHello<|im_end|>\n").len();
+    let r = reused(&cached);
+    assert_eq!(r.len(), 3, "{cached}");
+    assert_eq!(r[0], 0);
+    assert_eq!(r[1], first_user, "{cached}");
+    assert!(r[2] > r[1] + 8, "{cached}");
+    assert_eq!(reused(&whole), vec![0, 0, 0], "{whole}");
+}

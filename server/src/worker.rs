@@ -276,6 +276,7 @@ fn run(
         mtp_adaptive: job.mtp_adaptive,
         sampling: Some(job.sampling),
         logprobs: job.logprobs,
+        in_context: 0,
     };
     session.reset();
     let t0 = Instant::now();

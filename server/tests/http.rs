@@ -797,6 +797,7 @@ fn engine_references(requests: &[Value], max_ctx: u32) -> Vec<Reference> {
                 mtp_adaptive: false,
                 sampling: None,
                 logprobs: false,
+                in_context: 0,
             };
             session.reset();
             let out = pollster::block_on(generate_text(&mut session, &tok, &req, &mut |_| true))

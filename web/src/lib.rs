@@ -851,6 +851,7 @@ impl Engine {
                 mtp_adaptive: req.mtp == Mtp::Auto,
                 sampling: Some(req.sampling.clone()),
                 logprobs: req.logprobs,
+                in_context: 0,
             };
             let mut running = None;
             let out = generate_text(&mut l.session, tok, &treq, &mut |e| {

@@ -1,5 +1,6 @@
 //! Generation loops over a [`Session`]: greedy decoding with mlx-lm's prompt split and stop rules.
 
+pub mod cache;
 pub mod mtp;
 pub mod text;
 
@@ -52,14 +53,31 @@ pub async fn generate(
     opts: &GenOptions,
     on_event: &mut dyn FnMut(Event) -> bool,
 ) -> Result<(Vec<u32>, Finish), RunError> {
+    generate_in_context(session, prompt, 0, opts, on_event).await
+}
+
+/// As [`generate`] when the session's state already holds `prompt[..in_context]` (a restored
+/// prompt cache, see [`cache`]): only the rest is fed; the whole prompt is the request's token
+/// history (penalties). At least one id must be left to feed.
+pub async fn generate_in_context(
+    session: &mut Session,
+    prompt: &[u32],
+    in_context: usize,
+    opts: &GenOptions,
+    on_event: &mut dyn FnMut(Event) -> bool,
+) -> Result<(Vec<u32>, Finish), RunError> {
     let mut out = Vec::new();
+    if in_context >= prompt.len() {
+        return Err(RunError::Empty);
+    }
     session.start_request(prompt)?;
+    let rest = &prompt[in_context..];
     if opts.max_tokens == 0 {
-        session.prefill(prompt).await?;
+        session.prefill(rest).await?;
         on_event(Event::PromptDone);
         return Ok((out, Finish::Length));
     }
-    session.feed(prompt).await?;
+    session.feed(rest).await?;
     let f = plain_steps(session, &mut out, opts, on_event, false).await?;
     Ok((out, f))
 }

@@ -64,14 +64,31 @@ pub async fn generate_mtp(
     policy: &MtpOptions,
     on_event: &mut dyn FnMut(Event) -> bool,
 ) -> Result<(Vec<u32>, Finish, MtpStats), RunError> {
+    generate_mtp_in_context(session, prompt, 0, opts, policy, on_event).await
+}
+
+/// As [`generate_mtp`] when the session's state (MTP cache included) already holds
+/// `prompt[..in_context]` (see [`crate::decode::cache`]).
+pub async fn generate_mtp_in_context(
+    session: &mut Session,
+    prompt: &[u32],
+    in_context: usize,
+    opts: &GenOptions,
+    policy: &MtpOptions,
+    on_event: &mut dyn FnMut(Event) -> bool,
+) -> Result<(Vec<u32>, Finish, MtpStats), RunError> {
     let mut out = Vec::new();
     let mut stats = MtpStats::default();
-    let Some((&last, head)) = prompt.split_last() else {
+    if in_context >= prompt.len() {
+        return Err(RunError::Empty);
+    }
+    let rest = &prompt[in_context..];
+    let Some((&last, head)) = rest.split_last() else {
         return Err(RunError::Empty);
     };
     session.start_request(prompt)?;
     if opts.max_tokens == 0 {
-        session.prefill(prompt).await?;
+        session.prefill(rest).await?;
         on_event(Event::PromptDone);
         return Ok((out, Finish::Length, stats));
     }

@@ -3,9 +3,9 @@
 //! [`StreamParser`](crate::text::stream::StreamParser) (UTF-8-safe detokenizing, stop strings,
 //! the reasoning split and tool-call parsing).
 
-use crate::decode::mtp::{generate_mtp, MtpOptions, MtpStats};
+use crate::decode::mtp::{generate_mtp_in_context, MtpOptions, MtpStats};
 use crate::decode::sampler::SamplingParams;
-use crate::decode::{generate, Event, Finish, GenOptions};
+use crate::decode::{generate_in_context, Event, Finish, GenOptions};
 use crate::model::{RunError, Session};
 use crate::ops::sample::RowResult;
 use crate::text::stream::{Delta, FinishReason, StreamConfig, StreamParser, StreamSummary};
@@ -28,6 +28,9 @@ pub struct TextRequest {
     pub sampling: Option<SamplingParams>,
     /// Report each token's logprob (and `sampling.top_logprobs` alternatives).
     pub logprobs: bool,
+    /// Leading prompt ids the session's state already holds (a restored prompt cache, see
+    /// [`crate::decode::cache`]); 0 = feed the whole prompt.
+    pub in_context: usize,
 }
 
 /// What a finished request produced.
@@ -107,10 +110,19 @@ pub async fn generate_text(
         } else {
             MtpOptions::always()
         };
-        let (t, f, s) = generate_mtp(session, &req.prompt, &opts, &policy, &mut on_tok).await?;
+        let (t, f, s) = generate_mtp_in_context(
+            session,
+            &req.prompt,
+            req.in_context,
+            &opts,
+            &policy,
+            &mut on_tok,
+        )
+        .await?;
         (t, f, Some(s))
     } else {
-        let (t, f) = generate(session, &req.prompt, &opts, &mut on_tok).await?;
+        let (t, f) =
+            generate_in_context(session, &req.prompt, req.in_context, &opts, &mut on_tok).await?;
         (t, f, None)
     };
     let ended_by = match finish {

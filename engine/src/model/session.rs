@@ -1296,6 +1296,8 @@ impl Session {
             pos: self.state.pos,
             mtp_pos: self.state.mtp_pos,
             mtp_synced: self.mtp_synced,
+            tokens: Vec::new(),
+            mtp_next: None,
             buffers,
         })
     }
@@ -1350,7 +1352,10 @@ impl Session {
                 "the source session has unread MTP verifies: settle it first".into(),
             ));
         }
-        let (a, b) = (config_crc(&self.model.config), config_crc(&other.model.config));
+        let (a, b) = (
+            config_crc(&self.model.config),
+            config_crc(&other.model.config),
+        );
         if a != b {
             return Err(StateError::Mismatch(format!(
                 "the sessions run different models (configurations {b:08x} and {a:08x})"

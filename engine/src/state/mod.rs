@@ -300,6 +300,11 @@ pub struct SavedState {
     pub mtp_pos: u32,
     /// The MTP cache holds an entry for every position (MTP speculation can continue from here).
     pub mtp_synced: bool,
+    /// The ids the state holds, when the caller recorded them (`pos` of them; empty otherwise):
+    /// prompt caching matches new prompts against them.
+    pub tokens: Vec<u32>,
+    /// The id the MTP cache's last entry was paired with (the one after `tokens`), when recorded.
+    pub mtp_next: Option<u32>,
     pub buffers: Vec<SavedBuffer>,
 }
 
@@ -313,6 +318,10 @@ struct Header {
     pos: u32,
     mtp_pos: u32,
     mtp_synced: bool,
+    #[serde(default)]
+    tokens: Vec<u32>,
+    #[serde(default)]
+    mtp_next: Option<u32>,
     /// (name, bytes) of every buffer, in payload order.
     buffers: Vec<(String, u64)>,
 }
@@ -345,6 +354,8 @@ impl SavedState {
             pos: self.pos,
             mtp_pos: self.mtp_pos,
             mtp_synced: self.mtp_synced,
+            tokens: self.tokens.clone(),
+            mtp_next: self.mtp_next,
             buffers: self
                 .buffers
                 .iter()
@@ -399,6 +410,13 @@ impl SavedState {
                 header.format
             )));
         }
+        if !header.tokens.is_empty() && header.tokens.len() != header.pos as usize {
+            return Err(StateError::Corrupt(format!(
+                "{} token ids recorded for {} positions",
+                header.tokens.len(),
+                header.pos
+            )));
+        }
         let mut at = hend as u64;
         let mut buffers = Vec::with_capacity(header.buffers.len());
         for (name, len) in header.buffers {
@@ -430,6 +448,8 @@ impl SavedState {
             pos: header.pos,
             mtp_pos: header.mtp_pos,
             mtp_synced: header.mtp_synced,
+            tokens: header.tokens,
+            mtp_next: header.mtp_next,
             buffers,
         })
     }

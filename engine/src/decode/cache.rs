@@ -1,0 +1,106 @@
+//! Prompt caching: a [`SavedState`] that holds the start of a prompt stands in for feeding it.
+//!
+//! A prompt of n ids is put into the state up to its last id ([`prefill_prompt`]); the generation
+//! loops then feed that last id ([`crate::decode::generate_in_context`]). On the way the state
+//! after a chosen number of ids is recorded with those ids ([`save_prompt`]); it serves any later
+//! prompt that starts with them and has at least one more: only the rest is prefilled. A prompt
+//! fed in pieces gives the same state, bit for bit, as one fed whole, so the output is the same
+//! with or without the cache.
+//!
+//! With an MTP head the MTP cache's last entry pairs the last hidden state with the id after it,
+//! so a state restored for speculation also needs that id to match the new prompt; a state saved
+//! without the MTP cache in step serves plain decoding only.
+
+use crate::model::{RunError, Session};
+use crate::state::SavedState;
+
+/// How many leading ids of `prompt` `saved` can stand for (0 = none): its recorded ids when they
+/// start `prompt` and leave at least one id to feed; with `mtp`, only if its MTP cache is in step
+/// and was paired with the id that follows them in `prompt`.
+pub fn reusable(saved: &SavedState, prompt: &[u32], mtp: bool) -> usize {
+    let k = saved.tokens.len();
+    if k == 0 || k != saved.pos as usize || k >= prompt.len() || prompt[..k] != saved.tokens[..] {
+        return 0;
+    }
+    if mtp && !(saved.mtp_synced && saved.mtp_next == Some(prompt[k])) {
+        return 0;
+    }
+    k
+}
+
+/// Puts `prompt` except its last id into `session`'s state (which it resets): restores `cached`
+/// when [`reusable`] and prefills only the rest. With `mtp` and a usable MTP head the MTP cache is
+/// filled too. On the way, the state after `prompt[..save_at]` is recorded as the next cache
+/// entry (`save_at` is clamped to the ids reused and to all but the last id; where the prompts of
+/// a conversation stop sharing ids, such as before the generation prompt of a chat template, is a
+/// good place). Returns the ids taken from the cache and the new entry (`None` when it would hold
+/// nothing). A `cached` state of another model (or one that does not fit this session) is an
+/// error, and the session is then left reset.
+pub async fn prefill_prompt(
+    session: &mut Session,
+    prompt: &[u32],
+    cached: Option<&SavedState>,
+    mtp: bool,
+    save_at: usize,
+) -> Result<(usize, Option<SavedState>), RunError> {
+    let Some((&last, head)) = prompt.split_last() else {
+        return Err(RunError::Empty);
+    };
+    session.reset();
+    let mtp = mtp && session.mtp_available();
+    let reused = cached.map_or(0, |c| reusable(c, prompt, mtp));
+    if let Some(c) = cached.filter(|_| reused > 0) {
+        session.restore(c)?;
+    } else if let Some(c) = cached {
+        // Not usable for this prompt, but it must still be this model's: a cache file that
+        // belongs elsewhere is reported, not silently overwritten.
+        if c.config_crc != crate::state::config_crc(&session.model.config) {
+            return Err(crate::state::StateError::Mismatch(format!(
+                "saved from another model ({})",
+                c.model_type
+            ))
+            .into());
+        }
+    }
+    let at = save_at.clamp(reused, head.len());
+    feed(session, &prompt[reused..at], prompt[at], mtp).await?;
+    let entry = if at == 0 {
+        None
+    } else if at == reused {
+        cached.cloned()
+    } else {
+        Some(save_prompt(session, &prompt[..=at]).await?)
+    };
+    feed(session, &head[at..], last, mtp).await?;
+    Ok((reused, entry))
+}
+
+/// Prefills `ids`; with `mtp` the MTP cache too, its last entry paired with `next`.
+async fn feed(session: &mut Session, ids: &[u32], next: u32, mtp: bool) -> Result<(), RunError> {
+    if mtp {
+        session.prefill_with(ids, Some(next)).await
+    } else if ids.is_empty() {
+        Ok(())
+    } else {
+        session.prefill(ids).await
+    }
+}
+
+/// The session's state when it holds all of `prompt` but the last id, recorded with those ids
+/// and the id its MTP cache was paired with (the last).
+pub async fn save_prompt(session: &mut Session, prompt: &[u32]) -> Result<SavedState, RunError> {
+    let Some((&last, head)) = prompt.split_last() else {
+        return Err(RunError::Empty);
+    };
+    if session.pos() as usize != head.len() {
+        return Err(RunError::Busy(format!(
+            "the session holds {} positions, not the {} of the prompt's start",
+            session.pos(),
+            head.len()
+        )));
+    }
+    let mut s = session.save().await?;
+    s.tokens = head.to_vec();
+    s.mtp_next = s.mtp_synced.then_some(last);
+    Ok(s)
+}
