@@ -477,12 +477,14 @@ fn messages(f: &Fields) -> Result<Vec<Value>, ApiError> {
                     msg.insert("tool_calls".into(), Value::Array(checked));
                 }
             }
-            other => return Err(ApiError::invalid(
-                format!("{p}.role"),
-                format!(
+            other => {
+                return Err(ApiError::invalid(
+                    format!("{p}.role"),
+                    format!(
                     "unknown role '{other}' (expected system, developer, user, assistant or tool)"
                 ),
-            )),
+                ))
+            }
         }
         out.push(Value::Object(msg));
     }
@@ -575,12 +577,14 @@ fn tools(f: &Fields) -> Result<(Option<Vec<Value>>, bool), ApiError> {
                 checked.clear();
             }
             "auto" | "required" => {}
-            other => return Err(ApiError::invalid(
-                "tool_choice",
-                format!(
+            other => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!(
                     "unknown tool_choice '{other}' (expected none, auto, required or a function)"
                 ),
-            )),
+                ))
+            }
         },
         Some(Value::Object(o)) => {
             let name = o

@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use qwgpu_engine::decode::cache::{prefill_prompt, reusable};
 use qwgpu_engine::decode::mtp::MtpStats;
 use qwgpu_engine::decode::sampler::SamplingParams;
 use qwgpu_engine::decode::text::{generate_text, TextEvent, TextRequest};
 use qwgpu_engine::gpu::{Gpu, GpuOptions};
 use qwgpu_engine::model::{Model, Session, SessionOptions};
 use qwgpu_engine::ops::sample::RowResult;
+use qwgpu_engine::state::SavedState;
 use qwgpu_engine::text::stream::{Delta, FinishReason, StreamConfig, StreamSummary};
 use qwgpu_engine::text::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
@@ -59,6 +61,8 @@ pub struct Done {
     pub mtp: Option<MtpStats>,
     /// The per-request time limit (or shutdown) cut the generation short.
     pub cut_short: bool,
+    /// Prompt ids restored from the prompt cache instead of prefilled.
+    pub cached_tokens: usize,
 }
 
 pub struct Job {
@@ -71,6 +75,9 @@ pub struct Job {
     /// Fall back to plain decoding when the drafts do not pay off.
     pub mtp_adaptive: bool,
     pub ignore_eos: bool,
+    /// Prompt ids later requests are expected to share (a conversation before its generation
+    /// prompt): the prompt cache records the state there. `None` = all but the last id.
+    pub checkpoint: Option<usize>,
     pub enqueued: Instant,
     pub deadline: Instant,
     pub tx: UnboundedSender<Event>,
@@ -82,6 +89,10 @@ pub struct WorkerOptions {
     pub session: SessionOptions,
     pub adapter: Option<String>,
     pub shader_checks: bool,
+    /// Keep the state of the last prompt (up to its checkpoint) for the next request.
+    /// States of recent prompts (up to their checkpoints) kept for later requests that start the
+    /// same way; 0 = none.
+    pub prompt_cache: usize,
 }
 
 /// Shared between the GPU thread and the HTTP side.
@@ -154,7 +165,8 @@ pub fn start(
                     return;
                 }
             };
-            serve(session, rx, &tokenizer, &metrics, &control);
+            let cache = opts.prompt_cache;
+            serve(session, rx, &tokenizer, &metrics, &control, cache);
         })
         .map_err(|e| format!("cannot start the GPU thread: {e}"))?;
     match ready_rx.recv() {
@@ -205,7 +217,14 @@ fn serve(
     tokenizer: &Tokenizer,
     metrics: &Metrics,
     control: &Control,
+    prompt_cache: usize,
 ) {
+    // The states of the most recent prompts, most recent first (a conversation's next request
+    // starts with its last one's prompt; several conversations can take turns).
+    let mut cache = PromptCache {
+        entries: Vec::new(),
+        capacity: prompt_cache,
+    };
     loop {
         let job = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(j) => j,
@@ -243,9 +262,11 @@ fn serve(
         let tx = job.tx.clone();
         // An engine panic fails this request, not the server (the next request resets the state).
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run(&mut session, job, tokenizer, metrics, control)
+            run(&mut session, job, tokenizer, metrics, control, &mut cache)
         }));
         if ran.is_err() {
+            // Nothing of a failed run is trusted again.
+            cache.entries.clear();
             metrics.failed.fetch_add(1, Ordering::Relaxed);
             let _ = tx.send(Event::Failed {
                 status: 500,
@@ -257,12 +278,51 @@ fn serve(
     }
 }
 
+/// Saved prompt states, most recent first, at most `capacity`.
+struct PromptCache {
+    entries: Vec<SavedState>,
+    capacity: usize,
+}
+
+impl PromptCache {
+    /// The entry that stands for the most ids of `prompt`, if any does (the most recent of
+    /// equals).
+    fn best(&self, prompt: &[u32], mtp: bool) -> Option<usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (reusable(e, prompt, mtp), i))
+            .filter(|(k, _)| *k > 0)
+            .max_by_key(|(k, i)| (*k, std::cmp::Reverse(*i)))
+            .map(|(_, i)| i)
+    }
+
+    /// After a request that used entry `used` and recorded `new`: the new entry goes first
+    /// (replacing one with the same ids), else the used one moves first; the oldest fall out.
+    fn keep(&mut self, used: Option<usize>, new: Option<SavedState>) {
+        match (new, used) {
+            (Some(n), _) => {
+                self.entries
+                    .retain(|e| e.tokens != n.tokens || e.mtp_next != n.mtp_next);
+                self.entries.insert(0, n);
+            }
+            (None, Some(i)) => {
+                let e = self.entries.remove(i);
+                self.entries.insert(0, e);
+            }
+            (None, None) => {}
+        }
+        self.entries.truncate(self.capacity);
+    }
+}
+
 fn run(
     session: &mut Session,
     job: Job,
     tokenizer: &Tokenizer,
     metrics: &Metrics,
     control: &Control,
+    cache: &mut PromptCache,
 ) {
     let queue_s = job.enqueued.elapsed().as_secs_f64();
     let tx = job.tx;
@@ -280,6 +340,33 @@ fn run(
     };
     session.reset();
     let t0 = Instant::now();
+    let mut req = req;
+    let mut cached_tokens = 0;
+    if cache.capacity > 0 {
+        // generate_text speculates when the job asks for MTP without per-token logprobs.
+        let mtp = req.mtp && !req.logprobs && session.mtp_available();
+        let at = job.checkpoint.unwrap_or(req.prompt.len().saturating_sub(1));
+        let best = cache.best(&req.prompt, mtp);
+        let from = best.map(|i| &cache.entries[i]);
+        match pollster::block_on(prefill_prompt(session, &req.prompt, from, mtp, at)) {
+            Ok((reused, entry)) => {
+                cache.keep(best, entry);
+                cached_tokens = reused;
+                req.in_context = req.prompt.len() - 1;
+            }
+            Err(e) => {
+                cache.entries.clear();
+                metrics.failed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("qwgpu-server: prompt processing failed: {e}");
+                let _ = tx.send(Event::Failed {
+                    status: 500,
+                    code: "generation_failed",
+                    message: e.to_string(),
+                });
+                return;
+            }
+        }
+    }
     let mut ttft = None;
     let (mut gone, mut cut_short) = (false, false);
     let deadline = job.deadline;
@@ -373,6 +460,7 @@ fn run(
         total_s,
         mtp: out.mtp,
         cut_short,
+        cached_tokens,
     };
     let _ = tx.send(Event::Done(Box::new(done)));
 }

@@ -1229,3 +1229,66 @@ fn full_queue_time_limit_and_graceful_shutdown() {
         "{body}"
     );
 }
+
+#[test]
+fn a_conversation_reuses_the_state_of_its_last_request() {
+    use qwgpu_engine::default_model as dm;
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&[]);
+    let kwargs = json!({"enable_thinking": false});
+    let mut messages: Vec<Value> = Vec::new();
+    let mut requests = Vec::new();
+    let mut answers = Vec::new();
+    let mut cached = Vec::new();
+    for q in ["Hello there.", "What is Rust?", "And what is cargo?"] {
+        messages.push(json!({"role": "user", "content": q}));
+        let body = json!({"model": "qwgpu-default", "messages": messages, "max_tokens": 6,
+            "chat_template_kwargs": kwargs});
+        let r = server.post("/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let j = r.json();
+        cached.push(
+            j["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap() as usize,
+        );
+        answers.push(answer(&j));
+        let (_, content) = reply_text(&j);
+        messages.push(json!({"role": "assistant", "content": content}));
+        requests.push(body);
+    }
+    // The same answers as the engine prefilling every prompt whole.
+    assert_eq!(answers, engine_references(&requests, 4096));
+    // Request 2 restores the state after request 1's user message (the ids the template renders
+    // alike in both), request 3 the state after request 2's.
+    let tok = dm::tokenizer().expect("tokenizer");
+    let tpl = dm::template().expect("template");
+    let kw = kwargs.as_object().unwrap().clone();
+    let upto = |n: usize| -> usize {
+        let text = tpl
+            .render(&messages[..n], None, false, &kw)
+            .expect("render");
+        tok.encode(&text, true).expect("encode").len()
+    };
+    assert_eq!(cached, vec![0, upto(1), upto(3)]);
+    // Another conversation shares nothing; after it the first one's entries are still there:
+    // request 3 again reuses its own prompt up to its last message.
+    let other = chat("Something else entirely.", json!({"max_tokens": 2}));
+    let j = server.post("/v1/chat/completions", &other).json();
+    assert_eq!(j["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let j = server.post("/v1/chat/completions", &requests[2]).json();
+    assert_eq!(
+        j["usage"]["prompt_tokens_details"]["cached_tokens"],
+        upto(5) as u64
+    );
+    assert_eq!(answer(&j), answers[2]);
+    drop(server);
+
+    // --prompt-cache-entries 0: nothing reused, the same answers.
+    let server = Server::start(&["--prompt-cache-entries", "0"]);
+    for (i, body) in requests.iter().enumerate() {
+        let j = server.post("/v1/chat/completions", body).json();
+        assert_eq!(j["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        assert_eq!(answer(&j), answers[i]);
+    }
+}
