@@ -414,6 +414,26 @@ fn chat_checkpoint(l: &Loaded, messages: &[Value], g: &GenArgs, prompt: &[u32]) 
     (!ids.is_empty() && ids.len() < prompt.len() && prompt.starts_with(&ids)).then_some(ids.len())
 }
 
+/// Where prompts with the same system prompt and another question stop sharing ids: the
+/// longest start `prompt` shares with the system messages followed by two different one-letter
+/// questions (the template will not render system messages alone).
+fn system_checkpoint(l: &Loaded, system: &[Value], g: &GenArgs, prompt: &[u32]) -> Option<usize> {
+    if system.is_empty() {
+        return None;
+    }
+    let (tok, tpl) = (l.tokenizer.as_ref()?, l.template.as_ref()?);
+    let shared = |q: &str| -> Option<usize> {
+        let mut m = system.to_vec();
+        m.push(json!({"role": "user", "content": q}));
+        let ids = tok
+            .encode(&tpl.render(&m, None, false, &chat_kwargs(g)).ok()?, true)
+            .ok()?;
+        Some(ids.iter().zip(prompt).take_while(|(a, b)| a == b).count())
+    };
+    let k = shared("x")?.min(shared("y")?);
+    (k > 0 && k < prompt.len()).then_some(k)
+}
+
 fn chat_kwargs(g: &GenArgs) -> Map<String, Value> {
     let mut kw = Map::new();
     kw.insert("enable_thinking".into(), Value::Bool(!g.no_think));
@@ -466,7 +486,7 @@ pub fn generate(a: GenerateArgs) -> Result<(), String> {
         None => None,
     };
     if let Some(c) = &mut cache {
-        c.checkpoint = chat_checkpoint(&l, &shared, &a.gen, &prompt);
+        c.checkpoint = system_checkpoint(&l, &shared, &a.gen, &prompt);
     }
     let mut printer = Printer::new(a.gen.hide_reasoning);
     let timed = if l.tokenizer.is_some() {

@@ -1030,3 +1030,32 @@ fn chat_keeps_the_conversation_state_between_turns() {
     assert!(r[2] > r[1] + 8, "{cached}");
     assert_eq!(reused(&whole), vec![0, 0, 0], "{whole}");
 }
+
+#[test]
+fn prompt_cache_keeps_the_system_prompt_for_other_questions() {
+    let dir = std::env::temp_dir().join(format!("qwgpu-system-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("system.qwgpu-state");
+    let system = "You answer questions about the Rust programming language, briefly and exactly.";
+    let ask = |q: &str, cache: bool| {
+        let f = file.to_str().unwrap().to_string();
+        let mut args = vec!["generate", "--system", system, "--max-tokens", "6", "--ignore-eos"];
+        args.extend(["--no-think", "--json"]);
+        if cache {
+            args.extend(["--prompt-cache", f.as_str()]);
+        }
+        args.push(q);
+        ok_json(&args)
+    };
+    // The ids every question shares: the system message and the user header.
+    let shared =
+        default_ids(&format!("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n")).len();
+    let first = ask("What is a crate?", true);
+    assert_eq!(first["prompt_cache"]["reused_tokens"], 0);
+    for q in ["What is a trait?", "What does the borrow checker do?"] {
+        let j = ask(q, true);
+        assert_eq!(j["prompt_cache"]["reused_tokens"], shared as u64, "{q}");
+        assert_eq!(j["tokens"], ask(q, false)["tokens"], "{q}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -103,7 +103,7 @@ struct Args {
     /// Keep wgpu's shader bounds checks (slower; for debugging).
     #[arg(long)]
     shader_checks: bool,
-    /// Prompt states kept for reuse (host memory: about 0.3 GB per 1024 positions of the 27B;
+    /// Prompt states kept for reuse (host memory: ≈ 150 MB + 136 MB per 1024 positions for the 27B;
     /// 0 = prefill every prompt whole). A chat request's state is kept up to its last message, so
     /// the conversation's next request prefills only the reply and the new message (same output;
     /// usage.prompt_tokens_details.cached_tokens counts the ids reused).
