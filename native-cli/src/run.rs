@@ -309,6 +309,8 @@ struct Timed {
     logprobs: Vec<Value>,
     ttft: f64,
     total: f64,
+    /// Prompt ids restored from the prompt cache (not prefilled).
+    cached: usize,
 }
 
 fn run_one(
@@ -355,9 +357,11 @@ fn run_one(
     l.session.reset();
     let t0 = Instant::now();
     let mut req = req;
+    let mut cached = 0;
     if let Some(c) = cache {
         // Speculation happens when generate_text takes the MTP loop (no per-token logprobs).
         req.in_context = c.prefill(l, &req.prompt, mtp && !req.logprobs)?;
+        cached = c.reused;
     }
     let mut ttft = None;
     let tokenizer = match &l.tokenizer {
@@ -387,12 +391,14 @@ fn run_one(
         logprobs,
         ttft: ttft.unwrap_or(total),
         total,
+        cached,
     })
 }
 
 fn rates(t: &Timed) -> (f64, f64) {
     let n = t.out.tokens.len();
-    let prefill = t.out.prompt_tokens as f64 / t.ttft.max(1e-9);
+    // Prefill speed over the ids actually prefilled.
+    let prefill = t.out.prompt_tokens.saturating_sub(t.cached) as f64 / t.ttft.max(1e-9);
     let decode = if n > 1 {
         (n - 1) as f64 / (t.total - t.ttft).max(1e-9)
     } else {
@@ -589,9 +595,9 @@ fn run_ids_only(
     l.session.reset();
     let t0 = Instant::now();
     let spec = mtp && l.session.mtp_available() && g.logprobs.is_none();
-    let in_context = match cache {
-        Some(c) => c.prefill(l, &prompt, spec)?,
-        None => 0,
+    let (in_context, cached) = match cache {
+        Some(c) => (c.prefill(l, &prompt, spec)?, c.reused),
+        None => (0, 0),
     };
     let mut ttft = None;
     let mut on = |e: Event| {
@@ -657,6 +663,7 @@ fn run_ids_only(
         logprobs,
         ttft: ttft.unwrap_or(total),
         total,
+        cached,
     })
 }
 

@@ -34,6 +34,8 @@ struct Inner {
 pub struct Metrics {
     inner: Mutex<Inner>,
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens restored from the prompt cache (part of `prompt_tokens`).
+    pub prompt_tokens_cached: AtomicU64,
     pub generation_tokens: AtomicU64,
     pub cancelled: AtomicU64,
     pub timed_out: AtomicU64,
@@ -49,6 +51,8 @@ pub struct Metrics {
 /// What one finished generation adds.
 pub struct GenerationRecord {
     pub prompt_tokens: usize,
+    /// Of those, restored from the prompt cache (not prefilled).
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
     pub ttft_s: f64,
     pub total_s: f64,
@@ -72,6 +76,8 @@ impl Metrics {
     pub fn generation(&self, r: &GenerationRecord) {
         self.prompt_tokens
             .fetch_add(r.prompt_tokens as u64, Ordering::Relaxed);
+        self.prompt_tokens_cached
+            .fetch_add(r.cached_tokens as u64, Ordering::Relaxed);
         self.generation_tokens
             .fetch_add(r.completion_tokens as u64, Ordering::Relaxed);
         if let Some((d, a)) = r.mtp {
@@ -87,10 +93,12 @@ impl Metrics {
         }
         m.ttft_sum += r.ttft_s;
         m.ttft_count += 1;
-        m.prefill_tokens += r.prompt_tokens as u64;
+        // Prefill speed counts the tokens actually prefilled.
+        let prefilled = r.prompt_tokens.saturating_sub(r.cached_tokens);
+        m.prefill_tokens += prefilled as u64;
         m.prefill_seconds += r.ttft_s;
         if r.ttft_s > 0.0 {
-            m.last_prefill_tps = r.prompt_tokens as f64 / r.ttft_s;
+            m.last_prefill_tps = prefilled as f64 / r.ttft_s;
         }
         if r.completion_tokens > 1 {
             let dt = (r.total_s - r.ttft_s).max(1e-9);
@@ -200,6 +208,12 @@ impl Metrics {
             "counter",
             "Prompt tokens processed.",
             vec![(String::new(), load(&self.prompt_tokens).to_string())],
+        );
+        metric(
+            "qwgpu_prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens restored from the prompt cache instead of prefilled.",
+            vec![(String::new(), load(&self.prompt_tokens_cached).to_string())],
         );
         metric(
             "qwgpu_generation_tokens_total",

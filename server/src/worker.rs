@@ -436,6 +436,7 @@ fn run(
     }
     metrics.generation(&GenerationRecord {
         prompt_tokens: out.prompt_tokens,
+        cached_tokens,
         completion_tokens,
         ttft_s,
         total_s,
@@ -443,7 +444,7 @@ fn run(
         mtp: out.mtp.map(|m| (m.drafted, m.accepted)),
     });
     eprintln!(
-        "qwgpu-server: {} prompt + {completion_tokens} generated tokens, TTFT {ttft_s:.2}s, {:.1} tok/s{}, {}{}",
+        "qwgpu-server: {} prompt ({cached_tokens} cached) + {completion_tokens} generated tokens, TTFT {ttft_s:.2}s, {:.1} tok/s{}, {}{}",
         out.prompt_tokens,
         if completion_tokens > 1 { (completion_tokens - 1) as f64 / (total_s - ttft_s).max(1e-9) } else { 0.0 },
         out.mtp.map(|m| format!(", MTP {}/{} accepted", m.accepted, m.drafted)).unwrap_or_default(),

@@ -1271,6 +1271,12 @@ fn a_conversation_reuses_the_state_of_its_last_request() {
         tok.encode(&text, true).expect("encode").len()
     };
     assert_eq!(cached, vec![0, upto(1), upto(3)]);
+    let metrics = server.get("/metrics").text();
+    let counter = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("qwgpu_prompt_tokens_cached_total "))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    assert_eq!(counter, Some(upto(1) + upto(3)), "{metrics}");
     // Another conversation shares nothing; after it the first one's entries are still there:
     // request 3 again reuses its own prompt up to its last message.
     let other = chat("Something else entirely.", json!({"max_tokens": 2}));
