@@ -205,6 +205,11 @@ const runRequests = (page, prompts, n, sampled) =>
         out.plain.push({ tokens: plain.tokens, streamed, stats: plain.stats });
         out.mtp.push({ tokens: mtp.tokens, stats: mtp.stats });
       }
+      // The last prompt again: its state (all ids but the last, MTP cache included) comes from
+      // the engine's prompt cache, first for an MTP request, then for a plain one.
+      const last = prompts[prompts.length - 1];
+      out.againMtp = await c.generate({ prompt_ids: last, max_tokens: n, ignore_eos: true, mtp: true });
+      out.againPlain = await c.generate({ prompt_ids: last, max_tokens: n, ignore_eos: true, mtp: false });
       if (sampled) {
         const req = { prompt_ids: prompts[1], max_tokens: n, ignore_eos: true, ...sampled };
         out.sampledPlain = await c.generate({ ...req, mtp: false });
@@ -251,11 +256,28 @@ for (const [fi, name] of FIXTURES.entries()) {
       drafted += bm.drafted;
     }
   }
+  {
+    const li = ref.prompts.length - 1;
+    const want = ref.prompts[li].length - 1;
+    good = same(`${name} last prompt again, MTP, from the prompt cache`, run.againMtp.tokens, ref.mtp[li].tokens) && good;
+    good = same(`${name} last prompt again, plain, from the prompt cache`, run.againPlain.tokens, ref.plain[li].tokens) && good;
+    const got = [run.againMtp.stats.cached_tokens, run.againPlain.stats.cached_tokens];
+    if (got[0] !== want || got[1] !== want) {
+      good = false;
+      fail(`${name}: the repeated prompt restored ${JSON.stringify(got)} ids from the prompt cache, expected ${want} each`);
+    }
+    const bm = run.againMtp.stats.mtp;
+    const nm = ref.mtp[li].mtp;
+    if (!bm || bm.drafted !== nm.drafted || bm.accepted !== nm.accepted) {
+      good = false;
+      fail(`${name}: MTP drafts after the prompt cache: browser ${JSON.stringify(bm)}, native ${JSON.stringify(nm)}`);
+    }
+  }
   good = same(`${name} sampled ${JSON.stringify(SAMPLED)} plain`, run.sampledPlain.tokens, ref.sampledPlain.tokens) && good;
   good = same(`${name} sampled ${JSON.stringify(SAMPLED)} MTP`, run.sampledMtp.tokens, ref.sampledMtp.tokens) && good;
   if (good) {
     ok(`${name}: ${ref.prompts.length} prompts × ${MAX_TOKENS} greedy tokens plain and with MTP (${accepted}/${drafted} drafts accepted), ` +
-      `and a sampled request, identical to the native engine (${secs()} s)`);
+      `the last prompt again from the prompt cache, and a sampled request, identical to the native engine (${secs()} s)`);
   }
   summary.push({
     run: `${name} (prompt ids)`,

@@ -25,13 +25,15 @@ use js_sys::{Function, Uint8Array};
 use serde_json::{json, Map, Value as Json};
 use wasm_bindgen::prelude::*;
 
-use qwgpu_engine::decode::mtp::{generate_mtp, MtpOptions, MtpStats};
+use qwgpu_engine::decode::cache::prefill_prompt;
+use qwgpu_engine::decode::mtp::{generate_mtp_in_context, MtpOptions, MtpStats};
 use qwgpu_engine::decode::sampler::SamplingParams;
 use qwgpu_engine::decode::text::{generate_text, TextEvent, TextRequest};
-use qwgpu_engine::decode::{generate, Event, Finish, GenOptions};
+use qwgpu_engine::decode::{generate_in_context, Event, Finish, GenOptions};
 use qwgpu_engine::gpu::{Gpu, GpuOptions};
 use qwgpu_engine::model::config::ModelConfig;
 use qwgpu_engine::model::{Model, Session, SessionOptions};
+use qwgpu_engine::state::SavedState;
 use qwgpu_engine::text::stream::StreamEvent;
 use qwgpu_engine::text::{ChatTemplate, Tokenizer};
 use qwgpu_engine::weights::{Blob, Checkpoint};
@@ -327,6 +329,9 @@ struct Loaded {
     session: Session,
     tokenizer: Option<Tokenizer>,
     template: Option<ChatTemplate>,
+    /// The last prompt's state up to its checkpoint (a chat's messages before the generation
+    /// prompt): the next turn of a conversation prefills only what is new.
+    cache: Option<SavedState>,
 }
 
 /// A WebGPU device with (after [`Engine::load`]) a model and one session.
@@ -782,6 +787,7 @@ impl Engine {
             session,
             tokenizer,
             template,
+            cache: None,
         });
         call(prog, &json!({"phase": "ready", "done": 1, "total": 1}));
         Ok(to_js(&info))
@@ -837,6 +843,17 @@ impl Engine {
         let cancel = &self.cancel;
         l.session.reset();
         let t0 = perf_now();
+        // The prompt but its last id goes in first, from the cache where it can (the last
+        // conversation's state up to its last message); speculation as below.
+        let spec = req.mtp != Mtp::Off && !req.logprobs && l.session.mtp_available();
+        let at = checkpoint(l, &req.prompt, &prompt).unwrap_or(prompt.len() - 1);
+        let (cached, entry) = prefill_prompt(&mut l.session, &prompt, l.cache.as_ref(), spec, at)
+            .await
+            .map_err(err)?;
+        if entry.is_some() {
+            l.cache = entry;
+        }
+        let in_context = prompt.len() - 1;
         let mut ttft = None;
         let (tokens, content, reasoning, finish, mtp, tool_calls) = if let Some(tok) = &l.tokenizer
         {
@@ -851,7 +868,7 @@ impl Engine {
                 mtp_adaptive: req.mtp == Mtp::Auto,
                 sampling: Some(req.sampling.clone()),
                 logprobs: req.logprobs,
-                in_context: 0,
+                in_context,
             };
             let mut running = None;
             let out = generate_text(&mut l.session, tok, &treq, &mut |e| {
@@ -937,14 +954,22 @@ impl Engine {
                     } else {
                         MtpOptions::always()
                     };
-                    let (t, f, s) = generate_mtp(&mut l.session, &prompt, &opts, &policy, &mut on)
-                        .await
-                        .map_err(err)?;
+                    let (t, f, s) = generate_mtp_in_context(
+                        &mut l.session,
+                        &prompt,
+                        in_context,
+                        &opts,
+                        &policy,
+                        &mut on,
+                    )
+                    .await
+                    .map_err(err)?;
                     (t, f, Some(s))
                 } else {
-                    let (t, f) = generate(&mut l.session, &prompt, &opts, &mut on)
-                        .await
-                        .map_err(err)?;
+                    let (t, f) =
+                        generate_in_context(&mut l.session, &prompt, in_context, &opts, &mut on)
+                            .await
+                            .map_err(err)?;
                     (t, f, None)
                 };
             let finish = if f == Finish::Stop || cancel.get() {
@@ -969,7 +994,8 @@ impl Engine {
             "generated_tokens": n,
             "ttft_s": ttft,
             "total_s": total,
-            "prefill_tokens_per_s": prompt.len() as f64 / ttft.max(1e-9),
+            "cached_tokens": cached,
+            "prefill_tokens_per_s": (prompt.len() - cached) as f64 / ttft.max(1e-9),
             "decode_tokens_per_s": if n > 1 { (n - 1) as f64 / (total - ttft).max(1e-9) } else { 0.0 },
             "mtp": mtp.map(|m| json!({"drafted": m.drafted, "accepted": m.accepted, "acceptance": m.acceptance()})),
             "cancelled": cancel.get(),
@@ -989,6 +1015,24 @@ impl Engine {
 }
 
 /// The prompt's token ids: the chat template + tokenizer for messages, the tokenizer for text.
+/// For a chat prompt, the ids of its messages without the generation prompt when `ids` starts
+/// with them: where the conversation's next prompt stops sharing ids with this one.
+fn checkpoint(l: &Loaded, p: &Prompt, ids: &[u32]) -> Option<usize> {
+    let Prompt::Messages {
+        messages,
+        tools,
+        kwargs,
+        add_generation_prompt: true,
+    } = p
+    else {
+        return None;
+    };
+    let (tok, t) = (l.tokenizer.as_ref()?, l.template.as_ref()?);
+    let text = t.render(messages, tools.as_deref(), false, kwargs).ok()?;
+    let h = tok.encode(&text, true).ok()?;
+    (!h.is_empty() && h.len() < ids.len() && ids.starts_with(&h)).then_some(h.len())
+}
+
 fn prompt_ids(l: &Loaded, p: &Prompt) -> Result<Vec<u32>, String> {
     match p {
         Prompt::Ids(ids) => {
