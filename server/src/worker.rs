@@ -14,7 +14,7 @@ use qwgpu_engine::decode::mtp::MtpStats;
 use qwgpu_engine::decode::sampler::SamplingParams;
 use qwgpu_engine::decode::text::{generate_text, TextEvent, TextRequest};
 use qwgpu_engine::gpu::{Gpu, GpuOptions};
-use qwgpu_engine::model::{Model, Session, SessionOptions};
+use qwgpu_engine::model::{Model, RunError, Session, SessionOptions};
 use qwgpu_engine::ops::sample::RowResult;
 use qwgpu_engine::state::SavedState;
 use qwgpu_engine::text::stream::{Delta, FinishReason, StreamConfig, StreamSummary};
@@ -316,6 +316,17 @@ impl PromptCache {
     }
 }
 
+/// A job the engine could not run: counted, logged and reported to the client.
+fn fail(metrics: &Metrics, tx: &UnboundedSender<Event>, e: &RunError) {
+    metrics.failed.fetch_add(1, Ordering::Relaxed);
+    eprintln!("qwgpu-server: generation failed: {e}");
+    let _ = tx.send(Event::Failed {
+        status: 500,
+        code: "generation_failed",
+        message: e.to_string(),
+    });
+}
+
 fn run(
     session: &mut Session,
     job: Job,
@@ -356,14 +367,7 @@ fn run(
             }
             Err(e) => {
                 cache.entries.clear();
-                metrics.failed.fetch_add(1, Ordering::Relaxed);
-                eprintln!("qwgpu-server: prompt processing failed: {e}");
-                let _ = tx.send(Event::Failed {
-                    status: 500,
-                    code: "generation_failed",
-                    message: e.to_string(),
-                });
-                return;
+                return fail(metrics, &tx, &e);
             }
         }
     }
@@ -412,16 +416,7 @@ fn run(
     let total_s = t0.elapsed().as_secs_f64();
     let out = match result {
         Ok(out) => out,
-        Err(e) => {
-            metrics.failed.fetch_add(1, Ordering::Relaxed);
-            eprintln!("qwgpu-server: generation failed: {e}");
-            let _ = tx.send(Event::Failed {
-                status: 500,
-                code: "generation_failed",
-                message: e.to_string(),
-            });
-            return;
-        }
+        Err(e) => return fail(metrics, &tx, &e),
     };
     let completion_tokens = out.tokens.len();
     let ttft_s = ttft.unwrap_or(total_s);

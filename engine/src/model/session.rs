@@ -1314,13 +1314,7 @@ impl Session {
             ))
             .into());
         }
-        let held = saved.pos.max(saved.mtp_pos);
-        if held > self.state.max_ctx {
-            return Err(RunError::ContextFull {
-                needed: held,
-                max: self.state.max_ctx,
-            });
-        }
+        self.check_holds(saved.pos.max(saved.mtp_pos))?;
         let names: Vec<(String, u64)> = saved
             .buffers
             .iter()
@@ -1335,11 +1329,28 @@ impl Session {
         }
         self.state.pos = saved.pos;
         self.state.mtp_pos = saved.mtp_pos;
-        self.mtp_synced = saved.mtp_synced;
+        self.took_state(saved.mtp_synced)
+    }
+
+    /// A state of `held` positions fits this session's context.
+    fn check_holds(&self, held: u32) -> Result<(), RunError> {
+        if held > self.state.max_ctx {
+            return Err(RunError::ContextFull {
+                needed: held,
+                max: self.state.max_ctx,
+            });
+        }
+        Ok(())
+    }
+
+    /// After the state was replaced (restore or copy): unread steps, a pending rollback and the
+    /// last logprobs belong to the old sequence.
+    fn took_state(&mut self, mtp_synced: bool) -> Result<(), RunError> {
+        self.mtp_synced = mtp_synced;
         self.pending.clear();
         self.rollback_pending = false;
         self.last_result = None;
-        gpu.take_error()?;
+        self.model.gpu.take_error()?;
         Ok(())
     }
 
@@ -1362,13 +1373,7 @@ impl Session {
             ))
             .into());
         }
-        let held = other.state.pos.max(other.state.mtp_pos);
-        if held > self.state.max_ctx {
-            return Err(RunError::ContextFull {
-                needed: held,
-                max: self.state.max_ctx,
-            });
-        }
+        self.check_holds(other.state.pos.max(other.state.mtp_pos))?;
         other.flush();
         let gpu = self.model.gpu.clone();
         let mut enc = gpu
@@ -1378,12 +1383,7 @@ impl Session {
             });
         self.state.record_copy_from(&other.state, &mut enc)?;
         gpu.queue.submit([enc.finish()]);
-        self.mtp_synced = other.mtp_synced;
-        self.pending.clear();
-        self.rollback_pending = false;
-        self.last_result = None;
-        gpu.take_error()?;
-        Ok(())
+        self.took_state(other.mtp_synced)
     }
 
     /// A new session on the same model and sizes holding a copy of this one's sequence state
