@@ -260,19 +260,20 @@ fn main(
                 xc{{T}} = x[xb{{T}} + {{I}}u * 2u + 1u];
                 sx{{T}} += xa{{T}}.x + xa{{T}}.y + xa{{T}}.z + xa{{T}}.w;
                 sx{{T}} += xc{{T}}.x + xc{{T}}.y + xc{{T}}.z + xc{{T}}.w;
+                xa{{T}} = xa{{T}} * X_LO;
+                xc{{T}} = xc{{T}} * X_HI;
 #else
                 xa{{T}} = x[xb{{T}} + {{I}}u];
                 sx{{T}} += xa{{T}}.x + xa{{T}}.y + xa{{T}}.z + xa{{T}}.w;
+                xa{{T}} = xa{{T}} * X_LO;
 #endif
             }
 #endfor
 #for R ROWS
-            let v{{R}} = vec4<u32>(wb{{R}}[{{I}}]);
+            // x is pre-scaled (X_LO / X_HI) so the codes need no shifts (quant.wgsl).
+            let lo{{R}} = codes_lo(wb{{R}}[{{I}}]);
 #if Q4
-            let lo{{R}} = codes_f32((v{{R}} >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
-            let hi{{R}} = codes_f32((v{{R}} >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
-#else
-            let lo{{R}} = codes_f32((v{{R}} >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
+            let hi{{R}} = codes_hi(wb{{R}}[{{I}}]);
 #endif
 #endfor
 #for T MT

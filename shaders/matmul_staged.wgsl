@@ -11,6 +11,10 @@
 // load touches 32 cache lines. A block's vec4 i is stored at slot (i + block) % XV, so the lanes
 // reading vec4 i of their blocks hit different banks.
 //
+// x is staged pre-multiplied by quant.wgsl's X_LO / X_HI (powers of two) so the codes come out
+// of each word without shifts (codes_lo / codes_hi): every product, and every Σ x (sum_lo /
+// sum_hi undo the scale exactly), has the bits of the unscaled arithmetic.
+//
 // Per (row, token): the same block-by-block sums as matmul.wgsl (acc += s * d + b * sum(x)), then
 // the 32 lanes' partials reduced as the 32-thread block kernel reduces them (subgroup sums in
 // subgroup order, or the same tree through workgroup memory). Subgroups wider than 32 lanes would
@@ -112,6 +116,11 @@ fn main(
                 val = val * nw[gv];
 #endif
             }
+#if Q4
+            val = val * select(X_LO, X_HI, (v & 1u) == 1u);
+#else
+            val = val * X_LO;
+#endif
             xs[{{T}}u * CHV + bl * XV + (v % XV + bl) % XV] = val;
         }
 #endfor
@@ -135,23 +144,22 @@ fn main(
                 let xa{{T}} = xs[{{T}}u * CHV + lane * XV + ({{I}}u * 2u + lane) % XV];
                 let xc{{T}} = xs[{{T}}u * CHV + lane * XV + ({{I}}u * 2u + 1u + lane) % XV];
                 if (on{{T}}) {
-                    sx{{T}} += xa{{T}}.x + xa{{T}}.y + xa{{T}}.z + xa{{T}}.w;
-                    sx{{T}} += xc{{T}}.x + xc{{T}}.y + xc{{T}}.z + xc{{T}}.w;
+                    sx{{T}} += sum_lo(xa{{T}});
+                    sx{{T}} += sum_hi(xc{{T}});
                 }
 #else
                 let xa{{T}} = xs[{{T}}u * CHV + lane * XV + ({{I}}u + lane) % XV];
                 if (on{{T}}) {
-                    sx{{T}} += xa{{T}}.x + xa{{T}}.y + xa{{T}}.z + xa{{T}}.w;
+                    sx{{T}} += sum_lo(xa{{T}});
                 }
 #endif
 #endfor
 #for R RG
-                let v{{R}} = vec4<u32>(wb{{R}}[{{I}}]);
 #if Q4
-                let lo{{R}} = codes_f32((v{{R}} >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
-                let hi{{R}} = codes_f32((v{{R}} >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
+                let lo{{R}} = codes_lo(wb{{R}}[{{I}}]);
+                let hi{{R}} = codes_hi(wb{{R}}[{{I}}]);
 #else
-                let lo{{R}} = codes_f32((v{{R}} >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
+                let lo{{R}} = codes_lo(wb{{R}}[{{I}}]);
 #endif
 #endfor
 #for T MT

@@ -4,7 +4,7 @@
 
 use qwgpu_engine::gpu::{Gpu, GpuOptions, Rows, Step, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
-    matmul, set_prefill_gemm, set_staged, MatmulOpts, MT_ONE, MT_PREFILL, MT_SMALL,
+    matmul, set_prefill_gemm, set_staged, set_xreg, MatmulOpts, MT_ONE, MT_PREFILL, MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;
@@ -14,11 +14,12 @@ use qwgpu_engine::quant::{
 use qwgpu_tests::*;
 
 /// This file checks the portable kernels (block reads for decode tiles, word reads for prompt
-/// tiles) that every device can run; the staged decode kernel and the tiled GEMM, on by default
+/// tiles) that every device can run; the register and staged decode kernels and the tiled GEMM, on by default
 /// where the limits allow, have their own files. Every test here sets the same process-wide
 /// switches, so they never race.
 fn portable_kernels() {
     set_staged(false);
+    set_xreg(false);
     set_prefill_gemm(false);
 }
 

@@ -1,10 +1,10 @@
-//! The RMSNorm folded into the staged decode matmul (`ops::matmul::matmul_normed`): against a
+//! The RMSNorm folded into the register and the staged decode matmuls (`ops::matmul::matmul_normed`): against a
 //! scalar CPU reference (the norm and the matmul in f64, RMS-style tolerance on Σ|x·w|) for every
 //! quantized format, with a residual add and a SwiGLU pair matrix, x at a column offset; and row
 //! 0 of a 2-token call equal to a 1-token call bit for bit (a verify's row 0 equals a decode).
 
 use qwgpu_engine::gpu::Gpu;
-use qwgpu_engine::ops::matmul::{folds_norm, set_staged, MT_ONE, MT_SMALL};
+use qwgpu_engine::ops::matmul::{folds_norm, set_staged, set_xreg, MT_ONE, MT_SMALL};
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::quant::{FloatType, WeightFormat};
 use qwgpu_tests::quant::{added, run_matmul, MmCall, Q};
@@ -87,7 +87,12 @@ fn folded_rms_norm_matches_cpu_and_is_batch_invariant() {
             scale: BF16,
         },
     ];
-    for gpu in gpu_variants() {
+    // The register kernel (where the device has subgroups) and the staged kernel.
+    for (gpu, xr) in gpu_variants()
+        .into_iter()
+        .flat_map(|g| [(g.clone(), true), (g, false)])
+    {
+        set_xreg(xr);
         let mut rng = Rng(29);
         for f in formats {
             // k = 1536: one full chunk of 32 blocks and a partial one; n = 70: not a multiple of the tile.
@@ -104,7 +109,7 @@ fn folded_rms_norm_matches_cpu_and_is_batch_invariant() {
                 .unwrap();
                 assert!(
                     folds_norm(&gpu, &m, MT_ONE) && folds_norm(&gpu, &m, MT_SMALL),
-                    "{}: the staged kernel should take the norm",
+                    "{} (register kernel {xr}): the decode kernels should take the norm",
                     gpu.describe()
                 );
                 // Norm weights around 1 (as trained RMSNorm weights are), x with a large mean square.
@@ -114,7 +119,7 @@ fn folded_rms_norm_matches_cpu_and_is_batch_invariant() {
                 let xn = cpu_norm(&x, stride, col, 2, k, &nw);
                 let what = |t: usize, mt: u32, extra: &str| {
                     format!(
-                        "{} n={n} k={k} T={t} tile {mt} {extra} ({})",
+                        "{} n={n} k={k} T={t} tile {mt} {extra} (register kernel {xr}; {})",
                         f.describe(),
                         gpu.describe()
                     )

@@ -5,7 +5,7 @@
 //! `kernels_matmul`. One test: the switch is process-wide.
 
 use qwgpu_engine::gpu::Gpu;
-use qwgpu_engine::ops::matmul::{set_staged, MT_ONE, MT_SMALL};
+use qwgpu_engine::ops::matmul::{set_staged, set_xreg, MT_ONE, MT_SMALL};
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::quant::{FloatType, WeightFormat};
 use qwgpu_tests::quant::{run_matmul, MmCall, Q};
@@ -35,6 +35,7 @@ fn run_mm(
 #[test]
 fn staged_decode_kernel_gives_the_block_kernels_bits() {
     use FloatType::*;
+    set_xreg(false);
     let formats = [
         WeightFormat::Affine {
             bits: 4,

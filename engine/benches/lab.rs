@@ -21,12 +21,16 @@ use qwgpu_engine::state::{LayerState, State};
 use qwgpu_engine::synth;
 
 fn time_plan(gpu: &Gpu, plan: &Plan, shape: StepShape, reps: u32) -> f64 {
-    time_recorded(gpu, reps, |pass| plan.record(pass, shape, gpu.caps.max_workgroups_per_dim))
+    time_recorded(gpu, reps, |pass| {
+        plan.record(pass, shape, gpu.caps.max_workgroups_per_dim)
+    })
 }
 
 /// Times one dispatch alone (R repetitions in one pass), as [`time_plan`].
 fn time_dispatch(gpu: &Gpu, d: &qwgpu_engine::gpu::Dispatch, shape: StepShape, reps: u32) -> f64 {
-    time_recorded(gpu, reps, |pass| d.record(pass, shape, gpu.caps.max_workgroups_per_dim))
+    time_recorded(gpu, reps, |pass| {
+        d.record(pass, shape, gpu.caps.max_workgroups_per_dim)
+    })
 }
 
 /// Seconds per repetition of `record` (3 warm-up repetitions, then `reps` in one pass).
@@ -68,10 +72,12 @@ fn tile_of(t: u32) -> u32 {
 
 fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32]) {
     // The matrices the model runs (projections of one input are stacked at load): gate|up,
-    // down, GDN in_proj_qkv|z|b|a, attention q|k|v, lm_head.
+    // down, GDN out_proj (attention o_proj has the same shape), GDN in_proj_qkv|z|b|a, attention
+    // q|k|v, lm_head.
     let shapes = [
         (34816usize, 5120usize, "mlp.gate_up"),
         (5120, 17408, "mlp.down"),
+        (5120, 6144, "gdn.out_proj"),
         (16480, 5120, "gdn.in_proj_qkvzba"),
         (14336, 5120, "attn.qkv_proj"),
         (248320, 5120, "lm_head"),

@@ -886,7 +886,12 @@ fn sampling_seeds_and_logprobs() {
 fn prompt_cache_reuses_the_prompt_and_changes_nothing_else() {
     let dir = std::env::temp_dir().join(format!("qwgpu-prompt-cache-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let csv = |v: &[u64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+    let csv = |v: &[u64]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let run = |name: &str, prompt: &[u64], mtp: &str, cache: Option<&Path>| {
         let model = fixture(name);
         let p = csv(prompt);
@@ -911,7 +916,11 @@ fn prompt_cache_reuses_the_prompt_and_changes_nothing_else() {
     for name in ["mtp-perm", "f32-q4-g64"] {
         let r = reference(name);
         let prompt = ids(&r["prompts"][3]);
-        let longer: Vec<u64> = prompt.iter().chain(&ids(&r["prompts"][1])).cloned().collect();
+        let longer: Vec<u64> = prompt
+            .iter()
+            .chain(&ids(&r["prompts"][1]))
+            .cloned()
+            .collect();
         let other = ids(&r["prompts"][2]);
         for mtp in ["off", "on"] {
             let file = dir.join(format!("{name}-{mtp}.qwgpu-state"));
@@ -931,7 +940,10 @@ fn prompt_cache_reuses_the_prompt_and_changes_nothing_else() {
                 again["prompt_cache"]["reused_tokens"],
                 (prompt.len() - 1) as u64
             );
-            assert_eq!(again["tokens"], first["tokens"], "{name} --mtp {mtp}: again");
+            assert_eq!(
+                again["tokens"], first["tokens"],
+                "{name} --mtp {mtp}: again"
+            );
             if mtp == "on" {
                 assert!(again["mtp"]["drafted"].as_u64().unwrap() > 0);
             }
@@ -943,7 +955,10 @@ fn prompt_cache_reuses_the_prompt_and_changes_nothing_else() {
                 (prompt.len() - 1) as u64
             );
             let plain = run(name, &longer, mtp, None);
-            assert_eq!(cont["tokens"], plain["tokens"], "{name} --mtp {mtp}: longer");
+            assert_eq!(
+                cont["tokens"], plain["tokens"],
+                "{name} --mtp {mtp}: longer"
+            );
             // Another prompt: nothing to reuse.
             let o = run(name, &other, mtp, Some(&file));
             assert_eq!(o["prompt_cache"]["reused_tokens"], 0);
@@ -1039,7 +1054,14 @@ fn prompt_cache_keeps_the_system_prompt_for_other_questions() {
     let system = "You answer questions about the Rust programming language, briefly and exactly.";
     let ask = |q: &str, cache: bool| {
         let f = file.to_str().unwrap().to_string();
-        let mut args = vec!["generate", "--system", system, "--max-tokens", "6", "--ignore-eos"];
+        let mut args = vec![
+            "generate",
+            "--system",
+            system,
+            "--max-tokens",
+            "6",
+            "--ignore-eos",
+        ];
         args.extend(["--no-think", "--json"]);
         if cache {
             args.extend(["--prompt-cache", f.as_str()]);
@@ -1048,8 +1070,10 @@ fn prompt_cache_keeps_the_system_prompt_for_other_questions() {
         ok_json(&args)
     };
     // The ids every question shares: the system message and the user header.
-    let shared =
-        default_ids(&format!("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n")).len();
+    let shared = default_ids(&format!(
+        "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+    ))
+    .len();
     let first = ask("What is a crate?", true);
     assert_eq!(first["prompt_cache"]["reused_tokens"], 0);
     for q in ["What is a trait?", "What does the borrow checker do?"] {

@@ -214,9 +214,14 @@ impl Builder<'_> {
         let eps = self.cfg.rms_norm_eps;
         if self.fold_norms
             && !mats.is_empty()
-            && mats.iter().all(|m| crate::ops::matmul::folds_norm(self.gpu, m, self.mt))
+            && mats
+                .iter()
+                .all(|m| crate::ops::matmul::folds_norm(self.gpu, m, self.mt))
         {
-            return Ok(NormedX { x: Act::new(self.x, h), norm: Some((norm_w, eps)) });
+            return Ok(NormedX {
+                x: Act::new(self.x, h),
+                norm: Some((norm_w, eps)),
+            });
         }
         plan.push(
             norm::rms_norm(
@@ -231,7 +236,10 @@ impl Builder<'_> {
             )
             .await?,
         );
-        Ok(NormedX { x: Act::new(&self.ws.xn, h), norm: None })
+        Ok(NormedX {
+            x: Act::new(&self.ws.xn, h),
+            norm: None,
+        })
     }
 
     /// `m` on a normed input (see [`NormedX`]).
@@ -250,7 +258,10 @@ impl Builder<'_> {
             swiglu,
         };
         let ds = match x.norm {
-            Some((w, eps)) => crate::ops::matmul::matmul_normed(self.gpu, m, x.x, w, eps, y, self.step, opts).await?,
+            Some((w, eps)) => {
+                crate::ops::matmul::matmul_normed(self.gpu, m, x.x, w, eps, y, self.step, opts)
+                    .await?
+            }
             None => matmul(self.gpu, m, x.x, y, self.step, opts).await?,
         };
         for d in ds {
@@ -560,11 +571,14 @@ impl Builder<'_> {
     pub async fn mlp(&self, plan: &mut Plan, layer: &Layer) -> Result<(), LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let (h, i) = (cfg.hidden_size as u32, cfg.intermediate_size as u32);
-        let xn = self.normed(plan, &layer.post_norm, &layer.gate_up.mats).await?;
+        let xn = self
+            .normed(plan, &layer.post_norm, &layer.gate_up.mats)
+            .await?;
         match (layer.swiglu_fused, layer.gate_up.mats.as_slice()) {
             // gate/up rows interleaved: one matmul writes silu(gate) * up into `act`.
             (true, [m]) => {
-                self.mm_normed(plan, m, xn, Act::new(&ws.act, i), true).await?;
+                self.mm_normed(plan, m, xn, Act::new(&ws.act, i), true)
+                    .await?;
             }
             _ => {
                 // gate | up side by side in `gu` (columns 0, i), then the SwiGLU kernel.
@@ -740,7 +754,9 @@ impl Builder<'_> {
                 q_norm,
                 k_norm,
             } => {
-                let xn = self.normed(&mut plan, &layer.input_norm, &qkv_proj.mats).await?;
+                let xn = self
+                    .normed(&mut plan, &layer.input_norm, &qkv_proj.mats)
+                    .await?;
                 self.attention(&mut plan, xn, qkv_proj, o_proj, q_norm, k_norm, kv)
                     .await?;
             }

@@ -270,9 +270,10 @@ impl Session {
                 mt,
                 max_ctx,
                 x: &ws.x,
-                // With an MTP head the verify tile would take the folded norms too (row 0 of a
-                // verify must equal a decode), and there they cost more than they save.
-                fold_norms: !model.has_mtp(),
+                // With an MTP head the verify tile takes the folded norms too (row 0 of a verify
+                // must equal a decode): cheap on the register kernel, which holds x anyway; on the
+                // staged kernel they cost the verify more than they save.
+                fold_norms: !model.has_mtp() || crate::ops::matmul::fold_norms_with_mtp(&gpu),
             };
             let plans = (
                 b(MT_SMALL).body(&state).await?,

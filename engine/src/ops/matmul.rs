@@ -149,7 +149,11 @@ pub struct MatmulOpts {
 /// epilogue (residual add or SwiGLU) and, for quantized weights, the code width and the type
 /// of the scales and biases.
 fn shared_defines(base: &Defines, format: &WeightFormat, opts: &MatmulOpts) -> Defines {
-    let tokens = if opts.rows == Rows::Out { "n_out" } else { "n_tokens" };
+    let tokens = if opts.rows == Rows::Out {
+        "n_out"
+    } else {
+        "n_tokens"
+    };
     let d = base
         .clone()
         .set("PARAMS", <MatmulParams as crate::gpu::ParamStruct>::WGSL)
@@ -432,6 +436,128 @@ fn use_staged(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
         && shared <= gpu.limits.max_compute_workgroup_storage_size
 }
 
+/// The tile of the register kernel (`matmul_xreg.wgsl`) for one matrix: `wg` threads, each
+/// owning `cb` 16-byte blocks of every row (x under them held in registers), `rpw` rows per
+/// workgroup streamed `ru` at a time, at most `nsg` subgroups (for the partials in workgroup
+/// memory). Rows never change a (row, token)'s arithmetic; `wg` and `cb` do (they decide which
+/// blocks a thread sums), and both decode tiles of a matrix use the same ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XregTile {
+    pub wg: u32,
+    pub cb: u32,
+    pub rpw: u32,
+    pub ru: u32,
+    pub nsg: u32,
+}
+
+static XREG: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
+
+fn xreg_flag() -> &'static std::sync::atomic::AtomicBool {
+    XREG.get_or_init(|| {
+        std::sync::atomic::AtomicBool::new(matches!(
+            std::env::var("QWGPU_MATMUL_XREG").as_deref(),
+            Ok("1") | Ok("true")
+        ))
+    })
+}
+
+/// Whether quantized decode tiles use `matmul_xreg.wgsl` (x in registers, K split over the
+/// workgroup) where the device allows it (subgroups, enough threads per workgroup). Off by
+/// default: on an H200 it was no faster than the staged kernel (README, kernel lab);
+/// `QWGPU_MATMUL_XREG=1` turns it on at start-up. Plans built after [`set_xreg`] follow the new
+/// setting.
+pub fn xreg() -> bool {
+    xreg_flag().load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// See [`xreg`].
+pub fn set_xreg(on: bool) {
+    xreg_flag().store(on, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A forced shape of the register kernel: (blocks per thread, rows per workgroup, rows per step).
+static XREG_SHAPE: std::sync::Mutex<Option<(u32, u32, u32)>> = std::sync::Mutex::new(None);
+
+/// Forces the register kernel's blocks per thread, rows per workgroup and rows per step for plans
+/// built from now on (`None`: the defaults). `QWGPU_XREG=CB,RPW,RU` does the same at start-up
+/// (kernel lab); a shape the device cannot run falls back to the defaults.
+pub fn set_xreg_shape(shape: Option<(u32, u32, u32)>) {
+    if let Ok(mut s) = XREG_SHAPE.lock() {
+        *s = shape;
+    }
+}
+
+fn xreg_shape() -> Option<(u32, u32, u32)> {
+    static ENV: std::sync::OnceLock<Option<(u32, u32, u32)>> = std::sync::OnceLock::new();
+    let env = *ENV.get_or_init(|| {
+        let v = std::env::var("QWGPU_XREG").ok()?;
+        let p: Vec<u32> = v.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+        match p[..] {
+            [cb, rpw, ru] if (1..=4).contains(&cb) && ru > 0 && rpw % ru == 0 && rpw % 2 == 0 && rpw <= 128 && ru <= 16 => {
+                Some((cb, rpw, ru))
+            }
+            _ => {
+                eprintln!("qwgpu: ignoring QWGPU_XREG={v:?}: expected CB,RPW,RU with CB in 1..=4, RPW even and a multiple of RU, RPW <= 128, RU <= 16");
+                None
+            }
+        }
+    });
+    XREG_SHAPE.lock().ok().and_then(|s| *s).or(env)
+}
+
+/// Rows per workgroup and per step of the register kernel by default.
+pub const XREG_ROWS: (u32, u32) = (16, 4);
+
+/// The register kernel's tile for `m` in token tile `mt`, or `None` where it does not apply: not
+/// a quantized matrix, not a decode tile, no subgroups, or rows too long for one workgroup's
+/// threads at two blocks per thread (one for the 2-token tile: its x takes twice the registers).
+pub fn xreg_tile(gpu: &Gpu, m: &Matrix, mt: u32) -> Option<XregTile> {
+    let bits = match m.format {
+        WeightFormat::Affine { bits, .. } => bits,
+        WeightFormat::Dense(_) => return None,
+    };
+    if !(xreg() && gpu.caps.subgroups && (mt == MT_ONE || mt == MT_SMALL)) {
+        return None;
+    }
+    let ncol = m.k / if bits == 4 { 32 } else { 16 };
+    let max_threads = gpu.limits.max_compute_invocations_per_workgroup.min(1024);
+    let threads = |cb: u32| 32 * ncol.div_ceil(32 * cb);
+    let forced = xreg_shape();
+    // Blocks per thread: the same for both decode tiles (so they give the same bits), the fewest
+    // that fit in a workgroup, at most 2 (x of 2 tokens × 2 blocks is 128 registers).
+    let cb = match forced {
+        Some((cb, _, _)) if threads(cb) <= max_threads => cb,
+        _ => (1..=2).find(|&cb| threads(cb) <= max_threads)?,
+    };
+    let (rpw, ru) = forced.map_or(XREG_ROWS, |f| (f.1, f.2));
+    let wg = threads(cb);
+    let nsg = wg.div_ceil(gpu.caps.subgroup_min_size.max(1));
+    let shared = 4 * (rpw * mt * nsg + mt * nsg);
+    (shared <= gpu.limits.max_compute_workgroup_storage_size).then_some(XregTile {
+        wg,
+        cb,
+        rpw,
+        ru,
+        nsg,
+    })
+}
+
+/// The defines of the register kernel.
+pub fn xreg_defines(
+    base: &Defines,
+    format: &WeightFormat,
+    opts: &MatmulOpts,
+    t: XregTile,
+) -> Defines {
+    shared_defines(base, format, opts)
+        .set("WG", t.wg)
+        .set("CB", t.cb)
+        .set("RPW", t.rpw)
+        .set("RU", t.ru)
+        .set("MT", opts.mt)
+        .set("NSG", t.nsg)
+}
+
 /// The defines of the staged kernel. `subgroups`: the device has subgroups of at most 32 lanes.
 pub fn staged_defines(
     base: &Defines,
@@ -462,8 +588,8 @@ pub async fn matmul(
 }
 
 /// Whether the RMSNorm in front of `m` can be folded into it for tile `mt`
-/// ([`matmul_normed`]): `m` runs on the staged kernel there, the device binds one more storage
-/// buffer, and `QWGPU_NORM_FOLD=0` did not turn folding off.
+/// ([`matmul_normed`]): `m` runs on the register or the staged kernel there, the device binds one
+/// more storage buffer, and `QWGPU_NORM_FOLD=0` did not turn folding off.
 pub fn folds_norm(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| {
@@ -473,9 +599,24 @@ pub fn folds_norm(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
         )
     });
     let (wg, _, _) = staged_tile(mt);
-    on && use_staged(gpu, m, mt)
-        && gpu.limits.max_storage_buffers_per_shader_stage >= 7
-        && staged_shared_bytes(mt) + wg * mt * 4 <= gpu.limits.max_compute_workgroup_storage_size
+    on && gpu.limits.max_storage_buffers_per_shader_stage >= 7
+        && (xreg_tile(gpu, m, mt).is_some()
+            || (use_staged(gpu, m, mt)
+                && staged_shared_bytes(mt) + wg * mt * 4
+                    <= gpu.limits.max_compute_workgroup_storage_size))
+}
+
+/// Whether sessions with an MTP head fold the RMSNorms too (their verify tile then takes them):
+/// by default where the register kernel runs the decode tiles; `QWGPU_NORM_FOLD_MTP=1` or `0`
+/// decides it for any kernel.
+pub fn fold_norms_with_mtp(gpu: &Gpu) -> bool {
+    static ON: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *ON.get_or_init(|| match std::env::var("QWGPU_NORM_FOLD_MTP").as_deref() {
+        Ok("0") | Ok("false") => Some(false),
+        Ok("1") | Ok("true") => Some(true),
+        _ => None,
+    });
+    forced.unwrap_or(xreg() && gpu.caps.subgroups)
 }
 
 /// y (+)= RMSNorm(x) · Wᵀ with the norm (weight `norm_w` [k], epsilon `eps`) folded into the
@@ -529,7 +670,18 @@ async fn matmul_with(
     }
     let staged = use_staged(gpu, m, opts.mt);
     let gemm = use_gemm(gpu, m, opts.mt);
-    let (pipeline, rows_per_wg) = if let Some(t) = gemm {
+    let xt = xreg_tile(gpu, m, opts.mt);
+    let (pipeline, rows_per_wg) = if let Some(t) = xt {
+        (
+            gpu.pipeline(
+                "matmul_xreg.wgsl",
+                &xreg_defines(&gpu.base_defines(), &m.format, &opts, t)
+                    .flag("NORM", norm.is_some()),
+            )
+            .await?,
+            t.rpw,
+        )
+    } else if let Some(t) = gemm {
         (
             gpu.pipeline(
                 "matmul_gemm.wgsl",
@@ -543,7 +695,8 @@ async fn matmul_with(
         (
             gpu.pipeline(
                 "matmul_staged.wgsl",
-                &staged_defines(&gpu.base_defines(), &m.format, &opts, sub).flag("NORM", norm.is_some()),
+                &staged_defines(&gpu.base_defines(), &m.format, &opts, sub)
+                    .flag("NORM", norm.is_some()),
             )
             .await?,
             staged_tile(opts.mt).1,
@@ -628,16 +781,63 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 }
             }
         }
+        if base.is_true("SUBGROUPS") {
+            for mt in [MT_ONE, MT_SMALL] {
+                for rows in [Rows::Tokens, Rows::Out] {
+                    for (add, swiglu) in [(false, false), (true, false), (false, true)] {
+                        for (norm, t) in [
+                            (
+                                false,
+                                XregTile {
+                                    wg: 160,
+                                    cb: 1,
+                                    rpw: 16,
+                                    ru: 4,
+                                    nsg: 5,
+                                },
+                            ),
+                            (
+                                true,
+                                XregTile {
+                                    wg: 96,
+                                    cb: 2,
+                                    rpw: 8,
+                                    ru: 2,
+                                    nsg: 12,
+                                },
+                            ),
+                        ] {
+                            let opts = MatmulOpts {
+                                rows,
+                                add,
+                                mt,
+                                swiglu,
+                            };
+                            v.push((
+                                "matmul_xreg.wgsl",
+                                xreg_defines(base, &format, &opts, t).flag("NORM", norm),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
         for mt in [MT_ONE, MT_SMALL] {
             for rows in [Rows::Tokens, Rows::Out] {
                 for (add, swiglu) in [(false, false), (true, false), (false, true)] {
-                    for (sub, norm) in [(false, false), (true, false), (false, true), (true, true)] {
+                    for (sub, norm) in [(false, false), (true, false), (false, true), (true, true)]
+                    {
                         let b = if sub {
                             base.clone()
                         } else {
                             base.clone().flag("SUBGROUPS", false)
                         };
-                        let opts = MatmulOpts { rows, add, mt, swiglu };
+                        let opts = MatmulOpts {
+                            rows,
+                            add,
+                            mt,
+                            swiglu,
+                        };
                         v.push((
                             "matmul_staged.wgsl",
                             staged_defines(&b, &format, &opts, sub && base.is_true("SUBGROUPS"))
