@@ -17,6 +17,7 @@ fn session(name: &str, chunk: u32) -> Session {
         SessionOptions {
             max_ctx: 256,
             prefill_chunk: chunk,
+            speculative: true,
         },
     ))
     .unwrap()
@@ -144,6 +145,7 @@ fn merged_projections_give_the_bits_of_separate_ones() {
                 SessionOptions {
                     max_ctx: 256,
                     prefill_chunk: 64,
+                    speculative: true,
                 },
             ))
             .unwrap();

@@ -35,6 +35,7 @@ fn load(name: &str, chunk: u32) -> Session {
         SessionOptions {
             max_ctx: 512,
             prefill_chunk: chunk,
+            speculative: true,
         },
     ))
     .unwrap()

@@ -20,6 +20,7 @@ fn session(name: &str, chunk: u32) -> Session {
         SessionOptions {
             max_ctx: 1024,
             prefill_chunk: chunk,
+            speculative: true,
         },
     ))
     .unwrap()

@@ -31,6 +31,7 @@ fn session(m: &Arc<Model>, max_ctx: u32, chunk: u32) -> Session {
         SessionOptions {
             max_ctx,
             prefill_chunk: chunk,
+            speculative: true,
         },
     ))
     .unwrap()
@@ -377,5 +378,98 @@ fn prompt_cache_checkpoint_serves_prompts_that_share_the_start() {
             s.reset();
             assert_eq!(got, gen(&mut s, &r2, 24), "{name} mtp {mtp}: r2");
         }
+    }
+}
+
+#[test]
+fn plain_sessions_of_an_mtp_checkpoint_fold_norms_and_share_states() {
+    // `SessionOptions::speculative = false` on a checkpoint with an MTP head: no MTP, the
+    // RMSNorms folded into the decode matmuls (fewer dispatches per token), mlx-lm's greedy
+    // tokens, and states that move to and from speculative sessions (prefill tiles never fold,
+    // so a prompt leaves the same state in both).
+    let names: Vec<String> = fixture_names()
+        .into_iter()
+        .filter(|n| load_reference(n).has_mtp)
+        .collect();
+    assert!(!names.is_empty(), "no MTP fixture");
+    for name in names {
+        let r = load_reference(&name);
+        let m = model(&name);
+        let prompt = &r.prompts[3];
+        let mut spec = session(&m, 512, 32);
+        let mut plain = pollster::block_on(Session::new(
+            m.clone(),
+            SessionOptions {
+                max_ctx: 512,
+                prefill_chunk: 32,
+                speculative: false,
+            },
+        ))
+        .unwrap();
+        assert!(!plain.mtp_available(), "{name}: MTP in a plain session");
+        // Quantized matrices take the norm (the decode kernels fold it); dense ones do not.
+        let folds = m.config.quantization.global.is_some();
+        assert!(
+            if folds {
+                plain.dispatches_per_token() < spec.dispatches_per_token()
+            } else {
+                plain.dispatches_per_token() == spec.dispatches_per_token()
+            },
+            "{name}: plain session {} dispatches per token, speculative {} (quantized: {folds})",
+            plain.dispatches_per_token(),
+            spec.dispatches_per_token()
+        );
+        let n = r.greedy[3].len().min(48);
+        let limit = r.top2_gap[3]
+            .iter()
+            .position(|g| *g < LOGIT_TOL)
+            .unwrap_or(n)
+            .min(n);
+        let whole = gen(&mut plain, prompt, n);
+        assert_eq!(
+            whole[..limit],
+            r.greedy[3][..limit],
+            "{name}: plain session vs mlx-lm"
+        );
+
+        // A plain session's prefix state in a speculative session: the MTP cache is known not
+        // to be in step, and decoding goes on as the speculative session's own.
+        plain.reset();
+        pollster::block_on(plain.prefill(&prompt[..200])).unwrap();
+        let from_plain = save(&mut plain);
+        assert!(
+            !from_plain.mtp_synced,
+            "{name}: plain session claims an MTP cache in step"
+        );
+        spec.reset();
+        let own = gen(&mut spec, prompt, 16);
+        spec.restore(&from_plain).unwrap();
+        assert!(
+            !spec.mtp_available(),
+            "{name}: MTP after a plain session's state"
+        );
+        assert_eq!(
+            gen(&mut spec, &prompt[200..], 16),
+            own,
+            "{name}: plain state in a speculative session"
+        );
+
+        // And a speculative session's state (MTP cache in step) in the plain session.
+        spec.reset();
+        pollster::block_on(spec.prefill_with(&prompt[..200], Some(prompt[200]))).unwrap();
+        let from_spec = save(&mut spec);
+        assert!(from_spec.mtp_synced);
+        plain.restore(&from_spec).unwrap();
+        assert!(!plain.mtp_available());
+        assert_eq!(
+            gen(&mut plain, &prompt[200..], n),
+            whole,
+            "{name}: speculative state in a plain session"
+        );
+        println!(
+            "{name}: plain session {} dispatches per token vs {}; {limit} tokens checked against mlx-lm",
+            plain.dispatches_per_token(),
+            spec.dispatches_per_token()
+        );
     }
 }

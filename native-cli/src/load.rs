@@ -41,6 +41,10 @@ pub struct ModelArgs {
     pub separate_projections: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Whether the session keeps the MTP head ready (`SessionOptions::speculative`): each command
+    /// sets it from its `--mtp` before loading; not a flag of its own.
+    #[arg(skip = true)]
+    pub speculative: bool,
 }
 
 pub struct Loaded {
@@ -152,6 +156,7 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
         SessionOptions {
             max_ctx: m.max_context,
             prefill_chunk: m.prefill_chunk,
+            speculative: m.speculative,
         },
     ))
     .map_err(|e| e.to_string())?;

@@ -446,7 +446,8 @@ fn chat_kwargs(g: &GenArgs) -> Map<String, Value> {
     kw
 }
 
-pub fn generate(a: GenerateArgs) -> Result<(), String> {
+pub fn generate(mut a: GenerateArgs) -> Result<(), String> {
+    a.model.speculative = a.gen.mtp != MtpMode::Off;
     let mut l = load(&a.model)?;
     let mtp = use_mtp(&l, a.gen.mtp)?;
     // The messages before the user's (the system prompt): what later prompts may share.
@@ -667,7 +668,8 @@ fn run_ids_only(
     })
 }
 
-pub fn chat(a: ChatArgs) -> Result<(), String> {
+pub fn chat(mut a: ChatArgs) -> Result<(), String> {
+    a.model.speculative = a.gen.mtp != MtpMode::Off;
     let mut l = load(&a.model)?;
     if l.tokenizer.is_none() || l.template.is_none() {
         return Err("chat needs a tokenizer and a chat template; this checkpoint has none".into());

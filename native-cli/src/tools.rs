@@ -233,6 +233,8 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     m.max_context = m
         .max_context
         .max((a.prompt_tokens + a.gen_tokens + 2) as u32);
+    // `--mtp off` times a plain session (its decode matmuls take the RMSNorms).
+    m.speculative = a.mtp != crate::run::MtpMode::Off;
     let l = load(&m)?;
     let (model, mut session, load_s, tokenizer) = (l.model, l.session, l.load_s, l.tokenizer);
     let with_mtp = match a.mtp {

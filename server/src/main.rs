@@ -180,6 +180,8 @@ fn run(args: Args) -> Result<(), String> {
             session: SessionOptions {
                 max_ctx: args.max_context,
                 prefill_chunk: args.prefill_chunk,
+                // `--mtp off`: a plain session, whose decode matmuls take the RMSNorms.
+                speculative: args.mtp != MtpMode::Off,
             },
             adapter: args.adapter.clone(),
             shader_checks: args.shader_checks,

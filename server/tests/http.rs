@@ -760,6 +760,7 @@ fn engine_references(requests: &[Value], max_ctx: u32) -> Vec<Reference> {
         SessionOptions {
             max_ctx,
             prefill_chunk: 512,
+            speculative: true,
         },
     ))
     .expect("session");

@@ -768,6 +768,7 @@ impl Engine {
             SessionOptions {
                 max_ctx,
                 prefill_chunk: chunk,
+                speculative: true,
             },
         )
         .await
