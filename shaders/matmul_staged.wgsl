@@ -21,7 +21,7 @@
 // span two groups: on such devices the host builds the tree variant.
 //
 // Defines: WG, ROWS (rows per workgroup = G * RG), RG (rows per group), MT (tokens per tile),
-// TOKENS, ADD, SWIGLU, NORM, Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16, SUBGROUPS.
+// TOKENS, ADD, SWIGLU, NORM, GATED, Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16, SUBGROUPS.
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -35,6 +35,10 @@
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;      // [T, y_stride]
 #if NORM
 @group(0) @binding(7) var<storage, read> nw: array<vec4<f32>>;     // [k / 4] RMSNorm weight
+#endif
+#if GATED
+@group(0) @binding(7) var<storage, read> gw: array<vec4<f32>>;     // [dv / 4] gated-norm weight
+@group(0) @binding(8) var<storage, read> zg: array<vec4<f32>>;     // [T, z_stride / 4], z at z_col
 #endif
 
 const WG: u32 = {{WG}}u;
@@ -62,6 +66,14 @@ var<workgroup> red: array<f32, WG * NACC>;
 // token) is then scaled by inv = 1/sqrt(mean(x²) + eps), y = inv · Σ W (w_norm ∘ x). The same
 // bits for 1 and 2 tokens (row 0 of a verify equals a decode); not the bits of rms_norm + matmul.
 var<workgroup> nrm: array<f32, WG * MT>;
+#endif
+#if GATED
+// GATED: the gated RMSNorm of a Gated-DeltaNet output (gated_norm.wgsl) is folded in: per value
+// head of dv features (dv divides a chunk, so a head never straddles two), x becomes
+// silu(z) * (w * (x * 1/sqrt(mean(x²) + eps))) while the chunk is staged: the squares of each
+// staged vec4 go to `sq`, and after a barrier every thread sums its head's squares in order.
+// The same bits for 1 and 2 tokens; not the bits of gated_norm followed by a matmul.
+var<workgroup> sq: array<f32, MT * CHV>;
 #endif
 
 #include "quant.wgsl"
@@ -116,15 +128,49 @@ fn main(
                 val = val * nw[gv];
 #endif
             }
+#if GATED
+            sq[{{T}}u * CHV + v] = dot(val, val);
+#else
 #if Q4
             val = val * select(X_LO, X_HI, (v & 1u) == 1u);
 #else
             val = val * X_LO;
 #endif
+#endif
             xs[{{T}}u * CHV + bl * XV + (v % XV + bl) % XV] = val;
         }
 #endfor
         workgroupBarrier();
+#if GATED
+        // Each thread normalizes and gates the vec4s it staged (its own slots), then pre-scales.
+        let hv = p.dv / 4u;
+#for T MT
+        for (var v = lid; v < CHV; v += WG) {
+            let bl = v / XV;
+            let slot = {{T}}u * CHV + bl * XV + (v % XV + bl) % XV;
+            let gv = c * CHV + v;
+            var val = vec4<f32>(0.0);
+            if (on{{T}} && gv < bpr * XV) {
+                let h0 = (v / hv) * hv;
+                var s = 0.0;
+                for (var j = 0u; j < hv; j++) {
+                    s += sq[{{T}}u * CHV + h0 + j];
+                }
+                let inv = inverseSqrt(s / f32(p.dv) + p.eps);
+                let zv = zg[(t0 + {{T}}u) * (p.z_stride / 4u) + p.z_col / 4u + gv];
+                let sz = vec4<f32>(silu(zv.x), silu(zv.y), silu(zv.z), silu(zv.w));
+                val = sz * (gw[gv % hv] * (xs[slot] * inv));
+            }
+#if Q4
+            val = val * select(X_LO, X_HI, (v & 1u) == 1u);
+#else
+            val = val * X_LO;
+#endif
+            xs[slot] = val;
+        }
+#endfor
+        workgroupBarrier();
+#endif
         let b = c * CH + lane;
         if (b < bpr) {
 #for R RG

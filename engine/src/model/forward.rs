@@ -189,7 +189,8 @@ pub struct Builder<'a> {
     /// The residual stream this plan works on: `ws.x` for the backbone, `ws.x_mtp` for the MTP head.
     pub x: &'a GpuBuffer,
     /// Fold the RMSNorms in front of the decode tiles' matmuls into them where they can take
-    /// them ([`crate::ops::matmul::folds_norm`]): 128 fewer dispatches per 27B token.
+    /// them ([`crate::ops::matmul::folds_norm`], [`crate::ops::matmul::folds_gated`]): 176 fewer
+    /// dispatches per 27B token.
     pub fold_norms: bool,
 }
 
@@ -471,28 +472,46 @@ impl Builder<'_> {
                     )
                     .await?,
                 );
-                // step 7: gated RMSNorm with silu(z).
-                plan.extend_vec(
-                    gated_norm(
-                        g,
-                        &d,
-                        &ws.y,
-                        Act::at(&ws.proj, pw, cd),
-                        gnorm,
-                        &ws.yn,
-                        self.step,
+                let z = Act::at(&ws.proj, pw, cd);
+                if self.fold_norms
+                    && pw % 4 == 0
+                    && cd % 4 == 0
+                    && crate::ops::matmul::folds_gated(g, out_proj, self.mt, d.v_head_dim)
+                {
+                    // steps 7 and 8 in one dispatch: out_proj takes the gated norm (decode tiles).
+                    plan.extend_vec(
+                        crate::ops::matmul::matmul_gated(
+                            g,
+                            out_proj,
+                            Act::new(&ws.y, vd),
+                            z,
+                            gnorm,
+                            d.v_head_dim,
+                            d.eps,
+                            Act::new(self.x, h),
+                            self.step,
+                            MatmulOpts {
+                                rows: Rows::Tokens,
+                                add: true,
+                                mt: self.mt,
+                                swiglu: false,
+                            },
+                        )
+                        .await?,
+                    );
+                } else {
+                    // step 7: gated RMSNorm with silu(z).
+                    plan.extend_vec(gated_norm(g, &d, &ws.y, z, gnorm, &ws.yn, self.step).await?);
+                    // step 8: out_proj, added to the residual stream.
+                    self.mm(
+                        plan,
+                        out_proj,
+                        Act::new(&ws.yn, vd),
+                        Act::new(self.x, h),
+                        true,
                     )
-                    .await?,
-                );
-                // step 8: out_proj, added to the residual stream.
-                self.mm(
-                    plan,
-                    out_proj,
-                    Act::new(&ws.yn, vd),
-                    Act::new(self.x, h),
-                    true,
-                )
-                .await?;
+                    .await?;
+                }
             }
             _ => {
                 return Err(LoadError::Unsupported(
