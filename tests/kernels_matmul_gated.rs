@@ -4,14 +4,14 @@
 //! head sizes, z at a column offset of a wider buffer, heads across two staged chunks, the
 //! residual add; row t of a 2-token call equals a 1-token call on that row bit for bit.
 
-use qwgpu_engine::gpu::{Gpu, Rows, Step, StepShape, StepSlot};
+use qwgpu_engine::gpu::{Gpu, Rows, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
     folds_gated, matmul_gated, set_gated_fold, set_staged, set_xreg, MatmulOpts, MT_ONE, MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::ops::Act;
-use qwgpu_engine::quant::{FloatType, WeightFormat};
-use qwgpu_tests::quant::{added, start_y, Q};
+use qwgpu_engine::quant::WeightFormat;
+use qwgpu_tests::quant::{added, quantized_formats, start_y, Q};
 use qwgpu_tests::*;
 
 const EPS: f32 = 1e-6;
@@ -35,17 +35,7 @@ fn run_gated(
     let zb = upload_f32(gpu, "z", &z[..t * zs]);
     let wb = upload_f32(gpu, "gate_w", gw);
     let yb = upload_f32(gpu, "y", &start_y(t * n));
-    let sb = step_buffer(
-        gpu,
-        Step {
-            n_tokens: t as u32,
-            pos: 0,
-            n_confirmed: 0,
-            n_out: 1,
-            force: 0,
-            rollback: 0,
-        },
-    );
+    let sb = tokens_step(gpu, t);
     let slot = StepSlot {
         buf: &sb,
         offset: 0,
@@ -108,32 +98,10 @@ fn cpu_gated(
 
 #[test]
 fn folded_gated_norm_matches_cpu_and_is_batch_invariant() {
-    use FloatType::*;
     set_staged(true);
     set_xreg(false);
     set_gated_fold(true);
-    let formats = [
-        WeightFormat::Affine {
-            bits: 4,
-            group: 64,
-            scale: BF16,
-        },
-        WeightFormat::Affine {
-            bits: 4,
-            group: 32,
-            scale: F32,
-        },
-        WeightFormat::Affine {
-            bits: 4,
-            group: 128,
-            scale: F16,
-        },
-        WeightFormat::Affine {
-            bits: 8,
-            group: 64,
-            scale: BF16,
-        },
-    ];
+    let formats = quantized_formats();
     let mut ran = 0;
     for gpu in gpu_variants() {
         let mut rng = Rng(53);

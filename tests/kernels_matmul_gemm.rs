@@ -7,8 +7,7 @@
 use qwgpu_engine::gpu::{Gpu, Step, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{gemm_tile, set_gemm_tile, set_prefill_gemm, GemmTile, MT_PREFILL};
 use qwgpu_engine::ops::matrix::Matrix;
-use qwgpu_engine::quant::{FloatType, WeightFormat};
-use qwgpu_tests::quant::{added, run_matmul, MmCall, Q};
+use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
 
 /// Prefill-tile matmul over `t` rows of x: y, or with `add` what was added to it.
@@ -31,30 +30,8 @@ fn run_mm(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, add: bool, swiglu: bool) -
 
 #[test]
 fn tiled_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
-    use FloatType::*;
     set_prefill_gemm(true);
-    let formats = [
-        WeightFormat::Affine {
-            bits: 4,
-            group: 64,
-            scale: BF16,
-        },
-        WeightFormat::Affine {
-            bits: 4,
-            group: 32,
-            scale: F32,
-        },
-        WeightFormat::Affine {
-            bits: 4,
-            group: 128,
-            scale: F16,
-        },
-        WeightFormat::Affine {
-            bits: 8,
-            group: 64,
-            scale: BF16,
-        },
-    ];
+    let formats = quantized_formats();
     // The two built-in tiles and an odd one (32 threads, 4 × 8 per thread, 16 features a step).
     let tiles = [
         GemmTile::SMALL,

@@ -6,8 +6,7 @@
 use qwgpu_engine::gpu::Gpu;
 use qwgpu_engine::ops::matmul::{folds_norm, set_staged, set_xreg, MT_ONE, MT_SMALL};
 use qwgpu_engine::ops::matrix::Matrix;
-use qwgpu_engine::quant::{FloatType, WeightFormat};
-use qwgpu_tests::quant::{added, run_matmul, MmCall, Q};
+use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
 
 const EPS: f32 = 1e-6;
@@ -63,30 +62,8 @@ fn cpu_norm(x: &[f32], stride: usize, col: usize, t: usize, k: usize, nw: &[f32]
 
 #[test]
 fn folded_rms_norm_matches_cpu_and_is_batch_invariant() {
-    use FloatType::*;
     set_staged(true);
-    let formats = [
-        WeightFormat::Affine {
-            bits: 4,
-            group: 64,
-            scale: BF16,
-        },
-        WeightFormat::Affine {
-            bits: 4,
-            group: 32,
-            scale: F32,
-        },
-        WeightFormat::Affine {
-            bits: 4,
-            group: 128,
-            scale: F16,
-        },
-        WeightFormat::Affine {
-            bits: 8,
-            group: 64,
-            scale: BF16,
-        },
-    ];
+    let formats = quantized_formats();
     // The register kernel (where the device has subgroups) and the staged kernel.
     for (gpu, xr) in gpu_variants()
         .into_iter()

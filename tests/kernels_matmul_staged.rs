@@ -7,8 +7,7 @@
 use qwgpu_engine::gpu::Gpu;
 use qwgpu_engine::ops::matmul::{set_staged, set_xreg, MT_ONE, MT_SMALL};
 use qwgpu_engine::ops::matrix::Matrix;
-use qwgpu_engine::quant::{FloatType, WeightFormat};
-use qwgpu_tests::quant::{run_matmul, MmCall, Q};
+use qwgpu_tests::quant::{quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
 
 /// y (+)= x · Wᵀ over `t` rows, as written (y starts from a known pattern).
@@ -34,30 +33,8 @@ fn run_mm(
 
 #[test]
 fn staged_decode_kernel_gives_the_block_kernels_bits() {
-    use FloatType::*;
     set_xreg(false);
-    let formats = [
-        WeightFormat::Affine {
-            bits: 4,
-            group: 64,
-            scale: BF16,
-        },
-        WeightFormat::Affine {
-            bits: 4,
-            group: 32,
-            scale: F32,
-        },
-        WeightFormat::Affine {
-            bits: 4,
-            group: 128,
-            scale: F16,
-        },
-        WeightFormat::Affine {
-            bits: 8,
-            group: 64,
-            scale: BF16,
-        },
-    ];
+    let formats = quantized_formats();
     for gpu in gpu_variants() {
         let mut rng = Rng(11);
         for f in formats {

@@ -6,14 +6,13 @@
 //! bit for bit; row t of a 2-token call equals a 1-token call on that row bit for bit (a verify
 //! equals a decode). One test: the switches are process-wide.
 
-use qwgpu_engine::gpu::{Gpu, Rows, Step, StepShape, StepSlot};
+use qwgpu_engine::gpu::{Gpu, Rows, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
     matmul, set_staged, set_xreg, set_xreg_shape, xreg_tile, MatmulOpts, MT_ONE, MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::ops::Act;
-use qwgpu_engine::quant::{FloatType, WeightFormat};
-use qwgpu_tests::quant::{run_matmul, start_y, MmCall, Q};
+use qwgpu_tests::quant::{quantized_formats, run_matmul, start_y, MmCall, Q};
 use qwgpu_tests::*;
 
 const RTOL: f32 = 2e-6;
@@ -45,17 +44,7 @@ fn stacked_then_swiglu(gpu: &Gpu, stacked: &Matrix, x: &[f32], t: usize, mt: u32
     let xb = upload_f32(gpu, "x", x);
     let gu = gpu.storage("gu", (t * 2 * i * 4) as u64).unwrap();
     let out = gpu.storage("out", (t * i * 4) as u64).unwrap();
-    let sb = step_buffer(
-        gpu,
-        Step {
-            n_tokens: t as u32,
-            pos: 0,
-            n_confirmed: 0,
-            n_out: 1,
-            force: 0,
-            rollback: 0,
-        },
-    );
+    let sb = tokens_step(gpu, t);
     let slot = StepSlot {
         buf: &sb,
         offset: 0,
@@ -94,31 +83,9 @@ fn stacked_then_swiglu(gpu: &Gpu, stacked: &Matrix, x: &[f32], t: usize, mt: u32
 
 #[test]
 fn register_kernel_matches_cpu_and_is_batch_invariant() {
-    use FloatType::*;
     set_staged(true);
     set_xreg(true);
-    let formats = [
-        WeightFormat::Affine {
-            bits: 4,
-            group: 64,
-            scale: BF16,
-        },
-        WeightFormat::Affine {
-            bits: 4,
-            group: 32,
-            scale: F32,
-        },
-        WeightFormat::Affine {
-            bits: 4,
-            group: 128,
-            scale: F16,
-        },
-        WeightFormat::Affine {
-            bits: 8,
-            group: 64,
-            scale: BF16,
-        },
-    ];
+    let formats = quantized_formats();
     // (blocks per thread, rows per workgroup, rows per step); None: the defaults.
     let shapes = [None, Some((2, 8, 2)), Some((3, 6, 3)), Some((1, 32, 8))];
     let mut ran = 0;

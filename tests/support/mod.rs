@@ -77,6 +77,21 @@ impl Rng {
 }
 
 /// A step buffer with one slot, written with `step`.
+/// The step of a call over `t` tokens at position 0 with one output row (kernel tests).
+pub fn tokens_step(gpu: &Gpu, t: usize) -> GpuBuffer {
+    step_buffer(
+        gpu,
+        Step {
+            n_tokens: t as u32,
+            pos: 0,
+            n_confirmed: 0,
+            n_out: 1,
+            force: 0,
+            rollback: 0,
+        },
+    )
+}
+
 pub fn step_buffer(gpu: &Gpu, step: Step) -> GpuBuffer {
     let b = gpu.storage("step", 256).unwrap();
     gpu.queue.write_buffer(&b.buf, 0, bytemuck::bytes_of(&step));

@@ -12,6 +12,34 @@ use qwgpu_engine::quant::{
 
 use crate::Rng;
 
+/// The quantized formats the matmul kernels are checked on: 4-bit codes with group sizes 64, 32
+/// and 128 and bf16, f32 and f16 scales, and 8-bit codes.
+pub fn quantized_formats() -> [WeightFormat; 4] {
+    use qwgpu_engine::quant::FloatType::*;
+    [
+        WeightFormat::Affine {
+            bits: 4,
+            group: 64,
+            scale: BF16,
+        },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 32,
+            scale: F32,
+        },
+        WeightFormat::Affine {
+            bits: 4,
+            group: 128,
+            scale: F16,
+        },
+        WeightFormat::Affine {
+            bits: 8,
+            group: 64,
+            scale: BF16,
+        },
+    ]
+}
+
 pub struct Q {
     pub n: usize,
     pub k: usize,
