@@ -196,16 +196,43 @@ pub fn defines(base: &Defines, format: &WeightFormat, k: u32, opts: &MatmulOpts)
     }
 }
 
-static STAGED: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
-
-fn staged_flag() -> &'static std::sync::atomic::AtomicBool {
-    STAGED.get_or_init(|| {
-        std::sync::atomic::AtomicBool::new(!matches!(
-            std::env::var("QWGPU_MATMUL_STAGED").as_deref(),
-            Ok("0") | Ok("false")
-        ))
-    })
+/// A process-wide kernel switch: `default` unless the environment variable says `1`/`true` or
+/// `0`/`false` (read once); tests and the kernel lab flip it for plans built afterwards.
+struct Switch {
+    var: &'static str,
+    default: bool,
+    cell: std::sync::OnceLock<std::sync::atomic::AtomicBool>,
 }
+
+impl Switch {
+    const fn new(var: &'static str, default: bool) -> Switch {
+        Switch {
+            var,
+            default,
+            cell: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn flag(&self) -> &std::sync::atomic::AtomicBool {
+        self.cell.get_or_init(|| {
+            std::sync::atomic::AtomicBool::new(match std::env::var(self.var).as_deref() {
+                Ok("0") | Ok("false") => false,
+                Ok("1") | Ok("true") => true,
+                _ => self.default,
+            })
+        })
+    }
+
+    fn get(&self) -> bool {
+        self.flag().load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, on: bool) {
+        self.flag().store(on, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+static STAGED: Switch = Switch::new("QWGPU_MATMUL_STAGED", true);
 
 /// Whether quantized decode tiles use `matmul_staged.wgsl` (x staged once per workgroup in
 /// workgroup memory and shared by four 32-lane row groups; the same bits as the 32-thread block
@@ -213,24 +240,15 @@ fn staged_flag() -> &'static std::sync::atomic::AtomicBool {
 /// `QWGPU_MATMUL_STAGED=0` turns it off at start-up. Plans built after [`set_staged`] follow the
 /// new setting.
 pub fn staged() -> bool {
-    staged_flag().load(std::sync::atomic::Ordering::Relaxed)
+    STAGED.get()
 }
 
 /// See [`staged`].
 pub fn set_staged(on: bool) {
-    staged_flag().store(on, std::sync::atomic::Ordering::Relaxed)
+    STAGED.set(on)
 }
 
-static GEMM: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
-
-fn gemm_flag() -> &'static std::sync::atomic::AtomicBool {
-    GEMM.get_or_init(|| {
-        std::sync::atomic::AtomicBool::new(!matches!(
-            std::env::var("QWGPU_PREFILL_GEMM").as_deref(),
-            Ok("0") | Ok("false")
-        ))
-    })
-}
+static GEMM: Switch = Switch::new("QWGPU_PREFILL_GEMM", true);
 
 /// Whether quantized prefill tiles use the tiled GEMM `matmul_gemm.wgsl` (see [`GemmTile`]:
 /// weights dequantized and x staged per step of features in workgroup memory; 2x the word
@@ -238,12 +256,12 @@ fn gemm_flag() -> &'static std::sync::atomic::AtomicBool {
 /// `QWGPU_PREFILL_GEMM=0` turns it off at start-up. It keeps the prefill invariant (a prompt
 /// gives the same bits in chunks of any size) with its own bits.
 pub fn prefill_gemm() -> bool {
-    gemm_flag().load(std::sync::atomic::Ordering::Relaxed)
+    GEMM.get()
 }
 
 /// See [`prefill_gemm`].
 pub fn set_prefill_gemm(on: bool) {
-    gemm_flag().store(on, std::sync::atomic::Ordering::Relaxed)
+    GEMM.set(on)
 }
 
 /// The tile of the prefill GEMM: `bn` rows × `bt` tokens per workgroup, `bk` input features per
@@ -465,16 +483,7 @@ pub struct XregTile {
     pub nsg: u32,
 }
 
-static XREG: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
-
-fn xreg_flag() -> &'static std::sync::atomic::AtomicBool {
-    XREG.get_or_init(|| {
-        std::sync::atomic::AtomicBool::new(matches!(
-            std::env::var("QWGPU_MATMUL_XREG").as_deref(),
-            Ok("1") | Ok("true")
-        ))
-    })
-}
+static XREG: Switch = Switch::new("QWGPU_MATMUL_XREG", false);
 
 /// Whether quantized decode tiles use `matmul_xreg.wgsl` (x in registers, K split over the
 /// workgroup) where the device allows it (subgroups, enough threads per workgroup). Off by
@@ -482,12 +491,12 @@ fn xreg_flag() -> &'static std::sync::atomic::AtomicBool {
 /// `QWGPU_MATMUL_XREG=1` turns it on at start-up. Plans built after [`set_xreg`] follow the new
 /// setting.
 pub fn xreg() -> bool {
-    xreg_flag().load(std::sync::atomic::Ordering::Relaxed)
+    XREG.get()
 }
 
 /// See [`xreg`].
 pub fn set_xreg(on: bool) {
-    xreg_flag().store(on, std::sync::atomic::Ordering::Relaxed)
+    XREG.set(on)
 }
 
 /// A forced shape of the register kernel: (blocks per thread, rows per workgroup, rows per step).
@@ -661,28 +670,19 @@ pub async fn matmul_normed(
     matmul_with(gpu, m, x, y, step, opts, Fold::Norm(norm_w, eps)).await
 }
 
-static GATED_FOLD: std::sync::OnceLock<std::sync::atomic::AtomicBool> = std::sync::OnceLock::new();
-
-fn gated_fold_flag() -> &'static std::sync::atomic::AtomicBool {
-    GATED_FOLD.get_or_init(|| {
-        std::sync::atomic::AtomicBool::new(matches!(
-            std::env::var("QWGPU_GATED_FOLD").as_deref(),
-            Ok("1") | Ok("true")
-        ))
-    })
-}
+static GATED_FOLD: Switch = Switch::new("QWGPU_GATED_FOLD", false);
 
 /// Whether plain sessions fold the Gated-DeltaNet output norm into out_proj ([`folds_gated`]).
 /// Off by default: on an H200 the fold saves 48 dispatches per 27B token but costs out_proj more
 /// (each workgroup recomputes the head norms and silu(z) of the whole input), 91.7 → 89.4 tok/s;
 /// `QWGPU_GATED_FOLD=1` turns it on at start-up.
 pub fn gated_fold() -> bool {
-    gated_fold_flag().load(std::sync::atomic::Ordering::Relaxed)
+    GATED_FOLD.get()
 }
 
 /// See [`gated_fold`].
 pub fn set_gated_fold(on: bool) {
-    gated_fold_flag().store(on, std::sync::atomic::Ordering::Relaxed)
+    GATED_FOLD.set(on)
 }
 
 /// Whether the gated RMSNorm of a Gated-DeltaNet output (heads of `dv` features) can be folded
