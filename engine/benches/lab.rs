@@ -1,7 +1,10 @@
 //! Kernel lab: times the hot kernels and whole layers at the real 27B shapes on the current
 //! adapter and prints GB/s against a read-bandwidth roofline.
 //!
-//!   cargo bench -p engine --bench lab -- [matmul] [layer] [--reps N] [--roofline GBPS] [--prefill T] [--breakdown]
+//!   cargo bench -p engine --bench lab -- [matmul] [layer] [read] [--reps N] [--roofline GBPS] [--prefill T] [--breakdown]
+//!
+//! `read`: the floor under the matmuls: a streaming read (`shaders/lab_read.wgsl`) of each
+//! matrix's bytes in one dispatch, for several thread/blocks-per-thread/grid shapes.
 //!
 //! Timing: R repetitions recorded into one compute pass and one submission, after a warm-up;
 //! time = wall clock / R. Bytes = weights (+ states / KV) each repetition must read.
@@ -278,6 +281,73 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
     }
 }
 
+/// Times a plain read of each matrix's bytes (weights, scales and biases) in one dispatch.
+fn reads(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
+    use qwgpu_engine::gpu::{Defines, Grid};
+    let sizes: [(u64, &str); 6] = [
+        (100_270_080, "mlp.gate_up"),
+        (50_135_040, "mlp.down"),
+        (17_694_720, "gdn.out_proj"),
+        (47_462_400, "gdn.in_proj_qkvzba"),
+        (715_161_600, "lm_head"),
+        (1_500_000_000, "1.5 GB"),
+    ];
+    let out = gpu.storage("out", 1 << 22).unwrap();
+    for (bytes, label) in sizes {
+        let w = gpu.storage("w", bytes).unwrap();
+        let blocks = (bytes / 16) as u32;
+        for (wg, u, grid) in [
+            (256u32, 1u32, 0u32),
+            (256, 4, 0),
+            (128, 4, 0),
+            (256, 8, 0),
+            (512, 4, 0),
+            (256, 4, 132 * 8),
+            (256, 4, 132 * 16),
+            (1024, 4, 132 * 2),
+        ] {
+            let d = Defines::default()
+                .set("WG", wg)
+                .set("U", u)
+                .set("GRID", grid);
+            let pipeline = match pollster::block_on(gpu.pipeline("lab_read.wgsl", &d)) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("lab_read {wg}x{u} grid {grid}: {e}");
+                    continue;
+                }
+            };
+            let groups = if grid == 0 {
+                blocks.div_ceil(wg * u)
+            } else {
+                grid
+            };
+            let disp = gpu.dispatch(
+                "read",
+                &pipeline,
+                &[w.whole(), out.whole()],
+                Grid::fixed(groups),
+            );
+            let s = time_dispatch(
+                gpu,
+                &disp,
+                StepShape {
+                    n_tokens: 1,
+                    n_out: 1,
+                },
+                reps,
+            );
+            report(
+                &format!("read {label} wg={wg} u={u} grid={grid}"),
+                s,
+                bytes,
+                1,
+                roofline,
+            );
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| {
@@ -289,7 +359,9 @@ fn main() {
     let reps = flag("--reps").unwrap_or(50.0) as u32;
     let roofline = flag("--roofline").unwrap_or(4500.0);
     let pos = flag("--pos").unwrap_or(1024.0) as u32;
-    let all = !args.iter().any(|a| a == "matmul" || a == "layer");
+    let all = !args
+        .iter()
+        .any(|a| a == "matmul" || a == "layer" || a == "read");
     let checks = args.iter().any(|a| a == "--checks");
     // `--prefill N`: also time an N-token prompt chunk (prefill tile).
     let mut tokens = vec![1u32, 2];
@@ -302,6 +374,9 @@ fn main() {
     }))
     .expect("a GPU");
     println!("{{\"device\": \"{}\"}}", gpu.describe());
+    if args.iter().any(|a| a == "read") {
+        reads(&gpu, reps, roofline);
+    }
     if all || args.iter().any(|a| a == "matmul") {
         matmuls(&gpu, reps, roofline, &tokens);
     }

@@ -58,7 +58,14 @@ pub struct Grid {
     pub groups: u32,
     pub rows: Rows,
     pub tile: u32,
+    /// The dispatch runs only for steps whose out-row count lies in this range (inclusive;
+    /// `ALL_OUT` by default): a plan can hold a 1-row and a 2-row variant of one kernel and
+    /// record the one the step needs.
+    pub out_rows: (u32, u32),
 }
+
+/// [`Grid::out_rows`] of a dispatch that runs for every step.
+pub const ALL_OUT: (u32, u32) = (0, u32::MAX);
 
 impl Grid {
     pub fn fixed(groups: u32) -> Self {
@@ -66,6 +73,7 @@ impl Grid {
             groups,
             rows: Rows::One,
             tile: 1,
+            out_rows: ALL_OUT,
         }
     }
     pub fn per_token(groups: u32) -> Self {
@@ -73,6 +81,7 @@ impl Grid {
             groups,
             rows: Rows::Tokens,
             tile: 1,
+            out_rows: ALL_OUT,
         }
     }
     pub fn per_tile(groups: u32, tile: u32) -> Self {
@@ -80,6 +89,7 @@ impl Grid {
             groups,
             rows: Rows::Tokens,
             tile,
+            out_rows: ALL_OUT,
         }
     }
     pub fn per_out(groups: u32, tile: u32) -> Self {
@@ -87,11 +97,15 @@ impl Grid {
             groups,
             rows: Rows::Out,
             tile,
+            out_rows: ALL_OUT,
         }
     }
 
     /// The `[x, y, z]` workgroup counts for a step with `t` rows of which `n_out` need logits.
     pub fn counts(&self, shape: StepShape, max_dim: u32) -> [u32; 3] {
+        if shape.n_out < self.out_rows.0 || shape.n_out > self.out_rows.1 {
+            return [0, 0, 0];
+        }
         let n = match self.rows {
             Rows::One => 1,
             Rows::Tokens => shape.n_tokens.div_ceil(self.tile.max(1)),
@@ -153,6 +167,13 @@ impl Plan {
     pub fn len(&self) -> usize {
         self.dispatches.len()
     }
+    /// Dispatches recorded for a step of `shape` (those whose grid is not empty for it).
+    pub fn recorded(&self, shape: StepShape) -> usize {
+        self.dispatches
+            .iter()
+            .filter(|d| d.grid.counts(shape, u32::MAX)[2] > 0)
+            .count()
+    }
     pub fn is_empty(&self) -> bool {
         self.dispatches.is_empty()
     }
@@ -196,5 +217,32 @@ impl Gpu {
             bind_group,
             grid,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_rows_select_the_steps_a_dispatch_runs_for() {
+        let shape = |n_tokens, n_out| StepShape { n_tokens, n_out };
+        let mut one = Grid::per_out(10, 1);
+        one.out_rows = (1, 1);
+        let mut two = Grid::per_out(10, 2);
+        two.out_rows = (2, u32::MAX);
+        // A decode (one out row) runs the 1-row grid only, a verify (two) the 2-row grid only.
+        assert_eq!(one.counts(shape(1, 1), 65535), [10, 1, 1]);
+        assert_eq!(two.counts(shape(1, 1), 65535)[2], 0);
+        assert_eq!(one.counts(shape(2, 2), 65535)[2], 0);
+        assert_eq!(two.counts(shape(2, 2), 65535), [10, 1, 1]);
+        // Three out rows: two 2-row slices.
+        assert_eq!(two.counts(shape(3, 3), 65535)[2], 2);
+        // No out rows (a prompt chunk without logits): neither.
+        assert_eq!(one.counts(shape(8, 0), 65535)[2], 0);
+        assert_eq!(two.counts(shape(8, 0), 65535)[2], 0);
+        // The default runs for every step; x splits over y past the per-dimension limit.
+        let all = Grid::per_token(70000);
+        assert_eq!(all.counts(shape(2, 0), 65535), [65535, 2, 2]);
     }
 }

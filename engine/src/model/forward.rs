@@ -656,25 +656,31 @@ impl Builder<'_> {
             )
             .await?,
         );
-        let opts = MatmulOpts {
-            rows: Rows::Out,
-            add: false,
-            mt: crate::ops::matmul::MT_SMALL,
-            swiglu: false,
-        };
-        for d in matmul(
-            g,
-            self.w.lm_head(),
-            Act::new(&ws.xo, h),
-            Act::new(&ws.logits, v),
-            self.step,
-            opts,
-        )
-        .await?
-        {
-            plan.push(d);
-        }
+        self.lm_head_rows(&mut plan, Act::new(&ws.xo, h), Act::new(&ws.logits, v))
+            .await?;
         Ok(plan)
+    }
+
+    /// lm_head on the step's out rows of `x` into `y`: the 1-token tile when the step has one out
+    /// row, the 2-token tile otherwise (both in the plan, the step's row count picks one; the
+    /// tiles give the same bits for a row, so a decode's logits equal a verify's row 0).
+    async fn lm_head_rows(&self, plan: &mut Plan, x: Act<'_>, y: Act<'_>) -> Result<(), LoadError> {
+        for (mt, out_rows) in [
+            (crate::ops::matmul::MT_ONE, (1, 1)),
+            (crate::ops::matmul::MT_SMALL, (2, u32::MAX)),
+        ] {
+            let opts = MatmulOpts {
+                rows: Rows::Out,
+                add: false,
+                mt,
+                swiglu: false,
+            };
+            for mut d in matmul(self.gpu, self.w.lm_head(), x, y, self.step, opts).await? {
+                d.grid.out_rows = out_rows;
+                plan.push(d);
+            }
+        }
+        Ok(())
     }
 
     /// lm_head on the normed out rows in `xo`, then argmax into `ids`.
@@ -686,25 +692,8 @@ impl Builder<'_> {
     ) -> Result<(), LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
-        // lm_head follows the out rows (1 or 2); the decode tile keeps it batch invariant.
-        let opts = MatmulOpts {
-            rows: Rows::Out,
-            add: false,
-            mt: crate::ops::matmul::MT_SMALL,
-            swiglu: false,
-        };
-        for d in matmul(
-            g,
-            self.w.lm_head(),
-            Act::new(&ws.xo, h),
-            Act::new(logits, v),
-            self.step,
-            opts,
-        )
-        .await?
-        {
-            plan.push(d);
-        }
+        self.lm_head_rows(plan, Act::new(&ws.xo, h), Act::new(logits, v))
+            .await?;
         plan.extend_vec(argmax::argmax(g, v, logits, &ws.argmax_scratch, ids, 0, self.step).await?);
         Ok(())
     }
@@ -807,24 +796,8 @@ impl Builder<'_> {
             )
             .await?,
         );
-        let opts = MatmulOpts {
-            rows: Rows::Out,
-            add: false,
-            mt: crate::ops::matmul::MT_SMALL,
-            swiglu: false,
-        };
-        for d in matmul(
-            g,
-            self.w.lm_head(),
-            Act::new(&ws.xo, h),
-            Act::new(&ws.mtp_logits, v),
-            self.step,
-            opts,
-        )
-        .await?
-        {
-            plan.push(d);
-        }
+        self.lm_head_rows(&mut plan, Act::new(&ws.xo, h), Act::new(&ws.mtp_logits, v))
+            .await?;
         Ok(plan)
     }
 

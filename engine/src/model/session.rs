@@ -465,7 +465,11 @@ impl Session {
 
     /// Dispatches recorded for one decode step (body + head).
     pub fn dispatches_per_token(&self) -> usize {
-        self.single.len() + self.head.len()
+        let shape = StepShape {
+            n_tokens: 1,
+            n_out: 1,
+        };
+        self.single.recorded(shape) + self.head.recorded(shape)
     }
 
     /// Forgets the sequence.

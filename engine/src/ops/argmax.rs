@@ -52,6 +52,7 @@ pub async fn argmax(
                 groups: n_blocks,
                 rows: crate::gpu::Rows::Out,
                 tile: 1,
+                out_rows: crate::gpu::plan::ALL_OUT,
             },
         ),
         gpu.dispatch(

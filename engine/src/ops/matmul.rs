@@ -453,18 +453,25 @@ fn staged_long() -> bool {
 /// block kernel reads with 32 threads (k below [`LONG_K`]), so the bits are the block kernel's.
 /// Bytes of workgroup memory the staged kernel uses for tile `mt`: x of one chunk (32 blocks
 /// of up to 32 values per token) and the partials.
-fn staged_shared_bytes(mt: u32) -> u32 {
+fn staged_shared_bytes(mt: u32, xfix: bool) -> u32 {
     let (wg, _, rg) = staged_tile(mt);
-    mt * 32 * 32 * 4 + wg * rg * mt * 4
+    // XFIX: the int8 planes (24 bytes per word), (s, Σx) per block and the per-word partials.
+    let xfix_bytes = if xfix {
+        mt * 32 * (4 * 24 + 8 + 4 * 8)
+    } else {
+        0
+    };
+    mt * 32 * 32 * 4 + wg * rg * mt * 4 + xfix_bytes
 }
 
 fn use_staged(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
     let (wg, _, _) = staged_tile(mt);
-    let shared = staged_shared_bytes(mt);
+    let xfix = use_xfix(gpu, m);
+    let shared = staged_shared_bytes(mt, xfix);
     staged()
         && matches!(m.format, WeightFormat::Affine { .. })
         && (mt == MT_ONE || mt == MT_SMALL)
-        && (m.k < LONG_K || staged_long())
+        && (m.k < LONG_K || staged_long() || xfix)
         && wg <= gpu.limits.max_compute_invocations_per_workgroup
         && shared <= gpu.limits.max_compute_workgroup_storage_size
 }
@@ -596,6 +603,38 @@ pub fn staged_defines(
         .set("RG", rg)
         .set("MT", opts.mt)
         .flag("SUBGROUPS", subgroups)
+        .flag("XFIX", xfix() && xfix_format(format))
+}
+
+static XFIX: Switch = Switch::new("QWGPU_MATMUL_XFIX", false);
+
+/// Whether the staged kernel multiplies 4-bit codes by x held as block fixed point (`XFIX` in
+/// `matmul_staged.wgsl`: per block of 32 values x ≈ s · xi with |xi| < 2^22 in three 8-bit
+/// planes, packed 8-bit dot products exact in i32; x's rounding is at most 2^-22 of its block's
+/// max |x|). A third of the f32 path's instructions per product, but every workgroup converts
+/// the x it stages: on an H200 the 1-token tile is 5-18 % faster (27B gate+up 55 vs 57 µs,
+/// lm_head 295 vs 327 µs) and the 2-token tile 40-50 % slower (gate+up 114 vs 81 µs), so it is
+/// off by default (a verify must use the same arithmetic as a decode). `QWGPU_MATMUL_XFIX=1`
+/// turns it on at start-up for native devices (WebGPU keeps the f32 path); plans built after
+/// [`set_xfix`] follow the new setting. It has its own bits (the f32 path's equal the block
+/// kernel's), the same for 1 and 2 tokens.
+pub fn xfix() -> bool {
+    XFIX.get()
+}
+
+/// See [`xfix`].
+pub fn set_xfix(on: bool) {
+    XFIX.set(on)
+}
+
+/// Formats the XFIX path takes: 4-bit affine codes.
+fn xfix_format(format: &WeightFormat) -> bool {
+    matches!(format, WeightFormat::Affine { bits: 4, .. })
+}
+
+/// Whether the staged kernel runs `m` with XFIX on this device.
+fn use_xfix(gpu: &Gpu, m: &Matrix) -> bool {
+    xfix() && xfix_format(&m.format) && !gpu.caps.web
 }
 
 /// One dispatch per chunk of `m`. `y.col` shifts the output columns (several projections can
@@ -630,7 +669,7 @@ pub fn folds_norm(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
     on && gpu.limits.max_storage_buffers_per_shader_stage >= 7
         && (xreg_tile(gpu, m, mt).is_some()
             || (use_staged(gpu, m, mt)
-                && staged_shared_bytes(mt) + wg * mt * 4
+                && staged_shared_bytes(mt, use_xfix(gpu, m)) + wg * mt * 4
                     <= gpu.limits.max_compute_workgroup_storage_size))
 }
 
@@ -703,7 +742,8 @@ pub fn folds_gated(gpu: &Gpu, m: &Matrix, mt: u32, dv: u32) -> bool {
         && (32 * epb) % dv == 0
         && m.k % dv == 0
         && gpu.limits.max_storage_buffers_per_shader_stage >= 8
-        && staged_shared_bytes(mt) + mt * 32 * epb <= gpu.limits.max_compute_workgroup_storage_size
+        && staged_shared_bytes(mt, false) + mt * 32 * epb
+            <= gpu.limits.max_compute_workgroup_storage_size
 }
 
 /// y (+)= (silu(z) ∘ gated RMSNorm(x)) · Wᵀ with the Gated-DeltaNet output norm (spec §4.6 step 7,
@@ -791,12 +831,14 @@ async fn matmul_with(
         )
     } else if staged {
         let sub = gpu.caps.subgroups && gpu.caps.subgroup_max_size <= 32;
+        let xfix = !gated && use_xfix(gpu, m);
         (
             gpu.pipeline(
                 "matmul_staged.wgsl",
                 &staged_defines(&gpu.base_defines(), &m.format, &opts, sub)
                     .flag("NORM", norm.is_some())
-                    .flag("GATED", gated),
+                    .flag("GATED", gated)
+                    .flag("XFIX", xfix),
             )
             .await?,
             staged_tile(opts.mt).1,
@@ -871,6 +913,7 @@ async fn matmul_with(
             groups: c.rows.div_ceil(rows_per_wg),
             rows: opts.rows,
             tile: tokens,
+            out_rows: crate::gpu::plan::ALL_OUT,
         };
         out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
     }
@@ -961,11 +1004,19 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                             mt,
                             swiglu,
                         };
-                        v.push((
-                            "matmul_staged.wgsl",
-                            staged_defines(&b, &format, &opts, sub && base.is_true("SUBGROUPS"))
-                                .flag("NORM", norm),
-                        ));
+                        for xfix in [false, true] {
+                            v.push((
+                                "matmul_staged.wgsl",
+                                staged_defines(
+                                    &b,
+                                    &format,
+                                    &opts,
+                                    sub && base.is_true("SUBGROUPS"),
+                                )
+                                .flag("NORM", norm)
+                                .flag("XFIX", xfix && xfix_format(&format)),
+                            ));
+                        }
                         if add && !norm && !swiglu {
                             v.push((
                                 "matmul_staged.wgsl",
@@ -975,7 +1026,8 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                     &opts,
                                     sub && base.is_true("SUBGROUPS"),
                                 )
-                                .flag("GATED", true),
+                                .flag("GATED", true)
+                                .flag("XFIX", false),
                             ));
                         }
                     }

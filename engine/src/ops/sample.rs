@@ -811,6 +811,7 @@ impl Sampler {
             groups: self.n_blocks,
             rows: Rows::Out,
             tile: 1,
+            out_rows: crate::gpu::plan::ALL_OUT,
         };
         let mut v = Vec::new();
         let p = self.pipeline(gpu, Pass::Stats).await?;

@@ -1,0 +1,20 @@
+set -u
+for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+rm -rf /tmp/c; mkdir -p /tmp/c; tar xJf .carry/bins.tar.xz -C /tmp/c; C=/tmp/c
+[ -f /tmp/m27/config.json ] || ($C/qwgpu synth --out /tmp/m27 > /tmp/synth.log 2>&1) &
+f() { grep bench | grep -v "T=512" | sed 's/"bytes.*"us"/"us"/; s/"GBps.*//; s/{"bench": "matmul q4 //; s/ [0-9]*x[0-9]* / /; s/", "us"://; s/, $//'  | tr '\n' ' '; echo; }
+for i in 1 2; do
+  echo "prefetch on:  $(QWGPU_MATMUL_PREFETCH=1 $C/lab matmul --reps 100 | f)"
+  echo "prefetch off: $(QWGPU_MATMUL_PREFETCH=0 $C/lab matmul --reps 100 | f)"
+done
+echo "prefetch on, long rows staged: $(QWGPU_MATMUL_PREFETCH=1 QWGPU_STAGED_LONG=1 $C/lab matmul --reps 100 | f)"
+for cfg in "4 8,8" "8 4,4" "2 4,4" "4 2,2"; do set -- $cfg
+  echo "prefetch on G=$1 rows=$2: $(QWGPU_STAGED_GROUPS=$1 QWGPU_STAGED_ROWS=$2 $C/lab matmul --reps 100 | f)"
+done
+wait
+g() { python3 -c "
+import json,sys; j=json.load(open(sys.argv[1])); print({k:v for k,v in j.items() if k not in ('decode_tokens_per_s_trials','device','model','temperature')})" $1; }
+for pf in 1 0; do echo "== e2e prefetch=$pf"; QWGPU_MATMUL_PREFETCH=$pf $C/qwgpu bench --model /tmp/m27 --mtp off --prompt-tokens 1024 --gen-tokens 256 --warmup 1 --trials 3 --roofline-gbps 4500 --json > $OUT/e2e_pf$pf.json 2>/dev/null; g $OUT/e2e_pf$pf.json; done
+echo "== mtp 0.8 prefetch"; $C/qwgpu bench --model /tmp/m27 --prompt-tokens 64 --gen-tokens 256 --trials 3 --warmup 1 --profile --force-accept 0.8 --json > $OUT/mtp_0.8.json 2>/dev/null; python3 -c "
+import json; j=json.load(open('$OUT/mtp_0.8.json')); m=j['mtp_decode']; print('plain', j['decode_tokens_per_s']['p50'], 'mtp', m['decode_tokens_per_s']['p50'], 'speedup', m['speedup_over_plain'], m['mtp'], j.get('profile_ms'), j.get('dispatches_per_token'))"
