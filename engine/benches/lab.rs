@@ -3,7 +3,7 @@
 //!
 //!   cargo bench -p engine --bench lab -- [matmul] [layer] [read] [--reps N] [--roofline GBPS] [--prefill T] [--breakdown]
 //!
-//! `read`: the floor under the matmuls: a streaming read (`shaders/lab_read.wgsl`) of each
+//! `read`: the floor under the matmuls: a streaming read (`engine/benches/lab_read.wgsl`) of each
 //! matrix's bytes in one dispatch, for several thread/blocks-per-thread/grid shapes.
 //!
 //! Timing: R repetitions recorded into one compute pass and one submission, after a warm-up;
@@ -283,7 +283,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
 
 /// Times a plain read of each matrix's bytes (weights, scales and biases) in one dispatch.
 fn reads(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
-    use qwgpu_engine::gpu::{Defines, Grid};
+    use qwgpu_engine::gpu::Grid;
     let sizes: [(u64, &str); 6] = [
         (100_270_080, "mlp.gate_up"),
         (50_135_040, "mlp.down"),
@@ -306,17 +306,35 @@ fn reads(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
             (256, 4, 132 * 16),
             (1024, 4, 132 * 2),
         ] {
-            let d = Defines::default()
-                .set("WG", wg)
-                .set("U", u)
-                .set("GRID", grid);
-            let pipeline = match pollster::block_on(gpu.pipeline("lab_read.wgsl", &d)) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("lab_read {wg}x{u} grid {grid}: {e}");
-                    continue;
-                }
+            let loads: String = (0..u)
+                .map(|j| format!("        let v{j} = w[min(base + {j}u * WG, n - 1u)];\n"))
+                .chain((0..u).map(|j| format!("        acc ^= v{j};\n")))
+                .collect();
+            let code = include_str!("lab_read.wgsl")
+                .replace("{{LOADS}}", &loads)
+                .replace("{{WG}}", &wg.to_string())
+                .replace("{{U}}", &u.to_string())
+                .replace("{{GRID}}", &grid.to_string());
+            let module = unsafe {
+                // SAFETY: every index is clamped to the array (min(.., n - 1)).
+                gpu.device.create_shader_module_trusted(
+                    wgpu::ShaderModuleDescriptor {
+                        label: Some("lab_read"),
+                        source: wgpu::ShaderSource::Wgsl(code.into()),
+                    },
+                    wgpu::ShaderRuntimeChecks::unchecked(),
+                )
             };
+            let pipeline = Arc::new(gpu.device.create_compute_pipeline(
+                &wgpu::ComputePipelineDescriptor {
+                    label: Some("lab_read"),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                },
+            ));
             let groups = if grid == 0 {
                 blocks.div_ceil(wg * u)
             } else {
