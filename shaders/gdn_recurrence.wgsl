@@ -19,8 +19,15 @@
 // A row's arithmetic depends only on the pipeline, not on T or the block, so results are batch
 // invariant and chunked calls give the same bits as one call.
 //
+// GATED: the gated RMSNorm of spec §4.6 step 7 (gated_norm.wgsl) is applied to each row t before
+// it is written, so `y` receives silu(z) * (w * (y * 1/sqrt(mean(y²) + eps))) per (row, head). A
+// workgroup then holds a whole head (R = Dv, one block per head) and reduces the head's squares
+// exactly as gated_norm.wgsl does (GN_WG strided partial sums in order, then the same tree), so the
+// output has the bits of this kernel followed by gated_norm (tested), one dispatch fewer.
+//
 // Defines: WG (threads; R = WG / 4 rows), NV4 (= Dk / 16), KQ (vec4 of k|q each thread stages per
-// step: ceil(Dk / 2 / WG)), SUBGROUPS.
+// step: ceil(Dk / 2 / WG)), KQS (vec4 slots of one staging buffer: >= Dk / 2, at most KQ * WG),
+// SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size).
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -32,15 +39,24 @@
 @group(0) @binding(4) var<storage, read_write> state: array<vec4<f32>>;  // [Hv, Dv, Dk / 4]
 @group(0) @binding(5) var<storage, read_write> snap: array<vec4<f32>>;   // [Hv, Dv, Dk / 4]
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;            // [T, Hv*Dv]
+#if GATED
+@group(0) @binding(7) var<storage, read> z: array<f32>;                  // [T, z_stride], z [Hv*Dv] at z_col
+@group(0) @binding(8) var<storage, read> gw: array<f32>;                 // [Dv] gated-norm weight
+#endif
 
 const WG: u32 = {{WG}}u;
 const LANES: u32 = 4u;
 const R: u32 = WG / LANES;
 const NV4: u32 = {{NV4}}u;
 const KQ: u32 = {{KQ}}u;
-const KQS: u32 = KQ * WG;  // vec4 slots of one staging buffer (>= Dk / 2: k chunks, then q chunks)
+const KQS: u32 = {{KQS}}u;  // vec4 slots of one staging buffer (>= Dk / 2: k chunks, then q chunks)
 
 var<workgroup> kq: array<vec4<f32>, 2u * KQS>;
+#if GATED
+const GN_WG: u32 = {{GN_WG}}u;
+var<workgroup> gy: array<f32, R>;
+var<workgroup> gred: array<f32, GN_WG>;
+#endif
 #if SUBGROUPS
 var<workgroup> sg_count: atomic<u32>;
 #else
@@ -123,7 +139,9 @@ fn main(
     // k|q of row 0 staged now, of row 1 held in registers; v, beta, g one row ahead.
     var pre: array<vec4<f32>, KQ>;
     for (var i = 0u; i < KQ; i++) {
-        kq[lid + i * WG] = stage_load(0u, T, kh, lid + i * WG);
+        if (lid + i * WG < KQS) {
+            kq[lid + i * WG] = stage_load(0u, T, kh, lid + i * WG);
+        }
         pre[i] = stage_load(1u, T, kh, lid + i * WG);
     }
     var nv = 0.0;
@@ -167,7 +185,9 @@ fn main(
         let r0 = rloc * LANES;
         let m = (red_m[r0] + red_m[r0 + 1u]) + (red_m[r0 + 2u] + red_m[r0 + 3u]);
         // Stage row t+1's k|q: every read of this buffer (row t-1) is before the barrier above.
-        for (var i = 0u; i < KQ; i++) { kq[nbuf + lid + i * WG] = pre[i]; }
+        for (var i = 0u; i < KQ; i++) {
+            if (lid + i * WG < KQS) { kq[nbuf + lid + i * WG] = pre[i]; }
+        }
 #endif
         let delta = (v - m) * beta;
 
@@ -186,16 +206,42 @@ fn main(
         workgroupBarrier();
         let o = (red_o[r0] + red_o[r0 + 1u]) + (red_o[r0 + 2u] + red_o[r0 + 3u]);
 #endif
+#if GATED
+        // gated_norm.wgsl's order: GN_WG strided partial sums of the head's squares, then a tree.
+        if (lane == 0u) { gy[row] = o; }
+        workgroupBarrier();
+        if (lid < GN_WG) {
+            var ss = 0.0;
+            for (var c = lid; c < p.dv; c += GN_WG) {
+                let yv = gy[c];
+                ss += yv * yv;
+            }
+            gred[lid] = ss;
+        }
+        workgroupBarrier();
+        for (var stride = GN_WG / 2u; stride > 0u; stride >>= 1u) {
+            if (lid < stride) { gred[lid] += gred[lid + stride]; }
+            workgroupBarrier();
+        }
+        let inv = inverseSqrt(gred[0] / f32(p.dv) + p.eps);
+        if (live && lane == 0u) {
+            let gn = gw[row] * (o * inv);
+            y[t * hv * p.dv + h * p.dv + row] = silu(z[t * p.z_stride + p.z_col + h * p.dv + row]) * gn;
+        }
+#else
         if (live && lane == 0u) {
             y[t * hv * p.dv + h * p.dv + row] = o;
         }
+#endif
         if (live && nc < T && t + 1u == nc) {
             for (var j = 0u; j < NV4; j++) {
                 snap[sbase + lane + LANES * j] = s[j];
             }
         }
 #if SUBGROUPS
-        for (var i = 0u; i < KQ; i++) { kq[nbuf + lid + i * WG] = pre[i]; }
+        for (var i = 0u; i < KQ; i++) {
+            if (lid + i * WG < KQS) { kq[nbuf + lid + i * WG] = pre[i]; }
+        }
         workgroupBarrier();
 #endif
         pre = fut;

@@ -2,12 +2,13 @@
 //! references: tiny / odd / real 27B shapes, 1, 2 and 7 rows, from a zero and from a random state,
 //! both reduction variants; the rollback snapshots (spec §7.4); and bit-exact batch invariance
 //! (row 0 of a 2-row call equals a 1-row call; 9 rows in one call equal 4 + 5 rows in two calls);
-//! and the fused gdn_conv_prep against gdn_conv + gdn_prep, bit for bit.
+//! and the fused gdn_conv_prep against gdn_conv + gdn_prep, and the gated recurrence against
+//! gdn_recurrence + gated_norm, bit for bit.
 
 use qwgpu_engine::gpu::{Gpu, GpuBuffer, Step, StepShape, StepSlot};
 use qwgpu_engine::ops::gdn::{
-    gated_norm, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence, qk_norm_constants,
-    recurrence_layout, GdnDims,
+    gated_norm, gated_recurrence_layout, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence,
+    gdn_recurrence_gated, qk_norm_constants, recurrence_layout, GdnDims,
 };
 use qwgpu_engine::ops::Act;
 use qwgpu_tests::*;
@@ -1086,6 +1087,108 @@ fn fused_conv_prep_equals_conv_then_prep_bit_for_bit() {
                         &b.3,
                         &a.3,
                     );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gated_recurrence_equals_recurrence_then_gated_norm_bit_for_bit() {
+    // gdn_recurrence_gated (one dispatch, a whole head per workgroup) gives the bits of
+    // gdn_recurrence followed by gated_norm: the normalized, gated rows, the state and its
+    // snapshot, for every shape (Dk 32 and 128, Dv != Dk, heads near zero where eps matters),
+    // several row counts and snapshot points, from zero and random states, and starting from the
+    // snapshot (step.rollback). The chain tests above (against the CPU references) then cover it.
+    for gpu in gpu_variants() {
+        let mut rng = Rng(23);
+        for (name, d) in shapes() {
+            if gated_recurrence_layout(&gpu, &d).is_none() {
+                continue;
+            }
+            let w = weights(&mut rng, &d);
+            let p = Proj::new(&d, 2);
+            let (cd, hv, vd, dv) = (
+                d.conv_dim() as usize,
+                d.n_v_heads as usize,
+                d.value_dim() as usize,
+                d.v_head_dim as usize,
+            );
+            for (t, nc, rollback) in [
+                (1usize, 0usize, false),
+                (2, 1, false),
+                (2, 0, true),
+                (7, 3, false),
+            ] {
+                for random in [false, true] {
+                    let what = format!(
+                        "{} n_confirmed={nc} rollback={rollback}",
+                        label(&gpu, name, t, random)
+                    );
+                    let (_, s0) = initial_states(&mut rng, &d, random);
+                    let raw: Vec<f32> = (0..t * cd)
+                        .map(|_| {
+                            let x = 2.0 * rng.normal();
+                            x / (1.0 + (-x).exp())
+                        })
+                        .collect();
+                    let proj = proj_rows(&mut rng, &d, &p, t);
+                    let (mut co, gates) =
+                        ref_gdn::prep(&d, &raw, &proj, p.stride, p.b, p.a, &w.a_log, &w.dt_bias, t);
+                    // One head of row 0 near zero: the norm's eps matters there.
+                    let h0 = rng.below(d.n_v_heads) as usize;
+                    for c in 0..dv {
+                        co[2 * d.key_dim() as usize + h0 * dv + c] *= 1e-4;
+                    }
+                    let pb = upload_f32(&gpu, "proj", &proj);
+                    let cb = upload_f32(&gpu, "conv_out", &co);
+                    let gb = upload_f32(&gpu, "gates", &gates);
+                    let sb = step_rb(&gpu, t, nc, rollback);
+                    let z = Act::at(&pb, p.stride as u32, p.z as u32);
+                    let run_one = |fused: bool| {
+                        let (cs, _) = initial_states(&mut Rng(1), &d, false);
+                        let l = GpuLayer::new(&gpu, &d, &w, &cs, &s0);
+                        // From the snapshot: give it a state of its own.
+                        let snap0: Vec<f32> = s0.iter().map(|v| 0.5 * v - 0.125).collect();
+                        gpu.queue
+                            .write_buffer(&l.snap.buf, 0, bytemuck::cast_slice(&snap0));
+                        let y = zeros(&gpu, "y", t * vd);
+                        let out = zeros(&gpu, "out", t * vd);
+                        let ds = pollster::block_on(async {
+                            if fused {
+                                gdn_recurrence_gated(
+                                    &gpu, &d, &cb, &gb, &l.state, &l.snap, z, &l.norm_w, &out,
+                                    slot(&sb),
+                                )
+                                .await
+                                .unwrap()
+                            } else {
+                                let mut v = gdn_recurrence(
+                                    &gpu, &d, &cb, &gb, &l.state, &l.snap, &y, slot(&sb),
+                                )
+                                .await
+                                .unwrap();
+                                v.extend(
+                                    gated_norm(&gpu, &d, &y, z, &l.norm_w, &out, slot(&sb))
+                                        .await
+                                        .unwrap(),
+                                );
+                                v
+                            }
+                        });
+                        run(&gpu, &ds, shape(t));
+                        let [_, _, s, snap] = l.read_states(&gpu, &d);
+                        (read_f32(&gpu, &out, t * vd), s, snap)
+                    };
+                    let (a, b) = (run_one(false), run_one(true));
+                    assert!(
+                        a.0.iter().all(|v| v.is_finite()) && a.0.iter().any(|&v| v != 0.0),
+                        "{what}: the two-kernel output is degenerate"
+                    );
+                    assert_bits_eq(&format!("gated recurrence: out {what}"), &b.0, &a.0);
+                    assert_bits_eq(&format!("gated recurrence: state {what}"), &b.1, &a.1);
+                    assert_bits_eq(&format!("gated recurrence: snap {what}"), &b.2, &a.2);
+                    let _ = hv;
                 }
             }
         }

@@ -410,6 +410,11 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         "load_s": load_s,
         "prefill_tokens_per_s": a.prompt_tokens as f64 / ttft50,
         "dispatches_per_token": session.dispatches_per_token(),
+        "dispatch_kinds_per_token": session
+            .dispatch_kinds_per_token()
+            .into_iter()
+            .map(|(k, n)| (k, serde_json::Value::from(n)))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
         "bytes_per_token": bytes_per_token,
         "cpu_ms_per_token": cpu_ms_per_token,
         "gpu_memory_bytes": gpu_bytes,
@@ -514,7 +519,16 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             spec.summary()["drift_pct"].as_f64().unwrap_or(0.0)
         );
     }
-    println!("dispatches/token  {}", session.dispatches_per_token());
+    let kinds: Vec<String> = session
+        .dispatch_kinds_per_token()
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    println!(
+        "dispatches/token  {} ({})",
+        session.dispatches_per_token(),
+        kinds.join(", ")
+    );
     print!("bytes/token       {:.2} GB", bytes_per_token as f64 / 1e9);
     if let Some(g) = a.roofline_gbps {
         let roof = g * 1e9 / bytes_per_token as f64;

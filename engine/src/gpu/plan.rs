@@ -174,6 +174,22 @@ impl Plan {
             .filter(|d| d.grid.counts(shape, u32::MAX)[2] > 0)
             .count()
     }
+    /// The dispatches recorded for a step of `shape`, counted per kind (the first word of the
+    /// label: `matmul`, `gdn_recurrence`, ...), in order of first appearance.
+    pub fn recorded_kinds(&self, shape: StepShape) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = Vec::new();
+        for d in &self.dispatches {
+            if d.grid.counts(shape, u32::MAX)[2] == 0 {
+                continue;
+            }
+            let kind = d.label.split_whitespace().next().unwrap_or("").to_string();
+            match out.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => out.push((kind, 1)),
+            }
+        }
+        out
+    }
     pub fn is_empty(&self) -> bool {
         self.dispatches.is_empty()
     }

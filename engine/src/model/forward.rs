@@ -458,6 +458,45 @@ impl Builder<'_> {
                         .await?,
                     );
                 }
+                let z = Act::at(&ws.proj, pw, cd);
+                let fold_gated = self.fold_norms
+                    && pw % 4 == 0
+                    && cd % 4 == 0
+                    && crate::ops::matmul::folds_gated(g, out_proj, self.mt, d.v_head_dim);
+                let decode_tile = self.mt == crate::ops::matmul::MT_ONE
+                    || self.mt == crate::ops::matmul::MT_SMALL;
+                if !fold_gated
+                    && decode_tile
+                    && crate::ops::gdn::gated_recurrence()
+                    && crate::ops::gdn::gated_recurrence_layout(g, &d).is_some()
+                {
+                    // steps 6 and 7 in one dispatch (the bits of the two kernels below), then
+                    // step 8: out_proj, added to the residual stream.
+                    plan.extend_vec(
+                        crate::ops::gdn::gdn_recurrence_gated(
+                            g,
+                            &d,
+                            &ws.conv_out,
+                            &ws.gates,
+                            &st.ssm,
+                            &st.ssm_snap,
+                            z,
+                            gnorm,
+                            &ws.yn,
+                            self.step,
+                        )
+                        .await?,
+                    );
+                    self.mm(
+                        plan,
+                        out_proj,
+                        Act::new(&ws.yn, vd),
+                        Act::new(self.x, h),
+                        true,
+                    )
+                    .await?;
+                    return self.mlp(plan, layer).await;
+                }
                 // step 6: the delta-rule recurrence on the f32 state (snapshot after n_confirmed).
                 plan.extend_vec(
                     gdn_recurrence(
@@ -472,12 +511,7 @@ impl Builder<'_> {
                     )
                     .await?,
                 );
-                let z = Act::at(&ws.proj, pw, cd);
-                if self.fold_norms
-                    && pw % 4 == 0
-                    && cd % 4 == 0
-                    && crate::ops::matmul::folds_gated(g, out_proj, self.mt, d.v_head_dim)
-                {
+                if fold_gated {
                     // steps 7 and 8 in one dispatch: out_proj takes the gated norm (decode tiles).
                     plan.extend_vec(
                         crate::ops::matmul::matmul_gated(

@@ -472,6 +472,22 @@ impl Session {
         self.single.recorded(shape) + self.head.recorded(shape)
     }
 
+    /// [`Self::dispatches_per_token`] counted per kind (the first word of each label).
+    pub fn dispatch_kinds_per_token(&self) -> Vec<(String, usize)> {
+        let shape = StepShape {
+            n_tokens: 1,
+            n_out: 1,
+        };
+        let mut kinds = self.single.recorded_kinds(shape);
+        for (k, n) in self.head.recorded_kinds(shape) {
+            match kinds.iter_mut().find(|(q, _)| *q == k) {
+                Some((_, m)) => *m += n,
+                None => kinds.push((k, n)),
+            }
+        }
+        kinds
+    }
+
     /// Forgets the sequence.
     pub fn reset(&mut self) {
         let gpu = self.model.gpu.clone();

@@ -163,6 +163,10 @@ crate::gpu_struct! {
         /// workgroups per value head: ceil(Dv / rows per workgroup)
         blocks: u32,
         rows_cap: u32,
+        /// GATED only: z's row stride and column, the gated norm's epsilon
+        z_stride: u32,
+        z_col: u32,
+        eps: f32,
     }
 }
 
@@ -213,12 +217,19 @@ pub fn prep_defines() -> Defines {
 }
 
 pub fn recurrence_defines(lay: &RecurrenceLayout) -> Defines {
-    Defines::new()
+    let d = Defines::new()
         .set("PARAMS", <GdnRecurrenceParams as ParamStruct>::WGSL)
         .set("WG", lay.wg)
         .set("NV4", lay.nv4)
         .set("KQ", lay.kq)
+        .set("KQS", lay.kqs)
         .flag("SUBGROUPS", lay.subgroups)
+        .flag("GATED", lay.gated);
+    if lay.gated {
+        d.set("GN_WG", NORM_WG)
+    } else {
+        d
+    }
 }
 
 pub fn gated_norm_defines() -> Defines {
@@ -240,15 +251,24 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
             v.push(("gdn_conv_prep.wgsl", conv_prep_defines(wg)));
         }
     }
-    for dk in [32, 64, 128] {
+    for dk in [32u32, 64, 128] {
         for subgroups in [false, base.is_true("SUBGROUPS")] {
+            let kq = (dk / 2).div_ceil(REC_WG).max(1);
             let lay = RecurrenceLayout {
                 subgroups,
                 wg: REC_WG,
                 nv4: dk / 16,
-                kq: (dk / 2).div_ceil(REC_WG).max(1),
+                kq,
+                kqs: kq * REC_WG,
+                gated: false,
             };
             v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
+            for dv in [32, 64, 128] {
+                v.push((
+                    "gdn_recurrence.wgsl",
+                    recurrence_defines(&gated_layout(dk, dv, subgroups)),
+                ));
+            }
         }
     }
     v.dedup();
@@ -522,10 +542,62 @@ pub struct RecurrenceLayout {
     pub nv4: u32,
     /// vec4 slots of k|q each thread stages per step (ceil(Dk / 2 / wg)).
     pub kq: u32,
+    /// vec4 slots of one k|q staging buffer (at least Dk / 2, at most kq · wg).
+    pub kqs: u32,
+    /// The gated RMSNorm is applied before y is written (a workgroup holds a whole head).
+    pub gated: bool,
 }
 
 /// Threads per state row in the recurrence.
 pub const REC_LANES: u32 = 4;
+
+/// The layout of the gated variant for heads of `dk` × `dv`: one workgroup of 4·Dv threads per head.
+fn gated_layout(dk: u32, dv: u32, subgroups: bool) -> RecurrenceLayout {
+    let wg = REC_LANES * dv;
+    RecurrenceLayout {
+        subgroups,
+        wg,
+        nv4: dk / 16,
+        kq: (dk / 2).div_ceil(wg).max(1),
+        kqs: dk / 2,
+        gated: true,
+    }
+}
+
+static GATED_RECURRENCE: crate::ops::matmul::Switch =
+    crate::ops::matmul::Switch::new("QWGPU_GATED_RECURRENCE", true);
+
+/// Whether the decode tiles (1 and 2 tokens) run [`gdn_recurrence_gated`] (recurrence and gated
+/// norm in one dispatch: 48 fewer per 27B token) where [`gated_recurrence_layout`] allows it. On
+/// by default; `QWGPU_GATED_RECURRENCE=0` turns it off at start-up. Plans built after
+/// [`set_gated_recurrence`] follow the new setting. Prompt chunks keep the two kernels (many rows
+/// per call: the narrow workgroups of the plain recurrence keep more of the GPU busy).
+pub fn gated_recurrence() -> bool {
+    GATED_RECURRENCE.get()
+}
+
+/// See [`gated_recurrence`].
+pub fn set_gated_recurrence(on: bool) {
+    GATED_RECURRENCE.set(on)
+}
+
+/// The layout of [`gdn_recurrence_gated`] for `d` on `gpu`, or None where it does not fit: a
+/// workgroup of 4·Dv threads (at most the device's limit and 1024, at least gated_norm's 64), and
+/// its workgroup memory within the device's limit. The 27B (Dv 128): 48 workgroups of 512.
+pub fn gated_recurrence_layout(gpu: &Gpu, d: &GdnDims) -> Option<RecurrenceLayout> {
+    let (dk, dv) = (d.k_head_dim, d.v_head_dim);
+    let wg = REC_LANES * dv;
+    let max = gpu.limits.max_compute_invocations_per_workgroup.min(1024);
+    if dk % 16 != 0 || wg < NORM_WG || wg > max || dk / 2 > wg * 4 {
+        return None;
+    }
+    let base = recurrence_layout(gpu, d);
+    let (smax, smin) = (gpu.caps.subgroup_max_size, gpu.caps.subgroup_min_size);
+    let subgroups = base.subgroups && smax <= wg && smin > 0 && wg % smax == 0;
+    let lay = gated_layout(dk, dv, subgroups);
+    let shared = 2 * lay.kqs * 16 + 2 * wg * 4 + dv * 4 + NORM_WG * 4 + 4;
+    (shared <= gpu.limits.max_compute_workgroup_storage_size).then_some(lay)
+}
 
 impl RecurrenceLayout {
     /// Value rows per workgroup.
@@ -551,11 +623,14 @@ pub fn recurrence_layout(gpu: &Gpu, d: &GdnDims) -> RecurrenceLayout {
         && smin <= smax
         && smax <= REC_WG;
     let subgroups = usable && gpu.info.device_type == wgpu::DeviceType::Cpu;
+    let kq = (dk / 2).div_ceil(REC_WG).max(1);
     RecurrenceLayout {
         subgroups,
         wg: REC_WG,
         nv4: dk / 16,
-        kq: (dk / 2).div_ceil(REC_WG).max(1),
+        kq,
+        kqs: kq * REC_WG,
+        gated: false,
     }
 }
 
@@ -585,17 +660,67 @@ pub async fn gdn_recurrence(
     y: &GpuBuffer,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    const WHAT: &str = "gdn_recurrence";
+    recurrence_impl(gpu, d, conv_out, gates, state, snap, y, None, step).await
+}
+
+/// [`gdn_recurrence`] followed by [`gated_norm`] in one dispatch: `out` receives
+/// silu(z) · (weight ⊙ y / sqrt(mean(y²) + eps)) per (row, head), with the bits of the two kernels
+/// (tested). Only where [`gated_recurrence_layout`] holds (an error otherwise); `out` must not
+/// alias `z`.
+#[allow(clippy::too_many_arguments)]
+pub async fn gdn_recurrence_gated(
+    gpu: &Gpu,
+    d: &GdnDims,
+    conv_out: &GpuBuffer,
+    gates: &GpuBuffer,
+    state: &GpuBuffer,
+    snap: &GpuBuffer,
+    z: Act<'_>,
+    weight: &GpuBuffer,
+    out: &GpuBuffer,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    recurrence_impl(
+        gpu,
+        d,
+        conv_out,
+        gates,
+        state,
+        snap,
+        out,
+        Some((z, weight)),
+        step,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn recurrence_impl(
+    gpu: &Gpu,
+    d: &GdnDims,
+    conv_out: &GpuBuffer,
+    gates: &GpuBuffer,
+    state: &GpuBuffer,
+    snap: &GpuBuffer,
+    y: &GpuBuffer,
+    gated: Option<(Act<'_>, &GpuBuffer)>,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let what = if gated.is_some() {
+        "gdn_recurrence_gated"
+    } else {
+        "gdn_recurrence"
+    };
     d.check()?;
-    need(WHAT, "state", state, d.state_len())?;
-    need(WHAT, "snap", snap, d.state_len())?;
+    need(what, "state", state, d.state_len())?;
+    need(what, "snap", snap, d.state_len())?;
     let hv = d.n_v_heads;
     let rows_cap = buf_rows(conv_out, d.conv_dim())
         .min(buf_rows(gates, 2 * hv))
         .min(buf_rows(y, d.value_dim()));
     if d.k_head_dim % 16 != 0 || d.conv_dim() % 4 != 0 {
         return Err(bad(
-            WHAT,
+            what,
             format!(
                 "needs Dk % 16 == 0 and conv_dim % 4 == 0, got Dk {} and conv_dim {}",
                 d.k_head_dim,
@@ -603,7 +728,24 @@ pub async fn gdn_recurrence(
             ),
         ));
     }
-    let lay = recurrence_layout(gpu, d);
+    let (lay, rows_cap, z_stride, z_col) = match gated {
+        None => (recurrence_layout(gpu, d), rows_cap, 0, 0),
+        Some((z, weight)) => {
+            need(what, "weight", weight, d.v_head_dim as u64)?;
+            let lay = gated_recurrence_layout(gpu, d).ok_or_else(|| {
+                bad(
+                    what,
+                    format!(
+                        "a workgroup of {} threads for heads of Dv {} does not fit this device",
+                        REC_LANES * d.v_head_dim,
+                        d.v_head_dim
+                    ),
+                )
+            })?;
+            let zr = act_rows(what, "z", &z, d.value_dim())?;
+            (lay, rows_cap.min(zr), z.stride, z.col)
+        }
+    };
     let pipeline = gpu
         .pipeline("gdn_recurrence.wgsl", &recurrence_defines(&lay))
         .await?;
@@ -616,9 +758,12 @@ pub async fn gdn_recurrence(
         conv_dim: d.conv_dim(),
         blocks,
         rows_cap,
+        z_stride,
+        z_col,
+        eps: d.eps,
     };
     let u = gpu.uniform("gdn_recurrence.params", &params);
-    let res = [
+    let mut res = vec![
         u.whole(),
         step.binding(),
         conv_out.whole(),
@@ -627,8 +772,12 @@ pub async fn gdn_recurrence(
         snap.whole(),
         y.whole(),
     ];
+    if let Some((z, weight)) = gated {
+        res.push(z.buf.whole());
+        res.push(weight.whole());
+    }
     Ok(vec![gpu.dispatch(
-        WHAT,
+        what,
         &pipeline,
         &res,
         Grid::fixed(hv * blocks),

@@ -198,14 +198,14 @@ pub fn defines(base: &Defines, format: &WeightFormat, k: u32, opts: &MatmulOpts)
 
 /// A process-wide kernel switch: `default` unless the environment variable says `1`/`true` or
 /// `0`/`false` (read once); tests and the kernel lab flip it for plans built afterwards.
-struct Switch {
+pub(crate) struct Switch {
     var: &'static str,
     default: bool,
     cell: std::sync::OnceLock<std::sync::atomic::AtomicBool>,
 }
 
 impl Switch {
-    const fn new(var: &'static str, default: bool) -> Switch {
+    pub(crate) const fn new(var: &'static str, default: bool) -> Switch {
         Switch {
             var,
             default,
@@ -223,11 +223,11 @@ impl Switch {
         })
     }
 
-    fn get(&self) -> bool {
+    pub(crate) fn get(&self) -> bool {
         self.flag().load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn set(&self, on: bool) {
+    pub(crate) fn set(&self, on: bool) {
         self.flag().store(on, std::sync::atomic::Ordering::Relaxed)
     }
 }
