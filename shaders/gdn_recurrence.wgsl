@@ -25,6 +25,12 @@
 // exactly as gated_norm.wgsl does (GN_WG strided partial sums in order, then the same tree), so the
 // output has the bits of this kernel followed by gated_norm (tested), one dispatch fewer.
 //
+// PREP (with GATED): the q/k normalization and the gates of spec §4.6 steps 4-5 (gdn_prep.wgsl) are
+// done here too: conv_out holds the raw silu'd conv rows (the in_proj matmul's CONV epilogue wrote
+// them), each step's k and q are normalized where they are staged (GN_WG strided partial sums of
+// squares in channel order, then a tree, as gdn_conv_prep.wgsl does), and beta, g come from the
+// step's b, a columns of the projection rows. The same bits as gdn_conv_prep + this kernel (tested).
+//
 // Defines: WG (threads; R = WG / 4 rows), NV4 (= Dk / 16), KQ (vec4 of k|q each thread stages per
 // step: ceil(Dk / 2 / WG)), KQS (vec4 slots of one staging buffer: >= Dk / 2, at most KQ * WG),
 // SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size).
@@ -35,6 +41,15 @@
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> conv_out: array<vec4<f32>>;     // [T, conv_dim / 4] = q [Hk, Dk] | k [Hk, Dk] | v [Hv, Dv]
+#if PREP
+@group(0) @binding(3) var<storage, read_write> state: array<vec4<f32>>;  // [Hv, Dv, Dk / 4]
+@group(0) @binding(4) var<storage, read_write> snap: array<vec4<f32>>;   // [Hv, Dv, Dk / 4]
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;            // [T, Hv*Dv]
+@group(0) @binding(6) var<storage, read> z: array<f32>;                  // [T, z_stride]: z [Hv*Dv] at z_col, b [Hv] at b_col, a [Hv] at a_col
+@group(0) @binding(7) var<storage, read> gw: array<f32>;                 // [Dv] gated-norm weight
+@group(0) @binding(8) var<storage, read> a_log: array<f32>;              // [Hv]
+@group(0) @binding(9) var<storage, read> dt_bias: array<f32>;            // [Hv]
+#else
 @group(0) @binding(3) var<storage, read> gates: array<f32>;              // [T, 2*Hv] = beta [Hv] | g [Hv]
 @group(0) @binding(4) var<storage, read_write> state: array<vec4<f32>>;  // [Hv, Dv, Dk / 4]
 @group(0) @binding(5) var<storage, read_write> snap: array<vec4<f32>>;   // [Hv, Dv, Dk / 4]
@@ -42,6 +57,7 @@
 #if GATED
 @group(0) @binding(7) var<storage, read> z: array<f32>;                  // [T, z_stride], z [Hv*Dv] at z_col
 @group(0) @binding(8) var<storage, read> gw: array<f32>;                 // [Dv] gated-norm weight
+#endif
 #endif
 
 const WG: u32 = {{WG}}u;
@@ -56,6 +72,10 @@ var<workgroup> kq: array<vec4<f32>, 2u * KQS>;
 const GN_WG: u32 = {{GN_WG}}u;
 var<workgroup> gy: array<f32, R>;
 var<workgroup> gred: array<f32, GN_WG>;
+#endif
+#if PREP
+var<workgroup> qkred: array<f32, 2u * GN_WG>;
+#include "gdn_gates.wgsl"
 #endif
 #if SUBGROUPS
 var<workgroup> sg_count: atomic<u32>;
@@ -136,6 +156,44 @@ fn main(
         }
     }
 
+#if PREP
+    for (var t = 0u; t < T; t++) {
+        let buf = 0u;
+        // Stage row t's raw k|q (every read of the previous row's is behind this barrier).
+        workgroupBarrier();
+        for (var i = lid; i < KQS; i += WG) {
+            kq[i] = stage_load(t, T, kh, i);
+        }
+        workgroupBarrier();
+        // gdn_prep's normalization: threads [0, GN_WG) sum k's squares, [GN_WG, 2 GN_WG) q's.
+        if (lid < 2u * GN_WG) {
+            let half = (lid / GN_WG) * dk4;
+            var ss = 0.0;
+            for (var j = lid % GN_WG; j < p.dk; j += GN_WG) {
+                let xv = kq[half + j / 4u][j % 4u];
+                ss += xv * xv;
+            }
+            qkred[lid] = ss;
+        }
+        workgroupBarrier();
+        for (var stride = GN_WG / 2u; stride > 0u; stride >>= 1u) {
+            if (lid < 2u * GN_WG && lid % GN_WG < stride) { qkred[lid] += qkred[lid + stride]; }
+            workgroupBarrier();
+        }
+        let inv_k = inverseSqrt(qkred[0] / f32(p.dk) + p.qk_eps);
+        let inv_q = inverseSqrt(qkred[GN_WG] / f32(p.dk) + p.qk_eps);
+        for (var i = lid; i < 2u * dk4; i += WG) {
+            if (i < dk4) {
+                kq[i] = p.k_scale * (kq[i] * inv_k);
+            } else {
+                kq[i] = p.q_scale * (kq[i] * inv_q);
+            }
+        }
+        workgroupBarrier();
+        let v = conv_at(t * p.conv_dim + vcol);
+        let beta = sigmoid(z[t * p.z_stride + p.b_col + h]);
+        let g = decay_gate(z[t * p.z_stride + p.a_col + h], a_log[h], dt_bias[h]);
+#else
     // k|q of row 0 staged now, of row 1 held in registers; v, beta, g one row ahead.
     var pre: array<vec4<f32>, KQ>;
     for (var i = 0u; i < KQ; i++) {
@@ -169,6 +227,7 @@ fn main(
         for (var i = 0u; i < KQ; i++) {
             fut[i] = stage_load(t + 2u, T, kh, lid + i * WG);
         }
+#endif
 
         var acc = vec4<f32>(0.0);
         for (var j = 0u; j < NV4; j++) {
@@ -184,10 +243,12 @@ fn main(
         workgroupBarrier();
         let r0 = rloc * LANES;
         let m = (red_m[r0] + red_m[r0 + 1u]) + (red_m[r0 + 2u] + red_m[r0 + 3u]);
+#if !PREP
         // Stage row t+1's k|q: every read of this buffer (row t-1) is before the barrier above.
         for (var i = 0u; i < KQ; i++) {
             if (lid + i * WG < KQS) { kq[nbuf + lid + i * WG] = pre[i]; }
         }
+#endif
 #endif
         let delta = (v - m) * beta;
 
@@ -238,6 +299,7 @@ fn main(
                 snap[sbase + lane + LANES * j] = s[j];
             }
         }
+#if !PREP
 #if SUBGROUPS
         for (var i = 0u; i < KQ; i++) {
             if (lid + i * WG < KQS) { kq[nbuf + lid + i * WG] = pre[i]; }
@@ -245,6 +307,7 @@ fn main(
         workgroupBarrier();
 #endif
         pre = fut;
+#endif
     }
 
     if (live) {

@@ -21,7 +21,15 @@
 // span two groups: on such devices the host builds the tree variant.
 //
 // Defines: WG, ROWS (rows per workgroup = G * RG), RG (rows per group), MT (tokens per tile),
-// TOKENS, ADD, SWIGLU, NORM, GATED, XFIX (Q4 only, not with GATED), Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16, SUBGROUPS.
+// TOKENS, ADD, SWIGLU, NORM, GATED, XFIX (Q4 only, not with GATED), CONV (with NORM, not with ADD or
+// SWIGLU), Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16, SUBGROUPS.
+//
+// CONV: the causal conv + silu of a Gated-DeltaNet layer (spec §4.6 steps 2-3) in the epilogue of
+// its input projection: output columns row0 + row below conv_dim are conv channels, and the thread
+// that owns a row convolves its T values (all of the step's rows are in one tile: decode tiles
+// only) with the channel's conv state, writes silu(conv) to conv_out, and updates the state and its
+// snapshot, with gdn_conv_prep.wgsl's arithmetic (the same bits, tested). The raw values still go
+// to y. No other workgroup touches the channel, so nothing races.
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -35,6 +43,13 @@
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;      // [T, y_stride]
 #if NORM
 @group(0) @binding(7) var<storage, read> nw: array<vec4<f32>>;     // [k / 4] RMSNorm weight
+#endif
+#if CONV
+@group(0) @binding(8) var<storage, read> conv_w: array<f32>;           // [conv_dim, taps]
+@group(0) @binding(9) var<storage, read_write> conv_state: array<f32>; // [taps - 1, conv_dim], oldest row first
+@group(0) @binding(10) var<storage, read_write> conv_snap: array<f32>; // [taps - 1, conv_dim]
+@group(0) @binding(11) var<storage, read_write> conv_out: array<f32>;  // [T, conv_dim] = silu(conv)
+const KMAX: u32 = {{KMAX}}u;
 #endif
 #if GATED
 @group(0) @binding(7) var<storage, read> gw: array<vec4<f32>>;     // [dv / 4] gated-norm weight
@@ -450,5 +465,56 @@ fn main(
 #endif
         }
     }
+#if CONV
+    // The conv channels among this group's rows: one thread per row, the step's T values in order.
+    if (wid.z == 0u && lane < RG) {
+        let row = rb + lane;
+        let c = p.row0 + row;
+        if (row < p.n && c < p.conv_dim && T > 0u) {
+            let ks = p.taps - 1u;
+            // x_at(j) of gdn_conv_prep: the old state's K-1 values (from the snapshot after a
+            // rejected draft), then the step's raw values.
+            var xs_: array<f32, 16>;
+            for (var j = 0u; j < ks; j++) {
+                if (step.rollback != 0u) {
+                    xs_[j] = conv_snap[j * p.conv_dim + c];
+                } else {
+                    xs_[j] = conv_state[j * p.conv_dim + c];
+                }
+            }
+#for T MT
+            {
+                var v = red[(rg0 + lane * MT + {{T}}u) * LANES];
+#if NORM
+                v = v * inv{{T}};
+#endif
+                xs_[ks + {{T}}u] = v;
+            }
+#endfor
+            var wk: array<f32, KMAX>;
+            for (var k = 0u; k < KMAX; k++) {
+                wk[k] = 0.0;
+                if (k < p.taps) { wk[k] = conv_w[c * p.taps + k]; }
+            }
+            let tt = min(T, MT);
+            for (var t = 0u; t < tt; t++) {
+                var acc = 0.0;
+                for (var k = 0u; k < KMAX; k++) {
+                    if (k < p.taps) { acc += xs_[t + k] * wk[k]; }
+                }
+                conv_out[t * p.conv_dim + c] = silu(acc);
+            }
+            let nc = step.n_confirmed;
+            if (nc > 0u && nc < tt) {
+                for (var j = 0u; j < ks; j++) {
+                    conv_snap[j * p.conv_dim + c] = xs_[nc + j];
+                }
+            }
+            for (var j = 0u; j < ks; j++) {
+                conv_state[j * p.conv_dim + c] = xs_[tt + j];
+            }
+        }
+    }
+#endif
 #endif
 }

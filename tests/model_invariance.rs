@@ -229,3 +229,71 @@ fn merged_projections_give_the_bits_of_separate_ones() {
     }
     assert!(merged_somewhere, "no fixture had projections to merge");
 }
+
+#[test]
+fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
+    // The decode tiles run a Gated-DeltaNet layer's steps 1-7 in two dispatches (the conv in the
+    // input projection's epilogue, then q/k normalization, gates, delta rule and gated norm in
+    // one recurrence dispatch) where the device allows it. That must give the bits of the
+    // separate kernels (gdn_conv_prep, gdn_recurrence, gated_norm): logits of a 2-row verify
+    // and a 1-row decode, every state buffer, and the MTP loop's steps (with a rejected draft
+    // rolled back), on every fixture. Plans follow the switches when built, and both settings
+    // give the same bits, so other tests running meanwhile are unaffected.
+    use qwgpu_engine::ops::gdn::{set_fused_gdn, set_gated_recurrence};
+    let mut fused_somewhere = false;
+    for name in fixture_names() {
+        let r = load_reference(&name);
+        let dir = fixtures_dir().join(&name);
+        let model = Arc::new(
+            Model::load(gpu(), &dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}")),
+        );
+        let run = |fused: bool| {
+            set_fused_gdn(fused);
+            set_gated_recurrence(fused);
+            let s = pollster::block_on(Session::new(
+                model.clone(),
+                SessionOptions {
+                    max_ctx: 256,
+                    prefill_chunk: 64,
+                    speculative: true,
+                },
+            ));
+            set_fused_gdn(true);
+            set_gated_recurrence(true);
+            let mut s = s.unwrap();
+            let dispatches = s.dispatches_per_token();
+            let (prompt, next) = (&r.prompts[3][..150], r.greedy[3][0]);
+            pollster::block_on(s.prefill(&prompt[..148])).unwrap();
+            let two = pollster::block_on(s.forward_rows_logits(&prompt[148..])).unwrap();
+            let one = pollster::block_on(s.forward_logits(&[next])).unwrap();
+            let mut states = pollster::block_on(s.read_state()).unwrap();
+            let mut mtp = Vec::new();
+            if model.has_mtp() {
+                s.reset();
+                pollster::block_on(s.prefill_with(&prompt[..149], Some(prompt[149]))).unwrap();
+                let first = pollster::block_on(s.mtp_first(prompt[149])).unwrap();
+                mtp.push(format!("{first:?}"));
+                for _ in 0..6 {
+                    let step = pollster::block_on(s.mtp_verify()).unwrap();
+                    mtp.push(format!("{step:?}"));
+                    let l = pollster::block_on(s.mtp_logits()).unwrap();
+                    states.push(l);
+                }
+                states.extend(pollster::block_on(s.read_state()).unwrap());
+            }
+            (dispatches, two, one, states, mtp)
+        };
+        let (a, b) = (run(true), run(false));
+        assert!(a.0 <= b.0, "{name}: {} dispatches fused, {} not", a.0, b.0);
+        fused_somewhere |= a.0 < b.0;
+        assert_bits_eq(&format!("{name}: 2-row logits, fused vs not"), &a.1, &b.1);
+        assert_bits_eq(&format!("{name}: 1-row logits, fused vs not"), &a.2, &b.2);
+        assert_eq!(a.3.len(), b.3.len());
+        for (i, (x, y)) in a.3.iter().zip(&b.3).enumerate() {
+            assert_bits_eq(&format!("{name}: state / MTP logits {i}, fused vs not"), x, y);
+        }
+        assert_eq!(a.4, b.4, "{name}: MTP steps, fused vs not");
+        println!("{name}: {} dispatches per token fused, {} not", a.0, b.0);
+    }
+    assert!(fused_somewhere, "no fixture ran the fused Gated-DeltaNet path");
+}

@@ -392,6 +392,82 @@ impl Builder<'_> {
                 let (cd, vd, hv) = (cfg.conv_dim() as u32, cfg.value_dim() as u32, d.n_v_heads);
                 // spec §4.6 step 1: the four input projections qkv | z | b | a, side by side in
                 // `proj` (columns 0, cd, cd + vd, cd + vd + hv).
+                let decode_tile = self.mt == crate::ops::matmul::MT_ONE
+                    || self.mt == crate::ops::matmul::MT_SMALL;
+                if let (Some((norm_w, eps)), true) = (xn.norm, decode_tile) {
+                    if crate::ops::gdn::fused_gdn()
+                        && in_proj.n() == cd + vd + 2 * hv
+                        && d.conv_kernel <= crate::ops::gdn::CONV_KMAX
+                        && in_proj
+                            .mats
+                            .iter()
+                            .all(|m| crate::ops::matmul::folds_conv(g, m, self.mt))
+                        && crate::ops::gdn::gated_recurrence_layout(g, &d).is_some()
+                        && g.limits.max_storage_buffers_per_shader_stage
+                            >= crate::ops::gdn::FUSED_RECURRENCE_STORAGE_BUFFERS
+                    {
+                        // Steps 1-3 in the input projection (the conv in its epilogue), steps
+                        // 4-7 in one dispatch (the bits of the kernels below), then step 8.
+                        let conv = crate::ops::matmul::ConvFold {
+                            conv_w: conv1d,
+                            state: &st.conv,
+                            snap: &st.conv_snap,
+                            out: &ws.conv_out,
+                            conv_dim: cd,
+                            taps: d.conv_kernel,
+                        };
+                        let mut col = 0;
+                        for m in &in_proj.mats {
+                            let y = Act::at(&ws.proj, pw, col);
+                            let opts = MatmulOpts {
+                                rows: Rows::Tokens,
+                                add: false,
+                                mt: self.mt,
+                                swiglu: false,
+                            };
+                            let ds = if col < cd {
+                                crate::ops::matmul::matmul_normed_conv(
+                                    g, m, xn.x, norm_w, eps, y, conv, self.step, opts,
+                                )
+                                .await?
+                            } else {
+                                crate::ops::matmul::matmul_normed(
+                                    g, m, xn.x, norm_w, eps, y, self.step, opts,
+                                )
+                                .await?
+                            };
+                            plan.extend_vec(ds);
+                            col += m.n;
+                        }
+                        plan.extend_vec(
+                            crate::ops::gdn::gdn_recurrence_fused(
+                                g,
+                                &d,
+                                &ws.conv_out,
+                                &st.ssm,
+                                &st.ssm_snap,
+                                Act::at(&ws.proj, pw, cd),
+                                cd + vd,
+                                cd + vd + hv,
+                                a_log,
+                                dt_bias,
+                                gnorm,
+                                &ws.yn,
+                                self.step,
+                            )
+                            .await?,
+                        );
+                        self.mm(
+                            plan,
+                            out_proj,
+                            Act::new(&ws.yn, vd),
+                            Act::new(self.x, h),
+                            true,
+                        )
+                        .await?;
+                        return self.mlp(plan, layer).await;
+                    }
+                }
                 self.mm_side_by_side(
                     plan,
                     in_proj,
@@ -463,8 +539,6 @@ impl Builder<'_> {
                     && pw % 4 == 0
                     && cd % 4 == 0
                     && crate::ops::matmul::folds_gated(g, out_proj, self.mt, d.v_head_dim);
-                let decode_tile = self.mt == crate::ops::matmul::MT_ONE
-                    || self.mt == crate::ops::matmul::MT_SMALL;
                 if !fold_gated
                     && decode_tile
                     && crate::ops::gdn::gated_recurrence()

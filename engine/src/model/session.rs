@@ -278,8 +278,7 @@ impl Session {
                 max_ctx,
                 x: &ws.x,
                 // With an MTP head the verify tile takes the folded norms too (row 0 of a verify
-                // must equal a decode): cheap on the register kernel, which holds x anyway; on the
-                // staged kernel they cost the verify more than they save.
+                // must equal a decode; see fold_norms_with_mtp).
                 fold_norms: !speculative || crate::ops::matmul::fold_norms_with_mtp(&gpu),
             };
             let plans = (

@@ -167,6 +167,13 @@ crate::gpu_struct! {
         z_stride: u32,
         z_col: u32,
         eps: f32,
+        /// PREP only: the b and a columns of the projection rows (stride z_stride), and the q/k
+        /// normalization constants ([`qk_norm_constants`])
+        b_col: u32,
+        a_col: u32,
+        q_scale: f32,
+        k_scale: f32,
+        qk_eps: f32,
     }
 }
 
@@ -224,7 +231,8 @@ pub fn recurrence_defines(lay: &RecurrenceLayout) -> Defines {
         .set("KQ", lay.kq)
         .set("KQS", lay.kqs)
         .flag("SUBGROUPS", lay.subgroups)
-        .flag("GATED", lay.gated);
+        .flag("GATED", lay.gated)
+        .flag("PREP", lay.prep);
     if lay.gated {
         d.set("GN_WG", NORM_WG)
     } else {
@@ -261,13 +269,17 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 kq,
                 kqs: kq * REC_WG,
                 gated: false,
+                prep: false,
             };
             v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
             for dv in [32, 64, 128] {
-                v.push((
-                    "gdn_recurrence.wgsl",
-                    recurrence_defines(&gated_layout(dk, dv, subgroups)),
-                ));
+                for prep in [false, true] {
+                    let lay = RecurrenceLayout {
+                        prep,
+                        ..gated_layout(dk, dv, subgroups)
+                    };
+                    v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
+                }
             }
         }
     }
@@ -546,6 +558,8 @@ pub struct RecurrenceLayout {
     pub kqs: u32,
     /// The gated RMSNorm is applied before y is written (a workgroup holds a whole head).
     pub gated: bool,
+    /// (With `gated`) the q/k normalization and the gates are done here too.
+    pub prep: bool,
 }
 
 /// Threads per state row in the recurrence.
@@ -561,6 +575,7 @@ fn gated_layout(dk: u32, dv: u32, subgroups: bool) -> RecurrenceLayout {
         kq: (dk / 2).div_ceil(wg).max(1),
         kqs: dk / 2,
         gated: true,
+        prep: false,
     }
 }
 
@@ -581,6 +596,24 @@ pub fn set_gated_recurrence(on: bool) {
     GATED_RECURRENCE.set(on)
 }
 
+static FUSED_GDN: crate::ops::matmul::Switch =
+    crate::ops::matmul::Switch::new("QWGPU_FUSED_GDN", true);
+
+/// Whether the decode tiles run a Gated-DeltaNet layer's steps 1-7 in two dispatches where the
+/// device allows it: the input projection with the conv in its epilogue
+/// ([`crate::ops::matmul::matmul_normed_conv`]) and [`gdn_recurrence_fused`] (48 fewer dispatches
+/// per 27B token than [`gated_recurrence`] alone, the same bits). Needs the folded input norm. On
+/// by default; `QWGPU_FUSED_GDN=0` turns it off at start-up; plans built after
+/// [`set_fused_gdn`] follow the new setting.
+pub fn fused_gdn() -> bool {
+    FUSED_GDN.get()
+}
+
+/// See [`fused_gdn`].
+pub fn set_fused_gdn(on: bool) {
+    FUSED_GDN.set(on)
+}
+
 /// The layout of [`gdn_recurrence_gated`] for `d` on `gpu`, or None where it does not fit: a
 /// workgroup of 4·Dv threads (at most the device's limit and 1024, at least gated_norm's 64), and
 /// its workgroup memory within the device's limit. The 27B (Dv 128): 48 workgroups of 512.
@@ -595,7 +628,8 @@ pub fn gated_recurrence_layout(gpu: &Gpu, d: &GdnDims) -> Option<RecurrenceLayou
     let (smax, smin) = (gpu.caps.subgroup_max_size, gpu.caps.subgroup_min_size);
     let subgroups = base.subgroups && smax <= wg && smin > 0 && wg % smax == 0;
     let lay = gated_layout(dk, dv, subgroups);
-    let shared = 2 * lay.kqs * 16 + 2 * wg * 4 + dv * 4 + NORM_WG * 4 + 4;
+    // (kq, red_m / red_o, gy, gred, qkred, sg_count)
+    let shared = 2 * lay.kqs * 16 + 2 * wg * 4 + dv * 4 + 3 * NORM_WG * 4 + 4;
     (shared <= gpu.limits.max_compute_workgroup_storage_size).then_some(lay)
 }
 
@@ -631,6 +665,7 @@ pub fn recurrence_layout(gpu: &Gpu, d: &GdnDims) -> RecurrenceLayout {
         kq,
         kqs: kq * REC_WG,
         gated: false,
+        prep: false,
     }
 }
 
@@ -660,8 +695,85 @@ pub async fn gdn_recurrence(
     y: &GpuBuffer,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    recurrence_impl(gpu, d, conv_out, gates, state, snap, y, None, step).await
+    recurrence_impl(
+        gpu,
+        d,
+        conv_out,
+        Some(gates),
+        state,
+        snap,
+        y,
+        RecOut::Plain,
+        step,
+    )
+    .await
 }
+
+/// What the recurrence does around the delta rule: nothing, the gated norm of its rows
+/// ([`gdn_recurrence_gated`]), or also the q/k normalization and the gates
+/// ([`gdn_recurrence_fused`]).
+#[derive(Clone, Copy)]
+enum RecOut<'a> {
+    Plain,
+    Gated {
+        z: Act<'a>,
+        weight: &'a GpuBuffer,
+    },
+    Fused {
+        z: Act<'a>,
+        b_col: u32,
+        a_col: u32,
+        a_log: &'a GpuBuffer,
+        dt_bias: &'a GpuBuffer,
+        weight: &'a GpuBuffer,
+    },
+}
+
+/// The whole Gated-DeltaNet step after the conv in one dispatch (spec §4.6 steps 4-7): the q/k
+/// normalization and the gates (`gdn_prep`), the delta rule and the gated norm, from the raw
+/// silu'd conv rows (`conv_out`, as the in_proj matmul's conv epilogue writes them) and the
+/// projection rows `z` (z at `z.col`, b at `b_col`, a at `a_col`, one stride). `out` receives the
+/// normalized, gated rows: the bits of `gdn_conv_prep` + [`gdn_recurrence`] + [`gated_norm`]
+/// (tested). Only where [`gated_recurrence_layout`] holds and the device binds 9 storage buffers.
+#[allow(clippy::too_many_arguments)]
+pub async fn gdn_recurrence_fused(
+    gpu: &Gpu,
+    d: &GdnDims,
+    conv_out: &GpuBuffer,
+    state: &GpuBuffer,
+    snap: &GpuBuffer,
+    z: Act<'_>,
+    b_col: u32,
+    a_col: u32,
+    a_log: &GpuBuffer,
+    dt_bias: &GpuBuffer,
+    weight: &GpuBuffer,
+    out: &GpuBuffer,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    recurrence_impl(
+        gpu,
+        d,
+        conv_out,
+        None,
+        state,
+        snap,
+        out,
+        RecOut::Fused {
+            z,
+            b_col,
+            a_col,
+            a_log,
+            dt_bias,
+            weight,
+        },
+        step,
+    )
+    .await
+}
+
+/// Storage buffers [`gdn_recurrence_fused`] binds.
+pub const FUSED_RECURRENCE_STORAGE_BUFFERS: u32 = 9;
 
 /// [`gdn_recurrence`] followed by [`gated_norm`] in one dispatch: `out` receives
 /// silu(z) · (weight ⊙ y / sqrt(mean(y²) + eps)) per (row, head), with the bits of the two kernels
@@ -684,11 +796,11 @@ pub async fn gdn_recurrence_gated(
         gpu,
         d,
         conv_out,
-        gates,
+        Some(gates),
         state,
         snap,
         out,
-        Some((z, weight)),
+        RecOut::Gated { z, weight },
         step,
     )
     .await
@@ -699,24 +811,24 @@ async fn recurrence_impl(
     gpu: &Gpu,
     d: &GdnDims,
     conv_out: &GpuBuffer,
-    gates: &GpuBuffer,
+    gates: Option<&GpuBuffer>,
     state: &GpuBuffer,
     snap: &GpuBuffer,
     y: &GpuBuffer,
-    gated: Option<(Act<'_>, &GpuBuffer)>,
+    mode: RecOut<'_>,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    let what = if gated.is_some() {
-        "gdn_recurrence_gated"
-    } else {
-        "gdn_recurrence"
+    let what = match mode {
+        RecOut::Plain => "gdn_recurrence",
+        RecOut::Gated { .. } => "gdn_recurrence_gated",
+        RecOut::Fused { .. } => "gdn_recurrence_fused",
     };
     d.check()?;
     need(what, "state", state, d.state_len())?;
     need(what, "snap", snap, d.state_len())?;
     let hv = d.n_v_heads;
     let rows_cap = buf_rows(conv_out, d.conv_dim())
-        .min(buf_rows(gates, 2 * hv))
+        .min(gates.map_or(u32::MAX, |g| buf_rows(g, 2 * hv)))
         .min(buf_rows(y, d.value_dim()));
     if d.k_head_dim % 16 != 0 || d.conv_dim() % 4 != 0 {
         return Err(bad(
@@ -728,54 +840,103 @@ async fn recurrence_impl(
             ),
         ));
     }
-    let (lay, rows_cap, z_stride, z_col) = match gated {
-        None => (recurrence_layout(gpu, d), rows_cap, 0, 0),
-        Some((z, weight)) => {
+    let gated_lay = || {
+        gated_recurrence_layout(gpu, d).ok_or_else(|| {
+            bad(
+                what,
+                format!(
+                    "a workgroup of {} threads for heads of Dv {} does not fit this device",
+                    REC_LANES * d.v_head_dim,
+                    d.v_head_dim
+                ),
+            )
+        })
+    };
+    let (q_scale, k_scale, qk_eps) = qk_norm_constants(d.k_head_dim);
+    let mut params = GdnRecurrenceParams {
+        n_k_heads: d.n_k_heads,
+        n_v_heads: hv,
+        dk: d.k_head_dim,
+        dv: d.v_head_dim,
+        conv_dim: d.conv_dim(),
+        blocks: 1,
+        rows_cap,
+        z_stride: 0,
+        z_col: 0,
+        eps: d.eps,
+        b_col: 0,
+        a_col: 0,
+        q_scale,
+        k_scale,
+        qk_eps,
+    };
+    let mut res = vec![step.binding(), conv_out.whole()];
+    let lay = match mode {
+        RecOut::Plain => {
+            let g = gates.ok_or_else(|| bad(what, "no gates buffer"))?;
+            res.extend([g.whole(), state.whole(), snap.whole(), y.whole()]);
+            recurrence_layout(gpu, d)
+        }
+        RecOut::Gated { z, weight } => {
             need(what, "weight", weight, d.v_head_dim as u64)?;
-            let lay = gated_recurrence_layout(gpu, d).ok_or_else(|| {
-                bad(
-                    what,
-                    format!(
-                        "a workgroup of {} threads for heads of Dv {} does not fit this device",
-                        REC_LANES * d.v_head_dim,
-                        d.v_head_dim
-                    ),
-                )
-            })?;
-            let zr = act_rows(what, "z", &z, d.value_dim())?;
-            (lay, rows_cap.min(zr), z.stride, z.col)
+            let g = gates.ok_or_else(|| bad(what, "no gates buffer"))?;
+            params.rows_cap = params.rows_cap.min(act_rows(what, "z", &z, d.value_dim())?);
+            params.z_stride = z.stride;
+            params.z_col = z.col;
+            res.extend([
+                g.whole(),
+                state.whole(),
+                snap.whole(),
+                y.whole(),
+                z.buf.whole(),
+                weight.whole(),
+            ]);
+            gated_lay()?
+        }
+        RecOut::Fused {
+            z,
+            b_col,
+            a_col,
+            a_log,
+            dt_bias,
+            weight,
+        } => {
+            need(what, "weight", weight, d.v_head_dim as u64)?;
+            need(what, "a_log", a_log, hv as u64)?;
+            need(what, "dt_bias", dt_bias, hv as u64)?;
+            if gpu.limits.max_storage_buffers_per_shader_stage < FUSED_RECURRENCE_STORAGE_BUFFERS {
+                return Err(bad(what, "the device binds too few storage buffers"));
+            }
+            let rows = act_rows(what, "z", &z, d.value_dim())?
+                .min(act_rows(what, "b", &Act::at(z.buf, z.stride, b_col), hv)?)
+                .min(act_rows(what, "a", &Act::at(z.buf, z.stride, a_col), hv)?);
+            params.rows_cap = params.rows_cap.min(rows);
+            params.z_stride = z.stride;
+            params.z_col = z.col;
+            params.b_col = b_col;
+            params.a_col = a_col;
+            res.extend([
+                state.whole(),
+                snap.whole(),
+                y.whole(),
+                z.buf.whole(),
+                weight.whole(),
+                a_log.whole(),
+                dt_bias.whole(),
+            ]);
+            RecurrenceLayout {
+                prep: true,
+                ..gated_lay()?
+            }
         }
     };
     let pipeline = gpu
         .pipeline("gdn_recurrence.wgsl", &recurrence_defines(&lay))
         .await?;
     let blocks = d.v_head_dim.div_ceil(lay.rows());
-    let params = GdnRecurrenceParams {
-        n_k_heads: d.n_k_heads,
-        n_v_heads: hv,
-        dk: d.k_head_dim,
-        dv: d.v_head_dim,
-        conv_dim: d.conv_dim(),
-        blocks,
-        rows_cap,
-        z_stride,
-        z_col,
-        eps: d.eps,
-    };
+    params.blocks = blocks;
     let u = gpu.uniform("gdn_recurrence.params", &params);
-    let mut res = vec![
-        u.whole(),
-        step.binding(),
-        conv_out.whole(),
-        gates.whole(),
-        state.whole(),
-        snap.whole(),
-        y.whole(),
-    ];
-    if let Some((z, weight)) = gated {
-        res.push(z.buf.whole());
-        res.push(weight.whole());
-    }
+    res.insert(0, u.whole());
     Ok(vec![gpu.dispatch(
         what,
         &pipeline,
