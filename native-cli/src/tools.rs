@@ -316,6 +316,13 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         eos: vec![],
         ignore_eos: true,
     };
+    // `--mtp on` speculates whatever the acceptance; `auto` with the adaptive policy (it falls
+    // back to plain decoding when the measured break-even is not met).
+    let policy = if matches!(a.mtp, crate::run::MtpMode::On) {
+        MtpOptions::always()
+    } else {
+        MtpOptions::adaptive(&session)
+    };
     let (mut plain, mut spec) = (Series::default(), Series::default());
     // Plain and MTP trials alternate, so both see the same machine state.
     let modes: &[bool] = if with_mtp { &[false, true] } else { &[false] };
@@ -340,7 +347,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                     &mut session,
                     &prompt,
                     &opts,
-                    &MtpOptions::always(),
+                    &policy,
                     &mut on,
                 ))
                 .map_err(|e| e.to_string())?;
@@ -435,6 +442,11 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         if let Some(f) = a.force_accept {
             sj["forced_acceptance"] = f.into();
         }
+        sj["policy"] = if policy.adaptive { "adaptive" } else { "always" }.into();
+        if let Some((p, v)) = session.mtp_costs() {
+            sj["measured_ms"] = serde_json::json!({"plain_step": p * 1e3, "verify_iteration": v * 1e3});
+            sj["break_even_acceptance"] = session.mtp_break_even_measured().into();
+        }
         j["mtp_decode"] = sj;
     }
     if let Some((one, two, mtp)) = profile {
@@ -518,6 +530,16 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             "MTP drift         {:+.1}% (last 3 vs first 3)",
             spec.summary()["drift_pct"].as_f64().unwrap_or(0.0)
         );
+        match session.mtp_costs() {
+            Some((p, v)) if policy.adaptive => println!(
+                "MTP policy        adaptive: plain step {:.2} ms, verify iteration {:.2} ms measured, break-even acceptance {:.0}%",
+                p * 1e3,
+                v * 1e3,
+                100.0 * session.mtp_break_even_measured()
+            ),
+            _ if policy.adaptive => println!("MTP policy        adaptive"),
+            _ => println!("MTP policy        always (--mtp on)"),
+        }
     }
     let kinds: Vec<String> = session
         .dispatch_kinds_per_token()

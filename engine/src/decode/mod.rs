@@ -93,10 +93,12 @@ pub(crate) async fn plain_steps(
     mut prompt_done: bool,
 ) -> Result<Finish, RunError> {
     loop {
-        // Submit the step after the pending one when its token can still be emitted (and, while
-        // a step is pending anyway, only when it fits: a full context errors only when the
-        // token is actually needed).
-        if out.len() + session.pending() < opts.max_tokens
+        // Keep one step submitted ahead of the one being read (two when the loop starts with
+        // none pending, e.g. after MTP speculation stopped), while its token can still be
+        // emitted (and, while a step is pending anyway, only when it fits: a full context
+        // errors only when the token is actually needed).
+        while session.pending() < 2
+            && out.len() + session.pending() < opts.max_tokens
             && (session.pending() == 0 || session.has_room(1))
         {
             session.decode_ahead()?;

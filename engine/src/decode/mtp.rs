@@ -31,6 +31,9 @@ pub struct MtpOptions {
     pub adaptive: bool,
     pub probe: u64,
     pub min_acceptance: f64,
+    /// (Adaptive) use the session's measured break-even instead of `min_acceptance`, measuring
+    /// it first when the session has not yet ([`Session::calibrate_mtp`], on an empty context).
+    pub measured: bool,
 }
 
 impl MtpOptions {
@@ -40,14 +43,19 @@ impl MtpOptions {
             adaptive: false,
             probe: 0,
             min_acceptance: 0.0,
+            measured: false,
         }
     }
-    /// Speculate while it pays off for this session's model (`--mtp auto`).
+    /// Speculate while it pays off for this session's model on this device (`--mtp auto`): the
+    /// break-even acceptance comes from the session's measured step costs
+    /// ([`Session::calibrate_mtp`], run by the first adaptive request on an empty context),
+    /// else from [`Session::mtp_break_even`]'s model.
     pub fn adaptive(session: &Session) -> Self {
         MtpOptions {
             adaptive: true,
             probe: 16,
-            min_acceptance: session.mtp_break_even(),
+            min_acceptance: session.mtp_break_even_measured(),
+            measured: true,
         }
     }
 }
@@ -86,6 +94,17 @@ pub async fn generate_mtp_in_context(
     let Some((&last, head)) = rest.split_last() else {
         return Err(RunError::Empty);
     };
+    // The adaptive policy's break-even: measured on this device once per session (on an empty
+    // context, before the request; the context is left empty).
+    let mut min_acceptance = policy.min_acceptance;
+    if policy.adaptive && policy.measured {
+        if session.mtp_costs().is_none() && in_context == 0 && session.pos() == 0 {
+            session.calibrate_mtp(8).await?;
+        }
+        if session.mtp_costs().is_some() {
+            min_acceptance = session.mtp_break_even_measured();
+        }
+    }
     session.start_request(prompt)?;
     if opts.max_tokens == 0 {
         session.prefill(rest).await?;
@@ -104,7 +123,7 @@ pub async fn generate_mtp_in_context(
     loop {
         if policy.adaptive
             && stats.drafted >= policy.probe
-            && stats.acceptance() < policy.min_acceptance
+            && stats.acceptance() < min_acceptance
         {
             // Not paying off: take the queued iteration's tokens, then continue with plain steps
             // (a pending rollback is applied first, and the last emitted token is already the

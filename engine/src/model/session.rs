@@ -235,6 +235,9 @@ pub struct Session {
     rollback_pending: bool,
     /// The MTP cache holds an entry for every confirmed position (false after plain decoding).
     mtp_synced: bool,
+    /// Seconds per plain decode step and per MTP verify iteration on this device, both queued
+    /// one ahead (see [`Session::calibrate_mtp`]).
+    mtp_costs: Option<(f64, f64)>,
 }
 
 /// What a submitted, unread step reads back.
@@ -450,6 +453,7 @@ impl Session {
             force_accept: None,
             rollback_pending: false,
             mtp_synced: true,
+            mtp_costs: None,
         })
     }
 
@@ -543,6 +547,104 @@ impl Session {
             .map_or(0.0, |m| (m.fc.bytes() + m.layer.bytes()) as f64);
         let backbone_only = backbone - mtp_layers;
         VERIFY_OVERHEAD + (mtp_layers + lm) / (backbone_only + lm).max(1.0)
+    }
+
+    /// The measured (seconds per plain step, seconds per verify iteration) of this session, once
+    /// [`Session::calibrate_mtp`] has run.
+    pub fn mtp_costs(&self) -> Option<(f64, f64)> {
+        self.mtp_costs
+    }
+
+    /// The acceptance rate below which speculation is slower than plain decoding, from the
+    /// measured step costs when there are some ([`Session::calibrate_mtp`]: a verify iteration
+    /// emits 1 + acceptance tokens, a plain step one), else [`Session::mtp_break_even`]'s model.
+    pub fn mtp_break_even_measured(&self) -> f64 {
+        match self.mtp_costs {
+            Some((plain, verify)) if plain > 0.0 && verify > 0.0 => {
+                (verify / plain - 1.0).clamp(0.0, 1.0)
+            }
+            _ => self.mtp_break_even(),
+        }
+    }
+
+    /// Measures what a plain decode step and an MTP verify iteration cost on this device, each
+    /// queued one ahead as the decode loops run them (the median of `steps` after two warm-up
+    /// steps), for the adaptive policy ([`Session::mtp_break_even_measured`]). Greedy; runs on
+    /// an empty context and leaves it empty ([`Session::reset`]): call it before a request.
+    /// A no-op without an MTP head, on a non-empty context, with a context of fewer than 64
+    /// positions, or where the host has no clock (wasm).
+    pub async fn calibrate_mtp(&mut self, steps: usize) -> Result<(), RunError> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = steps;
+            Ok(())
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let steps = steps.max(1);
+            if self.mtp.is_none()
+                || self.state.pos != 0
+                || !self.pending.is_empty()
+                || self.state.max_ctx < (6 * steps as u32 + 16).max(64)
+            {
+                return Ok(());
+            }
+            let sampling = self.sampling;
+            let forced = self.force_accept;
+            // Greedy, with the drafts accepted half of the time (the cost does not depend on
+            // the outcome, but both paths should run).
+            self.sampling = false;
+            self.force_accept = Some((0.5, 0x9E3779B97F4A7C15));
+            let r = self.calibrate_inner(steps).await;
+            self.sampling = sampling;
+            self.force_accept = forced;
+            self.reset();
+            let costs = r?;
+            self.mtp_costs = Some(costs);
+            Ok(())
+        }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn calibrate_inner(&mut self, steps: usize) -> Result<(f64, f64), RunError> {
+        fn median(mut v: Vec<f64>) -> f64 {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        }
+        let n = steps + 2;
+        // Verify iterations: one queued ahead, as generate_mtp runs them.
+        self.prefill_with(&[0], Some(0)).await?;
+        self.mtp_first(0).await?;
+        let mut verify = Vec::new();
+        let mut last: Option<std::time::Instant> = None;
+        self.mtp_submit_verify()?;
+        for _ in 0..n {
+            self.mtp_submit_verify()?;
+            self.mtp_read_verify().await?;
+            let now = std::time::Instant::now();
+            if let Some(l) = last {
+                verify.push((now - l).as_secs_f64());
+            }
+            last = Some(now);
+        }
+        self.settle().await?;
+        // Plain steps: one queued ahead, as the plain loop runs them.
+        let mut plain = Vec::new();
+        let mut last: Option<std::time::Instant> = None;
+        self.decode_ahead()?;
+        for _ in 0..n {
+            self.decode_ahead()?;
+            self.next_id().await?;
+            let now = std::time::Instant::now();
+            if let Some(l) = last {
+                plain.push((now - l).as_secs_f64());
+            }
+            last = Some(now);
+        }
+        self.discard_pending();
+        self.model.gpu.take_error()?;
+        let (v, p) = (&verify[1..], &plain[1..]);
+        Ok((median(p.to_vec()), median(v.to_vec())))
     }
 
     /// Benchmarks only: make greedy MTP verifies accept with probability `rate` regardless of
