@@ -167,10 +167,10 @@ fn main(
         workgroupBarrier();
         // gdn_prep's normalization: threads [0, GN_WG) sum k's squares, [GN_WG, 2 GN_WG) q's.
         if (lid < 2u * GN_WG) {
-            let half = (lid / GN_WG) * dk4;
+            let hbase = (lid / GN_WG) * dk4;
             var ss = 0.0;
             for (var j = lid % GN_WG; j < p.dk; j += GN_WG) {
-                let xv = kq[half + j / 4u][j % 4u];
+                let xv = kq[hbase + j / 4u][j % 4u];
                 ss += xv * xv;
             }
             qkred[lid] = ss;
