@@ -1157,14 +1157,29 @@ fn gated_recurrence_equals_recurrence_then_gated_norm_bit_for_bit() {
                         let ds = pollster::block_on(async {
                             if fused {
                                 gdn_recurrence_gated(
-                                    &gpu, &d, &cb, &gb, &l.state, &l.snap, z, &l.norm_w, &out,
+                                    &gpu,
+                                    &d,
+                                    &cb,
+                                    &gb,
+                                    &l.state,
+                                    &l.snap,
+                                    z,
+                                    &l.norm_w,
+                                    &out,
                                     slot(&sb),
                                 )
                                 .await
                                 .unwrap()
                             } else {
                                 let mut v = gdn_recurrence(
-                                    &gpu, &d, &cb, &gb, &l.state, &l.snap, &y, slot(&sb),
+                                    &gpu,
+                                    &d,
+                                    &cb,
+                                    &gb,
+                                    &l.state,
+                                    &l.snap,
+                                    &y,
+                                    slot(&sb),
                                 )
                                 .await
                                 .unwrap();

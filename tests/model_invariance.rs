@@ -290,10 +290,17 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
         assert_bits_eq(&format!("{name}: 1-row logits, fused vs not"), &a.2, &b.2);
         assert_eq!(a.3.len(), b.3.len());
         for (i, (x, y)) in a.3.iter().zip(&b.3).enumerate() {
-            assert_bits_eq(&format!("{name}: state / MTP logits {i}, fused vs not"), x, y);
+            assert_bits_eq(
+                &format!("{name}: state / MTP logits {i}, fused vs not"),
+                x,
+                y,
+            );
         }
         assert_eq!(a.4, b.4, "{name}: MTP steps, fused vs not");
         println!("{name}: {} dispatches per token fused, {} not", a.0, b.0);
     }
-    assert!(fused_somewhere, "no fixture ran the fused Gated-DeltaNet path");
+    assert!(
+        fused_somewhere,
+        "no fixture ran the fused Gated-DeltaNet path"
+    );
 }

@@ -389,10 +389,16 @@ fn adaptive_mtp_measures_its_break_even() {
             let (spec, _, st) =
                 pollster::block_on(generate_mtp(&mut s, prompt, &opts, &policy, &mut |_| true))
                     .unwrap();
-            assert_eq!(spec, plain[i], "{name} prompt {i}: adaptive MTP vs plain greedy");
+            assert_eq!(
+                spec, plain[i],
+                "{name} prompt {i}: adaptive MTP vs plain greedy"
+            );
             let (p, v) = s.mtp_costs().expect("measured step costs");
             let be = s.mtp_break_even_measured();
-            assert!(p > 0.0 && v > 0.0 && (0.0..=1.0).contains(&be), "{name}: {p} {v} {be}");
+            assert!(
+                p > 0.0 && v > 0.0 && (0.0..=1.0).contains(&be),
+                "{name}: {p} {v} {be}"
+            );
             assert!((be - (v / p - 1.0).clamp(0.0, 1.0)).abs() < 1e-12);
             println!(
                 "{name} prompt {i}: plain step {:.2} ms, verify iteration {:.2} ms, break-even {be:.2}, drafted {} accepted {}",

@@ -442,9 +442,15 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         if let Some(f) = a.force_accept {
             sj["forced_acceptance"] = f.into();
         }
-        sj["policy"] = if policy.adaptive { "adaptive" } else { "always" }.into();
+        sj["policy"] = if policy.adaptive {
+            "adaptive"
+        } else {
+            "always"
+        }
+        .into();
         if let Some((p, v)) = session.mtp_costs() {
-            sj["measured_ms"] = serde_json::json!({"plain_step": p * 1e3, "verify_iteration": v * 1e3});
+            sj["measured_ms"] =
+                serde_json::json!({"plain_step": p * 1e3, "verify_iteration": v * 1e3});
             sj["break_even_acceptance"] = session.mtp_break_even_measured().into();
         }
         j["mtp_decode"] = sj;

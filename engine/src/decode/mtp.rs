@@ -121,10 +121,7 @@ pub async fn generate_mtp_in_context(
     // rollback itself, so it never waits for the host between iterations.
     let queue_ahead = !session.is_sampling();
     loop {
-        if policy.adaptive
-            && stats.drafted >= policy.probe
-            && stats.acceptance() < min_acceptance
-        {
+        if policy.adaptive && stats.drafted >= policy.probe && stats.acceptance() < min_acceptance {
             // Not paying off: take the queued iteration's tokens, then continue with plain steps
             // (a pending rollback is applied first, and the last emitted token is already the
             // next input on the GPU).

@@ -392,225 +392,218 @@ impl Builder<'_> {
                 let (cd, vd, hv) = (cfg.conv_dim() as u32, cfg.value_dim() as u32, d.n_v_heads);
                 // spec §4.6 step 1: the four input projections qkv | z | b | a, side by side in
                 // `proj` (columns 0, cd, cd + vd, cd + vd + hv).
-                let decode_tile = self.mt == crate::ops::matmul::MT_ONE
-                    || self.mt == crate::ops::matmul::MT_SMALL;
-                if let (Some((norm_w, eps)), true) = (xn.norm, decode_tile) {
-                    if crate::ops::gdn::fused_gdn()
-                        && in_proj.n() == cd + vd + 2 * hv
-                        && d.conv_kernel <= crate::ops::gdn::CONV_KMAX
-                        && in_proj
-                            .mats
-                            .iter()
-                            .all(|m| crate::ops::matmul::folds_conv(g, m, self.mt))
-                        && crate::ops::gdn::gated_recurrence_layout(g, &d).is_some()
-                        && g.limits.max_storage_buffers_per_shader_stage
-                            >= crate::ops::gdn::FUSED_RECURRENCE_STORAGE_BUFFERS
-                    {
-                        // Steps 1-3 in the input projection (the conv in its epilogue), steps
-                        // 4-7 in one dispatch (the bits of the kernels below), then step 8.
-                        let conv = crate::ops::matmul::ConvFold {
-                            conv_w: conv1d,
-                            state: &st.conv,
-                            snap: &st.conv_snap,
-                            out: &ws.conv_out,
-                            conv_dim: cd,
-                            taps: d.conv_kernel,
-                        };
-                        let mut col = 0;
-                        for m in &in_proj.mats {
-                            let y = Act::at(&ws.proj, pw, col);
-                            let opts = MatmulOpts {
-                                rows: Rows::Tokens,
-                                add: false,
-                                mt: self.mt,
-                                swiglu: false,
+                // Steps 1-7 leave the gated, normalized rows in `yn` (false), or out_proj has
+                // taken the gated norm and added to x already (true).
+                let out_proj_done = 'mixer: {
+                    let decode_tile = self.mt == crate::ops::matmul::MT_ONE
+                        || self.mt == crate::ops::matmul::MT_SMALL;
+                    if let (Some((norm_w, eps)), true) = (xn.norm, decode_tile) {
+                        if crate::ops::gdn::fused_gdn()
+                            && in_proj.n() == cd + vd + 2 * hv
+                            && d.conv_kernel <= crate::ops::gdn::CONV_KMAX
+                            && in_proj
+                                .mats
+                                .iter()
+                                .all(|m| crate::ops::matmul::folds_conv(g, m, self.mt))
+                            && crate::ops::gdn::gated_recurrence_layout(g, &d).is_some()
+                            && g.limits.max_storage_buffers_per_shader_stage
+                                >= crate::ops::gdn::FUSED_RECURRENCE_STORAGE_BUFFERS
+                        {
+                            // Steps 1-3 in the input projection (the conv in its epilogue), steps
+                            // 4-7 in one dispatch (the bits of the kernels below), then step 8.
+                            let conv = crate::ops::matmul::ConvFold {
+                                conv_w: conv1d,
+                                state: &st.conv,
+                                snap: &st.conv_snap,
+                                out: &ws.conv_out,
+                                conv_dim: cd,
+                                taps: d.conv_kernel,
                             };
-                            let ds = if col < cd {
-                                crate::ops::matmul::matmul_normed_conv(
-                                    g, m, xn.x, norm_w, eps, y, conv, self.step, opts,
+                            let mut col = 0;
+                            for m in &in_proj.mats {
+                                let y = Act::at(&ws.proj, pw, col);
+                                let opts = MatmulOpts {
+                                    rows: Rows::Tokens,
+                                    add: false,
+                                    mt: self.mt,
+                                    swiglu: false,
+                                };
+                                let ds = if col < cd {
+                                    crate::ops::matmul::matmul_normed_conv(
+                                        g, m, xn.x, norm_w, eps, y, conv, self.step, opts,
+                                    )
+                                    .await?
+                                } else {
+                                    crate::ops::matmul::matmul_normed(
+                                        g, m, xn.x, norm_w, eps, y, self.step, opts,
+                                    )
+                                    .await?
+                                };
+                                plan.extend_vec(ds);
+                                col += m.n;
+                            }
+                            plan.extend_vec(
+                                crate::ops::gdn::gdn_recurrence_fused(
+                                    g,
+                                    &d,
+                                    &ws.conv_out,
+                                    &st.ssm,
+                                    &st.ssm_snap,
+                                    Act::at(&ws.proj, pw, cd),
+                                    cd + vd,
+                                    cd + vd + hv,
+                                    a_log,
+                                    dt_bias,
+                                    gnorm,
+                                    &ws.yn,
+                                    self.step,
                                 )
-                                .await?
-                            } else {
-                                crate::ops::matmul::matmul_normed(
-                                    g, m, xn.x, norm_w, eps, y, self.step, opts,
-                                )
-                                .await?
-                            };
-                            plan.extend_vec(ds);
-                            col += m.n;
+                                .await?,
+                            );
+                            break 'mixer false;
                         }
+                    }
+                    self.mm_side_by_side(
+                        plan,
+                        in_proj,
+                        xn,
+                        Act::at(&ws.proj, pw, 0),
+                        cd + vd + 2 * hv,
+                    )
+                    .await?;
+                    let (b, a) = (
+                        Act::at(&ws.proj, pw, cd + vd),
+                        Act::at(&ws.proj, pw, cd + vd + hv),
+                    );
+                    if conv_prep_wg(d.k_head_dim).is_some()
+                        && g.device.limits().max_storage_buffers_per_shader_stage
+                            >= CONV_PREP_STORAGE_BUFFERS
+                    {
+                        // steps 2–5 in one dispatch (same bits as the two kernels below).
                         plan.extend_vec(
-                            crate::ops::gdn::gdn_recurrence_fused(
+                            gdn_conv_prep(
+                                g,
+                                &d,
+                                Act::at(&ws.proj, pw, 0),
+                                conv1d,
+                                &st.conv,
+                                &st.conv_snap,
+                                &ws.conv_out,
+                                b,
+                                a,
+                                a_log,
+                                dt_bias,
+                                &ws.gates,
+                                self.step,
+                            )
+                            .await?,
+                        );
+                    } else {
+                        // steps 2–3: causal conv + SiLU over q|k|v with the 3-row conv state.
+                        plan.extend_vec(
+                            gdn_conv(
+                                g,
+                                &d,
+                                Act::at(&ws.proj, pw, 0),
+                                conv1d,
+                                &st.conv,
+                                &st.conv_snap,
+                                &ws.conv_out,
+                                self.step,
+                            )
+                            .await?,
+                        );
+                        // steps 4–5: q/k normalization and the g, beta gates.
+                        plan.extend_vec(
+                            gdn_prep(
                                 g,
                                 &d,
                                 &ws.conv_out,
-                                &st.ssm,
-                                &st.ssm_snap,
-                                Act::at(&ws.proj, pw, cd),
-                                cd + vd,
-                                cd + vd + hv,
+                                b,
+                                a,
                                 a_log,
                                 dt_bias,
+                                &ws.gates,
+                                self.step,
+                            )
+                            .await?,
+                        );
+                    }
+                    let z = Act::at(&ws.proj, pw, cd);
+                    let fold_gated = self.fold_norms
+                        && pw % 4 == 0
+                        && cd % 4 == 0
+                        && crate::ops::matmul::folds_gated(g, out_proj, self.mt, d.v_head_dim);
+                    if !fold_gated
+                        && decode_tile
+                        && crate::ops::gdn::gated_recurrence()
+                        && crate::ops::gdn::gated_recurrence_layout(g, &d).is_some()
+                    {
+                        // steps 6 and 7 in one dispatch (the bits of the two kernels below).
+                        plan.extend_vec(
+                            crate::ops::gdn::gdn_recurrence_gated(
+                                g,
+                                &d,
+                                &ws.conv_out,
+                                &ws.gates,
+                                &st.ssm,
+                                &st.ssm_snap,
+                                z,
                                 gnorm,
                                 &ws.yn,
                                 self.step,
                             )
                             .await?,
                         );
-                        self.mm(
-                            plan,
-                            out_proj,
-                            Act::new(&ws.yn, vd),
-                            Act::new(self.x, h),
-                            true,
-                        )
-                        .await?;
-                        return self.mlp(plan, layer).await;
+                        break 'mixer false;
                     }
-                }
-                self.mm_side_by_side(
-                    plan,
-                    in_proj,
-                    xn,
-                    Act::at(&ws.proj, pw, 0),
-                    cd + vd + 2 * hv,
-                )
-                .await?;
-                let (b, a) = (
-                    Act::at(&ws.proj, pw, cd + vd),
-                    Act::at(&ws.proj, pw, cd + vd + hv),
-                );
-                if conv_prep_wg(d.k_head_dim).is_some()
-                    && g.device.limits().max_storage_buffers_per_shader_stage
-                        >= CONV_PREP_STORAGE_BUFFERS
-                {
-                    // steps 2–5 in one dispatch (same bits as the two kernels below).
+                    // step 6: the delta-rule recurrence on the f32 state (snapshot after n_confirmed).
                     plan.extend_vec(
-                        gdn_conv_prep(
-                            g,
-                            &d,
-                            Act::at(&ws.proj, pw, 0),
-                            conv1d,
-                            &st.conv,
-                            &st.conv_snap,
-                            &ws.conv_out,
-                            b,
-                            a,
-                            a_log,
-                            dt_bias,
-                            &ws.gates,
-                            self.step,
-                        )
-                        .await?,
-                    );
-                } else {
-                    // steps 2–3: causal conv + SiLU over q|k|v with the 3-row conv state.
-                    plan.extend_vec(
-                        gdn_conv(
-                            g,
-                            &d,
-                            Act::at(&ws.proj, pw, 0),
-                            conv1d,
-                            &st.conv,
-                            &st.conv_snap,
-                            &ws.conv_out,
-                            self.step,
-                        )
-                        .await?,
-                    );
-                    // steps 4–5: q/k normalization and the g, beta gates.
-                    plan.extend_vec(
-                        gdn_prep(
-                            g,
-                            &d,
-                            &ws.conv_out,
-                            b,
-                            a,
-                            a_log,
-                            dt_bias,
-                            &ws.gates,
-                            self.step,
-                        )
-                        .await?,
-                    );
-                }
-                let z = Act::at(&ws.proj, pw, cd);
-                let fold_gated = self.fold_norms
-                    && pw % 4 == 0
-                    && cd % 4 == 0
-                    && crate::ops::matmul::folds_gated(g, out_proj, self.mt, d.v_head_dim);
-                if !fold_gated
-                    && decode_tile
-                    && crate::ops::gdn::gated_recurrence()
-                    && crate::ops::gdn::gated_recurrence_layout(g, &d).is_some()
-                {
-                    // steps 6 and 7 in one dispatch (the bits of the two kernels below), then
-                    // step 8: out_proj, added to the residual stream.
-                    plan.extend_vec(
-                        crate::ops::gdn::gdn_recurrence_gated(
+                        gdn_recurrence(
                             g,
                             &d,
                             &ws.conv_out,
                             &ws.gates,
                             &st.ssm,
                             &st.ssm_snap,
-                            z,
-                            gnorm,
-                            &ws.yn,
+                            &ws.y,
                             self.step,
                         )
                         .await?,
                     );
-                    self.mm(
-                        plan,
-                        out_proj,
-                        Act::new(&ws.yn, vd),
-                        Act::new(self.x, h),
-                        true,
-                    )
-                    .await?;
-                    return self.mlp(plan, layer).await;
-                }
-                // step 6: the delta-rule recurrence on the f32 state (snapshot after n_confirmed).
-                plan.extend_vec(
-                    gdn_recurrence(
-                        g,
-                        &d,
-                        &ws.conv_out,
-                        &ws.gates,
-                        &st.ssm,
-                        &st.ssm_snap,
-                        &ws.y,
-                        self.step,
-                    )
-                    .await?,
-                );
-                if fold_gated {
-                    // steps 7 and 8 in one dispatch: out_proj takes the gated norm (decode tiles).
-                    plan.extend_vec(
-                        crate::ops::matmul::matmul_gated(
-                            g,
-                            out_proj,
-                            Act::new(&ws.y, vd),
-                            z,
-                            gnorm,
-                            d.v_head_dim,
-                            d.eps,
-                            Act::new(self.x, h),
-                            self.step,
-                            MatmulOpts {
-                                rows: Rows::Tokens,
-                                add: true,
-                                mt: self.mt,
-                                swiglu: false,
-                            },
-                        )
-                        .await?,
-                    );
-                } else {
-                    // step 7: gated RMSNorm with silu(z).
-                    plan.extend_vec(gated_norm(g, &d, &ws.y, z, gnorm, &ws.yn, self.step).await?);
-                    // step 8: out_proj, added to the residual stream.
+                    if fold_gated {
+                        // steps 7 and 8 in one dispatch: out_proj takes the gated norm (decode tiles).
+                        plan.extend_vec(
+                            crate::ops::matmul::matmul_gated(
+                                g,
+                                out_proj,
+                                Act::new(&ws.y, vd),
+                                z,
+                                gnorm,
+                                d.v_head_dim,
+                                d.eps,
+                                Act::new(self.x, h),
+                                self.step,
+                                MatmulOpts {
+                                    rows: Rows::Tokens,
+                                    add: true,
+                                    mt: self.mt,
+                                    swiglu: false,
+                                },
+                            )
+                            .await?,
+                        );
+                        true
+                    } else {
+                        // step 7: gated RMSNorm with silu(z).
+                        plan.extend_vec(
+                            gated_norm(g, &d, &ws.y, z, gnorm, &ws.yn, self.step).await?,
+                        );
+                        false
+                    }
+                };
+                if !out_proj_done {
+                    // step 8: out_proj on the gated, normalized rows, added to the residual stream.
                     self.mm(
                         plan,
                         out_proj,

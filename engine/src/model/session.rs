@@ -282,7 +282,7 @@ impl Session {
                 x: &ws.x,
                 // With an MTP head the verify tile takes the folded norms too (row 0 of a verify
                 // must equal a decode; see fold_norms_with_mtp).
-                fold_norms: !speculative || crate::ops::matmul::fold_norms_with_mtp(&gpu),
+                fold_norms: !speculative || crate::ops::matmul::fold_norms_with_mtp(),
             };
             let plans = (
                 b(MT_SMALL).body(&state).await?,

@@ -695,14 +695,13 @@ pub fn folds_norm(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
 /// 83.6 tok/s with 405 against 533 dispatches, its verify takes 18.4 against 18.9 ms, and MTP at
 /// 80 % acceptance ran within 1.3 % (96.1 against 97.4 tok/s). `QWGPU_NORM_FOLD_MTP=0` turns it
 /// off.
-pub fn fold_norms_with_mtp(gpu: &Gpu) -> bool {
+pub fn fold_norms_with_mtp() -> bool {
     static ON: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced = *ON.get_or_init(|| match std::env::var("QWGPU_NORM_FOLD_MTP").as_deref() {
         Ok("0") | Ok("false") => Some(false),
         Ok("1") | Ok("true") => Some(true),
         _ => None,
     });
-    let _ = gpu;
     forced.unwrap_or(true)
 }
 
@@ -765,10 +764,16 @@ pub async fn matmul_normed_conv(
         message,
     };
     if !folds_conv(gpu, m, opts.mt) || opts.add || opts.swiglu {
-        return Err(bad("this matrix cannot take a conv epilogue in this tile (see ops::matmul::folds_conv)".into()));
+        return Err(bad(
+            "this matrix cannot take a conv epilogue in this tile (see ops::matmul::folds_conv)"
+                .into(),
+        ));
     }
     if conv.taps == 0 || conv.taps > CONV_KMAX {
-        return Err(bad(format!("conv taps {} outside 1..={CONV_KMAX}", conv.taps)));
+        return Err(bad(format!(
+            "conv taps {} outside 1..={CONV_KMAX}",
+            conv.taps
+        )));
     }
     let cd = conv.conv_dim as u64;
     let need = [
@@ -779,10 +784,23 @@ pub async fn matmul_normed_conv(
     ];
     for (what, b, elems) in need {
         if b.size / 4 < elems {
-            return Err(bad(format!("{what} holds {} f32 values, needs {elems}", b.size / 4)));
+            return Err(bad(format!(
+                "{what} holds {} f32 values, needs {elems}",
+                b.size / 4
+            )));
         }
     }
-    matmul_with(gpu, m, x, y, step, opts, Fold::Norm(norm_w, eps), Some(conv)).await
+    matmul_with(
+        gpu,
+        m,
+        x,
+        y,
+        step,
+        opts,
+        Fold::Norm(norm_w, eps),
+        Some(conv),
+    )
+    .await
 }
 
 /// Most conv taps the conv epilogue takes (gdn_conv_prep's KMAX).
@@ -848,7 +866,17 @@ pub async fn matmul_gated(
             message: "this matrix cannot take a folded gated norm in this tile (see ops::matmul::folds_gated)".into(),
         });
     }
-    matmul_with(gpu, m, x, y, step, opts, Fold::Gated(gate_w, z, dv, eps), None).await
+    matmul_with(
+        gpu,
+        m,
+        x,
+        y,
+        step,
+        opts,
+        Fold::Gated(gate_w, z, dv, eps),
+        None,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
