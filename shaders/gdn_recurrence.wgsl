@@ -33,7 +33,7 @@
 //
 // Defines: WG (threads; R = WG / 4 rows), NV4 (= Dk / 16), KQ (vec4 of k|q each thread stages per
 // step: ceil(Dk / 2 / WG)), KQS (vec4 slots of one staging buffer: >= Dk / 2, at most KQ * WG),
-// SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size).
+// SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size), PREP, XQ (with PREP).
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -49,6 +49,9 @@
 @group(0) @binding(7) var<storage, read> gw: array<f32>;                 // [Dv] gated-norm weight
 @group(0) @binding(8) var<storage, read> a_log: array<f32>;              // [Hv]
 @group(0) @binding(9) var<storage, read> dt_bias: array<f32>;            // [Hv]
+#if XQ
+@group(0) @binding(10) var<storage, read_write> xq: array<u32>;          // [T, 4 * q_stride] planes of the output
+#endif
 #else
 @group(0) @binding(3) var<storage, read> gates: array<f32>;              // [T, 2*Hv] = beta [Hv] | g [Hv]
 @group(0) @binding(4) var<storage, read_write> state: array<vec4<f32>>;  // [Hv, Dv, Dk / 4]
@@ -72,6 +75,14 @@ var<workgroup> kq: array<vec4<f32>, 2u * KQS>;
 const GN_WG: u32 = {{GN_WG}}u;
 var<workgroup> gy: array<f32, R>;
 var<workgroup> gred: array<f32, GN_WG>;
+#endif
+#if XQ
+// XQ (with PREP): the gated output of each row also goes out as xquant.wgsl's integer planes (the
+// input of out_proj's XQ matmul), computed as xquant computes them from the written values: a
+// head of Dv (a multiple of 32) values is Dv / 32 whole blocks, one thread per word of 8 values,
+// the same max, sums and rounding, so the planes have xquant's bits (tested through the model).
+var<workgroup> gq: array<f32, R>;
+var<workgroup> qpart: array<vec2<f32>, R>;
 #endif
 #if PREP
 var<workgroup> qkred: array<f32, 2u * GN_WG>;
@@ -98,6 +109,16 @@ fn stage_load(t: u32, T: u32, kh: u32, i: u32) -> vec4<f32> {
 fn conv_at(idx: u32) -> f32 {
     return conv_out[idx / 4u][idx % 4u];
 }
+
+#if XQ
+// xquant.wgsl's block scale: (s, 1 / s) for a block whose max |x| is mx.
+fn block_scale(mx: f32) -> vec2<f32> {
+    let e = (bitcast<u32>(mx) >> 23u) & 0xFFu;
+    if (e < 22u) { return vec2<f32>(0.0); }
+    if (e == 255u) { return vec2<f32>(mx, 0.0); }
+    return vec2<f32>(bitcast<f32>((e - 21u) << 23u), bitcast<f32>((275u - e) << 23u));
+}
+#endif
 
 fn hsum(a: vec4<f32>) -> f32 {
     return (a.x + a.y) + (a.z + a.w);
@@ -287,8 +308,51 @@ fn main(
         let inv = inverseSqrt(gred[0] / f32(p.dv) + p.eps);
         if (live && lane == 0u) {
             let gn = gw[row] * (o * inv);
-            y[t * hv * p.dv + h * p.dv + row] = silu(z[t * p.z_stride + p.z_col + h * p.dv + row]) * gn;
+            let yv = silu(z[t * p.z_stride + p.z_col + h * p.dv + row]) * gn;
+            y[t * hv * p.dv + h * p.dv + row] = yv;
+#if XQ
+            gq[row] = yv;
+#endif
         }
+#if XQ
+        workgroupBarrier();
+        let nwd = p.dv / 8u;
+        var qa = vec4<f32>(0.0);
+        var qb = vec4<f32>(0.0);
+        if (lid < nwd) {
+            qa = vec4<f32>(gq[8u * lid], gq[8u * lid + 1u], gq[8u * lid + 2u], gq[8u * lid + 3u]);
+            qb = vec4<f32>(gq[8u * lid + 4u], gq[8u * lid + 5u], gq[8u * lid + 6u], gq[8u * lid + 7u]);
+            let qm = max(abs(qa), abs(qb));
+            qpart[lid] = vec2<f32>(
+                max(max(qm.x, qm.y), max(qm.z, qm.w)),
+                ((qa.x + qa.y) + (qa.z + qa.w)) + ((qb.x + qb.y) + (qb.z + qb.w)),
+            );
+        }
+        workgroupBarrier();
+        if (lid < nwd) {
+            let b0 = lid & ~3u;
+            let p0 = qpart[b0];
+            let p1 = qpart[b0 + 1u];
+            let p2 = qpart[b0 + 2u];
+            let p3 = qpart[b0 + 3u];
+            let sc = block_scale(max(max(p0.x, p1.x), max(p2.x, p3.x)));
+            let ev = vec4<i32>(round(vec4<f32>(qa.x, qa.z, qb.x, qb.z) * sc.y));
+            let od = vec4<i32>(round(vec4<f32>(qa.y, qa.w, qb.y, qb.w) * sc.y));
+            let nb = hv * p.dv / 32u;
+            let o = t * p.q_stride * 4u + (h * p.dv / 32u + lid / 4u) * 4u + lid % 4u;
+            let pl = nb * 4u;
+            xq[o] = pack4xI8(ev >> vec4<u32>(16u));
+            xq[o + pl] = pack4xI8(od >> vec4<u32>(16u));
+            xq[o + 2u * pl] = pack4xU8(bitcast<vec4<u32>>(ev) >> vec4<u32>(8u));
+            xq[o + 3u * pl] = pack4xU8(bitcast<vec4<u32>>(od) >> vec4<u32>(8u));
+            xq[o + 4u * pl] = pack4xU8(bitcast<vec4<u32>>(ev));
+            xq[o + 5u * pl] = pack4xU8(bitcast<vec4<u32>>(od));
+            if (lid % 4u == 0u) {
+                xq[o + 6u * pl] = bitcast<u32>(sc.x);
+                xq[o + 6u * pl + 1u] = bitcast<u32>(((p0.y + p1.y) + p2.y) + p3.y);
+            }
+        }
+#endif
 #else
         if (live && lane == 0u) {
             y[t * hv * p.dv + h * p.dv + row] = o;

@@ -21,8 +21,15 @@
 // span two groups: on such devices the host builds the tree variant.
 //
 // Defines: WG, ROWS (rows per workgroup = G * RG), RG (rows per group), MT (tokens per tile),
-// TOKENS, ADD, SWIGLU, NORM, GATED, XFIX (Q4 only, not with GATED), CONV (with NORM, not with ADD or
-// SWIGLU), Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16, SUBGROUPS.
+// TOKENS, ADD, SWIGLU, NORM, GATED, XQ (Q4 only, not with NORM or GATED), CONV (not with ADD or SWIGLU), Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16,
+// SUBGROUPS.
+//
+// XQ: x comes as xquant.wgsl's integer planes (converted once per step, not per workgroup), so
+// nothing is staged: lane l reads its block's planes straight from memory (the row groups of a
+// workgroup share them through the cache), multiplies each code word's even and odd codes with
+// each plane by packed 8-bit dot products (exact in i32) and adds per block
+// scale · (f32(256 · (256 · Σh + Σm) + Σl) · s) + bias · Σx. Per token, so the same bits for 1
+// and 2 tokens; its own bits (x rounded to 2^-22 of its block's max).
 //
 // CONV: the causal conv + silu of a Gated-DeltaNet layer (spec §4.6 steps 2-3) in the epilogue of
 // its input projection: output columns row0 + row below conv_dim are conv channels, and the thread
@@ -36,7 +43,11 @@
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> step: Step;
+#if XQ
+@group(0) @binding(2) var<storage, read> xq: array<vec4<u32>>;     // [T, x_stride] (xquant.wgsl planes)
+#else
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;      // [T, x_stride / 4]
+#endif
 @group(0) @binding(3) var<storage, read> w: array<vec4<u32>>;      // [n, blocks_per_row]
 @group(0) @binding(4) var<storage, read> scales: array<u32>;       // [n, k / group]
 @group(0) @binding(5) var<storage, read> biases: array<u32>;       // [n, k / group]
@@ -45,10 +56,17 @@
 @group(0) @binding(7) var<storage, read> nw: array<vec4<f32>>;     // [k / 4] RMSNorm weight
 #endif
 #if CONV
+#if NORM
 @group(0) @binding(8) var<storage, read> conv_w: array<f32>;           // [conv_dim, taps]
 @group(0) @binding(9) var<storage, read_write> conv_state: array<f32>; // [taps - 1, conv_dim], oldest row first
 @group(0) @binding(10) var<storage, read_write> conv_snap: array<f32>; // [taps - 1, conv_dim]
 @group(0) @binding(11) var<storage, read_write> conv_out: array<f32>;  // [T, conv_dim] = silu(conv)
+#else
+@group(0) @binding(7) var<storage, read> conv_w: array<f32>;
+@group(0) @binding(8) var<storage, read_write> conv_state: array<f32>;
+@group(0) @binding(9) var<storage, read_write> conv_snap: array<f32>;
+@group(0) @binding(10) var<storage, read_write> conv_out: array<f32>;
+#endif
 const KMAX: u32 = {{KMAX}}u;
 #endif
 #if GATED
@@ -72,44 +90,10 @@ const XV: u32 = EPB / 4u;      // x vec4 under one block
 const CH: u32 = LANES;         // blocks per staged chunk (one per lane)
 const CHV: u32 = CH * XV;      // x vec4 per token per chunk
 
+#if !XQ
 var<workgroup> xs: array<vec4<f32>, MT * CHV>;
-var<workgroup> red: array<f32, WG * NACC>;
-#if XFIX
-// XFIX (4-bit codes only): each block of 32 x values of a token is held as fixed point,
-// x ≈ s · xi with s = 2^(E - 22) for the block's max |x| in [2^(E-1), 2^E), so |xi| < 2^22, and
-// xi = 65536 · h + 256 · m + l split into three 8-bit planes (l, m = its low bytes, unsigned;
-// h = xi >> 16 in [-64, 63], signed). A code word's 8 products per plane are two packed 8-bit
-// dot products (codes & 0x0F0F0F0F are the even positions, (codes >> 4) & 0x0F0F0F0F the odd
-// ones); per block 256 · Σh + Σm and Σl are summed apart and 256 · that + Σl is exact in i32
-// (|.| < 2^31). Per block and (row, token):
-// acc += scale · (f32(that) · s) + bias · Σx, with Σx the block's f32 sum. The only rounding is
-// x's, at most 2^-22 of its block's max |x| (f32's own rounding is 2^-24 of each value). Per
-// token, so the same bits for 1 and 2 tokens.
-// xq / xl: per (token, block) the 4 words' planes, (h even, h odd, m even, m odd) and (l even,
-// l odd); word I of block b at slot (I + b / 2) % 4 so the lanes reading word I hit different
-// banks. xqs: (s, Σx) per (token, block); pm: per (token, word) the max |x| and Σ of its 8 values.
-var<workgroup> xq: array<vec4<u32>, MT * CH * 4u>;
-var<workgroup> xl: array<vec2<u32>, MT * CH * 4u>;
-var<workgroup> xqs: array<vec2<f32>, MT * CH>;
-var<workgroup> pm: array<vec2<f32>, MT * CH * 4u>;
-
-// (s, 1 / s) for a block whose max |x| is mx: powers of two, so x / s is exact; (0, 0) for
-// blocks below 2^-105 (all codes 0); mx itself for inf / NaN (carried into the result).
-fn xfix_scale(mx: f32) -> vec2<f32> {
-    let e = (bitcast<u32>(mx) >> 23u) & 0xFFu;
-    if (e < 22u) { return vec2<f32>(0.0); }
-    if (e == 255u) { return vec2<f32>(mx, 0.0); }
-    return vec2<f32>(bitcast<f32>((e - 21u) << 23u), bitcast<f32>((275u - e) << 23u));
-}
-
-// The (h, m, l) planes of four values already divided by s (|v| < 2^22), packed (pack4x*
-// keep each component's low 8 bits).
-fn xfix_planes(v: vec4<f32>) -> vec3<u32> {
-    let q = vec4<i32>(round(v));
-    let u = bitcast<vec4<u32>>(q);
-    return vec3<u32>(pack4xI8(q >> vec4<u32>(16u)), pack4xU8(u >> vec4<u32>(8u)), pack4xU8(u));
-}
 #endif
+var<workgroup> red: array<f32, WG * NACC>;
 #if NORM
 // NORM: the RMSNorm in front of this matmul is folded in (spec §4.3). x is staged as w_norm ∘ x,
 // each thread sums the squares of the x values it stages (per token, in a fixed order that does
@@ -144,7 +128,9 @@ fn main(
     if (r0 >= p.n) { return; }
     let t0 = wid.z * MT;
     let bpr = p.k / EPB;
+#if !XQ
     let xs4 = p.x_stride / 4u;
+#endif
     let grp = lid / LANES;
     let lane = lid % LANES;
     let rb = r0 + grp * RG;
@@ -165,57 +151,7 @@ fn main(
 #endif
     let nch = (bpr + CH - 1u) / CH;
     for (var c = 0u; c < nch; c++) {
-#if XFIX
-        // Stage the chunk's x as XFIX blocks. Item v = (block v / 4, word v % 4) of a token: its 8
-        // values (zeros past the row or the step's tokens), their max |x| and sum, then, after a
-        // barrier, the block's scale and the item's int8 planes.
-        workgroupBarrier();
-#for T MT
-        for (var v = lid; v < CH * 4u; v += WG) {
-            let gv = c * CHV + 2u * v;
-            var a = vec4<f32>(0.0);
-            var b = vec4<f32>(0.0);
-            if (on{{T}} && gv < bpr * XV) {
-                a = x[(t0 + {{T}}u) * xs4 + p.x_col / 4u + gv];
-                b = x[(t0 + {{T}}u) * xs4 + p.x_col / 4u + gv + 1u];
-#if NORM
-                ss{{T}} += dot(a, a) + dot(b, b);
-                a = a * nw[gv];
-                b = b * nw[gv + 1u];
-#endif
-            }
-            xs[{{T}}u * CHV + 2u * v] = a;
-            xs[{{T}}u * CHV + 2u * v + 1u] = b;
-            let m = max(abs(a), abs(b));
-            pm[{{T}}u * CH * 4u + v] = vec2<f32>(
-                max(max(m.x, m.y), max(m.z, m.w)),
-                ((a.x + a.y) + (a.z + a.w)) + ((b.x + b.y) + (b.z + b.w)),
-            );
-        }
-#endfor
-        workgroupBarrier();
-#for T MT
-        for (var v = lid; v < CH * 4u; v += WG) {
-            let bl = v / 4u;
-            let i = v % 4u;
-            let p0 = pm[{{T}}u * CH * 4u + 4u * bl];
-            let p1 = pm[{{T}}u * CH * 4u + 4u * bl + 1u];
-            let p2 = pm[{{T}}u * CH * 4u + 4u * bl + 2u];
-            let p3 = pm[{{T}}u * CH * 4u + 4u * bl + 3u];
-            let sc = xfix_scale(max(max(p0.x, p1.x), max(p2.x, p3.x)));
-            let a = xs[{{T}}u * CHV + 2u * v] * sc.y;
-            let b = xs[{{T}}u * CHV + 2u * v + 1u] * sc.y;
-            let ev = xfix_planes(vec4<f32>(a.x, a.z, b.x, b.z));
-            let od = xfix_planes(vec4<f32>(a.y, a.w, b.y, b.w));
-            let slot = {{T}}u * CH * 4u + 4u * bl + (i + bl / 2u) % 4u;
-            xq[slot] = vec4<u32>(ev.x, od.x, ev.y, od.y);
-            xl[slot] = vec2<u32>(ev.z, od.z);
-            if (i == 0u) {
-                xqs[{{T}}u * CH + bl] = vec2<f32>(sc.x, ((p0.y + p1.y) + p2.y) + p3.y);
-            }
-        }
-#endfor
-        workgroupBarrier();
+#if XQ
 #else
         // Stage the chunk's x (zeros past the row or the step's tokens).
         workgroupBarrier();
@@ -281,9 +217,16 @@ fn main(
             let wb{{R}} = w[row{{R}} * bpr + b];
             let sb{{R}} = scale_bias(row{{R}} * p.groups_per_row + (b * EPB) / p.group_size);
 #endfor
-#if XFIX
+#if XQ
 #for T MT
-            let qs{{T}} = xqs[{{T}}u * CH + lane];
+            let xb{{T}} = (t0 + {{T}}u) * p.x_stride + b;
+            let he{{T}} = xq[xb{{T}}];
+            let ho{{T}} = xq[xb{{T}} + bpr];
+            let me{{T}} = xq[xb{{T}} + 2u * bpr];
+            let mo{{T}} = xq[xb{{T}} + 3u * bpr];
+            let le{{T}} = xq[xb{{T}} + 4u * bpr];
+            let lo{{T}} = xq[xb{{T}} + 5u * bpr];
+            let qs{{T}} = bitcast<vec2<f32>>(xq[xb{{T}} + 6u * bpr].xy);
 #for R RG
             var dh{{R}}_{{T}} = 0i;
             var dl{{R}}_{{T}} = 0u;
@@ -291,18 +234,14 @@ fn main(
 #endfor
 #for I 4
             {
-#for T MT
-                let xq{{T}} = xq[{{T}}u * CH * 4u + 4u * lane + ({{I}}u + lane / 2u) % 4u];
-                let xl{{T}} = xl[{{T}}u * CH * 4u + 4u * lane + ({{I}}u + lane / 2u) % 4u];
-#endfor
 #for R RG
-                let lo{{R}} = wb{{R}}[{{I}}] & 0x0F0F0F0Fu;
-                let hi{{R}} = (wb{{R}}[{{I}}] >> 4u) & 0x0F0F0F0Fu;
+                let ce{{R}} = wb{{R}}[{{I}}] & 0x0F0F0F0Fu;
+                let co{{R}} = (wb{{R}}[{{I}}] >> 4u) & 0x0F0F0F0Fu;
 #endfor
 #for T MT
 #for R RG
-                dh{{R}}_{{T}} += (dot4I8Packed(lo{{R}}, xq{{T}}.x) + dot4I8Packed(hi{{R}}, xq{{T}}.y)) * 256i + i32(dot4U8Packed(lo{{R}}, xq{{T}}.z) + dot4U8Packed(hi{{R}}, xq{{T}}.w));
-                dl{{R}}_{{T}} += dot4U8Packed(lo{{R}}, xl{{T}}.x) + dot4U8Packed(hi{{R}}, xl{{T}}.y);
+                dh{{R}}_{{T}} += (dot4I8Packed(ce{{R}}, he{{T}}[{{I}}]) + dot4I8Packed(co{{R}}, ho{{T}}[{{I}}])) * 256i + i32(dot4U8Packed(ce{{R}}, me{{T}}[{{I}}]) + dot4U8Packed(co{{R}}, mo{{T}}[{{I}}]));
+                dl{{R}}_{{T}} += dot4U8Packed(ce{{R}}, le{{T}}[{{I}}]) + dot4U8Packed(co{{R}}, lo{{T}}[{{I}}]);
 #endfor
 #endfor
             }

@@ -4,7 +4,7 @@
 //! 0 of a 2-token call equal to a 1-token call bit for bit (a verify's row 0 equals a decode).
 
 use qwgpu_engine::gpu::Gpu;
-use qwgpu_engine::ops::matmul::{folds_norm, set_staged, set_xfix, set_xreg, MT_ONE, MT_SMALL};
+use qwgpu_engine::ops::matmul::{folds_norm, set_staged, set_xreg, MT_ONE, MT_SMALL};
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
@@ -35,6 +35,7 @@ fn run_normed(
         add,
         swiglu,
         norm: Some((nw, EPS)),
+        planes: false,
     };
     let y = run_matmul(gpu, m, c);
     if add {
@@ -64,17 +65,12 @@ fn cpu_norm(x: &[f32], stride: usize, col: usize, t: usize, k: usize, nw: &[f32]
 fn folded_rms_norm_matches_cpu_and_is_batch_invariant() {
     set_staged(true);
     let formats = quantized_formats();
-    // The register kernel (where the device has subgroups) and the staged kernel, its f32 path
-    // and XFIX (4-bit codes).
-    for (gpu, xr, xfix) in gpu_variants().into_iter().flat_map(|g| {
-        [
-            (g.clone(), true, false),
-            (g.clone(), false, false),
-            (g, false, true),
-        ]
-    }) {
+    // The register kernel (where the device has subgroups) and the staged kernel.
+    for (gpu, xr) in gpu_variants()
+        .into_iter()
+        .flat_map(|g| [(g.clone(), true), (g, false)])
+    {
         set_xreg(xr);
-        set_xfix(xfix);
         let mut rng = Rng(29);
         for f in formats {
             // k = 1536: one full chunk of 32 blocks and a partial one; n = 70: not a multiple of the tile.
@@ -91,7 +87,7 @@ fn folded_rms_norm_matches_cpu_and_is_batch_invariant() {
                 .unwrap();
                 assert!(
                     folds_norm(&gpu, &m, MT_ONE) && folds_norm(&gpu, &m, MT_SMALL),
-                    "{} (register kernel {xr}, XFIX {xfix}): the decode kernels should take the norm",
+                    "{} (register kernel {xr}): the decode kernels should take the norm",
                     gpu.describe()
                 );
                 // Norm weights around 1 (as trained RMSNorm weights are), x with a large mean square.
@@ -101,7 +97,7 @@ fn folded_rms_norm_matches_cpu_and_is_batch_invariant() {
                 let xn = cpu_norm(&x, stride, col, 2, k, &nw);
                 let what = |t: usize, mt: u32, extra: &str| {
                     format!(
-                        "{} n={n} k={k} T={t} tile {mt} {extra} (register kernel {xr}, XFIX {xfix}; {})",
+                        "{} n={n} k={k} T={t} tile {mt} {extra} (register kernel {xr}; {})",
                         f.describe(),
                         gpu.describe()
                     )

@@ -1,11 +1,11 @@
-//! The staged decode kernel's f32 path (`matmul_staged.wgsl`, `ops::matmul::set_staged`, XFIX off) gives
+//! The staged decode kernel's f32 path (`matmul_staged.wgsl`, `ops::matmul::set_staged`; not the integer planes) gives
 //! the block kernel's bits for every quantized format, for 1- and 2-token tiles, with a residual
 //! add, a SwiGLU pair matrix, rows that are not a multiple of the tile and a last chunk of x that
 //! is partly past the row; and the block kernel's results agree with a scalar CPU reference in
 //! `kernels_matmul`. One test: the switch is process-wide.
 
 use qwgpu_engine::gpu::Gpu;
-use qwgpu_engine::ops::matmul::{set_staged, set_xfix, set_xreg, MT_ONE, MT_SMALL};
+use qwgpu_engine::ops::matmul::{set_staged, set_xreg, MT_ONE, MT_SMALL};
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_tests::quant::{quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
@@ -34,8 +34,7 @@ fn run_mm(
 #[test]
 fn staged_decode_kernel_gives_the_block_kernels_bits() {
     set_xreg(false);
-    // The f32 path (XFIX has its own bits: kernels_matmul_xfix).
-    set_xfix(false);
+    // (Integer planes have their own bits: kernels_matmul_xq.)
     let formats = quantized_formats();
     for gpu in gpu_variants() {
         let mut rng = Rng(11);

@@ -1,7 +1,7 @@
 //! Kernel lab: times the hot kernels and whole layers at the real 27B shapes on the current
 //! adapter and prints GB/s against a read-bandwidth roofline.
 //!
-//!   cargo bench -p engine --bench lab -- [matmul] [layer] [read] [--reps N] [--roofline GBPS] [--prefill T] [--breakdown]
+//!   cargo bench -p engine --bench lab -- [matmul] [layer] [read] [--reps N] [--roofline GBPS] [--prefill T] [--breakdown] [--shapes gate_up,lm_head]
 //!
 //! `read`: the floor under the matmuls: a streaming read (`engine/benches/lab_read.wgsl`) of each
 //! matrix's bytes in one dispatch, for several thread/blocks-per-thread/grid shapes.
@@ -73,7 +73,7 @@ fn tile_of(t: u32) -> u32 {
     }
 }
 
-fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32]) {
+fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Option<&str>) {
     // The matrices the model runs (projections of one input are stacked at load): gate|up,
     // down, GDN out_proj (attention o_proj has the same shape), GDN in_proj_qkv|z|b|a, attention
     // q|k|v, lm_head.
@@ -86,6 +86,9 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32]) {
         (248320, 5120, "lm_head"),
     ];
     for (n, k, label) in shapes {
+        if only.is_some_and(|o| !o.split(',').any(|w| label.contains(w))) {
+            continue;
+        }
         let format = WeightFormat::Affine {
             bits: 4,
             group: 64,
@@ -163,6 +166,61 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32]) {
                 plan.len(),
                 roofline,
             );
+            if t <= 2 && qwgpu_engine::ops::matmul::takes_xq(gpu, &m, tile_of(t)) {
+                // x as integer planes: the matmul alone, and with its xquant dispatch.
+                let xq = gpu
+                    .storage("xq", 2 * qwgpu_engine::ops::xquant::row_bytes(k as u32))
+                    .unwrap();
+                let conv = pollster::block_on(qwgpu_engine::ops::xquant::xquant(
+                    gpu,
+                    k as u32,
+                    Act::new(&x, k as u32),
+                    None,
+                    &xq,
+                    2,
+                    slot,
+                    false,
+                ))
+                .unwrap();
+                let ds = pollster::block_on(qwgpu_engine::ops::matmul::matmul_xq(
+                    gpu,
+                    &m,
+                    &xq,
+                    Act::new(&y, n as u32),
+                    slot,
+                    MatmulOpts {
+                        rows: Rows::Tokens,
+                        add: false,
+                        mt: tile_of(t),
+                        swiglu: false,
+                    },
+                    None,
+                ))
+                .unwrap();
+                let shape = StepShape {
+                    n_tokens: t,
+                    n_out: 1,
+                };
+                let mut plan = Plan::new();
+                plan.extend_vec(ds);
+                let s = time_plan(gpu, &plan, shape, reps);
+                report(
+                    &format!("matmul q4 xq {label} {n}x{k} T={t}"),
+                    s,
+                    m.bytes(),
+                    plan.len(),
+                    roofline,
+                );
+                plan.dispatches.insert(0, conv);
+                let s = time_plan(gpu, &plan, shape, reps);
+                report(
+                    &format!("xquant + matmul q4 xq {label} {n}x{k} T={t}"),
+                    s,
+                    m.bytes(),
+                    plan.len(),
+                    roofline,
+                );
+            }
             if t > 2 {
                 println!(
                     "{{\"bench\": \"matmul q4 {label} T={t}\", \"TFLOPs\": {:.2}}}",
@@ -396,7 +454,13 @@ fn main() {
         reads(&gpu, reps, roofline);
     }
     if all || args.iter().any(|a| a == "matmul") {
-        matmuls(&gpu, reps, roofline, &tokens);
+        // `--shapes a,b`: only the matrices whose label contains one of them.
+        let only = args
+            .iter()
+            .position(|a| a == "--shapes")
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.as_str());
+        matmuls(&gpu, reps, roofline, &tokens, only);
     }
     if all || args.iter().any(|a| a == "layer") {
         layers(

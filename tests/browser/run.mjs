@@ -42,6 +42,9 @@ const CHAT_TOKENS = Number(opt('--chat-tokens', '12'));
 const HEADED = args.includes('--headed');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const QWGPU_BIN = process.env.QWGPU_BIN || path.join(repo, 'target/debug/qwgpu');
+// WebGPU builds keep the f32 decode matmuls (no packed 8-bit dot products there); the native
+// reference runs the same kernels (QWGPU_MATMUL_XQ=0), so the two do the same arithmetic.
+process.env.QWGPU_MATMUL_XQ = '0';
 const DIST = path.join(repo, 'web/dist');
 const FIXTURE_DIR = path.join(repo, 'tests/fixtures/models');
 const ARTIFACTS = path.join(repo, 'tests/artifacts');

@@ -3,7 +3,7 @@
 //! storage type) for CPU references; and [`run_matmul`], one matmul call on the GPU.
 
 use qwgpu_engine::gpu::{Gpu, Rows, Step, StepShape, StepSlot};
-use qwgpu_engine::ops::matmul::{matmul, matmul_normed, MatmulOpts};
+use qwgpu_engine::ops::matmul::{matmul, matmul_normed, matmul_xq, MatmulOpts};
 use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{
@@ -143,8 +143,12 @@ pub struct MmCall<'a> {
     pub mt: u32,
     pub add: bool,
     pub swiglu: bool,
-    /// Fold an RMSNorm (weight [k], epsilon) into the matmul (`matmul_normed`).
+    /// Fold an RMSNorm (weight [k], epsilon) into the matmul (`matmul_normed`), or with
+    /// `planes` into the xquant dispatch.
     pub norm: Option<(&'a [f32], f32)>,
+    /// x goes through `xquant` (one dispatch) and the matmul takes its integer planes
+    /// (`matmul_xq`).
+    pub planes: bool,
 }
 
 impl<'a> MmCall<'a> {
@@ -159,6 +163,7 @@ impl<'a> MmCall<'a> {
             add: false,
             swiglu: false,
             norm: None,
+            planes: false,
         }
     }
 }
@@ -192,6 +197,31 @@ pub fn run_matmul(gpu: &Gpu, m: &Matrix, c: MmCall<'_>) -> Vec<f32> {
     };
     let x = Act::at(&xb, c.stride as u32, c.col as u32);
     let y = Act::new(&yb, ny as u32);
+    if c.planes {
+        let k = m.k;
+        let qb = gpu
+            .storage("xq", c.t as u64 * qwgpu_engine::ops::xquant::row_bytes(k))
+            .unwrap();
+        let wb = c.norm.map(|(w, _)| crate::upload_f32(gpu, "norm_w", w));
+        let norm = c.norm.zip(wb.as_ref()).map(|((_, eps), b)| (b, eps));
+        let mut d = vec![pollster::block_on(qwgpu_engine::ops::xquant::xquant(
+            gpu, k, x, norm, &qb, c.t as u32, slot, false,
+        ))
+        .unwrap_or_else(|e| panic!("xquant for {}: {e}", m.name))];
+        d.extend(
+            pollster::block_on(matmul_xq(gpu, m, &qb, y, slot, opts, None))
+                .unwrap_or_else(|e| panic!("matmul_xq {}: {e}", m.name)),
+        );
+        crate::run(
+            gpu,
+            &d,
+            StepShape {
+                n_tokens: c.t as u32,
+                n_out: 1,
+            },
+        );
+        return crate::read_f32(gpu, &yb, c.t * ny);
+    }
     let d = match c.norm {
         Some((w, eps)) => {
             let wb = crate::upload_f32(gpu, "norm_w", w);

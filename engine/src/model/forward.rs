@@ -19,6 +19,7 @@ use crate::ops::gdn::{
 };
 use crate::ops::matmul::{matmul, MatmulOpts};
 use crate::ops::matrix::Matrix;
+use crate::ops::xquant::xquant;
 use crate::ops::{argmax, embed, norm, swiglu, Act};
 use crate::state::{KvCache, LayerState, State};
 
@@ -68,7 +69,13 @@ pub struct Workspace {
     pub mtp_out: GpuBuffer,
     /// Per-iteration result of the speculative loop: [v, b, accept, draft] (u32).
     pub result: GpuBuffer,
+    /// A decode matmul's input as integer planes ([`XQ_ROWS`] rows of
+    /// `xquant::q_stride(max k)` vec4<u32>; see `ops::matmul::matmul_xq`).
+    pub xq: GpuBuffer,
 }
+
+/// Rows of `Workspace::xq`: the decode tiles' most (the 2-row verify).
+pub const XQ_ROWS: u32 = crate::ops::matmul::MT_SMALL;
 
 impl Workspace {
     pub fn new(
@@ -120,6 +127,14 @@ impl Workspace {
             mtp_logits: gpu.storage("mtp_logits", m * o * v * f)?,
             mtp_out: gpu.storage("mtp_out", o * 4)?,
             result: gpu.storage("result", 16)?,
+            xq: gpu.storage(
+                "xq",
+                XQ_ROWS as u64
+                    * crate::ops::xquant::row_bytes(
+                        (h.max(i).max(qd).max(vd) as u32)
+                            .next_multiple_of(crate::ops::xquant::BLOCK),
+                    ),
+            )?,
         })
     }
 
@@ -145,6 +160,7 @@ impl Workspace {
             &self.cat,
             &self.mtp_ids,
             &self.mtp_logits,
+            &self.xq,
         ]
         .iter()
         .map(|b| b.size)
@@ -200,11 +216,25 @@ pub struct Builder<'a> {
 pub struct NormedX<'a> {
     pub x: Act<'a>,
     pub norm: Option<(&'a GpuBuffer, f32)>,
+    /// The normed rows are integer planes in `ws.xq` (`x` is that buffer), for
+    /// `ops::matmul::matmul_xq`.
+    pub planes: bool,
 }
 
 impl Builder<'_> {
-    /// RMSNorm(x) with `norm_w` as the input of `mats`: folded into them where every one can take
-    /// it ([`crate::ops::matmul::folds_norm`]), else one rms_norm dispatch into `ws.xn`.
+    /// Whether every matrix of `mats` takes its input as integer planes in this plan's tile
+    /// (`ops::matmul::takes_xq`) and the planes fit `ws.xq`.
+    fn planes_for(&self, mats: &[Matrix], mt: u32) -> bool {
+        !mats.is_empty()
+            && mats.iter().all(|m| {
+                crate::ops::matmul::takes_xq(self.gpu, m, mt)
+                    && self.ws.xq.size >= XQ_ROWS as u64 * crate::ops::xquant::row_bytes(m.k)
+            })
+    }
+
+    /// RMSNorm(x) with `norm_w` as the input of `mats`: one xquant dispatch into `ws.xq` where
+    /// they all take integer planes ([`Self::planes_for`]), else folded into them where every one
+    /// can take it ([`crate::ops::matmul::folds_norm`]), else one rms_norm dispatch into `ws.xn`.
     async fn normed<'b>(
         &'b self,
         plan: &mut Plan,
@@ -213,6 +243,26 @@ impl Builder<'_> {
     ) -> Result<NormedX<'b>, LoadError> {
         let h = self.cfg.hidden_size as u32;
         let eps = self.cfg.rms_norm_eps;
+        if self.planes_for(mats, self.mt) {
+            plan.push(
+                xquant(
+                    self.gpu,
+                    h,
+                    Act::new(self.x, h),
+                    Some((norm_w, eps)),
+                    &self.ws.xq,
+                    XQ_ROWS,
+                    self.step,
+                    false,
+                )
+                .await?,
+            );
+            return Ok(NormedX {
+                x: Act::new(&self.ws.xq, 0),
+                norm: None,
+                planes: true,
+            });
+        }
         if self.fold_norms
             && !mats.is_empty()
             && mats
@@ -222,6 +272,7 @@ impl Builder<'_> {
             return Ok(NormedX {
                 x: Act::new(self.x, h),
                 norm: Some((norm_w, eps)),
+                planes: false,
             });
         }
         plan.push(
@@ -240,6 +291,7 @@ impl Builder<'_> {
         Ok(NormedX {
             x: Act::new(&self.ws.xn, h),
             norm: None,
+            planes: false,
         })
     }
 
@@ -259,6 +311,10 @@ impl Builder<'_> {
             swiglu,
         };
         let ds = match x.norm {
+            _ if x.planes => {
+                crate::ops::matmul::matmul_xq(self.gpu, m, x.x.buf, y, self.step, opts, None)
+                    .await?
+            }
             Some((w, eps)) => {
                 crate::ops::matmul::matmul_normed(self.gpu, m, x.x, w, eps, y, self.step, opts)
                     .await?
@@ -296,6 +352,52 @@ impl Builder<'_> {
         {
             plan.push(d);
         }
+        Ok(())
+    }
+
+    /// `m` on the rows of `x` (`m.k` values each): converted to integer planes first by one
+    /// xquant dispatch where `m` takes them ([`Self::planes_for`]), else [`Self::mm`].
+    async fn mm_in(
+        &self,
+        plan: &mut Plan,
+        m: &Matrix,
+        x: Act<'_>,
+        y: Act<'_>,
+        add: bool,
+    ) -> Result<(), LoadError> {
+        if !self.planes_for(std::slice::from_ref(m), self.mt) {
+            return self.mm(plan, m, x, y, add).await;
+        }
+        plan.push(
+            xquant(
+                self.gpu,
+                m.k,
+                x,
+                None,
+                &self.ws.xq,
+                XQ_ROWS,
+                self.step,
+                false,
+            )
+            .await?,
+        );
+        plan.extend_vec(
+            crate::ops::matmul::matmul_xq(
+                self.gpu,
+                m,
+                &self.ws.xq,
+                y,
+                self.step,
+                MatmulOpts {
+                    rows: Rows::Tokens,
+                    add,
+                    mt: self.mt,
+                    swiglu: false,
+                },
+                None,
+            )
+            .await?,
+        );
         Ok(())
     }
 
@@ -397,14 +499,17 @@ impl Builder<'_> {
                 let out_proj_done = 'mixer: {
                     let decode_tile = self.mt == crate::ops::matmul::MT_ONE
                         || self.mt == crate::ops::matmul::MT_SMALL;
-                    if let (Some((norm_w, eps)), true) = (xn.norm, decode_tile) {
+                    if (xn.norm.is_some() || xn.planes) && decode_tile {
                         if crate::ops::gdn::fused_gdn()
                             && in_proj.n() == cd + vd + 2 * hv
                             && d.conv_kernel <= crate::ops::gdn::CONV_KMAX
-                            && in_proj
-                                .mats
-                                .iter()
-                                .all(|m| crate::ops::matmul::folds_conv(g, m, self.mt))
+                            && in_proj.mats.iter().all(|m| {
+                                if xn.planes {
+                                    crate::ops::matmul::xq_conv_fits(g)
+                                } else {
+                                    crate::ops::matmul::folds_conv(g, m, self.mt)
+                                }
+                            })
                             && crate::ops::gdn::gated_recurrence_layout(g, &d).is_some()
                             && g.limits.max_storage_buffers_per_shader_stage
                                 >= crate::ops::gdn::FUSED_RECURRENCE_STORAGE_BUFFERS
@@ -428,20 +533,45 @@ impl Builder<'_> {
                                     mt: self.mt,
                                     swiglu: false,
                                 };
-                                let ds = if col < cd {
-                                    crate::ops::matmul::matmul_normed_conv(
-                                        g, m, xn.x, norm_w, eps, y, conv, self.step, opts,
-                                    )
-                                    .await?
-                                } else {
-                                    crate::ops::matmul::matmul_normed(
-                                        g, m, xn.x, norm_w, eps, y, self.step, opts,
-                                    )
-                                    .await?
+                                let ds = match xn.norm {
+                                    _ if xn.planes => {
+                                        crate::ops::matmul::matmul_xq(
+                                            g,
+                                            m,
+                                            xn.x.buf,
+                                            y,
+                                            self.step,
+                                            opts,
+                                            (col < cd).then_some(conv),
+                                        )
+                                        .await?
+                                    }
+                                    Some((norm_w, eps)) if col < cd => {
+                                        crate::ops::matmul::matmul_normed_conv(
+                                            g, m, xn.x, norm_w, eps, y, conv, self.step, opts,
+                                        )
+                                        .await?
+                                    }
+                                    Some((norm_w, eps)) => {
+                                        crate::ops::matmul::matmul_normed(
+                                            g, m, xn.x, norm_w, eps, y, self.step, opts,
+                                        )
+                                        .await?
+                                    }
+                                    None => {
+                                        return Err(LoadError::Unsupported(
+                                            "the fused Gated-DeltaNet path needs a folded or planar input".into(),
+                                        ))
+                                    }
                                 };
                                 plan.extend_vec(ds);
                                 col += m.n;
                             }
+                            // With integer planes, the recurrence writes out_proj's input planes
+                            // itself (the bits of an xquant dispatch on its output).
+                            let planes_out = self
+                                .planes_for(std::slice::from_ref(out_proj), self.mt)
+                                && crate::ops::gdn::fused_recurrence_takes_planes(g, &d);
                             plan.extend_vec(
                                 crate::ops::gdn::gdn_recurrence_fused(
                                     g,
@@ -456,10 +586,31 @@ impl Builder<'_> {
                                     dt_bias,
                                     gnorm,
                                     &ws.yn,
+                                    planes_out.then_some(&ws.xq),
                                     self.step,
                                 )
                                 .await?,
                             );
+                            if planes_out {
+                                plan.extend_vec(
+                                    crate::ops::matmul::matmul_xq(
+                                        g,
+                                        out_proj,
+                                        &ws.xq,
+                                        Act::new(self.x, h),
+                                        self.step,
+                                        MatmulOpts {
+                                            rows: Rows::Tokens,
+                                            add: true,
+                                            mt: self.mt,
+                                            swiglu: false,
+                                        },
+                                        None,
+                                    )
+                                    .await?,
+                                );
+                                break 'mixer true;
+                            }
                             break 'mixer false;
                         }
                     }
@@ -604,7 +755,7 @@ impl Builder<'_> {
                 };
                 if !out_proj_done {
                     // step 8: out_proj on the gated, normalized rows, added to the residual stream.
-                    self.mm(
+                    self.mm_in(
                         plan,
                         out_proj,
                         Act::new(&ws.yn, vd),
@@ -677,7 +828,7 @@ impl Builder<'_> {
             )
             .await?,
         );
-        self.mm(
+        self.mm_in(
             plan,
             o_proj,
             Act::new(&ws.y, d.n_heads * d.head_dim),
@@ -707,7 +858,7 @@ impl Builder<'_> {
                 plan.push(swiglu::swiglu(g, i, &ws.gu, &ws.act, self.step).await?);
             }
         }
-        self.mm(
+        self.mm_in(
             plan,
             &layer.down,
             Act::new(&ws.act, i),
@@ -719,45 +870,73 @@ impl Builder<'_> {
 
     /// Final norm of the rows that need logits, lm_head, argmax into `out_ids` (spec §4.1 3–5).
     pub async fn head(&self) -> Result<Plan, LoadError> {
+        let ws = self.ws;
+        let mut plan = Plan::new();
+        let xo = self.head_input(&mut plan, &self.w.final_norm).await?;
+        self.lm_head(&mut plan, xo, &ws.logits, &ws.out_ids).await?;
+        Ok(plan)
+    }
+
+    /// RMSNorm with `norm_w` of the step's out rows, compactly: as integer planes in `ws.xq`
+    /// where lm_head takes them in both decode tiles, else into `ws.xo`.
+    async fn head_input(
+        &self,
+        plan: &mut Plan,
+        norm_w: &GpuBuffer,
+    ) -> Result<NormedX<'_>, LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let h = cfg.hidden_size as u32;
-        let mut plan = Plan::new();
+        let lm = std::slice::from_ref(self.w.lm_head());
+        if ws.max_out <= XQ_ROWS
+            && self.planes_for(lm, crate::ops::matmul::MT_ONE)
+            && self.planes_for(lm, crate::ops::matmul::MT_SMALL)
+        {
+            plan.push(
+                xquant(
+                    g,
+                    h,
+                    Act::new(self.x, h),
+                    Some((norm_w, cfg.rms_norm_eps)),
+                    &ws.xq,
+                    XQ_ROWS,
+                    self.step,
+                    true,
+                )
+                .await?,
+            );
+            return Ok(NormedX {
+                x: Act::new(&ws.xq, 0),
+                norm: None,
+                planes: true,
+            });
+        }
         plan.push(
             norm::rms_norm(
                 g,
                 h,
                 cfg.rms_norm_eps,
                 Act::new(self.x, h),
-                &self.w.final_norm,
+                norm_w,
                 Act::new(&ws.xo, h),
                 self.step,
                 true,
             )
             .await?,
         );
-        self.lm_head(&mut plan, &ws.logits, &ws.out_ids).await?;
-        Ok(plan)
+        Ok(NormedX {
+            x: Act::new(&ws.xo, h),
+            norm: None,
+            planes: false,
+        })
     }
 
     /// Final norm and lm_head into `ws.logits`, without choosing a token (the sampler follows).
     pub async fn head_logits(&self) -> Result<Plan, LoadError> {
-        let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
-        let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
+        let (ws, cfg) = (self.ws, self.cfg);
+        let v = cfg.vocab_size as u32;
         let mut plan = Plan::new();
-        plan.push(
-            norm::rms_norm(
-                g,
-                h,
-                cfg.rms_norm_eps,
-                Act::new(self.x, h),
-                &self.w.final_norm,
-                Act::new(&ws.xo, h),
-                self.step,
-                true,
-            )
-            .await?,
-        );
-        self.lm_head_rows(&mut plan, Act::new(&ws.xo, h), Act::new(&ws.logits, v))
+        let xo = self.head_input(&mut plan, &self.w.final_norm).await?;
+        self.lm_head_rows(&mut plan, xo, Act::new(&ws.logits, v))
             .await?;
         Ok(plan)
     }
@@ -765,7 +944,12 @@ impl Builder<'_> {
     /// lm_head on the step's out rows of `x` into `y`: the 1-token tile when the step has one out
     /// row, the 2-token tile otherwise (both in the plan, the step's row count picks one; the
     /// tiles give the same bits for a row, so a decode's logits equal a verify's row 0).
-    async fn lm_head_rows(&self, plan: &mut Plan, x: Act<'_>, y: Act<'_>) -> Result<(), LoadError> {
+    async fn lm_head_rows(
+        &self,
+        plan: &mut Plan,
+        x: NormedX<'_>,
+        y: Act<'_>,
+    ) -> Result<(), LoadError> {
         for (mt, out_rows) in [
             (crate::ops::matmul::MT_ONE, (1, 1)),
             (crate::ops::matmul::MT_SMALL, (2, u32::MAX)),
@@ -776,7 +960,21 @@ impl Builder<'_> {
                 mt,
                 swiglu: false,
             };
-            for mut d in matmul(self.gpu, self.w.lm_head(), x, y, self.step, opts).await? {
+            let ds = if x.planes {
+                crate::ops::matmul::matmul_xq(
+                    self.gpu,
+                    self.w.lm_head(),
+                    x.x.buf,
+                    y,
+                    self.step,
+                    opts,
+                    None,
+                )
+                .await?
+            } else {
+                matmul(self.gpu, self.w.lm_head(), x.x, y, self.step, opts).await?
+            };
+            for mut d in ds {
                 d.grid.out_rows = out_rows;
                 plan.push(d);
             }
@@ -788,13 +986,13 @@ impl Builder<'_> {
     async fn lm_head(
         &self,
         plan: &mut Plan,
+        xo: NormedX<'_>,
         logits: &GpuBuffer,
         ids: &GpuBuffer,
     ) -> Result<(), LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
-        let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
-        self.lm_head_rows(plan, Act::new(&ws.xo, h), Act::new(logits, v))
-            .await?;
+        let v = cfg.vocab_size as u32;
+        self.lm_head_rows(plan, xo, Act::new(logits, v)).await?;
         plan.extend_vec(argmax::argmax(g, v, logits, &ws.argmax_scratch, ids, 0, self.step).await?);
         Ok(())
     }
@@ -881,23 +1079,11 @@ impl Builder<'_> {
 
     /// The MTP head's logits (spec §6 step 5) into `ws.mtp_logits`, without choosing a token.
     pub async fn mtp_head_logits(&self, mtp: &Mtp) -> Result<Plan, LoadError> {
-        let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
-        let (h, v) = (cfg.hidden_size as u32, cfg.vocab_size as u32);
+        let (ws, cfg) = (self.ws, self.cfg);
+        let v = cfg.vocab_size as u32;
         let mut plan = Plan::new();
-        plan.push(
-            norm::rms_norm(
-                g,
-                h,
-                cfg.rms_norm_eps,
-                Act::new(self.x, h),
-                &mtp.norm,
-                Act::new(&ws.xo, h),
-                self.step,
-                true,
-            )
-            .await?,
-        );
-        self.lm_head_rows(&mut plan, Act::new(&ws.xo, h), Act::new(&ws.mtp_logits, v))
+        let xo = self.head_input(&mut plan, &mtp.norm).await?;
+        self.lm_head_rows(&mut plan, xo, Act::new(&ws.mtp_logits, v))
             .await?;
         Ok(plan)
     }
@@ -905,23 +1091,11 @@ impl Builder<'_> {
     /// The MTP head's output (spec §6 step 5): RMSNorm(mtp.norm) of the out rows, the shared
     /// lm_head, argmax into `ws.mtp_out`.
     pub async fn mtp_head(&self, mtp: &Mtp) -> Result<Plan, LoadError> {
-        let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
-        let h = cfg.hidden_size as u32;
+        let ws = self.ws;
         let mut plan = Plan::new();
-        plan.push(
-            norm::rms_norm(
-                g,
-                h,
-                cfg.rms_norm_eps,
-                Act::new(self.x, h),
-                &mtp.norm,
-                Act::new(&ws.xo, h),
-                self.step,
-                true,
-            )
-            .await?,
-        );
-        self.lm_head(&mut plan, &ws.mtp_logits, &ws.mtp_out).await?;
+        let xo = self.head_input(&mut plan, &mtp.norm).await?;
+        self.lm_head(&mut plan, xo, &ws.mtp_logits, &ws.mtp_out)
+            .await?;
         Ok(plan)
     }
 }

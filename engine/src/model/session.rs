@@ -531,10 +531,12 @@ impl Session {
 
     /// A model of the acceptance rate below which MTP speculation is slower than plain decoding,
     /// for when nothing was measured ([`Session::mtp_break_even_measured`] prefers the
-    /// measurement): a 2-token verify costs about 1.70 forwards (an H200 with the 27B shapes,
-    /// both loops queued one step ahead: a verify iteration 18.6 ms including a 0.9 ms MTP step,
-    /// a plain step 10.6 ms; measured break-even 76 %), plus the MTP step's share of the bytes a
-    /// forward reads (its layer, fc and the shared lm_head).
+    /// measurement; that is what WebGPU sessions use): a 2-token verify costs about 1.70 forwards
+    /// with the f32 decode matmuls WebGPU runs (an H200 with the 27B shapes, both loops queued one
+    /// step ahead: a verify iteration 18.6 ms including a 0.9 ms MTP step, a plain step 10.6 ms;
+    /// measured break-even 76 %; native sessions on integer planes measured 11.3 against 8.4 ms,
+    /// break-even 34 %), plus the MTP step's share of the bytes a forward reads (its layer, fc
+    /// and the shared lm_head).
     pub fn mtp_break_even(&self) -> f64 {
         const VERIFY_OVERHEAD: f64 = 0.70;
         let w = &self.model.weights;

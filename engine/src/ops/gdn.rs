@@ -174,6 +174,8 @@ crate::gpu_struct! {
         q_scale: f32,
         k_scale: f32,
         qk_eps: f32,
+        /// XQ only: vec4<u32> per row of the output planes (`xquant::q_stride(Hv·Dv)`)
+        q_stride: u32,
     }
 }
 
@@ -232,7 +234,8 @@ pub fn recurrence_defines(lay: &RecurrenceLayout) -> Defines {
         .set("KQS", lay.kqs)
         .flag("SUBGROUPS", lay.subgroups)
         .flag("GATED", lay.gated)
-        .flag("PREP", lay.prep);
+        .flag("PREP", lay.prep)
+        .flag("XQ", lay.xq);
     if lay.gated {
         d.set("GN_WG", NORM_WG)
     } else {
@@ -270,12 +273,14 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 kqs: kq * REC_WG,
                 gated: false,
                 prep: false,
+                xq: false,
             };
             v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
             for dv in [32, 64, 128] {
-                for prep in [false, true] {
+                for (prep, xq) in [(false, false), (true, false), (true, true)] {
                     let lay = RecurrenceLayout {
                         prep,
+                        xq,
                         ..gated_layout(dk, dv, subgroups)
                     };
                     v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
@@ -560,6 +565,8 @@ pub struct RecurrenceLayout {
     pub gated: bool,
     /// (With `gated`) the q/k normalization and the gates are done here too.
     pub prep: bool,
+    /// (With `prep`) the output also goes out as `xquant.wgsl`'s integer planes.
+    pub xq: bool,
 }
 
 /// Threads per state row in the recurrence.
@@ -576,6 +583,7 @@ fn gated_layout(dk: u32, dv: u32, subgroups: bool) -> RecurrenceLayout {
         kqs: dk / 2,
         gated: true,
         prep: false,
+        xq: false,
     }
 }
 
@@ -666,6 +674,7 @@ pub fn recurrence_layout(gpu: &Gpu, d: &GdnDims) -> RecurrenceLayout {
         kqs: kq * REC_WG,
         gated: false,
         prep: false,
+        xq: false,
     }
 }
 
@@ -726,6 +735,7 @@ enum RecOut<'a> {
         a_log: &'a GpuBuffer,
         dt_bias: &'a GpuBuffer,
         weight: &'a GpuBuffer,
+        xq: Option<&'a GpuBuffer>,
     },
 }
 
@@ -735,6 +745,8 @@ enum RecOut<'a> {
 /// projection rows `z` (z at `z.col`, b at `b_col`, a at `a_col`, one stride). `out` receives the
 /// normalized, gated rows: the bits of `gdn_conv_prep` + [`gdn_recurrence`] + [`gated_norm`]
 /// (tested). Only where [`gated_recurrence_layout`] holds and the device binds 9 storage buffers.
+/// With `xq`, the rows also go out as `xquant.wgsl`'s integer planes of out_proj's input (the
+/// bits of xquant on `out`; where [`fused_recurrence_takes_planes`] holds).
 #[allow(clippy::too_many_arguments)]
 pub async fn gdn_recurrence_fused(
     gpu: &Gpu,
@@ -749,6 +761,7 @@ pub async fn gdn_recurrence_fused(
     dt_bias: &GpuBuffer,
     weight: &GpuBuffer,
     out: &GpuBuffer,
+    xq: Option<&GpuBuffer>,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
     recurrence_impl(
@@ -766,14 +779,22 @@ pub async fn gdn_recurrence_fused(
             a_log,
             dt_bias,
             weight,
+            xq,
         },
         step,
     )
     .await
 }
 
-/// Storage buffers [`gdn_recurrence_fused`] binds.
+/// Storage buffers [`gdn_recurrence_fused`] binds (one more with planes).
 pub const FUSED_RECURRENCE_STORAGE_BUFFERS: u32 = 9;
+
+/// Whether [`gdn_recurrence_fused`] can also write its output as integer planes on this device
+/// (heads of a multiple of 32 values, one more storage buffer).
+pub fn fused_recurrence_takes_planes(gpu: &Gpu, d: &GdnDims) -> bool {
+    d.v_head_dim % crate::ops::xquant::BLOCK == 0
+        && gpu.limits.max_storage_buffers_per_shader_stage > FUSED_RECURRENCE_STORAGE_BUFFERS
+}
 
 /// [`gdn_recurrence`] followed by [`gated_norm`] in one dispatch: `out` receives
 /// silu(z) · (weight ⊙ y / sqrt(mean(y²) + eps)) per (row, head), with the bits of the two kernels
@@ -869,6 +890,7 @@ async fn recurrence_impl(
         q_scale,
         k_scale,
         qk_eps,
+        q_stride: 0,
     };
     let mut res = vec![step.binding(), conv_out.whole()];
     let lay = match mode {
@@ -900,6 +922,7 @@ async fn recurrence_impl(
             a_log,
             dt_bias,
             weight,
+            xq,
         } => {
             need(what, "weight", weight, d.v_head_dim as u64)?;
             need(what, "a_log", a_log, hv as u64)?;
@@ -924,8 +947,27 @@ async fn recurrence_impl(
                 a_log.whole(),
                 dt_bias.whole(),
             ]);
+            if let Some(q) = xq {
+                if !fused_recurrence_takes_planes(gpu, d) {
+                    return Err(bad(
+                        what,
+                        format!(
+                            "integer planes need heads of a multiple of 32 values (Dv {}) and {} storage buffers",
+                            d.v_head_dim,
+                            FUSED_RECURRENCE_STORAGE_BUFFERS + 1
+                        ),
+                    ));
+                }
+                let row = crate::ops::xquant::row_bytes(d.value_dim());
+                params.rows_cap = params
+                    .rows_cap
+                    .min((q.size / row).min(u32::MAX as u64) as u32);
+                params.q_stride = crate::ops::xquant::q_stride(d.value_dim());
+                res.push(q.whole());
+            }
             RecurrenceLayout {
                 prep: true,
+                xq: xq.is_some(),
                 ..gated_lay()?
             }
         }

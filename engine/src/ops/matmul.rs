@@ -55,6 +55,8 @@ enum Fold<'a> {
     None,
     Norm(&'a crate::gpu::GpuBuffer, f32),
     Gated(&'a crate::gpu::GpuBuffer, Act<'a>, u32, f32),
+    /// x is `xquant.wgsl`'s integer planes ([`matmul_xq`]).
+    Planes,
 }
 
 /// Rows per workgroup of the prefill tile.
@@ -469,25 +471,18 @@ fn staged_long() -> bool {
 /// block kernel reads with 32 threads (k below [`LONG_K`]), so the bits are the block kernel's.
 /// Bytes of workgroup memory the staged kernel uses for tile `mt`: x of one chunk (32 blocks
 /// of up to 32 values per token) and the partials.
-fn staged_shared_bytes(mt: u32, xfix: bool) -> u32 {
+fn staged_shared_bytes(mt: u32) -> u32 {
     let (wg, _, rg) = staged_tile(mt);
-    // XFIX: the int8 planes (24 bytes per word), (s, Σx) per block and the per-word partials.
-    let xfix_bytes = if xfix {
-        mt * 32 * (4 * 24 + 8 + 4 * 8)
-    } else {
-        0
-    };
-    mt * 32 * 32 * 4 + wg * rg * mt * 4 + xfix_bytes
+    mt * 32 * 32 * 4 + wg * rg * mt * 4
 }
 
 fn use_staged(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
     let (wg, _, _) = staged_tile(mt);
-    let xfix = use_xfix(gpu, m);
-    let shared = staged_shared_bytes(mt, xfix);
+    let shared = staged_shared_bytes(mt);
     staged()
         && matches!(m.format, WeightFormat::Affine { .. })
         && (mt == MT_ONE || mt == MT_SMALL)
-        && (m.k < LONG_K || staged_long() || xfix)
+        && (m.k < LONG_K || staged_long())
         && wg <= gpu.limits.max_compute_invocations_per_workgroup
         && shared <= gpu.limits.max_compute_workgroup_storage_size
 }
@@ -619,38 +614,115 @@ pub fn staged_defines(
         .set("RG", rg)
         .set("MT", opts.mt)
         .flag("SUBGROUPS", subgroups)
-        .flag("XFIX", xfix() && xfix_format(format))
 }
 
-static XFIX: Switch = Switch::new("QWGPU_MATMUL_XFIX", false);
-
-/// Whether the staged kernel multiplies 4-bit codes by x held as block fixed point (`XFIX` in
-/// `matmul_staged.wgsl`: per block of 32 values x ≈ s · xi with |xi| < 2^22 in three 8-bit
-/// planes, packed 8-bit dot products exact in i32; x's rounding is at most 2^-22 of its block's
-/// max |x|). A third of the f32 path's instructions per product, but every workgroup converts
-/// the x it stages: on an H200 the 1-token tile is 5-18 % faster (27B gate+up 55 vs 57 µs,
-/// lm_head 295 vs 327 µs) and the 2-token tile 40-50 % slower (gate+up 114 vs 81 µs), so it is
-/// off by default (a verify must use the same arithmetic as a decode). `QWGPU_MATMUL_XFIX=1`
-/// turns it on at start-up for native devices (WebGPU keeps the f32 path); plans built after
-/// [`set_xfix`] follow the new setting. It has its own bits (the f32 path's equal the block
-/// kernel's), the same for 1 and 2 tokens.
-pub fn xfix() -> bool {
-    XFIX.get()
-}
-
-/// See [`xfix`].
-pub fn set_xfix(on: bool) {
-    XFIX.set(on)
-}
-
-/// Formats the XFIX path takes: 4-bit affine codes.
-fn xfix_format(format: &WeightFormat) -> bool {
+/// Formats the integer-plane path takes: 4-bit affine codes.
+fn q4_format(format: &WeightFormat) -> bool {
     matches!(format, WeightFormat::Affine { bits: 4, .. })
 }
 
-/// Whether the staged kernel runs `m` with XFIX on this device.
-fn use_xfix(gpu: &Gpu, m: &Matrix) -> bool {
-    xfix() && xfix_format(&m.format) && !gpu.caps.web
+static XQ: Switch = Switch::new("QWGPU_MATMUL_XQ", true);
+
+/// Whether the decode tiles take x as integer planes converted once per step (`XQ` in
+/// `matmul_staged.wgsl`, `xquant.wgsl`, [`matmul_xq`]) where [`takes_xq`] allows: packed 8-bit
+/// dot products of the 4-bit codes with x held as block fixed point (x rounded to at most 2^-22
+/// of its block's max |x|), no staging in workgroup memory. On by default for native devices;
+/// `QWGPU_MATMUL_XQ=0` turns it off at start-up, [`set_xq`] for plans built afterwards.
+pub fn xq() -> bool {
+    XQ.get()
+}
+
+/// See [`xq`].
+pub fn set_xq(on: bool) {
+    XQ.set(on)
+}
+
+/// Threads, rows per workgroup and rows per 32-lane group of the integer-plane decode kernel for
+/// tile `mt` and rows of `k` features: four groups of 4 rows, or of 2 rows for rows of
+/// [`LONG_K`] or more (H200 kernel lab, 27B down projection 5120×17408: 25.5 against 29.5 µs at
+/// 1 token, 34.7 against 46.7 µs at 2; 2 rows were slower for the other shapes, lm_head 205
+/// against 179 µs), unless `QWGPU_XQ_TILE=G,A,B` (read once; G groups of 32 lanes, 1–16, A and B
+/// rows per group of the 1- and 2-token tiles, 1–16) says otherwise (kernel lab). Rows never
+/// change a (row, token)'s arithmetic; both tiles use the same lanes per row.
+pub fn xq_tile(mt: u32, k: u32) -> (u32, u32, u32) {
+    static FORCED: std::sync::OnceLock<Option<(u32, u32, u32)>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        let v = std::env::var("QWGPU_XQ_TILE").ok()?;
+        let p: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
+        match p.as_slice() {
+            &[g, a, b]
+                if (1..=16).contains(&g) && (1..=16).contains(&a) && (1..=16).contains(&b) =>
+            {
+                Some((g, a, b))
+            }
+            _ => {
+                eprintln!("qwgpu: ignoring QWGPU_XQ_TILE={v:?}: expected G,A,B (1-16 each)");
+                None
+            }
+        }
+    });
+    match forced {
+        Some((g, a, b)) => {
+            let rg = if mt == MT_ONE { a } else { b };
+            (32 * g, g * rg, rg)
+        }
+        None if k >= LONG_K => (128, 8, 2),
+        None => staged_tile(mt),
+    }
+}
+
+/// Whether `m` in tile `mt` can take x as integer planes ([`matmul_xq`]): [`xq`] is on, 4-bit
+/// codes, a decode tile (1 or 2 tokens), a native device (WebGPU keeps the f32 path), k a
+/// multiple of 32, the staged kernel's threads and partials fit the device, and the staged
+/// kernel is not turned off. The same answer for both decode tiles of a matrix.
+pub fn takes_xq(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
+    let (wg, _, rg) = xq_tile(mt, m.k);
+    let (wg1, _, rg1) = xq_tile(MT_SMALL, m.k);
+    xq() && staged()
+        && q4_format(&m.format)
+        && !gpu.caps.web
+        && (mt == MT_ONE || mt == MT_SMALL)
+        && m.k % crate::ops::xquant::BLOCK == 0
+        && wg.max(wg1) <= gpu.limits.max_compute_invocations_per_workgroup
+        && (wg * rg * mt).max(wg1 * rg1 * MT_SMALL) * 4
+            <= gpu.limits.max_compute_workgroup_storage_size
+}
+
+/// y (+)= x · Wᵀ with x given as `xquant.wgsl`'s integer planes of the step's rows in `xq` (rows
+/// of `xquant::q_stride(m.k)` vec4; from [`crate::ops::xquant::xquant`]), optionally with the conv
+/// epilogue of [`matmul_normed_conv`] (then no add or SwiGLU, and the device binds 10 storage
+/// buffers). Only where [`takes_xq`] holds; the 1- and 2-token tiles give the same bits.
+pub async fn matmul_xq(
+    gpu: &Gpu,
+    m: &Matrix,
+    xq: &crate::gpu::GpuBuffer,
+    y: Act<'_>,
+    step: StepSlot<'_>,
+    opts: MatmulOpts,
+    conv: Option<ConvFold<'_>>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let bad = |message: String| GpuError::Shader {
+        name: format!("matmul {}", m.name),
+        message,
+    };
+    if !takes_xq(gpu, m, opts.mt) {
+        return Err(bad(
+            "this matrix cannot take x as integer planes in this tile (see ops::matmul::takes_xq)"
+                .into(),
+        ));
+    }
+    if let Some(c) = conv {
+        if opts.add || opts.swiglu || !xq_conv_fits(gpu) {
+            return Err(bad("a conv epilogue on integer planes takes no residual add or SwiGLU and needs 10 storage buffers".into()));
+        }
+        check_conv(m, &c, opts.mt)?;
+    }
+    matmul_with(gpu, m, Act::new(xq, 0), y, step, opts, Fold::Planes, conv).await
+}
+
+/// Whether the device binds the storage buffers of [`matmul_xq`] with a conv epilogue.
+pub fn xq_conv_fits(gpu: &Gpu) -> bool {
+    gpu.limits.max_storage_buffers_per_shader_stage >= CONV_FOLD_STORAGE_BUFFERS - 1
 }
 
 /// One dispatch per chunk of `m`. `y.col` shifts the output columns (several projections can
@@ -685,7 +757,7 @@ pub fn folds_norm(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
     on && gpu.limits.max_storage_buffers_per_shader_stage >= 7
         && (xreg_tile(gpu, m, mt).is_some()
             || (use_staged(gpu, m, mt)
-                && staged_shared_bytes(mt, use_xfix(gpu, m)) + wg * mt * 4
+                && staged_shared_bytes(mt) + wg * mt * 4
                     <= gpu.limits.max_compute_workgroup_storage_size))
 }
 
@@ -769,27 +841,7 @@ pub async fn matmul_normed_conv(
                 .into(),
         ));
     }
-    if conv.taps == 0 || conv.taps > CONV_KMAX {
-        return Err(bad(format!(
-            "conv taps {} outside 1..={CONV_KMAX}",
-            conv.taps
-        )));
-    }
-    let cd = conv.conv_dim as u64;
-    let need = [
-        ("conv weights", conv.conv_w, cd * conv.taps as u64),
-        ("conv state", conv.state, cd * (conv.taps as u64 - 1)),
-        ("conv snapshot", conv.snap, cd * (conv.taps as u64 - 1)),
-        ("conv output", conv.out, cd * opts.mt as u64),
-    ];
-    for (what, b, elems) in need {
-        if b.size / 4 < elems {
-            return Err(bad(format!(
-                "{what} holds {} f32 values, needs {elems}",
-                b.size / 4
-            )));
-        }
-    }
+    check_conv(m, &conv, opts.mt)?;
     matmul_with(
         gpu,
         m,
@@ -801,6 +853,36 @@ pub async fn matmul_normed_conv(
         Some(conv),
     )
     .await
+}
+
+/// The conv epilogue's taps and buffer sizes.
+fn check_conv(m: &Matrix, conv: &ConvFold<'_>, mt: u32) -> Result<(), GpuError> {
+    let bad = |message: String| GpuError::Shader {
+        name: format!("matmul {}", m.name),
+        message,
+    };
+    if conv.taps == 0 || conv.taps > CONV_KMAX {
+        return Err(bad(format!(
+            "conv taps {} outside 1..={CONV_KMAX}",
+            conv.taps
+        )));
+    }
+    let cd = conv.conv_dim as u64;
+    let need = [
+        ("conv weights", conv.conv_w, cd * conv.taps as u64),
+        ("conv state", conv.state, cd * (conv.taps as u64 - 1)),
+        ("conv snapshot", conv.snap, cd * (conv.taps as u64 - 1)),
+        ("conv output", conv.out, cd * mt as u64),
+    ];
+    for (what, b, elems) in need {
+        if b.size / 4 < elems {
+            return Err(bad(format!(
+                "{what} holds {} f32 values, needs {elems}",
+                b.size / 4
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Most conv taps the conv epilogue takes (gdn_conv_prep's KMAX).
@@ -839,8 +921,7 @@ pub fn folds_gated(gpu: &Gpu, m: &Matrix, mt: u32, dv: u32) -> bool {
         && (32 * epb) % dv == 0
         && m.k % dv == 0
         && gpu.limits.max_storage_buffers_per_shader_stage >= 8
-        && staged_shared_bytes(mt, false) + mt * 32 * epb
-            <= gpu.limits.max_compute_workgroup_storage_size
+        && staged_shared_bytes(mt) + mt * 32 * epb <= gpu.limits.max_compute_workgroup_storage_size
 }
 
 /// y (+)= (silu(z) ∘ gated RMSNorm(x)) · Wᵀ with the Gated-DeltaNet output norm (spec §4.6 step 7,
@@ -895,7 +976,8 @@ async fn matmul_with(
         _ => None,
     };
     let gated = matches!(fold, Fold::Gated(..));
-    if x.stride % 4 != 0 || x.col % 4 != 0 {
+    let planes = matches!(fold, Fold::Planes);
+    if !planes && (x.stride % 4 != 0 || x.col % 4 != 0) {
         return Err(GpuError::Shader {
             name: format!("matmul {}", m.name),
             message: "x stride/column must be multiples of 4".into(),
@@ -912,9 +994,23 @@ async fn matmul_with(
             message: "a SwiGLU matmul needs (gate, up) row pairs: an even row count, even rows per workgroup and chunk, and no residual add".into(),
         });
     }
-    let staged = use_staged(gpu, m, opts.mt);
-    let gemm = use_gemm(gpu, m, opts.mt);
-    let xt = if gated || conv.is_some() {
+    let staged = if planes {
+        takes_xq(gpu, m, opts.mt)
+    } else {
+        use_staged(gpu, m, opts.mt)
+    };
+    if planes && !staged {
+        return Err(GpuError::Shader {
+            name: format!("matmul {}", m.name),
+            message: "this matrix cannot take x as integer planes in this tile (see ops::matmul::takes_xq)".into(),
+        });
+    }
+    let gemm = if planes {
+        None
+    } else {
+        use_gemm(gpu, m, opts.mt)
+    };
+    let xt = if gated || planes || conv.is_some() {
         None
     } else {
         xreg_tile(gpu, m, opts.mt)
@@ -946,11 +1042,16 @@ async fn matmul_with(
         )
     } else if staged {
         let sub = gpu.caps.subgroups && gpu.caps.subgroup_max_size <= 32;
-        let xfix = !gated && use_xfix(gpu, m);
         let d = staged_defines(&gpu.base_defines(), &m.format, &opts, sub)
             .flag("NORM", norm.is_some())
             .flag("GATED", gated)
-            .flag("XFIX", xfix);
+            .flag("XQ", planes);
+        let d = if planes {
+            let (wg, rows, rg) = xq_tile(opts.mt, m.k);
+            d.set("WG", wg).set("ROWS", rows).set("RG", rg)
+        } else {
+            d
+        };
         let d = if conv.is_some() {
             d.flag("CONV", true).set("KMAX", CONV_KMAX)
         } else {
@@ -958,7 +1059,11 @@ async fn matmul_with(
         };
         (
             gpu.pipeline("matmul_staged.wgsl", &d).await?,
-            staged_tile(opts.mt).1,
+            if planes {
+                xq_tile(opts.mt, m.k).1
+            } else {
+                staged_tile(opts.mt).1
+            },
         )
     } else {
         (
@@ -985,13 +1090,18 @@ async fn matmul_with(
             } else {
                 y.col + c.row0
             },
-            x_stride: x.stride,
-            x_col: x.col,
+            // Planes: rows of xquant's q_stride vec4<u32>, from the row's start.
+            x_stride: if planes {
+                crate::ops::xquant::q_stride(m.k)
+            } else {
+                x.stride
+            },
+            x_col: if planes { 0 } else { x.col },
             y_stride: y.stride,
             groups_per_row,
             group_size,
             eps: match fold {
-                Fold::None => 0.0,
+                Fold::None | Fold::Planes => 0.0,
                 Fold::Norm(_, eps) | Fold::Gated(_, _, _, eps) => eps,
             },
             dv: if let Fold::Gated(_, _, dv, _) = fold {
@@ -1020,7 +1130,7 @@ async fn matmul_with(
         }
         res.push(y.buf.whole());
         match fold {
-            Fold::None => {}
+            Fold::None | Fold::Planes => {}
             Fold::Norm(w, _) => res.push(w.whole()),
             Fold::Gated(w, z, _, _) => {
                 res.push(w.whole());
@@ -1129,7 +1239,12 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                             mt,
                             swiglu,
                         };
-                        for xfix in [false, true] {
+                        v.push((
+                            "matmul_staged.wgsl",
+                            staged_defines(&b, &format, &opts, sub && base.is_true("SUBGROUPS"))
+                                .flag("NORM", norm),
+                        ));
+                        if norm && !add && !swiglu {
                             v.push((
                                 "matmul_staged.wgsl",
                                 staged_defines(
@@ -1138,23 +1253,33 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                     &opts,
                                     sub && base.is_true("SUBGROUPS"),
                                 )
-                                .flag("NORM", norm)
-                                .flag("XFIX", xfix && xfix_format(&format)),
+                                .flag("NORM", true)
+                                .flag("CONV", true)
+                                .set("KMAX", CONV_KMAX),
                             ));
-                            if norm && !add && !swiglu {
-                                v.push((
-                                    "matmul_staged.wgsl",
-                                    staged_defines(
-                                        &b,
-                                        &format,
-                                        &opts,
-                                        sub && base.is_true("SUBGROUPS"),
-                                    )
-                                    .flag("NORM", true)
-                                    .flag("XFIX", xfix && xfix_format(&format))
-                                    .flag("CONV", true)
-                                    .set("KMAX", CONV_KMAX),
-                                ));
+                        }
+                        if !norm && q4_format(&format) {
+                            for (conv, k) in [(false, 4096), (true, 4096), (false, LONG_K)] {
+                                if conv && (add || swiglu) {
+                                    continue;
+                                }
+                                let (wg, rows, rg) = xq_tile(mt, k);
+                                let d = staged_defines(
+                                    &b,
+                                    &format,
+                                    &opts,
+                                    sub && base.is_true("SUBGROUPS"),
+                                )
+                                .flag("XQ", true)
+                                .set("WG", wg)
+                                .set("ROWS", rows)
+                                .set("RG", rg);
+                                let d = if conv {
+                                    d.flag("CONV", true).set("KMAX", CONV_KMAX)
+                                } else {
+                                    d
+                                };
+                                v.push(("matmul_staged.wgsl", d));
                             }
                         }
                         if add && !norm && !swiglu {
@@ -1166,8 +1291,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                     &opts,
                                     sub && base.is_true("SUBGROUPS"),
                                 )
-                                .flag("GATED", true)
-                                .flag("XFIX", false),
+                                .flag("GATED", true),
                             ));
                         }
                     }

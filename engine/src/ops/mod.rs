@@ -11,6 +11,7 @@ pub mod mtp;
 pub mod norm;
 pub mod sample;
 pub mod swiglu;
+pub mod xquant;
 
 use crate::gpu::GpuBuffer;
 
@@ -68,5 +69,6 @@ pub fn all_variants(subgroups: bool) -> Vec<(&'static str, crate::gpu::Defines)>
     v.extend(gdn::variants(&base));
     v.extend(sample::variants(&base));
     v.extend(mtp::variants(&base));
+    v.extend(xquant::variants(&base));
     v
 }

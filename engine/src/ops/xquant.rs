@@ -1,0 +1,121 @@
+//! `xquant.wgsl`: activation rows to the integer planes the XQ decode matmuls read
+//! ([`crate::ops::matmul::matmul_xq`]), optionally RMSNorm'ed first (spec §4.3).
+
+use crate::gpu::{Defines, Dispatch, Gpu, GpuBuffer, GpuError, Grid, StepSlot};
+use crate::ops::Act;
+
+crate::gpu_struct! {
+    pub struct XquantParams as "Params" {
+        dim: u32,
+        x_stride: u32,
+        x_col: u32,
+        /// vec4<u32> per output row ([`q_stride`]).
+        q_stride: u32,
+        eps: f32,
+    }
+}
+
+/// Values per fixed-point block (one 16-byte block of 4-bit codes).
+pub const BLOCK: u32 = 32;
+
+/// Blocks per workgroup of `xquant.wgsl` (256 threads, one word each).
+const BLOCKS_PER_WG: u32 = 64;
+
+/// vec4<u32> per row of planes for `dim` values: six planes and (s, Σx) per block of 32.
+pub fn q_stride(dim: u32) -> u32 {
+    7 * (dim / BLOCK)
+}
+
+/// Bytes of one row of planes for `dim` values.
+pub fn row_bytes(dim: u32) -> u64 {
+    q_stride(dim) as u64 * 16
+}
+
+/// The step's rows of `x` (`dim` values each) as planes in `xq` (rows of [`q_stride`] vec4),
+/// RMSNorm'ed with `norm` = (weight [dim], epsilon) first when given (the bits of `rms_norm`'s
+/// output). With `out_rows`, only the step's last `n_out` rows, written compactly (lm_head's
+/// input). `xq` must hold `rows` rows: the most the plan's steps can have.
+#[allow(clippy::too_many_arguments)]
+pub async fn xquant(
+    gpu: &Gpu,
+    dim: u32,
+    x: Act<'_>,
+    norm: Option<(&GpuBuffer, f32)>,
+    xq: &GpuBuffer,
+    rows: u32,
+    step: StepSlot<'_>,
+    out_rows: bool,
+) -> Result<Dispatch, GpuError> {
+    let bad = |message: String| GpuError::Shader {
+        name: "xquant".into(),
+        message,
+    };
+    if dim == 0 || dim % BLOCK != 0 {
+        return Err(bad(format!(
+            "{dim} values per row is not a multiple of {BLOCK}"
+        )));
+    }
+    if x.stride % 4 != 0 || x.col % 4 != 0 {
+        return Err(bad(format!(
+            "x stride {} and column {} must be multiples of 4",
+            x.stride, x.col
+        )));
+    }
+    if xq.size < rows as u64 * row_bytes(dim) {
+        return Err(bad(format!(
+            "the plane buffer holds {} bytes, {rows} rows of {dim} values need {}",
+            xq.size,
+            rows as u64 * row_bytes(dim)
+        )));
+    }
+    if let Some((w, _)) = norm {
+        if w.size < dim as u64 * 4 {
+            return Err(bad(format!(
+                "the norm weight holds {} values, the rows have {dim}",
+                w.size / 4
+            )));
+        }
+    }
+    let pipeline = gpu
+        .pipeline(
+            "xquant.wgsl",
+            &defines(&gpu.base_defines(), norm.is_some(), out_rows),
+        )
+        .await?;
+    let params = XquantParams {
+        dim,
+        x_stride: x.stride,
+        x_col: x.col,
+        q_stride: q_stride(dim),
+        eps: norm.map_or(0.0, |n| n.1),
+    };
+    let u = gpu.uniform("xquant.params", &params);
+    let mut res = vec![u.whole(), step.binding(), x.buf.whole(), xq.whole()];
+    if let Some((w, _)) = norm {
+        res.push(w.whole());
+    }
+    let groups = (dim / BLOCK).div_ceil(BLOCKS_PER_WG);
+    let grid = if out_rows {
+        Grid::per_out(groups, 1)
+    } else {
+        Grid::per_token(groups)
+    };
+    Ok(gpu.dispatch("xquant", &pipeline, &res, grid))
+}
+
+pub fn defines(base: &Defines, norm: bool, out_rows: bool) -> Defines {
+    base.clone()
+        .set("PARAMS", <XquantParams as crate::gpu::ParamStruct>::WGSL)
+        .flag("NORM", norm)
+        .flag("OUT_ROWS", out_rows)
+}
+
+pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
+    let mut v = Vec::new();
+    for norm in [false, true] {
+        for out_rows in [false, true] {
+            v.push(("xquant.wgsl", defines(base, norm, out_rows)));
+        }
+    }
+    v
+}
