@@ -111,13 +111,7 @@ fn conv_at(idx: u32) -> f32 {
 }
 
 #if XQ
-// xquant.wgsl's block scale: (s, 1 / s) for a block whose max |x| is mx.
-fn block_scale(mx: f32) -> vec2<f32> {
-    let e = (bitcast<u32>(mx) >> 23u) & 0xFFu;
-    if (e < 22u) { return vec2<f32>(0.0); }
-    if (e == 255u) { return vec2<f32>(mx, 0.0); }
-    return vec2<f32>(bitcast<f32>((e - 21u) << 23u), bitcast<f32>((275u - e) << 23u));
-}
+#include "xq_planes.wgsl"
 #endif
 
 fn hsum(a: vec4<f32>) -> f32 {
@@ -322,11 +316,7 @@ fn main(
         if (lid < nwd) {
             qa = vec4<f32>(gq[8u * lid], gq[8u * lid + 1u], gq[8u * lid + 2u], gq[8u * lid + 3u]);
             qb = vec4<f32>(gq[8u * lid + 4u], gq[8u * lid + 5u], gq[8u * lid + 6u], gq[8u * lid + 7u]);
-            let qm = max(abs(qa), abs(qb));
-            qpart[lid] = vec2<f32>(
-                max(max(qm.x, qm.y), max(qm.z, qm.w)),
-                ((qa.x + qa.y) + (qa.z + qa.w)) + ((qb.x + qb.y) + (qb.z + qb.w)),
-            );
+            qpart[lid] = word_part(qa, qb);
         }
         workgroupBarrier();
         if (lid < nwd) {
@@ -336,17 +326,16 @@ fn main(
             let p2 = qpart[b0 + 2u];
             let p3 = qpart[b0 + 3u];
             let sc = block_scale(max(max(p0.x, p1.x), max(p2.x, p3.x)));
-            let ev = vec4<i32>(round(vec4<f32>(qa.x, qa.z, qb.x, qb.z) * sc.y));
-            let od = vec4<i32>(round(vec4<f32>(qa.y, qa.w, qb.y, qb.w) * sc.y));
+            let pw = word_planes(qa, qb, sc.y);
             let nb = hv * p.dv / 32u;
             let o = t * p.q_stride * 4u + (h * p.dv / 32u + lid / 4u) * 4u + lid % 4u;
             let pl = nb * 4u;
-            xq[o] = pack4xI8(ev >> vec4<u32>(16u));
-            xq[o + pl] = pack4xI8(od >> vec4<u32>(16u));
-            xq[o + 2u * pl] = pack4xU8(bitcast<vec4<u32>>(ev) >> vec4<u32>(8u));
-            xq[o + 3u * pl] = pack4xU8(bitcast<vec4<u32>>(od) >> vec4<u32>(8u));
-            xq[o + 4u * pl] = pack4xU8(bitcast<vec4<u32>>(ev));
-            xq[o + 5u * pl] = pack4xU8(bitcast<vec4<u32>>(od));
+            xq[o] = pw[0];
+            xq[o + pl] = pw[1];
+            xq[o + 2u * pl] = pw[2];
+            xq[o + 3u * pl] = pw[3];
+            xq[o + 4u * pl] = pw[4];
+            xq[o + 5u * pl] = pw[5];
             if (lid % 4u == 0u) {
                 xq[o + 6u * pl] = bitcast<u32>(sc.x);
                 xq[o + 6u * pl + 1u] = bitcast<u32>(((p0.y + p1.y) + p2.y) + p3.y);

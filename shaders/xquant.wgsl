@@ -42,13 +42,7 @@ var<workgroup> part: array<vec2<f32>, WG>;
 var<workgroup> red: array<f32, WG>;
 #endif
 
-// (s, 1 / s) for a block whose max |x| is mx (see above); both powers of two, so x / s is exact.
-fn block_scale(mx: f32) -> vec2<f32> {
-    let e = (bitcast<u32>(mx) >> 23u) & 0xFFu;
-    if (e < 22u) { return vec2<f32>(0.0); }
-    if (e == 255u) { return vec2<f32>(mx, 0.0); }
-    return vec2<f32>(bitcast<f32>((e - 21u) << 23u), bitcast<f32>((275u - e) << 23u));
-}
+#include "xq_planes.wgsl"
 
 @compute @workgroup_size(WG)
 fn main(
@@ -95,11 +89,7 @@ fn main(
         b = w[j + 1u] * (b * inv);
 #endif
     }
-    let m = max(abs(a), abs(b));
-    part[lid] = vec2<f32>(
-        max(max(m.x, m.y), max(m.z, m.w)),
-        ((a.x + a.y) + (a.z + a.w)) + ((b.x + b.y) + (b.z + b.w)),
-    );
+    part[lid] = word_part(a, b);
     workgroupBarrier();
     if (!live) { return; }
     let b0 = lid & ~3u;
@@ -108,16 +98,15 @@ fn main(
     let p2 = part[b0 + 2u];
     let p3 = part[b0 + 3u];
     let sc = block_scale(max(max(p0.x, p1.x), max(p2.x, p3.x)));
-    let ev = vec4<i32>(round(vec4<f32>(a.x, a.z, b.x, b.z) * sc.y));
-    let od = vec4<i32>(round(vec4<f32>(a.y, a.w, b.y, b.w) * sc.y));
+    let pw = word_planes(a, b, sc.y);
     let o = qo + bl * 4u + wd;
     let pl = nb * 4u;
-    xq[o] = pack4xI8(ev >> vec4<u32>(16u));
-    xq[o + pl] = pack4xI8(od >> vec4<u32>(16u));
-    xq[o + 2u * pl] = pack4xU8(bitcast<vec4<u32>>(ev) >> vec4<u32>(8u));
-    xq[o + 3u * pl] = pack4xU8(bitcast<vec4<u32>>(od) >> vec4<u32>(8u));
-    xq[o + 4u * pl] = pack4xU8(bitcast<vec4<u32>>(ev));
-    xq[o + 5u * pl] = pack4xU8(bitcast<vec4<u32>>(od));
+    xq[o] = pw[0];
+    xq[o + pl] = pw[1];
+    xq[o + 2u * pl] = pw[2];
+    xq[o + 3u * pl] = pw[3];
+    xq[o + 4u * pl] = pw[4];
+    xq[o + 5u * pl] = pw[5];
     if (wd == 0u) {
         xq[o + 6u * pl] = bitcast<u32>(sc.x);
         xq[o + 6u * pl + 1u] = bitcast<u32>(((p0.y + p1.y) + p2.y) + p3.y);
