@@ -25,7 +25,7 @@
 // compiler can issue them all before the arithmetic.
 //
 // Defines: WG, BK (keys per block; WG/BK lanes per key), HEAD_DIM, NS (max chunks per row),
-// CK_MIN (min chunk length, a multiple of BK), SPLIT.
+// CK_MIN (min chunk length, a multiple of BK), SPLIT, XQ (final pass only).
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -41,6 +41,13 @@
 @group(0) @binding(5) var<storage, read> part: array<vec4<f32>>;           // [split_rows, Hq, NS, 1 + D/4]: (m, l, 0, 0), acc
 @group(0) @binding(6) var<storage, read> gate: array<f32>;                 // [T, gate_stride]: at gate_col, [Hq, 2, D] = per head [q_h | gate_h]
 @group(0) @binding(7) var<storage, read_write> y: array<vec4<f32>>;        // [T, Hq*D / 4]
+#if XQ
+// XQ: y also as the integer planes of the o_proj matmul (xq_planes.wgsl; a head is D / 8 whole
+// words, a thread per word), the bits of an xquant dispatch on y.
+@group(0) @binding(8) var<storage, read_write> xq: array<u32>;             // [T, 4 * q_stride]
+var<workgroup> yo: array<vec4<f32>, D4>;
+#include "xq_planes.wgsl"
+#endif
 #endif
 
 const WG: u32 = {{WG}}u;
@@ -234,7 +241,24 @@ fn main(
     if (lid < D4) {
         let gb = t * p.gate_stride + p.gate_col + h * 2u * D + D + 4u * lid;
         let gv = vec4<f32>(gate[gb], gate[gb + 1u], gate[gb + 2u], gate[gb + 3u]);
-        y[(t * nq + h) * D4 + lid] = (st.acc / st.l) * (1.0 / (1.0 + exp(-gv)));
+        let ov = (st.acc / st.l) * (1.0 / (1.0 + exp(-gv)));
+        y[(t * nq + h) * D4 + lid] = ov;
+#if XQ
+        yo[lid] = ov;
+#endif
     }
+#if XQ
+    workgroupBarrier();
+    if (lid < D / 8u && t < p.xq_rows) {
+        let a = yo[2u * lid];
+        let b = yo[2u * lid + 1u];
+        let r = word_out(a, b, word_sq(a, b));
+        let o = t * p.q_stride * 4u + h * (D / 8u) + lid;
+        let pl = p.q_stride / XQ_PLANES * 4u;
+#for P 9
+        xq[o + {{P}}u * pl] = r[{{P}}];
+#endfor
+    }
+#endif
 }
 #endif

@@ -79,10 +79,9 @@ var<workgroup> gred: array<f32, GN_WG>;
 #if XQ
 // XQ (with PREP): the gated output of each row also goes out as xquant.wgsl's integer planes (the
 // input of out_proj's XQ matmul), computed as xquant computes them from the written values: a
-// head of Dv (a multiple of 32) values is Dv / 32 whole blocks, one thread per word of 8 values,
-// the same max, sums and rounding, so the planes have xquant's bits (tested through the model).
+// head of Dv (a multiple of 32) values is Dv / 8 whole words, one thread per word (xq_planes.wgsl),
+// so the planes have xquant's bits (tested through the model).
 var<workgroup> gq: array<f32, R>;
-var<workgroup> qpart: array<vec2<f32>, R>;
 #endif
 #if PREP
 var<workgroup> qkred: array<f32, 2u * GN_WG>;
@@ -311,35 +310,16 @@ fn main(
 #if XQ
         workgroupBarrier();
         let nwd = p.dv / 8u;
-        var qa = vec4<f32>(0.0);
-        var qb = vec4<f32>(0.0);
         if (lid < nwd) {
-            qa = vec4<f32>(gq[8u * lid], gq[8u * lid + 1u], gq[8u * lid + 2u], gq[8u * lid + 3u]);
-            qb = vec4<f32>(gq[8u * lid + 4u], gq[8u * lid + 5u], gq[8u * lid + 6u], gq[8u * lid + 7u]);
-            qpart[lid] = word_part(qa, qb);
-        }
-        workgroupBarrier();
-        if (lid < nwd) {
-            let b0 = lid & ~3u;
-            let p0 = qpart[b0];
-            let p1 = qpart[b0 + 1u];
-            let p2 = qpart[b0 + 2u];
-            let p3 = qpart[b0 + 3u];
-            let sc = block_scale(max(max(p0.x, p1.x), max(p2.x, p3.x)));
-            let pw = word_planes(qa, qb, sc.y);
+            let qa = vec4<f32>(gq[8u * lid], gq[8u * lid + 1u], gq[8u * lid + 2u], gq[8u * lid + 3u]);
+            let qb = vec4<f32>(gq[8u * lid + 4u], gq[8u * lid + 5u], gq[8u * lid + 6u], gq[8u * lid + 7u]);
+            let r = word_out(qa, qb, word_sq(qa, qb));
             let nb = hv * p.dv / 32u;
-            let o = t * p.q_stride * 4u + (h * p.dv / 32u + lid / 4u) * 4u + lid % 4u;
+            let o = t * p.q_stride * 4u + h * p.dv / 8u + lid;
             let pl = nb * 4u;
-            xq[o] = pw[0];
-            xq[o + pl] = pw[1];
-            xq[o + 2u * pl] = pw[2];
-            xq[o + 3u * pl] = pw[3];
-            xq[o + 4u * pl] = pw[4];
-            xq[o + 5u * pl] = pw[5];
-            if (lid % 4u == 0u) {
-                xq[o + 6u * pl] = bitcast<u32>(sc.x);
-                xq[o + 6u * pl + 1u] = bitcast<u32>(((p0.y + p1.y) + p2.y) + p3.y);
-            }
+#for P 9
+            xq[o + {{P}}u * pl] = r[{{P}}];
+#endfor
         }
 #endif
 #else

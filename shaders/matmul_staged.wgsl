@@ -20,16 +20,27 @@
 // subgroup order, or the same tree through workgroup memory). Subgroups wider than 32 lanes would
 // span two groups: on such devices the host builds the tree variant.
 //
-// Defines: WG, ROWS (rows per workgroup = G * RG), RG (rows per group), MT (tokens per tile),
-// TOKENS, ADD, SWIGLU, NORM, GATED, XQ (Q4 only, not with NORM or GATED), CONV (not with ADD or SWIGLU), Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16,
-// SUBGROUPS.
+// Defines: WG, ROWS (rows per workgroup = G / KS * RG), RG (rows per group), KS (groups per row:
+// 1, or more with KSPLIT and XQ), XU (blocks per lane per loop iteration, XQ), MT (tokens per tile),
+// TOKENS, ADD, SWIGLU, NORM, GATED, XQ (Q4 only, not with NORM or GATED), XNORM and XOUT (with
+// XQ; XOUT not with CONV), XONORM (with XOUT), INV (NORM or XNORM), CONV (not with ADD or
+// SWIGLU), Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16, SUBGROUPS.
 //
-// XQ: x comes as xquant.wgsl's integer planes (converted once per step, not per workgroup), so
-// nothing is staged: lane l reads its block's planes straight from memory (the row groups of a
-// workgroup share them through the cache), multiplies each code word's even and odd codes with
-// each plane by packed 8-bit dot products (exact in i32) and adds per block
-// scale · (f32(256 · (256 · Σh + Σm) + Σl) · s) + bias · Σx. Per token, so the same bits for 1
-// and 2 tokens; its own bits (x rounded to 2^-22 of its block's max).
+// XQ: x comes as integer planes (xq_planes.wgsl: written by xquant.wgsl, the Gated-DeltaNet
+// recurrence or another matmul's XOUT epilogue, once per step, not per workgroup), so nothing is
+// staged: lane l reads its block's planes straight from memory (the row groups of a workgroup
+// share them through the cache), multiplies each code word's even and odd codes with each plane
+// by packed 8-bit dot products (exact in i32), and adds per block
+// scale · Σ_words f32(256 · (256 · Σh + Σm) + Σl) · s_word + bias · Σx. Per token, so the same bits
+// for 1 and 2 tokens; its own bits (x rounded to 2^-22 of its word's max).
+//
+// XNORM: the RMSNorm in front of this matmul was deferred by the planes' writer: they hold
+// w_norm ∘ x and, in P = 8, the squares of x. Each lane sums those with its blocks, the row's sum
+// is reduced with the accumulators, and every (row, token) is scaled by 1/sqrt(mean(x²) + eps).
+//
+// XOUT: the outputs (after the residual add or SwiGLU) also go out as integer planes for the next
+// matmul (with XONORM scaled by the next RMSNorm's weight, whose 1/rms that matmul applies with
+// XNORM): a workgroup's output columns are whole words of 8. No dispatch converts them.
 //
 // CONV: the causal conv + silu of a Gated-DeltaNet layer (spec §4.6 steps 2-3) in the epilogue of
 // its input projection: output columns row0 + row below conv_dim are conv channels, and the thread
@@ -69,6 +80,12 @@
 #endif
 const KMAX: u32 = {{KMAX}}u;
 #endif
+#if XOUT
+@group(0) @binding(7) var<storage, read_write> xo: array<u32>;     // [T, 4 * xo_stride] planes of y
+#if XONORM
+@group(0) @binding(8) var<storage, read> onw: array<vec4<f32>>;    // [n / 4] the next RMSNorm's weight
+#endif
+#endif
 #if GATED
 @group(0) @binding(7) var<storage, read> gw: array<vec4<f32>>;     // [dv / 4] gated-norm weight
 @group(0) @binding(8) var<storage, read> zg: array<vec4<f32>>;     // [T, z_stride / 4], z at z_col
@@ -80,6 +97,23 @@ const RG: u32 = {{RG}}u;
 const MT: u32 = {{MT}}u;
 const LANES: u32 = 32u;
 const NACC: u32 = RG * MT;
+#if XQ
+const XU: u32 = {{XU}}u;       // blocks per lane per loop iteration
+#endif
+// KS groups share each RG rows, each summing a contiguous part of the row's chunks of 32 blocks
+// (KSPLIT, with XQ); the parts are added in order after the lane sums.
+const KS: u32 = {{KS}}u;
+#if XNORM
+// The row's Σx² (from the planes' P = 8) is reduced with the accumulators, one per token.
+const NRED: u32 = NACC + MT;
+#else
+const NRED: u32 = NACC;
+#endif
+#if SWIGLU
+const OW: u32 = ROWS / 2u;     // output columns of a workgroup
+#else
+const OW: u32 = ROWS;
+#endif
 
 #if Q4
 const EPB: u32 = 32u;
@@ -93,7 +127,10 @@ const CHV: u32 = CH * XV;      // x vec4 per token per chunk
 #if !XQ
 var<workgroup> xs: array<vec4<f32>, MT * CHV>;
 #endif
-var<workgroup> red: array<f32, WG * NACC>;
+var<workgroup> red: array<f32, WG * NRED>;
+#if XOUT
+var<workgroup> ov: array<f32, MT * OW>;
+#endif
 #if NORM
 // NORM: the RMSNorm in front of this matmul is folded in (spec §4.3). x is staged as w_norm ∘ x,
 // each thread sums the squares of the x values it stages (per token, in a fixed order that does
@@ -112,6 +149,9 @@ var<workgroup> sq: array<f32, MT * CHV>;
 #endif
 
 #include "quant.wgsl"
+#if XOUT
+#include "xq_planes.wgsl"
+#endif
 
 @compute @workgroup_size(WG)
 fn main(
@@ -133,7 +173,9 @@ fn main(
 #endif
     let grp = lid / LANES;
     let lane = lid % LANES;
-    let rb = r0 + grp * RG;
+    let kp = grp % KS;             // this group's part of the row
+    let rgp = grp / KS;            // this group's rows
+    let rb = r0 + rgp * RG;
 
 #for R RG
     let row{{R}} = min(rb + {{R}}u, p.n - 1u);
@@ -144,15 +186,111 @@ fn main(
 #for T MT
     let on{{T}} = t0 + {{T}}u < T;
 #endfor
-#if NORM
+#if INV
 #for T MT
     var ss{{T}} = 0.0;
 #endfor
 #endif
     let nch = (bpr + CH - 1u) / CH;
-    for (var c = 0u; c < nch; c++) {
 #if XQ
+    // This group's chunks: part kp of KS (all of them for KS = 1).
+    let cpp = (nch + KS - 1u) / KS;
+    let c_lo = min(kp * cpp, nch);
+    let c_hi = min(c_lo + cpp, nch);
+    // XU blocks per lane per iteration: every load of the XU blocks is issued (at clamped
+    // indices) before their arithmetic, which then runs in block order (the bits of XU = 1).
+    for (var c = c_lo; c < c_hi; c += XU) {
+#for U XU
+        let b{{U}} = min((c + {{U}}u) * CH + lane, bpr - 1u);
+#for R RG
+        let wb{{R}}_{{U}} = w[row{{R}} * bpr + b{{U}}];
+        let sb{{R}}_{{U}} = scale_bias(row{{R}} * p.groups_per_row + (b{{U}} * EPB) / p.group_size);
+#endfor
+#for T MT
+        let xb{{T}}_{{U}} = (t0 + {{T}}u) * p.x_stride + b{{U}};
+        let he{{T}}_{{U}} = xq[xb{{T}}_{{U}}];
+        let ho{{T}}_{{U}} = xq[xb{{T}}_{{U}} + bpr];
+        let me{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 2u * bpr];
+        let mo{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 3u * bpr];
+        let le{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 4u * bpr];
+        let lo{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 5u * bpr];
+        let qw{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 6u * bpr];
+        let qx{{T}}_{{U}} = bitcast<vec4<f32>>(xq[xb{{T}}_{{U}} + 7u * bpr]);
+#if XNORM
+        let qq{{T}}_{{U}} = bitcast<vec4<f32>>(xq[xb{{T}}_{{U}} + 8u * bpr]);
+#endif
+#endfor
+#endfor
+#for U XU
+        if (c + {{U}}u < c_hi && (c + {{U}}u) * CH + lane < bpr) {
+#for T MT
+            let sx{{T}} = (qx{{T}}_{{U}}.x + qx{{T}}_{{U}}.y) + (qx{{T}}_{{U}}.z + qx{{T}}_{{U}}.w);
+#if XNORM
+            if (on{{T}}) {
+                ss{{T}} += (qq{{T}}_{{U}}.x + qq{{T}}_{{U}}.y) + (qq{{T}}_{{U}}.z + qq{{T}}_{{U}}.w);
+            }
+#endif
+#if XSUM_BLOCK
+            // The block's largest word scale S = 2^em (a power of two: its bits are the exponent
+            // field alone) and each word's right shift to it (31 at most: a word 2^31 or more
+            // below the block's largest contributes its floor, 0 or -1 units of S).
+            let qe{{T}} = qw{{T}}_{{U}} >> vec4<u32>(23u);
+            let qm{{T}} = max(max(qe{{T}}.x, qe{{T}}.y), max(qe{{T}}.z, qe{{T}}.w));
+            let qk{{T}} = min(vec4<u32>(qm{{T}}) - qe{{T}}, vec4<u32>(31u));
+            let qS{{T}} = bitcast<f32>(qm{{T}} << 23u);
 #else
+            let qs{{T}} = bitcast<vec4<f32>>(qw{{T}}_{{U}});
+#endif
+#for R RG
+#if XSUM_BLOCK
+            var d{{R}}_{{T}} = 0i;
+#else
+            var d{{R}}_{{T}} = 0.0;
+#endif
+#endfor
+#endfor
+#for I 4
+            {
+#for R RG
+                let ce{{R}} = wb{{R}}_{{U}}[{{I}}] & 0x0F0F0F0Fu;
+                let co{{R}} = (wb{{R}}_{{U}}[{{I}}] >> 4u) & 0x0F0F0F0Fu;
+#endfor
+#for T MT
+#for R RG
+                {
+                    // The word's integer dot product n = 65536 · hi + lo (|hi| < 2^13 from the
+                    // signed plane, 0 <= lo < 2^23 from the two unsigned ones; |n| < 120 · 2^22).
+                    let hi = dot4I8Packed(ce{{R}}, he{{T}}_{{U}}[{{I}}]) + dot4I8Packed(co{{R}}, ho{{T}}_{{U}}[{{I}}]);
+                    let lo = (dot4U8Packed(ce{{R}}, me{{T}}_{{U}}[{{I}}]) + dot4U8Packed(co{{R}}, mo{{T}}_{{U}}[{{I}}])) * 256u + dot4U8Packed(ce{{R}}, le{{T}}_{{U}}[{{I}}]) + dot4U8Packed(co{{R}}, lo{{T}}_{{U}}[{{I}}]);
+#if XSUM_BLOCK
+                    // Exact in i32, shifted to the block's largest scale (its floor: less than one
+                    // unit of S) and summed over the block's 4 words (|Σ| < 480 · 2^22 < 2^31).
+                    d{{R}}_{{T}} += ((hi << 16u) + bitcast<i32>(lo)) >> qk{{T}}[{{I}}];
+#else
+                    // As f32 without a conversion instruction: each part's bits added to a power
+                    // of two's (exact), then one fma rounds hi · 65536 + lo once, as f32(n).
+                    let f = fma(bitcast<f32>(hi + 0x4B400000i) - 12582912.0, 65536.0, bitcast<f32>(lo + 0x4B000000u) - 8388608.0);
+                    d{{R}}_{{T}} += f * qs{{T}}[{{I}}];
+#endif
+                }
+#endfor
+#endfor
+            }
+#endfor
+#for R RG
+#for T MT
+#if XSUM_BLOCK
+            acc_{{R}}_{{T}} += sb{{R}}_{{U}}.x * (f32(d{{R}}_{{T}}) * qS{{T}}) + sb{{R}}_{{U}}.y * sx{{T}};
+#else
+            acc_{{R}}_{{T}} += sb{{R}}_{{U}}.x * d{{R}}_{{T}} + sb{{R}}_{{U}}.y * sx{{T}};
+#endif
+#endfor
+#endfor
+        }
+#endfor
+    }
+#else
+    for (var c = 0u; c < nch; c++) {
         // Stage the chunk's x (zeros past the row or the step's tokens).
         workgroupBarrier();
 #for T MT
@@ -210,48 +348,12 @@ fn main(
 #endfor
         workgroupBarrier();
 #endif
-#endif
         let b = c * CH + lane;
         if (b < bpr) {
 #for R RG
             let wb{{R}} = w[row{{R}} * bpr + b];
             let sb{{R}} = scale_bias(row{{R}} * p.groups_per_row + (b * EPB) / p.group_size);
 #endfor
-#if XQ
-#for T MT
-            let xb{{T}} = (t0 + {{T}}u) * p.x_stride + b;
-            let he{{T}} = xq[xb{{T}}];
-            let ho{{T}} = xq[xb{{T}} + bpr];
-            let me{{T}} = xq[xb{{T}} + 2u * bpr];
-            let mo{{T}} = xq[xb{{T}} + 3u * bpr];
-            let le{{T}} = xq[xb{{T}} + 4u * bpr];
-            let lo{{T}} = xq[xb{{T}} + 5u * bpr];
-            let qs{{T}} = bitcast<vec2<f32>>(xq[xb{{T}} + 6u * bpr].xy);
-#for R RG
-            var dh{{R}}_{{T}} = 0i;
-            var dl{{R}}_{{T}} = 0u;
-#endfor
-#endfor
-#for I 4
-            {
-#for R RG
-                let ce{{R}} = wb{{R}}[{{I}}] & 0x0F0F0F0Fu;
-                let co{{R}} = (wb{{R}}[{{I}}] >> 4u) & 0x0F0F0F0Fu;
-#endfor
-#for T MT
-#for R RG
-                dh{{R}}_{{T}} += (dot4I8Packed(ce{{R}}, he{{T}}[{{I}}]) + dot4I8Packed(co{{R}}, ho{{T}}[{{I}}])) * 256i + i32(dot4U8Packed(ce{{R}}, me{{T}}[{{I}}]) + dot4U8Packed(co{{R}}, mo{{T}}[{{I}}]));
-                dl{{R}}_{{T}} += dot4U8Packed(ce{{R}}, le{{T}}[{{I}}]) + dot4U8Packed(co{{R}}, lo{{T}}[{{I}}]);
-#endfor
-#endfor
-            }
-#endfor
-#for R RG
-#for T MT
-            acc_{{R}}_{{T}} += sb{{R}}.x * (f32(dh{{R}}_{{T}} * 256i + i32(dl{{R}}_{{T}})) * qs{{T}}.x) + sb{{R}}.y * qs{{T}}.y;
-#endfor
-#endfor
-#else
 #for T MT
             var sx{{T}} = 0.0;
 #for R RG
@@ -301,9 +403,9 @@ fn main(
             acc_{{R}}_{{T}} += sb{{R}}.x * d{{R}}_{{T}} + sb{{R}}.y * sx{{T}};
 #endfor
 #endfor
-#endif
         }
     }
+#endif
 #if NORM
 #for T MT
     nrm[{{T}}u * WG + lid] = ss{{T}};
@@ -321,25 +423,30 @@ fn main(
     let inv{{T}} = inverseSqrt(nrm[{{T}}u * WG] / f32(p.k) + p.eps);
 #endfor
 #endif
-    var acc: array<f32, NACC>;
+    var acc: array<f32, NRED>;
 #for R RG
 #for T MT
     acc[{{R}}u * MT + {{T}}u] = acc_{{R}}_{{T}};
 #endfor
 #endfor
+#if XNORM
+#for T MT
+    acc[NACC + {{T}}u] = ss{{T}};
+#endfor
+#endif
 
     // Reduce each accumulator over the group's 32 lanes; group g's accumulator i lives in
     // red[(g * NACC + i) * LANES + ...].
-    let rg0 = grp * NACC;
+    let rg0 = grp * NRED;
 #if SUBGROUPS
     // (Only with subgroups of at most 32 lanes: the host leaves SUBGROUPS off otherwise.)
     let sgi = lane / sg_size;
-    for (var i = 0u; i < NACC; i++) {
+    for (var i = 0u; i < NRED; i++) {
         let s = subgroupAdd(acc[i]);
         if (sg_lane == 0u) { red[(rg0 + i) * LANES + sgi] = s; }
     }
     workgroupBarrier();
-    if (lane < NACC) {
+    if (lane < NRED) {
         let nsg = LANES / sg_size;
         var s = 0.0;
         for (var j = 0u; j < nsg; j++) {
@@ -349,29 +456,47 @@ fn main(
     }
     workgroupBarrier();
 #else
-    for (var i = 0u; i < NACC; i++) {
+    for (var i = 0u; i < NRED; i++) {
         red[(rg0 + i) * LANES + lane] = acc[i];
     }
     workgroupBarrier();
     for (var stride = LANES / 2u; stride > 0u; stride >>= 1u) {
         if (lane < stride) {
-            for (var i = 0u; i < NACC; i++) {
+            for (var i = 0u; i < NRED; i++) {
                 red[(rg0 + i) * LANES + lane] += red[(rg0 + i) * LANES + lane + stride];
             }
         }
         workgroupBarrier();
     }
 #endif
+#if KSPLIT
+    // The parts of a row, in order, into its first group's slots.
+    if (kp == 0u && lane < NRED) {
+        var s = red[(rg0 + lane) * LANES];
+        for (var j = 1u; j < KS; j++) {
+            s += red[((grp + j) * NRED + lane) * LANES];
+        }
+        red[(rg0 + lane) * LANES] = s;
+    }
+    workgroupBarrier();
+#endif
+#if XNORM
+    // The deferred RMSNorm (the planes hold w ∘ x, P = 8 the squares of x): every group's lanes
+    // summed the row's Σx² over the same blocks in the same order.
+#for T MT
+    let inv{{T}} = inverseSqrt(red[(rg0 + NACC + {{T}}u) * LANES] / f32(p.k) + p.eps);
+#endfor
+#endif
 #if SWIGLU
     // Rows come in (gate, up) pairs (RG even): y[t, (row0 + row) / 2] = silu(gate) * up.
-    if (lane < NACC / 2u) {
+    if (kp == 0u && lane < NACC / 2u) {
         let pr = lane / MT;
         let t = lane % MT;
         let row = rb + 2u * pr;
         if (row + 1u < p.n && t0 + t < T) {
             var g = red[(rg0 + 2u * pr * MT + t) * LANES];
             var u = red[(rg0 + (2u * pr + 1u) * MT + t) * LANES];
-#if NORM
+#if INV
             var it = inv0;
 #for T MT
             if (t == {{T}}u) { it = inv{{T}}; }
@@ -379,18 +504,22 @@ fn main(
             g = g * it;
             u = u * it;
 #endif
-            y[(t0 + t) * p.y_stride + (p.row0 + row) / 2u] = silu(g) * u;
+            let fv = silu(g) * u;
+            y[(t0 + t) * p.y_stride + (p.row0 + row) / 2u] = fv;
+#if XOUT
+            ov[t * OW + (rgp * RG) / 2u + pr] = fv;
+#endif
         }
     }
 #else
-    if (lane < NACC) {
+    if (kp == 0u && lane < NACC) {
         let r = lane / MT;
         let t = lane % MT;
         let row = rb + r;
         if (row < p.n && t0 + t < T) {
             let o = (t0 + t) * p.y_stride + p.row0 + row;
             var v = red[(rg0 + lane) * LANES];
-#if NORM
+#if INV
             var it = inv0;
 #for T MT
             if (t == {{T}}u) { it = inv{{T}}; }
@@ -398,15 +527,19 @@ fn main(
             v = v * it;
 #endif
 #if ADD
-            y[o] = y[o] + v;
+            let fv = y[o] + v;
 #else
-            y[o] = v;
+            let fv = v;
+#endif
+            y[o] = fv;
+#if XOUT
+            ov[t * OW + rgp * RG + r] = fv;
 #endif
         }
     }
 #if CONV
     // The conv channels among this group's rows: one thread per row, the step's T values in order.
-    if (wid.z == 0u && lane < RG) {
+    if (wid.z == 0u && kp == 0u && lane < RG) {
         let row = rb + lane;
         let c = p.row0 + row;
         if (row < p.n && c < p.conv_dim && T > 0u) {
@@ -424,7 +557,7 @@ fn main(
 #for T MT
             {
                 var v = red[(rg0 + lane * MT + {{T}}u) * LANES];
-#if NORM
+#if INV
                 v = v * inv{{T}};
 #endif
                 xs_[ks + {{T}}u] = v;
@@ -455,5 +588,39 @@ fn main(
         }
     }
 #endif
+#endif
+#if XOUT
+    // The outputs as the next matmul's integer planes (xq_planes.wgsl), a thread per word of 8
+    // output columns and token (a workgroup's columns are whole words), scaled by the next
+    // RMSNorm's weight with XONORM (P = 8 keeps the unscaled squares: the reader applies 1/rms).
+    workgroupBarrier();
+    let nwo = max(OW / 8u, 1u);    // (the host only builds XOUT where OW is whole words)
+    if (lid < nwo * MT) {
+        let wi = lid % nwo;
+        let t = lid / nwo;
+#if SWIGLU
+        let c0 = (p.row0 + r0) / 2u + wi * 8u;
+        let live = r0 / 2u + wi * 8u < p.n / 2u;
+#else
+        let c0 = p.row0 + r0 + wi * 8u;
+        let live = r0 + wi * 8u < p.n;
+#endif
+        if (live && t0 + t < T) {
+            let ob = t * OW + wi * 8u;
+            let a = vec4<f32>(ov[ob], ov[ob + 1u], ov[ob + 2u], ov[ob + 3u]);
+            let b = vec4<f32>(ov[ob + 4u], ov[ob + 5u], ov[ob + 6u], ov[ob + 7u]);
+            let q = word_sq(a, b);
+#if XONORM
+            let r = word_out(a * onw[c0 / 4u], b * onw[c0 / 4u + 1u], q);
+#else
+            let r = word_out(a, b, q);
+#endif
+            let o = (t0 + t) * p.xo_stride * 4u + c0 / 8u;
+            let pl = p.xo_stride / XQ_PLANES * 4u;
+#for P 9
+            xo[o + {{P}}u * pl] = r[{{P}}];
+#endfor
+        }
+    }
 #endif
 }

@@ -1,7 +1,26 @@
-// Block fixed point of the integer-plane matmul input (xquant.wgsl's format), shared by the
-// kernels that write planes (xquant.wgsl, gdn_recurrence.wgsl with XQ) so they give the same bits.
+// Word fixed point of the integer-plane matmul input (xquant.wgsl's format), shared by every
+// kernel that writes planes (xquant.wgsl, gdn_recurrence.wgsl with XQ, matmul_staged.wgsl with
+// XOUT) so they give the same bits for the same values.
+//
+// Per word of 8 values: s = 2^(E - 22) for the word's max |x| in [2^(E-1), 2^E), xi =
+// round_half_even(x / s), |xi| <= 2^22, in three 8-bit planes h = xi >> 16 (signed), m =
+// (xi >> 8) & 255 and l = xi & 255 (unsigned). x's rounding is at most 2^-22 of its word's max |x|,
+// so a value next to an outlier 2^k times larger keeps about 22 - k bits (bf16 keeps 8). A word is
+// the unit so that any writer owning 8 consecutive values (a matmul workgroup of 8 output rows)
+// can write whole words.
+//
+// Layout per row of nb = dim / 32 blocks (4 words each; q_stride = 9 * nb vec4<u32>), u32 index
+// (P * nb + b) * 4 + wd for word wd of block b:
+//   P = 0..5: planes h even, h odd, m even, m odd, l even, l odd ("even" = values 0, 2, 4, 6,
+//             which `codes & 0x0F0F0F0F` of a 4-bit code word lines up with);
+//   P = 6:    s (f32 bits);
+//   P = 7:    Σx, ((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)) in f32;
+//   P = 8:    Σ of the squares of the word's source values (a writer that scales its values by
+//             an RMSNorm weight and defers the norm's 1/rms to the reader puts the squares of the
+//             unscaled values here; the reader sums them over the row).
+const XQ_PLANES: u32 = 9u;
 
-// (s, 1 / s) for a block whose max |x| is mx: s = 2^(E - 22) for mx in [2^(E-1), 2^E), both
+// (s, 1 / s) for a word whose max |x| is mx: s = 2^(E - 22) for mx in [2^(E-1), 2^E), both
 // powers of two so x / s is exact; (0, 0) below 2^-105 (every code 0); (mx, 0) for inf / NaN.
 fn block_scale(mx: f32) -> vec2<f32> {
     let e = (bitcast<u32>(mx) >> 23u) & 0xFFu;
@@ -10,26 +29,28 @@ fn block_scale(mx: f32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>((e - 21u) << 23u), bitcast<f32>((275u - e) << 23u));
 }
 
-// (max |x|, Σx) of one word of 8 values (a = values 0..3, b = 4..7), in the order every writer uses.
-fn word_part(a: vec4<f32>, b: vec4<f32>) -> vec2<f32> {
+// The nine u32 of one word of 8 values (a = values 0..3, b = 4..7) in plane order P = 0..8, with
+// q the Σ of squares to store in P = 8.
+fn word_out(a: vec4<f32>, b: vec4<f32>, q: f32) -> array<u32, 9> {
     let m = max(abs(a), abs(b));
-    return vec2<f32>(
-        max(max(m.x, m.y), max(m.z, m.w)),
-        ((a.x + a.y) + (a.z + a.w)) + ((b.x + b.y) + (b.z + b.w)),
-    );
-}
-
-// The six plane words of one word of 8 values scaled by inv_s = 1 / s: h even, h odd, m even,
-// m odd, l even, l odd ("even" = values 0, 2, 4, 6, which `codes & 0x0F0F0F0F` lines up with).
-fn word_planes(a: vec4<f32>, b: vec4<f32>, inv_s: f32) -> array<u32, 6> {
-    let ev = vec4<i32>(round(vec4<f32>(a.x, a.z, b.x, b.z) * inv_s));
-    let od = vec4<i32>(round(vec4<f32>(a.y, a.w, b.y, b.w) * inv_s));
-    return array<u32, 6>(
+    let sc = block_scale(max(max(m.x, m.y), max(m.z, m.w)));
+    let ev = vec4<i32>(round(vec4<f32>(a.x, a.z, b.x, b.z) * sc.y));
+    let od = vec4<i32>(round(vec4<f32>(a.y, a.w, b.y, b.w) * sc.y));
+    let sum = ((a.x + a.y) + (a.z + a.w)) + ((b.x + b.y) + (b.z + b.w));
+    return array<u32, 9>(
         pack4xI8(ev >> vec4<u32>(16u)),
         pack4xI8(od >> vec4<u32>(16u)),
         pack4xU8(bitcast<vec4<u32>>(ev) >> vec4<u32>(8u)),
         pack4xU8(bitcast<vec4<u32>>(od) >> vec4<u32>(8u)),
         pack4xU8(bitcast<vec4<u32>>(ev)),
         pack4xU8(bitcast<vec4<u32>>(od)),
+        bitcast<u32>(sc.x),
+        bitcast<u32>(sum),
+        bitcast<u32>(q),
     );
+}
+
+// Σ of squares of one word in the order every writer uses.
+fn word_sq(a: vec4<f32>, b: vec4<f32>) -> f32 {
+    return ((a.x * a.x + a.y * a.y) + (a.z * a.z + a.w * a.w)) + ((b.x * b.x + b.y * b.y) + (b.z * b.z + b.w * b.w));
 }

@@ -9,8 +9,8 @@ use qwgpu_engine::gpu::{
     Dispatch, Gpu, GpuBuffer, GpuError, GpuOptions, Step, StepShape, StepSlot,
 };
 use qwgpu_engine::ops::attention::{
-    attention, attention_scratch_bytes, attention_with_scratch, attn_prep, AttnDims, ATTN_CK_MIN,
-    ATTN_NS,
+    attention, attention_scratch_bytes, attention_with_scratch, attention_writes_planes,
+    attention_xq, attn_prep, AttnDims, ATTN_CK_MIN, ATTN_NS,
 };
 use qwgpu_engine::ops::Act;
 use qwgpu_tests::ref_attention::{self as cpu, RefDims};
@@ -598,10 +598,28 @@ fn attend_split(
     pos: u32,
     split_rows: u32,
 ) -> Vec<f32> {
+    attend(gpu, layer, q, proj, t, pos, split_rows, false).0
+}
+
+/// attention over `t` rows at `pos` with `split_rows` rows on the split path (0: none), and with
+/// `planes` the output also as integer planes into a buffer of 2 rows (returned as u32).
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    gpu: &Gpu,
+    layer: &Layer,
+    q: &[f32],
+    proj: &[f32],
+    t: usize,
+    pos: u32,
+    split_rows: u32,
+    planes: bool,
+) -> (Vec<f32>, Option<Vec<u32>>) {
     let (lay, qw) = (layer.lay, layer.s.qw());
     let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
     let qb = upload_f32(gpu, "q", &q[..t * qw]);
     let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
+    let row = qwgpu_engine::ops::xquant::row_bytes(qw as u32);
+    let xq = gpu.storage("xq", 2 * row).unwrap();
     let scratch = gpu
         .storage(
             "scratch",
@@ -625,9 +643,24 @@ fn attend_split(
     };
     let gate = Act::at(&pb, lay.stride as u32, lay.qg as u32);
     let sc = if split_rows > 0 { Some(&scratch) } else { None };
-    let ds = pollster::block_on(attention_with_scratch(
-        gpu, &layer.d, &qb, gate, &layer.kc, &layer.vc, sc, &ob, slot,
-    ))
+    let ds = if planes {
+        pollster::block_on(attention_xq(
+            gpu,
+            &layer.d,
+            &qb,
+            gate,
+            &layer.kc,
+            &layer.vc,
+            sc,
+            &ob,
+            Some(&xq),
+            slot,
+        ))
+    } else {
+        pollster::block_on(attention_with_scratch(
+            gpu, &layer.d, &qb, gate, &layer.kc, &layer.vc, sc, &ob, slot,
+        ))
+    }
     .unwrap();
     assert_eq!(ds.len(), if split_rows > 0 { 2 } else { 1 });
     run(
@@ -638,7 +671,10 @@ fn attend_split(
             n_out: 1,
         },
     );
-    read_f32(gpu, &ob, t * qw)
+    (
+        read_f32(gpu, &ob, t * qw),
+        planes.then(|| read_u32(gpu, &xq, 2 * row as usize / 4)),
+    )
 }
 
 #[test]
@@ -674,6 +710,102 @@ fn split_and_fused_paths_agree_bit_exact() {
             assert_bits_eq(&format!("{what}: split vs fused"), &split, &fused);
             let part = attend_split(&gpu, &layer, &q, &proj, t, pos, 3);
             assert_bits_eq(&format!("{what}: 3 split rows vs fused"), &part, &fused);
+        }
+    }
+}
+
+#[test]
+fn output_planes_are_xquants() {
+    // With the output's integer planes written by the attention kernel (o_proj's input), the
+    // output is unchanged and the planes are an xquant dispatch's on it (the code planes, scales
+    // and sums bit for bit; the squares within rounding), for the rows the plane buffer holds.
+    for gpu in gpu_variants() {
+        let mut rng = Rng(19);
+        for (s, pos, t) in [
+            (TINY, 5u32, 2usize),
+            (ODD, 40, 2),
+            (B27, 300, 2),
+            (TINY, 9, 3),
+        ] {
+            let max_ctx = pos + t as u32;
+            let kvw = s.kvw();
+            let k0 = normals(&mut rng, max_ctx as usize * kvw, 2.0);
+            let v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+            let w = vec![1f32; s.d as usize];
+            let layer = Layer::new(&gpu, s, max_ctx, &w, &w, &k0, &v0);
+            assert!(attention_writes_planes(&gpu, &layer.d));
+            let q = normals(&mut rng, t * s.qw(), 1.5);
+            let proj = normals(&mut rng, t * layer.lay.stride, 2.0);
+            let what = format!("{} pos {pos} T={t} ({})", s.name, gpu.describe());
+            let (out, planes) = attend(&gpu, &layer, &q, &proj, t, pos, t as u32, true);
+            let planes = planes.unwrap();
+            let plain = attend_split(&gpu, &layer, &q, &proj, t, pos, t as u32);
+            assert_bits_eq(
+                &format!("{what}: output with planes vs without"),
+                &out,
+                &plain,
+            );
+            // xquant on the output rows the plane buffer holds.
+            let qw = s.qw() as u32;
+            let rows = t.min(2);
+            let xb = upload_f32(&gpu, "x", &out[..rows * s.qw()]);
+            let qb = gpu
+                .storage("xq", rows as u64 * qwgpu_engine::ops::xquant::row_bytes(qw))
+                .unwrap();
+            let sb = tokens_step(&gpu, rows);
+            let slot = StepSlot {
+                buf: &sb,
+                offset: 0,
+            };
+            let d = pollster::block_on(qwgpu_engine::ops::xquant::xquant(
+                &gpu,
+                qw,
+                Act::new(&xb, qw),
+                None,
+                &qb,
+                rows as u32,
+                slot,
+                false,
+            ))
+            .unwrap();
+            run(
+                &gpu,
+                &[d],
+                StepShape {
+                    n_tokens: rows as u32,
+                    n_out: 1,
+                },
+            );
+            let row_u32 = qwgpu_engine::ops::xquant::q_stride(qw) as usize * 4;
+            let want = read_u32(&gpu, &qb, rows * row_u32);
+            let words = qw as usize / 8;
+            for r in 0..rows {
+                for pl in 0..9 {
+                    let at = |v: &[u32]| -> Vec<f32> {
+                        v[r * row_u32 + pl * words..r * row_u32 + (pl + 1) * words]
+                            .iter()
+                            .map(|&u| f32::from_bits(u))
+                            .collect()
+                    };
+                    if pl < 8 {
+                        assert_bits_eq(
+                            &format!("{what}: row {r} plane {pl} vs xquant"),
+                            &at(&planes),
+                            &at(&want),
+                        );
+                    } else {
+                        let w = at(&want);
+                        assert_close(
+                            &format!("{what}: row {r} squares vs xquant"),
+                            &at(&planes),
+                            &w,
+                            &w,
+                            0.0,
+                            1e-6,
+                        );
+                    }
+                }
+            }
         }
     }
 }

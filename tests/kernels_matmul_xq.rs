@@ -1,27 +1,42 @@
 //! The decode matmuls on x as integer planes (`xquant.wgsl` once per input, then `XQ` in
 //! `matmul_staged.wgsl`: `ops::xquant::xquant` + `ops::matmul::matmul_xq`) for every 4-bit format:
 //! - against a scalar CPU reference of the same arithmetic (x rounded to s · round(x / s) per
-//!   block of 32 with s = 2^(E - 22) for the block's max |x| < 2^E, then the products and sums
+//!   word of 8 with s = 2^(E - 22) for the word's max |x| < 2^E, then the products and sums
 //!   in f64): only the f32 accumulation may differ;
 //! - against the exact product in f64, within the bound x's rounding allows (Σ |scale · q| · s / 2
-//!   per block), on x with outliers, all-zero blocks and tiny blocks, from a column inside wider
+//!   per word), on x with outliers, all-zero blocks and tiny blocks, from a column inside wider
 //!   rows;
 //! - with the RMSNorm in the xquant dispatch, against a CPU norm and the exact product;
 //! - row 0 of a 2-token call equal to a 1-token call bit for bit, with a residual add, a SwiGLU
-//!   pair matrix and a norm (a verify's row 0 equals a decode).
+//!   pair matrix and a norm (a verify's row 0 equals a decode);
+//! - the kernel's variants: a block's word products summed in i32 at the block's largest scale
+//!   (within the added floor bound), and several blocks' loads per lane iteration (the same bits);
+//! - the fused epilogues (`matmul_xq_ext`): a residual projection writing the next norm's planes
+//!   (w ∘ y, the norm deferred) has xquant's bits for those values, the matmul reading them with
+//!   the deferred norm matches W · RMSNorm(y) on the CPU, a SwiGLU gate+up writing the down
+//!   projection's planes has xquant's bits for its output, and the whole chain is batch invariant.
 
 use qwgpu_engine::gpu::Gpu;
-use qwgpu_engine::ops::matmul::{set_staged, set_xq, set_xreg, takes_xq, MT_ONE, MT_SMALL};
+use qwgpu_engine::gpu::{Rows, StepShape, StepSlot};
+use qwgpu_engine::ops::matmul::{
+    matmul_xq_ext, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_ksplit, set_xq_unroll,
+    set_xreg, takes_xq, writes_xq, MatmulOpts, XqOut, MT_ONE, MT_SMALL,
+};
 use qwgpu_engine::ops::matrix::Matrix;
+use qwgpu_engine::ops::xquant::{q_stride, row_bytes, xquant};
+use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{decode_floats, WeightFormat};
 use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
 
-/// x rounded as xquant rounds it: per block of 32 values, s = 2^(E - 22) with the block's max |x|
+/// The kernel switches are process-wide: the tests of this binary take turns.
+static SWITCHES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// x rounded as xquant rounds it: per word of 8 values, s = 2^(E - 22) with the word's max |x|
 /// in [2^(E-1), 2^E) (0 below 2^-105), x → s · round_half_even(x / s).
 fn plane_round(x: &[f32]) -> Vec<f32> {
     let mut out = Vec::with_capacity(x.len());
-    for block in x.chunks(32) {
+    for block in x.chunks(8) {
         let mx = block.iter().fold(0f32, |m, v| m.max(v.abs()));
         let e = (mx.to_bits() >> 23) & 0xFF;
         if e < 22 {
@@ -36,6 +51,46 @@ fn plane_round(x: &[f32]) -> Vec<f32> {
             assert!(q.abs() <= 4194304.0, "fixed-point code {q} out of range");
             q * s
         }));
+    }
+    out
+}
+
+/// At least the plane scale of values whose max |x| is that of `v`: 2^(E - 22) for a max in
+/// [2^(E-1), 2^E), twice that (a value a rounding step below a power of two may round up).
+fn scale_bound(v: &[f32]) -> f64 {
+    let mx = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+    if mx > 0.0 {
+        2.0 * 2f64.powi(mx.log2().floor() as i32 + 1 - 22)
+    } else {
+        0.0
+    }
+}
+
+/// The most the block sums' shifts can move each output: a block of 32 values sums its four
+/// words' integer products in i32, each floored to a unit of the block's largest word scale S,
+/// so each word adds less than |scale| · S (`QWGPU_XQ_BLOCK_SUM=1`); 0 for the per-word sums.
+fn shift_bound(q: &Q, x: &[f32], t: usize, block_sum: bool) -> Vec<f32> {
+    let (n, k) = (q.n, q.k);
+    if !block_sum {
+        return vec![0.0; t * n];
+    }
+    let WeightFormat::Affine { group, scale, .. } = q.format else {
+        unreachable!()
+    };
+    let group = group as usize;
+    let scales = decode_floats(scale, &q.scales);
+    let mut out = vec![0f32; t * n];
+    for ti in 0..t {
+        let xr = &x[ti * k..(ti + 1) * k];
+        // S per block: the largest word scale.
+        let big: Vec<f64> = xr.chunks(32).map(scale_bound).collect();
+        for r in 0..n {
+            let mut b = 0f64;
+            for w in 0..k / 8 {
+                b += scales[r * (k / group) + w * 8 / group].abs() as f64 * big[w / 4];
+            }
+            out[ti * n + r] = b as f32;
+        }
     }
     out
 }
@@ -69,6 +124,35 @@ fn cpu_planes(q: &Q, x: &[f32], t: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         }
     }
     (want, bound, mag)
+}
+
+/// The most x's rounding can move each output: Σ_j |dense_j − bias_j| · s_j / 2 with s_j the
+/// plane scale of x_j's word (x taken as the values the kernel rounds, up to their last bits).
+fn plane_bound(q: &Q, x: &[f32], t: usize) -> Vec<f32> {
+    let (n, k) = (q.n, q.k);
+    let WeightFormat::Affine { group, scale, .. } = q.format else {
+        unreachable!()
+    };
+    let group = group as usize;
+    let biases = decode_floats(scale, &q.biases);
+    let mut out = vec![0f32; t * n];
+    for ti in 0..t {
+        let xr = &x[ti * k..(ti + 1) * k];
+        let s: Vec<f64> = xr
+            .chunks(8)
+            .flat_map(|w| std::iter::repeat_n(scale_bound(w), w.len()))
+            .collect();
+        for r in 0..n {
+            let mut b = 0f64;
+            for j in 0..k {
+                let w = q.dense[r * k + j] as f64;
+                let bias = biases[r * (k / group) + j / group] as f64;
+                b += (w - bias).abs() * s[j] / 2.0;
+            }
+            out[ti * n + r] = b as f32;
+        }
+    }
+    out
 }
 
 /// x with the shapes the planes must survive: normal values, an outlier every 97 values (a block
@@ -106,6 +190,7 @@ fn cpu_norm(x: &[f32], t: usize, k: usize, w: &[f32], eps: f32) -> Vec<f32> {
 
 #[test]
 fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
+    let _turn = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
     set_xreg(false);
     set_staged(true);
     set_xq(true);
@@ -113,118 +198,156 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         .into_iter()
         .filter(|f| matches!(f, WeightFormat::Affine { bits: 4, .. }))
         .collect();
-    for gpu in gpu_variants() {
-        let mut rng = Rng(41);
-        for &f in &formats {
-            // k = 1536: a full chunk of 32 blocks and a partial one; 4224: five chunks and three
-            // xquant workgroups; 16896: rows past the long-row limit. n not a multiple of the tile.
-            for (n, k) in [(70usize, 1536usize), (9, 256), (20, 4224), (6, 16896)] {
-                let q = Q::random(&mut rng, n, k, f);
-                let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
-                assert!(
-                    takes_xq(&gpu, &m, MT_ONE) && takes_xq(&gpu, &m, MT_SMALL),
-                    "{} k={k} ({}): the decode tiles should take integer planes",
-                    f.describe(),
-                    gpu.describe()
-                );
-                let x = hard_x(&mut rng, 2 * k);
-                // The same rows inside wider ones, from column 4.
-                let stride = k + 8;
-                let mut wide = vec![7.0f32; 2 * stride];
-                for t in 0..2 {
-                    wide[t * stride + 4..t * stride + 4 + k]
-                        .copy_from_slice(&x[t * k..(t + 1) * k]);
-                }
-                let what = |t: usize, mt: u32| {
-                    format!(
-                        "{} n={n} k={k} T={t} tile {mt} ({})",
+    // The default (each word's product scaled in f32) on every device variant, format and
+    // shape; then block sums in i32 (`QWGPU_XQ_BLOCK_SUM=1`), and 3 / 2 blocks per lane
+    // iteration with 2 / 4 groups per row, on one device variant, one format and two shapes.
+    for (block_sum, unroll, ksplit) in [
+        (false, None, None),
+        (true, None, None),
+        (false, Some((3, 2)), Some((2, 4))),
+    ] {
+        set_xq_block_sum(block_sum);
+        set_xq_unroll(unroll);
+        set_xq_ksplit(ksplit);
+        let full = !block_sum && unroll.is_none() && ksplit.is_none();
+        let gpus = gpu_variants();
+        let gpus = if full {
+            gpus
+        } else {
+            gpus[gpus.len() - 1..].to_vec()
+        };
+        let formats = if full { &formats[..] } else { &formats[..1] };
+        let shapes: &[(usize, usize)] = if full {
+            &[(70, 1536), (9, 256), (20, 4224), (6, 16896)]
+        } else {
+            &[(70, 1536), (6, 16896)]
+        };
+        for gpu in gpus {
+            let mut rng = Rng(41);
+            for &f in formats {
+                // k = 1536: a full chunk of 32 blocks and a partial one; 4224: five chunks and three
+                // xquant workgroups; 16896: rows past the long-row limit. n not a multiple of the tile.
+                for &(n, k) in shapes {
+                    let q = Q::random(&mut rng, n, k, f);
+                    let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
+                    assert!(
+                        takes_xq(&gpu, &m, MT_ONE) && takes_xq(&gpu, &m, MT_SMALL),
+                        "{} k={k} ({}): the decode tiles should take integer planes",
+                        f.describe(),
+                        gpu.describe()
+                    );
+                    let x = hard_x(&mut rng, 2 * k);
+                    // The same rows inside wider ones, from column 4.
+                    let stride = k + 8;
+                    let mut wide = vec![7.0f32; 2 * stride];
+                    for t in 0..2 {
+                        wide[t * stride + 4..t * stride + 4 + k]
+                            .copy_from_slice(&x[t * k..(t + 1) * k]);
+                    }
+                    let what = |t: usize, mt: u32| {
+                        format!(
+                        "{} n={n} k={k} T={t} tile {mt} ({}; block sums {block_sum}, unroll {unroll:?}, k split {ksplit:?})",
                         f.describe(),
                         gpu.describe()
                     )
-                };
-                for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
-                    let (want, bound, mag) = cpu_planes(&q, &x[..t * k], t);
-                    let (exact, _) = q.cpu_matmul(&x[..t * k], t);
-                    for add in [false, true] {
-                        let c = MmCall {
-                            add,
-                            planes: true,
-                            stride,
-                            col: 4,
-                            ..MmCall::new(&wide[..t * stride], t, k, mt)
-                        };
-                        let y = run_matmul(&gpu, &m, c);
-                        let got = if add { added(&y) } else { y };
-                        assert_close(
-                            &format!("planes vs their CPU arithmetic, add={add}, {}", what(t, mt)),
-                            &got,
-                            &want,
-                            &mag,
-                            1e-5,
-                            2e-6,
+                    };
+                    for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
+                        let (want, bound, mag) = cpu_planes(&q, &x[..t * k], t);
+                        let shift = shift_bound(&q, &x[..t * k], t, block_sum);
+                        let (exact, _) = q.cpu_matmul(&x[..t * k], t);
+                        for add in [false, true] {
+                            let c = MmCall {
+                                add,
+                                planes: true,
+                                stride,
+                                col: 4,
+                                ..MmCall::new(&wide[..t * stride], t, k, mt)
+                            };
+                            let y = run_matmul(&gpu, &m, c);
+                            let got = if add { added(&y) } else { y };
+                            assert_close(
+                                &format!(
+                                    "planes vs their CPU arithmetic, add={add}, {}",
+                                    what(t, mt)
+                                ),
+                                &got,
+                                &want,
+                                &mag,
+                                1e-5,
+                                2e-6,
+                            );
+                            // Within x's rounding of the exact product.
+                            let tol: Vec<f32> = bound
+                                .iter()
+                                .zip(&shift)
+                                .zip(&mag)
+                                .map(|((b, s), m)| b + s + 2e-6 * m)
+                                .collect();
+                            assert_close(
+                                &format!("planes vs the exact product, add={add}, {}", what(t, mt)),
+                                &got,
+                                &exact,
+                                &tol,
+                                1e-5,
+                                1.0,
+                            );
+                        }
+                        // The RMSNorm in the xquant dispatch: against the CPU norm's exact product,
+                        // within x's rounding (2^-22 of a word's max per value) and the norm's f32.
+                        let nw: Vec<f32> = (0..k).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+                        let xn = cpu_norm(&x, t, k, &nw, 1e-6);
+                        let (exact_n, mag_n) = q.cpu_matmul(&xn, t);
+                        let tol_n: Vec<f32> = plane_bound(&q, &xn, t)
+                            .iter()
+                            .zip(shift_bound(&q, &xn, t, block_sum))
+                            .zip(&mag_n)
+                            .map(|((b, s), m)| b + s + 2e-5 * m)
+                            .collect();
+                        let got = run_matmul(
+                            &gpu,
+                            &m,
+                            MmCall {
+                                planes: true,
+                                norm: Some((&nw, 1e-6)),
+                                ..MmCall::new(&x[..t * k], t, k, mt)
+                            },
                         );
-                        // Within x's rounding of the exact product.
-                        let tol: Vec<f32> =
-                            bound.iter().zip(&mag).map(|(b, m)| b + 2e-6 * m).collect();
                         assert_close(
-                            &format!("planes vs the exact product, add={add}, {}", what(t, mt)),
+                            &format!("planes with the norm vs the exact product, {}", what(t, mt)),
                             &got,
-                            &exact,
-                            &tol,
+                            &exact_n,
+                            &tol_n,
                             1e-5,
                             1.0,
                         );
                     }
-                    // The RMSNorm in the xquant dispatch: against the CPU norm's exact product,
-                    // within x's rounding (2^-22 of a block's max per value) and the norm's f32.
-                    let nw: Vec<f32> = (0..k).map(|_| 1.0 + 0.3 * rng.normal()).collect();
-                    let xn = cpu_norm(&x, t, k, &nw, 1e-6);
-                    let (exact_n, mag_n) = q.cpu_matmul(&xn, t);
-                    let got = run_matmul(
+                    // Row 0 of a 2-token call is the 1-token call, bit for bit.
+                    let (g, u) = (Q::random(&mut rng, n, k, f), Q::random(&mut rng, n, k, f));
+                    let gu = Matrix::upload_interleaved(
                         &gpu,
-                        &m,
-                        MmCall {
+                        "gate~up",
+                        ("gate", &g.data()),
+                        ("up", &u.data()),
+                    )
+                    .unwrap();
+                    let nw: Vec<f32> = (0..k).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+                    for (add, swiglu, norm) in [
+                        (false, false, false),
+                        (true, false, false),
+                        (false, true, false),
+                        (false, false, true),
+                    ] {
+                        let mat: &Matrix = if swiglu { &gu } else { &m };
+                        let call = |t: usize, mt: u32| MmCall {
+                            add,
+                            swiglu,
                             planes: true,
-                            norm: Some((&nw, 1e-6)),
+                            norm: norm.then_some((nw.as_slice(), 1e-6)),
                             ..MmCall::new(&x[..t * k], t, k, mt)
-                        },
-                    );
-                    assert_close(
-                        &format!("planes with the norm vs the exact product, {}", what(t, mt)),
-                        &got,
-                        &exact_n,
-                        &mag_n,
-                        1e-5,
-                        2e-5,
-                    );
-                }
-                // Row 0 of a 2-token call is the 1-token call, bit for bit.
-                let (g, u) = (Q::random(&mut rng, n, k, f), Q::random(&mut rng, n, k, f));
-                let gu = Matrix::upload_interleaved(
-                    &gpu,
-                    "gate~up",
-                    ("gate", &g.data()),
-                    ("up", &u.data()),
-                )
-                .unwrap();
-                let nw: Vec<f32> = (0..k).map(|_| 1.0 + 0.3 * rng.normal()).collect();
-                for (add, swiglu, norm) in [
-                    (false, false, false),
-                    (true, false, false),
-                    (false, true, false),
-                    (false, false, true),
-                ] {
-                    let mat: &Matrix = if swiglu { &gu } else { &m };
-                    let call = |t: usize, mt: u32| MmCall {
-                        add,
-                        swiglu,
-                        planes: true,
-                        norm: norm.then_some((nw.as_slice(), 1e-6)),
-                        ..MmCall::new(&x[..t * k], t, k, mt)
-                    };
-                    let one = run_matmul(&gpu, mat, call(1, MT_ONE));
-                    let two = run_matmul(&gpu, mat, call(2, MT_SMALL));
-                    assert_bits_eq(
+                        };
+                        let one = run_matmul(&gpu, mat, call(1, MT_ONE));
+                        let two = run_matmul(&gpu, mat, call(2, MT_SMALL));
+                        assert_bits_eq(
                         &format!(
                             "planes row 0 of 2 tokens vs 1 token, add={add} swiglu={swiglu} norm={norm}, {}",
                             what(2, MT_SMALL)
@@ -232,12 +355,35 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                         &two[..one.len()],
                         &one,
                     );
+                    }
                 }
             }
         }
     }
-    // The switch must decide: with it off no matrix takes planes.
+    // Blocks per lane iteration never change the bits (either sum).
+    set_xq_block_sum(false);
+    set_xq_ksplit(None);
     let gpu: std::sync::Arc<Gpu> = gpu();
+    let mut rng = Rng(44);
+    for (n, k) in [(70usize, 1536usize), (6, 16896)] {
+        let q = Q::random(&mut rng, n, k, formats[0]);
+        let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
+        let x = hard_x(&mut rng, 2 * k);
+        for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
+            let call = || MmCall {
+                add: true,
+                planes: true,
+                ..MmCall::new(&x[..t * k], t, k, mt)
+            };
+            set_xq_unroll(Some((1, 1)));
+            let one = run_matmul(&gpu, &m, call());
+            set_xq_unroll(Some((4, 3)));
+            let more = run_matmul(&gpu, &m, call());
+            assert_bits_eq(&format!("unrolled vs not, n={n} k={k} T={t}"), &more, &one);
+        }
+    }
+    set_xq_unroll(None);
+    // The switch must decide: with it off no matrix takes planes.
     let mut rng = Rng(43);
     let q = Q::random(&mut rng, 32, 1024, formats[0]);
     let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
@@ -245,4 +391,343 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
     assert!(!takes_xq(&gpu, &m, MT_ONE));
     set_xq(true);
     assert!(takes_xq(&gpu, &m, MT_ONE));
+}
+
+/// What one run of the fused chain left: the residual y, its planes (w ∘ y), the deferred-norm
+/// matmul's output, the SwiGLU output and its planes (u32 as written).
+struct Chain {
+    y: Vec<f32>,
+    yq: Vec<u32>,
+    c: Vec<f32>,
+    act: Vec<f32>,
+    aq: Vec<u32>,
+}
+
+/// Planes of `t` rows of `x` (`dim` values each) by an xquant dispatch, as u32.
+fn xquant_u32(gpu: &Gpu, x: &[f32], t: usize, dim: u32) -> Vec<u32> {
+    let xb = upload_f32(gpu, "x", x);
+    let qb = gpu.storage("xq", t as u64 * row_bytes(dim)).unwrap();
+    let sb = tokens_step(gpu, t);
+    let slot = StepSlot {
+        buf: &sb,
+        offset: 0,
+    };
+    let d = pollster::block_on(xquant(
+        gpu,
+        dim,
+        Act::new(&xb, dim),
+        None,
+        &qb,
+        t as u32,
+        slot,
+        false,
+    ))
+    .unwrap();
+    run(
+        gpu,
+        &[d],
+        StepShape {
+            n_tokens: t as u32,
+            n_out: 1,
+        },
+    );
+    read_u32(gpu, &qb, t * q_stride(dim) as usize * 4)
+}
+
+/// Plane P of every word of `t` rows of `dim` values.
+fn plane(q: &[u32], t: usize, dim: u32, p: usize) -> Vec<f32> {
+    let row = q_stride(dim) as usize * 4;
+    let words = dim as usize / 8;
+    (0..t)
+        .flat_map(|r| {
+            q[r * row + p * words..r * row + (p + 1) * words]
+                .iter()
+                .map(|&u| f32::from_bits(u))
+        })
+        .collect()
+}
+
+#[test]
+fn fused_plane_epilogues_match_xquant_and_cpu() {
+    let _turn = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
+    set_xreg(false);
+    set_staged(true);
+    set_xq(true);
+    set_fuse_xq(true);
+    let eps = 1e-6f32;
+    let formats: Vec<WeightFormat> = quantized_formats()
+        .into_iter()
+        .filter(|f| matches!(f, WeightFormat::Affine { bits: 4, .. }))
+        .collect();
+    // Every device variant and format; then 2 groups per row on one of each.
+    for ksplit in [None, Some((2, 2))] {
+        set_xq_ksplit(ksplit);
+        let gpus = gpu_variants();
+        let (gpus, formats) = if ksplit.is_none() {
+            (gpus, &formats[..])
+        } else {
+            (gpus[gpus.len() - 1..].to_vec(), &formats[..1])
+        };
+        for gpu in gpus {
+            let mut rng = Rng(47);
+            for &f in formats {
+                // A residual projection kin → h, a matmul h → n2 and a SwiGLU gate+up h → i on its
+                // planes (i and h multiples of the tiles' 16 output rows, n2 not; with the row
+                // split, h spans two chunks of 1024 values so that both parts of a row count).
+                let h = if ksplit.is_some() { 1280usize } else { 256 };
+                let (kin, n2, i) = (1152usize, 40usize, 128usize);
+                let p = Q::random(&mut rng, h, kin, f);
+                let pm = Matrix::upload(&gpu, "p", &p.data()).unwrap();
+                let c = Q::random(&mut rng, n2, h, f);
+                let cm = Matrix::upload(&gpu, "c", &c.data()).unwrap();
+                let (g, u) = (Q::random(&mut rng, i, h, f), Q::random(&mut rng, i, h, f));
+                let gu = Matrix::upload_interleaved(
+                    &gpu,
+                    "gate~up",
+                    ("gate", &g.data()),
+                    ("up", &u.data()),
+                )
+                .unwrap();
+                let nw: Vec<f32> = (0..h).map(|_| 1.0 + 0.3 * rng.normal()).collect();
+                let nwb = upload_f32(&gpu, "norm_w", &nw);
+                let x = hard_x(&mut rng, 2 * kin);
+                let resid = rng.vec(2 * h, 2.0);
+                let what = |t: usize| {
+                    format!(
+                        "{} T={t} ({}; k split {ksplit:?})",
+                        f.describe(),
+                        gpu.describe()
+                    )
+                };
+                for mt in [MT_ONE, MT_SMALL] {
+                    let o = |add, swiglu| MatmulOpts {
+                        rows: Rows::Tokens,
+                        add,
+                        mt,
+                        swiglu,
+                    };
+                    assert!(
+                        writes_xq(&gpu, &pm, &o(true, false))
+                            && writes_xq(&gpu, &gu, &o(false, true)),
+                        "the projection and the gate+up should write planes ({})",
+                        what(mt as usize)
+                    );
+                }
+                let chain = |t: usize, mt: u32, fused: bool| -> Chain {
+                    let xb = upload_f32(&gpu, "x", &x[..t * kin]);
+                    let qin = gpu
+                        .storage("qin", t as u64 * row_bytes(kin as u32))
+                        .unwrap();
+                    let yb = upload_f32(&gpu, "y", &resid[..t * h]);
+                    let yq = gpu.storage("yq", 2 * row_bytes(h as u32)).unwrap();
+                    let cb = gpu.storage("c", (t * n2 * 4) as u64).unwrap();
+                    let ab = gpu.storage("act", (t * i * 4) as u64).unwrap();
+                    let aq = gpu.storage("aq", 2 * row_bytes(i as u32)).unwrap();
+                    let sb = tokens_step(&gpu, t);
+                    let slot = StepSlot {
+                        buf: &sb,
+                        offset: 0,
+                    };
+                    let o = |add, swiglu| MatmulOpts {
+                        rows: Rows::Tokens,
+                        add,
+                        mt,
+                        swiglu,
+                    };
+                    let mut d = vec![pollster::block_on(xquant(
+                        &gpu,
+                        kin as u32,
+                        Act::new(&xb, kin as u32),
+                        None,
+                        &qin,
+                        t as u32,
+                        slot,
+                        false,
+                    ))
+                    .unwrap()];
+                    let out = fused.then_some(XqOut {
+                        planes: &yq,
+                        norm_w: Some(&nwb),
+                    });
+                    d.extend(
+                        pollster::block_on(matmul_xq_ext(
+                            &gpu,
+                            &pm,
+                            &qin,
+                            Act::new(&yb, h as u32),
+                            slot,
+                            o(true, false),
+                            None,
+                            None,
+                            out,
+                        ))
+                        .unwrap(),
+                    );
+                    if fused {
+                        d.extend(
+                            pollster::block_on(matmul_xq_ext(
+                                &gpu,
+                                &cm,
+                                &yq,
+                                Act::new(&cb, n2 as u32),
+                                slot,
+                                o(false, false),
+                                None,
+                                Some(eps),
+                                None,
+                            ))
+                            .unwrap(),
+                        );
+                        d.extend(
+                            pollster::block_on(matmul_xq_ext(
+                                &gpu,
+                                &gu,
+                                &yq,
+                                Act::new(&ab, i as u32),
+                                slot,
+                                o(false, true),
+                                None,
+                                Some(eps),
+                                Some(XqOut {
+                                    planes: &aq,
+                                    norm_w: None,
+                                }),
+                            ))
+                            .unwrap(),
+                        );
+                    }
+                    run(
+                        &gpu,
+                        &d,
+                        StepShape {
+                            n_tokens: t as u32,
+                            n_out: 1,
+                        },
+                    );
+                    Chain {
+                        y: read_f32(&gpu, &yb, t * h),
+                        yq: read_u32(&gpu, &yq, t * q_stride(h as u32) as usize * 4),
+                        c: read_f32(&gpu, &cb, t * n2),
+                        act: read_f32(&gpu, &ab, t * i),
+                        aq: read_u32(&gpu, &aq, t * q_stride(i as u32) as usize * 4),
+                    }
+                };
+                let one = chain(1, MT_ONE, true);
+                for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
+                    let r = chain(t, mt, true);
+                    // The epilogue leaves y as the plain residual projection writes it.
+                    let plain = chain(t, mt, false);
+                    assert_bits_eq(
+                        &format!("fused vs plain residual y, {}", what(t)),
+                        &r.y,
+                        &plain.y,
+                    );
+                    // Its planes: xquant's bits for w ∘ y, and the unscaled squares of y.
+                    let wy: Vec<f32> = r.y.iter().enumerate().map(|(j, v)| v * nw[j % h]).collect();
+                    let qw = xquant_u32(&gpu, &wy, t, h as u32);
+                    let qy = xquant_u32(&gpu, &r.y, t, h as u32);
+                    for pl in 0..7 {
+                        assert_bits_eq(
+                            &format!("output planes, plane {pl}, vs xquant of w ∘ y, {}", what(t)),
+                            &plane(&r.yq, t, h as u32, pl),
+                            &plane(&qw, t, h as u32, pl),
+                        );
+                    }
+                    // Σ (w ∘ y) per word: the compiler may fuse the epilogue's w · y into the sum.
+                    let sums = plane(&qw, t, h as u32, 7);
+                    let mags: Vec<f32> = wy
+                        .chunks(8)
+                        .map(|c| c.iter().map(|v| v.abs()).sum())
+                        .collect();
+                    assert_close(
+                        &format!("output planes' sums vs xquant's of w ∘ y, {}", what(t)),
+                        &plane(&r.yq, t, h as u32, 7),
+                        &sums,
+                        &mags,
+                        0.0,
+                        1e-6,
+                    );
+                    assert_bits_eq(
+                        &format!("output planes' squares vs xquant's of y, {}", what(t)),
+                        &plane(&r.yq, t, h as u32, 8),
+                        &plane(&qy, t, h as u32, 8),
+                    );
+                    // The deferred norm: W · RMSNorm(y) against the CPU.
+                    let yn = cpu_norm(&r.y, t, h, &nw, eps);
+                    let (exact, mag) = c.cpu_matmul(&yn, t);
+                    let tol = |q: &Q, mag: &[f32]| -> Vec<f32> {
+                        plane_bound(q, &yn, t)
+                            .iter()
+                            .zip(mag)
+                            .map(|(b, m)| 2.0 * b + 2e-5 * m)
+                            .collect()
+                    };
+                    assert_close(
+                        &format!("deferred-norm matmul vs W · RMSNorm(y), {}", what(t)),
+                        &r.c,
+                        &exact,
+                        &tol(&c, &mag),
+                        1e-5,
+                        1.0,
+                    );
+                    // SwiGLU on the deferred norm, and its planes = xquant's of its output.
+                    let (ge, gm) = g.cpu_matmul(&yn, t);
+                    let (ue, um) = u.cpu_matmul(&yn, t);
+                    let silu = |v: f32| v / (1.0 + (-v).exp());
+                    let want: Vec<f32> = ge.iter().zip(&ue).map(|(&a, &b)| silu(a) * b).collect();
+                    let (tg, tu) = (tol(&g, &gm), tol(&u, &um));
+                    let scale: Vec<f32> = (0..want.len())
+                        .map(|j| 1.2 * tg[j] * ue[j].abs() + tu[j] * (ge[j].abs() + 1.0))
+                        .collect();
+                    assert_close(
+                        &format!("SwiGLU on the deferred norm, {}", what(t)),
+                        &r.act,
+                        &want,
+                        &scale,
+                        1e-5,
+                        1.0,
+                    );
+                    let qa = xquant_u32(&gpu, &r.act, t, i as u32);
+                    let got: Vec<f32> = r.aq.iter().map(|&v| f32::from_bits(v)).collect();
+                    let want: Vec<f32> = qa.iter().map(|&v| f32::from_bits(v)).collect();
+                    assert_bits_eq(
+                        &format!("SwiGLU output planes vs xquant's, {}", what(t)),
+                        &got,
+                        &want,
+                    );
+                    // Row 0 of 2 tokens is the 1-token chain, bit for bit.
+                    if t == 2 {
+                        let wq = |q: &[u32], dim: usize| -> Vec<f32> {
+                            q[..q_stride(dim as u32) as usize * 4]
+                                .iter()
+                                .map(|&v| f32::from_bits(v))
+                                .collect()
+                        };
+                        assert_bits_eq(&format!("chain y row 0, {}", what(t)), &r.y[..h], &one.y);
+                        assert_bits_eq(
+                            &format!("chain planes row 0, {}", what(t)),
+                            &wq(&r.yq, h),
+                            &wq(&one.yq, h),
+                        );
+                        assert_bits_eq(
+                            &format!("chain deferred-norm row 0, {}", what(t)),
+                            &r.c[..n2],
+                            &one.c,
+                        );
+                        assert_bits_eq(
+                            &format!("chain SwiGLU row 0, {}", what(t)),
+                            &r.act[..i],
+                            &one.act,
+                        );
+                        assert_bits_eq(
+                            &format!("chain SwiGLU planes row 0, {}", what(t)),
+                            &wq(&r.aq, i),
+                            &wq(&one.aq, i),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    set_xq_ksplit(None);
 }

@@ -2,10 +2,13 @@
 //! (tests/fixtures, built by make_fixtures.py with mlx 0.32.4 / mlx-lm 0.32.2 on the CPU).
 //!
 //! Tolerances:
-//! * `LOGIT_TOL` (f32 compute, every fixture): mlx-lm with f32 activations vs the engine's f32
-//!   kernels differ only by summation order: each of ~6 matmuls per layer contributes ~1e-6
-//!   relative error on O(10) values, growing through 4–8 layers and the lm_head; measured
-//!   ≤ 1.4e-3 on logits of magnitude ≤ 15. 5e-3 leaves room for other adapters' rounding.
+//! * `LOGIT_TOL` (f32 compute, every fixture): mlx-lm with f32 activations vs the engine's default
+//!   native decode path (4-bit matmuls on x as word fixed point rounded to 2^-22 of its word's max,
+//!   `xq_planes.wgsl`; f32 elsewhere) differ by summation order and that rounding: each of ~6
+//!   matmuls per layer contributes ~1e-6 relative error on O(10) values, growing through 4–8
+//!   layers and the lm_head; measured ≤ 1.8e-3 on logits of magnitude ≤ 15. 5e-3 leaves room for
+//!   other adapters' rounding. The f32 decode path (integer planes off, what WebGPU runs) is held
+//!   to the same tolerance in model_vs_mlx_f32.rs.
 //! * `NATIVE_TOL_*` (bf16 fixtures, mlx-lm's plain bf16 CPU run): activations rounded to bf16
 //!   after every op (relative step 2^-8) put that run itself far from exact math. Its quantized
 //!   matmuls also round every dequantized weight, product and partial sum to bf16, which costs
@@ -13,33 +16,16 @@
 //!   f32 (measured up to 1.2). The tolerances are those maxima rounded up.
 //! Greedy tokens: on f32 fixtures at least 64 of the 80 reference tokens must be equal (all are,
 //! today); on bf16 fixtures they must be equal up to the first reference step whose top-2 gap is
-//! below the tolerance (after a near-tie the two paths may legitimately diverge).
-
-use std::sync::Arc;
+//! below twice the prompt's measured logit error, at least 5e-3 (after a near-tie the two paths
+//! may legitimately diverge).
 
 use qwgpu_engine::decode::{generate, GenOptions};
 use qwgpu_engine::model::weights::Mixer;
-use qwgpu_engine::model::{Model, Session, SessionOptions};
 use qwgpu_tests::fixtures::*;
-use qwgpu_tests::*;
 
 const LOGIT_TOL: f32 = 5e-3;
 const NATIVE_TOL_QUANTIZED: f32 = 6.0;
 const NATIVE_TOL_DENSE: f32 = 1.5;
-
-fn load(name: &str, chunk: u32) -> Session {
-    let dir = fixtures_dir().join(name);
-    let model = Model::load(gpu(), &dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
-    pollster::block_on(Session::new(
-        Arc::new(model),
-        SessionOptions {
-            max_ctx: 512,
-            prefill_chunk: chunk,
-            speculative: true,
-        },
-    ))
-    .unwrap()
-}
 
 /// Engine greedy tokens must equal `want` up to the first step whose gap is below `tol`.
 fn check_tokens(what: &str, got: &[u32], want: &[u32], gaps: &[f32], tol: f32) -> usize {
@@ -58,36 +44,11 @@ fn check_tokens(what: &str, got: &[u32], want: &[u32], gaps: &[f32], tol: f32) -
     limit
 }
 
-/// Max |engine − reference| over teacher-forced logits along `path` (the prompt, then the
-/// reference's own tokens).
-fn teacher_forced_error(
-    s: &mut Session,
-    prompt: &[u32],
-    path: &[u32],
-    reference: &[f32],
-    vocab: usize,
-) -> f32 {
-    s.reset();
-    let mut max_err = 0f32;
-    for step in 0..reference.len() / vocab {
-        let input: Vec<u32> = if step == 0 {
-            prompt.to_vec()
-        } else {
-            vec![path[step - 1]]
-        };
-        let l = pollster::block_on(s.forward_logits(&input)).unwrap();
-        for (a, b) in l.iter().zip(&reference[step * vocab..(step + 1) * vocab]) {
-            max_err = max_err.max((a - b).abs());
-        }
-    }
-    max_err
-}
-
 #[test]
 fn greedy_tokens_and_logits_match_mlx_lm() {
     for name in fixture_names() {
         let r = load_reference(&name);
-        let mut s = load(&name, 64);
+        let mut s = load_session(&name, 64);
         assert_eq!(s.model.config.eos_token_ids, r.eos, "{name}: EOS ids");
         for (pi, prompt) in r.prompts.iter().enumerate() {
             s.reset();
@@ -99,8 +60,10 @@ fn greedy_tokens_and_logits_match_mlx_lm() {
             };
             let (got, _) =
                 pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+            let err = teacher_forced_error(&mut s, prompt, want, &r.logits[pi].0, r.vocab);
             // f32 fixtures: at least 64 tokens equal, whatever the gaps. bf16 fixtures: equal up to
-            // the first near-tie.
+            // the first near-tie: a reference step whose top-2 gap is below twice the measured
+            // logit error (at least 5e-3), where the two may legitimately choose differently.
             let checked = if r.dtype == "float32" {
                 let same = got.iter().zip(want).take_while(|(a, b)| a == b).count();
                 assert!(
@@ -114,10 +77,9 @@ fn greedy_tokens_and_logits_match_mlx_lm() {
                     &got,
                     want,
                     &r.top2_gap[pi],
-                    LOGIT_TOL,
+                    (2.0 * err).max(5e-3),
                 )
             };
-            let err = teacher_forced_error(&mut s, prompt, want, &r.logits[pi].0, r.vocab);
             println!("{name} prompt {pi} (len {}): {checked} tokens checked, max |logit error| {err:.2e}", prompt.len());
             assert!(
                 err <= LOGIT_TOL,
@@ -132,7 +94,7 @@ fn bf16_fixtures_against_mlx_native_bf16() {
     for name in fixture_names() {
         let r = load_reference(&name);
         let Some(native) = &r.native else { continue };
-        let mut s = load(&name, 64);
+        let mut s = load_session(&name, 64);
         let tol = if s.model.config.quantization.global.is_some() {
             NATIVE_TOL_QUANTIZED
         } else {
@@ -173,7 +135,7 @@ fn projections_of_mixed_formats_load_apart_and_match_mlx_lm() {
     // (qkv|z, then b and a alone; q|k, then v alone), and the model still matches mlx-lm.
     let name = "bf16-mixed-g128";
     let r = load_reference(name);
-    let mut s = load(name, 64);
+    let mut s = load_session(name, 64);
     let names = |l: usize| -> Vec<String> {
         let mats = match &s.model.weights.layers[l].mixer {
             Mixer::Gdn { in_proj, .. } => &in_proj.mats,

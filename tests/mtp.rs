@@ -1,36 +1,18 @@
 //! MTP speculative decoding: greedy output identical to plain greedy decoding, and the MTP head's
 //! logits against the mlx-lm reference built from mlx-lm's qwen3_5 blocks (make_fixtures.py).
 
-use std::sync::Arc;
-
-use qwgpu_engine::decode::mtp::{generate_mtp, MtpOptions};
+use qwgpu_engine::decode::mtp::{binomial_cdf, generate_mtp, MtpOptions, EARLY_ALPHA, EARLY_PROBE};
 use qwgpu_engine::decode::{generate, Event, Finish, GenOptions};
-use qwgpu_engine::model::{Model, Session, SessionOptions};
+use qwgpu_engine::model::Session;
 use qwgpu_tests::fixtures::*;
-use qwgpu_tests::*;
 
-/// MTP logits: same f32-vs-f32 argument as the backbone's LOGIT_TOL (model_vs_mlx.rs), one layer
-/// deeper.
+/// MTP logits: same argument as the backbone's LOGIT_TOL (model_vs_mlx.rs), one layer deeper.
+/// This runs the default native decode path (integer planes); model_vs_mlx_f32.rs holds the f32
+/// path to the same tolerance.
 const MTP_LOGIT_TOL: f32 = 5e-3;
 
 fn session(name: &str, chunk: u32) -> Session {
-    let model = Model::load(gpu(), &fixtures_dir().join(name), &mut |_, _| {}).unwrap();
-    pollster::block_on(Session::new(
-        Arc::new(model),
-        SessionOptions {
-            max_ctx: 1024,
-            prefill_chunk: chunk,
-            speculative: true,
-        },
-    ))
-    .unwrap()
-}
-
-fn mtp_fixtures() -> Vec<String> {
-    fixture_names()
-        .into_iter()
-        .filter(|n| load_reference(n).has_mtp)
-        .collect()
+    mtp_session(name, chunk)
 }
 
 #[test]
@@ -179,29 +161,8 @@ fn mtp_runs_that_stop_on_eos_and_max_tokens() {
 #[test]
 fn mtp_head_logits_match_mlx_reference() {
     for name in mtp_fixtures() {
-        let r = load_reference(&name);
         let mut s = session(&name, 32);
-        for (pi, prompt) in r.prompts.iter().enumerate() {
-            let seq: Vec<u32> = prompt.iter().chain(&r.greedy[pi]).cloned().collect();
-            let (ref_logits, rows) = &r.mtp_logits[pi];
-            let p = prompt.len();
-            let mut max_err = 0f32;
-            // Row k pairs the hidden state at k with seq[k + 1]; from the last prompt position on,
-            // seq[k + 1] is the backbone's own greedy choice, which is what the MTP step feeds it.
-            for k in [p - 1, p + 3, p + 40]
-                .into_iter()
-                .filter(|k| k + 1 < seq.len() && *k < *rows)
-            {
-                s.reset();
-                pollster::block_on(s.prefill_with(&seq[..k], Some(seq[k]))).unwrap();
-                let (main, _) = pollster::block_on(s.mtp_first(seq[k])).unwrap();
-                assert_eq!(main, seq[k + 1], "{name}: the backbone's choice at {k}");
-                let got = pollster::block_on(s.mtp_logits()).unwrap();
-                let want = &ref_logits[k * r.vocab..(k + 1) * r.vocab];
-                for (a, b) in got.iter().zip(want) {
-                    max_err = max_err.max((a - b).abs());
-                }
-            }
+        for (pi, max_err) in mtp_logit_errors(&mut s, &name) {
             println!("{name} prompt {pi}: MTP logits max |error| {max_err:.2e}");
             assert!(
                 max_err <= MTP_LOGIT_TOL,
@@ -350,12 +311,71 @@ fn adaptive_mtp_falls_back_to_plain_when_drafts_miss() {
                 "{name}: speculation should continue ({st:?})"
             );
         } else {
-            assert_eq!(
-                st.drafted, policy.probe,
-                "{name}: speculation should stop after the probe ({st:?})"
+            // Stopped within the probe, and only once the drafts were unlikely at 50 %
+            // acceptance (the binomial tail by its own sum of n-choose-k terms).
+            assert!(
+                (EARLY_PROBE..=policy.probe).contains(&st.drafted),
+                "{name}: speculation should stop within the probe ({st:?})"
+            );
+            let tail: f64 = (0..=st.accepted)
+                .map(|k| choose(st.drafted, k) * 0.5f64.powi(st.drafted as i32))
+                .sum();
+            assert!(
+                tail < EARLY_ALPHA || st.drafted == policy.probe,
+                "{name}: stopped at {st:?}, tail {tail}"
             );
         }
     }
+}
+
+/// n choose k in f64.
+fn choose(n: u64, k: u64) -> f64 {
+    (0..k).fold(1.0, |c, i| c * (n - i) as f64 / (i + 1) as f64)
+}
+
+#[test]
+fn adaptive_probe_stops_early_only_on_strong_evidence() {
+    // The binomial tail against the sum of its terms, and against closed forms.
+    for n in 1..=24u64 {
+        for k in 0..=n {
+            for p in [0.0f64, 0.1, 0.34, 0.45, 0.5, 0.8, 0.99, 1.0] {
+                let want: f64 = (0..=k)
+                    .map(|i| choose(n, i) * p.powi(i as i32) * (1.0 - p).powi((n - i) as i32))
+                    .sum();
+                let got = binomial_cdf(k, n, p);
+                assert!(
+                    (got - want.min(1.0)).abs() < 1e-12,
+                    "P(X <= {k} | n={n}, p={p}) = {got}, want {want}"
+                );
+            }
+        }
+    }
+    assert!((binomial_cdf(0, 6, 0.45) - 0.55f64.powi(6)).abs() < 1e-15);
+    let policy = MtpOptions {
+        adaptive: true,
+        probe: 16,
+        min_acceptance: 0.45,
+        measured: false,
+    };
+    // No accepted draft at a 45 % break-even: 0.55^5 = 0.0503 is not yet evidence, 0.55^6 is.
+    assert!(!policy.stops(5, 0, 0.45));
+    assert!(policy.stops(6, 0, 0.45));
+    // Never before EARLY_PROBE steps, whatever the count.
+    assert!(!policy.stops(EARLY_PROBE - 1, 0, 0.9));
+    // A head at the break-even or above keeps going through the probe...
+    for d in 1..16 {
+        assert!(
+            !policy.stops(d, (d as f64 * 0.45).ceil() as u64, 0.45),
+            "{d}"
+        );
+    }
+    // ...and the probe's end decides by the acceptance itself, as every step after it.
+    assert!(policy.stops(16, 7, 0.45));
+    assert!(!policy.stops(16, 8, 0.45));
+    assert!(policy.stops(40, 17, 0.45));
+    // A non-adaptive policy never stops; a break-even of 0 never stops either.
+    assert!(!MtpOptions::always().stops(100, 0, 0.45));
+    assert!(!policy.stops(15, 0, 0.0));
 }
 
 #[test]

@@ -220,6 +220,45 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
                     plan.len(),
                     roofline,
                 );
+                // The fused epilogues: the deferred norm of its input and its outputs as planes
+                // (scaled by a norm weight), where the tile allows.
+                let opts = MatmulOpts {
+                    rows: Rows::Tokens,
+                    add: false,
+                    mt: tile_of(t),
+                    swiglu: false,
+                };
+                if qwgpu_engine::ops::matmul::writes_xq(gpu, &m, &opts) {
+                    let yq = gpu
+                        .storage("yq", 2 * qwgpu_engine::ops::xquant::row_bytes(n as u32))
+                        .unwrap();
+                    let nw = gpu.storage("nw", n as u64 * 4).unwrap();
+                    let ds = pollster::block_on(qwgpu_engine::ops::matmul::matmul_xq_ext(
+                        gpu,
+                        &m,
+                        &xq,
+                        Act::new(&y, n as u32),
+                        slot,
+                        opts,
+                        None,
+                        Some(1e-6),
+                        Some(qwgpu_engine::ops::matmul::XqOut {
+                            planes: &yq,
+                            norm_w: Some(&nw),
+                        }),
+                    ))
+                    .unwrap();
+                    let mut plan = Plan::new();
+                    plan.extend_vec(ds);
+                    let s = time_plan(gpu, &plan, shape, reps);
+                    report(
+                        &format!("matmul q4 xq fused {label} {n}x{k} T={t}"),
+                        s,
+                        m.bytes(),
+                        plan.len(),
+                        roofline,
+                    );
+                }
             }
             if t > 2 {
                 println!(
@@ -284,8 +323,14 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
                 fold_norms: true,
             };
             let mut plan = Plan::new();
-            pollster::block_on(b.layer(&mut plan, &model.weights.layers[0], &state.layers[0]))
-                .unwrap();
+            pollster::block_on(b.layer(
+                &mut plan,
+                &model.weights.layers[0],
+                &state.layers[0],
+                false,
+                None,
+            ))
+            .unwrap();
             let s = time_plan(
                 gpu,
                 &plan,

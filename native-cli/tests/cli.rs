@@ -399,32 +399,75 @@ fn bench_reports_a_table_and_json() {
         }
     }
     // Projections of one input are merged at load: fewer dispatches than with them separate
-    // (f32-q4-g64: 6 GDN layers save 3 each, 2 attention layers 2, 8 MLPs 2: gate and up in
-    // one matmul that also does the SwiGLU).
-    let sep = ok_json(&[
-        "bench",
-        "--model",
-        dir.to_str().unwrap(),
-        "--prompt-tokens",
-        "4",
-        "--gen-tokens",
-        "2",
-        "--trials",
-        "1",
-        "--warmup",
-        "0",
-        "--separate-projections",
-        "--json",
-    ]);
-    let (merged, separate) = (
-        j["dispatches_per_token"].as_u64().unwrap(),
-        sep["dispatches_per_token"].as_u64().unwrap(),
-    );
+    // (f32-q4-g64: 6 GDN layers save 3 matmuls each, 2 attention layers 2, 8 MLPs 1: gate and
+    // up in one matmul whose epilogue also does the SwiGLU, so no SwiGLU dispatch either).
+    let bench_small = |extra: &[&str], env: Option<(&str, &str)>| {
+        let mut args = vec![
+            "bench",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt-tokens",
+            "4",
+            "--gen-tokens",
+            "2",
+            "--trials",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_qwgpu"));
+        c.args(&args);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        let o = c.output().expect("run qwgpu");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "qwgpu {args:?} failed: {err}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+        let total = j["dispatches_per_token"].as_u64().unwrap();
+        let kinds = j["dispatch_kinds_per_token"].as_object().unwrap().clone();
+        let sum: u64 = kinds.values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(
+            sum, total,
+            "dispatch kinds {kinds:?} do not add up to {total}"
+        );
+        let kind = move |k: &str| kinds.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        (total, kind)
+    };
+    let (merged, mk) = bench_small(&[], None);
     assert_eq!(
-        merged + 38,
-        separate,
-        "dispatches per token merged {merged}, separate {separate}"
+        merged,
+        j["dispatches_per_token"].as_u64().unwrap(),
+        "the dispatch count does not depend on the prompt or generation length"
     );
+    let (separate, sk) = bench_small(&["--separate-projections"], None);
+    assert_eq!(
+        mk("matmul") + 30,
+        sk("matmul"),
+        "merged {merged}, separate {separate}"
+    );
+    assert_eq!((mk("swiglu"), sk("swiglu")), (0, 8));
+    if mk("xquant") > 0 {
+        // The integer-plane path (lavapipe and native GPUs with packed dot products): every
+        // matmul input is written as planes by the kernel in front of it, except the first
+        // layer's normed input and the head's (2 xquant dispatches). With gate and up
+        // separate, the SwiGLU kernel writes f32 and down's planes need their own (8 more).
+        assert_eq!((mk("xquant"), sk("xquant")), (2, 10));
+        assert_eq!(merged + 46, separate);
+        // Without the fused epilogues (QWGPU_XQ_FUSE=0) a dispatch converts each matmul
+        // input: per layer the two normed inputs and down's, the two attention layers'
+        // o_proj inputs, and the head: 27.
+        let (unfused, uk) = bench_small(&[], Some(("QWGPU_XQ_FUSE", "0")));
+        assert_eq!(uk("xquant"), 27, "unfused {unfused}");
+        assert_eq!(unfused, merged + 25);
+        assert_eq!(uk("matmul"), mk("matmul"));
+    } else {
+        assert_eq!(merged + 38, separate);
+    }
     let o = qwgpu(
         &[
             "bench",

@@ -1,6 +1,9 @@
 //! Reading the mlx-lm reference fixtures (tests/fixtures/models/<name>/).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use qwgpu_engine::model::{Model, Session, SessionOptions};
 
 pub struct Reference {
     pub name: String,
@@ -127,4 +130,99 @@ pub fn load_reference(name: &str) -> Reference {
         native,
         dir,
     }
+}
+
+/// The fixture `name` in a session of 512 positions with prefill chunks of `chunk` rows.
+pub fn load_session(name: &str, chunk: u32) -> Session {
+    let dir = fixtures_dir().join(name);
+    let model =
+        Model::load(crate::gpu(), &dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
+    pollster::block_on(Session::new(
+        Arc::new(model),
+        SessionOptions {
+            max_ctx: 512,
+            prefill_chunk: chunk,
+            speculative: true,
+        },
+    ))
+    .unwrap()
+}
+
+/// Max |engine − reference| over teacher-forced logits along `path` (the prompt, then the
+/// reference's own tokens).
+pub fn teacher_forced_error(
+    s: &mut Session,
+    prompt: &[u32],
+    path: &[u32],
+    reference: &[f32],
+    vocab: usize,
+) -> f32 {
+    s.reset();
+    let mut max_err = 0f32;
+    for step in 0..reference.len() / vocab {
+        let input: Vec<u32> = if step == 0 {
+            prompt.to_vec()
+        } else {
+            vec![path[step - 1]]
+        };
+        let l = pollster::block_on(s.forward_logits(&input)).unwrap();
+        for (a, b) in l.iter().zip(&reference[step * vocab..(step + 1) * vocab]) {
+            max_err = max_err.max((a - b).abs());
+        }
+    }
+    max_err
+}
+
+/// The fixtures with an MTP head.
+pub fn mtp_fixtures() -> Vec<String> {
+    fixture_names()
+        .into_iter()
+        .filter(|n| load_reference(n).has_mtp)
+        .collect()
+}
+
+/// The fixture `name` in a speculative session of 1024 positions with prefill chunks of `chunk`.
+pub fn mtp_session(name: &str, chunk: u32) -> Session {
+    let model = Model::load(crate::gpu(), &fixtures_dir().join(name), &mut |_, _| {}).unwrap();
+    pollster::block_on(Session::new(
+        Arc::new(model),
+        SessionOptions {
+            max_ctx: 1024,
+            prefill_chunk: chunk,
+            speculative: true,
+        },
+    ))
+    .unwrap()
+}
+
+/// Per prompt of fixture `name`, the max |engine − reference| of the MTP head's logits (the
+/// reference built from mlx-lm's qwen3_5 blocks by make_fixtures.py) at a few positions: the last
+/// prompt position and two inside the greedy continuation.
+pub fn mtp_logit_errors(s: &mut Session, name: &str) -> Vec<(usize, f32)> {
+    let r = load_reference(name);
+    let mut out = Vec::new();
+    for (pi, prompt) in r.prompts.iter().enumerate() {
+        let seq: Vec<u32> = prompt.iter().chain(&r.greedy[pi]).cloned().collect();
+        let (ref_logits, rows) = &r.mtp_logits[pi];
+        let p = prompt.len();
+        let mut max_err = 0f32;
+        // Row k pairs the hidden state at k with seq[k + 1]; from the last prompt position on,
+        // seq[k + 1] is the backbone's own greedy choice, which is what the MTP step feeds it.
+        for k in [p - 1, p + 3, p + 40]
+            .into_iter()
+            .filter(|k| k + 1 < seq.len() && *k < *rows)
+        {
+            s.reset();
+            pollster::block_on(s.prefill_with(&seq[..k], Some(seq[k]))).unwrap();
+            let (main, _) = pollster::block_on(s.mtp_first(seq[k])).unwrap();
+            assert_eq!(main, seq[k + 1], "{name}: the backbone's choice at {k}");
+            let got = pollster::block_on(s.mtp_logits()).unwrap();
+            let want = &ref_logits[k * r.vocab..(k + 1) * r.vocab];
+            for (a, b) in got.iter().zip(want) {
+                max_err = max_err.max((a - b).abs());
+            }
+        }
+        out.push((pi, max_err));
+    }
+    out
 }

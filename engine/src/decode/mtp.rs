@@ -27,7 +27,9 @@ impl MtpStats {
 #[derive(Clone, Copy, Debug)]
 pub struct MtpOptions {
     /// Fall back to plain decoding for the rest of the request when, after `probe` verify steps,
-    /// the acceptance rate is below `min_acceptance` (speculation would be slower than plain).
+    /// the acceptance rate is below `min_acceptance` (speculation would be slower than plain);
+    /// earlier, from [`EARLY_PROBE`] steps on, when a head accepting `min_acceptance` of its
+    /// drafts would accept this few less than [`EARLY_ALPHA`] of the time ([`MtpOptions::stops`]).
     pub adaptive: bool,
     pub probe: u64,
     pub min_acceptance: f64,
@@ -36,7 +38,47 @@ pub struct MtpOptions {
     pub measured: bool,
 }
 
+/// Verify steps before the adaptive policy may stop early (see [`MtpOptions::stops`]).
+pub const EARLY_PROBE: u64 = 4;
+/// How unlikely the accepted count must be at the break-even acceptance for an early stop.
+pub const EARLY_ALPHA: f64 = 0.05;
+
+/// P(X <= k) for X ~ Binomial(n, p).
+pub fn binomial_cdf(k: u64, n: u64, p: f64) -> f64 {
+    if k >= n {
+        return 1.0;
+    }
+    let p = p.clamp(0.0, 1.0);
+    if p >= 1.0 {
+        return 0.0;
+    }
+    // The terms by their ratio: P(X = i + 1) = P(X = i) · (n − i) / (i + 1) · p / (1 − p).
+    let mut term = (1.0 - p).powi(n as i32);
+    let mut sum = term;
+    for i in 0..k {
+        term *= (n - i) as f64 / (i + 1) as f64 * p / (1.0 - p);
+        sum += term;
+    }
+    sum.min(1.0)
+}
+
 impl MtpOptions {
+    /// Whether the adaptive policy stops speculating after `drafted` verify steps of which
+    /// `accepted` were accepted, at break-even acceptance `min_acceptance`: at the end of the
+    /// probe when the acceptance is below it (and at every step after), or from
+    /// [`EARLY_PROBE`] steps on when an acceptance at break-even would give `accepted` or
+    /// fewer less than [`EARLY_ALPHA`] of the time (a head that rarely agrees costs a few verify
+    /// steps, not the whole probe). Never for a non-adaptive policy.
+    pub fn stops(&self, drafted: u64, accepted: u64, min_acceptance: f64) -> bool {
+        if !self.adaptive || drafted == 0 {
+            return false;
+        }
+        if drafted >= self.probe {
+            return (accepted as f64) < min_acceptance * drafted as f64;
+        }
+        drafted >= EARLY_PROBE && binomial_cdf(accepted, drafted, min_acceptance) < EARLY_ALPHA
+    }
+
     /// Speculate whatever the acceptance (`--mtp on`, benchmarks).
     pub fn always() -> Self {
         MtpOptions {
@@ -121,7 +163,7 @@ pub async fn generate_mtp_in_context(
     // rollback itself, so it never waits for the host between iterations.
     let queue_ahead = !session.is_sampling();
     loop {
-        if policy.adaptive && stats.drafted >= policy.probe && stats.acceptance() < min_acceptance {
+        if policy.stops(stats.drafted, stats.accepted, min_acceptance) {
             // Not paying off: take the queued iteration's tokens, then continue with plain steps
             // (a pending rollback is applied first, and the last emitted token is already the
             // next input on the GPU).
@@ -139,13 +181,16 @@ pub async fn generate_mtp_in_context(
             session.mtp_submit_verify()?;
         }
         // Each queued iteration emits at least one token: queue another only while its tokens
-        // can still be needed and it fits even if every queued iteration accepts; and not the
-        // first iteration after the adaptive probe, which runs only if the probe pays off.
-        let queued = session.pending_verifies();
-        let at_probe_end = policy.adaptive && stats.drafted + queued as u64 == policy.probe;
+        // can still be needed and it fits even if every queued iteration accepts; and, during
+        // the adaptive probe, not when the queued iterations' rejection would stop speculation
+        // (that iteration runs only if they pay off).
+        let queued = session.pending_verifies() as u64;
+        let probing = stats.drafted + queued <= policy.probe;
+        let may_stop =
+            probing && policy.stops(stats.drafted + queued, stats.accepted, min_acceptance);
         if queue_ahead
-            && !at_probe_end
-            && out.len() + queued < opts.max_tokens
+            && !may_stop
+            && out.len() + (queued as usize) < opts.max_tokens
             && session.has_room(2 * (queued as u32 + 1))
         {
             session.mtp_submit_verify()?;

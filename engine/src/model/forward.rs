@@ -12,7 +12,7 @@ use crate::error::LoadError;
 use crate::gpu::{Gpu, GpuBuffer, Plan, Rows, StepSlot};
 use crate::model::config::ModelConfig;
 use crate::model::weights::{Layer, Mixer, Mtp, Projections, Weights};
-use crate::ops::attention::{attention_scratch_bytes, attention_with_scratch, attn_prep, AttnDims};
+use crate::ops::attention::{attention_scratch_bytes, attn_prep, AttnDims};
 use crate::ops::gdn::{
     conv_prep_wg, gated_norm, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence, GdnDims,
     CONV_PREP_STORAGE_BUFFERS,
@@ -72,6 +72,10 @@ pub struct Workspace {
     /// A decode matmul's input as integer planes ([`XQ_ROWS`] rows of
     /// `xquant::q_stride(max k)` vec4<u32>; see `ops::matmul::matmul_xq`).
     pub xq: GpuBuffer,
+    /// The normed input of a mixer or MLP as integer planes ([`XQ_ROWS`] rows of
+    /// `xquant::q_stride(H)`): written by an xquant dispatch, or by the residual projection in
+    /// front with the norm deferred to the reader (`ops::matmul::XqOut`).
+    pub xqn: GpuBuffer,
 }
 
 /// Rows of `Workspace::xq`: the decode tiles' most (the 2-row verify).
@@ -135,6 +139,13 @@ impl Workspace {
                             .next_multiple_of(crate::ops::xquant::BLOCK),
                     ),
             )?,
+            xqn: gpu.storage(
+                "xqn",
+                XQ_ROWS as u64
+                    * crate::ops::xquant::row_bytes(
+                        (h as u32).next_multiple_of(crate::ops::xquant::BLOCK),
+                    ),
+            )?,
         })
     }
 
@@ -161,6 +172,7 @@ impl Workspace {
             &self.mtp_ids,
             &self.mtp_logits,
             &self.xq,
+            &self.xqn,
         ]
         .iter()
         .map(|b| b.size)
@@ -216,9 +228,23 @@ pub struct Builder<'a> {
 pub struct NormedX<'a> {
     pub x: Act<'a>,
     pub norm: Option<(&'a GpuBuffer, f32)>,
-    /// The normed rows are integer planes in `ws.xq` (`x` is that buffer), for
+    /// The normed rows are integer planes in `ws.xqn` (`x` is that buffer), for
     /// `ops::matmul::matmul_xq`.
     pub planes: bool,
+    /// The planes hold w ∘ x with the norm's 1/rms deferred to their reader (epsilon).
+    pub deferred: Option<f32>,
+}
+
+/// The RMSNorm in front of the next mixer or MLP (its weight) and the matrices that read it: what
+/// a residual projection needs to write their planes itself.
+pub type NextNorm<'a> = Option<(&'a GpuBuffer, &'a [Matrix])>;
+
+/// The matrices that read a layer's normed input.
+fn input_consumers(layer: &Layer) -> &[Matrix] {
+    match &layer.mixer {
+        Mixer::Attn { qkv_proj, .. } => &qkv_proj.mats,
+        Mixer::Gdn { in_proj, .. } => &in_proj.mats,
+    }
 }
 
 impl Builder<'_> {
@@ -232,25 +258,67 @@ impl Builder<'_> {
             })
     }
 
-    /// RMSNorm(x) with `norm_w` as the input of `mats`: one xquant dispatch into `ws.xq` where
-    /// they all take integer planes ([`Self::planes_for`]), else folded into them where every one
-    /// can take it ([`crate::ops::matmul::folds_norm`]), else one rms_norm dispatch into `ws.xn`.
+    /// Whether `ws.xqn` holds the decode tiles' rows of normed planes.
+    fn xqn_fits(&self) -> bool {
+        let h = self.cfg.hidden_size as u32;
+        self.ws.xqn.size >= XQ_ROWS as u64 * crate::ops::xquant::row_bytes(h)
+    }
+
+    /// The planes a residual projection `m` (tile options `opts`) can write for `next` itself
+    /// (into `ws.xqn`, scaled by the norm's weight, the norm deferred to the readers): where
+    /// `m` takes integer planes and can write them (`ops::matmul::writes_xq`) and every reader
+    /// takes planes.
+    fn out_planes<'x>(
+        &'x self,
+        m: &Matrix,
+        opts: &MatmulOpts,
+        next: NextNorm<'x>,
+    ) -> Option<crate::ops::matmul::XqOut<'x>> {
+        let (w, readers) = next?;
+        let h = self.cfg.hidden_size as u32;
+        (self.xqn_fits()
+            && m.n == h
+            && !opts.swiglu
+            && self.planes_for(std::slice::from_ref(m), self.mt)
+            && self.planes_for(readers, self.mt)
+            && readers.iter().all(|r| r.k == h)
+            && crate::ops::matmul::writes_xq(self.gpu, m, opts))
+        .then_some(crate::ops::matmul::XqOut {
+            planes: &self.ws.xqn,
+            norm_w: Some(w),
+        })
+    }
+
+    /// RMSNorm(x) with `norm_w` as the input of `mats`. `pre`: the residual projection in front
+    /// wrote its planes with the norm deferred ([`Self::out_planes`]): nothing to dispatch. Else
+    /// one xquant dispatch into `ws.xqn` where they all take integer planes
+    /// ([`Self::planes_for`]), else folded into them where every one can take it
+    /// ([`crate::ops::matmul::folds_norm`]), else one rms_norm dispatch into `ws.xn`.
     async fn normed<'b>(
         &'b self,
         plan: &mut Plan,
         norm_w: &'b GpuBuffer,
         mats: &[Matrix],
+        pre: bool,
     ) -> Result<NormedX<'b>, LoadError> {
         let h = self.cfg.hidden_size as u32;
         let eps = self.cfg.rms_norm_eps;
-        if self.planes_for(mats, self.mt) {
+        if pre {
+            return Ok(NormedX {
+                x: Act::new(&self.ws.xqn, 0),
+                norm: None,
+                planes: true,
+                deferred: Some(eps),
+            });
+        }
+        if self.planes_for(mats, self.mt) && self.xqn_fits() {
             plan.push(
                 xquant(
                     self.gpu,
                     h,
                     Act::new(self.x, h),
                     Some((norm_w, eps)),
-                    &self.ws.xq,
+                    &self.ws.xqn,
                     XQ_ROWS,
                     self.step,
                     false,
@@ -258,9 +326,10 @@ impl Builder<'_> {
                 .await?,
             );
             return Ok(NormedX {
-                x: Act::new(&self.ws.xq, 0),
+                x: Act::new(&self.ws.xqn, 0),
                 norm: None,
                 planes: true,
+                deferred: None,
             });
         }
         if self.fold_norms
@@ -273,6 +342,7 @@ impl Builder<'_> {
                 x: Act::new(self.x, h),
                 norm: Some((norm_w, eps)),
                 planes: false,
+                deferred: None,
             });
         }
         plan.push(
@@ -292,6 +362,7 @@ impl Builder<'_> {
             x: Act::new(&self.ws.xn, h),
             norm: None,
             planes: false,
+            deferred: None,
         })
     }
 
@@ -312,8 +383,10 @@ impl Builder<'_> {
         };
         let ds = match x.norm {
             _ if x.planes => {
-                crate::ops::matmul::matmul_xq(self.gpu, m, x.x.buf, y, self.step, opts, None)
-                    .await?
+                crate::ops::matmul::matmul_xq_ext(
+                    self.gpu, m, x.x.buf, y, self.step, opts, None, x.deferred, None,
+                )
+                .await?
             }
             Some((w, eps)) => {
                 crate::ops::matmul::matmul_normed(self.gpu, m, x.x, w, eps, y, self.step, opts)
@@ -356,7 +429,9 @@ impl Builder<'_> {
     }
 
     /// `m` on the rows of `x` (`m.k` values each): converted to integer planes first by one
-    /// xquant dispatch where `m` takes them ([`Self::planes_for`]), else [`Self::mm`].
+    /// xquant dispatch where `m` takes them ([`Self::planes_for`]), else [`Self::mm`]. With
+    /// `next`, a residual projection writes the planes of the next norm's readers where it can
+    /// ([`Self::out_planes`]); returns whether it did.
     async fn mm_in(
         &self,
         plan: &mut Plan,
@@ -364,9 +439,11 @@ impl Builder<'_> {
         x: Act<'_>,
         y: Act<'_>,
         add: bool,
-    ) -> Result<(), LoadError> {
+        next: NextNorm<'_>,
+    ) -> Result<bool, LoadError> {
         if !self.planes_for(std::slice::from_ref(m), self.mt) {
-            return self.mm(plan, m, x, y, add).await;
+            self.mm(plan, m, x, y, add).await?;
+            return Ok(false);
         }
         plan.push(
             xquant(
@@ -381,24 +458,41 @@ impl Builder<'_> {
             )
             .await?,
         );
+        self.mm_planes(plan, m, y, add, next).await
+    }
+
+    /// `m` on the integer planes in `ws.xq` (written by the dispatch in front), with the next
+    /// norm's planes where it can write them ([`Self::mm_in`]).
+    async fn mm_planes(
+        &self,
+        plan: &mut Plan,
+        m: &Matrix,
+        y: Act<'_>,
+        add: bool,
+        next: NextNorm<'_>,
+    ) -> Result<bool, LoadError> {
+        let opts = MatmulOpts {
+            rows: Rows::Tokens,
+            add,
+            mt: self.mt,
+            swiglu: false,
+        };
+        let out = self.out_planes(m, &opts, next);
         plan.extend_vec(
-            crate::ops::matmul::matmul_xq(
+            crate::ops::matmul::matmul_xq_ext(
                 self.gpu,
                 m,
                 &self.ws.xq,
                 y,
                 self.step,
-                MatmulOpts {
-                    rows: Rows::Tokens,
-                    add,
-                    mt: self.mt,
-                    swiglu: false,
-                },
+                opts,
                 None,
+                None,
+                out,
             )
             .await?,
         );
-        Ok(())
+        Ok(out.is_some())
     }
 
     /// `p` on `x`, written side by side into `y` from column `y.col`: one matmul per matrix of
@@ -445,28 +539,36 @@ impl Builder<'_> {
         {
             plan.push(d);
         }
-        for (layer, ls) in self.w.layers.iter().zip(&state.layers) {
-            self.layer(&mut plan, layer, ls).await?;
+        let layers = &self.w.layers;
+        let mut pre = false;
+        for (i, (layer, ls)) in layers.iter().zip(&state.layers).enumerate() {
+            let next = layers
+                .get(i + 1)
+                .map(|l| (&l.input_norm, input_consumers(l)));
+            pre = self.layer(&mut plan, layer, ls, pre, next).await?;
         }
         Ok(plan)
     }
 
-    /// One decoder layer (spec §4.2): x += Mixer(norm(x)); x += MLP(norm(x)).
+    /// One decoder layer (spec §4.2): x += Mixer(norm(x)); x += MLP(norm(x)). `pre`: the
+    /// residual projection in front wrote this layer's normed input as planes (norm deferred);
+    /// `next`: the next layer's input norm and its readers. Returns whether this layer's down
+    /// projection wrote the next layer's normed input.
     pub async fn layer(
         &self,
         plan: &mut Plan,
         layer: &Layer,
         ls: &LayerState,
-    ) -> Result<(), LoadError> {
+        pre: bool,
+        next: NextNorm<'_>,
+    ) -> Result<bool, LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let h = cfg.hidden_size as u32;
         let pw = ws.proj_width;
-        let consumers = match &layer.mixer {
-            Mixer::Attn { qkv_proj, .. } => &qkv_proj.mats,
-            Mixer::Gdn { in_proj, .. } => &in_proj.mats,
-        };
-        let xn = self.normed(plan, &layer.input_norm, consumers).await?;
-        match (&layer.mixer, ls) {
+        let consumers = input_consumers(layer);
+        let xn = self.normed(plan, &layer.input_norm, consumers, pre).await?;
+        let post: NextNorm<'_> = Some((&layer.post_norm, &layer.gate_up.mats));
+        let post_pre = match (&layer.mixer, ls) {
             (
                 Mixer::Attn {
                     qkv_proj,
@@ -476,8 +578,8 @@ impl Builder<'_> {
                 },
                 LayerState::Attn(kv),
             ) => {
-                self.attention(plan, xn, qkv_proj, o_proj, q_norm, k_norm, kv)
-                    .await?;
+                self.attention(plan, xn, qkv_proj, o_proj, q_norm, k_norm, kv, post)
+                    .await?
             }
             (
                 Mixer::Gdn {
@@ -494,9 +596,10 @@ impl Builder<'_> {
                 let (cd, vd, hv) = (cfg.conv_dim() as u32, cfg.value_dim() as u32, d.n_v_heads);
                 // spec §4.6 step 1: the four input projections qkv | z | b | a, side by side in
                 // `proj` (columns 0, cd, cd + vd, cd + vd + hv).
-                // Steps 1-7 leave the gated, normalized rows in `yn` (false), or out_proj has
-                // taken the gated norm and added to x already (true).
-                let out_proj_done = 'mixer: {
+                // Steps 1-7 leave the gated, normalized rows in `yn` (None), or out_proj has
+                // taken the gated norm and added to x already (Some(whether it also wrote the
+                // MLP's normed input planes)).
+                let out_proj_done: Option<bool> = 'mixer: {
                     let decode_tile = self.mt == crate::ops::matmul::MT_ONE
                         || self.mt == crate::ops::matmul::MT_SMALL;
                     if (xn.norm.is_some() || xn.planes) && decode_tile {
@@ -535,7 +638,7 @@ impl Builder<'_> {
                                 };
                                 let ds = match xn.norm {
                                     _ if xn.planes => {
-                                        crate::ops::matmul::matmul_xq(
+                                        crate::ops::matmul::matmul_xq_ext(
                                             g,
                                             m,
                                             xn.x.buf,
@@ -543,6 +646,8 @@ impl Builder<'_> {
                                             self.step,
                                             opts,
                                             (col < cd).then_some(conv),
+                                            xn.deferred,
+                                            None,
                                         )
                                         .await?
                                     }
@@ -592,26 +697,12 @@ impl Builder<'_> {
                                 .await?,
                             );
                             if planes_out {
-                                plan.extend_vec(
-                                    crate::ops::matmul::matmul_xq(
-                                        g,
-                                        out_proj,
-                                        &ws.xq,
-                                        Act::new(self.x, h),
-                                        self.step,
-                                        MatmulOpts {
-                                            rows: Rows::Tokens,
-                                            add: true,
-                                            mt: self.mt,
-                                            swiglu: false,
-                                        },
-                                        None,
-                                    )
-                                    .await?,
-                                );
-                                break 'mixer true;
+                                let wrote = self
+                                    .mm_planes(plan, out_proj, Act::new(self.x, h), true, post)
+                                    .await?;
+                                break 'mixer Some(wrote);
                             }
-                            break 'mixer false;
+                            break 'mixer None;
                         }
                     }
                     self.mm_side_by_side(
@@ -706,7 +797,7 @@ impl Builder<'_> {
                             )
                             .await?,
                         );
-                        break 'mixer false;
+                        break 'mixer None;
                     }
                     // step 6: the delta-rule recurrence on the f32 state (snapshot after n_confirmed).
                     plan.extend_vec(
@@ -744,25 +835,29 @@ impl Builder<'_> {
                             )
                             .await?,
                         );
-                        true
+                        Some(false)
                     } else {
                         // step 7: gated RMSNorm with silu(z).
                         plan.extend_vec(
                             gated_norm(g, &d, &ws.y, z, gnorm, &ws.yn, self.step).await?,
                         );
-                        false
+                        None
                     }
                 };
-                if !out_proj_done {
+                match out_proj_done {
+                    Some(wrote) => wrote,
                     // step 8: out_proj on the gated, normalized rows, added to the residual stream.
-                    self.mm_in(
-                        plan,
-                        out_proj,
-                        Act::new(&ws.yn, vd),
-                        Act::new(self.x, h),
-                        true,
-                    )
-                    .await?;
+                    None => {
+                        self.mm_in(
+                            plan,
+                            out_proj,
+                            Act::new(&ws.yn, vd),
+                            Act::new(self.x, h),
+                            true,
+                            post,
+                        )
+                        .await?
+                    }
                 }
             }
             _ => {
@@ -770,8 +865,8 @@ impl Builder<'_> {
                     "layer kind and state kind disagree".into(),
                 ))
             }
-        }
-        self.mlp(plan, layer).await
+        };
+        self.mlp(plan, layer, post_pre, next).await
     }
 
     /// Gated attention (spec §4.5) against `kv`, added to x.
@@ -785,7 +880,8 @@ impl Builder<'_> {
         q_norm: &GpuBuffer,
         k_norm: &GpuBuffer,
         kv: &KvCache,
-    ) -> Result<(), LoadError> {
+        post: NextNorm<'_>,
+    ) -> Result<bool, LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let h = cfg.hidden_size as u32;
         let pw = ws.proj_width;
@@ -814,8 +910,14 @@ impl Builder<'_> {
         // launches ATTN_NS per head: use the one-pass path there (identical bits).
         let split = !(g.caps.web && g.info.device_type == wgpu::DeviceType::Cpu);
         let scratch = if split { Some(&ws.attn_scratch) } else { None };
+        // With integer planes, the attention kernel writes o_proj's planes itself (the bits of an
+        // xquant dispatch on its output).
+        let planes_out = crate::ops::matmul::fuse_xq()
+            && o_proj.k == d.n_heads * d.head_dim
+            && self.planes_for(std::slice::from_ref(o_proj), self.mt)
+            && crate::ops::attention::attention_writes_planes(g, &d);
         plan.extend_vec(
-            attention_with_scratch(
+            crate::ops::attention::attention_xq(
                 g,
                 &d,
                 &ws.q,
@@ -824,27 +926,77 @@ impl Builder<'_> {
                 &kv.v,
                 scratch,
                 &ws.y,
+                planes_out.then_some(&ws.xq),
                 self.step,
             )
             .await?,
         );
+        if planes_out {
+            return self
+                .mm_planes(plan, o_proj, Act::new(self.x, h), true, post)
+                .await;
+        }
         self.mm_in(
             plan,
             o_proj,
             Act::new(&ws.y, d.n_heads * d.head_dim),
             Act::new(self.x, h),
             true,
+            post,
         )
         .await
     }
 
-    /// SwiGLU MLP (spec §4.4) on norm(x), added to x.
-    pub async fn mlp(&self, plan: &mut Plan, layer: &Layer) -> Result<(), LoadError> {
+    /// SwiGLU MLP (spec §4.4) on norm(x), added to x. `pre`: the mixer's projection wrote the
+    /// normed input's planes; `next`: the next norm and its readers, whose planes the down
+    /// projection writes where it can (returns whether it did).
+    pub async fn mlp(
+        &self,
+        plan: &mut Plan,
+        layer: &Layer,
+        pre: bool,
+        next: NextNorm<'_>,
+    ) -> Result<bool, LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let (h, i) = (cfg.hidden_size as u32, cfg.intermediate_size as u32);
         let xn = self
-            .normed(plan, &layer.post_norm, &layer.gate_up.mats)
+            .normed(plan, &layer.post_norm, &layer.gate_up.mats, pre)
             .await?;
+        if let (true, [m], true) = (layer.swiglu_fused, layer.gate_up.mats.as_slice(), xn.planes) {
+            // gate+up writes down's input planes in its SwiGLU epilogue: no xquant dispatch.
+            let opts = MatmulOpts {
+                rows: Rows::Tokens,
+                add: false,
+                mt: self.mt,
+                swiglu: true,
+            };
+            if m.n / 2 == i
+                && self.planes_for(std::slice::from_ref(&layer.down), self.mt)
+                && layer.down.k == i
+                && crate::ops::matmul::writes_xq(g, m, &opts)
+            {
+                plan.extend_vec(
+                    crate::ops::matmul::matmul_xq_ext(
+                        g,
+                        m,
+                        xn.x.buf,
+                        Act::new(&ws.act, i),
+                        self.step,
+                        opts,
+                        None,
+                        xn.deferred,
+                        Some(crate::ops::matmul::XqOut {
+                            planes: &ws.xq,
+                            norm_w: None,
+                        }),
+                    )
+                    .await?,
+                );
+                return self
+                    .mm_planes(plan, &layer.down, Act::new(self.x, h), true, next)
+                    .await;
+            }
+        }
         match (layer.swiglu_fused, layer.gate_up.mats.as_slice()) {
             // gate/up rows interleaved: one matmul writes silu(gate) * up into `act`.
             (true, [m]) => {
@@ -864,6 +1016,7 @@ impl Builder<'_> {
             Act::new(&ws.act, i),
             Act::new(self.x, h),
             true,
+            next,
         )
         .await
     }
@@ -908,6 +1061,7 @@ impl Builder<'_> {
                 x: Act::new(&ws.xq, 0),
                 norm: None,
                 planes: true,
+                deferred: None,
             });
         }
         plan.push(
@@ -927,6 +1081,7 @@ impl Builder<'_> {
             x: Act::new(&ws.xo, h),
             norm: None,
             planes: false,
+            deferred: None,
         })
     }
 
@@ -1054,7 +1209,7 @@ impl Builder<'_> {
         )
         .await?;
         let layer = &mtp.layer;
-        match &layer.mixer {
+        let post_pre = match &layer.mixer {
             Mixer::Attn {
                 qkv_proj,
                 o_proj,
@@ -1062,18 +1217,27 @@ impl Builder<'_> {
                 k_norm,
             } => {
                 let xn = self
-                    .normed(&mut plan, &layer.input_norm, &qkv_proj.mats)
+                    .normed(&mut plan, &layer.input_norm, &qkv_proj.mats, false)
                     .await?;
-                self.attention(&mut plan, xn, qkv_proj, o_proj, q_norm, k_norm, kv)
-                    .await?;
+                self.attention(
+                    &mut plan,
+                    xn,
+                    qkv_proj,
+                    o_proj,
+                    q_norm,
+                    k_norm,
+                    kv,
+                    Some((&layer.post_norm, &layer.gate_up.mats)),
+                )
+                .await?
             }
             Mixer::Gdn { .. } => {
                 return Err(LoadError::Unsupported(
                     "the MTP layer must be a full-attention layer".into(),
                 ))
             }
-        }
-        self.mlp(&mut plan, layer).await?;
+        };
+        self.mlp(&mut plan, layer, post_pre, None).await?;
         Ok(plan)
     }
 

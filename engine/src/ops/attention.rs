@@ -88,6 +88,10 @@ crate::gpu_struct! {
         gate_col: u32,
         /// head_dim^-0.5, rounded once from f64 (as MLX's Python-side scale)
         scale: f32,
+        /// XQ: vec4<u32> per row of the output planes (`xquant::q_stride(Hq·D)`), and the rows
+        /// the plane buffer holds (rows past it are not written as planes).
+        q_stride: u32,
+        xq_rows: u32,
     }
 }
 
@@ -310,7 +314,45 @@ pub async fn attention_with_scratch(
     out: &GpuBuffer,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
+    attention_xq(gpu, d, q, gate, k_cache, v_cache, scratch, out, None, step).await
+}
+
+/// Whether [`attention_xq`] can also write its output as integer planes: whole words per head
+/// (head_dim a multiple of 8), whole blocks per row, and the device binds 8 storage buffers.
+pub fn attention_writes_planes(gpu: &Gpu, d: &AttnDims) -> bool {
+    d.head_dim % 8 == 0
+        && (d.n_heads * d.head_dim) % crate::ops::xquant::BLOCK == 0
+        && gpu.limits.max_storage_buffers_per_shader_stage >= 8
+}
+
+/// [`attention_with_scratch`], and with `planes` the output also as the integer planes
+/// (`xq_planes.wgsl`) of the o_proj matmul on it ([`crate::ops::matmul::matmul_xq`]): the bits
+/// an xquant dispatch on `out` would write, without the dispatch. Only where
+/// [`attention_writes_planes`] holds; `planes` holds rows of `xquant::q_stride(Hq·D)` vec4 (rows
+/// of the step past those it holds get none).
+#[allow(clippy::too_many_arguments)]
+pub async fn attention_xq(
+    gpu: &Gpu,
+    d: &AttnDims,
+    q: &GpuBuffer,
+    gate: Act<'_>,
+    k_cache: &GpuBuffer,
+    v_cache: &GpuBuffer,
+    scratch: Option<&GpuBuffer>,
+    out: &GpuBuffer,
+    planes: Option<&GpuBuffer>,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
     let what = "attention";
+    if planes.is_some() && !attention_writes_planes(gpu, d) {
+        return Err(bad(
+            what,
+            format!(
+                "head dim {} x {} heads cannot be written as integer planes here",
+                d.head_dim, d.n_heads
+            ),
+        ));
+    }
     check_dims(what, d)?;
     check_caches(gpu, what, d, k_cache, v_cache)?;
     let max_rows = max_rows_attention(d, q, gate, out);
@@ -333,6 +375,11 @@ pub async fn attention_with_scratch(
         gate_stride: gate.stride,
         gate_col: gate.col,
         scale: (d.head_dim as f64).powf(-0.5) as f32,
+        q_stride: crate::ops::xquant::q_stride(d.n_heads * d.head_dim),
+        xq_rows: planes.map_or(0, |b| {
+            (b.size / crate::ops::xquant::row_bytes(d.n_heads * d.head_dim)).min(u32::MAX as u64)
+                as u32
+        }),
     };
     let u = gpu.uniform("attention.params", &params);
     // Without a scratch the final pass binds `q` in its place (never read: split_rows = 0).
@@ -361,9 +408,12 @@ pub async fn attention_with_scratch(
         ));
     }
     let pipeline = gpu
-        .pipeline("attention.wgsl", &base.flag("SPLIT", false))
+        .pipeline(
+            "attention.wgsl",
+            &base.flag("SPLIT", false).flag("XQ", planes.is_some()),
+        )
         .await?;
-    let res = [
+    let mut res = vec![
         u.whole(),
         step.binding(),
         q.whole(),
@@ -373,6 +423,18 @@ pub async fn attention_with_scratch(
         gate.buf.whole(),
         out.whole(),
     ];
+    if let Some(pb) = planes {
+        if params.xq_rows == 0 {
+            return Err(bad(
+                what,
+                format!(
+                    "the plane buffer holds {} bytes, less than one row",
+                    pb.size
+                ),
+            ));
+        }
+        res.push(pb.whole());
+    }
     out_d.push(gpu.dispatch(what, &pipeline, &res, Grid::per_token(d.n_heads)));
     Ok(out_d)
 }
@@ -401,6 +463,10 @@ pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
     for hd in [32, 64, 128, 256] {
         v.push(("attention.wgsl", attention_defines(hd).flag("SPLIT", true)));
         v.push(("attention.wgsl", attention_defines(hd).flag("SPLIT", false)));
+        v.push((
+            "attention.wgsl",
+            attention_defines(hd).flag("SPLIT", false).flag("XQ", true),
+        ));
     }
     v
 }

@@ -32,7 +32,18 @@ crate::gpu_struct! {
         /// A conv epilogue (CONV): conv channels (output columns below it) and taps.
         conv_dim: u32,
         taps: u32,
+        /// XOUT: vec4<u32> per row of the output planes (`xquant::q_stride` of y's columns).
+        xo_stride: u32,
     }
+}
+
+/// Where a matmul on integer planes also writes its outputs as integer planes ([`matmul_xq_ext`]):
+/// `planes` (rows of `xquant::q_stride(columns of y)` vec4), scaled by `norm_w` (the next
+/// RMSNorm's weight, whose 1/rms the reading matmul applies: [`matmul_xq_ext`]'s `norm_eps`).
+#[derive(Clone, Copy)]
+pub struct XqOut<'a> {
+    pub planes: &'a crate::gpu::GpuBuffer,
+    pub norm_w: Option<&'a crate::gpu::GpuBuffer>,
 }
 
 /// The causal conv of a Gated-DeltaNet layer taken by its input projection's epilogue
@@ -55,8 +66,9 @@ enum Fold<'a> {
     None,
     Norm(&'a crate::gpu::GpuBuffer, f32),
     Gated(&'a crate::gpu::GpuBuffer, Act<'a>, u32, f32),
-    /// x is `xquant.wgsl`'s integer planes ([`matmul_xq`]).
-    Planes,
+    /// x is integer planes ([`matmul_xq_ext`]): with the deferred RMSNorm's epsilon, and where the
+    /// outputs also go as planes.
+    Planes(Option<f32>, Option<XqOut<'a>>),
 }
 
 /// Rows per workgroup of the prefill tile.
@@ -613,6 +625,9 @@ pub fn staged_defines(
         .set("ROWS", rows)
         .set("RG", rg)
         .set("MT", opts.mt)
+        // Blocks per lane iteration and groups per row of the integer-plane loop (1 elsewhere).
+        .set("XU", 1)
+        .set("KS", 1)
         .flag("SUBGROUPS", subgroups)
 }
 
@@ -625,8 +640,8 @@ static XQ: Switch = Switch::new("QWGPU_MATMUL_XQ", true);
 
 /// Whether the decode tiles take x as integer planes converted once per step (`XQ` in
 /// `matmul_staged.wgsl`, `xquant.wgsl`, [`matmul_xq`]) where [`takes_xq`] allows: packed 8-bit
-/// dot products of the 4-bit codes with x held as block fixed point (x rounded to at most 2^-22
-/// of its block's max |x|), no staging in workgroup memory. On by default for native devices;
+/// dot products of the 4-bit codes with x held as word fixed point (x rounded to at most 2^-22
+/// of the max |x| of its word of 8 values), no staging in workgroup memory. On by default for native devices;
 /// `QWGPU_MATMUL_XQ=0` turns it off at start-up, [`set_xq`] for plans built afterwards.
 pub fn xq() -> bool {
     XQ.get()
@@ -645,6 +660,13 @@ pub fn set_xq(on: bool) {
 /// rows per group of the 1- and 2-token tiles, 1–16) says otherwise (kernel lab). Rows never
 /// change a (row, token)'s arithmetic; both tiles use the same lanes per row.
 pub fn xq_tile(mt: u32, k: u32) -> (u32, u32, u32) {
+    let (wg, rows, rg, _) = xq_layout(mt, k);
+    (wg, rows, rg)
+}
+
+/// [`xq_tile`] and the groups per row ([`xq_ksplit`]): threads (with the split), rows per
+/// workgroup, rows per group, groups per row.
+pub fn xq_layout(mt: u32, k: u32) -> (u32, u32, u32, u32) {
     static FORCED: std::sync::OnceLock<Option<(u32, u32, u32)>> = std::sync::OnceLock::new();
     let forced = *FORCED.get_or_init(|| {
         let v = std::env::var("QWGPU_XQ_TILE").ok()?;
@@ -661,14 +683,106 @@ pub fn xq_tile(mt: u32, k: u32) -> (u32, u32, u32) {
             }
         }
     });
-    match forced {
+    let (wg, rows, rg) = match forced {
         Some((g, a, b)) => {
             let rg = if mt == MT_ONE { a } else { b };
             (32 * g, g * rg, rg)
         }
         None if k >= LONG_K => (128, 8, 2),
         None => staged_tile(mt),
+    };
+    // KS groups share each row ([`xq_ksplit`]): KS times the threads, the same rows.
+    let ks = xq_ksplit(k, wg);
+    (wg * ks, rows, rg, ks)
+}
+
+/// A count per row length (rows below [`LONG_K`], longer rows), 1 to 4 each: `VAR=A,B` at
+/// start-up (read once), else 1 and 1; [`PerLength::set`] overrides it for plans built afterwards.
+struct PerLength {
+    var: &'static str,
+    env: std::sync::OnceLock<(u32, u32)>,
+    set: std::sync::atomic::AtomicU32,
+}
+
+impl PerLength {
+    const fn new(var: &'static str) -> PerLength {
+        PerLength {
+            var,
+            env: std::sync::OnceLock::new(),
+            set: std::sync::atomic::AtomicU32::new(0),
+        }
     }
+
+    fn get(&self, k: u32) -> u32 {
+        let set = self.set.load(std::sync::atomic::Ordering::Relaxed);
+        let (short, long) = if set != 0 {
+            (set & 0xFF, set >> 8)
+        } else {
+            *self.env.get_or_init(|| {
+                let Ok(v) = std::env::var(self.var) else {
+                    return (1, 1);
+                };
+                let p: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
+                match p.as_slice() {
+                    &[a, b] if (1..=4).contains(&a) && (1..=4).contains(&b) => (a, b),
+                    _ => {
+                        eprintln!(
+                            "qwgpu: ignoring {}={v:?}: expected A,B (1 to 4 each)",
+                            self.var
+                        );
+                        (1, 1)
+                    }
+                }
+            })
+        };
+        if k >= LONG_K {
+            long
+        } else {
+            short
+        }
+    }
+
+    /// (short rows, long rows), each taken into 1..=4; `None` goes back to the start-up choice.
+    fn set(&self, v: Option<(u32, u32)>) {
+        let packed = v.map_or(0, |(a, b)| a.clamp(1, 4) | b.clamp(1, 4) << 8);
+        self.set.store(packed, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+static XQ_KSPLIT: PerLength = PerLength::new("QWGPU_XQ_KSPLIT");
+static XQ_UNROLL: PerLength = PerLength::new("QWGPU_XQ_UNROLL");
+
+/// Groups of 32 lanes that share each row of the integer-plane kernel for rows of `k` features,
+/// each summing a contiguous part of the row's chunks (the parts added in order: the same bits
+/// for 1 and 2 tokens, not those of another split), for a tile of `wg` threads without the split:
+/// 1, or `QWGPU_XQ_KSPLIT=A,B` (read once; A for rows below [`LONG_K`], B for longer rows; 1 to
+/// 4), or [`set_xq_ksplit`]; at most what keeps the workgroup within 1024 threads.
+pub fn xq_ksplit(k: u32, wg: u32) -> u32 {
+    let mut ks = XQ_KSPLIT.get(k);
+    while ks > 1 && wg * ks > 1024 {
+        ks -= 1;
+    }
+    ks
+}
+
+/// Sets [`xq_ksplit`] for plans built afterwards (short rows, long rows; each taken into 1..=4;
+/// `None` goes back to the start-up choice).
+pub fn set_xq_ksplit(v: Option<(u32, u32)>) {
+    XQ_KSPLIT.set(v)
+}
+
+/// Blocks per lane per loop iteration of the integer-plane kernel for rows of `k` features (the
+/// loads of that many blocks are issued before their arithmetic; never changes the bits): 1, or
+/// `QWGPU_XQ_UNROLL=A,B` (read once; A for rows below [`LONG_K`], B for longer rows; 1 to 4), or
+/// [`set_xq_unroll`].
+pub fn xq_unroll(k: u32) -> u32 {
+    XQ_UNROLL.get(k)
+}
+
+/// Sets [`xq_unroll`] for plans built afterwards (short rows, long rows; each taken into 1..=4;
+/// `None` goes back to the start-up choice).
+pub fn set_xq_unroll(v: Option<(u32, u32)>) {
+    XQ_UNROLL.set(v)
 }
 
 /// Whether `m` in tile `mt` can take x as integer planes ([`matmul_xq`]): [`xq`] is on, 4-bit
@@ -688,8 +802,8 @@ pub fn takes_xq(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
             <= gpu.limits.max_compute_workgroup_storage_size
 }
 
-/// y (+)= x · Wᵀ with x given as `xquant.wgsl`'s integer planes of the step's rows in `xq` (rows
-/// of `xquant::q_stride(m.k)` vec4; from [`crate::ops::xquant::xquant`]), optionally with the conv
+/// y (+)= x · Wᵀ with x given as integer planes (`xq_planes.wgsl`) of the step's rows in `xq` (rows
+/// of `xquant::q_stride(m.k)` vec4; from [`crate::ops::xquant::xquant`] or a kernel's epilogue), optionally with the conv
 /// epilogue of [`matmul_normed_conv`] (then no add or SwiGLU, and the device binds 10 storage
 /// buffers). Only where [`takes_xq`] holds; the 1- and 2-token tiles give the same bits.
 pub async fn matmul_xq(
@@ -700,6 +814,26 @@ pub async fn matmul_xq(
     step: StepSlot<'_>,
     opts: MatmulOpts,
     conv: Option<ConvFold<'_>>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    matmul_xq_ext(gpu, m, xq, y, step, opts, conv, None, None).await
+}
+
+/// [`matmul_xq`] with the two fusions of the integer-plane path: `norm_eps` = the RMSNorm in front
+/// of `m` was deferred by the planes' writer (an [`XqOut`] with its weight: the planes hold
+/// w ∘ x and the squares of x), so `m` scales each output by 1/sqrt(mean(x²) + eps); `out` = the
+/// outputs (after the residual add or SwiGLU) also go to `out.planes` (only where [`writes_xq`]
+/// holds, not with a conv epilogue). Both keep row 0 of 2 tokens equal to 1 token, bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub async fn matmul_xq_ext(
+    gpu: &Gpu,
+    m: &Matrix,
+    xq: &crate::gpu::GpuBuffer,
+    y: Act<'_>,
+    step: StepSlot<'_>,
+    opts: MatmulOpts,
+    conv: Option<ConvFold<'_>>,
+    norm_eps: Option<f32>,
+    out: Option<XqOut<'_>>,
 ) -> Result<Vec<Dispatch>, GpuError> {
     let bad = |message: String| GpuError::Shader {
         name: format!("matmul {}", m.name),
@@ -712,12 +846,121 @@ pub async fn matmul_xq(
         ));
     }
     if let Some(c) = conv {
-        if opts.add || opts.swiglu || !xq_conv_fits(gpu) {
-            return Err(bad("a conv epilogue on integer planes takes no residual add or SwiGLU and needs 10 storage buffers".into()));
+        if opts.add || opts.swiglu || out.is_some() || !xq_conv_fits(gpu) {
+            return Err(bad("a conv epilogue on integer planes takes no residual add, SwiGLU or output planes, and needs 10 storage buffers".into()));
         }
         check_conv(m, &c, opts.mt)?;
     }
-    matmul_with(gpu, m, Act::new(xq, 0), y, step, opts, Fold::Planes, conv).await
+    if let Some(o) = out {
+        if !writes_xq(gpu, m, &opts) || y.col != 0 {
+            return Err(bad("this matrix cannot write its outputs as integer planes in this tile (see ops::matmul::writes_xq; y must start at column 0)".into()));
+        }
+        let cols = out_cols(m, &opts);
+        let need = opts.mt as u64 * crate::ops::xquant::row_bytes(cols);
+        if o.planes.size < need {
+            return Err(bad(format!(
+                "the output plane buffer holds {} bytes, {} rows of {cols} values need {need}",
+                o.planes.size, opts.mt
+            )));
+        }
+        if let Some(w) = o.norm_w {
+            if w.size < cols as u64 * 4 {
+                return Err(bad(format!(
+                    "the output norm weight holds {} values, the outputs have {cols}",
+                    w.size / 4
+                )));
+            }
+        }
+    }
+    matmul_with(
+        gpu,
+        m,
+        Act::new(xq, 0),
+        y,
+        step,
+        opts,
+        Fold::Planes(norm_eps, out),
+        conv,
+    )
+    .await
+}
+
+/// Whether `m` (taking integer planes, [`takes_xq`]) can also write its outputs as integer planes
+/// in tile `opts.mt` ([`XqOut`]): every workgroup's output columns are whole words of 8 in both
+/// decode tiles (rows per workgroup a multiple of 8, or 16 with SwiGLU pairs, and so is every
+/// chunk's first row), the outputs a multiple of 32, and the device binds 8 storage buffers.
+/// The same answer for both decode tiles.
+pub fn writes_xq(gpu: &Gpu, m: &Matrix, opts: &MatmulOpts) -> bool {
+    let unit = out_unit(opts.swiglu);
+    let cols = out_cols(m, opts);
+    xq() && fuse_xq()
+        && takes_xq(gpu, m, MT_ONE)
+        && takes_xq(gpu, m, MT_SMALL)
+        && xq_tile(MT_ONE, m.k).1 % unit == 0
+        && xq_tile(MT_SMALL, m.k).1 % unit == 0
+        && m.n % unit == 0
+        && cols % crate::ops::xquant::BLOCK == 0
+        && m.chunks.iter().all(|c| c.row0 % unit == 0)
+        && gpu.limits.max_storage_buffers_per_shader_stage >= 8
+}
+
+/// Columns of y a matmul writes: its rows, or half of them for (gate, up) pairs.
+fn out_cols(m: &Matrix, opts: &MatmulOpts) -> u32 {
+    if opts.swiglu {
+        m.n / 2
+    } else {
+        m.n
+    }
+}
+
+/// Matrix rows behind one word of 8 output columns: 8, or 16 (gate, up) pairs.
+fn out_unit(swiglu: bool) -> u32 {
+    if swiglu {
+        16
+    } else {
+        8
+    }
+}
+
+/// `matmul_staged.wgsl`'s norm defines: NORM (folded RMSNorm), XNORM (deferred by the planes'
+/// writer) and INV, which the shader's shared epilogue tests for either.
+fn norm_flags(d: Defines, norm: bool, xnorm: bool) -> Defines {
+    d.flag("NORM", norm)
+        .flag("XNORM", xnorm)
+        .flag("INV", norm || xnorm)
+}
+
+static XQ_BLOCK_SUM: Switch = Switch::new("QWGPU_XQ_BLOCK_SUM", false);
+
+/// Whether the integer-plane matmul sums a block's four word dot products in i32, each shifted to
+/// the block's largest word scale (one conversion to f32 per block and row; each word's product
+/// floored to a unit of that scale, 2^-22 of the block's largest word max), instead of scaling
+/// every word's product in f32 (the default: its conversion work runs on the float units, the
+/// block sum's on the integer units that also run the packed dot products; which is faster is
+/// the device's to say). `QWGPU_XQ_BLOCK_SUM=1` turns it on at start-up, [`set_xq_block_sum`]
+/// for plans built afterwards.
+pub fn xq_block_sum() -> bool {
+    XQ_BLOCK_SUM.get()
+}
+
+/// See [`xq_block_sum`].
+pub fn set_xq_block_sum(on: bool) {
+    XQ_BLOCK_SUM.set(on)
+}
+
+static FUSE_XQ: Switch = Switch::new("QWGPU_XQ_FUSE", true);
+
+/// Whether decode matmuls on integer planes write the next matmul's planes in their epilogue
+/// ([`XqOut`]: the residual projections for the next RMSNorm, deferred to its reader, and the
+/// SwiGLU gate+up for the down projection) instead of an xquant dispatch per input. On by
+/// default; `QWGPU_XQ_FUSE=0` turns it off at start-up, [`set_fuse_xq`] for plans built afterwards.
+pub fn fuse_xq() -> bool {
+    FUSE_XQ.get()
+}
+
+/// See [`fuse_xq`].
+pub fn set_fuse_xq(on: bool) {
+    FUSE_XQ.set(on)
 }
 
 /// Whether the device binds the storage buffers of [`matmul_xq`] with a conv epilogue.
@@ -976,7 +1219,11 @@ async fn matmul_with(
         _ => None,
     };
     let gated = matches!(fold, Fold::Gated(..));
-    let planes = matches!(fold, Fold::Planes);
+    let planes = matches!(fold, Fold::Planes(..));
+    let (xnorm, xout) = match fold {
+        Fold::Planes(e, o) => (e, o),
+        _ => (None, None),
+    };
     if !planes && (x.stride % 4 != 0 || x.col % 4 != 0) {
         return Err(GpuError::Shader {
             name: format!("matmul {}", m.name),
@@ -1042,13 +1289,24 @@ async fn matmul_with(
         )
     } else if staged {
         let sub = gpu.caps.subgroups && gpu.caps.subgroup_max_size <= 32;
-        let d = staged_defines(&gpu.base_defines(), &m.format, &opts, sub)
-            .flag("NORM", norm.is_some())
-            .flag("GATED", gated)
-            .flag("XQ", planes);
+        let d = norm_flags(
+            staged_defines(&gpu.base_defines(), &m.format, &opts, sub),
+            norm.is_some(),
+            xnorm.is_some(),
+        )
+        .flag("GATED", gated)
+        .flag("XQ", planes)
+        .flag("XSUM_BLOCK", planes && xq_block_sum())
+        .flag("XOUT", xout.is_some())
+        .flag("XONORM", xout.is_some_and(|o| o.norm_w.is_some()));
         let d = if planes {
-            let (wg, rows, rg) = xq_tile(opts.mt, m.k);
-            d.set("WG", wg).set("ROWS", rows).set("RG", rg)
+            let (wg, rows, rg, ks) = xq_layout(opts.mt, m.k);
+            d.set("WG", wg)
+                .set("ROWS", rows)
+                .set("RG", rg)
+                .set("XU", xq_unroll(m.k))
+                .set("KS", ks)
+                .flag("KSPLIT", ks > 1)
         } else {
             d
         };
@@ -1101,7 +1359,8 @@ async fn matmul_with(
             groups_per_row,
             group_size,
             eps: match fold {
-                Fold::None | Fold::Planes => 0.0,
+                Fold::None => 0.0,
+                Fold::Planes(e, _) => e.unwrap_or(0.0),
                 Fold::Norm(_, eps) | Fold::Gated(_, _, _, eps) => eps,
             },
             dv: if let Fold::Gated(_, _, dv, _) = fold {
@@ -1121,6 +1380,7 @@ async fn matmul_with(
             },
             conv_dim: conv.map_or(0, |c| c.conv_dim),
             taps: conv.map_or(0, |c| c.taps),
+            xo_stride: crate::ops::xquant::q_stride(out_cols(m, &opts)),
         };
         let u = gpu.uniform(&format!("{}.params", m.name), &params);
         let mut res = vec![u.whole(), step.binding(), x.buf.whole(), c.weight.whole()];
@@ -1130,7 +1390,15 @@ async fn matmul_with(
         }
         res.push(y.buf.whole());
         match fold {
-            Fold::None | Fold::Planes => {}
+            Fold::None => {}
+            Fold::Planes(_, out) => {
+                if let Some(o) = out {
+                    res.push(o.planes.whole());
+                    if let Some(w) = o.norm_w {
+                        res.push(w.whole());
+                    }
+                }
+            }
             Fold::Norm(w, _) => res.push(w.whole()),
             Fold::Gated(w, z, _, _) => {
                 res.push(w.whole());
@@ -1241,19 +1509,30 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                         };
                         v.push((
                             "matmul_staged.wgsl",
-                            staged_defines(&b, &format, &opts, sub && base.is_true("SUBGROUPS"))
-                                .flag("NORM", norm),
-                        ));
-                        if norm && !add && !swiglu {
-                            v.push((
-                                "matmul_staged.wgsl",
+                            norm_flags(
                                 staged_defines(
                                     &b,
                                     &format,
                                     &opts,
                                     sub && base.is_true("SUBGROUPS"),
+                                ),
+                                norm,
+                                false,
+                            ),
+                        ));
+                        if norm && !add && !swiglu {
+                            v.push((
+                                "matmul_staged.wgsl",
+                                norm_flags(
+                                    staged_defines(
+                                        &b,
+                                        &format,
+                                        &opts,
+                                        sub && base.is_true("SUBGROUPS"),
+                                    ),
+                                    true,
+                                    false,
                                 )
-                                .flag("NORM", true)
                                 .flag("CONV", true)
                                 .set("KMAX", CONV_KMAX),
                             ));
@@ -1263,7 +1542,11 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                 if conv && (add || swiglu) {
                                     continue;
                                 }
-                                let (wg, rows, rg) = xq_tile(mt, k);
+                                // The long rows also take the variants: block sums, 2 blocks
+                                // per lane iteration, 2 groups per row.
+                                let (wg, rows, rg, ks) = xq_layout(mt, k);
+                                let long = k == LONG_K;
+                                let (wg, ks) = if long { (wg / ks * 2, 2) } else { (wg, ks) };
                                 let d = staged_defines(
                                     &b,
                                     &format,
@@ -1271,6 +1554,10 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                     sub && base.is_true("SUBGROUPS"),
                                 )
                                 .flag("XQ", true)
+                                .flag("XSUM_BLOCK", long)
+                                .set("XU", if long { 2 } else { 1 })
+                                .set("KS", ks)
+                                .flag("KSPLIT", ks > 1)
                                 .set("WG", wg)
                                 .set("ROWS", rows)
                                 .set("RG", rg);
@@ -1279,6 +1566,21 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                 } else {
                                     d
                                 };
+                                // The fusions: a deferred norm (with the conv: in_proj), output
+                                // planes with and without the next norm's weight.
+                                v.push(("matmul_staged.wgsl", norm_flags(d.clone(), false, true)));
+                                if !conv && rows % out_unit(swiglu) == 0 {
+                                    for onorm in [false, true] {
+                                        v.push((
+                                            "matmul_staged.wgsl",
+                                            d.clone().flag("XOUT", true).flag("XONORM", onorm),
+                                        ));
+                                    }
+                                    v.push((
+                                        "matmul_staged.wgsl",
+                                        norm_flags(d.clone(), false, true).flag("XOUT", true),
+                                    ));
+                                }
                                 v.push(("matmul_staged.wgsl", d));
                             }
                         }

@@ -18,12 +18,16 @@ crate::gpu_struct! {
 /// Values per fixed-point block (one 16-byte block of 4-bit codes).
 pub const BLOCK: u32 = 32;
 
-/// Blocks per workgroup of `xquant.wgsl` (256 threads, one word each).
-const BLOCKS_PER_WG: u32 = 64;
+/// Words of 8 values per workgroup of `xquant.wgsl` (256 threads, one word each).
+const WORDS_PER_WG: u32 = 256;
 
-/// vec4<u32> per row of planes for `dim` values: six planes and (s, Σx) per block of 32.
+/// u32 (one per word) per block of 32 values in each of `xq_planes.wgsl`'s nine planes: six
+/// code planes, s, Σx and Σ of squares.
+pub const PLANES: u32 = 9;
+
+/// vec4<u32> per row of planes for `dim` values (`xq_planes.wgsl`'s layout).
 pub fn q_stride(dim: u32) -> u32 {
-    7 * (dim / BLOCK)
+    PLANES * (dim / BLOCK)
 }
 
 /// Bytes of one row of planes for `dim` values.
@@ -94,7 +98,7 @@ pub async fn xquant(
     if let Some((w, _)) = norm {
         res.push(w.whole());
     }
-    let groups = (dim / BLOCK).div_ceil(BLOCKS_PER_WG);
+    let groups = (dim / 8).div_ceil(WORDS_PER_WG);
     let grid = if out_rows {
         Grid::per_out(groups, 1)
     } else {
