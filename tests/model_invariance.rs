@@ -11,6 +11,10 @@ use qwgpu_tests::fixtures::*;
 use qwgpu_tests::*;
 
 fn session(name: &str, chunk: u32) -> Session {
+    session_split(name, chunk, None)
+}
+
+fn session_split(name: &str, chunk: u32, attn_split: Option<bool>) -> Session {
     let model = Model::load(gpu(), &fixtures_dir().join(name), &mut |_, _| {}).unwrap();
     pollster::block_on(Session::new(
         Arc::new(model),
@@ -18,9 +22,53 @@ fn session(name: &str, chunk: u32) -> Session {
             max_ctx: 256,
             prefill_chunk: chunk,
             speculative: true,
+            attn_split,
         },
     ))
     .unwrap()
+}
+
+#[test]
+fn split_attention_gives_the_bits_of_one_pass() {
+    // Decode and verify rows spread their keys over many workgroups (split pass + combine) on
+    // GPUs and run one workgroup per head on CPU adapters: the logits of 1- and 2-row calls
+    // after a 200-token prompt (4 key chunks) must be identical both ways, and row 0 of the
+    // split 2-row call must equal the split 1-row call.
+    for name in fixture_names() {
+        let r = load_reference(&name);
+        let prompt: Vec<u32> = r.prompts[3].iter().take(200).cloned().collect();
+        assert_eq!(
+            prompt.len(),
+            200,
+            "{name}: prompt 3 is shorter than 200 tokens"
+        );
+        let (a, b) = (r.greedy[3][0], r.greedy[3][1]);
+        let mut out = Vec::new();
+        for split in [true, false] {
+            let mut s = session_split(&name, 64, Some(split));
+            pollster::block_on(s.prefill(&prompt)).unwrap();
+            let one = pollster::block_on(s.forward_rows_logits(&[a])).unwrap();
+            s.reset();
+            pollster::block_on(s.prefill(&prompt)).unwrap();
+            let two = pollster::block_on(s.forward_rows_logits(&[a, b])).unwrap();
+            assert_bits_eq(
+                &format!("{name}, split {split}: logits of row 0 (T=2) vs T=1"),
+                &two[..r.vocab],
+                &one,
+            );
+            out.push((one, two));
+        }
+        assert_bits_eq(
+            &format!("{name}: 1-row logits, split vs one pass"),
+            &out[0].0,
+            &out[1].0,
+        );
+        assert_bits_eq(
+            &format!("{name}: 2-row logits, split vs one pass"),
+            &out[0].1,
+            &out[1].1,
+        );
+    }
 }
 
 #[test]
@@ -146,6 +194,7 @@ fn merged_projections_give_the_bits_of_separate_ones() {
                     max_ctx: 256,
                     prefill_chunk: 64,
                     speculative: true,
+                    ..Default::default()
                 },
             ))
             .unwrap();
@@ -256,6 +305,7 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
                     max_ctx: 256,
                     prefill_chunk: 64,
                     speculative: true,
+                    ..Default::default()
                 },
             ));
             set_fused_gdn(true);

@@ -32,6 +32,7 @@ fn session(m: &Arc<Model>, max_ctx: u32, chunk: u32) -> Session {
             max_ctx,
             prefill_chunk: chunk,
             speculative: true,
+            ..Default::default()
         },
     ))
     .unwrap()
@@ -403,6 +404,7 @@ fn plain_sessions_of_an_mtp_checkpoint_fold_norms_and_share_states() {
                 max_ctx: 512,
                 prefill_chunk: 32,
                 speculative: false,
+                ..Default::default()
             },
         ))
         .unwrap();

@@ -157,6 +157,7 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
             max_ctx: m.max_context,
             prefill_chunk: m.prefill_chunk,
             speculative: m.speculative,
+            ..Default::default()
         },
     ))
     .map_err(|e| e.to_string())?;

@@ -182,6 +182,7 @@ fn run(args: Args) -> Result<(), String> {
                 prefill_chunk: args.prefill_chunk,
                 // `--mtp off`: a plain session, whose decode matmuls take the RMSNorms.
                 speculative: args.mtp != MtpMode::Off,
+                ..Default::default()
             },
             adapter: args.adapter.clone(),
             shader_checks: args.shader_checks,

@@ -761,6 +761,7 @@ fn engine_references(requests: &[Value], max_ctx: u32) -> Vec<Reference> {
             max_ctx,
             prefill_chunk: 512,
             speculative: true,
+            ..Default::default()
         },
     ))
     .expect("session");

@@ -143,6 +143,7 @@ pub fn load_session(name: &str, chunk: u32) -> Session {
             max_ctx: 512,
             prefill_chunk: chunk,
             speculative: true,
+            ..Default::default()
         },
     ))
     .unwrap()
@@ -190,6 +191,7 @@ pub fn mtp_session(name: &str, chunk: u32) -> Session {
             max_ctx: 1024,
             prefill_chunk: chunk,
             speculative: true,
+            ..Default::default()
         },
     ))
     .unwrap()

@@ -769,6 +769,7 @@ impl Engine {
                 max_ctx,
                 prefill_chunk: chunk,
                 speculative: true,
+                ..Default::default()
             },
         )
         .await

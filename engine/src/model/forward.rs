@@ -220,6 +220,9 @@ pub struct Builder<'a> {
     /// them ([`crate::ops::matmul::folds_norm`], [`crate::ops::matmul::folds_gated`]): 176 fewer
     /// dispatches per 27B token.
     pub fold_norms: bool,
+    /// Decode and verify rows of attention on the split pass (many workgroups per head) rather
+    /// than one workgroup per head: the same bits, see [`crate::model::SessionOptions::attn_split`].
+    pub attn_split: bool,
 }
 
 /// The input of the matmuls that follow an RMSNorm: the normalized copy `xn`, or x itself with
@@ -906,10 +909,11 @@ impl Builder<'_> {
             )
             .await?,
         );
-        // A browser's CPU adapter (SwiftShader) pays per launched workgroup, and the split pass
-        // launches ATTN_NS per head: use the one-pass path there (identical bits).
-        let split = !(g.caps.web && g.info.device_type == wgpu::DeviceType::Cpu);
-        let scratch = if split { Some(&ws.attn_scratch) } else { None };
+        let scratch = if self.attn_split {
+            Some(&ws.attn_scratch)
+        } else {
+            None
+        };
         // With integer planes, the attention kernel writes o_proj's planes itself (the bits of an
         // xquant dispatch on its output).
         let planes_out = crate::ops::matmul::fuse_xq()

@@ -144,6 +144,11 @@ pub struct SessionOptions {
     /// and folds the RMSNorms into its decode matmuls, which an H200 runs 12 % faster; its state
     /// keeps the MTP cache's place (not in step), so states move between both kinds of session.
     pub speculative: bool,
+    /// Spread the keys of decode and verify rows over many workgroups in attention (a split pass,
+    /// then a combine; identical bits to the one-pass path either way, see
+    /// [`crate::ops::attention`]). `None`: split on GPUs, one pass on CPU adapters (lavapipe,
+    /// SwiftShader), which pay per launched workgroup and gain nothing from spreading.
+    pub attn_split: Option<bool>,
 }
 
 impl Default for SessionOptions {
@@ -152,6 +157,7 @@ impl Default for SessionOptions {
             max_ctx: 4096,
             prefill_chunk: 512,
             speculative: true,
+            attn_split: None,
         }
     }
 }
@@ -261,6 +267,9 @@ impl Session {
         let max_ctx = opts.max_ctx.max(1);
         let chunk = opts.prefill_chunk.clamp(1, max_ctx);
         let speculative = opts.speculative && model.has_mtp();
+        let attn_split = opts
+            .attn_split
+            .unwrap_or(gpu.info.device_type != wgpu::DeviceType::Cpu);
         let ws = Workspace::new(&gpu, cfg, chunk.max(2), 2, model.has_mtp())?;
         let state = State::new(&gpu, cfg, max_ctx, model.has_mtp())?;
         let step_buf = gpu.storage("step", slot_offset(&gpu, 2))?;
@@ -283,6 +292,7 @@ impl Session {
                 // With an MTP head the verify tile takes the folded norms too (row 0 of a verify
                 // must equal a decode; see fold_norms_with_mtp).
                 fold_norms: !speculative || crate::ops::matmul::fold_norms_with_mtp(),
+                attn_split,
             };
             let plans = (
                 b(MT_SMALL).body(&state).await?,
@@ -312,6 +322,7 @@ impl Session {
                         max_ctx,
                         x: &ws.x_mtp,
                         fold_norms: false,
+                        attn_split,
                     };
                     let one = |d| {
                         let mut p = Plan::new();
@@ -433,6 +444,7 @@ impl Session {
                 max_ctx,
                 prefill_chunk: chunk,
                 speculative,
+                attn_split: Some(attn_split),
             },
             ws,
             state,
