@@ -198,13 +198,15 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         .into_iter()
         .filter(|f| matches!(f, WeightFormat::Affine { bits: 4, .. }))
         .collect();
-    // The default (each word's product scaled in f32) on every device variant, format and
-    // shape; then block sums in i32 (`QWGPU_XQ_BLOCK_SUM=1`), and 3 / 2 blocks per lane
-    // iteration with 2 / 4 groups per row, on one device variant, one format and two shapes.
+    // The default (each word's product scaled in f32; long rows split over 2 groups of lanes)
+    // on every device variant, format and shape; then block sums in i32
+    // (`QWGPU_XQ_BLOCK_SUM=1`), 3 / 2 blocks per lane iteration with 2 / 4 groups per row, and
+    // no split at all, on one device variant, one format and two shapes.
     for (block_sum, unroll, ksplit) in [
         (false, None, None),
         (true, None, None),
         (false, Some((3, 2)), Some((2, 4))),
+        (false, None, Some((1, 1))),
     ] {
         set_xq_block_sum(block_sum);
         set_xq_unroll(unroll);

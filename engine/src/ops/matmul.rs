@@ -697,17 +697,20 @@ pub fn xq_layout(mt: u32, k: u32) -> (u32, u32, u32, u32) {
 }
 
 /// A count per row length (rows below [`LONG_K`], longer rows), 1 to 4 each: `VAR=A,B` at
-/// start-up (read once), else 1 and 1; [`PerLength::set`] overrides it for plans built afterwards.
+/// start-up (read once), else the default; [`PerLength::set`] overrides it for plans built
+/// afterwards.
 struct PerLength {
     var: &'static str,
+    default: (u32, u32),
     env: std::sync::OnceLock<(u32, u32)>,
     set: std::sync::atomic::AtomicU32,
 }
 
 impl PerLength {
-    const fn new(var: &'static str) -> PerLength {
+    const fn new(var: &'static str, default: (u32, u32)) -> PerLength {
         PerLength {
             var,
+            default,
             env: std::sync::OnceLock::new(),
             set: std::sync::atomic::AtomicU32::new(0),
         }
@@ -720,7 +723,7 @@ impl PerLength {
         } else {
             *self.env.get_or_init(|| {
                 let Ok(v) = std::env::var(self.var) else {
-                    return (1, 1);
+                    return self.default;
                 };
                 let p: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
                 match p.as_slice() {
@@ -730,7 +733,7 @@ impl PerLength {
                             "qwgpu: ignoring {}={v:?}: expected A,B (1 to 4 each)",
                             self.var
                         );
-                        (1, 1)
+                        self.default
                     }
                 }
             })
@@ -749,14 +752,19 @@ impl PerLength {
     }
 }
 
-static XQ_KSPLIT: PerLength = PerLength::new("QWGPU_XQ_KSPLIT");
-static XQ_UNROLL: PerLength = PerLength::new("QWGPU_XQ_UNROLL");
+// Two groups per long row: the 27B's down projection 5120×17408 in the H200 kernel lab 31.8 →
+// 22.5 µs at 1 token (33.8 → 25.1 with its fused epilogues), plain decode 116.1 → 121.1 tok/s
+// (bench/results/2026-12-02-h200/); splitting the shorter rows too was slower (gate+up 40.6 →
+// 42.4 µs, decode 118.3).
+static XQ_KSPLIT: PerLength = PerLength::new("QWGPU_XQ_KSPLIT", (1, 2));
+static XQ_UNROLL: PerLength = PerLength::new("QWGPU_XQ_UNROLL", (1, 1));
 
 /// Groups of 32 lanes that share each row of the integer-plane kernel for rows of `k` features,
 /// each summing a contiguous part of the row's chunks (the parts added in order: the same bits
 /// for 1 and 2 tokens, not those of another split), for a tile of `wg` threads without the split:
-/// 1, or `QWGPU_XQ_KSPLIT=A,B` (read once; A for rows below [`LONG_K`], B for longer rows; 1 to
-/// 4), or [`set_xq_ksplit`]; at most what keeps the workgroup within 1024 threads.
+/// 1 for rows below [`LONG_K`] and 2 for longer ones, or `QWGPU_XQ_KSPLIT=A,B` (read once; A for
+/// rows below [`LONG_K`], B for longer rows; 1 to 4), or [`set_xq_ksplit`]; at most what keeps
+/// the workgroup within 1024 threads.
 pub fn xq_ksplit(k: u32, wg: u32) -> u32 {
     let mut ks = XQ_KSPLIT.get(k);
     while ks > 1 && wg * ks > 1024 {
