@@ -384,9 +384,11 @@ pub fn filter_row(x: Vec<f32>, p: &SamplingParams) -> RowReference {
         .collect();
     let total: f64 = mass.iter().sum();
     let lse = m + total.ln();
-    // Order by (value desc, index asc).
+    // Order by (value desc, index asc); a NaN logit (a broken checkpoint) ranks last instead of
+    // stopping the request.
+    let key = |i: usize| if x[i].is_nan() { f32::NEG_INFINITY } else { x[i] };
     let mut order: Vec<usize> = (0..v).collect();
-    order.sort_by(|&a, &b| x[b].partial_cmp(&x[a]).unwrap().then(a.cmp(&b)));
+    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
     let top: Vec<(u32, f64)> = order
         .iter()
         .take(p.top_logprobs as usize)
