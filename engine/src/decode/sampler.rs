@@ -386,7 +386,13 @@ pub fn filter_row(x: Vec<f32>, p: &SamplingParams) -> RowReference {
     let lse = m + total.ln();
     // Order by (value desc, index asc); a NaN logit (a broken checkpoint) ranks last instead of
     // stopping the request.
-    let key = |i: usize| if x[i].is_nan() { f32::NEG_INFINITY } else { x[i] };
+    let key = |i: usize| {
+        if x[i].is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            x[i]
+        }
+    };
     let mut order: Vec<usize> = (0..v).collect();
     order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
     let top: Vec<(u32, f64)> = order
