@@ -15,9 +15,15 @@
 // bits in chunks of any size. (Not the bits of the decode tiles, which sum per block with the
 // affine identity.)
 //
+// HALF (a measurement variant, off by default: `ops::matmul::set_gemm_half`): the staged weights
+// and x are f16 and each run of HK = 8 features is a packed f16 multiply-add chain whose sum is
+// added to the f32 accumulators: half the workgroup memory traffic and f16 arithmetic, at f16's
+// rounding (and range: |partial sums| must stay below 65504). Runs start at multiples of 8
+// features, so a row's bits still do not depend on the tile or the chunk.
+//
 // Defines: BN, BT, BK, TM, TN (TM, TN multiples of 4; WG = BN * BT / (TM * TN); WL = BN * BK /
 // (EPW * WG) and XL = BT * BK / (4 * WG) whole), TOKENS, ADD, SWIGLU, Q4 or Q8,
-// SCALE_F32 / SCALE_F16 / SCALE_BF16.
+// SCALE_F32 / SCALE_F16 / SCALE_BF16, HALF (with F16; BK a multiple of 8).
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -50,10 +56,16 @@ const MASK: u32 = 255u;
 const WPS: u32 = BK / EPW;  // words per row per step
 const KV: u32 = BK / 4u;    // x vec4 per token per step
 
+#if HALF
+alias SS = f16;
+const HK: u32 = 8u;         // features per f16 run
+#else
+alias SS = f32;
+#endif
 // [BK][BN / 4]: the step's dequantized weights, feature-major, 4 rows per vec4.
-var<workgroup> ws: array<vec4<f32>, BK * BN / 4u>;
+var<workgroup> ws: array<vec4<SS>, BK * BN / 4u>;
 // [BK][BT / 4]: the step's x values, feature-major, 4 tokens per vec4.
-var<workgroup> xs: array<vec4<f32>, BK * BT / 4u>;
+var<workgroup> xs: array<vec4<SS>, BK * BT / 4u>;
 
 #include "quant.wgsl"
 
@@ -104,7 +116,7 @@ fn main(
                 let r = (lid + {{J}}u * WG) / WPS;
                 for (var e = 0u; e < EPW; e++) {
                     let q = f32((wq{{J}} >> (BITS * e)) & MASK);
-                    ws[(wd{{J}} * EPW + e) * (BN / 4u) + r / 4u][r % 4u] = wsb{{J}}.x * q + wsb{{J}}.y;
+                    ws[(wd{{J}} * EPW + e) * (BN / 4u) + r / 4u][r % 4u] = SS(wsb{{J}}.x * q + wsb{{J}}.y);
                 }
             }
 #endfor
@@ -113,10 +125,10 @@ fn main(
                 let kk = xk{{J}} * 4u;
                 let c = xt{{J}} / 4u;
                 let l = xt{{J}} % 4u;
-                xs[(kk + 0u) * (BT / 4u) + c][l] = xv{{J}}.x;
-                xs[(kk + 1u) * (BT / 4u) + c][l] = xv{{J}}.y;
-                xs[(kk + 2u) * (BT / 4u) + c][l] = xv{{J}}.z;
-                xs[(kk + 3u) * (BT / 4u) + c][l] = xv{{J}}.w;
+                xs[(kk + 0u) * (BT / 4u) + c][l] = SS(xv{{J}}.x);
+                xs[(kk + 1u) * (BT / 4u) + c][l] = SS(xv{{J}}.y);
+                xs[(kk + 2u) * (BT / 4u) + c][l] = SS(xv{{J}}.z);
+                xs[(kk + 3u) * (BT / 4u) + c][l] = SS(xv{{J}}.w);
             }
 #endfor
             workgroupBarrier();
@@ -135,6 +147,39 @@ fn main(
 #endfor
         }
         if (s > 0u) {
+#if HALF
+            for (var k8 = 0u; k8 < BK; k8 += HK) {
+#for I TMV
+#for E 4
+#for C TNV
+                var h_{{I}}_{{E}}_{{C}} = vec4<f16>(0.0h);
+#endfor
+#endfor
+#endfor
+                for (var kk = k8; kk < k8 + HK; kk++) {
+#for I TMV
+                    let a{{I}} = ws[kk * (BN / 4u) + ty + {{I}}u * NTY];
+#endfor
+#for C TNV
+                    let b{{C}} = xs[kk * (BT / 4u) + tx + {{C}}u * NTX];
+#endfor
+#for I TMV
+#for E 4
+#for C TNV
+                    h_{{I}}_{{E}}_{{C}} = fma(vec4<f16>(a{{I}}[{{E}}]), b{{C}}, h_{{I}}_{{E}}_{{C}});
+#endfor
+#endfor
+#endfor
+                }
+#for I TMV
+#for E 4
+#for C TNV
+                acc_{{I}}_{{E}}_{{C}} += vec4<f32>(h_{{I}}_{{E}}_{{C}});
+#endfor
+#endfor
+#endfor
+            }
+#else
             for (var kk = 0u; kk < BK; kk++) {
 #for I TMV
                 let a{{I}} = ws[kk * (BN / 4u) + ty + {{I}}u * NTY];
@@ -150,6 +195,7 @@ fn main(
 #endfor
 #endfor
             }
+#endif
         }
     }
 

@@ -5,7 +5,9 @@
 //! the stacked GEMM followed by the SwiGLU kernel. One test: the switches are process-wide.
 
 use qwgpu_engine::gpu::{Gpu, Step, StepShape, StepSlot};
-use qwgpu_engine::ops::matmul::{gemm_tile, set_gemm_tile, set_prefill_gemm, GemmTile, MT_PREFILL};
+use qwgpu_engine::ops::matmul::{
+    gemm_tile, set_gemm_half, set_gemm_tile, set_prefill_gemm, GemmTile, MT_PREFILL,
+};
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
@@ -155,5 +157,60 @@ fn tiled_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
         }
     }
     set_gemm_tile(None);
+
+    // The f16 variant (`QWGPU_GEMM_HALF=1`, a measurement switch) where the device has f16:
+    // within f16's rounding of the CPU result (w, x and each product rounded to f16, then runs of
+    // 8 products summed in f16: at most (3 + 7) * 2^-11 of Σ|x·w|), a prompt row's bits
+    // independent of its chunk and of the tile, and not the f32 path's bits.
+    let gpu = gpu();
+    if gpu.caps.f16 {
+        let mut rng = Rng(13);
+        for f in &formats[..2] {
+            let (n, k, t) = (70usize, 1024usize, 70usize);
+            let q = Q::random(&mut rng, n, k, *f);
+            let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
+            let x = rng.vec(t * k, 1.0);
+            let (want, mag) = q.cpu_matmul(&x, t);
+            set_gemm_tile(Some(GemmTile::WIDE));
+            set_gemm_half(false);
+            let full = run_mm(&gpu, &m, &x, t, false, false);
+            set_gemm_half(true);
+            let mut first: Option<Vec<f32>> = None;
+            for tile in [GemmTile::WIDE, tiles[2]] {
+                set_gemm_tile(Some(tile));
+                if gemm_tile(&gpu.limits) != Some(tile) {
+                    continue;
+                }
+                let what = format!("{} f16 GEMM, tile {tile:?}", f.describe());
+                let got = run_mm(&gpu, &m, &x, t, false, false);
+                assert_close(
+                    &format!("{what} vs CPU"),
+                    &got,
+                    &want,
+                    &mag,
+                    1e-4,
+                    10.0 / 2048.0,
+                );
+                assert!(
+                    got.iter()
+                        .zip(&full)
+                        .any(|(a, b)| a.to_bits() != b.to_bits()),
+                    "{what}: the f16 variant gave the f32 path's bits (did it run?)"
+                );
+                let part = run_mm(&gpu, &m, &x[9 * k..11 * k], 2, false, false);
+                assert_bits_eq(
+                    &format!("{what}: rows 9..11 alone"),
+                    &part,
+                    &got[9 * n..11 * n],
+                );
+                match &first {
+                    Some(y0) => assert_bits_eq(&format!("{what} vs the wide tile"), &got, y0),
+                    None => first = Some(got),
+                }
+            }
+        }
+        set_gemm_half(false);
+        set_gemm_tile(None);
+    }
     set_prefill_gemm(false);
 }

@@ -294,6 +294,23 @@ pub fn set_prefill_gemm(on: bool) {
     GEMM.set(on)
 }
 
+static GEMM_HALF: Switch = Switch::new("QWGPU_GEMM_HALF", false);
+
+/// Whether the prefill GEMM runs its f16 variant (`HALF` in `matmul_gemm.wgsl`: f16 staging and
+/// packed f16 multiply-adds over runs of 8 features, summed in f32) on devices with SHADER_F16.
+/// A measurement variant, off by default (`QWGPU_GEMM_HALF=1` at start-up): its rounding is
+/// f16's, and partial sums beyond f16's range would overflow. On an H200 through Vulkan it was
+/// slower than the f32 GEMM (gate+up at 512 tokens 26.3 against 28.8 TFLOP/s,
+/// bench/results/2026-12-02-h200/gemm_half/): the f16 vectors did not become packed math there.
+pub fn gemm_half() -> bool {
+    GEMM_HALF.get()
+}
+
+/// See [`gemm_half`].
+pub fn set_gemm_half(on: bool) {
+    GEMM_HALF.set(on)
+}
+
 /// The tile of the prefill GEMM: `bn` rows × `bt` tokens per workgroup, `bk` input features per
 /// step, `tm` rows × `tn` tokens per thread. The tile never changes a (row, token)'s arithmetic
 /// or order (one term per feature, k increasing), so every tile gives the same bits.
@@ -393,6 +410,11 @@ pub fn gemm_tile(limits: &wgpu::Limits) -> Option<GemmTile> {
         .into_iter()
         .chain([GemmTile::WIDE, GemmTile::SMALL])
         .find(|t| t.fits(limits))
+}
+
+/// [`gemm_half`] where the device has f16 and the tile's steps are whole runs of 8 features.
+fn half_gemm(gpu: &Gpu, t: GemmTile) -> bool {
+    gemm_half() && gpu.caps.f16 && t.bk % 8 == 0
 }
 
 fn use_gemm(gpu: &Gpu, m: &Matrix, mt: u32) -> Option<GemmTile> {
@@ -1290,7 +1312,9 @@ async fn matmul_with(
         (
             gpu.pipeline(
                 "matmul_gemm.wgsl",
-                &gemm_defines(&gpu.base_defines(), &m.format, &opts, t),
+                &gemm_defines(&gpu.base_defines(), &m.format, &opts, t)
+                    .flag("HALF", half_gemm(gpu, t))
+                    .flag("F16", half_gemm(gpu, t)),
             )
             .await?,
             t.bn,
@@ -1441,20 +1465,24 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
         for rows in [Rows::Tokens, Rows::Out] {
             for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                 for tile in [GemmTile::SMALL, GemmTile::WIDE] {
-                    v.push((
-                        "matmul_gemm.wgsl",
-                        gemm_defines(
-                            base,
-                            &format,
-                            &MatmulOpts {
-                                rows,
-                                add,
-                                mt: MT_PREFILL,
-                                swiglu,
-                            },
-                            tile,
-                        ),
-                    ));
+                    let d = gemm_defines(
+                        base,
+                        &format,
+                        &MatmulOpts {
+                            rows,
+                            add,
+                            mt: MT_PREFILL,
+                            swiglu,
+                        },
+                        tile,
+                    );
+                    if tile == GemmTile::WIDE {
+                        v.push((
+                            "matmul_gemm.wgsl",
+                            d.clone().flag("HALF", true).flag("F16", true),
+                        ));
+                    }
+                    v.push(("matmul_gemm.wgsl", d));
                 }
             }
         }
