@@ -430,3 +430,62 @@ fn adaptive_mtp_measures_its_break_even() {
         }
     }
 }
+
+#[test]
+fn sampled_adaptive_mtp_does_not_depend_on_timing() {
+    // Sampled speculation keeps plain sampling's distribution, not its draws, so where `--mtp
+    // auto` stops speculating decides which tokens a seed gives. A sampled request must therefore
+    // not measure step costs nor use a measurement: the same seed gives the same tokens in a
+    // session that measured (after a greedy adaptive request) and in a fresh one.
+    use qwgpu_engine::decode::sampler::SamplingParams;
+    let name = "f32-q4-g64";
+    let r = load_reference(name);
+    let prompt = &r.prompts[1];
+    let opts = GenOptions {
+        max_tokens: 40,
+        eos: vec![],
+        ignore_eos: true,
+    };
+    let sampled = |s: &mut Session| {
+        let p = SamplingParams {
+            temperature: 0.9,
+            seed: 7,
+            ..Default::default()
+        };
+        s.set_sampling(Some(&p), false).unwrap();
+        s.reset();
+        let policy = MtpOptions::adaptive(s);
+        let (t, _, st) =
+            pollster::block_on(generate_mtp(s, prompt, &opts, &policy, &mut |_| true)).unwrap();
+        (t, st)
+    };
+    let mut fresh = session(name, 64);
+    let (a, sa) = sampled(&mut fresh);
+    assert!(
+        fresh.mtp_costs().is_none(),
+        "a sampled request measured step costs"
+    );
+    let mut measured = session(name, 64);
+    let greedy = MtpOptions::adaptive(&measured);
+    pollster::block_on(generate_mtp(
+        &mut measured,
+        prompt,
+        &opts,
+        &greedy,
+        &mut |_| true,
+    ))
+    .unwrap();
+    assert!(
+        measured.mtp_costs().is_some(),
+        "the greedy request measured"
+    );
+    let (b, sb) = sampled(&mut measured);
+    assert_eq!(a, b, "same seed, same tokens, measured or not");
+    assert_eq!((sa.drafted, sa.accepted), (sb.drafted, sb.accepted));
+    println!(
+        "sampled adaptive: drafted {} accepted {}, break-even model {:.2}",
+        sa.drafted,
+        sa.accepted,
+        fresh.mtp_break_even()
+    );
+}

@@ -90,8 +90,9 @@ impl MtpOptions {
     }
     /// Speculate while it pays off for this session's model on this device (`--mtp auto`): the
     /// break-even acceptance comes from the session's measured step costs
-    /// ([`Session::calibrate_mtp`], run by the first adaptive request on an empty context),
-    /// else from [`Session::mtp_break_even`]'s model.
+    /// ([`Session::calibrate_mtp`], run by the first greedy adaptive request on an empty
+    /// context), else, and always for sampled requests (whose tokens must not depend on timing),
+    /// from [`Session::mtp_break_even`]'s model.
     pub fn adaptive(session: &Session) -> Self {
         MtpOptions {
             adaptive: true,
@@ -137,14 +138,21 @@ pub async fn generate_mtp_in_context(
         return Err(RunError::Empty);
     };
     // The adaptive policy's break-even: measured on this device once per session (on an empty
-    // context, before the request; the context is left empty).
+    // context, before the request; the context is left empty). Sampled requests take the
+    // unmeasured model instead: a measurement moves with timing, and where speculation stops
+    // changes which tokens a seed draws (sampled speculation keeps plain sampling's law, not its
+    // draws), so a seed must give the same tokens on every run. Greedy tokens never depend on it.
     let mut min_acceptance = policy.min_acceptance;
     if policy.adaptive && policy.measured {
-        if session.mtp_costs().is_none() && in_context == 0 && session.pos() == 0 {
-            session.calibrate_mtp(8).await?;
-        }
-        if session.mtp_costs().is_some() {
-            min_acceptance = session.mtp_break_even_measured();
+        if session.is_sampling() {
+            min_acceptance = session.mtp_break_even();
+        } else {
+            if session.mtp_costs().is_none() && in_context == 0 && session.pos() == 0 {
+                session.calibrate_mtp(8).await?;
+            }
+            if session.mtp_costs().is_some() {
+                min_acceptance = session.mtp_break_even_measured();
+            }
         }
     }
     session.start_request(prompt)?;

@@ -543,15 +543,16 @@ impl Session {
 
     /// A model of the acceptance rate below which MTP speculation is slower than plain decoding,
     /// for when nothing was measured ([`Session::mtp_break_even_measured`] prefers the
-    /// measurement; that is what WebGPU sessions use): a 2-token verify costs about 1.70 forwards
-    /// with the f32 decode matmuls WebGPU runs (an H200 with the 27B shapes, both loops queued one
-    /// step ahead: a verify iteration 18.6 ms including a 0.9 ms MTP step, a plain step 10.6 ms;
-    /// measured break-even 76 %; native sessions on integer planes measured 11.3 against 8.4 ms,
-    /// break-even 34 %), plus the MTP step's share of the bytes a forward reads (its layer, fc
-    /// and the shared lm_head).
+    /// measurement; WebGPU sessions and sampled requests use this model): a 2-token verify costs
+    /// about 1.70 forwards with the f32 decode matmuls WebGPU runs (an H200 with the 27B shapes,
+    /// both loops queued one step ahead: a verify iteration 18.6 ms including a 0.9 ms MTP step, a
+    /// plain step 10.6 ms; measured break-even 76 %) and about 1.40 where the decode matmuls take
+    /// x as integer planes (native: 11.9 against 8.2 ms, measured break-even 45 %), plus the MTP
+    /// step's share of the bytes a forward reads (its layer, fc and the shared lm_head).
     pub fn mtp_break_even(&self) -> f64 {
-        const VERIFY_OVERHEAD: f64 = 0.70;
         let w = &self.model.weights;
+        let planes = crate::ops::matmul::takes_xq(&self.model.gpu, w.lm_head(), MT_ONE);
+        let verify_overhead = if planes { 0.40 } else { 0.70 };
         let lm = w.lm_head().bytes() as f64;
         let backbone: f64 = w.bytes() as f64
             - w.embed.bytes() as f64
@@ -561,7 +562,7 @@ impl Session {
             .as_ref()
             .map_or(0.0, |m| (m.fc.bytes() + m.layer.bytes()) as f64);
         let backbone_only = backbone - mtp_layers;
-        VERIFY_OVERHEAD + (mtp_layers + lm) / (backbone_only + lm).max(1.0)
+        verify_overhead + (mtp_layers + lm) / (backbone_only + lm).max(1.0)
     }
 
     /// The measured (seconds per plain step, seconds per verify iteration) of this session, once
