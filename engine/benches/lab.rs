@@ -321,7 +321,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
                 max_ctx,
                 x: &ws.x,
                 fold_norms: true,
-                attn_split: gpu.info.device_type != wgpu::DeviceType::Cpu,
+                attn_split: qwgpu_engine::ops::attention::split_by_default(gpu),
             };
             let mut plan = Plan::new();
             pollster::block_on(b.layer(

@@ -147,7 +147,8 @@ pub struct SessionOptions {
     /// Spread the keys of decode and verify rows over many workgroups in attention (a split pass,
     /// then a combine; identical bits to the one-pass path either way, see
     /// [`crate::ops::attention`]). `None`: split on GPUs, one pass on CPU adapters (lavapipe,
-    /// SwiftShader), which pay per launched workgroup and gain nothing from spreading.
+    /// SwiftShader), which pay per launched workgroup and gain nothing from spreading
+    /// ([`crate::ops::attention::split_by_default`]).
     pub attn_split: Option<bool>,
 }
 
@@ -269,7 +270,7 @@ impl Session {
         let speculative = opts.speculative && model.has_mtp();
         let attn_split = opts
             .attn_split
-            .unwrap_or(gpu.info.device_type != wgpu::DeviceType::Cpu);
+            .unwrap_or_else(|| crate::ops::attention::split_by_default(&gpu));
         let ws = Workspace::new(&gpu, cfg, chunk.max(2), 2, model.has_mtp())?;
         let state = State::new(&gpu, cfg, max_ctx, model.has_mtp())?;
         let step_buf = gpu.storage("step", slot_offset(&gpu, 2))?;

@@ -317,6 +317,13 @@ pub async fn attention_with_scratch(
     attention_xq(gpu, d, q, gate, k_cache, v_cache, scratch, out, None, step).await
 }
 
+/// Whether decode and verify rows should take the split pass on this device by default: GPUs
+/// yes; CPU adapters (lavapipe, SwiftShader) pay per launched workgroup and gain nothing from
+/// spreading the keys, so they run the one-pass path (identical bits either way).
+pub fn split_by_default(gpu: &Gpu) -> bool {
+    gpu.info.device_type != wgpu::DeviceType::Cpu
+}
+
 /// Whether [`attention_xq`] can also write its output as integer planes: whole words per head
 /// (head_dim a multiple of 8), whole blocks per row, and the device binds 8 storage buffers.
 pub fn attention_writes_planes(gpu: &Gpu, d: &AttnDims) -> bool {
