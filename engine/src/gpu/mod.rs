@@ -59,6 +59,9 @@ pub struct GpuOptions {
     /// Cap on the size of one storage binding (bytes), below what the adapter allows. Lets native
     /// runs exercise the split-binding paths a browser needs (`QWGPU_MAX_BINDING` too).
     pub max_binding: Option<u64>,
+    /// Leave cooperative matrices (tensor cores) off even where the adapter has them
+    /// (`QWGPU_NO_COOP=1` too).
+    pub no_coop: bool,
 }
 
 /// What kernels may rely on, decided once per device.
@@ -83,6 +86,10 @@ pub struct Caps {
     pub shader_checks: bool,
     /// True when compiled for the browser (WGSL needs `enable subgroups;` there).
     pub web: bool,
+    /// Cooperative matrices (tensor cores) of 16×16×16 f16 × f16 + f32 are enabled (wgpu's
+    /// experimental cooperative-matrix feature, native only, with f16 and 32-lane subgroups): the
+    /// prefill GEMM can run `matmul_coop.wgsl` ([`crate::ops::matmul::use_coop`]).
+    pub coop: bool,
 }
 
 /// A wgpu device plus everything the engine decided about it.
@@ -96,6 +103,8 @@ pub struct Gpu {
     /// The first error wgpu reported outside an error scope (device lost, out of memory,
     /// validation at submit); surfaced by [`Gpu::take_error`] instead of aborting the process.
     pub(crate) uncaptured: Arc<std::sync::Mutex<Option<String>>>,
+    /// Scratch shared by every plan ([`Gpu::shared_scratch`]).
+    scratch: std::sync::Mutex<Vec<(&'static str, Arc<GpuBuffer>)>>,
 }
 
 /// A short description of one adapter, for `qwgpu devices` and error messages.
@@ -304,6 +313,27 @@ impl Gpu {
         if afeat.contains(wgpu::Features::TIMESTAMP_QUERY) {
             features |= wgpu::Features::TIMESTAMP_QUERY;
         }
+        // Tensor cores through wgpu's (experimental) cooperative matrices: only the 16×16×16
+        // f16 × f16 + f32 configuration the prefill GEMM uses, with f16 and subgroups of exactly
+        // 32 lanes (the kernel gives each 32 consecutive invocations one subgroup's tiles).
+        let no_coop = opts.no_coop || env_flag("QWGPU_NO_COOP").unwrap_or(false);
+        let coop = !cfg!(target_arch = "wasm32")
+            && !no_coop
+            && f16
+            && subgroups
+            && info.subgroup_min_size == 32
+            && info.subgroup_max_size == 32
+            && afeat.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            && adapter.cooperative_matrix_properties().iter().any(|p| {
+                p.m_size == 16
+                    && p.n_size == 16
+                    && p.k_size == 16
+                    && p.ab_type == wgpu::CooperativeScalarType::F16
+                    && p.cr_type == wgpu::CooperativeScalarType::F32
+            });
+        if coop {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         // Ask for what the adapter has: big models need big buffers and many storage bindings.
         let limits = adapter.limits();
         let (device, queue) = adapter
@@ -311,7 +341,14 @@ impl Gpu {
                 label: Some("qwgpu"),
                 required_features: features,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features: if coop {
+                    // SAFETY: wgpu's experimental features are only reached through
+                    // `matmul_coop.wgsl`, whose cooperative-matrix loads stay inside their
+                    // buffers by construction (tested on devices that have the feature).
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -349,6 +386,7 @@ impl Gpu {
             storage_align: limits.min_storage_buffer_offset_alignment as u64,
             shader_checks,
             web,
+            coop,
         };
         let uncaptured = Arc::new(std::sync::Mutex::new(None::<String>));
         let sink = uncaptured.clone();
@@ -367,19 +405,44 @@ impl Gpu {
             limits,
             caps,
             uncaptured,
+            scratch: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
     /// One line describing the device, for logs and `--json` output.
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:?}; subgroups {}, f16 {}, shader checks {})",
+            "{} ({:?}; subgroups {}, f16 {}, shader checks {}{})",
             self.info.name,
             self.info.backend,
             if self.caps.subgroups { "on" } else { "off" },
             if self.caps.f16 { "on" } else { "off" },
-            if self.caps.shader_checks { "on" } else { "off" }
+            if self.caps.shader_checks { "on" } else { "off" },
+            if self.caps.coop {
+                ", tensor cores on"
+            } else {
+                ""
+            }
         )
+    }
+
+    /// A scratch buffer of at least `bytes` shared by every plan on this device under `name`:
+    /// for data a dispatch writes and the next one in the same pass reads (submissions run one
+    /// at a time, and a dispatch sees the writes of those before it). A request beyond the
+    /// current buffer replaces it with a larger one (plans built before keep theirs).
+    pub fn shared_scratch(
+        &self,
+        name: &'static str,
+        bytes: u64,
+    ) -> Result<Arc<GpuBuffer>, GpuError> {
+        let mut all = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, b)) = all.iter().find(|(n, b)| *n == name && b.size >= bytes) {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(self.storage(name, bytes.max(16))?);
+        all.retain(|(n, _)| *n != name);
+        all.push((name, b.clone()));
+        Ok(b)
     }
 
     /// Returns (and clears) an error wgpu reported outside any error scope.

@@ -105,6 +105,9 @@ pub fn preprocess(name: &str, defines: &Defines, web: bool) -> Result<String, Gp
     if defines.is_true("F16") {
         out.push_str("enable f16;\n");
     }
+    if defines.is_true("COOP") {
+        out.push_str("enable wgpu_cooperative_matrix;\n");
+    }
     if web && defines.is_true("SUBGROUPS") {
         out.push_str("enable subgroups;\n");
     }

@@ -76,6 +76,10 @@ pub struct Workspace {
     /// `xquant::q_stride(H)`): written by an xquant dispatch, or by the residual projection in
     /// front with the norm deferred to the reader (`ops::matmul::XqOut`).
     pub xqn: GpuBuffer,
+    /// The prompt matmuls' input as f16 pairs for the tensor-core GEMM (the device's shared
+    /// `ops::matmul::COOP_SCRATCH`, reserved here at its largest so no plan grows it); `None`
+    /// without cooperative matrices.
+    pub xsplit: Option<std::sync::Arc<GpuBuffer>>,
 }
 
 /// Rows of `Workspace::xq`: the decode tiles' most (the 2-row verify).
@@ -139,6 +143,15 @@ impl Workspace {
                             .next_multiple_of(crate::ops::xquant::BLOCK),
                     ),
             )?,
+            xsplit: if gpu.caps.coop && crate::ops::matmul::prefill_coop() {
+                let widest = h.max(i).max(qd).max(vd).max(2 * h).max(proj_width) as u32;
+                Some(gpu.shared_scratch(
+                    crate::ops::matmul::COOP_SCRATCH,
+                    crate::ops::matmul::coop_scratch_bytes(max_rows, widest),
+                )?)
+            } else {
+                None
+            },
             xqn: gpu.storage(
                 "xqn",
                 XQ_ROWS as u64
@@ -176,7 +189,8 @@ impl Workspace {
         ]
         .iter()
         .map(|b| b.size)
-        .sum()
+        .sum::<u64>()
+            + self.xsplit.as_ref().map_or(0, |b| b.size)
     }
 }
 

@@ -34,6 +34,20 @@ crate::gpu_struct! {
         taps: u32,
         /// XOUT: vec4<u32> per row of the output planes (`xquant::q_stride` of y's columns).
         xo_stride: u32,
+        /// `matmul_coop.wgsl`: where the rows' scale factors start in the xsplit buffer (words).
+        sig_off: u32,
+    }
+}
+
+crate::gpu_struct! {
+    pub struct XsplitParams as "Params" {
+        /// features per row
+        k: u32,
+        /// elements per x row and the x column where the input starts (even)
+        x_stride: u32,
+        x_col: u32,
+        /// word where the rows' scale factors start
+        sig_off: u32,
     }
 }
 
@@ -415,6 +429,309 @@ pub fn gemm_tile(limits: &wgpu::Limits) -> Option<GemmTile> {
 /// [`gemm_half`] where the device has f16 and the tile's steps are whole runs of 8 features.
 fn half_gemm(gpu: &Gpu, t: GemmTile) -> bool {
     gemm_half() && gpu.caps.f16 && t.bk % 8 == 0
+}
+
+static COOP: Switch = Switch::new("QWGPU_PREFILL_COOP", true);
+
+/// Whether quantized prefill tiles run on cooperative matrices (tensor cores,
+/// `matmul_coop.wgsl` after `xsplit.wgsl`) where the device has them ([`crate::gpu::Caps::coop`]).
+/// On by default; `QWGPU_PREFILL_COOP=0` turns it off at start-up (the f32 GEMM runs instead).
+pub fn prefill_coop() -> bool {
+    COOP.get()
+}
+
+/// See [`prefill_coop`].
+pub fn set_prefill_coop(on: bool) {
+    COOP.set(on)
+}
+
+/// The tile of the tensor-core GEMM: `bn` rows × `bt` tokens per workgroup, `bk` features per
+/// step, `sgr` × `sgc` subgroups of 32 lanes (each owning (bn / 16 / sgr) × (bt / 16 / sgc)
+/// fragments of 16 × 16); `wlo` / `xlo`: the weights / x enter as f16 pairs (hi + lo, near f32)
+/// rather than rounded to one f16. The tile never changes a (row, token)'s arithmetic; the pairs
+/// do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoopTile {
+    pub bn: u32,
+    pub bt: u32,
+    pub bk: u32,
+    pub sgr: u32,
+    pub sgc: u32,
+    pub wlo: bool,
+    pub xlo: bool,
+}
+
+/// Rows of the xsplit buffer are padded to a multiple of this (the most tokens a tile takes).
+pub const COOP_ROW_PAD: u32 = 256;
+
+/// Name of the device's shared xsplit buffer ([`Gpu::shared_scratch`]).
+pub const COOP_SCRATCH: &str = "xsplit";
+
+impl CoopTile {
+    /// 128 × 128, 8 subgroups of 2 × 4 fragments, 32 features a step, both pairs (46 KiB):
+    /// the fastest with pairs measured on an H200 (27B gate+up at 1024 tokens: 74 TFLOP/s,
+    /// against 51 for 128 × 64 and 29.6 for the f32 GEMM; bench/results/2026-12-02-h200-b/).
+    pub const DEFAULT: CoopTile = CoopTile {
+        bn: 128,
+        bt: 128,
+        bk: 32,
+        sgr: 4,
+        sgc: 2,
+        wlo: true,
+        xlo: true,
+    };
+    /// 128 × 64, 8 subgroups of 2 × 2 fragments (37 KiB), for devices with less workgroup memory.
+    pub const MEDIUM: CoopTile = CoopTile {
+        bt: 64,
+        ..CoopTile::DEFAULT
+    };
+
+    pub fn threads(&self) -> u32 {
+        32 * self.sgr * self.sgc
+    }
+
+    /// Bytes of workgroup memory: the staged weights (one or two f16 per value, rows padded by
+    /// 8), the staged x (two f16 per value, rows padded by 8) and 256 floats per subgroup for
+    /// the epilogue.
+    pub fn shared_bytes(&self) -> u32 {
+        self.bn * (self.bk + 8) * 2 * (1 + self.wlo as u32)
+            + self.bt * (2 * self.bk + 8) * 2
+            + self.sgr * self.sgc * 1024
+    }
+
+    pub fn valid(&self) -> bool {
+        let t = self.threads();
+        self.sgr > 0
+            && self.sgc > 0
+            && self.bn % (16 * self.sgr) == 0
+            && self.bt % (16 * self.sgc) == 0
+            && self.bt <= COOP_ROW_PAD
+            && self.bk % 16 == 0
+            && self.bk > 0
+            && t <= 1024
+            && (self.bn * self.bk / 8) % t == 0
+            && (self.bn * self.bk / 4) % t == 0
+            && (self.bt * self.bk / 4) % t == 0
+    }
+
+    pub fn fits(&self, limits: &wgpu::Limits) -> bool {
+        self.valid()
+            && self.threads() <= limits.max_compute_invocations_per_workgroup
+            && self.shared_bytes() <= limits.max_compute_workgroup_storage_size
+    }
+
+    /// `BNxBTxBKxSGRxSGCxP`, P = 1 (f16 w and x), 2 (x as pairs) or 3 (both as pairs).
+    fn parse(v: &str) -> Option<CoopTile> {
+        let p: Vec<u32> = v.split('x').filter_map(|p| p.trim().parse().ok()).collect();
+        match p[..] {
+            [bn, bt, bk, sgr, sgc, pairs @ 1..=3] => Some(CoopTile {
+                bn,
+                bt,
+                bk,
+                sgr,
+                sgc,
+                wlo: pairs == 3,
+                xlo: pairs >= 2,
+            })
+            .filter(|t| t.valid()),
+            _ => None,
+        }
+    }
+}
+
+static COOP_TILE: std::sync::Mutex<Option<CoopTile>> = std::sync::Mutex::new(None);
+
+/// Forces the tensor-core GEMM tile of plans built from now on (`None`: the default).
+/// `QWGPU_COOP_TILE=BNxBTxBKxSGRxSGCxP` does the same at start-up.
+pub fn set_coop_tile(tile: Option<CoopTile>) {
+    if let Ok(mut t) = COOP_TILE.lock() {
+        *t = tile;
+    }
+}
+
+/// The tensor-core GEMM tile for a device's limits: a forced one if it fits, else
+/// [`CoopTile::DEFAULT`] or [`CoopTile::MEDIUM`], the first that fits.
+pub fn coop_tile(limits: &wgpu::Limits) -> Option<CoopTile> {
+    static ENV: std::sync::OnceLock<Option<CoopTile>> = std::sync::OnceLock::new();
+    let env = *ENV.get_or_init(|| {
+        let v = std::env::var("QWGPU_COOP_TILE").ok()?;
+        let t = CoopTile::parse(&v);
+        if t.is_none() {
+            eprintln!("qwgpu: ignoring QWGPU_COOP_TILE={v:?}: expected BNxBTxBKxSGRxSGCxP (P = 1, 2 or 3) with whole fragments and loads");
+        }
+        t
+    });
+    let forced = COOP_TILE.lock().ok().and_then(|t| *t).or(env);
+    forced
+        .into_iter()
+        .chain([CoopTile::DEFAULT, CoopTile::MEDIUM])
+        .find(|t| t.fits(limits))
+}
+
+/// The tensor-core GEMM's tile where `m` in tile `mt` runs on it: [`prefill_coop`], a device
+/// with cooperative matrices, quantized weights, a prompt tile over the step's tokens, and k a
+/// multiple of the tile's step.
+pub fn use_coop(gpu: &Gpu, m: &Matrix, opts: &MatmulOpts) -> Option<CoopTile> {
+    if !(prefill_coop()
+        && gpu.caps.coop
+        && matches!(m.format, WeightFormat::Affine { .. })
+        && opts.mt == MT_PREFILL
+        && opts.rows == Rows::Tokens
+        && gpu.limits.max_storage_buffers_per_shader_stage >= 7)
+    {
+        return None;
+    }
+    coop_tile(&gpu.limits).filter(|t| m.k % t.bk == 0)
+}
+
+/// Bytes of the xsplit buffer for `rows` rows of `k` features: f16 pairs (4 bytes per value)
+/// and one factor per row, rows padded to [`COOP_ROW_PAD`].
+pub fn coop_scratch_bytes(rows: u32, k: u32) -> u64 {
+    let r = rows.next_multiple_of(COOP_ROW_PAD) as u64;
+    r * k as u64 * 4 + r * 4
+}
+
+/// The defines of the tensor-core GEMM.
+pub fn coop_defines(
+    base: &Defines,
+    format: &WeightFormat,
+    opts: &MatmulOpts,
+    t: CoopTile,
+) -> Defines {
+    let epw = match *format {
+        WeightFormat::Affine { bits: 8, .. } => 4,
+        _ => 8,
+    };
+    shared_defines(base, format, opts)
+        .flag("F16", true)
+        .flag("COOP", true)
+        .set("BN", t.bn)
+        .set("BT", t.bt)
+        .set("BK", t.bk)
+        .set("SGC", t.sgc)
+        .set("FM", t.bn / 16 / t.sgr)
+        .set("FN", t.bt / 16 / t.sgc)
+        .set("WG", t.threads())
+        .set("WL", t.bn * t.bk / epw / t.threads())
+        .set("XL", t.bt * t.bk / 4 / t.threads())
+        .flag("WLO", t.wlo)
+        .flag("XLO", t.xlo)
+}
+
+/// The xsplit dispatch and the tensor-core GEMM's (one per chunk of `m`).
+async fn coop_matmul(
+    gpu: &Gpu,
+    m: &Matrix,
+    x: Act<'_>,
+    y: Act<'_>,
+    step: StepSlot<'_>,
+    opts: MatmulOpts,
+    t: CoopTile,
+) -> Result<Vec<Dispatch>, GpuError> {
+    if x.stride % 2 != 0 || x.col % 2 != 0 || x.stride == 0 {
+        return Err(GpuError::Shader {
+            name: format!("matmul {}", m.name),
+            message: "x stride/column must be even for the tensor-core GEMM".into(),
+        });
+    }
+    // The most rows a step can have: what x's buffer holds.
+    let rows = (x.buf.size / 4 / x.stride as u64).min(u32::MAX as u64) as u32;
+    let scratch = gpu.shared_scratch(COOP_SCRATCH, coop_scratch_bytes(rows, m.k))?;
+    let sig_off = rows.next_multiple_of(COOP_ROW_PAD) * m.k;
+    let tokens = if opts.rows == Rows::Out {
+        "n_out"
+    } else {
+        "n_tokens"
+    };
+    let split = gpu
+        .pipeline(
+            "xsplit.wgsl",
+            &gpu.base_defines()
+                .set("PARAMS", <XsplitParams as crate::gpu::ParamStruct>::WGSL)
+                .set("TOKENS", tokens),
+        )
+        .await?;
+    let sp = XsplitParams {
+        k: m.k,
+        x_stride: x.stride,
+        x_col: x.col,
+        sig_off,
+    };
+    let u = gpu.uniform(&format!("{}.xsplit", m.name), &sp);
+    let mut out = vec![gpu.dispatch(
+        format!("xsplit {}", m.name),
+        &split,
+        &[u.whole(), step.binding(), x.buf.whole(), scratch.whole()],
+        Grid {
+            groups: 1,
+            rows: opts.rows,
+            tile: 1,
+            out_rows: crate::gpu::plan::ALL_OUT,
+        },
+    )];
+    let pipeline = gpu
+        .pipeline(
+            "matmul_coop.wgsl",
+            &coop_defines(&gpu.base_defines(), &m.format, &opts, t),
+        )
+        .await?;
+    let (groups_per_row, group_size) = match m.format {
+        WeightFormat::Affine { group, .. } => (m.k / group, group),
+        WeightFormat::Dense(_) => (0, 1),
+    };
+    for c in &m.chunks {
+        let (Some(s), Some(b)) = (&c.scales, &c.biases) else {
+            return Err(GpuError::Shader {
+                name: format!("matmul {}", m.name),
+                message: "quantized chunk without scales and biases".into(),
+            });
+        };
+        let params = MatmulParams {
+            k: m.k,
+            n: c.rows,
+            row0: if opts.swiglu {
+                2 * y.col + c.row0
+            } else {
+                y.col + c.row0
+            },
+            x_stride: 2 * m.k,
+            x_col: 0,
+            y_stride: y.stride,
+            groups_per_row,
+            group_size,
+            eps: 0.0,
+            dv: 0,
+            z_stride: 0,
+            z_col: 0,
+            conv_dim: 0,
+            taps: 0,
+            xo_stride: 0,
+            sig_off,
+        };
+        let u = gpu.uniform(&format!("{}.params", m.name), &params);
+        let res = [
+            u.whole(),
+            step.binding(),
+            scratch.whole(),
+            c.weight.whole(),
+            s.whole(),
+            b.whole(),
+            y.buf.whole(),
+            scratch.whole(),
+        ];
+        out.push(gpu.dispatch(
+            format!("matmul {}", m.name),
+            &pipeline,
+            &res,
+            Grid {
+                groups: c.rows.div_ceil(t.bn),
+                rows: opts.rows,
+                tile: t.bt,
+                out_rows: crate::gpu::plan::ALL_OUT,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 fn use_gemm(gpu: &Gpu, m: &Matrix, mt: u32) -> Option<GemmTile> {
@@ -1282,6 +1599,11 @@ async fn matmul_with(
             message: "this matrix cannot take x as integer planes in this tile (see ops::matmul::takes_xq)".into(),
         });
     }
+    if matches!(fold, Fold::None) && conv.is_none() {
+        if let Some(t) = use_coop(gpu, m, &opts) {
+            return coop_matmul(gpu, m, x, y, step, opts, t).await;
+        }
+    }
     let gemm = if planes {
         None
     } else {
@@ -1413,6 +1735,7 @@ async fn matmul_with(
             conv_dim: conv.map_or(0, |c| c.conv_dim),
             taps: conv.map_or(0, |c| c.taps),
             xo_stride: crate::ops::xquant::q_stride(out_cols(m, &opts)),
+            sig_off: 0,
         };
         let u = gpu.uniform(&format!("{}.params", m.name), &params);
         let mut res = vec![u.whole(), step.binding(), x.buf.whole(), c.weight.whole()];
@@ -1484,8 +1807,30 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                     }
                     v.push(("matmul_gemm.wgsl", d));
                 }
+                if base.is_true("SUBGROUPS") && rows == Rows::Tokens {
+                    let opts = MatmulOpts {
+                        rows,
+                        add,
+                        mt: MT_PREFILL,
+                        swiglu,
+                    };
+                    for pairs in [false, true] {
+                        let t = CoopTile {
+                            wlo: pairs,
+                            xlo: pairs,
+                            ..CoopTile::DEFAULT
+                        };
+                        v.push(("matmul_coop.wgsl", coop_defines(base, &format, &opts, t)));
+                    }
+                }
             }
         }
+        v.push((
+            "xsplit.wgsl",
+            base.clone()
+                .set("PARAMS", <XsplitParams as crate::gpu::ParamStruct>::WGSL)
+                .set("TOKENS", "n_tokens"),
+        ));
         if base.is_true("SUBGROUPS") {
             for mt in [MT_ONE, MT_SMALL] {
                 for rows in [Rows::Tokens, Rows::Out] {

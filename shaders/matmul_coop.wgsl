@@ -1,0 +1,236 @@
+// Quantized matmul for prompt chunks on cooperative matrices (tensor cores: 16 × 16 × 16,
+// f16 × f16 + f32), ops::matmul::use_coop. Same parameters as the other quantized matmuls; x
+// comes from xsplit.wgsl as f16 pairs (hi + lo) of the row scaled by a power of two, with the
+// factor that undoes it.
+//
+// A workgroup of WG = 32 · SGR · SGC threads computes BN rows × BT tokens; subgroup (sr, sc) of
+// 32 consecutive invocations owns FM × FN fragments of 16 × 16 (rows sr·16·FM.., tokens
+// sc·16·FN..). Per step of BK features the tile's weights are dequantized (w = s·q + b, spec
+// §3.1), scaled by 2^8 (exact) and written to workgroup memory as f16 pairs, hi (w with its
+// mantissa cut to 10 bits) and lo = f16(w − hi) (WLO; without it w is rounded to f16); the next step's code words are read
+// before the current step's products. The step's x (BT tokens, hi and lo) is staged in workgroup
+// memory the same way, with 16-byte reads of xsplit's rows. Each
+// fragment accumulates, per 16 features, lo(w)·hi(x) [WLO], hi(w)·lo(x) [XLO], then hi(w)·hi(x)
+// in f32. The epilogue stores each fragment to workgroup memory and the subgroup's lanes scale
+// it back (×2^-(sh + 8), exact), then write, add (ADD) or pair it (SWIGLU).
+//
+// A (row, token)'s sum depends only on its row of weights and its own x (the products of other
+// tokens never enter it), so a prompt gives the same bits in chunks of any size and any tile of
+// tokens; not the bits of the f32 GEMM (rounding of f16 pairs, tensor-core accumulation).
+//
+// Defines: BN, BT, BK (multiple of 16), SGR, SGC, FM = BN / (16·SGR), FN = BT / (16·SGC), WG,
+// WL = BN·BK / (EPW·WG) and XL = BT·BK / (4·WG) whole, WLO, XLO, TOKENS, ADD, SWIGLU, Q4 or Q8, SCALE_*.
+#include "common.wgsl"
+
+{{PARAMS}}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> step: Step;
+@group(0) @binding(2) var<storage, read> xs: array<vec4<u32>>;     // xsplit.wgsl rows: [R, k / 4]
+@group(0) @binding(3) var<storage, read> w: array<u32>;            // [n, k / EPW] code words
+@group(0) @binding(4) var<storage, read> scales: array<u32>;       // [n, k / group]
+@group(0) @binding(5) var<storage, read> biases: array<u32>;       // [n, k / group]
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;      // [T, y_stride]
+@group(0) @binding(7) var<storage, read> sig: array<f32>;          // the xsplit buffer: factor per row at p.sig_off
+
+const BN: u32 = {{BN}}u;
+const BT: u32 = {{BT}}u;
+const BK: u32 = {{BK}}u;
+const SGC: u32 = {{SGC}}u;
+const FM: u32 = {{FM}}u;
+const FN: u32 = {{FN}}u;
+const WG: u32 = {{WG}}u;
+const NSG: u32 = WG / 32u;
+#if Q4
+const EPW: u32 = 8u;
+const BITS: u32 = 4u;
+const MASK: u32 = 15u;
+#else
+const EPW: u32 = 4u;
+const BITS: u32 = 8u;
+const MASK: u32 = 255u;
+#endif
+const WPS: u32 = BK / EPW;     // code words per row per step
+const AS: u32 = BK + 8u;       // f16 per row of the staged weights (padded against bank conflicts)
+const WSCALE: f32 = 256.0;
+
+const XW: u32 = BK;            // u32 words of one token's x in a step (hi and lo: one word per feature)
+const XS: u32 = 2u * BK + 8u;  // f16 per token row of the staged x (padded)
+const XL: u32 = {{XL}}u;       // vec4<u32> of x each thread stages per step: BT·XW / (4·WG)
+
+var<workgroup> ah: array<f16, BN * AS>;
+#if WLO
+var<workgroup> al: array<f16, BN * AS>;
+#endif
+var<workgroup> xb: array<f16, BT * XS>;
+var<workgroup> cs: array<f32, NSG * 256u>;
+
+#include "quant.wgsl"
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let T = step.{{TOKENS}};
+    // (No early return for workgroups past the last row, which a grid split over two dimensions
+    // can have: cooperative operations need uniform control flow. They stage clamped rows and
+    // write nothing.)
+    let n0 = wg_linear(wid, nwg) * BN;
+    let t0 = wid.z * BT;
+    let wpr = p.k / EPW;
+    let sg = lid / 32u;
+    let lane = lid % 32u;
+    let ar = (sg / SGC) * FM * 16u;    // this subgroup's first tile row
+    let at = (sg % SGC) * FN * 16u;    // and first tile token
+
+#for I FM
+#for J FN
+    var c_{{I}}_{{J}} = coop_mat16x16<f32, C>();
+#endfor
+#endfor
+
+    // Thread lid stages code words i % WPS of tile row i / WPS, for i = lid, lid + WG, ...
+#for L WL
+    let wr{{L}} = min(n0 + (lid + {{L}}u * WG) / WPS, p.n - 1u);
+    let wd{{L}} = (lid + {{L}}u * WG) % WPS;
+    var wq{{L}} = w[wr{{L}} * wpr + wd{{L}}];
+    var sb{{L}} = scale_bias(wr{{L}} * p.groups_per_row + (wd{{L}} * EPW) / p.group_size);
+#endfor
+
+    // Thread lid stages x vec4 i % (XW / 4) of tile token i / (XW / 4), i = lid, lid + WG, ...
+    // (one token's step is XW contiguous words: per 16 features, 8 words of hi then 8 of lo).
+    let xrow4 = p.k / 4u;
+#for L XL
+    let xt{{L}} = (lid + {{L}}u * WG) / (XW / 4u);
+    let xv{{L}} = (lid + {{L}}u * WG) % (XW / 4u);
+    var xq{{L}} = xs[(t0 + xt{{L}}) * xrow4 + xv{{L}}];
+#endfor
+
+    let nsteps = p.k / BK;
+    for (var s = 0u; s < nsteps; s++) {
+        workgroupBarrier();
+#for L XL
+        {
+            let xo = xt{{L}} * XS + xv{{L}} * 8u;
+            let h0 = vec2<f16>(unpack2x16float(xq{{L}}.x));
+            let h1 = vec2<f16>(unpack2x16float(xq{{L}}.y));
+            let h2 = vec2<f16>(unpack2x16float(xq{{L}}.z));
+            let h3 = vec2<f16>(unpack2x16float(xq{{L}}.w));
+            xb[xo] = h0.x;
+            xb[xo + 1u] = h0.y;
+            xb[xo + 2u] = h1.x;
+            xb[xo + 3u] = h1.y;
+            xb[xo + 4u] = h2.x;
+            xb[xo + 5u] = h2.y;
+            xb[xo + 6u] = h3.x;
+            xb[xo + 7u] = h3.y;
+        }
+#endfor
+#for L WL
+        {
+            let base = ((lid + {{L}}u * WG) / WPS) * AS + wd{{L}} * EPW;
+            for (var e = 0u; e < EPW; e++) {
+                let q = f32((wq{{L}} >> (BITS * e)) & MASK);
+                let wv = (sb{{L}}.x * q + sb{{L}}.y) * WSCALE;
+#if WLO
+                // hi: the mantissa cut to f16's 10 bits by a mask (a round trip through f16
+                // may be dropped by a compiler as a no-op, a mask never), lo = f16(w − hi).
+                let hv = bitcast<f32>(bitcast<u32>(wv) & 0xFFFFE000u);
+                ah[base + e] = f16(hv);
+                al[base + e] = f16(wv - hv);
+#else
+                ah[base + e] = f16(wv);
+#endif
+            }
+        }
+#endfor
+        workgroupBarrier();
+        if (s + 1u < nsteps) {
+#for L XL
+            xq{{L}} = xs[(t0 + xt{{L}}) * xrow4 + (s + 1u) * (XW / 4u) + xv{{L}}];
+#endfor
+#for L WL
+            wq{{L}} = w[wr{{L}} * wpr + (s + 1u) * WPS + wd{{L}}];
+            sb{{L}} = scale_bias(wr{{L}} * p.groups_per_row + ((s + 1u) * BK + wd{{L}} * EPW) / p.group_size);
+#endfor
+        }
+        for (var kk = 0u; kk < BK; kk += 16u) {
+#for I FM
+            let ia{{I}} = (ar + {{I}}u * 16u) * AS + kk;
+            let ah{{I}} = coopLoadT<coop_mat16x16<f16, A>>(&ah[ia{{I}}], AS);
+#if WLO
+            let al{{I}} = coopLoadT<coop_mat16x16<f16, A>>(&al[ia{{I}}], AS);
+#endif
+#endfor
+#for J FN
+            let ib{{J}} = (at + {{J}}u * 16u) * XS + kk * 2u;
+            let bh{{J}} = coopLoad<coop_mat16x16<f16, B>>(&xb[ib{{J}}], XS);
+#if XLO
+            let ibl{{J}} = ib{{J}} + 16u;
+            let bl{{J}} = coopLoad<coop_mat16x16<f16, B>>(&xb[ibl{{J}}], XS);
+#endif
+#endfor
+#for I FM
+#for J FN
+#if WLO
+            c_{{I}}_{{J}} = coopMultiplyAdd(al{{I}}, bh{{J}}, c_{{I}}_{{J}});
+#endif
+#if XLO
+            c_{{I}}_{{J}} = coopMultiplyAdd(ah{{I}}, bl{{J}}, c_{{I}}_{{J}});
+#endif
+            c_{{I}}_{{J}} = coopMultiplyAdd(ah{{I}}, bh{{J}}, c_{{I}}_{{J}});
+#endfor
+#endfor
+        }
+    }
+
+    // Epilogue: fragment (I, J) through this subgroup's 256 floats of workgroup memory, column
+    // major (row i, token j at j·16 + i).
+    let cb = sg * 256u;
+#for I FM
+#for J FN
+    {
+        coopStore(c_{{I}}_{{J}}, &cs[cb], 16u);
+        workgroupBarrier();
+        let rb = n0 + ar + {{I}}u * 16u;
+        let tb = t0 + at + {{J}}u * 16u;
+#if SWIGLU
+        // Rows come in (gate, up) pairs: 8 pairs per token.
+        for (var e = 0u; e < 4u; e++) {
+            let idx = lane + 32u * e;
+            let pr = idx % 8u;
+            let j = idx / 8u;
+            let row = rb + 2u * pr;
+            let t = tb + j;
+            if (row + 1u < p.n && t < T) {
+                let f = sig[p.sig_off + t];
+                let g = cs[cb + j * 16u + 2u * pr] * f;
+                let u = cs[cb + j * 16u + 2u * pr + 1u] * f;
+                y[t * p.y_stride + (p.row0 + row) / 2u] = silu(g) * u;
+            }
+        }
+#else
+        for (var e = 0u; e < 8u; e++) {
+            let idx = lane + 32u * e;
+            let i = idx % 16u;
+            let j = idx / 16u;
+            let row = rb + i;
+            let t = tb + j;
+            if (row < p.n && t < T) {
+                let v = cs[cb + j * 16u + i] * sig[p.sig_off + t];
+                let o = t * p.y_stride + p.row0 + row;
+#if ADD
+                y[o] = y[o] + v;
+#else
+                y[o] = v;
+#endif
+            }
+        }
+#endif
+        workgroupBarrier();
+    }
+#endfor
+#endfor
+}

@@ -1,0 +1,260 @@
+//! The tensor-core prefill GEMM (`xsplit.wgsl` + `matmul_coop.wgsl`, `ops::matmul::use_coop`)
+//! against a scalar CPU reference for every quantized format, with a residual add, odd row
+//! counts, partial token tiles, rows far beyond f16's range and far below it; a prompt row's
+//! bits do not depend on the chunk it is computed in nor on the tile; the SwiGLU epilogue gives
+//! the bits of the stacked GEMM followed by the SwiGLU kernel; and with f16 weights (no pairs)
+//! the result is within f16's rounding and not the pairs' bits.
+//!
+//! Runs where the device has 16 × 16 cooperative matrices of f16 with f32 accumulators (NVIDIA
+//! through Vulkan); elsewhere (lavapipe, SwiftShader, Metal) it says so and checks only that the
+//! engine keeps the f32 GEMM there. One test: the switches are process-wide.
+
+use qwgpu_engine::gpu::{GpuOptions, Step, StepShape, StepSlot};
+use qwgpu_engine::ops::matmul::{
+    set_coop_tile, set_prefill_coop, set_prefill_gemm, use_coop, CoopTile, MatmulOpts, MT_PREFILL,
+};
+use qwgpu_engine::ops::matrix::Matrix;
+use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
+use qwgpu_tests::*;
+
+fn run_mm(
+    gpu: &qwgpu_engine::gpu::Gpu,
+    m: &Matrix,
+    x: &[f32],
+    t: usize,
+    add: bool,
+    swiglu: bool,
+) -> Vec<f32> {
+    let y = run_matmul(
+        gpu,
+        m,
+        MmCall {
+            add,
+            swiglu,
+            ..MmCall::new(x, t, m.k as usize, MT_PREFILL)
+        },
+    );
+    if add {
+        added(&y)
+    } else {
+        y
+    }
+}
+
+fn opts() -> MatmulOpts {
+    MatmulOpts {
+        rows: qwgpu_engine::gpu::Rows::Tokens,
+        add: false,
+        mt: MT_PREFILL,
+        swiglu: false,
+    }
+}
+
+#[test]
+fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
+    set_prefill_gemm(true);
+    set_prefill_coop(true);
+    let probe = gpu();
+    if !probe.caps.coop {
+        eprintln!(
+            "skipping the tensor-core GEMM checks: {} has no 16x16 f16/f32 cooperative matrices",
+            probe.describe()
+        );
+        let mut rng = Rng(1);
+        let q = Q::random(&mut rng, 8, 64, quantized_formats()[0]);
+        let m = Matrix::upload(&probe, "w", &q.data()).unwrap();
+        assert!(use_coop(&probe, &m, &opts()).is_none());
+        return;
+    }
+    let tiles = [
+        CoopTile::DEFAULT,
+        CoopTile::MEDIUM,
+        CoopTile {
+            bn: 64,
+            bt: 32,
+            bk: 32,
+            sgr: 2,
+            sgc: 2,
+            ..CoopTile::DEFAULT
+        },
+        CoopTile {
+            bn: 64,
+            bt: 128,
+            bk: 16,
+            sgr: 1,
+            sgc: 4,
+            ..CoopTile::DEFAULT
+        },
+    ];
+    // Unchecked shaders (what native sessions run) and wgpu's checked ones.
+    let devices = [
+        gpu_with(GpuOptions {
+            shader_checks: Some(false),
+            ..Default::default()
+        }),
+        probe,
+    ];
+    for gpu in devices {
+        let mut rng = Rng(21);
+        for f in quantized_formats() {
+            for (n, k) in [(130usize, 1024usize), (70, 256)] {
+                let q = Q::random(&mut rng, n, k, f);
+                let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
+                let t = 70; // partial token tiles
+                let mut x = rng.vec(t * k, 1.0);
+                // Rows far beyond f16's range and far below its normal numbers.
+                for v in &mut x[5 * k..6 * k] {
+                    *v *= 3.0e6;
+                }
+                for v in &mut x[6 * k..7 * k] {
+                    *v *= 1.0e-9;
+                }
+                let (want, mag) = q.cpu_matmul(&x, t);
+                let (g, u) = (Q::random(&mut rng, n, k, f), Q::random(&mut rng, n, k, f));
+                let inter = Matrix::upload_interleaved(
+                    &gpu,
+                    "gate~up",
+                    ("gate", &g.data()),
+                    ("up", &u.data()),
+                )
+                .unwrap();
+                let stacked = Matrix::upload_stacked(
+                    &gpu,
+                    "gate+up",
+                    &[("gate", &g.data()), ("up", &u.data())],
+                )
+                .unwrap();
+                let mut first: Option<(CoopTile, Vec<f32>)> = None;
+                for tile in tiles {
+                    set_coop_tile(Some(tile));
+                    assert_eq!(
+                        use_coop(&gpu, &m, &opts()),
+                        Some(tile),
+                        "tile {tile:?} on {}",
+                        gpu.describe()
+                    );
+                    let what = format!(
+                        "{} n={n} k={k}, tile {tile:?} ({})",
+                        f.describe(),
+                        gpu.describe()
+                    );
+                    // f16 pairs hold w and x to about 2^-22; the tensor cores add each block of
+                    // 16 features' products to the running sum with truncation (about 2^-22 of it
+                    // per block and pair term: 3k/16 blocks).
+                    let rtol = (3 * k / 16) as f32 * 2f32.powi(-22) + 1e-6;
+                    for add in [false, true] {
+                        let got = run_mm(&gpu, &m, &x, t, add, false);
+                        assert_close(
+                            &format!("coop GEMM vs CPU, add={add}, {what}"),
+                            &got,
+                            &want,
+                            &mag,
+                            // (with add, what the f32 addition to y's start loses)
+                            if add { 1e-5 } else { 0.0 },
+                            rtol,
+                        );
+                    }
+                    // Chunk invariance: rows of a 70-row call equal the same rows computed alone.
+                    let all = run_mm(&gpu, &m, &x, t, false, false);
+                    for (a, b) in [(64usize, 70usize), (5, 7), (0, 1)] {
+                        let part = run_mm(&gpu, &m, &x[a * k..b * k], b - a, false, false);
+                        assert_bits_eq(
+                            &format!("coop rows {a}..{b} alone vs in a 70-row call, {what}"),
+                            &part,
+                            &all[a * n..b * n],
+                        );
+                    }
+                    match &first {
+                        Some((t0, y0)) => assert_bits_eq(
+                            &format!("coop tile {tile:?} vs {t0:?}, {what}"),
+                            &all,
+                            y0,
+                        ),
+                        None => first = Some((tile, all.clone())),
+                    }
+                    // SwiGLU epilogue: interleaved gate/up vs stacked GEMM then the SwiGLU kernel.
+                    let fused = run_mm(&gpu, &inter, &x, t, false, true);
+                    let gu = run_mm(&gpu, &stacked, &x, t, false, false);
+                    let gub = upload_f32(&gpu, "gu", &gu);
+                    let act = gpu.storage("act", (t * n * 4) as u64).unwrap();
+                    let sb = step_buffer(
+                        &gpu,
+                        Step {
+                            n_tokens: t as u32,
+                            pos: 0,
+                            n_confirmed: 0,
+                            n_out: 1,
+                            force: 0,
+                            rollback: 0,
+                        },
+                    );
+                    let d = pollster::block_on(qwgpu_engine::ops::swiglu::swiglu(
+                        &gpu,
+                        n as u32,
+                        &gub,
+                        &act,
+                        StepSlot {
+                            buf: &sb,
+                            offset: 0,
+                        },
+                    ))
+                    .unwrap();
+                    run(
+                        &gpu,
+                        &[d],
+                        StepShape {
+                            n_tokens: t as u32,
+                            n_out: 1,
+                        },
+                    );
+                    assert_bits_eq(
+                        &format!("coop SwiGLU epilogue vs coop + swiglu kernel, {what}"),
+                        &fused,
+                        &read_f32(&gpu, &act, t * n),
+                    );
+                }
+                // One f16 per value (no pairs): within f16's rounding of w and x (2^-11 each, and
+                // the products' sums in f32), and not the pairs' bits.
+                let single = CoopTile {
+                    wlo: false,
+                    xlo: false,
+                    ..CoopTile::DEFAULT
+                };
+                set_coop_tile(Some(single));
+                let got = run_mm(&gpu, &m, &x, t, false, false);
+                assert_close(
+                    &format!(
+                        "coop GEMM without pairs vs CPU, {} n={n} k={k}",
+                        f.describe()
+                    ),
+                    &got,
+                    &want,
+                    &mag,
+                    0.0,
+                    3.0 / 2048.0,
+                );
+                let (_, y0) = first.as_ref().unwrap();
+                // The pairs do what they are for: their worst error (relative to Σ|x·w|) is far
+                // below one f16's.
+                let worst = |y: &[f32]| {
+                    y.iter()
+                        .zip(&want)
+                        .zip(&mag)
+                        .map(|((a, b), m)| (a - b).abs() / m.max(f32::MIN_POSITIVE))
+                        .fold(0f32, f32::max)
+                };
+                let (ep, es) = (worst(y0), worst(&got));
+                eprintln!(
+                    "{} n={n} k={k}: worst error / Σ|x·w|: pairs {ep:.2e}, one f16 {es:.2e}",
+                    f.describe()
+                );
+                assert!(
+                    ep * 4.0 < es,
+                    "{} n={n} k={k}: the f16 pairs ({ep:.2e}) are not clearly more accurate than one f16 ({es:.2e})",
+                    f.describe()
+                );
+            }
+        }
+    }
+    set_coop_tile(None);
+}
