@@ -26,7 +26,7 @@
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> step: Step;
-@group(0) @binding(2) var<storage, read> xs: array<vec4<u32>>;     // xsplit.wgsl rows: [R, k / 4]
+@group(0) @binding(2) var<storage, read> xs: array<vec4<f16>>;     // xsplit.wgsl rows: [R, k / 2]
 @group(0) @binding(3) var<storage, read> w: array<u32>;            // [n, k / EPW] code words
 @group(0) @binding(4) var<storage, read> scales: array<u32>;       // [n, k / group]
 @group(0) @binding(5) var<storage, read> biases: array<u32>;       // [n, k / group]
@@ -43,12 +43,13 @@ const WG: u32 = {{WG}}u;
 const NSG: u32 = WG / 32u;
 #if Q4
 const EPW: u32 = 8u;
-const BITS: u32 = 4u;
 const MASK: u32 = 15u;
+// Shifts of a word's codes 0..3 (codes 4..7: 16 more); the #for V VW blocks take 4 each.
+const CSH = vec4<u32>(0u, 4u, 8u, 12u);
 #else
 const EPW: u32 = 4u;
-const BITS: u32 = 8u;
 const MASK: u32 = 255u;
+const CSH = vec4<u32>(0u, 8u, 16u, 24u);
 #endif
 const WPS: u32 = BK / EPW;     // code words per row per step
 const AS: u32 = BK + 8u;       // f16 per row of the staged weights (padded against bank conflicts)
@@ -101,11 +102,13 @@ fn main(
 
     // Thread lid stages x vec4 i % (XW / 4) of tile token i / (XW / 4), i = lid, lid + WG, ...
     // (one token's step is XW contiguous words: per 16 features, 8 words of hi then 8 of lo).
-    let xrow4 = p.k / 4u;
+    // (Read as two vec4<f16> per 16 bytes: no conversions.)
+    let xrow8 = p.k / 2u;
 #for L XL
     let xt{{L}} = (lid + {{L}}u * WG) / (XW / 4u);
     let xv{{L}} = (lid + {{L}}u * WG) % (XW / 4u);
-    var xq{{L}} = xs[(t0 + xt{{L}}) * xrow4 + xv{{L}}];
+    var xa{{L}} = xs[(t0 + xt{{L}}) * xrow8 + 2u * xv{{L}}];
+    var xc{{L}} = xs[(t0 + xt{{L}}) * xrow8 + 2u * xv{{L}} + 1u];
 #endfor
 
     let nsteps = p.k / BK;
@@ -114,42 +117,53 @@ fn main(
 #for L XL
         {
             let xo = xt{{L}} * XS + xv{{L}} * 8u;
-            let h0 = vec2<f16>(unpack2x16float(xq{{L}}.x));
-            let h1 = vec2<f16>(unpack2x16float(xq{{L}}.y));
-            let h2 = vec2<f16>(unpack2x16float(xq{{L}}.z));
-            let h3 = vec2<f16>(unpack2x16float(xq{{L}}.w));
-            xb[xo] = h0.x;
-            xb[xo + 1u] = h0.y;
-            xb[xo + 2u] = h1.x;
-            xb[xo + 3u] = h1.y;
-            xb[xo + 4u] = h2.x;
-            xb[xo + 5u] = h2.y;
-            xb[xo + 6u] = h3.x;
-            xb[xo + 7u] = h3.y;
+            xb[xo] = xa{{L}}.x;
+            xb[xo + 1u] = xa{{L}}.y;
+            xb[xo + 2u] = xa{{L}}.z;
+            xb[xo + 3u] = xa{{L}}.w;
+            xb[xo + 4u] = xc{{L}}.x;
+            xb[xo + 5u] = xc{{L}}.y;
+            xb[xo + 6u] = xc{{L}}.z;
+            xb[xo + 7u] = xc{{L}}.w;
         }
 #endfor
 #for L WL
         {
             let base = ((lid + {{L}}u * WG) / WPS) * AS + wd{{L}} * EPW;
-            for (var e = 0u; e < EPW; e++) {
-                let q = f32((wq{{L}} >> (BITS * e)) & MASK);
-                let wv = (sb{{L}}.x * q + sb{{L}}.y) * WSCALE;
+            // w·2^8 = fma(s·2^8, q, b·2^8) four codes at a time; codes to f32 without a
+            // conversion instruction (2^23 + q has q in its mantissa bits).
+            let s4 = vec4<f32>(sb{{L}}.x * WSCALE);
+            let b4 = vec4<f32>(sb{{L}}.y * WSCALE);
+#for V VW
+            {
+                let q = bitcast<vec4<f32>>(((vec4<u32>(wq{{L}}) >> (CSH + vec4<u32>(16u * {{V}}u))) & vec4<u32>(MASK)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+                let wv = fma(s4, q, b4);
 #if WLO
                 // hi: the mantissa cut to f16's 10 bits by a mask (a round trip through f16
                 // may be dropped by a compiler as a no-op, a mask never), lo = f16(w − hi).
-                let hv = bitcast<f32>(bitcast<u32>(wv) & 0xFFFFE000u);
-                ah[base + e] = f16(hv);
-                al[base + e] = f16(wv - hv);
+                let hv = bitcast<vec4<f32>>(bitcast<vec4<u32>>(wv) & vec4<u32>(0xFFFFE000u));
+                let hh = vec4<f16>(hv);
+                let ll = vec4<f16>(wv - hv);
+                al[base + {{V}}u * 4u] = ll.x;
+                al[base + {{V}}u * 4u + 1u] = ll.y;
+                al[base + {{V}}u * 4u + 2u] = ll.z;
+                al[base + {{V}}u * 4u + 3u] = ll.w;
 #else
-                ah[base + e] = f16(wv);
+                let hh = vec4<f16>(wv);
 #endif
+                ah[base + {{V}}u * 4u] = hh.x;
+                ah[base + {{V}}u * 4u + 1u] = hh.y;
+                ah[base + {{V}}u * 4u + 2u] = hh.z;
+                ah[base + {{V}}u * 4u + 3u] = hh.w;
             }
+#endfor
         }
 #endfor
         workgroupBarrier();
         if (s + 1u < nsteps) {
 #for L XL
-            xq{{L}} = xs[(t0 + xt{{L}}) * xrow4 + (s + 1u) * (XW / 4u) + xv{{L}}];
+            xa{{L}} = xs[(t0 + xt{{L}}) * xrow8 + 2u * ((s + 1u) * (XW / 4u) + xv{{L}})];
+            xc{{L}} = xs[(t0 + xt{{L}}) * xrow8 + 2u * ((s + 1u) * (XW / 4u) + xv{{L}}) + 1u];
 #endfor
 #for L WL
             wq{{L}} = w[wr{{L}} * wpr + (s + 1u) * WPS + wd{{L}}];

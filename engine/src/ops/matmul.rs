@@ -613,6 +613,7 @@ pub fn coop_defines(
         .set("FN", t.bt / 16 / t.sgc)
         .set("WG", t.threads())
         .set("WL", t.bn * t.bk / epw / t.threads())
+        .set("VW", epw / 4)
         .set("XL", t.bt * t.bk / 4 / t.threads())
         .flag("WLO", t.wlo)
         .flag("XLO", t.xlo)
