@@ -793,6 +793,12 @@ pub fn devices(json: bool) -> Result<(), String> {
             a.max_compute_workgroup_storage_size >> 10,
             a.max_storage_buffers_per_shader_stage
         );
+        if !a.cooperative_matrices.is_empty() {
+            println!(
+                "  cooperative matrices (tensor cores): {}",
+                a.cooperative_matrices.join(", ")
+            );
+        }
     }
     Ok(())
 }

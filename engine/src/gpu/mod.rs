@@ -124,6 +124,9 @@ pub struct AdapterSummary {
     pub max_compute_workgroup_storage_size: u32,
     pub max_compute_invocations_per_workgroup: u32,
     pub max_storage_buffers_per_shader_stage: u32,
+    /// Cooperative-matrix (tensor core) configurations wgpu reports, as `MxNxK A->C`
+    /// (e.g. `16x16x16 F16->F32`, what the prompt GEMM uses); empty without the feature.
+    pub cooperative_matrices: Vec<String>,
 }
 
 impl AdapterSummary {
@@ -146,6 +149,20 @@ impl AdapterSummary {
             max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
             max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+            cooperative_matrices: if f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+                adapter
+                    .cooperative_matrix_properties()
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}x{}x{} {:?}->{:?}",
+                            p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
