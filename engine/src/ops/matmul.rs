@@ -1602,7 +1602,18 @@ async fn matmul_with(
     }
     if matches!(fold, Fold::None) && conv.is_none() {
         if let Some(t) = use_coop(gpu, m, &opts) {
-            return coop_matmul(gpu, m, x, y, step, opts, t).await;
+            match coop_matmul(gpu, m, x, y, step, opts, t).await {
+                Ok(d) => return Ok(d),
+                // A driver that advertises the matrices but cannot build the kernel: say so once
+                // and keep the f32 GEMM for prompts from here on.
+                Err(e) => {
+                    eprintln!(
+                        "qwgpu: the tensor-core prompt GEMM failed on {} ({e}); prompts use the f32 GEMM",
+                        gpu.info.name
+                    );
+                    set_prefill_coop(false);
+                }
+            }
         }
     }
     let gemm = if planes {
