@@ -9,7 +9,7 @@
 //! through Vulkan); elsewhere (lavapipe, SwiftShader, Metal) it says so and checks only that the
 //! engine keeps the f32 GEMM there. One test: the switches are process-wide.
 
-use qwgpu_engine::gpu::{GpuOptions, Step, StepShape, StepSlot};
+use qwgpu_engine::gpu::GpuOptions;
 use qwgpu_engine::ops::matmul::{
     set_coop_tile, set_prefill_coop, set_prefill_gemm, use_coop, CoopTile, MatmulOpts, MT_PREFILL,
 };
@@ -175,42 +175,10 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     // SwiGLU epilogue: interleaved gate/up vs stacked GEMM then the SwiGLU kernel.
                     let fused = run_mm(&gpu, &inter, &x, t, false, true);
                     let gu = run_mm(&gpu, &stacked, &x, t, false, false);
-                    let gub = upload_f32(&gpu, "gu", &gu);
-                    let act = gpu.storage("act", (t * n * 4) as u64).unwrap();
-                    let sb = step_buffer(
-                        &gpu,
-                        Step {
-                            n_tokens: t as u32,
-                            pos: 0,
-                            n_confirmed: 0,
-                            n_out: 1,
-                            force: 0,
-                            rollback: 0,
-                        },
-                    );
-                    let d = pollster::block_on(qwgpu_engine::ops::swiglu::swiglu(
-                        &gpu,
-                        n as u32,
-                        &gub,
-                        &act,
-                        StepSlot {
-                            buf: &sb,
-                            offset: 0,
-                        },
-                    ))
-                    .unwrap();
-                    run(
-                        &gpu,
-                        &[d],
-                        StepShape {
-                            n_tokens: t as u32,
-                            n_out: 1,
-                        },
-                    );
                     assert_bits_eq(
                         &format!("coop SwiGLU epilogue vs coop + swiglu kernel, {what}"),
                         &fused,
-                        &read_f32(&gpu, &act, t * n),
+                        &swiglu_kernel(&gpu, &gu, t, n),
                     );
                 }
                 // One f16 per value (no pairs): within f16's rounding of w and x (2^-11 each, and

@@ -4,7 +4,7 @@
 //! computed in; every tile shape gives the same bits; and the SwiGLU epilogue gives the bits of
 //! the stacked GEMM followed by the SwiGLU kernel. One test: the switches are process-wide.
 
-use qwgpu_engine::gpu::{Gpu, Step, StepShape, StepSlot};
+use qwgpu_engine::gpu::Gpu;
 use qwgpu_engine::ops::matmul::{
     gemm_tile, set_gemm_half, set_gemm_tile, set_prefill_gemm, GemmTile, MT_PREFILL,
 };
@@ -114,42 +114,10 @@ fn tiled_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     // SwiGLU epilogue: interleaved gate/up vs stacked GEMM then the SwiGLU kernel.
                     let fused = run_mm(&gpu, &inter, &x, t, false, true);
                     let gu = run_mm(&gpu, &stacked, &x, t, false, false);
-                    let gub = upload_f32(&gpu, "gu", &gu);
-                    let act = gpu.storage("act", (t * n * 4) as u64).unwrap();
-                    let sb = step_buffer(
-                        &gpu,
-                        Step {
-                            n_tokens: t as u32,
-                            pos: 0,
-                            n_confirmed: 0,
-                            n_out: 1,
-                            force: 0,
-                            rollback: 0,
-                        },
-                    );
-                    let d = pollster::block_on(qwgpu_engine::ops::swiglu::swiglu(
-                        &gpu,
-                        n as u32,
-                        &gub,
-                        &act,
-                        StepSlot {
-                            buf: &sb,
-                            offset: 0,
-                        },
-                    ))
-                    .unwrap();
-                    run(
-                        &gpu,
-                        &[d],
-                        StepShape {
-                            n_tokens: t as u32,
-                            n_out: 1,
-                        },
-                    );
                     assert_bits_eq(
                         &format!("GEMM SwiGLU epilogue vs GEMM + swiglu kernel, {what}"),
                         &fused,
-                        &read_f32(&gpu, &act, t * n),
+                        &swiglu_kernel(&gpu, &gu, t, n),
                     );
                 }
                 assert!(first.is_some(), "no GEMM tile fits {}", gpu.describe());

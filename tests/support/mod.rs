@@ -111,6 +111,44 @@ pub fn run(gpu: &Gpu, dispatches: &[Dispatch], shape: StepShape) {
     gpu.take_error().expect("GPU error");
 }
 
+/// The SwiGLU kernel (`swiglu.wgsl`) over `t` rows of `gu` (gate | up, `n` columns each): what a
+/// matmul's fused SwiGLU epilogue must equal bit for bit.
+pub fn swiglu_kernel(gpu: &Gpu, gu: &[f32], t: usize, n: usize) -> Vec<f32> {
+    let gub = upload_f32(gpu, "gu", gu);
+    let act = gpu.storage("act", (t * n * 4) as u64).unwrap();
+    let sb = step_buffer(
+        gpu,
+        Step {
+            n_tokens: t as u32,
+            pos: 0,
+            n_confirmed: 0,
+            n_out: 1,
+            force: 0,
+            rollback: 0,
+        },
+    );
+    let d = pollster::block_on(qwgpu_engine::ops::swiglu::swiglu(
+        gpu,
+        n as u32,
+        &gub,
+        &act,
+        qwgpu_engine::gpu::StepSlot {
+            buf: &sb,
+            offset: 0,
+        },
+    ))
+    .unwrap();
+    run(
+        gpu,
+        &[d],
+        StepShape {
+            n_tokens: t as u32,
+            n_out: 1,
+        },
+    );
+    read_f32(gpu, &act, t * n)
+}
+
 pub fn read_f32(gpu: &Gpu, b: &GpuBuffer, count: usize) -> Vec<f32> {
     pollster::block_on(gpu.read_f32(&b.buf, 0, count)).unwrap()
 }

@@ -396,34 +396,70 @@ impl GemmTile {
     }
 }
 
-static GEMM_TILE: std::sync::Mutex<Option<GemmTile>> = std::sync::Mutex::new(None);
+/// A tile that tests and the kernel lab can force ([`ForcedTile::set`]), or the environment
+/// variable `var` at start-up (read once); otherwise the first default that fits.
+struct ForcedTile<T: 'static> {
+    var: &'static str,
+    expected: &'static str,
+    parse: fn(&str) -> Option<T>,
+    set: std::sync::Mutex<Option<T>>,
+    env: std::sync::OnceLock<Option<T>>,
+}
+
+impl<T: Copy> ForcedTile<T> {
+    const fn new(var: &'static str, expected: &'static str, parse: fn(&str) -> Option<T>) -> Self {
+        ForcedTile {
+            var,
+            expected,
+            parse,
+            set: std::sync::Mutex::new(None),
+            env: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn set(&self, tile: Option<T>) {
+        if let Ok(mut t) = self.set.lock() {
+            *t = tile;
+        }
+    }
+
+    fn pick(&self, defaults: &[T], fits: impl Fn(&T) -> bool) -> Option<T> {
+        let env = *self.env.get_or_init(|| {
+            let v = std::env::var(self.var).ok()?;
+            let t = (self.parse)(&v);
+            if t.is_none() {
+                eprintln!(
+                    "qwgpu: ignoring {}={v:?}: expected {}",
+                    self.var, self.expected
+                );
+            }
+            t
+        });
+        let forced = self.set.lock().ok().and_then(|t| *t).or(env);
+        forced
+            .into_iter()
+            .chain(defaults.iter().copied())
+            .find(|t| fits(t))
+    }
+}
+
+static GEMM_TILE: ForcedTile<GemmTile> = ForcedTile::new(
+    "QWGPU_GEMM_TILE",
+    "BNxBTxBKxTMxTN with TM, TN multiples of 4 dividing BN, BT and whole loads per thread",
+    GemmTile::parse,
+);
 
 /// Forces the GEMM tile of plans built from now on (`None`: choose by the device's limits).
 /// `QWGPU_GEMM_TILE=BNxBTxBKxTMxTN` does the same at start-up.
 pub fn set_gemm_tile(tile: Option<GemmTile>) {
-    if let Ok(mut t) = GEMM_TILE.lock() {
-        *t = tile;
-    }
+    GEMM_TILE.set(tile)
 }
 
 /// The GEMM tile for a device: a forced one if it fits, else [`GemmTile::WIDE`] where the limits
 /// allow it (fastest measured on an H200), else [`GemmTile::SMALL`]; `None` when neither fits
 /// (the word kernel runs instead).
 pub fn gemm_tile(limits: &wgpu::Limits) -> Option<GemmTile> {
-    static ENV: std::sync::OnceLock<Option<GemmTile>> = std::sync::OnceLock::new();
-    let env = *ENV.get_or_init(|| {
-        let v = std::env::var("QWGPU_GEMM_TILE").ok()?;
-        let t = GemmTile::parse(&v);
-        if t.is_none() {
-            eprintln!("qwgpu: ignoring QWGPU_GEMM_TILE={v:?}: expected BNxBTxBKxTMxTN with TM, TN multiples of 4 dividing BN, BT and whole loads per thread");
-        }
-        t
-    });
-    let forced = GEMM_TILE.lock().ok().and_then(|t| *t).or(env);
-    forced
-        .into_iter()
-        .chain([GemmTile::WIDE, GemmTile::SMALL])
-        .find(|t| t.fits(limits))
+    GEMM_TILE.pick(&[GemmTile::WIDE, GemmTile::SMALL], |t| t.fits(limits))
 }
 
 /// [`gemm_half`] where the device has f16 and the tile's steps are whole runs of 8 features.
@@ -539,33 +575,22 @@ impl CoopTile {
     }
 }
 
-static COOP_TILE: std::sync::Mutex<Option<CoopTile>> = std::sync::Mutex::new(None);
+static COOP_TILE: ForcedTile<CoopTile> = ForcedTile::new(
+    "QWGPU_COOP_TILE",
+    "BNxBTxBKxSGRxSGCxP (P = 1, 2 or 3) with whole fragments and loads",
+    CoopTile::parse,
+);
 
 /// Forces the tensor-core GEMM tile of plans built from now on (`None`: the default).
 /// `QWGPU_COOP_TILE=BNxBTxBKxSGRxSGCxP` does the same at start-up.
 pub fn set_coop_tile(tile: Option<CoopTile>) {
-    if let Ok(mut t) = COOP_TILE.lock() {
-        *t = tile;
-    }
+    COOP_TILE.set(tile)
 }
 
 /// The tensor-core GEMM tile for a device's limits: a forced one if it fits, else
 /// [`CoopTile::DEFAULT`] or [`CoopTile::MEDIUM`], the first that fits.
 pub fn coop_tile(limits: &wgpu::Limits) -> Option<CoopTile> {
-    static ENV: std::sync::OnceLock<Option<CoopTile>> = std::sync::OnceLock::new();
-    let env = *ENV.get_or_init(|| {
-        let v = std::env::var("QWGPU_COOP_TILE").ok()?;
-        let t = CoopTile::parse(&v);
-        if t.is_none() {
-            eprintln!("qwgpu: ignoring QWGPU_COOP_TILE={v:?}: expected BNxBTxBKxSGRxSGCxP (P = 1, 2 or 3) with whole fragments and loads");
-        }
-        t
-    });
-    let forced = COOP_TILE.lock().ok().and_then(|t| *t).or(env);
-    forced
-        .into_iter()
-        .chain([CoopTile::DEFAULT, CoopTile::MEDIUM])
-        .find(|t| t.fits(limits))
+    COOP_TILE.pick(&[CoopTile::DEFAULT, CoopTile::MEDIUM], |t| t.fits(limits))
 }
 
 /// The tensor-core GEMM's tile where `m` in tile `mt` runs on it: [`prefill_coop`], a device
