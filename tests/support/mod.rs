@@ -116,17 +116,7 @@ pub fn run(gpu: &Gpu, dispatches: &[Dispatch], shape: StepShape) {
 pub fn swiglu_kernel(gpu: &Gpu, gu: &[f32], t: usize, n: usize) -> Vec<f32> {
     let gub = upload_f32(gpu, "gu", gu);
     let act = gpu.storage("act", (t * n * 4) as u64).unwrap();
-    let sb = step_buffer(
-        gpu,
-        Step {
-            n_tokens: t as u32,
-            pos: 0,
-            n_confirmed: 0,
-            n_out: 1,
-            force: 0,
-            rollback: 0,
-        },
-    );
+    let sb = tokens_step(gpu, t);
     let d = pollster::block_on(qwgpu_engine::ops::swiglu::swiglu(
         gpu,
         n as u32,
