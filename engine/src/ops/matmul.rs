@@ -664,17 +664,13 @@ async fn coop_matmul(
     let rows = (x.buf.size / 4 / x.stride as u64).min(u32::MAX as u64) as u32;
     let scratch = gpu.shared_scratch(COOP_SCRATCH, coop_scratch_bytes(rows, m.k))?;
     let sig_off = rows.next_multiple_of(COOP_ROW_PAD) * m.k;
-    let tokens = if opts.rows == Rows::Out {
-        "n_out"
-    } else {
-        "n_tokens"
-    };
+    // (`use_coop` admits only grids over the step's tokens.)
     let split = gpu
         .pipeline(
             "xsplit.wgsl",
             &gpu.base_defines()
                 .set("PARAMS", <XsplitParams as crate::gpu::ParamStruct>::WGSL)
-                .set("TOKENS", tokens),
+                .set("TOKENS", "n_tokens"),
         )
         .await?;
     let sp = XsplitParams {
