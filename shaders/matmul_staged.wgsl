@@ -78,7 +78,8 @@
 @group(0) @binding(9) var<storage, read_write> conv_snap: array<f32>;
 @group(0) @binding(10) var<storage, read_write> conv_out: array<f32>;
 #endif
-const KMAX: u32 = {{KMAX}}u;
+const TAPS: u32 = {{TAPS}}u;   // conv taps (the layer's, fixed per pipeline)
+const XS: u32 = TAPS - 1u + MT; // the old K-1 values and the step's
 #endif
 #if XOUT
 @group(0) @binding(7) var<storage, read_write> xo: array<u32>;     // [T, 4 * xo_stride] planes of y
@@ -539,16 +540,18 @@ fn main(
     }
 #if CONV
     // The conv channels among this group's rows: one thread per row, the step's T values in order.
+    // Every index below is a compile-time constant (TAPS and MT are), so the window stays in
+    // registers.
     if (wid.z == 0u && kp == 0u && lane < RG) {
         let row = rb + lane;
         let c = p.row0 + row;
         if (row < p.n && c < p.conv_dim && T > 0u) {
-            let ks = p.taps - 1u;
             // x_at(j) of gdn_conv_prep: the old state's K-1 values (from the snapshot after a
             // rejected draft), then the step's raw values.
-            var xs_: array<f32, 16>;
-            for (var j = 0u; j < ks; j++) {
-                if (step.rollback != 0u) {
+            var xs_: array<f32, XS>;
+            let roll = step.rollback != 0u;
+            for (var j = 0u; j < TAPS - 1u; j++) {
+                if (roll) {
                     xs_[j] = conv_snap[j * p.conv_dim + c];
                 } else {
                     xs_[j] = conv_state[j * p.conv_dim + c];
@@ -560,30 +563,37 @@ fn main(
 #if INV
                 v = v * inv{{T}};
 #endif
-                xs_[ks + {{T}}u] = v;
+                xs_[TAPS - 1u + {{T}}u] = v;
             }
 #endfor
-            var wk: array<f32, KMAX>;
-            for (var k = 0u; k < KMAX; k++) {
-                wk[k] = 0.0;
-                if (k < p.taps) { wk[k] = conv_w[c * p.taps + k]; }
+            var wk: array<f32, TAPS>;
+            for (var k = 0u; k < TAPS; k++) {
+                wk[k] = conv_w[c * p.taps + k];
             }
             let tt = min(T, MT);
-            for (var t = 0u; t < tt; t++) {
-                var acc = 0.0;
-                for (var k = 0u; k < KMAX; k++) {
-                    if (k < p.taps) { acc += xs_[t + k] * wk[k]; }
+            for (var t = 0u; t < MT; t++) {
+                if (t < tt) {
+                    var acc = 0.0;
+                    for (var k = 0u; k < TAPS; k++) {
+                        acc += xs_[t + k] * wk[k];
+                    }
+                    conv_out[t * p.conv_dim + c] = silu(acc);
                 }
-                conv_out[t * p.conv_dim + c] = silu(acc);
             }
             let nc = step.n_confirmed;
-            if (nc > 0u && nc < tt) {
-                for (var j = 0u; j < ks; j++) {
-                    conv_snap[j * p.conv_dim + c] = xs_[nc + j];
+            for (var n = 1u; n < MT; n++) {
+                if (nc == n && n < tt) {
+                    for (var j = 0u; j < TAPS - 1u; j++) {
+                        conv_snap[j * p.conv_dim + c] = xs_[n + j];
+                    }
                 }
             }
-            for (var j = 0u; j < ks; j++) {
-                conv_state[j * p.conv_dim + c] = xs_[tt + j];
+            for (var n = 1u; n <= MT; n++) {
+                if (tt == n) {
+                    for (var j = 0u; j < TAPS - 1u; j++) {
+                        conv_state[j * p.conv_dim + c] = xs_[n + j];
+                    }
+                }
             }
         }
     }

@@ -470,6 +470,66 @@ fn reads(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
     }
 }
 
+/// Fixed cost of a dispatch (`lab chain`): the read kernel over a small buffer, repeated in one
+/// pass either writing one `out` buffer (wgpu puts a barrier between every two dispatches) or a
+/// different one each time (no hazard, no barrier: the dispatches may overlap). The difference is
+/// what a barrier between dependent dispatches costs.
+fn chain(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
+    use qwgpu_engine::gpu::Grid;
+    let code = include_str!("lab_read.wgsl")
+        .replace("{{LOADS}}", "        let v0 = w[min(base, n - 1u)];\n        acc ^= v0;\n")
+        .replace("{{WG}}", "256")
+        .replace("{{U}}", "1")
+        .replace("{{GRID}}", "0");
+    let module = unsafe {
+        // SAFETY: every index is clamped to the array (min(.., n - 1)).
+        gpu.device.create_shader_module_trusted(
+            wgpu::ShaderModuleDescriptor {
+                label: Some("lab_chain"),
+                source: wgpu::ShaderSource::Wgsl(code.into()),
+            },
+            wgpu::ShaderRuntimeChecks::unchecked(),
+        )
+    };
+    let pipeline = Arc::new(gpu.device.create_compute_pipeline(
+        &wgpu::ComputePipelineDescriptor {
+            label: Some("lab_chain"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        },
+    ));
+    const N: usize = 64;
+    let outs: Vec<_> = (0..N).map(|_| gpu.storage("out", 1 << 16).unwrap()).collect();
+    let shape = StepShape {
+        n_tokens: 1,
+        n_out: 1,
+    };
+    for bytes in [4096u64, 1 << 20, 16 << 20] {
+        let w = gpu.storage("w", bytes).unwrap();
+        let groups = (bytes / 16) as u32 / 256;
+        let groups = groups.max(1);
+        let ds: Vec<_> = outs
+            .iter()
+            .map(|o| gpu.dispatch("chain", &pipeline, &[w.whole(), o.whole()], Grid::fixed(groups)))
+            .collect();
+        let same = time_recorded(gpu, reps, |pass| {
+            for _ in 0..N {
+                ds[0].record(pass, shape, gpu.caps.max_workgroups_per_dim)
+            }
+        }) / N as f64;
+        report(&format!("chain {bytes} B, {groups} wg, one out (barriers)"), same, bytes, 1, roofline);
+        let apart = time_recorded(gpu, reps, |pass| {
+            for d in &ds {
+                d.record(pass, shape, gpu.caps.max_workgroups_per_dim)
+            }
+        }) / N as f64;
+        report(&format!("chain {bytes} B, {groups} wg, {N} outs (no barriers)"), apart, bytes, 1, roofline);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| {
@@ -483,7 +543,7 @@ fn main() {
     let pos = flag("--pos").unwrap_or(1024.0) as u32;
     let all = !args
         .iter()
-        .any(|a| a == "matmul" || a == "layer" || a == "read");
+        .any(|a| a == "matmul" || a == "layer" || a == "read" || a == "chain");
     let checks = args.iter().any(|a| a == "--checks");
     // `--prefill N`: also time an N-token prompt chunk (prefill tile).
     let mut tokens = vec![1u32, 2];
@@ -498,6 +558,9 @@ fn main() {
     println!("{{\"device\": \"{}\"}}", gpu.describe());
     if args.iter().any(|a| a == "read") {
         reads(&gpu, reps, roofline);
+    }
+    if args.iter().any(|a| a == "chain") {
+        chain(&gpu, reps, roofline);
     }
     if all || args.iter().any(|a| a == "matmul") {
         // `--shapes a,b`: only the matrices whose label contains one of them.

@@ -1020,14 +1020,14 @@ pub fn set_xq(on: bool) {
 /// against 179 µs), unless `QWGPU_XQ_TILE=G,A,B` (read once; G groups of 32 lanes, 1–16, A and B
 /// rows per group of the 1- and 2-token tiles, 1–16) says otherwise (kernel lab). Rows never
 /// change a (row, token)'s arithmetic; both tiles use the same lanes per row.
-pub fn xq_tile(mt: u32, k: u32) -> (u32, u32, u32) {
-    let (wg, rows, rg, _) = xq_layout(mt, k);
+pub fn xq_tile(mt: u32, k: u32, n: u32) -> (u32, u32, u32) {
+    let (wg, rows, rg, _) = xq_layout(mt, k, n);
     (wg, rows, rg)
 }
 
 /// [`xq_tile`] and the groups per row ([`xq_ksplit`]): threads (with the split), rows per
 /// workgroup, rows per group, groups per row.
-pub fn xq_layout(mt: u32, k: u32) -> (u32, u32, u32, u32) {
+pub fn xq_layout(mt: u32, k: u32, n: u32) -> (u32, u32, u32, u32) {
     static FORCED: std::sync::OnceLock<Option<(u32, u32, u32)>> = std::sync::OnceLock::new();
     let forced = *FORCED.get_or_init(|| {
         let v = std::env::var("QWGPU_XQ_TILE").ok()?;
@@ -1053,22 +1053,27 @@ pub fn xq_layout(mt: u32, k: u32) -> (u32, u32, u32, u32) {
         None => staged_tile(mt),
     };
     // KS groups share each row ([`xq_ksplit`]): KS times the threads, the same rows.
-    let ks = xq_ksplit(k, wg);
+    let ks = xq_ksplit(k, n, wg);
     (wg * ks, rows, rg, ks)
 }
 
-/// A count per row length (rows below [`LONG_K`], longer rows), 1 to 4 each: `VAR=A,B` at
-/// start-up (read once), else the default; [`PerLength::set`] overrides it for plans built
-/// afterwards.
+/// A count per matrix class, 1 to 4 each: rows below [`LONG_K`] features, longer rows, and short
+/// rows of a matrix with at most [`FEW_ROWS`] rows (its workgroups alone leave most of a large GPU
+/// idle). `VAR=A,B` or `VAR=A,B,C` at start-up (read once; C defaults to A where only two are
+/// given), else the default; [`PerLength::set`] overrides it for plans built afterwards.
 struct PerLength {
     var: &'static str,
-    default: (u32, u32),
-    env: std::sync::OnceLock<(u32, u32)>,
+    default: (u32, u32, u32),
+    env: std::sync::OnceLock<(u32, u32, u32)>,
     set: std::sync::atomic::AtomicU32,
 }
 
+/// Matrices with at most this many rows count as few-row matrices for [`xq_ksplit`] (the 27B's
+/// Gated-DeltaNet out_proj and attention o_proj, 5120 rows: 320 workgroups of 16 rows).
+pub const FEW_ROWS: u32 = 8192;
+
 impl PerLength {
-    const fn new(var: &'static str, default: (u32, u32)) -> PerLength {
+    const fn new(var: &'static str, default: (u32, u32, u32)) -> PerLength {
         PerLength {
             var,
             default,
@@ -1077,21 +1082,23 @@ impl PerLength {
         }
     }
 
-    fn get(&self, k: u32) -> u32 {
+    fn get(&self, k: u32, n: u32) -> u32 {
         let set = self.set.load(std::sync::atomic::Ordering::Relaxed);
-        let (short, long) = if set != 0 {
-            (set & 0xFF, set >> 8)
+        let (short, long, few) = if set != 0 {
+            (set & 0xFF, (set >> 8) & 0xFF, set >> 16)
         } else {
             *self.env.get_or_init(|| {
                 let Ok(v) = std::env::var(self.var) else {
                     return self.default;
                 };
                 let p: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
+                let ok = |x: u32| (1..=4).contains(&x);
                 match p.as_slice() {
-                    &[a, b] if (1..=4).contains(&a) && (1..=4).contains(&b) => (a, b),
+                    &[a, b] if ok(a) && ok(b) => (a, b, a),
+                    &[a, b, c] if ok(a) && ok(b) && ok(c) => (a, b, c),
                     _ => {
                         eprintln!(
-                            "qwgpu: ignoring {}={v:?}: expected A,B (1 to 4 each)",
+                            "qwgpu: ignoring {}={v:?}: expected A,B or A,B,C (1 to 4 each)",
                             self.var
                         );
                         self.default
@@ -1101,14 +1108,19 @@ impl PerLength {
         };
         if k >= LONG_K {
             long
+        } else if n <= FEW_ROWS {
+            few
         } else {
             short
         }
     }
 
-    /// (short rows, long rows), each taken into 1..=4; `None` goes back to the start-up choice.
-    fn set(&self, v: Option<(u32, u32)>) {
-        let packed = v.map_or(0, |(a, b)| a.clamp(1, 4) | b.clamp(1, 4) << 8);
+    /// (short rows, long rows, short rows of few-row matrices), each taken into 1..=4; `None` goes
+    /// back to the start-up choice.
+    fn set(&self, v: Option<(u32, u32, u32)>) {
+        let packed = v.map_or(0, |(a, b, c)| {
+            a.clamp(1, 4) | b.clamp(1, 4) << 8 | c.clamp(1, 4) << 16
+        });
         self.set.store(packed, std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -1117,8 +1129,8 @@ impl PerLength {
 // 22.5 µs at 1 token (33.8 → 25.1 with its fused epilogues), plain decode 116.1 → 121.1 tok/s
 // (bench/results/2026-12-02-h200/); splitting the shorter rows too was slower (gate+up 40.6 →
 // 42.4 µs, decode 118.3).
-static XQ_KSPLIT: PerLength = PerLength::new("QWGPU_XQ_KSPLIT", (1, 2));
-static XQ_UNROLL: PerLength = PerLength::new("QWGPU_XQ_UNROLL", (1, 1));
+static XQ_KSPLIT: PerLength = PerLength::new("QWGPU_XQ_KSPLIT", (1, 2, 1));
+static XQ_UNROLL: PerLength = PerLength::new("QWGPU_XQ_UNROLL", (1, 1, 1));
 
 /// Groups of 32 lanes that share each row of the integer-plane kernel for rows of `k` features,
 /// each summing a contiguous part of the row's chunks (the parts added in order: the same bits
@@ -1126,8 +1138,8 @@ static XQ_UNROLL: PerLength = PerLength::new("QWGPU_XQ_UNROLL", (1, 1));
 /// 1 for rows below [`LONG_K`] and 2 for longer ones, or `QWGPU_XQ_KSPLIT=A,B` (read once; A for
 /// rows below [`LONG_K`], B for longer rows; 1 to 4), or [`set_xq_ksplit`]; at most what keeps
 /// the workgroup within 1024 threads.
-pub fn xq_ksplit(k: u32, wg: u32) -> u32 {
-    let mut ks = XQ_KSPLIT.get(k);
+pub fn xq_ksplit(k: u32, n: u32, wg: u32) -> u32 {
+    let mut ks = XQ_KSPLIT.get(k, n);
     while ks > 1 && wg * ks > 1024 {
         ks -= 1;
     }
@@ -1137,21 +1149,21 @@ pub fn xq_ksplit(k: u32, wg: u32) -> u32 {
 /// Sets [`xq_ksplit`] for plans built afterwards (short rows, long rows; each taken into 1..=4;
 /// `None` goes back to the start-up choice).
 pub fn set_xq_ksplit(v: Option<(u32, u32)>) {
-    XQ_KSPLIT.set(v)
+    XQ_KSPLIT.set(v.map(|(a, b)| (a, b, a)))
 }
 
 /// Blocks per lane per loop iteration of the integer-plane kernel for rows of `k` features (the
 /// loads of that many blocks are issued before their arithmetic; never changes the bits): 1, or
 /// `QWGPU_XQ_UNROLL=A,B` (read once; A for rows below [`LONG_K`], B for longer rows; 1 to 4), or
 /// [`set_xq_unroll`].
-pub fn xq_unroll(k: u32) -> u32 {
-    XQ_UNROLL.get(k)
+pub fn xq_unroll(k: u32, n: u32) -> u32 {
+    XQ_UNROLL.get(k, n)
 }
 
 /// Sets [`xq_unroll`] for plans built afterwards (short rows, long rows; each taken into 1..=4;
 /// `None` goes back to the start-up choice).
 pub fn set_xq_unroll(v: Option<(u32, u32)>) {
-    XQ_UNROLL.set(v)
+    XQ_UNROLL.set(v.map(|(a, b)| (a, b, a)))
 }
 
 /// Whether `m` in tile `mt` can take x as integer planes ([`matmul_xq`]): [`xq`] is on, 4-bit
@@ -1159,8 +1171,8 @@ pub fn set_xq_unroll(v: Option<(u32, u32)>) {
 /// multiple of 32, the staged kernel's threads and partials fit the device, and the staged
 /// kernel is not turned off. The same answer for both decode tiles of a matrix.
 pub fn takes_xq(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
-    let (wg, _, rg) = xq_tile(mt, m.k);
-    let (wg1, _, rg1) = xq_tile(MT_SMALL, m.k);
+    let (wg, _, rg) = xq_tile(mt, m.k, m.n);
+    let (wg1, _, rg1) = xq_tile(MT_SMALL, m.k, m.n);
     xq() && staged()
         && q4_format(&m.format)
         && !gpu.caps.web
@@ -1265,8 +1277,8 @@ pub fn writes_xq(gpu: &Gpu, m: &Matrix, opts: &MatmulOpts) -> bool {
     xq() && fuse_xq()
         && takes_xq(gpu, m, MT_ONE)
         && takes_xq(gpu, m, MT_SMALL)
-        && xq_tile(MT_ONE, m.k).1 % unit == 0
-        && xq_tile(MT_SMALL, m.k).1 % unit == 0
+        && xq_tile(MT_ONE, m.k, m.n).1 % unit == 0
+        && xq_tile(MT_SMALL, m.k, m.n).1 % unit == 0
         && m.n % unit == 0
         && cols % crate::ops::xquant::BLOCK == 0
         && m.chunks.iter().all(|c| c.row0 % unit == 0)
@@ -1687,25 +1699,24 @@ async fn matmul_with(
         .flag("XOUT", xout.is_some())
         .flag("XONORM", xout.is_some_and(|o| o.norm_w.is_some()));
         let d = if planes {
-            let (wg, rows, rg, ks) = xq_layout(opts.mt, m.k);
+            let (wg, rows, rg, ks) = xq_layout(opts.mt, m.k, m.n);
             d.set("WG", wg)
                 .set("ROWS", rows)
                 .set("RG", rg)
-                .set("XU", xq_unroll(m.k))
+                .set("XU", xq_unroll(m.k, m.n))
                 .set("KS", ks)
                 .flag("KSPLIT", ks > 1)
         } else {
             d
         };
-        let d = if conv.is_some() {
-            d.flag("CONV", true).set("KMAX", CONV_KMAX)
-        } else {
-            d
+        let d = match conv {
+            Some(c) => d.flag("CONV", true).set("TAPS", c.taps),
+            None => d,
         };
         (
             gpu.pipeline("matmul_staged.wgsl", &d).await?,
             if planes {
-                xq_tile(opts.mt, m.k).1
+                xq_tile(opts.mt, m.k, m.n).1
             } else {
                 staged_tile(opts.mt).1
             },
@@ -1948,7 +1959,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                     false,
                                 )
                                 .flag("CONV", true)
-                                .set("KMAX", CONV_KMAX),
+                                .set("TAPS", 4),
                             ));
                         }
                         if !norm && q4_format(&format) {
@@ -1958,7 +1969,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                 }
                                 // The long rows also take the variants: block sums, 2 blocks
                                 // per lane iteration, 2 groups per row.
-                                let (wg, rows, rg, ks) = xq_layout(mt, k);
+                                let (wg, rows, rg, ks) = xq_layout(mt, k, FEW_ROWS + 1);
                                 let long = k == LONG_K;
                                 let (wg, ks) = if long { (wg / ks * 2, 2) } else { (wg, ks) };
                                 let d = staged_defines(
@@ -1976,7 +1987,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                 .set("ROWS", rows)
                                 .set("RG", rg);
                                 let d = if conv {
-                                    d.flag("CONV", true).set("KMAX", CONV_KMAX)
+                                    d.flag("CONV", true).set("TAPS", 4)
                                 } else {
                                     d
                                 };
