@@ -1128,16 +1128,20 @@ impl PerLength {
 // Two groups per long row: the 27B's down projection 5120×17408 in the H200 kernel lab 31.8 →
 // 22.5 µs at 1 token (33.8 → 25.1 with its fused epilogues), plain decode 116.1 → 121.1 tok/s
 // (bench/results/2026-12-02-h200/); splitting the shorter rows too was slower (gate+up 40.6 →
-// 42.4 µs, decode 118.3).
-static XQ_KSPLIT: PerLength = PerLength::new("QWGPU_XQ_KSPLIT", (1, 2, 1));
+// 42.4 µs, decode 118.3). Two groups per row of the few-row matrices (out_proj, o_proj: 320
+// workgroups of 16 rows): plain decode 127.1 → 130.7 tok/s, MTP at forced 0.8 152.9 → 151.2
+// (their 2-token tile is slower split; bench/results/2026-12-02-h200-c/); 3 or 4 groups were
+// slower than 2.
+static XQ_KSPLIT: PerLength = PerLength::new("QWGPU_XQ_KSPLIT", (1, 2, 2));
 static XQ_UNROLL: PerLength = PerLength::new("QWGPU_XQ_UNROLL", (1, 1, 1));
 
-/// Groups of 32 lanes that share each row of the integer-plane kernel for rows of `k` features,
-/// each summing a contiguous part of the row's chunks (the parts added in order: the same bits
-/// for 1 and 2 tokens, not those of another split), for a tile of `wg` threads without the split:
-/// 1 for rows below [`LONG_K`] and 2 for longer ones, or `QWGPU_XQ_KSPLIT=A,B` (read once; A for
-/// rows below [`LONG_K`], B for longer rows; 1 to 4), or [`set_xq_ksplit`]; at most what keeps
-/// the workgroup within 1024 threads.
+/// Groups of 32 lanes that share each row of the integer-plane kernel for a matrix of `n` rows of
+/// `k` features, each summing a contiguous part of the row's chunks (the parts added in order:
+/// the same bits for 1 and 2 tokens, not those of another split), for a tile of `wg` threads
+/// without the split: 2 for rows of [`LONG_K`] or more and for matrices of at most [`FEW_ROWS`]
+/// rows, else 1; or `QWGPU_XQ_KSPLIT=A,B[,C]` (read once; A for rows below [`LONG_K`], B for
+/// longer rows, C for the short rows of few-row matrices, A if not given; 1 to 4), or
+/// [`set_xq_ksplit`]; at most what keeps the workgroup within 1024 threads.
 pub fn xq_ksplit(k: u32, n: u32, wg: u32) -> u32 {
     let mut ks = XQ_KSPLIT.get(k, n);
     while ks > 1 && wg * ks > 1024 {
@@ -1146,8 +1150,8 @@ pub fn xq_ksplit(k: u32, n: u32, wg: u32) -> u32 {
     ks
 }
 
-/// Sets [`xq_ksplit`] for plans built afterwards (short rows, long rows; each taken into 1..=4;
-/// `None` goes back to the start-up choice).
+/// Sets [`xq_ksplit`] for plans built afterwards (short rows, long rows; few-row matrices take the
+/// short rows' count; each taken into 1..=4; `None` goes back to the start-up choice).
 pub fn set_xq_ksplit(v: Option<(u32, u32)>) {
     XQ_KSPLIT.set(v.map(|(a, b)| (a, b, a)))
 }
