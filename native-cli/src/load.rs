@@ -31,8 +31,10 @@ pub struct ModelArgs {
     /// Positions the context holds (prompt + generated tokens).
     #[arg(long, default_value_t = 4096)]
     pub max_context: u32,
-    /// Prompt tokens per prefill call.
-    #[arg(long, default_value_t = 512)]
+    /// Prompt tokens per prefill call (larger chunks keep more of a large GPU busy: a 1024-token
+    /// prompt of the 27B on an H200 in 0.70 s with 1024 against 0.84 s with 512, for 0.3 GB more
+    /// workspace).
+    #[arg(long, default_value_t = 1024)]
     pub prefill_chunk: u32,
     /// Keep every projection its own matrix and matmul dispatch instead of merging those that
     /// read the same input (q|k|v, gate|up, the GDN input projections) at load, and the SwiGLU

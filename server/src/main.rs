@@ -75,8 +75,10 @@ struct Args {
     /// Positions the context holds (prompt + generated tokens).
     #[arg(long, default_value_t = 4096)]
     max_context: u32,
-    /// Prompt tokens per prefill call.
-    #[arg(long, default_value_t = 512)]
+    /// Prompt tokens per prefill call (larger chunks keep more of a large GPU busy: a 1024-token
+    /// prompt of the 27B on an H200 in 0.70 s with 1024 against 0.84 s with 512, for 0.3 GB more
+    /// workspace).
+    #[arg(long, default_value_t = 1024)]
     prefill_chunk: u32,
     /// Requests that may wait for the GPU; more get 429.
     #[arg(long, default_value_t = 64)]
