@@ -24,7 +24,7 @@
 // 1, or more with KSPLIT and XQ), XU (blocks per lane per loop iteration, XQ), MT (tokens per tile),
 // TOKENS, ADD, SWIGLU, NORM, GATED, XQ (Q4 only, not with NORM or GATED), XNORM and XOUT (with
 // XQ; XOUT not with CONV), XONORM (with XOUT), INV (NORM or XNORM), CONV (not with ADD or
-// SWIGLU), Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16, SUBGROUPS.
+// SWIGLU; with TAPS, the layer's conv taps), Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16, SUBGROUPS.
 //
 // XQ: x comes as integer planes (xq_planes.wgsl: written by xquant.wgsl, the Gated-DeltaNet
 // recurrence or another matmul's XOUT epilogue, once per step, not per workgroup), so nothing is
@@ -568,7 +568,7 @@ fn main(
 #endfor
             var wk: array<f32, TAPS>;
             for (var k = 0u; k < TAPS; k++) {
-                wk[k] = conv_w[c * p.taps + k];
+                wk[k] = conv_w[c * TAPS + k];
             }
             let tt = min(T, MT);
             for (var t = 0u; t < MT; t++) {

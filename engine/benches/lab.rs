@@ -386,6 +386,36 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
 }
 
 /// Times a plain read of each matrix's bytes (weights, scales and biases) in one dispatch.
+/// The read kernel (`lab_read.wgsl`) with its loads, threads, blocks per round and grid.
+fn read_pipeline(gpu: &Gpu, loads: &str, wg: u32, u: u32, grid: u32) -> Arc<wgpu::ComputePipeline> {
+    let code = include_str!("lab_read.wgsl")
+        .replace("{{LOADS}}", loads)
+        .replace("{{WG}}", &wg.to_string())
+        .replace("{{U}}", &u.to_string())
+        .replace("{{GRID}}", &grid.to_string());
+    let module = unsafe {
+        // SAFETY: every index is clamped to the array (min(.., n - 1)).
+        gpu.device.create_shader_module_trusted(
+            wgpu::ShaderModuleDescriptor {
+                label: Some("lab_read"),
+                source: wgpu::ShaderSource::Wgsl(code.into()),
+            },
+            wgpu::ShaderRuntimeChecks::unchecked(),
+        )
+    };
+    Arc::new(
+        gpu.device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("lab_read"),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            }),
+    )
+}
+
 fn reads(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
     use qwgpu_engine::gpu::Grid;
     let sizes: [(u64, &str); 6] = [
@@ -414,31 +444,7 @@ fn reads(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
                 .map(|j| format!("        let v{j} = w[min(base + {j}u * WG, n - 1u)];\n"))
                 .chain((0..u).map(|j| format!("        acc ^= v{j};\n")))
                 .collect();
-            let code = include_str!("lab_read.wgsl")
-                .replace("{{LOADS}}", &loads)
-                .replace("{{WG}}", &wg.to_string())
-                .replace("{{U}}", &u.to_string())
-                .replace("{{GRID}}", &grid.to_string());
-            let module = unsafe {
-                // SAFETY: every index is clamped to the array (min(.., n - 1)).
-                gpu.device.create_shader_module_trusted(
-                    wgpu::ShaderModuleDescriptor {
-                        label: Some("lab_read"),
-                        source: wgpu::ShaderSource::Wgsl(code.into()),
-                    },
-                    wgpu::ShaderRuntimeChecks::unchecked(),
-                )
-            };
-            let pipeline = Arc::new(gpu.device.create_compute_pipeline(
-                &wgpu::ComputePipelineDescriptor {
-                    label: Some("lab_read"),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some("main"),
-                    compilation_options: Default::default(),
-                    cache: None,
-                },
-            ));
+            let pipeline = read_pipeline(gpu, &loads, wg, u, grid);
             let groups = if grid == 0 {
                 blocks.div_ceil(wg * u)
             } else {
@@ -470,63 +476,45 @@ fn reads(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
     }
 }
 
-/// Fixed cost of a dispatch (`lab chain`): the read kernel over a small buffer, repeated in one
-/// pass either writing one `out` buffer (wgpu puts a barrier between every two dispatches) or a
-/// different one each time (no hazard, no barrier: the dispatches may overlap). The difference is
-/// what a barrier between dependent dispatches costs.
+/// Cost of a dispatch boundary (`lab chain`): the read kernel over 4 KB, 1 MB and 16 MB,
+/// repeated 64 times in one pass; each dispatch writes the same read-write `out` binding, so wgpu
+/// orders every two of them with a barrier, as between the dependent dispatches of a token.
 fn chain(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
     use qwgpu_engine::gpu::Grid;
-    let code = include_str!("lab_read.wgsl")
-        .replace("{{LOADS}}", "        let v0 = w[min(base, n - 1u)];\n        acc ^= v0;\n")
-        .replace("{{WG}}", "256")
-        .replace("{{U}}", "1")
-        .replace("{{GRID}}", "0");
-    let module = unsafe {
-        // SAFETY: every index is clamped to the array (min(.., n - 1)).
-        gpu.device.create_shader_module_trusted(
-            wgpu::ShaderModuleDescriptor {
-                label: Some("lab_chain"),
-                source: wgpu::ShaderSource::Wgsl(code.into()),
-            },
-            wgpu::ShaderRuntimeChecks::unchecked(),
-        )
-    };
-    let pipeline = Arc::new(gpu.device.create_compute_pipeline(
-        &wgpu::ComputePipelineDescriptor {
-            label: Some("lab_chain"),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        },
-    ));
+    let pipeline = read_pipeline(
+        gpu,
+        "        let v0 = w[min(base, n - 1u)];\n        acc ^= v0;\n",
+        256,
+        1,
+        0,
+    );
     const N: usize = 64;
-    let outs: Vec<_> = (0..N).map(|_| gpu.storage("out", 1 << 16).unwrap()).collect();
+    let out = gpu.storage("out", 1 << 16).unwrap();
     let shape = StepShape {
         n_tokens: 1,
         n_out: 1,
     };
     for bytes in [4096u64, 1 << 20, 16 << 20] {
         let w = gpu.storage("w", bytes).unwrap();
-        let groups = (bytes / 16) as u32 / 256;
-        let groups = groups.max(1);
-        let ds: Vec<_> = outs
-            .iter()
-            .map(|o| gpu.dispatch("chain", &pipeline, &[w.whole(), o.whole()], Grid::fixed(groups)))
-            .collect();
-        let same = time_recorded(gpu, reps, |pass| {
+        let groups = ((bytes / 16) as u32 / 256).max(1);
+        let d = gpu.dispatch(
+            "chain",
+            &pipeline,
+            &[w.whole(), out.whole()],
+            Grid::fixed(groups),
+        );
+        let s = time_recorded(gpu, reps, |pass| {
             for _ in 0..N {
-                ds[0].record(pass, shape, gpu.caps.max_workgroups_per_dim)
-            }
-        }) / N as f64;
-        report(&format!("chain {bytes} B, {groups} wg, one out (barriers)"), same, bytes, 1, roofline);
-        let apart = time_recorded(gpu, reps, |pass| {
-            for d in &ds {
                 d.record(pass, shape, gpu.caps.max_workgroups_per_dim)
             }
         }) / N as f64;
-        report(&format!("chain {bytes} B, {groups} wg, {N} outs (no barriers)"), apart, bytes, 1, roofline);
+        report(
+            &format!("chain {bytes} B, {groups} wg"),
+            s,
+            bytes,
+            1,
+            roofline,
+        );
     }
 }
 

@@ -1158,8 +1158,8 @@ pub fn set_xq_ksplit(v: Option<(u32, u32)>) {
 
 /// Blocks per lane per loop iteration of the integer-plane kernel for rows of `k` features (the
 /// loads of that many blocks are issued before their arithmetic; never changes the bits): 1, or
-/// `QWGPU_XQ_UNROLL=A,B` (read once; A for rows below [`LONG_K`], B for longer rows; 1 to 4), or
-/// [`set_xq_unroll`].
+/// `QWGPU_XQ_UNROLL=A,B[,C]` (read once; A for rows below [`LONG_K`], B for longer rows, C for the
+/// short rows of few-row matrices, A if not given; 1 to 4), or [`set_xq_unroll`].
 pub fn xq_unroll(k: u32, n: u32) -> u32 {
     XQ_UNROLL.get(k, n)
 }
