@@ -1,7 +1,15 @@
 //! Kernel lab: times the hot kernels and whole layers at the real 27B shapes on the current
 //! adapter and prints GB/s against a read-bandwidth roofline.
 //!
-//!   cargo bench -p engine --bench lab -- [matmul] [layer] [read] [--reps N] [--roofline GBPS] [--prefill T] [--breakdown] [--shapes gate_up,lm_head]
+//!   cargo bench -p engine --bench lab -- [matmul] [layer] [read] [chain] [alu] [rows] [prefetch] [--reps N] [--roofline GBPS] [--prefill T] [--breakdown] [--shapes gate_up,lm_head]
+//!
+//! `alu`: instruction throughput of the operations the decode matmuls spend their time on
+//! (`engine/benches/lab_alu.wgsl`; `--sms N` for the per-SM figure, 132 by default).
+//!
+//! `prefetch`: a chain of dependent reads, each also reading the start of the next one's buffer
+//! (`engine/benches/lab_prefetch.wgsl`).
+//!
+//! `rows`: the integer-plane matmul's read pattern alone (`engine/benches/lab_rows.wgsl`).
 //!
 //! `read`: the floor under the matmuls: a streaming read (`engine/benches/lab_read.wgsl`) of each
 //! matrix's bytes in one dispatch, for several thread/blocks-per-thread/grid shapes.
@@ -393,11 +401,19 @@ fn read_pipeline(gpu: &Gpu, loads: &str, wg: u32, u: u32, grid: u32) -> Arc<wgpu
         .replace("{{WG}}", &wg.to_string())
         .replace("{{U}}", &u.to_string())
         .replace("{{GRID}}", &grid.to_string());
+    // SAFETY: every index is clamped to the array (min(.., n - 1)).
+    unsafe { lab_pipeline(gpu, "lab_read", code) }
+}
+
+/// A pipeline of one of the lab's own kernels, without wgpu's runtime checks.
+///
+/// # Safety
+/// Every memory index of `code` must be in bounds.
+unsafe fn lab_pipeline(gpu: &Gpu, label: &str, code: String) -> Arc<wgpu::ComputePipeline> {
     let module = unsafe {
-        // SAFETY: every index is clamped to the array (min(.., n - 1)).
         gpu.device.create_shader_module_trusted(
             wgpu::ShaderModuleDescriptor {
-                label: Some("lab_read"),
+                label: Some(label),
                 source: wgpu::ShaderSource::Wgsl(code.into()),
             },
             wgpu::ShaderRuntimeChecks::unchecked(),
@@ -406,7 +422,7 @@ fn read_pipeline(gpu: &Gpu, loads: &str, wg: u32, u: u32, grid: u32) -> Arc<wgpu
     Arc::new(
         gpu.device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("lab_read"),
+                label: Some(label),
                 layout: None,
                 module: &module,
                 entry_point: Some("main"),
@@ -414,6 +430,207 @@ fn read_pipeline(gpu: &Gpu, loads: &str, wg: u32, u: u32, grid: u32) -> Arc<wgpu
                 cache: None,
             }),
     )
+}
+
+/// The integer-plane matmul's read pattern without its arithmetic (`lab rows`,
+/// `lab_rows.wgsl`): the gate+up and in_proj matrices' bytes read row by row as the matmul reads
+/// them, with and without the scale and bias loads, and with a workgroup's rows interleaved per
+/// chunk (one contiguous run per chunk).
+fn rows(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
+    use qwgpu_engine::gpu::Grid;
+    let out = gpu.storage("out", 1 << 22).unwrap();
+    for (n, k, label) in [
+        (34816u32, 5120u32, "mlp.gate_up"),
+        (16480, 5120, "gdn.in_proj_qkvzba"),
+        (5120, 17408, "mlp.down"),
+    ] {
+        let bpr = k / 32;
+        let wbytes = n as u64 * bpr as u64 * 16;
+        let sbytes = n as u64 * (bpr / 4) as u64 * 4;
+        let w = gpu.storage("w", wbytes).unwrap();
+        // Big enough for the pairs too (one u32 per group: twice one of the bf16-pair arrays).
+        let sc = gpu.storage("sc", 2 * sbytes).unwrap();
+        let bi = gpu.storage("bi", sbytes).unwrap();
+        for (g, rg, layout, scales) in [
+            (4u32, 4u32, 0u32, 0u32),
+            (4, 4, 0, 1),
+            (4, 4, 0, 2),
+            (4, 4, 1, 3),
+            (4, 4, 1, 0),
+            (4, 1, 0, 0),
+            (4, 8, 0, 0),
+            (4, 8, 0, 2),
+        ] {
+            let code = include_str!("lab_rows.wgsl")
+                .replace("{{G}}", &g.to_string())
+                .replace("{{RG}}", &rg.to_string())
+                .replace("{{BPR}}", &bpr.to_string())
+                .replace("{{LAYOUT}}", &layout.to_string())
+                .replace("{{SCALES}}", &scales.to_string());
+            // SAFETY: every index is clamped to its array (min(.., n - 1)).
+            let pipeline = unsafe { lab_pipeline(gpu, "lab_rows", code) };
+            let groups = n / (g * rg);
+            let d = gpu.dispatch(
+                "rows",
+                &pipeline,
+                &[w.whole(), out.whole(), sc.whole(), bi.whole()],
+                Grid::fixed(groups),
+            );
+            let s = time_dispatch(
+                gpu,
+                &d,
+                StepShape {
+                    n_tokens: 1,
+                    n_out: 1,
+                },
+                reps,
+            );
+            let bytes = wbytes + if scales > 0 { 2 * sbytes } else { 0 };
+            report(
+                &format!(
+                    "rows {label} {g}x{rg} {}{}",
+                    if layout == 1 {
+                        "interleaved"
+                    } else {
+                        "row-major"
+                    },
+                    [
+                        "",
+                        " +scales, biases",
+                        " +scale-bias pairs",
+                        " +scale-bias pairs interleaved"
+                    ][scales as usize]
+                ),
+                s,
+                bytes,
+                1,
+                roofline,
+            );
+        }
+    }
+}
+
+/// Warming L2 for the next dispatch (`lab prefetch`, `lab_prefetch.wgsl`): a chain of 64
+/// dependent streaming reads over 8 distinct buffers the sizes of a Gated-DeltaNet layer's
+/// matrices (in_proj, out_proj, gate+up, down, twice), each dispatch with extra workgroups that
+/// read the first MB of the next dispatch's buffer; mean time per dispatch against none.
+fn prefetch(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
+    use qwgpu_engine::gpu::Grid;
+    const N: usize = 64;
+    // A Gated-DeltaNet layer's matrices in order: in_proj, out_proj, gate+up, down.
+    let sizes = [47_462_400u64, 17_694_720, 100_270_080, 50_135_040];
+    let bufs: Vec<_> = (0..8)
+        .map(|i| gpu.storage("w", sizes[i % 4]).unwrap())
+        .collect();
+    let out = gpu.storage("out", 1 << 20).unwrap();
+    let shape = StepShape {
+        n_tokens: 1,
+        n_out: 1,
+    };
+    let per_wg = 256u64 * 4 * 16;
+    for pf_mb in [0u64, 1, 2, 4, 8, 16, 32] {
+        let pfg = ((pf_mb << 20) / per_wg) as u32;
+        let ds: Vec<_> = (0..8)
+            .map(|i| {
+                let main = (sizes[i % 4] / 16).div_ceil(256 * 4) as u32;
+                let code = include_str!("lab_prefetch.wgsl").replace("{{MAIN}}", &main.to_string());
+                // SAFETY: every index is clamped to its array (min(.., n - 1)).
+                let pipeline = unsafe { lab_pipeline(gpu, "lab_prefetch", code) };
+                gpu.dispatch(
+                    "prefetch",
+                    &pipeline,
+                    &[bufs[i].whole(), out.whole(), bufs[(i + 1) % 8].whole()],
+                    Grid::fixed(main + pfg),
+                )
+            })
+            .collect();
+        let s = time_recorded(gpu, reps, |pass| {
+            for i in 0..N {
+                ds[i % 8].record(pass, shape, gpu.caps.max_workgroups_per_dim)
+            }
+        }) / N as f64;
+        report(
+            &format!("prefetch chain of a GDN layer's matrices, {pf_mb} MB of the next"),
+            s,
+            sizes.iter().sum::<u64>() / 4,
+            1,
+            roofline,
+        );
+    }
+}
+
+/// Instruction throughput (`lab alu`): each thread runs `K` rounds of 8 independent chains of
+/// one operation (`lab_alu.wgsl`); reported as lane operations per ns per SM-sized share
+/// (`--sms`, 132 for an H200), the figure to compare with the decode matmuls' work per weight
+/// byte (a packed 8-bit dot product against an f32 fma, an integer multiply-add, logic).
+fn alu(gpu: &Arc<Gpu>, reps: u32, sms: f64) {
+    use qwgpu_engine::gpu::Grid;
+    const K: u32 = 1024;
+    const WG: u32 = 256;
+    let groups = (sms as u32).max(1) * 16;
+    let seeds = gpu.storage("seeds", 256).unwrap();
+    let out = gpu.storage("out", 1 << 16).unwrap();
+    // (label, chains 0-3, chains 4-7, lane operations per chain step)
+    let dp4a = "a{j} = dot4U8Packed(a{j}, b) + a{j};";
+    let fma = "f{j} = fma(f{j}, fb, fc);";
+    let kinds: [(&str, &str, &str, u32); 6] = [
+        ("dot4U8Packed + u32", dp4a, dp4a, 1),
+        (
+            "dot4I8Packed + i32",
+            "a{j} = bitcast<u32>(dot4I8Packed(a{j}, b) + bitcast<i32>(a{j}));",
+            "a{j} = bitcast<u32>(dot4I8Packed(a{j}, b) + bitcast<i32>(a{j}));",
+            1,
+        ),
+        (
+            "u32 multiply-add",
+            "a{j} = a{j} * b + c;",
+            "a{j} = a{j} * b + c;",
+            1,
+        ),
+        (
+            "u32 shift + and/xor",
+            "a{j} = (a{j} & b) ^ (a{j} >> 3u);",
+            "a{j} = (a{j} & b) ^ (a{j} >> 3u);",
+            2,
+        ),
+        ("f32 fma", fma, fma, 1),
+        ("dot4U8Packed (4 chains) + f32 fma (4)", dp4a, fma, 1),
+    ];
+    for (label, op_a, op_b, ops) in kinds {
+        let body: String = (0..8)
+            .map(|j| {
+                let op = if j < 4 { op_a } else { op_b };
+                format!("        {}\n", op.replace("{j}", &j.to_string()))
+            })
+            .collect();
+        let code = include_str!("lab_alu.wgsl")
+            .replace("{{BODY}}", &body)
+            .replace("{{K}}", &K.to_string())
+            .replace("{{WG}}", &WG.to_string());
+        // SAFETY: the seeds are read at lid % 16 (16 vec4 in 256 bytes), out at g % 16384.
+        let pipeline = unsafe { lab_pipeline(gpu, "lab_alu", code) };
+        let d = gpu.dispatch(
+            "alu",
+            &pipeline,
+            &[seeds.whole(), out.whole()],
+            Grid::fixed(groups),
+        );
+        let s = time_dispatch(
+            gpu,
+            &d,
+            StepShape {
+                n_tokens: 1,
+                n_out: 1,
+            },
+            reps,
+        );
+        let lane_ops = (groups * WG) as f64 * K as f64 * 8.0 * ops as f64;
+        println!(
+            "{{\"bench\": \"alu {label}\", \"us\": {:.1}, \"lane_ops_per_ns_per_sm\": {:.1}}}",
+            s * 1e6,
+            lane_ops / s / 1e9 / sms
+        );
+    }
 }
 
 fn reads(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
@@ -529,9 +746,9 @@ fn main() {
     let reps = flag("--reps").unwrap_or(50.0) as u32;
     let roofline = flag("--roofline").unwrap_or(4500.0);
     let pos = flag("--pos").unwrap_or(1024.0) as u32;
-    let all = !args
-        .iter()
-        .any(|a| a == "matmul" || a == "layer" || a == "read" || a == "chain");
+    let all = !args.iter().any(|a| {
+        a == "matmul" || a == "layer" || a == "read" || a == "chain" || a == "alu" || a == "rows"
+    });
     let checks = args.iter().any(|a| a == "--checks");
     // `--prefill N`: also time an N-token prompt chunk (prefill tile).
     let mut tokens = vec![1u32, 2];
@@ -549,6 +766,15 @@ fn main() {
     }
     if args.iter().any(|a| a == "chain") {
         chain(&gpu, reps, roofline);
+    }
+    if args.iter().any(|a| a == "prefetch") {
+        prefetch(&gpu, reps, roofline);
+    }
+    if args.iter().any(|a| a == "rows") {
+        rows(&gpu, reps, roofline);
+    }
+    if args.iter().any(|a| a == "alu") {
+        alu(&gpu, reps, flag("--sms").unwrap_or(132.0));
     }
     if all || args.iter().any(|a| a == "matmul") {
         // `--shapes a,b`: only the matrices whose label contains one of them.
