@@ -433,9 +433,9 @@ unsafe fn lab_pipeline(gpu: &Gpu, label: &str, code: String) -> Arc<wgpu::Comput
 }
 
 /// The integer-plane matmul's read pattern without its arithmetic (`lab rows`,
-/// `lab_rows.wgsl`): the gate+up and in_proj matrices' bytes read row by row as the matmul reads
-/// them, with and without the scale and bias loads, and with a workgroup's rows interleaved per
-/// chunk (one contiguous run per chunk).
+/// `lab_rows.wgsl`): the gate+up, in_proj and down matrices' bytes read as the matmul reads them,
+/// with and without the scale and bias loads (the checkpoint's two arrays, or one array of
+/// (scale, bias) pairs), rows one after another or a workgroup's rows interleaved per chunk.
 fn rows(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
     use qwgpu_engine::gpu::Grid;
     let out = gpu.storage("out", 1 << 22).unwrap();
