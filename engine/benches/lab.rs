@@ -747,7 +747,13 @@ fn main() {
     let roofline = flag("--roofline").unwrap_or(4500.0);
     let pos = flag("--pos").unwrap_or(1024.0) as u32;
     let all = !args.iter().any(|a| {
-        a == "matmul" || a == "layer" || a == "read" || a == "chain" || a == "alu" || a == "rows"
+        a == "matmul"
+            || a == "layer"
+            || a == "read"
+            || a == "chain"
+            || a == "alu"
+            || a == "rows"
+            || a == "prefetch"
     });
     let checks = args.iter().any(|a| a == "--checks");
     // `--prefill N`: also time an N-token prompt chunk (prefill tile).
