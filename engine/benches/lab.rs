@@ -38,6 +38,12 @@ fn time_plan(gpu: &Gpu, plan: &Plan, shape: StepShape, reps: u32) -> f64 {
 }
 
 /// Times one dispatch alone (R repetitions in one pass), as [`time_plan`].
+/// The step shape of the lab's single-dispatch kernels.
+const ONE_TOKEN: StepShape = StepShape {
+    n_tokens: 1,
+    n_out: 1,
+};
+
 fn time_dispatch(gpu: &Gpu, d: &qwgpu_engine::gpu::Dispatch, shape: StepShape, reps: u32) -> f64 {
     time_recorded(gpu, reps, |pass| {
         d.record(pass, shape, gpu.caps.max_workgroups_per_dim)
@@ -476,15 +482,7 @@ fn rows(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
                 &[w.whole(), out.whole(), sc.whole(), bi.whole()],
                 Grid::fixed(groups),
             );
-            let s = time_dispatch(
-                gpu,
-                &d,
-                StepShape {
-                    n_tokens: 1,
-                    n_out: 1,
-                },
-                reps,
-            );
+            let s = time_dispatch(gpu, &d, ONE_TOKEN, reps);
             let bytes = wbytes + if scales > 0 { 2 * sbytes } else { 0 };
             report(
                 &format!(
@@ -523,10 +521,7 @@ fn prefetch(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
         .map(|i| gpu.storage("w", sizes[i % 4]).unwrap())
         .collect();
     let out = gpu.storage("out", 1 << 20).unwrap();
-    let shape = StepShape {
-        n_tokens: 1,
-        n_out: 1,
-    };
+
     let per_wg = 256u64 * 4 * 16;
     for pf_mb in [0u64, 1, 2, 4, 8, 16, 32] {
         let pfg = ((pf_mb << 20) / per_wg) as u32;
@@ -546,7 +541,7 @@ fn prefetch(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
             .collect();
         let s = time_recorded(gpu, reps, |pass| {
             for i in 0..N {
-                ds[i % 8].record(pass, shape, gpu.caps.max_workgroups_per_dim)
+                ds[i % 8].record(pass, ONE_TOKEN, gpu.caps.max_workgroups_per_dim)
             }
         }) / N as f64;
         report(
@@ -615,15 +610,7 @@ fn alu(gpu: &Arc<Gpu>, reps: u32, sms: f64) {
             &[seeds.whole(), out.whole()],
             Grid::fixed(groups),
         );
-        let s = time_dispatch(
-            gpu,
-            &d,
-            StepShape {
-                n_tokens: 1,
-                n_out: 1,
-            },
-            reps,
-        );
+        let s = time_dispatch(gpu, &d, ONE_TOKEN, reps);
         let lane_ops = (groups * WG) as f64 * K as f64 * 8.0 * ops as f64;
         println!(
             "{{\"bench\": \"alu {label}\", \"us\": {:.1}, \"lane_ops_per_ns_per_sm\": {:.1}}}",
@@ -673,15 +660,7 @@ fn reads(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
                 &[w.whole(), out.whole()],
                 Grid::fixed(groups),
             );
-            let s = time_dispatch(
-                gpu,
-                &disp,
-                StepShape {
-                    n_tokens: 1,
-                    n_out: 1,
-                },
-                reps,
-            );
+            let s = time_dispatch(gpu, &disp, ONE_TOKEN, reps);
             report(
                 &format!("read {label} wg={wg} u={u} grid={grid}"),
                 s,
@@ -707,10 +686,7 @@ fn chain(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
     );
     const N: usize = 64;
     let out = gpu.storage("out", 1 << 16).unwrap();
-    let shape = StepShape {
-        n_tokens: 1,
-        n_out: 1,
-    };
+
     for bytes in [4096u64, 1 << 20, 16 << 20] {
         let w = gpu.storage("w", bytes).unwrap();
         let groups = ((bytes / 16) as u32 / 256).max(1);
@@ -722,7 +698,7 @@ fn chain(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
         );
         let s = time_recorded(gpu, reps, |pass| {
             for _ in 0..N {
-                d.record(pass, shape, gpu.caps.max_workgroups_per_dim)
+                d.record(pass, ONE_TOKEN, gpu.caps.max_workgroups_per_dim)
             }
         }) / N as f64;
         report(
