@@ -1,8 +1,9 @@
 // Kernel lab only (engine/benches/lab.rs `prefetch`; not one of the engine's kernels): a
-// streaming read of `w` (as lab_read.wgsl with U = 4, one round) whose grid has PFG more
-// workgroups that read the first PFG * WG * 4 blocks of `nx`, the buffer the next dispatch of the
-// chain reads, so that they may be in L2 when it starts. The highest workgroup ids are usually scheduled last, in
-// the tail of the read. XORs are written only if they equal a constant no real data hits.
+// streaming read of `w` (as lab_read.wgsl with U = 4, one round) in MAIN workgroups, and a grid
+// with more workgroups than that: those read the start of `nx`, the buffer the next dispatch of
+// the chain reads, so that it may be in L2 when that dispatch starts. The highest workgroup ids
+// are usually scheduled last, in the tail of the read. XORs are written only if they equal a
+// constant no real data hits.
 @group(0) @binding(0) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
 @group(0) @binding(2) var<storage, read> nx: array<vec4<u32>>;
