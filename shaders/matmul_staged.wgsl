@@ -125,6 +125,21 @@ const XV: u32 = EPB / 4u;      // x vec4 under one block
 const CH: u32 = LANES;         // blocks per staged chunk (one per lane)
 const CHV: u32 = CH * XV;      // x vec4 per token per chunk
 
+#if CONST_K
+// CONST_K: the pipeline is built for one row length (KC features), group size (GS) and planes
+// row stride (XSTR, vec4<u32>): the chunk loop's trip count and the scale and plane indexing are
+// constants, and with one group per row and whole chunks (and whole XU steps) no block needs the
+// tail check. Never changes the bits.
+const BPR: u32 = {{KC}}u / EPB;
+const WHOLE: bool = KS == 1u && BPR % CH == 0u && (BPR / CH) % XU == 0u;
+#else
+const WHOLE: bool = false;
+#endif
+#if XQ_PAD
+// XQ_PAD (kernel lab): workgroup memory that does nothing, to cap the workgroups an SM holds and
+// so measure how the kernel's time depends on its occupancy.
+var<workgroup> xq_pad: array<u32, {{XQ_PAD}}>;
+#endif
 #if !XQ
 var<workgroup> xs: array<vec4<f32>, MT * CHV>;
 #endif
@@ -168,7 +183,17 @@ fn main(
     let r0 = wg_linear(wid, nwg) * ROWS;
     if (r0 >= p.n) { return; }
     let t0 = wid.z * MT;
+#if CONST_K
+    let bpr = BPR;
+    let gpr = {{KC}}u / {{GS}}u;
+    let gsz = {{GS}}u;
+    let xstr = {{XSTR}}u;
+#else
     let bpr = p.k / EPB;
+    let gpr = p.groups_per_row;
+    let gsz = p.group_size;
+    let xstr = p.x_stride;
+#endif
 #if !XQ
     let xs4 = p.x_stride / 4u;
 #endif
@@ -187,6 +212,12 @@ fn main(
 #for T MT
     let on{{T}} = t0 + {{T}}u < T;
 #endfor
+#if XQ_PAD
+    xq_pad[lid % {{XQ_PAD}}u] = r0;
+    if (xq_pad[(lid + 1u) % {{XQ_PAD}}u] == 0xFFFFFFFFu && r0 == 0xFFFFFFFEu) {
+        acc_0_0 += 1.0;
+    }
+#endif
 #if INV
 #for T MT
     var ss{{T}} = 0.0;
@@ -200,15 +231,22 @@ fn main(
     let c_hi = min(c_lo + cpp, nch);
     // XU blocks per lane per iteration: every load of the XU blocks is issued (at clamped
     // indices) before their arithmetic, which then runs in block order (the bits of XU = 1).
+#for C NCH
+#if UNROLL_CH
+    // UNROLL_CH (with CONST_K and one group per row): the chunk loop written out, NCH steps.
+    {
+        let c = {{C}}u * XU;
+#else
     for (var c = c_lo; c < c_hi; c += XU) {
+#endif
 #for U XU
         let b{{U}} = min((c + {{U}}u) * CH + lane, bpr - 1u);
 #for R RG
         let wb{{R}}_{{U}} = w[row{{R}} * bpr + b{{U}}];
-        let sb{{R}}_{{U}} = scale_bias(row{{R}} * p.groups_per_row + (b{{U}} * EPB) / p.group_size);
+        let sb{{R}}_{{U}} = scale_bias(row{{R}} * gpr + (b{{U}} * EPB) / gsz);
 #endfor
 #for T MT
-        let xb{{T}}_{{U}} = (t0 + {{T}}u) * p.x_stride + b{{U}};
+        let xb{{T}}_{{U}} = (t0 + {{T}}u) * xstr + b{{U}};
         let he{{T}}_{{U}} = xq[xb{{T}}_{{U}}];
         let ho{{T}}_{{U}} = xq[xb{{T}}_{{U}} + bpr];
         let me{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 2u * bpr];
@@ -223,7 +261,7 @@ fn main(
 #endfor
 #endfor
 #for U XU
-        if (c + {{U}}u < c_hi && (c + {{U}}u) * CH + lane < bpr) {
+        if (WHOLE || (c + {{U}}u < c_hi && (c + {{U}}u) * CH + lane < bpr)) {
 #for T MT
             let sx{{T}} = (qx{{T}}_{{U}}.x + qx{{T}}_{{U}}.y) + (qx{{T}}_{{U}}.z + qx{{T}}_{{U}}.w);
 #if XNORM
@@ -290,6 +328,7 @@ fn main(
         }
 #endfor
     }
+#endfor
 #else
     for (var c = 0u; c < nch; c++) {
         // Stage the chunk's x (zeros past the row or the step's tokens).

@@ -19,8 +19,9 @@
 use qwgpu_engine::gpu::Gpu;
 use qwgpu_engine::gpu::{Rows, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
-    matmul_xq_ext, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_ksplit, set_xq_unroll,
-    set_xreg, takes_xq, writes_xq, MatmulOpts, XqOut, MT_ONE, MT_SMALL,
+    matmul_xq_ext, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_const_k,
+    set_xq_ksplit, set_xq_unroll, set_xq_unroll_ch, set_xreg, takes_xq, writes_xq, MatmulOpts,
+    XqOut, MT_ONE, MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::ops::xquant::{q_stride, row_bytes, xquant};
@@ -202,16 +203,23 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
     // on every device variant, format and shape; then block sums in i32
     // (`QWGPU_XQ_BLOCK_SUM=1`), 3 / 2 blocks per lane iteration with 2 / 4 groups per row, and
     // no split at all, on one device variant, one format and two shapes.
-    for (block_sum, unroll, ksplit) in [
-        (false, None, None),
-        (true, None, None),
-        (false, Some((3, 2)), Some((2, 4))),
-        (false, None, Some((1, 1))),
+    // Pipelines are built for their row length (`QWGPU_XQ_CONST_K`, the default: k = 2048 is rows
+    // of whole chunks, no tail checks) except in the fifth pass; the last writes the chunk loop
+    // out (one group per row).
+    for (block_sum, unroll, ksplit, const_k, unroll_ch) in [
+        (false, None, None, true, false),
+        (true, None, None, true, false),
+        (false, Some((3, 2)), Some((2, 4)), true, false),
+        (false, None, Some((1, 1)), true, false),
+        (false, None, None, false, false),
+        (false, None, Some((1, 1)), true, true),
     ] {
         set_xq_block_sum(block_sum);
         set_xq_unroll(unroll);
         set_xq_ksplit(ksplit);
-        let full = !block_sum && unroll.is_none() && ksplit.is_none();
+        set_xq_const_k(const_k);
+        set_xq_unroll_ch(unroll_ch);
+        let full = !block_sum && unroll.is_none() && ksplit.is_none() && const_k;
         let gpus = gpu_variants();
         let gpus = if full {
             gpus
@@ -220,7 +228,9 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         };
         let formats = if full { &formats[..] } else { &formats[..1] };
         let shapes: &[(usize, usize)] = if full {
-            &[(70, 1536), (9, 256), (20, 4224), (6, 16896)]
+            &[(70, 1536), (70, 2048), (9, 256), (20, 4224), (6, 16896)]
+        } else if unroll_ch {
+            &[(70, 1536), (70, 2048), (6, 16896)]
         } else {
             &[(70, 1536), (6, 16896)]
         };
@@ -248,7 +258,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                     }
                     let what = |t: usize, mt: u32| {
                         format!(
-                        "{} n={n} k={k} T={t} tile {mt} ({}; block sums {block_sum}, unroll {unroll:?}, k split {ksplit:?})",
+                        "{} n={n} k={k} T={t} tile {mt} ({}; block sums {block_sum}, unroll {unroll:?}, k split {ksplit:?}, const k {const_k}, unrolled {unroll_ch})",
                         f.describe(),
                         gpu.describe()
                     )
@@ -365,6 +375,8 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
     // Blocks per lane iteration never change the bits (either sum).
     set_xq_block_sum(false);
     set_xq_ksplit(None);
+    set_xq_const_k(true);
+    set_xq_unroll_ch(false);
     let gpu: std::sync::Arc<Gpu> = gpu();
     let mut rng = Rng(44);
     for (n, k) in [(70usize, 1536usize), (6, 16896)] {
