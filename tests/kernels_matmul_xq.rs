@@ -205,7 +205,8 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
     // no split at all, on one device variant, one format and two shapes.
     // Pipelines are built for their row length (`QWGPU_XQ_CONST_K`, the default: k = 2048 is rows
     // of whole chunks, no tail checks) except in the fifth pass; the last writes the chunk loop
-    // out (one group per row).
+    // out (one group per row). n = 64 and 16 are whole workgroups of rows (no row clamp,
+    // `QWGPU_XQ_EXACT_ROWS`); the others end in a partial one.
     for (block_sum, unroll, ksplit, const_k, unroll_ch) in [
         (false, None, None, true, false),
         (true, None, None, true, false),
@@ -228,7 +229,15 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         };
         let formats = if full { &formats[..] } else { &formats[..1] };
         let shapes: &[(usize, usize)] = if full {
-            &[(70, 1536), (70, 2048), (9, 256), (20, 4224), (6, 16896)]
+            &[
+                (70, 1536),
+                (70, 2048),
+                (64, 2048),
+                (9, 256),
+                (20, 4224),
+                (6, 16896),
+                (16, 16896),
+            ]
         } else if unroll_ch {
             &[(70, 1536), (70, 2048), (6, 16896)]
         } else {
