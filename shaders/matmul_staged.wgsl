@@ -135,9 +135,6 @@ const WHOLE: bool = KS == 1u && BPR % CH == 0u && (BPR / CH) % XU == 0u;
 #else
 const WHOLE: bool = false;
 #endif
-// EXACT_ROWS: every workgroup's rows are all below n (the host sets it where n is a multiple of
-// ROWS), so a group's rows are consecutive without a clamp: their weights and scales lie at
-// constant offsets from the first row's. Never changes the bits.
 #if XQ_PAD
 // XQ_PAD (kernel lab): workgroup memory that does nothing, to cap the workgroups an SM holds and
 // so measure how the kernel's time depends on its occupancy.
@@ -206,6 +203,9 @@ fn main(
     let rgp = grp / KS;            // this group's rows
     let rb = r0 + rgp * RG;
 
+    // EXACT_ROWS: every workgroup's rows are all below n (the host sets it where n is a multiple
+    // of ROWS), so a group's rows are consecutive without a clamp: their weights and scales lie
+    // at constant offsets from the first row's. Never changes the bits.
 #for R RG
 #if EXACT_ROWS
     let row{{R}} = rb + {{R}}u;

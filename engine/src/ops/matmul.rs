@@ -1752,55 +1752,56 @@ async fn matmul_with(
         .flag("XONORM", xout.is_some_and(|o| o.norm_w.is_some()));
         let d = if planes {
             let (wg, rows, rg, ks) = xq_layout(opts.mt, m.k, m.n);
-            d.set("WG", wg)
+            let xu = xq_unroll(m.k, m.n);
+            let d = d
+                .set("WG", wg)
                 .set("ROWS", rows)
                 .set("RG", rg)
-                .set("XU", xq_unroll(m.k, m.n))
+                .set("XU", xu)
                 .set("KS", ks)
                 .flag("KSPLIT", ks > 1)
-        } else {
-            d
-        };
-        // Rows a multiple of the workgroup's in every chunk: no row clamp in the multi-token
-        // tile ([`xq_exact_rows`]).
-        let d = if planes && opts.mt != MT_ONE && xq_exact_rows() {
-            let rows = xq_tile(opts.mt, m.k, m.n).1;
-            d.flag("EXACT_ROWS", m.chunks.iter().all(|c| c.rows % rows == 0))
-        } else {
-            d
-        };
-        // `QWGPU_XQ_PAD=WORDS` (kernel lab): unused workgroup memory that caps the kernel's
-        // occupancy.
-        static PAD: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-        let pad = *PAD.get_or_init(|| {
-            std::env::var("QWGPU_XQ_PAD")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        });
-        let d = if planes && pad > 0 {
-            d.flag("XQ_PAD", true).set("XQ_PAD", pad)
-        } else {
-            d
-        };
-        let d = match m.format {
-            WeightFormat::Affine { group, .. } if planes && xq_const_k() => {
-                let d = d
-                    .flag("CONST_K", true)
-                    .set("KC", m.k)
-                    .set("GS", group)
-                    .set("XSTR", crate::ops::xquant::q_stride(m.k));
-                // The chunk loop written out where one group takes the whole row.
-                let (_, _, _, ks) = xq_layout(opts.mt, m.k, m.n);
-                let xu = xq_unroll(m.k, m.n);
-                let steps = (m.k / 32).div_ceil(32).div_ceil(xu);
-                if ks == 1 && steps <= 32 && xq_unroll_ch() {
-                    d.flag("UNROLL_CH", true).set("NCH", steps)
-                } else {
-                    d
+                // Every chunk whole workgroups of rows: no row clamp in the multi-token tile
+                // ([`xq_exact_rows`]).
+                .flag(
+                    "EXACT_ROWS",
+                    opts.mt != MT_ONE
+                        && xq_exact_rows()
+                        && m.chunks.iter().all(|c| c.rows % rows == 0),
+                );
+            // `QWGPU_XQ_PAD=WORDS` (kernel lab): unused workgroup memory that caps the kernel's
+            // occupancy.
+            static PAD: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+            let pad = *PAD.get_or_init(|| {
+                std::env::var("QWGPU_XQ_PAD")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            });
+            let d = if pad > 0 {
+                d.flag("XQ_PAD", true).set("XQ_PAD", pad)
+            } else {
+                d
+            };
+            match m.format {
+                WeightFormat::Affine { group, .. } if xq_const_k() => {
+                    let d = d
+                        .flag("CONST_K", true)
+                        .set("KC", m.k)
+                        .set("GS", group)
+                        .set("XSTR", crate::ops::xquant::q_stride(m.k));
+                    // The chunk loop written out (one copy per XU chunks of 32 blocks of 32
+                    // codes) where one group takes the whole row.
+                    let steps = m.k.div_ceil(32 * 32).div_ceil(xu);
+                    if ks == 1 && steps <= 32 && xq_unroll_ch() {
+                        d.flag("UNROLL_CH", true).set("NCH", steps)
+                    } else {
+                        d
+                    }
                 }
+                _ => d,
             }
-            _ => d,
+        } else {
+            d
         };
         let d = match conv {
             Some(c) => d.flag("CONV", true).set("TAPS", c.taps),
