@@ -32,7 +32,9 @@
 // share them through the cache), multiplies each code word's even and odd codes with each plane
 // by packed 8-bit dot products (exact in i32), and adds per block
 // scale · Σ_words f32(256 · (256 · Σh + Σm) + Σl) · s_word + bias · Σx. Per token, so the same bits
-// for 1 and 2 tokens; its own bits (x rounded to 2^-22 of its word's max).
+// for 1 and 2 tokens; its own bits (x rounded to 2^-22 of its word's max). XQ_NARROW (the
+// planes' two-plane format, the default; x rounded to 2^-15 of its word's max): two dot products per code word
+// and plane pair, n = 256 · hi + lo, exact in f32, times s_word.
 //
 // XNORM: the RMSNorm in front of this matmul was deferred by the planes' writer: they hold
 // w_norm ∘ x and, in P = 8, the squares of x. Each lane sums those with its blocks, the row's sum
@@ -258,8 +260,10 @@ fn main(
         let ho{{T}}_{{U}} = xq[xb{{T}}_{{U}} + bpr];
         let me{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 2u * bpr];
         let mo{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 3u * bpr];
+#if !XQ_NARROW
         let le{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 4u * bpr];
         let lo{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 5u * bpr];
+#endif
         let qw{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 6u * bpr];
         let qx{{T}}_{{U}} = bitcast<vec4<f32>>(xq[xb{{T}}_{{U}} + 7u * bpr]);
 #if XNORM
@@ -304,6 +308,21 @@ fn main(
 #for T MT
 #for R RG
                 {
+#if XQ_NARROW
+                    // Two planes (xq_planes.wgsl, F = 15): n = 256 · hi + lo (|hi| <= 8 · 15 · 128
+                    // from the signed plane, 0 <= lo < 2^15 from the unsigned one; |n| < 2^22).
+                    let hi = dot4I8Packed(ce{{R}}, he{{T}}_{{U}}[{{I}}]) + dot4I8Packed(co{{R}}, ho{{T}}_{{U}}[{{I}}]);
+                    let n = (hi << 8u) + bitcast<i32>(dot4U8Packed(ce{{R}}, me{{T}}_{{U}}[{{I}}]) + dot4U8Packed(co{{R}}, mo{{T}}_{{U}}[{{I}}]));
+#if XSUM_BLOCK
+                    // Exact in i32, shifted to the block's largest scale (its floor: less than one
+                    // unit of S) and summed over the block's 4 words (|Σ| < 2^24: exact in f32).
+                    d{{R}}_{{T}} += n >> qk{{T}}[{{I}}];
+#else
+                    // As f32 without a conversion instruction: n's bits added to 1.5 · 2^23's
+                    // (exact for |n| < 2^22), the offset taken off exactly.
+                    d{{R}}_{{T}} += (bitcast<f32>(n + 0x4B400000i) - 12582912.0) * qs{{T}}[{{I}}];
+#endif
+#else
                     // The word's integer dot product n = 65536 · hi + lo (|hi| < 2^13 from the
                     // signed plane, 0 <= lo < 2^23 from the two unsigned ones; |n| < 120 · 2^22).
                     let hi = dot4I8Packed(ce{{R}}, he{{T}}_{{U}}[{{I}}]) + dot4I8Packed(co{{R}}, ho{{T}}_{{U}}[{{I}}]);
@@ -317,6 +336,7 @@ fn main(
                     // of two's (exact), then one fma rounds hi · 65536 + lo once, as f32(n).
                     let f = fma(bitcast<f32>(hi + 0x4B400000i) - 12582912.0, 65536.0, bitcast<f32>(lo + 0x4B000000u) - 8388608.0);
                     d{{R}}_{{T}} += f * qs{{T}}[{{I}}];
+#endif
 #endif
                 }
 #endfor

@@ -1,13 +1,18 @@
 // Word fixed point of the integer-plane matmul input (xquant.wgsl's format), shared by every
 // kernel that writes planes (xquant.wgsl, gdn_recurrence.wgsl with XQ, matmul_staged.wgsl with
-// XOUT) so they give the same bits for the same values.
+// XOUT, attention.wgsl with XQ) so they give the same bits for the same values.
 //
-// Per word of 8 values: s = 2^(E - 22) for the word's max |x| in [2^(E-1), 2^E), xi =
-// round_half_even(x / s), |xi| <= 2^22, in three 8-bit planes h = xi >> 16 (signed), m =
-// (xi >> 8) & 255 and l = xi & 255 (unsigned). x's rounding is at most 2^-22 of its word's max |x|,
-// so a value next to an outlier 2^k times larger keeps about 22 - k bits (bf16 keeps 8). A word is
-// the unit so that any writer owning 8 consecutive values (a matmul workgroup of 8 output rows)
-// can write whole words.
+// Per word of 8 values: s = 2^(E - F) for the word's max |x| in [2^(E-1), 2^E), xi =
+// round_half_even(x / s), |xi| <= 2^F, in 8-bit planes. F = 22: three planes, h = xi >> 16
+// (signed), m = (xi >> 8) & 255 and l = xi & 255 (unsigned). XQ_NARROW (the default): F = 15 and
+// xi at most 2^15 - 1 (a value within 2^-16 of 2^E rounds down, not up), two planes, h = xi >> 8
+// (signed) and m = xi & 255, and the l planes hold zeros; a matmul then does two packed dot
+// products per code word and plane pair instead of three. x's rounding is at most 2^-F of its
+// word's max |x| (2^-(F+1) but for that clamp), so a value next to an outlier 2^k times larger
+// keeps about F - k bits (bf16 keeps 8 of every value, and rounds the outlier itself to 2^-9). A word is the unit so that any writer owning 8
+// consecutive values (a matmul workgroup of 8 output rows) can write whole words. The format is
+// one per process (`ops::xquant::narrow`; every pipeline gets the flag from `Gpu::pipeline`), so
+// writers and readers always agree.
 //
 // Layout per row of nb = dim / 32 blocks (4 words each; q_stride = 9 * nb vec4<u32>), u32 index
 // (P * nb + b) * 4 + wd for word wd of block b:
@@ -19,14 +24,20 @@
 //             an RMSNorm weight and defers the norm's 1/rms to the reader puts the squares of the
 //             unscaled values here; the reader sums them over the row).
 const XQ_PLANES: u32 = 9u;
+#if XQ_NARROW
+const XQ_FRAC: u32 = 15u;
+#else
+const XQ_FRAC: u32 = 22u;
+#endif
 
-// (s, 1 / s) for a word whose max |x| is mx: s = 2^(E - 22) for mx in [2^(E-1), 2^E), both
-// powers of two so x / s is exact; (0, 0) below 2^-105 (every code 0); (mx, 0) for inf / NaN.
+// (s, 1 / s) for a word whose max |x| is mx: s = 2^(E - F) for mx in [2^(E-1), 2^E), both
+// powers of two so x / s is exact; (0, 0) below 2^(F - 127) (s would not be a normal f32: every
+// code 0); (mx, 0) for inf / NaN.
 fn block_scale(mx: f32) -> vec2<f32> {
     let e = (bitcast<u32>(mx) >> 23u) & 0xFFu;
-    if (e < 22u) { return vec2<f32>(0.0); }
+    if (e < XQ_FRAC) { return vec2<f32>(0.0); }
     if (e == 255u) { return vec2<f32>(mx, 0.0); }
-    return vec2<f32>(bitcast<f32>((e - 21u) << 23u), bitcast<f32>((275u - e) << 23u));
+    return vec2<f32>(bitcast<f32>((e + 1u - XQ_FRAC) << 23u), bitcast<f32>((253u + XQ_FRAC - e) << 23u));
 }
 
 // The nine u32 of one word of 8 values (a = values 0..3, b = 4..7) in plane order P = 0..8, with
@@ -34,20 +45,37 @@ fn block_scale(mx: f32) -> vec2<f32> {
 fn word_out(a: vec4<f32>, b: vec4<f32>, q: f32) -> array<u32, 9> {
     let m = max(abs(a), abs(b));
     let sc = block_scale(max(max(m.x, m.y), max(m.z, m.w)));
-    let ev = vec4<i32>(round(vec4<f32>(a.x, a.z, b.x, b.z) * sc.y));
-    let od = vec4<i32>(round(vec4<f32>(a.y, a.w, b.y, b.w) * sc.y));
+    let evr = vec4<i32>(round(vec4<f32>(a.x, a.z, b.x, b.z) * sc.y));
+    let odr = vec4<i32>(round(vec4<f32>(a.y, a.w, b.y, b.w) * sc.y));
     let sum = ((a.x + a.y) + (a.z + a.w)) + ((b.x + b.y) + (b.z + b.w));
+#if XQ_NARROW
+    // x / s < 2^15: only the upper clamp can apply.
+    let ev = min(evr, vec4<i32>(32767));
+    let od = min(odr, vec4<i32>(32767));
     return array<u32, 9>(
-        pack4xI8(ev >> vec4<u32>(16u)),
-        pack4xI8(od >> vec4<u32>(16u)),
-        pack4xU8(bitcast<vec4<u32>>(ev) >> vec4<u32>(8u)),
-        pack4xU8(bitcast<vec4<u32>>(od) >> vec4<u32>(8u)),
+        pack4xI8(ev >> vec4<u32>(8u)),
+        pack4xI8(od >> vec4<u32>(8u)),
         pack4xU8(bitcast<vec4<u32>>(ev)),
         pack4xU8(bitcast<vec4<u32>>(od)),
+        0u,
+        0u,
         bitcast<u32>(sc.x),
         bitcast<u32>(sum),
         bitcast<u32>(q),
     );
+#else
+    return array<u32, 9>(
+        pack4xI8(evr >> vec4<u32>(16u)),
+        pack4xI8(odr >> vec4<u32>(16u)),
+        pack4xU8(bitcast<vec4<u32>>(evr) >> vec4<u32>(8u)),
+        pack4xU8(bitcast<vec4<u32>>(odr) >> vec4<u32>(8u)),
+        pack4xU8(bitcast<vec4<u32>>(evr)),
+        pack4xU8(bitcast<vec4<u32>>(odr)),
+        bitcast<u32>(sc.x),
+        bitcast<u32>(sum),
+        bitcast<u32>(q),
+    );
+#endif
 }
 
 // Σ of squares of one word in the order every writer uses.

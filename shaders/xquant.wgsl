@@ -3,9 +3,10 @@
 // workgroup, and the matmuls multiply 4-bit codes by it with packed 8-bit dot products.
 //
 // Per row of `dim` values (dim a multiple of 32), per word of 8 values: xq_planes.wgsl's word
-// fixed point (s = 2^(E - 22) for the word's max |x| in [2^(E-1), 2^E), xi = round_half_even(x /
-// s) in three 8-bit planes, s, Σx and the Σ of squares of the source values), in its layout (rows
-// of q_stride = 9 * dim / 32 vec4<u32>). x's rounding is at most 2^-22 of its word's max |x|.
+// fixed point (s = 2^(E - F) for the word's max |x| in [2^(E-1), 2^E), xi = round_half_even(x /
+// s) in 8-bit planes, s, Σx and the Σ of squares of the source values; F = 22, or 15 with
+// XQ_NARROW), in its layout (rows of q_stride = 9 * dim / 32 vec4<u32>). x's rounding is at most
+// 2^-F of its word's max |x|.
 //
 // NORM: the row is RMSNorm'ed first, w * (x * inv) with inv = 1/sqrt(mean(x²) + eps) (as
 // rms_norm.wgsl; the sum of squares in its own fixed order, the same in every workgroup).

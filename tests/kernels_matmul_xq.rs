@@ -1,8 +1,9 @@
 //! The decode matmuls on x as integer planes (`xquant.wgsl` once per input, then `XQ` in
 //! `matmul_staged.wgsl`: `ops::xquant::xquant` + `ops::matmul::matmul_xq`) for every 4-bit format:
 //! - against a scalar CPU reference of the same arithmetic (x rounded to s · round(x / s) per
-//!   word of 8 with s = 2^(E - 22) for the word's max |x| < 2^E, then the products and sums
-//!   in f64): only the f32 accumulation may differ;
+//!   word of 8 with s = 2^(E - F) for the word's max |x| < 2^E, then the products and sums
+//!   in f64; F = 15 in the two-plane format `ops::xquant::narrow`, or 22): only the f32
+//!   accumulation may differ;
 //! - against the exact product in f64, within the bound x's rounding allows (Σ |scale · q| · s / 2
 //!   per word), on x with outliers, all-zero blocks and tiny blocks, from a column inside wider
 //!   rows;
@@ -11,6 +12,8 @@
 //!   pair matrix and a norm (a verify's row 0 equals a decode);
 //! - the kernel's variants: a block's word products summed in i32 at the block's largest scale
 //!   (within the added floor bound), and several blocks' loads per lane iteration (the same bits);
+//! - the two-plane format (`QWGPU_XQ_NARROW`, the default) and the three-plane one through the
+//!   above checks;
 //! - the fused epilogues (`matmul_xq_ext`): a residual projection writing the next norm's planes
 //!   (w ∘ y, the norm deferred) has xquant's bits for those values, the matmul reading them with
 //!   the deferred norm matches W · RMSNorm(y) on the CPU, a SwiGLU gate+up writing the down
@@ -24,7 +27,7 @@ use qwgpu_engine::ops::matmul::{
     XqOut, MT_ONE, MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
-use qwgpu_engine::ops::xquant::{q_stride, row_bytes, xquant};
+use qwgpu_engine::ops::xquant::{frac_bits, narrow, q_stride, row_bytes, set_narrow, xquant};
 use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{decode_floats, WeightFormat};
 use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
@@ -33,35 +36,44 @@ use qwgpu_tests::*;
 /// The kernel switches are process-wide: the tests of this binary take turns.
 static SWITCHES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// x rounded as xquant rounds it: per word of 8 values, s = 2^(E - 22) with the word's max |x|
-/// in [2^(E-1), 2^E) (0 below 2^-105), x → s · round_half_even(x / s).
+/// x rounded as xquant rounds it: per word of 8 values, s = 2^(E - F) with the word's max |x|
+/// in [2^(E-1), 2^E) (0 below 2^(F - 127)), x → s · round_half_even(x / s); F = `frac_bits()`
+/// (the format of plans built now).
 fn plane_round(x: &[f32]) -> Vec<f32> {
+    let f = frac_bits() as i32;
     let mut out = Vec::with_capacity(x.len());
     for block in x.chunks(8) {
         let mx = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let e = (mx.to_bits() >> 23) & 0xFF;
-        if e < 22 {
+        // The biased exponent: mx in [2^(e - 127), 2^(e - 126)), so E = e - 126.
+        let e = ((mx.to_bits() >> 23) & 0xFF) as i32;
+        if e < f {
             out.extend(block.iter().map(|_| 0f32));
             continue;
         }
-        let s = f32::from_bits((e - 21) << 23);
-        let inv = f32::from_bits((275 - e) << 23);
+        let s = 2f64.powi(e - 126 - f) as f32;
+        let inv = 2f64.powi(126 + f - e) as f32;
         assert_eq!(s as f64 * inv as f64, 1.0);
+        // The two-plane format keeps xi below 2^F (a value within 2^-(F+1) of 2^E rounds down).
+        let top = if narrow() {
+            2f32.powi(f) - 1.0
+        } else {
+            2f32.powi(f)
+        };
         out.extend(block.iter().map(|&v| {
-            let q = (v * inv).round_ties_even();
-            assert!(q.abs() <= 4194304.0, "fixed-point code {q} out of range");
+            let q = (v * inv).round_ties_even().min(top);
+            assert!(q.abs() <= 2f32.powi(f), "fixed-point code {q} out of range");
             q * s
         }));
     }
     out
 }
 
-/// At least the plane scale of values whose max |x| is that of `v`: 2^(E - 22) for a max in
+/// At least the plane scale of values whose max |x| is that of `v`: 2^(E - F) for a max in
 /// [2^(E-1), 2^E), twice that (a value a rounding step below a power of two may round up).
 fn scale_bound(v: &[f32]) -> f64 {
     let mx = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
     if mx > 0.0 {
-        2.0 * 2f64.powi(mx.log2().floor() as i32 + 1 - 22)
+        2.0 * 2f64.powi(mx.log2().floor() as i32 + 1 - frac_bits() as i32)
     } else {
         0.0
     }
@@ -157,7 +169,8 @@ fn plane_bound(q: &Q, x: &[f32], t: usize) -> Vec<f32> {
 }
 
 /// x with the shapes the planes must survive: normal values, an outlier every 97 values (a block
-/// with one value 300× the rest), an all-zero block and a block of tiny values.
+/// with one value 300× the rest), an all-zero block, a block of tiny values, and words whose max
+/// is a hair below a power of two.
 fn hard_x(rng: &mut Rng, len: usize) -> Vec<f32> {
     let mut x = rng.vec(len, 1.0);
     for (j, v) in x.iter_mut().enumerate() {
@@ -169,6 +182,10 @@ fn hard_x(rng: &mut Rng, len: usize) -> Vec<f32> {
         }
         if (160..192).contains(&(j % 1024)) {
             *v *= 1e-30;
+        }
+        // A word's max a hair below a power of two (x / s rounds up to 2^F in both formats).
+        if j % 89 == 11 {
+            *v = v.signum() * (4.0 - 2f32.powi(-20));
         }
     }
     x
@@ -205,22 +222,26 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
     // no split at all, on one device variant, one format and two shapes.
     // Pipelines are built for their row length (`QWGPU_XQ_CONST_K`, the default: k = 2048 is rows
     // of whole chunks, no tail checks) except in the fifth pass; the last writes the chunk loop
-    // out (one group per row). n = 64 and 16 are whole workgroups of rows (no row clamp,
+    // out (one group per row); the last two take the three-plane format (`QWGPU_XQ_NARROW=0`),
+    // with per-word and block sums. n = 64 and 16 are whole workgroups of rows (no row clamp,
     // `QWGPU_XQ_EXACT_ROWS`); the others end in a partial one.
-    for (block_sum, unroll, ksplit, const_k, unroll_ch) in [
-        (false, None, None, true, false),
-        (true, None, None, true, false),
-        (false, Some((3, 2)), Some((2, 4)), true, false),
-        (false, None, Some((1, 1)), true, false),
-        (false, None, None, false, false),
-        (false, None, Some((1, 1)), true, true),
+    for (block_sum, unroll, ksplit, const_k, unroll_ch, narrow) in [
+        (false, None, None, true, false, true),
+        (true, None, None, true, false, true),
+        (false, Some((3, 2)), Some((2, 4)), true, false, true),
+        (false, None, Some((1, 1)), true, false, true),
+        (false, None, None, false, false, true),
+        (false, None, Some((1, 1)), true, true, true),
+        (false, None, None, true, false, false),
+        (true, None, None, true, false, false),
     ] {
+        set_narrow(narrow);
         set_xq_block_sum(block_sum);
         set_xq_unroll(unroll);
         set_xq_ksplit(ksplit);
         set_xq_const_k(const_k);
         set_xq_unroll_ch(unroll_ch);
-        let full = !block_sum && unroll.is_none() && ksplit.is_none() && const_k;
+        let full = !block_sum && unroll.is_none() && ksplit.is_none() && const_k && narrow;
         let gpus = gpu_variants();
         let gpus = if full {
             gpus
@@ -238,8 +259,8 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                 (6, 16896),
                 (16, 16896),
             ]
-        } else if unroll_ch {
-            &[(70, 1536), (70, 2048), (6, 16896)]
+        } else if unroll_ch || !narrow {
+            &[(70, 1536), (70, 2048), (64, 2048), (6, 16896)]
         } else {
             &[(70, 1536), (6, 16896)]
         };
@@ -267,7 +288,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                     }
                     let what = |t: usize, mt: u32| {
                         format!(
-                        "{} n={n} k={k} T={t} tile {mt} ({}; block sums {block_sum}, unroll {unroll:?}, k split {ksplit:?}, const k {const_k}, unrolled {unroll_ch})",
+                        "{} n={n} k={k} T={t} tile {mt} ({}; block sums {block_sum}, unroll {unroll:?}, k split {ksplit:?}, const k {const_k}, unrolled {unroll_ch}, narrow {narrow})",
                         f.describe(),
                         gpu.describe()
                     )
@@ -286,6 +307,9 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                             };
                             let y = run_matmul(&gpu, &m, c);
                             let got = if add { added(&y) } else { y };
+                            // (With block sums, also within the shifts' floors.)
+                            let scale: Vec<f32> =
+                                mag.iter().zip(&shift).map(|(m, s)| 2e-6 * m + s).collect();
                             assert_close(
                                 &format!(
                                     "planes vs their CPU arithmetic, add={add}, {}",
@@ -293,9 +317,9 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                                 ),
                                 &got,
                                 &want,
-                                &mag,
+                                &scale,
                                 1e-5,
-                                2e-6,
+                                1.0,
                             );
                             // Within x's rounding of the exact product.
                             let tol: Vec<f32> = bound
@@ -314,7 +338,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                             );
                         }
                         // The RMSNorm in the xquant dispatch: against the CPU norm's exact product,
-                        // within x's rounding (2^-22 of a word's max per value) and the norm's f32.
+                        // within x's rounding (2^-F of a word's max per value) and the norm's f32.
                         let nw: Vec<f32> = (0..k).map(|_| 1.0 + 0.3 * rng.normal()).collect();
                         let xn = cpu_norm(&x, t, k, &nw, 1e-6);
                         let (exact_n, mag_n) = q.cpu_matmul(&xn, t);
@@ -382,6 +406,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         }
     }
     // Blocks per lane iteration never change the bits (either sum).
+    set_narrow(true);
     set_xq_block_sum(false);
     set_xq_ksplit(None);
     set_xq_const_k(true);
@@ -482,11 +507,13 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
         .into_iter()
         .filter(|f| matches!(f, WeightFormat::Affine { bits: 4, .. }))
         .collect();
-    // Every device variant and format; then 2 groups per row on one of each.
-    for ksplit in [None, Some((2, 2))] {
+    // Every device variant and format; then 2 groups per row, and the three-plane format
+    // (`QWGPU_XQ_NARROW=0`), on one of each.
+    for (ksplit, narrow) in [(None, true), (Some((2, 2)), true), (None, false)] {
         set_xq_ksplit(ksplit);
+        set_narrow(narrow);
         let gpus = gpu_variants();
-        let (gpus, formats) = if ksplit.is_none() {
+        let (gpus, formats) = if ksplit.is_none() && narrow {
             (gpus, &formats[..])
         } else {
             (gpus[gpus.len() - 1..].to_vec(), &formats[..1])
@@ -517,7 +544,7 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                 let resid = rng.vec(2 * h, 2.0);
                 let what = |t: usize| {
                     format!(
-                        "{} T={t} ({}; k split {ksplit:?})",
+                        "{} T={t} ({}; k split {ksplit:?}, narrow {narrow})",
                         f.describe(),
                         gpu.describe()
                     )
@@ -753,4 +780,5 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
         }
     }
     set_xq_ksplit(None);
+    set_narrow(true);
 }

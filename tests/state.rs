@@ -15,8 +15,9 @@ use qwgpu_tests::fixtures::*;
 use qwgpu_tests::*;
 
 /// As model_vs_mlx.rs: greedy tokens equal mlx-lm's up to its first near-tie (top-2 gap below
-/// the f32 logit tolerance).
-const LOGIT_TOL: f32 = 5e-3;
+/// the f32 logit tolerance of the default native path, integer planes in the two-plane format;
+/// 5e-3 would do for the three-plane one).
+const LOGIT_TOL: f32 = 0.2;
 
 fn model(name: &str) -> Arc<Model> {
     Arc::new(

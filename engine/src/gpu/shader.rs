@@ -349,6 +349,14 @@ impl Gpu {
         shader: &str,
         defines: &Defines,
     ) -> Result<Arc<wgpu::ComputePipeline>, GpuError> {
+        // The integer planes' format is one per process (`ops::xquant::narrow`): every kernel
+        // that writes or reads them must agree, so the flag is set here, not by each caller.
+        let defines = &match defines.0.contains_key("XQ_NARROW") {
+            true => defines.clone(),
+            false => defines
+                .clone()
+                .flag("XQ_NARROW", crate::ops::xquant::narrow()),
+        };
         let key = format!("{shader}|{}", defines.key());
         if let Some(p) = self
             .shaders

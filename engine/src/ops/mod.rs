@@ -70,5 +70,13 @@ pub fn all_variants(subgroups: bool) -> Vec<(&'static str, crate::gpu::Defines)>
     v.extend(sample::variants(&base));
     v.extend(mtp::variants(&base));
     v.extend(xquant::variants(&base));
+    // Every kernel that writes or reads integer planes also in the two-plane format
+    // (`xquant::narrow`; `Gpu::pipeline` sets the flag, here it is explicit).
+    let narrow: Vec<_> = v
+        .iter()
+        .filter(|(name, d)| *name == "xquant.wgsl" || d.is_true("XQ") || d.is_true("XOUT"))
+        .map(|(name, d)| (*name, d.clone().flag("XQ_NARROW", true)))
+        .collect();
+    v.extend(narrow);
     v
 }

@@ -25,6 +25,37 @@ const WORDS_PER_WG: u32 = 256;
 /// code planes, s, Σx and Σ of squares.
 pub const PLANES: u32 = 9;
 
+static NARROW: crate::ops::matmul::Switch =
+    crate::ops::matmul::Switch::new("QWGPU_XQ_NARROW", true);
+
+/// Whether the planes hold x in two byte planes (`XQ_NARROW` in `xq_planes.wgsl`: x rounded to
+/// at most 2^-15 of its word's max |x|, two packed dot products per code word and plane pair in
+/// the matmuls) rather than three (2^-22, three products). On by default: H200, plain decode
+/// 135.8 → 143.0 tok/s, MTP at forced 0.8 acceptance 153.8 → 177.9 tok/s; the logits of the
+/// test fixtures stay within 0.1 of mlx-lm's f32 run, where mlx-lm's own bf16 run is several
+/// logits away. One format per process: every pipeline gets the flag from
+/// [`crate::gpu::Gpu::pipeline`], so the kernels that write planes and those that read them agree.
+/// `QWGPU_XQ_NARROW=0|1` at start-up, [`set_narrow`] for plans built afterwards (a plan must not
+/// mix pipelines built before and after a change).
+pub fn narrow() -> bool {
+    NARROW.get()
+}
+
+/// See [`narrow`].
+pub fn set_narrow(on: bool) {
+    NARROW.set(on)
+}
+
+/// Fraction bits of the planes' fixed point ([`narrow`]): x = s · xi with s = 2^(E - F) for a
+/// word whose max |x| is in [2^(E-1), 2^E); |xi| <= 2^F (below 2^F in the two-plane format).
+pub fn frac_bits() -> u32 {
+    if narrow() {
+        15
+    } else {
+        22
+    }
+}
+
 /// vec4<u32> per row of planes for `dim` values (`xq_planes.wgsl`'s layout).
 pub fn q_stride(dim: u32) -> u32 {
     PLANES * (dim / BLOCK)
