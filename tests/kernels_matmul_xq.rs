@@ -12,6 +12,7 @@
 //!   pair matrix and a norm (a verify's row 0 equals a decode);
 //! - the kernel's variants: a block's word products summed in i32 at the block's largest scale
 //!   (within the added floor bound), and several blocks' loads per lane iteration (the same bits);
+//! - rows per lane group of long rows (`QWGPU_XQ_LONG_ROWS`; the same bits);
 //! - the two-plane format (`QWGPU_XQ_NARROW`, the default) and the three-plane one through the
 //!   above checks;
 //! - the fused epilogues (`matmul_xq_ext`): a residual projection writing the next norm's planes
@@ -23,8 +24,8 @@ use qwgpu_engine::gpu::Gpu;
 use qwgpu_engine::gpu::{Rows, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
     matmul_xq_ext, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_const_k,
-    set_xq_ksplit, set_xq_unroll, set_xq_unroll_ch, set_xreg, takes_xq, writes_xq, MatmulOpts,
-    XqOut, MT_ONE, MT_SMALL,
+    set_xq_ksplit, set_xq_long_rows, set_xq_unroll, set_xq_unroll_ch, set_xreg, takes_xq,
+    writes_xq, xq_tile, MatmulOpts, XqOut, MT_ONE, MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::ops::xquant::{frac_bits, narrow, q_stride, row_bytes, set_narrow, xquant};
@@ -431,6 +432,34 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         }
     }
     set_xq_unroll(None);
+    // Rows per lane group of long rows (`QWGPU_XQ_LONG_ROWS`) never change the bits: whole and
+    // partial workgroups, both tiles.
+    for (n, k) in [(16usize, 16896usize), (6, 16896), (40, 16896)] {
+        let q = Q::random(&mut rng, n, k, formats[0]);
+        let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
+        let x = hard_x(&mut rng, 2 * k);
+        for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
+            let call = || MmCall {
+                add: true,
+                planes: true,
+                ..MmCall::new(&x[..t * k], t, k, mt)
+            };
+            set_xq_long_rows(Some((2, 2)));
+            let two = run_matmul(&gpu, &m, call());
+            for rows in [(2, 4), (4, 4), (1, 8)] {
+                set_xq_long_rows(Some(rows));
+                let want_rg = if mt == MT_ONE { rows.0 } else { rows.1 };
+                assert_eq!(xq_tile(mt, k as u32, n as u32).2, want_rg, "long-row tile");
+                let other = run_matmul(&gpu, &m, call());
+                assert_bits_eq(
+                    &format!("long rows {rows:?} per group vs 2, n={n} k={k} T={t}"),
+                    &other,
+                    &two,
+                );
+            }
+        }
+    }
+    set_xq_long_rows(None);
     // The switch must decide: with it off no matrix takes planes.
     let mut rng = Rng(43);
     let q = Q::random(&mut rng, 32, 1024, formats[0]);

@@ -851,7 +851,11 @@ fn sampling_seeds_and_logprobs() {
     assert_ne!(a, run("8"), "another seed, other tokens");
     assert_eq!(a.len(), 24);
     // Greedy with logprobs: the tokens are mlx-lm's and each logprob is mlx-lm's logit minus the
-    // logsumexp of its row (reference.safetensors, teacher-forced along the same path).
+    // logsumexp of its row (reference.safetensors, teacher-forced along the same path), within
+    // 6e-2: the default native path's logits sit up to 0.03 from mlx-lm's f32 ones on this prompt
+    // (x rounded to 2^-15 of its word's max in the decode matmuls; model_vs_mlx.rs), and a
+    // logprob moves by at most its logit's error plus the logsumexp's (measured 4.9e-3). A wrong
+    // token, row or normalizer is off by far more.
     let j = ok_json(&[
         "generate",
         "--model",
@@ -883,7 +887,7 @@ fn sampling_seeds_and_logprobs() {
         let tok = want[i] as usize;
         let lp = e["logprob"].as_f64().unwrap();
         assert!(
-            (lp - (row[tok] as f64 - lse)).abs() < 2e-3,
+            (lp - (row[tok] as f64 - lse)).abs() < 6e-2,
             "step {i}: logprob {lp} vs mlx {}",
             row[tok] as f64 - lse
         );

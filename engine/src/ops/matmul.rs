@@ -1015,10 +1015,10 @@ pub fn set_xq(on: bool) {
 }
 
 /// Threads, rows per workgroup and rows per 32-lane group of the integer-plane decode kernel for
-/// tile `mt` and rows of `k` features: four groups of 4 rows, or of 2 rows for rows of
-/// [`LONG_K`] or more (H200 kernel lab, 27B down projection 5120×17408: 25.5 against 29.5 µs at
-/// 1 token, 34.7 against 46.7 µs at 2; 2 rows were slower for the other shapes, lm_head 205
-/// against 179 µs), unless `QWGPU_XQ_TILE=G,A,B` (read once; G groups of 32 lanes, 1–16, A and B
+/// tile `mt` and rows of `k` features: four groups of 4 rows, or for rows of [`LONG_K`] or more
+/// [`xq_long_rows`] (2 in the 1-token tile, 4 in the 2-token one; H200 kernel lab, 27B down
+/// projection 5120×17408 before the k split: 2 rows 25.5 against 29.5 µs for 4 at 1 token; 2 rows
+/// were slower for the other shapes, lm_head 205 against 179 µs), unless `QWGPU_XQ_TILE=G,A,B` (read once; G groups of 32 lanes, 1–16, A and B
 /// rows per group of the 1- and 2-token tiles, 1–16) says otherwise (kernel lab). Rows never
 /// change a (row, token)'s arithmetic; both tiles use the same lanes per row.
 pub fn xq_tile(mt: u32, k: u32, n: u32) -> (u32, u32, u32) {
@@ -1050,12 +1050,61 @@ pub fn xq_layout(mt: u32, k: u32, n: u32) -> (u32, u32, u32, u32) {
             let rg = if mt == MT_ONE { a } else { b };
             (32 * g, g * rg, rg)
         }
-        None if k >= LONG_K => (128, 8, 2),
+        None if k >= LONG_K => {
+            let rg = xq_long_rows(mt);
+            (128, 4 * rg, rg)
+        }
         None => staged_tile(mt),
     };
     // KS groups share each row ([`xq_ksplit`]): KS times the threads, the same rows.
     let ks = xq_ksplit(k, n, wg);
     (wg * ks, rows, rg, ks)
+}
+
+static XQ_LONG_ROWS_ENV: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+static XQ_LONG_ROWS_SET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Rows per 32-lane group of the integer-plane kernel for rows of [`LONG_K`] or more features
+/// (the 27B's down projection), in tile `mt`: 2 in the 1-token tile (four groups, 8 rows per
+/// workgroup) and 4 in the 2-token tile (16 rows), unless `QWGPU_XQ_LONG_ROWS=A,B` (read once;
+/// A for the 1-token tile, B for the 2-token tile, 1–8 each) or [`set_xq_long_rows`] says
+/// otherwise. Never changes the bits. H200, two-plane format
+/// (`bench/results/2026-12-03-h200/call4/`): down alone at 2 tokens 32.2 → 26.9 µs with 4 rows
+/// (8: 35.1), MTP at forced 0.8 175.9 → 184.0 tok/s; 4 rows at 1 token were slower (18.0 →
+/// 19.7 µs; plain decode 142.4 → 142.0), 1 row much slower (25.1 µs, 131.2 tok/s).
+pub fn xq_long_rows(mt: u32) -> u32 {
+    let set = XQ_LONG_ROWS_SET.load(std::sync::atomic::Ordering::Relaxed);
+    let (a, b) = if set != 0 {
+        (set & 0xFF, set >> 8)
+    } else {
+        *XQ_LONG_ROWS_ENV.get_or_init(|| {
+            let Ok(v) = std::env::var("QWGPU_XQ_LONG_ROWS") else {
+                return (2, 4);
+            };
+            let p: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
+            match p.as_slice() {
+                &[a, b] if (1..=8).contains(&a) && (1..=8).contains(&b) => (a, b),
+                _ => {
+                    eprintln!(
+                        "qwgpu: ignoring QWGPU_XQ_LONG_ROWS={v:?}: expected A,B (1 to 8 each)"
+                    );
+                    (2, 4)
+                }
+            }
+        })
+    };
+    if mt == MT_ONE {
+        a
+    } else {
+        b
+    }
+}
+
+/// See [`xq_long_rows`]: (1-token tile, 2-token tile), each taken into 1..=8, for plans built
+/// afterwards; `None` goes back to the start-up choice.
+pub fn set_xq_long_rows(v: Option<(u32, u32)>) {
+    let packed = v.map_or(0, |(a, b)| a.clamp(1, 8) | b.clamp(1, 8) << 8);
+    XQ_LONG_ROWS_SET.store(packed, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A count per matrix class, 1 to 4 each: rows below [`LONG_K`] features, longer rows, and short
