@@ -31,15 +31,9 @@
 // squares in channel order, then a tree, as gdn_conv_prep.wgsl does), and beta, g come from the
 // step's b, a columns of the projection rows. The same bits as gdn_conv_prep + this kernel (tested).
 //
-// REG_TREE (with GATED, GN_WG = 64): the trees over the norms' GN_WG partial sums are computed in
-// registers by each thread that needs the result, with the barrier tree's pairs (stride 32, 16,
-// ..., 1), so the bits are the same and the 6 barriers of each tree go; with PREP, the k|q rows
-// are staged and normalized two at a time (the two staging buffers), so a verify's second row
-// needs no staging barriers.
-//
 // Defines: WG (threads; R = WG / 4 rows), NV4 (= Dk / 16), KQ (vec4 of k|q each thread stages per
 // step: ceil(Dk / 2 / WG)), KQS (vec4 slots of one staging buffer: >= Dk / 2, at most KQ * WG),
-// SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size), PREP, XQ (with PREP), REG_TREE.
+// SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size), PREP, XQ (with PREP).
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -90,11 +84,7 @@ var<workgroup> gred: array<f32, GN_WG>;
 var<workgroup> gq: array<f32, R>;
 #endif
 #if PREP
-#if REG_TREE
-var<workgroup> qkred: array<f32, 4u * GN_WG>;   // k, q of row t; k, q of row t + 1
-#else
 var<workgroup> qkred: array<f32, 2u * GN_WG>;
-#endif
 #include "gdn_gates.wgsl"
 #endif
 #if SUBGROUPS
@@ -126,42 +116,6 @@ fn conv_at(idx: u32) -> f32 {
 fn hsum(a: vec4<f32>) -> f32 {
     return (a.x + a.y) + (a.z + a.w);
 }
-
-#if REG_TREE
-// The barrier tree over 64 partials (v[i] += v[i + stride] for stride 32, 16, ..., 1), in
-// registers: a[j] holds v[4j .. 4j + 3].
-fn tree64(a: array<vec4<f32>, 16>) -> f32 {
-#for I 8
-    let b{{I}} = a[{{I}}u] + a[{{I}}u + 8u];
-#endfor
-    let c0 = b0 + b4;
-    let c1 = b1 + b5;
-    let c2 = b2 + b6;
-    let c3 = b3 + b7;
-    let d0 = c0 + c2;
-    let d1 = c1 + c3;
-    let e = d0 + d1;
-    return (e.x + e.z) + (e.y + e.w);
-}
-
-fn tree_g() -> f32 {
-    var a: array<vec4<f32>, 16>;
-#for I 16
-    a[{{I}}u] = vec4<f32>(gred[4u * {{I}}u], gred[4u * {{I}}u + 1u], gred[4u * {{I}}u + 2u], gred[4u * {{I}}u + 3u]);
-#endfor
-    return tree64(a);
-}
-
-#if PREP
-fn tree_qk(base: u32) -> f32 {
-    var a: array<vec4<f32>, 16>;
-#for I 16
-    a[{{I}}u] = vec4<f32>(qkred[base + 4u * {{I}}u], qkred[base + 4u * {{I}}u + 1u], qkred[base + 4u * {{I}}u + 2u], qkred[base + 4u * {{I}}u + 3u]);
-#endfor
-    return tree64(a);
-}
-#endif
-#endif
 
 @compute @workgroup_size(WG)
 fn main(
@@ -218,44 +172,6 @@ fn main(
 
 #if PREP
     for (var t = 0u; t < T; t++) {
-#if REG_TREE
-        let buf = (t & 1u) * KQS;
-        if ((t & 1u) == 0u) {
-            // Rows t and t + 1 (zeros past T) into the two staging buffers (every read of the
-            // previous pair's is behind this barrier), normalized as below, one tree per thread.
-            workgroupBarrier();
-            for (var i = lid; i < 2u * KQS; i += WG) {
-                kq[i] = stage_load(t + i / KQS, T, kh, i % KQS);
-            }
-            workgroupBarrier();
-            // Part w / GN_WG: k of row t, q of row t, k of row t + 1, q of row t + 1.
-            for (var w = lid; w < 4u * GN_WG; w += WG) {
-                let part = w / GN_WG;
-                let hbase = (part / 2u) * KQS + (part % 2u) * dk4;
-                var ss = 0.0;
-                for (var j = w % GN_WG; j < p.dk; j += GN_WG) {
-                    let xv = kq[hbase + j / 4u][j % 4u];
-                    ss += xv * xv;
-                }
-                qkred[w] = ss;
-            }
-            workgroupBarrier();
-            for (var i = lid; i < 2u * KQS; i += WG) {
-                let c = i % KQS;
-                if (c < 2u * dk4) {
-                    let is_q = c >= dk4;
-                    let part = (i / KQS) * 2u + select(0u, 1u, is_q);
-                    let inv = inverseSqrt(tree_qk(part * GN_WG) / f32(p.dk) + p.qk_eps);
-                    if (is_q) {
-                        kq[i] = p.q_scale * (kq[i] * inv);
-                    } else {
-                        kq[i] = p.k_scale * (kq[i] * inv);
-                    }
-                }
-            }
-            workgroupBarrier();
-        }
-#else
         let buf = 0u;
         // Stage row t's raw k|q (every read of the previous row's is behind this barrier).
         workgroupBarrier();
@@ -288,7 +204,6 @@ fn main(
             }
         }
         workgroupBarrier();
-#endif
         let v = conv_at(t * p.conv_dim + vcol);
         let beta = sigmoid(z[t * p.z_stride + p.b_col + h]);
         let g = decay_gate(z[t * p.z_stride + p.a_col + h], a_log[h], dt_bias[h]);
@@ -379,18 +294,11 @@ fn main(
             gred[lid] = ss;
         }
         workgroupBarrier();
-#if REG_TREE
-        var inv = 0.0;
-        if (live && lane == 0u) {
-            inv = inverseSqrt(tree_g() / f32(p.dv) + p.eps);
-        }
-#else
         for (var stride = GN_WG / 2u; stride > 0u; stride >>= 1u) {
             if (lid < stride) { gred[lid] += gred[lid + stride]; }
             workgroupBarrier();
         }
         let inv = inverseSqrt(gred[0] / f32(p.dv) + p.eps);
-#endif
         if (live && lane == 0u) {
             let gn = gw[row] * (o * inv);
             let yv = silu(z[t * p.z_stride + p.z_col + h * p.dv + row]) * gn;

@@ -1099,14 +1099,8 @@ fn gated_recurrence_equals_recurrence_then_gated_norm_bit_for_bit() {
     // gdn_recurrence followed by gated_norm: the normalized, gated rows, the state and its
     // snapshot, for every shape (Dk 32 and 128, Dv != Dk, heads near zero where eps matters),
     // several row counts and snapshot points, from zero and random states, and starting from the
-    // snapshot (step.rollback), with the norm's tree in registers and through workgroup memory
-    // (`set_gdn_reg_tree`: the same bits, so tests running meanwhile are unaffected). The chain
-    // tests above (against the CPU references) then cover it.
-    for (gpu, reg_tree) in gpu_variants()
-        .into_iter()
-        .flat_map(|g| [(g.clone(), true), (g, false)])
-    {
-        qwgpu_engine::ops::gdn::set_gdn_reg_tree(reg_tree);
+    // snapshot (step.rollback). The chain tests above (against the CPU references) then cover it.
+    for gpu in gpu_variants() {
         let mut rng = Rng(23);
         for (name, d) in shapes() {
             if gated_recurrence_layout(&gpu, &d).is_none() {
@@ -1128,7 +1122,7 @@ fn gated_recurrence_equals_recurrence_then_gated_norm_bit_for_bit() {
             ] {
                 for random in [false, true] {
                     let what = format!(
-                        "{} n_confirmed={nc} rollback={rollback} reg_tree={reg_tree}",
+                        "{} n_confirmed={nc} rollback={rollback}",
                         label(&gpu, name, t, random)
                     );
                     let (_, s0) = initial_states(&mut rng, &d, random);
@@ -1214,5 +1208,4 @@ fn gated_recurrence_equals_recurrence_then_gated_norm_bit_for_bit() {
             }
         }
     }
-    qwgpu_engine::ops::gdn::set_gdn_reg_tree(true);
 }

@@ -288,9 +288,7 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
     // and a 1-row decode, every state buffer, and the MTP loop's steps (with a rejected draft
     // rolled back), on every fixture. Plans follow the switches when built, and both settings
     // give the same bits, so other tests running meanwhile are unaffected.
-    // The fused recurrence runs with its norms' trees in registers and k|q staged in pairs
-    // (the default) and with barrier trees (`set_gdn_reg_tree(false)`): the same bits.
-    use qwgpu_engine::ops::gdn::{set_fused_gdn, set_gated_recurrence, set_gdn_reg_tree};
+    use qwgpu_engine::ops::gdn::{set_fused_gdn, set_gated_recurrence};
     let mut fused_somewhere = false;
     for name in fixture_names() {
         let r = load_reference(&name);
@@ -298,10 +296,9 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
         let model = Arc::new(
             Model::load(gpu(), &dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}")),
         );
-        let run = |fused: bool, reg_tree: bool| {
+        let run = |fused: bool| {
             set_fused_gdn(fused);
             set_gated_recurrence(fused);
-            set_gdn_reg_tree(reg_tree);
             let s = pollster::block_on(Session::new(
                 model.clone(),
                 SessionOptions {
@@ -313,7 +310,6 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
             ));
             set_fused_gdn(true);
             set_gated_recurrence(true);
-            set_gdn_reg_tree(true);
             let mut s = s.unwrap();
             let dispatches = s.dispatches_per_token();
             let (prompt, next) = (&r.prompts[3][..150], r.greedy[3][0]);
@@ -337,21 +333,21 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
             }
             (dispatches, two, one, states, mtp)
         };
-        let b = run(false, true);
-        for reg_tree in [true, false] {
-            let a = run(true, reg_tree);
-            let how = format!("fused (register trees {reg_tree}) vs not");
-            assert!(a.0 <= b.0, "{name}: {} dispatches fused, {} not", a.0, b.0);
-            fused_somewhere |= a.0 < b.0;
-            assert_bits_eq(&format!("{name}: 2-row logits, {how}"), &a.1, &b.1);
-            assert_bits_eq(&format!("{name}: 1-row logits, {how}"), &a.2, &b.2);
-            assert_eq!(a.3.len(), b.3.len());
-            for (i, (x, y)) in a.3.iter().zip(&b.3).enumerate() {
-                assert_bits_eq(&format!("{name}: state / MTP logits {i}, {how}"), x, y);
-            }
-            assert_eq!(a.4, b.4, "{name}: MTP steps, {how}");
-            println!("{name}: {} dispatches per token fused, {} not", a.0, b.0);
+        let (a, b) = (run(true), run(false));
+        assert!(a.0 <= b.0, "{name}: {} dispatches fused, {} not", a.0, b.0);
+        fused_somewhere |= a.0 < b.0;
+        assert_bits_eq(&format!("{name}: 2-row logits, fused vs not"), &a.1, &b.1);
+        assert_bits_eq(&format!("{name}: 1-row logits, fused vs not"), &a.2, &b.2);
+        assert_eq!(a.3.len(), b.3.len());
+        for (i, (x, y)) in a.3.iter().zip(&b.3).enumerate() {
+            assert_bits_eq(
+                &format!("{name}: state / MTP logits {i}, fused vs not"),
+                x,
+                y,
+            );
         }
+        assert_eq!(a.4, b.4, "{name}: MTP steps, fused vs not");
+        println!("{name}: {} dispatches per token fused, {} not", a.0, b.0);
     }
     assert!(
         fused_somewhere,

@@ -235,8 +235,7 @@ pub fn recurrence_defines(lay: &RecurrenceLayout) -> Defines {
         .flag("SUBGROUPS", lay.subgroups)
         .flag("GATED", lay.gated)
         .flag("PREP", lay.prep)
-        .flag("XQ", lay.xq)
-        .flag("REG_TREE", lay.gated && lay.reg_tree);
+        .flag("XQ", lay.xq);
     if lay.gated {
         d.set("GN_WG", NORM_WG)
     } else {
@@ -275,20 +274,16 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 gated: false,
                 prep: false,
                 xq: false,
-                reg_tree: false,
             };
             v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
             for dv in [32, 64, 128] {
                 for (prep, xq) in [(false, false), (true, false), (true, true)] {
-                    for reg_tree in [false, true] {
-                        let lay = RecurrenceLayout {
-                            prep,
-                            xq,
-                            reg_tree,
-                            ..gated_layout(dk, dv, subgroups)
-                        };
-                        v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
-                    }
+                    let lay = RecurrenceLayout {
+                        prep,
+                        xq,
+                        ..gated_layout(dk, dv, subgroups)
+                    };
+                    v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
                 }
             }
         }
@@ -572,12 +567,6 @@ pub struct RecurrenceLayout {
     pub prep: bool,
     /// (With `prep`) the output also goes out as `xquant.wgsl`'s integer planes.
     pub xq: bool,
-    /// (With `gated`) the trees over the norms' [`NORM_WG`] partial sums are computed in
-    /// registers by the threads that need their result (the same pairs, so the same bits), and
-    /// with `prep` the k|q rows are staged and normalized two at a time: 21 barriers per step of
-    /// the 27B's fused kernel become 9 (7 with subgroups), 4 of them once per pair of rows
-    /// ([`gdn_reg_tree`]).
-    pub reg_tree: bool,
 }
 
 /// Threads per state row in the recurrence.
@@ -595,40 +584,7 @@ fn gated_layout(dk: u32, dv: u32, subgroups: bool) -> RecurrenceLayout {
         gated: true,
         prep: false,
         xq: false,
-        // The register tree is written out for 64 partials.
-        reg_tree: gdn_reg_tree() && NORM_WG == 64,
     }
-}
-
-static GDN_REG_TREE: crate::ops::matmul::Switch =
-    crate::ops::matmul::Switch::new("QWGPU_GDN_REG_TREE", true);
-
-/// Whether the gated recurrence ([`gdn_recurrence_gated`], [`gdn_recurrence_fused`]) sums its
-/// norms' partials in registers and stages k|q rows in pairs ([`RecurrenceLayout::reg_tree`];
-/// never changes the bits). On by default; `QWGPU_GDN_REG_TREE=0` keeps the barrier trees and
-/// one row per stage (start-up), [`set_gdn_reg_tree`] for plans built afterwards.
-pub fn gdn_reg_tree() -> bool {
-    GDN_REG_TREE.get()
-}
-
-/// See [`gdn_reg_tree`].
-pub fn set_gdn_reg_tree(on: bool) {
-    GDN_REG_TREE.set(on)
-}
-
-static GDN_SUBGROUPS: crate::ops::matmul::Switch =
-    crate::ops::matmul::Switch::new("QWGPU_GDN_SUBGROUPS", false);
-
-/// Whether the gated recurrence combines its 4 lanes per state row with subgroup shuffles on
-/// GPUs too (CPU adapters always do where subgroups are usable; the same bits either way). Off by
-/// default; `QWGPU_GDN_SUBGROUPS=1` at start-up, [`set_gdn_subgroups`] for plans built afterwards.
-pub fn gdn_subgroups() -> bool {
-    GDN_SUBGROUPS.get()
-}
-
-/// See [`gdn_subgroups`].
-pub fn set_gdn_subgroups(on: bool) {
-    GDN_SUBGROUPS.set(on)
 }
 
 static GATED_RECURRENCE: crate::ops::matmul::Switch =
@@ -678,14 +634,10 @@ pub fn gated_recurrence_layout(gpu: &Gpu, d: &GdnDims) -> Option<RecurrenceLayou
     }
     let base = recurrence_layout(gpu, d);
     let (smax, smin) = (gpu.caps.subgroup_max_size, gpu.caps.subgroup_min_size);
-    let subgroups = (base.subgroups || (gdn_subgroups() && subgroups_usable(gpu)))
-        && smax <= wg
-        && smin > 0
-        && wg % smax == 0;
+    let subgroups = base.subgroups && smax <= wg && smin > 0 && wg % smax == 0;
     let lay = gated_layout(dk, dv, subgroups);
-    // (kq, red_m / red_o, gy, gred, qkred (two rows' with the register tree), sg_count)
-    let qk_parts = if lay.reg_tree { 4 } else { 2 };
-    let shared = 2 * lay.kqs * 16 + 2 * wg * 4 + dv * 4 + (1 + qk_parts) * NORM_WG * 4 + 4;
+    // (kq, red_m / red_o, gy, gred, qkred, sg_count)
+    let shared = 2 * lay.kqs * 16 + 2 * wg * 4 + dv * 4 + 3 * NORM_WG * 4 + 4;
     (shared <= gpu.limits.max_compute_workgroup_storage_size).then_some(lay)
 }
 
@@ -694,18 +646,6 @@ impl RecurrenceLayout {
     pub fn rows(&self) -> u32 {
         self.wg / REC_LANES
     }
-}
-
-/// Whether the recurrence's subgroup reduction can run on `gpu`: power-of-two subgroup sizes
-/// between [`REC_LANES`] and [`REC_WG`].
-fn subgroups_usable(gpu: &Gpu) -> bool {
-    let (smin, smax) = (gpu.caps.subgroup_min_size, gpu.caps.subgroup_max_size);
-    gpu.caps.subgroups
-        && smin.is_power_of_two()
-        && smax.is_power_of_two()
-        && smin >= REC_LANES
-        && smin <= smax
-        && smax <= REC_WG
 }
 
 /// The recurrence layout for `d` on `gpu`. For the 27B (Dk 128): 4 threads × 32 columns per row,
@@ -717,7 +657,14 @@ fn subgroups_usable(gpu: &Gpu) -> bool {
 /// Subgroups need power-of-two sizes between 4 and the workgroup size.
 pub fn recurrence_layout(gpu: &Gpu, d: &GdnDims) -> RecurrenceLayout {
     let dk = d.k_head_dim;
-    let subgroups = subgroups_usable(gpu) && gpu.info.device_type == wgpu::DeviceType::Cpu;
+    let (smin, smax) = (gpu.caps.subgroup_min_size, gpu.caps.subgroup_max_size);
+    let usable = gpu.caps.subgroups
+        && smin.is_power_of_two()
+        && smax.is_power_of_two()
+        && smin >= REC_LANES
+        && smin <= smax
+        && smax <= REC_WG;
+    let subgroups = usable && gpu.info.device_type == wgpu::DeviceType::Cpu;
     let kq = (dk / 2).div_ceil(REC_WG).max(1);
     RecurrenceLayout {
         subgroups,
@@ -728,7 +675,6 @@ pub fn recurrence_layout(gpu: &Gpu, d: &GdnDims) -> RecurrenceLayout {
         gated: false,
         prep: false,
         xq: false,
-        reg_tree: false,
     }
 }
 
