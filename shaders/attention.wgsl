@@ -24,8 +24,18 @@
 // order at the end of the chunk. Loads use clamped (valid) rows and are masked afterwards, so the
 // compiler can issue them all before the arithmetic.
 //
+// QR (final pass, prompt chunks): a workgroup per (group of QR consecutive rows, head). Where the
+// group's rows all compute their chunks in place with one chunk length (n_keys of the first and
+// last row give the same chunk_keys), each block of keys is read once for the QR rows: every
+// thread loads its key's (and its slice's value) vectors once and runs each row's arithmetic on
+// them, in the order and with the masks the one-row path uses (a row skips the blocks past its
+// own keys; a masked key's value, read at another clamp, enters as 0 · v). So a row's bits are
+// those of the one-row path, while the cache is read QR times less. Other groups (decode rows with
+// partials, a change of chunk length, the call's last partial group) take the rows one at a time.
+//
 // Defines: WG, BK (keys per block; WG/BK lanes per key), HEAD_DIM, NS (max chunks per row),
-// CK_MIN (min chunk length, a multiple of BK), SPLIT, XQ (final pass only).
+// CK_MIN (min chunk length, a multiple of BK), SPLIT, XQ (final pass only), QR (rows per group;
+// 1 but in the final pass with QROWS).
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -63,9 +73,10 @@ const CK_MIN: u32 = {{CK_MIN}}u;
 const PSTRIDE: u32 = 1u + D4;            // vec4s per partial in `part`
 const NEG: f32 = -3.0e38;                // below any score; exp(NEG - m) == 0
 
-var<workgroup> qs: array<vec4<f32>, D4>;       // scale * q
-var<workgroup> lanes: array<f32, WG>;          // score partials [BK, LPK]
-var<workgroup> sc: array<f32, BK>;             // scores of the block (NEG past the chunk end)
+const QR: u32 = {{QR}}u;
+var<workgroup> qs: array<vec4<f32>, QR * D4>;   // scale * q (QR: per row of the group)
+var<workgroup> lanes: array<f32, QR * WG>;      // score partials [BK, LPK] (per row)
+var<workgroup> sc: array<f32, QR * BK>;         // scores of the block (NEG past the chunk end; per row)
 var<workgroup> accs: array<vec4<f32>, WG>;     // per-slice outputs [KS, D/4]
 var<workgroup> ls: array<f32, WG>;             // per-slice denominators [KS]
 
@@ -206,38 +217,10 @@ fn merge(st: Partial, c: Partial) -> Partial {
     return Partial(fma(c.acc, vec4<f32>(b), st.acc * a), mm, fma(c.l, b, st.l * a));
 }
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let t = wid.z;
-    let h = wg_linear(wid, nwg);
+// Row t's output from its merged state: normalized, gated, written (and as planes with XQ).
+// Called from uniform control flow.
+fn write_row(t: u32, h: u32, st: Partial, lid: u32) {
     let nq = p.n_heads;
-    let nkv = p.n_kv_heads;
-    let row = step.pos + t;
-    if (t >= step.n_tokens || t >= p.max_rows || row >= p.max_ctx || h >= nq || nkv == 0u || p.head_dim != D) { return; }
-    let n_keys = row + 1u;
-    let ck = chunk_keys(n_keys);
-    let n_chunks = (n_keys + ck - 1u) / ck;
-    var st = Partial(vec4<f32>(0.0), NEG, 0.0);
-    if (t < p.split_rows) {
-        for (var c = 0u; c < n_chunks; c++) {
-            let base = part_base(t, h, c);
-            let ml = part[base];
-            var acc = vec4<f32>(0.0);
-            if (lid < D4) { acc = part[base + 1u + lid]; }
-            st = merge(st, Partial(acc, ml.x, ml.y));
-        }
-    } else {
-        let g = min(h / max(nq / nkv, 1u), nkv - 1u);
-        load_q(t, h, lid);
-        for (var c = 0u; c < n_chunks; c++) {
-            let k0 = c * ck;
-            st = merge(st, chunk(k0, min(k0 + ck, n_keys), nkv * D4, g * D4, lid));
-        }
-    }
     if (lid < D4) {
         let gb = t * p.gate_stride + p.gate_col + h * 2u * D + D + 4u * lid;
         let gv = vec4<f32>(gate[gb], gate[gb + 1u], gate[gb + 2u], gate[gb + 3u]);
@@ -259,6 +242,195 @@ fn main(
         xq[o + {{P}}u * pl] = r[{{P}}];
 #endfor
     }
+    // (yo is written again by the group's next row)
+    workgroupBarrier();
 #endif
 }
+
+// Row t (valid) of head h on the one-row path: its partials merged (decode rows), or its chunks
+// computed here in order. Called from uniform control flow.
+fn one_row(t: u32, h: u32, lid: u32) {
+    let nq = p.n_heads;
+    let nkv = p.n_kv_heads;
+    let n_keys = step.pos + t + 1u;
+    let ck = chunk_keys(n_keys);
+    let n_chunks = (n_keys + ck - 1u) / ck;
+    var st = Partial(vec4<f32>(0.0), NEG, 0.0);
+    if (t < p.split_rows) {
+        for (var c = 0u; c < n_chunks; c++) {
+            let base = part_base(t, h, c);
+            let ml = part[base];
+            var acc = vec4<f32>(0.0);
+            if (lid < D4) { acc = part[base + 1u + lid]; }
+            st = merge(st, Partial(acc, ml.x, ml.y));
+        }
+    } else {
+        let g = min(h / max(nq / nkv, 1u), nkv - 1u);
+        load_q(t, h, lid);
+        for (var c = 0u; c < n_chunks; c++) {
+            let k0 = c * ck;
+            st = merge(st, chunk(k0, min(k0 + ck, n_keys), nkv * D4, g * D4, lid));
+        }
+    }
+    write_row(t, h, st, lid);
+}
+
+#if !QROWS
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let t = wid.z;
+    let h = wg_linear(wid, nwg);
+    let row = step.pos + t;
+    if (t >= step.n_tokens || t >= p.max_rows || row >= p.max_ctx || h >= p.n_heads || p.n_kv_heads == 0u || p.head_dim != D) { return; }
+    one_row(t, h, lid);
+}
+#else
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let h = wg_linear(wid, nwg);
+    let nq = p.n_heads;
+    let nkv = p.n_kv_heads;
+    if (h >= nq || nkv == 0u || p.head_dim != D || step.pos >= p.max_ctx) { return; }
+    // Rows t < nt are valid (as the one-row kernel's checks).
+    let nt = min(min(step.n_tokens, p.max_rows), p.max_ctx - step.pos);
+    let g0 = wid.z * QR;
+    if (g0 >= nt) { return; }
+    let nr = min(QR, nt - g0);
+    let nk0 = step.pos + g0 + 1u;          // n_keys of the group's first row
+    let ck = chunk_keys(nk0);
+    if (g0 < p.split_rows || nr < QR || chunk_keys(nk0 + QR - 1u) != ck) {
+        for (var r = 0u; r < nr; r++) {
+            one_row(g0 + r, h, lid);
+        }
+        return;
+    }
+    let g = min(h / max(nq / nkv, 1u), nkv - 1u);
+    let kv_row4 = nkv * D4;
+    let kv_off4 = g * D4;
+    for (var i = lid; i < QR * D4; i += WG) {
+        qs[i] = q[((g0 + i / D4) * nq + h) * D4 + i % D4] * p.scale;
+    }
+    workgroupBarrier();
+    let kk = lid / LPK;
+    let lane = lid % LPK;
+    let ks = lid / D4;
+    let dv = lid % D4;
+#for R QR
+    var st{{R}} = Partial(vec4<f32>(0.0), NEG, 0.0);
+#endfor
+    let n_last = nk0 + QR - 1u;
+    let n_chunks = (n_last + ck - 1u) / ck;
+    for (var c = 0u; c < n_chunks; c++) {
+        let k0 = c * ck;
+        let kmax = min(k0 + ck, n_last);
+#for R QR
+        let k1_{{R}} = min(k0 + ck, nk0 + {{R}}u);
+        var m{{R}} = NEG;
+        var l{{R}} = 0.0;
+        var acc{{R}} = vec4<f32>(0.0);
+#endfor
+        for (var blk = k0; blk < kmax; blk += BK) {
+            let kb = min(blk + kk, kmax - 1u) * kv_row4 + kv_off4;
+#for R QR
+            var s{{R}} = 0.0;
+#endfor
+            for (var r = 0u; r < NI; r++) {
+                let i = lane + r * LPK;
+                if (i < D4) {
+                    let b = k_cache[kb + i];
+#for R QR
+                    {
+                        let a = qs[{{R}}u * D4 + i];
+                        s{{R}} = fma(a.x, b.x, s{{R}});
+                        s{{R}} = fma(a.y, b.y, s{{R}});
+                        s{{R}} = fma(a.z, b.z, s{{R}});
+                        s{{R}} = fma(a.w, b.w, s{{R}});
+                    }
+#endfor
+                }
+            }
+#for R QR
+            lanes[{{R}}u * WG + lid] = s{{R}};
+#endfor
+            workgroupBarrier();
+            if (lid < BK) {
+#for R QR
+                {
+                    var a = 0.0;
+                    for (var j = 0u; j < LPK; j++) {
+                        a += lanes[{{R}}u * WG + lid * LPK + j];
+                    }
+                    sc[{{R}}u * BK + lid] = select(NEG, a, blk + lid < k1_{{R}});
+                }
+#endfor
+            }
+            workgroupBarrier();
+#for R QR
+            let live{{R}} = blk < k1_{{R}};
+            var corr{{R}} = 1.0;
+            if (live{{R}}) {
+                var bm = NEG;
+                for (var j = 0u; j < BK; j++) {
+                    bm = max(bm, sc[{{R}}u * BK + j]);
+                }
+                let m_new = max(m{{R}}, bm);
+                corr{{R}} = exp(m{{R}} - m_new);
+                m{{R}} = m_new;
+                acc{{R}} = acc{{R}} * corr{{R}};
+            }
+            var ps{{R}} = 0.0;
+#endfor
+            if (ks < KS) {
+                for (var r = 0u; r < KPS; r++) {
+                    let j0 = ks + r * KS;
+                    let j = min(j0, BK - 1u);
+                    let vv = v_cache[min(blk + j, kmax - 1u) * kv_row4 + kv_off4 + dv];
+#for R QR
+                    if (live{{R}}) {
+                        let pj = select(0.0, exp(sc[{{R}}u * BK + j] - m{{R}}), j0 < BK && blk + j < k1_{{R}});
+                        ps{{R}} += pj;
+                        acc{{R}} = fma(vec4<f32>(pj), vv, acc{{R}});
+                    }
+#endfor
+                }
+            }
+#for R QR
+            if (live{{R}}) {
+                l{{R}} = fma(l{{R}}, corr{{R}}, ps{{R}});
+            }
+#endfor
+        }
+        // Each row's partial of this chunk (where the chunk is one of its own), merged in order.
+#for R QR
+        if (ks < KS) {
+            accs[lid] = acc{{R}};
+            if (dv == 0u) { ls[ks] = l{{R}}; }
+        }
+        workgroupBarrier();
+        if (k0 < nk0 + {{R}}u) {
+            var res = Partial(vec4<f32>(0.0), m{{R}}, 0.0);
+            if (lid < D4) {
+                for (var sl = 0u; sl < KS; sl++) {
+                    res.acc += accs[sl * D4 + lid];
+                    res.l += ls[sl];
+                }
+            }
+            st{{R}} = merge(st{{R}}, res);
+        }
+        workgroupBarrier();
+#endfor
+    }
+#for R QR
+    write_row(g0 + {{R}}u, h, st{{R}}, lid);
+#endfor
+}
+#endif
 #endif

@@ -10,7 +10,7 @@ use qwgpu_engine::gpu::{
 };
 use qwgpu_engine::ops::attention::{
     attention, attention_scratch_bytes, attention_with_scratch, attention_writes_planes,
-    attention_xq, attn_prep, AttnDims, ATTN_CK_MIN, ATTN_NS,
+    attention_xq, attention_xq_rows, attn_prep, AttnDims, ATTN_CK_MIN, ATTN_NS, ATTN_QR,
 };
 use qwgpu_engine::ops::Act;
 use qwgpu_tests::ref_attention::{self as cpu, RefDims};
@@ -598,11 +598,12 @@ fn attend_split(
     pos: u32,
     split_rows: u32,
 ) -> Vec<f32> {
-    attend(gpu, layer, q, proj, t, pos, split_rows, false).0
+    attend(gpu, layer, q, proj, t, pos, split_rows, false, 1).0
 }
 
-/// attention over `t` rows at `pos` with `split_rows` rows on the split path (0: none), and with
-/// `planes` the output also as integer planes into a buffer of 2 rows (returned as u32).
+/// attention over `t` rows at `pos` with `split_rows` rows on the split path (0: none), with
+/// `planes` the output also as integer planes into a buffer of 2 rows (returned as u32), and up
+/// to `rows` query rows per workgroup of the final pass.
 #[allow(clippy::too_many_arguments)]
 fn attend(
     gpu: &Gpu,
@@ -613,6 +614,7 @@ fn attend(
     pos: u32,
     split_rows: u32,
     planes: bool,
+    rows: u32,
 ) -> (Vec<f32>, Option<Vec<u32>>) {
     let (lay, qw) = (layer.lay, layer.s.qw());
     let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
@@ -643,7 +645,21 @@ fn attend(
     };
     let gate = Act::at(&pb, lay.stride as u32, lay.qg as u32);
     let sc = if split_rows > 0 { Some(&scratch) } else { None };
-    let ds = if planes {
+    let ds = if rows > 1 {
+        pollster::block_on(attention_xq_rows(
+            gpu,
+            &layer.d,
+            &qb,
+            gate,
+            &layer.kc,
+            &layer.vc,
+            sc,
+            &ob,
+            planes.then_some(&xq),
+            rows,
+            slot,
+        ))
+    } else if planes {
         pollster::block_on(attention_xq(
             gpu,
             &layer.d,
@@ -715,6 +731,54 @@ fn split_and_fused_paths_agree_bit_exact() {
 }
 
 #[test]
+fn query_row_groups_give_the_bits_of_one_row() {
+    // The final pass with several query rows per workgroup (prompt chunks: each block of keys read
+    // once for the group) gives every row the bits of one row per workgroup: groups that share
+    // one chunk length, a last partial group, groups over the split rows (decode partials), rows
+    // where the chunk length changes inside a group (beyond ATTN_NS · CK_MIN keys), one chunk,
+    // chunk boundaries inside a group; with and without the output planes.
+    let ck = ATTN_CK_MIN;
+    let big = ATTN_NS * ck;
+    for gpu in gpu_variants() {
+        let mut rng = Rng(29);
+        for (s, pos, t, split) in [
+            (TINY, 0u32, 9usize, 0u32),
+            (TINY, ck - 5, 11, 2),
+            (TINY, 2 * ck - 2, 7, 0),
+            (TINY, big - 3, 10, 0),
+            (TINY, big + ck - 4, 9, 3),
+            (ODD, 300, 13, 0),
+            (B27, 130, 8, 2),
+        ] {
+            let max_ctx = pos + t as u32;
+            let kvw = s.kvw();
+            let k0 = normals(&mut rng, max_ctx as usize * kvw, 2.0);
+            let v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+            let w = vec![1f32; s.d as usize];
+            let layer = Layer::new(&gpu, s, max_ctx, &w, &w, &k0, &v0);
+            let q = normals(&mut rng, t * s.qw(), 1.5);
+            let proj = normals(&mut rng, t * layer.lay.stride, 2.0);
+            // (Planes only on the short contexts: the long ones are slow on CPU adapters.)
+            let plane_cases: &[bool] = if pos < 400 { &[false, true] } else { &[false] };
+            for &planes in plane_cases {
+                let one = attend(&gpu, &layer, &q, &proj, t, pos, split, planes, 1);
+                assert!(one.0.iter().all(|v| v.is_finite()));
+                for rows in [3u32, ATTN_QR] {
+                    let what = format!(
+                        "{} pos {pos} t {t} split {split} planes {planes}, {rows} rows per group ({})",
+                        s.name,
+                        gpu.describe()
+                    );
+                    let got = attend(&gpu, &layer, &q, &proj, t, pos, split, planes, rows);
+                    assert_bits_eq(&format!("{what}: output"), &got.0, &one.0);
+                    assert_eq!(got.1, one.1, "{what}: planes");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn output_planes_are_xquants() {
     // With the output's integer planes written by the attention kernel (o_proj's input), the
     // output is unchanged and the planes are an xquant dispatch's on it (the code planes, scales
@@ -737,7 +801,7 @@ fn output_planes_are_xquants() {
             let q = normals(&mut rng, t * s.qw(), 1.5);
             let proj = normals(&mut rng, t * layer.lay.stride, 2.0);
             let what = format!("{} pos {pos} T={t} ({})", s.name, gpu.describe());
-            let (out, planes) = attend(&gpu, &layer, &q, &proj, t, pos, t as u32, true);
+            let (out, planes) = attend(&gpu, &layer, &q, &proj, t, pos, t as u32, true, 1);
             let planes = planes.unwrap();
             let plain = attend_split(&gpu, &layer, &q, &proj, t, pos, t as u32);
             assert_bits_eq(

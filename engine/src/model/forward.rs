@@ -935,7 +935,7 @@ impl Builder<'_> {
             && self.planes_for(std::slice::from_ref(o_proj), self.mt)
             && crate::ops::attention::attention_writes_planes(g, &d);
         plan.extend_vec(
-            crate::ops::attention::attention_xq(
+            crate::ops::attention::attention_xq_rows(
                 g,
                 &d,
                 &ws.q,
@@ -945,6 +945,12 @@ impl Builder<'_> {
                 scratch,
                 &ws.y,
                 planes_out.then_some(&ws.xq),
+                // Prompt chunks: several query rows per workgroup (the same bits).
+                if self.mt == crate::ops::matmul::MT_PREFILL {
+                    crate::ops::attention::attention_rows()
+                } else {
+                    1
+                },
                 self.step,
             )
             .await?,

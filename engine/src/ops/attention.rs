@@ -317,6 +317,45 @@ pub async fn attention_with_scratch(
     attention_xq(gpu, d, q, gate, k_cache, v_cache, scratch, out, None, step).await
 }
 
+/// Query rows per workgroup of a prompt chunk's attention ([`attention_rows`]): 4 by default.
+pub const ATTN_QR: u32 = 4;
+
+static ATTN_ROWS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Query rows [`attention_rows`] gives prompt chunks: each workgroup of the final pass takes that
+/// many consecutive rows of a head and reads each block of keys once for all of them (the bits of
+/// one row per workgroup; tested). [`ATTN_QR`] unless `QWGPU_ATTN_ROWS=N` (1 to 8, read at
+/// start-up; 1 is one row per workgroup) or [`set_attention_rows`] says otherwise.
+pub fn attention_rows() -> u32 {
+    let set = ATTN_ROWS.load(std::sync::atomic::Ordering::Relaxed);
+    if set != 0 {
+        return set;
+    }
+    static ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ENV.get_or_init(|| match std::env::var("QWGPU_ATTN_ROWS") {
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n) if (1..=8).contains(&n) => n,
+            _ => {
+                eprintln!("qwgpu: ignoring QWGPU_ATTN_ROWS={v:?}: expected 1 to 8");
+                ATTN_QR
+            }
+        },
+        Err(_) => ATTN_QR,
+    })
+}
+
+/// Sets [`attention_rows`] for plans built afterwards (taken into 1..=8; `None`: the start-up
+/// choice).
+pub fn set_attention_rows(n: Option<u32>) {
+    ATTN_ROWS.store(n.map_or(0, |n| n.clamp(1, 8)), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Workgroup memory of the final pass with `qr` rows per workgroup (see `attention.wgsl`).
+fn final_pass_shared_bytes(head_dim: u32, qr: u32) -> u32 {
+    let d4 = head_dim / 4;
+    qr * d4 * 16 + qr * ATTN_WG * 4 + qr * ATTN_BK * 4 + ATTN_WG * 16 + ATTN_WG * 4 + d4 * 16
+}
+
 /// Whether decode and verify rows should take the split pass on this device by default: GPUs
 /// yes; CPU adapters (lavapipe, SwiftShader) pay per launched workgroup and gain nothing from
 /// spreading the keys, so they run the one-pass path (identical bits either way).
@@ -350,7 +389,35 @@ pub async fn attention_xq(
     planes: Option<&GpuBuffer>,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
+    attention_xq_rows(gpu, d, q, gate, k_cache, v_cache, scratch, out, planes, 1, step).await
+}
+
+/// [`attention_xq`] with up to `rows` query rows per workgroup of the final pass
+/// ([`attention_rows`]; the same bits for any count, fewer reads of the cache for prompt chunks;
+/// 1 where the device's workgroup memory does not hold the larger tile).
+#[allow(clippy::too_many_arguments)]
+pub async fn attention_xq_rows(
+    gpu: &Gpu,
+    d: &AttnDims,
+    q: &GpuBuffer,
+    gate: Act<'_>,
+    k_cache: &GpuBuffer,
+    v_cache: &GpuBuffer,
+    scratch: Option<&GpuBuffer>,
+    out: &GpuBuffer,
+    planes: Option<&GpuBuffer>,
+    rows: u32,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
     let what = "attention";
+    let qr = if rows > 1
+        && final_pass_shared_bytes(d.head_dim, rows)
+            <= gpu.limits.max_compute_workgroup_storage_size
+    {
+        rows.min(8)
+    } else {
+        1
+    };
     if planes.is_some() && !attention_writes_planes(gpu, d) {
         return Err(bad(
             what,
@@ -417,7 +484,11 @@ pub async fn attention_xq(
     let pipeline = gpu
         .pipeline(
             "attention.wgsl",
-            &base.flag("SPLIT", false).flag("XQ", planes.is_some()),
+            &base
+                .flag("SPLIT", false)
+                .flag("XQ", planes.is_some())
+                .set("QR", qr)
+                .flag("QROWS", qr > 1),
         )
         .await?;
     let mut res = vec![
@@ -442,7 +513,12 @@ pub async fn attention_xq(
         }
         res.push(pb.whole());
     }
-    out_d.push(gpu.dispatch(what, &pipeline, &res, Grid::per_token(d.n_heads)));
+    let grid = if qr > 1 {
+        Grid::per_tile(d.n_heads, qr)
+    } else {
+        Grid::per_token(d.n_heads)
+    };
+    out_d.push(gpu.dispatch(what, &pipeline, &res, grid));
     Ok(out_d)
 }
 
@@ -462,6 +538,7 @@ fn attention_defines(head_dim: u32) -> Defines {
         .set("HEAD_DIM", head_dim)
         .set("NS", ATTN_NS)
         .set("CK_MIN", ATTN_CK_MIN)
+        .set("QR", 1)
 }
 
 /// Every variant (for the offline naga checks): the head dims of the family and the fixtures.
@@ -474,6 +551,19 @@ pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
             "attention.wgsl",
             attention_defines(hd).flag("SPLIT", false).flag("XQ", true),
         ));
+        for qr in [2, ATTN_QR] {
+            for xq in [false, true] {
+                v.push((
+                    "attention.wgsl",
+                    attention_defines(hd)
+                        .flag("SPLIT", false)
+                        .flag("XQ", xq)
+                        .set("QR", qr)
+                        .flag("QROWS", true),
+                ));
+            }
+        }
     }
+    v.dedup();
     v
 }
