@@ -347,7 +347,10 @@ pub fn attention_rows() -> u32 {
 /// Sets [`attention_rows`] for plans built afterwards (taken into 1..=8; `None`: the start-up
 /// choice).
 pub fn set_attention_rows(n: Option<u32>) {
-    ATTN_ROWS.store(n.map_or(0, |n| n.clamp(1, 8)), std::sync::atomic::Ordering::Relaxed);
+    ATTN_ROWS.store(
+        n.map_or(0, |n| n.clamp(1, 8)),
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 /// Workgroup memory of the final pass with `qr` rows per workgroup (see `attention.wgsl`).
@@ -389,7 +392,10 @@ pub async fn attention_xq(
     planes: Option<&GpuBuffer>,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    attention_xq_rows(gpu, d, q, gate, k_cache, v_cache, scratch, out, planes, 1, step).await
+    attention_xq_rows(
+        gpu, d, q, gate, k_cache, v_cache, scratch, out, planes, 1, step,
+    )
+    .await
 }
 
 /// [`attention_xq`] with up to `rows` query rows per workgroup of the final pass
