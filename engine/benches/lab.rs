@@ -1,7 +1,7 @@
 //! Kernel lab: times the hot kernels and whole layers at the real 27B shapes on the current
 //! adapter and prints GB/s against a read-bandwidth roofline.
 //!
-//!   cargo bench -p engine --bench lab -- [matmul] [layer] [read] [chain] [alu] [rows] [prefetch] [--reps N] [--roofline GBPS] [--prefill T] [--breakdown] [--shapes gate_up,lm_head]
+//!   cargo bench -p engine --bench lab -- [matmul] [layer] [read] [chain] [alu] [rows] [prefetch] [persist] [--reps N] [--roofline GBPS] [--prefill T] [--breakdown] [--shapes gate_up,lm_head]
 //!
 //! `alu`: instruction throughput of the operations the decode matmuls spend their time on
 //! (`engine/benches/lab_alu.wgsl`; `--sms N` for the per-SM figure, 132 by default).
@@ -554,6 +554,151 @@ fn prefetch(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
     }
 }
 
+/// Persistent phases (`lab persist`, `lab_persist.wgsl`): 64 streaming reads the sizes of a
+/// Gated-DeltaNet layer's matrices (in_proj, out_proj, gate+up, down, eight distinct regions of
+/// one buffer), first as one dispatch each (the barrier between dependent dispatches), then as
+/// phases of ONE dispatch of a resident grid separated by a grid-wide atomic barrier, with and
+/// without the next phase's first loads issued before the wait; and the barrier alone (empty
+/// phases). Mean time per phase.
+fn persist(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
+    use qwgpu_engine::gpu::Grid;
+    const N: u32 = 64;
+    const WG: u32 = 256;
+    let sizes = [47_462_400u64, 17_694_720, 100_270_080, 50_135_040];
+    // Smaller regions where one binding cannot hold the eight (CPU adapters: a check only).
+    let limit = gpu.device.limits().max_storage_buffer_binding_size as u64;
+    let shrink = if limit < 2 * sizes.iter().sum::<u64>() {
+        16
+    } else {
+        1
+    };
+    let lens: Vec<u32> = (0..8)
+        .map(|i| (sizes[i % 4] / 16 / shrink) as u32)
+        .collect();
+    let offs: Vec<u32> = (0..8).map(|i| lens[..i].iter().sum()).collect();
+    let total: u64 = lens.iter().map(|&l| l as u64 * 16).sum();
+    let w = gpu.storage("w", total).unwrap();
+    let out = gpu.storage("out", 1 << 20).unwrap();
+    let slots = reps as u64 + 8;
+    let ctr = gpu.storage("ctr", slots * 256).unwrap();
+    let list = |v: &[u32]| {
+        v.iter()
+            .map(|x| format!("{x}u"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let make = |phases: u32, prefetch: bool, offs: &[u32], lens: &[u32]| {
+        let code = include_str!("lab_persist.wgsl")
+            .replace("{{WG}}", &WG.to_string())
+            .replace("{{PHASES}}", &phases.to_string())
+            .replace("{{PREFETCH}}", if prefetch { "true" } else { "false" })
+            .replace("{{OFFS}}", &list(offs))
+            .replace("{{LENS}}", &list(lens))
+            .replace(
+                "{{LIMIT}}",
+                &std::env::var("LAB_PERSIST_LIMIT").unwrap_or("4000000".into()),
+            );
+        // SAFETY: every index is clamped to its region (min(.., len - 1)), the counter to slot 0.
+        unsafe { lab_pipeline(gpu, "lab_persist", code) }
+    };
+    // Runs `n` dispatches (warm-up 3 + reps) with a fresh counter slot each; returns s / rep.
+    let timed =
+        |pipeline: &Arc<wgpu::ComputePipeline>,
+         groups: u32,
+         per_rep: &dyn Fn(&mut wgpu::ComputePass<'_>, &qwgpu_engine::gpu::Dispatch)| {
+            gpu.queue
+                .write_buffer(&ctr.buf, 0, &vec![0u8; (slots * 256) as usize]);
+            gpu.queue.write_buffer(&out.buf, 0, &[0u8; 4]);
+            let ds: Vec<_> = (0..slots)
+                .map(|i| {
+                    gpu.dispatch(
+                        "persist",
+                        pipeline,
+                        &[w.whole(), out.whole(), ctr.slice(i * 256, 256)],
+                        Grid::fixed(groups),
+                    )
+                })
+                .collect();
+            let run = |from: usize, n: usize| {
+                let mut enc = gpu.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    for d in &ds[from..from + n] {
+                        per_rep(&mut pass, d);
+                    }
+                }
+                gpu.queue.submit([enc.finish()]);
+                gpu.wait();
+            };
+            run(0, 3);
+            let t0 = Instant::now();
+            run(3, reps as usize);
+            let s = t0.elapsed().as_secs_f64() / reps as f64;
+            let flag = pollster::block_on(gpu.read_u32(&out.buf, 0, 1)).unwrap()[0];
+            (s, flag == 0xDEAD)
+        };
+    let bytes = total / 8; // per phase: the mean of the eight regions
+                           // One dispatch per read: pipelines for each region, each a single phase without a barrier.
+    let singles: Vec<_> = (0..8)
+        .map(|i| {
+            let groups = lens[i].div_ceil(WG * 4);
+            let loads = "        let v0 = w[min(base, n - 1u)];\n        let v1 = w[min(base + WG, n - 1u)];\n        let v2 = w[min(base + 2u * WG, n - 1u)];\n        let v3 = w[min(base + 3u * WG, n - 1u)];\n        acc ^= v0 ^ v1 ^ v2 ^ v3;\n";
+            let p = read_pipeline(gpu, loads, WG, 4, 0);
+            gpu.dispatch(
+                "read",
+                &p,
+                &[w.slice(offs[i] as u64 * 16, lens[i] as u64 * 16), out.whole()],
+                Grid::fixed(groups),
+            )
+        })
+        .collect();
+    let s = time_recorded(gpu, reps, |pass| {
+        for i in 0..N as usize {
+            singles[i % 8].record(pass, ONE_TOKEN, gpu.caps.max_workgroups_per_dim)
+        }
+    }) / N as f64;
+    report(
+        "persist baseline: one dispatch per phase",
+        s,
+        bytes,
+        1,
+        roofline,
+    );
+    for grid_per_sm in [1u32, 2, 4, 8] {
+        let groups = 132 * grid_per_sm;
+        for prefetch in [false, true] {
+            let p = make(N, prefetch, &offs, &lens);
+            let (s, failed) = timed(&p, groups, &|pass, d| {
+                d.record(pass, ONE_TOKEN, gpu.caps.max_workgroups_per_dim)
+            });
+            report(
+                &format!(
+                    "persist {N} phases, grid {groups}, prefetch {prefetch}{}",
+                    if failed { " BARRIER TIMED OUT" } else { "" }
+                ),
+                s / N as f64,
+                bytes,
+                1,
+                roofline,
+            );
+        }
+        let p = make(N, false, &offs, &[0; 8]);
+        let (s, failed) = timed(&p, groups, &|pass, d| {
+            d.record(pass, ONE_TOKEN, gpu.caps.max_workgroups_per_dim)
+        });
+        report(
+            &format!(
+                "persist barrier alone, grid {groups}{}",
+                if failed { " BARRIER TIMED OUT" } else { "" }
+            ),
+            s / N as f64,
+            0,
+            1,
+            roofline,
+        );
+    }
+}
+
 /// Instruction throughput (`lab alu`): each thread runs `K` rounds of 8 independent chains of
 /// one operation (`lab_alu.wgsl`); reported as lane operations per ns per SM-sized share
 /// (`--sms`, 132 for an H200), the figure to compare with the decode matmuls' work per weight
@@ -730,6 +875,7 @@ fn main() {
             || a == "alu"
             || a == "rows"
             || a == "prefetch"
+            || a == "persist"
     });
     let checks = args.iter().any(|a| a == "--checks");
     // `--prefill N`: also time an N-token prompt chunk (prefill tile).
@@ -751,6 +897,9 @@ fn main() {
     }
     if args.iter().any(|a| a == "prefetch") {
         prefetch(&gpu, reps, roofline);
+    }
+    if args.iter().any(|a| a == "persist") {
+        persist(&gpu, reps, roofline);
     }
     if args.iter().any(|a| a == "rows") {
         rows(&gpu, reps, roofline);
