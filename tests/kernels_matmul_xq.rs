@@ -24,8 +24,8 @@ use qwgpu_engine::gpu::Gpu;
 use qwgpu_engine::gpu::{Rows, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
     matmul_xq_ext, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_const_k,
-    set_xq_ksplit, set_xq_long_rows, set_xq_unroll, set_xq_unroll_ch, set_xreg, takes_xq,
-    writes_xq, xq_tile, MatmulOpts, XqOut, MT_ONE, MT_SMALL,
+    set_xq_ksplit, set_xq_long_rows, set_xq_mid_verify, set_xq_unroll, set_xq_unroll_ch, set_xreg,
+    takes_xq, writes_xq, xq_tile, MatmulOpts, XqOut, FEW_ROWS, MT_ONE, MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::ops::xquant::{frac_bits, narrow, q_stride, row_bytes, set_narrow, xquant};
@@ -460,6 +460,61 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         }
     }
     set_xq_long_rows(None);
+    // The verify tile of mid-row matrices (`QWGPU_XQ_MID_VERIFY`: more than FEW_ROWS, at most
+    // MID_ROWS rows) never changes the bits: whole and partial workgroups, with the SwiGLU pairs.
+    // (n: the matrix's rows; with SwiGLU, gate and up of n / 2 rows each, interleaved.)
+    for (n, k, swiglu) in [
+        (FEW_ROWS as usize + 128, 320usize, false),
+        (FEW_ROWS as usize + 70, 256, false),
+        (FEW_ROWS as usize + 64, 256, true),
+    ] {
+        let m = if swiglu {
+            let (g, u) = (
+                Q::random(&mut rng, n / 2, k, formats[0]),
+                Q::random(&mut rng, n / 2, k, formats[0]),
+            );
+            Matrix::upload_interleaved(&gpu, "gate~up", ("gate", &g.data()), ("up", &u.data()))
+                .unwrap()
+        } else {
+            Matrix::upload(&gpu, "w", &Q::random(&mut rng, n, k, formats[0]).data()).unwrap()
+        };
+        let x = hard_x(&mut rng, 2 * k);
+        let call = || MmCall {
+            add: !swiglu,
+            swiglu,
+            planes: true,
+            ..MmCall::new(&x[..2 * k], 2, k, MT_SMALL)
+        };
+        set_xq_mid_verify(Some(None));
+        assert_eq!(
+            xq_tile(MT_SMALL, k as u32, n as u32).2,
+            4,
+            "default verify tile"
+        );
+        let base = run_matmul(&gpu, &m, call());
+        for (g, r) in [(2u32, 8u32), (1, 8), (4, 2)] {
+            set_xq_mid_verify(Some(Some((g, r))));
+            assert_eq!(
+                xq_tile(MT_SMALL, k as u32, n as u32),
+                (32 * g, g * r, r),
+                "mid-row verify tile"
+            );
+            assert_eq!(
+                xq_tile(MT_ONE, k as u32, n as u32).2,
+                4,
+                "the 1-token tile stays"
+            );
+            let other = run_matmul(&gpu, &m, call());
+            assert_bits_eq(
+                &format!(
+                    "mid-row verify tile {g} x {r} vs the default, n={n} k={k} swiglu={swiglu}"
+                ),
+                &other,
+                &base,
+            );
+        }
+    }
+    set_xq_mid_verify(None);
     // The switch must decide: with it off no matrix takes planes.
     let mut rng = Rng(43);
     let q = Q::random(&mut rng, 32, 1024, formats[0]);

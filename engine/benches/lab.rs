@@ -247,31 +247,39 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
                         .storage("yq", 2 * qwgpu_engine::ops::xquant::row_bytes(n as u32))
                         .unwrap();
                     let nw = gpu.storage("nw", n as u64 * 4).unwrap();
-                    let ds = pollster::block_on(qwgpu_engine::ops::matmul::matmul_xq_ext(
-                        gpu,
-                        &m,
-                        &xq,
-                        Act::new(&y, n as u32),
-                        slot,
-                        opts,
-                        None,
-                        Some(1e-6),
-                        Some(qwgpu_engine::ops::matmul::XqOut {
-                            planes: &yq,
-                            norm_w: Some(&nw),
-                        }),
-                    ))
-                    .unwrap();
-                    let mut plan = Plan::new();
-                    plan.extend_vec(ds);
-                    let s = time_plan(gpu, &plan, shape, reps);
-                    report(
-                        &format!("matmul q4 xq fused {label} {n}x{k} T={t}"),
-                        s,
-                        m.bytes(),
-                        plan.len(),
-                        roofline,
-                    );
+                    // Both epilogues ("fused"), then each alone: the deferred norm of the input
+                    // ("xnorm") and the output planes ("xout").
+                    for (what, norm, out) in [
+                        ("fused", true, true),
+                        ("xnorm", true, false),
+                        ("xout", false, true),
+                    ] {
+                        let ds = pollster::block_on(qwgpu_engine::ops::matmul::matmul_xq_ext(
+                            gpu,
+                            &m,
+                            &xq,
+                            Act::new(&y, n as u32),
+                            slot,
+                            opts,
+                            None,
+                            norm.then_some(1e-6),
+                            out.then_some(qwgpu_engine::ops::matmul::XqOut {
+                                planes: &yq,
+                                norm_w: Some(&nw),
+                            }),
+                        ))
+                        .unwrap();
+                        let mut plan = Plan::new();
+                        plan.extend_vec(ds);
+                        let s = time_plan(gpu, &plan, shape, reps);
+                        report(
+                            &format!("matmul q4 xq {what} {label} {n}x{k} T={t}"),
+                            s,
+                            m.bytes(),
+                            plan.len(),
+                            roofline,
+                        );
+                    }
                 }
             }
             if t > 2 {
@@ -566,7 +574,7 @@ fn persist(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
     const WG: u32 = 256;
     let sizes = [47_462_400u64, 17_694_720, 100_270_080, 50_135_040];
     // Smaller regions where one binding cannot hold the eight (CPU adapters: a check only).
-    let limit = gpu.device.limits().max_storage_buffer_binding_size as u64;
+    let limit = gpu.device.limits().max_storage_buffer_binding_size;
     let shrink = if limit < 2 * sizes.iter().sum::<u64>() {
         16
     } else {
@@ -664,7 +672,35 @@ fn persist(gpu: &Arc<Gpu>, reps: u32, roofline: f64) {
         1,
         roofline,
     );
-    for grid_per_sm in [1u32, 2, 4, 8] {
+    // Chained phases: every phase its own workgroups, waiting only on the previous phase.
+    let nwgs: Vec<u32> = lens.iter().map(|l| l.div_ceil(WG * 4)).collect();
+    let groups: u32 = (0..N as usize).map(|i| nwgs[i % 8]).sum();
+    let code = include_str!("lab_chained.wgsl")
+        .replace("{{WG}}", &WG.to_string())
+        .replace("{{PHASES}}", &N.to_string())
+        .replace("{{OFFS}}", &list(&offs))
+        .replace("{{LENS}}", &list(&lens))
+        .replace("{{NWGS}}", &list(&nwgs))
+        .replace(
+            "{{LIMIT}}",
+            &std::env::var("LAB_PERSIST_LIMIT").unwrap_or("4000000".into()),
+        );
+    // SAFETY: every index is clamped to its region, the counters to the slot's 64.
+    let p = unsafe { lab_pipeline(gpu, "lab_chained", code) };
+    let (s, failed) = timed(&p, groups, &|pass, d| {
+        d.record(pass, ONE_TOKEN, gpu.caps.max_workgroups_per_dim)
+    });
+    report(
+        &format!(
+            "persist {N} chained phases, {groups} workgroups{}",
+            if failed { " WAIT TIMED OUT" } else { "" }
+        ),
+        s / N as f64,
+        bytes,
+        1,
+        roofline,
+    );
+    for grid_per_sm in [1u32, 2, 4] {
         let groups = 132 * grid_per_sm;
         for prefetch in [false, true] {
             let p = make(N, prefetch, &offs, &lens);

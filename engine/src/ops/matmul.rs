@@ -1054,11 +1054,91 @@ pub fn xq_layout(mt: u32, k: u32, n: u32) -> (u32, u32, u32, u32) {
             let rg = xq_long_rows(mt);
             (128, 4 * rg, rg)
         }
+        None if mt != MT_ONE && n > FEW_ROWS && n <= MID_ROWS => match xq_mid_verify() {
+            Some((g, rg)) => (32 * g, g * rg, rg),
+            None => staged_tile(mt),
+        },
+        None if mt != MT_ONE => match xq_verify_env(n <= FEW_ROWS) {
+            Some((g, rg)) => (32 * g, g * rg, rg),
+            None => staged_tile(mt),
+        },
         None => staged_tile(mt),
     };
     // KS groups share each row ([`xq_ksplit`]): KS times the threads, the same rows.
     let ks = xq_ksplit(k, n, wg);
     (wg * ks, rows, rg, ks)
+}
+
+/// Matrices of more than [`FEW_ROWS`] and at most this many rows of short rows are mid-row
+/// matrices for [`xq_mid_verify`] (the 27B's Gated-DeltaNet in_proj, 16480 rows, and attention
+/// q|k|v, 14336 rows; not gate|up, 34816).
+pub const MID_ROWS: u32 = 20480;
+
+static XQ_MID_VERIFY_ENV: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+static XQ_MID_VERIFY_SET: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Lane groups and rows per group of the integer-plane kernel's 2-token tile for mid-row
+/// matrices ([`MID_ROWS`]): 2 groups of 8 rows (16 rows per workgroup of 64 threads, as many
+/// workgroups as the default four groups of 4, each lane reading its x planes for twice the rows),
+/// unless `QWGPU_XQ_MID_VERIFY=G,R` (read once; 1–8 each; `0` keeps the default tile) or
+/// [`set_xq_mid_verify`] says otherwise. `None`: the default staged tile. Never changes the bits.
+pub fn xq_mid_verify() -> Option<(u32, u32)> {
+    let set = XQ_MID_VERIFY_SET.load(std::sync::atomic::Ordering::Relaxed);
+    if set != 0 {
+        return (set != u32::MAX).then_some((set & 0xFF, set >> 8));
+    }
+    *XQ_MID_VERIFY_ENV.get_or_init(|| {
+        const DEFAULT: Option<(u32, u32)> = Some((2, 8));
+        let Ok(v) = std::env::var("QWGPU_XQ_MID_VERIFY") else {
+            return DEFAULT;
+        };
+        let p: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
+        match p.as_slice() {
+            &[0] => None,
+            &[g, r] if (1..=8).contains(&g) && (1..=8).contains(&r) => Some((g, r)),
+            _ => {
+                eprintln!(
+                    "qwgpu: ignoring QWGPU_XQ_MID_VERIFY={v:?}: expected G,R (1 to 8 each) or 0"
+                );
+                DEFAULT
+            }
+        }
+    })
+}
+
+/// Tuning knobs for the 2-token tile of the other short-row matrices (kernel lab and benchmarks;
+/// read once): `QWGPU_XQ_VERIFY_FEW=G,R` for matrices of at most [`FEW_ROWS`] rows,
+/// `QWGPU_XQ_VERIFY_BIG=G,R` for those of more than [`MID_ROWS`]; unset: the staged tile.
+fn xq_verify_env(few: bool) -> Option<(u32, u32)> {
+    static FEW: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    static BIG: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    let (cell, var) = if few {
+        (&FEW, "QWGPU_XQ_VERIFY_FEW")
+    } else {
+        (&BIG, "QWGPU_XQ_VERIFY_BIG")
+    };
+    *cell.get_or_init(|| {
+        let v = std::env::var(var).ok()?;
+        let p: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
+        match p.as_slice() {
+            &[g, r] if (1..=8).contains(&g) && (1..=8).contains(&r) => Some((g, r)),
+            _ => {
+                eprintln!("qwgpu: ignoring {var}={v:?}: expected G,R (1 to 8 each)");
+                None
+            }
+        }
+    })
+}
+
+/// See [`xq_mid_verify`]: `Some(Some((g, r)))` (each taken into 1..=8) or `Some(None)` (the
+/// default staged tile) for plans built afterwards; `None` goes back to the start-up choice.
+pub fn set_xq_mid_verify(v: Option<Option<(u32, u32)>>) {
+    let packed = match v {
+        None => 0,
+        Some(None) => u32::MAX,
+        Some(Some((g, r))) => g.clamp(1, 8) | r.clamp(1, 8) << 8,
+    };
+    XQ_MID_VERIFY_SET.store(packed, std::sync::atomic::Ordering::Relaxed);
 }
 
 static XQ_LONG_ROWS_ENV: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
@@ -2106,13 +2186,19 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                             ));
                         }
                         if !norm && q4_format(&format) {
-                            for (conv, k) in [(false, 4096), (true, 4096), (false, LONG_K)] {
-                                if conv && (add || swiglu) {
+                            // (Rows past MID_ROWS: the 2-token tile of the larger matrices.)
+                            for (conv, k, n) in [
+                                (false, 4096, FEW_ROWS + 1),
+                                (false, 4096, MID_ROWS + 1),
+                                (true, 4096, FEW_ROWS + 1),
+                                (false, LONG_K, FEW_ROWS + 1),
+                            ] {
+                                if conv && (add || swiglu) || n > MID_ROWS && mt == MT_ONE {
                                     continue;
                                 }
                                 // The long rows also take the variants: block sums, 2 blocks
                                 // per lane iteration, 2 groups per row.
-                                let (wg, rows, rg, ks) = xq_layout(mt, k, FEW_ROWS + 1);
+                                let (wg, rows, rg, ks) = xq_layout(mt, k, n);
                                 let long = k == LONG_K;
                                 let (wg, ks) = if long { (wg / ks * 2, 2) } else { (wg, ks) };
                                 let d = staged_defines(
