@@ -267,7 +267,9 @@ fn main(
         let qw{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 6u * bpr];
         let qx{{T}}_{{U}} = bitcast<vec4<f32>>(xq[xb{{T}}_{{U}} + 7u * bpr]);
 #if XNORM
+#if !XNORM_LATE
         let qq{{T}}_{{U}} = bitcast<vec4<f32>>(xq[xb{{T}}_{{U}} + 8u * bpr]);
+#endif
 #endif
 #endfor
 #endfor
@@ -276,9 +278,11 @@ fn main(
 #for T MT
             let sx{{T}} = (qx{{T}}_{{U}}.x + qx{{T}}_{{U}}.y) + (qx{{T}}_{{U}}.z + qx{{T}}_{{U}}.w);
 #if XNORM
+#if !XNORM_LATE
             if (on{{T}}) {
                 ss{{T}} += (qq{{T}}_{{U}}.x + qq{{T}}_{{U}}.y) + (qq{{T}}_{{U}}.z + qq{{T}}_{{U}}.w);
             }
+#endif
 #endif
 #if XSUM_BLOCK
             // The block's largest word scale S = 2^em (a power of two: its bits are the exponent
@@ -356,6 +360,24 @@ fn main(
 #endfor
     }
 #endfor
+#if XNORM
+#if XNORM_LATE
+    // XNORM_LATE: the squares of the row summed after its products, not inside their loop (fewer
+    // registers live there): each lane takes its blocks in the same order with the same
+    // arithmetic, so Σx² has the same bits.
+    for (var c = c_lo; c < c_hi; c++) {
+        let bq = c * CH + lane;
+        if (bq < bpr) {
+#for T MT
+            if (on{{T}}) {
+                let qq = bitcast<vec4<f32>>(xq[(t0 + {{T}}u) * xstr + bq + 8u * bpr]);
+                ss{{T}} += (qq.x + qq.y) + (qq.z + qq.w);
+            }
+#endfor
+        }
+    }
+#endif
+#endif
 #else
     for (var c = 0u; c < nch; c++) {
         // Stage the chunk's x (zeros past the row or the step's tokens).

@@ -24,8 +24,9 @@ use qwgpu_engine::gpu::Gpu;
 use qwgpu_engine::gpu::{Rows, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
     matmul_xq_ext, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_const_k,
-    set_xq_ksplit, set_xq_long_rows, set_xq_mid_verify, set_xq_unroll, set_xq_unroll_ch, set_xreg,
-    takes_xq, writes_xq, xq_tile, MatmulOpts, XqOut, FEW_ROWS, MT_ONE, MT_SMALL,
+    set_xq_ksplit, set_xq_long_rows, set_xq_mid_verify, set_xq_norm_late, set_xq_unroll,
+    set_xq_unroll_ch, set_xreg, takes_xq, writes_xq, xq_tile, MatmulOpts, XqOut, FEW_ROWS, MT_ONE,
+    MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::ops::xquant::{frac_bits, narrow, q_stride, row_bytes, set_narrow, xquant};
@@ -755,6 +756,23 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                         &format!("fused vs plain residual y, {}", what(t)),
                         &r.y,
                         &plain.y,
+                    );
+                    // The squares summed after the products (`QWGPU_XQ_NORM_LATE`): the same bits.
+                    set_xq_norm_late(true);
+                    let late = chain(t, mt, true);
+                    set_xq_norm_late(false);
+                    assert_bits_eq(
+                        &format!("deferred norm, squares late vs in the loop, {}", what(t)),
+                        &late.c,
+                        &r.c,
+                    );
+                    assert_bits_eq(
+                        &format!(
+                            "SwiGLU on normed planes, squares late vs in the loop, {}",
+                            what(t)
+                        ),
+                        &late.act,
+                        &r.act,
                     );
                     // Its planes: xquant's bits for w ∘ y, and the unscaled squares of y.
                     let wy: Vec<f32> = r.y.iter().enumerate().map(|(j, v)| v * nw[j % h]).collect();

@@ -1442,7 +1442,25 @@ fn out_unit(swiglu: bool) -> u32 {
 fn norm_flags(d: Defines, norm: bool, xnorm: bool) -> Defines {
     d.flag("NORM", norm)
         .flag("XNORM", xnorm)
+        .flag("XNORM_LATE", xnorm && xq_norm_late())
         .flag("INV", norm || xnorm)
+}
+
+static XQ_NORM_LATE: Switch = Switch::new("QWGPU_XQ_NORM_LATE", false);
+
+/// Whether the integer-plane matmul with a deferred RMSNorm (`XNORM`) sums the squares plane
+/// after the row's products instead of inside their loop (`XNORM_LATE`: the same order and
+/// arithmetic, so the same bits; fewer registers live in the loop). Off unless
+/// `QWGPU_XQ_NORM_LATE=1` at start-up or [`set_xq_norm_late`]: not yet timed on a GPU (kernel lab
+/// 2026-12-03: the deferred norm alone costs gate|up 35.9 → 39.1 µs at 1 token, down 21.0 →
+/// 24.9).
+pub fn xq_norm_late() -> bool {
+    XQ_NORM_LATE.get()
+}
+
+/// See [`xq_norm_late`].
+pub fn set_xq_norm_late(on: bool) {
+    XQ_NORM_LATE.set(on)
 }
 
 static XQ_BLOCK_SUM: Switch = Switch::new("QWGPU_XQ_BLOCK_SUM", false);
@@ -2223,6 +2241,10 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                 // The fusions: a deferred norm (with the conv: in_proj), output
                                 // planes with and without the next norm's weight.
                                 v.push(("matmul_staged.wgsl", norm_flags(d.clone(), false, true)));
+                                v.push((
+                                    "matmul_staged.wgsl",
+                                    norm_flags(d.clone(), false, true).flag("XNORM_LATE", true),
+                                ));
                                 if !conv && rows % out_unit(swiglu) == 0 {
                                     for onorm in [false, true] {
                                         v.push((
