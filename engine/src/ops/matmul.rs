@@ -1054,14 +1054,19 @@ pub fn xq_layout(mt: u32, k: u32, n: u32) -> (u32, u32, u32, u32) {
             let rg = xq_long_rows(mt);
             (128, 4 * rg, rg)
         }
-        None if mt != MT_ONE && n > FEW_ROWS && n <= MID_ROWS => match xq_mid_verify() {
-            Some((g, rg)) => (32 * g, g * rg, rg),
-            None => staged_tile(mt),
-        },
-        None if mt != MT_ONE => match xq_verify_env(n <= FEW_ROWS) {
-            Some((g, rg)) => (32 * g, g * rg, rg),
-            None => staged_tile(mt),
-        },
+        None if mt != MT_ONE => {
+            let tile = if n <= FEW_ROWS {
+                xq_verify_env(true)
+            } else if n <= MID_ROWS {
+                xq_mid_verify()
+            } else {
+                xq_verify_env(false)
+            };
+            match tile {
+                Some((g, rg)) => (32 * g, g * rg, rg),
+                None => staged_tile(mt),
+            }
+        }
         None => staged_tile(mt),
     };
     // KS groups share each row ([`xq_ksplit`]): KS times the threads, the same rows.
@@ -1087,23 +1092,24 @@ pub fn xq_mid_verify() -> Option<(u32, u32)> {
     if set != 0 {
         return (set != u32::MAX).then_some((set & 0xFF, set >> 8));
     }
-    *XQ_MID_VERIFY_ENV.get_or_init(|| {
-        const DEFAULT: Option<(u32, u32)> = Some((2, 8));
-        let Ok(v) = std::env::var("QWGPU_XQ_MID_VERIFY") else {
-            return DEFAULT;
-        };
-        let p: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
-        match p.as_slice() {
-            &[0] => None,
-            &[g, r] if (1..=8).contains(&g) && (1..=8).contains(&r) => Some((g, r)),
-            _ => {
-                eprintln!(
-                    "qwgpu: ignoring QWGPU_XQ_MID_VERIFY={v:?}: expected G,R (1 to 8 each) or 0"
-                );
-                DEFAULT
-            }
+    *XQ_MID_VERIFY_ENV.get_or_init(|| env_tile("QWGPU_XQ_MID_VERIFY", Some((2, 8))))
+}
+
+/// A verify tile from `var` at start-up: `G,R` (lane groups, rows per group; 1–8 each), `0` (the
+/// staged tile: `None`), or `default` when unset or malformed (with a note).
+fn env_tile(var: &str, default: Option<(u32, u32)>) -> Option<(u32, u32)> {
+    let Ok(v) = std::env::var(var) else {
+        return default;
+    };
+    let p: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
+    match p.as_slice() {
+        [0] => None,
+        &[g, r] if (1..=8).contains(&g) && (1..=8).contains(&r) => Some((g, r)),
+        _ => {
+            eprintln!("qwgpu: ignoring {var}={v:?}: expected G,R (1 to 8 each) or 0");
+            default
         }
-    })
+    }
 }
 
 /// Tuning knobs for the 2-token tile of the other short-row matrices (kernel lab and benchmarks;
@@ -1117,17 +1123,7 @@ fn xq_verify_env(few: bool) -> Option<(u32, u32)> {
     } else {
         (&BIG, "QWGPU_XQ_VERIFY_BIG")
     };
-    *cell.get_or_init(|| {
-        let v = std::env::var(var).ok()?;
-        let p: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
-        match p.as_slice() {
-            &[g, r] if (1..=8).contains(&g) && (1..=8).contains(&r) => Some((g, r)),
-            _ => {
-                eprintln!("qwgpu: ignoring {var}={v:?}: expected G,R (1 to 8 each)");
-                None
-            }
-        }
-    })
+    *cell.get_or_init(|| env_tile(var, None))
 }
 
 /// See [`xq_mid_verify`]: `Some(Some((g, r)))` (each taken into 1..=8) or `Some(None)` (the
