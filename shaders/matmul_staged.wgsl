@@ -316,15 +316,18 @@ fn main(
                     // Two planes (xq_planes.wgsl, F = 15): n = 256 · hi + lo (|hi| <= 8 · 15 · 128
                     // from the signed plane, 0 <= lo < 2^15 from the unsigned one; |n| < 2^22).
                     let hi = dot4I8Packed(ce{{R}}, he{{T}}_{{U}}[{{I}}]) + dot4I8Packed(co{{R}}, ho{{T}}_{{U}}[{{I}}]);
-                    let n = (hi << 8u) + bitcast<i32>(dot4U8Packed(ce{{R}}, me{{T}}_{{U}}[{{I}}]) + dot4U8Packed(co{{R}}, mo{{T}}_{{U}}[{{I}}]));
 #if XSUM_BLOCK
+                    let n = (hi << 8u) + bitcast<i32>(dot4U8Packed(ce{{R}}, me{{T}}_{{U}}[{{I}}]) + dot4U8Packed(co{{R}}, mo{{T}}_{{U}}[{{I}}]));
                     // Exact in i32, shifted to the block's largest scale (its floor: less than one
                     // unit of S) and summed over the block's 4 words (|Σ| < 2^24: exact in f32).
                     d{{R}}_{{T}} += n >> qk{{T}}[{{I}}];
 #else
                     // As f32 without a conversion instruction: n's bits added to 1.5 · 2^23's
-                    // (exact for |n| < 2^22), the offset taken off exactly.
-                    d{{R}}_{{T}} += (bitcast<f32>(n + 0x4B400000i) - 12582912.0) * qs{{T}}[{{I}}];
+                    // (exact for |n| < 2^22), the offset taken off exactly. The offset enters as
+                    // the accumulator of the first unsigned packed dot product (the same integer:
+                    // one add fewer per word, row and token).
+                    let nb = (hi << 8u) + bitcast<i32>(dot4U8Packed(ce{{R}}, me{{T}}_{{U}}[{{I}}]) + (dot4U8Packed(co{{R}}, mo{{T}}_{{U}}[{{I}}]) + 0x4B400000u));
+                    d{{R}}_{{T}} += (bitcast<f32>(nb) - 12582912.0) * qs{{T}}[{{I}}];
 #endif
 #else
                     // The word's integer dot product n = 65536 · hi + lo (|hi| < 2^13 from the

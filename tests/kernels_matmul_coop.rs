@@ -11,7 +11,8 @@
 
 use qwgpu_engine::gpu::GpuOptions;
 use qwgpu_engine::ops::matmul::{
-    set_coop_tile, set_prefill_coop, set_prefill_gemm, use_coop, CoopTile, MatmulOpts, MT_PREFILL,
+    coop_tile, set_coop_tile, set_prefill_coop, set_prefill_gemm, use_coop, CoopTile, MatmulOpts,
+    FEW_ROWS, MT_PREFILL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
@@ -69,6 +70,7 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
     let tiles = [
         CoopTile::DEFAULT,
         CoopTile::MEDIUM,
+        CoopTile::WIDE,
         CoopTile {
             bn: 64,
             bt: 32,
@@ -225,4 +227,14 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
         }
     }
     set_coop_tile(None);
+    // Unforced: the wide tile for matrices of more than FEW_ROWS rows where it fits, the
+    // default tile for the others (the tile never changes the bits, checked above).
+    let limits = gpu_with(GpuOptions::default()).limits.clone();
+    if CoopTile::WIDE.fits(&limits)
+        && std::env::var_os("QWGPU_COOP_TILE").is_none()
+        && std::env::var_os("QWGPU_COOP_TILE_WIDE").is_none()
+    {
+        assert_eq!(coop_tile(&limits, FEW_ROWS + 1), Some(CoopTile::WIDE));
+        assert_eq!(coop_tile(&limits, FEW_ROWS), Some(CoopTile::DEFAULT));
+    }
 }

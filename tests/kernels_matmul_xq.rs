@@ -757,14 +757,17 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                         &r.y,
                         &plain.y,
                     );
-                    // The squares summed after the products (`QWGPU_XQ_NORM_LATE`): the same bits.
-                    set_xq_norm_late(true);
+                    // The squares summed after the products (`QWGPU_XQ_NORM_LATE`, on by default
+                    // for the 1-token tile only) or inside their loop: the same bits.
+                    set_xq_norm_late(false, false);
+                    let early = chain(t, mt, true);
+                    set_xq_norm_late(true, true);
                     let late = chain(t, mt, true);
-                    set_xq_norm_late(false);
+                    set_xq_norm_late(true, false);
                     assert_bits_eq(
                         &format!("deferred norm, squares late vs in the loop, {}", what(t)),
                         &late.c,
-                        &r.c,
+                        &early.c,
                     );
                     assert_bits_eq(
                         &format!(
@@ -772,7 +775,7 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                             what(t)
                         ),
                         &late.act,
-                        &r.act,
+                        &early.act,
                     );
                     // Its planes: xquant's bits for w ∘ y, and the unscaled squares of y.
                     let wy: Vec<f32> = r.y.iter().enumerate().map(|(j, v)| v * nw[j % h]).collect();

@@ -424,6 +424,14 @@ impl<T: Copy> ForcedTile<T> {
     }
 
     fn pick(&self, defaults: &[T], fits: impl Fn(&T) -> bool) -> Option<T> {
+        self.forced()
+            .into_iter()
+            .chain(defaults.iter().copied())
+            .find(|t| fits(t))
+    }
+
+    /// The tile set by [`ForcedTile::set`], else the environment's.
+    fn forced(&self) -> Option<T> {
         let env = *self.env.get_or_init(|| {
             let v = std::env::var(self.var).ok()?;
             let t = (self.parse)(&v);
@@ -435,11 +443,7 @@ impl<T: Copy> ForcedTile<T> {
             }
             t
         });
-        let forced = self.set.lock().ok().and_then(|t| *t).or(env);
-        forced
-            .into_iter()
-            .chain(defaults.iter().copied())
-            .find(|t| fits(t))
+        self.set.lock().ok().and_then(|t| *t).or(env)
     }
 }
 
@@ -521,6 +525,21 @@ impl CoopTile {
         bt: 64,
         ..CoopTile::DEFAULT
     };
+    /// 128 × 256, 8 subgroups of 4 × 4 fragments, 16 features a step (40 KiB): the matrices of
+    /// more than [`FEW_ROWS`] rows ([`coop_tile`]). Each subgroup loads 16 fragments for 48
+    /// products instead of 12 for 24, and each staged weight serves twice the tokens. H200,
+    /// 1024 tokens (bench/results/2026-12-03-h200-d/call1): gate+up 83.3 → 87.6 TFLOP/s,
+    /// in_proj 68.4 → 82.5; down (5120 rows: 160 workgroups for 132 SMs) 63.4 → 55.2, so the
+    /// matrices with few rows keep [`CoopTile::DEFAULT`].
+    pub const WIDE: CoopTile = CoopTile {
+        bn: 128,
+        bt: 256,
+        bk: 16,
+        sgr: 2,
+        sgc: 4,
+        wlo: true,
+        xlo: true,
+    };
 
     pub fn threads(&self) -> u32 {
         32 * self.sgr * self.sgc
@@ -581,16 +600,33 @@ static COOP_TILE: ForcedTile<CoopTile> = ForcedTile::new(
     CoopTile::parse,
 );
 
-/// Forces the tensor-core GEMM tile of plans built from now on (`None`: the default).
-/// `QWGPU_COOP_TILE=BNxBTxBKxSGRxSGCxP` does the same at start-up.
+static COOP_TILE_WIDE: ForcedTile<CoopTile> = ForcedTile::new(
+    "QWGPU_COOP_TILE_WIDE",
+    "BNxBTxBKxSGRxSGCxP (P = 1, 2 or 3) with whole fragments and loads",
+    CoopTile::parse,
+);
+
+/// Forces the tensor-core GEMM tile of plans built from now on, for every matrix (`None`: the
+/// defaults). `QWGPU_COOP_TILE=BNxBTxBKxSGRxSGCxP` does the same at start-up;
+/// `QWGPU_COOP_TILE_WIDE=...` replaces only the tile of the matrices of more than [`FEW_ROWS`]
+/// rows.
 pub fn set_coop_tile(tile: Option<CoopTile>) {
     COOP_TILE.set(tile)
 }
 
-/// The tensor-core GEMM tile for a device's limits: a forced one if it fits, else
-/// [`CoopTile::DEFAULT`] or [`CoopTile::MEDIUM`], the first that fits.
-pub fn coop_tile(limits: &wgpu::Limits) -> Option<CoopTile> {
-    COOP_TILE.pick(&[CoopTile::DEFAULT, CoopTile::MEDIUM], |t| t.fits(limits))
+/// The tensor-core GEMM tile of a matrix of `n` rows on a device's limits: a forced one if it
+/// fits, else for more than [`FEW_ROWS`] rows [`CoopTile::WIDE`] (or `QWGPU_COOP_TILE_WIDE`'s),
+/// then [`CoopTile::DEFAULT`] or [`CoopTile::MEDIUM`], the first that fits. The tile never
+/// changes a result's bits.
+pub fn coop_tile(limits: &wgpu::Limits, n: u32) -> Option<CoopTile> {
+    let fits = |t: &CoopTile| t.fits(limits);
+    if let Some(t) = COOP_TILE.forced().filter(fits) {
+        return Some(t);
+    }
+    let wide = (n > FEW_ROWS)
+        .then(|| COOP_TILE_WIDE.pick(&[CoopTile::WIDE], fits))
+        .flatten();
+    wide.or_else(|| [CoopTile::DEFAULT, CoopTile::MEDIUM].into_iter().find(fits))
 }
 
 /// The tensor-core GEMM's tile where `m` in tile `mt` runs on it: [`prefill_coop`], a device
@@ -606,7 +642,7 @@ pub fn use_coop(gpu: &Gpu, m: &Matrix, opts: &MatmulOpts) -> Option<CoopTile> {
     {
         return None;
     }
-    coop_tile(&gpu.limits).filter(|t| m.k % t.bk == 0)
+    coop_tile(&gpu.limits, m.n).filter(|t| m.k % t.bk == 0)
 }
 
 /// Bytes of the xsplit buffer for `rows` rows of `k` features: f16 pairs (4 bytes per value)
@@ -1433,30 +1469,39 @@ fn out_unit(swiglu: bool) -> u32 {
     }
 }
 
-/// `matmul_staged.wgsl`'s norm defines: NORM (folded RMSNorm), XNORM (deferred by the planes'
-/// writer) and INV, which the shader's shared epilogue tests for either.
-fn norm_flags(d: Defines, norm: bool, xnorm: bool) -> Defines {
+/// `matmul_staged.wgsl`'s norm defines for tile `mt`: NORM (folded RMSNorm), XNORM (deferred by
+/// the planes' writer), XNORM_LATE ([`xq_norm_late`]) and INV, which the shader's shared epilogue
+/// tests for either.
+fn norm_flags(d: Defines, norm: bool, xnorm: bool, mt: u32) -> Defines {
     d.flag("NORM", norm)
         .flag("XNORM", xnorm)
-        .flag("XNORM_LATE", xnorm && xq_norm_late())
+        .flag("XNORM_LATE", xnorm && xq_norm_late(mt))
         .flag("INV", norm || xnorm)
 }
 
-static XQ_NORM_LATE: Switch = Switch::new("QWGPU_XQ_NORM_LATE", false);
+static XQ_NORM_LATE: Switch = Switch::new("QWGPU_XQ_NORM_LATE", true);
+static XQ_NORM_LATE_VERIFY: Switch = Switch::new("QWGPU_XQ_NORM_LATE_VERIFY", false);
 
-/// Whether the integer-plane matmul with a deferred RMSNorm (`XNORM`) sums the squares plane
-/// after the row's products instead of inside their loop (`XNORM_LATE`: the same order and
-/// arithmetic, so the same bits; fewer registers live in the loop). Off unless
-/// `QWGPU_XQ_NORM_LATE=1` at start-up or [`set_xq_norm_late`]: not yet timed on a GPU (kernel lab
-/// 2026-12-03: the deferred norm alone costs gate|up 35.9 → 39.1 µs at 1 token, down 21.0 →
-/// 24.9).
-pub fn xq_norm_late() -> bool {
-    XQ_NORM_LATE.get()
+/// Whether the integer-plane matmul with a deferred RMSNorm (`XNORM`) in tile `mt` sums the
+/// squares plane after the row's products instead of inside their loop (`XNORM_LATE`: the same
+/// order and arithmetic, so the same bits; fewer registers live in the loop). On for the 1-token
+/// tile, off for the others: H200 2026-12-03 (bench/results/2026-12-03-h200-d/call1), plain
+/// decoding 144.3 → 146.1 tok/s with it, MTP at forced 0.8 (its verify in the 2-token tile)
+/// 194.6 → 194.1. `QWGPU_XQ_NORM_LATE=0|1` (1-token tile) and `QWGPU_XQ_NORM_LATE_VERIFY=0|1`
+/// (the others) at start-up, or [`set_xq_norm_late`].
+pub fn xq_norm_late(mt: u32) -> bool {
+    if mt == MT_ONE {
+        XQ_NORM_LATE.get()
+    } else {
+        XQ_NORM_LATE_VERIFY.get()
+    }
 }
 
-/// See [`xq_norm_late`].
-pub fn set_xq_norm_late(on: bool) {
-    XQ_NORM_LATE.set(on)
+/// See [`xq_norm_late`]: the 1-token tile's choice and the other tiles', for plans built
+/// afterwards.
+pub fn set_xq_norm_late(one: bool, verify: bool) {
+    XQ_NORM_LATE.set(one);
+    XQ_NORM_LATE_VERIFY.set(verify);
 }
 
 static XQ_BLOCK_SUM: Switch = Switch::new("QWGPU_XQ_BLOCK_SUM", false);
@@ -1887,6 +1932,7 @@ async fn matmul_with(
             staged_defines(&gpu.base_defines(), &m.format, &opts, sub),
             norm.is_some(),
             xnorm.is_some(),
+            opts.mt,
         )
         .flag("GATED", gated)
         .flag("XQ", planes)
@@ -2180,6 +2226,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                 ),
                                 norm,
                                 false,
+                                mt,
                             ),
                         ));
                         if norm && !add && !swiglu {
@@ -2194,6 +2241,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                     ),
                                     true,
                                     false,
+                                    mt,
                                 )
                                 .flag("CONV", true)
                                 .set("TAPS", 4),
@@ -2236,10 +2284,14 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                 };
                                 // The fusions: a deferred norm (with the conv: in_proj), output
                                 // planes with and without the next norm's weight.
-                                v.push(("matmul_staged.wgsl", norm_flags(d.clone(), false, true)));
                                 v.push((
                                     "matmul_staged.wgsl",
-                                    norm_flags(d.clone(), false, true).flag("XNORM_LATE", true),
+                                    norm_flags(d.clone(), false, true, mt)
+                                        .flag("XNORM_LATE", false),
+                                ));
+                                v.push((
+                                    "matmul_staged.wgsl",
+                                    norm_flags(d.clone(), false, true, mt).flag("XNORM_LATE", true),
                                 ));
                                 if !conv && rows % out_unit(swiglu) == 0 {
                                     for onorm in [false, true] {
@@ -2250,7 +2302,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                     }
                                     v.push((
                                         "matmul_staged.wgsl",
-                                        norm_flags(d.clone(), false, true).flag("XOUT", true),
+                                        norm_flags(d.clone(), false, true, mt).flag("XOUT", true),
                                     ));
                                 }
                                 v.push((
