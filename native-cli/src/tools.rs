@@ -396,7 +396,14 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     } else {
         None
     };
-    let gpu_bytes = model.weights.bytes() + session.state.bytes() + session.ws.bytes();
+    let (weight_bytes, state_bytes, ws_bytes) = (
+        model.weights.bytes(),
+        session.state.bytes(),
+        session.ws.bytes(),
+    );
+    let gpu_bytes = weight_bytes + state_bytes + ws_bytes;
+    // What the step needs beyond the weights, the KV caches and the recurrent states.
+    let over_pct = 100.0 * ws_bytes as f64 / (weight_bytes + state_bytes).max(1) as f64;
     let p50 = percentile(&plain.decode, 0.5);
     let ttft50 = percentile(&plain.ttft, 0.5);
     // At the middle of the generated tokens.
@@ -425,6 +432,13 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         "bytes_per_token": bytes_per_token,
         "cpu_ms_per_token": cpu_ms_per_token,
         "gpu_memory_bytes": gpu_bytes,
+        "gpu_memory": {
+            "weights": weight_bytes,
+            "kv_cache": session.state.kv_bytes(),
+            "recurrent_state": state_bytes - session.state.kv_bytes(),
+            "workspace": ws_bytes,
+            "workspace_pct_over_weights_kv_state": over_pct,
+        },
         "peak_rss_bytes": peak_rss(),
     });
     for (k, v) in plain.summary().as_object().into_iter().flatten() {
@@ -569,9 +583,14 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     if let Some(c) = cpu_ms_per_token {
         println!("host CPU          {c:.2} ms per token (process CPU time over the plain trials)");
     }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     println!(
-        "GPU memory        {:.2} GiB (weights + state + workspace)",
-        gpu_bytes as f64 / (1u64 << 30) as f64
+        "GPU memory        {:.2} GiB: weights {:.2} + KV {:.2} + recurrent states {:.2} + workspace {:.2} ({over_pct:.1} % over weights, KV and states)",
+        gib(gpu_bytes),
+        gib(weight_bytes),
+        gib(session.state.kv_bytes()),
+        gib(state_bytes - session.state.kv_bytes()),
+        gib(ws_bytes),
     );
     if let Some(r) = peak_rss() {
         println!(

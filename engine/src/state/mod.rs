@@ -119,6 +119,19 @@ impl State {
             + self.mtp.as_ref().map_or(0, |kv| kv.k.size + kv.v.size)
     }
 
+    /// Bytes of the attention KV caches (the MTP head's included); the rest of [`Self::bytes`]
+    /// is the Gated-DeltaNet states and their snapshots.
+    pub fn kv_bytes(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerState::Attn(kv) => kv.k.size + kv.v.size,
+                LayerState::Gdn(_) => 0,
+            })
+            .sum::<u64>()
+            + self.mtp.as_ref().map_or(0, |kv| kv.k.size + kv.v.size)
+    }
+
     /// Records clearing the recurrent states (the KV caches need no clearing: `pos` bounds them).
     pub fn record_reset(&mut self, enc: &mut wgpu::CommandEncoder) {
         for l in &self.layers {
