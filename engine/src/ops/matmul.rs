@@ -1039,7 +1039,8 @@ static XQ: Switch = Switch::new("QWGPU_MATMUL_XQ", true);
 /// Whether the decode tiles take x as integer planes converted once per step (`XQ` in
 /// `matmul_staged.wgsl`, `xquant.wgsl`, [`matmul_xq`]) where [`takes_xq`] allows: packed 8-bit
 /// dot products of the 4-bit codes with x held as word fixed point (x rounded to at most 2^-22
-/// of the max |x| of its word of 8 values), no staging in workgroup memory. On by default for native devices;
+/// of the max |x| of its word of 8 values; 2^-15 with the two-plane format), no staging in
+/// workgroup memory. On by default where the device has packed dot products ([`packed_dot`]);
 /// `QWGPU_MATMUL_XQ=0` turns it off at start-up, [`set_xq`] for plans built afterwards.
 pub fn xq() -> bool {
     XQ.get()
@@ -1333,20 +1334,40 @@ pub fn set_xq_unroll(v: Option<(u32, u32)>) {
 }
 
 /// Whether `m` in tile `mt` can take x as integer planes ([`matmul_xq`]): [`xq`] is on, 4-bit
-/// codes, a decode tile (1 or 2 tokens), a native device (WebGPU keeps the f32 path), k a
-/// multiple of 32, the staged kernel's threads and partials fit the device, and the staged
+/// codes, a decode tile (1 or 2 tokens), a device with packed dot products ([`packed_dot`]:
+/// not WebGPU, not Metal; they keep the f32 path), k a multiple of 32, the staged kernel's threads and partials fit the device, and the staged
 /// kernel is not turned off. The same answer for both decode tiles of a matrix.
 pub fn takes_xq(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
     let (wg, _, rg) = xq_tile(mt, m.k, m.n);
     let (wg1, _, rg1) = xq_tile(MT_SMALL, m.k, m.n);
     xq() && staged()
         && q4_format(&m.format)
-        && !gpu.caps.web
+        && packed_dot(gpu)
         && (mt == MT_ONE || mt == MT_SMALL)
         && m.k % crate::ops::xquant::BLOCK == 0
         && wg.max(wg1) <= gpu.limits.max_compute_invocations_per_workgroup
         && (wg * rg * mt).max(wg1 * rg1 * MT_SMALL) * 4
             <= gpu.limits.max_compute_workgroup_storage_size
+}
+
+static XQ_METAL: Switch = Switch::new("QWGPU_XQ_METAL", false);
+
+/// Whether the device runs WGSL's packed 8-bit dot products (`dot4I8Packed`, `dot4U8Packed`) as
+/// instructions, which the integer-plane decode matmuls are built on ([`takes_xq`]). Not on
+/// Metal: MSL has no packed dot product and Apple GPUs no such instruction, so naga writes each
+/// as four byte extractions and multiply-adds, several times the f32 path's work per weight on
+/// GPUs whose decode is bound by memory, not arithmetic (where the f32 path's 2-token verify
+/// also costs little more than a 1-token step); `QWGPU_XQ_METAL=1` at start-up or
+/// [`set_xq_metal`] allows them there for measurement. Not in browsers either (WebGPU leaves the
+/// lowering to each implementation). Vulkan and D3D12 drivers lower them to the GPU's
+/// packed dot product (DP4A on NVIDIA, AMD and Intel GPUs since 2016–2019).
+pub fn packed_dot(gpu: &Gpu) -> bool {
+    !gpu.caps.web && (gpu.info.backend != wgpu::Backend::Metal || XQ_METAL.get())
+}
+
+/// See [`packed_dot`].
+pub fn set_xq_metal(on: bool) {
+    XQ_METAL.set(on)
 }
 
 /// y (+)= x · Wᵀ with x given as integer planes (`xq_planes.wgsl`) of the step's rows in `xq` (rows
