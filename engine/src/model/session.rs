@@ -545,15 +545,26 @@ impl Session {
     /// A model of the acceptance rate below which MTP speculation is slower than plain decoding,
     /// for when nothing was measured ([`Session::mtp_break_even_measured`] prefers the
     /// measurement; WebGPU sessions and sampled requests use this model): a 2-token verify costs
-    /// about 1.70 forwards with the f32 decode matmuls WebGPU runs (an H200 with the 27B shapes,
-    /// both loops queued one step ahead: a verify iteration 18.6 ms including a 0.9 ms MTP step, a
-    /// plain step 10.6 ms; measured break-even 76 %) and about 1.40 where the decode matmuls take
-    /// x as integer planes (native: 11.9 against 8.2 ms, measured break-even 45 %), plus the MTP
-    /// step's share of the bytes a forward reads (its layer, fc and the shared lm_head).
+    /// about 1.30 forwards where the decode matmuls take x as integer planes (an H200 with the
+    /// 27B shapes, 2026-12-03, both loops queued one step ahead: a verify iteration 9.03 ms
+    /// including a 0.5 ms MTP step, a plain step 6.69 ms; measured break-even 35 %), about 1.70
+    /// with the f32 decode matmuls on a GPU whose f32 arithmetic limits them (the same H200 with
+    /// f32 x: 18.6 against 10.6 ms, break-even 76 %), and about 1.10 on Metal, which keeps f32 x
+    /// ([`crate::ops::matmul::packed_dot`]) on Apple GPUs that read 0.1–0.8 TB/s: there the
+    /// second row's arithmetic (≈ 2 instructions per weight) stays under the weights' read time
+    /// and the second row costs its activations and kernel tails (a model, not yet measured on a
+    /// Mac). Plus the MTP step's share of the bytes a forward reads (its layer, fc and the shared
+    /// lm_head).
     pub fn mtp_break_even(&self) -> f64 {
         let w = &self.model.weights;
-        let planes = crate::ops::matmul::takes_xq(&self.model.gpu, w.lm_head(), MT_ONE);
-        let verify_overhead = if planes { 0.40 } else { 0.70 };
+        let gpu = &self.model.gpu;
+        let verify_overhead = if crate::ops::matmul::takes_xq(gpu, w.lm_head(), MT_ONE) {
+            0.30
+        } else if !gpu.caps.web && gpu.info.backend == wgpu::Backend::Metal {
+            0.10
+        } else {
+            0.70
+        };
         let lm = w.lm_head().bytes() as f64;
         let backbone: f64 = w.bytes() as f64
             - w.embed.bytes() as f64
