@@ -1,8 +1,10 @@
 //! MTP speculative decoding: greedy output identical to plain greedy decoding, and the MTP head's
 //! logits against the mlx-lm reference built from mlx-lm's qwen3_5 blocks (make_fixtures.py).
 
-use qwgpu_engine::decode::mtp::{binomial_cdf, generate_mtp, MtpOptions, EARLY_ALPHA, EARLY_PROBE};
-use qwgpu_engine::decode::{generate, Event, Finish, GenOptions};
+use qwgpu_engine::decode::mtp::{
+    binomial_cdf, generate_mtp, generate_mtp_in_context, MtpOptions, EARLY_ALPHA, EARLY_PROBE,
+};
+use qwgpu_engine::decode::{generate, generate_in_context, Event, Finish, GenOptions};
 use qwgpu_engine::model::Session;
 use qwgpu_tests::fixtures::*;
 
@@ -26,15 +28,22 @@ fn mtp_greedy_equals_plain_greedy() {
         let r = load_reference(&name);
         // Prompt chunk of 16 rows: the 40- and 301-token prompts span several chunks.
         let mut s = session(&name, 16);
-        // A 1-token prompt, a 7-token one and one longer than several prefill chunks; 128 tokens
-        // each (EOS ignored), plus a run that stops at the checkpoint's EOS.
+        // A 1-token prompt, a 7-token one and one longer than several prefill chunks; 64 tokens
+        // each with EOS ignored (every verify outcome and rollback over ~40 verify steps), and
+        // the 7-token prompt again stopping at the checkpoint's EOS. (Stops at chosen EOS ids and
+        // every small max_tokens: mtp_runs_that_stop_on_eos_and_max_tokens.)
         for (pi, prompt) in r
             .prompts
             .iter()
             .enumerate()
             .filter(|(i, _)| [0, 1, 3].contains(i))
         {
-            for (max_tokens, ignore_eos) in [(128usize, true), (128, false)] {
+            let runs: &[(usize, bool)] = if pi == 1 {
+                &[(64, true), (64, false)]
+            } else {
+                &[(64, true)]
+            };
+            for &(max_tokens, ignore_eos) in runs {
                 let opts = GenOptions {
                     max_tokens,
                     eos: r.eos.clone(),
@@ -213,6 +222,10 @@ fn mtp_sampling_preserves_the_distribution() {
     use std::collections::BTreeMap;
     let mut s = session("mtp-perm", 64);
     let prompt = [5u32, 9, 12, 40];
+    // Every draw starts from the same restored state holding the prompt but its last id (MTP
+    // cache included), as a prompt-cache hit does; the requests feed the last id.
+    pollster::block_on(s.prefill_with(&prompt[..3], Some(prompt[3]))).unwrap();
+    let saved = pollster::block_on(s.save()).unwrap();
     let n = 500u64;
     let mut counts: Vec<[BTreeMap<u32, u32>; 2]> = vec![Default::default(), Default::default()];
     let mut stats = (0u64, 0u64);
@@ -224,16 +237,17 @@ fn mtp_sampling_preserves_the_distribution() {
                 ..Default::default()
             };
             s.set_sampling(Some(&p), false).unwrap();
-            s.reset();
+            s.restore(&saved).unwrap();
             let opts = GenOptions {
                 max_tokens: 3,
                 eos: vec![],
                 ignore_eos: true,
             };
             let toks = if use_mtp {
-                let (t, _, st) = pollster::block_on(generate_mtp(
+                let (t, _, st) = pollster::block_on(generate_mtp_in_context(
                     &mut s,
                     &prompt,
+                    3,
                     &opts,
                     &MtpOptions::always(),
                     &mut |_| true,
@@ -243,9 +257,11 @@ fn mtp_sampling_preserves_the_distribution() {
                 stats.1 += st.accepted;
                 t
             } else {
-                pollster::block_on(generate(&mut s, &prompt, &opts, &mut |_| true))
-                    .unwrap()
-                    .0
+                pollster::block_on(generate_in_context(&mut s, &prompt, 3, &opts, &mut |_| {
+                    true
+                }))
+                .unwrap()
+                .0
             };
             assert_eq!(toks.len(), 3);
             for (j, pos) in [1usize, 2].into_iter().enumerate() {

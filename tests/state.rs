@@ -155,7 +155,7 @@ fn mtp_speculation_continues_exactly_from_a_restored_state() {
         let m = model(&name);
         let prompt = &r.prompts[3];
         let mut a = session(&m, 512, 32);
-        let plain = gen(&mut a, prompt, 96);
+        let plain = gen(&mut a, prompt, 48);
 
         // The prefix with the MTP cache filled (the id after it is known): MTP can go on.
         a.reset();
@@ -173,7 +173,7 @@ fn mtp_speculation_continues_exactly_from_a_restored_state() {
         let (spec, _, stats) = pollster::block_on(generate_mtp(
             &mut b,
             &prompt[200..],
-            &greedy(96),
+            &greedy(48),
             &MtpOptions::always(),
             &mut |_| true,
         ))

@@ -295,7 +295,16 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
 fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], breakdown: bool) {
     for kind in ["linear_attention", "full_attention"] {
         // One 27B-shaped layer (small vocab: the layer is what is timed).
-        let mut cfg: serde_json::Value = serde_json::from_str(synth::QWEN36_27B).unwrap();
+        // `QWGPU_LAB_CONFIG=path/config.json`: another model's shapes (e.g. a small model on a
+        // CPU adapter) instead of the 27B's.
+        let base = std::env::var("QWGPU_LAB_CONFIG")
+            .ok()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_else(|| synth::QWEN36_27B.to_string());
+        let mut cfg: serde_json::Value = serde_json::from_str(&base).unwrap();
+        if cfg.get("text_config").is_none() {
+            cfg = serde_json::json!({ "text_config": cfg });
+        }
         let tc = cfg["text_config"].as_object_mut().unwrap();
         tc.insert("num_hidden_layers".into(), 1.into());
         tc.insert("vocab_size".into(), 1024.into());

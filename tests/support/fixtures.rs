@@ -158,6 +158,18 @@ pub fn teacher_forced_error(
     reference: &[f32],
     vocab: usize,
 ) -> f32 {
+    teacher_forced_logits(s, prompt, path, reference, vocab, &mut Vec::new())
+}
+
+/// As [`teacher_forced_error`], also appending the engine's logits of every step to `out`.
+pub fn teacher_forced_logits(
+    s: &mut Session,
+    prompt: &[u32],
+    path: &[u32],
+    reference: &[f32],
+    vocab: usize,
+    out: &mut Vec<f32>,
+) -> f32 {
     s.reset();
     let mut max_err = 0f32;
     for step in 0..reference.len() / vocab {
@@ -170,6 +182,7 @@ pub fn teacher_forced_error(
         for (a, b) in l.iter().zip(&reference[step * vocab..(step + 1) * vocab]) {
             max_err = max_err.max((a - b).abs());
         }
+        out.extend_from_slice(&l);
     }
     max_err
 }
@@ -199,7 +212,7 @@ pub fn mtp_session(name: &str, chunk: u32) -> Session {
 
 /// Per prompt of fixture `name`, the max |engine − reference| of the MTP head's logits (the
 /// reference built from mlx-lm's qwen3_5 blocks by make_fixtures.py) at a few positions: the last
-/// prompt position and two inside the greedy continuation.
+/// prompt position and one 40 tokens into the greedy continuation.
 pub fn mtp_logit_errors(s: &mut Session, name: &str) -> Vec<(usize, f32)> {
     let r = load_reference(name);
     let mut out = Vec::new();
@@ -210,15 +223,22 @@ pub fn mtp_logit_errors(s: &mut Session, name: &str) -> Vec<(usize, f32)> {
         let mut max_err = 0f32;
         // Row k pairs the hidden state at k with seq[k + 1]; from the last prompt position on,
         // seq[k + 1] is the backbone's own greedy choice, which is what the MTP step feeds it.
-        for k in [p - 1, p + 3, p + 40]
+        // The context grows from one k to the next: each MTP step runs on a saved state, which
+        // is restored before the next ids are fed (the state after seq[..k] is the same bits
+        // however it is chunked: model_invariance.rs).
+        s.reset();
+        let mut fed = 0;
+        for k in [p - 1, p + 40]
             .into_iter()
             .filter(|k| k + 1 < seq.len() && *k < *rows)
         {
-            s.reset();
-            pollster::block_on(s.prefill_with(&seq[..k], Some(seq[k]))).unwrap();
+            pollster::block_on(s.prefill_with(&seq[fed..k], Some(seq[k]))).unwrap();
+            fed = k;
+            let saved = pollster::block_on(s.save()).unwrap();
             let (main, _) = pollster::block_on(s.mtp_first(seq[k])).unwrap();
             assert_eq!(main, seq[k + 1], "{name}: the backbone's choice at {k}");
             let got = pollster::block_on(s.mtp_logits()).unwrap();
+            s.restore(&saved).unwrap();
             let want = &ref_logits[k * r.vocab..(k + 1) * r.vocab];
             for (a, b) in got.iter().zip(want) {
                 max_err = max_err.max((a - b).abs());
