@@ -1,7 +1,7 @@
-//! Whole-model numerics that MTP and prompt caching rely on, checked bit for bit on every fixture:
-//! row 0 of a 2-row call equals a 1-row call, a prompt fed in chunks of any size leaves the
-//! same state and gives the same logits as one chunk, and projections merged at load give the
-//! bits of separate ones.
+//! Whole-model numerics that MTP and prompt caching rely on, checked bit for bit on fixtures that
+//! together hold every weight format (`format_cover`): row 0 of a 2-row call equals a 1-row
+//! call, a prompt fed in chunks of any size leaves the same state and gives the same logits as
+//! one chunk, and projections merged at load give the bits of separate ones.
 
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ fn session(name: &str, chunk: u32) -> Session {
 }
 
 fn session_split(name: &str, chunk: u32, attn_split: Option<bool>) -> Session {
-    let model = Model::load(gpu(), &fixtures_dir().join(name), &mut |_, _| {}).unwrap();
+    let model = Model::load(model_gpu(), &fixtures_dir().join(name), &mut |_, _| {}).unwrap();
     pollster::block_on(Session::new(
         Arc::new(model),
         SessionOptions {
@@ -34,7 +34,7 @@ fn split_attention_gives_the_bits_of_one_pass() {
     // GPUs and run one workgroup per head on CPU adapters: the logits of 1- and 2-row calls
     // after a 200-token prompt (4 key chunks) must be identical both ways, and row 0 of the
     // split 2-row call must equal the split 1-row call.
-    for name in fixture_names() {
+    for name in format_cover() {
         let r = load_reference(&name);
         let prompt: Vec<u32> = r.prompts[3].iter().take(200).cloned().collect();
         assert_eq!(
@@ -73,7 +73,7 @@ fn split_attention_gives_the_bits_of_one_pass() {
 
 #[test]
 fn row0_of_two_row_call_equals_one_row_call() {
-    for name in fixture_names() {
+    for name in format_cover() {
         let r = load_reference(&name);
         let mut s = session(&name, 64);
         let prompt = &r.prompts[2];
@@ -103,7 +103,7 @@ fn row0_of_two_row_call_equals_one_row_call() {
 
 #[test]
 fn chunked_prefill_gives_identical_state_and_logits() {
-    for name in fixture_names() {
+    for name in format_cover() {
         let r = load_reference(&name);
         // 130 of the 301-token prompt: chunks of 64 end in a partial one, 7 in a partial one.
         let prompt = &r.prompts[3][..130];
@@ -159,7 +159,7 @@ fn merged_projections_give_the_bits_of_separate_ones() {
     // MTP logits must equal those of the model loaded with every projection separate, bit for
     // bit, in the prefill, decode and verify tiles.
     let mut merged_somewhere = false;
-    for name in fixture_names() {
+    for name in format_cover() {
         let r = load_reference(&name);
         let dir = fixtures_dir().join(&name);
         let load = |merge: bool| -> Arc<Model> {
@@ -167,7 +167,7 @@ fn merged_projections_give_the_bits_of_separate_ones() {
                 merge_projections: merge,
             };
             Arc::new(
-                Model::load_with(gpu(), &dir, &opts, &mut |_, _| {})
+                Model::load_with(model_gpu(), &dir, &opts, &mut |_, _| {})
                     .unwrap_or_else(|e| panic!("{name}: {e}")),
             )
         };
@@ -291,11 +291,12 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
     // give the same bits, so other tests running meanwhile are unaffected.
     use qwgpu_engine::ops::gdn::{set_fused_gdn, set_gated_recurrence};
     let mut fused_somewhere = false;
-    for name in fixture_names() {
+    for name in format_cover() {
         let r = load_reference(&name);
         let dir = fixtures_dir().join(&name);
         let model = Arc::new(
-            Model::load(gpu(), &dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}")),
+            Model::load(model_gpu(), &dir, &mut |_, _| {})
+                .unwrap_or_else(|e| panic!("{name}: {e}")),
         );
         let run = |fused: bool| {
             set_fused_gdn(fused);

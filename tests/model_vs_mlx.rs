@@ -66,13 +66,13 @@ fn check_tokens(what: &str, got: &[u32], want: &[u32], gaps: &[f32], tol: f32) -
 #[test]
 fn greedy_tokens_and_logits_match_mlx_lm() {
     let _turn = FORMAT.lock().unwrap_or_else(|e| e.into_inner());
-    // The default two-plane format on every prompt, greedy generation and teacher-forced
-    // logits; then the three-plane one on the 7- and 301-token prompts, teacher-forced logits
-    // (the greedy tokens compared as the logits' argmax along mlx-lm's path: generation itself
-    // is the same kernels in either format).
+    // The default two-plane format, greedy generation and teacher-forced logits, on the 1-, 40-
+    // and 301-token prompts (a lone id, one prompt chunk, several); then the three-plane one on
+    // the 7- and 301-token prompts, teacher-forced logits (the greedy tokens compared as the
+    // logits' argmax along mlx-lm's path: generation is the same kernels in either format).
     for narrow in [true, false] {
         set_narrow(narrow);
-        check_greedy_and_logits(if narrow { &[0, 1, 2, 3, 4] } else { &[1, 3] }, narrow);
+        check_greedy_and_logits(if narrow { &[0, 2, 3] } else { &[1, 3] }, narrow);
     }
     set_narrow(true);
 }
@@ -99,7 +99,7 @@ fn check_greedy_and_logits(prompts: &[usize], generate_too: bool) {
         let r = load_reference(&name);
         let mut s = load_session(&name, 64);
         assert_eq!(s.model.config.eos_token_ids, r.eos, "{name}: EOS ids");
-        for &pi in prompts {
+        for &pi in prompts.iter().filter(|&&pi| pi < r.prompts.len()) {
             let prompt = &r.prompts[pi];
             s.reset();
             let want = &r.greedy[pi];

@@ -21,7 +21,7 @@ const LOGIT_TOL: f32 = 0.2;
 
 fn model(name: &str) -> Arc<Model> {
     Arc::new(
-        Model::load(gpu(), &fixtures_dir().join(name), &mut |_, _| {})
+        Model::load(model_gpu(), &fixtures_dir().join(name), &mut |_, _| {})
             .unwrap_or_else(|e| panic!("{name}: {e}")),
     )
 }
@@ -71,7 +71,7 @@ fn some_fixtures() -> Vec<String> {
 
 #[test]
 fn restored_prefix_continues_like_the_whole_prompt() {
-    for name in fixture_names() {
+    for name in format_cover() {
         let r = load_reference(&name);
         let m = model(&name);
         let prompt = &r.prompts[3];
@@ -145,7 +145,7 @@ fn restored_prefix_continues_like_the_whole_prompt() {
 
 #[test]
 fn mtp_speculation_continues_exactly_from_a_restored_state() {
-    let names: Vec<String> = fixture_names()
+    let names: Vec<String> = format_cover()
         .into_iter()
         .filter(|n| load_reference(n).has_mtp)
         .collect();
@@ -389,7 +389,7 @@ fn plain_sessions_of_an_mtp_checkpoint_fold_norms_and_share_states() {
     // RMSNorms folded into the decode matmuls (as in speculative sessions), mlx-lm's greedy
     // tokens, and states that move to and from speculative sessions (prefill tiles never fold,
     // so a prompt leaves the same state in both).
-    let names: Vec<String> = fixture_names()
+    let names: Vec<String> = format_cover()
         .into_iter()
         .filter(|n| load_reference(n).has_mtp)
         .collect();

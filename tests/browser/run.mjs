@@ -18,7 +18,7 @@
 //    storage-binding limit, is refused with a message naming the limit.
 //
 // Options: --fixtures a,b   --max-tokens N (tokens per reference prompt, default 32)
-//          --chat-tokens N (default 12)   --headed
+//          --chat-tokens N (default 8)   --headed
 //          --all-prompts (every reference prompt for every fixture, not only the first's)
 // Environment: QWGPU_BIN (the native CLI, default target/debug/qwgpu), CHROMIUM (/usr/bin/chromium).
 // Timings are printed, never asserted.
@@ -39,7 +39,7 @@ const opt = (name, d) => {
 };
 const FIXTURES = opt('--fixtures', 'mtp-perm,f32-q4-g64').split(',').filter(Boolean);
 const MAX_TOKENS = Number(opt('--max-tokens', '32'));
-const CHAT_TOKENS = Number(opt('--chat-tokens', '12'));
+const CHAT_TOKENS = Number(opt('--chat-tokens', '8'));
 const HEADED = args.includes('--headed');
 const ALL_PROMPTS = args.includes('--all-prompts');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -122,9 +122,9 @@ for (const name of FIXTURES) {
   const dir = path.join(FIXTURE_DIR, name);
   const all = JSON.parse(fs.readFileSync(path.join(dir, 'reference.json'), 'utf8')).prompts;
   // The first fixture runs every reference prompt (1 to 301 ids: several prefill chunks); the
-  // others the short ones (SwiftShader runs a small model at a few tokens per second, and the
-  // long prompt's chunking is the first fixture's to show).
-  const prompts = FIXTURES.indexOf(name) === 0 || ALL_PROMPTS ? all : all.filter((p) => p.length <= 64);
+  // others their first three of at most 64 ids (SwiftShader runs a small model at a few tokens
+  // per second, and the long prompt's chunking is the first fixture's to show).
+  const prompts = FIXTURES.indexOf(name) === 0 || ALL_PROMPTS ? all : all.filter((p) => p.length <= 64).slice(0, 3);
   const r = { prompts, plain: [], mtp: [] };
   for (const p of prompts) {
     r.plain.push(native(dir, p, MAX_TOKENS, mtpFlags(false)));

@@ -48,6 +48,79 @@ pub fn fixture_names() -> Vec<String> {
     v
 }
 
+/// What a fixture's checkpoint exercises in the kernels: its activation dtype, every weight
+/// format it stores (bits and group of each quantized matrix, or dense), tied embeddings and an
+/// MTP head.
+pub fn fixture_features(name: &str) -> std::collections::BTreeSet<String> {
+    let dir = fixtures_dir().join(name);
+    let text = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap_or_else(|e| panic!("{name}: config.json: {e}"));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: config.json: {e}"));
+    let tc = cfg.get("text_config").unwrap_or(&cfg);
+    let mut f = std::collections::BTreeSet::new();
+    f.insert(format!("dtype {}", tc["dtype"].as_str().unwrap_or("?")));
+    match cfg.get("quantization").and_then(|q| q.as_object()) {
+        None => {
+            f.insert("dense".to_string());
+        }
+        Some(q) => {
+            let fmt = |v: &serde_json::Value| {
+                format!(
+                    "q{} g{}",
+                    v["bits"].as_u64().unwrap_or(0),
+                    v["group_size"].as_u64().unwrap_or(0)
+                )
+            };
+            f.insert(fmt(&serde_json::Value::Object(q.clone())));
+            for v in q.values().filter(|v| v.is_object()) {
+                f.insert(fmt(v));
+            }
+        }
+    }
+    let tied = tc
+        .get("tie_word_embeddings")
+        .or(cfg.get("tie_word_embeddings"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    if tied {
+        f.insert("tied".to_string());
+    }
+    if load_reference(name).has_mtp {
+        f.insert("mtp".to_string());
+    }
+    f
+}
+
+/// A few fixtures that together exercise every feature of the whole set ([`fixture_features`]):
+/// for the bit-identity checks of whole models, which depend on the kernels a checkpoint's
+/// formats select, not on the weights' values (mlx-lm's references are checked on every
+/// fixture). Greedy: the fixture adding the most features not yet covered, by name on ties.
+pub fn format_cover() -> Vec<String> {
+    let all: Vec<(String, std::collections::BTreeSet<String>)> = fixture_names()
+        .into_iter()
+        .map(|n| {
+            let f = fixture_features(&n);
+            (n, f)
+        })
+        .collect();
+    let mut covered = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    loop {
+        let best = all
+            .iter()
+            .filter(|(n, _)| !out.contains(n))
+            .map(|(n, f)| (f.difference(&covered).count(), n, f))
+            .filter(|(k, _, _)| *k > 0)
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(a.1)));
+        let Some((_, n, f)) = best else { break };
+        covered.extend(f.iter().cloned());
+        out.push(n.clone());
+    }
+    out.sort();
+    out
+}
+
 fn ids(v: &serde_json::Value) -> Vec<Vec<u32>> {
     v.as_array()
         .unwrap()
@@ -135,8 +208,8 @@ pub fn load_reference(name: &str) -> Reference {
 /// The fixture `name` in a session of 512 positions with prefill chunks of `chunk` rows.
 pub fn load_session(name: &str, chunk: u32) -> Session {
     let dir = fixtures_dir().join(name);
-    let model =
-        Model::load(crate::gpu(), &dir, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model = Model::load(crate::model_gpu(), &dir, &mut |_, _| {})
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     pollster::block_on(Session::new(
         Arc::new(model),
         SessionOptions {
@@ -197,7 +270,12 @@ pub fn mtp_fixtures() -> Vec<String> {
 
 /// The fixture `name` in a speculative session of 1024 positions with prefill chunks of `chunk`.
 pub fn mtp_session(name: &str, chunk: u32) -> Session {
-    let model = Model::load(crate::gpu(), &fixtures_dir().join(name), &mut |_, _| {}).unwrap();
+    let model = Model::load(
+        crate::model_gpu(),
+        &fixtures_dir().join(name),
+        &mut |_, _| {},
+    )
+    .unwrap();
     pollster::block_on(Session::new(
         Arc::new(model),
         SessionOptions {

@@ -21,6 +21,16 @@ pub fn gpu() -> Arc<Gpu> {
 
 static GPUS: OnceLock<Mutex<Vec<(String, Arc<Gpu>)>>> = OnceLock::new();
 
+/// The device whole-model tests run on: shaders without wgpu's bounds checks, as the CLI, the
+/// server and the browser run them (the kernel tests keep the checks, at odd sizes, through
+/// [`gpu`] and [`gpu_variants`]); on the CPU adapter they cost a fifth of a model's time.
+pub fn model_gpu() -> Arc<Gpu> {
+    gpu_with(GpuOptions {
+        shader_checks: Some(false),
+        ..Default::default()
+    })
+}
+
 /// A device opened with `opts`, cached per distinct option set for the test binary.
 pub fn gpu_with(opts: GpuOptions) -> Arc<Gpu> {
     let key = format!("{opts:?}");
