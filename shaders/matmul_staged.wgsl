@@ -182,8 +182,16 @@ fn main(
 #endif
 ) {
     let T = step.{{TOKENS}};
+#if GSTRIDE
+    // GSTRIDE: a grid of fewer workgroups than tiles of rows; workgroup w takes the tiles w,
+    // w + G, w + 2G, ... in turn (the same arithmetic per tile: the same bits).
+    for (var wt = wg_linear(wid, nwg); wt * ROWS < p.n; wt += nwg.x * nwg.y) {
+    workgroupBarrier();
+    let r0 = wt * ROWS;
+#else
     let r0 = wg_linear(wid, nwg) * ROWS;
     if (r0 >= p.n) { return; }
+#endif
     let t0 = wid.z * MT;
 #if CONST_K
     let bpr = BPR;
@@ -258,8 +266,10 @@ fn main(
         let xb{{T}}_{{U}} = (t0 + {{T}}u) * xstr + b{{U}};
         let he{{T}}_{{U}} = xq[xb{{T}}_{{U}}];
         let ho{{T}}_{{U}} = xq[xb{{T}}_{{U}} + bpr];
+#if !XQ_BYTE
         let me{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 2u * bpr];
         let mo{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 3u * bpr];
+#endif
 #if !XQ_NARROW
         let le{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 4u * bpr];
         let lo{{T}}_{{U}} = xq[xb{{T}}_{{U}} + 5u * bpr];
@@ -312,6 +322,17 @@ fn main(
 #for T MT
 #for R RG
                 {
+#if XQ_BYTE
+                    // One plane (xq_planes.wgsl, F = 7): n = the word's dot product (|n| <= 8 · 15
+                    // · 128), as f32 by the offset trick below, the offset as the first packed dot
+                    // product's accumulator.
+#if XSUM_BLOCK
+                    d{{R}}_{{T}} += (dot4I8Packed(ce{{R}}, he{{T}}_{{U}}[{{I}}]) + dot4I8Packed(co{{R}}, ho{{T}}_{{U}}[{{I}}])) >> qk{{T}}[{{I}}];
+#else
+                    let nb = dot4I8Packed(co{{R}}, ho{{T}}_{{U}}[{{I}}]) + (dot4I8Packed(ce{{R}}, he{{T}}_{{U}}[{{I}}]) + 0x4B400000i);
+                    d{{R}}_{{T}} += (bitcast<f32>(nb) - 12582912.0) * qs{{T}}[{{I}}];
+#endif
+#else
 #if XQ_NARROW
                     // Two planes (xq_planes.wgsl, F = 15): n = 256 · hi + lo (|hi| <= 8 · 15 · 128
                     // from the signed plane, 0 <= lo < 2^15 from the unsigned one; |n| < 2^22).
@@ -343,6 +364,7 @@ fn main(
                     // of two's (exact), then one fma rounds hi · 65536 + lo once, as f32(n).
                     let f = fma(bitcast<f32>(hi + 0x4B400000i) - 12582912.0, 65536.0, bitcast<f32>(lo + 0x4B000000u) - 8388608.0);
                     d{{R}}_{{T}} += f * qs{{T}}[{{I}}];
+#endif
 #endif
 #endif
                 }
@@ -722,6 +744,9 @@ fn main(
             xo[o + {{P}}u * pl] = r[{{P}}];
 #endfor
         }
+    }
+#endif
+#if GSTRIDE
     }
 #endif
 }

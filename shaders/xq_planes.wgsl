@@ -23,11 +23,20 @@
 //   P = 8:    Σ of the squares of the word's source values (a writer that scales its values by
 //             an RMSNorm weight and defers the norm's 1/rms to the reader puts the squares of the
 //             unscaled values here; the reader sums them over the row).
+//
+// XQ_BYTE (opt-in, `QWGPU_XQ_BYTE=1`; with XQ_NARROW's clamp): F = 7, one signed byte per value,
+// h = xi with |xi| <= 127 (-128 for a negative value at the bottom of the range), m and l planes
+// zero; a matmul does one packed dot product per code word and plane. x keeps at most 7 bits of
+// its word's max (bf16 keeps 8 of every value).
 const XQ_PLANES: u32 = 9u;
+#if XQ_BYTE
+const XQ_FRAC: u32 = 7u;
+#else
 #if XQ_NARROW
 const XQ_FRAC: u32 = 15u;
 #else
 const XQ_FRAC: u32 = 22u;
+#endif
 #endif
 
 // (s, 1 / s) for a word whose max |x| is mx: s = 2^(E - F) for mx in [2^(E-1), 2^E), both
@@ -48,6 +57,22 @@ fn word_out(a: vec4<f32>, b: vec4<f32>, q: f32) -> array<u32, 9> {
     let evr = vec4<i32>(round(vec4<f32>(a.x, a.z, b.x, b.z) * sc.y));
     let odr = vec4<i32>(round(vec4<f32>(a.y, a.w, b.y, b.w) * sc.y));
     let sum = ((a.x + a.y) + (a.z + a.w)) + ((b.x + b.y) + (b.z + b.w));
+#if XQ_BYTE
+    // x / s < 2^7: only the upper clamp can apply (x / s >= -128 fits a signed byte).
+    let ev = min(evr, vec4<i32>(127));
+    let od = min(odr, vec4<i32>(127));
+    return array<u32, 9>(
+        pack4xI8(ev),
+        pack4xI8(od),
+        0u,
+        0u,
+        0u,
+        0u,
+        bitcast<u32>(sc.x),
+        bitcast<u32>(sum),
+        bitcast<u32>(q),
+    );
+#else
 #if XQ_NARROW
     // x / s < 2^15: only the upper clamp can apply.
     let ev = min(evr, vec4<i32>(32767));
@@ -75,6 +100,7 @@ fn word_out(a: vec4<f32>, b: vec4<f32>, q: f32) -> array<u32, 9> {
         bitcast<u32>(sum),
         bitcast<u32>(q),
     );
+#endif
 #endif
 }
 

@@ -2,7 +2,8 @@
 //! `matmul_staged.wgsl`: `ops::xquant::xquant` + `ops::matmul::matmul_xq`) for every 4-bit format:
 //! - against a scalar CPU reference of the same arithmetic (x rounded to s · round(x / s) per
 //!   word of 8 with s = 2^(E - F) for the word's max |x| < 2^E, then the products and sums
-//!   in f64; F = 15 in the two-plane format `ops::xquant::narrow`, or 22): only the f32
+//!   in f64; F = 15 in the two-plane format `ops::xquant::narrow`, 7 in the one-plane
+//!   format `ops::xquant::byte`, or 22): only the f32
 //!   accumulation may differ;
 //! - against the exact product in f64, within the bound x's rounding allows (Σ |scale · q| · s / 2
 //!   per word), on x with outliers, all-zero blocks and tiny blocks, from a column inside wider
@@ -13,8 +14,8 @@
 //! - the kernel's variants: a block's word products summed in i32 at the block's largest scale
 //!   (within the added floor bound), and several blocks' loads per lane iteration (the same bits);
 //! - rows per lane group of long rows (`QWGPU_XQ_LONG_ROWS`; the same bits);
-//! - the two-plane format (`QWGPU_XQ_NARROW`, the default) and the three-plane one through the
-//!   above checks;
+//! - the two-plane format (`QWGPU_XQ_NARROW`, the default), the three-plane one and the one-plane
+//!   one (`QWGPU_XQ_BYTE`, F = 7) through the above checks;
 //! - the fused epilogues (`matmul_xq_ext`): a residual projection writing the next norm's planes
 //!   (w ∘ y, the norm deferred) has xquant's bits for those values, the matmul reading them with
 //!   the deferred norm matches W · RMSNorm(y) on the CPU, a SwiGLU gate+up writing the down
@@ -23,13 +24,15 @@
 use qwgpu_engine::gpu::Gpu;
 use qwgpu_engine::gpu::{Rows, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
-    matmul_xq_ext, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_const_k,
+    matmul_xq_ext, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_const_k, set_xq_grid,
     set_xq_ksplit, set_xq_long_rows, set_xq_mid_verify, set_xq_norm_late, set_xq_unroll,
     set_xq_unroll_ch, set_xreg, takes_xq, writes_xq, xq_tile, MatmulOpts, XqOut, FEW_ROWS, MT_ONE,
     MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
-use qwgpu_engine::ops::xquant::{frac_bits, narrow, q_stride, row_bytes, set_narrow, xquant};
+use qwgpu_engine::ops::xquant::{
+    byte, frac_bits, narrow, q_stride, row_bytes, set_byte, set_narrow, xquant,
+};
 use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{decode_floats, WeightFormat};
 use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
@@ -55,8 +58,9 @@ fn plane_round(x: &[f32]) -> Vec<f32> {
         let s = 2f64.powi(e - 126 - f) as f32;
         let inv = 2f64.powi(126 + f - e) as f32;
         assert_eq!(s as f64 * inv as f64, 1.0);
-        // The two-plane format keeps xi below 2^F (a value within 2^-(F+1) of 2^E rounds down).
-        let top = if narrow() {
+        // The two- and one-plane formats keep xi below 2^F (a value within 2^-(F+1) of 2^E
+        // rounds down).
+        let top = if narrow() || byte() {
             2f32.powi(f) - 1.0
         } else {
             2f32.powi(f)
@@ -224,26 +228,30 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
     // no split at all, on one device variant, one format and two shapes.
     // Pipelines are built for their row length (`QWGPU_XQ_CONST_K`, the default: k = 2048 is rows
     // of whole chunks, no tail checks) except in the fifth pass; the last writes the chunk loop
-    // out (one group per row); the last two take the three-plane format (`QWGPU_XQ_NARROW=0`),
-    // with per-word and block sums. n = 64 and 16 are whole workgroups of rows (no row clamp,
-    // `QWGPU_XQ_EXACT_ROWS`); the others end in a partial one.
-    for (block_sum, unroll, ksplit, const_k, unroll_ch, narrow) in [
-        (false, None, None, true, false, true),
-        (true, None, None, true, false, true),
-        (false, Some((3, 2)), Some((2, 4)), true, false, true),
-        (false, None, Some((1, 1)), true, false, true),
-        (false, None, None, false, false, true),
-        (false, None, Some((1, 1)), true, true, true),
-        (false, None, None, true, false, false),
-        (true, None, None, true, false, false),
+    // out (one group per row); the next two take the three-plane format (`QWGPU_XQ_NARROW=0`),
+    // with per-word and block sums; the last two the one-plane format (`QWGPU_XQ_BYTE=1`), the
+    // same. n = 64 and 16 are whole workgroups of rows (no row clamp, `QWGPU_XQ_EXACT_ROWS`);
+    // the others end in a partial one.
+    for (block_sum, unroll, ksplit, const_k, unroll_ch, narrow, one) in [
+        (false, None, None, true, false, true, false),
+        (true, None, None, true, false, true, false),
+        (false, Some((3, 2)), Some((2, 4)), true, false, true, false),
+        (false, None, Some((1, 1)), true, false, true, false),
+        (false, None, None, false, false, true, false),
+        (false, None, Some((1, 1)), true, true, true, false),
+        (false, None, None, true, false, false, false),
+        (true, None, None, true, false, false, false),
+        (false, None, None, true, false, true, true),
+        (true, None, None, true, false, true, true),
     ] {
         set_narrow(narrow);
+        set_byte(one);
         set_xq_block_sum(block_sum);
         set_xq_unroll(unroll);
         set_xq_ksplit(ksplit);
         set_xq_const_k(const_k);
         set_xq_unroll_ch(unroll_ch);
-        let full = !block_sum && unroll.is_none() && ksplit.is_none() && const_k && narrow;
+        let full = !block_sum && unroll.is_none() && ksplit.is_none() && const_k && narrow && !one;
         let gpus = gpu_variants();
         let gpus = if full {
             gpus
@@ -261,7 +269,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                 (6, 16896),
                 (16, 16896),
             ]
-        } else if unroll_ch || !narrow {
+        } else if unroll_ch || !narrow || one {
             &[(70, 1536), (70, 2048), (64, 2048), (6, 16896)]
         } else {
             &[(70, 1536), (6, 16896)]
@@ -290,7 +298,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                     }
                     let what = |t: usize, mt: u32| {
                         format!(
-                        "{} n={n} k={k} T={t} tile {mt} ({}; block sums {block_sum}, unroll {unroll:?}, k split {ksplit:?}, const k {const_k}, unrolled {unroll_ch}, narrow {narrow})",
+                        "{} n={n} k={k} T={t} tile {mt} ({}; block sums {block_sum}, unroll {unroll:?}, k split {ksplit:?}, const k {const_k}, unrolled {unroll_ch}, narrow {narrow}, one plane {one})",
                         f.describe(),
                         gpu.describe()
                     )
@@ -409,6 +417,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
     }
     // Blocks per lane iteration never change the bits (either sum).
     set_narrow(true);
+    set_byte(false);
     set_xq_block_sum(false);
     set_xq_ksplit(None);
     set_xq_const_k(true);
@@ -433,6 +442,48 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         }
     }
     set_xq_unroll(None);
+    // The grid-stride form (`QWGPU_XQ_GRID`: fewer workgroups than tiles of rows, each taking
+    // several in turn) never changes the bits: both tiles, whole and partial workgroups of rows,
+    // long rows (split over two groups), SwiGLU pairs.
+    for (n, k, swiglu) in [
+        (70usize, 1536usize, false),
+        (6, 16896, false),
+        (FEW_ROWS as usize + 64, 256, true),
+    ] {
+        let m = if swiglu {
+            let (g, u) = (
+                Q::random(&mut rng, n / 2, k, formats[0]),
+                Q::random(&mut rng, n / 2, k, formats[0]),
+            );
+            Matrix::upload_interleaved(&gpu, "gate~up", ("gate", &g.data()), ("up", &u.data()))
+                .unwrap()
+        } else {
+            Matrix::upload(&gpu, "w", &Q::random(&mut rng, n, k, formats[0]).data()).unwrap()
+        };
+        let x = hard_x(&mut rng, 2 * k);
+        for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
+            let call = || MmCall {
+                add: !swiglu,
+                swiglu,
+                planes: true,
+                ..MmCall::new(&x[..t * k], t, k, mt)
+            };
+            set_xq_grid(Some((0, 0)));
+            let base = run_matmul(&gpu, &m, call());
+            for g in [1u32, 3] {
+                set_xq_grid(Some((g, g)));
+                let other = run_matmul(&gpu, &m, call());
+                assert_bits_eq(
+                    &format!(
+                        "grid of {g} workgroups vs one per tile, n={n} k={k} T={t} swiglu={swiglu}"
+                    ),
+                    &other,
+                    &base,
+                );
+            }
+        }
+    }
+    set_xq_grid(None);
     // Rows per lane group of long rows (`QWGPU_XQ_LONG_ROWS`) never change the bits: whole and
     // partial workgroups, both tiles.
     for (n, k) in [(16usize, 16896usize), (6, 16896), (40, 16896)] {
@@ -592,13 +643,22 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
         .into_iter()
         .filter(|f| matches!(f, WeightFormat::Affine { bits: 4, .. }))
         .collect();
-    // Every device variant and format; then 2 groups per row, and the three-plane format
-    // (`QWGPU_XQ_NARROW=0`), on one of each.
-    for (ksplit, narrow) in [(None, true), (Some((2, 2)), true), (None, false)] {
+    // Every device variant and format; then 2 groups per row, the three-plane format
+    // (`QWGPU_XQ_NARROW=0`) and the one-plane format (`QWGPU_XQ_BYTE=1`), on one of each.
+    // Last, the grid-stride form with 2 workgroups (`QWGPU_XQ_GRID`), the epilogues included.
+    for (ksplit, narrow, one, grid) in [
+        (None, true, false, None),
+        (Some((2, 2)), true, false, None),
+        (None, false, false, None),
+        (None, true, true, None),
+        (None, true, false, Some((2, 2))),
+    ] {
         set_xq_ksplit(ksplit);
         set_narrow(narrow);
+        set_byte(one);
+        set_xq_grid(grid);
         let gpus = gpu_variants();
-        let (gpus, formats) = if ksplit.is_none() && narrow {
+        let (gpus, formats) = if ksplit.is_none() && narrow && !one && grid.is_none() {
             (gpus, &formats[..])
         } else {
             (gpus[gpus.len() - 1..].to_vec(), &formats[..1])
@@ -629,7 +689,7 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                 let resid = rng.vec(2 * h, 2.0);
                 let what = |t: usize| {
                     format!(
-                        "{} T={t} ({}; k split {ksplit:?}, narrow {narrow})",
+                        "{} T={t} ({}; k split {ksplit:?}, narrow {narrow}, one plane {one}, grid {grid:?})",
                         f.describe(),
                         gpu.describe()
                     )
@@ -886,4 +946,6 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
     }
     set_xq_ksplit(None);
     set_narrow(true);
+    set_byte(false);
+    set_xq_grid(None);
 }

@@ -355,7 +355,8 @@ impl Gpu {
             true => defines.clone(),
             false => defines
                 .clone()
-                .flag("XQ_NARROW", crate::ops::xquant::narrow()),
+                .flag("XQ_NARROW", crate::ops::xquant::narrow())
+                .flag("XQ_BYTE", crate::ops::xquant::byte()),
         };
         let key = format!("{shader}|{}", defines.key());
         if let Some(p) = self

@@ -1559,6 +1559,49 @@ pub fn set_xq_const_k(on: bool) {
     XQ_CONST_K.set(on)
 }
 
+/// Workgroups of the integer-plane decode kernel's grid-stride form for tile `mt` (each
+/// workgroup takes the tiles of rows w, w + G, w + 2G, ... instead of one), from
+/// `QWGPU_XQ_GRID=A,B` (the 1- and 2-token tiles; read once) or [`set_xq_grid`]; 0 (the
+/// default): one workgroup per tile of rows. Never changes the bits. H200 (132 SMs): A = 1584
+/// (12 workgroups per SM) took plain decode 147.2 → 149.2 tok/s, 1056 lost (144.9), and any
+/// cap slowed the 2-token tile (bench/results/2026-12-03-h200-e/); the right size depends on
+/// the device's SMs, which WebGPU does not report, so it is off by default.
+pub fn xq_grid(mt: u32) -> u32 {
+    let set = XQ_GRID_SET.load(std::sync::atomic::Ordering::Relaxed);
+    let (a, b) = if set != 0 {
+        (set & 0xFFFF_FFFF, (set >> 32) & 0x7FFF_FFFF)
+    } else {
+        *XQ_GRID_ENV.get_or_init(|| {
+            let Ok(v) = std::env::var("QWGPU_XQ_GRID") else {
+                return (0, 0);
+            };
+            let p: Vec<u64> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
+            match p.as_slice() {
+                &[a, b] if a < 1 << 24 && b < 1 << 24 => (a, b),
+                &[a] if a < 1 << 24 => (a, a),
+                _ => {
+                    eprintln!("qwgpu: ignoring QWGPU_XQ_GRID={v:?}: expected A,B");
+                    (0, 0)
+                }
+            }
+        })
+    };
+    (if mt == MT_ONE { a } else { b }) as u32
+}
+
+static XQ_GRID_ENV: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+static XQ_GRID_SET: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`xq_grid`]: `Some((a, b))` caps the 1- and 2-token tiles' workgroups (0: no cap) for
+/// plans built afterwards; `None` goes back to the start-up choice.
+pub fn set_xq_grid(v: Option<(u32, u32)>) {
+    let packed = v.map_or(0, |(a, b)| {
+        // A set value is never 0 (0 means "not set"): bit 63 marks it.
+        (a as u64) | (b as u64) << 32 | 1 << 63
+    });
+    XQ_GRID_SET.store(packed, std::sync::atomic::Ordering::Relaxed);
+}
+
 static XQ_EXACT_ROWS: Switch = Switch::new("QWGPU_XQ_EXACT_ROWS", true);
 
 /// Whether the multi-token (verify) tile of integer-plane pipelines drops the row clamp for
@@ -1992,6 +2035,7 @@ async fn matmul_with(
             } else {
                 d
             };
+            let d = d.flag("GSTRIDE", xq_grid(opts.mt) > 0);
             match m.format {
                 WeightFormat::Affine { group, .. } if xq_const_k() => {
                     let d = d
@@ -2115,8 +2159,13 @@ async fn matmul_with(
             res.push(cf.out.whole());
         }
         let tokens = gemm.map_or(tile_tokens(opts.mt), |t| t.bt);
+        // A grid-stride integer-plane kernel ([`xq_grid`]) takes at most that many workgroups.
+        let cap = match xq_grid(opts.mt) {
+            g if planes && gemm.is_none() && g > 0 => g,
+            _ => u32::MAX,
+        };
         let grid = Grid {
-            groups: c.rows.div_ceil(rows_per_wg),
+            groups: c.rows.div_ceil(rows_per_wg).min(cap),
             rows: opts.rows,
             tile: tokens,
             out_rows: crate::gpu::plan::ALL_OUT,
@@ -2334,6 +2383,13 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                         .set("GS", 64)
                                         .set("XSTR", crate::ops::xquant::q_stride(k))
                                         .flag("EXACT_ROWS", true),
+                                ));
+                                // The grid-stride form, with the fused norm and output planes.
+                                v.push((
+                                    "matmul_staged.wgsl",
+                                    norm_flags(d.clone(), false, true, mt)
+                                        .flag("XOUT", !conv && rows % out_unit(swiglu) == 0)
+                                        .flag("GSTRIDE", true),
                                 ));
                                 v.push(("matmul_staged.wgsl", d));
                             }

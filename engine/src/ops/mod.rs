@@ -77,6 +77,12 @@ pub fn all_variants(subgroups: bool) -> Vec<(&'static str, crate::gpu::Defines)>
         .filter(|(name, d)| *name == "xquant.wgsl" || d.is_true("XQ") || d.is_true("XOUT"))
         .map(|(name, d)| (*name, d.clone().flag("XQ_NARROW", true)))
         .collect();
+    // and in the one-plane format (`xquant::byte`).
+    let byte: Vec<_> = narrow
+        .iter()
+        .map(|(name, d)| (*name, d.clone().flag("XQ_BYTE", true)))
+        .collect();
     v.extend(narrow);
+    v.extend(byte);
     v
 }

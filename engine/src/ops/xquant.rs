@@ -46,10 +46,34 @@ pub fn set_narrow(on: bool) {
     NARROW.set(on)
 }
 
-/// Fraction bits of the planes' fixed point ([`narrow`]): x = s · xi with s = 2^(E - F) for a
-/// word whose max |x| is in [2^(E-1), 2^E); |xi| <= 2^F (below 2^F in the two-plane format).
+static BYTE: crate::ops::matmul::Switch = crate::ops::matmul::Switch::new("QWGPU_XQ_BYTE", false);
+
+/// Whether the planes hold x in ONE signed byte plane (`XQ_BYTE` in `xq_planes.wgsl`: x rounded
+/// to at most 2^-7 of its word's max |x|, two packed dot products per code word and token in the
+/// matmuls instead of four), overriding [`narrow`]. Off by default. H200
+/// (bench/results/2026-12-03-h200-e/): the 2-token verify tile, bound by its instruction count,
+/// gains (verify iteration 9.08 → 8.48 ms, MTP at forced 0.8 acceptance 194.7 → 208.6 tok/s)
+/// but plain decode loses (146.4 → 142.9 tok/s, with or without a capped grid), and on the four
+/// test fixtures with 4-bit matrices the logits move 1.6–7.3 from mlx-lm's f32 run (the
+/// two-plane default: ≤ 0.09; mlx-lm's own bf16 run: 0.4–4.9), the greedy choices along
+/// mlx-lm's path leaving its tokens after 2–11 steps on 7 of their 8 prompts checked. An
+/// int8-activation mode for users who trade that precision for MTP speed. `QWGPU_XQ_BYTE=0|1` at start-up, [`set_byte`] for plans built afterwards.
+pub fn byte() -> bool {
+    BYTE.get()
+}
+
+/// See [`byte`].
+pub fn set_byte(on: bool) {
+    BYTE.set(on)
+}
+
+/// Fraction bits of the planes' fixed point ([`narrow`], [`byte`]): x = s · xi with s =
+/// 2^(E - F) for a word whose max |x| is in [2^(E-1), 2^E); |xi| <= 2^F (below 2^F in the two-
+/// and one-plane formats).
 pub fn frac_bits() -> u32 {
-    if narrow() {
+    if byte() {
+        7
+    } else if narrow() {
         15
     } else {
         22
