@@ -53,37 +53,19 @@ pub fn fixture_names() -> Vec<String> {
 /// MTP head.
 pub fn fixture_features(name: &str) -> std::collections::BTreeSet<String> {
     let dir = fixtures_dir().join(name);
-    let text = std::fs::read_to_string(dir.join("config.json"))
-        .unwrap_or_else(|e| panic!("{name}: config.json: {e}"));
-    let cfg: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: config.json: {e}"));
-    let tc = cfg.get("text_config").unwrap_or(&cfg);
+    let cfg =
+        qwgpu_engine::model::session::read_config(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut f = std::collections::BTreeSet::new();
-    f.insert(format!("dtype {}", tc["dtype"].as_str().unwrap_or("?")));
-    match cfg.get("quantization").and_then(|q| q.as_object()) {
-        None => {
-            f.insert("dense".to_string());
-        }
-        Some(q) => {
-            let fmt = |v: &serde_json::Value| {
-                format!(
-                    "q{} g{}",
-                    v["bits"].as_u64().unwrap_or(0),
-                    v["group_size"].as_u64().unwrap_or(0)
-                )
-            };
-            f.insert(fmt(&serde_json::Value::Object(q.clone())));
-            for v in q.values().filter(|v| v.is_object()) {
-                f.insert(fmt(v));
-            }
-        }
+    f.insert(format!("dtype {}", cfg.dtype.as_deref().unwrap_or("?")));
+    let q = &cfg.quantization;
+    // Dense where the config leaves any module unquantized (or quantizes nothing).
+    if q.global.is_none() || q.overrides.values().any(|v| v.is_none()) {
+        f.insert("dense".to_string());
     }
-    let tied = tc
-        .get("tie_word_embeddings")
-        .or(cfg.get("tie_word_embeddings"))
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    if tied {
+    for spec in q.global.iter().chain(q.overrides.values().flatten()) {
+        f.insert(format!("q{} g{}", spec.bits, spec.group_size));
+    }
+    if cfg.tie_word_embeddings {
         f.insert("tied".to_string());
     }
     if load_reference(name).has_mtp {
@@ -231,7 +213,7 @@ pub fn teacher_forced_error(
     reference: &[f32],
     vocab: usize,
 ) -> f32 {
-    teacher_forced_logits(s, prompt, path, reference, vocab, &mut Vec::new())
+    teacher_forced_run(s, prompt, path, reference, vocab, None)
 }
 
 /// As [`teacher_forced_error`], also appending the engine's logits of every step to `out`.
@@ -242,6 +224,17 @@ pub fn teacher_forced_logits(
     reference: &[f32],
     vocab: usize,
     out: &mut Vec<f32>,
+) -> f32 {
+    teacher_forced_run(s, prompt, path, reference, vocab, Some(out))
+}
+
+fn teacher_forced_run(
+    s: &mut Session,
+    prompt: &[u32],
+    path: &[u32],
+    reference: &[f32],
+    vocab: usize,
+    mut out: Option<&mut Vec<f32>>,
 ) -> f32 {
     s.reset();
     let mut max_err = 0f32;
@@ -255,7 +248,9 @@ pub fn teacher_forced_logits(
         for (a, b) in l.iter().zip(&reference[step * vocab..(step + 1) * vocab]) {
             max_err = max_err.max((a - b).abs());
         }
-        out.extend_from_slice(&l);
+        if let Some(o) = out.as_deref_mut() {
+            o.extend_from_slice(&l);
+        }
     }
     max_err
 }
