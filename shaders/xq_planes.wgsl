@@ -24,10 +24,11 @@
 //             an RMSNorm weight and defers the norm's 1/rms to the reader puts the squares of the
 //             unscaled values here; the reader sums them over the row).
 //
-// XQ_BYTE (opt-in, `QWGPU_XQ_BYTE=1`; with XQ_NARROW's clamp): F = 7, one signed byte per value,
-// h = xi with |xi| <= 127 (-128 for a negative value at the bottom of the range), m and l planes
-// zero; a matmul does one packed dot product per code word and plane. x keeps at most 7 bits of
-// its word's max (bf16 keeps 8 of every value).
+// XQ_BYTE (opt-in, `QWGPU_XQ_BYTE=1`; overrides XQ_NARROW): F = 7, one signed byte per value,
+// h = xi with xi at most 127 (clamped as in the two-plane format; -128 for a negative value at
+// the bottom of the range), m and l planes zero; a matmul does two packed dot products per code
+// word and token (four with two planes). x keeps at most 7 bits of its word's max (bf16 keeps 8
+// of every value).
 const XQ_PLANES: u32 = 9u;
 #if XQ_BYTE
 const XQ_FRAC: u32 = 7u;

@@ -57,7 +57,8 @@ static BYTE: crate::ops::matmul::Switch = crate::ops::matmul::Switch::new("QWGPU
 /// test fixtures with 4-bit matrices the logits move 1.6–7.3 from mlx-lm's f32 run (the
 /// two-plane default: ≤ 0.09; mlx-lm's own bf16 run: 0.4–4.9), the greedy choices along
 /// mlx-lm's path leaving its tokens after 2–11 steps on 7 of their 8 prompts checked. An
-/// int8-activation mode for users who trade that precision for MTP speed. `QWGPU_XQ_BYTE=0|1` at start-up, [`set_byte`] for plans built afterwards.
+/// int8-activation mode for users who trade that precision for MTP speed. `QWGPU_XQ_BYTE=0|1`
+/// at start-up, [`set_byte`] for plans built afterwards.
 pub fn byte() -> bool {
     BYTE.get()
 }
