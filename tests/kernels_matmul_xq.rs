@@ -197,6 +197,24 @@ fn hard_x(rng: &mut Rng, len: usize) -> Vec<f32> {
     x
 }
 
+/// A random n × k matrix in format `f` on the GPU; with `swiglu`, gate and up of n / 2 rows each,
+/// interleaved.
+fn random_matrix(
+    gpu: &std::sync::Arc<Gpu>,
+    rng: &mut Rng,
+    n: usize,
+    k: usize,
+    f: WeightFormat,
+    swiglu: bool,
+) -> Matrix {
+    if swiglu {
+        let (g, u) = (Q::random(rng, n / 2, k, f), Q::random(rng, n / 2, k, f));
+        Matrix::upload_interleaved(gpu, "gate~up", ("gate", &g.data()), ("up", &u.data())).unwrap()
+    } else {
+        Matrix::upload(gpu, "w", &Q::random(rng, n, k, f).data()).unwrap()
+    }
+}
+
 /// RMSNorm of `t` rows of `k` values (f64, rounded to f32).
 fn cpu_norm(x: &[f32], t: usize, k: usize, w: &[f32], eps: f32) -> Vec<f32> {
     let mut out = Vec::with_capacity(t * k);
@@ -450,16 +468,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         (6, 16896, false),
         (FEW_ROWS as usize + 64, 256, true),
     ] {
-        let m = if swiglu {
-            let (g, u) = (
-                Q::random(&mut rng, n / 2, k, formats[0]),
-                Q::random(&mut rng, n / 2, k, formats[0]),
-            );
-            Matrix::upload_interleaved(&gpu, "gate~up", ("gate", &g.data()), ("up", &u.data()))
-                .unwrap()
-        } else {
-            Matrix::upload(&gpu, "w", &Q::random(&mut rng, n, k, formats[0]).data()).unwrap()
-        };
+        let m = random_matrix(&gpu, &mut rng, n, k, formats[0], swiglu);
         let x = hard_x(&mut rng, 2 * k);
         for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
             let call = || MmCall {
@@ -520,16 +529,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         (FEW_ROWS as usize + 70, 256, false),
         (FEW_ROWS as usize + 64, 256, true),
     ] {
-        let m = if swiglu {
-            let (g, u) = (
-                Q::random(&mut rng, n / 2, k, formats[0]),
-                Q::random(&mut rng, n / 2, k, formats[0]),
-            );
-            Matrix::upload_interleaved(&gpu, "gate~up", ("gate", &g.data()), ("up", &u.data()))
-                .unwrap()
-        } else {
-            Matrix::upload(&gpu, "w", &Q::random(&mut rng, n, k, formats[0]).data()).unwrap()
-        };
+        let m = random_matrix(&gpu, &mut rng, n, k, formats[0], swiglu);
         let x = hard_x(&mut rng, 2 * k);
         let call = || MmCall {
             add: !swiglu,
