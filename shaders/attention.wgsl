@@ -178,15 +178,179 @@ fn part_base(t: u32, h: u32, c: u32) -> u32 {
 }
 
 #if SPLIT
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+#if SPLITG
+// One block's key vectors (this thread's NI of the score phase) and value vectors (its KPS of the
+// weighted sum), at the clamped rows `chunk` reads.
+struct KvBlock {
+    k: array<vec4<f32>, NI>,
+    v: array<vec4<f32>, KPS>,
+}
+
+fn load_block(blk: u32, k1: u32, kv_row4: u32, kv_off4: u32, lid: u32) -> KvBlock {
+    var o: KvBlock;
+    let kb = min(blk + lid / LPK, k1 - 1u) * kv_row4 + kv_off4;
+    for (var r = 0u; r < NI; r++) {
+        let i = lid % LPK + r * LPK;
+        o.k[r] = vec4<f32>(0.0);
+        if (i < D4) { o.k[r] = k_cache[kb + i]; }
+    }
+    let ks = lid / D4;
+    for (var r = 0u; r < KPS; r++) {
+        o.v[r] = vec4<f32>(0.0);
+        if (ks < KS) {
+            let j = min(ks + r * KS, BK - 1u);
+            o.v[r] = v_cache[min(blk + j, k1 - 1u) * kv_row4 + kv_off4 + lid % D4];
+        }
+    }
+    return o;
+}
+
+// SPLITG: one workgroup per (row t < split_rows, group of QR consecutive query heads, chunk): the
+// group's heads share one kv head, so each key and value vector of the chunk is read once for
+// all QR heads (the QR-row final pass's structure with heads for rows: one k1 for all). Each
+// head's arithmetic is `chunk`'s, in the same order, so the partials have the bits of one
+// workgroup per head (tested). A block's key and value vectors are loaded together, one block
+// ahead of its arithmetic (`load_block`). The host records it for long contexts (the cache read
+// once per group instead of once per head) and the one-head form for short ones (few chunks per
+// row: one workgroup per head keeps more of the GPU busy); a separate pipeline, so neither form
+// pays the other's registers.
+fn split_grouped(id: u32, lid: u32) {
     let nq = p.n_heads;
     let nkv = p.n_kv_heads;
-    let id = wg_linear(wid, nwg);
+    let ngr = max(nq / QR, 1u);
+    let hg = id % ngr;
+    let c = (id / ngr) % NS;
+    let t = id / (NS * ngr);
+    let row = step.pos + t;
+    if (t >= step.n_tokens || t >= p.split_rows || t >= p.max_rows || row >= p.max_ctx || nkv == 0u || p.head_dim != D) { return; }
+    let n_keys = row + 1u;
+    let ck = chunk_keys(n_keys);
+    let k0 = c * ck;
+    if (k0 >= n_keys) { return; }
+    let k1 = min(k0 + ck, n_keys);
+    let h0 = hg * QR;
+    let g = min(h0 / max(nq / nkv, 1u), nkv - 1u);
+    let kv_row4 = nkv * D4;
+    let kv_off4 = g * D4;
+    for (var i = lid; i < QR * D4; i += WG) {
+        qs[i] = q[(t * nq + h0 + i / D4) * D4 + i % D4] * p.scale;
+    }
+    workgroupBarrier();
+    let lane = lid % LPK;
+    let ks = lid / D4;
+    let dv = lid % D4;
+#for R QR
+    var m{{R}} = NEG;
+    var l{{R}} = 0.0;
+    var acc{{R}} = vec4<f32>(0.0);
+#endfor
+    var cur = load_block(k0, k1, kv_row4, kv_off4, lid);
+    for (var blk = k0; blk < k1; blk += BK) {
+        // The next block's vectors are loaded while this one's arithmetic runs.
+        var nxt = cur;
+        if (blk + BK < k1) {
+            nxt = load_block(blk + BK, k1, kv_row4, kv_off4, lid);
+        }
+#for R QR
+        var s{{R}} = 0.0;
+#endfor
+        for (var r = 0u; r < NI; r++) {
+            let i = lane + r * LPK;
+            if (i < D4) {
+                let b = cur.k[r];
+#for R QR
+                {
+                    let a = qs[{{R}}u * D4 + i];
+                    s{{R}} = fma(a.x, b.x, s{{R}});
+                    s{{R}} = fma(a.y, b.y, s{{R}});
+                    s{{R}} = fma(a.z, b.z, s{{R}});
+                    s{{R}} = fma(a.w, b.w, s{{R}});
+                }
+#endfor
+            }
+        }
+#for R QR
+        lanes[{{R}}u * WG + lid] = s{{R}};
+#endfor
+        workgroupBarrier();
+        if (lid < BK) {
+#for R QR
+            {
+                var a = 0.0;
+                for (var j = 0u; j < LPK; j++) {
+                    a += lanes[{{R}}u * WG + lid * LPK + j];
+                }
+                sc[{{R}}u * BK + lid] = select(NEG, a, blk + lid < k1);
+            }
+#endfor
+        }
+        workgroupBarrier();
+#for R QR
+        var corr{{R}} = 1.0;
+        {
+            var bm = NEG;
+            for (var j = 0u; j < BK; j++) {
+                bm = max(bm, sc[{{R}}u * BK + j]);
+            }
+            let m_new = max(m{{R}}, bm);
+            corr{{R}} = exp(m{{R}} - m_new);
+            m{{R}} = m_new;
+            acc{{R}} = acc{{R}} * corr{{R}};
+        }
+        var ps{{R}} = 0.0;
+#endfor
+        if (ks < KS) {
+            for (var r = 0u; r < KPS; r++) {
+                let j0 = ks + r * KS;
+                let j = min(j0, BK - 1u);
+                let vv = cur.v[r];
+#for R QR
+                {
+                    let pj = select(0.0, exp(sc[{{R}}u * BK + j] - m{{R}}), j0 < BK && blk + j < k1);
+                    ps{{R}} += pj;
+                    acc{{R}} = fma(vec4<f32>(pj), vv, acc{{R}});
+                }
+#endfor
+            }
+        }
+#for R QR
+        l{{R}} = fma(l{{R}}, corr{{R}}, ps{{R}});
+#endfor
+        cur = nxt;
+    }
+    // Each head's partial: the slices summed in order, as `chunk` does.
+#for R QR
+    if (ks < KS) {
+        accs[lid] = acc{{R}};
+        if (dv == 0u) { ls[ks] = l{{R}}; }
+    }
+    workgroupBarrier();
+    {
+        let base = part_base(t, h0 + {{R}}u, c);
+        var pl = 0.0;
+        var pa = vec4<f32>(0.0);
+        if (lid < D4) {
+            for (var sl = 0u; sl < KS; sl++) {
+                pa += accs[sl * D4 + lid];
+                pl += ls[sl];
+            }
+        }
+        if (lid == 0u) {
+            part[base] = vec4<f32>(m{{R}}, pl, 0.0, 0.0);
+        }
+        if (lid < D4) {
+            part[base + 1u + lid] = pa;
+        }
+    }
+    workgroupBarrier();
+#endfor
+}
+#endif
+
+// One workgroup per (row t < split_rows, head, chunk).
+fn split_one(id: u32, lid: u32) {
+    let nq = p.n_heads;
+    let nkv = p.n_kv_heads;
     // Heads fastest: the heads that share a kv head read the same chunk at about the same time.
     let h = id % max(nq, 1u);
     let c = (id / max(nq, 1u)) % NS;
@@ -207,6 +371,20 @@ fn main(
     if (lid < D4) {
         part[base + 1u + lid] = r.acc;
     }
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let id = wg_linear(wid, nwg);
+#if SPLITG
+    split_grouped(id, lid);
+#else
+    split_one(id, lid);
+#endif
 }
 #else
 // st ⊕ c, the log-sum-exp merge of two partials (explicit fmas: see the header).

@@ -10,7 +10,8 @@ use qwgpu_engine::gpu::{
 };
 use qwgpu_engine::ops::attention::{
     attention, attention_scratch_bytes, attention_with_scratch, attention_writes_planes,
-    attention_xq, attention_xq_rows, attn_prep, AttnDims, ATTN_CK_MIN, ATTN_NS, ATTN_QR,
+    attention_xq, attention_xq_rows, attn_prep, set_attention_group_keys,
+    set_attention_split_heads, split_heads_for, AttnDims, ATTN_CK_MIN, ATTN_NS, ATTN_QR,
 };
 use qwgpu_engine::ops::Act;
 use qwgpu_tests::ref_attention::{self as cpu, RefDims};
@@ -235,6 +236,7 @@ impl Layer {
             StepShape {
                 n_tokens: t as u32,
                 n_out: 1,
+                keys: 0,
             },
         );
         (read_f32(gpu, &qb, t * qw), read_f32(gpu, &ob, t * qw))
@@ -278,6 +280,7 @@ impl Layer {
             StepShape {
                 n_tokens: t as u32,
                 n_out: 1,
+                keys: 0,
             },
         );
         read_f32(gpu, &ob, t * qw)
@@ -678,13 +681,20 @@ fn attend(
         ))
     }
     .unwrap();
-    assert_eq!(ds.len(), if split_rows > 0 { 2 } else { 1 });
+    // The split pass in one or two forms (one workgroup per head, a GQA group per workgroup),
+    // then the final pass; the step's key count picks the split form.
+    if split_rows > 0 {
+        assert!((2..=3).contains(&ds.len()), "{} dispatches", ds.len());
+    } else {
+        assert_eq!(ds.len(), 1);
+    }
     run(
         gpu,
         &ds,
         StepShape {
             n_tokens: t as u32,
             n_out: 1,
+            keys: pos + 1,
         },
     );
     (
@@ -721,11 +731,28 @@ fn split_and_fused_paths_agree_bit_exact() {
             let q = normals(&mut rng, t * s.qw(), 1.5);
             let proj = normals(&mut rng, t * layer.lay.stride, 2.0);
             let fused = attend_split(&gpu, &layer, &q, &proj, t, pos, 0);
-            let split = attend_split(&gpu, &layer, &q, &proj, t, pos, t as u32);
-            let what = format!("{} pos {pos} ({})", s.name, gpu.describe());
-            assert_bits_eq(&format!("{what}: split vs fused"), &split, &fused);
-            let part = attend_split(&gpu, &layer, &q, &proj, t, pos, 3);
-            assert_bits_eq(&format!("{what}: 3 split rows vs fused"), &part, &fused);
+            // The split pass with each head in its own workgroup, and with the heads of a GQA
+            // group sharing one (every divisor of the group size; 8: the largest allowed).
+            let group = s.hq / s.hkv;
+            for most in [1u32, 2, 3, 6, 8] {
+                let hg = split_heads_for(&gpu, &layer.d, most);
+                assert!(group % hg == 0 && hg <= most);
+                // From the first key on (the grouped form is otherwise taken at long contexts
+                // only).
+                set_attention_split_heads(Some(most));
+                set_attention_group_keys(Some(1));
+                let split = attend_split(&gpu, &layer, &q, &proj, t, pos, t as u32);
+                let part = attend_split(&gpu, &layer, &q, &proj, t, pos, 3);
+                set_attention_split_heads(None);
+                set_attention_group_keys(None);
+                let what = format!(
+                    "{} pos {pos}, {hg} heads per split workgroup ({})",
+                    s.name,
+                    gpu.describe()
+                );
+                assert_bits_eq(&format!("{what}: split vs fused"), &split, &fused);
+                assert_bits_eq(&format!("{what}: 3 split rows vs fused"), &part, &fused);
+            }
         }
     }
 }
@@ -838,6 +865,7 @@ fn output_planes_are_xquants() {
                 StepShape {
                     n_tokens: rows as u32,
                     n_out: 1,
+                    keys: 0,
                 },
             );
             let row_u32 = qwgpu_engine::ops::xquant::q_stride(qw) as usize * 4;
@@ -1071,6 +1099,7 @@ fn bench_attention_27b() {
         let shape = StepShape {
             n_tokens: t as u32,
             n_out: 1,
+            keys: 0,
         };
         let go = |n: usize| {
             let mut enc = gpu.device.create_command_encoder(&Default::default());

@@ -128,6 +128,7 @@ fn shape(t: usize) -> StepShape {
     StepShape {
         n_tokens: t as u32,
         n_out: 1,
+        keys: 0,
     }
 }
 

@@ -175,6 +175,7 @@ fn gpu_matmul(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, mt: u32) -> Vec<f32> {
         StepShape {
             n_tokens: t as u32,
             n_out: 1,
+            keys: 0,
         },
     );
     read_f32(gpu, &yb, t * n)
@@ -369,6 +370,7 @@ fn matmul_residual_epilogue_and_offsets() {
         StepShape {
             n_tokens: t as u32,
             n_out: 1,
+            keys: 0,
         },
     );
     let got = read_f32(&gpu, &yb, t * ys);
@@ -478,6 +480,7 @@ fn gpu_matmul_side_by_side(gpu: &Gpu, mats: &[&Matrix], x: &[f32], t: usize, mt:
         StepShape {
             n_tokens: t as u32,
             n_out: 1,
+            keys: 0,
         },
     );
     read_f32(gpu, &yb, t * n as usize)
@@ -711,6 +714,7 @@ fn matmul_swiglu_epilogue_equals_stack_then_swiglu_kernel() {
                     StepShape {
                         n_tokens: t as u32,
                         n_out: 1,
+                        keys: 0,
                     },
                 );
                 let (want, got) = (read_f32(gpu, &want, t * i), read_f32(gpu, &got, t * i));

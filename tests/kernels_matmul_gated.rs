@@ -64,6 +64,7 @@ fn run_gated(
         StepShape {
             n_tokens: t as u32,
             n_out: 1,
+            keys: 0,
         },
     );
     added(&read_f32(gpu, &yb, t * n))

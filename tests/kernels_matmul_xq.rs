@@ -613,6 +613,7 @@ fn xquant_u32(gpu: &Gpu, x: &[f32], t: usize, dim: u32) -> Vec<u32> {
         StepShape {
             n_tokens: t as u32,
             n_out: 1,
+            keys: 0,
         },
     );
     read_u32(gpu, &qb, t * q_stride(dim) as usize * 4)
@@ -797,6 +798,7 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                         StepShape {
                             n_tokens: t as u32,
                             n_out: 1,
+                            keys: 0,
                         },
                     );
                     Chain {

@@ -76,6 +76,7 @@ fn stacked_then_swiglu(gpu: &Gpu, stacked: &Matrix, x: &[f32], t: usize, mt: u32
         StepShape {
             n_tokens: t as u32,
             n_out: 1,
+            keys: 0,
         },
     );
     read_f32(gpu, &out, t * i)

@@ -66,6 +66,7 @@ fn rms_norm_matches_cpu() {
             StepShape {
                 n_tokens: t as u32,
                 n_out: 1,
+                keys: 0,
             },
         );
         let got = read_f32(&gpu, &yb, t * dim as usize);
@@ -123,6 +124,7 @@ fn rms_norm_matches_cpu() {
             StepShape {
                 n_tokens: t as u32,
                 n_out: n_out as u32,
+                keys: 0,
             },
         );
         let got_o = read_f32(&gpu, &yo, n_out * dim as usize);
@@ -253,6 +255,7 @@ fn embed_gathers_every_format_across_chunks() {
             StepShape {
                 n_tokens: t as u32,
                 n_out: 1,
+                keys: 0,
             },
         );
         let got = read_f32(&gpu, &yb, t * k);
@@ -309,6 +312,7 @@ fn swiglu_matches_cpu() {
             StepShape {
                 n_tokens: t as u32,
                 n_out: 1,
+                keys: 0,
             },
         );
         let got = read_f32(&gpu, &ab, t * dim as usize);
@@ -376,6 +380,7 @@ fn argmax_picks_lowest_index_on_ties_and_ignores_nan() {
             StepShape {
                 n_tokens: 5,
                 n_out: rows as u32,
+                keys: 0,
             },
         );
         let got = read_u32(&gpu, &ids, 3);

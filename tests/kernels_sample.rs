@@ -120,6 +120,7 @@ fn run_call(gpu: &Gpu, s: &Sampler, c: &Call) -> Out {
         StepShape {
             n_tokens,
             n_out: c.rows,
+            keys: 0,
         },
     );
     let res = pollster::block_on(s.read_results(gpu, c.rows)).unwrap();
@@ -845,6 +846,7 @@ fn speculative_accept_and_residual_match_cpu_chi_square() {
                 StepShape {
                     n_tokens: rows,
                     n_out: rows,
+                    keys: 0,
                 },
             );
             let acc = pollster::block_on(s.read_accept(&gpu, rows)).unwrap();
@@ -971,6 +973,7 @@ fn accept_commits_the_emitted_tokens() {
             StepShape {
                 n_tokens: 1,
                 n_out: 1,
+                keys: 0,
             },
         );
         d = pollster::block_on(s.dispatches_with(
@@ -1006,6 +1009,7 @@ fn accept_commits_the_emitted_tokens() {
             StepShape {
                 n_tokens: 2,
                 n_out: 2,
+                keys: 0,
             },
         );
         let a = pollster::block_on(s.read_accept(&gpu, 1)).unwrap()[0];

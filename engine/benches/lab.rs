@@ -42,6 +42,7 @@ fn time_plan(gpu: &Gpu, plan: &Plan, shape: StepShape, reps: u32) -> f64 {
 const ONE_TOKEN: StepShape = StepShape {
     n_tokens: 1,
     n_out: 1,
+    keys: 0,
 };
 
 fn time_dispatch(gpu: &Gpu, d: &qwgpu_engine::gpu::Dispatch, shape: StepShape, reps: u32) -> f64 {
@@ -170,6 +171,7 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
                 StepShape {
                     n_tokens: t,
                     n_out: 1,
+                    keys: 0,
                 },
                 if t > 2 { reps.div_ceil(10) } else { reps },
             );
@@ -214,6 +216,7 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
                 let shape = StepShape {
                     n_tokens: t,
                     n_out: 1,
+                    keys: 0,
                 };
                 let mut plan = Plan::new();
                 plan.extend_vec(ds);
@@ -369,6 +372,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
                 StepShape {
                     n_tokens: t,
                     n_out: 1,
+                    keys: pos + 1,
                 },
                 if t > 2 { reps.div_ceil(10) } else { reps },
             );
@@ -397,6 +401,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
                         StepShape {
                             n_tokens: t,
                             n_out: 1,
+                            keys: pos + 1,
                         },
                         if t > 2 { reps.div_ceil(10) } else { reps },
                     );

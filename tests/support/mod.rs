@@ -144,6 +144,7 @@ pub fn swiglu_kernel(gpu: &Gpu, gu: &[f32], t: usize, n: usize) -> Vec<f32> {
         StepShape {
             n_tokens: t as u32,
             n_out: 1,
+            keys: 0,
         },
     );
     read_f32(gpu, &act, t * n)

@@ -218,6 +218,7 @@ pub fn run_matmul(gpu: &Gpu, m: &Matrix, c: MmCall<'_>) -> Vec<f32> {
             StepShape {
                 n_tokens: c.t as u32,
                 n_out: 1,
+                keys: 0,
             },
         );
         return crate::read_f32(gpu, &yb, c.t * ny);
@@ -236,6 +237,7 @@ pub fn run_matmul(gpu: &Gpu, m: &Matrix, c: MmCall<'_>) -> Vec<f32> {
         StepShape {
             n_tokens: c.t as u32,
             n_out: 1,
+            keys: 0,
         },
     );
     crate::read_f32(gpu, &yb, c.t * ny)

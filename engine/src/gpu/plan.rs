@@ -62,10 +62,16 @@ pub struct Grid {
     /// `ALL_OUT` by default): a plan can hold a 1-row and a 2-row variant of one kernel and
     /// record the one the step needs.
     pub out_rows: (u32, u32),
+    /// The dispatch runs only for steps whose [`StepShape::keys`] lies in this range (inclusive;
+    /// `ALL_KEYS` by default): a plan can hold a short- and a long-context form of one kernel
+    /// with the same bits and record the one that is faster for the step.
+    pub keys: (u32, u32),
 }
 
 /// [`Grid::out_rows`] of a dispatch that runs for every step.
 pub const ALL_OUT: (u32, u32) = (0, u32::MAX);
+/// [`Grid::keys`] of a dispatch that runs for every step.
+pub const ALL_KEYS: (u32, u32) = (0, u32::MAX);
 
 impl Grid {
     pub fn fixed(groups: u32) -> Self {
@@ -74,6 +80,7 @@ impl Grid {
             rows: Rows::One,
             tile: 1,
             out_rows: ALL_OUT,
+            keys: ALL_KEYS,
         }
     }
     pub fn per_token(groups: u32) -> Self {
@@ -82,6 +89,7 @@ impl Grid {
             rows: Rows::Tokens,
             tile: 1,
             out_rows: ALL_OUT,
+            keys: ALL_KEYS,
         }
     }
     pub fn per_tile(groups: u32, tile: u32) -> Self {
@@ -90,6 +98,7 @@ impl Grid {
             rows: Rows::Tokens,
             tile,
             out_rows: ALL_OUT,
+            keys: ALL_KEYS,
         }
     }
     pub fn per_out(groups: u32, tile: u32) -> Self {
@@ -98,12 +107,23 @@ impl Grid {
             rows: Rows::Out,
             tile,
             out_rows: ALL_OUT,
+            keys: ALL_KEYS,
         }
+    }
+
+    /// This grid, recorded only for steps whose key estimate lies in `lo..=hi`.
+    pub fn for_keys(mut self, lo: u32, hi: u32) -> Self {
+        self.keys = (lo, hi);
+        self
     }
 
     /// The `[x, y, z]` workgroup counts for a step with `t` rows of which `n_out` need logits.
     pub fn counts(&self, shape: StepShape, max_dim: u32) -> [u32; 3] {
-        if shape.n_out < self.out_rows.0 || shape.n_out > self.out_rows.1 {
+        if shape.n_out < self.out_rows.0
+            || shape.n_out > self.out_rows.1
+            || shape.keys < self.keys.0
+            || shape.keys > self.keys.1
+        {
             return [0, 0, 0];
         }
         let n = match self.rows {
@@ -123,6 +143,10 @@ impl Grid {
 pub struct StepShape {
     pub n_tokens: u32,
     pub n_out: u32,
+    /// The host's estimate of the key count of the step's first row (its position + 1; 0 when
+    /// unknown). It only chooses between dispatches that give the same bits ([`Grid::keys`]),
+    /// so an estimate that lags (MTP iterations queued ahead of their outcomes) is still exact.
+    pub keys: u32,
 }
 
 /// One prepared dispatch: pipeline, bind group and grid, all created at load.
@@ -242,7 +266,11 @@ mod tests {
 
     #[test]
     fn out_rows_select_the_steps_a_dispatch_runs_for() {
-        let shape = |n_tokens, n_out| StepShape { n_tokens, n_out };
+        let shape = |n_tokens, n_out| StepShape {
+            n_tokens,
+            n_out,
+            keys: 0,
+        };
         let mut one = Grid::per_out(10, 1);
         one.out_rows = (1, 1);
         let mut two = Grid::per_out(10, 2);
@@ -260,5 +288,29 @@ mod tests {
         // The default runs for every step; x splits over y past the per-dimension limit.
         let all = Grid::per_token(70000);
         assert_eq!(all.counts(shape(2, 0), 65535), [65535, 2, 2]);
+    }
+
+    #[test]
+    fn key_ranges_pick_exactly_one_form_per_step() {
+        let at = |keys| StepShape {
+            n_tokens: 1,
+            n_out: 1,
+            keys,
+        };
+        let short = Grid::fixed(7).for_keys(0, 4095);
+        let long = Grid::fixed(3).for_keys(4096, u32::MAX);
+        for (keys, want_short) in [
+            (0, true),
+            (1, true),
+            (4095, true),
+            (4096, false),
+            (u32::MAX, false),
+        ] {
+            let s = short.counts(at(keys), 65535)[2] > 0;
+            let l = long.counts(at(keys), 65535)[2] > 0;
+            assert_eq!((s, l), (want_short, !want_short), "keys {keys}");
+        }
+        // Grids without a range run at every key count.
+        assert_eq!(Grid::fixed(5).counts(at(123_456), 65535), [5, 1, 1]);
     }
 }

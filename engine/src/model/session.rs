@@ -484,6 +484,7 @@ impl Session {
         let shape = StepShape {
             n_tokens: 1,
             n_out: 1,
+            keys: 0,
         };
         self.single.recorded(shape) + self.head.recorded(shape)
     }
@@ -493,6 +494,7 @@ impl Session {
         let shape = StepShape {
             n_tokens: 1,
             n_out: 1,
+            keys: 0,
         };
         let mut kinds = self.single.recorded_kinds(shape);
         for (k, n) in self.head.recorded_kinds(shape) {
@@ -797,7 +799,11 @@ impl Session {
             gpu.queue
                 .write_buffer(&self.ws.ids.buf, 0, bytemuck::cast_slice(ids));
         }
-        let shape = StepShape { n_tokens: t, n_out };
+        let shape = StepShape {
+            n_tokens: t,
+            n_out,
+            keys: self.state.pos + 1,
+        };
         let mut enc = self.encoder("forward");
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -912,6 +918,7 @@ impl Session {
             let shape = StepShape {
                 n_tokens: t,
                 n_out: 1,
+                keys: self.state.pos + 1,
             };
             let mut enc = self.encoder("prefill+mtp");
             {
@@ -980,6 +987,7 @@ impl Session {
         let shape = StepShape {
             n_tokens: 1,
             n_out: 1,
+            keys: self.state.pos + 1,
         };
         let mut enc = self.encoder("mtp first");
         self.record_iteration(&mut enc, shape, true);
@@ -1101,6 +1109,7 @@ impl Session {
             StepShape {
                 n_tokens: 2,
                 n_out: 2,
+                keys: self.state.pos + 1,
             },
             false,
         );
@@ -1261,6 +1270,7 @@ impl Session {
             StepShape {
                 n_tokens: 1,
                 n_out: 1,
+                keys: pos + 1,
             },
             reps,
         );
@@ -1280,6 +1290,7 @@ impl Session {
             StepShape {
                 n_tokens: 2,
                 n_out: 2,
+                keys: pos + 1,
             },
             reps,
         );
@@ -1301,6 +1312,7 @@ impl Session {
                     StepShape {
                         n_tokens: 2,
                         n_out: 2,
+                        keys: pos + 1,
                     },
                     reps,
                 ))

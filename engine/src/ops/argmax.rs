@@ -53,6 +53,7 @@ pub async fn argmax(
                 rows: crate::gpu::Rows::Out,
                 tile: 1,
                 out_rows: crate::gpu::plan::ALL_OUT,
+                keys: crate::gpu::plan::ALL_KEYS,
             },
         ),
         gpu.dispatch(

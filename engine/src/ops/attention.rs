@@ -353,6 +353,101 @@ pub fn set_attention_rows(n: Option<u32>) {
     );
 }
 
+/// Query heads per workgroup of the split pass by default ([`attention_split_heads`]): a whole
+/// GQA group where the device's workgroup memory holds it.
+pub const ATTN_SPLIT_HEADS: u32 = 8;
+
+/// Keys from which a decode or verify step's split pass takes a GQA group per workgroup
+/// ([`attention_group_keys`]); below, one workgroup per head.
+pub const ATTN_GROUP_KEYS: u32 = 4096;
+
+static GROUP_KEYS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The key count of a step's first row from which the split pass takes the heads of a GQA group
+/// together ([`ATTN_GROUP_KEYS`] unless `QWGPU_ATTN_GROUP_KEYS=N`, read at start-up, or
+/// [`set_attention_group_keys`] says otherwise). A plan holds both forms of the split pass and
+/// each step records the one for its key estimate ([`crate::gpu::StepShape::keys`]; 0, unknown,
+/// takes the one-head form); the same bits either way.
+pub fn attention_group_keys() -> u32 {
+    let set = GROUP_KEYS.load(std::sync::atomic::Ordering::Relaxed);
+    if set != 0 {
+        return set;
+    }
+    static ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ENV.get_or_init(|| match std::env::var("QWGPU_ATTN_GROUP_KEYS") {
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                eprintln!("qwgpu: ignoring QWGPU_ATTN_GROUP_KEYS={v:?}: expected a positive count");
+                ATTN_GROUP_KEYS
+            }
+        },
+        Err(_) => ATTN_GROUP_KEYS,
+    })
+}
+
+/// Sets [`attention_group_keys`] for plans built afterwards (`None`: the start-up choice).
+pub fn set_attention_group_keys(n: Option<u32>) {
+    GROUP_KEYS.store(
+        n.map_or(0, |n| n.max(1)),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+static SPLIT_HEADS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The most query heads one workgroup of the split pass takes ([`ATTN_SPLIT_HEADS`] unless
+/// `QWGPU_ATTN_SPLIT_HEADS=N`, 1 to 8, read at start-up, or [`set_attention_split_heads`] says
+/// otherwise). Heads that share a kv head then read each key and value vector of a chunk once
+/// between them; each head's partial has the bits of one workgroup per head (tested), so this
+/// only changes speed. The count used is the largest divisor of the GQA group size within it
+/// whose workgroup memory the device allows.
+pub fn attention_split_heads() -> u32 {
+    let set = SPLIT_HEADS.load(std::sync::atomic::Ordering::Relaxed);
+    if set != 0 {
+        return set;
+    }
+    static ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ENV.get_or_init(|| match std::env::var("QWGPU_ATTN_SPLIT_HEADS") {
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n) if (1..=8).contains(&n) => n,
+            _ => {
+                eprintln!("qwgpu: ignoring QWGPU_ATTN_SPLIT_HEADS={v:?}: expected 1 to 8");
+                ATTN_SPLIT_HEADS
+            }
+        },
+        Err(_) => ATTN_SPLIT_HEADS,
+    })
+}
+
+/// Sets [`attention_split_heads`] for plans built afterwards (taken into 1..=8; `None`: the
+/// start-up choice).
+pub fn set_attention_split_heads(n: Option<u32>) {
+    SPLIT_HEADS.store(
+        n.map_or(0, |n| n.clamp(1, 8)),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Workgroup memory of the split pass with `hg` heads per workgroup (see `attention.wgsl`).
+fn split_pass_shared_bytes(head_dim: u32, hg: u32) -> u32 {
+    final_pass_shared_bytes(head_dim, hg) - (head_dim / 4) * 16
+}
+
+/// Query heads per split-pass workgroup for these dims on this device: the largest divisor of
+/// the GQA group size (n_heads / n_kv_heads) up to `most` whose workgroup memory fits.
+pub fn split_heads_for(gpu: &Gpu, d: &AttnDims, most: u32) -> u32 {
+    let group = (d.n_heads / d.n_kv_heads.max(1)).max(1);
+    (1..=most.min(group).min(8))
+        .rev()
+        .find(|&hg| {
+            group % hg == 0
+                && split_pass_shared_bytes(d.head_dim, hg)
+                    <= gpu.limits.max_compute_workgroup_storage_size
+        })
+        .unwrap_or(1)
+}
+
 /// Workgroup memory of the final pass with `qr` rows per workgroup (see `attention.wgsl`).
 fn final_pass_shared_bytes(head_dim: u32, qr: u32) -> u32 {
     let d4 = head_dim / 4;
@@ -469,9 +564,6 @@ pub async fn attention_xq_rows(
     };
     let mut out_d = Vec::new();
     if split_rows > 0 {
-        let pipeline = gpu
-            .pipeline("attention.wgsl", &base.clone().flag("SPLIT", true))
-            .await?;
         let res = [
             u.whole(),
             step.binding(),
@@ -480,12 +572,36 @@ pub async fn attention_xq_rows(
             v_cache.whole(),
             part.clone(),
         ];
-        out_d.push(gpu.dispatch(
-            "attention.split",
-            &pipeline,
-            &res,
-            Grid::fixed(split_rows * d.n_heads * ATTN_NS),
-        ));
+        // One workgroup per head below `attention_group_keys` keys, the heads of a GQA group
+        // together from there (the same bits; the step's key estimate picks one).
+        let hg = split_heads_for(gpu, d, attention_split_heads());
+        let gk = attention_group_keys();
+        let pipeline = gpu
+            .pipeline("attention.wgsl", &base.clone().flag("SPLIT", true))
+            .await?;
+        let mut grid = Grid::fixed(split_rows * d.n_heads * ATTN_NS);
+        if hg > 1 {
+            grid = grid.for_keys(0, gk - 1);
+        }
+        out_d.push(gpu.dispatch("attention.split", &pipeline, &res, grid));
+        if hg > 1 {
+            let pipeline = gpu
+                .pipeline(
+                    "attention.wgsl",
+                    &base
+                        .clone()
+                        .flag("SPLIT", true)
+                        .flag("SPLITG", true)
+                        .set("QR", hg),
+                )
+                .await?;
+            out_d.push(gpu.dispatch(
+                "attention.split",
+                &pipeline,
+                &res,
+                Grid::fixed(split_rows * (d.n_heads / hg) * ATTN_NS).for_keys(gk, u32::MAX),
+            ));
+        }
     }
     let pipeline = gpu
         .pipeline(
@@ -552,6 +668,15 @@ pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
     let mut v = vec![("attn_prep.wgsl", prep_defines())];
     for hd in [32, 64, 128, 256] {
         v.push(("attention.wgsl", attention_defines(hd).flag("SPLIT", true)));
+        for hg in [2, 3, 4, 6, 8] {
+            v.push((
+                "attention.wgsl",
+                attention_defines(hd)
+                    .flag("SPLIT", true)
+                    .flag("SPLITG", true)
+                    .set("QR", hg),
+            ));
+        }
         v.push(("attention.wgsl", attention_defines(hd).flag("SPLIT", false)));
         v.push((
             "attention.wgsl",

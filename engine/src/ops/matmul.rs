@@ -725,6 +725,7 @@ async fn coop_matmul(
             rows: opts.rows,
             tile: 1,
             out_rows: crate::gpu::plan::ALL_OUT,
+            keys: crate::gpu::plan::ALL_KEYS,
         },
     )];
     let pipeline = gpu
@@ -786,6 +787,7 @@ async fn coop_matmul(
                 rows: opts.rows,
                 tile: t.bt,
                 out_rows: crate::gpu::plan::ALL_OUT,
+                keys: crate::gpu::plan::ALL_KEYS,
             },
         ));
     }
@@ -2169,6 +2171,7 @@ async fn matmul_with(
             rows: opts.rows,
             tile: tokens,
             out_rows: crate::gpu::plan::ALL_OUT,
+            keys: crate::gpu::plan::ALL_KEYS,
         };
         out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
     }

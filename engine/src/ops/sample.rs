@@ -696,6 +696,7 @@ impl Sampler {
             StepShape {
                 n_tokens: 1,
                 n_out: 1,
+                keys: 0,
             },
             gpu.caps.max_workgroups_per_dim,
         );
@@ -812,6 +813,7 @@ impl Sampler {
             rows: Rows::Out,
             tile: 1,
             out_rows: crate::gpu::plan::ALL_OUT,
+            keys: crate::gpu::plan::ALL_KEYS,
         };
         let mut v = Vec::new();
         let p = self.pipeline(gpu, Pass::Stats).await?;
