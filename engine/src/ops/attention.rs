@@ -317,31 +317,53 @@ pub async fn attention_with_scratch(
     attention_xq(gpu, d, q, gate, k_cache, v_cache, scratch, out, None, step).await
 }
 
+/// A speed knob of the attention plans: what a setter stored (non-zero), else `var` from the
+/// environment within `range` (read once, at the first call), else `default`.
+fn knob(
+    set: &std::sync::atomic::AtomicU32,
+    env: &std::sync::OnceLock<u32>,
+    var: &str,
+    range: std::ops::RangeInclusive<u32>,
+    default: u32,
+) -> u32 {
+    let v = set.load(std::sync::atomic::Ordering::Relaxed);
+    if v != 0 {
+        return v;
+    }
+    *env.get_or_init(|| match std::env::var(var) {
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                eprintln!(
+                    "qwgpu: ignoring {var}={v:?}: expected {} to {}",
+                    range.start(),
+                    range.end()
+                );
+                default
+            }
+        },
+        Err(_) => default,
+    })
+}
+
 /// Query rows per workgroup of a prompt chunk's attention ([`attention_rows`]): 4 by default.
 pub const ATTN_QR: u32 = 4;
 
 static ATTN_ROWS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static ATTN_ROWS_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 /// Query rows [`attention_rows`] gives prompt chunks: each workgroup of the final pass takes that
 /// many consecutive rows of a head and reads each block of keys once for all of them (the bits of
 /// one row per workgroup; tested). [`ATTN_QR`] unless `QWGPU_ATTN_ROWS=N` (1 to 8, read at
 /// start-up; 1 is one row per workgroup) or [`set_attention_rows`] says otherwise.
 pub fn attention_rows() -> u32 {
-    let set = ATTN_ROWS.load(std::sync::atomic::Ordering::Relaxed);
-    if set != 0 {
-        return set;
-    }
-    static ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *ENV.get_or_init(|| match std::env::var("QWGPU_ATTN_ROWS") {
-        Ok(v) => match v.trim().parse::<u32>() {
-            Ok(n) if (1..=8).contains(&n) => n,
-            _ => {
-                eprintln!("qwgpu: ignoring QWGPU_ATTN_ROWS={v:?}: expected 1 to 8");
-                ATTN_QR
-            }
-        },
-        Err(_) => ATTN_QR,
-    })
+    knob(
+        &ATTN_ROWS,
+        &ATTN_ROWS_ENV,
+        "QWGPU_ATTN_ROWS",
+        1..=8,
+        ATTN_QR,
+    )
 }
 
 /// Sets [`attention_rows`] for plans built afterwards (taken into 1..=8; `None`: the start-up
@@ -362,6 +384,7 @@ pub const ATTN_SPLIT_HEADS: u32 = 8;
 pub const ATTN_GROUP_KEYS: u32 = 4096;
 
 static GROUP_KEYS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static GROUP_KEYS_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 /// The key count of a step's first row from which the split pass takes the heads of a GQA group
 /// together ([`ATTN_GROUP_KEYS`] unless `QWGPU_ATTN_GROUP_KEYS=N`, read at start-up, or
@@ -369,21 +392,13 @@ static GROUP_KEYS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::
 /// each step records the one for its key estimate ([`crate::gpu::StepShape::keys`]; 0, unknown,
 /// takes the one-head form); the same bits either way.
 pub fn attention_group_keys() -> u32 {
-    let set = GROUP_KEYS.load(std::sync::atomic::Ordering::Relaxed);
-    if set != 0 {
-        return set;
-    }
-    static ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *ENV.get_or_init(|| match std::env::var("QWGPU_ATTN_GROUP_KEYS") {
-        Ok(v) => match v.trim().parse::<u32>() {
-            Ok(n) if n >= 1 => n,
-            _ => {
-                eprintln!("qwgpu: ignoring QWGPU_ATTN_GROUP_KEYS={v:?}: expected a positive count");
-                ATTN_GROUP_KEYS
-            }
-        },
-        Err(_) => ATTN_GROUP_KEYS,
-    })
+    knob(
+        &GROUP_KEYS,
+        &GROUP_KEYS_ENV,
+        "QWGPU_ATTN_GROUP_KEYS",
+        1..=u32::MAX,
+        ATTN_GROUP_KEYS,
+    )
 }
 
 /// Sets [`attention_group_keys`] for plans built afterwards (`None`: the start-up choice).
@@ -395,6 +410,7 @@ pub fn set_attention_group_keys(n: Option<u32>) {
 }
 
 static SPLIT_HEADS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static SPLIT_HEADS_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 /// The most query heads one workgroup of the split pass takes ([`ATTN_SPLIT_HEADS`] unless
 /// `QWGPU_ATTN_SPLIT_HEADS=N`, 1 to 8, read at start-up, or [`set_attention_split_heads`] says
@@ -403,21 +419,13 @@ static SPLIT_HEADS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32:
 /// only changes speed. The count used is the largest divisor of the GQA group size within it
 /// whose workgroup memory the device allows.
 pub fn attention_split_heads() -> u32 {
-    let set = SPLIT_HEADS.load(std::sync::atomic::Ordering::Relaxed);
-    if set != 0 {
-        return set;
-    }
-    static ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *ENV.get_or_init(|| match std::env::var("QWGPU_ATTN_SPLIT_HEADS") {
-        Ok(v) => match v.trim().parse::<u32>() {
-            Ok(n) if (1..=8).contains(&n) => n,
-            _ => {
-                eprintln!("qwgpu: ignoring QWGPU_ATTN_SPLIT_HEADS={v:?}: expected 1 to 8");
-                ATTN_SPLIT_HEADS
-            }
-        },
-        Err(_) => ATTN_SPLIT_HEADS,
-    })
+    knob(
+        &SPLIT_HEADS,
+        &SPLIT_HEADS_ENV,
+        "QWGPU_ATTN_SPLIT_HEADS",
+        1..=8,
+        ATTN_SPLIT_HEADS,
+    )
 }
 
 /// Sets [`attention_split_heads`] for plans built afterwards (taken into 1..=8; `None`: the
