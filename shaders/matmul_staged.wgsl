@@ -23,7 +23,7 @@
 // Defines: WG, ROWS (rows per workgroup = G / KS * RG), RG (rows per group), KS (groups per row:
 // 1, or more with KSPLIT and XQ), XU (blocks per lane per loop iteration, XQ), MT (tokens per tile),
 // TOKENS, ADD, SWIGLU, NORM, GATED, XQ (Q4 only, not with NORM or GATED), XNORM and XOUT (with
-// XQ; XOUT not with CONV), XONORM (with XOUT), INV (NORM or XNORM), CONV (not with ADD or
+// XQ; XOUT not with CONV), XONORM (with XOUT), INV (NORM or XNORM), ACC_ARRAY, CONV (not with ADD or
 // SWIGLU; with TAPS, the layer's conv taps), Q4 or Q8, SCALE_F32 / SCALE_F16 / SCALE_BF16, SUBGROUPS.
 //
 // XQ: x comes as integer planes (xq_planes.wgsl: written by xquant.wgsl, the Gated-DeltaNet
@@ -537,6 +537,13 @@ fn main(
     let inv{{T}} = inverseSqrt(nrm[{{T}}u * WG] / f32(p.k) + p.eps);
 #endfor
 #endif
+    // Reduce each accumulator over the group's 32 lanes; group g's accumulator i (row R, token T
+    // at i = R · MT + T; the row's Σx² per token after them with XNORM) lives in
+    // red[(g * NRED + i) * LANES + ...]. The accumulators stay separate variables (every index a
+    // compile-time constant), or with ACC_ARRAY are first copied into a private array that the
+    // reduction loop indexes (the same sums in the same order: the same bits).
+    let rg0 = grp * NRED;
+#if ACC_ARRAY
     var acc: array<f32, NRED>;
 #for R RG
 #for T MT
@@ -548,17 +555,33 @@ fn main(
     acc[NACC + {{T}}u] = ss{{T}};
 #endfor
 #endif
-
-    // Reduce each accumulator over the group's 32 lanes; group g's accumulator i lives in
-    // red[(g * NACC + i) * LANES + ...].
-    let rg0 = grp * NRED;
+#endif
 #if SUBGROUPS
     // (Only with subgroups of at most 32 lanes: the host leaves SUBGROUPS off otherwise.)
     let sgi = lane / sg_size;
+#if ACC_ARRAY
     for (var i = 0u; i < NRED; i++) {
         let s = subgroupAdd(acc[i]);
         if (sg_lane == 0u) { red[(rg0 + i) * LANES + sgi] = s; }
     }
+#else
+#for R RG
+#for T MT
+    {
+        let s = subgroupAdd(acc_{{R}}_{{T}});
+        if (sg_lane == 0u) { red[(rg0 + {{R}}u * MT + {{T}}u) * LANES + sgi] = s; }
+    }
+#endfor
+#endfor
+#if XNORM
+#for T MT
+    {
+        let s = subgroupAdd(ss{{T}});
+        if (sg_lane == 0u) { red[(rg0 + NACC + {{T}}u) * LANES + sgi] = s; }
+    }
+#endfor
+#endif
+#endif
     workgroupBarrier();
     if (lane < NRED) {
         let nsg = LANES / sg_size;
@@ -570,9 +593,22 @@ fn main(
     }
     workgroupBarrier();
 #else
+#if ACC_ARRAY
     for (var i = 0u; i < NRED; i++) {
         red[(rg0 + i) * LANES + lane] = acc[i];
     }
+#else
+#for R RG
+#for T MT
+    red[(rg0 + {{R}}u * MT + {{T}}u) * LANES + lane] = acc_{{R}}_{{T}};
+#endfor
+#endfor
+#if XNORM
+#for T MT
+    red[(rg0 + NACC + {{T}}u) * LANES + lane] = ss{{T}};
+#endfor
+#endif
+#endif
     workgroupBarrier();
     for (var stride = LANES / 2u; stride > 0u; stride >>= 1u) {
         if (lane < stride) {

@@ -24,10 +24,10 @@
 use qwgpu_engine::gpu::Gpu;
 use qwgpu_engine::gpu::{Rows, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
-    matmul_xq_ext, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_const_k, set_xq_grid,
-    set_xq_ksplit, set_xq_long_rows, set_xq_mid_verify, set_xq_norm_late, set_xq_unroll,
-    set_xq_unroll_ch, set_xreg, takes_xq, writes_xq, xq_tile, MatmulOpts, XqOut, FEW_ROWS, MT_ONE,
-    MT_SMALL,
+    matmul_xq_ext, set_acc_vars, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_const_k,
+    set_xq_grid, set_xq_ksplit, set_xq_long_rows, set_xq_mid_verify, set_xq_norm_late,
+    set_xq_unroll, set_xq_unroll_ch, set_xreg, takes_xq, writes_xq, xq_tile, MatmulOpts, XqOut,
+    FEW_ROWS, MT_ONE, MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::ops::xquant::{
@@ -839,6 +839,30 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                         &late.act,
                         &early.act,
                     );
+                    // The epilogue's accumulators copied into a private array first
+                    // (`QWGPU_ACC_VARS=0`) or reduced from their own variables: the same bits.
+                    set_acc_vars(false, false);
+                    let arr = chain(t, mt, true);
+                    set_acc_vars(true, true);
+                    for (name, a, b) in [
+                        ("residual y", &arr.y, &r.y),
+                        ("deferred-norm projection", &arr.c, &r.c),
+                        ("SwiGLU", &arr.act, &r.act),
+                    ] {
+                        assert_bits_eq(
+                            &format!("{name}, accumulators in an array vs variables, {}", what(t)),
+                            a,
+                            b,
+                        );
+                    }
+                    for (name, a, b) in [("residual", &arr.yq, &r.yq), ("SwiGLU", &arr.aq, &r.aq)] {
+                        assert_eq!(
+                            a,
+                            b,
+                            "{name} output planes, accumulators in an array vs variables, {}",
+                            what(t)
+                        );
+                    }
                     // Its planes: xquant's bits for w ∘ y, and the unscaled squares of y.
                     let wy: Vec<f32> = r.y.iter().enumerate().map(|(j, v)| v * nw[j % h]).collect();
                     let qw = xquant_u32(&gpu, &wy, t, h as u32);

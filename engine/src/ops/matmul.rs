@@ -1500,6 +1500,30 @@ fn norm_flags(d: Defines, norm: bool, xnorm: bool, mt: u32) -> Defines {
         .flag("XNORM", xnorm)
         .flag("XNORM_LATE", xnorm && xq_norm_late(mt))
         .flag("INV", norm || xnorm)
+        .flag("ACC_ARRAY", !acc_vars(mt))
+}
+
+static ACC_VARS: Switch = Switch::new("QWGPU_ACC_VARS", true);
+static ACC_VARS_VERIFY: Switch = Switch::new("QWGPU_ACC_VARS_VERIFY", true);
+
+/// Whether `matmul_staged.wgsl`'s epilogue in tile `mt` reduces each (row, token) accumulator
+/// from its own variable (every index a compile-time constant) instead of first copying them into
+/// a private array that the reduction loop indexes (`ACC_ARRAY`; the same sums in the same order,
+/// so the same bits). `QWGPU_ACC_VARS=0|1` (1-token tile) and `QWGPU_ACC_VARS_VERIFY=0|1` (the
+/// others) at start-up, or [`set_acc_vars`]; the measurements behind the defaults are in
+/// ARCHITECTURE.md (performance notes).
+pub fn acc_vars(mt: u32) -> bool {
+    if mt == MT_ONE {
+        ACC_VARS.get()
+    } else {
+        ACC_VARS_VERIFY.get()
+    }
+}
+
+/// See [`acc_vars`]: the 1-token tile's choice and the other tiles', for plans built afterwards.
+pub fn set_acc_vars(one: bool, verify: bool) {
+    ACC_VARS.set(one);
+    ACC_VARS_VERIFY.set(verify);
 }
 
 static XQ_NORM_LATE: Switch = Switch::new("QWGPU_XQ_NORM_LATE", true);
