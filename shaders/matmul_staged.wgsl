@@ -689,8 +689,8 @@ fn main(
     }
 #if CONV
     // The conv channels among this group's rows: one thread per row, the step's T values in order.
-    // Every index below is a compile-time constant (TAPS and MT are), so the window stays in
-    // registers.
+    // Every loop below is written out (#for over TAPS and MT, both compile-time constants), so
+    // every index of the window is a constant and it stays in registers.
     if (wid.z == 0u && kp == 0u && lane < RG) {
         let row = rb + lane;
         let c = p.row0 + row;
@@ -698,13 +698,14 @@ fn main(
             // x_at(j) of gdn_conv_prep: the old state's K-1 values (from the snapshot after a
             // rejected draft), then the step's raw values.
             var xs_: array<f32, XS>;
-            let roll = step.rollback != 0u;
-            for (var j = 0u; j < TAPS - 1u; j++) {
-                if (roll) {
-                    xs_[j] = conv_snap[j * p.conv_dim + c];
-                } else {
-                    xs_[j] = conv_state[j * p.conv_dim + c];
-                }
+            if (step.rollback != 0u) {
+#for J TAPS
+                if ({{J}}u + 1u < TAPS) { xs_[{{J}}u] = conv_snap[{{J}}u * p.conv_dim + c]; }
+#endfor
+            } else {
+#for J TAPS
+                if ({{J}}u + 1u < TAPS) { xs_[{{J}}u] = conv_state[{{J}}u * p.conv_dim + c]; }
+#endfor
             }
 #for T MT
             {
@@ -716,34 +717,37 @@ fn main(
             }
 #endfor
             var wk: array<f32, TAPS>;
-            for (var k = 0u; k < TAPS; k++) {
-                wk[k] = conv_w[c * TAPS + k];
-            }
+#for K TAPS
+            wk[{{K}}u] = conv_w[c * TAPS + {{K}}u];
+#endfor
             let tt = min(T, MT);
-            for (var t = 0u; t < MT; t++) {
-                if (t < tt) {
-                    var acc = 0.0;
-                    for (var k = 0u; k < TAPS; k++) {
-                        acc += xs_[t + k] * wk[k];
-                    }
-                    conv_out[t * p.conv_dim + c] = silu(acc);
-                }
+#for T MT
+            if ({{T}}u < tt) {
+                var acc = 0.0;
+#for K TAPS
+                acc += xs_[{{T}}u + {{K}}u] * wk[{{K}}u];
+#endfor
+                conv_out[{{T}}u * p.conv_dim + c] = silu(acc);
             }
+#endfor
+            // The snapshot after row n - 1 (n = n_confirmed, 0 < n < T) and the state after the
+            // step's last row: windows starting at n and at tt. (The min keeps the index of a
+            // copy that its constant condition skips within the array.)
             let nc = step.n_confirmed;
-            for (var n = 1u; n < MT; n++) {
-                if (nc == n && n < tt) {
-                    for (var j = 0u; j < TAPS - 1u; j++) {
-                        conv_snap[j * p.conv_dim + c] = xs_[n + j];
-                    }
-                }
+#for N MT
+            if ({{N}}u > 0u && nc == {{N}}u && {{N}}u < tt) {
+#for J TAPS
+                if ({{J}}u + 1u < TAPS) { conv_snap[{{J}}u * p.conv_dim + c] = xs_[{{N}}u + {{J}}u]; }
+#endfor
             }
-            for (var n = 1u; n <= MT; n++) {
-                if (tt == n) {
-                    for (var j = 0u; j < TAPS - 1u; j++) {
-                        conv_state[j * p.conv_dim + c] = xs_[n + j];
-                    }
-                }
+#endfor
+#for N MT
+            if (tt == {{N}}u + 1u) {
+#for J TAPS
+                if ({{J}}u + 1u < TAPS) { conv_state[{{J}}u * p.conv_dim + c] = xs_[min({{N}}u + 1u + {{J}}u, XS - 1u)]; }
+#endfor
             }
+#endfor
         }
     }
 #endif

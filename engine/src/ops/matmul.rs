@@ -1028,6 +1028,9 @@ pub fn staged_defines(
         .set("XU", 1)
         .set("KS", 1)
         .set("NCH", 1)
+        // The conv epilogue's taps (the CONV pipelines set the layer's; its #for loops need a
+        // count in every variant).
+        .set("TAPS", 0)
         .flag("SUBGROUPS", subgroups)
 }
 
