@@ -62,12 +62,14 @@ var<workgroup> yo: array<vec4<f32>, D4>;
 
 const WG: u32 = {{WG}}u;
 const BK: u32 = {{BK}}u;
-const LPK: u32 = WG / BK;                // threads per key in the score phase
+// (ATT_LPK = WG / BK, ATT_NI = ceil(D4 / LPK), ATT_KS = WG / D4, ATT_KPS = ceil(BK / KS): the
+// host's, so that `#for` can write the loops over them out.)
+const LPK: u32 = {{ATT_LPK}}u;           // threads per key in the score phase
 const D: u32 = {{HEAD_DIM}}u;
 const D4: u32 = D / 4u;
-const NI: u32 = (D4 + LPK - 1u) / LPK;   // score-phase vec4s per thread
-const KS: u32 = WG / D4;                 // output phase: key slices of D4 threads
-const KPS: u32 = (BK + KS - 1u) / KS;    // keys per slice per block
+const NI: u32 = {{ATT_NI}}u;             // score-phase vec4s per thread
+const KS: u32 = {{ATT_KS}}u;             // output phase: key slices of D4 threads
+const KPS: u32 = {{ATT_KPS}}u;           // keys per slice per block
 const NS: u32 = {{NS}}u;
 const CK_MIN: u32 = {{CK_MIN}}u;
 const PSTRIDE: u32 = 1u + D4;            // vec4s per partial in `part`
@@ -104,18 +106,24 @@ fn chunk(k0: u32, k1: u32, kv_row4: u32, kv_off4: u32, lid: u32) -> Partial {
     var acc = vec4<f32>(0.0);
     for (var blk = k0; blk < k1; blk += BK) {
         let kb = min(blk + kk, k1 - 1u) * kv_row4 + kv_off4;
+        // The block's key and value loads written out and issued first (at clamped indices, in
+        // the row), then the arithmetic in the loops' order.
+#for R ATT_NI
+        let kv{{R}} = k_cache[kb + min(lane + {{R}}u * LPK, D4 - 1u)];
+#endfor
+#for R ATT_KPS
+        let vv{{R}} = v_cache[min(blk + min(ks + {{R}}u * KS, BK - 1u), k1 - 1u) * kv_row4 + kv_off4 + dv];
+#endfor
         var s = 0.0;
-        for (var r = 0u; r < NI; r++) {
-            let i = lane + r * LPK;
-            if (i < D4) {
-                let a = qs[i];
-                let b = k_cache[kb + i];
-                s = fma(a.x, b.x, s);
-                s = fma(a.y, b.y, s);
-                s = fma(a.z, b.z, s);
-                s = fma(a.w, b.w, s);
-            }
+#for R ATT_NI
+        if (lane + {{R}}u * LPK < D4) {
+            let a = qs[lane + {{R}}u * LPK];
+            s = fma(a.x, kv{{R}}.x, s);
+            s = fma(a.y, kv{{R}}.y, s);
+            s = fma(a.z, kv{{R}}.z, s);
+            s = fma(a.w, kv{{R}}.w, s);
         }
+#endfor
         lanes[lid] = s;
         workgroupBarrier();
         if (lid < BK) {
@@ -136,15 +144,15 @@ fn chunk(k0: u32, k1: u32, kv_row4: u32, kv_off4: u32, lid: u32) -> Partial {
         acc = acc * corr;
         var ps = 0.0;
         if (ks < KS) {
-            for (var r = 0u; r < KPS; r++) {
-                let j0 = ks + r * KS;
+#for R ATT_KPS
+            {
+                let j0 = ks + {{R}}u * KS;
                 let j = min(j0, BK - 1u);
-                let kj = min(blk + j, k1 - 1u);
-                let vv = v_cache[kj * kv_row4 + kv_off4 + dv];
                 let pj = select(0.0, exp(sc[j] - m), j0 < BK && blk + j < k1);
                 ps += pj;
-                acc = fma(vec4<f32>(pj), vv, acc);
+                acc = fma(vec4<f32>(pj), vv{{R}}, acc);
             }
+#endfor
         }
         l = fma(l, corr, ps);
     }

@@ -661,10 +661,19 @@ fn prep_defines() -> Defines {
 
 /// The attention kernel's defines for a head dim (without the SPLIT flag).
 fn attention_defines(head_dim: u32) -> Defines {
+    // The loop counts of the kernel's phases (its consts; defines so that `#for` can write the
+    // loops out): threads per key, score vec4s per thread, key slices, keys per slice.
+    let d4 = head_dim / 4;
+    let lpk = ATTN_WG / ATTN_BK;
+    let ks = (ATTN_WG / d4.max(1)).max(1);
     Defines::new()
         .set("PARAMS", AttentionParams::WGSL)
         .set("WG", ATTN_WG)
         .set("BK", ATTN_BK)
+        .set("ATT_LPK", lpk)
+        .set("ATT_NI", d4.div_ceil(lpk))
+        .set("ATT_KS", ks)
+        .set("ATT_KPS", ATTN_BK.div_ceil(ks))
         .set("HEAD_DIM", head_dim)
         .set("NS", ATTN_NS)
         .set("CK_MIN", ATTN_CK_MIN)
