@@ -35,7 +35,7 @@
 //
 // Defines: WG, BK (keys per block; WG/BK lanes per key), HEAD_DIM, NS (max chunks per row),
 // CK_MIN (min chunk length, a multiple of BK), SPLIT, XQ (final pass only), QR (rows per group;
-// 1 but in the final pass with QROWS).
+// 1 but in the final pass with QROWS), KV_F16 (caches of f16 values).
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -43,8 +43,25 @@
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> step: Step;
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;              // [T, Hq*D / 4] (attn_prep's q_out)
+#if KV_F16
+// KV_F16: the caches hold f16 pairs (pack2x16float, core WGSL: no shader-f16 needed), four
+// values per vec2<u32>; indices count vec4s of values either way.
+@group(0) @binding(3) var<storage, read> k_cache: array<vec2<u32>>;        // [max_ctx, Hkv*D / 4]
+@group(0) @binding(4) var<storage, read> v_cache: array<vec2<u32>>;        // [max_ctx, Hkv*D / 4]
+fn kget(i: u32) -> vec4<f32> {
+    let w = k_cache[i];
+    return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+}
+fn vget(i: u32) -> vec4<f32> {
+    let w = v_cache[i];
+    return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+}
+#else
 @group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;        // [max_ctx, Hkv*D / 4]
 @group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;        // [max_ctx, Hkv*D / 4]
+fn kget(i: u32) -> vec4<f32> { return k_cache[i]; }
+fn vget(i: u32) -> vec4<f32> { return v_cache[i]; }
+#endif
 #if SPLIT
 @group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>;     // [split_rows, Hq, NS, 1 + D/4]: (m, l, 0, 0), acc
 #else
@@ -109,10 +126,10 @@ fn chunk(k0: u32, k1: u32, kv_row4: u32, kv_off4: u32, lid: u32) -> Partial {
         // The block's key and value loads written out and issued first (at clamped indices, in
         // the row), then the arithmetic in the loops' order.
 #for R ATT_NI
-        let kv{{R}} = k_cache[kb + min(lane + {{R}}u * LPK, D4 - 1u)];
+        let kv{{R}} = kget(kb + min(lane + {{R}}u * LPK, D4 - 1u));
 #endfor
 #for R ATT_KPS
-        let vv{{R}} = v_cache[min(blk + min(ks + {{R}}u * KS, BK - 1u), k1 - 1u) * kv_row4 + kv_off4 + dv];
+        let vv{{R}} = vget(min(blk + min(ks + {{R}}u * KS, BK - 1u), k1 - 1u) * kv_row4 + kv_off4 + dv);
 #endfor
         var s = 0.0;
 #for R ATT_NI
@@ -200,14 +217,14 @@ fn load_block(blk: u32, k1: u32, kv_row4: u32, kv_off4: u32, lid: u32) -> KvBloc
     for (var r = 0u; r < NI; r++) {
         let i = lid % LPK + r * LPK;
         o.k[r] = vec4<f32>(0.0);
-        if (i < D4) { o.k[r] = k_cache[kb + i]; }
+        if (i < D4) { o.k[r] = kget(kb + i); }
     }
     let ks = lid / D4;
     for (var r = 0u; r < KPS; r++) {
         o.v[r] = vec4<f32>(0.0);
         if (ks < KS) {
             let j = min(ks + r * KS, BK - 1u);
-            o.v[r] = v_cache[min(blk + j, k1 - 1u) * kv_row4 + kv_off4 + lid % D4];
+            o.v[r] = vget(min(blk + j, k1 - 1u) * kv_row4 + kv_off4 + lid % D4);
         }
     }
     return o;
@@ -531,7 +548,7 @@ fn main(
             for (var r = 0u; r < NI; r++) {
                 let i = lane + r * LPK;
                 if (i < D4) {
-                    let b = k_cache[kb + i];
+                    let b = kget(kb + i);
 #for R QR
                     {
                         let a = qs[{{R}}u * D4 + i];
@@ -578,7 +595,7 @@ fn main(
                 for (var r = 0u; r < KPS; r++) {
                     let j0 = ks + r * KS;
                     let j = min(j0, BK - 1u);
-                    let vv = v_cache[min(blk + j, kmax - 1u) * kv_row4 + kv_off4 + dv];
+                    let vv = vget(min(blk + j, kmax - 1u) * kv_row4 + kv_off4 + dv);
 #for R QR
                     if (live{{R}}) {
                         let pj = select(0.0, exp(sc[{{R}}u * BK + j] - m{{R}}), j0 < BK && blk + j < k1_{{R}});

@@ -21,8 +21,20 @@
 @group(0) @binding(5) var<storage, read> q_norm: array<f32>;         // [D]
 @group(0) @binding(6) var<storage, read> k_norm: array<f32>;         // [D]
 @group(0) @binding(7) var<storage, read_write> q_out: array<f32>;    // [T, Hq*D]
+#if KV_F16
+// KV_F16: the caches hold f16 values in pairs (pack2x16float; D is even), clamped to f16's
+// finite range first.
+@group(0) @binding(8) var<storage, read_write> k_cache: array<u32>;  // [max_ctx, Hkv*D / 2]
+@group(0) @binding(9) var<storage, read_write> v_cache: array<u32>;  // [max_ctx, Hkv*D / 2]
+const F16_MAX: f32 = 65504.0;
+fn pack_pair(a: f32, b: f32) -> u32 {
+    return pack2x16float(clamp(vec2<f32>(a, b), vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX)));
+}
+var<workgroup> ys: array<f32, MAX_D>;
+#else
 @group(0) @binding(8) var<storage, read_write> k_cache: array<f32>;  // [max_ctx, Hkv*D]
 @group(0) @binding(9) var<storage, read_write> v_cache: array<f32>;  // [max_ctx, Hkv*D]
+#endif
 
 const WG: u32 = {{WG}}u;
 const MAX_D: u32 = {{MAX_D}}u;
@@ -60,9 +72,15 @@ fn main(
         let g = slot - nq - nkv;
         let src = t * p.v_stride + p.v_col + g * D;
         let dst = row * nkv * D + g * D;
+#if KV_F16
+        for (var j = lid; 2u * j < D; j += WG) {
+            v_cache[dst / 2u + j] = pack_pair(vin[src + 2u * j], vin[src + 2u * j + 1u]);
+        }
+#else
         for (var j = lid; j < D; j += WG) {
             v_cache[dst + j] = vin[src + j];
         }
+#endif
         return;
     }
 
@@ -125,7 +143,20 @@ fn main(
                     y = xs[j - hrot] * cs.y + xs[j] * cs.x;
                 }
             }
+#if KV_F16
+            if (is_q) { q_out[dst + j] = y; } else { ys[j] = y; }
+#else
             if (is_q) { q_out[dst + j] = y; } else { k_cache[dst + j] = y; }
+#endif
         }
     }
+#if KV_F16
+    // (is_q is the same for the whole workgroup.)
+    if (!is_q) {
+        workgroupBarrier();
+        for (var j = lid; 2u * j < D; j += WG) {
+            k_cache[dst / 2u + j] = pack_pair(ys[2u * j], ys[2u * j + 1u]);
+        }
+    }
+#endif
 }

@@ -90,6 +90,7 @@ impl Shape {
             rope_theta: self.theta,
             eps: EPS,
             max_ctx,
+            kv_f16: false,
         }
     }
     fn rdims(&self) -> RefDims {
@@ -133,7 +134,22 @@ struct Layout {
     v: usize,
 }
 
-/// One attention layer on the GPU: norm weights and the two caches.
+/// `v` rounded to f16 (round to nearest even), as f32.
+fn round_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+/// `v` as f16 pairs, the f16 cache layout (`pack2x16float`: the first value in the low half).
+fn upload_f16(gpu: &Gpu, label: &str, v: &[f32]) -> GpuBuffer {
+    let h: Vec<u16> = v
+        .iter()
+        .map(|&x| half::f16::from_f32(x).to_bits())
+        .collect();
+    gpu.storage_init(label, bytemuck::cast_slice(&h)).unwrap()
+}
+
+/// One attention layer on the GPU: norm weights and the two caches (f32, or f16 with
+/// `d.kv_f16`).
 struct Layer {
     s: Shape,
     d: AttnDims,
@@ -154,21 +170,52 @@ impl Layer {
         k_init: &[f32],
         v_init: &[f32],
     ) -> Layer {
+        Layer::with_kv(gpu, s, max_ctx, q_norm, k_norm, k_init, v_init, false)
+    }
+
+    /// A layer whose caches hold f16 values with `f16` (`k_init` and `v_init` rounded to f16).
+    #[allow(clippy::too_many_arguments)]
+    fn with_kv(
+        gpu: &Gpu,
+        s: Shape,
+        max_ctx: u32,
+        q_norm: &[f32],
+        k_norm: &[f32],
+        k_init: &[f32],
+        v_init: &[f32],
+        f16: bool,
+    ) -> Layer {
         assert_eq!(k_init.len(), max_ctx as usize * s.kvw());
+        let up = if f16 { upload_f16 } else { upload_f32 };
         Layer {
             s,
-            d: s.dims(max_ctx),
+            d: AttnDims {
+                kv_f16: f16,
+                ..s.dims(max_ctx)
+            },
             lay: s.layout(),
             qn: upload_f32(gpu, "q_norm", q_norm),
             kn: upload_f32(gpu, "k_norm", k_norm),
-            kc: upload_f32(gpu, "k_cache", k_init),
-            vc: upload_f32(gpu, "v_cache", v_init),
+            kc: up(gpu, "k_cache", k_init),
+            vc: up(gpu, "v_cache", v_init),
         }
     }
 
+    /// Both caches as f32 (f16 values converted exactly).
     fn caches(&self, gpu: &Gpu) -> (Vec<f32>, Vec<f32>) {
         let n = self.d.max_ctx as usize * self.s.kvw();
-        (read_f32(gpu, &self.kc, n), read_f32(gpu, &self.vc, n))
+        if !self.d.kv_f16 {
+            return (read_f32(gpu, &self.kc, n), read_f32(gpu, &self.vc, n));
+        }
+        let get = |b: &GpuBuffer| -> Vec<f32> {
+            read_u32(gpu, b, n / 2)
+                .iter()
+                .flat_map(|&w| {
+                    [w & 0xFFFF, w >> 16].map(|h| half::f16::from_bits(h as u16).to_f32())
+                })
+                .collect()
+        };
+        (get(&self.kc), get(&self.vc))
     }
 
     /// Runs attn_prep (and attention when `attend`) for `t` rows of `proj` ([t, stride]) at
@@ -312,14 +359,22 @@ fn tol_scale(mag: &[f64], rtol: f32, rtol_per_pos: f32, row_w: usize, pos: u32) 
 
 /// attn_prep for `t` rows at `pos` into caches of random data: q_out and the new cache rows
 /// against the reference, every other cache row untouched.
-fn check_prep(gpu: &Gpu, rng: &mut Rng, s: Shape, pos: u32, t: usize) {
-    let what = format!("attn_prep {} pos {pos} T={t} ({})", s.name, gpu.describe());
+fn check_prep(gpu: &Gpu, rng: &mut Rng, s: Shape, pos: u32, t: usize, f16: bool) {
+    let what = format!(
+        "attn_prep {} pos {pos} T={t}{} ({})",
+        s.name,
+        if f16 { " f16 cache" } else { "" },
+        gpu.describe()
+    );
     let max_ctx = pos + t as u32 + 2;
     let kvw = s.kvw();
     let (qn, kn) = (norm_weights(rng, s.d), norm_weights(rng, s.d));
-    let k0 = rng.vec(max_ctx as usize * kvw, 1.0);
-    let v0 = rng.vec(max_ctx as usize * kvw, 1.0);
-    let layer = Layer::new(gpu, s, max_ctx, &qn, &kn, &k0, &v0);
+    let mut k0 = rng.vec(max_ctx as usize * kvw, 1.0);
+    let mut v0 = rng.vec(max_ctx as usize * kvw, 1.0);
+    if f16 {
+        (k0, v0) = (round_f16(&k0), round_f16(&v0));
+    }
+    let layer = Layer::with_kv(gpu, s, max_ctx, &qn, &kn, &k0, &v0, f16);
     let lay = s.layout();
     let proj = normals(rng, t * lay.stride, 2.0);
     let (q, _) = layer.forward(gpu, &proj, t, pos, false);
@@ -347,7 +402,19 @@ fn check_prep(gpu: &Gpu, rng: &mut Rng, s: Shape, pos: u32, t: usize) {
         PREP_RTOL,
     );
     let (a, b) = (pos as usize * kvw, (pos as usize + t) * kvw);
-    let ks = tol_scale(&want.k_mag, PREP_RTOL, PREP_RTOL_PER_POS, kvw, pos);
+    // An f16 cache adds the rounding of each value to f16: within one f16 ulp of it (2^-10
+    // relative), whichever way the device rounds.
+    let f16_rtol = if f16 { 2f32.powi(-10) } else { 0.0 };
+    let k_mag = if f16 {
+        want.k_mag
+            .iter()
+            .zip(&want.k)
+            .map(|(&m, &k)| m + f16_rtol as f64 / PREP_RTOL as f64 * k.abs())
+            .collect()
+    } else {
+        want.k_mag.clone()
+    };
+    let ks = tol_scale(&k_mag, PREP_RTOL, PREP_RTOL_PER_POS, kvw, pos);
     assert_close(
         &format!("{what}: new k_cache rows"),
         &kc[a..b],
@@ -356,11 +423,23 @@ fn check_prep(gpu: &Gpu, rng: &mut Rng, s: Shape, pos: u32, t: usize) {
         PREP_ATOL,
         PREP_RTOL,
     );
-    assert_bits_eq(
-        &format!("{what}: new v_cache rows"),
-        &vc[a..b],
-        &to_f32(&want.v),
-    );
+    if f16 {
+        let vm: Vec<f32> = want.v.iter().map(|&v| v.abs() as f32).collect();
+        assert_close(
+            &format!("{what}: new v_cache rows"),
+            &vc[a..b],
+            &to_f32(&want.v),
+            &vm,
+            0.0,
+            f16_rtol,
+        );
+    } else {
+        assert_bits_eq(
+            &format!("{what}: new v_cache rows"),
+            &vc[a..b],
+            &to_f32(&want.v),
+        );
+    }
     assert_bits_eq(
         &format!("{what}: k_cache rows before pos"),
         &kc[..a],
@@ -381,7 +460,9 @@ fn attn_prep_matches_cpu() {
         let mut rng = Rng(11);
         for (s, pos) in [(TINY, 0u32), (TINY, 5), (ODD, 37), (B27, 1000)] {
             for t in [1usize, 2, 7] {
-                check_prep(&gpu, &mut rng, s, pos, t);
+                for f16 in [false, true] {
+                    check_prep(&gpu, &mut rng, s, pos, t, f16);
+                }
             }
         }
     }
@@ -390,6 +471,11 @@ fn attn_prep_matches_cpu() {
 /// Attention alone over random caches: row r of a T-row call at `pos` sees keys 0..=pos+r;
 /// cache rows past pos+T-1 hold NaN, so a key past the causal limit would show.
 fn check_attention(gpu: &Gpu, rng: &mut Rng, s: Shape, ctx: u32, t: usize) {
+    check_attention_kv(gpu, rng, s, ctx, t, false)
+}
+
+/// [`check_attention`] with f16 caches when `f16` (the reference reads the same f16 values).
+fn check_attention_kv(gpu: &Gpu, rng: &mut Rng, s: Shape, ctx: u32, t: usize, f16: bool) {
     let pos = ctx - 1;
     let rows = pos as usize + t;
     let max_ctx = rows as u32 + 3;
@@ -402,8 +488,11 @@ fn check_attention(gpu: &Gpu, rng: &mut Rng, s: Shape, ctx: u32, t: usize) {
     {
         *x = f32::NAN;
     }
+    if f16 {
+        (k0, v0) = (round_f16(&k0), round_f16(&v0));
+    }
     let w = vec![1f32; s.d as usize];
-    let layer = Layer::new(gpu, s, max_ctx, &w, &w, &k0, &v0);
+    let layer = Layer::with_kv(gpu, s, max_ctx, &w, &w, &k0, &v0, f16);
     let lay = s.layout();
     let q = normals(rng, t * s.qw(), 1.5);
     let proj = normals(rng, t * lay.stride, 2.0);
@@ -411,7 +500,12 @@ fn check_attention(gpu: &Gpu, rng: &mut Rng, s: Shape, ctx: u32, t: usize) {
     let (want, mag) = cpu::attention(&s.rdims(), &q, t, &k0, &v0, &proj, lay.stride, lay.qg, pos);
     let mag: Vec<f32> = to_f32(&mag);
     assert_close(
-        &format!("attention {} ctx {ctx} T={t} ({})", s.name, gpu.describe()),
+        &format!(
+            "attention {} ctx {ctx} T={t}{} ({})",
+            s.name,
+            if f16 { " f16 cache" } else { "" },
+            gpu.describe()
+        ),
         &got,
         &to_f32(&want),
         &mag,
@@ -431,6 +525,24 @@ fn attention_matches_cpu() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn attention_with_f16_cache_matches_cpu() {
+    // f16 caches (`AttnDims::kv_f16`): the kernels read the values the reference reads, on
+    // both paths (split for decode and verify rows, one pass for the others), over short and
+    // long contexts (chunks beyond CK_MIN).
+    for gpu in gpu_variants() {
+        let mut rng = Rng(19);
+        for s in [TINY, ODD, B27] {
+            for ctx in [1u32, 37, 300] {
+                for t in [1usize, 2, 5] {
+                    check_attention_kv(&gpu, &mut rng, s, ctx, t, true);
+                }
+            }
+        }
+        check_attention_kv(&gpu, &mut rng, TINY, ATTN_NS * ATTN_CK_MIN + 900, 3, true);
     }
 }
 
@@ -511,13 +623,80 @@ fn prep_then_attention_matches_cpu() {
 }
 
 #[test]
+fn prep_then_attention_with_f16_cache() {
+    // The mixer core with f16 caches: attention reads the rows prep wrote in the same pass.
+    // prep's f16 rows are checked by attn_prep_matches_cpu; here the reference attends over the
+    // cache the GPU holds after the pass (f16 values) with the reference's own q.
+    for gpu in gpu_variants() {
+        let mut rng = Rng(20);
+        for (s, pos) in [(TINY, 40u32), (B27, 300)] {
+            for t in [1usize, 5] {
+                let max_ctx = pos + t as u32;
+                let kvw = s.kvw();
+                let (qn, kn) = (norm_weights(&mut rng, s.d), norm_weights(&mut rng, s.d));
+                let k0 = round_f16(&normals(&mut rng, max_ctx as usize * kvw, 1.0));
+                let v0 = round_f16(&normals(&mut rng, max_ctx as usize * kvw, 1.0));
+                let layer = Layer::with_kv(&gpu, s, max_ctx, &qn, &kn, &k0, &v0, true);
+                let lay = s.layout();
+                let proj = normals(&mut rng, t * lay.stride, 2.0);
+                let (_, out) = layer.forward(&gpu, &proj, t, pos, true);
+                let (kc, vc) = layer.caches(&gpu);
+                let a = pos as usize * kvw;
+                assert_bits_eq("rows before pos untouched", &kc[..a], &k0[..a]);
+                let pre = cpu::attn_prep(
+                    &s.rdims(),
+                    &proj,
+                    t,
+                    lay.stride,
+                    lay.qg,
+                    lay.k,
+                    lay.v,
+                    &qn,
+                    &kn,
+                    pos,
+                );
+                let (want, mag) = cpu::attention(
+                    &s.rdims(),
+                    &pre.q,
+                    t,
+                    &kc,
+                    &vc,
+                    &proj,
+                    lay.stride,
+                    lay.qg,
+                    pos,
+                );
+                assert_close(
+                    &format!(
+                        "prep+attention f16 cache {} pos {pos} T={t} ({})",
+                        s.name,
+                        gpu.describe()
+                    ),
+                    &out,
+                    &to_f32(&want),
+                    &to_f32(&mag),
+                    PIPE_ATOL,
+                    PIPE_RTOL,
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn batch_invariance_decode_vs_verify() {
     // Row 0 of a 2-row call (MTP verify) equals a 1-row call (decode) bit for bit: q_out, the
     // cache row it appends, and the attention output.
     for gpu in gpu_variants() {
         let mut rng = Rng(15);
-        for (s, pos) in [(TINY, 40u32), (ODD, 37), (B27, 100)] {
-            let what = format!("{} pos {pos} ({})", s.name, gpu.describe());
+        for (s, pos, f16) in [
+            (TINY, 40u32, false),
+            (ODD, 37, false),
+            (B27, 100, false),
+            (TINY, 40, true),
+            (B27, 100, true),
+        ] {
+            let what = format!("{} pos {pos} f16 {f16} ({})", s.name, gpu.describe());
             let max_ctx = pos + 4;
             let kvw = s.kvw();
             let (qn, kn) = (norm_weights(&mut rng, s.d), norm_weights(&mut rng, s.d));
@@ -525,10 +704,10 @@ fn batch_invariance_decode_vs_verify() {
             let v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
             let lay = s.layout();
             let proj = normals(&mut rng, 2 * lay.stride, 2.0);
-            let one = Layer::new(&gpu, s, max_ctx, &qn, &kn, &k0, &v0);
+            let one = Layer::with_kv(&gpu, s, max_ctx, &qn, &kn, &k0, &v0, f16);
             let (q1, o1) = one.forward(&gpu, &proj, 1, pos, true);
             let (k1, v1) = one.caches(&gpu);
-            let two = Layer::new(&gpu, s, max_ctx, &qn, &kn, &k0, &v0);
+            let two = Layer::with_kv(&gpu, s, max_ctx, &qn, &kn, &k0, &v0, f16);
             let (q2, o2) = two.forward(&gpu, &proj, 2, pos, true);
             let (k2, v2) = two.caches(&gpu);
             let (qw, end) = (s.qw(), (pos as usize + 1) * kvw);
@@ -559,8 +738,15 @@ fn batch_invariance_chunked_prefill() {
     // the rows around key-block edges (32 keys per block).
     for gpu in gpu_variants() {
         let mut rng = Rng(16);
-        for (s, p0) in [(TINY, 0u32), (TINY, 30), (ODD, 3), (B27, 60)] {
-            let what = format!("{} from pos {p0} ({})", s.name, gpu.describe());
+        for (s, p0, f16) in [
+            (TINY, 0u32, false),
+            (TINY, 30, false),
+            (ODD, 3, false),
+            (B27, 60, false),
+            (TINY, 30, true),
+            (B27, 60, true),
+        ] {
+            let what = format!("{} from pos {p0} f16 {f16} ({})", s.name, gpu.describe());
             let max_ctx = p0 + 12;
             let kvw = s.kvw();
             let (qn, kn) = (norm_weights(&mut rng, s.d), norm_weights(&mut rng, s.d));
@@ -574,10 +760,10 @@ fn batch_invariance_chunked_prefill() {
             }
             let lay = s.layout();
             let proj = normals(&mut rng, 9 * lay.stride, 2.0);
-            let whole = Layer::new(&gpu, s, max_ctx, &qn, &kn, &k0, &v0);
+            let whole = Layer::with_kv(&gpu, s, max_ctx, &qn, &kn, &k0, &v0, f16);
             let (qa, oa) = whole.forward(&gpu, &proj, 9, p0, true);
             let (ka, va) = whole.caches(&gpu);
-            let split = Layer::new(&gpu, s, max_ctx, &qn, &kn, &k0, &v0);
+            let split = Layer::with_kv(&gpu, s, max_ctx, &qn, &kn, &k0, &v0, f16);
             let (mut qb, mut ob) = split.forward(&gpu, &proj, 4, p0, true);
             let (qb2, ob2) = split.forward(&gpu, &proj[4 * lay.stride..], 5, p0 + 4, true);
             qb.extend(qb2);
@@ -712,14 +898,16 @@ fn split_and_fused_paths_agree_bit_exact() {
     let big = ATTN_NS * ck;
     for gpu in gpu_variants() {
         let mut rng = Rng(18);
-        for (s, pos) in [
-            (TINY, 0u32),
-            (TINY, ck - 3),
-            (TINY, 2 * ck - 2),
-            (TINY, big - 3),
-            (TINY, big + 2 * ck),
-            (ODD, 300),
-            (B27, 300),
+        for (s, pos, f16) in [
+            (TINY, 0u32, false),
+            (TINY, ck - 3, false),
+            (TINY, 2 * ck - 2, false),
+            (TINY, big - 3, false),
+            (TINY, big + 2 * ck, false),
+            (ODD, 300, false),
+            (B27, 300, false),
+            (TINY, big + 2 * ck, true),
+            (B27, 300, true),
         ] {
             let t = 6;
             let max_ctx = pos + t as u32;
@@ -727,7 +915,7 @@ fn split_and_fused_paths_agree_bit_exact() {
             let k0 = normals(&mut rng, max_ctx as usize * kvw, 2.0);
             let v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
             let w = vec![1f32; s.d as usize];
-            let layer = Layer::new(&gpu, s, max_ctx, &w, &w, &k0, &v0);
+            let layer = Layer::with_kv(&gpu, s, max_ctx, &w, &w, &k0, &v0, f16);
             let q = normals(&mut rng, t * s.qw(), 1.5);
             let proj = normals(&mut rng, t * layer.lay.stride, 2.0);
             let fused = attend_split(&gpu, &layer, &q, &proj, t, pos, 0);
@@ -746,7 +934,7 @@ fn split_and_fused_paths_agree_bit_exact() {
                 set_attention_split_heads(None);
                 set_attention_group_keys(None);
                 let what = format!(
-                    "{} pos {pos}, {hg} heads per split workgroup ({})",
+                    "{} pos {pos} f16 {f16}, {hg} heads per split workgroup ({})",
                     s.name,
                     gpu.describe()
                 );
@@ -912,7 +1100,7 @@ fn unchecked_shaders_match_cpu() {
     });
     let mut rng = Rng(17);
     for (s, pos) in [(ODD, 37u32), (B27, 300)] {
-        check_prep(&gpu, &mut rng, s, pos, 5);
+        check_prep(&gpu, &mut rng, s, pos, 5, false);
     }
     for (s, ctx) in [(ODD, 37u32), (B27, 300), (TINY, 1100)] {
         check_attention(&gpu, &mut rng, s, ctx, 5);

@@ -18,6 +18,47 @@ fn session(name: &str, chunk: u32) -> Session {
 }
 
 #[test]
+fn mtp_greedy_equals_plain_greedy_with_f16_cache() {
+    // f16 KV caches (the MTP head's included): greedy MTP output still equals plain greedy
+    // output, on a 1-token prompt and one of several prefill chunks.
+    for name in mtp_fixtures() {
+        let r = load_reference(&name);
+        let mut s = mtp_session_kv(&name, 16, true);
+        for pi in [0usize, 3] {
+            let Some(prompt) = r.prompts.get(pi) else {
+                continue;
+            };
+            let opts = GenOptions {
+                max_tokens: 64,
+                eos: vec![],
+                ignore_eos: true,
+            };
+            s.reset();
+            let (plain, _) =
+                pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+            s.reset();
+            let (spec, _, stats) = pollster::block_on(generate_mtp(
+                &mut s,
+                prompt,
+                &opts,
+                &MtpOptions::always(),
+                &mut |_| true,
+            ))
+            .unwrap();
+            assert_eq!(
+                spec, plain,
+                "{name} prompt {pi}, f16 KV cache: MTP output differs"
+            );
+            assert!(stats.drafted > 0, "{name} prompt {pi}: nothing drafted");
+            println!(
+                "{name} prompt {pi} f16 cache: drafted {} accepted {}",
+                stats.drafted, stats.accepted
+            );
+        }
+    }
+}
+
+#[test]
 fn mtp_greedy_equals_plain_greedy() {
     let names = mtp_fixtures();
     assert!(

@@ -27,12 +27,18 @@ fn model(name: &str) -> Arc<Model> {
 }
 
 fn session(m: &Arc<Model>, max_ctx: u32, chunk: u32) -> Session {
+    session_kv(m, max_ctx, chunk, false)
+}
+
+/// [`session`] with f16 KV caches when `kv_f16`.
+fn session_kv(m: &Arc<Model>, max_ctx: u32, chunk: u32, kv_f16: bool) -> Session {
     pollster::block_on(Session::new(
         m.clone(),
         SessionOptions {
             max_ctx,
             prefill_chunk: chunk,
             speculative: true,
+            kv_f16,
             ..Default::default()
         },
     ))
@@ -232,6 +238,55 @@ fn forks_continue_independently() {
         big.copy_state_from(&mut f).unwrap();
         assert_eq!(save(&mut big), save(&mut f), "{name}: copied state");
     }
+}
+
+#[test]
+fn f16_cache_states_restore_and_fork_and_refuse_the_other_kind() {
+    // A session with f16 KV caches: half the KV bytes; a saved prefix restored (through bytes)
+    // and a fork continue exactly like the whole prompt; a state of the other cache type is
+    // refused either way, naming the KV cache type, and changes nothing.
+    let name = fixture_names()
+        .into_iter()
+        .find(|n| load_reference(n).has_mtp)
+        .unwrap_or_else(|| fixture_names()[0].clone());
+    let r = load_reference(&name);
+    let m = model(&name);
+    let prompt = &r.prompts[3];
+    let n = r.greedy[3].len().min(24);
+    let mut a = session_kv(&m, 512, 64, true);
+    let mut f32s = session(&m, 512, 64);
+    assert_eq!(
+        2 * a.state.kv_bytes(),
+        f32s.state.kv_bytes(),
+        "{name}: f16 KV bytes"
+    );
+    let whole = gen(&mut a, prompt, n);
+    a.reset();
+    pollster::block_on(a.prefill(&prompt[..200])).unwrap();
+    let saved = save(&mut a);
+    assert!(saved.buffers.iter().any(|b| b.name.ends_with(".k.f16")));
+    let back = SavedState::from_bytes(&saved.to_bytes()).unwrap();
+    let mut fork = pollster::block_on(a.fork()).unwrap();
+    assert_eq!(gen(&mut fork, &prompt[200..], n), whole, "{name}: f16 fork");
+    let mut b = session_kv(&m, 1024, 16, true);
+    b.restore(&back).unwrap();
+    assert_eq!(gen(&mut b, &prompt[200..], n), whole, "{name}: f16 restore");
+
+    pollster::block_on(f32s.prefill(&r.prompts[1])).unwrap();
+    let before = save(&mut f32s);
+    for (t, st) in [(&mut f32s, &back), (&mut b, &before)] {
+        let e = t.restore(st).unwrap_err().to_string();
+        assert!(e.contains("KV cache type"), "{name}: {e}");
+    }
+    assert!(matches!(
+        f32s.copy_state_from(&mut a),
+        Err(RunError::State(StateError::Mismatch(_)))
+    ));
+    assert_eq!(
+        save(&mut f32s),
+        before,
+        "a refused restore changed the state"
+    );
 }
 
 #[test]

@@ -327,7 +327,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
         let tmax = *tokens.iter().max().unwrap_or(&2);
         let max_ctx = pos + tmax.max(64);
         let ws = Workspace::new(gpu, &model.config, tmax.max(64), 2, false).unwrap();
-        let state = State::new(gpu, &model.config, max_ctx, false).unwrap();
+        let state = State::new(gpu, &model.config, max_ctx, false, false).unwrap();
         let step = gpu.storage("step", 256).unwrap();
         for &t in tokens {
             gpu.queue.write_buffer(

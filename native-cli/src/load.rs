@@ -41,12 +41,23 @@ pub struct ModelArgs {
     /// its own kernel; same results, more dispatches (for A/B benchmarks).
     #[arg(long)]
     pub separate_projections: bool,
+    /// What the attention KV caches hold: f32, or f16 (half the memory and the reads at long
+    /// contexts; keys and values rounded to f16 as they are written).
+    #[arg(long, value_enum, default_value_t = KvCacheType::F32)]
+    pub kv_cache: KvCacheType,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Whether the session keeps the MTP head ready (`SessionOptions::speculative`): each command
     /// sets it from its `--mtp` before loading; not a flag of its own.
     #[arg(skip = true)]
     pub speculative: bool,
+}
+
+/// The value type of the KV caches (`--kv-cache`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvCacheType {
+    F32,
+    F16,
 }
 
 pub struct Loaded {
@@ -159,6 +170,7 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
             max_ctx: m.max_context,
             prefill_chunk: m.prefill_chunk,
             speculative: m.speculative,
+            kv_f16: m.kv_cache == KvCacheType::F16,
             ..Default::default()
         },
     ))

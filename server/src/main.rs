@@ -41,6 +41,13 @@ use request::{GenParams, Prompt};
 use response::{ChatStream, CompletionStream};
 use worker::{Control, EnqueueError, Event, Job, ModelInfo};
 
+/// The value type of the KV caches (`--kv-cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KvCacheType {
+    F32,
+    F16,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum MtpMode {
     /// Speculative decoding when the checkpoint has an MTP head, dropped for the rest of a
@@ -80,6 +87,10 @@ struct Args {
     /// workspace).
     #[arg(long, default_value_t = 1024)]
     prefill_chunk: u32,
+    /// What the attention KV caches hold: f32, or f16 (half the memory and the reads at long
+    /// contexts; keys and values rounded to f16 as they are written).
+    #[arg(long, value_enum, default_value = "f32")]
+    kv_cache: KvCacheType,
     /// Requests that may wait for the GPU; more get 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
@@ -184,6 +195,7 @@ fn run(args: Args) -> Result<(), String> {
                 prefill_chunk: args.prefill_chunk,
                 // `--mtp off`: a plain session, whose decode matmuls take the RMSNorms.
                 speculative: args.mtp != MtpMode::Off,
+                kv_f16: args.kv_cache == KvCacheType::F16,
                 ..Default::default()
             },
             adapter: args.adapter.clone(),

@@ -189,6 +189,11 @@ pub fn load_reference(name: &str) -> Reference {
 
 /// The fixture `name` in a session of 512 positions with prefill chunks of `chunk` rows.
 pub fn load_session(name: &str, chunk: u32) -> Session {
+    load_session_kv(name, chunk, false)
+}
+
+/// [`load_session`] with f16 KV caches when `kv_f16` (`SessionOptions::kv_f16`).
+pub fn load_session_kv(name: &str, chunk: u32, kv_f16: bool) -> Session {
     let dir = fixtures_dir().join(name);
     let model = Model::load(crate::model_gpu(), &dir, &mut |_, _| {})
         .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -198,6 +203,7 @@ pub fn load_session(name: &str, chunk: u32) -> Session {
             max_ctx: 512,
             prefill_chunk: chunk,
             speculative: true,
+            kv_f16,
             ..Default::default()
         },
     ))
@@ -265,6 +271,11 @@ pub fn mtp_fixtures() -> Vec<String> {
 
 /// The fixture `name` in a speculative session of 1024 positions with prefill chunks of `chunk`.
 pub fn mtp_session(name: &str, chunk: u32) -> Session {
+    mtp_session_kv(name, chunk, false)
+}
+
+/// [`mtp_session`] with f16 KV caches when `kv_f16` (`SessionOptions::kv_f16`).
+pub fn mtp_session_kv(name: &str, chunk: u32, kv_f16: bool) -> Session {
     let model = Model::load(
         crate::model_gpu(),
         &fixtures_dir().join(name),
@@ -277,6 +288,7 @@ pub fn mtp_session(name: &str, chunk: u32) -> Session {
             max_ctx: 1024,
             prefill_chunk: chunk,
             speculative: true,
+            kv_f16,
             ..Default::default()
         },
     ))

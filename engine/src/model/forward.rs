@@ -203,6 +203,7 @@ pub fn attn_dims(cfg: &ModelConfig, max_ctx: u32) -> AttnDims {
         rope_theta: cfg.rope_theta as f32,
         eps: cfg.rms_norm_eps,
         max_ctx,
+        kv_f16: false,
     }
 }
 
@@ -902,7 +903,10 @@ impl Builder<'_> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let h = cfg.hidden_size as u32;
         let pw = ws.proj_width;
-        let d = attn_dims(cfg, self.max_ctx);
+        let d = AttnDims {
+            kv_f16: kv.f16,
+            ..attn_dims(cfg, self.max_ctx)
+        };
         let (qw, kw) = (2 * d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);
         // q (with its gate) | k | v side by side in `proj` (columns 0, qw, qw + kw).
         self.mm_side_by_side(plan, qkv_proj, xn, Act::at(&ws.proj, pw, 0), qw + 2 * kw)

@@ -150,6 +150,10 @@ pub struct SessionOptions {
     /// SwiftShader), which pay per launched workgroup and gain nothing from spreading
     /// ([`crate::ops::attention::split_by_default`]).
     pub attn_split: Option<bool>,
+    /// Keep the KV caches in f16 instead of f32 ([`crate::ops::attention::AttnDims::kv_f16`]):
+    /// half their memory and reads, which long contexts feel; keys and values are rounded to
+    /// f16 once as they are written. Saved states record which kind they hold.
+    pub kv_f16: bool,
 }
 
 impl Default for SessionOptions {
@@ -159,6 +163,7 @@ impl Default for SessionOptions {
             prefill_chunk: 512,
             speculative: true,
             attn_split: None,
+            kv_f16: false,
         }
     }
 }
@@ -272,7 +277,7 @@ impl Session {
             .attn_split
             .unwrap_or_else(|| crate::ops::attention::split_by_default(&gpu));
         let ws = Workspace::new(&gpu, cfg, chunk.max(2), 2, model.has_mtp())?;
-        let state = State::new(&gpu, cfg, max_ctx, model.has_mtp())?;
+        let state = State::new(&gpu, cfg, max_ctx, model.has_mtp(), opts.kv_f16)?;
         let step_buf = gpu.storage("step", slot_offset(&gpu, 2))?;
         let scope = gpu.scope("building the session's plans");
         let sampler = Sampler::new(&gpu, cfg.vocab_size as u32, 2).await?;
@@ -446,6 +451,7 @@ impl Session {
                 prefill_chunk: chunk,
                 speculative,
                 attn_split: Some(attn_split),
+                kv_f16: opts.kv_f16,
             },
             ws,
             state,

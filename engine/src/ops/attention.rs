@@ -1,5 +1,6 @@
 //! `attn_prep.wgsl` and `attention.wgsl`: the gated full-attention mixer between the projections
-//! (spec §4.5 steps 1-7, KV cache §5.1). f32 activations and an f32 KV cache.
+//! (spec §4.5 steps 1-7, KV cache §5.1). f32 activations; an f32 KV cache, or an f16 one
+//! ([`AttnDims::kv_f16`]).
 //!
 //! Per layer and forward call: `attn_prep` (q/k RMSNorm + partial RoPE, K/V appended to the cache
 //! at rows `step.pos ..`), then `attention` (causal GQA over cache rows `0 ..= step.pos + t`, times
@@ -32,12 +33,24 @@ pub struct AttnDims {
     pub eps: f32,
     /// Rows of the KV cache (positions it can hold).
     pub max_ctx: u32,
+    /// The KV caches hold f16 values (in pairs, `pack2x16float`: no shader-f16 needed) instead
+    /// of f32: half the memory and the reads; keys and values rounded to f16 once, when written.
+    pub kv_f16: bool,
 }
 
 impl AttnDims {
-    /// Bytes of one KV cache buffer (K or V): [max_ctx, Hkv*D] f32.
+    /// Bytes of one cached value: 2 (f16) or 4 (f32).
+    pub fn kv_elem_bytes(&self) -> u64 {
+        if self.kv_f16 {
+            2
+        } else {
+            4
+        }
+    }
+
+    /// Bytes of one KV cache buffer (K or V): [max_ctx, Hkv*D] f32 or f16.
     pub fn cache_bytes(&self) -> u64 {
-        self.max_ctx as u64 * self.n_kv_heads as u64 * self.head_dim as u64 * 4
+        self.max_ctx as u64 * self.n_kv_heads as u64 * self.head_dim as u64 * self.kv_elem_bytes()
     }
 }
 
@@ -216,7 +229,9 @@ pub async fn attn_prep(
     if max_rows == 0 {
         return Err(bad(what, "an activation buffer cannot hold one row".into()));
     }
-    let pipeline = gpu.pipeline("attn_prep.wgsl", &prep_defines()).await?;
+    let pipeline = gpu
+        .pipeline("attn_prep.wgsl", &prep_defines().flag("KV_F16", d.kv_f16))
+        .await?;
     let params = AttnPrepParams {
         n_heads: d.n_heads,
         n_kv_heads: d.n_kv_heads,
@@ -547,7 +562,7 @@ pub async fn attention_xq_rows(
         Some(b) => (b.size.min(gpu.caps.max_binding) / per_row).min(max_rows as u64) as u32,
         None => 0,
     };
-    let base = attention_defines(d.head_dim);
+    let base = attention_defines(d.head_dim).flag("KV_F16", d.kv_f16);
     let params = AttentionParams {
         n_heads: d.n_heads,
         n_kv_heads: d.n_kv_heads,
@@ -682,8 +697,15 @@ fn attention_defines(head_dim: u32) -> Defines {
 
 /// Every variant (for the offline naga checks): the head dims of the family and the fixtures.
 pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
-    let mut v = vec![("attn_prep.wgsl", prep_defines())];
-    for hd in [32, 64, 128, 256] {
+    let mut v = vec![
+        ("attn_prep.wgsl", prep_defines()),
+        ("attn_prep.wgsl", prep_defines().flag("KV_F16", true)),
+    ];
+    for (hd, f16) in [32, 64, 128, 256]
+        .into_iter()
+        .flat_map(|hd| [(hd, false), (hd, true)])
+    {
+        let attention_defines = |hd| attention_defines(hd).flag("KV_F16", f16);
         v.push(("attention.wgsl", attention_defines(hd).flag("SPLIT", true)));
         for hg in [2, 3, 4, 6, 8] {
             v.push((

@@ -9,12 +9,15 @@
 use crate::gpu::{Gpu, GpuBuffer, GpuError};
 use crate::model::config::{LayerKind, ModelConfig};
 
-/// KV cache of one attention layer: [max_ctx, n_kv_heads · head_dim] f32 each.
+/// KV cache of one attention layer: [max_ctx, n_kv_heads · head_dim] f32 each, or f16 (in
+/// pairs) with `f16`.
 pub struct KvCache {
     pub k: GpuBuffer,
     pub v: GpuBuffer,
     /// Bytes of one position (one row of `k` or `v`).
     pub row_bytes: u64,
+    /// The values are f16 ([`crate::ops::attention::AttnDims::kv_f16`]).
+    pub f16: bool,
 }
 
 /// Recurrent state of one Gated-DeltaNet layer, with the snapshot written after the confirmed
@@ -42,6 +45,8 @@ pub struct State {
     /// Entries in the MTP cache.
     pub mtp_pos: u32,
     pub max_ctx: u32,
+    /// The KV caches hold f16 values.
+    pub kv_f16: bool,
 }
 
 impl State {
@@ -50,13 +55,16 @@ impl State {
         cfg: &ModelConfig,
         max_ctx: u32,
         with_mtp: bool,
+        kv_f16: bool,
     ) -> Result<State, GpuError> {
-        let kv_row = (cfg.num_key_value_heads * cfg.head_dim * 4) as u64;
+        let elem = if kv_f16 { 2 } else { 4 };
+        let kv_row = (cfg.num_key_value_heads * cfg.head_dim * elem) as u64;
         let kv = |name: &str| -> Result<KvCache, GpuError> {
             Ok(KvCache {
                 k: gpu.storage(&format!("{name}.k"), kv_row * max_ctx as u64)?,
                 v: gpu.storage(&format!("{name}.v"), kv_row * max_ctx as u64)?,
                 row_bytes: kv_row,
+                f16: kv_f16,
             })
         };
         let conv_bytes = ((cfg.linear_conv_kernel_dim - 1) * cfg.conv_dim() * 4) as u64;
@@ -82,6 +90,7 @@ impl State {
             pos: 0,
             mtp_pos: 0,
             max_ctx,
+            kv_f16,
         })
     }
 
@@ -146,15 +155,17 @@ impl State {
 
     /// Every buffer that carries sequence state with its name and the bytes in use: the first
     /// `pos` rows of a KV cache (`mtp_pos` for the MTP cache), all of a recurrent state.
-    /// Snapshots are not part of it: they only matter inside an MTP iteration.
+    /// Snapshots are not part of it: they only matter inside an MTP iteration. The names of
+    /// f16 KV caches end in [`F16_SUFFIX`], so a saved state says which kind it holds.
     pub fn entries(&self) -> Vec<StateEntry<'_>> {
+        let sfx = if self.kv_f16 { F16_SUFFIX } else { "" };
         let mut v = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
             match l {
                 LayerState::Attn(c) => {
                     let used = c.row_bytes * self.pos as u64;
-                    v.push(StateEntry::rows(format!("layers.{i}.k"), &c.k, used));
-                    v.push(StateEntry::rows(format!("layers.{i}.v"), &c.v, used));
+                    v.push(StateEntry::rows(format!("layers.{i}.k{sfx}"), &c.k, used));
+                    v.push(StateEntry::rows(format!("layers.{i}.v{sfx}"), &c.v, used));
                 }
                 LayerState::Gdn(g) => {
                     v.push(StateEntry::whole(format!("layers.{i}.conv"), &g.conv));
@@ -164,8 +175,8 @@ impl State {
         }
         if let Some(c) = &self.mtp {
             let used = c.row_bytes * self.mtp_pos as u64;
-            v.push(StateEntry::rows("mtp.k".into(), &c.k, used));
-            v.push(StateEntry::rows("mtp.v".into(), &c.v, used));
+            v.push(StateEntry::rows(format!("mtp.k{sfx}"), &c.k, used));
+            v.push(StateEntry::rows(format!("mtp.v{sfx}"), &c.v, used));
         }
         v
     }
@@ -182,6 +193,16 @@ impl State {
             )));
         }
         for (m, (name, used)) in mine.iter().zip(names) {
+            if name.strip_suffix(F16_SUFFIX) == Some(m.name.as_str())
+                || m.name.strip_suffix(F16_SUFFIX) == Some(name.as_str())
+            {
+                let kind = |f16: bool| if f16 { "f16" } else { "f32" };
+                return Err(StateError::Mismatch(format!(
+                    "state buffer {name} holds an {} KV cache, this session's is {} (the KV cache type must match)",
+                    kind(name.ends_with(F16_SUFFIX)),
+                    kind(self.kv_f16)
+                )));
+            }
             if &m.name != name {
                 return Err(StateError::Mismatch(format!(
                     "state buffer {name} where this session has {} (another model layout)",
@@ -237,6 +258,9 @@ impl State {
         }
     }
 }
+
+/// The end of the state entry names of f16 KV caches ([`State::entries`]).
+pub const F16_SUFFIX: &str = ".f16";
 
 /// One state buffer with the bytes of it that are in use (see [`State::entries`]).
 pub struct StateEntry<'a> {
