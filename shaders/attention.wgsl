@@ -96,6 +96,7 @@ const QR: u32 = {{QR}}u;
 var<workgroup> qs: array<vec4<f32>, QR * D4>;   // scale * q (QR: per row of the group)
 var<workgroup> lanes: array<f32, QR * WG>;      // score partials [BK, LPK] (per row)
 var<workgroup> sc: array<f32, QR * BK>;         // scores of the block (NEG past the chunk end; per row)
+var<workgroup> pe: array<f32, QR * BK>;         // exp(score - running max) of the block (0 past the end)
 var<workgroup> accs: array<vec4<f32>, WG>;     // per-slice outputs [KS, D/4]
 var<workgroup> ls: array<f32, WG>;             // per-slice denominators [KS]
 
@@ -159,13 +160,17 @@ fn chunk(k0: u32, k1: u32, kv_row4: u32, kv_off4: u32, lid: u32) -> Partial {
         let corr = exp(m - m_new);
         m = m_new;
         acc = acc * corr;
+        // Each key's weight computed once (by its own thread) for every slice that uses it.
+        if (lid < BK) {
+            pe[lid] = select(0.0, exp(sc[lid] - m), blk + lid < k1);
+        }
+        workgroupBarrier();
         var ps = 0.0;
         if (ks < KS) {
 #for R ATT_KPS
             {
                 let j0 = ks + {{R}}u * KS;
-                let j = min(j0, BK - 1u);
-                let pj = select(0.0, exp(sc[j] - m), j0 < BK && blk + j < k1);
+                let pj = select(0.0, pe[min(j0, BK - 1u)], j0 < BK);
                 ps += pj;
                 acc = fma(vec4<f32>(pj), vv{{R}}, acc);
             }
@@ -323,7 +328,12 @@ fn split_grouped(id: u32, lid: u32) {
             acc{{R}} = acc{{R}} * corr{{R}};
         }
         var ps{{R}} = 0.0;
+        // (each key's weight once, as in `chunk`)
+        if (lid < BK) {
+            pe[{{R}}u * BK + lid] = select(0.0, exp(sc[{{R}}u * BK + lid] - m{{R}}), blk + lid < k1);
+        }
 #endfor
+        workgroupBarrier();
         if (ks < KS) {
             for (var r = 0u; r < KPS; r++) {
                 let j0 = ks + r * KS;
@@ -331,7 +341,7 @@ fn split_grouped(id: u32, lid: u32) {
                 let vv = cur.v[r];
 #for R QR
                 {
-                    let pj = select(0.0, exp(sc[{{R}}u * BK + j] - m{{R}}), j0 < BK && blk + j < k1);
+                    let pj = select(0.0, pe[{{R}}u * BK + j], j0 < BK);
                     ps{{R}} += pj;
                     acc{{R}} = fma(vec4<f32>(pj), vv, acc{{R}});
                 }

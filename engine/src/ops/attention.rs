@@ -271,7 +271,7 @@ pub async fn attn_prep(
 
 /// Bytes of an attention scratch (split partials) for `rows` rows (see [`attention_with_scratch`]).
 pub fn attention_scratch_bytes(d: &AttnDims, rows: u32) -> u64 {
-    rows as u64 * d.n_heads as u64 * ATTN_NS as u64 * (1 + d.head_dim as u64 / 4) * 16
+    rows as u64 * d.n_heads as u64 * attention_chunks() as u64 * (1 + d.head_dim as u64 / 4) * 16
 }
 
 /// Causal GQA attention with the output gate, for every row `t` of the step: query head `h` of
@@ -358,6 +358,23 @@ fn knob(
             }
         },
         Err(_) => default,
+    })
+}
+
+static CHUNKS_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The most key chunks per row ([`ATTN_NS`] unless `QWGPU_ATTN_NS=N`, 1 to 1024, read once at
+/// start-up: a benchmark knob; the chunks of a row, and so its bits, follow it).
+pub fn attention_chunks() -> u32 {
+    *CHUNKS_ENV.get_or_init(|| match std::env::var("QWGPU_ATTN_NS") {
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n) if (1..=1024).contains(&n) => n,
+            _ => {
+                eprintln!("qwgpu: ignoring QWGPU_ATTN_NS={v:?}: expected 1 to 1024");
+                ATTN_NS
+            }
+        },
+        Err(_) => ATTN_NS,
     })
 }
 
@@ -474,7 +491,7 @@ pub fn split_heads_for(gpu: &Gpu, d: &AttnDims, most: u32) -> u32 {
 /// Workgroup memory of the final pass with `qr` rows per workgroup (see `attention.wgsl`).
 fn final_pass_shared_bytes(head_dim: u32, qr: u32) -> u32 {
     let d4 = head_dim / 4;
-    qr * d4 * 16 + qr * ATTN_WG * 4 + qr * ATTN_BK * 4 + ATTN_WG * 16 + ATTN_WG * 4 + d4 * 16
+    qr * d4 * 16 + qr * ATTN_WG * 4 + 2 * qr * ATTN_BK * 4 + ATTN_WG * 16 + ATTN_WG * 4 + d4 * 16
 }
 
 /// Whether decode and verify rows should take the split pass on this device by default: GPUs
@@ -602,7 +619,7 @@ pub async fn attention_xq_rows(
         let pipeline = gpu
             .pipeline("attention.wgsl", &base.clone().flag("SPLIT", true))
             .await?;
-        let mut grid = Grid::fixed(split_rows * d.n_heads * ATTN_NS);
+        let mut grid = Grid::fixed(split_rows * d.n_heads * attention_chunks());
         if hg > 1 {
             grid = grid.for_keys(0, gk - 1);
         }
@@ -618,12 +635,15 @@ pub async fn attention_xq_rows(
                         .set("QR", hg),
                 )
                 .await?;
-            out_d.push(gpu.dispatch(
-                "attention.split",
-                &pipeline,
-                &res,
-                Grid::fixed(split_rows * (d.n_heads / hg) * ATTN_NS).for_keys(gk, u32::MAX),
-            ));
+            out_d.push(
+                gpu.dispatch(
+                    "attention.split",
+                    &pipeline,
+                    &res,
+                    Grid::fixed(split_rows * (d.n_heads / hg) * attention_chunks())
+                        .for_keys(gk, u32::MAX),
+                ),
+            );
         }
     }
     let pipeline = gpu
@@ -690,7 +710,7 @@ fn attention_defines(head_dim: u32) -> Defines {
         .set("ATT_KS", ks)
         .set("ATT_KPS", ATTN_BK.div_ceil(ks))
         .set("HEAD_DIM", head_dim)
-        .set("NS", ATTN_NS)
+        .set("NS", attention_chunks())
         .set("CK_MIN", ATTN_CK_MIN)
         .set("QR", 1)
 }
