@@ -95,7 +95,7 @@ export class Qwgpu {
    * Loads a checkpoint directory from a URL (config.json, generation_config.json,
    * tokenizer.json, tokenizer_config.json, model.safetensors or model.safetensors.index.json +
    * shards), streaming every file into the engine.
-   * options: {name?, maxContext? (4096), prefillChunk? (512), onProgress?({phase, file?, done, total})}
+   * options: {name?, maxContext? (4096), prefillChunk? (512), kvCache? ("f32" | "f16"), onProgress?({phase, file?, done, total})}
    * Resolves to the model's description.
    */
   async loadUrl(url, options = {}) {

@@ -207,7 +207,7 @@ async function loadFromFiles(id, list, options) {
 }
 
 async function finishLoad(id, files, options) {
-  const opts = { name: options.name, max_context: options.maxContext ?? options.max_context, prefill_chunk: options.prefillChunk ?? options.prefill_chunk };
+  const opts = { name: options.name, max_context: options.maxContext ?? options.max_context, prefill_chunk: options.prefillChunk ?? options.prefill_chunk, kv_cache: options.kvCache ?? options.kv_cache };
   // `load` consumes `files` (its bytes are freed once the weights are on the GPU).
   return await engine.load(files, opts, (p) => post({ id, type: 'progress', progress: p }));
 }

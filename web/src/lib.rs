@@ -409,6 +409,7 @@ fn model_json(
         "gpu_weight_bytes": m.weights.bytes(),
         "max_context": session.opts.max_ctx,
         "prefill_chunk": session.opts.prefill_chunk,
+        "kv_cache": if session.opts.kv_f16 { "f16" } else { "f32" },
         "tokenizer": tok.map(|t| t.source().to_string()),
         "chat_template": tmpl.map(|t| t.source().to_string()),
         "notes": m.notes,
@@ -655,6 +656,18 @@ impl Engine {
             .to_string();
         let max_ctx = o.get("max_context").and_then(Json::as_u64).unwrap_or(4096) as u32;
         let chunk = o.get("prefill_chunk").and_then(Json::as_u64).unwrap_or(512) as u32;
+        let kv_f16 = match o.get("kv_cache") {
+            None | Some(Json::Null) => false,
+            Some(v) => match v.as_str() {
+                Some("f32") => false,
+                Some("f16") => true,
+                _ => {
+                    return Err(JsError::new(&format!(
+                        "Engine.load options: kv_cache must be \"f32\" or \"f16\", not {v}"
+                    )))
+                }
+            },
+        };
         let mut slot = self
             .loaded
             .try_borrow_mut()
@@ -769,6 +782,7 @@ impl Engine {
                 max_ctx,
                 prefill_chunk: chunk,
                 speculative: true,
+                kv_f16,
                 ..Default::default()
             },
         )
