@@ -90,7 +90,9 @@ fn generate_prompt_ids_matches_mlx_lm_plain_and_mtp() {
         let want = &ids(&r["greedy"][1])[..64];
         let p: Vec<String> = prompt.iter().map(|x| x.to_string()).collect();
         let dir = fixture(name);
-        for mtp in ["off", "on"] {
+        // f32 KV caches (the default), and f16 ones (`--kv-cache f16`), which give mlx-lm's
+        // tokens on these prompts too.
+        for (mtp, kv) in [("off", "f32"), ("on", "f32"), ("off", "f16"), ("on", "f16")] {
             let j = ok_json(&[
                 "generate",
                 "--model",
@@ -102,9 +104,15 @@ fn generate_prompt_ids_matches_mlx_lm_plain_and_mtp() {
                 "--ignore-eos",
                 "--mtp",
                 mtp,
+                "--kv-cache",
+                kv,
                 "--json",
             ]);
-            assert_eq!(ids(&j["tokens"]), want, "{name} --mtp {mtp}");
+            assert_eq!(
+                ids(&j["tokens"]),
+                want,
+                "{name} --mtp {mtp} --kv-cache {kv}"
+            );
             assert_eq!(j["finish_reason"], "length");
             assert_eq!(j["generated_tokens"], 64);
             if mtp == "on" {
@@ -595,6 +603,12 @@ fn bad_input_gives_one_line_errors() {
         &["generate", "hello", "--model", no_tok.to_str().unwrap()],
         None,
         &["tokenizer", "--prompt-ids"],
+    );
+    // An unknown KV cache type names the option and the accepted values.
+    expect_error(
+        &["generate", "--prompt-ids", "1", "--kv-cache", "f8"],
+        None,
+        &["--kv-cache", "f8", "f16"],
     );
     // A prompt longer than the context.
     let long: Vec<String> = (0..40).map(|i| (i % 200).to_string()).collect();
