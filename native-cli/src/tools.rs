@@ -691,7 +691,7 @@ pub fn inspect(a: InspectArgs) -> Result<(), String> {
             f.join(", ")
         );
     }
-    println!("bytes per token   {:.2} GB at 1k context (weights {:.2} GB + state {:.2} GB + KV {:.3} MB per 1k)", s.bytes_per_token(1024) as f64 / 1e9,
+    println!("bytes per token   {:.2} GB at 1k context (weights {:.2} GB + state {:.2} GB + KV {:.3} MB per 1k in f32, half with --kv-cache f16)", s.bytes_per_token(1024) as f64 / 1e9,
         s.weight_bytes_per_token as f64 / 1e9, s.state_bytes_per_token as f64 / 1e9, (1024 * s.kv_bytes_per_context_token) as f64 / 1e6);
     if s.mtp {
         println!(
