@@ -560,63 +560,81 @@ fn attention_long_context() {
     }
 }
 
+/// The whole mixer core as the model records it (one pass: prep, then attention reading the
+/// cache rows prep wrote) against the f64 chain. f32 caches: the reference's own cache rows.
+/// f16 caches (prep's rounding is checked by attn_prep_matches_cpu): the reference attends over
+/// the f16 values the GPU holds after the pass, with its own q.
+fn check_prep_then_attention(gpu: &Gpu, rng: &mut Rng, s: Shape, pos: u32, t: usize, f16: bool) {
+    let max_ctx = pos + t as u32;
+    let kvw = s.kvw();
+    let (qn, kn) = (norm_weights(rng, s.d), norm_weights(rng, s.d));
+    let mut k0 = normals(rng, max_ctx as usize * kvw, 1.0);
+    let mut v0 = normals(rng, max_ctx as usize * kvw, 1.0);
+    if f16 {
+        (k0, v0) = (round_f16(&k0), round_f16(&v0));
+    }
+    let layer = Layer::with_kv(gpu, s, max_ctx, &qn, &kn, &k0, &v0, f16);
+    let lay = s.layout();
+    let proj = normals(rng, t * lay.stride, 2.0);
+    let (_, out) = layer.forward(gpu, &proj, t, pos, true);
+    let pre = cpu::attn_prep(
+        &s.rdims(),
+        &proj,
+        t,
+        lay.stride,
+        lay.qg,
+        lay.k,
+        lay.v,
+        &qn,
+        &kn,
+        pos,
+    );
+    let a = pos as usize * kvw;
+    let (kc, vc): (Vec<f64>, Vec<f64>) = if f16 {
+        let (kc, vc) = layer.caches(gpu);
+        assert_bits_eq("rows before pos untouched", &kc[..a], &k0[..a]);
+        let wide = |v: Vec<f32>| v.into_iter().map(f64::from).collect();
+        (wide(kc), wide(vc))
+    } else {
+        let mut kc: Vec<f64> = k0.iter().map(|&x| x as f64).collect();
+        let mut vc: Vec<f64> = v0.iter().map(|&x| x as f64).collect();
+        kc[a..a + t * kvw].copy_from_slice(&pre.k);
+        vc[a..a + t * kvw].copy_from_slice(&pre.v);
+        (kc, vc)
+    };
+    let (want, mag) = cpu::attention(
+        &s.rdims(),
+        &pre.q,
+        t,
+        &kc,
+        &vc,
+        &proj,
+        lay.stride,
+        lay.qg,
+        pos,
+    );
+    assert_close(
+        &format!(
+            "prep+attention {} pos {pos} T={t}{} ({})",
+            s.name,
+            if f16 { " f16 cache" } else { "" },
+            gpu.describe()
+        ),
+        &out,
+        &to_f32(&want),
+        &to_f32(&mag),
+        PIPE_ATOL,
+        PIPE_RTOL,
+    );
+}
+
 #[test]
 fn prep_then_attention_matches_cpu() {
-    // The whole mixer core as the model records it (one pass: prep, then attention reading the
-    // cache rows prep wrote) against the all-f64 chain.
     for gpu in gpu_variants() {
         let mut rng = Rng(14);
         for (s, pos) in [(TINY, 40u32), (ODD, 37), (B27, 1000)] {
             for t in [1usize, 5] {
-                let max_ctx = pos + t as u32;
-                let kvw = s.kvw();
-                let (qn, kn) = (norm_weights(&mut rng, s.d), norm_weights(&mut rng, s.d));
-                let k0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
-                let v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
-                let layer = Layer::new(&gpu, s, max_ctx, &qn, &kn, &k0, &v0);
-                let lay = s.layout();
-                let proj = normals(&mut rng, t * lay.stride, 2.0);
-                let (_, out) = layer.forward(&gpu, &proj, t, pos, true);
-                let pre = cpu::attn_prep(
-                    &s.rdims(),
-                    &proj,
-                    t,
-                    lay.stride,
-                    lay.qg,
-                    lay.k,
-                    lay.v,
-                    &qn,
-                    &kn,
-                    pos,
-                );
-                let a = pos as usize * kvw;
-                let mut kc: Vec<f64> = k0.iter().map(|&x| x as f64).collect();
-                let mut vc: Vec<f64> = v0.iter().map(|&x| x as f64).collect();
-                kc[a..a + t * kvw].copy_from_slice(&pre.k);
-                vc[a..a + t * kvw].copy_from_slice(&pre.v);
-                let (want, mag) = cpu::attention(
-                    &s.rdims(),
-                    &pre.q,
-                    t,
-                    &kc,
-                    &vc,
-                    &proj,
-                    lay.stride,
-                    lay.qg,
-                    pos,
-                );
-                assert_close(
-                    &format!(
-                        "prep+attention {} pos {pos} T={t} ({})",
-                        s.name,
-                        gpu.describe()
-                    ),
-                    &out,
-                    &to_f32(&want),
-                    &to_f32(&mag),
-                    PIPE_ATOL,
-                    PIPE_RTOL,
-                );
+                check_prep_then_attention(&gpu, &mut rng, s, pos, t, false);
             }
         }
     }
@@ -624,60 +642,11 @@ fn prep_then_attention_matches_cpu() {
 
 #[test]
 fn prep_then_attention_with_f16_cache() {
-    // The mixer core with f16 caches: attention reads the rows prep wrote in the same pass.
-    // prep's f16 rows are checked by attn_prep_matches_cpu; here the reference attends over the
-    // cache the GPU holds after the pass (f16 values) with the reference's own q.
     for gpu in gpu_variants() {
         let mut rng = Rng(20);
         for (s, pos) in [(TINY, 40u32), (B27, 300)] {
             for t in [1usize, 5] {
-                let max_ctx = pos + t as u32;
-                let kvw = s.kvw();
-                let (qn, kn) = (norm_weights(&mut rng, s.d), norm_weights(&mut rng, s.d));
-                let k0 = round_f16(&normals(&mut rng, max_ctx as usize * kvw, 1.0));
-                let v0 = round_f16(&normals(&mut rng, max_ctx as usize * kvw, 1.0));
-                let layer = Layer::with_kv(&gpu, s, max_ctx, &qn, &kn, &k0, &v0, true);
-                let lay = s.layout();
-                let proj = normals(&mut rng, t * lay.stride, 2.0);
-                let (_, out) = layer.forward(&gpu, &proj, t, pos, true);
-                let (kc, vc) = layer.caches(&gpu);
-                let a = pos as usize * kvw;
-                assert_bits_eq("rows before pos untouched", &kc[..a], &k0[..a]);
-                let pre = cpu::attn_prep(
-                    &s.rdims(),
-                    &proj,
-                    t,
-                    lay.stride,
-                    lay.qg,
-                    lay.k,
-                    lay.v,
-                    &qn,
-                    &kn,
-                    pos,
-                );
-                let (want, mag) = cpu::attention(
-                    &s.rdims(),
-                    &pre.q,
-                    t,
-                    &kc,
-                    &vc,
-                    &proj,
-                    lay.stride,
-                    lay.qg,
-                    pos,
-                );
-                assert_close(
-                    &format!(
-                        "prep+attention f16 cache {} pos {pos} T={t} ({})",
-                        s.name,
-                        gpu.describe()
-                    ),
-                    &out,
-                    &to_f32(&want),
-                    &to_f32(&mag),
-                    PIPE_ATOL,
-                    PIPE_RTOL,
-                );
+                check_prep_then_attention(&gpu, &mut rng, s, pos, t, true);
             }
         }
     }
