@@ -39,18 +39,21 @@ pub struct AttnDims {
 }
 
 impl AttnDims {
-    /// Bytes of one cached value: 2 (f16) or 4 (f32).
-    pub fn kv_elem_bytes(&self) -> u64 {
-        if self.kv_f16 {
-            2
-        } else {
-            4
-        }
-    }
-
     /// Bytes of one KV cache buffer (K or V): [max_ctx, Hkv*D] f32 or f16.
     pub fn cache_bytes(&self) -> u64 {
-        self.max_ctx as u64 * self.n_kv_heads as u64 * self.head_dim as u64 * self.kv_elem_bytes()
+        self.max_ctx as u64
+            * self.n_kv_heads as u64
+            * self.head_dim as u64
+            * kv_elem_bytes(self.kv_f16)
+    }
+}
+
+/// Bytes of one cached key or value: 2 in an f16 cache, else 4.
+pub fn kv_elem_bytes(f16: bool) -> u64 {
+    if f16 {
+        2
+    } else {
+        4
     }
 }
 

@@ -57,8 +57,8 @@ impl State {
         with_mtp: bool,
         kv_f16: bool,
     ) -> Result<State, GpuError> {
-        let elem = if kv_f16 { 2 } else { 4 };
-        let kv_row = (cfg.num_key_value_heads * cfg.head_dim * elem) as u64;
+        let kv_row = (cfg.num_key_value_heads * cfg.head_dim) as u64
+            * crate::ops::attention::kv_elem_bytes(kv_f16);
         let kv = |name: &str| -> Result<KvCache, GpuError> {
             Ok(KvCache {
                 k: gpu.storage(&format!("{name}.k"), kv_row * max_ctx as u64)?,
