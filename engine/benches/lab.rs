@@ -64,10 +64,21 @@ fn time_recorded(gpu: &Gpu, reps: u32, record: impl Fn(&mut wgpu::ComputePass<'_
         gpu.queue.submit([enc.finish()]);
         gpu.wait();
     };
+    // Errors wgpu reports outside a scope (an invalid bind group, e.g. a lab shader variant
+    // whose layout lost a binding) would otherwise leave a fast, meaningless time: such a
+    // measurement is reported as NaN, with the error on stderr.
+    let _ = gpu.take_error();
     run(3);
     let t0 = Instant::now();
     run(reps);
-    t0.elapsed().as_secs_f64() / reps as f64
+    let t = t0.elapsed().as_secs_f64() / reps as f64;
+    match gpu.take_error() {
+        Ok(()) => t,
+        Err(e) => {
+            eprintln!("lab: the timed work was invalid: {e}");
+            f64::NAN
+        }
+    }
 }
 
 fn report(what: &str, secs: f64, bytes: u64, dispatches: usize, roofline: f64) {
