@@ -97,7 +97,6 @@ var<workgroup> qs: array<vec4<f32>, QR * D4>;   // scale * q (QR: per row of the
 var<workgroup> lanes: array<f32, QR * WG>;      // score partials [BK, LPK] (per row)
 var<workgroup> sc: array<f32, QR * BK>;         // scores of the block (NEG past the chunk end; per row)
 var<workgroup> pe: array<f32, QR * BK>;         // exp(score - running max) of the block (0 past the end)
-var<workgroup> bmx: array<f32, QR>;             // the block's max score per head (SPLITG)
 var<workgroup> accs: array<vec4<f32>, WG>;     // per-slice outputs [KS, D/4]
 var<workgroup> ls: array<f32, WG>;             // per-slice denominators [KS]
 
@@ -210,6 +209,8 @@ fn part_base(t: u32, h: u32, c: u32) -> u32 {
 
 #if SPLIT
 #if SPLITG
+var<workgroup> bmx: array<f32, QR>;             // the block's max score per head
+
 // One block's key vectors (this thread's NI of the score phase) and value vectors (its KPS of the
 // weighted sum), at the clamped rows `chunk` reads.
 struct KvBlock {

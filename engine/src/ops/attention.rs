@@ -364,21 +364,14 @@ fn knob(
     })
 }
 
+static CHUNKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 static CHUNKS_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
 /// The most key chunks per row ([`ATTN_NS`] unless `QWGPU_ATTN_NS=N`, 1 to 1024, read once at
-/// start-up: a benchmark knob; the chunks of a row, and so its bits, follow it).
+/// start-up: a benchmark knob; the chunks of a row, and so its bits, follow it. There is no
+/// setter: every plan of a process must agree on it).
 pub fn attention_chunks() -> u32 {
-    *CHUNKS_ENV.get_or_init(|| match std::env::var("QWGPU_ATTN_NS") {
-        Ok(v) => match v.trim().parse::<u32>() {
-            Ok(n) if (1..=1024).contains(&n) => n,
-            _ => {
-                eprintln!("qwgpu: ignoring QWGPU_ATTN_NS={v:?}: expected 1 to 1024");
-                ATTN_NS
-            }
-        },
-        Err(_) => ATTN_NS,
-    })
+    knob(&CHUNKS, &CHUNKS_ENV, "QWGPU_ATTN_NS", 1..=1024, ATTN_NS)
 }
 
 /// Query rows per workgroup of a prompt chunk's attention ([`attention_rows`]): 4 by default.
@@ -472,9 +465,10 @@ pub fn set_attention_split_heads(n: Option<u32>) {
     );
 }
 
-/// Workgroup memory of the split pass with `hg` heads per workgroup (see `attention.wgsl`).
+/// Workgroup memory of the split pass with `hg` heads per workgroup (see `attention.wgsl`): the
+/// final pass's arrays without its output row, with the grouped form's block maxima.
 fn split_pass_shared_bytes(head_dim: u32, hg: u32) -> u32 {
-    final_pass_shared_bytes(head_dim, hg) - (head_dim / 4) * 16
+    final_pass_shared_bytes(head_dim, hg) - (head_dim / 4) * 16 + hg * 4
 }
 
 /// Query heads per split-pass workgroup for these dims on this device: the largest divisor of
