@@ -357,28 +357,38 @@ fn tol_scale(mag: &[f64], rtol: f32, rtol_per_pos: f32, row_w: usize, pos: u32) 
         .collect()
 }
 
-/// attn_prep for `t` rows at `pos` into caches of random data: q_out and the new cache rows
-/// against the reference, every other cache row untouched.
-fn check_prep(gpu: &Gpu, rng: &mut Rng, s: Shape, pos: u32, t: usize, f16: bool) {
-    let what = format!(
-        "attn_prep {} pos {pos} T={t}{} ({})",
-        s.name,
-        if f16 { " f16 cache" } else { "" },
-        gpu.describe()
-    );
-    let max_ctx = pos + t as u32 + 2;
+/// A layer with random norm weights whose `max_ctx`-row caches hold `draw`'s values (rounded to
+/// f16 for f16 caches), `t` rows of random projections, and attn_prep's f64 reference for them
+/// at `pos`.
+struct PrepCase {
+    layer: Layer,
+    k0: Vec<f32>,
+    v0: Vec<f32>,
+    proj: Vec<f32>,
+    want: cpu::PrepOut,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prep_case(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    s: Shape,
+    max_ctx: u32,
+    pos: u32,
+    t: usize,
+    f16: bool,
+    draw: fn(&mut Rng, usize, f32) -> Vec<f32>,
+) -> PrepCase {
     let kvw = s.kvw();
     let (qn, kn) = (norm_weights(rng, s.d), norm_weights(rng, s.d));
-    let mut k0 = rng.vec(max_ctx as usize * kvw, 1.0);
-    let mut v0 = rng.vec(max_ctx as usize * kvw, 1.0);
+    let mut k0 = draw(rng, max_ctx as usize * kvw, 1.0);
+    let mut v0 = draw(rng, max_ctx as usize * kvw, 1.0);
     if f16 {
         (k0, v0) = (round_f16(&k0), round_f16(&v0));
     }
     let layer = Layer::with_kv(gpu, s, max_ctx, &qn, &kn, &k0, &v0, f16);
     let lay = s.layout();
     let proj = normals(rng, t * lay.stride, 2.0);
-    let (q, _) = layer.forward(gpu, &proj, t, pos, false);
-    let (kc, vc) = layer.caches(gpu);
     let want = cpu::attn_prep(
         &s.rdims(),
         &proj,
@@ -391,6 +401,29 @@ fn check_prep(gpu: &Gpu, rng: &mut Rng, s: Shape, pos: u32, t: usize, f16: bool)
         &kn,
         pos,
     );
+    PrepCase {
+        layer,
+        k0,
+        v0,
+        proj,
+        want,
+    }
+}
+
+/// attn_prep for `t` rows at `pos` into caches of random data: q_out and the new cache rows
+/// against the reference, every other cache row untouched.
+fn check_prep(gpu: &Gpu, rng: &mut Rng, s: Shape, pos: u32, t: usize, f16: bool) {
+    let what = format!(
+        "attn_prep {} pos {pos} T={t}{} ({})",
+        s.name,
+        if f16 { " f16 cache" } else { "" },
+        gpu.describe()
+    );
+    let kvw = s.kvw();
+    let c = prep_case(gpu, rng, s, pos + t as u32 + 2, pos, t, f16, Rng::vec);
+    let (layer, k0, v0, want) = (c.layer, c.k0, c.v0, c.want);
+    let (q, _) = layer.forward(gpu, &c.proj, t, pos, false);
+    let (kc, vc) = layer.caches(gpu);
 
     let qs = tol_scale(&want.q_mag, PREP_RTOL, PREP_RTOL_PER_POS, s.qw(), pos);
     assert_close(
@@ -565,30 +598,11 @@ fn attention_long_context() {
 /// f16 caches (prep's rounding is checked by attn_prep_matches_cpu): the reference attends over
 /// the f16 values the GPU holds after the pass, with its own q.
 fn check_prep_then_attention(gpu: &Gpu, rng: &mut Rng, s: Shape, pos: u32, t: usize, f16: bool) {
-    let max_ctx = pos + t as u32;
     let kvw = s.kvw();
-    let (qn, kn) = (norm_weights(rng, s.d), norm_weights(rng, s.d));
-    let mut k0 = normals(rng, max_ctx as usize * kvw, 1.0);
-    let mut v0 = normals(rng, max_ctx as usize * kvw, 1.0);
-    if f16 {
-        (k0, v0) = (round_f16(&k0), round_f16(&v0));
-    }
-    let layer = Layer::with_kv(gpu, s, max_ctx, &qn, &kn, &k0, &v0, f16);
     let lay = s.layout();
-    let proj = normals(rng, t * lay.stride, 2.0);
+    let c = prep_case(gpu, rng, s, pos + t as u32, pos, t, f16, normals);
+    let (layer, k0, v0, proj, pre) = (c.layer, c.k0, c.v0, c.proj, c.want);
     let (_, out) = layer.forward(gpu, &proj, t, pos, true);
-    let pre = cpu::attn_prep(
-        &s.rdims(),
-        &proj,
-        t,
-        lay.stride,
-        lay.qg,
-        lay.k,
-        lay.v,
-        &qn,
-        &kn,
-        pos,
-    );
     let a = pos as usize * kvw;
     let (kc, vc): (Vec<f64>, Vec<f64>) = if f16 {
         let (kc, vc) = layer.caches(gpu);
