@@ -440,6 +440,9 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             "workspace_pct_over_weights_kv_state": over_pct,
         },
         "peak_rss_bytes": peak_rss(),
+        // The 1-token decode matmuls' relative grid-stride cap (null: one workgroup per tile).
+        "decode_grid": qwgpu_engine::ops::matmul::xq_grid_frac(&model.gpu)
+            .map(|(f, min)| serde_json::json!({"fraction": f, "min_tiles": min})),
     });
     for (k, v) in plain.summary().as_object().into_iter().flatten() {
         j[k] = v.clone();
@@ -482,6 +485,9 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         return Ok(());
     }
     println!("device            {}", model.gpu.describe());
+    if let Some((f, min)) = qwgpu_engine::ops::matmul::xq_grid_frac(&model.gpu) {
+        println!("decode grid       {f} of the tiles of 1-token matmuls with at least {min}");
+    }
     if let Some((one, two, mtp)) = profile {
         println!(
             "GPU time          forward(1) {:.3} ms, verify(2) {:.3} ms, MTP step(2) {}",

@@ -1590,11 +1590,12 @@ pub fn set_xq_const_k(on: bool) {
 
 /// Workgroups of the integer-plane decode kernel's grid-stride form for tile `mt` (each
 /// workgroup takes the tiles of rows w, w + G, w + 2G, ... instead of one), from
-/// `QWGPU_XQ_GRID=A,B` (the 1- and 2-token tiles; read once) or [`set_xq_grid`]; 0 (the
-/// default): one workgroup per tile of rows. Never changes the bits. H200 (132 SMs): A = 1584
+/// `QWGPU_XQ_GRID=A,B` (the 1- and 2-token tiles; read once) or [`set_xq_grid`], for every
+/// matrix with more tiles; 0 (the default): none, and the 1-token tile takes the relative cap
+/// of [`xq_grid_frac`] (see [`xq_grid_cap`]). Never changes the bits. H200 (132 SMs): A = 1584
 /// (12 workgroups per SM) took plain decode 147.2 → 149.2 tok/s, 1056 lost (144.9), and any
-/// cap slowed the 2-token tile (bench/results/2026-12-03-h200-e/); the right size depends on
-/// the device's SMs, which WebGPU does not report, so it is off by default.
+/// cap slowed the 2-token tile (bench/results/2026-12-03-h200-e/); 1632 on gate|up alone gained
+/// more than on every matrix (lm_head lost with it; 2026-12-04-h200-d/).
 pub fn xq_grid(mt: u32) -> u32 {
     let set = XQ_GRID_SET.load(std::sync::atomic::Ordering::Relaxed);
     let (a, b) = if set != 0 {
@@ -1629,6 +1630,89 @@ pub fn set_xq_grid(v: Option<(u32, u32)>) {
         (a as u64) | (b as u64) << 32 | 1 << 63
     });
     XQ_GRID_SET.store(packed, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The 1-token integer-plane matmul's relative grid-stride cap: `Some((f, min))` = a matrix of
+/// at least `min` tiles of rows takes ⌈f · tiles⌉ workgroups (each taking one or two tiles in
+/// turn); `None`: one workgroup per tile. [`set_xq_grid_frac`] if set, else
+/// `QWGPU_XQ_GRID_FRAC=F[,MIN]` (read once; `0`: none), else the adapter's tuned value: on the
+/// H200, (0.75, 2000), i.e. the 27B's gate|up (2176 tiles → 1632 workgroups) and lm_head (15520
+/// → 11640): plain decode 150.0 → 151.8 tok/s, the same as the cap on gate|up alone
+/// (bench/results/2026-12-04-h200-d/, call 8); the cap on every matrix, including those of less
+/// than one wave (in_proj, q|k|v, down, out_proj), lost 11 % (132.9), an absolute 1632 on lm_head
+/// lost 0.4 %, and the kernel timed alone (even followed by down) shows no gain at any cap, so
+/// it cannot be measured at load: it is a per-adapter table, other adapters keep one workgroup
+/// per tile until measured. An absolute cap ([`xq_grid`]) takes precedence. Never changes the
+/// bits.
+pub fn xq_grid_frac(gpu: &Gpu) -> Option<(f64, u32)> {
+    let set = XQ_GRID_FRAC_SET.lock().ok().and_then(|g| *g);
+    let v = match set {
+        Some(v) => Some(v),
+        None => *XQ_GRID_FRAC_ENV.get_or_init(|| {
+            let v = std::env::var("QWGPU_XQ_GRID_FRAC").ok()?;
+            let mut it = v.split(',');
+            let f = it.next().and_then(|t| t.trim().parse::<f64>().ok());
+            let min = match it.next() {
+                Some(t) => t.trim().parse::<u32>().ok(),
+                None => Some(0),
+            };
+            match (f, min) {
+                (Some(f), Some(min)) if (0.0..=1.0).contains(&f) => Some((f, min)),
+                _ => {
+                    eprintln!("qwgpu: ignoring QWGPU_XQ_GRID_FRAC={v:?}: expected F[,MIN] with 0 <= F <= 1");
+                    None
+                }
+            }
+        }),
+    };
+    let v = v.or_else(|| tuned_grid_frac(gpu));
+    v.filter(|&(f, _)| f > 0.0)
+}
+
+/// The adapters whose decode step was measured faster with a relative grid cap.
+fn tuned_grid_frac(gpu: &Gpu) -> Option<(f64, u32)> {
+    (!gpu.caps.web && gpu.info.name.contains("H200")).then_some((0.75, 2000))
+}
+
+static XQ_GRID_FRAC_ENV: std::sync::OnceLock<Option<(f64, u32)>> = std::sync::OnceLock::new();
+static XQ_GRID_FRAC_SET: std::sync::Mutex<Option<(f64, u32)>> = std::sync::Mutex::new(None);
+
+/// See [`xq_grid_frac`]: `Some((f, min))` for plans built afterwards (`f = 0`: none), `None` goes
+/// back to the start-up choice (`QWGPU_XQ_GRID_FRAC`, else the adapter's tuned value).
+pub fn set_xq_grid_frac(v: Option<(f64, u32)>) {
+    if let Ok(mut g) = XQ_GRID_FRAC_SET.lock() {
+        *g = v;
+    }
+}
+
+/// Workgroups the integer-plane kernel of `m` in tile `mt` takes as a grid-stride grid (0: one
+/// per tile of rows): the absolute cap ([`xq_grid`]) if any, else the 1-token tile's relative
+/// one ([`xq_grid_frac`]) where the matrix has enough tiles. Read once per pipeline build, for
+/// its shader and its grids alike.
+pub fn xq_grid_cap(gpu: &Gpu, m: &Matrix, mt: u32) -> u32 {
+    // `QWGPU_XQ_GRID_ONLY=NAME` (kernel lab): a cap only for matrices whose name contains NAME.
+    static ONLY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if let Some(o) = ONLY.get_or_init(|| std::env::var("QWGPU_XQ_GRID_ONLY").ok()) {
+        if !m.name.contains(o.as_str()) {
+            return 0;
+        }
+    }
+    let abs = xq_grid(mt);
+    if abs > 0 || mt != MT_ONE {
+        return abs;
+    }
+    let tiles = m.n.div_ceil(xq_tile(MT_ONE, m.k, m.n).1.max(1));
+    match xq_grid_frac(gpu) {
+        Some((f, min)) if tiles >= min.max(2) => {
+            let c = ((tiles as f64 * f).ceil() as u32).clamp(1, tiles);
+            if c < tiles {
+                c
+            } else {
+                0
+            }
+        }
+        _ => 0,
+    }
 }
 
 static XQ_EXACT_ROWS: Switch = Switch::new("QWGPU_XQ_EXACT_ROWS", true);
@@ -1934,6 +2018,12 @@ async fn matmul_with(
     };
     let gated = matches!(fold, Fold::Gated(..));
     let planes = matches!(fold, Fold::Planes(..));
+    // The grid-stride cap, read once for the pipeline and its grids alike.
+    let gcap = if planes {
+        xq_grid_cap(gpu, m, opts.mt)
+    } else {
+        0
+    };
     let (xnorm, xout) = match fold {
         Fold::Planes(e, o) => (e, o),
         _ => (None, None),
@@ -2064,7 +2154,7 @@ async fn matmul_with(
             } else {
                 d
             };
-            let d = d.flag("GSTRIDE", xq_grid(opts.mt) > 0);
+            let d = d.flag("GSTRIDE", gcap > 0);
             match m.format {
                 WeightFormat::Affine { group, .. } if xq_const_k() => {
                     let d = d
@@ -2188,8 +2278,8 @@ async fn matmul_with(
             res.push(cf.out.whole());
         }
         let tokens = gemm.map_or(tile_tokens(opts.mt), |t| t.bt);
-        // A grid-stride integer-plane kernel ([`xq_grid`]) takes at most that many workgroups.
-        let cap = match xq_grid(opts.mt) {
+        // A grid-stride integer-plane kernel ([`xq_grid_cap`]) takes at most that many workgroups.
+        let cap = match gcap {
             g if planes && gemm.is_none() && g > 0 => g,
             _ => u32::MAX,
         };

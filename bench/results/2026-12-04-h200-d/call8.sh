@@ -1,0 +1,26 @@
+# (8) A cap relative to each matrix's tiles instead of a measured one: QWGPU_XQ_GRID_FRAC=0.75
+# (every 1-token integer-plane matmul: 3/4 of its tiles), =0.75,2000 (only matrices of >= 2000
+# tiles: gate|up and lm_head), =0.75,2000 with lm_head excluded via the absolute gate|up-only
+# reference (QWGPU_XQ_GRID=1632,0 QWGPU_XQ_GRID_ONLY=gate_proj), against none, alternating twice.
+set -u
+for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+rm -rf /tmp/c; mkdir -p /tmp/c; tar xJf .carry/bins.tar.xz -C /tmp/c; C=/tmp/c
+R=/tmp/res; rm -rf $R; mkdir -p $R
+save() { tar czf $OUT/results.tar.gz -C $R .; }
+ts() { echo "[$(date +%T)] $*"; }
+[ -f /tmp/m27/config.json ] || { ts synth; $C/qwgpu synth --out /tmp/m27 > /tmp/synth.log 2>&1; }
+m() { python3 -c "
+import json,sys; j=json.load(open(sys.argv[1])); m=j.get('mtp_decode'); g=j.get('decode_grid')
+print('plain', round(j['decode_tokens_per_s']['p50'],2), 'ttft', round(j['ttft_s']['p50'] if isinstance(j['ttft_s'],dict) else j['ttft_s'],3), 'load', round(j['load_s'],2), '' if not m else ('mtp', round(m['decode_tokens_per_s']['p50'],2), 'speedup', round(m['speedup_over_plain'],3)))
+print('  grid', None if g is None else (g['chosen'], g['tiles'], g['times']))" $1 2>/dev/null || { echo failed; tail -3 ${1%.json}.err; }; }
+run() { n=$1; shift; ts "$n"; env "$@" > $R/$n.json 2>$R/$n.err; m $R/$n.json; save; }
+B="timeout 90 $C/qwgpu bench --model /tmp/m27 --json --mtp off --prompt-tokens 1024 --gen-tokens 512 --trials 2 --warmup 1"
+M="timeout 90 $C/qwgpu bench --model /tmp/m27 --json --mtp auto --prompt-tokens 64 --gen-tokens 256 --trials 3 --warmup 1 --force-accept 0.8"
+for r in 1 2; do
+  run off_$r QWGPU_XQ_GRID_AUTO=0 $B
+  run frac_all_$r QWGPU_XQ_GRID_AUTO=0 QWGPU_XQ_GRID_FRAC=0.75 $B
+  run frac_big_$r QWGPU_XQ_GRID_AUTO=0 QWGPU_XQ_GRID_FRAC=0.75,2000 $B
+  run gu1632_$r QWGPU_XQ_GRID=1632,0 QWGPU_XQ_GRID_ONLY=gate_proj $B
+done
+ts done
