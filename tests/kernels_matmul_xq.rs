@@ -500,8 +500,8 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
     {
         let (n, k) = (512usize, 1536usize);
         let m = random_matrix(&gpu, &mut rng, n, k, formats[0], true);
-        let tiles = (n as u32).div_ceil(xq_tile(MT_ONE, k as u32, n as u32).1);
-        assert!(tiles >= 4, "{tiles} tiles");
+        let tiles_of = |mt: u32| (n as u32).div_ceil(xq_tile(mt, k as u32, n as u32).1);
+        assert!(tiles_of(MT_ONE) >= 4, "{} tiles", tiles_of(MT_ONE));
         let groups = |mt: u32| {
             let planes = gpu.storage("planes", 2 * row_bytes(k as u32)).unwrap();
             let y = gpu.storage("y", 2 * n as u64 * 4).unwrap();
@@ -530,6 +530,8 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         };
         let x = hard_x(&mut rng, 2 * k);
         for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
+            // Each tile's own tiles of rows (the relative cap counts the 1-token tile's).
+            let tiles = tiles_of(mt);
             let call = || MmCall {
                 swiglu: true,
                 planes: true,
