@@ -25,9 +25,9 @@ use qwgpu_engine::gpu::Gpu;
 use qwgpu_engine::gpu::{Rows, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
     matmul_xq_ext, set_acc_vars, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_const_k,
-    set_xq_grid, set_xq_grid_frac, set_xq_ksplit, set_xq_long_rows, set_xq_mid_verify,
-    set_xq_norm_late, set_xq_unroll, set_xq_unroll_ch, set_xreg, takes_xq, writes_xq, xq_grid_cap,
-    xq_tile, MatmulOpts, XqOut, FEW_ROWS, MT_ONE, MT_SMALL,
+    set_xq_grid, set_xq_grid_frac, set_xq_grid_frac_verify, set_xq_ksplit, set_xq_long_rows,
+    set_xq_mid_verify, set_xq_norm_late, set_xq_unroll, set_xq_unroll_ch, set_xreg, takes_xq,
+    writes_xq, xq_grid_cap, xq_tile, MatmulOpts, XqOut, FEW_ROWS, MT_ONE, MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::ops::xquant::{
@@ -493,9 +493,10 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         }
     }
     set_xq_grid(None);
-    // The relative 1-token cap (`QWGPU_XQ_GRID_FRAC=F,MIN`, the H200's default): a matrix of at
-    // least MIN tiles takes ⌈F · tiles⌉ workgroups, one of fewer keeps one per tile, the 2-token
-    // tile never takes it, an absolute cap wins over it, and the outputs keep the bits of one
+    // The relative caps (`QWGPU_XQ_GRID_FRAC=F,MIN` for the 1-token tile, the H200's default, and
+    // `QWGPU_XQ_GRID_FRAC_VERIFY` for the 2-token tile): a matrix of at least MIN tiles of the
+    // tile's rows takes ⌈F · tiles⌉ workgroups, one of fewer keeps one per tile, each tile takes
+    // only its own knob, an absolute cap wins over both, and the outputs keep the bits of one
     // workgroup per tile.
     {
         let (n, k) = (512usize, 1536usize);
@@ -530,40 +531,52 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         };
         let x = hard_x(&mut rng, 2 * k);
         for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
-            // Each tile's own tiles of rows (the relative cap counts the 1-token tile's).
+            // Each tile's own tiles of rows (each relative cap counts its tile's).
             let tiles = tiles_of(mt);
+            assert!(tiles >= 4, "{tiles} tiles of the {t}-token tile");
             let call = || MmCall {
                 swiglu: true,
                 planes: true,
                 ..MmCall::new(&x[..t * k], t, k, mt)
             };
+            // This tile's knob and the other one's.
+            let (own, other): (fn(Option<(f64, u32)>), fn(Option<(f64, u32)>)) = if mt == MT_ONE {
+                (set_xq_grid_frac, set_xq_grid_frac_verify)
+            } else {
+                (set_xq_grid_frac_verify, set_xq_grid_frac)
+            };
             set_xq_grid(Some((0, 0)));
-            set_xq_grid_frac(Some((0.0, 0)));
-            assert_eq!(xq_grid_cap(&gpu, &m, mt), 0);
+            own(Some((0.0, 0)));
+            other(Some((0.5, 0)));
+            assert_eq!(xq_grid_cap(&gpu, &m, mt), 0, "the other tile's cap, T={t}");
             assert_eq!(groups(mt), tiles);
             let base = run_matmul(&gpu, &m, call());
             for (f, min) in [(0.75, tiles), (0.5, 2), (0.75, tiles + 1), (1.0, 0)] {
-                set_xq_grid_frac(Some((f, min)));
-                let want = if mt == MT_ONE && tiles >= min && f < 1.0 {
+                own(Some((f, min)));
+                let want = if tiles >= min && f < 1.0 {
                     (tiles as f64 * f).ceil() as u32
                 } else {
                     tiles
                 };
                 assert_eq!(groups(mt), want, "F={f} MIN={min} T={t}");
-                let other = run_matmul(&gpu, &m, call());
+                let capped = run_matmul(&gpu, &m, call());
                 assert_bits_eq(
                     &format!("relative cap F={f} MIN={min} vs one per tile, T={t}"),
-                    &other,
+                    &capped,
                     &base,
                 );
             }
             // An absolute cap wins.
-            set_xq_grid_frac(Some((0.5, 0)));
+            own(Some((0.5, 0)));
             set_xq_grid(Some((3, 3)));
             assert_eq!(groups(mt), 3);
+            set_xq_grid(Some((0, 0)));
+            own(None);
+            other(None);
         }
         set_xq_grid(None);
         set_xq_grid_frac(None);
+        set_xq_grid_frac_verify(None);
     }
     // Rows per lane group of long rows (`QWGPU_XQ_LONG_ROWS`) never change the bits: whole and
     // partial workgroups, both tiles.

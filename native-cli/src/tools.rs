@@ -440,8 +440,11 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             "workspace_pct_over_weights_kv_state": over_pct,
         },
         "peak_rss_bytes": peak_rss(),
-        // The 1-token decode matmuls' relative grid-stride cap (null: one workgroup per tile).
-        "decode_grid": qwgpu_engine::ops::matmul::xq_grid_frac(&model.gpu)
+        // The 1-token decode matmuls' and the 2-token verify matmuls' relative grid-stride caps
+        // (null: one workgroup per tile).
+        "decode_grid": qwgpu_engine::ops::matmul::xq_grid_frac(&model.gpu, qwgpu_engine::ops::matmul::MT_ONE)
+            .map(|(f, min)| serde_json::json!({"fraction": f, "min_tiles": min})),
+        "verify_grid": qwgpu_engine::ops::matmul::xq_grid_frac(&model.gpu, qwgpu_engine::ops::matmul::MT_SMALL)
             .map(|(f, min)| serde_json::json!({"fraction": f, "min_tiles": min})),
     });
     for (k, v) in plain.summary().as_object().into_iter().flatten() {
@@ -485,8 +488,15 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         return Ok(());
     }
     println!("device            {}", model.gpu.describe());
-    if let Some((f, min)) = qwgpu_engine::ops::matmul::xq_grid_frac(&model.gpu) {
+    if let Some((f, min)) =
+        qwgpu_engine::ops::matmul::xq_grid_frac(&model.gpu, qwgpu_engine::ops::matmul::MT_ONE)
+    {
         println!("decode grid       {f} of the tiles of 1-token matmuls with at least {min}");
+    }
+    if let Some((f, min)) =
+        qwgpu_engine::ops::matmul::xq_grid_frac(&model.gpu, qwgpu_engine::ops::matmul::MT_SMALL)
+    {
+        println!("verify grid       {f} of the tiles of 2-token matmuls with at least {min}");
     }
     if let Some((one, two, mtp)) = profile {
         println!(

@@ -1632,24 +1632,69 @@ pub fn set_xq_grid(v: Option<(u32, u32)>) {
     XQ_GRID_SET.store(packed, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The 1-token integer-plane matmul's relative grid-stride cap: `Some((f, min))` = a matrix of
-/// at least `min` tiles of rows takes ⌈f · tiles⌉ workgroups (each taking one or two tiles in
-/// turn); `None`: one workgroup per tile. [`set_xq_grid_frac`] if set, else
-/// `QWGPU_XQ_GRID_FRAC=F[,MIN]` (read once; `0`: none), else the adapter's tuned value: on the
-/// H200, (0.75, 2000), i.e. the 27B's gate|up (2176 tiles → 1632 workgroups) and lm_head (15520
-/// → 11640): plain decode 150.0 → 151.8 tok/s, the same as the cap on gate|up alone
-/// (bench/results/2026-12-04-h200-d/, call 8); the cap on every matrix, including those of less
-/// than one wave (in_proj, q|k|v, down, out_proj), lost 11 % (132.9), an absolute 1632 on lm_head
-/// lost 0.4 %, and the kernel timed alone (even followed by down) shows no gain at any cap, so
-/// it cannot be measured at load: it is a per-adapter table, other adapters keep one workgroup
-/// per tile until measured. An absolute cap ([`xq_grid`]) takes precedence. Never changes the
-/// bits.
-pub fn xq_grid_frac(gpu: &Gpu) -> Option<(f64, u32)> {
-    let set = XQ_GRID_FRAC_SET.lock().ok().and_then(|g| *g);
-    let v = match set {
-        Some(v) => Some(v),
-        None => *XQ_GRID_FRAC_ENV.get_or_init(|| {
-            let v = std::env::var("QWGPU_XQ_GRID_FRAC").ok()?;
+/// The integer-plane matmul's relative grid-stride cap in tile `mt`: `Some((f, min))` = a matrix
+/// of at least `min` tiles of rows takes ⌈f · tiles⌉ workgroups (each taking one or two tiles in
+/// turn); `None`: one workgroup per tile. [`set_xq_grid_frac`] (1-token tile) or
+/// [`set_xq_grid_frac_verify`] (2-token tile) if set, else `QWGPU_XQ_GRID_FRAC=F[,MIN]` resp.
+/// `QWGPU_XQ_GRID_FRAC_VERIFY=F[,MIN]` (read once; `0`: none), else the adapter's tuned value
+/// ([`tuned_grid_frac`]). An absolute cap ([`xq_grid`]) takes precedence. Never changes the bits.
+///
+/// The 1-token tile on the H200: (0.75, 2000), i.e. the 27B's gate|up (2176 tiles → 1632
+/// workgroups) and lm_head (15520 → 11640): plain decode 150.0 → 151.8 tok/s, the same as the cap
+/// on gate|up alone (bench/results/2026-12-04-h200-d/, call 8); the cap on every matrix,
+/// including those of less than one wave (in_proj, q|k|v, down, out_proj), lost 11 % (132.9), an
+/// absolute 1632 on lm_head lost 0.4 %, and the kernel timed alone (even followed by down) shows
+/// no gain at any cap, so it cannot be measured at load: it is a per-adapter table, other
+/// adapters keep one workgroup per tile until measured. The 2-token tile on the H200: the same
+/// (0.75, 2000) (bench/results/2026-12-04-h200-e/, call 2): MTP at forced 0.8 197.85 / 197.85 →
+/// 204.26 / 204.26 tok/s in alternating runs (a verify iteration 8.96 → 8.68 ms), F = 0.65 to
+/// 0.85 all ≈ 204.0, 0.6 and 0.5 lost (196.7, 195.2); an absolute cap on every matrix of more
+/// tiles (lm_head at ≈ 1600 workgroups) had lost 4–17 % (2026-12-03-h200-e).
+pub fn xq_grid_frac(gpu: &Gpu, mt: u32) -> Option<(f64, u32)> {
+    let knob = if mt == MT_ONE {
+        &XQ_GRID_FRAC
+    } else {
+        &XQ_GRID_FRAC_VERIFY
+    };
+    knob.get()
+        .or_else(|| tuned_grid_frac(gpu, mt))
+        .filter(|&(f, _)| f > 0.0)
+}
+
+/// The adapters whose decode step (1-token tile) or MTP verify (2-token tile) was measured faster
+/// with a relative grid cap, and their caps: on the H200 (0.75, 2000) for both tiles (the 27B's
+/// gate|up, 2176 tiles of 16 rows in either tile, and lm_head, 15520).
+fn tuned_grid_frac(gpu: &Gpu, mt: u32) -> Option<(f64, u32)> {
+    let h200 = !gpu.caps.web && gpu.info.name.contains("H200");
+    match mt {
+        MT_ONE | MT_SMALL if h200 => Some((0.75, 2000)),
+        _ => None,
+    }
+}
+
+/// A relative grid cap's start-up value (`var=F[,MIN]`, read once) and the value set for plans
+/// built afterwards.
+struct FracKnob {
+    var: &'static str,
+    env: std::sync::OnceLock<Option<(f64, u32)>>,
+    set: std::sync::Mutex<Option<(f64, u32)>>,
+}
+
+impl FracKnob {
+    const fn new(var: &'static str) -> FracKnob {
+        FracKnob {
+            var,
+            env: std::sync::OnceLock::new(),
+            set: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn get(&self) -> Option<(f64, u32)> {
+        if let Some(v) = self.set.lock().ok().and_then(|g| *g) {
+            return Some(v);
+        }
+        *self.env.get_or_init(|| {
+            let v = std::env::var(self.var).ok()?;
             let mut it = v.split(',');
             let f = it.next().and_then(|t| t.trim().parse::<f64>().ok());
             let min = match it.next() {
@@ -1659,35 +1704,41 @@ pub fn xq_grid_frac(gpu: &Gpu) -> Option<(f64, u32)> {
             match (f, min) {
                 (Some(f), Some(min)) if (0.0..=1.0).contains(&f) => Some((f, min)),
                 _ => {
-                    eprintln!("qwgpu: ignoring QWGPU_XQ_GRID_FRAC={v:?}: expected F[,MIN] with 0 <= F <= 1");
+                    eprintln!(
+                        "qwgpu: ignoring {}={v:?}: expected F[,MIN] with 0 <= F <= 1",
+                        self.var
+                    );
                     None
                 }
             }
-        }),
-    };
-    let v = v.or_else(|| tuned_grid_frac(gpu));
-    v.filter(|&(f, _)| f > 0.0)
-}
+        })
+    }
 
-/// The adapters whose decode step was measured faster with a relative grid cap.
-fn tuned_grid_frac(gpu: &Gpu) -> Option<(f64, u32)> {
-    (!gpu.caps.web && gpu.info.name.contains("H200")).then_some((0.75, 2000))
-}
-
-static XQ_GRID_FRAC_ENV: std::sync::OnceLock<Option<(f64, u32)>> = std::sync::OnceLock::new();
-static XQ_GRID_FRAC_SET: std::sync::Mutex<Option<(f64, u32)>> = std::sync::Mutex::new(None);
-
-/// See [`xq_grid_frac`]: `Some((f, min))` for plans built afterwards (`f = 0`: none), `None` goes
-/// back to the start-up choice (`QWGPU_XQ_GRID_FRAC`, else the adapter's tuned value).
-pub fn set_xq_grid_frac(v: Option<(f64, u32)>) {
-    if let Ok(mut g) = XQ_GRID_FRAC_SET.lock() {
-        *g = v;
+    fn put(&self, v: Option<(f64, u32)>) {
+        if let Ok(mut g) = self.set.lock() {
+            *g = v;
+        }
     }
 }
 
+static XQ_GRID_FRAC: FracKnob = FracKnob::new("QWGPU_XQ_GRID_FRAC");
+static XQ_GRID_FRAC_VERIFY: FracKnob = FracKnob::new("QWGPU_XQ_GRID_FRAC_VERIFY");
+
+/// See [`xq_grid_frac`]: the 1-token tile's `Some((f, min))` for plans built afterwards (`f = 0`:
+/// none), `None` goes back to the start-up choice (`QWGPU_XQ_GRID_FRAC`, else the adapter's
+/// tuned value).
+pub fn set_xq_grid_frac(v: Option<(f64, u32)>) {
+    XQ_GRID_FRAC.put(v)
+}
+
+/// [`set_xq_grid_frac`] for the 2-token (verify) tile (`QWGPU_XQ_GRID_FRAC_VERIFY`).
+pub fn set_xq_grid_frac_verify(v: Option<(f64, u32)>) {
+    XQ_GRID_FRAC_VERIFY.put(v)
+}
+
 /// Workgroups the integer-plane kernel of `m` in tile `mt` takes as a grid-stride grid (0: one
-/// per tile of rows): the absolute cap ([`xq_grid`]) if any, else the 1-token tile's relative
-/// one ([`xq_grid_frac`]) where the matrix has enough tiles. Read once per pipeline build, for
+/// per tile of rows): the absolute cap ([`xq_grid`]) if any, else the tile's relative one
+/// ([`xq_grid_frac`]) where the matrix has enough tiles of that tile's rows. Read once per pipeline build, for
 /// its shader and its grids alike.
 pub fn xq_grid_cap(gpu: &Gpu, m: &Matrix, mt: u32) -> u32 {
     // `QWGPU_XQ_GRID_ONLY=NAME` (kernel lab): a cap only for matrices whose name contains NAME.
@@ -1698,11 +1749,11 @@ pub fn xq_grid_cap(gpu: &Gpu, m: &Matrix, mt: u32) -> u32 {
         }
     }
     let abs = xq_grid(mt);
-    if abs > 0 || mt != MT_ONE {
+    if abs > 0 {
         return abs;
     }
-    let tiles = m.n.div_ceil(xq_tile(MT_ONE, m.k, m.n).1.max(1));
-    match xq_grid_frac(gpu) {
+    let tiles = m.n.div_ceil(xq_tile(mt, m.k, m.n).1.max(1));
+    match xq_grid_frac(gpu, mt) {
         Some((f, min)) if tiles >= min.max(2) => {
             let c = ((tiles as f64 * f).ceil() as u32).clamp(1, tiles);
             if c < tiles {
