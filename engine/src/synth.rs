@@ -423,7 +423,9 @@ pub fn write(
             size = 0;
         }
         size += t.bytes();
-        shards.last_mut().map(|s| s.push(t));
+        if let Some(s) = shards.last_mut() {
+            s.push(t);
+        }
     }
     let n = shards.len();
     let names: Vec<String> = (0..n)

@@ -1261,9 +1261,9 @@ impl PerLength {
                 };
                 let p: Vec<u32> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
                 let ok = |x: u32| (1..=4).contains(&x);
-                match p.as_slice() {
-                    &[a, b] if ok(a) && ok(b) => (a, b, a),
-                    &[a, b, c] if ok(a) && ok(b) && ok(c) => (a, b, c),
+                match *p.as_slice() {
+                    [a, b] if ok(a) && ok(b) => (a, b, a),
+                    [a, b, c] if ok(a) && ok(b) && ok(c) => (a, b, c),
                     _ => {
                         eprintln!(
                             "qwgpu: ignoring {}={v:?}: expected A,B or A,B,C (1 to 4 each)",
@@ -1606,9 +1606,9 @@ pub fn xq_grid(mt: u32) -> u32 {
                 return (0, 0);
             };
             let p: Vec<u64> = v.split(',').filter_map(|t| t.trim().parse().ok()).collect();
-            match p.as_slice() {
-                &[a, b] if a < 1 << 24 && b < 1 << 24 => (a, b),
-                &[a] if a < 1 << 24 => (a, a),
+            match *p.as_slice() {
+                [a, b] if a < 1 << 24 && b < 1 << 24 => (a, b),
+                [a] if a < 1 << 24 => (a, a),
                 _ => {
                     eprintln!("qwgpu: ignoring QWGPU_XQ_GRID={v:?}: expected A,B");
                     (0, 0)
