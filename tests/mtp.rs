@@ -546,3 +546,65 @@ fn sampled_adaptive_mtp_does_not_depend_on_timing() {
         fresh.mtp_break_even()
     );
 }
+
+#[test]
+fn profiling_times_every_dispatch_and_leaves_decoding_unchanged() {
+    // `bench --profile`'s GPU timings: the pieces of a step (pass timestamps where the device
+    // has them) and every dispatch of a decode step and of a verify inside the step's pass.
+    // What is checked is what they cover (the recorded dispatches, by label and count, against
+    // the session's own dispatch count) and that they leave the session decoding as before;
+    // the times themselves are benchmarks, only required to be finite and not negative.
+    let name = mtp_fixtures().into_iter().next().expect("an MTP fixture");
+    let r = load_reference(&name);
+    let prompt = &r.prompts[0];
+    let mut s = session(&name, 16);
+    let opts = GenOptions {
+        max_tokens: 24,
+        eos: vec![],
+        ignore_eos: true,
+    };
+    let (before, _) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+    s.reset();
+    pollster::block_on(s.prefill(prompt)).unwrap();
+    let (one, two, mtp) = s.profile(2).unwrap();
+    for (what, t) in [
+        ("forward", Some(one)),
+        ("verify", Some(two)),
+        ("MTP step", mtp),
+    ] {
+        let t = t.unwrap_or_else(|| panic!("no {what} time: the fixture has an MTP head"));
+        assert!(t.is_finite() && t >= 0.0, "{what} time {t}");
+    }
+    let inside = qwgpu_engine::gpu::timer::Timestamps::inside_passes(&s.model.gpu);
+    for tokens in [1u32, 2] {
+        s.reset();
+        pollster::block_on(s.prefill(prompt)).unwrap();
+        let d = s.profile_dispatches(tokens, 2).unwrap();
+        let Some(d) = d else {
+            assert!(
+                !inside,
+                "the device writes timestamps inside passes but got no profile"
+            );
+            continue;
+        };
+        assert!(d.iter().all(|(_, t)| t.is_finite() && *t >= 0.0), "{d:?}");
+        if tokens == 1 {
+            // Every recorded dispatch of a decode step, per kind (the label's first word).
+            assert_eq!(d.len(), s.dispatches_per_token(), "dispatches timed");
+            let mut kinds: Vec<(String, usize)> = Vec::new();
+            for (label, _) in &d {
+                let k = label.split_whitespace().next().unwrap_or("").to_string();
+                match kinds.iter_mut().find(|(q, _)| *q == k) {
+                    Some((_, n)) => *n += 1,
+                    None => kinds.push((k, 1)),
+                }
+            }
+            assert_eq!(kinds, s.dispatch_kinds_per_token(), "kinds timed");
+        } else {
+            assert!(!d.is_empty());
+        }
+    }
+    s.reset();
+    let (after, _) = pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
+    assert_eq!(after, before, "greedy tokens after profiling");
+}

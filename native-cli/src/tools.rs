@@ -42,7 +42,9 @@ pub struct BenchArgs {
     /// (the output is then not the model's); for speedup-versus-acceptance curves.
     #[arg(long)]
     force_accept: Option<f64>,
-    /// Also time a 1-token forward, a 2-token verify and an MTP step on the GPU (no readback).
+    /// Also time a 1-token forward, a 2-token verify and an MTP step on the GPU (GPU timestamps
+    /// where the device has them), and every dispatch of a decode step and of a verify inside
+    /// the step's pass where it can write timestamps there (`dispatch_profile` in --json).
     #[arg(long)]
     profile: bool,
     /// Sample with this temperature instead of greedy decoding (MTP then uses speculative
@@ -391,8 +393,20 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         session.reset();
         pollster::block_on(session.prefill(&prompt)).map_err(|e| e.to_string())?;
         let p = session.profile(20).map_err(|e| e.to_string())?;
+        // Every dispatch of a decode step and of a verify, timed inside the step's pass.
+        let mut per_dispatch = Vec::new();
+        for t in [1u32, 2] {
+            session.reset();
+            pollster::block_on(session.prefill(&prompt)).map_err(|e| e.to_string())?;
+            if let Some(d) = session
+                .profile_dispatches(t, 10)
+                .map_err(|e| e.to_string())?
+            {
+                per_dispatch.push((t, d));
+            }
+        }
         session.reset();
-        Some(p)
+        Some((p, per_dispatch))
     } else {
         None
     };
@@ -475,7 +489,27 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         }
         j["mtp_decode"] = sj;
     }
-    if let Some((one, two, mtp)) = profile {
+    if let Some((_, per_dispatch)) = &profile {
+        // Per dispatch (label, µs from the previous dispatch's end to its own) and per kind.
+        let mut dp = serde_json::Map::new();
+        for (t, d) in per_dispatch {
+            let list: Vec<serde_json::Value> = d
+                .iter()
+                .map(|(l, s)| serde_json::json!({"label": l, "us": s * 1e6}))
+                .collect();
+            let kinds: serde_json::Map<String, serde_json::Value> = dispatch_kinds(d)
+                .into_iter()
+                .map(|(k, n, s)| (k, serde_json::json!({"dispatches": n, "us": s * 1e6})))
+                .collect();
+            let total: f64 = d.iter().map(|(_, s)| s).sum();
+            dp.insert(
+                format!("forward_{t}"),
+                serde_json::json!({"total_ms": total * 1e3, "by_kind": kinds, "dispatches": list}),
+            );
+        }
+        j["dispatch_profile"] = dp.into();
+    }
+    if let Some(((one, two, mtp), _)) = profile {
         j["profile_ms"] = serde_json::json!({"forward_1": one * 1e3, "verify_2": two * 1e3, "mtp_step_2": mtp.map(|m| m * 1e3)});
         if let Some(m) = mtp {
             // Speedup model (spec §7.6): (1 + a) tokens per (verify + MTP step) vs one per forward.
@@ -498,13 +532,29 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     {
         println!("verify grid       {f} of the tiles of 2-token matmuls with at least {min}");
     }
-    if let Some((one, two, mtp)) = profile {
+    if let Some(((one, two, mtp), per_dispatch)) = &profile {
         println!(
             "GPU time          forward(1) {:.3} ms, verify(2) {:.3} ms, MTP step(2) {}",
             one * 1e3,
             two * 1e3,
             mtp.map_or("-".into(), |m| format!("{:.3} ms", m * 1e3))
         );
+        for (t, d) in per_dispatch {
+            let total: f64 = d.iter().map(|(_, s)| s).sum();
+            println!(
+                "in-step, {t} token{} {:.3} ms over {} dispatches:",
+                if *t == 1 { ": " } else { "s:" },
+                total * 1e3,
+                d.len()
+            );
+            for (k, n, s) in dispatch_kinds(d) {
+                println!(
+                    "  {k:<40} {n:>4} × {:>8.1} µs = {:>7.3} ms",
+                    s * 1e6 / n as f64,
+                    s * 1e3
+                );
+            }
+        }
     }
     println!(
         "prompt / generate {} / {} tokens, {} trials after {} warm-up{}, {}",
@@ -885,4 +935,46 @@ pub fn convert_tokenizer(a: ConvertTokenizerArgs) -> Result<(), String> {
     write_tokenizer_file(&a.out, &json).map_err(|e| e.to_string())?;
     eprintln!("wrote {} ({} bytes)", a.out.display(), json.len());
     Ok(())
+}
+
+/// Dispatch times grouped by kind: the label without its layer index (`matmul
+/// language_model.model.layers.7.mlp.down_proj` → `matmul mlp.down_proj`), with the count and
+/// the summed seconds, in order of first appearance.
+fn dispatch_kinds(d: &[(String, f64)]) -> Vec<(String, usize, f64)> {
+    let mut out: Vec<(String, usize, f64)> = Vec::new();
+    for (label, s) in d {
+        let kind = kind_of(label);
+        match out.iter_mut().find(|(k, _, _)| *k == kind) {
+            Some((_, n, sum)) => {
+                *n += 1;
+                *sum += s;
+            }
+            None => out.push((kind, 1, *s)),
+        }
+    }
+    out
+}
+
+/// A dispatch label with its layer number and the model prefix before it taken out.
+fn kind_of(label: &str) -> String {
+    label
+        .split_whitespace()
+        .map(|w| match w.find("layers.") {
+            Some(i) => {
+                let rest = &w[i + "layers.".len()..];
+                let after = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+                format!(
+                    "{}{}",
+                    if w[..i].starts_with("mtp") {
+                        "mtp."
+                    } else {
+                        ""
+                    },
+                    after.trim_start_matches('.')
+                )
+            }
+            None => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

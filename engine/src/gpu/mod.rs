@@ -10,6 +10,7 @@ pub mod buffer;
 pub mod plan;
 pub mod readback;
 pub mod shader;
+pub mod timer;
 
 use std::sync::Arc;
 
@@ -329,6 +330,12 @@ impl Gpu {
         }
         if afeat.contains(wgpu::Features::TIMESTAMP_QUERY) {
             features |= wgpu::Features::TIMESTAMP_QUERY;
+            // Benchmarks time single dispatches inside a step's pass (`timer::Timestamps`).
+            if !cfg!(target_arch = "wasm32")
+                && afeat.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+            {
+                features |= wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+            }
         }
         // Tensor cores through wgpu's (experimental) cooperative matrices: only the 16×16×16
         // f16 × f16 + f32 configuration the prefill GEMM uses, with f16 and subgroups of exactly

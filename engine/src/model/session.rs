@@ -1227,12 +1227,15 @@ impl Session {
 
     /// Times the pieces of a decode step on the GPU (benchmarks): a 1-token forward with its
     /// head, a 2-token verify with both heads, and an MTP step (input, layer and head over 2 rows),
-    /// each recorded `reps` times into one pass after a warm-up. Seconds per piece. The state is
-    /// scratched: reset the session afterwards.
+    /// each recorded `reps` times into one pass after a warm-up. Seconds per piece: GPU time
+    /// between the pass's first and last timestamps where the device has timestamp queries (the
+    /// host's recording of the pass does not count), else the wall time of the submission
+    /// (recording included). The state is scratched: reset the session afterwards.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile(&mut self, reps: u32) -> Result<(f64, f64, Option<f64>), RunError> {
         let gpu = self.model.gpu.clone();
         let md = gpu.caps.max_workgroups_per_dim;
+        let reps = reps.max(1);
         let pos = self.state.pos.min(self.state.max_ctx.saturating_sub(3));
         self.write_step(
             0,
@@ -1245,31 +1248,50 @@ impl Session {
                 rollback: 0,
             },
         );
-        let time = |plans: &[&Plan], shape: StepShape, reps: u32| -> f64 {
-            let run = |n: u32| {
-                let mut enc = gpu
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("profile"),
+        let stamps = crate::gpu::timer::Timestamps::new(&gpu, "profile", 2);
+        let time = |plans: &[&Plan], shape: StepShape, reps: u32| -> Result<f64, RunError> {
+            let run =
+                |n: u32, stamp: bool| {
+                    let mut enc =
+                        gpu.device
+                            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                                label: Some("profile"),
+                            });
+                    let writes = stamps.as_ref().filter(|_| stamp).map(|t| {
+                        wgpu::ComputePassTimestampWrites {
+                            query_set: &t.set,
+                            beginning_of_pass_write_index: Some(0),
+                            end_of_pass_write_index: Some(1),
+                        }
                     });
-                {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("profile"),
-                        timestamp_writes: None,
-                    });
-                    for _ in 0..n {
-                        for p in plans {
-                            p.record(&mut pass, shape, md);
+                    {
+                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some("profile"),
+                            timestamp_writes: writes,
+                        });
+                        for _ in 0..n {
+                            for p in plans {
+                                p.record(&mut pass, shape, md);
+                            }
                         }
                     }
-                }
-                gpu.queue.submit([enc.finish()]);
-                gpu.wait();
-            };
-            run(2);
+                    if let (Some(t), true) = (&stamps, stamp) {
+                        t.resolve(&mut enc, 2);
+                    }
+                    gpu.queue.submit([enc.finish()]);
+                    gpu.wait();
+                };
+            run(2, false);
             let t0 = std::time::Instant::now();
-            run(reps);
-            t0.elapsed().as_secs_f64() / reps as f64
+            run(reps, true);
+            let wall = t0.elapsed().as_secs_f64() / reps as f64;
+            match &stamps {
+                Some(t) => {
+                    let s = t.seconds(&gpu, 2)?;
+                    Ok((s[1] - s[0]).max(0.0) / reps as f64)
+                }
+                None => Ok(wall),
+            }
         };
         let one = time(
             &[&self.single, &self.head],
@@ -1279,7 +1301,7 @@ impl Session {
                 keys: pos + 1,
             },
             reps,
-        );
+        )?;
         self.write_step(
             0,
             Step {
@@ -1299,7 +1321,7 @@ impl Session {
                 keys: pos + 1,
             },
             reps,
-        );
+        )?;
         let mtp = match &self.mtp {
             Some(m) => {
                 self.write_step(
@@ -1321,12 +1343,102 @@ impl Session {
                         keys: pos + 1,
                     },
                     reps,
-                ))
+                )?)
             }
             None => None,
         };
         gpu.take_error()?;
         Ok((one, two, mtp))
+    }
+
+    /// Times every dispatch of a `tokens`-token forward with its head (1: a decode step, 2: a
+    /// verify) inside one pass (benchmarks): a timestamp before the first dispatch and after
+    /// each, the step recorded `reps` times in turn (each in its own submission after a
+    /// warm-up). Returns each recorded dispatch's label and its mean GPU seconds from the end of
+    /// the previous dispatch to its own end (so the boundary between two dispatches counts to
+    /// the second), in step order; `None` where the device cannot write timestamps inside a
+    /// pass. The state is scratched: reset the session afterwards.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_dispatches(
+        &mut self,
+        tokens: u32,
+        reps: u32,
+    ) -> Result<Option<Vec<(String, f64)>>, RunError> {
+        use crate::gpu::timer::Timestamps;
+        let gpu = self.model.gpu.clone();
+        if !Timestamps::inside_passes(&gpu) {
+            return Ok(None);
+        }
+        let md = gpu.caps.max_workgroups_per_dim;
+        let t = tokens.clamp(1, 2);
+        let pos = self.state.pos.min(self.state.max_ctx.saturating_sub(3));
+        self.write_step(
+            0,
+            Step {
+                n_tokens: t,
+                pos,
+                n_confirmed: if t == 2 { 1 } else { 0 },
+                n_out: t,
+                force: 0,
+                rollback: 0,
+            },
+        );
+        let shape = StepShape {
+            n_tokens: t,
+            n_out: t,
+            keys: pos + 1,
+        };
+        let body = if t == 1 { &self.single } else { &self.small };
+        let recorded: Vec<&crate::gpu::plan::Dispatch> = body
+            .dispatches
+            .iter()
+            .chain(self.head.dispatches.iter())
+            .filter(|d| d.grid.counts(shape, md)[2] > 0)
+            .collect();
+        let n = recorded.len() as u32 + 1;
+        let Some(stamps) = Timestamps::new(&gpu, "profile dispatches", n) else {
+            return Ok(None);
+        };
+        if stamps.capacity() < n {
+            return Ok(None);
+        }
+        let mut sums = vec![0.0f64; recorded.len()];
+        let reps = reps.max(1);
+        for rep in 0..=reps {
+            let mut enc = gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("profile dispatches"),
+                });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("profile dispatches"),
+                    timestamp_writes: None,
+                });
+                pass.write_timestamp(&stamps.set, 0);
+                for (i, d) in recorded.iter().enumerate() {
+                    d.record(&mut pass, shape, md);
+                    pass.write_timestamp(&stamps.set, i as u32 + 1);
+                }
+            }
+            stamps.resolve(&mut enc, n);
+            gpu.queue.submit([enc.finish()]);
+            let s = stamps.seconds(&gpu, n)?;
+            // The first round warms up.
+            if rep > 0 {
+                for (i, sum) in sums.iter_mut().enumerate() {
+                    *sum += (s[i + 1] - s[i]).max(0.0);
+                }
+            }
+        }
+        gpu.take_error()?;
+        Ok(Some(
+            recorded
+                .iter()
+                .zip(sums)
+                .map(|(d, sum)| (d.label.clone(), sum / reps as f64))
+                .collect(),
+        ))
     }
 
     /// Applies a pending GDN rollback now (so `read_state` and callers see a consistent state).
