@@ -59,6 +59,20 @@ impl Readback {
         gpu.take_error()?;
         Ok(out)
     }
+
+    /// [`Readback::read`] without an executor, natively (benchmarks): it waits for the device
+    /// first, so the map has resolved by the time the read is polled.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_blocking(&self, gpu: &Gpu, len: u64) -> Result<Vec<u8>, GpuError> {
+        let mut fut = std::pin::pin!(self.read(gpu, len, None));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::future::Future::poll(fut.as_mut(), &mut cx) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => Err(GpuError::Readback(
+                "the staging buffer was not mapped after the device went idle".into(),
+            )),
+        }
+    }
 }
 
 impl Gpu {

@@ -71,38 +71,15 @@ impl Timestamps {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn seconds(&self, gpu: &Gpu, n: u32) -> Result<Vec<f64>, GpuError> {
         let n = n.min(self.cap);
-        let slice = self.read.staging.slice(0..n as u64 * 8);
-        let done = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let seen = done.clone();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            if let Ok(mut g) = seen.lock() {
-                *g = Some(r);
-            }
-        });
-        gpu.wait();
-        let mapped = done.lock().ok().and_then(|mut g| g.take());
-        match mapped {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(GpuError::Readback(e.to_string())),
-            None => {
-                return Err(GpuError::Readback(
-                    "the timestamp buffer was not mapped after the device went idle".into(),
-                ))
-            }
-        }
+        let bytes = self.read.read_blocking(gpu, n as u64 * 8)?;
         let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;
-        let out = slice
-            .get_mapped_range()
-            .map_err(|e| GpuError::Readback(e.to_string()))?
+        Ok(bytes
             .chunks_exact(8)
             .map(|c| {
                 let mut w = [0u8; 8];
                 w.copy_from_slice(c);
                 u64::from_le_bytes(w) as f64 * period
             })
-            .collect();
-        self.read.staging.unmap();
-        gpu.take_error()?;
-        Ok(out)
+            .collect())
     }
 }
