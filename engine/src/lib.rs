@@ -5,6 +5,8 @@
 //! [`model`] (the forward pass as an op list) with [`state`] (caches) and [`decode`] (the loops).
 //! [`quant`] and [`weights`] know formats and files, not GPUs.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod convert;
 pub mod decode;
 #[cfg(feature = "default-model")]
 pub mod default_model;

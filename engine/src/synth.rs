@@ -443,8 +443,14 @@ pub fn write(
                         "format".to_string(),
                         "mlx".to_string(),
                     )]);
-                    safetensors::serialize_to_file(views(sh, seed), Some(meta), &dir.join(name))
+                    let path = dir.join(name);
+                    safetensors::serialize_to_file(views(sh, seed), Some(meta), &path)
                         .map_err(|e| format!("{name}: {e}"))?;
+                    // The writer's temporary file is private; take config.json's permissions.
+                    if let Ok(m) = std::fs::metadata(dir.join("config.json")) {
+                        std::fs::set_permissions(&path, m.permissions())
+                            .map_err(|e| format!("{name}: {e}"))?;
+                    }
                     let b: u64 = sh.iter().map(|t| t.bytes() as u64).sum();
                     progress(done.fetch_add(b, Ordering::Relaxed) + b);
                     Ok(())

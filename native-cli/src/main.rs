@@ -32,6 +32,8 @@ enum Command {
     Inspect(tools::InspectArgs),
     /// Print the token ids of a text as JSON.
     Tokenize(tools::TokenizeArgs),
+    /// Convert a Hugging Face checkpoint to MLX (quantized, mtp.* kept for speculative decoding).
+    Convert(tools::ConvertArgs),
     /// Convert a tiktoken vocabulary (Qwen3.5/3.6) into a tokenizer.json.
     ConvertTokenizer(tools::ConvertTokenizerArgs),
     /// Write a synthetic checkpoint in the exact MLX format and shapes (random weights), to
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => tools::bench(a),
         Command::Inspect(a) => tools::inspect(a),
         Command::Tokenize(a) => tools::tokenize(a),
+        Command::Convert(a) => tools::convert(a),
         Command::ConvertTokenizer(a) => tools::convert_tokenizer(a),
         Command::Synth(a) => tools::synth(a),
         Command::Devices { json } => tools::devices(json),

@@ -1,5 +1,6 @@
 //! bench, inspect, synth, devices, tokenize, convert-tokenizer.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -99,6 +100,9 @@ pub struct SynthArgs {
     /// Leave out the mtp.* tensors.
     #[arg(long)]
     no_mtp: bool,
+    /// Unquantized bf16 weights (no quantization block): a source for `qwgpu convert`.
+    #[arg(long, conflicts_with_all = ["bits", "group"])]
+    dense: bool,
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -791,7 +795,7 @@ pub fn synth(a: SynthArgs) -> Result<(), String> {
     }
     let text = synth::config_json(
         &base,
-        Some(QuantSpec {
+        (!a.dense).then_some(QuantSpec {
             bits: a.bits,
             group_size: a.group,
         }),
@@ -977,4 +981,158 @@ fn kind_of(label: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// The source checkpoint directory: a Hugging Face Qwen3.5/3.6 checkpoint (or an unquantized
+    /// MLX one), with config.json and model*.safetensors.
+    #[arg(value_name = "SRC")]
+    src: PathBuf,
+    /// The output directory (must not exist).
+    #[arg(long, value_name = "DST")]
+    out: PathBuf,
+    /// Bits per weight: 2, 3, 4, 5, 6 or 8 (qwgpu runs 4 and 8).
+    #[arg(long, default_value_t = 4)]
+    bits: u32,
+    /// Quantization group size: 32, 64 or 128.
+    #[arg(long, default_value_t = 64)]
+    group_size: u32,
+    /// An mlx-lm mixed-precision recipe: mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6 (the low
+    /// width replaces --bits).
+    #[arg(long, value_name = "RECIPE")]
+    quant_predicate: Option<String>,
+    /// Keep the weights as floats (rename, fix norms and conv layout, cast only).
+    #[arg(long, conflicts_with_all = ["bits", "quant_predicate"])]
+    no_quantize: bool,
+    /// Float type of the output: bfloat16, float16 or float32 (default: the config's
+    /// torch_dtype, as mlx-lm).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Leave out the mtp.* tensors (as upstream mlx-lm does).
+    #[arg(long)]
+    no_mtp: bool,
+    /// Largest shard, in GiB.
+    #[arg(long, default_value_t = 5.0)]
+    shard_size_gb: f64,
+    /// Print a JSON report instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn convert(a: ConvertArgs) -> Result<(), String> {
+    use qwgpu_engine::convert::{self, ConvertOptions, QuantChoice, Recipe};
+    use qwgpu_engine::quant::FloatType;
+    use qwgpu_engine::weights::Checkpoint;
+    let recipe = match &a.quant_predicate {
+        Some(r) => Some(Recipe::parse(r).ok_or_else(|| {
+            format!(
+                "--quant-predicate '{r}': expected one of {}",
+                Recipe::NAMES.join(", ")
+            )
+        })?),
+        None => None,
+    };
+    let dtype = match a.dtype.as_deref() {
+        None => None,
+        Some("bfloat16") => Some(FloatType::BF16),
+        Some("float16") => Some(FloatType::F16),
+        Some("float32") => Some(FloatType::F32),
+        Some(d) => {
+            return Err(format!(
+                "--dtype '{d}': expected bfloat16, float16 or float32"
+            ))
+        }
+    };
+    if !(a.shard_size_gb > 0.0 && a.shard_size_gb.is_finite()) {
+        return Err(format!(
+            "--shard-size-gb {}: must be a positive number",
+            a.shard_size_gb
+        ));
+    }
+    let opts = ConvertOptions {
+        quantize: (!a.no_quantize).then_some(QuantChoice {
+            bits: recipe.map_or(a.bits, |r| r.bits().0),
+            group_size: a.group_size,
+            recipe,
+        }),
+        dtype,
+        keep_mtp: !a.no_mtp,
+        shard_bytes: (a.shard_size_gb * (1u64 << 30) as f64) as u64,
+    };
+    let t0 = Instant::now();
+    let mut ck = Checkpoint::open(&a.src).map_err(|e| e.to_string())?;
+    let plan = convert::plan(&a.src, &mut ck, &opts).map_err(|e| e.to_string())?;
+    if !a.json {
+        for n in &plan.notes {
+            eprintln!("note: {n}");
+        }
+    }
+    let bar = if std::io::stderr().is_terminal() && !a.json {
+        let b = indicatif::ProgressBar::new(plan.output_bytes);
+        let style = indicatif::ProgressStyle::with_template(
+            "converting [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .map_err(|e| e.to_string())?;
+        b.set_style(style.progress_chars("=> "));
+        Some(b)
+    } else {
+        None
+    };
+    let progress = |done: u64| {
+        if let Some(b) = &bar {
+            b.set_position(done);
+        }
+    };
+    let written = convert::write(&ck, &plan, &a.out, opts.shard_bytes, &progress)
+        .map_err(|e| e.to_string())?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    convert::verify(&a.out).map_err(|e| format!("the written checkpoint does not load: {e}"))?;
+    let secs = t0.elapsed().as_secs_f64();
+    if a.json {
+        let j = serde_json::json!({
+            "source": a.src.display().to_string(),
+            "out": a.out.display().to_string(),
+            "layout": plan.layout,
+            "tensors": plan.tensor_count,
+            "quantized_matrices": plan.quantized_matrices,
+            "bits": plan.bits_used.iter().map(|(b, n)| serde_json::json!({"bits": b, "matrices": n})).collect::<Vec<_>>(),
+            "parameters": plan.parameters,
+            "mtp_tensors": plan.mtp_tensors,
+            "source_bytes": plan.source_bytes,
+            "bytes": written.bytes,
+            "files": written.files,
+            "notes": plan.notes,
+            "seconds": secs,
+        });
+        println!("{j}");
+        return Ok(());
+    }
+    let bits: Vec<String> = plan
+        .bits_used
+        .iter()
+        .map(|(b, n)| format!("{n} at {b}-bit"))
+        .collect();
+    eprintln!(
+        "wrote {} ({:.2} GB from {:.2} GB, {} tensors; {} matrices quantized{}; MTP head: {}) in {:.1}s",
+        a.out.display(),
+        written.bytes as f64 / 1e9,
+        plan.source_bytes as f64 / 1e9,
+        plan.tensor_count,
+        plan.quantized_matrices,
+        if bits.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", bits.join(", "))
+        },
+        if plan.mtp_tensors > 0 {
+            format!("kept, {} tensors", plan.mtp_tensors)
+        } else {
+            "none".into()
+        },
+        secs
+    );
+    Ok(())
 }

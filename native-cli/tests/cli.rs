@@ -1144,3 +1144,111 @@ fn prompt_cache_keeps_the_system_prompt_for_other_questions() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn convert_a_hugging_face_checkpoint_and_run_it_with_mtp() {
+    // The raw HF fixture (zero-centred norms, [C, 1, K] conv, top-level mtp.*, vision tensors)
+    // to MLX 4-bit with the MTP head kept; the result loads, and speculative decoding on it gives
+    // plain decoding's tokens. (Byte equality with mlx_lm.convert: tests/convert.rs.)
+    let tmp = std::env::temp_dir().join(format!("qwgpu-cli-convert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = tmp.join("q4");
+    let src = fixture("hf-bf16");
+    let j = ok_json(&[
+        "convert",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(j["layout"], "HuggingFace");
+    assert!(j["mtp_tensors"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(j["bits"][0]["bits"], 4);
+    assert!(j["notes"][0].as_str().unwrap().contains("vision"), "{j}");
+    let files: Vec<&str> = j["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    for f in ["model.safetensors", "config.json", "generation_config.json"] {
+        assert!(files.contains(&f) && out.join(f).exists(), "{f}: {files:?}");
+    }
+    let i = ok_json(&["inspect", "--model", out.to_str().unwrap(), "--json"]);
+    assert_eq!(i["layout"], "Mlx", "{i}");
+
+    let r = reference("hf-bf16");
+    let p: Vec<String> = ids(&r["prompts"][1])
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    let run = |mtp: &str| {
+        ok_json(&[
+            "generate",
+            "--model",
+            out.to_str().unwrap(),
+            "--prompt-ids",
+            &p.join(","),
+            "--max-tokens",
+            "40",
+            "--ignore-eos",
+            "--mtp",
+            mtp,
+            "--json",
+        ])
+    };
+    let (plain, spec) = (run("off"), run("on"));
+    assert_eq!(ids(&plain["tokens"]).len(), 40);
+    assert_eq!(plain["tokens"], spec["tokens"]);
+    assert!(spec["mtp"]["drafted"].as_u64().unwrap() > 0, "{spec}");
+
+    // Errors: one line, nothing written or overwritten.
+    expect_error(
+        &[
+            "convert",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+        &["already exists"],
+    );
+    let bad = tmp.join("bad");
+    expect_error(
+        &[
+            "convert",
+            src.to_str().unwrap(),
+            "--out",
+            bad.to_str().unwrap(),
+            "--quant-predicate",
+            "mixed_9_9",
+        ],
+        None,
+        &["mixed_9_9", "mixed_4_6"],
+    );
+    expect_error(
+        &[
+            "convert",
+            src.to_str().unwrap(),
+            "--out",
+            bad.to_str().unwrap(),
+            "--bits",
+            "7",
+        ],
+        None,
+        &["7 bits"],
+    );
+    expect_error(
+        &[
+            "convert",
+            fixture("bf16-q4-g64").to_str().unwrap(),
+            "--out",
+            bad.to_str().unwrap(),
+        ],
+        None,
+        &["already quantized"],
+    );
+    assert!(!bad.exists());
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -1,0 +1,957 @@
+//! Hugging Face → MLX checkpoint conversion that keeps the MTP head (`qwgpu convert`).
+//!
+//! Does what `mlx_lm.convert --quantize` does for a Qwen3.5/3.6 dense model (spec §1.3, §2.2,
+//! §3.1), with one difference: mlx-lm's sanitize drops every `mtp.*` tensor, this keeps them
+//! (named `language_model.mtp.*`, their norms shifted like the backbone's), so speculative
+//! decoding with the native MTP head works on the result.
+//!
+//! Steps, in mlx-lm's order: names mapped to the MLX layout (vision tensors skipped); in a raw HF
+//! checkpoint the zero-centred norms get +1 in their stored type and conv1d weights move their
+//! singleton axis ([C, 1, K] → [C, K, 1], the same bytes); every float tensor but `A_log` is cast
+//! to the config's `torch_dtype` (or `--dtype`); every linear and embedding weight whose input
+//! dimension is a multiple of the group size is quantized with MLX's affine quantizer, its codes
+//! from the cast values in f32 and its scales and biases stored in the weight's type. Per-module
+//! bit widths follow mlx-lm's `mixed_*` recipes when one is asked for. Output: `config.json`
+//! (sorted keys, `quantization` and `quantization_config`, no `vision_config`), shards of at most
+//! `shard_bytes` (`model.safetensors` or `model-XXXXX-of-YYYYY.safetensors` +
+//! `model.safetensors.index.json`, metadata `{"format": "mlx"}`), and the tokenizer, template and
+//! generation files copied. The source is memory-mapped and each tensor converted when it is
+//! written (the rows of a matrix in parallel), so memory stays near one tensor's output; the
+//! result is written to a temporary directory next to the destination and renamed into place
+//! only when complete.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::error::LoadError;
+use crate::model::config::ModelConfig;
+use crate::quant::{encode_floats, pack_codes, FloatType};
+use crate::weights::{is_shifted_norm, Checkpoint, Dtype, Layout};
+
+/// An mlx-lm mixed-precision recipe (`--quant-predicate`): `v_proj` and `down_proj` of the first
+/// and last eighth of the layers and of every third layer in between, and `lm_head`, get the high
+/// bit width; every other quantized module the low one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recipe {
+    Mixed2_6,
+    Mixed3_4,
+    Mixed3_6,
+    Mixed4_6,
+}
+
+impl Recipe {
+    pub const NAMES: [&'static str; 4] = ["mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"];
+
+    pub fn parse(s: &str) -> Option<Recipe> {
+        Some(match s {
+            "mixed_2_6" => Recipe::Mixed2_6,
+            "mixed_3_4" => Recipe::Mixed3_4,
+            "mixed_3_6" => Recipe::Mixed3_6,
+            "mixed_4_6" => Recipe::Mixed4_6,
+            _ => return None,
+        })
+    }
+
+    /// (low, high) bits.
+    pub fn bits(self) -> (u32, u32) {
+        match self {
+            Recipe::Mixed2_6 => (2, 6),
+            Recipe::Mixed3_4 => (3, 4),
+            Recipe::Mixed3_6 => (3, 6),
+            Recipe::Mixed4_6 => (4, 6),
+        }
+    }
+
+    /// The bits of module `path` (MLX module path) in a model of `num_layers` layers, as
+    /// mlx-lm's `mixed_quant_predicate` decides: the layer index is the path component at the
+    /// position of the first numeric component of a backbone `down_proj` path (3 here:
+    /// `language_model.model.layers.N…`, and `language_model.mtp.layers.0…` for the MTP layer),
+    /// 0 for shorter paths.
+    pub fn bits_for(self, path: &str, num_layers: usize) -> u32 {
+        const LAYER_LOCATION: usize = 3;
+        let (low, high) = self.bits();
+        let index = path
+            .split('.')
+            .nth(LAYER_LOCATION)
+            .map(|s| s.parse::<i64>().unwrap_or(-1))
+            .unwrap_or(0);
+        let n = num_layers as i64;
+        // Python's % is a floor modulo.
+        let more = index < n / 8 || index >= 7 * n / 8 || (index - n / 8).rem_euclid(3) == 2;
+        if (path.contains("v_proj") || path.contains("v_a_proj") || path.contains("v_b_proj"))
+            && more
+        {
+            return high;
+        }
+        if path.contains("down_proj") && more {
+            return high;
+        }
+        if path.contains("lm_head") {
+            return high;
+        }
+        low
+    }
+}
+
+/// How to quantize.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantChoice {
+    /// 2, 3, 4, 5, 6 or 8 (qwgpu runs 4 and 8).
+    pub bits: u32,
+    /// 32, 64 or 128.
+    pub group_size: u32,
+    pub recipe: Option<Recipe>,
+}
+
+/// What `convert` does.
+#[derive(Clone, Debug)]
+pub struct ConvertOptions {
+    /// None: keep the weights as floats (names, norms, conv layout and the cast only).
+    pub quantize: Option<QuantChoice>,
+    /// The float type of the output; None takes `torch_dtype` (or `text_config.dtype`) from
+    /// config.json as mlx-lm does, and leaves the types alone when neither is there.
+    pub dtype: Option<FloatType>,
+    /// Keep the `mtp.*` tensors (the default, and the reason this converter exists).
+    pub keep_mtp: bool,
+    /// Largest shard size in bytes (mlx-lm: 5 GiB).
+    pub shard_bytes: u64,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            quantize: Some(QuantChoice {
+                bits: 4,
+                group_size: 64,
+                recipe: None,
+            }),
+            dtype: None,
+            keep_mtp: true,
+            shard_bytes: 5 << 30,
+        }
+    }
+}
+
+/// How one output tensor is made from its source tensor.
+#[derive(Clone, Debug)]
+enum Op {
+    /// The stored bytes unchanged (only the shape may differ: conv1d's singleton axis).
+    Copy,
+    /// Float values decoded, +1 if `shift` (rounded to the stored type, as mlx-lm adds in that
+    /// type), and encoded as `out`.
+    Float {
+        from: FloatType,
+        shift: bool,
+        out: FloatType,
+    },
+    /// One of the three tensors of a quantized matrix: values decoded, rounded to `cast` (the
+    /// weight's type after the cast), quantized.
+    Quant {
+        part: QuantPart,
+        from: FloatType,
+        cast: FloatType,
+        bits: u32,
+        group: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QuantPart {
+    Codes,
+    Scales,
+    Biases,
+}
+
+#[derive(Clone, Debug)]
+struct OutTensor {
+    name: String,
+    /// The source tensor (normalized name).
+    src: String,
+    shape: Vec<usize>,
+    dtype: safetensors::Dtype,
+    op: Op,
+}
+
+impl OutTensor {
+    fn bytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.bitsize() / 8
+    }
+}
+
+/// What a conversion will write, worked out from the headers before any weight is read.
+pub struct Plan {
+    tensors: Vec<OutTensor>,
+    config_json: String,
+    /// Source files copied verbatim (tokenizer, template, generation config, license).
+    copy_files: Vec<PathBuf>,
+    pub layout: Layout,
+    /// Tensors in the output, of which quantized matrices.
+    pub tensor_count: usize,
+    pub quantized_matrices: usize,
+    /// Parameters (logical weights) and bytes written.
+    pub parameters: u64,
+    pub output_bytes: u64,
+    pub source_bytes: u64,
+    /// MTP tensors kept (0 when the source has none or `keep_mtp` is off).
+    pub mtp_tensors: usize,
+    /// Bit widths used and how many matrices took each.
+    pub bits_used: Vec<(u32, usize)>,
+    /// One-line remarks for the user (dropped tensors, formats qwgpu cannot run).
+    pub notes: Vec<String>,
+}
+
+/// The files besides weights and config that a checkpoint directory carries and the output needs.
+const COPIED: [&str; 10] = [
+    "tokenizer.json",
+    "tokenizer.json.gz",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+];
+
+fn cfg_err(file: &Path, message: String) -> LoadError {
+    LoadError::Config {
+        file: file.display().to_string(),
+        message,
+    }
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> LoadError {
+    LoadError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn float_type(s: &str) -> Option<FloatType> {
+    match s {
+        "bfloat16" => Some(FloatType::BF16),
+        "float16" => Some(FloatType::F16),
+        "float32" => Some(FloatType::F32),
+        _ => None,
+    }
+}
+
+fn st_dtype(t: FloatType) -> safetensors::Dtype {
+    match t {
+        FloatType::F32 => safetensors::Dtype::F32,
+        FloatType::F16 => safetensors::Dtype::F16,
+        FloatType::BF16 => safetensors::Dtype::BF16,
+    }
+}
+
+/// Works out what converting the checkpoint in `src` (already opened as `ck`) writes. Checks
+/// the config and every tensor against the model first (a malformed or unsupported source fails
+/// here, before anything is written), and refuses an already quantized source.
+pub fn plan(src: &Path, ck: &mut Checkpoint, opts: &ConvertOptions) -> Result<Plan, LoadError> {
+    let cpath = src.join("config.json");
+    let ctext = std::fs::read_to_string(&cpath).map_err(|e| io_err(&cpath, e))?;
+    let gpath = src.join("generation_config.json");
+    let gtext = match std::fs::read_to_string(&gpath) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(&gpath, e)),
+    };
+    let cfg = ModelConfig::parse(&cpath.display().to_string(), &ctext, gtext.as_deref())?;
+    let mut root: serde_json::Map<String, Value> = match serde_json::from_str(&ctext) {
+        Ok(Value::Object(m)) => m,
+        _ => return Err(cfg_err(&cpath, "the top level is not a JSON object".into())),
+    };
+
+    if let Some(m) = ck
+        .tensors
+        .iter()
+        .find(|(n, m)| m.dtype == Dtype::U32 || n.ends_with(".scales"))
+        .map(|(_, m)| m)
+    {
+        return Err(LoadError::Unsupported(format!(
+            "{}: the checkpoint is already quantized ('{}' in {}); convert from the original Hugging Face (or unquantized MLX) checkpoint",
+            src.display(),
+            m.stored_name,
+            ck.files[m.file].0,
+        )));
+    }
+    if root.contains_key("quantization") || root.contains_key("quantization_config") {
+        return Err(cfg_err(
+            &cpath,
+            "has a `quantization` block although no tensor is quantized; remove it or convert from the original checkpoint".into(),
+        ));
+    }
+    if let Some(q) = &opts.quantize {
+        if !matches!(q.bits, 2 | 3 | 4 | 5 | 6 | 8) {
+            return Err(LoadError::Unsupported(format!(
+                "{} bits: MLX affine quantization takes 2, 3, 4, 5, 6 or 8",
+                q.bits
+            )));
+        }
+        if !matches!(q.group_size, 32 | 64 | 128) {
+            return Err(LoadError::Unsupported(format!(
+                "group size {}: MLX affine quantization takes 32, 64 or 128",
+                q.group_size
+            )));
+        }
+    }
+
+    let mut notes = Vec::new();
+    // Tensors mlx-lm's load would not keep.
+    let mut drop = |ck: &mut Checkpoint, pred: &dyn Fn(&str) -> bool, why: &str| {
+        let names: Vec<String> = ck.tensors.keys().filter(|n| pred(n)).cloned().collect();
+        if !names.is_empty() {
+            notes.push(format!("{} tensor(s) left out: {why}", names.len()));
+        }
+        for n in names {
+            ck.tensors.remove(&n);
+        }
+    };
+    if cfg.tie_word_embeddings {
+        drop(
+            ck,
+            &|n| n.starts_with("language_model.lm_head."),
+            "lm_head (tie_word_embeddings: the embedding is the output layer)",
+        );
+    }
+    let source_mtp = ck
+        .tensors
+        .keys()
+        .any(|n| n.starts_with("language_model.mtp."));
+    if !opts.keep_mtp {
+        drop(
+            ck,
+            &|n| n.starts_with("language_model.mtp."),
+            "the MTP head (--no-mtp)",
+        );
+    } else if !source_mtp && cfg.mtp_num_hidden_layers > 0 {
+        notes.push("config.json declares an MTP head but the source has no mtp.* tensors: the output has none either (plain decoding only)".into());
+    }
+    if !ck.skipped.is_empty() {
+        notes.push(format!(
+            "{} vision tensor(s) skipped (text model only)",
+            ck.skipped.len()
+        ));
+    }
+    // Every tensor must belong to the model, with the right shape and a float type.
+    crate::model::tensors::collect(&cfg, ck)?;
+
+    let dtype = match opts.dtype {
+        Some(t) => Some(t),
+        None => {
+            let text = root.get("text_config").and_then(Value::as_object);
+            let name = root
+                .get("torch_dtype")
+                .and_then(Value::as_str)
+                .or_else(|| text.and_then(|t| t.get("dtype")).and_then(Value::as_str));
+            name.and_then(float_type)
+        }
+    };
+    let hf = ck.layout == Layout::HuggingFace;
+    let n_layers = cfg.num_hidden_layers;
+    let mut tensors = Vec::new();
+    let mut qentries = serde_json::Map::new();
+    let mut bits_used: std::collections::BTreeMap<u32, usize> = Default::default();
+    let mut parameters = 0u64;
+    let mut quantized = 0usize;
+    for (name, m) in &ck.tensors {
+        let from = match m.dtype {
+            Dtype::Float(t) => t,
+            d => {
+                return Err(LoadError::Dtype {
+                    tensor: m.stored_name.clone(),
+                    file: ck.files[m.file].0.clone(),
+                    expected: "F32, F16 or BF16".into(),
+                    found: d.to_string(),
+                })
+            }
+        };
+        parameters += m.shape.iter().product::<usize>() as u64;
+        let cast = match dtype {
+            Some(t) if !name.ends_with("A_log") => t,
+            _ => from,
+        };
+        // conv1d: [C, 1, K] in HF, [C, K, 1] in MLX (mlx-lm's moveaxis(2, 1)).
+        let mut shape = m.shape.clone();
+        if name.contains("conv1d.weight") && shape.len() == 3 && shape[2] != 1 {
+            shape.swap(1, 2);
+        }
+        let module = name.strip_suffix(".weight");
+        let q = match (&opts.quantize, module) {
+            (Some(q), Some(module))
+                if shape.len() == 2 && shape[1] % q.group_size as usize == 0 =>
+            {
+                Some((module, q))
+            }
+            _ => None,
+        };
+        if let Some((module, q)) = q {
+            let bits = match q.recipe {
+                Some(r) => {
+                    let b = r.bits_for(module, n_layers);
+                    qentries.insert(
+                        module.to_string(),
+                        serde_json::json!({"group_size": q.group_size, "bits": b, "mode": "affine"}),
+                    );
+                    b
+                }
+                None => q.bits,
+            };
+            *bits_used.entry(bits).or_default() += 1;
+            quantized += 1;
+            let (n, k) = (shape[0], shape[1]);
+            let group = q.group_size as usize;
+            let mk = |part, suffix: &str, shape: Vec<usize>, dt| OutTensor {
+                name: format!("{module}.{suffix}"),
+                src: name.clone(),
+                shape,
+                dtype: dt,
+                op: Op::Quant {
+                    part,
+                    from,
+                    cast,
+                    bits,
+                    group,
+                },
+            };
+            tensors.push(mk(
+                QuantPart::Codes,
+                "weight",
+                vec![n, k * bits as usize / 32],
+                safetensors::Dtype::U32,
+            ));
+            tensors.push(mk(
+                QuantPart::Scales,
+                "scales",
+                vec![n, k / group],
+                st_dtype(cast),
+            ));
+            tensors.push(mk(
+                QuantPart::Biases,
+                "biases",
+                vec![n, k / group],
+                st_dtype(cast),
+            ));
+            continue;
+        }
+        let shift = hf && m.shape.len() == 1 && is_shifted_norm(name);
+        let op = if !shift && cast == from {
+            Op::Copy
+        } else {
+            Op::Float {
+                from,
+                shift,
+                out: cast,
+            }
+        };
+        tensors.push(OutTensor {
+            name: name.clone(),
+            src: name.clone(),
+            shape,
+            dtype: st_dtype(cast),
+            op,
+        });
+    }
+    if let Some(q) = &opts.quantize {
+        let unrunnable: Vec<String> = bits_used
+            .keys()
+            .filter(|b| !matches!(b, 4 | 8))
+            .map(|b| format!("{b}-bit"))
+            .collect();
+        if !unrunnable.is_empty() {
+            notes.push(format!(
+                "{} matrices are valid MLX but qwgpu runs only 4- and 8-bit weights (mlx-lm runs this checkpoint)",
+                unrunnable.join(" and ")
+            ));
+        }
+        let mut block = serde_json::Map::new();
+        block.insert("group_size".into(), q.group_size.into());
+        block.insert("bits".into(), q.bits.into());
+        block.insert("mode".into(), "affine".into());
+        block.extend(qentries);
+        root.insert("quantization".into(), Value::Object(block.clone()));
+        root.insert("quantization_config".into(), Value::Object(block));
+    }
+    // mlx-lm's load_config takes the EOS ids of generation_config.json into config.json.
+    if let Some(g) = gtext.as_deref() {
+        if let Ok(Value::Object(g)) = serde_json::from_str::<Value>(g) {
+            if let Some(e) = g.get("eos_token_id") {
+                let truthy = !(e.is_null()
+                    || e.as_u64() == Some(0)
+                    || e.as_array().is_some_and(|a| a.is_empty())
+                    || e.as_bool() == Some(false));
+                if truthy {
+                    root.insert("eos_token_id".into(), e.clone());
+                }
+            }
+        }
+    }
+    // mlx-lm's model arguments rename rope_parameters' `rope_type` to `type` in the config
+    // they were read from, which is what it then saves.
+    fn rename_rope_type(obj: &mut serde_json::Map<String, Value>) {
+        if let Some(Value::Object(rp)) = obj.get_mut("rope_parameters") {
+            if !rp.contains_key("type") {
+                if let Some(t) = rp.remove("rope_type") {
+                    rp.insert("type".into(), t);
+                }
+            }
+        }
+    }
+    rename_rope_type(&mut root);
+    if let Some(Value::Object(t)) = root.get_mut("text_config") {
+        rename_rope_type(t);
+    }
+    root.remove("_name_or_path");
+    root.remove("vision_config");
+    let mut keys: Vec<String> = root.keys().cloned().collect();
+    keys.sort();
+    let mut sorted = serde_json::Map::new();
+    for k in keys {
+        if let Some(v) = root.remove(&k) {
+            sorted.insert(k, v);
+        }
+    }
+    let config_json = pretty4(&Value::Object(sorted))?;
+
+    let mut copy_files = Vec::new();
+    for f in COPIED {
+        let p = src.join(f);
+        if p.is_file() {
+            copy_files.push(p);
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(src) {
+        let mut lic: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("LICENSE"))
+            })
+            .collect();
+        lic.sort();
+        copy_files.extend(lic);
+    }
+    let mtp_tensors = tensors
+        .iter()
+        .filter(|t| t.name.starts_with("language_model.mtp."))
+        .count();
+    let output_bytes = tensors.iter().map(|t| t.bytes() as u64).sum();
+    Ok(Plan {
+        tensor_count: tensors.len(),
+        tensors,
+        config_json,
+        copy_files,
+        layout: ck.layout,
+        quantized_matrices: quantized,
+        parameters,
+        output_bytes,
+        source_bytes: ck.data_bytes(),
+        mtp_tensors,
+        bits_used: bits_used.into_iter().collect(),
+        notes,
+    })
+}
+
+/// JSON with 4-space indentation (mlx-lm's `json.dump(indent=4)`).
+fn pretty4(v: &Value) -> Result<String, LoadError> {
+    use serde::Serialize;
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    v.serialize(&mut ser)
+        .map_err(|e| LoadError::Unsupported(format!("config.json: {e}")))?;
+    String::from_utf8(out).map_err(|e| LoadError::Unsupported(format!("config.json: {e}")))
+}
+
+/// The quantized form of `rows` rows of `k` values (already rounded to the weight's type): per
+/// part, the bytes of codes (u32 words), scales or biases (as `cast`). MLX's quantizer
+/// (`backend/cpu/quantized.cpp`, spec §3.1), row by row.
+fn quantize_rows(
+    values: &[f32],
+    k: usize,
+    bits: u32,
+    group: usize,
+    part: QuantPart,
+    cast: FloatType,
+) -> Vec<u8> {
+    let n_bins = ((1u32 << bits) - 1) as f32;
+    let mut out = Vec::new();
+    let mut params = Vec::with_capacity(values.len() / group);
+    let mut codes = Vec::with_capacity(if part == QuantPart::Codes { k } else { 0 });
+    for row in values.chunks(k) {
+        codes.clear();
+        for g in row.chunks(group) {
+            let mut w_min = f32::INFINITY;
+            let mut w_max = f32::NEG_INFINITY;
+            for &v in g {
+                // std::max / std::min: the first argument unless the second compares greater
+                // (less).
+                if w_max < v {
+                    w_max = v;
+                }
+                if v < w_min {
+                    w_min = v;
+                }
+            }
+            let mask = w_min.abs() > w_max.abs();
+            let mut scale = ((w_max - w_min) / n_bins).max(1e-7);
+            if !mask {
+                scale = -scale;
+            }
+            let edge = if mask { w_min } else { w_max };
+            let q0 = (edge / scale).round_ties_even();
+            let mut bias = 0.0f32;
+            if q0 != 0.0 {
+                scale = edge / q0;
+                bias = edge;
+            }
+            match part {
+                QuantPart::Codes => {
+                    for &v in g {
+                        let q = ((v - bias) / scale).round_ties_even().clamp(0.0, n_bins);
+                        codes.push(q as u32);
+                    }
+                }
+                QuantPart::Scales => params.push(scale),
+                QuantPart::Biases => params.push(bias),
+            }
+        }
+        if part == QuantPart::Codes {
+            out.extend(
+                pack_codes(&codes, bits)
+                    .iter()
+                    .flat_map(|w| w.to_le_bytes()),
+            );
+        }
+    }
+    if part == QuantPart::Codes {
+        out
+    } else {
+        encode_floats(cast, &params)
+    }
+}
+
+fn round_to(t: FloatType, v: f32) -> f32 {
+    match t {
+        FloatType::F32 => v,
+        FloatType::F16 => half::f16::from_f32(v).to_f32(),
+        FloatType::BF16 => half::bf16::from_f32(v).to_f32(),
+    }
+}
+
+/// The bytes of output tensor `t`.
+fn produce(ck: &Checkpoint, t: &OutTensor, threads: usize) -> Result<Vec<u8>, String> {
+    let src = ck
+        .get(&t.src)
+        .ok_or_else(|| format!("tensor '{}' vanished from the source", t.src))?;
+    match t.op {
+        Op::Copy => Ok(src.bytes.to_vec()),
+        Op::Float { from, shift, out } => {
+            let mut v = crate::quant::decode_floats(from, src.bytes);
+            if shift {
+                for x in &mut v {
+                    *x = round_to(from, *x + 1.0);
+                }
+            }
+            Ok(encode_floats(out, &v))
+        }
+        Op::Quant {
+            part,
+            from,
+            cast,
+            bits,
+            group,
+        } => {
+            let (n, k) = (src.shape[0], src.shape[1]);
+            let es = from.size();
+            let rows_per = n.div_ceil(threads.max(1)).max(1);
+            let chunks: Vec<Vec<u8>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..n)
+                    .step_by(rows_per)
+                    .map(|r0| {
+                        let r1 = (r0 + rows_per).min(n);
+                        let bytes = &src.bytes[r0 * k * es..r1 * k * es];
+                        s.spawn(move || {
+                            // 64 rows at a time: the f32 copy stays small (1.3 MB for 5120
+                            // features) whatever the matrix.
+                            let mut out = Vec::new();
+                            for block in bytes.chunks(64 * k * es) {
+                                let mut v = crate::quant::decode_floats(from, block);
+                                if cast != from {
+                                    for x in &mut v {
+                                        *x = round_to(cast, *x);
+                                    }
+                                }
+                                out.extend(quantize_rows(&v, k, bits, group, part, cast));
+                            }
+                            out
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_default())
+                    .collect()
+            });
+            let out: Vec<u8> = chunks.concat();
+            if out.len() != t.bytes() {
+                return Err(format!(
+                    "'{}': produced {} bytes, expected {}",
+                    t.name,
+                    out.len(),
+                    t.bytes()
+                ));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// A tensor converted when the writer asks for its bytes.
+struct Lazy<'a> {
+    ck: &'a Checkpoint,
+    t: &'a OutTensor,
+    threads: usize,
+    done: &'a (dyn Fn(u64) + Sync),
+    failed: &'a std::sync::Mutex<Option<String>>,
+}
+
+impl safetensors::View for Lazy<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.t.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.t.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        let out = match produce(self.ck, self.t, self.threads) {
+            Ok(b) => b,
+            Err(e) => {
+                if let Ok(mut f) = self.failed.lock() {
+                    f.get_or_insert(e);
+                }
+                vec![0u8; self.t.bytes()]
+            }
+        };
+        (self.done)(out.len() as u64);
+        Cow::Owned(out)
+    }
+    fn data_len(&self) -> usize {
+        self.t.bytes()
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Written {
+    pub files: Vec<String>,
+    pub bytes: u64,
+}
+
+/// Writes the plan's output into `dst` (which must not exist): into a temporary directory next
+/// to it first, renamed into place when every file is complete; removed on failure. `progress`
+/// gets the bytes of tensor data written so far.
+pub fn write(
+    ck: &Checkpoint,
+    plan: &Plan,
+    dst: &Path,
+    shard_bytes: u64,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Written, LoadError> {
+    if dst.exists() {
+        return Err(io_err(
+            dst,
+            "already exists; choose a new directory (nothing was written)",
+        ));
+    }
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base = dst
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| io_err(dst, "not a directory name"))?;
+    std::fs::create_dir_all(&parent).map_err(|e| io_err(&parent, e))?;
+    let tmp = parent.join(format!(".{base}.partial-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+    }
+    std::fs::create_dir(&tmp).map_err(|e| io_err(&tmp, e))?;
+    let r = write_into(ck, plan, &tmp, shard_bytes, progress);
+    match r {
+        Ok(files) => {
+            std::fs::rename(&tmp, dst).map_err(|e| {
+                let _ = std::fs::remove_dir_all(&tmp);
+                io_err(dst, e)
+            })?;
+            Ok(Written {
+                files,
+                bytes: plan.output_bytes,
+            })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Shard order: the embedding, the layers in numeric order, the final norm and lm_head, the MTP
+/// head (so a shard holds whole layers and the source is read roughly front to back).
+fn order_key(name: &str) -> (u32, u64, String) {
+    let layer = |rest: &str| -> u64 {
+        rest.split('.')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    if name.starts_with("language_model.model.embed_tokens") {
+        (0, 0, name.into())
+    } else if let Some(rest) = name.strip_prefix("language_model.model.layers.") {
+        (1, layer(rest), name.into())
+    } else if name.starts_with("language_model.mtp.") {
+        (3, 0, name.into())
+    } else {
+        (2, 0, name.into())
+    }
+}
+
+fn write_into(
+    ck: &Checkpoint,
+    plan: &Plan,
+    dir: &Path,
+    shard_bytes: u64,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<String>, LoadError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // A quantized matrix's three tensors go to the same shard.
+    let mut order: Vec<&OutTensor> = plan.tensors.iter().collect();
+    order.sort_by_key(|t| order_key(&t.src));
+    let mut shards: Vec<Vec<&OutTensor>> = vec![vec![]];
+    let mut size = 0u64;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i + 1;
+        while j < order.len() && order[j].src == order[i].src {
+            j += 1;
+        }
+        let group_bytes: u64 = order[i..j].iter().map(|t| t.bytes() as u64).sum();
+        if size > 0 && size + group_bytes > shard_bytes {
+            shards.push(vec![]);
+            size = 0;
+        }
+        size += group_bytes;
+        if let Some(s) = shards.last_mut() {
+            s.extend_from_slice(&order[i..j]);
+        }
+        i = j;
+    }
+    let n = shards.len();
+    let names: Vec<String> = if n == 1 {
+        vec!["model.safetensors".into()]
+    } else {
+        (0..n)
+            .map(|i| format!("model-{:05}-of-{:05}.safetensors", i + 1, n))
+            .collect()
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let written = AtomicU64::new(0);
+    let done = |b: u64| progress(written.fetch_add(b, Ordering::Relaxed) + b);
+    let failed = std::sync::Mutex::new(None::<String>);
+    // config.json first: the shards (written through a private temporary file) then take its
+    // permissions, which follow the user's umask.
+    let cpath = dir.join("config.json");
+    std::fs::write(&cpath, &plan.config_json).map_err(|e| io_err(&cpath, e))?;
+    let perms = std::fs::metadata(&cpath)
+        .map_err(|e| io_err(&cpath, e))?
+        .permissions();
+    for (sh, name) in shards.iter().zip(&names) {
+        let views: Vec<(String, Lazy<'_>)> = sh
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    Lazy {
+                        ck,
+                        t,
+                        threads,
+                        done: &done,
+                        failed: &failed,
+                    },
+                )
+            })
+            .collect();
+        let meta = std::collections::HashMap::from([("format".to_string(), "mlx".to_string())]);
+        let path = dir.join(name);
+        safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| io_err(&path, e))?;
+        std::fs::set_permissions(&path, perms.clone()).map_err(|e| io_err(&path, e))?;
+        if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
+            return Err(LoadError::Unsupported(e));
+        }
+    }
+    let mut files = names.clone();
+    {
+        let mut map = std::collections::BTreeMap::new();
+        for (sh, name) in shards.iter().zip(&names) {
+            for t in sh {
+                map.insert(t.name.clone(), name.clone());
+            }
+        }
+        let index = serde_json::json!({
+            "metadata": {"total_size": plan.output_bytes, "total_parameters": plan.parameters},
+            "weight_map": map,
+        });
+        let p = dir.join("model.safetensors.index.json");
+        std::fs::write(&p, pretty4(&index)?).map_err(|e| io_err(&p, e))?;
+        files.push("model.safetensors.index.json".into());
+    }
+    files.push("config.json".into());
+    for from in &plan.copy_files {
+        let Some(fname) = from.file_name() else {
+            continue;
+        };
+        let to = dir.join(fname);
+        std::fs::copy(from, &to).map_err(|e| io_err(from, e))?;
+        files.push(fname.to_string_lossy().into_owned());
+    }
+    Ok(files)
+}
+
+/// Opens `src`, plans and writes the conversion into `dst`, then opens the result and checks it
+/// against the model as the loader does (tensor names, shapes, formats).
+pub fn convert(
+    src: &Path,
+    dst: &Path,
+    opts: &ConvertOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Plan, Written), LoadError> {
+    let mut ck = Checkpoint::open(src)?;
+    let plan = plan(src, &mut ck, opts)?;
+    let written = write(&ck, &plan, dst, opts.shard_bytes, progress)?;
+    verify(dst)?;
+    Ok((plan, written))
+}
+
+/// Checks a written checkpoint with the loader's rules: config, every tensor's name, shape and
+/// format (without reading the weights).
+pub fn verify(dir: &Path) -> Result<(), LoadError> {
+    let ck = Checkpoint::open(dir)?;
+    let cpath = dir.join("config.json");
+    let ctext = std::fs::read_to_string(&cpath).map_err(|e| io_err(&cpath, e))?;
+    let cfg = ModelConfig::parse(&cpath.display().to_string(), &ctext, None)?;
+    match crate::model::tensors::collect(&cfg, &ck) {
+        Ok(_) => Ok(()),
+        // Widths qwgpu does not run are still valid MLX (the plan said so).
+        Err(LoadError::Quant { message, .. }) if message.contains("not supported yet") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
