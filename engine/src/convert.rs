@@ -779,7 +779,7 @@ pub fn write(
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| io_err(dst, "not a directory name"))?;
     std::fs::create_dir_all(&parent).map_err(|e| io_err(&parent, e))?;
-    let tmp = parent.join(format!(".{base}.partial-{}", std::process::id()));
+    let tmp = partial_dir(dst).unwrap_or_else(|| parent.join(format!(".{base}.partial")));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     }
@@ -801,6 +801,17 @@ pub fn write(
             Err(e)
         }
     }
+}
+
+/// The temporary directory `write` fills before renaming it to `dst` (beside it, hidden, named
+/// after this process), for a caller that must remove it when interrupted.
+pub fn partial_dir(dst: &Path) -> Option<PathBuf> {
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base = dst.file_name()?.to_string_lossy().into_owned();
+    Some(parent.join(format!(".{base}.partial-{}", std::process::id())))
 }
 
 /// Shard order: the embedding, the layers in numeric order, the final norm and lm_head, the MTP

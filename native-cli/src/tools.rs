@@ -1084,6 +1084,14 @@ pub fn convert(a: ConvertArgs) -> Result<(), String> {
             b.set_position(done);
         }
     };
+    // Interrupted, the partial output goes: nothing is left under any name.
+    if let Some(partial) = convert::partial_dir(&a.out) {
+        let _ = ctrlc::set_handler(move || {
+            let _ = std::fs::remove_dir_all(&partial);
+            eprintln!("\ninterrupted: nothing was written");
+            std::process::exit(130);
+        });
+    }
     let written = convert::write(&ck, &plan, &a.out, opts.shard_bytes, &progress)
         .map_err(|e| e.to_string())?;
     if let Some(b) = &bar {
