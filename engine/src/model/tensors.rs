@@ -479,7 +479,7 @@ pub fn collect<'a>(cfg: &'a ModelConfig, ck: &'a Checkpoint) -> Result<HostModel
         })
     } else {
         if cfg.mtp_num_hidden_layers > 0 {
-            notes.push("config.json declares an MTP head but the checkpoint has no mtp.* tensors (its converter dropped them); MTP is unavailable".into());
+            notes.push("config.json declares an MTP head but the checkpoint has no mtp.* tensors (its converter dropped them); MTP is unavailable. `qwgpu convert` on the Hugging Face checkpoint keeps them".into());
         }
         None
     };
