@@ -417,3 +417,193 @@ fn bad_sources_and_destinations_fail_and_write_nothing() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A copy of `src` with only config.json, the index and the shards that hold `mtp.*` (per the
+/// index): what a user downloads to add the head to a conversion they already have.
+fn mtp_shards_only(src: &Path, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let idx = read_json(&src.join("model.safetensors.index.json"));
+    let mut shards: Vec<&str> = idx["weight_map"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("mtp."))
+        .map(|(_, f)| f.as_str().unwrap())
+        .collect();
+    shards.sort();
+    shards.dedup();
+    let all = idx["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(Value::as_str)
+        .collect::<std::collections::BTreeSet<_>>();
+    assert!(
+        shards.len() < all.len(),
+        "the head should not be in every shard: {shards:?}"
+    );
+    for f in shards
+        .iter()
+        .copied()
+        .chain(["config.json", "model.safetensors.index.json"])
+    {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn adding_the_mtp_head_to_a_conversion_without_it_equals_a_whole_conversion() {
+    let tmp = scratch("graft");
+    let hf = fixtures_dir().join("hf-bf16");
+    let part = tmp.join("part");
+    mtp_shards_only(&hf, &part);
+    for recipe in [None, Some(Recipe::Mixed4_6)] {
+        let tag = recipe.map_or("q4", |r| r.name());
+        let q = ConvertOptions {
+            quantize: Some(QuantChoice {
+                bits: 4,
+                group_size: 64,
+                recipe,
+            }),
+            ..Default::default()
+        };
+        let whole = tmp.join(format!("whole-{tag}"));
+        convert::convert(&hf, &whole, &q, &|_| {}).unwrap();
+        // As mlx-lm converts: no head.
+        let without = tmp.join(format!("without-{tag}"));
+        let no_mtp = ConvertOptions {
+            keep_mtp: false,
+            ..q.clone()
+        };
+        convert::convert(&hf, &without, &no_mtp, &|_| {}).unwrap();
+        assert!(!tensors(&without, "model")
+            .keys()
+            .any(|k| k.contains(".mtp.")));
+        let g = convert::graft_mtp(&part, &without, &|_| {}).unwrap();
+        assert_eq!(
+            g.recipe,
+            recipe.map(Recipe::name),
+            "{tag}: recipe detected from the target's entries"
+        );
+        assert_eq!(g.file, convert::MTP_SHARD);
+        // Every tensor, the config and the index as the whole conversion has them.
+        assert_eq!(
+            tensors(&without, "model"),
+            tensors(&whole, "model"),
+            "{tag}: tensors"
+        );
+        assert_eq!(
+            read_json(&without.join("config.json")),
+            read_json(&whole.join("config.json")),
+            "{tag}: config.json"
+        );
+        let (iw, ig) = (
+            read_json(&whole.join("model.safetensors.index.json")),
+            read_json(&without.join("model.safetensors.index.json")),
+        );
+        let keys = |v: &Value| {
+            v["weight_map"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&ig), keys(&iw), "{tag}: index");
+        assert_eq!(ig["metadata"]["total_size"], iw["metadata"]["total_size"]);
+        convert::verify(&without).unwrap();
+    }
+
+    // The grafted checkpoint speculates with plain decoding's output.
+    let r = load_reference("hf-bf16");
+    let mut s = session_at(&tmp.join("without-q4"));
+    assert!(s.mtp_available());
+    let opts = GenOptions {
+        max_tokens: 32,
+        eos: r.eos.clone(),
+        ignore_eos: true,
+    };
+    let (plain, _) =
+        pollster::block_on(generate(&mut s, &r.prompts[1], &opts, &mut |_| true)).unwrap();
+    s.reset();
+    let (spec, _, stats) = pollster::block_on(generate_mtp(
+        &mut s,
+        &r.prompts[1],
+        &opts,
+        &MtpOptions::always(),
+        &mut |_| true,
+    ))
+    .unwrap();
+    assert_eq!(spec, plain);
+    assert!(stats.drafted > 0);
+    drop(s);
+
+    // Refusals, each before the target changes.
+    let snapshot = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let err = |src: &Path, dst: &Path| match convert::graft_mtp(src, dst, &|_| {}) {
+        Ok(_) => panic!(
+            "grafting {} onto {} succeeded",
+            src.display(),
+            dst.display()
+        ),
+        Err(e) => e.to_string(),
+    };
+    // A target that has the head already.
+    let whole = tmp.join("whole-q4");
+    let before = snapshot(&whole);
+    let e = err(&part, &whole);
+    assert!(e.contains("already has an MTP head"), "{e}");
+    assert_eq!(snapshot(&whole), before);
+    // Shards without the head: the index says which one has it.
+    let target = tmp.join("target");
+    convert::convert(
+        &hf,
+        &target,
+        &ConvertOptions {
+            keep_mtp: false,
+            ..Default::default()
+        },
+        &|_| {},
+    )
+    .unwrap();
+    let before = snapshot(&target);
+    let first = tmp.join("first");
+    std::fs::create_dir_all(&first).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+    ] {
+        std::fs::copy(hf.join(f), first.join(f)).unwrap();
+    }
+    let e = err(&first, &target);
+    assert!(
+        e.contains("no mtp.* tensors") && e.contains("model-00002-of-00002.safetensors"),
+        "{e}"
+    );
+    // Another model's head.
+    let e = err(&fixtures_dir().join("f32-q4-g64"), &target);
+    assert!(e.contains("not the same model"), "{e}");
+    // An already quantized head (the whole 4-bit conversion as the source).
+    let e = err(&whole, &target);
+    assert!(e.contains("already quantized"), "{e}");
+    assert_eq!(
+        snapshot(&target),
+        before,
+        "a refused graft leaves the target as it was"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}

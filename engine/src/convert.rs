@@ -54,6 +54,15 @@ impl Recipe {
         })
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            Recipe::Mixed2_6 => "mixed_2_6",
+            Recipe::Mixed3_4 => "mixed_3_4",
+            Recipe::Mixed3_6 => "mixed_3_6",
+            Recipe::Mixed4_6 => "mixed_4_6",
+        }
+    }
+
     /// (low, high) bits.
     pub fn bits(self) -> (u32, u32) {
         match self {
@@ -350,111 +359,23 @@ pub fn plan(src: &Path, ck: &mut Checkpoint, opts: &ConvertOptions) -> Result<Pl
             name.and_then(float_type)
         }
     };
-    let hf = ck.layout == Layout::HuggingFace;
-    let n_layers = cfg.num_hidden_layers;
-    let mut tensors = Vec::new();
-    let mut qentries = serde_json::Map::new();
-    let mut bits_used: std::collections::BTreeMap<u32, usize> = Default::default();
-    let mut parameters = 0u64;
-    let mut quantized = 0usize;
+    let rules = Rules {
+        hf: ck.layout == Layout::HuggingFace,
+        dtype,
+        quantize: opts.quantize,
+        n_layers: cfg.num_hidden_layers,
+    };
+    let mut acc = Accum::default();
     for (name, m) in &ck.tensors {
-        let from = match m.dtype {
-            Dtype::Float(t) => t,
-            d => {
-                return Err(LoadError::Dtype {
-                    tensor: m.stored_name.clone(),
-                    file: ck.files[m.file].0.clone(),
-                    expected: "F32, F16 or BF16".into(),
-                    found: d.to_string(),
-                })
-            }
-        };
-        parameters += m.shape.iter().product::<usize>() as u64;
-        let cast = match dtype {
-            Some(t) if !name.ends_with("A_log") => t,
-            _ => from,
-        };
-        // conv1d: [C, 1, K] in HF, [C, K, 1] in MLX (mlx-lm's moveaxis(2, 1)).
-        let mut shape = m.shape.clone();
-        if name.contains("conv1d.weight") && shape.len() == 3 && shape[2] != 1 {
-            shape.swap(1, 2);
-        }
-        let module = name.strip_suffix(".weight");
-        let q = match (&opts.quantize, module) {
-            (Some(q), Some(module))
-                if shape.len() == 2 && shape[1] % q.group_size as usize == 0 =>
-            {
-                Some((module, q))
-            }
-            _ => None,
-        };
-        if let Some((module, q)) = q {
-            let bits = match q.recipe {
-                Some(r) => {
-                    let b = r.bits_for(module, n_layers);
-                    qentries.insert(
-                        module.to_string(),
-                        serde_json::json!({"group_size": q.group_size, "bits": b, "mode": "affine"}),
-                    );
-                    b
-                }
-                None => q.bits,
-            };
-            *bits_used.entry(bits).or_default() += 1;
-            quantized += 1;
-            let (n, k) = (shape[0], shape[1]);
-            let group = q.group_size as usize;
-            let mk = |part, suffix: &str, shape: Vec<usize>, dt| OutTensor {
-                name: format!("{module}.{suffix}"),
-                src: name.clone(),
-                shape,
-                dtype: dt,
-                op: Op::Quant {
-                    part,
-                    from,
-                    cast,
-                    bits,
-                    group,
-                },
-            };
-            tensors.push(mk(
-                QuantPart::Codes,
-                "weight",
-                vec![n, k * bits as usize / 32],
-                safetensors::Dtype::U32,
-            ));
-            tensors.push(mk(
-                QuantPart::Scales,
-                "scales",
-                vec![n, k / group],
-                st_dtype(cast),
-            ));
-            tensors.push(mk(
-                QuantPart::Biases,
-                "biases",
-                vec![n, k / group],
-                st_dtype(cast),
-            ));
-            continue;
-        }
-        let shift = hf && m.shape.len() == 1 && is_shifted_norm(name);
-        let op = if !shift && cast == from {
-            Op::Copy
-        } else {
-            Op::Float {
-                from,
-                shift,
-                out: cast,
-            }
-        };
-        tensors.push(OutTensor {
-            name: name.clone(),
-            src: name.clone(),
-            shape,
-            dtype: st_dtype(cast),
-            op,
-        });
+        rules.add(ck, name, m, &mut acc)?;
     }
+    let Accum {
+        tensors,
+        qentries,
+        bits_used,
+        parameters,
+        quantized,
+    } = acc;
     if let Some(q) = &opts.quantize {
         let unrunnable: Vec<String> = bits_used
             .keys()
@@ -556,6 +477,136 @@ pub fn plan(src: &Path, ck: &mut Checkpoint, opts: &ConvertOptions) -> Result<Pl
         bits_used: bits_used.into_iter().collect(),
         notes,
     })
+}
+
+/// What the conversion does to each source tensor.
+struct Rules {
+    /// Raw HF layout: norms shifted, conv axis moved.
+    hf: bool,
+    /// The cast type (all floats but `A_log`), if any.
+    dtype: Option<FloatType>,
+    quantize: Option<QuantChoice>,
+    n_layers: usize,
+}
+
+/// The output tensors so far and what the config and report need from them.
+#[derive(Default)]
+struct Accum {
+    tensors: Vec<OutTensor>,
+    /// Per-module quantization entries (recipes).
+    qentries: serde_json::Map<String, Value>,
+    bits_used: std::collections::BTreeMap<u32, usize>,
+    parameters: u64,
+    quantized: usize,
+}
+
+impl Rules {
+    /// The output tensor(s) of source tensor `name`.
+    fn add(
+        &self,
+        ck: &Checkpoint,
+        name: &str,
+        m: &crate::weights::TensorMeta,
+        acc: &mut Accum,
+    ) -> Result<(), LoadError> {
+        let from = match m.dtype {
+            Dtype::Float(t) => t,
+            d => {
+                return Err(LoadError::Dtype {
+                    tensor: m.stored_name.clone(),
+                    file: ck.files[m.file].0.clone(),
+                    expected: "F32, F16 or BF16".into(),
+                    found: d.to_string(),
+                })
+            }
+        };
+        acc.parameters += m.shape.iter().product::<usize>() as u64;
+        let cast = match self.dtype {
+            Some(t) if !name.ends_with("A_log") => t,
+            _ => from,
+        };
+        // conv1d: [C, 1, K] in HF, [C, K, 1] in MLX (mlx-lm's moveaxis(2, 1)).
+        let mut shape = m.shape.clone();
+        if name.contains("conv1d.weight") && shape.len() == 3 && shape[2] != 1 {
+            shape.swap(1, 2);
+        }
+        let module = name.strip_suffix(".weight");
+        let q = match (&self.quantize, module) {
+            (Some(q), Some(module))
+                if shape.len() == 2 && shape[1] % q.group_size as usize == 0 =>
+            {
+                Some((module, q))
+            }
+            _ => None,
+        };
+        if let Some((module, q)) = q {
+            let bits = match q.recipe {
+                Some(r) => {
+                    let b = r.bits_for(module, self.n_layers);
+                    acc.qentries.insert(
+                        module.to_string(),
+                        serde_json::json!({"group_size": q.group_size, "bits": b, "mode": "affine"}),
+                    );
+                    b
+                }
+                None => q.bits,
+            };
+            *acc.bits_used.entry(bits).or_default() += 1;
+            acc.quantized += 1;
+            let (n, k) = (shape[0], shape[1]);
+            let group = q.group_size as usize;
+            let mk = |part, suffix: &str, shape: Vec<usize>, dt| OutTensor {
+                name: format!("{module}.{suffix}"),
+                src: name.to_string(),
+                shape,
+                dtype: dt,
+                op: Op::Quant {
+                    part,
+                    from,
+                    cast,
+                    bits,
+                    group,
+                },
+            };
+            acc.tensors.push(mk(
+                QuantPart::Codes,
+                "weight",
+                vec![n, k * bits as usize / 32],
+                safetensors::Dtype::U32,
+            ));
+            acc.tensors.push(mk(
+                QuantPart::Scales,
+                "scales",
+                vec![n, k / group],
+                st_dtype(cast),
+            ));
+            acc.tensors.push(mk(
+                QuantPart::Biases,
+                "biases",
+                vec![n, k / group],
+                st_dtype(cast),
+            ));
+            return Ok(());
+        }
+        let shift = self.hf && m.shape.len() == 1 && is_shifted_norm(name);
+        let op = if !shift && cast == from {
+            Op::Copy
+        } else {
+            Op::Float {
+                from,
+                shift,
+                out: cast,
+            }
+        };
+        acc.tensors.push(OutTensor {
+            name: name.to_string(),
+            src: name.to_string(),
+            shape,
+            dtype: st_dtype(cast),
+            op,
+        });
+        Ok(())
+    }
 }
 
 /// JSON with 4-space indentation (mlx-lm's `json.dump(indent=4)`).
@@ -959,10 +1010,360 @@ pub fn verify(dir: &Path) -> Result<(), LoadError> {
     let cpath = dir.join("config.json");
     let ctext = std::fs::read_to_string(&cpath).map_err(|e| io_err(&cpath, e))?;
     let cfg = ModelConfig::parse(&cpath.display().to_string(), &ctext, None)?;
-    match crate::model::tensors::collect(&cfg, &ck) {
+    check_model(&cfg, &ck)
+}
+
+/// The loader's validation of `ck` against `cfg`, where widths qwgpu does not run (valid MLX,
+/// which mlx-lm runs) are not an error.
+fn check_model(cfg: &ModelConfig, ck: &Checkpoint) -> Result<(), LoadError> {
+    match crate::model::tensors::collect(cfg, ck) {
         Ok(_) => Ok(()),
-        // Widths qwgpu does not run are still valid MLX (the plan said so).
         Err(LoadError::Quant { message, .. }) if message.contains("not supported yet") => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// What [`graft_mtp`] added to a checkpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Grafted {
+    /// The new shard (in the target directory).
+    pub file: String,
+    pub tensors: usize,
+    pub bytes: u64,
+    /// How the MTP matrices were quantized: the target's global bits and group, or the mlx-lm
+    /// recipe its per-module entries follow (None: the target is unquantized).
+    pub bits: Option<u32>,
+    pub group_size: Option<u32>,
+    pub recipe: Option<&'static str>,
+    pub notes: Vec<String>,
+}
+
+/// The shard [`graft_mtp`] writes.
+pub const MTP_SHARD: &str = "model-mtp.safetensors";
+
+/// The recipe whose bits every per-module entry of `cfg` follows (the global bits being its low
+/// width), if exactly one does.
+fn detect_recipe(cfg: &ModelConfig) -> Option<Recipe> {
+    let global = cfg.quantization.global?;
+    if cfg.quantization.overrides.is_empty() {
+        return None;
+    }
+    let fits = |r: Recipe| {
+        r.bits().0 == global.bits
+            && cfg.quantization.overrides.iter().all(|(path, spec)| {
+                spec.is_some_and(|s| {
+                    s.group_size == global.group_size
+                        && s.bits == r.bits_for(path, cfg.num_hidden_layers)
+                })
+            })
+    };
+    let found: Vec<Recipe> = Recipe::NAMES
+        .iter()
+        .filter_map(|n| Recipe::parse(n))
+        .filter(|r| fits(*r))
+        .collect();
+    match found.as_slice() {
+        [r] => Some(*r),
+        _ => None,
+    }
+}
+
+/// Adds the MTP head of `src` (a Hugging Face checkpoint, or an unquantized MLX one; only the
+/// shards holding `mtp.*` need to be present, with config.json) to the MLX checkpoint `target`
+/// that lacks it (as mlx-lm's conversions do): the `mtp.*` tensors renamed, norm-shifted, cast to
+/// the target's float type and quantized with the target's parameters — the bits mlx-lm's recipe
+/// gives them when the target's per-module entries follow one — into one new shard,
+/// [`MTP_SHARD`]; the index and the per-module quantization entries are updated to match. The
+/// result equals a whole conversion of the source with the same options. Both checkpoints are
+/// checked first (same model dimensions, a valid target without an MTP head, unquantized MTP
+/// tensors), and the combined checkpoint is validated before anything in `target` changes.
+pub fn graft_mtp(
+    src: &Path,
+    target: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Grafted, LoadError> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| io_err(p, e));
+    let read_opt = |p: &Path| match std::fs::read_to_string(p) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(p, e)),
+    };
+    // The target: a valid checkpoint without an MTP head.
+    let tck = Checkpoint::open(target)?;
+    let tcpath = target.join("config.json");
+    let tctext = read(&tcpath)?;
+    let tgen = read_opt(&target.join("generation_config.json"))?;
+    let tcfg = ModelConfig::parse(&tcpath.display().to_string(), &tctext, tgen.as_deref())?;
+    check_model(&tcfg, &tck)?;
+    if let Some(m) = tck
+        .tensors
+        .iter()
+        .find(|(n, _)| n.starts_with("language_model.mtp."))
+        .map(|(_, m)| m)
+    {
+        return Err(LoadError::Unsupported(format!(
+            "{}: already has an MTP head ('{}' in {})",
+            target.display(),
+            m.stored_name,
+            tck.files[m.file].0
+        )));
+    }
+    if target.join(MTP_SHARD).exists() {
+        return Err(io_err(&target.join(MTP_SHARD), "already exists"));
+    }
+
+    // The source: the same model, its mtp.* tensors present and unquantized.
+    let mut sck = Checkpoint::open_present(src)?;
+    let scpath = src.join("config.json");
+    let sctext = read(&scpath)?;
+    let scfg = ModelConfig::parse(&scpath.display().to_string(), &sctext, None)?;
+    for (field, a, b) in [
+        ("hidden_size", scfg.hidden_size, tcfg.hidden_size),
+        (
+            "intermediate_size",
+            scfg.intermediate_size,
+            tcfg.intermediate_size,
+        ),
+        ("vocab_size", scfg.vocab_size, tcfg.vocab_size),
+        (
+            "num_attention_heads",
+            scfg.num_attention_heads,
+            tcfg.num_attention_heads,
+        ),
+        (
+            "num_key_value_heads",
+            scfg.num_key_value_heads,
+            tcfg.num_key_value_heads,
+        ),
+        ("head_dim", scfg.head_dim, tcfg.head_dim),
+    ] {
+        if a != b {
+            return Err(cfg_err(
+                &scpath,
+                format!(
+                    "{field} is {a} but {}'s is {b}: not the same model",
+                    target.display()
+                ),
+            ));
+        }
+    }
+    // HF stores the head at the top level (`mtp.*`), MLX under `language_model.mtp.*`.
+    let hf = sck
+        .tensors
+        .values()
+        .any(|m| m.stored_name.starts_with("mtp."));
+    sck.tensors
+        .retain(|n, _| n.starts_with("language_model.mtp."));
+    if sck.tensors.is_empty() {
+        // Which shards hold the head, per the source's index, if it has one.
+        let shards: Vec<String> = read_opt(&src.join("model.safetensors.index.json"))?
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| {
+                v.get("weight_map").and_then(Value::as_object).map(|m| {
+                    let mut s: Vec<String> = m
+                        .iter()
+                        .filter(|(k, _)| {
+                            k.starts_with("mtp.") || k.starts_with("language_model.mtp.")
+                        })
+                        .filter_map(|(_, f)| f.as_str().map(str::to_string))
+                        .collect();
+                    s.sort();
+                    s.dedup();
+                    s
+                })
+            })
+            .unwrap_or_default();
+        let hint = if shards.is_empty() {
+            String::new()
+        } else {
+            format!(" (its index puts them in {})", shards.join(", "))
+        };
+        return Err(LoadError::Unsupported(format!(
+            "{}: no mtp.* tensors in the shards present{hint}",
+            src.display()
+        )));
+    }
+    if let Some(m) = sck
+        .tensors
+        .iter()
+        .find(|(n, m)| m.dtype == Dtype::U32 || n.ends_with(".scales"))
+        .map(|(_, m)| m)
+    {
+        return Err(LoadError::Unsupported(format!(
+            "{}: the MTP head is already quantized ('{}' in {}); graft from the original Hugging Face checkpoint",
+            src.display(),
+            m.stored_name,
+            sck.files[m.file].0
+        )));
+    }
+
+    // The target's float type and quantization.
+    let dtype = match tck
+        .tensors
+        .get("language_model.model.norm.weight")
+        .map(|m| m.dtype)
+    {
+        Some(Dtype::Float(t)) => t,
+        _ => FloatType::BF16,
+    };
+    let recipe = detect_recipe(&tcfg);
+    let fine_grained = !tcfg.quantization.overrides.is_empty();
+    let quantize = tcfg.quantization.global.map(|g| QuantChoice {
+        bits: g.bits,
+        group_size: g.group_size,
+        recipe,
+    });
+    let mut notes = Vec::new();
+    if fine_grained && recipe.is_none() && quantize.is_some() {
+        notes.push("the target's per-module quantization follows no mlx-lm recipe: the MTP matrices take its global bits".into());
+    }
+    let rules = Rules {
+        hf,
+        dtype: Some(dtype),
+        quantize,
+        n_layers: tcfg.num_hidden_layers,
+    };
+    let mut acc = Accum::default();
+    for (name, m) in &sck.tensors {
+        rules.add(&sck, name, m, &mut acc)?;
+    }
+    let mut tensors = acc.tensors;
+    tensors.sort_by_key(|t| order_key(&t.src));
+
+    // The config gains entries for the MTP modules where the target has per-module entries.
+    let mut root: serde_json::Map<String, Value> = match serde_json::from_str(&tctext) {
+        Ok(Value::Object(m)) => m,
+        _ => {
+            return Err(cfg_err(
+                &tcpath,
+                "the top level is not a JSON object".into(),
+            ))
+        }
+    };
+    let mut config_changed = false;
+    if fine_grained {
+        if let Some(q) = &quantize {
+            for t in &tensors {
+                if let (
+                    Op::Quant {
+                        part: QuantPart::Codes,
+                        bits,
+                        ..
+                    },
+                    Some(module),
+                ) = (&t.op, t.name.strip_suffix(".weight"))
+                {
+                    let e = serde_json::json!({"group_size": q.group_size, "bits": bits, "mode": "affine"});
+                    for key in ["quantization", "quantization_config"] {
+                        if let Some(Value::Object(block)) = root.get_mut(key) {
+                            block.insert(module.to_string(), e.clone());
+                            config_changed = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let new_config = pretty4(&Value::Object(root))?;
+
+    // Write the shard beside the others under a name the loader does not read, then check the
+    // whole checkpoint with it before anything is renamed.
+    let tmp = target.join(format!(".{MTP_SHARD}.partial-{}", std::process::id()));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let written = std::sync::atomic::AtomicU64::new(0);
+    let done = |b: u64| {
+        progress(written.fetch_add(b, std::sync::atomic::Ordering::Relaxed) + b);
+    };
+    let failed = std::sync::Mutex::new(None::<String>);
+    let views: Vec<(String, Lazy<'_>)> = tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                Lazy {
+                    ck: &sck,
+                    t,
+                    threads,
+                    done: &done,
+                    failed: &failed,
+                },
+            )
+        })
+        .collect();
+    let meta = std::collections::HashMap::from([("format".to_string(), "mlx".to_string())]);
+    let cleanup = |e: LoadError| {
+        let _ = std::fs::remove_file(&tmp);
+        e
+    };
+    safetensors::serialize_to_file(views, Some(meta), &tmp)
+        .map_err(|e| cleanup(io_err(&tmp, e)))?;
+    if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
+        return Err(cleanup(LoadError::Unsupported(e)));
+    }
+    let perms = std::fs::metadata(&tcpath)
+        .map_err(|e| cleanup(io_err(&tcpath, e)))?
+        .permissions();
+    std::fs::set_permissions(&tmp, perms).map_err(|e| cleanup(io_err(&tmp, e)))?;
+    {
+        let f = std::fs::File::open(&tmp).map_err(|e| cleanup(io_err(&tmp, e)))?;
+        // SAFETY: read-only map of the file just written, dropped before it is renamed.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| cleanup(io_err(&tmp, e)))?;
+        let Checkpoint { mut files, .. } = tck;
+        files.push((MTP_SHARD.to_string(), crate::weights::Blob::Mmap(map)));
+        let check = Checkpoint::from_blobs(files, None).map_err(cleanup)?;
+        let cfg = ModelConfig::parse(&tcpath.display().to_string(), &new_config, tgen.as_deref())
+            .map_err(cleanup)?;
+        check_model(&cfg, &check).map_err(cleanup)?;
+    }
+
+    // Commit: the config's new entries, the shard, the index (each replaced by a rename).
+    let replace = |path: &Path, text: &str| -> Result<(), LoadError> {
+        let t = path.with_extension(format!("json.partial-{}", std::process::id()));
+        std::fs::write(&t, text).map_err(|e| io_err(&t, e))?;
+        std::fs::rename(&t, path).map_err(|e| {
+            let _ = std::fs::remove_file(&t);
+            io_err(path, e)
+        })
+    };
+    if config_changed {
+        replace(&tcpath, &new_config).map_err(cleanup)?;
+    }
+    let shard = target.join(MTP_SHARD);
+    std::fs::rename(&tmp, &shard).map_err(|e| cleanup(io_err(&shard, e)))?;
+    let bytes: u64 = tensors.iter().map(|t| t.bytes() as u64).sum();
+    let ipath = target.join("model.safetensors.index.json");
+    if let Some(itext) = read_opt(&ipath)? {
+        let mut idx: Value = serde_json::from_str(&itext).map_err(|e| LoadError::Index {
+            file: ipath.display().to_string(),
+            message: format!("not valid JSON: {e}"),
+        })?;
+        if let Some(Value::Object(map)) = idx.get_mut("weight_map") {
+            for t in &tensors {
+                map.insert(t.name.clone(), MTP_SHARD.into());
+            }
+            let mut entries: Vec<(String, Value)> = std::mem::take(map).into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            map.extend(entries);
+        }
+        if let Some(total) = idx
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("total_size"))
+        {
+            if let Some(t) = total.as_u64() {
+                *total = (t + bytes).into();
+            }
+        }
+        replace(&ipath, &pretty4(&idx)?)?;
+    }
+    Ok(Grafted {
+        file: MTP_SHARD.into(),
+        tensors: tensors.len(),
+        bytes,
+        bits: quantize.map(|q| q.bits),
+        group_size: quantize.map(|q| q.group_size),
+        recipe: recipe.map(Recipe::name),
+        notes,
+    })
 }

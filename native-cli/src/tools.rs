@@ -990,8 +990,13 @@ pub struct ConvertArgs {
     #[arg(value_name = "SRC")]
     src: PathBuf,
     /// The output directory (must not exist).
-    #[arg(long, value_name = "DST")]
-    out: PathBuf,
+    #[arg(long, value_name = "DST", required_unless_present = "add_mtp_to")]
+    out: Option<PathBuf>,
+    /// Instead of a whole conversion, add SRC's MTP head to an existing MLX checkpoint that lacks
+    /// it (mlx-lm's conversions drop it): quantized like that checkpoint, into one new shard.
+    /// SRC needs only config.json and the shards that hold mtp.*.
+    #[arg(long, value_name = "MLX_DIR", conflicts_with_all = ["out", "bits", "group_size", "quant_predicate", "no_quantize", "dtype", "no_mtp"])]
+    add_mtp_to: Option<PathBuf>,
     /// Bits per weight: 2, 3, 4, 5, 6 or 8 (qwgpu runs 4 and 8).
     #[arg(long, default_value_t = 4)]
     bits: u32,
@@ -1024,6 +1029,36 @@ pub fn convert(a: ConvertArgs) -> Result<(), String> {
     use qwgpu_engine::convert::{self, ConvertOptions, QuantChoice, Recipe};
     use qwgpu_engine::quant::FloatType;
     use qwgpu_engine::weights::Checkpoint;
+    if let Some(target) = &a.add_mtp_to {
+        let t0 = Instant::now();
+        let g = convert::graft_mtp(&a.src, target, &|_| {}).map_err(|e| e.to_string())?;
+        if a.json {
+            let mut j = serde_json::to_value(&g).map_err(|e| e.to_string())?;
+            j["seconds"] = t0.elapsed().as_secs_f64().into();
+            println!("{j}");
+        } else {
+            for n in &g.notes {
+                eprintln!("note: {n}");
+            }
+            let how = match (g.recipe, g.bits, g.group_size) {
+                (Some(r), _, Some(gs)) => format!("quantized per {r}, group {gs}"),
+                (None, Some(b), Some(gs)) => format!("{b}-bit, group {gs}"),
+                _ => "unquantized".into(),
+            };
+            eprintln!(
+                "added the MTP head to {}: {} tensors ({how}), {:.2} GB in {} ({:.1}s)",
+                target.display(),
+                g.tensors,
+                g.bytes as f64 / 1e9,
+                g.file,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        return Ok(());
+    }
+    let Some(out) = a.out.clone() else {
+        return Err("--out DST is required".into());
+    };
     let recipe = match &a.quant_predicate {
         Some(r) => Some(Recipe::parse(r).ok_or_else(|| {
             format!(
@@ -1085,24 +1120,24 @@ pub fn convert(a: ConvertArgs) -> Result<(), String> {
         }
     };
     // Interrupted, the partial output goes: nothing is left under any name.
-    if let Some(partial) = convert::partial_dir(&a.out) {
+    if let Some(partial) = convert::partial_dir(&out) {
         let _ = ctrlc::set_handler(move || {
             let _ = std::fs::remove_dir_all(&partial);
             eprintln!("\ninterrupted: nothing was written");
             std::process::exit(130);
         });
     }
-    let written = convert::write(&ck, &plan, &a.out, opts.shard_bytes, &progress)
-        .map_err(|e| e.to_string())?;
+    let written =
+        convert::write(&ck, &plan, &out, opts.shard_bytes, &progress).map_err(|e| e.to_string())?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    convert::verify(&a.out).map_err(|e| format!("the written checkpoint does not load: {e}"))?;
+    convert::verify(&out).map_err(|e| format!("the written checkpoint does not load: {e}"))?;
     let secs = t0.elapsed().as_secs_f64();
     if a.json {
         let j = serde_json::json!({
             "source": a.src.display().to_string(),
-            "out": a.out.display().to_string(),
+            "out": out.display().to_string(),
             "layout": plan.layout,
             "tensors": plan.tensor_count,
             "quantized_matrices": plan.quantized_matrices,
@@ -1125,7 +1160,7 @@ pub fn convert(a: ConvertArgs) -> Result<(), String> {
         .collect();
     eprintln!(
         "wrote {} ({:.2} GB from {:.2} GB, {} tensors; {} matrices quantized{}; MTP head: {}) in {:.1}s",
-        a.out.display(),
+        out.display(),
         written.bytes as f64 / 1e9,
         plan.source_bytes as f64 / 1e9,
         plan.tensor_count,

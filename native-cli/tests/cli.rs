@@ -1203,6 +1203,52 @@ fn convert_a_hugging_face_checkpoint_and_run_it_with_mtp() {
     assert_eq!(plain["tokens"], spec["tokens"]);
     assert!(spec["mtp"]["drafted"].as_u64().unwrap() > 0, "{spec}");
 
+    // A conversion without the head (as mlx-lm's), then the head added from the source.
+    let bare = tmp.join("bare");
+    ok_json(&[
+        "convert",
+        src.to_str().unwrap(),
+        "--out",
+        bare.to_str().unwrap(),
+        "--no-mtp",
+        "--json",
+    ]);
+    let g = ok_json(&[
+        "convert",
+        src.to_str().unwrap(),
+        "--add-mtp-to",
+        bare.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(g["file"], "model-mtp.safetensors");
+    assert_eq!(g["bits"], 4);
+    assert_eq!(g["tensors"], j["mtp_tensors"]);
+    let grafted = ok_json(&[
+        "generate",
+        "--model",
+        bare.to_str().unwrap(),
+        "--prompt-ids",
+        &p.join(","),
+        "--max-tokens",
+        "40",
+        "--ignore-eos",
+        "--mtp",
+        "on",
+        "--json",
+    ]);
+    assert_eq!(grafted["tokens"], spec["tokens"]);
+    assert_eq!(grafted["mtp"], spec["mtp"]);
+    expect_error(
+        &[
+            "convert",
+            src.to_str().unwrap(),
+            "--add-mtp-to",
+            bare.to_str().unwrap(),
+        ],
+        None,
+        &["already has an MTP head"],
+    );
+
     // Errors: one line, nothing written or overwritten.
     expect_error(
         &[

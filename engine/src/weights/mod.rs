@@ -255,6 +255,18 @@ impl Checkpoint {
     /// Opens `dir` natively: memory-maps every `model*.safetensors` file (as mlx-lm loads them).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(dir: &std::path::Path) -> Result<Checkpoint, LoadError> {
+        Self::open_dir(dir, true)
+    }
+
+    /// [`Checkpoint::open`] without the index cross-check: the shards that are present, when
+    /// only some were downloaded (`qwgpu convert --add-mtp-to` needs only those with `mtp.*`).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_present(dir: &std::path::Path) -> Result<Checkpoint, LoadError> {
+        Self::open_dir(dir, false)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn open_dir(dir: &std::path::Path, check_index: bool) -> Result<Checkpoint, LoadError> {
         let io = |p: &std::path::Path, e: std::io::Error| LoadError::Io {
             path: p.display().to_string(),
             message: e.to_string(),
@@ -283,7 +295,8 @@ impl Checkpoint {
         }
         let ipath = dir.join("model.safetensors.index.json");
         let itext = match std::fs::read_to_string(&ipath) {
-            Ok(t) => Some(t),
+            Ok(t) if check_index => Some(t),
+            Ok(_) => None,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io(&ipath, e)),
         };
