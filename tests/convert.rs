@@ -265,6 +265,32 @@ fn session_at(dir: &Path) -> Session {
     .unwrap()
 }
 
+/// Greedy MTP decoding of `prompt` in `s` gives plain greedy decoding's `max_tokens` tokens, and
+/// the head drafts.
+fn assert_mtp_matches_plain(s: &mut Session, r: &Reference, prompt: &[u32], max_tokens: usize) {
+    let opts = GenOptions {
+        max_tokens,
+        eos: r.eos.clone(),
+        ignore_eos: true,
+    };
+    s.reset();
+    let (plain, _) = pollster::block_on(generate(s, prompt, &opts, &mut |_| true)).unwrap();
+    s.reset();
+    let (spec, _, stats) = pollster::block_on(generate_mtp(
+        s,
+        prompt,
+        &opts,
+        &MtpOptions::always(),
+        &mut |_| true,
+    ))
+    .unwrap();
+    assert_eq!(
+        spec, plain,
+        "MTP on the converted checkpoint changes the output"
+    );
+    assert!(stats.drafted > 0, "the MTP head drafted");
+}
+
 #[test]
 fn unquantized_conversion_runs_like_its_source() {
     // Converting without quantization only renames, shifts the norms and moves conv1d's axis,
@@ -307,28 +333,7 @@ fn quantized_conversion_keeps_a_working_mtp_head() {
         "the converted checkpoint has an MTP head"
     );
     for prompt in r.prompts.iter().take(2) {
-        let opts = GenOptions {
-            max_tokens: 48,
-            eos: r.eos.clone(),
-            ignore_eos: true,
-        };
-        s.reset();
-        let (plain, _) =
-            pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true)).unwrap();
-        s.reset();
-        let (spec, _, stats) = pollster::block_on(generate_mtp(
-            &mut s,
-            prompt,
-            &opts,
-            &MtpOptions::always(),
-            &mut |_| true,
-        ))
-        .unwrap();
-        assert_eq!(
-            spec, plain,
-            "MTP on the converted checkpoint changes the output"
-        );
-        assert!(stats.drafted > 0, "the MTP head drafted");
+        assert_mtp_matches_plain(&mut s, &r, prompt, 48);
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -518,24 +523,7 @@ fn adding_the_mtp_head_to_a_conversion_without_it_equals_a_whole_conversion() {
     let r = load_reference("hf-bf16");
     let mut s = session_at(&tmp.join("without-q4"));
     assert!(s.mtp_available());
-    let opts = GenOptions {
-        max_tokens: 32,
-        eos: r.eos.clone(),
-        ignore_eos: true,
-    };
-    let (plain, _) =
-        pollster::block_on(generate(&mut s, &r.prompts[1], &opts, &mut |_| true)).unwrap();
-    s.reset();
-    let (spec, _, stats) = pollster::block_on(generate_mtp(
-        &mut s,
-        &r.prompts[1],
-        &opts,
-        &MtpOptions::always(),
-        &mut |_| true,
-    ))
-    .unwrap();
-    assert_eq!(spec, plain);
-    assert!(stats.drafted > 0);
+    assert_mtp_matches_plain(&mut s, &r, &r.prompts[1], 32);
     drop(s);
 
     // Refusals, each before the target changes.

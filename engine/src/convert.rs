@@ -885,6 +885,43 @@ fn order_key(name: &str) -> (u32, u64, String) {
     }
 }
 
+/// Writes `tensors` (converted from `ck` as the writer asks for them) to the safetensors file
+/// `path` with MLX's metadata and `perms`; `done` gets each tensor's byte count.
+fn write_shard(
+    ck: &Checkpoint,
+    tensors: &[&OutTensor],
+    path: &Path,
+    perms: &std::fs::Permissions,
+    done: &(dyn Fn(u64) + Sync),
+) -> Result<(), LoadError> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let failed = std::sync::Mutex::new(None::<String>);
+    let views: Vec<(String, Lazy<'_>)> = tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                Lazy {
+                    ck,
+                    t,
+                    threads,
+                    done,
+                    failed: &failed,
+                },
+            )
+        })
+        .collect();
+    let meta = std::collections::HashMap::from([("format".to_string(), "mlx".to_string())]);
+    safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| io_err(path, e))?;
+    std::fs::set_permissions(path, perms.clone()).map_err(|e| io_err(path, e))?;
+    match failed.lock().ok().and_then(|mut f| f.take()) {
+        Some(e) => Err(LoadError::Unsupported(e)),
+        None => Ok(()),
+    }
+}
+
 fn write_into(
     ck: &Checkpoint,
     plan: &Plan,
@@ -923,12 +960,8 @@ fn write_into(
             .map(|i| format!("model-{:05}-of-{:05}.safetensors", i + 1, n))
             .collect()
     };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let written = AtomicU64::new(0);
     let done = |b: u64| progress(written.fetch_add(b, Ordering::Relaxed) + b);
-    let failed = std::sync::Mutex::new(None::<String>);
     // config.json first: the shards (written through a private temporary file) then take its
     // permissions, which follow the user's umask.
     let cpath = dir.join("config.json");
@@ -937,28 +970,7 @@ fn write_into(
         .map_err(|e| io_err(&cpath, e))?
         .permissions();
     for (sh, name) in shards.iter().zip(&names) {
-        let views: Vec<(String, Lazy<'_>)> = sh
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    Lazy {
-                        ck,
-                        t,
-                        threads,
-                        done: &done,
-                        failed: &failed,
-                    },
-                )
-            })
-            .collect();
-        let meta = std::collections::HashMap::from([("format".to_string(), "mlx".to_string())]);
-        let path = dir.join(name);
-        safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| io_err(&path, e))?;
-        std::fs::set_permissions(&path, perms.clone()).map_err(|e| io_err(&path, e))?;
-        if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
-            return Err(LoadError::Unsupported(e));
-        }
+        write_shard(ck, sh, &dir.join(name), &perms, &done)?;
     }
     let mut files = names.clone();
     {
@@ -1269,43 +1281,19 @@ pub fn graft_mtp(
     // Write the shard beside the others under a name the loader does not read, then check the
     // whole checkpoint with it before anything is renamed.
     let tmp = target.join(format!(".{MTP_SHARD}.partial-{}", std::process::id()));
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let written = std::sync::atomic::AtomicU64::new(0);
     let done = |b: u64| {
         progress(written.fetch_add(b, std::sync::atomic::Ordering::Relaxed) + b);
     };
-    let failed = std::sync::Mutex::new(None::<String>);
-    let views: Vec<(String, Lazy<'_>)> = tensors
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                Lazy {
-                    ck: &sck,
-                    t,
-                    threads,
-                    done: &done,
-                    failed: &failed,
-                },
-            )
-        })
-        .collect();
-    let meta = std::collections::HashMap::from([("format".to_string(), "mlx".to_string())]);
     let cleanup = |e: LoadError| {
         let _ = std::fs::remove_file(&tmp);
         e
     };
-    safetensors::serialize_to_file(views, Some(meta), &tmp)
-        .map_err(|e| cleanup(io_err(&tmp, e)))?;
-    if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
-        return Err(cleanup(LoadError::Unsupported(e)));
-    }
     let perms = std::fs::metadata(&tcpath)
-        .map_err(|e| cleanup(io_err(&tcpath, e)))?
+        .map_err(|e| io_err(&tcpath, e))?
         .permissions();
-    std::fs::set_permissions(&tmp, perms).map_err(|e| cleanup(io_err(&tmp, e)))?;
+    let refs: Vec<&OutTensor> = tensors.iter().collect();
+    write_shard(&sck, &refs, &tmp, &perms, &done).map_err(cleanup)?;
     {
         let f = std::fs::File::open(&tmp).map_err(|e| cleanup(io_err(&tmp, e)))?;
         // SAFETY: read-only map of the file just written, dropped before it is renamed.

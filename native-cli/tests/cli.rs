@@ -1183,11 +1183,11 @@ fn convert_a_hugging_face_checkpoint_and_run_it_with_mtp() {
         .iter()
         .map(|x| x.to_string())
         .collect();
-    let run = |mtp: &str| {
+    let run_at = |model: &Path, mtp: &str| {
         ok_json(&[
             "generate",
             "--model",
-            out.to_str().unwrap(),
+            model.to_str().unwrap(),
             "--prompt-ids",
             &p.join(","),
             "--max-tokens",
@@ -1198,7 +1198,7 @@ fn convert_a_hugging_face_checkpoint_and_run_it_with_mtp() {
             "--json",
         ])
     };
-    let (plain, spec) = (run("off"), run("on"));
+    let (plain, spec) = (run_at(&out, "off"), run_at(&out, "on"));
     assert_eq!(ids(&plain["tokens"]).len(), 40);
     assert_eq!(plain["tokens"], spec["tokens"]);
     assert!(spec["mtp"]["drafted"].as_u64().unwrap() > 0, "{spec}");
@@ -1223,19 +1223,7 @@ fn convert_a_hugging_face_checkpoint_and_run_it_with_mtp() {
     assert_eq!(g["file"], "model-mtp.safetensors");
     assert_eq!(g["bits"], 4);
     assert_eq!(g["tensors"], j["mtp_tensors"]);
-    let grafted = ok_json(&[
-        "generate",
-        "--model",
-        bare.to_str().unwrap(),
-        "--prompt-ids",
-        &p.join(","),
-        "--max-tokens",
-        "40",
-        "--ignore-eos",
-        "--mtp",
-        "on",
-        "--json",
-    ]);
+    let grafted = run_at(&bare, "on");
     assert_eq!(grafted["tokens"], spec["tokens"]);
     assert_eq!(grafted["mtp"], spec["mtp"]);
     expect_error(
@@ -1261,30 +1249,21 @@ fn convert_a_hugging_face_checkpoint_and_run_it_with_mtp() {
         &["already exists"],
     );
     let bad = tmp.join("bad");
-    expect_error(
-        &[
+    let refused = |extra: &[&str], must: &[&str]| {
+        let mut args = vec![
             "convert",
             src.to_str().unwrap(),
             "--out",
             bad.to_str().unwrap(),
-            "--quant-predicate",
-            "mixed_9_9",
-        ],
-        None,
+        ];
+        args.extend_from_slice(extra);
+        expect_error(&args, None, must);
+    };
+    refused(
+        &["--quant-predicate", "mixed_9_9"],
         &["mixed_9_9", "mixed_4_6"],
     );
-    expect_error(
-        &[
-            "convert",
-            src.to_str().unwrap(),
-            "--out",
-            bad.to_str().unwrap(),
-            "--bits",
-            "7",
-        ],
-        None,
-        &["7 bits"],
-    );
+    refused(&["--bits", "7"], &["7 bits"]);
     expect_error(
         &[
             "convert",
