@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use crate::error::LoadError;
 use crate::model::config::ModelConfig;
-use crate::quant::{encode_floats, pack_codes, FloatType};
+use crate::quant::{affine_code, affine_group, encode_floats, pack_codes, FloatType};
 use crate::weights::{is_shifted_norm, Checkpoint, Dtype, Layout};
 
 /// An mlx-lm mixed-precision recipe (`--quant-predicate`): `v_proj` and `down_proj` of the first
@@ -256,37 +256,57 @@ fn st_dtype(t: FloatType) -> safetensors::Dtype {
     }
 }
 
+/// A file's text, or None when it does not exist.
+fn read_optional(p: &Path) -> Result<Option<String>, LoadError> {
+    match std::fs::read_to_string(p) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(p, e)),
+    }
+}
+
+/// An error naming the first quantized tensor of `ck` (`what` in `src` is already quantized),
+/// if it has one: conversion starts from float weights.
+fn refuse_quantized(
+    src: &Path,
+    ck: &Checkpoint,
+    what: &str,
+    advice: &str,
+) -> Result<(), LoadError> {
+    match ck
+        .tensors
+        .iter()
+        .find(|(n, m)| m.dtype == Dtype::U32 || n.ends_with(".scales"))
+    {
+        Some((_, m)) => Err(LoadError::Unsupported(format!(
+            "{}: {what} is already quantized ('{}' in {}); {advice}",
+            src.display(),
+            m.stored_name,
+            ck.files[m.file].0,
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Works out what converting the checkpoint in `src` (already opened as `ck`) writes. Checks
 /// the config and every tensor against the model first (a malformed or unsupported source fails
 /// here, before anything is written), and refuses an already quantized source.
 pub fn plan(src: &Path, ck: &mut Checkpoint, opts: &ConvertOptions) -> Result<Plan, LoadError> {
     let cpath = src.join("config.json");
     let ctext = std::fs::read_to_string(&cpath).map_err(|e| io_err(&cpath, e))?;
-    let gpath = src.join("generation_config.json");
-    let gtext = match std::fs::read_to_string(&gpath) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_err(&gpath, e)),
-    };
+    let gtext = read_optional(&src.join("generation_config.json"))?;
     let cfg = ModelConfig::parse(&cpath.display().to_string(), &ctext, gtext.as_deref())?;
     let mut root: serde_json::Map<String, Value> = match serde_json::from_str(&ctext) {
         Ok(Value::Object(m)) => m,
         _ => return Err(cfg_err(&cpath, "the top level is not a JSON object".into())),
     };
 
-    if let Some(m) = ck
-        .tensors
-        .iter()
-        .find(|(n, m)| m.dtype == Dtype::U32 || n.ends_with(".scales"))
-        .map(|(_, m)| m)
-    {
-        return Err(LoadError::Unsupported(format!(
-            "{}: the checkpoint is already quantized ('{}' in {}); convert from the original Hugging Face (or unquantized MLX) checkpoint",
-            src.display(),
-            m.stored_name,
-            ck.files[m.file].0,
-        )));
-    }
+    refuse_quantized(
+        src,
+        ck,
+        "the checkpoint",
+        "convert from the original Hugging Face (or unquantized MLX) checkpoint",
+    )?;
     if root.contains_key("quantization") || root.contains_key("quantization_config") {
         return Err(cfg_err(
             &cpath,
@@ -310,7 +330,7 @@ pub fn plan(src: &Path, ck: &mut Checkpoint, opts: &ConvertOptions) -> Result<Pl
 
     let mut notes = Vec::new();
     // Tensors mlx-lm's load would not keep.
-    let mut drop = |ck: &mut Checkpoint, pred: &dyn Fn(&str) -> bool, why: &str| {
+    let mut leave_out = |ck: &mut Checkpoint, pred: &dyn Fn(&str) -> bool, why: &str| {
         let names: Vec<String> = ck.tensors.keys().filter(|n| pred(n)).cloned().collect();
         if !names.is_empty() {
             notes.push(format!("{} tensor(s) left out: {why}", names.len()));
@@ -320,7 +340,7 @@ pub fn plan(src: &Path, ck: &mut Checkpoint, opts: &ConvertOptions) -> Result<Pl
         }
     };
     if cfg.tie_word_embeddings {
-        drop(
+        leave_out(
             ck,
             &|n| n.starts_with("language_model.lm_head."),
             "lm_head (tie_word_embeddings: the embedding is the output layer)",
@@ -331,7 +351,7 @@ pub fn plan(src: &Path, ck: &mut Checkpoint, opts: &ConvertOptions) -> Result<Pl
         .keys()
         .any(|n| n.starts_with("language_model.mtp."));
     if !opts.keep_mtp {
-        drop(
+        leave_out(
             ck,
             &|n| n.starts_with("language_model.mtp."),
             "the MTP head (--no-mtp)",
@@ -621,8 +641,7 @@ fn pretty4(v: &Value) -> Result<String, LoadError> {
 }
 
 /// The quantized form of `rows` rows of `k` values (already rounded to the weight's type): per
-/// part, the bytes of codes (u32 words), scales or biases (as `cast`). MLX's quantizer
-/// (`backend/cpu/quantized.cpp`, spec §3.1), row by row.
+/// part, the bytes of codes (u32 words), scales or biases (as `cast`), row by row.
 fn quantize_rows(
     values: &[f32],
     k: usize,
@@ -631,43 +650,16 @@ fn quantize_rows(
     part: QuantPart,
     cast: FloatType,
 ) -> Vec<u8> {
-    let n_bins = ((1u32 << bits) - 1) as f32;
     let mut out = Vec::new();
     let mut params = Vec::with_capacity(values.len() / group);
     let mut codes = Vec::with_capacity(if part == QuantPart::Codes { k } else { 0 });
     for row in values.chunks(k) {
         codes.clear();
         for g in row.chunks(group) {
-            let mut w_min = f32::INFINITY;
-            let mut w_max = f32::NEG_INFINITY;
-            for &v in g {
-                // std::max / std::min: the first argument unless the second compares greater
-                // (less).
-                if w_max < v {
-                    w_max = v;
-                }
-                if v < w_min {
-                    w_min = v;
-                }
-            }
-            let mask = w_min.abs() > w_max.abs();
-            let mut scale = ((w_max - w_min) / n_bins).max(1e-7);
-            if !mask {
-                scale = -scale;
-            }
-            let edge = if mask { w_min } else { w_max };
-            let q0 = (edge / scale).round_ties_even();
-            let mut bias = 0.0f32;
-            if q0 != 0.0 {
-                scale = edge / q0;
-                bias = edge;
-            }
+            let (scale, bias) = affine_group(g, bits);
             match part {
                 QuantPart::Codes => {
-                    for &v in g {
-                        let q = ((v - bias) / scale).round_ties_even().clamp(0.0, n_bins);
-                        codes.push(q as u32);
-                    }
+                    codes.extend(g.iter().map(|&v| affine_code(v, scale, bias, bits)))
                 }
                 QuantPart::Scales => params.push(scale),
                 QuantPart::Biases => params.push(bias),
@@ -688,14 +680,6 @@ fn quantize_rows(
     }
 }
 
-fn round_to(t: FloatType, v: f32) -> f32 {
-    match t {
-        FloatType::F32 => v,
-        FloatType::F16 => half::f16::from_f32(v).to_f32(),
-        FloatType::BF16 => half::bf16::from_f32(v).to_f32(),
-    }
-}
-
 /// The bytes of output tensor `t`.
 fn produce(ck: &Checkpoint, t: &OutTensor, threads: usize) -> Result<Vec<u8>, String> {
     let src = ck
@@ -707,7 +691,7 @@ fn produce(ck: &Checkpoint, t: &OutTensor, threads: usize) -> Result<Vec<u8>, St
             let mut v = crate::quant::decode_floats(from, src.bytes);
             if shift {
                 for x in &mut v {
-                    *x = round_to(from, *x + 1.0);
+                    *x = from.round(*x + 1.0);
                 }
             }
             Ok(encode_floats(out, &v))
@@ -736,7 +720,7 @@ fn produce(ck: &Checkpoint, t: &OutTensor, threads: usize) -> Result<Vec<u8>, St
                                 let mut v = crate::quant::decode_floats(from, block);
                                 if cast != from {
                                     for x in &mut v {
-                                        *x = round_to(cast, *x);
+                                        *x = cast.round(*x);
                                     }
                                 }
                                 out.extend(quantize_rows(&v, k, bits, group, part, cast));
@@ -1095,16 +1079,11 @@ pub fn graft_mtp(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Grafted, LoadError> {
     let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| io_err(p, e));
-    let read_opt = |p: &Path| match std::fs::read_to_string(p) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(p, e)),
-    };
     // The target: a valid checkpoint without an MTP head.
     let tck = Checkpoint::open(target)?;
     let tcpath = target.join("config.json");
     let tctext = read(&tcpath)?;
-    let tgen = read_opt(&target.join("generation_config.json"))?;
+    let tgen = read_optional(&target.join("generation_config.json"))?;
     let tcfg = ModelConfig::parse(&tcpath.display().to_string(), &tctext, tgen.as_deref())?;
     check_model(&tcfg, &tck)?;
     if let Some(m) = tck
@@ -1168,7 +1147,7 @@ pub fn graft_mtp(
         .retain(|n, _| n.starts_with("language_model.mtp."));
     if sck.tensors.is_empty() {
         // Which shards hold the head, per the source's index, if it has one.
-        let shards: Vec<String> = read_opt(&src.join("model.safetensors.index.json"))?
+        let shards: Vec<String> = read_optional(&src.join("model.safetensors.index.json"))?
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
             .and_then(|v| {
                 v.get("weight_map").and_then(Value::as_object).map(|m| {
@@ -1195,19 +1174,12 @@ pub fn graft_mtp(
             src.display()
         )));
     }
-    if let Some(m) = sck
-        .tensors
-        .iter()
-        .find(|(n, m)| m.dtype == Dtype::U32 || n.ends_with(".scales"))
-        .map(|(_, m)| m)
-    {
-        return Err(LoadError::Unsupported(format!(
-            "{}: the MTP head is already quantized ('{}' in {}); graft from the original Hugging Face checkpoint",
-            src.display(),
-            m.stored_name,
-            sck.files[m.file].0
-        )));
-    }
+    refuse_quantized(
+        src,
+        &sck,
+        "the MTP head",
+        "graft from the original Hugging Face checkpoint",
+    )?;
 
     // The target's float type and quantization.
     let dtype = match tck
@@ -1322,7 +1294,7 @@ pub fn graft_mtp(
     std::fs::rename(&tmp, &shard).map_err(|e| cleanup(io_err(&shard, e)))?;
     let bytes: u64 = tensors.iter().map(|t| t.bytes() as u64).sum();
     let ipath = target.join("model.safetensors.index.json");
-    if let Some(itext) = read_opt(&ipath)? {
+    if let Some(itext) = read_optional(&ipath)? {
         let mut idx: Value = serde_json::from_str(&itext).map_err(|e| LoadError::Index {
             file: ipath.display().to_string(),
             message: format!("not valid JSON: {e}"),

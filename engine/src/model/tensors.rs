@@ -126,7 +126,7 @@ impl<'a> Finder<'a> {
         let mut v = t.to_f32()?;
         if self.ck.layout == Layout::HuggingFace && is_shifted_norm(name) {
             for x in &mut v {
-                *x = round_to(ft, *x + 1.0);
+                *x = ft.round(*x + 1.0);
             }
         }
         Ok(v)
@@ -412,14 +412,6 @@ impl<'a> Finder<'a> {
                 )?,
             },
         })
-    }
-}
-
-fn round_to(t: FloatType, v: f32) -> f32 {
-    match t {
-        FloatType::F32 => v,
-        FloatType::F16 => half::f16::from_f32(v).to_f32(),
-        FloatType::BF16 => half::bf16::from_f32(v).to_f32(),
     }
 }
 

@@ -22,6 +22,14 @@ impl FloatType {
             FloatType::F16 | FloatType::BF16 => 2,
         }
     }
+    /// `v` rounded to this type (round to nearest even), as f32.
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            FloatType::F32 => v,
+            FloatType::F16 => f16::from_f32(v).to_f32(),
+            FloatType::BF16 => bf16::from_f32(v).to_f32(),
+        }
+    }
     pub fn name(self) -> &'static str {
         match self {
             FloatType::F32 => "F32",
@@ -145,31 +153,51 @@ pub fn dequantize_row(
         .collect()
 }
 
-/// MLX's affine quantizer for one row (spec §3.1), used to make test data with the real format:
-/// scales can come out negative and the bias is an edge of the group, not always its minimum.
-pub fn quantize_row(w: &[f32], bits: u32, group: usize) -> (Vec<u32>, Vec<f32>, Vec<f32>) {
+/// MLX's affine quantizer's scale and bias for one group of weights (spec §3.1, MLX
+/// `backend/cpu/quantized.cpp`, whose arithmetic this follows operation for operation, so a
+/// converter gives its bytes): the scale can come out negative and the bias is an edge of the
+/// group, not always its minimum.
+pub fn affine_group(g: &[f32], bits: u32) -> (f32, f32) {
     let n_bins = ((1u32 << bits) - 1) as f32;
+    let mut w_min = f32::INFINITY;
+    let mut w_max = f32::NEG_INFINITY;
+    for &v in g {
+        // std::max / std::min: the first argument unless the second compares greater (less).
+        if w_max < v {
+            w_max = v;
+        }
+        if v < w_min {
+            w_min = v;
+        }
+    }
+    let mask = w_min.abs() > w_max.abs();
+    let mut scale = ((w_max - w_min) / n_bins).max(1e-7);
+    if !mask {
+        scale = -scale;
+    }
+    let edge = if mask { w_min } else { w_max };
+    let q0 = (edge / scale).round_ties_even();
+    if q0 != 0.0 {
+        (edge / q0, edge)
+    } else {
+        (scale, 0.0)
+    }
+}
+
+/// The code of weight `v` in a group quantized as (scale, bias) by [`affine_group`].
+pub fn affine_code(v: f32, scale: f32, bias: f32, bits: u32) -> u32 {
+    let n_bins = ((1u32 << bits) - 1) as f32;
+    ((v - bias) / scale).round_ties_even().clamp(0.0, n_bins) as u32
+}
+
+/// MLX's affine quantizer for one row (spec §3.1): packed codes, scales and biases per group.
+pub fn quantize_row(w: &[f32], bits: u32, group: usize) -> (Vec<u32>, Vec<f32>, Vec<f32>) {
     let mut codes = Vec::with_capacity(w.len());
     let mut scales = Vec::new();
     let mut biases = Vec::new();
     for g in w.chunks(group) {
-        let w_min = g.iter().cloned().fold(f32::INFINITY, f32::min);
-        let w_max = g.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mask = w_min.abs() > w_max.abs();
-        let mut scale = ((w_max - w_min) / n_bins).max(1e-7);
-        if !mask {
-            scale = -scale;
-        }
-        let edge = if mask { w_min } else { w_max };
-        let q0 = (edge / scale).round_ties_even();
-        let (scale, bias) = if q0 != 0.0 {
-            (edge / q0, edge)
-        } else {
-            (scale, 0.0)
-        };
-        for &v in g {
-            codes.push(((v - bias) / scale).round_ties_even().clamp(0.0, n_bins) as u32);
-        }
+        let (scale, bias) = affine_group(g, bits);
+        codes.extend(g.iter().map(|&v| affine_code(v, scale, bias, bits)));
         scales.push(scale);
         biases.push(bias);
     }
