@@ -401,3 +401,57 @@ fn argmax_picks_lowest_index_on_ties_and_ignores_nan() {
         assert_eq!(got[2], cpu(&logits[v..]), "vocab {vocab} row 1");
     }
 }
+
+#[test]
+fn timestamps_read_back_while_another_thread_polls_the_same_device() {
+    // Benchmarks read GPU timestamps without an executor (`Timestamps::seconds`) while other
+    // work (other tests, a server's streams) may poll the same device from another thread: the
+    // thread whose poll completes the map then runs its callback, possibly after our own poll
+    // has returned. Every read must still arrive, with increasing times.
+    use qwgpu_engine::gpu::timer::Timestamps;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let gpu = model_gpu();
+    let Some(stamps) = Timestamps::new(&gpu, "two-thread timestamps", 2) else {
+        eprintln!("no timestamp queries on this adapter: nothing to check");
+        return;
+    };
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (gpu, stop) = (gpu.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let enc = gpu
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+                gpu.queue.submit([enc.finish()]);
+                gpu.wait();
+            }
+        })
+    };
+    let mut result = Ok(());
+    for i in 0..400 {
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        drop(enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                query_set: &stamps.set,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            }),
+        }));
+        stamps.resolve(&mut enc, 2);
+        gpu.queue.submit([enc.finish()]);
+        match stamps.seconds(&gpu, 2) {
+            Ok(t) if t.len() == 2 && t[1] >= t[0] => {}
+            other => {
+                result = Err(format!("read {i}: {other:?}"));
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    poller.join().expect("the polling thread");
+    result.unwrap();
+}

@@ -60,17 +60,37 @@ impl Readback {
         Ok(out)
     }
 
-    /// [`Readback::read`] without an executor, natively (benchmarks): it waits for the device
-    /// first, so the map has resolved by the time the read is polled.
+    /// [`Readback::read`] without an executor, natively (benchmarks): blocks this thread until
+    /// the map resolves. Its callback runs in whichever thread's poll sees the work complete:
+    /// ours, or another thread polling the same device, which may run it only after our poll has
+    /// returned; so this parks until woken (re-polling the device now and then) rather than
+    /// assuming the map is done when our poll returns.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_blocking(&self, gpu: &Gpu, len: u64) -> Result<Vec<u8>, GpuError> {
+        use std::task::{Context, Poll, Wake, Waker};
+        use std::time::{Duration, Instant};
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.unpark()
+            }
+        }
+        let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
         let mut fut = std::pin::pin!(self.read(gpu, len, None));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match std::future::Future::poll(fut.as_mut(), &mut cx) {
-            std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => Err(GpuError::Readback(
-                "the staging buffer was not mapped after the device went idle".into(),
-            )),
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Poll::Ready(r) = std::future::Future::poll(fut.as_mut(), &mut cx) {
+                return r;
+            }
+            if Instant::now() > deadline {
+                return Err(GpuError::Readback(
+                    "the staging buffer was not mapped within 60 s of the device going idle"
+                        .into(),
+                ));
+            }
+            std::thread::park_timeout(Duration::from_millis(5));
+            gpu.wait();
         }
     }
 }
