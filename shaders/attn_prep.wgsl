@@ -92,17 +92,30 @@ fn main(
         src = t * p.k_stride + p.k_col + (slot - nq) * D;
     }
 
-    // Load this thread's dims (j = lid + i*WG) and their sum of squares, in a fixed order.
+    // Load this thread's dims (j = lid + i*WG) and their sum of squares, in a fixed order; the
+    // norm weights and the rotation of its dims too, so that their loads and cos/sin overlap
+    // the reduction instead of following it (the same arithmetic).
+    let hrot = p.rotary_dim / 2u;
+    let fpos = f32(row);
     var x: array<f32, PER>;
+    var wn: array<f32, PER>;
+    var rot: array<vec2<f32>, PER>;
     var s = 0.0;
     for (var i = 0u; i < PER; i++) {
         let j = lid + i * WG;
         var v = 0.0;
+        var w = 0.0;
         if (j < D) {
-            if (is_q) { v = qg[src + j]; } else { v = kin[src + j]; }
+            if (is_q) { v = qg[src + j]; w = q_norm[j]; } else { v = kin[src + j]; w = k_norm[j]; }
         }
         x[i] = v;
+        wn[i] = w;
         s += v * v;
+        if (j < p.rotary_dim) {
+            let fi = select(j - hrot, j, j < hrot);
+            let inv_freq = exp2(-(f32(fi) / f32(hrot)) * p.log2_theta);
+            rot[i] = cos_sin(fpos * inv_freq);
+        }
     }
     red[lid] = s;
     workgroupBarrier();
@@ -114,15 +127,11 @@ fn main(
     for (var i = 0u; i < PER; i++) {
         let j = lid + i * WG;
         if (j < D) {
-            var w: f32;
-            if (is_q) { w = q_norm[j]; } else { w = k_norm[j]; }
-            xs[j] = w * (x[i] * inv);
+            xs[j] = wn[i] * (x[i] * inv);
         }
     }
     workgroupBarrier();
 
-    let hrot = p.rotary_dim / 2u;
-    let fpos = f32(row);
     var dst: u32;
     if (is_q) {
         dst = t * nq * D + slot * D;
@@ -134,9 +143,7 @@ fn main(
         if (j < D) {
             var y = xs[j];
             if (j < p.rotary_dim) {
-                let fi = select(j - hrot, j, j < hrot);
-                let inv_freq = exp2(-(f32(fi) / f32(hrot)) * p.log2_theta);
-                let cs = cos_sin(fpos * inv_freq);
+                let cs = rot[i];
                 if (j < hrot) {
                     y = xs[j] * cs.x - xs[j + hrot] * cs.y;
                 } else {

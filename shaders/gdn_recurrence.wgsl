@@ -171,12 +171,53 @@ fn main(
     }
 
 #if PREP
+    let alog_h = a_log[h];
+    let dtb_h = dt_bias[h];
+#if GATED
+    let gw_row = gw[row];
+#endif
+    // Every load of a row is issued before its barriers and reductions (row 0's here, row t+1's
+    // at the top of row t), so their latencies overlap one another and the arithmetic instead of
+    // each waiting behind the previous one's. The arithmetic is unchanged.
+    var n_raw: array<vec4<f32>, KQ>;
+    for (var i = 0u; i < KQ; i++) {
+        n_raw[i] = stage_load(0u, T, kh, lid + i * WG);
+    }
+    var n_v = 0.0;
+    var n_zb = 0.0;
+    var n_za = 0.0;
+    var n_zg = 0.0;
+    if (T > 0u) {
+        n_v = conv_at(vcol);
+        n_zb = z[p.b_col + h];
+        n_za = z[p.a_col + h];
+#if GATED
+        n_zg = z[p.z_col + h * p.dv + row];
+#endif
+    }
     for (var t = 0u; t < T; t++) {
         let buf = 0u;
+        let raw = n_raw;
+        let v = n_v;
+        let zb = n_zb;
+        let za = n_za;
+        let zg = n_zg;
+        if (t + 1u < T) {
+            let t1 = t + 1u;
+            for (var i = 0u; i < KQ; i++) {
+                n_raw[i] = stage_load(t1, T, kh, lid + i * WG);
+            }
+            n_v = conv_at(t1 * p.conv_dim + vcol);
+            n_zb = z[t1 * p.z_stride + p.b_col + h];
+            n_za = z[t1 * p.z_stride + p.a_col + h];
+#if GATED
+            n_zg = z[t1 * p.z_stride + p.z_col + h * p.dv + row];
+#endif
+        }
         // Stage row t's raw k|q (every read of the previous row's is behind this barrier).
         workgroupBarrier();
-        for (var i = lid; i < KQS; i += WG) {
-            kq[i] = stage_load(t, T, kh, i);
+        for (var i = 0u; i < KQ; i++) {
+            if (lid + i * WG < KQS) { kq[lid + i * WG] = raw[i]; }
         }
         workgroupBarrier();
         // gdn_prep's normalization: threads [0, GN_WG) sum k's squares, [GN_WG, 2 GN_WG) q's.
@@ -204,9 +245,8 @@ fn main(
             }
         }
         workgroupBarrier();
-        let v = conv_at(t * p.conv_dim + vcol);
-        let beta = sigmoid(z[t * p.z_stride + p.b_col + h]);
-        let g = decay_gate(z[t * p.z_stride + p.a_col + h], a_log[h], dt_bias[h]);
+        let beta = sigmoid(zb);
+        let g = decay_gate(za, alog_h, dtb_h);
 #else
     // k|q of row 0 staged now, of row 1 held in registers; v, beta, g one row ahead.
     var pre: array<vec4<f32>, KQ>;
@@ -300,8 +340,13 @@ fn main(
         }
         let inv = inverseSqrt(gred[0] / f32(p.dv) + p.eps);
         if (live && lane == 0u) {
+#if PREP
+            let gn = gw_row * (o * inv);
+            let yv = silu(zg) * gn;
+#else
             let gn = gw[row] * (o * inv);
             let yv = silu(z[t * p.z_stride + p.z_col + h * p.dv + row]) * gn;
+#endif
             y[t * hv * p.dv + h * p.dv + row] = yv;
 #if XQ
             gq[row] = yv;
