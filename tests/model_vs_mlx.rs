@@ -295,3 +295,107 @@ fn projections_of_mixed_formats_load_apart_and_match_mlx_lm() {
         );
     }
 }
+
+#[test]
+fn narrow_codes_run_as_wider_codes_with_a_note() {
+    // Matrices of 2, 3, 5 or 6 bits (mlx-lm's mixed recipes, low-bit conversions) run on the 4-
+    // and 8-bit kernels: the loader widens their codes (scales and biases unchanged, so every
+    // weight keeps its value; the logits of these fixtures are held to mlx-lm's by
+    // greedy_tokens_and_logits_match_mlx_lm). Here, against the checkpoint's own tensors: every
+    // GPU matrix holds 4- or 8-bit codes in k · bits / 8 bytes per row, a 3-bit q|k stacks
+    // apart from a 6-bit v, and the load note counts the narrow matrices per width.
+    use std::collections::BTreeMap;
+    let mut seen = 0;
+    for name in fixture_names() {
+        let dir = fixtures_dir().join(&name);
+        let cfg = qwgpu_engine::model::session::read_config(&dir).unwrap();
+        let mut narrow: BTreeMap<u32, usize> = BTreeMap::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().and_then(|x| x.to_str()) != Some("safetensors")
+                || path.file_name().and_then(|x| x.to_str()) == Some("reference.safetensors")
+            {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            for (t, scales) in st.tensors() {
+                let Some(module) = t.strip_suffix(".scales") else {
+                    continue;
+                };
+                let w = st.tensor(&format!("{module}.weight")).unwrap();
+                let spec = cfg.quantization.for_module(module).unwrap();
+                let k = scales.shape()[1] * spec.group_size as usize;
+                let bits = (w.shape()[1] * 32 / k) as u32;
+                assert_eq!(bits, spec.bits, "{name}: {module}");
+                if bits != 4 && bits != 8 {
+                    *narrow.entry(bits).or_default() += 1;
+                }
+            }
+        }
+        if narrow.is_empty() {
+            continue;
+        }
+        seen += 1;
+        let s = load_session(&name, 64);
+        for (bits, count) in &narrow {
+            let to = if *bits < 4 { 4 } else { 8 };
+            let says =
+                format!("{count} matrices stored with {bits}-bit codes run as {to}-bit codes");
+            assert!(
+                s.model.notes.iter().any(|n| n.contains(&says)),
+                "{name}: no note '{says}' in {:?}",
+                s.model.notes
+            );
+        }
+        let w = &s.model.weights;
+        let mut mats = vec![&w.embed];
+        mats.extend(w.lm_head.as_ref());
+        for l in &w.layers {
+            let (mixer, out) = match &l.mixer {
+                Mixer::Gdn {
+                    in_proj, out_proj, ..
+                } => (in_proj, out_proj),
+                Mixer::Attn {
+                    qkv_proj, o_proj, ..
+                } => (qkv_proj, o_proj),
+            };
+            mats.extend(mixer.mats.iter().chain(&l.gate_up.mats));
+            mats.push(out);
+            mats.push(&l.down);
+        }
+        for m in mats {
+            let qwgpu_engine::quant::WeightFormat::Affine { bits, .. } = m.format else {
+                continue;
+            };
+            assert!(
+                bits == 4 || bits == 8,
+                "{name}: {} holds {bits}-bit codes",
+                m.name
+            );
+            let rows: u64 = m.chunks.iter().map(|c| c.rows as u64).sum();
+            let bytes: u64 = m.chunks.iter().map(|c| c.weight.size).sum();
+            assert_eq!(rows, m.n as u64, "{name}: {}", m.name);
+            assert!(
+                bytes >= rows * m.k as u64 * bits as u64 / 8
+                    && bytes < rows * m.k as u64 * bits as u64 / 8 + 64,
+                "{name}: {} has {bytes} bytes of codes for {rows} rows of {} {bits}-bit codes",
+                m.name,
+                m.k
+            );
+        }
+        if name == "bf16-mixed-3-6" {
+            // Layer 3 (attention, a recipe layer): v_proj in 6 bits, q and k in 3.
+            let Mixer::Attn { qkv_proj, .. } = &w.layers[3].mixer else {
+                panic!("{name}: layer 3 is not attention");
+            };
+            let names: Vec<&str> = qkv_proj
+                .mats
+                .iter()
+                .map(|m| m.name.rsplit('.').next().unwrap_or_default())
+                .collect();
+            assert_eq!(names, ["q_proj+k_proj", "v_proj"], "{name}: layer 3");
+        }
+    }
+    assert!(seen >= 2, "fixtures with narrow codes: {seen}");
+}

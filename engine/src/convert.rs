@@ -397,15 +397,15 @@ pub fn plan(src: &Path, ck: &mut Checkpoint, opts: &ConvertOptions) -> Result<Pl
         quantized,
     } = acc;
     if let Some(q) = &opts.quantize {
-        let unrunnable: Vec<String> = bits_used
+        let widened: Vec<String> = bits_used
             .keys()
             .filter(|b| !matches!(b, 4 | 8))
             .map(|b| format!("{b}-bit"))
             .collect();
-        if !unrunnable.is_empty() {
+        if !widened.is_empty() {
             notes.push(format!(
-                "{} matrices are valid MLX but qwgpu runs only 4- and 8-bit weights (mlx-lm runs this checkpoint)",
-                unrunnable.join(" and ")
+                "{} matrices are loaded as 4- or 8-bit codes on the GPU (the same weights, more memory than their files)",
+                widened.join(" and ")
             ));
         }
         let mut block = serde_json::Map::new();

@@ -85,8 +85,7 @@ impl Readback {
             }
             if Instant::now() > deadline {
                 return Err(GpuError::Readback(
-                    "the staging buffer was not mapped within 60 s of the device going idle"
-                        .into(),
+                    "the staging buffer was not mapped within 60 s of the device going idle".into(),
                 ));
             }
             std::thread::park_timeout(Duration::from_millis(5));

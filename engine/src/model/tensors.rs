@@ -81,6 +81,8 @@ struct Finder<'a> {
     ck: &'a Checkpoint,
     cfg: &'a ModelConfig,
     used: RefCell<BTreeSet<String>>,
+    /// Per stored width other than 4 and 8: matrices, and the bytes widening them adds on the GPU.
+    widened: RefCell<std::collections::BTreeMap<u32, (usize, u64)>>,
 }
 
 impl<'a> Finder<'a> {
@@ -213,12 +215,20 @@ impl<'a> Finder<'a> {
                     return Err(LoadError::Quant { tensor: wname, file: w.file.into(), message: format!("is quantized but config.json {what}") });
                 }
             }
-            if bits != 4 && bits != 8 {
+            if !matches!(bits, 2 | 3 | 4 | 5 | 6 | 8) || k * bits as usize != w.shape[1] * 32 {
                 return Err(LoadError::Quant {
                     tensor: wname,
                     file: w.file.into(),
-                    message: format!("{bits}-bit weights are not supported yet (4 and 8 are)"),
+                    message: format!(
+                        "{bits}-bit codes are not an MLX affine format (2, 3, 4, 5, 6 or 8 bits)"
+                    ),
                 });
+            }
+            if bits != 4 && bits != 8 {
+                let mut widened = self.widened.borrow_mut();
+                let e = widened.entry(bits).or_default();
+                e.0 += 1;
+                e.1 += (n * k) as u64 * (if bits < 4 { 4 } else { 8 } - bits as u64) / 8;
             }
             Ok(HostLinear {
                 path: path.to_string(),
@@ -421,6 +431,7 @@ pub fn collect<'a>(cfg: &'a ModelConfig, ck: &'a Checkpoint) -> Result<HostModel
         ck,
         cfg,
         used: RefCell::new(BTreeSet::new()),
+        widened: RefCell::new(std::collections::BTreeMap::new()),
     };
     let (h, v) = (cfg.hidden_size, cfg.vocab_size);
     let embed = f.linear(
@@ -484,6 +495,13 @@ pub fn collect<'a>(cfg: &'a ModelConfig, ck: &'a Checkpoint) -> Result<HostModel
             file: ck.file_of(first).to_string(),
             model: format!("{}-layer Qwen3.5/3.6", cfg.num_hidden_layers),
         });
+    }
+    for (bits, (count, extra)) in f.widened.borrow().iter() {
+        let to = if *bits < 4 { 4 } else { 8 };
+        notes.push(format!(
+            "{count} matrices stored with {bits}-bit codes run as {to}-bit codes on the GPU (the same weights; {:.2} GB more than stored)",
+            *extra as f64 / 1e9
+        ));
     }
     Ok(HostModel {
         embed,

@@ -205,7 +205,8 @@ impl Uploader<'_, '_> {
         let views: Vec<(&str, &MatrixData<'_>)> =
             parts.iter().map(|p| (p.path.as_str(), &p.data)).collect();
         let m = Matrix::upload_stacked(self.gpu, &name, &views)?;
-        self.done += m.bytes();
+        // Progress counts the checkpoint's bytes (widened codes take more on the GPU).
+        self.done += parts.iter().map(|p| p.data.bytes()).sum::<u64>();
         (self.progress)(self.done);
         Ok(m)
     }
@@ -275,7 +276,7 @@ impl Uploader<'_, '_> {
                 (gate.path.as_str(), &gate.data),
                 (up.path.as_str(), &up.data),
             )?;
-            self.done += m.bytes();
+            self.done += gate.data.bytes() + up.data.bytes();
             (self.progress)(self.done);
             Projections { mats: vec![m] }
         } else {

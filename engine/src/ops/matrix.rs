@@ -19,11 +19,63 @@ pub struct MatrixData<'a> {
 
 impl MatrixData<'_> {
     /// Whether `other` can be stacked under `self` into one matrix: the same in_features and the
-    /// same format (bits, group size and scale type, or dense type).
+    /// same format on the GPU (bits there, group size and scale type, or dense type).
     pub fn stacks_with(&self, other: &MatrixData<'_>) -> bool {
-        self.k == other.k && self.format == other.format
+        self.k == other.k && self.format.on_gpu() == other.format.on_gpu()
+    }
+
+    /// Bytes as stored in the checkpoint.
+    pub fn bytes(&self) -> u64 {
+        (self.weight.len() + self.scales.len() + self.biases.len()) as u64
+    }
+
+    /// Rows [a, b) of the codes (or dense values) in the GPU's format
+    /// ([`WeightFormat::on_gpu`]): the stored bytes where the formats agree, else the rows
+    /// widened (on every core natively).
+    fn rows_on_gpu(&self, a: usize, b: usize) -> std::borrow::Cow<'_, [u8]> {
+        let from = self.format.row_bytes(self.k);
+        let (WeightFormat::Affine { bits, .. }, WeightFormat::Affine { bits: to, .. }) =
+            (self.format, self.format.on_gpu())
+        else {
+            return std::borrow::Cow::Borrowed(&self.weight[a * from..b * from]);
+        };
+        if bits == to {
+            return std::borrow::Cow::Borrowed(&self.weight[a * from..b * from]);
+        }
+        let width = self.format.on_gpu().row_bytes(self.k);
+        let mut out = vec![0u8; (b - a) * width];
+        let widen = |rows: &mut [u8], r0: usize| {
+            for (i, dst) in rows.chunks_mut(width).enumerate() {
+                let r = r0 + i;
+                crate::quant::widen_codes(
+                    &self.weight[r * from..(r + 1) * from],
+                    bits,
+                    to,
+                    self.k,
+                    dst,
+                );
+            }
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let per = (b - a).div_ceil(threads.max(1)).max(1);
+            std::thread::scope(|sc| {
+                for (t, part) in out.chunks_mut(per * width).enumerate() {
+                    let widen = &widen;
+                    sc.spawn(move || widen(part, a + t * per));
+                }
+            });
+        }
+        #[cfg(target_arch = "wasm32")]
+        widen(&mut out, a);
+        std::borrow::Cow::Owned(out)
     }
 }
+
+/// Rows of a matrix widened at a time while uploading ([`MatrixData::rows_on_gpu`]): at most
+/// this many bytes of them in host memory.
+const WIDEN_BLOCK_BYTES: usize = 32 << 20;
 
 /// Rows [row0, row0 + rows) of a matrix, each tensor in its own buffer.
 pub struct MatrixChunk {
@@ -135,7 +187,8 @@ impl Matrix {
                 ));
             }
         }
-        let (k, format) = (first.k, first.format);
+        // The GPU's format: narrower affine codes are widened while uploading (the same values).
+        let (k, format) = (first.k, first.format.on_gpu());
         let be = Matrix::block_elems(&format)
             .ok_or_else(|| bad(name, format!("{} has no GPU kernel yet", format.describe())))?;
         if k % be != 0 {
@@ -161,13 +214,14 @@ impl Matrix {
             WeightFormat::Dense(_) => 0,
         };
         for &(pname, p) in parts {
-            if p.weight.len() != p.n * row_bytes {
+            let stored = p.format.row_bytes(k);
+            if p.weight.len() != p.n * stored {
                 return Err(bad(
                     pname,
                     format!(
                         "weight has {} bytes, expected {}",
                         p.weight.len(),
-                        p.n * row_bytes
+                        p.n * stored
                     ),
                 ));
             }
@@ -196,28 +250,41 @@ impl Matrix {
             });
         }
         per = per.min(n.max(1));
-        // Rows [r0, r1) of the stack, `width` bytes each, from the tensor `pick` of every part.
-        let fill = |label: &str,
-                    r0: usize,
-                    r1: usize,
-                    width: usize,
-                    pick: fn(&MatrixData<'a>) -> &'a [u8]| {
+        // Rows [r0, r1) of the stack, `width` bytes each on the GPU, from `pick(part, a, b)` (the
+        // part's rows [a, b) in the GPU's layout), taken in blocks of at most
+        // WIDEN_BLOCK_BYTES.
+        type Pick<'a> = for<'p> fn(&'p MatrixData<'a>, usize, usize) -> std::borrow::Cow<'p, [u8]>;
+        let fill = |label: &str, r0: usize, r1: usize, width: usize, pick: Pick<'a>| {
+            let block = (WIDEN_BLOCK_BYTES / width.max(1)).max(1);
             gpu.storage_with(label, ((r1 - r0) * width) as u64, |write| {
                 if interleave {
-                    for r in r0..r1 {
-                        let (p, i) = (parts[r % 2].1, r / 2);
-                        write((r - r0) * width, &pick(p)[i * width..(i + 1) * width]);
+                    // Rows r0.. alternate between the two parts (r0 is even): pair rows i.
+                    let (i0, i1) = (r0 / 2, r1.div_ceil(2));
+                    let mut i = i0;
+                    while i < i1 {
+                        let e = (i + block).min(i1);
+                        let (x, y) = (pick(parts[0].1, i, e), pick(parts[1].1, i, e));
+                        for j in i..e {
+                            let o = j - i;
+                            for (part, rows) in [(0, &x), (1, &y)] {
+                                let r = 2 * j + part;
+                                if r < r1 {
+                                    write((r - r0) * width, &rows[o * width..(o + 1) * width]);
+                                }
+                            }
+                        }
+                        i = e;
                     }
                     return;
                 }
                 let mut start = 0;
                 for &(_, p) in parts {
                     let (a, b) = (r0.max(start), r1.min(start + p.n));
-                    if a < b {
-                        write(
-                            (a - r0) * width,
-                            &pick(p)[(a - start) * width..(b - start) * width],
-                        );
+                    let mut i = a;
+                    while i < b {
+                        let e = (i + block).min(b);
+                        write((i - r0) * width, &pick(p, i - start, e - start));
+                        i = e;
                     }
                     start += p.n;
                 }
@@ -232,15 +299,31 @@ impl Matrix {
             } else {
                 format!("{name}[{r}..{}]", r + rows)
             };
-            let weight = fill(&label, r, r + rows, row_bytes, |p| p.weight)?;
+            let weight = fill(&label, r, r + rows, row_bytes, |p, a, b| {
+                p.rows_on_gpu(a, b)
+            })?;
             let (scales, biases) = if srow > 0 {
                 (
-                    Some(fill(&format!("{label}.scales"), r, r + rows, srow, |p| {
-                        p.scales
-                    })?),
-                    Some(fill(&format!("{label}.biases"), r, r + rows, srow, |p| {
-                        p.biases
-                    })?),
+                    Some(fill(
+                        &format!("{label}.scales"),
+                        r,
+                        r + rows,
+                        srow,
+                        |p, a, b| {
+                            let w = p.scales.len() / p.n.max(1);
+                            std::borrow::Cow::Borrowed(&p.scales[a * w..b * w])
+                        },
+                    )?),
+                    Some(fill(
+                        &format!("{label}.biases"),
+                        r,
+                        r + rows,
+                        srow,
+                        |p, a, b| {
+                            let w = p.biases.len() / p.n.max(1);
+                            std::borrow::Cow::Borrowed(&p.biases[a * w..b * w])
+                        },
+                    )?),
                 )
             } else {
                 (None, None)

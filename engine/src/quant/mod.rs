@@ -69,6 +69,19 @@ impl WeightFormat {
             WeightFormat::Dense(t) => 8.0 * t.size() as f64,
         }
     }
+    /// The format the GPU kernels hold this matrix in: affine codes of 2 or 3 bits widened to
+    /// 4, of 5 to 7 bits to 8 (the kernels take 4- and 8-bit codes); the codes, scales and biases
+    /// are unchanged, so every weight keeps its value. Others as stored.
+    pub fn on_gpu(&self) -> WeightFormat {
+        match *self {
+            WeightFormat::Affine { bits, group, scale } => WeightFormat::Affine {
+                bits: if bits <= 4 { 4 } else { 8 },
+                group,
+                scale,
+            },
+            f => f,
+        }
+    }
     pub fn describe(&self) -> String {
         match *self {
             WeightFormat::Affine { bits, group, scale } => {
@@ -137,6 +150,33 @@ pub fn pack_codes(codes: &[u32], bits: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// Re-packs the `k` codes of one row stored with `from` bits (`src`: MLX's LSB-first stream in
+/// little-endian words) as codes of `to` bits, 4 or 8 (>= `from`), into `dst` (`k · to / 8`
+/// bytes): the same codes, in the layout the 4- and 8-bit kernels read ([`WeightFormat::on_gpu`]).
+/// Bytes missing from a short `src` read as zero codes (the loader checks sizes first).
+pub fn widen_codes(src: &[u8], from: u32, to: u32, k: usize, dst: &mut [u8]) {
+    let mask = (1u64 << from) - 1;
+    let mut acc = 0u64;
+    let mut have = 0u32;
+    let mut bytes = src.iter();
+    for j in 0..k.min(dst.len() * 8 / to as usize) {
+        while have < from {
+            acc |= (*bytes.next().unwrap_or(&0) as u64) << have;
+            have += 8;
+        }
+        let c = (acc & mask) as u8;
+        acc >>= from;
+        have -= from;
+        if to == 8 {
+            dst[j] = c;
+        } else if j % 2 == 0 {
+            dst[j / 2] = c;
+        } else {
+            dst[j / 2] |= c << 4;
+        }
+    }
 }
 
 /// Dequantizes one row: `codes` holds the row's packed words, `scales`/`biases` its groups.
@@ -216,6 +256,40 @@ mod tests {
             assert_eq!(packed.len(), 96 * bits as usize / 32);
             for (j, &c) in codes.iter().enumerate() {
                 assert_eq!(code_at(&packed, bits, j), c, "bits {bits} j {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn widened_codes_are_the_stored_codes() {
+        // Every MLX width, rows that end inside a word: the widened row read as 4- or 8-bit
+        // codes gives the codes the packed row holds.
+        for bits in [2u32, 3, 4, 5, 6, 8] {
+            let to = WeightFormat::Affine {
+                bits,
+                group: 32,
+                scale: FloatType::F16,
+            }
+            .on_gpu();
+            let WeightFormat::Affine { bits: to, .. } = to else {
+                unreachable!()
+            };
+            for k in [32usize, 96, 160] {
+                let codes: Vec<u32> = (0..k as u32).map(|i| (i * 11 + 5) % (1 << bits)).collect();
+                let src: Vec<u8> = bytemuck::cast_slice(&pack_codes(&codes, bits)).to_vec();
+                let mut dst = vec![0xAAu8; k * to as usize / 8];
+                widen_codes(&src, bits, to, k, &mut dst);
+                let words: Vec<u32> = dst
+                    .chunks(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                for (j, &c) in codes.iter().enumerate() {
+                    assert_eq!(
+                        code_at(&words, to, j),
+                        c,
+                        "{bits} bits to {to}, k {k}, j {j}"
+                    );
+                }
             }
         }
     }
