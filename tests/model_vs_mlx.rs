@@ -303,13 +303,15 @@ fn narrow_codes_run_as_wider_codes_with_a_note() {
     // weight keeps its value; the logits of these fixtures are held to mlx-lm's by
     // greedy_tokens_and_logits_match_mlx_lm). Here, against the checkpoint's own tensors: every
     // GPU matrix holds 4- or 8-bit codes in k · bits / 8 bytes per row, a 3-bit q|k stacks
-    // apart from a 6-bit v, and the load note counts the narrow matrices per width.
+    // apart from a 6-bit v, the load note counts the narrow matrices per width, and `inspect`
+    // counts the widening in its GPU sizes.
     use std::collections::BTreeMap;
     let mut seen = 0;
     for name in fixture_names() {
         let dir = fixtures_dir().join(&name);
         let cfg = qwgpu_engine::model::session::read_config(&dir).unwrap();
         let mut narrow: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut extra = 0u64;
         for e in std::fs::read_dir(&dir).unwrap() {
             let path = e.unwrap().path();
             if path.extension().and_then(|x| x.to_str()) != Some("safetensors")
@@ -330,6 +332,8 @@ fn narrow_codes_run_as_wider_codes_with_a_note() {
                 assert_eq!(bits, spec.bits, "{name}: {module}");
                 if bits != 4 && bits != 8 {
                     *narrow.entry(bits).or_default() += 1;
+                    let to = if bits < 4 { 4 } else { 8 };
+                    extra += (w.shape()[0] * k) as u64 * (to - bits) as u64 / 8;
                 }
             }
         }
@@ -337,6 +341,14 @@ fn narrow_codes_run_as_wider_codes_with_a_note() {
             continue;
         }
         seen += 1;
+        // `qwgpu inspect`'s sizes: what the GPU holds is the stored bytes plus the widening.
+        let ck = qwgpu_engine::weights::Checkpoint::open(&dir).unwrap();
+        let sum = qwgpu_engine::model::inspect::summarize(&cfg, &ck).unwrap();
+        assert_eq!(
+            sum.total_gpu_bytes - sum.total_bytes,
+            extra,
+            "{name}: inspect"
+        );
         let s = load_session(&name, 64);
         for (bits, count) in &narrow {
             let to = if *bits < 4 { 4 } else { 8 };

@@ -14,6 +14,9 @@ use crate::weights::{Checkpoint, Layout};
 pub struct Group {
     pub params: u64,
     pub bytes: u64,
+    /// Bytes on the GPU: more than stored where narrow codes are widened
+    /// ([`crate::quant::WeightFormat::on_gpu`]).
+    pub gpu_bytes: u64,
     /// Weight format → number of matrices.
     pub formats: BTreeMap<String, usize>,
 }
@@ -22,11 +25,15 @@ impl Group {
     fn add_linear(&mut self, l: &HostLinear<'_>) {
         self.params += (l.data.n * l.data.k) as u64;
         self.bytes += (l.data.weight.len() + l.data.scales.len() + l.data.biases.len()) as u64;
+        self.gpu_bytes += (l.data.n * l.data.format.on_gpu().row_bytes(l.data.k)
+            + l.data.scales.len()
+            + l.data.biases.len()) as u64;
         *self.formats.entry(l.data.format.describe()).or_default() += 1;
     }
     fn add_vector(&mut self, len: usize) {
         self.params += len as u64;
         self.bytes += 4 * len as u64;
+        self.gpu_bytes += 4 * len as u64;
     }
     /// Bits per weight of the group's matrices (codes + scales + biases).
     pub fn bits_per_weight(&self) -> f64 {
@@ -48,6 +55,8 @@ pub struct Summary {
     pub groups: BTreeMap<String, Group>,
     pub total_params: u64,
     pub total_bytes: u64,
+    /// Weight bytes on the GPU (more than stored where narrow codes are widened).
+    pub total_gpu_bytes: u64,
     pub mtp: bool,
     /// Weight bytes read per decoded token (every layer, lm_head, one embedding row).
     pub weight_bytes_per_token: u64,
@@ -70,7 +79,7 @@ impl Summary {
             * 2
             * ((c.linear_num_value_heads * c.linear_value_head_dim * c.linear_key_head_dim * 4)
                 + (c.linear_conv_kernel_dim - 1) * c.conv_dim() * 4) as u64;
-        self.total_bytes + kv + gdn
+        self.total_gpu_bytes + kv + gdn
     }
 
     /// Bytes read for one decoded token at `ctx` positions of context.
@@ -151,6 +160,7 @@ pub fn summarize(cfg: &ModelConfig, ck: &Checkpoint) -> Result<Summary, LoadErro
         layer_group(&mut g, &mut mlp, &m.layer);
         g.params += mlp.params;
         g.bytes += mlp.bytes;
+        g.gpu_bytes += mlp.gpu_bytes;
         for (k, v) in mlp.formats {
             *g.formats.entry(k).or_default() += v;
         }
@@ -159,19 +169,21 @@ pub fn summarize(cfg: &ModelConfig, ck: &Checkpoint) -> Result<Summary, LoadErro
     }
     let total_params = groups.values().map(|g| g.params).sum();
     let total_bytes = groups.values().map(|g| g.bytes).sum();
+    let total_gpu_bytes = groups.values().map(|g| g.gpu_bytes).sum();
+    // What a token reads: the GPU's copies.
     let lm = groups
         .get("lm_head")
         .or_else(|| groups.get("embedding"))
-        .map_or(0, |g| g.bytes);
+        .map_or(0, |g| g.gpu_bytes);
     let embed_row = groups
         .get("embedding")
-        .map_or(0, |g| g.bytes / cfg.vocab_size.max(1) as u64);
+        .map_or(0, |g| g.gpu_bytes / cfg.vocab_size.max(1) as u64);
     let layer_bytes: u64 = ["gated-deltanet layers", "attention layers", "mlp"]
         .iter()
         .filter_map(|k| groups.get(*k))
-        .map(|g| g.bytes)
+        .map(|g| g.gpu_bytes)
         .sum();
-    let mtp_layer = groups.get("mtp head").map_or(0, |g| g.bytes);
+    let mtp_layer = groups.get("mtp head").map_or(0, |g| g.gpu_bytes);
     let state = cfg.n_linear() as u64
         * 2
         * (cfg.linear_num_value_heads * cfg.linear_value_head_dim * cfg.linear_key_head_dim * 4)
@@ -185,6 +197,7 @@ pub fn summarize(cfg: &ModelConfig, ck: &Checkpoint) -> Result<Summary, LoadErro
         groups,
         total_params,
         total_bytes,
+        total_gpu_bytes,
         mtp: host.mtp.is_some(),
         weight_bytes_per_token: layer_bytes + lm + embed_row,
         state_bytes_per_token: state,

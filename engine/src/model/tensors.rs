@@ -499,8 +499,12 @@ pub fn collect<'a>(cfg: &'a ModelConfig, ck: &'a Checkpoint) -> Result<HostModel
     for (bits, (count, extra)) in f.widened.borrow().iter() {
         let to = if *bits < 4 { 4 } else { 8 };
         notes.push(format!(
-            "{count} matrices stored with {bits}-bit codes run as {to}-bit codes on the GPU (the same weights; {:.2} GB more than stored)",
-            *extra as f64 / 1e9
+            "{count} matrices stored with {bits}-bit codes run as {to}-bit codes on the GPU (the same weights; {} more than stored)",
+            if *extra >= 1_000_000_000 {
+                format!("{:.2} GB", *extra as f64 / 1e9)
+            } else {
+                format!("{:.1} MB", *extra as f64 / 1e6)
+            }
         ));
     }
     Ok(HostModel {
