@@ -91,7 +91,8 @@ pub struct SynthArgs {
     /// Override the number of layers.
     #[arg(long)]
     layers: Option<usize>,
-    /// Bits per weight (4 or 8).
+    /// Bits per weight: 2, 3, 4, 5, 6 or 8 (the GPU holds 2- and 3-bit codes as 4-bit ones,
+    /// 5- and 6-bit as 8-bit).
     #[arg(long, default_value_t = 4)]
     bits: u32,
     /// Quantization group size (32, 64 or 128).
@@ -790,8 +791,8 @@ pub fn synth(a: SynthArgs) -> Result<(), String> {
             .ok_or_else(|| format!("unknown preset '{}' (qwen3.6-27b, small)", a.preset))?
             .to_string(),
     };
-    if !matches!(a.bits, 4 | 8) || !matches!(a.group, 32 | 64 | 128) {
-        return Err("--bits must be 4 or 8 and --group 32, 64 or 128".into());
+    if !matches!(a.bits, 2 | 3 | 4 | 5 | 6 | 8) || !matches!(a.group, 32 | 64 | 128) {
+        return Err("--bits must be 2, 3, 4, 5, 6 or 8 and --group 32, 64 or 128".into());
     }
     let text = synth::config_json(
         &base,

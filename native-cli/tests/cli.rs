@@ -1277,3 +1277,65 @@ fn convert_a_hugging_face_checkpoint_and_run_it_with_mtp() {
     assert!(!bad.exists());
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn synth_writes_narrow_widths_that_load_widened() {
+    // `synth --bits 3 | 6` writes MLX's 3- and 6-bit layouts (the engine's widening is checked
+    // against mlx-lm's logits on the fixtures): the checkpoint loads, says how it is held on the
+    // GPU, and generates.
+    let dir = std::env::temp_dir().join(format!("qwgpu-synth-bits-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tiny.json");
+    std::fs::write(
+        &config,
+        r#"{"model_type": "qwen3_5", "text_config": {"hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256,
+            "vocab_size": 512, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64, "rms_norm_eps": 1e-06,
+            "linear_num_key_heads": 1, "linear_key_head_dim": 64, "linear_num_value_heads": 2, "linear_value_head_dim": 64,
+            "linear_conv_kernel_dim": 4, "full_attention_interval": 2, "tie_word_embeddings": false, "mtp_num_hidden_layers": 1,
+            "eos_token_id": 511, "rope_parameters": {"rope_type": "default", "rope_theta": 10000000, "partial_rotary_factor": 0.25}}}"#,
+    )
+    .unwrap();
+    for (bits, to) in [(3, 4), (6, 8)] {
+        let out = dir.join(format!("b{bits}"));
+        let o = qwgpu(
+            &[
+                "synth",
+                "--config",
+                config.to_str().unwrap(),
+                "--bits",
+                &bits.to_string(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = qwgpu(
+            &[
+                "generate",
+                "--model",
+                out.to_str().unwrap(),
+                "--prompt-ids",
+                "1,2,3",
+                "--max-tokens",
+                "4",
+                "--ignore-eos",
+                "--json",
+            ],
+            None,
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{bits} bits: {err}");
+        assert!(
+            err.contains(&format!(
+                "stored with {bits}-bit codes run as {to}-bit codes"
+            )),
+            "{bits} bits: {err}"
+        );
+        let out = String::from_utf8_lossy(&o.stdout);
+        let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("")).unwrap();
+        assert_eq!(j["tokens"].as_array().map(|a| a.len()), Some(4), "{j}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
