@@ -2,7 +2,8 @@
 # row (raw k|q, v, b, a, the output gate's z; row t+1's during row t) before its barriers and
 # reductions, and attn_prep loads its norm weights and computes its cos/sin before its reduction
 # (`new`), against the committed shaders (`prev`); the same bits. Alternating, one binary, shader
-# directories swapped with QWGPU_SHADER_DIR. Also plain decode with f16 KV caches.
+# directories swapped with QWGPU_SHADER_DIR. Also plain decode with f16 KV caches, and of a
+# 6-bit checkpoint.
 set -u
 for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
@@ -32,4 +33,7 @@ done
 run mtp_prev $PREV $M
 run mtp_new $NEW $M
 run plain_new_kvf16 $NEW $B --kv-cache f16
+# A 6-bit checkpoint (MLX's 6-bit layout; the GPU holds 8-bit codes).
+ts "synth 6-bit"; $C/qwgpu synth --bits 6 --out /tmp/m27b6 > /tmp/synth6.log 2>&1 || tail -3 /tmp/synth6.log
+run plain_new_b6 $NEW timeout 100 $C/qwgpu bench --model /tmp/m27b6 --json --mtp off --prompt-tokens 1024 --gen-tokens 512 --trials 2 --warmup 1
 ts done
