@@ -73,6 +73,12 @@ impl MatrixData<'_> {
     }
 }
 
+/// Rows [a, b) of a tensor of `n` equal rows (scales, biases: stored as the GPU takes them).
+fn rows_of(t: &[u8], n: usize, a: usize, b: usize) -> std::borrow::Cow<'_, [u8]> {
+    let w = t.len() / n.max(1);
+    std::borrow::Cow::Borrowed(&t[a * w..b * w])
+}
+
 /// Rows of a matrix widened at a time while uploading ([`MatrixData::rows_on_gpu`]): at most
 /// this many bytes of them in host memory.
 const WIDEN_BLOCK_BYTES: usize = 32 << 20;
@@ -309,20 +315,14 @@ impl Matrix {
                         r,
                         r + rows,
                         srow,
-                        |p, a, b| {
-                            let w = p.scales.len() / p.n.max(1);
-                            std::borrow::Cow::Borrowed(&p.scales[a * w..b * w])
-                        },
+                        |p, a, b| rows_of(p.scales, p.n, a, b),
                     )?),
                     Some(fill(
                         &format!("{label}.biases"),
                         r,
                         r + rows,
                         srow,
-                        |p, a, b| {
-                            let w = p.biases.len() / p.n.max(1);
-                            std::borrow::Cow::Borrowed(&p.biases[a * w..b * w])
-                        },
+                        |p, a, b| rows_of(p.biases, p.n, a, b),
                     )?),
                 )
             } else {
