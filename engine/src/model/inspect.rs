@@ -24,10 +24,8 @@ pub struct Group {
 impl Group {
     fn add_linear(&mut self, l: &HostLinear<'_>) {
         self.params += (l.data.n * l.data.k) as u64;
-        self.bytes += (l.data.weight.len() + l.data.scales.len() + l.data.biases.len()) as u64;
-        self.gpu_bytes += (l.data.n * l.data.format.on_gpu().row_bytes(l.data.k)
-            + l.data.scales.len()
-            + l.data.biases.len()) as u64;
+        self.bytes += l.data.bytes();
+        self.gpu_bytes += l.data.gpu_bytes();
         *self.formats.entry(l.data.format.describe()).or_default() += 1;
     }
     fn add_vector(&mut self, len: usize) {

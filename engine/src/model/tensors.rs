@@ -81,8 +81,9 @@ struct Finder<'a> {
     ck: &'a Checkpoint,
     cfg: &'a ModelConfig,
     used: RefCell<BTreeSet<String>>,
-    /// Per stored width other than 4 and 8: matrices, and the bytes widening them adds on the GPU.
-    widened: RefCell<std::collections::BTreeMap<u32, (usize, u64)>>,
+    /// Per (stored width, GPU width) of the widened matrices: how many, and the bytes widening
+    /// them adds on the GPU.
+    widened: RefCell<std::collections::BTreeMap<(u32, u32), (usize, u64)>>,
 }
 
 impl<'a> Finder<'a> {
@@ -224,26 +225,29 @@ impl<'a> Finder<'a> {
                     ),
                 });
             }
-            if bits != 4 && bits != 8 {
-                let mut widened = self.widened.borrow_mut();
-                let e = widened.entry(bits).or_default();
-                e.0 += 1;
-                e.1 += (n * k) as u64 * (if bits < 4 { 4 } else { 8 } - bits as u64) / 8;
+            let data = MatrixData {
+                n,
+                k,
+                format: WeightFormat::Affine {
+                    bits,
+                    group,
+                    scale: st,
+                },
+                weight: w.bytes,
+                scales: s.bytes,
+                biases: b.bytes,
+            };
+            if let WeightFormat::Affine { bits: to, .. } = data.format.on_gpu() {
+                if to != bits {
+                    let mut widened = self.widened.borrow_mut();
+                    let e = widened.entry((bits, to)).or_default();
+                    e.0 += 1;
+                    e.1 += data.gpu_bytes() - data.bytes();
+                }
             }
             Ok(HostLinear {
                 path: path.to_string(),
-                data: MatrixData {
-                    n,
-                    k,
-                    format: WeightFormat::Affine {
-                        bits,
-                        group,
-                        scale: st,
-                    },
-                    weight: w.bytes,
-                    scales: s.bytes,
-                    biases: b.bytes,
-                },
+                data,
             })
         } else {
             let w = self.tensor(&wname, &format!("a [{n}, {k}] weight ({why})"))?;
@@ -496,8 +500,7 @@ pub fn collect<'a>(cfg: &'a ModelConfig, ck: &'a Checkpoint) -> Result<HostModel
             model: format!("{}-layer Qwen3.5/3.6", cfg.num_hidden_layers),
         });
     }
-    for (bits, (count, extra)) in f.widened.borrow().iter() {
-        let to = if *bits < 4 { 4 } else { 8 };
+    for ((bits, to), (count, extra)) in f.widened.borrow().iter() {
         notes.push(format!(
             "{count} matrices stored with {bits}-bit codes run as {to}-bit codes on the GPU (the same weights; {} more than stored)",
             if *extra >= 1_000_000_000 {

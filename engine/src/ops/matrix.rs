@@ -29,19 +29,26 @@ impl MatrixData<'_> {
         (self.weight.len() + self.scales.len() + self.biases.len()) as u64
     }
 
+    /// Bytes on the GPU: more than stored where narrow codes are widened
+    /// ([`WeightFormat::on_gpu`]).
+    pub fn gpu_bytes(&self) -> u64 {
+        (self.n * self.format.on_gpu().row_bytes(self.k) + self.scales.len() + self.biases.len())
+            as u64
+    }
+
     /// Rows [a, b) of the codes (or dense values) in the GPU's format
     /// ([`WeightFormat::on_gpu`]): the stored bytes where the formats agree, else the rows
     /// widened (on every core natively).
     fn rows_on_gpu(&self, a: usize, b: usize) -> std::borrow::Cow<'_, [u8]> {
         let from = self.format.row_bytes(self.k);
-        let (WeightFormat::Affine { bits, .. }, WeightFormat::Affine { bits: to, .. }) =
-            (self.format, self.format.on_gpu())
-        else {
-            return std::borrow::Cow::Borrowed(&self.weight[a * from..b * from]);
+        let (bits, to) = match (self.format, self.format.on_gpu()) {
+            (WeightFormat::Affine { bits, .. }, WeightFormat::Affine { bits: to, .. })
+                if bits != to =>
+            {
+                (bits, to)
+            }
+            _ => return std::borrow::Cow::Borrowed(&self.weight[a * from..b * from]),
         };
-        if bits == to {
-            return std::borrow::Cow::Borrowed(&self.weight[a * from..b * from]);
-        }
         let width = self.format.on_gpu().row_bytes(self.k);
         let mut out = vec![0u8; (b - a) * width];
         let widen = |rows: &mut [u8], r0: usize| {
