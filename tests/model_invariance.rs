@@ -290,7 +290,9 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
     // and a 1-row decode, every state buffer, and the MTP loop's steps (with a rejected draft
     // rolled back), on every fixture. Plans follow the switches when built, and both settings
     // give the same bits, so other tests running meanwhile are unaffected.
-    use qwgpu_engine::ops::gdn::{set_fused_gdn, set_gated_recurrence};
+    use qwgpu_engine::ops::gdn::{
+        set_fused_gdn, set_gated_recurrence, set_recurrence_lane_shuffles,
+    };
     let mut fused_somewhere = false;
     for name in format_cover() {
         let r = load_reference(&name);
@@ -336,21 +338,26 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
             }
             (dispatches, two, one, states, mtp)
         };
-        let (a, b) = (run(true), run(false));
-        assert!(a.0 <= b.0, "{name}: {} dispatches fused, {} not", a.0, b.0);
-        fused_somewhere |= a.0 < b.0;
-        assert_bits_eq(&format!("{name}: 2-row logits, fused vs not"), &a.1, &b.1);
-        assert_bits_eq(&format!("{name}: 1-row logits, fused vs not"), &a.2, &b.2);
-        assert_eq!(a.3.len(), b.3.len());
-        for (i, (x, y)) in a.3.iter().zip(&b.3).enumerate() {
-            assert_bits_eq(
-                &format!("{name}: state / MTP logits {i}, fused vs not"),
-                x,
-                y,
-            );
+        let b = run(false);
+        // The fused form as this device picks it, then with the rows' lane partials combined
+        // through workgroup memory (a GPU's choice; with its subgroup norm reductions where the
+        // device has a fixed subgroup size).
+        for lanes in [None, Some(false)] {
+            set_recurrence_lane_shuffles(lanes);
+            let a = run(true);
+            set_recurrence_lane_shuffles(None);
+            let form = format!("fused ({lanes:?} lane shuffles) vs not");
+            assert!(a.0 <= b.0, "{name}: {} dispatches fused, {} not", a.0, b.0);
+            fused_somewhere |= a.0 < b.0;
+            assert_bits_eq(&format!("{name}: 2-row logits, {form}"), &a.1, &b.1);
+            assert_bits_eq(&format!("{name}: 1-row logits, {form}"), &a.2, &b.2);
+            assert_eq!(a.3.len(), b.3.len());
+            for (i, (x, y)) in a.3.iter().zip(&b.3).enumerate() {
+                assert_bits_eq(&format!("{name}: state / MTP logits {i}, {form}"), x, y);
+            }
+            assert_eq!(a.4, b.4, "{name}: MTP steps, {form}");
+            println!("{name}: {} dispatches per token fused, {} not", a.0, b.0);
         }
-        assert_eq!(a.4, b.4, "{name}: MTP steps, fused vs not");
-        println!("{name}: {} dispatches per token fused, {} not", a.0, b.0);
     }
     assert!(
         fused_somewhere,
