@@ -182,19 +182,6 @@ fn main(
 #endif
 ) {
     let T = step.{{TOKENS}};
-#if XQ_PIPE
-    // XQ_PIPE: the weights and scales of a lane's next chunk (XU blocks per row) are loaded while
-    // the current chunk's are multiplied, and the last chunk of a tile loads the first of the
-    // workgroup's next tile (GSTRIDE), so a lane always has a weight load in flight. Only when
-    // the loads are issued changes: the same bits.
-#for U XU
-#for R RG
-    var pw{{R}}_{{U}} = vec4<u32>(0u);
-    var ps{{R}}_{{U}} = vec2<f32>(0.0);
-#endfor
-#endfor
-    var primed = false;
-#endif
 #if GSTRIDE
     // GSTRIDE: a grid of fewer workgroups than tiles of rows; workgroup w takes the tiles w,
     // w + G, w + 2G, ... in turn (the same arithmetic per tile: the same bits).
@@ -261,26 +248,6 @@ fn main(
     let c_hi = min(c_lo + cpp, nch);
     // XU blocks per lane per iteration: every load of the XU blocks is issued (at clamped
     // indices) before their arithmetic, which then runs in block order (the bits of XU = 1).
-#if XQ_PIPE
-    if (!primed) {
-#for U XU
-        let b{{U}} = min((c_lo + {{U}}u) * CH + lane, bpr - 1u);
-#for R RG
-        pw{{R}}_{{U}} = w[row{{R}} * bpr + b{{U}}];
-        ps{{R}}_{{U}} = scale_bias(row{{R}} * gpr + (b{{U}} * EPB) / gsz);
-#endfor
-#endfor
-    }
-#if GSTRIDE
-    primed = true;
-    // The rows of this workgroup's next tile, if it has one.
-    let nrb = rb + nwg.x * nwg.y * ROWS;
-    let next_tile = (wt + nwg.x * nwg.y) * ROWS < p.n;
-#else
-    let nrb = rb;
-    let next_tile = false;
-#endif
-#endif
 #for C NCH
 #if UNROLL_CH
     // UNROLL_CH (with CONST_K and one group per row): the chunk loop written out, NCH steps.
@@ -291,37 +258,10 @@ fn main(
 #endif
 #for U XU
         let b{{U}} = min((c + {{U}}u) * CH + lane, bpr - 1u);
-#if XQ_PIPE
-#for R RG
-        let wb{{R}}_{{U}} = pw{{R}}_{{U}};
-        let sb{{R}}_{{U}} = ps{{R}}_{{U}};
-#endfor
-#else
 #for R RG
         let wb{{R}}_{{U}} = w[row{{R}} * bpr + b{{U}}];
         let sb{{R}}_{{U}} = scale_bias(row{{R}} * gpr + (b{{U}} * EPB) / gsz);
 #endfor
-#endif
-#endfor
-#if XQ_PIPE
-        {
-            // The next chunk of these rows, or the first chunk of the next tile's.
-            let last = c + XU >= c_hi;
-            if (!last || next_tile) {
-                let nc = select(c + XU, c_lo, last);
-                let nr = select(rb, nrb, last);
-#for U XU
-                let nb{{U}} = min((nc + {{U}}u) * CH + lane, bpr - 1u);
-#for R RG
-                let nrow{{R}}_{{U}} = min(nr + {{R}}u, p.n - 1u);
-                pw{{R}}_{{U}} = w[nrow{{R}}_{{U}} * bpr + nb{{U}}];
-                ps{{R}}_{{U}} = scale_bias(nrow{{R}}_{{U}} * gpr + (nb{{U}} * EPB) / gsz);
-#endfor
-#endfor
-            }
-        }
-#endif
-#for U XU
 #for T MT
         let xb{{T}}_{{U}} = (t0 + {{T}}u) * xstr + b{{U}};
         let he{{T}}_{{U}} = xq[xb{{T}}_{{U}}];

@@ -26,8 +26,8 @@ use qwgpu_engine::gpu::{Rows, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
     matmul_xq_ext, set_acc_vars, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_const_k,
     set_xq_grid, set_xq_grid_frac, set_xq_grid_frac_verify, set_xq_ksplit, set_xq_long_rows,
-    set_xq_mid_verify, set_xq_norm_late, set_xq_pipe, set_xq_unroll, set_xq_unroll_ch, set_xreg,
-    takes_xq, writes_xq, xq_grid_cap, xq_tile, MatmulOpts, XqOut, FEW_ROWS, MT_ONE, MT_SMALL,
+    set_xq_mid_verify, set_xq_norm_late, set_xq_unroll, set_xq_unroll_ch, set_xreg, takes_xq,
+    writes_xq, xq_grid_cap, xq_tile, MatmulOpts, XqOut, FEW_ROWS, MT_ONE, MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::ops::xquant::{
@@ -493,54 +493,6 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         }
     }
     set_xq_grid(None);
-    // Pipelined loads (`QWGPU_XQ_PIPE`: each lane's next chunk of weights and scales loaded while
-    // the current one is multiplied; in the grid-stride form the last chunk of a tile loads the
-    // first of the next) never change the bits: one workgroup per tile and grids of 1 and 3
-    // workgroups, 1 and 2 blocks per lane iteration, whole and partial workgroups of rows, long
-    // rows (split over two groups), rows of one partial chunk, SwiGLU pairs.
-    for (n, k, swiglu) in [
-        (70usize, 1536usize, false),
-        (64, 2048, false),
-        (9, 256, false),
-        (6, 16896, false),
-        (FEW_ROWS as usize + 64, 256, true),
-    ] {
-        let m = random_matrix(&gpu, &mut rng, n, k, formats[0], swiglu);
-        let x = hard_x(&mut rng, 2 * k);
-        for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
-            let call = || MmCall {
-                add: !swiglu,
-                swiglu,
-                planes: true,
-                ..MmCall::new(&x[..t * k], t, k, mt)
-            };
-            set_xq_pipe(false);
-            set_xq_grid(Some((0, 0)));
-            let base = run_matmul(&gpu, &m, call());
-            set_xq_pipe(true);
-            for (g, unroll) in [
-                (0u32, None),
-                (1, None),
-                (3, None),
-                (3, Some((2, 2))),
-                (0, Some((2, 2))),
-            ] {
-                set_xq_grid(Some((g, g)));
-                set_xq_unroll(unroll);
-                let piped = run_matmul(&gpu, &m, call());
-                assert_bits_eq(
-                    &format!(
-                        "pipelined loads vs not, grid {g}, unroll {unroll:?}, n={n} k={k} T={t} swiglu={swiglu}"
-                    ),
-                    &piped,
-                    &base,
-                );
-            }
-        }
-    }
-    set_xq_pipe(false);
-    set_xq_unroll(None);
-    set_xq_grid(None);
     // The relative caps (`QWGPU_XQ_GRID_FRAC=F,MIN` for the 1-token tile, the H200's default, and
     // `QWGPU_XQ_GRID_FRAC_VERIFY` for the 2-token tile): a matrix of at least MIN tiles of the
     // tile's rows takes ⌈F · tiles⌉ workgroups, one of fewer keeps one per tile, each tile takes
@@ -779,24 +731,20 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
         .collect();
     // Every device variant and format; then 2 groups per row, the three-plane format
     // (`QWGPU_XQ_NARROW=0`) and the one-plane format (`QWGPU_XQ_BYTE=1`), on one of each.
-    // Last, the grid-stride form with 2 workgroups (`QWGPU_XQ_GRID`), the epilogues included,
-    // with and without pipelined loads (`QWGPU_XQ_PIPE`), and pipelined loads alone.
-    for (ksplit, narrow, one, grid, pipe) in [
-        (None, true, false, None, false),
-        (Some((2, 2)), true, false, None, false),
-        (None, false, false, None, false),
-        (None, true, true, None, false),
-        (None, true, false, Some((2, 2)), false),
-        (None, true, false, Some((2, 2)), true),
-        (None, true, false, None, true),
+    // Last, the grid-stride form with 2 workgroups (`QWGPU_XQ_GRID`), the epilogues included.
+    for (ksplit, narrow, one, grid) in [
+        (None, true, false, None),
+        (Some((2, 2)), true, false, None),
+        (None, false, false, None),
+        (None, true, true, None),
+        (None, true, false, Some((2, 2))),
     ] {
         set_xq_ksplit(ksplit);
         set_narrow(narrow);
         set_byte(one);
         set_xq_grid(grid);
-        set_xq_pipe(pipe);
         let gpus = gpu_variants();
-        let (gpus, formats) = if ksplit.is_none() && narrow && !one && grid.is_none() && !pipe {
+        let (gpus, formats) = if ksplit.is_none() && narrow && !one && grid.is_none() {
             (gpus, &formats[..])
         } else {
             (gpus[gpus.len() - 1..].to_vec(), &formats[..1])
@@ -1111,5 +1059,4 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
     set_narrow(true);
     set_byte(false);
     set_xq_grid(None);
-    set_xq_pipe(false);
 }

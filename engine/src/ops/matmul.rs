@@ -1797,22 +1797,6 @@ pub fn set_xq_unroll_ch(on: bool) {
     XQ_UNROLL_CH.set(on)
 }
 
-static XQ_PIPE: Switch = Switch::new("QWGPU_XQ_PIPE", false);
-
-/// Whether the integer-plane decode kernel loads each lane's next chunk of weights and scales
-/// while it multiplies the current one (and, in the grid-stride form, the first chunk of its
-/// next tile during the last of the current), so a lane always has a weight load in flight.
-/// Never changes the bits. `QWGPU_XQ_PIPE=0|1` at start-up, [`set_xq_pipe`] for plans built
-/// afterwards.
-pub fn xq_pipe() -> bool {
-    XQ_PIPE.get()
-}
-
-/// See [`xq_pipe`].
-pub fn set_xq_pipe(on: bool) {
-    XQ_PIPE.set(on)
-}
-
 static FUSE_XQ: Switch = Switch::new("QWGPU_XQ_FUSE", true);
 
 /// Whether decode matmuls on integer planes write the next matmul's planes in their epilogue
@@ -2187,7 +2171,6 @@ async fn matmul_with(
         .flag("GATED", gated)
         .flag("XQ", planes)
         .flag("XSUM_BLOCK", planes && xq_block_sum())
-        .flag("XQ_PIPE", planes && xq_pipe())
         .flag("XOUT", xout.is_some())
         .flag("XONORM", xout.is_some_and(|o| o.norm_w.is_some()));
         let d = if planes {
@@ -2572,18 +2555,13 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                         .set("XSTR", crate::ops::xquant::q_stride(k))
                                         .flag("EXACT_ROWS", true),
                                 ));
-                                // The grid-stride form, with the fused norm and output planes;
-                                // with the pipelined loads too, and those alone.
-                                for pipe in [false, true] {
-                                    v.push((
-                                        "matmul_staged.wgsl",
-                                        norm_flags(d.clone(), false, true, mt)
-                                            .flag("XOUT", !conv && rows % out_unit(swiglu) == 0)
-                                            .flag("GSTRIDE", true)
-                                            .flag("XQ_PIPE", pipe),
-                                    ));
-                                }
-                                v.push(("matmul_staged.wgsl", d.clone().flag("XQ_PIPE", true)));
+                                // The grid-stride form, with the fused norm and output planes.
+                                v.push((
+                                    "matmul_staged.wgsl",
+                                    norm_flags(d.clone(), false, true, mt)
+                                        .flag("XOUT", !conv && rows % out_unit(swiglu) == 0)
+                                        .flag("GSTRIDE", true),
+                                ));
                                 v.push(("matmul_staged.wgsl", d));
                             }
                         }
