@@ -89,6 +89,16 @@ const XS: u32 = TAPS - 1u + MT; // the old K-1 values and the step's
 @group(0) @binding(8) var<storage, read> onw: array<vec4<f32>>;    // [n / 4] the next RMSNorm's weight
 #endif
 #endif
+#if PERSIST_Q
+// PERSIST_Q (kernel lab; with XQ, none of the folds): the rows are PQ_PHASES equal phases chained
+// in one dispatch. Each workgroup takes the next tile of rows from `pq[0]` (tiles in order, so
+// every tile a wait depends on is held by a running workgroup: no residency assumed); a tile of
+// phase ph > 0 waits until `pq[ph]` (the tiles of phase ph - 1 done) is complete. The last
+// workgroup out zeroes the counters for the next run. The same arithmetic per tile.
+@group(0) @binding(7) var<storage, read_write> pq: array<atomic<u32>>; // [0] next tile, [1 + ph] done of ph, [1 + PQ_PHASES] workgroups out
+const PQ_PHASES: u32 = {{PQ_PHASES}}u;
+var<workgroup> pq_tile: u32;
+#endif
 #if GATED
 @group(0) @binding(7) var<storage, read> gw: array<vec4<f32>>;     // [dv / 4] gated-norm weight
 @group(0) @binding(8) var<storage, read> zg: array<vec4<f32>>;     // [T, z_stride / 4], z at z_col
@@ -182,7 +192,28 @@ fn main(
 #endif
 ) {
     let T = step.{{TOKENS}};
-#if GSTRIDE
+#if PERSIST_Q
+    let tpp = p.n / (PQ_PHASES * ROWS);  // tiles per phase (the host checks it divides)
+    loop {
+    workgroupBarrier();
+    if (lid == 0u) {
+        pq_tile = atomicAdd(&pq[0], 1u);
+    }
+    let wt = workgroupUniformLoad(&pq_tile);
+    if (wt >= PQ_PHASES * tpp) { break; }
+    let ph = wt / tpp;
+    if (ph > 0u) {
+        if (lid == 0u) {
+            // (Bounded: a broken queue gives wrong results, never a hung device.)
+            for (var polls = 0u; polls < 0x4000000u; polls++) {
+                if (atomicLoad(&pq[ph]) >= tpp) { break; }
+            }
+        }
+        storageBarrier();
+        workgroupBarrier();
+    }
+    let r0 = wt * ROWS;
+#elif GSTRIDE
     // GSTRIDE: a grid of fewer workgroups than tiles of rows; workgroup w takes the tiles w,
     // w + G, w + 2G, ... in turn (the same arithmetic per tile: the same bits).
     for (var wt = wg_linear(wid, nwg); wt * ROWS < p.n; wt += nwg.x * nwg.y) {
@@ -787,6 +818,18 @@ fn main(
     }
 #endif
 #if GSTRIDE
+    }
+#endif
+#if PERSIST_Q
+    storageBarrier();
+    workgroupBarrier();
+    if (lid == 0u) { atomicAdd(&pq[1u + ph], 1u); }
+    }
+    if (lid == 0u) {
+        let gone = atomicAdd(&pq[1u + PQ_PHASES], 1u) + 1u;
+        if (gone == nwg.x * nwg.y) {
+            for (var i = 0u; i < PQ_PHASES + 2u; i++) { atomicStore(&pq[i], 0u); }
+        }
     }
 #endif
 }

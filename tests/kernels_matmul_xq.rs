@@ -1060,3 +1060,96 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
     set_byte(false);
     set_xq_grid(None);
 }
+
+#[test]
+fn chained_phases_in_one_dispatch_give_the_bits_of_one_dispatch() {
+    // Kernel lab (`lab mmchain`): a matrix's rows as P phases chained in ONE dispatch
+    // (`set_xq_chain`: workgroups take tiles from an atomic queue, a tile of phase p waits for
+    // every tile of phase p - 1) give the bits of the plain dispatch, for grids smaller and larger
+    // than the tiles, short and long rows (split over two groups), both decode tiles; and the
+    // dispatch's counters are back at zero after a run (a second run of the same dispatch, over
+    // a zeroed output, gives the same bits).
+    let _turn = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
+    set_xreg(false);
+    set_staged(true);
+    set_xq(true);
+    let gpu = gpu();
+    let f = quantized_formats()
+        .into_iter()
+        .find(|f| matches!(f, WeightFormat::Affine { bits: 4, .. }))
+        .unwrap();
+    let mut rng = Rng(61);
+    for (n, k) in [(3 * 64usize, 1536usize), (3 * 16, 16896)] {
+        let q = Q::random(&mut rng, n, k, f);
+        let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
+        let x = hard_x(&mut rng, 2 * k);
+        for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
+            qwgpu_engine::ops::matmul::set_xq_chain(None);
+            let want = run_matmul(
+                &gpu,
+                &m,
+                MmCall {
+                    planes: true,
+                    ..MmCall::new(&x[..t * k], t, k, mt)
+                },
+            );
+            for g in [1u32, 2, 7, 64] {
+                qwgpu_engine::ops::matmul::set_xq_chain(Some((3, g)));
+                let xb = upload_f32(&gpu, "x", &x[..t * k]);
+                let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
+                let qb = gpu.storage("xq", t as u64 * row_bytes(k as u32)).unwrap();
+                let sb = tokens_step(&gpu, t);
+                let slot = StepSlot {
+                    buf: &sb,
+                    offset: 0,
+                };
+                let conv = pollster::block_on(xquant(
+                    &gpu,
+                    k as u32,
+                    Act::new(&xb, k as u32),
+                    None,
+                    &qb,
+                    t as u32,
+                    slot,
+                    false,
+                ))
+                .unwrap();
+                let ds = pollster::block_on(matmul_xq_ext(
+                    &gpu,
+                    &m,
+                    &qb,
+                    Act::new(&yb, n as u32),
+                    slot,
+                    MatmulOpts {
+                        rows: Rows::Tokens,
+                        add: false,
+                        mt,
+                        swiglu: false,
+                    },
+                    None,
+                    None,
+                    None,
+                ))
+                .unwrap();
+                qwgpu_engine::ops::matmul::set_xq_chain(None);
+                let shape = StepShape {
+                    n_tokens: t as u32,
+                    n_out: 1,
+                    keys: 0,
+                };
+                run(&gpu, &[conv], shape);
+                for pass in 0..2 {
+                    gpu.queue.write_buffer(&yb.buf, 0, &vec![0u8; t * n * 4]);
+                    run(&gpu, &ds, shape);
+                    let got = read_f32(&gpu, &yb, t * n);
+                    assert_bits_eq(
+                        &format!("chained phases, grid {g}, run {pass}, n={n} k={k} T={t}"),
+                        &got,
+                        &want,
+                    );
+                }
+            }
+        }
+    }
+    qwgpu_engine::ops::matmul::set_xq_chain(None);
+}

@@ -11,6 +11,12 @@
 //!
 //! `rows`: the integer-plane matmul's read pattern alone (`engine/benches/lab_rows.wgsl`).
 //!
+//! `mmchain`: a chain of `--phases P` (8) dependent integer-plane matmuls of one shape, as P
+//! dispatches (a barrier between each) against ONE dispatch of `--grid G` workgroups taking the
+//! tiles from an atomic queue, each phase's tiles waiting for the previous phase's
+//! (`ops::matmul::set_xq_chain`, `PERSIST_Q` in `matmul_staged.wgsl`); G = 0 tries several.
+//! Both forms' outputs are compared bit for bit.
+//!
 //! `read`: the floor under the matmuls: a streaming read (`engine/benches/lab_read.wgsl`) of each
 //! matrix's bytes in one dispatch, for several thread/blocks-per-thread/grid shapes.
 //!
@@ -302,6 +308,197 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
                     2.0 * (n * k) as f64 * t as f64 / s / 1e12
                 );
             }
+        }
+    }
+}
+
+/// `mmchain`: P dependent 1-token integer-plane matmuls of one shape, one dispatch each, against
+/// the same chain in one dispatch with a tile queue (see the module docs).
+fn mmchain(gpu: &Arc<Gpu>, reps: u32, roofline: f64, phases: u32, grid: u32, only: Option<&str>) {
+    use qwgpu_engine::ops::matmul::{matmul_xq, set_xq_chain};
+    let shapes = [
+        (5120usize, 6144usize, "gdn.out_proj"),
+        (5120, 17408, "mlp.down"),
+        (16480, 5120, "gdn.in_proj_qkvzba"),
+        (34816, 5120, "mlp.gate_up (no SwiGLU)"),
+    ];
+    let format = WeightFormat::Affine {
+        bits: 4,
+        group: 64,
+        scale: FloatType::BF16,
+    };
+    let p = phases.max(1) as usize;
+    for (n, k, label) in shapes {
+        if only.is_some_and(|o| !o.split(',').any(|w| label.contains(w))) {
+            continue;
+        }
+        let codes = |ph: usize| -> Vec<u8> {
+            (0..n * k / 2)
+                .map(|i| {
+                    ((i + ph * 7919) as u32)
+                        .wrapping_mul(2654435761)
+                        .to_le_bytes()[3]
+                })
+                .collect()
+        };
+        let sb: Vec<u8> = (0..n * k / 64)
+            .flat_map(|i| half::bf16::from_f32(0.01 + (i % 7) as f32 * 1e-3).to_le_bytes())
+            .collect();
+        let mut all_codes = Vec::with_capacity(p * n * k / 2);
+        let mut all_sb = Vec::with_capacity(p * sb.len());
+        let mut mats = Vec::new();
+        for ph in 0..p {
+            let c = codes(ph);
+            let data = MatrixData {
+                n,
+                k,
+                format,
+                weight: &c,
+                scales: &sb,
+                biases: &sb,
+            };
+            mats.push(Matrix::upload(gpu, label, &data).unwrap());
+            all_codes.extend_from_slice(&c);
+            all_sb.extend_from_slice(&sb);
+        }
+        let stacked = MatrixData {
+            n: p * n,
+            k,
+            format,
+            weight: &all_codes,
+            scales: &all_sb,
+            biases: &all_sb,
+        };
+        let step = gpu.storage("step", 256).unwrap();
+        gpu.queue.write_buffer(
+            &step.buf,
+            0,
+            bytemuck::bytes_of(&Step {
+                n_tokens: 1,
+                pos: 0,
+                n_confirmed: 0,
+                n_out: 1,
+                force: 0,
+                rollback: 0,
+            }),
+        );
+        let slot = StepSlot {
+            buf: &step,
+            offset: 0,
+        };
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let xb = gpu.storage_init("x", bytemuck::cast_slice(&x)).unwrap();
+        let xq = gpu
+            .storage("xq", 2 * qwgpu_engine::ops::xquant::row_bytes(k as u32))
+            .unwrap();
+        let conv = pollster::block_on(qwgpu_engine::ops::xquant::xquant(
+            gpu,
+            k as u32,
+            Act::new(&xb, k as u32),
+            None,
+            &xq,
+            2,
+            slot,
+            false,
+        ))
+        .unwrap();
+        let opts = MatmulOpts {
+            rows: Rows::Tokens,
+            add: false,
+            mt: MT_ONE,
+            swiglu: false,
+        };
+        let shape = ONE_TOKEN;
+        let run_once = |plan: &Plan| {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                plan.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+            }
+            gpu.queue.submit([enc.finish()]);
+            gpu.wait();
+        };
+        // The planes once; then P dispatches, each phase's outputs in its own buffer.
+        let mut pre = Plan::new();
+        pre.dispatches.push(conv);
+        run_once(&pre);
+        let ys: Vec<_> = (0..p)
+            .map(|_| gpu.storage("y", n as u64 * 4).unwrap())
+            .collect();
+        set_xq_chain(None);
+        let mut plan = Plan::new();
+        for (m, y) in mats.iter().zip(&ys) {
+            let ds = pollster::block_on(matmul_xq(
+                gpu,
+                m,
+                &xq,
+                Act::new(y, n as u32),
+                slot,
+                opts,
+                None,
+            ))
+            .unwrap();
+            plan.extend_vec(ds);
+        }
+        let bytes: u64 = mats.iter().map(|m| m.bytes()).sum();
+        let s = time_plan(gpu, &plan, shape, reps);
+        report(
+            &format!("mmchain {label} {n}x{k} T=1: {p} dispatches"),
+            s,
+            bytes,
+            plan.len(),
+            roofline,
+        );
+        let want: Vec<f32> = ys
+            .iter()
+            .flat_map(|y| pollster::block_on(gpu.read_f32(&y.buf, 0, n)).unwrap())
+            .collect();
+        drop(mats);
+        let big = Matrix::upload(gpu, label, &stacked).unwrap();
+        let yc = gpu.storage("y chain", (p * n) as u64 * 4).unwrap();
+        let grids: Vec<u32> = if grid > 0 {
+            vec![grid]
+        } else {
+            vec![264, 528, 792, 1056, 1584, 2112]
+        };
+        for g in grids {
+            set_xq_chain(Some((p as u32, g)));
+            let ds = pollster::block_on(matmul_xq(
+                gpu,
+                &big,
+                &xq,
+                Act::new(&yc, (p * n) as u32),
+                slot,
+                opts,
+                None,
+            ));
+            set_xq_chain(None);
+            let ds = match ds {
+                Ok(ds) => ds,
+                Err(e) => {
+                    eprintln!("mmchain {label}: {e}");
+                    break;
+                }
+            };
+            let mut plan = Plan::new();
+            plan.extend_vec(ds);
+            let s = time_plan(gpu, &plan, shape, reps);
+            let got = pollster::block_on(gpu.read_f32(&yc.buf, 0, p * n)).unwrap();
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            report(
+                &format!(
+                    "mmchain {label} {n}x{k} T=1: 1 dispatch, queue, grid {g}, same bits {same}"
+                ),
+                s,
+                bytes,
+                plan.len(),
+                roofline,
+            );
         }
     }
 }
@@ -937,6 +1134,7 @@ fn main() {
             || a == "rows"
             || a == "prefetch"
             || a == "persist"
+            || a == "mmchain"
     });
     let checks = args.iter().any(|a| a == "--checks");
     // `--prefill N`: also time an N-token prompt chunk (prefill tile).
@@ -964,6 +1162,21 @@ fn main() {
     }
     if args.iter().any(|a| a == "rows") {
         rows(&gpu, reps, roofline);
+    }
+    if args.iter().any(|a| a == "mmchain") {
+        let only = args
+            .iter()
+            .position(|a| a == "--shapes")
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.as_str());
+        mmchain(
+            &gpu,
+            reps,
+            roofline,
+            flag("--phases").unwrap_or(8.0) as u32,
+            flag("--grid").unwrap_or(0.0) as u32,
+            only,
+        );
     }
     if args.iter().any(|a| a == "alu") {
         alu(&gpu, reps, flag("--sms").unwrap_or(132.0));

@@ -1,6 +1,11 @@
 # (1) The gated recurrence's q/k and gated norms reduced by subgroups (QWGPU_GDN_RED_SG=1, the
 # default since cce3859: every subgroup sums the squares itself in the workgroup tree's order, the
 # same bits, 19 -> 4 barriers per row) against the workgroup trees (=0). One binary, alternating.
+# (2) `lab mmchain`: 8 dependent integer-plane matmuls of one shape (out_proj, down, in_proj,
+# gate+up without SwiGLU) as 8 dispatches against ONE dispatch whose workgroups take the tiles
+# from an atomic queue, a phase's tiles waiting for the previous phase's (grids 264 to 2112; both
+# forms' outputs compared bit for bit): what the dispatch boundaries cost the real matmul kernel,
+# the question behind a persistent per-layer kernel.
 # (Not run yet: no machine was lent in the session that wrote it.)
 set -u
 for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig
@@ -16,6 +21,12 @@ brk() { n=$1; shift; ts "breakdown $n"; env "$@" timeout 100 $C/lab layer --brea
 import json,sys
 for l in sys.stdin:
     j=json.loads(l); print(f\"{j.get('bench', j.get('part'))[:80]:80s} {j['us']:7.1f}\")" | grep -v matmul; save; }
+ts "lab mmchain"; timeout 300 $C/lab mmchain --reps 30 > $R/mmchain.jsonl 2>&1; python3 -c "
+import json,sys
+for l in open(sys.argv[1]):
+    try: j=json.loads(l)
+    except Exception: print(l.rstrip()); continue
+    if 'us' in j: print(f\"{j['bench'][:100]:100s} {j['us']:8.1f} {j['GBps']:8.1f}\")" $R/mmchain.jsonl; save
 brk tree QWGPU_GDN_RED_SG=0
 brk red QWGPU_GDN_RED_SG=1
 m() { python3 -c "

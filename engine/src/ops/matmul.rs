@@ -1797,6 +1797,26 @@ pub fn set_xq_unroll_ch(on: bool) {
     XQ_UNROLL_CH.set(on)
 }
 
+static XQ_CHAIN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Kernel lab only: `Some((phases, grid))` makes integer-plane matmuls built afterwards (plain
+/// ones: no residual add, SwiGLU, deferred norm, output planes or conv) run their matrix's rows
+/// as `phases` equal phases chained in ONE dispatch of `grid` workgroups (`PERSIST_Q` in
+/// `matmul_staged.wgsl`): each workgroup takes the next tile of rows from an atomic queue, and a
+/// tile of phase p waits until every tile of phase p - 1 is done, as the next of a chain of
+/// dependent matmuls would, without a dispatch boundary between them. Tiles are taken in order,
+/// so every tile a wait depends on is held by a running workgroup: no residency is assumed. The
+/// same arithmetic per row: the same bits as one dispatch per phase.
+pub fn set_xq_chain(v: Option<(u32, u32)>) {
+    let packed = v.map_or(0, |(p, g)| (p.max(1) as u64) << 32 | g.max(1) as u64);
+    XQ_CHAIN.store(packed, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn xq_chain() -> Option<(u32, u32)> {
+    let v = XQ_CHAIN.load(std::sync::atomic::Ordering::Relaxed);
+    (v != 0).then_some(((v >> 32) as u32, v as u32))
+}
+
 static FUSE_XQ: Switch = Switch::new("QWGPU_XQ_FUSE", true);
 
 /// Whether decode matmuls on integer planes write the next matmul's planes in their epilogue
@@ -2079,6 +2099,23 @@ async fn matmul_with(
         Fold::Planes(e, o) => (e, o),
         _ => (None, None),
     };
+    // Kernel lab: the matrix's rows as phases chained in one dispatch (see [`set_xq_chain`]).
+    let chain = if planes && xnorm.is_none() && xout.is_none() && conv.is_none() && !opts.add {
+        xq_chain()
+    } else {
+        None
+    };
+    if let Some((phases, _)) = chain {
+        let rows = xq_tile(opts.mt, m.k, m.n).1;
+        if m.chunks.len() != 1 || m.n % (phases * rows) != 0 || opts.swiglu {
+            return Err(GpuError::Shader {
+                name: format!("matmul {}", m.name),
+                message: format!(
+                    "a chained matmul takes one buffer of {phases} phases of whole tiles of {rows} rows, no SwiGLU"
+                ),
+            });
+        }
+    }
     if !planes && (x.stride % 4 != 0 || x.col % 4 != 0) {
         return Err(GpuError::Shader {
             name: format!("matmul {}", m.name),
@@ -2205,7 +2242,10 @@ async fn matmul_with(
             } else {
                 d
             };
-            let d = d.flag("GSTRIDE", gcap > 0);
+            let d = match chain {
+                Some((phases, _)) => d.flag("PERSIST_Q", true).set("PQ_PHASES", phases),
+                None => d.flag("GSTRIDE", gcap > 0),
+            };
             match m.format {
                 WeightFormat::Affine { group, .. } if xq_const_k() => {
                     let d = d
@@ -2328,10 +2368,19 @@ async fn matmul_with(
             res.push(cf.snap.whole());
             res.push(cf.out.whole());
         }
+        // The chain's counters (zeros; the last workgroup out of each run zeroes them again).
+        let counters = match chain {
+            Some((phases, _)) => Some(gpu.storage("matmul.chain", 4 * (phases as u64 + 2))?),
+            None => None,
+        };
+        if let Some(b) = &counters {
+            res.push(b.whole());
+        }
         let tokens = gemm.map_or(tile_tokens(opts.mt), |t| t.bt);
         // A grid-stride integer-plane kernel ([`xq_grid_cap`]) takes at most that many workgroups.
-        let cap = match gcap {
-            g if planes && gemm.is_none() && g > 0 => g,
+        let cap = match (gcap, chain) {
+            (_, Some((_, g))) => g,
+            (g, None) if planes && gemm.is_none() && g > 0 => g,
             _ => u32::MAX,
         };
         let grid = Grid {
@@ -2562,6 +2611,13 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                         .flag("XOUT", !conv && rows % out_unit(swiglu) == 0)
                                         .flag("GSTRIDE", true),
                                 ));
+                                // The kernel lab's chained phases ([`set_xq_chain`]).
+                                if !conv && !add && !swiglu {
+                                    v.push((
+                                        "matmul_staged.wgsl",
+                                        d.clone().flag("PERSIST_Q", true).set("PQ_PHASES", 8),
+                                    ));
+                                }
                                 v.push(("matmul_staged.wgsl", d));
                             }
                         }
