@@ -31,20 +31,9 @@
 // squares in channel order, then a tree, as gdn_conv_prep.wgsl does), and beta, g come from the
 // step's b, a columns of the projection rows. The same bits as gdn_conv_prep + this kernel (tested).
 //
-// RED_SG (with GATED): the squares of the q/k norms and of the gated norm are reduced by every
-// subgroup itself instead of a tree through workgroup memory (a barrier per stage): lane l of a
-// subgroup of SL lanes sums the strided partials of tree slots l, l + SL, ... (as the threads
-// of those slots do), combines them as the tree's first stages do (stride GN_WG / 2 first), and
-// shuffles down the last stages (xor SL / 2 .. 1: lane 0 adds what the tree adds at slot 0, in
-// the same order), so lane 0 holds the tree's sum, bit for bit, and broadcasts it. The normalized
-// k|q go to the staging buffer's second half, so no subgroup's reads race another's writes.
-// Needs one fixed subgroup size dividing WG (the host checks).
-//
 // Defines: WG (threads; R = WG / 4 rows), NV4 (= Dk / 16), KQ (vec4 of k|q each thread stages per
 // step: ceil(Dk / 2 / WG)), KQS (vec4 slots of one staging buffer: >= Dk / 2, at most KQ * WG),
-// SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size), PREP, XQ (with PREP), RED_SG
-// (with RED_SL lanes, RED_N partials per lane and the trees RED_TREE_K / _Q / _G over them),
-// SG_IDS (the subgroup builtins: SUBGROUPS or RED_SG).
+// SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size), PREP, XQ (with PREP).
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -128,54 +117,17 @@ fn hsum(a: vec4<f32>) -> f32 {
     return (a.x + a.y) + (a.z + a.w);
 }
 
-#if RED_SG
-const SL: u32 = {{RED_SL}}u;
-
-// The tree slot `start`'s partial of one staged head's squares (k at base 0, q at Dk / 4): the
-// strided sum its gated_norm-sized thread takes.
-fn kq_part(base: u32, start: u32) -> f32 {
-    var ss = 0.0;
-    for (var j = start; j < p.dk; j += GN_WG) {
-        let xv = kq[base + j / 4u][j % 4u];
-        ss += xv * xv;
-    }
-    return ss;
-}
-
-// The tree slot `start`'s partial of the head's output squares.
-fn gy_part(start: u32) -> f32 {
-    var ss = 0.0;
-    for (var c = start; c < p.dv; c += GN_WG) {
-        let yv = gy[c];
-        ss += yv * yv;
-    }
-    return ss;
-}
-
-// The tree's last stages (strides SL / 2 .. 1) as shuffles; lane 0's sum to every lane.
-fn sg_tree(v0: f32) -> f32 {
-    var v = v0;
-    for (var s = SL / 2u; s > 0u; s >>= 1u) {
-        v = v + subgroupShuffleXor(v, s);
-    }
-    return subgroupBroadcast(v, 0u);
-}
-#endif
-
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
-#if SG_IDS
+#if SUBGROUPS
     @builtin(subgroup_invocation_id) sg_lane: u32,
     @builtin(subgroup_size) sg_size: u32,
 #endif
 ) {
     let wg = wg_linear(wid, nwg);
-#if RED_SG
-    let rl = sg_lane % SL;     // this lane's tree slots: rl, rl + SL, ...
-#endif
     let h = wg / p.blocks;
     if (h >= p.n_v_heads) { return; }
     let blk = wg % p.blocks;
@@ -244,11 +196,7 @@ fn main(
 #endif
     }
     for (var t = 0u; t < T; t++) {
-#if RED_SG
-        let buf = KQS;         // the normalized k|q (the raw ones stay in the first half)
-#else
         let buf = 0u;
-#endif
         let raw = n_raw;
         let v = n_v;
         let zb = n_zb;
@@ -266,31 +214,12 @@ fn main(
             n_zg = z[t1 * p.z_stride + p.z_col + h * p.dv + row];
 #endif
         }
-        // Stage row t's raw k|q (every read of the previous row's is behind this barrier; with
-        // RED_SG, behind the gated norm's barrier already).
-#if !RED_SG
+        // Stage row t's raw k|q (every read of the previous row's is behind this barrier).
         workgroupBarrier();
-#endif
         for (var i = 0u; i < KQ; i++) {
             if (lid + i * WG < KQS) { kq[lid + i * WG] = raw[i]; }
         }
         workgroupBarrier();
-#if RED_SG
-#for M RED_N
-        let pk{{M}} = kq_part(0u, rl + SL * {{M}}u);
-        let pq{{M}} = kq_part(dk4, rl + SL * {{M}}u);
-#endfor
-        let inv_k = inverseSqrt(sg_tree({{RED_TREE_K}}) / f32(p.dk) + p.qk_eps);
-        let inv_q = inverseSqrt(sg_tree({{RED_TREE_Q}}) / f32(p.dk) + p.qk_eps);
-        for (var i = lid; i < 2u * dk4; i += WG) {
-            if (i < dk4) {
-                kq[KQS + i] = p.k_scale * (kq[i] * inv_k);
-            } else {
-                kq[KQS + i] = p.q_scale * (kq[i] * inv_q);
-            }
-        }
-        workgroupBarrier();
-#else
         // gdn_prep's normalization: threads [0, GN_WG) sum k's squares, [GN_WG, 2 GN_WG) q's.
         if (lid < 2u * GN_WG) {
             let hbase = (lid / GN_WG) * dk4;
@@ -316,7 +245,6 @@ fn main(
             }
         }
         workgroupBarrier();
-#endif
         let beta = sigmoid(zb);
         let g = decay_gate(za, alog_h, dtb_h);
 #else
@@ -397,12 +325,6 @@ fn main(
         // gated_norm.wgsl's order: GN_WG strided partial sums of the head's squares, then a tree.
         if (lane == 0u) { gy[row] = o; }
         workgroupBarrier();
-#if RED_SG
-#for M RED_N
-        let pg{{M}} = gy_part(rl + SL * {{M}}u);
-#endfor
-        let inv = inverseSqrt(sg_tree({{RED_TREE_G}}) / f32(p.dv) + p.eps);
-#else
         if (lid < GN_WG) {
             var ss = 0.0;
             for (var c = lid; c < p.dv; c += GN_WG) {
@@ -417,7 +339,6 @@ fn main(
             workgroupBarrier();
         }
         let inv = inverseSqrt(gred[0] / f32(p.dv) + p.eps);
-#endif
         if (live && lane == 0u) {
 #if PREP
             let gn = gw_row * (o * inv);

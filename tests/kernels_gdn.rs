@@ -8,8 +8,7 @@
 use qwgpu_engine::gpu::{Gpu, GpuBuffer, Step, StepShape, StepSlot};
 use qwgpu_engine::ops::gdn::{
     gated_norm, gated_recurrence_layout, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence,
-    gdn_recurrence_gated, qk_norm_constants, recurrence_layout, set_gdn_red_sg,
-    set_recurrence_lane_shuffles, GdnDims,
+    gdn_recurrence_gated, qk_norm_constants, recurrence_layout, GdnDims,
 };
 use qwgpu_engine::ops::Act;
 use qwgpu_tests::*;
@@ -1102,35 +1101,12 @@ fn gated_recurrence_equals_recurrence_then_gated_norm_bit_for_bit() {
     // snapshot, for every shape (Dk 32 and 128, Dv != Dk, heads near zero where eps matters),
     // several row counts and snapshot points, from zero and random states, and starting from the
     // snapshot (step.rollback). The chain tests above (against the CPU references) then cover it.
-    // Each reduction form: the q/k and gated norms by subgroups where the device has a fixed
-    // subgroup size (`QWGPU_GDN_RED_SG`, the default), with the rows' lane partials combined by
-    // shuffles and through workgroup memory (a GPU's choice), and the workgroup trees. (Switches
-    // never change the bits, so tests running meanwhile are unaffected.)
-    let mut red_sg_seen = false;
-    for (shuffles, red) in [(None, true), (Some(false), true), (None, false)] {
-        set_recurrence_lane_shuffles(shuffles);
-        set_gdn_red_sg(red);
-        gated_recurrence_forms(&mut red_sg_seen);
-    }
-    set_recurrence_lane_shuffles(None);
-    set_gdn_red_sg(true);
-    let fixed = gpu_variants()
-        .iter()
-        .any(|g| g.caps.subgroups && g.caps.subgroup_min_size == g.caps.subgroup_max_size);
-    assert!(
-        red_sg_seen || !fixed,
-        "a device with one subgroup size never took the subgroup reductions"
-    );
-}
-
-fn gated_recurrence_forms(red_sg_seen: &mut bool) {
     for gpu in gpu_variants() {
         let mut rng = Rng(23);
         for (name, d) in shapes() {
-            let Some(lay) = gated_recurrence_layout(&gpu, &d) else {
+            if gated_recurrence_layout(&gpu, &d).is_none() {
                 continue;
-            };
-            *red_sg_seen |= lay.red_sg > 0;
+            }
             let w = weights(&mut rng, &d);
             let p = Proj::new(&d, 2);
             let (cd, hv, vd, dv) = (
@@ -1147,7 +1123,7 @@ fn gated_recurrence_forms(red_sg_seen: &mut bool) {
             ] {
                 for random in [false, true] {
                     let what = format!(
-                        "{} n_confirmed={nc} rollback={rollback} ({lay:?})",
+                        "{} n_confirmed={nc} rollback={rollback}",
                         label(&gpu, name, t, random)
                     );
                     let (_, s0) = initial_states(&mut rng, &d, random);

@@ -340,8 +340,7 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
         };
         let b = run(false);
         // The fused form as this device picks it, then with the rows' lane partials combined
-        // through workgroup memory (a GPU's choice; with its subgroup norm reductions where the
-        // device has a fixed subgroup size).
+        // through workgroup memory (what a GPU picks; a CPU adapter picks shuffles).
         for lanes in [None, Some(false)] {
             set_recurrence_lane_shuffles(lanes);
             let a = run(true);

@@ -1,11 +1,9 @@
-# (1) The gated recurrence's q/k and gated norms reduced by subgroups (QWGPU_GDN_RED_SG=1, the
-# default since cce3859: every subgroup sums the squares itself in the workgroup tree's order, the
-# same bits, 19 -> 4 barriers per row) against the workgroup trees (=0). One binary, alternating.
-# (2) `lab mmchain`: 8 dependent integer-plane matmuls of one shape (out_proj, down, in_proj,
-# gate+up without SwiGLU) as 8 dispatches against ONE dispatch whose workgroups take the tiles
-# from an atomic queue, a phase's tiles waiting for the previous phase's (grids 264 to 2112; both
-# forms' outputs compared bit for bit): what the dispatch boundaries cost the real matmul kernel,
-# the question behind a persistent per-layer kernel.
+# `lab mmchain`: 8 dependent integer-plane matmuls of one shape (out_proj, down, in_proj, gate+up
+# without SwiGLU) as 8 dispatches (a barrier between each) against ONE dispatch whose workgroups
+# take the tiles from an atomic queue, a phase's tiles waiting for the previous phase's (grids 264
+# to 2112; both forms' outputs compared bit for bit): what the dispatch boundaries cost the real
+# matmul kernel, the question behind a persistent per-layer kernel. Then the committed tree's
+# plain and MTP numbers on the same machine (the reference for anything measured with it).
 # (Not run yet: no machine was lent in the session that wrote it.)
 set -u
 for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig
@@ -15,29 +13,17 @@ R=/tmp/res; rm -rf $R; mkdir -p $R
 save() { tar czf $OUT/results.tar.gz -C $R .; }
 ts() { echo "[$(date +%T)] $*"; }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
-[ -f /tmp/m27/config.json ] || { ts synth; $C/qwgpu synth --out /tmp/m27 > /tmp/synth.log 2>&1; }
 ts "lab warm-up (discarded)"; timeout 60 $C/lab matmul --reps 10 --shapes gate_up > /dev/null 2>&1
-brk() { n=$1; shift; ts "breakdown $n"; env "$@" timeout 100 $C/lab layer --breakdown --reps 50 --pos 1024 > $R/layers_$n.jsonl 2>&1; grep '"bench\|"part' $R/layers_$n.jsonl | python3 -c "
-import json,sys
-for l in sys.stdin:
-    j=json.loads(l); print(f\"{j.get('bench', j.get('part'))[:80]:80s} {j['us']:7.1f}\")" | grep -v matmul; save; }
 ts "lab mmchain"; timeout 300 $C/lab mmchain --reps 30 > $R/mmchain.jsonl 2>&1; python3 -c "
 import json,sys
 for l in open(sys.argv[1]):
     try: j=json.loads(l)
     except Exception: print(l.rstrip()); continue
     if 'us' in j: print(f\"{j['bench'][:100]:100s} {j['us']:8.1f} {j['GBps']:8.1f}\")" $R/mmchain.jsonl; save
-brk tree QWGPU_GDN_RED_SG=0
-brk red QWGPU_GDN_RED_SG=1
+[ -f /tmp/m27/config.json ] || { ts synth; $C/qwgpu synth --out /tmp/m27 > /tmp/synth.log 2>&1; }
 m() { python3 -c "
 import json,sys; j=json.load(open(sys.argv[1])); m=j.get('mtp_decode'); print('plain', round(j['decode_tokens_per_s']['p50'],2), '' if not m else ('mtp', round(m['decode_tokens_per_s']['p50'],2), 'speedup', round(m['speedup_over_plain'],3), m.get('measured_ms')))" $1 2>/dev/null || { echo failed; tail -3 ${1%.json}.err; }; }
 run() { n=$1; shift; ts "$n"; env "$@" > $R/$n.json 2>$R/$n.err; m $R/$n.json; save; }
-B="timeout 100 $C/qwgpu bench --model /tmp/m27 --json --mtp off --prompt-tokens 1024 --gen-tokens 512 --trials 2 --warmup 1"
-M="timeout 100 $C/qwgpu bench --model /tmp/m27 --json --mtp auto --prompt-tokens 64 --gen-tokens 256 --trials 3 --warmup 1 --force-accept 0.8"
-for r in 1 2; do
-  run plain_tree_$r QWGPU_GDN_RED_SG=0 $B
-  run plain_red_$r QWGPU_GDN_RED_SG=1 $B
-done
-run mtp_tree QWGPU_GDN_RED_SG=0 $M
-run mtp_red QWGPU_GDN_RED_SG=1 $M
+run plain timeout 100 $C/qwgpu bench --model /tmp/m27 --json --mtp off --prompt-tokens 1024 --gen-tokens 512 --trials 2 --warmup 1
+run mtp08 timeout 100 $C/qwgpu bench --model /tmp/m27 --json --mtp auto --prompt-tokens 64 --gen-tokens 256 --trials 3 --warmup 1 --force-accept 0.8
 ts done

@@ -108,7 +108,7 @@ pub fn preprocess(name: &str, defines: &Defines, web: bool) -> Result<String, Gp
     if defines.is_true("COOP") {
         out.push_str("enable wgpu_cooperative_matrix;\n");
     }
-    if web && (defines.is_true("SUBGROUPS") || defines.is_true("SG_IDS")) {
+    if web && defines.is_true("SUBGROUPS") {
         out.push_str("enable subgroups;\n");
     }
     let mut included = Vec::new();

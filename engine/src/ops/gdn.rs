@@ -235,40 +235,12 @@ pub fn recurrence_defines(lay: &RecurrenceLayout) -> Defines {
         .flag("SUBGROUPS", lay.subgroups)
         .flag("GATED", lay.gated)
         .flag("PREP", lay.prep)
-        .flag("XQ", lay.xq)
-        .flag("SG_IDS", lay.subgroups || lay.red_sg > 0)
-        // (`#for` counts are expanded in every branch.)
-        .set("RED_N", 1);
-    if !lay.gated {
-        return d;
+        .flag("XQ", lay.xq);
+    if lay.gated {
+        d.set("GN_WG", NORM_WG)
+    } else {
+        d
     }
-    let d = d.set("GN_WG", NORM_WG);
-    if lay.red_sg == 0 {
-        return d;
-    }
-    // The reductions' register stages: partials p0.. of lane l (starts l, l + SL, ...), combined
-    // as the workgroup tree combines them (stride GN_WG / 2 first).
-    let parts = (NORM_WG / lay.red_sg).max(1);
-    d.flag("RED_SG", true)
-        .set("RED_SL", lay.red_sg.min(NORM_WG))
-        .set("RED_N", parts)
-        .set("RED_TREE_K", tree_expr("pk", parts))
-        .set("RED_TREE_Q", tree_expr("pq", parts))
-        .set("RED_TREE_G", tree_expr("pg", parts))
-}
-
-/// `n` (a power of two) values `{prefix}0` .. combined as a workgroup-memory tree combines its
-/// slots: stride n / 2 first, `v[i] = v[i] + v[i + s]`.
-fn tree_expr(prefix: &str, n: u32) -> String {
-    let mut e: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
-    let mut s = n as usize / 2;
-    while s > 0 {
-        for i in 0..s {
-            e[i] = format!("({} + {})", e[i], e[i + s]);
-        }
-        s /= 2;
-    }
-    e.swap_remove(0)
 }
 
 pub fn gated_norm_defines() -> Defines {
@@ -302,27 +274,16 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 gated: false,
                 prep: false,
                 xq: false,
-                red_sg: 0,
             };
             v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
             for dv in [32, 64, 128] {
                 for (prep, xq) in [(false, false), (true, false), (true, true)] {
-                    // Subgroup reductions where the device has subgroups: 32 lanes (NVIDIA,
-                    // Apple), 8 (lavapipe), 64 (gated_norm's whole workgroup).
-                    let reds: &[u32] = if base.is_true("SUBGROUPS") {
-                        &[0, 8, 32, 64]
-                    } else {
-                        &[0]
+                    let lay = RecurrenceLayout {
+                        prep,
+                        xq,
+                        ..gated_layout(dk, dv, subgroups)
                     };
-                    for &red_sg in reds {
-                        let lay = RecurrenceLayout {
-                            prep,
-                            xq,
-                            red_sg,
-                            ..gated_layout(dk, dv, subgroups)
-                        };
-                        v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
-                    }
+                    v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
                 }
             }
         }
@@ -606,12 +567,6 @@ pub struct RecurrenceLayout {
     pub prep: bool,
     /// (With `prep`) the output also goes out as `xquant.wgsl`'s integer planes.
     pub xq: bool,
-    /// (With `gated`) lanes per subgroup reduction of the q/k and gated norms, 0 for none: every
-    /// subgroup reduces the squares itself (the workgroup tree's first stages in registers, its
-    /// last ones as shuffles, the same order: the same bits) instead of a tree through workgroup
-    /// memory with a barrier per stage. The device's fixed subgroup size, at most gated_norm's
-    /// workgroup ([`NORM_WG`]).
-    pub red_sg: u32,
 }
 
 /// Threads per state row in the recurrence.
@@ -629,7 +584,6 @@ fn gated_layout(dk: u32, dv: u32, subgroups: bool) -> RecurrenceLayout {
         gated: true,
         prep: false,
         xq: false,
-        red_sg: 0,
     }
 }
 
@@ -648,23 +602,6 @@ pub fn gated_recurrence() -> bool {
 /// See [`gated_recurrence`].
 pub fn set_gated_recurrence(on: bool) {
     GATED_RECURRENCE.set(on)
-}
-
-static GDN_RED_SG: crate::ops::matmul::Switch =
-    crate::ops::matmul::Switch::new("QWGPU_GDN_RED_SG", true);
-
-/// Whether the gated recurrence ([`gated_recurrence_layout`]) reduces its q/k and gated norms
-/// with subgroup operations where the device has one fixed subgroup size: every subgroup sums
-/// the squares itself, in the order of the workgroup tree (the same bits), so the 12 barriers of
-/// the two trees per row go. On by default; `QWGPU_GDN_RED_SG=0` turns it off at start-up, and
-/// plans built after [`set_gdn_red_sg`] follow the new setting.
-pub fn gdn_red_sg() -> bool {
-    GDN_RED_SG.get()
-}
-
-/// See [`gdn_red_sg`].
-pub fn set_gdn_red_sg(on: bool) {
-    GDN_RED_SG.set(on)
 }
 
 static FUSED_GDN: crate::ops::matmul::Switch =
@@ -698,21 +635,7 @@ pub fn gated_recurrence_layout(gpu: &Gpu, d: &GdnDims) -> Option<RecurrenceLayou
     let base = recurrence_layout(gpu, d);
     let (smax, smin) = (gpu.caps.subgroup_max_size, gpu.caps.subgroup_min_size);
     let subgroups = base.subgroups && smax <= wg && smin > 0 && wg % smax == 0;
-    // Subgroup reductions need one fixed, power-of-two subgroup size dividing the workgroup.
-    let red_sg = if gdn_red_sg()
-        && gpu.caps.subgroups
-        && smin == smax
-        && smin.is_power_of_two()
-        && wg % smin == 0
-    {
-        smin.min(NORM_WG)
-    } else {
-        0
-    };
-    let lay = RecurrenceLayout {
-        red_sg,
-        ..gated_layout(dk, dv, subgroups)
-    };
+    let lay = gated_layout(dk, dv, subgroups);
     // (kq, red_m / red_o, gy, gred, qkred, sg_count)
     let shared = 2 * lay.kqs * 16 + 2 * wg * 4 + dv * 4 + 3 * NORM_WG * 4 + 4;
     (shared <= gpu.limits.max_compute_workgroup_storage_size).then_some(lay)
@@ -730,7 +653,7 @@ static LANE_SHUFFLES: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8:
 /// Overrides [`recurrence_layout`]'s choice between subgroup shuffles and workgroup memory for
 /// combining a state row's lane partials, for plans built afterwards (`None`: the device-type
 /// rule; shuffles still need usable subgroups). The two give the same bits; tests take each
-/// path on one device with it.
+/// path on one device with it (a CPU adapter picks shuffles, a GPU workgroup memory).
 pub fn set_recurrence_lane_shuffles(v: Option<bool>) {
     let code = match v {
         None => 0,
@@ -772,7 +695,6 @@ pub fn recurrence_layout(gpu: &Gpu, d: &GdnDims) -> RecurrenceLayout {
         gated: false,
         prep: false,
         xq: false,
-        red_sg: 0,
     }
 }
 
