@@ -20,6 +20,8 @@ for l in open(sys.argv[1]):
     try: j=json.loads(l)
     except Exception: print(l.rstrip()); continue
     if 'us' in j: print(f\"{j['bench'][:100]:100s} {j['us']:8.1f} {j['GBps']:8.1f}\")" $R/mmchain.jsonl; save
+# One phase: a single matmul's tiles from the queue against its grid-stride form (the tail).
+ts "lab mmchain, 1 phase"; timeout 200 $C/lab mmchain --phases 1 --reps 50 > $R/mmchain1.jsonl 2>&1; grep -o '"bench": "[^"]*", "us": [0-9.]*' $R/mmchain1.jsonl; save
 [ -f /tmp/m27/config.json ] || { ts synth; $C/qwgpu synth --out /tmp/m27 > /tmp/synth.log 2>&1; }
 m() { python3 -c "
 import json,sys; j=json.load(open(sys.argv[1])); m=j.get('mtp_decode'); print('plain', round(j['decode_tokens_per_s']['p50'],2), '' if not m else ('mtp', round(m['decode_tokens_per_s']['p50'],2), 'speedup', round(m['speedup_over_plain'],3), m.get('measured_ms')))" $1 2>/dev/null || { echo failed; tail -3 ${1%.json}.err; }; }
