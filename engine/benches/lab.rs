@@ -96,6 +96,22 @@ fn report(what: &str, secs: f64, bytes: u64, dispatches: usize, roofline: f64) {
     );
 }
 
+/// Writes a step of `t` tokens at position `pos` (nothing confirmed, one out row) into `step`.
+fn write_step(gpu: &Gpu, step: &qwgpu_engine::gpu::GpuBuffer, t: u32, pos: u32) {
+    gpu.queue.write_buffer(
+        &step.buf,
+        0,
+        bytemuck::bytes_of(&Step {
+            n_tokens: t,
+            pos,
+            n_confirmed: 0,
+            n_out: 1,
+            force: 0,
+            rollback: 0,
+        }),
+    );
+}
+
 /// The token tile a plan of `t` tokens uses (as the session picks it).
 fn tile_of(t: u32) -> u32 {
     match t {
@@ -150,18 +166,7 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
         let y = gpu.storage("y", (tmax * n * 4) as u64).unwrap();
         let step = gpu.storage("step", 256).unwrap();
         for &t in tokens {
-            gpu.queue.write_buffer(
-                &step.buf,
-                0,
-                bytemuck::bytes_of(&Step {
-                    n_tokens: t,
-                    pos: 0,
-                    n_confirmed: 0,
-                    n_out: 1,
-                    force: 0,
-                    rollback: 0,
-                }),
-            );
+            write_step(gpu, &step, t, 0);
             let slot = StepSlot {
                 buf: &step,
                 offset: 0,
@@ -370,18 +375,7 @@ fn mmchain(gpu: &Arc<Gpu>, reps: u32, roofline: f64, phases: u32, grid: u32, onl
             biases: &all_sb,
         };
         let step = gpu.storage("step", 256).unwrap();
-        gpu.queue.write_buffer(
-            &step.buf,
-            0,
-            bytemuck::bytes_of(&Step {
-                n_tokens: 1,
-                pos: 0,
-                n_confirmed: 0,
-                n_out: 1,
-                force: 0,
-                rollback: 0,
-            }),
-        );
+        write_step(gpu, &step, 1, 0);
         let slot = StepSlot {
             buf: &step,
             offset: 0,
@@ -538,18 +532,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
         let state = State::new(gpu, &model.config, max_ctx, false, false).unwrap();
         let step = gpu.storage("step", 256).unwrap();
         for &t in tokens {
-            gpu.queue.write_buffer(
-                &step.buf,
-                0,
-                bytemuck::bytes_of(&Step {
-                    n_tokens: t,
-                    pos,
-                    n_confirmed: 0,
-                    n_out: 1,
-                    force: 0,
-                    rollback: 0,
-                }),
-            );
+            write_step(gpu, &step, t, pos);
             let b = Builder {
                 gpu,
                 cfg: &model.config,
