@@ -205,7 +205,7 @@ fn main(
     if (ph > 0u) {
         if (lid == 0u) {
             // (Bounded: a broken queue gives wrong results, never a hung device.)
-            for (var polls = 0u; polls < 0x4000000u; polls++) {
+            for (var polls = 0u; polls < 0x400000u; polls++) {
                 if (atomicLoad(&pq[ph]) >= tpp) { break; }
             }
         }
