@@ -439,6 +439,80 @@ fn prompt_cache_checkpoint_serves_prompts_that_share_the_start() {
 }
 
 #[test]
+fn prompt_cache_records_several_points_of_one_prompt() {
+    // `prefill_prompt_at`: the states after a prompt's shared start (a system prompt) and after
+    // more of it, recorded on the way in one prefill (points unsorted and repeated): each entry
+    // holds its ids, the prompt's own output is the uncached one, the shorter entry serves a
+    // prompt that shares only its ids (again the uncached output), and points at or below the
+    // ids reused record nothing.
+    use qwgpu_engine::decode::cache::{prefill_prompt_at, reusable};
+    use qwgpu_engine::decode::generate_in_context;
+    use qwgpu_engine::decode::mtp::generate_mtp_in_context;
+    let name = "mtp-perm";
+    let r = load_reference(name);
+    let m = model(name);
+    let p = &r.prompts[3];
+    let q: Vec<u32> = p[..41].iter().chain(&r.prompts[2]).cloned().collect();
+    for mtp in [false, true] {
+        let mut s = session(&m, 512, 64);
+        let run = |s: &mut Session, prompt: &[u32]| -> Vec<u32> {
+            let k = prompt.len() - 1;
+            if mtp && s.mtp_available() {
+                pollster::block_on(generate_mtp_in_context(
+                    s,
+                    prompt,
+                    k,
+                    &greedy(16),
+                    &MtpOptions::always(),
+                    &mut |_| true,
+                ))
+                .unwrap()
+                .0
+            } else {
+                pollster::block_on(generate_in_context(s, prompt, k, &greedy(16), &mut |_| {
+                    true
+                }))
+                .unwrap()
+                .0
+            }
+        };
+        let want_p = gen(&mut s, p, 16);
+        s.reset();
+        let want_q = gen(&mut s, &q, 16);
+        let (reused, entries) =
+            pollster::block_on(prefill_prompt_at(&mut s, p, None, mtp, &[150, 40, 150])).unwrap();
+        assert_eq!(reused, 0);
+        let got: Vec<(usize, u32)> = entries.iter().map(|e| (e.tokens.len(), e.pos)).collect();
+        assert_eq!(got, [(40, 40), (150, 150)], "mtp {mtp}");
+        assert_eq!(entries[0].tokens[..], p[..40]);
+        assert_eq!(entries[1].tokens[..], p[..150]);
+        assert_eq!(run(&mut s, p), want_p, "mtp {mtp}: p fed in three pieces");
+        // q shares p's first 41 ids: the shorter entry serves it, the longer does not.
+        let spec = mtp && m.has_mtp();
+        assert_eq!(reusable(&entries[0], &q, spec), 40);
+        assert_eq!(reusable(&entries[1], &q, spec), 0);
+        let (reused, more) = pollster::block_on(prefill_prompt_at(
+            &mut s,
+            &q,
+            Some(&entries[0]),
+            mtp,
+            &[30, 40],
+        ))
+        .unwrap();
+        assert_eq!(reused, 40);
+        assert!(
+            more.is_empty(),
+            "mtp {mtp}: points at or below the ids reused"
+        );
+        assert_eq!(
+            run(&mut s, &q),
+            want_q,
+            "mtp {mtp}: q from the shorter entry"
+        );
+    }
+}
+
+#[test]
 fn plain_sessions_of_an_mtp_checkpoint_fold_norms_and_share_states() {
     // `SessionOptions::speculative = false` on a checkpoint with an MTP head: no MTP, the
     // RMSNorms folded into the decode matmuls (as in speculative sessions), mlx-lm's greedy

@@ -516,6 +516,7 @@ impl App {
             mtp_adaptive: self.mtp == MtpMode::Auto,
             ignore_eos: gen.ignore_eos,
             checkpoint: None,
+            shared: None,
             enqueued: Instant::now(),
             deadline: received + self.timeout,
             tx,
@@ -550,6 +551,46 @@ impl App {
     }
 }
 
+/// Fewest prompt ids worth a cache entry of their own for a conversation's shared start:
+/// restoring a state copies every layer's recurrent state, which costs more than prefilling a
+/// few ids.
+const MIN_SHARED_IDS: usize = 32;
+
+/// Where a chat prompt's `ids` stop being what any conversation with the same system messages,
+/// tools and template arguments starts with: one id before the end of the common start of `ids`
+/// and of the same system messages followed by a user message no real one begins with (a state
+/// kept for speculation pairs its MTP cache with the id after it, which must then be shared
+/// too). `None` without system messages or tools, or when that is fewer than
+/// [`MIN_SHARED_IDS`]. Derived from the prompt's own ids, so a state saved there is this
+/// prompt's; later prompts reuse it only where their ids match.
+fn shared_start(
+    app: &App,
+    messages: &[Value],
+    tools: Option<&[Value]>,
+    kwargs: &serde_json::Map<String, Value>,
+    ids: &[u32],
+) -> Option<usize> {
+    let lead = messages
+        .iter()
+        .take_while(|m| {
+            matches!(
+                m.get("role").and_then(Value::as_str),
+                Some("system") | Some("developer")
+            )
+        })
+        .count();
+    if lead == 0 && tools.is_none_or(|t| t.is_empty()) {
+        return None;
+    }
+    let mut probe = messages[..lead].to_vec();
+    probe.push(json!({"role": "user", "content": "\u{E000}"}));
+    let text = app.template.render(&probe, tools, false, kwargs).ok()?;
+    let other = app.tokenizer.encode(&text, true).ok()?;
+    let k = ids.iter().zip(&other).take_while(|(a, b)| a == b).count();
+    let k = k.saturating_sub(1);
+    (k >= MIN_SHARED_IDS).then_some(k)
+}
+
 async fn chat_completions(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
@@ -571,7 +612,7 @@ async fn chat_inner(
     app.check_open()?;
     // Rendering and tokenizing a long conversation takes a while: keep it off the I/O threads.
     let a = app.clone();
-    let (req, prompt, checkpoint) = tokio::task::spawn_blocking(move || {
+    let (req, prompt, checkpoint, shared) = tokio::task::spawn_blocking(move || {
         let text = a
             .template
             .render(&req.messages, req.tools.as_deref(), true, &req.kwargs)
@@ -595,7 +636,9 @@ async fn chat_inner(
             .and_then(|t| a.tokenizer.encode(&t, true).ok())
             .filter(|h| !h.is_empty() && h.len() < ids.len() && ids.starts_with(h))
             .map(|h| h.len());
-        Ok::<_, ApiError>((req, ids, checkpoint))
+        let shared = shared_start(&a, &req.messages, req.tools.as_deref(), &req.kwargs, &ids)
+            .filter(|&k| k < checkpoint.unwrap_or(ids.len().saturating_sub(1)));
+        Ok::<_, ApiError>((req, ids, checkpoint, shared))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
@@ -609,6 +652,7 @@ async fn chat_inner(
     stream.trim_newlines = true;
     let (mut job, rx) = app.job(prompt, &req.gen, stream, "messages", received)?;
     job.checkpoint = checkpoint;
+    job.shared = shared;
     let deadline = job.deadline;
     app.enqueue(job)?;
     if req.gen.stream {

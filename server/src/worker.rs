@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use qwgpu_engine::decode::cache::{prefill_prompt, reusable};
+use qwgpu_engine::decode::cache::{prefill_prompt_at, reusable};
 use qwgpu_engine::decode::mtp::MtpStats;
 use qwgpu_engine::decode::sampler::SamplingParams;
 use qwgpu_engine::decode::text::{generate_text, TextEvent, TextRequest};
@@ -78,6 +78,9 @@ pub struct Job {
     /// Prompt ids later requests are expected to share (a conversation before its generation
     /// prompt): the prompt cache records the state there. `None` = all but the last id.
     pub checkpoint: Option<usize>,
+    /// Fewer prompt ids that other conversations are expected to share (the system messages and
+    /// tools): the prompt cache records the state there too.
+    pub shared: Option<usize>,
     pub enqueued: Instant,
     pub deadline: Instant,
     pub tx: UnboundedSender<Event>,
@@ -297,20 +300,19 @@ impl PromptCache {
             .map(|(_, i)| i)
     }
 
-    /// After a request that used entry `used` and recorded `new`: the new entry goes first
-    /// (replacing one with the same ids), else the used one moves first; the oldest fall out.
-    fn keep(&mut self, used: Option<usize>, new: Option<SavedState>) {
-        match (new, used) {
-            (Some(n), _) => {
-                self.entries
-                    .retain(|e| e.tokens != n.tokens || e.mtp_next != n.mtp_next);
-                self.entries.insert(0, n);
-            }
-            (None, Some(i)) => {
-                let e = self.entries.remove(i);
-                self.entries.insert(0, e);
-            }
-            (None, None) => {}
+    /// After a request that used entry `used` and recorded `new` (shortest first): the used
+    /// entry moves first, then the new ones go before it (each replacing one with the same ids),
+    /// the longest first; the oldest fall out. So a shared start that new conversations keep
+    /// using stays in.
+    fn keep(&mut self, used: Option<usize>, new: Vec<SavedState>) {
+        if let Some(i) = used {
+            let e = self.entries.remove(i);
+            self.entries.insert(0, e);
+        }
+        for n in new {
+            self.entries
+                .retain(|e| e.tokens != n.tokens || e.mtp_next != n.mtp_next);
+            self.entries.insert(0, n);
         }
         self.entries.truncate(self.capacity);
     }
@@ -357,11 +359,12 @@ fn run(
         // generate_text speculates when the job asks for MTP without per-token logprobs.
         let mtp = req.mtp && !req.logprobs && session.mtp_available();
         let at = job.checkpoint.unwrap_or(req.prompt.len().saturating_sub(1));
+        let points: Vec<usize> = job.shared.into_iter().chain([at]).collect();
         let best = cache.best(&req.prompt, mtp);
         let from = best.map(|i| &cache.entries[i]);
-        match pollster::block_on(prefill_prompt(session, &req.prompt, from, mtp, at)) {
-            Ok((reused, entry)) => {
-                cache.keep(best, entry);
+        match pollster::block_on(prefill_prompt_at(session, &req.prompt, from, mtp, &points)) {
+            Ok((reused, entries)) => {
+                cache.keep(best, entries);
                 cached_tokens = reused;
                 req.in_context = req.prompt.len() - 1;
             }

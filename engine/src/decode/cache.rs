@@ -43,6 +43,33 @@ pub async fn prefill_prompt(
     mtp: bool,
     save_at: usize,
 ) -> Result<(usize, Option<SavedState>), RunError> {
+    let Some(last) = prompt.len().checked_sub(1) else {
+        return Err(RunError::Empty);
+    };
+    let (reused, mut entries) =
+        prefill_prompt_at(session, prompt, cached, mtp, &[save_at.min(last)]).await?;
+    // A point at or below the ids reused: the cached entry stands for it.
+    let entry = match entries.pop() {
+        Some(e) => Some(e),
+        None if reused > 0 => cached.cloned(),
+        None => None,
+    };
+    Ok((reused, entry))
+}
+
+/// [`prefill_prompt`] with several points: the state after `prompt[..p]` is recorded for every
+/// `p` in `save_at` past the ids reused and before the last id (a conversation's shared start,
+/// such as a system prompt and its tools, and its end). The entries come in the order of their
+/// points, shortest first; a point at or below the ids reused records nothing (the cached entry
+/// stands for it, or for more). The prompt is fed in pieces between the points, which leaves the
+/// state of feeding it whole, bit for bit.
+pub async fn prefill_prompt_at(
+    session: &mut Session,
+    prompt: &[u32],
+    cached: Option<&SavedState>,
+    mtp: bool,
+    save_at: &[usize],
+) -> Result<(usize, Vec<SavedState>), RunError> {
     let Some((&last, head)) = prompt.split_last() else {
         return Err(RunError::Empty);
     };
@@ -62,17 +89,22 @@ pub async fn prefill_prompt(
             .into());
         }
     }
-    let at = save_at.clamp(reused, head.len());
-    feed(session, &prompt[reused..at], prompt[at], mtp).await?;
-    let entry = if at == 0 {
-        None
-    } else if at == reused {
-        cached.cloned()
-    } else {
-        Some(save_prompt(session, &prompt[..=at]).await?)
-    };
-    feed(session, &head[at..], last, mtp).await?;
-    Ok((reused, entry))
+    let mut points: Vec<usize> = save_at
+        .iter()
+        .map(|&p| p.min(head.len()))
+        .filter(|&p| p > reused)
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut entries = Vec::with_capacity(points.len());
+    let mut fed = reused;
+    for at in points {
+        feed(session, &prompt[fed..at], prompt[at], mtp).await?;
+        entries.push(save_prompt(session, &prompt[..=at]).await?);
+        fed = at;
+    }
+    feed(session, &head[fed..], last, mtp).await?;
+    Ok((reused, entries))
 }
 
 /// Prefills `ids`; with `mtp` the MTP cache too, its last entry paired with `next`.
