@@ -122,6 +122,11 @@ struct Args {
     /// usage.prompt_tokens_details.cached_tokens counts the ids reused).
     #[arg(long, default_value_t = 4)]
     prompt_cache_entries: usize,
+    /// Keep the prompt cache across restarts: its states are read from DIR at start and written
+    /// there at shutdown (one file per entry; for the 27B ≈ 150 MB plus 136 MB per 1024 positions
+    /// each).
+    #[arg(long, value_name = "DIR")]
+    prompt_cache_dir: Option<PathBuf>,
 }
 
 /// Everything the handlers share.
@@ -201,6 +206,7 @@ fn run(args: Args) -> Result<(), String> {
             adapter: args.adapter.clone(),
             shader_checks: args.shader_checks,
             prompt_cache: args.prompt_cache_entries,
+            prompt_cache_dir: args.prompt_cache_dir.clone(),
         },
         args.queue,
         tokenizer.clone(),

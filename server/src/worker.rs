@@ -96,6 +96,9 @@ pub struct WorkerOptions {
     /// States of recent prompts (up to their checkpoints) kept for later requests that start the
     /// same way; 0 = none.
     pub prompt_cache: usize,
+    /// Where the prompt cache's states are read at start and written at shutdown (one file per
+    /// entry, named by the model's configuration); `None` = memory only.
+    pub prompt_cache_dir: Option<PathBuf>,
 }
 
 /// Shared between the GPU thread and the HTTP side.
@@ -169,7 +172,8 @@ pub fn start(
                 }
             };
             let cache = opts.prompt_cache;
-            serve(session, rx, &tokenizer, &metrics, &control, cache);
+            let dir = opts.prompt_cache_dir.as_deref();
+            serve(session, rx, &tokenizer, &metrics, &control, cache, dir);
         })
         .map_err(|e| format!("cannot start the GPU thread: {e}"))?;
     match ready_rx.recv() {
@@ -221,13 +225,18 @@ fn serve(
     metrics: &Metrics,
     control: &Control,
     prompt_cache: usize,
+    cache_dir: Option<&std::path::Path>,
 ) {
+    let cache_dir = cache_dir.filter(|_| prompt_cache > 0);
     // The states of the most recent prompts, most recent first (a conversation's next request
     // starts with its last one's prompt; several conversations can take turns).
     let mut cache = PromptCache {
         entries: Vec::new(),
         capacity: prompt_cache,
     };
+    if let Some(dir) = cache_dir {
+        cache.entries = load_cache_dir(dir, &mut session, prompt_cache);
+    }
     loop {
         let job = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(j) => j,
@@ -278,6 +287,82 @@ fn serve(
             });
         }
         metrics.busy.store(false, Ordering::SeqCst);
+    }
+    if let Some(dir) = cache_dir {
+        store_cache_dir(dir, &session, &cache.entries);
+    }
+}
+
+/// The file of entry `i` (0 = the most recent) of the on-disk prompt cache of `session`'s model:
+/// named by its configuration's checksum, so other models' entries in the same folder are left
+/// alone.
+fn cache_file(dir: &std::path::Path, session: &Session, i: usize) -> PathBuf {
+    let crc = qwgpu_engine::state::config_crc(&session.model.config);
+    dir.join(format!("prompt-{crc:08x}-{i}.state"))
+}
+
+/// The entries of this model's on-disk prompt cache that this session can restore (each is
+/// restored once to check it: a state saved with another context size or KV type is left out
+/// with a line on stderr), most recent first.
+fn load_cache_dir(
+    dir: &std::path::Path,
+    session: &mut Session,
+    capacity: usize,
+) -> Vec<SavedState> {
+    let mut out = Vec::new();
+    for i in 0..capacity {
+        let path = cache_file(dir, session, i);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                eprintln!("qwgpu-server: prompt cache {}: {e}", path.display());
+                continue;
+            }
+        };
+        let state = SavedState::from_bytes(&bytes)
+            .map_err(RunError::from)
+            .and_then(|s| session.restore(&s).map(|()| s));
+        match state {
+            Ok(s) => out.push(s),
+            Err(e) => eprintln!(
+                "qwgpu-server: prompt cache {}: not used: {e}",
+                path.display()
+            ),
+        }
+    }
+    session.reset();
+    if !out.is_empty() {
+        eprintln!(
+            "qwgpu-server: {} prompt states restored from {}",
+            out.len(),
+            dir.display()
+        );
+    }
+    out
+}
+
+/// Writes the prompt cache's entries to `dir` (each through a temporary file, so a failed write
+/// leaves the previous file) and removes this model's files past them.
+fn store_cache_dir(dir: &std::path::Path, session: &Session, entries: &[SavedState]) {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("qwgpu-server: prompt cache {}: {e}", dir.display());
+        return;
+    }
+    for (i, st) in entries.iter().enumerate() {
+        let path = cache_file(dir, session, i);
+        let tmp = path.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, st.to_bytes()).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            eprintln!("qwgpu-server: prompt cache {}: {e}", path.display());
+        }
+    }
+    for i in entries.len().. {
+        let path = cache_file(dir, session, i);
+        if std::fs::remove_file(&path).is_err() {
+            break;
+        }
     }
 }
 

@@ -214,6 +214,34 @@ def test_new_conversations_share_the_system_prompt_state(default_server):
     assert again.choices[0].message.content == b.choices[0].message.content
 
 
+def test_prompt_cache_dir_keeps_states_across_a_restart(tmp_path):
+    # --prompt-cache-dir: the states are written at shutdown and restored at start, so a new
+    # conversation with the same long system prompt after a restart starts from the cache. A file
+    # that is not a state (or belongs to no model here) is left out, not fatal.
+    from conftest import Server
+    d = tmp_path / "states"
+    args = ["--max-context", "512", "--prompt-cache-dir", str(d)]
+    system = {"role": "system", "content": "You answer questions about colours and animals in one careful word. " * 4}
+    s = Server(args, "prompt-cache-dir")
+    try:
+        kw = dict(model=s.model, max_tokens=4, extra_body=NO_THINK)
+        first = client(s).chat.completions.create(messages=[system, {"role": "user", "content": "Name a colour."}], **kw)
+        assert first.usage.prompt_tokens_details.cached_tokens == 0
+    finally:
+        assert s.stop() == 0
+    files = sorted(p.name for p in d.iterdir())
+    assert len(files) == 2 and all(f.endswith(".state") for f in files), files
+    (d / files[0]).with_name(files[0].replace("-0.", "-3.")).write_bytes(b"not a state")
+    s = Server(args, "prompt-cache-dir again")
+    try:
+        kw = dict(model=s.model, max_tokens=4, extra_body=NO_THINK)
+        new = [system, {"role": "user", "content": "Which animal is the largest?"}]
+        b = client(s).chat.completions.create(messages=new, **kw)
+        assert 32 <= b.usage.prompt_tokens_details.cached_tokens < b.usage.prompt_tokens - 5, b.usage
+    finally:
+        assert s.stop() == 0
+
+
 def test_errors(default_server):
     c = client(default_server)
     msgs = [{"role": "user", "content": "hi"}]
