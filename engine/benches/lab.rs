@@ -112,6 +112,30 @@ fn write_step(gpu: &Gpu, step: &qwgpu_engine::gpu::GpuBuffer, t: u32, pos: u32) 
     );
 }
 
+/// A planes buffer for 2 rows of `k` values and the xquant dispatch that fills it from `x`.
+fn planes_of(
+    gpu: &Arc<Gpu>,
+    x: &qwgpu_engine::gpu::GpuBuffer,
+    k: usize,
+    slot: StepSlot<'_>,
+) -> (qwgpu_engine::gpu::GpuBuffer, qwgpu_engine::gpu::Dispatch) {
+    let xq = gpu
+        .storage("xq", 2 * qwgpu_engine::ops::xquant::row_bytes(k as u32))
+        .unwrap();
+    let conv = pollster::block_on(qwgpu_engine::ops::xquant::xquant(
+        gpu,
+        k as u32,
+        Act::new(x, k as u32),
+        None,
+        &xq,
+        2,
+        slot,
+        false,
+    ))
+    .unwrap();
+    (xq, conv)
+}
+
 /// The token tile a plan of `t` tokens uses (as the session picks it).
 fn tile_of(t: u32) -> u32 {
     match t {
@@ -206,20 +230,7 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
             );
             if t <= 2 && qwgpu_engine::ops::matmul::takes_xq(gpu, &m, tile_of(t)) {
                 // x as integer planes: the matmul alone, and with its xquant dispatch.
-                let xq = gpu
-                    .storage("xq", 2 * qwgpu_engine::ops::xquant::row_bytes(k as u32))
-                    .unwrap();
-                let conv = pollster::block_on(qwgpu_engine::ops::xquant::xquant(
-                    gpu,
-                    k as u32,
-                    Act::new(&x, k as u32),
-                    None,
-                    &xq,
-                    2,
-                    slot,
-                    false,
-                ))
-                .unwrap();
+                let (xq, conv) = planes_of(gpu, &x, k, slot);
                 let ds = pollster::block_on(qwgpu_engine::ops::matmul::matmul_xq(
                     gpu,
                     &m,
@@ -384,20 +395,7 @@ fn mmchain(gpu: &Arc<Gpu>, reps: u32, roofline: f64, phases: u32, grid: u32, onl
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
             .collect();
         let xb = gpu.storage_init("x", bytemuck::cast_slice(&x)).unwrap();
-        let xq = gpu
-            .storage("xq", 2 * qwgpu_engine::ops::xquant::row_bytes(k as u32))
-            .unwrap();
-        let conv = pollster::block_on(qwgpu_engine::ops::xquant::xquant(
-            gpu,
-            k as u32,
-            Act::new(&xb, k as u32),
-            None,
-            &xq,
-            2,
-            slot,
-            false,
-        ))
-        .unwrap();
+        let (xq, conv) = planes_of(gpu, &xb, k, slot);
         let opts = MatmulOpts {
             rows: Rows::Tokens,
             add: false,
