@@ -203,11 +203,13 @@ fn main(
     if (wt >= PQ_PHASES * tpp) { break; }
     let ph = wt / tpp;
     if (ph > 0u) {
-        if (lid == 0u) {
-            // (Bounded: a broken queue gives wrong results, never a hung device.)
-            for (var polls = 0u; polls < 0x400000u; polls++) {
-                if (atomicLoad(&pq[ph]) >= tpp) { break; }
-            }
+        // The whole workgroup polls in a uniform loop (lid 0 reads the counter, all see it):
+        // lavapipe miscompiled a poll in lid 0 alone, leaving that lane's SIMD neighbours out of
+        // the tile's sums. (Bounded: a broken queue gives wrong results, never a hung device.)
+        for (var polls = 0u; polls < 0x400000u; polls++) {
+            workgroupBarrier();
+            if (lid == 0u) { pq_tile = atomicLoad(&pq[ph]); }
+            if (workgroupUniformLoad(&pq_tile) >= tpp) { break; }
         }
         storageBarrier();
         workgroupBarrier();
