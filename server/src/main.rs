@@ -530,6 +530,35 @@ impl App {
         Ok((job, rx))
     }
 
+    /// The request's `n` jobs (choice i samples with seed `seed + i` when the client gave a
+    /// seed, with a fresh one each otherwise), queued together; if the queue cannot take them
+    /// all, none runs (the receivers of those already queued are dropped with the error, which
+    /// cancels them).
+    fn enqueue_choices(
+        &self,
+        prompt: Vec<u32>,
+        gen: &GenParams,
+        stream: StreamConfig,
+        what: &str,
+        received: Instant,
+        adjust: impl Fn(&mut Job),
+    ) -> Result<(Vec<UnboundedReceiver<Event>>, Instant), ApiError> {
+        let mut rxs = Vec::with_capacity(gen.n);
+        let mut deadline = received + self.timeout;
+        for i in 0..gen.n.max(1) {
+            let mut g = gen.clone();
+            if g.seed_given {
+                g.sampling.seed = g.sampling.seed.wrapping_add(i as u64);
+            }
+            let (mut job, rx) = self.job(prompt.clone(), &g, stream.clone(), what, received)?;
+            adjust(&mut job);
+            deadline = job.deadline;
+            self.enqueue(job)?;
+            rxs.push(rx);
+        }
+        Ok((rxs, deadline))
+    }
+
     fn enqueue(&self, job: Job) -> Result<(), ApiError> {
         match worker::enqueue(&self.queue, &self.metrics, job) {
             Ok(()) => Ok(()),
@@ -656,23 +685,28 @@ async fn chat_inner(
     // Content and reasoning without the newlines around `</think>` (the template strips them
     // again when the reply comes back as history).
     stream.trim_newlines = true;
-    let (mut job, rx) = app.job(prompt, &req.gen, stream, "messages", received)?;
-    job.checkpoint = checkpoint;
-    job.shared = shared;
-    let deadline = job.deadline;
-    app.enqueue(job)?;
+    let (rxs, deadline) =
+        app.enqueue_choices(prompt, &req.gen, stream, "messages", received, |job| {
+            job.checkpoint = checkpoint;
+            job.shared = shared;
+        })?;
     if req.gen.stream {
-        let mut s = ChatStream::new(app.name.clone(), req.gen.include_usage, req.gen.logprobs);
+        let mut s = ChatStream::new(
+            app.name.clone(),
+            req.gen.include_usage,
+            req.gen.logprobs,
+            rxs.len(),
+        );
         let first = vec![s.role()];
-        return Ok(sse_response(app, rx, deadline, first, Box::new(s)));
+        return Ok(sse_response(app, rxs, deadline, first, Box::new(s)));
     }
-    let (done, lps) = collect(&app, rx, deadline, req.gen.logprobs, response::chat_logprob).await?;
-    Ok(Json(response::chat_completion(
-        &app.name,
-        &done,
-        req.gen.logprobs.then_some(lps),
-    ))
-    .into_response())
+    let mut outs = Vec::with_capacity(rxs.len());
+    for rx in rxs {
+        let (done, lps) =
+            collect(&app, rx, deadline, req.gen.logprobs, response::chat_logprob).await?;
+        outs.push((done, req.gen.logprobs.then_some(lps)));
+    }
+    Ok(Json(response::chat_completion(&app.name, &outs)).into_response())
 }
 
 async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -713,33 +747,37 @@ async fn completion_inner(
     let mut stream = app.base_stream_config(&req.gen.stop);
     stream.think_ids = None;
     stream.tool_calls = false;
-    let (job, rx) = app.job(prompt, &req.gen, stream, "prompt", received)?;
-    let deadline = job.deadline;
-    app.enqueue(job)?;
+    let (rxs, deadline) =
+        app.enqueue_choices(prompt, &req.gen, stream, "prompt", received, |_| {})?;
     if req.gen.stream {
-        let mut s =
-            CompletionStream::new(app.name.clone(), req.gen.include_usage, req.gen.logprobs);
-        let mut first = Vec::new();
+        let mut s = CompletionStream::new(
+            app.name.clone(),
+            req.gen.include_usage,
+            req.gen.logprobs,
+            rxs.len(),
+            req.echo.then(|| prompt_text.clone()),
+        );
+        let first = s.start();
+        return Ok(sse_response(app, rxs, deadline, first, Box::new(s)));
+    }
+    let mut outs = Vec::with_capacity(rxs.len());
+    for rx in rxs {
+        let mut lp = response::CompletionLogprobs::default();
+        let (done, _) = collect(&app, rx, deadline, req.gen.logprobs, |tok, id, r| {
+            lp.push(tok, id, r);
+            Value::Null
+        })
+        .await?;
+        let mut text = String::new();
         if req.echo {
-            let c = s.chunk(&prompt_text, None);
-            first.push(response::sse(&c));
+            text.push_str(&prompt_text);
         }
-        return Ok(sse_response(app, rx, deadline, first, Box::new(s)));
+        text.push_str(&done.summary.content);
+        text.push_str(&done.summary.reasoning);
+        let logprobs = req.gen.logprobs.then(|| lp.take());
+        outs.push((done, text, logprobs));
     }
-    let mut lp = response::CompletionLogprobs::default();
-    let (done, _) = collect(&app, rx, deadline, req.gen.logprobs, |tok, id, r| {
-        lp.push(tok, id, r);
-        Value::Null
-    })
-    .await?;
-    let mut text = String::new();
-    if req.echo {
-        text.push_str(&prompt_text);
-    }
-    text.push_str(&done.summary.content);
-    text.push_str(&done.summary.reasoning);
-    let logprobs = req.gen.logprobs.then(|| lp.take());
-    Ok(Json(response::text_completion(&app.name, &done, text, logprobs)).into_response())
+    Ok(Json(response::text_completion(&app.name, &outs)).into_response())
 }
 
 /// Waits for the end of a non-streamed job. Logprob entries are built with `lp` as tokens arrive.
@@ -817,6 +855,8 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 struct SseState {
     app: Arc<App>,
     rx: UnboundedReceiver<Event>,
+    /// The later choices' jobs, in order.
+    rest: VecDeque<UnboundedReceiver<Event>>,
     deadline: Instant,
     started: bool,
     pending: VecDeque<String>,
@@ -824,18 +864,24 @@ struct SseState {
     ended: bool,
 }
 
-/// A `text/event-stream` response fed by the job's events. Dropping it (the client went away)
-/// drops the receiver, which the GPU thread notices before its next token.
+/// A `text/event-stream` response fed by the events of the request's jobs, one choice after
+/// another. Dropping it (the client went away) drops the receivers, which the GPU thread notices
+/// before its next token (or when a queued choice's turn comes).
 fn sse_response(
     app: Arc<App>,
-    rx: UnboundedReceiver<Event>,
+    rxs: Vec<UnboundedReceiver<Event>>,
     deadline: Instant,
     first: Vec<String>,
     frames: Box<dyn Frames>,
 ) -> Response {
+    let mut rest: VecDeque<_> = rxs.into();
+    let Some(rx) = rest.pop_front() else {
+        return ApiError::internal("no job for the stream").into_response();
+    };
     let state = SseState {
         app,
         rx,
+        rest,
         deadline,
         started: false,
         pending: first.into(),
@@ -860,10 +906,18 @@ fn sse_response(
                     if matches!(ev, Event::Started) {
                         s.started = true;
                     }
-                    let end = matches!(ev, Event::Done(_) | Event::Failed { .. });
+                    let done = matches!(ev, Event::Done(_));
+                    let end = matches!(ev, Event::Failed { .. }) || (done && s.rest.is_empty());
                     let frames = s.frames.frames(&s.app.tokenizer, ev);
                     s.pending.extend(frames);
                     s.ended |= end;
+                    if done && !end {
+                        // The next choice: its job waits in the queue (or has started) now.
+                        if let Some(next) = s.rest.pop_front() {
+                            s.rx = next;
+                            s.started = false;
+                        }
+                    }
                 }
                 Ok(None) => {
                     s.pending.push_back(response::stream_error(

@@ -9,6 +9,10 @@ use crate::error::{type_name, ApiError};
 /// Most stop strings a request may give.
 pub const MAX_STOP: usize = 16;
 
+/// Most choices one request may ask for (`n`); they run one after another on the GPU, the later
+/// ones restoring the prompt's state from the prompt cache.
+pub const MAX_CHOICES: usize = 16;
+
 /// Generation settings shared by both endpoints.
 #[derive(Clone, Debug)]
 pub struct GenParams {
@@ -25,6 +29,8 @@ pub struct GenParams {
     /// Per-request MTP switch (None: the server's default).
     pub mtp: Option<bool>,
     pub ignore_eos: bool,
+    /// Choices to generate (`n`): choice i samples with seed `seed + i` when a seed is given.
+    pub n: usize,
 }
 
 /// A validated chat request.
@@ -288,14 +294,7 @@ fn gen_params(f: &Fields, chat: bool, vocab: u32) -> Result<GenParams, ApiError>
         }
     };
     let stop = stop.into_iter().filter(|x| !x.is_empty()).collect();
-    if let Some(n) = f.int("n", 1, i64::MAX)? {
-        if n != 1 {
-            return Err(ApiError::unsupported(
-                "n",
-                format!("only n = 1 is supported, got {n}"),
-            ));
-        }
-    }
+    let n = f.int("n", 1, MAX_CHOICES as i64)?.unwrap_or(1) as usize;
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
         None => false,
@@ -326,6 +325,7 @@ fn gen_params(f: &Fields, chat: bool, vocab: u32) -> Result<GenParams, ApiError>
         include_usage,
         mtp,
         ignore_eos,
+        n,
     })
 }
 
@@ -720,16 +720,19 @@ pub fn completion(body: &Map<String, Value>, vocab: u32) -> Result<CompletionReq
     if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::unsupported("suffix", "'suffix' is not supported"));
     }
+    let echo = f.bool("echo")?.unwrap_or(false);
+    let gen = gen_params(&f, false, vocab)?;
     if let Some(b) = f.int("best_of", 1, i64::MAX)? {
-        if b != 1 {
+        if b as usize != gen.n {
             return Err(ApiError::unsupported(
                 "best_of",
-                format!("only best_of = 1 is supported, got {b}"),
+                format!(
+                    "only best_of = n is supported (every generated choice is returned), got best_of = {b} with n = {}",
+                    gen.n
+                ),
             ));
         }
     }
-    let echo = f.bool("echo")?.unwrap_or(false);
-    let gen = gen_params(&f, false, vocab)?;
     if echo && gen.logprobs {
         return Err(ApiError::unsupported(
             "echo",

@@ -50,14 +50,42 @@ pub fn system_fingerprint() -> String {
     format!("qwgpu-{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// `usage`, with OpenAI's detail objects.
-pub fn usage(d: &Done) -> Value {
-    json!({
-        "prompt_tokens": d.prompt_tokens,
-        "completion_tokens": d.completion_tokens,
-        "total_tokens": d.prompt_tokens + d.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": d.cached_tokens},
-    })
+/// Token counts of a request's choices (`n`): the prompt counted once, the completions summed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    prompt: usize,
+    completion: usize,
+    cached: usize,
+    choices: usize,
+}
+
+impl Totals {
+    pub fn of<'a>(ds: impl IntoIterator<Item = &'a Done>) -> Totals {
+        let mut t = Totals::default();
+        for d in ds {
+            t.add(d);
+        }
+        t
+    }
+
+    pub fn add(&mut self, d: &Done) {
+        if self.choices == 0 {
+            self.prompt = d.prompt_tokens;
+            self.cached = d.cached_tokens;
+        }
+        self.completion += d.completion_tokens;
+        self.choices += 1;
+    }
+
+    /// `usage`, with OpenAI's detail objects.
+    pub fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+            "prompt_tokens_details": {"cached_tokens": self.cached},
+        })
+    }
 }
 
 /// Server-side timings and MTP statistics (an extension; clients ignore unknown fields).
@@ -169,6 +197,11 @@ pub struct ChatStream {
     pending_lp: Vec<Value>,
     /// The running MTP counts (drafted, accepted), once a verify step has reported them.
     mtp: Option<(u64, u64)>,
+    /// The choice being streamed, of `n` (one after another, each ending with its own final
+    /// chunk; the usage chunk and `[DONE]` come after the last).
+    index: usize,
+    n: usize,
+    totals: Totals,
     pub finished: bool,
 }
 
@@ -178,8 +211,9 @@ pub fn sse(v: &Value) -> String {
 
 pub const SSE_DONE: &str = "data: [DONE]\n\n";
 
-/// The usage chunk a stream ends with when `stream_options.include_usage` is set.
-fn usage_chunk(id: &str, object: &str, created: u64, model: &str, d: &Done) -> String {
+/// The usage chunk a stream ends with when `stream_options.include_usage` is set (the timings
+/// are the last choice's; each choice's final chunk carries its own).
+fn usage_chunk(id: &str, object: &str, created: u64, model: &str, t: &Totals, d: &Done) -> String {
     sse(&json!({
         "id": id,
         "object": object,
@@ -187,13 +221,14 @@ fn usage_chunk(id: &str, object: &str, created: u64, model: &str, d: &Done) -> S
         "model": model,
         "system_fingerprint": system_fingerprint(),
         "choices": [],
-        "usage": usage(d),
+        "usage": t.usage(),
         "timings": timings(d),
     }))
 }
 
 impl ChatStream {
-    pub fn new(model: String, include_usage: bool, logprobs: bool) -> Self {
+    /// The stream of `n` choices (at least 1).
+    pub fn new(model: String, include_usage: bool, logprobs: bool, n: usize) -> Self {
         ChatStream {
             id: random_id("chatcmpl-", 24),
             created: unix_time(),
@@ -203,6 +238,9 @@ impl ChatStream {
             tool_index: 0,
             pending_lp: Vec::new(),
             mtp: None,
+            index: 0,
+            n: n.max(1),
+            totals: Totals::default(),
             finished: false,
         }
     }
@@ -223,7 +261,7 @@ impl ChatStream {
             "created": self.created,
             "model": self.model,
             "system_fingerprint": system_fingerprint(),
-            "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}],
+            "choices": [{"index": self.index, "delta": delta, "logprobs": lp, "finish_reason": finish}],
         });
         add_running_mtp(&mut c, self.mtp);
         c
@@ -274,12 +312,23 @@ impl ChatStream {
                 let mut last = self.chunk_value(json!({}), Some(d.finish.as_str()), true);
                 last["timings"] = timings(&d);
                 out.push(sse(&last));
+                self.totals.add(&d);
+                if self.index + 1 < self.n {
+                    // The next choice starts with its own role chunk.
+                    self.index += 1;
+                    self.tool_index = 0;
+                    self.pending_lp.clear();
+                    self.mtp = None;
+                    out.push(self.role());
+                    return out;
+                }
                 if self.include_usage {
                     out.push(usage_chunk(
                         &self.id,
                         "chat.completion.chunk",
                         self.created,
                         &self.model,
+                        &self.totals,
                         &d,
                     ));
                 }
@@ -329,11 +378,24 @@ pub struct CompletionStream {
     lp: CompletionLogprobs,
     /// The running MTP counts (drafted, accepted), once a verify step has reported them.
     mtp: Option<(u64, u64)>,
+    /// The choice being streamed, of `n`, as in [`ChatStream`].
+    index: usize,
+    n: usize,
+    totals: Totals,
+    /// The prompt, when `echo` asks each choice to start with it.
+    echo: Option<String>,
     pub finished: bool,
 }
 
 impl CompletionStream {
-    pub fn new(model: String, include_usage: bool, logprobs: bool) -> Self {
+    /// The stream of `n` choices (at least 1), each starting with `echo` when given.
+    pub fn new(
+        model: String,
+        include_usage: bool,
+        logprobs: bool,
+        n: usize,
+        echo: Option<String>,
+    ) -> Self {
         CompletionStream {
             id: random_id("cmpl-", 24),
             created: unix_time(),
@@ -342,7 +404,19 @@ impl CompletionStream {
             logprobs,
             lp: CompletionLogprobs::default(),
             mtp: None,
+            index: 0,
+            n: n.max(1),
+            totals: Totals::default(),
+            echo,
             finished: false,
+        }
+    }
+
+    /// The frames a choice starts with (the echoed prompt, if any).
+    pub fn start(&mut self) -> Vec<String> {
+        match self.echo.clone() {
+            Some(e) => vec![sse(&self.chunk(&e, None))],
+            None => Vec::new(),
         }
     }
 
@@ -358,7 +432,7 @@ impl CompletionStream {
             "created": self.created,
             "model": self.model,
             "system_fingerprint": system_fingerprint(),
-            "choices": [{"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}],
+            "choices": [{"index": self.index, "text": text, "logprobs": lp, "finish_reason": finish}],
         });
         add_running_mtp(&mut c, self.mtp);
         c
@@ -381,12 +455,21 @@ impl CompletionStream {
                 let mut c = self.chunk("", Some(d.finish.as_str()));
                 c["timings"] = timings(&d);
                 out.push(sse(&c));
+                self.totals.add(&d);
+                if self.index + 1 < self.n {
+                    self.index += 1;
+                    self.lp = CompletionLogprobs::default();
+                    self.mtp = None;
+                    out.extend(self.start());
+                    return out;
+                }
                 if self.include_usage {
                     out.push(usage_chunk(
                         &self.id,
                         "text_completion",
                         self.created,
                         &self.model,
+                        &self.totals,
                         &d,
                     ));
                 }
@@ -420,8 +503,8 @@ pub fn all_text(events: &[StreamEvent]) -> String {
     s
 }
 
-/// The non-streamed chat completion.
-pub fn chat_completion(model: &str, d: &Done, logprobs: Option<Vec<Value>>) -> Value {
+/// The message of a non-streamed chat choice.
+fn chat_message(d: &Done) -> Value {
     let s = &d.summary;
     let calls: Vec<Value> = s
         .tool_calls
@@ -441,28 +524,62 @@ pub fn chat_completion(model: &str, d: &Done, logprobs: Option<Vec<Value>>) -> V
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }
-    let lp = logprobs.map_or(Value::Null, |v| json!({"content": v}));
+    message
+}
+
+/// A non-streamed choice's own timings (an extension), when there are several.
+fn choice_timings(c: &mut Value, d: &Done, several: bool) {
+    if several {
+        c["timings"] = timings(d);
+    }
+}
+
+/// The non-streamed chat completion of one or more choices (each with its logprob entries when
+/// asked for). `timings` at the top are the first choice's; with several, each choice has its own.
+pub fn chat_completion(model: &str, outs: &[(Box<Done>, Option<Vec<Value>>)]) -> Value {
+    let several = outs.len() > 1;
+    let choices: Vec<Value> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, (d, lp))| {
+            let lp = lp.as_ref().map_or(Value::Null, |v| json!({"content": v}));
+            let mut c = json!({"index": i, "message": chat_message(d), "logprobs": lp, "finish_reason": d.finish.as_str()});
+            choice_timings(&mut c, d, several);
+            c
+        })
+        .collect();
     json!({
         "id": random_id("chatcmpl-", 24),
         "object": "chat.completion",
         "created": unix_time(),
         "model": model,
         "system_fingerprint": system_fingerprint(),
-        "choices": [{"index": 0, "message": message, "logprobs": lp, "finish_reason": d.finish.as_str()}],
-        "usage": usage(d),
-        "timings": timings(d),
+        "choices": choices,
+        "usage": Totals::of(outs.iter().map(|(d, _)| &**d)).usage(),
+        "timings": outs.first().map_or(Value::Null, |(d, _)| timings(d)),
     })
 }
 
-pub fn text_completion(model: &str, d: &Done, text: String, logprobs: Option<Value>) -> Value {
+/// The non-streamed text completion of one or more choices: (result, text, logprobs).
+pub fn text_completion(model: &str, outs: &[(Box<Done>, String, Option<Value>)]) -> Value {
+    let several = outs.len() > 1;
+    let choices: Vec<Value> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, (d, text, lp))| {
+            let mut c = json!({"index": i, "text": text, "logprobs": lp.clone().unwrap_or(Value::Null), "finish_reason": d.finish.as_str()});
+            choice_timings(&mut c, d, several);
+            c
+        })
+        .collect();
     json!({
         "id": random_id("cmpl-", 24),
         "object": "text_completion",
         "created": unix_time(),
         "model": model,
         "system_fingerprint": system_fingerprint(),
-        "choices": [{"index": 0, "text": text, "logprobs": logprobs.unwrap_or(Value::Null), "finish_reason": d.finish.as_str()}],
-        "usage": usage(d),
-        "timings": timings(d),
+        "choices": choices,
+        "usage": Totals::of(outs.iter().map(|(d, _, _)| &**d)).usage(),
+        "timings": outs.first().map_or(Value::Null, |(d, _, _)| timings(d)),
     })
 }

@@ -450,10 +450,10 @@ fn errors_and_static_content() {
         None,
     );
     assert_error(
-        &s.post("/v1/chat/completions", &chat("hi", json!({"n": 3}))),
+        &s.post("/v1/chat/completions", &chat("hi", json!({"n": 17}))),
         400,
         Some("n"),
-        Some("unsupported_value"),
+        Some("invalid_value"),
     );
     assert_error(
         &s.post(

@@ -126,6 +126,56 @@ def test_same_seed_same_text(default_server):
     assert any(sample(s) != a for s in (1, 2, 3)), "different seeds should give different samples"
 
 
+def test_several_choices(default_server):
+    """`n` choices: choice i is what one request with seed + i gives (each job restores the prompt's
+    state from the prompt cache or prefills it again: the same bits); usage counts the prompt once
+    and every completion; streamed, the choices come one after another, each with its role chunk
+    and final chunk, then one usage chunk and [DONE]."""
+    c = client(default_server)
+    kw = dict(model=default_server.model, messages=[{"role": "user", "content": "Pick three words."}],
+              max_tokens=6, temperature=1.5, extra_body=NO_THINK)
+    singles = [c.chat.completions.create(seed=40 + i, **kw) for i in range(3)]
+    r = c.chat.completions.create(n=3, seed=40, **kw)
+    assert [ch.index for ch in r.choices] == [0, 1, 2]
+    assert [ch.message.content for ch in r.choices] == [s.choices[0].message.content for s in singles]
+    assert [ch.finish_reason for ch in r.choices] == [s.choices[0].finish_reason for s in singles]
+    assert len({ch.message.content for ch in r.choices}) > 1, "different seeds should give different samples"
+    assert r.usage.prompt_tokens == singles[0].usage.prompt_tokens
+    assert r.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert all(extra(ch, "timings")["total_s"] > 0 for ch in r.choices)
+
+    chunks = list(c.chat.completions.create(n=2, seed=40, stream=True, stream_options={"include_usage": True}, **kw))
+    assert all(ch.id == chunks[0].id for ch in chunks)
+    with_choices = [ch for ch in chunks if ch.choices]
+    order = [ch.choices[0].index for ch in with_choices]
+    assert order == sorted(order) and set(order) == {0, 1}, "one choice after the other"
+    for i in range(2):
+        mine = [ch.choices[0] for ch in with_choices if ch.choices[0].index == i]
+        assert mine[0].delta.role == "assistant"
+        assert "".join(x.delta.content or "" for x in mine) == r.choices[i].message.content
+        assert [x.finish_reason for x in mine if x.finish_reason] == [r.choices[i].finish_reason]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == sum(s.usage.completion_tokens for s in singles[:2])
+    assert chunks[-1].usage.prompt_tokens == singles[0].usage.prompt_tokens
+
+    # Text completions: every choice echoes the prompt when asked; streamed the same texts.
+    ckw = dict(model=default_server.model, prompt="Once upon a time", max_tokens=4, temperature=1.5)
+    one = [c.completions.create(seed=9 + i, **ckw).choices[0].text for i in range(2)]
+    both = c.completions.create(n=2, seed=9, echo=True, **ckw)
+    assert [ch.text for ch in both.choices] == ["Once upon a time" + t for t in one]
+    streamed = list(c.completions.create(n=2, best_of=2, seed=9, stream=True, **ckw))
+    for i in range(2):
+        assert "".join(ch.choices[0].text for ch in streamed if ch.choices and ch.choices[0].index == i) == one[i]
+    for bad in (dict(n=0), dict(n=17)):
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(**bad, **kw)
+        assert e.value.param == "n" and e.value.code == "invalid_value"
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(n=2, best_of=3, **ckw)
+    assert e.value.param == "best_of"
+
+
 def test_logprobs(default_server):
     c = client(default_server)
     kw = dict(model=default_server.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, logprobs=True, top_logprobs=3)
