@@ -67,6 +67,9 @@ pub struct Loaded {
     pub template: Option<ChatTemplate>,
     pub name: String,
     pub load_s: f64,
+    /// The vocabulary's token trie for --json-schema / --json-object / --regex / --grammar,
+    /// built on first use.
+    pub grammar: Option<qwgpu_engine::text::grammar::GrammarEnv>,
 }
 
 pub fn open_gpu(d: &DeviceArgs) -> Result<Arc<Gpu>, String> {
@@ -176,6 +179,7 @@ pub fn load(m: &ModelArgs) -> Result<Loaded, String> {
     ))
     .map_err(|e| e.to_string())?;
     Ok(Loaded {
+        grammar: None,
         model,
         session,
         tokenizer,

@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use qwgpu_engine::decode::cache::prefill_prompt;
+use qwgpu_engine::decode::constrain::TokenConstraint;
 use qwgpu_engine::decode::sampler::SamplingParams;
-use qwgpu_engine::decode::text::{generate_text, TextEvent, TextOutput, TextRequest};
+use qwgpu_engine::decode::text::{generate_text_constrained, TextEvent, TextOutput, TextRequest};
 use qwgpu_engine::state::SavedState;
+use qwgpu_engine::text::grammar::{AfterReasoning, GrammarEnv, GrammarSpec};
 use qwgpu_engine::text::stream::{Delta, StreamEvent};
 use serde_json::{json, Map, Value};
 
@@ -79,6 +81,49 @@ pub struct GenArgs {
     /// Do not print the model's reasoning.
     #[arg(long)]
     pub hide_reasoning: bool,
+    /// Constrain the reply (after any reasoning) to JSON valid under the JSON schema in FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<std::path::PathBuf>,
+    /// Constrain the reply (after any reasoning) to a JSON object.
+    #[arg(long)]
+    pub json_object: bool,
+    /// Constrain the reply (after any reasoning) to match this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub regex: Option<String>,
+    /// Constrain the reply (after any reasoning) to the Lark grammar in FILE (llguidance's dialect).
+    #[arg(long, value_name = "FILE")]
+    pub grammar: Option<std::path::PathBuf>,
+}
+
+impl GenArgs {
+    /// The reply's required form, from --json-schema, --json-object, --regex or --grammar (at
+    /// most one).
+    pub fn format(&self) -> Result<Option<GrammarSpec>, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+        };
+        let mut specs = Vec::new();
+        if let Some(p) = &self.json_schema {
+            let v: Value = serde_json::from_str(&read(p)?)
+                .map_err(|e| format!("{}: not JSON: {e}", p.display()))?;
+            specs.push(GrammarSpec::JsonSchema(v));
+        }
+        if self.json_object {
+            specs.push(GrammarSpec::JsonObject);
+        }
+        if let Some(r) = &self.regex {
+            specs.push(GrammarSpec::Regex(r.clone()));
+        }
+        if let Some(p) = &self.grammar {
+            specs.push(GrammarSpec::Lark(read(p)?));
+        }
+        if specs.len() > 1 {
+            return Err(
+                "give at most one of --json-schema, --json-object, --regex and --grammar".into(),
+            );
+        }
+        Ok(specs.pop())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -370,20 +415,50 @@ fn run_one(
             return Err("this checkpoint has no tokenizer; use --prompt-ids with --json".into())
         }
     };
-    let out = pollster::block_on(generate_text(&mut l.session, tokenizer, &req, &mut |e| {
-        match e {
-            TextEvent::PromptDone => ttft = Some(t0.elapsed().as_secs_f64()),
-            TextEvent::Token(id, lp) => {
-                if let Some(r) = lp {
-                    let top: Vec<Value> = r.top.iter().map(|(t, p)| json!([t, p])).collect();
-                    logprobs.push(json!({"id": id, "logprob": r.logprob, "top": top}));
-                }
+    let mut constraint: Option<AfterReasoning> = match g.format()? {
+        Some(spec) => {
+            if l.grammar.is_none() {
+                let env = GrammarEnv::new(
+                    Arc::new(tokenizer.clone()),
+                    l.model.config.vocab_size,
+                    &l.model.config.eos_token_ids,
+                )
+                .map_err(|e| e.to_string())?;
+                l.grammar = Some(env);
             }
-            TextEvent::Delta(d) => on_delta(d),
-            TextEvent::Mtp { .. } => {}
+            let env = l.grammar.as_ref().ok_or("no grammar environment")?;
+            let grammar = env
+                .compile(&spec)
+                .map_err(|e| format!("the response format could not be compiled: {e}"))?;
+            Some(AfterReasoning::new(
+                grammar,
+                req.stream.think_ids,
+                &req.prompt,
+            ))
         }
-        !cancel.is_some_and(|c| c.load(Ordering::Relaxed))
-    }))
+        None => None,
+    };
+    let c = constraint.as_mut().map(|c| c as &mut dyn TokenConstraint);
+    let out = pollster::block_on(generate_text_constrained(
+        &mut l.session,
+        tokenizer,
+        &req,
+        c,
+        &mut |e| {
+            match e {
+                TextEvent::PromptDone => ttft = Some(t0.elapsed().as_secs_f64()),
+                TextEvent::Token(id, lp) => {
+                    if let Some(r) = lp {
+                        let top: Vec<Value> = r.top.iter().map(|(t, p)| json!([t, p])).collect();
+                        logprobs.push(json!({"id": id, "logprob": r.logprob, "top": top}));
+                    }
+                }
+                TextEvent::Delta(d) => on_delta(d),
+                TextEvent::Mtp { .. } => {}
+            }
+            !cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+        },
+    ))
     .map_err(|e| e.to_string())?;
     let total = t0.elapsed().as_secs_f64();
     Ok(Timed {

@@ -294,6 +294,92 @@ fn generate_text_on_the_default_model() {
 }
 
 #[test]
+fn generate_with_a_json_schema_or_a_regex() {
+    // The reply (after the thinking block, which stays free) parses as JSON under the schema
+    // (checked field by field), or matches the regex; two formats at once, an unreadable schema
+    // file and a broken regex are one-line errors.
+    let dir = std::env::temp_dir().join(format!("qwgpu-cli-schema-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("book.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"title": {"type": "string", "maxLength": 20},
+            "pages": {"type": "integer", "minimum": 1, "maximum": 999}},
+            "required": ["title", "pages"], "additionalProperties": false}"#,
+    )
+    .unwrap();
+    let s = schema.to_str().unwrap();
+    for think in [&[][..], &["--no-think"][..]] {
+        let mut args = vec![
+            "generate",
+            "Describe the Rust book as JSON.",
+            "--json-schema",
+            s,
+            "--max-tokens",
+            "200",
+            "--json",
+        ];
+        args.extend_from_slice(think);
+        let j = ok_json(&args);
+        assert_eq!(j["finish_reason"], "stop", "{j}");
+        let text = j["text"].as_str().unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        let o = v.as_object().unwrap();
+        assert_eq!(o.len(), 2, "{text}");
+        assert!(
+            o["title"].as_str().is_some_and(|t| t.chars().count() <= 20),
+            "{text}"
+        );
+        assert!(
+            o["pages"].as_i64().is_some_and(|p| (1..=999).contains(&p)),
+            "{text}"
+        );
+    }
+    let j = ok_json(&[
+        "generate",
+        "Is Rust fast?",
+        "--no-think",
+        "--regex",
+        "(yes|no), [a-z ]{1,20}\\.",
+        "--json",
+    ]);
+    let text = j["text"].as_str().unwrap();
+    let (head, tail) = text.split_once(", ").unwrap_or_else(|| panic!("{text:?}"));
+    assert!(
+        ["yes", "no"].contains(&head) && tail.ends_with('.'),
+        "{text:?}"
+    );
+    let body = tail.trim_end_matches('.');
+    assert!(
+        (1..=20).contains(&body.len()) && body.bytes().all(|b| b == b' ' || b.is_ascii_lowercase()),
+        "{text:?}"
+    );
+    expect_error(
+        &["generate", "hi", "--json-object", "--regex", "a"],
+        None,
+        &["at most one", "--regex"],
+    );
+    expect_error(
+        &[
+            "generate",
+            "hi",
+            "--json-schema",
+            "/nonexistent/schema.json",
+        ],
+        None,
+        &["/nonexistent/schema.json"],
+    );
+    let o = qwgpu(&["generate", "hi", "--regex", "(a"], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("regex") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn chat_with_scripted_input() {
     let script =
         "/think off\nHello\n/stats\n/system Be brief.\nHi there\n/stats\n/reset\n/bogus\n/exit\n";

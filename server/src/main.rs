@@ -28,7 +28,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::{Parser, ValueEnum};
+use qwgpu_engine::decode::constrain::TokenConstraint;
 use qwgpu_engine::model::SessionOptions;
+use qwgpu_engine::text::grammar::{AfterReasoning, GrammarEnv, GrammarSpec};
 use qwgpu_engine::text::stream::StreamConfig;
 use qwgpu_engine::text::toolcall::ToolSchemas;
 use qwgpu_engine::text::{ChatTemplate, Tokenizer};
@@ -144,6 +146,9 @@ struct App {
     max_body: usize,
     demo_dir: Option<PathBuf>,
     created: u64,
+    /// The vocabulary's token trie for `response_format` (None: it could not be built; such
+    /// requests get 400).
+    grammar: Option<Arc<GrammarEnv>>,
 }
 
 fn main() -> ExitCode {
@@ -240,7 +245,19 @@ fn run(args: Args) -> Result<(), String> {
             .map(|d| format!(", /demo/ from {}", d.display()))
             .unwrap_or_default()
     );
+    let grammar = match GrammarEnv::new(
+        tokenizer.clone(),
+        w.info.vocab_size as usize,
+        &w.info.eos_ids,
+    ) {
+        Ok(g) => Some(Arc::new(g)),
+        Err(e) => {
+            eprintln!("qwgpu-server: note: response_format is unavailable: {e}");
+            None
+        }
+    };
     let app = Arc::new(App {
+        grammar,
         name,
         info: w.info,
         tokenizer,
@@ -521,6 +538,7 @@ impl App {
             mtp,
             mtp_adaptive: self.mtp == MtpMode::Auto,
             ignore_eos: gen.ignore_eos,
+            constraint: None,
             checkpoint: None,
             shared: None,
             enqueued: Instant::now(),
@@ -534,6 +552,7 @@ impl App {
     /// seed, with a fresh one each otherwise), queued together; if the queue cannot take them
     /// all, none runs (the receivers of those already queued are dropped with the error, which
     /// cancels them).
+    #[allow(clippy::too_many_arguments)]
     fn enqueue_choices(
         &self,
         prompt: Vec<u32>,
@@ -541,6 +560,7 @@ impl App {
         stream: StreamConfig,
         what: &str,
         received: Instant,
+        format: Option<&GrammarSpec>,
         adjust: impl Fn(&mut Job),
     ) -> Result<(Vec<UnboundedReceiver<Event>>, Instant), ApiError> {
         let mut rxs = Vec::with_capacity(gen.n);
@@ -550,13 +570,45 @@ impl App {
             if g.seed_given {
                 g.sampling.seed = g.sampling.seed.wrapping_add(i as u64);
             }
+            let constraint = match format {
+                Some(spec) => Some(self.constraint(spec, &prompt, &stream)?),
+                None => None,
+            };
             let (mut job, rx) = self.job(prompt.clone(), &g, stream.clone(), what, received)?;
+            if constraint.is_some() {
+                // Tokens are checked one by one: no speculation.
+                job.mtp = false;
+            }
+            job.constraint = constraint;
             adjust(&mut job);
             deadline = job.deadline;
             self.enqueue(job)?;
             rxs.push(rx);
         }
         Ok((rxs, deadline))
+    }
+
+    /// The compiled `response_format` of one choice: it applies to the reply after any
+    /// reasoning block the prompt leaves open.
+    fn constraint(
+        &self,
+        spec: &GrammarSpec,
+        prompt: &[u32],
+        stream: &StreamConfig,
+    ) -> Result<Box<dyn TokenConstraint + Send>, ApiError> {
+        let env = self.grammar.as_ref().ok_or_else(|| {
+            ApiError::unsupported(
+                "response_format",
+                "structured output is unavailable for this model's tokenizer (see the server log)",
+            )
+        })?;
+        let g = env.compile(spec).map_err(|e| {
+            ApiError::invalid(
+                request::format_param(spec),
+                format!("the response format could not be compiled: {e}"),
+            )
+        })?;
+        Ok(Box::new(AfterReasoning::new(g, stream.think_ids, prompt)))
     }
 
     fn enqueue(&self, job: Job) -> Result<(), ApiError> {
@@ -685,11 +737,18 @@ async fn chat_inner(
     // Content and reasoning without the newlines around `</think>` (the template strips them
     // again when the reply comes back as history).
     stream.trim_newlines = true;
-    let (rxs, deadline) =
-        app.enqueue_choices(prompt, &req.gen, stream, "messages", received, |job| {
+    let (rxs, deadline) = app.enqueue_choices(
+        prompt,
+        &req.gen,
+        stream,
+        "messages",
+        received,
+        req.format.as_ref(),
+        |job| {
             job.checkpoint = checkpoint;
             job.shared = shared;
-        })?;
+        },
+    )?;
     if req.gen.stream {
         let mut s = ChatStream::new(
             app.name.clone(),
@@ -748,7 +807,7 @@ async fn completion_inner(
     stream.think_ids = None;
     stream.tool_calls = false;
     let (rxs, deadline) =
-        app.enqueue_choices(prompt, &req.gen, stream, "prompt", received, |_| {})?;
+        app.enqueue_choices(prompt, &req.gen, stream, "prompt", received, None, |_| {})?;
     if req.gen.stream {
         let mut s = CompletionStream::new(
             app.name.clone(),

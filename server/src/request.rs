@@ -2,7 +2,8 @@
 //! type or an out-of-range value is a 400 that names it.
 
 use qwgpu_engine::decode::sampler::{SamplingParams, HISTORY_RING, MAX_TOP_LOGPROBS};
-use serde_json::{Map, Value};
+use qwgpu_engine::text::grammar::GrammarSpec;
+use serde_json::{json, Map, Value};
 
 use crate::error::{type_name, ApiError};
 
@@ -45,6 +46,8 @@ pub struct ChatRequest {
     pub parse_tools: bool,
     pub kwargs: Map<String, Value>,
     pub gen: GenParams,
+    /// The reply's required form (`response_format`), None = free text.
+    pub format: Option<GrammarSpec>,
 }
 
 #[derive(Clone, Debug)]
@@ -641,7 +644,7 @@ pub fn chat(body: &Map<String, Value>, vocab: u32) -> Result<ChatRequest, ApiErr
             v,
         ));
     }
-    response_format(&f)?;
+    let format = response_format(&f)?;
     let gen = gen_params(&f, true, vocab)?;
     Ok(ChatRequest {
         model,
@@ -650,22 +653,84 @@ pub fn chat(body: &Map<String, Value>, vocab: u32) -> Result<ChatRequest, ApiErr
         parse_tools,
         kwargs,
         gen,
+        format,
     })
 }
 
-fn response_format(f: &Fields) -> Result<(), ApiError> {
-    match f.get("response_format") {
-        None => Ok(()),
-        Some(Value::Object(o)) => match o.get("type") {
-            Some(Value::String(t)) if t == "text" => Ok(()),
-            Some(Value::String(t)) => Err(ApiError::unsupported(
+/// `response_format`: `text` (None), `json_object`, `json_schema` (`json_schema.schema`, any JSON
+/// value when absent) and two extensions, `regex` (`"regex": "..."`) and `grammar` (`"grammar":
+/// "..."`, a Lark grammar).
+fn response_format(f: &Fields) -> Result<Option<GrammarSpec>, ApiError> {
+    let o = match f.get("response_format") {
+        None => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(v) => return Err(ApiError::wrong_type("response_format", "an object", v)),
+    };
+    let text_field = |name: &str| -> Result<String, ApiError> {
+        let param = format!("response_format.{name}");
+        match o.get(name) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(Value::String(_)) => Err(ApiError::invalid(param, format!("'{name}' is empty"))),
+            None | Some(Value::Null) => Err(ApiError::missing(&param)),
+            Some(v) => Err(ApiError::wrong_type(&param, "a string", v)),
+        }
+    };
+    match o.get("type") {
+        Some(Value::String(t)) => match t.as_str() {
+            "text" => Ok(None),
+            "json_object" => Ok(Some(GrammarSpec::JsonObject)),
+            "json_schema" => {
+                let js = match o.get("json_schema") {
+                    Some(Value::Object(js)) => js,
+                    None | Some(Value::Null) => {
+                        return Err(ApiError::missing("response_format.json_schema"))
+                    }
+                    Some(v) => {
+                        return Err(ApiError::wrong_type(
+                            "response_format.json_schema",
+                            "an object",
+                            v,
+                        ))
+                    }
+                };
+                if let Some(v) = js.get("name").filter(|v| !v.is_null() && !v.is_string()) {
+                    return Err(ApiError::wrong_type(
+                        "response_format.json_schema.name",
+                        "a string",
+                        v,
+                    ));
+                }
+                match js.get("schema") {
+                    None | Some(Value::Null) => Ok(Some(GrammarSpec::JsonSchema(json!({})))),
+                    Some(v @ (Value::Object(_) | Value::Bool(_))) => {
+                        Ok(Some(GrammarSpec::JsonSchema(v.clone())))
+                    }
+                    Some(v) => Err(ApiError::wrong_type(
+                        "response_format.json_schema.schema",
+                        "an object",
+                        v,
+                    )),
+                }
+            }
+            "regex" => Ok(Some(GrammarSpec::Regex(text_field("regex")?))),
+            "grammar" => Ok(Some(GrammarSpec::Lark(text_field("grammar")?))),
+            t => Err(ApiError::unsupported(
                 "response_format.type",
-                format!("response_format '{t}' is not supported; only 'text' is"),
+                format!("response_format '{t}' is not supported; use 'text', 'json_object', 'json_schema', 'regex' or 'grammar'"),
             )),
-            None => Err(ApiError::missing("response_format.type")),
-            Some(v) => Err(ApiError::wrong_type("response_format.type", "a string", v)),
         },
-        Some(v) => Err(ApiError::wrong_type("response_format", "an object", v)),
+        None => Err(ApiError::missing("response_format.type")),
+        Some(v) => Err(ApiError::wrong_type("response_format.type", "a string", v)),
+    }
+}
+
+/// Where a grammar's compile error points: the schema, the regex or the grammar.
+pub fn format_param(spec: &GrammarSpec) -> &'static str {
+    match spec {
+        GrammarSpec::JsonObject => "response_format",
+        GrammarSpec::JsonSchema(_) => "response_format.json_schema.schema",
+        GrammarSpec::Regex(_) => "response_format.regex",
+        GrammarSpec::Lark(_) => "response_format.grammar",
     }
 }
 

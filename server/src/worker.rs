@@ -10,9 +10,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use qwgpu_engine::decode::cache::{prefill_prompt_at, reusable};
+use qwgpu_engine::decode::constrain::TokenConstraint;
 use qwgpu_engine::decode::mtp::MtpStats;
 use qwgpu_engine::decode::sampler::SamplingParams;
-use qwgpu_engine::decode::text::{generate_text, TextEvent, TextRequest};
+use qwgpu_engine::decode::text::{generate_text_constrained, TextEvent, TextRequest};
 use qwgpu_engine::gpu::{Gpu, GpuOptions};
 use qwgpu_engine::model::{Model, RunError, Session, SessionOptions};
 use qwgpu_engine::ops::sample::RowResult;
@@ -75,6 +76,8 @@ pub struct Job {
     /// Fall back to plain decoding when the drafts do not pay off.
     pub mtp_adaptive: bool,
     pub ignore_eos: bool,
+    /// The reply's required form (`response_format`), checked token by token.
+    pub constraint: Option<Box<dyn TokenConstraint + Send>>,
     /// Prompt ids later requests are expected to share (a conversation before its generation
     /// prompt): the prompt cache records the state there. `None` = all but the last id.
     pub checkpoint: Option<usize>,
@@ -463,44 +466,54 @@ fn run(
     let (mut gone, mut cut_short) = (false, false);
     let deadline = job.deadline;
     let want_tokens = job.logprobs;
-    let result = pollster::block_on(generate_text(session, tokenizer, &req, &mut |e| {
-        match e {
-            TextEvent::PromptDone => {
-                ttft = Some(t0.elapsed().as_secs_f64());
-                let _ = tx.send(Event::PromptDone);
-            }
-            TextEvent::Token(id, lp) => {
-                if want_tokens {
-                    let _ = tx.send(Event::Token {
-                        id,
-                        logprobs: lp.cloned(),
-                    });
+    let mut constraint = job.constraint;
+    let c = constraint
+        .as_deref_mut()
+        .map(|c| c as &mut dyn TokenConstraint);
+    let result = pollster::block_on(generate_text_constrained(
+        session,
+        tokenizer,
+        &req,
+        c,
+        &mut |e| {
+            match e {
+                TextEvent::PromptDone => {
+                    ttft = Some(t0.elapsed().as_secs_f64());
+                    let _ = tx.send(Event::PromptDone);
+                }
+                TextEvent::Token(id, lp) => {
+                    if want_tokens {
+                        let _ = tx.send(Event::Token {
+                            id,
+                            logprobs: lp.cloned(),
+                        });
+                    }
+                }
+                TextEvent::Delta(d) => {
+                    let _ = tx.send(Event::Delta(d.clone()));
+                }
+                TextEvent::Mtp { drafted, accepted } => {
+                    let _ = tx.send(Event::Mtp { drafted, accepted });
                 }
             }
-            TextEvent::Delta(d) => {
-                let _ = tx.send(Event::Delta(d.clone()));
+            if tx.is_closed() {
+                gone = true;
+                return false;
             }
-            TextEvent::Mtp { drafted, accepted } => {
-                let _ = tx.send(Event::Mtp { drafted, accepted });
+            let now = Instant::now();
+            let drain = control.draining.load(Ordering::Relaxed)
+                && control
+                    .drain_deadline
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some_and(|d| now >= d);
+            if now >= deadline || drain {
+                cut_short = true;
+                return false;
             }
-        }
-        if tx.is_closed() {
-            gone = true;
-            return false;
-        }
-        let now = Instant::now();
-        let drain = control.draining.load(Ordering::Relaxed)
-            && control
-                .drain_deadline
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some_and(|d| now >= d);
-        if now >= deadline || drain {
-            cut_short = true;
-            return false;
-        }
-        true
-    }));
+            true
+        },
+    ));
     let total_s = t0.elapsed().as_secs_f64();
     let out = match result {
         Ok(out) => out,

@@ -458,7 +458,7 @@ fn errors_and_static_content() {
     assert_error(
         &s.post(
             "/v1/chat/completions",
-            &chat("hi", json!({"response_format": {"type": "json_object"}})),
+            &chat("hi", json!({"response_format": {"type": "xml"}})),
         ),
         400,
         Some("response_format.type"),

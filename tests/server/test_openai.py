@@ -3,7 +3,9 @@ content parts, seeds, stop strings, logprobs, usage, the MTP switch, tool calls 
 (on the scripted checkpoint, whose replies are known in advance) and error cases."""
 
 import json
+import re
 
+import jsonschema
 import openai
 import pytest
 from openai import OpenAI
@@ -174,6 +176,67 @@ def test_several_choices(default_server):
     with pytest.raises(openai.BadRequestError) as e:
         c.completions.create(n=2, best_of=3, **ckw)
     assert e.value.param == "best_of"
+
+
+BOOK = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": 20},
+        "pages": {"type": "integer", "minimum": 1, "maximum": 999},
+        "topics": {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 1, "maxItems": 3},
+    },
+    "required": ["title", "pages", "topics"],
+    "additionalProperties": False,
+}
+
+
+def test_structured_output(default_server):
+    """response_format: the reply parses and validates against the schema (jsonschema), with
+    thinking off and on (the schema applies after the reasoning block), greedy and sampled, streamed
+    and not; the regex extension; compile errors name the field."""
+    c = client(default_server)
+    msgs = [{"role": "user", "content": "Describe the Rust book as JSON."}]
+    rf = {"type": "json_schema", "json_schema": {"name": "book", "schema": BOOK, "strict": True}}
+    kw = dict(model=default_server.model, messages=msgs, max_tokens=300, response_format=rf)
+    replies = {}
+    for think in (False, True):
+        r = c.chat.completions.create(extra_body={"chat_template_kwargs": {"enable_thinking": think}}, **kw)
+        ch = r.choices[0]
+        assert ch.finish_reason == "stop", ch.message.content
+        jsonschema.validate(json.loads(ch.message.content), BOOK)
+        replies[think] = ch.message.content
+    # Without the format the same greedy request says something else.
+    free = c.chat.completions.create(model=default_server.model, messages=msgs, max_tokens=40, extra_body=NO_THINK)
+    assert free.choices[0].message.content != replies[False]
+    # Streamed: the same text.
+    chunks = list(c.chat.completions.create(stream=True, extra_body=NO_THINK, **kw))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == replies[False]
+    # Sampled, several choices: each one valid.
+    r = c.chat.completions.create(n=3, seed=5, temperature=1.2, extra_body=NO_THINK, **kw)
+    for ch in r.choices:
+        assert ch.finish_reason == "stop", ch.message.content
+        jsonschema.validate(json.loads(ch.message.content), BOOK)
+    # json_object: the reply is a JSON object (or its start, when max_tokens cuts it).
+    r = c.chat.completions.create(model=default_server.model, messages=msgs, max_tokens=60, response_format={"type": "json_object"}, extra_body=NO_THINK)
+    text = r.choices[0].message.content
+    assert text.lstrip().startswith("{")
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+    # The regex extension.
+    rx = r"(yes|no), because [a-z ]{1,30}\."
+    r = c.chat.completions.create(model=default_server.model, messages=[{"role": "user", "content": "Is Rust fast?"}],
+                                  max_tokens=60, response_format={"type": "regex", "regex": rx}, extra_body=NO_THINK)
+    assert re.fullmatch(rx, r.choices[0].message.content), r.choices[0].message.content
+    # Errors name the field.
+    for bad, param in (
+        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "nope"}}}}}, "response_format.json_schema.schema"),
+        ({"type": "json_schema"}, "response_format.json_schema"),
+        ({"type": "regex", "regex": "(unclosed"}, "response_format.regex"),
+        ({"type": "yaml"}, "response_format.type"),
+    ):
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model=default_server.model, messages=msgs, response_format=bad)
+        assert e.value.param == param, (bad, e.value.message)
 
 
 def test_logprobs(default_server):

@@ -1,6 +1,7 @@
 //! Generation loops over a [`Session`]: greedy decoding with mlx-lm's prompt split and stop rules.
 
 pub mod cache;
+pub mod constrain;
 pub mod mtp;
 pub mod text;
 

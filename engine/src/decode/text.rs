@@ -3,6 +3,7 @@
 //! [`StreamParser`](crate::text::stream::StreamParser) (UTF-8-safe detokenizing, stop strings,
 //! the reasoning split and tool-call parsing).
 
+use crate::decode::constrain::{generate_constrained_in_context, TokenConstraint};
 use crate::decode::mtp::{generate_mtp_in_context, MtpOptions, MtpStats};
 use crate::decode::sampler::SamplingParams;
 use crate::decode::{generate_in_context, Event, Finish, GenOptions};
@@ -64,6 +65,18 @@ pub async fn generate_text(
     req: &TextRequest,
     on_event: &mut dyn FnMut(TextEvent<'_>) -> bool,
 ) -> Result<TextOutput, RunError> {
+    generate_text_constrained(session, tokenizer, req, None, on_event).await
+}
+
+/// [`generate_text`] with every generated token allowed by `constraint` when given (see
+/// [`crate::decode::constrain`]; speculation is off then).
+pub async fn generate_text_constrained(
+    session: &mut Session,
+    tokenizer: &Tokenizer,
+    req: &TextRequest,
+    constraint: Option<&mut dyn TokenConstraint>,
+    on_event: &mut dyn FnMut(TextEvent<'_>) -> bool,
+) -> Result<TextOutput, RunError> {
     session.set_sampling(req.sampling.as_ref(), req.logprobs)?;
     let mut cfg = req.stream.clone();
     if req.ignore_eos {
@@ -104,7 +117,18 @@ pub async fn generate_text(
     };
     // Speculative decoding covers greedy and sampled requests; per-token logprobs come from the
     // plain loop.
-    let (tokens, finish, mtp) = if req.mtp && session.mtp_available() && !req.logprobs {
+    let (tokens, finish, mtp) = if let Some(c) = constraint {
+        let (t, f) = generate_constrained_in_context(
+            session,
+            &req.prompt,
+            req.in_context,
+            &opts,
+            c,
+            &mut on_tok,
+        )
+        .await?;
+        (t, f, None)
+    } else if req.mtp && session.mtp_available() && !req.logprobs {
         let policy = if req.mtp_adaptive {
             MtpOptions::adaptive(session)
         } else {

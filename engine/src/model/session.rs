@@ -132,6 +132,16 @@ pub fn read_config(dir: &std::path::Path) -> Result<ModelConfig, LoadError> {
     ModelConfig::parse(&p.display().to_string(), &text, gen.as_deref())
 }
 
+/// Whether `p` picks the argmax of the raw logits (no sampler needed).
+fn plain_greedy(p: &SamplingParams, logprobs: bool) -> bool {
+    p.is_greedy()
+        && p.repetition_penalty == 1.0
+        && p.presence_penalty == 0.0
+        && p.frequency_penalty == 0.0
+        && p.logit_bias.is_empty()
+        && !logprobs
+}
+
 /// Sizes of a session.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionOptions {
@@ -536,17 +546,24 @@ impl Session {
         logprobs: bool,
     ) -> Result<(), RunError> {
         let p = p.cloned().unwrap_or_default();
-        let plain_greedy = p.is_greedy()
-            && p.repetition_penalty == 1.0
-            && p.presence_penalty == 0.0
-            && p.frequency_penalty == 0.0
-            && p.logit_bias.is_empty()
-            && !logprobs;
         self.sampler
             .set_params(&self.model.gpu, &p)
             .map_err(|e| RunError::Sampling(e.to_string()))?;
-        self.sampling = !plain_greedy;
+        self.sampling = !plain_greedy(&p, logprobs);
         self.logprobs = logprobs;
+        Ok(())
+    }
+
+    /// Limits the tokens chosen by steps submitted from now on to those whose bit is set in
+    /// `allowed` (bit `i % 32` of word `i / 32`, see [`Sampler::set_params_masked`]), on top of the
+    /// sampling parameters last set; `None` lifts the limit. Constrained decoding
+    /// ([`crate::decode::constrain`]) sets it before each step.
+    pub fn set_token_mask(&mut self, allowed: Option<&[u32]>) -> Result<(), RunError> {
+        let p = self.sampler.params();
+        self.sampler
+            .set_params_masked(&self.model.gpu, &p, allowed)
+            .map_err(|e| RunError::Sampling(e.to_string()))?;
+        self.sampling = allowed.is_some() || !plain_greedy(&p, self.logprobs);
         Ok(())
     }
 

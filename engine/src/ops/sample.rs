@@ -391,6 +391,11 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
 }
 
 /// Sampling state and pipelines for one sequence (see the module docs for the buffers).
+/// What a token outside a [`Sampler::set_params_masked`] mask gets added to its logit: finite, so
+/// penalties, temperature and the softmax stay finite, and low enough that its probability is 0
+/// in f32 and greedy never picks it while any allowed token is finite.
+pub const MASKED_LOGIT: f32 = -1.0e30;
+
 pub struct Sampler {
     pub vocab: u32,
     pub max_rows: u32,
@@ -616,8 +621,34 @@ impl Sampler {
 
     /// Validates `p` and writes it to the parameter buffer (no bind group changes).
     pub fn set_params(&self, gpu: &Gpu, p: &SamplingParams) -> Result<(), SamplingError> {
+        self.set_params_masked(gpu, p, None)
+    }
+
+    /// [`Sampler::set_params`] with the next tokens limited to those whose bit is set in
+    /// `allowed` (bit `i % 32` of word `i / 32`; at least `ceil(vocab / 32)` words): the others get
+    /// [`MASKED_LOGIT`] added to their logits with the request's logit bias, so greedy and sampled
+    /// choices, logprobs and penalties all see the masked logits. `None` = no mask.
+    pub fn set_params_masked(
+        &self,
+        gpu: &Gpu,
+        p: &SamplingParams,
+        allowed: Option<&[u32]>,
+    ) -> Result<(), SamplingError> {
         p.validate(Some(self.vocab))?;
-        let d = p.derived(self.vocab);
+        let mut d = p.derived(self.vocab);
+        if let Some(m) = allowed {
+            if m.len() < self.vocab.div_ceil(32) as usize {
+                return Err(SamplingError {
+                    field: "mask",
+                    message: format!(
+                        "a token mask of {} words does not cover the vocabulary ({} ids)",
+                        m.len(),
+                        self.vocab
+                    ),
+                });
+            }
+            d.bias = true;
+        }
         let req = SampleReq {
             greedy: d.greedy as u32,
             inv_temp: d.inv_temp,
@@ -641,7 +672,14 @@ impl Sampler {
         gpu.queue
             .write_buffer(&self.req.buf, 0, &req.padded_bytes());
         if d.bias {
-            let b = p.dense_bias(self.vocab);
+            let mut b = p.dense_bias(self.vocab);
+            if let Some(m) = allowed {
+                for (i, x) in b.iter_mut().enumerate() {
+                    if m[i / 32] >> (i % 32) & 1 == 0 {
+                        *x += MASKED_LOGIT;
+                    }
+                }
+            }
             gpu.queue.write_buffer(
                 &self.state.buf,
                 self.state_offsets().bias as u64 * 4,

@@ -5,6 +5,8 @@
 //! `tokenizer.json` from a tiktoken rank file. [`template::ChatTemplate`] renders a checkpoint's
 //! Jinja chat template (or the built-in Qwen3.6 one) from OpenAI-style messages.
 
+#[cfg(feature = "grammar")]
+pub mod grammar;
 pub mod reasoning;
 pub mod stream;
 pub mod template;

@@ -119,6 +119,7 @@ impl ControlTokens {
 }
 
 /// A loaded tokenizer.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tk::Tokenizer,
     controls: ControlTokens,
