@@ -806,8 +806,15 @@ async fn completion_inner(
     let mut stream = app.base_stream_config(&req.gen.stop);
     stream.think_ids = None;
     stream.tool_calls = false;
-    let (rxs, deadline) =
-        app.enqueue_choices(prompt, &req.gen, stream, "prompt", received, None, |_| {})?;
+    let (rxs, deadline) = app.enqueue_choices(
+        prompt,
+        &req.gen,
+        stream,
+        "prompt",
+        received,
+        req.format.as_ref(),
+        |_| {},
+    )?;
     if req.gen.stream {
         let mut s = CompletionStream::new(
             app.name.clone(),

@@ -63,6 +63,8 @@ pub struct CompletionRequest {
     pub prompt: Prompt,
     pub echo: bool,
     pub gen: GenParams,
+    /// The text's required form (`response_format`, as for chat), None = free text.
+    pub format: Option<GrammarSpec>,
 }
 
 /// Typed access to the fields of a request object.
@@ -804,10 +806,12 @@ pub fn completion(body: &Map<String, Value>, vocab: u32) -> Result<CompletionReq
             "'echo' together with 'logprobs' (prompt logprobs) is not supported",
         ));
     }
+    let format = response_format(&f)?;
     Ok(CompletionRequest {
         model,
         prompt,
         echo,
         gen,
+        format,
     })
 }

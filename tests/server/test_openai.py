@@ -227,6 +227,11 @@ def test_structured_output(default_server):
     r = c.chat.completions.create(model=default_server.model, messages=[{"role": "user", "content": "Is Rust fast?"}],
                                   max_tokens=60, response_format={"type": "regex", "regex": rx}, extra_body=NO_THINK)
     assert re.fullmatch(rx, r.choices[0].message.content), r.choices[0].message.content
+    # Text completions take it too.
+    r = c.completions.create(model=default_server.model, prompt="The Rust book as JSON:", max_tokens=200,
+                             extra_body={"response_format": rf})
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].text), BOOK)
     # Errors name the field.
     for bad, param in (
         ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "nope"}}}}}, "response_format.json_schema.schema"),
