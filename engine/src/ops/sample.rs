@@ -413,6 +413,9 @@ pub struct Sampler {
     bits_defines: Defines,
     init: Dispatch,
     host: Mutex<SamplingParams>,
+    /// The dense bias written to `state`, kept between calls (a masked decode writes it every
+    /// step).
+    bias_host: Mutex<Vec<f32>>,
 }
 
 /// Word offsets of the history counts and the bias inside `state`.
@@ -520,6 +523,7 @@ impl Sampler {
             bits_defines,
             init,
             host: Mutex::new(SamplingParams::default()),
+            bias_host: Mutex::new(Vec::new()),
         };
         s.set_params(gpu, &SamplingParams::default())
             .map_err(|e| bad(e.to_string()))?;
@@ -672,7 +676,14 @@ impl Sampler {
         gpu.queue
             .write_buffer(&self.req.buf, 0, &req.padded_bytes());
         if d.bias {
-            let mut b = p.dense_bias(self.vocab);
+            let mut b = self.bias_host.lock().unwrap_or_else(|e| e.into_inner());
+            b.clear();
+            b.resize(self.vocab as usize, 0.0);
+            for &(id, v) in &p.logit_bias {
+                if let Some(slot) = b.get_mut(id as usize) {
+                    *slot += v;
+                }
+            }
             if let Some(m) = allowed {
                 for (i, x) in b.iter_mut().enumerate() {
                     if m[i / 32] >> (i % 32) & 1 == 0 {
