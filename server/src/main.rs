@@ -560,7 +560,7 @@ impl App {
         stream: StreamConfig,
         what: &str,
         received: Instant,
-        format: Option<&GrammarSpec>,
+        format: Option<&(GrammarSpec, &'static str)>,
         adjust: impl Fn(&mut Job),
     ) -> Result<(Vec<UnboundedReceiver<Event>>, Instant), ApiError> {
         let mut rxs = Vec::with_capacity(gen.n);
@@ -571,7 +571,7 @@ impl App {
                 g.sampling.seed = g.sampling.seed.wrapping_add(i as u64);
             }
             let constraint = match format {
-                Some(spec) => Some(self.constraint(spec, &prompt, &stream)?),
+                Some((spec, param)) => Some(self.constraint(spec, param, &prompt, &stream)?),
                 None => None,
             };
             let (mut job, rx) = self.job(prompt.clone(), &g, stream.clone(), what, received)?;
@@ -593,6 +593,7 @@ impl App {
     fn constraint(
         &self,
         spec: &GrammarSpec,
+        param: &str,
         prompt: &[u32],
         stream: &StreamConfig,
     ) -> Result<Box<dyn TokenConstraint + Send>, ApiError> {
@@ -604,8 +605,8 @@ impl App {
         })?;
         let g = env.compile(spec).map_err(|e| {
             ApiError::invalid(
-                request::format_param(spec),
-                format!("the response format could not be compiled: {e}"),
+                param,
+                format!("'{param}' could not be compiled into a constraint: {e}"),
             )
         })?;
         Ok(Box::new(AfterReasoning::new(g, stream.think_ids, prompt)))

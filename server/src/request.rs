@@ -2,7 +2,7 @@
 //! type or an out-of-range value is a 400 that names it.
 
 use qwgpu_engine::decode::sampler::{SamplingParams, HISTORY_RING, MAX_TOP_LOGPROBS};
-use qwgpu_engine::text::grammar::GrammarSpec;
+use qwgpu_engine::text::grammar::{tool_call_grammar, GrammarSpec};
 use serde_json::{json, Map, Value};
 
 use crate::error::{type_name, ApiError};
@@ -46,8 +46,9 @@ pub struct ChatRequest {
     pub parse_tools: bool,
     pub kwargs: Map<String, Value>,
     pub gen: GenParams,
-    /// The reply's required form (`response_format`), None = free text.
-    pub format: Option<GrammarSpec>,
+    /// The reply's required form (`response_format`, or tool calls) and the field a compile
+    /// error names; None = free text.
+    pub format: Option<(GrammarSpec, &'static str)>,
 }
 
 #[derive(Clone, Debug)]
@@ -64,7 +65,7 @@ pub struct CompletionRequest {
     pub echo: bool,
     pub gen: GenParams,
     /// The text's required form (`response_format`, as for chat), None = free text.
-    pub format: Option<GrammarSpec>,
+    pub format: Option<(GrammarSpec, &'static str)>,
 }
 
 /// Typed access to the fields of a request object.
@@ -571,7 +572,8 @@ fn tools(f: &Fields) -> Result<(Option<Vec<Value>>, bool), ApiError> {
         checked.push(t.clone());
     }
     // tool_choice: "none" hides the tools; "auto" and "required" show them all; a named function
-    // shows only that one. The model's choice is not constrained.
+    // shows only that one. With "required" or a named function the reply is constrained to
+    // tool calls (see `chat`).
     let choice = f.get("tool_choice");
     let mut parse = !checked.is_empty();
     match choice {
@@ -646,7 +648,25 @@ pub fn chat(body: &Map<String, Value>, vocab: u32) -> Result<ChatRequest, ApiErr
             v,
         ));
     }
-    let format = response_format(&f)?;
+    let mut format = response_format(&f)?;
+    // tool_choice "required" or a named function: the reply is tool calls to the tools shown.
+    let must_call = match f.get("tool_choice") {
+        Some(Value::String(c)) => c == "required",
+        Some(Value::Object(_)) => true,
+        _ => false,
+    };
+    if let (true, Some(list)) = (must_call, &tools) {
+        if format.is_some() {
+            return Err(ApiError::unsupported(
+                "response_format",
+                "response_format together with tool_choice 'required' or a named function is not supported (the reply must be a tool call)",
+            ));
+        }
+        let parallel = f.bool("parallel_tool_calls")?.unwrap_or(true);
+        let g = tool_call_grammar(list, parallel)
+            .map_err(|e| ApiError::invalid("tools", e.to_string()))?;
+        format = Some((GrammarSpec::Lark(g), "tools"));
+    }
     let gen = gen_params(&f, true, vocab)?;
     Ok(ChatRequest {
         model,
@@ -662,7 +682,14 @@ pub fn chat(body: &Map<String, Value>, vocab: u32) -> Result<ChatRequest, ApiErr
 /// `response_format`: `text` (None), `json_object`, `json_schema` (`json_schema.schema`, any JSON
 /// value when absent) and two extensions, `regex` (`"regex": "..."`) and `grammar` (`"grammar":
 /// "..."`, a Lark grammar).
-fn response_format(f: &Fields) -> Result<Option<GrammarSpec>, ApiError> {
+fn response_format(f: &Fields) -> Result<Option<(GrammarSpec, &'static str)>, ApiError> {
+    Ok(response_format_spec(f)?.map(|s| {
+        let p = format_param(&s);
+        (s, p)
+    }))
+}
+
+fn response_format_spec(f: &Fields) -> Result<Option<GrammarSpec>, ApiError> {
     let o = match f.get("response_format") {
         None => return Ok(None),
         Some(Value::Object(o)) => o,
@@ -727,7 +754,7 @@ fn response_format(f: &Fields) -> Result<Option<GrammarSpec>, ApiError> {
 }
 
 /// Where a grammar's compile error points: the schema, the regex or the grammar.
-pub fn format_param(spec: &GrammarSpec) -> &'static str {
+fn format_param(spec: &GrammarSpec) -> &'static str {
     match spec {
         GrammarSpec::JsonObject => "response_format",
         GrammarSpec::JsonSchema(_) => "response_format.json_schema.schema",

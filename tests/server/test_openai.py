@@ -244,6 +244,58 @@ def test_structured_output(default_server):
         assert e.value.param == param, (bad, e.value.message)
 
 
+VOLUME_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "set_volume",
+        "description": "Set the speaker volume.",
+        "parameters": {
+            "type": "object",
+            "properties": {"level": {"type": "integer", "minimum": 0, "maximum": 10},
+                           "unit": {"type": "string", "enum": ["percent", "steps"]}},
+            "required": ["level"],
+        },
+    },
+}
+MODE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "set_mode",
+        "description": "Switch the speaker mode.",
+        "parameters": {"type": "object", "properties": {"mode": {"type": "string", "enum": ["quiet", "party"]}},
+                       "required": ["mode"]},
+    },
+}
+
+
+def test_tool_choice_required_makes_a_call(default_server):
+    """tool_choice "required" or a named function constrains the reply to tool calls in the Qwen
+    format: the call names an allowed function and its arguments validate against that function's
+    parameter schema (jsonschema), even from a model that would not call on its own."""
+    c = client(default_server)
+    msgs = [{"role": "user", "content": "Make it louder."}]
+    tools = [VOLUME_TOOL, MODE_TOOL]
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    free = c.chat.completions.create(model=default_server.model, messages=msgs, tools=tools, max_tokens=40, extra_body=NO_THINK)
+    assert free.choices[0].finish_reason != "tool_calls", "the default model does not call on its own"
+    for choice, allowed in (("required", {"set_volume", "set_mode"}),
+                            ({"type": "function", "function": {"name": "set_mode"}}, {"set_mode"})):
+        for think in (False, True):
+            r = c.chat.completions.create(model=default_server.model, messages=msgs, tools=tools, tool_choice=choice,
+                                          parallel_tool_calls=False, max_tokens=300,
+                                          extra_body={"chat_template_kwargs": {"enable_thinking": think}})
+            ch = r.choices[0]
+            assert ch.finish_reason == "tool_calls", (choice, think, ch.message)
+            assert len(ch.message.tool_calls) == 1
+            call = ch.message.tool_calls[0]
+            assert call.function.name in allowed
+            jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model=default_server.model, messages=msgs, tools=tools, tool_choice="required",
+                                  response_format={"type": "json_object"})
+    assert e.value.param == "response_format"
+
+
 def test_logprobs(default_server):
     c = client(default_server)
     kw = dict(model=default_server.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, logprobs=True, top_logprobs=3)

@@ -290,3 +290,127 @@ impl TokenConstraint for AfterReasoning {
         self.grammar.commit(id)
     }
 }
+
+/// A Lark grammar (llguidance's dialect) whose sentences are one or more tool calls in the Qwen
+/// XML format (spec §9) to the functions of `tools` (OpenAI tool objects `{"type": "function",
+/// "function": {"name", "parameters"}}`), calls separated by a line break (exactly one call
+/// unless `parallel`), optionally after leading whitespace. Each call names one of the functions and gives its parameters in the
+/// order of the schema's `properties`, the `required` ones always and the others optionally.
+/// Values follow the parameter's schema: strings verbatim (one of an `enum`'s values, or any text
+/// up to `\n</parameter>`), other types as JSON valid under the parameter's schema. A function
+/// without `properties` takes any parameter names with text values.
+pub fn tool_call_grammar(tools: &[Value], parallel: bool) -> Result<String, GrammarError> {
+    let lit = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    let mut rules = Vec::new();
+    let mut calls = Vec::new();
+    for (i, t) in tools.iter().enumerate() {
+        let f = t.get("function").unwrap_or(t);
+        let Some(name) = f.get("name").and_then(Value::as_str) else {
+            return Err(GrammarError(format!("tool {i} has no function name")));
+        };
+        let params = f.get("parameters");
+        let props = params
+            .and_then(|p| p.get("properties"))
+            .and_then(Value::as_object);
+        let required: Vec<&str> = params
+            .and_then(|p| p.get("required"))
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut body = Vec::new();
+        match props {
+            Some(props) => {
+                for (j, (pname, schema)) in props.iter().enumerate() {
+                    let rule = format!("p_{i}_{j}");
+                    let value = match param_value(schema) {
+                        ParamValue::Text => {
+                            rules.push(format!(
+                                "v_{i}_{j}[suffix=\"\\n</parameter>\\n\"]: /(.|\\n)*/"
+                            ));
+                            format!("v_{i}_{j}")
+                        }
+                        ParamValue::Alternatives(vals) => {
+                            let alts: Vec<String> = vals.iter().map(|v| lit(v)).collect();
+                            format!("({}) \"\\n</parameter>\\n\"", alts.join(" | "))
+                        }
+                        ParamValue::Json(s) => {
+                            let schema = serde_json::to_string(&with_json_defaults(s))
+                                .map_err(|e| GrammarError(e.to_string()))?;
+                            format!("%json {schema} \"\\n</parameter>\\n\"")
+                        }
+                    };
+                    rules.push(format!(
+                        "{rule}: {} {value}",
+                        lit(&format!("<parameter={pname}>\n"))
+                    ));
+                    body.push(if required.contains(&pname.as_str()) {
+                        rule
+                    } else {
+                        format!("{rule}?")
+                    });
+                }
+            }
+            None => {
+                rules.push(format!("pn_{i}: /[A-Za-z_][A-Za-z0-9_.-]*/"));
+                rules.push(format!("pv_{i}[suffix=\"\\n</parameter>\\n\"]: /(.|\\n)*/"));
+                rules.push(format!("pany_{i}: \"<parameter=\" pn_{i} \">\\n\" pv_{i}"));
+                body.push(format!("pany_{i}*"));
+            }
+        }
+        rules.push(format!(
+            "call_{i}: {} {} \"</function>\\n</tool_call>\"",
+            lit(&format!("<tool_call>\n<function={name}>\n")),
+            body.join(" ")
+        ));
+        calls.push(format!("call_{i}"));
+    }
+    if calls.is_empty() {
+        return Err(GrammarError("no tools to call".into()));
+    }
+    let mut g = String::from(if parallel {
+        "start: /[ \\n]*/ call (\"\\n\" call)*\n"
+    } else {
+        "start: /[ \\n]*/ call\n"
+    });
+    g.push_str(&format!("call: {}\n", calls.join(" | ")));
+    for r in rules {
+        g.push_str(&r);
+        g.push('\n');
+    }
+    Ok(g)
+}
+
+enum ParamValue {
+    /// Verbatim text up to the closing tag.
+    Text,
+    /// One of these strings, verbatim.
+    Alternatives(Vec<String>),
+    /// JSON under this schema.
+    Json(Value),
+}
+
+/// How a parameter's value is written in a Qwen tool call: strings verbatim, the rest as JSON.
+fn param_value(schema: &Value) -> ParamValue {
+    let ty = schema.get("type");
+    let is_string = match ty {
+        Some(Value::String(t)) => t == "string",
+        Some(Value::Array(ts)) => ts.iter().all(|t| t == "string"),
+        // No type (or an enum alone): strings when every enum value is one, else text.
+        _ => schema
+            .get("enum")
+            .and_then(Value::as_array)
+            .is_none_or(|e| e.iter().all(Value::is_string)),
+    };
+    if is_string {
+        return match schema.get("enum").and_then(Value::as_array) {
+            Some(e) if !e.is_empty() => ParamValue::Alternatives(
+                e.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect(),
+            ),
+            _ => ParamValue::Text,
+        };
+    }
+    ParamValue::Json(schema.clone())
+}
