@@ -651,6 +651,12 @@ fn run_ids_only(
     use qwgpu_engine::decode::mtp::{generate_mtp_in_context, MtpOptions};
     use qwgpu_engine::decode::{generate_in_context, Event, Finish, GenOptions};
     use qwgpu_engine::text::stream::{FinishReason, StreamSummary};
+    if g.format()?.is_some() {
+        return Err(
+            "--json-schema, --json-object, --regex and --grammar need the checkpoint's tokenizer"
+                .into(),
+        );
+    }
     let max_ctx = l.session.opts.max_ctx as usize;
     if prompt.len() + 1 > max_ctx {
         return Err(format!(

@@ -690,6 +690,20 @@ fn bad_input_gives_one_line_errors() {
         None,
         &["tokenizer", "--prompt-ids"],
     );
+    // A constraint needs the tokenizer.
+    expect_error(
+        &[
+            "generate",
+            "--model",
+            no_tok.to_str().unwrap(),
+            "--prompt-ids",
+            "1,2",
+            "--json",
+            "--json-object",
+        ],
+        None,
+        &["--json-object", "tokenizer"],
+    );
     // An unknown KV cache type names the option and the accepted values.
     expect_error(
         &["generate", "--prompt-ids", "1", "--kv-cache", "f8"],
