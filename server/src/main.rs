@@ -560,20 +560,18 @@ impl App {
         stream: StreamConfig,
         what: &str,
         received: Instant,
-        format: Option<&(GrammarSpec, &'static str)>,
+        constraints: Vec<Box<dyn TokenConstraint + Send>>,
         adjust: impl Fn(&mut Job),
     ) -> Result<(Vec<UnboundedReceiver<Event>>, Instant), ApiError> {
         let mut rxs = Vec::with_capacity(gen.n);
         let mut deadline = received + self.timeout;
+        let mut constraints = constraints.into_iter();
         for i in 0..gen.n.max(1) {
             let mut g = gen.clone();
             if g.seed_given {
                 g.sampling.seed = g.sampling.seed.wrapping_add(i as u64);
             }
-            let constraint = match format {
-                Some((spec, param)) => Some(self.constraint(spec, param, &prompt, &stream)?),
-                None => None,
-            };
+            let constraint = constraints.next();
             let (mut job, rx) = self.job(prompt.clone(), &g, stream.clone(), what, received)?;
             if constraint.is_some() {
                 // Tokens are checked one by one: no speculation.
@@ -586,6 +584,28 @@ impl App {
             rxs.push(rx);
         }
         Ok((rxs, deadline))
+    }
+
+    /// The compiled `format` of each of `n` choices (none without a format), compiled off the
+    /// I/O threads (a large schema can take a while).
+    async fn constraints(
+        self: &Arc<Self>,
+        format: Option<&(GrammarSpec, &'static str)>,
+        n: usize,
+        prompt: &[u32],
+        stream: &StreamConfig,
+    ) -> Result<Vec<Box<dyn TokenConstraint + Send>>, ApiError> {
+        let Some((spec, param)) = format.cloned() else {
+            return Ok(Vec::new());
+        };
+        let (a, p, st) = (self.clone(), prompt.to_vec(), stream.clone());
+        tokio::task::spawn_blocking(move || {
+            (0..n.max(1))
+                .map(|_| a.constraint(&spec, param, &p, &st))
+                .collect()
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
     }
 
     /// The compiled `response_format` of one choice: it applies to the reply after any
@@ -738,13 +758,16 @@ async fn chat_inner(
     // Content and reasoning without the newlines around `</think>` (the template strips them
     // again when the reply comes back as history).
     stream.trim_newlines = true;
+    let constraints = app
+        .constraints(req.format.as_ref(), req.gen.n, &prompt, &stream)
+        .await?;
     let (rxs, deadline) = app.enqueue_choices(
         prompt,
         &req.gen,
         stream,
         "messages",
         received,
-        req.format.as_ref(),
+        constraints,
         |job| {
             job.checkpoint = checkpoint;
             job.shared = shared;
@@ -807,13 +830,16 @@ async fn completion_inner(
     let mut stream = app.base_stream_config(&req.gen.stop);
     stream.think_ids = None;
     stream.tool_calls = false;
+    let constraints = app
+        .constraints(req.format.as_ref(), req.gen.n, &prompt, &stream)
+        .await?;
     let (rxs, deadline) = app.enqueue_choices(
         prompt,
         &req.gen,
         stream,
         "prompt",
         received,
-        req.format.as_ref(),
+        constraints,
         |_| {},
     )?;
     if req.gen.stream {
