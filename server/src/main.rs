@@ -552,17 +552,19 @@ impl App {
     /// seed, with a fresh one each otherwise), queued together; if the queue cannot take them
     /// all, none runs (the receivers of those already queued are dropped with the error, which
     /// cancels them).
+    /// A `format` (response_format, required tool calls) is compiled for each choice first.
     #[allow(clippy::too_many_arguments)]
-    fn enqueue_choices(
-        &self,
+    async fn enqueue_choices(
+        self: &Arc<Self>,
         prompt: Vec<u32>,
         gen: &GenParams,
         stream: StreamConfig,
         what: &str,
         received: Instant,
-        constraints: Vec<Box<dyn TokenConstraint + Send>>,
+        format: Option<&(GrammarSpec, &'static str)>,
         adjust: impl Fn(&mut Job),
     ) -> Result<(Vec<UnboundedReceiver<Event>>, Instant), ApiError> {
+        let constraints = self.constraints(format, gen.n, &prompt, &stream).await?;
         let mut rxs = Vec::with_capacity(gen.n);
         let mut deadline = received + self.timeout;
         let mut constraints = constraints.into_iter();
@@ -758,21 +760,20 @@ async fn chat_inner(
     // Content and reasoning without the newlines around `</think>` (the template strips them
     // again when the reply comes back as history).
     stream.trim_newlines = true;
-    let constraints = app
-        .constraints(req.format.as_ref(), req.gen.n, &prompt, &stream)
+    let (rxs, deadline) = app
+        .enqueue_choices(
+            prompt,
+            &req.gen,
+            stream,
+            "messages",
+            received,
+            req.format.as_ref(),
+            |job| {
+                job.checkpoint = checkpoint;
+                job.shared = shared;
+            },
+        )
         .await?;
-    let (rxs, deadline) = app.enqueue_choices(
-        prompt,
-        &req.gen,
-        stream,
-        "messages",
-        received,
-        constraints,
-        |job| {
-            job.checkpoint = checkpoint;
-            job.shared = shared;
-        },
-    )?;
     if req.gen.stream {
         let mut s = ChatStream::new(
             app.name.clone(),
@@ -830,18 +831,17 @@ async fn completion_inner(
     let mut stream = app.base_stream_config(&req.gen.stop);
     stream.think_ids = None;
     stream.tool_calls = false;
-    let constraints = app
-        .constraints(req.format.as_ref(), req.gen.n, &prompt, &stream)
+    let (rxs, deadline) = app
+        .enqueue_choices(
+            prompt,
+            &req.gen,
+            stream,
+            "prompt",
+            received,
+            req.format.as_ref(),
+            |_| {},
+        )
         .await?;
-    let (rxs, deadline) = app.enqueue_choices(
-        prompt,
-        &req.gen,
-        stream,
-        "prompt",
-        received,
-        constraints,
-        |_| {},
-    )?;
     if req.gen.stream {
         let mut s = CompletionStream::new(
             app.name.clone(),

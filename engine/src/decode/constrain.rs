@@ -7,7 +7,7 @@
 //! plain loop, no step runs ahead of the host (the next mask needs the token), and speculation is
 //! off.
 
-use crate::decode::{emit, Event, Finish, GenOptions};
+use crate::decode::{emit, start, Event, Finish, GenOptions};
 use crate::model::{RunError, Session};
 
 /// What may come next.
@@ -103,11 +103,7 @@ async fn constrained(
     masked: &mut bool,
 ) -> Result<(Vec<u32>, Finish), RunError> {
     let mut out = Vec::new();
-    if in_context >= prompt.len() {
-        return Err(RunError::Empty);
-    }
-    session.start_request(prompt)?;
-    let rest = &prompt[in_context..];
+    let rest = start(session, prompt, in_context)?;
     let vocab = session.model.config.vocab_size;
     let mut mask = vec![0u32; vocab.div_ceil(32)];
     let go = opts.max_tokens > 0 && next_mask(session, c, &mut mask, masked)?;

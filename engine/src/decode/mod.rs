@@ -68,11 +68,7 @@ pub async fn generate_in_context(
     on_event: &mut dyn FnMut(Event) -> bool,
 ) -> Result<(Vec<u32>, Finish), RunError> {
     let mut out = Vec::new();
-    if in_context >= prompt.len() {
-        return Err(RunError::Empty);
-    }
-    session.start_request(prompt)?;
-    let rest = &prompt[in_context..];
+    let rest = start(session, prompt, in_context)?;
     if opts.max_tokens == 0 {
         session.prefill(rest).await?;
         on_event(Event::PromptDone);
@@ -81,6 +77,20 @@ pub async fn generate_in_context(
     session.feed(rest).await?;
     let f = plain_steps(session, &mut out, opts, on_event, false).await?;
     Ok((out, f))
+}
+
+/// Starts a request whose state already holds `prompt[..in_context]`: the ids left to feed (at
+/// least one).
+pub(crate) fn start<'a>(
+    session: &mut Session,
+    prompt: &'a [u32],
+    in_context: usize,
+) -> Result<&'a [u32], RunError> {
+    if in_context >= prompt.len() {
+        return Err(RunError::Empty);
+    }
+    session.start_request(prompt)?;
+    Ok(&prompt[in_context..])
 }
 
 /// Plain decoding from a session whose next input id is on the GPU (pending or already fed),

@@ -221,13 +221,20 @@ impl SamplingParams {
 
     /// The dense bias vector the GPU reads (duplicate ids add up, in list order).
     pub fn dense_bias(&self, vocab: u32) -> Vec<f32> {
-        let mut b = vec![0f32; vocab as usize];
+        let mut b = Vec::new();
+        self.dense_bias_into(vocab, &mut b);
+        b
+    }
+
+    /// [`SamplingParams::dense_bias`] into `b` (resized to `vocab`).
+    pub fn dense_bias_into(&self, vocab: u32, b: &mut Vec<f32>) {
+        b.clear();
+        b.resize(vocab as usize, 0.0);
         for &(id, v) in &self.logit_bias {
             if let Some(slot) = b.get_mut(id as usize) {
                 *slot += v;
             }
         }
-        b
     }
 }
 

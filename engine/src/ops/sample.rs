@@ -677,13 +677,7 @@ impl Sampler {
             .write_buffer(&self.req.buf, 0, &req.padded_bytes());
         if d.bias {
             let mut b = self.bias_host.lock().unwrap_or_else(|e| e.into_inner());
-            b.clear();
-            b.resize(self.vocab as usize, 0.0);
-            for &(id, v) in &p.logit_bias {
-                if let Some(slot) = b.get_mut(id as usize) {
-                    *slot += v;
-                }
-            }
+            p.dense_bias_into(self.vocab, &mut b);
             if let Some(m) = allowed {
                 for (i, x) in b.iter_mut().enumerate() {
                     if m[i / 32] >> (i % 32) & 1 == 0 {
