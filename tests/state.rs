@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use qwgpu_engine::decode::mtp::{generate_mtp, MtpOptions};
+use qwgpu_engine::decode::generate_in_context;
+use qwgpu_engine::decode::mtp::{generate_mtp, generate_mtp_in_context, MtpOptions};
 use qwgpu_engine::decode::{generate, GenOptions};
 use qwgpu_engine::model::session::read_config;
 use qwgpu_engine::model::{Model, RunError, Session, SessionOptions};
@@ -73,6 +74,27 @@ fn some_fixtures() -> Vec<String> {
             seen.insert(config_crc(&cfg))
         })
         .collect()
+}
+
+/// `n` greedy tokens after `prompt`, whose first `k` ids the session's state already holds;
+/// speculating with the MTP head when `mtp` and the session has one.
+fn greedy_from(s: &mut Session, prompt: &[u32], k: usize, n: usize, mtp: bool) -> Vec<u32> {
+    if mtp && s.mtp_available() {
+        pollster::block_on(generate_mtp_in_context(
+            s,
+            prompt,
+            k,
+            &greedy(n),
+            &MtpOptions::always(),
+            &mut |_| true,
+        ))
+        .unwrap()
+        .0
+    } else {
+        pollster::block_on(generate_in_context(s, prompt, k, &greedy(n), &mut |_| true))
+            .unwrap()
+            .0
+    }
 }
 
 #[test]
@@ -371,8 +393,6 @@ fn bad_states_are_refused_with_the_reason_and_change_nothing() {
 #[test]
 fn prompt_cache_checkpoint_serves_prompts_that_share_the_start() {
     use qwgpu_engine::decode::cache::{prefill_prompt, reusable};
-    use qwgpu_engine::decode::generate_in_context;
-    use qwgpu_engine::decode::mtp::generate_mtp_in_context;
     for name in ["mtp-perm", "bf16-q4-g64"] {
         let r = load_reference(name);
         let m = model(name);
@@ -381,26 +401,8 @@ fn prompt_cache_checkpoint_serves_prompts_that_share_the_start() {
         let q: Vec<u32> = p[..151].iter().chain(&r.prompts[2]).cloned().collect();
         for mtp in [false, true] {
             let mut s = session(&m, 512, 64);
-            let run = |s: &mut Session, prompt: &[u32], k: usize| -> Vec<u32> {
-                if mtp && s.mtp_available() {
-                    pollster::block_on(generate_mtp_in_context(
-                        s,
-                        prompt,
-                        k,
-                        &greedy(24),
-                        &MtpOptions::always(),
-                        &mut |_| true,
-                    ))
-                    .unwrap()
-                    .0
-                } else {
-                    pollster::block_on(generate_in_context(s, prompt, k, &greedy(24), &mut |_| {
-                        true
-                    }))
-                    .unwrap()
-                    .0
-                }
-            };
+            let run =
+                |s: &mut Session, prompt: &[u32], k: usize| greedy_from(s, prompt, k, 24, mtp);
             // Uncached outputs.
             let want_p = gen(&mut s, p, 24);
             s.reset();
@@ -446,8 +448,6 @@ fn prompt_cache_records_several_points_of_one_prompt() {
     // prompt that shares only its ids (again the uncached output), and points at or below the
     // ids reused record nothing.
     use qwgpu_engine::decode::cache::{prefill_prompt_at, reusable};
-    use qwgpu_engine::decode::generate_in_context;
-    use qwgpu_engine::decode::mtp::generate_mtp_in_context;
     let name = "mtp-perm";
     let r = load_reference(name);
     let m = model(name);
@@ -455,27 +455,8 @@ fn prompt_cache_records_several_points_of_one_prompt() {
     let q: Vec<u32> = p[..41].iter().chain(&r.prompts[2]).cloned().collect();
     for mtp in [false, true] {
         let mut s = session(&m, 512, 64);
-        let run = |s: &mut Session, prompt: &[u32]| -> Vec<u32> {
-            let k = prompt.len() - 1;
-            if mtp && s.mtp_available() {
-                pollster::block_on(generate_mtp_in_context(
-                    s,
-                    prompt,
-                    k,
-                    &greedy(16),
-                    &MtpOptions::always(),
-                    &mut |_| true,
-                ))
-                .unwrap()
-                .0
-            } else {
-                pollster::block_on(generate_in_context(s, prompt, k, &greedy(16), &mut |_| {
-                    true
-                }))
-                .unwrap()
-                .0
-            }
-        };
+        let run =
+            |s: &mut Session, prompt: &[u32]| greedy_from(s, prompt, prompt.len() - 1, 16, mtp);
         let want_p = gen(&mut s, p, 16);
         s.reset();
         let want_q = gen(&mut s, &q, 16);

@@ -188,11 +188,6 @@ pub struct Grammar {
 }
 
 impl Grammar {
-    /// Whether the output so far is complete under the grammar (it may end here).
-    pub fn is_accepting(&mut self) -> bool {
-        self.matcher.is_accepting().unwrap_or(false)
-    }
-
     fn err(&self, what: &str) -> String {
         format!(
             "{what}: {}",
