@@ -244,3 +244,81 @@ fn sampled_outputs_and_a_regex_hold_and_bad_grammars_are_errors() {
         assert!(!e.to_string().is_empty());
     }
 }
+
+/// A constraint that allows every token, either as "any" (the sampler's plain head) or as a
+/// mask with every bit set (the masked head, a zero bias on every logit).
+struct Everything {
+    as_mask: bool,
+    vocab: usize,
+}
+
+impl TokenConstraint for Everything {
+    fn allowed(&mut self, mask: &mut [u32]) -> Result<Allowed, String> {
+        if !self.as_mask {
+            return Ok(Allowed::Any);
+        }
+        for i in 0..self.vocab {
+            mask[i / 32] |= 1 << (i % 32);
+        }
+        Ok(Allowed::Mask)
+    }
+    fn commit(&mut self, _id: u32) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The constrained loop submits each step's body ahead of the host and its head after the mask
+/// (`Session::decode_body_ahead` / `decode_head`): with a constraint that allows everything it
+/// must give the plain loop's tokens and logprobs bit for bit (sampled, with penalties; the plain
+/// loop, one submission per step, is the one checked against mlx-lm), including the EOS and
+/// max-tokens endings and the state left behind (the next request's tokens).
+#[test]
+fn allowing_everything_gives_the_plain_loop_bit_for_bit() {
+    use qwgpu_engine::decode::{generate, Event};
+    let f = fixture();
+    let vocab = f.model.config.vocab_size;
+    let prompt = f.tok.encode("Write a haiku about the sea.", false).unwrap();
+    let p = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: 11,
+        frequency_penalty: 0.3,
+        top_logprobs: 3,
+        ..Default::default()
+    };
+    let collect = |s: &mut Session, c: Option<&mut dyn TokenConstraint>, max: usize| {
+        let mut lps = Vec::new();
+        let mut on = |e: Event| {
+            if let Event::Token(_, lp) = e {
+                lps.push(lp.expect("logprobs were asked for"));
+            }
+            true
+        };
+        let opts = gen_opts(&f, max);
+        let (ids, finish) = match c {
+            Some(c) => pollster::block_on(generate_constrained_in_context(
+                s, &prompt, 0, &opts, c, &mut on,
+            )),
+            None => pollster::block_on(generate(s, &prompt, &opts, &mut on)),
+        }
+        .unwrap();
+        // What the state holds after the request: the next (greedy) request's first tokens.
+        let pos = s.pos();
+        (ids, finish, lps, pos)
+    };
+    for max in [40, 200] {
+        let mut s = session(&f);
+        s.set_sampling(Some(&p), true).unwrap();
+        let want = collect(&mut s, None, max);
+        for as_mask in [false, true] {
+            let mut s = session(&f);
+            s.set_sampling(Some(&p), true).unwrap();
+            let mut c = Everything { as_mask, vocab };
+            let got = collect(&mut s, Some(&mut c), max);
+            assert_eq!(got.0, want.0, "tokens, mask {as_mask}, max {max}");
+            assert_eq!(got.1, want.1, "finish, mask {as_mask}, max {max}");
+            assert_eq!(got.2, want.2, "logprobs, mask {as_mask}, max {max}");
+            assert_eq!(got.3, want.3, "positions held, mask {as_mask}, max {max}");
+        }
+    }
+}

@@ -1,11 +1,13 @@
 //! Constrained decoding: each token is chosen among those a [`TokenConstraint`] allows (a JSON
 //! schema, a grammar), with the request's own sampling applied to the allowed ones.
 //!
-//! The constraint runs on the host: before each step it writes the allowed set as a bit mask,
-//! which the sampler adds to the logits as a bias ([`crate::ops::sample::MASKED_LOGIT`] for the
-//! others), then the step is submitted and its token read back and committed. So, unlike the
-//! plain loop, no step runs ahead of the host (the next mask needs the token), and speculation is
-//! off.
+//! The constraint runs on the host: before each step's head it writes the allowed set as a bit
+//! mask, which the sampler adds to the logits as a bias ([`crate::ops::sample::MASKED_LOGIT`]
+//! for the others). A step's body does not need the mask, so it is submitted ahead, as in the
+//! plain loop ([`Session::decode_body_ahead`]): while the GPU runs the layers of step n + 1, the
+//! host reads token n, commits it and computes step n + 1's mask, then submits that step's head
+//! ([`Session::decode_head`]) and the next body. Speculation is off (a draft would need the mask
+//! of the position after it).
 
 use crate::decode::{emit, start, Event, Finish, GenOptions};
 use crate::model::{RunError, Session};
@@ -120,6 +122,12 @@ async fn constrained(
     session.feed(rest).await?;
     let mut prompt_done = false;
     loop {
+        // The next step's body goes ahead while its token may still be emitted and it fits (a
+        // full context errors only when the token is needed, below).
+        let ahead = out.len() + 1 < opts.max_tokens && session.has_room(1);
+        if ahead {
+            session.decode_body_ahead()?;
+        }
         let tok = session.next_id().await?;
         if !prompt_done {
             on_event(Event::PromptDone);
@@ -137,6 +145,10 @@ async fn constrained(
         if !next_mask(session, c, &mut mask, masked)? {
             return Ok((out, Finish::Stop));
         }
-        session.decode_ahead()?;
+        if ahead {
+            session.decode_head()?;
+        } else {
+            session.decode_ahead()?;
+        }
     }
 }

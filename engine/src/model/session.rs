@@ -240,6 +240,9 @@ pub struct Session {
     /// Submitted steps whose ids are not read yet, oldest first: (readback slot, submission).
     pending: std::collections::VecDeque<(usize, wgpu::SubmissionIndex, Pending)>,
     mtp: Option<MtpPlans>,
+    /// The shape of a decode body submitted without its head ([`Session::decode_body_ahead`]),
+    /// until [`Session::decode_head`] submits the head (any other submission forgets it).
+    headless: Option<StepShape>,
     /// GPU sampling (temperature, filters, penalties, bias, logprobs) for the backbone's rows.
     pub sampler: Sampler,
     /// Final norm, lm_head and the sampler, used instead of `head` when `sampling`.
@@ -472,6 +475,7 @@ impl Session {
             head,
             ids_readback,
             pending: Default::default(),
+            headless: None,
             mtp,
             sampler,
             head_sample,
@@ -533,6 +537,7 @@ impl Session {
         self.state.record_reset(&mut enc);
         gpu.queue.submit([enc.finish()]);
         self.pending.clear();
+        self.headless = None;
         self.rollback_pending = false;
         self.mtp_synced = true;
     }
@@ -743,8 +748,10 @@ impl Session {
         );
     }
 
-    /// A command encoder that first applies a pending GDN rollback.
+    /// A command encoder that first applies a pending GDN rollback. Every submission makes one,
+    /// so it also forgets a body's head not submitted ([`Session::decode_body_ahead`]).
     fn encoder(&mut self, label: &str) -> wgpu::CommandEncoder {
+        self.headless = None;
         let mut enc = self
             .model
             .gpu
@@ -770,6 +777,7 @@ impl Session {
     /// head runs on the last row and its argmax is copied to the readback buffer and to ids[0].
     fn submit(&mut self, ids: Option<&[u32]>, t: u32, logits: bool) -> Result<(), RunError> {
         self.submit_rows(ids, t, if logits { 1 } else { 0 }, !logits)
+            .map(|_| ())
     }
 
     /// As [`Session::submit`], with logits for the last `n_out` rows (0 = none; at most 2).
@@ -781,24 +789,11 @@ impl Session {
         t: u32,
         n_out: u32,
         prefill: bool,
-    ) -> Result<(), RunError> {
+    ) -> Result<StepShape, RunError> {
         let logits = n_out > 0;
         let n_out = n_out.clamp(1, self.ws.max_out.min(t));
-        if self.pending.iter().any(|p| p.2 == Pending::Verify) {
-            return Err(RunError::Busy(
-                "MTP verifies are still unread: settle the session first".into(),
-            ));
-        }
-        // At most one step is submitted ahead of the one being read: a third forgets the oldest.
-        if logits && self.pending.len() >= 2 {
-            self.pending.pop_front();
-        }
-        // The readback no pending step uses.
-        let slot = if self.pending.iter().any(|p| p.0 == 0) {
-            1
-        } else {
-            0
-        };
+        self.check_no_verify()?;
+        let slot = if logits { self.choice_slot() } else { 0 };
         let needed = self.state.pos + t;
         if needed > self.state.max_ctx {
             return Err(RunError::ContextFull {
@@ -851,18 +846,7 @@ impl Session {
             }
         }
         if logits {
-            // The chosen id feeds the next step's embedding without leaving the GPU.
-            enc.copy_buffer_to_buffer(&self.ws.out_ids.buf, 0, &self.ws.ids.buf, 0, 4);
-            self.ids_readback[slot].copy_from(&mut enc, &self.ws.out_ids.buf, 0, 4);
-            if self.sampling && self.logprobs {
-                enc.copy_buffer_to_buffer(
-                    &self.sampler.results.buf,
-                    0,
-                    &self.ids_readback[slot].staging,
-                    16,
-                    RESULT_WORDS as u64 * 4,
-                );
-            }
+            self.record_choice_copies(&mut enc, slot);
         }
         let index = gpu.queue.submit([enc.finish()]);
         if logits {
@@ -871,7 +855,45 @@ impl Session {
         self.state.pos += t;
         // Plain steps do not feed the MTP cache.
         self.mtp_synced &= self.state.mtp.is_none();
+        Ok(shape)
+    }
+
+    fn check_no_verify(&self) -> Result<(), RunError> {
+        if self.pending.iter().any(|p| p.2 == Pending::Verify) {
+            return Err(RunError::Busy(
+                "MTP verifies are still unread: settle the session first".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The readback slot for a new choice. At most one step is submitted ahead of the one being
+    /// read: a third forgets the oldest. Then the readback no pending step uses.
+    fn choice_slot(&mut self) -> usize {
+        if self.pending.len() >= 2 {
+            self.pending.pop_front();
+        }
+        if self.pending.iter().any(|p| p.0 == 0) {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// After a head: the chosen id feeds the next step's embedding without leaving the GPU, and
+    /// goes (with the sampler's results when logprobs are read) to readback `slot`.
+    fn record_choice_copies(&self, enc: &mut wgpu::CommandEncoder, slot: usize) {
+        enc.copy_buffer_to_buffer(&self.ws.out_ids.buf, 0, &self.ws.ids.buf, 0, 4);
+        self.ids_readback[slot].copy_from(enc, &self.ws.out_ids.buf, 0, 4);
+        if self.sampling && self.logprobs {
+            enc.copy_buffer_to_buffer(
+                &self.sampler.results.buf,
+                0,
+                &self.ids_readback[slot].staging,
+                16,
+                RESULT_WORDS as u64 * 4,
+            );
+        }
     }
 
     /// Feeds `ids` (any length) without computing logits.
@@ -1117,6 +1139,7 @@ impl Session {
             gpu.queue
                 .write_buffer(&self.step_buf.buf, off, bytemuck::bytes_of(&force));
         }
+        self.headless = None;
         let slot = if self.pending.iter().any(|p| p.0 == 0) {
             1
         } else {
@@ -1499,6 +1522,46 @@ impl Session {
         self.submit(None, 1, true)
     }
 
+    /// The first half of [`Session::decode_ahead`]: submits the body of the step that feeds the
+    /// id chosen by the step before it (embedding and layers, the 1-token decode kernels), without
+    /// its head. [`Session::decode_head`] submits the head later, so whatever decides how the
+    /// head chooses (a token mask, [`Session::set_token_mask`]) can wait for the previous id while
+    /// the GPU runs the body. The two halves run the same kernels as one `decode_ahead`, so the
+    /// same bits. Any other submission in between forgets the head (the body stays fed).
+    pub fn decode_body_ahead(&mut self) -> Result<(), RunError> {
+        let shape = self.submit_rows(None, 1, 0, false)?;
+        self.headless = Some(shape);
+        Ok(())
+    }
+
+    /// Submits the head (final norm, lm_head, argmax or the sampler as set now) of the body
+    /// submitted by [`Session::decode_body_ahead`]; its choice is pending as a step's.
+    pub fn decode_head(&mut self) -> Result<(), RunError> {
+        let Some(shape) = self.headless.take() else {
+            return Err(RunError::NothingPending);
+        };
+        self.check_no_verify()?;
+        let slot = self.choice_slot();
+        let gpu = self.model.gpu.clone();
+        let mut enc = self.encoder("head");
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("head"),
+                timestamp_writes: None,
+            });
+            let head = if self.sampling {
+                &self.head_sample
+            } else {
+                &self.head
+            };
+            head.record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+        }
+        self.record_choice_copies(&mut enc, slot);
+        let index = gpu.queue.submit([enc.finish()]);
+        self.pending.push_back((slot, index, Pending::Id));
+        Ok(())
+    }
+
     /// Steps whose choices are not read yet.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -1653,6 +1716,7 @@ impl Session {
     fn took_state(&mut self, mtp_synced: bool) -> Result<(), RunError> {
         self.mtp_synced = mtp_synced;
         self.pending.clear();
+        self.headless = None;
         self.rollback_pending = false;
         self.last_result = None;
         self.model.gpu.take_error()?;
@@ -1680,6 +1744,7 @@ impl Session {
         }
         self.check_holds(other.state.pos.max(other.state.mtp_pos))?;
         other.flush();
+        self.headless = None;
         let gpu = self.model.gpu.clone();
         let mut enc = gpu
             .device
