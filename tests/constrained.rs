@@ -322,3 +322,60 @@ fn allowing_everything_gives_the_plain_loop_bit_for_bit() {
         }
     }
 }
+
+/// Counts the masks of exactly one token a constraint gives.
+struct CountForced<'a> {
+    inner: &'a mut dyn TokenConstraint,
+    forced: usize,
+}
+
+impl TokenConstraint for CountForced<'_> {
+    fn allowed(&mut self, mask: &mut [u32]) -> Result<Allowed, String> {
+        let a = self.inner.allowed(mask)?;
+        if a == Allowed::Mask && mask.iter().map(|w| w.count_ones()).sum::<u32>() == 1 {
+            self.forced += 1;
+        }
+        Ok(a)
+    }
+    fn commit(&mut self, id: u32) -> Result<(), String> {
+        self.inner.commit(id)
+    }
+}
+
+/// Greedy choices without logprobs feed a run of forced tokens two per forward without heads
+/// (`Session::feed_decode`); with logprobs every token is a step of its own. Both must give the
+/// same tokens (each row of a 2-id forward has the bits of its own step), on outputs where the
+/// schema forces many tokens, and end the same way (complete, or cut by max_tokens inside a run).
+#[test]
+fn forced_runs_fed_in_pairs_give_the_step_by_step_tokens() {
+    let f = fixture();
+    let mut s = session(&f);
+    for (i, text) in ["Describe a tool as JSON:", "A small library, as JSON.", "{"]
+        .iter()
+        .enumerate()
+    {
+        let prompt = f.tok.encode(text, false).unwrap();
+        for max in [300, 3 + i] {
+            let mut got = Vec::new();
+            for logprobs in [true, false] {
+                s.set_sampling(None, logprobs).unwrap();
+                let mut g = f.env.compile(&GrammarSpec::JsonSchema(schema())).unwrap();
+                let mut c = CountForced {
+                    inner: &mut g,
+                    forced: 0,
+                };
+                let r = run(&f, &mut s, &prompt, &mut c, max);
+                got.push((r, c.forced));
+            }
+            assert_eq!(got[0].0, got[1].0, "{text:?}, max_tokens {max}");
+            if max == 300 {
+                let ((ids, finish), forced) = &got[1];
+                let out = f.tok.decode(ids, false).unwrap();
+                assert_eq!(*finish, Finish::Stop, "{out:?}");
+                meets_schema(&serde_json::from_str(&out).unwrap()).unwrap();
+                // The schema's keys and punctuation: runs of forced tokens were taken.
+                assert!(*forced >= 8, "{forced} forced tokens in {out:?}");
+            }
+        }
+    }
+}

@@ -8,6 +8,12 @@
 //! host reads token n, commits it and computes step n + 1's mask, then submits that step's head
 //! ([`Session::decode_head`]) and the next body. Speculation is off (a draft would need the mask
 //! of the position after it).
+//!
+//! Tokens the constraint forces (a mask of one id: a schema's keys, its punctuation) are known on
+//! the host. When choices are greedy without penalties or logprobs, a run of them skips the heads
+//! and the readbacks and is fed two ids per forward with the decode kernels
+//! ([`Session::feed_decode`]), whose rows have the bits of one step each: the same tokens as
+//! step by step, in fewer forwards.
 
 use crate::decode::{emit, start, Event, Finish, GenOptions};
 use crate::model::{RunError, Session};
@@ -36,35 +42,66 @@ fn constraint_error(e: String) -> RunError {
     RunError::Sampling(format!("constrained decoding: {e}"))
 }
 
-/// Sets the session's token mask for the next step from `c`; `Ok(false)` when the constraint
-/// says the output is complete.
-fn next_mask(
-    session: &mut Session,
-    c: &mut dyn TokenConstraint,
-    mask: &mut [u32],
-    masked: &mut bool,
-) -> Result<bool, RunError> {
+/// What the constraint allows next, its mask (when any) in the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// The output is complete.
+    End,
+    /// Any token.
+    Free,
+    /// The tokens of the mask (more than one).
+    Masked,
+    /// Exactly one token (the mask holds it).
+    Forced(u32),
+}
+
+fn next_allowed(c: &mut dyn TokenConstraint, mask: &mut [u32]) -> Result<Next, RunError> {
     mask.fill(0);
-    match c.allowed(mask).map_err(constraint_error)? {
-        Allowed::End => Ok(false),
+    Ok(match c.allowed(mask).map_err(constraint_error)? {
+        Allowed::End => Next::End,
+        Allowed::Any => Next::Free,
         Allowed::Mask => {
-            if mask.iter().all(|&w| w == 0) {
-                return Err(constraint_error(
-                    "no token can continue the output (the constraint allows none)".into(),
-                ));
+            let mut set = mask
+                .iter()
+                .enumerate()
+                .filter(|(_, &w)| w != 0)
+                .take(2)
+                .map(|(i, &w)| (i, w));
+            match (set.next(), set.next()) {
+                (None, _) => {
+                    return Err(constraint_error(
+                        "no token can continue the output (the constraint allows none)".into(),
+                    ))
+                }
+                (Some((i, w)), None) if w.count_ones() == 1 => {
+                    Next::Forced(i as u32 * 32 + w.trailing_zeros())
+                }
+                _ => Next::Masked,
             }
+        }
+    })
+}
+
+/// Sets the session's token mask for the next head from `next` (not `End`).
+fn apply(
+    session: &mut Session,
+    next: Next,
+    mask: &[u32],
+    masked: &mut bool,
+) -> Result<(), RunError> {
+    match next {
+        Next::Masked | Next::Forced(_) => {
             session.set_token_mask(Some(mask))?;
             *masked = true;
-            Ok(true)
         }
-        Allowed::Any => {
+        Next::Free | Next::End => {
             if *masked {
                 session.set_token_mask(None)?;
                 *masked = false;
             }
-            Ok(true)
         }
     }
+    Ok(())
 }
 
 /// [`crate::decode::generate_in_context`] with every generated token allowed by `constraint`
@@ -108,8 +145,12 @@ async fn constrained(
     let rest = start(session, prompt, in_context)?;
     let vocab = session.model.config.vocab_size;
     let mut mask = vec![0u32; vocab.div_ceil(32)];
-    let go = opts.max_tokens > 0 && next_mask(session, c, &mut mask, masked)?;
-    if !go {
+    let first = if opts.max_tokens > 0 {
+        next_allowed(c, &mut mask)?
+    } else {
+        Next::End
+    };
+    if first == Next::End {
         session.prefill(rest).await?;
         on_event(Event::PromptDone);
         let f = if opts.max_tokens == 0 {
@@ -119,7 +160,10 @@ async fn constrained(
         };
         return Ok((out, f));
     }
+    apply(session, first, &mask, masked)?;
     session.feed(rest).await?;
+    // Forced tokens skip the head when nothing of a choice outlives its step (below).
+    let stateless = session.choice_is_stateless();
     let mut prompt_done = false;
     loop {
         // The next step's body goes ahead while its token may still be emitted and it fits (a
@@ -142,9 +186,39 @@ async fn constrained(
             session.discard_pending();
             return Ok((out, f));
         }
-        if !next_mask(session, c, &mut mask, masked)? {
+        let mut next = next_allowed(c, &mut mask)?;
+        if next == Next::End {
             return Ok((out, Finish::Stop));
         }
+        if let (true, true, Next::Forced(_)) = (stateless, ahead, next) {
+            // A run of forced tokens (a schema's keys and punctuation): known without the GPU,
+            // so the body ahead (which fed `tok`) needs no head, and the run is fed two ids per
+            // forward with the decode kernels, each row with the bits of its own step; the head
+            // after the run's last id chooses under the first mask that is not forced. Greedy
+            // choices without penalties or logprobs only: then a step's head leaves nothing that
+            // a later step reads, and skipping it changes no bit.
+            let mut run = Vec::new();
+            while let Next::Forced(f) = next {
+                if opts.ignore_eos || !opts.eos.contains(&f) {
+                    c.commit(f).map_err(constraint_error)?;
+                }
+                if let Some(fin) = emit(f, None, &mut out, opts, on_event) {
+                    return Ok((out, fin));
+                }
+                run.push(f);
+                next = next_allowed(c, &mut mask)?;
+            }
+            if next == Next::End {
+                return Ok((out, Finish::Stop));
+            }
+            apply(session, next, &mask, masked)?;
+            let pairs = run.len().div_ceil(2);
+            for (i, ids) in run.chunks(2).enumerate() {
+                session.feed_decode(ids, i + 1 == pairs)?;
+            }
+            continue;
+        }
+        apply(session, next, &mask, masked)?;
         if ahead {
             session.decode_head()?;
         } else {

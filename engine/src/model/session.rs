@@ -1534,6 +1534,38 @@ impl Session {
         Ok(())
     }
 
+    /// Feeds 1 or 2 ids known on the host at the current position with the decode kernels (each
+    /// row's state and logits have the bits of one 1-token step per id: the kernels are batch
+    /// invariant), after any body submitted ahead; with `head`, the head chooses after the last id
+    /// and the choice is pending as a step's. Constrained decoding feeds the tokens a grammar
+    /// forces this way, two per forward, without choosing them.
+    pub fn feed_decode(&mut self, ids: &[u32], head: bool) -> Result<(), RunError> {
+        if ids.is_empty() {
+            return Err(RunError::Empty);
+        }
+        if ids.len() > 2 {
+            return Err(RunError::Busy(format!(
+                "the decode kernels take at most 2 ids per forward, not {}",
+                ids.len()
+            )));
+        }
+        self.check_ids(ids)?;
+        self.submit_rows(Some(ids), ids.len() as u32, u32::from(head), false)
+            .map(|_| ())
+    }
+
+    /// Whether a step's choice depends only on its logits (greedy, no penalties, no logprobs
+    /// read): then a step whose token is known in advance needs no head, since the sampler keeps
+    /// no history that a later choice reads.
+    pub fn choice_is_stateless(&self) -> bool {
+        let p = self.sampler.params();
+        p.is_greedy()
+            && (p.repetition_penalty == 1.0 || p.repetition_penalty == 0.0)
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+            && !self.logprobs
+    }
+
     /// Submits the head (final norm, lm_head, argmax or the sampler as set now) of the body
     /// submitted by [`Session::decode_body_ahead`]; its choice is pending as a step's.
     pub fn decode_head(&mut self) -> Result<(), RunError> {
