@@ -15,6 +15,9 @@
 //   PASS_FINISH  one workgroup per row: token, Z, logprobs, top-N → results and ids; appends the
 //                token to the history (commit) and advances the draw counter.
 //   PASS_INIT    one workgroup: rebuilds the repetition-window counts from the history ring.
+//   PASS_FORCED  one workgroup: the step's input ids were forced (a constraint allowed one id each,
+//                known on the host, fed without a head): each is committed to the history and
+//                takes its draw, as the finish pass of its own step would have done.
 //   PASS_ACCEPT_BLOCKS / PASS_ACCEPT_FINISH: accept with probability min(1, p(d)/q(d)); on
 //                rejection draw from normalize(max(p − q, 0)) (p when that is all zero).
 #include "common.wgsl"
@@ -224,6 +227,10 @@ fn sload(i: u32) -> u32 { return scratch[i]; }
 #endif
 #if PASS_INIT
 @group(0) @binding(2) var<storage, read_write> state: array<atomic<u32>>;
+#endif
+#if PASS_FORCED
+@group(0) @binding(3) var<storage, read> fed: array<u32>;
+@group(0) @binding(4) var<storage, read_write> state: array<u32>;
 #endif
 #if PASS_ACCEPT_BLOCKS
 @group(0) @binding(2) var<storage, read> state: array<u32>;
@@ -745,6 +752,17 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     for (var p = start + lid; p < len; p += WG) {
         let t = atomicLoad(&state[S_RING + p % RING]);
         if (t < cfg.vocab) { atomicAdd(&state[cfg.st_rep + t], 1u); }
+    }
+}
+#endif
+
+#if PASS_FORCED
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    if (lid != 0u) { return; }
+    for (var i = 0u; i < step.n_tokens; i++) {
+        if (cfg.commit != 0u) { commit(fed[i]); }
+        state[S_DRAWS] += 1u;
     }
 }
 #endif

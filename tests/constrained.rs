@@ -342,23 +342,36 @@ impl TokenConstraint for CountForced<'_> {
     }
 }
 
-/// Greedy choices without logprobs feed a run of forced tokens two per forward without heads
-/// (`Session::feed_decode`); with logprobs every token is a step of its own. Both must give the
-/// same tokens (each row of a 2-id forward has the bits of its own step), on outputs where the
-/// schema forces many tokens, and end the same way (complete, or cut by max_tokens inside a run).
+/// Without logprobs a run of forced tokens is fed two per forward without heads
+/// (`Session::feed_forced`, the sampler's history and draws advanced for them); with logprobs
+/// every token is a step of its own. Both must give the same tokens, greedy and sampled with
+/// penalties (each row of a 2-id forward has the bits of its own step, and the history and draw
+/// counter match), on outputs where the schema forces many tokens, and end the same way
+/// (complete, or cut by max_tokens inside a run).
 #[test]
 fn forced_runs_fed_in_pairs_give_the_step_by_step_tokens() {
     let f = fixture();
     let mut s = session(&f);
-    for (i, text) in ["Describe a tool as JSON:", "A small library, as JSON.", "{"]
-        .iter()
-        .enumerate()
-    {
+    let sampled = SamplingParams {
+        temperature: 1.2,
+        seed: 5,
+        presence_penalty: 0.4,
+        repetition_penalty: 1.3,
+        ..Default::default()
+    };
+    let cases = [
+        ("Describe a tool as JSON:", None),
+        ("A small library, as JSON.", None),
+        ("{", None),
+        ("Describe a tool as JSON:", Some(&sampled)),
+        ("Release notes:", Some(&sampled)),
+    ];
+    for (i, (text, p)) in cases.iter().enumerate() {
         let prompt = f.tok.encode(text, false).unwrap();
         for max in [300, 3 + i] {
             let mut got = Vec::new();
             for logprobs in [true, false] {
-                s.set_sampling(None, logprobs).unwrap();
+                s.set_sampling(*p, logprobs).unwrap();
                 let mut g = f.env.compile(&GrammarSpec::JsonSchema(schema())).unwrap();
                 let mut c = CountForced {
                     inner: &mut g,
@@ -367,7 +380,7 @@ fn forced_runs_fed_in_pairs_give_the_step_by_step_tokens() {
                 let r = run(&f, &mut s, &prompt, &mut c, max);
                 got.push((r, c.forced));
             }
-            assert_eq!(got[0].0, got[1].0, "{text:?}, max_tokens {max}");
+            assert_eq!(got[0].0, got[1].0, "{text:?}, {p:?}, max_tokens {max}");
             if max == 300 {
                 let ((ids, finish), forced) = &got[1];
                 let out = f.tok.decode(ids, false).unwrap();

@@ -10,10 +10,10 @@
 //! of the position after it).
 //!
 //! Tokens the constraint forces (a mask of one id: a schema's keys, its punctuation) are known on
-//! the host. When choices are greedy without penalties or logprobs, a run of them skips the heads
-//! and the readbacks and is fed two ids per forward with the decode kernels
-//! ([`Session::feed_decode`]), whose rows have the bits of one step each: the same tokens as
-//! step by step, in fewer forwards.
+//! the host. Unless their logprobs are read, a run of them skips the heads and the readbacks and
+//! is fed two ids per forward with the decode kernels ([`Session::feed_forced`]), whose rows have
+//! the bits of one step each, the sampler's history and draw counter advancing as the skipped
+//! heads' would: the same tokens as step by step (greedy or sampled), in fewer forwards.
 
 use crate::decode::{emit, start, Event, Finish, GenOptions};
 use crate::model::{RunError, Session};
@@ -162,8 +162,8 @@ async fn constrained(
     }
     apply(session, first, &mask, masked)?;
     session.feed(rest).await?;
-    // Forced tokens skip the head when nothing of a choice outlives its step (below).
-    let stateless = session.choice_is_stateless();
+    // Forced tokens skip their heads unless their logprobs are read (below).
+    let skip_heads = !session.reads_logprobs();
     let mut prompt_done = false;
     loop {
         // The next step's body goes ahead while its token may still be emitted and it fits (a
@@ -190,13 +190,12 @@ async fn constrained(
         if next == Next::End {
             return Ok((out, Finish::Stop));
         }
-        if let (true, true, Next::Forced(_)) = (stateless, ahead, next) {
+        if let (true, true, Next::Forced(_)) = (skip_heads, ahead, next) {
             // A run of forced tokens (a schema's keys and punctuation): known without the GPU,
             // so the body ahead (which fed `tok`) needs no head, and the run is fed two ids per
-            // forward with the decode kernels, each row with the bits of its own step; the head
-            // after the run's last id chooses under the first mask that is not forced. Greedy
-            // choices without penalties or logprobs only: then a step's head leaves nothing that
-            // a later step reads, and skipping it changes no bit.
+            // forward with the decode kernels, each row with the bits of its own step, the
+            // sampler's history taking the ids and their draws as the skipped heads would have;
+            // the head after the run's last id chooses under the first mask that is not forced.
             let mut run = Vec::new();
             while let Next::Forced(f) = next {
                 if opts.ignore_eos || !opts.eos.contains(&f) {
@@ -214,7 +213,7 @@ async fn constrained(
             apply(session, next, &mask, masked)?;
             let pairs = run.len().div_ceil(2);
             for (i, ids) in run.chunks(2).enumerate() {
-                session.feed_decode(ids, i + 1 == pairs)?;
+                session.feed_forced(ids, i + 1 == pairs)?;
             }
             continue;
         }

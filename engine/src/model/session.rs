@@ -247,6 +247,9 @@ pub struct Session {
     pub sampler: Sampler,
     /// Final norm, lm_head and the sampler, used instead of `head` when `sampling`.
     head_sample: Plan,
+    /// The sampler's history commit of a step's input ids that were forced
+    /// ([`Session::feed_forced`]).
+    forced: Plan,
     sampling: bool,
     /// Copy the sampler's per-row results (logprobs) into the readback with the ids.
     logprobs: bool,
@@ -294,7 +297,7 @@ impl Session {
         let step_buf = gpu.storage("step", slot_offset(&gpu, 2))?;
         let scope = gpu.scope("building the session's plans");
         let sampler = Sampler::new(&gpu, cfg.vocab_size as u32, 2).await?;
-        let (single, small, prefill, head, head_sample, mtp) = {
+        let (single, small, prefill, head, head_sample, forced, mtp) = {
             let slot = StepSlot {
                 buf: &step_buf,
                 offset: 0,
@@ -325,6 +328,8 @@ impl Session {
                     .dispatches(&gpu, &ws.logits, &ws.out_ids, slot)
                     .await?,
             );
+            let mut forced = Plan::new();
+            forced.extend_vec(sampler.forced_dispatches(&gpu, &ws.ids, slot).await?);
             let mtp = match (&model.weights.mtp, &state.mtp) {
                 (Some(w), Some(kv)) if speculative => {
                     let slot1 = StepSlot {
@@ -447,7 +452,7 @@ impl Session {
                 }
                 _ => None,
             };
-            (single, plans.0, plans.1, plans.2, head_sample, mtp)
+            (single, plans.0, plans.1, plans.2, head_sample, forced, mtp)
         };
         scope.finish().await?;
         let ids_readback = [0, 1].map(|i| {
@@ -479,6 +484,7 @@ impl Session {
             mtp,
             sampler,
             head_sample,
+            forced,
             sampling: false,
             logprobs: false,
             last_result: None,
@@ -790,6 +796,19 @@ impl Session {
         n_out: u32,
         prefill: bool,
     ) -> Result<StepShape, RunError> {
+        self.submit_rows_with(ids, t, n_out, prefill, false)
+    }
+
+    /// As [`Session::submit_rows`]; `forced`: the ids were forced (see
+    /// [`Session::feed_forced`]), so the sampler's history takes them first.
+    fn submit_rows_with(
+        &mut self,
+        ids: Option<&[u32]>,
+        t: u32,
+        n_out: u32,
+        prefill: bool,
+        forced: bool,
+    ) -> Result<StepShape, RunError> {
         let logits = n_out > 0;
         let n_out = n_out.clamp(1, self.ws.max_out.min(t));
         self.check_no_verify()?;
@@ -828,6 +847,10 @@ impl Session {
                 label: Some("forward"),
                 timestamp_writes: None,
             });
+            if forced {
+                self.forced
+                    .record(&mut pass, shape, gpu.caps.max_workgroups_per_dim);
+            }
             let body = if prefill || t > 2 {
                 &self.prefill
             } else if t == 1 {
@@ -1534,12 +1557,15 @@ impl Session {
         Ok(())
     }
 
-    /// Feeds 1 or 2 ids known on the host at the current position with the decode kernels (each
-    /// row's state and logits have the bits of one 1-token step per id: the kernels are batch
-    /// invariant), after any body submitted ahead; with `head`, the head chooses after the last id
-    /// and the choice is pending as a step's. Constrained decoding feeds the tokens a grammar
-    /// forces this way, two per forward, without choosing them.
-    pub fn feed_decode(&mut self, ids: &[u32], head: bool) -> Result<(), RunError> {
+    /// Feeds 1 or 2 forced ids (a constraint allowed only that id at its position, so the host
+    /// knew it without a head choosing it) at the current position with the decode kernels, after
+    /// any body submitted ahead: each row's state and logits have the bits of one 1-token step per
+    /// id (the kernels are batch invariant), and the sampler's history takes the ids and their
+    /// draws as the skipped heads would have. With `head`, the head chooses after the last id and
+    /// the choice is pending as a step's. So a run of forced tokens costs a forward per two ids
+    /// and no readback, and later choices are those of step-by-step decoding, bit for bit
+    /// (logprobs of the forced ids are not computed: callers that read them feed step by step).
+    pub fn feed_forced(&mut self, ids: &[u32], head: bool) -> Result<(), RunError> {
         if ids.is_empty() {
             return Err(RunError::Empty);
         }
@@ -1550,20 +1576,13 @@ impl Session {
             )));
         }
         self.check_ids(ids)?;
-        self.submit_rows(Some(ids), ids.len() as u32, u32::from(head), false)
+        self.submit_rows_with(Some(ids), ids.len() as u32, u32::from(head), false, true)
             .map(|_| ())
     }
 
-    /// Whether a step's choice depends only on its logits (greedy, no penalties, no logprobs
-    /// read): then a step whose token is known in advance needs no head, since the sampler keeps
-    /// no history that a later choice reads.
-    pub fn choice_is_stateless(&self) -> bool {
-        let p = self.sampler.params();
-        p.is_greedy()
-            && (p.repetition_penalty == 1.0 || p.repetition_penalty == 0.0)
-            && p.presence_penalty == 0.0
-            && p.frequency_penalty == 0.0
-            && !self.logprobs
+    /// Whether per-token logprobs are read back (then every step runs its head).
+    pub fn reads_logprobs(&self) -> bool {
+        self.logprobs
     }
 
     /// Submits the head (final norm, lm_head, argmax or the sampler as set now) of the body

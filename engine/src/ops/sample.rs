@@ -315,6 +315,7 @@ enum Pass {
     Final,
     Finish,
     Init,
+    Forced,
     AcceptBlocks,
     AcceptFinish,
 }
@@ -360,6 +361,7 @@ fn defines(base: &Defines, bits: u32, pass: Pass) -> Defines {
             .flag("MERGE_STATS", true)
             .flag("COMMIT", true),
         Pass::Init => d.flag("PASS_INIT", true),
+        Pass::Forced => d.flag("PASS_FORCED", true).flag("COMMIT", true),
         Pass::AcceptBlocks => d.flag("PASS_ACCEPT_BLOCKS", true),
         Pass::AcceptFinish => d.flag("PASS_ACCEPT_FINISH", true).flag("COMMIT", true),
     };
@@ -373,6 +375,7 @@ fn all_passes(bits: u32) -> Vec<Pass> {
         Pass::Final,
         Pass::Finish,
         Pass::Init,
+        Pass::Forced,
         Pass::AcceptBlocks,
         Pass::AcceptFinish,
     ]);
@@ -922,6 +925,34 @@ impl Sampler {
             Grid::per_out(1, 1),
         ));
         Ok(v)
+    }
+
+    /// For a step whose input ids were forced (known on the host, fed without the head that would
+    /// have chosen each, see [`crate::decode::constrain`]): appends the step's `n_tokens` input ids
+    /// `fed[0..]` to the history and advances the draw counter by as many, as the finish pass of
+    /// each id's own step would have done, so later choices see the same history and draws.
+    pub async fn forced_dispatches(
+        &self,
+        gpu: &Gpu,
+        fed: &GpuBuffer,
+        step: StepSlot<'_>,
+    ) -> Result<Vec<Dispatch>, GpuError> {
+        let mut cfg = self.cfg();
+        cfg.commit = 1;
+        let u = gpu.uniform("sample.forced.cfg", &cfg);
+        let p = self.pipeline(gpu, Pass::Forced).await?;
+        Ok(vec![gpu.dispatch(
+            "sample.forced",
+            &p,
+            &[
+                self.req.whole(),
+                u.whole(),
+                step.binding(),
+                fed.whole(),
+                self.state.whole(),
+            ],
+            Grid::fixed(1),
+        )])
     }
 
     /// The speculative accept test (spec §7.3 B.3/B.5): per row, accept the drafted id d with
