@@ -1663,11 +1663,17 @@ pub fn xq_grid_frac(gpu: &Gpu, mt: u32) -> Option<(f64, u32)> {
 
 /// The adapters whose decode step (1-token tile) or MTP verify (2-token tile) was measured faster
 /// with a relative grid cap, and their caps: on the H200 (0.75, 2000) for both tiles (the 27B's
-/// gate|up, 2176 tiles of 16 rows in either tile, and lm_head, 15520).
+/// gate|up, 2176 tiles of 16 rows in either tile, and lm_head, 15520); on the H100 (80 GB HBM3)
+/// the same for the verify tile only (bench/results/2026-12-05-h100/: MTP at forced 0.8 176.96 →
+/// 182.88 tok/s; plain decode with the 1-token tile capped 126.10 against 126.05 / 125.46
+/// without, so no cap there).
 fn tuned_grid_frac(gpu: &Gpu, mt: u32) -> Option<(f64, u32)> {
-    let h200 = !gpu.caps.web && gpu.info.name.contains("H200");
+    let native = !gpu.caps.web;
+    let h200 = native && gpu.info.name.contains("H200");
+    let h100 = native && gpu.info.name.contains("H100");
     match mt {
         MT_ONE | MT_SMALL if h200 => Some((0.75, 2000)),
+        MT_SMALL if h100 => Some((0.75, 2000)),
         _ => None,
     }
 }

@@ -27,7 +27,7 @@ run plain_cap QWGPU_XQ_GRID_FRAC=0.75,2000 timeout 100 $C/qwgpu bench --model /t
 run mtp08_cap QWGPU_XQ_GRID_FRAC=0.75,2000 QWGPU_XQ_GRID_FRAC_VERIFY=0.75,2000 timeout 100 $C/qwgpu bench --model /tmp/m27 --json --mtp auto --prompt-tokens 64 --gen-tokens 256 --trials 3 --warmup 1 --force-accept 0.8
 run plain_again timeout 100 $C/qwgpu bench --model /tmp/m27 --json --mtp off --prompt-tokens 1024 --gen-tokens 512 --trials 2 --warmup 1
 fi
-S=bench/results/2026-12-05-gpu-c/schema.json
+S=bench/results/2026-12-05-h100/schema.json
 for r in 1 2; do
 g js_pairs_$r qwgpu3 --json-schema $S
 g js_steps_$r qwgpu3 --json-schema $S --logprobs 0
