@@ -896,6 +896,11 @@ impl Session {
         if self.pending.len() >= 2 {
             self.pending.pop_front();
         }
+        self.free_slot()
+    }
+
+    /// The readback no pending step uses.
+    fn free_slot(&self) -> usize {
         if self.pending.iter().any(|p| p.0 == 0) {
             1
         } else {
@@ -1163,11 +1168,7 @@ impl Session {
                 .write_buffer(&self.step_buf.buf, off, bytemuck::bytes_of(&force));
         }
         self.headless = None;
-        let slot = if self.pending.iter().any(|p| p.0 == 0) {
-            1
-        } else {
-            0
-        };
+        let slot = self.free_slot();
         let mut enc = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
