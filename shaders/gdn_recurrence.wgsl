@@ -34,12 +34,6 @@
 // Defines: WG (threads; R = WG / 4 rows), NV4 (= Dk / 16), KQ (vec4 of k|q each thread stages per
 // step: ceil(Dk / 2 / WG)), KQS (vec4 slots of one staging buffer: >= Dk / 2, at most KQ * WG),
 // SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size), PREP, XQ (with PREP).
-//
-// PREFETCH (with XQ): p.pf_groups workgroups after the heads' read the next matmul's weights
-// (out_proj's codes, scales and biases: one word per 32-byte sector) and discard them, so that
-// matmul finds them in L2. The heads' workgroups leave most of the GPU idle and its memory
-// bandwidth unused; these never write (p.pf_never is 1), so the output keeps its bits.
-// PF_NEXT: they also read the first rows of the matmul after that one (gate|up's).
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -57,16 +51,6 @@
 @group(0) @binding(9) var<storage, read> dt_bias: array<f32>;            // [Hv]
 #if XQ
 @group(0) @binding(10) var<storage, read_write> xq: array<u32>;          // [T, 4 * q_stride] planes of the output
-#if PREFETCH
-@group(0) @binding(11) var<storage, read> pf_w: array<u32>;              // the next matmul's codes,
-@group(0) @binding(12) var<storage, read> pf_s: array<u32>;              // scales
-@group(0) @binding(13) var<storage, read> pf_b: array<u32>;              // and biases
-#if PF_NEXT
-@group(0) @binding(14) var<storage, read> pn_w: array<u32>;              // the first rows of the
-@group(0) @binding(15) var<storage, read> pn_s: array<u32>;              // matmul after it
-@group(0) @binding(16) var<storage, read> pn_b: array<u32>;
-#endif
-#endif
 #endif
 #else
 @group(0) @binding(3) var<storage, read> gates: array<f32>;              // [T, 2*Hv] = beta [Hv] | g [Hv]
@@ -145,46 +129,7 @@ fn main(
 ) {
     let wg = wg_linear(wid, nwg);
     let h = wg / p.blocks;
-#if PREFETCH
-    if (h >= p.n_v_heads) {
-        let g = wg - p.n_v_heads * p.blocks;
-        if (g < p.pf_groups) {
-            var acc = 0u;
-            let st = p.pf_groups * WG * 8u;
-            let i0 = (g * WG + lid) * 8u;
-            let nw = arrayLength(&pf_w);
-            var i = i0;
-            loop {
-                if (i + 3u * st >= nw) { break; }
-                acc ^= (pf_w[i] ^ pf_w[i + st]) ^ (pf_w[i + 2u * st] ^ pf_w[i + 3u * st]);
-                i += 4u * st;
-            }
-            for (; i < nw; i += st) { acc ^= pf_w[i]; }
-            let ns = arrayLength(&pf_s);
-            for (i = i0; i < ns; i += st) { acc ^= pf_s[i]; }
-            let nb = arrayLength(&pf_b);
-            for (i = i0; i < nb; i += st) { acc ^= pf_b[i]; }
-#if PF_NEXT
-            let mw = arrayLength(&pn_w);
-            i = i0;
-            loop {
-                if (i + 3u * st >= mw) { break; }
-                acc ^= (pn_w[i] ^ pn_w[i + st]) ^ (pn_w[i + 2u * st] ^ pn_w[i + 3u * st]);
-                i += 4u * st;
-            }
-            for (; i < mw; i += st) { acc ^= pn_w[i]; }
-            let ms = arrayLength(&pn_s);
-            for (i = i0; i < ms; i += st) { acc ^= pn_s[i]; }
-            let mb = arrayLength(&pn_b);
-            for (i = i0; i < mb; i += st) { acc ^= pn_b[i]; }
-#endif
-            if (p.pf_never == 0u && acc == 0x5bd1e995u) { y[0] = f32(acc); }
-        }
-        return;
-    }
-#else
     if (h >= p.n_v_heads) { return; }
-#endif
     let blk = wg % p.blocks;
 
 #if SUBGROUPS

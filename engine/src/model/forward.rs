@@ -258,41 +258,6 @@ pub struct NormedX<'a> {
 pub type NextNorm<'a> = Option<(&'a GpuBuffer, &'a [Matrix])>;
 
 /// The matrices that read a layer's normed input.
-/// The tensors of a one-chunk affine matrix for a kernel that reads them ahead into the cache,
-/// and up to `then_bytes` of the codes of `then`'s first rows (with their scales and biases).
-fn prefetch_of<'a>(
-    m: &'a Matrix,
-    then: Option<&'a Matrix>,
-    then_bytes: u64,
-    align: u64,
-) -> Option<crate::ops::gdn::Prefetch<'a>> {
-    let [c] = m.chunks.as_slice() else {
-        return None;
-    };
-    let then = match then.map(|t| t.chunks.as_slice()) {
-        Some([t]) if then_bytes > 0 && t.rows > 0 => {
-            let (s, b) = (t.scales.as_ref()?, t.biases.as_ref()?);
-            let rows = t.rows as u64;
-            let row = t.weight.size / rows;
-            // Whole rows, each prefix a multiple of the binding alignment.
-            let n = (then_bytes / row.max(1)).clamp(1, rows);
-            let cut = |size: u64| ((size / rows * n).div_ceil(align) * align).min(size);
-            Some([
-                t.weight.slice(0, cut(t.weight.size)),
-                s.slice(0, cut(s.size)),
-                b.slice(0, cut(b.size)),
-            ])
-        }
-        _ => None,
-    };
-    Some(crate::ops::gdn::Prefetch {
-        weight: c.weight.whole(),
-        scales: c.scales.as_ref()?.whole(),
-        biases: c.biases.as_ref()?.whole(),
-        then,
-    })
-}
-
 fn input_consumers(layer: &Layer) -> &[Matrix] {
     match &layer.mixer {
         Mixer::Attn { qkv_proj, .. } => &qkv_proj.mats,
@@ -745,12 +710,6 @@ impl Builder<'_> {
                                     gnorm,
                                     &ws.yn,
                                     planes_out.then_some(&ws.xq),
-                                    prefetch_of(
-                                        out_proj,
-                                        layer.gate_up.mats.first(),
-                                        crate::ops::gdn::prefetch_next_bytes(),
-                                        4,
-                                    ),
                                     self.step,
                                 )
                                 .await?,

@@ -176,10 +176,6 @@ crate::gpu_struct! {
         qk_eps: f32,
         /// XQ only: vec4<u32> per row of the output planes (`xquant::q_stride(Hv·Dv)`)
         q_stride: u32,
-        /// PREFETCH only: workgroups that read the next matmul's weights, and 1 (their result is
-        /// never written)
-        pf_groups: u32,
-        pf_never: u32,
     }
 }
 
@@ -239,9 +235,7 @@ pub fn recurrence_defines(lay: &RecurrenceLayout) -> Defines {
         .flag("SUBGROUPS", lay.subgroups)
         .flag("GATED", lay.gated)
         .flag("PREP", lay.prep)
-        .flag("XQ", lay.xq)
-        .flag("PREFETCH", lay.prefetch)
-        .flag("PF_NEXT", lay.pf_next);
+        .flag("XQ", lay.xq);
     if lay.gated {
         d.set("GN_WG", NORM_WG)
     } else {
@@ -280,23 +274,13 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 gated: false,
                 prep: false,
                 xq: false,
-                prefetch: false,
-                pf_next: false,
             };
             v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
             for dv in [32, 64, 128] {
-                for (prep, xq, prefetch, pf_next) in [
-                    (false, false, false, false),
-                    (true, false, false, false),
-                    (true, true, false, false),
-                    (true, true, true, false),
-                    (true, true, true, true),
-                ] {
+                for (prep, xq) in [(false, false), (true, false), (true, true)] {
                     let lay = RecurrenceLayout {
                         prep,
                         xq,
-                        prefetch,
-                        pf_next,
                         ..gated_layout(dk, dv, subgroups)
                     };
                     v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
@@ -583,11 +567,6 @@ pub struct RecurrenceLayout {
     pub prep: bool,
     /// (With `prep`) the output also goes out as `xquant.wgsl`'s integer planes.
     pub xq: bool,
-    /// (With `xq`) extra workgroups read the next matmul's weights into the L2 cache
-    /// ([`prefetch_groups`]).
-    pub prefetch: bool,
-    /// (With `prefetch`) and the first rows of the matmul after it.
-    pub pf_next: bool,
 }
 
 /// Threads per state row in the recurrence.
@@ -605,8 +584,6 @@ fn gated_layout(dk: u32, dv: u32, subgroups: bool) -> RecurrenceLayout {
         gated: true,
         prep: false,
         xq: false,
-        prefetch: false,
-        pf_next: false,
     }
 }
 
@@ -718,8 +695,6 @@ pub fn recurrence_layout(gpu: &Gpu, d: &GdnDims) -> RecurrenceLayout {
         gated: false,
         prep: false,
         xq: false,
-        prefetch: false,
-        pf_next: false,
     }
 }
 
@@ -766,7 +741,7 @@ pub async fn gdn_recurrence(
 /// What the recurrence does around the delta rule: nothing, the gated norm of its rows
 /// ([`gdn_recurrence_gated`]), or also the q/k normalization and the gates
 /// ([`gdn_recurrence_fused`]).
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 enum RecOut<'a> {
     Plain,
     Gated {
@@ -781,7 +756,6 @@ enum RecOut<'a> {
         dt_bias: &'a GpuBuffer,
         weight: &'a GpuBuffer,
         xq: Option<&'a GpuBuffer>,
-        prefetch: Option<Prefetch<'a>>,
     },
 }
 
@@ -808,7 +782,6 @@ pub async fn gdn_recurrence_fused(
     weight: &GpuBuffer,
     out: &GpuBuffer,
     xq: Option<&GpuBuffer>,
-    prefetch: Option<Prefetch<'_>>,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
     recurrence_impl(
@@ -827,82 +800,10 @@ pub async fn gdn_recurrence_fused(
             dt_bias,
             weight,
             xq,
-            prefetch,
         },
         step,
     )
     .await
-}
-
-static PREFETCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
-
-/// Workgroups [`gdn_recurrence_fused`] adds to read the next matmul's weights (out_proj's) into
-/// the L2 cache while the heads' workgroups run (0: none). `QWGPU_PREFETCH=N` (read once), or
-/// [`set_prefetch_groups`]; plans built afterwards follow it.
-pub fn prefetch_groups() -> u32 {
-    use std::sync::atomic::Ordering::Relaxed;
-    let v = PREFETCH.load(Relaxed);
-    if v != u32::MAX {
-        return v;
-    }
-    let n = match std::env::var("QWGPU_PREFETCH") {
-        Ok(v) => v
-            .split(',')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .parse::<u32>()
-            .unwrap_or_else(|_| {
-                eprintln!("qwgpu: ignoring QWGPU_PREFETCH={v:?}: expected a number of workgroups");
-                0
-            }),
-        Err(_) => 0,
-    }
-    .min(4096);
-    PREFETCH.store(n, Relaxed);
-    n
-}
-
-/// See [`prefetch_groups`].
-pub fn set_prefetch_groups(n: u32) {
-    PREFETCH.store(n.min(4096), std::sync::atomic::Ordering::Relaxed)
-}
-
-/// The next matmul's tensors a recurrence reads ahead ([`prefetch_groups`]), and bytes of
-/// the first rows of the one after it (`then`, as bindings of a prefix of each tensor).
-#[derive(Clone)]
-pub struct Prefetch<'a> {
-    pub weight: wgpu::BindingResource<'a>,
-    pub scales: wgpu::BindingResource<'a>,
-    pub biases: wgpu::BindingResource<'a>,
-    pub then: Option<[wgpu::BindingResource<'a>; 3]>,
-}
-
-static PREFETCH_NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
-
-/// Bytes of the codes of the matmul after the next that [`gdn_recurrence_fused`]'s prefetch
-/// workgroups also read (`QWGPU_PREFETCH=N,MB`, or [`set_prefetch_next_bytes`]; 0 by default).
-pub fn prefetch_next_bytes() -> u64 {
-    use std::sync::atomic::Ordering::Relaxed;
-    let v = PREFETCH_NEXT.load(Relaxed);
-    if v != u64::MAX {
-        return v;
-    }
-    let n = std::env::var("QWGPU_PREFETCH")
-        .ok()
-        .and_then(|v| {
-            v.split(',')
-                .nth(1)
-                .and_then(|m| m.trim().parse::<u64>().ok())
-        })
-        .map_or(0, |mb| mb.min(1 << 20) << 20);
-    PREFETCH_NEXT.store(n, Relaxed);
-    n
-}
-
-/// See [`prefetch_next_bytes`].
-pub fn set_prefetch_next_bytes(n: u64) {
-    PREFETCH_NEXT.store(n.min(1 << 40), std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Storage buffers [`gdn_recurrence_fused`] binds (one more with planes).
@@ -1010,8 +911,6 @@ async fn recurrence_impl(
         k_scale,
         qk_eps,
         q_stride: 0,
-        pf_groups: 0,
-        pf_never: 1,
     };
     let mut res = vec![step.binding(), conv_out.whole()];
     let lay = match mode {
@@ -1044,7 +943,6 @@ async fn recurrence_impl(
             dt_bias,
             weight,
             xq,
-            prefetch,
         } => {
             need(what, "weight", weight, d.v_head_dim as u64)?;
             need(what, "a_log", a_log, hv as u64)?;
@@ -1087,31 +985,9 @@ async fn recurrence_impl(
                 params.q_stride = crate::ops::xquant::q_stride(d.value_dim());
                 res.push(q.whole());
             }
-            let groups = prefetch_groups();
-            let pf = match prefetch {
-                Some(f)
-                    if xq.is_some()
-                        && groups > 0
-                        && gpu.limits.max_storage_buffers_per_shader_stage
-                            >= FUSED_RECURRENCE_STORAGE_BUFFERS
-                                + if f.then.is_some() { 7 } else { 4 } =>
-                {
-                    res.extend([f.weight, f.scales, f.biases]);
-                    let next = f.then.is_some();
-                    if let Some(t) = f.then {
-                        res.extend(t);
-                    }
-                    params.pf_groups = groups;
-                    params.pf_never = 1;
-                    (true, next)
-                }
-                _ => (false, false),
-            };
             RecurrenceLayout {
                 prep: true,
                 xq: xq.is_some(),
-                prefetch: pf.0,
-                pf_next: pf.1,
                 ..gated_lay()?
             }
         }
@@ -1127,7 +1003,7 @@ async fn recurrence_impl(
         what,
         &pipeline,
         &res,
-        Grid::fixed(hv * blocks + params.pf_groups),
+        Grid::fixed(hv * blocks),
     )])
 }
 
