@@ -438,6 +438,16 @@ fn run_one(
         }
         None => None,
     };
+    if g.mtp == MtpMode::On && (constraint.is_some() || req.logprobs) {
+        eprintln!(
+            "note: --mtp on: this reply decodes without speculation ({} take the plain loop)",
+            if constraint.is_some() {
+                "constrained replies"
+            } else {
+                "per-token logprobs"
+            }
+        );
+    }
     let c = constraint.as_mut().map(|c| c as &mut dyn TokenConstraint);
     let out = pollster::block_on(generate_text_constrained(
         &mut l.session,

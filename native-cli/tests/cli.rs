@@ -355,6 +355,26 @@ fn generate_with_a_json_schema_or_a_regex() {
         (1..=20).contains(&body.len()) && body.bytes().all(|b| b == b' ' || b.is_ascii_lowercase()),
         "{text:?}"
     );
+    // `--mtp on` with a constraint: the plain loop's reply (the default model has an MTP head),
+    // and a note saying speculation is off for it.
+    let args = [
+        "generate",
+        "Is Rust fast?",
+        "--no-think",
+        "--regex",
+        "(yes|no), [a-z ]{1,20}\\.",
+        "--json",
+        "--mtp",
+        "on",
+    ];
+    let o = qwgpu(&args, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("without speculation"), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let on: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(on["text"], j["text"], "--mtp on against the default");
+    assert!(on.get("mtp").is_none_or(|m| m["drafted"] == 0), "{on}");
     expect_error(
         &["generate", "hi", "--json-object", "--regex", "a"],
         None,
