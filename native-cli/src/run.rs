@@ -439,14 +439,18 @@ fn run_one(
         None => None,
     };
     if g.mtp == MtpMode::On && (constraint.is_some() || req.logprobs) {
-        eprintln!(
-            "note: --mtp on: this reply decodes without speculation ({} take the plain loop)",
-            if constraint.is_some() {
-                "constrained replies"
-            } else {
-                "per-token logprobs"
-            }
-        );
+        // Once per run (a chat's turns share the options).
+        static NOTED: std::sync::Once = std::sync::Once::new();
+        NOTED.call_once(|| {
+            eprintln!(
+                "note: --mtp on: replies decode without speculation ({} take the plain loop)",
+                if constraint.is_some() {
+                    "constrained replies"
+                } else {
+                    "per-token logprobs"
+                }
+            )
+        });
     }
     let c = constraint.as_mut().map(|c| c as &mut dyn TokenConstraint);
     let out = pollster::block_on(generate_text_constrained(
