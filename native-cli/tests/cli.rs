@@ -336,14 +336,15 @@ fn generate_with_a_json_schema_or_a_regex() {
             "{text}"
         );
     }
-    let j = ok_json(&[
+    let regex_args = [
         "generate",
         "Is Rust fast?",
         "--no-think",
         "--regex",
         "(yes|no), [a-z ]{1,20}\\.",
         "--json",
-    ]);
+    ];
+    let j = ok_json(&regex_args);
     let text = j["text"].as_str().unwrap();
     let (head, tail) = text.split_once(", ").unwrap_or_else(|| panic!("{text:?}"));
     assert!(
@@ -357,17 +358,7 @@ fn generate_with_a_json_schema_or_a_regex() {
     );
     // `--mtp on` with a constraint: the plain loop's reply (the default model has an MTP head),
     // and a note saying speculation is off for it.
-    let args = [
-        "generate",
-        "Is Rust fast?",
-        "--no-think",
-        "--regex",
-        "(yes|no), [a-z ]{1,20}\\.",
-        "--json",
-        "--mtp",
-        "on",
-    ];
-    let o = qwgpu(&args, None);
+    let o = qwgpu(&[&regex_args[..], &["--mtp", "on"]].concat(), None);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("without speculation"), "{err}");
