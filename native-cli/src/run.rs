@@ -209,6 +209,25 @@ fn use_mtp(l: &Loaded, mode: MtpMode) -> Result<bool, String> {
     }
 }
 
+/// With `--mtp on`, says once per run (a chat's turns share the options) that replies under a
+/// constraint or with per-token logprobs decode without speculation: they take the plain loop.
+fn note_plain_loop(g: &GenArgs, constrained: bool) {
+    if g.mtp != MtpMode::On || !(constrained || g.logprobs.is_some()) {
+        return;
+    }
+    static NOTED: std::sync::Once = std::sync::Once::new();
+    NOTED.call_once(|| {
+        eprintln!(
+            "note: --mtp on: replies decode without speculation ({} take the plain loop)",
+            if constrained {
+                "constrained replies"
+            } else {
+                "per-token logprobs"
+            }
+        )
+    });
+}
+
 /// Prints deltas: content to stdout; reasoning dimmed on a terminal, or to stderr when stdout is
 /// piped (so the content stays clean), or not at all.
 struct Printer {
@@ -438,20 +457,7 @@ fn run_one(
         }
         None => None,
     };
-    if g.mtp == MtpMode::On && (constraint.is_some() || req.logprobs) {
-        // Once per run (a chat's turns share the options).
-        static NOTED: std::sync::Once = std::sync::Once::new();
-        NOTED.call_once(|| {
-            eprintln!(
-                "note: --mtp on: replies decode without speculation ({} take the plain loop)",
-                if constraint.is_some() {
-                    "constrained replies"
-                } else {
-                    "per-token logprobs"
-                }
-            )
-        });
-    }
+    note_plain_loop(g, constraint.is_some());
     let c = constraint.as_mut().map(|c| c as &mut dyn TokenConstraint);
     let out = pollster::block_on(generate_text_constrained(
         &mut l.session,
@@ -690,6 +696,7 @@ fn run_ids_only(
     };
     l.session.reset();
     let t0 = Instant::now();
+    note_plain_loop(g, false);
     let spec = mtp && l.session.mtp_available() && g.logprobs.is_none();
     let (in_context, cached) = match cache {
         Some(c) => (c.prefill(l, &prompt, spec)?, c.reused),
