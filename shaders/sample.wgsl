@@ -419,7 +419,13 @@ fn commit(t: u32) {
 // drafted token).
 fn process(r: u32, j: u32) -> f32 {
     var x = logits[r * cfg.vocab + j];
-    if (req.bias_on != 0u) { x += bitcast<f32>(state[cfg.st_bias + j]); }
+    if (req.bias_on != 0u) {
+        // The request's bias, or for masked rows the bias with the mask on top: row 0 and the
+        // rows after it may have different masks (an MTP verify's bonus row); drafts never do.
+        var off = cfg.st_bias;
+        if (cfg.unmasked == 0u) { off = select(req.bias_r0, req.bias_r1, r > 0u); }
+        x += bitcast<f32>(state[off + j]);
+    }
     if (req.rep_on != 0u || req.pen_on != 0u) {
         var rc = state[cfg.st_rep + j];
         var gc = state[cfg.st_gen + j];

@@ -72,9 +72,24 @@ impl<'a> Call<'a> {
 }
 
 fn run_call(gpu: &Gpu, s: &Sampler, c: &Call) -> Out {
+    run_call_masked(gpu, s, c, None, false)
+}
+
+/// [`run_call`] with token masks per row (`Sampler::set_params_masked_rows`) and the call's
+/// `SampleIo::unmasked`.
+fn run_call_masked(
+    gpu: &Gpu,
+    s: &Sampler,
+    c: &Call,
+    masks: Option<[Option<&[u32]>; 2]>,
+    unmasked: bool,
+) -> Out {
     let v = s.vocab as usize;
     assert_eq!(c.logits.len(), c.rows as usize * v);
-    s.set_params(gpu, c.params).unwrap();
+    match masks {
+        Some(m) => s.set_params_masked_rows(gpu, c.params, m).unwrap(),
+        None => s.set_params(gpu, c.params).unwrap(),
+    }
     if let Some(h) = c.reset {
         s.reset_history(gpu, h).unwrap();
     }
@@ -102,6 +117,7 @@ fn run_call(gpu: &Gpu, s: &Sampler, c: &Call) -> Out {
         probs: c.probs.then_some(&pb),
         results: None,
         commit: c.commit,
+        unmasked,
     };
     let d = pollster::block_on(s.dispatches_with(
         gpu,
@@ -546,6 +562,125 @@ fn penalties_bias_and_history_match_cpu() {
     let want = process_logits(&logits, &p, &[0, 1, 2, 1], 4);
     assert_bits_eq("processed logits", &o.x[..vu], &want);
     check_row("negative row", &o, 0, &filter_row(want, &p), &p);
+}
+
+/// Token masks per out row (an MTP verify under a constraint: row 0 limited by the mask at the
+/// draft's position, row 1 by the mask after the draft): each row's processed logits, filters,
+/// probabilities and draw equal the CPU reference with MASKED_LOGIT added to the logit bias of
+/// the ids its own mask leaves out, on top of the request's logit bias, penalties and the draft
+/// in row 1's history; a row without a mask and a call marked unmasked (the draft) see only the
+/// request's bias; and the request's bias is rewritten when it changes.
+#[test]
+fn per_row_token_masks_match_cpu() {
+    use qwgpu_engine::ops::sample::MASKED_LOGIT;
+    let gpu = gpu();
+    let v = 300u32;
+    let vu = v as usize;
+    let s = sampler(
+        &gpu,
+        v,
+        2,
+        SamplerOptions {
+            block: Some(64),
+            ..Default::default()
+        },
+    );
+    let mut rng = Rng(21);
+    let prompt: Vec<u32> = (0..30).map(|_| rng.below(v)).collect();
+    let words = vu.div_ceil(32);
+    let mut mask = |keep_one_in: u32| {
+        let mut m = vec![0u32; words];
+        for i in 0..vu {
+            if rng.below(keep_one_in) == 0 {
+                m[i / 32] |= 1 << (i % 32);
+            }
+        }
+        m
+    };
+    let (m0, m1) = (mask(2), mask(5));
+    let with_mask = |p: &SamplingParams, m: Option<&[u32]>| {
+        let mut q = p.clone();
+        if let Some(m) = m {
+            for i in 0..vu {
+                if m[i / 32] >> (i % 32) & 1 == 0 {
+                    q.logit_bias.push((i as u32, MASKED_LOGIT));
+                }
+            }
+        }
+        q
+    };
+    for (case, bias) in [vec![(7u32, 2.0f32), (11, -3.0)], vec![(5, 1.5)], vec![]]
+        .into_iter()
+        .enumerate()
+    {
+        for greedy in [false, true] {
+            let p = SamplingParams {
+                temperature: if greedy { 0.0 } else { 0.8 },
+                top_p: 0.9,
+                repetition_penalty: 1.2,
+                presence_penalty: 0.3,
+                logit_bias: bias.clone(),
+                seed: 17 + case as u64,
+                top_logprobs: 2,
+                ..Default::default()
+            };
+            for (mi, masks) in [
+                [Some(&m0[..]), Some(&m1[..])],
+                [None, Some(&m1[..])],
+                [Some(&m0[..]), None],
+                [None, None],
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                for unmasked in [false, true] {
+                    let what = format!(
+                        "bias case {case} greedy {greedy} masks {mi} unmasked call {unmasked}"
+                    );
+                    s.set_params(&gpu, &p).unwrap();
+                    s.reset_history(&gpu, &prompt).unwrap();
+                    let d = prompt[4];
+                    let logits: Vec<f32> = (0..2 * vu).map(|_| rng.normal() * 2.0).collect();
+                    let step_ids = [prompt[prompt.len() - 1], d];
+                    let o = run_call_masked(
+                        &gpu,
+                        &s,
+                        &Call {
+                            logits: &logits,
+                            rows: 2,
+                            params: &p,
+                            reset: None,
+                            probs: true,
+                            ctx: Some(&step_ids),
+                            commit: false,
+                        },
+                        Some(masks),
+                        unmasked,
+                    );
+                    let eff = |r: usize| {
+                        if unmasked {
+                            p.clone()
+                        } else {
+                            with_mask(&p, masks[r])
+                        }
+                    };
+                    let (p0, p1) = (eff(0), eff(1));
+                    let rf0 = reference_row(&logits[..vu], &p0, &prompt, prompt.len());
+                    let mut ctx1 = prompt.clone();
+                    ctx1.push(d);
+                    let rf1 = reference_row(&logits[vu..], &p1, &ctx1, prompt.len());
+                    check_row(&format!("{what}: row 0"), &o, 0, &rf0, &p0);
+                    check_row(&format!("{what}: row 1"), &o, 1, &rf1, &p1);
+                    for (r, m) in masks.iter().enumerate() {
+                        if let (Some(m), false) = (m, unmasked) {
+                            let t = o.ids[r] as usize;
+                            assert!(m[t / 32] >> (t % 32) & 1 == 1, "{what}: row {r} chose {t}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Upper critical value of chi-square with `df` degrees of freedom (Wilson–Hilferty), `z` the

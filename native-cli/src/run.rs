@@ -209,22 +209,15 @@ fn use_mtp(l: &Loaded, mode: MtpMode) -> Result<bool, String> {
     }
 }
 
-/// With `--mtp on`, says once per run (a chat's turns share the options) that replies under a
-/// constraint or with per-token logprobs decode without speculation: they take the plain loop.
-fn note_plain_loop(g: &GenArgs, constrained: bool) {
-    if g.mtp != MtpMode::On || !(constrained || g.logprobs.is_some()) {
+/// With `--mtp on`, says once per run (a chat's turns share the options) that replies with
+/// per-token logprobs decode without speculation: they take the plain loop.
+fn note_plain_loop(g: &GenArgs) {
+    if g.mtp != MtpMode::On || g.logprobs.is_none() {
         return;
     }
     static NOTED: std::sync::Once = std::sync::Once::new();
     NOTED.call_once(|| {
-        eprintln!(
-            "note: --mtp on: replies decode without speculation ({} take the plain loop)",
-            if constrained {
-                "constrained replies"
-            } else {
-                "per-token logprobs"
-            }
-        )
+        eprintln!("note: --mtp on: replies decode without speculation (per-token logprobs take the plain loop)")
     });
 }
 
@@ -457,7 +450,7 @@ fn run_one(
         }
         None => None,
     };
-    note_plain_loop(g, constraint.is_some());
+    note_plain_loop(g);
     let c = constraint.as_mut().map(|c| c as &mut dyn TokenConstraint);
     let out = pollster::block_on(generate_text_constrained(
         &mut l.session,
@@ -696,7 +689,7 @@ fn run_ids_only(
     };
     l.session.reset();
     let t0 = Instant::now();
-    note_plain_loop(g, false);
+    note_plain_loop(g);
     let spec = mtp && l.session.mtp_available() && g.logprobs.is_none();
     let (in_context, cached) = match cache {
         Some(c) => (c.prefill(l, &prompt, spec)?, c.reused),

@@ -356,16 +356,19 @@ fn generate_with_a_json_schema_or_a_regex() {
         (1..=20).contains(&body.len()) && body.bytes().all(|b| b == b' ' || b.is_ascii_lowercase()),
         "{text:?}"
     );
-    // `--mtp on` with a constraint: the plain loop's reply (the default model has an MTP head),
-    // and a note saying speculation is off for it.
+    // `--mtp on` with a constraint speculates (the default model has an MTP head): the reply of
+    // `--mtp off`, drafts counted, no note.
+    let off = ok_json(&[&regex_args[..], &["--mtp", "off"]].concat());
+    assert_eq!(off["text"], j["text"], "--mtp off against the default");
+    assert!(off.get("mtp").is_none_or(|m| m["drafted"] == 0), "{off}");
     let o = qwgpu(&[&regex_args[..], &["--mtp", "on"]].concat(), None);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("without speculation"), "{err}");
+    assert!(!err.contains("without speculation"), "{err}");
     let out = String::from_utf8_lossy(&o.stdout);
     let on: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("")).unwrap();
-    assert_eq!(on["text"], j["text"], "--mtp on against the default");
-    assert!(on.get("mtp").is_none_or(|m| m["drafted"] == 0), "{on}");
+    assert_eq!(on["text"], off["text"], "--mtp on against --mtp off");
+    assert!(on["mtp"]["drafted"].as_u64().is_some_and(|d| d > 0), "{on}");
     expect_error(
         &["generate", "hi", "--json-object", "--regex", "a"],
         None,

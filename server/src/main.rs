@@ -575,10 +575,6 @@ impl App {
             }
             let constraint = constraints.next();
             let (mut job, rx) = self.job(prompt.clone(), &g, stream.clone(), what, received)?;
-            if constraint.is_some() {
-                // Tokens are checked one by one: no speculation.
-                job.mtp = false;
-            }
             job.constraint = constraint;
             adjust(&mut job);
             deadline = job.deadline;

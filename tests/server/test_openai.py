@@ -211,6 +211,13 @@ def test_structured_output(default_server):
     # Streamed: the same text.
     chunks = list(c.chat.completions.create(stream=True, extra_body=NO_THINK, **kw))
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == replies[False]
+    # Speculative decoding under the format (MTP on or off per request): the same greedy reply,
+    # and drafts were made.
+    on = c.chat.completions.create(extra_body={**NO_THINK, "mtp": True}, **kw)
+    off = c.chat.completions.create(extra_body={**NO_THINK, "mtp": False}, **kw)
+    assert on.choices[0].message.content == off.choices[0].message.content == replies[False]
+    assert extra(on, "timings")["mtp"]["drafted"] > 0
+    assert extra(off, "timings")["mtp"] is None
     # Sampled, several choices: each one valid.
     r = c.chat.completions.create(n=3, seed=5, temperature=1.2, extra_body=NO_THINK, **kw)
     for ch in r.choices:

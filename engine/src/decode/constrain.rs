@@ -15,6 +15,7 @@
 //! the bits of one step each, the sampler's history and draw counter advancing as the skipped
 //! heads' would: the same tokens as step by step (greedy or sampled), in fewer forwards.
 
+use crate::decode::mtp::{break_even, MtpOptions, MtpStats};
 use crate::decode::{emit, start, Event, Finish, GenOptions};
 use crate::model::{RunError, Session};
 
@@ -36,6 +37,18 @@ pub trait TokenConstraint {
     fn allowed(&mut self, mask: &mut [u32]) -> Result<Allowed, String>;
     /// The token chosen (one the last call allowed).
     fn commit(&mut self, id: u32) -> Result<(), String>;
+    /// Whether [`TokenConstraint::peek`] answers: then constrained decoding can speculate with
+    /// the model's MTP head (the bonus token after a draft needs the mask after the draft).
+    fn lookahead(&self) -> bool {
+        false
+    }
+    /// What [`TokenConstraint::allowed`] would answer (and write to `mask`) once `id`, a token
+    /// the last call allowed, were committed, leaving the constraint as it is. `Ok(None)`: this
+    /// constraint cannot look ahead.
+    fn peek(&mut self, id: u32, mask: &mut [u32]) -> Result<Option<Allowed>, String> {
+        let _ = (id, mask);
+        Ok(None)
+    }
 }
 
 fn constraint_error(e: String) -> RunError {
@@ -57,7 +70,27 @@ enum Next {
 
 fn next_allowed(c: &mut dyn TokenConstraint, mask: &mut [u32]) -> Result<Next, RunError> {
     mask.fill(0);
-    Ok(match c.allowed(mask).map_err(constraint_error)? {
+    let a = c.allowed(mask).map_err(constraint_error)?;
+    classify(a, mask)
+}
+
+/// What the constraint allows after `id` (see [`TokenConstraint::peek`]), its mask in `mask`.
+fn next_allowed_after(
+    c: &mut dyn TokenConstraint,
+    id: u32,
+    mask: &mut [u32],
+) -> Result<Next, RunError> {
+    mask.fill(0);
+    match c.peek(id, mask).map_err(constraint_error)? {
+        Some(a) => classify(a, mask),
+        None => Err(constraint_error(
+            "this constraint cannot look ahead (speculation needs it)".into(),
+        )),
+    }
+}
+
+fn classify(a: Allowed, mask: &[u32]) -> Result<Next, RunError> {
+    Ok(match a {
         Allowed::End => Next::End,
         Allowed::Any => Next::Free,
         Allowed::Mask => {
@@ -162,9 +195,28 @@ async fn constrained(
     }
     apply(session, first, &mask, masked)?;
     session.feed(rest).await?;
+    let f = constrained_steps(
+        session, opts, c, on_event, masked, &mut mask, &mut out, false,
+    )
+    .await?;
+    Ok((out, f))
+}
+
+/// The constrained loop from a session with one step pending (its head chose under the mask
+/// set now), until EOS, `max_tokens`, the constraint's end or `on_event` stops it.
+#[allow(clippy::too_many_arguments)]
+async fn constrained_steps(
+    session: &mut Session,
+    opts: &GenOptions,
+    c: &mut dyn TokenConstraint,
+    on_event: &mut dyn FnMut(Event) -> bool,
+    masked: &mut bool,
+    mask: &mut [u32],
+    out: &mut Vec<u32>,
+    mut prompt_done: bool,
+) -> Result<Finish, RunError> {
     // Forced tokens skip their heads unless their logprobs are read (below).
     let skip_heads = !session.reads_logprobs();
-    let mut prompt_done = false;
     loop {
         // The next step's body goes ahead while its token may still be emitted and it fits (a
         // full context errors only when the token is needed, below).
@@ -182,13 +234,13 @@ async fn constrained(
         if !eos {
             c.commit(tok).map_err(constraint_error)?;
         }
-        if let Some(f) = emit(tok, lp, &mut out, opts, on_event) {
+        if let Some(f) = emit(tok, lp, out, opts, on_event) {
             session.discard_pending();
-            return Ok((out, f));
+            return Ok(f);
         }
-        let mut next = next_allowed(c, &mut mask)?;
+        let mut next = next_allowed(c, mask)?;
         if next == Next::End {
-            return Ok((out, Finish::Stop));
+            return Ok(Finish::Stop);
         }
         if let (true, true, Next::Forced(_)) = (skip_heads, ahead, next) {
             // A run of forced tokens (a schema's keys and punctuation): known without the GPU,
@@ -201,27 +253,198 @@ async fn constrained(
                 if opts.ignore_eos || !opts.eos.contains(&f) {
                     c.commit(f).map_err(constraint_error)?;
                 }
-                if let Some(fin) = emit(f, None, &mut out, opts, on_event) {
-                    return Ok((out, fin));
+                if let Some(fin) = emit(f, None, out, opts, on_event) {
+                    return Ok(fin);
                 }
                 run.push(f);
-                next = next_allowed(c, &mut mask)?;
+                next = next_allowed(c, mask)?;
             }
             if next == Next::End {
-                return Ok((out, Finish::Stop));
+                return Ok(Finish::Stop);
             }
-            apply(session, next, &mask, masked)?;
+            apply(session, next, mask, masked)?;
             let pairs = run.len().div_ceil(2);
             for (i, ids) in run.chunks(2).enumerate() {
                 session.feed_forced(ids, i + 1 == pairs)?;
             }
             continue;
         }
-        apply(session, next, &mask, masked)?;
+        apply(session, next, mask, masked)?;
         if ahead {
             session.decode_head()?;
         } else {
             session.decode_ahead()?;
         }
+    }
+}
+
+/// The mask of `next` for [`Session::set_token_masks`] (`None` when any token may come).
+fn row_mask(next: Next, mask: &[u32]) -> Option<&[u32]> {
+    match next {
+        Next::Masked | Next::Forced(_) => Some(mask),
+        Next::Free | Next::End => None,
+    }
+}
+
+fn allows(next: Next, mask: &[u32], id: u32) -> bool {
+    match next {
+        Next::Free => true,
+        Next::End => false,
+        Next::Masked | Next::Forced(_) => mask
+            .get(id as usize / 32)
+            .is_some_and(|w| w >> (id % 32) & 1 == 1),
+    }
+}
+
+/// [`generate_constrained_in_context`] with MTP speculation (spec §7) where the session has a
+/// usable MTP head and the constraint can look ahead ([`TokenConstraint::lookahead`]); else the
+/// plain constrained loop (no stats). The tokens are those of the plain constrained loop: greedy
+/// token for token, sampled in law.
+///
+/// Each verify's two target rows get their own masks ([`Session::set_token_masks`]): row 0 the
+/// constraint's mask at the draft's position, row 1 (the bonus) the mask after the draft, which
+/// the host computes by peeking the constraint with the draft id read back with the previous
+/// iteration. The draft itself is unmasked: one the row-0 mask forbids has target probability 0
+/// and is rejected (row 1 is then left free, its token unused). Where the constraint ends right
+/// after an accepted draft, the bonus is not emitted, as the plain loop would stop there. The
+/// verify waits for the host's masks, so iterations are not queued ahead as in unconstrained
+/// greedy speculation. `policy` may stop speculating (as [`crate::decode::mtp`]'s loop does);
+/// the request then continues in the plain constrained loop.
+pub async fn generate_constrained_mtp_in_context(
+    session: &mut Session,
+    prompt: &[u32],
+    in_context: usize,
+    opts: &GenOptions,
+    policy: &MtpOptions,
+    constraint: &mut dyn TokenConstraint,
+    on_event: &mut dyn FnMut(Event) -> bool,
+) -> Result<(Vec<u32>, Finish, Option<MtpStats>), RunError> {
+    if !session.mtp_available() || !constraint.lookahead() {
+        let (t, f) = generate_constrained_in_context(
+            session, prompt, in_context, opts, constraint, on_event,
+        )
+        .await?;
+        return Ok((t, f, None));
+    }
+    let mut masked = true;
+    let r = constrained_mtp(
+        session,
+        prompt,
+        in_context,
+        opts,
+        policy,
+        constraint,
+        on_event,
+        &mut masked,
+    )
+    .await;
+    // Lifts the masks and puts the session back on the path its sampling settings choose.
+    session.set_token_mask(None)?;
+    r.map(|(t, f, s)| (t, f, Some(s)))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn constrained_mtp(
+    session: &mut Session,
+    prompt: &[u32],
+    in_context: usize,
+    opts: &GenOptions,
+    policy: &MtpOptions,
+    c: &mut dyn TokenConstraint,
+    on_event: &mut dyn FnMut(Event) -> bool,
+    masked: &mut bool,
+) -> Result<(Vec<u32>, Finish, MtpStats), RunError> {
+    let mut out = Vec::new();
+    let mut stats = MtpStats::default();
+    if in_context >= prompt.len() {
+        return Err(RunError::Empty);
+    }
+    let min_acceptance = break_even(session, policy, in_context).await?;
+    let rest = start(session, prompt, in_context)?;
+    let Some((&last, head)) = rest.split_last() else {
+        return Err(RunError::Empty);
+    };
+    let words = session.model.config.vocab_size.div_ceil(32);
+    let (mut m0, mut m1) = (vec![0u32; words], vec![0u32; words]);
+    let first = if opts.max_tokens > 0 {
+        next_allowed(c, &mut m0)?
+    } else {
+        Next::End
+    };
+    if first == Next::End {
+        session.prefill(rest).await?;
+        on_event(Event::PromptDone);
+        let f = if opts.max_tokens == 0 {
+            Finish::Length
+        } else {
+            Finish::Stop
+        };
+        return Ok((out, f, stats));
+    }
+    let is_eos = |t: u32| !opts.ignore_eos && opts.eos.contains(&t);
+    // Every choice of the request goes through the sampler (see `Session::set_token_masks`).
+    session.set_token_masks(row_mask(first, &m0), None)?;
+    session.prefill_with(head, Some(last)).await?;
+    let (main, mut draft) = session.mtp_first(last).await?;
+    on_event(Event::PromptDone);
+    if !is_eos(main) {
+        c.commit(main).map_err(constraint_error)?;
+    }
+    if let Some(f) = emit(main, None, &mut out, opts, on_event) {
+        return Ok((out, f, stats));
+    }
+    loop {
+        let n0 = next_allowed(c, &mut m0)?;
+        if n0 == Next::End {
+            return Ok((out, Finish::Stop, stats));
+        }
+        if policy.stops(stats.drafted, stats.accepted, min_acceptance) {
+            // Not paying off: the rest in the plain constrained loop, from the last emitted
+            // token (the next input, on the GPU).
+            // (`apply` with `masked` set also lifts the verify's masks when the next token is
+            // free, which takes the session off the sampler where its settings allow.)
+            *masked = true;
+            apply(session, n0, &m0, masked)?;
+            session.decode_ahead()?;
+            let f = constrained_steps(session, opts, c, on_event, masked, &mut m0, &mut out, true)
+                .await?;
+            return Ok((out, f, stats));
+        }
+        // Row 1 follows the draft when the draft can be accepted; a draft that ends the
+        // output (EOS) or that row 0 forbids leaves it free (its token is never used).
+        let mut n1 = Next::Free;
+        if !is_eos(draft) && allows(n0, &m0, draft) {
+            n1 = next_allowed_after(c, draft, &mut m1)?;
+        }
+        session.set_token_masks(row_mask(n0, &m0), row_mask(n1, &m1))?;
+        session.mtp_submit_verify()?;
+        let step = session.mtp_read_verify().await?;
+        stats.drafted += 1;
+        stats.accepted += step.accepted as u64;
+        if !on_event(Event::Mtp {
+            drafted: stats.drafted,
+            accepted: stats.accepted,
+        }) {
+            return Ok((out, Finish::Length, stats));
+        }
+        if !is_eos(step.verified) {
+            c.commit(step.verified).map_err(constraint_error)?;
+        }
+        if let Some(f) = emit(step.verified, None, &mut out, opts, on_event) {
+            return Ok((out, f, stats));
+        }
+        if step.accepted {
+            if n1 == Next::End {
+                // The draft completed the output: the plain loop stops here too.
+                return Ok((out, Finish::Stop, stats));
+            }
+            if !is_eos(step.bonus) {
+                c.commit(step.bonus).map_err(constraint_error)?;
+            }
+            if let Some(f) = emit(step.bonus, None, &mut out, opts, on_event) {
+                return Ok((out, f, stats));
+            }
+        }
+        draft = step.draft;
     }
 }

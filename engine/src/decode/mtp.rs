@@ -137,24 +137,7 @@ pub async fn generate_mtp_in_context(
     let Some((&last, head)) = rest.split_last() else {
         return Err(RunError::Empty);
     };
-    // The adaptive policy's break-even: measured on this device once per session (on an empty
-    // context, before the request; the context is left empty). Sampled requests take the
-    // unmeasured model instead: a measurement moves with timing, and where speculation stops
-    // changes which tokens a seed draws (sampled speculation keeps plain sampling's law, not its
-    // draws), so a seed must give the same tokens on every run. Greedy tokens never depend on it.
-    let mut min_acceptance = policy.min_acceptance;
-    if policy.adaptive && policy.measured {
-        if session.is_sampling() {
-            min_acceptance = session.mtp_break_even();
-        } else {
-            if session.mtp_costs().is_none() && in_context == 0 && session.pos() == 0 {
-                session.calibrate_mtp(8).await?;
-            }
-            if session.mtp_costs().is_some() {
-                min_acceptance = session.mtp_break_even_measured();
-            }
-        }
-    }
+    let min_acceptance = break_even(session, policy, in_context).await?;
     session.start_request(prompt)?;
     if opts.max_tokens == 0 {
         session.prefill(rest).await?;
@@ -213,9 +196,37 @@ pub async fn generate_mtp_in_context(
     }
 }
 
+/// The acceptance below which `policy` stops speculating for a request whose state holds
+/// `in_context` ids.
+pub(crate) async fn break_even(
+    session: &mut Session,
+    policy: &MtpOptions,
+    in_context: usize,
+) -> Result<f64, RunError> {
+    // The adaptive policy's break-even: measured on this device once per session (on an empty
+    // context, before the request; the context is left empty). Sampled requests take the
+    // unmeasured model instead: a measurement moves with timing, and where speculation stops
+    // changes which tokens a seed draws (sampled speculation keeps plain sampling's law, not its
+    // draws), so a seed must give the same tokens on every run. Greedy tokens never depend on it.
+    let mut min_acceptance = policy.min_acceptance;
+    if policy.adaptive && policy.measured {
+        if session.is_sampling() {
+            min_acceptance = session.mtp_break_even();
+        } else {
+            if session.mtp_costs().is_none() && in_context == 0 && session.pos() == 0 {
+                session.calibrate_mtp(8).await?;
+            }
+            if session.mtp_costs().is_some() {
+                min_acceptance = session.mtp_break_even_measured();
+            }
+        }
+    }
+    Ok(min_acceptance)
+}
+
 /// Counts one verify iteration and emits its tokens (the verified one, then the bonus when the
 /// draft was accepted); Some(finish) when generation must stop.
-fn take_step(
+pub(crate) fn take_step(
     step: MtpStep,
     stats: &mut MtpStats,
     out: &mut Vec<u32>,

@@ -3,7 +3,9 @@
 //! [`StreamParser`](crate::text::stream::StreamParser) (UTF-8-safe detokenizing, stop strings,
 //! the reasoning split and tool-call parsing).
 
-use crate::decode::constrain::{generate_constrained_in_context, TokenConstraint};
+use crate::decode::constrain::{
+    generate_constrained_in_context, generate_constrained_mtp_in_context, TokenConstraint,
+};
 use crate::decode::mtp::{generate_mtp_in_context, MtpOptions, MtpStats};
 use crate::decode::sampler::SamplingParams;
 use crate::decode::{generate_in_context, Event, Finish, GenOptions};
@@ -69,7 +71,8 @@ pub async fn generate_text(
 }
 
 /// [`generate_text`] with every generated token allowed by `constraint` when given (see
-/// [`crate::decode::constrain`]; speculation is off then).
+/// [`crate::decode::constrain`]; speculative where the request asks for MTP and the constraint
+/// can look ahead, [`generate_constrained_mtp_in_context`]).
 pub async fn generate_text_constrained(
     session: &mut Session,
     tokenizer: &Tokenizer,
@@ -117,23 +120,41 @@ pub async fn generate_text_constrained(
     };
     // Speculative decoding covers greedy and sampled requests; per-token logprobs come from the
     // plain loop.
-    let (tokens, finish, mtp) = if let Some(c) = constraint {
-        let (t, f) = generate_constrained_in_context(
-            session,
-            &req.prompt,
-            req.in_context,
-            &opts,
-            c,
-            &mut on_tok,
-        )
-        .await?;
-        (t, f, None)
-    } else if req.mtp && session.mtp_available() && !req.logprobs {
-        let policy = if req.mtp_adaptive {
+    let speculate = req.mtp && session.mtp_available() && !req.logprobs;
+    let policy = |session: &Session| {
+        if req.mtp_adaptive {
             MtpOptions::adaptive(session)
         } else {
             MtpOptions::always()
-        };
+        }
+    };
+    let (tokens, finish, mtp) = if let Some(c) = constraint {
+        if speculate && c.lookahead() {
+            let policy = policy(session);
+            generate_constrained_mtp_in_context(
+                session,
+                &req.prompt,
+                req.in_context,
+                &opts,
+                &policy,
+                c,
+                &mut on_tok,
+            )
+            .await?
+        } else {
+            let (t, f) = generate_constrained_in_context(
+                session,
+                &req.prompt,
+                req.in_context,
+                &opts,
+                c,
+                &mut on_tok,
+            )
+            .await?;
+            (t, f, None)
+        }
+    } else if speculate {
+        let policy = policy(session);
         let (t, f, s) = generate_mtp_in_context(
             session,
             &req.prompt,

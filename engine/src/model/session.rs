@@ -359,6 +359,7 @@ impl Session {
                     let draft_io = SampleIo {
                         probs: Some(&draft_probs),
                         commit: false,
+                        unmasked: true,
                         ..Default::default()
                     };
                     head_sampled.extend_vec(
@@ -575,6 +576,27 @@ impl Session {
             .set_params_masked(&self.model.gpu, &p, allowed)
             .map_err(|e| RunError::Sampling(e.to_string()))?;
         self.sampling = allowed.is_some() || !plain_greedy(&p, self.logprobs);
+        Ok(())
+    }
+
+    /// Token masks per row for the MTP verifies submitted from now on (constrained speculative
+    /// decoding, [`crate::decode::constrain`]): `row0` limits the token at the draft's position,
+    /// `row1` the bonus token after an accepted draft (the constraint advanced by the draft);
+    /// `None` leaves that row free. The draft itself is never masked: one the target's mask
+    /// forbids has probability 0 there and is rejected. Unlike [`Session::set_token_mask`] the
+    /// choices go through the sampler even with no mask (greedy as its argmax), so every
+    /// iteration of a constrained request takes the same path and the draft's distribution is
+    /// always there for the accept test; [`Session::set_token_mask`] (`None`) ends it.
+    pub fn set_token_masks(
+        &mut self,
+        row0: Option<&[u32]>,
+        row1: Option<&[u32]>,
+    ) -> Result<(), RunError> {
+        let p = self.sampler.params();
+        self.sampler
+            .set_params_masked_rows(&self.model.gpu, &p, [row0, row1])
+            .map_err(|e| RunError::Sampling(e.to_string()))?;
+        self.sampling = true;
         Ok(())
     }
 

@@ -89,6 +89,10 @@ crate::gpu_struct! {
         presence: f32,
         frequency: f32,
         bias_on: u32,
+        /// Word offsets in `state` of the bias that out row 0 / rows ≥ 1 add (the request's own,
+        /// or one with a token mask on top; see [`Sampler::set_params_masked_rows`]).
+        bias_r0: u32,
+        bias_r1: u32,
         seed_lo: u32,
         seed_hi: u32,
         top_n: u32,
@@ -112,6 +116,8 @@ crate::gpu_struct! {
         st_rep: u32,
         st_gen: u32,
         st_bias: u32,
+        /// Rows always take the request's own bias at `st_bias`, never a token mask (drafts).
+        unmasked: u32,
         /// Rows of work / scratch / results / probs buffers (Z of row r sits at max_rows·V + r).
         max_rows: u32,
         /// Rows a call may process: min(max_rows, rows the logits buffer holds).
@@ -207,6 +213,10 @@ pub struct SampleIo<'a> {
     pub results: Option<&'a GpuBuffer>,
     /// Append row 0's token to the history (plain decoding; not for drafts and verifies).
     pub commit: bool,
+    /// Ignore token masks: the rows take the request's own bias (logit_bias) only. For the MTP
+    /// draft, whose position is past the ones the masks are for (a draft the target's mask
+    /// forbids is rejected by the accept test).
+    pub unmasked: bool,
 }
 
 /// One speculative accept test per row: target p (probs row `target_row + r`), draft q (probs
@@ -399,6 +409,23 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
 /// in f32 and greedy never picks it while any allowed token is finite.
 pub const MASKED_LOGIT: f32 = -1.0e30;
 
+/// Which out rows a token mask limits (see [`Sampler::set_params_masked_rows`]).
+#[derive(Clone, Copy)]
+enum RowMasks<'a> {
+    None,
+    All(&'a [u32]),
+    Rows([Option<&'a [u32]>; 2]),
+}
+
+/// Host copies of the dense biases (see [`Sampler::write_params`]).
+#[derive(Default)]
+struct BiasHost {
+    /// The request's own bias as last written to `state`.
+    plain: Vec<f32>,
+    plain_written: bool,
+    scratch: Vec<f32>,
+}
+
 pub struct Sampler {
     pub vocab: u32,
     pub max_rows: u32,
@@ -416,9 +443,9 @@ pub struct Sampler {
     bits_defines: Defines,
     init: Dispatch,
     host: Mutex<SamplingParams>,
-    /// The dense bias written to `state`, kept between calls (a masked decode writes it every
-    /// step).
-    bias_host: Mutex<Vec<f32>>,
+    /// Host copies of the dense biases written to `state`, kept between calls (a masked decode
+    /// writes a mask region every step; the request's own bias only when it changes).
+    bias_host: Mutex<BiasHost>,
 }
 
 /// Word offsets of the history counts and the bias inside `state`.
@@ -427,7 +454,12 @@ pub struct StateOffsets {
     pub ring: u32,
     pub rep: u32,
     pub gen: u32,
+    /// The request's own dense bias (logit_bias).
     pub bias: u32,
+    /// The bias with a token mask on top, for out row 0 (and the rows after it when one mask
+    /// covers all) and for rows ≥ 1.
+    pub mask0: u32,
+    pub mask1: u32,
     pub words: u32,
 }
 
@@ -526,7 +558,7 @@ impl Sampler {
             bits_defines,
             init,
             host: Mutex::new(SamplingParams::default()),
-            bias_host: Mutex::new(Vec::new()),
+            bias_host: Mutex::new(BiasHost::default()),
         };
         s.set_params(gpu, &SamplingParams::default())
             .map_err(|e| bad(e.to_string()))?;
@@ -544,7 +576,9 @@ impl Sampler {
             rep,
             gen,
             bias,
-            words: bias + vocab,
+            mask0: bias + vocab,
+            mask1: bias + 2 * vocab,
+            words: bias + 3 * vocab,
         }
     }
 
@@ -641,10 +675,37 @@ impl Sampler {
         p: &SamplingParams,
         allowed: Option<&[u32]>,
     ) -> Result<(), SamplingError> {
+        self.write_params(gpu, p, allowed.map_or(RowMasks::None, RowMasks::All))
+    }
+
+    /// [`Sampler::set_params_masked`] with a mask per out row: `rows[0]` for row 0, `rows[1]` for
+    /// the rows after it (an MTP verify's bonus row, whose position follows the draft's). `None`
+    /// = that row is not limited. Calls made with [`SampleIo::unmasked`] (drafts) ignore both.
+    pub fn set_params_masked_rows(
+        &self,
+        gpu: &Gpu,
+        p: &SamplingParams,
+        rows: [Option<&[u32]>; 2],
+    ) -> Result<(), SamplingError> {
+        self.write_params(gpu, p, RowMasks::Rows(rows))
+    }
+
+    fn write_params(
+        &self,
+        gpu: &Gpu,
+        p: &SamplingParams,
+        masks: RowMasks<'_>,
+    ) -> Result<(), SamplingError> {
         p.validate(Some(self.vocab))?;
         let mut d = p.derived(self.vocab);
-        if let Some(m) = allowed {
-            if m.len() < self.vocab.div_ceil(32) as usize {
+        let words = self.vocab.div_ceil(32) as usize;
+        let (m0, m1, shared) = match masks {
+            RowMasks::None => (None, None, false),
+            RowMasks::All(m) => (Some(m), Some(m), true),
+            RowMasks::Rows([a, b]) => (a, b, false),
+        };
+        for m in [m0, m1].into_iter().flatten() {
+            if m.len() < words {
                 return Err(SamplingError {
                     field: "mask",
                     message: format!(
@@ -654,8 +715,17 @@ impl Sampler {
                     ),
                 });
             }
+        }
+        if m0.is_some() || m1.is_some() {
             d.bias = true;
         }
+        let so = self.state_offsets();
+        let bias_r0 = if m0.is_some() { so.mask0 } else { so.bias };
+        let bias_r1 = match m1 {
+            Some(_) if shared => so.mask0,
+            Some(_) => so.mask1,
+            None => so.bias,
+        };
         let req = SampleReq {
             greedy: d.greedy as u32,
             inv_temp: d.inv_temp,
@@ -672,6 +742,8 @@ impl Sampler {
             presence: p.presence_penalty,
             frequency: p.frequency_penalty,
             bias_on: d.bias as u32,
+            bias_r0,
+            bias_r1,
             seed_lo: p.seed as u32,
             seed_hi: (p.seed >> 32) as u32,
             top_n: p.top_logprobs,
@@ -679,20 +751,36 @@ impl Sampler {
         gpu.queue
             .write_buffer(&self.req.buf, 0, &req.padded_bytes());
         if d.bias {
-            let mut b = self.bias_host.lock().unwrap_or_else(|e| e.into_inner());
-            p.dense_bias_into(self.vocab, &mut b);
-            if let Some(m) = allowed {
-                for (i, x) in b.iter_mut().enumerate() {
+            let mut h = self.bias_host.lock().unwrap_or_else(|e| e.into_inner());
+            let h = &mut *h;
+            // The request's own bias: written when it changed (rows without a mask and drafts
+            // read it).
+            p.dense_bias_into(self.vocab, &mut h.scratch);
+            if !h.plain_written || h.scratch != h.plain {
+                std::mem::swap(&mut h.plain, &mut h.scratch);
+                gpu.queue.write_buffer(
+                    &self.state.buf,
+                    so.bias as u64 * 4,
+                    bytemuck::cast_slice(&h.plain),
+                );
+                h.plain_written = true;
+            }
+            let regions = [(m0, so.mask0), (if shared { None } else { m1 }, so.mask1)];
+            for (m, off) in regions {
+                let Some(m) = m else { continue };
+                h.scratch.clear();
+                h.scratch.extend_from_slice(&h.plain);
+                for (i, x) in h.scratch.iter_mut().enumerate() {
                     if m[i / 32] >> (i % 32) & 1 == 0 {
                         *x += MASKED_LOGIT;
                     }
                 }
+                gpu.queue.write_buffer(
+                    &self.state.buf,
+                    off as u64 * 4,
+                    bytemuck::cast_slice(&h.scratch),
+                );
             }
-            gpu.queue.write_buffer(
-                &self.state.buf,
-                self.state_offsets().bias as u64 * 4,
-                bytemuck::cast_slice(&b),
-            );
         }
         if let Ok(mut h) = self.host.lock() {
             *h = p.clone();
@@ -842,6 +930,7 @@ impl Sampler {
         cfg.id_offset = io.id_offset;
         cfg.ids_cap = (out_ids.size / 4) as u32;
         cfg.commit = io.commit as u32;
+        cfg.unmasked = io.unmasked as u32;
         cfg.probs_on = io.probs.is_some() as u32;
         let (ctx, ctx_offset) = match io.ctx_ids {
             Some((b, o)) => {

@@ -235,6 +235,29 @@ impl TokenConstraint for Grammar {
             .consume_token(id)
             .map_err(|e| format!("token {id} does not fit the grammar: {e}"))
     }
+
+    fn lookahead(&self) -> bool {
+        true
+    }
+
+    fn peek(&mut self, id: u32, mask: &mut [u32]) -> Result<Option<Allowed>, String> {
+        // The matcher's errors are final, so the token is checked before it is consumed.
+        let fits = !self.matcher.is_stopped()
+            && self
+                .matcher
+                .validate_tokens(&[id])
+                .map_err(|e| format!("{e} ({})", self.err("look-ahead")))?
+                == 1;
+        if !fits {
+            return Err(format!("token {id} does not fit the grammar here"));
+        }
+        self.commit(id)?;
+        let r = self.allowed(mask);
+        self.matcher
+            .rollback(1)
+            .map_err(|e| format!("{e} ({})", self.err("look-ahead rollback")))?;
+        r.map(Some)
+    }
 }
 
 /// A grammar that starts after the model's reasoning: while the output is inside a
@@ -283,6 +306,22 @@ impl TokenConstraint for AfterReasoning {
             return Ok(());
         }
         self.grammar.commit(id)
+    }
+
+    fn lookahead(&self) -> bool {
+        true
+    }
+
+    fn peek(&mut self, id: u32, mask: &mut [u32]) -> Result<Option<Allowed>, String> {
+        if self.in_reasoning {
+            // The block's end starts the grammar (nothing consumed yet); any other id keeps
+            // the output inside the block.
+            if Some(id) == self.think_end {
+                return self.grammar.allowed(mask).map(Some);
+            }
+            return Ok(Some(Allowed::Any));
+        }
+        self.grammar.peek(id, mask)
     }
 }
 
