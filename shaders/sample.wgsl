@@ -30,6 +30,10 @@ const WG: u32 = 256u;
 const NBIN: u32 = {{NBIN}}u;
 const TOP_MAX: u32 = {{TOP_MAX}}u;
 const RING: u32 = {{RING}}u;
+// What a token outside a row's mask gets added to its logit (`MASKED_LOGIT`), and the mask
+// offset of a row without one.
+const MASKED_BITS: u32 = {{MASKED_BITS}}u;
+const NO_MASK: u32 = {{NO_MASK}}u;
 // History header words.
 const S_LEN: u32 = 0u;
 const S_GEN: u32 = 1u;
@@ -419,12 +423,12 @@ fn commit(t: u32) {
 // drafted token).
 fn process(r: u32, j: u32) -> f32 {
     var x = logits[r * cfg.vocab + j];
-    if (req.bias_on != 0u) {
-        // The request's bias, or for masked rows the bias with the mask on top: row 0 and the
-        // rows after it may have different masks (an MTP verify's bonus row); drafts never do.
-        var off = cfg.st_bias;
-        if (cfg.unmasked == 0u) { off = select(req.bias_r0, req.bias_r1, r > 0u); }
-        x += bitcast<f32>(state[off + j]);
+    if (req.bias_on != 0u) { x += bitcast<f32>(state[cfg.st_bias + j]); }
+    if (cfg.unmasked == 0u) {
+        // Row 0 and the rows after it may have different masks (an MTP verify's bonus row);
+        // drafts never have one.
+        let mo = select(req.mask_r0, req.mask_r1, r > 0u);
+        if (mo != NO_MASK && ((state[mo + j / 32u] >> (j % 32u)) & 1u) == 0u) { x += bitcast<f32>(MASKED_BITS); }
     }
     if (req.rep_on != 0u || req.pen_on != 0u) {
         var rc = state[cfg.st_rep + j];

@@ -223,6 +223,13 @@ fn greedy_constrained_mtp_equals_the_plain_constrained_loop() {
             s.reset();
             let mut r1 = rule.clone();
             let (got, f_got, st) = speculative(&mut s, prompt, 0, &opts, &mut r1);
+            // Settled (an iteration body submitted ahead was run and read): the state can be
+            // saved, and it holds at least the prompt and the tokens returned but the last.
+            pollster::block_on(s.save()).unwrap_or_else(|e| panic!("{what}: save: {e}"));
+            assert!(
+                s.pos() as usize + 1 >= prompt.len() + got.len(),
+                "{what}: position"
+            );
             assert_eq!(got, want, "{what}: tokens");
             assert_eq!(f_got, f_want, "{what}: finish");
             assert_eq!(r1.history, r0.history, "{what}: the constraint's commits");

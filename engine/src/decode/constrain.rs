@@ -306,10 +306,13 @@ fn allows(next: Next, mask: &[u32], id: u32) -> bool {
 /// the host computes by peeking the constraint with the draft id read back with the previous
 /// iteration. The draft itself is unmasked: one the row-0 mask forbids has target probability 0
 /// and is rejected (row 1 is then left free, its token unused). Where the constraint ends right
-/// after an accepted draft, the bonus is not emitted, as the plain loop would stop there. The
-/// verify waits for the host's masks, so iterations are not queued ahead as in unconstrained
-/// greedy speculation. `policy` may stop speculating (as [`crate::decode::mtp`]'s loop does);
-/// the request then continues in the plain constrained loop.
+/// after an accepted draft, the bonus is not emitted, as the plain loop would stop there. Only
+/// the heads wait for the masks: the next iteration's body is submitted before this one is read
+/// ([`Session::mtp_submit_body_ahead`]), so the GPU runs its layers while the host reads the
+/// tokens and computes the next masks, then the heads follow
+/// ([`Session::mtp_submit_heads`]). `policy` may stop speculating (as
+/// [`crate::decode::mtp`]'s loop does); the request then continues in the plain constrained
+/// loop.
 pub async fn generate_constrained_mtp_in_context(
     session: &mut Session,
     prompt: &[u32],
@@ -338,6 +341,11 @@ pub async fn generate_constrained_mtp_in_context(
         &mut masked,
     )
     .await;
+    if r.is_err() {
+        // A body submitted ahead of a failed step still gets its heads and is read, so the
+        // session stays usable; the first error is the one reported.
+        let _ = session.settle().await;
+    }
     // Lifts the masks and puts the session back on the path its sampling settings choose.
     session.set_token_mask(None)?;
     r.map(|(t, f, s)| (t, f, Some(s)))
@@ -393,16 +401,46 @@ async fn constrained_mtp(
     if let Some(f) = emit(main, None, &mut out, opts, on_event) {
         return Ok((out, f, stats));
     }
+    let mut n0 = next_allowed(c, &mut m0)?;
+    if n0 == Next::End {
+        return Ok((out, Finish::Stop, stats));
+    }
+    let mut n1 = masks_for_verify(session, c, n0, &m0, &mut m1, draft, is_eos(draft))?;
+    session.mtp_submit_verify()?;
     loop {
-        let n0 = next_allowed(c, &mut m0)?;
+        // The next iteration's body goes ahead while this one's tokens are read and the next
+        // masks computed, when its tokens can still be needed (this iteration emits at least
+        // one), it fits even if this one accepts, and this iteration's rejection would not stop
+        // speculation.
+        if out.len() + 1 < opts.max_tokens
+            && body_ahead()
+            && session.has_room(4)
+            && !policy.stops(stats.drafted + 1, stats.accepted, min_acceptance)
+        {
+            session.mtp_submit_body_ahead()?;
+        }
+        let step = session.mtp_read_verify().await?;
+        stats.drafted += 1;
+        stats.accepted += step.accepted as u64;
+        let f = take_constrained(step, n1, &mut stats, &mut out, opts, c, on_event, &is_eos)?;
+        if let Some(f) = f {
+            // A body submitted ahead runs its heads and is read, so the session's positions
+            // stay exact (its tokens are not emitted).
+            session.settle().await?;
+            return Ok((out, f, stats));
+        }
+        draft = step.draft;
+        n0 = next_allowed(c, &mut m0)?;
         if n0 == Next::End {
+            session.settle().await?;
             return Ok((out, Finish::Stop, stats));
         }
         if policy.stops(stats.drafted, stats.accepted, min_acceptance) {
-            // Not paying off: the rest in the plain constrained loop, from the last emitted
-            // token (the next input, on the GPU).
-            // (`apply` with `masked` set also lifts the verify's masks when the next token is
-            // free, which takes the session off the sampler where its settings allow.)
+            // Not paying off (no body was submitted ahead then): the rest in the plain
+            // constrained loop, from the last emitted token (the next input, on the GPU).
+            // `apply` with `masked` set also lifts the verify's masks when the next token is
+            // free, which takes the session off the sampler where its settings allow.
+            session.settle().await?;
             *masked = true;
             apply(session, n0, &m0, masked)?;
             session.decode_ahead()?;
@@ -410,41 +448,86 @@ async fn constrained_mtp(
                 .await?;
             return Ok((out, f, stats));
         }
-        // Row 1 follows the draft when the draft can be accepted; a draft that ends the
-        // output (EOS) or that row 0 forbids leaves it free (its token is never used).
-        let mut n1 = Next::Free;
-        if !is_eos(draft) && allows(n0, &m0, draft) {
-            n1 = next_allowed_after(c, draft, &mut m1)?;
-        }
-        session.set_token_masks(row_mask(n0, &m0), row_mask(n1, &m1))?;
+        n1 = masks_for_verify(session, c, n0, &m0, &mut m1, draft, is_eos(draft))?;
+        // The heads of the body submitted ahead, or a whole iteration.
         session.mtp_submit_verify()?;
-        let step = session.mtp_read_verify().await?;
-        stats.drafted += 1;
-        stats.accepted += step.accepted as u64;
-        if !on_event(Event::Mtp {
-            drafted: stats.drafted,
-            accepted: stats.accepted,
-        }) {
-            return Ok((out, Finish::Length, stats));
-        }
-        if !is_eos(step.verified) {
-            c.commit(step.verified).map_err(constraint_error)?;
-        }
-        if let Some(f) = emit(step.verified, None, &mut out, opts, on_event) {
-            return Ok((out, f, stats));
-        }
-        if step.accepted {
-            if n1 == Next::End {
-                // The draft completed the output: the plain loop stops here too.
-                return Ok((out, Finish::Stop, stats));
-            }
-            if !is_eos(step.bonus) {
-                c.commit(step.bonus).map_err(constraint_error)?;
-            }
-            if let Some(f) = emit(step.bonus, None, &mut out, opts, on_event) {
-                return Ok((out, f, stats));
-            }
-        }
-        draft = step.draft;
     }
+}
+
+/// Whether a speculative constrained iteration's body is submitted before the previous
+/// iteration is read (default; `QWGPU_MTP_BODY_AHEAD=0` waits for the host's masks before the
+/// whole iteration, for measurements).
+fn body_ahead() -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::env::var("QWGPU_MTP_BODY_AHEAD").map_or(true, |v| v != "0"))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        true
+    }
+}
+
+/// Sets the verify's masks: row 0's from `n0` (in `m0`); row 1's, the constraint after the draft
+/// (into `m1`), when the draft can be accepted. A draft that ends the output (EOS) or that row 0
+/// forbids leaves row 1 free (its token is never used). Returns row 1's `Next`.
+#[allow(clippy::too_many_arguments)]
+fn masks_for_verify(
+    session: &mut Session,
+    c: &mut dyn TokenConstraint,
+    n0: Next,
+    m0: &[u32],
+    m1: &mut [u32],
+    draft: u32,
+    draft_is_eos: bool,
+) -> Result<Next, RunError> {
+    let mut n1 = Next::Free;
+    if !draft_is_eos && allows(n0, m0, draft) {
+        n1 = next_allowed_after(c, draft, m1)?;
+    }
+    session.set_token_masks(row_mask(n0, m0), row_mask(n1, m1))?;
+    Ok(n1)
+}
+
+/// Emits one verify iteration's tokens (the verified one, then the bonus when the draft was
+/// accepted), committing them to the constraint; Some(finish) when generation must stop. `n1`:
+/// what the constraint allowed after the draft (the output ends after an accepted draft when it
+/// was `End`, before the bonus, as in the plain loop).
+#[allow(clippy::too_many_arguments)]
+fn take_constrained(
+    step: crate::model::MtpStep,
+    n1: Next,
+    stats: &mut MtpStats,
+    out: &mut Vec<u32>,
+    opts: &GenOptions,
+    c: &mut dyn TokenConstraint,
+    on_event: &mut dyn FnMut(Event) -> bool,
+    is_eos: &dyn Fn(u32) -> bool,
+) -> Result<Option<Finish>, RunError> {
+    if !on_event(Event::Mtp {
+        drafted: stats.drafted,
+        accepted: stats.accepted,
+    }) {
+        return Ok(Some(Finish::Length));
+    }
+    if !is_eos(step.verified) {
+        c.commit(step.verified).map_err(constraint_error)?;
+    }
+    if let Some(f) = emit(step.verified, None, out, opts, on_event) {
+        return Ok(Some(f));
+    }
+    if step.accepted {
+        if n1 == Next::End {
+            // The draft completed the output: the plain loop stops here too.
+            return Ok(Some(Finish::Stop));
+        }
+        if !is_eos(step.bonus) {
+            c.commit(step.bonus).map_err(constraint_error)?;
+        }
+        if let Some(f) = emit(step.bonus, None, out, opts, on_event) {
+            return Ok(Some(f));
+        }
+    }
+    Ok(None)
 }

@@ -243,6 +243,9 @@ pub struct Session {
     /// The shape of a decode body submitted without its head ([`Session::decode_body_ahead`]),
     /// until [`Session::decode_head`] submits the head (any other submission forgets it).
     headless: Option<StepShape>,
+    /// The shape of an MTP verify body submitted without its heads
+    /// ([`Session::mtp_submit_body_ahead`]), until [`Session::mtp_submit_heads`] submits them.
+    verify_body: Option<StepShape>,
     /// GPU sampling (temperature, filters, penalties, bias, logprobs) for the backbone's rows.
     pub sampler: Sampler,
     /// Final norm, lm_head and the sampler, used instead of `head` when `sampling`.
@@ -482,6 +485,7 @@ impl Session {
             ids_readback,
             pending: Default::default(),
             headless: None,
+            verify_body: None,
             mtp,
             sampler,
             head_sample,
@@ -545,6 +549,7 @@ impl Session {
         gpu.queue.submit([enc.finish()]);
         self.pending.clear();
         self.headless = None;
+        self.verify_body = None;
         self.rollback_pending = false;
         self.mtp_synced = true;
     }
@@ -904,7 +909,7 @@ impl Session {
     }
 
     fn check_no_verify(&self) -> Result<(), RunError> {
-        if self.pending.iter().any(|p| p.2 == Pending::Verify) {
+        if self.unsettled() {
             return Err(RunError::Busy(
                 "MTP verifies are still unread: settle the session first".into(),
             ));
@@ -1105,6 +1110,12 @@ impl Session {
         self.mtp_read_verify().await
     }
 
+    /// MTP verifies submitted and not read, or a verify body waiting for its heads:
+    /// [`Session::settle`] first.
+    fn unsettled(&self) -> bool {
+        self.pending_verifies() > 0 || self.verify_body.is_some()
+    }
+
     /// Verify iterations submitted and not read yet.
     pub fn pending_verifies(&self) -> usize {
         self.pending
@@ -1119,10 +1130,8 @@ impl Session {
     /// the GDN rollback there (`Step::rollback`: the kernels start from the snapshots), so the
     /// GPU never waits for the host between iterations.
     pub fn mtp_submit_verify(&mut self) -> Result<(), RunError> {
-        if !self.mtp_available() {
-            return Err(RunError::Load(LoadError::Unsupported(
-                "this session has no usable MTP head".into(),
-            )));
+        if self.verify_body.is_some() {
+            return self.mtp_submit_heads();
         }
         let queued = self.pending_verifies() as u32;
         if queued > 0 && self.sampling {
@@ -1130,85 +1139,142 @@ impl Session {
                 "sampled MTP verifies cannot be queued: read the pending one first".into(),
             ));
         }
-        if queued >= 2 {
-            return Err(RunError::Busy("two MTP verifies are already queued".into()));
+        self.submit_verify_parts(true, true)
+    }
+
+    /// The first half of [`Session::mtp_submit_verify`]: submits the next verify's body (the
+    /// 2-row forward of [last emitted, draft], the ids and positions as the iteration before it
+    /// leaves them on the GPU) without its heads, which [`Session::mtp_submit_heads`] submits
+    /// later. So whatever decides how the heads choose (token masks per row,
+    /// [`Session::set_token_masks`], which need the previous iteration's tokens and draft) can
+    /// wait for the previous iteration to be read while the GPU runs the body: the same kernels
+    /// in the same order as one submission, so the same bits. Sampled iterations too (their
+    /// heads wait for the previous one to be read, not their bodies).
+    pub fn mtp_submit_body_ahead(&mut self) -> Result<(), RunError> {
+        if self.verify_body.is_some() {
+            return Err(RunError::Busy(
+                "a verify body is already waiting for its heads".into(),
+            ));
         }
-        // Worst case: every queued iteration accepts.
-        let needed = self.state.pos + 2 * (queued + 1);
-        if needed > self.state.max_ctx {
-            return Err(RunError::ContextFull {
-                needed,
-                max: self.state.max_ctx,
-            });
+        self.submit_verify_parts(true, false)
+    }
+
+    /// Submits the heads of the verify body submitted by [`Session::mtp_submit_body_ahead`] (as
+    /// the session's sampling and masks are set now); the iteration is then pending as one from
+    /// [`Session::mtp_submit_verify`]. Sampled heads need the iteration before them read first.
+    pub fn mtp_submit_heads(&mut self) -> Result<(), RunError> {
+        if self.verify_body.is_none() {
+            return Err(RunError::NothingPending);
+        }
+        if self.sampling && self.pending_verifies() > 0 {
+            return Err(RunError::Sampling(
+                "sampled MTP heads need the iteration before them read first".into(),
+            ));
+        }
+        self.submit_verify_parts(false, true)
+    }
+
+    fn submit_verify_parts(&mut self, body: bool, heads: bool) -> Result<(), RunError> {
+        if !self.mtp_available() {
+            return Err(RunError::Load(LoadError::Unsupported(
+                "this session has no usable MTP head".into(),
+            )));
         }
         let gpu = self.model.gpu.clone();
-        let force = match &mut self.force_accept {
-            Some((rate, rng)) => {
-                *rng = rng
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                if ((*rng >> 11) as f64 / (1u64 << 53) as f64) < *rate {
-                    2
+        let md = gpu.caps.max_workgroups_per_dim;
+        let shape = match (body, self.verify_body) {
+            (false, Some(shape)) => shape,
+            (false, None) => return Err(RunError::NothingPending),
+            (true, _) => {
+                let queued = self.pending_verifies() as u32;
+                if queued >= 2 {
+                    return Err(RunError::Busy("two MTP verifies are already queued".into()));
+                }
+                // Worst case: every queued iteration accepts.
+                let needed = self.state.pos + 2 * (queued + 1);
+                if needed > self.state.max_ctx {
+                    return Err(RunError::ContextFull {
+                        needed,
+                        max: self.state.max_ctx,
+                    });
+                }
+                let force = match &mut self.force_accept {
+                    Some((rate, rng)) => {
+                        *rng = rng
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        if ((*rng >> 11) as f64 / (1u64 << 53) as f64) < *rate {
+                            2
+                        } else {
+                            1
+                        }
+                    }
+                    None => 0,
+                };
+                if queued == 0 {
+                    // The host knows the state: it writes both slots and applies a pending
+                    // rollback.
+                    self.pending.clear();
+                    self.write_step(
+                        0,
+                        Step {
+                            n_tokens: 2,
+                            pos: self.state.pos,
+                            n_confirmed: 1,
+                            n_out: 2,
+                            force: 0,
+                            rollback: 0,
+                        },
+                    );
+                    self.write_step(
+                        1,
+                        Step {
+                            n_tokens: 2,
+                            pos: self.state.mtp_pos,
+                            n_confirmed: 0,
+                            n_out: 2,
+                            force,
+                            rollback: 0,
+                        },
+                    );
                 } else {
-                    1
+                    // The previous iteration advances the positions and flags the rollback on
+                    // the GPU; only the benchmark's forced decision comes from here.
+                    let off = slot_offset(&gpu, 1) + std::mem::offset_of!(Step, force) as u64;
+                    gpu.queue
+                        .write_buffer(&self.step_buf.buf, off, bytemuck::bytes_of(&force));
+                }
+                StepShape {
+                    n_tokens: 2,
+                    n_out: 2,
+                    keys: self.state.pos + 1,
                 }
             }
-            None => 0,
         };
-        let mut cmds = Vec::with_capacity(2);
-        if queued == 0 {
-            // The host knows the state: it writes both slots and applies a pending rollback.
-            self.pending.clear();
-            self.write_step(
-                0,
-                Step {
-                    n_tokens: 2,
-                    pos: self.state.pos,
-                    n_confirmed: 1,
-                    n_out: 2,
-                    force: 0,
-                    rollback: 0,
-                },
-            );
-            self.write_step(
-                1,
-                Step {
-                    n_tokens: 2,
-                    pos: self.state.mtp_pos,
-                    n_confirmed: 0,
-                    n_out: 2,
-                    force,
-                    rollback: 0,
-                },
-            );
-            cmds.push(self.encoder("mtp rollback").finish());
-        } else {
-            // The previous iteration advances the positions and flags the rollback on the GPU;
-            // only the benchmark's forced decision comes from here.
-            let off = slot_offset(&gpu, 1) + std::mem::offset_of!(Step, force) as u64;
-            gpu.queue
-                .write_buffer(&self.step_buf.buf, off, bytemuck::bytes_of(&force));
-        }
-        self.headless = None;
-        let slot = self.free_slot();
-        let mut enc = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("mtp verify"),
+        // (A rollback the host knows about goes in front of the body.)
+        let mut enc = self.encoder("mtp verify");
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("mtp iteration"),
+                timestamp_writes: None,
             });
-        self.record_iteration(
-            &mut enc,
-            StepShape {
-                n_tokens: 2,
-                n_out: 2,
-                keys: self.state.pos + 1,
-            },
-            false,
-        );
-        self.ids_readback[slot].copy_from(&mut enc, &self.ws.result.buf, 0, 16);
-        cmds.push(enc.finish());
-        let index = gpu.queue.submit(cmds);
-        self.pending.push_back((slot, index, Pending::Verify));
+            if body {
+                self.small.record(&mut pass, shape, md);
+            }
+            if heads {
+                self.record_heads(&mut pass, shape, false);
+            }
+        }
+        if heads {
+            let slot = self.free_slot();
+            self.ids_readback[slot].copy_from(&mut enc, &self.ws.result.buf, 0, 16);
+            let index = gpu.queue.submit([enc.finish()]);
+            self.pending.push_back((slot, index, Pending::Verify));
+            self.verify_body = None;
+        } else {
+            gpu.queue.submit([enc.finish()]);
+            self.verify_body = Some(shape);
+        }
         Ok(())
     }
 
@@ -1229,9 +1295,9 @@ impl Session {
         let adv = if accepted { 2 } else { 1 };
         self.state.pos += adv;
         self.state.mtp_pos += adv;
-        // A queued iteration already started from the snapshots (GPU flag); otherwise the next
-        // submission applies the rollback.
-        self.rollback_pending = !accepted && self.pending.is_empty();
+        // A queued iteration (or body) already started from the snapshots (GPU flag); otherwise
+        // the next submission applies the rollback.
+        self.rollback_pending = !accepted && self.pending.is_empty() && self.verify_body.is_none();
         self.draft_row = if accepted { 1 } else { 0 };
         Ok(MtpStep {
             verified: r[0],
@@ -1245,21 +1311,25 @@ impl Session {
     /// the state (positions, pending rollback) is exact again. Plain steps need nothing: their
     /// positions count from submission.
     pub async fn settle(&mut self) -> Result<(), RunError> {
-        while let Some(p) = self.pending.front() {
-            if p.2 == Pending::Verify {
-                self.mtp_read_verify().await?;
-            } else {
-                self.pending.pop_front();
+        loop {
+            while let Some(p) = self.pending.front() {
+                if p.2 == Pending::Verify {
+                    self.mtp_read_verify().await?;
+                } else {
+                    self.pending.pop_front();
+                }
             }
+            // A verify body without its heads: they run (as set now) and are read too.
+            if self.verify_body.is_none() {
+                return Ok(());
+            }
+            self.mtp_submit_heads()?;
         }
-        Ok(())
     }
 
     /// Records backbone + head + accept + MTP front + MTP head + select in one compute pass.
     fn record_iteration(&self, enc: &mut wgpu::CommandEncoder, shape: StepShape, first: bool) {
-        let gpu = &self.model.gpu;
-        let md = gpu.caps.max_workgroups_per_dim;
-        let Some(m) = &self.mtp else { return };
+        let md = self.model.gpu.caps.max_workgroups_per_dim;
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("mtp iteration"),
             timestamp_writes: None,
@@ -1270,27 +1340,35 @@ impl Session {
             &self.small
         }
         .record(&mut pass, shape, md);
+        self.record_heads(&mut pass, shape, first);
+    }
+
+    /// Everything of an MTP iteration after the backbone's body: the target's head and accept
+    /// test, the MTP front and head (the next draft), select, and (not first) advance.
+    fn record_heads(&self, pass: &mut wgpu::ComputePass<'_>, shape: StepShape, first: bool) {
+        let md = self.model.gpu.caps.max_workgroups_per_dim;
+        let Some(m) = &self.mtp else { return };
         if !self.sampling {
-            self.head.record(&mut pass, shape, md);
-            if first { &m.first } else { &m.verify }.record(&mut pass, shape, md);
-            m.front_small.record(&mut pass, shape, md);
-            m.head.record(&mut pass, shape, md);
+            self.head.record(pass, shape, md);
+            if first { &m.first } else { &m.verify }.record(pass, shape, md);
+            m.front_small.record(pass, shape, md);
+            m.head.record(pass, shape, md);
         } else {
             if first {
                 // The first token is an ordinary draw from the target (committed to the history).
-                self.head_sample.record(&mut pass, shape, md);
-                m.first.record(&mut pass, shape, md);
+                self.head_sample.record(pass, shape, md);
+                m.first.record(pass, shape, md);
             } else {
-                m.target_sample.record(&mut pass, shape, md);
-                m.accept[self.draft_row as usize].record(&mut pass, shape, md);
-                m.sampled.record(&mut pass, shape, md);
+                m.target_sample.record(pass, shape, md);
+                m.accept[self.draft_row as usize].record(pass, shape, md);
+                m.sampled.record(pass, shape, md);
             }
-            m.front_small.record(&mut pass, shape, md);
-            m.head_sampled.record(&mut pass, shape, md);
+            m.front_small.record(pass, shape, md);
+            m.head_sampled.record(pass, shape, md);
         }
-        m.select.record(&mut pass, shape, md);
+        m.select.record(pass, shape, md);
         if !first {
-            m.advance.record(&mut pass, shape, md);
+            m.advance.record(pass, shape, md);
         }
     }
 
@@ -1706,7 +1784,7 @@ impl Session {
     /// MTP verifies are not allowed ([`Session::settle`] first). Restore it with
     /// [`Session::restore`], then feed the next ids.
     pub async fn save(&mut self) -> Result<SavedState, RunError> {
-        if self.pending_verifies() > 0 {
+        if self.unsettled() {
             return Err(RunError::Busy(
                 "MTP verifies are still unread: settle the session before saving it".into(),
             ));
@@ -1801,7 +1879,7 @@ impl Session {
     /// same model). `other` must have no unread MTP verifies; this session's unread steps are
     /// forgotten.
     pub fn copy_state_from(&mut self, other: &mut Session) -> Result<(), RunError> {
-        if other.pending_verifies() > 0 {
+        if other.unsettled() {
             return Err(RunError::Busy(
                 "the source session has unread MTP verifies: settle it first".into(),
             ));

@@ -34,7 +34,9 @@
 //!   (generated) tokens, `[2]` draw counter, `[3]` unused, `[4, 4 + RING)` ring of the last
 //!   [`HISTORY_RING`] tokens (position p at `4 + p % RING`), then `rep[V]` (occurrences of each
 //!   token in the last `repetition_context` tokens), `gen[V]` (occurrences among generated tokens),
-//!   `bias[V]` (f32 bits, written by `set_params`). Offsets: [`Sampler::state_offsets`].
+//!   `bias[V]` (f32 bits, written by `set_params`), then two token masks of ceil(V / 32) words
+//!   (a bit per id; a row whose mask clears an id adds [`MASKED_LOGIT`] to its logit; written by
+//!   `set_params_masked` / `set_params_masked_rows`). Offsets: [`Sampler::state_offsets`].
 //! * `work` (f32 [max_rows, V]): the processed logits x of the step's rows.
 //! * `scratch` (per row, `row_words` words; offsets in [`ScratchLayout`]): stats partials
 //!   `[NB][max bits, Σexp bits, argmax, draw index]`; top-N candidates `[NB][TOP_MAX][id, x bits]`;
@@ -89,10 +91,10 @@ crate::gpu_struct! {
         presence: f32,
         frequency: f32,
         bias_on: u32,
-        /// Word offsets in `state` of the bias that out row 0 / rows ≥ 1 add (the request's own,
-        /// or one with a token mask on top; see [`Sampler::set_params_masked_rows`]).
-        bias_r0: u32,
-        bias_r1: u32,
+        /// Word offsets in `state` of the token mask (a bit per id) of out row 0 / rows ≥ 1, or
+        /// `NO_MASK` (see [`Sampler::set_params_masked_rows`]).
+        mask_r0: u32,
+        mask_r1: u32,
         seed_lo: u32,
         seed_hi: u32,
         top_n: u32,
@@ -116,7 +118,7 @@ crate::gpu_struct! {
         st_rep: u32,
         st_gen: u32,
         st_bias: u32,
-        /// Rows always take the request's own bias at `st_bias`, never a token mask (drafts).
+        /// Rows ignore the token masks (drafts).
         unmasked: u32,
         /// Rows of work / scratch / results / probs buffers (Z of row r sits at max_rows·V + r).
         max_rows: u32,
@@ -339,7 +341,9 @@ fn defines(base: &Defines, bits: u32, pass: Pass) -> Defines {
         .set("CFG", SampleCfg::WGSL)
         .set("NBIN", 1u32 << bits)
         .set("TOP_MAX", TOP_MAX)
-        .set("RING", HISTORY_RING);
+        .set("RING", HISTORY_RING)
+        .set("MASKED_BITS", MASKED_LOGIT.to_bits())
+        .set("NO_MASK", NO_MASK);
     let prev = |d: Defines, k: u32| {
         let (s, w) = rounds[k as usize];
         d.set("P_INDEX", k).set("P_SHIFT", s).set("P_WIDTH", w)
@@ -409,6 +413,9 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
 /// in f32 and greedy never picks it while any allowed token is finite.
 pub const MASKED_LOGIT: f32 = -1.0e30;
 
+/// `mask_r0` / `mask_r1` of a row without a token mask.
+const NO_MASK: u32 = u32::MAX;
+
 /// Which out rows a token mask limits (see [`Sampler::set_params_masked_rows`]).
 #[derive(Clone, Copy)]
 enum RowMasks<'a> {
@@ -417,10 +424,10 @@ enum RowMasks<'a> {
     Rows([Option<&'a [u32]>; 2]),
 }
 
-/// Host copies of the dense biases (see [`Sampler::write_params`]).
+/// The host's copy of the request's dense bias (see [`Sampler::write_params`]).
 #[derive(Default)]
 struct BiasHost {
-    /// The request's own bias as last written to `state`.
+    /// The bias as last written to `state`.
     plain: Vec<f32>,
     plain_written: bool,
     scratch: Vec<f32>,
@@ -443,8 +450,8 @@ pub struct Sampler {
     bits_defines: Defines,
     init: Dispatch,
     host: Mutex<SamplingParams>,
-    /// Host copies of the dense biases written to `state`, kept between calls (a masked decode
-    /// writes a mask region every step; the request's own bias only when it changes).
+    /// The request's dense bias as written to `state`, kept between calls (a masked decode
+    /// writes its masks every step, the bias only when it changes).
     bias_host: Mutex<BiasHost>,
 }
 
@@ -454,10 +461,10 @@ pub struct StateOffsets {
     pub ring: u32,
     pub rep: u32,
     pub gen: u32,
-    /// The request's own dense bias (logit_bias).
+    /// The request's dense bias (logit_bias).
     pub bias: u32,
-    /// The bias with a token mask on top, for out row 0 (and the rows after it when one mask
-    /// covers all) and for rows ≥ 1.
+    /// Token masks (bit `i % 32` of word `i / 32`): out row 0's (also the rows after it when
+    /// one mask covers all) and that of rows ≥ 1.
     pub mask0: u32,
     pub mask1: u32,
     pub words: u32,
@@ -577,8 +584,8 @@ impl Sampler {
             gen,
             bias,
             mask0: bias + vocab,
-            mask1: bias + 2 * vocab,
-            words: bias + 3 * vocab,
+            mask1: bias + vocab + vocab.div_ceil(32),
+            words: bias + vocab + 2 * vocab.div_ceil(32),
         }
     }
 
@@ -697,7 +704,7 @@ impl Sampler {
         masks: RowMasks<'_>,
     ) -> Result<(), SamplingError> {
         p.validate(Some(self.vocab))?;
-        let mut d = p.derived(self.vocab);
+        let d = p.derived(self.vocab);
         let words = self.vocab.div_ceil(32) as usize;
         let (m0, m1, shared) = match masks {
             RowMasks::None => (None, None, false),
@@ -716,15 +723,12 @@ impl Sampler {
                 });
             }
         }
-        if m0.is_some() || m1.is_some() {
-            d.bias = true;
-        }
         let so = self.state_offsets();
-        let bias_r0 = if m0.is_some() { so.mask0 } else { so.bias };
-        let bias_r1 = match m1 {
+        let mask_r0 = if m0.is_some() { so.mask0 } else { NO_MASK };
+        let mask_r1 = match m1 {
             Some(_) if shared => so.mask0,
             Some(_) => so.mask1,
-            None => so.bias,
+            None => NO_MASK,
         };
         let req = SampleReq {
             greedy: d.greedy as u32,
@@ -742,8 +746,8 @@ impl Sampler {
             presence: p.presence_penalty,
             frequency: p.frequency_penalty,
             bias_on: d.bias as u32,
-            bias_r0,
-            bias_r1,
+            mask_r0,
+            mask_r1,
             seed_lo: p.seed as u32,
             seed_hi: (p.seed >> 32) as u32,
             top_n: p.top_logprobs,
@@ -751,10 +755,9 @@ impl Sampler {
         gpu.queue
             .write_buffer(&self.req.buf, 0, &req.padded_bytes());
         if d.bias {
+            // The request's dense bias, written when it changed.
             let mut h = self.bias_host.lock().unwrap_or_else(|e| e.into_inner());
             let h = &mut *h;
-            // The request's own bias: written when it changed (rows without a mask and drafts
-            // read it).
             p.dense_bias_into(self.vocab, &mut h.scratch);
             if !h.plain_written || h.scratch != h.plain {
                 std::mem::swap(&mut h.plain, &mut h.scratch);
@@ -765,20 +768,14 @@ impl Sampler {
                 );
                 h.plain_written = true;
             }
-            let regions = [(m0, so.mask0), (if shared { None } else { m1 }, so.mask1)];
-            for (m, off) in regions {
-                let Some(m) = m else { continue };
-                h.scratch.clear();
-                h.scratch.extend_from_slice(&h.plain);
-                for (i, x) in h.scratch.iter_mut().enumerate() {
-                    if m[i / 32] >> (i % 32) & 1 == 0 {
-                        *x += MASKED_LOGIT;
-                    }
-                }
+        }
+        // The masks as bits (ids past the vocabulary in the last word are never read).
+        for (m, off) in [(m0, so.mask0), (if shared { None } else { m1 }, so.mask1)] {
+            if let Some(m) = m {
                 gpu.queue.write_buffer(
                     &self.state.buf,
                     off as u64 * 4,
-                    bytemuck::cast_slice(&h.scratch),
+                    bytemuck::cast_slice(&m[..words]),
                 );
             }
         }
