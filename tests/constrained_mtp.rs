@@ -21,6 +21,7 @@ use qwgpu_engine::text::grammar::{GrammarEnv, GrammarSpec};
 use qwgpu_engine::text::Tokenizer;
 use qwgpu_tests::fixtures::*;
 use qwgpu_tests::model_gpu;
+use qwgpu_tests::stats::{chi2_critical_001, two_sample_chi2};
 
 /// A rule over token ids, a pure function of the tokens committed so far: after `len` tokens the
 /// output is complete; every `force_every`-th position allows one id; otherwise an id is allowed
@@ -346,34 +347,6 @@ fn sampled_constrained_mtp_keeps_the_distribution() {
             j + 1
         );
     }
-}
-
-/// χ² critical value at p = 0.001 (Wilson–Hilferty).
-fn chi2_critical_001(df: usize) -> f64 {
-    let k = df as f64;
-    let z = 3.0902;
-    k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
-}
-
-/// Two-sample χ² homogeneity test on token counts (equal sample sizes), pooling rare tokens.
-fn two_sample_chi2(a: &BTreeMap<u32, u32>, b: &BTreeMap<u32, u32>) -> (f64, usize) {
-    let keys: std::collections::BTreeSet<u32> = a.keys().chain(b.keys()).cloned().collect();
-    let (mut stat, mut bins, mut pa, mut pb) = (0.0, 0usize, 0u32, 0u32);
-    for k in keys {
-        let (x, y) = (*a.get(&k).unwrap_or(&0), *b.get(&k).unwrap_or(&0));
-        if x + y < 10 {
-            pa += x;
-            pb += y;
-            continue;
-        }
-        stat += ((x as f64 - y as f64).powi(2)) / (x + y) as f64;
-        bins += 1;
-    }
-    if pa + pb > 0 {
-        stat += ((pa as f64 - pb as f64).powi(2)) / (pa + pb) as f64;
-        bins += 1;
-    }
-    (stat, bins.saturating_sub(1))
 }
 
 /// The embedded default model (it has an MTP head) with its real tokenizer and a JSON schema

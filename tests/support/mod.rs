@@ -5,6 +5,7 @@ pub mod fixtures;
 pub mod quant;
 pub mod ref_attention;
 pub mod ref_gdn;
+pub mod stats;
 
 use std::sync::{Arc, Mutex, OnceLock};
 

@@ -165,6 +165,34 @@ pub async fn generate_constrained_in_context(
     r
 }
 
+/// The start of a constrained request, up to its first choice: what the constraint allows first
+/// (into `mask`), or, when nothing may be generated (`max_tokens` 0 or the constraint complete
+/// already), the prompt fed and the request's finish.
+async fn first_allowed(
+    session: &mut Session,
+    rest: &[u32],
+    opts: &GenOptions,
+    c: &mut dyn TokenConstraint,
+    mask: &mut [u32],
+    on_event: &mut dyn FnMut(Event) -> bool,
+) -> Result<Result<Next, Finish>, RunError> {
+    let first = if opts.max_tokens > 0 {
+        next_allowed(c, mask)?
+    } else {
+        Next::End
+    };
+    if first != Next::End {
+        return Ok(Ok(first));
+    }
+    session.prefill(rest).await?;
+    on_event(Event::PromptDone);
+    Ok(Err(if opts.max_tokens == 0 {
+        Finish::Length
+    } else {
+        Finish::Stop
+    }))
+}
+
 async fn constrained(
     session: &mut Session,
     prompt: &[u32],
@@ -178,21 +206,10 @@ async fn constrained(
     let rest = start(session, prompt, in_context)?;
     let vocab = session.model.config.vocab_size;
     let mut mask = vec![0u32; vocab.div_ceil(32)];
-    let first = if opts.max_tokens > 0 {
-        next_allowed(c, &mut mask)?
-    } else {
-        Next::End
+    let first = match first_allowed(session, rest, opts, c, &mut mask, on_event).await? {
+        Ok(first) => first,
+        Err(f) => return Ok((out, f)),
     };
-    if first == Next::End {
-        session.prefill(rest).await?;
-        on_event(Event::PromptDone);
-        let f = if opts.max_tokens == 0 {
-            Finish::Length
-        } else {
-            Finish::Stop
-        };
-        return Ok((out, f));
-    }
     apply(session, first, &mask, masked)?;
     session.feed(rest).await?;
     let f = constrained_steps(
@@ -374,21 +391,10 @@ async fn constrained_mtp(
     };
     let words = session.model.config.vocab_size.div_ceil(32);
     let (mut m0, mut m1) = (vec![0u32; words], vec![0u32; words]);
-    let first = if opts.max_tokens > 0 {
-        next_allowed(c, &mut m0)?
-    } else {
-        Next::End
+    let first = match first_allowed(session, rest, opts, c, &mut m0, on_event).await? {
+        Ok(first) => first,
+        Err(f) => return Ok((out, f, stats)),
     };
-    if first == Next::End {
-        session.prefill(rest).await?;
-        on_event(Event::PromptDone);
-        let f = if opts.max_tokens == 0 {
-            Finish::Length
-        } else {
-            Finish::Stop
-        };
-        return Ok((out, f, stats));
-    }
     let is_eos = |t: u32| !opts.ignore_eos && opts.eos.contains(&t);
     // Every choice of the request goes through the sampler (see `Session::set_token_masks`).
     session.set_token_masks(row_mask(first, &m0), None)?;
