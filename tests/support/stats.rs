@@ -30,3 +30,21 @@ pub fn two_sample_chi2(
     }
     (stat, bins.saturating_sub(1))
 }
+
+/// Asserts that two samples of tokens (`a` and `b`, equal sizes) follow the same law: the
+/// two-sample χ² below its p = 0.001 critical value, on at least 3 degrees of freedom. `what`
+/// names the position and the two modes in the messages.
+pub fn assert_same_law(
+    what: &str,
+    a: &std::collections::BTreeMap<u32, u32>,
+    b: &std::collections::BTreeMap<u32, u32>,
+) {
+    let (stat, df) = two_sample_chi2(a, b);
+    let crit = chi2_critical_001(df.max(1));
+    println!("{what}: chi2 {stat:.1} on {df} df (critical {crit:.1})");
+    assert!(df >= 3, "{what}: too few distinct tokens to test: {a:?}");
+    assert!(
+        stat < crit,
+        "{what}: the two samples differ (chi2 {stat:.1} > {crit:.1} on {df} df)"
+    );
+}
