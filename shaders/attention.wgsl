@@ -33,10 +33,17 @@
 // those of the one-row path, while the cache is read QR times less. Other groups (decode rows with
 // partials, a change of chunk length, the call's last partial group) take the rows one at a time.
 //
+// STREAMS (decode rows only, not with QROWS): the rows are independent streams (a batch of
+// sequences, one token each): row t is at its own position (stream_pos(t)) and reads its own
+// slot of the caches ([streams, max_ctx, Hkv*D]); the arithmetic of a row is the same.
+//
 // Defines: WG, BK (keys per block; WG/BK lanes per key), HEAD_DIM, NS (max chunks per row),
 // CK_MIN (min chunk length, a multiple of BK), SPLIT, XQ (final pass only), QR (rows per group;
 // 1 but in the final pass with QROWS), KV_F16 (caches of f16 values).
 #include "common.wgsl"
+#if STREAMS
+#include "streams.wgsl"
+#endif
 
 {{PARAMS}}
 
@@ -104,6 +111,24 @@ struct Partial {
     acc: vec4<f32>,   // threads lid < D4: dims 4*lid .. 4*lid + 3
     m: f32,
     l: f32,           // threads lid < D4
+}
+
+// Cache position of row t (its key count is that + 1).
+fn row_at(t: u32) -> u32 {
+#if STREAMS
+    return stream_pos(t);
+#else
+    return step.pos + t;
+#endif
+}
+
+// Offset (vec4s) of row t's slot in the caches: 0 unless STREAMS.
+fn slot4(t: u32) -> u32 {
+#if STREAMS
+    return t * p.max_ctx * p.n_kv_heads * D4;
+#else
+    return 0u;
+#endif
 }
 
 // Chunk length for a row with n_keys keys (a multiple of BK, at least CK_MIN, at most NS chunks).
@@ -253,7 +278,7 @@ fn split_grouped(id: u32, lid: u32) {
     let hg = id % ngr;
     let c = (id / ngr) % NS;
     let t = id / (NS * ngr);
-    let row = step.pos + t;
+    let row = row_at(t);
     if (t >= step.n_tokens || t >= p.split_rows || t >= p.max_rows || row >= p.max_ctx || nkv == 0u || p.head_dim != D) { return; }
     let n_keys = row + 1u;
     let ck = chunk_keys(n_keys);
@@ -263,7 +288,7 @@ fn split_grouped(id: u32, lid: u32) {
     let h0 = hg * QR;
     let g = min(h0 / max(nq / nkv, 1u), nkv - 1u);
     let kv_row4 = nkv * D4;
-    let kv_off4 = g * D4;
+    let kv_off4 = g * D4 + slot4(t);
     for (var i = lid; i < QR * D4; i += WG) {
         qs[i] = q[(t * nq + h0 + i / D4) * D4 + i % D4] * p.scale;
     }
@@ -403,7 +428,7 @@ fn split_one(id: u32, lid: u32) {
     let h = id % max(nq, 1u);
     let c = (id / max(nq, 1u)) % NS;
     let t = id / (NS * max(nq, 1u));
-    let row = step.pos + t;
+    let row = row_at(t);
     if (t >= step.n_tokens || t >= p.split_rows || t >= p.max_rows || row >= p.max_ctx || nkv == 0u || p.head_dim != D) { return; }
     let n_keys = row + 1u;
     let ck = chunk_keys(n_keys);
@@ -411,7 +436,7 @@ fn split_one(id: u32, lid: u32) {
     if (k0 >= n_keys) { return; }
     let g = min(h / max(nq / nkv, 1u), nkv - 1u);
     load_q(t, h, lid);
-    let r = chunk(k0, min(k0 + ck, n_keys), nkv * D4, g * D4, lid);
+    let r = chunk(k0, min(k0 + ck, n_keys), nkv * D4, g * D4 + slot4(t), lid);
     let base = part_base(t, h, c);
     if (lid == 0u) {
         part[base] = vec4<f32>(r.m, r.l, 0.0, 0.0);
@@ -478,7 +503,7 @@ fn write_row(t: u32, h: u32, st: Partial, lid: u32) {
 fn one_row(t: u32, h: u32, lid: u32) {
     let nq = p.n_heads;
     let nkv = p.n_kv_heads;
-    let n_keys = step.pos + t + 1u;
+    let n_keys = row_at(t) + 1u;
     let ck = chunk_keys(n_keys);
     let n_chunks = (n_keys + ck - 1u) / ck;
     var st = Partial(vec4<f32>(0.0), NEG, 0.0);
@@ -495,7 +520,7 @@ fn one_row(t: u32, h: u32, lid: u32) {
         load_q(t, h, lid);
         for (var c = 0u; c < n_chunks; c++) {
             let k0 = c * ck;
-            st = merge(st, chunk(k0, min(k0 + ck, n_keys), nkv * D4, g * D4, lid));
+            st = merge(st, chunk(k0, min(k0 + ck, n_keys), nkv * D4, g * D4 + slot4(t), lid));
         }
     }
     write_row(t, h, st, lid);
@@ -510,7 +535,7 @@ fn main(
 ) {
     let t = wid.z;
     let h = wg_linear(wid, nwg);
-    let row = step.pos + t;
+    let row = row_at(t);
     if (t >= step.n_tokens || t >= p.max_rows || row >= p.max_ctx || h >= p.n_heads || p.n_kv_heads == 0u || p.head_dim != D) { return; }
     one_row(t, h, lid);
 }

@@ -9,7 +9,13 @@
 //   WGSL's accuracy guarantees hold on every backend.
 // Batch invariance: every (row, head) is computed by its own workgroup in a fixed order that does
 // not depend on the row count or on which call the row belongs to.
+// STREAMS: the rows are independent streams (a batch of sequences, one token each): row t is at
+// its own position (stream_pos(t), from the step) and writes to its own slot of the caches,
+// which hold max_ctx rows per stream ([streams, max_ctx, Hkv*D]); the arithmetic is the same.
 #include "common.wgsl"
+#if STREAMS
+#include "streams.wgsl"
+#endif
 
 {{PARAMS}}
 
@@ -64,14 +70,20 @@ fn main(
     let D = p.head_dim;
     let nq = p.n_heads;
     let nkv = p.n_kv_heads;
+#if STREAMS
+    let row = stream_pos(t);
+    let cache_row = t * p.max_ctx + row;
+#else
     let row = step.pos + t;
+    let cache_row = row;
+#endif
     if (t >= step.n_tokens || t >= p.max_rows || row >= p.max_ctx || slot >= nq + 2u * nkv || D > MAX_D || p.rotary_dim > D) { return; }
 
     if (slot >= nq + nkv) {
         // Value head: a plain copy into the cache.
         let g = slot - nq - nkv;
         let src = t * p.v_stride + p.v_col + g * D;
-        let dst = row * nkv * D + g * D;
+        let dst = cache_row * nkv * D + g * D;
 #if KV_F16
         for (var j = lid; 2u * j < D; j += WG) {
             v_cache[dst / 2u + j] = pack_pair(vin[src + 2u * j], vin[src + 2u * j + 1u]);
@@ -136,7 +148,7 @@ fn main(
     if (is_q) {
         dst = t * nq * D + slot * D;
     } else {
-        dst = row * nkv * D + (slot - nq) * D;
+        dst = cache_row * nkv * D + (slot - nq) * D;
     }
     for (var i = 0u; i < PER; i++) {
         let j = lid + i * WG;

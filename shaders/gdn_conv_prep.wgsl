@@ -9,7 +9,11 @@
 // Head blocks normalize each row's silu values as gdn_prep does: squares summed by NORM_WG
 // threads over channels c ≡ lid (mod NORM_WG) in channel order, then a tree over NORM_WG.
 //
-// Defines: WG (threads, >= NORM_WG and >= Dk), NORM_WG, TILE, KMAX.
+// STREAMS: the rows are independent streams (a batch of sequences, one token each): row t's
+// window is slot t of the state ([streams, K-1, conv_dim]) and the row itself, and slot t is
+// updated; no snapshot. The arithmetic of a row is that of a one-row call.
+//
+// Defines: WG (threads, >= NORM_WG and >= Dk), NORM_WG, TILE, KMAX, STREAMS.
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -56,6 +60,24 @@ fn x_at(j: u32, c: u32) -> f32 {
     }
     return qkv[(j - ks) * p.x_stride + p.x_col + c];
 }
+
+#if STREAMS
+// Tap j of row t's window (stream t: its slot's K-1 rows, then the row).
+fn x_stream(t: u32, j: u32, c: u32) -> f32 {
+    let ks = p.taps - 1u;
+    if (j < ks) {
+        return hist[j];
+    }
+    return qkv[t * p.x_stride + p.x_col + c];
+}
+
+fn load_hist_slot(t: u32, c: u32) {
+    let base = t * (p.taps - 1u) * p.conv_dim;
+    for (var j = 0u; j + 1u < p.taps; j++) {
+        hist[j] = conv_state[base + j * p.conv_dim + c];
+    }
+}
+#endif
 
 #include "gdn_gates.wgsl"
 
@@ -106,13 +128,32 @@ fn main(
         w[k] = 0.0;
         if (k < p.taps) { w[k] = conv_w[cc * p.taps + k]; }
     }
+#if STREAMS
+    // (Bound like the one-sequence form: every binding is used.)
+    _ = conv_snap[0];
+#else
     if (wid.z == 0u) { load_hist(cc); }
+#endif
 
     for (var t = t0; t < t1; t++) {
         var acc = 0.0;
+#if STREAMS
+        load_hist_slot(t, cc);
+        for (var k = 0u; k < KMAX; k++) {
+            if (k < p.taps) { acc += x_stream(t, k, cc) * w[k]; }
+        }
+        if (valid) {
+            // Slot t's window moves on by the row (each thread its own channel, read above).
+            let base = t * ks * p.conv_dim;
+            for (var j = 0u; j < ks; j++) {
+                conv_state[base + j * p.conv_dim + c] = x_stream(t, j + 1u, c);
+            }
+        }
+#else
         for (var k = 0u; k < KMAX; k++) {
             if (k < p.taps) { acc += x_at(t + k, cc) * w[k]; }
         }
+#endif
         let v = silu(acc);
         if (head) {
             // gdn_prep's normalization of this row of the head.
@@ -142,6 +183,7 @@ fn main(
         }
     }
 
+#if !STREAMS
     if (wid.z != 0u || T == 0u || !valid) { return; }
     let nc = step.n_confirmed;
     if (nc > 0u && nc < T) {
@@ -152,4 +194,5 @@ fn main(
     for (var j = 0u; j < ks; j++) {
         conv_state[j * p.conv_dim + c] = x_at(T + j, c);
     }
+#endif
 }

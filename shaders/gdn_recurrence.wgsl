@@ -31,6 +31,10 @@
 // squares in channel order, then a tree, as gdn_conv_prep.wgsl does), and beta, g come from the
 // step's b, a columns of the projection rows. The same bits as gdn_conv_prep + this kernel (tested).
 //
+// STREAMS (not with PREP): the rows are independent streams (a batch of sequences, one token each):
+// workgroups of z-slice t take row t alone, from and to slot t of the state ([streams, Hv, Dv,
+// Dk / 4]), with no snapshot and no rollback; a row's arithmetic is that of a one-row call.
+//
 // Defines: WG (threads; R = WG / 4 rows), NV4 (= Dk / 16), KQ (vec4 of k|q each thread stages per
 // step: ceil(Dk / 2 / WG)), KQS (vec4 slots of one staging buffer: >= Dk / 2, at most KQ * WG),
 // SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size), PREP, XQ (with PREP).
@@ -94,11 +98,25 @@ var<workgroup> red_m: array<f32, WG>;
 var<workgroup> red_o: array<f32, WG>;
 #endif
 
+#if STREAMS
+// The stream (row) of this workgroup's z-slice.
+var<private> stream_row: u32;
+#endif
+
+// The first row this workgroup reads (its stream's with STREAMS, else 0).
+fn row0() -> u32 {
+#if STREAMS
+    return stream_row;
+#else
+    return 0u;
+#endif
+}
+
 // Slot i of the staging buffer for row t: k chunk i (i < Dk/4), then q chunk i - Dk/4; zero past.
 fn stage_load(t: u32, T: u32, kh: u32, i: u32) -> vec4<f32> {
     let dk4 = p.dk / 4u;
     if (t >= T || i >= 2u * dk4) { return vec4<f32>(0.0); }
-    let rb = t * (p.conv_dim / 4u);
+    let rb = (row0() + t) * (p.conv_dim / 4u);
     if (i < dk4) {
         return conv_out[rb + p.n_k_heads * dk4 + kh * dk4 + i];
     }
@@ -106,7 +124,8 @@ fn stage_load(t: u32, T: u32, kh: u32, i: u32) -> vec4<f32> {
 }
 
 fn conv_at(idx: u32) -> f32 {
-    return conv_out[idx / 4u][idx % 4u];
+    let i = row0() * p.conv_dim + idx;
+    return conv_out[i / 4u][i % 4u];
 }
 
 #if XQ
@@ -149,19 +168,30 @@ fn main(
     let live = rloc < R && row_raw < p.dv;
     let row = min(row_raw, p.dv - 1u);
 
+#if STREAMS
+    stream_row = wid.z;
+    if (wid.z >= min(step.n_tokens, p.rows_cap)) { return; }
+    let T = 1u;
+    let nc = 0u;
+#else
     let T = min(step.n_tokens, p.rows_cap);
     let nc = step.n_confirmed;
+#endif
     let hv = p.n_v_heads;
     let kh = h / (hv / p.n_k_heads);
     let dk4 = p.dk / 4u;
-    let sbase = (h * p.dv + row) * dk4;
+    let sbase = ((row0() * hv + h) * p.dv + row) * dk4;
     let key_dim = p.n_k_heads * p.dk;
     let vcol = 2u * key_dim + h * p.dv + row;
 
     var s: array<vec4<f32>, NV4>;
     // The state this call starts from: the snapshot when step.rollback is set (the previous
     // verify rejected its draft). Each element is read, then written, by the same lane.
+#if STREAMS
+    let from_snap = false;
+#else
     let from_snap = step.rollback != 0u;
+#endif
     for (var j = 0u; j < NV4; j++) {
         if (from_snap) {
             s[j] = snap[sbase + lane + LANES * j];
@@ -261,8 +291,8 @@ fn main(
     var ng = 0.0;
     if (T > 0u) {
         nv = conv_at(vcol);
-        nb = gates[h];
-        ng = gates[hv + h];
+        nb = gates[row0() * 2u * hv + h];
+        ng = gates[row0() * 2u * hv + hv + h];
     }
     workgroupBarrier();
 
@@ -274,8 +304,8 @@ fn main(
         let g = ng;
         if (t + 1u < T) {
             nv = conv_at((t + 1u) * p.conv_dim + vcol);
-            nb = gates[(t + 1u) * 2u * hv + h];
-            ng = gates[(t + 1u) * 2u * hv + hv + h];
+            nb = gates[(row0() + t + 1u) * 2u * hv + h];
+            ng = gates[(row0() + t + 1u) * 2u * hv + hv + h];
         }
         var fut: array<vec4<f32>, KQ>;
         for (var i = 0u; i < KQ; i++) {
@@ -345,9 +375,9 @@ fn main(
             let yv = silu(zg) * gn;
 #else
             let gn = gw[row] * (o * inv);
-            let yv = silu(z[t * p.z_stride + p.z_col + h * p.dv + row]) * gn;
+            let yv = silu(z[(row0() + t) * p.z_stride + p.z_col + h * p.dv + row]) * gn;
 #endif
-            y[t * hv * p.dv + h * p.dv + row] = yv;
+            y[(row0() + t) * hv * p.dv + h * p.dv + row] = yv;
 #if XQ
             gq[row] = yv;
 #endif
@@ -369,7 +399,7 @@ fn main(
 #endif
 #else
         if (live && lane == 0u) {
-            y[t * hv * p.dv + h * p.dv + row] = o;
+            y[(row0() + t) * hv * p.dv + h * p.dv + row] = o;
         }
 #endif
         if (live && nc < T && t + 1u == nc) {

@@ -91,6 +91,7 @@ impl Shape {
             eps: EPS,
             max_ctx,
             kv_f16: false,
+            streams: 0,
         }
     }
     fn rdims(&self) -> RefDims {
@@ -241,6 +242,7 @@ impl Layer {
                 n_out: 1,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let slot = StepSlot {
@@ -304,6 +306,7 @@ impl Layer {
                 n_out: 1,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let slot = StepSlot {
@@ -809,6 +812,7 @@ fn attend(
             n_out: 1,
             force: 0,
             rollback: 0,
+            ..Default::default()
         },
     );
     let slot = StepSlot {
@@ -1103,6 +1107,7 @@ fn rejects_unsupported_shapes() {
             n_out: 1,
             force: 0,
             rollback: 0,
+            ..Default::default()
         },
     );
     let slot = StepSlot {
@@ -1230,6 +1235,7 @@ fn bench_attention_27b() {
                 n_out: 1,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let slot = StepSlot {

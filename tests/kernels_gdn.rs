@@ -33,6 +33,7 @@ fn shapes() -> Vec<(&'static str, GdnDims)> {
         v_head_dim: dv,
         conv_kernel: 4,
         eps: 1e-6,
+        streams: 0,
     };
     vec![
         ("tiny", d(1, 2, 32, 32)),
@@ -116,6 +117,7 @@ fn step_rb(gpu: &Gpu, t: usize, nc: usize, rollback: bool) -> GpuBuffer {
             n_out: 1,
             force: 0,
             rollback: rollback as u32,
+            ..Default::default()
         },
     )
 }

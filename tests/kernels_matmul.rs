@@ -149,6 +149,7 @@ fn gpu_matmul(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, mt: u32) -> Vec<f32> {
             n_out: 1,
             force: 0,
             rollback: 0,
+            ..Default::default()
         },
     );
     let slot = StepSlot {
@@ -345,6 +346,7 @@ fn matmul_residual_epilogue_and_offsets() {
             n_out: 1,
             force: 0,
             rollback: 0,
+            ..Default::default()
         },
     );
     let d = pollster::block_on(matmul(
@@ -447,6 +449,7 @@ fn gpu_matmul_side_by_side(gpu: &Gpu, mats: &[&Matrix], x: &[f32], t: usize, mt:
             n_out: 1,
             force: 0,
             rollback: 0,
+            ..Default::default()
         },
     );
     let slot = StepSlot {
@@ -670,6 +673,7 @@ fn matmul_swiglu_epilogue_equals_stack_then_swiglu_kernel() {
                         n_out: 1,
                         force: 0,
                         rollback: 0,
+                        ..Default::default()
                     },
                 );
                 let slot = StepSlot {

@@ -43,6 +43,7 @@ fn rms_norm_matches_cpu() {
                 n_out: 1,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let slot = StepSlot {
@@ -99,6 +100,7 @@ fn rms_norm_matches_cpu() {
                 n_out: n_out as u32,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let yo = gpu
@@ -235,6 +237,7 @@ fn embed_gathers_every_format_across_chunks() {
                 n_out: 1,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let d = pollster::block_on(embed(
@@ -293,6 +296,7 @@ fn swiglu_matches_cpu() {
                 n_out: 1,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let d = pollster::block_on(swiglu(
@@ -359,6 +363,7 @@ fn argmax_picks_lowest_index_on_ties_and_ignores_nan() {
                 n_out: rows as u32,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let d = pollster::block_on(argmax(

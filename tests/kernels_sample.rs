@@ -109,6 +109,7 @@ fn run_call_masked(
             n_out: c.rows,
             force: 0,
             rollback: 0,
+            ..Default::default()
         },
     );
     let io = SampleIo {
@@ -924,6 +925,7 @@ fn speculative_accept_and_residual_match_cpu_chi_square() {
                     n_out: rows,
                     force: 0,
                     rollback: 0,
+                    ..Default::default()
                 },
             );
             let slot = StepSlot {
@@ -1072,6 +1074,7 @@ fn accept_commits_the_emitted_tokens() {
                 n_out: 1,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let s2 = step_buffer(
@@ -1083,6 +1086,7 @@ fn accept_commits_the_emitted_tokens() {
                 n_out: 2,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let (ql, tl) = (upload_f32(&gpu, "q", &q), upload_f32(&gpu, "t", &t));

@@ -108,6 +108,7 @@ fn write_step(gpu: &Gpu, step: &qwgpu_engine::gpu::GpuBuffer, t: u32, pos: u32) 
             n_out: 1,
             force: 0,
             rollback: 0,
+            ..Default::default()
         }),
     );
 }

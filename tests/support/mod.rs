@@ -99,6 +99,7 @@ pub fn tokens_step(gpu: &Gpu, t: usize) -> GpuBuffer {
             n_out: 1,
             force: 0,
             rollback: 0,
+            ..Default::default()
         },
     )
 }

@@ -183,6 +183,7 @@ pub fn run_matmul(gpu: &Gpu, m: &Matrix, c: MmCall<'_>) -> Vec<f32> {
             n_out: 1,
             force: 0,
             rollback: 0,
+            ..Default::default()
         },
     );
     let slot = StepSlot {

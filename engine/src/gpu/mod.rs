@@ -15,7 +15,7 @@ pub mod timer;
 use std::sync::Arc;
 
 pub use buffer::{GpuBuffer, ParamStruct};
-pub use plan::{Dispatch, Grid, Plan, Rows, Step, StepShape, StepSlot};
+pub use plan::{Dispatch, Grid, Plan, Rows, Step, StepShape, StepSlot, MAX_STREAMS};
 pub use shader::{Defines, ShaderCache};
 
 /// Errors from device set-up and GPU work.

@@ -22,8 +22,16 @@ crate::gpu_struct! {
         /// 1: the Gated-DeltaNet states start this call from their snapshots (the previous
         /// verify, run ahead on the GPU, rejected its draft); set by the GPU's MTP bookkeeping.
         rollback: u32,
+        /// Calls of independent streams (the `STREAMS` pipelines of a [`crate::model::Batch`]):
+        /// the cache positions of rows 1, 2 and 3 (row 0's is `pos`). Unused otherwise.
+        pos1: u32,
+        pos2: u32,
+        pos3: u32,
     }
 }
+
+/// Rows of a call of independent streams ([`Step`] holds their positions: `pos`, `pos1`..`pos3`).
+pub const MAX_STREAMS: u32 = 4;
 
 /// A slot of the step buffer (one per kind of forward call recorded in the same submission).
 #[derive(Clone, Copy)]

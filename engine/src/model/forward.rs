@@ -204,6 +204,7 @@ pub fn attn_dims(cfg: &ModelConfig, max_ctx: u32) -> AttnDims {
         eps: cfg.rms_norm_eps,
         max_ctx,
         kv_f16: false,
+        streams: 0,
     }
 }
 
@@ -215,6 +216,7 @@ pub fn gdn_dims(cfg: &ModelConfig) -> GdnDims {
         v_head_dim: cfg.linear_value_head_dim as u32,
         conv_kernel: cfg.linear_conv_kernel_dim as u32,
         eps: cfg.rms_norm_eps,
+        streams: 0,
     }
 }
 
@@ -238,6 +240,10 @@ pub struct Builder<'a> {
     /// Decode and verify rows of attention on the split pass (many workgroups per head) rather
     /// than one workgroup per head: the same bits, see [`crate::model::SessionOptions::attn_split`].
     pub attn_split: bool,
+    /// 0: a plan for one sequence. n > 0: a plan for a [`crate::model::Batch`] of n independent
+    /// streams, one row each, on a state of n slots (the state kernels' `STREAMS` forms; the
+    /// Gated-DeltaNet layers take their conv from `gdn_conv_prep`, not a matmul epilogue).
+    pub streams: u32,
 }
 
 /// The input of the matmuls that follow an RMSNorm: the normalized copy `xn`, or x itself with
@@ -610,7 +616,10 @@ impl Builder<'_> {
                 },
                 LayerState::Gdn(st),
             ) => {
-                let d = gdn_dims(cfg);
+                let d = GdnDims {
+                    streams: self.streams,
+                    ..gdn_dims(cfg)
+                };
                 let (cd, vd, hv) = (cfg.conv_dim() as u32, cfg.value_dim() as u32, d.n_v_heads);
                 // spec §4.6 step 1: the four input projections qkv | z | b | a, side by side in
                 // `proj` (columns 0, cd, cd + vd, cd + vd + hv).
@@ -620,7 +629,7 @@ impl Builder<'_> {
                 let out_proj_done: Option<bool> = 'mixer: {
                     let decode_tile = self.mt == crate::ops::matmul::MT_ONE
                         || self.mt == crate::ops::matmul::MT_SMALL;
-                    if (xn.norm.is_some() || xn.planes) && decode_tile {
+                    if (xn.norm.is_some() || xn.planes) && decode_tile && self.streams == 0 {
                         if crate::ops::gdn::fused_gdn()
                             && in_proj.n() == cd + vd + 2 * hv
                             && d.conv_kernel <= crate::ops::gdn::CONV_KMAX
@@ -758,6 +767,11 @@ impl Builder<'_> {
                             )
                             .await?,
                         );
+                    } else if self.streams > 0 {
+                        return Err(LoadError::Unsupported(format!(
+                            "independent streams need gdn_conv_prep ({} storage buffers per shader stage, key heads of at most 256 channels)",
+                            CONV_PREP_STORAGE_BUFFERS
+                        )));
                     } else {
                         // steps 2–3: causal conv + SiLU over q|k|v with the 3-row conv state.
                         plan.extend_vec(
@@ -905,6 +919,7 @@ impl Builder<'_> {
         let pw = ws.proj_width;
         let d = AttnDims {
             kv_f16: kv.f16,
+            streams: self.streams,
             ..attn_dims(cfg, self.max_ctx)
         };
         let (qw, kw) = (2 * d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim);

@@ -41,6 +41,8 @@ pub enum RunError {
     Load(#[from] LoadError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("batch: {0}")]
+    Batch(String),
 }
 
 pub struct Model {
@@ -318,6 +320,7 @@ impl Session {
                 // must equal a decode; see fold_norms_with_mtp).
                 fold_norms: !speculative || crate::ops::matmul::fold_norms_with_mtp(),
                 attn_split,
+                streams: 0,
             };
             let plans = (
                 b(MT_SMALL).body(&state).await?,
@@ -350,6 +353,7 @@ impl Session {
                         x: &ws.x_mtp,
                         fold_norms: false,
                         attn_split,
+                        streams: 0,
                     };
                     let one = |d| {
                         let mut p = Plan::new();
@@ -857,6 +861,7 @@ impl Session {
                 n_out,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         if let Some(ids) = ids {
@@ -998,6 +1003,7 @@ impl Session {
                     n_out: 1,
                     force: 0,
                     rollback: 0,
+                    ..Default::default()
                 },
             );
             self.write_step(
@@ -1009,6 +1015,7 @@ impl Session {
                     n_out: 1,
                     force: 0,
                     rollback: 0,
+                    ..Default::default()
                 },
             );
             gpu.queue
@@ -1069,6 +1076,7 @@ impl Session {
                 n_out: 1,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         self.write_step(
@@ -1080,6 +1088,7 @@ impl Session {
                 n_out: 1,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         gpu.queue
@@ -1112,7 +1121,7 @@ impl Session {
 
     /// MTP verifies submitted and not read, or a verify body waiting for its heads:
     /// [`Session::settle`] first.
-    fn unsettled(&self) -> bool {
+    pub(crate) fn unsettled(&self) -> bool {
         self.pending_verifies() > 0 || self.verify_body.is_some()
     }
 
@@ -1224,6 +1233,7 @@ impl Session {
                             n_out: 2,
                             force: 0,
                             rollback: 0,
+                            ..Default::default()
                         },
                     );
                     self.write_step(
@@ -1235,6 +1245,7 @@ impl Session {
                             n_out: 2,
                             force,
                             rollback: 0,
+                            ..Default::default()
                         },
                     );
                 } else {
@@ -1410,6 +1421,7 @@ impl Session {
                 n_out: 1,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let stamps = crate::gpu::timer::Timestamps::new(&gpu, "profile", 2);
@@ -1475,6 +1487,7 @@ impl Session {
                 n_out: 2,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let two = time(
@@ -1497,6 +1510,7 @@ impl Session {
                         n_out: 2,
                         force: 0,
                         rollback: 0,
+                        ..Default::default()
                     },
                 );
                 Some(time(
@@ -1545,6 +1559,7 @@ impl Session {
                 n_out: t,
                 force: 0,
                 rollback: 0,
+                ..Default::default()
             },
         );
         let shape = StepShape {

@@ -14,7 +14,9 @@
 //! Limits: D a multiple of 4 and <= 256; each KV cache buffer must fit one storage binding
 //! (`max_ctx * Hkv * D * 4` bytes <= `caps.max_binding`: 1 GiB at 262,144 positions for the 27B).
 
-use crate::gpu::{Defines, Dispatch, Gpu, GpuBuffer, GpuError, Grid, ParamStruct, StepSlot};
+use crate::gpu::{
+    Defines, Dispatch, Gpu, GpuBuffer, GpuError, Grid, ParamStruct, StepSlot, MAX_STREAMS,
+};
 use crate::ops::Act;
 
 /// Shapes of one full-attention layer (27B: Hq 24, Hkv 4, D 256, rotary 64, theta 1e7, eps 1e-6).
@@ -36,12 +38,18 @@ pub struct AttnDims {
     /// The KV caches hold f16 values (in pairs, `pack2x16float`: no shader-f16 needed) instead
     /// of f32: half the memory and the reads; keys and values rounded to f16 once, when written.
     pub kv_f16: bool,
+    /// 0: the rows of a call are successive tokens of one sequence. n > 0: the call's rows are
+    /// independent streams (a [`crate::model::Batch`], n slots): row t is stream t at its own
+    /// position ([`crate::gpu::Step`]'s `pos`, `pos1`..), and the caches hold n slots of
+    /// `max_ctx` rows each, slot t for row t (the `STREAMS` pipelines).
+    pub streams: u32,
 }
 
 impl AttnDims {
-    /// Bytes of one KV cache buffer (K or V): [max_ctx, Hkv*D] f32 or f16.
+    /// Bytes of one KV cache buffer (K or V): [max_ctx, Hkv*D] f32 or f16 (per stream slot).
     pub fn cache_bytes(&self) -> u64 {
-        self.max_ctx as u64
+        self.streams.max(1) as u64
+            * self.max_ctx as u64
             * self.n_kv_heads as u64
             * self.head_dim as u64
             * kv_elem_bytes(self.kv_f16)
@@ -135,6 +143,12 @@ fn check_dims(what: &str, d: &AttnDims) -> Result<(), GpuError> {
                 "head_dim {} must be a multiple of 4 and at most {MAX_HEAD_DIM}",
                 d.head_dim
             ),
+        ));
+    }
+    if d.streams > MAX_STREAMS {
+        return Err(bad(
+            what,
+            format!("{} streams in one call, at most {MAX_STREAMS}", d.streams),
         ));
     }
     if d.rotary_dim % 2 != 0 || d.rotary_dim > d.head_dim {
@@ -233,7 +247,12 @@ pub async fn attn_prep(
         return Err(bad(what, "an activation buffer cannot hold one row".into()));
     }
     let pipeline = gpu
-        .pipeline("attn_prep.wgsl", &prep_defines().flag("KV_F16", d.kv_f16))
+        .pipeline(
+            "attn_prep.wgsl",
+            &prep_defines()
+                .flag("KV_F16", d.kv_f16)
+                .flag("STREAMS", d.streams > 0),
+        )
         .await?;
     let params = AttnPrepParams {
         n_heads: d.n_heads,
@@ -576,7 +595,15 @@ pub async fn attention_xq_rows(
         Some(b) => (b.size.min(gpu.caps.max_binding) / per_row).min(max_rows as u64) as u32,
         None => 0,
     };
-    let base = attention_defines(d.head_dim).flag("KV_F16", d.kv_f16);
+    if d.streams > 0 && qr > 1 {
+        return Err(bad(
+            what,
+            "independent streams take one query row per workgroup".into(),
+        ));
+    }
+    let base = attention_defines(d.head_dim)
+        .flag("KV_F16", d.kv_f16)
+        .flag("STREAMS", d.streams > 0);
     let params = AttentionParams {
         n_heads: d.n_heads,
         n_kv_heads: d.n_kv_heads,
@@ -717,6 +744,11 @@ pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
     let mut v = vec![
         ("attn_prep.wgsl", prep_defines()),
         ("attn_prep.wgsl", prep_defines().flag("KV_F16", true)),
+        ("attn_prep.wgsl", prep_defines().flag("STREAMS", true)),
+        (
+            "attn_prep.wgsl",
+            prep_defines().flag("KV_F16", true).flag("STREAMS", true),
+        ),
     ];
     for (hd, f16) in [32, 64, 128, 256]
         .into_iter()
@@ -738,6 +770,27 @@ pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
             "attention.wgsl",
             attention_defines(hd).flag("SPLIT", false).flag("XQ", true),
         ));
+        // Independent streams (a batch): the split pass in both forms and the final pass.
+        let streams = |d: Defines| d.flag("STREAMS", true);
+        v.push((
+            "attention.wgsl",
+            streams(attention_defines(hd).flag("SPLIT", true)),
+        ));
+        v.push((
+            "attention.wgsl",
+            streams(
+                attention_defines(hd)
+                    .flag("SPLIT", true)
+                    .flag("SPLITG", true)
+                    .set("QR", 8),
+            ),
+        ));
+        for xq in [false, true] {
+            v.push((
+                "attention.wgsl",
+                streams(attention_defines(hd).flag("SPLIT", false).flag("XQ", xq)),
+            ));
+        }
         for qr in [2, ATTN_QR] {
             for xq in [false, true] {
                 v.push((

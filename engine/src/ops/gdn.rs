@@ -35,6 +35,10 @@ pub struct GdnDims {
     pub conv_kernel: u32,
     /// The gated norm's eps (`rms_norm_eps`).
     pub eps: f32,
+    /// 0: the rows of a call are successive tokens of one sequence. n > 0: independent streams
+    /// (a [`crate::model::Batch`]): row t reads and updates slot t of the conv and recurrent
+    /// states ([n, ...] each), with no snapshot (the `STREAMS` pipelines).
+    pub streams: u32,
 }
 
 impl GdnDims {
@@ -260,6 +264,10 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
     for dk in [32, 64, 128, 256] {
         if let Some(wg) = conv_prep_wg(dk) {
             v.push(("gdn_conv_prep.wgsl", conv_prep_defines(wg)));
+            v.push((
+                "gdn_conv_prep.wgsl",
+                conv_prep_defines(wg).flag("STREAMS", true),
+            ));
         }
     }
     for dk in [32u32, 64, 128] {
@@ -276,6 +284,10 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 xq: false,
             };
             v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
+            v.push((
+                "gdn_recurrence.wgsl",
+                recurrence_defines(&lay).flag("STREAMS", true),
+            ));
             for dv in [32, 64, 128] {
                 for (prep, xq) in [(false, false), (true, false), (true, true)] {
                     let lay = RecurrenceLayout {
@@ -285,6 +297,11 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                     };
                     v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
                 }
+                let lay = gated_layout(dk, dv, subgroups);
+                v.push((
+                    "gdn_recurrence.wgsl",
+                    recurrence_defines(&lay).flag("STREAMS", true),
+                ));
             }
         }
     }
@@ -492,17 +509,29 @@ pub async fn gdn_conv_prep(
     })?;
     let (cd, hv) = (d.conv_dim(), d.n_v_heads);
     need(WHAT, "conv_w", conv_w, cd as u64 * d.conv_kernel as u64)?;
-    need(WHAT, "conv_state", conv_state, d.conv_state_len())?;
+    need(
+        WHAT,
+        "conv_state",
+        conv_state,
+        d.conv_state_len() * d.streams.max(1) as u64,
+    )?;
     need(WHAT, "conv_snap", conv_snap, d.conv_state_len())?;
     need(WHAT, "a_log", a_log, hv as u64)?;
     need(WHAT, "dt_bias", dt_bias, hv as u64)?;
-    let rows_cap = act_rows(WHAT, "qkv", &qkv, cd)?
+    let mut rows_cap = act_rows(WHAT, "qkv", &qkv, cd)?
         .min(buf_rows(out, cd))
         .min(act_rows(WHAT, "b", &b, hv)?)
         .min(act_rows(WHAT, "a", &a, hv)?)
         .min(buf_rows(gates, 2 * hv));
+    if d.streams > 0 {
+        // One row per stream slot: rows past the slots are not computed.
+        rows_cap = rows_cap.min(d.streams);
+    }
     let pipeline = gpu
-        .pipeline("gdn_conv_prep.wgsl", &conv_prep_defines(wg))
+        .pipeline(
+            "gdn_conv_prep.wgsl",
+            &conv_prep_defines(wg).flag("STREAMS", d.streams > 0),
+        )
         .await?;
     let (q_scale, k_scale, qk_eps) = qk_norm_constants(d.k_head_dim);
     let params = GdnConvPrepParams {
@@ -865,7 +894,18 @@ async fn recurrence_impl(
         RecOut::Fused { .. } => "gdn_recurrence_fused",
     };
     d.check()?;
-    need(what, "state", state, d.state_len())?;
+    if d.streams > 0 && matches!(mode, RecOut::Fused { .. }) {
+        return Err(bad(
+            what,
+            "independent streams take the conv and gates from gdn_conv_prep",
+        ));
+    }
+    need(
+        what,
+        "state",
+        state,
+        d.state_len() * d.streams.max(1) as u64,
+    )?;
     need(what, "snap", snap, d.state_len())?;
     let hv = d.n_v_heads;
     let rows_cap = buf_rows(conv_out, d.conv_dim())
@@ -993,18 +1033,23 @@ async fn recurrence_impl(
         }
     };
     let pipeline = gpu
-        .pipeline("gdn_recurrence.wgsl", &recurrence_defines(&lay))
+        .pipeline(
+            "gdn_recurrence.wgsl",
+            &recurrence_defines(&lay).flag("STREAMS", d.streams > 0),
+        )
         .await?;
     let blocks = d.v_head_dim.div_ceil(lay.rows());
     params.blocks = blocks;
+    let grid = if d.streams > 0 {
+        // A z-slice per stream (row), each from and to its own state slot.
+        params.rows_cap = params.rows_cap.min(d.streams);
+        Grid::per_token(hv * blocks)
+    } else {
+        Grid::fixed(hv * blocks)
+    };
     let u = gpu.uniform("gdn_recurrence.params", &params);
     res.insert(0, u.whole());
-    Ok(vec![gpu.dispatch(
-        what,
-        &pipeline,
-        &res,
-        Grid::fixed(hv * blocks),
-    )])
+    Ok(vec![gpu.dispatch(what, &pipeline, &res, grid)])
 }
 
 /// Gated RMSNorm (spec §4.6 step 7; mlx-lm `Qwen3NextRMSNormGated` + `precise_swiglu`), f32:

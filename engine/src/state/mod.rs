@@ -57,12 +57,28 @@ impl State {
         with_mtp: bool,
         kv_f16: bool,
     ) -> Result<State, GpuError> {
+        Self::with_slots(gpu, cfg, max_ctx, with_mtp, kv_f16, 1)
+    }
+
+    /// The state of `slots` independent sequences side by side (a [`crate::model::Batch`]): each
+    /// KV cache holds `slots` blocks of `max_ctx` rows, each conv and recurrent state `slots`
+    /// states, slot t for row t of the `STREAMS` kernels. The snapshots stay one state (the
+    /// streams' calls take none). `slots` = 1 is [`State::new`].
+    pub fn with_slots(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        max_ctx: u32,
+        with_mtp: bool,
+        kv_f16: bool,
+        slots: u32,
+    ) -> Result<State, GpuError> {
+        let n = slots.max(1) as u64;
         let kv_row = (cfg.num_key_value_heads * cfg.head_dim) as u64
             * crate::ops::attention::kv_elem_bytes(kv_f16);
         let kv = |name: &str| -> Result<KvCache, GpuError> {
             Ok(KvCache {
-                k: gpu.storage(&format!("{name}.k"), kv_row * max_ctx as u64)?,
-                v: gpu.storage(&format!("{name}.v"), kv_row * max_ctx as u64)?,
+                k: gpu.storage(&format!("{name}.k"), n * kv_row * max_ctx as u64)?,
+                v: gpu.storage(&format!("{name}.v"), n * kv_row * max_ctx as u64)?,
                 row_bytes: kv_row,
                 f16: kv_f16,
             })
@@ -76,9 +92,9 @@ impl State {
             layers.push(match k {
                 LayerKind::Full => LayerState::Attn(kv(&format!("layers.{i}.kv"))?),
                 LayerKind::Linear => LayerState::Gdn(GdnState {
-                    conv: gpu.storage(&format!("layers.{i}.conv"), conv_bytes)?,
+                    conv: gpu.storage(&format!("layers.{i}.conv"), n * conv_bytes)?,
                     conv_snap: gpu.storage(&format!("layers.{i}.conv_snap"), conv_bytes)?,
-                    ssm: gpu.storage(&format!("layers.{i}.ssm"), ssm_bytes)?,
+                    ssm: gpu.storage(&format!("layers.{i}.ssm"), n * ssm_bytes)?,
                     ssm_snap: gpu.storage(&format!("layers.{i}.ssm_snap"), ssm_bytes)?,
                 }),
             });

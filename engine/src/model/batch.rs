@@ -1,0 +1,412 @@
+//! Several independent sequences decoded together: one forward call whose rows are different
+//! streams, so every weight byte read by a step serves all of them.
+//!
+//! A [`Batch`] owns a state of `slots` sequences side by side ([`State::with_slots`]) and a
+//! decode plan whose state kernels run in their `STREAMS` form: row t of a call is stream t, at
+//! its own position, reading and updating slot t (attention prep and attention over slot t's KV
+//! rows, the conv and recurrence on slot t's Gated-DeltaNet state). Everything else (embedding,
+//! every matmul with its epilogues, norms, lm_head) is row-local already. The matmuls run their
+//! 2-token decode tile, whose rows are computed with the arithmetic of the 1-token tile, and the
+//! state kernels give each row the bits of a one-row call, so a stream's logits and tokens are
+//! those of the same sequence decoded alone in a [`Session`], bit for bit (tested).
+//!
+//! Sequences enter through a session: prefill the prompt there (all but its last id), then
+//! [`Batch::admit`] copies the session's state into a free slot on the GPU; the batch then
+//! decodes it with the others. A slot is freed by [`Batch::release`]; a free slot's row still
+//! runs in each step (on its own slot, so it disturbs nothing) and its output is ignored.
+
+use std::sync::Arc;
+
+use crate::error::LoadError;
+use crate::gpu::readback::Readback;
+use crate::gpu::{GpuBuffer, Plan, Step, StepShape, StepSlot};
+use crate::model::config::LayerKind;
+use crate::model::forward::{Builder, Workspace};
+use crate::model::session::{Model, RunError, Session};
+use crate::ops::matmul::MT_SMALL;
+use crate::state::{config_crc, LayerState, State, StateError};
+
+/// Streams one batch decodes together at most: the decode matmul tile's rows (the 2-token tile
+/// computes each row with the arithmetic of the 1-token tile, so batched rows keep a lone
+/// sequence's bits).
+pub const MAX_BATCH: u32 = MT_SMALL;
+
+/// How a [`Batch`] is built.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchOptions {
+    /// Streams decoded together (1 to [`MAX_BATCH`]).
+    pub slots: u32,
+    /// Positions each stream's slot holds.
+    pub max_ctx: u32,
+    /// KV caches in f16 (the admitted sessions' caches must be too).
+    pub kv_f16: bool,
+    /// Attention's split pass for the decode rows (the same bits either way; `None`: the
+    /// device's default, as for sessions).
+    pub attn_split: Option<bool>,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            slots: MAX_BATCH,
+            max_ctx: 4096,
+            kv_f16: false,
+            attn_split: None,
+        }
+    }
+}
+
+/// Independent sequences decoded in one forward call per step (see the module docs).
+pub struct Batch {
+    pub model: Arc<Model>,
+    opts: BatchOptions,
+    ws: Workspace,
+    state: State,
+    step_buf: GpuBuffer,
+    /// Embedding and layers, the state kernels in their streams form.
+    body: Plan,
+    /// Final norm, lm_head and argmax of every row.
+    head: Plan,
+    /// Final norm and lm_head of every row (logits only).
+    head_logits: Plan,
+    /// Position of each slot's sequence (tokens its state holds); `None` = free.
+    pos: Vec<Option<u32>>,
+    readback: Readback,
+}
+
+impl Batch {
+    pub async fn new(model: Arc<Model>, opts: BatchOptions) -> Result<Batch, LoadError> {
+        if opts.slots == 0 || opts.slots > MAX_BATCH {
+            return Err(LoadError::Unsupported(format!(
+                "a batch of {} streams: 1 to {MAX_BATCH} are supported",
+                opts.slots
+            )));
+        }
+        let gpu = model.gpu.clone();
+        let cfg = &model.config;
+        let max_ctx = opts.max_ctx.max(1);
+        let attn_split = opts
+            .attn_split
+            .unwrap_or_else(|| crate::ops::attention::split_by_default(&gpu));
+        let ws = Workspace::new(&gpu, cfg, MAX_BATCH, MAX_BATCH, false)?;
+        let state = State::with_slots(&gpu, cfg, max_ctx, false, opts.kv_f16, opts.slots)?;
+        let step_buf = gpu.storage("batch.step", std::mem::size_of::<Step>() as u64)?;
+        let scope = gpu.scope("building the batch's plans");
+        let b = Builder {
+            gpu: &gpu,
+            cfg,
+            w: &model.weights,
+            ws: &ws,
+            step: StepSlot {
+                buf: &step_buf,
+                offset: 0,
+            },
+            mt: MT_SMALL,
+            max_ctx,
+            x: &ws.x,
+            // As a plain session's decode (row 0 of its verify tile equals its 1-token tile).
+            fold_norms: true,
+            attn_split,
+            streams: opts.slots,
+        };
+        let body = b.body(&state).await?;
+        let head = b.head().await?;
+        let head_logits = b.head_logits().await?;
+        scope.finish().await?;
+        let readback = Readback::new(&gpu, "batch ids", 16);
+        Ok(Batch {
+            opts: BatchOptions {
+                max_ctx,
+                attn_split: Some(attn_split),
+                ..opts
+            },
+            pos: vec![None; opts.slots as usize],
+            model,
+            ws,
+            state,
+            step_buf,
+            body,
+            head,
+            head_logits,
+            readback,
+        })
+    }
+
+    pub fn options(&self) -> BatchOptions {
+        self.opts
+    }
+
+    /// Position of slot `slot`'s sequence (the tokens its state holds), `None` when free.
+    pub fn pos(&self, slot: u32) -> Option<u32> {
+        self.pos.get(slot as usize).copied().flatten()
+    }
+
+    /// The first free slot.
+    pub fn free_slot(&self) -> Option<u32> {
+        self.pos.iter().position(|p| p.is_none()).map(|i| i as u32)
+    }
+
+    /// Dispatches per step (the whole batch).
+    pub fn dispatches_per_step(&self) -> usize {
+        let shape = StepShape {
+            n_tokens: self.opts.slots,
+            n_out: self.opts.slots,
+            keys: 1,
+        };
+        self.body.recorded(shape) + self.head.recorded(shape)
+    }
+
+    /// Bytes of GPU memory the batch's state holds.
+    pub fn state_bytes(&self) -> u64 {
+        self.state.bytes()
+    }
+
+    /// Copies `session`'s sequence state (KV rows in use, conv and recurrent states) into slot
+    /// `slot` on the GPU; the slot's sequence then continues from the session's position. The
+    /// session is left as it is. Its MTP cache, if any, is not taken (a batch decodes plainly).
+    pub fn admit(&mut self, slot: u32, session: &mut Session) -> Result<(), RunError> {
+        let Some(cur) = self.pos.get(slot as usize) else {
+            return Err(RunError::Batch(format!(
+                "no slot {slot} in a batch of {}",
+                self.opts.slots
+            )));
+        };
+        if cur.is_some() {
+            return Err(RunError::Busy(format!(
+                "slot {slot} holds a sequence: release it first"
+            )));
+        }
+        if session.unsettled() {
+            return Err(RunError::Busy(
+                "the session has unread MTP verifies: settle it first".into(),
+            ));
+        }
+        let (a, b) = (
+            config_crc(&self.model.config),
+            config_crc(&session.model.config),
+        );
+        if a != b {
+            return Err(StateError::Mismatch(format!(
+                "the session runs another model (configuration {b:08x}, the batch's {a:08x})"
+            ))
+            .into());
+        }
+        if session.state.kv_f16 != self.state.kv_f16 {
+            let kind = |f16: bool| if f16 { "f16" } else { "f32" };
+            return Err(StateError::Mismatch(format!(
+                "the session's KV caches are {}, the batch's {}",
+                kind(session.state.kv_f16),
+                kind(self.state.kv_f16)
+            ))
+            .into());
+        }
+        let pos = session.state.pos;
+        if pos >= self.opts.max_ctx {
+            return Err(RunError::ContextFull {
+                needed: pos + 1,
+                max: self.opts.max_ctx,
+            });
+        }
+        // A rejected draft's rollback, if one waits, goes first.
+        session.flush();
+        let gpu = self.model.gpu.clone();
+        let cfg = &self.model.config;
+        let conv_bytes = ((cfg.linear_conv_kernel_dim - 1) * cfg.conv_dim() * 4) as u64;
+        let ssm_bytes =
+            (cfg.linear_num_value_heads * cfg.linear_value_head_dim * cfg.linear_key_head_dim * 4)
+                as u64;
+        let s = slot as u64;
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("batch admit"),
+            });
+        for ((dst, src), kind) in self
+            .state
+            .layers
+            .iter()
+            .zip(&session.state.layers)
+            .zip(&cfg.layers)
+        {
+            match (dst, src, kind) {
+                (LayerState::Attn(d), LayerState::Attn(c), LayerKind::Full) => {
+                    let used = c.row_bytes * pos as u64;
+                    let at = s * d.row_bytes * self.opts.max_ctx as u64;
+                    if used > 0 {
+                        enc.copy_buffer_to_buffer(&c.k.buf, 0, &d.k.buf, at, used);
+                        enc.copy_buffer_to_buffer(&c.v.buf, 0, &d.v.buf, at, used);
+                    }
+                }
+                (LayerState::Gdn(d), LayerState::Gdn(c), LayerKind::Linear) => {
+                    if conv_bytes > 0 {
+                        enc.copy_buffer_to_buffer(
+                            &c.conv.buf,
+                            0,
+                            &d.conv.buf,
+                            s * conv_bytes,
+                            conv_bytes,
+                        );
+                    }
+                    enc.copy_buffer_to_buffer(&c.ssm.buf, 0, &d.ssm.buf, s * ssm_bytes, ssm_bytes);
+                }
+                _ => {
+                    return Err(StateError::Mismatch(
+                        "the session's layers differ from the batch's".into(),
+                    )
+                    .into())
+                }
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        self.pos[slot as usize] = Some(pos);
+        Ok(())
+    }
+
+    /// Frees slot `slot` (its state stays until a sequence is admitted there).
+    pub fn release(&mut self, slot: u32) {
+        if let Some(p) = self.pos.get_mut(slot as usize) {
+            *p = None;
+        }
+    }
+
+    /// Feeds each occupied slot its next id (`ids[slot]`; free slots' entries are ignored) and
+    /// returns each slot's greedy choice after it (`None` for free slots). One forward call
+    /// and one submission for the whole batch; only the ids are read back.
+    pub async fn step(&mut self, ids: &[Option<u32>]) -> Result<Vec<Option<u32>>, RunError> {
+        let shape = self.submit(ids, true)?;
+        let n = shape.n_tokens as usize;
+        let bytes = self
+            .readback
+            .read(&self.model.gpu, 4 * n as u64, None)
+            .await?;
+        let chosen: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..4 * n]);
+        Ok(self.advance(&chosen))
+    }
+
+    /// As [`Batch::step`], returning each occupied slot's logits instead of a choice (tests and
+    /// debugging: the token loop never reads logits back).
+    pub async fn step_logits(
+        &mut self,
+        ids: &[Option<u32>],
+    ) -> Result<Vec<Option<Vec<f32>>>, RunError> {
+        let shape = self.submit(ids, false)?;
+        let v = self.model.config.vocab_size;
+        let all = self
+            .model
+            .gpu
+            .read_f32(&self.ws.logits.buf, 0, shape.n_tokens as usize * v)
+            .await?;
+        let rows: Vec<u32> = vec![0; shape.n_tokens as usize];
+        let _ = self.advance(&rows);
+        Ok((0..self.opts.slots as usize)
+            .map(|i| {
+                self.pos[i]
+                    .is_some()
+                    .then(|| all[i * v..(i + 1) * v].to_vec())
+            })
+            .collect())
+    }
+
+    /// Checks and writes one step (every slot a row), records and submits it. `greedy`: the
+    /// argmax head, its ids copied to the readback; else the logits head.
+    fn submit(&mut self, ids: &[Option<u32>], greedy: bool) -> Result<StepShape, RunError> {
+        let slots = self.opts.slots as usize;
+        if ids.len() != slots {
+            return Err(RunError::Batch(format!(
+                "{} ids for a batch of {slots} slots (one per slot, None for free ones)",
+                ids.len()
+            )));
+        }
+        let vocab = self.model.config.vocab_size as u32;
+        let mut row_ids = vec![0u32; slots];
+        let mut row_pos = [0u32; 4];
+        let mut any = false;
+        for (i, (id, pos)) in ids.iter().zip(&self.pos).enumerate() {
+            match (id, pos) {
+                (Some(id), Some(p)) => {
+                    if *id >= vocab {
+                        return Err(RunError::BadToken { id: *id, vocab });
+                    }
+                    if *p >= self.opts.max_ctx {
+                        return Err(RunError::ContextFull {
+                            needed: p + 1,
+                            max: self.opts.max_ctx,
+                        });
+                    }
+                    row_ids[i] = *id;
+                    row_pos[i] = *p;
+                    any = true;
+                }
+                (None, Some(_)) => {
+                    return Err(RunError::Batch(format!(
+                        "slot {i} holds a sequence but was given no id"
+                    )));
+                }
+                // A free slot's row runs on its own slot at position 0 (ignored).
+                (_, None) => {}
+            }
+        }
+        if !any {
+            return Err(RunError::Batch("no slot holds a sequence".into()));
+        }
+        let gpu = self.model.gpu.clone();
+        let t = slots as u32;
+        let step = Step {
+            n_tokens: t,
+            pos: row_pos[0],
+            n_out: t,
+            pos1: row_pos[1],
+            pos2: row_pos[2],
+            pos3: row_pos[3],
+            ..Default::default()
+        };
+        gpu.queue
+            .write_buffer(&self.step_buf.buf, 0, bytemuck::bytes_of(&step));
+        gpu.queue
+            .write_buffer(&self.ws.ids.buf, 0, bytemuck::cast_slice(&row_ids));
+        let shape = StepShape {
+            n_tokens: t,
+            n_out: t,
+            keys: row_pos.iter().take(slots).max().copied().unwrap_or(0) + 1,
+        };
+        let md = gpu.caps.max_workgroups_per_dim;
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("batch step"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("batch step"),
+                timestamp_writes: None,
+            });
+            self.body.record(&mut pass, shape, md);
+            if greedy {
+                &self.head
+            } else {
+                &self.head_logits
+            }
+            .record(&mut pass, shape, md);
+        }
+        if greedy {
+            self.readback
+                .copy_from(&mut enc, &self.ws.out_ids.buf, 0, 4 * t as u64);
+        }
+        gpu.queue.submit([enc.finish()]);
+        Ok(shape)
+    }
+
+    /// After a step: every occupied slot moved on by one position; the choices of occupied slots.
+    fn advance(&mut self, chosen: &[u32]) -> Vec<Option<u32>> {
+        self.pos
+            .iter_mut()
+            .zip(chosen)
+            .map(|(p, &id)| {
+                p.as_mut().map(|p| {
+                    *p += 1;
+                    id
+                })
+            })
+            .collect()
+    }
+}

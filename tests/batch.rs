@@ -1,0 +1,283 @@
+//! Batched streams: sequences decoded together in one [`Batch`] give, row for row, the bits of
+//! the same sequences decoded alone in plain sessions (whose logits `model_vs_mlx` checks against
+//! mlx-lm), whatever their positions, whichever slot they take and whether the other slot is
+//! free, taken, released or refilled. On the fixtures that together hold every weight format.
+
+use std::sync::Arc;
+
+use qwgpu_engine::model::{Batch, BatchOptions, Model, RunError, Session, SessionOptions};
+use qwgpu_engine::ops::gdn::set_gated_recurrence;
+use qwgpu_tests::fixtures::*;
+use qwgpu_tests::*;
+
+const CTX: u32 = 256;
+const STEPS: usize = 10;
+
+fn solo(model: &Arc<Model>) -> Session {
+    pollster::block_on(Session::new(
+        model.clone(),
+        SessionOptions {
+            max_ctx: CTX,
+            prefill_chunk: 64,
+            speculative: false,
+            ..Default::default()
+        },
+    ))
+    .unwrap()
+}
+
+/// A session holding `prompt` but its last id (the state a batch admits).
+fn prefilled(model: &Arc<Model>, prompt: &[u32]) -> Session {
+    let mut s = solo(model);
+    if prompt.len() > 1 {
+        pollster::block_on(s.prefill(&prompt[..prompt.len() - 1])).unwrap();
+    }
+    s
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The sequence alone: `steps` logits rows, each after feeding the previous row's argmax (the
+/// prompt's last id first), and the ids fed.
+fn alone(model: &Arc<Model>, prompt: &[u32], steps: usize) -> (Vec<Vec<f32>>, Vec<u32>) {
+    let mut s = prefilled(model, prompt);
+    let mut id = *prompt.last().unwrap();
+    let (mut rows, mut fed) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        fed.push(id);
+        let l = pollster::block_on(s.forward_logits(&[id])).unwrap();
+        id = argmax(&l);
+        rows.push(l);
+    }
+    (rows, fed)
+}
+
+/// The sequence alone, greedy on the GPU: the ids chosen after the prompt.
+fn alone_greedy(model: &Arc<Model>, prompt: &[u32], steps: usize) -> Vec<u32> {
+    let mut s = prefilled(model, prompt);
+    let mut id = *prompt.last().unwrap();
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        id = pollster::block_on(s.forward_greedy(&[id])).unwrap();
+        out.push(id);
+    }
+    out
+}
+
+fn batch(model: &Arc<Model>, slots: u32) -> Batch {
+    batch_with(model, slots, None)
+}
+
+fn batch_with(model: &Arc<Model>, slots: u32, attn_split: Option<bool>) -> Batch {
+    pollster::block_on(Batch::new(
+        model.clone(),
+        BatchOptions {
+            slots,
+            max_ctx: CTX,
+            attn_split,
+            ..Default::default()
+        },
+    ))
+    .unwrap()
+}
+
+/// Prompts of different lengths (so the rows sit at different positions): a fixture prompt, a
+/// one-token prompt, and one longer than a prefill chunk.
+fn prompts(r: &Reference) -> Vec<Vec<u32>> {
+    let long = r.prompts.iter().max_by_key(|p| p.len()).unwrap();
+    vec![
+        r.prompts[0].clone(),
+        vec![r.prompts[1][0]],
+        long[..long.len().min(150)].to_vec(),
+    ]
+}
+
+#[test]
+fn batched_rows_give_the_bits_of_sequences_alone() {
+    let mut ran = 0;
+    for name in format_cover() {
+        let r = load_reference(&name);
+        let model = Arc::new(
+            Model::load(model_gpu(), &fixtures_dir().join(&name), &mut |_, _| {})
+                .unwrap_or_else(|e| panic!("{name}: {e}")),
+        );
+        let ps = prompts(&r);
+        let refs: Vec<_> = ps.iter().map(|p| alone(&model, p, STEPS)).collect();
+
+        // Two streams side by side, fed the ids their lone runs chose; attention's split pass
+        // and its one-pass form, the Gated-DeltaNet recurrence with and without the gated
+        // norm in it (what devices pick; plans follow the switch when built, and both settings
+        // give the same bits, so tests running meanwhile are unaffected).
+        for (a, b, split, gated) in [
+            (0, 2, Some(true), true),
+            (2, 1, Some(false), true),
+            (0, 1, Some(true), false),
+        ] {
+            set_gated_recurrence(gated);
+            let bt = batch_with(&model, 2, split);
+            set_gated_recurrence(true);
+            let mut bt = bt;
+            bt.admit(0, &mut prefilled(&model, &ps[a])).unwrap();
+            bt.admit(1, &mut prefilled(&model, &ps[b])).unwrap();
+            assert_eq!(bt.pos(0), Some(ps[a].len() as u32 - 1));
+            for i in 0..STEPS {
+                let rows =
+                    pollster::block_on(bt.step_logits(&[Some(refs[a].1[i]), Some(refs[b].1[i])]))
+                        .unwrap();
+                for (slot, p) in [(0usize, a), (1, b)] {
+                    assert_bits_eq(
+                        &format!("{name}: prompt {p} in slot {slot}, step {i}"),
+                        rows[slot].as_ref().unwrap(),
+                        &refs[p].0[i],
+                    );
+                }
+            }
+            ran += 1;
+        }
+
+        // One stream with the other slot free (its row runs and is ignored); then a second
+        // stream joins, the first leaves, and a third takes its slot while the second goes on.
+        let mut bt = batch(&model, 2);
+        bt.admit(1, &mut prefilled(&model, &ps[0])).unwrap();
+        assert_eq!(bt.free_slot(), Some(0));
+        for i in 0..4 {
+            let rows = pollster::block_on(bt.step_logits(&[None, Some(refs[0].1[i])])).unwrap();
+            assert!(rows[0].is_none());
+            assert_bits_eq(
+                &format!("{name}: slot 1 beside a free slot, step {i}"),
+                rows[1].as_ref().unwrap(),
+                &refs[0].0[i],
+            );
+        }
+        bt.admit(0, &mut prefilled(&model, &ps[2])).unwrap();
+        for i in 4..7 {
+            let rows =
+                pollster::block_on(bt.step_logits(&[Some(refs[2].1[i - 4]), Some(refs[0].1[i])]))
+                    .unwrap();
+            assert_bits_eq(
+                &format!("{name}: joined stream, step {}", i - 4),
+                rows[0].as_ref().unwrap(),
+                &refs[2].0[i - 4],
+            );
+            assert_bits_eq(
+                &format!("{name}: first stream after the join, step {i}"),
+                rows[1].as_ref().unwrap(),
+                &refs[0].0[i],
+            );
+        }
+        bt.release(1);
+        bt.admit(1, &mut prefilled(&model, &ps[1])).unwrap();
+        for i in 0..3 {
+            let rows =
+                pollster::block_on(bt.step_logits(&[Some(refs[2].1[i + 3]), Some(refs[1].1[i])]))
+                    .unwrap();
+            assert_bits_eq(
+                &format!("{name}: stream in a refilled slot, step {i}"),
+                rows[1].as_ref().unwrap(),
+                &refs[1].0[i],
+            );
+            assert_bits_eq(
+                &format!("{name}: stream beside a refilled slot, step {}", i + 3),
+                rows[0].as_ref().unwrap(),
+                &refs[2].0[i + 3],
+            );
+        }
+
+        // Greedy on the GPU: the batch's choices are the lone sessions' choices.
+        let mut bt = batch(&model, 2);
+        bt.admit(0, &mut prefilled(&model, &ps[1])).unwrap();
+        bt.admit(1, &mut prefilled(&model, &ps[2])).unwrap();
+        let (ga, gb) = (
+            alone_greedy(&model, &ps[1], STEPS),
+            alone_greedy(&model, &ps[2], STEPS),
+        );
+        let mut next = [*ps[1].last().unwrap(), *ps[2].last().unwrap()];
+        for i in 0..STEPS {
+            let ids = pollster::block_on(bt.step(&[Some(next[0]), Some(next[1])])).unwrap();
+            next = [ids[0].unwrap(), ids[1].unwrap()];
+            assert_eq!(next, [ga[i], gb[i]], "{name}: greedy step {i}");
+        }
+        assert_eq!(bt.pos(1), Some(ps[2].len() as u32 - 1 + STEPS as u32));
+        println!(
+            "{name}: {} dispatches per batched step of 2 streams",
+            bt.dispatches_per_step()
+        );
+    }
+    assert!(ran > 0);
+}
+
+#[test]
+fn batch_refuses_bad_input_and_keeps_its_streams() {
+    let name = &format_cover()[0];
+    let r = load_reference(name);
+    let model =
+        Arc::new(Model::load(model_gpu(), &fixtures_dir().join(name), &mut |_, _| {}).unwrap());
+    let vocab = model.config.vocab_size as u32;
+    assert!(pollster::block_on(Batch::new(
+        model.clone(),
+        BatchOptions {
+            slots: 3,
+            ..Default::default()
+        }
+    ))
+    .is_err());
+    let prompt = &r.prompts[0];
+    let (refs, fed) = alone(&model, prompt, 3);
+    let mut bt = batch(&model, 2);
+    let err = pollster::block_on(bt.step(&[None, None])).unwrap_err();
+    assert!(matches!(err, RunError::Batch(_)), "{err}");
+    bt.admit(0, &mut prefilled(&model, prompt)).unwrap();
+    // A taken slot, a slot that does not exist, a session of another context size that does
+    // not fit the batch's.
+    let err = bt.admit(0, &mut prefilled(&model, prompt)).unwrap_err();
+    assert!(matches!(err, RunError::Busy(_)), "{err}");
+    let err = bt.admit(5, &mut prefilled(&model, prompt)).unwrap_err();
+    assert!(err.to_string().contains("slot 5"), "{err}");
+    // Wrong id count, an id outside the vocabulary, no id for a taken slot: refused, and the
+    // stream is unharmed.
+    for ids in [
+        vec![Some(fed[0])],
+        vec![Some(vocab), None],
+        vec![None, Some(fed[0])],
+    ] {
+        assert!(pollster::block_on(bt.step(&ids)).is_err(), "{ids:?}");
+        assert_eq!(bt.pos(0), Some(prompt.len() as u32 - 1));
+    }
+    for i in 0..3 {
+        let rows = pollster::block_on(bt.step_logits(&[Some(fed[i]), None])).unwrap();
+        assert_bits_eq(
+            &format!("{name}: after refusals, step {i}"),
+            rows[0].as_ref().unwrap(),
+            &refs[i],
+        );
+    }
+    // A full context is refused before anything runs.
+    let mut small = pollster::block_on(Batch::new(
+        model.clone(),
+        BatchOptions {
+            slots: 2,
+            max_ctx: prompt.len() as u32,
+            ..Default::default()
+        },
+    ))
+    .unwrap();
+    small.admit(1, &mut prefilled(&model, prompt)).unwrap();
+    pollster::block_on(small.step(&[None, Some(fed[0])])).unwrap();
+    let err = pollster::block_on(small.step(&[None, Some(fed[1])])).unwrap_err();
+    assert!(matches!(err, RunError::ContextFull { .. }), "{err}");
+    let err = small
+        .admit(
+            0,
+            &mut prefilled(&model, &[prompt.clone(), prompt.clone()].concat()),
+        )
+        .unwrap_err();
+    assert!(matches!(err, RunError::ContextFull { .. }), "{err}");
+}
