@@ -206,6 +206,39 @@ fn batched_rows_give_the_bits_of_sequences_alone() {
             assert_eq!(next, [ga[i], gb[i]], "{name}: greedy step {i}");
         }
         assert_eq!(bt.pos(1), Some(ps[2].len() as u32 - 1 + STEPS as u32));
+
+        // Two steps in flight, each slot's choice feeding its next step on the GPU; a stream
+        // joins while a step is in flight (its first id from the host, the other's from the GPU).
+        let mut bt = batch(&model, 2);
+        bt.admit(1, &mut prefilled(&model, &ps[2])).unwrap();
+        bt.submit(&[None, Some(*ps[2].last().unwrap())]).unwrap();
+        bt.submit(&[None, None]).unwrap();
+        assert!(bt.submit(&[None, None]).is_err(), "a third step in flight");
+        let mut got = [Vec::new(), Vec::new()];
+        for _ in 0..2 {
+            let ids = pollster::block_on(bt.read()).unwrap();
+            assert_eq!(ids[0], None);
+            got[1].push(ids[1].unwrap());
+        }
+        bt.submit(&[None, None]).unwrap();
+        bt.admit(0, &mut prefilled(&model, &ps[1])).unwrap();
+        bt.submit(&[Some(*ps[1].last().unwrap()), None]).unwrap();
+        while got[1].len() < STEPS {
+            let ids = pollster::block_on(bt.read()).unwrap();
+            if let Some(id) = ids[0] {
+                got[0].push(id);
+            }
+            got[1].push(ids[1].unwrap());
+            if got[1].len() + bt.pending() < STEPS {
+                bt.submit(&[None, None]).unwrap();
+            }
+        }
+        while bt.pending() > 0 {
+            pollster::block_on(bt.read()).unwrap();
+        }
+        assert_eq!(got[1], gb, "{name}: chained steps");
+        assert_eq!(got[0], ga[..got[0].len()], "{name}: stream joined in flight");
+        assert!(got[0].len() >= STEPS - 4);
         println!(
             "{name}: {} dispatches per batched step of 2 streams",
             bt.dispatches_per_step()

@@ -69,9 +69,17 @@ pub struct Batch {
     head: Plan,
     /// Final norm and lm_head of every row (logits only).
     head_logits: Plan,
-    /// Position of each slot's sequence (tokens its state holds); `None` = free.
+    /// Position of each slot's sequence (tokens its state holds once every submitted step has
+    /// run); `None` = free.
     pos: Vec<Option<u32>>,
-    readback: Readback,
+    /// The slot's next id is its last step's choice, already on the GPU (greedy steps copy
+    /// their choices into the next step's ids).
+    chained: Vec<bool>,
+    /// Two readbacks, so a step can be submitted while the one before it is being read.
+    readback: [Readback; 2],
+    /// Submitted greedy steps not read yet, oldest first: (readback, submission, the slots
+    /// that held a sequence then).
+    pending: std::collections::VecDeque<(usize, wgpu::SubmissionIndex, Vec<bool>)>,
 }
 
 impl Batch {
@@ -113,7 +121,9 @@ impl Batch {
         let head = b.head().await?;
         let head_logits = b.head_logits().await?;
         scope.finish().await?;
-        let readback = Readback::new(&gpu, "batch ids", 16);
+        let readback = [0, 1].map(|i| {
+            Readback::new(&gpu, &format!("batch ids {i}"), 4 * MAX_BATCH as u64)
+        });
         Ok(Batch {
             opts: BatchOptions {
                 max_ctx,
@@ -121,6 +131,8 @@ impl Batch {
                 ..opts
             },
             pos: vec![None; opts.slots as usize],
+            chained: vec![false; opts.slots as usize],
+            pending: Default::default(),
             model,
             ws,
             state,
@@ -259,28 +271,76 @@ impl Batch {
         }
         gpu.queue.submit([enc.finish()]);
         self.pos[slot as usize] = Some(pos);
+        self.chained[slot as usize] = false;
         Ok(())
     }
 
-    /// Frees slot `slot` (its state stays until a sequence is admitted there).
+    /// Frees slot `slot` (its state stays until a sequence is admitted there; a step already
+    /// submitted still runs its row, on the slot's own state).
     pub fn release(&mut self, slot: u32) {
         if let Some(p) = self.pos.get_mut(slot as usize) {
             *p = None;
+            self.chained[slot as usize] = false;
         }
     }
 
+    /// Greedy steps submitted and not read yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Feeds each occupied slot its next id (`ids[slot]`; free slots' entries are ignored) and
-    /// returns each slot's greedy choice after it (`None` for free slots). One forward call
-    /// and one submission for the whole batch; only the ids are read back.
+    /// returns each slot's greedy choice after it (`None` for free slots): [`Batch::submit`]
+    /// then [`Batch::read`].
     pub async fn step(&mut self, ids: &[Option<u32>]) -> Result<Vec<Option<u32>>, RunError> {
-        let shape = self.submit(ids, true)?;
-        let n = shape.n_tokens as usize;
-        let bytes = self
-            .readback
-            .read(&self.model.gpu, 4 * n as u64, None)
+        if !self.pending.is_empty() {
+            return Err(RunError::Busy(
+                "steps are still unread: read them first".into(),
+            ));
+        }
+        self.submit(ids)?;
+        self.read().await
+    }
+
+    /// Submits one greedy step for every occupied slot: `ids[slot]` = `Some(id)` feeds that id,
+    /// `None` feeds the slot's previous choice without it leaving the GPU (the slot must have
+    /// run a step since it was admitted); free slots' entries are ignored. One forward call and
+    /// one submission for the whole batch; at most two steps wait to be read
+    /// ([`Batch::read`]), so the GPU runs a step while the host reads the one before.
+    pub fn submit(&mut self, ids: &[Option<u32>]) -> Result<(), RunError> {
+        if self.pending.len() >= 2 {
+            return Err(RunError::Busy(
+                "two steps are already in flight: read one first".into(),
+            ));
+        }
+        let slot = if self.pending.iter().any(|p| p.0 == 0) {
+            1
+        } else {
+            0
+        };
+        let occupied: Vec<bool> = self.pos.iter().map(Option::is_some).collect();
+        let (_, index) = self.record_step(ids, Some(slot))?;
+        self.pending.push_back((slot, index, occupied));
+        for (c, p) in self.chained.iter_mut().zip(&self.pos) {
+            *c = p.is_some();
+        }
+        Ok(())
+    }
+
+    /// The choices of the oldest submitted step: `Some(id)` for each slot that held a sequence
+    /// when it was submitted.
+    pub async fn read(&mut self) -> Result<Vec<Option<u32>>, RunError> {
+        let (slot, index, occupied) = self.pending.pop_front().ok_or(RunError::NothingPending)?;
+        let n = self.opts.slots as usize;
+        let bytes = self.readback[slot]
+            .read(&self.model.gpu, 4 * n as u64, Some(index))
             .await?;
         let chosen: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..4 * n]);
-        Ok(self.advance(&chosen))
+        Ok(chosen
+            .into_iter()
+            .zip(occupied)
+            .map(|(id, o)| o.then_some(id))
+            .collect())
     }
 
     /// As [`Batch::step`], returning each occupied slot's logits instead of a choice (tests and
@@ -289,27 +349,37 @@ impl Batch {
         &mut self,
         ids: &[Option<u32>],
     ) -> Result<Vec<Option<Vec<f32>>>, RunError> {
-        let shape = self.submit(ids, false)?;
+        if !self.pending.is_empty() {
+            return Err(RunError::Busy(
+                "steps are still unread: read them first".into(),
+            ));
+        }
+        let occupied: Vec<bool> = self.pos.iter().map(Option::is_some).collect();
+        let (shape, _) = self.record_step(ids, None)?;
+        // No choice is made: every slot's next id comes from the host.
+        self.chained.iter_mut().for_each(|c| *c = false);
         let v = self.model.config.vocab_size;
         let all = self
             .model
             .gpu
             .read_f32(&self.ws.logits.buf, 0, shape.n_tokens as usize * v)
             .await?;
-        let rows: Vec<u32> = vec![0; shape.n_tokens as usize];
-        let _ = self.advance(&rows);
-        Ok((0..self.opts.slots as usize)
-            .map(|i| {
-                self.pos[i]
-                    .is_some()
-                    .then(|| all[i * v..(i + 1) * v].to_vec())
-            })
+        Ok(occupied
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| o.then(|| all[i * v..(i + 1) * v].to_vec()))
             .collect())
     }
 
-    /// Checks and writes one step (every slot a row), records and submits it. `greedy`: the
-    /// argmax head, its ids copied to the readback; else the logits head.
-    fn submit(&mut self, ids: &[Option<u32>], greedy: bool) -> Result<StepShape, RunError> {
+    /// Checks and writes one step (every slot a row), records and submits it, and moves every
+    /// occupied slot on by one position. `greedy = Some(readback)`: the argmax head, whose
+    /// choices feed the next step without leaving the GPU and go to that readback; `None`: the
+    /// logits head.
+    fn record_step(
+        &mut self,
+        ids: &[Option<u32>],
+        greedy: Option<usize>,
+    ) -> Result<(StepShape, wgpu::SubmissionIndex), RunError> {
         let slots = self.opts.slots as usize;
         if ids.len() != slots {
             return Err(RunError::Batch(format!(
@@ -318,33 +388,35 @@ impl Batch {
             )));
         }
         let vocab = self.model.config.vocab_size as u32;
-        let mut row_ids = vec![0u32; slots];
+        // The ids the host writes (slot, id); the others stay as the last step left them.
+        let mut written: Vec<(usize, u32)> = Vec::new();
         let mut row_pos = [0u32; 4];
         let mut any = false;
         for (i, (id, pos)) in ids.iter().zip(&self.pos).enumerate() {
-            match (id, pos) {
-                (Some(id), Some(p)) => {
-                    if *id >= vocab {
-                        return Err(RunError::BadToken { id: *id, vocab });
-                    }
-                    if *p >= self.opts.max_ctx {
-                        return Err(RunError::ContextFull {
-                            needed: p + 1,
-                            max: self.opts.max_ctx,
-                        });
-                    }
-                    row_ids[i] = *id;
-                    row_pos[i] = *p;
-                    any = true;
+            let Some(p) = pos else {
+                // A free slot's row runs on its own slot at position 0 (ignored).
+                continue;
+            };
+            match id {
+                Some(id) if *id >= vocab => {
+                    return Err(RunError::BadToken { id: *id, vocab });
                 }
-                (None, Some(_)) => {
+                Some(id) => written.push((i, *id)),
+                None if greedy.is_some() && self.chained[i] => {}
+                None => {
                     return Err(RunError::Batch(format!(
-                        "slot {i} holds a sequence but was given no id"
+                        "slot {i} holds a sequence but was given no id (and no step of it chose one)"
                     )));
                 }
-                // A free slot's row runs on its own slot at position 0 (ignored).
-                (_, None) => {}
             }
+            if *p >= self.opts.max_ctx {
+                return Err(RunError::ContextFull {
+                    needed: p + 1,
+                    max: self.opts.max_ctx,
+                });
+            }
+            row_pos[i] = *p;
+            any = true;
         }
         if !any {
             return Err(RunError::Batch("no slot holds a sequence".into()));
@@ -362,8 +434,10 @@ impl Batch {
         };
         gpu.queue
             .write_buffer(&self.step_buf.buf, 0, bytemuck::bytes_of(&step));
-        gpu.queue
-            .write_buffer(&self.ws.ids.buf, 0, bytemuck::cast_slice(&row_ids));
+        for (i, id) in written {
+            gpu.queue
+                .write_buffer(&self.ws.ids.buf, 4 * i as u64, bytemuck::bytes_of(&id));
+        }
         let shape = StepShape {
             n_tokens: t,
             n_out: t,
@@ -381,32 +455,22 @@ impl Batch {
                 timestamp_writes: None,
             });
             self.body.record(&mut pass, shape, md);
-            if greedy {
+            if greedy.is_some() {
                 &self.head
             } else {
                 &self.head_logits
             }
             .record(&mut pass, shape, md);
         }
-        if greedy {
-            self.readback
-                .copy_from(&mut enc, &self.ws.out_ids.buf, 0, 4 * t as u64);
+        if let Some(rb) = greedy {
+            let bytes = 4 * t as u64;
+            enc.copy_buffer_to_buffer(&self.ws.out_ids.buf, 0, &self.ws.ids.buf, 0, bytes);
+            self.readback[rb].copy_from(&mut enc, &self.ws.out_ids.buf, 0, bytes);
         }
-        gpu.queue.submit([enc.finish()]);
-        Ok(shape)
-    }
-
-    /// After a step: every occupied slot moved on by one position; the choices of occupied slots.
-    fn advance(&mut self, chosen: &[u32]) -> Vec<Option<u32>> {
-        self.pos
-            .iter_mut()
-            .zip(chosen)
-            .map(|(p, &id)| {
-                p.as_mut().map(|p| {
-                    *p += 1;
-                    id
-                })
-            })
-            .collect()
+        let index = gpu.queue.submit([enc.finish()]);
+        for p in self.pos.iter_mut().flatten() {
+            *p += 1;
+        }
+        Ok((shape, index))
     }
 }
