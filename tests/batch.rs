@@ -191,6 +191,30 @@ fn batched_rows_give_the_bits_of_sequences_alone() {
             );
         }
 
+        // Slot 0 alone runs one row with the 1-token tiles; a stream joining in slot 1 makes
+        // the steps two rows again.
+        let mut bt = batch(&model, 2);
+        bt.admit(0, &mut prefilled(&model, &ps[2])).unwrap();
+        for i in 0..STEPS {
+            if i == 3 {
+                bt.admit(1, &mut prefilled(&model, &ps[0])).unwrap();
+            }
+            let ids = [Some(refs[2].1[i]), (i >= 3).then(|| refs[0].1[i - 3])];
+            let rows = pollster::block_on(bt.step_logits(&ids)).unwrap();
+            assert_bits_eq(
+                &format!("{name}: slot 0 (alone before step 3), step {i}"),
+                rows[0].as_ref().unwrap(),
+                &refs[2].0[i],
+            );
+            if i >= 3 {
+                assert_bits_eq(
+                    &format!("{name}: slot 1 joining a lone slot 0, step {}", i - 3),
+                    rows[1].as_ref().unwrap(),
+                    &refs[0].0[i - 3],
+                );
+            }
+        }
+
         // Greedy on the GPU: the batch's choices are the lone sessions' choices.
         let mut bt = batch(&model, 2);
         bt.admit(0, &mut prefilled(&model, &ps[1])).unwrap();
@@ -237,7 +261,11 @@ fn batched_rows_give_the_bits_of_sequences_alone() {
             pollster::block_on(bt.read()).unwrap();
         }
         assert_eq!(got[1], gb, "{name}: chained steps");
-        assert_eq!(got[0], ga[..got[0].len()], "{name}: stream joined in flight");
+        assert_eq!(
+            got[0],
+            ga[..got[0].len()],
+            "{name}: stream joined in flight"
+        );
         assert!(got[0].len() >= STEPS - 4);
         println!(
             "{name}: {} dispatches per batched step of 2 streams",

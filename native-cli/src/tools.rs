@@ -62,6 +62,11 @@ pub struct BenchArgs {
     /// (bytes per token / bandwidth), e.g. 4500 for the H200 measured through wgpu.
     #[arg(long)]
     roofline_gbps: Option<f64>,
+    /// Also measure N streams decoded together in one forward call per step (a batch: 2 is
+    /// the most), each after its own copy of the prompt, greedy: the total and per-stream
+    /// tok/s and the ratio to plain decoding measured in the same run.
+    #[arg(long, default_value_t = 0)]
+    batch: u32,
 }
 
 #[derive(Args)]
@@ -228,6 +233,75 @@ impl Series {
     }
 }
 
+/// `bench --batch N`: N streams, each admitted from a prefill of the prompt (the i-th stream's
+/// first id changed, so the streams differ), decoded together greedily with two steps in
+/// flight; the decode rate counts every stream's tokens after the first step's.
+fn bench_batch(
+    model: &std::sync::Arc<qwgpu_engine::model::Model>,
+    session: &mut qwgpu_engine::model::Session,
+    prompt: &[u32],
+    a: &BenchArgs,
+    m: &crate::load::ModelArgs,
+) -> Result<Series, String> {
+    use qwgpu_engine::model::{Batch, BatchOptions};
+    let e = |e: qwgpu_engine::model::RunError| e.to_string();
+    let mut batch = pollster::block_on(Batch::new(
+        model.clone(),
+        BatchOptions {
+            slots: a.batch,
+            max_ctx: m.max_context,
+            kv_f16: session.state.kv_f16,
+            attn_split: session.opts.attn_split,
+        },
+    ))
+    .map_err(|e| e.to_string())?;
+    let vocab = model.config.vocab_size as u32;
+    let n = a.batch as usize;
+    let mut out = Series::default();
+    for trial in 0..a.warmup + a.trials {
+        let mut first = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut p = prompt.to_vec();
+            p[0] = (p[0] + i as u32) % vocab;
+            session.reset();
+            if p.len() > 1 {
+                pollster::block_on(session.prefill(&p[..p.len() - 1])).map_err(e)?;
+            }
+            batch.release(i as u32);
+            batch.admit(i as u32, session).map_err(e)?;
+            first.push(Some(*p.last().unwrap_or(&0)));
+        }
+        session.reset();
+        let t0 = Instant::now();
+        let none = vec![None; n];
+        batch.submit(&first).map_err(e)?;
+        batch.submit(&none).map_err(e)?;
+        let mut t_first = 0.0;
+        for step in 0..a.gen_tokens {
+            pollster::block_on(batch.read()).map_err(e)?;
+            if step == 0 {
+                t_first = t0.elapsed().as_secs_f64();
+            }
+            if step + 2 < a.gen_tokens {
+                batch.submit(&none).map_err(e)?;
+            }
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        if trial >= a.warmup {
+            out.ttft.push(t_first);
+            out.decode
+                .push((n * (a.gen_tokens - 1)) as f64 / (wall - t_first).max(1e-9));
+        }
+        if !a.json {
+            eprint!("\rbatch trial {}/{}", trial + 1, a.warmup + a.trials);
+        }
+    }
+    if !a.json {
+        eprintln!();
+    }
+    Ok(out)
+}
+
 pub fn bench(a: BenchArgs) -> Result<(), String> {
     use qwgpu_engine::decode::mtp::{generate_mtp, MtpOptions};
     if a.trials == 0 || a.gen_tokens < 2 || a.prompt_tokens == 0 {
@@ -262,6 +336,16 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     }
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         return Err(format!("--top-p {}: expected a value in (0, 1]", a.top_p));
+    }
+    if a.batch > qwgpu_engine::model::MAX_BATCH || a.batch == 1 {
+        return Err(format!(
+            "--batch {}: 2 to {} streams (0 = off)",
+            a.batch,
+            qwgpu_engine::model::MAX_BATCH
+        ));
+    }
+    if a.batch > 0 && a.temperature > 0.0 {
+        return Err("--batch decodes greedily: use it without --temperature".into());
     }
     if a.temperature > 0.0 {
         if a.force_accept.is_some() {
@@ -393,6 +477,11 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     if !a.json {
         eprintln!();
     }
+    let batch = if a.batch > 0 {
+        Some(bench_batch(&model, &mut session, &prompt, &a, &m)?)
+    } else {
+        None
+    };
     let profile = if a.profile {
         // At the prompt's position, after a fresh prefill.
         session.reset();
@@ -468,6 +557,14 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     });
     for (k, v) in plain.summary().as_object().into_iter().flatten() {
         j[k] = v.clone();
+    }
+    if let Some(b) = &batch {
+        let mut bj = b.summary();
+        bj["streams"] = a.batch.into();
+        let total = percentile(&b.decode, 0.5);
+        bj["per_stream_tokens_per_s"] = (total / a.batch as f64).into();
+        bj["total_over_plain"] = (total / p50).into();
+        j["batch_decode"] = bj;
     }
     if let Some(g) = a.roofline_gbps {
         let roof = g * 1e9 / bytes_per_token as f64;
@@ -595,6 +692,16 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         j["first3_peak_tokens_per_s"].as_f64().unwrap_or(0.0),
         j["drift_pct"].as_f64().unwrap_or(0.0)
     );
+    if let Some(b) = &batch {
+        let total = percentile(&b.decode, 0.5);
+        println!(
+            "batched decode    {} streams: {:.2} tok/s in all p50 ({:.2} per stream), {:.2}x plain",
+            a.batch,
+            total,
+            total / a.batch as f64,
+            total / p50
+        );
+    }
     if with_mtp {
         let s50 = percentile(&spec.decode, 0.5);
         let acc = spec.accepted as f64 / spec.drafted.max(1) as f64;

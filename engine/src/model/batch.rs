@@ -23,7 +23,7 @@ use crate::gpu::{GpuBuffer, Plan, Step, StepShape, StepSlot};
 use crate::model::config::LayerKind;
 use crate::model::forward::{Builder, Workspace};
 use crate::model::session::{Model, RunError, Session};
-use crate::ops::matmul::MT_SMALL;
+use crate::ops::matmul::{MT_ONE, MT_SMALL};
 use crate::state::{config_crc, LayerState, State, StateError};
 
 /// Streams one batch decodes together at most: the decode matmul tile's rows (the 2-token tile
@@ -65,6 +65,9 @@ pub struct Batch {
     step_buf: GpuBuffer,
     /// Embedding and layers, the state kernels in their streams form.
     body: Plan,
+    /// The same with the 1-token decode tiles, for steps of slot 0 alone (one row: a lone
+    /// stream decodes at a plain session's speed; the tiles give a row the same bits).
+    body_one: Plan,
     /// Final norm, lm_head and argmax of every row.
     head: Plan,
     /// Final norm and lm_head of every row (logits only).
@@ -118,12 +121,12 @@ impl Batch {
             streams: opts.slots,
         };
         let body = b.body(&state).await?;
+        let body_one = Builder { mt: MT_ONE, ..b }.body(&state).await?;
         let head = b.head().await?;
         let head_logits = b.head_logits().await?;
         scope.finish().await?;
-        let readback = [0, 1].map(|i| {
-            Readback::new(&gpu, &format!("batch ids {i}"), 4 * MAX_BATCH as u64)
-        });
+        let readback =
+            [0, 1].map(|i| Readback::new(&gpu, &format!("batch ids {i}"), 4 * MAX_BATCH as u64));
         Ok(Batch {
             opts: BatchOptions {
                 max_ctx,
@@ -138,6 +141,7 @@ impl Batch {
             state,
             step_buf,
             body,
+            body_one,
             head,
             head_logits,
             readback,
@@ -422,7 +426,12 @@ impl Batch {
             return Err(RunError::Batch("no slot holds a sequence".into()));
         }
         let gpu = self.model.gpu.clone();
-        let t = slots as u32;
+        // Slot 0 alone runs one row; otherwise every slot runs its row.
+        let t = if self.pos.iter().skip(1).all(Option::is_none) {
+            1
+        } else {
+            slots as u32
+        };
         let step = Step {
             n_tokens: t,
             pos: row_pos[0],
@@ -454,7 +463,7 @@ impl Batch {
                 label: Some("batch step"),
                 timestamp_writes: None,
             });
-            self.body.record(&mut pass, shape, md);
+            if t == 1 { &self.body_one } else { &self.body }.record(&mut pass, shape, md);
             if greedy.is_some() {
                 &self.head
             } else {
