@@ -3,6 +3,7 @@
 //! (see `worker`); the HTTP side validates requests, renders the chat template, tokenizes, checks
 //! the context limit, and streams the GPU thread's events back as JSON or server-sent events.
 
+mod batch;
 mod error;
 mod files;
 mod metrics;
@@ -129,6 +130,12 @@ struct Args {
     /// each).
     #[arg(long, value_name = "DIR")]
     prompt_cache_dir: Option<PathBuf>,
+    /// Decode up to N greedy requests together (2 at most; 0 = one request at a time): one
+    /// forward call per step serves all of them, each getting the tokens it would get alone.
+    /// Requests with sampling, penalties, logprobs or a response_format run one at a time; a
+    /// lone request that asks for MTP still speculates.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    batch: u32,
 }
 
 /// Everything the handlers share.
@@ -212,6 +219,7 @@ fn run(args: Args) -> Result<(), String> {
             shader_checks: args.shader_checks,
             prompt_cache: args.prompt_cache_entries,
             prompt_cache_dir: args.prompt_cache_dir.clone(),
+            batch: args.batch,
         },
         args.queue,
         tokenizer.clone(),

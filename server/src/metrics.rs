@@ -46,6 +46,8 @@ pub struct Metrics {
     /// Requests waiting for the GPU (not counting the one running).
     pub queue_depth: AtomicI64,
     pub busy: AtomicBool,
+    /// Batched steps (`--batch`) by the number of streams they decoded (index 0: one).
+    pub batch_steps: [AtomicU64; 4],
 }
 
 /// What one finished generation adds.
@@ -61,6 +63,13 @@ pub struct GenerationRecord {
 }
 
 impl Metrics {
+    /// A batched step of `streams` streams.
+    pub fn batch_step(&self, streams: usize) {
+        if let Some(c) = streams.checked_sub(1).and_then(|i| self.batch_steps.get(i)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The counters behind the mutex (a panic elsewhere never makes them unreadable).
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -284,6 +293,16 @@ impl Metrics {
                 String::new(),
                 fmt(if d > 0 { a as f64 / d as f64 } else { 0.0 }),
             )],
+        );
+        metric(
+            "qwgpu_batch_steps_total",
+            "counter",
+            "Batched decode steps (--batch), by the streams they decoded.",
+            self.batch_steps
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("{{streams=\"{}\"}}", i + 1), load(c).to_string()))
+                .collect(),
         );
         metric(
             "qwgpu_queue_depth",

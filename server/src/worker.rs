@@ -1,6 +1,7 @@
 //! The GPU thread: it owns the model and its one session and runs one request at a time, in
-//! arrival order, from a bounded queue. Each job reports back through its own channel; a closed
-//! channel (the client went away) cancels the job before the next token.
+//! arrival order, from a bounded queue; with `--batch`, greedy requests also decode together in
+//! a batch ([`crate::batch`]). Each job reports back through its own channel; a closed channel
+//! (the client went away) cancels the job before the next token.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +16,14 @@ use qwgpu_engine::decode::mtp::MtpStats;
 use qwgpu_engine::decode::sampler::SamplingParams;
 use qwgpu_engine::decode::text::{generate_text_constrained, TextEvent, TextRequest};
 use qwgpu_engine::gpu::{Gpu, GpuOptions};
-use qwgpu_engine::model::{Model, RunError, Session, SessionOptions};
+use qwgpu_engine::model::{Batch, BatchOptions, Model, RunError, Session, SessionOptions};
 use qwgpu_engine::ops::sample::RowResult;
 use qwgpu_engine::state::SavedState;
 use qwgpu_engine::text::stream::{Delta, FinishReason, StreamConfig, StreamSummary};
 use qwgpu_engine::text::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::batch::{eligible, Batcher};
 use crate::metrics::{GenerationRecord, Metrics};
 
 /// What a job hears from the GPU thread, in order: `Started`, `PromptDone`, tokens and deltas,
@@ -102,6 +104,8 @@ pub struct WorkerOptions {
     /// Where the prompt cache's states are read at start and written at shutdown (one file per
     /// entry, named by the model's configuration); `None` = memory only.
     pub prompt_cache_dir: Option<PathBuf>,
+    /// Streams decoded together (0 = no batching; see [`crate::batch`]).
+    pub batch: u32,
 }
 
 /// Shared between the GPU thread and the HTTP side.
@@ -164,10 +168,10 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("qwgpu-gpu".into())
         .spawn(move || {
-            let session = match load(&opts) {
-                Ok((session, info)) => {
+            let (session, batch) = match load(&opts) {
+                Ok((session, batch, info)) => {
                     let _ = ready_tx.send(Ok(info));
-                    session
+                    (session, batch)
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -176,7 +180,9 @@ pub fn start(
             };
             let cache = opts.prompt_cache;
             let dir = opts.prompt_cache_dir.as_deref();
-            serve(session, rx, &tokenizer, &metrics, &control, cache, dir);
+            serve(
+                session, batch, rx, &tokenizer, &metrics, &control, cache, dir,
+            );
         })
         .map_err(|e| format!("cannot start the GPU thread: {e}"))?;
     match ready_rx.recv() {
@@ -190,7 +196,7 @@ pub fn start(
     }
 }
 
-fn load(o: &WorkerOptions) -> Result<(Session, ModelInfo), String> {
+fn load(o: &WorkerOptions) -> Result<(Session, Option<Batcher>, ModelInfo), String> {
     let gopts = GpuOptions {
         adapter: o.adapter.clone(),
         shader_checks: Some(o.shader_checks),
@@ -210,6 +216,21 @@ fn load(o: &WorkerOptions) -> Result<(Session, ModelInfo), String> {
     let model = Arc::new(model);
     let session =
         pollster::block_on(Session::new(model.clone(), o.session)).map_err(|e| e.to_string())?;
+    let batch = if o.batch > 0 {
+        let b = pollster::block_on(Batch::new(
+            model.clone(),
+            BatchOptions {
+                slots: o.batch,
+                max_ctx: session.opts.max_ctx,
+                kv_f16: session.opts.kv_f16,
+                attn_split: session.opts.attn_split,
+            },
+        ))
+        .map_err(|e| format!("--batch {}: {e}", o.batch))?;
+        Some(Batcher::new(b))
+    } else {
+        None
+    };
     let info = ModelInfo {
         has_mtp: model.has_mtp(),
         vocab_size: model.config.vocab_size as u32,
@@ -218,11 +239,13 @@ fn load(o: &WorkerOptions) -> Result<(Session, ModelInfo), String> {
         device,
         notes: model.notes.clone(),
     };
-    Ok((session, info))
+    Ok((session, batch, info))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve(
     mut session: Session,
+    mut batcher: Option<Batcher>,
     rx: Receiver<Job>,
     tokenizer: &Tokenizer,
     metrics: &Metrics,
@@ -240,55 +263,78 @@ fn serve(
     if let Some(dir) = cache_dir {
         cache.entries = load_cache_dir(dir, &mut session, prompt_cache);
     }
+    // Jobs taken from the queue while a batch ran, to run when it allows (arrival order).
+    let mut deferred: std::collections::VecDeque<Job> = Default::default();
     loop {
-        let job = match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(j) => j,
-            Err(RecvTimeoutError::Timeout) => {
-                if control.stop.load(Ordering::SeqCst) {
+        if let Some(b) = batcher.as_mut().filter(|b| b.active() > 0) {
+            // Between steps, in arrival order: a waiting greedy request joins when a slot is
+            // free; one that cannot join runs alone, the batch's streams pausing meanwhile
+            // (their state stays in the batch).
+            while let Ok(j) = rx.try_recv() {
+                metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
+                deferred.push_back(j);
+            }
+            while let Some(front) = deferred.front() {
+                if eligible(front) && !b.has_room() {
                     break;
                 }
+                let Some(job) = deferred
+                    .pop_front()
+                    .and_then(|j| admissible(j, metrics, control))
+                else {
+                    continue;
+                };
+                if eligible(&job) {
+                    b.join(&mut session, job, metrics, &mut cache);
+                } else {
+                    run_alone(&mut session, job, tokenizer, metrics, control, &mut cache);
+                    break;
+                }
+            }
+            if b.active() == 0 {
                 continue;
             }
-            Err(RecvTimeoutError::Disconnected) => break,
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                b.step(tokenizer, metrics, control)
+            }));
+            if stepped.is_err() {
+                cache.entries.clear();
+                b.fail_all(metrics);
+            }
+            metrics.busy.store(b.active() > 0, Ordering::SeqCst);
+            continue;
+        }
+        let job = match deferred.pop_front() {
+            Some(j) => j,
+            None => match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(j) => {
+                    metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
+                    j
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if control.stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
         };
-        metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
-        if job.tx.is_closed() {
-            metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+        let Some(job) = admissible(job, metrics, control) else {
             continue;
-        }
-        if control.draining.load(Ordering::SeqCst) {
-            let _ = job.tx.send(Event::Failed {
-                status: 503,
-                code: "shutting_down",
-                message: "The server is shutting down".into(),
-            });
-            continue;
-        }
-        if Instant::now() >= job.deadline {
-            metrics.timed_out.fetch_add(1, Ordering::Relaxed);
-            let _ = job.tx.send(Event::Failed {
-                status: 503,
-                code: "timeout",
-                message: "The request timed out while waiting in the queue".into(),
-            });
-            continue;
-        }
+        };
         metrics.busy.store(true, Ordering::SeqCst);
-        let tx = job.tx.clone();
-        // An engine panic fails this request, not the server (the next request resets the state).
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run(&mut session, job, tokenizer, metrics, control, &mut cache)
-        }));
-        if ran.is_err() {
-            // Nothing of a failed run is trusted again.
-            cache.entries.clear();
-            metrics.failed.fetch_add(1, Ordering::Relaxed);
-            let _ = tx.send(Event::Failed {
-                status: 500,
-                code: "generation_failed",
-                message: "the generation failed (engine panic; see the server log)".into(),
-            });
+        if let Some(b) = batcher.as_mut() {
+            // Alone with nothing waiting, a request that asks for MTP speculates instead.
+            let alone = deferred.is_empty() && metrics.queue_depth.load(Ordering::SeqCst) <= 0;
+            let speculate = job.mtp && session.mtp_available() && alone;
+            if eligible(&job) && !speculate {
+                b.join(&mut session, job, metrics, &mut cache);
+                metrics.busy.store(b.active() > 0, Ordering::SeqCst);
+                continue;
+            }
         }
+        run_alone(&mut session, job, tokenizer, metrics, control, &mut cache);
         metrics.busy.store(false, Ordering::SeqCst);
     }
     if let Some(dir) = cache_dir {
@@ -370,9 +416,9 @@ fn store_cache_dir(dir: &std::path::Path, session: &Session, entries: &[SavedSta
 }
 
 /// Saved prompt states, most recent first, at most `capacity`.
-struct PromptCache {
-    entries: Vec<SavedState>,
-    capacity: usize,
+pub(crate) struct PromptCache {
+    pub(crate) entries: Vec<SavedState>,
+    pub(crate) capacity: usize,
 }
 
 impl PromptCache {
@@ -406,8 +452,95 @@ impl PromptCache {
     }
 }
 
+/// Runs `job` alone in `session`. An engine panic fails this request, not the server (the next
+/// request resets the state).
+fn run_alone(
+    session: &mut Session,
+    job: Job,
+    tokenizer: &Tokenizer,
+    metrics: &Metrics,
+    control: &Control,
+    cache: &mut PromptCache,
+) {
+    let tx = job.tx.clone();
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(session, job, tokenizer, metrics, control, cache)
+    }));
+    if ran.is_err() {
+        // Nothing of a failed run is trusted again.
+        cache.entries.clear();
+        metrics.failed.fetch_add(1, Ordering::Relaxed);
+        let _ = tx.send(Event::Failed {
+            status: 500,
+            code: "generation_failed",
+            message: "the generation failed (engine panic; see the server log)".into(),
+        });
+    }
+}
+
+/// `job` if it should still run: not when its client left, the server is draining or its
+/// deadline passed in the queue (each reported).
+fn admissible(job: Job, metrics: &Metrics, control: &Control) -> Option<Job> {
+    if job.tx.is_closed() {
+        metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    if control.draining.load(Ordering::SeqCst) {
+        let _ = job.tx.send(Event::Failed {
+            status: 503,
+            code: "shutting_down",
+            message: "The server is shutting down".into(),
+        });
+        return None;
+    }
+    if Instant::now() >= job.deadline {
+        metrics.timed_out.fetch_add(1, Ordering::Relaxed);
+        let _ = job.tx.send(Event::Failed {
+            status: 503,
+            code: "timeout",
+            message: "The request timed out while waiting in the queue".into(),
+        });
+        return None;
+    }
+    Some(job)
+}
+
+/// Prefills `prompt` but its last id in `session`, restoring and recording prompt cache entries
+/// (at the job's `checkpoint` and `shared` points, see [`Job`]) when the cache is on (`mtp`: the
+/// MTP cache too). Returns the prompt ids restored from the cache.
+pub(crate) fn prefill_job(
+    session: &mut Session,
+    prompt: &[u32],
+    (checkpoint, shared): (Option<usize>, Option<usize>),
+    cache: &mut PromptCache,
+    mtp: bool,
+) -> Result<usize, RunError> {
+    if cache.capacity == 0 {
+        session.reset();
+        if prompt.is_empty() {
+            return Err(RunError::Empty);
+        }
+        pollster::block_on(session.prefill(&prompt[..prompt.len() - 1]))?;
+        return Ok(0);
+    }
+    let at = checkpoint.unwrap_or(prompt.len().saturating_sub(1));
+    let points: Vec<usize> = shared.into_iter().chain([at]).collect();
+    let best = cache.best(prompt, mtp);
+    let from = best.map(|i| &cache.entries[i]);
+    match pollster::block_on(prefill_prompt_at(session, prompt, from, mtp, &points)) {
+        Ok((reused, entries)) => {
+            cache.keep(best, entries);
+            Ok(reused)
+        }
+        Err(e) => {
+            cache.entries.clear();
+            Err(e)
+        }
+    }
+}
+
 /// A job the engine could not run: counted, logged and reported to the client.
-fn fail(metrics: &Metrics, tx: &UnboundedSender<Event>, e: &RunError) {
+pub(crate) fn fail(metrics: &Metrics, tx: &UnboundedSender<Event>, e: &RunError) {
     metrics.failed.fetch_add(1, Ordering::Relaxed);
     eprintln!("qwgpu-server: generation failed: {e}");
     let _ = tx.send(Event::Failed {
@@ -446,20 +579,18 @@ fn run(
     if cache.capacity > 0 {
         // generate_text speculates when the job asks for MTP without per-token logprobs.
         let mtp = req.mtp && !req.logprobs && session.mtp_available();
-        let at = job.checkpoint.unwrap_or(req.prompt.len().saturating_sub(1));
-        let points: Vec<usize> = job.shared.into_iter().chain([at]).collect();
-        let best = cache.best(&req.prompt, mtp);
-        let from = best.map(|i| &cache.entries[i]);
-        match pollster::block_on(prefill_prompt_at(session, &req.prompt, from, mtp, &points)) {
-            Ok((reused, entries)) => {
-                cache.keep(best, entries);
+        match prefill_job(
+            session,
+            &req.prompt,
+            (job.checkpoint, job.shared),
+            cache,
+            mtp,
+        ) {
+            Ok(reused) => {
                 cached_tokens = reused;
                 req.in_context = req.prompt.len() - 1;
             }
-            Err(e) => {
-                cache.entries.clear();
-                return fail(metrics, &tx, &e);
-            }
+            Err(e) => return fail(metrics, &tx, &e),
         }
     }
     let mut ttft = None;

@@ -1305,3 +1305,138 @@ fn a_conversation_reuses_the_state_of_its_last_request() {
         assert_eq!(answer(&j), answers[i]);
     }
 }
+
+#[test]
+fn batched_clients_get_their_lone_answers() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    // Greedy requests (chat with thinking, one asking for MTP, raw completions) that decode
+    // together under `--batch 2`: each answer must equal the engine's own for it alone.
+    let requests: Vec<Value> = vec![
+        chat(
+            "Question number 0: what is 0 plus 0?",
+            json!({"max_tokens": 6}),
+        ),
+        json!({"model": "qwgpu-default", "prompt": "Story 1: once upon a time", "max_tokens": 7}),
+        chat(
+            "Question number 2: what is 2 plus 2?",
+            json!({"max_tokens": 5, "mtp": true}),
+        ),
+        json!({"model": "qwgpu-default", "prompt": "The capital of France is", "max_tokens": 4}),
+        chat(
+            "Question number 4, no thinking.",
+            json!({"max_tokens": 6, "chat_template_kwargs": {"enable_thinking": false}}),
+        ),
+    ];
+    let max_ctx = 4096;
+    let expected = engine_references(&requests, max_ctx);
+    let s = Server::start(&[
+        "--max-context",
+        &max_ctx.to_string(),
+        "--queue",
+        "32",
+        "--batch",
+        "2",
+    ]);
+    let path = |r: &Value| {
+        if r.get("prompt").is_some() {
+            "/v1/completions"
+        } else {
+            "/v1/chat/completions"
+        }
+    };
+    // Alone, the request that asks for MTP speculates (nothing waits beside it).
+    let alone = s.post(path(&requests[2]), &requests[2]);
+    assert_eq!(alone.status, 200, "{}", alone.text());
+    assert_eq!(answer(&alone.json()), expected[2]);
+    assert!(
+        alone.json()["timings"]["mtp"].is_object(),
+        "{}",
+        alone.text()
+    );
+
+    // A sampled request, answered alone first (a fixed seed: the same reply every time).
+    let sampled = chat(
+        "Tell me something.",
+        json!({"max_tokens": 5, "temperature": 0.8, "seed": 11, "mtp": false}),
+    );
+    let sampled_alone = s.post("/v1/chat/completions", &sampled);
+    assert_eq!(sampled_alone.status, 200, "{}", sampled_alone.text());
+
+    // A long streamed greedy reply holds one slot; 12 clients arrive meanwhile (the sampled one
+    // among them waits until the batch drains, since it cannot join), then the stream leaves.
+    let long = chat(
+        "Tell me a very long story.",
+        json!({"max_tokens": 3000, "ignore_eos": true, "stream": true, "mtp": false}),
+    );
+    let mut blocker = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    blocker
+        .write_all(&request_bytes(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            Some(long.to_string().as_bytes()),
+        ))
+        .unwrap();
+    read_deltas(&mut blocker, 2);
+    let mut bodies: Vec<(usize, Value)> = (0..11)
+        .map(|k| (k % requests.len(), requests[k % requests.len()].clone()))
+        .collect();
+    bodies.insert(5, (usize::MAX, sampled.clone()));
+    let handles: Vec<_> = bodies
+        .into_iter()
+        .map(|(k, r)| {
+            let (port, p) = (s.port, path(&r).to_string());
+            std::thread::spawn(move || {
+                (
+                    k,
+                    http(
+                        port,
+                        "POST",
+                        &p,
+                        &[("Content-Type", "application/json")],
+                        Some(r.to_string().as_bytes()),
+                    ),
+                )
+            })
+        })
+        .collect();
+    // The greedy ones are answered while the long reply still streams (they share its steps).
+    let t = Instant::now();
+    while s.metrics_value("qwgpu_generations_total{finish_reason=\"length\"}")
+        + s.metrics_value("qwgpu_generations_total{finish_reason=\"stop\"}")
+        < 2.0 + 10.0
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the greedy requests were not answered beside the long reply"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    read_deltas(&mut blocker, 6);
+    drop(blocker);
+    for h in handles {
+        let (k, resp) = h.join().unwrap();
+        assert_eq!(resp.status, 200, "client {k}: {}", resp.text());
+        if k == usize::MAX {
+            assert_eq!(
+                reply_text(&resp.json()),
+                reply_text(&sampled_alone.json()),
+                "the sampled request waited for the batch and ran alone"
+            );
+        } else {
+            assert_eq!(answer(&resp.json()), expected[k], "client {k}");
+            assert!(resp.json()["timings"]["mtp"].is_null(), "{}", resp.text());
+        }
+    }
+    assert!(
+        s.metrics_value("qwgpu_batch_steps_total{streams=\"2\"}") > 0.0,
+        "no step decoded two streams"
+    );
+    assert_eq!(s.metrics_value("qwgpu_generations_cancelled_total"), 1.0);
+    assert_eq!(s.metrics_value("qwgpu_queue_depth"), 0.0);
+    assert_eq!(s.metrics_value("qwgpu_busy"), 0.0);
+    // After all that, a request alone still gets its answer.
+    let again = s.post(path(&requests[4]), &requests[4]);
+    assert_eq!(answer(&again.json()), expected[4]);
+    assert_eq!(s.terminate(), Some(0));
+}

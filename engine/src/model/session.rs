@@ -135,7 +135,9 @@ pub fn read_config(dir: &std::path::Path) -> Result<ModelConfig, LoadError> {
 }
 
 /// Whether `p` picks the argmax of the raw logits (no sampler needed).
-fn plain_greedy(p: &SamplingParams, logprobs: bool) -> bool {
+/// Whether a request with these settings picks the argmax with nothing else to apply (no
+/// penalties, bias or logprobs): the plain greedy head, no sampler.
+pub fn plain_greedy(p: &SamplingParams, logprobs: bool) -> bool {
     p.is_greedy()
         && p.repetition_penalty == 1.0
         && p.presence_penalty == 0.0
