@@ -419,6 +419,39 @@ def test_prompt_cache_dir_keeps_states_across_a_restart(tmp_path):
         assert s.stop() == 0
 
 
+def test_batched_requests_answer_as_alone(default_server):
+    # --batch 2: greedy requests sent together decode together (one forward call per step for
+    # both), each answer equal to the one the server gives it alone; streamed ones too.
+    from concurrent.futures import ThreadPoolExecutor
+    from conftest import Server
+    questions = ["Name a colour.", "Which animal is the largest?", "Count to three.",
+                 "What is a borrow checker?", "Say hello.", "Name a river."]
+
+    def ask(server, i):
+        kw = dict(model=server.model, max_tokens=6 + i % 3,
+                  messages=[{"role": "user", "content": questions[i]}],
+                  extra_body={"mtp": False, **(NO_THINK if i % 2 else {})})
+        c = client(server)
+        if i % 3 == 0:
+            parts = [(extra(ch.choices[0].delta, "reasoning") or "", ch.choices[0].delta.content or "")
+                     for ch in c.chat.completions.create(stream=True, **kw) if ch.choices]
+            return ("".join(r for r, _ in parts), "".join(t for _, t in parts))
+        r = c.chat.completions.create(**kw)
+        return (extra(r.choices[0].message, "reasoning_content") or "", r.choices[0].message.content or "",
+                r.usage.completion_tokens)
+
+    alone = [ask(default_server, i) for i in range(len(questions))]
+    s = Server(["--max-context", "512", "--batch", "2", "--prompt-cache-entries", "0"], "batch")
+    try:
+        for _ in range(2):
+            with ThreadPoolExecutor(len(questions)) as pool:
+                together = list(pool.map(lambda i: ask(s, i), range(len(questions))))
+            assert together == alone
+        assert s.metric('qwgpu_batch_steps_total{streams="2"}') > 0
+    finally:
+        assert s.stop() == 0
+
+
 def test_errors(default_server):
     c = client(default_server)
     msgs = [{"role": "user", "content": "hi"}]
