@@ -422,7 +422,7 @@ fn commit(t: u32) {
 // with ctx_on, the step's input ids of the out rows after the first: a verify's row 1 sees the
 // drafted token).
 fn process(r: u32, j: u32) -> f32 {
-    var x = logits[r * cfg.vocab + j];
+    var x = logits[(cfg.logit_row + r) * cfg.vocab + j];
     if (req.bias_on != 0u) { x += bitcast<f32>(state[cfg.st_bias + j]); }
     if (cfg.unmasked == 0u) {
         // Row 0 and the rows after it may have different masks (an MTP verify's bonus row);

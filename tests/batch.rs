@@ -342,3 +342,88 @@ fn batch_refuses_bad_input_and_keeps_its_streams() {
         .unwrap_err();
     assert!(matches!(err, RunError::ContextFull { .. }), "{err}");
 }
+
+#[test]
+fn sampled_streams_draw_what_they_draw_alone() {
+    // Each slot has its own sampler (parameters, penalty history, draws): a seeded stream in a
+    // batch samples, token for token, what the same request samples alone in a session, beside
+    // a greedy stream or another sampled one.
+    use qwgpu_engine::decode::sampler::SamplingParams;
+    use qwgpu_engine::decode::{generate, GenOptions};
+    let name = &format_cover()[0];
+    let r = load_reference(name);
+    let model =
+        Arc::new(Model::load(model_gpu(), &fixtures_dir().join(name), &mut |_, _| {}).unwrap());
+    let a = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.9,
+        repetition_penalty: 1.2,
+        presence_penalty: 0.4,
+        seed: 5,
+        ..Default::default()
+    };
+    let b = SamplingParams {
+        temperature: 1.3,
+        top_k: 12,
+        frequency_penalty: 0.3,
+        logit_bias: vec![(3, 2.0)],
+        seed: 9,
+        ..Default::default()
+    };
+    let ps = prompts(&r);
+    let steps = 16;
+    let alone = |p: &[u32], params: Option<&SamplingParams>| -> Vec<u32> {
+        let mut s = solo(&model);
+        s.set_sampling(params, false).unwrap();
+        let opts = GenOptions {
+            max_tokens: steps,
+            eos: vec![],
+            ignore_eos: true,
+        };
+        pollster::block_on(generate(&mut s, p, &opts, &mut |_| true))
+            .unwrap()
+            .0
+    };
+    let cases: [(
+        usize,
+        Option<&SamplingParams>,
+        usize,
+        Option<&SamplingParams>,
+    ); 3] = [
+        (0, Some(&a), 2, Some(&b)),
+        (2, None, 0, Some(&b)),
+        (1, Some(&a), 0, None),
+    ];
+    for (pa, sa, pb, sb) in cases {
+        let want = [alone(&ps[pa], sa), alone(&ps[pb], sb)];
+        // The draws must depend on the settings (else the test shows nothing).
+        if let Some(sa) = sa {
+            let other = SamplingParams {
+                seed: sa.seed + 1,
+                ..sa.clone()
+            };
+            assert_ne!(
+                alone(&ps[pa], Some(&other)),
+                want[0],
+                "{name}: the seed changes nothing"
+            );
+        }
+        let mut bt = batch(&model, 2);
+        for (slot, (p, sp)) in [(&ps[pa], sa), (&ps[pb], sb)].into_iter().enumerate() {
+            bt.admit(slot as u32, &mut prefilled(&model, p)).unwrap();
+            bt.set_sampling(slot as u32, sp, p).unwrap();
+        }
+        let mut got = [Vec::new(), Vec::new()];
+        bt.submit(&[ps[pa].last().copied(), ps[pb].last().copied()])
+            .unwrap();
+        while got[0].len() < steps {
+            if got[0].len() + bt.pending() < steps {
+                bt.submit(&[None, None]).unwrap();
+            }
+            let ids = pollster::block_on(bt.read()).unwrap();
+            got[0].push(ids[0].unwrap());
+            got[1].push(ids[1].unwrap());
+        }
+        assert_eq!(got, want, "{name}: prompts {pa} / {pb}");
+    }
+}

@@ -17,13 +17,16 @@
 
 use std::sync::Arc;
 
+use crate::decode::sampler::SamplingParams;
 use crate::error::LoadError;
 use crate::gpu::readback::Readback;
 use crate::gpu::{GpuBuffer, Plan, Step, StepShape, StepSlot};
 use crate::model::config::LayerKind;
 use crate::model::forward::{Builder, Workspace};
+use crate::model::session::plain_greedy;
 use crate::model::session::{Model, RunError, Session};
 use crate::ops::matmul::{MT_ONE, MT_SMALL};
+use crate::ops::sample::{SampleIo, Sampler};
 use crate::state::{config_crc, LayerState, State, StateError};
 
 /// Streams one batch decodes together at most: the decode matmul tile's rows (the 2-token tile
@@ -72,6 +75,13 @@ pub struct Batch {
     head: Plan,
     /// Final norm and lm_head of every row (logits only).
     head_logits: Plan,
+    /// Final norm, lm_head and each slot's sampler on its row (steps where a slot samples).
+    head_sample: Plan,
+    /// One sampler per slot (parameters, penalty history and draws of its stream), on step
+    /// slot 1 + t of the step buffer (one row each).
+    samplers: Vec<Sampler>,
+    /// The slot's stream samples (or applies penalties or bias) rather than taking the argmax.
+    sampled: Vec<bool>,
     /// Position of each slot's sequence (tokens its state holds once every submitted step has
     /// run); `None` = free.
     pos: Vec<Option<u32>>,
@@ -101,7 +111,10 @@ impl Batch {
             .unwrap_or_else(|| crate::ops::attention::split_by_default(&gpu));
         let ws = Workspace::new(&gpu, cfg, MAX_BATCH, MAX_BATCH, false)?;
         let state = State::with_slots(&gpu, cfg, max_ctx, false, opts.kv_f16, opts.slots)?;
-        let step_buf = gpu.storage("batch.step", std::mem::size_of::<Step>() as u64)?;
+        // Step slot 0: the batch's call; slot 1 + t: the call as slot t's sampler sees it (one
+        // out row, its own).
+        let align = gpu.caps.storage_align.max(256);
+        let step_buf = gpu.storage("batch.step", align * (1 + opts.slots as u64))?;
         let scope = gpu.scope("building the batch's plans");
         let b = Builder {
             gpu: &gpu,
@@ -124,6 +137,34 @@ impl Batch {
         let body_one = Builder { mt: MT_ONE, ..b }.body(&state).await?;
         let head = b.head().await?;
         let head_logits = b.head_logits().await?;
+        let mut head_sample = b.head_logits().await?;
+        let mut samplers = Vec::with_capacity(opts.slots as usize);
+        for t in 0..opts.slots {
+            let sampler = Sampler::new(&gpu, cfg.vocab_size as u32, 1).await?;
+            let io = SampleIo {
+                id_offset: t,
+                logit_row: t,
+                commit: true,
+                ..Default::default()
+            };
+            let slot = StepSlot {
+                buf: &step_buf,
+                offset: align * (1 + t as u64),
+            };
+            head_sample.extend_vec(
+                sampler
+                    .dispatches_with(&gpu, &ws.logits, &ws.out_ids, slot, &io)
+                    .await?,
+            );
+            let one = Step {
+                n_tokens: 1,
+                n_out: 1,
+                ..Default::default()
+            };
+            gpu.queue
+                .write_buffer(&step_buf.buf, slot.offset, bytemuck::bytes_of(&one));
+            samplers.push(sampler);
+        }
         scope.finish().await?;
         let readback =
             [0, 1].map(|i| Readback::new(&gpu, &format!("batch ids {i}"), 4 * MAX_BATCH as u64));
@@ -144,6 +185,9 @@ impl Batch {
             body_one,
             head,
             head_logits,
+            head_sample,
+            samplers,
+            sampled: vec![false; opts.slots as usize],
             readback,
         })
     }
@@ -276,6 +320,36 @@ impl Batch {
         gpu.queue.submit([enc.finish()]);
         self.pos[slot as usize] = Some(pos);
         self.chained[slot as usize] = false;
+        self.set_sampling(slot, None, &[])
+    }
+
+    /// How slot `slot`'s stream chooses its tokens from now on: `None` = greedy (argmax), else
+    /// the GPU sampler with these parameters (temperature, filters, penalties, bias, seed),
+    /// its history `history` (the stream's ids so far: the prompt, for the penalties) and its
+    /// draw counter reset, as [`Session::set_sampling`] and a request's start do for a lone
+    /// sequence, so the stream samples the tokens it would sample alone. Logprobs are not
+    /// reported by a batch. [`Batch::admit`] sets greedy.
+    pub fn set_sampling(
+        &mut self,
+        slot: u32,
+        p: Option<&SamplingParams>,
+        history: &[u32],
+    ) -> Result<(), RunError> {
+        let Some(sampler) = self.samplers.get(slot as usize) else {
+            return Err(RunError::Batch(format!(
+                "no slot {slot} in a batch of {}",
+                self.opts.slots
+            )));
+        };
+        let p = p.cloned().unwrap_or_default();
+        let gpu = &self.model.gpu;
+        sampler
+            .set_params(gpu, &p)
+            .map_err(|e| RunError::Sampling(e.to_string()))?;
+        sampler
+            .reset_history(gpu, history)
+            .map_err(|e| RunError::Sampling(e.to_string()))?;
+        self.sampled[slot as usize] = !plain_greedy(&p, false);
         Ok(())
     }
 
@@ -464,10 +538,15 @@ impl Batch {
                 timestamp_writes: None,
             });
             if t == 1 { &self.body_one } else { &self.body }.record(&mut pass, shape, md);
-            if greedy.is_some() {
-                &self.head
-            } else {
-                &self.head_logits
+            let sampling = self
+                .pos
+                .iter()
+                .zip(&self.sampled)
+                .any(|(p, s)| p.is_some() && *s);
+            match greedy {
+                Some(_) if sampling => &self.head_sample,
+                Some(_) => &self.head,
+                None => &self.head_logits,
             }
             .record(&mut pass, shape, md);
         }

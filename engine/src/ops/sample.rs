@@ -125,6 +125,8 @@ crate::gpu_struct! {
         /// Rows a call may process: min(max_rows, rows the logits buffer holds).
         rows_cap: u32,
         id_offset: u32,
+        /// Out row r reads logits row `logit_row + r`.
+        logit_row: u32,
         /// Words of the output ids buffer.
         ids_cap: u32,
         ctx_on: u32,
@@ -206,6 +208,8 @@ impl ScratchLayout {
 pub struct SampleIo<'a> {
     /// The chosen ids go to `out_ids[id_offset + r]`.
     pub id_offset: u32,
+    /// Out row r reads logits row `logit_row + r` (a batch's sampler of stream t: row t).
+    pub logit_row: u32,
     /// The step's input ids (buffer, offset of the step's row 0): out row r > 0 then counts the
     /// input ids of out rows 1..=r as history for the penalties. `None`: rows share the history.
     pub ctx_ids: Option<(&'a GpuBuffer, u32)>,
@@ -920,11 +924,17 @@ impl Sampler {
                 self.max_rows * RESULT_WORDS * 4
             )));
         }
+        let logit_rows = (logits.size / (self.vocab as u64 * 4)) as u32;
+        if io.logit_row >= logit_rows {
+            return Err(bad(format!(
+                "logits row {} of a buffer of {logit_rows} rows",
+                io.logit_row
+            )));
+        }
         let mut cfg = self.cfg();
-        cfg.rows_cap = self
-            .max_rows
-            .min((logits.size / (self.vocab as u64 * 4)) as u32);
+        cfg.rows_cap = self.max_rows.min(logit_rows - io.logit_row);
         cfg.id_offset = io.id_offset;
+        cfg.logit_row = io.logit_row;
         cfg.ids_cap = (out_ids.size / 4) as u32;
         cfg.commit = io.commit as u32;
         cfg.unmasked = io.unmasked as u32;
