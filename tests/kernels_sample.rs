@@ -114,6 +114,7 @@ fn run_call_masked(
     );
     let io = SampleIo {
         id_offset: 1,
+        logit_row: 0,
         ctx_ids: ctx_buf.as_ref().map(|b| (b, 0)),
         probs: c.probs.then_some(&pb),
         results: None,

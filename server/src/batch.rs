@@ -1,7 +1,8 @@
-//! Batched decoding on the GPU thread (`--batch 2`): greedy requests without logprobs or a
-//! required format decode together in an engine [`Batch`], one forward call per step for all of
-//! them, joining and leaving between steps. Each stream's tokens are those it would get alone
-//! (the batch gives a row the bits of a lone sequence), so only throughput changes.
+//! Batched decoding on the GPU thread (`--batch 2`): requests without logprobs or a required
+//! format decode together in an engine [`Batch`], one forward call per step for all of them,
+//! joining and leaving between steps, each with its own sampling settings. Each stream's tokens
+//! are those it would get alone (the batch gives a row the bits of a lone sequence, and each
+//! slot has its own sampler), so only throughput changes.
 //!
 //! When the GPU thread is idle, a request that asks for MTP and finds no other request waiting
 //! runs alone with speculative decoding as without `--batch` (the fastest for one user); under
@@ -18,13 +19,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::metrics::{GenerationRecord, Metrics};
 use crate::worker::{fail, prefill_job, Control, Done, Event, Job, PromptCache};
 
-/// Whether `job` can decode in a batch: greedy without penalties or bias, no logprobs, no
-/// required format, at least one token.
+/// Whether `job` can decode in a batch: no logprobs, no required format, at least one token.
 pub fn eligible(job: &Job) -> bool {
-    job.constraint.is_none()
-        && !job.logprobs
-        && job.max_tokens > 0
-        && qwgpu_engine::model::session::plain_greedy(&job.sampling, job.logprobs)
+    job.constraint.is_none() && !job.logprobs && job.max_tokens > 0
 }
 
 /// A request decoding in a batch slot.
@@ -88,7 +85,12 @@ impl Batcher {
             Ok(n) => n,
             Err(e) => return fail(metrics, &job.tx, &e),
         };
-        if let Err(e) = self.batch.admit(slot, session) {
+        let admitted = self.batch.admit(slot, session).and_then(|_| {
+            self.batch
+                .set_sampling(slot, Some(&job.sampling), &job.prompt)
+        });
+        if let Err(e) = admitted {
+            self.batch.release(slot);
             return fail(metrics, &job.tx, &e);
         }
         let mut cfg = job.stream.clone();

@@ -130,10 +130,10 @@ struct Args {
     /// each).
     #[arg(long, value_name = "DIR")]
     prompt_cache_dir: Option<PathBuf>,
-    /// Decode up to N greedy requests together (2 at most; 0 = one request at a time): one
-    /// forward call per step serves all of them, each getting the tokens it would get alone.
-    /// Requests with sampling, penalties, logprobs or a response_format run one at a time; a
-    /// lone request that asks for MTP still speculates.
+    /// Decode up to N requests together (2 at most; 0 = one request at a time): one forward
+    /// call per step serves all of them, each getting the tokens it would get alone. Requests
+    /// with logprobs or a response_format run one at a time; a lone request that asks for MTP
+    /// still speculates.
     #[arg(long, default_value_t = 0, value_name = "N")]
     batch: u32,
 }

@@ -1354,16 +1354,24 @@ fn batched_clients_get_their_lone_answers() {
         alone.text()
     );
 
-    // A sampled request, answered alone first (a fixed seed: the same reply every time).
+    // A sampled request and one with logprobs, answered alone first (a fixed seed: the same
+    // reply every time).
     let sampled = chat(
         "Tell me something.",
         json!({"max_tokens": 5, "temperature": 0.8, "seed": 11, "mtp": false}),
     );
     let sampled_alone = s.post("/v1/chat/completions", &sampled);
     assert_eq!(sampled_alone.status, 200, "{}", sampled_alone.text());
+    let with_logprobs = chat(
+        "Tell me more.",
+        json!({"max_tokens": 4, "logprobs": true, "top_logprobs": 2, "mtp": false}),
+    );
+    let logprobs_alone = s.post("/v1/chat/completions", &with_logprobs);
+    assert_eq!(logprobs_alone.status, 200, "{}", logprobs_alone.text());
 
-    // A long streamed greedy reply holds one slot; 12 clients arrive meanwhile (the sampled one
-    // among them waits until the batch drains, since it cannot join), then the stream leaves.
+    // A long streamed greedy reply holds one slot; 13 clients arrive meanwhile (the sampled one
+    // joins the batch with its own sampler; the one with logprobs cannot join and runs alone
+    // while the batch pauses), then the stream leaves.
     let long = chat(
         "Tell me a very long story.",
         json!({"max_tokens": 3000, "ignore_eos": true, "stream": true, "mtp": false}),
@@ -1382,6 +1390,7 @@ fn batched_clients_get_their_lone_answers() {
         .map(|k| (k % requests.len(), requests[k % requests.len()].clone()))
         .collect();
     bodies.insert(5, (usize::MAX, sampled.clone()));
+    bodies.insert(8, (usize::MAX - 1, with_logprobs.clone()));
     let handles: Vec<_> = bodies
         .into_iter()
         .map(|(k, r)| {
@@ -1404,7 +1413,7 @@ fn batched_clients_get_their_lone_answers() {
     let t = Instant::now();
     while s.metrics_value("qwgpu_generations_total{finish_reason=\"length\"}")
         + s.metrics_value("qwgpu_generations_total{finish_reason=\"stop\"}")
-        < 2.0 + 10.0
+        < 3.0 + 13.0
     {
         assert!(
             t.elapsed() < Duration::from_secs(300),
@@ -1421,7 +1430,15 @@ fn batched_clients_get_their_lone_answers() {
             assert_eq!(
                 reply_text(&resp.json()),
                 reply_text(&sampled_alone.json()),
-                "the sampled request waited for the batch and ran alone"
+                "the sampled request in the batch"
+            );
+        } else if k == usize::MAX - 1 {
+            let j = resp.json();
+            assert_eq!(reply_text(&j), reply_text(&logprobs_alone.json()));
+            assert_eq!(
+                j["choices"][0]["logprobs"],
+                logprobs_alone.json()["choices"][0]["logprobs"],
+                "the request with logprobs ran alone between batch steps"
             );
         } else {
             assert_eq!(answer(&resp.json()), expected[k], "client {k}");
@@ -1432,9 +1449,17 @@ fn batched_clients_get_their_lone_answers() {
         s.metrics_value("qwgpu_batch_steps_total{streams=\"2\"}") > 0.0,
         "no step decoded two streams"
     );
+    // The stream whose client left ends at its next tokens.
+    let t = Instant::now();
+    while s.metrics_value("qwgpu_generations_cancelled_total") < 1.0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the stream whose client left was not cancelled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(s.metrics_value("qwgpu_generations_cancelled_total"), 1.0);
     assert_eq!(s.metrics_value("qwgpu_queue_depth"), 0.0);
-    assert_eq!(s.metrics_value("qwgpu_busy"), 0.0);
     // After all that, a request alone still gets its answer.
     let again = s.post(path(&requests[4]), &requests[4]);
     assert_eq!(answer(&again.json()), expected[4]);

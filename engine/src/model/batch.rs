@@ -12,7 +12,8 @@
 //!
 //! Sequences enter through a session: prefill the prompt there (all but its last id), then
 //! [`Batch::admit`] copies the session's state into a free slot on the GPU; the batch then
-//! decodes it with the others. A slot is freed by [`Batch::release`]; a free slot's row still
+//! decodes it with the others, greedy or sampled with the slot's own sampler
+//! ([`Batch::set_sampling`]). A slot is freed by [`Batch::release`]; a free slot's row still
 //! runs in each step (on its own slot, so it disturbs nothing) and its output is ignored.
 
 use std::sync::Arc;
@@ -85,12 +86,12 @@ pub struct Batch {
     /// Position of each slot's sequence (tokens its state holds once every submitted step has
     /// run); `None` = free.
     pos: Vec<Option<u32>>,
-    /// The slot's next id is its last step's choice, already on the GPU (greedy steps copy
+    /// The slot's next id is its last step's choice, already on the GPU (steps copy
     /// their choices into the next step's ids).
     chained: Vec<bool>,
     /// Two readbacks, so a step can be submitted while the one before it is being read.
     readback: [Readback; 2],
-    /// Submitted greedy steps not read yet, oldest first: (readback, submission, the slots
+    /// Submitted steps not read yet, oldest first: (readback, submission, the slots
     /// that held a sequence then).
     pending: std::collections::VecDeque<(usize, wgpu::SubmissionIndex, Vec<bool>)>,
 }
@@ -362,13 +363,13 @@ impl Batch {
         }
     }
 
-    /// Greedy steps submitted and not read yet.
+    /// Steps submitted and not read yet.
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
 
     /// Feeds each occupied slot its next id (`ids[slot]`; free slots' entries are ignored) and
-    /// returns each slot's greedy choice after it (`None` for free slots): [`Batch::submit`]
+    /// returns each slot's choice after it (greedy or sampled, see [`Batch::set_sampling`]) (`None` for free slots): [`Batch::submit`]
     /// then [`Batch::read`].
     pub async fn step(&mut self, ids: &[Option<u32>]) -> Result<Vec<Option<u32>>, RunError> {
         if !self.pending.is_empty() {
@@ -380,7 +381,7 @@ impl Batch {
         self.read().await
     }
 
-    /// Submits one greedy step for every occupied slot: `ids[slot]` = `Some(id)` feeds that id,
+    /// Submits one step for every occupied slot: `ids[slot]` = `Some(id)` feeds that id,
     /// `None` feeds the slot's previous choice without it leaving the GPU (the slot must have
     /// run a step since it was admitted); free slots' entries are ignored. One forward call and
     /// one submission for the whole batch; at most two steps wait to be read
@@ -450,7 +451,7 @@ impl Batch {
     }
 
     /// Checks and writes one step (every slot a row), records and submits it, and moves every
-    /// occupied slot on by one position. `greedy = Some(readback)`: the argmax head, whose
+    /// occupied slot on by one position. `greedy = Some(readback)`: a head that chooses (the argmax, or the slots' samplers), whose
     /// choices feed the next step without leaving the GPU and go to that readback; `None`: the
     /// logits head.
     fn record_step(
