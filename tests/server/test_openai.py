@@ -420,8 +420,9 @@ def test_prompt_cache_dir_keeps_states_across_a_restart(tmp_path):
 
 
 def test_batched_requests_answer_as_alone(default_server):
-    # --batch 2: greedy requests sent together decode together (one forward call per step for
-    # both), each answer equal to the one the server gives it alone; streamed ones too.
+    # --batch 2: requests sent together decode together (one forward call per step for both),
+    # each answer equal to the one the server gives it alone: greedy, sampled with a seed,
+    # streamed or not.
     from concurrent.futures import ThreadPoolExecutor
     from conftest import Server
     questions = ["Name a colour.", "Which animal is the largest?", "Count to three.",
@@ -431,6 +432,8 @@ def test_batched_requests_answer_as_alone(default_server):
         kw = dict(model=server.model, max_tokens=6 + i % 3,
                   messages=[{"role": "user", "content": questions[i]}],
                   extra_body={"mtp": False, **(NO_THINK if i % 2 else {})})
+        if i % 4 == 1:
+            kw.update(temperature=0.9, top_p=0.95, seed=100 + i, presence_penalty=0.5)
         c = client(server)
         if i % 3 == 0:
             parts = [(extra(ch.choices[0].delta, "reasoning") or "", ch.choices[0].delta.content or "")
