@@ -688,6 +688,56 @@ fn bench_reports_a_table_and_json() {
         None,
         &["--force-accept", "--temperature"],
     );
+    // Two streams decoded together: their rates beside plain decoding's (rates are reported,
+    // never checked against a number); more streams than the batch holds, or sampling, refused.
+    let j = ok_json(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-tokens",
+        "6",
+        "--gen-tokens",
+        "4",
+        "--trials",
+        "2",
+        "--warmup",
+        "0",
+        "--batch",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(j["batch_decode"]["streams"], 2, "{j}");
+    assert_eq!(
+        j["batch_decode"]["decode_tokens_per_s_trials"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "{j}"
+    );
+    assert!(
+        j["batch_decode"]["total_over_plain"].as_f64().is_some(),
+        "{j}"
+    );
+    for bad in [["--batch", "3"], ["--batch", "1"]] {
+        let mut args = vec!["bench", "--model", p, "--trials", "1", "--warmup", "0"];
+        args.extend_from_slice(&bad);
+        expect_error(&args, None, &["--batch"]);
+    }
+    expect_error(
+        &[
+            "bench",
+            "--model",
+            p,
+            "--batch",
+            "2",
+            "--temperature",
+            "0.7",
+            "--trials",
+            "1",
+        ],
+        None,
+        &["--batch", "--temperature"],
+    );
 }
 
 #[test]
