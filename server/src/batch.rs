@@ -114,6 +114,15 @@ impl Batcher {
         });
     }
 
+    /// Frees the batch's slots that hold no stream (after a join that panicked midway).
+    pub fn release_stray(&mut self) {
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.is_none() {
+                self.batch.release(i as u32);
+            }
+        }
+    }
+
     /// Fails every stream (after an engine panic: nothing of the batch is trusted again).
     pub fn fail_all(&mut self, metrics: &Metrics) {
         for (i, s) in self.slots.iter_mut().enumerate() {

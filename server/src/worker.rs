@@ -285,7 +285,7 @@ fn serve(
                     continue;
                 };
                 if eligible(&job) {
-                    b.join(&mut session, job, metrics, &mut cache);
+                    join(b, &mut session, job, metrics, &mut cache);
                 } else {
                     run_alone(&mut session, job, tokenizer, metrics, control, &mut cache);
                     break;
@@ -329,7 +329,7 @@ fn serve(
             let alone = deferred.is_empty() && metrics.queue_depth.load(Ordering::SeqCst) <= 0;
             let speculate = job.mtp && session.mtp_available() && alone;
             if eligible(&job) && !speculate {
-                b.join(&mut session, job, metrics, &mut cache);
+                join(b, &mut session, job, metrics, &mut cache);
                 metrics.busy.store(b.active() > 0, Ordering::SeqCst);
                 continue;
             }
@@ -449,6 +449,31 @@ impl PromptCache {
             self.entries.insert(0, n);
         }
         self.entries.truncate(self.capacity);
+    }
+}
+
+/// Admits `job` into the batch (its prompt prefilled in `session`). An engine panic fails this
+/// request, not the server.
+fn join(
+    b: &mut Batcher,
+    session: &mut Session,
+    job: Job,
+    metrics: &Metrics,
+    cache: &mut PromptCache,
+) {
+    let tx = job.tx.clone();
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        b.join(session, job, metrics, cache)
+    }));
+    if ran.is_err() {
+        cache.entries.clear();
+        b.release_stray();
+        metrics.failed.fetch_add(1, Ordering::Relaxed);
+        let _ = tx.send(Event::Failed {
+            status: 500,
+            code: "generation_failed",
+            message: "the generation failed (engine panic; see the server log)".into(),
+        });
     }
 }
 
