@@ -17,7 +17,7 @@ use qwgpu_engine::text::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::{GenerationRecord, Metrics};
-use crate::worker::{fail, prefill_job, Control, Done, Event, Job, PromptCache};
+use crate::worker::{fail, panic_event, prefill_job, Control, Done, Event, Job, PromptCache};
 
 /// Whether `job` can decode in a batch: no logprobs, no required format, at least one token.
 pub fn eligible(job: &Job) -> bool {
@@ -128,11 +128,7 @@ impl Batcher {
         for (i, s) in self.slots.iter_mut().enumerate() {
             if let Some(s) = s.take() {
                 metrics.failed.fetch_add(1, Ordering::Relaxed);
-                let _ = s.tx.send(Event::Failed {
-                    status: 500,
-                    code: "generation_failed",
-                    message: "the generation failed (engine panic; see the server log)".into(),
-                });
+                let _ = s.tx.send(panic_event());
                 self.batch.release(i as u32);
             }
         }
@@ -215,14 +211,7 @@ impl Stream {
         if self.tokens.len() >= self.max_tokens {
             return end(FinishReason::Length, false, false);
         }
-        let now = Instant::now();
-        let drain = control.draining.load(Ordering::Relaxed)
-            && control
-                .drain_deadline
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some_and(|d| now >= d);
-        if now >= self.deadline || drain {
+        if control.cut(self.deadline) {
             return end(FinishReason::Length, false, true);
         }
         None

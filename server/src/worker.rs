@@ -118,6 +118,21 @@ pub struct Control {
     pub stop: AtomicBool,
 }
 
+impl Control {
+    /// Whether a running generation must end now: its deadline passed, or shutdown's grace
+    /// period did.
+    pub fn cut(&self, deadline: Instant) -> bool {
+        let now = Instant::now();
+        let drain = self.draining.load(Ordering::Relaxed)
+            && self
+                .drain_deadline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|d| now >= d);
+        now >= deadline || drain
+    }
+}
+
 /// What the loaded model looks like, for the HTTP side.
 pub struct ModelInfo {
     pub has_mtp: bool,
@@ -466,14 +481,24 @@ fn join(
         b.join(session, job, metrics, cache)
     }));
     if ran.is_err() {
-        cache.entries.clear();
         b.release_stray();
-        metrics.failed.fetch_add(1, Ordering::Relaxed);
-        let _ = tx.send(Event::Failed {
-            status: 500,
-            code: "generation_failed",
-            message: "the generation failed (engine panic; see the server log)".into(),
-        });
+        panicked(metrics, &tx, cache);
+    }
+}
+
+/// After an engine panic in a request: it fails (500), and nothing of the run is trusted again.
+fn panicked(metrics: &Metrics, tx: &UnboundedSender<Event>, cache: &mut PromptCache) {
+    cache.entries.clear();
+    metrics.failed.fetch_add(1, Ordering::Relaxed);
+    let _ = tx.send(panic_event());
+}
+
+/// What a client hears when an engine panic ended its request.
+pub(crate) fn panic_event() -> Event {
+    Event::Failed {
+        status: 500,
+        code: "generation_failed",
+        message: "the generation failed (engine panic; see the server log)".into(),
     }
 }
 
@@ -492,14 +517,7 @@ fn run_alone(
         run(session, job, tokenizer, metrics, control, cache)
     }));
     if ran.is_err() {
-        // Nothing of a failed run is trusted again.
-        cache.entries.clear();
-        metrics.failed.fetch_add(1, Ordering::Relaxed);
-        let _ = tx.send(Event::Failed {
-            status: 500,
-            code: "generation_failed",
-            message: "the generation failed (engine panic; see the server log)".into(),
-        });
+        panicked(metrics, &tx, cache);
     }
 }
 
@@ -656,14 +674,7 @@ fn run(
                 gone = true;
                 return false;
             }
-            let now = Instant::now();
-            let drain = control.draining.load(Ordering::Relaxed)
-                && control
-                    .drain_deadline
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_some_and(|d| now >= d);
-            if now >= deadline || drain {
+            if control.cut(deadline) {
                 cut_short = true;
                 return false;
             }
