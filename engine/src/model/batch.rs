@@ -24,8 +24,7 @@ use crate::gpu::readback::Readback;
 use crate::gpu::{GpuBuffer, Plan, Step, StepShape, StepSlot};
 use crate::model::config::LayerKind;
 use crate::model::forward::{Builder, Workspace};
-use crate::model::session::plain_greedy;
-use crate::model::session::{Model, RunError, Session};
+use crate::model::session::{plain_greedy, Model, RunError, Session};
 use crate::ops::matmul::{MT_ONE, MT_SMALL};
 use crate::ops::sample::{SampleIo, Sampler};
 use crate::state::{config_crc, LayerState, State, StateError};
@@ -369,8 +368,8 @@ impl Batch {
     }
 
     /// Feeds each occupied slot its next id (`ids[slot]`; free slots' entries are ignored) and
-    /// returns each slot's choice after it (greedy or sampled, see [`Batch::set_sampling`]) (`None` for free slots): [`Batch::submit`]
-    /// then [`Batch::read`].
+    /// returns each slot's choice after it (greedy or sampled, see [`Batch::set_sampling`];
+    /// `None` for free slots): [`Batch::submit`] then [`Batch::read`].
     pub async fn step(&mut self, ids: &[Option<u32>]) -> Result<Vec<Option<u32>>, RunError> {
         if !self.pending.is_empty() {
             return Err(RunError::Busy(
@@ -451,9 +450,9 @@ impl Batch {
     }
 
     /// Checks and writes one step (every slot a row), records and submits it, and moves every
-    /// occupied slot on by one position. `greedy = Some(readback)`: a head that chooses (the argmax, or the slots' samplers), whose
-    /// choices feed the next step without leaving the GPU and go to that readback; `None`: the
-    /// logits head.
+    /// occupied slot on by one position. `greedy = Some(readback)`: a head that chooses (the
+    /// argmax, or the slots' samplers), whose choices feed the next step without leaving the GPU
+    /// and go to that readback; `None`: the logits head.
     fn record_step(
         &mut self,
         ids: &[Option<u32>],
