@@ -320,6 +320,23 @@ fn batch_refuses_bad_input_and_keeps_its_streams() {
             &refs[i],
         );
     }
+    // A session whose KV caches hold f32 does not enter a batch of f16 caches.
+    let mut f16 = pollster::block_on(Batch::new(
+        model.clone(),
+        BatchOptions {
+            slots: 2,
+            max_ctx: CTX,
+            kv_f16: true,
+            ..Default::default()
+        },
+    ))
+    .unwrap();
+    let err = f16.admit(0, &mut prefilled(&model, prompt)).unwrap_err();
+    assert!(
+        matches!(err, RunError::State(_)) && err.to_string().contains("f16"),
+        "{err}"
+    );
+    assert_eq!(f16.pos(0), None);
     // A full context is refused before anything runs.
     let mut small = pollster::block_on(Batch::new(
         model.clone(),

@@ -51,13 +51,7 @@ impl Server {
     }
 
     fn post(&self, path: &str, body: &Value) -> Resp {
-        http(
-            self.port,
-            "POST",
-            path,
-            &[("Content-Type", "application/json")],
-            Some(body.to_string().as_bytes()),
-        )
+        http_post(self.port, path, body)
     }
 
     /// SIGTERM, then the exit code.
@@ -229,6 +223,40 @@ fn assert_error(r: &Resp, status: u16, param: Option<&str>, code: Option<&str>) 
         assert_eq!(e["code"], c, "{j}");
     }
     j
+}
+
+/// The endpoint of a request body: completions when it has a `prompt`, else chat.
+fn endpoint(r: &Value) -> &'static str {
+    if r.get("prompt").is_some() {
+        "/v1/completions"
+    } else {
+        "/v1/chat/completions"
+    }
+}
+
+/// A POST of `body` as JSON on a new connection.
+fn http_post(port: u16, path: &str, body: &Value) -> Resp {
+    http(
+        port,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().as_bytes()),
+    )
+}
+
+/// A connection that has sent a POST of `body` (a streamed request the caller reads or drops).
+fn open_stream(port: u16, path: &str, body: &Value) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(&request_bytes(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        ))
+        .unwrap();
+    stream
 }
 
 fn chat(content: &str, extra: Value) -> Value {
@@ -898,13 +926,7 @@ fn concurrent_clients_and_disconnect() {
     );
 
     let s = Server::start(&["--max-context", &max_ctx.to_string(), "--queue", "32"]);
-    let path = |r: &Value| {
-        if r.get("prompt").is_some() {
-            "/v1/completions"
-        } else {
-            "/v1/chat/completions"
-        }
-    };
+    let path = endpoint;
     // One request alone.
     let alone = s.post(path(&requests[0]), &requests[0]);
     assert_eq!(alone.status, 200, "{}", alone.text());
@@ -916,33 +938,14 @@ fn concurrent_clients_and_disconnect() {
         "Tell me a very long story.",
         json!({"max_tokens": max_long, "ignore_eos": true, "stream": true, "mtp": false}),
     );
-    let mut blocker = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    blocker
-        .write_all(&request_bytes(
-            "POST",
-            "/v1/chat/completions",
-            &[("Content-Type", "application/json")],
-            Some(long.to_string().as_bytes()),
-        ))
-        .unwrap();
+    let mut blocker = open_stream(s.port, "/v1/chat/completions", &long);
     read_deltas(&mut blocker, 2);
     let tokens_before = s.metrics_value("qwgpu_generation_tokens_total");
     let handles: Vec<_> = (0..20)
         .map(|k| {
             let r = requests[k % requests.len()].clone();
-            let (port, p) = (s.port, path(&r).to_string());
-            std::thread::spawn(move || {
-                (
-                    k,
-                    http(
-                        port,
-                        "POST",
-                        &p,
-                        &[("Content-Type", "application/json")],
-                        Some(r.to_string().as_bytes()),
-                    ),
-                )
-            })
+            let port = s.port;
+            std::thread::spawn(move || (k, http_post(port, endpoint(&r), &r)))
         })
         .collect();
     let t = Instant::now();
@@ -986,15 +989,7 @@ fn concurrent_clients_and_disconnect() {
 
     // A disconnect while the reply streams, with nothing queued: the next request is answered
     // (the GPU was freed) and equals the engine's answer (the session state was reset).
-    let mut stream = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    stream
-        .write_all(&request_bytes(
-            "POST",
-            "/v1/chat/completions",
-            &[("Content-Type", "application/json")],
-            Some(long.to_string().as_bytes()),
-        ))
-        .unwrap();
+    let mut stream = open_stream(s.port, "/v1/chat/completions", &long);
     read_deltas(&mut stream, 4);
     drop(stream);
     let next = s.post(path(&requests[2]), &requests[2]);
@@ -1337,13 +1332,7 @@ fn batched_clients_get_their_lone_answers() {
         "--batch",
         "2",
     ]);
-    let path = |r: &Value| {
-        if r.get("prompt").is_some() {
-            "/v1/completions"
-        } else {
-            "/v1/chat/completions"
-        }
-    };
+    let path = endpoint;
     // Alone, the request that asks for MTP speculates (nothing waits beside it).
     let alone = s.post(path(&requests[2]), &requests[2]);
     assert_eq!(alone.status, 200, "{}", alone.text());
@@ -1376,15 +1365,7 @@ fn batched_clients_get_their_lone_answers() {
         "Tell me a very long story.",
         json!({"max_tokens": 3000, "ignore_eos": true, "stream": true, "mtp": false}),
     );
-    let mut blocker = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    blocker
-        .write_all(&request_bytes(
-            "POST",
-            "/v1/chat/completions",
-            &[("Content-Type", "application/json")],
-            Some(long.to_string().as_bytes()),
-        ))
-        .unwrap();
+    let mut blocker = open_stream(s.port, "/v1/chat/completions", &long);
     read_deltas(&mut blocker, 2);
     let mut bodies: Vec<(usize, Value)> = (0..11)
         .map(|k| (k % requests.len(), requests[k % requests.len()].clone()))
@@ -1394,19 +1375,8 @@ fn batched_clients_get_their_lone_answers() {
     let handles: Vec<_> = bodies
         .into_iter()
         .map(|(k, r)| {
-            let (port, p) = (s.port, path(&r).to_string());
-            std::thread::spawn(move || {
-                (
-                    k,
-                    http(
-                        port,
-                        "POST",
-                        &p,
-                        &[("Content-Type", "application/json")],
-                        Some(r.to_string().as_bytes()),
-                    ),
-                )
-            })
+            let port = s.port;
+            std::thread::spawn(move || (k, http_post(port, endpoint(&r), &r)))
         })
         .collect();
     // The greedy ones are answered while the long reply still streams (they share its steps).

@@ -22,12 +22,11 @@ use crate::decode::sampler::SamplingParams;
 use crate::error::LoadError;
 use crate::gpu::readback::Readback;
 use crate::gpu::{GpuBuffer, Plan, Step, StepShape, StepSlot};
-use crate::model::config::LayerKind;
 use crate::model::forward::{Builder, Workspace};
 use crate::model::session::{plain_greedy, Model, RunError, Session};
 use crate::ops::matmul::{MT_ONE, MT_SMALL};
 use crate::ops::sample::{SampleIo, Sampler};
-use crate::state::{config_crc, LayerState, State, StateError};
+use crate::state::{config_crc, State, StateError};
 
 /// Streams one batch decodes together at most: the decode matmul tile's rows (the 2-token tile
 /// computes each row with the arithmetic of the 1-token tile, so batched rows keep a lone
@@ -251,15 +250,6 @@ impl Batch {
             ))
             .into());
         }
-        if session.state.kv_f16 != self.state.kv_f16 {
-            let kind = |f16: bool| if f16 { "f16" } else { "f32" };
-            return Err(StateError::Mismatch(format!(
-                "the session's KV caches are {}, the batch's {}",
-                kind(session.state.kv_f16),
-                kind(self.state.kv_f16)
-            ))
-            .into());
-        }
         let pos = session.state.pos;
         if pos >= self.opts.max_ctx {
             return Err(RunError::ContextFull {
@@ -270,53 +260,13 @@ impl Batch {
         // A rejected draft's rollback, if one waits, goes first.
         session.flush();
         let gpu = self.model.gpu.clone();
-        let cfg = &self.model.config;
-        let conv_bytes = ((cfg.linear_conv_kernel_dim - 1) * cfg.conv_dim() * 4) as u64;
-        let ssm_bytes =
-            (cfg.linear_num_value_heads * cfg.linear_value_head_dim * cfg.linear_key_head_dim * 4)
-                as u64;
-        let s = slot as u64;
         let mut enc = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("batch admit"),
             });
-        for ((dst, src), kind) in self
-            .state
-            .layers
-            .iter()
-            .zip(&session.state.layers)
-            .zip(&cfg.layers)
-        {
-            match (dst, src, kind) {
-                (LayerState::Attn(d), LayerState::Attn(c), LayerKind::Full) => {
-                    let used = c.row_bytes * pos as u64;
-                    let at = s * d.row_bytes * self.opts.max_ctx as u64;
-                    if used > 0 {
-                        enc.copy_buffer_to_buffer(&c.k.buf, 0, &d.k.buf, at, used);
-                        enc.copy_buffer_to_buffer(&c.v.buf, 0, &d.v.buf, at, used);
-                    }
-                }
-                (LayerState::Gdn(d), LayerState::Gdn(c), LayerKind::Linear) => {
-                    if conv_bytes > 0 {
-                        enc.copy_buffer_to_buffer(
-                            &c.conv.buf,
-                            0,
-                            &d.conv.buf,
-                            s * conv_bytes,
-                            conv_bytes,
-                        );
-                    }
-                    enc.copy_buffer_to_buffer(&c.ssm.buf, 0, &d.ssm.buf, s * ssm_bytes, ssm_bytes);
-                }
-                _ => {
-                    return Err(StateError::Mismatch(
-                        "the session's layers differ from the batch's".into(),
-                    )
-                    .into())
-                }
-            }
-        }
+        self.state
+            .record_copy_to_slot(slot, &session.state, &mut enc)?;
         gpu.queue.submit([enc.finish()]);
         self.pos[slot as usize] = Some(pos);
         self.chained[slot as usize] = false;

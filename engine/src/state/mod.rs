@@ -47,6 +47,11 @@ pub struct State {
     pub max_ctx: u32,
     /// The KV caches hold f16 values.
     pub kv_f16: bool,
+    /// Sequences side by side ([`State::with_slots`]; 1 for a session).
+    pub slots: u32,
+    /// Bytes of one slot's conv and recurrent state of a Gated-DeltaNet layer.
+    conv_slot_bytes: u64,
+    ssm_slot_bytes: u64,
 }
 
 impl State {
@@ -107,7 +112,65 @@ impl State {
             mtp_pos: 0,
             max_ctx,
             kv_f16,
+            slots: n as u32,
+            conv_slot_bytes: conv_bytes,
+            ssm_slot_bytes: ssm_bytes,
         })
+    }
+
+    /// Records copying `src`'s sequence (a one-slot state of the same model and KV type: its KV
+    /// rows in use, conv and recurrent states) into slot `slot` of this state.
+    pub fn record_copy_to_slot(
+        &self,
+        slot: u32,
+        src: &State,
+        enc: &mut wgpu::CommandEncoder,
+    ) -> Result<(), StateError> {
+        if slot >= self.slots || src.slots != 1 {
+            return Err(StateError::Mismatch(format!(
+                "slot {slot} of a state of {} slots, from a state of {}",
+                self.slots, src.slots
+            )));
+        }
+        if src.kv_f16 != self.kv_f16 {
+            let kind = |f16: bool| if f16 { "f16" } else { "f32" };
+            return Err(StateError::Mismatch(format!(
+                "KV caches of {} into {}",
+                kind(src.kv_f16),
+                kind(self.kv_f16)
+            )));
+        }
+        if src.pos > self.max_ctx || src.layers.len() != self.layers.len() {
+            return Err(StateError::Mismatch(format!(
+                "{} positions of {} layers into slots of {} positions of {} layers",
+                src.pos,
+                src.layers.len(),
+                self.max_ctx,
+                self.layers.len()
+            )));
+        }
+        let s = slot as u64;
+        for (d, c) in self.layers.iter().zip(&src.layers) {
+            match (d, c) {
+                (LayerState::Attn(d), LayerState::Attn(c)) => {
+                    let used = c.row_bytes * src.pos as u64;
+                    let at = s * d.row_bytes * self.max_ctx as u64;
+                    if used > 0 {
+                        enc.copy_buffer_to_buffer(&c.k.buf, 0, &d.k.buf, at, used);
+                        enc.copy_buffer_to_buffer(&c.v.buf, 0, &d.v.buf, at, used);
+                    }
+                }
+                (LayerState::Gdn(d), LayerState::Gdn(c)) => {
+                    let (cb, sb) = (self.conv_slot_bytes, self.ssm_slot_bytes);
+                    if cb > 0 {
+                        enc.copy_buffer_to_buffer(&c.conv.buf, 0, &d.conv.buf, s * cb, cb);
+                    }
+                    enc.copy_buffer_to_buffer(&c.ssm.buf, 0, &d.ssm.buf, s * sb, sb);
+                }
+                _ => return Err(StateError::Mismatch("the layers' kinds differ".into())),
+            }
+        }
+        Ok(())
     }
 
     /// Every buffer that carries sequence state (snapshots excluded), in a fixed order.
