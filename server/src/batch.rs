@@ -7,6 +7,14 @@
 //! When the GPU thread is idle, a request that asks for MTP and finds no other request waiting
 //! runs alone with speculative decoding as without `--batch` (the fastest for one user); under
 //! load requests go to the batch, where they do not speculate.
+//!
+//! Two steps are in flight: the next step is submitted (each stream's id chained from its last
+//! choice on the GPU) before the current one is read, so the GPU never waits for the host to
+//! read a step, hand out its tokens and record the next. A stream that ends on a step (EOS, a
+//! stop string, its client gone) has already one more step running; that row's token is
+//! dropped (each stream has a serial number the in-flight steps remember). A stream never runs
+//! past its `max_tokens`: once its running steps will bring it there, its slot leaves the
+//! engine's batch while the stream waits for their tokens.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -26,6 +34,10 @@ pub fn eligible(job: &Job) -> bool {
 
 /// A request decoding in a batch slot.
 struct Stream {
+    /// Told apart from the slot's earlier and later streams by the steps in flight.
+    serial: u64,
+    /// Steps submitted with this stream's row and not read yet.
+    in_flight: usize,
     tx: UnboundedSender<Event>,
     parser: StreamParser,
     eos: Vec<u32>,
@@ -46,7 +58,14 @@ struct Stream {
 pub struct Batcher {
     pub batch: Batch,
     slots: Vec<Option<Stream>>,
+    /// The steps in flight, oldest first (as the batch's own queue): each slot's stream serial
+    /// when the step was submitted (`None`: no row of a stream).
+    in_flight: std::collections::VecDeque<Vec<Option<u64>>>,
+    next_serial: u64,
 }
+
+/// Steps the batch keeps in flight (the engine's limit).
+const DEPTH: usize = 2;
 
 impl Batcher {
     pub fn new(batch: Batch) -> Self {
@@ -54,6 +73,8 @@ impl Batcher {
         Batcher {
             batch,
             slots: (0..n).map(|_| None).collect(),
+            in_flight: Default::default(),
+            next_serial: 0,
         }
     }
 
@@ -61,8 +82,14 @@ impl Batcher {
         self.slots.iter().filter(|s| s.is_some()).count()
     }
 
+    /// A slot that holds no stream and no sequence in the engine's batch.
+    fn free_slot(&self) -> Option<u32> {
+        (0..self.slots.len() as u32)
+            .find(|&i| self.slots[i as usize].is_none() && self.batch.pos(i).is_none())
+    }
+
     pub fn has_room(&self) -> bool {
-        self.batch.free_slot().is_some()
+        self.free_slot().is_some()
     }
 
     /// Prefills `job`'s prompt (all but its last id, through the prompt cache) in `session` and
@@ -74,7 +101,7 @@ impl Batcher {
         metrics: &Metrics,
         cache: &mut PromptCache,
     ) {
-        let Some(slot) = self.batch.free_slot() else {
+        let Some(slot) = self.free_slot() else {
             return fail(metrics, &job.tx, &RunError::Batch("no free slot".into()));
         };
         let queue_s = job.enqueued.elapsed().as_secs_f64();
@@ -98,7 +125,10 @@ impl Batcher {
             cfg.eos_ids.clear();
         }
         let eos = cfg.eos_ids.clone();
+        self.next_serial += 1;
         self.slots[slot as usize] = Some(Stream {
+            serial: self.next_serial,
+            in_flight: 0,
             parser: StreamParser::new(cfg, &job.prompt),
             eos,
             max_tokens: job.max_tokens,
@@ -132,35 +162,96 @@ impl Batcher {
                 self.batch.release(i as u32);
             }
         }
+        self.forget_in_flight();
     }
 
-    /// One step of every stream: their next tokens go to their clients; streams that end
-    /// (EOS, max_tokens, a stop string, the client gone, the time limit) leave the batch.
-    pub fn step(&mut self, tokenizer: &Tokenizer, metrics: &Metrics, control: &Control) {
-        let ids: Vec<Option<u32>> = self
-            .slots
-            .iter_mut()
-            .map(|s| s.as_mut().and_then(|s| s.first.take()))
-            .collect();
-        let active = self.active();
-        let chosen = match pollster::block_on(self.batch.step(&ids)) {
-            Ok(c) => c,
-            Err(e) => {
-                // Nothing of this batch is trusted again: every stream fails.
-                for (i, s) in self.slots.iter_mut().enumerate() {
-                    if let Some(s) = s.take() {
-                        fail(metrics, &s.tx, &e);
+    /// Fails every stream with `e` (a step that could not run or be read).
+    fn fail_streams(&mut self, metrics: &Metrics, e: &RunError) {
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if let Some(s) = s.take() {
+                fail(metrics, &s.tx, e);
+            }
+            self.batch.release(i as u32);
+        }
+        self.forget_in_flight();
+    }
+
+    /// Waits for the steps in flight and drops their tokens (no stream is left to take them).
+    fn forget_in_flight(&mut self) {
+        while self.batch.pending() > 0 {
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pollster::block_on(self.batch.read())
+            }));
+            if !matches!(read, Ok(Ok(_))) {
+                break;
+            }
+        }
+        self.in_flight.clear();
+    }
+
+    /// Submits steps until [`DEPTH`] are in flight or no stream needs another: a stream's row
+    /// runs while its tokens so far and in flight are fewer than its `max_tokens`; a stream that
+    /// has all the steps it needs leaves the engine's batch (its tokens still come).
+    fn fill(&mut self, metrics: &Metrics) -> Result<(), RunError> {
+        while self.batch.pending() < DEPTH {
+            for (i, s) in self.slots.iter().enumerate() {
+                if let Some(s) = s {
+                    if s.tokens.len() + s.in_flight >= s.max_tokens {
                         self.batch.release(i as u32);
                     }
                 }
-                return;
             }
-        };
-        metrics.batch_step(active);
+            let rows: Vec<Option<u64>> = self
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.as_ref()
+                        .filter(|_| self.batch.pos(i as u32).is_some())
+                        .map(|s| s.serial)
+                })
+                .collect();
+            let streams = rows.iter().flatten().count();
+            if streams == 0 {
+                return Ok(());
+            }
+            let ids: Vec<Option<u32>> = self
+                .slots
+                .iter_mut()
+                .zip(&rows)
+                .map(|(s, r)| r.and(s.as_mut()).and_then(|s| s.first.take()))
+                .collect();
+            self.batch.submit(&ids)?;
+            for (s, r) in self.slots.iter_mut().zip(&rows) {
+                if let (Some(s), Some(_)) = (s.as_mut(), r) {
+                    s.in_flight += 1;
+                }
+            }
+            self.in_flight.push_back(rows);
+            metrics.batch_step(streams);
+        }
+        Ok(())
+    }
+
+    /// Reads the oldest step in flight and hands its tokens to their streams; streams that end
+    /// (EOS, max_tokens, a stop string, the client gone, the time limit) leave the batch.
+    fn take(
+        &mut self,
+        tokenizer: &Tokenizer,
+        metrics: &Metrics,
+        control: &Control,
+    ) -> Result<(), RunError> {
+        let chosen = pollster::block_on(self.batch.read())?;
+        let rows = self.in_flight.pop_front().unwrap_or_default();
         for (i, id) in chosen.into_iter().enumerate() {
-            let (Some(id), Some(s)) = (id, self.slots[i].as_mut()) else {
+            let (Some(id), Some(serial)) = (id, rows.get(i).copied().flatten()) else {
                 continue;
             };
+            // The row of a stream that ended meanwhile (its slot free or another stream's).
+            let Some(s) = self.slots[i].as_mut().filter(|s| s.serial == serial) else {
+                continue;
+            };
+            s.in_flight -= 1;
             if let Some(end) = s.push(id, tokenizer, control) {
                 if let Some(s) = self.slots[i].take() {
                     s.finish(end, metrics);
@@ -168,6 +259,37 @@ impl Batcher {
                 self.batch.release(i as u32);
             }
         }
+        Ok(())
+    }
+
+    /// One step of every stream: the steps in flight topped up, then the oldest read and its
+    /// tokens handed out (see the module docs). When no stream is left, the steps still in
+    /// flight are waited for.
+    pub fn step(&mut self, tokenizer: &Tokenizer, metrics: &Metrics, control: &Control) {
+        let ran = self
+            .fill(metrics)
+            .and_then(|()| match self.batch.pending() {
+                0 => Ok(()),
+                _ => self.take(tokenizer, metrics, control),
+            });
+        if let Err(e) = ran {
+            // Nothing of this batch is trusted again: every stream fails.
+            return self.fail_streams(metrics, &e);
+        }
+        if self.active() == 0 {
+            self.forget_in_flight();
+        }
+    }
+
+    /// Reads every step in flight, handing out their tokens, and submits none (before the GPU
+    /// thread runs a request alone: the batch pauses with nothing running).
+    pub fn settle(&mut self, tokenizer: &Tokenizer, metrics: &Metrics, control: &Control) {
+        while self.batch.pending() > 0 {
+            if let Err(e) = self.take(tokenizer, metrics, control) {
+                return self.fail_streams(metrics, &e);
+            }
+        }
+        self.in_flight.clear();
     }
 }
 

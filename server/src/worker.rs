@@ -302,6 +302,14 @@ fn serve(
                 if eligible(&job) {
                     join(b, &mut session, job, metrics, &mut cache);
                 } else {
+                    // Nothing of the batch runs meanwhile: its steps in flight are read first.
+                    let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        b.settle(tokenizer, metrics, control)
+                    }));
+                    if settled.is_err() {
+                        cache.entries.clear();
+                        b.fail_all(metrics);
+                    }
                     run_alone(&mut session, job, tokenizer, metrics, control, &mut cache);
                     break;
                 }

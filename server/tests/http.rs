@@ -800,6 +800,12 @@ fn engine_references(requests: &[Value], max_ctx: u32) -> Vec<Reference> {
         .map(|r| {
             let mut stream = tok.stream_config(&eos);
             stream.tool_calls = false;
+            if let Some(stop) = r["stop"].as_array() {
+                stream.stop_strings = stop
+                    .iter()
+                    .map(|v| v.as_str().expect("stop").to_string())
+                    .collect();
+            }
             let prompt = if let Some(messages) = r["messages"].as_array() {
                 // Chat: the template's thinking prompt; reasoning and content without the newlines
                 // around </think>.
@@ -1323,7 +1329,25 @@ fn batched_clients_get_their_lone_answers() {
         ),
     ];
     let max_ctx = 4096;
-    let expected = engine_references(&requests, max_ctx);
+    let mut expected = engine_references(&requests, max_ctx);
+    // A raw completion that ends on a stop string (a character from the middle of its greedy
+    // reply): in the batch, the step after the one that ends it is already running when the
+    // end is read, and that step's token must reach neither the reply nor its usage.
+    let mut requests = requests;
+    let base = expected[1].content.chars().collect::<Vec<char>>();
+    assert!(
+        base.len() >= 4,
+        "reply too short for a stop string: {base:?}"
+    );
+    let mut stopped = requests[1].clone();
+    stopped["max_tokens"] = json!(16);
+    stopped["stop"] = json!([base[base.len() / 2].to_string()]);
+    let stop_ref = engine_references(std::slice::from_ref(&stopped), max_ctx)
+        .pop()
+        .unwrap();
+    assert_eq!(stop_ref.finish, "stop", "{stop_ref:?}");
+    requests.push(stopped);
+    expected.push(stop_ref);
     let s = Server::start(&[
         "--max-context",
         &max_ctx.to_string(),
