@@ -19,8 +19,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use qwgpu_engine::decode::mtp::MtpStats;
+use qwgpu_engine::decode::sampler::SamplingParams;
 use qwgpu_engine::model::{Batch, RunError, Session};
-use qwgpu_engine::text::stream::{FinishReason, StreamParser};
+use qwgpu_engine::text::stream::{FinishReason, StreamConfig, StreamParser};
 use qwgpu_engine::text::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -32,8 +34,32 @@ pub fn eligible(job: &Job) -> bool {
     job.constraint.is_none() && !job.logprobs && job.max_tokens > 0
 }
 
+/// A request that speculated alone and stops there to continue in the batch (another request
+/// arrived): its prompt, the tokens generated so far (the last one produced but not yet handed
+/// to the client) and what its stream needs to go on as if it had never moved.
+pub struct Handoff {
+    pub tx: UnboundedSender<Event>,
+    pub prompt: Vec<u32>,
+    pub tokens: Vec<u32>,
+    pub stream: StreamConfig,
+    pub sampling: SamplingParams,
+    pub ignore_eos: bool,
+    pub max_tokens: usize,
+    pub deadline: Instant,
+    pub checkpoint: Option<usize>,
+    pub shared: Option<usize>,
+    pub queue_s: f64,
+    pub t0: Instant,
+    pub ttft: f64,
+    pub cached_tokens: usize,
+    /// MTP counts (drafted, accepted) of its speculative part.
+    pub mtp: Option<(u64, u64)>,
+}
+
 /// A request decoding in a batch slot.
 struct Stream {
+    /// MTP counts of the part it ran alone before joining (a [`Handoff`]).
+    mtp: Option<(u64, u64)>,
     /// Told apart from the slot's earlier and later streams by the steps in flight.
     serial: u64,
     /// Steps submitted with this stream's row and not read yet.
@@ -127,6 +153,7 @@ impl Batcher {
         let eos = cfg.eos_ids.clone();
         self.next_serial += 1;
         self.slots[slot as usize] = Some(Stream {
+            mtp: None,
             serial: self.next_serial,
             in_flight: 0,
             parser: StreamParser::new(cfg, &job.prompt),
@@ -142,6 +169,79 @@ impl Batcher {
             ttft: None,
             tx: job.tx,
         });
+    }
+
+    /// Continues a request that ran alone (a [`Handoff`]) in a free slot: its tokens so far go
+    /// through a fresh stream parser unsent (the client has their text), its last token is handed
+    /// out as the batch hands out any, and the state of the prompt and its tokens but the last
+    /// (prefilled through the prompt cache) is admitted, the last token to be fed next. A greedy
+    /// request's reply is the one it gets alone (plain greedy decoding equals greedy speculation);
+    /// a sampled one samples the rest from the same distributions with the batch's draws.
+    pub fn adopt(
+        &mut self,
+        session: &mut Session,
+        h: Handoff,
+        tokenizer: &Tokenizer,
+        metrics: &Metrics,
+        control: &Control,
+        cache: &mut PromptCache,
+    ) {
+        let Some(slot) = self.free_slot() else {
+            return fail(metrics, &h.tx, &RunError::Batch("no free slot".into()));
+        };
+        let Some((&last, before)) = h.tokens.split_last() else {
+            return fail(
+                metrics,
+                &h.tx,
+                &RunError::Batch("nothing to continue".into()),
+            );
+        };
+        let mut cfg = h.stream;
+        if h.ignore_eos {
+            cfg.eos_ids.clear();
+        }
+        let eos = cfg.eos_ids.clone();
+        let mut parser = StreamParser::new(cfg, &h.prompt);
+        for &id in before {
+            let _ = parser.push(tokenizer, id);
+        }
+        self.next_serial += 1;
+        let mut stream = Stream {
+            mtp: h.mtp,
+            serial: self.next_serial,
+            in_flight: 0,
+            parser,
+            eos,
+            max_tokens: h.max_tokens,
+            deadline: h.deadline,
+            first: None,
+            tokens: before.to_vec(),
+            prompt_tokens: h.prompt.len(),
+            cached_tokens: h.cached_tokens,
+            queue_s: h.queue_s,
+            t0: h.t0,
+            ttft: Some(h.ttft),
+            tx: h.tx,
+        };
+        if let Some(end) = stream.push(last, tokenizer, control) {
+            return stream.finish(end, metrics);
+        }
+        let mut ids = h.prompt;
+        ids.extend_from_slice(&h.tokens);
+        // The prompt's own cache points: the entries its run recorded are reused, none added.
+        let points = (
+            Some(h.checkpoint.unwrap_or(ids.len() - h.tokens.len() - 1)),
+            h.shared,
+        );
+        let admitted = prefill_job(session, &ids, points, cache, false)
+            .and_then(|_| self.batch.admit(slot, session))
+            .and_then(|_| self.batch.set_sampling(slot, Some(&h.sampling), &ids));
+        if let Err(e) = admitted {
+            self.batch.release(slot);
+            return fail(metrics, &stream.tx, &e);
+        }
+        stream.first = Some(last);
+        self.slots[slot as usize] = Some(stream);
     }
 
     /// Frees the batch's slots that hold no stream (after a join that panicked midway).
@@ -363,7 +463,7 @@ impl Stream {
             ttft_s,
             total_s,
             finish_reason: finish.as_str(),
-            mtp: None,
+            mtp: self.mtp,
         });
         eprintln!(
             "qwgpu-server: {} prompt ({} cached) + {completion_tokens} generated tokens (batched), TTFT {ttft_s:.2}s, {:.1} tok/s, {}{}",
@@ -381,7 +481,9 @@ impl Stream {
             queue_s: self.queue_s,
             ttft_s,
             total_s,
-            mtp: None,
+            mtp: self
+                .mtp
+                .map(|(drafted, accepted)| MtpStats { drafted, accepted }),
             cut_short: end.cut_short,
             cached_tokens: self.cached_tokens,
         };

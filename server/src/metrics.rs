@@ -48,6 +48,8 @@ pub struct Metrics {
     pub busy: AtomicBool,
     /// Batched steps (`--batch`) by the number of streams they decoded (index 0: one).
     pub batch_steps: [AtomicU64; 4],
+    /// Speculating requests that moved into the batch when another request arrived.
+    pub batch_handoffs: AtomicU64,
 }
 
 /// What one finished generation adds.
@@ -303,6 +305,12 @@ impl Metrics {
                 .enumerate()
                 .map(|(i, c)| (format!("{{streams=\"{}\"}}", i + 1), load(c).to_string()))
                 .collect(),
+        );
+        metric(
+            "qwgpu_batch_handoffs_total",
+            "counter",
+            "Requests that speculated alone and moved into the batch (--batch) when another request arrived.",
+            vec![(String::new(), load(&self.batch_handoffs).to_string())],
         );
         metric(
             "qwgpu_queue_depth",

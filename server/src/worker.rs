@@ -23,7 +23,7 @@ use qwgpu_engine::text::stream::{Delta, FinishReason, StreamConfig, StreamSummar
 use qwgpu_engine::text::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::batch::{eligible, Batcher};
+use crate::batch::{eligible, Batcher, Handoff};
 use crate::metrics::{GenerationRecord, Metrics};
 
 /// What a job hears from the GPU thread, in order: `Started`, `PromptDone`, tokens and deltas,
@@ -310,7 +310,15 @@ fn serve(
                         cache.entries.clear();
                         b.fail_all(metrics);
                     }
-                    run_alone(&mut session, job, tokenizer, metrics, control, &mut cache);
+                    run_alone(
+                        &mut session,
+                        job,
+                        tokenizer,
+                        metrics,
+                        control,
+                        &mut cache,
+                        false,
+                    );
                     break;
                 }
             }
@@ -347,8 +355,10 @@ fn serve(
             continue;
         };
         metrics.busy.store(true, Ordering::SeqCst);
+        let mut handoff = false;
         if let Some(b) = batcher.as_mut() {
-            // Alone with nothing waiting, a request that asks for MTP speculates instead.
+            // Alone with nothing waiting, a request that asks for MTP speculates instead, until
+            // another request arrives: then it moves into the batch (`Handoff`).
             let alone = deferred.is_empty() && metrics.queue_depth.load(Ordering::SeqCst) <= 0;
             let speculate = job.mtp && session.mtp_available() && alone;
             if eligible(&job) && !speculate {
@@ -356,8 +366,30 @@ fn serve(
                 metrics.busy.store(b.active() > 0, Ordering::SeqCst);
                 continue;
             }
+            handoff = eligible(&job);
         }
-        run_alone(&mut session, job, tokenizer, metrics, control, &mut cache);
+        let handed = run_alone(
+            &mut session,
+            job,
+            tokenizer,
+            metrics,
+            control,
+            &mut cache,
+            handoff,
+        );
+        if let (Some(h), Some(b)) = (handed, batcher.as_mut()) {
+            metrics.batch_handoffs.fetch_add(1, Ordering::Relaxed);
+            let tx = h.tx.clone();
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                b.adopt(&mut session, h, tokenizer, metrics, control, &mut cache)
+            }));
+            if ran.is_err() {
+                b.release_stray();
+                panicked(metrics, &tx, &mut cache);
+            }
+            metrics.busy.store(b.active() > 0, Ordering::SeqCst);
+            continue;
+        }
         metrics.busy.store(false, Ordering::SeqCst);
     }
     if let Some(dir) = cache_dir {
@@ -519,13 +551,18 @@ fn run_alone(
     metrics: &Metrics,
     control: &Control,
     cache: &mut PromptCache,
-) {
+    handoff: bool,
+) -> Option<Handoff> {
     let tx = job.tx.clone();
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run(session, job, tokenizer, metrics, control, cache)
+        run(session, job, tokenizer, metrics, control, cache, handoff)
     }));
-    if ran.is_err() {
-        panicked(metrics, &tx, cache);
+    match ran {
+        Ok(h) => h,
+        Err(_) => {
+            panicked(metrics, &tx, cache);
+            None
+        }
     }
 }
 
@@ -601,6 +638,8 @@ pub(crate) fn fail(metrics: &Metrics, tx: &UnboundedSender<Event>, e: &RunError)
     });
 }
 
+/// Runs `job` in `session`. `handoff`: the job may decode in the batch, so when another request
+/// waits it stops after a token and is returned as a [`Handoff`] for the batch to continue.
 fn run(
     session: &mut Session,
     job: Job,
@@ -608,10 +647,12 @@ fn run(
     metrics: &Metrics,
     control: &Control,
     cache: &mut PromptCache,
-) {
+    handoff: bool,
+) -> Option<Handoff> {
     let queue_s = job.enqueued.elapsed().as_secs_f64();
     let tx = job.tx;
     let _ = tx.send(Event::Started);
+    let kept = handoff.then(|| (job.stream.clone(), job.sampling.clone()));
     let req = TextRequest {
         prompt: job.prompt,
         max_tokens: job.max_tokens,
@@ -641,11 +682,15 @@ fn run(
                 cached_tokens = reused;
                 req.in_context = req.prompt.len() - 1;
             }
-            Err(e) => return fail(metrics, &tx, &e),
+            Err(e) => {
+                fail(metrics, &tx, &e);
+                return None;
+            }
         }
     }
     let mut ttft = None;
-    let (mut gone, mut cut_short) = (false, false);
+    let (mut gone, mut cut_short, mut handed) = (false, false, false);
+    let mut mtp_counts = None;
     let deadline = job.deadline;
     let want_tokens = job.logprobs;
     let mut constraint = job.constraint;
@@ -658,6 +703,18 @@ fn run(
         &req,
         c,
         &mut |e| {
+            if handed {
+                // Handed over: what the generation flushes as it stops is the batch's to send.
+                return false;
+            }
+            if handoff
+                && matches!(e, TextEvent::Token(..))
+                && metrics.queue_depth.load(Ordering::SeqCst) > 0
+            {
+                // Another request waits: this token and the rest go to the batch.
+                handed = true;
+                return false;
+            }
             match e {
                 TextEvent::PromptDone => {
                     ttft = Some(t0.elapsed().as_secs_f64());
@@ -675,6 +732,7 @@ fn run(
                     let _ = tx.send(Event::Delta(d.clone()));
                 }
                 TextEvent::Mtp { drafted, accepted } => {
+                    mtp_counts = Some((drafted, accepted));
                     let _ = tx.send(Event::Mtp { drafted, accepted });
                 }
             }
@@ -692,8 +750,30 @@ fn run(
     let total_s = t0.elapsed().as_secs_f64();
     let out = match result {
         Ok(out) => out,
-        Err(e) => return fail(metrics, &tx, &e),
+        Err(e) => {
+            fail(metrics, &tx, &e);
+            return None;
+        }
     };
+    if let (true, Some((stream, sampling))) = (handed, kept) {
+        return Some(Handoff {
+            tx,
+            prompt: req.prompt,
+            tokens: out.tokens,
+            stream,
+            sampling,
+            ignore_eos: req.ignore_eos,
+            max_tokens: req.max_tokens,
+            deadline,
+            checkpoint: job.checkpoint,
+            shared: job.shared,
+            queue_s,
+            t0,
+            ttft: ttft.unwrap_or(total_s),
+            cached_tokens,
+            mtp: mtp_counts,
+        });
+    }
     let completion_tokens = out.tokens.len();
     let ttft_s = ttft.unwrap_or(total_s);
     let mut finish = out.summary.finish_reason;
@@ -735,4 +815,5 @@ fn run(
         cached_tokens,
     };
     let _ = tx.send(Event::Done(Box::new(done)));
+    None
 }

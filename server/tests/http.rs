@@ -828,7 +828,7 @@ fn engine_references(requests: &[Value], max_ctx: u32) -> Vec<Reference> {
                 prompt: prompt.clone(),
                 max_tokens: r["max_tokens"].as_u64().expect("max_tokens") as usize,
                 stream,
-                ignore_eos: false,
+                ignore_eos: r["ignore_eos"].as_bool().unwrap_or(false),
                 mtp: false,
                 mtp_adaptive: false,
                 sampling: None,
@@ -1348,6 +1348,12 @@ fn batched_clients_get_their_lone_answers() {
     assert_eq!(stop_ref.finish, "stop", "{stop_ref:?}");
     requests.push(stopped);
     expected.push(stop_ref);
+    // A streamed raw completion that asks for MTP (greedy, EOS ignored): alone it speculates,
+    // and when another request arrives it moves into the batch.
+    let long_mtp = json!({"model": "qwgpu-default", "prompt": "The Rust programming language", "max_tokens": 120, "ignore_eos": true, "stream": true, "mtp": true});
+    let long_ref = engine_references(std::slice::from_ref(&long_mtp), max_ctx)
+        .pop()
+        .unwrap();
     let s = Server::start(&[
         "--max-context",
         &max_ctx.to_string(),
@@ -1366,6 +1372,52 @@ fn batched_clients_get_their_lone_answers() {
         "{}",
         alone.text()
     );
+
+    // The lone MTP request speculates until another request arrives, then continues in the
+    // batch beside it (a hand-off): its streamed reply is still its greedy reply alone, with the
+    // counts of its speculative part; the newcomer gets its own answer meanwhile.
+    let mut long = open_stream(s.port, "/v1/completions", &long_mtp);
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while raw.windows(7).filter(|w| w == b"\"text\":").count() < 3 {
+        let k = long.read(&mut buf).unwrap();
+        assert!(
+            k > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&buf[..k]);
+    }
+    let newcomer = s.post(path(&requests[1]), &requests[1]);
+    assert_eq!(newcomer.status, 200, "{}", newcomer.text());
+    assert_eq!(answer(&newcomer.json()), expected[1]);
+    long.read_to_end(&mut raw).unwrap();
+    let events = parse(&raw).events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, long_ref.content, "the handed-off reply");
+    let finish: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .collect();
+    assert_eq!(finish, ["length"]);
+    let stats = chunks
+        .iter()
+        .rev()
+        .find_map(|c| c.get("timings"))
+        .expect("timings");
+    assert!(
+        stats["mtp"]["drafted"].as_u64().is_some_and(|d| d > 0),
+        "{stats}"
+    );
+    assert_eq!(s.metrics_value("qwgpu_batch_handoffs_total"), 1.0);
 
     // A sampled request and one with logprobs, answered alone first (a fixed seed: the same
     // reply every time).
