@@ -1511,3 +1511,49 @@ fn batched_clients_get_their_lone_answers() {
     assert_eq!(answer(&again.json()), expected[4]);
     assert_eq!(s.terminate(), Some(0));
 }
+
+#[test]
+fn batched_replies_fill_the_context() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    // Two batched completions without max_tokens run to the end of a small context: the steps
+    // kept in flight never run a stream past its last position, and each reply is the engine's
+    // own for that length.
+    let max_ctx = 40u32;
+    let s = Server::start(&["--max-context", &max_ctx.to_string(), "--batch", "2"]);
+    let bodies: Vec<Value> = ["Ownership in Rust", "A trait is"]
+        .iter()
+        .map(|p| json!({"model": "qwgpu-default", "prompt": p, "ignore_eos": true, "mtp": false}))
+        .collect();
+    let handles: Vec<_> = bodies
+        .iter()
+        .cloned()
+        .map(|b| {
+            let port = s.port;
+            std::thread::spawn(move || http_post(port, "/v1/completions", &b))
+        })
+        .collect();
+    for (h, body) in handles.into_iter().zip(&bodies) {
+        let r = h.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let got = answer(&r.json());
+        let room = max_ctx as usize - got.prompt_tokens;
+        let mut want = body.clone();
+        want["max_tokens"] = json!(room);
+        let want = engine_references(std::slice::from_ref(&want), max_ctx)
+            .pop()
+            .unwrap();
+        assert_eq!(got, want);
+        assert_eq!(got.completion_tokens, room);
+        assert_eq!(got.finish, "length");
+    }
+    assert!(s.metrics_value("qwgpu_batch_steps_total{streams=\"2\"}") > 0.0);
+    // Alone in the batch, a request runs one step per token and none after its last.
+    let one = "qwgpu_batch_steps_total{streams=\"1\"}";
+    let before = s.metrics_value(one);
+    let r = s.post("/v1/completions", &bodies[0]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = answer(&r.json());
+    assert_eq!(got.completion_tokens, max_ctx as usize - got.prompt_tokens);
+    assert_eq!(s.metrics_value(one) - before, got.completion_tokens as f64);
+    assert_eq!(s.metrics_value("qwgpu_generations_failed_total"), 0.0);
+}
