@@ -176,7 +176,7 @@ impl Batcher {
     /// out as the batch hands out any, and the state of the prompt and its tokens but the last
     /// (prefilled through the prompt cache) is admitted, the last token to be fed next. A greedy
     /// request's reply is the one it gets alone (plain greedy decoding equals greedy speculation);
-    /// a sampled one samples the rest from the same distributions with the batch's draws.
+    /// a sampled one samples the rest from the same distributions with draws of its own.
     pub fn adopt(
         &mut self,
         session: &mut Session,
@@ -235,7 +235,15 @@ impl Batcher {
         );
         let admitted = prefill_job(session, &ids, points, cache, false)
             .and_then(|_| self.batch.admit(slot, session))
-            .and_then(|_| self.batch.set_sampling(slot, Some(&h.sampling), &ids));
+            .and_then(|_| {
+                // Draws of its own for the rest: the seed moved on by the tokens so far (the
+                // batch's sampler would otherwise repeat the draws its start used).
+                let mut sampling = h.sampling.clone();
+                sampling.seed = sampling
+                    .seed
+                    .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(h.tokens.len() as u64));
+                self.batch.set_sampling(slot, Some(&sampling), &ids)
+            });
         if let Err(e) = admitted {
             self.batch.release(slot);
             return fail(metrics, &stream.tx, &e);
