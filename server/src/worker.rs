@@ -378,15 +378,7 @@ fn serve(
             handoff,
         );
         if let (Some(h), Some(b)) = (handed, batcher.as_mut()) {
-            metrics.batch_handoffs.fetch_add(1, Ordering::Relaxed);
-            let tx = h.tx.clone();
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                b.adopt(&mut session, h, tokenizer, metrics, control, &mut cache)
-            }));
-            if ran.is_err() {
-                b.release_stray();
-                panicked(metrics, &tx, &mut cache);
-            }
+            adopt(b, &mut session, h, tokenizer, metrics, control, &mut cache);
             metrics.busy.store(b.active() > 0, Ordering::SeqCst);
             continue;
         }
@@ -519,6 +511,28 @@ fn join(
     let tx = job.tx.clone();
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         b.join(session, job, metrics, cache)
+    }));
+    if ran.is_err() {
+        b.release_stray();
+        panicked(metrics, &tx, cache);
+    }
+}
+
+/// Continues a request that ran alone in the batch (see [`Batcher::adopt`]). An engine panic
+/// fails this request, not the server.
+fn adopt(
+    b: &mut Batcher,
+    session: &mut Session,
+    h: Handoff,
+    tokenizer: &Tokenizer,
+    metrics: &Metrics,
+    control: &Control,
+    cache: &mut PromptCache,
+) {
+    metrics.batch_handoffs.fetch_add(1, Ordering::Relaxed);
+    let tx = h.tx.clone();
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        b.adopt(session, h, tokenizer, metrics, control, cache)
     }));
     if ran.is_err() {
         b.release_stray();
