@@ -20,9 +20,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use qwgpu_engine::decode::mtp::MtpStats;
-use qwgpu_engine::decode::sampler::SamplingParams;
 use qwgpu_engine::model::{Batch, RunError, Session};
-use qwgpu_engine::text::stream::{FinishReason, StreamConfig, StreamParser};
+use qwgpu_engine::text::stream::{FinishReason, StreamParser};
 use qwgpu_engine::text::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -35,19 +34,11 @@ pub fn eligible(job: &Job) -> bool {
 }
 
 /// A request that speculated alone and stops there to continue in the batch (another request
-/// arrived): its prompt, the tokens generated so far (the last one produced but not yet handed
-/// to the client) and what its stream needs to go on as if it had never moved.
+/// arrived): the job, the tokens generated so far (the last one produced but not yet handed to
+/// the client) and its timings and counts so far.
 pub struct Handoff {
-    pub tx: UnboundedSender<Event>,
-    pub prompt: Vec<u32>,
+    pub job: Job,
     pub tokens: Vec<u32>,
-    pub stream: StreamConfig,
-    pub sampling: SamplingParams,
-    pub ignore_eos: bool,
-    pub max_tokens: usize,
-    pub deadline: Instant,
-    pub checkpoint: Option<usize>,
-    pub shared: Option<usize>,
     pub queue_s: f64,
     pub t0: Instant,
     pub ttft: f64,
@@ -146,18 +137,23 @@ impl Batcher {
             self.batch.release(slot);
             return fail(metrics, &job.tx, &e);
         }
-        let mut cfg = job.stream.clone();
+        self.slots[slot as usize] = Some(self.stream(job, queue_s, t0, cached_tokens));
+    }
+
+    /// A stream for `job` under the next serial number, nothing generated yet (its first step
+    /// feeds the prompt's last id).
+    fn stream(&mut self, job: Job, queue_s: f64, t0: Instant, cached_tokens: usize) -> Stream {
+        let mut cfg = job.stream;
         if job.ignore_eos {
             cfg.eos_ids.clear();
         }
-        let eos = cfg.eos_ids.clone();
         self.next_serial += 1;
-        self.slots[slot as usize] = Some(Stream {
+        Stream {
             mtp: None,
             serial: self.next_serial,
             in_flight: 0,
+            eos: cfg.eos_ids.clone(),
             parser: StreamParser::new(cfg, &job.prompt),
-            eos,
             max_tokens: job.max_tokens,
             deadline: job.deadline,
             first: job.prompt.last().copied(),
@@ -168,7 +164,7 @@ impl Batcher {
             t0,
             ttft: None,
             tx: job.tx,
-        });
+        }
     }
 
     /// Continues a request that ran alone (a [`Handoff`]) in a free slot: its tokens so far go
@@ -186,64 +182,52 @@ impl Batcher {
         control: &Control,
         cache: &mut PromptCache,
     ) {
+        let Handoff {
+            job,
+            tokens,
+            queue_s,
+            t0,
+            ttft,
+            cached_tokens,
+            mtp,
+        } = h;
         let Some(slot) = self.free_slot() else {
-            return fail(metrics, &h.tx, &RunError::Batch("no free slot".into()));
+            return fail(metrics, &job.tx, &RunError::Batch("no free slot".into()));
         };
-        let Some((&last, before)) = h.tokens.split_last() else {
+        let Some((&last, before)) = tokens.split_last() else {
             return fail(
                 metrics,
-                &h.tx,
+                &job.tx,
                 &RunError::Batch("nothing to continue".into()),
             );
         };
-        let mut cfg = h.stream;
-        if h.ignore_eos {
-            cfg.eos_ids.clear();
-        }
-        let eos = cfg.eos_ids.clone();
-        let mut parser = StreamParser::new(cfg, &h.prompt);
+        let mut ids = job.prompt.clone();
+        ids.extend_from_slice(&tokens);
+        // The prompt's own cache points: the entries its run recorded are reused, none added.
+        let points = (
+            Some(job.checkpoint.unwrap_or(job.prompt.len().saturating_sub(1))),
+            job.shared,
+        );
+        // Draws of its own for the rest: the seed moved on by the tokens so far (the batch's
+        // sampler would otherwise repeat the draws its start used).
+        let mut sampling = job.sampling.clone();
+        sampling.seed = sampling
+            .seed
+            .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(tokens.len() as u64));
+        let mut stream = self.stream(job, queue_s, t0, cached_tokens);
+        stream.mtp = mtp;
+        stream.ttft = Some(ttft);
+        stream.first = None;
         for &id in before {
-            let _ = parser.push(tokenizer, id);
+            stream.tokens.push(id);
+            let _ = stream.parser.push(tokenizer, id);
         }
-        self.next_serial += 1;
-        let mut stream = Stream {
-            mtp: h.mtp,
-            serial: self.next_serial,
-            in_flight: 0,
-            parser,
-            eos,
-            max_tokens: h.max_tokens,
-            deadline: h.deadline,
-            first: None,
-            tokens: before.to_vec(),
-            prompt_tokens: h.prompt.len(),
-            cached_tokens: h.cached_tokens,
-            queue_s: h.queue_s,
-            t0: h.t0,
-            ttft: Some(h.ttft),
-            tx: h.tx,
-        };
         if let Some(end) = stream.push(last, tokenizer, control) {
             return stream.finish(end, metrics);
         }
-        let mut ids = h.prompt;
-        ids.extend_from_slice(&h.tokens);
-        // The prompt's own cache points: the entries its run recorded are reused, none added.
-        let points = (
-            Some(h.checkpoint.unwrap_or(ids.len() - h.tokens.len() - 1)),
-            h.shared,
-        );
         let admitted = prefill_job(session, &ids, points, cache, false)
             .and_then(|_| self.batch.admit(slot, session))
-            .and_then(|_| {
-                // Draws of its own for the rest: the seed moved on by the tokens so far (the
-                // batch's sampler would otherwise repeat the draws its start used).
-                let mut sampling = h.sampling.clone();
-                sampling.seed = sampling
-                    .seed
-                    .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(h.tokens.len() as u64));
-                self.batch.set_sampling(slot, Some(&sampling), &ids)
-            });
+            .and_then(|_| self.batch.set_sampling(slot, Some(&sampling), &ids));
         if let Err(e) = admitted {
             self.batch.release(slot);
             return fail(metrics, &stream.tx, &e);

@@ -530,7 +530,7 @@ fn adopt(
     cache: &mut PromptCache,
 ) {
     metrics.batch_handoffs.fetch_add(1, Ordering::Relaxed);
-    let tx = h.tx.clone();
+    let tx = h.job.tx.clone();
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         b.adopt(session, h, tokenizer, metrics, control, cache)
     }));
@@ -656,7 +656,7 @@ pub(crate) fn fail(metrics: &Metrics, tx: &UnboundedSender<Event>, e: &RunError)
 /// waits it stops after a token and is returned as a [`Handoff`] for the batch to continue.
 fn run(
     session: &mut Session,
-    job: Job,
+    mut job: Job,
     tokenizer: &Tokenizer,
     metrics: &Metrics,
     control: &Control,
@@ -664,17 +664,17 @@ fn run(
     handoff: bool,
 ) -> Option<Handoff> {
     let queue_s = job.enqueued.elapsed().as_secs_f64();
-    let tx = job.tx;
+    let tx = job.tx.clone();
     let _ = tx.send(Event::Started);
-    let kept = handoff.then(|| (job.stream.clone(), job.sampling.clone()));
+    // The job stays whole (a hand-off continues it in the batch).
     let req = TextRequest {
-        prompt: job.prompt,
+        prompt: job.prompt.clone(),
         max_tokens: job.max_tokens,
-        stream: job.stream,
+        stream: job.stream.clone(),
         ignore_eos: job.ignore_eos,
         mtp: job.mtp,
         mtp_adaptive: job.mtp_adaptive,
-        sampling: Some(job.sampling),
+        sampling: Some(job.sampling.clone()),
         logprobs: job.logprobs,
         in_context: 0,
     };
@@ -707,7 +707,7 @@ fn run(
     let mut mtp_counts = None;
     let deadline = job.deadline;
     let want_tokens = job.logprobs;
-    let mut constraint = job.constraint;
+    let mut constraint = job.constraint.take();
     let c = constraint
         .as_deref_mut()
         .map(|c| c as &mut dyn TokenConstraint);
@@ -769,18 +769,10 @@ fn run(
             return None;
         }
     };
-    if let (true, Some((stream, sampling))) = (handed, kept) {
+    if handed {
         return Some(Handoff {
-            tx,
-            prompt: req.prompt,
+            job,
             tokens: out.tokens,
-            stream,
-            sampling,
-            ignore_eos: req.ignore_eos,
-            max_tokens: req.max_tokens,
-            deadline,
-            checkpoint: job.checkpoint,
-            shared: job.shared,
             queue_s,
             t0,
             ttft: ttft.unwrap_or(total_s),
