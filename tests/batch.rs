@@ -275,6 +275,121 @@ fn batched_rows_give_the_bits_of_sequences_alone() {
     assert!(ran > 0);
 }
 
+/// The first three of [`prompts`] and a fourth of yet another length (a fixture prompt's
+/// first ids in reverse).
+fn four_prompts(r: &Reference) -> Vec<Vec<u32>> {
+    let mut ps = prompts(r);
+    let p = &r.prompts[0];
+    ps.push(p[..p.len().min(7)].iter().rev().copied().collect());
+    ps
+}
+
+#[test]
+fn three_and_four_streams_give_the_bits_of_sequences_alone() {
+    // Steps of three or four rows run the 4-token decode tiles (a step runs the rows up to the
+    // last occupied slot): each row keeps the bits of its sequence alone, as streams join, leave
+    // and the step's row count moves between 1, 2, 3 and 4.
+    const LONG: usize = 12;
+    let mut ran = 0;
+    for name in format_cover() {
+        let r = load_reference(&name);
+        let model = Arc::new(
+            Model::load(model_gpu(), &fixtures_dir().join(&name), &mut |_, _| {})
+                .unwrap_or_else(|e| panic!("{name}: {e}")),
+        );
+        let ps = four_prompts(&r);
+        let refs: Vec<_> = ps.iter().map(|p| alone(&model, p, LONG)).collect();
+        for split in [Some(true), Some(false)] {
+            let mut bt = batch_with(&model, 4, split);
+            // (prompt, steps taken) of the stream in each slot.
+            let mut slots: [Option<(usize, usize)>; 4] = [None; 4];
+            let admit = |bt: &mut Batch, slots: &mut [Option<(usize, usize)>; 4], s: usize, p: usize| {
+                bt.admit(s as u32, &mut prefilled(&model, &ps[p])).unwrap();
+                slots[s] = Some((p, 0));
+            };
+            admit(&mut bt, &mut slots, 0, 0);
+            admit(&mut bt, &mut slots, 1, 1);
+            admit(&mut bt, &mut slots, 2, 2);
+            for step in 0..LONG {
+                match step {
+                    // Four rows.
+                    3 => admit(&mut bt, &mut slots, 3, 3),
+                    // Slot 0 free among four rows.
+                    6 => {
+                        bt.release(0);
+                        slots[0] = None;
+                    }
+                    // Three rows, row 0 free; then two, then one (slot 0 refilled alone).
+                    8 => {
+                        bt.release(3);
+                        slots[3] = None;
+                    }
+                    10 => {
+                        bt.release(1);
+                        bt.release(2);
+                        slots[1] = None;
+                        slots[2] = None;
+                        admit(&mut bt, &mut slots, 1, 2);
+                    }
+                    11 => {
+                        bt.release(1);
+                        slots[1] = None;
+                        admit(&mut bt, &mut slots, 0, 3);
+                    }
+                    _ => {}
+                }
+                let ids: Vec<Option<u32>> = slots
+                    .iter()
+                    .map(|s| s.map(|(p, i)| refs[p].1[i]))
+                    .collect();
+                let rows = pollster::block_on(bt.step_logits(&ids)).unwrap();
+                for (slot, s) in slots.iter_mut().enumerate() {
+                    match s {
+                        Some((p, i)) => {
+                            assert_bits_eq(
+                                &format!(
+                                    "{name}: prompt {p} in slot {slot} of 4, its step {i} (batch step {step}, split {split:?})"
+                                ),
+                                rows[slot].as_ref().unwrap(),
+                                &refs[*p].0[*i],
+                            );
+                            *i += 1;
+                        }
+                        None => assert!(rows[slot].is_none()),
+                    }
+                }
+            }
+            ran += 1;
+        }
+
+        // A batch of three slots, greedy on the GPU with two steps in flight (each slot's
+        // choice feeding its next step): every stream's choices are its lone session's.
+        let want: Vec<Vec<u32>> = (0..3).map(|p| alone_greedy(&model, &ps[p], STEPS)).collect();
+        let mut bt = batch(&model, 3);
+        for p in 0..3 {
+            bt.admit(p as u32, &mut prefilled(&model, &ps[p])).unwrap();
+        }
+        let first: Vec<Option<u32>> = (0..3).map(|p| ps[p].last().copied()).collect();
+        bt.submit(&first).unwrap();
+        let mut got = vec![Vec::new(); 3];
+        while got[0].len() < STEPS {
+            if got[0].len() + bt.pending() < STEPS {
+                bt.submit(&[None, None, None]).unwrap();
+            }
+            let ids = pollster::block_on(bt.read()).unwrap();
+            for (g, id) in got.iter_mut().zip(ids) {
+                g.push(id.unwrap());
+            }
+        }
+        assert_eq!(got, want, "{name}: three greedy streams chained on the GPU");
+        println!(
+            "{name}: {} dispatches per batched step of 3 streams",
+            bt.dispatches_per_step()
+        );
+    }
+    assert!(ran > 0);
+}
+
 #[test]
 fn batch_refuses_bad_input_and_keeps_its_streams() {
     let name = &format_cover()[0];
@@ -285,7 +400,7 @@ fn batch_refuses_bad_input_and_keeps_its_streams() {
     assert!(pollster::block_on(Batch::new(
         model.clone(),
         BatchOptions {
-            slots: 3,
+            slots: qwgpu_engine::model::MAX_BATCH + 1,
             ..Default::default()
         }
     ))
@@ -443,4 +558,26 @@ fn sampled_streams_draw_what_they_draw_alone() {
         }
         assert_eq!(got, want, "{name}: prompts {pa} / {pb}");
     }
+    // Four slots (the 4-token tile): two sampled streams and two greedy ones.
+    let ps = four_prompts(&r);
+    let sets = [Some(&a), None, Some(&b), None];
+    let want: Vec<Vec<u32>> = (0..4).map(|i| alone(&ps[i], sets[i])).collect();
+    let mut bt = batch(&model, 4);
+    for (i, sp) in sets.iter().enumerate() {
+        bt.admit(i as u32, &mut prefilled(&model, &ps[i])).unwrap();
+        bt.set_sampling(i as u32, *sp, &ps[i]).unwrap();
+    }
+    let first: Vec<Option<u32>> = ps.iter().map(|p| p.last().copied()).collect();
+    bt.submit(&first).unwrap();
+    let mut got = vec![Vec::new(); 4];
+    while got[0].len() < steps {
+        if got[0].len() + bt.pending() < steps {
+            bt.submit(&[None; 4]).unwrap();
+        }
+        let ids = pollster::block_on(bt.read()).unwrap();
+        for (g, id) in got.iter_mut().zip(ids) {
+            g.push(id.unwrap());
+        }
+    }
+    assert_eq!(got, want, "{name}: four streams, two sampled");
 }

@@ -4,7 +4,7 @@
 
 use qwgpu_engine::gpu::{Gpu, GpuOptions, Rows, Step, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
-    matmul, set_prefill_gemm, set_staged, set_xreg, MatmulOpts, MT_ONE, MT_PREFILL, MT_SMALL,
+    matmul, set_prefill_gemm, set_staged, set_xreg, MatmulOpts, MT_FOUR, MT_ONE, MT_PREFILL, MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;
@@ -411,6 +411,19 @@ fn matmul_batch_invariance_is_bit_exact() {
                 &single,
                 &two[..c.n],
             );
+            // Every row of the 4-token tile (a batch of streams; four rows, or three in a
+            // partial tile) is that row's 1-token call.
+            for t in [3usize, 4] {
+                let four = gpu_matmul(&gpu, &m, &x[..t * c.k], t, MT_FOUR);
+                for r in 0..t {
+                    let alone = gpu_matmul(&gpu, &m, &x[r * c.k..(r + 1) * c.k], 1, MT_ONE);
+                    assert_bits_eq(
+                        &format!("row {r} of the 4-token tile with {t} rows vs 1 token"),
+                        &four[r * c.n..(r + 1) * c.n],
+                        &alone,
+                    );
+                }
+            }
             let pre = gpu_matmul(&gpu, &m, &x, 11, MT_PREFILL);
             let head = gpu_matmul(&gpu, &m, &x[..3 * c.k], 3, MT_PREFILL);
             assert_bits_eq(

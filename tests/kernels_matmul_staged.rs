@@ -5,7 +5,7 @@
 //! `kernels_matmul`. One test: the switch is process-wide.
 
 use qwgpu_engine::gpu::Gpu;
-use qwgpu_engine::ops::matmul::{set_staged, set_xreg, MT_ONE, MT_SMALL};
+use qwgpu_engine::ops::matmul::{set_staged, set_xreg, MT_FOUR, MT_ONE, MT_SMALL};
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_tests::quant::{quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
@@ -52,8 +52,8 @@ fn staged_decode_kernel_gives_the_block_kernels_bits() {
                     ("up", &u.data()),
                 )
                 .unwrap();
-                let x = rng.vec(2 * k, 1.0);
-                for (t, mt) in [(1, MT_ONE), (1, MT_SMALL), (2, MT_SMALL)] {
+                let x = rng.vec(4 * k, 1.0);
+                for (t, mt) in [(1, MT_ONE), (1, MT_SMALL), (2, MT_SMALL), (3, MT_FOUR), (4, MT_FOUR)] {
                     for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                         let mat = if swiglu { &gu } else { &m };
                         set_staged(false);

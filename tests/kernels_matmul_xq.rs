@@ -27,7 +27,7 @@ use qwgpu_engine::ops::matmul::{
     matmul_xq_ext, set_acc_vars, set_fuse_xq, set_staged, set_xq, set_xq_block_sum, set_xq_const_k,
     set_xq_grid, set_xq_grid_frac, set_xq_grid_frac_verify, set_xq_ksplit, set_xq_long_rows,
     set_xq_mid_verify, set_xq_norm_late, set_xq_unroll, set_xq_unroll_ch, set_xreg, takes_xq,
-    writes_xq, xq_grid_cap, xq_tile, MatmulOpts, XqOut, FEW_ROWS, MT_ONE, MT_SMALL,
+    writes_xq, xq_grid_cap, xq_tile, MatmulOpts, XqOut, FEW_ROWS, MT_FOUR, MT_ONE, MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::ops::xquant::{
@@ -301,16 +301,18 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                     let q = Q::random(&mut rng, n, k, f);
                     let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
                     assert!(
-                        takes_xq(&gpu, &m, MT_ONE) && takes_xq(&gpu, &m, MT_SMALL),
+                        takes_xq(&gpu, &m, MT_ONE)
+                            && takes_xq(&gpu, &m, MT_SMALL)
+                            && takes_xq(&gpu, &m, MT_FOUR),
                         "{} k={k} ({}): the decode tiles should take integer planes",
                         f.describe(),
                         gpu.describe()
                     );
-                    let x = hard_x(&mut rng, 2 * k);
+                    let x = hard_x(&mut rng, 4 * k);
                     // The same rows inside wider ones, from column 4.
                     let stride = k + 8;
-                    let mut wide = vec![7.0f32; 2 * stride];
-                    for t in 0..2 {
+                    let mut wide = vec![7.0f32; 4 * stride];
+                    for t in 0..4 {
                         wide[t * stride + 4..t * stride + 4 + k]
                             .copy_from_slice(&x[t * k..(t + 1) * k]);
                     }
@@ -321,7 +323,14 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                         gpu.describe()
                     )
                     };
-                    for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
+                    // The 4-token tile (a batch of streams) with three and four rows in the
+                    // default pass.
+                    let tiles: &[(usize, u32)] = if full {
+                        &[(1, MT_ONE), (2, MT_SMALL), (3, MT_FOUR), (4, MT_FOUR)]
+                    } else {
+                        &[(1, MT_ONE), (2, MT_SMALL)]
+                    };
+                    for &(t, mt) in tiles {
                         let (want, bound, mag) = cpu_planes(&q, &x[..t * k], t);
                         let shift = shift_bound(&q, &x[..t * k], t, block_sum);
                         let (exact, _) = q.cpu_matmul(&x[..t * k], t);
@@ -428,6 +437,39 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                         &two[..one.len()],
                         &one,
                     );
+                        if !full || add {
+                            continue;
+                        }
+                        // Every row of a 4-token tile (four rows, or three in a partial tile)
+                        // is that row's 1-token call, and rows of the 2-token tile too (each
+                        // row its own x; with add the rows start from different y).
+                        let row = |t: usize| {
+                            run_matmul(
+                                &gpu,
+                                mat,
+                                MmCall {
+                                    swiglu,
+                                    planes: true,
+                                    norm: norm.then_some((nw.as_slice(), 1e-6)),
+                                    ..MmCall::new(&x[t * k..(t + 1) * k], 1, k, MT_ONE)
+                                },
+                            )
+                        };
+                        let alone: Vec<Vec<f32>> = (0..4).map(row).collect();
+                        let w = alone[0].len();
+                        for (t, mt) in [(2usize, MT_SMALL), (3, MT_FOUR), (4, MT_FOUR)] {
+                            let many = run_matmul(&gpu, mat, call(t, mt));
+                            for (r, a) in alone.iter().enumerate().take(t) {
+                                assert_bits_eq(
+                                    &format!(
+                                        "planes row {r} of {t} tokens vs 1 token, swiglu={swiglu} norm={norm}, {}",
+                                        what(t, mt)
+                                    ),
+                                    &many[r * w..(r + 1) * w],
+                                    a,
+                                );
+                            }
+                        }
                     }
                 }
             }
@@ -771,8 +813,8 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                 .unwrap();
                 let nw: Vec<f32> = (0..h).map(|_| 1.0 + 0.3 * rng.normal()).collect();
                 let nwb = upload_f32(&gpu, "norm_w", &nw);
-                let x = hard_x(&mut rng, 2 * kin);
-                let resid = rng.vec(2 * h, 2.0);
+                let x = hard_x(&mut rng, 4 * kin);
+                let resid = rng.vec(4 * h, 2.0);
                 let what = |t: usize| {
                     format!(
                         "{} T={t} ({}; k split {ksplit:?}, narrow {narrow}, one plane {one}, grid {grid:?})",
@@ -780,7 +822,7 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                         gpu.describe()
                     )
                 };
-                for mt in [MT_ONE, MT_SMALL] {
+                for mt in [MT_ONE, MT_SMALL, MT_FOUR] {
                     let o = |add, swiglu| MatmulOpts {
                         rows: Rows::Tokens,
                         add,
@@ -800,10 +842,10 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                         .storage("qin", t as u64 * row_bytes(kin as u32))
                         .unwrap();
                     let yb = upload_f32(&gpu, "y", &resid[..t * h]);
-                    let yq = gpu.storage("yq", 2 * row_bytes(h as u32)).unwrap();
+                    let yq = gpu.storage("yq", 4 * row_bytes(h as u32)).unwrap();
                     let cb = gpu.storage("c", (t * n2 * 4) as u64).unwrap();
                     let ab = gpu.storage("act", (t * i * 4) as u64).unwrap();
-                    let aq = gpu.storage("aq", 2 * row_bytes(i as u32)).unwrap();
+                    let aq = gpu.storage("aq", 4 * row_bytes(i as u32)).unwrap();
                     let sb = tokens_step(&gpu, t);
                     let slot = StepSlot {
                         buf: &sb,
@@ -895,7 +937,7 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                     }
                 };
                 let one = chain(1, MT_ONE, true);
-                for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
+                for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL), (4, MT_FOUR)] {
                     let r = chain(t, mt, true);
                     // The epilogue leaves y as the plain residual projection writes it.
                     let plain = chain(t, mt, false);

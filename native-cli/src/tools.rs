@@ -62,8 +62,8 @@ pub struct BenchArgs {
     /// (bytes per token / bandwidth), e.g. 4500 for the H200 measured through wgpu.
     #[arg(long)]
     roofline_gbps: Option<f64>,
-    /// Also measure N streams decoded together in one forward call per step (a batch: 2 is
-    /// the most), each after its own copy of the prompt, greedy: the total and per-stream
+    /// Also measure N streams decoded together in one forward call per step (a batch: 2 to
+    /// 4), each after its own copy of the prompt, greedy: the total and per-stream
     /// tok/s and the ratio to plain decoding measured in the same run.
     #[arg(long, default_value_t = 0)]
     batch: u32,

@@ -130,7 +130,7 @@ struct Args {
     /// each).
     #[arg(long, value_name = "DIR")]
     prompt_cache_dir: Option<PathBuf>,
-    /// Decode up to N requests together (2 at most; 0 = one request at a time): one forward
+    /// Decode up to N requests together (4 at most; 0 = one request at a time): one forward
     /// call per step serves all of them, each getting the tokens it would get alone. Requests
     /// with logprobs or a response_format run one at a time; a lone request that asks for MTP
     /// still speculates.

@@ -1311,7 +1311,8 @@ fn a_conversation_reuses_the_state_of_its_last_request() {
 fn batched_clients_get_their_lone_answers() {
     let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
     // Greedy requests (chat with thinking, one asking for MTP, raw completions) that decode
-    // together under `--batch 2`: each answer must equal the engine's own for it alone.
+    // together under `--batch 4` (steps of up to four streams: the 4-token tiles): each answer
+    // must equal the engine's own for it alone.
     let requests: Vec<Value> = vec![
         chat(
             "Question number 0: what is 0 plus 0?",
@@ -1360,7 +1361,7 @@ fn batched_clients_get_their_lone_answers() {
         "--queue",
         "32",
         "--batch",
-        "2",
+        "4",
     ]);
     let path = endpoint;
     // Alone, the request that asks for MTP speculates (nothing waits beside it).
@@ -1494,6 +1495,12 @@ fn batched_clients_get_their_lone_answers() {
     assert!(
         s.metrics_value("qwgpu_batch_steps_total{streams=\"2\"}") > 0.0,
         "no step decoded two streams"
+    );
+    assert!(
+        s.metrics_value("qwgpu_batch_steps_total{streams=\"3\"}")
+            + s.metrics_value("qwgpu_batch_steps_total{streams=\"4\"}")
+            > 0.0,
+        "no step decoded more than two streams"
     );
     // The stream whose client left ends at its next tokens.
     let t = Instant::now();

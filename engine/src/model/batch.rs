@@ -6,15 +6,17 @@
 //! its own position, reading and updating slot t (attention prep and attention over slot t's KV
 //! rows, the conv and recurrence on slot t's Gated-DeltaNet state). Everything else (embedding,
 //! every matmul with its epilogues, norms, lm_head) is row-local already. The matmuls run their
-//! 2-token decode tile, whose rows are computed with the arithmetic of the 1-token tile, and the
-//! state kernels give each row the bits of a one-row call, so a stream's logits and tokens are
-//! those of the same sequence decoded alone in a [`Session`], bit for bit (tested).
+//! 2-token decode tile for two rows and the 4-token tile for three or four, whose rows are
+//! computed with the arithmetic of the 1-token tile, and the state kernels give each row the bits
+//! of a one-row call, so a stream's logits and tokens are those of the same sequence decoded
+//! alone in a [`Session`], bit for bit (tested).
 //!
 //! Sequences enter through a session: prefill the prompt there (all but its last id), then
 //! [`Batch::admit`] copies the session's state into a free slot on the GPU; the batch then
 //! decodes it with the others, greedy or sampled with the slot's own sampler
-//! ([`Batch::set_sampling`]). A slot is freed by [`Batch::release`]; a free slot's row still
-//! runs in each step (on its own slot, so it disturbs nothing) and its output is ignored.
+//! ([`Batch::set_sampling`]). A slot is freed by [`Batch::release`]. A step runs the rows up
+//! to the last occupied slot (one, two, or all of three or four); a free slot's row among them
+//! still runs (on its own slot, so it disturbs nothing) and its output is ignored.
 
 use std::sync::Arc;
 
@@ -24,14 +26,14 @@ use crate::gpu::readback::Readback;
 use crate::gpu::{GpuBuffer, Plan, Step, StepShape, StepSlot};
 use crate::model::forward::{Builder, Workspace};
 use crate::model::session::{plain_greedy, Model, RunError, Session};
-use crate::ops::matmul::{MT_ONE, MT_SMALL};
+use crate::ops::matmul::{MT_FOUR, MT_ONE, MT_SMALL};
 use crate::ops::sample::{SampleIo, Sampler};
 use crate::state::{config_crc, State, StateError};
 
-/// Streams one batch decodes together at most: the decode matmul tile's rows (the 2-token tile
-/// computes each row with the arithmetic of the 1-token tile, so batched rows keep a lone
-/// sequence's bits).
-pub const MAX_BATCH: u32 = MT_SMALL;
+/// Streams one batch decodes together at most: the largest decode matmul tile's rows (the 2- and
+/// 4-token tiles compute each row with the arithmetic of the 1-token tile, so batched rows keep
+/// a lone sequence's bits).
+pub const MAX_BATCH: u32 = MT_FOUR;
 
 /// How a [`Batch`] is built.
 #[derive(Clone, Copy, Debug)]
@@ -65,8 +67,12 @@ pub struct Batch {
     ws: Workspace,
     state: State,
     step_buf: GpuBuffer,
-    /// Embedding and layers, the state kernels in their streams form.
+    /// Embedding and layers, the state kernels in their streams form (2-token tiles: steps of
+    /// two rows).
     body: Plan,
+    /// The same with the 4-token tiles, for steps of three or four rows (batches of more than
+    /// two slots).
+    body_four: Option<Plan>,
     /// The same with the 1-token decode tiles, for steps of slot 0 alone (one row: a lone
     /// stream decodes at a plain session's speed; the tiles give a row the same bits).
     body_one: Plan,
@@ -134,6 +140,11 @@ impl Batch {
         };
         let body = b.body(&state).await?;
         let body_one = Builder { mt: MT_ONE, ..b }.body(&state).await?;
+        let body_four = if opts.slots > MT_SMALL {
+            Some(Builder { mt: MT_FOUR, ..b }.body(&state).await?)
+        } else {
+            None
+        };
         let head = b.head().await?;
         let head_logits = b.head_logits().await?;
         let mut head_sample = b.head_logits().await?;
@@ -182,6 +193,7 @@ impl Batch {
             step_buf,
             body,
             body_one,
+            body_four,
             head,
             head_logits,
             head_sample,
@@ -450,12 +462,8 @@ impl Batch {
             return Err(RunError::Batch("no slot holds a sequence".into()));
         }
         let gpu = self.model.gpu.clone();
-        // Slot 0 alone runs one row; otherwise every slot runs its row.
-        let t = if self.pos.iter().skip(1).all(Option::is_none) {
-            1
-        } else {
-            slots as u32
-        };
+        // The rows up to the last occupied slot (slot t runs row t).
+        let t = self.pos.iter().rposition(Option::is_some).map_or(1, |i| i as u32 + 1);
         let step = Step {
             n_tokens: t,
             pos: row_pos[0],
@@ -487,7 +495,12 @@ impl Batch {
                 label: Some("batch step"),
                 timestamp_writes: None,
             });
-            if t == 1 { &self.body_one } else { &self.body }.record(&mut pass, shape, md);
+            match (t, &self.body_four) {
+                (1, _) => &self.body_one,
+                (2, _) | (_, None) => &self.body,
+                (_, Some(four)) => four,
+            }
+            .record(&mut pass, shape, md);
             let sampling = self
                 .pos
                 .iter()

@@ -82,8 +82,8 @@ pub struct Workspace {
     pub xsplit: Option<std::sync::Arc<GpuBuffer>>,
 }
 
-/// Rows of `Workspace::xq`: the decode tiles' most (the 2-row verify).
-pub const XQ_ROWS: u32 = crate::ops::matmul::MT_SMALL;
+/// Rows of `Workspace::xq`: the decode tiles' most (a batch's 4-row tile).
+pub const XQ_ROWS: u32 = crate::ops::matmul::MT_FOUR;
 
 impl Workspace {
     pub fn new(
@@ -93,7 +93,11 @@ impl Workspace {
         max_out: u32,
         mtp: bool,
     ) -> Result<Workspace, LoadError> {
-        let attn_scratch = attention_scratch_bytes(&attn_dims(cfg, 1), 2);
+        // Split partials for the decode rows: 2 (a verify), or a batch's streams.
+        let attn_scratch = attention_scratch_bytes(
+            &attn_dims(cfg, 1),
+            max_out.clamp(2, crate::gpu::MAX_STREAMS),
+        );
         let m = if mtp { 1u64 } else { 0 };
         let r = max_rows as u64;
         let f = 4u64;
@@ -627,8 +631,7 @@ impl Builder<'_> {
                 // taken the gated norm and added to x already (Some(whether it also wrote the
                 // MLP's normed input planes)).
                 let out_proj_done: Option<bool> = 'mixer: {
-                    let decode_tile = self.mt == crate::ops::matmul::MT_ONE
-                        || self.mt == crate::ops::matmul::MT_SMALL;
+                    let decode_tile = crate::ops::matmul::decode_tile(self.mt);
                     if (xn.norm.is_some() || xn.planes) && decode_tile && self.streams == 0 {
                         if crate::ops::gdn::fused_gdn()
                             && in_proj.n() == cd + vd + 2 * hv
@@ -1083,10 +1086,7 @@ impl Builder<'_> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let h = cfg.hidden_size as u32;
         let lm = std::slice::from_ref(self.w.lm_head());
-        if ws.max_out <= XQ_ROWS
-            && self.planes_for(lm, crate::ops::matmul::MT_ONE)
-            && self.planes_for(lm, crate::ops::matmul::MT_SMALL)
-        {
+        if ws.max_out <= XQ_ROWS && self.planes_for(lm, crate::ops::matmul::MT_ONE) {
             plan.push(
                 xquant(
                     g,
@@ -1140,18 +1140,22 @@ impl Builder<'_> {
     }
 
     /// lm_head on the step's out rows of `x` into `y`: the 1-token tile when the step has one out
-    /// row, the 2-token tile otherwise (both in the plan, the step's row count picks one; the
-    /// tiles give the same bits for a row, so a decode's logits equal a verify's row 0).
+    /// row, the 2-token tile for two, and where the workspace has more out rows (a batch of
+    /// streams) the 4-token tile for three or four (all in the plan, the step's row count picks
+    /// one; the tiles give the same bits for a row, so a decode's logits equal a verify's row 0).
     async fn lm_head_rows(
         &self,
         plan: &mut Plan,
         x: NormedX<'_>,
         y: Act<'_>,
     ) -> Result<(), LoadError> {
-        for (mt, out_rows) in [
-            (crate::ops::matmul::MT_ONE, (1, 1)),
-            (crate::ops::matmul::MT_SMALL, (2, u32::MAX)),
-        ] {
+        use crate::ops::matmul::{MT_FOUR, MT_ONE, MT_SMALL};
+        let tiles: &[(u32, (u32, u32))] = if self.ws.max_out > MT_SMALL {
+            &[(MT_ONE, (1, 1)), (MT_SMALL, (2, 2)), (MT_FOUR, (3, u32::MAX))]
+        } else {
+            &[(MT_ONE, (1, 1)), (MT_SMALL, (2, u32::MAX))]
+        };
+        for &(mt, out_rows) in tiles {
             let opts = MatmulOpts {
                 rows: Rows::Out,
                 add: false,

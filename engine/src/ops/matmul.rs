@@ -109,7 +109,7 @@ pub fn tile(mt: u32, k: u32) -> (u32, u32) {
         let parse = |v: String| -> Option<(u32, u32)> {
             let (a, b) = v.split_once('x')?;
             let (wg, rows) = (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?);
-            let ok = wg.is_power_of_two() && (32..=128).contains(&wg) && (1..=16).contains(&rows) && rows * MT_SMALL <= wg && wg * rows * MT_SMALL * 4 <= 16384;
+            let ok = wg.is_power_of_two() && (32..=128).contains(&wg) && (1..=16).contains(&rows) && rows * MT_FOUR <= wg && wg * rows * MT_FOUR * 4 <= 16384;
             ok.then_some((wg, rows))
         };
         match std::env::var("QWGPU_MATMUL_TILE") {
@@ -123,7 +123,7 @@ pub fn tile(mt: u32, k: u32) -> (u32, u32) {
     let wg = forced.map_or(if k >= LONG_K { LONG_WG } else { SMALL_WG }, |f| f.0);
     match mt {
         MT_ONE => (wg, forced.map_or(ONE_ROWS, |f| f.1)),
-        MT_SMALL => (wg, forced.map_or(SMALL_ROWS, |f| f.1)),
+        MT_SMALL | MT_FOUR => (wg, forced.map_or(SMALL_ROWS, |f| f.1)),
         // Prefill tiles read words, which need no long workgroups for long rows.
         _ => match prefill_tile() {
             Some((pwg, rows, _)) => (pwg, rows),
@@ -167,7 +167,17 @@ pub const SMALL_ROWS: u32 = 8;
 /// chunks of any size.
 pub const MT_ONE: u32 = 1;
 pub const MT_SMALL: u32 = 2;
+/// The 4-row decode tile of a batch of three or four independent streams
+/// ([`crate::model::Batch`]): the 2-token tile's layout and each (row, token) with the
+/// arithmetic of the 1-token tile, so every row keeps a lone sequence's bits.
+pub const MT_FOUR: u32 = 4;
 pub const MT_PREFILL: u32 = 8;
+
+/// Whether token tile `mt` is a decode tile (1, 2 or 4 rows: block reads, every (row, token)
+/// with the 1-token tile's arithmetic) rather than the prefill tile.
+pub fn decode_tile(mt: u32) -> bool {
+    matches!(mt, MT_ONE | MT_SMALL | MT_FOUR)
+}
 
 /// Whether quantized rows are read word by word (`QWORDS`: each thread takes code words
 /// lid, lid + WG, ...; x reads coalesced) rather than in 16-byte blocks per thread. Word reads
@@ -177,13 +187,13 @@ pub const MT_PREFILL: u32 = 8;
 /// prefill tile uses words: a verify row equals a decode row, and a prompt gives the same state
 /// in chunks of any size.
 pub fn words(mt: u32) -> bool {
-    mt > MT_SMALL
+    !decode_tile(mt)
 }
 
 /// Code words each thread loads per loop iteration of the word path (before using any). Never
 /// changes a (row, token)'s arithmetic or order.
 pub fn unroll(mt: u32) -> u32 {
-    if mt <= MT_SMALL {
+    if decode_tile(mt) {
         4
     } else {
         1
@@ -892,7 +902,7 @@ fn use_staged(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
     let shared = staged_shared_bytes(mt);
     staged()
         && matches!(m.format, WeightFormat::Affine { .. })
-        && (mt == MT_ONE || mt == MT_SMALL)
+        && decode_tile(mt)
         && (m.k < LONG_K || staged_long())
         && wg <= gpu.limits.max_compute_invocations_per_workgroup
         && shared <= gpu.limits.max_compute_workgroup_storage_size
@@ -969,7 +979,7 @@ pub fn xreg_tile(gpu: &Gpu, m: &Matrix, mt: u32) -> Option<XregTile> {
         WeightFormat::Affine { bits, .. } => bits,
         WeightFormat::Dense(_) => return None,
     };
-    if !(xreg() && gpu.caps.subgroups && (mt == MT_ONE || mt == MT_SMALL)) {
+    if !(xreg() && gpu.caps.subgroups && decode_tile(mt)) {
         return None;
     }
     let ncol = m.k / if bits == 4 { 32 } else { 16 };
@@ -1339,20 +1349,22 @@ pub fn set_xq_unroll(v: Option<(u32, u32)>) {
 }
 
 /// Whether `m` in tile `mt` can take x as integer planes ([`matmul_xq`]): [`xq`] is on, 4-bit
-/// codes, a decode tile (1 or 2 tokens), a device with packed dot products ([`packed_dot`]:
-/// not WebGPU, not Metal; they keep the f32 path), k a multiple of 32, the staged kernel's threads and partials fit the device, and the staged
-/// kernel is not turned off. The same answer for both decode tiles of a matrix.
+/// codes, a decode tile (1, 2 or 4 tokens), a device with packed dot products ([`packed_dot`]:
+/// not WebGPU, not Metal; they keep the f32 path), k a multiple of 32, every decode tile's
+/// threads and partials fit the device, and the staged kernel is not turned off. The same
+/// answer for every decode tile of a matrix (a row's bits depend on the path).
 pub fn takes_xq(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
-    let (wg, _, rg) = xq_tile(mt, m.k, m.n);
-    let (wg1, _, rg1) = xq_tile(MT_SMALL, m.k, m.n);
+    let fits = [MT_ONE, MT_SMALL, MT_FOUR].iter().all(|&t| {
+        let (wg, _, rg) = xq_tile(t, m.k, m.n);
+        wg <= gpu.limits.max_compute_invocations_per_workgroup
+            && wg * rg * t * 4 <= gpu.limits.max_compute_workgroup_storage_size
+    });
     xq() && staged()
         && q4_format(&m.format)
         && packed_dot(gpu)
-        && (mt == MT_ONE || mt == MT_SMALL)
+        && decode_tile(mt)
         && m.k % crate::ops::xquant::BLOCK == 0
-        && wg.max(wg1) <= gpu.limits.max_compute_invocations_per_workgroup
-        && (wg * rg * mt).max(wg1 * rg1 * MT_SMALL) * 4
-            <= gpu.limits.max_compute_workgroup_storage_size
+        && fits
 }
 
 static XQ_METAL: Switch = Switch::new("QWGPU_XQ_METAL", false);
@@ -1459,8 +1471,8 @@ pub async fn matmul_xq_ext(
 }
 
 /// Whether `m` (taking integer planes, [`takes_xq`]) can also write its outputs as integer planes
-/// in tile `opts.mt` ([`XqOut`]): every workgroup's output columns are whole words of 8 in both
-/// decode tiles (rows per workgroup a multiple of 8, or 16 with SwiGLU pairs, and so is every
+/// in tile `opts.mt` ([`XqOut`]): every workgroup's output columns are whole words of 8 in every
+/// decode tile (rows per workgroup a multiple of 8, or 16 with SwiGLU pairs, and so is every
 /// chunk's first row), the outputs a multiple of 32, and the device binds 8 storage buffers.
 /// The same answer for both decode tiles.
 pub fn writes_xq(gpu: &Gpu, m: &Matrix, opts: &MatmulOpts) -> bool {
@@ -1468,9 +1480,9 @@ pub fn writes_xq(gpu: &Gpu, m: &Matrix, opts: &MatmulOpts) -> bool {
     let cols = out_cols(m, opts);
     xq() && fuse_xq()
         && takes_xq(gpu, m, MT_ONE)
-        && takes_xq(gpu, m, MT_SMALL)
-        && xq_tile(MT_ONE, m.k, m.n).1 % unit == 0
-        && xq_tile(MT_SMALL, m.k, m.n).1 % unit == 0
+        && [MT_ONE, MT_SMALL, MT_FOUR]
+            .iter()
+            .all(|&t| xq_tile(t, m.k, m.n).1 % unit == 0)
         && m.n % unit == 0
         && cols % crate::ops::xquant::BLOCK == 0
         && m.chunks.iter().all(|c| c.row0 % unit == 0)
@@ -2455,7 +2467,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 .set("TOKENS", "n_tokens"),
         ));
         if base.is_true("SUBGROUPS") {
-            for mt in [MT_ONE, MT_SMALL] {
+            for mt in [MT_ONE, MT_SMALL, MT_FOUR] {
                 for rows in [Rows::Tokens, Rows::Out] {
                     for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                         for (norm, t) in [
@@ -2495,7 +2507,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 }
             }
         }
-        for mt in [MT_ONE, MT_SMALL] {
+        for mt in [MT_ONE, MT_SMALL, MT_FOUR] {
             for rows in [Rows::Tokens, Rows::Out] {
                 for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                     for (sub, norm) in [(false, false), (true, false), (false, true), (true, true)]
@@ -2645,7 +2657,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
         }
     }
     for format in crate::ops::all_formats() {
-        for mt in [MT_ONE, MT_SMALL, MT_PREFILL] {
+        for mt in [MT_ONE, MT_SMALL, MT_FOUR, MT_PREFILL] {
             for rows in [Rows::Tokens, Rows::Out] {
                 for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                     for k in [4096, LONG_K] {
