@@ -625,8 +625,8 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
     for (n, k) in [(16usize, 16896usize), (6, 16896), (40, 16896)] {
         let q = Q::random(&mut rng, n, k, formats[0]);
         let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
-        let x = hard_x(&mut rng, 2 * k);
-        for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL)] {
+        let x = hard_x(&mut rng, 4 * k);
+        for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL), (4, MT_FOUR)] {
             let call = || MmCall {
                 add: true,
                 planes: true,
@@ -690,6 +690,31 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                 ),
                 &other,
                 &base,
+            );
+        }
+        // The 4-token tile (a batch of streams) keeps four groups of 4 rows whatever the
+        // verify tile, and each of its rows is that row's 1-token call.
+        set_xq_mid_verify(None);
+        assert_eq!(xq_tile(MT_FOUR, k as u32, n as u32), (128, 16, 4), "4-token tile");
+        let x4 = hard_x(&mut rng, 4 * k);
+        let plain = |x: &[f32], t: usize, mt: u32| {
+            run_matmul(
+                &gpu,
+                &m,
+                MmCall {
+                    swiglu,
+                    planes: true,
+                    ..MmCall::new(x, t, k, mt)
+                },
+            )
+        };
+        let four = plain(&x4, 4, MT_FOUR);
+        let w = four.len() / 4;
+        for r in 0..4 {
+            assert_bits_eq(
+                &format!("mid-row 4-token tile row {r} vs 1 token, n={n} k={k} swiglu={swiglu}"),
+                &four[r * w..(r + 1) * w],
+                &plain(&x4[r * k..(r + 1) * k], 1, MT_ONE),
             );
         }
     }

@@ -30,7 +30,7 @@ use qwgpu_engine::gpu::{Gpu, GpuOptions, Plan, Rows, Step, StepShape, StepSlot};
 use qwgpu_engine::model::config::QuantSpec;
 use qwgpu_engine::model::forward::{Builder, Workspace};
 use qwgpu_engine::model::Model;
-use qwgpu_engine::ops::matmul::{matmul, MatmulOpts, MT_ONE, MT_PREFILL, MT_SMALL};
+use qwgpu_engine::ops::matmul::{decode_tile, matmul, MatmulOpts, MT_ONE, MT_PREFILL, MT_SMALL};
 use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{FloatType, WeightFormat};
@@ -113,7 +113,7 @@ fn write_step(gpu: &Gpu, step: &qwgpu_engine::gpu::GpuBuffer, t: u32, pos: u32) 
     );
 }
 
-/// A planes buffer for 2 rows of `k` values and the xquant dispatch that fills it from `x`.
+/// A planes buffer for 4 rows of `k` values and the xquant dispatch that fills it from `x`.
 fn planes_of(
     gpu: &Arc<Gpu>,
     x: &qwgpu_engine::gpu::GpuBuffer,
@@ -121,7 +121,7 @@ fn planes_of(
     slot: StepSlot<'_>,
 ) -> (qwgpu_engine::gpu::GpuBuffer, qwgpu_engine::gpu::Dispatch) {
     let xq = gpu
-        .storage("xq", 2 * qwgpu_engine::ops::xquant::row_bytes(k as u32))
+        .storage("xq", 4 * qwgpu_engine::ops::xquant::row_bytes(k as u32))
         .unwrap();
     let conv = pollster::block_on(qwgpu_engine::ops::xquant::xquant(
         gpu,
@@ -129,7 +129,7 @@ fn planes_of(
         Act::new(x, k as u32),
         None,
         &xq,
-        2,
+        4,
         slot,
         false,
     ))
@@ -142,6 +142,8 @@ fn tile_of(t: u32) -> u32 {
     match t {
         1 => MT_ONE,
         2 => MT_SMALL,
+        // A batch of four streams (`--four`).
+        4 => qwgpu_engine::ops::matmul::MT_FOUR,
         _ => MT_PREFILL,
     }
 }
@@ -220,7 +222,7 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
                     n_out: 1,
                     keys: 0,
                 },
-                if t > 2 { reps.div_ceil(10) } else { reps },
+                if decode_tile(tile_of(t)) { reps } else { reps.div_ceil(10) },
             );
             report(
                 &format!("matmul q4 {label} {n}x{k} T={t}"),
@@ -229,7 +231,7 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
                 plan.len(),
                 roofline,
             );
-            if t <= 2 && qwgpu_engine::ops::matmul::takes_xq(gpu, &m, tile_of(t)) {
+            if decode_tile(tile_of(t)) && qwgpu_engine::ops::matmul::takes_xq(gpu, &m, tile_of(t)) {
                 // x as integer planes: the matmul alone, and with its xquant dispatch.
                 let (xq, conv) = planes_of(gpu, &x, k, slot);
                 let ds = pollster::block_on(qwgpu_engine::ops::matmul::matmul_xq(
@@ -281,7 +283,7 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
                 };
                 if qwgpu_engine::ops::matmul::writes_xq(gpu, &m, &opts) {
                     let yq = gpu
-                        .storage("yq", 2 * qwgpu_engine::ops::xquant::row_bytes(n as u32))
+                        .storage("yq", 4 * qwgpu_engine::ops::xquant::row_bytes(n as u32))
                         .unwrap();
                     let nw = gpu.storage("nw", n as u64 * 4).unwrap();
                     // Both epilogues ("fused"), then each alone: the deferred norm of the input
@@ -319,7 +321,7 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
                     }
                 }
             }
-            if t > 2 {
+            if !decode_tile(tile_of(t)) {
                 println!(
                     "{{\"bench\": \"matmul q4 {label} T={t}\", \"TFLOPs\": {:.2}}}",
                     2.0 * (n * k) as f64 * t as f64 / s / 1e12
@@ -546,6 +548,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
                 x: &ws.x,
                 fold_norms: true,
                 attn_split: qwgpu_engine::ops::attention::split_by_default(gpu),
+                streams: 0,
             };
             let mut plan = Plan::new();
             pollster::block_on(b.layer(
@@ -564,7 +567,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
                     n_out: 1,
                     keys: pos + 1,
                 },
-                if t > 2 { reps.div_ceil(10) } else { reps },
+                if decode_tile(tile_of(t)) { reps } else { reps.div_ceil(10) },
             );
             let w = model.weights.bytes()
                 - model.weights.embed.bytes()
@@ -593,7 +596,7 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
                             n_out: 1,
                             keys: pos + 1,
                         },
-                        if t > 2 { reps.div_ceil(10) } else { reps },
+                        if decode_tile(tile_of(t)) { reps } else { reps.div_ceil(10) },
                     );
                     sum += ds;
                     println!(
@@ -1121,6 +1124,10 @@ fn main() {
     let checks = args.iter().any(|a| a == "--checks");
     // `--prefill N`: also time an N-token prompt chunk (prefill tile).
     let mut tokens = vec![1u32, 2];
+    // `--four`: also the 4-token decode tile of a batch of four streams.
+    if args.iter().any(|a| a == "--four") {
+        tokens.push(4);
+    }
     if let Some(n) = flag("--prefill") {
         tokens.push(n as u32);
     }

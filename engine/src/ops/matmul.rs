@@ -1109,6 +1109,8 @@ pub fn xq_layout(mt: u32, k: u32, n: u32) -> (u32, u32, u32, u32) {
         None if mt != MT_ONE => {
             let tile = if n <= FEW_ROWS {
                 xq_verify_env(true)
+            } else if n <= MID_ROWS && mt == MT_FOUR {
+                xq_mid_four()
             } else if n <= MID_ROWS {
                 xq_mid_verify()
             } else {
@@ -1164,6 +1166,17 @@ fn env_tile(var: &str, default: Option<(u32, u32)>) -> Option<(u32, u32)> {
     }
 }
 
+/// Lane groups and rows per group of the 4-token tile (a batch of streams) for mid-row matrices:
+/// the staged tile (four groups of 4 rows), unless `QWGPU_XQ_MID_FOUR=G,R` (read once; 1–8 each)
+/// says otherwise. The 2-token tile's 8 rows per group hold 32 accumulators per lane at 4 tokens:
+/// H100 kernel lab (`bench/results/2026-12-06-b/`), GDN in_proj at 4 tokens with its
+/// epilogues 164.7 µs in 2 groups of 8 rows against 40.1 in four groups of 4. Never changes the
+/// bits.
+fn xq_mid_four() -> Option<(u32, u32)> {
+    static FOUR: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    *FOUR.get_or_init(|| env_tile("QWGPU_XQ_MID_FOUR", None))
+}
+
 /// Tuning knobs for the 2-token tile of the other short-row matrices (kernel lab and benchmarks;
 /// read once): `QWGPU_XQ_VERIFY_FEW=G,R` for matrices of at most [`FEW_ROWS`] rows,
 /// `QWGPU_XQ_VERIFY_BIG=G,R` for those of more than [`MID_ROWS`]; unset: the staged tile.
@@ -1200,8 +1213,26 @@ static XQ_LONG_ROWS_SET: std::sync::atomic::AtomicU32 = std::sync::atomic::Atomi
 /// (`bench/results/2026-12-03-h200/call4/`): down alone at 2 tokens 32.2 → 26.9 µs with 4 rows
 /// (8: 35.1), MTP at forced 0.8 175.9 → 184.0 tok/s; 4 rows at 1 token were slower (18.0 →
 /// 19.7 µs; plain decode 142.4 → 142.0), 1 row much slower (25.1 µs, 131.2 tok/s).
+/// The 4-token tile of a batch of streams: 2 (`QWGPU_XQ_LONG_ROWS_FOUR=C`, 1–8, read once; or
+/// B where [`set_xq_long_rows`] set it). H100, four streams 242.6 → 261.2 tok/s in all with 2
+/// rows instead of 4 (`bench/results/2026-12-06-b/`), though the down projection timed
+/// alone without its epilogues was faster with 4 (46.3 against 59.4 µs): its fused epilogues'
+/// registers at 4 tokens.
 pub fn xq_long_rows(mt: u32) -> u32 {
     let set = XQ_LONG_ROWS_SET.load(std::sync::atomic::Ordering::Relaxed);
+    if mt == MT_FOUR && set == 0 {
+        static FOUR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        return *FOUR.get_or_init(|| {
+            match std::env::var("QWGPU_XQ_LONG_ROWS_FOUR").map(|v| v.trim().parse::<u32>()) {
+                Err(_) => 2,
+                Ok(Ok(c)) if (1..=8).contains(&c) => c,
+                Ok(_) => {
+                    eprintln!("qwgpu: ignoring QWGPU_XQ_LONG_ROWS_FOUR: expected 1 to 8");
+                    2
+                }
+            }
+        });
+    }
     let (a, b) = if set != 0 {
         (set & 0xFF, set >> 8)
     } else {
@@ -1543,6 +1574,7 @@ pub fn set_acc_vars(one: bool, verify: bool) {
 
 static XQ_NORM_LATE: Switch = Switch::new("QWGPU_XQ_NORM_LATE", true);
 static XQ_NORM_LATE_VERIFY: Switch = Switch::new("QWGPU_XQ_NORM_LATE_VERIFY", false);
+static XQ_NORM_LATE_FOUR: Switch = Switch::new("QWGPU_XQ_NORM_LATE_FOUR", true);
 
 /// Whether the integer-plane matmul with a deferred RMSNorm (`XNORM`) in tile `mt` sums the
 /// squares plane after the row's products instead of inside their loop (`XNORM_LATE`: the same
@@ -1550,12 +1582,14 @@ static XQ_NORM_LATE_VERIFY: Switch = Switch::new("QWGPU_XQ_NORM_LATE_VERIFY", fa
 /// tile, off for the others: H200 2026-12-03 (bench/results/2026-12-03-h200-d/call1), plain
 /// decoding 144.3 → 146.1 tok/s with it, MTP at forced 0.8 (its verify in the 2-token tile)
 /// 194.6 → 194.1. `QWGPU_XQ_NORM_LATE=0|1` (1-token tile) and `QWGPU_XQ_NORM_LATE_VERIFY=0|1`
-/// (the others) at start-up, or [`set_xq_norm_late`].
+/// (the 2-token tile) at start-up, or [`set_xq_norm_late`]. The 4-token tile of a batch of
+/// streams: on (`QWGPU_XQ_NORM_LATE_FOUR=0` turns it off; H200, four streams 267.4 → 273.8 tok/s
+/// in all, `bench/results/2026-12-06-b/`).
 pub fn xq_norm_late(mt: u32) -> bool {
-    if mt == MT_ONE {
-        XQ_NORM_LATE.get()
-    } else {
-        XQ_NORM_LATE_VERIFY.get()
+    match mt {
+        MT_ONE => XQ_NORM_LATE.get(),
+        MT_FOUR => XQ_NORM_LATE_FOUR.get(),
+        _ => XQ_NORM_LATE_VERIFY.get(),
     }
 }
 
@@ -1564,6 +1598,7 @@ pub fn xq_norm_late(mt: u32) -> bool {
 pub fn set_xq_norm_late(one: bool, verify: bool) {
     XQ_NORM_LATE.set(one);
     XQ_NORM_LATE_VERIFY.set(verify);
+    XQ_NORM_LATE_FOUR.set(verify);
 }
 
 static XQ_BLOCK_SUM: Switch = Switch::new("QWGPU_XQ_BLOCK_SUM", false);
