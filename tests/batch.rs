@@ -303,10 +303,11 @@ fn three_and_four_streams_give_the_bits_of_sequences_alone() {
             let mut bt = batch_with(&model, 4, split);
             // (prompt, steps taken) of the stream in each slot.
             let mut slots: [Option<(usize, usize)>; 4] = [None; 4];
-            let admit = |bt: &mut Batch, slots: &mut [Option<(usize, usize)>; 4], s: usize, p: usize| {
-                bt.admit(s as u32, &mut prefilled(&model, &ps[p])).unwrap();
-                slots[s] = Some((p, 0));
-            };
+            let admit =
+                |bt: &mut Batch, slots: &mut [Option<(usize, usize)>; 4], s: usize, p: usize| {
+                    bt.admit(s as u32, &mut prefilled(&model, &ps[p])).unwrap();
+                    slots[s] = Some((p, 0));
+                };
             admit(&mut bt, &mut slots, 0, 0);
             admit(&mut bt, &mut slots, 1, 1);
             admit(&mut bt, &mut slots, 2, 2);
@@ -338,10 +339,8 @@ fn three_and_four_streams_give_the_bits_of_sequences_alone() {
                     }
                     _ => {}
                 }
-                let ids: Vec<Option<u32>> = slots
-                    .iter()
-                    .map(|s| s.map(|(p, i)| refs[p].1[i]))
-                    .collect();
+                let ids: Vec<Option<u32>> =
+                    slots.iter().map(|s| s.map(|(p, i)| refs[p].1[i])).collect();
                 let rows = pollster::block_on(bt.step_logits(&ids)).unwrap();
                 for (slot, s) in slots.iter_mut().enumerate() {
                     match s {
@@ -364,7 +363,9 @@ fn three_and_four_streams_give_the_bits_of_sequences_alone() {
 
         // A batch of three slots, greedy on the GPU with two steps in flight (each slot's
         // choice feeding its next step): every stream's choices are its lone session's.
-        let want: Vec<Vec<u32>> = (0..3).map(|p| alone_greedy(&model, &ps[p], STEPS)).collect();
+        let want: Vec<Vec<u32>> = (0..3)
+            .map(|p| alone_greedy(&model, &ps[p], STEPS))
+            .collect();
         let mut bt = batch(&model, 3);
         for p in 0..3 {
             bt.admit(p as u32, &mut prefilled(&model, &ps[p])).unwrap();

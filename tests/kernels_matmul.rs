@@ -4,7 +4,8 @@
 
 use qwgpu_engine::gpu::{Gpu, GpuOptions, Rows, Step, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
-    matmul, set_prefill_gemm, set_staged, set_xreg, MatmulOpts, MT_FOUR, MT_ONE, MT_PREFILL, MT_SMALL,
+    matmul, set_prefill_gemm, set_staged, set_xreg, MatmulOpts, MT_FOUR, MT_ONE, MT_PREFILL,
+    MT_SMALL,
 };
 use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;

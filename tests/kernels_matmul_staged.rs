@@ -53,7 +53,13 @@ fn staged_decode_kernel_gives_the_block_kernels_bits() {
                 )
                 .unwrap();
                 let x = rng.vec(4 * k, 1.0);
-                for (t, mt) in [(1, MT_ONE), (1, MT_SMALL), (2, MT_SMALL), (3, MT_FOUR), (4, MT_FOUR)] {
+                for (t, mt) in [
+                    (1, MT_ONE),
+                    (1, MT_SMALL),
+                    (2, MT_SMALL),
+                    (3, MT_FOUR),
+                    (4, MT_FOUR),
+                ] {
                     for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                         let mat = if swiglu { &gu } else { &m };
                         set_staged(false);

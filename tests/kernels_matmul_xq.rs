@@ -695,7 +695,11 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         // The 4-token tile (a batch of streams) keeps four groups of 4 rows whatever the
         // verify tile, and each of its rows is that row's 1-token call.
         set_xq_mid_verify(None);
-        assert_eq!(xq_tile(MT_FOUR, k as u32, n as u32), (128, 16, 4), "4-token tile");
+        assert_eq!(
+            xq_tile(MT_FOUR, k as u32, n as u32),
+            (128, 16, 4),
+            "4-token tile"
+        );
         let x4 = hard_x(&mut rng, 4 * k);
         let plain = |x: &[f32], t: usize, mt: u32| {
             run_matmul(

@@ -222,7 +222,11 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
                     n_out: 1,
                     keys: 0,
                 },
-                if decode_tile(tile_of(t)) { reps } else { reps.div_ceil(10) },
+                if decode_tile(tile_of(t)) {
+                    reps
+                } else {
+                    reps.div_ceil(10)
+                },
             );
             report(
                 &format!("matmul q4 {label} {n}x{k} T={t}"),
@@ -567,7 +571,11 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
                     n_out: 1,
                     keys: pos + 1,
                 },
-                if decode_tile(tile_of(t)) { reps } else { reps.div_ceil(10) },
+                if decode_tile(tile_of(t)) {
+                    reps
+                } else {
+                    reps.div_ceil(10)
+                },
             );
             let w = model.weights.bytes()
                 - model.weights.embed.bytes()
@@ -596,7 +604,11 @@ fn layers(gpu: &Arc<Gpu>, reps: u32, roofline: f64, pos: u32, tokens: &[u32], br
                             n_out: 1,
                             keys: pos + 1,
                         },
-                        if decode_tile(tile_of(t)) { reps } else { reps.div_ceil(10) },
+                        if decode_tile(tile_of(t)) {
+                            reps
+                        } else {
+                            reps.div_ceil(10)
+                        },
                     );
                     sum += ds;
                     println!(

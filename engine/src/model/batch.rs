@@ -463,7 +463,11 @@ impl Batch {
         }
         let gpu = self.model.gpu.clone();
         // The rows up to the last occupied slot (slot t runs row t).
-        let t = self.pos.iter().rposition(Option::is_some).map_or(1, |i| i as u32 + 1);
+        let t = self
+            .pos
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(1, |i| i as u32 + 1);
         let step = Step {
             n_tokens: t,
             pos: row_pos[0],

@@ -1151,7 +1151,11 @@ impl Builder<'_> {
     ) -> Result<(), LoadError> {
         use crate::ops::matmul::{MT_FOUR, MT_ONE, MT_SMALL};
         let tiles: &[(u32, (u32, u32))] = if self.ws.max_out > MT_SMALL {
-            &[(MT_ONE, (1, 1)), (MT_SMALL, (2, 2)), (MT_FOUR, (3, u32::MAX))]
+            &[
+                (MT_ONE, (1, 1)),
+                (MT_SMALL, (2, 2)),
+                (MT_FOUR, (3, u32::MAX)),
+            ]
         } else {
             &[(MT_ONE, (1, 1)), (MT_SMALL, (2, u32::MAX))]
         };
