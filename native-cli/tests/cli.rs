@@ -703,10 +703,10 @@ fn bench_reports_a_table_and_json() {
         "--warmup",
         "0",
         "--batch",
-        "2",
+        "4",
         "--json",
     ]);
-    assert_eq!(j["batch_decode"]["streams"], 2, "{j}");
+    assert_eq!(j["batch_decode"]["streams"], 4, "{j}");
     assert_eq!(
         j["batch_decode"]["decode_tokens_per_s_trials"]
             .as_array()
@@ -718,7 +718,7 @@ fn bench_reports_a_table_and_json() {
         j["batch_decode"]["total_over_plain"].as_f64().is_some(),
         "{j}"
     );
-    for bad in [["--batch", "3"], ["--batch", "1"]] {
+    for bad in [["--batch", "5"], ["--batch", "1"]] {
         let mut args = vec!["bench", "--model", p, "--trials", "1", "--warmup", "0"];
         args.extend_from_slice(&bad);
         expect_error(&args, None, &["--batch"]);
