@@ -13,6 +13,14 @@ use qwgpu_tests::*;
 const CTX: u32 = 256;
 const STEPS: usize = 10;
 
+/// The fixture model `name` on the test GPU.
+fn load(name: &str) -> Arc<Model> {
+    Arc::new(
+        Model::load(model_gpu(), &fixtures_dir().join(name), &mut |_, _| {})
+            .unwrap_or_else(|e| panic!("{name}: {e}")),
+    )
+}
+
 fn solo(model: &Arc<Model>) -> Session {
     pollster::block_on(Session::new(
         model.clone(),
@@ -105,10 +113,7 @@ fn batched_rows_give_the_bits_of_sequences_alone() {
     let mut ran = 0;
     for name in format_cover() {
         let r = load_reference(&name);
-        let model = Arc::new(
-            Model::load(model_gpu(), &fixtures_dir().join(&name), &mut |_, _| {})
-                .unwrap_or_else(|e| panic!("{name}: {e}")),
-        );
+        let model = load(&name);
         let ps = prompts(&r);
         let refs: Vec<_> = ps.iter().map(|p| alone(&model, p, STEPS)).collect();
 
@@ -293,10 +298,7 @@ fn three_and_four_streams_give_the_bits_of_sequences_alone() {
     let mut ran = 0;
     for name in format_cover() {
         let r = load_reference(&name);
-        let model = Arc::new(
-            Model::load(model_gpu(), &fixtures_dir().join(&name), &mut |_, _| {})
-                .unwrap_or_else(|e| panic!("{name}: {e}")),
-        );
+        let model = load(&name);
         let ps = four_prompts(&r);
         let refs: Vec<_> = ps.iter().map(|p| alone(&model, p, LONG)).collect();
         for split in [Some(true), Some(false)] {
@@ -395,8 +397,7 @@ fn three_and_four_streams_give_the_bits_of_sequences_alone() {
 fn batch_refuses_bad_input_and_keeps_its_streams() {
     let name = &format_cover()[0];
     let r = load_reference(name);
-    let model =
-        Arc::new(Model::load(model_gpu(), &fixtures_dir().join(name), &mut |_, _| {}).unwrap());
+    let model = load(name);
     let vocab = model.config.vocab_size as u32;
     assert!(pollster::block_on(Batch::new(
         model.clone(),
@@ -485,8 +486,7 @@ fn sampled_streams_draw_what_they_draw_alone() {
     use qwgpu_engine::decode::{generate, GenOptions};
     let name = &format_cover()[0];
     let r = load_reference(name);
-    let model =
-        Arc::new(Model::load(model_gpu(), &fixtures_dir().join(name), &mut |_, _| {}).unwrap());
+    let model = load(name);
     let a = SamplingParams {
         temperature: 0.9,
         top_p: 0.9,
