@@ -976,12 +976,12 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                         &plain.y,
                     );
                     // The squares summed after the products (`QWGPU_XQ_NORM_LATE`, on by default
-                    // for the 1-token tile only) or inside their loop: the same bits.
-                    set_xq_norm_late(false, false);
+                    // for the 1- and 4-token tiles) or inside their loop: the same bits.
+                    set_xq_norm_late(false, false, false);
                     let early = chain(t, mt, true);
-                    set_xq_norm_late(true, true);
+                    set_xq_norm_late(true, true, true);
                     let late = chain(t, mt, true);
-                    set_xq_norm_late(true, false);
+                    set_xq_norm_late(true, false, true);
                     assert_bits_eq(
                         &format!("deferred norm, squares late vs in the loop, {}", what(t)),
                         &late.c,

@@ -114,7 +114,7 @@ pub fn tile(mt: u32, k: u32) -> (u32, u32) {
         };
         match std::env::var("QWGPU_MATMUL_TILE") {
             Ok(v) => parse(v.clone()).or_else(|| {
-                eprintln!("qwgpu: ignoring QWGPU_MATMUL_TILE={v:?}: expected WGxROWS with WG 32, 64 or 128, ROWS in 1..=16, 2*ROWS <= WG and WG*ROWS <= 2048");
+                eprintln!("qwgpu: ignoring QWGPU_MATMUL_TILE={v:?}: expected WGxROWS with WG 32, 64 or 128, ROWS in 1..=16, 4*ROWS <= WG and WG*ROWS <= 1024 (every decode tile, 4 tokens included)");
                 None
             }),
             Err(_) => None,
@@ -1505,7 +1505,7 @@ pub async fn matmul_xq_ext(
 /// in tile `opts.mt` ([`XqOut`]): every workgroup's output columns are whole words of 8 in every
 /// decode tile (rows per workgroup a multiple of 8, or 16 with SwiGLU pairs, and so is every
 /// chunk's first row), the outputs a multiple of 32, and the device binds 8 storage buffers.
-/// The same answer for both decode tiles.
+/// The same answer for every decode tile.
 pub fn writes_xq(gpu: &Gpu, m: &Matrix, opts: &MatmulOpts) -> bool {
     let unit = out_unit(opts.swiglu);
     let cols = out_cols(m, opts);
@@ -1593,12 +1593,11 @@ pub fn xq_norm_late(mt: u32) -> bool {
     }
 }
 
-/// See [`xq_norm_late`]: the 1-token tile's choice and the other tiles', for plans built
-/// afterwards.
-pub fn set_xq_norm_late(one: bool, verify: bool) {
+/// See [`xq_norm_late`]: the 1-, 2- and 4-token tiles' choices, for plans built afterwards.
+pub fn set_xq_norm_late(one: bool, verify: bool, four: bool) {
     XQ_NORM_LATE.set(one);
     XQ_NORM_LATE_VERIFY.set(verify);
-    XQ_NORM_LATE_FOUR.set(verify);
+    XQ_NORM_LATE_FOUR.set(four);
 }
 
 static XQ_BLOCK_SUM: Switch = Switch::new("QWGPU_XQ_BLOCK_SUM", false);
