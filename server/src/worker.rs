@@ -509,13 +509,9 @@ fn join(
     cache: &mut PromptCache,
 ) {
     let tx = job.tx.clone();
-    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    guarded(b, &tx, metrics, cache, |b, cache| {
         b.join(session, job, metrics, cache)
-    }));
-    if ran.is_err() {
-        b.release_stray();
-        panicked(metrics, &tx, cache);
-    }
+    });
 }
 
 /// Continues a request that ran alone in the batch (see [`Batcher::adopt`]). An engine panic
@@ -531,12 +527,24 @@ fn adopt(
 ) {
     metrics.batch_handoffs.fetch_add(1, Ordering::Relaxed);
     let tx = h.job.tx.clone();
-    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    guarded(b, &tx, metrics, cache, |b, cache| {
         b.adopt(session, h, tokenizer, metrics, control, cache)
-    }));
+    });
+}
+
+/// Runs `f` (a request entering the batch); if the engine panics in it, the batch's slots that
+/// hold no stream are freed and the request on `tx` fails (500), not the server.
+fn guarded(
+    b: &mut Batcher,
+    tx: &UnboundedSender<Event>,
+    metrics: &Metrics,
+    cache: &mut PromptCache,
+    f: impl FnOnce(&mut Batcher, &mut PromptCache),
+) {
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *b, &mut *cache)));
     if ran.is_err() {
         b.release_stray();
-        panicked(metrics, &tx, cache);
+        panicked(metrics, tx, cache);
     }
 }
 
