@@ -291,8 +291,8 @@ fn four_prompts(r: &Reference) -> Vec<Vec<u32>> {
 
 #[test]
 fn three_and_four_streams_give_the_bits_of_sequences_alone() {
-    // Steps of three or four rows run the 4-token decode tiles (a step runs the rows up to the
-    // last occupied slot): each row keeps the bits of its sequence alone, as streams join, leave
+    // Steps of three or four rows run the 3- or 4-token decode tiles (a step runs the rows up to
+    // the last occupied slot): each row keeps the bits of its sequence alone, as streams join, leave
     // and the step's row count moves between 1, 2, 3 and 4.
     const LONG: usize = 12;
     let mut ran = 0;

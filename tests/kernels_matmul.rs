@@ -5,7 +5,7 @@
 use qwgpu_engine::gpu::{Gpu, GpuOptions, Rows, Step, StepShape, StepSlot};
 use qwgpu_engine::ops::matmul::{
     matmul, set_prefill_gemm, set_staged, set_xreg, MatmulOpts, MT_FOUR, MT_ONE, MT_PREFILL,
-    MT_SMALL,
+    MT_SMALL, MT_THREE,
 };
 use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;
@@ -412,14 +412,14 @@ fn matmul_batch_invariance_is_bit_exact() {
                 &single,
                 &two[..c.n],
             );
-            // Every row of the 4-token tile (a batch of streams; four rows, or three in a
-            // partial tile) is that row's 1-token call.
-            for t in [3usize, 4] {
-                let four = gpu_matmul(&gpu, &m, &x[..t * c.k], t, MT_FOUR);
+            // Every row of the 3- and 4-token tiles (a batch of streams; four rows, or three in
+            // either) is that row's 1-token call.
+            for (t, mt) in [(3usize, MT_THREE), (3, MT_FOUR), (4, MT_FOUR)] {
+                let four = gpu_matmul(&gpu, &m, &x[..t * c.k], t, mt);
                 for r in 0..t {
                     let alone = gpu_matmul(&gpu, &m, &x[r * c.k..(r + 1) * c.k], 1, MT_ONE);
                     assert_bits_eq(
-                        &format!("row {r} of the 4-token tile with {t} rows vs 1 token"),
+                        &format!("row {r} of the {mt}-token tile with {t} rows vs 1 token"),
                         &four[r * c.n..(r + 1) * c.n],
                         &alone,
                     );

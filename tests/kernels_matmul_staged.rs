@@ -5,7 +5,7 @@
 //! `kernels_matmul`. One test: the switch is process-wide.
 
 use qwgpu_engine::gpu::Gpu;
-use qwgpu_engine::ops::matmul::{set_staged, set_xreg, MT_FOUR, MT_ONE, MT_SMALL};
+use qwgpu_engine::ops::matmul::{set_staged, set_xreg, MT_FOUR, MT_ONE, MT_SMALL, MT_THREE};
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_tests::quant::{quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
@@ -57,6 +57,7 @@ fn staged_decode_kernel_gives_the_block_kernels_bits() {
                     (1, MT_ONE),
                     (1, MT_SMALL),
                     (2, MT_SMALL),
+                    (3, MT_THREE),
                     (3, MT_FOUR),
                     (4, MT_FOUR),
                 ] {

@@ -28,6 +28,7 @@ use qwgpu_engine::ops::matmul::{
     set_xq_grid, set_xq_grid_frac, set_xq_grid_frac_verify, set_xq_ksplit, set_xq_long_rows,
     set_xq_mid_verify, set_xq_norm_late, set_xq_unroll, set_xq_unroll_ch, set_xreg, takes_xq,
     writes_xq, xq_grid_cap, xq_tile, MatmulOpts, XqOut, FEW_ROWS, MT_FOUR, MT_ONE, MT_SMALL,
+    MT_THREE,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_engine::ops::xquant::{
@@ -303,6 +304,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                     assert!(
                         takes_xq(&gpu, &m, MT_ONE)
                             && takes_xq(&gpu, &m, MT_SMALL)
+                            && takes_xq(&gpu, &m, MT_THREE)
                             && takes_xq(&gpu, &m, MT_FOUR),
                         "{} k={k} ({}): the decode tiles should take integer planes",
                         f.describe(),
@@ -326,7 +328,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                     // The 4-token tile (a batch of streams) with three and four rows in the
                     // default pass.
                     let tiles: &[(usize, u32)] = if full {
-                        &[(1, MT_ONE), (2, MT_SMALL), (3, MT_FOUR), (4, MT_FOUR)]
+                        &[(1, MT_ONE), (2, MT_SMALL), (3, MT_THREE), (4, MT_FOUR)]
                     } else {
                         &[(1, MT_ONE), (2, MT_SMALL)]
                     };
@@ -457,7 +459,12 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                         };
                         let alone: Vec<Vec<f32>> = (0..4).map(row).collect();
                         let w = alone[0].len();
-                        for (t, mt) in [(2usize, MT_SMALL), (3, MT_FOUR), (4, MT_FOUR)] {
+                        for (t, mt) in [
+                            (2usize, MT_SMALL),
+                            (3, MT_THREE),
+                            (3, MT_FOUR),
+                            (4, MT_FOUR),
+                        ] {
                             let many = run_matmul(&gpu, mat, call(t, mt));
                             for (r, a) in alone.iter().enumerate().take(t) {
                                 assert_bits_eq(
@@ -626,7 +633,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         let q = Q::random(&mut rng, n, k, formats[0]);
         let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
         let x = hard_x(&mut rng, 4 * k);
-        for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL), (4, MT_FOUR)] {
+        for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL), (3, MT_THREE), (4, MT_FOUR)] {
             let call = || MmCall {
                 add: true,
                 planes: true,
@@ -692,14 +699,16 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                 &base,
             );
         }
-        // The 4-token tile (a batch of streams) keeps four groups of 4 rows whatever the
-        // verify tile, and each of its rows is that row's 1-token call.
+        // The 3- and 4-token tiles (a batch of streams) keep four groups of 4 rows whatever
+        // the verify tile, and each of their rows is that row's 1-token call.
         set_xq_mid_verify(None);
-        assert_eq!(
-            xq_tile(MT_FOUR, k as u32, n as u32),
-            (128, 16, 4),
-            "4-token tile"
-        );
+        for mt in [MT_THREE, MT_FOUR] {
+            assert_eq!(
+                xq_tile(mt, k as u32, n as u32),
+                (128, 16, 4),
+                "{mt}-token tile"
+            );
+        }
         let x4 = hard_x(&mut rng, 4 * k);
         let plain = |x: &[f32], t: usize, mt: u32| {
             run_matmul(
@@ -712,14 +721,18 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                 },
             )
         };
-        let four = plain(&x4, 4, MT_FOUR);
-        let w = four.len() / 4;
-        for r in 0..4 {
-            assert_bits_eq(
-                &format!("mid-row 4-token tile row {r} vs 1 token, n={n} k={k} swiglu={swiglu}"),
-                &four[r * w..(r + 1) * w],
-                &plain(&x4[r * k..(r + 1) * k], 1, MT_ONE),
-            );
+        for (t, mt) in [(3usize, MT_THREE), (4, MT_FOUR)] {
+            let many = plain(&x4[..t * k], t, mt);
+            let w = many.len() / t;
+            for r in 0..t {
+                assert_bits_eq(
+                    &format!(
+                        "mid-row {mt}-token tile row {r} vs 1 token, n={n} k={k} swiglu={swiglu}"
+                    ),
+                    &many[r * w..(r + 1) * w],
+                    &plain(&x4[r * k..(r + 1) * k], 1, MT_ONE),
+                );
+            }
         }
     }
     set_xq_mid_verify(None);
@@ -851,7 +864,7 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                         gpu.describe()
                     )
                 };
-                for mt in [MT_ONE, MT_SMALL, MT_FOUR] {
+                for mt in [MT_ONE, MT_SMALL, MT_THREE, MT_FOUR] {
                     let o = |add, swiglu| MatmulOpts {
                         rows: Rows::Tokens,
                         add,
@@ -966,7 +979,7 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                     }
                 };
                 let one = chain(1, MT_ONE, true);
-                for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL), (4, MT_FOUR)] {
+                for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL), (3, MT_THREE), (4, MT_FOUR)] {
                     let r = chain(t, mt, true);
                     // The epilogue leaves y as the plain residual projection writes it.
                     let plain = chain(t, mt, false);

@@ -6,8 +6,8 @@
 //! its own position, reading and updating slot t (attention prep and attention over slot t's KV
 //! rows, the conv and recurrence on slot t's Gated-DeltaNet state). Everything else (embedding,
 //! every matmul with its epilogues, norms, lm_head) is row-local already. The matmuls run their
-//! 2-token decode tile for two rows and the 4-token tile for three or four, whose rows are
-//! computed with the arithmetic of the 1-token tile, and the state kernels give each row the bits
+//! 2-, 3- or 4-token decode tile for a step of that many rows, whose rows are computed with the
+//! arithmetic of the 1-token tile, and the state kernels give each row the bits
 //! of a one-row call, so a stream's logits and tokens are those of the same sequence decoded
 //! alone in a [`Session`], bit for bit (tested).
 //!
@@ -15,7 +15,7 @@
 //! [`Batch::admit`] copies the session's state into a free slot on the GPU; the batch then
 //! decodes it with the others, greedy or sampled with the slot's own sampler
 //! ([`Batch::set_sampling`]). A slot is freed by [`Batch::release`]. A step runs the rows up
-//! to the last occupied slot (one, two, or all of three or four); a free slot's row among them
+//! to the last occupied slot (one to four, each count its own plan); a free slot's row among them
 //! still runs (on its own slot, so it disturbs nothing) and its output is ignored.
 
 use std::sync::Arc;
@@ -26,13 +26,13 @@ use crate::gpu::readback::Readback;
 use crate::gpu::{GpuBuffer, Plan, Step, StepShape, StepSlot};
 use crate::model::forward::{Builder, Workspace};
 use crate::model::session::{plain_greedy, Model, RunError, Session};
-use crate::ops::matmul::{MT_FOUR, MT_ONE, MT_SMALL};
+use crate::ops::matmul::{MT_FOUR, MT_ONE, MT_SMALL, MT_THREE};
 use crate::ops::sample::{SampleIo, Sampler};
 use crate::state::{config_crc, State, StateError};
 
-/// Streams one batch decodes together at most: the largest decode matmul tile's rows (the 2- and
-/// 4-token tiles compute each row with the arithmetic of the 1-token tile, so batched rows keep
-/// a lone sequence's bits).
+/// Streams one batch decodes together at most: the largest decode matmul tile's rows (the 2-, 3-
+/// and 4-token tiles compute each row with the arithmetic of the 1-token tile, so batched rows
+/// keep a lone sequence's bits).
 pub const MAX_BATCH: u32 = MT_FOUR;
 
 /// How a [`Batch`] is built.
@@ -70,8 +70,10 @@ pub struct Batch {
     /// Embedding and layers, the state kernels in their streams form (2-token tiles: steps of
     /// two rows).
     body: Plan,
-    /// The same with the 4-token tiles, for steps of three or four rows (batches of more than
-    /// two slots).
+    /// The same with the 3-token tiles, for steps of three rows (batches of more than two
+    /// slots: the 4-token tile would run a fourth row's products for nothing).
+    body_three: Option<Plan>,
+    /// The same with the 4-token tiles, for steps of four rows (batches of four slots).
     body_four: Option<Plan>,
     /// The same with the 1-token decode tiles, for steps of slot 0 alone (one row: a lone
     /// stream decodes at a plain session's speed; the tiles give a row the same bits).
@@ -140,7 +142,12 @@ impl Batch {
         };
         let body = b.body(&state).await?;
         let body_one = Builder { mt: MT_ONE, ..b }.body(&state).await?;
-        let body_four = if opts.slots > MT_SMALL {
+        let body_three = if opts.slots >= MT_THREE {
+            Some(Builder { mt: MT_THREE, ..b }.body(&state).await?)
+        } else {
+            None
+        };
+        let body_four = if opts.slots >= MT_FOUR {
             Some(Builder { mt: MT_FOUR, ..b }.body(&state).await?)
         } else {
             None
@@ -193,6 +200,7 @@ impl Batch {
             step_buf,
             body,
             body_one,
+            body_three,
             body_four,
             head,
             head_logits,
@@ -499,10 +507,12 @@ impl Batch {
                 label: Some("batch step"),
                 timestamp_writes: None,
             });
-            match (t, &self.body_four) {
-                (1, _) => &self.body_one,
-                (2, _) | (_, None) => &self.body,
-                (_, Some(four)) => four,
+            // (A batch of `slots` streams runs at most `slots` rows: its plans for them exist.)
+            match (t, &self.body_three, &self.body_four) {
+                (1, _, _) => &self.body_one,
+                (3, Some(three), _) => three,
+                (4, _, Some(four)) => four,
+                _ => &self.body,
             }
             .record(&mut pass, shape, md);
             let sampling = self

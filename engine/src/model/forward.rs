@@ -1141,7 +1141,7 @@ impl Builder<'_> {
 
     /// lm_head on the step's out rows of `x` into `y`: the 1-token tile when the step has one out
     /// row, the 2-token tile for two, and where the workspace has more out rows (a batch of
-    /// streams) the 4-token tile for three or four (all in the plan, the step's row count picks
+    /// streams) the 3- and 4-token tiles for three and four (all in the plan, the step's row count picks
     /// one; the tiles give the same bits for a row, so a decode's logits equal a verify's row 0).
     async fn lm_head_rows(
         &self,
@@ -1149,12 +1149,13 @@ impl Builder<'_> {
         x: NormedX<'_>,
         y: Act<'_>,
     ) -> Result<(), LoadError> {
-        use crate::ops::matmul::{MT_FOUR, MT_ONE, MT_SMALL};
+        use crate::ops::matmul::{MT_FOUR, MT_ONE, MT_SMALL, MT_THREE};
         let tiles: &[(u32, (u32, u32))] = if self.ws.max_out > MT_SMALL {
             &[
                 (MT_ONE, (1, 1)),
                 (MT_SMALL, (2, 2)),
-                (MT_FOUR, (3, u32::MAX)),
+                (MT_THREE, (3, 3)),
+                (MT_FOUR, (4, u32::MAX)),
             ]
         } else {
             &[(MT_ONE, (1, 1)), (MT_SMALL, (2, u32::MAX))]

@@ -123,7 +123,7 @@ pub fn tile(mt: u32, k: u32) -> (u32, u32) {
     let wg = forced.map_or(if k >= LONG_K { LONG_WG } else { SMALL_WG }, |f| f.0);
     match mt {
         MT_ONE => (wg, forced.map_or(ONE_ROWS, |f| f.1)),
-        MT_SMALL | MT_FOUR => (wg, forced.map_or(SMALL_ROWS, |f| f.1)),
+        MT_SMALL | MT_THREE | MT_FOUR => (wg, forced.map_or(SMALL_ROWS, |f| f.1)),
         // Prefill tiles read words, which need no long workgroups for long rows.
         _ => match prefill_tile() {
             Some((pwg, rows, _)) => (pwg, rows),
@@ -167,16 +167,28 @@ pub const SMALL_ROWS: u32 = 8;
 /// chunks of any size.
 pub const MT_ONE: u32 = 1;
 pub const MT_SMALL: u32 = 2;
-/// The 4-row decode tile of a batch of three or four independent streams
-/// ([`crate::model::Batch`]): the 2-token tile's layout and each (row, token) with the
-/// arithmetic of the 1-token tile, so every row keeps a lone sequence's bits.
+/// The 4-row decode tile of a batch of four independent streams ([`crate::model::Batch`]): each
+/// (row, token) with the arithmetic of the 1-token tile, so every row keeps a lone sequence's
+/// bits; its own layout where the 2-token tile's would spill ([`batch_tile`]).
 pub const MT_FOUR: u32 = 4;
+/// The 3-row decode tile of a batch of three streams: the 4-token tile's layout for three
+/// tokens (a step of three rows in the 4-token tile would pay for four: the integer-plane loop
+/// runs every token of its tile).
+pub const MT_THREE: u32 = 3;
+/// Every decode tile, fewest tokens first.
+pub const DECODE_TILES: [u32; 4] = [MT_ONE, MT_SMALL, MT_THREE, MT_FOUR];
+
+/// Whether `mt` is a tile of a batch of three or four streams ([`MT_THREE`], [`MT_FOUR`]), which
+/// share the layout knobs of the 4-token tile (mid-row and long-row layouts, the late norm).
+pub fn batch_tile(mt: u32) -> bool {
+    matches!(mt, MT_THREE | MT_FOUR)
+}
 pub const MT_PREFILL: u32 = 8;
 
-/// Whether token tile `mt` is a decode tile (1, 2 or 4 rows: block reads, every (row, token)
+/// Whether token tile `mt` is a decode tile (1 to 4 rows: block reads, every (row, token)
 /// with the 1-token tile's arithmetic) rather than the prefill tile.
 pub fn decode_tile(mt: u32) -> bool {
-    matches!(mt, MT_ONE | MT_SMALL | MT_FOUR)
+    DECODE_TILES.contains(&mt)
 }
 
 /// Whether quantized rows are read word by word (`QWORDS`: each thread takes code words
@@ -1109,7 +1121,7 @@ pub fn xq_layout(mt: u32, k: u32, n: u32) -> (u32, u32, u32, u32) {
         None if mt != MT_ONE => {
             let tile = if n <= FEW_ROWS {
                 xq_verify_env(true)
-            } else if n <= MID_ROWS && mt == MT_FOUR {
+            } else if n <= MID_ROWS && batch_tile(mt) {
                 xq_mid_four()
             } else if n <= MID_ROWS {
                 xq_mid_verify()
@@ -1166,7 +1178,7 @@ fn env_tile(var: &str, default: Option<(u32, u32)>) -> Option<(u32, u32)> {
     }
 }
 
-/// Lane groups and rows per group of the 4-token tile (a batch of streams) for mid-row matrices:
+/// Lane groups and rows per group of the 3- and 4-token tiles (a batch of streams) for mid-row matrices:
 /// the staged tile (four groups of 4 rows), unless `QWGPU_XQ_MID_FOUR=G,R` (read once; 1–8 each)
 /// says otherwise. The 2-token tile's 8 rows per group hold 32 accumulators per lane at 4 tokens:
 /// H100 kernel lab (`bench/results/2026-12-06-b/`), GDN in_proj at 4 tokens with its
@@ -1213,14 +1225,14 @@ static XQ_LONG_ROWS_SET: std::sync::atomic::AtomicU32 = std::sync::atomic::Atomi
 /// (`bench/results/2026-12-03-h200/call4/`): down alone at 2 tokens 32.2 → 26.9 µs with 4 rows
 /// (8: 35.1), MTP at forced 0.8 175.9 → 184.0 tok/s; 4 rows at 1 token were slower (18.0 →
 /// 19.7 µs; plain decode 142.4 → 142.0), 1 row much slower (25.1 µs, 131.2 tok/s).
-/// The 4-token tile of a batch of streams: 2 (`QWGPU_XQ_LONG_ROWS_FOUR=C`, 1–8, read once; or
+/// The 3- and 4-token tiles of a batch of streams: 2 (`QWGPU_XQ_LONG_ROWS_FOUR=C`, 1–8, read once; or
 /// B where [`set_xq_long_rows`] set it). H100, four streams 242.6 → 261.2 tok/s in all with 2
 /// rows instead of 4 (`bench/results/2026-12-06-b/`), though the down projection timed
 /// alone without its epilogues was faster with 4 (46.3 against 59.4 µs): its fused epilogues'
 /// registers at 4 tokens.
 pub fn xq_long_rows(mt: u32) -> u32 {
     let set = XQ_LONG_ROWS_SET.load(std::sync::atomic::Ordering::Relaxed);
-    if mt == MT_FOUR && set == 0 {
+    if batch_tile(mt) && set == 0 {
         static FOUR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
         return *FOUR.get_or_init(|| {
             match std::env::var("QWGPU_XQ_LONG_ROWS_FOUR").map(|v| v.trim().parse::<u32>()) {
@@ -1385,7 +1397,7 @@ pub fn set_xq_unroll(v: Option<(u32, u32)>) {
 /// threads and partials fit the device, and the staged kernel is not turned off. The same
 /// answer for every decode tile of a matrix (a row's bits depend on the path).
 pub fn takes_xq(gpu: &Gpu, m: &Matrix, mt: u32) -> bool {
-    let fits = [MT_ONE, MT_SMALL, MT_FOUR].iter().all(|&t| {
+    let fits = DECODE_TILES.iter().all(|&t| {
         let (wg, _, rg) = xq_tile(t, m.k, m.n);
         wg <= gpu.limits.max_compute_invocations_per_workgroup
             && wg * rg * t * 4 <= gpu.limits.max_compute_workgroup_storage_size
@@ -1511,7 +1523,7 @@ pub fn writes_xq(gpu: &Gpu, m: &Matrix, opts: &MatmulOpts) -> bool {
     let cols = out_cols(m, opts);
     xq() && fuse_xq()
         && takes_xq(gpu, m, MT_ONE)
-        && [MT_ONE, MT_SMALL, MT_FOUR]
+        && DECODE_TILES
             .iter()
             .all(|&t| xq_tile(t, m.k, m.n).1 % unit == 0)
         && m.n % unit == 0
@@ -1582,18 +1594,19 @@ static XQ_NORM_LATE_FOUR: Switch = Switch::new("QWGPU_XQ_NORM_LATE_FOUR", true);
 /// tile, off for the others: H200 2026-12-03 (bench/results/2026-12-03-h200-d/call1), plain
 /// decoding 144.3 → 146.1 tok/s with it, MTP at forced 0.8 (its verify in the 2-token tile)
 /// 194.6 → 194.1. `QWGPU_XQ_NORM_LATE=0|1` (1-token tile) and `QWGPU_XQ_NORM_LATE_VERIFY=0|1`
-/// (the 2-token tile) at start-up, or [`set_xq_norm_late`]. The 4-token tile of a batch of
+/// (the 2-token tile) at start-up, or [`set_xq_norm_late`]. The 3- and 4-token tiles of a batch of
 /// streams: on (`QWGPU_XQ_NORM_LATE_FOUR=0` turns it off; H200, four streams 267.4 → 273.8 tok/s
 /// in all, `bench/results/2026-12-06-b/`).
 pub fn xq_norm_late(mt: u32) -> bool {
     match mt {
         MT_ONE => XQ_NORM_LATE.get(),
-        MT_FOUR => XQ_NORM_LATE_FOUR.get(),
+        MT_THREE | MT_FOUR => XQ_NORM_LATE_FOUR.get(),
         _ => XQ_NORM_LATE_VERIFY.get(),
     }
 }
 
-/// See [`xq_norm_late`]: the 1-, 2- and 4-token tiles' choices, for plans built afterwards.
+/// See [`xq_norm_late`]: the 1- and 2-token tiles' choices and the batch tiles' (3 and 4 tokens),
+/// for plans built afterwards.
 pub fn set_xq_norm_late(one: bool, verify: bool, four: bool) {
     XQ_NORM_LATE.set(one);
     XQ_NORM_LATE_VERIFY.set(verify);
@@ -2501,7 +2514,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 .set("TOKENS", "n_tokens"),
         ));
         if base.is_true("SUBGROUPS") {
-            for mt in [MT_ONE, MT_SMALL, MT_FOUR] {
+            for mt in DECODE_TILES {
                 for rows in [Rows::Tokens, Rows::Out] {
                     for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                         for (norm, t) in [
@@ -2541,7 +2554,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 }
             }
         }
-        for mt in [MT_ONE, MT_SMALL, MT_FOUR] {
+        for mt in DECODE_TILES {
             for rows in [Rows::Tokens, Rows::Out] {
                 for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                     for (sub, norm) in [(false, false), (true, false), (false, true), (true, true)]
@@ -2691,7 +2704,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
         }
     }
     for format in crate::ops::all_formats() {
-        for mt in [MT_ONE, MT_SMALL, MT_FOUR, MT_PREFILL] {
+        for mt in [MT_ONE, MT_SMALL, MT_THREE, MT_FOUR, MT_PREFILL] {
             for rows in [Rows::Tokens, Rows::Out] {
                 for (add, swiglu) in [(false, false), (true, false), (false, true)] {
                     for k in [4096, LONG_K] {
