@@ -1,4 +1,4 @@
-//! Batched decoding on the GPU thread (`--batch 2`): requests without logprobs or a required
+//! Batched decoding on the GPU thread (`--batch N`, 2 to 4): requests without logprobs or a required
 //! format decode together in an engine [`Batch`], one forward call per step for all of them,
 //! joining and leaving between steps, each with its own sampling settings. Each stream's tokens
 //! are those it would get alone (the batch gives a row the bits of a lone sequence, and each
