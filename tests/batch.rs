@@ -582,3 +582,218 @@ fn sampled_streams_draw_what_they_draw_alone() {
     }
     assert_eq!(got, want, "{name}: four streams, two sampled");
 }
+
+/// A test constraint over the committed tokens: any token at positions 0 mod 4, one forced id at
+/// 1 mod 4, at the others the ids i with (5i + n) % 3 == 0 (n the position); complete after
+/// `end` tokens.
+struct Hops {
+    vocab: u32,
+    n: usize,
+    end: usize,
+}
+
+impl Hops {
+    fn set(&self, mask: &mut [u32]) -> qwgpu_engine::decode::constrain::Allowed {
+        use qwgpu_engine::decode::constrain::Allowed;
+        let n = self.n;
+        if n >= self.end {
+            return Allowed::End;
+        }
+        match n % 4 {
+            0 => Allowed::Any,
+            1 => {
+                let id = (7 * n as u32 + 3) % self.vocab;
+                mask[id as usize / 32] |= 1 << (id % 32);
+                Allowed::Mask
+            }
+            _ => {
+                for i in 0..self.vocab {
+                    if (5 * i as usize + n) % 3 == 0 {
+                        mask[i as usize / 32] |= 1 << (i % 32);
+                    }
+                }
+                Allowed::Mask
+            }
+        }
+    }
+
+    fn allows(&self, id: u32) -> bool {
+        let mut m = vec![0u32; self.vocab.div_ceil(32) as usize];
+        match self.set(&mut m) {
+            qwgpu_engine::decode::constrain::Allowed::Any => true,
+            qwgpu_engine::decode::constrain::Allowed::End => false,
+            qwgpu_engine::decode::constrain::Allowed::Mask => {
+                m[id as usize / 32] >> (id % 32) & 1 == 1
+            }
+        }
+    }
+}
+
+impl qwgpu_engine::decode::constrain::TokenConstraint for Hops {
+    fn allowed(
+        &mut self,
+        mask: &mut [u32],
+    ) -> Result<qwgpu_engine::decode::constrain::Allowed, String> {
+        Ok(self.set(mask))
+    }
+    fn commit(&mut self, id: u32) -> Result<(), String> {
+        if !self.allows(id) {
+            return Err(format!("token {id} was not allowed at position {}", self.n));
+        }
+        self.n += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn constrained_streams_choose_what_they_choose_alone() {
+    // A slot's token mask (`set_token_mask`, set between a step's body and its head from the
+    // tokens read meanwhile) limits its choices as a lone session's constrained decoding does:
+    // greedy and sampled constrained streams beside an unconstrained one give, token for token,
+    // what `generate_constrained_in_context` gives each alone.
+    use qwgpu_engine::decode::constrain::{
+        generate_constrained_in_context, Allowed, TokenConstraint,
+    };
+    use qwgpu_engine::decode::sampler::SamplingParams;
+    use qwgpu_engine::decode::GenOptions;
+    let name = &format_cover()[0];
+    let r = load_reference(name);
+    let model = load(name);
+    let vocab = model.config.vocab_size as u32;
+    let words = vocab.div_ceil(32) as usize;
+    let end = 14;
+    let hops = || Hops { vocab, n: 0, end };
+    let a = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.9,
+        repetition_penalty: 1.2,
+        seed: 5,
+        ..Default::default()
+    };
+    let ps = prompts(&r);
+    let alone = |p: &[u32], c: bool, sp: Option<&SamplingParams>| -> Vec<u32> {
+        let mut s = solo(&model);
+        s.set_sampling(sp, false).unwrap();
+        let opts = GenOptions {
+            max_tokens: end + 4,
+            eos: vec![],
+            ignore_eos: true,
+        };
+        let out = if c {
+            let mut h = hops();
+            pollster::block_on(generate_constrained_in_context(
+                &mut s,
+                p,
+                0,
+                &opts,
+                &mut h,
+                &mut |_| true,
+            ))
+        } else {
+            pollster::block_on(qwgpu_engine::decode::generate(
+                &mut s,
+                p,
+                &opts,
+                &mut |_| true,
+            ))
+        };
+        out.unwrap().0
+    };
+    // (constrained, sampling) per slot: beside a sampled stream (every head samples), and all
+    // greedy (a masked slot alone sends the head through the samplers).
+    let cases: [&[(bool, Option<&SamplingParams>)]; 2] = [
+        &[(true, None), (false, None), (true, Some(&a))],
+        &[(false, None), (true, None)],
+    ];
+    for sets in cases {
+        let n = sets.len();
+        let want: Vec<Vec<u32>> = (0..n)
+            .map(|i| alone(&ps[i], sets[i].0, sets[i].1))
+            .collect();
+        // The constraint shows in the tokens: every one allowed, and not what the prompt gives
+        // free.
+        for (i, w) in want.iter().enumerate() {
+            if sets[i].0 {
+                assert_eq!(w.len(), end, "{name}: slot {i} ends with its constraint");
+                let mut h = hops();
+                for &id in w {
+                    h.commit(id).unwrap();
+                }
+                if sets[i].1.is_none() {
+                    assert_ne!(
+                        w[..],
+                        alone(&ps[i], false, None)[..end],
+                        "{name}: the mask changes nothing"
+                    );
+                }
+            }
+        }
+
+        let mut bt = batch(&model, n as u32);
+        let mut cons: Vec<Option<Hops>> = sets.iter().map(|s| s.0.then(hops)).collect();
+        let mut mask = vec![0u32; words];
+        // Sets slot i's mask for its next choice; false when its constraint is complete.
+        let mut next_mask = |bt: &mut Batch, i: usize, c: &mut Hops| -> bool {
+            mask.fill(0);
+            match c.allowed(&mut mask).unwrap() {
+                Allowed::End => false,
+                Allowed::Any => {
+                    bt.set_token_mask(i as u32, None).unwrap();
+                    true
+                }
+                Allowed::Mask => {
+                    bt.set_token_mask(i as u32, Some(&mask)).unwrap();
+                    true
+                }
+            }
+        };
+        for (i, (_, sp)) in sets.iter().enumerate() {
+            bt.admit(i as u32, &mut prefilled(&model, &ps[i])).unwrap();
+            bt.set_sampling(i as u32, *sp, &ps[i]).unwrap();
+            if let Some(c) = cons[i].as_mut() {
+                assert!(next_mask(&mut bt, i, c));
+            }
+        }
+        let limit = end + 4;
+        let mut got: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut live = vec![true; n];
+        let first: Vec<Option<u32>> = ps.iter().take(n).map(|p| p.last().copied()).collect();
+        bt.submit(&first).unwrap();
+        while bt.pending() > 0 {
+            // The next step's body goes ahead of reading this one (its ids chained on the GPU).
+            let ahead = live.iter().any(|&l| l);
+            if ahead {
+                bt.submit_body(&vec![None; n]).unwrap();
+                // One step at a time while a body waits for its head.
+                assert!(bt.submit(&vec![None; n]).is_err());
+            }
+            let ids = pollster::block_on(bt.read()).unwrap();
+            for i in 0..n {
+                let Some(id) = ids[i].filter(|_| live[i]) else {
+                    continue;
+                };
+                got[i].push(id);
+                let more = match cons[i].as_mut() {
+                    Some(c) => {
+                        c.commit(id).unwrap();
+                        next_mask(&mut bt, i, c)
+                    }
+                    None => true,
+                };
+                if !more || got[i].len() >= limit {
+                    live[i] = false;
+                    bt.release(i as u32);
+                }
+            }
+            if ahead {
+                bt.submit_head().unwrap();
+            }
+        }
+        assert_eq!(
+            got, want,
+            "{name}: constrained streams in a batch ({n} slots)"
+        );
+        // A head without a body is refused.
+        assert!(bt.submit_head().is_err());
+    }
+}

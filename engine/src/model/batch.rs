@@ -89,6 +89,12 @@ pub struct Batch {
     samplers: Vec<Sampler>,
     /// The slot's stream samples (or applies penalties or bias) rather than taking the argmax.
     sampled: Vec<bool>,
+    /// The slot's next choices are limited by a token mask ([`Batch::set_token_mask`]).
+    masked: Vec<bool>,
+    /// A step whose body was submitted and whose head waits ([`Batch::submit_body`]): its shape
+    /// and the slots that held a sequence then.
+    body_only: Option<(StepShape, Vec<bool>)>,
+
     /// Position of each slot's sequence (tokens its state holds once every submitted step has
     /// run); `None` = free.
     pos: Vec<Option<u32>>,
@@ -207,6 +213,8 @@ impl Batch {
             head_sample,
             samplers,
             sampled: vec![false; opts.slots as usize],
+            masked: vec![false; opts.slots as usize],
+            body_only: None,
             readback,
         })
     }
@@ -320,6 +328,28 @@ impl Batch {
             .reset_history(gpu, history)
             .map_err(|e| RunError::Sampling(e.to_string()))?;
         self.sampled[slot as usize] = !plain_greedy(&p, false);
+        self.masked[slot as usize] = false;
+        Ok(())
+    }
+
+    /// Limits slot `slot`'s choices in the heads submitted from now on to the tokens whose bit is
+    /// set in `allowed` (bit `i % 32` of word `i / 32`, the vocabulary's words), on top of its
+    /// sampling ([`Batch::set_sampling`]); `None` lifts the limit. As
+    /// [`Session::set_token_mask`] for a lone sequence, so a constrained stream chooses in a batch
+    /// what it chooses alone. A mask that depends on the previous choice is set between
+    /// [`Batch::submit_body`] and [`Batch::submit_head`].
+    pub fn set_token_mask(&mut self, slot: u32, allowed: Option<&[u32]>) -> Result<(), RunError> {
+        let Some(sampler) = self.samplers.get(slot as usize) else {
+            return Err(RunError::Batch(format!(
+                "no slot {slot} in a batch of {}",
+                self.opts.slots
+            )));
+        };
+        let p = sampler.params();
+        sampler
+            .set_params_masked(&self.model.gpu, &p, allowed)
+            .map_err(|e| RunError::Sampling(e.to_string()))?;
+        self.masked[slot as usize] = allowed.is_some();
         Ok(())
     }
 
@@ -356,16 +386,8 @@ impl Batch {
     /// one submission for the whole batch; at most two steps wait to be read
     /// ([`Batch::read`]), so the GPU runs a step while the host reads the one before.
     pub fn submit(&mut self, ids: &[Option<u32>]) -> Result<(), RunError> {
-        if self.pending.len() >= 2 {
-            return Err(RunError::Busy(
-                "two steps are already in flight: read one first".into(),
-            ));
-        }
-        let slot = if self.pending.iter().any(|p| p.0 == 0) {
-            1
-        } else {
-            0
-        };
+        self.can_submit()?;
+        let slot = self.free_readback();
         let occupied: Vec<bool> = self.pos.iter().map(Option::is_some).collect();
         let (_, index) = self.record_step(ids, Some(slot))?;
         self.pending.push_back((slot, index, occupied));
@@ -373,6 +395,61 @@ impl Batch {
             *c = p.is_some();
         }
         Ok(())
+    }
+
+    /// [`Batch::submit`] in two parts, for choices that wait for the host: the step's body
+    /// (embedding and layers) now, its head (final norm, lm_head, the choices) with
+    /// [`Batch::submit_head`]. Meanwhile the GPU runs the layers while the host reads the step
+    /// before ([`Batch::read`]) and sets the token masks that its choices decide
+    /// ([`Batch::set_token_mask`]: constrained streams). The same step, the same bits.
+    pub fn submit_body(&mut self, ids: &[Option<u32>]) -> Result<(), RunError> {
+        self.can_submit()?;
+        let occupied: Vec<bool> = self.pos.iter().map(Option::is_some).collect();
+        let shape = self.write_step(ids, true)?;
+        self.encode(shape, true, None, &occupied);
+        self.body_only = Some((shape, occupied));
+        Ok(())
+    }
+
+    /// The head of the step [`Batch::submit_body`] submitted: the choices, to be read with
+    /// [`Batch::read`] and fed to the next step on the GPU.
+    pub fn submit_head(&mut self) -> Result<(), RunError> {
+        let Some((shape, occupied)) = self.body_only.take() else {
+            return Err(RunError::Batch(
+                "no step body waits for its head (submit_body first)".into(),
+            ));
+        };
+        let slot = self.free_readback();
+        let index = self.encode(shape, false, Some(Some(slot)), &occupied);
+        self.pending.push_back((slot, index, occupied));
+        for (c, p) in self.chained.iter_mut().zip(&self.pos) {
+            *c = p.is_some();
+        }
+        Ok(())
+    }
+
+    /// Whether another step may be submitted: fewer than two unread, no body waiting for its head.
+    fn can_submit(&self) -> Result<(), RunError> {
+        if self.body_only.is_some() {
+            return Err(RunError::Busy(
+                "a step's body waits for its head: submit_head first".into(),
+            ));
+        }
+        if self.pending.len() >= 2 {
+            return Err(RunError::Busy(
+                "two steps are already in flight: read one first".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The readback that no unread step uses.
+    fn free_readback(&self) -> usize {
+        if self.pending.iter().any(|p| p.0 == 0) {
+            1
+        } else {
+            0
+        }
     }
 
     /// The choices of the oldest submitted step: `Some(id)` for each slot that held a sequence
@@ -397,7 +474,7 @@ impl Batch {
         &mut self,
         ids: &[Option<u32>],
     ) -> Result<Vec<Option<Vec<f32>>>, RunError> {
-        if !self.pending.is_empty() {
+        if !self.pending.is_empty() || self.body_only.is_some() {
             return Err(RunError::Busy(
                 "steps are still unread: read them first".into(),
             ));
@@ -428,6 +505,23 @@ impl Batch {
         ids: &[Option<u32>],
         greedy: Option<usize>,
     ) -> Result<(StepShape, wgpu::SubmissionIndex), RunError> {
+        let occupied: Vec<bool> = self.pos.iter().map(Option::is_some).collect();
+        let shape = self.write_step(ids, greedy.is_some())?;
+        Ok((shape, self.encode(shape, true, Some(greedy), &occupied)))
+    }
+
+    /// Whether a head over the rows of `occupied` slots runs the slots' samplers (a slot
+    /// samples, or its choices are masked) rather than the argmax.
+    fn samples(&self, occupied: &[bool]) -> bool {
+        occupied
+            .iter()
+            .zip(self.sampled.iter().zip(&self.masked))
+            .any(|(o, (s, m))| *o && (*s || *m))
+    }
+
+    /// Checks one step's ids (`chained`: a slot without one feeds its last choice) and writes
+    /// them and the step's rows and positions; moves every occupied slot on by one position.
+    fn write_step(&mut self, ids: &[Option<u32>], chained: bool) -> Result<StepShape, RunError> {
         let slots = self.opts.slots as usize;
         if ids.len() != slots {
             return Err(RunError::Batch(format!(
@@ -450,7 +544,7 @@ impl Batch {
                     return Err(RunError::BadToken { id: *id, vocab });
                 }
                 Some(id) => written.push((i, *id)),
-                None if greedy.is_some() && self.chained[i] => {}
+                None if chained && self.chained[i] => {}
                 None => {
                     return Err(RunError::Batch(format!(
                         "slot {i} holds a sequence but was given no id (and no step of it chose one)"
@@ -469,7 +563,7 @@ impl Batch {
         if !any {
             return Err(RunError::Batch("no slot holds a sequence".into()));
         }
-        let gpu = self.model.gpu.clone();
+        let gpu = &self.model.gpu;
         // The rows up to the last occupied slot (slot t runs row t).
         let t = self
             .pos
@@ -491,11 +585,27 @@ impl Batch {
             gpu.queue
                 .write_buffer(&self.ws.ids.buf, 4 * i as u64, bytemuck::bytes_of(&id));
         }
-        let shape = StepShape {
+        for p in self.pos.iter_mut().flatten() {
+            *p += 1;
+        }
+        Ok(StepShape {
             n_tokens: t,
             n_out: t,
             keys: row_pos.iter().take(slots).max().copied().unwrap_or(0) + 1,
-        };
+        })
+    }
+
+    /// Records and submits the step `write_step` wrote: its body (`body`) and its head (`head`:
+    /// `Some(Some(readback))` the choosing head, `Some(None)` the logits head, `None` none) over
+    /// the rows of the slots `occupied` when it was written.
+    fn encode(
+        &self,
+        shape: StepShape,
+        body: bool,
+        head: Option<Option<usize>>,
+        occupied: &[bool],
+    ) -> wgpu::SubmissionIndex {
+        let gpu = &self.model.gpu;
         let md = gpu.caps.max_workgroups_per_dim;
         let mut enc = gpu
             .device
@@ -507,35 +617,30 @@ impl Batch {
                 label: Some("batch step"),
                 timestamp_writes: None,
             });
-            // (A batch of `slots` streams runs at most `slots` rows: its plans for them exist.)
-            match (t, &self.body_three, &self.body_four) {
-                (1, _, _) => &self.body_one,
-                (3, Some(three), _) => three,
-                (4, _, Some(four)) => four,
-                _ => &self.body,
+            if body {
+                // (A batch of `slots` streams runs at most `slots` rows: its plans for them
+                // exist.)
+                match (shape.n_tokens, &self.body_three, &self.body_four) {
+                    (1, _, _) => &self.body_one,
+                    (3, Some(three), _) => three,
+                    (4, _, Some(four)) => four,
+                    _ => &self.body,
+                }
+                .record(&mut pass, shape, md);
             }
-            .record(&mut pass, shape, md);
-            let sampling = self
-                .pos
-                .iter()
-                .zip(&self.sampled)
-                .any(|(p, s)| p.is_some() && *s);
-            match greedy {
-                Some(_) if sampling => &self.head_sample,
-                Some(_) => &self.head,
-                None => &self.head_logits,
+            match head {
+                Some(Some(_)) if self.samples(occupied) => Some(&self.head_sample),
+                Some(Some(_)) => Some(&self.head),
+                Some(None) => Some(&self.head_logits),
+                None => None,
             }
-            .record(&mut pass, shape, md);
+            .map(|h| h.record(&mut pass, shape, md));
         }
-        if let Some(rb) = greedy {
-            let bytes = 4 * t as u64;
+        if let Some(Some(rb)) = head {
+            let bytes = 4 * shape.n_tokens as u64;
             enc.copy_buffer_to_buffer(&self.ws.out_ids.buf, 0, &self.ws.ids.buf, 0, bytes);
             self.readback[rb].copy_from(&mut enc, &self.ws.out_ids.buf, 0, bytes);
         }
-        let index = gpu.queue.submit([enc.finish()]);
-        for p in self.pos.iter_mut().flatten() {
-            *p += 1;
-        }
-        Ok((shape, index))
+        gpu.queue.submit([enc.finish()])
     }
 }
