@@ -1,8 +1,16 @@
-//! Batched decoding on the GPU thread (`--batch N`, 2 to 4): requests without logprobs or a required
-//! format decode together in an engine [`Batch`], one forward call per step for all of them,
-//! joining and leaving between steps, each with its own sampling settings. Each stream's tokens
-//! are those it would get alone (the batch gives a row the bits of a lone sequence, and each
-//! slot has its own sampler), so only throughput changes.
+//! Batched decoding on the GPU thread (`--batch N`, 2 to 4): requests without logprobs decode
+//! together in an engine [`Batch`], one forward call per step for all of them, joining and
+//! leaving between steps, each with its own sampling settings. Each stream's tokens are those it
+//! would get alone (the batch gives a row the bits of a lone sequence, and each slot has its own
+//! sampler), so only throughput changes.
+//!
+//! A request with a required format (`response_format`, required tool calls) decodes in the
+//! batch under its constraint: its slot's token mask for a step depends on its token of the step
+//! before, so while such a stream runs each step goes in two submissions: the body (the layers)
+//! first, then the step before it is read and its tokens handed out (each constraint taking its
+//! stream's token and writing the mask for the next), then the head that chooses under those
+//! masks ([`Batch::submit_body`], [`Batch::submit_head`]). The GPU runs the layers while the host
+//! reads and computes the masks; one step is in flight instead of two.
 //!
 //! When the GPU thread is idle, a request that asks for MTP and finds no other request waiting
 //! runs alone with speculative decoding as without `--batch` (the fastest for one user); under
@@ -19,6 +27,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use qwgpu_engine::decode::constrain::{Allowed, TokenConstraint};
 use qwgpu_engine::decode::mtp::MtpStats;
 use qwgpu_engine::model::{Batch, RunError, Session};
 use qwgpu_engine::text::stream::{FinishReason, StreamParser};
@@ -28,9 +37,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::metrics::{GenerationRecord, Metrics};
 use crate::worker::{fail, panic_event, prefill_job, Control, Done, Event, Job, PromptCache};
 
-/// Whether `job` can decode in a batch: no logprobs, no required format, at least one token.
+/// Whether `job` can decode in a batch: no logprobs, at least one token.
 pub fn eligible(job: &Job) -> bool {
-    job.constraint.is_none() && !job.logprobs && job.max_tokens > 0
+    !job.logprobs && job.max_tokens > 0
 }
 
 /// A request that speculated alone and stops there to continue in the batch (another request
@@ -69,6 +78,8 @@ struct Stream {
     queue_s: f64,
     t0: Instant,
     ttft: Option<f64>,
+    /// The reply's required form, and the mask it writes for the next token (vocabulary words).
+    constraint: Option<(Box<dyn TokenConstraint + Send>, Vec<u32>)>,
 }
 
 /// The batch and the requests in its slots.
@@ -137,12 +148,45 @@ impl Batcher {
             self.batch.release(slot);
             return fail(metrics, &job.tx, &e);
         }
-        self.slots[slot as usize] = Some(self.stream(job, queue_s, t0, cached_tokens));
+        let vocab = self.batch.model.config.vocab_size;
+        let mut stream = self.stream(job, queue_s, t0, cached_tokens, vocab);
+        // A constrained stream's first mask, before its first step.
+        match stream.next_mask(&mut self.batch, slot) {
+            Ok(true) => self.slots[slot as usize] = Some(stream),
+            Ok(false) => {
+                // Complete before any token: the reply is empty.
+                self.batch.release(slot);
+                let _ = stream.tx.send(Event::PromptDone);
+                stream.finish(
+                    End {
+                        reason: FinishReason::Stop,
+                        gone: false,
+                        cut_short: false,
+                    },
+                    metrics,
+                );
+            }
+            Err(e) => {
+                self.batch.release(slot);
+                fail(metrics, &stream.tx, &e);
+            }
+        }
     }
 
     /// A stream for `job` under the next serial number, nothing generated yet (its first step
     /// feeds the prompt's last id).
-    fn stream(&mut self, job: Job, queue_s: f64, t0: Instant, cached_tokens: usize) -> Stream {
+    fn stream(
+        &mut self,
+        mut job: Job,
+        queue_s: f64,
+        t0: Instant,
+        cached_tokens: usize,
+        vocab: usize,
+    ) -> Stream {
+        let constraint = job
+            .constraint
+            .take()
+            .map(|c| (c, vec![0u32; vocab.div_ceil(32)]));
         let mut cfg = job.stream;
         if job.ignore_eos {
             cfg.eos_ids.clear();
@@ -164,6 +208,7 @@ impl Batcher {
             t0,
             ttft: None,
             tx: job.tx,
+            constraint,
         }
     }
 
@@ -214,7 +259,17 @@ impl Batcher {
         sampling.seed = sampling
             .seed
             .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(tokens.len() as u64));
-        let mut stream = self.stream(job, queue_s, t0, cached_tokens);
+        if job.constraint.is_some() {
+            // (The worker hands off only unconstrained requests: the constraint has taken the
+            // tokens so far.)
+            return fail(
+                metrics,
+                &job.tx,
+                &RunError::Batch("a constrained request cannot move into the batch".into()),
+            );
+        }
+        let vocab = self.batch.model.config.vocab_size;
+        let mut stream = self.stream(job, queue_s, t0, cached_tokens, vocab);
         stream.mtp = mtp;
         stream.ttft = Some(ttft);
         stream.first = None;
@@ -270,6 +325,9 @@ impl Batcher {
 
     /// Waits for the steps in flight and drops their tokens (no stream is left to take them).
     fn forget_in_flight(&mut self) {
+        if self.batch.body_waiting() {
+            let _ = self.batch.submit_head();
+        }
         while self.batch.pending() > 0 {
             let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 pollster::block_on(self.batch.read())
@@ -286,41 +344,81 @@ impl Batcher {
     /// has all the steps it needs leaves the engine's batch (its tokens still come).
     fn fill(&mut self, metrics: &Metrics) -> Result<(), RunError> {
         while self.batch.pending() < DEPTH {
-            for (i, s) in self.slots.iter().enumerate() {
-                if let Some(s) = s {
-                    if s.tokens.len() + s.in_flight >= s.max_tokens {
-                        self.batch.release(i as u32);
-                    }
-                }
-            }
-            let rows: Vec<Option<u64>> = self
-                .slots
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    s.as_ref()
-                        .filter(|_| self.batch.pos(i as u32).is_some())
-                        .map(|s| s.serial)
-                })
-                .collect();
-            let streams = rows.iter().flatten().count();
-            if streams == 0 {
+            if !self.submit_next(metrics, false)? {
                 return Ok(());
             }
-            let ids: Vec<Option<u32>> = self
-                .slots
-                .iter_mut()
-                .zip(&rows)
-                .map(|(s, r)| r.and(s.as_mut()).and_then(|s| s.first.take()))
-                .collect();
-            self.batch.submit(&ids)?;
-            for (s, r) in self.slots.iter_mut().zip(&rows) {
-                if let (Some(s), Some(_)) = (s.as_mut(), r) {
-                    s.in_flight += 1;
+        }
+        Ok(())
+    }
+
+    /// Submits the next step of the streams that need one (a stream whose tokens so far and in
+    /// flight reach its `max_tokens` leaves the engine's batch first): whole, or its body alone
+    /// (`body_only`, [`Batch::submit_body`]). False when no stream needs one.
+    fn submit_next(&mut self, metrics: &Metrics, body_only: bool) -> Result<bool, RunError> {
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Some(s) = s {
+                if s.tokens.len() + s.in_flight >= s.max_tokens {
+                    self.batch.release(i as u32);
                 }
             }
-            self.in_flight.push_back(rows);
-            metrics.batch_step(streams);
+        }
+        let rows: Vec<Option<u64>> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.as_ref()
+                    .filter(|_| self.batch.pos(i as u32).is_some())
+                    .map(|s| s.serial)
+            })
+            .collect();
+        let streams = rows.iter().flatten().count();
+        if streams == 0 {
+            return Ok(false);
+        }
+        let ids: Vec<Option<u32>> = self
+            .slots
+            .iter_mut()
+            .zip(&rows)
+            .map(|(s, r)| r.and(s.as_mut()).and_then(|s| s.first.take()))
+            .collect();
+        if body_only {
+            self.batch.submit_body(&ids)?;
+        } else {
+            self.batch.submit(&ids)?;
+        }
+        for (s, r) in self.slots.iter_mut().zip(&rows) {
+            if let (Some(s), Some(_)) = (s.as_mut(), r) {
+                s.in_flight += 1;
+            }
+        }
+        self.in_flight.push_back(rows);
+        metrics.batch_step(streams);
+        Ok(true)
+    }
+
+    /// Whether a stream decodes under a constraint (steps then go in two submissions).
+    fn constrained(&self) -> bool {
+        self.slots.iter().flatten().any(|s| s.constraint.is_some())
+    }
+
+    /// One step while a stream is constrained: the next step's body, then every step before it
+    /// read and handed out (the constraints take their tokens and set the masks), then its head.
+    fn step_split(
+        &mut self,
+        tokenizer: &Tokenizer,
+        metrics: &Metrics,
+        control: &Control,
+    ) -> Result<(), RunError> {
+        while self.batch.pending() >= DEPTH {
+            self.take(tokenizer, metrics, control)?;
+        }
+        let body = self.submit_next(metrics, true)?;
+        while self.batch.pending() > 0 {
+            self.take(tokenizer, metrics, control)?;
+        }
+        if body {
+            self.batch.submit_head()?;
         }
         Ok(())
     }
@@ -344,9 +442,25 @@ impl Batcher {
                 continue;
             };
             s.in_flight -= 1;
-            if let Some(end) = s.push(id, tokenizer, control) {
+            let end = match s.push(id, tokenizer, control) {
+                Some(end) => Some(Ok(end)),
+                // The constraint takes the token and writes the mask for the next.
+                None => match s.commit(id, &mut self.batch, i as u32) {
+                    Ok(true) => None,
+                    Ok(false) => Some(Ok(End {
+                        reason: FinishReason::Stop,
+                        gone: false,
+                        cut_short: false,
+                    })),
+                    Err(e) => Some(Err(e)),
+                },
+            };
+            if let Some(end) = end {
                 if let Some(s) = self.slots[i].take() {
-                    s.finish(end, metrics);
+                    match end {
+                        Ok(end) => s.finish(end, metrics),
+                        Err(e) => fail(metrics, &s.tx, &e),
+                    }
                 }
                 self.batch.release(i as u32);
             }
@@ -358,12 +472,15 @@ impl Batcher {
     /// tokens handed out (see the module docs). When no stream is left, the steps still in
     /// flight are waited for.
     pub fn step(&mut self, tokenizer: &Tokenizer, metrics: &Metrics, control: &Control) {
-        let ran = self
-            .fill(metrics)
-            .and_then(|()| match self.batch.pending() {
-                0 => Ok(()),
-                _ => self.take(tokenizer, metrics, control),
-            });
+        let ran = if self.constrained() {
+            self.step_split(tokenizer, metrics, control)
+        } else {
+            self.fill(metrics)
+                .and_then(|()| match self.batch.pending() {
+                    0 => Ok(()),
+                    _ => self.take(tokenizer, metrics, control),
+                })
+        };
         if let Err(e) = ran {
             // Nothing of this batch is trusted again: every stream fails.
             return self.fail_streams(metrics, &e);
@@ -385,6 +502,10 @@ impl Batcher {
     }
 }
 
+fn constraint_error(e: String) -> RunError {
+    RunError::Sampling(format!("constrained decoding: {e}"))
+}
+
 /// How a stream ended.
 struct End {
     /// The parser's ending (EOS, stop string) or the length limit.
@@ -394,6 +515,38 @@ struct End {
 }
 
 impl Stream {
+    /// Sets the slot's token mask for the stream's next choice from its constraint (none: no
+    /// mask). False when the constraint is complete (the reply ends, as on EOS).
+    fn next_mask(&mut self, batch: &mut Batch, slot: u32) -> Result<bool, RunError> {
+        let Some((c, mask)) = self.constraint.as_mut() else {
+            return Ok(true);
+        };
+        mask.fill(0);
+        let allowed = c.allowed(mask).map_err(constraint_error)?;
+        match allowed {
+            Allowed::End => Ok(false),
+            Allowed::Any => batch.set_token_mask(slot, None).map(|()| true),
+            Allowed::Mask => {
+                if mask.iter().all(|&w| w == 0) {
+                    return Err(constraint_error(
+                        "no token can continue the output (the constraint allows none)".into(),
+                    ));
+                }
+                batch.set_token_mask(slot, Some(mask)).map(|()| true)
+            }
+        }
+    }
+
+    /// The constraint takes the stream's token `id` (not one that ended it) and sets the mask
+    /// for the next; false when the constraint is complete.
+    fn commit(&mut self, id: u32, batch: &mut Batch, slot: u32) -> Result<bool, RunError> {
+        let Some((c, _)) = self.constraint.as_mut() else {
+            return Ok(true);
+        };
+        c.commit(id).map_err(constraint_error)?;
+        self.next_mask(batch, slot)
+    }
+
     /// Takes the stream's next token; `Some` when the stream ends with it.
     fn push(&mut self, id: u32, tokenizer: &Tokenizer, control: &Control) -> Option<End> {
         if self.ttft.is_none() {

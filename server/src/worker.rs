@@ -366,7 +366,9 @@ fn serve(
                 metrics.busy.store(b.active() > 0, Ordering::SeqCst);
                 continue;
             }
-            handoff = eligible(&job);
+            // (A constrained request that speculates alone finishes alone: its constraint has
+            // taken the tokens so far.)
+            handoff = eligible(&job) && job.constraint.is_none();
         }
         let handed = run_alone(
             &mut session,

@@ -1434,6 +1434,27 @@ fn batched_clients_get_their_lone_answers() {
     );
     let logprobs_alone = s.post("/v1/chat/completions", &with_logprobs);
     assert_eq!(logprobs_alone.status, 200, "{}", logprobs_alone.text());
+    // And one with a required format (its tokens chosen under its constraint's masks).
+    let constrained = chat(
+        "Describe a book as JSON.",
+        json!({"max_tokens": 20, "mtp": false, "response_format": {"type": "json_object"},
+               "chat_template_kwargs": {"enable_thinking": false}}),
+    );
+    let constrained_alone = s.post("/v1/chat/completions", &constrained);
+    assert_eq!(
+        constrained_alone.status,
+        200,
+        "{}",
+        constrained_alone.text()
+    );
+    assert!(
+        reply_text(&constrained_alone.json())
+            .1
+            .trim_start()
+            .starts_with('{'),
+        "{}",
+        constrained_alone.text()
+    );
 
     // A long streamed greedy reply holds one slot; 13 clients arrive meanwhile (the sampled one
     // joins the batch with its own sampler; the one with logprobs cannot join and runs alone
@@ -1444,6 +1465,21 @@ fn batched_clients_get_their_lone_answers() {
     );
     let mut blocker = open_stream(s.port, "/v1/chat/completions", &long);
     read_deltas(&mut blocker, 2);
+    // The constrained request decodes in the batch beside the long reply (each of its steps a
+    // step of two streams, the body submitted before its masks are set) and gets its reply alone.
+    let two = s.metrics_value("qwgpu_batch_steps_total{streams=\"2\"}");
+    let c = s.post("/v1/chat/completions", &constrained);
+    assert_eq!(c.status, 200, "{}", c.text());
+    assert_eq!(
+        reply_text(&c.json()),
+        reply_text(&constrained_alone.json()),
+        "the constrained request in the batch"
+    );
+    let k = c.json()["usage"]["completion_tokens"].as_u64().unwrap_or(0) as f64;
+    assert!(
+        k >= 2.0 && s.metrics_value("qwgpu_batch_steps_total{streams=\"2\"}") >= two + k - 1.0,
+        "the constrained request did not decode in the batch ({k} tokens)"
+    );
     let mut bodies: Vec<(usize, Value)> = (0..11)
         .map(|k| (k % requests.len(), requests[k % requests.len()].clone()))
         .collect();

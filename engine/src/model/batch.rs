@@ -428,6 +428,11 @@ impl Batch {
         Ok(())
     }
 
+    /// Whether a step's body waits for its head ([`Batch::submit_body`]).
+    pub fn body_waiting(&self) -> bool {
+        self.body_only.is_some()
+    }
+
     /// Whether another step may be submitted: fewer than two unread, no body waiting for its head.
     fn can_submit(&self) -> Result<(), RunError> {
         if self.body_only.is_some() {
