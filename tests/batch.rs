@@ -797,3 +797,85 @@ fn constrained_streams_choose_what_they_choose_alone() {
         assert!(bt.submit_head().is_err());
     }
 }
+
+#[test]
+fn logprobs_in_a_batch_are_those_alone() {
+    // A slot with logprobs (`set_logprobs`) reads, with each step, the chosen token's logprob
+    // and its top alternatives: bit for bit what the same request reads alone, greedy and
+    // sampled, with two steps in flight.
+    use qwgpu_engine::decode::sampler::SamplingParams;
+    use qwgpu_engine::decode::{generate, Event, GenOptions};
+    let name = &format_cover()[0];
+    let r = load_reference(name);
+    let model = load(name);
+    let greedy = SamplingParams {
+        top_logprobs: 3,
+        ..Default::default()
+    };
+    let sampled = SamplingParams {
+        temperature: 0.8,
+        top_k: 20,
+        top_logprobs: 2,
+        seed: 3,
+        ..Default::default()
+    };
+    let steps = 9;
+    type Lp = (u32, u32, Vec<(u32, u32)>);
+    let key = |r: &qwgpu_engine::ops::sample::RowResult| -> Lp {
+        (
+            r.token,
+            r.logprob.to_bits(),
+            r.top.iter().map(|(i, l)| (*i, l.to_bits())).collect(),
+        )
+    };
+    let ps = prompts(&r);
+    // (sampling, logprobs) per slot.
+    let sets: [(Option<&SamplingParams>, bool); 3] =
+        [(Some(&greedy), true), (None, false), (Some(&sampled), true)];
+    let alone = |p: &[u32], sp: Option<&SamplingParams>, lp: bool| -> (Vec<u32>, Vec<Lp>) {
+        let mut s = solo(&model);
+        s.set_sampling(sp, lp).unwrap();
+        let opts = GenOptions {
+            max_tokens: steps,
+            eos: vec![],
+            ignore_eos: true,
+        };
+        let mut lps = Vec::new();
+        let out = pollster::block_on(generate(&mut s, p, &opts, &mut |e| {
+            if let Event::Token(_, Some(r)) = e {
+                lps.push(key(&r));
+            }
+            true
+        }))
+        .unwrap();
+        (out.0, lps)
+    };
+    let want: Vec<(Vec<u32>, Vec<Lp>)> = (0..3)
+        .map(|i| alone(&ps[i], sets[i].0, sets[i].1))
+        .collect();
+    assert_eq!(want[0].1.len(), steps, "{name}: logprobs alone");
+    assert_eq!(want[0].1[0].2.len(), 3, "{name}: top logprobs alone");
+    let mut bt = batch(&model, 3);
+    for (i, (sp, lp)) in sets.iter().enumerate() {
+        bt.admit(i as u32, &mut prefilled(&model, &ps[i])).unwrap();
+        bt.set_sampling(i as u32, *sp, &ps[i]).unwrap();
+        bt.set_logprobs(i as u32, *lp).unwrap();
+    }
+    let first: Vec<Option<u32>> = ps.iter().take(3).map(|p| p.last().copied()).collect();
+    bt.submit(&first).unwrap();
+    let mut got: Vec<(Vec<u32>, Vec<Lp>)> = vec![(Vec::new(), Vec::new()); 3];
+    while got[0].0.len() < steps {
+        if got[0].0.len() + bt.pending() < steps {
+            bt.submit(&[None; 3]).unwrap();
+        }
+        let ids = pollster::block_on(bt.read()).unwrap();
+        for i in 0..3 {
+            got[i].0.push(ids[i].unwrap());
+            match bt.last_logprobs(i as u32) {
+                Some(r) => got[i].1.push(key(r)),
+                None => assert!(!sets[i].1, "{name}: slot {i} read no logprobs"),
+            }
+        }
+    }
+    assert_eq!(got, want, "{name}: logprobs in a batch");
+}

@@ -1,8 +1,8 @@
-//! Batched decoding on the GPU thread (`--batch N`, 2 to 4): requests without logprobs decode
-//! together in an engine [`Batch`], one forward call per step for all of them, joining and
-//! leaving between steps, each with its own sampling settings. Each stream's tokens are those it
-//! would get alone (the batch gives a row the bits of a lone sequence, and each slot has its own
-//! sampler), so only throughput changes.
+//! Batched decoding on the GPU thread (`--batch N`, 2 to 4): requests decode together in an
+//! engine [`Batch`], one forward call per step for all of them, joining and leaving between
+//! steps, each with its own sampling settings (and logprobs, read with each step). Each stream's
+//! tokens are those it would get alone (the batch gives a row the bits of a lone sequence, and
+//! each slot has its own sampler), so only throughput changes.
 //!
 //! A request with a required format (`response_format`, required tool calls) decodes in the
 //! batch under its constraint: its slot's token mask for a step depends on its token of the step
@@ -30,6 +30,7 @@ use std::time::Instant;
 use qwgpu_engine::decode::constrain::{Allowed, TokenConstraint};
 use qwgpu_engine::decode::mtp::MtpStats;
 use qwgpu_engine::model::{Batch, RunError, Session};
+use qwgpu_engine::ops::sample::RowResult;
 use qwgpu_engine::text::stream::{FinishReason, StreamParser};
 use qwgpu_engine::text::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
@@ -37,9 +38,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::metrics::{GenerationRecord, Metrics};
 use crate::worker::{fail, panic_event, prefill_job, Control, Done, Event, Job, PromptCache};
 
-/// Whether `job` can decode in a batch: no logprobs, at least one token.
+/// Whether `job` can decode in a batch: at least one token.
 pub fn eligible(job: &Job) -> bool {
-    !job.logprobs && job.max_tokens > 0
+    job.max_tokens > 0
 }
 
 /// A request that speculated alone and stops there to continue in the batch (another request
@@ -80,6 +81,8 @@ struct Stream {
     ttft: Option<f64>,
     /// The reply's required form, and the mask it writes for the next token (vocabulary words).
     constraint: Option<(Box<dyn TokenConstraint + Send>, Vec<u32>)>,
+    /// Each token goes to the client with its logprobs.
+    logprobs: bool,
 }
 
 /// The batch and the requests in its slots.
@@ -142,7 +145,8 @@ impl Batcher {
         };
         let admitted = self.batch.admit(slot, session).and_then(|_| {
             self.batch
-                .set_sampling(slot, Some(&job.sampling), &job.prompt)
+                .set_sampling(slot, Some(&job.sampling), &job.prompt)?;
+            self.batch.set_logprobs(slot, job.logprobs)
         });
         if let Err(e) = admitted {
             self.batch.release(slot);
@@ -209,6 +213,7 @@ impl Batcher {
             ttft: None,
             tx: job.tx,
             constraint,
+            logprobs: job.logprobs,
         }
     }
 
@@ -277,7 +282,7 @@ impl Batcher {
             stream.tokens.push(id);
             let _ = stream.parser.push(tokenizer, id);
         }
-        if let Some(end) = stream.push(last, tokenizer, control) {
+        if let Some(end) = stream.push(last, None, tokenizer, control) {
             return stream.finish(end, metrics);
         }
         let admitted = prefill_job(session, &ids, points, cache, false)
@@ -442,7 +447,12 @@ impl Batcher {
                 continue;
             };
             s.in_flight -= 1;
-            let end = match s.push(id, tokenizer, control) {
+            let lp = self
+                .batch
+                .last_logprobs(i as u32)
+                .filter(|_| s.logprobs)
+                .cloned();
+            let end = match s.push(id, lp, tokenizer, control) {
                 Some(end) => Some(Ok(end)),
                 // The constraint takes the token and writes the mask for the next.
                 None => match s.commit(id, &mut self.batch, i as u32) {
@@ -547,8 +557,15 @@ impl Stream {
         self.next_mask(batch, slot)
     }
 
-    /// Takes the stream's next token; `Some` when the stream ends with it.
-    fn push(&mut self, id: u32, tokenizer: &Tokenizer, control: &Control) -> Option<End> {
+    /// Takes the stream's next token (with its logprobs where the request asked for them);
+    /// `Some` when the stream ends with it.
+    fn push(
+        &mut self,
+        id: u32,
+        logprobs: Option<RowResult>,
+        tokenizer: &Tokenizer,
+        control: &Control,
+    ) -> Option<End> {
         if self.ttft.is_none() {
             self.ttft = Some(self.t0.elapsed().as_secs_f64());
             let _ = self.tx.send(Event::PromptDone);
@@ -565,6 +582,9 @@ impl Stream {
             return end(FinishReason::Stop, false, false);
         }
         self.tokens.push(id);
+        if self.logprobs {
+            let _ = self.tx.send(Event::Token { id, logprobs });
+        }
         let d = self.parser.push(tokenizer, id);
         if !d.is_empty() {
             let _ = self.tx.send(Event::Delta(d.clone()));

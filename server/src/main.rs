@@ -131,9 +131,9 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     prompt_cache_dir: Option<PathBuf>,
     /// Decode up to N requests together (4 at most; 0 = one request at a time): one forward
-    /// call per step serves all of them, each getting the tokens it would get alone (constrained
-    /// ones under their response_format). Requests with logprobs run one at a time; a lone
-    /// request that asks for MTP still speculates.
+    /// call per step serves all of them, each getting the tokens (and logprobs) it would get
+    /// alone, constrained ones under their response_format; a lone request that asks for MTP
+    /// still speculates.
     #[arg(long, default_value_t = 0, value_name = "N")]
     batch: u32,
 }

@@ -360,7 +360,8 @@ fn serve(
             // Alone with nothing waiting, a request that asks for MTP speculates instead, until
             // another request arrives: then it moves into the batch (`Handoff`).
             let alone = deferred.is_empty() && metrics.queue_depth.load(Ordering::SeqCst) <= 0;
-            let speculate = job.mtp && session.mtp_available() && alone;
+            // (Per-token logprobs come from plain decoding: such a request joins the batch.)
+            let speculate = job.mtp && !job.logprobs && session.mtp_available() && alone;
             if eligible(&job) && !speculate {
                 join(b, &mut session, job, metrics, &mut cache);
                 metrics.busy.store(b.active() > 0, Ordering::SeqCst);
@@ -368,7 +369,7 @@ fn serve(
             }
             // (A constrained request that speculates alone finishes alone: its constraint has
             // taken the tokens so far.)
-            handoff = eligible(&job) && job.constraint.is_none();
+            handoff = eligible(&job) && job.constraint.is_none() && !job.logprobs;
         }
         let handed = run_alone(
             &mut session,

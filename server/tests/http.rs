@@ -1457,8 +1457,7 @@ fn batched_clients_get_their_lone_answers() {
     );
 
     // A long streamed greedy reply holds one slot; 13 clients arrive meanwhile (the sampled one
-    // joins the batch with its own sampler; the one with logprobs cannot join and runs alone
-    // while the batch pauses), then the stream leaves.
+    // joins the batch with its own sampler, the one with logprobs too), then the stream leaves.
     let long = chat(
         "Tell me a very long story.",
         json!({"max_tokens": 3000, "ignore_eos": true, "stream": true, "mtp": false}),
@@ -1479,6 +1478,20 @@ fn batched_clients_get_their_lone_answers() {
     assert!(
         k >= 2.0 && s.metrics_value("qwgpu_batch_steps_total{streams=\"2\"}") >= two + k - 1.0,
         "the constrained request did not decode in the batch ({k} tokens)"
+    );
+    // So does the request with logprobs (read with each step from its slot's sampler).
+    let two = s.metrics_value("qwgpu_batch_steps_total{streams=\"2\"}");
+    let l = s.post("/v1/chat/completions", &with_logprobs);
+    assert_eq!(l.status, 200, "{}", l.text());
+    assert_eq!(
+        l.json()["choices"][0]["logprobs"],
+        logprobs_alone.json()["choices"][0]["logprobs"],
+        "the request with logprobs in the batch"
+    );
+    let k = l.json()["usage"]["completion_tokens"].as_u64().unwrap_or(0) as f64;
+    assert!(
+        k >= 2.0 && s.metrics_value("qwgpu_batch_steps_total{streams=\"2\"}") >= two + k - 1.0,
+        "the request with logprobs did not decode in the batch ({k} tokens)"
     );
     let mut bodies: Vec<(usize, Value)> = (0..11)
         .map(|k| (k % requests.len(), requests[k % requests.len()].clone()))
@@ -1521,7 +1534,7 @@ fn batched_clients_get_their_lone_answers() {
             assert_eq!(
                 j["choices"][0]["logprobs"],
                 logprobs_alone.json()["choices"][0]["logprobs"],
-                "the request with logprobs ran alone between batch steps"
+                "the request with logprobs among the others"
             );
         } else {
             assert_eq!(answer(&resp.json()), expected[k], "client {k}");

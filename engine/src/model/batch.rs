@@ -27,13 +27,17 @@ use crate::gpu::{GpuBuffer, Plan, Step, StepShape, StepSlot};
 use crate::model::forward::{Builder, Workspace};
 use crate::model::session::{plain_greedy, Model, RunError, Session};
 use crate::ops::matmul::{MT_FOUR, MT_ONE, MT_SMALL, MT_THREE};
-use crate::ops::sample::{SampleIo, Sampler};
+use crate::ops::sample::{parse_results, RowResult, SampleIo, Sampler, RESULT_WORDS};
 use crate::state::{config_crc, State, StateError};
 
 /// Streams one batch decodes together at most: the largest decode matmul tile's rows (the 2-, 3-
 /// and 4-token tiles compute each row with the arithmetic of the 1-token tile, so batched rows
 /// keep a lone sequence's bits).
 pub const MAX_BATCH: u32 = MT_FOUR;
+
+/// Where a readback holds the slots' sampler results (after the step's ids), and each one's size.
+const RESULTS_AT: u64 = 4 * MAX_BATCH as u64;
+const RESULT_BYTES: u64 = RESULT_WORDS as u64 * 4;
 
 /// How a [`Batch`] is built.
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +95,10 @@ pub struct Batch {
     sampled: Vec<bool>,
     /// The slot's next choices are limited by a token mask ([`Batch::set_token_mask`]).
     masked: Vec<bool>,
+    /// The slot's choices come with their logprobs ([`Batch::set_logprobs`]).
+    logprobs: Vec<bool>,
+    /// The logprobs of each slot's choice in the step read last (slots that read them).
+    last_results: Vec<Option<RowResult>>,
     /// A step whose body was submitted and whose head waits ([`Batch::submit_body`]): its shape
     /// and the slots that held a sequence then.
     body_only: Option<(StepShape, Vec<bool>)>,
@@ -104,8 +112,8 @@ pub struct Batch {
     /// Two readbacks, so a step can be submitted while the one before it is being read.
     readback: [Readback; 2],
     /// Submitted steps not read yet, oldest first: (readback, submission, the slots
-    /// that held a sequence then).
-    pending: std::collections::VecDeque<(usize, wgpu::SubmissionIndex, Vec<bool>)>,
+    /// that held a sequence then, the slots whose logprobs it copied).
+    pending: std::collections::VecDeque<(usize, wgpu::SubmissionIndex, Vec<bool>, Vec<bool>)>,
 }
 
 impl Batch {
@@ -189,8 +197,14 @@ impl Batch {
             samplers.push(sampler);
         }
         scope.finish().await?;
-        let readback =
-            [0, 1].map(|i| Readback::new(&gpu, &format!("batch ids {i}"), 4 * MAX_BATCH as u64));
+        // The step's ids, then each slot's sampler results (its logprobs) where asked for.
+        let readback = [0, 1].map(|i| {
+            Readback::new(
+                &gpu,
+                &format!("batch ids {i}"),
+                RESULTS_AT + MAX_BATCH as u64 * RESULT_BYTES,
+            )
+        });
         Ok(Batch {
             opts: BatchOptions {
                 max_ctx,
@@ -214,6 +228,8 @@ impl Batch {
             samplers,
             sampled: vec![false; opts.slots as usize],
             masked: vec![false; opts.slots as usize],
+            logprobs: vec![false; opts.slots as usize],
+            last_results: vec![None; opts.slots as usize],
             body_only: None,
             readback,
         })
@@ -298,6 +314,7 @@ impl Batch {
         gpu.queue.submit([enc.finish()]);
         self.pos[slot as usize] = Some(pos);
         self.chained[slot as usize] = false;
+        self.logprobs[slot as usize] = false;
         self.set_sampling(slot, None, &[])
     }
 
@@ -306,7 +323,8 @@ impl Batch {
     /// its history `history` (the stream's ids so far: the prompt, for the penalties) and its
     /// draw counter reset, as [`Session::set_sampling`] and a request's start do for a lone
     /// sequence, so the stream samples the tokens it would sample alone. Logprobs are not
-    /// reported by a batch. [`Batch::admit`] sets greedy.
+    /// reported where [`Batch::set_logprobs`] asks for them. [`Batch::admit`] sets greedy,
+    /// without logprobs.
     pub fn set_sampling(
         &mut self,
         slot: u32,
@@ -327,9 +345,31 @@ impl Batch {
         sampler
             .reset_history(gpu, history)
             .map_err(|e| RunError::Sampling(e.to_string()))?;
-        self.sampled[slot as usize] = !plain_greedy(&p, false);
+        self.sampled[slot as usize] = !plain_greedy(&p, self.logprobs[slot as usize]);
         self.masked[slot as usize] = false;
         Ok(())
+    }
+
+    /// Whether slot `slot`'s choices come with their logprobs (the chosen token's and the top
+    /// `top_logprobs` of its sampling parameters), read with each step
+    /// ([`Batch::last_logprobs`]), as [`Session::set_sampling`] with `logprobs` gives them for a
+    /// lone sequence. Off for a newly admitted sequence.
+    pub fn set_logprobs(&mut self, slot: u32, on: bool) -> Result<(), RunError> {
+        let Some(sampler) = self.samplers.get(slot as usize) else {
+            return Err(RunError::Batch(format!(
+                "no slot {slot} in a batch of {}",
+                self.opts.slots
+            )));
+        };
+        self.sampled[slot as usize] = !plain_greedy(&sampler.params(), on);
+        self.logprobs[slot as usize] = on;
+        Ok(())
+    }
+
+    /// The logprobs of slot `slot`'s choice in the step read last ([`Batch::read`]), where
+    /// [`Batch::set_logprobs`] asked for them when that step was submitted.
+    pub fn last_logprobs(&self, slot: u32) -> Option<&RowResult> {
+        self.last_results.get(slot as usize)?.as_ref()
     }
 
     /// Limits slot `slot`'s choices in the heads submitted from now on to the tokens whose bit is
@@ -390,7 +430,8 @@ impl Batch {
         let slot = self.free_readback();
         let occupied: Vec<bool> = self.pos.iter().map(Option::is_some).collect();
         let (_, index) = self.record_step(ids, Some(slot))?;
-        self.pending.push_back((slot, index, occupied));
+        let lp = self.with_logprobs(&occupied);
+        self.pending.push_back((slot, index, occupied, lp));
         for (c, p) in self.chained.iter_mut().zip(&self.pos) {
             *c = p.is_some();
         }
@@ -421,7 +462,8 @@ impl Batch {
         };
         let slot = self.free_readback();
         let index = self.encode(shape, false, Some(Some(slot)), &occupied);
-        self.pending.push_back((slot, index, occupied));
+        let lp = self.with_logprobs(&occupied);
+        self.pending.push_back((slot, index, occupied, lp));
         for (c, p) in self.chained.iter_mut().zip(&self.pos) {
             *c = p.is_some();
         }
@@ -448,6 +490,15 @@ impl Batch {
         Ok(())
     }
 
+    /// The slots of a step over `occupied` whose logprobs its head copies to the readback.
+    fn with_logprobs(&self, occupied: &[bool]) -> Vec<bool> {
+        occupied
+            .iter()
+            .zip(&self.logprobs)
+            .map(|(o, l)| *o && *l)
+            .collect()
+    }
+
     /// The readback that no unread step uses.
     fn free_readback(&self) -> usize {
         if self.pending.iter().any(|p| p.0 == 0) {
@@ -460,12 +511,29 @@ impl Batch {
     /// The choices of the oldest submitted step: `Some(id)` for each slot that held a sequence
     /// when it was submitted.
     pub async fn read(&mut self) -> Result<Vec<Option<u32>>, RunError> {
-        let (slot, index, occupied) = self.pending.pop_front().ok_or(RunError::NothingPending)?;
+        let (slot, index, occupied, lp) =
+            self.pending.pop_front().ok_or(RunError::NothingPending)?;
         let n = self.opts.slots as usize;
+        // The ids, and the results of the slots up to the last that copied its logprobs.
+        let upto = lp.iter().rposition(|&l| l).map_or(0, |i| i + 1);
+        let len = if upto > 0 {
+            RESULTS_AT + upto as u64 * RESULT_BYTES
+        } else {
+            4 * n as u64
+        };
         let bytes = self.readback[slot]
-            .read(&self.model.gpu, 4 * n as u64, Some(index))
+            .read(&self.model.gpu, len, Some(index))
             .await?;
         let chosen: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes[..4 * n]);
+        for (i, r) in self.last_results.iter_mut().enumerate() {
+            *r = None;
+            if lp[i] {
+                let at = (RESULTS_AT + i as u64 * RESULT_BYTES) as usize;
+                let words: Vec<u32> =
+                    bytemuck::pod_collect_to_vec(&bytes[at..at + RESULT_BYTES as usize]);
+                *r = parse_results(&words, 1).into_iter().next();
+            }
+        }
         Ok(chosen
             .into_iter()
             .zip(occupied)
@@ -645,6 +713,18 @@ impl Batch {
             let bytes = 4 * shape.n_tokens as u64;
             enc.copy_buffer_to_buffer(&self.ws.out_ids.buf, 0, &self.ws.ids.buf, 0, bytes);
             self.readback[rb].copy_from(&mut enc, &self.ws.out_ids.buf, 0, bytes);
+            // (A slot with logprobs samples: the head ran its sampler.)
+            for (i, lp) in self.with_logprobs(occupied).into_iter().enumerate() {
+                if lp {
+                    enc.copy_buffer_to_buffer(
+                        &self.samplers[i].results.buf,
+                        0,
+                        &self.readback[rb].staging,
+                        RESULTS_AT + i as u64 * RESULT_BYTES,
+                        RESULT_BYTES,
+                    );
+                }
+            }
         }
         gpu.queue.submit([enc.finish()])
     }
