@@ -701,13 +701,15 @@ impl Batch {
                 }
                 .record(&mut pass, shape, md);
             }
-            match head {
+            let plan = match head {
                 Some(Some(_)) if self.samples(occupied) => Some(&self.head_sample),
                 Some(Some(_)) => Some(&self.head),
                 Some(None) => Some(&self.head_logits),
                 None => None,
+            };
+            if let Some(h) = plan {
+                h.record(&mut pass, shape, md);
             }
-            .map(|h| h.record(&mut pass, shape, md));
         }
         if let Some(Some(rb)) = head {
             let bytes = 4 * shape.n_tokens as u64;
