@@ -716,8 +716,8 @@ impl Batch {
             enc.copy_buffer_to_buffer(&self.ws.out_ids.buf, 0, &self.ws.ids.buf, 0, bytes);
             self.readback[rb].copy_from(&mut enc, &self.ws.out_ids.buf, 0, bytes);
             // (A slot with logprobs samples: the head ran its sampler.)
-            for (i, lp) in self.with_logprobs(occupied).into_iter().enumerate() {
-                if lp {
+            for (i, (o, lp)) in occupied.iter().zip(&self.logprobs).enumerate() {
+                if *o && *lp {
                     enc.copy_buffer_to_buffer(
                         &self.samplers[i].results.buf,
                         0,
