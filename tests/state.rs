@@ -494,6 +494,78 @@ fn prompt_cache_records_several_points_of_one_prompt() {
 }
 
 #[test]
+fn a_prompt_fed_a_slice_at_a_time_leaves_the_state_of_one_fed_whole() {
+    // `PromptFeed` (how a request's prompt joins a server's batch: a slice between two of the
+    // batch's steps): fed 7 ids per call with points on the way and another session's work on
+    // the GPU between the calls, it records the entries and leaves the state (KV rows,
+    // Gated-DeltaNet states, MTP cache) of the prompt fed whole, byte for byte, and the output
+    // of the prompt alone.
+    use qwgpu_engine::decode::cache::PromptFeed;
+    let name = "mtp-perm";
+    let r = load_reference(name);
+    let m = model(name);
+    let p = &r.prompts[3];
+    let head = p.len() - 1;
+    assert!(head > 150, "prompt 3 has {} ids", p.len());
+    let same = |what: &str, got: &SavedState, want: &SavedState| {
+        assert_eq!(
+            (got.pos, got.mtp_pos, got.mtp_synced),
+            (want.pos, want.mtp_pos, want.mtp_synced),
+            "{what}"
+        );
+        assert_eq!(got.buffers.len(), want.buffers.len(), "{what}");
+        for (g, w) in got.buffers.iter().zip(&want.buffers) {
+            assert_eq!(g.name, w.name, "{what}");
+            assert!(g.data == w.data, "{what}: {} differs", g.name);
+        }
+    };
+    for mtp in [false, true] {
+        let spec = mtp && m.has_mtp();
+        // Whole: the prompt's first n ids in one prefill (with the MTP cache paired with the id
+        // after them when speculating).
+        let mut whole = session(&m, 512, 64);
+        let mut fed_whole = |n: usize| {
+            whole.reset();
+            let ids = &p[..n];
+            if spec {
+                pollster::block_on(whole.prefill_with(ids, Some(p[n]))).unwrap();
+            } else {
+                pollster::block_on(whole.prefill(ids)).unwrap();
+            }
+            save(&mut whole)
+        };
+        let want: Vec<SavedState> = [40, 150, head].into_iter().map(&mut fed_whole).collect();
+        let mut s = session(&m, 512, 64);
+        let mut other = session(&m, 512, 64);
+        let mut feed = PromptFeed::start(&mut s, p, None, mtp, &[150, 40]).unwrap();
+        assert_eq!(feed.remaining(), head);
+        let mut calls = 1;
+        while !pollster::block_on(feed.advance(&mut s, 7)).unwrap() {
+            calls += 1;
+            // Other work on the GPU between two slices.
+            gen(&mut other, &r.prompts[1], 2);
+        }
+        assert_eq!(calls, head.div_ceil(7), "mtp {mtp}: 7 ids per call");
+        assert_eq!(feed.remaining(), 0);
+        let (reused, entries) = feed.finish();
+        assert_eq!(reused, 0);
+        assert_eq!(entries.len(), 2, "mtp {mtp}");
+        assert_eq!(entries[0].tokens[..], p[..40]);
+        assert_eq!(entries[1].tokens[..], p[..150]);
+        same(&format!("mtp {mtp}: entry at 40"), &entries[0], &want[0]);
+        same(&format!("mtp {mtp}: entry at 150"), &entries[1], &want[1]);
+        let state = save(&mut s);
+        same(&format!("mtp {mtp}: the whole prompt"), &state, &want[2]);
+        let mut fresh = session(&m, 512, 64);
+        assert_eq!(
+            greedy_from(&mut s, p, head, 16, mtp),
+            gen(&mut fresh, p, 16),
+            "mtp {mtp}: output"
+        );
+    }
+}
+
+#[test]
 fn plain_sessions_of_an_mtp_checkpoint_fold_norms_and_share_states() {
     // `SessionOptions::speculative = false` on a checkpoint with an MTP head: no MTP, the
     // RMSNorms folded into the decode matmuls (as in speculative sessions), mlx-lm's greedy

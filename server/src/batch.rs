@@ -36,7 +36,9 @@ use qwgpu_engine::text::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::{GenerationRecord, Metrics};
-use crate::worker::{fail, panic_event, prefill_job, Control, Done, Event, Job, PromptCache};
+use crate::worker::{
+    fail, panic_event, prefill_job, Control, Done, Event, Job, JobFeed, PromptCache,
+};
 
 /// Whether `job` can decode in a batch: at least one token.
 pub fn eligible(job: &Job) -> bool {
@@ -93,24 +95,58 @@ pub struct Batcher {
     /// when the step was submitted (`None`: no row of a stream).
     in_flight: std::collections::VecDeque<Vec<Option<u64>>>,
     next_serial: u64,
+    /// A request whose prompt is being prefilled a slice at a time, the streams' steps running
+    /// between the slices ([`Batcher::advance_join`]).
+    joining: Option<Joining>,
+    /// Prompt ids per slice of a joining request while other streams decode (0: the whole
+    /// prompt at once, the streams pausing).
+    slice: usize,
+}
+
+/// A request on its way into the batch: its prompt partly prefilled in the GPU thread's session.
+struct Joining {
+    job: Job,
+    feed: JobFeed,
+    queue_s: f64,
+    t0: Instant,
 }
 
 /// Steps the batch keeps in flight (the engine's limit).
 const DEPTH: usize = 2;
 
 impl Batcher {
-    pub fn new(batch: Batch) -> Self {
+    /// `slice`: prompt ids prefilled between two steps of the streams while a request joins
+    /// (0: a joining prompt is prefilled whole, the streams pausing meanwhile).
+    pub fn new(batch: Batch, slice: usize) -> Self {
         let n = batch.options().slots as usize;
         Batcher {
             batch,
             slots: (0..n).map(|_| None).collect(),
             in_flight: Default::default(),
             next_serial: 0,
+            joining: None,
+            slice,
         }
     }
 
     pub fn active(&self) -> usize {
         self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Whether a request's prompt is being prefilled between the streams' steps.
+    pub fn joining(&self) -> bool {
+        self.joining.is_some()
+    }
+
+    /// The joining request's client.
+    pub fn joining_tx(&self) -> Option<UnboundedSender<Event>> {
+        self.joining.as_ref().map(|j| j.job.tx.clone())
+    }
+
+    /// Drops the joining request (after an engine panic in its prefill; its client is told by
+    /// the caller).
+    pub fn drop_join(&mut self) {
+        self.joining = None;
     }
 
     /// A slot that holds no stream and no sequence in the engine's batch.
@@ -123,8 +159,11 @@ impl Batcher {
         self.free_slot().is_some()
     }
 
-    /// Prefills `job`'s prompt (all but its last id, through the prompt cache) in `session` and
-    /// admits it into a free slot. Failures are reported to the job's client.
+    /// Starts `job`'s way into a free slot: its prompt (all but its last id, through the prompt
+    /// cache) is prefilled in `session`, whole when no stream decodes (or slices are off), else
+    /// one slice now and one per [`Batcher::advance_join`] with a step of the streams between
+    /// (so a long prompt does not stall their replies); then the request is admitted. Failures
+    /// are reported to the job's client. One request joins at a time.
     pub fn join(
         &mut self,
         session: &mut Session,
@@ -132,16 +171,74 @@ impl Batcher {
         metrics: &Metrics,
         cache: &mut PromptCache,
     ) {
-        let Some(slot) = self.free_slot() else {
+        if self.free_slot().is_none() || self.joining.is_some() {
             return fail(metrics, &job.tx, &RunError::Batch("no free slot".into()));
-        };
+        }
         let queue_s = job.enqueued.elapsed().as_secs_f64();
         let _ = job.tx.send(Event::Started);
         let t0 = Instant::now();
         let points = (job.checkpoint, job.shared);
-        let cached_tokens = match prefill_job(session, &job.prompt, points, cache, false) {
-            Ok(n) => n,
+        let feed = match JobFeed::start(session, &job.prompt, points, cache, false) {
+            Ok(f) => f,
             Err(e) => return fail(metrics, &job.tx, &e),
+        };
+        self.joining = Some(Joining {
+            job,
+            feed,
+            queue_s,
+            t0,
+        });
+        self.advance_join(session, metrics, cache);
+    }
+
+    /// The joining request's next slice of prompt (all of it when no stream decodes, or slices
+    /// are off); once the prompt is in, the request is admitted into its slot. A client that
+    /// left meanwhile ends its join.
+    pub fn advance_join(
+        &mut self,
+        session: &mut Session,
+        metrics: &Metrics,
+        cache: &mut PromptCache,
+    ) {
+        let Some(mut j) = self.joining.take() else {
+            return;
+        };
+        if j.job.tx.is_closed() {
+            metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let slice = match self.slice {
+            0 => usize::MAX,
+            _ if self.active() == 0 => usize::MAX,
+            n => n,
+        };
+        if slice != usize::MAX {
+            metrics.batch_join_slices.fetch_add(1, Ordering::Relaxed);
+        }
+        match j.feed.advance(session, slice, cache) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.joining = Some(j);
+                return;
+            }
+            Err(e) => return fail(metrics, &j.job.tx, &e),
+        }
+        let cached_tokens = j.feed.finish(cache);
+        self.admit_joined(session, j.job, j.queue_s, j.t0, cached_tokens, metrics);
+    }
+
+    /// Admits a request whose prompt `session` holds (all but its last id) into a free slot.
+    fn admit_joined(
+        &mut self,
+        session: &mut Session,
+        job: Job,
+        queue_s: f64,
+        t0: Instant,
+        cached_tokens: usize,
+        metrics: &Metrics,
+    ) {
+        let Some(slot) = self.free_slot() else {
+            return fail(metrics, &job.tx, &RunError::Batch("no free slot".into()));
         };
         let admitted = self.batch.admit(slot, session).and_then(|_| {
             self.batch
@@ -313,6 +410,10 @@ impl Batcher {
                 let _ = s.tx.send(panic_event());
                 self.batch.release(i as u32);
             }
+        }
+        if let Some(j) = self.joining.take() {
+            metrics.failed.fetch_add(1, Ordering::Relaxed);
+            let _ = j.job.tx.send(panic_event());
         }
         self.forget_in_flight();
     }

@@ -136,6 +136,11 @@ struct Args {
     /// still speculates.
     #[arg(long, default_value_t = 0, value_name = "N")]
     batch: u32,
+    /// With --batch: a request that arrives while others decode has its prompt prefilled N ids
+    /// at a time, with a step of theirs between two slices, so a long prompt does not stall
+    /// their replies (default: --prefill-chunk; 0 = the whole prompt first, the others pausing).
+    #[arg(long, value_name = "N")]
+    join_slice: Option<usize>,
 }
 
 /// Everything the handlers share.
@@ -220,6 +225,7 @@ fn run(args: Args) -> Result<(), String> {
             prompt_cache: args.prompt_cache_entries,
             prompt_cache_dir: args.prompt_cache_dir.clone(),
             batch: args.batch,
+            join_slice: args.join_slice,
         },
         args.queue,
         tokenizer.clone(),

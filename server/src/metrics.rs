@@ -50,6 +50,9 @@ pub struct Metrics {
     pub batch_steps: [AtomicU64; 4],
     /// Speculating requests that moved into the batch when another request arrived.
     pub batch_handoffs: AtomicU64,
+    /// Slices of prompt prefilled for requests joining the batch while other streams decoded
+    /// (a step of theirs between two slices).
+    pub batch_join_slices: AtomicU64,
 }
 
 /// What one finished generation adds.
@@ -311,6 +314,12 @@ impl Metrics {
             "counter",
             "Requests that speculated alone and moved into the batch (--batch) when another request arrived.",
             vec![(String::new(), load(&self.batch_handoffs).to_string())],
+        );
+        metric(
+            "qwgpu_batch_join_slices_total",
+            "counter",
+            "Prompt slices of requests joining the batch (--batch) prefilled while other requests decoded, a step of theirs between two slices.",
+            vec![(String::new(), load(&self.batch_join_slices).to_string())],
         );
         metric(
             "qwgpu_queue_depth",

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use qwgpu_engine::decode::cache::{prefill_prompt_at, reusable};
+use qwgpu_engine::decode::cache::{reusable, PromptFeed};
 use qwgpu_engine::decode::constrain::TokenConstraint;
 use qwgpu_engine::decode::mtp::MtpStats;
 use qwgpu_engine::decode::sampler::SamplingParams;
@@ -106,6 +106,9 @@ pub struct WorkerOptions {
     pub prompt_cache_dir: Option<PathBuf>,
     /// Streams decoded together (0 = no batching; see [`crate::batch`]).
     pub batch: u32,
+    /// Prompt ids prefilled between two batch steps for a request joining while others decode
+    /// (`None`: the session's prefill chunk; 0: the whole prompt first, the others pausing).
+    pub join_slice: Option<usize>,
 }
 
 /// Shared between the GPU thread and the HTTP side.
@@ -242,7 +245,8 @@ fn load(o: &WorkerOptions) -> Result<(Session, Option<Batcher>, ModelInfo), Stri
             },
         ))
         .map_err(|e| format!("--batch {}: {e}", o.batch))?;
-        Some(Batcher::new(b))
+        let slice = o.join_slice.unwrap_or(session.opts.prefill_chunk as usize);
+        Some(Batcher::new(b, slice))
     } else {
         None
     };
@@ -281,15 +285,22 @@ fn serve(
     // Jobs taken from the queue while a batch ran, to run when it allows (arrival order).
     let mut deferred: std::collections::VecDeque<Job> = Default::default();
     loop {
-        if let Some(b) = batcher.as_mut().filter(|b| b.active() > 0) {
+        if let Some(b) = batcher.as_mut().filter(|b| b.active() > 0 || b.joining()) {
             // Between steps, in arrival order: a waiting greedy request joins when a slot is
-            // free; one that cannot join runs alone, the batch's streams pausing meanwhile
-            // (their state stays in the batch).
+            // free (its prompt prefilled a slice between two steps, one request at a time); one
+            // that cannot join runs alone, the batch's streams pausing meanwhile (their state
+            // stays in the batch).
             while let Ok(j) = rx.try_recv() {
                 metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
                 deferred.push_back(j);
             }
+            if b.joining() {
+                advance_join(b, &mut session, metrics, &mut cache);
+            }
             while let Some(front) = deferred.front() {
+                if b.joining() {
+                    break;
+                }
                 if eligible(front) && !b.has_room() {
                     break;
                 }
@@ -332,7 +343,9 @@ fn serve(
                 cache.entries.clear();
                 b.fail_all(metrics);
             }
-            metrics.busy.store(b.active() > 0, Ordering::SeqCst);
+            metrics
+                .busy
+                .store(b.active() > 0 || b.joining(), Ordering::SeqCst);
             continue;
         }
         let job = match deferred.pop_front() {
@@ -517,6 +530,22 @@ fn join(
     });
 }
 
+/// The joining request's next prompt slice (see [`Batcher::advance_join`]). An engine panic
+/// fails this request, not the server.
+fn advance_join(
+    b: &mut Batcher,
+    session: &mut Session,
+    metrics: &Metrics,
+    cache: &mut PromptCache,
+) {
+    let Some(tx) = b.joining_tx() else {
+        return;
+    };
+    guarded(b, &tx, metrics, cache, |b, cache| {
+        b.advance_join(session, metrics, cache)
+    });
+}
+
 /// Continues a request that ran alone in the batch (see [`Batcher::adopt`]). An engine panic
 /// fails this request, not the server.
 fn adopt(
@@ -546,6 +575,7 @@ fn guarded(
 ) {
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *b, &mut *cache)));
     if ran.is_err() {
+        b.drop_join();
         b.release_stray();
         panicked(metrics, tx, cache);
     }
@@ -624,31 +654,82 @@ fn admissible(job: Job, metrics: &Metrics, control: &Control) -> Option<Job> {
 pub(crate) fn prefill_job(
     session: &mut Session,
     prompt: &[u32],
-    (checkpoint, shared): (Option<usize>, Option<usize>),
+    points: (Option<usize>, Option<usize>),
     cache: &mut PromptCache,
     mtp: bool,
 ) -> Result<usize, RunError> {
-    if cache.capacity == 0 {
-        session.reset();
-        if prompt.is_empty() {
-            return Err(RunError::Empty);
+    let mut feed = JobFeed::start(session, prompt, points, cache, mtp)?;
+    while !feed.advance(session, usize::MAX, cache)? {}
+    Ok(feed.finish(cache))
+}
+
+/// [`prefill_job`] in pieces (a prompt joining the batch between its steps): the prompt cache's
+/// best entry restored at the start, at most a given number of ids fed per
+/// [`JobFeed::advance`], the new entries kept at the end ([`JobFeed::finish`]). Nothing else may
+/// use the session or the prompt cache meanwhile.
+pub(crate) struct JobFeed {
+    feed: PromptFeed,
+    /// The cache entry restored (its index when the feed started).
+    best: Option<usize>,
+    /// The cache's length then (an entry index is only trusted while it stands).
+    cache_len: usize,
+}
+
+impl JobFeed {
+    pub(crate) fn start(
+        session: &mut Session,
+        prompt: &[u32],
+        (checkpoint, shared): (Option<usize>, Option<usize>),
+        cache: &mut PromptCache,
+        mtp: bool,
+    ) -> Result<JobFeed, RunError> {
+        if cache.capacity == 0 {
+            return Ok(JobFeed {
+                feed: PromptFeed::start(session, prompt, None, false, &[])?,
+                best: None,
+                cache_len: 0,
+            });
         }
-        pollster::block_on(session.prefill(&prompt[..prompt.len() - 1]))?;
-        return Ok(0);
+        let at = checkpoint.unwrap_or(prompt.len().saturating_sub(1));
+        let points: Vec<usize> = shared.into_iter().chain([at]).collect();
+        let best = cache.best(prompt, mtp);
+        let from = best.map(|i| &cache.entries[i]);
+        match PromptFeed::start(session, prompt, from, mtp, &points) {
+            Ok(feed) => Ok(JobFeed {
+                feed,
+                best,
+                cache_len: cache.entries.len(),
+            }),
+            Err(e) => {
+                cache.entries.clear();
+                Err(e)
+            }
+        }
     }
-    let at = checkpoint.unwrap_or(prompt.len().saturating_sub(1));
-    let points: Vec<usize> = shared.into_iter().chain([at]).collect();
-    let best = cache.best(prompt, mtp);
-    let from = best.map(|i| &cache.entries[i]);
-    match pollster::block_on(prefill_prompt_at(session, prompt, from, mtp, &points)) {
-        Ok((reused, entries)) => {
-            cache.keep(best, entries);
-            Ok(reused)
-        }
-        Err(e) => {
+
+    /// Feeds at most `max_ids` more ids; true once the prompt (but its last id) is in.
+    pub(crate) fn advance(
+        &mut self,
+        session: &mut Session,
+        max_ids: usize,
+        cache: &mut PromptCache,
+    ) -> Result<bool, RunError> {
+        let r = pollster::block_on(self.feed.advance(session, max_ids));
+        if r.is_err() && cache.capacity > 0 {
             cache.entries.clear();
-            Err(e)
         }
+        r
+    }
+
+    /// Keeps the entries recorded; returns the ids restored from the cache.
+    pub(crate) fn finish(self, cache: &mut PromptCache) -> usize {
+        let (reused, entries) = self.feed.finish();
+        if cache.capacity > 0 {
+            // (The cache changed meanwhile only if an engine failure emptied it.)
+            let best = self.best.filter(|_| cache.entries.len() == self.cache_len);
+            cache.keep(best, entries);
+        }
+        reused
     }
 }
 

@@ -1308,6 +1308,69 @@ fn a_conversation_reuses_the_state_of_its_last_request() {
 }
 
 #[test]
+fn a_long_prompt_joins_the_batch_between_the_steps_of_a_running_reply() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    // A streamed reply decodes in the batch when a request with a prompt of many slices
+    // arrives (`--join-slice 24`): its prompt is prefilled a slice at a time with a step of the
+    // stream between two slices (counted in /metrics), and both replies are their lone
+    // answers, so the running reply neither stalls for the whole prompt nor changes.
+    let long = json!({"model": "qwgpu-default", "prompt": "The Rust programming language",
+                      "max_tokens": 100, "ignore_eos": true, "stream": true, "mtp": false});
+    let text: String = (0..12)
+        .map(|i| format!("Line {i}: the quick brown fox jumps over the lazy dog. "))
+        .collect();
+    let newcomer = json!({"model": "qwgpu-default", "prompt": text, "max_tokens": 8, "mtp": false});
+    let max_ctx = 2048;
+    let refs = engine_references(&[long.clone(), newcomer.clone()], max_ctx);
+    let slice = 24;
+    let s = Server::start(&[
+        "--max-context",
+        &max_ctx.to_string(),
+        "--batch",
+        "2",
+        "--prefill-chunk",
+        "16",
+        "--join-slice",
+        &slice.to_string(),
+    ]);
+    let mut stream = open_stream(s.port, "/v1/completions", &long);
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while raw.windows(7).filter(|w| w == b"\"text\":").count() < 3 {
+        let k = stream.read(&mut buf).unwrap();
+        assert!(
+            k > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&buf[..k]);
+    }
+    let r = s.post("/v1/completions", &newcomer);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = answer(&r.json());
+    assert_eq!(got, refs[1], "the newcomer's reply");
+    assert!(
+        got.prompt_tokens > 6 * slice,
+        "{} prompt tokens",
+        got.prompt_tokens
+    );
+    stream.read_to_end(&mut raw).unwrap();
+    let events = parse(&raw).events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let streamed: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(streamed, refs[0].content, "the running reply");
+    // Every slice of the newcomer's prompt (all of it but its last id) ran beside the stream.
+    assert_eq!(
+        s.metrics_value("qwgpu_batch_join_slices_total"),
+        (got.prompt_tokens - 1).div_ceil(slice) as f64
+    );
+}
+
+#[test]
 fn batched_clients_get_their_lone_answers() {
     let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
     // Greedy requests (chat with thinking, one asking for MTP, raw completions) that decode

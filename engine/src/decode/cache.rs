@@ -70,41 +70,133 @@ pub async fn prefill_prompt_at(
     mtp: bool,
     save_at: &[usize],
 ) -> Result<(usize, Vec<SavedState>), RunError> {
-    let Some((&last, head)) = prompt.split_last() else {
-        return Err(RunError::Empty);
-    };
-    session.reset();
-    let mtp = mtp && session.mtp_available();
-    let reused = cached.map_or(0, |c| reusable(c, prompt, mtp));
-    if let Some(c) = cached.filter(|_| reused > 0) {
-        session.restore(c)?;
-    } else if let Some(c) = cached {
-        // Not usable for this prompt, but it must still be this model's: a cache file that
-        // belongs elsewhere is reported, not silently overwritten.
-        if c.config_crc != crate::state::config_crc(&session.model.config) {
-            return Err(crate::state::StateError::Mismatch(format!(
-                "saved from another model ({})",
-                c.model_type
-            ))
-            .into());
+    let mut feed = PromptFeed::start(session, prompt, cached, mtp, save_at)?;
+    while !feed.advance(session, usize::MAX).await? {}
+    Ok(feed.finish())
+}
+
+/// [`prefill_prompt_at`] in pieces: [`PromptFeed::start`] resets the session (restoring the
+/// cached state where it serves), each [`PromptFeed::advance`] feeds at most a given number of
+/// ids (recording the entries at the points it passes), so other GPU work (a batch's decode
+/// steps) can run between the pieces. Run to its end it leaves the state and entries of
+/// [`prefill_prompt_at`], bit for bit (a prompt fed in pieces of any size gives the state of one
+/// fed whole). The session must not be used for anything else until it ends.
+pub struct PromptFeed {
+    prompt: Vec<u32>,
+    mtp: bool,
+    /// Points still to record, ascending, each past `fed` and at most the prompt's last index.
+    points: std::collections::VecDeque<usize>,
+    /// Ids of the prompt the session holds.
+    fed: usize,
+    reused: usize,
+    entries: Vec<SavedState>,
+}
+
+impl PromptFeed {
+    /// Resets `session` and restores `cached` where [`reusable`] for `prompt` (a `cached` state
+    /// of another model is an error, the session then left reset); nothing is fed yet.
+    pub fn start(
+        session: &mut Session,
+        prompt: &[u32],
+        cached: Option<&SavedState>,
+        mtp: bool,
+        save_at: &[usize],
+    ) -> Result<PromptFeed, RunError> {
+        let Some(last) = prompt.len().checked_sub(1) else {
+            return Err(RunError::Empty);
+        };
+        session.reset();
+        let max = session.state.max_ctx;
+        if last > max as usize {
+            // (Checked before anything is fed, as a whole prefill does.)
+            return Err(RunError::ContextFull {
+                needed: last.try_into().unwrap_or(u32::MAX),
+                max,
+            });
+        }
+        let mtp = mtp && session.mtp_available();
+        let reused = cached.map_or(0, |c| reusable(c, prompt, mtp));
+        if let Some(c) = cached.filter(|_| reused > 0) {
+            session.restore(c)?;
+        } else if let Some(c) = cached {
+            // Not usable for this prompt, but it must still be this model's: a cache file that
+            // belongs elsewhere is reported, not silently overwritten.
+            if c.config_crc != crate::state::config_crc(&session.model.config) {
+                return Err(crate::state::StateError::Mismatch(format!(
+                    "saved from another model ({})",
+                    c.model_type
+                ))
+                .into());
+            }
+        }
+        let mut points: Vec<usize> = save_at
+            .iter()
+            .map(|&p| p.min(last))
+            .filter(|&p| p > reused)
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        Ok(PromptFeed {
+            prompt: prompt.to_vec(),
+            mtp,
+            points: points.into(),
+            fed: reused,
+            reused,
+            entries: Vec::new(),
+        })
+    }
+
+    /// Ids still to feed (all of the prompt but its last id, less those the session holds).
+    pub fn remaining(&self) -> usize {
+        self.prompt.len() - 1 - self.fed
+    }
+
+    /// Leading ids of the prompt restored from the cached state.
+    pub fn reused(&self) -> usize {
+        self.reused
+    }
+
+    /// Feeds the next ids of the prompt, at most `max_ids` (at least one while any remain), and
+    /// records an entry at each point reached. True once the whole prompt but its last id is in
+    /// the state (its entries recorded).
+    pub async fn advance(
+        &mut self,
+        session: &mut Session,
+        max_ids: usize,
+    ) -> Result<bool, RunError> {
+        let end = self.prompt.len() - 1;
+        let mut budget = max_ids.max(1);
+        loop {
+            let target = self.points.front().copied().unwrap_or(end);
+            if self.fed == target {
+                let Some(at) = self.points.pop_front() else {
+                    return Ok(true);
+                };
+                self.entries
+                    .push(save_prompt(session, &self.prompt[..=at]).await?);
+                continue;
+            }
+            if budget == 0 {
+                return Ok(false);
+            }
+            let to = target.min(self.fed.saturating_add(budget));
+            feed(
+                session,
+                &self.prompt[self.fed..to],
+                self.prompt[to],
+                self.mtp,
+            )
+            .await?;
+            budget -= to - self.fed;
+            self.fed = to;
         }
     }
-    let mut points: Vec<usize> = save_at
-        .iter()
-        .map(|&p| p.min(head.len()))
-        .filter(|&p| p > reused)
-        .collect();
-    points.sort_unstable();
-    points.dedup();
-    let mut entries = Vec::with_capacity(points.len());
-    let mut fed = reused;
-    for at in points {
-        feed(session, &prompt[fed..at], prompt[at], mtp).await?;
-        entries.push(save_prompt(session, &prompt[..=at]).await?);
-        fed = at;
+
+    /// The ids taken from the cached state and the entries recorded (in the order of their
+    /// points, shortest first).
+    pub fn finish(self) -> (usize, Vec<SavedState>) {
+        (self.reused, self.entries)
     }
-    feed(session, &head[fed..], last, mtp).await?;
-    Ok((reused, entries))
 }
 
 /// Prefills `ids`; with `mtp` the MTP cache too, its last entry paired with `next`.
