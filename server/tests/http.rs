@@ -1310,18 +1310,27 @@ fn a_conversation_reuses_the_state_of_its_last_request() {
 #[test]
 fn a_long_prompt_joins_the_batch_between_the_steps_of_a_running_reply() {
     let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
-    // A streamed reply decodes in the batch when a request with a prompt of many slices
+    // A streamed reply decodes in the batch when a chat request with a long system prompt
     // arrives (`--join-slice 24`): its prompt is prefilled a slice at a time with a step of the
-    // stream between two slices (counted in /metrics), and both replies are their lone
-    // answers, so the running reply neither stalls for the whole prompt nor changes.
+    // stream between two slices (counted in /metrics), recording the prompt cache's entries
+    // (the shared system prompt, the conversation) on the way, and both replies are their lone
+    // answers, so the running reply neither stalls for the whole prompt nor changes. A second
+    // conversation with the same system prompt then reuses its entry.
     let long = json!({"model": "qwgpu-default", "prompt": "The Rust programming language",
                       "max_tokens": 100, "ignore_eos": true, "stream": true, "mtp": false});
-    let text: String = (0..12)
-        .map(|i| format!("Line {i}: the quick brown fox jumps over the lazy dog. "))
+    let system: String = (0..12)
+        .map(|i| format!("Rule {i}: the quick brown fox jumps over the lazy dog. "))
         .collect();
-    let newcomer = json!({"model": "qwgpu-default", "prompt": text, "max_tokens": 8, "mtp": false});
+    let ask = |q: &str| {
+        json!({"model": "qwgpu-default", "max_tokens": 8, "mtp": false,
+               "messages": [{"role": "system", "content": system}, {"role": "user", "content": q}]})
+    };
+    let (first, second) = (
+        ask("Which rule comes first?"),
+        ask("How many rules are there?"),
+    );
     let max_ctx = 2048;
-    let refs = engine_references(&[long.clone(), newcomer.clone()], max_ctx);
+    let refs = engine_references(&[long.clone(), first.clone(), second.clone()], max_ctx);
     let slice = 24;
     let s = Server::start(&[
         "--max-context",
@@ -1345,7 +1354,7 @@ fn a_long_prompt_joins_the_batch_between_the_steps_of_a_running_reply() {
         );
         raw.extend_from_slice(&buf[..k]);
     }
-    let r = s.post("/v1/completions", &newcomer);
+    let r = s.post("/v1/chat/completions", &first);
     assert_eq!(r.status, 200, "{}", r.text());
     let got = answer(&r.json());
     assert_eq!(got, refs[1], "the newcomer's reply");
@@ -1354,6 +1363,26 @@ fn a_long_prompt_joins_the_batch_between_the_steps_of_a_running_reply() {
         "{} prompt tokens",
         got.prompt_tokens
     );
+    // Every slice of the newcomer's prompt (all of it but its last id) ran beside the stream.
+    let slices = (got.prompt_tokens - 1).div_ceil(slice) as f64;
+    assert_eq!(s.metrics_value("qwgpu_batch_join_slices_total"), slices);
+    // A joining client that leaves after its first slice: the join ends there, the stream goes
+    // on unchanged.
+    let gone_prompt: String = (0..24)
+        .map(|i| format!("Entry {i} of a long list. "))
+        .collect();
+    let gone =
+        json!({"model": "qwgpu-default", "prompt": gone_prompt, "max_tokens": 4, "mtp": false});
+    let conn = open_stream(s.port, "/v1/completions", &gone);
+    let t = Instant::now();
+    while s.metrics_value("qwgpu_batch_join_slices_total") == slices {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the join did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(conn);
     stream.read_to_end(&mut raw).unwrap();
     let events = parse(&raw).events();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
@@ -1363,10 +1392,24 @@ fn a_long_prompt_joins_the_batch_between_the_steps_of_a_running_reply() {
         .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
         .collect();
     assert_eq!(streamed, refs[0].content, "the running reply");
-    // Every slice of the newcomer's prompt (all of it but its last id) ran beside the stream.
-    assert_eq!(
-        s.metrics_value("qwgpu_batch_join_slices_total"),
-        (got.prompt_tokens - 1).div_ceil(slice) as f64
+    assert_eq!(s.metrics_value("qwgpu_generations_cancelled_total"), 1.0);
+    let gone_slices = s.metrics_value("qwgpu_batch_join_slices_total") - slices;
+    assert!(
+        (1.0..6.0).contains(&gone_slices),
+        "{gone_slices} slices of the departed client's prompt ran"
+    );
+    // The system prompt's entry, recorded on the way, serves another conversation.
+    let r = s.post("/v1/chat/completions", &second);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(answer(&j), refs[2], "the second conversation");
+    let cached = j["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap_or(0) as usize;
+    assert!(
+        cached > 4 * slice && cached < got.prompt_tokens,
+        "{cached} cached tokens of {}",
+        got.prompt_tokens
     );
 }
 
