@@ -879,3 +879,105 @@ fn logprobs_in_a_batch_are_those_alone() {
     }
     assert_eq!(got, want, "{name}: logprobs in a batch");
 }
+
+#[test]
+fn a_relocated_stream_goes_on_as_in_its_old_slot() {
+    // `Batch::relocate`: four streams (two sampled with penalties, bias and top-k/top-p, two
+    // greedy); after some steps the first two leave and the last two move into slots 0 and 1
+    // (state, position, sampler with its history and draws), so steps run two rows instead of
+    // four; every stream's tokens are those of its sequence alone.
+    use qwgpu_engine::decode::sampler::SamplingParams;
+    use qwgpu_engine::decode::{generate, GenOptions};
+    let name = &format_cover()[0];
+    let r = load_reference(name);
+    let model = load(name);
+    let a = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.9,
+        repetition_penalty: 1.2,
+        presence_penalty: 0.4,
+        seed: 5,
+        ..Default::default()
+    };
+    let b = SamplingParams {
+        temperature: 1.3,
+        top_k: 12,
+        frequency_penalty: 0.3,
+        logit_bias: vec![(3, 2.0)],
+        seed: 9,
+        ..Default::default()
+    };
+    let (before, steps) = (6, 16);
+    let alone = |p: &[u32], params: Option<&SamplingParams>, n: usize| -> Vec<u32> {
+        let mut s = solo(&model);
+        s.set_sampling(params, false).unwrap();
+        let opts = GenOptions {
+            max_tokens: n,
+            eos: vec![],
+            ignore_eos: true,
+        };
+        pollster::block_on(generate(&mut s, p, &opts, &mut |_| true))
+            .unwrap()
+            .0
+    };
+    let ps = four_prompts(&r);
+    let sets = [None, Some(&a), Some(&b), None];
+    let want: Vec<Vec<u32>> = (0..4)
+        .map(|i| alone(&ps[i], sets[i], if i < 2 { before } else { steps }))
+        .collect();
+    let mut bt = batch(&model, 4);
+    for (i, sp) in sets.iter().enumerate() {
+        bt.admit(i as u32, &mut prefilled(&model, &ps[i])).unwrap();
+        bt.set_sampling(i as u32, *sp, &ps[i]).unwrap();
+    }
+    let first: Vec<Option<u32>> = ps.iter().map(|p| p.last().copied()).collect();
+    bt.submit(&first).unwrap();
+    let mut got = vec![Vec::new(); 4];
+    while got[0].len() < before {
+        if got[0].len() + bt.pending() < before {
+            bt.submit(&[None; 4]).unwrap();
+        } else {
+            // A move with a step in flight is refused and changes nothing.
+            bt.release(0);
+            assert!(matches!(bt.relocate(2, 0), Err(RunError::Busy(_))));
+        }
+        let ids = pollster::block_on(bt.read()).unwrap();
+        for (g, id) in got.iter_mut().zip(ids) {
+            if let Some(id) = id {
+                g.push(id);
+            }
+        }
+    }
+    assert_eq!(bt.pending(), 0);
+    bt.release(0);
+    bt.release(1);
+    // Into a taken slot: refused.
+    assert!(matches!(bt.relocate(2, 3), Err(RunError::Busy(_))));
+    bt.relocate(2, 0).unwrap();
+    bt.relocate(3, 1).unwrap();
+    assert_eq!(
+        (bt.pos(0), bt.pos(1), bt.pos(2), bt.pos(3)),
+        (
+            Some((ps[2].len() - 1 + before) as u32),
+            Some((ps[3].len() - 1 + before) as u32),
+            None,
+            None
+        )
+    );
+    // The moved streams' next ids come from the host: their last choices.
+    let next = [got[2].last().copied(), got[3].last().copied(), None, None];
+    bt.submit(&next).unwrap();
+    while got[2].len() < steps {
+        if got[2].len() + bt.pending() < steps {
+            bt.submit(&[None; 4]).unwrap();
+        }
+        let ids = pollster::block_on(bt.read()).unwrap();
+        assert_eq!((ids[2], ids[3]), (None, None));
+        got[2].push(ids[0].unwrap());
+        got[3].push(ids[1].unwrap());
+    }
+    assert_eq!(
+        got, want,
+        "{name}: streams moved from slots 2 and 3 into 0 and 1"
+    );
+}

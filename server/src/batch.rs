@@ -583,6 +583,9 @@ impl Batcher {
     /// tokens handed out (see the module docs). When no stream is left, the steps still in
     /// flight are waited for.
     pub fn step(&mut self, tokenizer: &Tokenizer, metrics: &Metrics, control: &Control) {
+        if let Err(e) = self.compact(tokenizer, metrics, control) {
+            return self.fail_streams(metrics, &e);
+        }
         let ran = if self.constrained() {
             self.step_split(tokenizer, metrics, control)
         } else {
@@ -599,6 +602,52 @@ impl Batcher {
         if self.active() == 0 {
             self.forget_in_flight();
         }
+    }
+
+    /// Keeps the streams in the first slots: a step runs the rows up to the last occupied slot,
+    /// so when a stream below others has left (one stream left in slot 2 would run three rows),
+    /// the steps in flight are read and the last streams move into the free slots below them
+    /// ([`Batch::relocate`]: state, sampler and position; each goes on with the tokens it would
+    /// have had). Their next ids then come from the host: their last tokens.
+    fn compact(
+        &mut self,
+        tokenizer: &Tokenizer,
+        metrics: &Metrics,
+        control: &Control,
+    ) -> Result<(), RunError> {
+        let gap = |b: &Batcher| {
+            let n = b.slots.len() as u32;
+            let last = (0..n).rev().find(|&i| b.batch.pos(i).is_some())?;
+            let free =
+                (0..last).find(|&i| b.batch.pos(i).is_none() && b.slots[i as usize].is_none())?;
+            Some((last, free))
+        };
+        if gap(self).is_none() {
+            return Ok(());
+        }
+        while self.batch.pending() > 0 {
+            self.take(tokenizer, metrics, control)?;
+        }
+        self.in_flight.clear();
+        while let Some((from, to)) = gap(self) {
+            let (f, t) = (from as usize, to as usize);
+            if self.slots[f].is_none() {
+                // A sequence without a stream (cannot happen between steps): freed.
+                self.batch.release(from);
+                continue;
+            }
+            self.batch.relocate(from, to)?;
+            let mut s = self.slots[f].take();
+            if let Some(s) = s.as_mut() {
+                s.in_flight = 0;
+                if s.first.is_none() {
+                    s.first = s.tokens.last().copied();
+                }
+            }
+            self.slots[t] = s;
+            metrics.batch_moves.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Reads every step in flight, handing out their tokens, and submits none (before the GPU

@@ -53,6 +53,8 @@ pub struct Metrics {
     /// Slices of prompt prefilled for requests joining the batch while other streams decoded
     /// (a step of theirs between two slices).
     pub batch_join_slices: AtomicU64,
+    /// Streams moved into a lower free slot of the batch (so steps run fewer rows).
+    pub batch_moves: AtomicU64,
 }
 
 /// What one finished generation adds.
@@ -320,6 +322,12 @@ impl Metrics {
             "counter",
             "Prompt slices of requests joining the batch (--batch) prefilled while other requests decoded, a step of theirs between two slices.",
             vec![(String::new(), load(&self.batch_join_slices).to_string())],
+        );
+        metric(
+            "qwgpu_batch_moves_total",
+            "counter",
+            "Streams moved into a lower free slot of the batch (--batch) when a stream below them ended, so steps run no rows for free slots.",
+            vec![(String::new(), load(&self.batch_moves).to_string())],
         );
         metric(
             "qwgpu_queue_depth",

@@ -1414,6 +1414,59 @@ fn a_long_prompt_joins_the_batch_between_the_steps_of_a_running_reply() {
 }
 
 #[test]
+fn a_stream_above_a_free_slot_moves_down() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    // Two streamed replies decode in slots 0 and 1 (`--batch 4`); the first ends, and the one
+    // left in slot 1 moves into slot 0 (counted in /metrics), so its steps run one row; a
+    // sampled reply moved that way keeps its draws. Each reply is its lone answer.
+    let first = json!({"model": "qwgpu-default", "prompt": "One two three", "max_tokens": 30,
+                       "ignore_eos": true, "stream": true, "mtp": false});
+    let second = json!({"model": "qwgpu-default", "prompt": "The Rust programming language",
+                        "max_tokens": 90, "ignore_eos": true, "stream": true, "mtp": false,
+                        "temperature": 0.8, "seed": 3});
+    let s = Server::start(&["--max-context", "1024", "--batch", "4"]);
+    // The lone answers (one request at a time).
+    let lone: Vec<String> = [&first, &second]
+        .iter()
+        .map(|r| {
+            let mut raw = Vec::new();
+            open_stream(s.port, "/v1/completions", r)
+                .read_to_end(&mut raw)
+                .unwrap();
+            streamed_text(&raw)
+        })
+        .collect();
+    assert_eq!(s.metrics_value("qwgpu_batch_moves_total"), 0.0);
+    let mut a = open_stream(s.port, "/v1/completions", &first);
+    let mut raw_a = Vec::new();
+    let mut buf = [0u8; 4096];
+    while raw_a.windows(7).filter(|w| w == b"\"text\":").count() < 2 {
+        let k = a.read(&mut buf).unwrap();
+        assert!(k > 0, "the stream ended early");
+        raw_a.extend_from_slice(&buf[..k]);
+    }
+    let mut raw_b = Vec::new();
+    open_stream(s.port, "/v1/completions", &second)
+        .read_to_end(&mut raw_b)
+        .unwrap();
+    a.read_to_end(&mut raw_a).unwrap();
+    assert_eq!(streamed_text(&raw_a), lone[0], "the first reply");
+    assert_eq!(streamed_text(&raw_b), lone[1], "the reply that moved");
+    assert_eq!(s.metrics_value("qwgpu_batch_moves_total"), 1.0);
+}
+
+/// The text of a streamed completion's chunks.
+fn streamed_text(raw: &[u8]) -> String {
+    let events = parse(raw).events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
 fn batched_clients_get_their_lone_answers() {
     let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
     // Greedy requests (chat with thinking, one asking for MTP, raw completions) that decode

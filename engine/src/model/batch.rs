@@ -114,7 +114,12 @@ pub struct Batch {
     /// Submitted steps not read yet, oldest first: (readback, submission, the slots
     /// that held a sequence then, the slots whose logprobs it copied).
     pending: std::collections::VecDeque<(usize, wgpu::SubmissionIndex, Vec<bool>, Vec<bool>)>,
+    /// The pieces a sequence moves through from one slot to another ([`Batch::relocate`]).
+    move_scratch: GpuBuffer,
 }
+
+/// Largest piece of a slot's state [`Batch::relocate`] copies at once.
+const MOVE_PIECE: u64 = 16 << 20;
 
 impl Batch {
     pub async fn new(model: Arc<Model>, opts: BatchOptions) -> Result<Batch, LoadError> {
@@ -132,6 +137,7 @@ impl Batch {
             .unwrap_or_else(|| crate::ops::attention::split_by_default(&gpu));
         let ws = Workspace::new(&gpu, cfg, MAX_BATCH, MAX_BATCH, false)?;
         let state = State::with_slots(&gpu, cfg, max_ctx, false, opts.kv_f16, opts.slots)?;
+        let move_scratch = gpu.storage("batch.move", MOVE_PIECE)?;
         // Step slot 0: the batch's call; slot 1 + t: the call as slot t's sampler sees it (one
         // out row, its own).
         let align = gpu.caps.storage_align.max(256);
@@ -232,6 +238,7 @@ impl Batch {
             last_results: vec![None; opts.slots as usize],
             body_only: None,
             readback,
+            move_scratch,
         })
     }
 
@@ -316,6 +323,56 @@ impl Batch {
         self.chained[slot as usize] = false;
         self.logprobs[slot as usize] = false;
         self.set_sampling(slot, None, &[])
+    }
+
+    /// Moves slot `from`'s sequence into the free slot `to`: its state, position and sampler
+    /// (parameters, mask, penalty history, draws) and its logprobs setting; `from` is freed. A
+    /// step runs the rows up to the last occupied slot, so moving the last stream into a lower
+    /// free slot spares the rows between (one stream left in slot 2 otherwise runs three rows).
+    /// No step may be in flight (read them first). The stream's next id then comes from the host
+    /// (its last choice, read with the last step), as after [`Batch::admit`]; it continues with
+    /// the bits and tokens it would have had in its old slot.
+    pub fn relocate(&mut self, from: u32, to: u32) -> Result<(), RunError> {
+        if !self.pending.is_empty() || self.body_only.is_some() {
+            return Err(RunError::Busy(
+                "steps are still unread: read them before moving a sequence".into(),
+            ));
+        }
+        let n = self.opts.slots;
+        if from >= n || to >= n {
+            return Err(RunError::Batch(format!(
+                "slots {from} and {to} in a batch of {n}"
+            )));
+        }
+        let Some(pos) = self.pos[from as usize] else {
+            return Err(RunError::Batch(format!("slot {from} holds no sequence")));
+        };
+        if self.pos[to as usize].is_some() {
+            return Err(RunError::Busy(format!(
+                "slot {to} holds a sequence: release it first"
+            )));
+        }
+        let gpu = self.model.gpu.clone();
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("batch relocate"),
+            });
+        self.state
+            .record_move_slot(from, to, pos, &self.move_scratch, &mut enc)?;
+        let (f, t) = (from as usize, to as usize);
+        self.samplers[t]
+            .record_copy_from(&gpu, &self.samplers[f], &mut enc)
+            .map_err(|e| RunError::Sampling(e.to_string()))?;
+        gpu.queue.submit([enc.finish()]);
+        self.pos[t] = self.pos[f].take();
+        self.chained[t] = false;
+        self.chained[f] = false;
+        self.sampled[t] = self.sampled[f];
+        self.masked[t] = self.masked[f];
+        self.logprobs[t] = self.logprobs[f];
+        self.last_results[t] = None;
+        Ok(())
     }
 
     /// How slot `slot`'s stream chooses its tokens from now on: `None` = greedy (argmax), else

@@ -429,7 +429,7 @@ enum RowMasks<'a> {
 }
 
 /// The host's copy of the request's dense bias (see [`Sampler::write_params`]).
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct BiasHost {
     /// The bias as last written to `state`.
     plain: Vec<f32>,
@@ -457,6 +457,8 @@ pub struct Sampler {
     /// The request's dense bias as written to `state`, kept between calls (a masked decode
     /// writes its masks every step, the bias only when it changes).
     bias_host: Mutex<BiasHost>,
+    /// The parameter block as last written to `req` (a uniform buffer, which copies cannot read).
+    req_bytes: Mutex<Vec<u8>>,
 }
 
 /// Word offsets of the history counts and the bias inside `state`.
@@ -570,6 +572,7 @@ impl Sampler {
             init,
             host: Mutex::new(SamplingParams::default()),
             bias_host: Mutex::new(BiasHost::default()),
+            req_bytes: Mutex::new(Vec::new()),
         };
         s.set_params(gpu, &SamplingParams::default())
             .map_err(|e| bad(e.to_string()))?;
@@ -671,6 +674,42 @@ impl Sampler {
         self.host.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
+    /// Records copies that give this sampler `src`'s stream: its parameters, masks and bias,
+    /// history and draw counter (a stream moved to another slot of a batch samples on as it
+    /// would have). Both samplers must have the same vocabulary and rows.
+    pub fn record_copy_from(
+        &self,
+        gpu: &Gpu,
+        src: &Sampler,
+        enc: &mut wgpu::CommandEncoder,
+    ) -> Result<(), SamplingError> {
+        if (src.vocab, src.max_rows, src.req.size, src.state.size)
+            != (self.vocab, self.max_rows, self.req.size, self.state.size)
+        {
+            return Err(SamplingError {
+                field: "sampler",
+                message: "samplers of different sizes".into(),
+            });
+        }
+        let req = src
+            .req_bytes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        gpu.queue.write_buffer(&self.req.buf, 0, &req);
+        *self.req_bytes.lock().unwrap_or_else(|e| e.into_inner()) = req;
+        enc.copy_buffer_to_buffer(&src.state.buf, 0, &self.state.buf, 0, src.state.size);
+        let p = src.params();
+        *self.host.lock().unwrap_or_else(|e| e.into_inner()) = p;
+        let b = src
+            .bias_host
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        *self.bias_host.lock().unwrap_or_else(|e| e.into_inner()) = b;
+        Ok(())
+    }
+
     /// Validates `p` and writes it to the parameter buffer (no bind group changes).
     pub fn set_params(&self, gpu: &Gpu, p: &SamplingParams) -> Result<(), SamplingError> {
         self.set_params_masked(gpu, p, None)
@@ -756,8 +795,9 @@ impl Sampler {
             seed_hi: (p.seed >> 32) as u32,
             top_n: p.top_logprobs,
         };
-        gpu.queue
-            .write_buffer(&self.req.buf, 0, &req.padded_bytes());
+        let bytes = req.padded_bytes();
+        gpu.queue.write_buffer(&self.req.buf, 0, &bytes);
+        *self.req_bytes.lock().unwrap_or_else(|e| e.into_inner()) = bytes.to_vec();
         if d.bias {
             // The request's dense bias, written when it changed.
             let mut h = self.bias_host.lock().unwrap_or_else(|e| e.into_inner());

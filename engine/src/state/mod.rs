@@ -173,6 +173,55 @@ impl State {
         Ok(())
     }
 
+    /// Records copies that move slot `from`'s sequence (its first `pos` KV rows, its conv and
+    /// recurrent states) into slot `to` of the same state, through `scratch` (a buffer may not be
+    /// copied onto itself; the pieces are as large as `scratch`). Slot `from` is left as it was.
+    pub fn record_move_slot(
+        &self,
+        from: u32,
+        to: u32,
+        pos: u32,
+        scratch: &GpuBuffer,
+        enc: &mut wgpu::CommandEncoder,
+    ) -> Result<(), StateError> {
+        if from >= self.slots || to >= self.slots || pos > self.max_ctx {
+            return Err(StateError::Mismatch(format!(
+                "{pos} positions from slot {from} to slot {to} of a state of {} slots of {} positions",
+                self.slots, self.max_ctx
+            )));
+        }
+        let piece = scratch.size & !3;
+        if piece == 0 {
+            return Err(StateError::Mismatch("an empty scratch buffer".into()));
+        }
+        let mut copy = |buf: &wgpu::Buffer, slot_bytes: u64, used: u64| {
+            let (a, b) = (from as u64 * slot_bytes, to as u64 * slot_bytes);
+            let mut done = 0;
+            while done < used {
+                let n = piece.min(used - done);
+                enc.copy_buffer_to_buffer(buf, a + done, &scratch.buf, 0, n);
+                enc.copy_buffer_to_buffer(&scratch.buf, 0, buf, b + done, n);
+                done += n;
+            }
+        };
+        for l in &self.layers {
+            match l {
+                LayerState::Attn(kv) => {
+                    let slot_bytes = kv.row_bytes * self.max_ctx as u64;
+                    let used = kv.row_bytes * pos as u64;
+                    copy(&kv.k.buf, slot_bytes, used);
+                    copy(&kv.v.buf, slot_bytes, used);
+                }
+                LayerState::Gdn(g) => {
+                    let (cb, sb) = (self.conv_slot_bytes, self.ssm_slot_bytes);
+                    copy(&g.conv.buf, cb, cb);
+                    copy(&g.ssm.buf, sb, sb);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every buffer that carries sequence state (snapshots excluded), in a fixed order.
     pub fn buffers(&self) -> Vec<&GpuBuffer> {
         let mut v = Vec::new();
