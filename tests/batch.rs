@@ -477,16 +477,13 @@ fn batch_refuses_bad_input_and_keeps_its_streams() {
     assert!(matches!(err, RunError::ContextFull { .. }), "{err}");
 }
 
-#[test]
-fn sampled_streams_draw_what_they_draw_alone() {
-    // Each slot has its own sampler (parameters, penalty history, draws): a seeded stream in a
-    // batch samples, token for token, what the same request samples alone in a session, beside
-    // a greedy stream or another sampled one.
+/// Two sampling settings that use every part of the sampler: top-p with repetition and presence
+/// penalties; top-k with a frequency penalty and a logit bias.
+fn two_samplings() -> (
+    qwgpu_engine::decode::sampler::SamplingParams,
+    qwgpu_engine::decode::sampler::SamplingParams,
+) {
     use qwgpu_engine::decode::sampler::SamplingParams;
-    use qwgpu_engine::decode::{generate, GenOptions};
-    let name = &format_cover()[0];
-    let r = load_reference(name);
-    let model = load(name);
     let a = SamplingParams {
         temperature: 0.9,
         top_p: 0.9,
@@ -503,20 +500,43 @@ fn sampled_streams_draw_what_they_draw_alone() {
         seed: 9,
         ..Default::default()
     };
+    (a, b)
+}
+
+/// `n` tokens after `prompt` in a lone session, greedy (`None`) or sampled with `params`.
+fn alone_sampled(
+    model: &Arc<Model>,
+    prompt: &[u32],
+    params: Option<&qwgpu_engine::decode::sampler::SamplingParams>,
+    n: usize,
+) -> Vec<u32> {
+    use qwgpu_engine::decode::{generate, GenOptions};
+    let mut s = solo(model);
+    s.set_sampling(params, false).unwrap();
+    let opts = GenOptions {
+        max_tokens: n,
+        eos: vec![],
+        ignore_eos: true,
+    };
+    pollster::block_on(generate(&mut s, prompt, &opts, &mut |_| true))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn sampled_streams_draw_what_they_draw_alone() {
+    // Each slot has its own sampler (parameters, penalty history, draws): a seeded stream in a
+    // batch samples, token for token, what the same request samples alone in a session, beside
+    // a greedy stream or another sampled one.
+    use qwgpu_engine::decode::sampler::SamplingParams;
+    let name = &format_cover()[0];
+    let r = load_reference(name);
+    let model = load(name);
+    let (a, b) = two_samplings();
     let ps = prompts(&r);
     let steps = 16;
-    let alone = |p: &[u32], params: Option<&SamplingParams>| -> Vec<u32> {
-        let mut s = solo(&model);
-        s.set_sampling(params, false).unwrap();
-        let opts = GenOptions {
-            max_tokens: steps,
-            eos: vec![],
-            ignore_eos: true,
-        };
-        pollster::block_on(generate(&mut s, p, &opts, &mut |_| true))
-            .unwrap()
-            .0
-    };
+    let alone =
+        |p: &[u32], params: Option<&SamplingParams>| alone_sampled(&model, p, params, steps);
     let cases: [(
         usize,
         Option<&SamplingParams>,
@@ -887,39 +907,13 @@ fn a_relocated_stream_goes_on_as_in_its_old_slot() {
     // (state, position, sampler with its history and draws), so steps run two rows instead of
     // four; every stream's tokens are those of its sequence alone.
     use qwgpu_engine::decode::sampler::SamplingParams;
-    use qwgpu_engine::decode::{generate, GenOptions};
     let name = &format_cover()[0];
     let r = load_reference(name);
     let model = load(name);
-    let a = SamplingParams {
-        temperature: 0.9,
-        top_p: 0.9,
-        repetition_penalty: 1.2,
-        presence_penalty: 0.4,
-        seed: 5,
-        ..Default::default()
-    };
-    let b = SamplingParams {
-        temperature: 1.3,
-        top_k: 12,
-        frequency_penalty: 0.3,
-        logit_bias: vec![(3, 2.0)],
-        seed: 9,
-        ..Default::default()
-    };
+    let (a, b) = two_samplings();
     let (before, steps) = (6, 16);
-    let alone = |p: &[u32], params: Option<&SamplingParams>, n: usize| -> Vec<u32> {
-        let mut s = solo(&model);
-        s.set_sampling(params, false).unwrap();
-        let opts = GenOptions {
-            max_tokens: n,
-            eos: vec![],
-            ignore_eos: true,
-        };
-        pollster::block_on(generate(&mut s, p, &opts, &mut |_| true))
-            .unwrap()
-            .0
-    };
+    let alone =
+        |p: &[u32], params: Option<&SamplingParams>, n: usize| alone_sampled(&model, p, params, n);
     let ps = four_prompts(&r);
     let sets = [None, Some(&a), Some(&b), None];
     let want: Vec<Vec<u32>> = (0..4)
