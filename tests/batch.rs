@@ -523,6 +523,23 @@ fn alone_sampled(
         .0
 }
 
+/// A batch of one slot per prompt, each admitted with its sampling settings (None: greedy) and
+/// its first step submitted.
+fn started(
+    model: &Arc<Model>,
+    ps: &[Vec<u32>],
+    sets: &[Option<&qwgpu_engine::decode::sampler::SamplingParams>],
+) -> Batch {
+    let mut bt = batch(model, ps.len() as u32);
+    for (i, (p, sp)) in ps.iter().zip(sets).enumerate() {
+        bt.admit(i as u32, &mut prefilled(model, p)).unwrap();
+        bt.set_sampling(i as u32, *sp, p).unwrap();
+    }
+    let first: Vec<Option<u32>> = ps.iter().map(|p| p.last().copied()).collect();
+    bt.submit(&first).unwrap();
+    bt
+}
+
 #[test]
 fn sampled_streams_draw_what_they_draw_alone() {
     // Each slot has its own sampler (parameters, penalty history, draws): a seeded stream in a
@@ -561,14 +578,8 @@ fn sampled_streams_draw_what_they_draw_alone() {
                 "{name}: the seed changes nothing"
             );
         }
-        let mut bt = batch(&model, 2);
-        for (slot, (p, sp)) in [(&ps[pa], sa), (&ps[pb], sb)].into_iter().enumerate() {
-            bt.admit(slot as u32, &mut prefilled(&model, p)).unwrap();
-            bt.set_sampling(slot as u32, sp, p).unwrap();
-        }
+        let mut bt = started(&model, &[ps[pa].clone(), ps[pb].clone()], &[sa, sb]);
         let mut got = [Vec::new(), Vec::new()];
-        bt.submit(&[ps[pa].last().copied(), ps[pb].last().copied()])
-            .unwrap();
         while got[0].len() < steps {
             if got[0].len() + bt.pending() < steps {
                 bt.submit(&[None, None]).unwrap();
@@ -583,13 +594,7 @@ fn sampled_streams_draw_what_they_draw_alone() {
     let ps = four_prompts(&r);
     let sets = [Some(&a), None, Some(&b), None];
     let want: Vec<Vec<u32>> = (0..4).map(|i| alone(&ps[i], sets[i])).collect();
-    let mut bt = batch(&model, 4);
-    for (i, sp) in sets.iter().enumerate() {
-        bt.admit(i as u32, &mut prefilled(&model, &ps[i])).unwrap();
-        bt.set_sampling(i as u32, *sp, &ps[i]).unwrap();
-    }
-    let first: Vec<Option<u32>> = ps.iter().map(|p| p.last().copied()).collect();
-    bt.submit(&first).unwrap();
+    let mut bt = started(&model, &ps, &sets);
     let mut got = vec![Vec::new(); 4];
     while got[0].len() < steps {
         if got[0].len() + bt.pending() < steps {
@@ -919,13 +924,7 @@ fn a_relocated_stream_goes_on_as_in_its_old_slot() {
     let want: Vec<Vec<u32>> = (0..4)
         .map(|i| alone(&ps[i], sets[i], if i < 2 { before } else { steps }))
         .collect();
-    let mut bt = batch(&model, 4);
-    for (i, sp) in sets.iter().enumerate() {
-        bt.admit(i as u32, &mut prefilled(&model, &ps[i])).unwrap();
-        bt.set_sampling(i as u32, *sp, &ps[i]).unwrap();
-    }
-    let first: Vec<Option<u32>> = ps.iter().map(|p| p.last().copied()).collect();
-    bt.submit(&first).unwrap();
+    let mut bt = started(&model, &ps, &sets);
     let mut got = vec![Vec::new(); 4];
     while got[0].len() < before {
         if got[0].len() + bt.pending() < before {

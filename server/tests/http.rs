@@ -1343,17 +1343,7 @@ fn a_long_prompt_joins_the_batch_between_the_steps_of_a_running_reply() {
         &slice.to_string(),
     ]);
     let mut stream = open_stream(s.port, "/v1/completions", &long);
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    while raw.windows(7).filter(|w| w == b"\"text\":").count() < 3 {
-        let k = stream.read(&mut buf).unwrap();
-        assert!(
-            k > 0,
-            "the stream ended early: {}",
-            String::from_utf8_lossy(&raw)
-        );
-        raw.extend_from_slice(&buf[..k]);
-    }
+    let mut raw = read_chunks(&mut stream, 3);
     let r = s.post("/v1/chat/completions", &first);
     assert_eq!(r.status, 200, "{}", r.text());
     let got = answer(&r.json());
@@ -1384,14 +1374,7 @@ fn a_long_prompt_joins_the_batch_between_the_steps_of_a_running_reply() {
     }
     drop(conn);
     stream.read_to_end(&mut raw).unwrap();
-    let events = parse(&raw).events();
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let streamed: String = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str::<Value>(e).unwrap())
-        .filter_map(|c| c["choices"][0]["text"].as_str().map(str::to_string))
-        .collect();
-    assert_eq!(streamed, refs[0].content, "the running reply");
+    assert_eq!(streamed_text(&raw), refs[0].content, "the running reply");
     assert_eq!(s.metrics_value("qwgpu_generations_cancelled_total"), 1.0);
     let gone_slices = s.metrics_value("qwgpu_batch_join_slices_total") - slices;
     assert!(
@@ -1438,13 +1421,7 @@ fn a_stream_above_a_free_slot_moves_down() {
         .collect();
     assert_eq!(s.metrics_value("qwgpu_batch_moves_total"), 0.0);
     let mut a = open_stream(s.port, "/v1/completions", &first);
-    let mut raw_a = Vec::new();
-    let mut buf = [0u8; 4096];
-    while raw_a.windows(7).filter(|w| w == b"\"text\":").count() < 2 {
-        let k = a.read(&mut buf).unwrap();
-        assert!(k > 0, "the stream ended early");
-        raw_a.extend_from_slice(&buf[..k]);
-    }
+    let mut raw_a = read_chunks(&mut a, 2);
     let mut raw_b = Vec::new();
     open_stream(s.port, "/v1/completions", &second)
         .read_to_end(&mut raw_b)
@@ -1453,6 +1430,22 @@ fn a_stream_above_a_free_slot_moves_down() {
     assert_eq!(streamed_text(&raw_a), lone[0], "the first reply");
     assert_eq!(streamed_text(&raw_b), lone[1], "the reply that moved");
     assert_eq!(s.metrics_value("qwgpu_batch_moves_total"), 1.0);
+}
+
+/// What `stream` sends until `chunks` text chunks have come (the stream must not end first).
+fn read_chunks(stream: &mut TcpStream, chunks: usize) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while raw.windows(7).filter(|w| w == b"\"text\":").count() < chunks {
+        let k = stream.read(&mut buf).unwrap();
+        assert!(
+            k > 0,
+            "the stream ended early: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&buf[..k]);
+    }
+    raw
 }
 
 /// The text of a streamed completion's chunks.
@@ -1537,17 +1530,7 @@ fn batched_clients_get_their_lone_answers() {
     // batch beside it (a hand-off): its streamed reply is still its greedy reply alone, with the
     // counts of its speculative part; the newcomer gets its own answer meanwhile.
     let mut long = open_stream(s.port, "/v1/completions", &long_mtp);
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    while raw.windows(7).filter(|w| w == b"\"text\":").count() < 3 {
-        let k = long.read(&mut buf).unwrap();
-        assert!(
-            k > 0,
-            "the stream ended early: {}",
-            String::from_utf8_lossy(&raw)
-        );
-        raw.extend_from_slice(&buf[..k]);
-    }
+    let mut raw = read_chunks(&mut long, 3);
     let newcomer = s.post(path(&requests[1]), &requests[1]);
     assert_eq!(newcomer.status, 200, "{}", newcomer.text());
     assert_eq!(answer(&newcomer.json()), expected[1]);
