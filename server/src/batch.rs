@@ -59,8 +59,26 @@ pub struct Handoff {
     pub mtp: Option<(u64, u64)>,
 }
 
+/// A stream that leaves the batch to speculate alone (the only one left, asking for MTP):
+/// its request, the tokens it got in the batch and earlier (all handed out, the last not yet
+/// fed), the parser that took them, and its timings and counts so far.
+pub struct Resume {
+    pub job: Job,
+    pub tokens: Vec<u32>,
+    pub parser: StreamParser,
+    pub queue_s: f64,
+    pub t0: Instant,
+    pub ttft: f64,
+    pub cached_tokens: usize,
+    /// MTP counts (drafted, accepted) of its earlier speculative parts.
+    pub mtp: Option<(u64, u64)>,
+}
+
 /// A request decoding in a batch slot.
 struct Stream {
+    /// The request again (no constraint, no logprobs), kept when it asks for MTP: left alone
+    /// in the batch, it may continue alone with speculation ([`Batcher::detach_lone`]).
+    again: Option<Job>,
     /// MTP counts of the part it ran alone before joining (a [`Handoff`]).
     mtp: Option<(u64, u64)>,
     /// Told apart from the slot's earlier and later streams by the steps in flight.
@@ -101,6 +119,9 @@ pub struct Batcher {
     /// Prompt ids per slice of a joining request while other streams decode (0: the whole
     /// prompt at once, the streams pausing).
     slice: usize,
+    /// A stream left alone that asked for MTP may continue alone with speculation
+    /// ([`Batcher::detach_lone`]; the GPU thread decides when).
+    pub resume: bool,
 }
 
 /// A request on its way into the batch: its prompt partly prefilled in the GPU thread's session.
@@ -126,6 +147,7 @@ impl Batcher {
             next_serial: 0,
             joining: None,
             slice,
+            resume: true,
         }
     }
 
@@ -178,7 +200,10 @@ impl Batcher {
         let _ = job.tx.send(Event::Started);
         let t0 = Instant::now();
         let points = (job.checkpoint, job.shared);
-        let feed = match JobFeed::start(session, &job.prompt, points, cache, false) {
+        // A request that may later continue alone with speculation (see `detach_lone`) has
+        // its prompt's MTP cache filled too, so the prompt cache's entries serve that.
+        let mtp = job.mtp && !job.logprobs && job.constraint.is_none() && session.has_mtp_head();
+        let feed = match JobFeed::start(session, &job.prompt, points, cache, mtp) {
             Ok(f) => f,
             Err(e) => return fail(metrics, &job.tx, &e),
         };
@@ -288,12 +313,29 @@ impl Batcher {
             .constraint
             .take()
             .map(|c| (c, vec![0u32; vocab.div_ceil(32)]));
+        let again = (job.mtp && !job.logprobs && constraint.is_none()).then(|| Job {
+            prompt: job.prompt.clone(),
+            max_tokens: job.max_tokens,
+            stream: job.stream.clone(),
+            sampling: job.sampling.clone(),
+            logprobs: false,
+            mtp: true,
+            mtp_adaptive: job.mtp_adaptive,
+            ignore_eos: job.ignore_eos,
+            constraint: None,
+            checkpoint: job.checkpoint,
+            shared: job.shared,
+            enqueued: job.enqueued,
+            deadline: job.deadline,
+            tx: job.tx.clone(),
+        });
         let mut cfg = job.stream;
         if job.ignore_eos {
             cfg.eos_ids.clear();
         }
         self.next_serial += 1;
         Stream {
+            again,
             mtp: None,
             serial: self.next_serial,
             in_flight: 0,
@@ -648,6 +690,46 @@ impl Batcher {
             metrics.batch_moves.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// The only stream's request and its tokens so far, when it asked for MTP and could
+    /// continue alone with speculation ([`Batcher::detach_lone`]); `None` while a request joins.
+    pub fn lone_speculator(&self) -> Option<(&Job, &[u32])> {
+        if !self.resume || self.joining.is_some() || self.active() != 1 {
+            return None;
+        }
+        let s = self.slots.iter().flatten().next()?;
+        Some((s.again.as_ref()?, &s.tokens))
+    }
+
+    /// Takes the only stream out of the batch to continue alone (see
+    /// [`Batcher::lone_speculator`]): the steps in flight are read first (their tokens handed
+    /// out; one may end it: then `None`), and its slot is freed.
+    pub fn detach_lone(
+        &mut self,
+        tokenizer: &Tokenizer,
+        metrics: &Metrics,
+        control: &Control,
+    ) -> Option<Resume> {
+        self.lone_speculator()?;
+        self.settle(tokenizer, metrics, control);
+        let i = self.slots.iter().position(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.again.is_some() && !s.tokens.is_empty())
+        })?;
+        let s = self.slots[i].take()?;
+        self.batch.release(i as u32);
+        let job = s.again?;
+        Some(Resume {
+            job,
+            tokens: s.tokens,
+            parser: s.parser,
+            queue_s: s.queue_s,
+            t0: s.t0,
+            ttft: s.ttft.unwrap_or(0.0),
+            cached_tokens: s.cached_tokens,
+            mtp: s.mtp,
+        })
     }
 
     /// Reads every step in flight, handing out their tokens, and submits none (before the GPU

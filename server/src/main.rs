@@ -141,6 +141,15 @@ struct Args {
     /// their replies (default: --prefill-chunk; 0 = the whole prompt first, the others pausing).
     #[arg(long, value_name = "N")]
     join_slice: Option<usize>,
+    /// With --batch: a request that asked for MTP and is left alone in the batch stays there
+    /// (by default it continues alone with speculation when the tokens it may still generate
+    /// pay for feeding its tokens so far again).
+    #[arg(long)]
+    no_batch_resume: bool,
+    /// Benchmarks only: greedy MTP verifies accept with this probability whatever the drafts
+    /// (a synthetic checkpoint's head never agrees), so replies are NOT the model's output.
+    #[arg(long, value_name = "RATE")]
+    bench_force_accept: Option<f64>,
 }
 
 /// Everything the handlers share.
@@ -226,6 +235,8 @@ fn run(args: Args) -> Result<(), String> {
             prompt_cache_dir: args.prompt_cache_dir.clone(),
             batch: args.batch,
             join_slice: args.join_slice,
+            batch_resume: !args.no_batch_resume,
+            force_accept: args.bench_force_accept,
         },
         args.queue,
         tokenizer.clone(),
@@ -234,6 +245,11 @@ fn run(args: Args) -> Result<(), String> {
     )?;
     for n in &w.info.notes {
         eprintln!("qwgpu-server: note: {n}");
+    }
+    if let Some(r) = args.bench_force_accept {
+        eprintln!(
+            "qwgpu-server: BENCHMARK MODE: MTP verifies accept with probability {r} whatever the drafts; replies are not the model's output"
+        );
     }
     if args.mtp == MtpMode::On && !w.info.has_mtp {
         return Err("--mtp on: this checkpoint has no MTP head (no mtp.* tensors)".into());

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub batch_join_slices: AtomicU64,
     /// Streams moved into a lower free slot of the batch (so steps run fewer rows).
     pub batch_moves: AtomicU64,
+    /// Streams left alone in the batch that continued alone with speculation (MTP).
+    pub batch_resumes: AtomicU64,
 }
 
 /// What one finished generation adds.
@@ -328,6 +330,12 @@ impl Metrics {
             "counter",
             "Streams moved into a lower free slot of the batch (--batch) when a stream below them ended, so steps run no rows for free slots.",
             vec![(String::new(), load(&self.batch_moves).to_string())],
+        );
+        metric(
+            "qwgpu_batch_resumes_total",
+            "counter",
+            "Requests that asked for MTP, were left alone in the batch (--batch) and continued alone with speculation.",
+            vec![(String::new(), load(&self.batch_resumes).to_string())],
         );
         metric(
             "qwgpu_queue_depth",

@@ -14,16 +14,18 @@ use qwgpu_engine::decode::cache::{reusable, PromptFeed};
 use qwgpu_engine::decode::constrain::TokenConstraint;
 use qwgpu_engine::decode::mtp::MtpStats;
 use qwgpu_engine::decode::sampler::SamplingParams;
-use qwgpu_engine::decode::text::{generate_text_constrained, TextEvent, TextRequest};
+use qwgpu_engine::decode::text::{
+    continue_text, generate_text_constrained, TextEvent, TextRequest,
+};
 use qwgpu_engine::gpu::{Gpu, GpuOptions};
 use qwgpu_engine::model::{Batch, BatchOptions, Model, RunError, Session, SessionOptions};
 use qwgpu_engine::ops::sample::RowResult;
 use qwgpu_engine::state::SavedState;
-use qwgpu_engine::text::stream::{Delta, FinishReason, StreamConfig, StreamSummary};
+use qwgpu_engine::text::stream::{Delta, FinishReason, StreamConfig, StreamParser, StreamSummary};
 use qwgpu_engine::text::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::batch::{eligible, Batcher, Handoff};
+use crate::batch::{eligible, Batcher, Handoff, Resume};
 use crate::metrics::{GenerationRecord, Metrics};
 
 /// What a job hears from the GPU thread, in order: `Started`, `PromptDone`, tokens and deltas,
@@ -109,6 +111,11 @@ pub struct WorkerOptions {
     /// Prompt ids prefilled between two batch steps for a request joining while others decode
     /// (`None`: the session's prefill chunk; 0: the whole prompt first, the others pausing).
     pub join_slice: Option<usize>,
+    /// A stream left alone in the batch that asked for MTP continues alone with speculation.
+    pub batch_resume: bool,
+    /// Benchmarks only: greedy MTP verifies accept with this probability (see
+    /// [`Session::force_accept`]).
+    pub force_accept: Option<f64>,
 }
 
 /// Shared between the GPU thread and the HTTP side.
@@ -232,8 +239,9 @@ fn load(o: &WorkerOptions) -> Result<(Session, Option<Batcher>, ModelInfo), Stri
     }
     .map_err(|e| e.to_string())?;
     let model = Arc::new(model);
-    let session =
+    let mut session =
         pollster::block_on(Session::new(model.clone(), o.session)).map_err(|e| e.to_string())?;
+    session.force_accept(o.force_accept);
     let batch = if o.batch > 0 {
         let b = pollster::block_on(Batch::new(
             model.clone(),
@@ -246,7 +254,9 @@ fn load(o: &WorkerOptions) -> Result<(Session, Option<Batcher>, ModelInfo), Stri
         ))
         .map_err(|e| format!("--batch {}: {e}", o.batch))?;
         let slice = o.join_slice.unwrap_or(session.opts.prefill_chunk as usize);
-        Some(Batcher::new(b, slice))
+        let mut b = Batcher::new(b, slice);
+        b.resume = o.batch_resume;
+        Some(b)
     } else {
         None
     };
@@ -297,6 +307,49 @@ fn serve(
             if b.joining() {
                 advance_join(b, &mut session, metrics, &mut cache);
             }
+            // The only stream left asks for MTP and nothing waits: it continues alone with
+            // speculation (the fastest for one user), when its tokens to come can pay for
+            // feeding its tokens so far again.
+            let resume = deferred.is_empty()
+                && metrics.queue_depth.load(Ordering::SeqCst) <= 0
+                && session.has_mtp_head()
+                && b.lone_speculator()
+                    .is_some_and(|(job, tokens)| worth_resuming(job, tokens, &cache));
+            if resume {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    b.detach_lone(tokenizer, metrics, control)
+                }));
+                let r = match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        cache.entries.clear();
+                        b.fail_all(metrics);
+                        None
+                    }
+                };
+                if let Some(r) = r {
+                    metrics.batch_resumes.fetch_add(1, Ordering::Relaxed);
+                    let (job, prior) = Prior::from(r);
+                    let handoff = eligible(&job);
+                    let handed = run_alone(
+                        &mut session,
+                        job,
+                        tokenizer,
+                        metrics,
+                        control,
+                        &mut cache,
+                        handoff,
+                        Some(prior),
+                    );
+                    if let Some(h) = handed {
+                        adopt(b, &mut session, h, tokenizer, metrics, control, &mut cache);
+                    }
+                }
+                metrics
+                    .busy
+                    .store(b.active() > 0 || b.joining(), Ordering::SeqCst);
+                continue;
+            }
             while let Some(front) = deferred.front() {
                 if b.joining() {
                     break;
@@ -329,6 +382,7 @@ fn serve(
                         control,
                         &mut cache,
                         false,
+                        None,
                     );
                     break;
                 }
@@ -374,7 +428,7 @@ fn serve(
             // another request arrives: then it moves into the batch (`Handoff`).
             let alone = deferred.is_empty() && metrics.queue_depth.load(Ordering::SeqCst) <= 0;
             // (Per-token logprobs come from plain decoding: such a request joins the batch.)
-            let speculate = job.mtp && !job.logprobs && session.mtp_available() && alone;
+            let speculate = job.mtp && !job.logprobs && session.has_mtp_head() && alone;
             if eligible(&job) && !speculate {
                 join(b, &mut session, job, metrics, &mut cache);
                 metrics.busy.store(b.active() > 0, Ordering::SeqCst);
@@ -392,6 +446,7 @@ fn serve(
             control,
             &mut cache,
             handoff,
+            None,
         );
         if let (Some(h), Some(b)) = (handed, batcher.as_mut()) {
             adopt(b, &mut session, h, tokenizer, metrics, control, &mut cache);
@@ -404,6 +459,31 @@ fn serve(
         store_cache_dir(dir, &session, &cache.entries);
     }
 }
+
+/// Whether a stream left alone in the batch (`job`, its `tokens` so far) should continue alone
+/// with speculation: that feeds its prompt and tokens again (the part the prompt cache does not
+/// hold), so it pays only if enough tokens may still come. Prefill runs many times faster than
+/// decoding per token and speculation saves a fraction of a decode step per token, so a
+/// request moves when the tokens it may still generate are at least the ids to feed again.
+fn worth_resuming(job: &Job, tokens: &[u32], cache: &PromptCache) -> bool {
+    let left = job.max_tokens.saturating_sub(tokens.len());
+    if tokens.is_empty() || left < RESUME_MIN_LEFT {
+        return false;
+    }
+    let mut ids = job.prompt.clone();
+    ids.extend_from_slice(tokens);
+    let cached = if cache.capacity > 0 {
+        cache
+            .best(&ids, true)
+            .map_or(0, |i| reusable(&cache.entries[i], &ids, true))
+    } else {
+        0
+    };
+    left >= ids.len() - cached
+}
+
+/// The fewest tokens a stream may still generate for it to leave the batch and speculate.
+const RESUME_MIN_LEFT: usize = 16;
 
 /// The file of entry `i` (0 = the most recent) of the on-disk prompt cache of `session`'s model:
 /// named by its configuration's checksum, so other models' entries in the same folder are left
@@ -607,10 +687,13 @@ fn run_alone(
     control: &Control,
     cache: &mut PromptCache,
     handoff: bool,
+    prior: Option<Prior>,
 ) -> Option<Handoff> {
     let tx = job.tx.clone();
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run(session, job, tokenizer, metrics, control, cache, handoff)
+        run(
+            session, job, tokenizer, metrics, control, cache, handoff, prior,
+        )
     }));
     match ran {
         Ok(h) => h,
@@ -744,8 +827,50 @@ pub(crate) fn fail(metrics: &Metrics, tx: &UnboundedSender<Event>, e: &RunError)
     });
 }
 
+/// The part of a reply generated before a run continues it (a stream that left the batch, a
+/// [`Resume`]): its tokens (all handed out, the last not yet fed), the parser that took them,
+/// and its timings and counts.
+pub(crate) struct Prior {
+    tokens: Vec<u32>,
+    /// (Taken by the run.)
+    parser: Option<StreamParser>,
+    queue_s: f64,
+    t0: Instant,
+    ttft: f64,
+    cached_tokens: usize,
+    mtp: Option<(u64, u64)>,
+}
+
+impl Prior {
+    fn from(r: Resume) -> (Job, Prior) {
+        (
+            r.job,
+            Prior {
+                tokens: r.tokens,
+                parser: Some(r.parser),
+                queue_s: r.queue_s,
+                t0: r.t0,
+                ttft: r.ttft,
+                cached_tokens: r.cached_tokens,
+                mtp: r.mtp,
+            },
+        )
+    }
+}
+
+/// Adds MTP counts (drafted, accepted).
+fn mtp_sum(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some((a.0 + b.0, a.1 + b.1)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Runs `job` in `session`. `handoff`: the job may decode in the batch, so when another request
 /// waits it stops after a token and is returned as a [`Handoff`] for the batch to continue.
+/// `prior`: the reply's first part, generated elsewhere (the batch): the run feeds the prompt
+/// and those tokens (through the prompt cache) and continues the reply.
+#[allow(clippy::too_many_arguments)]
 fn run(
     session: &mut Session,
     mut job: Job,
@@ -754,38 +879,59 @@ fn run(
     control: &Control,
     cache: &mut PromptCache,
     handoff: bool,
+    prior: Option<Prior>,
 ) -> Option<Handoff> {
-    let queue_s = job.enqueued.elapsed().as_secs_f64();
     let tx = job.tx.clone();
-    let _ = tx.send(Event::Started);
+    if prior.is_none() {
+        let _ = tx.send(Event::Started);
+    }
+    let queue_s = prior
+        .as_ref()
+        .map_or_else(|| job.enqueued.elapsed().as_secs_f64(), |p| p.queue_s);
+    let mut prior = prior;
+    let parser = prior.as_mut().map(|p| p.parser.take());
+    let prior = prior;
+    let before: &[u32] = prior.as_ref().map_or(&[], |p| &p.tokens);
     // The job stays whole (a hand-off continues it in the batch).
+    let mut prompt = job.prompt.clone();
+    prompt.extend_from_slice(before);
+    let mut sampling = job.sampling.clone();
+    // Draws of its own for the rest (the sampler's draws restart with the run), as a request
+    // handed into the batch gets.
+    sampling.seed = sampling
+        .seed
+        .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(before.len() as u64));
     let req = TextRequest {
-        prompt: job.prompt.clone(),
-        max_tokens: job.max_tokens,
+        prompt,
+        max_tokens: job.max_tokens.saturating_sub(before.len()),
         stream: job.stream.clone(),
         ignore_eos: job.ignore_eos,
         mtp: job.mtp,
         mtp_adaptive: job.mtp_adaptive,
-        sampling: Some(job.sampling.clone()),
+        sampling: Some(sampling),
         logprobs: job.logprobs,
         in_context: 0,
     };
     session.reset();
-    let t0 = Instant::now();
+    let t0 = prior.as_ref().map_or_else(Instant::now, |p| p.t0);
     let mut req = req;
-    let mut cached_tokens = 0;
+    let mut cached_tokens = prior.as_ref().map_or(0, |p| p.cached_tokens);
     if cache.capacity > 0 {
         // generate_text speculates when the job asks for MTP without per-token logprobs.
         let mtp = req.mtp && !req.logprobs && session.mtp_available();
-        match prefill_job(
-            session,
-            &req.prompt,
-            (job.checkpoint, job.shared),
-            cache,
-            mtp,
-        ) {
+        // A continued reply: the prompt's own cache points (its entries reused, none added).
+        let points = match prior {
+            Some(_) => (
+                Some(job.checkpoint.unwrap_or(job.prompt.len().saturating_sub(1))),
+                job.shared,
+            ),
+            None => (job.checkpoint, job.shared),
+        };
+        match prefill_job(session, &req.prompt, points, cache, mtp) {
             Ok(reused) => {
-                cached_tokens = reused;
+                if prior.is_none() {
+                    cached_tokens = reused;
+                }
                 req.in_context = req.prompt.len() - 1;
             }
             Err(e) => {
@@ -794,8 +940,9 @@ fn run(
             }
         }
     }
-    let mut ttft = None;
+    let mut ttft = prior.as_ref().map(|p| p.ttft);
     let (mut gone, mut cut_short, mut handed) = (false, false, false);
+    let earlier_mtp = prior.as_ref().and_then(|p| p.mtp);
     let mut mtp_counts = None;
     let deadline = job.deadline;
     let want_tokens = job.logprobs;
@@ -803,56 +950,62 @@ fn run(
     let c = constraint
         .as_deref_mut()
         .map(|c| c as &mut dyn TokenConstraint);
-    let result = pollster::block_on(generate_text_constrained(
-        session,
-        tokenizer,
-        &req,
-        c,
-        &mut |e| {
-            if handed {
-                // Handed over: what the generation flushes as it stops is the batch's to send.
-                return false;
-            }
-            if handoff
-                && matches!(e, TextEvent::Token(..))
-                && metrics.queue_depth.load(Ordering::SeqCst) > 0
-            {
-                // Another request waits: this token and the rest go to the batch.
-                handed = true;
-                return false;
-            }
-            match e {
-                TextEvent::PromptDone => {
+    let continued = prior.is_some();
+    let mut on_event = |e: TextEvent<'_>| {
+        if handed {
+            // Handed over: what the generation flushes as it stops is the batch's to send.
+            return false;
+        }
+        if handoff
+            && matches!(e, TextEvent::Token(..))
+            && metrics.queue_depth.load(Ordering::SeqCst) > 0
+        {
+            // Another request waits: this token and the rest go to the batch.
+            handed = true;
+            return false;
+        }
+        match e {
+            TextEvent::PromptDone => {
+                // (A continued reply's client had its first token long ago.)
+                if !continued {
                     ttft = Some(t0.elapsed().as_secs_f64());
                     let _ = tx.send(Event::PromptDone);
                 }
-                TextEvent::Token(id, lp) => {
-                    if want_tokens {
-                        let _ = tx.send(Event::Token {
-                            id,
-                            logprobs: lp.cloned(),
-                        });
-                    }
-                }
-                TextEvent::Delta(d) => {
-                    let _ = tx.send(Event::Delta(d.clone()));
-                }
-                TextEvent::Mtp { drafted, accepted } => {
-                    mtp_counts = Some((drafted, accepted));
-                    let _ = tx.send(Event::Mtp { drafted, accepted });
+            }
+            TextEvent::Token(id, lp) => {
+                if want_tokens {
+                    let _ = tx.send(Event::Token {
+                        id,
+                        logprobs: lp.cloned(),
+                    });
                 }
             }
-            if tx.is_closed() {
-                gone = true;
-                return false;
+            TextEvent::Delta(d) => {
+                let _ = tx.send(Event::Delta(d.clone()));
             }
-            if control.cut(deadline) {
-                cut_short = true;
-                return false;
+            TextEvent::Mtp { drafted, accepted } => {
+                mtp_counts = Some((drafted, accepted));
+                let (drafted, accepted) =
+                    mtp_sum(earlier_mtp, mtp_counts).unwrap_or((drafted, accepted));
+                let _ = tx.send(Event::Mtp { drafted, accepted });
             }
-            true
-        },
-    ));
+        }
+        if tx.is_closed() {
+            gone = true;
+            return false;
+        }
+        if control.cut(deadline) {
+            cut_short = true;
+            return false;
+        }
+        true
+    };
+    let result = pollster::block_on(async {
+        match parser.flatten() {
+            Some(parser) => continue_text(session, tokenizer, &req, parser, &mut on_event).await,
+            None => generate_text_constrained(session, tokenizer, &req, c, &mut on_event).await,
+        }
+    });
     let total_s = t0.elapsed().as_secs_f64();
     let out = match result {
         Ok(out) => out,
@@ -861,18 +1014,21 @@ fn run(
             return None;
         }
     };
+    let mtp = mtp_sum(earlier_mtp, out.mtp.map(|m| (m.drafted, m.accepted)));
+    let mut tokens = prior.map(|p| p.tokens).unwrap_or_default();
+    tokens.extend_from_slice(&out.tokens);
     if handed {
         return Some(Handoff {
             job,
-            tokens: out.tokens,
+            tokens,
             queue_s,
             t0,
             ttft: ttft.unwrap_or(total_s),
             cached_tokens,
-            mtp: mtp_counts,
+            mtp: mtp_sum(earlier_mtp, mtp_counts),
         });
     }
-    let completion_tokens = out.tokens.len();
+    let completion_tokens = tokens.len();
     let ttft_s = ttft.unwrap_or(total_s);
     let mut finish = out.summary.finish_reason;
     if cut_short && !gone {
@@ -884,31 +1040,32 @@ fn run(
         metrics.cancelled.fetch_add(1, Ordering::Relaxed);
     }
     metrics.generation(&GenerationRecord {
-        prompt_tokens: out.prompt_tokens,
+        prompt_tokens: job.prompt.len(),
         cached_tokens,
         completion_tokens,
         ttft_s,
         total_s,
         finish_reason: finish.as_str(),
-        mtp: out.mtp.map(|m| (m.drafted, m.accepted)),
+        mtp,
     });
     eprintln!(
-        "qwgpu-server: {} prompt ({cached_tokens} cached) + {completion_tokens} generated tokens, TTFT {ttft_s:.2}s, {:.1} tok/s{}, {}{}",
-        out.prompt_tokens,
+        "qwgpu-server: {} prompt ({cached_tokens} cached) + {completion_tokens} generated tokens{}, TTFT {ttft_s:.2}s, {:.1} tok/s{}, {}{}",
+        job.prompt.len(),
+        if continued { " (continued from the batch)" } else { "" },
         if completion_tokens > 1 { (completion_tokens - 1) as f64 / (total_s - ttft_s).max(1e-9) } else { 0.0 },
-        out.mtp.map(|m| format!(", MTP {}/{} accepted", m.accepted, m.drafted)).unwrap_or_default(),
+        mtp.map(|(d, a)| format!(", MTP {a}/{d} accepted")).unwrap_or_default(),
         finish.as_str(),
         if gone { " (client gone)" } else if cut_short { " (time limit)" } else { "" },
     );
     let done = Done {
         summary: out.summary,
         finish,
-        prompt_tokens: out.prompt_tokens,
+        prompt_tokens: job.prompt.len(),
         completion_tokens,
         queue_s,
         ttft_s,
         total_s,
-        mtp: out.mtp,
+        mtp: mtp.map(|(drafted, accepted)| MtpStats { drafted, accepted }),
         cut_short,
         cached_tokens,
     };

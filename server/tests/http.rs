@@ -1432,6 +1432,73 @@ fn a_stream_above_a_free_slot_moves_down() {
     assert_eq!(s.metrics_value("qwgpu_batch_moves_total"), 1.0);
 }
 
+#[test]
+fn a_stream_left_alone_in_the_batch_speculates_again() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    // Requests that ask for MTP join the batch beside a plain streamed reply (`--batch 2`);
+    // when that one ends, the one left alone leaves the batch and continues alone with
+    // speculation (its prompt and tokens so far fed again, the prompt from the cache): a
+    // streamed completion and a chat with thinking that is not streamed (its reasoning and
+    // content whole, the batched part included) each give their greedy reply alone, with the
+    // counts of their speculative part; the streamed counts never go back.
+    let companion = json!({"model": "qwgpu-default", "prompt": "One two three", "max_tokens": 12,
+                           "ignore_eos": true, "stream": true, "mtp": false});
+    let long = json!({"model": "qwgpu-default", "prompt": "The Rust programming language",
+                      "max_tokens": 100, "ignore_eos": true, "stream": true, "mtp": true});
+    let asked = chat(
+        "Question number 7: what is 7 plus 7?",
+        json!({"max_tokens": 90, "mtp": true}),
+    );
+    let max_ctx = 1024;
+    let refs = engine_references(&[long.clone(), asked.clone()], max_ctx);
+    assert!(
+        refs[1].completion_tokens > 40,
+        "the chat's reply is too short to outlast its companion: {:?}",
+        refs[1]
+    );
+    let s = Server::start(&["--max-context", &max_ctx.to_string(), "--batch", "2"]);
+    let mut c = open_stream(s.port, "/v1/completions", &companion);
+    let mut raw_c = read_chunks(&mut c, 2);
+    let mut raw = Vec::new();
+    open_stream(s.port, "/v1/completions", &long)
+        .read_to_end(&mut raw)
+        .unwrap();
+    c.read_to_end(&mut raw_c).unwrap();
+    assert_eq!(streamed_text(&raw), refs[0].content, "the streamed reply");
+    let events = parse(&raw).events();
+    check_running_mtp("/v1/completions", &events);
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    let drafted = last["timings"]["mtp"]["drafted"].as_u64().unwrap_or(0);
+    assert!(drafted > 0, "no speculation after the batch: {last}");
+    assert_eq!(s.metrics_value("qwgpu_batch_resumes_total"), 1.0);
+    assert_eq!(s.metrics_value("qwgpu_batch_handoffs_total"), 0.0);
+    assert!(!streamed_text(&raw_c).is_empty());
+
+    let mut c = open_stream(s.port, "/v1/completions", &companion);
+    let mut raw_c = read_chunks(&mut c, 2);
+    let r = s.post("/v1/chat/completions", &asked);
+    c.read_to_end(&mut raw_c).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(answer(&r.json()), refs[1], "the chat's reply");
+    assert!(
+        r.json()["timings"]["mtp"]["drafted"]
+            .as_u64()
+            .is_some_and(|d| d > 0),
+        "{}",
+        r.text()
+    );
+    assert_eq!(s.metrics_value("qwgpu_batch_resumes_total"), 2.0);
+    // Alone after the batch's work (the session's last prefill had no MTP cache), a request
+    // that asks for MTP speculates from its start: it never enters the batch.
+    let lone_steps = "qwgpu_batch_steps_total{streams=\"1\"}";
+    let steps = s.metrics_value(lone_steps);
+    let r = s.post("/v1/chat/completions", &asked);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(answer(&r.json()), refs[1], "the lone chat's reply");
+    assert_eq!(s.metrics_value("qwgpu_batch_resumes_total"), 2.0);
+    assert_eq!(s.metrics_value(lone_steps), steps);
+}
+
 /// What `stream` sends until `chunks` text chunks have come (the stream must not end first).
 fn read_chunks(stream: &mut TcpStream, chunks: usize) -> Vec<u8> {
     let mut raw = Vec::new();

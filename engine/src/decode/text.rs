@@ -80,13 +80,43 @@ pub async fn generate_text_constrained(
     constraint: Option<&mut dyn TokenConstraint>,
     on_event: &mut dyn FnMut(TextEvent<'_>) -> bool,
 ) -> Result<TextOutput, RunError> {
-    session.set_sampling(req.sampling.as_ref(), req.logprobs)?;
     let mut cfg = req.stream.clone();
     if req.ignore_eos {
         cfg.eos_ids.clear();
     }
-    let eos = cfg.eos_ids.clone();
-    let mut parser = StreamParser::new(cfg, &req.prompt);
+    let parser = StreamParser::new(cfg, &req.prompt);
+    generate_parsed(session, tokenizer, req, constraint, parser, on_event).await
+}
+
+/// Continues a reply whose first tokens `parser` has already taken (their text delivered, as
+/// [`generate_text`] streamed it or a batch slot did): `req.prompt` is the reply's prompt
+/// followed by those tokens, `req.max_tokens` the tokens left to it. The events and the output's
+/// tokens are those of the continuation; its summary covers the whole reply, as if one call had
+/// generated it. Sampled requests should move their seed on (the draws restart with the call).
+pub async fn continue_text(
+    session: &mut Session,
+    tokenizer: &Tokenizer,
+    req: &TextRequest,
+    parser: StreamParser,
+    on_event: &mut dyn FnMut(TextEvent<'_>) -> bool,
+) -> Result<TextOutput, RunError> {
+    generate_parsed(session, tokenizer, req, None, parser, on_event).await
+}
+
+async fn generate_parsed(
+    session: &mut Session,
+    tokenizer: &Tokenizer,
+    req: &TextRequest,
+    constraint: Option<&mut dyn TokenConstraint>,
+    mut parser: StreamParser,
+    on_event: &mut dyn FnMut(TextEvent<'_>) -> bool,
+) -> Result<TextOutput, RunError> {
+    session.set_sampling(req.sampling.as_ref(), req.logprobs)?;
+    let eos = if req.ignore_eos {
+        Vec::new()
+    } else {
+        req.stream.eos_ids.clone()
+    };
     let mut cancelled = false;
     let mut on_tok = |e: Event| -> bool {
         match e {

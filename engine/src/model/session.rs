@@ -773,7 +773,14 @@ impl Session {
         self.last_result.as_ref()
     }
 
-    /// Whether this session can decode with the MTP head now.
+    /// Whether the session has an MTP head to speculate with (whatever its state holds now;
+    /// see [`Session::mtp_available`]).
+    pub fn has_mtp_head(&self) -> bool {
+        self.mtp.is_some()
+    }
+
+    /// Whether this session can decode with the MTP head now (its MTP cache in step with the
+    /// state; a reset puts it in step).
     pub fn mtp_available(&self) -> bool {
         self.mtp.is_some() && self.mtp_synced
     }
