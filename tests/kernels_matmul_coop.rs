@@ -14,6 +14,7 @@ use qwgpu_engine::ops::matmul::{
     coop_tile, set_coop_tile, set_prefill_coop, set_prefill_gemm, use_coop, CoopTile, MatmulOpts,
     FEW_ROWS, MT_PREFILL,
 };
+use qwgpu_engine::ops::matmul::{matmul, set_coop_short_tokens};
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
@@ -49,6 +50,32 @@ fn opts() -> MatmulOpts {
         mt: MT_PREFILL,
         swiglu: false,
     }
+}
+
+/// The GEMM dispatches of `m` for chunks of up to `t` tokens: each one's token range and
+/// whether it runs the short tile (its label says so).
+fn short_dispatches(gpu: &qwgpu_engine::gpu::Gpu, m: &Matrix, t: usize) -> Vec<((u32, u32), bool)> {
+    use qwgpu_engine::ops::Act;
+    let x = gpu.storage("x", (t * m.k as usize * 4) as u64).unwrap();
+    let y = gpu.storage("y", (t * m.n as usize * 4) as u64).unwrap();
+    let step = step_buffer(gpu, Default::default());
+    let slot = qwgpu_engine::gpu::StepSlot {
+        buf: &step,
+        offset: 0,
+    };
+    let ds = pollster::block_on(matmul(
+        gpu,
+        m,
+        Act::new(&x, m.k),
+        Act::new(&y, m.n),
+        slot,
+        opts(),
+    ))
+    .unwrap();
+    ds.iter()
+        .filter(|d| d.label.starts_with("matmul "))
+        .map(|d| (d.grid.tokens, d.label.ends_with("(short chunks)")))
+        .collect()
 }
 
 #[test]
@@ -204,6 +231,33 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     3.0 / 2048.0,
                 );
                 let (_, y0) = first.as_ref().unwrap();
+                // Unforced, chunks of at most `coop_short_tokens` tokens run the short tile
+                // (the plan holds both forms, each step records the one for its token count):
+                // every row has the bits of the forced tiles' above.
+                set_coop_tile(None);
+                set_coop_short_tokens(8);
+                if CoopTile::SHORT.fits(&gpu.limits) && k % CoopTile::SHORT.bk as usize == 0 {
+                    let short = short_dispatches(&gpu, &m, t);
+                    assert_eq!(short, [((0, 8), true), ((9, u32::MAX), false)]);
+                }
+                let long = run_mm(&gpu, &m, &x, t, false, false);
+                assert_bits_eq(
+                    &format!("unforced tiles, 70 rows, {} n={n} k={k}", f.describe()),
+                    &long,
+                    y0,
+                );
+                for (a, b) in [(0usize, 8usize), (5, 7), (62, 70), (60, 69)] {
+                    let part = run_mm(&gpu, &m, &x[a * k..b * k], b - a, false, false);
+                    assert_bits_eq(
+                        &format!(
+                            "unforced tiles, rows {a}..{b} alone, {} n={n} k={k}",
+                            f.describe()
+                        ),
+                        &part,
+                        &y0[a * n..b * n],
+                    );
+                }
+                set_coop_short_tokens(64);
                 // The pairs do what they are for: their worst error (relative to Σ|x·w|) is far
                 // below one f16's.
                 let worst = |y: &[f32]| {

@@ -74,7 +74,14 @@ pub struct Grid {
     /// `ALL_KEYS` by default): a plan can hold a short- and a long-context form of one kernel
     /// with the same bits and record the one that is faster for the step.
     pub keys: (u32, u32),
+    /// The dispatch runs only for steps whose token count lies in this range (inclusive;
+    /// `ALL_TOKENS` by default): a plan can hold a short-prompt and a long-prompt form of one
+    /// kernel with the same bits and record the one that is faster for the chunk.
+    pub tokens: (u32, u32),
 }
+
+/// [`Grid::tokens`] of a dispatch that runs for every step.
+pub const ALL_TOKENS: (u32, u32) = (0, u32::MAX);
 
 /// [`Grid::out_rows`] of a dispatch that runs for every step.
 pub const ALL_OUT: (u32, u32) = (0, u32::MAX);
@@ -89,6 +96,7 @@ impl Grid {
             tile: 1,
             out_rows: ALL_OUT,
             keys: ALL_KEYS,
+            tokens: ALL_TOKENS,
         }
     }
     pub fn per_token(groups: u32) -> Self {
@@ -98,6 +106,7 @@ impl Grid {
             tile: 1,
             out_rows: ALL_OUT,
             keys: ALL_KEYS,
+            tokens: ALL_TOKENS,
         }
     }
     pub fn per_tile(groups: u32, tile: u32) -> Self {
@@ -107,6 +116,7 @@ impl Grid {
             tile,
             out_rows: ALL_OUT,
             keys: ALL_KEYS,
+            tokens: ALL_TOKENS,
         }
     }
     pub fn per_out(groups: u32, tile: u32) -> Self {
@@ -116,7 +126,14 @@ impl Grid {
             tile,
             out_rows: ALL_OUT,
             keys: ALL_KEYS,
+            tokens: ALL_TOKENS,
         }
+    }
+
+    /// This grid, recorded only for steps of `lo..=hi` tokens.
+    pub fn for_tokens(mut self, lo: u32, hi: u32) -> Self {
+        self.tokens = (lo, hi);
+        self
     }
 
     /// This grid, recorded only for steps whose key estimate lies in `lo..=hi`.
@@ -131,6 +148,8 @@ impl Grid {
             || shape.n_out > self.out_rows.1
             || shape.keys < self.keys.0
             || shape.keys > self.keys.1
+            || shape.n_tokens < self.tokens.0
+            || shape.n_tokens > self.tokens.1
         {
             return [0, 0, 0];
         }

@@ -54,6 +54,7 @@ pub async fn argmax(
                 tile: 1,
                 out_rows: crate::gpu::plan::ALL_OUT,
                 keys: crate::gpu::plan::ALL_KEYS,
+                tokens: crate::gpu::plan::ALL_TOKENS,
             },
         ),
         gpu.dispatch(

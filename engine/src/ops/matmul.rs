@@ -563,6 +563,22 @@ impl CoopTile {
         xlo: true,
     };
 
+    /// 64 × 64, 4 subgroups of 2 × 2 fragments, 64 features a step (39 KiB): prompt chunks of
+    /// at most [`coop_short_tokens`] tokens. With the default tiles a short chunk runs one
+    /// 128-row workgroup per SM or fewer (5120 rows: 40 workgroups), each a long serial loop
+    /// over k; twice the workgroups and half the steps take the 27B's TTFT of 10 tokens from
+    /// 192 to 110 ms on an H100 (and 1024 tokens from 0.66 to 1.25 s, hence only for short
+    /// chunks).
+    pub const SHORT: CoopTile = CoopTile {
+        bn: 64,
+        bt: 64,
+        bk: 64,
+        sgr: 2,
+        sgc: 2,
+        wlo: true,
+        xlo: true,
+    };
+
     pub fn threads(&self) -> u32 {
         32 * self.sgr * self.sgc
     }
@@ -649,6 +665,48 @@ pub fn coop_tile(limits: &wgpu::Limits, n: u32) -> Option<CoopTile> {
         .then(|| COOP_TILE_WIDE.pick(&[CoopTile::WIDE], fits))
         .flatten();
     wide.or_else(|| [CoopTile::DEFAULT, CoopTile::MEDIUM].into_iter().find(fits))
+}
+
+static COOP_SHORT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+
+fn coop_short_cell() -> &'static std::sync::atomic::AtomicU32 {
+    COOP_SHORT.get_or_init(|| {
+        let v = std::env::var("QWGPU_COOP_SHORT_TOKENS").ok();
+        let n = match v.as_deref().map(|v| v.trim().parse::<u32>()) {
+            None => 64,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                eprintln!("qwgpu: ignoring QWGPU_COOP_SHORT_TOKENS={v:?}: expected a token count");
+                64
+            }
+        };
+        std::sync::atomic::AtomicU32::new(n)
+    })
+}
+
+/// Prompt chunks of at most this many tokens run the tensor-core GEMM with
+/// [`CoopTile::SHORT`] (the same bits: a plan holds both forms and each step records the one for
+/// its token count, [`Grid::for_tokens`]); 0 = never. 64 by default;
+/// `QWGPU_COOP_SHORT_TOKENS=N` at start-up, [`set_coop_short_tokens`] for plans built after.
+pub fn coop_short_tokens() -> u32 {
+    coop_short_cell().load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// See [`coop_short_tokens`].
+pub fn set_coop_short_tokens(n: u32) {
+    coop_short_cell().store(n, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The short-chunk tile of a matrix whose tile is `t` ([`coop_short_tokens`]): none when the
+/// tile is forced, short chunks are off, or the short tile does not fit the device or `m`.
+fn coop_short_tile(limits: &wgpu::Limits, m: &Matrix, t: CoopTile) -> Option<CoopTile> {
+    let s = CoopTile::SHORT;
+    (COOP_TILE.forced().is_none()
+        && coop_short_tokens() > 0
+        && s != t
+        && s.fits(limits)
+        && m.k % s.bk == 0)
+        .then_some(s)
 }
 
 /// The tensor-core GEMM's tile where `m` in tile `mt` runs on it: [`prefill_coop`], a device
@@ -748,6 +806,7 @@ async fn coop_matmul(
             tile: 1,
             out_rows: crate::gpu::plan::ALL_OUT,
             keys: crate::gpu::plan::ALL_KEYS,
+            tokens: crate::gpu::plan::ALL_TOKENS,
         },
     )];
     let pipeline = gpu
@@ -756,6 +815,20 @@ async fn coop_matmul(
             &coop_defines(&gpu.base_defines(), &m.format, &opts, t),
         )
         .await?;
+    // Short chunks: the same GEMM with a smaller tile (the same bits), recorded instead of the
+    // default one for steps of at most `coop_short_tokens()` tokens.
+    let short = match coop_short_tile(&gpu.limits, m, t) {
+        Some(s) => Some((
+            s,
+            gpu.pipeline(
+                "matmul_coop.wgsl",
+                &coop_defines(&gpu.base_defines(), &m.format, &opts, s),
+            )
+            .await?,
+        )),
+        None => None,
+    };
+    let short_max = coop_short_tokens();
     let (groups_per_row, group_size) = match m.format {
         WeightFormat::Affine { group, .. } => (m.k / group, group),
         WeightFormat::Dense(_) => (0, 1),
@@ -800,18 +873,31 @@ async fn coop_matmul(
             y.buf.whole(),
             scratch.whole(),
         ];
-        out.push(gpu.dispatch(
-            format!("matmul {}", m.name),
-            &pipeline,
-            &res,
-            Grid {
-                groups: c.rows.div_ceil(t.bn),
-                rows: opts.rows,
-                tile: t.bt,
-                out_rows: crate::gpu::plan::ALL_OUT,
-                keys: crate::gpu::plan::ALL_KEYS,
-            },
-        ));
+        let grid = |t: CoopTile| Grid {
+            groups: c.rows.div_ceil(t.bn),
+            rows: opts.rows,
+            tile: t.bt,
+            out_rows: crate::gpu::plan::ALL_OUT,
+            keys: crate::gpu::plan::ALL_KEYS,
+            tokens: crate::gpu::plan::ALL_TOKENS,
+        };
+        match &short {
+            None => out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid(t))),
+            Some((s, short_pipeline)) => {
+                out.push(gpu.dispatch(
+                    format!("matmul {} (short chunks)", m.name),
+                    short_pipeline,
+                    &res,
+                    grid(*s).for_tokens(0, short_max),
+                ));
+                out.push(gpu.dispatch(
+                    format!("matmul {}", m.name),
+                    &pipeline,
+                    &res,
+                    grid(t).for_tokens(short_max + 1, u32::MAX),
+                ));
+            }
+        }
     }
     Ok(out)
 }
@@ -2454,6 +2540,7 @@ async fn matmul_with(
             tile: tokens,
             out_rows: crate::gpu::plan::ALL_OUT,
             keys: crate::gpu::plan::ALL_KEYS,
+            tokens: crate::gpu::plan::ALL_TOKENS,
         };
         out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
     }

@@ -996,6 +996,7 @@ impl Sampler {
             tile: 1,
             out_rows: crate::gpu::plan::ALL_OUT,
             keys: crate::gpu::plan::ALL_KEYS,
+            tokens: crate::gpu::plan::ALL_TOKENS,
         };
         let mut v = Vec::new();
         let p = self.pipeline(gpu, Pass::Stats).await?;
