@@ -489,7 +489,8 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         let p = session.profile(20).map_err(|e| e.to_string())?;
         // Every dispatch of a decode step and of a verify, timed inside the step's pass.
         let mut per_dispatch = Vec::new();
-        for t in [1u32, 2] {
+        // And a short prompt chunk (its dispatches as the prefill plan records them).
+        for t in [1u32, 2, 16] {
             session.reset();
             pollster::block_on(session.prefill(&prompt)).map_err(|e| e.to_string())?;
             if let Some(d) = session

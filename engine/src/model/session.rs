@@ -1539,7 +1539,8 @@ impl Session {
     }
 
     /// Times every dispatch of a `tokens`-token forward with its head (1: a decode step, 2: a
-    /// verify) inside one pass (benchmarks): a timestamp before the first dispatch and after
+    /// verify; more: a prompt chunk of that many tokens, at most the prefill chunk, without the
+    /// MTP head's part) inside one pass (benchmarks): a timestamp before the first dispatch and after
     /// each, the step recorded `reps` times in turn (each in its own submission after a
     /// warm-up). Returns each recorded dispatch's label and its mean GPU seconds from the end of
     /// the previous dispatch to its own end (so the boundary between two dispatches counts to
@@ -1557,15 +1558,21 @@ impl Session {
             return Ok(None);
         }
         let md = gpu.caps.max_workgroups_per_dim;
-        let t = tokens.clamp(1, 2);
-        let pos = self.state.pos.min(self.state.max_ctx.saturating_sub(3));
+        let prompt = tokens > 2;
+        let t = if prompt {
+            tokens.min(self.opts.prefill_chunk)
+        } else {
+            tokens.clamp(1, 2)
+        };
+        let n_out = if prompt { 1 } else { t };
+        let pos = self.state.pos.min(self.state.max_ctx.saturating_sub(t + 1));
         self.write_step(
             0,
             Step {
                 n_tokens: t,
                 pos,
-                n_confirmed: if t == 2 { 1 } else { 0 },
-                n_out: t,
+                n_confirmed: if t == 2 && !prompt { 1 } else { 0 },
+                n_out,
                 force: 0,
                 rollback: 0,
                 ..Default::default()
@@ -1573,14 +1580,17 @@ impl Session {
         );
         let shape = StepShape {
             n_tokens: t,
-            n_out: t,
+            n_out,
             keys: pos + 1,
         };
-        let body = if t == 1 { &self.single } else { &self.small };
-        let recorded: Vec<&crate::gpu::plan::Dispatch> = body
-            .dispatches
+        let plans: Vec<&Plan> = match t {
+            _ if prompt => vec![&self.prefill],
+            1 => vec![&self.single, &self.head],
+            _ => vec![&self.small, &self.head],
+        };
+        let recorded: Vec<&crate::gpu::plan::Dispatch> = plans
             .iter()
-            .chain(self.head.dispatches.iter())
+            .flat_map(|p| p.dispatches.iter())
             .filter(|d| d.grid.counts(shape, md)[2] > 0)
             .collect();
         let n = recorded.len() as u32 + 1;
