@@ -702,6 +702,17 @@ impl Batcher {
         Some((s.again.as_ref()?, &s.tokens))
     }
 
+    /// The only stream stays in the batch to its end ([`Batcher::lone_speculator`] no longer
+    /// offers it).
+    pub fn keep_lone(&mut self) {
+        if self.joining.is_some() || self.active() != 1 {
+            return;
+        }
+        if let Some(s) = self.slots.iter_mut().flatten().next() {
+            s.again = None;
+        }
+    }
+
     /// Takes the only stream out of the batch to continue alone (see
     /// [`Batcher::lone_speculator`]): the steps in flight are read first (their tokens handed
     /// out; one may end it: then `None`), and its slot is freed.

@@ -310,12 +310,20 @@ fn serve(
             // The only stream left asks for MTP and nothing waits: it continues alone with
             // speculation (the fastest for one user), when its tokens to come can pay for
             // feeding its tokens so far again.
-            let resume = deferred.is_empty()
+            // Once not worth it, it never is (its tokens left only shrink while the ids to feed
+            // again grow): the stream stays in the batch without being weighed at every step.
+            let resume = (deferred.is_empty()
                 && metrics.queue_depth.load(Ordering::SeqCst) <= 0
-                && session.has_mtp_head()
-                && b.lone_speculator()
-                    .is_some_and(|(job, tokens)| worth_resuming(job, tokens, &cache));
-            if resume {
+                && session.has_mtp_head())
+            .then(|| {
+                b.lone_speculator()
+                    .map(|(job, tokens)| worth_resuming(job, tokens, &cache))
+            })
+            .flatten();
+            if resume == Some(false) {
+                b.keep_lone();
+            }
+            if resume == Some(true) {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     b.detach_lone(tokenizer, metrics, control)
                 }));
@@ -330,20 +338,17 @@ fn serve(
                 if let Some(r) = r {
                     metrics.batch_resumes.fetch_add(1, Ordering::Relaxed);
                     let (job, prior) = Prior::from(r);
-                    let handoff = eligible(&job);
-                    let handed = run_alone(
+                    let into = eligible(&job).then_some(&mut *b);
+                    run_alone(
                         &mut session,
                         job,
                         tokenizer,
                         metrics,
                         control,
                         &mut cache,
-                        handoff,
+                        into,
                         Some(prior),
                     );
-                    if let Some(h) = handed {
-                        adopt(b, &mut session, h, tokenizer, metrics, control, &mut cache);
-                    }
                 }
                 metrics
                     .busy
@@ -381,7 +386,7 @@ fn serve(
                         metrics,
                         control,
                         &mut cache,
-                        false,
+                        None,
                         None,
                     );
                     break;
@@ -438,22 +443,21 @@ fn serve(
             // taken the tokens so far.)
             handoff = eligible(&job) && job.constraint.is_none() && !job.logprobs;
         }
-        let handed = run_alone(
+        run_alone(
             &mut session,
             job,
             tokenizer,
             metrics,
             control,
             &mut cache,
-            handoff,
+            batcher.as_mut().filter(|_| handoff),
             None,
         );
-        if let (Some(h), Some(b)) = (handed, batcher.as_mut()) {
-            adopt(b, &mut session, h, tokenizer, metrics, control, &mut cache);
-            metrics.busy.store(b.active() > 0, Ordering::SeqCst);
-            continue;
-        }
-        metrics.busy.store(false, Ordering::SeqCst);
+        // (A request handed into the batch decodes on there.)
+        metrics.busy.store(
+            batcher.as_ref().is_some_and(|b| b.active() > 0),
+            Ordering::SeqCst,
+        );
     }
     if let Some(dir) = cache_dir {
         store_cache_dir(dir, &session, &cache.entries);
@@ -677,8 +681,10 @@ pub(crate) fn panic_event() -> Event {
     }
 }
 
-/// Runs `job` alone in `session`. An engine panic fails this request, not the server (the next
-/// request resets the state).
+/// Runs `job` alone in `session` (continuing `prior` when given). With `into`, the job may stop
+/// after a token when another request waits and continue in that batch (a [`Handoff`]). An
+/// engine panic fails this request, not the server (the next request resets the state).
+#[allow(clippy::too_many_arguments)]
 fn run_alone(
     session: &mut Session,
     job: Job,
@@ -686,21 +692,24 @@ fn run_alone(
     metrics: &Metrics,
     control: &Control,
     cache: &mut PromptCache,
-    handoff: bool,
+    into: Option<&mut Batcher>,
     prior: Option<Prior>,
-) -> Option<Handoff> {
+) {
     let tx = job.tx.clone();
+    let handoff = into.is_some();
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run(
             session, job, tokenizer, metrics, control, cache, handoff, prior,
         )
     }));
     match ran {
-        Ok(h) => h,
-        Err(_) => {
-            panicked(metrics, &tx, cache);
-            None
+        Ok(Some(h)) => {
+            if let Some(b) = into {
+                adopt(b, session, h, tokenizer, metrics, control, cache);
+            }
         }
+        Ok(None) => {}
+        Err(_) => panicked(metrics, &tx, cache),
     }
 }
 
