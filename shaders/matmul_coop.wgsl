@@ -107,8 +107,12 @@ fn main(
 #for L XL
     let xt{{L}} = (lid + {{L}}u * WG) / (XW / 4u);
     let xv{{L}} = (lid + {{L}}u * WG) % (XW / 4u);
-    var xa{{L}} = xs[(t0 + xt{{L}}) * xrow8 + 2u * xv{{L}}];
-    var xc{{L}} = xs[(t0 + xt{{L}}) * xrow8 + 2u * xv{{L}} + 1u];
+    // Tokens of the tile past the step's read the step's last row: the same few cache lines
+    // for all of them, not rows nobody needs (their products' columns are never written, and
+    // a column's products use only that column's x).
+    let xr{{L}} = min(t0 + xt{{L}}, T - 1u) * xrow8 + 2u * xv{{L}};
+    var xa{{L}} = xs[xr{{L}}];
+    var xc{{L}} = xs[xr{{L}} + 1u];
 #endfor
 
     let nsteps = p.k / BK;
@@ -162,8 +166,8 @@ fn main(
         workgroupBarrier();
         if (s + 1u < nsteps) {
 #for L XL
-            xa{{L}} = xs[(t0 + xt{{L}}) * xrow8 + 2u * ((s + 1u) * (XW / 4u) + xv{{L}})];
-            xc{{L}} = xs[(t0 + xt{{L}}) * xrow8 + 2u * ((s + 1u) * (XW / 4u) + xv{{L}}) + 1u];
+            xa{{L}} = xs[xr{{L}} + 2u * (s + 1u) * (XW / 4u)];
+            xc{{L}} = xs[xr{{L}} + 2u * (s + 1u) * (XW / 4u) + 1u];
 #endfor
 #for L WL
             wq{{L}} = w[wr{{L}} * wpr + (s + 1u) * WPS + wd{{L}}];

@@ -644,6 +644,18 @@ static COOP_TILE_WIDE: ForcedTile<CoopTile> = ForcedTile::new(
     CoopTile::parse,
 );
 
+static COOP_TILE_SHORT: ForcedTile<CoopTile> = ForcedTile::new(
+    "QWGPU_COOP_TILE_SHORT",
+    "BNxBTxBKxSGRxSGCxP (P = 1, 2 or 3) with whole fragments and loads",
+    CoopTile::parse,
+);
+
+static COOP_TILE_SHORT_FEW: ForcedTile<CoopTile> = ForcedTile::new(
+    "QWGPU_COOP_TILE_SHORT_FEW",
+    "BNxBTxBKxSGRxSGCxP (P = 1, 2 or 3) with whole fragments and loads",
+    CoopTile::parse,
+);
+
 /// Forces the tensor-core GEMM tile of plans built from now on, for every matrix (`None`: the
 /// defaults). `QWGPU_COOP_TILE=BNxBTxBKxSGRxSGCxP` does the same at start-up;
 /// `QWGPU_COOP_TILE_WIDE=...` replaces only the tile of the matrices of more than [`FEW_ROWS`]
@@ -700,13 +712,21 @@ pub fn set_coop_short_tokens(n: u32) {
 /// The short-chunk tile of a matrix whose tile is `t` ([`coop_short_tokens`]): none when the
 /// tile is forced, short chunks are off, or the short tile does not fit the device or `m`.
 fn coop_short_tile(limits: &wgpu::Limits, m: &Matrix, t: CoopTile) -> Option<CoopTile> {
-    let s = CoopTile::SHORT;
-    (COOP_TILE.forced().is_none()
-        && coop_short_tokens() > 0
-        && s != t
-        && s.fits(limits)
-        && m.k % s.bk == 0)
+    let fits = |s: &CoopTile| s.fits(limits);
+    let s = (m.n <= FEW_ROWS)
+        .then(|| COOP_TILE_SHORT_FEW.forced().filter(fits))
+        .flatten()
+        .or_else(|| COOP_TILE_SHORT.pick(&[CoopTile::SHORT], fits))?;
+    (COOP_TILE.forced().is_none() && coop_short_tokens() > 0 && s != t && m.k % s.bk == 0)
         .then_some(s)
+}
+
+/// Forces the tensor-core GEMM tile of short prompt chunks ([`coop_short_tokens`]) in plans
+/// built from now on (`None`: [`CoopTile::SHORT`]); `QWGPU_COOP_TILE_SHORT=BNxBTxBKxSGRxSGCxP`
+/// does the same at start-up; `QWGPU_COOP_TILE_SHORT_FEW=...` only for matrices of at most
+/// [`FEW_ROWS`] rows.
+pub fn set_coop_tile_short(tile: Option<CoopTile>) {
+    COOP_TILE_SHORT.set(tile)
 }
 
 /// The tensor-core GEMM's tile where `m` in tile `mt` runs on it: [`prefill_coop`], a device
@@ -2589,6 +2609,10 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                             xlo: pairs,
                             ..CoopTile::DEFAULT
                         };
+                        v.push(("matmul_coop.wgsl", coop_defines(base, &format, &opts, t)));
+                    }
+                    // The other tiles' shapes.
+                    for t in [CoopTile::SHORT, CoopTile::WIDE] {
                         v.push(("matmul_coop.wgsl", coop_defines(base, &format, &opts, t)));
                     }
                 }
