@@ -632,29 +632,20 @@ impl CoopTile {
     }
 }
 
-static COOP_TILE: ForcedTile<CoopTile> = ForcedTile::new(
-    "QWGPU_COOP_TILE",
-    "BNxBTxBKxSGRxSGCxP (P = 1, 2 or 3) with whole fragments and loads",
-    CoopTile::parse,
-);
+/// What the tensor-core tile variables take.
+const COOP_TILE_FORM: &str = "BNxBTxBKxSGRxSGCxP (P = 1, 2 or 3) with whole fragments and loads";
 
-static COOP_TILE_WIDE: ForcedTile<CoopTile> = ForcedTile::new(
-    "QWGPU_COOP_TILE_WIDE",
-    "BNxBTxBKxSGRxSGCxP (P = 1, 2 or 3) with whole fragments and loads",
-    CoopTile::parse,
-);
+static COOP_TILE: ForcedTile<CoopTile> =
+    ForcedTile::new("QWGPU_COOP_TILE", COOP_TILE_FORM, CoopTile::parse);
 
-static COOP_TILE_SHORT: ForcedTile<CoopTile> = ForcedTile::new(
-    "QWGPU_COOP_TILE_SHORT",
-    "BNxBTxBKxSGRxSGCxP (P = 1, 2 or 3) with whole fragments and loads",
-    CoopTile::parse,
-);
+static COOP_TILE_WIDE: ForcedTile<CoopTile> =
+    ForcedTile::new("QWGPU_COOP_TILE_WIDE", COOP_TILE_FORM, CoopTile::parse);
 
-static COOP_TILE_SHORT_FEW: ForcedTile<CoopTile> = ForcedTile::new(
-    "QWGPU_COOP_TILE_SHORT_FEW",
-    "BNxBTxBKxSGRxSGCxP (P = 1, 2 or 3) with whole fragments and loads",
-    CoopTile::parse,
-);
+static COOP_TILE_SHORT: ForcedTile<CoopTile> =
+    ForcedTile::new("QWGPU_COOP_TILE_SHORT", COOP_TILE_FORM, CoopTile::parse);
+
+static COOP_TILE_SHORT_FEW: ForcedTile<CoopTile> =
+    ForcedTile::new("QWGPU_COOP_TILE_SHORT_FEW", COOP_TILE_FORM, CoopTile::parse);
 
 /// Forces the tensor-core GEMM tile of plans built from now on, for every matrix (`None`: the
 /// defaults). `QWGPU_COOP_TILE=BNxBTxBKxSGRxSGCxP` does the same at start-up;
