@@ -1,3 +1,5 @@
+# Not run (no GPU could be started after call 10). .carry/bins11.tar.xz held qwgpu, the lab,
+# the kernels_matmul_coop test binary (as coop) and old/matmul_coop.wgsl (the shader before 062b301).
 set -u
 for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 mkdir -p /tmp/b11 && tar -C /tmp/b11 -xJf .carry/bins11.tar.xz
