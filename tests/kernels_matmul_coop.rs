@@ -11,10 +11,10 @@
 
 use qwgpu_engine::gpu::GpuOptions;
 use qwgpu_engine::ops::matmul::{
-    coop_tile, set_coop_tile, set_prefill_coop, set_prefill_gemm, use_coop, CoopTile, MatmulOpts,
+    coop_forms, coop_tile, set_coop_tile, set_prefill_coop, set_prefill_gemm, use_coop, CoopTile, MatmulOpts,
     FEW_ROWS, MT_PREFILL,
 };
-use qwgpu_engine::ops::matmul::{matmul, set_coop_short_tokens};
+use qwgpu_engine::ops::matmul::{matmul, set_coop_short_tokens, set_coop_tiny_tokens};
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
@@ -52,9 +52,9 @@ fn opts() -> MatmulOpts {
     }
 }
 
-/// The GEMM dispatches of `m` for chunks of up to `t` tokens: each one's token range and
-/// whether it runs the short tile (its label says so).
-fn short_dispatches(gpu: &qwgpu_engine::gpu::Gpu, m: &Matrix, t: usize) -> Vec<((u32, u32), bool)> {
+/// The GEMM dispatches of `m` for chunks of up to `t` tokens: each one's token range and the
+/// tokens of its tile (`grid.tile`).
+fn token_forms(gpu: &qwgpu_engine::gpu::Gpu, m: &Matrix, t: usize) -> Vec<((u32, u32), u32)> {
     use qwgpu_engine::ops::Act;
     let x = gpu.storage("x", (t * m.k as usize * 4) as u64).unwrap();
     let y = gpu.storage("y", (t * m.n as usize * 4) as u64).unwrap();
@@ -74,7 +74,7 @@ fn short_dispatches(gpu: &qwgpu_engine::gpu::Gpu, m: &Matrix, t: usize) -> Vec<(
     .unwrap();
     ds.iter()
         .filter(|d| d.label.starts_with("matmul "))
-        .map(|d| (d.grid.tokens, d.label.ends_with("(short chunks)")))
+        .map(|d| (d.grid.tokens, d.grid.tile))
         .collect()
 }
 
@@ -83,6 +83,46 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
     set_prefill_gemm(true);
     set_prefill_coop(true);
     let probe = gpu();
+    // The forms a plan holds by token count (the choice alone, on any device: limits that take
+    // every tile).
+    {
+        let mut limits = probe.limits.clone();
+        limits.max_compute_workgroup_storage_size = 64 << 10;
+        limits.max_compute_invocations_per_workgroup = 1024;
+        let q = Q::random(&mut Rng(2), 130, 1024, quantized_formats()[0]);
+        let m = Matrix::upload(&probe, "w", &q.data()).unwrap();
+        let (d, s, tiny) = (CoopTile::DEFAULT, CoopTile::SHORT, CoopTile::TINY);
+        let forms = |short, tiny| {
+            set_coop_short_tokens(short);
+            set_coop_tiny_tokens(tiny);
+            coop_forms(&limits, &m, d)
+        };
+        assert_eq!(forms(8, 4), [(4, tiny), (8, s), (u32::MAX, d)]);
+        assert_eq!(forms(64, 16), [(16, tiny), (64, s), (u32::MAX, d)]);
+        // A tiny range that reaches the short one's end has no chunks of its own.
+        assert_eq!(forms(8, 8), [(8, s), (u32::MAX, d)]);
+        assert_eq!(forms(8, 100), [(8, s), (u32::MAX, d)]);
+        assert_eq!(forms(0, 16), [(16, tiny), (u32::MAX, d)]);
+        assert_eq!(forms(64, 0), [(64, s), (u32::MAX, d)]);
+        assert_eq!(forms(0, 0), [(u32::MAX, d)]);
+        // A long-chunk tile equal to the short one: the short range is not split off.
+        set_coop_tiny_tokens(0);
+        assert_eq!(coop_forms(&limits, &m, s), [(u32::MAX, s)]);
+        // A forced tile runs every chunk.
+        set_coop_tile(Some(d));
+        assert_eq!(forms(64, 16), [(u32::MAX, d)]);
+        set_coop_tile(None);
+        // Limits without room for the short tile keep the others.
+        // (and the tiny tile's smaller form where the tiny one does not fit).
+        let mut small = limits.clone();
+        small.max_compute_workgroup_storage_size = s.shared_bytes() - 1;
+        let ts = CoopTile::TINY_SMALL;
+        assert!(ts.fits(&small) && !tiny.fits(&small) && !s.fits(&small));
+        set_coop_tiny_tokens(16);
+        assert_eq!(coop_forms(&small, &m, d), [(16, ts), (u32::MAX, d)]);
+        set_coop_short_tokens(64);
+        set_coop_tiny_tokens(16);
+    }
     if !probe.caps.coop {
         eprintln!(
             "skipping the tensor-core GEMM checks: {} has no 16x16 f16/f32 cooperative matrices",
@@ -98,6 +138,9 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
         CoopTile::DEFAULT,
         CoopTile::MEDIUM,
         CoopTile::WIDE,
+        CoopTile::SHORT,
+        CoopTile::TINY,
+        CoopTile::TINY_SMALL,
         CoopTile {
             bn: 64,
             bt: 32,
@@ -231,14 +274,23 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     3.0 / 2048.0,
                 );
                 let (_, y0) = first.as_ref().unwrap();
-                // Unforced, chunks of at most `coop_short_tokens` tokens run the short tile
-                // (the plan holds both forms, each step records the one for its token count):
-                // every row has the bits of the forced tiles' above.
+                // Unforced, chunks of at most `coop_tiny_tokens` / `coop_short_tokens` tokens run
+                // the tiny / short tile (the plan holds every form, each step records the one for
+                // its token count): every row has the bits of the forced tiles' above.
                 set_coop_tile(None);
                 set_coop_short_tokens(8);
-                if CoopTile::SHORT.fits(&gpu.limits) && k % CoopTile::SHORT.bk as usize == 0 {
-                    let short = short_dispatches(&gpu, &m, t);
-                    assert_eq!(short, [((0, 8), true), ((9, u32::MAX), false)]);
+                set_coop_tiny_tokens(4);
+                let fits = |c: CoopTile| c.fits(&gpu.limits) && k % c.bk as usize == 0;
+                if fits(CoopTile::SHORT) && (fits(CoopTile::TINY) || fits(CoopTile::TINY_SMALL)) {
+                    let full = coop_tile(&gpu.limits, n as u32).unwrap().bt;
+                    assert_eq!(
+                        token_forms(&gpu, &m, t),
+                        [
+                            ((0, 4), CoopTile::TINY.bt),
+                            ((5, 8), CoopTile::SHORT.bt),
+                            ((9, u32::MAX), full)
+                        ]
+                    );
                 }
                 let long = run_mm(&gpu, &m, &x, t, false, false);
                 assert_bits_eq(
@@ -246,7 +298,7 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     &long,
                     y0,
                 );
-                for (a, b) in [(0usize, 8usize), (5, 7), (62, 70), (60, 69)] {
+                for (a, b) in [(0usize, 8usize), (5, 7), (62, 70), (60, 69), (10, 14), (3, 4)] {
                     let part = run_mm(&gpu, &m, &x[a * k..b * k], b - a, false, false);
                     assert_bits_eq(
                         &format!(
@@ -258,6 +310,7 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     );
                 }
                 set_coop_short_tokens(64);
+                set_coop_tiny_tokens(16);
                 // The pairs do what they are for: their worst error (relative to Σ|x·w|) is far
                 // below one f16's.
                 let worst = |y: &[f32]| {

@@ -579,6 +579,27 @@ impl CoopTile {
         xlo: true,
     };
 
+    /// 64 × 16, 4 subgroups of one fragment each, 128 features a step (46 KiB): prompt chunks
+    /// of at most [`coop_tiny_tokens`] tokens, a quarter of the short tile's x staging and half
+    /// its steps. H100, 27B, TTFT of 10 tokens: 98 ms on the short tile, 68.6 on this one
+    /// (bench/results/2026-12-06-g/).
+    pub const TINY: CoopTile = CoopTile {
+        bn: 64,
+        bt: 16,
+        bk: 128,
+        sgr: 4,
+        sgc: 1,
+        wlo: true,
+        xlo: true,
+    };
+
+    /// [`CoopTile::TINY`] with 64 features a step (27 KiB), for devices with less workgroup
+    /// memory (76 ms in the run above).
+    pub const TINY_SMALL: CoopTile = CoopTile {
+        bk: 64,
+        ..CoopTile::TINY
+    };
+
     pub fn threads(&self) -> u32 {
         32 * self.sgr * self.sgc
     }
@@ -647,6 +668,12 @@ static COOP_TILE_SHORT: ForcedTile<CoopTile> =
 static COOP_TILE_SHORT_FEW: ForcedTile<CoopTile> =
     ForcedTile::new("QWGPU_COOP_TILE_SHORT_FEW", COOP_TILE_FORM, CoopTile::parse);
 
+static COOP_TILE_TINY: ForcedTile<CoopTile> =
+    ForcedTile::new("QWGPU_COOP_TILE_TINY", COOP_TILE_FORM, CoopTile::parse);
+
+static COOP_TILE_TINY_FEW: ForcedTile<CoopTile> =
+    ForcedTile::new("QWGPU_COOP_TILE_TINY_FEW", COOP_TILE_FORM, CoopTile::parse);
+
 /// Forces the tensor-core GEMM tile of plans built from now on, for every matrix (`None`: the
 /// defaults). `QWGPU_COOP_TILE=BNxBTxBKxSGRxSGCxP` does the same at start-up;
 /// `QWGPU_COOP_TILE_WIDE=...` replaces only the tile of the matrices of more than [`FEW_ROWS`]
@@ -670,46 +697,108 @@ pub fn coop_tile(limits: &wgpu::Limits, n: u32) -> Option<CoopTile> {
     wide.or_else(|| [CoopTile::DEFAULT, CoopTile::MEDIUM].into_iter().find(fits))
 }
 
-static COOP_SHORT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
-
-fn coop_short_cell() -> &'static std::sync::atomic::AtomicU32 {
-    COOP_SHORT.get_or_init(|| {
-        let v = std::env::var("QWGPU_COOP_SHORT_TOKENS").ok();
-        let n = match v.as_deref().map(|v| v.trim().parse::<u32>()) {
-            None => 64,
-            Some(Ok(n)) => n,
-            Some(Err(_)) => {
-                eprintln!("qwgpu: ignoring QWGPU_COOP_SHORT_TOKENS={v:?}: expected a token count");
-                64
-            }
-        };
-        std::sync::atomic::AtomicU32::new(n)
-    })
+/// A process-wide token count: `default` unless the environment variable holds a number (read
+/// once; anything else is reported and ignored); tests and the kernel lab set it for plans built
+/// afterwards.
+pub(crate) struct TokenCount {
+    var: &'static str,
+    default: u32,
+    cell: std::sync::OnceLock<std::sync::atomic::AtomicU32>,
 }
 
+impl TokenCount {
+    pub(crate) const fn new(var: &'static str, default: u32) -> TokenCount {
+        TokenCount {
+            var,
+            default,
+            cell: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn cell(&self) -> &std::sync::atomic::AtomicU32 {
+        self.cell.get_or_init(|| {
+            let v = std::env::var(self.var).ok();
+            let n = match v.as_deref().map(|v| v.trim().parse::<u32>()) {
+                None => self.default,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    eprintln!("qwgpu: ignoring {}={v:?}: expected a token count", self.var);
+                    self.default
+                }
+            };
+            std::sync::atomic::AtomicU32::new(n)
+        })
+    }
+
+    pub(crate) fn get(&self) -> u32 {
+        self.cell().load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, n: u32) {
+        self.cell().store(n, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+static COOP_SHORT: TokenCount = TokenCount::new("QWGPU_COOP_SHORT_TOKENS", 64);
+static COOP_TINY: TokenCount = TokenCount::new("QWGPU_COOP_TINY_TOKENS", 16);
+
 /// Prompt chunks of at most this many tokens run the tensor-core GEMM with
-/// [`CoopTile::SHORT`] (the same bits: a plan holds both forms and each step records the one for
-/// its token count, [`Grid::for_tokens`]); 0 = never. 64 by default;
+/// [`CoopTile::SHORT`] (the same bits: a plan holds every form and each step records the one for
+/// its token count, [`Grid::for_tokens`], [`coop_forms`]); 0 = never. 64 by default;
 /// `QWGPU_COOP_SHORT_TOKENS=N` at start-up, [`set_coop_short_tokens`] for plans built after.
 pub fn coop_short_tokens() -> u32 {
-    coop_short_cell().load(std::sync::atomic::Ordering::Relaxed)
+    COOP_SHORT.get()
 }
 
 /// See [`coop_short_tokens`].
 pub fn set_coop_short_tokens(n: u32) {
-    coop_short_cell().store(n, std::sync::atomic::Ordering::Relaxed)
+    COOP_SHORT.set(n)
 }
 
-/// The short-chunk tile of a matrix whose tile is `t` ([`coop_short_tokens`]): none when the
-/// tile is forced, short chunks are off, or the short tile does not fit the device or `m`.
-fn coop_short_tile(limits: &wgpu::Limits, m: &Matrix, t: CoopTile) -> Option<CoopTile> {
-    let fits = |s: &CoopTile| s.fits(limits);
-    let s = (m.n <= FEW_ROWS)
+/// Prompt chunks of at most this many tokens (and at most [`coop_short_tokens`] while that is
+/// on) run the tensor-core GEMM with [`CoopTile::TINY`]; 0 = never. 16 by default;
+/// `QWGPU_COOP_TINY_TOKENS=N` at start-up, [`set_coop_tiny_tokens`] for plans built after.
+pub fn coop_tiny_tokens() -> u32 {
+    COOP_TINY.get()
+}
+
+/// See [`coop_tiny_tokens`].
+pub fn set_coop_tiny_tokens(n: u32) {
+    COOP_TINY.set(n)
+}
+
+/// The forms of `m`'s tensor-core GEMM whose tile for long chunks is `t`: (the most tokens a
+/// step may have to record it, its tile) by rising token count, the last one `t` for any count.
+/// The tiny and short forms are there when on ([`coop_tiny_tokens`], [`coop_short_tokens`]),
+/// the tile is not forced ([`set_coop_tile`]), and their tile fits the device and `m` and differs
+/// from the next form's. No form changes a result's bits.
+pub fn coop_forms(limits: &wgpu::Limits, m: &Matrix, t: CoopTile) -> Vec<(u32, CoopTile)> {
+    let mut forms = vec![(u32::MAX, t)];
+    if COOP_TILE.forced().is_some() {
+        return forms;
+    }
+    let fits = |s: &CoopTile| s.fits(limits) && m.k % s.bk == 0;
+    let few = m.n <= FEW_ROWS;
+    let short = few
         .then(|| COOP_TILE_SHORT_FEW.forced().filter(fits))
         .flatten()
-        .or_else(|| COOP_TILE_SHORT.pick(&[CoopTile::SHORT], fits))?;
-    (COOP_TILE.forced().is_none() && coop_short_tokens() > 0 && s != t && m.k % s.bk == 0)
-        .then_some(s)
+        .or_else(|| COOP_TILE_SHORT.pick(&[CoopTile::SHORT], fits));
+    let tiny = few
+        .then(|| COOP_TILE_TINY_FEW.forced().filter(fits))
+        .flatten()
+        .or_else(|| COOP_TILE_TINY.pick(&[CoopTile::TINY, CoopTile::TINY_SMALL], fits));
+    let short_max = coop_short_tokens();
+    let tiny_max = match short_max {
+        0 => coop_tiny_tokens(),
+        s => coop_tiny_tokens().min(s),
+    };
+    for (max, tile) in [(short_max, short), (tiny_max, tiny)] {
+        let (next_max, next) = forms[0];
+        if let Some(s) = tile.filter(|s| max > 0 && max < next_max && *s != next) {
+            forms.insert(0, (max, s));
+        }
+    }
+    forms
 }
 
 /// Forces the tensor-core GEMM tile of short prompt chunks ([`coop_short_tokens`]) in plans
@@ -718,6 +807,14 @@ fn coop_short_tile(limits: &wgpu::Limits, m: &Matrix, t: CoopTile) -> Option<Coo
 /// [`FEW_ROWS`] rows.
 pub fn set_coop_tile_short(tile: Option<CoopTile>) {
     COOP_TILE_SHORT.set(tile)
+}
+
+/// Forces the tensor-core GEMM tile of tiny prompt chunks ([`coop_tiny_tokens`]) in plans built
+/// from now on (`None`: [`CoopTile::TINY`]); `QWGPU_COOP_TILE_TINY=BNxBTxBKxSGRxSGCxP` does the
+/// same at start-up; `QWGPU_COOP_TILE_TINY_FEW=...` only for matrices of at most [`FEW_ROWS`]
+/// rows.
+pub fn set_coop_tile_tiny(tile: Option<CoopTile>) {
+    COOP_TILE_TINY.set(tile)
 }
 
 /// The tensor-core GEMM's tile where `m` in tile `mt` runs on it: [`prefill_coop`], a device
@@ -769,6 +866,19 @@ pub fn coop_defines(
         .set("XL", t.bt * t.bk / 4 / t.threads())
         .flag("WLO", t.wlo)
         .flag("XLO", t.xlo)
+        .flag("XCLAMP", false)
+}
+
+/// The defines of a short-chunk form of the tensor-core GEMM ([`coop_forms`]): [`coop_defines`]
+/// with the tokens of a tile past the step reading the step's last row (`XCLAMP`; the same
+/// bits, fewer bytes where most of a tile is past the step, slower in full tiles).
+pub fn coop_short_defines(
+    base: &Defines,
+    format: &WeightFormat,
+    opts: &MatmulOpts,
+    t: CoopTile,
+) -> Defines {
+    coop_defines(base, format, opts, t).flag("XCLAMP", true)
 }
 
 /// The xsplit dispatch and the tensor-core GEMM's (one per chunk of `m`).
@@ -820,26 +930,19 @@ async fn coop_matmul(
             tokens: crate::gpu::plan::ALL_TOKENS,
         },
     )];
-    let pipeline = gpu
-        .pipeline(
-            "matmul_coop.wgsl",
-            &coop_defines(&gpu.base_defines(), &m.format, &opts, t),
-        )
-        .await?;
-    // Short chunks: the same GEMM with a smaller tile (the same bits), recorded instead of the
-    // default one for steps of at most `coop_short_tokens()` tokens.
-    let short = match coop_short_tile(&gpu.limits, m, t) {
-        Some(s) => Some((
-            s,
-            gpu.pipeline(
-                "matmul_coop.wgsl",
-                &coop_defines(&gpu.base_defines(), &m.format, &opts, s),
-            )
-            .await?,
-        )),
-        None => None,
-    };
-    let short_max = coop_short_tokens();
+    // Short chunks run the same GEMM with smaller tiles (the same bits), each form recorded for
+    // the steps of its token range ([`coop_forms`]).
+    let mut forms = Vec::new();
+    let mut lo = 0;
+    for (max, tile) in coop_forms(&gpu.limits, m, t) {
+        let defines = match max {
+            u32::MAX => coop_defines(&gpu.base_defines(), &m.format, &opts, tile),
+            _ => coop_short_defines(&gpu.base_defines(), &m.format, &opts, tile),
+        };
+        let pipeline = gpu.pipeline("matmul_coop.wgsl", &defines).await?;
+        forms.push((lo, max, tile, pipeline));
+        lo = max.saturating_add(1);
+    }
     let (groups_per_row, group_size) = match m.format {
         WeightFormat::Affine { group, .. } => (m.k / group, group),
         WeightFormat::Dense(_) => (0, 1),
@@ -892,22 +995,13 @@ async fn coop_matmul(
             keys: crate::gpu::plan::ALL_KEYS,
             tokens: crate::gpu::plan::ALL_TOKENS,
         };
-        match &short {
-            None => out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid(t))),
-            Some((s, short_pipeline)) => {
-                out.push(gpu.dispatch(
-                    format!("matmul {} (short chunks)", m.name),
-                    short_pipeline,
-                    &res,
-                    grid(*s).for_tokens(0, short_max),
-                ));
-                out.push(gpu.dispatch(
-                    format!("matmul {}", m.name),
-                    &pipeline,
-                    &res,
-                    grid(t).for_tokens(short_max + 1, u32::MAX),
-                ));
-            }
+        for (lo, hi, tile, pipeline) in &forms {
+            let label = if *tile == t {
+                format!("matmul {}", m.name)
+            } else {
+                format!("matmul {} (short chunks, {}x{})", m.name, tile.bn, tile.bt)
+            };
+            out.push(gpu.dispatch(label, pipeline, &res, grid(*tile).for_tokens(*lo, *hi)));
         }
     }
     Ok(out)
@@ -2603,8 +2697,9 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                         v.push(("matmul_coop.wgsl", coop_defines(base, &format, &opts, t)));
                     }
                     // The other tiles' shapes.
-                    for t in [CoopTile::SHORT, CoopTile::WIDE] {
-                        v.push(("matmul_coop.wgsl", coop_defines(base, &format, &opts, t)));
+                    v.push(("matmul_coop.wgsl", coop_defines(base, &format, &opts, CoopTile::WIDE)));
+                    for t in [CoopTile::SHORT, CoopTile::TINY, CoopTile::TINY_SMALL] {
+                        v.push(("matmul_coop.wgsl", coop_short_defines(base, &format, &opts, t)));
                     }
                 }
             }
