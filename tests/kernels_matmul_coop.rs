@@ -11,10 +11,10 @@
 
 use qwgpu_engine::gpu::GpuOptions;
 use qwgpu_engine::ops::matmul::{
-    coop_forms, coop_tile, set_coop_tile, set_prefill_coop, set_prefill_gemm, use_coop, CoopTile, MatmulOpts,
-    FEW_ROWS, MT_PREFILL,
+    coop_forms, coop_tile, set_coop_tile, set_prefill_coop, set_prefill_gemm, use_coop, CoopTile,
+    MatmulOpts, FEW_ROWS, MT_PREFILL,
 };
-use qwgpu_engine::ops::matmul::{matmul, set_coop_short_tokens, set_coop_tiny_tokens};
+use qwgpu_engine::ops::matmul::{matmul, parse_coop_forms, set_coop_forms};
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
@@ -89,39 +89,60 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
         let mut limits = probe.limits.clone();
         limits.max_compute_workgroup_storage_size = 64 << 10;
         limits.max_compute_invocations_per_workgroup = 1024;
-        let q = Q::random(&mut Rng(2), 130, 1024, quantized_formats()[0]);
-        let m = Matrix::upload(&probe, "w", &q.data()).unwrap();
-        let (d, s, tiny) = (CoopTile::DEFAULT, CoopTile::SHORT, CoopTile::TINY);
-        let forms = |short, tiny| {
-            set_coop_short_tokens(short);
-            set_coop_tiny_tokens(tiny);
-            coop_forms(&limits, &m, d)
-        };
-        assert_eq!(forms(8, 4), [(4, tiny), (8, s), (u32::MAX, d)]);
-        assert_eq!(forms(64, 16), [(16, tiny), (64, s), (u32::MAX, d)]);
-        // A tiny range that reaches the short one's end has no chunks of its own.
-        assert_eq!(forms(8, 8), [(8, s), (u32::MAX, d)]);
-        assert_eq!(forms(8, 100), [(8, s), (u32::MAX, d)]);
-        assert_eq!(forms(0, 16), [(16, tiny), (u32::MAX, d)]);
-        assert_eq!(forms(64, 0), [(64, s), (u32::MAX, d)]);
-        assert_eq!(forms(0, 0), [(u32::MAX, d)]);
-        // A long-chunk tile equal to the short one: the short range is not split off.
-        set_coop_tiny_tokens(0);
-        assert_eq!(coop_forms(&limits, &m, s), [(u32::MAX, s)]);
-        // A forced tile runs every chunk.
-        set_coop_tile(Some(d));
-        assert_eq!(forms(64, 16), [(u32::MAX, d)]);
-        set_coop_tile(None);
-        // Limits without room for the short tile keep the others.
-        // (and the tiny tile's smaller form where the tiny one does not fit).
+        let f = quantized_formats()[0];
+        let m = Matrix::upload(&probe, "w", &Q::random(&mut Rng(2), 130, 1024, f).data()).unwrap();
+        let (d, s, s32, tiny) = (
+            CoopTile::DEFAULT,
+            CoopTile::SHORT,
+            CoopTile::SHORT32,
+            CoopTile::TINY,
+        );
+        let max = u32::MAX;
+        set_coop_forms(None);
+        assert_eq!(
+            coop_forms(&limits, &m, d),
+            [(16, tiny), (32, s32), (64, s), (max, d)]
+        );
+        // A long-chunk tile equal to the last short one takes its tokens.
+        assert_eq!(
+            coop_forms(&limits, &m, s),
+            [(16, tiny), (32, s32), (max, s)]
+        );
+        // Tiles that do not fit the device, or whose step does not divide k, are left out.
         let mut small = limits.clone();
-        small.max_compute_workgroup_storage_size = s.shared_bytes() - 1;
-        let ts = CoopTile::TINY_SMALL;
-        assert!(ts.fits(&small) && !tiny.fits(&small) && !s.fits(&small));
-        set_coop_tiny_tokens(16);
-        assert_eq!(coop_forms(&small, &m, d), [(16, ts), (u32::MAX, d)]);
-        set_coop_short_tokens(64);
-        set_coop_tiny_tokens(16);
+        small.max_compute_workgroup_storage_size = s.shared_bytes();
+        assert!(!tiny.fits(&small) && s.fits(&small) && s32.fits(&small));
+        assert_eq!(coop_forms(&small, &m, d), [(32, s32), (64, s), (max, d)]);
+        let m192 =
+            Matrix::upload(&probe, "w", &Q::random(&mut Rng(3), 130, 192, f).data()).unwrap();
+        assert_eq!(
+            coop_forms(&limits, &m192, d),
+            [(32, s32), (64, s), (max, d)]
+        );
+        // Forced lists: equal neighbours merge; an empty list keeps one form.
+        set_coop_forms(Some(vec![(4, tiny), (8, tiny), (16, s)]));
+        assert_eq!(coop_forms(&limits, &m, d), [(8, tiny), (16, s), (max, d)]);
+        set_coop_forms(Some(Vec::new()));
+        assert_eq!(coop_forms(&limits, &m, d), [(max, d)]);
+        // A forced tile runs every chunk.
+        set_coop_forms(None);
+        set_coop_tile(Some(d));
+        assert_eq!(coop_forms(&limits, &m, d), [(max, d)]);
+        set_coop_tile(None);
+        // The environment's form.
+        assert_eq!(
+            parse_coop_forms("16:64x16x128x4x1x3, 64:64x64x64x2x2x3"),
+            Some(vec![(16, tiny), (64, s)])
+        );
+        assert_eq!(parse_coop_forms("none"), Some(Vec::new()));
+        for bad in [
+            "64:64x64x64x2x2x3,16:64x16x128x4x1x3",
+            "16:64x16",
+            "x:64x16x128x4x1x3",
+            "0:64x16x128x4x1x3",
+        ] {
+            assert_eq!(parse_coop_forms(bad), None, "{bad:?}");
+        }
     }
     if !probe.caps.coop {
         eprintln!(
@@ -139,8 +160,8 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
         CoopTile::MEDIUM,
         CoopTile::WIDE,
         CoopTile::SHORT,
+        CoopTile::SHORT32,
         CoopTile::TINY,
-        CoopTile::TINY_SMALL,
         CoopTile {
             bn: 64,
             bt: 32,
@@ -274,20 +295,25 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     3.0 / 2048.0,
                 );
                 let (_, y0) = first.as_ref().unwrap();
-                // Unforced, chunks of at most `coop_tiny_tokens` / `coop_short_tokens` tokens run
-                // the tiny / short tile (the plan holds every form, each step records the one for
-                // its token count): every row has the bits of the forced tiles' above.
+                // Unforced, chunks of at most 4 / 6 / 8 tokens run the tiny / 32-token / short
+                // tile (the plan holds every form, each step records the one for its token
+                // count): every row has the bits of the forced tiles' above.
                 set_coop_tile(None);
-                set_coop_short_tokens(8);
-                set_coop_tiny_tokens(4);
+                let short = [
+                    (4, CoopTile::TINY),
+                    (6, CoopTile::SHORT32),
+                    (8, CoopTile::SHORT),
+                ];
+                set_coop_forms(Some(short.to_vec()));
                 let fits = |c: CoopTile| c.fits(&gpu.limits) && k % c.bk as usize == 0;
-                if fits(CoopTile::SHORT) && (fits(CoopTile::TINY) || fits(CoopTile::TINY_SMALL)) {
+                if short.iter().all(|(_, c)| fits(*c)) {
                     let full = coop_tile(&gpu.limits, n as u32).unwrap().bt;
                     assert_eq!(
                         token_forms(&gpu, &m, t),
                         [
                             ((0, 4), CoopTile::TINY.bt),
-                            ((5, 8), CoopTile::SHORT.bt),
+                            ((5, 6), CoopTile::SHORT32.bt),
+                            ((7, 8), CoopTile::SHORT.bt),
                             ((9, u32::MAX), full)
                         ]
                     );
@@ -298,7 +324,15 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     &long,
                     y0,
                 );
-                for (a, b) in [(0usize, 8usize), (5, 7), (62, 70), (60, 69), (10, 14), (3, 4)] {
+                for (a, b) in [
+                    (0usize, 8usize),
+                    (5, 7),
+                    (62, 70),
+                    (60, 69),
+                    (10, 14),
+                    (3, 4),
+                    (20, 26),
+                ] {
                     let part = run_mm(&gpu, &m, &x[a * k..b * k], b - a, false, false);
                     assert_bits_eq(
                         &format!(
@@ -309,8 +343,7 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                         &y0[a * n..b * n],
                     );
                 }
-                set_coop_short_tokens(64);
-                set_coop_tiny_tokens(16);
+                set_coop_forms(None);
                 // The pairs do what they are for: their worst error (relative to Σ|x·w|) is far
                 // below one f16's.
                 let worst = |y: &[f32]| {

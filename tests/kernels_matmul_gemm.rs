@@ -6,7 +6,8 @@
 
 use qwgpu_engine::gpu::Gpu;
 use qwgpu_engine::ops::matmul::{
-    gemm_tile, set_gemm_half, set_gemm_tile, set_prefill_gemm, GemmTile, MT_PREFILL,
+    gemm_forms, gemm_tile, parse_gemm_forms, set_gemm_forms, set_gemm_half, set_gemm_tile,
+    set_prefill_gemm, GemmTile, MT_PREFILL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
@@ -34,10 +35,11 @@ fn run_mm(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, add: bool, swiglu: bool) -
 fn tiled_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
     set_prefill_gemm(true);
     let formats = quantized_formats();
-    // The two built-in tiles and an odd one (32 threads, 4 × 8 per thread, 16 features a step).
+    // The built-in tiles and an odd one (32 threads, 4 × 8 per thread, 16 features a step).
     let tiles = [
         GemmTile::SMALL,
         GemmTile::WIDE,
+        GemmTile::TINY,
         GemmTile {
             bn: 32,
             bt: 32,
@@ -120,11 +122,75 @@ fn tiled_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                         &swiglu_kernel(&gpu, &gu, t, n),
                     );
                 }
-                assert!(first.is_some(), "no GEMM tile fits {}", gpu.describe());
+                let Some((_, y0)) = &first else {
+                    panic!("no GEMM tile fits {}", gpu.describe());
+                };
+                // Unforced, chunks of at most 4 / 8 tokens run the tiny / small tile, longer
+                // ones the device's (the plan holds every form, each step records the one for
+                // its token count): every row has the forced tiles' bits.
+                set_gemm_tile(None);
+                let short = [(4, GemmTile::TINY), (8, GemmTile::SMALL)];
+                set_gemm_forms(Some(short.to_vec()));
+                let full = gemm_tile(&gpu.limits).unwrap();
+                if short.iter().all(|(_, g)| g.fits(&gpu.limits)) && full != GemmTile::SMALL {
+                    assert_eq!(
+                        gemm_forms(&gpu.limits, &m, full),
+                        [(4, GemmTile::TINY), (8, GemmTile::SMALL), (u32::MAX, full)]
+                    );
+                }
+                for (a, b) in [
+                    (0usize, 70usize),
+                    (0, 4),
+                    (3, 8),
+                    (10, 14),
+                    (20, 29),
+                    (61, 70),
+                    (5, 6),
+                ] {
+                    let part = run_mm(&gpu, &m, &x[a * k..b * k], b - a, false, false);
+                    assert_bits_eq(
+                        &format!(
+                            "unforced GEMM forms, rows {a}..{b} alone, {} n={n} k={k} ({})",
+                            f.describe(),
+                            gpu.describe()
+                        ),
+                        &part,
+                        &y0[a * n..b * n],
+                    );
+                }
+                set_gemm_forms(None);
             }
         }
     }
     set_gemm_tile(None);
+    // The default forms where every tile fits, a forced tile without them, the environment's
+    // form.
+    {
+        let gpu = gpu();
+        let mut limits = gpu.limits.clone();
+        limits.max_compute_workgroup_storage_size = 64 << 10;
+        limits.max_compute_invocations_per_workgroup = 1024;
+        let q = Q::random(&mut Rng(5), 130, 1024, formats[0]);
+        let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
+        let w = GemmTile::WIDE;
+        assert_eq!(
+            gemm_forms(&limits, &m, w),
+            [(16, GemmTile::TINY), (64, GemmTile::SMALL), (u32::MAX, w)]
+        );
+        assert_eq!(
+            gemm_forms(&limits, &m, GemmTile::SMALL),
+            [(16, GemmTile::TINY), (u32::MAX, GemmTile::SMALL)]
+        );
+        set_gemm_tile(Some(w));
+        assert_eq!(gemm_forms(&limits, &m, w), [(u32::MAX, w)]);
+        set_gemm_tile(None);
+        assert_eq!(
+            parse_gemm_forms("16:64x16x32x4x4,64:64x64x32x4x4"),
+            Some(vec![(16, GemmTile::TINY), (64, GemmTile::SMALL)])
+        );
+        assert_eq!(parse_gemm_forms("none"), Some(Vec::new()));
+        assert_eq!(parse_gemm_forms("16:64x16x32x4x3"), None);
+    }
 
     // The f16 variant (`QWGPU_GEMM_HALF=1`, a measurement switch) where the device has f16:
     // within f16's rounding of the CPU result (w, x and each product rounded to f16, then runs of
@@ -144,7 +210,7 @@ fn tiled_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
             let full = run_mm(&gpu, &m, &x, t, false, false);
             set_gemm_half(true);
             let mut first: Option<Vec<f32>> = None;
-            for tile in [GemmTile::WIDE, tiles[2]] {
+            for tile in [GemmTile::WIDE, tiles[3]] {
                 set_gemm_tile(Some(tile));
                 if gemm_tile(&gpu.limits) != Some(tile) {
                     continue;

@@ -377,6 +377,22 @@ impl GemmTile {
         tn: 4,
     };
 
+    /// 64 × 16, 4 × 4 per thread, 64 threads, 10 KiB: prompt chunks of at most 16 tokens.
+    /// H100 (Vulkan), 27B, TTFT of 10 tokens: 235 ms on [`GemmTile::WIDE`], 110 on this one
+    /// (128 × 16: 170, 32 × 16: 121, 64 × 16 × 64: 135; bench/results/2026-12-06-g/).
+    pub const TINY: GemmTile = GemmTile {
+        bn: 64,
+        bt: 16,
+        bk: 32,
+        tm: 4,
+        tn: 4,
+    };
+
+    /// The forms of short prompt chunks: (the most tokens of a step, tile), by rising count
+    /// ([`gemm_forms`]). H100, TTFT of 64 tokens: 247 ms on [`GemmTile::WIDE`], 198 on
+    /// [`GemmTile::SMALL`] (64 × 32: 202).
+    pub const SHORT_FORMS: [(u32, GemmTile); 2] = [(16, GemmTile::TINY), (64, GemmTile::SMALL)];
+
     pub fn threads(&self) -> u32 {
         (self.bn / self.tm) * (self.bt / self.tn)
     }
@@ -428,7 +444,7 @@ struct ForcedTile<T: 'static> {
     env: std::sync::OnceLock<Option<T>>,
 }
 
-impl<T: Copy> ForcedTile<T> {
+impl<T: Clone> ForcedTile<T> {
     const fn new(var: &'static str, expected: &'static str, parse: fn(&str) -> Option<T>) -> Self {
         ForcedTile {
             var,
@@ -448,13 +464,13 @@ impl<T: Copy> ForcedTile<T> {
     fn pick(&self, defaults: &[T], fits: impl Fn(&T) -> bool) -> Option<T> {
         self.forced()
             .into_iter()
-            .chain(defaults.iter().copied())
+            .chain(defaults.iter().cloned())
             .find(|t| fits(t))
     }
 
     /// The tile set by [`ForcedTile::set`], else the environment's.
     fn forced(&self) -> Option<T> {
-        let env = *self.env.get_or_init(|| {
+        let env = self.env.get_or_init(|| {
             let v = std::env::var(self.var).ok()?;
             let t = (self.parse)(&v);
             if t.is_none() {
@@ -465,7 +481,11 @@ impl<T: Copy> ForcedTile<T> {
             }
             t
         });
-        self.set.lock().ok().and_then(|t| *t).or(env)
+        self.set
+            .lock()
+            .ok()
+            .and_then(|t| t.clone())
+            .or_else(|| env.clone())
     }
 }
 
@@ -479,6 +499,38 @@ static GEMM_TILE: ForcedTile<GemmTile> = ForcedTile::new(
 /// `QWGPU_GEMM_TILE=BNxBTxBKxTMxTN` does the same at start-up.
 pub fn set_gemm_tile(tile: Option<GemmTile>) {
     GEMM_TILE.set(tile)
+}
+
+static GEMM_FORMS: ForcedTile<Vec<(u32, GemmTile)>> = ForcedTile::new(
+    "QWGPU_GEMM_FORMS",
+    "none or N:BNxBTxBKxTMxTN,... (token counts rising)",
+    parse_gemm_forms,
+);
+
+/// `QWGPU_GEMM_FORMS`'s value: `none` or `N:BNxBTxBKxTMxTN,...` with N rising; `None` when
+/// malformed.
+pub fn parse_gemm_forms(v: &str) -> Option<Vec<(u32, GemmTile)>> {
+    parse_forms(v, GemmTile::parse)
+}
+
+/// Forces the short-chunk forms of the prefill GEMM in plans built from now on (`None`:
+/// [`GemmTile::SHORT_FORMS`]; an empty list: none). `QWGPU_GEMM_FORMS=16:64x16x32x4x4,...` (or
+/// `none`) does the same at start-up.
+pub fn set_gemm_forms(forms: Option<Vec<(u32, GemmTile)>>) {
+    GEMM_FORMS.set(forms)
+}
+
+/// The forms of `m`'s prefill GEMM over a step's tokens whose tile for long chunks is `t`, as
+/// [`coop_forms`]: the short-chunk forms ([`set_gemm_forms`]) whose tile fits the device and
+/// `m`, none where the tile is forced ([`set_gemm_tile`]). The tile never changes the bits.
+pub fn gemm_forms(limits: &wgpu::Limits, m: &Matrix, t: GemmTile) -> Vec<(u32, GemmTile)> {
+    let listed = match GEMM_TILE.forced() {
+        Some(_) => Vec::new(),
+        None => GEMM_FORMS
+            .forced()
+            .unwrap_or_else(|| GemmTile::SHORT_FORMS.to_vec()),
+    };
+    token_forms(&listed, t, |s| s.fits(limits) && m.k % s.bk == 0)
 }
 
 /// The GEMM tile for a device: a forced one if it fits, else [`GemmTile::WIDE`] where the limits
@@ -564,7 +616,7 @@ impl CoopTile {
     };
 
     /// 64 × 64, 4 subgroups of 2 × 2 fragments, 64 features a step (39 KiB): prompt chunks of
-    /// at most [`coop_short_tokens`] tokens. With the default tiles a short chunk runs one
+    /// 33 to 64 tokens ([`CoopTile::SHORT_FORMS`]). With the default tiles a short chunk runs one
     /// 128-row workgroup per SM or fewer (5120 rows: 40 workgroups), each a long serial loop
     /// over k; twice the workgroups and half the steps take the 27B's TTFT of 10 tokens from
     /// 192 to 110 ms on an H100 (and 1024 tokens from 0.66 to 1.25 s, hence only for short
@@ -579,10 +631,23 @@ impl CoopTile {
         xlo: true,
     };
 
-    /// 64 × 16, 4 subgroups of one fragment each, 128 features a step (46 KiB): prompt chunks
-    /// of at most [`coop_tiny_tokens`] tokens, a quarter of the short tile's x staging and half
-    /// its steps. H100, 27B, TTFT of 10 tokens: 98 ms on the short tile, 68.6 on this one
+    /// 64 × 32, 4 subgroups of 1 × 2 fragments, 64 features a step (31 KiB): prompt chunks of 17
+    /// to 32 tokens. H100, 27B, TTFT of 32 tokens: 103 ms on [`CoopTile::SHORT`], 85 on this one
     /// (bench/results/2026-12-06-g/).
+    pub const SHORT32: CoopTile = CoopTile {
+        bn: 64,
+        bt: 32,
+        bk: 64,
+        sgr: 4,
+        sgc: 1,
+        wlo: true,
+        xlo: true,
+    };
+
+    /// 64 × 16, 4 subgroups of one fragment each, 128 features a step (46 KiB): prompt chunks
+    /// of at most 16 tokens, a quarter of the short tile's x staging and half its steps. H100,
+    /// 27B, TTFT of 10 tokens: 111 ms on [`CoopTile::SHORT`], 68 on this one (64 × 16 × 64: 76,
+    /// 32 × 16 × 128: 108; bench/results/2026-12-06-g/).
     pub const TINY: CoopTile = CoopTile {
         bn: 64,
         bt: 16,
@@ -593,12 +658,13 @@ impl CoopTile {
         xlo: true,
     };
 
-    /// [`CoopTile::TINY`] with 64 features a step (27 KiB), for devices with less workgroup
-    /// memory (76 ms in the run above).
-    pub const TINY_SMALL: CoopTile = CoopTile {
-        bk: 64,
-        ..CoopTile::TINY
-    };
+    /// The forms of short prompt chunks: (the most tokens of a step, tile), by rising count.
+    /// [`coop_forms`] keeps those that fit the device and the matrix.
+    pub const SHORT_FORMS: [(u32, CoopTile); 3] = [
+        (16, CoopTile::TINY),
+        (32, CoopTile::SHORT32),
+        (64, CoopTile::SHORT),
+    ];
 
     pub fn threads(&self) -> u32 {
         32 * self.sgr * self.sgc
@@ -662,17 +728,17 @@ static COOP_TILE: ForcedTile<CoopTile> =
 static COOP_TILE_WIDE: ForcedTile<CoopTile> =
     ForcedTile::new("QWGPU_COOP_TILE_WIDE", COOP_TILE_FORM, CoopTile::parse);
 
-static COOP_TILE_SHORT: ForcedTile<CoopTile> =
-    ForcedTile::new("QWGPU_COOP_TILE_SHORT", COOP_TILE_FORM, CoopTile::parse);
+static COOP_FORMS: ForcedTile<Vec<(u32, CoopTile)>> = ForcedTile::new(
+    "QWGPU_COOP_FORMS",
+    "none or N:BNxBTxBKxSGRxSGCxP,... (token counts rising)",
+    parse_coop_forms,
+);
 
-static COOP_TILE_SHORT_FEW: ForcedTile<CoopTile> =
-    ForcedTile::new("QWGPU_COOP_TILE_SHORT_FEW", COOP_TILE_FORM, CoopTile::parse);
-
-static COOP_TILE_TINY: ForcedTile<CoopTile> =
-    ForcedTile::new("QWGPU_COOP_TILE_TINY", COOP_TILE_FORM, CoopTile::parse);
-
-static COOP_TILE_TINY_FEW: ForcedTile<CoopTile> =
-    ForcedTile::new("QWGPU_COOP_TILE_TINY_FEW", COOP_TILE_FORM, CoopTile::parse);
+/// `QWGPU_COOP_FORMS`'s value: `none` or `N:BNxBTxBKxSGRxSGCxP,...` with N rising; `None` when
+/// malformed.
+pub fn parse_coop_forms(v: &str) -> Option<Vec<(u32, CoopTile)>> {
+    parse_forms(v, CoopTile::parse)
+}
 
 /// Forces the tensor-core GEMM tile of plans built from now on, for every matrix (`None`: the
 /// defaults). `QWGPU_COOP_TILE=BNxBTxBKxSGRxSGCxP` does the same at start-up;
@@ -697,124 +763,70 @@ pub fn coop_tile(limits: &wgpu::Limits, n: u32) -> Option<CoopTile> {
     wide.or_else(|| [CoopTile::DEFAULT, CoopTile::MEDIUM].into_iter().find(fits))
 }
 
-/// A process-wide token count: `default` unless the environment variable holds a number (read
-/// once; anything else is reported and ignored); tests and the kernel lab set it for plans built
-/// afterwards.
-pub(crate) struct TokenCount {
-    var: &'static str,
-    default: u32,
-    cell: std::sync::OnceLock<std::sync::atomic::AtomicU32>,
+/// Short-chunk forms from `none` or `N:TILE,N:TILE,...` with N rising (a tile's form is the
+/// GEMM's own, `parse`).
+fn parse_forms<T>(v: &str, parse: fn(&str) -> Option<T>) -> Option<Vec<(u32, T)>> {
+    let v = v.trim();
+    if v.is_empty() || v == "none" {
+        return Some(Vec::new());
+    }
+    let mut out: Vec<(u32, T)> = Vec::new();
+    for f in v.split(',') {
+        let (n, t) = f.split_once(':')?;
+        let n: u32 = n.trim().parse().ok()?;
+        if n == 0 || out.last().is_some_and(|(m, _)| *m >= n) {
+            return None;
+        }
+        out.push((n, parse(t.trim())?));
+    }
+    Some(out)
 }
 
-impl TokenCount {
-    pub(crate) const fn new(var: &'static str, default: u32) -> TokenCount {
-        TokenCount {
-            var,
-            default,
-            cell: std::sync::OnceLock::new(),
+/// The forms of a prompt GEMM by token count: `listed`'s short forms whose tile `fits`, then `t`
+/// for any count; a form whose tile is the next one's gives it its tokens. Each entry is (the
+/// most tokens of a step that records it, tile), the counts rising.
+fn token_forms<T: Copy + PartialEq>(
+    listed: &[(u32, T)],
+    t: T,
+    fits: impl Fn(&T) -> bool,
+) -> Vec<(u32, T)> {
+    let mut out: Vec<(u32, T)> = Vec::new();
+    for &(n, s) in listed {
+        if n > 0 && fits(&s) && out.last().is_none_or(|(m, _)| *m < n) {
+            out.push((n, s));
         }
     }
-
-    fn cell(&self) -> &std::sync::atomic::AtomicU32 {
-        self.cell.get_or_init(|| {
-            let v = std::env::var(self.var).ok();
-            let n = match v.as_deref().map(|v| v.trim().parse::<u32>()) {
-                None => self.default,
-                Some(Ok(n)) => n,
-                Some(Err(_)) => {
-                    eprintln!("qwgpu: ignoring {}={v:?}: expected a token count", self.var);
-                    self.default
-                }
-            };
-            std::sync::atomic::AtomicU32::new(n)
-        })
+    out.push((u32::MAX, t));
+    let mut i = 0;
+    while i + 1 < out.len() {
+        if out[i].1 == out[i + 1].1 {
+            out.remove(i);
+        } else {
+            i += 1;
+        }
     }
-
-    pub(crate) fn get(&self) -> u32 {
-        self.cell().load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub(crate) fn set(&self, n: u32) {
-        self.cell().store(n, std::sync::atomic::Ordering::Relaxed)
-    }
+    out
 }
 
-static COOP_SHORT: TokenCount = TokenCount::new("QWGPU_COOP_SHORT_TOKENS", 64);
-static COOP_TINY: TokenCount = TokenCount::new("QWGPU_COOP_TINY_TOKENS", 16);
-
-/// Prompt chunks of at most this many tokens run the tensor-core GEMM with
-/// [`CoopTile::SHORT`] (the same bits: a plan holds every form and each step records the one for
-/// its token count, [`Grid::for_tokens`], [`coop_forms`]); 0 = never. 64 by default;
-/// `QWGPU_COOP_SHORT_TOKENS=N` at start-up, [`set_coop_short_tokens`] for plans built after.
-pub fn coop_short_tokens() -> u32 {
-    COOP_SHORT.get()
-}
-
-/// See [`coop_short_tokens`].
-pub fn set_coop_short_tokens(n: u32) {
-    COOP_SHORT.set(n)
-}
-
-/// Prompt chunks of at most this many tokens (and at most [`coop_short_tokens`] while that is
-/// on) run the tensor-core GEMM with [`CoopTile::TINY`]; 0 = never. 16 by default;
-/// `QWGPU_COOP_TINY_TOKENS=N` at start-up, [`set_coop_tiny_tokens`] for plans built after.
-pub fn coop_tiny_tokens() -> u32 {
-    COOP_TINY.get()
-}
-
-/// See [`coop_tiny_tokens`].
-pub fn set_coop_tiny_tokens(n: u32) {
-    COOP_TINY.set(n)
+/// Forces the short-chunk forms of the tensor-core GEMM in plans built from now on (`None`:
+/// [`CoopTile::SHORT_FORMS`]; an empty list: none). `QWGPU_COOP_FORMS=16:64x16x128x4x1x3,...`
+/// (or `none`) does the same at start-up.
+pub fn set_coop_forms(forms: Option<Vec<(u32, CoopTile)>>) {
+    COOP_FORMS.set(forms)
 }
 
 /// The forms of `m`'s tensor-core GEMM whose tile for long chunks is `t`: (the most tokens a
-/// step may have to record it, its tile) by rising token count, the last one `t` for any count.
-/// The tiny and short forms are there when on ([`coop_tiny_tokens`], [`coop_short_tokens`]),
-/// the tile is not forced ([`set_coop_tile`]), and their tile fits the device and `m` and differs
-/// from the next form's. No form changes a result's bits.
+/// step may have to record it, its tile) by rising token count, the last one `t` for any count
+/// ([`token_forms`]): the short-chunk forms ([`set_coop_forms`]) whose tile fits the device and
+/// `m`, none where the tile is forced ([`set_coop_tile`]). No form changes a result's bits.
 pub fn coop_forms(limits: &wgpu::Limits, m: &Matrix, t: CoopTile) -> Vec<(u32, CoopTile)> {
-    let mut forms = vec![(u32::MAX, t)];
-    if COOP_TILE.forced().is_some() {
-        return forms;
-    }
-    let fits = |s: &CoopTile| s.fits(limits) && m.k % s.bk == 0;
-    let few = m.n <= FEW_ROWS;
-    let short = few
-        .then(|| COOP_TILE_SHORT_FEW.forced().filter(fits))
-        .flatten()
-        .or_else(|| COOP_TILE_SHORT.pick(&[CoopTile::SHORT], fits));
-    let tiny = few
-        .then(|| COOP_TILE_TINY_FEW.forced().filter(fits))
-        .flatten()
-        .or_else(|| COOP_TILE_TINY.pick(&[CoopTile::TINY, CoopTile::TINY_SMALL], fits));
-    let short_max = coop_short_tokens();
-    let tiny_max = match short_max {
-        0 => coop_tiny_tokens(),
-        s => coop_tiny_tokens().min(s),
+    let listed = match COOP_TILE.forced() {
+        Some(_) => Vec::new(),
+        None => COOP_FORMS
+            .forced()
+            .unwrap_or_else(|| CoopTile::SHORT_FORMS.to_vec()),
     };
-    for (max, tile) in [(short_max, short), (tiny_max, tiny)] {
-        let (next_max, next) = forms[0];
-        if let Some(s) = tile.filter(|s| max > 0 && max < next_max && *s != next) {
-            forms.insert(0, (max, s));
-        }
-    }
-    forms
-}
-
-/// Forces the tensor-core GEMM tile of short prompt chunks ([`coop_short_tokens`]) in plans
-/// built from now on (`None`: [`CoopTile::SHORT`]); `QWGPU_COOP_TILE_SHORT=BNxBTxBKxSGRxSGCxP`
-/// does the same at start-up; `QWGPU_COOP_TILE_SHORT_FEW=...` only for matrices of at most
-/// [`FEW_ROWS`] rows.
-pub fn set_coop_tile_short(tile: Option<CoopTile>) {
-    COOP_TILE_SHORT.set(tile)
-}
-
-/// Forces the tensor-core GEMM tile of tiny prompt chunks ([`coop_tiny_tokens`]) in plans built
-/// from now on (`None`: [`CoopTile::TINY`]); `QWGPU_COOP_TILE_TINY=BNxBTxBKxSGRxSGCxP` does the
-/// same at start-up; `QWGPU_COOP_TILE_TINY_FEW=...` only for matrices of at most [`FEW_ROWS`]
-/// rows.
-pub fn set_coop_tile_tiny(tile: Option<CoopTile>) {
-    COOP_TILE_TINY.set(tile)
+    token_forms(&listed, t, |s| s.fits(limits) && m.k % s.bk == 0)
 }
 
 /// The tensor-core GEMM's tile where `m` in tile `mt` runs on it: [`prefill_coop`], a device
@@ -2432,6 +2444,25 @@ async fn matmul_with(
             message: "a conv epilogue needs the staged decode kernel".into(),
         });
     }
+    // Prompt GEMMs over the step's tokens: every form by token count ([`gemm_forms`]): (first
+    // and last token count, tile, pipeline).
+    let mut forms = Vec::new();
+    if let (None, Some(t), Rows::Tokens) = (xt, gemm, opts.rows) {
+        let mut lo = 0;
+        for (max, tile) in gemm_forms(&gpu.limits, m, t) {
+            let half = half_gemm(gpu, tile);
+            let pipeline = gpu
+                .pipeline(
+                    "matmul_gemm.wgsl",
+                    &gemm_defines(&gpu.base_defines(), &m.format, &opts, tile)
+                        .flag("HALF", half)
+                        .flag("F16", half),
+                )
+                .await?;
+            forms.push((lo, max, tile, pipeline));
+            lo = max.saturating_add(1);
+        }
+    }
     let (pipeline, rows_per_wg) = if let Some(t) = xt {
         (
             gpu.pipeline(
@@ -2647,7 +2678,23 @@ async fn matmul_with(
             keys: crate::gpu::plan::ALL_KEYS,
             tokens: crate::gpu::plan::ALL_TOKENS,
         };
-        out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
+        if forms.len() > 1 {
+            for (lo, hi, tile, pipeline) in &forms {
+                let label = match *hi {
+                    u32::MAX => format!("matmul {}", m.name),
+                    _ => format!("matmul {} (short chunks, {}x{})", m.name, tile.bn, tile.bt),
+                };
+                let grid = Grid {
+                    groups: c.rows.div_ceil(tile.bn),
+                    tile: tile.bt,
+                    ..grid
+                }
+                .for_tokens(*lo, *hi);
+                out.push(gpu.dispatch(label, pipeline, &res, grid));
+            }
+        } else {
+            out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
+        }
     }
     Ok(out)
 }
@@ -2661,7 +2708,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
     {
         for rows in [Rows::Tokens, Rows::Out] {
             for (add, swiglu) in [(false, false), (true, false), (false, true)] {
-                for tile in [GemmTile::SMALL, GemmTile::WIDE] {
+                for tile in [GemmTile::SMALL, GemmTile::WIDE, GemmTile::TINY] {
                     let d = gemm_defines(
                         base,
                         &format,
@@ -2697,9 +2744,15 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                         v.push(("matmul_coop.wgsl", coop_defines(base, &format, &opts, t)));
                     }
                     // The other tiles' shapes.
-                    v.push(("matmul_coop.wgsl", coop_defines(base, &format, &opts, CoopTile::WIDE)));
-                    for t in [CoopTile::SHORT, CoopTile::TINY, CoopTile::TINY_SMALL] {
-                        v.push(("matmul_coop.wgsl", coop_short_defines(base, &format, &opts, t)));
+                    v.push((
+                        "matmul_coop.wgsl",
+                        coop_defines(base, &format, &opts, CoopTile::WIDE),
+                    ));
+                    for (_, t) in CoopTile::SHORT_FORMS {
+                        v.push((
+                            "matmul_coop.wgsl",
+                            coop_short_defines(base, &format, &opts, t),
+                        ));
                     }
                 }
             }
