@@ -14,9 +14,9 @@ use qwgpu_engine::ops::matmul::{
     coop_forms, coop_tile, set_coop_tile, set_prefill_coop, set_prefill_gemm, use_coop, CoopTile,
     MatmulOpts, FEW_ROWS, MT_PREFILL,
 };
-use qwgpu_engine::ops::matmul::{matmul, parse_coop_forms, set_coop_forms};
+use qwgpu_engine::ops::matmul::{parse_coop_forms, set_coop_forms};
 use qwgpu_engine::ops::matrix::Matrix;
-use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
+use qwgpu_tests::quant::{added, prompt_forms, quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
 
 fn run_mm(
@@ -50,32 +50,6 @@ fn opts() -> MatmulOpts {
         mt: MT_PREFILL,
         swiglu: false,
     }
-}
-
-/// The GEMM dispatches of `m` for chunks of up to `t` tokens: each one's token range and the
-/// tokens of its tile (`grid.tile`).
-fn token_forms(gpu: &qwgpu_engine::gpu::Gpu, m: &Matrix, t: usize) -> Vec<((u32, u32), u32)> {
-    use qwgpu_engine::ops::Act;
-    let x = gpu.storage("x", (t * m.k as usize * 4) as u64).unwrap();
-    let y = gpu.storage("y", (t * m.n as usize * 4) as u64).unwrap();
-    let step = step_buffer(gpu, Default::default());
-    let slot = qwgpu_engine::gpu::StepSlot {
-        buf: &step,
-        offset: 0,
-    };
-    let ds = pollster::block_on(matmul(
-        gpu,
-        m,
-        Act::new(&x, m.k),
-        Act::new(&y, m.n),
-        slot,
-        opts(),
-    ))
-    .unwrap();
-    ds.iter()
-        .filter(|d| d.label.starts_with("matmul "))
-        .map(|d| (d.grid.tokens, d.grid.tile))
-        .collect()
 }
 
 #[test]
@@ -309,7 +283,7 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                 if short.iter().all(|(_, c)| fits(*c)) {
                     let full = coop_tile(&gpu.limits, n as u32).unwrap().bt;
                     assert_eq!(
-                        token_forms(&gpu, &m, t),
+                        prompt_forms(&gpu, &m, t),
                         [
                             ((0, 4), CoopTile::TINY.bt),
                             ((5, 6), CoopTile::SHORT32.bt),

@@ -7,10 +7,10 @@
 use qwgpu_engine::gpu::Gpu;
 use qwgpu_engine::ops::matmul::{
     gemm_forms, gemm_tile, parse_gemm_forms, set_gemm_forms, set_gemm_half, set_gemm_tile,
-    set_prefill_gemm, GemmTile, MT_PREFILL,
+    set_prefill_coop, set_prefill_gemm, GemmTile, MT_PREFILL,
 };
 use qwgpu_engine::ops::matrix::Matrix;
-use qwgpu_tests::quant::{added, quantized_formats, run_matmul, MmCall, Q};
+use qwgpu_tests::quant::{added, prompt_forms, quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
 
 /// Prefill-tile matmul over `t` rows of x: y, or with `add` what was added to it.
@@ -34,6 +34,9 @@ fn run_mm(gpu: &Gpu, m: &Matrix, x: &[f32], t: usize, add: bool, swiglu: bool) -
 #[test]
 fn tiled_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
     set_prefill_gemm(true);
+    // (Devices with cooperative matrices would run the tensor-core GEMM instead:
+    // tests/kernels_matmul_coop.rs.)
+    set_prefill_coop(false);
     let formats = quantized_formats();
     // The built-in tiles and an odd one (32 threads, 4 × 8 per thread, 16 features a step).
     let tiles = [
@@ -136,6 +139,15 @@ fn tiled_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     assert_eq!(
                         gemm_forms(&gpu.limits, &m, full),
                         [(4, GemmTile::TINY), (8, GemmTile::SMALL), (u32::MAX, full)]
+                    );
+                    // The plan records each form for its token range.
+                    assert_eq!(
+                        prompt_forms(&gpu, &m, t),
+                        [
+                            ((0, 4), GemmTile::TINY.bt),
+                            ((5, 8), GemmTile::SMALL.bt),
+                            ((9, u32::MAX), full.bt)
+                        ]
                     );
                 }
                 for (a, b) in [

@@ -168,6 +168,37 @@ impl<'a> MmCall<'a> {
     }
 }
 
+/// The prompt GEMM dispatches of `m` for chunks of up to `t` tokens (no add, no SwiGLU): each
+/// one's token range ([`qwgpu_engine::gpu::Grid::for_tokens`]) and the tokens of its tile.
+pub fn prompt_forms(gpu: &Gpu, m: &Matrix, t: usize) -> Vec<((u32, u32), u32)> {
+    let x = gpu.storage("x", (t * m.k as usize * 4) as u64).unwrap();
+    let y = gpu.storage("y", (t * m.n as usize * 4) as u64).unwrap();
+    let step = crate::step_buffer(gpu, Default::default());
+    let slot = StepSlot {
+        buf: &step,
+        offset: 0,
+    };
+    let opts = MatmulOpts {
+        rows: Rows::Tokens,
+        add: false,
+        mt: qwgpu_engine::ops::matmul::MT_PREFILL,
+        swiglu: false,
+    };
+    let ds = pollster::block_on(matmul(
+        gpu,
+        m,
+        Act::new(&x, m.k),
+        Act::new(&y, m.n),
+        slot,
+        opts,
+    ))
+    .unwrap();
+    ds.iter()
+        .filter(|d| d.label.starts_with("matmul "))
+        .map(|d| (d.grid.tokens, d.grid.tile))
+        .collect()
+}
+
 /// Runs `c` on `m` and returns y ([t, n], or [t, n / 2] with SwiGLU) as written, starting from
 /// [`start_y`].
 pub fn run_matmul(gpu: &Gpu, m: &Matrix, c: MmCall<'_>) -> Vec<f32> {

@@ -808,6 +808,28 @@ fn token_forms<T: Copy + PartialEq>(
     out
 }
 
+/// `forms` ([`token_forms`]) as token ranges: (first and last token count, tile).
+fn form_ranges<T: Copy>(forms: &[(u32, T)]) -> Vec<(u32, u32, T)> {
+    let mut lo = 0;
+    forms
+        .iter()
+        .map(|&(hi, t)| {
+            let r = (lo, hi, t);
+            lo = hi.saturating_add(1);
+            r
+        })
+        .collect()
+}
+
+/// The label of a form's dispatch of matrix `name`: the short-chunk forms (all but the last)
+/// name their tile.
+fn form_label(name: &str, hi: u32, bn: u32, bt: u32) -> String {
+    match hi {
+        u32::MAX => format!("matmul {name}"),
+        _ => format!("matmul {name} (short chunks, {bn}x{bt})"),
+    }
+}
+
 /// Forces the short-chunk forms of the tensor-core GEMM in plans built from now on (`None`:
 /// [`CoopTile::SHORT_FORMS`]; an empty list: none). `QWGPU_COOP_FORMS=16:64x16x128x4x1x3,...`
 /// (or `none`) does the same at start-up.
@@ -945,15 +967,13 @@ async fn coop_matmul(
     // Short chunks run the same GEMM with smaller tiles (the same bits), each form recorded for
     // the steps of its token range ([`coop_forms`]).
     let mut forms = Vec::new();
-    let mut lo = 0;
-    for (max, tile) in coop_forms(&gpu.limits, m, t) {
-        let defines = match max {
+    for (lo, hi, tile) in form_ranges(&coop_forms(&gpu.limits, m, t)) {
+        let defines = match hi {
             u32::MAX => coop_defines(&gpu.base_defines(), &m.format, &opts, tile),
             _ => coop_short_defines(&gpu.base_defines(), &m.format, &opts, tile),
         };
         let pipeline = gpu.pipeline("matmul_coop.wgsl", &defines).await?;
-        forms.push((lo, max, tile, pipeline));
-        lo = max.saturating_add(1);
+        forms.push((lo, hi, tile, pipeline));
     }
     let (groups_per_row, group_size) = match m.format {
         WeightFormat::Affine { group, .. } => (m.k / group, group),
@@ -1008,12 +1028,12 @@ async fn coop_matmul(
             tokens: crate::gpu::plan::ALL_TOKENS,
         };
         for (lo, hi, tile, pipeline) in &forms {
-            let label = if *tile == t {
-                format!("matmul {}", m.name)
-            } else {
-                format!("matmul {} (short chunks, {}x{})", m.name, tile.bn, tile.bt)
-            };
-            out.push(gpu.dispatch(label, pipeline, &res, grid(*tile).for_tokens(*lo, *hi)));
+            out.push(gpu.dispatch(
+                form_label(&m.name, *hi, tile.bn, tile.bt),
+                pipeline,
+                &res,
+                grid(*tile).for_tokens(*lo, *hi),
+            ));
         }
     }
     Ok(out)
@@ -2448,8 +2468,7 @@ async fn matmul_with(
     // and last token count, tile, pipeline).
     let mut forms = Vec::new();
     if let (None, Some(t), Rows::Tokens) = (xt, gemm, opts.rows) {
-        let mut lo = 0;
-        for (max, tile) in gemm_forms(&gpu.limits, m, t) {
+        for (lo, hi, tile) in form_ranges(&gemm_forms(&gpu.limits, m, t)) {
             let half = half_gemm(gpu, tile);
             let pipeline = gpu
                 .pipeline(
@@ -2459,8 +2478,7 @@ async fn matmul_with(
                         .flag("F16", half),
                 )
                 .await?;
-            forms.push((lo, max, tile, pipeline));
-            lo = max.saturating_add(1);
+            forms.push((lo, hi, tile, pipeline));
         }
     }
     let (pipeline, rows_per_wg) = if let Some(t) = xt {
@@ -2680,17 +2698,18 @@ async fn matmul_with(
         };
         if forms.len() > 1 {
             for (lo, hi, tile, pipeline) in &forms {
-                let label = match *hi {
-                    u32::MAX => format!("matmul {}", m.name),
-                    _ => format!("matmul {} (short chunks, {}x{})", m.name, tile.bn, tile.bt),
-                };
                 let grid = Grid {
                     groups: c.rows.div_ceil(tile.bn),
                     tile: tile.bt,
                     ..grid
                 }
                 .for_tokens(*lo, *hi);
-                out.push(gpu.dispatch(label, pipeline, &res, grid));
+                out.push(gpu.dispatch(
+                    form_label(&m.name, *hi, tile.bn, tile.bt),
+                    pipeline,
+                    &res,
+                    grid,
+                ));
             }
         } else {
             out.push(gpu.dispatch(format!("matmul {}", m.name), &pipeline, &res, grid));
