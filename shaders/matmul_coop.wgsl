@@ -14,13 +14,22 @@
 // in f32. The epilogue stores each fragment to workgroup memory and the subgroup's lanes scale
 // it back (×2^-(sh + 8), exact), then write, add (ADD) or pair it (SWIGLU).
 //
+// WEXACT (4-bit codes with bf16 scales): w = s·(q − 8) + b' with b' = b + 8s. s·(q − 8)·2^8 is
+// exact in one f16 (a bf16 scale has 8 significant bits, q − 8 in [−8, 7] at most 3), so the
+// main steps stage one f16 per weight and each fragment accumulates w·lo(x), then w·hi(x): the
+// weights exact, two products instead of three. The offsets enter as pseudo-features after the
+// row's k (xsplit.wgsl's XGRP: group g's sum X_g at features k + 2g and k + 2g + 1): tail steps
+// stage hi(b'·2^8) and lo(b'·2^8) there, so the same products add Σ_g b'_g·X_g. x is scaled into
+// [2^7, 2^8) so that the group sums stay inside f16's range.
+//
 // A (row, token)'s sum depends only on its row of weights and its own x (the products of other
 // tokens never enter it), so a prompt gives the same bits in chunks of any size and any tile of
 // tokens; not the bits of the f32 GEMM (rounding of f16 pairs, tensor-core accumulation).
 //
 // Defines: BN, BT, BK (multiple of 16), SGR, SGC, FM = BN / (16·SGR), FN = BT / (16·SGC), WG,
-// WL = BN·BK / (EPW·WG) and XL = BT·BK / (4·WG) whole, WLO, XLO, XCLAMP, TOKENS, ADD, SWIGLU, Q4
-// or Q8, SCALE_*.
+// WL = BN·BK / (EPW·WG) and XL = BT·BK / (4·WG) whole, WLO, XLO, XCLAMP, WEXACT, TOKENS, ADD,
+// SWIGLU, Q4 or Q8, SCALE_*. p.x_stride: u32 words per xsplit row (k, or k and the
+// pseudo-features under WEXACT, a multiple of BK).
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -104,7 +113,7 @@ fn main(
     // Thread lid stages x vec4 i % (XW / 4) of tile token i / (XW / 4), i = lid, lid + WG, ...
     // (one token's step is XW contiguous words: per 16 features, 8 words of hi then 8 of lo).
     // (Read as two vec4<f16> per 16 bytes: no conversions.)
-    let xrow8 = p.k / 2u;
+    let xrow8 = p.x_stride / 2u;
 #for L XL
     let xt{{L}} = (lid + {{L}}u * WG) / (XW / 4u);
     let xv{{L}} = (lid + {{L}}u * WG) % (XW / 4u);
@@ -142,9 +151,14 @@ fn main(
         {
             let base = ((lid + {{L}}u * WG) / WPS) * AS + wd{{L}} * EPW;
             // w·2^8 = fma(s·2^8, q, b·2^8) four codes at a time; codes to f32 without a
-            // conversion instruction (2^23 + q has q in its mantissa bits).
+            // conversion instruction (2^23 + q has q in its mantissa bits). WEXACT:
+            // s·2^8·(q − 8) = fma(s·2^8, q, −8·s·2^8), exact in f32 and in f16.
             let s4 = vec4<f32>(sb{{L}}.x * WSCALE);
+#if WEXACT
+            let b4 = s4 * -8.0;
+#else
             let b4 = vec4<f32>(sb{{L}}.y * WSCALE);
+#endif
 #for V VW
             {
                 let q = bitcast<vec4<f32>>(((vec4<u32>(wq{{L}}) >> (CSH + vec4<u32>(16u * {{V}}u))) & vec4<u32>(MASK)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
@@ -215,6 +229,81 @@ fn main(
 #endfor
         }
     }
+
+#if WEXACT
+    // Tail steps (a separate loop: the main one stays straight-line): the pseudo-features, x's
+    // group sums against the groups' offsets b' = b + 8s (×2^8, exact) as hi at feature 2g and
+    // lo at 2g + 1 of row wr; zeros past the row's groups (their x pseudo-features are zeros).
+    let ns = p.x_stride / BK;
+    for (var s = nsteps; s < ns; s++) {
+#for L XL
+#if XCLAMP
+        xa{{L}} = xs[xr{{L}} + 2u * s * (XW / 4u)];
+        xc{{L}} = xs[xr{{L}} + 2u * s * (XW / 4u) + 1u];
+#else
+        xa{{L}} = xs[(t0 + xt{{L}}) * xrow8 + 2u * (s * (XW / 4u) + xv{{L}})];
+        xc{{L}} = xs[(t0 + xt{{L}}) * xrow8 + 2u * (s * (XW / 4u) + xv{{L}}) + 1u];
+#endif
+#endfor
+        workgroupBarrier();
+#for L XL
+        {
+            let xo = xt{{L}} * XS + xv{{L}} * 8u;
+            xb[xo] = xa{{L}}.x;
+            xb[xo + 1u] = xa{{L}}.y;
+            xb[xo + 2u] = xa{{L}}.z;
+            xb[xo + 3u] = xa{{L}}.w;
+            xb[xo + 4u] = xc{{L}}.x;
+            xb[xo + 5u] = xc{{L}}.y;
+            xb[xo + 6u] = xc{{L}}.z;
+            xb[xo + 7u] = xc{{L}}.w;
+        }
+#endfor
+#for L WL
+        {
+            let base = ((lid + {{L}}u * WG) / WPS) * AS + wd{{L}} * EPW;
+            let gq = ((s - nsteps) * BK + wd{{L}} * EPW) / 2u;
+#for V VW
+            {
+                let g0 = gq + {{V}}u * 2u;
+                let gl = p.groups_per_row - 1u;
+                let sa = scale_bias(wr{{L}} * p.groups_per_row + min(g0, gl));
+                let sz = scale_bias(wr{{L}} * p.groups_per_row + min(g0 + 1u, gl));
+                let bv = vec2<f32>(
+                    select(0.0, fma(sa.x, 8.0, sa.y), g0 <= gl),
+                    select(0.0, fma(sz.x, 8.0, sz.y), g0 + 1u <= gl),
+                ) * WSCALE;
+                let hv = bitcast<vec2<f32>>(bitcast<vec2<u32>>(bv) & vec2<u32>(0xFFFFE000u));
+                let hh = vec2<f16>(hv);
+                let ll = vec2<f16>(bv - hv);
+                ah[base + {{V}}u * 4u] = hh.x;
+                ah[base + {{V}}u * 4u + 1u] = ll.x;
+                ah[base + {{V}}u * 4u + 2u] = hh.y;
+                ah[base + {{V}}u * 4u + 3u] = ll.y;
+            }
+#endfor
+        }
+#endfor
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk += 16u) {
+#for I FM
+            let ia{{I}} = (ar + {{I}}u * 16u) * AS + kk;
+            let ah{{I}} = coopLoadT<coop_mat16x16<f16, A>>(&ah[ia{{I}}], AS);
+#endfor
+#for J FN
+            let ib{{J}} = (at + {{J}}u * 16u) * XS + kk * 2u;
+            let bh{{J}} = coopLoad<coop_mat16x16<f16, B>>(&xb[ib{{J}}], XS);
+            let bl{{J}} = coopLoad<coop_mat16x16<f16, B>>(&xb[ib{{J}} + 16u], XS);
+#endfor
+#for I FM
+#for J FN
+            c_{{I}}_{{J}} = coopMultiplyAdd(ah{{I}}, bl{{J}}, c_{{I}}_{{J}});
+            c_{{I}}_{{J}} = coopMultiplyAdd(ah{{I}}, bh{{J}}, c_{{I}}_{{J}});
+#endfor
+#endfor
+        }
+    }
+#endif
 
     // Epilogue: fragment (I, J) through this subgroup's 256 floats of workgroup memory, column
     // major (row i, token j at j·16 + i).

@@ -3,18 +3,23 @@
 //! counts, partial token tiles, rows far beyond f16's range and far below it; a prompt row's
 //! bits do not depend on the chunk it is computed in nor on the tile; the SwiGLU epilogue gives
 //! the bits of the stacked GEMM followed by the SwiGLU kernel; and with f16 weights (no pairs)
-//! the result is within f16's rounding and not the pairs' bits.
+//! the result is within f16's rounding and not the pairs' bits. 4-bit weights with bf16 scales
+//! run the exact-weights form by default (one f16 per weight, the groups' offsets through x's
+//! pseudo-features: groups of 32, 64 and 128 here), checked the same way and against the weight
+//! pairs.
 //!
 //! Runs where the device has 16 × 16 cooperative matrices of f16 with f32 accumulators (NVIDIA
 //! through Vulkan); elsewhere (lavapipe, SwiftShader, Metal) it says so and checks only that the
-//! engine keeps the f32 GEMM there. One test: the switches are process-wide.
+//! engine keeps the f32 GEMM there. One test for the GEMM (the switches are process-wide); one
+//! for `xsplit.wgsl` alone, on every device.
 
 use qwgpu_engine::gpu::GpuOptions;
 use qwgpu_engine::ops::matmul::{
     coop_forms, coop_tile, set_coop_tile, set_prefill_coop, set_prefill_gemm, use_coop, CoopTile,
     MatmulOpts, FEW_ROWS, MT_PREFILL,
 };
-use qwgpu_engine::ops::matmul::{parse_coop_forms, set_coop_forms};
+use qwgpu_engine::ops::matmul::{coop_exact, parse_coop_forms, set_coop_exact, set_coop_forms};
+use qwgpu_engine::quant::{FloatType, WeightFormat};
 use qwgpu_engine::ops::matrix::Matrix;
 use qwgpu_tests::quant::{added, prompt_forms, quantized_formats, run_matmul, MmCall, Q};
 use qwgpu_tests::*;
@@ -50,6 +55,10 @@ fn opts() -> MatmulOpts {
         mt: MT_PREFILL,
         swiglu: false,
     }
+}
+
+fn rtol(k: usize) -> f32 {
+    (3 * k / 16) as f32 * 2f32.powi(-22) + 1e-6
 }
 
 #[test]
@@ -163,7 +172,13 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
     ];
     for gpu in devices {
         let mut rng = Rng(21);
-        for f in quantized_formats() {
+        // The exact-weights form's group sizes beside the shared formats.
+        let extra = [32, 128].map(|group| WeightFormat::Affine {
+            bits: 4,
+            group,
+            scale: FloatType::BF16,
+        });
+        for f in quantized_formats().into_iter().chain(extra) {
             for (n, k) in [(130usize, 1024usize), (70, 256)] {
                 let q = Q::random(&mut rng, n, k, f);
                 let m = Matrix::upload(&gpu, "w", &q.data()).unwrap();
@@ -208,7 +223,7 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     // f16 pairs hold w and x to about 2^-22; the tensor cores add each block of
                     // 16 features' products to the running sum with truncation (about 2^-22 of it
                     // per block and pair term: 3k/16 blocks).
-                    let rtol = (3 * k / 16) as f32 * 2f32.powi(-22) + 1e-6;
+                    let rtol = rtol(k);
                     for add in [false, true] {
                         let got = run_mm(&gpu, &m, &x, t, add, false);
                         assert_close(
@@ -269,6 +284,44 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     3.0 / 2048.0,
                 );
                 let (_, y0) = first.as_ref().unwrap();
+                // The exact-weights form (the default above for 4-bit codes with bf16 scales)
+                // against the weight pairs it replaces: both within the pairs' bound of the CPU,
+                // and not the same bits (the form is in use).
+                if coop_exact(&f, &[CoopTile::DEFAULT]).is_some() {
+                    set_coop_tile(Some(CoopTile::DEFAULT));
+                    set_coop_exact(false);
+                    let pairs = run_mm(&gpu, &m, &x, t, false, false);
+                    set_coop_exact(true);
+                    assert_close(
+                        &format!(
+                            "coop GEMM with weight pairs (exact form off) vs CPU, {} n={n} k={k}",
+                            f.describe()
+                        ),
+                        &pairs,
+                        &want,
+                        &mag,
+                        0.0,
+                        rtol(k),
+                    );
+                    let worst = |y: &[f32]| {
+                        y.iter()
+                            .zip(&want)
+                            .zip(&mag)
+                            .map(|((a, b), m)| (a - b).abs() / m.max(f32::MIN_POSITIVE))
+                            .fold(0f32, f32::max)
+                    };
+                    eprintln!(
+                        "{} n={n} k={k}: worst error / Σ|x·w|: exact weights {:.2e}, weight pairs {:.2e}",
+                        f.describe(),
+                        worst(y0),
+                        worst(&pairs)
+                    );
+                    assert!(
+                        &pairs != y0,
+                        "{} n={n} k={k}: the exact-weights form gave the weight pairs' bits",
+                        f.describe()
+                    );
+                }
                 // Unforced, chunks of at most 4 / 6 / 8 tokens run the tiny / 32-token / short
                 // tile (the plan holds every form, each step records the one for its token
                 // count): every row has the bits of the forced tiles' above.
@@ -350,5 +403,108 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
     {
         assert_eq!(coop_tile(&limits, FEW_ROWS + 1), Some(CoopTile::WIDE));
         assert_eq!(coop_tile(&limits, FEW_ROWS), Some(CoopTile::DEFAULT));
+    }
+}
+
+/// `xsplit.wgsl` on any device (it needs no cooperative matrices): every row's scale, f16
+/// pairs and factor, and in the exact-weights form the groups' sums as pseudo-features and the
+/// zeros after them, against a scalar CPU model of the layout (hi: the value's mantissa cut to
+/// 10 bits; lo and the sums' halves: f16 of what is left, round to nearest even).
+#[test]
+fn xsplit_rows_and_group_sums_match_cpu() {
+    use qwgpu_engine::gpu::{Rows, StepShape, StepSlot};
+    use qwgpu_engine::ops::matmul::{coop_row_words, xsplit};
+    use qwgpu_engine::ops::Act;
+    let gpu = gpu();
+    let mut rng = Rng(5);
+    for (k, col, stride, exact) in [
+        (256u32, 0u32, 256u32, None),
+        (256, 0, 256, Some(64u32)),
+        (320, 6, 330, Some(32)),
+        (384, 2, 390, Some(128)),
+        (1024, 0, 1024, Some(64)),
+    ] {
+        let t = 5usize;
+        let mut x = rng.vec(t * stride as usize, 1.0);
+        // Row 1 large, row 2 tiny, row 3 zero, row 4 with one outlier.
+        for (r, f) in [(1usize, 3.0e5f32), (2, 1.0e-7), (3, 0.0)] {
+            for v in &mut x[r * stride as usize..(r + 1) * stride as usize] {
+                *v *= f;
+            }
+        }
+        x[4 * stride as usize + col as usize + 7] = 900.0;
+        let xb = upload_f32(&gpu, "x", &x);
+        let sb = tokens_step(&gpu, t);
+        let xs = pollster::block_on(xsplit(
+            &gpu,
+            "xsplit test",
+            k,
+            exact,
+            Act {
+                buf: &xb,
+                stride,
+                col,
+            },
+            StepSlot {
+                buf: &sb,
+                offset: 0,
+            },
+            Rows::Tokens,
+        ))
+        .unwrap();
+        assert_eq!(xs.row_words, coop_row_words(k, exact));
+        run(
+            &gpu,
+            &[xs.dispatch],
+            StepShape {
+                n_tokens: t as u32,
+                n_out: 1,
+                keys: 0,
+            },
+        );
+        let words = read_u32(&gpu, &xs.buf, (xs.sig_off as usize) + t);
+        let f16 = |v: f32| half::f16::from_f32(v).to_bits() as u32;
+        let cut = |v: f32| f32::from_bits(v.to_bits() & 0xFFFF_E000);
+        for r in 0..t {
+            let row = &x[r * stride as usize + col as usize..][..k as usize];
+            let m = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let e = ((m.to_bits() >> 23) & 0xFF) as i32 - 127;
+            let top = if exact.is_some() { 7 } else { 13 };
+            let sh = (top - e).clamp(-114, 118);
+            let sc = f32::from_bits(((sh + 127) as u32) << 23);
+            let what = format!("k={k} col={col} exact={exact:?} row {r}");
+            assert_eq!(
+                words[xs.sig_off as usize + r],
+                ((127 - sh - 8) as u32) << 23,
+                "{what}: factor"
+            );
+            let base = r * xs.row_words as usize;
+            let pair = |j: usize, a: f32, b: f32, what: &str| {
+                let o = base + (j / 8) * 16 + j % 8;
+                let (ha, hb) = (cut(a), cut(b));
+                assert_eq!(words[o], f16(ha) | f16(hb) << 16, "{what}: hi of pair {j}");
+                assert_eq!(
+                    words[o + 8],
+                    f16(a - ha) | f16(b - hb) << 16,
+                    "{what}: lo of pair {j}"
+                );
+            };
+            for j in 0..k as usize / 2 {
+                pair(j, row[2 * j] * sc, row[2 * j + 1] * sc, &what);
+            }
+            if let Some(g) = exact {
+                let ng = (k / g) as usize;
+                for (gi, grp) in row.chunks(g as usize).enumerate() {
+                    let sum = grp.iter().fold(0f32, |a, v| a + v * sc);
+                    assert!(sum.abs() < 32768.0, "{what}: group {gi} sum {sum}");
+                    pair(k as usize / 2 + gi, sum, sum, &format!("{what}, group sum"));
+                }
+                for j in ng..(xs.row_words - k) as usize / 2 {
+                    pair(k as usize / 2 + j, 0.0, 0.0, &format!("{what}, pad"));
+                }
+            } else {
+                assert_eq!(xs.row_words, k);
+            }
+        }
     }
 }

@@ -48,6 +48,9 @@ crate::gpu_struct! {
         x_col: u32,
         /// word where the rows' scale factors start
         sig_off: u32,
+        /// features per weight group (the pseudo-features of `XGRP`) and u32 words per row
+        group: u32,
+        row_words: u32,
     }
 }
 
@@ -868,10 +871,59 @@ pub fn use_coop(gpu: &Gpu, m: &Matrix, opts: &MatmulOpts) -> Option<CoopTile> {
 }
 
 /// Bytes of the xsplit buffer for `rows` rows of `k` features: f16 pairs (4 bytes per value)
-/// and one factor per row, rows padded to [`COOP_ROW_PAD`].
+/// and the exact-weights form's pseudo-features at their most (groups of 32), and one factor per
+/// row, rows padded to [`COOP_ROW_PAD`].
 pub fn coop_scratch_bytes(rows: u32, k: u32) -> u64 {
     let r = rows.next_multiple_of(COOP_ROW_PAD) as u64;
-    r * k as u64 * 4 + r * 4
+    r * coop_row_words(k, Some(32)) as u64 * 4 + r * 4
+}
+
+/// Steps of the exact-weights form's pseudo-features are padded to a multiple of this (the
+/// largest step of the tiles that may take the form).
+pub const COOP_EXACT_PAD: u32 = 128;
+
+/// u32 words of one xsplit row: `k` (one word per feature: hi and lo of pairs), and with
+/// `Some(group)` (the exact-weights form, [`coop_exact`]) two pseudo-features per weight group,
+/// padded to [`COOP_EXACT_PAD`].
+pub fn coop_row_words(k: u32, group: Option<u32>) -> u32 {
+    match group {
+        Some(g) => k + (2 * k.div_ceil(g)).next_multiple_of(COOP_EXACT_PAD),
+        None => k,
+    }
+}
+
+static COOP_EXACT: Switch = Switch::new("QWGPU_COOP_EXACT", true);
+
+/// See [`coop_exact`].
+pub fn set_coop_exact(on: bool) {
+    COOP_EXACT.set(on)
+}
+
+/// Whether the tensor-core GEMM takes 4-bit weights with bf16 scales exactly (`WEXACT` in
+/// `matmul_coop.wgsl`): for tiles asking for near-f32 accuracy (weight pairs), each weight is
+/// staged as the one f16 s·(q − 8) (exact: 8 significant bits of scale, at most 3 of q − 8) and
+/// the groups' offsets b + 8s enter through pseudo-features of x (`XGRP` in `xsplit.wgsl`), so
+/// each 16 features take two tensor-core products instead of three. Returns the group size
+/// where the form applies to `format` with every tile in `tiles`. On by default;
+/// `QWGPU_COOP_EXACT=0` keeps the weight pairs.
+pub fn coop_exact(format: &WeightFormat, tiles: &[CoopTile]) -> Option<u32> {
+    match *format {
+        WeightFormat::Affine {
+            bits: 4,
+            group,
+            scale: crate::quant::FloatType::BF16,
+        } if COOP_EXACT.get()
+            && group % 2 == 0
+            && group <= 128
+            && !tiles.is_empty()
+            && tiles
+                .iter()
+                .all(|t| t.wlo && t.xlo && COOP_EXACT_PAD % t.bk == 0) =>
+        {
+            Some(group)
+        }
+        _ => None,
+    }
 }
 
 /// The defines of the tensor-core GEMM.
@@ -915,6 +967,96 @@ pub fn coop_short_defines(
     coop_defines(base, format, opts, t).flag("XCLAMP", true)
 }
 
+/// `defines` (of [`coop_defines`] or [`coop_short_defines`]) in the exact-weights form
+/// ([`coop_exact`]): one f16 per weight, x as pairs.
+pub fn coop_exact_defines(defines: Defines) -> Defines {
+    defines.flag("WEXACT", true).flag("WLO", false)
+}
+
+/// The xsplit dispatch of a tensor-core GEMM call ([`xsplit`]) and where it writes.
+pub struct Xsplit {
+    pub dispatch: Dispatch,
+    /// The device's shared xsplit buffer ([`COOP_SCRATCH`]).
+    pub buf: std::sync::Arc<crate::gpu::GpuBuffer>,
+    /// u32 words per row ([`coop_row_words`]): row t at t · row_words.
+    pub row_words: u32,
+    /// Word of row 0's factor 2^-(sh + 8) (f32); row t's at sig_off + t.
+    pub sig_off: u32,
+}
+
+/// `xsplit.wgsl` over the step's rows of `x` (`k` features from `x.col`): each row scaled by a
+/// power of two and written as f16 pairs for the tensor-core GEMM, with `exact` = `Some(group)`
+/// the exact-weights form's pseudo-features (the groups' sums; [`coop_exact`]).
+pub async fn xsplit(
+    gpu: &Gpu,
+    name: &str,
+    k: u32,
+    exact: Option<u32>,
+    x: Act<'_>,
+    step: StepSlot<'_>,
+    rows: Rows,
+) -> Result<Xsplit, GpuError> {
+    if x.stride % 2 != 0 || x.col % 2 != 0 || x.stride == 0 || k % 2 != 0 {
+        return Err(GpuError::Shader {
+            name: format!("matmul {name}"),
+            message: "x stride/column and k must be even for the tensor-core GEMM".into(),
+        });
+    }
+    if exact.is_some_and(|g| g == 0 || g % 2 != 0 || k % g != 0) {
+        return Err(GpuError::Shader {
+            name: format!("matmul {name}"),
+            message: format!("k = {k} is not whole even groups of {exact:?}"),
+        });
+    }
+    // The most rows a step can have: what x's buffer holds.
+    let max_rows = (x.buf.size / 4 / x.stride as u64).min(u32::MAX as u64) as u32;
+    let row_words = coop_row_words(k, exact);
+    let padded = max_rows.next_multiple_of(COOP_ROW_PAD);
+    let buf = gpu.shared_scratch(
+        COOP_SCRATCH,
+        (padded as u64 * row_words as u64 * 4 + padded as u64 * 4)
+            .max(coop_scratch_bytes(max_rows, k)),
+    )?;
+    let sig_off = padded * row_words;
+    let split = gpu
+        .pipeline(
+            "xsplit.wgsl",
+            &gpu.base_defines()
+                .set("PARAMS", <XsplitParams as crate::gpu::ParamStruct>::WGSL)
+                .set("TOKENS", "n_tokens")
+                .flag("XGRP", exact.is_some()),
+        )
+        .await?;
+    let sp = XsplitParams {
+        k,
+        x_stride: x.stride,
+        x_col: x.col,
+        sig_off,
+        group: exact.unwrap_or(0),
+        row_words,
+    };
+    let u = gpu.uniform(&format!("{name}.xsplit"), &sp);
+    let dispatch = gpu.dispatch(
+        format!("xsplit {name}"),
+        &split,
+        &[u.whole(), step.binding(), x.buf.whole(), buf.whole()],
+        Grid {
+            groups: 1,
+            rows,
+            tile: 1,
+            out_rows: crate::gpu::plan::ALL_OUT,
+            keys: crate::gpu::plan::ALL_KEYS,
+            tokens: crate::gpu::plan::ALL_TOKENS,
+        },
+    );
+    Ok(Xsplit {
+        dispatch,
+        buf,
+        row_words,
+        sig_off,
+    })
+}
+
 /// The xsplit dispatch and the tensor-core GEMM's (one per chunk of `m`).
 async fn coop_matmul(
     gpu: &Gpu,
@@ -925,52 +1067,23 @@ async fn coop_matmul(
     opts: MatmulOpts,
     t: CoopTile,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    if x.stride % 2 != 0 || x.col % 2 != 0 || x.stride == 0 {
-        return Err(GpuError::Shader {
-            name: format!("matmul {}", m.name),
-            message: "x stride/column must be even for the tensor-core GEMM".into(),
-        });
-    }
-    // The most rows a step can have: what x's buffer holds.
-    let rows = (x.buf.size / 4 / x.stride as u64).min(u32::MAX as u64) as u32;
-    let scratch = gpu.shared_scratch(COOP_SCRATCH, coop_scratch_bytes(rows, m.k))?;
-    let sig_off = rows.next_multiple_of(COOP_ROW_PAD) * m.k;
-    // (`use_coop` admits only grids over the step's tokens.)
-    let split = gpu
-        .pipeline(
-            "xsplit.wgsl",
-            &gpu.base_defines()
-                .set("PARAMS", <XsplitParams as crate::gpu::ParamStruct>::WGSL)
-                .set("TOKENS", "n_tokens"),
-        )
-        .await?;
-    let sp = XsplitParams {
-        k: m.k,
-        x_stride: x.stride,
-        x_col: x.col,
-        sig_off,
-    };
-    let u = gpu.uniform(&format!("{}.xsplit", m.name), &sp);
-    let mut out = vec![gpu.dispatch(
-        format!("xsplit {}", m.name),
-        &split,
-        &[u.whole(), step.binding(), x.buf.whole(), scratch.whole()],
-        Grid {
-            groups: 1,
-            rows: opts.rows,
-            tile: 1,
-            out_rows: crate::gpu::plan::ALL_OUT,
-            keys: crate::gpu::plan::ALL_KEYS,
-            tokens: crate::gpu::plan::ALL_TOKENS,
-        },
-    )];
+    let form_list = coop_forms(&gpu.limits, m, t);
+    let tiles: Vec<CoopTile> = form_list.iter().map(|f| f.1).collect();
+    let exact = coop_exact(&m.format, &tiles);
+    let xs = xsplit(gpu, &m.name, m.k, exact, x, step, opts.rows).await?;
+    let (scratch, row_words, sig_off) = (xs.buf, xs.row_words, xs.sig_off);
+    let mut out = vec![xs.dispatch];
     // Short chunks run the same GEMM with smaller tiles (the same bits), each form recorded for
     // the steps of its token range ([`coop_forms`]).
     let mut forms = Vec::new();
-    for (lo, hi, tile) in form_ranges(&coop_forms(&gpu.limits, m, t)) {
+    for (lo, hi, tile) in form_ranges(&form_list) {
         let defines = match hi {
             u32::MAX => coop_defines(&gpu.base_defines(), &m.format, &opts, tile),
             _ => coop_short_defines(&gpu.base_defines(), &m.format, &opts, tile),
+        };
+        let defines = match exact {
+            Some(_) => coop_exact_defines(defines),
+            None => defines,
         };
         let pipeline = gpu.pipeline("matmul_coop.wgsl", &defines).await?;
         forms.push((lo, hi, tile, pipeline));
@@ -994,7 +1107,8 @@ async fn coop_matmul(
             } else {
                 y.col + c.row0
             },
-            x_stride: 2 * m.k,
+            // (u32 words per xsplit row)
+            x_stride: row_words,
             x_col: 0,
             y_stride: y.stride,
             groups_per_row,
@@ -2773,15 +2887,33 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                             coop_short_defines(base, &format, &opts, t),
                         ));
                     }
+                    // The exact-weights form, full and short tiles.
+                    if coop_exact(&format, &[CoopTile::DEFAULT]).is_some() {
+                        for t in [CoopTile::DEFAULT, CoopTile::WIDE] {
+                            v.push((
+                                "matmul_coop.wgsl",
+                                coop_exact_defines(coop_defines(base, &format, &opts, t)),
+                            ));
+                        }
+                        for (_, t) in CoopTile::SHORT_FORMS {
+                            v.push((
+                                "matmul_coop.wgsl",
+                                coop_exact_defines(coop_short_defines(base, &format, &opts, t)),
+                            ));
+                        }
+                    }
                 }
             }
         }
-        v.push((
-            "xsplit.wgsl",
-            base.clone()
-                .set("PARAMS", <XsplitParams as crate::gpu::ParamStruct>::WGSL)
-                .set("TOKENS", "n_tokens"),
-        ));
+        for grp in [false, true] {
+            v.push((
+                "xsplit.wgsl",
+                base.clone()
+                    .set("PARAMS", <XsplitParams as crate::gpu::ParamStruct>::WGSL)
+                    .set("TOKENS", "n_tokens")
+                    .flag("XGRP", grp),
+            ));
+        }
         if base.is_true("SUBGROUPS") {
             for mt in DECODE_TILES {
                 for rows in [Rows::Tokens, Rows::Out] {
