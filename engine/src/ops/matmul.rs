@@ -892,7 +892,7 @@ pub fn coop_row_words(k: u32, group: Option<u32>) -> u32 {
     }
 }
 
-static COOP_EXACT: Switch = Switch::new("QWGPU_COOP_EXACT", true);
+static COOP_EXACT: Switch = Switch::new("QWGPU_COOP_EXACT", false);
 
 /// See [`coop_exact`].
 pub fn set_coop_exact(on: bool) {
@@ -904,16 +904,24 @@ pub fn set_coop_exact(on: bool) {
 /// staged as the one f16 s·(q − 8) (exact: 8 significant bits of scale, at most 3 of q − 8) and
 /// the groups' offsets b + 8s enter through pseudo-features of x (`XGRP` in `xsplit.wgsl`), so
 /// each 16 features take two tensor-core products instead of three. Returns the group size
-/// where the form applies to `format` with every tile in `tiles`. On by default;
-/// `QWGPU_COOP_EXACT=0` keeps the weight pairs.
+/// where the form applies to `format` with every tile in `tiles`. As accurate as the pairs
+/// (worst error 5.8e-7 of Σ|x·w| against 5.7e-7 in the kernel test on an H100), faster for short
+/// chunks (TTFT of 10 / 64 tokens 67 / 109 → 61 / 99 ms) but slower at 1024 tokens (660 → 781
+/// ms; bench/results/2026-12-07/), so off by default: `QWGPU_COOP_EXACT=1` (or
+/// [`set_coop_exact`]) turns it on. Every tile of a call takes the same form (forms by token
+/// count must give the same bits).
 pub fn coop_exact(format: &WeightFormat, tiles: &[CoopTile]) -> Option<u32> {
+    exact_capable(format, tiles).filter(|_| COOP_EXACT.get())
+}
+
+/// [`coop_exact`] whatever the switch says.
+fn exact_capable(format: &WeightFormat, tiles: &[CoopTile]) -> Option<u32> {
     match *format {
         WeightFormat::Affine {
             bits: 4,
             group,
             scale: crate::quant::FloatType::BF16,
-        } if COOP_EXACT.get()
-            && group % 2 == 0
+        } if group % 2 == 0
             && group <= 128
             && !tiles.is_empty()
             && tiles
@@ -2888,7 +2896,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                         ));
                     }
                     // The exact-weights form, full and short tiles.
-                    if coop_exact(&format, &[CoopTile::DEFAULT]).is_some() {
+                    if exact_capable(&format, &[CoopTile::DEFAULT]).is_some() {
                         for t in [CoopTile::DEFAULT, CoopTile::WIDE] {
                             v.push((
                                 "matmul_coop.wgsl",
