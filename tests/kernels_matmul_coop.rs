@@ -294,6 +294,14 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     3.0 / 2048.0,
                 );
                 let (_, y0) = first.as_ref().unwrap();
+                // Worst error relative to Σ|x·w|.
+                let worst = |y: &[f32]| {
+                    y.iter()
+                        .zip(&want)
+                        .zip(&mag)
+                        .map(|((a, b), m)| (a - b).abs() / m.max(f32::MIN_POSITIVE))
+                        .fold(0f32, f32::max)
+                };
                 // The exact-weights form against the weight pairs it replaces (both checked
                 // against the CPU above): not the same bits (the form is in use).
                 if exact {
@@ -301,13 +309,6 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                     set_coop_exact(false);
                     let pairs = run_mm(&gpu, &m, &x, t, false, false);
                     set_coop_exact(true);
-                    let worst = |y: &[f32]| {
-                        y.iter()
-                            .zip(&want)
-                            .zip(&mag)
-                            .map(|((a, b), m)| (a - b).abs() / m.max(f32::MIN_POSITIVE))
-                            .fold(0f32, f32::max)
-                    };
                     eprintln!(
                         "{} n={n} k={k}: worst error / Σ|x·w|: exact weights {:.2e}, weight pairs {:.2e}",
                         f.describe(),
@@ -371,13 +372,6 @@ fn tensor_core_prefill_gemm_matches_cpu_and_is_chunk_invariant() {
                 set_coop_forms(None);
                 // The pairs do what they are for: their worst error (relative to Σ|x·w|) is far
                 // below one f16's.
-                let worst = |y: &[f32]| {
-                    y.iter()
-                        .zip(&want)
-                        .zip(&mag)
-                        .map(|((a, b), m)| (a - b).abs() / m.max(f32::MIN_POSITIVE))
-                        .fold(0f32, f32::max)
-                };
                 let (ep, es) = (worst(y0), worst(&got));
                 eprintln!(
                     "{} n={n} k={k}, exact weights {exact}: worst error / Σ|x·w|: {ep:.2e}, one f16 {es:.2e}",
