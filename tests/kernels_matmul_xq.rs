@@ -242,7 +242,8 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         .filter(|f| matches!(f, WeightFormat::Affine { bits: 4, .. }))
         .collect();
     // The default (each word's product scaled in f32; long rows split over 2 groups of lanes)
-    // on every device variant, format and shape; then block sums in i32
+    // on every device variant and shape, every format on the device's own variant (the checked
+    // one without subgroups, the browser's form, takes the first); then block sums in i32
     // (`QWGPU_XQ_BLOCK_SUM=1`), 3 / 2 blocks per lane iteration with 2 / 4 groups per row, and
     // no split at all, on one device variant, one format and two shapes.
     // Pipelines are built for their row length (`QWGPU_XQ_CONST_K`, the default: k = 2048 is rows
@@ -277,7 +278,6 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         } else {
             gpus[gpus.len() - 1..].to_vec()
         };
-        let formats = if full { &formats[..] } else { &formats[..1] };
         let shapes: &[(usize, usize)] = if full {
             &[
                 (70, 1536),
@@ -293,8 +293,17 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         } else {
             &[(70, 1536), (6, 16896)]
         };
-        for gpu in gpus {
+        let last = gpus.len() - 1;
+        for (gi, gpu) in gpus.into_iter().enumerate() {
             let mut rng = Rng(41);
+            // Every format on the device's own variant; the checked variant without subgroups
+            // (the browser's form) with the first (its shader compiles are most of this test's
+            // time on a CPU device, and the formats differ only in the dequantization).
+            let formats = if full && gi == last {
+                &formats[..]
+            } else {
+                &formats[..1]
+            };
             for &f in formats {
                 // k = 1536: a full chunk of 32 blocks and a partial one; 4224: five chunks and three
                 // xquant workgroups; 16896: rows past the long-row limit. n not a multiple of the tile.
@@ -813,7 +822,7 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
         .into_iter()
         .filter(|f| matches!(f, WeightFormat::Affine { bits: 4, .. }))
         .collect();
-    // Every device variant and format; then 2 groups per row, the three-plane format
+    // Every device variant (every format on the device's own); then 2 groups per row, the three-plane format
     // (`QWGPU_XQ_NARROW=0`) and the one-plane format (`QWGPU_XQ_BYTE=1`), on one of each.
     // Last, the grid-stride form with 2 workgroups (`QWGPU_XQ_GRID`), the epilogues included.
     for (ksplit, narrow, one, grid) in [
@@ -828,13 +837,21 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
         set_byte(one);
         set_xq_grid(grid);
         let gpus = gpu_variants();
-        let (gpus, formats) = if ksplit.is_none() && narrow && !one && grid.is_none() {
-            (gpus, &formats[..])
+        let full = ksplit.is_none() && narrow && !one && grid.is_none();
+        let gpus = if full {
+            gpus
         } else {
-            (gpus[gpus.len() - 1..].to_vec(), &formats[..1])
+            gpus[gpus.len() - 1..].to_vec()
         };
-        for gpu in gpus {
+        let last = gpus.len() - 1;
+        for (gi, gpu) in gpus.into_iter().enumerate() {
             let mut rng = Rng(47);
+            // Every format on the device's own variant, the first on the checked one.
+            let formats = if full && gi == last {
+                &formats[..]
+            } else {
+                &formats[..1]
+            };
             for &f in formats {
                 // A residual projection kin → h, a matmul h → n2 and a SwiGLU gate+up h → i on its
                 // planes (i and h multiples of the tiles' 16 output rows, n2 not; with the row

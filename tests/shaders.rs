@@ -42,27 +42,44 @@ fn check(name: &str, code: &str, label: &str) -> Result<(), String> {
 
 #[test]
 fn every_variant_translates_to_spirv_and_msl() {
-    let mut failures = Vec::new();
-    let mut count = 0;
-    for subgroups in [false, true] {
-        for (name, defines) in all_variants(subgroups) {
-            let label = format!("{name}[{}]", defines.label());
-            match preprocess(name, &defines, false) {
-                Ok(code) => {
-                    count += 1;
-                    if let Err(e) = check(name, &code, &label) {
-                        failures.push(e);
-                    }
+    let variants: Vec<_> = [false, true].into_iter().flat_map(all_variants).collect();
+    // Each variant is independent: check them on every core (naga is most of this test's time).
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((name, defines)) = variants.get(i) else {
+                    break;
+                };
+                let label = format!("{name}[{}]", defines.label());
+                let result = match preprocess(name, defines, false) {
+                    Ok(code) => check(name, &code, &label),
+                    Err(e) => Err(format!("{label}: preprocess: {e}")),
+                };
+                if let Err(e) = result {
+                    failures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((i, e));
                 }
-                Err(e) => failures.push(format!("{label}: preprocess: {e}")),
-            }
+            });
         }
-    }
+    });
+    let mut failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    failures.sort();
+    let count = variants.len();
     assert!(
         failures.is_empty(),
         "{} of {count} variants failed:\n{}",
         failures.len(),
-        failures.join("\n")
+        failures
+            .iter()
+            .map(|(_, e)| e.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(count > 100, "only {count} variants enumerated");
 }

@@ -17,7 +17,8 @@
 // 5. the page explains a missing WebGPU; a model too big for wasm32 memory, or for the adapter's
 //    storage-binding limit, is refused with a message naming the limit.
 //
-// Options: --fixtures a,b   --max-tokens N (tokens per reference prompt, default 32)
+// Options: --fixtures a,b   --max-tokens N (tokens per reference prompt of the first fixture,
+//          default 32)   --other-tokens N (of the other fixtures, default 16)
 //          --chat-tokens N (default 8)   --headed
 //          --all-prompts (every reference prompt for every fixture, not only the first's)
 // Environment: QWGPU_BIN (the native CLI, default target/debug/qwgpu), CHROMIUM (/usr/bin/chromium).
@@ -39,6 +40,9 @@ const opt = (name, d) => {
 };
 const FIXTURES = opt('--fixtures', 'mtp-perm,f32-q4-g64').split(',').filter(Boolean);
 const MAX_TOKENS = Number(opt('--max-tokens', '32'));
+const OTHER_TOKENS = Number(opt('--other-tokens', '16'));
+// The first fixture is the full check; the others add their weight formats at fewer tokens.
+const tokensOf = (name) => (FIXTURES.indexOf(name) === 0 ? MAX_TOKENS : OTHER_TOKENS);
 const CHAT_TOKENS = Number(opt('--chat-tokens', '8'));
 const HEADED = args.includes('--headed');
 const ALL_PROMPTS = args.includes('--all-prompts');
@@ -122,19 +126,20 @@ for (const name of FIXTURES) {
   const dir = path.join(FIXTURE_DIR, name);
   const all = JSON.parse(fs.readFileSync(path.join(dir, 'reference.json'), 'utf8')).prompts;
   // The first fixture runs every reference prompt (1 to 301 ids: several prefill chunks); the
-  // others their first three of at most 64 ids (SwiftShader runs a small model at a few tokens
+  // others their first two of at most 64 ids (SwiftShader runs a small model at a few tokens
   // per second, and the long prompt's chunking is the first fixture's to show).
-  const prompts = FIXTURES.indexOf(name) === 0 || ALL_PROMPTS ? all : all.filter((p) => p.length <= 64).slice(0, 3);
+  const prompts = FIXTURES.indexOf(name) === 0 || ALL_PROMPTS ? all : all.filter((p) => p.length <= 64).slice(0, 2);
+  const n = tokensOf(name);
   const r = { prompts, plain: [], mtp: [] };
   for (const p of prompts) {
-    r.plain.push(native(dir, p, MAX_TOKENS, mtpFlags(false)));
-    r.mtp.push(native(dir, p, MAX_TOKENS, mtpFlags(true)));
+    r.plain.push(native(dir, p, n, mtpFlags(false)));
+    r.mtp.push(native(dir, p, n, mtpFlags(true)));
   }
-  r.sampledPlain = native(dir, prompts[1], MAX_TOKENS, [...mtpFlags(false), ...samplingFlags(SAMPLED)]);
-  r.sampledMtp = native(dir, prompts[1], MAX_TOKENS, [...mtpFlags(true), ...samplingFlags(SAMPLED)]);
+  r.sampledPlain = native(dir, prompts[1], n, [...mtpFlags(false), ...samplingFlags(SAMPLED)]);
+  r.sampledMtp = native(dir, prompts[1], n, [...mtpFlags(true), ...samplingFlags(SAMPLED)]);
   nativeDevice ??= r.plain[0].device;
   refs[name] = r;
-  console.log(`     native reference for ${name}: ${prompts.length} prompts × ${MAX_TOKENS} tokens, plain, MTP and sampled (${secs()} s)`);
+  console.log(`     native reference for ${name}: ${prompts.length} prompts × ${n} tokens, plain, MTP and sampled (${secs()} s)`);
 }
 
 // ---- static server: web/dist at /, the fixtures at /fixtures/ ---------------------------------
@@ -242,7 +247,7 @@ for (const [fi, name] of FIXTURES.entries()) {
     await page.close();
     continue;
   }
-  const run = await runRequests(page, ref.prompts, MAX_TOKENS, SAMPLED);
+  const run = await runRequests(page, ref.prompts, tokensOf(name), SAMPLED);
   let good = true;
   let accepted = 0;
   let drafted = 0;
@@ -285,12 +290,12 @@ for (const [fi, name] of FIXTURES.entries()) {
   good = same(`${name} sampled ${JSON.stringify(SAMPLED)} plain`, run.sampledPlain.tokens, ref.sampledPlain.tokens) && good;
   good = same(`${name} sampled ${JSON.stringify(SAMPLED)} MTP`, run.sampledMtp.tokens, ref.sampledMtp.tokens) && good;
   if (good) {
-    ok(`${name}: ${ref.prompts.length} prompts × ${MAX_TOKENS} greedy tokens plain and with MTP (${accepted}/${drafted} drafts accepted), ` +
+    ok(`${name}: ${ref.prompts.length} prompts × ${tokensOf(name)} greedy tokens plain and with MTP (${accepted}/${drafted} drafts accepted), ` +
       `the last prompt again from the prompt cache, and a sampled request, identical to the native engine (${secs()} s)`);
   }
   summary.push({
     run: `${name} (prompt ids)`,
-    tokens: ref.prompts.length * MAX_TOKENS,
+    tokens: ref.prompts.length * tokensOf(name),
     'prefill tok/s': median(run.plain.map((r) => r.stats.prefill_tokens_per_s)),
     'decode tok/s': median(run.plain.map((r) => r.stats.decode_tokens_per_s)),
     'MTP decode tok/s': median(run.mtp.map((r) => r.stats.decode_tokens_per_s)),

@@ -7,7 +7,7 @@
 #
 # Needs: the wasm32 target, chromium (CHROMIUM, default /usr/bin/chromium), node >= 18 and npm, a
 # Vulkan driver for the native side (lavapipe on CPU-only machines). Arguments go to run.mjs
-# (--fixtures a,b  --max-tokens N  --chat-tokens N  --headed).
+# (--fixtures a,b  --max-tokens N  --other-tokens N  --chat-tokens N  --headed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
