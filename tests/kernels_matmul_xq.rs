@@ -822,8 +822,9 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
         .into_iter()
         .filter(|f| matches!(f, WeightFormat::Affine { bits: 4, .. }))
         .collect();
-    // Every device variant (every format on the device's own); then 2 groups per row, the three-plane format
-    // (`QWGPU_XQ_NARROW=0`) and the one-plane format (`QWGPU_XQ_BYTE=1`), on one of each.
+    // Every device variant (every format on the device's own); then 2 groups per row, the
+    // three-plane format (`QWGPU_XQ_NARROW=0`) and the one-plane format (`QWGPU_XQ_BYTE=1`), on
+    // one of each.
     // Last, the grid-stride form with 2 workgroups (`QWGPU_XQ_GRID`), the epilogues included.
     for (ksplit, narrow, one, grid) in [
         (None, true, false, None),
