@@ -288,13 +288,17 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                 (6, 16896),
                 (16, 16896),
             ]
-        } else if unroll_ch || !narrow || one {
+        } else if unroll_ch {
             &[(70, 1536), (70, 2048), (64, 2048), (6, 16896)]
+        } else if !narrow || one {
+            &[(70, 1536), (64, 2048), (6, 16896)]
         } else {
             &[(70, 1536), (6, 16896)]
         };
         let last = gpus.len() - 1;
-        for (gi, gpu) in gpus.into_iter().enumerate() {
+        // The device variants side by side (the switches above are set for the whole pass:
+        // nothing inside changes them).
+        each_in_parallel(gpus, |gi, gpu| {
             let mut rng = Rng(41);
             // Every format on the device's own variant; the checked variant without subgroups
             // (the browser's form) with the first (its shader compiles are most of this test's
@@ -304,7 +308,10 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
             } else {
                 &formats[..1]
             };
-            for &f in formats {
+            for (fi, &f) in formats.iter().enumerate() {
+                // The other formats differ from the first only in how a group's scale and bias
+                // are read: the 1- and 2-token tiles on every shape, without the row checks.
+                let every_tile = full && fi == 0;
                 // k = 1536: a full chunk of 32 blocks and a partial one; 4224: five chunks and three
                 // xquant workgroups; 16896: rows past the long-row limit. n not a multiple of the tile.
                 for &(n, k) in shapes {
@@ -336,7 +343,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                     };
                     // The 4-token tile (a batch of streams) with three and four rows in the
                     // default pass.
-                    let tiles: &[(usize, u32)] = if full {
+                    let tiles: &[(usize, u32)] = if every_tile {
                         &[(1, MT_ONE), (2, MT_SMALL), (3, MT_THREE), (4, MT_FOUR)]
                     } else {
                         &[(1, MT_ONE), (2, MT_SMALL)]
@@ -448,7 +455,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                         &two[..one.len()],
                         &one,
                     );
-                        if !full || add {
+                        if !every_tile || add {
                             continue;
                         }
                         // Every row of a 4-token tile (four rows, or three in a partial tile)
@@ -489,7 +496,7 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
                     }
                 }
             }
-        }
+        });
     }
     // Blocks per lane iteration never change the bits (either sum).
     set_narrow(true);
@@ -853,7 +860,10 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
             } else {
                 &formats[..1]
             };
-            for &f in formats {
+            for (fi, &f) in formats.iter().enumerate() {
+                // The other formats differ from the first only in how a group's scale and bias
+                // are read: the 1- and 2-token tiles, without the epilogue's alternative forms.
+                let every_form = fi == 0;
                 // A residual projection kin → h, a matmul h → n2 and a SwiGLU gate+up h → i on its
                 // planes (i and h multiples of the tiles' 16 output rows, n2 not; with the row
                 // split, h spans two chunks of 1024 values so that both parts of a row count).
@@ -997,7 +1007,12 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                     }
                 };
                 let one = chain(1, MT_ONE, true);
-                for (t, mt) in [(1usize, MT_ONE), (2, MT_SMALL), (3, MT_THREE), (4, MT_FOUR)] {
+                let tiles: &[(usize, u32)] = if every_form {
+                    &[(1, MT_ONE), (2, MT_SMALL), (3, MT_THREE), (4, MT_FOUR)]
+                } else {
+                    &[(1, MT_ONE), (2, MT_SMALL)]
+                };
+                for &(t, mt) in tiles {
                     let r = chain(t, mt, true);
                     // The epilogue leaves y as the plain residual projection writes it.
                     let plain = chain(t, mt, false);
@@ -1008,47 +1023,54 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
                     );
                     // The squares summed after the products (`QWGPU_XQ_NORM_LATE`, on by default
                     // for the 1- and 4-token tiles) or inside their loop: the same bits.
-                    set_xq_norm_late(false, false, false);
-                    let early = chain(t, mt, true);
-                    set_xq_norm_late(true, true, true);
-                    let late = chain(t, mt, true);
-                    set_xq_norm_late(true, false, true);
-                    assert_bits_eq(
-                        &format!("deferred norm, squares late vs in the loop, {}", what(t)),
-                        &late.c,
-                        &early.c,
-                    );
-                    assert_bits_eq(
-                        &format!(
-                            "SwiGLU on normed planes, squares late vs in the loop, {}",
-                            what(t)
-                        ),
-                        &late.act,
-                        &early.act,
-                    );
-                    // The epilogue's accumulators copied into a private array first
-                    // (`QWGPU_ACC_VARS=0`) or reduced from their own variables: the same bits.
-                    set_acc_vars(false, false);
-                    let arr = chain(t, mt, true);
-                    set_acc_vars(true, true);
-                    for (name, a, b) in [
-                        ("residual y", &arr.y, &r.y),
-                        ("deferred-norm projection", &arr.c, &r.c),
-                        ("SwiGLU", &arr.act, &r.act),
-                    ] {
+                    if every_form {
+                        set_xq_norm_late(false, false, false);
+                        let early = chain(t, mt, true);
+                        set_xq_norm_late(true, true, true);
+                        let late = chain(t, mt, true);
+                        set_xq_norm_late(true, false, true);
                         assert_bits_eq(
-                            &format!("{name}, accumulators in an array vs variables, {}", what(t)),
-                            a,
-                            b,
+                            &format!("deferred norm, squares late vs in the loop, {}", what(t)),
+                            &late.c,
+                            &early.c,
                         );
-                    }
-                    for (name, a, b) in [("residual", &arr.yq, &r.yq), ("SwiGLU", &arr.aq, &r.aq)] {
-                        assert_eq!(
-                            a,
-                            b,
-                            "{name} output planes, accumulators in an array vs variables, {}",
-                            what(t)
+                        assert_bits_eq(
+                            &format!(
+                                "SwiGLU on normed planes, squares late vs in the loop, {}",
+                                what(t)
+                            ),
+                            &late.act,
+                            &early.act,
                         );
+                        // The epilogue's accumulators copied into a private array first
+                        // (`QWGPU_ACC_VARS=0`) or reduced from their own variables: the same bits.
+                        set_acc_vars(false, false);
+                        let arr = chain(t, mt, true);
+                        set_acc_vars(true, true);
+                        for (name, a, b) in [
+                            ("residual y", &arr.y, &r.y),
+                            ("deferred-norm projection", &arr.c, &r.c),
+                            ("SwiGLU", &arr.act, &r.act),
+                        ] {
+                            assert_bits_eq(
+                                &format!(
+                                    "{name}, accumulators in an array vs variables, {}",
+                                    what(t)
+                                ),
+                                a,
+                                b,
+                            );
+                        }
+                        for (name, a, b) in
+                            [("residual", &arr.yq, &r.yq), ("SwiGLU", &arr.aq, &r.aq)]
+                        {
+                            assert_eq!(
+                                a,
+                                b,
+                                "{name} output planes, accumulators in an array vs variables, {}",
+                                what(t)
+                            );
+                        }
                     }
                     // Its planes: xquant's bits for w ∘ y, and the unscaled squares of y.
                     let wy: Vec<f32> = r.y.iter().enumerate().map(|(j, v)| v * nw[j % h]).collect();

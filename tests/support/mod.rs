@@ -60,6 +60,19 @@ pub fn gpu_variants() -> Vec<Arc<Gpu>> {
     v
 }
 
+/// Runs `f` on each of `items` (index, item) in a thread of its own and waits for all. For a
+/// test's device variants: they are separate devices, so on a CPU device (lavapipe compiles a
+/// pipeline when it first runs) each compiles its shaders on a core of its own. A failed
+/// assertion in any of them fails the caller.
+pub fn each_in_parallel<T: Send>(items: Vec<T>, f: impl Fn(usize, T) + Sync) {
+    std::thread::scope(|s| {
+        let f = &f;
+        for (i, item) in items.into_iter().enumerate() {
+            s.spawn(move || f(i, item));
+        }
+    });
+}
+
 /// splitmix64: small, seeded, reproducible.
 pub struct Rng(pub u64);
 
