@@ -231,6 +231,19 @@ fn cpu_norm(x: &[f32], t: usize, k: usize, w: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
+/// The weight formats that device variant `gi` (of `0..=last`, the device's own variant last)
+/// runs in a pass: in the full pass every one on the device's own variant and the first on the
+/// checked one without subgroups (the browser's form); otherwise the first. The formats differ
+/// only in how a group's scale and bias are read, and on a CPU device shader compiles are most
+/// of these tests' time, so the other formats also take fewer tiles than the first.
+fn formats_for(formats: &[WeightFormat], full: bool, gi: usize, last: usize) -> &[WeightFormat] {
+    if full && gi == last {
+        formats
+    } else {
+        &formats[..1]
+    }
+}
+
 #[test]
 fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
     let _turn = SWITCHES.lock().unwrap_or_else(|e| e.into_inner());
@@ -242,10 +255,11 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         .filter(|f| matches!(f, WeightFormat::Affine { bits: 4, .. }))
         .collect();
     // The default (each word's product scaled in f32; long rows split over 2 groups of lanes)
-    // on every device variant and shape, every format on the device's own variant (the checked
-    // one without subgroups, the browser's form, takes the first); then block sums in i32
-    // (`QWGPU_XQ_BLOCK_SUM=1`), 3 / 2 blocks per lane iteration with 2 / 4 groups per row, and
-    // no split at all, on one device variant, one format and two shapes.
+    // on every device variant and shape, every format on the device's own variant (`formats_for`;
+    // the first format with every tile and the row checks, the others the 1- and 2-token tiles);
+    // then block sums in i32 (`QWGPU_XQ_BLOCK_SUM=1`), 3 / 2 blocks per lane iteration with 2 / 4
+    // groups per row, and no split at all, on one device variant, one format and two shapes (the
+    // unrolled chunk loop four, the three- and one-plane passes three).
     // Pipelines are built for their row length (`QWGPU_XQ_CONST_K`, the default: k = 2048 is rows
     // of whole chunks, no tail checks) except in the fifth pass; the last writes the chunk loop
     // out (one group per row); the next two take the three-plane format (`QWGPU_XQ_NARROW=0`),
@@ -300,17 +314,8 @@ fn integer_plane_matmul_matches_cpu_and_is_batch_invariant() {
         // nothing inside changes them).
         each_in_parallel(gpus, |gi, gpu| {
             let mut rng = Rng(41);
-            // Every format on the device's own variant; the checked variant without subgroups
-            // (the browser's form) with the first (its shader compiles are most of this test's
-            // time on a CPU device, and the formats differ only in the dequantization).
-            let formats = if full && gi == last {
-                &formats[..]
-            } else {
-                &formats[..1]
-            };
-            for (fi, &f) in formats.iter().enumerate() {
-                // The other formats differ from the first only in how a group's scale and bias
-                // are read: the 1- and 2-token tiles on every shape, without the row checks.
+            for (fi, &f) in formats_for(&formats, full, gi, last).iter().enumerate() {
+                // The other formats: the 1- and 2-token tiles on every shape, no row checks.
                 let every_tile = full && fi == 0;
                 // k = 1536: a full chunk of 32 blocks and a partial one; 4224: five chunks and three
                 // xquant workgroups; 16896: rows past the long-row limit. n not a multiple of the tile.
@@ -854,15 +859,9 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
         let last = gpus.len() - 1;
         for (gi, gpu) in gpus.into_iter().enumerate() {
             let mut rng = Rng(47);
-            // Every format on the device's own variant, the first on the checked one.
-            let formats = if full && gi == last {
-                &formats[..]
-            } else {
-                &formats[..1]
-            };
-            for (fi, &f) in formats.iter().enumerate() {
-                // The other formats differ from the first only in how a group's scale and bias
-                // are read: the 1- and 2-token tiles, without the epilogue's alternative forms.
+            for (fi, &f) in formats_for(&formats, full, gi, last).iter().enumerate() {
+                // The other formats: the 1- and 2-token tiles, without the epilogue's
+                // alternative forms.
                 let every_form = fi == 0;
                 // A residual projection kin → h, a matmul h → n2 and a SwiGLU gate+up h → i on its
                 // planes (i and h multiples of the tiles' 16 output rows, n2 not; with the row
