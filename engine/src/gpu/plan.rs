@@ -184,10 +184,31 @@ pub struct Dispatch {
     pub grid: Grid,
 }
 
+/// Benchmarks only (timing ablation): `QWGPU_LAB_SKIP=a,b,...` leaves out of every recorded step
+/// the dispatches whose label contains one of the comma-separated strings, so that a benchmark
+/// shows what those kernels cost inside a real step. The results are then wrong by design; it is
+/// read once, is never set by anything in this project but the benchmark scripts, and the
+/// dispatch counts still report the full plan.
+fn lab_skip(label: &str) -> bool {
+    static SKIP: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let skip = SKIP.get_or_init(|| {
+        std::env::var("QWGPU_LAB_SKIP")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    skip.iter().any(|s| label.contains(s.as_str()))
+}
+
 impl Dispatch {
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, shape: StepShape, max_dim: u32) {
         let [x, y, z] = self.grid.counts(shape, max_dim);
-        if z == 0 {
+        if z == 0 || lab_skip(&self.label) {
             return;
         }
         pass.set_pipeline(&self.pipeline);
