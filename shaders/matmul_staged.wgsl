@@ -98,6 +98,14 @@ const XS: u32 = TAPS - 1u + MT; // the old K-1 values and the step's
 @group(0) @binding(7) var<storage, read_write> pq: array<atomic<u32>>; // [0] next tile, [1 + ph] done of ph, [1 + PQ_PHASES] workgroups out
 const PQ_PHASES: u32 = {{PQ_PHASES}}u;
 var<workgroup> pq_tile: u32;
+#if PERSIST_B
+// PERSIST_B (kernel lab, with PERSIST_Q's bindings): the same phases over a resident grid
+// instead of a queue: workgroup w takes the tiles w, w + G, ... of each phase in turn (G the
+// grid), and between phases every workgroup waits at a grid barrier (`pq[ph]` counts the
+// workgroups done with phase ph - 1; `pq[0]` unused, `pq[1 + PQ_PHASES]` the workgroups out). This needs every workgroup of the
+// grid resident at once, which WebGPU cannot promise: the polls are bounded, so a grid too large
+// for the device gives wrong results (the lab compares bits), never a hung device.
+#endif
 #endif
 #if GATED
 @group(0) @binding(7) var<storage, read> gw: array<vec4<f32>>;     // [dv / 4] gated-norm weight
@@ -192,7 +200,28 @@ fn main(
 #endif
 ) {
     let T = step.{{TOKENS}};
-#if PERSIST_Q
+#if PERSIST_B
+    let tpp = p.n / (PQ_PHASES * ROWS);  // tiles per phase (the host checks it divides)
+    let pg = nwg.x * nwg.y;
+    let pw = wg_linear(wid, nwg);
+    for (var ph = 0u; ph < PQ_PHASES; ph++) {
+    if (ph > 0u) {
+        // Grid barrier: count this workgroup done with phase ph - 1, wait for all of them.
+        storageBarrier();
+        workgroupBarrier();
+        if (lid == 0u) { atomicAdd(&pq[ph], 1u); }
+        for (var polls = 0u; polls < 0x400000u; polls++) {
+            workgroupBarrier();
+            if (lid == 0u) { pq_tile = atomicLoad(&pq[ph]); }
+            if (workgroupUniformLoad(&pq_tile) >= pg) { break; }
+        }
+        storageBarrier();
+        workgroupBarrier();
+    }
+    for (var wt = ph * tpp + pw; wt < (ph + 1u) * tpp; wt += pg) {
+    workgroupBarrier();
+    let r0 = wt * ROWS;
+#elif PERSIST_Q
     let tpp = p.n / (PQ_PHASES * ROWS);  // tiles per phase (the host checks it divides)
     loop {
     workgroupBarrier();
@@ -822,7 +851,16 @@ fn main(
 #if GSTRIDE
     }
 #endif
-#if PERSIST_Q
+#if PERSIST_B
+    }
+    }
+    if (lid == 0u) {
+        let gone = atomicAdd(&pq[1u + PQ_PHASES], 1u) + 1u;
+        if (gone == nwg.x * nwg.y) {
+            for (var i = 0u; i < PQ_PHASES + 2u; i++) { atomicStore(&pq[i], 0u); }
+        }
+    }
+#elif PERSIST_Q
     storageBarrier();
     workgroupBarrier();
     if (lid == 0u) { atomicAdd(&pq[1u + ph], 1u); }

@@ -1188,7 +1188,8 @@ fn fused_plane_epilogues_match_xquant_and_cpu() {
 fn chained_phases_in_one_dispatch_give_the_bits_of_one_dispatch() {
     // Kernel lab (`lab mmchain`): a matrix's rows as P phases chained in ONE dispatch
     // (`set_xq_chain`: workgroups take tiles from an atomic queue, a tile of phase p waits for
-    // every tile of phase p - 1) give the bits of the plain dispatch, for grids smaller and larger
+    // every tile of phase p - 1; or over a resident grid with grid barriers) give the bits of
+    // the plain dispatch, for grids smaller and larger
     // than the tiles, short and long rows (split over two groups), both decode tiles; and the
     // dispatch's counters are back at zero after a run (a second run of the same dispatch, over
     // a zeroed output, gives the same bits).
@@ -1216,7 +1217,12 @@ fn chained_phases_in_one_dispatch_give_the_bits_of_one_dispatch() {
                     ..MmCall::new(&x[..t * k], t, k, mt)
                 },
             );
-            for g in [1u32, 2, 7, 64] {
+            // The queue form on grids smaller and larger than the tiles; the barrier form
+            // (`set_xq_chain_barrier`: a resident grid, grid-stride tiles, a grid barrier between
+            // phases) on one workgroup, the only grid every adapter is sure to hold at once.
+            let forms = [(1u32, false), (2, false), (7, false), (64, false), (1, true)];
+            for (g, barrier) in forms {
+                qwgpu_engine::ops::matmul::set_xq_chain_barrier(barrier);
                 qwgpu_engine::ops::matmul::set_xq_chain(Some((3, g)));
                 let xb = upload_f32(&gpu, "x", &x[..t * k]);
                 let yb = gpu.storage("y", (t * n * 4) as u64).unwrap();
@@ -1255,6 +1261,7 @@ fn chained_phases_in_one_dispatch_give_the_bits_of_one_dispatch() {
                 ))
                 .unwrap();
                 qwgpu_engine::ops::matmul::set_xq_chain(None);
+                qwgpu_engine::ops::matmul::set_xq_chain_barrier(false);
                 let shape = StepShape {
                     n_tokens: t as u32,
                     n_out: 1,
@@ -1266,7 +1273,9 @@ fn chained_phases_in_one_dispatch_give_the_bits_of_one_dispatch() {
                     run(&gpu, &ds, shape);
                     let got = read_f32(&gpu, &yb, t * n);
                     assert_bits_eq(
-                        &format!("chained phases, grid {g}, run {pass}, n={n} k={k} T={t}"),
+                        &format!(
+                            "chained phases, grid {g}, barrier {barrier}, run {pass}, n={n} k={k} T={t}"
+                        ),
                         &got,
                         &want,
                     );

@@ -14,7 +14,9 @@
 //! `mmchain`: a chain of `--phases P` (8) dependent integer-plane matmuls of one shape, as P
 //! dispatches (a barrier between each) against ONE dispatch of `--grid G` workgroups taking the
 //! tiles from an atomic queue, each phase's tiles waiting for the previous phase's
-//! (`ops::matmul::set_xq_chain`, `PERSIST_Q` in `matmul_staged.wgsl`); G = 0 tries several.
+//! (`ops::matmul::set_xq_chain`, `PERSIST_Q` in `matmul_staged.wgsl`), and against the same
+//! phases over a resident grid of G workgroups with a grid barrier between phases
+//! (`set_xq_chain_barrier`, `PERSIST_B`); G = 0 tries several.
 //! Both forms' outputs are compared bit for bit.
 //!
 //! `read`: the floor under the matmuls: a streaming read (`engine/benches/lab_read.wgsl`) of each
@@ -338,7 +340,7 @@ fn matmuls(gpu: &Arc<Gpu>, reps: u32, roofline: f64, tokens: &[u32], only: Optio
 /// `mmchain`: P dependent 1-token integer-plane matmuls of one shape, one dispatch each, against
 /// the same chain in one dispatch with a tile queue (see the module docs).
 fn mmchain(gpu: &Arc<Gpu>, reps: u32, roofline: f64, phases: u32, grid: u32, only: Option<&str>) {
-    use qwgpu_engine::ops::matmul::{matmul_xq, set_xq_chain};
+    use qwgpu_engine::ops::matmul::{matmul_xq, set_xq_chain, set_xq_chain_barrier};
     let shapes = [
         (5120usize, 6144usize, "gdn.out_proj"),
         (5120, 17408, "mlp.down"),
@@ -462,7 +464,14 @@ fn mmchain(gpu: &Arc<Gpu>, reps: u32, roofline: f64, phases: u32, grid: u32, onl
         } else {
             vec![264, 528, 792, 1056, 1584, 2112]
         };
-        for g in grids {
+        // The queue form, then the barrier form (a resident grid, `set_xq_chain_barrier`).
+        let forms = grids
+            .iter()
+            .map(|&g| (g, false))
+            // (A grid past what the device holds at once would spin out its bounded polls.)
+            .chain(grids.iter().filter(|&&g| g <= 1056).map(|&g| (g, true)));
+        for (g, barrier) in forms {
+            set_xq_chain_barrier(barrier);
             set_xq_chain(Some((p as u32, g)));
             let ds = pollster::block_on(matmul_xq(
                 gpu,
@@ -474,6 +483,7 @@ fn mmchain(gpu: &Arc<Gpu>, reps: u32, roofline: f64, phases: u32, grid: u32, onl
                 None,
             ));
             set_xq_chain(None);
+            set_xq_chain_barrier(false);
             let ds = match ds {
                 Ok(ds) => ds,
                 Err(e) => {
@@ -491,7 +501,8 @@ fn mmchain(gpu: &Arc<Gpu>, reps: u32, roofline: f64, phases: u32, grid: u32, onl
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             report(
                 &format!(
-                    "mmchain {label} {n}x{k} T=1: 1 dispatch, queue, grid {g}, same bits {same}"
+                    "mmchain {label} {n}x{k} T=1: 1 dispatch, {}, grid {g}, same bits {same}",
+                    if barrier { "grid barrier" } else { "queue" }
                 ),
                 s,
                 bytes,

@@ -2222,6 +2222,17 @@ pub fn set_xq_chain(v: Option<(u32, u32)>) {
     XQ_CHAIN.store(packed, std::sync::atomic::Ordering::Relaxed);
 }
 
+static XQ_CHAIN_BARRIER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Kernel lab only: chained phases ([`set_xq_chain`]) over a resident grid with a grid barrier
+/// between phases (`PERSIST_B` in `matmul_staged.wgsl`: workgroup w takes the tiles w, w + G, ...
+/// of each phase) instead of a tile queue. It needs every workgroup of the grid resident at once,
+/// which WebGPU does not promise (bounded polls: too large a grid gives wrong results, not a
+/// hang), so it is a measurement, never an engine path.
+pub fn set_xq_chain_barrier(on: bool) {
+    XQ_CHAIN_BARRIER.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn xq_chain() -> Option<(u32, u32)> {
     let v = XQ_CHAIN.load(std::sync::atomic::Ordering::Relaxed);
     (v != 0).then_some(((v >> 32) as u32, v as u32))
@@ -2670,7 +2681,13 @@ async fn matmul_with(
                 d
             };
             let d = match chain {
-                Some((phases, _)) => d.flag("PERSIST_Q", true).set("PQ_PHASES", phases),
+                Some((phases, _)) => d
+                    .flag("PERSIST_Q", true)
+                    .flag(
+                        "PERSIST_B",
+                        XQ_CHAIN_BARRIER.load(std::sync::atomic::Ordering::Relaxed),
+                    )
+                    .set("PQ_PHASES", phases),
                 None => d.flag("GSTRIDE", gcap > 0),
             };
             match m.format {
@@ -3087,10 +3104,15 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                                 ));
                                 // The kernel lab's chained phases ([`set_xq_chain`]).
                                 if !conv && !add && !swiglu {
-                                    v.push((
-                                        "matmul_staged.wgsl",
-                                        d.clone().flag("PERSIST_Q", true).set("PQ_PHASES", 8),
-                                    ));
+                                    for barrier in [false, true] {
+                                        v.push((
+                                            "matmul_staged.wgsl",
+                                            d.clone()
+                                                .flag("PERSIST_Q", true)
+                                                .flag("PERSIST_B", barrier)
+                                                .set("PQ_PHASES", 8),
+                                        ));
+                                    }
                                 }
                                 v.push(("matmul_staged.wgsl", d));
                             }
