@@ -31,13 +31,21 @@
 // squares in channel order, then a tree, as gdn_conv_prep.wgsl does), and beta, g come from the
 // step's b, a columns of the projection rows. The same bits as gdn_conv_prep + this kernel (tested).
 //
+// HSPLIT (with PREP and GATED): a head's rows over DV / R workgroups (R = WG / 4 rows each)
+// instead of one: the state moves through 4x as many SMs. Each workgroup writes its rows' raw
+// outputs to `y`, then counts itself done in hcnt[h]; the head's last workgroup out (no waiting,
+// so no residency assumed) resets the count and applies the gated norm and the planes to the
+// whole head, rows t = 0 .. T-1, in place, in gated_norm.wgsl's order: the same bits as the
+// whole-head form (tested).
+//
 // STREAMS (not with PREP): the rows are independent streams (a batch of sequences, one token each):
 // workgroups of z-slice t take row t alone, from and to slot t of the state ([streams, Hv, Dv,
 // Dk / 4]), with no snapshot and no rollback; a row's arithmetic is that of a one-row call.
 //
 // Defines: WG (threads; R = WG / 4 rows), NV4 (= Dk / 16), KQ (vec4 of k|q each thread stages per
 // step: ceil(Dk / 2 / WG)), KQS (vec4 slots of one staging buffer: >= Dk / 2, at most KQ * WG),
-// SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size), PREP, XQ (with PREP).
+// SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size), PREP, XQ (with PREP), HSPLIT
+// (with DV, the head's value rows).
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -55,6 +63,11 @@
 @group(0) @binding(9) var<storage, read> dt_bias: array<f32>;            // [Hv]
 #if XQ
 @group(0) @binding(10) var<storage, read_write> xq: array<u32>;          // [T, 4 * q_stride] planes of the output
+#if HSPLIT
+@group(0) @binding(11) var<storage, read_write> hcnt: array<atomic<u32>>; // [Hv] workgroups done per head (0 between calls)
+#endif
+#elif HSPLIT
+@group(0) @binding(10) var<storage, read_write> hcnt: array<atomic<u32>>; // [Hv] workgroups done per head (0 between calls)
 #endif
 #else
 @group(0) @binding(3) var<storage, read> gates: array<f32>;              // [T, 2*Hv] = beta [Hv] | g [Hv]
@@ -77,7 +90,12 @@ const KQS: u32 = {{KQS}}u;  // vec4 slots of one staging buffer (>= Dk / 2: k ch
 var<workgroup> kq: array<vec4<f32>, 2u * KQS>;
 #if GATED
 const GN_WG: u32 = {{GN_WG}}u;
+#if HSPLIT
+const DV: u32 = {{DV}}u;
+var<workgroup> hs_last: u32;
+#else
 var<workgroup> gy: array<f32, R>;
+#endif
 var<workgroup> gred: array<f32, GN_WG>;
 #endif
 #if XQ
@@ -85,7 +103,11 @@ var<workgroup> gred: array<f32, GN_WG>;
 // input of out_proj's XQ matmul), computed as xquant computes them from the written values: a
 // head of Dv (a multiple of 32) values is Dv / 8 whole words, one thread per word (xq_planes.wgsl),
 // so the planes have xquant's bits (tested through the model).
+#if HSPLIT
+var<workgroup> gq: array<f32, DV>;
+#else
 var<workgroup> gq: array<f32, R>;
+#endif
 #endif
 #if PREP
 var<workgroup> qkred: array<f32, 2u * GN_WG>;
@@ -352,6 +374,12 @@ fn main(
         let o = (red_o[r0] + red_o[r0 + 1u]) + (red_o[r0 + 2u] + red_o[r0 + 3u]);
 #endif
 #if GATED
+#if HSPLIT
+        // The raw output; the head's last workgroup out normalizes it (after the loop).
+        if (live && lane == 0u) {
+            y[(row0() + t) * hv * p.dv + h * p.dv + row] = o;
+        }
+#else
         // gated_norm.wgsl's order: GN_WG strided partial sums of the head's squares, then a tree.
         if (lane == 0u) { gy[row] = o; }
         workgroupBarrier();
@@ -397,6 +425,7 @@ fn main(
 #endfor
         }
 #endif
+#endif
 #else
         if (live && lane == 0u) {
             y[(row0() + t) * hv * p.dv + h * p.dv + row] = o;
@@ -423,4 +452,58 @@ fn main(
             state[sbase + lane + LANES * j] = s[j];
         }
     }
+#if HSPLIT
+    // Count this workgroup done with head h; the last one out (its raw rows and every other
+    // workgroup's are written before their counts) finishes the head. Nobody waits.
+    storageBarrier();
+    workgroupBarrier();
+    if (lid == 0u) {
+        hs_last = select(0u, 1u, atomicAdd(&hcnt[h], 1u) + 1u == p.blocks);
+    }
+    if (workgroupUniformLoad(&hs_last) == 0u) { return; }
+    if (lid == 0u) { atomicStore(&hcnt[h], 0u); }
+    storageBarrier();
+    for (var t = 0u; t < T; t++) {
+        let yb = (row0() + t) * hv * p.dv + h * p.dv;
+        // gated_norm.wgsl's order: GN_WG strided partial sums of the head's squares, then a tree.
+        if (lid < GN_WG) {
+            var ss = 0.0;
+            for (var c = lid; c < p.dv; c += GN_WG) {
+                let yv = y[yb + c];
+                ss += yv * yv;
+            }
+            gred[lid] = ss;
+        }
+        workgroupBarrier();
+        for (var stride = GN_WG / 2u; stride > 0u; stride >>= 1u) {
+            if (lid < stride) { gred[lid] += gred[lid + stride]; }
+            workgroupBarrier();
+        }
+        let inv = inverseSqrt(gred[0] / f32(p.dv) + p.eps);
+        for (var c = lid; c < p.dv; c += WG) {
+            let gn = gw[c] * (y[yb + c] * inv);
+            let yv = silu(z[(row0() + t) * p.z_stride + p.z_col + h * p.dv + c]) * gn;
+            y[yb + c] = yv;
+#if XQ
+            gq[c] = yv;
+#endif
+        }
+#if XQ
+        workgroupBarrier();
+        let nwd = p.dv / 8u;
+        if (lid < nwd) {
+            let qa = vec4<f32>(gq[8u * lid], gq[8u * lid + 1u], gq[8u * lid + 2u], gq[8u * lid + 3u]);
+            let qb = vec4<f32>(gq[8u * lid + 4u], gq[8u * lid + 5u], gq[8u * lid + 6u], gq[8u * lid + 7u]);
+            let r = word_out(qa, qb, word_sq(qa, qb));
+            let nb = hv * p.dv / 32u;
+            let o = t * p.q_stride * 4u + h * p.dv / 8u + lid;
+            let pl = nb * 4u;
+#for P 9
+            xq[o + {{P}}u * pl] = r[{{P}}];
+#endfor
+        }
+#endif
+        workgroupBarrier();
+    }
+#endif
 }

@@ -2,13 +2,15 @@
 //! references: tiny / odd / real 27B shapes, 1, 2 and 7 rows, from a zero and from a random state,
 //! both reduction variants; the rollback snapshots (spec §7.4); and bit-exact batch invariance
 //! (row 0 of a 2-row call equals a 1-row call; 9 rows in one call equal 4 + 5 rows in two calls);
-//! and the fused gdn_conv_prep against gdn_conv + gdn_prep, and the gated recurrence against
-//! gdn_recurrence + gated_norm, bit for bit.
+//! and the fused gdn_conv_prep against gdn_conv + gdn_prep, the gated recurrence against
+//! gdn_recurrence + gated_norm, and the fused recurrence with a head over several workgroups
+//! against one workgroup per head, bit for bit.
 
 use qwgpu_engine::gpu::{Gpu, GpuBuffer, Step, StepShape, StepSlot};
 use qwgpu_engine::ops::gdn::{
     gated_norm, gated_recurrence_layout, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence,
-    gdn_recurrence_gated, qk_norm_constants, recurrence_layout, GdnDims,
+    gdn_recurrence_fused, gdn_recurrence_gated, qk_norm_constants, recurrence_layout,
+    set_split_recurrence, split_recurrence, GdnDims,
 };
 use qwgpu_engine::ops::Act;
 use qwgpu_tests::*;
@@ -1207,6 +1209,114 @@ fn gated_recurrence_equals_recurrence_then_gated_norm_bit_for_bit() {
                     assert_bits_eq(&format!("gated recurrence: state {what}"), &b.1, &a.1);
                     assert_bits_eq(&format!("gated recurrence: snap {what}"), &b.2, &a.2);
                     let _ = hv;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn split_fused_recurrence_equals_whole_heads_bit_for_bit() {
+    // gdn_recurrence_fused (q/k normalization, gates, delta rule, gated norm and the output
+    // planes in one dispatch) with a head's rows over Dv / 32 workgroups, the last one out
+    // normalizing the head, gives the bits of one workgroup per head: the output, its integer
+    // planes, the state and the snapshot, for 1, 2 (with a snapshot point, and from the snapshot)
+    // and 7 rows, from zero and random states, on heads of 1, 2 and 4 such workgroups. The split
+    // form's dispatch runs twice on the same buffers (inputs restored in between), so its
+    // per-head counts must be back at zero after a call. (No other test of this binary builds the fused recurrence, so the switch
+    // flips nothing under them.)
+    let default = split_recurrence();
+    for gpu in gpu_variants() {
+        let mut rng = Rng(29);
+        for (name, d) in shapes() {
+            if gated_recurrence_layout(&gpu, &d).is_none() {
+                continue;
+            }
+            let w = weights(&mut rng, &d);
+            let p = Proj::new(&d, 2);
+            let (cd, vd) = (d.conv_dim() as usize, d.value_dim() as usize);
+            for (t, nc, rollback) in [
+                (1usize, 0usize, false),
+                (2, 1, false),
+                (2, 0, true),
+                (7, 3, false),
+            ] {
+                for random in [false, true] {
+                    let what = format!(
+                        "{} n_confirmed={nc} rollback={rollback}",
+                        label(&gpu, name, t, random)
+                    );
+                    let (_, s0) = initial_states(&mut rng, &d, random);
+                    // Raw conv rows (silu'd): the fused recurrence normalizes q and k itself.
+                    let raw: Vec<f32> = (0..t * cd)
+                        .map(|_| {
+                            let x = 2.0 * rng.normal();
+                            x / (1.0 + (-x).exp())
+                        })
+                        .collect();
+                    let proj = proj_rows(&mut rng, &d, &p, t);
+                    let pb = upload_f32(&gpu, "proj", &proj);
+                    let cb = upload_f32(&gpu, "conv_out", &raw);
+                    let sb = step_rb(&gpu, t, nc, rollback);
+                    let z = Act::at(&pb, p.stride as u32, p.z as u32);
+                    let qbytes = t as u64 * qwgpu_engine::ops::xquant::row_bytes(vd as u32);
+                    let run_one = |split: bool, runs: usize| {
+                        let (cs, _) = initial_states(&mut Rng(1), &d, false);
+                        let l = GpuLayer::new(&gpu, &d, &w, &cs, &s0);
+                        let snap0: Vec<f32> = s0.iter().map(|v| 0.5 * v - 0.125).collect();
+                        let out = zeros(&gpu, "out", t * vd);
+                        let xq = gpu.storage("xq", qbytes).unwrap();
+                        set_split_recurrence(split);
+                        let ds = pollster::block_on(gdn_recurrence_fused(
+                            &gpu,
+                            &d,
+                            &cb,
+                            &l.state,
+                            &l.snap,
+                            z,
+                            p.b as u32,
+                            p.a as u32,
+                            &l.a_log,
+                            &l.dt_bias,
+                            &l.norm_w,
+                            &out,
+                            Some(&xq),
+                            slot(&sb),
+                        ));
+                        set_split_recurrence(default);
+                        let ds = ds.unwrap();
+                        let groups = ds[0].grid.counts(shape(t), u32::MAX)[0];
+                        for _ in 0..runs {
+                            gpu.queue
+                                .write_buffer(&l.state.buf, 0, bytemuck::cast_slice(&s0));
+                            gpu.queue
+                                .write_buffer(&l.snap.buf, 0, bytemuck::cast_slice(&snap0));
+                            gpu.queue.write_buffer(&out.buf, 0, &vec![0u8; t * vd * 4]);
+                            run(&gpu, &ds, shape(t));
+                        }
+                        let [_, _, s, snap] = l.read_states(&gpu, &d);
+                        let planes = pollster::block_on(gpu.read_u32(&xq.buf, 0, (qbytes / 4) as usize))
+                            .unwrap();
+                        (read_f32(&gpu, &out, t * vd), s, snap, planes, groups)
+                    };
+                    let whole = run_one(false, 1);
+                    assert!(
+                        whole.0.iter().all(|v| v.is_finite()) && whole.0.iter().any(|&v| v != 0.0),
+                        "{what}: the whole-head output is degenerate"
+                    );
+                    for runs in [1, 2] {
+                        let split = run_one(true, runs);
+                        let form = format!("split fused recurrence ({runs} runs): {what}");
+                        assert_eq!(
+                            split.4,
+                            d.n_v_heads * (d.v_head_dim / 32).max(1),
+                            "{form}: workgroups"
+                        );
+                        assert_bits_eq(&format!("{form}: out"), &split.0, &whole.0);
+                        assert_bits_eq(&format!("{form}: state"), &split.1, &whole.1);
+                        assert_bits_eq(&format!("{form}: snap"), &split.2, &whole.2);
+                        assert_eq!(split.3, whole.3, "{form}: output planes");
+                    }
                 }
             }
         }

@@ -291,8 +291,10 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
     // rolled back), on every fixture. Plans follow the switches when built, and both settings
     // give the same bits, so other tests running meanwhile are unaffected.
     use qwgpu_engine::ops::gdn::{
-        set_fused_gdn, set_gated_recurrence, set_recurrence_lane_shuffles,
+        set_fused_gdn, set_gated_recurrence, set_recurrence_lane_shuffles, set_split_recurrence,
+        split_recurrence,
     };
+    let split_default = split_recurrence();
     let mut fused_somewhere = false;
     for name in format_cover() {
         let r = load_reference(&name);
@@ -340,12 +342,15 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
         };
         let b = run(false);
         // The fused form as this device picks it, then with the rows' lane partials combined
-        // through workgroup memory (what a GPU picks; a CPU adapter picks shuffles).
-        for lanes in [None, Some(false)] {
+        // through workgroup memory (what a GPU picks; a CPU adapter picks shuffles), then with
+        // one workgroup per head instead of a head's rows split over workgroups.
+        for (lanes, split) in [(None, true), (Some(false), true), (None, false)] {
             set_recurrence_lane_shuffles(lanes);
+            set_split_recurrence(split);
             let a = run(true);
             set_recurrence_lane_shuffles(None);
-            let form = format!("fused ({lanes:?} lane shuffles) vs not");
+            set_split_recurrence(split_default);
+            let form = format!("fused ({lanes:?} lane shuffles, split {split}) vs not");
             assert!(a.0 <= b.0, "{name}: {} dispatches fused, {} not", a.0, b.0);
             fused_somewhere |= a.0 < b.0;
             assert_bits_eq(&format!("{name}: 2-row logits, {form}"), &a.1, &b.1);

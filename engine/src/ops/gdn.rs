@@ -239,7 +239,13 @@ pub fn recurrence_defines(lay: &RecurrenceLayout) -> Defines {
         .flag("SUBGROUPS", lay.subgroups)
         .flag("GATED", lay.gated)
         .flag("PREP", lay.prep)
-        .flag("XQ", lay.xq);
+        .flag("XQ", lay.xq)
+        .flag("HSPLIT", lay.hsplit > 0);
+    let d = if lay.hsplit > 0 {
+        d.set("DV", lay.hsplit)
+    } else {
+        d
+    };
     if lay.gated {
         d.set("GN_WG", NORM_WG)
     } else {
@@ -282,6 +288,7 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 gated: false,
                 prep: false,
                 xq: false,
+                hsplit: 0,
             };
             v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
             v.push((
@@ -296,6 +303,13 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                         ..gated_layout(dk, dv, subgroups)
                     };
                     v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
+                }
+                // A head over several workgroups (the fused decode form).
+                if let Some(lay) = split_layout(dk, dv, subgroups) {
+                    for xq in [false, true] {
+                        let lay = RecurrenceLayout { xq, ..lay };
+                        v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
+                    }
                 }
                 let lay = gated_layout(dk, dv, subgroups);
                 v.push((
@@ -590,12 +604,17 @@ pub struct RecurrenceLayout {
     pub kq: u32,
     /// vec4 slots of one k|q staging buffer (at least Dk / 2, at most kq · wg).
     pub kqs: u32,
-    /// The gated RMSNorm is applied before y is written (a workgroup holds a whole head).
+    /// The gated RMSNorm is applied before y is written (a workgroup holds a whole head, or with
+    /// `hsplit` the head's last workgroup out normalizes it).
     pub gated: bool,
     /// (With `gated`) the q/k normalization and the gates are done here too.
     pub prep: bool,
     /// (With `prep`) the output also goes out as `xquant.wgsl`'s integer planes.
     pub xq: bool,
+    /// With prep and gated: a head's rows over Dv / (wg / 4) workgroups, the last one out
+    /// applying the gated norm (`HSPLIT`); the value is the head's Dv (0: a whole head per
+    /// workgroup).
+    pub hsplit: u32,
 }
 
 /// Threads per state row in the recurrence.
@@ -613,7 +632,49 @@ fn gated_layout(dk: u32, dv: u32, subgroups: bool) -> RecurrenceLayout {
         gated: true,
         prep: false,
         xq: false,
+        hsplit: 0,
     }
+}
+
+/// Value rows per workgroup of the split form ([`RecurrenceLayout::hsplit`]).
+pub const SPLIT_ROWS: u32 = 32;
+
+/// The fused form ([`gdn_recurrence_fused`]) with a head's rows over Dv / 32 workgroups of 128
+/// threads, or None for heads that are not whole multiples of 32 rows.
+fn split_layout(dk: u32, dv: u32, subgroups: bool) -> Option<RecurrenceLayout> {
+    let wg = REC_LANES * SPLIT_ROWS;
+    if dv % SPLIT_ROWS != 0 || dk % 16 != 0 || dk / 2 > wg * 4 || wg < 2 * NORM_WG {
+        return None;
+    }
+    Some(RecurrenceLayout {
+        subgroups,
+        wg,
+        nv4: dk / 16,
+        kq: (dk / 2).div_ceil(wg).max(1),
+        kqs: dk / 2,
+        gated: true,
+        prep: true,
+        xq: false,
+        hsplit: dv,
+    })
+}
+
+static SPLIT_RECURRENCE: crate::ops::matmul::Switch =
+    crate::ops::matmul::Switch::new("QWGPU_SPLIT_RECURRENCE", false);
+
+/// Whether [`gdn_recurrence_fused`] spreads a head's rows over several workgroups (Dv / 32 of
+/// them, the last one out applying the gated norm and the planes) where the device allows it,
+/// instead of one workgroup of 4·Dv threads per head: the state moves through four times as many
+/// SMs for the 27B. The same bits (tested). Off by default until it is timed on a GPU;
+/// `QWGPU_SPLIT_RECURRENCE=1` turns it on at start-up; plans built after
+/// [`set_split_recurrence`] follow the new setting.
+pub fn split_recurrence() -> bool {
+    SPLIT_RECURRENCE.get()
+}
+
+/// See [`split_recurrence`].
+pub fn set_split_recurrence(on: bool) {
+    SPLIT_RECURRENCE.set(on)
 }
 
 static GATED_RECURRENCE: crate::ops::matmul::Switch =
@@ -724,6 +785,7 @@ pub fn recurrence_layout(gpu: &Gpu, d: &GdnDims) -> RecurrenceLayout {
         gated: false,
         prep: false,
         xq: false,
+        hsplit: 0,
     }
 }
 
@@ -953,6 +1015,8 @@ async fn recurrence_impl(
         q_stride: 0,
     };
     let mut res = vec![step.binding(), conv_out.whole()];
+    // The split fused form's per-head counts (zeros; every call leaves them at zero).
+    let counts;
     let lay = match mode {
         RecOut::Plain => {
             let g = gates.ok_or_else(|| bad(what, "no gates buffer"))?;
@@ -1025,10 +1089,31 @@ async fn recurrence_impl(
                 params.q_stride = crate::ops::xquant::q_stride(d.value_dim());
                 res.push(q.whole());
             }
-            RecurrenceLayout {
+            let whole = RecurrenceLayout {
                 prep: true,
                 xq: xq.is_some(),
                 ..gated_lay()?
+            };
+            // A head over several workgroups where the device binds one more buffer (the
+            // per-head counts) and holds the workgroup; its shared memory is at most the whole
+            // head's (a quarter of the threads, the planes' Dv floats).
+            let bound = FUSED_RECURRENCE_STORAGE_BUFFERS + u32::from(xq.is_some()) + 1;
+            let split = split_layout(d.k_head_dim, d.v_head_dim, whole.subgroups).filter(|l| {
+                split_recurrence()
+                    && gpu.limits.max_storage_buffers_per_shader_stage >= bound
+                    && l.wg <= gpu.limits.max_compute_invocations_per_workgroup
+                    && (!l.subgroups || l.wg % gpu.caps.subgroup_max_size == 0)
+            });
+            match split {
+                Some(l) => {
+                    counts = gpu.storage("gdn_recurrence.head_counts", 4 * hv as u64)?;
+                    res.push(counts.whole());
+                    RecurrenceLayout {
+                        xq: xq.is_some(),
+                        ..l
+                    }
+                }
+                None => whole,
             }
         }
     };
