@@ -1,6 +1,6 @@
 # Thirty-first session, fourth device call: the fused Gated-DeltaNet recurrence with a head's
 # rows over 4 workgroups (the last one out applying the gated norm and the planes;
-# `QWGPU_SPLIT_RECURRENCE`, on by default) against one workgroup of 512 threads per head, in
+# `QWGPU_SPLIT_RECURRENCE`, opt-in) against one workgroup of 512 threads per head, in
 # alternating runs. Not run yet (no device started; see README.md here). Carries .gl and
 # .carry/bins.tar.xz (release `qwgpu`, --no-default-features).
 set -u
