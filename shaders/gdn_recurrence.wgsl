@@ -154,6 +154,25 @@ fn conv_at(idx: u32) -> f32 {
 #include "xq_planes.wgsl"
 #endif
 
+#if XQ
+// Row t of head h's output planes from the gated values in `gq` (xquant's words of 8 values,
+// one thread per word).
+fn head_planes(t: u32, h: u32, lid: u32) {
+    let nwd = p.dv / 8u;
+    if (lid < nwd) {
+        let qa = vec4<f32>(gq[8u * lid], gq[8u * lid + 1u], gq[8u * lid + 2u], gq[8u * lid + 3u]);
+        let qb = vec4<f32>(gq[8u * lid + 4u], gq[8u * lid + 5u], gq[8u * lid + 6u], gq[8u * lid + 7u]);
+        let r = word_out(qa, qb, word_sq(qa, qb));
+        let nb = p.n_v_heads * p.dv / 32u;
+        let o = t * p.q_stride * 4u + h * p.dv / 8u + lid;
+        let pl = nb * 4u;
+#for P 9
+        xq[o + {{P}}u * pl] = r[{{P}}];
+#endfor
+    }
+}
+#endif
+
 fn hsum(a: vec4<f32>) -> f32 {
     return (a.x + a.y) + (a.z + a.w);
 }
@@ -412,18 +431,7 @@ fn main(
         }
 #if XQ
         workgroupBarrier();
-        let nwd = p.dv / 8u;
-        if (lid < nwd) {
-            let qa = vec4<f32>(gq[8u * lid], gq[8u * lid + 1u], gq[8u * lid + 2u], gq[8u * lid + 3u]);
-            let qb = vec4<f32>(gq[8u * lid + 4u], gq[8u * lid + 5u], gq[8u * lid + 6u], gq[8u * lid + 7u]);
-            let r = word_out(qa, qb, word_sq(qa, qb));
-            let nb = hv * p.dv / 32u;
-            let o = t * p.q_stride * 4u + h * p.dv / 8u + lid;
-            let pl = nb * 4u;
-#for P 9
-            xq[o + {{P}}u * pl] = r[{{P}}];
-#endfor
-        }
+        head_planes(t, h, lid);
 #endif
 #endif
 #else
@@ -490,18 +498,7 @@ fn main(
         }
 #if XQ
         workgroupBarrier();
-        let nwd = p.dv / 8u;
-        if (lid < nwd) {
-            let qa = vec4<f32>(gq[8u * lid], gq[8u * lid + 1u], gq[8u * lid + 2u], gq[8u * lid + 3u]);
-            let qb = vec4<f32>(gq[8u * lid + 4u], gq[8u * lid + 5u], gq[8u * lid + 6u], gq[8u * lid + 7u]);
-            let r = word_out(qa, qb, word_sq(qa, qb));
-            let nb = hv * p.dv / 32u;
-            let o = t * p.q_stride * 4u + h * p.dv / 8u + lid;
-            let pl = nb * 4u;
-#for P 9
-            xq[o + {{P}}u * pl] = r[{{P}}];
-#endfor
-        }
+        head_planes(t, h, lid);
 #endif
         workgroupBarrier();
     }
