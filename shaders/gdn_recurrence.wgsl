@@ -90,9 +90,11 @@ const KQS: u32 = {{KQS}}u;  // vec4 slots of one staging buffer (>= Dk / 2: k ch
 var<workgroup> kq: array<vec4<f32>, 2u * KQS>;
 #if GATED
 const GN_WG: u32 = {{GN_WG}}u;
+// A head's outputs for its gated norm (head_inv).
 #if HSPLIT
 const DV: u32 = {{DV}}u;
 var<workgroup> hs_last: u32;
+var<workgroup> gy: array<f32, DV>;
 #else
 var<workgroup> gy: array<f32, R>;
 #endif
@@ -170,6 +172,28 @@ fn head_planes(t: u32, h: u32, lid: u32) {
         xq[o + {{P}}u * pl] = r[{{P}}];
 #endfor
     }
+}
+#endif
+
+#if GATED
+// gated_norm.wgsl's order over the head's Dv outputs in `gy`: GN_WG strided partial sums of
+// their squares, then a tree; returns 1 / sqrt(mean + eps). Every thread calls it (barriers).
+fn head_inv(lid: u32) -> f32 {
+    workgroupBarrier();
+    if (lid < GN_WG) {
+        var ss = 0.0;
+        for (var c = lid; c < p.dv; c += GN_WG) {
+            let yv = gy[c];
+            ss += yv * yv;
+        }
+        gred[lid] = ss;
+    }
+    workgroupBarrier();
+    for (var stride = GN_WG / 2u; stride > 0u; stride >>= 1u) {
+        if (lid < stride) { gred[lid] += gred[lid + stride]; }
+        workgroupBarrier();
+    }
+    return inverseSqrt(gred[0] / f32(p.dv) + p.eps);
 }
 #endif
 
@@ -399,23 +423,8 @@ fn main(
             y[(row0() + t) * hv * p.dv + h * p.dv + row] = o;
         }
 #else
-        // gated_norm.wgsl's order: GN_WG strided partial sums of the head's squares, then a tree.
         if (lane == 0u) { gy[row] = o; }
-        workgroupBarrier();
-        if (lid < GN_WG) {
-            var ss = 0.0;
-            for (var c = lid; c < p.dv; c += GN_WG) {
-                let yv = gy[c];
-                ss += yv * yv;
-            }
-            gred[lid] = ss;
-        }
-        workgroupBarrier();
-        for (var stride = GN_WG / 2u; stride > 0u; stride >>= 1u) {
-            if (lid < stride) { gred[lid] += gred[lid + stride]; }
-            workgroupBarrier();
-        }
-        let inv = inverseSqrt(gred[0] / f32(p.dv) + p.eps);
+        let inv = head_inv(lid);
         if (live && lane == 0u) {
 #if PREP
             let gn = gw_row * (o * inv);
@@ -473,23 +482,12 @@ fn main(
     storageBarrier();
     for (var t = 0u; t < T; t++) {
         let yb = (row0() + t) * hv * p.dv + h * p.dv;
-        // gated_norm.wgsl's order: GN_WG strided partial sums of the head's squares, then a tree.
-        if (lid < GN_WG) {
-            var ss = 0.0;
-            for (var c = lid; c < p.dv; c += GN_WG) {
-                let yv = y[yb + c];
-                ss += yv * yv;
-            }
-            gred[lid] = ss;
-        }
-        workgroupBarrier();
-        for (var stride = GN_WG / 2u; stride > 0u; stride >>= 1u) {
-            if (lid < stride) { gred[lid] += gred[lid + stride]; }
-            workgroupBarrier();
-        }
-        let inv = inverseSqrt(gred[0] / f32(p.dv) + p.eps);
         for (var c = lid; c < p.dv; c += WG) {
-            let gn = gw[c] * (y[yb + c] * inv);
+            gy[c] = y[yb + c];
+        }
+        let inv = head_inv(lid);
+        for (var c = lid; c < p.dv; c += WG) {
+            let gn = gw[c] * (gy[c] * inv);
             let yv = silu(z[(row0() + t) * p.z_stride + p.z_col + h * p.dv + c]) * gn;
             y[yb + c] = yv;
 #if XQ

@@ -1095,8 +1095,8 @@ async fn recurrence_impl(
                 ..gated_lay()?
             };
             // A head over several workgroups where the device binds one more buffer (the
-            // per-head counts) and holds the workgroup; its shared memory is at most the whole
-            // head's (a quarter of the threads, the planes' Dv floats).
+            // per-head counts) and holds the workgroup; its workgroup memory is less than the
+            // whole head's (the same head-sized arrays, a quarter of the reduction slots).
             let bound = FUSED_RECURRENCE_STORAGE_BUFFERS + u32::from(xq.is_some()) + 1;
             let split = split_layout(d.k_head_dim, d.v_head_dim, whole.subgroups).filter(|l| {
                 split_recurrence()
