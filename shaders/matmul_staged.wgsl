@@ -102,9 +102,10 @@ var<workgroup> pq_tile: u32;
 // PERSIST_B (kernel lab, with PERSIST_Q's bindings): the same phases over a resident grid
 // instead of a queue: workgroup w takes the tiles w, w + G, ... of each phase in turn (G the
 // grid), and between phases every workgroup waits at a grid barrier (`pq[ph]` counts the
-// workgroups done with phase ph - 1; `pq[0]` unused, `pq[1 + PQ_PHASES]` the workgroups out). This needs every workgroup of the
-// grid resident at once, which WebGPU cannot promise: the polls are bounded, so a grid too large
-// for the device gives wrong results (the lab compares bits), never a hung device.
+// workgroups done with phase ph - 1; `pq[0]` unused, `pq[1 + PQ_PHASES]` the workgroups out).
+// This needs every workgroup of the grid resident at once, which WebGPU cannot promise: the polls
+// are bounded, so a grid too large for the device gives wrong results (the lab compares bits),
+// never a hung device.
 #endif
 #endif
 #if GATED

@@ -105,6 +105,16 @@ fn proj_rows(rng: &mut Rng, d: &GdnDims, p: &Proj, t: usize) -> Vec<f32> {
     v
 }
 
+/// Raw conv rows as the conv epilogue leaves them: silu of 2·N(0, 1).
+fn silu_rows(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let x = 2.0 * rng.normal();
+            x / (1.0 + (-x).exp())
+        })
+        .collect()
+}
+
 fn step_for(gpu: &Gpu, t: usize, nc: usize) -> GpuBuffer {
     step_rb(gpu, t, nc, false)
 }
@@ -508,12 +518,7 @@ fn recurrence_matches_reference() {
                     );
                     let (_, s0) = initial_states(&mut rng, &d, random);
                     // Realistic inputs: silu'd conv-like rows, normalized by the reference prep.
-                    let raw: Vec<f32> = (0..t * cd)
-                        .map(|_| {
-                            let x = 2.0 * rng.normal();
-                            x / (1.0 + (-x).exp())
-                        })
-                        .collect();
+                    let raw = silu_rows(&mut rng, t * cd);
                     let proj = proj_rows(&mut rng, &d, &p, t);
                     let (co, gates) =
                         ref_gdn::prep(&d, &raw, &proj, p.stride, p.b, p.a, &w.a_log, &w.dt_bias, t);
@@ -1131,12 +1136,7 @@ fn gated_recurrence_equals_recurrence_then_gated_norm_bit_for_bit() {
                         label(&gpu, name, t, random)
                     );
                     let (_, s0) = initial_states(&mut rng, &d, random);
-                    let raw: Vec<f32> = (0..t * cd)
-                        .map(|_| {
-                            let x = 2.0 * rng.normal();
-                            x / (1.0 + (-x).exp())
-                        })
-                        .collect();
+                    let raw = silu_rows(&mut rng, t * cd);
                     let proj = proj_rows(&mut rng, &d, &p, t);
                     let (mut co, gates) =
                         ref_gdn::prep(&d, &raw, &proj, p.stride, p.b, p.a, &w.a_log, &w.dt_bias, t);
@@ -1223,8 +1223,8 @@ fn split_fused_recurrence_equals_whole_heads_bit_for_bit() {
     // planes, the state and the snapshot, for 1, 2 (with a snapshot point, and from the snapshot)
     // and 7 rows, from zero and random states, on heads of 1, 2 and 4 such workgroups. The split
     // form's dispatch runs twice on the same buffers (inputs restored in between), so its
-    // per-head counts must be back at zero after a call. (No other test of this binary builds the fused recurrence, so the switch
-    // flips nothing under them.)
+    // per-head counts must be back at zero after a call. (No other test of this binary builds
+    // the fused recurrence, so the switch flips nothing under them.)
     let default = split_recurrence();
     for gpu in gpu_variants() {
         let mut rng = Rng(29);
@@ -1247,13 +1247,8 @@ fn split_fused_recurrence_equals_whole_heads_bit_for_bit() {
                         label(&gpu, name, t, random)
                     );
                     let (_, s0) = initial_states(&mut rng, &d, random);
-                    // Raw conv rows (silu'd): the fused recurrence normalizes q and k itself.
-                    let raw: Vec<f32> = (0..t * cd)
-                        .map(|_| {
-                            let x = 2.0 * rng.normal();
-                            x / (1.0 + (-x).exp())
-                        })
-                        .collect();
+                    // The fused recurrence normalizes q and k itself.
+                    let raw = silu_rows(&mut rng, t * cd);
                     let proj = proj_rows(&mut rng, &d, &p, t);
                     let pb = upload_f32(&gpu, "proj", &proj);
                     let cb = upload_f32(&gpu, "conv_out", &raw);
@@ -1295,8 +1290,9 @@ fn split_fused_recurrence_equals_whole_heads_bit_for_bit() {
                             run(&gpu, &ds, shape(t));
                         }
                         let [_, _, s, snap] = l.read_states(&gpu, &d);
-                        let planes = pollster::block_on(gpu.read_u32(&xq.buf, 0, (qbytes / 4) as usize))
-                            .unwrap();
+                        let planes =
+                            pollster::block_on(gpu.read_u32(&xq.buf, 0, (qbytes / 4) as usize))
+                                .unwrap();
                         (read_f32(&gpu, &out, t * vd), s, snap, planes, groups)
                     };
                     let whole = run_one(false, 1);

@@ -1220,7 +1220,13 @@ fn chained_phases_in_one_dispatch_give_the_bits_of_one_dispatch() {
             // The queue form on grids smaller and larger than the tiles; the barrier form
             // (`set_xq_chain_barrier`: a resident grid, grid-stride tiles, a grid barrier between
             // phases) on one workgroup, the only grid every adapter is sure to hold at once.
-            let forms = [(1u32, false), (2, false), (7, false), (64, false), (1, true)];
+            let forms = [
+                (1u32, false),
+                (2, false),
+                (7, false),
+                (64, false),
+                (1, true),
+            ];
             for (g, barrier) in forms {
                 qwgpu_engine::ops::matmul::set_xq_chain_barrier(barrier);
                 qwgpu_engine::ops::matmul::set_xq_chain(Some((3, g)));
