@@ -1,7 +1,7 @@
 # Thirty-first session, fourth device call: the fused Gated-DeltaNet recurrence with a head's
 # rows over 4 workgroups (the last one out applying the gated norm and the planes;
 # `QWGPU_SPLIT_RECURRENCE`, opt-in) against one workgroup of 512 threads per head, in
-# alternating runs. Not run yet (no device started; see README.md here). Carries .gl and
+# alternating runs (two rounds). Carries .gl and
 # .carry/bins.tar.xz (release `qwgpu`, --no-default-features).
 set -u
 for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig
@@ -30,8 +30,10 @@ PY
 }
 P="--mtp off --prompt-tokens 1024 --gen-tokens 128 --trials 3 --warmup 1"
 M="--mtp on --force-accept 0.8 --prompt-tokens 64 --gen-tokens 256 --trials 3 --warmup 1"
-one plain_whole1 0 $P
-one plain_split1 1 $P
-one mtp_whole1 0 $M
-one mtp_split1 1 $M
+for r in 1 2; do
+  one plain_whole$r 0 $P
+  one plain_split$r 1 $P
+  one mtp_whole$r 0 $M
+  one mtp_split$r 1 $M
+done
 ts done

@@ -96,6 +96,12 @@ crate::gpu_struct! {
         v_col: u32,
         eps: f32,
         log2_theta: f32,
+        /// PF only: vec4 of codes and words of scales (and of biases) to read, prefetching
+        /// workgroups, and 0 (prefetch.wgsl)
+        pf_w4: u32,
+        pf_sb: u32,
+        pf_wgs: u32,
+        pf_never: u32,
     }
 }
 
@@ -231,6 +237,31 @@ pub async fn attn_prep(
     v_cache: &GpuBuffer,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
+    attn_prep_prefetch(
+        gpu, d, qg, k, v, q_norm, k_norm, q_out, k_cache, v_cache, None, step,
+    )
+    .await
+}
+
+/// [`attn_prep`], and with `prefetch` (the layer's o_proj) and
+/// [`crate::ops::gdn::prefetch_workgroups`] > 0, row 0's dispatch gets workgroups that read the
+/// matrix's first chunk into the GPU's cache while the attention passes run (as many threads
+/// as that many workgroups of 512; `prefetch.wgsl`). The same bits.
+#[allow(clippy::too_many_arguments)]
+pub async fn attn_prep_prefetch(
+    gpu: &Gpu,
+    d: &AttnDims,
+    qg: Act<'_>,
+    k: Act<'_>,
+    v: Act<'_>,
+    q_norm: &GpuBuffer,
+    k_norm: &GpuBuffer,
+    q_out: &GpuBuffer,
+    k_cache: &GpuBuffer,
+    v_cache: &GpuBuffer,
+    prefetch: Option<&crate::ops::matrix::Matrix>,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
     let what = "attn_prep";
     check_dims(what, d)?;
     let hd = d.head_dim as u64;
@@ -246,12 +277,29 @@ pub async fn attn_prep(
     if max_rows == 0 {
         return Err(bad(what, "an activation buffer cannot hold one row".into()));
     }
+    // The matrix's first chunk, where the device binds three more buffers (the kernel binds 9).
+    let pf_wgs = crate::ops::gdn::prefetch_workgroups() * (512 / PREP_WG);
+    let pf = prefetch
+        .and_then(|m| m.chunks.first())
+        .filter(|c| {
+            pf_wgs > 0
+                && c.weight.size % 16 == 0
+                && gpu.limits.max_storage_buffers_per_shader_stage >= 12
+        })
+        .map(|c| {
+            let sb = match (&c.scales, &c.biases) {
+                (Some(s), Some(b)) if s.size == b.size => Some((s, b)),
+                _ => None,
+            };
+            (c, sb)
+        });
     let pipeline = gpu
         .pipeline(
             "attn_prep.wgsl",
             &prep_defines()
                 .flag("KV_F16", d.kv_f16)
-                .flag("STREAMS", d.streams > 0),
+                .flag("STREAMS", d.streams > 0)
+                .flag("PF", pf.is_some()),
         )
         .await?;
     let params = AttnPrepParams {
@@ -269,9 +317,15 @@ pub async fn attn_prep(
         v_col: v.col,
         eps: d.eps,
         log2_theta: d.rope_theta.log2(),
+        pf_w4: pf.map_or(0, |(c, _)| (c.weight.size / 16).min(u32::MAX as u64) as u32),
+        pf_sb: pf
+            .and_then(|(_, sb)| sb)
+            .map_or(0, |(s, _)| (s.size / 4).min(u32::MAX as u64) as u32),
+        pf_wgs: if pf.is_some() { pf_wgs } else { 0 },
+        pf_never: 0,
     };
     let u = gpu.uniform("attn_prep.params", &params);
-    let res = [
+    let mut res = vec![
         u.whole(),
         step.binding(),
         qg.buf.whole(),
@@ -283,11 +337,18 @@ pub async fn attn_prep(
         k_cache.whole(),
         v_cache.whole(),
     ];
+    if let Some((c, sb)) = pf {
+        res.push(c.weight.whole());
+        match sb {
+            Some((s, b)) => res.extend([s.whole(), b.whole()]),
+            None => res.extend([c.weight.whole(), c.weight.whole()]),
+        }
+    }
     Ok(vec![gpu.dispatch(
         what,
         &pipeline,
         &res,
-        Grid::per_token(d.n_heads + 2 * d.n_kv_heads),
+        Grid::per_token(d.n_heads + 2 * d.n_kv_heads + params.pf_wgs),
     )])
 }
 
@@ -745,6 +806,11 @@ pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
         ("attn_prep.wgsl", prep_defines()),
         ("attn_prep.wgsl", prep_defines().flag("KV_F16", true)),
         ("attn_prep.wgsl", prep_defines().flag("STREAMS", true)),
+        ("attn_prep.wgsl", prep_defines().flag("PF", true)),
+        (
+            "attn_prep.wgsl",
+            prep_defines().flag("KV_F16", true).flag("PF", true),
+        ),
         (
             "attn_prep.wgsl",
             prep_defines().flag("KV_F16", true).flag("STREAMS", true),
