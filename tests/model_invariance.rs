@@ -290,11 +290,14 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
     // and a 1-row decode, every state buffer, and the MTP loop's steps (with a rejected draft
     // rolled back), on every fixture. Plans follow the switches when built, and both settings
     // give the same bits, so other tests running meanwhile are unaffected.
+    use qwgpu_engine::ops::gdn::{prefetch_workgroups, set_prefetch_workgroups};
     use qwgpu_engine::ops::gdn::{
         set_fused_gdn, set_gated_recurrence, set_recurrence_lane_shuffles, set_split_recurrence,
         split_recurrence,
     };
+    use qwgpu_engine::ops::prefetch::{set_tail_prefetch, tail_prefetch, TailPrefetch};
     let split_default = split_recurrence();
+    let (pf_default, tail_default) = (prefetch_workgroups(), tail_prefetch());
     let mut fused_somewhere = false;
     for name in format_cover() {
         let r = load_reference(&name);
@@ -343,15 +346,43 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
         let b = run(false);
         // The fused form as this device picks it, then with the rows' lane partials combined
         // through workgroup memory (what a GPU picks; a CPU adapter picks shuffles), then with
-        // one workgroup per head instead of a head's rows split over workgroups.
-        for (lanes, split) in [(None, true), (Some(false), true), (None, false)] {
+        // one workgroup per head instead of a head's rows split over workgroups, then that with
+        // the cache prefetches (workgroups in the recurrence and attention's prep reading the
+        // output projection, and a prefetch dispatch after each decode matmul: more dispatches).
+        let mut plain_fused = 0;
+        for (lanes, split, prefetch) in [
+            (None, true, false),
+            (Some(false), true, false),
+            (None, false, false),
+            (None, false, true),
+        ] {
             set_recurrence_lane_shuffles(lanes);
             set_split_recurrence(split);
+            if prefetch {
+                set_prefetch_workgroups(3);
+                set_tail_prefetch(Some(TailPrefetch {
+                    bytes: 1 << 16,
+                    workgroups: 5,
+                }));
+            }
             let a = run(true);
             set_recurrence_lane_shuffles(None);
             set_split_recurrence(split_default);
-            let form = format!("fused ({lanes:?} lane shuffles, split {split}) vs not");
-            assert!(a.0 <= b.0, "{name}: {} dispatches fused, {} not", a.0, b.0);
+            set_prefetch_workgroups(pf_default);
+            set_tail_prefetch(tail_default);
+            let form = format!(
+                "fused ({lanes:?} lane shuffles, split {split}, prefetch {prefetch}) vs not"
+            );
+            if prefetch {
+                assert!(
+                    a.0 > plain_fused,
+                    "{name}: {} dispatches with prefetches, {plain_fused} without",
+                    a.0
+                );
+            } else {
+                assert!(a.0 <= b.0, "{name}: {} dispatches fused, {} not", a.0, b.0);
+                plain_fused = a.0;
+            }
             fused_somewhere |= a.0 < b.0;
             assert_bits_eq(&format!("{name}: 2-row logits, {form}"), &a.1, &b.1);
             assert_bits_eq(&format!("{name}: 1-row logits, {form}"), &a.2, &b.2);

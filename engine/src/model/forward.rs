@@ -594,6 +594,7 @@ impl Builder<'_> {
         let h = cfg.hidden_size as u32;
         let pw = ws.proj_width;
         let consumers = input_consumers(layer);
+        self.tail_prefetch(plan, consumers.first()).await?;
         let xn = self.normed(plan, &layer.input_norm, consumers, pre).await?;
         let post: NextNorm<'_> = Some((&layer.post_norm, &layer.gate_up.mats));
         let post_pre = match (&layer.mixer, ls) {
@@ -996,6 +997,24 @@ impl Builder<'_> {
         .await
     }
 
+    /// Records a read of the first bytes of `m` into the GPU's cache where decode steps take a
+    /// tail prefetch ([`crate::ops::prefetch::tail_prefetch`]): pushed right after a matmul, it
+    /// runs in that matmul's tail and the next matmul (`m`) starts on cached weights.
+    async fn tail_prefetch(&self, plan: &mut Plan, m: Option<&Matrix>) -> Result<(), LoadError> {
+        if let (Some(t), Some(m), true) = (
+            crate::ops::prefetch::tail_prefetch(),
+            m,
+            crate::ops::matmul::decode_tile(self.mt),
+        ) {
+            if let Some(d) =
+                crate::ops::prefetch::cache_prefetch(self.gpu, m, t.bytes, t.workgroups).await?
+            {
+                plan.push(d);
+            }
+        }
+        Ok(())
+    }
+
     /// SwiGLU MLP (spec §4.4) on norm(x), added to x. `pre`: the mixer's projection wrote the
     /// normed input's planes; `next`: the next norm and its readers, whose planes the down
     /// projection writes where it can (returns whether it did).
@@ -1008,6 +1027,7 @@ impl Builder<'_> {
     ) -> Result<bool, LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let (h, i) = (cfg.hidden_size as u32, cfg.intermediate_size as u32);
+        self.tail_prefetch(plan, layer.gate_up.mats.first()).await?;
         let xn = self
             .normed(plan, &layer.post_norm, &layer.gate_up.mats, pre)
             .await?;
@@ -1041,6 +1061,7 @@ impl Builder<'_> {
                     )
                     .await?,
                 );
+                self.tail_prefetch(plan, Some(&layer.down)).await?;
                 return self
                     .mm_planes(plan, &layer.down, Act::new(self.x, h), true, next)
                     .await;

@@ -9,6 +9,7 @@ pub mod matmul;
 pub mod matrix;
 pub mod mtp;
 pub mod norm;
+pub mod prefetch;
 pub mod sample;
 pub mod swiglu;
 pub mod xquant;
@@ -69,6 +70,7 @@ pub fn all_variants(subgroups: bool) -> Vec<(&'static str, crate::gpu::Defines)>
     v.extend(gdn::variants(&base));
     v.extend(sample::variants(&base));
     v.extend(mtp::variants(&base));
+    v.extend(prefetch::variants(&base));
     v.extend(xquant::variants(&base));
     // Every kernel that writes or reads integer planes also in the two-plane format
     // (`xquant::narrow`; `Gpu::pipeline` sets the flag, here it is explicit).

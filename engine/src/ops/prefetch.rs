@@ -1,0 +1,123 @@
+//! `cache_prefetch.wgsl`: a dispatch that reads the first bytes of a matrix into the GPU's
+//! last-level cache, recorded right after a decode matmul so that the next matmul starts on
+//! cached weights. Benchmark-driven and off by default ([`tail_prefetch`]); it changes no bit.
+
+use crate::gpu::{Defines, Dispatch, Gpu, GpuError, Grid};
+use crate::ops::matrix::Matrix;
+
+crate::gpu_struct! {
+    /// `cache_prefetch.wgsl` parameters (`prefetch.wgsl`'s).
+    pub struct PrefetchParams as "Params" {
+        pf_w4: u32,
+        pf_sb: u32,
+        pf_wgs: u32,
+        pf_never: u32,
+    }
+}
+
+const WG: u32 = 256;
+
+fn defines() -> Defines {
+    Defines::new()
+        .set("PARAMS", <PrefetchParams as crate::gpu::ParamStruct>::WGSL)
+        .set("WG", WG)
+}
+
+pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
+    vec![("cache_prefetch.wgsl", defines())]
+}
+
+/// What a tail prefetch reads: (bytes of the next matrix, workgroups of 256 threads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TailPrefetch {
+    pub bytes: u64,
+    pub workgroups: u32,
+}
+
+static TAIL: std::sync::OnceLock<std::sync::Mutex<Option<TailPrefetch>>> =
+    std::sync::OnceLock::new();
+
+fn tail_cell() -> &'static std::sync::Mutex<Option<TailPrefetch>> {
+    TAIL.get_or_init(|| {
+        // QWGPU_TAIL_PREFETCH=MB[,WORKGROUPS] (MB of each next matrix; 0 or unset: off).
+        let parsed = std::env::var("QWGPU_TAIL_PREFETCH").ok().and_then(|v| {
+            let mut it = v.split(',');
+            let mb: f64 = it.next()?.trim().parse().ok()?;
+            let wgs: u32 = match it.next() {
+                Some(w) => w.trim().parse().ok()?,
+                None => 528,
+            };
+            (mb > 0.0 && wgs > 0).then_some(TailPrefetch {
+                bytes: (mb * 1e6) as u64,
+                workgroups: wgs.min(65_535),
+            })
+        });
+        std::sync::Mutex::new(parsed)
+    })
+}
+
+/// Whether decode steps record a [`cache_prefetch`] of the next matmul's first bytes after each
+/// matmul (the MLP's down after gate+up, gate+up after the mixer's output projection, the next
+/// layer's input projection after down). None (off) by default; `QWGPU_TAIL_PREFETCH=MB[,WGS]`
+/// at start-up; plans built after [`set_tail_prefetch`] follow the new setting.
+pub fn tail_prefetch() -> Option<TailPrefetch> {
+    tail_cell().lock().map(|g| *g).unwrap_or(None)
+}
+
+/// See [`tail_prefetch`].
+pub fn set_tail_prefetch(t: Option<TailPrefetch>) {
+    if let Ok(mut g) = tail_cell().lock() {
+        *g = t;
+    }
+}
+
+/// One dispatch of `workgroups` workgroups that reads the first `bytes` of `m`'s first chunk
+/// (codes, and the same share of its scales and biases) and writes nothing (its own 16-byte
+/// sink, in practice never). None where the chunk's codes are not whole vec4s or the device
+/// binds fewer than 4 storage buffers.
+pub async fn cache_prefetch(
+    gpu: &Gpu,
+    m: &Matrix,
+    bytes: u64,
+    workgroups: u32,
+) -> Result<Option<Dispatch>, GpuError> {
+    let Some(c) = m.chunks.first() else {
+        return Ok(None);
+    };
+    if c.weight.size % 16 != 0 || gpu.limits.max_storage_buffers_per_shader_stage < 4 {
+        return Ok(None);
+    }
+    let take = bytes.min(c.weight.size);
+    let w4 = (take / 16).min(u32::MAX as u64) as u32;
+    let sb = match (&c.scales, &c.biases) {
+        (Some(s), Some(b)) if s.size == b.size => Some((s, b)),
+        _ => None,
+    };
+    // The scales and biases of the rows whose codes are read (rows are row-major in both).
+    let sb_words = sb.map_or(0, |(s, _)| {
+        ((s.size / 4) as u128 * take as u128 / c.weight.size.max(1) as u128) as u32
+    });
+    let pipeline = gpu.pipeline("cache_prefetch.wgsl", &defines()).await?;
+    let u = gpu.uniform(
+        &format!("prefetch {}.params", m.name),
+        &PrefetchParams {
+            pf_w4: w4,
+            pf_sb: sb_words,
+            pf_wgs: workgroups,
+            pf_never: 0,
+        },
+    );
+    // A sink of its own: no other dispatch writes or reads it, so nothing orders this dispatch
+    // after the one in front.
+    let sink = gpu.storage(&format!("prefetch {}.sink", m.name), 16)?;
+    let (s, b) = match sb {
+        Some((s, b)) => (s.whole(), b.whole()),
+        None => (c.weight.whole(), c.weight.whole()),
+    };
+    Ok(Some(gpu.dispatch(
+        format!("prefetch {}", m.name),
+        &pipeline,
+        &[u.whole(), c.weight.whole(), s, b, sink.whole()],
+        Grid::fixed(workgroups),
+    )))
+}
