@@ -295,9 +295,11 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
         set_fused_gdn, set_gated_recurrence, set_recurrence_lane_shuffles, set_split_recurrence,
         split_recurrence,
     };
-    use qwgpu_engine::ops::prefetch::{set_tail_prefetch, tail_prefetch, TailPrefetch};
+    use qwgpu_engine::ops::prefetch::{
+        set_tail_prefetch, set_tail_prefetch_setting, tail_prefetch_setting, TailPrefetch,
+    };
     let split_default = split_recurrence();
-    let (pf_default, tail_default) = (prefetch_workgroups(), tail_prefetch());
+    let (pf_default, tail_default) = (prefetch_workgroups(), tail_prefetch_setting());
     let mut fused_somewhere = false;
     for name in format_cover() {
         let r = load_reference(&name);
@@ -321,7 +323,7 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
             set_fused_gdn(true);
             set_gated_recurrence(true);
             let mut s = s.unwrap();
-            let dispatches = s.dispatches_per_token();
+            let dispatches = s.dispatches_per_token() + s.prefetch_dispatches_per_token();
             let (prompt, next) = (&r.prompts[3][..150], r.greedy[3][0]);
             pollster::block_on(s.prefill(&prompt[..148])).unwrap();
             let two = pollster::block_on(s.forward_rows_logits(&prompt[148..])).unwrap();
@@ -343,7 +345,9 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
             }
             (dispatches, two, one, states, mtp)
         };
+        set_tail_prefetch(None);
         let b = run(false);
+        set_tail_prefetch_setting(tail_default);
         // The fused form as this device picks it, then with the rows' lane partials combined
         // through workgroup memory (what a GPU picks; a CPU adapter picks shuffles), then with
         // one workgroup per head instead of a head's rows split over workgroups, then that with
@@ -358,18 +362,17 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
         ] {
             set_recurrence_lane_shuffles(lanes);
             set_split_recurrence(split);
-            if prefetch {
-                set_prefetch_workgroups(3);
-                set_tail_prefetch(Some(TailPrefetch {
-                    bytes: 1 << 16,
-                    workgroups: 5,
-                }));
-            }
+            // (Off explicitly otherwise: some devices take the tail prefetch by default.)
+            set_prefetch_workgroups(if prefetch { 3 } else { 0 });
+            set_tail_prefetch(prefetch.then_some(TailPrefetch {
+                bytes: 1 << 16,
+                workgroups: 5,
+            }));
             let a = run(true);
             set_recurrence_lane_shuffles(None);
             set_split_recurrence(split_default);
             set_prefetch_workgroups(pf_default);
-            set_tail_prefetch(tail_default);
+            set_tail_prefetch_setting(tail_default);
             let form = format!(
                 "fused ({lanes:?} lane shuffles, split {split}, prefetch {prefetch}) vs not"
             );

@@ -555,7 +555,11 @@ fn profiling_times_every_dispatch_and_leaves_decoding_unchanged() {
         assert!(d.iter().all(|(_, t)| t.is_finite() && *t >= 0.0), "{d:?}");
         if tokens == 1 {
             // Every recorded dispatch of a decode step, per kind (the label's first word).
-            assert_eq!(d.len(), s.dispatches_per_token(), "dispatches timed");
+            assert_eq!(
+                d.len(),
+                s.dispatches_per_token() + s.prefetch_dispatches_per_token(),
+                "dispatches timed"
+            );
             let mut kinds: Vec<(String, usize)> = Vec::new();
             for (label, _) in &d {
                 let k = label.split_whitespace().next().unwrap_or("").to_string();

@@ -533,6 +533,7 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         "load_s": load_s,
         "prefill_tokens_per_s": a.prompt_tokens as f64 / ttft50,
         "dispatches_per_token": session.dispatches_per_token(),
+        "prefetch_dispatches_per_token": session.prefetch_dispatches_per_token(),
         "dispatch_kinds_per_token": session
             .dispatch_kinds_per_token()
             .into_iter()
@@ -745,8 +746,12 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         .iter()
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
+    let prefetches = match session.prefetch_dispatches_per_token() {
+        0 => String::new(),
+        n => format!(" + {n} cache prefetches"),
+    };
     println!(
-        "dispatches/token  {} ({})",
+        "dispatches/token  {}{prefetches} ({})",
         session.dispatches_per_token(),
         kinds.join(", ")
     );

@@ -1002,7 +1002,7 @@ impl Builder<'_> {
     /// runs in that matmul's tail and the next matmul (`m`) starts on cached weights.
     async fn tail_prefetch(&self, plan: &mut Plan, m: Option<&Matrix>) -> Result<(), LoadError> {
         if let (Some(t), Some(m), true) = (
-            crate::ops::prefetch::tail_prefetch(),
+            crate::ops::prefetch::tail_prefetch(self.gpu),
             m,
             crate::ops::matmul::decode_tile(self.mt),
         ) {

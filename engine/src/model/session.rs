@@ -523,7 +523,19 @@ impl Session {
             n_out: 1,
             keys: 0,
         };
-        self.single.recorded(shape) + self.head.recorded(shape)
+        (self.single.recorded(shape) + self.head.recorded(shape))
+            .saturating_sub(self.prefetch_dispatches_per_token())
+    }
+
+    /// Cache prefetch dispatches a decode step records besides [`Self::dispatches_per_token`]
+    /// ([`crate::ops::prefetch`]: nothing waits for them but the next matmul's barrier, so they
+    /// run in the tails of the matmuls in front).
+    pub fn prefetch_dispatches_per_token(&self) -> usize {
+        self.dispatch_kinds_per_token()
+            .iter()
+            .filter(|(k, _)| k == "prefetch")
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// [`Self::dispatches_per_token`] counted per kind (the first word of each label).

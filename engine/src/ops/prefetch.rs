@@ -1,6 +1,6 @@
 //! `cache_prefetch.wgsl`: a dispatch that reads the first bytes of a matrix into the GPU's
 //! last-level cache, recorded right after a decode matmul so that the next matmul starts on
-//! cached weights. Benchmark-driven and off by default ([`tail_prefetch`]); it changes no bit.
+//! cached weights ([`tail_prefetch`]: on by default on NVIDIA adapters). It changes no bit.
 
 use crate::gpu::{Defines, Dispatch, Gpu, GpuError, Grid};
 use crate::ops::matrix::Matrix;
@@ -34,19 +34,28 @@ pub struct TailPrefetch {
     pub workgroups: u32,
 }
 
-static TAIL: std::sync::OnceLock<std::sync::Mutex<Option<TailPrefetch>>> =
-    std::sync::OnceLock::new();
+/// The tail prefetch measured best on an NVIDIA H100 (`bench/results/2026-12-07-d/`): 8 MB of
+/// each next matrix over 1056 workgroups.
+pub const NVIDIA_TAIL: TailPrefetch = TailPrefetch {
+    bytes: 8_000_000,
+    workgroups: 1056,
+};
 
-fn tail_cell() -> &'static std::sync::Mutex<Option<TailPrefetch>> {
+/// None: the device decides ([`tail_prefetch`]); Some(setting): the environment or a caller did.
+type Setting = Option<Option<TailPrefetch>>;
+
+static TAIL: std::sync::OnceLock<std::sync::Mutex<Setting>> = std::sync::OnceLock::new();
+
+fn tail_cell() -> &'static std::sync::Mutex<Setting> {
     TAIL.get_or_init(|| {
-        // QWGPU_TAIL_PREFETCH=MB[,WORKGROUPS] (MB of each next matrix; 0 or unset: off).
-        let parsed = std::env::var("QWGPU_TAIL_PREFETCH").ok().and_then(|v| {
+        // QWGPU_TAIL_PREFETCH=MB[,WORKGROUPS] (MB of each next matrix; 0: off).
+        let parsed = std::env::var("QWGPU_TAIL_PREFETCH").ok().map(|v| {
             let mut it = v.split(',');
-            let mb: f64 = it.next()?.trim().parse().ok()?;
-            let wgs: u32 = match it.next() {
-                Some(w) => w.trim().parse().ok()?,
-                None => 528,
-            };
+            let mb: f64 = it.next().and_then(|m| m.trim().parse().ok()).unwrap_or(0.0);
+            let wgs: u32 = it
+                .next()
+                .and_then(|w| w.trim().parse().ok())
+                .unwrap_or(NVIDIA_TAIL.workgroups);
             (mb > 0.0 && wgs > 0).then_some(TailPrefetch {
                 bytes: (mb * 1e6) as u64,
                 workgroups: wgs.min(65_535),
@@ -56,18 +65,35 @@ fn tail_cell() -> &'static std::sync::Mutex<Option<TailPrefetch>> {
     })
 }
 
-/// Whether decode steps record a [`cache_prefetch`] of the next matmul's first bytes after each
-/// matmul (the MLP's down after gate+up, gate+up after the mixer's output projection, the next
-/// layer's input projection after down). None (off) by default; `QWGPU_TAIL_PREFETCH=MB[,WGS]`
-/// at start-up; plans built after [`set_tail_prefetch`] follow the new setting.
-pub fn tail_prefetch() -> Option<TailPrefetch> {
+/// What decode steps on `gpu` record after each matmul: a [`cache_prefetch`] of the next
+/// matmul's first bytes (the MLP's down after gate+up, gate+up after the mixer's output
+/// projection, the next layer's input projection after down), or None. By default
+/// [`NVIDIA_TAIL`] on NVIDIA adapters natively (measured: plain decode +1.6 %, MTP +1.4 % on an
+/// H100) and off elsewhere (not measured there); `QWGPU_TAIL_PREFETCH=MB[,WGS]` (0: off) at
+/// start-up, or [`set_tail_prefetch`], decide instead for plans built afterwards.
+pub fn tail_prefetch(gpu: &Gpu) -> Option<TailPrefetch> {
+    match tail_prefetch_setting() {
+        Some(t) => t,
+        None => {
+            (cfg!(not(target_arch = "wasm32")) && gpu.info.vendor == 0x10de).then_some(NVIDIA_TAIL)
+        }
+    }
+}
+
+/// Sets [`tail_prefetch`] for every device (None: off).
+pub fn set_tail_prefetch(t: Option<TailPrefetch>) {
+    set_tail_prefetch_setting(Some(t))
+}
+
+/// The current setting (None: each device's default), for saving and restoring it.
+pub fn tail_prefetch_setting() -> Setting {
     tail_cell().lock().map(|g| *g).unwrap_or(None)
 }
 
-/// See [`tail_prefetch`].
-pub fn set_tail_prefetch(t: Option<TailPrefetch>) {
+/// Restores a setting read with [`tail_prefetch_setting`].
+pub fn set_tail_prefetch_setting(s: Setting) {
     if let Ok(mut g) = tail_cell().lock() {
-        *g = t;
+        *g = s;
     }
 }
 
