@@ -280,19 +280,8 @@ pub async fn attn_prep_prefetch(
     // The matrix's first chunk, where the device binds three more buffers (the kernel binds 9).
     let pf_wgs = crate::ops::gdn::prefetch_workgroups() * (512 / PREP_WG);
     let pf = prefetch
-        .and_then(|m| m.chunks.first())
-        .filter(|c| {
-            pf_wgs > 0
-                && c.weight.size % 16 == 0
-                && gpu.limits.max_storage_buffers_per_shader_stage >= 12
-        })
-        .map(|c| {
-            let sb = match (&c.scales, &c.biases) {
-                (Some(s), Some(b)) if s.size == b.size => Some((s, b)),
-                _ => None,
-            };
-            (c, sb)
-        });
+        .and_then(|m| crate::ops::prefetch::PrefetchRead::of(m, u64::MAX))
+        .filter(|_| pf_wgs > 0 && gpu.limits.max_storage_buffers_per_shader_stage >= 12);
     let pipeline = gpu
         .pipeline(
             "attn_prep.wgsl",
@@ -317,10 +306,8 @@ pub async fn attn_prep_prefetch(
         v_col: v.col,
         eps: d.eps,
         log2_theta: d.rope_theta.log2(),
-        pf_w4: pf.map_or(0, |(c, _)| (c.weight.size / 16).min(u32::MAX as u64) as u32),
-        pf_sb: pf
-            .and_then(|(_, sb)| sb)
-            .map_or(0, |(s, _)| (s.size / 4).min(u32::MAX as u64) as u32),
+        pf_w4: pf.as_ref().map_or(0, |r| r.w4),
+        pf_sb: pf.as_ref().map_or(0, |r| r.sb),
         pf_wgs: if pf.is_some() { pf_wgs } else { 0 },
         pf_never: 0,
     };
@@ -337,12 +324,8 @@ pub async fn attn_prep_prefetch(
         k_cache.whole(),
         v_cache.whole(),
     ];
-    if let Some((c, sb)) = pf {
-        res.push(c.weight.whole());
-        match sb {
-            Some((s, b)) => res.extend([s.whole(), b.whole()]),
-            None => res.extend([c.weight.whole(), c.weight.whole()]),
-        }
+    if let Some(r) = &pf {
+        res.extend(r.bufs.map(|b| b.whole()));
     }
     Ok(vec![gpu.dispatch(
         what,

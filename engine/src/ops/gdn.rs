@@ -1187,24 +1187,15 @@ async fn recurrence_impl(
             // The next matmul's first chunk, where the device binds three more buffers.
             let pf_wgs = prefetch_workgroups();
             let bound = res.len() as u32; // storage buffers so far (the params come later)
-            match prefetch.and_then(|m| m.chunks.first()) {
-                Some(c)
+            match prefetch.and_then(|m| crate::ops::prefetch::PrefetchRead::of(m, u64::MAX)) {
+                Some(r)
                     if pf_wgs > 0
-                        && c.weight.size % 16 == 0
                         && gpu.limits.max_storage_buffers_per_shader_stage >= bound + 3 =>
                 {
-                    let sb = match (&c.scales, &c.biases) {
-                        (Some(s), Some(b)) if s.size == b.size => Some((s, b)),
-                        _ => None,
-                    };
-                    params.pf_w4 = (c.weight.size / 16).min(u32::MAX as u64) as u32;
-                    params.pf_sb = sb.map_or(0, |(s, _)| (s.size / 4).min(u32::MAX as u64) as u32);
+                    params.pf_w4 = r.w4;
+                    params.pf_sb = r.sb;
                     params.pf_wgs = pf_wgs;
-                    res.push(c.weight.whole());
-                    match sb {
-                        Some((s, b)) => res.extend([s.whole(), b.whole()]),
-                        None => res.extend([c.weight.whole(), c.weight.whole()]),
-                    }
+                    res.extend(r.bufs.map(|b| b.whole()));
                     RecurrenceLayout {
                         prefetch: true,
                         ..lay
