@@ -12,8 +12,6 @@
 // STREAMS: the rows are independent streams (a batch of sequences, one token each): row t is at
 // its own position (stream_pos(t), from the step) and writes to its own slot of the caches,
 // which hold max_ctx rows per stream ([streams, max_ctx, Hkv*D]); the arithmetic is the same.
-// PF: p.pf_wgs more workgroups (row 0's) read o_proj's weights into the GPU's cache while the
-// attention passes run (prefetch.wgsl); nothing else changes.
 #include "common.wgsl"
 #if STREAMS
 #include "streams.wgsl"
@@ -42,14 +40,6 @@ var<workgroup> ys: array<f32, MAX_D>;
 #else
 @group(0) @binding(8) var<storage, read_write> k_cache: array<f32>;  // [max_ctx, Hkv*D]
 @group(0) @binding(9) var<storage, read_write> v_cache: array<f32>;  // [max_ctx, Hkv*D]
-#endif
-
-#if PF
-// o_proj's codes, scales and biases, read by the prefetching workgroups (prefetch.wgsl).
-@group(0) @binding(10) var<storage, read> pf_w: array<vec4<u32>>;
-@group(0) @binding(11) var<storage, read> pf_s: array<u32>;
-@group(0) @binding(12) var<storage, read> pf_b: array<u32>;
-#include "prefetch.wgsl"
 #endif
 
 const WG: u32 = {{WG}}u;
@@ -86,17 +76,6 @@ fn main(
 #else
     let row = step.pos + t;
     let cache_row = row;
-#endif
-#if PF
-    // Slots past the heads' (row 0's only) read o_proj's weights into the cache while the
-    // attention passes run (never written: see prefetch.wgsl).
-    if (slot >= nq + 2u * nkv) {
-        let pf = slot - (nq + 2u * nkv);
-        if (t == 0u && pf < p.pf_wgs && prefetch_share(pf, lid, WG) < p.pf_never) {
-            q_out[0] = 0.0;
-        }
-        return;
-    }
 #endif
     if (t >= step.n_tokens || t >= p.max_rows || row >= p.max_ctx || slot >= nq + 2u * nkv || D > MAX_D || p.rotary_dim > D) { return; }
 

@@ -45,8 +45,7 @@
 // Defines: WG (threads; R = WG / 4 rows), NV4 (= Dk / 16), KQ (vec4 of k|q each thread stages per
 // step: ceil(Dk / 2 / WG)), KQS (vec4 slots of one staging buffer: >= Dk / 2, at most KQ * WG),
 // SUBGROUPS, GATED (with GN_WG, gated_norm.wgsl's workgroup size), PREP, XQ (with PREP), HSPLIT
-// (with DV, the head's value rows), PF (with PREP: p.pf_wgs workgroups after the heads' read
-// the next matmul's weights into the cache, prefetch.wgsl; PF_B, PF_B1, PF_B2 their bindings).
+// (with DV, the head's value rows).
 #include "common.wgsl"
 
 {{PARAMS}}
@@ -69,12 +68,6 @@
 #endif
 #elif HSPLIT
 @group(0) @binding(10) var<storage, read_write> hcnt: array<atomic<u32>>; // [Hv] workgroups done per head (0 between calls)
-#endif
-#if PF
-// The next matmul's codes, scales and biases, read by the prefetching workgroups (prefetch.wgsl).
-@group(0) @binding({{PF_B}}) var<storage, read> pf_w: array<vec4<u32>>;
-@group(0) @binding({{PF_B1}}) var<storage, read> pf_s: array<u32>;
-@group(0) @binding({{PF_B2}}) var<storage, read> pf_b: array<u32>;
 #endif
 #else
 @group(0) @binding(3) var<storage, read> gates: array<f32>;              // [T, 2*Hv] = beta [Hv] | g [Hv]
@@ -121,9 +114,6 @@ var<workgroup> gq: array<f32, R>;
 #if PREP
 var<workgroup> qkred: array<f32, 2u * GN_WG>;
 #include "gdn_gates.wgsl"
-#endif
-#if PF
-#include "prefetch.wgsl"
 #endif
 #if SUBGROUPS
 var<workgroup> sg_count: atomic<u32>;
@@ -223,17 +213,6 @@ fn main(
 ) {
     let wg = wg_linear(wid, nwg);
     let h = wg / p.blocks;
-#if PF
-    // Workgroups past the heads' prefetch the next matmul's weights (never written: see
-    // prefetch.wgsl).
-    if (h >= p.n_v_heads) {
-        let pf = wg - p.n_v_heads * p.blocks;
-        if (pf < p.pf_wgs && prefetch_share(pf, lid, WG) < p.pf_never) {
-            y[0] = 0.0;
-        }
-        return;
-    }
-#endif
     if (h >= p.n_v_heads) { return; }
     let blk = wg % p.blocks;
 

@@ -10,13 +10,10 @@ use qwgpu_engine::gpu::{
 };
 use qwgpu_engine::ops::attention::{
     attention, attention_scratch_bytes, attention_with_scratch, attention_writes_planes,
-    attention_xq, attention_xq_rows, attn_prep, attn_prep_prefetch, set_attention_group_keys,
-    set_attention_split_heads, split_heads_for, AttnDims, ATTN_CK_MIN, ATTN_NS, ATTN_QR, PREP_WG,
+    attention_xq, attention_xq_rows, attn_prep, set_attention_group_keys,
+    set_attention_split_heads, split_heads_for, AttnDims, ATTN_CK_MIN, ATTN_NS, ATTN_QR,
 };
-use qwgpu_engine::ops::gdn::{prefetch_workgroups, set_prefetch_workgroups};
-use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;
-use qwgpu_engine::quant::{FloatType, WeightFormat};
 use qwgpu_tests::ref_attention::{self as cpu, RefDims};
 use qwgpu_tests::*;
 
@@ -162,8 +159,6 @@ struct Layer {
     kn: GpuBuffer,
     kc: GpuBuffer,
     vc: GpuBuffer,
-    /// A matrix attn_prep's prefetching workgroups read (none: attn_prep alone).
-    pf: Option<Matrix>,
 }
 
 impl Layer {
@@ -204,7 +199,6 @@ impl Layer {
             kn: upload_f32(gpu, "k_norm", k_norm),
             kc: up(gpu, "k_cache", k_init),
             vc: up(gpu, "v_cache", v_init),
-            pf: None,
         }
     }
 
@@ -256,7 +250,7 @@ impl Layer {
             offset: 0,
         };
         let st = lay.stride as u32;
-        let mut ds: Vec<Dispatch> = pollster::block_on(attn_prep_prefetch(
+        let mut ds: Vec<Dispatch> = pollster::block_on(attn_prep(
             gpu,
             &self.d,
             Act::at(&pb, st, lay.qg as u32),
@@ -267,21 +261,9 @@ impl Layer {
             &qb,
             &self.kc,
             &self.vc,
-            self.pf.as_ref(),
             slot,
         ))
         .unwrap();
-        if let Some(m) = &self.pf {
-            // The prefetching workgroups are there (prefetch_workgroups() of 512 threads each).
-            let heads = self.d.n_heads + 2 * self.d.n_kv_heads;
-            let want = heads + prefetch_workgroups() * (512 / PREP_WG);
-            let shape = StepShape {
-                n_tokens: t as u32,
-                n_out: 1,
-                keys: 0,
-            };
-            assert_eq!(ds[0].grid.counts(shape, u32::MAX)[0], want, "{}", m.name);
-        }
         if attend {
             ds.extend(
                 pollster::block_on(attention(
@@ -731,64 +713,6 @@ fn batch_invariance_decode_vs_verify() {
                 &v1[..end],
                 &v2[..end],
             );
-        }
-    }
-}
-
-#[test]
-fn prefetching_prep_gives_the_same_bits() {
-    // attn_prep with workgroups that read a matrix (o_proj's stand-in, 4-bit) into the cache
-    // gives the bits of attn_prep alone: q_out, the appended cache rows and the attention output,
-    // for 1 and 2 rows, f32 and f16 caches.
-    let pf_default = prefetch_workgroups();
-    for gpu in gpu_variants() {
-        let mut rng = Rng(16);
-        let mut bytes = |n: usize| -> Vec<u8> { (0..n).map(|_| rng.next_u64() as u8).collect() };
-        let (wb, sb, bb) = (bytes(80 * 128), bytes(80 * 4 * 2), bytes(80 * 4 * 2));
-        let mut rng = Rng(17);
-        for (s, pos, f16, t) in [
-            (TINY, 40u32, false, 1),
-            (B27, 100, false, 2),
-            (B27, 7, true, 1),
-        ] {
-            let what = format!("{} pos {pos} f16 {f16} T={t} ({})", s.name, gpu.describe());
-            let max_ctx = pos + 4;
-            let kvw = s.kvw();
-            let (qn, kn) = (norm_weights(&mut rng, s.d), norm_weights(&mut rng, s.d));
-            let k0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
-            let v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
-            let proj = normals(&mut rng, 2 * s.layout().stride, 2.0);
-            let alone = Layer::with_kv(&gpu, s, max_ctx, &qn, &kn, &k0, &v0, f16);
-            let (qa, oa) = alone.forward(&gpu, &proj, t, pos, true);
-            let (ka, va) = alone.caches(&gpu);
-            let mut with = Layer::with_kv(&gpu, s, max_ctx, &qn, &kn, &k0, &v0, f16);
-            with.pf = Some(
-                Matrix::upload(
-                    &gpu,
-                    "o_proj stand-in",
-                    &MatrixData {
-                        n: 80,
-                        k: 256,
-                        format: WeightFormat::Affine {
-                            bits: 4,
-                            group: 64,
-                            scale: FloatType::BF16,
-                        },
-                        weight: &wb,
-                        scales: &sb,
-                        biases: &bb,
-                    },
-                )
-                .unwrap(),
-            );
-            set_prefetch_workgroups(3);
-            let (qp, op) = with.forward(&gpu, &proj, t, pos, true);
-            set_prefetch_workgroups(pf_default);
-            let (kp, vp) = with.caches(&gpu);
-            assert_bits_eq(&format!("{what}: q_out"), &qp, &qa);
-            assert_bits_eq(&format!("{what}: out"), &op, &oa);
-            assert_bits_eq(&format!("{what}: k_cache"), &kp, &ka);
-            assert_bits_eq(&format!("{what}: v_cache"), &vp, &va);
         }
     }
 }

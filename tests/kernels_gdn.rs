@@ -9,12 +9,10 @@
 use qwgpu_engine::gpu::{Gpu, GpuBuffer, Step, StepShape, StepSlot};
 use qwgpu_engine::ops::gdn::{
     gated_norm, gated_recurrence_layout, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence,
-    gdn_recurrence_fused, gdn_recurrence_gated, prefetch_workgroups, qk_norm_constants,
-    recurrence_layout, set_prefetch_workgroups, set_split_recurrence, split_recurrence, GdnDims,
+    gdn_recurrence_fused, gdn_recurrence_gated, qk_norm_constants, recurrence_layout,
+    set_split_recurrence, split_recurrence, GdnDims,
 };
-use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
 use qwgpu_engine::ops::Act;
-use qwgpu_engine::quant::{FloatType, WeightFormat};
 use qwgpu_tests::*;
 
 /// Conv: a K-term f32 sum (error ≲ K·eps of Σ|x·w|) then silu with an f32 exp (a few ulp).
@@ -1225,40 +1223,10 @@ fn split_fused_recurrence_equals_whole_heads_bit_for_bit() {
     // planes, the state and the snapshot, for 1, 2 (with a snapshot point, and from the snapshot)
     // and 7 rows, from zero and random states, on heads of 1, 2 and 4 such workgroups. The split
     // form's dispatch runs twice on the same buffers (inputs restored in between), so its
-    // per-head counts must be back at zero after a call. Both forms with prefetching workgroups
-    // (reading a 4-bit matrix standing for out_proj: the dispatch must grow by them) give the
-    // same bits too. (No other test of this binary builds the fused recurrence, so the switches
-    // flip nothing under them.)
+    // per-head counts must be back at zero after a call. (No other test of this binary builds
+    // the fused recurrence, so the switch flips nothing under them.)
     let default = split_recurrence();
-    let pf_default = prefetch_workgroups();
     for gpu in gpu_variants() {
-        // out_proj's stand-in: 96 rows of 128 4-bit weights in groups of 64 (bf16 scales).
-        let mut brng = Rng(31);
-        let bytes = |n: usize, rng: &mut Rng| -> Vec<u8> {
-            (0..n).map(|_| (rng.next_u64() & 0xff) as u8).collect()
-        };
-        let (wb, sb, bb) = (
-            bytes(96 * 64, &mut brng),
-            bytes(96 * 2 * 2, &mut brng),
-            bytes(96 * 2 * 2, &mut brng),
-        );
-        let next = Matrix::upload(
-            &gpu,
-            "next",
-            &MatrixData {
-                n: 96,
-                k: 128,
-                format: WeightFormat::Affine {
-                    bits: 4,
-                    group: 64,
-                    scale: FloatType::BF16,
-                },
-                weight: &wb,
-                scales: &sb,
-                biases: &bb,
-            },
-        )
-        .unwrap();
         let mut rng = Rng(29);
         for (name, d) in shapes() {
             if gated_recurrence_layout(&gpu, &d).is_none() {
@@ -1287,14 +1255,13 @@ fn split_fused_recurrence_equals_whole_heads_bit_for_bit() {
                     let sb = step_rb(&gpu, t, nc, rollback);
                     let z = Act::at(&pb, p.stride as u32, p.z as u32);
                     let qbytes = t as u64 * qwgpu_engine::ops::xquant::row_bytes(vd as u32);
-                    let run_one = |split: bool, runs: usize, pf: u32| {
+                    let run_one = |split: bool, runs: usize| {
                         let (cs, _) = initial_states(&mut Rng(1), &d, false);
                         let l = GpuLayer::new(&gpu, &d, &w, &cs, &s0);
                         let snap0: Vec<f32> = s0.iter().map(|v| 0.5 * v - 0.125).collect();
                         let out = zeros(&gpu, "out", t * vd);
                         let xq = gpu.storage("xq", qbytes).unwrap();
                         set_split_recurrence(split);
-                        set_prefetch_workgroups(pf);
                         let ds = pollster::block_on(gdn_recurrence_fused(
                             &gpu,
                             &d,
@@ -1309,11 +1276,9 @@ fn split_fused_recurrence_equals_whole_heads_bit_for_bit() {
                             &l.norm_w,
                             &out,
                             Some(&xq),
-                            Some(&next),
                             slot(&sb),
                         ));
                         set_split_recurrence(default);
-                        set_prefetch_workgroups(pf_default);
                         let ds = ds.unwrap();
                         let groups = ds[0].grid.counts(shape(t), u32::MAX)[0];
                         for _ in 0..runs {
@@ -1330,25 +1295,19 @@ fn split_fused_recurrence_equals_whole_heads_bit_for_bit() {
                                 .unwrap();
                         (read_f32(&gpu, &out, t * vd), s, snap, planes, groups)
                     };
-                    let whole = run_one(false, 1, 0);
+                    let whole = run_one(false, 1);
                     assert!(
                         whole.0.iter().all(|v| v.is_finite()) && whole.0.iter().any(|&v| v != 0.0),
                         "{what}: the whole-head output is degenerate"
                     );
-                    for (split, runs, pf) in
-                        [(true, 1, 0), (true, 2, 0), (false, 1, 5), (true, 2, 3)]
-                    {
-                        let heads_wgs = if split {
-                            d.n_v_heads * (d.v_head_dim / 32).max(1)
-                        } else {
-                            d.n_v_heads
-                        };
-                        let split = run_one(split, runs, pf);
-                        let form = format!(
-                            "fused recurrence (split {}, {runs} runs, {pf} prefetching workgroups): {what}",
-                            heads_wgs != d.n_v_heads
+                    for runs in [1, 2] {
+                        let split = run_one(true, runs);
+                        let form = format!("split fused recurrence ({runs} runs): {what}");
+                        assert_eq!(
+                            split.4,
+                            d.n_v_heads * (d.v_head_dim / 32).max(1),
+                            "{form}: workgroups"
                         );
-                        assert_eq!(split.4, heads_wgs + pf, "{form}: workgroups");
                         assert_bits_eq(&format!("{form}: out"), &split.0, &whole.0);
                         assert_bits_eq(&format!("{form}: state"), &split.1, &whole.1);
                         assert_bits_eq(&format!("{form}: snap"), &split.2, &whole.2);

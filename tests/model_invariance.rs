@@ -290,7 +290,6 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
     // and a 1-row decode, every state buffer, and the MTP loop's steps (with a rejected draft
     // rolled back), on every fixture. Plans follow the switches when built, and both settings
     // give the same bits, so other tests running meanwhile are unaffected.
-    use qwgpu_engine::ops::gdn::{prefetch_workgroups, set_prefetch_workgroups};
     use qwgpu_engine::ops::gdn::{
         set_fused_gdn, set_gated_recurrence, set_recurrence_lane_shuffles, set_split_recurrence,
         split_recurrence,
@@ -299,7 +298,7 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
         set_tail_prefetch, set_tail_prefetch_setting, tail_prefetch_setting, TailPrefetch,
     };
     let split_default = split_recurrence();
-    let (pf_default, tail_default) = (prefetch_workgroups(), tail_prefetch_setting());
+    let tail_default = tail_prefetch_setting();
     let mut fused_somewhere = false;
     for name in format_cover() {
         let r = load_reference(&name);
@@ -351,8 +350,7 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
         // The fused form as this device picks it, then with the rows' lane partials combined
         // through workgroup memory (what a GPU picks; a CPU adapter picks shuffles), then with
         // one workgroup per head instead of a head's rows split over workgroups, then that with
-        // the cache prefetches (workgroups in the recurrence and attention's prep reading the
-        // output projection, and a prefetch dispatch after each decode matmul: more dispatches).
+        // the tail prefetch (a cache prefetch dispatch after each decode matmul: more dispatches).
         let mut plain_fused = 0;
         for (lanes, split, prefetch) in [
             (None, true, false),
@@ -363,7 +361,6 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
             set_recurrence_lane_shuffles(lanes);
             set_split_recurrence(split);
             // (Off explicitly otherwise: some devices take the tail prefetch by default.)
-            set_prefetch_workgroups(if prefetch { 3 } else { 0 });
             set_tail_prefetch(prefetch.then_some(TailPrefetch {
                 bytes: 1 << 16,
                 workgroups: 5,
@@ -371,7 +368,6 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
             let a = run(true);
             set_recurrence_lane_shuffles(None);
             set_split_recurrence(split_default);
-            set_prefetch_workgroups(pf_default);
             set_tail_prefetch_setting(tail_default);
             let form = format!(
                 "fused ({lanes:?} lane shuffles, split {split}, prefetch {prefetch}) vs not"

@@ -12,7 +12,7 @@ use crate::error::LoadError;
 use crate::gpu::{Gpu, GpuBuffer, Plan, Rows, StepSlot};
 use crate::model::config::ModelConfig;
 use crate::model::weights::{Layer, Mixer, Mtp, Projections, Weights};
-use crate::ops::attention::{attention_scratch_bytes, attn_prep_prefetch, AttnDims};
+use crate::ops::attention::{attention_scratch_bytes, attn_prep, AttnDims};
 use crate::ops::gdn::{
     conv_prep_wg, gated_norm, gdn_conv, gdn_conv_prep, gdn_prep, gdn_recurrence, GdnDims,
     CONV_PREP_STORAGE_BUFFERS,
@@ -723,7 +723,6 @@ impl Builder<'_> {
                                     gnorm,
                                     &ws.yn,
                                     planes_out.then_some(&ws.xq),
-                                    Some(out_proj),
                                     self.step,
                                 )
                                 .await?,
@@ -932,7 +931,7 @@ impl Builder<'_> {
         self.mm_side_by_side(plan, qkv_proj, xn, Act::at(&ws.proj, pw, 0), qw + 2 * kw)
             .await?;
         plan.extend_vec(
-            attn_prep_prefetch(
+            attn_prep(
                 g,
                 &d,
                 Act::at(&ws.proj, pw, 0),
@@ -943,8 +942,6 @@ impl Builder<'_> {
                 &ws.q,
                 &kv.k,
                 &kv.v,
-                // Decode steps: o_proj's weights read into the cache while attention runs.
-                crate::ops::matmul::decode_tile(self.mt).then_some(o_proj),
                 self.step,
             )
             .await?,

@@ -96,12 +96,6 @@ crate::gpu_struct! {
         v_col: u32,
         eps: f32,
         log2_theta: f32,
-        /// PF only: vec4 of codes and words of scales (and of biases) to read, prefetching
-        /// workgroups, and 0 (prefetch.wgsl)
-        pf_w4: u32,
-        pf_sb: u32,
-        pf_wgs: u32,
-        pf_never: u32,
     }
 }
 
@@ -237,31 +231,6 @@ pub async fn attn_prep(
     v_cache: &GpuBuffer,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
-    attn_prep_prefetch(
-        gpu, d, qg, k, v, q_norm, k_norm, q_out, k_cache, v_cache, None, step,
-    )
-    .await
-}
-
-/// [`attn_prep`], and with `prefetch` (the layer's o_proj) and
-/// [`crate::ops::gdn::prefetch_workgroups`] > 0, row 0's dispatch gets workgroups that read the
-/// matrix's first chunk into the GPU's cache while the attention passes run (as many threads
-/// as that many workgroups of 512; `prefetch.wgsl`). The same bits.
-#[allow(clippy::too_many_arguments)]
-pub async fn attn_prep_prefetch(
-    gpu: &Gpu,
-    d: &AttnDims,
-    qg: Act<'_>,
-    k: Act<'_>,
-    v: Act<'_>,
-    q_norm: &GpuBuffer,
-    k_norm: &GpuBuffer,
-    q_out: &GpuBuffer,
-    k_cache: &GpuBuffer,
-    v_cache: &GpuBuffer,
-    prefetch: Option<&crate::ops::matrix::Matrix>,
-    step: StepSlot<'_>,
-) -> Result<Vec<Dispatch>, GpuError> {
     let what = "attn_prep";
     check_dims(what, d)?;
     let hd = d.head_dim as u64;
@@ -277,18 +246,12 @@ pub async fn attn_prep_prefetch(
     if max_rows == 0 {
         return Err(bad(what, "an activation buffer cannot hold one row".into()));
     }
-    // The matrix's first chunk, where the device binds three more buffers (the kernel binds 9).
-    let pf_wgs = crate::ops::gdn::prefetch_workgroups() * (512 / PREP_WG);
-    let pf = prefetch
-        .and_then(|m| crate::ops::prefetch::PrefetchRead::of(m, u64::MAX))
-        .filter(|_| pf_wgs > 0 && gpu.limits.max_storage_buffers_per_shader_stage >= 12);
     let pipeline = gpu
         .pipeline(
             "attn_prep.wgsl",
             &prep_defines()
                 .flag("KV_F16", d.kv_f16)
-                .flag("STREAMS", d.streams > 0)
-                .flag("PF", pf.is_some()),
+                .flag("STREAMS", d.streams > 0),
         )
         .await?;
     let params = AttnPrepParams {
@@ -306,13 +269,9 @@ pub async fn attn_prep_prefetch(
         v_col: v.col,
         eps: d.eps,
         log2_theta: d.rope_theta.log2(),
-        pf_w4: pf.as_ref().map_or(0, |r| r.w4),
-        pf_sb: pf.as_ref().map_or(0, |r| r.sb),
-        pf_wgs: if pf.is_some() { pf_wgs } else { 0 },
-        pf_never: 0,
     };
     let u = gpu.uniform("attn_prep.params", &params);
-    let mut res = vec![
+    let res = [
         u.whole(),
         step.binding(),
         qg.buf.whole(),
@@ -324,14 +283,11 @@ pub async fn attn_prep_prefetch(
         k_cache.whole(),
         v_cache.whole(),
     ];
-    if let Some(r) = &pf {
-        res.extend(r.bufs.map(|b| b.whole()));
-    }
     Ok(vec![gpu.dispatch(
         what,
         &pipeline,
         &res,
-        Grid::per_token(d.n_heads + 2 * d.n_kv_heads + params.pf_wgs),
+        Grid::per_token(d.n_heads + 2 * d.n_kv_heads),
     )])
 }
 
@@ -789,11 +745,6 @@ pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
         ("attn_prep.wgsl", prep_defines()),
         ("attn_prep.wgsl", prep_defines().flag("KV_F16", true)),
         ("attn_prep.wgsl", prep_defines().flag("STREAMS", true)),
-        ("attn_prep.wgsl", prep_defines().flag("PF", true)),
-        (
-            "attn_prep.wgsl",
-            prep_defines().flag("KV_F16", true).flag("PF", true),
-        ),
         (
             "attn_prep.wgsl",
             prep_defines().flag("KV_F16", true).flag("STREAMS", true),

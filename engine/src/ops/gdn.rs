@@ -180,12 +180,6 @@ crate::gpu_struct! {
         qk_eps: f32,
         /// XQ only: vec4<u32> per row of the output planes (`xquant::q_stride(Hv·Dv)`)
         q_stride: u32,
-        /// PF only: vec4 of codes and words of scales (and of biases) to read, prefetching
-        /// workgroups, and 0 (prefetch.wgsl)
-        pf_w4: u32,
-        pf_sb: u32,
-        pf_wgs: u32,
-        pf_never: u32,
     }
 }
 
@@ -252,16 +246,6 @@ pub fn recurrence_defines(lay: &RecurrenceLayout) -> Defines {
     } else {
         d
     };
-    // The prefetch bindings follow the fused form's (10 with PREP, then xq, then the counts).
-    let d = if lay.prefetch {
-        let b = 10 + u32::from(lay.xq) + u32::from(lay.hsplit > 0);
-        d.flag("PF", true)
-            .set("PF_B", b)
-            .set("PF_B1", b + 1)
-            .set("PF_B2", b + 2)
-    } else {
-        d
-    };
     if lay.gated {
         d.set("GN_WG", NORM_WG)
     } else {
@@ -305,7 +289,6 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 prep: false,
                 xq: false,
                 hsplit: 0,
-                prefetch: false,
             };
             v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
             v.push((
@@ -313,29 +296,18 @@ pub fn variants(base: &Defines) -> Vec<(&'static str, Defines)> {
                 recurrence_defines(&lay).flag("STREAMS", true),
             ));
             for dv in [32, 64, 128] {
-                for (prep, xq, prefetch) in [
-                    (false, false, false),
-                    (true, false, false),
-                    (true, true, false),
-                    (true, false, true),
-                    (true, true, true),
-                ] {
+                for (prep, xq) in [(false, false), (true, false), (true, true)] {
                     let lay = RecurrenceLayout {
                         prep,
                         xq,
-                        prefetch,
                         ..gated_layout(dk, dv, subgroups)
                     };
                     v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
                 }
                 // A head over several workgroups (the fused decode form).
                 if let Some(lay) = split_layout(dk, dv, subgroups) {
-                    for (xq, prefetch) in [(false, false), (true, false), (true, true)] {
-                        let lay = RecurrenceLayout {
-                            xq,
-                            prefetch,
-                            ..lay
-                        };
+                    for xq in [false, true] {
+                        let lay = RecurrenceLayout { xq, ..lay };
                         v.push(("gdn_recurrence.wgsl", recurrence_defines(&lay)));
                     }
                 }
@@ -643,9 +615,6 @@ pub struct RecurrenceLayout {
     /// applying the gated norm (`HSPLIT`); the value is the head's Dv (0: a whole head per
     /// workgroup).
     pub hsplit: u32,
-    /// (With `prep`) workgroups after the heads' read the next matmul's weights into the cache
-    /// (`PF`, `prefetch.wgsl`; [`prefetch_workgroups`]).
-    pub prefetch: bool,
 }
 
 /// Threads per state row in the recurrence.
@@ -664,7 +633,6 @@ fn gated_layout(dk: u32, dv: u32, subgroups: bool) -> RecurrenceLayout {
         prep: false,
         xq: false,
         hsplit: 0,
-        prefetch: false,
     }
 }
 
@@ -688,33 +656,7 @@ fn split_layout(dk: u32, dv: u32, subgroups: bool) -> Option<RecurrenceLayout> {
         prep: true,
         xq: false,
         hsplit: dv,
-        prefetch: false,
     })
-}
-
-static PREFETCH_WGS: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
-
-fn prefetch_cell() -> &'static std::sync::atomic::AtomicU32 {
-    PREFETCH_WGS.get_or_init(|| {
-        let n = std::env::var("QWGPU_PREFETCH_WGS")
-            .ok()
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            .unwrap_or(0);
-        std::sync::atomic::AtomicU32::new(n.min(65_535))
-    })
-}
-
-/// Workgroups the fused recurrence adds to read out_proj's weights into the cache while its
-/// heads run (one workgroup per head leaves most of a large GPU idle, and out_proj then starts
-/// from the cache). 0 (off) by default; `QWGPU_PREFETCH_WGS=N` at start-up; plans built after
-/// [`set_prefetch_workgroups`] follow the new setting. Changes no bit.
-pub fn prefetch_workgroups() -> u32 {
-    prefetch_cell().load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// See [`prefetch_workgroups`].
-pub fn set_prefetch_workgroups(n: u32) {
-    prefetch_cell().store(n.min(65_535), std::sync::atomic::Ordering::Relaxed)
 }
 
 static SPLIT_RECURRENCE: crate::ops::matmul::Switch =
@@ -844,7 +786,6 @@ pub fn recurrence_layout(gpu: &Gpu, d: &GdnDims) -> RecurrenceLayout {
         prep: false,
         xq: false,
         hsplit: 0,
-        prefetch: false,
     }
 }
 
@@ -906,7 +847,6 @@ enum RecOut<'a> {
         dt_bias: &'a GpuBuffer,
         weight: &'a GpuBuffer,
         xq: Option<&'a GpuBuffer>,
-        prefetch: Option<&'a crate::ops::matrix::Matrix>,
     },
 }
 
@@ -917,9 +857,7 @@ enum RecOut<'a> {
 /// normalized, gated rows: the bits of `gdn_conv_prep` + [`gdn_recurrence`] + [`gated_norm`]
 /// (tested). Only where [`gated_recurrence_layout`] holds and the device binds 9 storage buffers.
 /// With `xq`, the rows also go out as `xquant.wgsl`'s integer planes of out_proj's input (the
-/// bits of xquant on `out`; where [`fused_recurrence_takes_planes`] holds). With `prefetch` (the
-/// next matmul, out_proj) and [`prefetch_workgroups`] > 0, that many workgroups after the heads'
-/// read its weights (first chunk) into the cache while the heads run; nothing else changes.
+/// bits of xquant on `out`; where [`fused_recurrence_takes_planes`] holds).
 #[allow(clippy::too_many_arguments)]
 pub async fn gdn_recurrence_fused(
     gpu: &Gpu,
@@ -935,7 +873,6 @@ pub async fn gdn_recurrence_fused(
     weight: &GpuBuffer,
     out: &GpuBuffer,
     xq: Option<&GpuBuffer>,
-    prefetch: Option<&crate::ops::matrix::Matrix>,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
     recurrence_impl(
@@ -954,7 +891,6 @@ pub async fn gdn_recurrence_fused(
             dt_bias,
             weight,
             xq,
-            prefetch,
         },
         step,
     )
@@ -1077,10 +1013,6 @@ async fn recurrence_impl(
         k_scale,
         qk_eps,
         q_stride: 0,
-        pf_w4: 0,
-        pf_sb: 0,
-        pf_wgs: 0,
-        pf_never: 0,
     };
     let mut res = vec![step.binding(), conv_out.whole()];
     // The split fused form's per-head counts (zeros; every call leaves them at zero).
@@ -1115,7 +1047,6 @@ async fn recurrence_impl(
             dt_bias,
             weight,
             xq,
-            prefetch,
         } => {
             need(what, "weight", weight, d.v_head_dim as u64)?;
             need(what, "a_log", a_log, hv as u64)?;
@@ -1173,7 +1104,7 @@ async fn recurrence_impl(
                     && l.wg <= gpu.limits.max_compute_invocations_per_workgroup
                     && (!l.subgroups || l.wg % gpu.caps.subgroup_max_size == 0)
             });
-            let lay = match split {
+            match split {
                 Some(l) => {
                     counts = gpu.storage("gdn_recurrence.head_counts", 4 * hv as u64)?;
                     res.push(counts.whole());
@@ -1183,25 +1114,6 @@ async fn recurrence_impl(
                     }
                 }
                 None => whole,
-            };
-            // The next matmul's first chunk, where the device binds three more buffers.
-            let pf_wgs = prefetch_workgroups();
-            let bound = res.len() as u32; // storage buffers so far (the params come later)
-            match prefetch.and_then(|m| crate::ops::prefetch::PrefetchRead::of(m, u64::MAX)) {
-                Some(r)
-                    if pf_wgs > 0
-                        && gpu.limits.max_storage_buffers_per_shader_stage >= bound + 3 =>
-                {
-                    params.pf_w4 = r.w4;
-                    params.pf_sb = r.sb;
-                    params.pf_wgs = pf_wgs;
-                    res.extend(r.bufs.map(|b| b.whole()));
-                    RecurrenceLayout {
-                        prefetch: true,
-                        ..lay
-                    }
-                }
-                _ => lay,
             }
         }
     };
@@ -1218,7 +1130,7 @@ async fn recurrence_impl(
         params.rows_cap = params.rows_cap.min(d.streams);
         Grid::per_token(hv * blocks)
     } else {
-        Grid::fixed(hv * blocks + params.pf_wgs)
+        Grid::fixed(hv * blocks)
     };
     let u = gpu.uniform("gdn_recurrence.params", &params);
     res.insert(0, u.whole());

@@ -2,11 +2,11 @@
 //! last-level cache, recorded right after a decode matmul so that the next matmul starts on
 //! cached weights ([`tail_prefetch`]: on by default on NVIDIA adapters). It changes no bit.
 
-use crate::gpu::{Defines, Dispatch, Gpu, GpuBuffer, GpuError, Grid};
+use crate::gpu::{Defines, Dispatch, Gpu, GpuError, Grid};
 use crate::ops::matrix::Matrix;
 
 crate::gpu_struct! {
-    /// `cache_prefetch.wgsl` parameters (`prefetch.wgsl`'s).
+    /// `cache_prefetch.wgsl` parameters.
     pub struct PrefetchParams as "Params" {
         pf_w4: u32,
         pf_sb: u32,
@@ -97,40 +97,6 @@ pub fn set_tail_prefetch_setting(s: Setting) {
     }
 }
 
-/// What `prefetch.wgsl` reads of a matrix: the first `bytes` of its first chunk's codes, and the
-/// scales and biases of the same rows (row-major in all three).
-pub struct PrefetchRead<'a> {
-    /// vec4 of codes (`pf_w4`).
-    pub w4: u32,
-    /// Words each of scales and biases (`pf_sb`; 0 for a matrix without them).
-    pub sb: u32,
-    /// The codes, scales and biases to bind (the codes thrice without scales and biases).
-    pub bufs: [&'a GpuBuffer; 3],
-}
-
-impl<'a> PrefetchRead<'a> {
-    /// None where the matrix has no chunk or its codes are not whole vec4s.
-    pub fn of(m: &'a Matrix, bytes: u64) -> Option<PrefetchRead<'a>> {
-        let c = m.chunks.first()?;
-        if c.weight.size % 16 != 0 {
-            return None;
-        }
-        let take = bytes.min(c.weight.size);
-        let (sb, bufs) = match (&c.scales, &c.biases) {
-            (Some(s), Some(b)) if s.size == b.size => (
-                ((s.size / 4) as u128 * take as u128 / c.weight.size.max(1) as u128) as u32,
-                [&c.weight, s, b],
-            ),
-            _ => (0, [&c.weight, &c.weight, &c.weight]),
-        };
-        Some(PrefetchRead {
-            w4: (take / 16).min(u32::MAX as u64) as u32,
-            sb,
-            bufs,
-        })
-    }
-}
-
 /// One dispatch of `workgroups` workgroups that reads the first `bytes` of `m`'s first chunk
 /// (codes, and the same share of its scales and biases) and writes nothing (its own 16-byte
 /// sink, in practice never). None where the chunk's codes are not whole vec4s or the device
@@ -141,18 +107,28 @@ pub async fn cache_prefetch(
     bytes: u64,
     workgroups: u32,
 ) -> Result<Option<Dispatch>, GpuError> {
-    let Some(r) = PrefetchRead::of(m, bytes) else {
+    let Some(c) = m.chunks.first() else {
         return Ok(None);
     };
-    if gpu.limits.max_storage_buffers_per_shader_stage < 4 {
+    if c.weight.size % 16 != 0 || gpu.limits.max_storage_buffers_per_shader_stage < 4 {
         return Ok(None);
     }
+    let take = bytes.min(c.weight.size);
+    // The scales and biases of the rows whose codes are read (row-major in all three); a matrix
+    // without them binds its codes thrice and reads none.
+    let (sb, [w, s, b]) = match (&c.scales, &c.biases) {
+        (Some(s), Some(b)) if s.size == b.size => (
+            ((s.size / 4) as u128 * take as u128 / c.weight.size as u128) as u32,
+            [&c.weight, s, b],
+        ),
+        _ => (0, [&c.weight, &c.weight, &c.weight]),
+    };
     let pipeline = gpu.pipeline("cache_prefetch.wgsl", &defines()).await?;
     let u = gpu.uniform(
         &format!("prefetch {}.params", m.name),
         &PrefetchParams {
-            pf_w4: r.w4,
-            pf_sb: r.sb,
+            pf_w4: (take / 16).min(u32::MAX as u64) as u32,
+            pf_sb: sb,
             pf_wgs: workgroups,
             pf_never: 0,
         },
@@ -160,7 +136,6 @@ pub async fn cache_prefetch(
     // A sink of its own: no other dispatch writes or reads it, so nothing orders this dispatch
     // after the one in front.
     let sink = gpu.storage(&format!("prefetch {}.sink", m.name), 16)?;
-    let [w, s, b] = r.bufs;
     Ok(Some(gpu.dispatch(
         format!("prefetch {}", m.name),
         &pipeline,
