@@ -295,7 +295,8 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
         split_recurrence,
     };
     use qwgpu_engine::ops::prefetch::{
-        set_tail_prefetch, set_tail_prefetch_setting, tail_prefetch_setting, TailPrefetch,
+        set_tail_prefetch, set_tail_prefetch_setting, set_tail_sites, tail_prefetch_setting, Site,
+        TailPrefetch,
     };
     let split_default = split_recurrence();
     let tail_default = tail_prefetch_setting();
@@ -361,11 +362,24 @@ fn fused_gdn_decode_gives_the_bits_of_separate_kernels() {
             set_recurrence_lane_shuffles(lanes);
             set_split_recurrence(split);
             // (Off explicitly otherwise: some devices take the tail prefetch by default.)
+            // (At every site: after the recurrence, attention's passes, the last layer and the
+            // MTP head's matmuls too, one of them with a byte count of its own.)
             set_tail_prefetch(prefetch.then_some(TailPrefetch {
                 bytes: 1 << 16,
                 workgroups: 5,
             }));
+            let sites_before = prefetch.then(|| {
+                set_tail_sites(
+                    Site::ALL
+                        .iter()
+                        .map(|&(n, s)| (s, (n == "out").then_some(4096)))
+                        .collect(),
+                )
+            });
             let a = run(true);
+            if let Some(before) = sites_before {
+                set_tail_sites(before);
+            }
             set_recurrence_lane_shuffles(None);
             set_split_recurrence(split_default);
             set_tail_prefetch_setting(tail_default);

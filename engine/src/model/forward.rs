@@ -19,6 +19,7 @@ use crate::ops::gdn::{
 };
 use crate::ops::matmul::{matmul, MatmulOpts};
 use crate::ops::matrix::Matrix;
+use crate::ops::prefetch::Site;
 use crate::ops::xquant::xquant;
 use crate::ops::{argmax, embed, norm, swiglu, Act};
 use crate::state::{KvCache, LayerState, State};
@@ -575,6 +576,8 @@ impl Builder<'_> {
                 .map(|l| (&l.input_norm, input_consumers(l)));
             pre = self.layer(&mut plan, layer, ls, pre, next).await?;
         }
+        self.tail_prefetch(&mut plan, Site::LmHead, Some(self.w.lm_head()))
+            .await?;
         Ok(plan)
     }
 
@@ -594,7 +597,8 @@ impl Builder<'_> {
         let h = cfg.hidden_size as u32;
         let pw = ws.proj_width;
         let consumers = input_consumers(layer);
-        self.tail_prefetch(plan, consumers.first()).await?;
+        self.tail_prefetch(plan, Site::In, consumers.first())
+            .await?;
         let xn = self.normed(plan, &layer.input_norm, consumers, pre).await?;
         let post: NextNorm<'_> = Some((&layer.post_norm, &layer.gate_up.mats));
         let post_pre = match (&layer.mixer, ls) {
@@ -727,6 +731,8 @@ impl Builder<'_> {
                                 )
                                 .await?,
                             );
+                            self.tail_prefetch(plan, Site::OutProj, Some(out_proj))
+                                .await?;
                             if planes_out {
                                 let wrote = self
                                     .mm_planes(plan, out_proj, Act::new(self.x, h), true, post)
@@ -957,27 +963,34 @@ impl Builder<'_> {
             && o_proj.k == d.n_heads * d.head_dim
             && self.planes_for(std::slice::from_ref(o_proj), self.mt)
             && crate::ops::attention::attention_writes_planes(g, &d);
-        plan.extend_vec(
-            crate::ops::attention::attention_xq_rows(
-                g,
-                &d,
-                &ws.q,
-                Act::at(&ws.proj, pw, 0),
-                &kv.k,
-                &kv.v,
-                scratch,
-                &ws.y,
-                planes_out.then_some(&ws.xq),
-                // Prompt chunks: several query rows per workgroup (the same bits).
-                if self.mt == crate::ops::matmul::MT_PREFILL {
-                    crate::ops::attention::attention_rows()
-                } else {
-                    1
-                },
-                self.step,
-            )
-            .await?,
-        );
+        let attn = crate::ops::attention::attention_xq_rows(
+            g,
+            &d,
+            &ws.q,
+            Act::at(&ws.proj, pw, 0),
+            &kv.k,
+            &kv.v,
+            scratch,
+            &ws.y,
+            planes_out.then_some(&ws.xq),
+            // Prompt chunks: several query rows per workgroup (the same bits).
+            if self.mt == crate::ops::matmul::MT_PREFILL {
+                crate::ops::attention::attention_rows()
+            } else {
+                1
+            },
+            self.step,
+        )
+        .await?;
+        let n_attn = attn.len();
+        for (i, d) in attn.into_iter().enumerate() {
+            plan.push(d);
+            if i == 0 && n_attn > 1 {
+                self.tail_prefetch(plan, Site::OProjSplit, Some(o_proj))
+                    .await?;
+            }
+        }
+        self.tail_prefetch(plan, Site::OProj, Some(o_proj)).await?;
         if planes_out {
             return self
                 .mm_planes(plan, o_proj, Act::new(self.x, h), true, post)
@@ -997,16 +1010,23 @@ impl Builder<'_> {
     /// Records a read of the first bytes of `m` into the GPU's cache where decode steps take a
     /// tail prefetch ([`crate::ops::prefetch::tail_prefetch`]): pushed right after a matmul, it
     /// runs in that matmul's tail and the next matmul (`m`) starts on cached weights.
-    async fn tail_prefetch(&self, plan: &mut Plan, m: Option<&Matrix>) -> Result<(), LoadError> {
+    async fn tail_prefetch(
+        &self,
+        plan: &mut Plan,
+        site: crate::ops::prefetch::Site,
+        m: Option<&Matrix>,
+    ) -> Result<(), LoadError> {
         if let (Some(t), Some(m), true) = (
             crate::ops::prefetch::tail_prefetch(self.gpu),
             m,
             crate::ops::matmul::decode_tile(self.mt),
         ) {
-            if let Some(d) =
-                crate::ops::prefetch::cache_prefetch(self.gpu, m, t.bytes, t.workgroups).await?
-            {
-                plan.push(d);
+            if let Some(bytes) = crate::ops::prefetch::site_bytes(t, site) {
+                if let Some(d) =
+                    crate::ops::prefetch::cache_prefetch(self.gpu, m, bytes, t.workgroups).await?
+                {
+                    plan.push(d);
+                }
             }
         }
         Ok(())
@@ -1024,7 +1044,8 @@ impl Builder<'_> {
     ) -> Result<bool, LoadError> {
         let (g, ws, cfg) = (self.gpu, self.ws, self.cfg);
         let (h, i) = (cfg.hidden_size as u32, cfg.intermediate_size as u32);
-        self.tail_prefetch(plan, layer.gate_up.mats.first()).await?;
+        self.tail_prefetch(plan, Site::GateUp, layer.gate_up.mats.first())
+            .await?;
         let xn = self
             .normed(plan, &layer.post_norm, &layer.gate_up.mats, pre)
             .await?;
@@ -1058,7 +1079,8 @@ impl Builder<'_> {
                     )
                     .await?,
                 );
-                self.tail_prefetch(plan, Some(&layer.down)).await?;
+                self.tail_prefetch(plan, Site::Down, Some(&layer.down))
+                    .await?;
                 return self
                     .mm_planes(plan, &layer.down, Act::new(self.x, h), true, next)
                     .await;
@@ -1233,6 +1255,8 @@ impl Builder<'_> {
         let h = cfg.hidden_size as u32;
         let eps = cfg.rms_norm_eps;
         let mut plan = Plan::new();
+        self.tail_prefetch(&mut plan, Site::Mtp, Some(&mtp.fc))
+            .await?;
         // e = RMSNorm(embed(id)) into cat[:, 0:H]; hh = RMSNorm(h) into cat[:, H:2H] (embedding first).
         for d in embed::embed(
             g,
@@ -1282,6 +1306,10 @@ impl Builder<'_> {
         )
         .await?;
         let layer = &mtp.layer;
+        if let Mixer::Attn { qkv_proj, .. } = &layer.mixer {
+            self.tail_prefetch(&mut plan, Site::Mtp, qkv_proj.mats.first())
+                .await?;
+        }
         let post_pre = match &layer.mixer {
             Mixer::Attn {
                 qkv_proj,
@@ -1311,6 +1339,8 @@ impl Builder<'_> {
             }
         };
         self.mlp(&mut plan, layer, post_pre, None).await?;
+        self.tail_prefetch(&mut plan, Site::LmHead, Some(self.w.lm_head()))
+            .await?;
         Ok(plan)
     }
 

@@ -97,6 +97,96 @@ pub fn set_tail_prefetch_setting(s: Setting) {
     }
 }
 
+/// Where a decode step records a tail prefetch, named for the matmul it warms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    /// The next layer's input projection, after the MLP's down (and the first layer's after the
+    /// embedding).
+    In,
+    /// The MLP's gate+up, after the mixer's output projection.
+    GateUp,
+    /// The MLP's down, after gate+up.
+    Down,
+    /// The Gated-DeltaNet output projection, after the fused recurrence.
+    OutProj,
+    /// Attention's o_proj, after the attention kernel (all its passes).
+    OProj,
+    /// Attention's o_proj, after the attention kernel's split pass (before the combine).
+    OProjSplit,
+    /// lm_head, after the last layer's down (and the MTP layer's).
+    LmHead,
+    /// The MTP head's fc (at the front's start) and its layer's input projection (after fc).
+    Mtp,
+}
+
+impl Site {
+    pub const ALL: [(&'static str, Site); 8] = [
+        ("in", Site::In),
+        ("gu", Site::GateUp),
+        ("down", Site::Down),
+        ("out", Site::OutProj),
+        ("o", Site::OProj),
+        ("os", Site::OProjSplit),
+        ("lm", Site::LmHead),
+        ("mtp", Site::Mtp),
+    ];
+}
+
+/// The sites measured to gain ([`NVIDIA_TAIL`]'s bytes at each).
+pub const DEFAULT_SITES: [Site; 3] = [Site::In, Site::GateUp, Site::Down];
+
+type Sites = Vec<(Site, Option<u64>)>;
+
+static SITES: std::sync::OnceLock<std::sync::Mutex<Sites>> = std::sync::OnceLock::new();
+
+/// Parses `site[:MB],...` (sites `in`, `gu`, `down`, `out`, `o`, `os`, `lm`, `mtp`; a site
+/// without MB reads the tail prefetch's bytes). Unknown names are ignored.
+pub fn parse_sites(v: &str) -> Vec<(Site, Option<u64>)> {
+    v.split(',')
+        .filter_map(|item| {
+            let mut it = item.split(':');
+            let name = it.next()?.trim();
+            let site = Site::ALL.iter().find(|(n, _)| *n == name)?.1;
+            let bytes = it
+                .next()
+                .and_then(|mb| mb.trim().parse::<f64>().ok())
+                .map(|mb| (mb.max(0.0) * 1e6) as u64);
+            Some((site, bytes))
+        })
+        .collect()
+}
+
+/// The sites a tail prefetch is recorded at, each with its own byte count where one was asked
+/// for: `QWGPU_TAIL_SITES=site[:MB],...` at start-up ([`parse_sites`]), [`DEFAULT_SITES`] without
+/// it, or [`set_tail_sites`].
+fn sites_cell() -> &'static std::sync::Mutex<Sites> {
+    SITES.get_or_init(|| {
+        std::sync::Mutex::new(match std::env::var("QWGPU_TAIL_SITES") {
+            Ok(v) => parse_sites(&v),
+            Err(_) => DEFAULT_SITES.iter().map(|&s| (s, None)).collect(),
+        })
+    })
+}
+
+/// Sets the sites (and their bytes; None: the tail prefetch's) for plans built afterwards;
+/// returns the previous ones.
+pub fn set_tail_sites(sites: Vec<(Site, Option<u64>)>) -> Vec<(Site, Option<u64>)> {
+    match sites_cell().lock() {
+        Ok(mut g) => std::mem::replace(&mut *g, sites),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The bytes a tail prefetch reads at `site` under `t`, or None where none is recorded there.
+pub fn site_bytes(t: TailPrefetch, site: Site) -> Option<u64> {
+    let sites = sites_cell().lock().ok()?;
+    sites
+        .iter()
+        .find(|(s, _)| *s == site)
+        .map(|(_, b)| b.unwrap_or(t.bytes))
+        .filter(|&b| b > 0)
+}
+
 /// One dispatch of `workgroups` workgroups that reads the first `bytes` of `m`'s first chunk
 /// (codes, and the same share of its scales and biases) and writes nothing (its own 16-byte
 /// sink, in practice never). None where the chunk's codes are not whole vec4s or the device

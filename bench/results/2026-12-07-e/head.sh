@@ -1,0 +1,31 @@
+# Thirty-third session: set-up and `one` for the device calls (sourced by call*.sh). Carries .gl
+# and .carry/bins.tar.xz (release `qwgpu`, --no-default-features, this tree).
+set -u
+for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+rm -rf /tmp/c; mkdir -p /tmp/c; tar xJf .carry/bins.tar.xz -C /tmp/c; C=/tmp/c
+ts() { echo "[$(date +%T)] $*"; }
+[ -f /tmp/m27/config.json ] || { ts synth; $C/qwgpu synth --out /tmp/m27 > /tmp/synth.log 2>&1; }
+nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv,noheader
+mkdir -p /tmp/r
+one() {  # name, "VAR=value ..." (the knobs), bench args...
+  local name=$1 knobs=$2; shift 2
+  env $knobs timeout 200 $C/qwgpu bench --model /tmp/m27 --json "$@" > /tmp/r/$name.json 2> /tmp/r/$name.err
+  python3 - "/tmp/r/$name.json" "$name" <<'PY'
+import json, sys
+try:
+    j = json.load(open(sys.argv[1]))
+except Exception as e:
+    print(sys.argv[2], "failed", e); sys.exit()
+d = j.get("decode_tokens_per_s", {})
+m = j.get("mtp_decode") or {}
+line = f"{sys.argv[2]:16s} plain {d.get('p50'):.2f} tok/s ({d.get('min'):.2f}-{d.get('max'):.2f}) TTFT {j.get('ttft_s', {}).get('p50')} disp {j.get('dispatches_per_token')}+{j.get('prefetch_dispatches_per_token')}"
+if m:
+    md = m.get("decode_tokens_per_s", {})
+    line += f"  mtp {md.get('p50'):.2f} ({md.get('min'):.2f}-{md.get('max'):.2f}) x{m.get('speedup_over_plain'):.3f} acc {m.get('mtp', {}).get('acceptance')}"
+print(line)
+PY
+}
+P="--mtp off --prompt-tokens 1024 --gen-tokens 128 --trials 3 --warmup 1"
+M="--mtp on --force-accept 0.8 --prompt-tokens 64 --gen-tokens 256 --trials 3 --warmup 1"
+D=in,gu,down
