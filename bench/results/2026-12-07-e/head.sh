@@ -1,6 +1,7 @@
 # Thirty-third session: set-up and `one` for the device calls (sourced by call*.sh). Carries .gl
 # and .carry/bins.tar.xz (release `qwgpu`, --no-default-features, this tree).
 set -u
+T0=$(date +%s)
 for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 rm -rf /tmp/c; mkdir -p /tmp/c; tar xJf .carry/bins.tar.xz -C /tmp/c; C=/tmp/c

@@ -65,11 +65,10 @@ fn tail_cell() -> &'static std::sync::Mutex<Setting> {
     })
 }
 
-/// What decode steps on `gpu` record after each matmul: a [`cache_prefetch`] of the next
-/// matmul's first bytes (the MLP's down after gate+up, gate+up after the mixer's output
-/// projection, the next layer's input projection after down), or None. By default
-/// [`NVIDIA_TAIL`] on NVIDIA adapters natively (measured: plain decode +1.6 %, MTP +1.4 % on an
-/// H100) and off elsewhere (not measured there); `QWGPU_TAIL_PREFETCH=MB[,WGS]` (0: off) at
+/// What decode steps on `gpu` record at each [`Site`] (after the dispatch in front of a
+/// matmul): a [`cache_prefetch`] of the matmul's first bytes, or None. By default
+/// [`NVIDIA_TAIL`] on NVIDIA adapters natively (measured: plain decode +2.6 %, MTP +1.4 % or
+/// more on an H100) and off elsewhere (not measured there); `QWGPU_TAIL_PREFETCH=MB[,WGS]` (0: off) at
 /// start-up, or [`set_tail_prefetch`], decide instead for plans built afterwards.
 pub fn tail_prefetch(gpu: &Gpu) -> Option<TailPrefetch> {
     match tail_prefetch_setting() {
@@ -132,8 +131,19 @@ impl Site {
     ];
 }
 
-/// The sites measured to gain ([`NVIDIA_TAIL`]'s bytes at each).
-pub const DEFAULT_SITES: [Site; 3] = [Site::In, Site::GateUp, Site::Down];
+/// The sites a tail prefetch is recorded at by default, each reading [`NVIDIA_TAIL`]'s bytes
+/// (H100, `bench/results/2026-12-07-d/` and `-e/`: plain decode 130.35 tok/s without any, 132.40
+/// with `in`, `gu` and `down`, 133.55 with `out` besides, 133.75 with `o` and `lm` too; MTP at
+/// forced 0.8 187.6 → 189.0 with `mtp` and `lm`; `os` lost, −0.35 %).
+pub const DEFAULT_SITES: [Site; 7] = [
+    Site::In,
+    Site::GateUp,
+    Site::Down,
+    Site::OutProj,
+    Site::OProj,
+    Site::LmHead,
+    Site::Mtp,
+];
 
 type Sites = Vec<(Site, Option<u64>)>;
 
