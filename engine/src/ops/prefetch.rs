@@ -243,3 +243,26 @@ pub async fn cache_prefetch(
         Grid::fixed(workgroups),
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sites_parse_with_their_own_bytes_and_skip_unknown_names() {
+        assert_eq!(
+            parse_sites("in, out:4,bogus,lm:0.5,o:"),
+            vec![
+                (Site::In, None),
+                (Site::OutProj, Some(4_000_000)),
+                (Site::LmHead, Some(500_000)),
+                (Site::OProj, None),
+            ]
+        );
+        assert!(parse_sites("").is_empty());
+        // Every name parses to its site.
+        for (name, site) in Site::ALL {
+            assert_eq!(parse_sites(name), vec![(site, None)]);
+        }
+    }
+}
