@@ -1008,12 +1008,13 @@ impl Builder<'_> {
     }
 
     /// Records a read of the first bytes of `m` into the GPU's cache where decode steps take a
-    /// tail prefetch ([`crate::ops::prefetch::tail_prefetch`]): pushed right after a matmul, it
-    /// runs in that matmul's tail and the next matmul (`m`) starts on cached weights.
+    /// tail prefetch ([`crate::ops::prefetch::tail_prefetch`]) at `site`: pushed right after the
+    /// dispatch in front of `m`'s matmul, it runs in that dispatch's tail and the matmul starts
+    /// on cached weights.
     async fn tail_prefetch(
         &self,
         plan: &mut Plan,
-        site: crate::ops::prefetch::Site,
+        site: Site,
         m: Option<&Matrix>,
     ) -> Result<(), LoadError> {
         if let (Some(t), Some(m), true) = (
@@ -1306,10 +1307,6 @@ impl Builder<'_> {
         )
         .await?;
         let layer = &mtp.layer;
-        if let Mixer::Attn { qkv_proj, .. } = &layer.mixer {
-            self.tail_prefetch(&mut plan, Site::Mtp, qkv_proj.mats.first())
-                .await?;
-        }
         let post_pre = match &layer.mixer {
             Mixer::Attn {
                 qkv_proj,
@@ -1317,6 +1314,8 @@ impl Builder<'_> {
                 q_norm,
                 k_norm,
             } => {
+                self.tail_prefetch(&mut plan, Site::Mtp, qkv_proj.mats.first())
+                    .await?;
                 let xn = self
                     .normed(&mut plan, &layer.input_norm, &qkv_proj.mats, false)
                     .await?;

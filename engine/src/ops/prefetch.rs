@@ -145,13 +145,14 @@ pub const DEFAULT_SITES: [Site; 7] = [
     Site::Mtp,
 ];
 
-type Sites = Vec<(Site, Option<u64>)>;
+/// Sites with their own byte counts (None: the tail prefetch's).
+pub type Sites = Vec<(Site, Option<u64>)>;
 
 static SITES: std::sync::OnceLock<std::sync::Mutex<Sites>> = std::sync::OnceLock::new();
 
 /// Parses `site[:MB],...` (sites `in`, `gu`, `down`, `out`, `o`, `os`, `lm`, `mtp`; a site
 /// without MB reads the tail prefetch's bytes). Unknown names are ignored.
-pub fn parse_sites(v: &str) -> Vec<(Site, Option<u64>)> {
+pub fn parse_sites(v: &str) -> Sites {
     v.split(',')
         .filter_map(|item| {
             let mut it = item.split(':');
@@ -180,7 +181,7 @@ fn sites_cell() -> &'static std::sync::Mutex<Sites> {
 
 /// Sets the sites (and their bytes; None: the tail prefetch's) for plans built afterwards;
 /// returns the previous ones.
-pub fn set_tail_sites(sites: Vec<(Site, Option<u64>)>) -> Vec<(Site, Option<u64>)> {
+pub fn set_tail_sites(sites: Sites) -> Sites {
     match sites_cell().lock() {
         Ok(mut g) => std::mem::replace(&mut *g, sites),
         Err(_) => Vec::new(),
