@@ -8,12 +8,7 @@
 # One device call, ≈ 6 minutes with the synthetic 27B to write. Carries .gl and .carry/bins.tar.xz
 # (see bench/profile_step.sh). Results go to $OUT.
 set -u
-for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-rm -rf /tmp/c; mkdir -p /tmp/c; tar xJf .carry/bins.tar.xz -C /tmp/c; C=/tmp/c
-ts() { echo "[$(date +%T)] $*"; }
-[ -f /tmp/m27/config.json ] || { ts synth; $C/qwgpu synth --out /tmp/m27 > /tmp/synth.log 2>&1; }
-nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv,noheader
+. bench/device_setup.sh
 one() {  # name, skip list, extra bench args...
   local name=$1 skip=$2; shift 2
   QWGPU_LAB_SKIP="$skip" timeout 150 $C/qwgpu bench --model /tmp/m27 --json "$@" > $OUT/$name.json 2> $OUT/$name.err

@@ -8,11 +8,7 @@
 # Carries: .gl (the Vulkan loader debs) and .carry/bins.tar.xz (a stripped `qwgpu` built with
 # `cargo build --release -p native-cli --no-default-features`). Results go to $OUT.
 set -u
-for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-rm -rf /tmp/c; mkdir -p /tmp/c; tar xJf .carry/bins.tar.xz -C /tmp/c; C=/tmp/c
-ts() { echo "[$(date +%T)] $*"; }
-[ -f /tmp/m27/config.json ] || { ts synth; $C/qwgpu synth --out /tmp/m27 > /tmp/synth.log 2>&1; }
+. bench/device_setup.sh
 table() { python3 - "$1" <<'EOF'
 import json, sys
 j = json.load(open(sys.argv[1]))

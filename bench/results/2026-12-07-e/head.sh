@@ -1,13 +1,9 @@
 # Thirty-third session: set-up and `one` for the device calls (sourced by call*.sh). Carries .gl
-# and .carry/bins.tar.xz (release `qwgpu`, --no-default-features, this tree).
+# and .carry/bins.tar.xz (release `qwgpu`, --no-default-features, this tree). Its set-up lines
+# moved into bench/device_setup.sh after the calls (the same commands).
 set -u
 T0=$(date +%s)
-for f in .gl/*.deb; do dpkg -x $f / >/dev/null; done; ldconfig
-export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-rm -rf /tmp/c; mkdir -p /tmp/c; tar xJf .carry/bins.tar.xz -C /tmp/c; C=/tmp/c
-ts() { echo "[$(date +%T)] $*"; }
-[ -f /tmp/m27/config.json ] || { ts synth; $C/qwgpu synth --out /tmp/m27 > /tmp/synth.log 2>&1; }
-nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv,noheader
+. bench/device_setup.sh
 mkdir -p /tmp/r
 one() {  # name, "VAR=value ..." (the knobs), bench args...
   local name=$1 knobs=$2; shift 2
