@@ -49,12 +49,30 @@
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> step: Step;
+#if PREP
+// PREP (with SPLIT): the projections' outputs instead of attn_prep's q; the pass writes the new
+// rows' keys and values into the caches itself (see prep_fold).
+@group(0) @binding(2) var<storage, read> act: array<f32>;                  // [T, gate_stride]: q|gate at gate_col, k at k_col, v at v_col
+@group(0) @binding(6) var<storage, read> q_norm: array<f32>;               // [D]
+@group(0) @binding(7) var<storage, read> k_norm: array<f32>;               // [D]
+#else
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;              // [T, Hq*D / 4] (attn_prep's q_out)
+#endif
 #if KV_F16
 // KV_F16: the caches hold f16 pairs (pack2x16float, core WGSL: no shader-f16 needed), four
 // values per vec2<u32>; indices count vec4s of values either way.
+#if PREP
+@group(0) @binding(3) var<storage, read_write> k_cache: array<vec2<u32>>;  // [max_ctx, Hkv*D / 4]
+@group(0) @binding(4) var<storage, read_write> v_cache: array<vec2<u32>>;  // [max_ctx, Hkv*D / 4]
+const F16_MAX: f32 = 65504.0;
+fn pack_pair(a: f32, b: f32) -> u32 {
+    return pack2x16float(clamp(vec2<f32>(a, b), vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX)));
+}
+fn kvput(v: vec4<f32>) -> vec2<u32> { return vec2<u32>(pack_pair(v.x, v.y), pack_pair(v.z, v.w)); }
+#else
 @group(0) @binding(3) var<storage, read> k_cache: array<vec2<u32>>;        // [max_ctx, Hkv*D / 4]
 @group(0) @binding(4) var<storage, read> v_cache: array<vec2<u32>>;        // [max_ctx, Hkv*D / 4]
+#endif
 fn kget(i: u32) -> vec4<f32> {
     let w = k_cache[i];
     return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
@@ -64,8 +82,14 @@ fn vget(i: u32) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
 }
 #else
+#if PREP
+@group(0) @binding(3) var<storage, read_write> k_cache: array<vec4<f32>>;  // [max_ctx, Hkv*D / 4]
+@group(0) @binding(4) var<storage, read_write> v_cache: array<vec4<f32>>;  // [max_ctx, Hkv*D / 4]
+fn kvput(v: vec4<f32>) -> vec4<f32> { return v; }
+#else
 @group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;        // [max_ctx, Hkv*D / 4]
 @group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;        // [max_ctx, Hkv*D / 4]
+#endif
 fn kget(i: u32) -> vec4<f32> { return k_cache[i]; }
 fn vget(i: u32) -> vec4<f32> { return v_cache[i]; }
 #endif
@@ -219,6 +243,7 @@ fn chunk(k0: u32, k1: u32, kv_row4: u32, kv_off4: u32, lid: u32) -> Partial {
     return res;
 }
 
+#if !PREP
 fn load_q(t: u32, h: u32, lid: u32) {
     let qbase = (t * p.n_heads + h) * D4;
     for (var i = lid; i < D4; i += WG) {
@@ -226,6 +251,7 @@ fn load_q(t: u32, h: u32, lid: u32) {
     }
     workgroupBarrier();
 }
+#endif
 
 // Index of partial (t, h, c) in `part`.
 fn part_base(t: u32, h: u32, c: u32) -> u32 {
@@ -233,6 +259,81 @@ fn part_base(t: u32, h: u32, c: u32) -> u32 {
 }
 
 #if SPLIT
+#if PREP
+const RP_SLOTS: u32 = WG / 64u;
+const RP_D: u32 = (D + 63u) / 64u * 64u;
+#include "attn_rope.wgsl"
+
+// The fold's jobs (attn_rope.wgsl): the workgroup's query heads first (pj_nq of them), then the
+// new keys it writes; per job its source offset in `act`, its position and (keys) its row.
+const PJ_MAX: u32 = 16u;
+var<private> pj_src: array<u32, PJ_MAX>;
+var<private> pj_pos: array<u32, PJ_MAX>;
+var<private> pj_row: array<u32, PJ_MAX>;
+var<private> pj_nq: u32;
+fn rp_x(job: u32, j: u32) -> f32 { return act[pj_src[job] + j]; }
+fn rp_w(job: u32, j: u32) -> f32 {
+    if (job < pj_nq) { return q_norm[j]; }
+    return k_norm[j];
+}
+fn rp_pos(job: u32) -> u32 { return pj_pos[job]; }
+
+// PREP: the step's attention prep (attn_prep.wgsl) folded into the split pass, for calls whose
+// rows are all split rows (the decode and verify tiles; the host checks). Row t's workgroup
+// computes its nh query heads h0 .. h0 + nh - 1 into qs (times the scale, as load_q reads
+// attn_prep's output) and, for kv head g, the key and value of each new row t2 <= t (STREAMS:
+// t alone) whose position falls in its chunk [k0, k1), which it writes into the caches before
+// reading the chunk. Every workgroup that reads such a row wrote it first, with the bits any
+// other writer of it writes (attn_rope.wgsl: the arithmetic of the separate prep), and rows
+// outside the call's are never written. Called from uniform control flow; ends with a barrier.
+fn prep_fold(t: u32, h0: u32, nh: u32, g: u32, k0: u32, k1: u32, lid: u32) {
+    var n = 0u;
+    for (var i = 0u; i < nh; i++) {
+        pj_src[n] = t * p.gate_stride + p.gate_col + (h0 + i) * 2u * D;
+        pj_pos[n] = row_at(t);
+        n++;
+    }
+    pj_nq = n;
+    var first = 0u;
+#if STREAMS
+    first = t;
+#endif
+    for (var t2 = first; t2 <= t && n < PJ_MAX; t2++) {
+        let r = row_at(t2);
+        if (r >= k0 && r < k1) {
+            pj_src[n] = t2 * p.gate_stride + p.k_col + g * D;
+            pj_pos[n] = r;
+            pj_row[n] = t2;
+            n++;
+        }
+    }
+    for (var j0 = 0u; j0 < n; j0 += RP_SLOTS) {
+        rope_round(j0, n, lid);
+        // A thread per vec4 of each job's head.
+        for (var e = lid; e < RP_SLOTS * D4; e += WG) {
+            let job = j0 + e / D4;
+            let i4 = e % D4;
+            if (job < n) {
+                let yb = (e / D4) * RP_D + 4u * i4;
+                let y = vec4<f32>(rp_ys[yb], rp_ys[yb + 1u], rp_ys[yb + 2u], rp_ys[yb + 3u]);
+                if (job < pj_nq) {
+                    qs[job * D4 + i4] = y * p.scale;
+                } else {
+                    let t2 = pj_row[job];
+                    let ci = pj_pos[job] * p.n_kv_heads * D4 + g * D4 + slot4(t2) + i4;
+                    k_cache[ci] = kvput(y);
+                    let vs = t2 * p.gate_stride + p.v_col + g * D + 4u * i4;
+                    v_cache[ci] = kvput(vec4<f32>(act[vs], act[vs + 1u], act[vs + 2u], act[vs + 3u]));
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    // The caches' new rows visible to this workgroup's loads of its chunk.
+    storageBarrier();
+    workgroupBarrier();
+}
+#endif
 #if SPLITG
 var<workgroup> bmx: array<f32, QR>;             // the block's max score per head
 
@@ -289,10 +390,14 @@ fn split_grouped(id: u32, lid: u32) {
     let g = min(h0 / max(nq / nkv, 1u), nkv - 1u);
     let kv_row4 = nkv * D4;
     let kv_off4 = g * D4 + slot4(t);
+#if PREP
+    prep_fold(t, h0, QR, g, k0, k1, lid);
+#else
     for (var i = lid; i < QR * D4; i += WG) {
         qs[i] = q[(t * nq + h0 + i / D4) * D4 + i % D4] * p.scale;
     }
     workgroupBarrier();
+#endif
     let lane = lid % LPK;
     let ks = lid / D4;
     let dv = lid % D4;
@@ -435,8 +540,13 @@ fn split_one(id: u32, lid: u32) {
     let k0 = c * ck;
     if (k0 >= n_keys) { return; }
     let g = min(h / max(nq / nkv, 1u), nkv - 1u);
+    let k1 = min(k0 + ck, n_keys);
+#if PREP
+    prep_fold(t, h, 1u, g, k0, k1, lid);
+#else
     load_q(t, h, lid);
-    let r = chunk(k0, min(k0 + ck, n_keys), nkv * D4, g * D4 + slot4(t), lid);
+#endif
+    let r = chunk(k0, k1, nkv * D4, g * D4 + slot4(t), lid);
     let base = part_base(t, h, c);
     if (lid == 0u) {
         part[base] = vec4<f32>(r.m, r.l, 0.0, 0.0);

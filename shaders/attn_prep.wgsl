@@ -2,11 +2,8 @@
 //   slots [0, Hq)          query head h:  q_out[t, h*D + j] = rope(rmsnorm(qg[t, h*2D + j], q_norm))
 //   slots [Hq, Hq+Hkv)     key head g:    k_cache[pos + t, g*D + j] = rope(rmsnorm(k[t, g*D + j], k_norm))
 //   slots [Hq+Hkv, Hq+2Hkv) value head g: v_cache[pos + t, g*D + j] = v[t, g*D + j]
-// RMSNorm: ms = mean(x²) in f32, y = w * (x * inverseSqrt(ms + eps)) (as rms_norm.wgsl).
-// RoPE (non-traditional, rotate-half, on dims 0..rotary_dim; pair (i, i + rotary_dim/2)):
-//   inv_freq_i = exp2(-(i / (rotary_dim/2)) * log2(theta)), angle = f32(pos + t) * inv_freq_i (MLX's f32 math);
-//   the angle is reduced to [-pi, pi] (Cody-Waite, exact for |angle| < 2^18) before cos/sin, where
-//   WGSL's accuracy guarantees hold on every backend.
+// The norm and rotation are attn_rope.wgsl's (one job per workgroup), which the decode tiles'
+// folded split pass (attention.wgsl with PREP) shares: the same bits either way.
 // Batch invariance: every (row, head) is computed by its own workgroup in a fixed order that does
 // not depend on the row count or on which call the row belongs to.
 // STREAMS: the rows are independent streams (a batch of sequences, one token each): row t is at
@@ -36,7 +33,6 @@ const F16_MAX: f32 = 65504.0;
 fn pack_pair(a: f32, b: f32) -> u32 {
     return pack2x16float(clamp(vec2<f32>(a, b), vec2<f32>(-F16_MAX), vec2<f32>(F16_MAX)));
 }
-var<workgroup> ys: array<f32, MAX_D>;
 #else
 @group(0) @binding(8) var<storage, read_write> k_cache: array<f32>;  // [max_ctx, Hkv*D]
 @group(0) @binding(9) var<storage, read_write> v_cache: array<f32>;  // [max_ctx, Hkv*D]
@@ -44,20 +40,23 @@ var<workgroup> ys: array<f32, MAX_D>;
 
 const WG: u32 = {{WG}}u;
 const MAX_D: u32 = {{MAX_D}}u;
-const PER: u32 = MAX_D / WG; // dims per thread at most
+const RP_SLOTS: u32 = 1u;
+const RP_D: u32 = MAX_D;
+#include "attn_rope.wgsl"
 
-var<workgroup> red: array<f32, WG>;
-var<workgroup> xs: array<f32, MAX_D>;
-
-// (cos a, sin a) with a reduced to [-pi, pi] first: 2pi = C1 + C2 + C3, C1 and C2 have 8
-// significant bits so k*C1 and k*C2 are exact for |k| < 2^16.
-fn cos_sin(a: f32) -> vec2<f32> {
-    let k = round(a * 0.15915494309189535);
-    var r = a - k * 6.28125;
-    r = r - k * 0.0019378662109375;
-    r = r - k * -2.559031372584286e-06;
-    return vec2<f32>(cos(r), sin(r));
+// This workgroup's one job: its source offset, whether it is a query head, its position.
+var<private> pv_src: u32;
+var<private> pv_q: bool;
+var<private> pv_pos: u32;
+fn rp_x(job: u32, j: u32) -> f32 {
+    if (pv_q) { return qg[pv_src + j]; }
+    return kin[pv_src + j];
 }
+fn rp_w(job: u32, j: u32) -> f32 {
+    if (pv_q) { return q_norm[j]; }
+    return k_norm[j];
+}
+fn rp_pos(job: u32) -> u32 { return pv_pos; }
 
 @compute @workgroup_size(WG)
 fn main(
@@ -97,52 +96,14 @@ fn main(
     }
 
     let is_q = slot < nq;
-    var src: u32;
+    pv_q = is_q;
+    pv_pos = row;
     if (is_q) {
-        src = t * p.qg_stride + p.qg_col + slot * 2u * D;
+        pv_src = t * p.qg_stride + p.qg_col + slot * 2u * D;
     } else {
-        src = t * p.k_stride + p.k_col + (slot - nq) * D;
+        pv_src = t * p.k_stride + p.k_col + (slot - nq) * D;
     }
-
-    // Load this thread's dims (j = lid + i*WG) and their sum of squares, in a fixed order; the
-    // norm weights and the rotation of its dims too, so that their loads and cos/sin overlap
-    // the reduction instead of following it (the same arithmetic).
-    let hrot = p.rotary_dim / 2u;
-    let fpos = f32(row);
-    var x: array<f32, PER>;
-    var wn: array<f32, PER>;
-    var rot: array<vec2<f32>, PER>;
-    var s = 0.0;
-    for (var i = 0u; i < PER; i++) {
-        let j = lid + i * WG;
-        var v = 0.0;
-        var w = 0.0;
-        if (j < D) {
-            if (is_q) { v = qg[src + j]; w = q_norm[j]; } else { v = kin[src + j]; w = k_norm[j]; }
-        }
-        x[i] = v;
-        wn[i] = w;
-        s += v * v;
-        if (j < p.rotary_dim) {
-            let fi = select(j - hrot, j, j < hrot);
-            let inv_freq = exp2(-(f32(fi) / f32(hrot)) * p.log2_theta);
-            rot[i] = cos_sin(fpos * inv_freq);
-        }
-    }
-    red[lid] = s;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) { red[lid] += red[lid + stride]; }
-        workgroupBarrier();
-    }
-    let inv = inverseSqrt(red[0] / f32(D) + p.eps);
-    for (var i = 0u; i < PER; i++) {
-        let j = lid + i * WG;
-        if (j < D) {
-            xs[j] = wn[i] * (x[i] * inv);
-        }
-    }
-    workgroupBarrier();
+    rope_round(0u, 1u, lid);
 
     var dst: u32;
     if (is_q) {
@@ -150,32 +111,17 @@ fn main(
     } else {
         dst = cache_row * nkv * D + (slot - nq) * D;
     }
-    for (var i = 0u; i < PER; i++) {
-        let j = lid + i * WG;
-        if (j < D) {
-            var y = xs[j];
-            if (j < p.rotary_dim) {
-                let cs = rot[i];
-                if (j < hrot) {
-                    y = xs[j] * cs.x - xs[j + hrot] * cs.y;
-                } else {
-                    y = xs[j - hrot] * cs.y + xs[j] * cs.x;
-                }
-            }
 #if KV_F16
-            if (is_q) { q_out[dst + j] = y; } else { ys[j] = y; }
-#else
-            if (is_q) { q_out[dst + j] = y; } else { k_cache[dst + j] = y; }
-#endif
+    if (is_q) {
+        for (var j = lid; j < D; j += WG) { q_out[dst + j] = rp_ys[j]; }
+    } else {
+        for (var j = lid; 2u * j < D; j += WG) {
+            k_cache[dst / 2u + j] = pack_pair(rp_ys[2u * j], rp_ys[2u * j + 1u]);
         }
     }
-#if KV_F16
-    // (is_q is the same for the whole workgroup.)
-    if (!is_q) {
-        workgroupBarrier();
-        for (var j = lid; 2u * j < D; j += WG) {
-            k_cache[dst / 2u + j] = pack_pair(ys[2u * j], ys[2u * j + 1u]);
-        }
+#else
+    for (var j = lid; j < D; j += WG) {
+        if (is_q) { q_out[dst + j] = rp_ys[j]; } else { k_cache[dst + j] = rp_ys[j]; }
     }
 #endif
 }

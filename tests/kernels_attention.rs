@@ -9,9 +9,10 @@ use qwgpu_engine::gpu::{
     Dispatch, Gpu, GpuBuffer, GpuError, GpuOptions, Step, StepShape, StepSlot,
 };
 use qwgpu_engine::ops::attention::{
-    attention, attention_scratch_bytes, attention_with_scratch, attention_writes_planes,
-    attention_xq, attention_xq_rows, attn_prep, set_attention_group_keys,
-    set_attention_split_heads, split_heads_for, AttnDims, ATTN_CK_MIN, ATTN_NS, ATTN_QR,
+    attention, attention_fold, attention_folds, attention_scratch_bytes, attention_with_scratch,
+    attention_writes_planes, attention_xq, attention_xq_rows, attn_prep, set_attention_group_keys,
+    set_attention_split_heads, split_heads_for, AttnDims, PrepFold, ATTN_CK_MIN, ATTN_NS,
+    ATTN_QR,
 };
 use qwgpu_engine::ops::Act;
 use qwgpu_tests::ref_attention::{self as cpu, RefDims};
@@ -289,6 +290,96 @@ impl Layer {
             },
         );
         (read_f32(gpu, &qb, t * qw), read_f32(gpu, &ob, t * qw))
+    }
+
+    /// A decode or verify tile's attention (every row a split row) on `t` rows of `proj` at
+    /// `pos`: attn_prep then attention, or with `fold` the prep inside the split pass (no
+    /// attn_prep dispatch). Returns out [t, Hq*D] and the dispatch count.
+    fn forward_tile(
+        &self,
+        gpu: &Gpu,
+        proj: &[f32],
+        t: usize,
+        pos: u32,
+        fold: bool,
+    ) -> (Vec<f32>, usize) {
+        let (lay, qw) = (self.lay, self.s.qw());
+        let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
+        let qb = gpu.storage("q_out", (t * qw * 4) as u64).unwrap();
+        let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
+        let scratch = gpu
+            .storage("scratch", attention_scratch_bytes(&self.d, t as u32))
+            .unwrap();
+        let sb = step_buffer(
+            gpu,
+            Step {
+                n_tokens: t as u32,
+                pos,
+                n_confirmed: 0,
+                n_out: 1,
+                force: 0,
+                rollback: 0,
+                ..Default::default()
+            },
+        );
+        let slot = StepSlot {
+            buf: &sb,
+            offset: 0,
+        };
+        let st = lay.stride as u32;
+        let gate = Act::at(&pb, st, lay.qg as u32);
+        assert!(attention_folds(gpu, &self.d, Some(&scratch), t as u32));
+        let mut ds: Vec<Dispatch> = Vec::new();
+        if !fold {
+            ds = pollster::block_on(attn_prep(
+                gpu,
+                &self.d,
+                gate,
+                Act::at(&pb, st, lay.k as u32),
+                Act::at(&pb, st, lay.v as u32),
+                &self.qn,
+                &self.kn,
+                &qb,
+                &self.kc,
+                &self.vc,
+                slot,
+            ))
+            .unwrap();
+        }
+        let f = PrepFold {
+            k_col: lay.k as u32,
+            v_col: lay.v as u32,
+            q_norm: &self.qn,
+            k_norm: &self.kn,
+            rows: t as u32,
+        };
+        ds.extend(
+            pollster::block_on(attention_fold(
+                gpu,
+                &self.d,
+                &qb,
+                gate,
+                &self.kc,
+                &self.vc,
+                Some(&scratch),
+                &ob,
+                None,
+                1,
+                fold.then_some(f),
+                slot,
+            ))
+            .unwrap(),
+        );
+        run(
+            gpu,
+            &ds,
+            StepShape {
+                n_tokens: t as u32,
+                n_out: 1,
+                keys: pos + 1,
+            },
+        );
+        (read_f32(gpu, &ob, t * qw), ds.len())
     }
 
     /// attention alone: queries `q` [t, Hq*D], gates from `proj` ([t, stride], q_proj layout).
@@ -874,6 +965,60 @@ fn attend(
         read_f32(gpu, &ob, t * qw),
         planes.then(|| read_u32(gpu, &xq, 2 * row as usize / 4)),
     )
+}
+
+#[test]
+fn prep_folded_into_the_split_pass_gives_the_bits_of_attn_prep() {
+    // Decode (1 row) and verify (2 rows) tiles fold attn_prep into attention's split pass: each
+    // workgroup normalizes and rotates its query heads, and those whose key chunk holds a new
+    // row write its key and value into the caches first. The output and both whole caches must
+    // have the bits of attn_prep + attention, in both forms of the split pass (a head or a GQA
+    // group per workgroup), with f32 and f16 caches, at positions where the new rows sit at the
+    // start, inside, and across the boundary of a chunk (CK_MIN keys, or longer ones).
+    let ck = ATTN_CK_MIN;
+    let long = ATTN_NS * ck + 3 * ck;
+    for gpu in gpu_variants() {
+        let mut rng = Rng(31);
+        for (s, pos, f16) in [
+            (TINY, 0u32, false),
+            (TINY, ck - 1, false),
+            (TINY, ck, false),
+            (ODD, 2 * ck - 1, false),
+            (B27, 300, false),
+            (TINY, long, false),
+            (B27, ck - 1, true),
+            (TINY, long - 1, true),
+        ] {
+            for t in [1usize, 2] {
+                let max_ctx = pos + t as u32 + 1;
+                let kvw = s.kvw();
+                let (qn, kn) = (norm_weights(&mut rng, s.d), norm_weights(&mut rng, s.d));
+                let k0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+                let v0 = normals(&mut rng, max_ctx as usize * kvw, 1.0);
+                let proj = normals(&mut rng, t * s.layout().stride, 2.0);
+                for most in [1u32, 8] {
+                    set_attention_split_heads(Some(most));
+                    set_attention_group_keys(Some(if most > 1 { 1 } else { u32::MAX }));
+                    let what = format!(
+                        "{} pos {pos} T={t} f16 {f16}, up to {most} heads per split workgroup ({})",
+                        s.name,
+                        gpu.describe()
+                    );
+                    let sep = Layer::with_kv(&gpu, s, max_ctx, &qn, &kn, &k0, &v0, f16);
+                    let (oa, na) = sep.forward_tile(&gpu, &proj, t, pos, false);
+                    let fold = Layer::with_kv(&gpu, s, max_ctx, &qn, &kn, &k0, &v0, f16);
+                    let (ob, nb) = fold.forward_tile(&gpu, &proj, t, pos, true);
+                    set_attention_split_heads(None);
+                    set_attention_group_keys(None);
+                    assert_eq!(nb + 1, na, "{what}: one dispatch fewer folded");
+                    assert_bits_eq(&format!("{what}: out"), &ob, &oa);
+                    let ((ka, va), (kb, vb)) = (sep.caches(&gpu), fold.caches(&gpu));
+                    assert_bits_eq(&format!("{what}: k_cache"), &kb, &ka);
+                    assert_bits_eq(&format!("{what}: v_cache"), &vb, &va);
+                }
+            }
+        }
+    }
 }
 
 #[test]

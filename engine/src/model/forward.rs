@@ -936,34 +936,48 @@ impl Builder<'_> {
         // q (with its gate) | k | v side by side in `proj` (columns 0, qw, qw + kw).
         self.mm_side_by_side(plan, qkv_proj, xn, Act::at(&ws.proj, pw, 0), qw + 2 * kw)
             .await?;
-        plan.extend_vec(
-            attn_prep(
-                g,
-                &d,
-                Act::at(&ws.proj, pw, 0),
-                Act::at(&ws.proj, pw, qw),
-                Act::at(&ws.proj, pw, qw + kw),
-                q_norm,
-                k_norm,
-                &ws.q,
-                &kv.k,
-                &kv.v,
-                self.step,
-            )
-            .await?,
-        );
         let scratch = if self.attn_split {
             Some(&ws.attn_scratch)
         } else {
             None
         };
+        // Decode and verify tiles fold the prep into attention's split pass (every row a split
+        // row there): one dispatch fewer, the same bits.
+        let fold = (self.mt != crate::ops::matmul::MT_PREFILL
+            && crate::ops::attention::attention_fold_on()
+            && crate::ops::attention::attention_folds(g, &d, scratch, self.mt))
+        .then_some(crate::ops::attention::PrepFold {
+            k_col: qw,
+            v_col: qw + kw,
+            q_norm,
+            k_norm,
+            rows: self.mt,
+        });
+        if fold.is_none() {
+            plan.extend_vec(
+                attn_prep(
+                    g,
+                    &d,
+                    Act::at(&ws.proj, pw, 0),
+                    Act::at(&ws.proj, pw, qw),
+                    Act::at(&ws.proj, pw, qw + kw),
+                    q_norm,
+                    k_norm,
+                    &ws.q,
+                    &kv.k,
+                    &kv.v,
+                    self.step,
+                )
+                .await?,
+            );
+        }
         // With integer planes, the attention kernel writes o_proj's planes itself (the bits of an
         // xquant dispatch on its output).
         let planes_out = crate::ops::matmul::fuse_xq()
             && o_proj.k == d.n_heads * d.head_dim
             && self.planes_for(std::slice::from_ref(o_proj), self.mt)
             && crate::ops::attention::attention_writes_planes(g, &d);
-        let attn = crate::ops::attention::attention_xq_rows(
+        let attn = crate::ops::attention::attention_fold(
             g,
             &d,
             &ws.q,
@@ -979,6 +993,7 @@ impl Builder<'_> {
             } else {
                 1
             },
+            fold,
             self.step,
         )
         .await?;

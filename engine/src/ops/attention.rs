@@ -116,6 +116,14 @@ crate::gpu_struct! {
         /// the plane buffer holds (rows past it are not written as planes).
         q_stride: u32,
         xq_rows: u32,
+        /// PREP (the prep folded into the split pass): k's and v's columns in the projections'
+        /// rows (q|gate at gate_col, the same stride), and attn_prep's rotary dims, norm eps and
+        /// log2(theta). Unused otherwise.
+        k_col: u32,
+        v_col: u32,
+        rotary_dim: u32,
+        eps: f32,
+        log2_theta: f32,
     }
 }
 
@@ -566,7 +574,90 @@ pub async fn attention_xq_rows(
     rows: u32,
     step: StepSlot<'_>,
 ) -> Result<Vec<Dispatch>, GpuError> {
+    attention_fold(
+        gpu, d, q, gate, k_cache, v_cache, scratch, out, planes, rows, None, step,
+    )
+    .await
+}
+
+/// The attention prep ([`attn_prep`]) folded into the split pass of [`attention_fold`]: the
+/// projections' outputs are `gate`'s rows (q|gate at its column, k at `k_col`, v at `v_col`), and
+/// every call on the plan has at most `rows` rows, all of them split rows ([`attention_folds`]).
+#[derive(Clone, Copy)]
+pub struct PrepFold<'a> {
+    pub k_col: u32,
+    pub v_col: u32,
+    pub q_norm: &'a GpuBuffer,
+    pub k_norm: &'a GpuBuffer,
+    pub rows: u32,
+}
+
+/// Workgroup memory the fold adds to the split pass (`attn_rope.wgsl`'s arrays).
+fn fold_shared_bytes(head_dim: u32) -> u32 {
+    let slots = ATTN_WG / 64;
+    slots * 64 * 4 + slots * head_dim.div_ceil(64) * 64 * 4
+}
+
+/// Whether [`attention_fold`] can fold the prep into the split pass for calls of up to `rows`
+/// rows with this scratch: every row a split row (the scratch holds them), both forms of the
+/// split pass within the device's workgroup memory with the fold's arrays, and the folded pass's
+/// seven storage buffers.
+pub fn attention_folds(gpu: &Gpu, d: &AttnDims, scratch: Option<&GpuBuffer>, rows: u32) -> bool {
+    let per_row = attention_scratch_bytes(d, 1);
+    let Some(scratch) = scratch else {
+        return false;
+    };
+    let split_rows = scratch.size.min(gpu.caps.max_binding) / per_row.max(1);
+    let hg = split_heads_for(gpu, d, attention_split_heads());
+    let limit = gpu.limits.max_compute_workgroup_storage_size;
+    let fold = fold_shared_bytes(d.head_dim);
+    rows >= 1
+        && split_rows >= rows as u64
+        && d.head_dim <= MAX_HEAD_DIM
+        && split_pass_shared_bytes(d.head_dim, 1) + fold <= limit
+        && split_pass_shared_bytes(d.head_dim, hg) + fold <= limit
+        && gpu.limits.max_storage_buffers_per_shader_stage >= 7
+}
+
+static FOLD: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static FOLD_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Whether decode and verify plans fold the attention prep into the split pass where
+/// [`attention_folds`] allows it (one dispatch fewer per attention layer; the same bits, tested):
+/// yes unless `QWGPU_ATTN_FOLD=0` (read at start-up) or [`set_attention_fold`] says otherwise.
+pub fn attention_fold_on() -> bool {
+    knob(&FOLD, &FOLD_ENV, "QWGPU_ATTN_FOLD", 0..=1, 1) == 1
+}
+
+/// Sets [`attention_fold_on`] for plans built afterwards (`None`: the start-up choice).
+pub fn set_attention_fold(on: Option<bool>) {
+    FOLD.store(
+        on.map_or(0, |b| if b { 1 } else { 2 }),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// [`attention_xq_rows`], and with `fold` the attention prep done by the split pass instead of
+/// an [`attn_prep`] dispatch (`q` is then never read): row t's workgroups normalize and rotate
+/// their query heads themselves, and those whose chunk holds a new row's position write its key
+/// and value into the caches before reading them, with attn_prep's bits.
+#[allow(clippy::too_many_arguments)]
+pub async fn attention_fold(
+    gpu: &Gpu,
+    d: &AttnDims,
+    q: &GpuBuffer,
+    gate: Act<'_>,
+    k_cache: &GpuBuffer,
+    v_cache: &GpuBuffer,
+    scratch: Option<&GpuBuffer>,
+    out: &GpuBuffer,
+    planes: Option<&GpuBuffer>,
+    rows: u32,
+    fold: Option<PrepFold<'_>>,
+    step: StepSlot<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
     let what = "attention";
+    let fold = fold.as_ref();
     let qr = if rows > 1
         && final_pass_shared_bytes(d.head_dim, rows)
             <= gpu.limits.max_compute_workgroup_storage_size
@@ -619,6 +710,11 @@ pub async fn attention_xq_rows(
             (b.size / crate::ops::xquant::row_bytes(d.n_heads * d.head_dim)).min(u32::MAX as u64)
                 as u32
         }),
+        k_col: fold.map_or(0, |f| f.k_col),
+        v_col: fold.map_or(0, |f| f.v_col),
+        rotary_dim: d.rotary_dim,
+        eps: d.eps,
+        log2_theta: d.rope_theta.log2(),
     };
     let u = gpu.uniform("attention.params", &params);
     // Without a scratch the final pass binds `q` in its place (never read: split_rows = 0).
@@ -627,21 +723,46 @@ pub async fn attention_xq_rows(
         _ => q.whole(),
     };
     let mut out_d = Vec::new();
+    if let Some(f) = fold {
+        let (hd, hkv) = (d.head_dim as u64, d.n_kv_heads as u64);
+        check_bytes(what, "q_norm", f.q_norm, hd * 4)?;
+        check_bytes(what, "k_norm", f.k_norm, hd * 4)?;
+        let kv_rows = rows_of(&Act::at(gate.buf, gate.stride, f.k_col), hkv * hd)
+            .min(rows_of(&Act::at(gate.buf, gate.stride, f.v_col), hkv * hd));
+        if !attention_folds(gpu, d, scratch, f.rows) || kv_rows < f.rows as u64 {
+            return Err(bad(
+                what,
+                format!(
+                    "the prep cannot be folded into the split pass for {} rows here",
+                    f.rows
+                ),
+            ));
+        }
+    }
+    let split_flags = |b: Defines| b.flag("SPLIT", true).flag("PREP", fold.is_some());
     if split_rows > 0 {
-        let res = [
+        let mut res = vec![
             u.whole(),
             step.binding(),
-            q.whole(),
+            if fold.is_some() {
+                gate.buf.whole()
+            } else {
+                q.whole()
+            },
             k_cache.whole(),
             v_cache.whole(),
             part.clone(),
         ];
+        if let Some(f) = fold {
+            res.push(f.q_norm.whole());
+            res.push(f.k_norm.whole());
+        }
         // One workgroup per head below `attention_group_keys` keys, the heads of a GQA group
         // together from there (the same bits; the step's key estimate picks one).
         let hg = split_heads_for(gpu, d, attention_split_heads());
         let gk = attention_group_keys();
         let pipeline = gpu
-            .pipeline("attention.wgsl", &base.clone().flag("SPLIT", true))
+            .pipeline("attention.wgsl", &split_flags(base.clone()))
             .await?;
         let mut grid = Grid::fixed(split_rows * d.n_heads * attention_chunks());
         if hg > 1 {
@@ -652,11 +773,7 @@ pub async fn attention_xq_rows(
             let pipeline = gpu
                 .pipeline(
                     "attention.wgsl",
-                    &base
-                        .clone()
-                        .flag("SPLIT", true)
-                        .flag("SPLITG", true)
-                        .set("QR", hg),
+                    &split_flags(base.clone()).flag("SPLITG", true).set("QR", hg),
                 )
                 .await?;
             out_d.push(
@@ -770,6 +887,23 @@ pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
             "attention.wgsl",
             attention_defines(hd).flag("SPLIT", false).flag("XQ", true),
         ));
+        // The prep folded into the split pass (decode tiles), both forms, one sequence or streams.
+        for streams in [false, true] {
+            let folded = |d: Defines| {
+                d.flag("SPLIT", true)
+                    .flag("PREP", true)
+                    .flag("STREAMS", streams)
+            };
+            v.push(("attention.wgsl", folded(attention_defines(hd))));
+            for hg in [2, 6, 8] {
+                v.push((
+                    "attention.wgsl",
+                    folded(attention_defines(hd))
+                        .flag("SPLITG", true)
+                        .set("QR", hg),
+                ));
+            }
+        }
         // Independent streams (a batch): the split pass in both forms and the final pass.
         let streams = |d: Defines| d.flag("STREAMS", true);
         v.push((
