@@ -95,6 +95,18 @@ fn vget(i: u32) -> vec4<f32> { return v_cache[i]; }
 #endif
 #if SPLIT
 @group(0) @binding(5) var<storage, read_write> part: array<vec4<f32>>;     // [split_rows, Hq, NS, 1 + D/4]: (m, l, 0, 0), acc
+#if COMBINE
+// COMBINE (with SPLIT and PREP): the final pass's merge of a row's partials done by the split
+// pass's last workgroup of each (row, head or head group), counted in `done` (see split_done);
+// the gates are read from `act`.
+@group(0) @binding(8) var<storage, read_write> done: array<atomic<u32>>;   // [split_rows * Hq], zero between dispatches
+@group(0) @binding(9) var<storage, read_write> y: array<vec4<f32>>;        // [T, Hq*D / 4]
+#if XQ
+@group(0) @binding(10) var<storage, read_write> xq: array<u32>;            // [T, 4 * q_stride]
+var<workgroup> yo: array<vec4<f32>, D4>;
+#include "xq_planes.wgsl"
+#endif
+#endif
 #else
 @group(0) @binding(5) var<storage, read> part: array<vec4<f32>>;           // [split_rows, Hq, NS, 1 + D/4]: (m, l, 0, 0), acc
 @group(0) @binding(6) var<storage, read> gate: array<f32>;                 // [T, gate_stride]: at gate_col, [Hq, 2, D] = per head [q_h | gate_h]
@@ -257,6 +269,37 @@ fn load_q(t: u32, h: u32, lid: u32) {
 fn part_base(t: u32, h: u32, c: u32) -> u32 {
     return ((t * p.n_heads + h) * NS + c) * PSTRIDE;
 }
+
+#if SPLIT
+#if COMBINE
+fn gate_at(i: u32) -> f32 { return act[i]; }
+#include "attn_merge.wgsl"
+
+var<workgroup> last_wg: u32;
+
+// COMBINE: counts this workgroup done with row t's partials of heads h0 .. h0 + nh - 1 (counter
+// t * Hq + h0, of n_chunks workgroups: one per chunk); the last one resets the counter and
+// writes those heads' outputs from their partials as the final pass does (merge_parts,
+// write_row: the same bits). storageBarrier is a device-scope release before the count and an
+// acquire after it (Vulkan's memoryBarrierBuffer), so every workgroup's partials are visible to
+// the last one's reads. Called from uniform control flow after the partials are written.
+fn split_done(t: u32, h0: u32, nh: u32, n_chunks: u32, lid: u32) {
+    storageBarrier();
+    if (lid == 0u) {
+        last_wg = atomicAdd(&done[t * p.n_heads + h0], 1u);
+    }
+    if (workgroupUniformLoad(&last_wg) + 1u != n_chunks) { return; }
+    if (lid == 0u) { atomicStore(&done[t * p.n_heads + h0], 0u); }
+    storageBarrier();
+    for (var i = 0u; i < nh; i++) {
+        write_row(t, h0 + i, merge_parts(t, h0 + i, n_chunks, lid), lid);
+    }
+}
+#endif
+#else
+fn gate_at(i: u32) -> f32 { return gate[i]; }
+#include "attn_merge.wgsl"
+#endif
 
 #if SPLIT
 #if PREP
@@ -522,6 +565,9 @@ fn split_grouped(id: u32, lid: u32) {
     }
     workgroupBarrier();
 #endfor
+#if COMBINE
+    split_done(t, h0, QR, (n_keys + ck - 1u) / ck, lid);
+#endif
 }
 #endif
 
@@ -554,6 +600,9 @@ fn split_one(id: u32, lid: u32) {
     if (lid < D4) {
         part[base + 1u + lid] = r.acc;
     }
+#if COMBINE
+    split_done(t, h, 1u, (n_keys + ck - 1u) / ck, lid);
+#endif
 }
 
 @compute @workgroup_size(WG)
@@ -570,44 +619,6 @@ fn main(
 #endif
 }
 #else
-// st ⊕ c, the log-sum-exp merge of two partials (explicit fmas: see the header).
-fn merge(st: Partial, c: Partial) -> Partial {
-    let mm = max(st.m, c.m);
-    let a = exp(st.m - mm);
-    let b = exp(c.m - mm);
-    return Partial(fma(c.acc, vec4<f32>(b), st.acc * a), mm, fma(c.l, b, st.l * a));
-}
-
-// Row t's output from its merged state: normalized, gated, written (and as planes with XQ).
-// Called from uniform control flow.
-fn write_row(t: u32, h: u32, st: Partial, lid: u32) {
-    let nq = p.n_heads;
-    if (lid < D4) {
-        let gb = t * p.gate_stride + p.gate_col + h * 2u * D + D + 4u * lid;
-        let gv = vec4<f32>(gate[gb], gate[gb + 1u], gate[gb + 2u], gate[gb + 3u]);
-        let ov = (st.acc / st.l) * (1.0 / (1.0 + exp(-gv)));
-        y[(t * nq + h) * D4 + lid] = ov;
-#if XQ
-        yo[lid] = ov;
-#endif
-    }
-#if XQ
-    workgroupBarrier();
-    if (lid < D / 8u && t < p.xq_rows) {
-        let a = yo[2u * lid];
-        let b = yo[2u * lid + 1u];
-        let r = word_out(a, b, word_sq(a, b));
-        let o = t * p.q_stride * 4u + h * (D / 8u) + lid;
-        let pl = p.q_stride / XQ_PLANES * 4u;
-#for P 9
-        xq[o + {{P}}u * pl] = r[{{P}}];
-#endfor
-    }
-    // (yo is written again by the group's next row)
-    workgroupBarrier();
-#endif
-}
-
 // Row t (valid) of head h on the one-row path: its partials merged (decode rows), or its chunks
 // computed here in order. Called from uniform control flow.
 fn one_row(t: u32, h: u32, lid: u32) {
@@ -618,13 +629,7 @@ fn one_row(t: u32, h: u32, lid: u32) {
     let n_chunks = (n_keys + ck - 1u) / ck;
     var st = Partial(vec4<f32>(0.0), NEG, 0.0);
     if (t < p.split_rows) {
-        for (var c = 0u; c < n_chunks; c++) {
-            let base = part_base(t, h, c);
-            let ml = part[base];
-            var acc = vec4<f32>(0.0);
-            if (lid < D4) { acc = part[base + 1u + lid]; }
-            st = merge(st, Partial(acc, ml.x, ml.y));
-        }
+        st = merge_parts(t, h, n_chunks, lid);
     } else {
         let g = min(h / max(nq / nkv, 1u), nkv - 1u);
         load_q(t, h, lid);

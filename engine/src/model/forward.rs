@@ -61,6 +61,9 @@ pub struct Workspace {
     pub argmax_scratch: GpuBuffer,
     /// Split-K partials of the attention kernel, shared by every attention layer.
     pub attn_scratch: GpuBuffer,
+    /// Counters of attention's split pass when it does the final pass's work too (zero between
+    /// dispatches; [`crate::ops::attention::PrepFold::combine`]).
+    pub attn_done: GpuBuffer,
     /// MTP head: its residual stream [max_rows, H], the fc input [max_rows, 2H], its input ids
     /// [max_rows], logits [max_out, vocab] and chosen ids [max_out] (tiny when there is no head).
     pub x_mtp: GpuBuffer,
@@ -95,10 +98,9 @@ impl Workspace {
         mtp: bool,
     ) -> Result<Workspace, LoadError> {
         // Split partials for the decode rows: 2 (a verify), or a batch's streams.
-        let attn_scratch = attention_scratch_bytes(
-            &attn_dims(cfg, 1),
-            max_out.clamp(2, crate::gpu::MAX_STREAMS),
-        );
+        let attn_rows = max_out.clamp(2, crate::gpu::MAX_STREAMS);
+        let attn_scratch = attention_scratch_bytes(&attn_dims(cfg, 1), attn_rows);
+        let attn_done = crate::ops::attention::combine_counter_bytes(&attn_dims(cfg, 1), attn_rows);
         let m = if mtp { 1u64 } else { 0 };
         let r = max_rows as u64;
         let f = 4u64;
@@ -134,6 +136,7 @@ impl Workspace {
                 argmax::scratch_bytes(cfg.vocab_size as u32, max_out),
             )?,
             attn_scratch: gpu.storage("attn_scratch", attn_scratch)?,
+            attn_done: gpu.storage("attn_done", attn_done)?,
             x_mtp: gpu.storage("x_mtp", m * r * h * f)?,
             cat: gpu.storage("cat", m * r * 2 * h * f)?,
             mtp_ids: gpu.storage("mtp_ids", m * r * 4)?,
@@ -185,6 +188,7 @@ impl Workspace {
             &self.logits,
             &self.argmax_scratch,
             &self.attn_scratch,
+            &self.attn_done,
             &self.x_mtp,
             &self.cat,
             &self.mtp_ids,
@@ -941,10 +945,11 @@ impl Builder<'_> {
         } else {
             None
         };
-        // Decode and verify tiles fold the prep into attention's split pass (every row a split
-        // row there): one dispatch fewer, the same bits.
+        // Decode and verify tiles fold the prep, and on Vulkan the final pass, into attention's
+        // split pass (every row a split row there): one or two dispatches fewer, the same bits.
+        let level = crate::ops::attention::attention_fold_level();
         let fold = (self.mt != crate::ops::matmul::MT_PREFILL
-            && crate::ops::attention::attention_fold_on()
+            && level >= 1
             && crate::ops::attention::attention_folds(g, &d, scratch, self.mt))
         .then_some(crate::ops::attention::PrepFold {
             k_col: qw,
@@ -952,7 +957,10 @@ impl Builder<'_> {
             q_norm,
             k_norm,
             rows: self.mt,
+            combine: (level >= 2 && crate::ops::attention::attention_combines(g))
+                .then_some(&ws.attn_done),
         });
+        let combined = fold.is_some_and(|f| f.combine.is_some());
         if fold.is_none() {
             plan.extend_vec(
                 attn_prep(
@@ -1000,7 +1008,7 @@ impl Builder<'_> {
         let n_attn = attn.len();
         for (i, d) in attn.into_iter().enumerate() {
             plan.push(d);
-            if i == 0 && n_attn > 1 {
+            if i == 0 && n_attn > 1 && !combined {
                 self.tail_prefetch(plan, Site::OProjSplit, Some(o_proj))
                     .await?;
             }

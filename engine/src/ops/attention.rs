@@ -590,6 +590,24 @@ pub struct PrepFold<'a> {
     pub q_norm: &'a GpuBuffer,
     pub k_norm: &'a GpuBuffer,
     pub rows: u32,
+    /// The final pass folded into the split pass too ([`attention_combines`]): zeroed counters
+    /// (at least [`combine_counter_bytes`]; the pass leaves them zero), and its last workgroup
+    /// for each row and head merges the partials and writes the output.
+    pub combine: Option<&'a GpuBuffer>,
+}
+
+/// Bytes of the counters of [`PrepFold::combine`] for calls of up to `rows` rows.
+pub fn combine_counter_bytes(d: &AttnDims, rows: u32) -> u64 {
+    rows.max(1) as u64 * d.n_heads as u64 * 4
+}
+
+/// Whether the split pass can also do the final pass's work ([`PrepFold::combine`]): the last
+/// workgroup of each (row, head) merges the partials the others wrote, which needs
+/// storageBarrier's device-scope release and acquire around an atomic count (Vulkan's; WGSL
+/// promises it nowhere else), and ten storage buffers.
+pub fn attention_combines(gpu: &Gpu) -> bool {
+    gpu.info.backend == wgpu::Backend::Vulkan
+        && gpu.limits.max_storage_buffers_per_shader_stage >= 10
 }
 
 /// Workgroup memory the fold adds to the split pass (`attn_rope.wgsl`'s arrays).
@@ -622,17 +640,22 @@ pub fn attention_folds(gpu: &Gpu, d: &AttnDims, scratch: Option<&GpuBuffer>, row
 static FOLD: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 static FOLD_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
-/// Whether decode and verify plans fold the attention prep into the split pass where
-/// [`attention_folds`] allows it (one dispatch fewer per attention layer; the same bits, tested):
-/// yes unless `QWGPU_ATTN_FOLD=0` (read at start-up) or [`set_attention_fold`] says otherwise.
-pub fn attention_fold_on() -> bool {
-    knob(&FOLD, &FOLD_ENV, "QWGPU_ATTN_FOLD", 0..=1, 1) == 1
+/// How much of attention decode and verify plans fold into the split pass where
+/// [`attention_folds`] (and for 2, [`attention_combines`]) allows it, each the same bits
+/// (tested): 0 nothing, 1 the prep (one dispatch fewer per attention layer), 2 the prep and the
+/// final pass (two fewer). 2 unless `QWGPU_ATTN_FOLD=N` (read at start-up) or
+/// [`set_attention_fold`] says otherwise.
+pub fn attention_fold_level() -> u32 {
+    // (A setter stores 10 + level, so that level 0 is not "unset".)
+    let v = knob(&FOLD, &FOLD_ENV, "QWGPU_ATTN_FOLD", 0..=2, 2);
+    v.checked_sub(10).unwrap_or(v)
 }
 
-/// Sets [`attention_fold_on`] for plans built afterwards (`None`: the start-up choice).
-pub fn set_attention_fold(on: Option<bool>) {
+/// Sets [`attention_fold_level`] for plans built afterwards (taken into 0..=2; `None`: the
+/// start-up choice).
+pub fn set_attention_fold(level: Option<u32>) {
     FOLD.store(
-        on.map_or(0, |b| if b { 1 } else { 2 }),
+        level.map_or(0, |n| 10 + n.min(2)),
         std::sync::atomic::Ordering::Relaxed,
     );
 }
@@ -738,8 +761,39 @@ pub async fn attention_fold(
                 ),
             ));
         }
+        if let Some(c) = f.combine {
+            if !attention_combines(gpu) {
+                return Err(bad(
+                    what,
+                    "the final pass cannot be folded into the split pass on this device".into(),
+                ));
+            }
+            check_bytes(
+                what,
+                "combine counters",
+                c,
+                combine_counter_bytes(d, f.rows),
+            )?;
+        }
     }
-    let split_flags = |b: Defines| b.flag("SPLIT", true).flag("PREP", fold.is_some());
+    let combine = fold.and_then(|f| f.combine);
+    if let (Some(pb), true) = (planes, combine.is_some()) {
+        if params.xq_rows == 0 {
+            return Err(bad(
+                what,
+                format!(
+                    "the plane buffer holds {} bytes, less than one row",
+                    pb.size
+                ),
+            ));
+        }
+    }
+    let split_flags = |b: Defines| {
+        b.flag("SPLIT", true)
+            .flag("PREP", fold.is_some())
+            .flag("COMBINE", combine.is_some())
+            .flag("XQ", combine.is_some() && planes.is_some())
+    };
     if split_rows > 0 {
         let mut res = vec![
             u.whole(),
@@ -756,6 +810,13 @@ pub async fn attention_fold(
         if let Some(f) = fold {
             res.push(f.q_norm.whole());
             res.push(f.k_norm.whole());
+        }
+        if let Some(c) = combine {
+            res.push(c.whole());
+            res.push(out.whole());
+            if let Some(pb) = planes {
+                res.push(pb.whole());
+            }
         }
         // One workgroup per head below `attention_group_keys` keys, the heads of a GQA group
         // together from there (the same bits; the step's key estimate picks one).
@@ -785,6 +846,9 @@ pub async fn attention_fold(
                         .for_keys(gk, u32::MAX),
                 ),
             );
+        }
+        if combine.is_some() {
+            return Ok(out_d);
         }
     }
     let pipeline = gpu
@@ -895,6 +959,19 @@ pub fn variants(_base: &Defines) -> Vec<(&'static str, Defines)> {
                     .flag("STREAMS", streams)
             };
             v.push(("attention.wgsl", folded(attention_defines(hd))));
+            // And the final pass folded in too (with and without o_proj's planes).
+            for xq in [false, true] {
+                let combined = |d: Defines| folded(d).flag("COMBINE", true).flag("XQ", xq);
+                v.push(("attention.wgsl", combined(attention_defines(hd))));
+                for hg in [2, 6] {
+                    v.push((
+                        "attention.wgsl",
+                        combined(attention_defines(hd))
+                            .flag("SPLITG", true)
+                            .set("QR", hg),
+                    ));
+                }
+            }
             for hg in [2, 6, 8] {
                 v.push((
                     "attention.wgsl",
