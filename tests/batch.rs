@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use qwgpu_engine::model::{Batch, BatchOptions, Model, RunError, Session, SessionOptions};
+use qwgpu_engine::ops::attention::set_attention_fold;
 use qwgpu_engine::ops::gdn::set_gated_recurrence;
 use qwgpu_tests::fixtures::*;
 use qwgpu_tests::*;
@@ -121,14 +122,17 @@ fn batched_rows_give_the_bits_of_sequences_alone() {
         // and its one-pass form, the Gated-DeltaNet recurrence with and without the gated
         // norm in it (what devices pick; plans follow the switch when built, and both settings
         // give the same bits, so tests running meanwhile are unaffected).
-        for (a, b, split, gated) in [
-            (0, 2, Some(true), true),
-            (2, 1, Some(false), true),
-            (0, 1, Some(true), false),
+        // (And attention's prep and final pass folded into the split pass: fold levels 2, 1.)
+        for (a, b, split, gated, fold) in [
+            (0, 2, Some(true), true, 2),
+            (2, 1, Some(false), true, 1),
+            (0, 1, Some(true), false, 1),
         ] {
             set_gated_recurrence(gated);
+            set_attention_fold(Some(fold));
             let bt = batch_with(&model, 2, split);
             set_gated_recurrence(true);
+            set_attention_fold(None);
             let mut bt = bt;
             bt.admit(0, &mut prefilled(&model, &ps[a])).unwrap();
             bt.admit(1, &mut prefilled(&model, &ps[b])).unwrap();

@@ -31,6 +31,7 @@ fn session_split(name: &str, chunk: u32, attn_split: Option<bool>) -> Session {
 
 #[test]
 fn split_attention_gives_the_bits_of_one_pass() {
+    use qwgpu_engine::ops::attention::set_attention_fold;
     // Decode and verify rows spread their keys over many workgroups (split pass + combine) on
     // GPUs and run one workgroup per head on CPU adapters: the logits of 1- and 2-row calls
     // after a 200-token prompt (4 key chunks) must be identical both ways, and row 0 of the
@@ -45,8 +46,14 @@ fn split_attention_gives_the_bits_of_one_pass() {
         );
         let (a, b) = (r.greedy[3][0], r.greedy[3][1]);
         let mut out = Vec::new();
-        for split in [true, false] {
-            let mut s = session_split(&name, 64, Some(split));
+        // The split pass with attention's prep, then its final pass too, folded into it (fold
+        // levels 1 and 2), and neither (0); then the one-pass form.
+        for (split, fold) in [(true, 2), (true, 1), (true, 0), (false, 1)] {
+            set_attention_fold(Some(fold));
+            let s = session_split(&name, 64, Some(split));
+            set_attention_fold(None);
+            let mut s = s;
+            let split = format!("{split} (fold level {fold})");
             pollster::block_on(s.prefill(&prompt)).unwrap();
             let one = pollster::block_on(s.forward_rows_logits(&[a])).unwrap();
             s.reset();
@@ -57,18 +64,40 @@ fn split_attention_gives_the_bits_of_one_pass() {
                 &two[..r.vocab],
                 &one,
             );
-            out.push((one, two));
+            // The MTP loop too (its head's attention layer takes the same path): a few verify
+            // steps (with the fixture's rejections and rollbacks) and the head's logits.
+            let mut mtp = Vec::new();
+            let mut heads = Vec::new();
+            if s.has_mtp_head() {
+                s.reset();
+                pollster::block_on(s.prefill_with(&prompt[..199], Some(prompt[199]))).unwrap();
+                let first = pollster::block_on(s.mtp_first(prompt[199])).unwrap();
+                mtp.push(format!("{first:?}"));
+                for _ in 0..4 {
+                    let step = pollster::block_on(s.mtp_verify()).unwrap();
+                    mtp.push(format!("{step:?}"));
+                    heads.push(pollster::block_on(s.mtp_logits()).unwrap());
+                }
+            }
+            out.push((one, two, mtp, heads));
         }
-        assert_bits_eq(
-            &format!("{name}: 1-row logits, split vs one pass"),
-            &out[0].0,
-            &out[1].0,
-        );
-        assert_bits_eq(
-            &format!("{name}: 2-row logits, split vs one pass"),
-            &out[0].1,
-            &out[1].1,
-        );
+        let one_pass = out.last().unwrap();
+        for (i, o) in out.iter().enumerate() {
+            assert_bits_eq(
+                &format!("{name}: 1-row logits, split form {i} vs one pass"),
+                &o.0,
+                &one_pass.0,
+            );
+            assert_bits_eq(
+                &format!("{name}: 2-row logits, split form {i} vs one pass"),
+                &o.1,
+                &one_pass.1,
+            );
+            assert_eq!(
+                o.2, one_pass.2,
+                "{name}: MTP steps, split form {i} vs one pass"
+            );
+        }
     }
 }
 

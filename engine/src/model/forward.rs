@@ -945,8 +945,9 @@ impl Builder<'_> {
         } else {
             None
         };
-        // Decode and verify tiles fold the prep, and on Vulkan the final pass, into attention's
-        // split pass (every row a split row there): one or two dispatches fewer, the same bits.
+        // Decode and verify tiles fold the prep (and at level 2, on Vulkan, the final pass) into
+        // attention's split pass (every row a split row there): one or two dispatches fewer, the
+        // same bits.
         let level = crate::ops::attention::attention_fold_level();
         let fold = (self.mt != crate::ops::matmul::MT_PREFILL
             && level >= 1

@@ -643,11 +643,13 @@ static FOLD_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 /// How much of attention decode and verify plans fold into the split pass where
 /// [`attention_folds`] (and for 2, [`attention_combines`]) allows it, each the same bits
 /// (tested): 0 nothing, 1 the prep (one dispatch fewer per attention layer), 2 the prep and the
-/// final pass (two fewer). 2 unless `QWGPU_ATTN_FOLD=N` (read at start-up) or
-/// [`set_attention_fold`] says otherwise.
+/// final pass (two fewer). 1 unless `QWGPU_ATTN_FOLD=N` (read at start-up) or
+/// [`set_attention_fold`] says otherwise: 2 rests on storageBarrier's device-scope ordering
+/// between workgroups, tested so far on lavapipe only (whose workgroups are CPU threads), so it
+/// stays opt-in until a GPU has run its tests and timings.
 pub fn attention_fold_level() -> u32 {
     // (A setter stores 10 + level, so that level 0 is not "unset".)
-    let v = knob(&FOLD, &FOLD_ENV, "QWGPU_ATTN_FOLD", 0..=2, 2);
+    let v = knob(&FOLD, &FOLD_ENV, "QWGPU_ATTN_FOLD", 0..=2, 1);
     v.checked_sub(10).unwrap_or(v)
 }
 
