@@ -1052,6 +1052,53 @@ fn prep_folded_into_the_split_pass_gives_the_bits_of_attn_prep() {
         combined,
         "no adapter folded the final pass into the split pass"
     );
+    // A fold for more rows than the scratch splits (the final pass would read queries nobody
+    // wrote) is refused with an error naming it, not recorded.
+    let gpu = &gpu_variants()[0];
+    let s = TINY;
+    let max_ctx = 8;
+    let w = vec![1f32; s.d as usize];
+    let z = vec![0f32; max_ctx as usize * s.kvw()];
+    let layer = Layer::with_kv(gpu, s, max_ctx, &w, &w, &z, &z, false);
+    let lay = layer.lay;
+    let pb = upload_f32(gpu, "proj", &vec![0.5f32; 3 * lay.stride]);
+    let qb = gpu.storage("q", (3 * s.qw() * 4) as u64).unwrap();
+    let ob = gpu.storage("out", (3 * s.qw() * 4) as u64).unwrap();
+    let scratch = gpu
+        .storage("scratch", attention_scratch_bytes(&layer.d, 2))
+        .unwrap();
+    let sb = step_buffer(gpu, Step::default());
+    let r = pollster::block_on(attention_fold(
+        gpu,
+        &layer.d,
+        &qb,
+        Act::at(&pb, lay.stride as u32, lay.qg as u32),
+        &layer.kc,
+        &layer.vc,
+        Some(&scratch),
+        &ob,
+        None,
+        1,
+        Some(PrepFold {
+            k_col: lay.k as u32,
+            v_col: lay.v as u32,
+            q_norm: &layer.qn,
+            k_norm: &layer.kn,
+            rows: 3,
+            combine: None,
+        }),
+        StepSlot {
+            buf: &sb,
+            offset: 0,
+        },
+    ));
+    match r {
+        Err(e) => assert!(
+            e.to_string().contains("cannot be folded") && e.to_string().contains("3 rows"),
+            "{e}"
+        ),
+        Ok(_) => panic!("a fold for 3 rows over a 2-row scratch was recorded"),
+    }
 }
 
 #[test]

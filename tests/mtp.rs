@@ -295,6 +295,67 @@ fn mtp_sampling_preserves_the_distribution() {
 }
 
 #[test]
+fn sampled_mtp_submits_the_next_body_ahead_with_the_same_draws() {
+    // Sampled iterations submit the next one's body (its 2-row forward) before this one is read,
+    // and its heads after: the same kernels in the same order as whole iterations submitted once
+    // the previous one is read, so a seed gives the same tokens and the same accept decisions
+    // either way. On the mtp-perm fixture (accepts, rejects, bonus tokens) with the head always
+    // on, and on a random head where the adaptive policy stops speculating, with a max-tokens
+    // stop inside a run of accepted drafts.
+    use qwgpu_engine::decode::constrain::set_mtp_body_ahead;
+    use qwgpu_engine::decode::sampler::SamplingParams;
+    for (name, adaptive, max_tokens) in [("mtp-perm", false, 61), ("f32-q4-g64", true, 40)] {
+        let r = load_reference(name);
+        let prompt = &r.prompts[1];
+        let mut s = session(name, 64);
+        let mut runs = Vec::new();
+        for ahead in [true, false] {
+            set_mtp_body_ahead(Some(ahead));
+            let p = SamplingParams {
+                temperature: 1.1,
+                seed: 11,
+                ..Default::default()
+            };
+            s.set_sampling(Some(&p), false).unwrap();
+            s.reset();
+            let policy = if adaptive {
+                MtpOptions::adaptive(&s)
+            } else {
+                MtpOptions::always()
+            };
+            let opts = GenOptions {
+                max_tokens,
+                eos: vec![],
+                ignore_eos: true,
+            };
+            let r = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &policy, &mut |_| true));
+            set_mtp_body_ahead(None);
+            let (t, f, st) = r.unwrap();
+            assert_eq!(t.len(), max_tokens as usize, "{name}: {f:?}");
+            runs.push((t, st.drafted, st.accepted));
+        }
+        println!(
+            "{name}: drafted {} accepted {} ({} tokens)",
+            runs[0].1,
+            runs[0].2,
+            runs[0].0.len()
+        );
+        if !adaptive {
+            assert!(
+                runs[0].2 > 0 && runs[0].2 < runs[0].1,
+                "{name}: need accepts and rejects"
+            );
+        }
+        assert_eq!(runs[0], runs[1], "{name}: body ahead vs whole iterations");
+        // The session goes on correctly after the request (no body left waiting): a greedy
+        // plain step works.
+        s.set_sampling(None, false).unwrap();
+        s.reset();
+        pollster::block_on(s.prefill(prompt)).unwrap();
+    }
+}
+
+#[test]
 fn adaptive_mtp_falls_back_to_plain_when_drafts_miss() {
     // Random MTP heads (f32-q4-g64) almost never agree with the backbone: the adaptive policy
     // stops speculating after its probe and the rest is plain decoding, token for token the same.

@@ -460,10 +460,15 @@ async fn constrained_mtp(
     }
 }
 
-/// Whether a speculative constrained iteration's body is submitted before the previous
-/// iteration is read (default; `QWGPU_MTP_BODY_AHEAD=0` waits for the host's masks before the
-/// whole iteration, for measurements).
-fn body_ahead() -> bool {
+/// Whether a sampled or constrained speculative iteration's body is submitted before the
+/// previous iteration is read (default; `QWGPU_MTP_BODY_AHEAD=0` submits each iteration whole
+/// once the previous one is read, for measurements).
+pub(crate) fn body_ahead() -> bool {
+    match BODY_AHEAD.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => return true,
+        2 => return false,
+        _ => {}
+    }
     #[cfg(not(target_arch = "wasm32"))]
     {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -473,6 +478,22 @@ fn body_ahead() -> bool {
     {
         true
     }
+}
+
+static BODY_AHEAD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets whether sampled and constrained speculative iterations submit the next body ahead
+/// (`None`: the start-up choice, `QWGPU_MTP_BODY_AHEAD`). Either way the same kernels run in
+/// the same order, so a seed gives the same tokens (tested); only the GPU's idle time differs.
+pub fn set_mtp_body_ahead(on: Option<bool>) {
+    BODY_AHEAD.store(
+        match on {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        },
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 /// Sets the verify's masks: row 0's from `n0` (in `m0`); row 1's, the constraint after the draft

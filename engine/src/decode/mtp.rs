@@ -151,13 +151,18 @@ pub async fn generate_mtp_in_context(
         return Ok((out, f, stats));
     }
     // Greedy iterations are queued one ahead: the GPU advances the next one's positions and
-    // rollback itself, so it never waits for the host between iterations.
+    // rollback itself, so it never waits for the host between iterations. Sampled iterations
+    // cannot be queued whole (their heads need the iteration before them read: which row holds
+    // the draft's distribution), but the next one's body can: its layers run on the GPU while the
+    // host reads this iteration, and only its heads wait (as for constrained requests).
     let queue_ahead = !session.is_sampling();
+    let body_ahead = !queue_ahead && crate::decode::constrain::body_ahead();
     loop {
         if policy.stops(stats.drafted, stats.accepted, min_acceptance) {
             // Not paying off: take the queued iteration's tokens, then continue with plain steps
             // (a pending rollback is applied first, and the last emitted token is already the
-            // next input on the GPU).
+            // next input on the GPU). (No sampled body waits here: one goes ahead only when a
+            // rejection could not stop speculation, and an acceptance stops it less.)
             while session.pending_verifies() > 0 {
                 let step = session.mtp_read_verify().await?;
                 if let Some(f) = take_step(step, &mut stats, &mut out, opts, on_event) {
@@ -169,6 +174,7 @@ pub async fn generate_mtp_in_context(
             return Ok((out, f, stats));
         }
         if session.pending_verifies() == 0 {
+            // (The heads of a body submitted ahead, or a whole iteration.)
             session.mtp_submit_verify()?;
         }
         // Each queued iteration emits at least one token: queue another only while its tokens
@@ -185,6 +191,16 @@ pub async fn generate_mtp_in_context(
             && session.has_room(2 * (queued as u32 + 1))
         {
             session.mtp_submit_verify()?;
+        }
+        // Sampled: the next iteration's body, when its tokens can still be needed (this one
+        // emits at least one), it fits even if this one accepts, and this one's rejection would
+        // not stop speculation.
+        if body_ahead
+            && out.len() + 1 < opts.max_tokens
+            && session.has_room(4)
+            && !policy.stops(stats.drafted + 1, stats.accepted, min_acceptance)
+        {
+            session.mtp_submit_body_ahead()?;
         }
         let step = session.mtp_read_verify().await?;
         if let Some(f) = take_step(step, &mut stats, &mut out, opts, on_event) {

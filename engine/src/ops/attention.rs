@@ -754,7 +754,10 @@ pub async fn attention_fold(
         check_bytes(what, "k_norm", f.k_norm, hd * 4)?;
         let kv_rows = rows_of(&Act::at(gate.buf, gate.stride, f.k_col), hkv * hd)
             .min(rows_of(&Act::at(gate.buf, gate.stride, f.v_col), hkv * hd));
-        if !attention_folds(gpu, d, scratch, f.rows) || kv_rows < f.rows as u64 {
+        if !attention_folds(gpu, d, scratch, f.rows)
+            || kv_rows < f.rows as u64
+            || (split_rows as u64) < f.rows as u64
+        {
             return Err(bad(
                 what,
                 format!(
