@@ -501,12 +501,17 @@ fn split_pass_shared_bytes(head_dim: u32, hg: u32) -> u32 {
 /// Query heads per split-pass workgroup for these dims on this device: the largest divisor of
 /// the GQA group size (n_heads / n_kv_heads) up to `most` whose workgroup memory fits.
 pub fn split_heads_for(gpu: &Gpu, d: &AttnDims, most: u32) -> u32 {
+    split_heads_with(gpu, d, most, 0)
+}
+
+/// [`split_heads_for`] with `extra` bytes of workgroup memory besides (the prep's fold).
+fn split_heads_with(gpu: &Gpu, d: &AttnDims, most: u32, extra: u32) -> u32 {
     let group = (d.n_heads / d.n_kv_heads.max(1)).max(1);
     (1..=most.min(group).min(8))
         .rev()
         .find(|&hg| {
             group % hg == 0
-                && split_pass_shared_bytes(d.head_dim, hg)
+                && split_pass_shared_bytes(d.head_dim, hg) + extra
                     <= gpu.limits.max_compute_workgroup_storage_size
         })
         .unwrap_or(1)
@@ -626,9 +631,10 @@ pub fn attention_folds(gpu: &Gpu, d: &AttnDims, scratch: Option<&GpuBuffer>, row
         return false;
     };
     let split_rows = scratch.size.min(gpu.caps.max_binding) / per_row.max(1);
-    let hg = split_heads_for(gpu, d, attention_split_heads());
-    let limit = gpu.limits.max_compute_workgroup_storage_size;
     let fold = fold_shared_bytes(d.head_dim);
+    // (The grouped form takes fewer heads where the fold's arrays leave less room.)
+    let hg = split_heads_with(gpu, d, attention_split_heads(), fold);
+    let limit = gpu.limits.max_compute_workgroup_storage_size;
     rows >= 1
         && split_rows >= rows as u64
         && d.head_dim <= MAX_HEAD_DIM
@@ -825,7 +831,16 @@ pub async fn attention_fold(
         }
         // One workgroup per head below `attention_group_keys` keys, the heads of a GQA group
         // together from there (the same bits; the step's key estimate picks one).
-        let hg = split_heads_for(gpu, d, attention_split_heads());
+        let hg = split_heads_with(
+            gpu,
+            d,
+            attention_split_heads(),
+            if fold.is_some() {
+                fold_shared_bytes(d.head_dim)
+            } else {
+                0
+            },
+        );
         let gk = attention_group_keys();
         let pipeline = gpu
             .pipeline("attention.wgsl", &split_flags(base.clone()))
