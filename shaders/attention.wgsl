@@ -37,9 +37,15 @@
 // sequences, one token each): row t is at its own position (stream_pos(t)) and reads its own
 // slot of the caches ([streams, max_ctx, Hkv*D]); the arithmetic of a row is the same.
 //
+// PREP and COMBINE (split pass, decode and verify tiles whose rows are all split rows): the
+// split pass also does attn_prep's work for its rows (prep_fold) and, with COMBINE, the final
+// pass's (split_done): one or two dispatches fewer, the same bits (attn_rope.wgsl and
+// attn_merge.wgsl hold the shared arithmetic).
+//
 // Defines: WG, BK (keys per block; WG/BK lanes per key), HEAD_DIM, NS (max chunks per row),
-// CK_MIN (min chunk length, a multiple of BK), SPLIT, XQ (final pass only), QR (rows per group;
-// 1 but in the final pass with QROWS), KV_F16 (caches of f16 values).
+// CK_MIN (min chunk length, a multiple of BK), SPLIT, XQ (final pass, or split pass with
+// COMBINE), QR (rows per group; 1 but in the final pass with QROWS), KV_F16 (caches of f16
+// values), PREP (with SPLIT), COMBINE (with PREP).
 #include "common.wgsl"
 #if STREAMS
 #include "streams.wgsl"
