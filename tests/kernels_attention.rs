@@ -239,18 +239,7 @@ impl Layer {
         let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
         let qb = gpu.storage("q_out", (t * qw * 4) as u64).unwrap();
         let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
-        let sb = step_buffer(
-            gpu,
-            Step {
-                n_tokens: t as u32,
-                pos,
-                n_confirmed: 0,
-                n_out: 1,
-                force: 0,
-                rollback: 0,
-                ..Default::default()
-            },
-        );
+        let sb = rows_at(gpu, t as u32, pos);
         let slot = StepSlot {
             buf: &sb,
             offset: 0,
@@ -321,18 +310,7 @@ impl Layer {
             .unwrap();
         let row = qwgpu_engine::ops::xquant::row_bytes(qw as u32);
         let xq = gpu.storage("xq", t as u64 * row).unwrap();
-        let sb = step_buffer(
-            gpu,
-            Step {
-                n_tokens: t as u32,
-                pos,
-                n_confirmed: 0,
-                n_out: 1,
-                force: 0,
-                rollback: 0,
-                ..Default::default()
-            },
-        );
+        let sb = rows_at(gpu, t as u32, pos);
         let slot = StepSlot {
             buf: &sb,
             offset: 0,
@@ -404,18 +382,7 @@ impl Layer {
         let pb = upload_f32(gpu, "proj", &proj[..t * lay.stride]);
         let qb = upload_f32(gpu, "q", &q[..t * qw]);
         let ob = gpu.storage("out", (t * qw * 4) as u64).unwrap();
-        let sb = step_buffer(
-            gpu,
-            Step {
-                n_tokens: t as u32,
-                pos,
-                n_confirmed: 0,
-                n_out: 1,
-                force: 0,
-                rollback: 0,
-                ..Default::default()
-            },
-        );
+        let sb = rows_at(gpu, t as u32, pos);
         let slot = StepSlot {
             buf: &sb,
             offset: 0,
@@ -442,6 +409,20 @@ impl Layer {
         );
         read_f32(gpu, &ob, t * qw)
     }
+}
+
+/// A step buffer for `t` rows at position `pos` (one output row).
+fn rows_at(gpu: &Gpu, t: u32, pos: u32) -> GpuBuffer {
+    step_buffer(
+        gpu,
+        Step {
+            n_tokens: t,
+            pos,
+            n_confirmed: 0,
+            n_out: 1,
+            ..Default::default()
+        },
+    )
 }
 
 fn norm_weights(rng: &mut Rng, d: u32) -> Vec<f32> {
@@ -910,18 +891,7 @@ fn attend(
             attention_scratch_bytes(&layer.d, split_rows.max(1)),
         )
         .unwrap();
-    let sb = step_buffer(
-        gpu,
-        Step {
-            n_tokens: t as u32,
-            pos,
-            n_confirmed: 0,
-            n_out: 1,
-            force: 0,
-            rollback: 0,
-            ..Default::default()
-        },
-    );
+    let sb = rows_at(gpu, t as u32, pos);
     let slot = StepSlot {
         buf: &sb,
         offset: 0,
@@ -1329,18 +1299,7 @@ fn unchecked_shaders_match_cpu() {
 fn rejects_unsupported_shapes() {
     let gpu = gpu();
     let b = gpu.storage("b", 1 << 20).unwrap();
-    let sb = step_buffer(
-        &gpu,
-        Step {
-            n_tokens: 1,
-            pos: 0,
-            n_confirmed: 0,
-            n_out: 1,
-            force: 0,
-            rollback: 0,
-            ..Default::default()
-        },
-    );
+    let sb = rows_at(&gpu, 1, 0);
     let slot = StepSlot {
         buf: &sb,
         offset: 0,
@@ -1457,18 +1416,7 @@ fn bench_attention_27b() {
     let ob = gpu.storage("out", (max_t * s.qw() * 4) as u64).unwrap();
     let st = lay.stride as u32;
     let time = |t: usize, pos: u32, prep: bool, reps: usize| -> f64 {
-        let sb = step_buffer(
-            &gpu,
-            Step {
-                n_tokens: t as u32,
-                pos,
-                n_confirmed: 0,
-                n_out: 1,
-                force: 0,
-                rollback: 0,
-                ..Default::default()
-            },
-        );
+        let sb = rows_at(&gpu, t as u32, pos);
         let slot = StepSlot {
             buf: &sb,
             offset: 0,
