@@ -245,20 +245,7 @@ impl Layer {
             offset: 0,
         };
         let st = lay.stride as u32;
-        let mut ds: Vec<Dispatch> = pollster::block_on(attn_prep(
-            gpu,
-            &self.d,
-            Act::at(&pb, st, lay.qg as u32),
-            Act::at(&pb, st, lay.k as u32),
-            Act::at(&pb, st, lay.v as u32),
-            &self.qn,
-            &self.kn,
-            &qb,
-            &self.kc,
-            &self.vc,
-            slot,
-        ))
-        .unwrap();
+        let mut ds = self.prep(gpu, &pb, &qb, slot);
         if attend {
             ds.extend(
                 pollster::block_on(attention(
@@ -284,6 +271,26 @@ impl Layer {
             },
         );
         (read_f32(gpu, &qb, t * qw), read_f32(gpu, &ob, t * qw))
+    }
+
+    /// attn_prep's dispatch for the projection rows in `pb` (this layer's layout), queries into
+    /// `qb`, keys and values into the caches.
+    fn prep(&self, gpu: &Gpu, pb: &GpuBuffer, qb: &GpuBuffer, slot: StepSlot<'_>) -> Vec<Dispatch> {
+        let (lay, st) = (self.lay, self.lay.stride as u32);
+        pollster::block_on(attn_prep(
+            gpu,
+            &self.d,
+            Act::at(pb, st, lay.qg as u32),
+            Act::at(pb, st, lay.k as u32),
+            Act::at(pb, st, lay.v as u32),
+            &self.qn,
+            &self.kn,
+            qb,
+            &self.kc,
+            &self.vc,
+            slot,
+        ))
+        .unwrap()
     }
 
     /// A decode or verify tile's attention (every row a split row) on `t` rows of `proj` at
@@ -320,20 +327,7 @@ impl Layer {
         assert!(attention_folds(gpu, &self.d, Some(&scratch), t as u32));
         let mut ds: Vec<Dispatch> = Vec::new();
         if !fold {
-            ds = pollster::block_on(attn_prep(
-                gpu,
-                &self.d,
-                gate,
-                Act::at(&pb, st, lay.k as u32),
-                Act::at(&pb, st, lay.v as u32),
-                &self.qn,
-                &self.kn,
-                &qb,
-                &self.kc,
-                &self.vc,
-                slot,
-            ))
-            .unwrap();
+            ds = self.prep(gpu, &pb, &qb, slot);
         }
         let f = PrepFold {
             k_col: lay.k as u32,
