@@ -331,7 +331,7 @@ fn sampled_mtp_submits_the_next_body_ahead_with_the_same_draws() {
             let r = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &policy, &mut |_| true));
             set_mtp_body_ahead(None);
             let (t, f, st) = r.unwrap();
-            assert_eq!(t.len(), max_tokens as usize, "{name}: {f:?}");
+            assert_eq!(t.len(), max_tokens, "{name}: {f:?}");
             runs.push((t, st.drafted, st.accepted));
         }
         println!(
