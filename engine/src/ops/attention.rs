@@ -615,6 +615,13 @@ pub fn attention_combines(gpu: &Gpu) -> bool {
         && gpu.limits.max_storage_buffers_per_shader_stage >= 10
 }
 
+/// Rows whose partials `scratch` holds (0 without one).
+fn scratch_rows(gpu: &Gpu, d: &AttnDims, scratch: Option<&GpuBuffer>) -> u64 {
+    scratch.map_or(0, |b| {
+        b.size.min(gpu.caps.max_binding) / attention_scratch_bytes(d, 1).max(1)
+    })
+}
+
 /// Workgroup memory the fold adds to the split pass (`attn_rope.wgsl`'s arrays).
 fn fold_shared_bytes(head_dim: u32) -> u32 {
     let slots = ATTN_WG / 64;
@@ -626,11 +633,7 @@ fn fold_shared_bytes(head_dim: u32) -> u32 {
 /// split pass within the device's workgroup memory with the fold's arrays, and the folded pass's
 /// seven storage buffers.
 pub fn attention_folds(gpu: &Gpu, d: &AttnDims, scratch: Option<&GpuBuffer>, rows: u32) -> bool {
-    let per_row = attention_scratch_bytes(d, 1);
-    let Some(scratch) = scratch else {
-        return false;
-    };
-    let split_rows = scratch.size.min(gpu.caps.max_binding) / per_row.max(1);
+    let split_rows = scratch_rows(gpu, d, scratch);
     let fold = fold_shared_bytes(d.head_dim);
     // (The grouped form takes fewer heads where the fold's arrays leave less room.)
     let hg = split_heads_with(gpu, d, attention_split_heads(), fold);
@@ -713,10 +716,7 @@ pub async fn attention_fold(
         return Err(bad(what, "an activation buffer cannot hold one row".into()));
     }
     let per_row = attention_scratch_bytes(d, 1);
-    let split_rows = match scratch {
-        Some(b) => (b.size.min(gpu.caps.max_binding) / per_row).min(max_rows as u64) as u32,
-        None => 0,
-    };
+    let split_rows = scratch_rows(gpu, d, scratch).min(max_rows as u64) as u32;
     if d.streams > 0 && qr > 1 {
         return Err(bad(
             what,
