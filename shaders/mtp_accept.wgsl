@@ -7,8 +7,12 @@
 //   SAMPLED: after the sampler's accept test of a 2-row verify (spec §7.3 B.3–B.5): `src` is
 //           the accept output [accepted, n_emit, token at the draft's position (d or the
 //           residual sample w), bonus, ...]; v = that token, b = bonus.
-//   SELECT: after the MTP head: draft = accept ? mtp_out[1] : mtp_out[0]; the next verify
+//   SELECT: after the MTP head: draft = accept ? mtp_out[1] : mtp_out[0] (mtp_out[0] either way
+//           where the head ran on the chosen row alone, its step's n_out = 1); the next verify
 //           input is ids = [accept ? b : v, draft].
+// FIRST, VERIFY and SAMPLED also write `head_step`, the step of a greedy MTP head that runs on
+// the one row the next draft comes from (n_tokens = 1 + accept, n_out = 1: its last row is row
+// `accept`); the other row's logits are never used.
 //   ADVANCE: last in a verify iteration: the next verify's step data from this one's decision,
 //           so it can be submitted before the host reads the decision: both slots' positions
 //           advance by 1 + accept, and the backbone slot's `rollback` = 1 - accept (its GDN
@@ -40,6 +44,7 @@ fn main() {
 #else
 @group(0) @binding(3) var<storage, read> out_ids: array<u32>;        // backbone argmax per row
 @group(0) @binding(4) var<storage, read_write> mtp_ids: array<u32>;  // MTP input ids per row
+@group(0) @binding(5) var<storage, read_write> head_step: Step;      // the greedy MTP head's step
 #endif
 
 @compute @workgroup_size(1)
@@ -62,12 +67,16 @@ fn main() {
     result[2] = out_ids[0];
     mtp_ids[0] = v;
     mtp_ids[1] = b;
+    head_step.n_tokens = 1u + min(out_ids[0], 1u);
+    head_step.n_out = 1u;
 #elif FIRST
     let v = out_ids[0];
     result[0] = v;
     result[1] = 0u;
     result[2] = 0u;
     mtp_ids[0] = v;
+    head_step.n_tokens = 1u;
+    head_step.n_out = 1u;
 #else
     let v = out_ids[0];
     let b = out_ids[1];
@@ -78,6 +87,8 @@ fn main() {
     result[2] = accept;
     mtp_ids[0] = v;
     mtp_ids[1] = b;
+    head_step.n_tokens = 1u + accept;
+    head_step.n_out = 1u;
 #endif
 }
 #endif

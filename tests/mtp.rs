@@ -6,6 +6,7 @@ use qwgpu_engine::decode::mtp::{
 };
 use qwgpu_engine::decode::{generate, generate_in_context, Event, Finish, GenOptions};
 use qwgpu_engine::model::Session;
+use qwgpu_tests::assert_bits_eq;
 use qwgpu_tests::fixtures::*;
 use qwgpu_tests::stats::assert_same_law;
 
@@ -205,6 +206,57 @@ fn mtp_runs_that_stop_on_eos_and_max_tokens() {
                 "{name}: max_tokens {max_tokens}"
             );
             assert_eq!(f, Finish::Length);
+        }
+    }
+}
+
+#[test]
+fn greedy_mtp_head_on_the_chosen_row_gives_the_drafts_of_both_rows() {
+    // A greedy iteration runs the MTP head's norm, lm_head and argmax on the one row its next
+    // draft comes from (row `accept`, chosen on the GPU) instead of on both rows and choosing
+    // after: the same verify outcomes and drafts, and that row's logits bit for bit, through
+    // accepts and rejections (mtp-perm has both), from a 1-token first step and after several
+    // prefill chunks.
+    use qwgpu_engine::ops::mtp::set_mtp_head_one_row;
+    for name in mtp_fixtures() {
+        let r = load_reference(&name);
+        let prompt = &r.prompts[3];
+        let run = |one_row: bool| {
+            set_mtp_head_one_row(Some(one_row));
+            let s = session(&name, 16);
+            set_mtp_head_one_row(None);
+            let mut s = s;
+            let n = prompt.len();
+            pollster::block_on(s.prefill_with(&prompt[..n - 1], Some(prompt[n - 1]))).unwrap();
+            let first = pollster::block_on(s.mtp_first(prompt[n - 1])).unwrap();
+            let mut steps = vec![format!("{first:?}")];
+            let mut logits = vec![pollster::block_on(s.mtp_logits()).unwrap()];
+            let mut accepts = (0, 0);
+            for _ in 0..24 {
+                let step = pollster::block_on(s.mtp_verify()).unwrap();
+                steps.push(format!("{step:?}"));
+                let row = if one_row { 0 } else { step.accepted as u32 };
+                logits.push(pollster::block_on(s.mtp_logits_row(row)).unwrap());
+                if step.accepted {
+                    accepts.0 += 1;
+                } else {
+                    accepts.1 += 1;
+                }
+            }
+            (steps, logits, accepts)
+        };
+        let (both, one) = (run(false), run(true));
+        assert_eq!(one.0, both.0, "{name}: MTP steps, head on one row vs both");
+        for (i, (a, b)) in one.1.iter().zip(&both.1).enumerate() {
+            assert_bits_eq(&format!("{name}: step {i}: the draft row's logits"), a, b);
+        }
+        println!("{name}: accepted {} rejected {}", one.2 .0, one.2 .1);
+        if name == "mtp-perm" {
+            assert!(
+                one.2 .0 > 0 && one.2 .1 > 0,
+                "{name}: expected accepts and rejections, got {:?}",
+                one.2
+            );
         }
     }
 }

@@ -187,11 +187,16 @@ struct MtpPlans {
     /// Input norms, fc and the MTP decoder layer, decode tile (≤ 2 rows) and prefill tile.
     front_small: Plan,
     front_prefill: Plan,
-    /// mtp.norm, shared lm_head, argmax of the out rows.
+    /// mtp.norm, shared lm_head, argmax of the one row the next draft comes from (`head_step_buf`,
+    /// which the first / verify stage points at row `accept`): greedy iterations.
     head: Plan,
     first: Plan,
     verify: Plan,
+    /// The next draft from `head`'s one row (greedy) / from the sampled row of `head_sampled`.
     select: Plan,
+    select_sampled: Plan,
+    /// `head` and `select` run on one row ([`mtp::mtp_head_one_row`]).
+    head_one_row: bool,
     /// Last in a verify iteration: the next one's positions and rollback flag (see
     /// [`Session::mtp_submit_verify`]).
     advance: Plan,
@@ -230,6 +235,8 @@ pub struct Session {
     pub ws: Workspace,
     pub state: State,
     step_buf: GpuBuffer,
+    /// The greedy MTP head's step (its one output row), written by the GPU.
+    head_step_buf: GpuBuffer,
     /// Body (embedding + layers) with the 1-token decode kernels.
     single: Plan,
     /// Body with the 2-token kernels: verify calls (row 0 bit-identical to `single`).
@@ -302,6 +309,9 @@ impl Session {
         let ws = Workspace::new(&gpu, cfg, chunk.max(2), 2, model.has_mtp())?;
         let state = State::new(&gpu, cfg, max_ctx, model.has_mtp(), opts.kv_f16)?;
         let step_buf = gpu.storage("step", slot_offset(&gpu, 2))?;
+        // The step of the greedy MTP head's output row, written by the GPU's accept stages (see
+        // `mtp_accept.wgsl`): a buffer of its own, as they also read a step slot.
+        let head_step_buf = gpu.storage("mtp head step", std::mem::size_of::<Step>() as u64)?;
         let scope = gpu.scope("building the session's plans");
         let sampler = Sampler::new(&gpu, cfg.vocab_size as u32, 2).await?;
         let (single, small, prefill, head, head_sample, forced, mtp) = {
@@ -357,6 +367,13 @@ impl Session {
                         attn_split,
                         streams: 0,
                     };
+                    let one_row = mtp::mtp_head_one_row();
+                    let slot2 = StepSlot {
+                        buf: &head_step_buf,
+                        offset: 0,
+                    };
+                    // The greedy head's step: its one row, or both rows (slot 1).
+                    let head_slot = if one_row { slot2 } else { slot1 };
                     let one = |d| {
                         let mut p = Plan::new();
                         p.push(d);
@@ -405,7 +422,13 @@ impl Session {
                     Some(MtpPlans {
                         front_small: mb(MT_SMALL).mtp_front(w, kv).await?,
                         front_prefill: mb(MT_PREFILL).mtp_front(w, kv).await?,
-                        head: mb(MT_SMALL).mtp_head(w).await?,
+                        // On the chosen row alone (`head_step_buf`): the next draft's row.
+                        head: Builder {
+                            step: head_slot,
+                            ..mb(MT_SMALL)
+                        }
+                        .mtp_head(w)
+                        .await?,
                         first: one(mtp::accept(
                             &gpu,
                             Stage::First,
@@ -413,6 +436,7 @@ impl Session {
                             &ws.result,
                             &ws.out_ids,
                             &ws.mtp_ids,
+                            slot2,
                             slot1,
                         )
                         .await?),
@@ -423,9 +447,11 @@ impl Session {
                             &ws.result,
                             &ws.out_ids,
                             &ws.mtp_ids,
+                            slot2,
                             slot1,
                         )
                         .await?),
+                        // Greedy: the head's one row (its step's n_out = 1); sampled: both rows.
                         select: one(mtp::accept(
                             &gpu,
                             Stage::Select,
@@ -433,6 +459,19 @@ impl Session {
                             &ws.result,
                             &ws.mtp_out,
                             &ws.mtp_ids,
+                            slot2,
+                            head_slot,
+                        )
+                        .await?),
+                        head_one_row: one_row,
+                        select_sampled: one(mtp::accept(
+                            &gpu,
+                            Stage::Select,
+                            &ws.ids,
+                            &ws.result,
+                            &ws.mtp_out,
+                            &ws.mtp_ids,
+                            slot2,
                             slot1,
                         )
                         .await?),
@@ -450,6 +489,7 @@ impl Session {
                             &ws.result,
                             &sampler.accept_out,
                             &ws.mtp_ids,
+                            slot2,
                             slot1,
                         )
                         .await?),
@@ -484,6 +524,7 @@ impl Session {
             ws,
             state,
             step_buf,
+            head_step_buf,
             single,
             small,
             prefill,
@@ -1384,7 +1425,9 @@ impl Session {
             self.head.record(pass, shape, md);
             if first { &m.first } else { &m.verify }.record(pass, shape, md);
             m.front_small.record(pass, shape, md);
-            m.head.record(pass, shape, md);
+            let n_out = if m.head_one_row { 1 } else { shape.n_out };
+            m.head.record(pass, StepShape { n_out, ..shape }, md);
+            m.select.record(pass, shape, md);
         } else {
             if first {
                 // The first token is an ordinary draw from the target (committed to the history).
@@ -1397,8 +1440,8 @@ impl Session {
             }
             m.front_small.record(pass, shape, md);
             m.head_sampled.record(pass, shape, md);
+            m.select_sampled.record(pass, shape, md);
         }
-        m.select.record(pass, shape, md);
         if !first {
             m.advance.record(pass, shape, md);
         }
@@ -1411,18 +1454,26 @@ impl Session {
     }
 
     /// The MTP head's logits of its first out row from the last MTP call (tests and debugging;
-    /// the token loop never reads logits back).
+    /// the token loop never reads logits back). After a greedy verify that row is the one the
+    /// draft came from (row `accept` of the verify) unless the head runs on both rows
+    /// ([`crate::ops::mtp::set_mtp_head_one_row`]); see [`Session::mtp_logits_row`].
     pub async fn mtp_logits(&self) -> Result<Vec<f32>, RunError> {
+        self.mtp_logits_row(0).await
+    }
+
+    /// The MTP head's logits of out row `row` (0 or 1) from the last MTP call (tests).
+    pub async fn mtp_logits_row(&self, row: u32) -> Result<Vec<f32>, RunError> {
         let v = self.model.config.vocab_size;
         Ok(self
             .model
             .gpu
-            .read_f32(&self.ws.mtp_logits.buf, 0, v)
+            .read_f32(&self.ws.mtp_logits.buf, row.min(1) as u64 * v as u64 * 4, v)
             .await?)
     }
 
     /// Times the pieces of a decode step on the GPU (benchmarks): a 1-token forward with its
-    /// head, a 2-token verify with both heads, and an MTP step (input, layer and head over 2 rows),
+    /// head, a 2-token verify with both heads, and an MTP step (input and layer over 2 rows, head
+    /// on the one row a draft comes from),
     /// each recorded `reps` times into one pass after a warm-up. Seconds per piece: GPU time
     /// between the pass's first and last timestamps where the device has timestamp queries (the
     /// host's recording of the pass does not count), else the wall time of the submission
@@ -1446,7 +1497,7 @@ impl Session {
             },
         );
         let stamps = crate::gpu::timer::Timestamps::new(&gpu, "profile", 2);
-        let time = |plans: &[&Plan], shape: StepShape, reps: u32| -> Result<f64, RunError> {
+        let time = |plans: &[(&Plan, StepShape)], reps: u32| -> Result<f64, RunError> {
             let run =
                 |n: u32, stamp: bool| {
                     let mut enc =
@@ -1467,8 +1518,8 @@ impl Session {
                             timestamp_writes: writes,
                         });
                         for _ in 0..n {
-                            for p in plans {
-                                p.record(&mut pass, shape, md);
+                            for (p, shape) in plans {
+                                p.record(&mut pass, *shape, md);
                             }
                         }
                     }
@@ -1490,15 +1541,12 @@ impl Session {
                 None => Ok(wall),
             }
         };
-        let one = time(
-            &[&self.single, &self.head],
-            StepShape {
-                n_tokens: 1,
-                n_out: 1,
-                keys: pos + 1,
-            },
-            reps,
-        )?;
+        let shape1 = StepShape {
+            n_tokens: 1,
+            n_out: 1,
+            keys: pos + 1,
+        };
+        let one = time(&[(&self.single, shape1), (&self.head, shape1)], reps)?;
         self.write_step(
             0,
             Step {
@@ -1511,15 +1559,12 @@ impl Session {
                 ..Default::default()
             },
         );
-        let two = time(
-            &[&self.small, &self.head],
-            StepShape {
-                n_tokens: 2,
-                n_out: 2,
-                keys: pos + 1,
-            },
-            reps,
-        )?;
+        let shape2 = StepShape {
+            n_tokens: 2,
+            n_out: 2,
+            keys: pos + 1,
+        };
+        let two = time(&[(&self.small, shape2), (&self.head, shape2)], reps)?;
         let mtp = match &self.mtp {
             Some(m) => {
                 self.write_step(
@@ -1534,13 +1579,25 @@ impl Session {
                         ..Default::default()
                     },
                 );
+                // The head on row 1 alone, as after an accepted draft.
+                let head_step = Step {
+                    n_tokens: 2,
+                    n_out: 1,
+                    ..Default::default()
+                };
+                gpu.queue
+                    .write_buffer(&self.head_step_buf.buf, 0, bytemuck::bytes_of(&head_step));
                 Some(time(
-                    &[&m.front_small, &m.head],
-                    StepShape {
-                        n_tokens: 2,
-                        n_out: 2,
-                        keys: pos + 1,
-                    },
+                    &[
+                        (&m.front_small, shape2),
+                        (
+                            &m.head,
+                            StepShape {
+                                n_out: if m.head_one_row { 1 } else { 2 },
+                                ..shape2
+                            },
+                        ),
+                    ],
                     reps,
                 )?)
             }
