@@ -281,18 +281,25 @@ fn mtp_sampling_preserves_the_distribution() {
     // speculative path accepts, rejects (residual resampling) and emits bonus tokens; the tokens
     // at positions 2 and 3 (the ones speculation produces) must be distributed as in plain
     // sampling. Same seeds per mode are not expected to give the same tokens, only the same law.
+    // MTP runs twice: its head on the one row the next draft comes from (the default) and on
+    // both rows (`set_mtp_head_one_row(Some(false))`: the draft's q then in row `accept`).
     use qwgpu_engine::decode::sampler::SamplingParams;
+    use qwgpu_engine::ops::mtp::set_mtp_head_one_row;
     use std::collections::BTreeMap;
-    let mut s = session("mtp-perm", 64);
     let prompt = [5u32, 9, 12, 40];
-    // Every draw starts from the same restored state holding the prompt but its last id (MTP
-    // cache included), as a prompt-cache hit does; the requests feed the last id.
-    pollster::block_on(s.prefill_with(&prompt[..3], Some(prompt[3]))).unwrap();
-    let saved = pollster::block_on(s.save()).unwrap();
     let n = 500u64;
-    let mut counts: Vec<[BTreeMap<u32, u32>; 2]> = vec![Default::default(), Default::default()];
-    let mut stats = (0u64, 0u64);
-    for (mode, use_mtp) in [false, true].into_iter().enumerate() {
+    let modes = [(false, true), (true, true), (true, false)];
+    let mut counts: Vec<Vec<BTreeMap<u32, u32>>> = vec![vec![Default::default(); 3]; 2];
+    for (mode, &(use_mtp, one_row)) in modes.iter().enumerate() {
+        set_mtp_head_one_row(Some(one_row));
+        let s = session("mtp-perm", 64);
+        set_mtp_head_one_row(None);
+        let mut s = s;
+        // Every draw starts from the same restored state holding the prompt but its last id (MTP
+        // cache included), as a prompt-cache hit does; the requests feed the last id.
+        pollster::block_on(s.prefill_with(&prompt[..3], Some(prompt[3]))).unwrap();
+        let saved = pollster::block_on(s.save()).unwrap();
+        let mut stats = (0u64, 0u64);
         for seed in 0..n {
             let p = SamplingParams {
                 temperature: 1.3,
@@ -331,18 +338,25 @@ fn mtp_sampling_preserves_the_distribution() {
                 *counts[j][mode].entry(toks[pos]).or_default() += 1;
             }
         }
+        if use_mtp {
+            println!(
+                "sampled MTP (head on one row: {one_row}): drafted {} accepted {}",
+                stats.0, stats.1
+            );
+            assert!(
+                stats.1 > stats.0 / 4 && stats.1 < stats.0,
+                "head on one row {one_row}: need both accepts and rejects: {stats:?}"
+            );
+        }
     }
-    println!("sampled MTP: drafted {} accepted {}", stats.0, stats.1);
-    assert!(
-        stats.1 > stats.0 / 4 && stats.1 < stats.0,
-        "need both accepts and rejects: {stats:?}"
-    );
     for (j, c) in counts.iter().enumerate() {
-        assert_same_law(
-            &format!("position {}, MTP against plain sampling", j + 2),
-            &c[0],
-            &c[1],
-        );
+        for (mode, what) in [(1, "head on one row"), (2, "head on both rows")] {
+            assert_same_law(
+                &format!("position {}, MTP ({what}) against plain sampling", j + 2),
+                &c[0],
+                &c[mode],
+            );
+        }
     }
 }
 

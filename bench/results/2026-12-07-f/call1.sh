@@ -7,7 +7,7 @@
 # (QWGPU_MTP_BODY_AHEAD=0); the tail prefetch off; the end-to-end protocol. Runs stop
 # being started DEADLINE seconds into the call.
 . bench/results/2026-12-07-f/head.sh
-(cd tests && QWGPU_FIXTURES=$PWD/fixtures/models timeout 120 $C/kernels_attention --test-threads 1 prep_folded split_and_fused; QWGPU_FIXTURES=$PWD/fixtures/models timeout 120 $C/model_invariance --test-threads 1 split_attention row0; QWGPU_FIXTURES=$PWD/fixtures/models timeout 120 $C/mtp --test-threads 1 greedy_mtp_head_on) > $OUT/tests.txt 2>&1
+(cd tests && QWGPU_FIXTURES=$PWD/fixtures/models timeout 120 $C/kernels_attention --test-threads 1 prep_folded split_and_fused; QWGPU_FIXTURES=$PWD/fixtures/models timeout 120 $C/model_invariance --test-threads 1 split_attention row0; QWGPU_FIXTURES=$PWD/fixtures/models timeout 120 $C/mtp --test-threads 1 greedy_mtp_head_on sampl) > $OUT/tests.txt 2>&1
 grep -E "^test |test result" $OUT/tests.txt
 run def_1 "" $P
 run nofold_1 "QWGPU_ATTN_FOLD=0" $P
@@ -18,6 +18,7 @@ run mfold2_1 "QWGPU_ATTN_FOLD=2" $M
 run mrows2_1 "QWGPU_MTP_HEAD_ONE_ROW=0" $M
 run samp_ahead "" $S
 run samp_whole "QWGPU_MTP_BODY_AHEAD=0" $S
+run samp_rows2 "QWGPU_MTP_HEAD_ONE_ROW=0" $S
 run mrows2_2 "QWGPU_MTP_HEAD_ONE_ROW=0" $M
 run mdef_2 "" $M
 run e2e "" $E

@@ -192,10 +192,10 @@ struct MtpPlans {
     head: Plan,
     first: Plan,
     verify: Plan,
-    /// The next draft from `head`'s one row (greedy) / from the sampled row of `head_sampled`.
+    /// The next draft from `head` / `head_sampled` (their one row, or row `accept` of both).
     select: Plan,
-    select_sampled: Plan,
-    /// `head` and `select` run on one row ([`mtp::mtp_head_one_row`]).
+    /// `head` and `head_sampled` run on the one row the next draft comes from
+    /// ([`mtp::mtp_head_one_row`]); its q is then in `draft_probs` row 0.
     head_one_row: bool,
     /// Last in a verify iteration: the next one's positions and rollback flag (see
     /// [`Session::mtp_submit_verify`]).
@@ -372,8 +372,12 @@ impl Session {
                         buf: &head_step_buf,
                         offset: 0,
                     };
-                    // The greedy head's step: its one row, or both rows (slot 1).
+                    // The head's step: its one row, or both rows (slot 1).
                     let head_slot = if one_row { slot2 } else { slot1 };
+                    let hb = |mt| Builder {
+                        step: head_slot,
+                        ..mb(mt)
+                    };
                     let one = |d| {
                         let mut p = Plan::new();
                         p.push(d);
@@ -381,7 +385,7 @@ impl Session {
                     };
                     let target_probs = sampler.probs_buffer(&gpu, "mtp.target_probs")?;
                     let draft_probs = sampler.probs_buffer(&gpu, "mtp.draft_probs")?;
-                    let mut head_sampled = mb(MT_SMALL).mtp_head_logits(w).await?;
+                    let mut head_sampled = hb(MT_SMALL).mtp_head_logits(w).await?;
                     let draft_io = SampleIo {
                         probs: Some(&draft_probs),
                         commit: false,
@@ -390,7 +394,13 @@ impl Session {
                     };
                     head_sampled.extend_vec(
                         sampler
-                            .dispatches_with(&gpu, &ws.mtp_logits, &ws.mtp_out, slot1, &draft_io)
+                            .dispatches_with(
+                                &gpu,
+                                &ws.mtp_logits,
+                                &ws.mtp_out,
+                                head_slot,
+                                &draft_io,
+                            )
                             .await?,
                     );
                     let mut target_sample = b(MT_SMALL).head_logits().await?;
@@ -423,12 +433,7 @@ impl Session {
                         front_small: mb(MT_SMALL).mtp_front(w, kv).await?,
                         front_prefill: mb(MT_PREFILL).mtp_front(w, kv).await?,
                         // On the chosen row alone (`head_step_buf`): the next draft's row.
-                        head: Builder {
-                            step: head_slot,
-                            ..mb(MT_SMALL)
-                        }
-                        .mtp_head(w)
-                        .await?,
+                        head: hb(MT_SMALL).mtp_head(w).await?,
                         first: one(mtp::accept(
                             &gpu,
                             Stage::First,
@@ -451,7 +456,8 @@ impl Session {
                             slot1,
                         )
                         .await?),
-                        // Greedy: the head's one row (its step's n_out = 1); sampled: both rows.
+                        // The draft of the head's one row (its step's n_out = 1), or of row
+                        // `accept` of both.
                         select: one(mtp::accept(
                             &gpu,
                             Stage::Select,
@@ -464,17 +470,6 @@ impl Session {
                         )
                         .await?),
                         head_one_row: one_row,
-                        select_sampled: one(mtp::accept(
-                            &gpu,
-                            Stage::Select,
-                            &ws.ids,
-                            &ws.result,
-                            &ws.mtp_out,
-                            &ws.mtp_ids,
-                            slot2,
-                            slot1,
-                        )
-                        .await?),
                         advance: one(mtp::advance(
                             &gpu,
                             &step_buf,
@@ -1427,7 +1422,6 @@ impl Session {
             m.front_small.record(pass, shape, md);
             let n_out = if m.head_one_row { 1 } else { shape.n_out };
             m.head.record(pass, StepShape { n_out, ..shape }, md);
-            m.select.record(pass, shape, md);
         } else {
             if first {
                 // The first token is an ordinary draw from the target (committed to the history).
@@ -1435,13 +1429,17 @@ impl Session {
                 m.first.record(pass, shape, md);
             } else {
                 m.target_sample.record(pass, shape, md);
-                m.accept[self.draft_row as usize].record(pass, shape, md);
+                // The draft's q is in row 0 when the head ran on its one row.
+                let row = if m.head_one_row { 0 } else { self.draft_row };
+                m.accept[row as usize].record(pass, shape, md);
                 m.sampled.record(pass, shape, md);
             }
             m.front_small.record(pass, shape, md);
-            m.head_sampled.record(pass, shape, md);
-            m.select_sampled.record(pass, shape, md);
+            let n_out = if m.head_one_row { 1 } else { shape.n_out };
+            m.head_sampled
+                .record(pass, StepShape { n_out, ..shape }, md);
         }
+        m.select.record(pass, shape, md);
         if !first {
             m.advance.record(pass, shape, md);
         }
