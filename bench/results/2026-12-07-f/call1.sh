@@ -13,17 +13,17 @@ run def_1 "" $P
 run nofold_1 "QWGPU_ATTN_FOLD=0" $P
 run fold2_1 "QWGPU_ATTN_FOLD=2" $P
 run mdef_1 "" $M
-run mnofold_1 "QWGPU_ATTN_FOLD=0" $M
-run mfold2_1 "QWGPU_ATTN_FOLD=2" $M
 run mrows2_1 "QWGPU_MTP_HEAD_ONE_ROW=0" $M
+run mfold2_1 "QWGPU_ATTN_FOLD=2" $M
 run samp_ahead "" $S
-run samp_whole "QWGPU_MTP_BODY_AHEAD=0" $S
 run samp_rows2 "QWGPU_MTP_HEAD_ONE_ROW=0" $S
-run mrows2_2 "QWGPU_MTP_HEAD_ONE_ROW=0" $M
-run mdef_2 "" $M
+run samp_whole "QWGPU_MTP_BODY_AHEAD=0" $S
+run mnofold_1 "QWGPU_ATTN_FOLD=0" $M
 run e2e "" $E
 run def_2 "" $P
 run nofold_2 "QWGPU_ATTN_FOLD=0" $P
 run fold2_2 "QWGPU_ATTN_FOLD=2" $P
+run mdef_2 "" $M
+run mrows2_2 "QWGPU_MTP_HEAD_ONE_ROW=0" $M
 run off_1 "QWGPU_TAIL_PREFETCH=0" $P
 ls /tmp/r/*.json | head -15 | xargs -r cp -t $OUT/; ts done
