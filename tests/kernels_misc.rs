@@ -4,7 +4,7 @@ use qwgpu_engine::gpu::{GpuOptions, Step, StepShape, StepSlot};
 use qwgpu_engine::ops::argmax::{argmax, scratch_bytes};
 use qwgpu_engine::ops::embed::embed;
 use qwgpu_engine::ops::matrix::{Matrix, MatrixData};
-use qwgpu_engine::ops::norm::rms_norm;
+use qwgpu_engine::ops::norm::{rms_norm, rms_norm_pair};
 use qwgpu_engine::ops::swiglu::swiglu;
 use qwgpu_engine::ops::Act;
 use qwgpu_engine::quant::{
@@ -22,6 +22,123 @@ fn cpu_rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
         .zip(w)
         .map(|(v, w)| (*w as f64 * (*v as f64 * inv)) as f32)
         .collect()
+}
+
+#[test]
+fn rms_norm_pair_gives_the_bits_of_two_norms() {
+    // The MTP head's two pre-fc norms in one dispatch: x1 (stride dim) into columns 0..dim and x2
+    // (a column range of a wider buffer) into dim..2dim of one [T, 2 dim] output, against two
+    // rms_norm dispatches bit for bit and against the CPU.
+    let gpu = gpu();
+    let mut rng = Rng(12);
+    for (dim, t) in [(64u32, 1usize), (100, 3), (5120, 2)] {
+        let d = dim as usize;
+        let x1 = rng.vec(t * d, 2.0);
+        let x2 = rng.vec(t * 3 * d, 3.0);
+        let (w1, w2) = (rng.vec(d, 1.5), rng.vec(d, 0.5));
+        let (x1b, x2b) = (upload_f32(&gpu, "x1", &x1), upload_f32(&gpu, "x2", &x2));
+        let (w1b, w2b) = (upload_f32(&gpu, "w1", &w1), upload_f32(&gpu, "w2", &w2));
+        let sb = step_buffer(
+            &gpu,
+            Step {
+                n_tokens: t as u32,
+                n_out: 1,
+                ..Default::default()
+            },
+        );
+        let slot = StepSlot {
+            buf: &sb,
+            offset: 0,
+        };
+        let shape = StepShape {
+            n_tokens: t as u32,
+            n_out: 1,
+            keys: 0,
+        };
+        let x2a = Act {
+            buf: &x2b,
+            stride: 3 * dim,
+            col: dim,
+        };
+        let yp = gpu.storage("pair", (t * 2 * d * 4) as u64).unwrap();
+        let pair = pollster::block_on(rms_norm_pair(
+            &gpu,
+            dim,
+            1e-6,
+            (Act::new(&x1b, dim), &w1b, Act::at(&yp, 2 * dim, 0)),
+            (x2a, &w2b, Act::at(&yp, 2 * dim, dim)),
+            slot,
+        ))
+        .unwrap();
+        run(&gpu, &[pair], shape);
+        let ys = gpu.storage("single", (t * 2 * d * 4) as u64).unwrap();
+        let one = pollster::block_on(rms_norm(
+            &gpu,
+            dim,
+            1e-6,
+            Act::new(&x1b, dim),
+            &w1b,
+            Act::at(&ys, 2 * dim, 0),
+            slot,
+            false,
+        ))
+        .unwrap();
+        let two = pollster::block_on(rms_norm(
+            &gpu,
+            dim,
+            1e-6,
+            x2a,
+            &w2b,
+            Act::at(&ys, 2 * dim, dim),
+            slot,
+            false,
+        ))
+        .unwrap();
+        run(&gpu, &[one, two], shape);
+        let (got, want) = (
+            read_f32(&gpu, &yp, t * 2 * d),
+            read_f32(&gpu, &ys, t * 2 * d),
+        );
+        assert_bits_eq(&format!("rms_norm_pair dim {dim} T {t}"), &got, &want);
+        let mut cpu = Vec::new();
+        for r in 0..t {
+            cpu.extend(cpu_rms_norm(&x1[r * d..(r + 1) * d], &w1, 1e-6));
+            cpu.extend(cpu_rms_norm(
+                &x2[r * 3 * d + d..r * 3 * d + 2 * d],
+                &w2,
+                1e-6,
+            ));
+        }
+        let scale: Vec<f32> = cpu.iter().map(|v| v.abs()).collect();
+        assert_close(
+            &format!("rms_norm_pair dim {dim} T {t} vs CPU"),
+            &got,
+            &cpu,
+            &scale,
+            1e-6,
+            NORM_RTOL,
+        );
+    }
+    // Outputs in two buffers are refused with an error.
+    let a = gpu.storage("a", 256).unwrap();
+    let b = gpu.storage("b", 256).unwrap();
+    let w = gpu.storage("w", 256).unwrap();
+    let sb = step_buffer(&gpu, Step::default());
+    let e = pollster::block_on(rms_norm_pair(
+        &gpu,
+        16,
+        1e-6,
+        (Act::new(&a, 16), &w, Act::new(&a, 16)),
+        (Act::new(&b, 16), &w, Act::new(&b, 16)),
+        StepSlot {
+            buf: &sb,
+            offset: 0,
+        },
+    ));
+    assert!(
+        matches!(&e, Err(err) if err.to_string().contains("one buffer")),
+        "expected an error for outputs in two buffers"
+    );
 }
 
 #[test]

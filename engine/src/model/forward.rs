@@ -1295,29 +1295,23 @@ impl Builder<'_> {
         {
             plan.push(d);
         }
+        // Both norms in one dispatch (the bits of two).
         plan.push(
-            norm::rms_norm(
+            norm::rms_norm_pair(
                 g,
                 h,
                 eps,
-                Act::new(&ws.xn, h),
-                &mtp.pre_fc_norm_embedding,
-                Act::at(&ws.cat, 2 * h, 0),
+                (
+                    Act::new(&ws.xn, h),
+                    &mtp.pre_fc_norm_embedding,
+                    Act::at(&ws.cat, 2 * h, 0),
+                ),
+                (
+                    Act::new(&ws.x, h),
+                    &mtp.pre_fc_norm_hidden,
+                    Act::at(&ws.cat, 2 * h, h),
+                ),
                 self.step,
-                false,
-            )
-            .await?,
-        );
-        plan.push(
-            norm::rms_norm(
-                g,
-                h,
-                eps,
-                Act::new(&ws.x, h),
-                &mtp.pre_fc_norm_hidden,
-                Act::at(&ws.cat, 2 * h, h),
-                self.step,
-                false,
             )
             .await?,
         );
