@@ -23,7 +23,7 @@ fn session_split(name: &str, chunk: u32, attn_split: Option<bool>) -> Session {
             prefill_chunk: chunk,
             speculative: true,
             attn_split,
-            kv_f16: false,
+            ..Default::default()
         },
     ))
     .unwrap()

@@ -5,7 +5,7 @@ use qwgpu_engine::decode::mtp::{
     binomial_cdf, generate_mtp, generate_mtp_in_context, MtpOptions, EARLY_ALPHA, EARLY_PROBE,
 };
 use qwgpu_engine::decode::{generate, generate_in_context, Event, Finish, GenOptions};
-use qwgpu_engine::model::Session;
+use qwgpu_engine::model::{Session, SessionOptions};
 use qwgpu_tests::assert_bits_eq;
 use qwgpu_tests::fixtures::*;
 use qwgpu_tests::stats::assert_same_law;
@@ -217,15 +217,18 @@ fn greedy_mtp_head_on_the_chosen_row_gives_the_drafts_of_both_rows() {
     // after: the same verify outcomes and drafts, and that row's logits bit for bit, through
     // accepts and rejections (mtp-perm has both), from a 1-token first step and after several
     // prefill chunks.
-    use qwgpu_engine::ops::mtp::set_mtp_head_one_row;
     for name in mtp_fixtures() {
         let r = load_reference(&name);
         let prompt = &r.prompts[3];
         let run = |one_row: bool| {
-            set_mtp_head_one_row(Some(one_row));
-            let s = session(&name, 16);
-            set_mtp_head_one_row(None);
-            let mut s = s;
+            let mut s = mtp_session_with(
+                &name,
+                SessionOptions {
+                    prefill_chunk: 16,
+                    mtp_head_one_row: Some(one_row),
+                    ..Default::default()
+                },
+            );
             let n = prompt.len();
             pollster::block_on(s.prefill_with(&prompt[..n - 1], Some(prompt[n - 1]))).unwrap();
             let first = pollster::block_on(s.mtp_first(prompt[n - 1])).unwrap();
@@ -282,19 +285,22 @@ fn mtp_sampling_preserves_the_distribution() {
     // at positions 2 and 3 (the ones speculation produces) must be distributed as in plain
     // sampling. Same seeds per mode are not expected to give the same tokens, only the same law.
     // MTP runs twice: its head on the one row the next draft comes from (the default) and on
-    // both rows (`set_mtp_head_one_row(Some(false))`: the draft's q then in row `accept`).
+    // both rows (`SessionOptions::mtp_head_one_row`: the draft's q then in row `accept`).
     use qwgpu_engine::decode::sampler::SamplingParams;
-    use qwgpu_engine::ops::mtp::set_mtp_head_one_row;
     use std::collections::BTreeMap;
     let prompt = [5u32, 9, 12, 40];
     let n = 500u64;
     let modes = [(false, true), (true, true), (true, false)];
     let mut counts: Vec<Vec<BTreeMap<u32, u32>>> = vec![vec![Default::default(); 3]; 2];
     for (mode, &(use_mtp, one_row)) in modes.iter().enumerate() {
-        set_mtp_head_one_row(Some(one_row));
-        let s = session("mtp-perm", 64);
-        set_mtp_head_one_row(None);
-        let mut s = s;
+        let mut s = mtp_session_with(
+            "mtp-perm",
+            SessionOptions {
+                prefill_chunk: 64,
+                mtp_head_one_row: Some(one_row),
+                ..Default::default()
+            },
+        );
         // Every draw starts from the same restored state holding the prompt but its last id (MTP
         // cache included), as a prompt-cache hit does; the requests feed the last id.
         pollster::block_on(s.prefill_with(&prompt[..3], Some(prompt[3]))).unwrap();

@@ -276,6 +276,18 @@ pub fn mtp_session(name: &str, chunk: u32) -> Session {
 
 /// [`mtp_session`] with f16 KV caches when `kv_f16` (`SessionOptions::kv_f16`).
 pub fn mtp_session_kv(name: &str, chunk: u32, kv_f16: bool) -> Session {
+    mtp_session_with(
+        name,
+        SessionOptions {
+            prefill_chunk: chunk,
+            kv_f16,
+            ..Default::default()
+        },
+    )
+}
+
+/// [`mtp_session`] with `opts` (its context fixed at 1024 positions, speculative).
+pub fn mtp_session_with(name: &str, opts: SessionOptions) -> Session {
     let model = Model::load(
         crate::model_gpu(),
         &fixtures_dir().join(name),
@@ -286,10 +298,8 @@ pub fn mtp_session_kv(name: &str, chunk: u32, kv_f16: bool) -> Session {
         Arc::new(model),
         SessionOptions {
             max_ctx: 1024,
-            prefill_chunk: chunk,
             speculative: true,
-            kv_f16,
-            ..Default::default()
+            ..opts
         },
     ))
     .unwrap()

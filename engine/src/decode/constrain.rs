@@ -464,36 +464,16 @@ async fn constrained_mtp(
 /// previous iteration is read (default; `QWGPU_MTP_BODY_AHEAD=0` submits each iteration whole
 /// once the previous one is read, for measurements).
 pub(crate) fn body_ahead() -> bool {
-    match BODY_AHEAD.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => return true,
-        2 => return false,
-        _ => {}
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| std::env::var("QWGPU_MTP_BODY_AHEAD").map_or(true, |v| v != "0"))
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        true
-    }
+    BODY_AHEAD.on()
 }
 
-static BODY_AHEAD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static BODY_AHEAD: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_MTP_BODY_AHEAD");
 
 /// Sets whether sampled and constrained speculative iterations submit the next body ahead
 /// (`None`: the start-up choice, `QWGPU_MTP_BODY_AHEAD`). Either way the same kernels run in
 /// the same order, so a seed gives the same tokens (tested); only the GPU's idle time differs.
 pub fn set_mtp_body_ahead(on: Option<bool>) {
-    BODY_AHEAD.store(
-        match on {
-            None => 0,
-            Some(true) => 1,
-            Some(false) => 2,
-        },
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    BODY_AHEAD.set(on);
 }
 
 /// Sets the verify's masks: row 0's from `n0` (in `m0`); row 1's, the constraint after the draft

@@ -168,6 +168,52 @@ impl AdapterSummary {
     }
 }
 
+/// A switch that is on by default: a setter's override (`Some`), else the environment variable
+/// `env` read once (off only for `0`; never read on wasm32), else on.
+pub(crate) struct Switch {
+    code: std::sync::atomic::AtomicU8,
+    env: &'static str,
+    from_env: std::sync::OnceLock<bool>,
+}
+
+impl Switch {
+    pub(crate) const fn new(env: &'static str) -> Switch {
+        Switch {
+            code: std::sync::atomic::AtomicU8::new(0),
+            env,
+            from_env: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `None` returns to the start-up choice.
+    pub(crate) fn set(&self, on: Option<bool>) {
+        let code = match on {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        self.code.store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn on(&self) -> bool {
+        match self.code.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => *self.from_env.get_or_init(|| {
+                #[cfg(not(target_arch = "wasm32"))]
+                {
+                    std::env::var(self.env).map_or(true, |v| v != "0")
+                }
+                #[cfg(target_arch = "wasm32")]
+                {
+                    let _ = self.env;
+                    true
+                }
+            }),
+        }
+    }
+}
+
 fn env_flag(name: &str) -> Option<bool> {
     #[cfg(not(target_arch = "wasm32"))]
     {

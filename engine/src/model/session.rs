@@ -168,6 +168,10 @@ pub struct SessionOptions {
     /// half their memory and reads, which long contexts feel; keys and values are rounded to
     /// f16 once as they are written. Saved states record which kind they hold.
     pub kv_f16: bool,
+    /// Run the MTP head's lm_head and draft choice on the one row the next draft comes from
+    /// (`Some(true)`) or on both rows (`Some(false)`; for measurements and tests). `None`: the
+    /// process-wide choice ([`crate::ops::mtp::mtp_head_one_row`], on by default).
+    pub mtp_head_one_row: Option<bool>,
 }
 
 impl Default for SessionOptions {
@@ -178,6 +182,7 @@ impl Default for SessionOptions {
             speculative: true,
             attn_split: None,
             kv_f16: false,
+            mtp_head_one_row: None,
         }
     }
 }
@@ -235,7 +240,9 @@ pub struct Session {
     pub ws: Workspace,
     pub state: State,
     step_buf: GpuBuffer,
-    /// The greedy MTP head's step (its one output row), written by the GPU.
+    /// The MTP head's step (its one output row), written by the GPU (the host writes it only
+    /// to profile the head).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     head_step_buf: GpuBuffer,
     /// Body (embedding + layers) with the 1-token decode kernels.
     single: Plan,
@@ -367,7 +374,7 @@ impl Session {
                         attn_split,
                         streams: 0,
                     };
-                    let one_row = mtp::mtp_head_one_row();
+                    let one_row = opts.mtp_head_one_row.unwrap_or_else(mtp::mtp_head_one_row);
                     let slot2 = StepSlot {
                         buf: &head_step_buf,
                         offset: 0,
@@ -515,6 +522,7 @@ impl Session {
                 speculative,
                 attn_split: Some(attn_split),
                 kv_f16: opts.kv_f16,
+                mtp_head_one_row: opts.mtp_head_one_row,
             },
             ws,
             state,

@@ -82,39 +82,19 @@ pub async fn accept(
     Ok(gpu.dispatch(format!("mtp {stage:?}"), &p, &res, Grid::fixed(1)))
 }
 
-static HEAD_ONE_ROW: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static HEAD_ONE_ROW: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_MTP_HEAD_ONE_ROW");
 
 /// Sets whether a greedy MTP iteration runs its head's final norm, lm_head and argmax on the one
 /// row the next draft comes from (row `accept`, chosen on the GPU) or on both rows, choosing
 /// after (`None`: the start-up choice, `QWGPU_MTP_HEAD_ONE_ROW`, on unless `0`). The tiles give
-/// a row the same bits either way, so the drafts are the same (tested); sessions made after the
-/// call take it.
+/// a row the same bits, so the drafts are the same (tested); sessions made after the call take
+/// it.
 pub fn set_mtp_head_one_row(on: Option<bool>) {
-    HEAD_ONE_ROW.store(
-        match on {
-            None => 0,
-            Some(true) => 1,
-            Some(false) => 2,
-        },
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    HEAD_ONE_ROW.set(on);
 }
 
-/// Whether new sessions run the greedy MTP head on the chosen row alone (see
+/// Whether new sessions run the MTP head on the chosen row alone (see
 /// [`set_mtp_head_one_row`]).
 pub fn mtp_head_one_row() -> bool {
-    match HEAD_ONE_ROW.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => return true,
-        2 => return false,
-        _ => {}
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| std::env::var("QWGPU_MTP_HEAD_ONE_ROW").map_or(true, |v| v != "0"))
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        true
-    }
+    HEAD_ONE_ROW.on()
 }
