@@ -10,7 +10,7 @@
 //   SELECT: after the MTP head: draft = accept ? mtp_out[1] : mtp_out[0] (mtp_out[0] either way
 //           where the head ran on the chosen row alone, its step's n_out = 1); the next verify
 //           input is ids = [accept ? b : v, draft].
-// FIRST, VERIFY and SAMPLED also write `head_step`, the step of a greedy MTP head that runs on
+// FIRST, VERIFY and SAMPLED also write `head_step`, the step of an MTP head that runs on
 // the one row the next draft comes from (n_tokens = 1 + accept, n_out = 1: its last row is row
 // `accept`); the other row's logits are never used.
 //   ADVANCE: last in a verify iteration: the next verify's step data from this one's decision,
@@ -44,7 +44,7 @@ fn main() {
 #else
 @group(0) @binding(3) var<storage, read> out_ids: array<u32>;        // backbone argmax per row
 @group(0) @binding(4) var<storage, read_write> mtp_ids: array<u32>;  // MTP input ids per row
-@group(0) @binding(5) var<storage, read_write> head_step: Step;      // the greedy MTP head's step
+@group(0) @binding(5) var<storage, read_write> head_step: Step;      // the one-row MTP head's step
 #endif
 
 @compute @workgroup_size(1)

@@ -192,8 +192,8 @@ struct MtpPlans {
     /// Input norms, fc and the MTP decoder layer, decode tile (≤ 2 rows) and prefill tile.
     front_small: Plan,
     front_prefill: Plan,
-    /// mtp.norm, shared lm_head, argmax of the one row the next draft comes from (`head_step_buf`,
-    /// which the first / verify stage points at row `accept`): greedy iterations.
+    /// mtp.norm, shared lm_head, argmax (greedy iterations) of the one row the next draft comes
+    /// from (`head_step_buf`, which the accept stages point at row `accept`) or of both rows.
     head: Plan,
     first: Plan,
     verify: Plan,
@@ -316,7 +316,7 @@ impl Session {
         let ws = Workspace::new(&gpu, cfg, chunk.max(2), 2, model.has_mtp())?;
         let state = State::new(&gpu, cfg, max_ctx, model.has_mtp(), opts.kv_f16)?;
         let step_buf = gpu.storage("step", slot_offset(&gpu, 2))?;
-        // The step of the greedy MTP head's output row, written by the GPU's accept stages (see
+        // The step of the MTP head's one output row, written by the GPU's accept stages (see
         // `mtp_accept.wgsl`): a buffer of its own, as they also read a step slot.
         let head_step_buf = gpu.storage("mtp head step", std::mem::size_of::<Step>() as u64)?;
         let scope = gpu.scope("building the session's plans");
@@ -1424,12 +1424,16 @@ impl Session {
     fn record_heads(&self, pass: &mut wgpu::ComputePass<'_>, shape: StepShape, first: bool) {
         let md = self.model.gpu.caps.max_workgroups_per_dim;
         let Some(m) = &self.mtp else { return };
+        // The MTP head's rows: the one the next draft comes from, or both.
+        let head_shape = StepShape {
+            n_out: if m.head_one_row { 1 } else { shape.n_out },
+            ..shape
+        };
         if !self.sampling {
             self.head.record(pass, shape, md);
             if first { &m.first } else { &m.verify }.record(pass, shape, md);
             m.front_small.record(pass, shape, md);
-            let n_out = if m.head_one_row { 1 } else { shape.n_out };
-            m.head.record(pass, StepShape { n_out, ..shape }, md);
+            m.head.record(pass, head_shape, md);
         } else {
             if first {
                 // The first token is an ordinary draw from the target (committed to the history).
@@ -1443,9 +1447,7 @@ impl Session {
                 m.sampled.record(pass, shape, md);
             }
             m.front_small.record(pass, shape, md);
-            let n_out = if m.head_one_row { 1 } else { shape.n_out };
-            m.head_sampled
-                .record(pass, StepShape { n_out, ..shape }, md);
+            m.head_sampled.record(pass, head_shape, md);
         }
         m.select.record(pass, shape, md);
         if !first {
@@ -1462,7 +1464,7 @@ impl Session {
     /// The MTP head's logits of its first out row from the last MTP call (tests and debugging;
     /// the token loop never reads logits back). After a greedy verify that row is the one the
     /// draft came from (row `accept` of the verify) unless the head runs on both rows
-    /// ([`crate::ops::mtp::set_mtp_head_one_row`]); see [`Session::mtp_logits_row`].
+    /// ([`SessionOptions::mtp_head_one_row`]); see [`Session::mtp_logits_row`].
     pub async fn mtp_logits(&self) -> Result<Vec<f32>, RunError> {
         self.mtp_logits_row(0).await
     }

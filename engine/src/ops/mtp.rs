@@ -60,7 +60,7 @@ pub async fn advance(
 }
 
 /// `src` is the backbone's `out_ids` (First/Verify), the sampler's accept output (Sampled) or
-/// the MTP head's ids (Select); `mtp_ids` and `head_step` (the step of a greedy MTP head on the
+/// the MTP head's ids (Select); `mtp_ids` and `head_step` (the step of the MTP head on the
 /// chosen row alone, written here: see `mtp_accept.wgsl`) are bound for all but Select.
 #[allow(clippy::too_many_arguments)]
 pub async fn accept(
@@ -84,17 +84,11 @@ pub async fn accept(
 
 static HEAD_ONE_ROW: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_MTP_HEAD_ONE_ROW");
 
-/// Sets whether a greedy MTP iteration runs its head's final norm, lm_head and argmax on the one
-/// row the next draft comes from (row `accept`, chosen on the GPU) or on both rows, choosing
-/// after (`None`: the start-up choice, `QWGPU_MTP_HEAD_ONE_ROW`, on unless `0`). The tiles give
-/// a row the same bits, so the drafts are the same (tested); sessions made after the call take
-/// it.
-pub fn set_mtp_head_one_row(on: Option<bool>) {
-    HEAD_ONE_ROW.set(on);
-}
-
-/// Whether new sessions run the MTP head on the chosen row alone (see
-/// [`set_mtp_head_one_row`]).
+/// Whether new sessions run the MTP head's final norm, lm_head and draft choice on the one row
+/// the next draft comes from (row `accept`, chosen on the GPU) rather than on both rows, choosing
+/// after, where `SessionOptions::mtp_head_one_row` leaves it open: on unless
+/// `QWGPU_MTP_HEAD_ONE_ROW=0`. The tiles give a row the same bits, so greedy drafts are the same
+/// either way (tested).
 pub fn mtp_head_one_row() -> bool {
     HEAD_ONE_ROW.on()
 }
