@@ -284,8 +284,9 @@ fn mtp_sampling_preserves_the_distribution() {
     // speculative path accepts, rejects (residual resampling) and emits bonus tokens; the tokens
     // at positions 2 and 3 (the ones speculation produces) must be distributed as in plain
     // sampling. Same seeds per mode are not expected to give the same tokens, only the same law.
-    // MTP runs twice: its head on the one row the next draft comes from (the default) and on
-    // both rows (`SessionOptions::mtp_head_one_row`: the draft's q then in row `accept`).
+    // MTP runs twice: its head on the one row the next draft comes from (the default; its
+    // iterations queued one ahead) and on both rows (`SessionOptions::mtp_head_one_row`: the
+    // draft's q then in row `accept`, each iteration's heads after the previous one is read).
     use qwgpu_engine::decode::sampler::SamplingParams;
     use std::collections::BTreeMap;
     let prompt = [5u32, 9, 12, 40];
@@ -367,21 +368,26 @@ fn mtp_sampling_preserves_the_distribution() {
 }
 
 #[test]
-fn sampled_mtp_submits_the_next_body_ahead_with_the_same_draws() {
-    // Sampled iterations submit the next one's body (its 2-row forward) before this one is read,
-    // and its heads after: the same kernels in the same order as whole iterations submitted once
-    // the previous one is read, so a seed gives the same tokens and the same accept decisions
-    // either way. On the mtp-perm fixture (accepts, rejects, bonus tokens) with the head always
-    // on, and on a random head where the adaptive policy stops speculating, with a max-tokens
-    // stop inside a run of accepted drafts.
+fn sampled_mtp_queued_or_body_ahead_gives_the_same_draws() {
+    // Sampled iterations are submitted three ways: queued whole one ahead (the MTP head on its
+    // one row: the draft's q is always in row 0, so nothing waits for the host), the next one's
+    // body (its 2-row forward) before this one is read and its heads after, or whole iterations
+    // once the previous one is read. The same kernels run in the same order, and an iteration is
+    // queued only where it would run unqueued, so a seed gives the same tokens and the same
+    // accept decisions every way. On the mtp-perm fixture (accepts, rejects, bonus tokens) with
+    // the head always on, and on a random head where the adaptive policy stops speculating, with
+    // a max-tokens stop inside a run of accepted drafts. (The only test that sets these
+    // process-wide switches.)
     use qwgpu_engine::decode::constrain::set_mtp_body_ahead;
+    use qwgpu_engine::decode::mtp::set_mtp_sampled_queue;
     use qwgpu_engine::decode::sampler::SamplingParams;
     for (name, adaptive, max_tokens) in [("mtp-perm", false, 61), ("f32-q4-g64", true, 40)] {
         let r = load_reference(name);
         let prompt = &r.prompts[1];
         let mut s = session(name, 64);
         let mut runs = Vec::new();
-        for ahead in [true, false] {
+        for (queue, ahead) in [(true, false), (false, true), (false, false)] {
+            set_mtp_sampled_queue(Some(queue));
             set_mtp_body_ahead(Some(ahead));
             let p = SamplingParams {
                 temperature: 1.1,
@@ -389,6 +395,10 @@ fn sampled_mtp_submits_the_next_body_ahead_with_the_same_draws() {
                 ..Default::default()
             };
             s.set_sampling(Some(&p), false).unwrap();
+            assert!(
+                s.mtp_queues(),
+                "{name}: a sampled session with the head on one row queues"
+            );
             s.reset();
             let policy = if adaptive {
                 MtpOptions::adaptive(&s)
@@ -401,6 +411,7 @@ fn sampled_mtp_submits_the_next_body_ahead_with_the_same_draws() {
                 ignore_eos: true,
             };
             let r = pollster::block_on(generate_mtp(&mut s, prompt, &opts, &policy, &mut |_| true));
+            set_mtp_sampled_queue(None);
             set_mtp_body_ahead(None);
             let (t, f, st) = r.unwrap();
             assert_eq!(t.len(), max_tokens, "{name}: {f:?}");
@@ -418,7 +429,8 @@ fn sampled_mtp_submits_the_next_body_ahead_with_the_same_draws() {
                 "{name}: need accepts and rejects"
             );
         }
-        assert_eq!(runs[0], runs[1], "{name}: body ahead vs whole iterations");
+        assert_eq!(runs[0], runs[1], "{name}: queued vs body ahead");
+        assert_eq!(runs[1], runs[2], "{name}: body ahead vs whole iterations");
         // The session goes on correctly after the request (no body left waiting): a greedy
         // plain step works.
         s.set_sampling(None, false).unwrap();

@@ -150,12 +150,13 @@ pub async fn generate_mtp_in_context(
     if let Some(f) = emit(main, None, &mut out, opts, on_event) {
         return Ok((out, f, stats));
     }
-    // Greedy iterations are queued one ahead: the GPU advances the next one's positions and
-    // rollback itself, so it never waits for the host between iterations. Sampled iterations
-    // cannot be queued whole (their heads need the iteration before them read: which row holds
-    // the draft's distribution), but the next one's body can: its layers run on the GPU while the
-    // host reads this iteration, and only its heads wait (as for constrained requests).
-    let queue_ahead = !session.is_sampling();
+    // Iterations are queued one ahead: the GPU advances the next one's positions and rollback
+    // itself, so it never waits for the host between iterations. Sampled ones too when the MTP
+    // head runs on its one row (the draft's distribution is then always in the same row;
+    // `Session::mtp_queues`); otherwise the next one's body goes ahead: its layers run on the GPU
+    // while the host reads this iteration, and only its heads wait (as for constrained requests).
+    let sampling = session.is_sampling();
+    let queue_ahead = session.mtp_queues() && (!sampling || sampled_queue());
     let body_ahead = !queue_ahead && crate::decode::constrain::body_ahead();
     loop {
         if policy.stops(stats.drafted, stats.accepted, min_acceptance) {
@@ -180,11 +181,14 @@ pub async fn generate_mtp_in_context(
         // Each queued iteration emits at least one token: queue another only while its tokens
         // can still be needed and it fits even if every queued iteration accepts; and, during
         // the adaptive probe, not when the queued iterations' rejection would stop speculation
-        // (that iteration runs only if they pay off).
+        // (that iteration runs only if they pay off). Sampled: never when it would not run
+        // unqueued. The policy stops less with more accepted drafts, so an iteration queued when
+        // even rejections would not stop it runs unqueued too; then a seed's tokens do not
+        // depend on queueing (sampled speculation keeps plain sampling's law, not its draws).
         let queued = session.pending_verifies() as u64;
         let probing = stats.drafted + queued <= policy.probe;
-        let may_stop =
-            probing && policy.stops(stats.drafted + queued, stats.accepted, min_acceptance);
+        let may_stop = (probing || sampling)
+            && policy.stops(stats.drafted + queued, stats.accepted, min_acceptance);
         if queue_ahead
             && !may_stop
             && out.len() + (queued as usize) < opts.max_tokens
@@ -210,6 +214,21 @@ pub async fn generate_mtp_in_context(
             return Ok((out, f, stats));
         }
     }
+}
+
+static SAMPLED_QUEUE: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_MTP_SAMPLED_QUEUE");
+
+/// Whether sampled speculative iterations are queued one ahead where the session allows it
+/// ([`Session::mtp_queues`]): on unless `QWGPU_MTP_SAMPLED_QUEUE=0`, which submits the next one's
+/// body ahead instead (or whole iterations, see [`crate::decode::constrain::set_mtp_body_ahead`]).
+/// A seed gives the same tokens either way (tested); only the GPU's idle time differs.
+pub fn sampled_queue() -> bool {
+    SAMPLED_QUEUE.on()
+}
+
+/// Sets [`sampled_queue`] (`None`: the start-up choice).
+pub fn set_mtp_sampled_queue(on: Option<bool>) {
+    SAMPLED_QUEUE.set(on);
 }
 
 /// The acceptance below which `policy` stops speculating for a request whose state holds

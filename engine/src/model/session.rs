@@ -272,6 +272,9 @@ pub struct Session {
     /// ([`Session::feed_forced`]).
     forced: Plan,
     sampling: bool,
+    /// Token masks are set ([`Session::set_token_mask`], [`Session::set_token_masks`]): the host
+    /// chooses them per iteration, so sampled iterations cannot be queued.
+    masked: bool,
     /// Copy the sampler's per-row results (logprobs) into the readback with the ids.
     logprobs: bool,
     last_result: Option<RowResult>,
@@ -541,6 +544,7 @@ impl Session {
             head_sample,
             forced,
             sampling: false,
+            masked: false,
             logprobs: false,
             last_result: None,
             draft_row: 0,
@@ -629,6 +633,7 @@ impl Session {
             .set_params(&self.model.gpu, &p)
             .map_err(|e| RunError::Sampling(e.to_string()))?;
         self.sampling = !plain_greedy(&p, logprobs);
+        self.masked = false;
         self.logprobs = logprobs;
         Ok(())
     }
@@ -643,6 +648,7 @@ impl Session {
             .set_params_masked(&self.model.gpu, &p, allowed)
             .map_err(|e| RunError::Sampling(e.to_string()))?;
         self.sampling = allowed.is_some() || !plain_greedy(&p, self.logprobs);
+        self.masked = allowed.is_some();
         Ok(())
     }
 
@@ -664,6 +670,7 @@ impl Session {
             .set_params_masked_rows(&self.model.gpu, &p, [row0, row1])
             .map_err(|e| RunError::Sampling(e.to_string()))?;
         self.sampling = true;
+        self.masked = true;
         Ok(())
     }
 
@@ -810,6 +817,14 @@ impl Session {
     /// Whether tokens come from the GPU sampler (not plain argmax).
     pub fn is_sampling(&self) -> bool {
         self.sampling
+    }
+
+    /// Whether verify iterations can be queued while earlier ones are unread, as greedy ones
+    /// always can: sampled ones too when the MTP head runs on its one row (the draft's q is then
+    /// always in `draft_probs` row 0, whatever the previous iteration decided) and no token masks
+    /// are set (the host chooses those per iteration from the tokens it has read).
+    pub fn mtp_queues(&self) -> bool {
+        !self.sampling || (!self.masked && self.mtp.as_ref().is_some_and(|m| m.head_one_row))
     }
 
     /// Starts a request: the sampler's token history (penalties) becomes `prompt`.
@@ -1199,18 +1214,21 @@ impl Session {
     }
 
     /// Submits a verify iteration (see [`Session::mtp_verify`]); read its outcome with
-    /// [`Session::mtp_read_verify`]. Greedy verifies can be queued while earlier ones are still
-    /// unread: each iteration ends by advancing the next one's positions on the GPU and flagging
-    /// the GDN rollback there (`Step::rollback`: the kernels start from the snapshots), so the
-    /// GPU never waits for the host between iterations.
+    /// [`Session::mtp_read_verify`]. Verifies can be queued while earlier ones are still
+    /// unread (greedy ones, and sampled ones where [`Session::mtp_queues`]): each iteration ends
+    /// by advancing the next one's positions on the GPU and flagging the GDN rollback there
+    /// (`Step::rollback`: the kernels start from the snapshots), so the GPU never waits for the
+    /// host between iterations.
     pub fn mtp_submit_verify(&mut self) -> Result<(), RunError> {
         if self.verify_body.is_some() {
             return self.mtp_submit_heads();
         }
         let queued = self.pending_verifies() as u32;
-        if queued > 0 && self.sampling {
+        if queued > 0 && !self.mtp_queues() {
             return Err(RunError::Sampling(
-                "sampled MTP verifies cannot be queued: read the pending one first".into(),
+                "these sampled MTP verifies cannot be queued (token masks, or the MTP head on \
+                 both rows): read the pending one first"
+                    .into(),
             ));
         }
         self.submit_verify_parts(true, true)
@@ -1222,8 +1240,9 @@ impl Session {
     /// later. So whatever decides how the heads choose (token masks per row,
     /// [`Session::set_token_masks`], which need the previous iteration's tokens and draft) can
     /// wait for the previous iteration to be read while the GPU runs the body: the same kernels
-    /// in the same order as one submission, so the same bits. Sampled iterations too (their
-    /// heads wait for the previous one to be read, not their bodies).
+    /// in the same order as one submission, so the same bits. Sampled iterations that cannot be
+    /// queued whole ([`Session::mtp_queues`]) too (their heads wait for the previous one to be
+    /// read, not their bodies).
     pub fn mtp_submit_body_ahead(&mut self) -> Result<(), RunError> {
         if self.verify_body.is_some() {
             return Err(RunError::Busy(
