@@ -464,10 +464,10 @@ async fn constrained_mtp(
 /// previous iteration is read (default; `QWGPU_MTP_BODY_AHEAD=0` submits each iteration whole
 /// once the previous one is read, for measurements).
 pub(crate) fn body_ahead() -> bool {
-    BODY_AHEAD.on()
+    BODY_AHEAD.get()
 }
 
-static BODY_AHEAD: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_MTP_BODY_AHEAD");
+static BODY_AHEAD: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_MTP_BODY_AHEAD", true);
 
 /// Sets whether sampled and constrained speculative iterations submit the next body ahead
 /// (`None`: the start-up choice, `QWGPU_MTP_BODY_AHEAD`). Either way the same kernels run in

@@ -216,14 +216,14 @@ pub async fn generate_mtp_in_context(
     }
 }
 
-static SAMPLED_QUEUE: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_MTP_SAMPLED_QUEUE");
+static SAMPLED_QUEUE: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_MTP_SAMPLED_QUEUE", true);
 
 /// Whether sampled speculative iterations are queued one ahead where the session allows it
 /// ([`Session::mtp_queues`]): on unless `QWGPU_MTP_SAMPLED_QUEUE=0`, which submits the next one's
 /// body ahead instead (or whole iterations, see [`crate::decode::constrain::set_mtp_body_ahead`]).
 /// A seed gives the same tokens either way (tested); only the GPU's idle time differs.
 pub fn sampled_queue() -> bool {
-    SAMPLED_QUEUE.on()
+    SAMPLED_QUEUE.get()
 }
 
 /// Sets [`sampled_queue`] (`None`: the start-up choice).

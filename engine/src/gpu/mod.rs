@@ -168,19 +168,22 @@ impl AdapterSummary {
     }
 }
 
-/// A switch that is on by default: a setter's override (`Some`), else the environment variable
-/// `env` read once (off only for `0`; never read on wasm32), else on.
+/// A process-wide choice read by kernels and loops: a setter's override (`Some`), else the
+/// environment variable `env` read once (`0` / `false` off, `1` / `true` on, anything else or
+/// unset the default; never read on wasm32), else `default`.
 pub(crate) struct Switch {
     code: std::sync::atomic::AtomicU8,
     env: &'static str,
+    default: bool,
     from_env: std::sync::OnceLock<bool>,
 }
 
 impl Switch {
-    pub(crate) const fn new(env: &'static str) -> Switch {
+    pub(crate) const fn new(env: &'static str, default: bool) -> Switch {
         Switch {
             code: std::sync::atomic::AtomicU8::new(0),
             env,
+            default,
             from_env: std::sync::OnceLock::new(),
         }
     }
@@ -195,19 +198,23 @@ impl Switch {
         self.code.store(code, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub(crate) fn on(&self) -> bool {
+    pub(crate) fn get(&self) -> bool {
         match self.code.load(std::sync::atomic::Ordering::Relaxed) {
             1 => true,
             2 => false,
             _ => *self.from_env.get_or_init(|| {
                 #[cfg(not(target_arch = "wasm32"))]
                 {
-                    std::env::var(self.env).map_or(true, |v| v != "0")
+                    match std::env::var(self.env) {
+                        Ok(v) if v == "0" || v.eq_ignore_ascii_case("false") => false,
+                        Ok(v) if v == "1" || v.eq_ignore_ascii_case("true") => true,
+                        _ => self.default,
+                    }
                 }
                 #[cfg(target_arch = "wasm32")]
                 {
                     let _ = self.env;
-                    true
+                    self.default
                 }
             }),
         }

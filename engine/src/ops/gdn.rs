@@ -659,8 +659,8 @@ fn split_layout(dk: u32, dv: u32, subgroups: bool) -> Option<RecurrenceLayout> {
     })
 }
 
-static SPLIT_RECURRENCE: crate::ops::matmul::Switch =
-    crate::ops::matmul::Switch::new("QWGPU_SPLIT_RECURRENCE", false);
+static SPLIT_RECURRENCE: crate::gpu::Switch =
+    crate::gpu::Switch::new("QWGPU_SPLIT_RECURRENCE", false);
 
 /// Whether [`gdn_recurrence_fused`] spreads a head's rows over several workgroups (Dv / 32 of
 /// them, the last one out applying the gated norm and the planes) where the device allows it,
@@ -674,11 +674,11 @@ pub fn split_recurrence() -> bool {
 
 /// See [`split_recurrence`].
 pub fn set_split_recurrence(on: bool) {
-    SPLIT_RECURRENCE.set(on)
+    SPLIT_RECURRENCE.set(Some(on))
 }
 
-static GATED_RECURRENCE: crate::ops::matmul::Switch =
-    crate::ops::matmul::Switch::new("QWGPU_GATED_RECURRENCE", true);
+static GATED_RECURRENCE: crate::gpu::Switch =
+    crate::gpu::Switch::new("QWGPU_GATED_RECURRENCE", true);
 
 /// Whether the decode tiles (1 and 2 tokens) run [`gdn_recurrence_gated`] (recurrence and gated
 /// norm in one dispatch: 48 fewer per 27B token) where [`gated_recurrence_layout`] allows it. On
@@ -691,11 +691,10 @@ pub fn gated_recurrence() -> bool {
 
 /// See [`gated_recurrence`].
 pub fn set_gated_recurrence(on: bool) {
-    GATED_RECURRENCE.set(on)
+    GATED_RECURRENCE.set(Some(on))
 }
 
-static FUSED_GDN: crate::ops::matmul::Switch =
-    crate::ops::matmul::Switch::new("QWGPU_FUSED_GDN", true);
+static FUSED_GDN: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_FUSED_GDN", true);
 
 /// Whether the decode tiles run a Gated-DeltaNet layer's steps 1-7 in two dispatches where the
 /// device allows it: the input projection with the conv in its epilogue
@@ -709,7 +708,7 @@ pub fn fused_gdn() -> bool {
 
 /// See [`fused_gdn`].
 pub fn set_fused_gdn(on: bool) {
-    FUSED_GDN.set(on)
+    FUSED_GDN.set(Some(on))
 }
 
 /// The layout of [`gdn_recurrence_gated`] for `d` on `gpu`, or None where it does not fit: a

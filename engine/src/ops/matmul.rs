@@ -265,41 +265,7 @@ pub fn defines(base: &Defines, format: &WeightFormat, k: u32, opts: &MatmulOpts)
     }
 }
 
-/// A process-wide kernel switch: `default` unless the environment variable says `1`/`true` or
-/// `0`/`false` (read once); tests and the kernel lab flip it for plans built afterwards.
-pub(crate) struct Switch {
-    var: &'static str,
-    default: bool,
-    cell: std::sync::OnceLock<std::sync::atomic::AtomicBool>,
-}
-
-impl Switch {
-    pub(crate) const fn new(var: &'static str, default: bool) -> Switch {
-        Switch {
-            var,
-            default,
-            cell: std::sync::OnceLock::new(),
-        }
-    }
-
-    fn flag(&self) -> &std::sync::atomic::AtomicBool {
-        self.cell.get_or_init(|| {
-            std::sync::atomic::AtomicBool::new(match std::env::var(self.var).as_deref() {
-                Ok("0") | Ok("false") => false,
-                Ok("1") | Ok("true") => true,
-                _ => self.default,
-            })
-        })
-    }
-
-    pub(crate) fn get(&self) -> bool {
-        self.flag().load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub(crate) fn set(&self, on: bool) {
-        self.flag().store(on, std::sync::atomic::Ordering::Relaxed)
-    }
-}
+use crate::gpu::Switch;
 
 static STAGED: Switch = Switch::new("QWGPU_MATMUL_STAGED", true);
 
@@ -314,7 +280,7 @@ pub fn staged() -> bool {
 
 /// See [`staged`].
 pub fn set_staged(on: bool) {
-    STAGED.set(on)
+    STAGED.set(Some(on))
 }
 
 static GEMM: Switch = Switch::new("QWGPU_PREFILL_GEMM", true);
@@ -330,7 +296,7 @@ pub fn prefill_gemm() -> bool {
 
 /// See [`prefill_gemm`].
 pub fn set_prefill_gemm(on: bool) {
-    GEMM.set(on)
+    GEMM.set(Some(on))
 }
 
 static GEMM_HALF: Switch = Switch::new("QWGPU_GEMM_HALF", false);
@@ -347,7 +313,7 @@ pub fn gemm_half() -> bool {
 
 /// See [`gemm_half`].
 pub fn set_gemm_half(on: bool) {
-    GEMM_HALF.set(on)
+    GEMM_HALF.set(Some(on))
 }
 
 /// The tile of the prefill GEMM: `bn` rows × `bt` tokens per workgroup, `bk` input features per
@@ -559,7 +525,7 @@ pub fn prefill_coop() -> bool {
 
 /// See [`prefill_coop`].
 pub fn set_prefill_coop(on: bool) {
-    COOP.set(on)
+    COOP.set(Some(on))
 }
 
 /// The tile of the tensor-core GEMM: `bn` rows × `bt` tokens per workgroup, `bk` features per
@@ -896,7 +862,7 @@ static COOP_EXACT: Switch = Switch::new("QWGPU_COOP_EXACT", false);
 
 /// See [`coop_exact`].
 pub fn set_coop_exact(on: bool) {
-    COOP_EXACT.set(on)
+    COOP_EXACT.set(Some(on))
 }
 
 /// Whether the tensor-core GEMM takes 4-bit weights with bf16 scales exactly (`WEXACT` in
@@ -1292,7 +1258,7 @@ pub fn xreg() -> bool {
 
 /// See [`xreg`].
 pub fn set_xreg(on: bool) {
-    XREG.set(on)
+    XREG.set(Some(on))
 }
 
 /// A forced shape of the register kernel: (blocks per thread, rows per workgroup, rows per step).
@@ -1420,7 +1386,7 @@ pub fn xq() -> bool {
 
 /// See [`xq`].
 pub fn set_xq(on: bool) {
-    XQ.set(on)
+    XQ.set(Some(on))
 }
 
 /// Threads, rows per workgroup and rows per 32-lane group of the integer-plane decode kernel for
@@ -1772,7 +1738,7 @@ pub fn packed_dot(gpu: &Gpu) -> bool {
 
 /// See [`packed_dot`].
 pub fn set_xq_metal(on: bool) {
-    XQ_METAL.set(on)
+    XQ_METAL.set(Some(on))
 }
 
 /// y (+)= x · Wᵀ with x given as integer planes (`xq_planes.wgsl`) of the step's rows in `xq` (rows
@@ -1925,8 +1891,8 @@ pub fn acc_vars(mt: u32) -> bool {
 
 /// See [`acc_vars`]: the 1-token tile's choice and the other tiles', for plans built afterwards.
 pub fn set_acc_vars(one: bool, verify: bool) {
-    ACC_VARS.set(one);
-    ACC_VARS_VERIFY.set(verify);
+    ACC_VARS.set(Some(one));
+    ACC_VARS_VERIFY.set(Some(verify));
 }
 
 static XQ_NORM_LATE: Switch = Switch::new("QWGPU_XQ_NORM_LATE", true);
@@ -1953,9 +1919,9 @@ pub fn xq_norm_late(mt: u32) -> bool {
 /// See [`xq_norm_late`]: the 1- and 2-token tiles' choices and the batch tiles' (3 and 4 tokens),
 /// for plans built afterwards.
 pub fn set_xq_norm_late(one: bool, verify: bool, four: bool) {
-    XQ_NORM_LATE.set(one);
-    XQ_NORM_LATE_VERIFY.set(verify);
-    XQ_NORM_LATE_FOUR.set(four);
+    XQ_NORM_LATE.set(Some(one));
+    XQ_NORM_LATE_VERIFY.set(Some(verify));
+    XQ_NORM_LATE_FOUR.set(Some(four));
 }
 
 static XQ_BLOCK_SUM: Switch = Switch::new("QWGPU_XQ_BLOCK_SUM", false);
@@ -1973,7 +1939,7 @@ pub fn xq_block_sum() -> bool {
 
 /// See [`xq_block_sum`].
 pub fn set_xq_block_sum(on: bool) {
-    XQ_BLOCK_SUM.set(on)
+    XQ_BLOCK_SUM.set(Some(on))
 }
 
 static XQ_CONST_K: Switch = Switch::new("QWGPU_XQ_CONST_K", true);
@@ -1989,7 +1955,7 @@ pub fn xq_const_k() -> bool {
 
 /// See [`xq_const_k`].
 pub fn set_xq_const_k(on: bool) {
-    XQ_CONST_K.set(on)
+    XQ_CONST_K.set(Some(on))
 }
 
 /// Workgroups of the integer-plane decode kernel's grid-stride form for tile `mt` (each
@@ -2190,7 +2156,7 @@ pub fn xq_exact_rows() -> bool {
 
 /// See [`xq_exact_rows`].
 pub fn set_xq_exact_rows(on: bool) {
-    XQ_EXACT_ROWS.set(on)
+    XQ_EXACT_ROWS.set(Some(on))
 }
 
 static XQ_UNROLL_CH: Switch = Switch::new("QWGPU_XQ_UNROLL_CH", false);
@@ -2204,7 +2170,7 @@ pub fn xq_unroll_ch() -> bool {
 
 /// See [`xq_unroll_ch`].
 pub fn set_xq_unroll_ch(on: bool) {
-    XQ_UNROLL_CH.set(on)
+    XQ_UNROLL_CH.set(Some(on))
 }
 
 static XQ_CHAIN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -2250,7 +2216,7 @@ pub fn fuse_xq() -> bool {
 
 /// See [`fuse_xq`].
 pub fn set_fuse_xq(on: bool) {
-    FUSE_XQ.set(on)
+    FUSE_XQ.set(Some(on))
 }
 
 /// Whether the device binds the storage buffers of [`matmul_xq`] with a conv epilogue.
@@ -2433,7 +2399,7 @@ pub fn gated_fold() -> bool {
 
 /// See [`gated_fold`].
 pub fn set_gated_fold(on: bool) {
-    GATED_FOLD.set(on)
+    GATED_FOLD.set(Some(on))
 }
 
 /// Whether the gated RMSNorm of a Gated-DeltaNet output (heads of `dv` features) can be folded

@@ -82,7 +82,7 @@ pub async fn accept(
     Ok(gpu.dispatch(format!("mtp {stage:?}"), &p, &res, Grid::fixed(1)))
 }
 
-static HEAD_ONE_ROW: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_MTP_HEAD_ONE_ROW");
+static HEAD_ONE_ROW: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_MTP_HEAD_ONE_ROW", true);
 
 /// Whether new sessions run the MTP head's final norm, lm_head and draft choice on the one row
 /// the next draft comes from (row `accept`, chosen on the GPU) rather than on both rows, choosing
@@ -90,5 +90,5 @@ static HEAD_ONE_ROW: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_MTP_HEA
 /// `QWGPU_MTP_HEAD_ONE_ROW=0`. The tiles give a row the same bits, so greedy drafts are the same
 /// either way (tested).
 pub fn mtp_head_one_row() -> bool {
-    HEAD_ONE_ROW.on()
+    HEAD_ONE_ROW.get()
 }

@@ -25,8 +25,7 @@ const WORDS_PER_WG: u32 = 256;
 /// code planes, s, Σx and Σ of squares.
 pub const PLANES: u32 = 9;
 
-static NARROW: crate::ops::matmul::Switch =
-    crate::ops::matmul::Switch::new("QWGPU_XQ_NARROW", true);
+static NARROW: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_XQ_NARROW", true);
 
 /// Whether the planes hold x in two byte planes (`XQ_NARROW` in `xq_planes.wgsl`: x rounded to
 /// at most 2^-15 of its word's max |x|, two packed dot products per code word and plane pair in
@@ -43,10 +42,10 @@ pub fn narrow() -> bool {
 
 /// See [`narrow`].
 pub fn set_narrow(on: bool) {
-    NARROW.set(on)
+    NARROW.set(Some(on))
 }
 
-static BYTE: crate::ops::matmul::Switch = crate::ops::matmul::Switch::new("QWGPU_XQ_BYTE", false);
+static BYTE: crate::gpu::Switch = crate::gpu::Switch::new("QWGPU_XQ_BYTE", false);
 
 /// Whether the planes hold x in ONE signed byte plane (`XQ_BYTE` in `xq_planes.wgsl`: x rounded
 /// to at most 2^-7 of its word's max |x|, two packed dot products per code word and token in the
@@ -65,7 +64,7 @@ pub fn byte() -> bool {
 
 /// See [`byte`].
 pub fn set_byte(on: bool) {
-    BYTE.set(on)
+    BYTE.set(Some(on))
 }
 
 /// Fraction bits of the planes' fixed point ([`narrow`], [`byte`]): x = s · xi with s =
