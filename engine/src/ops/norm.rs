@@ -20,6 +20,7 @@ crate::gpu_struct! {
 
 /// y[r, :] = weight ⊙ x[r, :] / rms(x[r, :]) for every row of the step; with `out_rows`, only the
 /// last `step.n_out` rows, written compactly to rows 0.. of y (the input of lm_head).
+#[allow(clippy::too_many_arguments)]
 pub async fn rms_norm(
     gpu: &Gpu,
     dim: u32,
