@@ -560,3 +560,38 @@ impl ErrorScope {
         }
     }
 }
+
+#[cfg(test)]
+mod switch_tests {
+    use super::Switch;
+
+    #[test]
+    fn switch_reads_its_variable_once_and_takes_overrides() {
+        // Each switch its own variable (tests run in parallel in one process).
+        let cases = [
+            ("QWGPU_TEST_SWITCH_A", None, true, true),
+            ("QWGPU_TEST_SWITCH_B", None, false, false),
+            ("QWGPU_TEST_SWITCH_C", Some("0"), true, false),
+            ("QWGPU_TEST_SWITCH_D", Some("FALSE"), true, false),
+            ("QWGPU_TEST_SWITCH_E", Some("1"), false, true),
+            ("QWGPU_TEST_SWITCH_F", Some("true"), false, true),
+            ("QWGPU_TEST_SWITCH_G", Some("maybe"), false, false),
+            ("QWGPU_TEST_SWITCH_H", Some(""), true, true),
+        ];
+        for (var, value, default, expected) in cases {
+            if let Some(v) = value {
+                std::env::set_var(var, v);
+            }
+            let s: &'static Switch = Box::leak(Box::new(Switch::new(var, default)));
+            assert_eq!(s.get(), expected, "{var}={value:?}, default {default}");
+            // Read once: a later change of the variable does not move it.
+            std::env::set_var(var, if expected { "0" } else { "1" });
+            assert_eq!(s.get(), expected, "{var} read again");
+            s.set(Some(!expected));
+            assert_eq!(s.get(), !expected, "{var} override");
+            s.set(None);
+            assert_eq!(s.get(), expected, "{var} back to the start-up choice");
+            std::env::remove_var(var);
+        }
+    }
+}
