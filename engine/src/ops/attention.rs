@@ -653,9 +653,10 @@ static FOLD_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 /// [`attention_folds`] (and for 2, [`attention_combines`]) allows it, each the same bits
 /// (tested): 0 nothing, 1 the prep (one dispatch fewer per attention layer), 2 the prep and the
 /// final pass (two fewer). 1 unless `QWGPU_ATTN_FOLD=N` (read at start-up) or
-/// [`set_attention_fold`] says otherwise: 2 rests on storageBarrier's device-scope ordering
-/// between workgroups, tested so far on lavapipe only (whose workgroups are CPU threads), so it
-/// stays opt-in until a GPU has run its tests and timings.
+/// [`set_attention_fold`] says otherwise. 2 rests on storageBarrier's device-scope ordering
+/// between workgroups (its tests pass on lavapipe and an H100). On an H100 the folds gain at
+/// short contexts (64–320 keys: plain decode +0.5 % / +1.2 % for 1 / 2 over 0) and lose a little
+/// at ≈ 1.1k keys (−0.25 % / −0.5 %): 1 is the compromise (`bench/results/2026-12-07-f/`).
 pub fn attention_fold_level() -> u32 {
     // (A setter stores 10 + level, so that level 0 is not "unset".)
     let v = knob(&FOLD, &FOLD_ENV, "QWGPU_ATTN_FOLD", 0..=2, 1);
