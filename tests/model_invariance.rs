@@ -31,7 +31,7 @@ fn session_split(name: &str, chunk: u32, attn_split: Option<bool>) -> Session {
 
 #[test]
 fn split_attention_gives_the_bits_of_one_pass() {
-    use qwgpu_engine::ops::attention::set_attention_fold;
+    use qwgpu_engine::ops::attention::{set_attention_fold, set_attention_fold_keys};
     // Decode and verify rows spread their keys over many workgroups (split pass + combine) on
     // GPUs and run one workgroup per head on CPU adapters: the logits of 1- and 2-row calls
     // after a 200-token prompt (4 key chunks) must be identical both ways, and row 0 of the
@@ -47,13 +47,47 @@ fn split_attention_gives_the_bits_of_one_pass() {
         let (a, b) = (r.greedy[3][0], r.greedy[3][1]);
         let mut out = Vec::new();
         // The split pass with attention's prep, then its final pass too, folded into it (fold
-        // levels 1 and 2), and neither (0); then the one-pass form.
-        for (split, fold) in [(true, 2), (true, 1), (true, 0), (false, 1)] {
+        // levels 1 and 2), and neither (0); level 2 below a key count and 0 from it on (the plan
+        // holds both: from 1 key on, every step unfolded; from 203 on, the MTP loop's steps cross
+        // over); then the one-pass form.
+        for (split, fold, keys) in [
+            (true, 2, None),
+            (true, 1, None),
+            (true, 0, None),
+            (true, 2, Some(1)),
+            (true, 2, Some(203)),
+            (false, 1, None),
+        ] {
             set_attention_fold(Some(fold));
+            set_attention_fold_keys(keys);
             let s = session_split(&name, 64, Some(split));
             set_attention_fold(None);
+            set_attention_fold_keys(None);
             let mut s = s;
-            let split = format!("{split} (fold level {fold})");
+            // The forms by key count: a folded form records fewer dispatches (a session of
+            // level 0 below any fold threshold, the same count with level 2 from it on).
+            if split && keys.is_some() {
+                set_attention_fold(Some(0));
+                let plain = session_split(&name, 64, Some(true));
+                set_attention_fold(None);
+                let unfolded = plain.dispatches_per_token_at(250);
+                assert_eq!(
+                    s.dispatches_per_token_at(250),
+                    unfolded,
+                    "{name}: {keys:?}: 250 keys"
+                );
+                assert!(
+                    s.dispatches_per_token_at(0) < unfolded,
+                    "{name}: {keys:?}: folded below"
+                );
+                if keys == Some(203) {
+                    assert!(
+                        s.dispatches_per_token_at(202) < unfolded,
+                        "{name}: 202 keys"
+                    );
+                }
+            }
+            let split = format!("{split} (fold level {fold} below {keys:?} keys)");
             pollster::block_on(s.prefill(&prompt)).unwrap();
             let one = pollster::block_on(s.forward_rows_logits(&[a])).unwrap();
             s.reset();

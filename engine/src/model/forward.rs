@@ -961,58 +961,75 @@ impl Builder<'_> {
             combine: (level >= 2 && crate::ops::attention::attention_combines(g))
                 .then_some(&ws.attn_done),
         });
-        let combined = fold.is_some_and(|f| f.combine.is_some());
-        if fold.is_none() {
-            plan.extend_vec(
-                attn_prep(
-                    g,
-                    &d,
-                    Act::at(&ws.proj, pw, 0),
-                    Act::at(&ws.proj, pw, qw),
-                    Act::at(&ws.proj, pw, qw + kw),
-                    q_norm,
-                    k_norm,
-                    &ws.q,
-                    &kv.k,
-                    &kv.v,
-                    self.step,
-                )
-                .await?,
-            );
-        }
         // With integer planes, the attention kernel writes o_proj's planes itself (the bits of an
         // xquant dispatch on its output).
         let planes_out = crate::ops::matmul::fuse_xq()
             && o_proj.k == d.n_heads * d.head_dim
             && self.planes_for(std::slice::from_ref(o_proj), self.mt)
             && crate::ops::attention::attention_writes_planes(g, &d);
-        let attn = crate::ops::attention::attention_fold(
-            g,
-            &d,
-            &ws.q,
-            Act::at(&ws.proj, pw, 0),
-            &kv.k,
-            &kv.v,
-            scratch,
-            &ws.y,
-            planes_out.then_some(&ws.xq),
-            // Prompt chunks: several query rows per workgroup (the same bits).
-            if self.mt == crate::ops::matmul::MT_PREFILL {
-                crate::ops::attention::attention_rows()
-            } else {
-                1
-            },
-            fold,
-            self.step,
-        )
-        .await?;
-        let n_attn = attn.len();
-        for (i, d) in attn.into_iter().enumerate() {
-            plan.push(d);
-            if i == 0 && n_attn > 1 && !combined {
-                self.tail_prefetch(plan, Site::OProjSplit, Some(o_proj))
-                    .await?;
+        // From `attention_fold_keys` keys on, the unfolded form (the same bits; each step
+        // records the form for its key estimate).
+        let fold_keys = crate::ops::attention::attention_fold_keys();
+        let forms = match fold {
+            Some(f) if fold_keys < u32::MAX => {
+                vec![(Some(f), 0, fold_keys - 1), (None, fold_keys, u32::MAX)]
             }
+            f => vec![(f, 0, u32::MAX)],
+        };
+        for (fold, lo, hi) in forms {
+            let mut sub = Plan::new();
+            let combined = fold.is_some_and(|f| f.combine.is_some());
+            if fold.is_none() {
+                sub.extend_vec(
+                    attn_prep(
+                        g,
+                        &d,
+                        Act::at(&ws.proj, pw, 0),
+                        Act::at(&ws.proj, pw, qw),
+                        Act::at(&ws.proj, pw, qw + kw),
+                        q_norm,
+                        k_norm,
+                        &ws.q,
+                        &kv.k,
+                        &kv.v,
+                        self.step,
+                    )
+                    .await?,
+                );
+            }
+            let attn = crate::ops::attention::attention_fold(
+                g,
+                &d,
+                &ws.q,
+                Act::at(&ws.proj, pw, 0),
+                &kv.k,
+                &kv.v,
+                scratch,
+                &ws.y,
+                planes_out.then_some(&ws.xq),
+                // Prompt chunks: several query rows per workgroup (the same bits).
+                if self.mt == crate::ops::matmul::MT_PREFILL {
+                    crate::ops::attention::attention_rows()
+                } else {
+                    1
+                },
+                fold,
+                self.step,
+            )
+            .await?;
+            let n_attn = attn.len();
+            for (i, d) in attn.into_iter().enumerate() {
+                sub.push(d);
+                if i == 0 && n_attn > 1 && !combined {
+                    self.tail_prefetch(&mut sub, Site::OProjSplit, Some(o_proj))
+                        .await?;
+                }
+            }
+            plan.dispatches.extend(
+                sub.dispatches
+                    .into_iter()
+                    .filter_map(|d| crate::ops::attention::for_keys_within(d, lo, hi)),
+            );
         }
         self.tail_prefetch(plan, Site::OProj, Some(o_proj)).await?;
         if planes_out {

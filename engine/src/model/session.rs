@@ -566,10 +566,16 @@ impl Session {
 
     /// Dispatches recorded for one decode step (body + head).
     pub fn dispatches_per_token(&self) -> usize {
+        self.dispatches_per_token_at(0)
+    }
+
+    /// [`Self::dispatches_per_token`] for a step whose key estimate is `keys` (0: unknown), where
+    /// plans hold forms chosen by the context's length (attention's grouped split pass, its folds).
+    pub fn dispatches_per_token_at(&self, keys: u32) -> usize {
         let shape = StepShape {
             n_tokens: 1,
             n_out: 1,
-            keys: 0,
+            keys,
         };
         (self.single.recorded(shape) + self.head.recorded(shape))
             .saturating_sub(self.prefetch_dispatches_per_token())

@@ -464,6 +464,47 @@ pub fn set_attention_group_keys(n: Option<u32>) {
     );
 }
 
+static FOLD_KEYS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static FOLD_KEYS_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The key count of a step's first row from which decode and verify plans leave attention's
+/// prep and final pass unfolded ([`attention_fold_level`] 0) whatever the level: each chunk's
+/// workgroup of a folded split pass recomputes its query heads' norm and RoPE, which costs more
+/// the more chunks a row has, while at short contexts the folds gain (H100: fold levels 1 and 2
+/// +0.5 % and +1.2 % plain at 64–320 keys, −0.25 % and −0.5 % at ≈ 1.1k keys). A plan holds
+/// both forms and each step records the one for its key estimate (0, unknown, takes the folded
+/// form); the same bits either way. `u32::MAX` (the default until the crossover is measured)
+/// folds at every length; `QWGPU_ATTN_FOLD_KEYS=N` at start-up, [`set_attention_fold_keys`]
+/// for plans built afterwards.
+pub fn attention_fold_keys() -> u32 {
+    knob(
+        &FOLD_KEYS,
+        &FOLD_KEYS_ENV,
+        "QWGPU_ATTN_FOLD_KEYS",
+        1..=u32::MAX,
+        u32::MAX,
+    )
+}
+
+/// Sets [`attention_fold_keys`] for plans built afterwards (`None`: the start-up choice).
+pub fn set_attention_fold_keys(n: Option<u32>) {
+    FOLD_KEYS.store(
+        n.map_or(0, |n| n.max(1)),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// `d` recorded only for steps whose key estimate is in `lo..=hi` as well as in its own range;
+/// `None` where no such step remains.
+pub fn for_keys_within(mut d: Dispatch, lo: u32, hi: u32) -> Option<Dispatch> {
+    let (a, b) = (d.grid.keys.0.max(lo), d.grid.keys.1.min(hi));
+    if a > b {
+        return None;
+    }
+    d.grid.keys = (a, b);
+    Some(d)
+}
+
 static SPLIT_HEADS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 static SPLIT_HEADS_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
