@@ -205,11 +205,7 @@ impl Switch {
             _ => *self.from_env.get_or_init(|| {
                 #[cfg(not(target_arch = "wasm32"))]
                 {
-                    match std::env::var(self.env) {
-                        Ok(v) if v == "0" || v.eq_ignore_ascii_case("false") => false,
-                        Ok(v) if v == "1" || v.eq_ignore_ascii_case("true") => true,
-                        _ => self.default,
-                    }
+                    switch_value(std::env::var(self.env).ok().as_deref(), self.default)
                 }
                 #[cfg(target_arch = "wasm32")]
                 {
@@ -218,6 +214,16 @@ impl Switch {
                 }
             }),
         }
+    }
+}
+
+/// A [`Switch`]'s value for its variable's text `v` (None: unset).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+fn switch_value(v: Option<&str>, default: bool) -> bool {
+    match v {
+        Some(v) if v == "0" || v.eq_ignore_ascii_case("false") => false,
+        Some(v) if v == "1" || v.eq_ignore_ascii_case("true") => true,
+        _ => default,
     }
 }
 
@@ -563,35 +569,31 @@ impl ErrorScope {
 
 #[cfg(test)]
 mod switch_tests {
-    use super::Switch;
+    use super::{switch_value, Switch};
 
     #[test]
-    fn switch_reads_its_variable_once_and_takes_overrides() {
-        // Each switch its own variable (tests run in parallel in one process).
-        let cases = [
-            ("QWGPU_TEST_SWITCH_A", None, true, true),
-            ("QWGPU_TEST_SWITCH_B", None, false, false),
-            ("QWGPU_TEST_SWITCH_C", Some("0"), true, false),
-            ("QWGPU_TEST_SWITCH_D", Some("FALSE"), true, false),
-            ("QWGPU_TEST_SWITCH_E", Some("1"), false, true),
-            ("QWGPU_TEST_SWITCH_F", Some("true"), false, true),
-            ("QWGPU_TEST_SWITCH_G", Some("maybe"), false, false),
-            ("QWGPU_TEST_SWITCH_H", Some(""), true, true),
-        ];
-        for (var, value, default, expected) in cases {
-            if let Some(v) = value {
-                std::env::set_var(var, v);
-            }
-            let s: &'static Switch = Box::leak(Box::new(Switch::new(var, default)));
-            assert_eq!(s.get(), expected, "{var}={value:?}, default {default}");
-            // Read once: a later change of the variable does not move it.
-            std::env::set_var(var, if expected { "0" } else { "1" });
-            assert_eq!(s.get(), expected, "{var} read again");
-            s.set(Some(!expected));
-            assert_eq!(s.get(), !expected, "{var} override");
+    fn switch_values_and_overrides() {
+        // The variable's text (no environment is changed: tests run in parallel in one process).
+        for (v, default, want) in [
+            (None, true, true),
+            (None, false, false),
+            (Some("0"), true, false),
+            (Some("FALSE"), true, false),
+            (Some("1"), false, true),
+            (Some("true"), false, true),
+            (Some("maybe"), false, false),
+            (Some(""), true, true),
+        ] {
+            assert_eq!(switch_value(v, default), want, "{v:?}, default {default}");
+        }
+        // A variable nobody sets: the default, an override, and back.
+        for default in [false, true] {
+            let s = Switch::new("QWGPU_TEST_SWITCH_NEVER_SET", default);
+            assert_eq!(s.get(), default);
+            s.set(Some(!default));
+            assert_eq!(s.get(), !default, "override");
             s.set(None);
-            assert_eq!(s.get(), expected, "{var} back to the start-up choice");
-            std::env::remove_var(var);
+            assert_eq!(s.get(), default, "back to the start-up choice");
         }
     }
 }
