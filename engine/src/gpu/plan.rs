@@ -184,6 +184,19 @@ pub struct Dispatch {
     pub grid: Grid,
 }
 
+impl Dispatch {
+    /// This dispatch recorded only for steps whose key estimate is in `lo..=hi` as well as in
+    /// its grid's own range; `None` where no such step remains.
+    pub fn within_keys(mut self, lo: u32, hi: u32) -> Option<Dispatch> {
+        let (a, b) = (self.grid.keys.0.max(lo), self.grid.keys.1.min(hi));
+        if a > b {
+            return None;
+        }
+        self.grid.keys = (a, b);
+        Some(self)
+    }
+}
+
 /// Benchmarks only (timing ablation): `QWGPU_LAB_SKIP=a,b,...` leaves out of every recorded step
 /// the dispatches whose label contains one of the comma-separated strings, so that a benchmark
 /// shows what those kernels cost inside a real step. The results are then wrong by design; it is

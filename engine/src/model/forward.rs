@@ -1028,7 +1028,7 @@ impl Builder<'_> {
             plan.dispatches.extend(
                 sub.dispatches
                     .into_iter()
-                    .filter_map(|d| crate::ops::attention::for_keys_within(d, lo, hi)),
+                    .filter_map(|d| d.within_keys(lo, hi)),
             );
         }
         self.tail_prefetch(plan, Site::OProj, Some(o_proj)).await?;

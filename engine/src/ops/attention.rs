@@ -494,17 +494,6 @@ pub fn set_attention_fold_keys(n: Option<u32>) {
     );
 }
 
-/// `d` recorded only for steps whose key estimate is in `lo..=hi` as well as in its own range;
-/// `None` where no such step remains.
-pub fn for_keys_within(mut d: Dispatch, lo: u32, hi: u32) -> Option<Dispatch> {
-    let (a, b) = (d.grid.keys.0.max(lo), d.grid.keys.1.min(hi));
-    if a > b {
-        return None;
-    }
-    d.grid.keys = (a, b);
-    Some(d)
-}
-
 static SPLIT_HEADS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 static SPLIT_HEADS_ENV: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 
